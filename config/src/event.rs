@@ -1,0 +1,168 @@
+//! Control-plane events: the ordered log every node follows.
+//!
+//! Sites travel as their TOML text so every node validates them with the same
+//! parser the control plane used. Events are JSON on the wire (one per line in
+//! the `/v1/events` stream) and in the control plane's store.
+
+use serde::{Deserialize, Serialize};
+
+/// One entry of the log, with its place in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// Starts at 1 and increases by one per event, with no gaps.
+    pub seq: u64,
+    /// When the control plane accepted it, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub event: Event,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    SiteUpserted { site_id: String, version: u64, toml: String },
+    SiteDeleted { site_id: String },
+    Purge(Purge),
+}
+
+impl Event {
+    /// The site an event is about.
+    pub fn site_id(&self) -> &str {
+        match self {
+            Event::SiteUpserted { site_id, .. } | Event::SiteDeleted { site_id } => site_id,
+            Event::Purge(p) => &p.site_id,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Purge {
+    /// Unique per purge; `GET /v1/purges/{id}` reports its acknowledgements.
+    pub id: String,
+    pub site_id: String,
+    pub target: PurgeTarget,
+    /// Mark matching objects stale (revalidate, still usable under
+    /// stale-if-error) instead of invalid.
+    #[serde(default)]
+    pub soft: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "by", rename_all = "snake_case")]
+pub enum PurgeTarget {
+    /// Paths with their query, such as `/img/a.png?w=200`; every variant goes.
+    Urls {
+        urls: Vec<String>,
+    },
+    /// Every path that starts with this.
+    Prefix {
+        prefix: String,
+    },
+    /// Every object whose `Surrogate-Key` / `Cache-Tag` names one of these.
+    Tags {
+        tags: Vec<String>,
+    },
+    All,
+}
+
+/// Most URLs or tags in one purge: bigger batches are split by the client.
+pub const MAX_PURGE_ITEMS: usize = 1_000;
+
+impl PurgeTarget {
+    /// Checks a purge target an API client sent; the message says what to fix.
+    pub fn validate(&self) -> Result<(), String> {
+        let check_list = |what: &str, items: &[String]| {
+            if items.is_empty() {
+                return Err(format!("a purge by {what} needs at least one {what}"));
+            }
+            if items.len() > MAX_PURGE_ITEMS {
+                return Err(format!("at most {MAX_PURGE_ITEMS} {what}s per purge, found {}", items.len()));
+            }
+            Ok(())
+        };
+        match self {
+            PurgeTarget::Urls { urls } => {
+                check_list("url", urls)?;
+                for u in urls {
+                    purge_path(u)?;
+                }
+                Ok(())
+            }
+            PurgeTarget::Prefix { prefix } => {
+                if prefix.starts_with('/') {
+                    Ok(())
+                } else {
+                    Err(format!("a purge prefix is a path starting with `/`, found `{prefix}`"))
+                }
+            }
+            PurgeTarget::Tags { tags } => {
+                check_list("tag", tags)?;
+                match tags.iter().find(|t| t.is_empty() || t.chars().any(|c| c.is_whitespace() || c.is_control())) {
+                    Some(t) => Err(format!("tag `{t}` must be non-empty, without spaces")),
+                    None => Ok(()),
+                }
+            }
+            PurgeTarget::All => Ok(()),
+        }
+    }
+}
+
+/// The path and query a purge URL names. Accepts `/a?b` or a full
+/// `https://host/a?b` (the host is ignored: the site is named separately).
+pub fn purge_path(url: &str) -> Result<&str, String> {
+    let path = if url.starts_with('/') {
+        url
+    } else if let Some(rest) = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")) {
+        rest.find('/').map_or("/", |i| &rest[i..])
+    } else {
+        return Err(format!("purge url `{url}` must be a path starting with `/` or an http(s) URL"));
+    };
+    if path.contains('#') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("purge url `{url}` must not contain spaces or a fragment"));
+    }
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_as_json() {
+        let events = [
+            Event::SiteUpserted { site_id: "a".into(), version: 3, toml: "[site]\n".into() },
+            Event::SiteDeleted { site_id: "a".into() },
+            Event::Purge(Purge {
+                id: "p1".into(),
+                site_id: "a".into(),
+                target: PurgeTarget::Tags { tags: vec!["t1".into()] },
+                soft: true,
+            }),
+            Event::Purge(Purge { id: "p2".into(), site_id: "a".into(), target: PurgeTarget::All, soft: false }),
+        ];
+        for (i, event) in events.into_iter().enumerate() {
+            let rec = EventRecord { seq: i as u64 + 1, at_ms: 1_700_000_000_000, event };
+            let json = serde_json::to_string(&rec).unwrap();
+            assert_eq!(serde_json::from_str::<EventRecord>(&json).unwrap(), rec);
+        }
+        let wire = r#"{"seq":9,"at_ms":1,"event":{"type":"purge","id":"x","site_id":"s","target":{"by":"prefix","prefix":"/img/"}}}"#;
+        let rec: EventRecord = serde_json::from_str(wire).unwrap();
+        assert_eq!(rec.event.site_id(), "s");
+        let Event::Purge(p) = rec.event else { panic!("not a purge") };
+        assert!(!p.soft, "soft defaults to false");
+        assert_eq!(p.target, PurgeTarget::Prefix { prefix: "/img/".into() });
+    }
+
+    #[test]
+    fn purge_targets_are_validated() {
+        assert!(PurgeTarget::Urls { urls: vec![] }.validate().is_err());
+        assert!(PurgeTarget::Urls { urls: vec!["img/a".into()] }.validate().is_err());
+        assert!(PurgeTarget::Urls { urls: vec!["/a b".into()] }.validate().is_err());
+        assert!(PurgeTarget::Urls { urls: vec!["/a?x=1".into(), "https://h.test/b".into()] }.validate().is_ok());
+        assert!(PurgeTarget::Prefix { prefix: "img".into() }.validate().is_err());
+        assert!(PurgeTarget::Tags { tags: vec!["".into()] }.validate().is_err());
+        assert!(PurgeTarget::Tags { tags: vec!["x".into(); MAX_PURGE_ITEMS + 1] }.validate().is_err());
+        assert!(PurgeTarget::All.validate().is_ok());
+        assert_eq!(purge_path("https://h.test/b?c"), Ok("/b?c"));
+        assert_eq!(purge_path("http://h.test"), Ok("/"));
+    }
+}

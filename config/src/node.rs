@@ -1,0 +1,726 @@
+//! A node file: one per process, saying what role it plays and where.
+//!
+//! Every role shares `[node]`, `[listen]` and `[limits]`; the other sections
+//! belong to particular roles, and a section a role does not use is an error
+//! rather than something silently ignored.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use http::Uri;
+use toml::Spanned;
+
+use crate::decode::{ByteSize, Decode, Table, Val, parse_str};
+use crate::diag::{ConfigError, Diagnostic, Sink, base_dir};
+use crate::site::{Site, positive};
+
+/// Largest request head (request line and headers). Browsers send 1–4 KiB;
+/// 32 KiB leaves room for big cookies while capping what a client can pin.
+pub const DEFAULT_MAX_HEADER_BYTES: u64 = 32 * 1024;
+/// Most request headers accepted; hyper's own default, generous for browsers.
+pub const DEFAULT_MAX_HEADERS: u32 = 100;
+/// Largest request body forwarded upstream. A CDN carries small form posts
+/// and API calls; bulk uploads belong on another path.
+pub const DEFAULT_MAX_REQUEST_BODY: u64 = 16 * 1024 * 1024;
+/// Time a client has to send its whole request head: long enough for a slow
+/// mobile link, short enough that slowloris cannot hold connections open.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// An idle keep-alive connection is closed after this long.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Open client connections per node; past it new ones wait in the backlog.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+/// How long a stopping node lets in-flight responses finish.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How often an edge probes a shield it has marked down.
+pub const DEFAULT_SHIELD_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// Events the control plane keeps before compacting; a node further behind
+/// takes a snapshot.
+pub const DEFAULT_LOG_RETENTION: u64 = 100_000;
+/// TTL of geo-DNS answers: short, so a failed PoP drains within half a minute.
+pub const DEFAULT_DNS_TTL: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Edge,
+    Shield,
+    Control,
+    Dns,
+    Origin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Edge => "edge",
+            Role::Shield => "shield",
+            Role::Control => "control",
+            Role::Dns => "dns",
+            Role::Origin => "origin",
+        }
+    }
+
+    /// The sections a node file of this role may have besides `[node]`.
+    fn sections(self) -> &'static [&'static str] {
+        match self {
+            Role::Edge => &["listen", "limits", "cache", "upstream", "control"],
+            Role::Shield => &["listen", "limits", "cache", "control"],
+            Role::Control => &["listen", "limits", "store", "auth"],
+            Role::Dns => &["listen", "dns", "control"],
+            Role::Origin => &["listen", "origin"],
+        }
+    }
+
+    /// The `[listen]` keys this role uses.
+    fn listeners(self) -> &'static [&'static str] {
+        match self {
+            Role::Edge | Role::Shield => &["http", "https", "admin"],
+            Role::Control | Role::Origin => &["http"],
+            Role::Dns => &["dns", "admin"],
+        }
+    }
+}
+
+impl Decode for Role {
+    fn decode(s: &mut Sink<'_>, v: &Val<'_>) -> Option<Self> {
+        parse_str(s, v, "a role", |t| match t {
+            "edge" => Ok(Role::Edge),
+            "shield" => Ok(Role::Shield),
+            "control" => Ok(Role::Control),
+            "dns" => Ok(Role::Dns),
+            "origin" => Ok(Role::Origin),
+            _ => Err(format!("role must be one of edge, shield, control, dns, origin; found `{t}`")),
+        })
+    }
+}
+
+/// One process's configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeConfig {
+    pub file: PathBuf,
+    /// Unique among the CDN's nodes; names it in `Cache-Status` and the registry.
+    pub name: String,
+    pub pop: Option<Pop>,
+    pub listen: Listen,
+    pub limits: Limits,
+    pub control: Option<ControlLink>,
+    pub role: RoleConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pop {
+    pub name: String,
+    pub latitude: f64,
+    pub longitude: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Listen {
+    pub http: Vec<SocketAddr>,
+    pub https: Vec<SocketAddr>,
+    /// `/metrics` and `/healthz`.
+    pub admin: Option<SocketAddr>,
+    /// UDP and TCP port of the DNS server.
+    pub dns: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_header_bytes: u64,
+    pub max_headers: u32,
+    pub max_request_body: u64,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: u32,
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_request_body: DEFAULT_MAX_REQUEST_BODY,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+        }
+    }
+}
+
+/// How a node reaches the control plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlLink {
+    pub url: Uri,
+    /// Holds the node token; read at start, never logged.
+    pub token_file: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RoleConfig {
+    Edge(EdgeNode),
+    Shield(ProxyNode),
+    Control(ControlNode),
+    Dns(DnsNode),
+    Origin(OriginNode),
+}
+
+/// What edges and shields share: a cache and the sites known before the
+/// control plane says anything.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyNode {
+    pub cache: CacheStorage,
+    /// Sites from local files, served when no control plane is configured
+    /// and until the control plane's own set arrives.
+    pub sites: Vec<Site>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EdgeNode {
+    pub proxy: ProxyNode,
+    pub upstream: Upstream,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheStorage {
+    pub memory: u64,
+    /// Zero means memory only.
+    pub disk: u64,
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamMode {
+    /// Misses go to a shield picked by rendezvous hash.
+    Shield,
+    /// Misses go to the site's origin directly.
+    Origin,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub mode: UpstreamMode,
+    pub shields: Vec<Uri>,
+    pub probe_interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlNode {
+    pub store: PathBuf,
+    pub log_retention: u64,
+    pub admin_token_file: PathBuf,
+    pub node_token_file: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsNode {
+    /// Fully qualified, lower-case, ending in `.`.
+    pub zone: String,
+    pub ttl: Duration,
+    pub geoip: PathBuf,
+    pub nameservers: Vec<String>,
+    pub pops: Vec<DnsPop>,
+    pub default_pop: String,
+    /// ISO country code → PoP, for records without a location.
+    pub countries: BTreeMap<String, String>,
+    /// Continent code → PoP, when the country has no entry.
+    pub continents: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsPop {
+    pub name: String,
+    pub latitude: f64,
+    pub longitude: f64,
+    /// Static edge addresses, used until (or without) the node registry.
+    pub edges: Vec<IpAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginNode {
+    /// Served under `/files/`.
+    pub dir: Option<PathBuf>,
+}
+
+impl NodeConfig {
+    pub fn parse(file: &Path, text: &str) -> Result<NodeConfig, ConfigError> {
+        let mut s = Sink::new(file, text);
+        let mut site_errors = Vec::new();
+        let node = crate::parse_document(&mut s).and_then(|doc| {
+            let mut root = Table::new("[file]", doc.span(), doc.get_ref());
+            let node = decode_node(&mut s, &mut root, file, &mut site_errors);
+            root.finish(&mut s);
+            node
+        });
+        match s.finish(node) {
+            Ok(node) if site_errors.is_empty() => Ok(node),
+            Ok(_) => Err(ConfigError { diagnostics: site_errors }),
+            Err(mut e) => {
+                e.diagnostics.extend(site_errors);
+                Err(e)
+            }
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = crate::read_file(path)?;
+        NodeConfig::parse(path, &text)
+    }
+
+    pub fn role(&self) -> Role {
+        match self.role {
+            RoleConfig::Edge(_) => Role::Edge,
+            RoleConfig::Shield(_) => Role::Shield,
+            RoleConfig::Control(_) => Role::Control,
+            RoleConfig::Dns(_) => Role::Dns,
+            RoleConfig::Origin(_) => Role::Origin,
+        }
+    }
+
+    /// The cache and static sites of an edge or shield.
+    pub fn proxy(&self) -> Option<&ProxyNode> {
+        match &self.role {
+            RoleConfig::Edge(e) => Some(&e.proxy),
+            RoleConfig::Shield(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+impl FromStr for NodeConfig {
+    type Err = ConfigError;
+    fn from_str(text: &str) -> Result<Self, ConfigError> {
+        NodeConfig::parse(Path::new("<inline>"), text)
+    }
+}
+
+fn decode_node(
+    s: &mut Sink<'_>,
+    root: &mut Table<'_, '_>,
+    file: &Path,
+    site_errors: &mut Vec<Diagnostic>,
+) -> Option<NodeConfig> {
+    let base = base_dir(file);
+    let Some(mut head) = root.table(s, "node") else {
+        s.error(&root.span.clone(), "missing table [node] (a node file starts with [node] name = \"…\", role = \"…\")");
+        return None;
+    };
+    let name: Option<Spanned<String>> = head.req(s, "name");
+    if let Some(n) = &name
+        && crate::site::check_site_id(n.get_ref()).is_err()
+    {
+        s.error(&n.span(), format!("node name `{}` must be lower-case letters, digits and inner hyphens", n.get_ref()));
+    }
+    let role: Role = head.req(s, "role")?;
+    let pop = decode_pop(s, &mut head, role);
+    let site_files: Vec<Spanned<String>> =
+        if matches!(role, Role::Edge | Role::Shield) { head.or(s, "sites", Vec::new()) } else { Vec::new() };
+    head.finish(s);
+
+    // Sections that exist but the role does not use.
+    for section in ["listen", "limits", "cache", "upstream", "control", "store", "auth", "dns", "origin"] {
+        if !role.sections().contains(&section) && root.has(section) {
+            let span = root.span_of(section);
+            s.error(&span, format!("[{section}] is not used by a {} node", role.as_str()));
+        }
+    }
+
+    let listen = decode_listen(s, root, role);
+    let limits = match root.table(s, "limits").filter(|_| role.sections().contains(&"limits")) {
+        Some(mut t) => decode_limits(s, &mut t),
+        None => Limits::default(),
+    };
+    let control = if role.sections().contains(&"control") {
+        root.table(s, "control").and_then(|mut t| {
+            let url: Option<Uri> = t.req(s, "url");
+            let token_file: Option<String> = t.req(s, "token_file");
+            t.finish(s);
+            Some(ControlLink { url: url?, token_file: base.join(token_file?) })
+        })
+    } else {
+        None
+    };
+
+    let sites = load_static_sites(s, &base, &site_files, site_errors);
+    let role_config = match role {
+        Role::Edge | Role::Shield => {
+            let cache = decode_cache_storage(s, root, &base);
+            let proxy = ProxyNode { cache: cache?, sites };
+            if role == Role::Edge {
+                let upstream = decode_upstream(s, root)?;
+                RoleConfig::Edge(EdgeNode { proxy, upstream })
+            } else {
+                RoleConfig::Shield(proxy)
+            }
+        }
+        Role::Control => RoleConfig::Control(decode_control(s, root, &base)?),
+        Role::Dns => RoleConfig::Dns(decode_dns(s, root, &base, control.is_some())?),
+        Role::Origin => {
+            let dir = root.table(s, "origin").and_then(|mut t| {
+                let dir = t.opt::<Spanned<String>>(s, "dir").and_then(|d| {
+                    let path = base.join(d.get_ref());
+                    if path.is_dir() {
+                        Some(path)
+                    } else {
+                        s.error(&d.span(), format!("`{}` is not a directory", path.display()));
+                        None
+                    }
+                });
+                t.finish(s);
+                dir
+            });
+            RoleConfig::Origin(OriginNode { dir })
+        }
+    };
+    Some(NodeConfig {
+        file: file.to_path_buf(),
+        name: name?.into_inner(),
+        pop,
+        listen: listen?,
+        limits,
+        control,
+        role: role_config,
+    })
+}
+
+fn coordinate(s: &mut Sink<'_>, t: &mut Table<'_, '_>, key: &'static str, limit: f64) -> Option<f64> {
+    let v: Spanned<f64> = t.req(s, key)?;
+    if v.get_ref().abs() > limit {
+        s.error(&v.span(), format!("{key} must be between -{limit} and {limit}"));
+        return None;
+    }
+    Some(v.into_inner())
+}
+
+fn decode_pop(s: &mut Sink<'_>, head: &mut Table<'_, '_>, role: Role) -> Option<Pop> {
+    if !matches!(role, Role::Edge | Role::Shield) {
+        return None;
+    }
+    // Edges need their location for DNS steering; shields only a name.
+    if role == Role::Shield && !head.has("pop") {
+        return None;
+    }
+    let name: String = head.req(s, "pop")?;
+    if role == Role::Shield && !head.has("latitude") {
+        return Some(Pop { name, latitude: 0.0, longitude: 0.0 });
+    }
+    let latitude = coordinate(s, head, "latitude", 90.0);
+    let longitude = coordinate(s, head, "longitude", 180.0);
+    Some(Pop { name, latitude: latitude?, longitude: longitude? })
+}
+
+fn decode_listen(s: &mut Sink<'_>, root: &mut Table<'_, '_>, role: Role) -> Option<Listen> {
+    let Some(mut t) = root.table(s, "listen") else {
+        s.error(&root.span.clone(), format!("missing table [listen] for a {} node", role.as_str()));
+        return None;
+    };
+    let used = role.listeners();
+    for key in ["http", "https", "admin", "dns"] {
+        if !used.contains(&key) && t.has(key) {
+            let span = t.span_of(key);
+            s.error(&span, format!("listen.{key} is not used by a {} node", role.as_str()));
+        }
+    }
+    let listen = Listen {
+        http: if used.contains(&"http") { t.or(s, "http", Vec::new()) } else { Vec::new() },
+        https: if used.contains(&"https") { t.or(s, "https", Vec::new()) } else { Vec::new() },
+        admin: if used.contains(&"admin") { t.opt(s, "admin") } else { None },
+        dns: if used.contains(&"dns") { t.req(s, "dns") } else { None },
+    };
+    let serves_http = matches!(role, Role::Edge | Role::Shield | Role::Control | Role::Origin);
+    if serves_http && listen.http.is_empty() && listen.https.is_empty() {
+        s.error(&t.span.clone(), format!("a {} node needs at least one listen.http address", role.as_str()));
+    }
+    if role == Role::Control && listen.http.len() > 1 {
+        s.error(&t.span_of("http"), "the control plane's API listens on one address");
+    }
+    t.finish(s);
+    Some(listen)
+}
+
+fn decode_limits(s: &mut Sink<'_>, t: &mut Table<'_, '_>) -> Limits {
+    let d = Limits::default();
+    let header_bytes = t.opt::<Spanned<ByteSize>>(s, "header_bytes");
+    let max_header_bytes = match header_bytes {
+        Some(b) if !(1024..=1 << 20).contains(&b.get_ref().0) => {
+            s.error(&b.span(), "header_bytes must be between 1KiB and 1MiB");
+            d.max_header_bytes
+        }
+        Some(b) => b.get_ref().0,
+        None => d.max_header_bytes,
+    };
+    let max_headers = positive(s, t, "headers", d.max_headers);
+    let max_request_body = t.opt::<ByteSize>(s, "body").map_or(d.max_request_body, |b| b.0);
+    let mut timeout = |s: &mut Sink<'_>, key: &'static str, default: Duration| match t.opt::<Spanned<Duration>>(s, key)
+    {
+        Some(v) if v.get_ref().is_zero() => {
+            s.error(&v.span(), format!("{key} must be longer than zero"));
+            default
+        }
+        Some(v) => v.into_inner(),
+        None => default,
+    };
+    let header_read_timeout = timeout(s, "header_read_timeout", d.header_read_timeout);
+    let idle_timeout = timeout(s, "idle_timeout", d.idle_timeout);
+    let shutdown_grace = timeout(s, "shutdown_grace", d.shutdown_grace);
+    let max_connections = positive(s, t, "max_connections", d.max_connections);
+    t.finish(s);
+    Limits {
+        max_header_bytes,
+        max_headers,
+        max_request_body,
+        header_read_timeout,
+        idle_timeout,
+        max_connections,
+        shutdown_grace,
+    }
+}
+
+fn decode_cache_storage(s: &mut Sink<'_>, root: &mut Table<'_, '_>, base: &Path) -> Option<CacheStorage> {
+    let Some(mut t) = root.table(s, "cache") else {
+        s.error(&root.span.clone(), "missing table [cache] (memory, disk and path of the object cache)");
+        return None;
+    };
+    let memory: Option<Spanned<ByteSize>> = t.req(s, "memory");
+    if let Some(m) = &memory
+        && m.get_ref().0 < 1 << 20
+    {
+        s.error(&m.span(), "cache.memory must be at least 1MiB");
+    }
+    let disk = t.or(s, "disk", ByteSize(0)).0;
+    let path: Option<Spanned<String>> = t.opt(s, "path");
+    let path = match path {
+        Some(p) => {
+            let full = base.join(p.get_ref());
+            if let Err(msg) = check_writable_dir(&full) {
+                s.error(&p.span(), msg);
+            }
+            Some(full)
+        }
+        None if disk > 0 => {
+            s.error(&t.span.clone(), "cache.disk is set but cache.path is missing");
+            None
+        }
+        None => None,
+    };
+    if disk > 0 && disk < 16 << 20 {
+        s.error(&t.span_of("disk"), "cache.disk must be 0 (memory only) or at least 16MiB");
+    }
+    t.finish(s);
+    Some(CacheStorage { memory: memory?.get_ref().0, disk, path })
+}
+
+/// The folder exists and is writable, or can be created: its nearest existing
+/// ancestor is a writable folder. Checked by writing a probe file, which is
+/// what actually matters (permissions, read-only mounts, quotas).
+pub fn check_writable_dir(path: &Path) -> Result<(), String> {
+    let mut probe_dir = path;
+    loop {
+        if probe_dir.exists() {
+            break;
+        }
+        match probe_dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => probe_dir = p,
+            _ => {
+                probe_dir = Path::new(".");
+                break;
+            }
+        }
+    }
+    if !probe_dir.is_dir() {
+        return Err(format!(
+            "cache path `{}` is not usable: `{}` is not a directory",
+            path.display(),
+            probe_dir.display()
+        ));
+    }
+    let probe = probe_dir.join(format!(".outpost-write-check-{}", std::process::id()));
+    match std::fs::write(&probe, b"") {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => Err(format!("cache path `{}` is not writable: {e}", path.display())),
+    }
+}
+
+fn decode_upstream(s: &mut Sink<'_>, root: &mut Table<'_, '_>) -> Option<Upstream> {
+    let mut t = match root.table(s, "upstream") {
+        Some(t) => t,
+        None => {
+            s.error(&root.span.clone(), "an edge needs [upstream] with shields, or mode = \"origin\"");
+            return None;
+        }
+    };
+    let mode = t.or(s, "mode", UpstreamMode::Shield);
+    let shields: Vec<Uri> = t.or(s, "shields", Vec::new());
+    if mode == UpstreamMode::Shield && shields.is_empty() {
+        s.error(
+            &t.span_of("shields"),
+            "upstream.shields is empty but mode is \"shield\": list the shields or set mode = \"origin\"",
+        );
+    }
+    let probe_interval = t.or(s, "probe_interval", DEFAULT_SHIELD_PROBE_INTERVAL);
+    t.finish(s);
+    Some(Upstream { mode, shields, probe_interval })
+}
+
+impl Decode for UpstreamMode {
+    fn decode(s: &mut Sink<'_>, v: &Val<'_>) -> Option<Self> {
+        parse_str(s, v, "\"shield\" or \"origin\"", |t| match t {
+            "shield" => Ok(UpstreamMode::Shield),
+            "origin" => Ok(UpstreamMode::Origin),
+            _ => Err(format!("upstream.mode must be \"shield\" or \"origin\", found `{t}`")),
+        })
+    }
+}
+
+fn decode_control(s: &mut Sink<'_>, root: &mut Table<'_, '_>, base: &Path) -> Option<ControlNode> {
+    let Some(mut store) = root.table(s, "store") else {
+        s.error(&root.span.clone(), "missing table [store] (path of the control plane's database)");
+        return None;
+    };
+    let path = store.req::<Spanned<String>>(s, "path").map(|p| {
+        let full = base.join(p.get_ref());
+        if let Some(parent) = full.parent()
+            && let Err(msg) = check_writable_dir(parent)
+        {
+            s.error(&p.span(), msg.replace("cache path", "store folder"));
+        }
+        full
+    });
+    let log_retention = store.or(s, "log_retention", DEFAULT_LOG_RETENTION);
+    store.finish(s);
+    let Some(mut auth) = root.table(s, "auth") else {
+        s.error(&root.span.clone(), "missing table [auth] (admin_token_file and node_token_file)");
+        return None;
+    };
+    let admin: Option<String> = auth.req(s, "admin_token_file");
+    let node: Option<String> = auth.req(s, "node_token_file");
+    auth.finish(s);
+    Some(ControlNode {
+        store: path?,
+        log_retention,
+        admin_token_file: base.join(admin?),
+        node_token_file: base.join(node?),
+    })
+}
+
+fn decode_dns(s: &mut Sink<'_>, root: &mut Table<'_, '_>, base: &Path, has_control: bool) -> Option<DnsNode> {
+    let Some(mut t) = root.table(s, "dns") else {
+        s.error(&root.span.clone(), "missing table [dns] (zone, geoip, pops)");
+        return None;
+    };
+    let zone = t.req::<Spanned<String>>(s, "zone").and_then(|z| match normalise_zone(z.get_ref()) {
+        Ok(zone) => Some(zone),
+        Err(m) => {
+            s.error(&z.span(), m);
+            None
+        }
+    });
+    let ttl = match t.opt::<Spanned<Duration>>(s, "ttl") {
+        Some(v) if v.get_ref().as_secs() == 0 || v.get_ref().as_secs() > 86_400 => {
+            s.error(&v.span(), "dns.ttl must be between 1s and 1 day");
+            DEFAULT_DNS_TTL
+        }
+        Some(v) => v.into_inner(),
+        None => DEFAULT_DNS_TTL,
+    };
+    let geoip: Option<String> = t.req(s, "geoip");
+    let nameservers: Vec<String> = t.or(s, "nameservers", Vec::new());
+    let default_pop: Option<Spanned<String>> = t.req(s, "default_pop");
+    let pops: Vec<DnsPop> = t
+        .tables(s, "pop")
+        .into_iter()
+        .filter_map(|mut p| {
+            let name: Option<String> = p.req(s, "name");
+            let latitude = coordinate(s, &mut p, "latitude", 90.0);
+            let longitude = coordinate(s, &mut p, "longitude", 180.0);
+            let edges: Vec<IpAddr> = p.or(s, "edges", Vec::new());
+            if edges.is_empty() && !has_control {
+                s.error(&p.span.clone(), "a PoP needs static edges when there is no [control] to report them");
+            }
+            p.finish(s);
+            Some(DnsPop { name: name?, latitude: latitude?, longitude: longitude?, edges })
+        })
+        .collect();
+    if pops.is_empty() {
+        s.error(&t.span.clone(), "dns needs at least one [[dns.pop]]");
+    }
+    let mut map = |s: &mut Sink<'_>, key: &'static str, valid: &dyn Fn(&str) -> bool| {
+        let mut out = BTreeMap::new();
+        if let Some(m) = t.table(s, key) {
+            for (k, v) in m.entries() {
+                if !valid(k.get_ref()) {
+                    s.error(&k.span(), format!("`{}` is not a code for dns.{key}", k.get_ref()));
+                }
+                if let Some(pop) = <Spanned<String>>::decode(s, v) {
+                    if !pops.iter().any(|p| p.name == *pop.get_ref()) {
+                        s.error(&pop.span(), format!("no [[dns.pop]] is named `{}`", pop.get_ref()));
+                    }
+                    out.insert(k.get_ref().to_string(), pop.into_inner());
+                }
+            }
+        }
+        out
+    };
+    let countries = map(s, "countries", &|c| c.len() == 2 && c.bytes().all(|b| b.is_ascii_uppercase()));
+    let continents = map(s, "continents", &|c| ["AF", "AN", "AS", "EU", "NA", "OC", "SA"].contains(&c));
+    if let Some(d) = &default_pop
+        && !pops.is_empty()
+        && !pops.iter().any(|p| p.name == *d.get_ref())
+    {
+        s.error(&d.span(), format!("default_pop `{}` is not one of the [[dns.pop]] names", d.get_ref()));
+    }
+    t.finish(s);
+    Some(DnsNode {
+        zone: zone?,
+        ttl,
+        geoip: base.join(geoip?),
+        nameservers,
+        pops,
+        default_pop: default_pop?.into_inner(),
+        countries,
+        continents,
+    })
+}
+
+/// `cdn.example.test` or `cdn.example.test.` → `cdn.example.test.`.
+fn normalise_zone(text: &str) -> Result<String, String> {
+    let name = text.trim_end_matches('.');
+    match crate::units::HostPattern::parse(name) {
+        Ok(crate::units::HostPattern::Exact(n)) => Ok(format!("{n}.")),
+        _ => Err(format!("`{text}` is not a DNS zone name")),
+    }
+}
+
+impl Decode for IpAddr {
+    fn decode(s: &mut Sink<'_>, v: &Val<'_>) -> Option<Self> {
+        parse_str(s, v, "an IP address", |t| t.parse().map_err(|_| format!("`{t}` is not an IP address")))
+    }
+}
+
+fn load_static_sites(
+    s: &mut Sink<'_>,
+    base: &Path,
+    files: &[Spanned<String>],
+    site_errors: &mut Vec<Diagnostic>,
+) -> Vec<Site> {
+    let mut sites = Vec::new();
+    for f in files {
+        let path = base.join(f.get_ref());
+        if !path.is_file() {
+            s.error(&f.span(), format!("site file `{}` does not exist", path.display()));
+            continue;
+        }
+        match Site::load(&path) {
+            Ok(site) => sites.push(site),
+            Err(e) => site_errors.extend(e.diagnostics),
+        }
+    }
+    site_errors.extend(crate::check_sites(&sites));
+    sites
+}

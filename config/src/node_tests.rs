@@ -1,0 +1,206 @@
+//! Node-file tests: every role, defaults, and each kind of mistake.
+
+use std::time::Duration;
+
+use crate::*;
+
+const EDGE: &str = r#"
+[node]
+name = "edge-1"
+role = "edge"
+pop = "fra"
+latitude = 50.11
+longitude = 8.68
+
+[listen]
+http = ["127.0.0.1:0"]
+
+[cache]
+memory = "64MiB"
+
+[upstream]
+mode = "origin"
+"#;
+
+fn errors(text: &str) -> Vec<String> {
+    match NodeConfig::from_str(text) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.diagnostics.iter().map(ToString::to_string).collect(),
+    }
+}
+
+use std::str::FromStr;
+
+#[test]
+fn minimal_edge_uses_safe_defaults() {
+    let node: NodeConfig = EDGE.parse().unwrap();
+    assert_eq!(node.role(), Role::Edge);
+    assert_eq!(node.name, "edge-1");
+    assert_eq!(node.limits, Limits::default());
+    assert_eq!(node.limits.header_read_timeout, DEFAULT_HEADER_READ_TIMEOUT);
+    let RoleConfig::Edge(edge) = &node.role else { panic!() };
+    assert_eq!(edge.proxy.cache, CacheStorage { memory: 64 << 20, disk: 0, path: None });
+    assert_eq!(edge.upstream.mode, UpstreamMode::Origin);
+    assert!(node.control.is_none() && node.listen.admin.is_none());
+}
+
+#[test]
+fn limits_are_read_and_checked() {
+    let node: NodeConfig = format!(
+        "{EDGE}\n[limits]\nheader_bytes = \"16KiB\"\nheaders = 50\nbody = \"1MiB\"\nheader_read_timeout = \"5s\"\n\
+         idle_timeout = \"30s\"\nmax_connections = 100\nshutdown_grace = \"3s\"\n"
+    )
+    .parse()
+    .unwrap();
+    assert_eq!(
+        node.limits,
+        Limits {
+            max_header_bytes: 16 << 10,
+            max_headers: 50,
+            max_request_body: 1 << 20,
+            header_read_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            max_connections: 100,
+            shutdown_grace: Duration::from_secs(3),
+        }
+    );
+    let e = errors(&format!("{EDGE}\n[limits]\nheader_bytes = \"10MiB\"\nheaders = 0\nidle_timeout = \"0s\"\n"));
+    assert_eq!(e.len(), 3, "{e:?}");
+    assert!(e[0].contains("between 1KiB and 1MiB") && e[1].contains("at least 1") && e[2].contains("longer than zero"));
+}
+
+#[test]
+fn a_shield_routed_edge_needs_shields() {
+    let text = EDGE.replace("mode = \"origin\"", "mode = \"shield\"\nshields = []");
+    let e = errors(&text);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].contains("upstream.shields is empty but mode is \"shield\""), "{e:?}");
+    let text = EDGE.replace("mode = \"origin\"", "shields = [\"http://127.0.0.1:8101\", \"http://[::1]:8102\"]");
+    let node: NodeConfig = text.parse().unwrap();
+    let RoleConfig::Edge(edge) = &node.role else { panic!() };
+    assert_eq!(edge.upstream.mode, UpstreamMode::Shield, "shield is the default mode");
+    assert_eq!(edge.upstream.shields.len(), 2);
+}
+
+#[test]
+fn disk_path_must_be_writable() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = EDGE.replace(
+        "memory = \"64MiB\"",
+        &format!("memory = \"64MiB\"\ndisk = \"1GiB\"\npath = \"{}\"", dir.path().join("new/sub").display()),
+    );
+    let node: NodeConfig = ok.parse().unwrap();
+    assert_eq!(node.proxy().unwrap().cache.disk, 1 << 30);
+    // /proc refuses new files even to root; a regular file cannot hold a folder.
+    let file = dir.path().join("plain");
+    std::fs::write(&file, "x").unwrap();
+    for bad in ["/proc/outpost-cache".to_string(), file.join("cache").display().to_string()] {
+        let text =
+            EDGE.replace("memory = \"64MiB\"", &format!("memory = \"64MiB\"\ndisk = \"1GiB\"\npath = \"{bad}\""));
+        let e = errors(&text);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].contains("not writable") || e[0].contains("not a directory"), "{e:?}");
+    }
+    let e = errors(&EDGE.replace("memory = \"64MiB\"", "memory = \"64MiB\"\ndisk = \"1GiB\""));
+    assert!(e[0].contains("cache.path is missing"), "{e:?}");
+}
+
+#[test]
+fn sections_and_listeners_must_fit_the_role() {
+    let e = errors(
+        "[node]\nname = \"c\"\nrole = \"control\"\n[listen]\nhttp = [\"127.0.0.1:1\"]\ndns = \"127.0.0.1:53\"\n[cache]\nmemory = \"1GiB\"\n[store]\npath = \"x.redb\"\n[auth]\nadmin_token_file = \"a\"\nnode_token_file = \"n\"\n",
+    );
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e.iter().any(|m| m.contains("[cache] is not used by a control node")));
+    assert!(e.iter().any(|m| m.contains("listen.dns is not used by a control node")));
+    assert!(errors("[node]\nname = \"x\"\nrole = \"router\"\n")[0].contains("role must be one of"));
+    assert!(errors("[listen]\n")[0].contains("missing table [node]"));
+}
+
+#[test]
+fn edge_location_is_range_checked() {
+    let e = errors(
+        &EDGE.replace("latitude = 50.11", "latitude = 91.0").replace("longitude = 8.68", "longitude = \"east\""),
+    );
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e[0].contains("latitude must be between -90 and 90"));
+    assert!(e[1].contains("expected a number, found string"));
+    assert!(errors(&EDGE.replace("pop = \"fra\"\n", ""))[0].contains("missing key `pop`"));
+}
+
+#[test]
+fn control_and_origin_roles() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[node]\nname = \"control\"\nrole = \"control\"\n[listen]\nhttp = [\"127.0.0.1:7000\"]\n\
+                [store]\npath = \"data/c.redb\"\n[auth]\nadmin_token_file = \"admin.token\"\nnode_token_file = \"node.token\"\n";
+    let file = dir.path().join("control.toml");
+    let node = NodeConfig::parse(&file, text).unwrap();
+    let RoleConfig::Control(c) = &node.role else { panic!() };
+    assert_eq!(c.store, dir.path().join("data/c.redb"), "relative paths follow the file");
+    assert_eq!(c.log_retention, DEFAULT_LOG_RETENTION);
+    let origin: NodeConfig =
+        "[node]\nname = \"o\"\nrole = \"origin\"\n[listen]\nhttp = [\"127.0.0.1:9000\"]\n".parse().unwrap();
+    assert_eq!(origin.role, RoleConfig::Origin(OriginNode { dir: None }));
+    let e =
+        errors("[node]\nname = \"o\"\nrole = \"origin\"\n[listen]\nhttp = []\n[origin]\ndir = \"/nonexistent/dir\"\n");
+    assert_eq!(e.len(), 2, "{e:?}");
+}
+
+#[test]
+fn dns_role_checks_its_pops() {
+    let text = r#"
+[node]
+name = "dns"
+role = "dns"
+[listen]
+dns = "127.0.0.1:5353"
+[dns]
+zone = "CDN.Example.test"
+geoip = "x.mmdb"
+default_pop = "lhr"
+[[dns.pop]]
+name = "fra"
+latitude = 50.1
+longitude = 8.7
+edges = ["127.0.0.11", "::1"]
+[dns.countries]
+gb = "fra"
+US = "iad"
+[dns.continents]
+EU = "fra"
+XX = "fra"
+"#;
+    let e = errors(text);
+    assert_eq!(e.len(), 4, "{e:?}");
+    assert!(e[0].contains("default_pop `lhr` is not one of the [[dns.pop]] names"));
+    assert!(e[1].contains("`gb` is not a code for dns.countries"));
+    assert!(e[2].contains("no [[dns.pop]] is named `iad`"));
+    assert!(e[3].contains("`XX` is not a code for dns.continents"));
+    let fixed = text
+        .replace("\"lhr\"", "\"fra\"")
+        .replace("gb =", "GB =")
+        .replace("US = \"iad\"\n", "")
+        .replace("XX = \"fra\"\n", "");
+    let node: NodeConfig = fixed.parse().unwrap();
+    let RoleConfig::Dns(d) = &node.role else { panic!() };
+    assert_eq!(d.zone, "cdn.example.test.");
+    assert_eq!(d.ttl, DEFAULT_DNS_TTL);
+    assert_eq!(d.pops[0].edges.len(), 2);
+    assert_eq!(d.countries["GB"], "fra");
+}
+
+#[test]
+fn static_site_errors_point_into_the_site_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bad.site.toml"),
+        "[site]\nid = \"b\"\nhosts = [\"b.test\"]\n[[origin]]\nurl = \"b\"\n",
+    )
+    .unwrap();
+    let edge = EDGE.replace("longitude = 8.68", "longitude = 8.68\nsites = [\"bad.site.toml\", \"gone.toml\"]");
+    let e = NodeConfig::parse(&dir.path().join("edge.toml"), &edge).unwrap_err();
+    let lines: Vec<String> = e.diagnostics.iter().map(ToString::to_string).collect();
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert!(lines.iter().any(|l| l.contains("edge.toml:8:27:") && l.contains("gone.toml` does not exist")));
+    assert!(lines.iter().any(|l| l.contains("bad.site.toml:5:7:")));
+}

@@ -1,1 +1,92 @@
-fn main() {}
+//! `outpost`: one binary for every role of the CDN.
+//!
+//! `outpost up` runs a whole CDN on this machine from `config/`; the other
+//! subcommands run one role per process, as production does, or talk to a
+//! running CDN.
+
+mod check;
+mod signals;
+mod up;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "outpost",
+    version,
+    about = "An edge CDN: caching edges, origin shields, a control plane and geo-IP DNS"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a whole CDN on this machine from the files in a config folder.
+    Up {
+        /// Folder holding the node and site files.
+        #[arg(long, default_value = "config")]
+        config_dir: PathBuf,
+    },
+    /// Validate node and site files; print `file:line:column: message` for each problem.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Run the test origin (see `outpost_load::origin` for its URL grammar).
+    Origin {
+        /// Address to listen on; repeat for several.
+        #[arg(long, required = true)]
+        listen: Vec<SocketAddr>,
+        /// Serve this directory under /files/.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check { files } => return check::run(&files),
+        Command::Up { config_dir } => {
+            init_logging();
+            runtime().and_then(|rt| rt.block_on(up::run(&config_dir)))
+        }
+        Command::Origin { listen, dir } => {
+            init_logging();
+            runtime().and_then(|rt| {
+                rt.block_on(async {
+                    let server = outpost_load::OriginServer::bind(&listen, dir).await?;
+                    for addr in server.local_addrs() {
+                        tracing::info!(%addr, "test origin listening");
+                    }
+                    let stop = signals::shutdown_token();
+                    server.run(stop).await?;
+                    Ok(())
+                })
+            })
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

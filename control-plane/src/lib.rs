@@ -1,1 +1,2 @@
-//! placeholder
+//! The control plane: the HTTP API, the durable store, the ordered event log
+//! that nodes follow, the node registry, and the geo-IP DNS server (`dns`).

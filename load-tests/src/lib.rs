@@ -1,1 +1,9 @@
-//! x
+//! Outpost's black-box test tooling: the test origin ([`origin`]) and the
+//! deterministic content it serves ([`content`]). It talks HTTP only and
+//! depends on no engine crate, so it measures Outpost the way a customer's
+//! origin and clients see it.
+
+pub mod content;
+pub mod origin;
+
+pub use origin::OriginServer;

@@ -1,0 +1,83 @@
+//! `outpost up`: the whole CDN on this machine, from one config folder.
+//!
+//! Every file in the folder is validated first (all problems reported, nothing
+//! started on any error); then each role that has a node file is started in
+//! this process, and a table of endpoints is printed.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use outpost_config::{ConfigFile, NodeConfig, RoleConfig};
+
+use crate::signals;
+
+/// Every `.toml` file of the folder, sorted, so runs are repeatable.
+fn config_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir).with_context(|| format!("cannot read config folder `{}`", dir.display()))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml") && !outpost_config::is_cargo_manifest(p))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("no .toml files in `{}`", dir.display());
+    }
+    Ok(files)
+}
+
+pub(crate) async fn run(config_dir: &Path) -> anyhow::Result<()> {
+    let files = config_files(config_dir)?;
+    let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let problems = outpost_config::check_files(&paths);
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("{p}");
+        }
+        bail!("{} problem(s) in `{}`; nothing was started", problems.len(), config_dir.display());
+    }
+    let mut nodes: Vec<NodeConfig> = Vec::new();
+    for p in &paths {
+        if let ConfigFile::Node(n) = outpost_config::load_file(p)? {
+            nodes.push(*n);
+        }
+    }
+
+    let stop = signals::shutdown_token();
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut try_lines = Vec::new();
+    for node in &nodes {
+        if let RoleConfig::Origin(o) = &node.role {
+            let server =
+                outpost_load::OriginServer::bind(&node.listen.http, o.dir.clone()).await.with_context(|| {
+                    format!("the test origin could not start: change [listen] http in `{}`", node.file.display())
+                })?;
+            for addr in server.local_addrs() {
+                rows.push(("origin".into(), node.name.clone(), format!("http://{addr}")));
+                try_lines.push(format!("curl -si 'http://{addr}/hello?size=64&cc=max-age%3D60' | head -n 8"));
+                try_lines.push(format!("curl -s http://{addr}/__origin/stats"));
+            }
+            tasks.spawn(server.run(stop.clone()));
+        }
+    }
+    if tasks.is_empty() {
+        bail!("no role in `{}` can be started by `up` (it needs at least an origin node file)", config_dir.display());
+    }
+
+    println!("Outpost is up (config: {})\n", config_dir.display());
+    println!("  {:<8} {:<12} ENDPOINT", "ROLE", "NAME");
+    for (role, name, endpoint) in &rows {
+        println!("  {role:<8} {name:<12} {endpoint}");
+    }
+    println!("\nTry:");
+    for l in &try_lines {
+        println!("  {l}");
+    }
+    println!("\nCtrl-C stops everything.");
+
+    while let Some(r) = tasks.join_next().await {
+        r.context("a role panicked")??;
+    }
+    Ok(())
+}

@@ -1,0 +1,4 @@
+//! End-to-end tests of the `outpost` binary.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod cli;

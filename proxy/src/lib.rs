@@ -1,2 +1,4 @@
 //! x
+pub mod key;
 pub mod policy;
+pub mod store;

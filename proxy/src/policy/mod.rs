@@ -16,7 +16,7 @@
 
 mod directives;
 
-pub use directives::{Directives, Qualified, DELTA_SECONDS_MAX};
+pub use directives::{DELTA_SECONDS_MAX, Directives, Qualified};
 
 use std::time::{Duration, SystemTime};
 
@@ -104,7 +104,12 @@ fn date_header(headers: &HeaderMap, name: &HeaderName) -> Option<SystemTime> {
 }
 
 /// The freshness the origin gave explicitly, if any.
-fn explicit_lifetime(d: &Directives, use_expires: bool, headers: &HeaderMap, response_time: SystemTime) -> Option<Duration> {
+fn explicit_lifetime(
+    d: &Directives,
+    use_expires: bool,
+    headers: &HeaderMap,
+    response_time: SystemTime,
+) -> Option<Duration> {
     if let Some(s) = d.s_maxage {
         return Some(Duration::from_secs(s));
     }
@@ -162,7 +167,9 @@ pub fn storability(
     for private in [&cc.private, &d.private] {
         match private {
             Some(Qualified::All) => return Err(NotStored::Private),
-            Some(Qualified::Fields(f)) => strip.extend(f.iter().filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())),
+            Some(Qualified::Fields(f)) => {
+                strip.extend(f.iter().filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok()))
+            }
             None => {}
         }
     }
@@ -215,7 +222,8 @@ pub fn storability(
 
     strip.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     strip.dedup();
-    let never_stale = force.is_none() && (d.must_revalidate || d.proxy_revalidate || d.s_maxage.is_some() || always_revalidate);
+    let never_stale =
+        force.is_none() && (d.must_revalidate || d.proxy_revalidate || d.s_maxage.is_some() || always_revalidate);
     let swr = d.stale_while_revalidate.map_or(stale.while_revalidate, Duration::from_secs);
     let sie = d.stale_if_error.map_or(stale.if_error, Duration::from_secs);
     Ok(StorePlan {

@@ -67,7 +67,10 @@ fn cdn_cache_control_takes_precedence_and_hides_cache_control() {
         "CDN-Cache-Control over Surrogate-Control"
     );
     // private in Cache-Control still protects the client.
-    assert_eq!(plan(200, &[("cache-control", "private"), ("cdn-cache-control", "max-age=600")]), Err(NotStored::Private));
+    assert_eq!(
+        plan(200, &[("cache-control", "private"), ("cdn-cache-control", "max-age=600")]),
+        Err(NotStored::Private)
+    );
 }
 
 #[test]
@@ -94,7 +97,8 @@ fn no_cache_is_stored_but_always_revalidated_and_never_stale() {
 #[test]
 fn must_revalidate_proxy_revalidate_and_s_maxage_forbid_stale() {
     for cc in ["max-age=10, must-revalidate", "max-age=10, proxy-revalidate", "s-maxage=10"] {
-        let p = plan(200, &[("cache-control", &format!("{cc}, stale-while-revalidate=60, stale-if-error=60"))]).unwrap();
+        let p =
+            plan(200, &[("cache-control", &format!("{cc}, stale-while-revalidate=60, stale-if-error=60"))]).unwrap();
         assert!(p.never_stale, "{cc}");
         let t = timing(&p, 0);
         assert_eq!(t.freshness(at(T0 + 11)), Freshness::Stale(Duration::from_secs(1)), "{cc}");
@@ -192,9 +196,19 @@ fn negative_caching_by_status_ttl() {
 fn path_rules_force_and_bypass() {
     let (mut rules, stale) = no_defaults();
     rules.paths = vec![
-        PathRule { pattern: PathPattern::parse("/static/*").unwrap(), ttl: Some(Duration::from_secs(3600)), force: true, bypass: false },
+        PathRule {
+            pattern: PathPattern::parse("/static/*").unwrap(),
+            ttl: Some(Duration::from_secs(3600)),
+            force: true,
+            bypass: false,
+        },
         PathRule { pattern: PathPattern::parse("/api/*").unwrap(), ttl: None, force: false, bypass: true },
-        PathRule { pattern: PathPattern::parse("/docs/*").unwrap(), ttl: Some(Duration::from_secs(120)), force: false, bypass: false },
+        PathRule {
+            pattern: PathPattern::parse("/docs/*").unwrap(),
+            ttl: Some(Duration::from_secs(120)),
+            force: false,
+            bypass: false,
+        },
     ];
     let req = |path: &'static str| RequestFacts { path, ..get() };
     let h = headers(&[("cache-control", "no-store, no-cache, max-age=0")]);
@@ -202,7 +216,10 @@ fn path_rules_force_and_bypass() {
     assert_eq!(p.lifetime.as_secs(), 3600);
     assert!(!p.always_revalidate && !p.never_stale);
     let private = headers(&[("cache-control", "private")]);
-    assert_eq!(storability(req("/static/me.js"), StatusCode::OK, &private, &rules, &stale, at(T0)), Err(NotStored::Private));
+    assert_eq!(
+        storability(req("/static/me.js"), StatusCode::OK, &private, &rules, &stale, at(T0)),
+        Err(NotStored::Private)
+    );
     let ok = headers(&[("cache-control", "max-age=60")]);
     assert_eq!(storability(req("/api/x"), StatusCode::OK, &ok, &rules, &stale, at(T0)), Err(NotStored::PathBypass));
     let silent = HeaderMap::new();

@@ -1,0 +1,336 @@
+//! Cache keys. A key is a 128-bit hash of the site id (never the raw Host),
+//! the method class (HEAD shares GET's entries), the normalised path, the
+//! query as the site's rules shape it, and the values of the site's key
+//! headers. A response with `Vary` adds a second level: the variant key
+//! mixes in the request's values of the varied headers.
+
+use http::header::{HeaderMap, HeaderName};
+use outpost_config::{CacheRules, QueryMode};
+use xxhash_rust::xxh3::Xxh3;
+
+/// A stored entry's key.
+pub type Key = u128;
+
+/// A request path that cannot be keyed safely.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadPath {
+    #[error("the path must start with `/`")]
+    NotAbsolute,
+    #[error("the path has a malformed percent-encoding")]
+    BadEscape,
+    #[error("the path contains a control character or NUL")]
+    Control,
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// RFC 3986 normalisation that never merges distinct resources: decode
+/// percent-encoded unreserved characters, upper-case the other escapes, and
+/// remove dot segments (§5.2.4). `%2F` stays encoded; `//` stays.
+pub fn normalize_path(raw: &str) -> Result<String, BadPath> {
+    if !raw.starts_with('/') {
+        return Err(BadPath::NotAbsolute);
+    }
+    let bytes = raw.as_bytes();
+    let mut decoded = String::with_capacity(raw.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b < 0x20 || b == 0x7f {
+            return Err(BadPath::Control);
+        }
+        if b == b'%' {
+            let (Some(h), Some(l)) = (bytes.get(i + 1).and_then(|x| hex(*x)), bytes.get(i + 2).and_then(|x| hex(*x)))
+            else {
+                return Err(BadPath::BadEscape);
+            };
+            let v = h * 16 + l;
+            if v == 0 {
+                return Err(BadPath::Control);
+            }
+            if is_unreserved(v) {
+                decoded.push(v as char);
+            } else {
+                decoded.push('%');
+                decoded.push(char::from(b"0123456789ABCDEF"[(v >> 4) as usize]));
+                decoded.push(char::from(b"0123456789ABCDEF"[(v & 15) as usize]));
+            }
+            i += 3;
+        } else {
+            // Bytes ≥ 0x80 come from a `&str`, so whole characters follow.
+            let ch_len = raw[i..].chars().next().map_or(1, char::len_utf8);
+            decoded.push_str(&raw[i..i + ch_len]);
+            i += ch_len;
+        }
+    }
+    Ok(remove_dot_segments(&decoded))
+}
+
+fn remove_dot_segments(path: &str) -> String {
+    if !path.contains("/.") {
+        return path.to_string();
+    }
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    let mut trailing_slash = false;
+    for (i, seg) in segments.iter().enumerate() {
+        match *seg {
+            "." => trailing_slash = i == last,
+            ".." => {
+                out.pop();
+                trailing_slash = i == last;
+            }
+            s => {
+                out.push(s);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut result = String::with_capacity(path.len());
+    for s in &out {
+        result.push('/');
+        result.push_str(s);
+    }
+    if trailing_slash || result.is_empty() {
+        result.push('/');
+    }
+    result
+}
+
+fn param_name(pair: &str) -> &str {
+    pair.split_once('=').map_or(pair, |(k, _)| k)
+}
+
+fn dropped(name: &str, drop: &[String]) -> bool {
+    drop.iter().any(|d| match d.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => d == name,
+    })
+}
+
+/// The query string as keyed and as sent upstream, or `None` for none.
+pub fn shape_query(query: Option<&str>, rules: &CacheRules) -> Option<String> {
+    let q = query.filter(|q| !q.is_empty())?;
+    match rules.query {
+        QueryMode::Ignore => None,
+        QueryMode::Keep if rules.query_drop.is_empty() => Some(q.to_string()),
+        mode => {
+            let mut pairs: Vec<&str> =
+                q.split('&').filter(|p| !p.is_empty() && !dropped(param_name(p), &rules.query_drop)).collect();
+            if mode == QueryMode::Sort {
+                // Stable: repeated names keep their order (`a=1&a=2` ≠ `a=2&a=1`).
+                pairs.sort_by(|a, b| param_name(a).cmp(param_name(b)));
+            }
+            (!pairs.is_empty()).then(|| pairs.join("&"))
+        }
+    }
+}
+
+/// A request's place in the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestKey {
+    /// Identifies the resource (before `Vary`).
+    pub primary: Key,
+    /// Normalised path plus shaped query: what purges by URL and prefix match.
+    pub url: String,
+}
+
+/// The combined value of a request header, as compared for keys and `Vary`
+/// (RFC 9111 §4.1): lines joined with ", ", outer whitespace trimmed.
+fn header_value(headers: &HeaderMap, name: &HeaderName, out: &mut Xxh3) {
+    let mut first = true;
+    for v in headers.get_all(name) {
+        if !first {
+            out.update(b", ");
+        }
+        out.update(trim(v.as_bytes()));
+        first = false;
+    }
+    out.update(&[0xff, u8::from(first)]);
+}
+
+fn trim(b: &[u8]) -> &[u8] {
+    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    &b[start..end]
+}
+
+impl RequestKey {
+    /// `path` must already be normalised; `query` is the shaped query.
+    pub fn new(site_id: &str, path: &str, query: Option<&str>, rules: &CacheRules, headers: &HeaderMap) -> RequestKey {
+        let url = match query {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_string(),
+        };
+        let mut h = Xxh3::new();
+        h.update(site_id.as_bytes());
+        // Method class: only GET (and HEAD, served from GET) is cached.
+        h.update(b"\0GET\0");
+        h.update(url.as_bytes());
+        for name in &rules.key_headers {
+            h.update(b"\0");
+            h.update(name.as_str().as_bytes());
+            header_value(headers, name, &mut h);
+        }
+        RequestKey { primary: h.digest128(), url }
+    }
+
+    /// The key of this request's variant of a response that varies on `names`.
+    pub fn variant(&self, names: &[HeaderName], headers: &HeaderMap) -> Key {
+        let mut h = Xxh3::new();
+        h.update(&self.primary.to_le_bytes());
+        for name in names {
+            h.update(name.as_str().as_bytes());
+            header_value(headers, name, &mut h);
+        }
+        h.digest128()
+    }
+}
+
+/// The field names a response's `Vary` lists, lower-case, in order, without
+/// repeats. (`*` is refused earlier: such responses are never stored.)
+pub fn vary_names(headers: &HeaderMap) -> Vec<HeaderName> {
+    let mut names: Vec<HeaderName> = Vec::new();
+    for v in headers.get_all(http::header::VARY) {
+        let Ok(text) = v.to_str() else { continue };
+        for t in text.split(',') {
+            if let Ok(n) = HeaderName::from_bytes(t.trim().as_bytes()) {
+                if !names.contains(&n) {
+                    names.push(n);
+                }
+            }
+        }
+    }
+    names
+}
+
+/// The key of chunk `index` of a body stored under `key` with `generation`.
+/// The generation changes with every stored copy, so chunks of an old copy
+/// are never mixed into a new one.
+pub fn chunk_key(key: Key, generation: u64, index: u32) -> Key {
+    let mut h = Xxh3::new();
+    h.update(&key.to_le_bytes());
+    h.update(&generation.to_le_bytes());
+    h.update(&index.to_le_bytes());
+    h.update(b"chunk");
+    h.digest128()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+    use proptest::prelude::*;
+
+    #[test]
+    fn paths_normalise_without_merging_resources() {
+        assert_eq!(normalize_path("/a/./b/../c").unwrap(), "/a/c");
+        assert_eq!(normalize_path("/a/b/..").unwrap(), "/a/");
+        assert_eq!(normalize_path("/../../x").unwrap(), "/x");
+        assert_eq!(normalize_path("/%7euser/%41%2f%2a").unwrap(), "/~user/A%2F%2A");
+        assert_eq!(normalize_path("/a//b").unwrap(), "/a//b");
+        assert_eq!(normalize_path("/caf%C3%A9").unwrap(), "/caf%C3%A9");
+        assert_eq!(normalize_path("/.hidden/x.y").unwrap(), "/.hidden/x.y");
+        assert_eq!(normalize_path("/").unwrap(), "/");
+        assert_eq!(normalize_path("a"), Err(BadPath::NotAbsolute));
+        assert_eq!(normalize_path("/%zz"), Err(BadPath::BadEscape));
+        assert_eq!(normalize_path("/%4"), Err(BadPath::BadEscape));
+        assert_eq!(normalize_path("/a%00b"), Err(BadPath::Control));
+    }
+
+    fn rules(mode: QueryMode, drop: &[&str]) -> CacheRules {
+        CacheRules { query: mode, query_drop: drop.iter().map(|s| s.to_string()).collect(), ..CacheRules::default() }
+    }
+
+    #[test]
+    fn query_rules() {
+        let q = Some("b=2&utm_source=x&a=1&a=0&utm_medium=y");
+        assert_eq!(shape_query(q, &rules(QueryMode::Keep, &[])).as_deref(), q);
+        assert_eq!(
+            shape_query(q, &rules(QueryMode::Sort, &[])).as_deref(),
+            Some("a=1&a=0&b=2&utm_medium=y&utm_source=x")
+        );
+        assert_eq!(shape_query(q, &rules(QueryMode::Sort, &["utm_*"])).as_deref(), Some("a=1&a=0&b=2"));
+        assert_eq!(
+            shape_query(q, &rules(QueryMode::Keep, &["utm_source"])).as_deref(),
+            Some("b=2&a=1&a=0&utm_medium=y")
+        );
+        assert_eq!(shape_query(q, &rules(QueryMode::Ignore, &[])), None);
+        assert_eq!(shape_query(Some("utm_source=1"), &rules(QueryMode::Sort, &["utm_source"])), None);
+        assert_eq!(shape_query(Some(""), &rules(QueryMode::Keep, &[])), None);
+    }
+
+    #[test]
+    fn keys_separate_sites_urls_and_key_headers() {
+        let r = CacheRules::default();
+        let h = HeaderMap::new();
+        let a = RequestKey::new("a", "/x", None, &r, &h);
+        assert_eq!(a, RequestKey::new("a", "/x", None, &r, &h));
+        assert_ne!(a.primary, RequestKey::new("b", "/x", None, &r, &h).primary);
+        assert_ne!(a.primary, RequestKey::new("a", "/x", Some("q"), &r, &h).primary);
+        assert_eq!(RequestKey::new("a", "/x", Some("q=1"), &r, &h).url, "/x?q=1");
+        let mut with = CacheRules::default();
+        with.key_headers = vec![HeaderName::from_static("x-device")];
+        let mut mobile = HeaderMap::new();
+        mobile.insert("x-device", HeaderValue::from_static(" mobile "));
+        let mut mobile2 = HeaderMap::new();
+        mobile2.insert("x-device", HeaderValue::from_static("mobile"));
+        let k1 = RequestKey::new("a", "/x", None, &with, &mobile);
+        assert_eq!(k1, RequestKey::new("a", "/x", None, &with, &mobile2), "whitespace does not matter");
+        assert_ne!(k1.primary, RequestKey::new("a", "/x", None, &with, &h).primary);
+    }
+
+    #[test]
+    fn variants_follow_vary_values() {
+        let k = RequestKey::new("a", "/x", None, &CacheRules::default(), &HeaderMap::new());
+        let names = [HeaderName::from_static("accept-language")];
+        let mut en = HeaderMap::new();
+        en.insert("accept-language", HeaderValue::from_static("en"));
+        let mut de = HeaderMap::new();
+        de.insert("accept-language", HeaderValue::from_static("de"));
+        assert_ne!(k.variant(&names, &en), k.variant(&names, &de));
+        assert_eq!(k.variant(&names, &en), k.variant(&names, &en.clone()));
+        // Absent and empty are different requests.
+        let mut empty = HeaderMap::new();
+        empty.insert("accept-language", HeaderValue::from_static(""));
+        assert_ne!(k.variant(&names, &HeaderMap::new()), k.variant(&names, &empty));
+        let mut resp = HeaderMap::new();
+        resp.append("vary", HeaderValue::from_static("Accept-Language, accept-language"));
+        resp.append("vary", HeaderValue::from_static("X-Dev"));
+        assert_eq!(
+            vary_names(&resp),
+            vec![HeaderName::from_static("accept-language"), HeaderName::from_static("x-dev")]
+        );
+        assert_ne!(chunk_key(1, 1, 0), chunk_key(1, 2, 0));
+        assert_ne!(chunk_key(1, 1, 0), chunk_key(1, 1, 1));
+    }
+
+    proptest! {
+        #[test]
+        fn normalising_never_panics_and_is_idempotent(path in "/[ -~é]{0,40}") {
+            if let Ok(once) = normalize_path(&path) {
+                prop_assert!(once.starts_with('/'));
+                prop_assert_eq!(normalize_path(&once).unwrap(), once.clone());
+            }
+        }
+
+        #[test]
+        fn query_shaping_never_panics(q in "[a-z=&_*]{0,30}") {
+            for mode in [QueryMode::Keep, QueryMode::Sort, QueryMode::Ignore] {
+                let _ = shape_query(Some(&q), &rules(mode, &["a", "b*"]));
+            }
+        }
+    }
+}

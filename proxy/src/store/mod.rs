@@ -1,0 +1,274 @@
+//! Object storage on a foyer `HybridCache`: a memory tier and, when the node
+//! has a disk size, a disk tier that survives restarts. A removal is written
+//! like any entry (see [`Entry::Gone`]), so a purged object stays purged
+//! after a restart.
+//!
+//! Bodies up to [`CHUNK_SIZE`] are stored inline with their object; larger
+//! ones as chunks of [`CHUNK_SIZE`] under derived keys, so a range request
+//! reads only the chunks it covers and a large body never sits in memory whole.
+
+pub mod entry;
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use foyer::{
+    BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder, HybridCachePolicy, RecoverMode,
+};
+use futures_util::Stream;
+use outpost_config::CacheStorage;
+
+use crate::key::{Key, chunk_key};
+pub use entry::{BodyRef, Entry, MAX_KNOWN_VARIANTS, StoredObject, Variants};
+
+/// Chunk size of large bodies and the largest inline body. 1 MiB keeps range
+/// reads cheap and a chunk well inside one foyer block.
+pub const CHUNK_SIZE: usize = 1 << 20;
+/// Largest foyer disk block; smaller disks get smaller blocks so eviction
+/// works on a fine enough grain.
+const MAX_BLOCK: u64 = 16 << 20;
+/// Smallest block: it must hold a whole chunk and its framing.
+const MIN_BLOCK: u64 = 2 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cache folder `{path}`: {source}")]
+    Folder { path: PathBuf, source: io::Error },
+    #[error("cannot open the disk cache in `{path}`: {source}")]
+    Open { path: PathBuf, source: foyer::Error },
+    #[error("the cache needs a disk path for a disk tier")]
+    NoPath,
+}
+
+/// The node's object cache. Cloning shares it.
+#[derive(Clone)]
+pub struct Store {
+    cache: HybridCache<Key, Entry>,
+    hybrid: bool,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("hybrid", &self.hybrid).finish()
+    }
+}
+
+impl Store {
+    /// Opens the cache the node config describes; with a disk tier, what a
+    /// previous run stored is recovered.
+    pub async fn open(cfg: &CacheStorage) -> Result<Store, StoreError> {
+        let memory = HybridCacheBuilder::new()
+            .with_name("outpost")
+            // Written to disk as soon as it is stored: a crash loses only
+            // what was in flight, not everything still in memory.
+            .with_policy(HybridCachePolicy::WriteOnInsertion)
+            .with_flush_on_close(true)
+            .memory(cfg.memory as usize)
+            .with_weighter(|_k: &Key, v: &Entry| v.weight());
+        if cfg.disk == 0 {
+            let cache =
+                memory.storage().build().await.map_err(|source| StoreError::Open { path: PathBuf::new(), source })?;
+            return Ok(Store { cache, hybrid: false });
+        }
+        let path = cfg.path.clone().ok_or(StoreError::NoPath)?;
+        std::fs::create_dir_all(&path).map_err(|source| StoreError::Folder { path: path.clone(), source })?;
+        let device = FsDeviceBuilder::new(&path)
+            .with_capacity(cfg.disk as usize)
+            .build()
+            .map_err(|source| StoreError::Open { path: path.clone(), source })?;
+        let block = (cfg.disk / 16).clamp(MIN_BLOCK, MAX_BLOCK) as usize;
+        let engine = BlockEngineConfig::new(device)
+            .with_block_size(block)
+            .with_buffer_pool_size(block * 2)
+            .with_submit_queue_size_threshold(block * 2)
+            .with_tombstone_log(true);
+        let cache = memory
+            .storage()
+            .with_engine_config(engine)
+            .with_recover_mode(RecoverMode::Quiet)
+            .build()
+            .await
+            .map_err(|source| StoreError::Open { path: path.clone(), source })?;
+        Ok(Store { cache, hybrid: true })
+    }
+
+    pub fn is_hybrid(&self) -> bool {
+        self.hybrid
+    }
+
+    /// The entry under `key`, from memory or disk. A disk error or an entry
+    /// that does not decode reads as a miss.
+    pub async fn get(&self, key: Key) -> Option<Entry> {
+        match self.cache.get(&key).await {
+            Ok(Some(e)) if matches!(e.value(), Entry::Gone) => None,
+            Ok(e) => e.map(|e| e.value().clone()),
+            Err(e) => {
+                tracing::warn!(error = %e, "cache read failed; treating as a miss");
+                None
+            }
+        }
+    }
+
+    pub fn insert(&self, key: Key, entry: Entry) {
+        self.cache.insert(key, entry);
+    }
+
+    /// Removes an entry from both tiers, durably.
+    pub fn remove(&self, key: Key) {
+        self.cache.insert(key, Entry::Gone);
+    }
+
+    /// Removes an object and its body chunks.
+    pub fn remove_object(&self, key: Key, object: &StoredObject) {
+        self.remove(key);
+        if let BodyRef::Chunked { len, chunk_size, generation } = object.body {
+            for i in 0..chunk_count(len, chunk_size) {
+                self.remove(chunk_key(key, generation, i));
+            }
+        }
+    }
+
+    /// Bytes held by the memory tier.
+    pub fn memory_usage(&self) -> usize {
+        self.cache.memory().usage()
+    }
+
+    /// Flushes to disk and closes; called on shutdown.
+    pub async fn close(&self) {
+        if let Err(e) = self.cache.close().await {
+            tracing::warn!(error = %e, "closing the cache failed");
+        }
+    }
+
+    /// A writer for the body of a new object stored under `key`.
+    pub fn body_writer(&self, key: Key) -> BodyWriter {
+        BodyWriter { store: self.clone(), key, generation: new_generation(), buf: BytesMut::new(), index: 0, len: 0 }
+    }
+
+    /// The bytes `start..end` of an object's body, read chunk by chunk.
+    pub fn read(
+        &self,
+        key: Key,
+        body: &BodyRef,
+        start: u64,
+        end: u64,
+    ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+        let store = self.clone();
+        let body = body.clone();
+        let end = end.min(body.len());
+        futures_util::stream::unfold(start, move |pos| {
+            let store = store.clone();
+            let body = body.clone();
+            async move {
+                if pos >= end {
+                    return None;
+                }
+                match body {
+                    BodyRef::Inline(b) => Some((Ok(b.slice(pos as usize..end as usize)), end)),
+                    BodyRef::Chunked { chunk_size, generation, .. } => {
+                        let size = u64::from(chunk_size);
+                        let index = (pos / size) as u32;
+                        let chunk_start = u64::from(index) * size;
+                        match store.get(chunk_key(key, generation, index)).await {
+                            Some(Entry::Chunk(data)) => {
+                                let from = (pos - chunk_start) as usize;
+                                let to = ((end - chunk_start) as usize).min(data.len());
+                                if from >= to {
+                                    let e = io::Error::new(io::ErrorKind::UnexpectedEof, "cached chunk is short");
+                                    return Some((Err(e), end));
+                                }
+                                Some((Ok(data.slice(from..to)), chunk_start + to as u64))
+                            }
+                            _ => {
+                                let e =
+                                    io::Error::new(io::ErrorKind::NotFound, format!("cached chunk {index} is missing"));
+                                Some((Err(e), end))
+                            }
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+pub fn chunk_count(len: u64, chunk_size: u32) -> u32 {
+    len.div_ceil(u64::from(chunk_size.max(1))) as u32
+}
+
+fn new_generation() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    xxhash_rust::xxh3::xxh3_64(&[nanos.to_le_bytes(), n.to_le_bytes()].concat())
+}
+
+/// Writes a body as it arrives: whole chunks go to the cache at once, so
+/// only the chunk being filled is held here.
+#[derive(Debug)]
+pub struct BodyWriter {
+    store: Store,
+    key: Key,
+    generation: u64,
+    buf: BytesMut,
+    index: u32,
+    len: u64,
+}
+
+impl BodyWriter {
+    pub fn push(&mut self, mut data: &[u8]) {
+        self.len += data.len() as u64;
+        while !data.is_empty() {
+            let room = CHUNK_SIZE - self.buf.len();
+            let n = room.min(data.len());
+            self.buf.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.buf.len() == CHUNK_SIZE && (!data.is_empty() || self.index > 0) {
+                self.flush_chunk();
+            }
+        }
+    }
+
+    fn flush_chunk(&mut self) {
+        let chunk = self.buf.split().freeze();
+        self.store.insert(chunk_key(self.key, self.generation, self.index), Entry::Chunk(chunk));
+        self.index += 1;
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes already stored as whole chunks (readable through the store).
+    pub fn stored_through(&self) -> u64 {
+        u64::from(self.index) * CHUNK_SIZE as u64
+    }
+
+    /// Ends the body: small bodies become inline, large ones get their last chunk.
+    pub fn finish(mut self) -> BodyRef {
+        if self.index == 0 {
+            return BodyRef::Inline(self.buf.split().freeze());
+        }
+        if !self.buf.is_empty() {
+            self.flush_chunk();
+        }
+        BodyRef::Chunked { len: self.len, chunk_size: CHUNK_SIZE as u32, generation: self.generation }
+    }
+
+    /// Drops a body that will not be stored, with any chunks already written.
+    pub fn abandon(self) {
+        for i in 0..self.index {
+            self.store.remove(chunk_key(self.key, self.generation, i));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

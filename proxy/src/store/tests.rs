@@ -1,0 +1,152 @@
+//! One battery of store tests, run against the memory-only and the hybrid
+//! (memory + disk) store.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use outpost_config::CacheStorage;
+
+use super::entry::tests::sample;
+use super::*;
+
+async fn memory_store() -> Store {
+    Store::open(&CacheStorage { memory: 64 << 20, disk: 0, path: None }).await.unwrap()
+}
+
+async fn hybrid_store(dir: &std::path::Path) -> Store {
+    Store::open(&CacheStorage { memory: 16 << 20, disk: 64 << 20, path: Some(dir.to_path_buf()) }).await.unwrap()
+}
+
+async fn read_all(store: &Store, key: Key, body: &BodyRef, start: u64, end: u64) -> Vec<u8> {
+    let parts: Vec<Bytes> = store.read(key, body, start, end).try_collect().await.unwrap();
+    parts.concat()
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+async fn battery(store: &Store) {
+    // Insert, get, remove.
+    let e = sample(BodyRef::Inline(Bytes::from_static(b"inline body")));
+    store.insert(1, e.clone());
+    assert_eq!(store.get(1).await, Some(e));
+    store.remove(1);
+    assert_eq!(store.get(1).await, None);
+    assert_eq!(store.get(999).await, None);
+
+    // A small body stays inline; a large one is chunked and reads back by range.
+    let mut w = store.body_writer(2);
+    w.push(b"small");
+    assert_eq!(w.finish(), BodyRef::Inline(Bytes::from_static(b"small")));
+
+    let data = pattern(3 * CHUNK_SIZE + 12345);
+    let mut w = store.body_writer(3);
+    for piece in data.chunks(70_000) {
+        w.push(piece);
+    }
+    assert_eq!(w.stored_through(), 3 * CHUNK_SIZE as u64);
+    let body = w.finish();
+    assert_eq!(body.len(), data.len() as u64);
+    let BodyRef::Chunked { chunk_size, .. } = body else { panic!("expected chunks") };
+    assert_eq!(chunk_size as usize, CHUNK_SIZE);
+    assert_eq!(read_all(store, 3, &body, 0, data.len() as u64).await, data);
+    let (a, b) = (CHUNK_SIZE as u64 - 10, 2 * CHUNK_SIZE as u64 + 10);
+    assert_eq!(read_all(store, 3, &body, a, b).await, &data[a as usize..b as usize]);
+    assert_eq!(read_all(store, 3, &body, 5, 6).await, &data[5..6]);
+    // Exactly one chunk is inline-sized and inline.
+    let mut w = store.body_writer(4);
+    w.push(&pattern(CHUNK_SIZE));
+    assert!(matches!(w.finish(), BodyRef::Inline(b) if b.len() == CHUNK_SIZE));
+
+    // Removing the object removes its chunks: reading them is an error.
+    let obj = StoredObject { body: body.clone(), ..object_of(sample(BodyRef::Inline(Bytes::new()))) };
+    store.insert(3, Entry::Object(Arc::new(obj.clone())));
+    store.remove_object(3, &obj);
+    assert_eq!(store.get(3).await, None);
+    let r: Result<Vec<Bytes>, _> = store.read(3, &body, 0, 10).try_collect().await;
+    assert!(r.is_err(), "chunks are gone with their object");
+
+    // An abandoned body leaves nothing behind.
+    let mut w = store.body_writer(5);
+    w.push(&pattern(2 * CHUNK_SIZE + 1));
+    let generation = w.generation;
+    w.abandon();
+    assert_eq!(store.get(chunk_key(5, generation, 0)).await, None);
+}
+
+fn object_of(e: Entry) -> StoredObject {
+    match e {
+        Entry::Object(o) => (*o).clone(),
+        _ => panic!("not an object"),
+    }
+}
+
+#[tokio::test]
+async fn battery_memory_only() {
+    let store = memory_store().await;
+    assert!(!store.is_hybrid());
+    battery(&store).await;
+}
+
+#[tokio::test]
+async fn battery_hybrid() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = hybrid_store(dir.path()).await;
+    assert!(store.is_hybrid());
+    battery(&store).await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_removal_wins_over_a_write_still_queued_for_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = hybrid_store(dir.path()).await;
+    for k in 0..50u128 {
+        store.insert(k, Entry::Chunk(Bytes::from_static(b"x")));
+        store.remove(k);
+    }
+    for k in 0..50u128 {
+        assert_eq!(store.get(k).await, None, "key {k} came back");
+    }
+    store.close().await;
+    let store = hybrid_store(dir.path()).await;
+    for k in 0..50u128 {
+        assert_eq!(store.get(k).await, None, "key {k} came back after a restart");
+    }
+}
+
+#[tokio::test]
+async fn hybrid_survives_a_restart_and_removals_stay_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = pattern(2 * CHUNK_SIZE + 77);
+    let body = {
+        let store = hybrid_store(dir.path()).await;
+        store.insert(10, sample(BodyRef::Inline(Bytes::from_static(b"kept"))));
+        store.insert(11, sample(BodyRef::Inline(Bytes::from_static(b"removed"))));
+        let mut w = store.body_writer(12);
+        w.push(&data);
+        let body = w.finish();
+        store.insert(
+            12,
+            Entry::Object(Arc::new(StoredObject {
+                body: body.clone(),
+                ..object_of(sample(BodyRef::Inline(Bytes::new())))
+            })),
+        );
+        store.close().await;
+        // Removed after being written to disk, in a second run.
+        let store = hybrid_store(dir.path()).await;
+        assert!(store.get(11).await.is_some(), "written before the first close");
+        store.remove(11);
+        store.close().await;
+        body
+    };
+    let store = hybrid_store(dir.path()).await;
+    assert_eq!(store.get(10).await, Some(sample(BodyRef::Inline(Bytes::from_static(b"kept")))));
+    assert_eq!(store.get(11).await, None, "the tombstone survived the restart");
+    assert!(matches!(store.get(12).await, Some(Entry::Object(_))));
+    assert_eq!(read_all(&store, 12, &body, 0, data.len() as u64).await, data);
+    store.close().await;
+}

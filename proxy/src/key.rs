@@ -206,10 +206,10 @@ pub fn vary_names(headers: &HeaderMap) -> Vec<HeaderName> {
     for v in headers.get_all(http::header::VARY) {
         let Ok(text) = v.to_str() else { continue };
         for t in text.split(',') {
-            if let Ok(n) = HeaderName::from_bytes(t.trim().as_bytes()) {
-                if !names.contains(&n) {
-                    names.push(n);
-                }
+            if let Ok(n) = HeaderName::from_bytes(t.trim().as_bytes())
+                && !names.contains(&n)
+            {
+                names.push(n);
             }
         }
     }

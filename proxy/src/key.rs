@@ -281,8 +281,7 @@ mod tests {
         assert_ne!(a.primary, RequestKey::new("b", "/x", None, &r, &h).primary);
         assert_ne!(a.primary, RequestKey::new("a", "/x", Some("q"), &r, &h).primary);
         assert_eq!(RequestKey::new("a", "/x", Some("q=1"), &r, &h).url, "/x?q=1");
-        let mut with = CacheRules::default();
-        with.key_headers = vec![HeaderName::from_static("x-device")];
+        let with = CacheRules { key_headers: vec![HeaderName::from_static("x-device")], ..CacheRules::default() };
         let mut mobile = HeaderMap::new();
         mobile.insert("x-device", HeaderValue::from_static(" mobile "));
         let mut mobile2 = HeaderMap::new();

@@ -5,6 +5,7 @@
 //! running CDN.
 
 mod check;
+mod roles;
 mod signals;
 mod up;
 
@@ -32,6 +33,15 @@ enum Command {
         /// Folder holding the node and site files.
         #[arg(long, default_value = "config")]
         config_dir: PathBuf,
+        /// Where logs and other run-time state go.
+        #[arg(long, default_value = ".outpost")]
+        data_dir: PathBuf,
+    },
+    /// Run an edge node: cache in front of clients.
+    Edge {
+        /// The edge's node file.
+        #[arg(long)]
+        config: PathBuf,
     },
     /// Validate node and site files; print `file:line:column: message` for each problem.
     Check {
@@ -51,7 +61,7 @@ enum Command {
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,foyer=warn,foyer_storage=warn"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
@@ -63,9 +73,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { files } => return check::run(&files),
-        Command::Up { config_dir } => {
+        Command::Up { config_dir, data_dir } => {
             init_logging();
-            runtime().and_then(|rt| rt.block_on(up::run(&config_dir)))
+            runtime().and_then(|rt| rt.block_on(up::run(&config_dir, &data_dir)))
+        }
+        Command::Edge { config } => {
+            init_logging();
+            runtime().and_then(|rt| rt.block_on(roles::edge(&config)))
         }
         Command::Origin { listen, dir } => {
             init_logging();

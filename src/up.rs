@@ -1,13 +1,14 @@
 //! `outpost up`: the whole CDN on this machine, from one config folder.
 //!
 //! Every file in the folder is validated first (all problems reported, nothing
-//! started on any error); then each role that has a node file is started in
-//! this process, and a table of endpoints is printed.
+//! started on any error); then the roles this build can run (the test origin
+//! and the edges, which fetch from the origin directly until the shield tier
+//! is in) are started in this process, and a table of endpoints is printed.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use outpost_config::{ConfigFile, NodeConfig, RoleConfig};
+use outpost_config::{AccessLog, ConfigFile, NodeConfig, RoleConfig};
 
 use crate::signals;
 
@@ -26,7 +27,7 @@ fn config_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-pub(crate) async fn run(config_dir: &Path) -> anyhow::Result<()> {
+pub(crate) async fn run(config_dir: &Path, data_dir: &Path) -> anyhow::Result<()> {
     let files = config_files(config_dir)?;
     let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
     let problems = outpost_config::check_files(&paths);
@@ -47,7 +48,33 @@ pub(crate) async fn run(config_dir: &Path) -> anyhow::Result<()> {
     let mut rows: Vec<(String, String, String)> = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
     let mut try_lines = Vec::new();
+    let mut edge_lines = Vec::new();
+    // Each node's access log goes to a file, so the console stays readable.
+    for node in &mut nodes {
+        let log = data_dir.join("logs").join(format!("{}.access.log", node.name));
+        if let RoleConfig::Edge(e) = &mut node.role {
+            if e.proxy.access_log == AccessLog::Stdout {
+                e.proxy.access_log = AccessLog::File(log);
+            }
+        }
+    }
     for node in &nodes {
+        if let RoleConfig::Edge(_) = &node.role {
+            let bound = outpost_edge::bind(node).await.with_context(|| {
+                format!("edge `{}` could not start: change [listen] in `{}`", node.name, node.file.display())
+            })?;
+            for addr in bound.http_addrs() {
+                rows.push(("edge".into(), node.name.clone(), format!("http://{addr}")));
+                edge_lines.push(format!(
+                    "curl -si -H 'Host: www.example.test' 'http://{addr}/hello?size=64&cc=max-age%3D60' | grep -i cache-status"
+                ));
+            }
+            if let Some(a) = bound.admin_addr() {
+                rows.push(("admin".into(), node.name.clone(), format!("http://{a}/metrics")));
+            }
+            let stop = stop.clone();
+            tasks.spawn(async move { bound.run(stop).await });
+        }
         if let RoleConfig::Origin(o) = &node.role {
             let server =
                 outpost_load::OriginServer::bind(&node.listen.http, o.dir.clone()).await.with_context(|| {
@@ -71,6 +98,11 @@ pub(crate) async fn run(config_dir: &Path) -> anyhow::Result<()> {
         println!("  {role:<8} {name:<12} {endpoint}");
     }
     println!("\nTry:");
+    // An edge twice: a miss, then a hit.
+    if let Some(l) = edge_lines.first() {
+        println!("  {l}");
+        println!("  {l}");
+    }
     for l in &try_lines {
         println!("  {l}");
     }
@@ -79,5 +111,6 @@ pub(crate) async fn run(config_dir: &Path) -> anyhow::Result<()> {
     while let Some(r) = tasks.join_next().await {
         r.context("a role panicked")??;
     }
+    println!("Outpost stopped.");
     Ok(())
 }

@@ -168,11 +168,21 @@ pub enum RoleConfig {
     Origin(OriginNode),
 }
 
+/// Where a node writes its access log (JSON lines).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AccessLog {
+    Off,
+    #[default]
+    Stdout,
+    File(PathBuf),
+}
+
 /// What edges and shields share: a cache and the sites known before the
 /// control plane says anything.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProxyNode {
     pub cache: CacheStorage,
+    pub access_log: AccessLog,
     /// Sites from local files, served when no control plane is configured
     /// and until the control plane's own set arrives.
     pub sites: Vec<Site>,
@@ -316,8 +326,17 @@ fn decode_node(
     }
     let role: Role = head.req(s, "role")?;
     let pop = decode_pop(s, &mut head, role);
-    let site_files: Vec<Spanned<String>> =
-        if matches!(role, Role::Edge | Role::Shield) { head.or(s, "sites", Vec::new()) } else { Vec::new() };
+    let proxy_role = matches!(role, Role::Edge | Role::Shield);
+    let site_files: Vec<Spanned<String>> = if proxy_role { head.or(s, "sites", Vec::new()) } else { Vec::new() };
+    let access_log = if proxy_role {
+        match head.opt::<String>(s, "access_log").as_deref() {
+            None | Some("stdout") => AccessLog::Stdout,
+            Some("off") => AccessLog::Off,
+            Some(path) => AccessLog::File(base.join(path)),
+        }
+    } else {
+        AccessLog::Off
+    };
     head.finish(s);
 
     // Sections that exist but the role does not use.
@@ -348,7 +367,7 @@ fn decode_node(
     let role_config = match role {
         Role::Edge | Role::Shield => {
             let cache = decode_cache_storage(s, root, &base);
-            let proxy = ProxyNode { cache: cache?, sites };
+            let proxy = ProxyNode { cache: cache?, access_log, sites };
             if role == Role::Edge {
                 let upstream = decode_upstream(s, root)?;
                 RoleConfig::Edge(EdgeNode { proxy, upstream })

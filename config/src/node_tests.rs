@@ -1,5 +1,6 @@
 //! Node-file tests: every role, defaults, and each kind of mistake.
 
+use std::path::Path;
 use std::time::Duration;
 
 use crate::*;
@@ -41,7 +42,16 @@ fn minimal_edge_uses_safe_defaults() {
     let RoleConfig::Edge(edge) = &node.role else { panic!() };
     assert_eq!(edge.proxy.cache, CacheStorage { memory: 64 << 20, disk: 0, path: None });
     assert_eq!(edge.upstream.mode, UpstreamMode::Origin);
+    assert_eq!(edge.proxy.access_log, AccessLog::Stdout);
     assert!(node.control.is_none() && node.listen.admin.is_none());
+    let off: NodeConfig = EDGE.replace("longitude = 8.68", "longitude = 8.68\naccess_log = \"off\"").parse().unwrap();
+    assert_eq!(off.proxy().unwrap().access_log, AccessLog::Off);
+    let file = NodeConfig::parse(
+        Path::new("/etc/outpost/edge.toml"),
+        &EDGE.replace("longitude = 8.68", "longitude = 8.68\naccess_log = \"logs/a.log\""),
+    )
+    .unwrap();
+    assert_eq!(file.proxy().unwrap().access_log, AccessLog::File("/etc/outpost/logs/a.log".into()));
 }
 
 #[test]

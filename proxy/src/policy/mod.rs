@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, StatusCode};
-use outpost_config::{CacheRules, PathRule, StalePolicy};
+use outpost_config::{CacheRules, MAX_TTL, PathRule, StalePolicy};
 
 /// The headers that target this cache ahead of `Cache-Control`.
 pub static CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
@@ -226,10 +226,11 @@ pub fn storability(
         force.is_none() && (d.must_revalidate || d.proxy_revalidate || d.s_maxage.is_some() || always_revalidate);
     let swr = d.stale_while_revalidate.map_or(stale.while_revalidate, Duration::from_secs);
     let sie = d.stale_if_error.map_or(stale.if_error, Duration::from_secs);
+    // Capped so purge rules provably outlive every object (see purge.rs).
     Ok(StorePlan {
-        lifetime: lifetime.min(Duration::from_secs(DELTA_SECONDS_MAX)),
-        stale_while_revalidate: if never_stale { Duration::ZERO } else { swr },
-        stale_if_error: if never_stale { Duration::ZERO } else { sie },
+        lifetime: lifetime.min(MAX_TTL),
+        stale_while_revalidate: if never_stale { Duration::ZERO } else { swr.min(MAX_TTL) },
+        stale_if_error: if never_stale { Duration::ZERO } else { sie.min(MAX_TTL) },
         always_revalidate,
         never_stale,
         shareable_with_auth,

@@ -79,7 +79,7 @@ impl Store {
             .with_capacity(cfg.disk as usize)
             .build()
             .map_err(|source| StoreError::Open { path: path.clone(), source })?;
-        let block = (cfg.disk / 16).clamp(MIN_BLOCK, MAX_BLOCK) as usize;
+        let block = (cfg.disk / 32).clamp(MIN_BLOCK, MAX_BLOCK) as usize;
         let engine = BlockEngineConfig::new(device)
             .with_block_size(block)
             .with_buffer_pool_size(block * 2)
@@ -244,6 +244,11 @@ impl BodyWriter {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Distinguishes this copy's chunks from any other copy's.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Bytes already stored as whole chunks (readable through the store).

@@ -1,0 +1,164 @@
+//! `Cache-Status` (RFC 9211): how this node handled a request, with the
+//! same names in metrics labels and access logs.
+//!
+//! Members are listed from the cache closest to the origin to the one
+//! closest to the user (RFC 9211 §2), so a node appends its member to what
+//! its upstream (a shield) sent on forwarded responses. Stored copies keep no
+//! upstream member: on a hit, only this node handled the request.
+
+use http::HeaderValue;
+
+/// The outcome of one request, as named in `Cache-Status`, metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Fresh stored response.
+    Hit,
+    /// Stale response served while revalidating in the background.
+    StaleWhileRevalidate,
+    /// Stale response served because the upstream failed.
+    StaleIfError,
+    /// Stale response served because the upstream is unreachable and the
+    /// node is partitioned from the control plane.
+    StalePartitioned,
+    /// Stored response revalidated with the upstream (304) and served.
+    Revalidated,
+    /// Nothing stored for the URL.
+    UriMiss,
+    /// The URL is stored, but not the variant this request selects.
+    VaryMiss,
+    /// A stored response could not be used (stale, purged) and was replaced.
+    Expired,
+    /// Not cacheable (method, request, response): forwarded.
+    Pass,
+    /// The node answered by itself: 400, 421, 416, redirects.
+    Local,
+    /// The upstream failed and nothing usable was stored.
+    Error,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::StaleWhileRevalidate => "stale-while-revalidate",
+            Outcome::StaleIfError => "stale-if-error",
+            Outcome::StalePartitioned => "stale-partitioned",
+            Outcome::Revalidated => "revalidated",
+            Outcome::UriMiss => "uri-miss",
+            Outcome::VaryMiss => "vary-miss",
+            Outcome::Expired => "expired",
+            Outcome::Pass => "pass",
+            Outcome::Local => "local",
+            Outcome::Error => "error",
+        }
+    }
+
+    /// Served from storage without waiting for the upstream.
+    pub fn is_hit(self) -> bool {
+        matches!(self, Outcome::Hit | Outcome::StaleWhileRevalidate | Outcome::StaleIfError | Outcome::StalePartitioned)
+    }
+
+    /// The `fwd` parameter: why the request went upstream.
+    fn fwd(self) -> Option<&'static str> {
+        match self {
+            Outcome::UriMiss => Some("uri-miss"),
+            Outcome::VaryMiss => Some("vary-miss"),
+            Outcome::Expired | Outcome::Revalidated => Some("stale"),
+            Outcome::StaleIfError | Outcome::StalePartitioned => Some("stale"),
+            Outcome::Pass => Some("bypass"),
+            Outcome::Error => Some("miss"),
+            _ => None,
+        }
+    }
+}
+
+/// One node's `Cache-Status` member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheStatus {
+    pub outcome: Outcome,
+    pub fwd_status: Option<u16>,
+    pub stored: bool,
+    pub ttl: Option<i64>,
+    /// Waited for another request's fetch instead of fetching.
+    pub collapsed: bool,
+    /// Why, in a word: a not-stored reason, a stale reason, an error kind.
+    pub detail: Option<&'static str>,
+}
+
+impl CacheStatus {
+    pub fn new(outcome: Outcome) -> CacheStatus {
+        CacheStatus { outcome, fwd_status: None, stored: false, ttl: None, collapsed: false, detail: None }
+    }
+
+    /// The member for `node`, appended to `upstream`'s list when given.
+    pub fn header(&self, node: &str, upstream: Option<&HeaderValue>) -> HeaderValue {
+        let mut s = String::with_capacity(64);
+        if let Some(prev) = upstream.and_then(|v| v.to_str().ok()).filter(|v| !v.trim().is_empty()) {
+            s.push_str(prev);
+            s.push_str(", ");
+        }
+        // An sf-token starts with a letter; anything else is quoted.
+        if node.starts_with(|c: char| c.is_ascii_alphabetic()) {
+            s.push_str(node);
+        } else {
+            s.push('"');
+            s.push_str(node);
+            s.push('"');
+        }
+        if self.outcome.is_hit() {
+            s.push_str("; hit");
+        }
+        if let Some(fwd) = self.outcome.fwd() {
+            s.push_str("; fwd=");
+            s.push_str(fwd);
+        }
+        if let Some(code) = self.fwd_status {
+            s.push_str(&format!("; fwd-status={code}"));
+        }
+        if self.stored {
+            s.push_str("; stored");
+        }
+        if self.collapsed {
+            s.push_str("; collapsed");
+        }
+        if let Some(ttl) = self.ttl {
+            s.push_str(&format!("; ttl={ttl}"));
+        }
+        let detail = match self.outcome {
+            Outcome::StaleWhileRevalidate
+            | Outcome::StaleIfError
+            | Outcome::StalePartitioned
+            | Outcome::Revalidated => Some(self.detail.unwrap_or(self.outcome.as_str())),
+            _ => self.detail,
+        };
+        if let Some(d) = detail {
+            s.push_str("; detail=");
+            s.push_str(d);
+        }
+        HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("outpost"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_follow_rfc_9211() {
+        let hit = CacheStatus { ttl: Some(55), ..CacheStatus::new(Outcome::Hit) };
+        assert_eq!(hit.header("edge-fra", None), "edge-fra; hit; ttl=55");
+        let miss =
+            CacheStatus { fwd_status: Some(200), stored: true, ttl: Some(60), ..CacheStatus::new(Outcome::UriMiss) };
+        let shield = HeaderValue::from_static("shield-1; fwd=uri-miss; fwd-status=200; stored; ttl=60");
+        assert_eq!(
+            miss.header("edge-fra", Some(&shield)),
+            "shield-1; fwd=uri-miss; fwd-status=200; stored; ttl=60, edge-fra; fwd=uri-miss; fwd-status=200; stored; ttl=60"
+        );
+        let stale = CacheStatus { fwd_status: Some(503), ttl: Some(-30), ..CacheStatus::new(Outcome::StaleIfError) };
+        assert_eq!(stale.header("e", None), "e; hit; fwd=stale; fwd-status=503; ttl=-30; detail=stale-if-error");
+        let pass = CacheStatus { detail: Some("private"), fwd_status: Some(200), ..CacheStatus::new(Outcome::Pass) };
+        assert_eq!(pass.header("1node", None), "\"1node\"; fwd=bypass; fwd-status=200; detail=private");
+        let collapsed = CacheStatus { collapsed: true, ..CacheStatus::new(Outcome::UriMiss) };
+        assert_eq!(collapsed.header("e", None), "e; fwd=uri-miss; collapsed");
+    }
+}

@@ -1,0 +1,335 @@
+//! Miss coalescing: one upstream fetch per key at a time, shared by every
+//! request that wants it.
+//!
+//! The fetch runs in its own task, not in any client's, so a client that
+//! goes away never cancels it for the others; if the task itself ends
+//! without an answer (panic, shutdown), [`FlightGuard`]'s drop fails the
+//! flight, so nobody waits forever.
+//!
+//! Waiters read the body as it arrives. The flight keeps a window of recent
+//! bytes; bytes older than the window are already in the store as whole
+//! chunks, and a reader that falls behind reads them from there. So a large
+//! body is never held whole, and the client never waits for all of it.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use http::HeaderName;
+use tokio::sync::watch;
+
+use crate::key::Key;
+use crate::store::{BodyRef, CHUNK_SIZE, Store, StoredObject};
+use crate::upstream::UpstreamError;
+
+/// Bytes kept behind the newest stored chunk, so readers a little behind
+/// need not go to the store.
+const WINDOW: u64 = 2 * CHUNK_SIZE as u64;
+/// For bodies that are shared but not stored (error pages), the most held;
+/// a reader further behind gets an error.
+const UNSTORED_WINDOW: u64 = 8 << 20;
+
+/// The head of a shared response.
+#[derive(Debug)]
+pub struct SharedHead {
+    /// The object as it is being stored (its body field is not yet final).
+    pub object: Arc<StoredObject>,
+    /// Where it will be stored.
+    pub object_key: Key,
+    /// `Vary` names: a waiter whose variant differs must not use it.
+    pub vary: Vec<HeaderName>,
+    /// Content length, when the upstream gave one.
+    pub len: Option<u64>,
+    /// Will be stored (false for shared error pages).
+    pub storing: bool,
+    /// Why not, when not.
+    pub not_stored: Option<&'static str>,
+    /// The upstream's own `Cache-Status`, to append to.
+    pub upstream_status: Option<http::HeaderValue>,
+    /// Generation of the body chunks being written.
+    pub generation: u64,
+}
+
+/// What a flight ended in, as a waiter sees it.
+#[derive(Debug, Clone)]
+pub enum Head {
+    Pending,
+    /// A response to stream (and, usually, store).
+    Shared(Arc<SharedHead>),
+    /// The stored copy was revalidated (304) and refreshed.
+    Revalidated(Arc<StoredObject>),
+    /// Not shareable (the reason): the leader streams it; everyone else
+    /// fetches alone.
+    Pass(&'static str),
+    /// No response: waiters serve stale if they may, or an error.
+    Failed(UpstreamError),
+}
+
+#[derive(Debug, Default)]
+struct BodyState {
+    frames: VecDeque<(u64, Bytes)>,
+    received: u64,
+    /// First byte still in `frames`.
+    window_start: u64,
+    /// Bytes already readable from the store as whole chunks.
+    stored_through: u64,
+    done: Option<Result<(), String>>,
+}
+
+#[derive(Debug)]
+struct State {
+    head: Head,
+    body: BodyState,
+}
+
+/// One in-flight fetch.
+#[derive(Debug)]
+pub struct Flight {
+    pub key: Key,
+    state: Mutex<State>,
+    changed: watch::Sender<u64>,
+}
+
+impl Flight {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Waits for the head.
+    pub async fn head(&self) -> Head {
+        let mut rx = self.changed.subscribe();
+        loop {
+            rx.borrow_and_update();
+            let head = self.lock().head.clone();
+            if !matches!(head, Head::Pending) {
+                return head;
+            }
+            if rx.changed().await.is_err() {
+                return Head::Failed(UpstreamError::Protocol("flight".into(), "ended without an answer".into()));
+            }
+        }
+    }
+
+    pub(crate) fn set_head(&self, head: Head) {
+        self.lock().head = head;
+        self.bump();
+    }
+
+    /// Appends body bytes. `stored_through` says how much is safely in the store.
+    pub(crate) fn push(&self, data: Bytes, stored_through: u64, storing: bool) {
+        {
+            let mut st = self.lock();
+            let b = &mut st.body;
+            let at = b.received;
+            b.received += data.len() as u64;
+            b.frames.push_back((at, data));
+            b.stored_through = stored_through;
+            let keep_from = if storing {
+                stored_through.saturating_sub(WINDOW)
+            } else {
+                b.received.saturating_sub(UNSTORED_WINDOW)
+            };
+            while let Some((start, f)) = b.frames.front() {
+                if start + f.len() as u64 <= keep_from {
+                    b.frames.pop_front();
+                } else {
+                    break;
+                }
+            }
+            b.window_start = b.frames.front().map_or(b.received, |(s, _)| *s);
+        }
+        self.bump();
+    }
+
+    pub(crate) fn finish_body(&self, result: Result<(), String>) {
+        self.lock().body.done = Some(result);
+        self.bump();
+    }
+
+    /// The body bytes `start..end` (`end` None: to the end) as they arrive;
+    /// bytes that left the window are read from `store` (the body's chunks
+    /// under `object_key` / `generation`).
+    pub fn body(
+        self: &Arc<Self>,
+        store: Store,
+        head: &SharedHead,
+        start: u64,
+        end: Option<u64>,
+    ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+        enum Step {
+            Yield(Bytes),
+            FromStore(u64),
+            Wait,
+            Done,
+            Fail(String),
+        }
+        let flight = Arc::clone(self);
+        let (key, generation, storing) = (head.object_key, head.generation, head.storing);
+        let rx = self.changed.subscribe();
+        futures_util::stream::unfold((start, rx, false), move |(pos, mut rx, over)| {
+            let flight = Arc::clone(&flight);
+            let store = store.clone();
+            async move {
+                if over {
+                    return None;
+                }
+                loop {
+                    rx.borrow_and_update();
+                    let step = {
+                        let st = flight.lock();
+                        let b = &st.body;
+                        let limit = end.unwrap_or(u64::MAX);
+                        if pos >= limit {
+                            Step::Done
+                        } else if pos < b.window_start {
+                            if storing && pos < b.stored_through {
+                                Step::FromStore(b.stored_through.min(limit))
+                            } else {
+                                Step::Fail("a reader fell too far behind the fetch".into())
+                            }
+                        } else if pos < b.received {
+                            let (fs, f) = b.frames.iter().rev().find(|(s, _)| *s <= pos).cloned().unwrap_or_default();
+                            let from = (pos - fs) as usize;
+                            let to = (f.len() as u64).min(limit.saturating_sub(fs)) as usize;
+                            Step::Yield(f.slice(from..to.max(from)))
+                        } else {
+                            match &b.done {
+                                Some(Ok(())) => Step::Done,
+                                Some(Err(e)) => Step::Fail(e.clone()),
+                                None => Step::Wait,
+                            }
+                        }
+                    };
+                    match step {
+                        Step::Yield(bytes) if !bytes.is_empty() => {
+                            let next = pos + bytes.len() as u64;
+                            return Some((Ok(bytes), (next, rx, false)));
+                        }
+                        Step::Yield(_) | Step::Wait => {
+                            if rx.changed().await.is_err() {
+                                let e = io::Error::other("the fetch ended without finishing the body");
+                                return Some((Err(e), (pos, rx, true)));
+                            }
+                        }
+                        Step::FromStore(upto) => {
+                            let body = BodyRef::Chunked { len: upto, chunk_size: CHUNK_SIZE as u32, generation };
+                            let mut chunks = Box::pin(store.read(key, &body, pos, upto));
+                            return match chunks.next().await {
+                                Some(Ok(bytes)) if !bytes.is_empty() => {
+                                    let next = pos + bytes.len() as u64;
+                                    Some((Ok(bytes), (next, rx, false)))
+                                }
+                                Some(Err(e)) => Some((Err(e), (pos, rx, true))),
+                                _ => Some((Err(io::Error::other("stored chunk unreadable")), (pos, rx, true))),
+                            };
+                        }
+                        Step::Done => return None,
+                        Step::Fail(msg) => return Some((Err(io::Error::other(msg)), (pos, rx, true))),
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// The fetches in flight, by key.
+#[derive(Debug, Default)]
+pub struct Flights {
+    map: Mutex<HashMap<Key, Arc<Flight>>>,
+}
+
+/// Either start the fetch or wait for the one already running.
+#[derive(Debug)]
+pub enum Join {
+    Leader(FlightGuard),
+    Waiter(Arc<Flight>),
+}
+
+impl Flights {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Key, Arc<Flight>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn join(self: &Arc<Self>, key: Key) -> Join {
+        let mut map = self.lock();
+        if let Some(f) = map.get(&key) {
+            return Join::Waiter(Arc::clone(f));
+        }
+        let flight = Arc::new(Flight {
+            key,
+            state: Mutex::new(State { head: Head::Pending, body: BodyState::default() }),
+            changed: watch::channel(0).0,
+        });
+        map.insert(key, Arc::clone(&flight));
+        Join::Leader(FlightGuard { flights: Some(Arc::clone(self)), flight })
+    }
+
+    /// A flight nobody else can join (a request that must not share).
+    pub fn private(&self, key: Key) -> FlightGuard {
+        let flight = Arc::new(Flight {
+            key,
+            state: Mutex::new(State { head: Head::Pending, body: BodyState::default() }),
+            changed: watch::channel(0).0,
+        });
+        FlightGuard { flights: None, flight }
+    }
+
+    pub fn is_running(&self, key: Key) -> bool {
+        self.lock().contains_key(&key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Held by the fetch task. Leaving the map (`close`) is what lets the next
+/// request start a new fetch; dropping without an answer fails the flight.
+#[derive(Debug)]
+pub struct FlightGuard {
+    flights: Option<Arc<Flights>>,
+    pub flight: Arc<Flight>,
+}
+
+impl FlightGuard {
+    /// Takes the flight out of the map: later requests see the store.
+    pub fn close(&mut self) {
+        if let Some(flights) = self.flights.take() {
+            let mut map = flights.lock();
+            if map.get(&self.flight.key).is_some_and(|f| Arc::ptr_eq(f, &self.flight)) {
+                map.remove(&self.flight.key);
+            }
+        }
+    }
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        self.close();
+        let mut st = self.flight.lock();
+        let mut changed = false;
+        if matches!(st.head, Head::Pending) {
+            st.head =
+                Head::Failed(UpstreamError::Protocol("fetch".into(), "the fetch stopped before an answer".into()));
+            changed = true;
+        }
+        if st.body.done.is_none() {
+            st.body.done = Some(Err("the fetch stopped before the end of the body".into()));
+            changed = true;
+        }
+        drop(st);
+        if changed {
+            self.flight.bump();
+        }
+    }
+}

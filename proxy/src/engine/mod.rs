@@ -1,0 +1,244 @@
+//! The caching proxy engine that edges and shields run. [`Engine::handle`]
+//! takes a request through the named steps of `request.rs`; this module
+//! holds the engine's state and its upstream and purge operations.
+
+mod fetch;
+pub mod flight;
+pub mod observe;
+mod request;
+pub mod respond;
+pub mod sites;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::header::HeaderValue;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use outpost_config::{CacheStorage, Limits, PurgeTarget, Site};
+
+use crate::clock::Clock;
+use crate::key::{Key, RequestKey, normalize_path, shape_query};
+use crate::purge::PurgeRules;
+use crate::store::{Entry, Store, StoreError};
+use crate::upstream::{ReqBody, Route, UpstreamClient, UpstreamError};
+use flight::Flights;
+use observe::{AccessLog, Metrics};
+use respond::ResponseRules;
+pub use sites::SiteTable;
+
+/// Which tier an engine serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// In front of clients: strips CDN-only headers before them.
+    Edge,
+    /// In front of origins, behind edges.
+    Shield,
+}
+
+/// Everything an engine is built from.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub node: String,
+    pub tier: Tier,
+    pub limits: Limits,
+    pub cache: CacheStorage,
+    pub sites: Vec<Site>,
+    pub access_log: outpost_config::AccessLog,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("purge rules: {0}")]
+    Purges(std::io::Error),
+    #[error("access log: {0}")]
+    AccessLog(std::io::Error),
+    #[error("no site `{0}` on this node")]
+    UnknownSite(String),
+    #[error("bad purge: {0}")]
+    BadPurge(String),
+}
+
+#[derive(Debug)]
+pub struct Engine {
+    pub node: Arc<str>,
+    pub tier: Tier,
+    pub limits: Limits,
+    sites: ArcSwap<SiteTable>,
+    pub store: Store,
+    pub purges: PurgeRules,
+    flights: Arc<Flights>,
+    upstream: UpstreamClient,
+    route: Arc<dyn Route>,
+    pub clock: Clock,
+    pub metrics: Metrics,
+    log: AccessLog,
+    rules: ResponseRules,
+}
+
+impl Engine {
+    /// Opens the cache (recovering a disk tier) and the purge rules.
+    pub async fn open(config: EngineConfig, route: Arc<dyn Route>) -> Result<Arc<Engine>, EngineError> {
+        let store = Store::open(&config.cache).await?;
+        let purges = match &config.cache.path {
+            Some(dir) => PurgeRules::open(dir).map_err(EngineError::Purges)?,
+            None => PurgeRules::in_memory(),
+        };
+        let metrics = Metrics::new(&config.node);
+        let log = AccessLog::start(&config.node, &config.access_log).map_err(EngineError::AccessLog)?;
+        let engine = Engine {
+            node: Arc::from(config.node.as_str()),
+            tier: config.tier,
+            limits: config.limits,
+            sites: ArcSwap::from_pointee(SiteTable::new(config.sites)),
+            store,
+            purges,
+            flights: Arc::new(Flights::default()),
+            upstream: UpstreamClient::default(),
+            route,
+            clock: Clock::default(),
+            metrics,
+            log,
+            rules: ResponseRules { strip_cdn_headers: config.tier == Tier::Edge },
+        };
+        engine.metrics.sites.set(engine.sites.load().len() as f64);
+        Ok(Arc::new(engine))
+    }
+
+    /// Replaces the site set; requests already running keep the old one.
+    pub fn set_sites(&self, sites: Vec<Site>) {
+        self.sites.store(Arc::new(SiteTable::new(sites)));
+        self.metrics.sites.set(self.sites.load().len() as f64);
+    }
+
+    pub fn sites(&self) -> Arc<SiteTable> {
+        self.sites.load_full()
+    }
+
+    /// Serves one request from a client at `client`.
+    pub async fn handle(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        client: Option<std::net::SocketAddr>,
+    ) -> Response<respond::Body> {
+        let started = Instant::now();
+        request::handle(self, req, client, started).await
+    }
+
+    /// The answer to a request whose head had both Content-Length and
+    /// Transfer-Encoding (found by the listener): 400, connection closed.
+    pub fn refuse_smuggling(&self) -> Response<respond::Body> {
+        let mut r = respond::Local::BadRequest("both Content-Length and Transfer-Encoding").response();
+        r.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        let status = crate::cache_status::CacheStatus::new(crate::cache_status::Outcome::Local);
+        r.headers_mut().insert("cache-status", status.header(&self.node, None));
+        self.metrics.request(crate::cache_status::Outcome::Local, 400, std::time::Duration::ZERO);
+        r
+    }
+
+    /// Sends a request to the site's upstream, trying the route's targets in
+    /// order while the failure is a connection failure and `retry` allows.
+    pub(crate) async fn send(
+        &self,
+        site: &Site,
+        key: Key,
+        req: Request<ReqBody>,
+        client_host: Option<HeaderValue>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let targets = self.route.targets(site, key);
+        let retry = req.method().is_idempotent();
+        let (parts, body) = req.into_parts();
+        let mut body = Some(body);
+        let mut last = UpstreamError::NoTarget;
+        for target in &targets {
+            let mut attempt = Request::from_parts(parts.clone(), body.take().unwrap_or_else(respond::empty));
+            let host =
+                target.host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()).or_else(|| client_host.clone());
+            if let Some(h) = host {
+                attempt.headers_mut().insert(http::header::HOST, h);
+            }
+            let started = Instant::now();
+            let result = self.upstream.send(target, attempt).await;
+            self.metrics.upstream(started.elapsed(), result.is_ok());
+            self.route.report(target, result.as_ref().is_ok_and(|r| !r.status().is_server_error()));
+            match result {
+                Ok(resp) => return Ok(resp),
+                Err(e) => {
+                    tracing::debug!(node = %self.node, target = %target.base, error = %e, "upstream failed");
+                    let again = retry && e.is_retryable();
+                    last = e;
+                    if !again {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// The stored keys of a URL (its object, or its variant index and the
+    /// variants it knows), removed at once.
+    async fn remove_url(&self, site: &Site, url: &str) {
+        let (path, query) = url.split_once('?').map_or((url, None), |(p, q)| (p, Some(q)));
+        let Ok(path) = normalize_path(path) else { return };
+        let query = shape_query(query, &site.cache);
+        let rkey = RequestKey::new(&site.id, &path, query.as_deref(), &site.cache, &http::HeaderMap::new());
+        match self.store.get(rkey.primary).await {
+            Some(Entry::Object(o)) => self.store.remove_object(rkey.primary, &o),
+            Some(Entry::Variants(v)) => {
+                for k in &v.known {
+                    if let Some(Entry::Object(o)) = self.store.get(*k).await {
+                        self.store.remove_object(*k, &o);
+                    }
+                }
+                self.store.remove(rkey.primary);
+            }
+            _ => {}
+        }
+    }
+
+    /// Applies a purge: a timestamped rule (persisted), and for URL purges
+    /// the URL's stored keys are removed as well.
+    pub async fn purge(&self, site_id: &str, target: &PurgeTarget, soft: bool) -> Result<(), EngineError> {
+        target.validate().map_err(EngineError::BadPurge)?;
+        let sites = self.sites.load();
+        let site = sites.get(site_id).ok_or_else(|| EngineError::UnknownSite(site_id.to_string()))?;
+        let mut urls = Vec::new();
+        if let PurgeTarget::Urls { urls: raw } = target {
+            for u in raw {
+                let path = outpost_config::purge_path(u).map_err(EngineError::BadPurge)?;
+                let (p, q) = path.split_once('?').map_or((path, None), |(p, q)| (p, Some(q)));
+                let p = normalize_path(p).map_err(|e| EngineError::BadPurge(format!("{u}: {e}")))?;
+                let q = shape_query(q, &site.cache);
+                urls.push(match q {
+                    Some(q) => format!("{p}?{q}"),
+                    None => p,
+                });
+            }
+        }
+        self.purges.apply(site_id, target, &urls, soft, self.clock.now()).map_err(EngineError::Purges)?;
+        if !soft {
+            for u in &urls {
+                self.remove_url(site, u).await;
+            }
+        }
+        self.metrics.purge();
+        self.metrics.purge_rules.set(self.purges.len() as f64);
+        Ok(())
+    }
+
+    /// Refreshes the gauges that are read rather than counted.
+    pub fn update_gauges(&self) {
+        self.metrics.memory_bytes.set(self.store.memory_usage() as f64);
+        self.metrics.flights.set(self.flights.len() as f64);
+        self.metrics.purge_rules.set(self.purges.len() as f64);
+    }
+
+    /// Flushes the cache to disk.
+    pub async fn close(&self) {
+        self.store.close().await;
+    }
+}

@@ -1,0 +1,191 @@
+//! Metrics and access logs. Metric handles are made once per engine, so the
+//! request path only increments them: no label formatting or allocation per
+//! request. All metrics carry the node name (several nodes can share one
+//! process under `outpost up`).
+
+use std::io::Write;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use outpost_config::AccessLog as AccessLogTarget;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::cache_status::Outcome;
+
+const OUTCOMES: [Outcome; 11] = [
+    Outcome::Hit,
+    Outcome::StaleWhileRevalidate,
+    Outcome::StaleIfError,
+    Outcome::StalePartitioned,
+    Outcome::Revalidated,
+    Outcome::UriMiss,
+    Outcome::VaryMiss,
+    Outcome::Expired,
+    Outcome::Pass,
+    Outcome::Local,
+    Outcome::Error,
+];
+
+/// Latency buckets in seconds: sub-millisecond hits to slow origins.
+const LATENCY_BUCKETS: [f64; 14] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+/// The process's Prometheus recorder, installed on first use.
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        match builder.install_recorder() {
+            Ok(h) => h,
+            // Another recorder is already installed (an embedding program):
+            // render from a private one so /metrics still answers.
+            Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+        }
+    })
+}
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    requests: Vec<Counter>,
+    status: [Counter; 5],
+    hit_seconds: Histogram,
+    miss_seconds: Histogram,
+    upstream_seconds: Histogram,
+    upstream_errors: Counter,
+    upstream_body_errors: Counter,
+    coalesced: Counter,
+    purges: Counter,
+    pub memory_bytes: Gauge,
+    pub flights: Gauge,
+    pub purge_rules: Gauge,
+    pub sites: Gauge,
+}
+
+impl Metrics {
+    pub fn new(node: &str) -> Metrics {
+        let _ = prometheus();
+        let node = node.to_string();
+        let requests = OUTCOMES
+            .iter()
+            .map(|o| counter!("outpost_requests_total", "node" => node.clone(), "cache" => o.as_str()))
+            .collect();
+        let status = ["1xx", "2xx", "3xx", "4xx", "5xx"]
+            .map(|c| counter!("outpost_responses_total", "node" => node.clone(), "class" => c));
+        Metrics {
+            requests,
+            status,
+            hit_seconds: histogram!("outpost_request_duration_seconds", "node" => node.clone(), "served" => "cache"),
+            miss_seconds: histogram!("outpost_request_duration_seconds", "node" => node.clone(), "served" => "upstream"),
+            upstream_seconds: histogram!("outpost_upstream_duration_seconds", "node" => node.clone()),
+            upstream_errors: counter!("outpost_upstream_errors_total", "node" => node.clone()),
+            upstream_body_errors: counter!("outpost_upstream_body_errors_total", "node" => node.clone()),
+            coalesced: counter!("outpost_coalesced_waiters_total", "node" => node.clone()),
+            purges: counter!("outpost_purges_total", "node" => node.clone()),
+            memory_bytes: gauge!("outpost_cache_memory_bytes", "node" => node.clone()),
+            flights: gauge!("outpost_fetches_in_flight", "node" => node.clone()),
+            purge_rules: gauge!("outpost_purge_rules", "node" => node.clone()),
+            sites: gauge!("outpost_sites", "node" => node),
+        }
+    }
+
+    pub fn request(&self, outcome: Outcome, status: u16, took: Duration) {
+        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
+            self.requests[i].increment(1);
+        }
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.status[class].increment(1);
+        if outcome.is_hit() { &self.hit_seconds } else { &self.miss_seconds }.record(took.as_secs_f64());
+    }
+
+    pub fn upstream(&self, took: Duration, ok: bool) {
+        self.upstream_seconds.record(took.as_secs_f64());
+        if !ok {
+            self.upstream_errors.increment(1);
+        }
+    }
+
+    pub fn upstream_body_error(&self) {
+        self.upstream_body_errors.increment(1);
+    }
+
+    pub fn coalesced(&self) {
+        self.coalesced.increment(1);
+    }
+
+    pub fn purge(&self) {
+        self.purges.increment(1);
+    }
+}
+
+/// One access log line.
+#[derive(Debug, Serialize)]
+pub struct AccessRecord {
+    pub ts: String,
+    pub node: String,
+    pub client: String,
+    pub method: String,
+    pub host: String,
+    pub path: String,
+    pub status: u16,
+    pub cache: &'static str,
+    /// Content length of the response, when known at the head.
+    pub bytes: Option<u64>,
+    pub upstream_ms: Option<f64>,
+    pub duration_ms: f64,
+}
+
+/// Lines that could not be queued are dropped (and counted), never waited
+/// for: logging must not slow the request path.
+const LOG_QUEUE: usize = 8192;
+
+#[derive(Debug, Clone)]
+pub struct AccessLog {
+    tx: Option<mpsc::Sender<AccessRecord>>,
+    dropped: Counter,
+}
+
+impl AccessLog {
+    pub fn start(node: &str, target: &AccessLogTarget) -> std::io::Result<AccessLog> {
+        let dropped = counter!("outpost_access_log_dropped_total", "node" => node.to_string());
+        let mut out: Box<dyn Write + Send> = match target {
+            AccessLogTarget::Off => return Ok(AccessLog { tx: None, dropped }),
+            AccessLogTarget::Stdout => Box::new(std::io::stdout()),
+            AccessLogTarget::File(p) => {
+                if let Some(dir) = p.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                Box::new(std::fs::OpenOptions::new().create(true).append(true).open(p)?)
+            }
+        };
+        let (tx, mut rx) = mpsc::channel::<AccessRecord>(LOG_QUEUE);
+        std::thread::Builder::new().name("access-log".into()).spawn(move || {
+            while let Some(rec) = rx.blocking_recv() {
+                if let Ok(mut line) = serde_json::to_vec(&rec) {
+                    line.push(b'\n');
+                    let _ = out.write_all(&line);
+                }
+                if rx.is_empty() {
+                    let _ = out.flush();
+                }
+            }
+        })?;
+        Ok(AccessLog { tx: Some(tx), dropped })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    pub fn write(&self, rec: AccessRecord) {
+        if let Some(tx) = &self.tx
+            && tx.try_send(rec).is_err()
+        {
+            self.dropped.increment(1);
+        }
+    }
+}

@@ -1,0 +1,489 @@
+//! The request path, step by step:
+//!
+//! 1. **framing** — refuse what cannot be read safely (400);
+//! 2. **loop** — a request that already passed this node is refused (508);
+//! 3. **site** — by Host; an unknown host is never proxied (421);
+//! 4. **key** — normalised path, shaped query, key headers;
+//! 5. **lookup** — memory, then disk, then `Vary`, then the purge rules;
+//! 6. **serve** — fresh hit; stale-while-revalidate; or
+//! 7. **fetch** — join the key's flight or lead it, revalidating a stored copy;
+//! 8. **fail over** — stale-if-error, or an error response;
+//! 9. **log** — `Cache-Status`, metrics, access log.
+//!
+//! Other methods are forwarded uncached, and a successful unsafe method
+//! invalidates its URL (RFC 9111 §4.4).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use outpost_config::Site;
+use tokio::sync::oneshot;
+
+use super::Engine;
+use super::fetch::{FetchJob, Origin, forward_headers};
+use super::flight::{Head, Join};
+use super::observe::AccessRecord;
+use super::respond::{Body, BodySource, Local, object_response};
+use crate::cache_status::{CacheStatus, Outcome};
+use crate::key::{Key, RequestKey, normalize_path, shape_query};
+use crate::policy::{Directives, Freshness, is_hop_by_hop};
+use crate::purge::Verdict;
+use crate::store::{Entry, StoredObject};
+
+/// What the steps after `key` need.
+struct Ctx {
+    engine: Arc<Engine>,
+    site: Arc<Site>,
+    rkey: RequestKey,
+    method: Method,
+    headers: HeaderMap,
+    client: Option<SocketAddr>,
+    /// Path and query as sent upstream for cacheable requests.
+    upstream_path: String,
+}
+
+type Answer = (Response<Body>, CacheStatus);
+
+fn local(l: Local) -> Answer {
+    let status = CacheStatus::new(if matches!(l, Local::Upstream(_)) { Outcome::Error } else { Outcome::Local });
+    (l.response(), status)
+}
+
+pub(super) async fn handle(
+    engine: &Arc<Engine>,
+    req: Request<Incoming>,
+    client: Option<SocketAddr>,
+    started: Instant,
+) -> Response<Body> {
+    let log = engine
+        .log
+        .enabled()
+        .then(|| (req.method().to_string(), host_of(&req).unwrap_or("").to_string(), req.uri().path().to_string()));
+    let (mut resp, status) = steps(engine, req, client).await;
+    let cache_status = status.header(&engine.node, None);
+    if !resp.headers().contains_key("cache-status") {
+        resp.headers_mut().insert("cache-status", cache_status);
+    }
+    let took = started.elapsed();
+    engine.metrics.request(status.outcome, resp.status().as_u16(), took);
+    if let Some((method, host, path)) = log {
+        engine.log.write(AccessRecord {
+            ts: httpdate::fmt_http_date(engine.clock.now()),
+            node: engine.node.to_string(),
+            client: client.map(|c| c.ip().to_string()).unwrap_or_default(),
+            method,
+            host,
+            path,
+            status: resp.status().as_u16(),
+            cache: status.outcome.as_str(),
+            bytes: resp
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()),
+            upstream_ms: None,
+            duration_ms: took.as_secs_f64() * 1000.0,
+        });
+    }
+    resp
+}
+
+fn host_of<B>(req: &Request<B>) -> Option<&str> {
+    req.uri().authority().map(|a| a.as_str()).or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()))
+}
+
+/// Step 1: message framing that a proxy must not guess at (RFC 9112 §6.3).
+fn check_framing<B>(req: &Request<B>) -> Result<(), Local> {
+    let h = req.headers();
+    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
+        return Err(Local::BadRequest("both Content-Length and Transfer-Encoding"));
+    }
+    if h.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
+        return Err(Local::BadRequest("more than one Content-Length"));
+    }
+    if h.get_all(header::HOST).iter().count() > 1 {
+        return Err(Local::BadRequest("more than one Host"));
+    }
+    Ok(())
+}
+
+/// Step 2: did this request already pass this node (`Via: 1.1 <node>`)?
+fn is_loop(headers: &HeaderMap, node: &str) -> bool {
+    headers
+        .get_all(header::VIA)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|hop| hop.split_whitespace().nth(1) == Some(node))
+}
+
+async fn steps(engine: &Arc<Engine>, req: Request<Incoming>, client: Option<SocketAddr>) -> Answer {
+    if let Err(l) = check_framing(&req) {
+        return local(l);
+    }
+    if is_loop(req.headers(), &engine.node) {
+        return local(Local::Loop);
+    }
+    let sites = engine.sites();
+    let Some(site) = host_of(&req).and_then(|h| sites.find(h)).cloned() else {
+        return local(Local::UnknownHost);
+    };
+    let Ok(path) = normalize_path(req.uri().path()) else {
+        return local(Local::BadRequest("malformed path"));
+    };
+    let query = shape_query(req.uri().query(), &site.cache);
+    let rkey = RequestKey::new(&site.id, &path, query.as_deref(), &site.cache, req.headers());
+    let method = req.method().clone();
+    if method == Method::TRACE || method == Method::CONNECT {
+        return local(Local::MethodNotAllowed);
+    }
+    let (parts, body) = req.into_parts();
+    let cx = Ctx {
+        engine: Arc::clone(engine),
+        upstream_path: rkey.url.clone(),
+        site,
+        rkey,
+        method: method.clone(),
+        headers: parts.headers,
+        client,
+    };
+    if method == Method::GET || method == Method::HEAD {
+        cacheable(&cx).await
+    } else {
+        let raw_query = parts.uri.query().map(str::to_owned);
+        forward(&cx, body, raw_query, &path).await
+    }
+}
+
+/// Step 5: the stored object for this request, following `Vary`.
+struct Found {
+    key: Key,
+    object: Option<Arc<StoredObject>>,
+    vary_miss: bool,
+}
+
+async fn lookup(cx: &Ctx) -> Found {
+    let store = &cx.engine.store;
+    match store.get(cx.rkey.primary).await {
+        Some(Entry::Object(o)) => Found { key: cx.rkey.primary, object: Some(o), vary_miss: false },
+        Some(Entry::Variants(v)) => {
+            let key = cx.rkey.variant(&v.names, &cx.headers);
+            match store.get(key).await {
+                Some(Entry::Object(o)) => Found { key, object: Some(o), vary_miss: false },
+                _ => Found { key, object: None, vary_miss: true },
+            }
+        }
+        _ => Found { key: cx.rkey.primary, object: None, vary_miss: false },
+    }
+}
+
+fn serve_stored(cx: &Ctx, key: Key, obj: &StoredObject, status: CacheStatus) -> Answer {
+    let engine = &cx.engine;
+    let now = engine.clock.now();
+    let source = BodySource::Stored { store: engine.store.clone(), key, body: obj.body.clone() };
+    let header = status.header(&engine.node, None);
+    let resp = object_response(&cx.site, &engine.rules, &cx.method, &cx.headers, obj, source, now, header);
+    (resp, status)
+}
+
+fn origin_of(cx: &Ctx) -> Origin {
+    Origin {
+        headers: cx.headers.clone(),
+        path: cx.upstream_path.clone(),
+        client: cx.client.map(|c| c.ip()),
+        has_authorization: cx.headers.contains_key(header::AUTHORIZATION),
+    }
+}
+
+/// Steps 5 to 8 for GET and HEAD.
+async fn cacheable(cx: &Ctx) -> Answer {
+    let engine = &cx.engine;
+    let auth = cx.headers.contains_key(header::AUTHORIZATION);
+    let only_if_cached = Directives::parse_all(cx.headers.get_all(header::CACHE_CONTROL)).only_if_cached;
+    for _ in 0..3 {
+        let found = lookup(cx).await;
+        let now = engine.clock.now();
+        let mut stale = None;
+        let mut outcome = if found.vary_miss { Outcome::VaryMiss } else { Outcome::UriMiss };
+        if let Some(obj) = found.object {
+            let verdict = engine.purges.check(&cx.site.id, &obj);
+            if verdict == Verdict::Invalid {
+                engine.store.remove_object(found.key, &obj);
+                outcome = Outcome::Expired;
+            } else if !auth || obj.shareable_with_auth {
+                let freshness = match verdict {
+                    Verdict::Valid => obj.timing.freshness(now),
+                    _ => Freshness::Stale(obj.timing.age(now)),
+                };
+                let ttl = Some(obj.timing.ttl_seconds(now));
+                match freshness {
+                    Freshness::Fresh(_) => {
+                        return serve_stored(
+                            cx,
+                            found.key,
+                            &obj,
+                            CacheStatus { ttl, ..CacheStatus::new(Outcome::Hit) },
+                        );
+                    }
+                    Freshness::StaleWhileRevalidate(_) => {
+                        revalidate_in_background(cx, found.key, Arc::clone(&obj));
+                        let status = CacheStatus { ttl, ..CacheStatus::new(Outcome::StaleWhileRevalidate) };
+                        return serve_stored(cx, found.key, &obj, status);
+                    }
+                    Freshness::Stale(_) => {
+                        outcome = Outcome::Expired;
+                        stale = Some((found.key, obj));
+                    }
+                }
+            }
+        }
+        if only_if_cached {
+            return local(Local::OnlyIfCached);
+        }
+        match fetch(cx, found.key, stale, outcome, auth).await {
+            Some(answer) => return answer,
+            None => continue,
+        }
+    }
+    // The variant kept changing under us: fetch alone.
+    let found = lookup(cx).await;
+    fetch(cx, found.key, None, Outcome::VaryMiss, true)
+        .await
+        .unwrap_or_else(|| local(Local::BadRequest("unstable variant")))
+}
+
+/// Stale-while-revalidate: one background revalidation per key.
+fn revalidate_in_background(cx: &Ctx, key: Key, obj: Arc<StoredObject>) {
+    if let Join::Leader(guard) = cx.engine.flights.join(key) {
+        let job = FetchJob {
+            engine: Arc::clone(&cx.engine),
+            guard,
+            site: Arc::clone(&cx.site),
+            rkey: cx.rkey.clone(),
+            request: origin_of(cx),
+            stale: Some((key, obj)),
+            pass: None,
+        };
+        tokio::spawn(job.run());
+    }
+}
+
+/// Step 7: joins or leads the fetch for `key`. `None` means the shared
+/// response is another variant: look up again.
+async fn fetch(
+    cx: &Ctx,
+    key: Key,
+    stale: Option<(Key, Arc<StoredObject>)>,
+    outcome: Outcome,
+    alone: bool,
+) -> Option<Answer> {
+    let engine = &cx.engine;
+    let join = if alone { Join::Leader(engine.flights.private(key)) } else { engine.flights.join(key) };
+    let (flight, pass_rx) = match join {
+        Join::Leader(guard) => {
+            let flight = Arc::clone(&guard.flight);
+            let (tx, rx) = oneshot::channel();
+            let job = FetchJob {
+                engine: Arc::clone(engine),
+                guard,
+                site: Arc::clone(&cx.site),
+                rkey: cx.rkey.clone(),
+                request: origin_of(cx),
+                stale: stale.clone(),
+                pass: Some(tx),
+            };
+            tokio::spawn(job.run());
+            (flight, Some(rx))
+        }
+        Join::Waiter(flight) => {
+            engine.metrics.coalesced();
+            (flight, None)
+        }
+    };
+    let collapsed = pass_rx.is_none();
+    let now = || engine.clock.now();
+    match flight.head().await {
+        Head::Shared(head) => {
+            if collapsed && !head.vary.is_empty() && cx.rkey.variant(&head.vary, &cx.headers) != head.object_key {
+                return None;
+            }
+            let obj = &head.object;
+            let status = CacheStatus {
+                fwd_status: Some(obj.status.as_u16()),
+                stored: head.storing,
+                ttl: head.storing.then(|| obj.timing.ttl_seconds(now())),
+                collapsed,
+                detail: head.not_stored,
+                ..CacheStatus::new(outcome)
+            };
+            let header = status.header(&engine.node, head.upstream_status.as_ref());
+            let source = BodySource::Flight {
+                store: engine.store.clone(),
+                flight: Arc::clone(&flight),
+                head: Arc::clone(&head),
+            };
+            let resp = object_response(&cx.site, &engine.rules, &cx.method, &cx.headers, obj, source, now(), header);
+            Some((resp, status))
+        }
+        Head::Revalidated(obj) => {
+            let status = CacheStatus {
+                fwd_status: Some(304),
+                stored: true,
+                ttl: Some(obj.timing.ttl_seconds(now())),
+                collapsed,
+                ..CacheStatus::new(Outcome::Revalidated)
+            };
+            Some(serve_stored(cx, flight.key, &obj, status))
+        }
+        Head::Pass(why) => match pass_rx {
+            Some(rx) => Some(match rx.await {
+                Ok(resp) => pass_response(cx, resp, Some(why)),
+                Err(_) => local(Local::BadRequest("upstream response lost")),
+            }),
+            // Not shareable: this request fetches for itself.
+            None => Box::pin(fetch(cx, key, stale, Outcome::Pass, true)).await,
+        },
+        Head::Failed(error) => {
+            if let Some((skey, obj)) = stale.filter(|(_, o)| o.timing.usable_if_error(now())) {
+                let status = CacheStatus {
+                    fwd_status: match &error {
+                        crate::upstream::UpstreamError::Status(_, code) => Some(*code),
+                        _ => None,
+                    },
+                    ttl: Some(obj.timing.ttl_seconds(now())),
+                    collapsed,
+                    ..CacheStatus::new(Outcome::StaleIfError)
+                };
+                return Some(serve_stored(cx, skey, &obj, status));
+            }
+            let mut answer = local(Local::Upstream(error.clone()));
+            answer.1.detail = Some(error.as_str());
+            answer.1.collapsed = collapsed;
+            Some(answer)
+        }
+        Head::Pending => Some(local(Local::Upstream(crate::upstream::UpstreamError::NoTarget))),
+    }
+}
+
+/// A response passed through unstored: hop-by-hop fields dropped, header
+/// rules applied, our `Cache-Status` member appended.
+fn pass_response(cx: &Ctx, resp: Response<Incoming>, detail: Option<&'static str>) -> Answer {
+    let (parts, body) = resp.into_parts();
+    let status = CacheStatus { fwd_status: Some(parts.status.as_u16()), detail, ..CacheStatus::new(Outcome::Pass) };
+    let mut headers = HeaderMap::with_capacity(parts.headers.len() + 1);
+    for (name, value) in &parts.headers {
+        if !is_hop_by_hop(name, &parts.headers) && name != "cache-status" {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    if cx.engine.rules.strip_cdn_headers {
+        for name in ["cdn-cache-control", "surrogate-control", "surrogate-key", "cache-tag"] {
+            headers.remove(name);
+        }
+    }
+    for name in &cx.site.headers.remove {
+        headers.remove(name);
+    }
+    for (name, value) in &cx.site.headers.set {
+        headers.insert(name.clone(), value.clone());
+    }
+    headers.insert("cache-status", status.header(&cx.engine.node, parts.headers.get("cache-status")));
+    let mut out = Response::new(body.map_err(|e| -> crate::upstream::BoxError { Box::new(e) }).boxed_unsync());
+    *out.status_mut() = parts.status;
+    *out.headers_mut() = headers;
+    (out, status)
+}
+
+/// Methods other than GET and HEAD: forwarded with their body, never
+/// stored; a 2xx/3xx answer to an unsafe method invalidates the URL and the
+/// same-site `Location` / `Content-Location` (RFC 9111 §4.4).
+async fn forward(cx: &Ctx, body: Incoming, raw_query: Option<String>, path: &str) -> Answer {
+    let engine = &cx.engine;
+    let max = engine.limits.max_request_body;
+    let declared =
+        cx.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|l| l > max) {
+        return local(Local::PayloadTooLarge);
+    }
+    let body = Limited::new(body, max as usize)
+        .map_err(|e| -> crate::upstream::BoxError {
+            let too_large = e.is::<http_body_util::LengthLimitError>();
+            Box::new(crate::upstream::ClientBodyError { message: e.to_string(), too_large })
+        })
+        .boxed_unsync();
+    let mut up = Request::new(body);
+    *up.method_mut() = cx.method.clone();
+    let target = match &raw_query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    *up.uri_mut() = target.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
+    *up.headers_mut() = forward_headers(engine, &cx.headers, cx.client.map(|c| c.ip()), false);
+    let host = cx.headers.get(header::HOST).cloned();
+    match engine.send(&cx.site, cx.rkey.primary, up, host).await {
+        Ok(resp) => {
+            let unsafe_method = !cx.method.is_safe();
+            let status = resp.status();
+            if unsafe_method && (status.is_success() || status.is_redirection()) {
+                engine.remove_url(&cx.site, &cx.rkey.url).await;
+                for name in [header::LOCATION, header::CONTENT_LOCATION] {
+                    if let Some(url) = same_site_path(cx, resp.headers().get(&name)) {
+                        engine.remove_url(&cx.site, &url).await;
+                    }
+                }
+            }
+            pass_response(cx, resp, Some("method"))
+        }
+        Err(crate::upstream::UpstreamError::ClientBody { too_large: true }) => local(Local::PayloadTooLarge),
+        Err(crate::upstream::UpstreamError::ClientBody { too_large: false }) => {
+            local(Local::BadRequest("malformed request body"))
+        }
+        Err(e) => local(Local::Upstream(e)),
+    }
+}
+
+/// The path of a `Location`-style value when it points into this site.
+fn same_site_path(cx: &Ctx, value: Option<&HeaderValue>) -> Option<String> {
+    let text = value?.to_str().ok()?;
+    if text.starts_with('/') {
+        return Some(text.to_string());
+    }
+    let uri: http::Uri = text.parse().ok()?;
+    let host = uri.host()?;
+    cx.site.serves(&host.to_ascii_lowercase()).then(|| uri.path_and_query().map_or("/".into(), |p| p.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loops_are_recognised_by_node_name() {
+        let mut h = HeaderMap::new();
+        h.append(header::VIA, HeaderValue::from_static("1.1 edge-fra, 1.1 shield-1"));
+        assert!(is_loop(&h, "shield-1"));
+        assert!(is_loop(&h, "edge-fra"));
+        assert!(!is_loop(&h, "edge"));
+        assert!(!is_loop(&HeaderMap::new(), "edge-fra"));
+    }
+
+    #[test]
+    fn framing_ambiguities_are_refused() {
+        let req = |pairs: &[(&'static str, &'static str)]| {
+            let mut r = Request::new(());
+            for (k, v) in pairs {
+                r.headers_mut().append(*k, HeaderValue::from_static(v));
+            }
+            r
+        };
+        assert!(check_framing(&req(&[("content-length", "3"), ("transfer-encoding", "chunked")])).is_err());
+        assert!(check_framing(&req(&[("content-length", "3"), ("content-length", "4")])).is_err());
+        assert!(check_framing(&req(&[("host", "a"), ("host", "b")])).is_err());
+        assert!(check_framing(&req(&[("content-length", "3")])).is_ok());
+    }
+}

@@ -1,0 +1,333 @@
+//! Every response the engine sends is built here: responses from a stored or
+//! in-flight object (conditional requests, ranges, HEAD, `Age`, header
+//! rules) and the node's own answers (errors, 421, 400), so each status the
+//! node decides is decided in one place.
+
+use std::io;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::Frame;
+use outpost_config::Site;
+
+use super::flight::{Flight, SharedHead};
+use crate::key::Key;
+use crate::store::{BodyRef, Store, StoredObject};
+use crate::upstream::{BoxError, UpstreamError};
+
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+fn stream_body(s: impl Stream<Item = io::Result<Bytes>> + Send + 'static) -> Body {
+    StreamBody::new(s.map_ok(Frame::data).map_err(|e| -> BoxError { Box::new(e) })).boxed_unsync()
+}
+
+/// What the node answers by itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Local {
+    BadRequest(&'static str),
+    UnknownHost,
+    MethodNotAllowed,
+    Loop,
+    PayloadTooLarge,
+    OnlyIfCached,
+    Upstream(UpstreamError),
+}
+
+impl Local {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Local::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Local::UnknownHost => StatusCode::MISDIRECTED_REQUEST,
+            Local::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Local::Loop => StatusCode::LOOP_DETECTED,
+            Local::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Local::OnlyIfCached => StatusCode::GATEWAY_TIMEOUT,
+            Local::Upstream(UpstreamError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
+            Local::Upstream(UpstreamError::NoTarget) => StatusCode::SERVICE_UNAVAILABLE,
+            Local::Upstream(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    fn reason(&self) -> String {
+        match self {
+            Local::BadRequest(why) => format!("bad request: {why}"),
+            Local::UnknownHost => "this server does not serve that host".into(),
+            Local::MethodNotAllowed => "method not allowed".into(),
+            Local::Loop => "request loop detected".into(),
+            Local::PayloadTooLarge => "request body too large".into(),
+            Local::OnlyIfCached => "not in cache (only-if-cached)".into(),
+            Local::Upstream(e) => format!("upstream error: {}", e.as_str()),
+        }
+    }
+
+    pub fn response(&self) -> Response<Body> {
+        let mut r = Response::new(full(format!("{}\n", self.reason())));
+        *r.status_mut() = self.status();
+        let h = r.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if matches!(self, Local::MethodNotAllowed) {
+            h.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
+        }
+        r
+    }
+}
+
+/// Where a response body comes from.
+#[derive(Debug)]
+pub enum BodySource {
+    Stored { store: Store, key: Key, body: BodyRef },
+    Flight { store: Store, flight: Arc<Flight>, head: Arc<SharedHead> },
+}
+
+impl BodySource {
+    fn len(&self) -> Option<u64> {
+        match self {
+            BodySource::Stored { body, .. } => Some(body.len()),
+            BodySource::Flight { head, .. } => head.len,
+        }
+    }
+
+    fn range(&self, start: u64, end: Option<u64>) -> Body {
+        match self {
+            BodySource::Stored { store, key, body } => {
+                stream_body(store.read(*key, body, start, end.unwrap_or(body.len())))
+            }
+            BodySource::Flight { store, flight, head } => stream_body(flight.body(store.clone(), head, start, end)),
+        }
+    }
+}
+
+/// Node-wide settings that shape client responses.
+#[derive(Debug, Clone)]
+pub struct ResponseRules {
+    /// CDN-targeted headers and tags are for CDN tiers; an edge removes them
+    /// before the client, a shield passes them on to its edges.
+    pub strip_cdn_headers: bool,
+}
+
+static SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");
+static CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
+
+fn strip_weak(tag: &[u8]) -> &[u8] {
+    tag.strip_prefix(b"W/").unwrap_or(tag)
+}
+
+/// RFC 9110 §13.1.2 / §13.1.3 evaluated against a stored 200.
+fn not_modified(req: &HeaderMap, obj: &StoredObject) -> bool {
+    if let Some(inm) = req.get(header::IF_NONE_MATCH) {
+        let Some(etag) = obj.headers.get(header::ETAG) else { return false };
+        let list = inm.as_bytes();
+        return list.split(|b| *b == b',').any(|t| {
+            let t = t.trim_ascii();
+            t == b"*" || strip_weak(t) == strip_weak(etag.as_bytes())
+        });
+    }
+    let since = req.get(header::IF_MODIFIED_SINCE).and_then(|v| v.to_str().ok());
+    let lm = obj.headers.get(header::LAST_MODIFIED).and_then(|v| v.to_str().ok());
+    match (since.and_then(|s| httpdate::parse_http_date(s).ok()), lm.and_then(|s| httpdate::parse_http_date(s).ok())) {
+        (Some(since), Some(lm)) => lm <= since,
+        _ => false,
+    }
+}
+
+fn if_range_holds(req: &HeaderMap, obj: &StoredObject) -> bool {
+    let Some(v) = req.get(header::IF_RANGE) else { return true };
+    if v.as_bytes().starts_with(b"\"") {
+        return obj.headers.get(header::ETAG).is_some_and(|e| e == v);
+    }
+    obj.headers.get(header::LAST_MODIFIED).is_some_and(|lm| lm == v)
+}
+
+/// Builds the client response for an object.
+#[allow(clippy::too_many_arguments)]
+pub fn object_response(
+    site: &Site,
+    rules: &ResponseRules,
+    method: &Method,
+    req: &HeaderMap,
+    obj: &StoredObject,
+    source: BodySource,
+    now: SystemTime,
+    cache_status: HeaderValue,
+) -> Response<Body> {
+    let mut resp = Response::new(empty());
+    let mut headers = obj.headers.clone();
+    headers.insert(header::AGE, HeaderValue::from(obj.timing.age(now).as_secs()));
+    headers.insert(HeaderName::from_static("cache-status"), cache_status);
+    if rules.strip_cdn_headers {
+        for name in [&crate::policy::CDN_CACHE_CONTROL, &crate::policy::SURROGATE_CONTROL, &SURROGATE_KEY, &CACHE_TAG] {
+            headers.remove(name);
+        }
+    }
+    for name in &site.headers.remove {
+        headers.remove(name);
+    }
+    for (name, value) in &site.headers.set {
+        headers.insert(name.clone(), value.clone());
+    }
+    let ok = obj.status == StatusCode::OK;
+    if ok && not_modified(req, obj) {
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
+        for name in ["content-type", "content-encoding", "content-language", "content-range"] {
+            headers.remove(name);
+        }
+        *resp.headers_mut() = headers;
+        return resp;
+    }
+    let len = source.len();
+    if let (true, Some(len), Some(range)) = (ok, len, req.get(header::RANGE).and_then(|v| v.to_str().ok())) {
+        if if_range_holds(req, obj) {
+            headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+            match http_range_header::parse_range_header(range).map(|r| r.validate(len)) {
+                // Unparseable ranges are ignored (RFC 9110 §14.2).
+                Err(_) => {}
+                Ok(Ok(ranges)) if ranges.is_empty() => {}
+                Ok(Err(_)) => {
+                    *resp.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+                    if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                        headers.insert(header::CONTENT_RANGE, v);
+                    }
+                    headers.remove(header::CONTENT_TYPE);
+                    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+                    *resp.headers_mut() = headers;
+                    return resp;
+                }
+                Ok(Ok(ranges)) => return partial(resp, headers, method, &source, len, &ranges),
+            }
+        }
+    } else if ok && len.is_some() {
+        headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    }
+    *resp.status_mut() = obj.status;
+    if let Some(len) = len {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    *resp.headers_mut() = headers;
+    if method != Method::HEAD {
+        *resp.body_mut() = source.range(0, len);
+    }
+    resp
+}
+
+fn partial(
+    mut resp: Response<Body>,
+    mut headers: HeaderMap,
+    method: &Method,
+    source: &BodySource,
+    len: u64,
+    ranges: &[std::ops::RangeInclusive<u64>],
+) -> Response<Body> {
+    *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+    if let [r] = ranges {
+        let (start, end) = (*r.start(), *r.end());
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")) {
+            headers.insert(header::CONTENT_RANGE, v);
+        }
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start + 1));
+        *resp.headers_mut() = headers;
+        if method != Method::HEAD {
+            *resp.body_mut() = source.range(start, Some(end + 1));
+        }
+        return resp;
+    }
+    let boundary = format!("OUTPOST-{:016x}", xxhash_rust::xxh3::xxh3_64(&len.to_le_bytes()));
+    let content_type = headers.remove(header::CONTENT_TYPE);
+    let mut total = 0u64;
+    let mut parts: Vec<(Bytes, Option<(u64, u64)>)> = Vec::new();
+    for r in ranges {
+        let mut head = format!("\r\n--{boundary}\r\n");
+        if let Some(ct) = content_type.as_ref().and_then(|v| v.to_str().ok()) {
+            head.push_str(&format!("Content-Type: {ct}\r\n"));
+        }
+        head.push_str(&format!("Content-Range: bytes {}-{}/{len}\r\n\r\n", r.start(), r.end()));
+        total += head.len() as u64 + (r.end() - r.start() + 1);
+        parts.push((Bytes::from(head), None));
+        parts.push((Bytes::new(), Some((*r.start(), *r.end() + 1))));
+    }
+    let tail = Bytes::from(format!("\r\n--{boundary}--\r\n"));
+    total += tail.len() as u64;
+    parts.push((tail, None));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(total));
+    if let Ok(v) = HeaderValue::from_str(&format!("multipart/byteranges; boundary={boundary}")) {
+        headers.insert(header::CONTENT_TYPE, v);
+    }
+    *resp.headers_mut() = headers;
+    if method != Method::HEAD {
+        let bodies: Vec<Body> = parts
+            .into_iter()
+            .map(|(head, range)| match range {
+                None => full(head),
+                Some((s, e)) => source.range(s, Some(e)),
+            })
+            .collect();
+        let frames = futures_util::stream::iter(bodies).flat_map(|b| b.into_data_stream());
+        *resp.body_mut() = StreamBody::new(frames.map_ok(Frame::data)).boxed_unsync();
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Entry;
+    use crate::store::entry::tests::sample;
+
+    fn obj(headers: &[(&'static str, &'static str)]) -> StoredObject {
+        let Entry::Object(o) = sample(BodyRef::Inline(Bytes::from_static(b"0123456789"))) else { unreachable!() };
+        let mut o = (*o).clone();
+        o.status = StatusCode::OK;
+        for (k, v) in headers {
+            o.headers.insert(*k, HeaderValue::from_static(v));
+        }
+        o
+    }
+
+    fn req(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs.iter().map(|(k, v)| (HeaderName::from_static(k), HeaderValue::from_static(v))).collect()
+    }
+
+    #[test]
+    fn conditional_requests_against_the_stored_copy() {
+        let o = obj(&[("etag", "\"v1\""), ("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT")]);
+        assert!(not_modified(&req(&[("if-none-match", "\"v1\"")]), &o));
+        assert!(not_modified(&req(&[("if-none-match", "\"x\", W/\"v1\"")]), &o));
+        assert!(not_modified(&req(&[("if-none-match", "*")]), &o));
+        assert!(!not_modified(&req(&[("if-none-match", "\"v2\"")]), &o));
+        assert!(not_modified(&req(&[("if-modified-since", "Mon, 01 Jan 2024 00:00:00 GMT")]), &o));
+        assert!(!not_modified(&req(&[("if-modified-since", "Sun, 31 Dec 2023 00:00:00 GMT")]), &o));
+        assert!(
+            !not_modified(
+                &req(&[("if-none-match", "\"v2\""), ("if-modified-since", "Mon, 01 Jan 2024 00:00:00 GMT")]),
+                &o
+            ),
+            "If-None-Match decides when present"
+        );
+        assert!(if_range_holds(&req(&[("if-range", "\"v1\"")]), &o));
+        assert!(!if_range_holds(&req(&[("if-range", "W/\"v1\"")]), &o), "If-Range is a strong comparison");
+        assert!(if_range_holds(&req(&[]), &o));
+    }
+
+    #[test]
+    fn local_answers_have_their_statuses() {
+        assert_eq!(Local::UnknownHost.response().status(), StatusCode::MISDIRECTED_REQUEST);
+        assert_eq!(Local::Upstream(UpstreamError::Timeout("o".into())).status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(Local::Upstream(UpstreamError::Connect("o".into())).status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(Local::Loop.status(), StatusCode::LOOP_DETECTED);
+        let r = Local::BadRequest("x").response();
+        assert_eq!(r.headers()["cache-control"], "no-store");
+    }
+}

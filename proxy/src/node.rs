@@ -1,0 +1,84 @@
+//! An edge or shield process: the engine, its client listeners and its admin
+//! listener, bound first (so port 0 works and the addresses can be reported)
+//! and then run until shutdown.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use outpost_config::{NodeConfig, ProxyNode};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{Engine, EngineConfig, EngineError, Tier};
+use crate::upstream::Route;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("{0} is not an edge or shield node file")]
+    NotAProxy(String),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// A bound edge or shield.
+#[derive(Debug)]
+pub struct Node {
+    engine: Arc<Engine>,
+    http: Vec<TcpListener>,
+    admin: Option<TcpListener>,
+}
+
+impl EngineConfig {
+    pub fn from_node(node: &NodeConfig, proxy: &ProxyNode, tier: Tier) -> EngineConfig {
+        EngineConfig {
+            node: node.name.clone(),
+            tier,
+            limits: node.limits,
+            cache: proxy.cache.clone(),
+            sites: proxy.sites.clone(),
+            access_log: proxy.access_log.clone(),
+        }
+    }
+}
+
+impl Node {
+    /// Opens the engine (recovering its disk cache) and binds its listeners.
+    pub async fn bind(node: &NodeConfig, tier: Tier, route: Arc<dyn Route>) -> Result<Node, NodeError> {
+        let proxy = node.proxy().ok_or_else(|| NodeError::NotAProxy(node.file.display().to_string()))?;
+        let http = crate::serve::bind(&node.listen.http).await?;
+        let admin = match node.listen.admin {
+            Some(a) => Some(crate::serve::bind(&[a]).await?.remove(0)),
+            None => None,
+        };
+        let engine = Engine::open(EngineConfig::from_node(node, proxy, tier), route).await?;
+        Ok(Node { engine, http, admin })
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    pub fn http_addrs(&self) -> Vec<SocketAddr> {
+        self.http.iter().filter_map(|l| l.local_addr().ok()).collect()
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Serves until `shutdown`, then finishes open responses and flushes the
+    /// cache to disk.
+    pub async fn run(self, shutdown: CancellationToken) -> io::Result<()> {
+        let admin =
+            self.admin.map(|l| tokio::spawn(crate::admin::serve(Arc::clone(&self.engine), l, shutdown.clone())));
+        let served = crate::serve::serve(Arc::clone(&self.engine), self.http, shutdown.clone()).await;
+        if let Some(a) = admin {
+            let _ = a.await;
+        }
+        self.engine.close().await;
+        served
+    }
+}

@@ -1,0 +1,321 @@
+//! Purges as timestamped rules, checked at lookup (DESIGN.md "Purge").
+//!
+//! A purge records "everything matching X stored before T is invalid (hard)
+//! or stale (soft)". A purge costs nothing per stored object; a lookup costs
+//! one site lookup plus one per tag of the object and per prefix rule of its
+//! site. Rules are persisted (written whole, atomically) beside the disk
+//! cache, so a purge survives a restart, and rules older than any object can
+//! live are dropped.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use outpost_config::{MAX_TTL, PurgeTarget};
+use serde::{Deserialize, Serialize};
+
+use crate::store::StoredObject;
+
+/// A rule outlives every object it could apply to: an object is served
+/// without asking upstream for at most its lifetime plus one stale window,
+/// each capped at [`MAX_TTL`].
+pub const RULE_RETENTION: Duration = Duration::from_secs(2 * MAX_TTL.as_secs() + 86_400);
+
+/// The newest hard and soft purge times of one rule, in microseconds since
+/// the epoch (0: none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Times {
+    hard: u64,
+    soft: u64,
+}
+
+impl Times {
+    fn record(&mut self, at: u64, soft: bool) {
+        let slot = if soft { &mut self.soft } else { &mut self.hard };
+        *slot = (*slot).max(at);
+    }
+
+    fn verdict(&self, fetched_at: u64) -> Verdict {
+        if self.hard != 0 && self.hard >= fetched_at {
+            Verdict::Invalid
+        } else if self.soft != 0 && self.soft >= fetched_at {
+            Verdict::Stale
+        } else {
+            Verdict::Valid
+        }
+    }
+
+    fn newest(&self) -> u64 {
+        self.hard.max(self.soft)
+    }
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SiteRules {
+    all: Times,
+    tags: HashMap<String, Times>,
+    prefixes: Vec<(String, Times)>,
+    urls: HashMap<String, Times>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Rules {
+    /// Every site: set when a node catches up from a snapshot.
+    global: Times,
+    sites: HashMap<String, SiteRules>,
+}
+
+/// What the rules say about a stored object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verdict {
+    Valid,
+    /// Soft-purged: revalidate before use; usable under stale-if-error.
+    Stale,
+    /// Hard-purged: as if absent.
+    Invalid,
+}
+
+fn micros(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The node's purge rules.
+#[derive(Debug)]
+pub struct PurgeRules {
+    rules: RwLock<Rules>,
+    file: Option<PathBuf>,
+}
+
+impl PurgeRules {
+    /// Rules kept only in memory (a memory-only node).
+    pub fn in_memory() -> PurgeRules {
+        PurgeRules { rules: RwLock::new(Rules::default()), file: None }
+    }
+
+    /// Rules persisted in `dir/purges.json`, loading what is there.
+    pub fn open(dir: &Path) -> io::Result<PurgeRules> {
+        std::fs::create_dir_all(dir)?;
+        let file = dir.join("purges.json");
+        let rules = match std::fs::read(&file) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", file.display())))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Rules::default(),
+            Err(e) => return Err(e),
+        };
+        Ok(PurgeRules { rules: RwLock::new(rules), file: Some(file) })
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Rules> {
+        self.rules.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Rules> {
+        self.rules.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The verdict of every rule that matches `object` of `site`.
+    pub fn check(&self, site: &str, object: &StoredObject) -> Verdict {
+        let fetched = micros(object.fetched_at);
+        let rules = self.read();
+        let mut v = rules.global.verdict(fetched);
+        let Some(s) = rules.sites.get(site) else { return v };
+        v = v.max(s.all.verdict(fetched));
+        if let Some(t) = s.urls.get(&object.url) {
+            v = v.max(t.verdict(fetched));
+        }
+        for tag in &object.tags {
+            if let Some(t) = s.tags.get(tag) {
+                v = v.max(t.verdict(fetched));
+            }
+        }
+        for (prefix, t) in &s.prefixes {
+            if object.url.starts_with(prefix.as_str()) {
+                v = v.max(t.verdict(fetched));
+            }
+        }
+        v
+    }
+
+    /// Records a purge applied at `at` and persists the rules. `urls` are
+    /// already normalised the way objects store them.
+    pub fn apply(
+        &self,
+        site: &str,
+        target: &PurgeTarget,
+        urls: &[String],
+        soft: bool,
+        at: SystemTime,
+    ) -> io::Result<()> {
+        let at = micros(at);
+        let snapshot = {
+            let mut rules = self.write();
+            let s = rules.sites.entry(site.to_string()).or_default();
+            match target {
+                PurgeTarget::All => s.all.record(at, soft),
+                PurgeTarget::Urls { .. } => {
+                    for u in urls {
+                        s.urls.entry(u.clone()).or_default().record(at, soft);
+                    }
+                }
+                PurgeTarget::Tags { tags } => {
+                    for t in tags {
+                        s.tags.entry(t.clone()).or_default().record(at, soft);
+                    }
+                }
+                PurgeTarget::Prefix { prefix } => match s.prefixes.iter_mut().find(|(p, _)| p == prefix) {
+                    Some((_, t)) => t.record(at, soft),
+                    None => {
+                        let mut t = Times::default();
+                        t.record(at, soft);
+                        s.prefixes.push((prefix.clone(), t));
+                    }
+                },
+            }
+            Self::compact(&mut rules, at);
+            rules.clone()
+        };
+        self.persist(&snapshot)
+    }
+
+    /// Marks everything stored before `at`, on every site, as soft-purged:
+    /// what a node does when it catches up from a snapshot.
+    pub fn soft_purge_everything(&self, at: SystemTime) -> io::Result<()> {
+        let snapshot = {
+            let mut rules = self.write();
+            rules.global.record(micros(at), true);
+            rules.clone()
+        };
+        self.persist(&snapshot)
+    }
+
+    /// Drops rules too old to match any object that could still be served.
+    fn compact(rules: &mut Rules, now: u64) {
+        let horizon = now.saturating_sub(RULE_RETENTION.as_micros() as u64);
+        let keep = |t: &Times| t.newest() >= horizon;
+        for s in rules.sites.values_mut() {
+            s.tags.retain(|_, t| keep(t));
+            s.urls.retain(|_, t| keep(t));
+            s.prefixes.retain(|(_, t)| keep(t));
+            if !keep(&s.all) {
+                s.all = Times::default();
+            }
+        }
+        rules.sites.retain(|_, s| {
+            s.all != Times::default() || !s.tags.is_empty() || !s.urls.is_empty() || !s.prefixes.is_empty()
+        });
+    }
+
+    fn persist(&self, rules: &Rules) -> io::Result<()> {
+        let Some(file) = &self.file else { return Ok(()) };
+        let tmp = file.with_extension("json.tmp");
+        let bytes = serde_json::to_vec(rules).map_err(io::Error::other)?;
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, file)
+    }
+
+    /// Number of rules held (for metrics).
+    pub fn len(&self) -> usize {
+        let r = self.read();
+        r.sites.values().map(|s| 1 + s.tags.len() + s.urls.len() + s.prefixes.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::entry::tests::sample;
+    use crate::store::{BodyRef, Entry};
+
+    fn object(url: &str, tags: &[&str], fetched_secs: u64) -> StoredObject {
+        let Entry::Object(o) = sample(BodyRef::Inline(bytes::Bytes::new())) else { unreachable!() };
+        StoredObject {
+            url: url.into(),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            fetched_at: UNIX_EPOCH + Duration::from_secs(fetched_secs),
+            ..(*o).clone()
+        }
+    }
+
+    fn t(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn rules_apply_to_objects_stored_before_them() {
+        let p = PurgeRules::in_memory();
+        let old = object("/img/a.png", &["brand", "img"], 1_000);
+        let new = object("/img/a.png", &["brand", "img"], 3_000);
+        assert_eq!(p.check("s", &old), Verdict::Valid);
+        p.apply("s", &PurgeTarget::Tags { tags: vec!["brand".into()] }, &[], false, t(2_000)).unwrap();
+        assert_eq!(p.check("s", &old), Verdict::Invalid);
+        assert_eq!(p.check("s", &new), Verdict::Valid, "fetched after the purge");
+        assert_eq!(p.check("other", &old), Verdict::Valid, "rules are per site");
+    }
+
+    #[test]
+    fn each_kind_of_target() {
+        let o = object("/docs/x?y=1", &["t"], 1_000);
+        let cases: Vec<(PurgeTarget, Vec<String>, Verdict)> = vec![
+            (PurgeTarget::Urls { urls: vec!["/docs/x?y=1".into()] }, vec!["/docs/x?y=1".into()], Verdict::Invalid),
+            (PurgeTarget::Urls { urls: vec!["/docs/x".into()] }, vec!["/docs/x".into()], Verdict::Valid),
+            (PurgeTarget::Prefix { prefix: "/docs/".into() }, vec![], Verdict::Invalid),
+            (PurgeTarget::Prefix { prefix: "/img/".into() }, vec![], Verdict::Valid),
+            (PurgeTarget::Tags { tags: vec!["u".into()] }, vec![], Verdict::Valid),
+            (PurgeTarget::All, vec![], Verdict::Invalid),
+        ];
+        for (target, urls, want) in cases {
+            let p = PurgeRules::in_memory();
+            p.apply("s", &target, &urls, false, t(2_000)).unwrap();
+            assert_eq!(p.check("s", &o), want, "{target:?}");
+        }
+    }
+
+    #[test]
+    fn soft_purges_mark_stale_and_hard_wins() {
+        let p = PurgeRules::in_memory();
+        let o = object("/a", &[], 1_000);
+        p.apply("s", &PurgeTarget::All, &[], true, t(2_000)).unwrap();
+        assert_eq!(p.check("s", &o), Verdict::Stale);
+        p.apply("s", &PurgeTarget::Prefix { prefix: "/".into() }, &[], false, t(1_500)).unwrap();
+        assert_eq!(p.check("s", &o), Verdict::Invalid);
+        let q = PurgeRules::in_memory();
+        q.soft_purge_everything(t(2_000)).unwrap();
+        assert_eq!(q.check("any", &o), Verdict::Stale);
+    }
+
+    #[test]
+    fn rules_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = object("/a", &["x"], 1_000);
+        {
+            let p = PurgeRules::open(dir.path()).unwrap();
+            p.apply("s", &PurgeTarget::Tags { tags: vec!["x".into()] }, &[], false, t(2_000)).unwrap();
+        }
+        let p = PurgeRules::open(dir.path()).unwrap();
+        assert_eq!(p.check("s", &o), Verdict::Invalid);
+        std::fs::write(dir.path().join("purges.json"), b"{not json").unwrap();
+        assert!(PurgeRules::open(dir.path()).is_err(), "a corrupt rules file is an error, not an empty rule set");
+    }
+
+    #[test]
+    fn old_rules_are_dropped() {
+        let p = PurgeRules::in_memory();
+        p.apply("s", &PurgeTarget::Tags { tags: vec!["old".into()] }, &[], false, t(1_000)).unwrap();
+        assert_eq!(p.len(), 2);
+        let later = t(1_000) + RULE_RETENTION + Duration::from_secs(10);
+        p.apply("s", &PurgeTarget::Tags { tags: vec!["new".into()] }, &[], false, later).unwrap();
+        assert_eq!(p.len(), 2, "the old tag rule is gone, the new one is there");
+        assert_eq!(p.check("s", &object("/a", &["new"], 5)), Verdict::Invalid);
+    }
+}

@@ -1,0 +1,187 @@
+//! Starts the test origin and an edge in this process, on port 0.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use outpost_config::NodeConfig;
+use outpost_load::OriginServer;
+use outpost_proxy::node::Node;
+use outpost_proxy::upstream::OriginRoute;
+use outpost_proxy::{Engine, Tier};
+use tokio_util::sync::CancellationToken;
+
+pub struct Origin {
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl Origin {
+    pub async fn start() -> Origin {
+        let server = OriginServer::bind(&["127.0.0.1:0".parse().unwrap()], None).await.unwrap();
+        let addr = server.local_addrs()[0];
+        let stop = CancellationToken::new();
+        tokio::spawn(server.run(stop.clone()));
+        Origin { addr, stop }
+    }
+
+    pub async fn stats(&self) -> serde_json::Value {
+        let r = send(Method::GET, &format!("http://{}/__origin/stats", self.addr), &[]).await;
+        serde_json::from_slice(&r.body).unwrap()
+    }
+
+    /// Requests the origin got for `path`.
+    pub async fn count(&self, path: &str) -> u64 {
+        self.stats().await["paths"][path].as_u64().unwrap_or(0)
+    }
+
+    pub async fn control(&self, what: &str) {
+        let r = send(Method::POST, &format!("http://{}/__origin/{what}", self.addr), &[]).await;
+        assert_eq!(r.status, StatusCode::OK, "origin control {what}");
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+pub struct Edge {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub engine: Arc<Engine>,
+
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Site file text for a site in front of `origin`; `extra` is appended.
+pub fn site_toml(origin: SocketAddr, extra: &str) -> String {
+    format!(
+        "[site]\nid = \"t\"\nhosts = [\"t.test\", \"localhost\"]\n\n[[origin]]\nurl = \"http://{origin}\"\nresponse_timeout = \"5s\"\n\n{extra}"
+    )
+}
+
+/// What tests usually want: a minute of default freshness and no stale
+/// windows unless a test asks.
+pub const DEFAULT_RULES: &str =
+    "[cache]\ndefault_ttl = \"60s\"\n\n[stale]\nwhile_revalidate = \"0s\"\nif_error = \"0s\"\n";
+
+impl Edge {
+    pub async fn start(dir: &Path, site: &str) -> Edge {
+        Edge::start_with(dir, site, "memory = \"32MiB\"\ndisk = \"128MiB\"", "").await
+    }
+
+    pub async fn start_with(dir: &Path, site: &str, cache: &str, limits: &str) -> Edge {
+        std::fs::write(dir.join("site.toml"), site).unwrap();
+        let node = format!(
+            "[node]\nname = \"edge-test\"\nrole = \"edge\"\npop = \"tst\"\nlatitude = 0.0\nlongitude = 0.0\n\
+             sites = [\"site.toml\"]\naccess_log = \"off\"\n\n[listen]\nhttp = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\n\n\
+             [cache]\n{cache}\npath = \"cache\"\n\n[upstream]\nmode = \"origin\"\n\n{limits}"
+        );
+        let file = dir.join("edge.toml");
+        std::fs::write(&file, &node).unwrap();
+        let cfg = NodeConfig::load(&file).unwrap_or_else(|e| panic!("{e}"));
+        let bound = Node::bind(&cfg, Tier::Edge, Arc::new(OriginRoute)).await.unwrap();
+        let addr = bound.http_addrs()[0];
+        let admin = bound.admin_addr().unwrap();
+        let engine = Arc::clone(bound.engine());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(bound.run(stop.clone()));
+        Edge { addr, admin, engine, stop, task }
+    }
+
+    /// Stops the edge as Ctrl-C would: open responses finish, the cache is
+    /// flushed.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        send(Method::GET, &self.url(path), &[("host", "t.test")]).await
+    }
+
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Resp {
+        let mut h = vec![("host", "t.test")];
+        h.extend_from_slice(headers);
+        send(Method::GET, &self.url(path), &h).await
+    }
+}
+
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn cache_status(&self) -> String {
+        self.headers.get("cache-status").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
+    }
+
+    pub fn is_hit(&self) -> bool {
+        self.cache_status().contains("; hit")
+    }
+}
+
+pub async fn send(method: Method, url: &str, headers: &[(&str, &str)]) -> Resp {
+    try_send(method, url, headers).await.unwrap()
+}
+
+pub async fn try_send(method: Method, url: &str, headers: &[(&str, &str)]) -> Result<Resp, String> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client.request(req.body(Empty::new()).unwrap()).await.map_err(|e| format!("{e:?}"))?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map_err(|e| format!("body: {e:?}"))?.to_bytes();
+    Ok(Resp { status: parts.status, headers: parts.headers, body })
+}
+
+pub async fn send_body(method: Method, url: &str, host: &str, body: &'static [u8]) -> Resp {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req = Request::builder()
+        .method(method)
+        .uri(url)
+        .header("host", host)
+        .body(Full::new(Bytes::from_static(body)))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Resp { status: parts.status, headers: parts.headers, body }
+}
+
+/// Asserts that `body` is the origin's content for `path` (version 0).
+pub fn assert_origin_bytes(path: &str, body: &[u8]) {
+    let seed = outpost_load::content::seed(path, 0, &[]);
+    assert_eq!(outpost_load::content::first_mismatch(seed, 0, body), None, "{path}: body differs from the origin's");
+}
+
+/// Waits, bounded, until `f` holds; for effects of background work.
+pub async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..200 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}

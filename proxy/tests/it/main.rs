@@ -1,0 +1,8 @@
+//! The engine over loopback: a real test origin, a real edge node with a
+//! real disk cache in a temp dir, real HTTP clients.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+mod harness;
+
+mod cache;
+mod serving;

@@ -1,0 +1,182 @@
+//! The client side: hosts, malformed requests, limits, HTTP/2, admin.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::{BodyExt, Empty};
+
+use crate::harness::*;
+
+fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn raw_async(addr: std::net::SocketAddr, request: &'static [u8]) -> String {
+    tokio::task::spawn_blocking(move || raw(addr, request)).await.unwrap()
+}
+
+#[tokio::test]
+async fn unknown_hosts_get_421_and_are_never_forwarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    let edge = Edge::start(dir.path(), &site_toml(origin.addr, DEFAULT_RULES)).await;
+    for host in ["evil.test", "t.test.evil", &origin.addr.to_string()] {
+        let r = send(Method::GET, &edge.url("/x"), &[("host", host)]).await;
+        assert_eq!(r.status, StatusCode::MISDIRECTED_REQUEST, "{host}");
+    }
+    // Absolute-form request naming another host: still refused.
+    let resp =
+        raw_async(edge.addr, b"GET http://evil.test/x HTTP/1.1\r\nHost: t.test\r\nConnection: close\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 421"), "{resp}");
+    assert_eq!(origin.stats().await["total"], 0);
+    let ok = send(Method::GET, &edge.url("/x"), &[("host", "T.TEST:80")]).await;
+    assert_eq!(ok.status, StatusCode::OK, "hosts match case-insensitively, port ignored");
+}
+
+#[tokio::test]
+async fn malformed_requests_get_400_and_the_node_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    let edge = Edge::start(dir.path(), &site_toml(origin.addr, DEFAULT_RULES)).await;
+    let cases: [&'static [u8]; 6] = [
+        b"POST /x HTTP/1.1\r\nHost: t.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"GET /x HTTP/1.1\r\nHost: t.test\r\nHost: other.test\r\n\r\n",
+        b"GET /%zz HTTP/1.1\r\nHost: t.test\r\nConnection: close\r\n\r\n",
+        b"GARBAGE\r\n\r\n",
+        b"GET /x HTTP/1.1\r\nHost t.test\r\n\r\n",
+        b"POST /x HTTP/1.1\r\nHost: t.test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ];
+    for (i, c) in cases.iter().enumerate() {
+        let resp = raw_async(edge.addr, c).await;
+        assert!(resp.starts_with("HTTP/1.1 400"), "case {i}: {resp:?}");
+    }
+    let r = edge.get("/after?cc=max-age%3D60").await;
+    assert_eq!(r.status, StatusCode::OK, "the node keeps serving");
+    assert_eq!(origin.stats().await["methods"].get("POST"), None, "nothing malformed reached the origin");
+}
+
+#[tokio::test]
+async fn oversized_heads_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    let edge = Edge::start_with(
+        dir.path(),
+        &site_toml(origin.addr, DEFAULT_RULES),
+        "memory = \"32MiB\"",
+        "[limits]\nheader_bytes = \"8KiB\"\nheaders = 20\n",
+    )
+    .await;
+    let big = format!("GET /x HTTP/1.1\r\nHost: t.test\r\nX-Big: {}\r\n\r\n", "a".repeat(20_000));
+    let addr = edge.addr;
+    let resp = tokio::task::spawn_blocking(move || raw(addr, big.as_bytes())).await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 431"), "{resp:?}");
+    let mut many = String::from("GET /x HTTP/1.1\r\nHost: t.test\r\n");
+    for i in 0..40 {
+        many.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    let resp = tokio::task::spawn_blocking(move || raw(addr, many.as_bytes())).await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 431"), "{resp:?}");
+    assert_eq!(edge.get("/x").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn slow_request_heads_are_cut_off_and_idle_connections_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    let edge = Edge::start_with(
+        dir.path(),
+        &site_toml(origin.addr, DEFAULT_RULES),
+        "memory = \"32MiB\"",
+        "[limits]\nheader_read_timeout = \"500ms\"\nidle_timeout = \"1500ms\"\n",
+    )
+    .await;
+    let addr = edge.addr;
+    let (slow, idle) = tokio::task::spawn_blocking(move || {
+        // Slowloris: a byte at a time, never finishing the head.
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let started = Instant::now();
+        let mut closed_after = None;
+        for b in b"GET /x HTTP/1.1\r\nHost: t.test\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaa" {
+            if s.write_all(&[*b]).is_err() {
+                closed_after = Some(started.elapsed());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap_or(0);
+        let slow = closed_after.unwrap_or(started.elapsed());
+        assert_eq!(n, 0, "closed without a response");
+        // An idle keep-alive connection is closed after idle_timeout.
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /x HTTP/1.1\r\nHost: t.test\r\n\r\n").unwrap();
+        let mut first = [0u8; 4096];
+        let _ = s.read(&mut first).unwrap();
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        (slow, started.elapsed())
+    })
+    .await
+    .unwrap();
+    assert!(slow < Duration::from_millis(2500), "slowloris held the connection for {slow:?}");
+    assert!(idle >= Duration::from_millis(1200) && idle < Duration::from_secs(4), "idle close after {idle:?}");
+}
+
+#[tokio::test]
+async fn http2_with_prior_knowledge() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    let edge = Edge::start(dir.path(), &site_toml(origin.addr, DEFAULT_RULES)).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Empty<Bytes>>();
+    // `localhost` is one of the site's hosts, so :authority names the site.
+    let url = format!("http://localhost:{}/h2?cc=max-age%3D60&size=70000", edge.addr.port());
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let resp = client.request(http::Request::get(&url).body(Empty::new()).unwrap()).await.unwrap();
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        statuses.push(resp.headers()["cache-status"].to_str().unwrap().to_string());
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_origin_bytes("/h2", &body);
+    }
+    assert!(statuses[0].contains("fwd=uri-miss") && statuses[1].contains("; hit"), "{statuses:?}");
+    assert_eq!(origin.count("/h2").await, 1);
+}
+
+#[tokio::test]
+async fn admin_serves_metrics_and_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    let edge = Edge::start(dir.path(), &site_toml(origin.addr, DEFAULT_RULES)).await;
+    edge.get("/m?cc=max-age%3D60").await;
+    edge.get("/m?cc=max-age%3D60").await;
+    let h = send(Method::GET, &format!("http://{}/healthz", edge.admin), &[]).await;
+    assert_eq!(h.status, StatusCode::OK);
+    let health: serde_json::Value = serde_json::from_slice(&h.body).unwrap();
+    assert_eq!(health["node"], "edge-test");
+    let m = send(Method::GET, &format!("http://{}/metrics", edge.admin), &[]).await;
+    let text = String::from_utf8_lossy(&m.body);
+    let hits = text
+        .lines()
+        .find(|l| {
+            l.starts_with("outpost_requests_total") && l.contains("node=\"edge-test\"") && l.contains("cache=\"hit\"")
+        })
+        .unwrap_or_else(|| panic!("no hit counter in:\n{text}"));
+    let n: f64 = hits.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(n >= 1.0, "{hits}");
+    assert!(text.contains("outpost_request_duration_seconds_bucket"), "latency histogram present");
+    assert!(text.contains("outpost_cache_memory_bytes{node=\"edge-test\"}"));
+}

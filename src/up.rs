@@ -52,10 +52,10 @@ pub(crate) async fn run(config_dir: &Path, data_dir: &Path) -> anyhow::Result<()
     // Each node's access log goes to a file, so the console stays readable.
     for node in &mut nodes {
         let log = data_dir.join("logs").join(format!("{}.access.log", node.name));
-        if let RoleConfig::Edge(e) = &mut node.role {
-            if e.proxy.access_log == AccessLog::Stdout {
-                e.proxy.access_log = AccessLog::File(log);
-            }
+        if let RoleConfig::Edge(e) = &mut node.role
+            && e.proxy.access_log == AccessLog::Stdout
+        {
+            e.proxy.access_log = AccessLog::File(log);
         }
     }
     for node in &nodes {

@@ -83,11 +83,22 @@ pub struct CacheStatus {
     pub collapsed: bool,
     /// Why, in a word: a not-stored reason, a stale reason, an error kind.
     pub detail: Option<&'static str>,
+    /// Time this request waited for the upstream's response head (not in
+    /// the header; for the access log).
+    pub upstream_wait: Option<std::time::Duration>,
 }
 
 impl CacheStatus {
     pub fn new(outcome: Outcome) -> CacheStatus {
-        CacheStatus { outcome, fwd_status: None, stored: false, ttl: None, collapsed: false, detail: None }
+        CacheStatus {
+            outcome,
+            fwd_status: None,
+            stored: false,
+            ttl: None,
+            collapsed: false,
+            detail: None,
+            upstream_wait: None,
+        }
     }
 
     /// The member for `node`, appended to `upstream`'s list when given.

@@ -73,7 +73,7 @@ pub(super) async fn handle(
     engine.metrics.request(status.outcome, resp.status().as_u16(), took);
     if let Some((method, host, path)) = log {
         engine.log.write(AccessRecord {
-            ts: httpdate::fmt_http_date(engine.clock.now()),
+            ts: humantime::format_rfc3339_millis(engine.clock.now()).to_string(),
             node: engine.node.to_string(),
             client: client.map(|c| c.ip().to_string()).unwrap_or_default(),
             method,
@@ -86,7 +86,7 @@ pub(super) async fn handle(
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok()),
-            upstream_ms: None,
+            upstream_ms: status.upstream_wait.map(|d| d.as_secs_f64() * 1000.0),
             duration_ms: took.as_secs_f64() * 1000.0,
         });
     }
@@ -306,6 +306,22 @@ async fn fetch(
         }
     };
     let collapsed = pass_rx.is_none();
+    let waiting = Instant::now();
+    let mut answer = fetch_answer(cx, key, stale, outcome, collapsed, flight, pass_rx).await?;
+    answer.1.upstream_wait.get_or_insert(waiting.elapsed());
+    Some(answer)
+}
+
+async fn fetch_answer(
+    cx: &Ctx,
+    key: Key,
+    stale: Option<(Key, Arc<StoredObject>)>,
+    outcome: Outcome,
+    collapsed: bool,
+    flight: Arc<super::flight::Flight>,
+    pass_rx: Option<oneshot::Receiver<Response<Incoming>>>,
+) -> Option<Answer> {
+    let engine = &cx.engine;
     let now = || engine.clock.now();
     match flight.head().await {
         Head::Shared(head) => {
@@ -425,7 +441,16 @@ async fn forward(cx: &Ctx, body: Incoming, raw_query: Option<String>, path: &str
     *up.uri_mut() = target.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
     *up.headers_mut() = forward_headers(engine, &cx.headers, cx.client.map(|c| c.ip()), false);
     let host = cx.headers.get(header::HOST).cloned();
-    match engine.send(&cx.site, cx.rkey.primary, up, host).await {
+    let waiting = Instant::now();
+    let sent = engine.send(&cx.site, cx.rkey.primary, up, host).await;
+    let mut answer = forwarded(cx, sent).await;
+    answer.1.upstream_wait = Some(waiting.elapsed());
+    answer
+}
+
+async fn forwarded(cx: &Ctx, sent: Result<Response<Incoming>, crate::upstream::UpstreamError>) -> Answer {
+    let engine = &cx.engine;
+    match sent {
         Ok(resp) => {
             let unsafe_method = !cx.method.is_safe();
             let status = resp.status();

@@ -297,7 +297,12 @@ async fn connection(engine: Arc<Engine>, stream: TcpStream, peer: SocketAddr, sh
     let mut closing = false;
     loop {
         tokio::select! {
-            _ = &mut conn => return,
+            r = &mut conn => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
             _ = shutdown.cancelled(), if !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();

@@ -324,6 +324,7 @@ impl FetchJob {
         let idle = self.site.origins.first().map_or(std::time::Duration::from_secs(30), |o| o.response_timeout);
         let mut received = 0u64;
         loop {
+            flight.wait_for_readers().await;
             let frame = match tokio::time::timeout(idle, body.frame()).await {
                 Err(_) => Err("the upstream body stalled".to_string()),
                 Ok(None) => break,
@@ -352,7 +353,7 @@ impl FetchJob {
                 }
             }
             let stored_through = writer.as_ref().map_or(0, BodyWriter::stored_through);
-            flight.push(data, stored_through, head.storing && writer.is_some());
+            flight.push(data, stored_through);
         }
         if let Some(w) = writer.take() {
             if declared.is_none_or(|d| d == received) {

@@ -6,10 +6,12 @@
 //! without an answer (panic, shutdown), [`FlightGuard`]'s drop fails the
 //! flight, so nobody waits forever.
 //!
-//! Waiters read the body as it arrives. The flight keeps a window of recent
-//! bytes; bytes older than the window are already in the store as whole
-//! chunks, and a reader that falls behind reads them from there. So a large
-//! body is never held whole, and the client never waits for all of it.
+//! Waiters read the body as it arrives. The flight keeps the bytes its
+//! slowest connected reader still needs, up to [`MAX_LAG`]; when a reader
+//! falls that far behind, the fetch waits for it (at most [`LAG_PATIENCE`]),
+//! and after that a reader still behind — or one that joins late — reads
+//! whole chunks from the store. So a large body is never held whole, and the
+//! client never waits for all of it.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -24,12 +26,16 @@ use crate::key::Key;
 use crate::store::{BodyRef, CHUNK_SIZE, Store, StoredObject};
 use crate::upstream::UpstreamError;
 
-/// Bytes kept behind the newest stored chunk, so readers a little behind
-/// need not go to the store.
-const WINDOW: u64 = 2 * CHUNK_SIZE as u64;
-/// For bodies that are shared but not stored (error pages), the most held;
-/// a reader further behind gets an error.
-const UNSTORED_WINDOW: u64 = 8 << 20;
+/// Most bytes held for slow readers. A reader further behind than this
+/// reads from the store (or, for a body not being stored, gets an error).
+const MAX_LAG: u64 = 8 << 20;
+/// Bytes kept behind the stored point even when no reader needs them: a
+/// chunk just handed to the store may not be readable until its disk write
+/// lands, and readers that are about to start (or join late) begin behind.
+const STORE_SETTLE: u64 = 2 << 20;
+/// How long the fetch waits for a reader `MAX_LAG` behind before going on
+/// without it: a slow client slows a shared fetch only this long.
+const LAG_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The head of a shared response.
 #[derive(Debug)]
@@ -76,6 +82,54 @@ struct BodyState {
     /// Bytes already readable from the store as whole chunks.
     stored_through: u64,
     done: Option<Result<(), String>>,
+    /// Position of every connected reader, by reader id.
+    readers: std::collections::BTreeMap<u64, u64>,
+    next_reader: u64,
+}
+
+impl BodyState {
+    /// Drops frames that every connected reader has passed and that have
+    /// settled in the store — never more than `MAX_LAG` behind.
+    fn trim(&mut self) {
+        let slowest = self.readers.values().copied().min().unwrap_or(u64::MAX);
+        let settled = self.stored_through.saturating_sub(STORE_SETTLE);
+        let keep_from = slowest.min(settled).max(self.received.saturating_sub(MAX_LAG));
+        while let Some((start, f)) = self.frames.front() {
+            if start + f.len() as u64 <= keep_from {
+                self.frames.pop_front();
+            } else {
+                break;
+            }
+        }
+        self.window_start = self.frames.front().map_or(self.received, |(s, _)| *s);
+    }
+}
+
+/// Unregisters a reader when its response body is dropped.
+struct Reader {
+    flight: Arc<Flight>,
+    id: u64,
+}
+
+impl Reader {
+    fn at(&self, pos: u64) {
+        let mut st = self.flight.lock();
+        if let Some(p) = st.body.readers.get_mut(&self.id) {
+            *p = pos;
+        }
+        drop(st);
+        self.flight.progressed.notify_one();
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        let mut st = self.flight.lock();
+        st.body.readers.remove(&self.id);
+        st.body.trim();
+        drop(st);
+        self.flight.progressed.notify_one();
+    }
 }
 
 #[derive(Debug)]
@@ -90,6 +144,8 @@ pub struct Flight {
     pub key: Key,
     state: Mutex<State>,
     changed: watch::Sender<u64>,
+    /// Readers moved on: the fetch may be waiting for them.
+    progressed: tokio::sync::Notify,
 }
 
 impl Flight {
@@ -121,8 +177,8 @@ impl Flight {
         self.bump();
     }
 
-    /// Appends body bytes. `stored_through` says how much is safely in the store.
-    pub(crate) fn push(&self, data: Bytes, stored_through: u64, storing: bool) {
+    /// Appends body bytes. `stored_through` says how much is in the store.
+    pub(crate) fn push(&self, data: Bytes, stored_through: u64) {
         {
             let mut st = self.lock();
             let b = &mut st.body;
@@ -130,21 +186,28 @@ impl Flight {
             b.received += data.len() as u64;
             b.frames.push_back((at, data));
             b.stored_through = stored_through;
-            let keep_from = if storing {
-                stored_through.saturating_sub(WINDOW)
-            } else {
-                b.received.saturating_sub(UNSTORED_WINDOW)
-            };
-            while let Some((start, f)) = b.frames.front() {
-                if start + f.len() as u64 <= keep_from {
-                    b.frames.pop_front();
-                } else {
-                    break;
-                }
-            }
-            b.window_start = b.frames.front().map_or(b.received, |(s, _)| *s);
+            b.trim();
         }
         self.bump();
+    }
+
+    /// Waits while the slowest connected reader is `MAX_LAG` behind, at
+    /// most `LAG_PATIENCE` in all.
+    pub(crate) async fn wait_for_readers(&self) {
+        let deadline = tokio::time::Instant::now() + LAG_PATIENCE;
+        loop {
+            let lagging = {
+                let st = self.lock();
+                let slowest = st.body.readers.values().copied().min();
+                slowest.is_some_and(|p| st.body.received.saturating_sub(p) >= MAX_LAG)
+            };
+            if !lagging {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, self.progressed.notified()).await.is_err() {
+                return;
+            }
+        }
     }
 
     pub(crate) fn finish_body(&self, result: Result<(), String>) {
@@ -172,13 +235,21 @@ impl Flight {
         let flight = Arc::clone(self);
         let (key, generation, storing) = (head.object_key, head.generation, head.storing);
         let rx = self.changed.subscribe();
-        futures_util::stream::unfold((start, rx, false), move |(pos, mut rx, over)| {
+        let reader = {
+            let mut st = self.lock();
+            let id = st.body.next_reader;
+            st.body.next_reader += 1;
+            st.body.readers.insert(id, start);
+            Reader { flight: Arc::clone(self), id }
+        };
+        futures_util::stream::unfold((start, rx, false, reader), move |(pos, mut rx, over, reader)| {
             let flight = Arc::clone(&flight);
             let store = store.clone();
             async move {
                 if over {
                     return None;
                 }
+                reader.at(pos);
                 loop {
                     rx.borrow_and_update();
                     let step = {
@@ -209,12 +280,12 @@ impl Flight {
                     match step {
                         Step::Yield(bytes) if !bytes.is_empty() => {
                             let next = pos + bytes.len() as u64;
-                            return Some((Ok(bytes), (next, rx, false)));
+                            return Some((Ok(bytes), (next, rx, false, reader)));
                         }
                         Step::Yield(_) | Step::Wait => {
                             if rx.changed().await.is_err() {
                                 let e = io::Error::other("the fetch ended without finishing the body");
-                                return Some((Err(e), (pos, rx, true)));
+                                return Some((Err(e), (pos, rx, true, reader)));
                             }
                         }
                         Step::FromStore(upto) => {
@@ -223,14 +294,17 @@ impl Flight {
                             return match chunks.next().await {
                                 Some(Ok(bytes)) if !bytes.is_empty() => {
                                     let next = pos + bytes.len() as u64;
-                                    Some((Ok(bytes), (next, rx, false)))
+                                    Some((Ok(bytes), (next, rx, false, reader)))
                                 }
-                                Some(Err(e)) => Some((Err(e), (pos, rx, true))),
-                                _ => Some((Err(io::Error::other("stored chunk unreadable")), (pos, rx, true))),
+                                Some(Err(e)) => Some((Err(e), (pos, rx, true, reader))),
+                                _ => {
+                                    let e = io::Error::other("stored chunk unreadable");
+                                    Some((Err(e), (pos, rx, true, reader)))
+                                }
                             };
                         }
                         Step::Done => return None,
-                        Step::Fail(msg) => return Some((Err(io::Error::other(msg)), (pos, rx, true))),
+                        Step::Fail(msg) => return Some((Err(io::Error::other(msg)), (pos, rx, true, reader))),
                     }
                 }
             }
@@ -265,6 +339,7 @@ impl Flights {
             key,
             state: Mutex::new(State { head: Head::Pending, body: BodyState::default() }),
             changed: watch::channel(0).0,
+            progressed: tokio::sync::Notify::new(),
         });
         map.insert(key, Arc::clone(&flight));
         Join::Leader(FlightGuard { flights: Some(Arc::clone(self)), flight })
@@ -276,6 +351,7 @@ impl Flights {
             key,
             state: Mutex::new(State { head: Head::Pending, body: BodyState::default() }),
             changed: watch::channel(0).0,
+            progressed: tokio::sync::Notify::new(),
         });
         FlightGuard { flights: None, flight }
     }

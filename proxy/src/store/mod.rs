@@ -83,7 +83,11 @@ impl Store {
         let engine = BlockEngineConfig::new(device)
             .with_block_size(block)
             .with_buffer_pool_size(block * 2)
-            .with_submit_queue_size_threshold(block * 2)
+            // Room for a burst of writes: past this, foyer drops entries
+            // instead of writing them.
+            // Room for a burst of writes: past this, foyer drops entries
+            // instead of writing them.
+            .with_submit_queue_size_threshold(block * 4)
             .with_tombstone_log(true);
         let cache = memory
             .storage()

@@ -146,7 +146,8 @@ impl CacheStatus {
             s.push_str("; detail=");
             s.push_str(d);
         }
-        HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("outpost"))
+        // The buffer becomes the value without a copy.
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(s)).unwrap_or_else(|_| HeaderValue::from_static("outpost"))
     }
 }
 

@@ -43,6 +43,10 @@ pub fn normalize_path(raw: &str) -> Result<String, BadPath> {
         return Err(BadPath::NotAbsolute);
     }
     let bytes = raw.as_bytes();
+    // Most paths need nothing done: no escapes, no dot segments.
+    if !bytes.iter().any(|b| *b == b'%' || *b < 0x20 || *b == 0x7f) && !raw.contains("/.") {
+        return Ok(raw.to_string());
+    }
     let mut decoded = String::with_capacity(raw.len());
     let mut i = 0;
     while i < bytes.len() {

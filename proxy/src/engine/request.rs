@@ -65,9 +65,8 @@ pub(super) async fn handle(
         .enabled()
         .then(|| (req.method().to_string(), host_of(&req).unwrap_or("").to_string(), req.uri().path().to_string()));
     let (mut resp, status) = steps(engine, req, client).await;
-    let cache_status = status.header(&engine.node, None);
     if !resp.headers().contains_key("cache-status") {
-        resp.headers_mut().insert("cache-status", cache_status);
+        resp.headers_mut().insert("cache-status", status.header(&engine.node, None));
     }
     let took = started.elapsed();
     engine.metrics.request(status.outcome, resp.status().as_u16(), took);

@@ -103,6 +103,11 @@ impl BodySource {
 
     fn range(&self, start: u64, end: Option<u64>) -> Body {
         match self {
+            // An inline body is already in memory: a slice, no stream.
+            BodySource::Stored { body: BodyRef::Inline(b), .. } => {
+                let end = end.unwrap_or(b.len() as u64).min(b.len() as u64) as usize;
+                full(b.slice((start as usize).min(end)..end))
+            }
             BodySource::Stored { store, key, body } => {
                 stream_body(store.read(*key, body, start, end.unwrap_or(body.len())))
             }

@@ -106,6 +106,13 @@ impl Store {
     /// The entry under `key`, from memory or disk. A disk error or an entry
     /// that does not decode reads as a miss.
     pub async fn get(&self, key: Key) -> Option<Entry> {
+        // Memory hits answer at once, without the hybrid read machinery.
+        if let Some(e) = self.cache.memory().get(&key) {
+            return match e.value() {
+                Entry::Gone => None,
+                v => Some(v.clone()),
+            };
+        }
         match self.cache.get(&key).await {
             Ok(Some(e)) if matches!(e.value(), Entry::Gone) => None,
             Ok(e) => e.map(|e| e.value().clone()),

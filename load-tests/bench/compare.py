@@ -1,0 +1,227 @@
+#!/usr/bin/env python3
+"""Runs the same cache-hit loads against nginx, Varnish and the Outpost edge.
+
+Each server caches from the same test origin. For each object size and each
+server: warm the cache, then run wrk (pinned to CPU 1) against the server
+(pinned to CPU 0) for a fixed time, and read the server's CPU time from
+/proc before and after. Reports req/s, p50, p99 and requests per CPU-second
+(median of the repeats) and Outpost's ratios to the others.
+"""
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ORIGIN = ("127.0.0.1", 19000)
+PORTS = {"outpost": 18080, "nginx": 18081, "varnish": 18082}
+HOST = "bench.test"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def wait_port(port, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing listening on {port} after {timeout}s")
+
+
+def tree(pid):
+    """pid and all its descendants."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            kids = open(f"/proc/{p}/task/{p}/children").read().split()
+        except OSError:
+            kids = []
+        todo.extend(int(k) for k in kids)
+    return out
+
+
+def cpu_seconds(pid):
+    total = 0
+    for p in tree(pid):
+        try:
+            fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total / TICK
+
+
+def start(name, cmd, port, env=None):
+    proc = subprocess.Popen(["taskset", "-c", "0", *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=env, start_new_session=True)
+    try:
+        wait_port(port)
+    except SystemExit:
+        proc.kill()
+        raise SystemExit(f"{name} did not start: {proc.stderr.read().decode(errors='replace')[-2000:]}")
+    return proc
+
+
+def stop(proc):
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except Exception:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def get(url):
+    req = urllib.request.Request(url, headers={"Host": HOST})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        r.read()
+        return dict(r.headers)
+
+
+def wrk(url, seconds, conns):
+    cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "-H", f"Host: {HOST}", url]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
+    def ms(label):
+        m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if not m:
+            return float("nan")
+        v, unit = float(m.group(1)), m.group(2)
+        return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+    reqs = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    if errors or socket_errors:
+        print(f"  warning: {url}: {errors.group(0) if errors else ''} {socket_errors.group(0) if socket_errors else ''}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    return reqs, rps, ms("50"), ms("99")
+
+
+def configs(work):
+    nginx_conf = os.path.join(work, "nginx.conf")
+    open(nginx_conf, "w").write(f"""
+worker_processes 1;
+user root root;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  proxy_cache_path {work}/nginx-cache levels=1:2 keys_zone=bench:16m max_size=1g inactive=1h use_temp_path=off;
+  upstream origin {{ server {ORIGIN[0]}:{ORIGIN[1]}; keepalive 32; }}
+  server {{
+    listen 127.0.0.1:{PORTS['nginx']};
+    location / {{
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_cache bench;
+      proxy_cache_valid 200 1h;
+      add_header Cache-Status $upstream_cache_status;
+    }}
+  }}
+}}
+""")
+    site = os.path.join(work, "bench.site.toml")
+    open(site, "w").write(f"""
+[site]
+id = "bench"
+hosts = ["{HOST}"]
+[[origin]]
+url = "http://{ORIGIN[0]}:{ORIGIN[1]}"
+[cache]
+default_ttl = "1h"
+""")
+    edge = os.path.join(work, "edge.toml")
+    open(edge, "w").write(f"""
+[node]
+name = "edge-bench"
+role = "edge"
+pop = "bench"
+latitude = 0.0
+longitude = 0.0
+sites = ["bench.site.toml"]
+access_log = "off"
+[listen]
+http = ["127.0.0.1:{PORTS['outpost']}"]
+[cache]
+memory = "256MiB"
+disk = "1GiB"
+path = "edge-cache"
+[upstream]
+mode = "origin"
+""")
+    return nginx_conf, edge
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--outpost", required=True)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--sizes", default="1KiB,100KiB")
+    args = ap.parse_args()
+    if os.cpu_count() < 2:
+        raise SystemExit("needs two CPUs: one for the server, one for wrk")
+    work = tempfile.mkdtemp(prefix="outpost-bench-")
+    nginx_conf, edge_conf = configs(work)
+    origin = subprocess.Popen(["taskset", "-c", "1", args.outpost, "origin", "--listen", f"{ORIGIN[0]}:{ORIGIN[1]}"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_port(ORIGIN[1])
+    servers = {
+        "outpost": [args.outpost, "edge", "--config", edge_conf],
+        "nginx": ["nginx", "-c", nginx_conf, "-p", work, "-g", "daemon off;"],
+        "varnish": ["varnishd", "-F", "-j", "none", "-n", os.path.join(work, "varnish"), "-a", f"127.0.0.1:{PORTS['varnish']}",
+                    "-b", f"{ORIGIN[0]}:{ORIGIN[1]}", "-s", "malloc,256m", "-p", "thread_pools=1"],
+    }
+    env = dict(os.environ, RUST_LOG="warn")
+    results = {}
+    try:
+        for size in args.sizes.split(","):
+            path = f"/bench/{size}?size={size}&cc=public,%20max-age%3D3600"
+            for name, cmd in servers.items():
+                proc = start(name, cmd, PORTS[name], env=env)
+                try:
+                    url = f"http://127.0.0.1:{PORTS[name]}{path}"
+                    for _ in range(3):
+                        get(url)
+                    runs = []
+                    for _ in range(args.repeats):
+                        before = cpu_seconds(proc.pid)
+                        reqs, rps, p50, p99 = wrk(url, args.duration, args.connections)
+                        cpu = cpu_seconds(proc.pid) - before
+                        runs.append((rps, p50, p99, reqs / cpu if cpu > 0 else float("nan")))
+                    med = [statistics.median(r[i] for r in runs) for i in range(4)]
+                    results[(size, name)] = med
+                    print(f"{size:>7} {name:<8} {med[0]:>10.0f} req/s  p50 {med[1]:.3f} ms  p99 {med[2]:.3f} ms  {med[3]:>9.0f} req/CPU-s", flush=True)
+                finally:
+                    stop(proc)
+    finally:
+        os.killpg(origin.pid, signal.SIGTERM)
+        shutil.rmtree(work, ignore_errors=True)
+
+    print()
+    print(f"{'size':>7} {'server':<8} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'req/CPU-s':>10}")
+    for (size, name), (rps, p50, p99, eff) in results.items():
+        print(f"{size:>7} {name:<8} {rps:>10.0f} {p50:>8.3f} {p99:>8.3f} {eff:>10.0f}")
+    print()
+    for size in args.sizes.split(","):
+        o = results[(size, "outpost")]
+        for other in ("nginx", "varnish"):
+            x = results[(size, other)]
+            print(f"{size:>7} outpost/{other:<8} req/CPU-s {o[3] / x[3]:.2f}x   req/s {o[0] / x[0]:.2f}x   p99 {o[2] / x[2]:.2f}x (lower is better)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

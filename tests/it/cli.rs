@@ -74,10 +74,73 @@ fn up_starts_the_origin_and_stops_cleanly_on_sigterm() {
 }
 
 fn http_get(addr: &str, path: &str) -> String {
+    http_get_host(addr, path, "x")
+}
+
+#[test]
+fn an_edge_stopped_with_sigterm_serves_its_old_objects_as_hits() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin_port = free_port();
+    let edge_port = free_port();
+    let mut origin = outpost()
+        .args(["origin", "--listen", &format!("127.0.0.1:{origin_port}")])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::fs::write(
+        dir.path().join("site.toml"),
+        format!("[site]\nid = \"s\"\nhosts = [\"s.test\"]\n[[origin]]\nurl = \"http://127.0.0.1:{origin_port}\"\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("edge.toml"),
+        format!(
+            "[node]\nname = \"edge-x\"\nrole = \"edge\"\npop = \"x\"\nlatitude = 1.0\nlongitude = 2.0\nsites = [\"site.toml\"]\n\
+             access_log = \"off\"\n[listen]\nhttp = [\"127.0.0.1:{edge_port}\"]\n[cache]\nmemory = \"16MiB\"\ndisk = \"64MiB\"\n\
+             path = \"cache\"\n[upstream]\nmode = \"origin\"\n"
+        ),
+    )
+    .unwrap();
+    let start_edge = || {
+        outpost().arg("edge").arg("--config").arg(dir.path().join("edge.toml")).stderr(Stdio::null()).spawn().unwrap()
+    };
+    let request = |path: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match std::net::TcpStream::connect(("127.0.0.1", edge_port)) {
+                Ok(_) => break,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                Err(e) => panic!("edge not up: {e}"),
+            }
+        }
+        http_get_host(&format!("127.0.0.1:{edge_port}"), path, "s.test")
+    };
+    let mut edge = start_edge();
+    let first = request("/kept?size=2000000&cc=max-age%3D600");
+    assert!(first.contains("fwd=uri-miss"), "{}", &first[..first.len().min(400)]);
+    let term = |child: &std::process::Child| {
+        assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    };
+    term(&edge);
+    assert!(edge.wait().unwrap().success(), "the edge exits 0 on SIGTERM");
+    let mut edge = start_edge();
+    let again = request("/kept?size=2000000&cc=max-age%3D600");
+    assert!(again.contains("cache-status: edge-x; hit"), "{}", &again[..again.len().min(400)]);
+    term(&edge);
+    edge.wait().unwrap();
+    origin.kill().unwrap();
+    origin.wait().unwrap();
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn http_get_host(addr: &str, path: &str, host: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
     let mut out = Vec::new();
     s.read_to_end(&mut out).unwrap();
     String::from_utf8_lossy(&out).into_owned()

@@ -180,3 +180,24 @@ async fn admin_serves_metrics_and_health() {
     assert!(text.contains("outpost_request_duration_seconds_bucket"), "latency histogram present");
     assert!(text.contains("outpost_cache_memory_bytes{node=\"edge-test\"}"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_responses_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    let edge = Edge::start(dir.path(), &site_toml(origin.addr, DEFAULT_RULES)).await;
+    let client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let req = http::Request::get(edge.url("/drain?size=50000&chunk=10000&chunk_delay=100ms"))
+        .header("host", "t.test")
+        .body(Empty::new())
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let addr = edge.addr;
+    let stopping = tokio::spawn(edge.stop());
+    let body = resp.into_body().collect().await.expect("the response in flight completes").to_bytes();
+    assert_eq!(body.len(), 50_000);
+    assert_origin_bytes("/drain", &body);
+    stopping.await.unwrap();
+    assert!(TcpStream::connect(addr).is_err(), "no longer accepting");
+}

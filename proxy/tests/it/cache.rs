@@ -380,3 +380,22 @@ async fn a_50_mib_object_streams_through_in_chunks() {
     assert_eq!(r.body, outpost_load::content::bytes(seed, 40_000_000, 100));
     assert_eq!(origin.count("/huge").await, 1);
 }
+
+#[tokio::test]
+async fn objects_over_the_size_limit_stream_through_uncached() {
+    let rules = DEFAULT_RULES.replace("default_ttl = \"60s\"", "default_ttl = \"60s\"\nmax_object_size = \"100KiB\"");
+    let (_d, origin, edge) = setup(&rules).await;
+    for path in ["/large?size=200KiB&cc=max-age%3D60", "/chunked?size=200KiB&cc=max-age%3D60&no_length=1"] {
+        for _ in 0..2 {
+            let r = edge.get(path).await;
+            assert_eq!(r.status, StatusCode::OK);
+            assert_eq!(r.body.len(), 200 * 1024);
+            assert!(!r.is_hit(), "{path}: {}", r.cache_status());
+        }
+    }
+    let first = edge.get("/large?size=200KiB&cc=max-age%3D60").await;
+    assert!(first.cache_status().contains("detail=too-large"), "{}", first.cache_status());
+    assert_eq!(origin.count("/large").await, 3);
+    assert_eq!(origin.count("/chunked").await, 2, "an unannounced large body is not stored either");
+    assert!(edge.get("/small?size=50KiB&cc=max-age%3D60").await.cache_status().contains("stored"));
+}

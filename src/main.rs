@@ -43,6 +43,12 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Run an origin shield: cache in front of the origins, behind the edges.
+    Shield {
+        /// The shield's node file.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Validate node and site files; print `file:line:column: message` for each problem.
     Check {
         #[arg(required = true)]
@@ -80,6 +86,10 @@ fn main() -> ExitCode {
         Command::Edge { config } => {
             init_logging();
             runtime().and_then(|rt| rt.block_on(roles::edge(&config)))
+        }
+        Command::Shield { config } => {
+            init_logging();
+            runtime().and_then(|rt| rt.block_on(roles::shield(&config)))
         }
         Command::Origin { listen, dir } => {
             init_logging();

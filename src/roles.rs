@@ -15,11 +15,9 @@ fn load(path: &Path, role: Role) -> anyhow::Result<NodeConfig> {
     Ok(node)
 }
 
-pub(crate) async fn edge(path: &Path) -> anyhow::Result<()> {
-    let node = load(path, Role::Edge)?;
-    let bound = outpost_edge::bind(&node).await.with_context(|| format!("starting edge `{}`", node.name))?;
+async fn serve(node: &NodeConfig, bound: outpost_proxy::node::Node) -> anyhow::Result<()> {
     for a in bound.http_addrs() {
-        tracing::info!(node = %node.name, addr = %a, "edge listening");
+        tracing::info!(node = %node.name, addr = %a, "{} listening", node.role().as_str());
     }
     if let Some(a) = bound.admin_addr() {
         tracing::info!(node = %node.name, addr = %a, "admin listening");
@@ -27,4 +25,16 @@ pub(crate) async fn edge(path: &Path) -> anyhow::Result<()> {
     let stop = signals::shutdown_token();
     bound.run(stop).await?;
     Ok(())
+}
+
+pub(crate) async fn edge(path: &Path) -> anyhow::Result<()> {
+    let node = load(path, Role::Edge)?;
+    let bound = outpost_edge::bind(&node).await.with_context(|| format!("starting edge `{}`", node.name))?;
+    serve(&node, bound).await
+}
+
+pub(crate) async fn shield(path: &Path) -> anyhow::Result<()> {
+    let node = load(path, Role::Shield)?;
+    let (bound, _) = outpost_shield::bind(&node).await.with_context(|| format!("starting shield `{}`", node.name))?;
+    serve(&node, bound).await
 }

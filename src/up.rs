@@ -1,9 +1,9 @@
 //! `outpost up`: the whole CDN on this machine, from one config folder.
 //!
 //! Every file in the folder is validated first (all problems reported, nothing
-//! started on any error); then the roles this build can run (the test origin
-//! and the edges, which fetch from the origin directly until the shield tier
-//! is in) are started in this process, and a table of endpoints is printed.
+//! started on any error); then the roles this build can run (the test
+//! origin, the shields and the edges) are started in this process, and a
+//! table of endpoints is printed.
 
 use std::path::{Path, PathBuf};
 
@@ -52,13 +52,26 @@ pub(crate) async fn run(config_dir: &Path, data_dir: &Path) -> anyhow::Result<()
     // Each node's access log goes to a file, so the console stays readable.
     for node in &mut nodes {
         let log = data_dir.join("logs").join(format!("{}.access.log", node.name));
-        if let RoleConfig::Edge(e) = &mut node.role
-            && e.proxy.access_log == AccessLog::Stdout
-        {
-            e.proxy.access_log = AccessLog::File(log);
+        let proxy = match &mut node.role {
+            RoleConfig::Edge(e) => Some(&mut e.proxy),
+            RoleConfig::Shield(p) => Some(p),
+            _ => None,
+        };
+        if let Some(p) = proxy.filter(|p| p.access_log == AccessLog::Stdout) {
+            p.access_log = AccessLog::File(log);
         }
     }
     for node in &nodes {
+        if let RoleConfig::Shield(_) = &node.role {
+            let (bound, _) = outpost_shield::bind(node).await.with_context(|| {
+                format!("shield `{}` could not start: change [listen] in `{}`", node.name, node.file.display())
+            })?;
+            for addr in bound.http_addrs() {
+                rows.push(("shield".into(), node.name.clone(), format!("http://{addr}")));
+            }
+            let stop = stop.clone();
+            tasks.spawn(async move { bound.run(stop).await });
+        }
         if let RoleConfig::Edge(_) = &node.role {
             let bound = outpost_edge::bind(node).await.with_context(|| {
                 format!("edge `{}` could not start: change [listen] in `{}`", node.name, node.file.display())

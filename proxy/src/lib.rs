@@ -11,6 +11,7 @@ pub mod key;
 pub mod node;
 pub mod policy;
 pub mod purge;
+pub mod rendezvous;
 pub mod serve;
 pub mod store;
 pub mod upstream;

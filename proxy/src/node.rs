@@ -72,6 +72,7 @@ impl Node {
     /// Serves until `shutdown`, then finishes open responses and flushes the
     /// cache to disk.
     pub async fn run(self, shutdown: CancellationToken) -> io::Result<()> {
+        self.engine.start_route(shutdown.clone());
         let admin =
             self.admin.map(|l| tokio::spawn(crate::admin::serve(Arc::clone(&self.engine), l, shutdown.clone())));
         let served = crate::serve::serve(Arc::clone(&self.engine), self.http, shutdown.clone()).await;

@@ -14,6 +14,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use outpost_config::Site;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::key::Key;
 
@@ -27,7 +29,7 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const POOL_MAX_IDLE_PER_HOST: usize = 256;
 
 /// One place a request can be sent.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Target {
     /// Scheme and authority: `http://127.0.0.1:9000`.
     pub base: Uri,
@@ -38,7 +40,17 @@ pub struct Target {
     pub response_timeout: Duration,
     /// For logs and metrics: `origin` or the shield's name.
     pub label: Arc<str>,
+    /// Caps requests in flight to this target; more wait in line.
+    pub limit: Option<Arc<Semaphore>>,
 }
+
+impl PartialEq for Target {
+    fn eq(&self, other: &Self) -> bool {
+        self.base == other.base && self.host == other.host && self.label == other.label
+    }
+}
+
+impl Eq for Target {}
 
 impl Target {
     /// The site's origins, in configured order.
@@ -51,6 +63,7 @@ impl Target {
                 connect_timeout: o.connect_timeout,
                 response_timeout: o.response_timeout,
                 label: Arc::from("origin"),
+                limit: None,
             })
             .collect()
     }
@@ -63,6 +76,10 @@ pub trait Route: Send + Sync + Debug + 'static {
     fn targets(&self, site: &Site, key: Key) -> Vec<Target>;
     /// What happened when `target` was tried (for passive health).
     fn report(&self, _target: &Target, _ok: bool) {}
+    /// The node's sites changed (and at start): learn their upstreams.
+    fn sites_changed(&self, _sites: &[Arc<Site>]) {}
+    /// Starts background work (health probes) until `shutdown`.
+    fn start(self: Arc<Self>, _shutdown: CancellationToken) {}
 }
 
 /// Straight to the site's origins.

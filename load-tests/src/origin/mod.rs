@@ -293,11 +293,15 @@ fn count(state: &State, path: &str, parts: &http::request::Parts) {
         *c.methods.entry(parts.method.to_string()).or_default() += 1;
         c.conditional += u64::from(conditional);
     }
-    let headers: BTreeMap<String, String> = parts
-        .headers
-        .iter()
-        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-        .collect();
+    // Repeated lines of one field are joined, as RFC 9110 §5.3 allows.
+    let mut headers: BTreeMap<String, String> = BTreeMap::new();
+    for (k, v) in &parts.headers {
+        let v = String::from_utf8_lossy(v.as_bytes());
+        headers
+            .entry(k.to_string())
+            .and_modify(|prev| *prev = format!("{prev}, {v}"))
+            .or_insert_with(|| v.into_owned());
+    }
     let mut last = lock(&state.last_request);
     if last.len() < MAX_REMEMBERED_PATHS || last.contains_key(path) {
         last.insert(path.to_string(), headers);

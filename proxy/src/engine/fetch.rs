@@ -73,20 +73,26 @@ pub(crate) fn forward_headers(engine: &Engine, client: &HeaderMap, from: Option<
         }
         h.append(name.clone(), value.clone());
     }
-    if let Ok(via) = HeaderValue::from_str(&format!("1.1 {}", engine.node)) {
-        h.append(header::VIA, via);
-    }
+    extend_list(&mut h, header::VIA, &format!("1.1 {}", engine.node));
     if let Some(ip) = from {
-        let xff = HeaderName::from_static("x-forwarded-for");
-        let value = match h.get(&xff).and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip.to_string(),
+        // RFC 7239: IPv6 addresses are quoted and bracketed.
+        let hop = match ip {
+            IpAddr::V4(v4) => format!("for={v4};by={}", engine.node),
+            IpAddr::V6(v6) => format!("for=\"[{v6}]\";by={}", engine.node),
         };
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            h.insert(xff, v);
-        }
+        extend_list(&mut h, HeaderName::from_static("forwarded"), &hop);
+        extend_list(&mut h, HeaderName::from_static("x-forwarded-for"), &ip.to_string());
     }
     h
+}
+
+/// Appends `item` to a comma-separated list header, as one line.
+fn extend_list(h: &mut HeaderMap, name: HeaderName, item: &str) {
+    let prev: Vec<&str> = h.get_all(&name).iter().filter_map(|v| v.to_str().ok()).collect();
+    let value = if prev.is_empty() { item.to_string() } else { format!("{}, {item}", prev.join(", ")) };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        h.insert(name, v);
+    }
 }
 
 /// Tags from `Surrogate-Key` (space-separated) and `Cache-Tag` (comma-separated).

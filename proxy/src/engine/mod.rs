@@ -28,6 +28,9 @@ use observe::{AccessLog, Metrics};
 use respond::ResponseRules;
 pub use sites::SiteTable;
 
+/// Pause before the second attempt at an upstream; doubles per attempt.
+const RETRY_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Which tier an engine serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tier {
@@ -105,6 +108,7 @@ impl Engine {
             rules: ResponseRules { strip_cdn_headers: config.tier == Tier::Edge },
         };
         engine.metrics.sites.set(engine.sites.load().len() as f64);
+        engine.route.sites_changed(&engine.sites.load().sites().cloned().collect::<Vec<_>>());
         Ok(Arc::new(engine))
     }
 
@@ -112,6 +116,12 @@ impl Engine {
     pub fn set_sites(&self, sites: Vec<Site>) {
         self.sites.store(Arc::new(SiteTable::new(sites)));
         self.metrics.sites.set(self.sites.load().len() as f64);
+        self.route.sites_changed(&self.sites.load().sites().cloned().collect::<Vec<_>>());
+    }
+
+    /// Starts the route's background work (health probes).
+    pub fn start_route(&self, shutdown: tokio_util::sync::CancellationToken) {
+        Arc::clone(&self.route).start(shutdown);
     }
 
     pub fn sites(&self) -> Arc<SiteTable> {
@@ -140,7 +150,9 @@ impl Engine {
     }
 
     /// Sends a request to the site's upstream, trying the route's targets in
-    /// order while the failure is a connection failure and `retry` allows.
+    /// order while the failure is a connection failure and the method is
+    /// idempotent, with a growing pause between attempts. A target's
+    /// concurrency cap is held until the response is dropped.
     pub(crate) async fn send(
         &self,
         site: &Site,
@@ -148,12 +160,23 @@ impl Engine {
         req: Request<ReqBody>,
         client_host: Option<HeaderValue>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let targets = self.route.targets(site, key);
+        let mut targets = self.route.targets(site, key);
         let retry = req.method().is_idempotent();
+        if retry && targets.len() == 1 {
+            // A lone upstream gets a second chance after a pause.
+            targets.push(targets[0].clone());
+        }
         let (parts, body) = req.into_parts();
         let mut body = Some(body);
         let mut last = UpstreamError::NoTarget;
-        for target in &targets {
+        for (i, target) in targets.iter().enumerate() {
+            if i > 0 {
+                tokio::time::sleep(RETRY_BACKOFF * (1 << (i - 1).min(4))).await;
+            }
+            let permit = match &target.limit {
+                Some(limit) => Arc::clone(limit).acquire_owned().await.ok(),
+                None => None,
+            };
             let mut attempt = Request::from_parts(parts.clone(), body.take().unwrap_or_else(respond::empty));
             let host =
                 target.host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()).or_else(|| client_host.clone());
@@ -165,7 +188,12 @@ impl Engine {
             self.metrics.upstream(started.elapsed(), result.is_ok());
             self.route.report(target, result.as_ref().is_ok_and(|r| !r.status().is_server_error()));
             match result {
-                Ok(resp) => return Ok(resp),
+                Ok(mut resp) => {
+                    if let Some(p) = permit {
+                        resp.extensions_mut().insert(Arc::new(p));
+                    }
+                    return Ok(resp);
+                }
                 Err(e) => {
                     tracing::debug!(node = %self.node, target = %target.base, error = %e, "upstream failed");
                     let again = retry && e.is_retryable();

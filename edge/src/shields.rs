@@ -1,0 +1,149 @@
+//! Shield selection: the shield for a key is the best-ranked healthy one by
+//! rendezvous hash, so all edges agree and a shield's loss moves only its
+//! keys. A shield that refuses, times out or answers 5xx is marked down at
+//! once (passive) and probed every `probe_interval` until it answers again
+//! (active). With every shield down, the site's origins are tried directly
+//! when the site allows it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Uri;
+use http_body_util::Empty;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use outpost_config::{Site, Upstream, UpstreamMode};
+use outpost_proxy::key::Key;
+use outpost_proxy::rendezvous;
+use outpost_proxy::upstream::{Route, Target};
+use tokio_util::sync::CancellationToken;
+
+/// Connecting to a shield on the CDN's own network takes milliseconds.
+const SHIELD_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Extra time a shield gets beyond the origin's response timeout (it may
+/// have to fetch from the origin first).
+const SHIELD_EXTRA_TIME: Duration = Duration::from_secs(1);
+/// A probe answer (any HTTP response) must arrive within this.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// A Host no site has: a shield answers it with 421, which proves it is up.
+const PROBE_HOST: &str = "probe.outpost.invalid";
+
+#[derive(Debug)]
+struct Shield {
+    base: Uri,
+    name: String,
+    down: AtomicBool,
+}
+
+/// The edge's route to its shields (or origins).
+#[derive(Debug)]
+pub struct ShieldRoute {
+    shields: Vec<Shield>,
+    mode: UpstreamMode,
+    probe_interval: Duration,
+}
+
+impl ShieldRoute {
+    pub fn new(upstream: &Upstream) -> ShieldRoute {
+        let shields = upstream
+            .shields
+            .iter()
+            .map(|u| Shield {
+                base: u.clone(),
+                name: u.authority().map_or_else(|| u.to_string(), |a| a.to_string()),
+                down: AtomicBool::new(false),
+            })
+            .collect();
+        ShieldRoute { shields, mode: upstream.mode, probe_interval: upstream.probe_interval }
+    }
+
+    /// Names of the shields currently up (for tests and status).
+    pub fn healthy(&self) -> Vec<String> {
+        self.shields.iter().filter(|s| !s.down.load(Ordering::Acquire)).map(|s| s.name.clone()).collect()
+    }
+
+    /// The shield that owns `key` among the given names (all edges agree).
+    pub fn owner(&self, key: Key) -> Option<String> {
+        let names: Vec<(&str, u32)> = self.shields.iter().map(|s| (s.name.as_str(), 1)).collect();
+        rendezvous::rank(key, &names).first().map(|i| self.shields[*i].name.clone())
+    }
+
+    fn target(shield: &Shield, site: &Site) -> Target {
+        let origin_wait = site.origins.iter().map(|o| o.response_timeout).max().unwrap_or(Duration::from_secs(30));
+        Target {
+            base: shield.base.clone(),
+            host: None,
+            connect_timeout: SHIELD_CONNECT_TIMEOUT,
+            response_timeout: origin_wait + SHIELD_EXTRA_TIME,
+            label: Arc::from(shield.name.as_str()),
+            limit: None,
+        }
+    }
+
+    async fn probe(
+        client: &Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
+        shield: &Shield,
+    ) -> bool {
+        let Ok(req) = http::Request::get(&shield.base).header(http::header::HOST, PROBE_HOST).body(Empty::new()) else {
+            return false;
+        };
+        matches!(tokio::time::timeout(PROBE_TIMEOUT, client.request(req)).await, Ok(Ok(_)))
+    }
+}
+
+impl Route for ShieldRoute {
+    fn targets(&self, site: &Site, key: Key) -> Vec<Target> {
+        if self.mode == UpstreamMode::Origin || self.shields.is_empty() {
+            return Target::origins(site);
+        }
+        let names: Vec<(&str, u32)> = self.shields.iter().map(|s| (s.name.as_str(), 1)).collect();
+        let ranked = rendezvous::rank(key, &names);
+        let mut targets: Vec<Target> = ranked
+            .iter()
+            .map(|i| &self.shields[*i])
+            .filter(|s| !s.down.load(Ordering::Acquire))
+            .map(|s| Self::target(s, site))
+            .collect();
+        if site.allow_direct {
+            // Last resort within the same request: the origin itself.
+            targets.extend(Target::origins(site));
+        } else if targets.is_empty() {
+            // Nothing else allowed: try the shields anyway, best first.
+            targets = ranked.iter().map(|i| Self::target(&self.shields[*i], site)).collect();
+        }
+        targets
+    }
+
+    fn report(&self, target: &Target, ok: bool) {
+        if let Some(s) = self.shields.iter().find(|s| s.base == target.base) {
+            let was_down = s.down.swap(!ok, Ordering::AcqRel);
+            if !ok && !was_down {
+                tracing::warn!(shield = %s.name, "shield marked down");
+            }
+        }
+    }
+
+    fn start(self: Arc<Self>, shutdown: CancellationToken) {
+        if self.shields.is_empty() {
+            return;
+        }
+        tokio::spawn(async move {
+            let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+            let mut tick = tokio::time::interval(self.probe_interval);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                for s in self.shields.iter().filter(|s| s.down.load(Ordering::Acquire)) {
+                    if Self::probe(&client, s).await {
+                        s.down.store(false, Ordering::Release);
+                        tracing::info!(shield = %s.name, "shield back up");
+                    }
+                }
+            }
+        });
+    }
+}

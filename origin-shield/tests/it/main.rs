@@ -1,0 +1,6 @@
+//! The shield tier end to end: test origins, shields and edges on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+mod topology;
+
+mod shield;

@@ -1,0 +1,213 @@
+//! Acceptance tests of the shield tier.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+
+use crate::topology::*;
+
+struct Cdn {
+    _dir: tempfile::TempDir,
+    origin: Origin,
+    shields: Vec<Running>,
+    edges: Vec<Running>,
+}
+
+async fn cdn() -> Cdn {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    std::fs::write(dir.path().join("site.toml"), site(&[origin.addr], "")).unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut shields = Vec::new();
+    for name in ["shield-a", "shield-b"] {
+        shields.push(shield(dir.path(), name, any).await.0);
+    }
+    let shield_addrs: Vec<SocketAddr> = shields.iter().map(|s| s.addr).collect();
+    let mut edges = Vec::new();
+    for name in ["edge-1", "edge-2", "edge-3"] {
+        edges.push(edge(dir.path(), name, &shield_addrs).await);
+    }
+    Cdn { _dir: dir, origin, shields, edges }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_herd_across_three_edges_costs_the_origin_one_request_per_object() {
+    let cdn = cdn().await;
+    let edges: Vec<SocketAddr> = cdn.edges.iter().map(|e| e.addr).collect();
+    let mut tasks = Vec::new();
+    for i in 0..1000 {
+        let edge = edges[i % 3];
+        tasks.push(tokio::spawn(async move { via(edge, "/herd?size=20000&delay=300ms&cc=max-age%3D600").await }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.body.len(), 20_000);
+    }
+    let one = cdn.origin.total().await;
+    println!("1000 concurrent requests over 3 edges for one cold object: origin requests = {one}");
+    assert_eq!(one, 1);
+
+    let mut tasks = Vec::new();
+    for n in 0..200 {
+        for edge in edges.clone() {
+            tasks
+                .push(tokio::spawn(async move { via(edge, &format!("/many/{n}?delay=200ms&cc=max-age%3D600")).await }));
+        }
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().status, StatusCode::OK);
+    }
+    let many = cdn.origin.total().await - one;
+    println!("200 distinct cold objects, each from all 3 edges at once (600 requests): origin requests = {many}");
+    assert_eq!(many, 200);
+}
+
+/// A cold path whose shield (by the edges' rendezvous) is `shield`.
+async fn path_owned_by(edge: SocketAddr, shield: &str, tag: &str) -> String {
+    for n in 0..200 {
+        let path = format!("/own/{tag}/{n}?cc=max-age%3D600");
+        let r = via(edge, &path).await;
+        if r.cache_status().starts_with(&format!("{shield};")) {
+            return path;
+        }
+    }
+    panic!("no key found for {shield}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_a_shield_moves_only_its_keys_and_its_return_moves_them_back() {
+    let mut cdn = cdn().await;
+    let edges: Vec<SocketAddr> = cdn.edges.iter().map(|e| e.addr).collect();
+    let a_addr = cdn.shields[0].addr;
+    // Warm objects at every edge.
+    let warm: Vec<String> = (0..20).map(|i| format!("/warm/{i}?cc=max-age%3D600")).collect();
+    for p in &warm {
+        for e in &edges {
+            assert_eq!(via(*e, p).await.status, StatusCode::OK);
+        }
+    }
+    let a = cdn.shields.remove(0);
+    let stopped = Instant::now();
+    a.stop().await;
+    // Under load: the warm objects keep coming from the edges; new keys that
+    // shield-a owned are fetched through shield-b, with no client error.
+    let mut moved = Vec::new();
+    for round in 0..5 {
+        for p in &warm {
+            for e in &edges {
+                let r = via(*e, p).await;
+                assert_eq!(r.status, StatusCode::OK, "{p}");
+                assert!(r.cache_status().contains("; hit"), "{}", r.cache_status());
+            }
+        }
+        let r = via(edges[round % 3], &format!("/cold/{round}?cc=max-age%3D600")).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(r.cache_status().starts_with("shield-b;"), "{}", r.cache_status());
+        moved.push(stopped.elapsed());
+    }
+    println!("shield-a down: keys served by shield-b from {:?} after the stop", moved[0]);
+    assert!(cdn.edges.iter().all(|e| e.engine.sites().len() == 1));
+    // shield-a comes back on its address; its keys go back to it.
+    let (back, _) = shield(cdn._dir.path(), "shield-a", a_addr).await;
+    let returned = Instant::now();
+    eventually("shield-a to take its keys back", || async {
+        let n = returned.elapsed().as_nanos();
+        via(edges[0], &format!("/again/{n}?cc=max-age%3D600")).await.cache_status().starts_with("shield-a;")
+    })
+    .await;
+    println!("shield-a back: its keys returned within {:?}", returned.elapsed());
+    let p = path_owned_by(edges[1], "shield-a", "after").await;
+    assert!(via(edges[1], &p).await.cache_status().contains("; hit"));
+    back.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_shield_down_edges_go_to_the_origin() {
+    let mut cdn = cdn().await;
+    for s in cdn.shields.drain(..) {
+        s.stop().await;
+    }
+    let r = via(cdn.edges[0].addr, "/direct?cc=max-age%3D600").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let cs = r.cache_status();
+    assert!(cs.starts_with("edge-1; fwd=uri-miss"), "no shield in the path: {cs}");
+    assert_eq!(cdn.origin.stats().await["paths"]["/direct"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shield_absorbs_an_origin_outage_for_edges_that_never_saw_the_object() {
+    let cdn = cdn().await;
+    let path = "/outage?cc=max-age%3D10";
+    let first = via(cdn.edges[0].addr, path).await;
+    let shield_name = first.cache_status().split(';').next().unwrap().to_string();
+    let owner = cdn.shields.iter().find(|s| *s.engine.node == *shield_name).unwrap();
+    owner.engine.clock.advance(Duration::from_secs(30));
+    cdn.origin.control("fault?mode=503").await;
+    let r = via(cdn.edges[2].addr, path).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body, first.body);
+    let cs = r.cache_status();
+    assert!(cs.starts_with(&format!("{shield_name}; hit; fwd=stale; fwd-status=503")), "{cs}");
+    assert!(cs.contains("detail=stale-if-error, edge-3;"), "the shield's member first, then the edge's: {cs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_origins_are_taken_out_and_put_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Origin::start().await;
+    let b = Origin::start().await;
+    let check = "[origin.health]\npath = \"/__origin/health\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\n\
+                 healthy_threshold = 1\nunhealthy_threshold = 1\n";
+    let mut text = "[site]\nid = \"s\"\nhosts = [\"s.test\"]\n".to_string();
+    for o in [a.addr, b.addr] {
+        text.push_str(&format!("\n[[origin]]\nurl = \"http://{o}\"\n{check}"));
+    }
+    std::fs::write(dir.path().join("site.toml"), text).unwrap();
+    let (sh, pool) = shield(dir.path(), "shield-a", "127.0.0.1:0".parse().unwrap()).await;
+    let pool = Arc::clone(&pool);
+    let through = |n: String| {
+        let addr = sh.addr;
+        async move { get(&format!("http://{addr}{n}"), "s.test").await }
+    };
+    // Both in service: objects spread over both origins.
+    for n in 0..40 {
+        assert_eq!(through(format!("/spread/{n}?cc=max-age%3D600")).await.status, StatusCode::OK);
+    }
+    let (a0, b0) = (a.total().await, b.total().await);
+    assert!(a0 > 5 && b0 > 5, "rendezvous spreads keys: a={a0} b={b0}");
+    a.control("fault?mode=503").await;
+    eventually("origin a to be taken out", || async { pool.health("s") == [false, true] }).await;
+    for n in 0..40 {
+        assert_eq!(through(format!("/out/{n}?cc=max-age%3D600")).await.status, StatusCode::OK);
+    }
+    assert_eq!(a.total().await, a0, "no request reached the failing origin");
+    assert_eq!(b.total().await, b0 + 40);
+    a.control("fault?mode=off").await;
+    eventually("origin a to be put back", || async { pool.health("s") == [true, true] }).await;
+    for n in 0..40 {
+        through(format!("/back/{n}?cc=max-age%3D600")).await;
+    }
+    assert!(a.total().await > a0 + 5, "origin a serves again");
+    sh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_between_tiers_and_the_loop_guard() {
+    let cdn = cdn().await;
+    let edge = cdn.edges[0].addr;
+    let r = via(edge, "/hdr?cc=max-age%3D60").await;
+    let shield = r.cache_status().split(';').next().unwrap().to_string();
+    let seen = get(&format!("http://{}/__origin/request?path=/hdr", cdn.origin.addr), "x").await;
+    let h: serde_json::Value = serde_json::from_slice(&seen.body).unwrap();
+    assert_eq!(h["via"], format!("1.1 edge-1, 1.1 {shield}"));
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1, 127.0.0.1");
+    assert_eq!(h["forwarded"], format!("for=127.0.0.1;by=edge-1, for=127.0.0.1;by={shield}"));
+    assert_eq!(h["host"], "s.test", "the client's Host reaches the origin");
+    // A request that already passed this node is refused.
+    let looped = try_send_with(edge, "/loop", &[("via", "1.1 edge-1")]).await;
+    assert_eq!(looped.status, StatusCode::LOOP_DETECTED);
+    assert_eq!(cdn.origin.stats().await["paths"].get("/loop"), None);
+}

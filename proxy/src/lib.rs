@@ -12,6 +12,7 @@ pub mod node;
 pub mod policy;
 pub mod purge;
 pub mod rendezvous;
+pub mod resolve;
 pub mod serve;
 pub mod store;
 pub mod upstream;

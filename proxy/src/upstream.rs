@@ -152,19 +152,28 @@ impl UpstreamError {
     }
 }
 
+type Connector = HttpConnector<crate::resolve::Resolve>;
+
 /// Pooled keep-alive clients, one per connect timeout in use.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct UpstreamClient {
-    clients: Mutex<HashMap<Duration, Client<HttpConnector, ReqBody>>>,
+    resolve: crate::resolve::Resolve,
+    clients: Mutex<HashMap<Duration, Client<Connector, ReqBody>>>,
+}
+
+impl Default for UpstreamClient {
+    fn default() -> Self {
+        UpstreamClient { resolve: crate::resolve::Resolve::system(), clients: Mutex::new(HashMap::new()) }
+    }
 }
 
 impl UpstreamClient {
-    fn client(&self, connect_timeout: Duration) -> Client<HttpConnector, ReqBody> {
+    fn client(&self, connect_timeout: Duration) -> Client<Connector, ReqBody> {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         clients
             .entry(connect_timeout)
             .or_insert_with(|| {
-                let mut connector = HttpConnector::new();
+                let mut connector = HttpConnector::new_with_resolver(self.resolve.clone());
                 connector.set_connect_timeout(Some(connect_timeout));
                 connector.set_nodelay(true);
                 connector.set_keepalive(Some(Duration::from_secs(60)));

@@ -89,9 +89,40 @@ async fn losing_a_shield_moves_only_its_keys_and_its_return_moves_them_back() {
             assert_eq!(via(*e, p).await.status, StatusCode::OK);
         }
     }
+    // Steady load on every edge while shield-a goes away.
+    let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let mut load = Vec::new();
+    for (i, e) in edges.iter().enumerate() {
+        let (e, running, warm) = (*e, Arc::clone(&running), warm.clone());
+        load.push(tokio::spawn(async move {
+            let (mut ok, mut errors, mut n) = (0u32, 0u32, 0usize);
+            while running.load(std::sync::atomic::Ordering::Relaxed) {
+                let path =
+                    if n % 4 == 3 { format!("/load/{i}/{n}?cc=max-age%3D600") } else { warm[n % warm.len()].clone() };
+                match try_send(http::Method::GET, &format!("http://{e}{path}"), "s.test").await {
+                    Ok(r) if r.status == StatusCode::OK => ok += 1,
+                    _ => errors += 1,
+                }
+                n += 1;
+            }
+            (ok, errors)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let a = cdn.shields.remove(0);
     let stopped = Instant::now();
     a.stop().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    running.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut errors) = (0, 0);
+    for l in load {
+        let (o, e) = l.await.unwrap();
+        ok += o;
+        errors += e;
+    }
+    println!("load while shield-a stopped: {ok} requests ok, {errors} errors");
+    assert_eq!(errors, 0);
+    assert!(ok > 50);
     // Under load: the warm objects keep coming from the edges; new keys that
     // shield-a owned are fetched through shield-b, with no client error.
     let mut moved = Vec::new();
@@ -210,4 +241,31 @@ async fn headers_between_tiers_and_the_loop_guard() {
     let looped = try_send_with(edge, "/loop", &[("via", "1.1 edge-1")]).await;
     assert_eq!(looped.status, StatusCode::LOOP_DETECTED);
     assert_eq!(cdn.origin.stats().await["paths"].get("/loop"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_host_names_resolve_and_concurrency_is_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Origin::start().await;
+    // `localhost` goes through hickory (the hosts file); at most two requests
+    // reach the origin at once, the rest wait their turn.
+    let text = format!(
+        "[site]\nid = \"s\"\nhosts = [\"s.test\"]\n[[origin]]\nurl = \"http://localhost:{}\"\nmax_connections = 2\n",
+        o.addr.port()
+    );
+    std::fs::write(dir.path().join("site.toml"), text).unwrap();
+    let (sh, _) = shield(dir.path(), "shield-a", "127.0.0.1:0".parse().unwrap()).await;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for n in 0..8 {
+        let addr = sh.addr;
+        tasks.push(tokio::spawn(async move { get(&format!("http://{addr}/capped/{n}?delay=250ms"), "s.test").await }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().status, StatusCode::OK, "queued, not refused");
+    }
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(950), "8 requests of 250 ms, 2 at a time, took {took:?}");
+    assert_eq!(o.total().await, 8);
+    sh.stop().await;
 }

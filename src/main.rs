@@ -43,6 +43,15 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Run the geo-IP DNS server, or build its database.
+    Dns {
+        /// The DNS node file.
+        #[arg(long, required_unless_present = "build_geoip")]
+        config: Option<PathBuf>,
+        /// Build a MaxMind City database from a TOML source file, then exit.
+        #[arg(long, num_args = 2, value_names = ["SOURCE", "OUT"])]
+        build_geoip: Option<Vec<PathBuf>>,
+    },
     /// Run an origin shield: cache in front of the origins, behind the edges.
     Shield {
         /// The shield's node file.
@@ -66,8 +75,9 @@ enum Command {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,foyer=warn,foyer_storage=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,foyer=warn,foyer_storage=warn,hickory_server=warn")
+    });
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
@@ -86,6 +96,20 @@ fn main() -> ExitCode {
         Command::Edge { config } => {
             init_logging();
             runtime().and_then(|rt| rt.block_on(roles::edge(&config)))
+        }
+        Command::Dns { config, build_geoip: Some(paths) } if config.is_none() => {
+            match outpost_control::dns::build_database(&paths[0], &paths[1]) {
+                Ok(n) => {
+                    println!("wrote {} ({n} networks)", paths[1].display());
+                    Ok(())
+                }
+                Err(e) => Err(anyhow::anyhow!("{e}")),
+            }
+        }
+        Command::Dns { config, .. } => {
+            init_logging();
+            let config = config.unwrap_or_default();
+            runtime().and_then(|rt| rt.block_on(roles::dns(&config)))
         }
         Command::Shield { config } => {
             init_logging();

@@ -38,3 +38,52 @@ pub(crate) async fn shield(path: &Path) -> anyhow::Result<()> {
     let (bound, _) = outpost_shield::bind(&node).await.with_context(|| format!("starting shield `{}`", node.name))?;
     serve(&node, bound).await
 }
+
+/// What a DNS node's admin listener reports.
+struct DnsHealth {
+    name: String,
+}
+
+impl outpost_proxy::admin::Health for DnsHealth {
+    fn health(&self) -> serde_json::Value {
+        serde_json::json!({"status": "ok", "node": self.name, "role": "dns"})
+    }
+}
+
+/// A bound DNS node and its admin listener.
+pub(crate) struct Dns {
+    pub(crate) node: outpost_control::dns::DnsNode,
+    admin: Option<tokio::net::TcpListener>,
+    name: String,
+}
+
+impl Dns {
+    pub(crate) async fn bind(node: &NodeConfig) -> anyhow::Result<Dns> {
+        let bound = outpost_control::dns::DnsNode::bind(node).await?;
+        let admin = match node.listen.admin {
+            Some(a) => Some(outpost_proxy::serve::bind(&[a]).await?.remove(0)),
+            None => None,
+        };
+        Ok(Dns { node: bound, admin, name: node.name.clone() })
+    }
+
+    pub(crate) fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub(crate) async fn run(self, stop: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
+        if let Some(l) = self.admin {
+            let health = std::sync::Arc::new(DnsHealth { name: self.name });
+            tokio::spawn(outpost_proxy::admin::serve(health, l, stop.clone()));
+        }
+        self.node.run(stop).await?;
+        Ok(())
+    }
+}
+
+pub(crate) async fn dns(path: &Path) -> anyhow::Result<()> {
+    let node = load(path, Role::Dns)?;
+    let bound = Dns::bind(&node).await?;
+    tracing::info!(node = %node.name, addr = %bound.node.addr(), "dns listening (udp and tcp)");
+    bound.run(signals::shutdown_token()).await
+}

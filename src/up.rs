@@ -2,8 +2,8 @@
 //!
 //! Every file in the folder is validated first (all problems reported, nothing
 //! started on any error); then the roles this build can run (the test
-//! origin, the shields and the edges) are started in this process, and a
-//! table of endpoints is printed.
+//! origin, the shields, the edges and the DNS server) are started in this
+//! process, and a table of endpoints is printed.
 
 use std::path::{Path, PathBuf};
 
@@ -61,7 +61,28 @@ pub(crate) async fn run(config_dir: &Path, data_dir: &Path) -> anyhow::Result<()
             p.access_log = AccessLog::File(log);
         }
     }
+    let mut dig_lines = Vec::new();
     for node in &nodes {
+        if let RoleConfig::Dns(d) = &node.role {
+            let bound = crate::roles::Dns::bind(node).await.with_context(|| {
+                format!("dns `{}` could not start: change [listen] dns in `{}`", node.name, node.file.display())
+            })?;
+            let addr = bound.node.addr();
+            rows.push(("dns".into(), node.name.clone(), format!("udp+tcp {addr} (zone {})", d.zone)));
+            if let Some(a) = bound.admin_addr() {
+                rows.push(("admin".into(), node.name.clone(), format!("http://{a}/metrics")));
+            }
+            if let Some(site) = d.sites.first() {
+                dig_lines.push(format!(
+                    "dig @{} -p {} +subnet=81.2.69.0/24 {site}.{} A +short   # London: the fra edge",
+                    addr.ip(),
+                    addr.port(),
+                    d.zone.trim_end_matches('.')
+                ));
+            }
+            let stop = stop.clone();
+            tasks.spawn(async move { bound.run(stop).await.map_err(|e| std::io::Error::other(e.to_string())) });
+        }
         if let RoleConfig::Shield(_) = &node.role {
             let (bound, _) = outpost_shield::bind(node).await.with_context(|| {
                 format!("shield `{}` could not start: change [listen] in `{}`", node.name, node.file.display())
@@ -111,6 +132,9 @@ pub(crate) async fn run(config_dir: &Path, data_dir: &Path) -> anyhow::Result<()
         println!("  {role:<8} {name:<12} {endpoint}");
     }
     println!("\nTry:");
+    for l in &dig_lines {
+        println!("  {l}");
+    }
     // An edge twice: a miss, then a hit.
     if let Some(l) = edge_lines.first() {
         println!("  {l}");

@@ -238,6 +238,8 @@ pub struct DnsNode {
     pub countries: BTreeMap<String, String>,
     /// Continent code → PoP, when the country has no entry.
     pub continents: BTreeMap<String, String>,
+    /// Site ids answered as `<id>.<zone>` until the control plane lists them.
+    pub sites: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -650,6 +652,12 @@ fn decode_dns(s: &mut Sink<'_>, root: &mut Table<'_, '_>, base: &Path, has_contr
     };
     let geoip: Option<String> = t.req(s, "geoip");
     let nameservers: Vec<String> = t.or(s, "nameservers", Vec::new());
+    let sites: Vec<Spanned<String>> = t.or(s, "sites", Vec::new());
+    for id in &sites {
+        if let Err(m) = crate::site::check_site_id(id.get_ref()) {
+            s.error(&id.span(), m);
+        }
+    }
     let default_pop: Option<Spanned<String>> = t.req(s, "default_pop");
     let pops: Vec<DnsPop> = t
         .tables(s, "pop")
@@ -704,6 +712,7 @@ fn decode_dns(s: &mut Sink<'_>, root: &mut Table<'_, '_>, base: &Path, has_contr
         default_pop: default_pop?.into_inner(),
         countries,
         continents,
+        sites: sites.into_iter().map(Spanned::into_inner).collect(),
     })
 }
 

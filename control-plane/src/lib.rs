@@ -1,2 +1,4 @@
 //! The control plane: the HTTP API, the durable store, the ordered event log
 //! that nodes follow, the node registry, and the geo-IP DNS server (`dns`).
+
+pub mod dns;

@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics` (Prometheus) and `/healthz`.
+//! The admin listener: `/metrics` (Prometheus) and `/healthz`, for any node
+//! that can say how it is ([`Health`]).
 
 use std::io;
 use std::sync::Arc;
@@ -16,16 +17,31 @@ use crate::engine::Engine;
 use crate::engine::observe::prometheus;
 use crate::engine::respond::{Body, full};
 
-fn answer(req: &Request<Incoming>, engine: &Engine) -> Response<Body> {
+/// What a node's admin listener reports.
+pub trait Health: Send + Sync + 'static {
+    /// The `/healthz` document.
+    fn health(&self) -> serde_json::Value;
+    /// Called before `/metrics` renders, to refresh sampled gauges.
+    fn refresh(&self) {}
+}
+
+impl Health for Engine {
+    fn health(&self) -> serde_json::Value {
+        serde_json::json!({"status": "ok", "node": &*self.node, "sites": self.sites().len()})
+    }
+
+    fn refresh(&self) {
+        self.update_gauges();
+    }
+}
+
+fn answer(req: &Request<Incoming>, node: &dyn Health) -> Response<Body> {
     let (status, ctype, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
-            engine.update_gauges();
+            node.refresh();
             (StatusCode::OK, "text/plain; version=0.0.4", prometheus().render())
         }
-        (&Method::GET, "/healthz") => {
-            let body = serde_json::json!({"status": "ok", "node": &*engine.node, "sites": engine.sites().len()});
-            (StatusCode::OK, "application/json", body.to_string())
-        }
+        (&Method::GET, "/healthz") => (StatusCode::OK, "application/json", node.health().to_string()),
         _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_string()),
     };
     let mut r = Response::new(full(body));
@@ -35,15 +51,16 @@ fn answer(req: &Request<Incoming>, engine: &Engine) -> Response<Body> {
 }
 
 /// Serves the admin endpoints until `shutdown`.
-pub async fn serve(engine: Arc<Engine>, listener: TcpListener, shutdown: CancellationToken) -> io::Result<()> {
+pub async fn serve(node: Arc<dyn Health>, listener: TcpListener, shutdown: CancellationToken) -> io::Result<()> {
+    let _ = prometheus();
     loop {
         let (stream, _) = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             r = listener.accept() => r?,
         };
-        let engine = Arc::clone(&engine);
+        let node = Arc::clone(&node);
         let svc = service_fn(move |req: Request<Incoming>| {
-            let r = answer(&req, &engine);
+            let r = answer(&req, node.as_ref());
             async move { Ok::<_, std::convert::Infallible>(r) }
         });
         tokio::spawn(async move {

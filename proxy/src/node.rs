@@ -73,8 +73,8 @@ impl Node {
     /// cache to disk.
     pub async fn run(self, shutdown: CancellationToken) -> io::Result<()> {
         self.engine.start_route(shutdown.clone());
-        let admin =
-            self.admin.map(|l| tokio::spawn(crate::admin::serve(Arc::clone(&self.engine), l, shutdown.clone())));
+        let health: Arc<dyn crate::admin::Health> = Arc::clone(&self.engine) as Arc<dyn crate::admin::Health>;
+        let admin = self.admin.map(|l| tokio::spawn(crate::admin::serve(health, l, shutdown.clone())));
         let served = crate::serve::serve(Arc::clone(&self.engine), self.http, shutdown.clone()).await;
         if let Some(a) = admin {
             let _ = a.await;

@@ -1,0 +1,163 @@
+//! The geo-IP database: a MaxMind file in the GeoIP2/GeoLite2 City layout,
+//! read with maxminddb and swapped atomically when the file changes. A file
+//! that does not open keeps the old one in service.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use maxminddb::{Reader, geoip2};
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GeoError {
+    #[error("geo-IP database `{path}`: {message}")]
+    Open { path: PathBuf, message: String },
+    #[error("geo-IP source `{path}`: {message}")]
+    Source { path: PathBuf, message: String },
+}
+
+/// What the database says about an address.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Place {
+    pub location: Option<(f64, f64)>,
+    pub country: Option<String>,
+    pub continent: Option<String>,
+    /// Prefix length of the database network that matched.
+    pub prefix: u8,
+}
+
+/// The database in service, reloadable.
+#[derive(Debug)]
+pub struct GeoDb {
+    path: PathBuf,
+    reader: ArcSwap<Reader<Vec<u8>>>,
+    /// What the file looked like when last loaded.
+    modified: std::sync::Mutex<Option<FileStamp>>,
+}
+
+/// Modification time, size and inode: a replaced file differs in at least
+/// one even within the file system's timestamp granularity.
+type FileStamp = (SystemTime, u64, u64);
+
+fn open(path: &Path) -> Result<Reader<Vec<u8>>, GeoError> {
+    let reader =
+        Reader::open_readfile(path).map_err(|e| GeoError::Open { path: path.into(), message: e.to_string() })?;
+    // A database that opens but cannot answer is as bad as a missing one.
+    reader
+        .lookup(IpAddr::from([1, 1, 1, 1]))
+        .map_err(|e| GeoError::Open { path: path.into(), message: format!("unreadable: {e}") })?;
+    Ok(reader)
+}
+
+fn mtime(path: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len(), m.ino()))
+}
+
+impl GeoDb {
+    /// Opens the database; a missing or corrupt file is an error.
+    pub fn open(path: &Path) -> Result<GeoDb, GeoError> {
+        let reader = open(path)?;
+        Ok(GeoDb {
+            path: path.to_path_buf(),
+            reader: ArcSwap::from_pointee(reader),
+            modified: std::sync::Mutex::new(mtime(path)),
+        })
+    }
+
+    /// Reloads the file if it changed. Returns `Ok(true)` when a new
+    /// database went into service; a bad file leaves the old one in place.
+    pub fn reload_if_changed(&self) -> Result<bool, GeoError> {
+        let now = mtime(&self.path);
+        let mut seen = self.modified.lock().unwrap_or_else(|p| p.into_inner());
+        if now == *seen {
+            return Ok(false);
+        }
+        *seen = now;
+        let reader = open(&self.path)?;
+        self.reader.store(Arc::new(reader));
+        Ok(true)
+    }
+
+    pub fn locate(&self, ip: IpAddr) -> Option<Place> {
+        let reader = self.reader.load();
+        let found = reader.lookup(ip).ok()?;
+        if !found.has_data() {
+            return None;
+        }
+        let prefix = found.network().map(|n| n.prefix()).unwrap_or(0);
+        let city: geoip2::City<'_> = found.decode().ok()??;
+        let location = match (city.location.latitude, city.location.longitude) {
+            (Some(lat), Some(lon)) => Some((lat, lon)),
+            _ => None,
+        };
+        Some(Place {
+            location,
+            country: city.country.iso_code.map(str::to_owned),
+            continent: city.continent.code.map(str::to_owned),
+            prefix,
+        })
+    }
+}
+
+/// One network of a readable source file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceNetwork {
+    network: ipnet::IpNet,
+    country: Option<String>,
+    continent: Option<String>,
+    city: Option<String>,
+    latitude: Option<f64>,
+    longitude: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Source {
+    #[serde(rename = "network")]
+    networks: Vec<SourceNetwork>,
+}
+
+/// Builds a City-layout MaxMind database from a TOML source:
+///
+/// ```toml
+/// [[network]]
+/// network = "81.2.69.0/24"
+/// country = "GB"
+/// continent = "EU"
+/// city = "London"
+/// latitude = 51.5142
+/// longitude = -0.0931
+/// ```
+pub fn build_database(source: &Path, out: &Path) -> Result<usize, GeoError> {
+    let err = |message: String| GeoError::Source { path: source.into(), message };
+    let text = std::fs::read_to_string(source).map_err(|e| err(e.to_string()))?;
+    let src: Source = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+    let mut writer = mmdb_writer::Writer::new("GeoIP2-City");
+    for n in &src.networks {
+        let mut record = std::collections::BTreeMap::new();
+        if let Some(c) = &n.country {
+            record.insert("country", mmdb_writer::Value::map([("iso_code", c.as_str())]));
+        }
+        if let Some(c) = &n.continent {
+            record.insert("continent", mmdb_writer::Value::map([("code", c.as_str())]));
+        }
+        if let Some(c) = &n.city {
+            record.insert("city", mmdb_writer::Value::map([("names", mmdb_writer::Value::map([("en", c.as_str())]))]));
+        }
+        if let (Some(lat), Some(lon)) = (n.latitude, n.longitude) {
+            record.insert("location", mmdb_writer::Value::map([("latitude", lat), ("longitude", lon)]));
+        }
+        writer
+            .insert_value(n.network, mmdb_writer::Value::map(record))
+            .map_err(|e| err(format!("{}: {e}", n.network)))?;
+    }
+    let bytes = writer.to_bytes().map_err(|e| err(e.to_string()))?;
+    std::fs::write(out, bytes).map_err(|e| GeoError::Open { path: out.into(), message: e.to_string() })?;
+    Ok(src.networks.len())
+}

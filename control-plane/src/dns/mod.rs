@@ -1,0 +1,102 @@
+//! The geo-IP DNS server: authoritative for the CDN's zone, steering each
+//! client to the nearest healthy PoP (DESIGN.md "Geo-IP DNS").
+//!
+//! UDP and TCP on one address. The MaxMind file is checked for changes every
+//! [`RELOAD_CHECK`] and swapped without dropping queries; a bad replacement
+//! keeps the old database in service.
+
+pub mod geo;
+pub mod server;
+pub mod steer;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_server::net::runtime::Time;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo, Server};
+use outpost_config::{NodeConfig, RoleConfig};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio_util::sync::CancellationToken;
+
+pub use geo::{GeoDb, GeoError, build_database};
+pub use server::GeoDns;
+
+/// How often the database file is checked for a replacement.
+pub const RELOAD_CHECK: Duration = Duration::from_secs(2);
+/// A TCP client must send its query within this.
+const TCP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most TCP responses buffered per connection.
+const TCP_RESPONSE_BUFFER: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    #[error("{0} is not a dns node file")]
+    NotDns(String),
+    #[error(transparent)]
+    Geo(#[from] GeoError),
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// Lets hickory own a handle while the node keeps one.
+#[derive(Debug, Clone)]
+struct Shared(Arc<GeoDns>);
+
+#[async_trait::async_trait]
+impl RequestHandler for Shared {
+    async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, response: R) -> ResponseInfo {
+        self.0.handle_request::<R, T>(request, response).await
+    }
+}
+
+/// A bound DNS node.
+#[derive(Debug)]
+pub struct DnsNode {
+    pub handler: Arc<GeoDns>,
+    udp: UdpSocket,
+    tcp: TcpListener,
+}
+
+impl DnsNode {
+    /// Opens the database (a missing or corrupt file is an error) and binds.
+    pub async fn bind(node: &NodeConfig) -> Result<DnsNode, DnsError> {
+        let RoleConfig::Dns(cfg) = &node.role else {
+            return Err(DnsError::NotDns(node.file.display().to_string()));
+        };
+        let addr = node.listen.dns.ok_or_else(|| DnsError::Config("listen.dns is missing".into()))?;
+        let geo = Arc::new(GeoDb::open(&cfg.geoip)?);
+        let handler = Arc::new(GeoDns::new(&node.name, cfg, geo).map_err(DnsError::Config)?);
+        let udp = UdpSocket::bind(addr).await.map_err(|source| DnsError::Bind { addr, source })?;
+        let addr = udp.local_addr().map_err(|source| DnsError::Bind { addr, source })?;
+        let tcp = TcpListener::bind(addr).await.map_err(|source| DnsError::Bind { addr, source })?;
+        Ok(DnsNode { handler, udp, tcp })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.udp.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Answers until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), DnsError> {
+        let mut server = Server::new(Shared(Arc::clone(&self.handler)));
+        server.register_socket(self.udp);
+        server.register_listener(self.tcp, TCP_TIMEOUT, TCP_RESPONSE_BUFFER);
+        let geo = Arc::clone(&self.handler.geo);
+        let mut tick = tokio::time::interval(RELOAD_CHECK);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => match geo.reload_if_changed() {
+                    Ok(true) => tracing::info!("geo-IP database reloaded"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "new geo-IP database refused; the old one stays in service"),
+                },
+            }
+        }
+        let _ = server.shutdown_gracefully().await;
+        Ok(())
+    }
+}

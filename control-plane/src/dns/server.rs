@@ -1,0 +1,224 @@
+//! The DNS request handler on hickory-server.
+//!
+//! It implements `RequestHandler` itself rather than a zone handler under
+//! hickory's `Catalog`: an EDNS Client Subnet answer must carry its scope
+//! prefix in the response's OPT record, and which records answer depends on
+//! who asks. The zone's own semantics are kept: AA on every answer in the
+//! zone, SOA and NS at the apex, NXDOMAIN with the SOA for unknown names,
+//! NODATA for known names without that type, REFUSED outside the zone.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
+use hickory_proto::rr::rdata::{A, AAAA, NS, SOA};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_server::net::runtime::Time;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use metrics::{counter, histogram};
+use outpost_config::DnsNode;
+
+use super::geo::GeoDb;
+use super::steer::{Reason, Steering};
+
+/// Largest UDP answer offered in EDNS (the DNS Flag Day 2020 value).
+const EDNS_PAYLOAD: u16 = 1232;
+/// SOA timers: how long secondaries and negative answers may cache.
+const SOA_REFRESH: i32 = 3600;
+const SOA_RETRY: i32 = 600;
+const SOA_EXPIRE: i32 = 86_400;
+
+/// Answers for one zone.
+#[derive(Debug)]
+pub struct GeoDns {
+    zone: Name,
+    ttl: u32,
+    soa: Record,
+    ns: Vec<Record>,
+    sites: RwLock<HashSet<String>>,
+    pub geo: Arc<GeoDb>,
+    pub steering: Steering,
+    node: String,
+}
+
+fn ip_of(subnet: &ClientSubnet) -> IpAddr {
+    subnet.addr()
+}
+
+impl GeoDns {
+    pub fn new(node: &str, cfg: &DnsNode, geo: Arc<GeoDb>) -> Result<GeoDns, String> {
+        let zone = Name::from_ascii(&cfg.zone).map_err(|e| format!("zone `{}`: {e}", cfg.zone))?.to_lowercase();
+        let ttl = cfg.ttl.as_secs() as u32;
+        let mut ns_names = Vec::new();
+        for n in &cfg.nameservers {
+            ns_names.push(Name::from_ascii(n).map_err(|e| format!("nameserver `{n}`: {e}"))?);
+        }
+        if ns_names.is_empty() {
+            ns_names.push(Name::from_ascii("ns1").and_then(|n| n.append_domain(&zone)).map_err(|e| e.to_string())?);
+        }
+        let hostmaster =
+            Name::from_ascii("hostmaster").and_then(|n| n.append_domain(&zone)).map_err(|e| e.to_string())?;
+        // The serial only needs to grow between configurations.
+        let serial = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_secs())
+            as u32)
+            .max(1);
+        let soa = Record::from_rdata(
+            zone.clone(),
+            ttl,
+            RData::SOA(SOA::new(ns_names[0].clone(), hostmaster, serial, SOA_REFRESH, SOA_RETRY, SOA_EXPIRE, ttl)),
+        );
+        let ns = ns_names.iter().map(|n| Record::from_rdata(zone.clone(), ttl, RData::NS(NS(n.clone())))).collect();
+        Ok(GeoDns {
+            zone,
+            ttl,
+            soa,
+            ns,
+            sites: RwLock::new(cfg.sites.iter().cloned().collect()),
+            geo,
+            steering: Steering::new(cfg),
+            node: node.to_string(),
+        })
+    }
+
+    /// Replaces the set of site ids answered under the zone.
+    pub fn set_sites(&self, sites: impl IntoIterator<Item = String>) {
+        *self.sites.write().unwrap_or_else(|p| p.into_inner()) = sites.into_iter().collect();
+    }
+
+    fn known(&self, name: &Name) -> bool {
+        let extra = name.num_labels().saturating_sub(self.zone.num_labels());
+        match extra {
+            0 => true,
+            1 => name.iter().next().and_then(|l| std::str::from_utf8(l).ok()).is_some_and(|label| {
+                self.sites.read().unwrap_or_else(|p| p.into_inner()).contains(&label.to_ascii_lowercase())
+            }),
+            _ => false,
+        }
+    }
+
+    /// The steered address records for `name`, and the ECS scope to report.
+    fn steer(&self, name: &Name, qtype: RecordType, client: IpAddr) -> (Vec<Record>, Option<u8>, &'static str) {
+        let place = self.geo.locate(client);
+        let scope = place.as_ref().map(|p| p.prefix);
+        let Some((pop, edges, reason)) = self.steering.choose(place.as_ref()) else {
+            return (Vec::new(), scope, "none");
+        };
+        counter!("outpost_dns_answers_total", "node" => self.node.clone(), "pop" => pop, "reason" => match reason {
+            Reason::Nearest => "nearest",
+            Reason::Country => "country",
+            Reason::Continent => "continent",
+            Reason::Default => "default",
+        })
+        .increment(1);
+        let records = edges
+            .into_iter()
+            .filter_map(|ip| match (ip, qtype) {
+                (IpAddr::V4(v4), RecordType::A) => Some(RData::A(A(v4))),
+                (IpAddr::V6(v6), RecordType::AAAA) => Some(RData::AAAA(AAAA(v6))),
+                _ => None,
+            })
+            .map(|rdata| Record::from_rdata(name.clone(), self.ttl, rdata))
+            .collect();
+        (records, scope, "steered")
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for GeoDns {
+    async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, mut response: R) -> ResponseInfo {
+        let started = Instant::now();
+        let mut meta = Metadata::response_from_request(&request.metadata);
+        meta.recursion_available = false;
+        let mut answers: Vec<Record> = Vec::new();
+        let mut authority: Vec<Record> = Vec::new();
+        let mut soa: Vec<Record> = Vec::new();
+        let mut edns_out: Option<Edns> = request.edns.as_ref().map(|_| {
+            let mut e = Edns::new();
+            e.set_max_payload(EDNS_PAYLOAD);
+            e
+        });
+        let mut qtype_label = "other";
+        if request.metadata.op_code != OpCode::Query {
+            meta.response_code = ResponseCode::NotImp;
+        } else if request.queries.len() != 1 {
+            meta.response_code = ResponseCode::FormErr;
+        } else {
+            let q = &request.queries.queries()[0];
+            let name: Name = Name::from(q.name().clone()).to_lowercase();
+            let qtype = q.query_type();
+            qtype_label = match qtype {
+                RecordType::A => "A",
+                RecordType::AAAA => "AAAA",
+                RecordType::SOA => "SOA",
+                RecordType::NS => "NS",
+                _ => "other",
+            };
+            if !self.zone.zone_of(&name) {
+                meta.response_code = ResponseCode::Refused;
+            } else {
+                meta.authoritative = true;
+                if !self.known(&name) {
+                    meta.response_code = ResponseCode::NXDomain;
+                    soa.push(self.soa.clone());
+                } else {
+                    let apex = name == self.zone;
+                    match qtype {
+                        RecordType::SOA if apex => answers.push(self.soa.clone()),
+                        RecordType::NS if apex => answers.extend(self.ns.iter().cloned()),
+                        RecordType::A | RecordType::AAAA => {
+                            let subnet = request.edns.as_ref().and_then(|e| match e.option(EdnsCode::Subnet) {
+                                Some(EdnsOption::Subnet(s)) => Some(*s),
+                                _ => None,
+                            });
+                            let client = subnet.as_ref().map_or_else(|| request.src().ip(), ip_of);
+                            let (records, scope, _) = self.steer(&name, qtype, client);
+                            answers.extend(records);
+                            if let (Some(s), Some(e)) = (subnet, edns_out.as_mut()) {
+                                // RFC 7871 §7.2.1: echo the subnet with the scope the answer covers.
+                                let scope = scope.unwrap_or(s.source_prefix());
+                                e.options_mut().insert(EdnsOption::Subnet(ClientSubnet::new(
+                                    s.addr(),
+                                    s.source_prefix(),
+                                    scope,
+                                )));
+                            }
+                        }
+                        _ => {}
+                    }
+                    if answers.is_empty() {
+                        soa.push(self.soa.clone());
+                    } else if !matches!(qtype, RecordType::NS) {
+                        authority.extend(self.ns.iter().cloned());
+                    }
+                }
+            }
+        }
+        let rcode = meta.response_code;
+        let builder = MessageResponseBuilder::new(&request.queries, edns_out.as_ref());
+        let message = builder.build(meta, answers.iter(), authority.iter(), soa.iter(), std::iter::empty());
+        let info = match response.send_response(message).await {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::debug!(error = %e, "DNS response not sent");
+                ResponseInfo::from(Header { metadata: meta, counts: HeaderCounts::default() })
+            }
+        };
+        let rcode = match rcode {
+            ResponseCode::NoError => "noerror",
+            ResponseCode::NXDomain => "nxdomain",
+            ResponseCode::Refused => "refused",
+            ResponseCode::FormErr => "formerr",
+            ResponseCode::NotImp => "notimp",
+            _ => "other",
+        };
+        counter!("outpost_dns_queries_total", "node" => self.node.clone(), "type" => qtype_label, "rcode" => rcode)
+            .increment(1);
+        histogram!("outpost_dns_query_duration_seconds", "node" => self.node.clone())
+            .record(started.elapsed().as_secs_f64());
+        info
+    }
+}

@@ -1,0 +1,341 @@
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::path::Path;
+use std::time::Duration;
+
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
+use hickory_proto::rr::{Name, RData, RecordType};
+use outpost_config::NodeConfig;
+use outpost_control::dns::{DnsNode, build_database};
+use tokio_util::sync::CancellationToken;
+
+const SOURCE: &str = r#"
+[[network]]
+network = "81.2.69.0/24"
+country = "GB"
+continent = "EU"
+latitude = 51.51
+longitude = -0.09
+
+[[network]]
+network = "8.8.8.0/24"
+country = "US"
+continent = "NA"
+latitude = 37.39
+longitude = -122.08
+
+[[network]]
+network = "202.12.0.0/16"
+country = "JP"
+continent = "AS"
+latitude = 35.69
+longitude = 139.69
+
+[[network]]
+network = "5.10.0.0/16"
+country = "DE"
+continent = "EU"
+
+[[network]]
+network = "41.0.0.0/16"
+continent = "AF"
+"#;
+
+struct Running {
+    addr: SocketAddr,
+    node: std::sync::Arc<outpost_control::dns::GeoDns>,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+fn node_file(dir: &Path, extra_edges: usize) -> NodeConfig {
+    let mut iad = vec!["\"127.0.0.12\"".to_string()];
+    for i in 0..extra_edges {
+        iad.push(format!("\"10.9.{}.{}\"", i / 250, i % 250 + 1));
+    }
+    let text = format!(
+        r#"
+[node]
+name = "dns-test"
+role = "dns"
+[listen]
+dns = "127.0.0.1:0"
+[dns]
+zone = "cdn.test."
+ttl = "20s"
+geoip = "geo.mmdb"
+default_pop = "fra"
+sites = ["shop"]
+[[dns.pop]]
+name = "fra"
+latitude = 50.11
+longitude = 8.68
+edges = ["127.0.0.11", "::11"]
+[[dns.pop]]
+name = "iad"
+latitude = 38.95
+longitude = -77.45
+edges = [{}]
+[[dns.pop]]
+name = "sin"
+latitude = 1.35
+longitude = 103.99
+edges = ["127.0.0.13", "127.0.0.14"]
+[dns.countries]
+DE = "sin"
+[dns.continents]
+AF = "iad"
+"#,
+        iad.join(", ")
+    );
+    let file = dir.join("dns.toml");
+    std::fs::write(&file, text).unwrap();
+    NodeConfig::load(&file).unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn start(dir: &Path, extra_edges: usize) -> Running {
+    std::fs::write(dir.join("geo.toml"), SOURCE).unwrap();
+    build_database(&dir.join("geo.toml"), &dir.join("geo.mmdb")).unwrap();
+    let bound = DnsNode::bind(&node_file(dir, extra_edges)).await.unwrap();
+    let addr = bound.addr();
+    let node = std::sync::Arc::clone(&bound.handler);
+    let stop = CancellationToken::new();
+    tokio::spawn(bound.run(stop.clone()));
+    Running { addr, node, _stop: stop.drop_guard() }
+}
+
+fn query(name: &str, rtype: RecordType, subnet: Option<(&str, u8)>, edns: bool) -> Vec<u8> {
+    let mut m = Message::new(4242, MessageType::Query, OpCode::Query);
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
+    if edns || subnet.is_some() {
+        let mut e = Edns::new();
+        e.set_max_payload(1232);
+        if let Some((ip, prefix)) = subnet {
+            e.options_mut().insert(EdnsOption::Subnet(ClientSubnet::new(ip.parse().unwrap(), prefix, 0)));
+        }
+        m.set_edns(e);
+    }
+    m.to_vec().unwrap()
+}
+
+async fn udp(addr: SocketAddr, packet: Vec<u8>) -> Option<Message> {
+    tokio::task::spawn_blocking(move || {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
+        s.send_to(&packet, addr).unwrap();
+        let mut buf = [0u8; 4096];
+        let n = s.recv(&mut buf).ok()?;
+        Some(Message::from_vec(&buf[..n]).unwrap())
+    })
+    .await
+    .unwrap()
+}
+
+async fn tcp(addr: SocketAddr, packet: Vec<u8>) -> Message {
+    tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s.write_all(&(packet.len() as u16).to_be_bytes()).unwrap();
+        s.write_all(&packet).unwrap();
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).unwrap();
+        let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+        s.read_exact(&mut buf).unwrap();
+        Message::from_vec(&buf).unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn addrs(m: &Message) -> Vec<IpAddr> {
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn scope(m: &Message) -> Option<u8> {
+    match m.edns.as_ref()?.option(EdnsCode::Subnet)? {
+        EdnsOption::Subnet(s) => Some(s.scope_prefix()),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_are_steered_to_the_nearest_pop() {
+    let dir = tempfile::tempdir().unwrap();
+    let dns = start(dir.path(), 0).await;
+    let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+    for (subnet, prefix, want, want_scope) in [
+        ("81.2.69.0", 24, vec![ip("127.0.0.11")], 24), // London → Frankfurt
+        ("8.8.8.0", 24, vec![ip("127.0.0.12")], 24),   // Mountain View → Ashburn
+        ("202.12.27.0", 24, vec![ip("127.0.0.13"), ip("127.0.0.14")], 16), // Tokyo → Singapore
+    ] {
+        let m = udp(dns.addr, query("shop.cdn.test.", RecordType::A, Some((subnet, prefix)), true)).await.unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+        assert!(m.metadata.authoritative, "AA is set");
+        let mut got = addrs(&m);
+        got.sort();
+        assert_eq!(got, want, "{subnet}");
+        assert_eq!(scope(&m), Some(want_scope), "{subnet}: the scope is the database network's");
+        assert!(m.answers.iter().all(|r| r.ttl == 20));
+    }
+    // Several edges in a PoP are rotated between answers.
+    let first = |m: Message| addrs(&m)[0];
+    let a =
+        first(udp(dns.addr, query("shop.cdn.test.", RecordType::A, Some(("202.12.27.0", 24)), true)).await.unwrap());
+    let b =
+        first(udp(dns.addr, query("shop.cdn.test.", RecordType::A, Some(("202.12.27.0", 24)), true)).await.unwrap());
+    assert_ne!(a, b);
+    // AAAA from the same PoP; the apex answers too.
+    let m = udp(dns.addr, query("shop.cdn.test.", RecordType::AAAA, Some(("81.2.69.0", 24)), true)).await.unwrap();
+    assert_eq!(addrs(&m), vec![ip("::11")]);
+    let m = udp(dns.addr, query("cdn.test.", RecordType::A, Some(("81.2.69.0", 24)), true)).await.unwrap();
+    assert_eq!(addrs(&m), vec![ip("127.0.0.11")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fallbacks_country_continent_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let dns = start(dir.path(), 0).await;
+    let pop = |m: Message| addrs(&m)[0];
+    let ask = |s: &'static str| query("shop.cdn.test.", RecordType::A, Some((s, 24)), true);
+    assert_eq!(
+        pop(udp(dns.addr, ask("5.10.1.0")).await.unwrap()),
+        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 13)),
+        "DE → sin by country"
+    );
+    assert_eq!(
+        pop(udp(dns.addr, ask("41.0.1.0")).await.unwrap()),
+        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 12)),
+        "AF → iad by continent"
+    );
+    let unknown = udp(dns.addr, ask("100.64.1.0")).await.unwrap();
+    assert_eq!(pop(unknown.clone()), IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11)), "unknown → default");
+    assert_eq!(scope(&unknown), Some(24), "no record: the scope is the client's prefix");
+    assert_eq!(
+        pop(udp(dns.addr, ask("10.1.2.0")).await.unwrap()),
+        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11)),
+        "private → default"
+    );
+    // No ECS: the packet's source (127.0.0.1, private) decides: the default PoP.
+    let m = udp(dns.addr, query("shop.cdn.test.", RecordType::A, None, false)).await.unwrap();
+    assert_eq!(pop(m), IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zone_answers_nxdomain_refused_soa_ns_over_udp_and_tcp() {
+    let dir = tempfile::tempdir().unwrap();
+    let dns = start(dir.path(), 0).await;
+    let m = udp(dns.addr, query("nope.cdn.test.", RecordType::A, None, false)).await.unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    assert!(m.metadata.authoritative);
+    assert_eq!(m.authorities[0].record_type(), RecordType::SOA, "negative answers carry the SOA");
+    let m = udp(dns.addr, query("a.b.cdn.test.", RecordType::A, None, false)).await.unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    let m = udp(dns.addr, query("example.org.", RecordType::A, None, false)).await.unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+    assert!(!m.metadata.authoritative);
+    let m = tcp(dns.addr, query("cdn.test.", RecordType::SOA, None, false)).await;
+    assert_eq!(m.answers[0].record_type(), RecordType::SOA);
+    let m = tcp(dns.addr, query("cdn.test.", RecordType::NS, None, false)).await;
+    assert_eq!(m.answers[0].record_type(), RecordType::NS);
+    let m = tcp(dns.addr, query("SHOP.cdn.test.", RecordType::TXT, None, false)).await;
+    assert_eq!((m.metadata.response_code, m.answers.len()), (ResponseCode::NoError, 0), "NODATA");
+    let m = tcp(dns.addr, query("shop.cdn.test.", RecordType::A, Some(("8.8.8.0", 24)), true)).await;
+    assert_eq!(addrs(&m), vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 12))]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unhealthy_pop_is_skipped_until_it_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let dns = start(dir.path(), 0).await;
+    let london = || query("shop.cdn.test.", RecordType::A, Some(("81.2.69.0", 24)), true);
+    dns.node.steering.set_edges("fra", vec![]);
+    let m = udp(dns.addr, london()).await.unwrap();
+    assert_eq!(addrs(&m), vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 12))], "next nearest to London: Ashburn");
+    dns.node.steering.set_edges("fra", vec!["127.0.0.11".parse().unwrap()]);
+    let m = udp(dns.addr, london()).await.unwrap();
+    assert_eq!(addrs(&m), vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11))]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_answers_are_truncated_over_udp_and_whole_over_tcp() {
+    let dir = tempfile::tempdir().unwrap();
+    let dns = start(dir.path(), 100).await;
+    let m = udp(dns.addr, query("shop.cdn.test.", RecordType::A, Some(("8.8.8.0", 24)), false)).await.unwrap();
+    assert!(m.metadata.truncation, "101 addresses do not fit 512 bytes");
+    let m = tcp(dns.addr, query("shop.cdn.test.", RecordType::A, Some(("8.8.8.0", 24)), false)).await;
+    assert_eq!(addrs(&m).len(), 101);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_packets_do_not_stop_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let dns = start(dir.path(), 0).await;
+    for junk in
+        [vec![0u8; 3], vec![0xff; 12], vec![0x12, 0x34, 0x01, 0x00, 0, 5, 0, 0, 0, 0, 0, 0, 1, 2], vec![7u8; 4000]]
+    {
+        if let Some(m) = udp(dns.addr, junk).await {
+            assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+        }
+    }
+    let m = udp(dns.addr, query("shop.cdn.test.", RecordType::A, Some(("8.8.8.0", 24)), true)).await.unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError, "still answering");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_reloads_and_a_bad_file_keeps_the_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let dns = start(dir.path(), 0).await;
+    let ask = || query("shop.cdn.test.", RecordType::A, Some(("81.2.69.0", 24)), true);
+    assert_eq!(addrs(&udp(dns.addr, ask()).await.unwrap()), vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11))]);
+    // London moves to Singapore in the new file.
+    let moved = SOURCE.replacen("latitude = 51.51\nlongitude = -0.09", "latitude = 1.3\nlongitude = 103.8", 1);
+    std::fs::write(dir.path().join("moved.toml"), moved).unwrap();
+    build_database(&dir.path().join("moved.toml"), &dir.path().join("new.mmdb")).unwrap();
+    std::fs::rename(dir.path().join("new.mmdb"), dir.path().join("geo.mmdb")).unwrap();
+    assert!(dns.node.geo.reload_if_changed().unwrap());
+    let got = addrs(&udp(dns.addr, ask()).await.unwrap());
+    assert!(
+        got.contains(&IpAddr::V4(Ipv4Addr::new(127, 0, 0, 13)))
+            || got.contains(&IpAddr::V4(Ipv4Addr::new(127, 0, 0, 14))),
+        "{got:?}"
+    );
+    // A corrupt replacement is refused; answers stay as they were.
+    std::fs::write(dir.path().join("geo.mmdb"), b"not a maxmind file").unwrap();
+    assert!(dns.node.geo.reload_if_changed().is_err());
+    let got = addrs(&udp(dns.addr, ask()).await.unwrap());
+    assert!(got.iter().all(|a| a.to_string().starts_with("127.0.0.1")), "{got:?}");
+    // At start, a missing or corrupt file is an error that names it.
+    let cfg = node_file(dir.path(), 0);
+    let err = DnsNode::bind(&cfg).await.unwrap_err().to_string();
+    assert!(err.contains("geo.mmdb"), "{err}");
+    std::fs::remove_file(dir.path().join("geo.mmdb")).unwrap();
+    assert!(DnsNode::bind(&cfg).await.unwrap_err().to_string().contains("geo.mmdb"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hickory_resolver_gets_answers_over_udp_and_tcp() {
+    use hickory_resolver::TokioResolver;
+    use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+    use hickory_resolver::net::runtime::TokioRuntimeProvider;
+    let dir = tempfile::tempdir().unwrap();
+    let dns = start(dir.path(), 0).await;
+    for mut server in [NameServerConfig::udp(dns.addr.ip()), NameServerConfig::tcp(dns.addr.ip())] {
+        for c in &mut server.connections {
+            c.port = dns.addr.port();
+        }
+        let config = ResolverConfig::from_parts(None, Vec::new(), vec![server]);
+        let resolver = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default()).build().unwrap();
+        let ips: Vec<IpAddr> = resolver.lookup_ip("shop.cdn.test.").await.unwrap().iter().collect();
+        // The resolver asks from 127.0.0.1 without ECS: the default PoP.
+        assert!(ips.contains(&IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11))), "{ips:?}");
+        let nx = resolver.lookup_ip("missing.cdn.test.").await;
+        assert!(nx.is_err(), "NXDOMAIN reaches the resolver as an error");
+    }
+}

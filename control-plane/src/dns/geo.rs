@@ -8,8 +8,34 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use maxminddb::{Reader, geoip2};
+use maxminddb::Reader;
 use serde::Deserialize;
+
+/// The few fields of a City record steering needs: decoding only these
+/// skips the names, subdivisions and the rest.
+#[derive(Debug, Deserialize)]
+struct Slim<'a> {
+    #[serde(borrow, default)]
+    country: Option<SlimCode<'a>>,
+    #[serde(borrow, default)]
+    continent: Option<SlimCode<'a>>,
+    #[serde(default)]
+    location: Option<SlimLocation>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SlimLocation {
+    latitude: Option<f64>,
+    longitude: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SlimCode<'a> {
+    #[serde(borrow, default)]
+    iso_code: Option<&'a str>,
+    #[serde(borrow, default)]
+    code: Option<&'a str>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum GeoError {
@@ -19,12 +45,29 @@ pub enum GeoError {
     Source { path: PathBuf, message: String },
 }
 
+/// A two-letter code (ISO country or continent), kept without allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Code([u8; 2]);
+
+impl Code {
+    fn new(s: &str) -> Option<Code> {
+        match s.as_bytes() {
+            [a, b] => Some(Code([*a, *b])),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or("")
+    }
+}
+
 /// What the database says about an address.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Place {
     pub location: Option<(f64, f64)>,
-    pub country: Option<String>,
-    pub continent: Option<String>,
+    pub country: Option<Code>,
+    pub continent: Option<Code>,
     /// Prefix length of the database network that matched.
     pub prefix: u8,
 }
@@ -90,15 +133,15 @@ impl GeoDb {
             return None;
         }
         let prefix = found.network().map(|n| n.prefix()).unwrap_or(0);
-        let city: geoip2::City<'_> = found.decode().ok()??;
-        let location = match (city.location.latitude, city.location.longitude) {
-            (Some(lat), Some(lon)) => Some((lat, lon)),
+        let slim: Slim<'_> = found.decode().ok()??;
+        let location = match slim.location {
+            Some(SlimLocation { latitude: Some(lat), longitude: Some(lon) }) => Some((lat, lon)),
             _ => None,
         };
         Some(Place {
             location,
-            country: city.country.iso_code.map(str::to_owned),
-            continent: city.continent.code.map(str::to_owned),
+            country: slim.country.and_then(|c| c.iso_code).and_then(Code::new),
+            continent: slim.continent.and_then(|c| c.code).and_then(Code::new),
             prefix,
         })
     }
@@ -138,7 +181,9 @@ pub fn build_database(source: &Path, out: &Path) -> Result<usize, GeoError> {
     let err = |message: String| GeoError::Source { path: source.into(), message };
     let text = std::fs::read_to_string(source).map_err(|e| err(e.to_string()))?;
     let src: Source = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
-    let mut writer = mmdb_writer::Writer::new("GeoIP2-City");
+    // A fixed build time makes the file a pure function of its source, so
+    // the committed sample can be checked against it.
+    let mut writer = mmdb_writer::Writer::builder("GeoIP2-City").build_epoch(std::time::UNIX_EPOCH).build();
     for n in &src.networks {
         let mut record = std::collections::BTreeMap::new();
         if let Some(c) = &n.country {

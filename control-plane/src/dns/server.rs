@@ -19,7 +19,7 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
-use metrics::{counter, histogram};
+use metrics::{Counter, Histogram, counter, histogram};
 use outpost_config::DnsNode;
 
 use super::geo::GeoDb;
@@ -42,7 +42,51 @@ pub struct GeoDns {
     sites: RwLock<HashSet<String>>,
     pub geo: Arc<GeoDb>,
     pub steering: Steering,
-    node: String,
+    metrics: DnsMetrics,
+}
+
+const QTYPES: [&str; 5] = ["A", "AAAA", "SOA", "NS", "other"];
+const RCODES: [&str; 6] = ["noerror", "nxdomain", "refused", "formerr", "notimp", "other"];
+const REASONS: [&str; 4] = ["nearest", "country", "continent", "default"];
+
+/// Metric handles made once, so a query only increments them.
+#[derive(Debug)]
+struct DnsMetrics {
+    queries: Vec<Counter>,
+    answers: std::collections::HashMap<(String, &'static str), Counter>,
+    latency: Histogram,
+}
+
+impl DnsMetrics {
+    fn new(node: &str, pops: &[String]) -> DnsMetrics {
+        let mut queries = Vec::new();
+        for t in QTYPES {
+            for r in RCODES {
+                queries
+                    .push(counter!("outpost_dns_queries_total", "node" => node.to_string(), "type" => t, "rcode" => r));
+            }
+        }
+        let mut answers = std::collections::HashMap::new();
+        for p in pops {
+            for r in REASONS {
+                let c = counter!("outpost_dns_answers_total", "node" => node.to_string(), "pop" => p.clone(), "reason" => r);
+                answers.insert((p.clone(), r), c);
+            }
+        }
+        DnsMetrics {
+            queries,
+            answers,
+            latency: histogram!("outpost_dns_query_duration_seconds", "node" => node.to_string()),
+        }
+    }
+
+    fn query(&self, qtype: &str, rcode: &str) {
+        let t = QTYPES.iter().position(|x| *x == qtype).unwrap_or(QTYPES.len() - 1);
+        let r = RCODES.iter().position(|x| *x == rcode).unwrap_or(RCODES.len() - 1);
+        if let Some(c) = self.queries.get(t * RCODES.len() + r) {
+            c.increment(1);
+        }
+    }
 }
 
 fn ip_of(subnet: &ClientSubnet) -> IpAddr {
@@ -80,7 +124,7 @@ impl GeoDns {
             sites: RwLock::new(cfg.sites.iter().cloned().collect()),
             geo,
             steering: Steering::new(cfg),
-            node: node.to_string(),
+            metrics: DnsMetrics::new(node, &cfg.pops.iter().map(|p| p.name.clone()).collect::<Vec<_>>()),
         })
     }
 
@@ -94,7 +138,12 @@ impl GeoDns {
         match extra {
             0 => true,
             1 => name.iter().next().and_then(|l| std::str::from_utf8(l).ok()).is_some_and(|label| {
-                self.sites.read().unwrap_or_else(|p| p.into_inner()).contains(&label.to_ascii_lowercase())
+                let sites = self.sites.read().unwrap_or_else(|p| p.into_inner());
+                if label.bytes().any(|b| b.is_ascii_uppercase()) {
+                    sites.contains(&label.to_ascii_lowercase())
+                } else {
+                    sites.contains(label)
+                }
             }),
             _ => false,
         }
@@ -107,13 +156,15 @@ impl GeoDns {
         let Some((pop, edges, reason)) = self.steering.choose(place.as_ref()) else {
             return (Vec::new(), scope, "none");
         };
-        counter!("outpost_dns_answers_total", "node" => self.node.clone(), "pop" => pop, "reason" => match reason {
+        let reason = match reason {
             Reason::Nearest => "nearest",
             Reason::Country => "country",
             Reason::Continent => "continent",
             Reason::Default => "default",
-        })
-        .increment(1);
+        };
+        if let Some(c) = self.metrics.answers.get(&(pop, reason)) {
+            c.increment(1);
+        }
         let records = edges
             .into_iter()
             .filter_map(|ip| match (ip, qtype) {
@@ -134,7 +185,7 @@ impl RequestHandler for GeoDns {
         let mut meta = Metadata::response_from_request(&request.metadata);
         meta.recursion_available = false;
         let mut answers: Vec<Record> = Vec::new();
-        let mut authority: Vec<Record> = Vec::new();
+
         let mut soa: Vec<Record> = Vec::new();
         let mut edns_out: Option<Edns> = request.edns.as_ref().map(|_| {
             let mut e = Edns::new();
@@ -148,7 +199,8 @@ impl RequestHandler for GeoDns {
             meta.response_code = ResponseCode::FormErr;
         } else {
             let q = &request.queries.queries()[0];
-            let name: Name = Name::from(q.name().clone()).to_lowercase();
+            // LowerName is already lower-case.
+            let name: Name = Name::from(q.name().clone());
             let qtype = q.query_type();
             qtype_label = match qtype {
                 RecordType::A => "A",
@@ -189,17 +241,17 @@ impl RequestHandler for GeoDns {
                         }
                         _ => {}
                     }
+                    // Positive answers carry no authority section (it is
+                    // optional, and the answer is what resolvers need).
                     if answers.is_empty() {
                         soa.push(self.soa.clone());
-                    } else if !matches!(qtype, RecordType::NS) {
-                        authority.extend(self.ns.iter().cloned());
                     }
                 }
             }
         }
         let rcode = meta.response_code;
         let builder = MessageResponseBuilder::new(&request.queries, edns_out.as_ref());
-        let message = builder.build(meta, answers.iter(), authority.iter(), soa.iter(), std::iter::empty());
+        let message = builder.build(meta, answers.iter(), std::iter::empty(), soa.iter(), std::iter::empty());
         let info = match response.send_response(message).await {
             Ok(info) => info,
             Err(e) => {
@@ -215,10 +267,8 @@ impl RequestHandler for GeoDns {
             ResponseCode::NotImp => "notimp",
             _ => "other",
         };
-        counter!("outpost_dns_queries_total", "node" => self.node.clone(), "type" => qtype_label, "rcode" => rcode)
-            .increment(1);
-        histogram!("outpost_dns_query_duration_seconds", "node" => self.node.clone())
-            .record(started.elapsed().as_secs_f64());
+        self.metrics.query(qtype_label, rcode);
+        self.metrics.latency.record(started.elapsed().as_secs_f64());
         info
     }
 }

@@ -86,11 +86,11 @@ impl Steering {
                 .map(|p| (p, Reason::Nearest));
         }
         if pick.is_none() {
-            let country = place.and_then(|p| p.country.as_deref()).and_then(|c| self.countries.get(c));
+            let country = place.and_then(|p| p.country.as_ref()).and_then(|c| self.countries.get(c.as_str()));
             pick = country.and_then(|n| healthy(n)).map(|p| (p, Reason::Country));
         }
         if pick.is_none() {
-            let continent = place.and_then(|p| p.continent.as_deref()).and_then(|c| self.continents.get(c));
+            let continent = place.and_then(|p| p.continent.as_ref()).and_then(|c| self.continents.get(c.as_str()));
             pick = continent.and_then(|n| healthy(n)).map(|p| (p, Reason::Continent));
         }
         if pick.is_none() {

@@ -339,3 +339,29 @@ async fn hickory_resolver_gets_answers_over_udp_and_tcp() {
         assert!(nx.is_err(), "NXDOMAIN reaches the resolver as an error");
     }
 }
+
+#[test]
+fn the_committed_sample_database_is_current_and_places_the_sample_networks() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/geoip");
+    let dir = tempfile::tempdir().unwrap();
+    let rebuilt = dir.path().join("sample.mmdb");
+    build_database(&root.join("sample.toml"), &rebuilt).unwrap();
+    assert_eq!(
+        std::fs::read(&rebuilt).unwrap(),
+        std::fs::read(root.join("sample.mmdb")).unwrap(),
+        "config/geoip/sample.mmdb is stale: rebuild it with the command in README.md"
+    );
+    let db = outpost_control::dns::GeoDb::open(&root.join("sample.mmdb")).unwrap();
+    for (ip, country, (lat, lon)) in [
+        ("81.2.69.1", "GB", (51.51, -0.09)),
+        ("8.8.8.8", "US", (37.39, -122.08)),
+        ("202.12.27.33", "JP", (35.69, 139.69)),
+        ("1.0.0.1", "AU", (-33.87, 151.21)),
+    ] {
+        let place = db.locate(ip.parse().unwrap()).unwrap();
+        assert_eq!(place.country.unwrap().as_str(), country);
+        let (la, lo) = place.location.unwrap();
+        assert!((la - lat).abs() < 0.1 && (lo - lon).abs() < 0.1, "{ip}: {la},{lo}");
+        assert_eq!(place.prefix, 24);
+    }
+}

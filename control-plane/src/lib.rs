@@ -2,3 +2,4 @@
 //! that nodes follow, the node registry, and the geo-IP DNS server (`dns`).
 
 pub mod dns;
+pub mod store;

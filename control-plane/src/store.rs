@@ -86,9 +86,7 @@ impl Store {
         })?;
         let tx = database.begin_write().map_err(db)?;
         {
-            for t in [EVENTS] {
-                tx.open_table(t).map_err(db)?;
-            }
+            tx.open_table(EVENTS).map_err(db)?;
             for t in [SITES, PURGES, NODES] {
                 tx.open_table(t).map_err(db)?;
             }

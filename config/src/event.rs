@@ -64,6 +64,35 @@ pub enum PurgeTarget {
     All,
 }
 
+/// One line of the `/v1/events` stream (JSON lines).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StreamLine {
+    /// The next event of the log.
+    Event { record: EventRecord },
+    /// The node was further behind than the log reaches: the whole site set
+    /// as of `seq`. The node replaces its sites and soft-purges everything
+    /// it stored before.
+    Snapshot { seq: u64, sites: Vec<SiteSnapshot> },
+    /// Sent every couple of seconds so a dead link is noticed.
+    Heartbeat { seq: u64 },
+}
+
+/// A site in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteSnapshot {
+    pub id: String,
+    pub version: u64,
+    pub toml: String,
+}
+
+/// A node's acknowledgement: every event up to `seq` is applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub node: String,
+    pub seq: u64,
+}
+
 /// Most URLs or tags in one purge: bigger batches are split by the client.
 pub const MAX_PURGE_ITEMS: usize = 1_000;
 

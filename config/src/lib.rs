@@ -23,7 +23,7 @@ use toml::de::DeTable;
 
 pub use decode::ByteSize;
 pub use diag::{ConfigError, Diagnostic, Loc, Located};
-pub use event::{Event, EventRecord, MAX_PURGE_ITEMS, Purge, PurgeTarget, purge_path};
+pub use event::{Ack, Event, EventRecord, MAX_PURGE_ITEMS, Purge, PurgeTarget, SiteSnapshot, StreamLine, purge_path};
 pub use node::*;
 pub use site::*;
 pub use units::{HostPattern, PathPattern, parse_byte_size, parse_duration};

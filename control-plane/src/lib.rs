@@ -1,5 +1,7 @@
 //! The control plane: the HTTP API, the durable store, the ordered event log
 //! that nodes follow, the node registry, and the geo-IP DNS server (`dns`).
 
+pub mod api;
 pub mod dns;
+pub mod node;
 pub mod store;

@@ -15,6 +15,7 @@ pub mod rendezvous;
 pub mod resolve;
 pub mod serve;
 pub mod store;
+pub mod subscribe;
 pub mod upstream;
 
 pub use engine::{Engine, EngineConfig, Tier};

@@ -29,6 +29,7 @@ pub struct Node {
     engine: Arc<Engine>,
     http: Vec<TcpListener>,
     admin: Option<TcpListener>,
+    subscriber: Option<Arc<crate::subscribe::Subscriber>>,
 }
 
 impl EngineConfig {
@@ -54,7 +55,27 @@ impl Node {
             None => None,
         };
         let engine = Engine::open(EngineConfig::from_node(node, proxy, tier), route).await?;
-        Ok(Node { engine, http, admin })
+        let subscriber = node.control.as_ref().map(|link| {
+            let me = crate::subscribe::Identity {
+                name: node.name.clone(),
+                role: node.role().as_str().to_string(),
+                pop: node.pop.as_ref().map(|p| p.name.clone()),
+                addrs: http.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.to_string()).collect(),
+            };
+            Arc::new(crate::subscribe::Subscriber::new(
+                Arc::clone(&engine),
+                link.url.clone(),
+                link.token_file.clone(),
+                me,
+                proxy.cache.path.as_deref(),
+            ))
+        });
+        Ok(Node { engine, http, admin, subscriber })
+    }
+
+    /// The control-plane follower, when the node has a `[control]` section.
+    pub fn subscriber(&self) -> Option<&Arc<crate::subscribe::Subscriber>> {
+        self.subscriber.as_ref()
     }
 
     pub fn engine(&self) -> &Arc<Engine> {
@@ -73,6 +94,9 @@ impl Node {
     /// cache to disk.
     pub async fn run(self, shutdown: CancellationToken) -> io::Result<()> {
         self.engine.start_route(shutdown.clone());
+        if let Some(s) = &self.subscriber {
+            Arc::clone(s).start(shutdown.clone());
+        }
         let health: Arc<dyn crate::admin::Health> = Arc::clone(&self.engine) as Arc<dyn crate::admin::Health>;
         let admin = self.admin.map(|l| tokio::spawn(crate::admin::serve(health, l, shutdown.clone())));
         let served = crate::serve::serve(Arc::clone(&self.engine), self.http, shutdown.clone()).await;

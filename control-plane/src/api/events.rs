@@ -1,0 +1,168 @@
+//! The node side of the API: the event stream and acknowledgements.
+//!
+//! `GET /v1/events?after=SEQ&node=NAME&role=ROLE[&pop=P][&addrs=A,B]` answers
+//! with JSON lines ([`StreamLine`]): a snapshot when `after` is older than
+//! the log reaches, every event after it, then new events as they are
+//! committed, with a heartbeat every [`HEARTBEAT`]. A node that falls too
+//! far behind the live channel is disconnected and replays on reconnect.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use bytes::Bytes;
+use outpost_config::{Ack, SiteSnapshot, StreamLine};
+use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::{ApiError, Control, HEARTBEAT};
+use crate::store::{NodeRecord, now_ms};
+
+#[derive(Debug, Deserialize)]
+pub(super) struct StreamQuery {
+    #[serde(default)]
+    after: u64,
+    node: String,
+    role: String,
+    pop: Option<String>,
+    /// Comma-separated addresses the node serves on.
+    #[serde(default)]
+    addrs: String,
+}
+
+/// Counts a node's open streams down when one ends.
+struct Connection {
+    control: Arc<Control>,
+    node: String,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let mut c = self.control.connected.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = c.get_mut(&self.node) {
+            *n = n.saturating_sub(1);
+        }
+        drop(c);
+        self.control.ack_changed.send_modify(|v| *v += 1);
+    }
+}
+
+fn line(l: &StreamLine) -> Bytes {
+    let mut v = serde_json::to_vec(l).unwrap_or_default();
+    v.push(b'\n');
+    Bytes::from(v)
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty() && n.len() <= 63 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+pub(super) async fn stream(
+    State(c): State<Arc<Control>>,
+    headers: HeaderMap,
+    query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    c.node(&headers)?;
+    let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    if !valid_name(&q.node) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_node",
+            "node must be 1 to 63 letters, digits or hyphens",
+        ));
+    }
+    // Subscribe before reading the backlog, so nothing falls in between.
+    let mut rx = c.events.subscribe();
+    let store = &c.store;
+    let first = store.first_seq().map_err(ApiError::internal)?;
+    let last = store.last_seq().map_err(ApiError::internal)?;
+    let mut backlog = Vec::new();
+    let mut cursor = q.after.min(last);
+    if q.after + 1 < first && last > 0 {
+        let sites = store
+            .sites()
+            .map_err(ApiError::internal)?
+            .into_iter()
+            .map(|s| SiteSnapshot { id: s.id, version: s.version, toml: s.toml })
+            .collect();
+        backlog.push(line(&StreamLine::Snapshot { seq: last, sites }));
+        cursor = last;
+    }
+    for record in store.events_after(cursor, usize::MAX).map_err(ApiError::internal)? {
+        cursor = record.seq;
+        backlog.push(line(&StreamLine::Event { record }));
+    }
+    let previous = store.nodes().map_err(ApiError::internal)?.remove(&q.node);
+    let node = NodeRecord {
+        name: q.node.clone(),
+        role: q.role.clone(),
+        pop: q.pop.clone(),
+        addrs: q.addrs.split(',').filter(|a| !a.is_empty()).map(str::to_owned).collect(),
+        acked_seq: previous.map_or(q.after, |p| p.acked_seq.max(q.after)),
+        last_contact_ms: now_ms(),
+    };
+    store.put_node(&node).map_err(ApiError::internal)?;
+    *c.connected.lock().unwrap_or_else(|p| p.into_inner()).entry(q.node.clone()).or_default() += 1;
+    let conn = Connection { control: Arc::clone(&c), node: q.node.clone() };
+    let heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+
+    let stream = futures_util::stream::unfold(
+        (backlog.into_iter(), rx_take(&mut rx), cursor, heartbeat, conn),
+        |(mut backlog, mut rx, mut cursor, mut heartbeat, conn)| async move {
+            if let Some(b) = backlog.next() {
+                return Some((Ok::<_, std::convert::Infallible>(b), (backlog, rx, cursor, heartbeat, conn)));
+            }
+            loop {
+                tokio::select! {
+                    r = rx.recv() => match r {
+                        Ok(record) if record.seq > cursor => {
+                            cursor = record.seq;
+                            return Some((Ok(line(&StreamLine::Event { record })), (backlog, rx, cursor, heartbeat, conn)));
+                        }
+                        Ok(_) => continue,
+                        // Too far behind the live channel, or shutting down:
+                        // end the stream; the node reconnects and replays.
+                        Err(RecvError::Lagged(_)) | Err(RecvError::Closed) => return None,
+                    },
+                    _ = heartbeat.tick() => {
+                        let seq = conn.control.store.last_seq().unwrap_or(cursor);
+                        return Some((Ok(line(&StreamLine::Heartbeat { seq })), (backlog, rx, cursor, heartbeat, conn)));
+                    }
+                }
+            }
+        },
+    );
+    let mut resp = Response::new(Body::from_stream(stream));
+    resp.headers_mut().insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    resp.headers_mut().insert(axum::http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
+fn rx_take(
+    rx: &mut tokio::sync::broadcast::Receiver<outpost_config::EventRecord>,
+) -> tokio::sync::broadcast::Receiver<outpost_config::EventRecord> {
+    rx.resubscribe()
+}
+
+pub(super) async fn ack(
+    State(c): State<Arc<Control>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    c.node(&headers)?;
+    let a: Ack = super::json_body(&body)?;
+    {
+        let mut acked = c.acked.lock().unwrap_or_else(|p| p.into_inner());
+        let e = acked.entry(a.node.clone()).or_default();
+        *e = (*e).max(a.seq);
+    }
+    if let Some(mut n) = c.store.nodes().map_err(ApiError::internal)?.remove(&a.node) {
+        n.acked_seq = n.acked_seq.max(a.seq);
+        n.last_contact_ms = now_ms();
+        c.store.put_node(&n).map_err(ApiError::internal)?;
+    }
+    c.ack_changed.send_modify(|v| *v += 1);
+    Ok(StatusCode::NO_CONTENT)
+}

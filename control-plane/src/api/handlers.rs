@@ -1,0 +1,303 @@
+//! Operator endpoints: sites, purges, nodes, health and metrics.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use outpost_config::{PurgeTarget, Site};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, Control, DEFAULT_PURGE_WAIT};
+use crate::store::{PurgeRecord, now_ms};
+
+type Shared = State<Arc<Control>>;
+
+pub(super) async fn healthz(State(c): Shared) -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok", "seq": c.store.last_seq().unwrap_or(0)}))
+}
+
+pub(super) async fn metrics(State(c): Shared) -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], (c.render_metrics)()).into_response()
+}
+
+pub(super) async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see /v1/sites, /v1/purge, /v1/nodes")
+}
+
+#[derive(Serialize)]
+pub(super) struct SiteSummary {
+    id: String,
+    version: u64,
+    updated_ms: u64,
+    hosts: Vec<String>,
+}
+
+pub(super) async fn list_sites(State(c): Shared, headers: HeaderMap) -> Result<Json<Vec<SiteSummary>>, ApiError> {
+    c.admin(&headers)?;
+    let sites = c.store.sites().map_err(ApiError::internal)?;
+    Ok(Json(
+        sites
+            .into_iter()
+            .map(|s| {
+                let hosts = Site::parse(Path::new(&s.id), &s.toml)
+                    .map(|site| site.hosts.iter().map(|h| h.value.to_string()).collect())
+                    .unwrap_or_default();
+                SiteSummary { id: s.id, version: s.version, updated_ms: s.updated_ms, hosts }
+            })
+            .collect(),
+    ))
+}
+
+pub(super) async fn get_site(
+    State(c): Shared,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    c.admin(&headers)?;
+    match c.store.site(&id).map_err(ApiError::internal)? {
+        Some(s) => Ok(Json(s).into_response()),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no site `{id}`"))),
+    }
+}
+
+#[derive(Serialize)]
+struct Stored {
+    id: String,
+    version: u64,
+    seq: u64,
+}
+
+/// Validates a site file's text with the config crate; every problem is
+/// reported, and nothing is stored unless all is well.
+fn validate(text: &str, name: &str) -> Result<Site, ApiError> {
+    let site = Site::parse(Path::new(name), text).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_site",
+            e.diagnostics.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"),
+        )
+    })?;
+    Ok(site)
+}
+
+async fn store_site(c: &Control, text: String, expected: Option<&str>) -> Result<Response, ApiError> {
+    let site = validate(&text, "site.toml")?;
+    if let Some(id) = expected
+        && id != site.id
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "id_mismatch",
+            format!("the URL names `{id}` but the file is site `{}`", site.id),
+        ));
+    }
+    // Hosts must not collide with another site's.
+    let mut sites: Vec<Site> = Vec::new();
+    for s in c.store.sites().map_err(ApiError::internal)? {
+        if s.id != site.id
+            && let Ok(other) = Site::parse(Path::new(&s.id), &s.toml)
+        {
+            sites.push(other);
+        }
+    }
+    sites.push(site.clone());
+    let clashes = outpost_config::check_sites(&sites);
+    if !clashes.is_empty() {
+        let detail = clashes.iter().map(|d| d.message.clone()).collect::<Vec<_>>().join("\n");
+        return Err(ApiError::new(StatusCode::CONFLICT, "host_conflict", detail));
+    }
+    let rec = c.store.upsert_site(&site.id, &text).map_err(ApiError::internal)?;
+    let version = match &rec.event {
+        outpost_config::Event::SiteUpserted { version, .. } => *version,
+        _ => 0,
+    };
+    let seq = rec.seq;
+    c.publish(rec);
+    Ok((StatusCode::CREATED, Json(Stored { id: site.id, version, seq })).into_response())
+}
+
+pub(super) async fn put_site(State(c): Shared, headers: HeaderMap, body: String) -> Result<Response, ApiError> {
+    c.admin(&headers)?;
+    store_site(&c, body, None).await
+}
+
+pub(super) async fn put_site_id(
+    State(c): Shared,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+    body: String,
+) -> Result<Response, ApiError> {
+    c.admin(&headers)?;
+    store_site(&c, body, Some(&id)).await
+}
+
+pub(super) async fn delete_site(
+    State(c): Shared,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    c.admin(&headers)?;
+    match c.store.delete_site(&id).map_err(ApiError::internal)? {
+        Some(rec) => {
+            let seq = rec.seq;
+            c.publish(rec);
+            Ok(Json(serde_json::json!({"id": id, "deleted": true, "seq": seq})).into_response())
+        }
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no site `{id}`"))),
+    }
+}
+
+/// `POST /v1/purge`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PurgeRequest {
+    site: String,
+    #[serde(default)]
+    pub urls: Vec<String>,
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub all: bool,
+    #[serde(default)]
+    pub soft: bool,
+    #[serde(default)]
+    pub wait: bool,
+    pub timeout_ms: Option<u64>,
+}
+
+impl PurgeRequest {
+    fn target(&self) -> Result<PurgeTarget, String> {
+        let chosen = [!self.urls.is_empty(), self.prefix.is_some(), !self.tags.is_empty(), self.all];
+        if chosen.iter().filter(|x| **x).count() != 1 {
+            return Err("give exactly one of `urls`, `prefix`, `tags` or `all`".into());
+        }
+        let t = if !self.urls.is_empty() {
+            PurgeTarget::Urls { urls: self.urls.clone() }
+        } else if let Some(p) = &self.prefix {
+            PurgeTarget::Prefix { prefix: p.clone() }
+        } else if !self.tags.is_empty() {
+            PurgeTarget::Tags { tags: self.tags.clone() }
+        } else {
+            PurgeTarget::All
+        };
+        t.validate()?;
+        Ok(t)
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct PurgeStatus {
+    pub id: String,
+    pub seq: u64,
+    site: String,
+    pub target: PurgeTarget,
+    pub soft: bool,
+    pub at_ms: u64,
+    /// Nodes that applied it.
+    pub acked: Vec<String>,
+    /// Connected nodes that have not yet.
+    pub pending: Vec<String>,
+}
+
+fn status(c: &Control, p: &PurgeRecord) -> Result<PurgeStatus, ApiError> {
+    let nodes = c.store.nodes().map_err(ApiError::internal)?;
+    let mut acked = Vec::new();
+    for name in nodes.keys() {
+        if c.acked_seq(name) >= p.seq {
+            acked.push(name.clone());
+        }
+    }
+    let pending = c.connected_nodes().into_iter().filter(|n| c.acked_seq(n) < p.seq).collect();
+    Ok(PurgeStatus {
+        id: p.purge.id.clone(),
+        seq: p.seq,
+        site: p.purge.site_id.clone(),
+        target: p.purge.target.clone(),
+        soft: p.purge.soft,
+        at_ms: p.at_ms,
+        acked,
+        pending,
+    })
+}
+
+pub(super) async fn purge(State(c): Shared, headers: HeaderMap, body: bytes::Bytes) -> Result<Response, ApiError> {
+    c.admin(&headers)?;
+    let req: PurgeRequest = super::json_body(&body)?;
+    let target = req.target().map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid_purge", m))?;
+    if c.store.site(&req.site).map_err(ApiError::internal)?.is_none() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no site `{}`", req.site)));
+    }
+    let token = super::bearer(&headers).unwrap_or_default().to_string();
+    if !c.limiter.allow(&token) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many purges; batch URLs or wait a moment",
+        ));
+    }
+    let rec = c.store.add_purge(&req.site, target, req.soft).map_err(ApiError::internal)?;
+    if let Some(ev) = c.store.events_after(rec.seq - 1, 1).map_err(ApiError::internal)?.into_iter().next() {
+        c.publish(ev);
+    }
+    if req.wait {
+        let deadline = tokio::time::Instant::now() + req.timeout_ms.map_or(DEFAULT_PURGE_WAIT, Duration::from_millis);
+        let mut changed = c.ack_changed.subscribe();
+        loop {
+            changed.borrow_and_update();
+            if c.connected_nodes().iter().all(|n| c.acked_seq(n) >= rec.seq) {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, changed.changed()).await.is_err() {
+                break;
+            }
+        }
+    }
+    let s = status(&c, &rec)?;
+    let code = if req.wait && s.pending.is_empty() { StatusCode::OK } else { StatusCode::ACCEPTED };
+    Ok((code, Json(s)).into_response())
+}
+
+pub(super) async fn get_purge(
+    State(c): Shared,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    c.admin(&headers)?;
+    match c.store.purge(&id).map_err(ApiError::internal)? {
+        Some(p) => Ok(Json(status(&c, &p)?).into_response()),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no purge `{id}`"))),
+    }
+}
+
+#[derive(Serialize)]
+struct NodeStatus {
+    #[serde(flatten)]
+    node: crate::store::NodeRecord,
+    connected: bool,
+    lag: u64,
+    since_contact_ms: u64,
+}
+
+pub(super) async fn nodes(State(c): Shared, headers: HeaderMap) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    c.admin(&headers)?;
+    let last = c.store.last_seq().map_err(ApiError::internal)?;
+    let connected = c.connected_nodes();
+    let now = now_ms();
+    let mut out = Vec::new();
+    for (name, mut n) in c.store.nodes().map_err(ApiError::internal)? {
+        n.acked_seq = n.acked_seq.max(c.acked_seq(&name));
+        let s = NodeStatus {
+            connected: connected.contains(&name),
+            lag: last.saturating_sub(n.acked_seq),
+            since_contact_ms: now.saturating_sub(n.last_contact_ms),
+            node: n,
+        };
+        out.push(serde_json::to_value(s).map_err(ApiError::internal)?);
+    }
+    Ok(Json(out))
+}

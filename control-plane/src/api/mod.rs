@@ -1,0 +1,225 @@
+//! The control plane's HTTP API under `/v1/` (DESIGN.md "Interfaces").
+//!
+//! Operators use the admin token; nodes use the node token for the event
+//! stream and acknowledgements. Tokens are compared in constant time and
+//! never logged. Every error is JSON `{"error": …, "detail": …}` with its
+//! status.
+
+mod events;
+mod handlers;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use outpost_config::EventRecord;
+use serde::Serialize;
+use tokio::sync::{broadcast, watch};
+
+use crate::store::Store;
+
+/// Largest request body: a site file or a purge of up to 1000 URLs.
+pub const MAX_BODY: usize = 1 << 20;
+/// How often a stream carries a heartbeat, so either side notices a dead
+/// link within a few seconds.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+/// How long a purge with `wait` waits for acknowledgements by default.
+pub const DEFAULT_PURGE_WAIT: Duration = Duration::from_secs(5);
+/// Purges one token may issue per second (sustained), and in a burst.
+pub const PURGE_RATE: f64 = 50.0;
+pub const PURGE_BURST: f64 = 200.0;
+
+/// An API error: status, a machine-readable word and a sentence.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub error: &'static str,
+    pub detail: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, error: &'static str, detail: impl Into<String>) -> ApiError {
+        ApiError { status, error, detail: detail.into() }
+    }
+
+    fn internal(e: impl std::fmt::Display) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    detail: &'a str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(ErrorBody { error: self.error, detail: &self.detail })).into_response()
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal a prefix.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+}
+
+/// A token bucket per token, for purges.
+#[derive(Debug, Default)]
+struct RateLimiter {
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    fn allow(&self, token: &str) -> bool {
+        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let (level, at) = b.entry(token.to_string()).or_insert((PURGE_BURST, now));
+        *level = (*level + now.duration_since(*at).as_secs_f64() * PURGE_RATE).min(PURGE_BURST);
+        *at = now;
+        if *level >= 1.0 {
+            *level -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Everything the handlers share.
+pub struct Control {
+    pub store: Store,
+    admin_token: String,
+    node_token: String,
+    /// New events, as committed.
+    pub(crate) events: broadcast::Sender<EventRecord>,
+    /// Nodes with an open stream: name → streams.
+    connected: Mutex<HashMap<String, usize>>,
+    /// Highest applied sequence per node (mirrors the registry).
+    acked: Mutex<HashMap<String, u64>>,
+    /// Bumped on every acknowledgement, for purges that wait.
+    ack_changed: watch::Sender<u64>,
+    limiter: RateLimiter,
+    retention: u64,
+    render_metrics: Box<dyn Fn() -> String + Send + Sync>,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control").field("store", &self.store).finish_non_exhaustive()
+    }
+}
+
+impl Control {
+    pub fn new(
+        store: Store,
+        admin_token: String,
+        node_token: String,
+        retention: u64,
+        render_metrics: Box<dyn Fn() -> String + Send + Sync>,
+    ) -> Arc<Control> {
+        let acked = store.nodes().map(|n| n.into_iter().map(|(k, v)| (k, v.acked_seq)).collect()).unwrap_or_default();
+        Arc::new(Control {
+            store,
+            admin_token,
+            node_token,
+            events: broadcast::channel(4096).0,
+            connected: Mutex::new(HashMap::new()),
+            acked: Mutex::new(acked),
+            ack_changed: watch::channel(0).0,
+            limiter: RateLimiter::default(),
+            retention,
+            render_metrics,
+        })
+    }
+
+    fn admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        check(headers, &self.admin_token)
+    }
+
+    fn node(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        check(headers, &self.node_token)
+    }
+
+    /// Publishes a committed event to the streams, then compacts the log.
+    pub(crate) fn publish(&self, rec: EventRecord) {
+        let _ = self.events.send(rec);
+        if let Err(e) = self.store.compact(self.retention) {
+            tracing::warn!(error = %e, "log compaction failed");
+        }
+    }
+
+    fn connected_nodes(&self) -> Vec<String> {
+        let c = self.connected.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<String> = c.iter().filter(|(_, n)| **n > 0).map(|(k, _)| k.clone()).collect();
+        v.sort();
+        v
+    }
+
+    fn acked_seq(&self, node: &str) -> u64 {
+        self.acked.lock().unwrap_or_else(|p| p.into_inner()).get(node).copied().unwrap_or(0)
+    }
+}
+
+/// Parses a JSON body whatever its Content-Type says (operators post JSON
+/// with plain `curl -d`), reporting where it is malformed.
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))
+}
+
+fn check(headers: &HeaderMap, expected: &str) -> Result<(), ApiError> {
+    match bearer(headers) {
+        None => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "send `Authorization: Bearer <token>`")),
+        Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => Ok(()),
+        Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the token is not valid")),
+    }
+}
+
+/// The API's routes.
+pub fn router(control: Arc<Control>) -> Router {
+    Router::new()
+        .route("/healthz", get(handlers::healthz))
+        .route("/metrics", get(handlers::metrics))
+        .route("/v1/sites", get(handlers::list_sites).post(handlers::put_site))
+        .route("/v1/sites/{id}", get(handlers::get_site).put(handlers::put_site_id).delete(handlers::delete_site))
+        .route("/v1/purge", post(handlers::purge))
+        .route("/v1/purges/{id}", get(handlers::get_purge))
+        .route("/v1/nodes", get(handlers::nodes))
+        .route("/v1/events", get(events::stream))
+        .route("/v1/ack", post(events::ack))
+        .fallback(handlers::not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(control)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_exactly() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+
+    #[test]
+    fn purges_are_rate_limited_per_token() {
+        let l = RateLimiter::default();
+        let allowed = (0..1000).filter(|_| l.allow("a")).count();
+        assert!((PURGE_BURST as usize..PURGE_BURST as usize + 5).contains(&allowed), "{allowed}");
+        assert!(l.allow("b"), "another token has its own bucket");
+    }
+}

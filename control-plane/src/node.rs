@@ -1,0 +1,85 @@
+//! The control-plane process: the store, the API listener, the tokens.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use outpost_config::{NodeConfig, RoleConfig};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{Control, router};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("{0} is not a control node file")]
+    NotControl(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("token file `{path}`: {source}")]
+    Token { path: String, source: io::Error },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+}
+
+/// Reads a token file, creating it with a fresh random token (mode 0600)
+/// when it does not exist yet.
+pub fn token(path: &Path) -> Result<String, ControlError> {
+    let err = |source| ControlError::Token { path: path.display().to_string(), source };
+    match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let mut bytes = [0u8; 24];
+    io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").map_err(err)?, &mut bytes).map_err(err)?;
+    let t: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(err)?;
+        f.write_all(t.as_bytes()).map_err(err)?;
+    }
+    Ok(t)
+}
+
+/// A bound control plane.
+#[derive(Debug)]
+pub struct ControlNode {
+    pub control: Arc<Control>,
+    listener: TcpListener,
+}
+
+impl ControlNode {
+    pub async fn bind(
+        node: &NodeConfig,
+        render_metrics: Box<dyn Fn() -> String + Send + Sync>,
+    ) -> Result<ControlNode, ControlError> {
+        let RoleConfig::Control(cfg) = &node.role else {
+            return Err(ControlError::NotControl(node.file.display().to_string()));
+        };
+        let store = Store::open(&cfg.store)?;
+        let admin = token(&cfg.admin_token_file)?;
+        let nodes = token(&cfg.node_token_file)?;
+        let addr = node.listen.http.first().copied().unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7000)));
+        let listener = TcpListener::bind(addr).await.map_err(|source| ControlError::Bind { addr, source })?;
+        Ok(ControlNode { control: Control::new(store, admin, nodes, cfg.log_retention, render_metrics), listener })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Serves the API until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) -> io::Result<()> {
+        axum::serve(self.listener, router(self.control))
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+    }
+}

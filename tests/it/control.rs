@@ -1,0 +1,242 @@
+//! The control plane with three edges and the test origin, in this process.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use outpost_config::NodeConfig;
+use tokio_util::sync::CancellationToken;
+
+struct Reply {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    body: Bytes,
+}
+
+impl Reply {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+async fn call(method: Method, url: &str, token: Option<&str>, host: Option<&str>, body: &str) -> Reply {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut req = Request::builder().method(method).uri(url);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    if let Some(h) = host {
+        req = req.header("host", h);
+    }
+    let resp = client.request(req.body(Full::new(Bytes::from(body.to_string()))).unwrap()).await.unwrap();
+    let (parts, b) = resp.into_parts();
+    Reply { status: parts.status, headers: parts.headers, body: b.collect().await.unwrap().to_bytes() }
+}
+
+struct Cdn {
+    dir: tempfile::TempDir,
+    control: SocketAddr,
+    admin: String,
+    edges: Vec<SocketAddr>,
+    origin: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl Cdn {
+    fn api(&self, path: &str) -> String {
+        format!("http://{}{path}", self.control)
+    }
+
+    async fn admin_call(&self, method: Method, path: &str, body: &str) -> Reply {
+        call(method, &self.api(path), Some(&self.admin), None, body).await
+    }
+
+    async fn via(&self, edge: usize, path: &str) -> Reply {
+        call(Method::GET, &format!("http://{}{path}", self.edges[edge]), None, Some("shop.test"), "").await
+    }
+}
+
+fn load(dir: &Path, name: &str, text: &str) -> NodeConfig {
+    let f = dir.join(format!("{name}.toml"));
+    std::fs::write(&f, text).unwrap();
+    NodeConfig::load(&f).unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn start_control(dir: &Path, stop: &CancellationToken) -> (SocketAddr, Arc<outpost_control::api::Control>) {
+    let cfg = load(
+        dir,
+        "control",
+        "[node]\nname = \"control\"\nrole = \"control\"\n[listen]\nhttp = [\"127.0.0.1:0\"]\n\
+         [store]\npath = \"control.redb\"\nlog_retention = 1000\n[auth]\nadmin_token_file = \"admin.token\"\nnode_token_file = \"node.token\"\n",
+    );
+    let node = outpost_control::node::ControlNode::bind(&cfg, Box::new(String::new)).await.unwrap();
+    let addr = node.addr();
+    let control = Arc::clone(&node.control);
+    tokio::spawn(node.run(stop.clone()));
+    (addr, control)
+}
+
+async fn cdn() -> Cdn {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let origin = outpost_load::OriginServer::bind(&["127.0.0.1:0".parse().unwrap()], None).await.unwrap();
+    let origin_addr = origin.local_addrs()[0];
+    tokio::spawn(origin.run(stop.clone()));
+    let (control, _) = start_control(dir.path(), &stop).await;
+    let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let mut edges = Vec::new();
+    for i in 1..=3 {
+        let cfg = load(
+            dir.path(),
+            &format!("edge-{i}"),
+            &format!(
+                "[node]\nname = \"edge-{i}\"\nrole = \"edge\"\npop = \"p{i}\"\nlatitude = 0.0\nlongitude = 0.0\naccess_log = \"off\"\n\
+                 [listen]\nhttp = [\"127.0.0.1:0\"]\n[cache]\nmemory = \"16MiB\"\ndisk = \"32MiB\"\npath = \"cache-{i}\"\n\
+                 [upstream]\nmode = \"origin\"\n[control]\nurl = \"http://{control}\"\ntoken_file = \"node.token\"\n"
+            ),
+        );
+        let node = outpost_edge::bind(&cfg).await.unwrap();
+        edges.push(node.http_addrs()[0]);
+        tokio::spawn(node.run(stop.clone()));
+    }
+    Cdn { dir, control, admin, edges, origin: origin_addr, stop }
+}
+
+fn site(origin: SocketAddr) -> String {
+    format!("[site]\nid = \"shop\"\nhosts = [\"shop.test\"]\n\n[[origin]]\nurl = \"http://{origin}\"\n")
+}
+
+async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..200 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_upload_reaches_every_node_and_a_bad_one_changes_nothing() {
+    let cdn = cdn().await;
+    assert_eq!(cdn.via(0, "/x").await.status, StatusCode::MISDIRECTED_REQUEST, "no site yet");
+    let r = cdn.admin_call(Method::POST, "/v1/sites", &site(cdn.origin)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["version"], 1);
+    for e in 0..3 {
+        eventually("the site to reach the edge", || async {
+            cdn.via(e, "/x?cc=max-age%3D60").await.status == StatusCode::OK
+        })
+        .await;
+    }
+    let bad = "[site]\nid = \"Shop\"\nhosts = [\"shop.test\"]\n[[origin]]\nurl = \"ftp://x\"\n";
+    let r = cdn.admin_call(Method::POST, "/v1/sites", bad).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let j = r.json();
+    assert_eq!(j["error"], "invalid_site");
+    let detail = j["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("site.toml:2:6:") && detail.contains("site.toml:5:7:"),
+        "every problem with its position: {detail}"
+    );
+    let list = cdn.admin_call(Method::GET, "/v1/sites", "").await.json();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["version"], 1, "nothing changed");
+    cdn.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_with_wait_returns_every_acknowledgement_and_the_next_request_misses() {
+    let cdn = cdn().await;
+    cdn.admin_call(Method::POST, "/v1/sites", &site(cdn.origin)).await;
+    for e in 0..3 {
+        eventually("the site", || async { cdn.via(e, "/p?cc=max-age%3D600&keys=k").await.status == StatusCode::OK })
+            .await;
+        assert!(
+            cdn.via(e, "/p?cc=max-age%3D600&keys=k").await.headers["cache-status"].to_str().unwrap().contains("; hit")
+        );
+    }
+    eventually("three connected nodes", || async {
+        let n = cdn.admin_call(Method::GET, "/v1/nodes", "").await.json();
+        n.as_array().unwrap().iter().filter(|x| x["connected"] == true).count() == 3
+    })
+    .await;
+    let r = cdn.admin_call(Method::POST, "/v1/purge", r#"{"site": "shop", "tags": ["k"], "wait": true}"#).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    let j = r.json();
+    let mut acked: Vec<&str> = j["acked"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    acked.sort();
+    assert_eq!(acked, ["edge-1", "edge-2", "edge-3"]);
+    assert_eq!(j["pending"], serde_json::json!([]));
+    for e in 0..3 {
+        let r = cdn.via(e, "/p?cc=max-age%3D600&keys=k").await;
+        assert!(!r.headers["cache-status"].to_str().unwrap().contains("; hit"), "edge {e} still had it");
+    }
+    let later = cdn.admin_call(Method::GET, &format!("/v1/purges/{}", j["id"].as_str().unwrap()), "").await.json();
+    assert_eq!(later["acked"].as_array().unwrap().len(), 3);
+    cdn.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_calls_get_401_401_400_and_change_nothing() {
+    let cdn = cdn().await;
+    let no_token = call(Method::POST, &cdn.api("/v1/sites"), None, None, &site(cdn.origin)).await;
+    assert_eq!(no_token.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(no_token.json()["error"], "unauthorized");
+    let wrong = call(Method::POST, &cdn.api("/v1/sites"), Some("nope"), None, &site(cdn.origin)).await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    let node_token = std::fs::read_to_string(cdn.dir.path().join("node.token")).unwrap();
+    let wrong_kind = call(Method::POST, &cdn.api("/v1/sites"), Some(&node_token), None, &site(cdn.origin)).await;
+    assert_eq!(wrong_kind.status, StatusCode::UNAUTHORIZED, "the node token is not an admin token");
+    let bad_json = cdn.admin_call(Method::POST, "/v1/purge", "{not json").await;
+    assert_eq!(bad_json.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad_json.json()["error"], "invalid_json");
+    let two_targets =
+        cdn.admin_call(Method::POST, "/v1/purge", r#"{"site": "shop", "all": true, "tags": ["a"]}"#).await;
+    assert_eq!(two_targets.status, StatusCode::BAD_REQUEST);
+    assert_eq!(cdn.admin_call(Method::GET, "/v1/sites", "").await.json(), serde_json::json!([]));
+    let health = call(Method::GET, &cdn.api("/healthz"), None, None, "").await.json();
+    assert_eq!(health["seq"], 0, "no event was logged");
+    assert_eq!(cdn.admin_call(Method::GET, "/v1/nope", "").await.status, StatusCode::NOT_FOUND);
+    cdn.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_keeps_sites_log_and_purges_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let (addr, control) = start_control(dir.path(), &stop).await;
+    let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let origin: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    assert_eq!(
+        call(Method::POST, &format!("http://{addr}/v1/sites"), Some(&admin), None, &site(origin)).await.status,
+        StatusCode::CREATED
+    );
+    let p =
+        call(Method::POST, &format!("http://{addr}/v1/purge"), Some(&admin), None, r#"{"site": "shop", "all": true}"#)
+            .await;
+    assert_eq!(p.status, StatusCode::ACCEPTED);
+    stop.cancel();
+    // Release the store file, then open it again.
+    drop(control);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stop = CancellationToken::new();
+    let (addr, _) = start_control(dir.path(), &stop).await;
+    let sites = call(Method::GET, &format!("http://{addr}/v1/sites"), Some(&admin), None, "").await.json();
+    assert_eq!(sites[0]["id"], "shop");
+    let purge = call(Method::GET, &format!("http://{addr}/v1/purges/p1"), Some(&admin), None, "").await;
+    assert_eq!(purge.status, StatusCode::OK);
+    assert_eq!(purge.json()["seq"], 2);
+    stop.cancel();
+}

@@ -244,9 +244,12 @@ impl Store {
         Ok(first_kept - first)
     }
 
-    /// Registers or refreshes a node.
+    /// Registers or refreshes a node. Registry updates come with every
+    /// acknowledgement and need no fsync of their own: each node persists
+    /// its own sequence, and the next durable commit writes them too.
     pub fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(db)?;
+        let mut tx = self.db.begin_write().map_err(db)?;
+        tx.set_durability(redb::Durability::None).map_err(db)?;
         {
             let bytes = serde_json::to_vec(node).map_err(db)?;
             tx.open_table(NODES).map_err(db)?.insert(node.name.as_str(), bytes.as_slice()).map_err(db)?;

@@ -69,10 +69,19 @@ impl DnsNode {
         let addr = node.listen.dns.ok_or_else(|| DnsError::Config("listen.dns is missing".into()))?;
         let geo = Arc::new(GeoDb::open(&cfg.geoip)?);
         let handler = Arc::new(GeoDns::new(&node.name, cfg, geo).map_err(DnsError::Config)?);
-        let udp = UdpSocket::bind(addr).await.map_err(|source| DnsError::Bind { addr, source })?;
-        let addr = udp.local_addr().map_err(|source| DnsError::Bind { addr, source })?;
-        let tcp = TcpListener::bind(addr).await.map_err(|source| DnsError::Bind { addr, source })?;
-        Ok(DnsNode { handler, udp, tcp })
+        // UDP and TCP share the port. With port 0 the UDP port is picked
+        // first and may be taken for TCP: pick again.
+        let tries = if addr.port() == 0 { 20 } else { 1 };
+        let mut last = None;
+        for _ in 0..tries {
+            let udp = UdpSocket::bind(addr).await.map_err(|source| DnsError::Bind { addr, source })?;
+            let bound = udp.local_addr().map_err(|source| DnsError::Bind { addr, source })?;
+            match TcpListener::bind(bound).await {
+                Ok(tcp) => return Ok(DnsNode { handler, udp, tcp }),
+                Err(source) => last = Some(DnsError::Bind { addr: bound, source }),
+            }
+        }
+        Err(last.unwrap_or(DnsError::Config("no address to bind".into())))
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -88,7 +88,10 @@ impl Store {
             // Room for a burst of writes: past this, foyer drops entries
             // instead of writing them.
             .with_submit_queue_size_threshold(block * 4)
-            .with_tombstone_log(true);
+            // Removals are written as `Entry::Gone` overwrites, which recover in
+            // order after a restart; foyer's tombstone log is not needed (and its
+            // flush can panic when a runtime stops mid-write).
+            .with_tombstone_log(false);
         let cache = memory
             .storage()
             .with_engine_config(engine)

@@ -150,3 +150,28 @@ async fn hybrid_survives_a_restart_and_removals_stay_removed() {
     assert_eq!(read_all(&store, 12, &body, 0, data.len() as u64).await, data);
     store.close().await;
 }
+
+#[tokio::test]
+async fn overwritten_values_recover_as_the_newest_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = hybrid_store(dir.path()).await;
+        for k in 0..200u128 {
+            store.insert(k, Entry::Chunk(Bytes::from_static(b"old")));
+        }
+        store.close().await;
+        let store = hybrid_store(dir.path()).await;
+        for k in 0..200u128 {
+            store.insert(k, Entry::Chunk(Bytes::from_static(b"new")));
+            if k % 2 == 0 {
+                store.remove(k);
+            }
+        }
+        store.close().await;
+    }
+    let store = hybrid_store(dir.path()).await;
+    for k in 0..200u128 {
+        let want = if k % 2 == 0 { None } else { Some(Entry::Chunk(Bytes::from_static(b"new"))) };
+        assert_eq!(store.get(k).await, want, "key {k}");
+    }
+}

@@ -5,6 +5,7 @@
 //! running CDN.
 
 mod check;
+mod client;
 mod roles;
 mod signals;
 mod up;
@@ -52,6 +53,57 @@ enum Command {
         #[arg(long, num_args = 2, value_names = ["SOURCE", "OUT"])]
         build_geoip: Option<Vec<PathBuf>>,
     },
+    /// Run the control plane: site store, purges, the node event stream.
+    Control {
+        /// The control plane's node file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Manage sites on the control plane.
+    Sites {
+        #[command(subcommand)]
+        action: SitesAction,
+        /// Control-plane URL.
+        #[arg(long, global = true, default_value = "http://127.0.0.1:7000")]
+        control: String,
+        /// Print JSON instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// Purge cached objects on every node.
+    Purge {
+        #[arg(long)]
+        site: String,
+        /// Paths (with query) to purge; repeat for several.
+        #[arg(long = "url", group = "what")]
+        urls: Vec<String>,
+        /// Every path starting with this.
+        #[arg(long, group = "what")]
+        prefix: Option<String>,
+        /// Every object tagged so (Surrogate-Key / Cache-Tag); repeat for several.
+        #[arg(long = "tag", group = "what")]
+        tags: Vec<String>,
+        /// Everything of the site.
+        #[arg(long, group = "what")]
+        all: bool,
+        /// Mark stale (revalidate) instead of removing.
+        #[arg(long)]
+        soft: bool,
+        /// Wait until every connected node applied it.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value = "http://127.0.0.1:7000")]
+        control: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the nodes the control plane knows, their lag and last contact.
+    Status {
+        #[arg(long, default_value = "http://127.0.0.1:7000")]
+        control: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Run an origin shield: cache in front of the origins, behind the edges.
     Shield {
         /// The shield's node file.
@@ -72,6 +124,16 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum SitesAction {
+    /// Upload a site file (validated by the control plane).
+    Push { file: PathBuf },
+    /// List the sites.
+    List,
+    /// Delete a site.
+    Rm { id: String },
 }
 
 fn init_logging() {
@@ -111,6 +173,41 @@ fn main() -> ExitCode {
             let config = config.unwrap_or_default();
             runtime().and_then(|rt| rt.block_on(roles::dns(&config)))
         }
+        Command::Control { config } => {
+            init_logging();
+            runtime().and_then(|rt| rt.block_on(roles::control(&config)))
+        }
+        Command::Sites { action, control, json } => runtime().and_then(|rt| rt.block_on(sites(action, &control, json))),
+        Command::Purge { site, urls, prefix, tags, all, soft, wait, control, json } => {
+            let body = serde_json::json!({
+                "site": site, "urls": urls, "prefix": prefix, "tags": tags, "all": all, "soft": soft, "wait": wait,
+            });
+            runtime().and_then(|rt| {
+                rt.block_on(async {
+                    let v = client::Api::new(&control)?
+                        .call(http::Method::POST, "/v1/purge", body.to_string().into_bytes())
+                        .await?;
+                    if json {
+                        println!("{v}")
+                    } else {
+                        client::print_purge(&v)
+                    }
+                    Ok(())
+                })
+            })
+        }
+        Command::Status { control, json } => runtime().and_then(|rt| {
+            rt.block_on(async {
+                let api = client::Api::new(&control)?;
+                let v = api.call(http::Method::GET, "/v1/nodes", Vec::new()).await?;
+                if json {
+                    println!("{v}");
+                } else {
+                    client::print_nodes(&v);
+                }
+                Ok(())
+            })
+        }),
         Command::Shield { config } => {
             init_logging();
             runtime().and_then(|rt| rt.block_on(roles::shield(&config)))
@@ -137,4 +234,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn sites(action: SitesAction, control: &str, json: bool) -> anyhow::Result<()> {
+    let api = client::Api::new(control)?;
+    let v = match action {
+        SitesAction::Push { file } => {
+            let text = std::fs::read(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            api.call(http::Method::POST, "/v1/sites", text).await?
+        }
+        SitesAction::List => api.call(http::Method::GET, "/v1/sites", Vec::new()).await?,
+        SitesAction::Rm { id } => api.call(http::Method::DELETE, &format!("/v1/sites/{id}"), Vec::new()).await?,
+    };
+    if json {
+        println!("{v}");
+    } else if v.is_array() {
+        client::print_sites(&v);
+    } else {
+        println!("{v}");
+    }
+    Ok(())
 }

@@ -87,3 +87,15 @@ pub(crate) async fn dns(path: &Path) -> anyhow::Result<()> {
     tracing::info!(node = %node.name, addr = %bound.node.addr(), "dns listening (udp and tcp)");
     bound.run(signals::shutdown_token()).await
 }
+
+pub(crate) async fn control(path: &Path) -> anyhow::Result<()> {
+    let node = load(path, Role::Control)?;
+    let bound = outpost_control::node::ControlNode::bind(
+        &node,
+        Box::new(|| outpost_proxy::engine::observe::prometheus().render()),
+    )
+    .await?;
+    tracing::info!(node = %node.name, addr = %bound.addr(), "control plane listening");
+    bound.run(signals::shutdown_token()).await?;
+    Ok(())
+}

@@ -1,9 +1,10 @@
 //! `outpost up`: the whole CDN on this machine, from one config folder.
 //!
 //! Every file in the folder is validated first (all problems reported, nothing
-//! started on any error); then the roles this build can run (the test
-//! origin, the shields, the edges and the DNS server) are started in this
-//! process, and a table of endpoints is printed.
+//! started on any error); then every role is started in this process — the
+//! control plane first, with the site files pushed to it, then the test
+//! origin, the DNS server, the shields and the edges — and a table of
+//! endpoints is printed.
 
 use std::path::{Path, PathBuf};
 
@@ -38,9 +39,11 @@ pub(crate) async fn run(config_dir: &Path, data_dir: &Path) -> anyhow::Result<()
         bail!("{} problem(s) in `{}`; nothing was started", problems.len(), config_dir.display());
     }
     let mut nodes: Vec<NodeConfig> = Vec::new();
+    let mut site_files = Vec::new();
     for p in &paths {
-        if let ConfigFile::Node(n) = outpost_config::load_file(p)? {
-            nodes.push(*n);
+        match outpost_config::load_file(p)? {
+            ConfigFile::Node(n) => nodes.push(*n),
+            ConfigFile::Site(_) => site_files.push(p.to_path_buf()),
         }
     }
 
@@ -62,6 +65,29 @@ pub(crate) async fn run(config_dir: &Path, data_dir: &Path) -> anyhow::Result<()
         }
     }
     let mut dig_lines = Vec::new();
+    let mut purge_lines = Vec::new();
+    // The control plane first: it writes the tokens the other nodes read,
+    // and the site files are pushed to it.
+    for node in &nodes {
+        if let RoleConfig::Control(_) = &node.role {
+            let render = Box::new(|| outpost_proxy::engine::observe::prometheus().render());
+            let bound = outpost_control::node::ControlNode::bind(node, render).await.with_context(|| {
+                format!("the control plane could not start: change [listen] http in `{}`", node.file.display())
+            })?;
+            let addr = bound.addr();
+            rows.push(("control".into(), node.name.clone(), format!("http://{addr}/v1/")));
+            for f in &site_files {
+                let text = std::fs::read_to_string(f)?;
+                let stored = bound
+                    .control
+                    .upsert_site_text(&text, None)
+                    .map_err(|e| anyhow::anyhow!("pushing `{}`: {}", f.display(), e.detail))?;
+                purge_lines.push(format!("cargo run --release -- purge --site {} --prefix /hello --wait", stored.id));
+            }
+            let stop = stop.clone();
+            tasks.spawn(async move { bound.run(stop).await });
+        }
+    }
     for node in &nodes {
         if let RoleConfig::Dns(d) = &node.role {
             let bound = crate::roles::Dns::bind(node).await.with_context(|| {
@@ -142,6 +168,12 @@ pub(crate) async fn run(config_dir: &Path, data_dir: &Path) -> anyhow::Result<()
     }
     for l in &try_lines {
         println!("  {l}");
+    }
+    for l in purge_lines.iter().take(1) {
+        println!("  {l}");
+    }
+    if !purge_lines.is_empty() {
+        println!("  cargo run --release -- status");
     }
     println!("\nCtrl-C stops everything.");
 

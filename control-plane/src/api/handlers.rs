@@ -64,11 +64,12 @@ pub(super) async fn get_site(
     }
 }
 
-#[derive(Serialize)]
-struct Stored {
-    id: String,
-    version: u64,
-    seq: u64,
+/// What storing a site answers.
+#[derive(Debug, Serialize)]
+pub struct Stored {
+    pub id: String,
+    pub version: u64,
+    pub seq: u64,
 }
 
 /// Validates a site file's text with the config crate; every problem is
@@ -85,39 +86,56 @@ fn validate(text: &str, name: &str) -> Result<Site, ApiError> {
 }
 
 async fn store_site(c: &Control, text: String, expected: Option<&str>) -> Result<Response, ApiError> {
-    let site = validate(&text, "site.toml")?;
-    if let Some(id) = expected
-        && id != site.id
-    {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "id_mismatch",
-            format!("the URL names `{id}` but the file is site `{}`", site.id),
-        ));
-    }
-    // Hosts must not collide with another site's.
-    let mut sites: Vec<Site> = Vec::new();
-    for s in c.store.sites().map_err(ApiError::internal)? {
-        if s.id != site.id
-            && let Ok(other) = Site::parse(Path::new(&s.id), &s.toml)
+    let stored = c.upsert_site_text(&text, expected)?;
+    Ok((StatusCode::CREATED, Json(stored)).into_response())
+}
+
+impl Control {
+    /// Validates and stores a site file's text, logging a new version only
+    /// when the text changed. Used by the API and by `outpost up`.
+    pub fn upsert_site_text(&self, text: &str, expected: Option<&str>) -> Result<Stored, ApiError> {
+        let c = self;
+        let text = text.to_string();
+        let site = validate(&text, "site.toml")?;
+        if let Some(id) = expected
+            && id != site.id
         {
-            sites.push(other);
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "id_mismatch",
+                format!("the URL names `{id}` but the file is site `{}`", site.id),
+            ));
         }
+        // Hosts must not collide with another site's.
+        let mut sites: Vec<Site> = Vec::new();
+        for s in c.store.sites().map_err(ApiError::internal)? {
+            if s.id != site.id
+                && let Ok(other) = Site::parse(Path::new(&s.id), &s.toml)
+            {
+                sites.push(other);
+            }
+        }
+        sites.push(site.clone());
+        let clashes = outpost_config::check_sites(&sites);
+        if !clashes.is_empty() {
+            let detail = clashes.iter().map(|d| d.message.clone()).collect::<Vec<_>>().join("\n");
+            return Err(ApiError::new(StatusCode::CONFLICT, "host_conflict", detail));
+        }
+        if let Some(existing) = c.store.site(&site.id).map_err(ApiError::internal)? {
+            if existing.toml == text {
+                let seq = c.store.last_seq().map_err(ApiError::internal)?;
+                return Ok(Stored { id: site.id, version: existing.version, seq });
+            }
+        }
+        let rec = c.store.upsert_site(&site.id, &text).map_err(ApiError::internal)?;
+        let version = match &rec.event {
+            outpost_config::Event::SiteUpserted { version, .. } => *version,
+            _ => 0,
+        };
+        let seq = rec.seq;
+        c.publish(rec);
+        Ok(Stored { id: site.id, version, seq })
     }
-    sites.push(site.clone());
-    let clashes = outpost_config::check_sites(&sites);
-    if !clashes.is_empty() {
-        let detail = clashes.iter().map(|d| d.message.clone()).collect::<Vec<_>>().join("\n");
-        return Err(ApiError::new(StatusCode::CONFLICT, "host_conflict", detail));
-    }
-    let rec = c.store.upsert_site(&site.id, &text).map_err(ApiError::internal)?;
-    let version = match &rec.event {
-        outpost_config::Event::SiteUpserted { version, .. } => *version,
-        _ => 0,
-    };
-    let seq = rec.seq;
-    c.publish(rec);
-    Ok((StatusCode::CREATED, Json(Stored { id: site.id, version, seq })).into_response())
 }
 
 pub(super) async fn put_site(State(c): Shared, headers: HeaderMap, body: String) -> Result<Response, ApiError> {

@@ -74,7 +74,7 @@ pub(super) async fn stream(
         ));
     }
     // Subscribe before reading the backlog, so nothing falls in between.
-    let mut rx = c.events.subscribe();
+    let rx = c.events.subscribe();
     let store = &c.store;
     let first = store.first_seq().map_err(ApiError::internal)?;
     let last = store.last_seq().map_err(ApiError::internal)?;
@@ -103,13 +103,18 @@ pub(super) async fn stream(
         acked_seq: previous.map_or(q.after, |p| p.acked_seq.max(q.after)),
         last_contact_ms: now_ms(),
     };
-    store.put_node(&node).map_err(ApiError::internal)?;
+    {
+        let store = store.clone();
+        super::blocking(move || store.put_node(&node).map_err(ApiError::internal)).await?;
+    }
     *c.connected.lock().unwrap_or_else(|p| p.into_inner()).entry(q.node.clone()).or_default() += 1;
     let conn = Connection { control: Arc::clone(&c), node: q.node.clone() };
     let heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
 
     let stream = futures_util::stream::unfold(
-        (backlog.into_iter(), rx_take(&mut rx), cursor, heartbeat, conn),
+        // The receiver subscribed before the backlog was read: every event
+        // committed since is in it or in the backlog.
+        (backlog.into_iter(), rx, cursor, heartbeat, conn),
         |(mut backlog, mut rx, mut cursor, mut heartbeat, conn)| async move {
             if let Some(b) = backlog.next() {
                 return Some((Ok::<_, std::convert::Infallible>(b), (backlog, rx, cursor, heartbeat, conn)));
@@ -140,12 +145,6 @@ pub(super) async fn stream(
     Ok(resp)
 }
 
-fn rx_take(
-    rx: &mut tokio::sync::broadcast::Receiver<outpost_config::EventRecord>,
-) -> tokio::sync::broadcast::Receiver<outpost_config::EventRecord> {
-    rx.resubscribe()
-}
-
 pub(super) async fn ack(
     State(c): State<Arc<Control>>,
     headers: HeaderMap,
@@ -158,11 +157,16 @@ pub(super) async fn ack(
         let e = acked.entry(a.node.clone()).or_default();
         *e = (*e).max(a.seq);
     }
-    if let Some(mut n) = c.store.nodes().map_err(ApiError::internal)?.remove(&a.node) {
-        n.acked_seq = n.acked_seq.max(a.seq);
-        n.last_contact_ms = now_ms();
-        c.store.put_node(&n).map_err(ApiError::internal)?;
-    }
+    let store = c.store.clone();
+    super::blocking(move || {
+        if let Some(mut n) = store.nodes().map_err(ApiError::internal)?.remove(&a.node) {
+            n.acked_seq = n.acked_seq.max(a.seq);
+            n.last_contact_ms = now_ms();
+            store.put_node(&n).map_err(ApiError::internal)?;
+        }
+        Ok(())
+    })
+    .await?;
     c.ack_changed.send_modify(|v| *v += 1);
     Ok(StatusCode::NO_CONTENT)
 }

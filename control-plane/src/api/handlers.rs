@@ -85,8 +85,8 @@ fn validate(text: &str, name: &str) -> Result<Site, ApiError> {
     Ok(site)
 }
 
-async fn store_site(c: &Control, text: String, expected: Option<&str>) -> Result<Response, ApiError> {
-    let stored = c.upsert_site_text(&text, expected)?;
+async fn store_site(c: Arc<Control>, text: String, expected: Option<String>) -> Result<Response, ApiError> {
+    let stored = super::blocking(move || c.upsert_site_text(&text, expected.as_deref())).await?;
     Ok((StatusCode::CREATED, Json(stored)).into_response())
 }
 
@@ -121,11 +121,11 @@ impl Control {
             let detail = clashes.iter().map(|d| d.message.clone()).collect::<Vec<_>>().join("\n");
             return Err(ApiError::new(StatusCode::CONFLICT, "host_conflict", detail));
         }
-        if let Some(existing) = c.store.site(&site.id).map_err(ApiError::internal)? {
-            if existing.toml == text {
-                let seq = c.store.last_seq().map_err(ApiError::internal)?;
-                return Ok(Stored { id: site.id, version: existing.version, seq });
-            }
+        if let Some(existing) = c.store.site(&site.id).map_err(ApiError::internal)?
+            && existing.toml == text
+        {
+            let seq = c.store.last_seq().map_err(ApiError::internal)?;
+            return Ok(Stored { id: site.id, version: existing.version, seq });
         }
         let rec = c.store.upsert_site(&site.id, &text).map_err(ApiError::internal)?;
         let version = match &rec.event {
@@ -140,7 +140,7 @@ impl Control {
 
 pub(super) async fn put_site(State(c): Shared, headers: HeaderMap, body: String) -> Result<Response, ApiError> {
     c.admin(&headers)?;
-    store_site(&c, body, None).await
+    store_site(c, body, None).await
 }
 
 pub(super) async fn put_site_id(
@@ -150,7 +150,7 @@ pub(super) async fn put_site_id(
     body: String,
 ) -> Result<Response, ApiError> {
     c.admin(&headers)?;
-    store_site(&c, body, Some(&id)).await
+    store_site(c, body, Some(id)).await
 }
 
 pub(super) async fn delete_site(
@@ -159,7 +159,12 @@ pub(super) async fn delete_site(
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
     c.admin(&headers)?;
-    match c.store.delete_site(&id).map_err(ApiError::internal)? {
+    let store = c.store.clone();
+    let deleted = {
+        let id = id.clone();
+        super::blocking(move || store.delete_site(&id).map_err(ApiError::internal)).await?
+    };
+    match deleted {
         Some(rec) => {
             let seq = rec.seq;
             c.publish(rec);
@@ -258,7 +263,9 @@ pub(super) async fn purge(State(c): Shared, headers: HeaderMap, body: bytes::Byt
             "too many purges; batch URLs or wait a moment",
         ));
     }
-    let rec = c.store.add_purge(&req.site, target, req.soft).map_err(ApiError::internal)?;
+    let store = c.store.clone();
+    let (site, soft) = (req.site.clone(), req.soft);
+    let rec = super::blocking(move || store.add_purge(&site, target, soft).map_err(ApiError::internal)).await?;
     if let Some(ev) = c.store.events_after(rec.seq - 1, 1).map_err(ApiError::internal)?.into_iter().next() {
         c.publish(ev);
     }

@@ -172,6 +172,13 @@ impl Control {
     }
 }
 
+/// Runs store work (redb commits fsync) off the async workers.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(ApiError::internal)?
+}
+
 /// Parses a JSON body whatever its Content-Type says (operators post JSON
 /// with plain `curl -d`), reporting where it is malformed.
 pub(crate) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {

@@ -47,6 +47,7 @@ struct Cdn {
     edges: Vec<SocketAddr>,
     origin: SocketAddr,
     stop: CancellationToken,
+    _edges: Vec<tokio_util::sync::DropGuard>,
 }
 
 impl Cdn {
@@ -70,17 +71,45 @@ fn load(dir: &Path, name: &str, text: &str) -> NodeConfig {
 }
 
 async fn start_control(dir: &Path, stop: &CancellationToken) -> (SocketAddr, Arc<outpost_control::api::Control>) {
+    start_control_keeping(dir, stop, 1000).await
+}
+
+async fn start_control_keeping(
+    dir: &Path,
+    stop: &CancellationToken,
+    retention: u64,
+) -> (SocketAddr, Arc<outpost_control::api::Control>) {
     let cfg = load(
         dir,
         "control",
-        "[node]\nname = \"control\"\nrole = \"control\"\n[listen]\nhttp = [\"127.0.0.1:0\"]\n\
-         [store]\npath = \"control.redb\"\nlog_retention = 1000\n[auth]\nadmin_token_file = \"admin.token\"\nnode_token_file = \"node.token\"\n",
+        &format!(
+            "[node]\nname = \"control\"\nrole = \"control\"\n[listen]\nhttp = [\"127.0.0.1:0\"]\n\
+             [store]\npath = \"control.redb\"\nlog_retention = {retention}\n[auth]\nadmin_token_file = \"admin.token\"\n\
+             node_token_file = \"node.token\"\n"
+        ),
     );
     let node = outpost_control::node::ControlNode::bind(&cfg, Box::new(String::new)).await.unwrap();
     let addr = node.addr();
     let control = Arc::clone(&node.control);
     tokio::spawn(node.run(stop.clone()));
     (addr, control)
+}
+
+async fn edge_node(dir: &Path, i: usize, control: SocketAddr) -> (SocketAddr, CancellationToken) {
+    let cfg = load(
+        dir,
+        &format!("edge-{i}"),
+        &format!(
+            "[node]\nname = \"edge-{i}\"\nrole = \"edge\"\npop = \"p{i}\"\nlatitude = 0.0\nlongitude = 0.0\naccess_log = \"off\"\n\
+             [listen]\nhttp = [\"127.0.0.1:0\"]\n[cache]\nmemory = \"16MiB\"\ndisk = \"32MiB\"\npath = \"cache-{i}\"\n\
+             [upstream]\nmode = \"origin\"\n[control]\nurl = \"http://{control}\"\ntoken_file = \"node.token\"\n"
+        ),
+    );
+    let node = outpost_edge::bind(&cfg).await.unwrap();
+    let addr = node.http_addrs()[0];
+    let stop = CancellationToken::new();
+    tokio::spawn(node.run(stop.clone()));
+    (addr, stop)
 }
 
 async fn cdn() -> Cdn {
@@ -92,21 +121,13 @@ async fn cdn() -> Cdn {
     let (control, _) = start_control(dir.path(), &stop).await;
     let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
     let mut edges = Vec::new();
+    let mut edge_stops = Vec::new();
     for i in 1..=3 {
-        let cfg = load(
-            dir.path(),
-            &format!("edge-{i}"),
-            &format!(
-                "[node]\nname = \"edge-{i}\"\nrole = \"edge\"\npop = \"p{i}\"\nlatitude = 0.0\nlongitude = 0.0\naccess_log = \"off\"\n\
-                 [listen]\nhttp = [\"127.0.0.1:0\"]\n[cache]\nmemory = \"16MiB\"\ndisk = \"32MiB\"\npath = \"cache-{i}\"\n\
-                 [upstream]\nmode = \"origin\"\n[control]\nurl = \"http://{control}\"\ntoken_file = \"node.token\"\n"
-            ),
-        );
-        let node = outpost_edge::bind(&cfg).await.unwrap();
-        edges.push(node.http_addrs()[0]);
-        tokio::spawn(node.run(stop.clone()));
+        let (addr, edge_stop) = edge_node(dir.path(), i, control).await;
+        edges.push(addr);
+        edge_stops.push(edge_stop.drop_guard());
     }
-    Cdn { dir, control, admin, edges, origin: origin_addr, stop }
+    Cdn { dir, control, admin, edges, origin: origin_addr, stop, _edges: edge_stops }
 }
 
 fn site(origin: SocketAddr) -> String {
@@ -254,5 +275,48 @@ async fn the_store_keeps_sites_log_and_purges_across_a_restart() {
     let purge = call(Method::GET, &format!("http://{addr}/v1/purges/p1"), Some(&admin), None, "").await;
     assert_eq!(purge.status, StatusCode::OK);
     assert_eq!(purge.json()["seq"], 2);
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_behind_the_compacted_log_takes_a_snapshot_and_serves_nothing_purged_as_a_hit() {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let origin = outpost_load::OriginServer::bind(&["127.0.0.1:0".parse().unwrap()], None).await.unwrap();
+    let origin_addr = origin.local_addrs()[0];
+    tokio::spawn(origin.run(stop.clone()));
+    let (control, _) = start_control_keeping(dir.path(), &stop, 2).await;
+    let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let api = |path: &str| format!("http://{control}{path}");
+    assert_eq!(
+        call(Method::POST, &api("/v1/sites"), Some(&admin), None, &site(origin_addr)).await.status,
+        StatusCode::CREATED
+    );
+    let (edge, edge_stop) = edge_node(dir.path(), 1, control).await;
+    let get = |addr: SocketAddr| async move {
+        call(Method::GET, &format!("http://{addr}/gone?cc=max-age%3D600&keys=old"), None, Some("shop.test"), "").await
+    };
+    eventually("the site", || async { get(edge).await.status == StatusCode::OK }).await;
+    assert!(get(edge).await.headers["cache-status"].to_str().unwrap().contains("; hit"));
+    // The edge goes away; meanwhile its object is purged and the log moves
+    // on past what it keeps.
+    edge_stop.cancel();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for tag in ["old", "a", "b", "c"] {
+        let body = format!(r#"{{"site": "shop", "tags": ["{tag}"]}}"#);
+        assert_eq!(call(Method::POST, &api("/v1/purge"), Some(&admin), None, &body).await.status, StatusCode::ACCEPTED);
+    }
+    let (edge, _again) = edge_node(dir.path(), 1, control).await;
+    eventually("the edge to catch up", || async {
+        let n = call(Method::GET, &api("/v1/nodes"), Some(&admin), None, "").await.json();
+        n[0]["lag"] == 0 && n[0]["connected"] == true
+    })
+    .await;
+    let r = get(edge).await;
+    let cs = r.headers["cache-status"].to_str().unwrap().to_string();
+    assert!(!cs.contains("; hit"), "an object purged while the edge was away is not a hit: {cs}");
+    // The hard tag purge left the log before the edge came back: what made
+    // the object stale is the snapshot's soft purge, so it was revalidated.
+    assert!(cs.contains("fwd=stale; fwd-status=304"), "{cs}");
     stop.cancel();
 }

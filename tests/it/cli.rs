@@ -145,3 +145,62 @@ fn http_get_host(addr: &str, path: &str, host: &str) -> String {
     s.read_to_end(&mut out).unwrap();
     String::from_utf8_lossy(&out).into_owned()
 }
+
+#[test]
+fn a_control_plane_killed_with_sigkill_keeps_what_it_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    std::fs::write(
+        dir.path().join("control.toml"),
+        format!(
+            "[node]\nname = \"control\"\nrole = \"control\"\n[listen]\nhttp = [\"127.0.0.1:{port}\"]\n[store]\npath = \"c.redb\"\n\
+             [auth]\nadmin_token_file = \"admin.token\"\nnode_token_file = \"node.token\"\n"
+        ),
+    )
+    .unwrap();
+    let start = || {
+        let child = outpost()
+            .arg("control")
+            .arg("--config")
+            .arg(dir.path().join("control.toml"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "control plane did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child
+    };
+    let api = |method: &str, path: &str, body: &str| {
+        use std::io::{Read, Write};
+        let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: c\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let mut control = start();
+    let site = "[site]\nid = \"keep\"\nhosts = [\"keep.test\"]\n[[origin]]\nurl = \"http://127.0.0.1:9\"\n";
+    assert!(api("POST", "/v1/sites", site).starts_with("HTTP/1.1 201"));
+    assert!(api("POST", "/v1/purge", r#"{"site": "keep", "all": true}"#).starts_with("HTTP/1.1 202"));
+    control.kill().unwrap(); // SIGKILL
+    control.wait().unwrap();
+    let mut control = start();
+    let sites = api("GET", "/v1/sites", "");
+    assert!(sites.contains("\"id\":\"keep\""), "{sites}");
+    let purge = api("GET", "/v1/purges/p1", "");
+    assert!(purge.starts_with("HTTP/1.1 200") && purge.contains("\"seq\":2"), "{purge}");
+    let health = api("GET", "/healthz", "");
+    assert!(health.contains("\"seq\":2"), "the log is whole: {health}");
+    control.kill().unwrap();
+    control.wait().unwrap();
+}

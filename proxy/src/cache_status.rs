@@ -86,6 +86,8 @@ pub struct CacheStatus {
     /// Time this request waited for the upstream's response head (not in
     /// the header; for the access log).
     pub upstream_wait: Option<std::time::Duration>,
+    /// Seconds the node has been cut off from its control plane.
+    pub partitioned: Option<u64>,
 }
 
 impl CacheStatus {
@@ -98,6 +100,7 @@ impl CacheStatus {
             collapsed: false,
             detail: None,
             upstream_wait: None,
+            partitioned: None,
         }
     }
 
@@ -145,6 +148,9 @@ impl CacheStatus {
         if let Some(d) = detail {
             s.push_str("; detail=");
             s.push_str(d);
+        }
+        if let Some(p) = self.partitioned {
+            s.push_str(&format!("; partitioned={p}"));
         }
         // The buffer becomes the value without a copy.
         HeaderValue::from_maybe_shared(bytes::Bytes::from(s)).unwrap_or_else(|_| HeaderValue::from_static("outpost"))

@@ -93,6 +93,7 @@ impl Subscriber {
         if state.seq > 0 {
             engine.set_sites(parse_sites(&state.sites));
         }
+        engine.link_control();
         Subscriber {
             engine,
             control,
@@ -233,6 +234,7 @@ impl Subscriber {
             return Err(format!("the control plane answered {}", resp.status()));
         }
         self.last_contact.store(now_ms(), Ordering::Release);
+        self.engine.control_contact();
         // Report where we stand (a heartbeat from this side too).
         self.ack(client, &token, self.seq()).await;
         let mut body = resp.into_body();
@@ -246,6 +248,7 @@ impl Subscriber {
             };
             let Ok(data) = frame.into_data() else { continue };
             self.last_contact.store(now_ms(), Ordering::Release);
+            self.engine.control_contact();
             buf.extend_from_slice(&data);
             let mut applied = None;
             let mut heartbeat = false;

@@ -96,6 +96,15 @@ async fn start_control_keeping(
 }
 
 async fn edge_node(dir: &Path, i: usize, control: SocketAddr) -> (SocketAddr, CancellationToken) {
+    let (addr, stop, _) = edge_engine(dir, i, control).await;
+    (addr, stop)
+}
+
+async fn edge_engine(
+    dir: &Path,
+    i: usize,
+    control: SocketAddr,
+) -> (SocketAddr, CancellationToken, Arc<outpost_proxy::Engine>) {
     let cfg = load(
         dir,
         &format!("edge-{i}"),
@@ -107,9 +116,10 @@ async fn edge_node(dir: &Path, i: usize, control: SocketAddr) -> (SocketAddr, Ca
     );
     let node = outpost_edge::bind(&cfg).await.unwrap();
     let addr = node.http_addrs()[0];
+    let engine = Arc::clone(node.engine());
     let stop = CancellationToken::new();
     tokio::spawn(node.run(stop.clone()));
-    (addr, stop)
+    (addr, stop, engine)
 }
 
 async fn cdn() -> Cdn {
@@ -358,5 +368,51 @@ async fn purge_latency() {
         ms(took[197]),
         ms(took[199])
     );
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_off_past_its_grace_a_node_revalidates_hits_and_serves_stale_when_the_origin_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let origin = outpost_load::OriginServer::bind(&["127.0.0.1:0".parse().unwrap()], None).await.unwrap();
+    let origin_addr = origin.local_addrs()[0];
+    tokio::spawn(origin.run(stop.clone()));
+    let control_stop = CancellationToken::new();
+    let (control, _) = start_control(dir.path(), &control_stop).await;
+    let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    // No stale-if-error: only the partition lets a stale copy stand in.
+    let text = format!("{}\n[stale]\nif_error = \"0s\"\npartition_grace = \"10s\"\n", site(origin_addr));
+    assert_eq!(
+        call(Method::POST, &format!("http://{control}/v1/sites"), Some(&admin), None, &text).await.status,
+        StatusCode::CREATED
+    );
+    let (edge, _edge_stop, engine) = edge_engine(dir.path(), 1, control).await;
+    let get = || async move {
+        call(Method::GET, &format!("http://{edge}/part?cc=max-age%3D600"), None, Some("shop.test"), "").await
+    };
+    eventually("the site", || async { get().await.status == StatusCode::OK }).await;
+    let hit = get().await;
+    assert!(hit.headers["cache-status"].to_str().unwrap().starts_with("edge-1; hit"));
+    assert!(engine.partitioned_for().is_none());
+
+    control_stop.cancel();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Inside the grace a hit is still a hit; past it, hits are revalidated.
+    engine.clock.advance(Duration::from_secs(7));
+    eprintln!("DEBUG partitioned_for {:?}", engine.partitioned_for());
+    let r = get().await;
+    let cs = r.headers["cache-status"].to_str().unwrap().to_string();
+    assert!(cs.contains("; hit") && cs.contains("partitioned="), "inside the grace: {cs}");
+    engine.clock.advance(Duration::from_secs(5));
+    let r = get().await;
+    let cs = r.headers["cache-status"].to_str().unwrap().to_string();
+    assert!(cs.contains("fwd=stale; fwd-status=304") && cs.contains("partitioned="), "revalidated: {cs}");
+    call(Method::POST, &format!("http://{origin_addr}/__origin/fault?mode=503"), None, None, "").await;
+    let r = get().await;
+    assert_eq!(r.status, StatusCode::OK, "the stale copy stands in");
+    let cs = r.headers["cache-status"].to_str().unwrap().to_string();
+    assert!(cs.contains("detail=stale-partitioned") && cs.contains("partitioned="), "{cs}");
+    assert_eq!(r.body, hit.body);
     stop.cancel();
 }

@@ -121,6 +121,7 @@ pub(super) async fn stream(
             }
             loop {
                 tokio::select! {
+                    _ = conn.control.closing.cancelled() => return None,
                     r = rx.recv() => match r {
                         Ok(record) if record.seq > cursor => {
                             cursor = record.seq;

@@ -113,6 +113,9 @@ pub struct Control {
     limiter: RateLimiter,
     retention: u64,
     render_metrics: Box<dyn Fn() -> String + Send + Sync>,
+    /// Ends the event streams when the control plane stops (a graceful
+    /// shutdown would otherwise wait for them forever).
+    pub closing: tokio_util::sync::CancellationToken,
 }
 
 impl std::fmt::Debug for Control {
@@ -141,6 +144,7 @@ impl Control {
             limiter: RateLimiter::default(),
             retention,
             render_metrics,
+            closing: tokio_util::sync::CancellationToken::new(),
         })
     }
 

@@ -186,9 +186,11 @@ impl FetchJob {
             self.revalidated(key, &stale, resp.headers(), initial_age, started, now);
             return;
         }
+        // A partitioned node past its grace keeps serving stale copies too.
+        let partitioned = engine.partitioned_for().is_some_and(|p| p > self.site.stale.partition_grace);
         if status.is_server_error()
             && let Some((_, stale)) = &self.stale
-            && stale.timing.usable_if_error(now)
+            && (partitioned || stale.timing.usable_if_error(now))
         {
             let label = self.site.id.clone();
             self.guard.flight.set_head(Head::Failed(UpstreamError::Status(label, status.as_u16())));

@@ -28,6 +28,13 @@ use observe::{AccessLog, Metrics};
 use respond::ResponseRules;
 pub use sites::SiteTable;
 
+/// Silence from the control plane longer than this is a partition.
+pub const PARTITION_AFTER: std::time::Duration = std::time::Duration::from_secs(6);
+
+fn epoch_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Pause before the second attempt at an upstream; doubles per attempt.
 const RETRY_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 
@@ -79,6 +86,11 @@ pub struct Engine {
     pub clock: Clock,
     pub metrics: Metrics,
     log: AccessLog,
+    /// Whether the node follows a control plane, and when (engine clock, ms
+    /// since the epoch; 0 = never) it last heard from it.
+    control_linked: std::sync::atomic::AtomicBool,
+    control_contact_ms: std::sync::atomic::AtomicU64,
+    started_ms: u64,
     rules: ResponseRules,
 }
 
@@ -105,6 +117,9 @@ impl Engine {
             clock: Clock::default(),
             metrics,
             log,
+            control_linked: std::sync::atomic::AtomicBool::new(false),
+            control_contact_ms: std::sync::atomic::AtomicU64::new(0),
+            started_ms: epoch_ms(std::time::SystemTime::now()),
             rules: ResponseRules { strip_cdn_headers: config.tier == Tier::Edge },
         };
         engine.metrics.sites.set(engine.sites.load().len() as f64);
@@ -117,6 +132,31 @@ impl Engine {
         self.sites.store(Arc::new(SiteTable::new(sites)));
         self.metrics.sites.set(self.sites.load().len() as f64);
         self.route.sites_changed(&self.sites.load().sites().cloned().collect::<Vec<_>>());
+    }
+
+    /// Marks this node as following a control plane.
+    pub fn link_control(&self) {
+        self.control_linked.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Records that the control plane was just heard from.
+    pub fn control_contact(&self) {
+        self.control_contact_ms.store(epoch_ms(self.clock.now()), std::sync::atomic::Ordering::Release);
+    }
+
+    /// How long the node has been cut off from its control plane, once
+    /// that is longer than [`PARTITION_AFTER`] (counted from start when it
+    /// was never reached).
+    pub fn partitioned_for(&self) -> Option<std::time::Duration> {
+        if !self.control_linked.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        let last = match self.control_contact_ms.load(std::sync::atomic::Ordering::Acquire) {
+            0 => self.started_ms,
+            t => t,
+        };
+        let silent = std::time::Duration::from_millis(epoch_ms(self.clock.now()).saturating_sub(last));
+        (silent > PARTITION_AFTER).then_some(silent)
     }
 
     /// Starts the route's background work (health probes).
@@ -260,6 +300,7 @@ impl Engine {
 
     /// Refreshes the gauges that are read rather than counted.
     pub fn update_gauges(&self) {
+        self.metrics.partitioned_seconds.set(self.partitioned_for().map_or(0.0, |d| d.as_secs_f64()));
         self.metrics.memory_bytes.set(self.store.memory_usage() as f64);
         self.metrics.flights.set(self.flights.len() as f64);
         self.metrics.purge_rules.set(self.purges.len() as f64);

@@ -64,6 +64,8 @@ pub struct Metrics {
     pub flights: Gauge,
     pub purge_rules: Gauge,
     pub sites: Gauge,
+    /// Seconds cut off from the control plane (0: in contact).
+    pub partitioned_seconds: Gauge,
 }
 
 impl Metrics {
@@ -89,7 +91,8 @@ impl Metrics {
             memory_bytes: gauge!("outpost_cache_memory_bytes", "node" => node.clone()),
             flights: gauge!("outpost_fetches_in_flight", "node" => node.clone()),
             purge_rules: gauge!("outpost_purge_rules", "node" => node.clone()),
-            sites: gauge!("outpost_sites", "node" => node),
+            sites: gauge!("outpost_sites", "node" => node.clone()),
+            partitioned_seconds: gauge!("outpost_partitioned_seconds", "node" => node),
         }
     }
 

@@ -45,6 +45,8 @@ struct Ctx {
     client: Option<SocketAddr>,
     /// Path and query as sent upstream for cacheable requests.
     upstream_path: String,
+    /// Seconds cut off from the control plane, when partitioned.
+    partitioned: Option<u64>,
 }
 
 type Answer = (Response<Body>, CacheStatus);
@@ -150,6 +152,7 @@ async fn steps(engine: &Arc<Engine>, req: Request<Incoming>, client: Option<Sock
         method: method.clone(),
         headers: parts.headers,
         client,
+        partitioned: engine.partitioned_for().map(|p| p.as_secs()),
     };
     if method == Method::GET || method == Method::HEAD {
         cacheable(&cx).await
@@ -182,6 +185,7 @@ async fn lookup(cx: &Ctx) -> Found {
 }
 
 fn serve_stored(cx: &Ctx, key: Key, obj: &StoredObject, status: CacheStatus) -> Answer {
+    let status = CacheStatus { partitioned: cx.partitioned, ..status };
     let engine = &cx.engine;
     let now = engine.clock.now();
     let source = BodySource::Stored { store: engine.store.clone(), key, body: obj.body.clone() };
@@ -204,6 +208,10 @@ async fn cacheable(cx: &Ctx) -> Answer {
     let engine = &cx.engine;
     let auth = cx.headers.contains_key(header::AUTHORIZATION);
     let only_if_cached = Directives::parse_all(cx.headers.get_all(header::CACHE_CONTROL)).only_if_cached;
+    // Cut off from the control plane past the site's grace: purges may have
+    // been missed, so hits are revalidated, and stale copies stand in when
+    // the upstream does not answer.
+    let distrust = cx.partitioned.is_some_and(|p| p > cx.site.stale.partition_grace.as_secs());
     for _ in 0..3 {
         let found = lookup(cx).await;
         let now = engine.clock.now();
@@ -216,7 +224,7 @@ async fn cacheable(cx: &Ctx) -> Answer {
                 outcome = Outcome::Expired;
             } else if !auth || obj.shareable_with_auth {
                 let freshness = match verdict {
-                    Verdict::Valid => obj.timing.freshness(now),
+                    Verdict::Valid if !distrust => obj.timing.freshness(now),
                     _ => Freshness::Stale(obj.timing.age(now)),
                 };
                 let ttl = Some(obj.timing.ttl_seconds(now));
@@ -244,14 +252,14 @@ async fn cacheable(cx: &Ctx) -> Answer {
         if only_if_cached {
             return local(Local::OnlyIfCached);
         }
-        match fetch(cx, found.key, stale, outcome, auth).await {
+        match fetch(cx, found.key, stale, outcome, auth, distrust).await {
             Some(answer) => return answer,
             None => continue,
         }
     }
     // The variant kept changing under us: fetch alone.
     let found = lookup(cx).await;
-    fetch(cx, found.key, None, Outcome::VaryMiss, true)
+    fetch(cx, found.key, None, Outcome::VaryMiss, true, false)
         .await
         .unwrap_or_else(|| local(Local::BadRequest("unstable variant")))
 }
@@ -280,6 +288,7 @@ async fn fetch(
     stale: Option<(Key, Arc<StoredObject>)>,
     outcome: Outcome,
     alone: bool,
+    partitioned: bool,
 ) -> Option<Answer> {
     let engine = &cx.engine;
     let join = if alone { Join::Leader(engine.flights.private(key)) } else { engine.flights.join(key) };
@@ -306,7 +315,7 @@ async fn fetch(
     };
     let collapsed = pass_rx.is_none();
     let waiting = Instant::now();
-    let mut answer = fetch_answer(cx, key, stale, outcome, collapsed, flight, pass_rx).await?;
+    let mut answer = fetch_answer(cx, key, stale, outcome, collapsed, flight, pass_rx, partitioned).await?;
     answer.1.upstream_wait.get_or_insert(waiting.elapsed());
     Some(answer)
 }
@@ -319,6 +328,7 @@ async fn fetch_answer(
     collapsed: bool,
     flight: Arc<super::flight::Flight>,
     pass_rx: Option<oneshot::Receiver<Response<Incoming>>>,
+    partitioned: bool,
 ) -> Option<Answer> {
     let engine = &cx.engine;
     let now = || engine.clock.now();
@@ -334,6 +344,7 @@ async fn fetch_answer(
                 ttl: head.storing.then(|| obj.timing.ttl_seconds(now())),
                 collapsed,
                 detail: head.not_stored,
+                partitioned: cx.partitioned,
                 ..CacheStatus::new(outcome)
             };
             let header = status.header(&engine.node, head.upstream_status.as_ref());
@@ -361,10 +372,11 @@ async fn fetch_answer(
                 Err(_) => local(Local::BadRequest("upstream response lost")),
             }),
             // Not shareable: this request fetches for itself.
-            None => Box::pin(fetch(cx, key, stale, Outcome::Pass, true)).await,
+            None => Box::pin(fetch(cx, key, stale, Outcome::Pass, true, partitioned)).await,
         },
         Head::Failed(error) => {
-            if let Some((skey, obj)) = stale.filter(|(_, o)| o.timing.usable_if_error(now())) {
+            if let Some((skey, obj)) = stale.filter(|(_, o)| partitioned || o.timing.usable_if_error(now())) {
+                let kind = if partitioned { Outcome::StalePartitioned } else { Outcome::StaleIfError };
                 let status = CacheStatus {
                     fwd_status: match &error {
                         crate::upstream::UpstreamError::Status(_, code) => Some(*code),
@@ -372,13 +384,14 @@ async fn fetch_answer(
                     },
                     ttl: Some(obj.timing.ttl_seconds(now())),
                     collapsed,
-                    ..CacheStatus::new(Outcome::StaleIfError)
+                    ..CacheStatus::new(kind)
                 };
                 return Some(serve_stored(cx, skey, &obj, status));
             }
             let mut answer = local(Local::Upstream(error.clone()));
             answer.1.detail = Some(error.as_str());
             answer.1.collapsed = collapsed;
+            answer.1.partitioned = cx.partitioned;
             Some(answer)
         }
         Head::Pending => Some(local(Local::Upstream(crate::upstream::UpstreamError::NoTarget))),
@@ -389,7 +402,12 @@ async fn fetch_answer(
 /// rules applied, our `Cache-Status` member appended.
 fn pass_response(cx: &Ctx, resp: Response<Incoming>, detail: Option<&'static str>) -> Answer {
     let (parts, body) = resp.into_parts();
-    let status = CacheStatus { fwd_status: Some(parts.status.as_u16()), detail, ..CacheStatus::new(Outcome::Pass) };
+    let status = CacheStatus {
+        fwd_status: Some(parts.status.as_u16()),
+        detail,
+        partitioned: cx.partitioned,
+        ..CacheStatus::new(Outcome::Pass)
+    };
     let mut headers = HeaderMap::with_capacity(parts.headers.len() + 1);
     for (name, value) in &parts.headers {
         if !is_hop_by_hop(name, &parts.headers) && name != "cache-status" {

@@ -146,9 +146,11 @@ impl UpstreamError {
         }
     }
 
-    /// Connection-level failures: a retry elsewhere may succeed.
+    /// Failures before any response: a retry elsewhere may succeed (for
+    /// idempotent requests). That includes a keep-alive connection the peer
+    /// closed just as the request went out.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, UpstreamError::Connect(_) | UpstreamError::Timeout(_))
+        matches!(self, UpstreamError::Connect(_) | UpstreamError::Timeout(_) | UpstreamError::Protocol(..))
     }
 }
 

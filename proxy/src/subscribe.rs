@@ -27,8 +27,9 @@ use crate::engine::Engine;
 
 /// No line for this long means the link is dead.
 pub const DEAD_AFTER: Duration = Duration::from_secs(6);
-/// Longest pause between reconnection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Longest pause between reconnection attempts: a healed link is used
+/// again within this (plus the replay), so catching up stays under a second.
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
 /// What the node persists about the control plane.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

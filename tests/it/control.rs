@@ -416,3 +416,49 @@ async fn cut_off_past_its_grace_a_node_revalidates_hits_and_serves_stale_when_th
     assert_eq!(r.body, hit.body);
     stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_keeps_serving_and_applies_missed_purges_in_order_on_healing() {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let origin = outpost_load::OriginServer::bind(&["127.0.0.1:0".parse().unwrap()], None).await.unwrap();
+    let origin_addr = origin.local_addrs()[0];
+    tokio::spawn(origin.run(stop.clone()));
+    let (control, _) = start_control(dir.path(), &stop).await;
+    let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let api = |path: &str| format!("http://{control}{path}");
+    call(Method::POST, &api("/v1/sites"), Some(&admin), None, &site(origin_addr)).await;
+    let relay = crate::relay::Relay::start(control).await;
+    let (edge, _edge_stop, _) = edge_engine(dir.path(), 1, relay.addr).await;
+    let get = |path: &'static str| async move {
+        call(Method::GET, &format!("http://{edge}{path}"), None, Some("shop.test"), "").await
+    };
+    eventually("the site", || async { get("/a?cc=max-age%3D600&keys=one").await.status == StatusCode::OK }).await;
+    get("/b?cc=max-age%3D600&keys=two").await;
+    relay.cut();
+    for tag in ["one", "two"] {
+        let body = format!(r#"{{"site": "shop", "tags": ["{tag}"]}}"#);
+        assert_eq!(call(Method::POST, &api("/v1/purge"), Some(&admin), None, &body).await.status, StatusCode::ACCEPTED);
+    }
+    // Cut off, the edge keeps serving what it has (it has not heard of the purges).
+    for path in ["/a?cc=max-age%3D600&keys=one", "/b?cc=max-age%3D600&keys=two"] {
+        let r = get(path).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(r.headers["cache-status"].to_str().unwrap().contains("; hit"));
+    }
+    let last = call(Method::GET, &api("/healthz"), None, None, "").await.json()["seq"].as_u64().unwrap();
+    relay.heal();
+    let healed = std::time::Instant::now();
+    eventually("the edge to apply both purges", || async {
+        let n = call(Method::GET, &api("/v1/nodes"), Some(&admin), None, "").await.json();
+        n[0]["acked_seq"].as_u64() == Some(last)
+    })
+    .await;
+    let took = healed.elapsed();
+    println!("applied both purges {took:?} after healing");
+    assert!(took < Duration::from_secs(1), "applied within 1 s of healing: {took:?}");
+    for path in ["/a?cc=max-age%3D600&keys=one", "/b?cc=max-age%3D600&keys=two"] {
+        assert!(!get(path).await.headers["cache-status"].to_str().unwrap().contains("; hit"), "{path} was purged");
+    }
+    stop.cancel();
+}

@@ -1,5 +1,6 @@
 //! End-to-end tests of the `outpost` binary.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 mod cli;
 mod control;
+mod relay;

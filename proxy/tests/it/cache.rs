@@ -370,11 +370,13 @@ async fn a_50_mib_object_streams_through_in_chunks() {
     }
     let grown_mib = (peak.saturating_sub(before)) / 1024;
     println!("RSS grew by {grown_mib} MiB while streaming 50 MiB twice");
-    // Measured alone (nextest runs each test in its own process): about
-    // 35 MiB, of which 8 MiB is the memory tier by design and most of the
-    // rest foyer's write queue and the allocator's caches. It does not grow
-    // with the object: a 200 MiB object peaks at about 43 MiB.
-    assert!(grown_mib < 40, "memory grew by {grown_mib} MiB for a 50 MiB object");
+    // Measured alone (nextest runs each test in its own process): 32 to
+    // 40 MiB, of which 8 MiB is the memory tier by design and most of the
+    // rest foyer's write queue and the allocator's retained arenas. It does
+    // not grow with the object: a 200 MiB object peaks at about 43 MiB.
+    // The bound is the object's size less a margin, so it fails if the
+    // body is ever held whole.
+    assert!(grown_mib < 48, "memory grew by {grown_mib} MiB for a 50 MiB object");
     let r = edge.get_with(path, &[("range", "bytes=40000000-40000099")]).await;
     assert_eq!(r.status, http::StatusCode::PARTIAL_CONTENT);
     assert_eq!(r.body, outpost_load::content::bytes(seed, 40_000_000, 100));

@@ -125,9 +125,7 @@ async fn edge_engine(
 async fn cdn() -> Cdn {
     let dir = tempfile::tempdir().unwrap();
     let stop = CancellationToken::new();
-    let origin = outpost_load::OriginServer::bind(&["127.0.0.1:0".parse().unwrap()], None).await.unwrap();
-    let origin_addr = origin.local_addrs()[0];
-    tokio::spawn(origin.run(stop.clone()));
+    let origin_addr = test_origin(&stop).await;
     let (control, _) = start_control(dir.path(), &stop).await;
     let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
     let mut edges = Vec::new();
@@ -138,6 +136,14 @@ async fn cdn() -> Cdn {
         edge_stops.push(edge_stop.drop_guard());
     }
     Cdn { dir, control, admin, edges, origin: origin_addr, stop, _edges: edge_stops }
+}
+
+/// The test origin on port 0, until `stop`.
+async fn test_origin(stop: &CancellationToken) -> SocketAddr {
+    let origin = outpost_load::OriginServer::bind(&["127.0.0.1:0".parse().unwrap()], None).await.unwrap();
+    let addr = origin.local_addrs()[0];
+    tokio::spawn(origin.run(stop.clone()));
+    addr
 }
 
 fn site(origin: SocketAddr) -> String {
@@ -292,9 +298,7 @@ async fn the_store_keeps_sites_log_and_purges_across_a_restart() {
 async fn a_node_behind_the_compacted_log_takes_a_snapshot_and_serves_nothing_purged_as_a_hit() {
     let dir = tempfile::tempdir().unwrap();
     let stop = CancellationToken::new();
-    let origin = outpost_load::OriginServer::bind(&["127.0.0.1:0".parse().unwrap()], None).await.unwrap();
-    let origin_addr = origin.local_addrs()[0];
-    tokio::spawn(origin.run(stop.clone()));
+    let origin_addr = test_origin(&stop).await;
     let (control, _) = start_control_keeping(dir.path(), &stop, 2).await;
     let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
     let api = |path: &str| format!("http://{control}{path}");
@@ -375,9 +379,7 @@ async fn purge_latency() {
 async fn cut_off_past_its_grace_a_node_revalidates_hits_and_serves_stale_when_the_origin_fails() {
     let dir = tempfile::tempdir().unwrap();
     let stop = CancellationToken::new();
-    let origin = outpost_load::OriginServer::bind(&["127.0.0.1:0".parse().unwrap()], None).await.unwrap();
-    let origin_addr = origin.local_addrs()[0];
-    tokio::spawn(origin.run(stop.clone()));
+    let origin_addr = test_origin(&stop).await;
     let control_stop = CancellationToken::new();
     let (control, _) = start_control(dir.path(), &control_stop).await;
     let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
@@ -421,9 +423,7 @@ async fn cut_off_past_its_grace_a_node_revalidates_hits_and_serves_stale_when_th
 async fn a_node_cut_off_keeps_serving_and_applies_missed_purges_in_order_on_healing() {
     let dir = tempfile::tempdir().unwrap();
     let stop = CancellationToken::new();
-    let origin = outpost_load::OriginServer::bind(&["127.0.0.1:0".parse().unwrap()], None).await.unwrap();
-    let origin_addr = origin.local_addrs()[0];
-    tokio::spawn(origin.run(stop.clone()));
+    let origin_addr = test_origin(&stop).await;
     let (control, _) = start_control(dir.path(), &stop).await;
     let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
     let api = |path: &str| format!("http://{control}{path}");

@@ -175,6 +175,13 @@ async fn a_shield_absorbs_an_origin_outage_for_edges_that_never_saw_the_object()
     let first = via(cdn.edges[0].addr, path).await;
     let shield_name = first.cache_status().split(';').next().unwrap().to_string();
     let owner = cdn.shields.iter().find(|s| *s.engine.node == *shield_name).unwrap();
+    // The shield's fetch may still be closing after the client has the
+    // body: wait until the shield answers from its store.
+    let at_shield = format!("http://{}{path}", owner.addr);
+    eventually("the shield to hold the object", || async {
+        get(&at_shield, "s.test").await.cache_status().starts_with(&format!("{shield_name}; hit"))
+    })
+    .await;
     owner.engine.clock.advance(Duration::from_secs(30));
     cdn.origin.control("fault?mode=503").await;
     let r = via(cdn.edges[2].addr, path).await;

@@ -43,8 +43,6 @@ struct Ctx {
     method: Method,
     headers: HeaderMap,
     client: Option<SocketAddr>,
-    /// Path and query as sent upstream for cacheable requests.
-    upstream_path: String,
     /// Seconds cut off from the control plane, when partitioned.
     partitioned: Option<u64>,
 }
@@ -146,7 +144,6 @@ async fn steps(engine: &Arc<Engine>, req: Request<Incoming>, client: Option<Sock
     let (parts, body) = req.into_parts();
     let cx = Ctx {
         engine: Arc::clone(engine),
-        upstream_path: rkey.url.clone(),
         site,
         rkey,
         method: method.clone(),
@@ -197,7 +194,8 @@ fn serve_stored(cx: &Ctx, key: Key, obj: &StoredObject, status: CacheStatus) -> 
 fn origin_of(cx: &Ctx) -> Origin {
     Origin {
         headers: cx.headers.clone(),
-        path: cx.upstream_path.clone(),
+        // The keyed URL (normalised path, shaped query) is what goes upstream.
+        path: cx.rkey.url.clone(),
         client: cx.client.map(|c| c.ip()),
         has_authorization: cx.headers.contains_key(header::AUTHORIZATION),
     }

@@ -134,7 +134,7 @@ impl<'s> Sink<'s> {
 }
 
 /// Where a file's relative paths are resolved from: the file's own folder.
-pub(crate) fn base_dir(file: &Path) -> PathBuf {
+pub fn base_dir(file: &Path) -> PathBuf {
     match file.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),

@@ -22,7 +22,7 @@ use toml::Spanned;
 use toml::de::DeTable;
 
 pub use decode::ByteSize;
-pub use diag::{ConfigError, Diagnostic, Loc, Located};
+pub use diag::{ConfigError, Diagnostic, Loc, Located, base_dir};
 pub use event::{Ack, Event, EventRecord, MAX_PURGE_ITEMS, Purge, PurgeTarget, SiteSnapshot, StreamLine, purge_path};
 pub use node::*;
 pub use site::*;

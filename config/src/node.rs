@@ -15,7 +15,7 @@ use toml::Spanned;
 
 use crate::decode::{ByteSize, Decode, Table, Val, parse_str};
 use crate::diag::{ConfigError, Diagnostic, Sink, base_dir};
-use crate::site::{Site, positive};
+use crate::site::{Site, existing_file, positive};
 
 /// Largest request head (request line and headers). Browsers send 1–4 KiB;
 /// 32 KiB leaves room for big cookies while capping what a client can pin.
@@ -65,9 +65,9 @@ impl Role {
     /// The sections a node file of this role may have besides `[node]`.
     fn sections(self) -> &'static [&'static str] {
         match self {
-            Role::Edge => &["listen", "limits", "cache", "upstream", "control"],
-            Role::Shield => &["listen", "limits", "cache", "control"],
-            Role::Control => &["listen", "limits", "store", "auth"],
+            Role::Edge => &["listen", "limits", "tls", "cache", "upstream", "control"],
+            Role::Shield => &["listen", "limits", "tls", "cache", "control"],
+            Role::Control => &["listen", "limits", "tls", "store", "auth"],
             Role::Dns => &["listen", "dns", "control"],
             Role::Origin => &["listen", "origin"],
         }
@@ -77,7 +77,8 @@ impl Role {
     fn listeners(self) -> &'static [&'static str] {
         match self {
             Role::Edge | Role::Shield => &["http", "https", "admin"],
-            Role::Control | Role::Origin => &["http"],
+            Role::Control => &["http", "https"],
+            Role::Origin => &["http"],
             Role::Dns => &["dns", "admin"],
         }
     }
@@ -105,8 +106,44 @@ pub struct NodeConfig {
     pub pop: Option<Pop>,
     pub listen: Listen,
     pub limits: Limits,
+    pub tls: NodeTls,
     pub control: Option<ControlLink>,
     pub role: RoleConfig,
+}
+
+/// A node's own TLS settings; sites bring their certificates themselves.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeTls {
+    /// Presented when no site's certificate matches the name a client asks
+    /// for (or it names none), if `unknown_sni` says so. The control plane's
+    /// API certificate.
+    pub cert: Option<CertFiles>,
+    pub unknown_sni: UnknownSni,
+    /// Clients must present a certificate issued by this CA (mutual TLS:
+    /// shields requiring it from edges).
+    pub client_ca: Option<PathBuf>,
+    /// Trusted besides the public roots when verifying https upstreams.
+    pub upstream_ca: Option<PathBuf>,
+    /// Presented to https upstreams that ask for a client certificate.
+    pub upstream_cert: Option<CertFiles>,
+}
+
+/// A PEM certificate chain and its private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// What a TLS listener does with a client asking for a name no site serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnknownSni {
+    /// Fail the handshake (`unrecognized_name`-style alert): nothing about the
+    /// node's other sites is revealed.
+    #[default]
+    Reject,
+    /// Present the node's default certificate (`[tls] cert`).
+    Default,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -157,6 +194,8 @@ pub struct ControlLink {
     pub url: Uri,
     /// Holds the node token; read at start, never logged.
     pub token_file: PathBuf,
+    /// Trusted besides the public roots when the url is `https`.
+    pub ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -342,7 +381,7 @@ fn decode_node(
     head.finish(s);
 
     // Sections that exist but the role does not use.
-    for section in ["listen", "limits", "cache", "upstream", "control", "store", "auth", "dns", "origin"] {
+    for section in ["listen", "limits", "tls", "cache", "upstream", "control", "store", "auth", "dns", "origin"] {
         if !role.sections().contains(&section) && root.has(section) {
             let span = root.span_of(section);
             s.error(&span, format!("[{section}] is not used by a {} node", role.as_str()));
@@ -350,6 +389,17 @@ fn decode_node(
     }
 
     let listen = decode_listen(s, root, role);
+    let tls = match root.table(s, "tls").filter(|_| role.sections().contains(&"tls")) {
+        Some(mut t) => decode_tls(s, &mut t, role, &base),
+        None => NodeTls::default(),
+    };
+    if role == Role::Control
+        && let Some(l) = &listen
+        && !l.https.is_empty()
+        && tls.cert.is_none()
+    {
+        s.error(&root.span.clone(), "listen.https needs [tls] cert and key for the API");
+    }
     let limits = match root.table(s, "limits").filter(|_| role.sections().contains(&"limits")) {
         Some(mut t) => decode_limits(s, &mut t),
         None => Limits::default(),
@@ -358,8 +408,9 @@ fn decode_node(
         root.table(s, "control").and_then(|mut t| {
             let url: Option<Uri> = t.req(s, "url");
             let token_file: Option<String> = t.req(s, "token_file");
+            let ca = t.opt::<Spanned<String>>(s, "ca").and_then(|p| existing_file(s, &base, &p));
             t.finish(s);
-            Some(ControlLink { url: url?, token_file: base.join(token_file?) })
+            Some(ControlLink { url: url?, token_file: base.join(token_file?), ca })
         })
     } else {
         None
@@ -402,6 +453,7 @@ fn decode_node(
         pop,
         listen: listen?,
         limits,
+        tls,
         control,
         role: role_config,
     })
@@ -455,11 +507,63 @@ fn decode_listen(s: &mut Sink<'_>, root: &mut Table<'_, '_>, role: Role) -> Opti
     if serves_http && listen.http.is_empty() && listen.https.is_empty() {
         s.error(&t.span.clone(), format!("a {} node needs at least one listen.http address", role.as_str()));
     }
-    if role == Role::Control && listen.http.len() > 1 {
-        s.error(&t.span_of("http"), "the control plane's API listens on one address");
+    if role == Role::Control && listen.http.len() + listen.https.len() > 1 {
+        s.error(&t.span.clone(), "the control plane's API listens on one address, http or https");
     }
     t.finish(s);
     Some(listen)
+}
+
+fn decode_tls(s: &mut Sink<'_>, t: &mut Table<'_, '_>, role: Role, base: &Path) -> NodeTls {
+    let mut file = |s: &mut Sink<'_>, t: &mut Table<'_, '_>, key: &'static str| {
+        t.opt::<Spanned<String>>(s, key).and_then(|p| existing_file(s, base, &p))
+    };
+    let pair = |s: &mut Sink<'_>,
+                t: &mut Table<'_, '_>,
+                file: &mut dyn FnMut(&mut Sink<'_>, &mut Table<'_, '_>, &'static str) -> Option<PathBuf>,
+                cert: &'static str,
+                key: &'static str| {
+        let (has_cert, has_key) = (t.has(cert), t.has(key));
+        let pair = (file(s, t, cert), file(s, t, key));
+        if has_cert != has_key {
+            let (present, missing) = if has_cert { (cert, key) } else { (key, cert) };
+            s.error(&t.span_of(present), format!("tls.{present} needs tls.{missing} beside it"));
+        }
+        match pair {
+            (Some(cert), Some(key)) => Some(CertFiles { cert, key }),
+            _ => None,
+        }
+    };
+    let cert = pair(s, t, &mut file, "cert", "key");
+    if role == Role::Control {
+        if cert.is_none() && !t.has("cert") {
+            s.error(&t.span.clone(), "[tls] of the control plane needs cert and key");
+        }
+        t.finish(s);
+        return NodeTls { cert, ..NodeTls::default() };
+    }
+    let unknown_sni = t.or(s, "unknown_sni", UnknownSni::Reject);
+    if unknown_sni == UnknownSni::Default && !t.has("cert") {
+        s.error(
+            &t.span_of("unknown_sni"),
+            "unknown_sni = \"default\" needs the default certificate: tls.cert and tls.key",
+        );
+    }
+    let client_ca = file(s, t, "client_ca");
+    let upstream_ca = file(s, t, "upstream_ca");
+    let upstream_cert = pair(s, t, &mut file, "upstream_cert", "upstream_key");
+    t.finish(s);
+    NodeTls { cert, unknown_sni, client_ca, upstream_ca, upstream_cert }
+}
+
+impl Decode for UnknownSni {
+    fn decode(s: &mut Sink<'_>, v: &Val<'_>) -> Option<Self> {
+        parse_str(s, v, "\"reject\" or \"default\"", |t| match t {
+            "reject" => Ok(UnknownSni::Reject),
+            "default" => Ok(UnknownSni::Default),
+            _ => Err(format!("tls.unknown_sni must be \"reject\" or \"default\", found `{t}`")),
+        })
+    }
 }
 
 fn decode_limits(s: &mut Sink<'_>, t: &mut Table<'_, '_>) -> Limits {

@@ -70,6 +70,8 @@ pub struct Origin {
     pub response_timeout: Duration,
     pub max_connections: u32,
     pub health: Option<HealthCheck>,
+    /// Trusted besides the public roots when the url is `https`: a private CA.
+    pub ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -128,10 +130,15 @@ pub struct StalePolicy {
     pub partition_grace: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The certificate edges and shields present for the site's hosts. The files
+/// are read by each node (a site file travels through the control plane, the
+/// key never does), so their existence is checked where they are used.
+#[derive(Debug, Clone, PartialEq)]
 pub struct SiteTls {
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    /// PEM: the leaf certificate first, then its intermediates.
+    pub cert: Located<PathBuf>,
+    /// PEM: PKCS#8, PKCS#1 or SEC1 private key.
+    pub key: Located<PathBuf>,
 }
 
 /// Changes made to every response sent to a client.
@@ -143,12 +150,19 @@ pub struct HeaderRules {
 
 impl Site {
     /// Parses and validates a site file's text. `file` names it in messages and
-    /// anchors relative paths (TLS files).
+    /// its folder anchors relative paths (TLS and CA files).
     pub fn parse(file: &Path, text: &str) -> Result<Site, ConfigError> {
+        Site::parse_in(file, text, &base_dir(file))
+    }
+
+    /// Like [`Site::parse`], with relative paths anchored at `base`: a node
+    /// resolves the paths of a site received from the control plane against
+    /// its own configuration folder.
+    pub fn parse_in(file: &Path, text: &str, base: &Path) -> Result<Site, ConfigError> {
         let mut s = Sink::new(file, text);
         let site = crate::parse_document(&mut s).and_then(|doc| {
             let mut root = Table::new("[file]", doc.span(), doc.get_ref());
-            let site = decode_site(&mut s, &mut root, &base_dir(file));
+            let site = decode_site(&mut s, &mut root, base);
             root.finish(&mut s);
             site
         });
@@ -197,7 +211,7 @@ fn decode_site(s: &mut Sink<'_>, root: &mut Table<'_, '_>, base: &Path) -> Optio
     if origin_tables.is_empty() {
         s.error(&root.span.clone(), "a site needs at least one [[origin]] with a url");
     }
-    let origins: Vec<Origin> = origin_tables.into_iter().filter_map(|mut t| decode_origin(s, &mut t)).collect();
+    let origins: Vec<Origin> = origin_tables.into_iter().filter_map(|mut t| decode_origin(s, &mut t, base)).collect();
 
     let cache = match root.table(s, "cache") {
         Some(mut t) => decode_cache(s, &mut t),
@@ -208,8 +222,11 @@ fn decode_site(s: &mut Sink<'_>, root: &mut Table<'_, '_>, base: &Path) -> Optio
         None => StalePolicy::default(),
     };
     let tls = root.table(s, "tls").and_then(|mut t| {
-        let cert = t.req::<Spanned<String>>(s, "cert").and_then(|p| existing_file(s, base, &p));
-        let key = t.req::<Spanned<String>>(s, "key").and_then(|p| existing_file(s, base, &p));
+        let mut path = |s: &mut Sink<'_>, key| {
+            t.req::<Spanned<String>>(s, key).map(|p| s.located(&p.span(), base.join(p.get_ref())))
+        };
+        let cert = path(s, "cert");
+        let key = path(s, "key");
         t.finish(s);
         Some(SiteTls { cert: cert?, key: key? })
     });
@@ -297,8 +314,14 @@ fn ttl(s: &mut Sink<'_>, t: &mut Table<'_, '_>, key: &'static str, default: Dura
     }
 }
 
-fn decode_origin(s: &mut Sink<'_>, t: &mut Table<'_, '_>) -> Option<Origin> {
+fn decode_origin(s: &mut Sink<'_>, t: &mut Table<'_, '_>, base: &Path) -> Option<Origin> {
     let url: Option<Uri> = t.req(s, "url");
+    let ca = t.opt::<Spanned<String>>(s, "ca").map(|p| {
+        if url.as_ref().is_some_and(|u| u.scheme_str() != Some("https")) {
+            s.error(&p.span(), "origin ca is only used with an https url");
+        }
+        base.join(p.get_ref())
+    });
     let host = t.opt::<Spanned<String>>(s, "host").and_then(|h| match HostPattern::parse(h.get_ref()) {
         Ok(HostPattern::Exact(name)) => Some(name),
         _ => {
@@ -331,7 +354,7 @@ fn decode_origin(s: &mut Sink<'_>, t: &mut Table<'_, '_>) -> Option<Origin> {
         Some(HealthCheck { path: path?, interval, timeout, healthy_threshold, unhealthy_threshold })
     });
     t.finish(s);
-    Some(Origin { url: url?, host, weight, connect_timeout, response_timeout, max_connections, health })
+    Some(Origin { url: url?, host, weight, connect_timeout, response_timeout, max_connections, health, ca })
 }
 
 /// An integer that must be at least 1.
@@ -490,7 +513,7 @@ fn decode_header_rules(s: &mut Sink<'_>, t: &mut Table<'_, '_>) -> HeaderRules {
     rules
 }
 
-fn existing_file(s: &mut Sink<'_>, base: &Path, p: &Spanned<String>) -> Option<PathBuf> {
+pub(crate) fn existing_file(s: &mut Sink<'_>, base: &Path, p: &Spanned<String>) -> Option<PathBuf> {
     let path = base.join(p.get_ref());
     if path.is_file() {
         Some(path)
@@ -632,7 +655,7 @@ remove = ["x-powered-by"]
         assert!(with("[cache]\nkey_headers = [\"host\"]")[0].contains("already in every key"));
         assert!(with("[[cache.path]]\npattern = \"/a/*\"\nforce = true")[0].contains("needs a ttl"));
         assert!(with("[stale]\nif_error = \"forever\"")[0].contains("not a duration"));
-        assert!(with("[tls]\ncert = \"nope.pem\"\nkey = \"nope.key\"").len() == 2);
+        assert_eq!(with("[tls]\ncert = \"site.pem\"").len(), 1, "a certificate needs its key");
         assert!(with("[cache]\ndefualt_ttl = \"1s\"")[0].contains("did you mean `default_ttl`"));
         assert!(with("[headers]\nset = { \"bad header\" = \"x\" }")[0].contains("not a valid header name"));
     }

@@ -9,15 +9,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::Uri;
 use http_body_util::Empty;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use outpost_config::{Site, Upstream, UpstreamMode};
 use outpost_proxy::key::Key;
 use outpost_proxy::rendezvous;
-use outpost_proxy::upstream::{Route, Target};
+use outpost_proxy::upstream::{ProbeClient, Probes, Route, Target};
 use tokio_util::sync::CancellationToken;
 
 /// Connecting to a shield on the CDN's own network takes milliseconds.
@@ -79,13 +76,11 @@ impl ShieldRoute {
             response_timeout: origin_wait + SHIELD_EXTRA_TIME,
             label: Arc::from(shield.name.as_str()),
             limit: None,
+            ca: None,
         }
     }
 
-    async fn probe(
-        client: &Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
-        shield: &Shield,
-    ) -> bool {
+    async fn probe(client: &ProbeClient, shield: &Shield) -> bool {
         let Ok(req) = http::Request::get(&shield.base).header(http::header::HOST, PROBE_HOST).body(Empty::new()) else {
             return false;
         };
@@ -125,12 +120,12 @@ impl Route for ShieldRoute {
         }
     }
 
-    fn start(self: Arc<Self>, shutdown: CancellationToken) {
+    fn start(self: Arc<Self>, shutdown: CancellationToken, probes: Probes) {
         if self.shields.is_empty() {
             return;
         }
         tokio::spawn(async move {
-            let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+            let client = probes.client(None, SHIELD_CONNECT_TIMEOUT);
             let mut tick = tokio::time::interval(self.probe_interval);
             loop {
                 tokio::select! {

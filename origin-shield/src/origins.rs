@@ -9,14 +9,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http_body_util::Empty;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use outpost_config::{HealthCheck, Origin, Site};
 use outpost_proxy::key::Key;
 use outpost_proxy::rendezvous;
-use outpost_proxy::upstream::{Route, Target};
+use outpost_proxy::upstream::{ProbeClient, Probes, Route, Target};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -91,11 +88,7 @@ impl OriginPool {
             .unwrap_or_default()
     }
 
-    async fn check(
-        client: &Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
-        o: &OriginState,
-        check: &HealthCheck,
-    ) -> bool {
+    async fn check(client: &ProbeClient, o: &OriginState, check: &HealthCheck) -> bool {
         let url = format!("{}{}", o.origin.url.to_string().trim_end_matches('/'), check.path);
         let mut req = http::Request::get(url);
         if let Some(h) = &o.origin.host {
@@ -130,6 +123,7 @@ impl Route for OriginPool {
                     response_timeout: o.response_timeout,
                     label: Arc::from("origin"),
                     limit: Some(Arc::clone(&states[i].limit)),
+                    ca: o.ca.clone(),
                 }
             })
             .collect()
@@ -143,9 +137,10 @@ impl Route for OriginPool {
         self.sites.write().unwrap_or_else(|p| p.into_inner()).retain(|id, _| ids.contains(&id.as_str()));
     }
 
-    fn start(self: Arc<Self>, shutdown: CancellationToken) {
+    fn start(self: Arc<Self>, shutdown: CancellationToken, probes: Probes) {
         tokio::spawn(async move {
-            let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+            // One client per CA in use, kept so checks reuse connections.
+            let mut clients: HashMap<(Option<std::path::PathBuf>, Duration), ProbeClient> = HashMap::new();
             let mut due: HashMap<String, Instant> = HashMap::new();
             let mut tick = tokio::time::interval(CHECK_TICK);
             loop {
@@ -163,7 +158,10 @@ impl Route for OriginPool {
                         continue;
                     }
                     due.insert(id, now + check.interval);
-                    let ok = Self::check(&client, &o, &check).await;
+                    let client = clients
+                        .entry((o.origin.ca.clone(), o.origin.connect_timeout))
+                        .or_insert_with(|| probes.client(o.origin.ca.as_deref(), o.origin.connect_timeout));
+                    let ok = Self::check(client, &o, &check).await;
                     o.record(ok, &check);
                 }
             }

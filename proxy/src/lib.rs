@@ -16,6 +16,7 @@ pub mod resolve;
 pub mod serve;
 pub mod store;
 pub mod subscribe;
+pub mod tls;
 pub mod upstream;
 
 pub use engine::{Engine, EngineConfig, Tier};

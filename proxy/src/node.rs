@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Engine, EngineConfig, EngineError, Tier};
+use crate::serve::Listener;
 use crate::upstream::Route;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +29,9 @@ pub enum NodeError {
 pub struct Node {
     engine: Arc<Engine>,
     http: Vec<TcpListener>,
+    https: Vec<TcpListener>,
     admin: Option<TcpListener>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     subscriber: Option<Arc<crate::subscribe::Subscriber>>,
 }
 
@@ -41,36 +44,59 @@ impl EngineConfig {
             cache: proxy.cache.clone(),
             sites: proxy.sites.clone(),
             access_log: proxy.access_log.clone(),
+            tls: node.tls.clone(),
+            https_port: node.listen.https.first().map(|a| a.port()),
         }
     }
 }
+
+/// How often certificate files are checked for replacement.
+const CERT_RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Node {
     /// Opens the engine (recovering its disk cache) and binds its listeners.
     pub async fn bind(node: &NodeConfig, tier: Tier, route: Arc<dyn Route>) -> Result<Node, NodeError> {
         let proxy = node.proxy().ok_or_else(|| NodeError::NotAProxy(node.file.display().to_string()))?;
         let http = crate::serve::bind(&node.listen.http).await?;
+        let https = crate::serve::bind(&node.listen.https).await?;
         let admin = match node.listen.admin {
             Some(a) => Some(crate::serve::bind(&[a]).await?.remove(0)),
             None => None,
         };
-        let engine = Engine::open(EngineConfig::from_node(node, proxy, tier), route).await?;
-        let subscriber = node.control.as_ref().map(|link| {
+        let mut config = EngineConfig::from_node(node, proxy, tier);
+        // Port 0 in the file: the port actually bound.
+        config.https_port = https.first().and_then(|l| l.local_addr().ok()).map(|a| a.port()).or(config.https_port);
+        let engine = Engine::open(config, route).await?;
+        let tls = if https.is_empty() {
+            None
+        } else {
+            Some(
+                crate::tls::server_config(Arc::clone(&engine.certs), node.tls.client_ca.as_deref())
+                    .map_err(EngineError::Tls)?,
+            )
+        };
+        let control_tls = match &node.control {
+            Some(link) => {
+                Some(crate::tls::client_config(link.ca.as_deref().as_slice(), None).map_err(EngineError::Tls)?)
+            }
+            None => None,
+        };
+        let subscriber = node.control.as_ref().zip(control_tls).map(|(link, tls)| {
             let me = crate::subscribe::Identity {
                 name: node.name.clone(),
                 role: node.role().as_str().to_string(),
                 pop: node.pop.as_ref().map(|p| p.name.clone()),
                 addrs: http.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.to_string()).collect(),
             };
-            Arc::new(crate::subscribe::Subscriber::new(
-                Arc::clone(&engine),
-                link.url.clone(),
-                link.token_file.clone(),
-                me,
-                proxy.cache.path.as_deref(),
-            ))
+            let link = crate::subscribe::Link {
+                url: link.url.clone(),
+                token_file: link.token_file.clone(),
+                tls,
+                base: outpost_config::base_dir(&node.file),
+            };
+            Arc::new(crate::subscribe::Subscriber::new(Arc::clone(&engine), link, me, proxy.cache.path.as_deref()))
         });
-        Ok(Node { engine, http, admin, subscriber })
+        Ok(Node { engine, http, https, tls, admin, subscriber })
     }
 
     /// The control-plane follower, when the node has a `[control]` section.
@@ -86,6 +112,10 @@ impl Node {
         self.http.iter().filter_map(|l| l.local_addr().ok()).collect()
     }
 
+    pub fn https_addrs(&self) -> Vec<SocketAddr> {
+        self.https.iter().filter_map(|l| l.local_addr().ok()).collect()
+    }
+
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
@@ -99,7 +129,12 @@ impl Node {
         }
         let health: Arc<dyn crate::admin::Health> = Arc::clone(&self.engine) as Arc<dyn crate::admin::Health>;
         let admin = self.admin.map(|l| tokio::spawn(crate::admin::serve(health, l, shutdown.clone())));
-        let served = crate::serve::serve(Arc::clone(&self.engine), self.http, shutdown.clone()).await;
+        if self.tls.is_some() {
+            Arc::clone(&self.engine.certs).watch(CERT_RELOAD_INTERVAL, shutdown.clone());
+        }
+        let mut listeners: Vec<Listener> = self.http.into_iter().map(|tcp| Listener { tcp, tls: None }).collect();
+        listeners.extend(self.https.into_iter().map(|tcp| Listener { tcp, tls: self.tls.clone() }));
+        let served = crate::serve::serve(Arc::clone(&self.engine), listeners, shutdown.clone()).await;
         if let Some(a) = admin {
             let _ = a.await;
         }

@@ -1,5 +1,10 @@
-//! Client connections: accept, HTTP/1.1 and HTTP/2 (h2c by preface) on
-//! hyper-util's auto server, with the node's limits.
+//! Client connections: accept, TLS when the listener has it, HTTP/1.1 and
+//! HTTP/2 (by ALPN over TLS, by preface in cleartext) on hyper-util's auto
+//! server, with the node's limits.
+//!
+//! A TLS handshake runs in the connection's own task under the header-read
+//! timeout, so a client that stalls mid-handshake holds one connection slot
+//! for at most that long and never delays accepting others.
 //!
 //! Timeouts follow the connection's state rather than hyper's single
 //! header timer (which also runs while a keep-alive connection idles):
@@ -33,8 +38,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -73,10 +79,22 @@ impl ConnState {
     }
 }
 
+/// A bound client listener.
+#[derive(Debug)]
+pub struct Listener {
+    pub tcp: TcpListener,
+    /// Terminates TLS on accepted connections; cleartext when `None`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// Marks the request as received over TLS (an extension of the request).
+#[derive(Debug, Clone, Copy)]
+pub struct Secure;
+
 /// Marks the start of a request head on the first bytes read while idle,
 /// and reads HTTP/1 heads for framing conflicts.
-struct TrackedIo {
-    inner: TcpStream,
+struct TrackedIo<S> {
+    inner: S,
     state: Arc<ConnState>,
     /// The request head being read, while one is.
     head: Vec<u8>,
@@ -100,7 +118,7 @@ fn framing_conflict(head: &[u8]) -> bool {
     cl && te
 }
 
-impl TrackedIo {
+impl<S> TrackedIo<S> {
     fn sniff(&mut self, new: &[u8]) {
         if !self.collecting {
             if self.state.active.load(Ordering::Acquire) != 0 {
@@ -126,7 +144,7 @@ impl TrackedIo {
     }
 }
 
-impl AsyncRead for TrackedIo {
+impl<S: AsyncRead + Unpin> AsyncRead for TrackedIo<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
@@ -144,7 +162,7 @@ impl AsyncRead for TrackedIo {
     }
 }
 
-impl AsyncWrite for TrackedIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedIo<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
@@ -207,7 +225,7 @@ fn builder(engine: &Engine) -> auto::Builder<TokioExecutor> {
 }
 
 /// Serves clients on `listeners` until `shutdown`.
-pub async fn serve(engine: Arc<Engine>, listeners: Vec<TcpListener>, shutdown: CancellationToken) -> io::Result<()> {
+pub async fn serve(engine: Arc<Engine>, listeners: Vec<Listener>, shutdown: CancellationToken) -> io::Result<()> {
     let tracker = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(engine.limits.max_connections as usize));
     let mut accepting = tokio::task::JoinSet::new();
@@ -222,7 +240,7 @@ pub async fn serve(engine: Arc<Engine>, listeners: Vec<TcpListener>, shutdown: C
                 };
                 let (stream, peer) = tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    r = listener.accept() => match r {
+                    r = listener.tcp.accept() => match r {
                         Ok(x) => x,
                         Err(e) => {
                             // Out of descriptors and the like: back off, keep serving.
@@ -235,8 +253,32 @@ pub async fn serve(engine: Arc<Engine>, listeners: Vec<TcpListener>, shutdown: C
                 let _ = stream.set_nodelay(true);
                 let engine = Arc::clone(&engine);
                 let shutdown = shutdown.clone();
+                let tls = listener.tls.clone().map(TlsAcceptor::from);
                 tracker.spawn(async move {
-                    connection(engine, stream, peer, shutdown).await;
+                    match tls {
+                        None => connection(engine, stream, peer, false, shutdown).await,
+                        Some(acceptor) => {
+                            let wait = engine.limits.header_read_timeout;
+                            let handshake = tokio::select! {
+                                _ = shutdown.cancelled() => return,
+                                r = tokio::time::timeout(wait, acceptor.accept(stream)) => r,
+                            };
+                            match handshake {
+                                Ok(Ok(tls)) => {
+                                    engine.metrics.tls_handshake(true);
+                                    connection(engine, tls, peer, true, shutdown).await;
+                                }
+                                Ok(Err(e)) => {
+                                    engine.metrics.tls_handshake(false);
+                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                }
+                                Err(_) => {
+                                    engine.metrics.tls_handshake(false);
+                                    tracing::debug!(%peer, "TLS handshake not finished in time");
+                                }
+                            }
+                        }
+                    }
                     drop(permit);
                 });
             }
@@ -250,7 +292,10 @@ pub async fn serve(engine: Arc<Engine>, listeners: Vec<TcpListener>, shutdown: C
     Ok(())
 }
 
-async fn connection(engine: Arc<Engine>, stream: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
+async fn connection<S>(engine: Arc<Engine>, stream: S, peer: SocketAddr, secure: bool, shutdown: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let state = Arc::new(ConnState {
         epoch: Instant::now(),
         active: AtomicUsize::new(0),
@@ -269,8 +314,11 @@ async fn connection(engine: Arc<Engine>, stream: TcpStream, peer: SocketAddr, sh
     });
     let svc_state = Arc::clone(&state);
     let svc_engine = Arc::clone(&engine);
-    let service = service_fn(move |req: Request<Incoming>| {
+    let service = service_fn(move |mut req: Request<Incoming>| {
         let (engine, state) = (Arc::clone(&svc_engine), Arc::clone(&svc_state));
+        if secure {
+            req.extensions_mut().insert(Secure);
+        }
         state.active.fetch_add(1, Ordering::AcqRel);
         state.head_started.store(0, Ordering::Release);
         async move {

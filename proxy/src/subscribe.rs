@@ -47,11 +47,26 @@ pub struct Identity {
     pub addrs: Vec<String>,
 }
 
+/// Where and how a node reaches its control plane.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub url: Uri,
+    pub token_file: PathBuf,
+    /// Verifies the control plane when the url is `https`.
+    pub tls: Arc<rustls::ClientConfig>,
+    /// Folder that relative paths in received sites resolve against.
+    pub base: PathBuf,
+}
+
+type ControlClient = Client<crate::tls::client::Connector, Full<Bytes>>;
+
 #[derive(Debug)]
 pub struct Subscriber {
     engine: Arc<Engine>,
     control: Uri,
     token_file: PathBuf,
+    base: PathBuf,
+    tls: Arc<rustls::ClientConfig>,
     me: Identity,
     state_file: Option<PathBuf>,
     state: Mutex<LocalState>,
@@ -63,10 +78,12 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-fn parse_sites(sites: &BTreeMap<String, SiteSnapshot>) -> Vec<Site> {
+/// The sites of a snapshot; relative paths in them (certificates) resolve
+/// against `base`, the node file's folder.
+fn parse_sites(sites: &BTreeMap<String, SiteSnapshot>, base: &Path) -> Vec<Site> {
     sites
         .values()
-        .filter_map(|s| match Site::parse(Path::new(&s.id), &s.toml) {
+        .filter_map(|s| match Site::parse_in(Path::new(&s.id), &s.toml, base) {
             Ok(site) => Some(site),
             Err(e) => {
                 tracing::warn!(site = %s.id, error = %e, "site from the control plane does not load here; skipped");
@@ -78,13 +95,7 @@ fn parse_sites(sites: &BTreeMap<String, SiteSnapshot>) -> Vec<Site> {
 
 impl Subscriber {
     /// Loads the persisted state (applying its sites to the engine at once).
-    pub fn new(
-        engine: Arc<Engine>,
-        control: Uri,
-        token_file: PathBuf,
-        me: Identity,
-        state_dir: Option<&Path>,
-    ) -> Subscriber {
+    pub fn new(engine: Arc<Engine>, link: Link, me: Identity, state_dir: Option<&Path>) -> Subscriber {
         let state_file = state_dir.map(|d| d.join("control-state.json"));
         let state: LocalState = state_file
             .as_ref()
@@ -92,13 +103,15 @@ impl Subscriber {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
         if state.seq > 0 {
-            engine.set_sites(parse_sites(&state.sites));
+            engine.set_sites(parse_sites(&state.sites, &link.base));
         }
         engine.link_control();
         Subscriber {
             engine,
-            control,
-            token_file,
+            control: link.url,
+            token_file: link.token_file,
+            base: link.base,
+            tls: link.tls,
             me,
             state_file,
             state: Mutex::new(state),
@@ -145,7 +158,7 @@ impl Subscriber {
                     st.seq = seq;
                     st.clone()
                 };
-                self.engine.set_sites(parse_sites(&state.sites));
+                self.engine.set_sites(parse_sites(&state.sites, &self.base));
                 self.persist(&state);
                 Some(seq)
             }
@@ -176,7 +189,7 @@ impl Subscriber {
                     st.clone()
                 };
                 if sites_changed {
-                    self.engine.set_sites(parse_sites(&state.sites));
+                    self.engine.set_sites(parse_sites(&state.sites, &self.base));
                 }
                 self.persist(&state);
                 Some(record.seq)
@@ -188,12 +201,7 @@ impl Subscriber {
         format!("{}{}", self.control.to_string().trim_end_matches('/'), path_and_query)
     }
 
-    async fn ack(
-        &self,
-        client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
-        token: &str,
-        seq: u64,
-    ) {
+    async fn ack(&self, client: &ControlClient, token: &str, seq: u64) {
         let body = serde_json::to_vec(&Ack { node: self.me.name.clone(), seq }).unwrap_or_default();
         let req = Request::post(self.url("/v1/ack"))
             .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
@@ -207,10 +215,7 @@ impl Subscriber {
     }
 
     /// One connection: stream until it ends or goes silent.
-    async fn follow(
-        &self,
-        client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
-    ) -> Result<(), String> {
+    async fn follow(&self, client: &ControlClient) -> Result<(), String> {
         let token = std::fs::read_to_string(&self.token_file)
             .map_err(|e| format!("node token `{}`: {e}", self.token_file.display()))?
             .trim()
@@ -272,7 +277,12 @@ impl Subscriber {
     /// Follows the control plane until `shutdown`, reconnecting as needed.
     pub fn start(self: Arc<Self>, shutdown: CancellationToken) {
         tokio::spawn(async move {
-            let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+            let connector = crate::tls::client::connector(
+                Arc::clone(&self.tls),
+                crate::resolve::Resolve::system(),
+                Duration::from_secs(2),
+            );
+            let client: ControlClient = Client::builder(TokioExecutor::new()).build(connector);
             let mut backoff = Duration::from_millis(100);
             loop {
                 let result = tokio::select! {

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Debug;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,13 +12,14 @@ use http::{Request, Response, Uri};
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use outpost_config::Site;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::key::Key;
+use crate::tls::UpstreamTls;
+use crate::tls::client::Connector;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Request bodies sent upstream.
@@ -42,6 +44,8 @@ pub struct Target {
     pub label: Arc<str>,
     /// Caps requests in flight to this target; more wait in line.
     pub limit: Option<Arc<Semaphore>>,
+    /// A CA trusted for this target besides the node's (https only).
+    pub ca: Option<PathBuf>,
 }
 
 impl PartialEq for Target {
@@ -64,6 +68,7 @@ impl Target {
                 response_timeout: o.response_timeout,
                 label: Arc::from("origin"),
                 limit: None,
+                ca: o.ca.clone(),
             })
             .collect()
     }
@@ -79,7 +84,7 @@ pub trait Route: Send + Sync + Debug + 'static {
     /// The node's sites changed (and at start): learn their upstreams.
     fn sites_changed(&self, _sites: &[Arc<Site>]) {}
     /// Starts background work (health probes) until `shutdown`.
-    fn start(self: Arc<Self>, _shutdown: CancellationToken) {}
+    fn start(self: Arc<Self>, _shutdown: CancellationToken, _probes: Probes) {}
 }
 
 /// Straight to the site's origins.
@@ -154,31 +159,60 @@ impl UpstreamError {
     }
 }
 
-type Connector = HttpConnector<crate::resolve::Resolve>;
+/// A client for health probes.
+pub type ProbeClient = Client<Connector, http_body_util::Empty<Bytes>>;
 
-/// Pooled keep-alive clients, one per connect timeout in use.
+/// Makes health-probe clients that connect as requests do: same resolver,
+/// same TLS trust and client certificate.
+#[derive(Debug, Clone)]
+pub struct Probes {
+    tls: Arc<UpstreamTls>,
+    resolve: crate::resolve::Resolve,
+}
+
+impl Probes {
+    /// A client for upstreams trusting `extra_ca` besides the node's roots.
+    pub fn client(&self, extra_ca: Option<&std::path::Path>, connect_timeout: Duration) -> ProbeClient {
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .build(self.tls.connector(extra_ca, self.resolve.clone(), connect_timeout))
+    }
+}
+
+/// Connections are pooled per connect timeout and extra CA.
+type PoolKey = (Duration, Option<PathBuf>);
+
+/// Pooled keep-alive clients, one per connect timeout and CA in use.
 #[derive(Debug)]
 pub struct UpstreamClient {
     resolve: crate::resolve::Resolve,
-    clients: Mutex<HashMap<Duration, Client<Connector, ReqBody>>>,
+    tls: Arc<UpstreamTls>,
+    clients: Mutex<HashMap<PoolKey, Client<Connector, ReqBody>>>,
 }
 
 impl Default for UpstreamClient {
     fn default() -> Self {
-        UpstreamClient { resolve: crate::resolve::Resolve::system(), clients: Mutex::new(HashMap::new()) }
+        UpstreamClient::new(Arc::new(UpstreamTls::default()))
     }
 }
 
 impl UpstreamClient {
-    fn client(&self, connect_timeout: Duration) -> Client<Connector, ReqBody> {
+    pub fn new(tls: Arc<UpstreamTls>) -> UpstreamClient {
+        UpstreamClient { resolve: crate::resolve::Resolve::system(), tls, clients: Mutex::new(HashMap::new()) }
+    }
+
+    /// Clients for health probes, with the same TLS settings and resolver.
+    pub fn probes(&self) -> Probes {
+        Probes { tls: Arc::clone(&self.tls), resolve: self.resolve.clone() }
+    }
+
+    fn client(&self, connect_timeout: Duration, ca: Option<&PathBuf>) -> Client<Connector, ReqBody> {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         clients
-            .entry(connect_timeout)
+            .entry((connect_timeout, ca.cloned()))
             .or_insert_with(|| {
-                let mut connector = HttpConnector::new_with_resolver(self.resolve.clone());
-                connector.set_connect_timeout(Some(connect_timeout));
-                connector.set_nodelay(true);
-                connector.set_keepalive(Some(Duration::from_secs(60)));
+                let connector = self.tls.connector(ca.map(PathBuf::as_path), self.resolve.clone(), connect_timeout);
                 Client::builder(TokioExecutor::new())
                     .pool_idle_timeout(POOL_IDLE_TIMEOUT)
                     .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
@@ -195,11 +229,14 @@ impl UpstreamClient {
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let uri = format!("{}://{}{}", target.base.scheme_str().unwrap_or("http"), name, path);
         *req.uri_mut() = uri.parse().map_err(|e| UpstreamError::Protocol(name.clone(), format!("{e}")))?;
-        let client = self.client(target.connect_timeout);
+        let client = self.client(target.connect_timeout, target.ca.as_ref());
         match tokio::time::timeout(target.response_timeout, client.request(req)).await {
             Err(_) => Err(UpstreamError::Timeout(name)),
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(name)),
+            Ok(Err(e)) if e.is_connect() => {
+                tracing::debug!(upstream = %name, error = ?e, "cannot connect");
+                Err(UpstreamError::Connect(name))
+            }
             Ok(Err(e)) if client_body_error(&e).is_some() => {
                 Err(UpstreamError::ClientBody { too_large: client_body_error(&e).is_some_and(|c| c.too_large) })
             }

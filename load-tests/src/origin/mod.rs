@@ -114,6 +114,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct OriginServer {
     listeners: Vec<TcpListener>,
     state: Arc<State>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl OriginServer {
@@ -130,7 +131,13 @@ impl OriginServer {
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {a}: {e}")))?;
             listeners.push(l);
         }
-        Ok(OriginServer { listeners, state: Arc::new(State { dir, ..State::default() }) })
+        Ok(OriginServer { listeners, state: Arc::new(State { dir, ..State::default() }), tls: None })
+    }
+
+    /// Serves HTTPS instead of cleartext on every listener (ALPN per `config`).
+    pub fn with_tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(config);
+        self
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
@@ -143,6 +150,7 @@ impl OriginServer {
         let mut accepting = tokio::task::JoinSet::new();
         for listener in self.listeners {
             let state = Arc::clone(&self.state);
+            let tls = self.tls.clone().map(tokio_rustls::TlsAcceptor::from);
             let shutdown = shutdown.clone();
             let graceful = Arc::clone(&graceful);
             accepting.spawn(async move {
@@ -161,18 +169,39 @@ impl OriginServer {
                     let _ = stream.set_nodelay(true);
                     let state = Arc::clone(&state);
                     let svc = service_fn(move |req| handle(Arc::clone(&state), req));
-                    let builder = auto::Builder::new(TokioExecutor::new());
-                    let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
-                    let conn = graceful.watch(conn);
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
+                    match &tls {
+                        None => {
+                            let builder = auto::Builder::new(TokioExecutor::new());
+                            let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                            let conn = graceful.watch(conn);
+                            tokio::spawn(async move {
+                                let _ = conn.await;
+                            });
+                        }
+                        Some(acceptor) => {
+                            // The handshake runs in the connection's task; a
+                            // connection that finishes it after shutdown began
+                            // is dropped.
+                            let (acceptor, graceful) = (acceptor.clone(), Arc::downgrade(&graceful));
+                            tokio::spawn(async move {
+                                let handshake = tokio::time::timeout(SHUTDOWN_GRACE, acceptor.accept(stream)).await;
+                                let Ok(Ok(stream)) = handshake else { return };
+                                let builder = auto::Builder::new(TokioExecutor::new());
+                                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                                let Some(watch) = graceful.upgrade().map(|g| g.watch(conn)) else { return };
+                                let _ = watch.await;
+                            });
+                        }
+                    }
                 }
             });
         }
         while accepting.join_next().await.is_some() {}
-        let graceful = Arc::try_unwrap(graceful).map_err(|_| io::Error::other("listener tasks still running"))?;
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
+        // A TLS connection finishing its handshake holds the tracker for a
+        // moment; then there is nothing to wait for.
+        if let Ok(graceful) = Arc::try_unwrap(graceful) {
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
+        }
         Ok(())
     }
 }

@@ -22,6 +22,7 @@ use crate::clock::Clock;
 use crate::key::{Key, RequestKey, normalize_path, shape_query};
 use crate::purge::PurgeRules;
 use crate::store::{Entry, Store, StoreError};
+use crate::tls::CertStore;
 use crate::upstream::{ReqBody, Route, UpstreamClient, UpstreamError};
 use flight::Flights;
 use observe::{AccessLog, Metrics};
@@ -56,6 +57,10 @@ pub struct EngineConfig {
     pub cache: CacheStorage,
     pub sites: Vec<Site>,
     pub access_log: outpost_config::AccessLog,
+    pub tls: outpost_config::NodeTls,
+    /// Port of the node's first HTTPS listener: where `https_only` sites
+    /// send plain-HTTP clients (443 when unset).
+    pub https_port: Option<u16>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +75,8 @@ pub enum EngineError {
     UnknownSite(String),
     #[error("bad purge: {0}")]
     BadPurge(String),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsFileError),
 }
 
 #[derive(Debug)]
@@ -92,6 +99,9 @@ pub struct Engine {
     control_contact_ms: std::sync::atomic::AtomicU64,
     started_ms: u64,
     rules: ResponseRules,
+    /// Certificates presented by the node's TLS listeners, by SNI.
+    pub certs: Arc<CertStore>,
+    pub https_port: Option<u16>,
 }
 
 impl Engine {
@@ -104,6 +114,8 @@ impl Engine {
         };
         let metrics = Metrics::new(&config.node);
         let log = AccessLog::start(&config.node, &config.access_log).map_err(EngineError::AccessLog)?;
+        let upstream_tls = Arc::new(crate::tls::UpstreamTls::new(&config.tls)?);
+        let certs = Arc::new(CertStore::new(&config.node, &config.tls)?);
         let engine = Engine {
             node: Arc::from(config.node.as_str()),
             tier: config.tier,
@@ -112,7 +124,7 @@ impl Engine {
             store,
             purges,
             flights: Arc::new(Flights::default()),
-            upstream: UpstreamClient::default(),
+            upstream: UpstreamClient::new(upstream_tls),
             route,
             clock: Clock::default(),
             metrics,
@@ -121,9 +133,13 @@ impl Engine {
             control_contact_ms: std::sync::atomic::AtomicU64::new(0),
             started_ms: epoch_ms(std::time::SystemTime::now()),
             rules: ResponseRules { strip_cdn_headers: config.tier == Tier::Edge },
+            certs,
+            https_port: config.https_port,
         };
         engine.metrics.sites.set(engine.sites.load().len() as f64);
-        engine.route.sites_changed(&engine.sites.load().sites().cloned().collect::<Vec<_>>());
+        let sites = engine.sites.load().sites().cloned().collect::<Vec<_>>();
+        engine.route.sites_changed(&sites);
+        engine.certs.set_sites(sites);
         Ok(Arc::new(engine))
     }
 
@@ -131,7 +147,9 @@ impl Engine {
     pub fn set_sites(&self, sites: Vec<Site>) {
         self.sites.store(Arc::new(SiteTable::new(sites)));
         self.metrics.sites.set(self.sites.load().len() as f64);
-        self.route.sites_changed(&self.sites.load().sites().cloned().collect::<Vec<_>>());
+        let sites = self.sites.load().sites().cloned().collect::<Vec<_>>();
+        self.route.sites_changed(&sites);
+        self.certs.set_sites(sites);
     }
 
     /// Marks this node as following a control plane.
@@ -161,7 +179,7 @@ impl Engine {
 
     /// Starts the route's background work (health probes).
     pub fn start_route(&self, shutdown: tokio_util::sync::CancellationToken) {
-        Arc::clone(&self.route).start(shutdown);
+        Arc::clone(&self.route).start(shutdown, self.upstream.probes());
     }
 
     pub fn sites(&self) -> Arc<SiteTable> {

@@ -60,6 +60,8 @@ pub struct Metrics {
     upstream_body_errors: Counter,
     coalesced: Counter,
     purges: Counter,
+    tls_ok: Counter,
+    tls_failed: Counter,
     pub memory_bytes: Gauge,
     pub flights: Gauge,
     pub purge_rules: Gauge,
@@ -87,6 +89,8 @@ impl Metrics {
             upstream_errors: counter!("outpost_upstream_errors_total", "node" => node.clone()),
             upstream_body_errors: counter!("outpost_upstream_body_errors_total", "node" => node.clone()),
             coalesced: counter!("outpost_coalesced_waiters_total", "node" => node.clone()),
+            tls_ok: counter!("outpost_tls_handshakes_total", "node" => node.clone(), "result" => "ok"),
+            tls_failed: counter!("outpost_tls_handshakes_total", "node" => node.clone(), "result" => "failed"),
             purges: counter!("outpost_purges_total", "node" => node.clone()),
             memory_bytes: gauge!("outpost_cache_memory_bytes", "node" => node.clone()),
             flights: gauge!("outpost_fetches_in_flight", "node" => node.clone()),
@@ -122,6 +126,10 @@ impl Metrics {
 
     pub fn purge(&self) {
         self.purges.increment(1);
+    }
+
+    pub fn tls_handshake(&self, ok: bool) {
+        if ok { &self.tls_ok } else { &self.tls_failed }.increment(1);
     }
 }
 

@@ -17,22 +17,23 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use outpost_config::Site;
 use tokio::sync::oneshot;
 
-use super::Engine;
 use super::fetch::{FetchJob, Origin, forward_headers};
 use super::flight::{Head, Join};
 use super::observe::AccessRecord;
 use super::respond::{Body, BodySource, Local, object_response};
+use super::{Engine, Tier};
 use crate::cache_status::{CacheStatus, Outcome};
 use crate::key::{Key, RequestKey, normalize_path, shape_query};
 use crate::policy::{Directives, Freshness, is_hop_by_hop};
 use crate::purge::Verdict;
+use crate::serve::Secure;
 use crate::store::{Entry, StoredObject};
 
 /// What the steps after `key` need.
@@ -92,6 +93,18 @@ pub(super) async fn handle(
     resp
 }
 
+/// Where an `https_only` site sends a plain-HTTP request: the same host
+/// (without the client's port) and target, over HTTPS on the node's port.
+fn https_location<B>(req: &Request<B>, https_port: Option<u16>) -> HeaderValue {
+    let host = host_of(req).map_or(String::new(), |h| super::sites::host_name(h).to_ascii_lowercase());
+    let port = match https_port {
+        Some(443) | None => String::new(),
+        Some(p) => format!(":{p}"),
+    };
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    HeaderValue::from_str(&format!("https://{host}{port}{target}")).unwrap_or_else(|_| HeaderValue::from_static("/"))
+}
+
 fn host_of<B>(req: &Request<B>) -> Option<&str> {
     req.uri().authority().map(|a| a.as_str()).or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()))
 }
@@ -132,6 +145,10 @@ async fn steps(engine: &Arc<Engine>, req: Request<Incoming>, client: Option<Sock
     let Some(site) = host_of(&req).and_then(|h| sites.find(h)).cloned() else {
         return local(Local::UnknownHost);
     };
+    let secure = req.extensions().get::<Secure>().is_some();
+    if site.https_only && !secure {
+        return local(Local::Redirect(https_location(&req, engine.https_port)));
+    }
     let Ok(path) = normalize_path(req.uri().path()) else {
         return local(Local::BadRequest("malformed path"));
     };
@@ -141,7 +158,13 @@ async fn steps(engine: &Arc<Engine>, req: Request<Incoming>, client: Option<Sock
     if method == Method::TRACE || method == Method::CONNECT {
         return local(Local::MethodNotAllowed);
     }
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    if engine.tier == Tier::Edge {
+        // The edge is where the client's scheme is known; tiers behind it
+        // pass on what the edge said. A client's own value is overwritten.
+        let proto = HeaderValue::from_static(if secure { "https" } else { "http" });
+        parts.headers.insert(HeaderName::from_static("x-forwarded-proto"), proto);
+    }
     let cx = Ctx {
         engine: Arc::clone(engine),
         site,

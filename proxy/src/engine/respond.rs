@@ -43,6 +43,8 @@ pub enum Local {
     Loop,
     PayloadTooLarge,
     OnlyIfCached,
+    /// `https_only`: the same URL over HTTPS.
+    Redirect(HeaderValue),
     Upstream(UpstreamError),
 }
 
@@ -55,6 +57,7 @@ impl Local {
             Local::Loop => StatusCode::LOOP_DETECTED,
             Local::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Local::OnlyIfCached => StatusCode::GATEWAY_TIMEOUT,
+            Local::Redirect(_) => StatusCode::PERMANENT_REDIRECT,
             Local::Upstream(UpstreamError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
             Local::Upstream(UpstreamError::NoTarget) => StatusCode::SERVICE_UNAVAILABLE,
             Local::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -69,6 +72,7 @@ impl Local {
             Local::Loop => "request loop detected".into(),
             Local::PayloadTooLarge => "request body too large".into(),
             Local::OnlyIfCached => "not in cache (only-if-cached)".into(),
+            Local::Redirect(to) => format!("moved to {}", to.to_str().unwrap_or("https")),
             Local::Upstream(e) => format!("upstream error: {}", e.as_str()),
         }
     }
@@ -79,6 +83,9 @@ impl Local {
         let h = r.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Local::Redirect(to) = self {
+            h.insert(header::LOCATION, to.clone());
+        }
         if matches!(self, Local::MethodNotAllowed) {
             h.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
         }

@@ -6,3 +6,4 @@ mod harness;
 
 mod cache;
 mod serving;
+mod tls;

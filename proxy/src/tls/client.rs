@@ -1,0 +1,129 @@
+//! TLS towards upstreams (edge → shield, shield → origin) and the control
+//! plane: verification against the public web roots plus the CA files the
+//! configuration names, SNI from the URL's host, and an optional client
+//! certificate for mutual TLS between tiers.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper_util::client::legacy::connect::HttpConnector;
+use outpost_config::{CertFiles, NodeTls};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore, version};
+
+use super::files::{TlsFileError, add_roots, load_certs, load_key};
+use crate::resolve::Resolve;
+
+/// An upstream connector: plain TCP for `http://`, TLS for `https://`.
+pub type Connector = hyper_rustls::HttpsConnector<HttpConnector<Resolve>>;
+
+/// A connector for `http://` and `https://` URLs, TLS per `config`.
+pub fn connector(config: Arc<ClientConfig>, resolve: Resolve, connect_timeout: Duration) -> Connector {
+    let mut http = HttpConnector::new_with_resolver(resolve);
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    Connector::from((http, config))
+}
+
+/// A client configuration trusting the public web roots and `extra_ca`,
+/// presenting `identity` when the server asks for a client certificate.
+pub fn client_config(extra_ca: &[&Path], identity: Option<&CertFiles>) -> Result<Arc<ClientConfig>, TlsFileError> {
+    let mut roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    for ca in extra_ca {
+        add_roots(&mut roots, ca)?;
+    }
+    let identity = identity.map(|c| Ok::<_, TlsFileError>((load_certs(&c.cert)?, load_key(&c.key)?))).transpose()?;
+    build(roots, identity)
+}
+
+type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+fn build(roots: RootCertStore, identity: Option<Identity>) -> Result<Arc<ClientConfig>, TlsFileError> {
+    let builder = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&version::TLS13, &version::TLS12])
+        .map_err(|e| TlsFileError::Setup(e.to_string()))?
+        .with_root_certificates(roots);
+    let config = match identity {
+        Some((chain, key)) => {
+            builder.with_client_auth_cert(chain, key).map_err(|e| TlsFileError::Setup(e.to_string()))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
+/// The TLS side of a node's upstream connections. Client configurations are
+/// built once per extra CA file (a site's origin may name its own) and kept,
+/// so connections share their session caches and resume.
+#[derive(Debug)]
+pub struct UpstreamTls {
+    /// Public roots plus the node's `upstream_ca`.
+    roots: RootCertStore,
+    identity: Option<Arc<Identity>>,
+    configs: Mutex<HashMap<Option<PathBuf>, Arc<ClientConfig>>>,
+}
+
+impl UpstreamTls {
+    /// From a node's `[tls]`; its files must load.
+    pub fn new(tls: &NodeTls) -> Result<UpstreamTls, TlsFileError> {
+        let mut roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+        if let Some(ca) = &tls.upstream_ca {
+            add_roots(&mut roots, ca)?;
+        }
+        let identity = match &tls.upstream_cert {
+            Some(c) => Some(Arc::new((load_certs(&c.cert)?, load_key(&c.key)?))),
+            None => None,
+        };
+        let this = UpstreamTls { roots, identity, configs: Mutex::new(HashMap::new()) };
+        // Fails now, at start, if the identity is unusable.
+        this.build(None)?;
+        Ok(this)
+    }
+
+    fn build(&self, extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>, TlsFileError> {
+        let mut roots = self.roots.clone();
+        if let Some(ca) = extra_ca {
+            add_roots(&mut roots, ca)?;
+        }
+        build(roots, self.identity.as_ref().map(|i| (i.0.clone(), i.1.clone_key())))
+    }
+
+    /// The client configuration for upstreams trusting `extra_ca` as well.
+    /// A CA file that cannot be loaded is reported and left out: such an
+    /// upstream then fails verification rather than being trusted blindly.
+    pub fn config(&self, extra_ca: Option<&Path>) -> Arc<ClientConfig> {
+        let mut configs = self.configs.lock().unwrap_or_else(|p| p.into_inner());
+        let key = extra_ca.map(Path::to_path_buf);
+        if let Some(c) = configs.get(&key) {
+            return Arc::clone(c);
+        }
+        let config = self.build(extra_ca).unwrap_or_else(|e| {
+            tracing::error!("upstream CA: {e}");
+            self.build(None).unwrap_or_else(|_| {
+                build(RootCertStore::empty(), None).expect("an empty client configuration always builds")
+            })
+        });
+        configs.insert(key, Arc::clone(&config));
+        config
+    }
+
+    /// A connector for upstreams trusting `extra_ca` as well.
+    pub fn connector(&self, extra_ca: Option<&Path>, resolve: Resolve, connect_timeout: Duration) -> Connector {
+        connector(self.config(extra_ca), resolve, connect_timeout)
+    }
+}
+
+impl Default for UpstreamTls {
+    /// Public roots only, no client certificate.
+    fn default() -> Self {
+        UpstreamTls {
+            roots: RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() },
+            identity: None,
+            configs: Mutex::new(HashMap::new()),
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! TLS termination: the certificate for each connection chosen by SNI from
+//! the sites' files, reloaded when a site changes or a file is replaced.
+//!
+//! The server configuration is built once per node; certificates live in a
+//! [`CertStore`] that the configuration asks on every handshake, so swapping
+//! the store's table changes what new connections see while connections
+//! already established keep the keys they negotiated.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use metrics::{Counter, gauge};
+use outpost_config::{HostPattern, NodeTls, Site, UnknownSni};
+use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{ServerConfig, version};
+
+use super::files::{Fingerprint, LoadedCert, TlsFileError, fingerprint, load_pair, load_roots};
+
+/// TLS sessions remembered for resumption by session id (TLS 1.2); tickets
+/// (TLS 1.3 and 1.2) need no server memory.
+const SESSION_CACHE: usize = 32 * 1024;
+
+/// Certificates by the names clients ask for.
+#[derive(Debug, Default)]
+struct CertTable {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// (suffix with its leading dot, key), longest first.
+    wildcard: Vec<(String, Arc<CertifiedKey>)>,
+    default: Option<Arc<CertifiedKey>>,
+}
+
+impl CertTable {
+    fn find(&self, name: &str) -> Option<&Arc<CertifiedKey>> {
+        if let Some(k) = self.exact.get(name) {
+            return Some(k);
+        }
+        self.wildcard
+            .iter()
+            .find(|(suffix, _)| name.len() > suffix.len() && name.ends_with(suffix.as_str()))
+            .map(|(_, k)| k)
+    }
+}
+
+/// One certificate/key file pair and what was last loaded from it.
+#[derive(Debug)]
+struct Source {
+    seen: (Option<Fingerprint>, Option<Fingerprint>),
+    loaded: Option<LoadedCert>,
+    /// The error of the last attempt, while the files stay as they were.
+    error: Option<TlsFileError>,
+}
+
+#[derive(Debug, Default)]
+struct Sources {
+    files: HashMap<(PathBuf, PathBuf), Source>,
+    sites: Vec<Arc<Site>>,
+}
+
+/// The certificates a node presents, found by SNI.
+#[derive(Debug)]
+pub struct CertStore {
+    node: String,
+    default_files: Option<(PathBuf, PathBuf)>,
+    unknown: UnknownSni,
+    table: ArcSwap<CertTable>,
+    sources: Mutex<Sources>,
+    rejected: Counter,
+}
+
+impl CertStore {
+    /// The store for a node. Its own default certificate must load: a node
+    /// file is local, so a broken one stops the start.
+    pub fn new(node: &str, tls: &NodeTls) -> Result<CertStore, TlsFileError> {
+        let default_files = tls.cert.as_ref().map(|c| (c.cert.clone(), c.key.clone()));
+        let store = CertStore {
+            node: node.to_string(),
+            default_files,
+            unknown: tls.unknown_sni,
+            table: ArcSwap::from_pointee(CertTable::default()),
+            sources: Mutex::new(Sources::default()),
+            rejected: metrics::counter!("outpost_tls_unknown_name_total", "node" => node.to_string()),
+        };
+        if let Some((cert, key)) = &store.default_files {
+            let loaded = load_pair(cert, key, SystemTime::now())?;
+            for w in &loaded.warnings {
+                tracing::warn!(node = %store.node, "{w}");
+            }
+        }
+        store.refresh();
+        Ok(store)
+    }
+
+    /// The sites changed: certificates follow their `[tls]` sections.
+    pub fn set_sites(&self, sites: Vec<Arc<Site>>) {
+        self.lock().sites = sites;
+        self.refresh();
+    }
+
+    /// Does a name (lower-case) have a certificate, not counting the default?
+    pub fn has(&self, name: &str) -> bool {
+        self.table.load().find(name).is_some()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sources> {
+        self.sources.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reloads every file pair whose files changed and rebuilds the table.
+    /// A pair that fails to load keeps what it held before, so replacing a
+    /// certificate with a broken file never takes a site's HTTPS down.
+    pub fn refresh(&self) {
+        let mut sources = self.lock();
+        let sources = &mut *sources;
+        let mut wanted: Vec<(PathBuf, PathBuf)> = sources
+            .sites
+            .iter()
+            .filter_map(|s| s.tls.as_ref())
+            .map(|t| (t.cert.value.clone(), t.key.value.clone()))
+            .collect();
+        wanted.extend(self.default_files.clone());
+        sources.files.retain(|k, _| wanted.contains(k));
+        let now = SystemTime::now();
+        let mut changed = false;
+        for pair in wanted {
+            let seen = (fingerprint(&pair.0), fingerprint(&pair.1));
+            let source =
+                sources.files.entry(pair.clone()).or_insert(Source { seen: (None, None), loaded: None, error: None });
+            if source.seen == seen && (source.loaded.is_some() || source.error.is_some()) {
+                continue;
+            }
+            source.seen = seen;
+            changed = true;
+            match load_pair(&pair.0, &pair.1, now) {
+                Ok(loaded) => {
+                    for w in &loaded.warnings {
+                        tracing::warn!(node = %self.node, "{w}");
+                    }
+                    tracing::info!(node = %self.node, cert = %pair.0.display(), names = ?loaded.names, "certificate loaded");
+                    source.loaded = Some(loaded);
+                    source.error = None;
+                }
+                Err(e) => {
+                    let kept = if source.loaded.is_some() { "; the previous certificate stays in use" } else { "" };
+                    tracing::error!(node = %self.node, "{e}{kept}");
+                    source.error = Some(e);
+                }
+            }
+        }
+        let mut table = CertTable::default();
+        let mut errors = 0;
+        for site in &sources.sites {
+            let Some(tls) = &site.tls else { continue };
+            let source = &sources.files[&(tls.cert.value.clone(), tls.key.value.clone())];
+            errors += usize::from(source.error.is_some());
+            let Some(loaded) = &source.loaded else { continue };
+            let expiry = loaded.not_after.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+            gauge!("outpost_tls_certificate_expiry_timestamp_seconds", "node" => self.node.clone(), "site" => site.id.clone()).set(expiry);
+            for host in &site.hosts {
+                match &host.value {
+                    HostPattern::Exact(name) => {
+                        if changed && !loaded.covers(name) {
+                            tracing::warn!(node = %self.node, site = %site.id, host = %name, cert = %tls.cert.value.display(), "the site's certificate does not cover this host");
+                        }
+                        table.exact.entry(name.clone()).or_insert_with(|| Arc::clone(&loaded.key));
+                    }
+                    HostPattern::Wildcard(suffix) => table.wildcard.push((suffix.clone(), Arc::clone(&loaded.key))),
+                }
+            }
+        }
+        table.wildcard.sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+        if let Some(files) = &self.default_files {
+            table.default = sources.files.get(files).and_then(|s| s.loaded.as_ref()).map(|l| Arc::clone(&l.key));
+        }
+        gauge!("outpost_tls_certificate_errors", "node" => self.node.clone()).set(errors as f64);
+        self.table.store(Arc::new(table));
+    }
+
+    /// Watches the certificate files until `shutdown`, checking every
+    /// `every` for replaced files.
+    pub fn watch(self: Arc<Self>, every: std::time::Duration, shutdown: tokio_util::sync::CancellationToken) {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let store = Arc::clone(&self);
+                let _ = tokio::task::spawn_blocking(move || store.refresh()).await;
+            }
+        });
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let table = self.table.load();
+        if let Some(name) = hello.server_name() {
+            let found = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+                table.find(&name.to_ascii_lowercase()).cloned()
+            } else {
+                table.find(name).cloned()
+            };
+            if found.is_some() {
+                return found;
+            }
+        }
+        let fallback = match self.unknown {
+            UnknownSni::Default => table.default.clone(),
+            UnknownSni::Reject => None,
+        };
+        if fallback.is_none() {
+            self.rejected.increment(1);
+        }
+        fallback
+    }
+}
+
+/// The server configuration of a node's TLS listeners: TLS 1.3 and 1.2,
+/// ALPN `h2` then `http/1.1`, resumption by tickets and by session id, and
+/// client certificates required when `client_ca` is set.
+pub fn server_config(certs: Arc<CertStore>, client_ca: Option<&Path>) -> Result<Arc<ServerConfig>, TlsFileError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&[&version::TLS13, &version::TLS12])
+        .map_err(|e| TlsFileError::Setup(e.to_string()))?;
+    let builder = match client_ca {
+        Some(ca) => {
+            let roots = Arc::new(load_roots(ca)?);
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider)
+                .build()
+                .map_err(|e| TlsFileError::BadCertificate(ca.to_path_buf(), e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(certs);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
+    config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| TlsFileError::Setup(e.to_string()))?;
+    Ok(Arc::new(config))
+}

@@ -1,6 +1,8 @@
 //! The operator's client of the control-plane API: `outpost sites`,
 //! `outpost purge`, `outpost status`. The token comes from `OUTPOST_TOKEN`,
-//! or from `.outpost/admin.token` as `outpost up` writes it.
+//! or from `.outpost/admin.token` as `outpost up` writes it. An `https://`
+//! control plane is verified against the public roots and, when set, the CA
+//! file in `OUTPOST_CA`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -18,6 +20,7 @@ pub(crate) const UP_TOKEN_FILE: &str = ".outpost/admin.token";
 pub(crate) struct Api {
     base: String,
     token: String,
+    tls: std::sync::Arc<rustls::ClientConfig>,
 }
 
 impl Api {
@@ -30,11 +33,18 @@ impl Api {
                 )
             })?,
         };
-        Ok(Api { base: base.trim_end_matches('/').to_string(), token })
+        let ca = std::env::var_os("OUTPOST_CA").filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+        let tls = outpost_proxy::tls::client_config(ca.as_deref().as_slice(), None).context("OUTPOST_CA")?;
+        Ok(Api { base: base.trim_end_matches('/').to_string(), token, tls })
     }
 
     pub(crate) async fn call(&self, method: Method, path: &str, body: Vec<u8>) -> anyhow::Result<serde_json::Value> {
-        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let connector = outpost_proxy::tls::client::connector(
+            std::sync::Arc::clone(&self.tls),
+            outpost_proxy::resolve::Resolve::system(),
+            Duration::from_secs(5),
+        );
+        let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(connector);
         let url = format!("{}{path}", self.base);
         let req = Request::builder()
             .method(method)

@@ -13,6 +13,57 @@ use outpost_config::{AccessLog, ConfigFile, NodeConfig, RoleConfig};
 
 use crate::signals;
 
+/// Issues, from the local CA in `<data_dir>/tls` (created on first use), a
+/// certificate for every site whose `[tls]` files live in that folder, so
+/// the example site is served over HTTPS with nothing to set up. A fresh
+/// certificate is issued at every start; the CA stays, so a client told to
+/// trust it once keeps trusting it. Returns the CA file when one was used.
+fn issue_local_certs(data_dir: &Path, sites: &[outpost_config::Site]) -> anyhow::Result<Option<PathBuf>> {
+    use outpost_proxy::tls::pki::{LEAF_VALIDITY, LocalCa, Request, write_file};
+    let tls_dir = data_dir.join("tls");
+    std::fs::create_dir_all(&tls_dir).with_context(|| format!("cannot create `{}`", tls_dir.display()))?;
+    let canonical = tls_dir.canonicalize()?;
+    let mut ca = None;
+    for site in sites {
+        let Some(tls) = &site.tls else { continue };
+        let in_dir = |p: &Path| p.parent().and_then(|d| d.canonicalize().ok()).is_some_and(|d| d == canonical);
+        if !in_dir(&tls.cert.value) || !in_dir(&tls.key.value) {
+            continue;
+        }
+        if ca.is_none() {
+            ca = Some(
+                LocalCa::load_or_create(&tls_dir, "Outpost local CA")
+                    .with_context(|| format!("the local CA in `{}`", tls_dir.display()))?,
+            );
+        }
+        let Some(ca) = &ca else { continue };
+        let names: Vec<&str> = site
+            .hosts
+            .iter()
+            .filter_map(|h| match &h.value {
+                outpost_config::HostPattern::Exact(n) => Some(n.as_str()),
+                outpost_config::HostPattern::Wildcard(_) => None,
+            })
+            .collect();
+        let wildcards: Vec<String> = site
+            .hosts
+            .iter()
+            .filter_map(|h| match &h.value {
+                outpost_config::HostPattern::Wildcard(suffix) => Some(format!("*{suffix}")),
+                outpost_config::HostPattern::Exact(_) => None,
+            })
+            .collect();
+        let all: Vec<&str> = names.iter().copied().chain(wildcards.iter().map(String::as_str)).collect();
+        let issued = ca.issue(&Request::server(&all, LEAF_VALIDITY))?;
+        let (cert, key) = (&tls.cert.value, &tls.key.value);
+        write_file(key, issued.key_pem.as_bytes(), true)
+            .with_context(|| format!("cannot write `{}`", key.display()))?;
+        write_file(cert, issued.cert_pem.as_bytes(), false)
+            .with_context(|| format!("cannot write `{}`", cert.display()))?;
+    }
+    Ok(ca.map(|_| tls_dir.join("ca.pem")))
+}
+
 /// Every `.toml` file of the folder, sorted, so runs are repeatable.
 fn config_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let entries = std::fs::read_dir(dir).with_context(|| format!("cannot read config folder `{}`", dir.display()))?;
@@ -40,12 +91,17 @@ pub(crate) async fn run(config_dir: &Path, data_dir: &Path) -> anyhow::Result<()
     }
     let mut nodes: Vec<NodeConfig> = Vec::new();
     let mut site_files = Vec::new();
+    let mut sites = Vec::new();
     for p in &paths {
         match outpost_config::load_file(p)? {
             ConfigFile::Node(n) => nodes.push(*n),
-            ConfigFile::Site(_) => site_files.push(p.to_path_buf()),
+            ConfigFile::Site(site) => {
+                site_files.push(p.to_path_buf());
+                sites.push(*site);
+            }
         }
     }
+    let local_ca = issue_local_certs(data_dir, &sites)?;
 
     let stop = signals::shutdown_token();
     let mut rows: Vec<(String, String, String)> = Vec::new();
@@ -65,6 +121,7 @@ pub(crate) async fn run(config_dir: &Path, data_dir: &Path) -> anyhow::Result<()
         }
     }
     let mut dig_lines = Vec::new();
+    let mut https_lines = Vec::new();
     let mut purge_lines = Vec::new();
     // The control plane first: it writes the tokens the other nodes read,
     // and the site files are pushed to it.
@@ -129,6 +186,17 @@ pub(crate) async fn run(config_dir: &Path, data_dir: &Path) -> anyhow::Result<()
                     "curl -si -H 'Host: www.example.test' 'http://{addr}/hello?size=64&cc=max-age%3D60' | grep -i cache-status"
                 ));
             }
+            for addr in bound.https_addrs() {
+                rows.push(("edge".into(), node.name.clone(), format!("https://{addr}")));
+                if let Some(ca) = &local_ca {
+                    https_lines.push(format!(
+                        "curl -si --cacert {} --resolve www.example.test:{port}:{ip} 'https://www.example.test:{port}/hello?size=64' | grep -i -e '^HTTP' -e cache-status",
+                        ca.display(),
+                        port = addr.port(),
+                        ip = addr.ip()
+                    ));
+                }
+            }
             if let Some(a) = bound.admin_addr() {
                 rows.push(("admin".into(), node.name.clone(), format!("http://{a}/metrics")));
             }
@@ -164,6 +232,9 @@ pub(crate) async fn run(config_dir: &Path, data_dir: &Path) -> anyhow::Result<()
     // An edge twice: a miss, then a hit.
     if let Some(l) = edge_lines.first() {
         println!("  {l}");
+        println!("  {l}");
+    }
+    for l in https_lines.iter().take(1) {
         println!("  {l}");
     }
     for l in &try_lines {

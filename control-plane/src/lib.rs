@@ -5,3 +5,4 @@ pub mod api;
 pub mod dns;
 pub mod node;
 pub mod store;
+pub mod tls;

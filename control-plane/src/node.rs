@@ -22,6 +22,8 @@ pub enum ControlError {
     Token { path: String, source: io::Error },
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
+    #[error("TLS: {0}")]
+    Tls(io::Error),
 }
 
 /// Reads a token file, creating it with a fresh random token (mode 0600)
@@ -54,6 +56,8 @@ pub fn token(path: &Path) -> Result<String, ControlError> {
 pub struct ControlNode {
     pub control: Arc<Control>,
     listener: TcpListener,
+    /// Serves HTTPS with this when the node listens on `listen.https`.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl ControlNode {
@@ -67,19 +71,42 @@ impl ControlNode {
         let store = Store::open(&cfg.store)?;
         let admin = token(&cfg.admin_token_file)?;
         let nodes = token(&cfg.node_token_file)?;
-        let addr = node.listen.http.first().copied().unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7000)));
+        let tls = match (&node.listen.https.first(), &node.tls.cert) {
+            (Some(_), Some(files)) => Some(crate::tls::server_config(files).map_err(ControlError::Tls)?),
+            _ => None,
+        };
+        let addr = node
+            .listen
+            .https
+            .first()
+            .or(node.listen.http.first())
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7000)));
         let listener = TcpListener::bind(addr).await.map_err(|source| ControlError::Bind { addr, source })?;
-        Ok(ControlNode { control: Control::new(store, admin, nodes, cfg.log_retention, render_metrics), listener })
+        let control = Control::new(store, admin, nodes, cfg.log_retention, render_metrics);
+        Ok(ControlNode { control, listener, tls })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
+    /// Whether the API is served over HTTPS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// Serves the API until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) -> io::Result<()> {
-        axum::serve(self.listener, router(self.control))
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
+        let app = router(self.control);
+        match self.tls {
+            None => {
+                axum::serve(self.listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+            }
+            Some(config) => {
+                let listener = crate::tls::TlsListener::new(self.listener, config, shutdown.clone())?;
+                axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+            }
+        }
     }
 }

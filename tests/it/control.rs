@@ -462,3 +462,83 @@ async fn a_node_cut_off_keeps_serving_and_applies_missed_purges_in_order_on_heal
     }
     stop.cancel();
 }
+
+/// A request to an `https://` URL, trusting the CA in `ca`.
+async fn call_tls(method: Method, url: &str, token: &str, body: &str, ca: &Path) -> Result<Reply, String> {
+    let tls = outpost_proxy::tls::client_config(&[ca], None).unwrap();
+    let connector =
+        outpost_proxy::tls::client::connector(tls, outpost_proxy::resolve::Resolve::system(), Duration::from_secs(2));
+    let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(connector);
+    let req = Request::builder()
+        .method(method)
+        .uri(url)
+        .header("authorization", format!("Bearer {token}"))
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let resp = client.request(req).await.map_err(|e| format!("{e:?}"))?;
+    let (parts, b) = resp.into_parts();
+    Ok(Reply { status: parts.status, headers: parts.headers, body: b.collect().await.unwrap().to_bytes() })
+}
+
+#[tokio::test]
+async fn the_api_and_event_stream_run_over_tls_and_nodes_verify_the_control_plane() {
+    use outpost_proxy::tls::pki::{LocalCa, Request as CertRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let stop = CancellationToken::new();
+    let origin = test_origin(&stop).await;
+    let ca = LocalCa::generate("control CA").unwrap();
+    std::fs::write(d.join("ca.pem"), ca.cert_pem()).unwrap();
+    let year = Duration::from_secs(365 * 24 * 3600);
+    ca.issue(&CertRequest::server(&["127.0.0.1"], year)).unwrap().write(d, "control").unwrap();
+    let cfg = load(
+        d,
+        "control",
+        "[node]\nname = \"control\"\nrole = \"control\"\n[listen]\nhttps = [\"127.0.0.1:0\"]\n\
+         [tls]\ncert = \"control.pem\"\nkey = \"control.key\"\n\
+         [store]\npath = \"control.redb\"\n[auth]\nadmin_token_file = \"admin.token\"\nnode_token_file = \"node.token\"\n",
+    );
+    let node = outpost_control::node::ControlNode::bind(&cfg, Box::new(String::new)).await.unwrap();
+    assert!(node.is_tls());
+    let control = node.addr();
+    tokio::spawn(node.run(stop.clone()));
+    let admin = std::fs::read_to_string(d.join("admin.token")).unwrap();
+
+    // One edge trusts the control plane's CA; the other knows only the
+    // public roots and must not take anything from it.
+    let edge = |i: usize, ca_line: &str| {
+        load(
+            d,
+            &format!("edge-{i}"),
+            &format!(
+                "[node]\nname = \"edge-{i}\"\nrole = \"edge\"\npop = \"p\"\nlatitude = 0.0\nlongitude = 0.0\n\
+                 access_log = \"off\"\n[listen]\nhttp = [\"127.0.0.1:0\"]\n[cache]\nmemory = \"16MiB\"\n\
+                 [upstream]\nmode = \"origin\"\n[control]\nurl = \"https://{control}\"\ntoken_file = \"node.token\"\n{ca_line}"
+            ),
+        )
+    };
+    let mut addrs = Vec::new();
+    for (i, line) in [(1, "ca = \"ca.pem\"\n"), (2, "")] {
+        let node = outpost_edge::bind(&edge(i, line)).await.unwrap();
+        addrs.push(node.http_addrs()[0]);
+        tokio::spawn(node.run(stop.clone()));
+    }
+
+    // Cleartext to the TLS port gets nowhere; HTTPS with the CA works.
+    let plain = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req = Request::get(format!("http://{control}/v1/sites")).body(Full::new(Bytes::new())).unwrap();
+    assert!(plain.request(req).await.is_err());
+    let url = format!("https://{control}/v1/sites/shop");
+    let r = call_tls(Method::PUT, &url, &admin, &site(origin), &d.join("ca.pem")).await.unwrap();
+    assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
+
+    let get = |addr: SocketAddr| async move {
+        call(Method::GET, &format!("http://{addr}/tls-pushed"), None, Some("shop.test"), "").await.status
+    };
+    eventually("the verifying edge to get the site over the TLS stream", || async {
+        get(addrs[0]).await == StatusCode::OK
+    })
+    .await;
+    assert_eq!(get(addrs[1]).await, StatusCode::MISDIRECTED_REQUEST, "an edge that cannot verify gets nothing");
+    stop.cancel();
+}

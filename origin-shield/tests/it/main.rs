@@ -4,3 +4,4 @@
 mod topology;
 
 mod shield;
+mod tls;

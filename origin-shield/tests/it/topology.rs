@@ -52,6 +52,15 @@ pub struct Running {
 }
 
 impl Running {
+    /// Runs a bound node until stopped; `addr` is its first listener.
+    pub fn spawn(node: outpost_proxy::node::Node) -> Running {
+        let addr = node.http_addrs().into_iter().chain(node.https_addrs()).next().unwrap();
+        let engine = Arc::clone(node.engine());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(node.run(stop.clone()));
+        Running { addr, engine, stop, task }
+    }
+
     /// Stops it: listeners close, so the next connection is refused.
     pub async fn stop(self) {
         self.stop.cancel();
@@ -69,7 +78,7 @@ pub fn site(origins: &[SocketAddr], extra: &str) -> String {
     s
 }
 
-fn node_file(dir: &Path, name: &str, body: &str) -> NodeConfig {
+pub fn node_file(dir: &Path, name: &str, body: &str) -> NodeConfig {
     let file = dir.join(format!("{name}.toml"));
     std::fs::write(&file, body).unwrap();
     NodeConfig::load(&file).unwrap_or_else(|e| panic!("{e}"))
@@ -86,11 +95,7 @@ pub async fn shield(dir: &Path, name: &str, listen: SocketAddr) -> (Running, Arc
         ),
     );
     let (node, pool) = outpost_shield::bind(&cfg).await.unwrap();
-    let addr = node.http_addrs()[0];
-    let engine = Arc::clone(node.engine());
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(node.run(stop.clone()));
-    (Running { addr, engine, stop, task }, pool)
+    (Running::spawn(node), pool)
 }
 
 pub async fn edge(dir: &Path, name: &str, shields: &[SocketAddr]) -> Running {
@@ -105,12 +110,7 @@ pub async fn edge(dir: &Path, name: &str, shields: &[SocketAddr]) -> Running {
             list.join(", ")
         ),
     );
-    let node = outpost_edge::bind(&cfg).await.unwrap();
-    let addr = node.http_addrs()[0];
-    let engine = Arc::clone(node.engine());
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(node.run(stop.clone()));
-    Running { addr, engine, stop, task }
+    Running::spawn(outpost_edge::bind(&cfg).await.unwrap())
 }
 
 pub struct Resp {

@@ -159,6 +159,14 @@ async fn steps(engine: &Arc<Engine>, req: Request<Incoming>, client: Option<Sock
         return local(Local::MethodNotAllowed);
     }
     let (mut parts, body) = req.into_parts();
+    // HTTP/2 (and an HTTP/1.1 absolute-form target) name the host in the
+    // target, not in Host: upstream requests are HTTP/1.1 and need Host
+    // (RFC 9113 §8.3.1), and the target's authority is the one that counts.
+    if let Some(authority) = parts.uri.authority()
+        && let Ok(v) = HeaderValue::from_str(authority.as_str())
+    {
+        parts.headers.insert(header::HOST, v);
+    }
     if engine.tier == Tier::Edge {
         // The edge is where the client's scheme is known; tiers behind it
         // pass on what the edge said. A client's own value is overwritten.

@@ -31,16 +31,20 @@ impl Issued {
     pub fn write(&self, dir: &Path, stem: &str) -> io::Result<(PathBuf, PathBuf)> {
         let cert = dir.join(format!("{stem}.pem"));
         let key = dir.join(format!("{stem}.key"));
-        write_atomic(&key, self.key_pem.as_bytes(), true)?;
-        write_atomic(&cert, self.cert_pem.as_bytes(), false)?;
+        write_file(&key, self.key_pem.as_bytes(), true)?;
+        write_file(&cert, self.cert_pem.as_bytes(), false)?;
         Ok((cert, key))
     }
 }
 
-fn write_atomic(path: &Path, bytes: &[u8], secret: bool) -> io::Result<()> {
+/// Replaces `path` with `bytes` atomically; a `secret` file (a key) is
+/// readable by its owner only, from its first byte.
+pub fn write_file(path: &Path, bytes: &[u8], secret: bool) -> io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
+    // A leftover from a crash may carry other permissions: start afresh.
+    let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -113,8 +117,8 @@ impl LocalCa {
         }
         std::fs::create_dir_all(dir)?;
         let ca = LocalCa::generate(name)?;
-        write_atomic(&key, ca.issuer.key().serialize_pem().as_bytes(), true)?;
-        write_atomic(&cert, ca.cert_pem.as_bytes(), false)?;
+        write_file(&key, ca.issuer.key().serialize_pem().as_bytes(), true)?;
+        write_file(&cert, ca.cert_pem.as_bytes(), false)?;
         Ok(ca)
     }
 

@@ -154,6 +154,11 @@ async fn http2_with_prior_knowledge() {
     }
     assert!(statuses[0].contains("fwd=uri-miss") && statuses[1].contains("; hit"), "{statuses:?}");
     assert_eq!(origin.count("/h2").await, 1);
+    // HTTP/2 names the host in :authority; the HTTP/1.1 request upstream
+    // carries it as Host, so the next tier finds the site too.
+    let seen = send(Method::GET, &format!("http://{}/__origin/request?path=/h2", origin.addr), &[]).await;
+    let seen: serde_json::Value = serde_json::from_slice(&seen.body).unwrap();
+    assert_eq!(seen["host"], format!("localhost:{}", edge.addr.port()), "{seen}");
 }
 
 #[tokio::test]

@@ -1,0 +1,135 @@
+//! TLS between tiers: edge → shield with mutual TLS, shield → an HTTPS test
+//! origin whose certificate comes from a private CA.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::StatusCode;
+use outpost_load::OriginServer;
+use outpost_proxy::tls::files::{load_certs, load_key};
+use outpost_proxy::tls::pki::{LocalCa, Request as CertRequest};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio_util::sync::CancellationToken;
+
+use crate::topology::{Running, node_file, via};
+
+const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Presents one certificate and remembers the names clients asked for.
+#[derive(Debug)]
+struct RecordingResolver {
+    key: Arc<CertifiedKey>,
+    asked: Mutex<Vec<Option<String>>>,
+}
+
+impl ResolvesServerCert for RecordingResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.asked.lock().unwrap().push(hello.server_name().map(str::to_string));
+        Some(Arc::clone(&self.key))
+    }
+}
+
+/// The test origin over HTTPS with a certificate for `localhost`.
+async fn tls_origin(ca: &LocalCa, dir: &Path) -> (u16, Arc<RecordingResolver>, tokio_util::sync::DropGuard) {
+    let (cert, key) = ca.issue(&CertRequest::server(&["localhost"], YEAR)).unwrap().write(dir, "origin").unwrap();
+    let signer = rustls::crypto::ring::sign::any_supported_type(&load_key(&key).unwrap()).unwrap();
+    let resolver = Arc::new(RecordingResolver {
+        key: Arc::new(CertifiedKey::new(load_certs(&cert).unwrap(), signer)),
+        asked: Mutex::new(Vec::new()),
+    });
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::clone(&resolver) as Arc<dyn ResolvesServerCert>);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let server = OriginServer::bind(&["127.0.0.1:0".parse().unwrap()], None).await.unwrap().with_tls(Arc::new(config));
+    let port = server.local_addrs()[0].port();
+    let stop = CancellationToken::new();
+    tokio::spawn(server.run(stop.clone()));
+    (port, resolver, stop.drop_guard())
+}
+
+async fn start(node: outpost_proxy::node::Node) -> (Running, Vec<std::net::SocketAddr>) {
+    let https = node.https_addrs();
+    let running = Running::spawn(node);
+    (running, https)
+}
+
+#[tokio::test]
+async fn tiers_talk_tls_with_client_certificates_and_a_private_origin_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = LocalCa::generate("tier CA").unwrap();
+    std::fs::write(d.join("ca.pem"), ca.cert_pem()).unwrap();
+    ca.issue(&CertRequest::server(&["127.0.0.1"], YEAR)).unwrap().write(d, "shield").unwrap();
+    let client = CertRequest { client: true, ..CertRequest::server(&["edge-1"], YEAR) };
+    ca.issue(&client).unwrap().write(d, "edge-client").unwrap();
+    // Signed by another CA: the shield must refuse it.
+    let stranger = LocalCa::generate("other CA").unwrap();
+    stranger.issue(&client).unwrap().write(d, "stranger").unwrap();
+
+    let (origin_port, seen, _origin) = tls_origin(&ca, d).await;
+    // The shield reaches the origin by name, trusting the site's CA file.
+    std::fs::write(
+        d.join("site.toml"),
+        format!(
+            "[site]\nid = \"s\"\nhosts = [\"s.test\"]\nallow_direct = false\n\
+             [[origin]]\nurl = \"https://localhost:{origin_port}\"\nca = \"ca.pem\"\nresponse_timeout = \"5s\"\n\
+             [cache]\ndefault_ttl = \"60s\"\n"
+        ),
+    )
+    .unwrap();
+    let shield_cfg = node_file(
+        d,
+        "shield-tls",
+        "[node]\nname = \"shield-tls\"\nrole = \"shield\"\nsites = [\"site.toml\"]\naccess_log = \"off\"\n\
+         [listen]\nhttps = [\"127.0.0.1:0\"]\n\
+         [tls]\ncert = \"shield.pem\"\nkey = \"shield.key\"\nunknown_sni = \"default\"\nclient_ca = \"ca.pem\"\n\
+         [cache]\nmemory = \"16MiB\"\n",
+    );
+    let (shield_node, _pool) = outpost_shield::bind(&shield_cfg).await.unwrap();
+    let (shield, shield_https) = start(shield_node).await;
+
+    let edge_file = |name: &str, identity: &str| {
+        format!(
+            "[node]\nname = \"{name}\"\nrole = \"edge\"\npop = \"p\"\nlatitude = 0.0\nlongitude = 0.0\n\
+             sites = [\"site.toml\"]\naccess_log = \"off\"\n[listen]\nhttp = [\"127.0.0.1:0\"]\n\
+             [tls]\nupstream_ca = \"ca.pem\"\n{identity}\n[cache]\nmemory = \"16MiB\"\n\
+             [upstream]\nshields = [\"https://{}\"]\nprobe_interval = \"100ms\"\n",
+            shield_https[0]
+        )
+    };
+    let good = node_file(
+        d,
+        "edge-1",
+        &edge_file("edge-1", "upstream_cert = \"edge-client.pem\"\nupstream_key = \"edge-client.key\""),
+    );
+    let (edge, _) = start(outpost_edge::bind(&good).await.unwrap()).await;
+
+    // Client → edge (http) → shield (https, mutual TLS) → origin (https).
+    let r = via(edge.addr, "/t/a?size=300").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.body.len(), 300);
+    assert!(r.cache_status().starts_with("shield-tls; fwd=uri-miss"), "{}", r.cache_status());
+    let again = via(edge.addr, "/t/a?size=300").await;
+    assert!(again.cache_status().contains("edge-1; hit"), "{}", again.cache_status());
+    // The shield asked for the origin by the URL's name, and verified it.
+    assert!(seen.asked.lock().unwrap().iter().any(|n| n.as_deref() == Some("localhost")));
+
+    // Edges without a client certificate, or with one from another CA, are
+    // refused by the shield during the handshake.
+    for (name, identity) in
+        [("edge-2", ""), ("edge-3", "upstream_cert = \"stranger.pem\"\nupstream_key = \"stranger.key\"")]
+    {
+        let cfg = node_file(d, name, &edge_file(name, identity));
+        let (edge, _) = start(outpost_edge::bind(&cfg).await.unwrap()).await;
+        let r = via(edge.addr, "/t/a?size=300").await;
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{name}: {}", r.cache_status());
+        edge.stop().await;
+    }
+    shield.stop().await;
+    edge.stop().await;
+}

@@ -14,12 +14,20 @@ pub(crate) fn run(files: &[PathBuf]) -> ExitCode {
     let problems = outpost_config::check_files(&paths);
     if problems.is_empty() {
         let (mut nodes, mut sites) = (0, 0);
+        let mut tls_errors = 0;
         for p in &paths {
             match outpost_config::load_file(p) {
                 Ok(ConfigFile::Node(_)) => nodes += 1,
-                Ok(ConfigFile::Site(_)) => sites += 1,
+                Ok(ConfigFile::Site(site)) => {
+                    sites += 1;
+                    tls_errors += check_tls(&site);
+                }
                 Err(_) => {}
             }
+        }
+        if tls_errors > 0 {
+            eprintln!("{tls_errors} problem{} found", if tls_errors == 1 { "" } else { "s" });
+            return ExitCode::FAILURE;
         }
         let plural = |n: usize, w: &str| format!("{n} {w}{}", if n == 1 { "" } else { "s" });
         println!("ok: {} ({}, {})", plural(paths.len(), "file"), plural(nodes, "node"), plural(sites, "site"));
@@ -30,4 +38,38 @@ pub(crate) fn run(files: &[PathBuf]) -> ExitCode {
     }
     eprintln!("{} problem{} found", problems.len(), if problems.len() == 1 { "" } else { "s" });
     ExitCode::FAILURE
+}
+
+/// Loads a site's certificate and key as a node will. A file that does not
+/// exist yet is a warning (certificates are often deployed separately, and
+/// `outpost up` issues its own); one that is there but unusable is an error.
+fn check_tls(site: &outpost_config::Site) -> usize {
+    use outpost_proxy::tls::TlsFileError;
+    let Some(tls) = &site.tls else { return 0 };
+    match outpost_proxy::tls::load_pair(&tls.cert.value, &tls.key.value, std::time::SystemTime::now()) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                eprintln!("{}: warning: {w}", tls.cert.loc);
+            }
+            0
+        }
+        Err(TlsFileError::Missing(path)) => {
+            let at = if path == tls.key.value { &tls.key.loc } else { &tls.cert.loc };
+            eprintln!("{at}: warning: `{}` does not exist yet; the site has no HTTPS until it does", path.display());
+            0
+        }
+        Err(e) => {
+            let at = match &e {
+                TlsFileError::NoKey(p) | TlsFileError::UnsupportedKey(p, _) | TlsFileError::NotPem(p)
+                    if *p == tls.key.value =>
+                {
+                    &tls.key.loc
+                }
+                TlsFileError::KeyMismatch { .. } => &tls.key.loc,
+                _ => &tls.cert.loc,
+            };
+            eprintln!("{at}: {e}");
+            1
+        }
+    }
 }

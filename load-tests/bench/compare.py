@@ -63,13 +63,16 @@ def cpu_seconds(pid):
 
 
 def start(name, cmd, port, env=None):
-    proc = subprocess.Popen(["taskset", "-c", "0", *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    # stderr goes to a file: a pipe nobody reads would stall a chatty server.
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(["taskset", "-c", "0", *cmd], stdout=subprocess.DEVNULL, stderr=log,
                             env=env, start_new_session=True)
     try:
         wait_port(port)
     except SystemExit:
         proc.kill()
-        raise SystemExit(f"{name} did not start: {proc.stderr.read().decode(errors='replace')[-2000:]}")
+        log.seek(0)
+        raise SystemExit(f"{name} did not start: {log.read().decode(errors='replace')[-2000:]}")
     return proc
 
 
@@ -88,8 +91,9 @@ def get(url):
         return dict(r.headers)
 
 
-def wrk(url, seconds, conns):
-    cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "-H", f"Host: {HOST}", url]
+def wrk(url, seconds, conns, extra=()):
+    cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "-H", f"Host: {HOST}",
+           *extra, url]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
     def ms(label):
         m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)

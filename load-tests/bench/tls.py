@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""TLS benchmark: the Outpost edge against nginx, both terminating TLS in
+front of the same test origin, in one run.
+
+Two loads per server, each bounded in time, with the server on CPU 0 and wrk
+on CPU 1:
+- handshakes: every request on a new connection (`Connection: close`), so
+  each one costs a full TLS handshake (wrk keeps no sessions);
+- hits: 1 KiB cache hits over keep-alive TLS connections.
+Both servers use the same ECDSA P-256 certificate and offer TLS 1.3. Reports
+medians of the repeats and Outpost's ratios to nginx, per CPU-second.
+"""
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compare import ORIGIN, cpu_seconds, get, start, stop, wait_port, wrk  # noqa: E402
+
+PORTS = {"outpost": 18443, "nginx": 18444}
+HOST = "bench.test"
+
+
+def configs(work):
+    cert, key = os.path.join(work, "cert.pem"), os.path.join(work, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", key, "-out", cert, "-subj", f"/CN={HOST}", "-days", "30",
+                    "-addext", f"subjectAltName=DNS:{HOST},IP:127.0.0.1"], check=True, capture_output=True)
+    nginx_conf = os.path.join(work, "nginx.conf")
+    open(nginx_conf, "w").write(f"""
+worker_processes 1;
+user root root;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  proxy_cache_path {work}/nginx-cache levels=1:2 keys_zone=bench:16m max_size=1g inactive=1h use_temp_path=off;
+  upstream origin {{ server {ORIGIN[0]}:{ORIGIN[1]}; keepalive 32; }}
+  server {{
+    listen 127.0.0.1:{PORTS['nginx']} ssl;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache shared:tls:10m;
+    location / {{
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host {HOST};
+      proxy_cache bench;
+      proxy_cache_valid 200 1h;
+    }}
+  }}
+}}
+""")
+    open(os.path.join(work, "bench.site.toml"), "w").write(f"""
+[site]
+id = "bench"
+hosts = ["{HOST}", "127.0.0.1"]
+[[origin]]
+url = "http://{ORIGIN[0]}:{ORIGIN[1]}"
+[cache]
+default_ttl = "1h"
+[tls]
+cert = "cert.pem"
+key = "key.pem"
+""")
+    edge = os.path.join(work, "edge.toml")
+    open(edge, "w").write(f"""
+[node]
+name = "edge-bench"
+role = "edge"
+pop = "bench"
+latitude = 0.0
+longitude = 0.0
+sites = ["bench.site.toml"]
+access_log = "off"
+[listen]
+https = ["127.0.0.1:{PORTS['outpost']}"]
+[tls]
+# wrk connects by address and sends no server name.
+unknown_sni = "default"
+cert = "cert.pem"
+key = "key.pem"
+[cache]
+memory = "256MiB"
+[upstream]
+mode = "origin"
+""")
+    return nginx_conf, edge
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--outpost", required=True)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--connections", type=int, default=64)
+    args = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="outpost-tls-bench-")
+    nginx_conf, edge_conf = configs(work)
+    origin = subprocess.Popen(["taskset", "-c", "1", args.outpost, "origin", "--listen", f"{ORIGIN[0]}:{ORIGIN[1]}"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_port(ORIGIN[1])
+    servers = {
+        "outpost": [args.outpost, "edge", "--config", edge_conf],
+        "nginx": ["nginx", "-c", nginx_conf, "-p", work, "-g", "daemon off;"],
+    }
+    env = dict(os.environ, RUST_LOG="warn")
+    path = "/bench/tls?size=1KiB&cc=public,%20max-age%3D3600"
+    loads = {"hits": [], "handshakes": ["-H", "Connection: close"]}
+    results = {}
+    try:
+        for name, cmd in servers.items():
+            proc = start(name, cmd, PORTS[name], env=env)
+            try:
+                url = f"https://127.0.0.1:{PORTS[name]}{path}"
+                subprocess.run(["curl", "-sk", "-o", "/dev/null", "-o", "/dev/null", "-H", f"Host: {HOST}", url, url],
+                               check=True)
+                for load, extra in loads.items():
+                    runs = []
+                    for _ in range(args.repeats):
+                        before = cpu_seconds(proc.pid)
+                        reqs, rps, p50, p99 = wrk(url, args.duration, args.connections, extra)
+                        cpu = cpu_seconds(proc.pid) - before
+                        runs.append((rps, p50, p99, reqs / cpu if cpu > 0 else float("nan")))
+                    med = [statistics.median(r[i] for r in runs) for i in range(4)]
+                    results[(load, name)] = med
+                    print(f"{load:<10} {name:<8} {med[0]:>9.0f} req/s  p50 {med[1]:.3f} ms  p99 {med[2]:.3f} ms  "
+                          f"{med[3]:>8.0f} per CPU-s", flush=True)
+            finally:
+                stop(proc)
+    finally:
+        os.killpg(origin.pid, signal.SIGTERM)
+        shutil.rmtree(work, ignore_errors=True)
+
+    print()
+    print(f"{'load':<10} {'server':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'per CPU-s':>10}")
+    for (load, name), (rps, p50, p99, eff) in results.items():
+        print(f"{load:<10} {name:<8} {rps:>9.0f} {p50:>8.3f} {p99:>8.3f} {eff:>10.0f}")
+    print()
+    for load in loads:
+        o, n = results[(load, "outpost")], results[(load, "nginx")]
+        print(f"{load:<10} outpost/nginx  per CPU-s {o[3] / n[3]:.2f}x   req/s {o[0] / n[0]:.2f}x   "
+              f"p99 {o[2] / n[2]:.2f}x (lower is better)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

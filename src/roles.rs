@@ -59,7 +59,11 @@ pub(crate) struct Dns {
 
 impl Dns {
     pub(crate) async fn bind(node: &NodeConfig) -> anyhow::Result<Dns> {
-        let bound = outpost_control::dns::DnsNode::bind(node).await?;
+        let mut bound = outpost_control::dns::DnsNode::bind(node).await?;
+        if let Some(link) = &node.control {
+            // The registry may be served over HTTPS with a private CA.
+            bound = bound.with_control_tls(outpost_proxy::tls::client_config(link.ca.as_deref().as_slice(), None)?);
+        }
         let admin = match node.listen.admin {
             Some(a) => Some(outpost_proxy::serve::bind(&[a]).await?.remove(0)),
             None => None,

@@ -6,6 +6,7 @@
 //! keeps the old database in service.
 
 pub mod geo;
+pub mod registry;
 pub mod server;
 pub mod steer;
 
@@ -41,6 +42,15 @@ pub enum DnsError {
     Bind { addr: SocketAddr, source: std::io::Error },
 }
 
+/// A client configuration that trusts nothing: enough for an `http://`
+/// control plane; an `https://` one needs [`DnsNode::with_control_tls`].
+fn plain_client_config() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth())
+        .unwrap_or_else(|_| unreachable!("ring supports the default protocol versions"))
+}
+
 /// Lets hickory own a handle while the node keeps one.
 #[derive(Debug, Clone)]
 struct Shared(Arc<GeoDns>);
@@ -58,6 +68,7 @@ pub struct DnsNode {
     pub handler: Arc<GeoDns>,
     udp: UdpSocket,
     tcp: TcpListener,
+    registry: Option<registry::RegistryLink>,
 }
 
 impl DnsNode {
@@ -77,11 +88,26 @@ impl DnsNode {
             let udp = UdpSocket::bind(addr).await.map_err(|source| DnsError::Bind { addr, source })?;
             let bound = udp.local_addr().map_err(|source| DnsError::Bind { addr, source })?;
             match TcpListener::bind(bound).await {
-                Ok(tcp) => return Ok(DnsNode { handler, udp, tcp }),
+                Ok(tcp) => {
+                    let registry = node.control.as_ref().map(|c| registry::RegistryLink {
+                        url: c.url.clone(),
+                        token_file: c.token_file.clone(),
+                        tls: Arc::new(plain_client_config()),
+                    });
+                    return Ok(DnsNode { handler, udp, tcp, registry });
+                }
                 Err(source) => last = Some(DnsError::Bind { addr: bound, source }),
             }
         }
         Err(last.unwrap_or(DnsError::Config("no address to bind".into())))
+    }
+
+    /// Verifies an `https` control plane with `tls` (its CA, for one).
+    pub fn with_control_tls(mut self, tls: Arc<rustls::ClientConfig>) -> DnsNode {
+        if let Some(r) = &mut self.registry {
+            r.tls = tls;
+        }
+        self
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -93,6 +119,9 @@ impl DnsNode {
         let mut server = Server::new(Shared(Arc::clone(&self.handler)));
         server.register_socket(self.udp);
         server.register_listener(self.tcp, TCP_TIMEOUT, TCP_RESPONSE_BUFFER);
+        if let Some(link) = self.registry {
+            registry::follow(Arc::clone(&self.handler), link, shutdown.clone());
+        }
         let geo = Arc::clone(&self.handler.geo);
         let mut tick = tokio::time::interval(RELOAD_CHECK);
         loop {

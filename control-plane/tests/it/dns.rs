@@ -49,6 +49,10 @@ struct Running {
 }
 
 fn node_file(dir: &Path, extra_edges: usize) -> NodeConfig {
+    node_file_with(dir, extra_edges, "")
+}
+
+fn node_file_with(dir: &Path, extra_edges: usize, extra: &str) -> NodeConfig {
     let mut iad = vec!["\"127.0.0.12\"".to_string()];
     for i in 0..extra_edges {
         iad.push(format!("\"10.9.{}.{}\"", i / 250, i % 250 + 1));
@@ -85,6 +89,7 @@ edges = ["127.0.0.13", "127.0.0.14"]
 DE = "sin"
 [dns.continents]
 AF = "iad"
+{extra}
 "#,
         iad.join(", ")
     );
@@ -94,9 +99,13 @@ AF = "iad"
 }
 
 async fn start(dir: &Path, extra_edges: usize) -> Running {
+    start_from(dir, node_file(dir, extra_edges)).await
+}
+
+async fn start_from(dir: &Path, cfg: NodeConfig) -> Running {
     std::fs::write(dir.join("geo.toml"), SOURCE).unwrap();
     build_database(&dir.join("geo.toml"), &dir.join("geo.mmdb")).unwrap();
-    let bound = DnsNode::bind(&node_file(dir, extra_edges)).await.unwrap();
+    let bound = DnsNode::bind(&cfg).await.unwrap();
     let addr = bound.addr();
     let node = std::sync::Arc::clone(&bound.handler);
     let stop = CancellationToken::new();
@@ -369,4 +378,82 @@ fn the_committed_sample_database_is_current_and_places_the_sample_networks() {
         assert!((la - lat).abs() < 0.1 && (lo - lon).abs() < 0.1, "{ip}: {la},{lo}");
         assert_eq!(place.prefix, 24);
     }
+}
+
+/// Holds an edge's event stream open, as a live edge does: the registry
+/// counts it connected until the stream is dropped.
+async fn hold_stream(
+    control: SocketAddr,
+    token: &str,
+    name: &str,
+    pop: &str,
+    addr: &str,
+) -> tokio::task::JoinHandle<()> {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let url = format!("http://{control}/v1/events?after=0&node={name}&role=edge&pop={pop}&addrs={addr}");
+    let req = http::Request::get(url)
+        .header("authorization", format!("Bearer {token}"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    tokio::spawn(async move {
+        let mut body = resp.into_body();
+        while let Some(Ok(_)) = body.frame().await {}
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_follow_the_node_registry_when_edges_die_and_return() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("control.toml"),
+        "[node]\nname = \"control\"\nrole = \"control\"\n[listen]\nhttp = [\"127.0.0.1:0\"]\n\
+         [store]\npath = \"control.redb\"\n[auth]\nadmin_token_file = \"admin.token\"\nnode_token_file = \"node.token\"\n",
+    )
+    .unwrap();
+    let cfg = NodeConfig::load(&d.join("control.toml")).unwrap();
+    let control = outpost_control::node::ControlNode::bind(&cfg, Box::new(String::new)).await.unwrap();
+    let control_addr = control.addr();
+    let stop = CancellationToken::new();
+    tokio::spawn(control.run(stop.clone()));
+    let token = std::fs::read_to_string(d.join("node.token")).unwrap();
+
+    let link = format!("[control]\nurl = \"http://{control_addr}\"\ntoken_file = \"node.token\"\n");
+    let dns = start_from(d, node_file_with(d, 0, &link)).await;
+    let london = || query("shop.cdn.test.", RecordType::A, Some(("81.2.69.0", 24)), true);
+    let answer = || async { addrs(&udp(dns.addr, london()).await.unwrap()) };
+    let ip = |s: &str| vec![s.parse::<IpAddr>().unwrap()];
+    let within = |what: &'static str, want: Vec<IpAddr>| {
+        let answer = &answer;
+        async move {
+            let started = std::time::Instant::now();
+            loop {
+                let got = answer().await;
+                if got == want {
+                    return started.elapsed();
+                }
+                assert!(started.elapsed() < Duration::from_secs(5), "{what}: still answering {got:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+
+    // Until the registry lists Frankfurt, its static edge is answered.
+    assert_eq!(answer().await, ip("127.0.0.11"));
+    let fra = hold_stream(control_addr, &token, "edge-fra", "fra", "127.0.0.31:8080").await;
+    within("the registered edge replaces the static one", ip("127.0.0.31")).await;
+
+    // The edge dies: its stream closes, and London goes to the next PoP
+    // (Ashburn, which the registry never listed, so its static edge).
+    fra.abort();
+    let gone = within("a dead edge leaves the answers", ip("127.0.0.12")).await;
+    assert!(gone < Duration::from_secs(3), "withdrawn in {gone:?}, the TTL is 20 s");
+
+    let _fra = hold_stream(control_addr, &token, "edge-fra", "fra", "127.0.0.31:8080").await;
+    within("a returning edge is answered again", ip("127.0.0.31")).await;
+    stop.cancel();
 }

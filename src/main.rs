@@ -97,6 +97,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a k6-style load scenario; exits 99 when a threshold fails.
+    Load {
+        /// The scenario file (see load-tests/scenarios/).
+        scenario: PathBuf,
+        /// `json=FILE`: the metrics, thresholds and per-second series as JSON.
+        #[arg(long, value_name = "json=FILE")]
+        out: Option<String>,
+        /// A self-contained HTML report with latency and throughput charts.
+        #[arg(long, value_name = "FILE.html")]
+        report: Option<PathBuf>,
+        /// No progress line.
+        #[arg(long, short)]
+        quiet: bool,
+    },
     /// Show the nodes the control plane knows, their lag and last contact.
     Status {
         #[arg(long, default_value = "http://127.0.0.1:7000")]
@@ -195,6 +209,23 @@ fn main() -> ExitCode {
                     Ok(())
                 })
             })
+        }
+        Command::Load { scenario, out, report, quiet } => {
+            let json = match out.as_deref().map(|o| o.strip_prefix("json=")) {
+                None => None,
+                Some(Some(file)) => Some(PathBuf::from(file)),
+                Some(None) => {
+                    eprintln!("error: --out takes json=FILE");
+                    return ExitCode::from(2);
+                }
+            };
+            let outputs = outpost_load::runner::Outputs { json, html: report, progress: !quiet };
+            match runtime().map(|rt| rt.block_on(outpost_load::runner::run_file(&scenario, &outputs))) {
+                Ok(Ok(done)) if done.passed() => Ok(()),
+                Ok(Ok(_)) => return ExitCode::from(outpost_load::runner::THRESHOLD_FAILED),
+                Ok(Err(e)) => Err(anyhow::anyhow!(e)),
+                Err(e) => Err(e),
+            }
         }
         Command::Status { control, json } => runtime().and_then(|rt| {
             rt.block_on(async {

@@ -5,5 +5,6 @@
 
 pub mod content;
 pub mod origin;
+pub mod runner;
 
 pub use origin::OriginServer;

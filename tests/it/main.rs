@@ -3,4 +3,5 @@
 
 mod cli;
 mod control;
+mod load;
 mod relay;

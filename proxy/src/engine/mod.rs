@@ -4,6 +4,7 @@
 
 mod fetch;
 pub mod flight;
+pub mod hold;
 pub mod observe;
 mod request;
 pub mod respond;
@@ -101,6 +102,8 @@ pub struct Engine {
     rules: ResponseRules,
     /// Certificates presented by the node's TLS listeners, by SNI.
     pub certs: Arc<CertStore>,
+    /// Keys whose upstream just failed: served stale without asking again.
+    holds: hold::Holds,
     pub https_port: Option<u16>,
 }
 
@@ -134,6 +137,7 @@ impl Engine {
             started_ms: epoch_ms(std::time::SystemTime::now()),
             rules: ResponseRules { strip_cdn_headers: config.tier == Tier::Edge },
             certs,
+            holds: hold::Holds::default(),
             https_port: config.https_port,
         };
         engine.metrics.sites.set(engine.sites.load().len() as f64);

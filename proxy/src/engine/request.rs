@@ -272,6 +272,13 @@ async fn cacheable(cx: &Ctx) -> Answer {
                         return serve_stored(cx, found.key, &obj, status);
                     }
                     Freshness::Stale(_) => {
+                        // The upstream failed for this key a moment ago:
+                        // the stale copy again, without asking it.
+                        if engine.holds.held(found.key, now) && (distrust || obj.timing.usable_if_error(now)) {
+                            let kind = if distrust { Outcome::StalePartitioned } else { Outcome::StaleIfError };
+                            let status = CacheStatus { ttl, ..CacheStatus::new(kind) };
+                            return serve_stored(cx, found.key, &obj, status);
+                        }
                         outcome = Outcome::Expired;
                         stale = Some((found.key, obj));
                     }
@@ -369,6 +376,7 @@ async fn fetch_answer(
                 return None;
             }
             let obj = &head.object;
+            engine.holds.succeeded(flight.key);
             let status = CacheStatus {
                 fwd_status: Some(obj.status.as_u16()),
                 stored: head.storing,
@@ -388,6 +396,7 @@ async fn fetch_answer(
             Some((resp, status))
         }
         Head::Revalidated(obj) => {
+            engine.holds.succeeded(flight.key);
             let status = CacheStatus {
                 fwd_status: Some(304),
                 stored: true,
@@ -407,6 +416,7 @@ async fn fetch_answer(
         },
         Head::Failed(error) => {
             if let Some((skey, obj)) = stale.filter(|(_, o)| partitioned || o.timing.usable_if_error(now())) {
+                engine.holds.failed(skey, now());
                 let kind = if partitioned { Outcome::StalePartitioned } else { Outcome::StaleIfError };
                 let status = CacheStatus {
                     fwd_status: match &error {

@@ -1,0 +1,417 @@
+//! A load scenario file, in the spirit of k6's options: the target, one
+//! executor, the request mix, checks and thresholds.
+//!
+//! ```toml
+//! [target]
+//! urls = ["http://127.0.0.11:8080", "http://127.0.0.12:8080"]  # round-robin per VU
+//! host = "www.example.test"               # Host header (default: the URL's)
+//! origin = "http://127.0.0.1:9000"        # test origin, read for origin_requests
+//!
+//! [executor]
+//! type = "constant-vus"                   # or ramping-vus, constant-arrival-rate
+//! vus = 16
+//! duration = "10s"
+//! # ramping-vus: start_vus = 0, stages = [{ duration = "5s", target = 20 }, …]
+//! # constant-arrival-rate: rate = 2000, time_unit = "1s", duration = "10s",
+//! #                        pre_allocated_vus = 50, max_vus = 200
+//!
+//! [requests]
+//! path = "/obj/{n}?size=1KiB&cc=max-age%3D60"   # {n}: the object number
+//! objects = 1000
+//! distribution = "zipf"                   # or "uniform"
+//! zipf_exponent = 1.0
+//! headers = { "accept-encoding" = "identity" }
+//! range = "bytes=0-1023"                  # optional Range header
+//!
+//! [[check]]
+//! name = "status is 200"
+//! status = 200
+//! [[check]]
+//! name = "served by the CDN"
+//! header = "cache-status"
+//! contains = "edge"
+//!
+//! [thresholds]
+//! http_req_duration = ["p(95)<20ms"]
+//! http_req_failed = ["rate<0.001"]
+//! cache_hit_ratio = ["rate>0.9"]
+//! origin_requests = ["count<1000"]
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why a scenario file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub target: Target,
+    pub executor: Executor,
+    pub requests: Requests,
+    #[serde(default, rename = "check")]
+    pub checks: Vec<Check>,
+    #[serde(default)]
+    pub thresholds: BTreeMap<String, Vec<String>>,
+    /// Requests made on a schedule during the run: purges, faults.
+    #[serde(default, rename = "action")]
+    pub actions: Vec<Action>,
+}
+
+/// A request sent at `at` into the run (and then every `every`, if set).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Action {
+    pub name: String,
+    #[serde(with = "duration", default = "zero")]
+    pub at: Duration,
+    #[serde(with = "opt_duration", default)]
+    pub every: Option<Duration>,
+    #[serde(default = "post")]
+    pub method: String,
+    /// `http://` only; `{run}` is replaced as in request paths.
+    pub url: String,
+    pub body: Option<String>,
+    /// A bearer token read from this file (relative to the working folder),
+    /// or from the `OUTPOST_TOKEN` variable when the file is missing.
+    pub token_file: Option<String>,
+}
+
+fn zero() -> Duration {
+    Duration::ZERO
+}
+fn post() -> String {
+    "POST".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub urls: Vec<String>,
+    pub host: Option<String>,
+    pub origin: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Executor {
+    ConstantVus {
+        vus: u32,
+        #[serde(with = "duration")]
+        duration: Duration,
+    },
+    RampingVus {
+        #[serde(default)]
+        start_vus: u32,
+        stages: Vec<Stage>,
+    },
+    ConstantArrivalRate {
+        rate: u32,
+        #[serde(with = "duration", default = "one_second")]
+        time_unit: Duration,
+        #[serde(with = "duration")]
+        duration: Duration,
+        pre_allocated_vus: u32,
+        max_vus: Option<u32>,
+    },
+}
+
+fn one_second() -> Duration {
+    Duration::from_secs(1)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    #[serde(with = "duration")]
+    pub duration: Duration,
+    pub target: u32,
+}
+
+impl Executor {
+    /// How long the executor runs.
+    pub fn duration(&self) -> Duration {
+        match self {
+            Executor::ConstantVus { duration, .. } | Executor::ConstantArrivalRate { duration, .. } => *duration,
+            Executor::RampingVus { stages, .. } => stages.iter().map(|s| s.duration).sum(),
+        }
+    }
+
+    /// Most VUs it may run at once.
+    pub fn max_vus(&self) -> u32 {
+        match self {
+            Executor::ConstantVus { vus, .. } => *vus,
+            Executor::RampingVus { start_vus, stages } => {
+                stages.iter().map(|s| s.target).max().unwrap_or(0).max(*start_vus)
+            }
+            Executor::ConstantArrivalRate { pre_allocated_vus, max_vus, .. } => {
+                max_vus.unwrap_or(*pre_allocated_vus).max(*pre_allocated_vus)
+            }
+        }
+    }
+
+    /// VUs wanted `at` into a ramping run: linear within each stage.
+    pub fn vus_at(&self, at: Duration) -> u32 {
+        match self {
+            Executor::RampingVus { start_vus, stages } => {
+                let (mut from, mut start) = (*start_vus as f64, Duration::ZERO);
+                for s in stages {
+                    if at < start + s.duration {
+                        let f = (at - start).as_secs_f64() / s.duration.as_secs_f64().max(1e-9);
+                        return (from + (s.target as f64 - from) * f).round() as u32;
+                    }
+                    from = s.target as f64;
+                    start += s.duration;
+                }
+                from as u32
+            }
+            _ => self.max_vus(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Distribution {
+    Uniform,
+    Zipf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Requests {
+    /// A path with `{n}` where the object number goes, `{size}` for one of
+    /// `sizes` (chosen by object number) and `{run}` for an id unique to
+    /// the run (so a run starts with a cold cache).
+    pub path: String,
+    #[serde(default)]
+    pub sizes: Vec<String>,
+    #[serde(default = "one")]
+    pub objects: u64,
+    #[serde(default = "uniform")]
+    pub distribution: Distribution,
+    #[serde(default = "zipf_exponent")]
+    pub zipf_exponent: f64,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub range: Option<String>,
+}
+
+fn one() -> u64 {
+    1
+}
+fn uniform() -> Distribution {
+    Distribution::Uniform
+}
+fn zipf_exponent() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Check {
+    pub name: String,
+    pub status: Option<u16>,
+    pub header: Option<String>,
+    pub contains: Option<String>,
+}
+
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map(Some).map_err(|e| serde::de::Error::custom(format!("`{text}`: {e}")))
+    }
+}
+
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| serde::de::Error::custom(format!("`{text}`: {e}")))
+    }
+}
+
+impl Requests {
+    /// The static start of the path: what the origin's counters are
+    /// summed over for `origin_requests`.
+    pub fn prefix(&self) -> &str {
+        let end = self.path.find(['{', '?']).unwrap_or(self.path.len());
+        &self.path[..end]
+    }
+}
+
+impl Scenario {
+    /// Parses and checks a scenario; errors carry the file and, for TOML
+    /// mistakes, the line and column.
+    pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
+        let invalid = |message: String| ScenarioError::Invalid { path: path.display().to_string(), message };
+        let s: Scenario = toml::from_str(text).map_err(|e| invalid(e.to_string().trim_end().to_string()))?;
+        if s.target.urls.is_empty() {
+            return Err(invalid("target.urls is empty".into()));
+        }
+        for u in &s.target.urls {
+            if !u.starts_with("http://") {
+                return Err(invalid(format!("target url `{u}` must start with http://")));
+            }
+        }
+        if s.executor.duration().is_zero() {
+            return Err(invalid("the executor's duration must be longer than zero".into()));
+        }
+        if s.executor.max_vus() == 0 {
+            return Err(invalid("the executor needs at least one VU".into()));
+        }
+        if s.requests.objects == 0 || !s.requests.path.starts_with('/') {
+            return Err(invalid("requests.path must start with / and objects must be at least 1".into()));
+        }
+        if s.requests.path.contains("{size}") && s.requests.sizes.is_empty() {
+            return Err(invalid("requests.path uses {size} but requests.sizes is empty".into()));
+        }
+        for a in &s.actions {
+            if !a.url.starts_with("http://") {
+                return Err(invalid(format!("action `{}`: url must start with http://", a.name)));
+            }
+            if a.every.is_some_and(|e| e.is_zero()) {
+                return Err(invalid(format!("action `{}`: every must be longer than zero", a.name)));
+            }
+        }
+        for (metric, exprs) in &s.thresholds {
+            for e in exprs {
+                super::metrics::Threshold::parse(metric, e).map_err(invalid)?;
+            }
+        }
+        Ok(s)
+    }
+
+    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ScenarioError::Invalid {
+            path: path.display().to_string(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Scenario::parse(path, &text)
+    }
+}
+
+/// Object numbers drawn uniformly or by a Zipf law, from a small fast
+/// generator (xorshift64*; load generation needs speed, not secrecy).
+#[derive(Debug, Clone)]
+pub struct Picker {
+    state: u64,
+    /// Cumulative Zipf weights, normalised; empty for uniform.
+    cdf: std::sync::Arc<[f64]>,
+    objects: u64,
+}
+
+impl Picker {
+    pub fn new(req: &Requests, seed: u64) -> Picker {
+        let cdf: std::sync::Arc<[f64]> = match req.distribution {
+            Distribution::Uniform => std::sync::Arc::from(Vec::new()),
+            Distribution::Zipf => {
+                let mut acc = 0.0;
+                let mut v: Vec<f64> = (1..=req.objects)
+                    .map(|k| {
+                        acc += 1.0 / (k as f64).powf(req.zipf_exponent);
+                        acc
+                    })
+                    .collect();
+                for x in &mut v {
+                    *x /= acc;
+                }
+                std::sync::Arc::from(v)
+            }
+        };
+        Picker { state: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1, cdf, objects: req.objects }
+    }
+
+    /// Shares the Zipf table with a new seed.
+    pub fn fork(&self, seed: u64) -> Picker {
+        Picker {
+            state: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+            cdf: std::sync::Arc::clone(&self.cdf),
+            objects: self.objects,
+        }
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.state ^= self.state >> 12;
+        self.state ^= self.state << 25;
+        self.state ^= self.state >> 27;
+        self.state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// An object number, 1-based: 1 is the most popular under Zipf.
+    pub fn pick(&mut self) -> u64 {
+        let r = self.next_u64();
+        if self.cdf.is_empty() {
+            return r % self.objects + 1;
+        }
+        let u = (r >> 11) as f64 / (1u64 << 53) as f64;
+        self.cdf.partition_point(|c| *c < u) as u64 + 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zipf_favours_the_first_objects_and_uniform_does_not() {
+        let mut req = Requests {
+            path: "/o/{n}".into(),
+            objects: 100,
+            distribution: Distribution::Zipf,
+            zipf_exponent: 1.0,
+            headers: BTreeMap::new(),
+            range: None,
+            sizes: Vec::new(),
+        };
+        let mut p = Picker::new(&req, 7);
+        let draws: Vec<u64> = (0..20_000).map(|_| p.pick()).collect();
+        assert!(draws.iter().all(|n| (1..=100).contains(n)));
+        let first = draws.iter().filter(|n| **n == 1).count() as f64 / 20_000.0;
+        // H(100) ≈ 5.19, so object 1 is drawn about 19% of the time.
+        assert!((0.16..0.23).contains(&first), "{first}");
+        req.distribution = Distribution::Uniform;
+        let mut p = Picker::new(&req, 7);
+        let ones = (0..20_000).filter(|_| p.pick() == 1).count() as f64 / 20_000.0;
+        assert!(ones < 0.02, "{ones}");
+    }
+
+    #[test]
+    fn ramping_vus_interpolate_between_stages() {
+        let e: Executor = toml::from_str::<BTreeMap<String, Executor>>(
+            "[e]\ntype = \"ramping-vus\"\nstart_vus = 0\nstages = [{ duration = \"10s\", target = 20 }, { duration = \"10s\", target = 0 }]",
+        )
+        .unwrap()
+        .remove("e")
+        .unwrap();
+        assert_eq!(e.duration(), Duration::from_secs(20));
+        assert_eq!(e.max_vus(), 20);
+        assert_eq!(e.vus_at(Duration::from_secs(5)), 10);
+        assert_eq!(e.vus_at(Duration::from_secs(10)), 20);
+        assert_eq!(e.vus_at(Duration::from_secs(15)), 10);
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_their_position() {
+        let e = Scenario::parse(Path::new("s.toml"), "[target]\nurls = [\"http://a\"]\n[executor]\ntype = \"warp\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("s.toml: TOML parse error at line 4, column 8"), "{e}");
+        assert!(e.contains("unknown variant `warp`"), "{e}");
+    }
+}

@@ -1,0 +1,137 @@
+//! `outpost up` with the example configuration moved to other addresses,
+//! and `outpost load` against it: a scenario whose thresholds hold exits 0,
+//! one with a threshold that cannot hold exits 99.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn outpost() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_outpost"))
+}
+
+/// The repository's `config/` with every address moved: 127.0.0.1 becomes
+/// 127.0.0.40 and the edges 127.0.0.41 to .43, so nothing collides with
+/// an `outpost up` already running on this machine or with other tests.
+fn moved_config(to: &Path) {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    std::fs::create_dir_all(to.join("geoip")).unwrap();
+    std::fs::copy(from.join("geoip/sample.mmdb"), to.join("geoip/sample.mmdb")).unwrap();
+    for entry in std::fs::read_dir(&from).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|x| x != "toml") || path.file_name().is_some_and(|n| n == "Cargo.toml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("127.0.0.1:", "127.0.0.40:")
+            .replace("127.0.0.11", "127.0.0.41")
+            .replace("127.0.0.12", "127.0.0.42")
+            .replace("127.0.0.13", "127.0.0.43");
+        std::fs::write(to.join(path.file_name().unwrap()), text).unwrap();
+    }
+}
+
+struct Up(Child);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn scenario(dir: &Path, name: &str, thresholds: &str) -> std::path::PathBuf {
+    let file = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &file,
+        format!(
+            "[target]\nurls = [\"http://127.0.0.41:8080\", \"http://127.0.0.42:8080\", \"http://127.0.0.43:8080\"]\n\
+             host = \"www.example.test\"\norigin = \"http://127.0.0.40:9000\"\n\
+             [executor]\ntype = \"constant-vus\"\nvus = 6\nduration = \"2s\"\n\
+             [requests]\npath = \"/{name}/{{n}}?size=1KiB&cc=max-age%3D600\"\nobjects = 20\n\
+             [[check]]\nname = \"status is 200\"\nstatus = 200\n\
+             [[action]]\nname = \"purge\"\nat = \"1s\"\nurl = \"http://127.0.0.40:7000/v1/purge\"\n\
+             body = '{{\"site\": \"example\", \"prefix\": \"/{name}/\"}}'\ntoken_file = \".outpost/admin.token\"\n\
+             [thresholds]\n{thresholds}\n"
+        ),
+    )
+    .unwrap();
+    file
+}
+
+#[test]
+fn load_runs_against_up_and_a_failed_threshold_exits_99() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    moved_config(&d.join("config"));
+    let mut child = outpost()
+        .current_dir(d)
+        .args(["up", "--config-dir", "config", "--data-dir", ".outpost"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let up = Up(child);
+    // `up` prints its table once every role is listening.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut table = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        table.push_str(&line);
+        table.push('\n');
+        if line.starts_with("Ctrl-C") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "up did not come up:\n{table}");
+    }
+    assert!(table.contains("https://127.0.0.41:8443"), "{table}");
+    // Keep reading, so `up` can still write when it stops.
+    let rest = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<String>>());
+
+    let out = outpost()
+        .current_dir(d)
+        .args(["load", "-q", "--out"])
+        .arg(format!("json={}", d.join("pass.json").display()))
+        .arg("--report")
+        .arg(d.join("pass.html"))
+        .arg(scenario(
+            d,
+            "pass",
+            "http_req_failed = [\"rate<0.01\"]\ncache_hit_ratio = [\"rate>0.5\"]\norigin_requests = [\"count<=40\"]\nchecks = [\"rate>0.99\"]",
+        ))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("✓ origin_requests count<=40"), "{stdout}");
+    assert!(stdout.contains("action purge") && stdout.contains("1 ok, 0 failed"), "{stdout}");
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("pass.json")).unwrap()).unwrap();
+    let reqs = json["metrics"]["http_reqs"]["count"].as_u64().unwrap();
+    let origin = json["metrics"]["origin_requests"].as_u64().unwrap();
+    // 20 objects, fetched once, then again after the purge.
+    assert!((20..=40).contains(&origin), "{origin} origin requests");
+    assert!(reqs > 100 * origin, "{reqs} requests for {origin} origin fetches");
+    assert!(json["series"].as_array().unwrap().len() >= 2);
+    let html = std::fs::read_to_string(d.join("pass.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("Latency over time"));
+
+    let out = outpost()
+        .current_dir(d)
+        .args(["load", "-q"])
+        .arg(scenario(d, "fail", "http_req_duration = [\"p(99)<1us\"]\nhttp_req_failed = [\"rate<0.01\"]"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(99), "{stdout}");
+    assert!(stdout.contains("✗ http_req_duration p(99)<1us"), "{stdout}");
+    assert!(stdout.contains("✓ http_req_failed rate<0.01"), "{stdout}");
+
+    let mut up = up;
+    let status = Command::new("kill").args(["-TERM", &up.0.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    assert!(up.0.wait().unwrap().success(), "up stops cleanly");
+    assert!(rest.join().unwrap().iter().any(|l| l == "Outpost stopped."));
+}

@@ -166,14 +166,18 @@ impl FetchJob {
         let req = self.upstream_request();
         let host = self.request.headers.get(header::HOST).cloned();
         let result = engine.send(&self.site, self.rkey.primary, req, host).await;
+        let now = engine.clock.now();
+        let key = self.guard.flight.key;
         let resp = match result {
             Ok(resp) => resp,
             Err(e) => {
+                if self.stale.is_some() {
+                    engine.holds.failed(key, now);
+                }
                 self.guard.flight.set_head(Head::Failed(e));
                 return;
             }
         };
-        let now = engine.clock.now();
         // Age from Date and Age headers is measured on the real clock: the
         // upstream's Date is a real time (the engine clock may be advanced).
         let age = |headers: &HeaderMap| policy::initial_age(headers, started_real, SystemTime::now());
@@ -193,9 +197,11 @@ impl FetchJob {
             && (partitioned || stale.timing.usable_if_error(now))
         {
             let label = self.site.id.clone();
+            engine.holds.failed(key, now);
             self.guard.flight.set_head(Head::Failed(UpstreamError::Status(label, status.as_u16())));
             return;
         }
+        engine.holds.succeeded(key);
         let plan = self.plan(status, resp.headers(), now);
         let too_large = content_length(resp.headers()).is_some_and(|l| l > self.site.cache.max_object_size);
         let not_stored = match (&plan, too_large) {

@@ -267,7 +267,11 @@ async fn cacheable(cx: &Ctx) -> Answer {
                         );
                     }
                     Freshness::StaleWhileRevalidate(_) => {
-                        revalidate_in_background(cx, found.key, Arc::clone(&obj));
+                        // While the upstream is failing for this key, the
+                        // stale copy is served without trying again.
+                        if !engine.holds.held(found.key, now) {
+                            revalidate_in_background(cx, found.key, Arc::clone(&obj));
+                        }
                         let status = CacheStatus { ttl, ..CacheStatus::new(Outcome::StaleWhileRevalidate) };
                         return serve_stored(cx, found.key, &obj, status);
                     }
@@ -376,7 +380,6 @@ async fn fetch_answer(
                 return None;
             }
             let obj = &head.object;
-            engine.holds.succeeded(flight.key);
             let status = CacheStatus {
                 fwd_status: Some(obj.status.as_u16()),
                 stored: head.storing,
@@ -396,7 +399,6 @@ async fn fetch_answer(
             Some((resp, status))
         }
         Head::Revalidated(obj) => {
-            engine.holds.succeeded(flight.key);
             let status = CacheStatus {
                 fwd_status: Some(304),
                 stored: true,
@@ -416,7 +418,6 @@ async fn fetch_answer(
         },
         Head::Failed(error) => {
             if let Some((skey, obj)) = stale.filter(|(_, o)| partitioned || o.timing.usable_if_error(now())) {
-                engine.holds.failed(skey, now());
                 let kind = if partitioned { Outcome::StalePartitioned } else { Outcome::StaleIfError };
                 let status = CacheStatus {
                     fwd_status: match &error {

@@ -124,6 +124,23 @@ async fn stale_while_revalidate_serves_stale_and_fetches_once() {
     assert_eq!(origin.count("/swr").await, 2, "five stale hits, one revalidation");
     let r = edge.get(url).await;
     assert!(r.cache_status().starts_with("edge-test; hit; ttl="), "{}", r.cache_status());
+
+    // A failing origin: the first background revalidation fails and the key
+    // is held, so further stale hits do not try again for a while.
+    let url = "/swr?cc=max-age%3D10,%20stale-while-revalidate%3D60,%20stale-if-error%3D300";
+    edge.get(url).await;
+    edge.engine.clock.advance(Duration::from_secs(15));
+    origin.control("fault?mode=503").await;
+    let before = origin.count("/swr").await;
+    edge.get(url).await;
+    eventually("the failed revalidation", || async { origin.count("/swr").await > before }).await;
+    for _ in 0..20 {
+        let r = edge.get(url).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.cache_status());
+        assert!(r.cache_status().contains("detail=stale-while-revalidate"), "{}", r.cache_status());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(origin.count("/swr").await - before <= 2, "{} tries", origin.count("/swr").await - before);
 }
 
 #[tokio::test]

@@ -3,5 +3,7 @@
 
 mod cli;
 mod control;
+mod failures;
 mod load;
 mod relay;
+mod topology;

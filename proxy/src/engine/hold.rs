@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use crate::key::Key;
 
 pub const FIRST_HOLD: Duration = Duration::from_secs(1);
-pub const MAX_HOLD: Duration = Duration::from_secs(8);
+pub const MAX_HOLD: Duration = Duration::from_secs(4);
 /// Keys held at once; past it the oldest holds are dropped (the upstream is
 /// then asked again, which is safe).
 const MAX_KEYS: usize = 100_000;

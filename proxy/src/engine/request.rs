@@ -199,12 +199,27 @@ struct Found {
 
 async fn lookup(cx: &Ctx) -> Found {
     let store = &cx.engine.store;
+    // An object whose body did not all reach the disk (a crash) is dropped
+    // and fetched again.
+    let whole = |key: Key, o: Arc<StoredObject>| {
+        if store.has_body(key, &o) {
+            Some(o)
+        } else {
+            tracing::warn!(node = %cx.engine.node, "a cached body is incomplete (lost in a crash?); fetching it again");
+            store.remove_object(key, &o);
+            None
+        }
+    };
     match store.get(cx.rkey.primary).await {
-        Some(Entry::Object(o)) => Found { key: cx.rkey.primary, object: Some(o), vary_miss: false },
+        Some(Entry::Object(o)) => Found { key: cx.rkey.primary, object: whole(cx.rkey.primary, o), vary_miss: false },
         Some(Entry::Variants(v)) => {
             let key = cx.rkey.variant(&v.names, &cx.headers);
             match store.get(key).await {
-                Some(Entry::Object(o)) => Found { key, object: Some(o), vary_miss: false },
+                Some(Entry::Object(o)) => {
+                    let object = whole(key, o);
+                    let vary_miss = object.is_none();
+                    Found { key, object, vary_miss }
+                }
                 _ => Found { key, object: None, vary_miss: true },
             }
         }

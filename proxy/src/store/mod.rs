@@ -135,6 +135,19 @@ impl Store {
         self.cache.insert(key, Entry::Gone);
     }
 
+    /// Are all of an object's body chunks there? After a crash the disk
+    /// can hold an object's head without every chunk (writes still queued
+    /// were lost); such an object must not be served, or its body would
+    /// break off mid-stream. Index lookups only: nothing is read.
+    pub fn has_body(&self, key: Key, object: &StoredObject) -> bool {
+        match object.body {
+            BodyRef::Chunked { len, chunk_size, generation } => {
+                (0..chunk_count(len, chunk_size)).all(|i| self.cache.contains(&chunk_key(key, generation, i)))
+            }
+            _ => true,
+        }
+    }
+
     /// Removes an object and its body chunks.
     pub fn remove_object(&self, key: Key, object: &StoredObject) {
         self.remove(key);

@@ -104,7 +104,7 @@ pub(crate) fn print_nodes(v: &serde_json::Value) {
             n["role"].as_str().unwrap_or(""),
             n["pop"].as_str().unwrap_or("-"),
             if n["connected"] == true { "yes" } else { "no" },
-            n["lag"],
+            n["lag"].as_u64().unwrap_or(0),
             ago(n["since_contact_ms"].as_u64().unwrap_or(0)),
             addrs.join(", ")
         );

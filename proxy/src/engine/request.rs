@@ -264,8 +264,9 @@ async fn cacheable(cx: &Ctx) -> Answer {
         if let Some(obj) = found.object {
             let verdict = engine.purges.check(&cx.site.id, &obj);
             if verdict == Verdict::Invalid {
+                // Purged: the copy is gone, so this is a miss, not a stale hit.
                 engine.store.remove_object(found.key, &obj);
-                outcome = Outcome::Expired;
+                outcome = Outcome::UriMiss;
             } else if !auth || obj.shareable_with_auth {
                 let freshness = match verdict {
                     Verdict::Valid if !distrust => obj.timing.freshness(now),

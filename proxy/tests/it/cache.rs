@@ -297,7 +297,7 @@ async fn purges_by_url_prefix_tag_all_and_soft() {
 
     edge.engine.purge("t", &PurgeTarget::Tags { tags: vec!["green".into()] }, false).await.unwrap();
     let r = hit(objs[2]).await;
-    assert!(r.cache_status().contains("fwd=stale"), "purged objects are refetched: {}", r.cache_status());
+    assert!(r.cache_status().contains("fwd=uri-miss"), "purged objects are refetched: {}", r.cache_status());
     assert!(hit(objs[0]).await.is_hit());
 
     edge.engine.purge("t", &PurgeTarget::All, false).await.unwrap();

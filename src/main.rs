@@ -163,6 +163,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Install the metrics recorder before any role makes its metrics: a
+    // counter made earlier would count into nothing (the DNS server's did).
+    if matches!(cli.command, Command::Up { .. } | Command::Dns { .. } | Command::Control { .. }) {
+        let _ = outpost_proxy::engine::observe::prometheus();
+    }
     let result = match cli.command {
         Command::Check { files } => return check::run(&files),
         Command::Up { config_dir, data_dir } => {

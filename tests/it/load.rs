@@ -61,8 +61,8 @@ fn scenario(dir: &Path, name: &str, thresholds: &str) -> std::path::PathBuf {
     file
 }
 
-#[test]
-fn load_runs_against_up_and_a_failed_threshold_exits_99() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_runs_against_up_and_a_failed_threshold_exits_99() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     moved_config(&d.join("config"));
@@ -88,6 +88,15 @@ fn load_runs_against_up_and_a_failed_threshold_exits_99() {
         assert!(Instant::now() < deadline, "up did not come up:\n{table}");
     }
     assert!(table.contains("https://127.0.0.41:8443"), "{table}");
+    // DNS steers a London client to the fra edge, and counts it on its
+    // admin listener.
+    let dns = "127.0.0.40:5353".parse().unwrap();
+    let london = crate::topology::dns_a(dns, "example.cdn.example.test.").await;
+    assert_eq!(london, vec!["127.0.0.41".parse::<std::net::IpAddr>().unwrap()]);
+    let metrics =
+        crate::topology::request(http::Method::GET, "http://127.0.0.40:9053/metrics", "x", None, "").await.unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.body);
+    assert!(metrics.contains("outpost_dns_queries_total{node=\"dns\",type=\"A\",rcode=\"noerror\"} "), "{metrics}");
     // Keep reading, so `up` can still write when it stops.
     let rest = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<String>>());
 

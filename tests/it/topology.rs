@@ -471,11 +471,16 @@ impl Load {
 
 /// The A records the DNS server gives a London client.
 pub async fn dns_london(dns: SocketAddr) -> Vec<IpAddr> {
+    dns_a(dns, "shop.cdn.test.").await
+}
+
+/// The A records for `name` as a London client (by its ECS subnet) gets them.
+pub async fn dns_a(dns: SocketAddr, name: &str) -> Vec<IpAddr> {
     use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
     use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
     use hickory_proto::rr::{Name, RData, RecordType};
     let mut m = Message::new(7, MessageType::Query, OpCode::Query);
-    m.add_query(Query::query(Name::from_ascii("shop.cdn.test.").unwrap(), RecordType::A));
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
     let mut e = Edns::new();
     e.options_mut().insert(EdnsOption::Subnet(ClientSubnet::new("81.2.69.0".parse().unwrap(), 24, 0)));
     m.set_edns(e);

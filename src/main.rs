@@ -6,9 +6,8 @@
 
 mod check;
 mod client;
-mod roles;
-mod signals;
-mod up;
+
+use outpost::{roles, signals, up};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -163,11 +162,6 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Install the metrics recorder before any role makes its metrics: a
-    // counter made earlier would count into nothing (the DNS server's did).
-    if matches!(cli.command, Command::Up { .. } | Command::Dns { .. } | Command::Control { .. }) {
-        let _ = outpost_proxy::engine::observe::prometheus();
-    }
     let result = match cli.command {
         Command::Check { files } => return check::run(&files),
         Command::Up { config_dir, data_dir } => {

@@ -27,13 +27,13 @@ async fn serve(node: &NodeConfig, bound: outpost_proxy::node::Node) -> anyhow::R
     Ok(())
 }
 
-pub(crate) async fn edge(path: &Path) -> anyhow::Result<()> {
+pub async fn edge(path: &Path) -> anyhow::Result<()> {
     let node = load(path, Role::Edge)?;
     let bound = outpost_edge::bind(&node).await.with_context(|| format!("starting edge `{}`", node.name))?;
     serve(&node, bound).await
 }
 
-pub(crate) async fn shield(path: &Path) -> anyhow::Result<()> {
+pub async fn shield(path: &Path) -> anyhow::Result<()> {
     let node = load(path, Role::Shield)?;
     let (bound, _) = outpost_shield::bind(&node).await.with_context(|| format!("starting shield `{}`", node.name))?;
     serve(&node, bound).await
@@ -51,14 +51,17 @@ impl outpost_proxy::admin::Health for DnsHealth {
 }
 
 /// A bound DNS node and its admin listener.
-pub(crate) struct Dns {
-    pub(crate) node: outpost_control::dns::DnsNode,
+#[derive(Debug)]
+pub struct Dns {
+    pub node: outpost_control::dns::DnsNode,
     admin: Option<tokio::net::TcpListener>,
     name: String,
 }
 
 impl Dns {
-    pub(crate) async fn bind(node: &NodeConfig) -> anyhow::Result<Dns> {
+    pub async fn bind(node: &NodeConfig) -> anyhow::Result<Dns> {
+        // Before the server makes its metrics, so they are recorded.
+        let _ = outpost_proxy::engine::observe::prometheus();
         let mut bound = outpost_control::dns::DnsNode::bind(node).await?;
         if let Some(link) = &node.control {
             // The registry may be served over HTTPS with a private CA.
@@ -71,11 +74,11 @@ impl Dns {
         Ok(Dns { node: bound, admin, name: node.name.clone() })
     }
 
-    pub(crate) fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    pub(crate) async fn run(self, stop: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(self, stop: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
         if let Some(l) = self.admin {
             let health = std::sync::Arc::new(DnsHealth { name: self.name });
             tokio::spawn(outpost_proxy::admin::serve(health, l, stop.clone()));
@@ -85,15 +88,17 @@ impl Dns {
     }
 }
 
-pub(crate) async fn dns(path: &Path) -> anyhow::Result<()> {
+pub async fn dns(path: &Path) -> anyhow::Result<()> {
     let node = load(path, Role::Dns)?;
     let bound = Dns::bind(&node).await?;
     tracing::info!(node = %node.name, addr = %bound.node.addr(), "dns listening (udp and tcp)");
     bound.run(signals::shutdown_token()).await
 }
 
-pub(crate) async fn control(path: &Path) -> anyhow::Result<()> {
+pub async fn control(path: &Path) -> anyhow::Result<()> {
     let node = load(path, Role::Control)?;
+    // Before the control plane makes its metrics, so they are recorded.
+    let _ = outpost_proxy::engine::observe::prometheus();
     let bound = outpost_control::node::ControlNode::bind(
         &node,
         Box::new(|| outpost_proxy::engine::observe::prometheus().render()),

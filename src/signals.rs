@@ -3,7 +3,7 @@
 use tokio_util::sync::CancellationToken;
 
 /// A token cancelled on the first Ctrl-C or SIGTERM.
-pub(crate) fn shutdown_token() -> CancellationToken {
+pub fn shutdown_token() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {

@@ -79,7 +79,20 @@ fn config_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-pub(crate) async fn run(config_dir: &Path, data_dir: &Path) -> anyhow::Result<()> {
+pub async fn run(config_dir: &Path, data_dir: &Path) -> anyhow::Result<()> {
+    run_until(config_dir, data_dir, signals::shutdown_token(), None).await
+}
+
+/// Runs until `stop` is cancelled; `ready` is told once every role listens.
+pub async fn run_until(
+    config_dir: &Path,
+    data_dir: &Path,
+    stop: tokio_util::sync::CancellationToken,
+    ready: Option<tokio::sync::oneshot::Sender<()>>,
+) -> anyhow::Result<()> {
+    // The metrics recorder goes in before any role makes its metrics: a
+    // counter made earlier would count into nothing.
+    let _ = outpost_proxy::engine::observe::prometheus();
     let files = config_files(config_dir)?;
     let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
     let problems = outpost_config::check_files(&paths);
@@ -103,7 +116,6 @@ pub(crate) async fn run(config_dir: &Path, data_dir: &Path) -> anyhow::Result<()
     }
     let local_ca = issue_local_certs(data_dir, &sites)?;
 
-    let stop = signals::shutdown_token();
     let mut rows: Vec<(String, String, String)> = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
     let mut try_lines = Vec::new();
@@ -247,6 +259,9 @@ pub(crate) async fn run(config_dir: &Path, data_dir: &Path) -> anyhow::Result<()
         println!("  cargo run --release -- status");
     }
     println!("\nCtrl-C stops everything.");
+    if let Some(ready) = ready {
+        let _ = ready.send(());
+    }
 
     while let Some(r) = tasks.join_next().await {
         r.context("a role panicked")??;

@@ -1,11 +1,10 @@
-//! `outpost up` with the example configuration moved to other addresses,
-//! and `outpost load` against it: a scenario whose thresholds hold exits 0,
+//! `outpost up`, run in this process with the example configuration moved
+//! to other addresses, and `outpost load` against it: a scenario whose thresholds hold exits 0,
 //! one with a threshold that cannot hold exits 99.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 fn outpost() -> Command {
     Command::new(env!("CARGO_BIN_EXE_outpost"))
@@ -33,15 +32,6 @@ fn moved_config(to: &Path) {
     }
 }
 
-struct Up(Child);
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn scenario(dir: &Path, name: &str, thresholds: &str) -> std::path::PathBuf {
     let file = dir.join(format!("{name}.toml"));
     std::fs::write(
@@ -66,28 +56,15 @@ async fn load_runs_against_up_and_a_failed_threshold_exits_99() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     moved_config(&d.join("config"));
-    let mut child = outpost()
-        .current_dir(d)
-        .args(["up", "--config-dir", "config", "--data-dir", ".outpost"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let up = Up(child);
-    // `up` prints its table once every role is listening.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut table = String::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        table.push_str(&line);
-        table.push('\n');
-        if line.starts_with("Ctrl-C") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "up did not come up:\n{table}");
-    }
-    assert!(table.contains("https://127.0.0.41:8443"), "{table}");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (ready, up_ready) = tokio::sync::oneshot::channel();
+    let (config, data) = (d.join("config"), d.join(".outpost"));
+    let up_stop = stop.clone();
+    let up = tokio::spawn(async move { outpost::up::run_until(&config, &data, up_stop, Some(ready)).await });
+    tokio::time::timeout(Duration::from_secs(60), up_ready).await.expect("up did not come up").unwrap();
+    // HTTPS on every edge, with the certificate `up` issued from its CA.
+    assert!(tokio::net::TcpStream::connect("127.0.0.41:8443").await.is_ok());
+    assert!(d.join(".outpost/tls/ca.pem").is_file());
     // DNS steers a London client to the fra edge, and counts it on its
     // admin listener.
     let dns = "127.0.0.40:5353".parse().unwrap();
@@ -97,8 +74,6 @@ async fn load_runs_against_up_and_a_failed_threshold_exits_99() {
         crate::topology::request(http::Method::GET, "http://127.0.0.40:9053/metrics", "x", None, "").await.unwrap();
     let metrics = String::from_utf8_lossy(&metrics.body);
     assert!(metrics.contains("outpost_dns_queries_total{node=\"dns\",type=\"A\",rcode=\"noerror\"} "), "{metrics}");
-    // Keep reading, so `up` can still write when it stops.
-    let rest = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<String>>());
 
     let out = outpost()
         .current_dir(d)
@@ -138,9 +113,7 @@ async fn load_runs_against_up_and_a_failed_threshold_exits_99() {
     assert!(stdout.contains("✗ http_req_duration p(99)<1us"), "{stdout}");
     assert!(stdout.contains("✓ http_req_failed rate<0.01"), "{stdout}");
 
-    let mut up = up;
-    let status = Command::new("kill").args(["-TERM", &up.0.id().to_string()]).status().unwrap();
-    assert!(status.success());
-    assert!(up.0.wait().unwrap().success(), "up stops cleanly");
-    assert!(rest.join().unwrap().iter().any(|l| l == "Outpost stopped."));
+    stop.cancel();
+    let stopped = tokio::time::timeout(Duration::from_secs(60), up).await.expect("up did not stop");
+    stopped.unwrap().expect("up stops cleanly");
 }

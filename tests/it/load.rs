@@ -11,8 +11,9 @@ fn outpost() -> Command {
 }
 
 /// The repository's `config/` with every address moved: 127.0.0.1 becomes
-/// 127.0.0.40 and the edges 127.0.0.41 to .43, so nothing collides with
-/// an `outpost up` already running on this machine or with other tests.
+/// 127.0.0.40, the edges 127.0.0.41 to .43, and the ports 10000 up, so
+/// nothing collides with an `outpost up` already running on this machine
+/// or with other tests.
 fn moved_config(to: &Path) {
     let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
     std::fs::create_dir_all(to.join("geoip")).unwrap();
@@ -27,7 +28,19 @@ fn moved_config(to: &Path) {
             .replace("127.0.0.1:", "127.0.0.40:")
             .replace("127.0.0.11", "127.0.0.41")
             .replace("127.0.0.12", "127.0.0.42")
-            .replace("127.0.0.13", "127.0.0.43");
+            .replace("127.0.0.13", "127.0.0.43")
+            // and every port by 10000.
+            .replace(":8080", ":18080")
+            .replace(":8443", ":18443")
+            .replace(":9090", ":19090")
+            .replace(":8101", ":18101")
+            .replace(":8102", ":18102")
+            .replace(":9201", ":19201")
+            .replace(":9202", ":19202")
+            .replace(":7000", ":17000")
+            .replace(":5353", ":15353")
+            .replace(":9053", ":19053")
+            .replace(":9000", ":19000");
         std::fs::write(to.join(path.file_name().unwrap()), text).unwrap();
     }
 }
@@ -37,12 +50,12 @@ fn scenario(dir: &Path, name: &str, thresholds: &str) -> std::path::PathBuf {
     std::fs::write(
         &file,
         format!(
-            "[target]\nurls = [\"http://127.0.0.41:8080\", \"http://127.0.0.42:8080\", \"http://127.0.0.43:8080\"]\n\
-             host = \"www.example.test\"\norigin = \"http://127.0.0.40:9000\"\n\
+            "[target]\nurls = [\"http://127.0.0.41:18080\", \"http://127.0.0.42:18080\", \"http://127.0.0.43:18080\"]\n\
+             host = \"www.example.test\"\norigin = \"http://127.0.0.40:19000\"\n\
              [executor]\ntype = \"constant-vus\"\nvus = 6\nduration = \"2s\"\n\
              [requests]\npath = \"/{name}/{{n}}?size=1KiB&cc=max-age%3D600\"\nobjects = 20\n\
              [[check]]\nname = \"status is 200\"\nstatus = 200\n\
-             [[action]]\nname = \"purge\"\nat = \"1s\"\nurl = \"http://127.0.0.40:7000/v1/purge\"\n\
+             [[action]]\nname = \"purge\"\nat = \"1s\"\nurl = \"http://127.0.0.40:17000/v1/purge\"\n\
              body = '{{\"site\": \"example\", \"prefix\": \"/{name}/\"}}'\ntoken_file = \".outpost/admin.token\"\n\
              [thresholds]\n{thresholds}\n"
         ),
@@ -63,15 +76,15 @@ async fn load_runs_against_up_and_a_failed_threshold_exits_99() {
     let up = tokio::spawn(async move { outpost::up::run_until(&config, &data, up_stop, Some(ready)).await });
     tokio::time::timeout(Duration::from_secs(60), up_ready).await.expect("up did not come up").unwrap();
     // HTTPS on every edge, with the certificate `up` issued from its CA.
-    assert!(tokio::net::TcpStream::connect("127.0.0.41:8443").await.is_ok());
+    assert!(tokio::net::TcpStream::connect("127.0.0.41:18443").await.is_ok());
     assert!(d.join(".outpost/tls/ca.pem").is_file());
     // DNS steers a London client to the fra edge, and counts it on its
     // admin listener.
-    let dns = "127.0.0.40:5353".parse().unwrap();
+    let dns = "127.0.0.40:15353".parse().unwrap();
     let london = crate::topology::dns_a(dns, "example.cdn.example.test.").await;
     assert_eq!(london, vec!["127.0.0.41".parse::<std::net::IpAddr>().unwrap()]);
     let metrics =
-        crate::topology::request(http::Method::GET, "http://127.0.0.40:9053/metrics", "x", None, "").await.unwrap();
+        crate::topology::request(http::Method::GET, "http://127.0.0.40:19053/metrics", "x", None, "").await.unwrap();
     let metrics = String::from_utf8_lossy(&metrics.body);
     assert!(metrics.contains("outpost_dns_queries_total{node=\"dns\",type=\"A\",rcode=\"noerror\"} "), "{metrics}");
 

@@ -252,8 +252,34 @@ pub enum UpstreamMode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
     pub mode: UpstreamMode,
-    pub shields: Vec<Uri>,
+    pub shields: Vec<ShieldAddr>,
     pub probe_interval: Duration,
+}
+
+/// A shield as an edge reaches it: `"http://10.0.0.5:8101"`, or
+/// `{ name = "shield-1", url = "http://10.0.0.5:8101" }` when edges reach the
+/// same shield by different addresses. Edges agree which shield owns a key
+/// by hashing shield names (the URL's host and port when no name is given),
+/// so every edge must name a shield the same way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShieldAddr {
+    pub name: String,
+    pub url: Uri,
+}
+
+impl Decode for ShieldAddr {
+    fn decode(s: &mut Sink<'_>, v: &Val<'_>) -> Option<Self> {
+        if let toml::de::DeValue::String(_) = v.get_ref() {
+            let url = Uri::decode(s, v)?;
+            let name = url.authority().map_or_else(|| url.to_string(), |a| a.to_string());
+            return Some(ShieldAddr { name, url });
+        }
+        let mut t = Table::of(s, "a shield", v)?;
+        let name: Option<String> = t.req(s, "name");
+        let url: Option<Uri> = t.req(s, "url");
+        t.finish(s);
+        Some(ShieldAddr { name: name?, url: url? })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -681,7 +707,7 @@ fn decode_upstream(s: &mut Sink<'_>, root: &mut Table<'_, '_>) -> Option<Upstrea
         }
     };
     let mode = t.or(s, "mode", UpstreamMode::Shield);
-    let shields: Vec<Uri> = t.or(s, "shields", Vec::new());
+    let shields: Vec<ShieldAddr> = t.or(s, "shields", Vec::new());
     if mode == UpstreamMode::Shield && shields.is_empty() {
         s.error(
             &t.span_of("shields"),

@@ -90,6 +90,19 @@ fn a_shield_routed_edge_needs_shields() {
     let RoleConfig::Edge(edge) = &node.role else { panic!() };
     assert_eq!(edge.upstream.mode, UpstreamMode::Shield, "shield is the default mode");
     assert_eq!(edge.upstream.shields.len(), 2);
+    assert_eq!(edge.upstream.shields[1].name, "[::1]:8102", "a shield is named by its address by default");
+    // Named shields: edges reaching one shield by different addresses still
+    // agree which shield owns a key.
+    let text = EDGE.replace(
+        "mode = \"origin\"",
+        "shields = [{ name = \"shield-1\", url = \"http://10.1.0.5:8101\" }, \"http://127.0.0.1:8102\"]",
+    );
+    let node: NodeConfig = text.parse().unwrap();
+    let RoleConfig::Edge(edge) = &node.role else { panic!() };
+    assert_eq!(edge.upstream.shields[0].name, "shield-1");
+    assert_eq!(edge.upstream.shields[0].url.to_string(), "http://10.1.0.5:8101/");
+    let e = errors(&EDGE.replace("mode = \"origin\"", "shields = [{ url = \"http://10.1.0.5:8101\", nmae = \"x\" }]"));
+    assert!(e.iter().any(|m| m.contains("name")), "{e:?}");
 }
 
 #[test]

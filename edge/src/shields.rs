@@ -47,11 +47,7 @@ impl ShieldRoute {
         let shields = upstream
             .shields
             .iter()
-            .map(|u| Shield {
-                base: u.clone(),
-                name: u.authority().map_or_else(|| u.to_string(), |a| a.to_string()),
-                down: AtomicBool::new(false),
-            })
+            .map(|u| Shield { base: u.url.clone(), name: u.name.clone(), down: AtomicBool::new(false) })
             .collect();
         ShieldRoute { shields, mode: upstream.mode, probe_interval: upstream.probe_interval }
     }

@@ -70,10 +70,11 @@ async fn origin_down_for_10s_under_load() {
     // Failing keys are held (1, 2, then 4 s): a few tries per object, not
     // one per client request.
     assert!(attempts <= 10 * objects.len() as u64, "{attempts} attempts for {} objects", objects.len());
-    // A revalidation or two per object brings it back (the holds end at
-    // different moments, and the load keeps asking): not a storm, which
-    // would be one per client request.
-    assert!(recovery_fetches <= 3 * objects.len() as u64, "{recovery_fetches} fetches to recover");
+    // One revalidation per object brings it back (by the shield that owns
+    // it, which every edge agrees on): not a storm, which would be one per
+    // client request. The slack is for an object that expires again before
+    // the last one is back.
+    assert!(recovery_fetches <= objects.len() as u64 + 2, "{recovery_fetches} fetches to recover");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -81,6 +82,15 @@ async fn a_shield_killed_under_load_and_restarted_with_its_disk() {
     let mut t = Topology::start().await;
     let objects = paths("/s2/", 20, "max-age%3D1");
     warm(&t, &objects).await;
+    // The objects shield-1 owns (every edge agrees): the ones it fetched.
+    let mut owned = Vec::new();
+    for p in &objects {
+        let shield = t.shields[0].listen;
+        let r = request(Method::GET, &format!("http://{shield}{p}"), SITE_HOST, None, "").await.unwrap();
+        if !r.cache_status().contains("fwd=uri-miss") {
+            owned.push(p.clone());
+        }
+    }
     let load = Load::start(t.edges.iter().map(|e| e.addr).collect(), objects.clone(), 12);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let before = t.origin_count("/s2/").await;
@@ -100,7 +110,7 @@ async fn a_shield_killed_under_load_and_restarted_with_its_disk() {
     // disk (a hit or a 304 revalidation of the stored copy, never a miss).
     let shield = t.shields[0].listen;
     let mut kept = 0;
-    for p in &objects {
+    for p in &owned {
         let r = request(Method::GET, &format!("http://{shield}{p}"), SITE_HOST, None, "").await.unwrap();
         let cs = r.cache_status();
         if cs.contains("shield-1; hit") || cs.contains("fwd=stale; fwd-status=304") {
@@ -109,12 +119,12 @@ async fn a_shield_killed_under_load_and_restarted_with_its_disk() {
     }
     println!(
         "shield killed: {requests} requests, {errors} errors, {stale} stale, origin fetches {while_down} by shield-2 \
-         while down, {kept}/{} objects still on shield-1's disk after restart",
-        objects.len()
+         while down, {kept}/{} of its objects still on shield-1's disk after restart",
+        owned.len()
     );
     assert_eq!(errors, 0);
     assert!(while_down > 0, "shield-2 took over the dead shield's keys");
-    assert!(kept > 0, "shield-1 kept its disk cache");
+    assert!(!owned.is_empty() && kept == owned.len(), "shield-1 kept its disk cache: {kept} of {}", owned.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -376,7 +386,11 @@ async fn an_edge_killed_under_load_restarts_with_a_consistent_disk() {
         relays.push(Relay::start(s.listen).await);
     }
     let control_relay = Relay::start(t.control).await;
-    let list: Vec<String> = relays.iter().map(|r| format!("\"http://{}\"", r.addr)).collect();
+    let list: Vec<String> = relays
+        .iter()
+        .enumerate()
+        .map(|(i, r)| format!("{{ name = \"shield-{}\", url = \"http://{}\" }}", i + 1, r.addr))
+        .collect();
     let file = t.file("edge-proc.toml");
     std::fs::write(
         &file,

@@ -269,7 +269,13 @@ impl Topology {
                 shield_relays.push(Relay::start(s.listen).await);
             }
             let control_relay = Relay::start(control).await;
-            let list: Vec<String> = shield_relays.iter().map(|r| format!("\"http://{}\"", r.addr)).collect();
+            // Each edge reaches the shields through its own relays: named,
+            // so every edge agrees which shield owns a key.
+            let list: Vec<String> = shield_relays
+                .iter()
+                .enumerate()
+                .map(|(i, r)| format!("{{ name = \"shield-{}\", url = \"http://{}\" }}", i + 1, r.addr))
+                .collect();
             let ip = format!("127.0.0.{}", 51 + i);
             let cfg = load_node(
                 &d,

@@ -139,7 +139,7 @@ impl CertStore {
                     for w in &loaded.warnings {
                         tracing::warn!(node = %self.node, "{w}");
                     }
-                    tracing::info!(node = %self.node, cert = %pair.0.display(), names = ?loaded.names, "certificate loaded");
+                    tracing::debug!(node = %self.node, cert = %pair.0.display(), names = ?loaded.names, "certificate loaded");
                     source.loaded = Some(loaded);
                     source.error = None;
                 }

@@ -93,19 +93,20 @@ pub(crate) fn print_sites(v: &serde_json::Value) {
 
 pub(crate) fn print_nodes(v: &serde_json::Value) {
     println!(
-        "{:<14} {:<7} {:<5} {:<10} {:>6} {:>12}  ADDRESSES",
-        "NODE", "ROLE", "POP", "CONNECTED", "LAG", "LAST SEEN"
+        "{:<14} {:<7} {:<5} {:<10} {:>6} {:>12} {:>8}  ADDRESSES",
+        "NODE", "ROLE", "POP", "CONNECTED", "LAG", "LAST SEEN", "REQ/S"
     );
     for n in v.as_array().into_iter().flatten() {
         let addrs: Vec<&str> = n["addrs"].as_array().into_iter().flatten().filter_map(|a| a.as_str()).collect();
         println!(
-            "{:<14} {:<7} {:<5} {:<10} {:>6} {:>12}  {}",
+            "{:<14} {:<7} {:<5} {:<10} {:>6} {:>12} {:>8}  {}",
             n["name"].as_str().unwrap_or(""),
             n["role"].as_str().unwrap_or(""),
             n["pop"].as_str().unwrap_or("-"),
             if n["connected"] == true { "yes" } else { "no" },
             n["lag"].as_u64().unwrap_or(0),
             ago(n["since_contact_ms"].as_u64().unwrap_or(0)),
+            n["load_rps"].as_u64().map_or("-".to_string(), |r| r.to_string()),
             addrs.join(", ")
         );
     }

@@ -91,6 +91,10 @@ pub struct SiteSnapshot {
 pub struct Ack {
     pub node: String,
     pub seq: u64,
+    /// Requests per second the node served since its previous
+    /// acknowledgement: its load, for the registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_rps: Option<u64>,
 }
 
 /// Most URLs or tags in one purge: bigger batches are split by the client.

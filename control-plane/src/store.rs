@@ -68,6 +68,9 @@ pub struct NodeRecord {
     /// Highest event sequence the node has applied.
     pub acked_seq: u64,
     pub last_contact_ms: u64,
+    /// Requests per second, as the node last reported.
+    #[serde(default)]
+    pub load_rps: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -288,6 +291,7 @@ mod tests {
             assert_eq!((p.purge.id.as_str(), p.seq), ("p1", 3));
             assert!(s.delete_site("nope").unwrap().is_none());
             s.put_node(&NodeRecord {
+                load_rps: None,
                 name: "edge-1".into(),
                 role: "edge".into(),
                 pop: Some("fra".into()),

@@ -72,6 +72,8 @@ pub struct Subscriber {
     state: Mutex<LocalState>,
     /// Milliseconds since the epoch of the last line from the control plane.
     last_contact: AtomicU64,
+    /// Requests served and when, at the last acknowledgement (for the load).
+    last_load: Mutex<(u64, std::time::Instant)>,
 }
 
 fn now_ms() -> u64 {
@@ -116,6 +118,7 @@ impl Subscriber {
             state_file,
             state: Mutex::new(state),
             last_contact: AtomicU64::new(0),
+            last_load: Mutex::new((0, std::time::Instant::now())),
         }
     }
 
@@ -202,7 +205,15 @@ impl Subscriber {
     }
 
     async fn ack(&self, client: &ControlClient, token: &str, seq: u64) {
-        let body = serde_json::to_vec(&Ack { node: self.me.name.clone(), seq }).unwrap_or_default();
+        let load_rps = {
+            let served = self.engine.metrics.served();
+            let mut last = self.last_load.lock().unwrap_or_else(|p| p.into_inner());
+            let (count, at) = *last;
+            *last = (served, std::time::Instant::now());
+            let secs = at.elapsed().as_secs_f64();
+            (secs >= 0.5).then(|| ((served.saturating_sub(count)) as f64 / secs).round() as u64)
+        };
+        let body = serde_json::to_vec(&Ack { node: self.me.name.clone(), seq, load_rps }).unwrap_or_default();
         let req = Request::post(self.url("/v1/ack"))
             .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
             .header(http::header::CONTENT_TYPE, "application/json")

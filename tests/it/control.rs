@@ -542,3 +542,28 @@ async fn the_api_and_event_stream_run_over_tls_and_nodes_verify_the_control_plan
     assert_eq!(get(addrs[1]).await, StatusCode::MISDIRECTED_REQUEST, "an edge that cannot verify gets nothing");
     stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_report_their_load_to_the_registry() {
+    let cdn = cdn().await;
+    let r = cdn.admin_call(Method::POST, "/v1/sites", &site(cdn.origin)).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    eventually("the site to reach the edge", || async {
+        cdn.via(0, "/load?cc=max-age%3D60").await.status == StatusCode::OK
+    })
+    .await;
+    // Steady requests to edge-1 only, across at least two heartbeats.
+    let started = std::time::Instant::now();
+    let mut sent = 0u64;
+    while started.elapsed() < Duration::from_millis(4500) {
+        assert_eq!(cdn.via(0, "/load?cc=max-age%3D60").await.status, StatusCode::OK);
+        sent += 1;
+    }
+    let r = cdn.admin_call(Method::GET, "/v1/nodes", "").await;
+    let nodes = r.json();
+    let load = |name: &str| nodes.as_array().unwrap().iter().find(|n| n["name"] == name).unwrap()["load_rps"].as_u64();
+    let busy = load("edge-1").expect("edge-1 reported its load");
+    let rate = sent as f64 / started.elapsed().as_secs_f64();
+    assert!(busy as f64 > rate / 3.0 && (busy as f64) < rate * 3.0, "reported {busy} req/s, sent {rate:.0} req/s");
+    assert!(load("edge-2").unwrap_or(0) < busy / 10, "an idle edge reports little: {nodes}");
+}

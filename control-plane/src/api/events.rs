@@ -100,8 +100,9 @@ pub(super) async fn stream(
         role: q.role.clone(),
         pop: q.pop.clone(),
         addrs: q.addrs.split(',').filter(|a| !a.is_empty()).map(str::to_owned).collect(),
-        acked_seq: previous.map_or(q.after, |p| p.acked_seq.max(q.after)),
+        acked_seq: previous.as_ref().map_or(q.after, |p| p.acked_seq.max(q.after)),
         last_contact_ms: now_ms(),
+        load_rps: previous.and_then(|p| p.load_rps),
     };
     {
         let store = store.clone();
@@ -163,6 +164,9 @@ pub(super) async fn ack(
         if let Some(mut n) = store.nodes().map_err(ApiError::internal)?.remove(&a.node) {
             n.acked_seq = n.acked_seq.max(a.seq);
             n.last_contact_ms = now_ms();
+            if a.load_rps.is_some() {
+                n.load_rps = a.load_rps;
+            }
             store.put_node(&n).map_err(ApiError::internal)?;
         }
         Ok(())

@@ -62,6 +62,8 @@ pub struct Metrics {
     purges: Counter,
     tls_ok: Counter,
     tls_failed: Counter,
+    /// Requests answered, for the load the node reports.
+    served: std::sync::Arc<std::sync::atomic::AtomicU64>,
     pub memory_bytes: Gauge,
     pub flights: Gauge,
     pub purge_rules: Gauge,
@@ -89,6 +91,7 @@ impl Metrics {
             upstream_errors: counter!("outpost_upstream_errors_total", "node" => node.clone()),
             upstream_body_errors: counter!("outpost_upstream_body_errors_total", "node" => node.clone()),
             coalesced: counter!("outpost_coalesced_waiters_total", "node" => node.clone()),
+            served: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
             tls_ok: counter!("outpost_tls_handshakes_total", "node" => node.clone(), "result" => "ok"),
             tls_failed: counter!("outpost_tls_handshakes_total", "node" => node.clone(), "result" => "failed"),
             purges: counter!("outpost_purges_total", "node" => node.clone()),
@@ -100,7 +103,13 @@ impl Metrics {
         }
     }
 
+    /// Requests answered since the node started.
+    pub fn served(&self) -> u64 {
+        self.served.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn request(&self, outcome: Outcome, status: u16, took: Duration) {
+        self.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
             self.requests[i].increment(1);
         }

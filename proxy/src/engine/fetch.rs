@@ -47,6 +47,10 @@ pub(crate) struct Origin {
     pub path: String,
     pub client: Option<IpAddr>,
     pub has_authorization: bool,
+    /// Host sent upstream (the client's, from Host or the target).
+    pub host: Option<HeaderValue>,
+    /// `X-Forwarded-Proto` to set, at the edge.
+    pub proto: Option<&'static str>,
 }
 
 /// One fetch, run in its own task.
@@ -64,8 +68,14 @@ pub(crate) struct FetchJob {
 }
 
 /// Headers for an upstream request: the client's, less hop-by-hop fields,
-/// plus `Via` and `X-Forwarded-For`.
-pub(crate) fn forward_headers(engine: &Engine, client: &HeaderMap, from: Option<IpAddr>, cacheable: bool) -> HeaderMap {
+/// plus `Via`, `X-Forwarded-For` and, from the edge, `X-Forwarded-Proto`.
+pub(crate) fn forward_headers(
+    engine: &Engine,
+    client: &HeaderMap,
+    from: Option<IpAddr>,
+    proto: Option<&'static str>,
+    cacheable: bool,
+) -> HeaderMap {
     let mut h = HeaderMap::with_capacity(client.len() + 2);
     for (name, value) in client {
         if is_hop_by_hop(name, client) || (cacheable && NOT_FORWARDED_ON_FETCH.contains(name)) {
@@ -74,6 +84,9 @@ pub(crate) fn forward_headers(engine: &Engine, client: &HeaderMap, from: Option<
         h.append(name.clone(), value.clone());
     }
     extend_list(&mut h, header::VIA, &format!("1.1 {}", engine.node));
+    if let Some(p) = proto {
+        h.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(p));
+    }
     if let Some(ip) = from {
         // RFC 7239: IPv6 addresses are quoted and bracketed.
         let hop = match ip {
@@ -133,7 +146,8 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 
 impl FetchJob {
     fn upstream_request(&self) -> Request<crate::upstream::ReqBody> {
-        let mut headers = forward_headers(&self.engine, &self.request.headers, self.request.client, true);
+        let mut headers =
+            forward_headers(&self.engine, &self.request.headers, self.request.client, self.request.proto, true);
         if let Some((_, stale)) = &self.stale {
             if let Some(etag) = stale.headers.get(header::ETAG) {
                 headers.insert(header::IF_NONE_MATCH, etag.clone());
@@ -164,7 +178,7 @@ impl FetchJob {
         let started = engine.clock.now();
         let started_real = SystemTime::now();
         let req = self.upstream_request();
-        let host = self.request.headers.get(header::HOST).cloned();
+        let host = self.request.host.clone();
         let result = engine.send(&self.site, self.rkey.primary, req, host).await;
         let now = engine.clock.now();
         let key = self.guard.flight.key;

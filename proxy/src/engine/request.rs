@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -46,6 +46,30 @@ struct Ctx {
     client: Option<SocketAddr>,
     /// Seconds cut off from the control plane, when partitioned.
     partitioned: Option<u64>,
+    /// The request target's authority (HTTP/2 names the host there).
+    authority: Option<http::uri::Authority>,
+    /// Received over TLS.
+    secure: bool,
+}
+
+impl Ctx {
+    /// The Host sent upstream. HTTP/2 (and an HTTP/1.1 absolute-form target)
+    /// name the host in the target, not in Host, and the target's authority
+    /// is the one that counts (RFC 9113 §8.3.1). Built only when a request
+    /// goes upstream, never on a hit.
+    fn upstream_host(&self) -> Option<HeaderValue> {
+        match &self.authority {
+            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+            None => self.headers.get(header::HOST).cloned(),
+        }
+    }
+
+    /// `X-Forwarded-Proto` for upstream requests: set by the edge, where the
+    /// client's scheme is known (a client's own value is overwritten); tiers
+    /// behind it pass on what the edge said.
+    fn proto(&self) -> Option<&'static str> {
+        (self.engine.tier == Tier::Edge).then_some(if self.secure { "https" } else { "http" })
+    }
 }
 
 type Answer = (Response<Body>, CacheStatus);
@@ -158,21 +182,7 @@ async fn steps(engine: &Arc<Engine>, req: Request<Incoming>, client: Option<Sock
     if method == Method::TRACE || method == Method::CONNECT {
         return local(Local::MethodNotAllowed);
     }
-    let (mut parts, body) = req.into_parts();
-    // HTTP/2 (and an HTTP/1.1 absolute-form target) name the host in the
-    // target, not in Host: upstream requests are HTTP/1.1 and need Host
-    // (RFC 9113 §8.3.1), and the target's authority is the one that counts.
-    if let Some(authority) = parts.uri.authority()
-        && let Ok(v) = HeaderValue::from_str(authority.as_str())
-    {
-        parts.headers.insert(header::HOST, v);
-    }
-    if engine.tier == Tier::Edge {
-        // The edge is where the client's scheme is known; tiers behind it
-        // pass on what the edge said. A client's own value is overwritten.
-        let proto = HeaderValue::from_static(if secure { "https" } else { "http" });
-        parts.headers.insert(HeaderName::from_static("x-forwarded-proto"), proto);
-    }
+    let (parts, body) = req.into_parts();
     let cx = Ctx {
         engine: Arc::clone(engine),
         site,
@@ -181,6 +191,8 @@ async fn steps(engine: &Arc<Engine>, req: Request<Incoming>, client: Option<Sock
         headers: parts.headers,
         client,
         partitioned: engine.partitioned_for().map(|p| p.as_secs()),
+        authority: parts.uri.authority().cloned(),
+        secure,
     };
     if method == Method::GET || method == Method::HEAD {
         cacheable(&cx).await
@@ -244,6 +256,8 @@ fn origin_of(cx: &Ctx) -> Origin {
         path: cx.rkey.url.clone(),
         client: cx.client.map(|c| c.ip()),
         has_authorization: cx.headers.contains_key(header::AUTHORIZATION),
+        host: cx.upstream_host(),
+        proto: cx.proto(),
     }
 }
 
@@ -514,8 +528,8 @@ async fn forward(cx: &Ctx, body: Incoming, raw_query: Option<String>, path: &str
         None => path.to_string(),
     };
     *up.uri_mut() = target.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
-    *up.headers_mut() = forward_headers(engine, &cx.headers, cx.client.map(|c| c.ip()), false);
-    let host = cx.headers.get(header::HOST).cloned();
+    *up.headers_mut() = forward_headers(engine, &cx.headers, cx.client.map(|c| c.ip()), cx.proto(), false);
+    let host = cx.upstream_host();
     let waiting = Instant::now();
     let sent = engine.send(&cx.site, cx.rkey.primary, up, host).await;
     let mut answer = forwarded(cx, sent).await;

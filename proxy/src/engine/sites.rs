@@ -5,12 +5,53 @@ use std::sync::Arc;
 
 use outpost_config::{HostPattern, Site};
 
-/// Sites by host: exact names in a map, wildcards by longest suffix.
+/// Values by host pattern: exact names in a map, wildcards by longest
+/// suffix. Sites are found this way by `Host`, certificates by SNI.
+#[derive(Debug)]
+pub struct HostMap<T> {
+    exact: HashMap<String, T>,
+    /// (suffix with leading dot, value), longest suffix first.
+    wildcard: Vec<(String, T)>,
+}
+
+impl<T> Default for HostMap<T> {
+    fn default() -> Self {
+        HostMap { exact: HashMap::new(), wildcard: Vec::new() }
+    }
+}
+
+impl<T> HostMap<T> {
+    /// Adds `value` under `pattern`; the first value for an exact name stays.
+    pub fn insert(&mut self, pattern: &HostPattern, value: T) {
+        match pattern {
+            HostPattern::Exact(name) => {
+                self.exact.entry(name.clone()).or_insert(value);
+            }
+            HostPattern::Wildcard(suffix) => {
+                // Kept longest first: the most specific wildcard wins.
+                let at = self.wildcard.partition_point(|(s, _)| s.len() >= suffix.len());
+                self.wildcard.insert(at, (suffix.clone(), value));
+            }
+        }
+    }
+
+    /// The value for a lower-case name: its exact entry, else the longest
+    /// wildcard suffix it falls under.
+    pub fn find(&self, name: &str) -> Option<&T> {
+        if let Some(v) = self.exact.get(name) {
+            return Some(v);
+        }
+        self.wildcard
+            .iter()
+            .find(|(suffix, _)| name.len() > suffix.len() && name.ends_with(suffix.as_str()))
+            .map(|(_, v)| v)
+    }
+}
+
+/// Sites by host and by id.
 #[derive(Debug, Default)]
 pub struct SiteTable {
-    exact: HashMap<String, Arc<Site>>,
-    /// (suffix with leading dot, site), longest suffix first.
-    wildcard: Vec<(String, Arc<Site>)>,
+    hosts: HostMap<Arc<Site>>,
     by_id: HashMap<String, Arc<Site>>,
 }
 
@@ -20,16 +61,10 @@ impl SiteTable {
         for site in sites {
             let site = Arc::new(site);
             for h in &site.hosts {
-                match &h.value {
-                    HostPattern::Exact(name) => {
-                        t.exact.insert(name.clone(), Arc::clone(&site));
-                    }
-                    HostPattern::Wildcard(suffix) => t.wildcard.push((suffix.clone(), Arc::clone(&site))),
-                }
+                t.hosts.insert(&h.value, Arc::clone(&site));
             }
             t.by_id.insert(site.id.clone(), site);
         }
-        t.wildcard.sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
         t
     }
 
@@ -37,19 +72,9 @@ impl SiteTable {
     pub fn find(&self, host: &str) -> Option<&Arc<Site>> {
         let name = host_name(host);
         if name.bytes().any(|b| b.is_ascii_uppercase()) {
-            return self.find_lower(&name.to_ascii_lowercase());
+            return self.hosts.find(&name.to_ascii_lowercase());
         }
-        self.find_lower(name)
-    }
-
-    fn find_lower(&self, name: &str) -> Option<&Arc<Site>> {
-        if let Some(s) = self.exact.get(name) {
-            return Some(s);
-        }
-        self.wildcard
-            .iter()
-            .find(|(suffix, _)| name.len() > suffix.len() && name.ends_with(suffix.as_str()))
-            .map(|(_, s)| s)
+        self.hosts.find(name)
     }
 
     pub fn get(&self, id: &str) -> Option<&Arc<Site>> {

@@ -19,6 +19,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, version};
 
 use super::files::{Fingerprint, LoadedCert, TlsFileError, fingerprint, load_pair, load_roots};
+use crate::engine::sites::HostMap;
 
 /// TLS sessions remembered for resumption by session id (TLS 1.2); tickets
 /// (TLS 1.3 and 1.2) need no server memory.
@@ -27,22 +28,8 @@ const SESSION_CACHE: usize = 32 * 1024;
 /// Certificates by the names clients ask for.
 #[derive(Debug, Default)]
 struct CertTable {
-    exact: HashMap<String, Arc<CertifiedKey>>,
-    /// (suffix with its leading dot, key), longest first.
-    wildcard: Vec<(String, Arc<CertifiedKey>)>,
+    names: HostMap<Arc<CertifiedKey>>,
     default: Option<Arc<CertifiedKey>>,
-}
-
-impl CertTable {
-    fn find(&self, name: &str) -> Option<&Arc<CertifiedKey>> {
-        if let Some(k) = self.exact.get(name) {
-            return Some(k);
-        }
-        self.wildcard
-            .iter()
-            .find(|(suffix, _)| name.len() > suffix.len() && name.ends_with(suffix.as_str()))
-            .map(|(_, k)| k)
-    }
 }
 
 /// One certificate/key file pair and what was last loaded from it.
@@ -102,7 +89,7 @@ impl CertStore {
 
     /// Does a name (lower-case) have a certificate, not counting the default?
     pub fn has(&self, name: &str) -> bool {
-        self.table.load().find(name).is_some()
+        self.table.load().names.find(name).is_some()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Sources> {
@@ -160,18 +147,15 @@ impl CertStore {
             let expiry = loaded.not_after.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
             gauge!("outpost_tls_certificate_expiry_timestamp_seconds", "node" => self.node.clone(), "site" => site.id.clone()).set(expiry);
             for host in &site.hosts {
-                match &host.value {
-                    HostPattern::Exact(name) => {
-                        if changed && !loaded.covers(name) {
-                            tracing::warn!(node = %self.node, site = %site.id, host = %name, cert = %tls.cert.value.display(), "the site's certificate does not cover this host");
-                        }
-                        table.exact.entry(name.clone()).or_insert_with(|| Arc::clone(&loaded.key));
-                    }
-                    HostPattern::Wildcard(suffix) => table.wildcard.push((suffix.clone(), Arc::clone(&loaded.key))),
+                if let HostPattern::Exact(name) = &host.value
+                    && changed
+                    && !loaded.covers(name)
+                {
+                    tracing::warn!(node = %self.node, site = %site.id, host = %name, cert = %tls.cert.value.display(), "the site's certificate does not cover this host");
                 }
+                table.names.insert(&host.value, Arc::clone(&loaded.key));
             }
         }
-        table.wildcard.sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
         if let Some(files) = &self.default_files {
             table.default = sources.files.get(files).and_then(|s| s.loaded.as_ref()).map(|l| Arc::clone(&l.key));
         }
@@ -202,9 +186,9 @@ impl ResolvesServerCert for CertStore {
         let table = self.table.load();
         if let Some(name) = hello.server_name() {
             let found = if name.bytes().any(|b| b.is_ascii_uppercase()) {
-                table.find(&name.to_ascii_lowercase()).cloned()
+                table.names.find(&name.to_ascii_lowercase()).cloned()
             } else {
-                table.find(name).cloned()
+                table.names.find(name).cloned()
             };
             if found.is_some() {
                 return found;

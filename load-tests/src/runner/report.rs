@@ -56,32 +56,22 @@ pub fn text(s: &Summary, outcomes: &[Outcome]) -> String {
         let _ =
             writeln!(out, "     {sign} {name}{}", if *fail == 0 { String::new() } else { format!(" ({fail} failed)") });
     }
+    // A metric's line, marked with how its thresholds came out.
+    let metric = |out: &mut String, name: &str, value: &str| line(out, mark(name), name, value);
+    // k6's layout for a rate: the share true, then how many true and false.
+    let rate = |yes: u64, all: u64| {
+        let pct = if all == 0 { 0.0 } else { 100.0 * yes as f64 / all as f64 };
+        format!("{pct:.2}% ✓ {yes} ✗ {}", all - yes)
+    };
     if !s.checks.is_empty() {
         out.push('\n');
         let (p, f) = s.checks_passed();
-        let pct = if p + f == 0 { 0.0 } else { 100.0 * p as f64 / (p + f) as f64 };
-        line(&mut out, mark("checks"), "checks", &format!("{pct:.2}% ✓ {p} ✗ {f}"));
+        metric(&mut out, "checks", &rate(p, p + f));
     }
-    let hit_pct = if s.reqs == 0 { 0.0 } else { 100.0 * s.hits as f64 / s.reqs as f64 };
-    line(
-        &mut out,
-        mark("cache_hit_ratio"),
-        "cache_hit_ratio",
-        &format!("{hit_pct:.2}% ✓ {} ✗ {}", s.hits, s.reqs - s.hits),
-    );
-    line(
-        &mut out,
-        mark("data_received"),
-        "data_received",
-        &format!("{} {}/s", bytes(s.bytes), bytes((s.bytes as f64 / secs) as u64)),
-    );
+    metric(&mut out, "cache_hit_ratio", &rate(s.hits, s.reqs));
+    metric(&mut out, "data_received", &format!("{} {}/s", bytes(s.bytes), bytes((s.bytes as f64 / secs) as u64)));
     if s.dropped > 0 || mark("dropped_iterations") != " " {
-        line(
-            &mut out,
-            mark("dropped_iterations"),
-            "dropped_iterations",
-            &format!("{} {:.1}/s", s.dropped, s.dropped as f64 / secs),
-        );
+        metric(&mut out, "dropped_iterations", &format!("{} {:.1}/s", s.dropped, s.dropped as f64 / secs));
     }
     let l = &s.latency;
     let trend = if l.is_empty() {
@@ -98,17 +88,11 @@ pub fn text(s: &Summary, outcomes: &[Outcome]) -> String {
             ms(s.ms(0.99))
         )
     };
-    line(&mut out, mark("http_req_duration"), "http_req_duration", &trend);
-    let fail_pct = if s.reqs == 0 { 0.0 } else { 100.0 * s.failed as f64 / s.reqs as f64 };
-    line(
-        &mut out,
-        mark("http_req_failed"),
-        "http_req_failed",
-        &format!("{fail_pct:.2}% ✓ {} ✗ {}", s.failed, s.reqs - s.failed),
-    );
-    line(&mut out, mark("http_reqs"), "http_reqs", &format!("{} {:.1}/s", s.reqs, s.reqs as f64 / secs));
+    metric(&mut out, "http_req_duration", &trend);
+    metric(&mut out, "http_req_failed", &rate(s.failed, s.reqs));
+    metric(&mut out, "http_reqs", &format!("{} {:.1}/s", s.reqs, s.reqs as f64 / secs));
     if let Some(n) = s.origin_requests {
-        line(&mut out, mark("origin_requests"), "origin_requests", &n.to_string());
+        metric(&mut out, "origin_requests", &n.to_string());
     }
     line(&mut out, " ", "vus_max", &s.max_vus.to_string());
     for (name, ok, failed) in &s.actions {

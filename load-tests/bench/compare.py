@@ -110,9 +110,10 @@ def wrk(url, seconds, conns, extra=()):
     return reqs, rps, ms("50"), ms("99")
 
 
-def configs(work):
-    nginx_conf = os.path.join(work, "nginx.conf")
-    open(nginx_conf, "w").write(f"""
+def nginx_conf(work, listen, server_extra="", location_extra=""):
+    """nginx proxy_cache in front of the test origin, one worker."""
+    path = os.path.join(work, "nginx.conf")
+    open(path, "w").write(f"""
 worker_processes 1;
 user root root;
 pid {work}/nginx.pid;
@@ -124,18 +125,33 @@ http {{
   proxy_cache_path {work}/nginx-cache levels=1:2 keys_zone=bench:16m max_size=1g inactive=1h use_temp_path=off;
   upstream origin {{ server {ORIGIN[0]}:{ORIGIN[1]}; keepalive 32; }}
   server {{
-    listen 127.0.0.1:{PORTS['nginx']};
+    listen {listen};
+{server_extra}
     location / {{
       proxy_pass http://origin;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_cache bench;
       proxy_cache_valid 200 1h;
-      add_header Cache-Status $upstream_cache_status;
+{location_extra}
     }}
   }}
 }}
 """)
+    return path
+
+
+def start_origin(binary):
+    """The test origin, on CPU 1 with the load generator."""
+    origin = subprocess.Popen(["taskset", "-c", "1", binary, "origin", "--listen", f"{ORIGIN[0]}:{ORIGIN[1]}"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_port(ORIGIN[1])
+    return origin
+
+
+def configs(work):
+    nginx = nginx_conf(work, f"127.0.0.1:{PORTS['nginx']}",
+                       location_extra="      add_header Cache-Status $upstream_cache_status;")
     site = os.path.join(work, "bench.site.toml")
     open(site, "w").write(f"""
 [site]
@@ -165,7 +181,7 @@ path = "edge-cache"
 [upstream]
 mode = "origin"
 """)
-    return nginx_conf, edge
+    return nginx, edge
 
 
 def main():
@@ -180,9 +196,7 @@ def main():
         raise SystemExit("needs two CPUs: one for the server, one for wrk")
     work = tempfile.mkdtemp(prefix="outpost-bench-")
     nginx_conf, edge_conf = configs(work)
-    origin = subprocess.Popen(["taskset", "-c", "1", args.outpost, "origin", "--listen", f"{ORIGIN[0]}:{ORIGIN[1]}"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    wait_port(ORIGIN[1])
+    origin = start_origin(args.outpost)
     servers = {
         "outpost": [args.outpost, "edge", "--config", edge_conf],
         "nginx": ["nginx", "-c", nginx_conf, "-p", work, "-g", "daemon off;"],

@@ -8,7 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 seconds="${1:-10}"
-command -v dnsperf >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dnsperf >/dev/null; }
+. load-tests/bench/need.sh
+need dnsperf:dnsperf
 cargo build --release --quiet
 
 work=$(mktemp -d)

@@ -15,7 +15,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import HOST, ORIGIN, PORTS, configs, get, start, stop, wait_port, wrk  # noqa: E402
+from compare import HOST, PORTS, configs, get, start, start_origin, stop, wrk  # noqa: E402
 
 
 def outpost_load(binary, work, seconds, conns, path):
@@ -47,9 +47,7 @@ def main():
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="outpost-loadgen-")
     _, edge_conf = configs(work)
-    origin = subprocess.Popen(["taskset", "-c", "1", args.outpost, "origin", "--listen", f"{ORIGIN[0]}:{ORIGIN[1]}"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    wait_port(ORIGIN[1])
+    origin = start_origin(args.outpost)
     edge = start("outpost", [args.outpost, "edge", "--config", edge_conf], PORTS["outpost"],
                  env=dict(os.environ, RUST_LOG="warn"))
     path = "/bench/loadgen?size=1KiB&cc=public,%20max-age%3D3600"

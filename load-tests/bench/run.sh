@@ -9,15 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-need=()
-command -v nginx >/dev/null || need+=(nginx)
-command -v varnishd >/dev/null || need+=(varnish)
-command -v wrk >/dev/null || need+=(wrk)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing ${need[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+. load-tests/bench/need.sh
+need nginx:nginx varnishd:varnish wrk:wrk
 
 cargo build --release --quiet
 exec python3 load-tests/bench/compare.py --outpost target/release/outpost "$@"

@@ -20,7 +20,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import ORIGIN, cpu_seconds, get, start, stop, wait_port, wrk  # noqa: E402
+from compare import ORIGIN, cpu_seconds, nginx_conf, start, start_origin, stop, wrk  # noqa: E402
 
 PORTS = {"outpost": 18443, "nginx": 18444}
 HOST = "bench.test"
@@ -31,35 +31,12 @@ def configs(work):
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
                     "-keyout", key, "-out", cert, "-subj", f"/CN={HOST}", "-days", "30",
                     "-addext", f"subjectAltName=DNS:{HOST},IP:127.0.0.1"], check=True, capture_output=True)
-    nginx_conf = os.path.join(work, "nginx.conf")
-    open(nginx_conf, "w").write(f"""
-worker_processes 1;
-user root root;
-pid {work}/nginx.pid;
-error_log {work}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  keepalive_requests 1000000;
-  proxy_cache_path {work}/nginx-cache levels=1:2 keys_zone=bench:16m max_size=1g inactive=1h use_temp_path=off;
-  upstream origin {{ server {ORIGIN[0]}:{ORIGIN[1]}; keepalive 32; }}
-  server {{
-    listen 127.0.0.1:{PORTS['nginx']} ssl;
-    ssl_certificate {cert};
+    nginx = nginx_conf(work, f"127.0.0.1:{PORTS['nginx']} ssl",
+                       server_extra=f"""    ssl_certificate {cert};
     ssl_certificate_key {key};
     ssl_protocols TLSv1.2 TLSv1.3;
-    ssl_session_cache shared:tls:10m;
-    location / {{
-      proxy_pass http://origin;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host {HOST};
-      proxy_cache bench;
-      proxy_cache_valid 200 1h;
-    }}
-  }}
-}}
-""")
+    ssl_session_cache shared:tls:10m;""",
+                       location_extra=f"      proxy_set_header Host {HOST};")
     open(os.path.join(work, "bench.site.toml"), "w").write(f"""
 [site]
 id = "bench"
@@ -94,7 +71,7 @@ memory = "256MiB"
 [upstream]
 mode = "origin"
 """)
-    return nginx_conf, edge
+    return nginx, edge
 
 
 def main():
@@ -106,9 +83,7 @@ def main():
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="outpost-tls-bench-")
     nginx_conf, edge_conf = configs(work)
-    origin = subprocess.Popen(["taskset", "-c", "1", args.outpost, "origin", "--listen", f"{ORIGIN[0]}:{ORIGIN[1]}"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    wait_port(ORIGIN[1])
+    origin = start_origin(args.outpost)
     servers = {
         "outpost": [args.outpost, "edge", "--config", edge_conf],
         "nginx": ["nginx", "-c", nginx_conf, "-p", work, "-g", "daemon off;"],

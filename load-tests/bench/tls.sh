@@ -9,16 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-need=()
-command -v nginx >/dev/null || need+=(nginx)
-command -v wrk >/dev/null || need+=(wrk)
-command -v openssl >/dev/null || need+=(openssl)
-command -v curl >/dev/null || need+=(curl)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing ${need[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+. load-tests/bench/need.sh
+need nginx:nginx wrk:wrk openssl:openssl curl:curl
 
 cargo build --release --quiet
 exec python3 load-tests/bench/tls.py --outpost target/release/outpost "$@"

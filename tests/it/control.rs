@@ -13,31 +13,10 @@ use hyper_util::rt::TokioExecutor;
 use outpost_config::NodeConfig;
 use tokio_util::sync::CancellationToken;
 
-struct Reply {
-    status: StatusCode,
-    headers: http::HeaderMap,
-    body: Bytes,
-}
-
-impl Reply {
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
-    }
-}
+use crate::topology::Reply;
 
 async fn call(method: Method, url: &str, token: Option<&str>, host: Option<&str>, body: &str) -> Reply {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let mut req = Request::builder().method(method).uri(url);
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    if let Some(h) = host {
-        req = req.header("host", h);
-    }
-    let resp = client.request(req.body(Full::new(Bytes::from(body.to_string()))).unwrap()).await.unwrap();
-    let (parts, b) = resp.into_parts();
-    Reply { status: parts.status, headers: parts.headers, body: b.collect().await.unwrap().to_bytes() }
+    crate::topology::request(method, url, host.unwrap_or(""), token, body).await.unwrap()
 }
 
 struct Cdn {

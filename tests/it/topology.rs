@@ -31,15 +31,24 @@ pub struct Reply {
 }
 
 impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
+    }
+
     pub fn cache_status(&self) -> String {
         self.headers.get("cache-status").and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
     }
 }
 
-/// One request; `Err` when there was no response (or it broke off).
+/// One request, with `host` as its Host (the URL's when empty); `Err` when
+/// there was no response (or it broke off).
 pub async fn request(method: Method, url: &str, host: &str, token: Option<&str>, body: &str) -> Result<Reply, String> {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let mut req = Request::builder().method(method).uri(url).header("host", host);
+    let mut req = Request::builder().method(method).uri(url);
+    if !host.is_empty() {
+        req = req.header("host", host);
+    }
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }

@@ -1,10 +1,12 @@
-//! Outpost's black-box test tooling: the test origin ([`origin`]) and the
-//! deterministic content it serves ([`content`]). It talks HTTP only and
+//! Outpost's black-box test tooling: the test origin ([`origin`]), the
+//! deterministic content it serves ([`content`]) and a byte-exact recording
+//! origin ([`raw`]). It talks HTTP only and
 //! depends on no engine crate, so it measures Outpost the way a customer's
 //! origin and clients see it.
 
 pub mod content;
 pub mod origin;
+pub mod raw;
 pub mod runner;
 
 pub use origin::OriginServer;

@@ -4,4 +4,5 @@
 mod topology;
 
 mod shield;
+mod smuggling;
 mod tls;

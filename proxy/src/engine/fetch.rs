@@ -67,10 +67,19 @@ pub(crate) struct FetchJob {
     pub pass: Option<oneshot::Sender<Response<Incoming>>>,
 }
 
-/// Headers for an upstream request: the client's, less hop-by-hop fields,
-/// plus `Via`, `X-Forwarded-For` and, from the edge, `X-Forwarded-Proto`.
+/// Request fields that describe the client's own message, never copied
+/// upstream: the upstream request is framed by its own body
+/// (`Content-Length` is set from the body actually sent), and
+/// `Expect: 100-continue` was answered to the client by this node. A copied
+/// `Content-Length` on a request sent without its body would make the
+/// upstream read the next request on the connection as this one's body.
+const MESSAGE_FIELDS: [HeaderName; 3] = [header::CONTENT_LENGTH, header::TRANSFER_ENCODING, header::EXPECT];
+
+/// Headers for an upstream request: the client's, less hop-by-hop and
+/// framing fields, plus `Via`, `X-Forwarded-For` and, from the edge,
+/// `X-Forwarded-Proto`.
 pub(crate) fn forward_headers(
-    engine: &Engine,
+    node: &str,
     client: &HeaderMap,
     from: Option<IpAddr>,
     proto: Option<&'static str>,
@@ -78,20 +87,23 @@ pub(crate) fn forward_headers(
 ) -> HeaderMap {
     let mut h = HeaderMap::with_capacity(client.len() + 2);
     for (name, value) in client {
-        if is_hop_by_hop(name, client) || (cacheable && NOT_FORWARDED_ON_FETCH.contains(name)) {
+        if is_hop_by_hop(name, client)
+            || MESSAGE_FIELDS.contains(name)
+            || (cacheable && NOT_FORWARDED_ON_FETCH.contains(name))
+        {
             continue;
         }
         h.append(name.clone(), value.clone());
     }
-    extend_list(&mut h, header::VIA, &format!("1.1 {}", engine.node));
+    extend_list(&mut h, header::VIA, &format!("1.1 {node}"));
     if let Some(p) = proto {
         h.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(p));
     }
     if let Some(ip) = from {
         // RFC 7239: IPv6 addresses are quoted and bracketed.
         let hop = match ip {
-            IpAddr::V4(v4) => format!("for={v4};by={}", engine.node),
-            IpAddr::V6(v6) => format!("for=\"[{v6}]\";by={}", engine.node),
+            IpAddr::V4(v4) => format!("for={v4};by={node}"),
+            IpAddr::V6(v6) => format!("for=\"[{v6}]\";by={node}"),
         };
         extend_list(&mut h, HeaderName::from_static("forwarded"), &hop);
         extend_list(&mut h, HeaderName::from_static("x-forwarded-for"), &ip.to_string());
@@ -147,7 +159,7 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 impl FetchJob {
     fn upstream_request(&self) -> Request<crate::upstream::ReqBody> {
         let mut headers =
-            forward_headers(&self.engine, &self.request.headers, self.request.client, self.request.proto, true);
+            forward_headers(&self.engine.node, &self.request.headers, self.request.client, self.request.proto, true);
         if let Some((_, stale)) = &self.stale {
             if let Some(etag) = stale.headers.get(header::ETAG) {
                 headers.insert(header::IF_NONE_MATCH, etag.clone());
@@ -414,5 +426,40 @@ impl FetchJob {
             }
         }
         store.insert(self.rkey.primary, Entry::Variants(Arc::new(Variants { names: vary.to_vec(), known })));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn the_clients_framing_never_goes_upstream() {
+        let h = client(&[
+            ("content-length", "10"),
+            ("transfer-encoding", "chunked"),
+            ("expect", "100-continue"),
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+            ("accept", "*/*"),
+            ("range", "bytes=0-1"),
+        ]);
+        for cacheable in [true, false] {
+            let up = forward_headers("edge-1", &h, None, None, cacheable);
+            for name in ["content-length", "transfer-encoding", "expect", "connection", "x-hop"] {
+                assert!(!up.contains_key(name), "{name} forwarded (cacheable: {cacheable})");
+            }
+            assert_eq!(up["accept"], "*/*");
+            assert_eq!(up.contains_key("range"), !cacheable, "a fetch asks for the whole object");
+            assert_eq!(up["via"], "1.1 edge-1");
+        }
     }
 }

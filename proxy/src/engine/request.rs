@@ -515,6 +515,10 @@ async fn forward(cx: &Ctx, body: Incoming, raw_query: Option<String>, path: &str
     if declared.is_some_and(|l| l > max) {
         return local(Local::PayloadTooLarge);
     }
+    // The body goes upstream with the length the client declared (hyper
+    // has checked it, and delivers exactly that many bytes or an error);
+    // without one it is sent chunked, or not at all when empty.
+    let length = declared.and_then(|_| http_body::Body::size_hint(&body).exact());
     let body = Limited::new(body, max as usize)
         .map_err(|e| -> crate::upstream::BoxError {
             let too_large = e.is::<http_body_util::LengthLimitError>();
@@ -528,7 +532,10 @@ async fn forward(cx: &Ctx, body: Incoming, raw_query: Option<String>, path: &str
         None => path.to_string(),
     };
     *up.uri_mut() = target.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
-    *up.headers_mut() = forward_headers(engine, &cx.headers, cx.client.map(|c| c.ip()), cx.proto(), false);
+    *up.headers_mut() = forward_headers(&engine.node, &cx.headers, cx.client.map(|c| c.ip()), cx.proto(), false);
+    if let Some(n) = length {
+        up.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
     let host = cx.upstream_host();
     let waiting = Instant::now();
     let sent = engine.send(&cx.site, cx.rkey.primary, up, host).await;

@@ -141,11 +141,40 @@ pub struct SiteTls {
     pub key: Located<PathBuf>,
 }
 
-/// Changes made to every response sent to a client.
+/// Request fields that change what a request means to many origin
+/// frameworks (its host, scheme, URL or method) without being part of the
+/// cache key. A client could use them to make an origin answer one URL with
+/// another's content, cached for everyone, so nodes withhold them from
+/// upstream requests unless a site lists them in `[headers] forward` (which
+/// also adds them to the key).
+pub const WITHHELD_REQUEST_HEADERS: [&str; 16] = [
+    "x-forwarded-host",
+    "x-forwarded-server",
+    "x-forwarded-port",
+    "x-forwarded-scheme",
+    "x-forwarded-prefix",
+    "x-forwarded-ssl",
+    "front-end-https",
+    "x-url-scheme",
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    "x-original-host",
+    "x-host",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Changes made to every response sent to a client, and the withheld
+/// request fields this site's origin needs.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct HeaderRules {
     pub set: Vec<(HeaderName, HeaderValue)>,
     pub remove: Vec<HeaderName>,
+    /// Fields of [`WITHHELD_REQUEST_HEADERS`] sent upstream anyway; each is
+    /// part of every cache key of the site. Default: none.
+    pub forward: Vec<HeaderName>,
 }
 
 impl Site {
@@ -173,6 +202,12 @@ impl Site {
     pub fn load(path: &Path) -> Result<Site, ConfigError> {
         let text = crate::read_file(path)?;
         Site::parse(path, &text)
+    }
+
+    /// Does some origin of this site get the client's Host? Then the host
+    /// is part of the cache key (an origin may answer each host differently).
+    pub fn origin_sees_client_host(&self) -> bool {
+        self.origins.iter().any(|o| o.host.is_none())
     }
 
     /// Does this site answer for `host` (lower-case, no port)?
@@ -509,6 +544,19 @@ fn decode_header_rules(s: &mut Sink<'_>, t: &mut Table<'_, '_>) -> HeaderRules {
         }
     }
     rules.remove = t.or(s, "remove", Vec::new());
+    let forward: Vec<Spanned<HeaderName>> = t.or(s, "forward", Vec::new());
+    for name in forward {
+        if WITHHELD_REQUEST_HEADERS.contains(&name.get_ref().as_str()) {
+            rules.forward.push(name.into_inner());
+        } else {
+            let msg = format!(
+                "`{}` is forwarded anyway; `forward` lists withheld fields: {}",
+                name.get_ref(),
+                WITHHELD_REQUEST_HEADERS.join(", ")
+            );
+            s.error(&name.span(), msg);
+        }
+    }
     t.finish(s);
     rules
 }
@@ -605,6 +653,7 @@ partition_grace = "10m"
 [headers]
 set = { "x-served-by" = "outpost" }
 remove = ["x-powered-by"]
+forward = ["X-Forwarded-Host"]
 "#
         .parse()
         .unwrap();
@@ -630,6 +679,7 @@ remove = ["x-powered-by"]
         assert_eq!(site.stale.partition_grace, Duration::from_secs(600));
         assert_eq!(site.headers.set[0].0, "x-served-by");
         assert_eq!(site.headers.remove, vec![HeaderName::from_static("x-powered-by")]);
+        assert_eq!(site.headers.forward, vec![HeaderName::from_static("x-forwarded-host")]);
     }
 
     #[test]
@@ -658,6 +708,7 @@ remove = ["x-powered-by"]
         assert_eq!(with("[tls]\ncert = \"site.pem\"").len(), 1, "a certificate needs its key");
         assert!(with("[cache]\ndefualt_ttl = \"1s\"")[0].contains("did you mean `default_ttl`"));
         assert!(with("[headers]\nset = { \"bad header\" = \"x\" }")[0].contains("not a valid header name"));
+        assert!(with("[headers]\nforward = [\"accept\"]")[0].contains("forwarded anyway"));
     }
 
     #[test]

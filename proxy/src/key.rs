@@ -1,12 +1,17 @@
-//! Cache keys. A key is a 128-bit hash of the site id (never the raw Host),
-//! the method class (HEAD shares GET's entries), the normalised path, the
-//! query as the site's rules shape it, and the values of the site's key
-//! headers. A response with `Vary` adds a second level: the variant key
-//! mixes in the request's values of the varied headers.
+//! Cache keys. A key is a 128-bit hash of everything the upstream sees that
+//! can change its answer: the site id, the `X-Forwarded-Proto` sent up, the
+//! normalised Host when an origin of the site gets the client's (never the
+//! raw Host), the method class (HEAD shares GET's entries), the normalised
+//! path, the query as the site's rules shape it, and the values of the
+//! site's key headers and of the withheld headers it forwards. A response
+//! with `Vary` adds a second level: the variant key mixes in the request's
+//! values of the varied headers.
 
 use http::header::{HeaderMap, HeaderName};
-use outpost_config::{CacheRules, QueryMode};
+use outpost_config::{CacheRules, QueryMode, Site};
 use xxhash_rust::xxh3::Xxh3;
+
+use crate::host::RequestHost;
 
 /// A stored entry's key.
 pub type Key = u128;
@@ -171,19 +176,41 @@ fn trim(b: &[u8]) -> &[u8] {
     &b[start..end]
 }
 
+/// What the upstream sees of a request besides its target and fields.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Scope<'a> {
+    /// The `X-Forwarded-Proto` sent upstream.
+    pub proto: Option<&'a str>,
+    /// The client's host, when the site's origins get it.
+    pub host: Option<RequestHost<'a>>,
+}
+
+impl<'a> Scope<'a> {
+    /// The scope of a request to `site` for `host` over `proto`.
+    pub fn of(site: &Site, proto: Option<&'a str>, host: RequestHost<'a>) -> Scope<'a> {
+        Scope { proto, host: site.origin_sees_client_host().then_some(host) }
+    }
+}
+
 impl RequestKey {
     /// `path` must already be normalised; `query` is the shaped query.
-    pub fn new(site_id: &str, path: &str, query: Option<&str>, rules: &CacheRules, headers: &HeaderMap) -> RequestKey {
+    pub fn new(site: &Site, scope: Scope<'_>, path: &str, query: Option<&str>, headers: &HeaderMap) -> RequestKey {
         let url = match query {
             Some(q) => format!("{path}?{q}"),
             None => path.to_string(),
         };
         let mut h = Xxh3::new();
-        h.update(site_id.as_bytes());
+        h.update(site.id.as_bytes());
+        h.update(b"\0");
+        h.update(scope.proto.unwrap_or("").as_bytes());
+        h.update(b"\0");
+        if let Some(host) = scope.host {
+            host.hash_into(|b| h.update(b));
+        }
         // Method class: only GET (and HEAD, served from GET) is cached.
         h.update(b"\0GET\0");
         h.update(url.as_bytes());
-        for name in &rules.key_headers {
+        for name in site.cache.key_headers.iter().chain(&site.headers.forward) {
             h.update(b"\0");
             h.update(name.as_str().as_bytes());
             header_value(headers, name, &mut h);
@@ -276,28 +303,68 @@ mod tests {
         assert_eq!(shape_query(Some(""), &rules(QueryMode::Keep, &[])), None);
     }
 
+    fn site(id: &str, extra: &str) -> Site {
+        format!("[site]\nid = \"{id}\"\nhosts = [\"*.r.test\"]\n[[origin]]\nurl = \"http://127.0.0.1:1\"\n{extra}")
+            .parse()
+            .unwrap()
+    }
+
     #[test]
     fn keys_separate_sites_urls_and_key_headers() {
-        let r = CacheRules::default();
+        let (a_site, b_site) = (site("a", ""), site("b", ""));
         let h = HeaderMap::new();
-        let a = RequestKey::new("a", "/x", None, &r, &h);
-        assert_eq!(a, RequestKey::new("a", "/x", None, &r, &h));
-        assert_ne!(a.primary, RequestKey::new("b", "/x", None, &r, &h).primary);
-        assert_ne!(a.primary, RequestKey::new("a", "/x", Some("q"), &r, &h).primary);
-        assert_eq!(RequestKey::new("a", "/x", Some("q=1"), &r, &h).url, "/x?q=1");
-        let with = CacheRules { key_headers: vec![HeaderName::from_static("x-device")], ..CacheRules::default() };
+        let none = Scope::default();
+        let a = RequestKey::new(&a_site, none, "/x", None, &h);
+        assert_eq!(a, RequestKey::new(&a_site, none, "/x", None, &h));
+        assert_ne!(a.primary, RequestKey::new(&b_site, none, "/x", None, &h).primary);
+        assert_ne!(a.primary, RequestKey::new(&a_site, none, "/x", Some("q"), &h).primary);
+        assert_eq!(RequestKey::new(&a_site, none, "/x", Some("q=1"), &h).url, "/x?q=1");
+        let with = site("a", "[cache]\nkey_headers = [\"x-device\"]\n");
         let mut mobile = HeaderMap::new();
         mobile.insert("x-device", HeaderValue::from_static(" mobile "));
         let mut mobile2 = HeaderMap::new();
         mobile2.insert("x-device", HeaderValue::from_static("mobile"));
-        let k1 = RequestKey::new("a", "/x", None, &with, &mobile);
-        assert_eq!(k1, RequestKey::new("a", "/x", None, &with, &mobile2), "whitespace does not matter");
-        assert_ne!(k1.primary, RequestKey::new("a", "/x", None, &with, &h).primary);
+        let k1 = RequestKey::new(&with, none, "/x", None, &mobile);
+        assert_eq!(k1, RequestKey::new(&with, none, "/x", None, &mobile2), "whitespace does not matter");
+        assert_ne!(k1.primary, RequestKey::new(&with, none, "/x", None, &h).primary);
+        // A withheld field the site forwards is keyed.
+        let fwd = site("a", "[headers]\nforward = [\"x-forwarded-host\"]\n");
+        let mut xfh = HeaderMap::new();
+        xfh.insert("x-forwarded-host", HeaderValue::from_static("evil.test"));
+        assert_ne!(RequestKey::new(&fwd, none, "/x", None, &xfh), RequestKey::new(&fwd, none, "/x", None, &h));
+        assert_eq!(RequestKey::new(&a_site, none, "/x", None, &xfh), RequestKey::new(&a_site, none, "/x", None, &h));
+    }
+
+    #[test]
+    fn keys_cover_the_host_and_scheme_the_origin_sees() {
+        let s = site("a", "");
+        let h = HeaderMap::new();
+        let key = |proto: Option<&str>, host: &str| {
+            let host = RequestHost::parse(host).unwrap();
+            RequestKey::new(&s, Scope::of(&s, proto, host), "/profile", None, &h).primary
+        };
+        let alice = key(Some("https"), "alice.r.test");
+        assert_ne!(alice, key(Some("https"), "bob.r.test"), "one host's answer is not another's");
+        assert_eq!(alice, key(Some("https"), "ALICE.r.test."), "the host is normalised");
+        assert_ne!(alice, key(Some("http"), "alice.r.test"), "an origin may answer http and https differently");
+        assert_ne!(alice, key(Some("https"), "alice.r.test:8443"));
+        // When every origin gets a fixed Host, the client's does not matter.
+        let fixed = site("a", "[[origin]]\nurl = \"http://127.0.0.1:2\"\nhost = \"o.test\"\n");
+        assert!(fixed.origin_sees_client_host(), "the first origin still gets the client's");
+        let only_fixed: Site =
+            "[site]\nid = \"a\"\nhosts = [\"*.r.test\"]\n[[origin]]\nurl = \"http://127.0.0.1:1\"\nhost = \"o.test\"\n"
+                .parse()
+                .unwrap();
+        let k = |host: &str| {
+            let host = RequestHost::parse(host).unwrap();
+            RequestKey::new(&only_fixed, Scope::of(&only_fixed, Some("https"), host), "/p", None, &h).primary
+        };
+        assert_eq!(k("alice.r.test"), k("bob.r.test"));
     }
 
     #[test]
     fn variants_follow_vary_values() {
-        let k = RequestKey::new("a", "/x", None, &CacheRules::default(), &HeaderMap::new());
+        let k = RequestKey::new(&site("a", ""), Scope::default(), "/x", None, &HeaderMap::new());
         let names = [HeaderName::from_static("accept-language")];
         let mut en = HeaderMap::new();
         en.insert("accept-language", HeaderValue::from_static("en"));

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod cache_status;
 pub mod clock;
 pub mod engine;
+pub mod host;
 pub mod key;
 pub mod node;
 pub mod policy;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
 
-use crate::topology::{Load, SITE_HOST, Topology, dns_london, request};
+use crate::topology::{Load, SITE_HOST, Topology, dns_london, request, shield_get};
 
 fn paths(prefix: &str, n: usize, cc: &str) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i}?size=4KiB&cc={cc}")).collect()
@@ -86,7 +86,7 @@ async fn a_shield_killed_under_load_and_restarted_with_its_disk() {
     let mut owned = Vec::new();
     for p in &objects {
         let shield = t.shields[0].listen;
-        let r = request(Method::GET, &format!("http://{shield}{p}"), SITE_HOST, None, "").await.unwrap();
+        let r = shield_get(shield, p).await;
         if !r.cache_status().contains("fwd=uri-miss") {
             owned.push(p.clone());
         }
@@ -111,7 +111,7 @@ async fn a_shield_killed_under_load_and_restarted_with_its_disk() {
     let shield = t.shields[0].listen;
     let mut kept = 0;
     for p in &owned {
-        let r = request(Method::GET, &format!("http://{shield}{p}"), SITE_HOST, None, "").await.unwrap();
+        let r = shield_get(shield, p).await;
         let cs = r.cache_status();
         if cs.contains("shield-1; hit") || cs.contains("fwd=stale; fwd-status=304") {
             kept += 1;

@@ -59,6 +59,20 @@ pub async fn request(method: Method, url: &str, host: &str, token: Option<&str>,
     Ok(Reply { status: parts.status, headers: parts.headers, body })
 }
 
+/// A GET straight to a shield, as an edge sends it for a plain-HTTP client
+/// (the scheme an edge forwards is part of the shield's cache key).
+pub async fn shield_get(shield: SocketAddr, path: &str) -> Reply {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req = Request::get(format!("http://{shield}{path}"))
+        .header("host", SITE_HOST)
+        .header("x-forwarded-proto", "http")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let (parts, b) = resp.into_parts();
+    Reply { status: parts.status, headers: parts.headers, body: b.collect().await.unwrap().to_bytes() }
+}
+
 pub fn load_node(dir: &Path, name: &str, text: &str) -> NodeConfig {
     let f = dir.join(format!("{name}.toml"));
     std::fs::write(&f, text).unwrap();

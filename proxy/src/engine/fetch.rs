@@ -11,7 +11,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use outpost_config::Site;
+use outpost_config::{Site, WITHHELD_REQUEST_HEADERS};
 use tokio::sync::oneshot;
 
 use super::Engine;
@@ -24,6 +24,7 @@ use crate::upstream::UpstreamError;
 static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 static SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");
 static CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
+pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Request headers that a cacheable fetch does not forward: the cache asks
 /// for the whole current object and answers ranges, conditionals and the
@@ -80,6 +81,7 @@ const MESSAGE_FIELDS: [HeaderName; 3] = [header::CONTENT_LENGTH, header::TRANSFE
 /// `X-Forwarded-Proto`.
 pub(crate) fn forward_headers(
     node: &str,
+    site: &Site,
     client: &HeaderMap,
     from: Option<IpAddr>,
     proto: Option<&'static str>,
@@ -89,7 +91,9 @@ pub(crate) fn forward_headers(
     for (name, value) in client {
         if is_hop_by_hop(name, client)
             || MESSAGE_FIELDS.contains(name)
+            || name == X_FORWARDED_PROTO
             || (cacheable && NOT_FORWARDED_ON_FETCH.contains(name))
+            || (WITHHELD_REQUEST_HEADERS.contains(&name.as_str()) && !site.headers.forward.contains(name))
         {
             continue;
         }
@@ -97,7 +101,7 @@ pub(crate) fn forward_headers(
     }
     extend_list(&mut h, header::VIA, &format!("1.1 {node}"));
     if let Some(p) = proto {
-        h.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(p));
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(p));
     }
     if let Some(ip) = from {
         // RFC 7239: IPv6 addresses are quoted and bracketed.
@@ -158,8 +162,14 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 
 impl FetchJob {
     fn upstream_request(&self) -> Request<crate::upstream::ReqBody> {
-        let mut headers =
-            forward_headers(&self.engine.node, &self.request.headers, self.request.client, self.request.proto, true);
+        let mut headers = forward_headers(
+            &self.engine.node,
+            &self.site,
+            &self.request.headers,
+            self.request.client,
+            self.request.proto,
+            true,
+        );
         if let Some((_, stale)) = &self.stale {
             if let Some(etag) = stale.headers.get(header::ETAG) {
                 headers.insert(header::IF_NONE_MATCH, etag.clone());
@@ -452,8 +462,10 @@ mod tests {
             ("accept", "*/*"),
             ("range", "bytes=0-1"),
         ]);
+        let site: Site =
+            "[site]\nid = \"a\"\nhosts = [\"a.test\"]\n[[origin]]\nurl = \"http://127.0.0.1:1\"\n".parse().unwrap();
         for cacheable in [true, false] {
-            let up = forward_headers("edge-1", &h, None, None, cacheable);
+            let up = forward_headers("edge-1", &site, &h, None, None, cacheable);
             for name in ["content-length", "transfer-encoding", "expect", "connection", "x-hop"] {
                 assert!(!up.contains_key(name), "{name} forwarded (cacheable: {cacheable})");
             }
@@ -461,5 +473,31 @@ mod tests {
             assert_eq!(up.contains_key("range"), !cacheable, "a fetch asks for the whole object");
             assert_eq!(up["via"], "1.1 edge-1");
         }
+    }
+}
+
+#[cfg(test)]
+mod withheld {
+    use super::*;
+
+    #[test]
+    fn override_fields_are_withheld_unless_the_site_forwards_them() {
+        let mut client = HeaderMap::new();
+        for name in WITHHELD_REQUEST_HEADERS {
+            client.insert(HeaderName::from_static(name), HeaderValue::from_static("evil.test"));
+        }
+        client.insert(X_FORWARDED_PROTO, HeaderValue::from_static("gopher"));
+        let base = "[site]\nid = \"a\"\nhosts = [\"a.test\"]\n[[origin]]\nurl = \"http://127.0.0.1:1\"\n";
+        let plain: Site = base.parse().unwrap();
+        let up = forward_headers("edge-1", &plain, &client, None, Some("https"), true);
+        for name in WITHHELD_REQUEST_HEADERS {
+            assert!(!up.contains_key(name), "{name} forwarded");
+        }
+        assert_eq!(up[X_FORWARDED_PROTO], "https", "the client's own value is replaced");
+        let keeps: Site = format!("{base}[headers]\nforward = [\"x-forwarded-host\"]\n").parse().unwrap();
+        let up = forward_headers("shield-1", &keeps, &client, None, None, true);
+        assert_eq!(up["x-forwarded-host"], "evil.test");
+        assert!(!up.contains_key("x-original-url"));
+        assert!(!up.contains_key(X_FORWARDED_PROTO), "a shield passes on only http or https");
     }
 }

@@ -20,7 +20,8 @@ use hyper::body::Incoming;
 use outpost_config::{CacheStorage, Limits, PurgeTarget, Site};
 
 use crate::clock::Clock;
-use crate::key::{Key, RequestKey, normalize_path, shape_query};
+use crate::host::RequestHost;
+use crate::key::{Key, RequestKey, Scope, normalize_path, shape_query};
 use crate::purge::PurgeRules;
 use crate::store::{Entry, Store, StoreError};
 use crate::tls::CertStore;
@@ -269,13 +270,13 @@ impl Engine {
         Err(last)
     }
 
-    /// The stored keys of a URL (its object, or its variant index and the
-    /// variants it knows), removed at once.
-    async fn remove_url(&self, site: &Site, url: &str) {
+    /// The stored keys of a URL in one scope (its object, or its variant
+    /// index and the variants it knows), removed at once.
+    async fn remove_url(&self, site: &Site, scope: Scope<'_>, url: &str) {
         let (path, query) = url.split_once('?').map_or((url, None), |(p, q)| (p, Some(q)));
         let Ok(path) = normalize_path(path) else { return };
         let query = shape_query(query, &site.cache);
-        let rkey = RequestKey::new(&site.id, &path, query.as_deref(), &site.cache, &http::HeaderMap::new());
+        let rkey = RequestKey::new(site, scope, &path, query.as_deref(), &http::HeaderMap::new());
         match self.store.get(rkey.primary).await {
             Some(Entry::Object(o)) => self.store.remove_object(rkey.primary, &o),
             Some(Entry::Variants(v)) => {
@@ -311,13 +312,39 @@ impl Engine {
         }
         self.purges.apply(site_id, target, &urls, soft, self.clock.now()).map_err(EngineError::Purges)?;
         if !soft {
+            // The rule already makes every copy a miss; removing the copies
+            // the node can name frees their space now. (Copies under other
+            // hosts of a wildcard, or with a port, go at their next lookup.)
             for u in &urls {
-                self.remove_url(site, u).await;
+                for scope in self.scopes(site) {
+                    self.remove_url(site, scope, u).await;
+                }
             }
         }
         self.metrics.purge();
         self.metrics.purge_rules.set(self.purges.len() as f64);
         Ok(())
+    }
+
+    /// The scopes a site's URLs are commonly stored under: each exact host,
+    /// over each scheme an edge sends.
+    fn scopes<'a>(&self, site: &'a Site) -> Vec<Scope<'a>> {
+        let hosts: Vec<RequestHost<'a>> = site
+            .hosts
+            .iter()
+            .filter_map(|h| match &h.value {
+                outpost_config::HostPattern::Exact(name) => RequestHost::parse(name).ok(),
+                outpost_config::HostPattern::Wildcard(_) => None,
+            })
+            .collect();
+        let mut out = Vec::new();
+        for proto in [Some("http"), Some("https"), None] {
+            for host in &hosts {
+                out.push(Scope::of(site, proto, *host));
+            }
+        }
+        out.dedup();
+        out
     }
 
     /// Refreshes the gauges that are read rather than counted.

@@ -24,13 +24,14 @@ use hyper::body::Incoming;
 use outpost_config::Site;
 use tokio::sync::oneshot;
 
-use super::fetch::{FetchJob, Origin, forward_headers};
+use super::fetch::{FetchJob, Origin, X_FORWARDED_PROTO, forward_headers};
 use super::flight::{Head, Join};
 use super::observe::AccessRecord;
 use super::respond::{Body, BodySource, Local, object_response};
 use super::{Engine, Tier};
 use crate::cache_status::{CacheStatus, Outcome};
-use crate::key::{Key, RequestKey, normalize_path, shape_query};
+use crate::host::{BadHost, RequestHost};
+use crate::key::{Key, RequestKey, Scope, normalize_path, shape_query};
 use crate::policy::{Directives, Freshness, is_hop_by_hop};
 use crate::purge::Verdict;
 use crate::serve::Secure;
@@ -57,18 +58,45 @@ impl Ctx {
     /// name the host in the target, not in Host, and the target's authority
     /// is the one that counts (RFC 9113 §8.3.1). Built only when a request
     /// goes upstream, never on a hit.
+    /// The host was checked before the key was made; this is its normalised
+    /// form (lower case, no trailing dot), which the key covers.
     fn upstream_host(&self) -> Option<HeaderValue> {
-        match &self.authority {
-            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-            None => self.headers.get(header::HOST).cloned(),
+        HeaderValue::from_str(&self.host()?.authority()).ok()
+    }
+
+    /// The request's host, checked in step 3.
+    fn host(&self) -> Option<RequestHost<'_>> {
+        let raw = match &self.authority {
+            Some(a) => a.as_str(),
+            None => self.headers.get(header::HOST)?.to_str().ok()?,
+        };
+        RequestHost::parse(raw).ok()
+    }
+
+    /// The key scope of this request's URLs, or of another host's.
+    fn scope<'a>(&'a self, host: Option<RequestHost<'a>>) -> Scope<'a> {
+        match host.or_else(|| self.host()) {
+            Some(h) => Scope::of(&self.site, self.proto(), h),
+            None => Scope { proto: self.proto(), host: None },
         }
     }
 
-    /// `X-Forwarded-Proto` for upstream requests: set by the edge, where the
-    /// client's scheme is known (a client's own value is overwritten); tiers
-    /// behind it pass on what the edge said.
     fn proto(&self) -> Option<&'static str> {
-        (self.engine.tier == Tier::Edge).then_some(if self.secure { "https" } else { "http" })
+        upstream_proto(self.engine.tier, self.secure, &self.headers)
+    }
+}
+
+/// `X-Forwarded-Proto` for upstream requests: set by the edge, where the
+/// client's scheme is known (a client's own value is never trusted); tiers
+/// behind it pass on what the edge said, when it is `http` or `https`.
+fn upstream_proto(tier: Tier, secure: bool, headers: &HeaderMap) -> Option<&'static str> {
+    match tier {
+        Tier::Edge => Some(if secure { "https" } else { "http" }),
+        Tier::Shield => match headers.get(X_FORWARDED_PROTO).map(HeaderValue::as_bytes) {
+            Some(b"https") => Some("https"),
+            Some(b"http") => Some("http"),
+            _ => None,
+        },
     }
 }
 
@@ -119,8 +147,8 @@ pub(super) async fn handle(
 
 /// Where an `https_only` site sends a plain-HTTP request: the same host
 /// (without the client's port) and target, over HTTPS on the node's port.
-fn https_location<B>(req: &Request<B>, https_port: Option<u16>) -> HeaderValue {
-    let host = host_of(req).map_or(String::new(), |h| super::sites::host_name(h).to_ascii_lowercase());
+fn https_location<B>(req: &Request<B>, host: &RequestHost<'_>, https_port: Option<u16>) -> HeaderValue {
+    let host = host.name().to_ascii_lowercase();
     let port = match https_port {
         Some(443) | None => String::new(),
         Some(p) => format!(":{p}"),
@@ -165,19 +193,26 @@ async fn steps(engine: &Arc<Engine>, req: Request<Incoming>, client: Option<Sock
     if is_loop(req.headers(), &engine.node) {
         return local(Local::Loop);
     }
+    // RFC 9112 §3.2: a request without a valid Host is a bad request.
+    let host = match RequestHost::parse(host_of(&req).unwrap_or("")) {
+        Ok(h) => h,
+        Err(BadHost::Missing) => return local(Local::BadRequest("no Host")),
+        Err(BadHost::Invalid) => return local(Local::BadRequest("invalid Host")),
+    };
     let sites = engine.sites();
-    let Some(site) = host_of(&req).and_then(|h| sites.find(h)).cloned() else {
+    let Some(site) = sites.find(&host).cloned() else {
         return local(Local::UnknownHost);
     };
     let secure = req.extensions().get::<Secure>().is_some();
     if site.https_only && !secure {
-        return local(Local::Redirect(https_location(&req, engine.https_port)));
+        return local(Local::Redirect(https_location(&req, &host, engine.https_port)));
     }
     let Ok(path) = normalize_path(req.uri().path()) else {
         return local(Local::BadRequest("malformed path"));
     };
     let query = shape_query(req.uri().query(), &site.cache);
-    let rkey = RequestKey::new(&site.id, &path, query.as_deref(), &site.cache, req.headers());
+    let scope = Scope::of(&site, upstream_proto(engine.tier, secure, req.headers()), host);
+    let rkey = RequestKey::new(&site, scope, &path, query.as_deref(), req.headers());
     let method = req.method().clone();
     if method == Method::TRACE || method == Method::CONNECT {
         return local(Local::MethodNotAllowed);
@@ -532,7 +567,8 @@ async fn forward(cx: &Ctx, body: Incoming, raw_query: Option<String>, path: &str
         None => path.to_string(),
     };
     *up.uri_mut() = target.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
-    *up.headers_mut() = forward_headers(&engine.node, &cx.headers, cx.client.map(|c| c.ip()), cx.proto(), false);
+    *up.headers_mut() =
+        forward_headers(&engine.node, &cx.site, &cx.headers, cx.client.map(|c| c.ip()), cx.proto(), false);
     if let Some(n) = length {
         up.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
@@ -551,10 +587,11 @@ async fn forwarded(cx: &Ctx, sent: Result<Response<Incoming>, crate::upstream::U
             let unsafe_method = !cx.method.is_safe();
             let status = resp.status();
             if unsafe_method && (status.is_success() || status.is_redirection()) {
-                engine.remove_url(&cx.site, &cx.rkey.url).await;
+                engine.remove_url(&cx.site, cx.scope(None), &cx.rkey.url).await;
                 for name in [header::LOCATION, header::CONTENT_LOCATION] {
-                    if let Some(url) = same_site_path(cx, resp.headers().get(&name)) {
-                        engine.remove_url(&cx.site, &url).await;
+                    if let Some((host, url)) = same_site_path(cx, resp.headers().get(&name)) {
+                        let host = host.as_deref().and_then(|h| RequestHost::parse(h).ok());
+                        engine.remove_url(&cx.site, cx.scope(host), &url).await;
                     }
                 }
             }
@@ -568,15 +605,18 @@ async fn forwarded(cx: &Ctx, sent: Result<Response<Incoming>, crate::upstream::U
     }
 }
 
-/// The path of a `Location`-style value when it points into this site.
-fn same_site_path(cx: &Ctx, value: Option<&HeaderValue>) -> Option<String> {
+/// The host (absent: the request's own) and path of a `Location`-style
+/// value when it points into this site.
+fn same_site_path(cx: &Ctx, value: Option<&HeaderValue>) -> Option<(Option<String>, String)> {
     let text = value?.to_str().ok()?;
     if text.starts_with('/') {
-        return Some(text.to_string());
+        return Some((None, text.to_string()));
     }
     let uri: http::Uri = text.parse().ok()?;
-    let host = uri.host()?;
-    cx.site.serves(&host.to_ascii_lowercase()).then(|| uri.path_and_query().map_or("/".into(), |p| p.to_string()))
+    let authority = uri.authority()?.as_str();
+    let host = RequestHost::parse(authority).ok()?;
+    let path = uri.path_and_query().map_or("/".into(), |p| p.to_string());
+    cx.site.serves(&host.name().to_ascii_lowercase()).then(|| (Some(authority.to_string()), path))
 }
 
 #[cfg(test)]

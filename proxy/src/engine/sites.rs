@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use outpost_config::{HostPattern, Site};
 
+use crate::host::RequestHost;
+
 /// Values by host pattern: exact names in a map, wildcards by longest
 /// suffix. Sites are found this way by `Host`, certificates by SNI.
 #[derive(Debug)]
@@ -68,9 +70,9 @@ impl SiteTable {
         t
     }
 
-    /// The site for a `Host` value (any case, optional port and trailing dot).
-    pub fn find(&self, host: &str) -> Option<&Arc<Site>> {
-        let name = host_name(host);
+    /// The site for a request's host.
+    pub fn find(&self, host: &RequestHost<'_>) -> Option<&Arc<Site>> {
+        let name = host.name();
         if name.bytes().any(|b| b.is_ascii_uppercase()) {
             return self.hosts.find(&name.to_ascii_lowercase());
         }
@@ -94,17 +96,6 @@ impl SiteTable {
     }
 }
 
-/// The host part of a Host value: no port, no trailing dot. IPv6 literals
-/// keep their brackets.
-pub fn host_name(host: &str) -> &str {
-    let h = if host.starts_with('[') {
-        host.find(']').map_or(host, |i| &host[..=i])
-    } else {
-        host.rsplit_once(':').filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h)
-    };
-    h.strip_suffix('.').unwrap_or(h)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,16 +108,14 @@ mod tests {
     #[test]
     fn finds_sites_by_exact_and_wildcard_host() {
         let t = SiteTable::new([site("a", &["www.a.test", "*.b.test"]), site("b", &["*.img.c.test"])]);
-        assert_eq!(t.find("www.a.test").unwrap().id, "a");
-        assert_eq!(t.find("WWW.A.TEST:8080").unwrap().id, "a");
-        assert_eq!(t.find("www.a.test.").unwrap().id, "a");
-        assert_eq!(t.find("x.b.test").unwrap().id, "a");
-        assert_eq!(t.find("x.y.img.c.test").unwrap().id, "b");
-        assert!(t.find("b.test").is_none() && t.find("img.c.test").is_none());
-        assert!(t.find("evil.test").is_none());
-        assert!(t.find("").is_none());
+        let find = |h: &str| t.find(&RequestHost::parse(h).unwrap()).map(|s| s.id.clone());
+        assert_eq!(find("www.a.test").unwrap(), "a");
+        assert_eq!(find("WWW.A.TEST:8080").unwrap(), "a");
+        assert_eq!(find("www.a.test.").unwrap(), "a");
+        assert_eq!(find("x.b.test").unwrap(), "a");
+        assert_eq!(find("x.y.img.c.test").unwrap(), "b");
+        assert!(find("b.test").is_none() && find("img.c.test").is_none());
+        assert!(find("evil.test").is_none());
         assert_eq!(t.get("b").unwrap().id, "b");
-        assert_eq!(host_name("[::1]:80"), "[::1]");
-        assert_eq!(host_name("localhost"), "localhost");
     }
 }

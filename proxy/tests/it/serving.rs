@@ -42,6 +42,70 @@ async fn unknown_hosts_get_421_and_are_never_forwarded() {
 }
 
 #[tokio::test]
+async fn hosts_are_checked_keyed_and_sent_normalised() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    let site = format!(
+        "[site]\nid = \"w\"\nhosts = [\"*.r.test\"]\n\n[[origin]]\nurl = \"http://{}\"\n\n{DEFAULT_RULES}",
+        origin.addr
+    );
+    let edge = Edge::start(dir.path(), &site).await;
+    let seen_host = || async {
+        let seen = send(Method::GET, &format!("http://{}/__origin/request?path=/profile", origin.addr), &[]).await;
+        let seen: serde_json::Value = serde_json::from_slice(&seen.body).unwrap();
+        seen["host"].as_str().unwrap_or_default().to_string()
+    };
+    // One host's answer is never another's: each is its own entry, and the
+    // origin sees each host.
+    let alice = send(Method::GET, &edge.url("/profile?cc=max-age%3D60"), &[("host", "alice.r.test")]).await;
+    assert!(alice.cache_status().contains("fwd=uri-miss"), "{}", alice.cache_status());
+    let bob = send(Method::GET, &edge.url("/profile?cc=max-age%3D60"), &[("host", "bob.r.test")]).await;
+    assert!(bob.cache_status().contains("fwd=uri-miss"), "bob got alice's entry: {}", bob.cache_status());
+    assert_eq!(seen_host().await, "bob.r.test");
+    assert_eq!(origin.count("/profile").await, 2);
+    // The same host in another spelling is the same entry, and goes up
+    // normalised.
+    let again = send(Method::GET, &edge.url("/profile?cc=max-age%3D60"), &[("host", "ALICE.R.TEST.")]).await;
+    assert!(again.is_hit(), "{}", again.cache_status());
+    let r = send(Method::GET, &edge.url("/profile?cc=max-age%3D1&v=2"), &[("host", "Carol.R.test.")]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(seen_host().await, "carol.r.test");
+    // Host values that are not authorities are refused, not forwarded.
+    for bad in ["evil.example/.r.test", "x@a.r.test", "a.r.test:99999", "a..r.test", "a.r.test:"] {
+        let r = send(Method::GET, &edge.url("/bad"), &[("host", bad)]).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400, not a 421.
+    let resp = raw_async(edge.addr, b"GET /bad HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    let resp = raw_async(edge.addr, b"GET /bad HTTP/1.1\r\nHost:\r\nConnection: close\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    assert_eq!(origin.count("/bad").await, 0);
+}
+
+#[tokio::test]
+async fn fields_that_override_the_url_are_withheld_from_the_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    let edge = Edge::start(dir.path(), &site_toml(origin.addr, DEFAULT_RULES)).await;
+    let overrides = [
+        ("x-forwarded-host", "evil.test"),
+        ("x-original-url", "/admin"),
+        ("x-rewrite-url", "/admin"),
+        ("x-http-method-override", "DELETE"),
+        ("x-forwarded-proto", "https"),
+    ];
+    let r = edge.get_with("/ovr?cc=max-age%3D60", &overrides).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let seen = send(Method::GET, &format!("http://{}/__origin/request?path=/ovr", origin.addr), &[]).await;
+    let seen: serde_json::Value = serde_json::from_slice(&seen.body).unwrap();
+    for (name, _) in &overrides[..4] {
+        assert!(seen.get(*name).is_none(), "{name} reached the origin: {seen}");
+    }
+    assert_eq!(seen["x-forwarded-proto"], "http", "the edge says how the client came");
+}
+
+#[tokio::test]
 async fn malformed_requests_get_400_and_the_node_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let origin = Origin::start().await;

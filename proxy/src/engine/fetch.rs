@@ -14,8 +14,8 @@ use hyper::body::Incoming;
 use outpost_config::{Site, WITHHELD_REQUEST_HEADERS};
 use tokio::sync::oneshot;
 
-use super::Engine;
 use super::flight::{FlightGuard, Head, SharedHead};
+use super::{Engine, Hop};
 use crate::key::{Key, RequestKey, vary_names};
 use crate::policy::{self, NotStored, RequestFacts, StorePlan, Timing, is_hop_by_hop, kept_on_304};
 use crate::store::{BodyRef, BodyWriter, Entry, MAX_KNOWN_VARIANTS, StoredObject, Variants};
@@ -24,6 +24,7 @@ use crate::upstream::UpstreamError;
 static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 static SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");
 static CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
+pub(crate) const CDN_LOOP: HeaderName = HeaderName::from_static("cdn-loop");
 pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Request headers that a cacheable fetch does not forward: the cache asks
@@ -80,7 +81,7 @@ const MESSAGE_FIELDS: [HeaderName; 3] = [header::CONTENT_LENGTH, header::TRANSFE
 /// framing fields, plus `Via`, `X-Forwarded-For` and, from the edge,
 /// `X-Forwarded-Proto`.
 pub(crate) fn forward_headers(
-    node: &str,
+    hop: &Hop,
     site: &Site,
     client: &HeaderMap,
     from: Option<IpAddr>,
@@ -99,7 +100,9 @@ pub(crate) fn forward_headers(
         }
         h.append(name.clone(), value.clone());
     }
+    let node = &*hop.node;
     extend_list(&mut h, header::VIA, &format!("1.1 {node}"));
+    extend_list(&mut h, CDN_LOOP, &hop.loop_member);
     if let Some(p) = proto {
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(p));
     }
@@ -163,7 +166,7 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 impl FetchJob {
     fn upstream_request(&self) -> Request<crate::upstream::ReqBody> {
         let mut headers = forward_headers(
-            &self.engine.node,
+            &self.engine.hop,
             &self.site,
             &self.request.headers,
             self.request.client,
@@ -465,7 +468,7 @@ mod tests {
         let site: Site =
             "[site]\nid = \"a\"\nhosts = [\"a.test\"]\n[[origin]]\nurl = \"http://127.0.0.1:1\"\n".parse().unwrap();
         for cacheable in [true, false] {
-            let up = forward_headers("edge-1", &site, &h, None, None, cacheable);
+            let up = forward_headers(&Hop::new("edge-1"), &site, &h, None, None, cacheable);
             for name in ["content-length", "transfer-encoding", "expect", "connection", "x-hop"] {
                 assert!(!up.contains_key(name), "{name} forwarded (cacheable: {cacheable})");
             }
@@ -489,13 +492,13 @@ mod withheld {
         client.insert(X_FORWARDED_PROTO, HeaderValue::from_static("gopher"));
         let base = "[site]\nid = \"a\"\nhosts = [\"a.test\"]\n[[origin]]\nurl = \"http://127.0.0.1:1\"\n";
         let plain: Site = base.parse().unwrap();
-        let up = forward_headers("edge-1", &plain, &client, None, Some("https"), true);
+        let up = forward_headers(&Hop::new("edge-1"), &plain, &client, None, Some("https"), true);
         for name in WITHHELD_REQUEST_HEADERS {
             assert!(!up.contains_key(name), "{name} forwarded");
         }
         assert_eq!(up[X_FORWARDED_PROTO], "https", "the client's own value is replaced");
         let keeps: Site = format!("{base}[headers]\nforward = [\"x-forwarded-host\"]\n").parse().unwrap();
-        let up = forward_headers("shield-1", &keeps, &client, None, None, true);
+        let up = forward_headers(&Hop::new("shield-1"), &keeps, &client, None, None, true);
         assert_eq!(up["x-forwarded-host"], "evil.test");
         assert!(!up.contains_key("x-original-url"));
         assert!(!up.contains_key(X_FORWARDED_PROTO), "a shield passes on only http or https");

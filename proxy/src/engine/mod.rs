@@ -41,6 +41,36 @@ fn epoch_ms(t: std::time::SystemTime) -> u64 {
 /// Pause before the second attempt at an upstream; doubles per attempt.
 const RETRY_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// How this node marks the requests it sends upstream.
+#[derive(Debug)]
+pub(crate) struct Hop {
+    pub node: Arc<str>,
+    /// This node's `CDN-Loop` member (RFC 8586): its name and a secret made
+    /// at start, so a request carrying it really passed this node.
+    pub loop_member: String,
+}
+
+impl Hop {
+    pub(crate) fn new(node: &str) -> Hop {
+        Hop { node: Arc::from(node), loop_member: format!("{node}; t={}", random_hex(16)) }
+    }
+}
+
+/// `bytes` random bytes from the system's generator, in hex.
+fn random_hex(bytes: usize) -> String {
+    use std::io::Read;
+    let mut buf = vec![0u8; bytes];
+    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf));
+    if read.is_err() {
+        // No /dev/urandom: std's per-process random hash keys stand in.
+        use std::hash::{BuildHasher, RandomState};
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = RandomState::new().hash_one(i) as u8;
+        }
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Which tier an engine serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tier {
@@ -84,6 +114,7 @@ pub enum EngineError {
 #[derive(Debug)]
 pub struct Engine {
     pub node: Arc<str>,
+    hop: Hop,
     pub tier: Tier,
     pub limits: Limits,
     sites: ArcSwap<SiteTable>,
@@ -122,6 +153,7 @@ impl Engine {
         let certs = Arc::new(CertStore::new(&config.node, &config.tls)?);
         let engine = Engine {
             node: Arc::from(config.node.as_str()),
+            hop: Hop::new(&config.node),
             tier: config.tier,
             limits: config.limits,
             sites: ArcSwap::from_pointee(SiteTable::new(config.sites)),
@@ -249,7 +281,12 @@ impl Engine {
             let started = Instant::now();
             let result = self.upstream.send(target, attempt).await;
             self.metrics.upstream(started.elapsed(), result.is_ok());
-            self.route.report(target, result.as_ref().is_ok_and(|r| !r.status().is_server_error()));
+            // A 508 says the request looped (a configuration mistake), not
+            // that the upstream is unwell.
+            let healthy = result
+                .as_ref()
+                .is_ok_and(|r| !r.status().is_server_error() || r.status() == http::StatusCode::LOOP_DETECTED);
+            self.route.report(target, healthy);
             match result {
                 Ok(mut resp) => {
                     if let Some(p) = permit {

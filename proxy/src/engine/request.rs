@@ -24,7 +24,7 @@ use hyper::body::Incoming;
 use outpost_config::Site;
 use tokio::sync::oneshot;
 
-use super::fetch::{FetchJob, Origin, X_FORWARDED_PROTO, forward_headers};
+use super::fetch::{CDN_LOOP, FetchJob, Origin, X_FORWARDED_PROTO, forward_headers};
 use super::flight::{Head, Join};
 use super::observe::AccessRecord;
 use super::respond::{Body, BodySource, Local, object_response};
@@ -176,21 +176,24 @@ fn check_framing<B>(req: &Request<B>) -> Result<(), Local> {
     Ok(())
 }
 
-/// Step 2: did this request already pass this node (`Via: 1.1 <node>`)?
-fn is_loop(headers: &HeaderMap, node: &str) -> bool {
+/// Step 2: did this request already pass this node? Only a `CDN-Loop`
+/// member this node added itself counts (RFC 8586): its name with the
+/// node's secret, which a client cannot guess. A client's `Via` or
+/// `CDN-Loop` naming our nodes proves nothing.
+fn is_loop(headers: &HeaderMap, member: &str) -> bool {
     headers
-        .get_all(header::VIA)
+        .get_all(CDN_LOOP)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|hop| hop.split_whitespace().nth(1) == Some(node))
+        .any(|m| m.trim() == member)
 }
 
 async fn steps(engine: &Arc<Engine>, req: Request<Incoming>, client: Option<SocketAddr>) -> Answer {
     if let Err(l) = check_framing(&req) {
         return local(l);
     }
-    if is_loop(req.headers(), &engine.node) {
+    if is_loop(req.headers(), &engine.hop.loop_member) {
         return local(Local::Loop);
     }
     // RFC 9112 §3.2: a request without a valid Host is a bad request.
@@ -568,7 +571,7 @@ async fn forward(cx: &Ctx, body: Incoming, raw_query: Option<String>, path: &str
     };
     *up.uri_mut() = target.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
     *up.headers_mut() =
-        forward_headers(&engine.node, &cx.site, &cx.headers, cx.client.map(|c| c.ip()), cx.proto(), false);
+        forward_headers(&engine.hop, &cx.site, &cx.headers, cx.client.map(|c| c.ip()), cx.proto(), false);
     if let Some(n) = length {
         up.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
@@ -624,13 +627,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn loops_are_recognised_by_node_name() {
+    fn loops_are_recognised_by_this_nodes_secret_only() {
+        let hop = super::super::Hop::new("shield-1");
         let mut h = HeaderMap::new();
         h.append(header::VIA, HeaderValue::from_static("1.1 edge-fra, 1.1 shield-1"));
-        assert!(is_loop(&h, "shield-1"));
-        assert!(is_loop(&h, "edge-fra"));
-        assert!(!is_loop(&h, "edge"));
-        assert!(!is_loop(&HeaderMap::new(), "edge-fra"));
+        h.append(CDN_LOOP, HeaderValue::from_static("shield-1, shield-1; t=guess"));
+        assert!(!is_loop(&h, &hop.loop_member), "a client's Via or CDN-Loop proves nothing");
+        let up = super::super::fetch::forward_headers(&hop, &site(), &h, None, None, true);
+        assert!(is_loop(&up, &hop.loop_member), "what this node sent upstream, back again");
+        assert!(!is_loop(&up, &super::super::Hop::new("shield-1").loop_member), "another process's secret differs");
+        assert_eq!(up[header::VIA], "1.1 edge-fra, 1.1 shield-1, 1.1 shield-1");
+    }
+
+    fn site() -> Site {
+        "[site]\nid = \"a\"\nhosts = [\"a.test\"]\n[[origin]]\nurl = \"http://127.0.0.1:1\"\n".parse().unwrap()
     }
 
     #[test]

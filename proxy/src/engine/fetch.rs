@@ -49,6 +49,9 @@ pub(crate) struct Origin {
     pub path: String,
     pub client: Option<IpAddr>,
     pub has_authorization: bool,
+    /// The request said `Cache-Control: no-store`: nothing of its response
+    /// is stored (RFC 9111 §5.2.1.5).
+    pub no_store: bool,
     /// Host sent upstream (the client's, from Host or the target).
     pub host: Option<HeaderValue>,
     /// `X-Forwarded-Proto` to set, at the edge.
@@ -142,6 +145,17 @@ fn tags(headers: &HeaderMap) -> Vec<String> {
     out
 }
 
+/// The values of the `strip` fields: what the stored copy leaves out.
+fn withheld(from: &HeaderMap, strip: &[HeaderName]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for name in strip {
+        for v in from.get_all(name) {
+            h.append(name.clone(), v.clone());
+        }
+    }
+    h
+}
+
 /// The headers a stored copy keeps.
 fn storable_headers(from: &HeaderMap, strip: &[HeaderName]) -> HeaderMap {
     let mut h = HeaderMap::with_capacity(from.len());
@@ -193,7 +207,7 @@ impl FetchJob {
             method: &Method::GET,
             path: self.rkey.url.split('?').next().unwrap_or("/"),
             has_authorization: self.request.has_authorization,
-            no_store: false,
+            no_store: self.request.no_store,
         };
         policy::storability(facts, status, headers, &self.site.cache, &self.site.stale, at)
     }
@@ -287,8 +301,10 @@ impl FetchJob {
                 headers.append(name.clone(), v.clone());
             }
         }
+        let mut kept_out = HeaderMap::new();
         let object = match self.plan(stale.status, &headers, now) {
             Ok(plan) => {
+                kept_out = withheld(&headers, &plan.strip);
                 let obj = StoredObject {
                     headers: storable_headers(&headers, &plan.strip),
                     tags: tags(&headers),
@@ -315,7 +331,7 @@ impl FetchJob {
             }
         };
         self.guard.close();
-        self.guard.flight.set_head(Head::Revalidated(object));
+        self.guard.flight.set_head(Head::Revalidated(object, Arc::new(kept_out)));
     }
 
     async fn stream(
@@ -369,6 +385,7 @@ impl FetchJob {
             not_stored: not_stored.map(NotStored::as_str),
             upstream_status: parts.headers.get(&CACHE_STATUS).cloned(),
             generation: writer.as_ref().map_or(0, BodyWriter::generation),
+            withheld: withheld(&parts.headers, strip),
         });
         let flight = Arc::clone(&self.guard.flight);
         flight.set_head(Head::Shared(Arc::clone(&head)));

@@ -56,6 +56,10 @@ pub struct SharedHead {
     pub upstream_status: Option<http::HeaderValue>,
     /// Generation of the body chunks being written.
     pub generation: u64,
+    /// Fields kept out of the stored copy (qualified `no-cache` or
+    /// `private`, such as `Set-Cookie`): only the request that made the
+    /// fetch gets them.
+    pub withheld: http::HeaderMap,
 }
 
 /// What a flight ended in, as a waiter sees it.
@@ -64,8 +68,9 @@ pub enum Head {
     Pending,
     /// A response to stream (and, usually, store).
     Shared(Arc<SharedHead>),
-    /// The stored copy was revalidated (304) and refreshed.
-    Revalidated(Arc<StoredObject>),
+    /// The stored copy was revalidated (304) and refreshed; the fields kept
+    /// out of it go to the request that made the fetch only.
+    Revalidated(Arc<StoredObject>, Arc<http::HeaderMap>),
     /// Not shareable (the reason): the leader streams it; everyone else
     /// fetches alone.
     Pass(&'static str),

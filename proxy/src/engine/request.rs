@@ -289,6 +289,7 @@ fn serve_stored(cx: &Ctx, key: Key, obj: &StoredObject, status: CacheStatus) -> 
 
 fn origin_of(cx: &Ctx) -> Origin {
     Origin {
+        no_store: Directives::parse_all(cx.headers.get_all(header::CACHE_CONTROL)).no_store,
         headers: cx.headers.clone(),
         // The keyed URL (normalised path, shaped query) is what goes upstream.
         path: cx.rkey.url.clone(),
@@ -303,7 +304,10 @@ fn origin_of(cx: &Ctx) -> Origin {
 async fn cacheable(cx: &Ctx) -> Answer {
     let engine = &cx.engine;
     let auth = cx.headers.contains_key(header::AUTHORIZATION);
-    let only_if_cached = Directives::parse_all(cx.headers.get_all(header::CACHE_CONTROL)).only_if_cached;
+    let asked = Directives::parse_all(cx.headers.get_all(header::CACHE_CONTROL));
+    // A request that says `no-store` may be answered from the cache, but
+    // what it fetches is neither stored nor shared: it fetches alone.
+    let alone = auth || asked.no_store;
     // Cut off from the control plane past the site's grace: purges may have
     // been missed, so hits are revalidated, and stale copies stand in when
     // the upstream does not answer.
@@ -357,10 +361,10 @@ async fn cacheable(cx: &Ctx) -> Answer {
                 }
             }
         }
-        if only_if_cached {
+        if asked.only_if_cached {
             return local(Local::OnlyIfCached);
         }
-        match fetch(cx, found.key, stale, outcome, auth, distrust).await {
+        match fetch(cx, found.key, stale, outcome, alone, distrust).await {
             Some(answer) => return answer,
             None => continue,
         }
@@ -447,7 +451,7 @@ async fn fetch_answer(
             if collapsed && !head.vary.is_empty() && cx.rkey.variant(&head.vary, &cx.headers) != head.object_key {
                 return None;
             }
-            let obj = &head.object;
+            let obj = &as_leader_sees(&head.object, &head.withheld, collapsed);
             let status = CacheStatus {
                 fwd_status: Some(obj.status.as_u16()),
                 stored: head.storing,
@@ -466,7 +470,8 @@ async fn fetch_answer(
             let resp = object_response(&cx.site, &engine.rules, &cx.method, &cx.headers, obj, source, now(), header);
             Some((resp, status))
         }
-        Head::Revalidated(obj) => {
+        Head::Revalidated(obj, withheld) => {
+            let obj = as_leader_sees(&obj, &withheld, collapsed);
             let status = CacheStatus {
                 fwd_status: Some(304),
                 stored: true,
@@ -506,6 +511,20 @@ async fn fetch_answer(
         }
         Head::Pending => Some(local(Local::Upstream(crate::upstream::UpstreamError::NoTarget))),
     }
+}
+
+/// The object as the request that made the fetch gets it: with the fields
+/// kept out of the stored copy (`no-cache="set-cookie"`). Requests that
+/// joined the fetch, like later hits, get the stored copy.
+fn as_leader_sees(obj: &Arc<StoredObject>, withheld: &HeaderMap, collapsed: bool) -> Arc<StoredObject> {
+    if collapsed || withheld.is_empty() {
+        return Arc::clone(obj);
+    }
+    let mut headers = obj.headers.clone();
+    for (name, value) in withheld {
+        headers.append(name.clone(), value.clone());
+    }
+    Arc::new(StoredObject { headers, ..(**obj).clone() })
 }
 
 /// A response passed through unstored: hop-by-hop fields dropped, header

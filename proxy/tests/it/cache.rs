@@ -54,6 +54,44 @@ async fn no_store_and_private_are_never_stored() {
     assert_eq!(origin.count("/ck").await, 2);
 }
 
+#[tokio::test]
+async fn a_request_that_says_no_store_stores_nothing() {
+    let (_d, origin, edge) = setup(DEFAULT_RULES).await;
+    let url = "/rns?cc=max-age%3D60";
+    let r = edge.get_with(url, &[("cache-control", "no-store")]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.cache_status().contains("detail=request-no-store"), "{}", r.cache_status());
+    assert!(!r.cache_status().contains("stored"), "{}", r.cache_status());
+    let next = edge.get(url).await;
+    assert!(next.cache_status().contains("fwd=uri-miss"), "nothing was stored: {}", next.cache_status());
+    assert_eq!(origin.count("/rns").await, 2);
+    // What is already stored may answer it (RFC 9111 §5.2.1.5).
+    let hit = edge.get_with(url, &[("cache-control", "no-store")]).await;
+    assert!(hit.is_hit(), "{}", hit.cache_status());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fields_kept_out_of_the_cache_reach_only_the_client_that_fetched() {
+    let (_d, origin, edge) = setup(DEFAULT_RULES).await;
+    // `no-cache="set-cookie"`: store the object, not its cookie.
+    let url = "/sc?set_cookie=sid%3D42&cc=max-age%3D60,%20no-cache%3D%22set-cookie%22&delay=300ms";
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let u = edge.url(url);
+        tasks.push(tokio::spawn(async move { send(Method::GET, &u, &[("host", "t.test")]).await }));
+    }
+    let mut with_cookie = 0;
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        with_cookie += usize::from(r.headers.get("set-cookie").is_some_and(|c| c == "sid=42"));
+    }
+    assert_eq!(origin.count("/sc").await, 1, "one fetch for all five");
+    assert_eq!(with_cookie, 1, "the request that made the fetch gets its cookie, the others do not");
+    let hit = edge.get(url).await;
+    assert!(hit.is_hit() && hit.headers.get("set-cookie").is_none(), "{}", hit.cache_status());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vary_variants_are_kept_apart() {
     let (_d, origin, edge) = setup(DEFAULT_RULES).await;

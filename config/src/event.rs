@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::path::{encode_non_ascii, normalize_path};
+
 /// One entry of the log, with its place in it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventRecord {
@@ -103,6 +105,14 @@ pub const MAX_PURGE_ITEMS: usize = 1_000;
 impl PurgeTarget {
     /// Checks a purge target an API client sent; the message says what to fix.
     pub fn validate(&self) -> Result<(), String> {
+        self.normalized().map(drop)
+    }
+
+    /// The target with every URL and prefix written as requests are keyed
+    /// (non-ASCII percent-encoded, escapes upper-cased, dot segments
+    /// removed), so `/café` purges what `/caf%C3%A9` stored. A URL or
+    /// prefix no request can have (`/a%zz`) is refused.
+    pub fn normalized(&self) -> Result<PurgeTarget, String> {
         let check_list = |what: &str, items: &[String]| {
             if items.is_empty() {
                 return Err(format!("a purge by {what} needs at least one {what}"));
@@ -115,28 +125,44 @@ impl PurgeTarget {
         match self {
             PurgeTarget::Urls { urls } => {
                 check_list("url", urls)?;
-                for u in urls {
-                    purge_path(u)?;
-                }
-                Ok(())
+                let urls = urls.iter().map(|u| purge_url(u)).collect::<Result<_, _>>()?;
+                Ok(PurgeTarget::Urls { urls })
             }
             PurgeTarget::Prefix { prefix } => {
-                if prefix.starts_with('/') {
-                    Ok(())
-                } else {
-                    Err(format!("a purge prefix is a path starting with `/`, found `{prefix}`"))
+                if !prefix.starts_with('/') {
+                    return Err(format!("a purge prefix is a path starting with `/`, found `{prefix}`"));
                 }
+                if prefix.chars().any(|c| c.is_whitespace() || c.is_control()) || prefix.contains(['?', '#']) {
+                    return Err(format!("purge prefix `{prefix}` must be a path, without spaces, query or fragment"));
+                }
+                let prefix = normalize_path(&encode_non_ascii(prefix))
+                    .map_err(|e| format!("purge prefix `{prefix}` can match no request: {e}"))?;
+                Ok(PurgeTarget::Prefix { prefix })
             }
             PurgeTarget::Tags { tags } => {
                 check_list("tag", tags)?;
                 match tags.iter().find(|t| t.is_empty() || t.chars().any(|c| c.is_whitespace() || c.is_control())) {
                     Some(t) => Err(format!("tag `{t}` must be non-empty, without spaces")),
-                    None => Ok(()),
+                    None => Ok(self.clone()),
                 }
             }
-            PurgeTarget::All => Ok(()),
+            PurgeTarget::All => Ok(PurgeTarget::All),
         }
     }
+}
+
+/// A purge URL as requests are keyed: its normalised path, and its query
+/// with non-ASCII percent-encoded (the site's query rules apply at each
+/// node).
+pub fn purge_url(url: &str) -> Result<String, String> {
+    let raw = purge_path(url)?;
+    let (path, query) = raw.split_once('?').map_or((raw, None), |(p, q)| (p, Some(q)));
+    let path =
+        normalize_path(&encode_non_ascii(path)).map_err(|e| format!("purge url `{url}` can match no request: {e}"))?;
+    Ok(match query {
+        Some(q) => format!("{path}?{}", encode_non_ascii(q)),
+        None => path,
+    })
 }
 
 /// The path and query a purge URL names. Accepts `/a?b` or a full
@@ -196,6 +222,20 @@ mod tests {
         assert!(PurgeTarget::Tags { tags: vec!["x".into(); MAX_PURGE_ITEMS + 1] }.validate().is_err());
         assert!(PurgeTarget::All.validate().is_ok());
         assert_eq!(purge_path("https://h.test/b?c"), Ok("/b?c"));
+        // Written as requests are keyed; what no request can be is refused.
+        let urls = |u: &[&str]| PurgeTarget::Urls { urls: u.iter().map(|s| s.to_string()).collect() }.normalized();
+        assert_eq!(
+            urls(&["/café", "/caf%c3%a9", "/a/./b/../c?q=ü", "https://h.test/%7euser"]),
+            Ok(PurgeTarget::Urls {
+                urls: vec!["/caf%C3%A9".into(), "/caf%C3%A9".into(), "/a/c?q=%C3%BC".into(), "/~user".into()]
+            })
+        );
+        for bad in ["/a%zz", "/a%4", "/a%00"] {
+            assert!(urls(&[bad]).unwrap_err().contains("can match no request"), "{bad}");
+        }
+        let prefix = |p: &str| PurgeTarget::Prefix { prefix: p.into() }.normalized();
+        assert_eq!(prefix("/bilder/größe/"), Ok(PurgeTarget::Prefix { prefix: "/bilder/gr%C3%B6%C3%9Fe/".into() }));
+        assert!(prefix("/a%zz").is_err() && prefix("/a b").is_err() && prefix("/a?x").is_err());
         assert_eq!(purge_path("http://h.test"), Ok("/"));
     }
 }

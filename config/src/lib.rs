@@ -10,6 +10,7 @@ mod decode;
 mod diag;
 mod event;
 mod node;
+pub mod path;
 mod site;
 mod units;
 
@@ -23,7 +24,9 @@ use toml::de::DeTable;
 
 pub use decode::ByteSize;
 pub use diag::{ConfigError, Diagnostic, Loc, Located, base_dir};
-pub use event::{Ack, Event, EventRecord, MAX_PURGE_ITEMS, Purge, PurgeTarget, SiteSnapshot, StreamLine, purge_path};
+pub use event::{
+    Ack, Event, EventRecord, MAX_PURGE_ITEMS, Purge, PurgeTarget, SiteSnapshot, StreamLine, purge_path, purge_url,
+};
 pub use node::*;
 pub use site::*;
 pub use units::{HostPattern, PathPattern, parse_byte_size, parse_duration};

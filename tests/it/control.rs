@@ -221,6 +221,36 @@ async fn a_purge_with_wait_returns_every_acknowledgement_and_the_next_request_mi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_names_urls_as_requests_are_keyed_and_refuses_what_none_can_be() {
+    let cdn = cdn().await;
+    cdn.admin_call(Method::POST, "/v1/sites", &site(cdn.origin)).await;
+    let path = "/caf%c3%a9?cc=max-age%3D600";
+    eventually("the site at the edge", || async { cdn.via(0, path).await.status == StatusCode::OK }).await;
+    assert!(cdn.via(0, path).await.headers["cache-status"].to_str().unwrap().contains("; hit"));
+    eventually("a connected edge", || async {
+        let n = cdn.admin_call(Method::GET, "/v1/nodes", "").await.json();
+        n.as_array().unwrap().iter().any(|x| x["name"] == "edge-1" && x["connected"] == true)
+    })
+    .await;
+    // As an operator types it: the stored `/caf%C3%A9` is what it purges.
+    let body = r#"{"site": "shop", "urls": ["/café?cc=max-age%3D600"], "wait": true}"#;
+    let r = cdn.admin_call(Method::POST, "/v1/purge", body).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["target"]["urls"][0], "/caf%C3%A9?cc=max-age%3D600", "stored as requests are keyed");
+    let after = cdn.via(0, path).await;
+    assert!(!after.headers["cache-status"].to_str().unwrap().contains("; hit"), "the purge removed it");
+    // A URL no request can have is refused, and nothing is logged.
+    let seq = call(Method::GET, &cdn.api("/healthz"), None, None, "").await.json()["seq"].clone();
+    for bad in [r#"{"site": "shop", "urls": ["/a%zz"]}"#, r#"{"site": "shop", "prefix": "/b%4"}"#] {
+        let r = cdn.admin_call(Method::POST, "/v1/purge", bad).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(r.json()["detail"].as_str().unwrap().contains("can match no request"), "{bad}");
+    }
+    assert_eq!(call(Method::GET, &cdn.api("/healthz"), None, None, "").await.json()["seq"], seq);
+    cdn.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_calls_get_401_401_400_and_change_nothing() {
     let cdn = cdn().await;
     let no_token = call(Method::POST, &cdn.api("/v1/sites"), None, None, &site(cdn.origin)).await;

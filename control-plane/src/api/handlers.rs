@@ -208,8 +208,8 @@ impl PurgeRequest {
         } else {
             PurgeTarget::All
         };
-        t.validate()?;
-        Ok(t)
+        // Stored and sent to nodes as requests are keyed.
+        t.normalized()
     }
 }
 

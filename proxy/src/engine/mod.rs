@@ -331,15 +331,16 @@ impl Engine {
     /// Applies a purge: a timestamped rule (persisted), and for URL purges
     /// the URL's stored keys are removed as well.
     pub async fn purge(&self, site_id: &str, target: &PurgeTarget, soft: bool) -> Result<(), EngineError> {
-        target.validate().map_err(EngineError::BadPurge)?;
+        // Written as requests are keyed (the control plane sends it so
+        // already; a purge from elsewhere is brought to that form here).
+        let target = &target.normalized().map_err(EngineError::BadPurge)?;
         let sites = self.sites.load();
         let site = sites.get(site_id).ok_or_else(|| EngineError::UnknownSite(site_id.to_string()))?;
         let mut urls = Vec::new();
-        if let PurgeTarget::Urls { urls: raw } = target {
-            for u in raw {
-                let path = outpost_config::purge_path(u).map_err(EngineError::BadPurge)?;
-                let (p, q) = path.split_once('?').map_or((path, None), |(p, q)| (p, Some(q)));
-                let p = normalize_path(p).map_err(|e| EngineError::BadPurge(format!("{u}: {e}")))?;
+        if let PurgeTarget::Urls { urls: normalized } = target {
+            for u in normalized {
+                let (p, q) = u.split_once('?').map_or((u.as_str(), None), |(p, q)| (p, Some(q)));
+                let p = p.to_string();
                 let q = shape_query(q, &site.cache);
                 urls.push(match q {
                     Some(q) => format!("{p}?{q}"),

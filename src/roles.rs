@@ -56,6 +56,7 @@ pub struct Dns {
     pub node: outpost_control::dns::DnsNode,
     admin: Option<tokio::net::TcpListener>,
     name: String,
+    limits: outpost_config::Limits,
 }
 
 impl Dns {
@@ -71,7 +72,7 @@ impl Dns {
             Some(a) => Some(outpost_proxy::serve::bind(&[a]).await?.remove(0)),
             None => None,
         };
-        Ok(Dns { node: bound, admin, name: node.name.clone() })
+        Ok(Dns { node: bound, admin, name: node.name.clone(), limits: node.limits })
     }
 
     pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
@@ -80,8 +81,9 @@ impl Dns {
 
     pub async fn run(self, stop: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
         if let Some(l) = self.admin {
+            let server = outpost_net::ServerConfig { name: self.name.as_str().into(), limits: self.limits };
             let health = std::sync::Arc::new(DnsHealth { name: self.name });
-            tokio::spawn(outpost_proxy::admin::serve(health, l, stop.clone()));
+            tokio::spawn(outpost_proxy::admin::serve(health, l, server, stop.clone()));
         }
         self.node.run(stop).await?;
         Ok(())

@@ -30,7 +30,11 @@ pub const DEFAULT_MAX_REQUEST_BODY: u64 = 16 * 1024 * 1024;
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// An idle keep-alive connection is closed after this long.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Open client connections per node; past it new ones wait in the backlog.
+/// A response the client has not taken a byte of for this long is dropped
+/// with its connection: a reader that stopped holds nothing for longer.
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Open client connections per node. At the cap, the connection idle the
+/// longest is closed to make room; new ones wait only while all are busy.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 /// How long a stopping node lets in-flight responses finish.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -170,6 +174,7 @@ pub struct Limits {
     pub max_request_body: u64,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
+    pub send_timeout: Duration,
     pub max_connections: u32,
     pub shutdown_grace: Duration,
 }
@@ -182,6 +187,7 @@ impl Default for Limits {
             max_request_body: DEFAULT_MAX_REQUEST_BODY,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            send_timeout: DEFAULT_SEND_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
@@ -616,6 +622,7 @@ fn decode_limits(s: &mut Sink<'_>, t: &mut Table<'_, '_>) -> Limits {
     };
     let header_read_timeout = timeout(s, "header_read_timeout", d.header_read_timeout);
     let idle_timeout = timeout(s, "idle_timeout", d.idle_timeout);
+    let send_timeout = timeout(s, "send_timeout", d.send_timeout);
     let shutdown_grace = timeout(s, "shutdown_grace", d.shutdown_grace);
     let max_connections = positive(s, t, "max_connections", d.max_connections);
     t.finish(s);
@@ -625,6 +632,7 @@ fn decode_limits(s: &mut Sink<'_>, t: &mut Table<'_, '_>) -> Limits {
         max_request_body,
         header_read_timeout,
         idle_timeout,
+        send_timeout,
         max_connections,
         shutdown_grace,
     }

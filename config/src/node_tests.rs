@@ -58,7 +58,7 @@ fn minimal_edge_uses_safe_defaults() {
 fn limits_are_read_and_checked() {
     let node: NodeConfig = format!(
         "{EDGE}\n[limits]\nheader_bytes = \"16KiB\"\nheaders = 50\nbody = \"1MiB\"\nheader_read_timeout = \"5s\"\n\
-         idle_timeout = \"30s\"\nmax_connections = 100\nshutdown_grace = \"3s\"\n"
+         idle_timeout = \"30s\"\nsend_timeout = \"20s\"\nmax_connections = 100\nshutdown_grace = \"3s\"\n"
     )
     .parse()
     .unwrap();
@@ -70,6 +70,7 @@ fn limits_are_read_and_checked() {
             max_request_body: 1 << 20,
             header_read_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(20),
             max_connections: 100,
             shutdown_grace: Duration::from_secs(3),
         }

@@ -56,6 +56,8 @@ pub fn token(path: &Path) -> Result<String, ControlError> {
 pub struct ControlNode {
     pub control: Arc<Control>,
     listener: TcpListener,
+    /// Names the server in metrics; limits its connections.
+    server: outpost_net::ServerConfig,
     /// Serves HTTPS with this when the node listens on `listen.https`.
     tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -84,7 +86,8 @@ impl ControlNode {
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7000)));
         let listener = TcpListener::bind(addr).await.map_err(|source| ControlError::Bind { addr, source })?;
         let control = Control::new(store, admin, nodes, cfg.log_retention, render_metrics);
-        Ok(ControlNode { control, listener, tls })
+        let server = outpost_net::ServerConfig { name: node.name.as_str().into(), limits: node.limits };
+        Ok(ControlNode { control, listener, server, tls })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -96,17 +99,18 @@ impl ControlNode {
         self.tls.is_some()
     }
 
-    /// Serves the API until `shutdown`.
+    /// Serves the API until `shutdown`, with the node's limits and timeouts
+    /// (header-read and idle timeouts, a connection cap). Event streams end
+    /// when it stops, so open exchanges can finish.
     pub async fn run(self, shutdown: CancellationToken) -> io::Result<()> {
-        let app = router(self.control);
-        match self.tls {
-            None => {
-                axum::serve(self.listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
-            }
-            Some(config) => {
-                let listener = crate::tls::TlsListener::new(self.listener, config, shutdown.clone())?;
-                axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
-            }
-        }
+        let closing = self.control.closing.clone();
+        let stopped = shutdown.clone();
+        tokio::spawn(async move {
+            stopped.cancelled().await;
+            closing.cancel();
+        });
+        let app = outpost_net::TowerHandler(router(self.control));
+        let listeners = vec![outpost_net::Listener { tcp: self.listener, tls: self.tls }];
+        outpost_net::serve(Arc::new(app), listeners, self.server, shutdown).await
     }
 }

@@ -7,9 +7,6 @@ use std::sync::Arc;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -50,21 +47,28 @@ fn answer(req: &Request<Incoming>, node: &dyn Health) -> Response<Body> {
     r
 }
 
-/// Serves the admin endpoints until `shutdown`.
-pub async fn serve(node: Arc<dyn Health>, listener: TcpListener, shutdown: CancellationToken) -> io::Result<()> {
-    let _ = prometheus();
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            r = listener.accept() => r?,
-        };
-        let node = Arc::clone(&node);
-        let svc = service_fn(move |req: Request<Incoming>| {
-            let r = answer(&req, node.as_ref());
-            async move { Ok::<_, std::convert::Infallible>(r) }
-        });
-        tokio::spawn(async move {
-            let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
-        });
+/// The admin endpoints as a server's handler.
+struct Admin(Arc<dyn Health>);
+
+impl outpost_net::Handler for Admin {
+    fn call(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        _conn: outpost_net::Conn,
+    ) -> impl std::future::Future<Output = Response<Body>> + Send {
+        std::future::ready(answer(&req, self.0.as_ref()))
     }
+}
+
+/// Serves the admin endpoints until `shutdown`, with the node's limits and
+/// timeouts like any of its listeners.
+pub async fn serve(
+    node: Arc<dyn Health>,
+    listener: TcpListener,
+    config: outpost_net::ServerConfig,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let _ = prometheus();
+    let listeners = vec![outpost_net::Listener { tcp: listener, tls: None }];
+    outpost_net::serve(Arc::new(Admin(node)), listeners, config, shutdown).await
 }

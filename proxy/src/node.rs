@@ -128,13 +128,14 @@ impl Node {
             Arc::clone(s).start(shutdown.clone());
         }
         let health: Arc<dyn crate::admin::Health> = Arc::clone(&self.engine) as Arc<dyn crate::admin::Health>;
-        let admin = self.admin.map(|l| tokio::spawn(crate::admin::serve(health, l, shutdown.clone())));
+        let server = outpost_net::ServerConfig { name: Arc::clone(&self.engine.node), limits: self.engine.limits };
+        let admin = self.admin.map(|l| tokio::spawn(crate::admin::serve(health, l, server.clone(), shutdown.clone())));
         if self.tls.is_some() {
             Arc::clone(&self.engine.certs).watch(CERT_RELOAD_INTERVAL, shutdown.clone());
         }
         let mut listeners: Vec<Listener> = self.http.into_iter().map(|tcp| Listener { tcp, tls: None }).collect();
         listeners.extend(self.https.into_iter().map(|tcp| Listener { tcp, tls: self.tls.clone() }));
-        let served = crate::serve::serve(Arc::clone(&self.engine), listeners, shutdown.clone()).await;
+        let served = outpost_net::serve(Arc::clone(&self.engine), listeners, server, shutdown.clone()).await;
         if let Some(a) = admin {
             let _ = a.await;
         }

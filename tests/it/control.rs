@@ -251,6 +251,56 @@ async fn a_purge_names_urls_as_requests_are_keyed_and_refuses_what_none_can_be()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_cuts_off_slow_heads_and_makes_room_at_its_connection_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let cfg = load(
+        dir.path(),
+        "control",
+        "[node]\nname = \"control\"\nrole = \"control\"\n[listen]\nhttp = [\"127.0.0.1:0\"]\n\
+         [store]\npath = \"control.redb\"\n[auth]\nadmin_token_file = \"admin.token\"\nnode_token_file = \"node.token\"\n\
+         [limits]\nheader_read_timeout = \"500ms\"\nidle_timeout = \"30s\"\nmax_connections = 8\n",
+    );
+    let node = outpost_control::node::ControlNode::bind(&cfg, Box::new(String::new)).await.unwrap();
+    let addr = node.addr();
+    tokio::spawn(node.run(stop.clone()));
+    let (slowest, waited) = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        // Slow heads (more than the cap): each is cut off by the header timeout.
+        let started = std::time::Instant::now();
+        let mut slow: Vec<std::net::TcpStream> = (0..12)
+            .map(|_| {
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                let _ = s.write_all(b"GET /v1/sites HTTP/1.1\r\nHost: a\r\nX-Slow: ");
+                s
+            })
+            .collect();
+        let mut slowest = Duration::ZERO;
+        for s in &mut slow {
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let _ = s.read(&mut [0u8; 64]);
+            slowest = slowest.max(started.elapsed());
+        }
+        // Idle connections fill the cap; a new client still gets in.
+        let _idle: Vec<std::net::TcpStream> = (0..8).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+        std::thread::sleep(Duration::from_millis(100));
+        let started = std::time::Instant::now();
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        (slowest, started.elapsed())
+    })
+    .await
+    .unwrap();
+    assert!(slowest < Duration::from_secs(3), "a slow head held the API for {slowest:?}");
+    assert!(waited < Duration::from_secs(2), "at the cap a new client waited {waited:?}");
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_calls_get_401_401_400_and_change_nothing() {
     let cdn = cdn().await;
     let no_token = call(Method::POST, &cdn.api("/v1/sites"), None, None, &site(cdn.origin)).await;

@@ -233,15 +233,15 @@ impl Engine {
         request::handle(self, req, client, started).await
     }
 
-    /// The answer to a request whose head had both Content-Length and
-    /// Transfer-Encoding (found by the listener): 400, connection closed.
-    pub fn refuse_smuggling(&self) -> Response<respond::Body> {
-        let mut r = respond::Local::BadRequest("both Content-Length and Transfer-Encoding").response();
-        r.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-        let status = crate::cache_status::CacheStatus::new(crate::cache_status::Outcome::Local);
-        r.headers_mut().insert("cache-status", status.header(&self.node, None));
-        self.metrics.request(crate::cache_status::Outcome::Local, 400, std::time::Duration::ZERO);
-        r
+    /// Answers a request the listener refused to read (`why`: its framing
+    /// cannot be trusted) with 400, counted and logged like any other.
+    pub fn refuse_request(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        client: Option<std::net::SocketAddr>,
+        why: &'static str,
+    ) -> Response<respond::Body> {
+        request::refused(self, &req, client, Instant::now(), why)
     }
 
     /// Sends a request to the site's upstream, trying the route's targets in

@@ -107,17 +107,50 @@ fn local(l: Local) -> Answer {
     (l.response(), status)
 }
 
+/// What the access log says of a request, taken before the request is
+/// consumed (only when the log is on).
+type LogLine = Option<(String, String, String)>;
+
+fn log_line<B>(engine: &Engine, req: &Request<B>) -> LogLine {
+    engine
+        .log
+        .enabled()
+        .then(|| (req.method().to_string(), host_of(req).unwrap_or("").to_string(), req.uri().path().to_string()))
+}
+
 pub(super) async fn handle(
     engine: &Arc<Engine>,
     req: Request<Incoming>,
     client: Option<SocketAddr>,
     started: Instant,
 ) -> Response<Body> {
-    let log = engine
-        .log
-        .enabled()
-        .then(|| (req.method().to_string(), host_of(&req).unwrap_or("").to_string(), req.uri().path().to_string()));
-    let (mut resp, status) = steps(engine, req, client).await;
+    let log = log_line(engine, &req);
+    let answer = steps(engine, req, client).await;
+    finish(engine, answer, client, started, log)
+}
+
+/// Step 1, decided by the listener: a request whose framing it could not
+/// trust (both `Content-Length` and `Transfer-Encoding`, or a stream it
+/// could not follow) is answered 400 and logged like any other.
+pub(super) fn refused(
+    engine: &Arc<Engine>,
+    req: &Request<Incoming>,
+    client: Option<SocketAddr>,
+    started: Instant,
+    why: &'static str,
+) -> Response<Body> {
+    let log = log_line(engine, req);
+    finish(engine, local(Local::BadRequest(why)), client, started, log)
+}
+
+/// Step 9: `Cache-Status`, metrics and the access log.
+fn finish(
+    engine: &Engine,
+    (mut resp, status): Answer,
+    client: Option<SocketAddr>,
+    started: Instant,
+    log: LogLine,
+) -> Response<Body> {
     if !resp.headers().contains_key("cache-status") {
         resp.headers_mut().insert("cache-status", status.header(&engine.node, None));
     }

@@ -122,6 +122,16 @@ async fn malformed_requests_get_400_and_the_node_keeps_serving() {
         let resp = raw_async(edge.addr, c).await;
         assert!(resp.starts_with("HTTP/1.1 400"), "case {i}: {resp:?}");
     }
+    // The same conflict pipelined behind an ordinary request is refused
+    // too, not re-framed and forwarded.
+    let resp = raw_async(
+        edge.addr,
+        b"GET /first?cc=max-age%3D60 HTTP/1.1\r\nHost: t.test\r\n\r\n\
+          POST /x HTTP/1.1\r\nHost: t.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains("HTTP/1.1 400 Bad Request"), "{resp}");
     let r = edge.get("/after?cc=max-age%3D60").await;
     assert_eq!(r.status, StatusCode::OK, "the node keeps serving");
     assert_eq!(origin.stats().await["methods"].get("POST"), None, "nothing malformed reached the origin");
@@ -248,6 +258,27 @@ async fn admin_serves_metrics_and_health() {
     assert!(n >= 1.0, "{hits}");
     assert!(text.contains("outpost_request_duration_seconds_bucket"), "latency histogram present");
     assert!(text.contains("outpost_cache_memory_bytes{node=\"edge-test\"}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_cuts_off_slow_heads_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    let limits = "[limits]\nheader_read_timeout = \"500ms\"\n";
+    let edge = Edge::start_with(dir.path(), &site_toml(origin.addr, DEFAULT_RULES), "memory = \"32MiB\"", limits).await;
+    let admin = edge.admin;
+    let held = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let mut s = TcpStream::connect(admin).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\n").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let n = s.read(&mut [0u8; 64]).unwrap_or(0);
+        assert_eq!(n, 0, "closed without an answer");
+        started.elapsed()
+    })
+    .await
+    .unwrap();
+    assert!(held < Duration::from_secs(3), "a slow head held the admin listener for {held:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

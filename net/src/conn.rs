@@ -1,0 +1,344 @@
+//! One client connection: its timers, the I/O wrapper that feeds them, and
+//! the task that drives hyper until the connection ends.
+//!
+//! Timeouts follow the connection's state rather than hyper's single header
+//! timer (which also runs while a keep-alive connection idles):
+//! - waiting for a request head (from accept, or from the first byte of a
+//!   later one): `header_read_timeout` — a client that connects and sends
+//!   nothing, or sends a byte at a time, is cut off;
+//! - idle between requests: `idle_timeout`;
+//! - a write the client has not taken for `send_timeout`: the connection is
+//!   dropped, so a reader that stopped holds nothing;
+//! - a request in progress: no client timer (upstream timeouts apply).
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{CONNECTION, HeaderValue};
+use http::{Request, Response, Version};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use outpost_config::Limits;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::sync::CancellationToken;
+
+use crate::h1::{Framing, Tracker};
+use crate::{Body, BoxError, Conn, Handler};
+
+/// What one connection's parts share.
+#[derive(Debug)]
+pub(crate) struct ConnState {
+    /// The server's clock origin: every time below is in ms since it.
+    base: Instant,
+    /// Requests being answered.
+    active: AtomicUsize,
+    /// When (+1; 0 = none) the request head being waited for was first
+    /// waited for: at accept, or at the first byte of a later head.
+    head_started: AtomicU64,
+    /// When the connection last became idle.
+    idle_since: AtomicU64,
+    /// When (+1; 0 = none) a write first found the client not reading.
+    write_blocked: AtomicU64,
+    /// HTTP/1 heads' framing, in order, for the service to take.
+    framing: Mutex<VecDeque<Framing>>,
+    /// The HTTP/1 stream could not be followed: refuse what follows.
+    lost: AtomicBool,
+    /// Closes the connection to make room for a new one.
+    pub(crate) evict: CancellationToken,
+    pub(crate) evicting: AtomicBool,
+}
+
+impl ConnState {
+    pub(crate) fn new(base: Instant, accepted: Instant) -> ConnState {
+        let at = accepted.saturating_duration_since(base).as_millis() as u64;
+        ConnState {
+            base,
+            active: AtomicUsize::new(0),
+            head_started: AtomicU64::new(at + 1),
+            idle_since: AtomicU64::new(at),
+            write_blocked: AtomicU64::new(0),
+            framing: Mutex::new(VecDeque::new()),
+            lost: AtomicBool::new(false),
+            evict: CancellationToken::new(),
+            evicting: AtomicBool::new(false),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64
+    }
+
+    /// When this connection last did anything, if it has no request in
+    /// progress (only such a connection may be closed to make room).
+    pub(crate) fn idle_since(&self) -> Option<u64> {
+        if self.active.load(Ordering::Acquire) != 0 || self.evicting.load(Ordering::Acquire) {
+            return None;
+        }
+        match self.head_started.load(Ordering::Acquire) {
+            0 => Some(self.idle_since.load(Ordering::Acquire)),
+            h => Some(h - 1),
+        }
+    }
+
+    /// The framing of the HTTP/1 request just parsed.
+    fn next_framing(&self) -> Framing {
+        if self.lost.load(Ordering::Acquire) {
+            return Framing::Unreadable;
+        }
+        let f = self.framing.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+        // The tracker sees every byte before hyper does; a request it did
+        // not see the head of means it lost the stream.
+        let f = f.unwrap_or(Framing::Unreadable);
+        if f == Framing::Unreadable {
+            self.lost.store(true, Ordering::Release);
+        }
+        f
+    }
+}
+
+/// Marks head and write progress as bytes pass, and follows HTTP/1 framing.
+struct TrackedIo<S> {
+    inner: S,
+    state: Arc<ConnState>,
+    tracker: Tracker,
+    found: VecDeque<Framing>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for TrackedIo<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            let this = &mut *self;
+            if this.state.active.load(Ordering::Acquire) == 0 {
+                let now = this.state.now_ms() + 1;
+                let _ = this.state.head_started.compare_exchange(0, now, Ordering::AcqRel, Ordering::Relaxed);
+            }
+            if !this.tracker.is_stopped() {
+                if before == 0 && buf.filled().starts_with(b"PRI * HTTP/2.0") {
+                    this.tracker.stop();
+                } else {
+                    this.tracker.feed(&buf.filled()[before..], &mut this.found);
+                    if !this.found.is_empty() {
+                        let mut q = this.state.framing.lock().unwrap_or_else(|p| p.into_inner());
+                        q.extend(this.found.drain(..));
+                    }
+                }
+            }
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> TrackedIo<S> {
+    /// Notes whether the client is taking what is written.
+    fn wrote<T>(&self, r: &Poll<io::Result<T>>) {
+        match r {
+            Poll::Pending => {
+                let now = self.state.now_ms() + 1;
+                let _ = self.state.write_blocked.compare_exchange(0, now, Ordering::AcqRel, Ordering::Relaxed);
+            }
+            Poll::Ready(_) => self.state.write_blocked.store(0, Ordering::Release),
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedIo<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.wrote(&r);
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.wrote(&r);
+        r
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.wrote(&r);
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// A response body that marks its request finished when dropped.
+struct Tracked {
+    inner: Body,
+    state: Arc<ConnState>,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.state.idle_since.store(self.state.now_ms(), Ordering::Release);
+        self.state.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl HttpBody for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .keep_alive(true)
+        .max_buf_size((limits.max_header_bytes as usize).max(8192))
+        .max_headers(limits.max_headers as usize);
+    b.http2().timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32).max_concurrent_streams(256);
+    b
+}
+
+/// Why the server closed a connection itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Closed {
+    /// The connection ended on its own (client close, protocol error).
+    Ended,
+    HeaderTimeout,
+    IdleTimeout,
+    SendTimeout,
+    Evicted,
+    Shutdown,
+}
+
+impl Closed {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Closed::Ended => "ended",
+            Closed::HeaderTimeout => "header_timeout",
+            Closed::IdleTimeout => "idle_timeout",
+            Closed::SendTimeout => "send_timeout",
+            Closed::Evicted => "evicted",
+            Closed::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Serves one connection until it ends, a timer fires, or it is evicted.
+/// `h2` says TLS negotiated HTTP/2 (no HTTP/1 stream to follow).
+pub(crate) async fn serve_connection<H, S>(
+    handler: Arc<H>,
+    stream: S,
+    conn: Conn,
+    h2: bool,
+    state: Arc<ConnState>,
+    limits: Limits,
+    shutdown: CancellationToken,
+) -> Closed
+where
+    H: Handler,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut tracker = Tracker::new((limits.max_header_bytes as usize).max(8192), limits.max_headers as usize);
+    if h2 {
+        tracker.stop();
+    }
+    let io = TokioIo::new(TrackedIo { inner: stream, state: Arc::clone(&state), tracker, found: VecDeque::new() });
+    let svc_state = Arc::clone(&state);
+    let service = service_fn(move |req: Request<Incoming>| {
+        let (handler, state) = (Arc::clone(&handler), Arc::clone(&svc_state));
+        state.active.fetch_add(1, Ordering::AcqRel);
+        state.head_started.store(0, Ordering::Release);
+        let framing = if req.version() < Version::HTTP_2 { state.next_framing() } else { Framing::Clean };
+        async move {
+            let resp = match framing.refusal() {
+                None => handler.call(req, conn).await,
+                Some(why) => {
+                    let mut r = handler.refuse(req, conn, why).await;
+                    r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+                    r
+                }
+            };
+            let (parts, body) = resp.into_parts();
+            let tracked: Body = http_body_util::BodyExt::boxed_unsync(Tracked { inner: body, state });
+            Ok::<_, std::convert::Infallible>(Response::from_parts(parts, tracked))
+        }
+    });
+    let builder = builder(&limits);
+    let served = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(served);
+    let tick = limits
+        .header_read_timeout
+        .min(limits.idle_timeout)
+        .min(limits.send_timeout)
+        .div_f64(4.0)
+        .clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut ticker = tokio::time::interval(tick);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            r = &mut served => {
+                if let Err(e) = r {
+                    tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+                }
+                return if closing { Closed::Shutdown } else { Closed::Ended };
+            }
+            _ = shutdown.cancelled(), if !closing => {
+                closing = true;
+                served.as_mut().graceful_shutdown();
+            }
+            _ = state.evict.cancelled() => return Closed::Evicted,
+            _ = ticker.tick() => {
+                if let Some(why) = expired(&state, &limits) {
+                    tracing::debug!(peer = %conn.peer, reason = why.as_str(), "closing connection");
+                    return why;
+                }
+            }
+        }
+    }
+}
+
+/// The timer that has run out for this connection, if any.
+fn expired(state: &ConnState, limits: &Limits) -> Option<Closed> {
+    let now = state.now_ms();
+    let past = |since: u64, limit: Duration| now.saturating_sub(since) > limit.as_millis() as u64;
+    let blocked = state.write_blocked.load(Ordering::Acquire);
+    if blocked != 0 && past(blocked - 1, limits.send_timeout) {
+        return Some(Closed::SendTimeout);
+    }
+    if state.active.load(Ordering::Acquire) > 0 {
+        return None;
+    }
+    match state.head_started.load(Ordering::Acquire) {
+        0 if past(state.idle_since.load(Ordering::Acquire), limits.idle_timeout) => Some(Closed::IdleTimeout),
+        0 => None,
+        h if past(h - 1, limits.header_read_timeout) => Some(Closed::HeaderTimeout),
+        _ => None,
+    }
+}
+
+/// The peer of a connection, for handlers.
+pub(crate) fn conn(peer: SocketAddr, secure: bool) -> Conn {
+    Conn { peer, secure }
+}

@@ -1,0 +1,115 @@
+//! Every HTTP server in Outpost — edges' and shields' client listeners,
+//! their admin listeners, the control plane's API — accepts connections
+//! here, so each gets the same defences:
+//!
+//! - a connection cap that makes room by closing the connection idle the
+//!   longest, so idle connections cannot lock new clients out;
+//! - a header-read timeout from accept (slowloris, and connections that
+//!   never send a byte), an idle timeout between requests, and a send
+//!   timeout for clients that stop reading;
+//! - TLS handshakes in each connection's own task, under the header-read
+//!   timeout;
+//! - HTTP/1 request framing followed beside hyper ([`h1`]), so a request
+//!   with both `Content-Length` and `Transfer-Encoding` is refused even when
+//!   pipelined behind another;
+//! - a graceful shutdown that lets open exchanges finish.
+//!
+//! What a server does with a request is its [`Handler`]'s business.
+
+pub mod h1;
+
+mod conn;
+mod server;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+
+pub use server::{ServerConfig, bind, serve};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Response bodies.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// A bound listener.
+#[derive(Debug)]
+pub struct Listener {
+    pub tcp: TcpListener,
+    /// Terminates TLS on accepted connections; cleartext when `None`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// The connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct Conn {
+    pub peer: SocketAddr,
+    /// Received over TLS.
+    pub secure: bool,
+}
+
+/// What a server does with requests.
+pub trait Handler: Send + Sync + 'static {
+    /// Answers one request.
+    fn call(self: Arc<Self>, req: Request<Incoming>, conn: Conn) -> impl Future<Output = Response<Body>> + Send;
+
+    /// Answers a request whose framing cannot be trusted (`why` says how);
+    /// the server closes the connection after it. Default: a plain 400.
+    fn refuse(
+        self: Arc<Self>,
+        _req: Request<Incoming>,
+        _conn: Conn,
+        why: &'static str,
+    ) -> impl Future<Output = Response<Body>> + Send {
+        std::future::ready(bad_request(why))
+    }
+
+    /// A TLS handshake finished (`true`) or failed.
+    fn tls_handshake(&self, _ok: bool) {}
+}
+
+/// A plain-text 400 naming what was wrong.
+pub fn bad_request(why: &str) -> Response<Body> {
+    let mut r =
+        Response::new(Full::new(Bytes::from(format!("bad request: {why}\n"))).map_err(|n| match n {}).boxed_unsync());
+    *r.status_mut() = StatusCode::BAD_REQUEST;
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
+    r
+}
+
+/// Serves a tower service, such as an axum router.
+#[derive(Debug, Clone)]
+pub struct TowerHandler<S>(pub S);
+
+impl<S, B> Handler for TowerHandler<S>
+where
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn call(self: Arc<Self>, req: Request<Incoming>, _conn: Conn) -> impl Future<Output = Response<Body>> + Send {
+        let mut svc = self.0.clone();
+        async move {
+            let ready = std::future::poll_fn(|cx| svc.poll_ready(cx)).await;
+            let resp = match ready {
+                Ok(()) => svc.call(req).await,
+                Err(never) => match never {},
+            };
+            match resp {
+                Ok(r) => r.map(|b| b.map_err(Into::into).boxed_unsync()),
+                Err(never) => match never {},
+            }
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The server's defences, with a trivial handler over real sockets.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use outpost_config::Limits;
+use outpost_net::{Body, Conn, Handler, Listener, ServerConfig};
+use tokio_util::sync::CancellationToken;
+
+/// Answers `/big` with 32 MiB and anything else with its path; counts calls.
+#[derive(Default)]
+struct Echo {
+    calls: AtomicUsize,
+}
+
+impl Handler for Echo {
+    fn call(self: Arc<Self>, req: Request<Incoming>, _conn: Conn) -> impl Future<Output = Response<Body>> + Send {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let body = if req.uri().path() == "/big" {
+            Bytes::from(vec![b'x'; 32 << 20])
+        } else {
+            Bytes::from(format!("{} {}", req.method(), req.uri().path()))
+        };
+        std::future::ready(Response::new(Full::new(body).map_err(|n| match n {}).boxed_unsync()))
+    }
+}
+
+struct Server {
+    addr: SocketAddr,
+    echo: Arc<Echo>,
+    stop: CancellationToken,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn start(limits: Limits) -> Server {
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let echo = Arc::new(Echo::default());
+    let stop = CancellationToken::new();
+    let config = ServerConfig { name: Arc::from("test"), limits };
+    tokio::spawn(outpost_net::serve(Arc::clone(&echo), vec![Listener { tcp, tls: None }], config, stop.clone()));
+    Server { addr, echo, stop }
+}
+
+fn limits(f: impl FnOnce(&mut Limits)) -> Limits {
+    let mut l = Limits::default();
+    f(&mut l);
+    l
+}
+
+/// How long until the server closes `s` (reading and discarding).
+fn closed_after(mut s: TcpStream, started: Instant) -> Duration {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 64 << 10];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return started.elapsed(),
+            Ok(_) => {}
+        }
+    }
+}
+
+fn get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_sends_a_byte_gets_the_header_timeout_not_the_idle_one() {
+    let server = start(limits(|l| {
+        l.header_read_timeout = Duration::from_millis(400);
+        l.idle_timeout = Duration::from_secs(30);
+    }))
+    .await;
+    let addr = server.addr;
+    let took = blocking(move || closed_after(TcpStream::connect(addr).unwrap(), Instant::now())).await;
+    assert!(took < Duration::from_secs(2), "a silent connection stayed open {took:?}");
+    assert!(took >= Duration::from_millis(350), "closed before the timeout: {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_cap_the_connection_idle_longest_makes_room() {
+    let server = start(limits(|l| {
+        l.max_connections = 20;
+        l.header_read_timeout = Duration::from_secs(30);
+        l.idle_timeout = Duration::from_secs(30);
+    }))
+    .await;
+    let addr = server.addr;
+    let (waited, oldest_closed, newest_open) = blocking(move || {
+        // Twenty idle connections fill the cap: the first is the oldest.
+        let idle: Vec<TcpStream> = (0..20)
+            .map(|_| {
+                let s = TcpStream::connect(addr).unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+                s
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(100));
+        let started = Instant::now();
+        let answer = get(addr, "/new");
+        let waited = started.elapsed();
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("GET /new"), "{answer}");
+        let mut first = idle[0].try_clone().unwrap();
+        first.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let oldest_closed = matches!(first.read(&mut [0u8; 8]), Ok(0));
+        let mut last = idle[19].try_clone().unwrap();
+        last.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let newest_open = last.read(&mut [0u8; 8]).is_err();
+        (waited, oldest_closed, newest_open)
+    })
+    .await;
+    assert!(waited < Duration::from_secs(1), "the new client waited {waited:?}");
+    assert!(oldest_closed, "the oldest idle connection was closed to make room");
+    assert!(newest_open, "the newest one was left alone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_after_the_send_timeout() {
+    let server = start(limits(|l| l.send_timeout = Duration::from_millis(500))).await;
+    let addr = server.addr;
+    let received = blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        // Never read: the server's writes stall once the socket buffers fill.
+        std::thread::sleep(Duration::from_millis(2500));
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut total = 0usize;
+        let mut buf = [0u8; 64 << 10];
+        while let Ok(n @ 1..) = s.read(&mut buf) {
+            total += n;
+        }
+        total
+    })
+    .await;
+    // What arrived is what the socket buffers held when the server gave up.
+    assert!(received < 16 << 20, "the stalled client still got {received} bytes of 32 MiB");
+    assert_eq!(get(addr, "/after").lines().last().unwrap(), "GET /after", "the server keeps serving");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn framing_conflicts_are_refused_even_pipelined() {
+    let server = start(Limits::default()).await;
+    let addr = server.addr;
+    let answer = blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(
+            b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n\
+              POST /smuggle HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n\
+              GET /third HTTP/1.1\r\nHost: a\r\n\r\n",
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    })
+    .await;
+    let statuses: Vec<&str> = answer.match_indices("HTTP/1.1 ").map(|(i, _)| &answer[i + 9..i + 12]).collect();
+    assert_eq!(statuses, ["200", "400"], "{answer}");
+    assert!(answer.contains("both Content-Length and Transfer-Encoding"), "{answer}");
+    assert_eq!(server.echo.calls.load(Ordering::SeqCst), 1, "only the first request reached the handler");
+}

@@ -7,15 +7,19 @@
 //! flight, so nobody waits forever.
 //!
 //! Waiters read the body as it arrives. The flight keeps the bytes its
-//! slowest connected reader still needs, up to [`MAX_LAG`]; when a reader
-//! falls that far behind, the fetch waits for it (at most [`LAG_PATIENCE`]),
-//! and after that a reader still behind — or one that joins late — reads
-//! whole chunks from the store. So a large body is never held whole, and the
-//! client never waits for all of it.
+//! slowest attached reader still needs, up to [`MAX_LAG`]. When a reader
+//! falls that far behind, the fetch waits for it only while it keeps
+//! reading, and only [`LAG_BUDGET`] in all over the fetch: a reader that
+//! stops for [`STALL`], or still lags when the budget is spent, is detached.
+//! A detached reader (or one that joins late) reads whole chunks from the
+//! store, and its connection's send timeout ends it if it never reads again.
+//! So a client that stops reading costs the others at most [`STALL`], a
+//! large body is never held whole, and no client waits for all of it.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -33,9 +37,12 @@ const MAX_LAG: u64 = 8 << 20;
 /// chunk just handed to the store may not be readable until its disk write
 /// lands, and readers that are about to start (or join late) begin behind.
 const STORE_SETTLE: u64 = 2 << 20;
-/// How long the fetch waits for a reader `MAX_LAG` behind before going on
-/// without it: a slow client slows a shared fetch only this long.
-const LAG_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+/// A reader `MAX_LAG` behind that has not asked for more in this long is
+/// detached: it has stopped reading, and the fetch goes on without it.
+const STALL: Duration = Duration::from_millis(500);
+/// The most the fetch waits, over its whole body, for readers `MAX_LAG`
+/// behind; once spent, lagging readers are detached.
+const LAG_BUDGET: Duration = Duration::from_secs(2);
 
 /// The head of a shared response.
 #[derive(Debug)]
@@ -87,16 +94,25 @@ struct BodyState {
     /// Bytes already readable from the store as whole chunks.
     stored_through: u64,
     done: Option<Result<(), String>>,
-    /// Position of every connected reader, by reader id.
-    readers: std::collections::BTreeMap<u64, u64>,
+    /// Every attached reader, by id: where it is, and when it last asked
+    /// for more.
+    readers: std::collections::BTreeMap<u64, Position>,
     next_reader: u64,
+    /// Time the fetch has spent waiting for lagging readers.
+    waited: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    at: u64,
+    moved: Instant,
 }
 
 impl BodyState {
     /// Drops frames that every connected reader has passed and that have
     /// settled in the store — never more than `MAX_LAG` behind.
     fn trim(&mut self) {
-        let slowest = self.readers.values().copied().min().unwrap_or(u64::MAX);
+        let slowest = self.readers.values().map(|p| p.at).min().unwrap_or(u64::MAX);
         let settled = self.stored_through.saturating_sub(STORE_SETTLE);
         let keep_from = slowest.min(settled).max(self.received.saturating_sub(MAX_LAG));
         while let Some((start, f)) = self.frames.front() {
@@ -119,8 +135,9 @@ struct Reader {
 impl Reader {
     fn at(&self, pos: u64) {
         let mut st = self.flight.lock();
+        // A detached reader is not put back: it reads from the store.
         if let Some(p) = st.body.readers.get_mut(&self.id) {
-            *p = pos;
+            *p = Position { at: pos, moved: Instant::now() };
         }
         drop(st);
         self.flight.progressed.notify_one();
@@ -196,22 +213,32 @@ impl Flight {
         self.bump();
     }
 
-    /// Waits while the slowest connected reader is `MAX_LAG` behind, at
-    /// most `LAG_PATIENCE` in all.
+    /// Waits while an attached reader is `MAX_LAG` behind and still
+    /// reading, within the fetch's [`LAG_BUDGET`]; detaches readers that
+    /// stopped (for [`STALL`]) or that still lag once the budget is spent.
     pub(crate) async fn wait_for_readers(&self) {
-        let deadline = tokio::time::Instant::now() + LAG_PATIENCE;
         loop {
-            let lagging = {
-                let st = self.lock();
-                let slowest = st.body.readers.values().copied().min();
-                slowest.is_some_and(|p| st.body.received.saturating_sub(p) >= MAX_LAG)
+            let wake = {
+                let mut st = self.lock();
+                let b = &mut st.body;
+                let now = Instant::now();
+                let received = b.received;
+                let lagging = |p: &Position| received.saturating_sub(p.at) >= MAX_LAG;
+                let out_of_budget = b.waited >= LAG_BUDGET;
+                let before = b.readers.len();
+                b.readers.retain(|_, p| !(lagging(p) && (out_of_budget || now.duration_since(p.moved) >= STALL)));
+                if b.readers.len() != before {
+                    b.trim();
+                }
+                // The earliest moment a lagging reader counts as stalled.
+                match b.readers.values().filter(|p| lagging(p)).map(|p| p.moved + STALL).min() {
+                    None => return,
+                    Some(stall) => stall.min(now + LAG_BUDGET.saturating_sub(b.waited)),
+                }
             };
-            if !lagging {
-                return;
-            }
-            if tokio::time::timeout_at(deadline, self.progressed.notified()).await.is_err() {
-                return;
-            }
+            let started = Instant::now();
+            let _ = tokio::time::timeout_at(wake.into(), self.progressed.notified()).await;
+            self.lock().body.waited += started.elapsed();
         }
     }
 
@@ -244,7 +271,7 @@ impl Flight {
             let mut st = self.lock();
             let id = st.body.next_reader;
             st.body.next_reader += 1;
-            st.body.readers.insert(id, start);
+            st.body.readers.insert(id, Position { at: start, moved: Instant::now() });
             Reader { flight: Arc::clone(self), id }
         };
         futures_util::stream::unfold((start, rx, false, reader), move |(pos, mut rx, over, reader)| {

@@ -273,6 +273,58 @@ async fn a_client_that_leaves_mid_fetch_does_not_break_the_others() {
     assert!(edge.get(path).await.is_hit(), "the fetch completed and was stored");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_slows_nobody_and_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    // Long enough that the others finish while the stalled client is still
+    // connected: what keeps them fast is its detachment, not its timeout.
+    let limits = "[limits]\nsend_timeout = \"5s\"\n";
+    let edge = Edge::start_with(
+        dir.path(),
+        &site_toml(origin.addr, DEFAULT_RULES),
+        "memory = \"32MiB\"\ndisk = \"256MiB\"",
+        limits,
+    )
+    .await;
+    let path = "/stall?size=50MiB&cc=max-age%3D600";
+    // The first client asks for the object and never reads a byte.
+    let addr = edge.addr;
+    let stalled = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t.test\r\n\r\n").as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_secs(7));
+        // By now the edge has given up on it: what arrives is what the
+        // socket buffers held, then the end.
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut total = 0usize;
+        let mut buf = [0u8; 64 << 10];
+        while let Ok(n @ 1..) = s.read(&mut buf) {
+            total += n;
+        }
+        total
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Others reading the same object, at once and a moment later, get it
+    // at the fill's pace, not the stalled reader's.
+    let started = std::time::Instant::now();
+    let r = edge.get(path).await;
+    let first = started.elapsed();
+    assert_eq!(r.body.len(), 50 << 20);
+    assert_origin_bytes("/stall", &r.body);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    let later = edge.get(path).await;
+    let second = started.elapsed();
+    assert_eq!(later.body.len(), 50 << 20);
+    assert!(first < Duration::from_millis(2500), "a reader beside the stalled one took {first:?}");
+    assert!(second < Duration::from_millis(2500), "a later reader took {second:?}");
+    assert_eq!(origin.count("/stall").await, 1);
+    let got = stalled.await.unwrap();
+    assert!(got < 30 << 20, "the stalled client was cut off, not served 50 MiB ({got} bytes)");
+}
+
 #[tokio::test]
 async fn ranges_and_conditionals_are_answered_from_cache() {
     let (_d, origin, edge) = setup(DEFAULT_RULES).await;

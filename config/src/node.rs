@@ -38,6 +38,9 @@ pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 /// How long a stopping node lets in-flight responses finish.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// A node silent this long leaves the control plane's registry: a day
+/// rides out any outage an operator would still want to see in `status`.
+pub const DEFAULT_NODE_EXPIRY: Duration = Duration::from_secs(24 * 3600);
 /// How often an edge probes a shield it has marked down.
 pub const DEFAULT_SHIELD_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Events the control plane keeps before compacting; a node further behind
@@ -292,6 +295,9 @@ impl Decode for ShieldAddr {
 pub struct ControlNode {
     pub store: PathBuf,
     pub log_retention: u64,
+    /// A node not heard from for this long leaves the registry (it is
+    /// registered again when it reconnects). Default: `24h`.
+    pub node_expiry: Duration,
     pub admin_token_file: PathBuf,
     pub node_token_file: PathBuf,
 }
@@ -320,6 +326,17 @@ pub struct DnsPop {
     pub longitude: f64,
     /// Static edge addresses, used until (or without) the node registry.
     pub edges: Vec<IpAddr>,
+    /// Networks the PoP's edges may register addresses in, besides `edges`.
+    /// DNS answers only with registered addresses these two allow, so a
+    /// leaked node token cannot steer clients elsewhere. Default: none.
+    pub networks: Vec<ipnet::IpNet>,
+}
+
+impl DnsPop {
+    /// May DNS answer with `ip`, registered by one of this PoP's edges?
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        self.edges.contains(&ip) || self.networks.iter().any(|n| n.contains(&ip))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -752,6 +769,14 @@ fn decode_control(s: &mut Sink<'_>, root: &mut Table<'_, '_>, base: &Path) -> Op
         full
     });
     let log_retention = store.or(s, "log_retention", DEFAULT_LOG_RETENTION);
+    let node_expiry = match store.opt::<Spanned<Duration>>(s, "node_expiry") {
+        Some(d) if d.get_ref().is_zero() => {
+            s.error(&d.span(), "node_expiry must be longer than zero");
+            DEFAULT_NODE_EXPIRY
+        }
+        Some(d) => d.into_inner(),
+        None => DEFAULT_NODE_EXPIRY,
+    };
     store.finish(s);
     let Some(mut auth) = root.table(s, "auth") else {
         s.error(&root.span.clone(), "missing table [auth] (admin_token_file and node_token_file)");
@@ -763,6 +788,7 @@ fn decode_control(s: &mut Sink<'_>, root: &mut Table<'_, '_>, base: &Path) -> Op
     Some(ControlNode {
         store: path?,
         log_retention,
+        node_expiry,
         admin_token_file: base.join(admin?),
         node_token_file: base.join(node?),
     })
@@ -805,11 +831,17 @@ fn decode_dns(s: &mut Sink<'_>, root: &mut Table<'_, '_>, base: &Path, has_contr
             let latitude = coordinate(s, &mut p, "latitude", 90.0);
             let longitude = coordinate(s, &mut p, "longitude", 180.0);
             let edges: Vec<IpAddr> = p.or(s, "edges", Vec::new());
+            let networks: Vec<ipnet::IpNet> = p.or(s, "networks", Vec::new());
             if edges.is_empty() && !has_control {
                 s.error(&p.span.clone(), "a PoP needs static edges when there is no [control] to report them");
+            } else if edges.is_empty() && networks.is_empty() {
+                s.error(
+                    &p.span.clone(),
+                    "a PoP needs `edges` or `networks`: DNS answers only with the addresses they allow",
+                );
             }
             p.finish(s);
-            Some(DnsPop { name: name?, latitude: latitude?, longitude: longitude?, edges })
+            Some(DnsPop { name: name?, latitude: latitude?, longitude: longitude?, edges, networks })
         })
         .collect();
     if pops.is_empty() {
@@ -866,6 +898,14 @@ fn normalise_zone(text: &str) -> Result<String, String> {
 impl Decode for IpAddr {
     fn decode(s: &mut Sink<'_>, v: &Val<'_>) -> Option<Self> {
         parse_str(s, v, "an IP address", |t| t.parse().map_err(|_| format!("`{t}` is not an IP address")))
+    }
+}
+
+impl Decode for ipnet::IpNet {
+    fn decode(s: &mut Sink<'_>, v: &Val<'_>) -> Option<Self> {
+        parse_str(s, v, "a network such as \"192.0.2.0/24\"", |t| {
+            t.parse().map_err(|_| format!("`{t}` is not a network such as 192.0.2.0/24"))
+        })
     }
 }
 

@@ -85,7 +85,7 @@ impl ControlNode {
             .copied()
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7000)));
         let listener = TcpListener::bind(addr).await.map_err(|source| ControlError::Bind { addr, source })?;
-        let control = Control::new(store, admin, nodes, cfg.log_retention, render_metrics);
+        let control = Control::new(store, admin, nodes, cfg.log_retention, cfg.node_expiry, render_metrics);
         let server = outpost_net::ServerConfig { name: node.name.as_str().into(), limits: node.limits };
         Ok(ControlNode { control, listener, server, tls })
     }
@@ -108,6 +108,23 @@ impl ControlNode {
         tokio::spawn(async move {
             stopped.cancelled().await;
             closing.cancel();
+        });
+        let control = Arc::clone(&self.control);
+        let stopped = shutdown.clone();
+        tokio::spawn(async move {
+            let mut sweep = tokio::time::interval(control.expiry_sweep());
+            loop {
+                tokio::select! {
+                    _ = stopped.cancelled() => return,
+                    _ = sweep.tick() => {}
+                }
+                let c = Arc::clone(&control);
+                match tokio::task::spawn_blocking(move || c.expire_nodes()).await {
+                    Ok(Ok(gone)) if !gone.is_empty() => tracing::info!(nodes = ?gone, "silent nodes left the registry"),
+                    Ok(Err(e)) => tracing::warn!(error = %e.detail, "registry sweep failed"),
+                    _ => {}
+                }
+            }
         });
         let app = outpost_net::TowerHandler(router(self.control));
         let listeners = vec![outpost_net::Listener { tcp: self.listener, tls: self.tls }];

@@ -260,6 +260,14 @@ impl Store {
         tx.commit().map_err(db)
     }
 
+    /// Takes a node out of the registry.
+    pub fn remove_node(&self, name: &str) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write().map_err(db)?;
+        tx.set_durability(redb::Durability::None).map_err(db)?;
+        tx.open_table(NODES).map_err(db)?.remove(name).map_err(db)?;
+        tx.commit().map_err(db)
+    }
+
     pub fn nodes(&self) -> Result<BTreeMap<String, NodeRecord>, StoreError> {
         let tx = self.db.begin_read().map_err(db)?;
         let t = tx.open_table(NODES).map_err(db)?;

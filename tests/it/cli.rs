@@ -146,37 +146,49 @@ fn http_get_host(addr: &str, path: &str, host: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-#[test]
-fn a_control_plane_killed_with_sigkill_keeps_what_it_acknowledged() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    std::fs::write(
-        dir.path().join("control.toml"),
-        format!(
-            "[node]\nname = \"control\"\nrole = \"control\"\n[listen]\nhttp = [\"127.0.0.1:{port}\"]\n[store]\npath = \"c.redb\"\n\
-             [auth]\nadmin_token_file = \"admin.token\"\nnode_token_file = \"node.token\"\n"
-        ),
-    )
-    .unwrap();
-    let start = || {
+/// A control plane run as its own process (`outpost control`) on a port of
+/// its own, with its files in `dir`.
+struct ControlProcess<'a> {
+    dir: &'a Path,
+    port: u16,
+}
+
+impl ControlProcess<'_> {
+    fn new(dir: &Path) -> ControlProcess<'_> {
+        let port = free_port();
+        std::fs::write(
+            dir.join("control.toml"),
+            format!(
+                "[node]\nname = \"control\"\nrole = \"control\"\n[listen]\nhttp = [\"127.0.0.1:{port}\"]\n\
+                 [store]\npath = \"c.redb\"\n[auth]\nadmin_token_file = \"admin.token\"\nnode_token_file = \"node.token\"\n"
+            ),
+        )
+        .unwrap();
+        ControlProcess { dir, port }
+    }
+
+    /// Starts the process and waits for its port.
+    fn start(&self) -> std::process::Child {
         let child = outpost()
             .arg("control")
             .arg("--config")
-            .arg(dir.path().join("control.toml"))
+            .arg(self.dir.join("control.toml"))
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(Instant::now() < deadline, "control plane did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
         child
-    };
-    let api = |method: &str, path: &str, body: &str| {
+    }
+
+    /// The raw answer to an API call with the admin token.
+    fn api(&self, method: &str, path: &str, body: &str) -> String {
         use std::io::{Read, Write};
-        let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let token = std::fs::read_to_string(self.dir.join("admin.token")).unwrap();
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         write!(
             s,
@@ -187,20 +199,47 @@ fn a_control_plane_killed_with_sigkill_keeps_what_it_acknowledged() {
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         out
-    };
-    let mut control = start();
+    }
+}
+
+#[test]
+fn a_control_plane_killed_with_sigkill_keeps_what_it_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlProcess::new(dir.path());
+    let mut control = cp.start();
     let site = "[site]\nid = \"keep\"\nhosts = [\"keep.test\"]\n[[origin]]\nurl = \"http://127.0.0.1:9\"\n";
-    assert!(api("POST", "/v1/sites", site).starts_with("HTTP/1.1 201"));
-    assert!(api("POST", "/v1/purge", r#"{"site": "keep", "all": true}"#).starts_with("HTTP/1.1 202"));
+    assert!(cp.api("POST", "/v1/sites", site).starts_with("HTTP/1.1 201"));
+    assert!(cp.api("POST", "/v1/purge", r#"{"site": "keep", "all": true}"#).starts_with("HTTP/1.1 202"));
     control.kill().unwrap(); // SIGKILL
     control.wait().unwrap();
-    let mut control = start();
-    let sites = api("GET", "/v1/sites", "");
+    let mut control = cp.start();
+    let sites = cp.api("GET", "/v1/sites", "");
     assert!(sites.contains("\"id\":\"keep\""), "{sites}");
-    let purge = api("GET", "/v1/purges/p1", "");
+    let purge = cp.api("GET", "/v1/purges/p1", "");
     assert!(purge.starts_with("HTTP/1.1 200") && purge.contains("\"seq\":2"), "{purge}");
-    let health = api("GET", "/healthz", "");
+    let health = cp.api("GET", "/healthz", "");
     assert!(health.contains("\"seq\":2"), "the log is whole: {health}");
     control.kill().unwrap();
     control.wait().unwrap();
+}
+
+#[test]
+fn a_control_plane_process_exports_its_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlProcess::new(dir.path());
+    let mut control = cp.start();
+    let site = "[site]\nid = \"m\"\nhosts = [\"m.test\"]\n[[origin]]\nurl = \"http://127.0.0.1:9\"\n";
+    assert!(cp.api("POST", "/v1/sites", site).starts_with("HTTP/1.1 201"));
+    let metrics = cp.api("GET", "/metrics", "");
+    control.kill().unwrap();
+    control.wait().unwrap();
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    for want in [
+        "outpost_control_last_seq 1",
+        "outpost_control_sites 1",
+        "outpost_control_nodes{state=\"connected\"} 0",
+        "outpost_control_requests_total{route=\"/v1/sites\",status=\"201\"} 1",
+    ] {
+        assert!(metrics.contains(want), "no `{want}` in:\n{metrics}");
+    }
 }

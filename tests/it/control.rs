@@ -300,6 +300,83 @@ async fn the_api_cuts_off_slow_heads_and_makes_room_at_its_connection_cap() {
     stop.cancel();
 }
 
+/// A call with exactly these headers.
+async fn call_with(method: Method, url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client.request(req.body(Full::new(Bytes::from(body.to_string()))).unwrap()).await.unwrap();
+    let (parts, b) = resp.into_parts();
+    Reply { status: parts.status, headers: parts.headers, body: b.collect().await.unwrap().to_bytes() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_holds_only_what_nodes_can_truly_claim_and_forgets_the_silent() {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let cfg = load(
+        dir.path(),
+        "control",
+        "[node]\nname = \"control\"\nrole = \"control\"\n[listen]\nhttp = [\"127.0.0.1:0\"]\n\
+         [store]\npath = \"control.redb\"\nnode_expiry = \"1s\"\n\
+         [auth]\nadmin_token_file = \"admin.token\"\nnode_token_file = \"node.token\"\n",
+    );
+    let node = outpost_control::node::ControlNode::bind(&cfg, Box::new(String::new)).await.unwrap();
+    let addr = node.addr();
+    tokio::spawn(node.run(stop.clone()));
+    let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let token = std::fs::read_to_string(dir.path().join("node.token")).unwrap();
+    let api = |p: &str| format!("http://{addr}{p}");
+    // The scheme of Authorization is case-insensitive (RFC 9110 §11.1).
+    let lower = format!("bearer {admin}");
+    let r = call_with(Method::GET, &api("/v1/sites"), &[("authorization", &lower)], "").await;
+    assert_eq!(r.status, StatusCode::OK);
+    // A node cannot claim events the log does not have.
+    let huge = format!("/v1/events?after={}&node=edge-a&role=edge&pop=fra&addrs=127.0.0.1:80", u64::MAX);
+    let stream = {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let req = Request::get(api(&huge))
+            .header("authorization", format!("Bearer {token}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        client.request(req).await.unwrap()
+    };
+    assert_eq!(stream.status(), StatusCode::OK);
+    let nodes = call(Method::GET, &api("/v1/nodes"), Some(&admin), None, "").await.json();
+    assert_eq!(nodes[0]["acked_seq"], 0, "clamped to the end of the log: {nodes}");
+    let ack = |seq: u64, node: &'static str| {
+        let body = format!(r#"{{"node": "{node}", "seq": {seq}}}"#);
+        let token = token.clone();
+        let url = api("/v1/ack");
+        async move { call(Method::POST, &url, Some(&token), None, &body).await }
+    };
+    let r = ack(u64::MAX, "edge-a").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.json()["error"], "ahead_of_log");
+    let r = ack(0, "edge-nobody").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "only registered nodes acknowledge");
+    for bad in ["role=admin&pop=fra&addrs=", "role=edge&pop=fra&addrs=%3Cscript%3E", "role=edge&pop=a%20b&addrs="] {
+        let url = api(&format!("/v1/events?after=0&node=edge-b&{bad}"));
+        let r = call(Method::GET, &url, Some(&token), None, "").await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    // Once its stream is gone and it stays silent past the expiry, the node
+    // leaves the registry.
+    drop(stream);
+    let started = std::time::Instant::now();
+    loop {
+        let nodes = call(Method::GET, &api("/v1/nodes"), Some(&admin), None, "").await.json();
+        if nodes.as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "still registered: {nodes}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_calls_get_401_401_400_and_change_nothing() {
     let cdn = cdn().await;

@@ -330,7 +330,9 @@ impl Topology {
             dns_relay.addr
         );
         for (pop, lat, lon) in POPS {
-            dns_text.push_str(&format!("[[dns.pop]]\nname = \"{pop}\"\nlatitude = {lat}\nlongitude = {lon}\n"));
+            dns_text.push_str(&format!(
+                "[[dns.pop]]\nname = \"{pop}\"\nlatitude = {lat}\nlongitude = {lon}\nnetworks = [\"127.0.0.0/8\"]\n"
+            ));
         }
         let dns_cfg = load_node(&d, "dns", &dns_text);
         let dns_node = outpost_control::dns::DnsNode::bind(&dns_cfg).await.unwrap();

@@ -55,6 +55,27 @@ fn line(l: &StreamLine) -> Bytes {
     Bytes::from(v)
 }
 
+/// Most addresses one node registers.
+const MAX_ADDRS: usize = 16;
+
+/// The addresses a node says it serves on: socket addresses (`ip:port`,
+/// `[v6]:port`), at most [`MAX_ADDRS`], written back in canonical form.
+fn listen_addrs(list: &str) -> Result<Vec<String>, ApiError> {
+    let bad = |detail: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_addrs", detail);
+    let parts: Vec<&str> = list.split(',').filter(|a| !a.is_empty()).collect();
+    if parts.len() > MAX_ADDRS {
+        return Err(bad(format!("at most {MAX_ADDRS} addresses, found {}", parts.len())));
+    }
+    parts
+        .into_iter()
+        .map(|a| {
+            a.parse::<std::net::SocketAddr>()
+                .map(|s| s.to_string())
+                .map_err(|_| bad(format!("`{a}` is not an address with a port, such as 192.0.2.10:80")))
+        })
+        .collect()
+}
+
 fn valid_name(n: &str) -> bool {
     !n.is_empty() && n.len() <= 63 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
@@ -73,6 +94,17 @@ pub(super) async fn stream(
             "node must be 1 to 63 letters, digits or hyphens",
         ));
     }
+    if !matches!(q.role.as_str(), "edge" | "shield") {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_role", "role must be `edge` or `shield`"));
+    }
+    if q.pop.as_deref().is_some_and(|p| !valid_name(p)) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_pop",
+            "pop must be 1 to 63 letters, digits or hyphens",
+        ));
+    }
+    let addrs = listen_addrs(&q.addrs)?;
     // Subscribe before reading the backlog, so nothing falls in between.
     let rx = c.events.subscribe();
     let store = &c.store;
@@ -80,7 +112,7 @@ pub(super) async fn stream(
     let last = store.last_seq().map_err(ApiError::internal)?;
     let mut backlog = Vec::new();
     let mut cursor = q.after.min(last);
-    if q.after + 1 < first && last > 0 {
+    if q.after.saturating_add(1) < first && last > 0 {
         let sites = store
             .sites()
             .map_err(ApiError::internal)?
@@ -99,8 +131,9 @@ pub(super) async fn stream(
         name: q.node.clone(),
         role: q.role.clone(),
         pop: q.pop.clone(),
-        addrs: q.addrs.split(',').filter(|a| !a.is_empty()).map(str::to_owned).collect(),
-        acked_seq: previous.as_ref().map_or(q.after, |p| p.acked_seq.max(q.after)),
+        addrs,
+        // Never ahead of the log: a node cannot claim events that do not exist.
+        acked_seq: previous.as_ref().map_or(q.after, |p| p.acked_seq.max(q.after)).min(last),
         last_contact_ms: now_ms(),
         load_rps: previous.and_then(|p| p.load_rps),
     };
@@ -154,24 +187,36 @@ pub(super) async fn ack(
 ) -> Result<StatusCode, ApiError> {
     c.node(&headers)?;
     let a: Ack = super::json_body(&body)?;
-    {
-        let mut acked = c.acked.lock().unwrap_or_else(|p| p.into_inner());
-        let e = acked.entry(a.node.clone()).or_default();
-        *e = (*e).max(a.seq);
+    let last = c.store.last_seq().map_err(ApiError::internal)?;
+    if a.seq > last {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "ahead_of_log",
+            format!("event {} does not exist yet; the log ends at {last}", a.seq),
+        ));
     }
     let store = c.store.clone();
-    super::blocking(move || {
-        if let Some(mut n) = store.nodes().map_err(ApiError::internal)?.remove(&a.node) {
-            n.acked_seq = n.acked_seq.max(a.seq);
-            n.last_contact_ms = now_ms();
-            if a.load_rps.is_some() {
-                n.load_rps = a.load_rps;
-            }
-            store.put_node(&n).map_err(ApiError::internal)?;
+    let node = a.node.clone();
+    let known = super::blocking(move || {
+        let Some(mut n) = store.nodes().map_err(ApiError::internal)?.remove(&a.node) else { return Ok(false) };
+        n.acked_seq = n.acked_seq.max(a.seq);
+        n.last_contact_ms = now_ms();
+        if a.load_rps.is_some() {
+            n.load_rps = a.load_rps;
         }
-        Ok(())
+        store.put_node(&n).map_err(ApiError::internal)?;
+        Ok(true)
     })
     .await?;
+    if !known {
+        // Only a node that opened its stream is in the registry.
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_node", format!("no node `{node}` is registered")));
+    }
+    {
+        let mut acked = c.acked.lock().unwrap_or_else(|p| p.into_inner());
+        let e = acked.entry(node).or_default();
+        *e = (*e).max(a.seq);
+    }
     c.ack_changed.send_modify(|v| *v += 1);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -21,6 +21,9 @@ pub(super) async fn healthz(State(c): Shared) -> Json<serde_json::Value> {
 }
 
 pub(super) async fn metrics(State(c): Shared) -> Response {
+    if let Err(e) = c.refresh_gauges() {
+        tracing::warn!(error = %e.detail, "control-plane gauges not refreshed");
+    }
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], (c.render_metrics)()).into_response()
 }
 

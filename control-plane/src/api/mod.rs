@@ -71,8 +71,12 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The token of an `Authorization: Bearer …` header; the scheme is
+/// case-insensitive (RFC 9110 §11.1).
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?.trim_start();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// A token bucket per token, for purges.
@@ -112,6 +116,8 @@ pub struct Control {
     ack_changed: watch::Sender<u64>,
     limiter: RateLimiter,
     retention: u64,
+    /// Nodes silent this long leave the registry.
+    node_expiry: Duration,
     render_metrics: Box<dyn Fn() -> String + Send + Sync>,
     /// Ends the event streams when the control plane stops (a graceful
     /// shutdown would otherwise wait for them forever).
@@ -130,6 +136,7 @@ impl Control {
         admin_token: String,
         node_token: String,
         retention: u64,
+        node_expiry: Duration,
         render_metrics: Box<dyn Fn() -> String + Send + Sync>,
     ) -> Arc<Control> {
         let acked = store.nodes().map(|n| n.into_iter().map(|(k, v)| (k, v.acked_seq)).collect()).unwrap_or_default();
@@ -143,6 +150,7 @@ impl Control {
             ack_changed: watch::channel(0).0,
             limiter: RateLimiter::default(),
             retention,
+            node_expiry,
             render_metrics,
             closing: tokio_util::sync::CancellationToken::new(),
         })
@@ -174,6 +182,61 @@ impl Control {
     fn acked_seq(&self, node: &str) -> u64 {
         self.acked.lock().unwrap_or_else(|p| p.into_inner()).get(node).copied().unwrap_or(0)
     }
+
+    /// Takes nodes silent for longer than the expiry out of the registry;
+    /// returns their names.
+    pub fn expire_nodes(&self) -> Result<Vec<String>, ApiError> {
+        let connected = self.connected_nodes();
+        let now = crate::store::now_ms();
+        let limit = self.node_expiry.as_millis() as u64;
+        let mut gone = Vec::new();
+        for (name, n) in self.store.nodes().map_err(ApiError::internal)? {
+            if !connected.contains(&name) && now.saturating_sub(n.last_contact_ms) > limit {
+                self.store.remove_node(&name).map_err(ApiError::internal)?;
+                self.acked.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
+                gone.push(name);
+            }
+        }
+        Ok(gone)
+    }
+
+    /// How often the registry is swept for expired nodes.
+    pub fn expiry_sweep(&self) -> Duration {
+        (self.node_expiry / 4).clamp(Duration::from_millis(100), Duration::from_secs(60))
+    }
+
+    /// Refreshes the gauges `/metrics` shows: the log, sites and nodes.
+    fn refresh_gauges(&self) -> Result<(), ApiError> {
+        let last = self.store.last_seq().map_err(ApiError::internal)?;
+        metrics::gauge!("outpost_control_last_seq").set(last as f64);
+        metrics::gauge!("outpost_control_sites").set(self.store.sites().map_err(ApiError::internal)?.len() as f64);
+        let connected = self.connected_nodes();
+        let nodes = self.store.nodes().map_err(ApiError::internal)?;
+        let up = nodes.keys().filter(|n| connected.contains(n)).count();
+        metrics::gauge!("outpost_control_nodes", "state" => "connected").set(up as f64);
+        metrics::gauge!("outpost_control_nodes", "state" => "disconnected").set((nodes.len() - up) as f64);
+        let now = crate::store::now_ms();
+        for (name, n) in &nodes {
+            let acked = n.acked_seq.max(self.acked_seq(name));
+            metrics::gauge!("outpost_control_node_lag_events", "node" => name.clone())
+                .set(last.saturating_sub(acked) as f64);
+            metrics::gauge!("outpost_control_node_silent_seconds", "node" => name.clone())
+                .set(now.saturating_sub(n.last_contact_ms) as f64 / 1000.0);
+        }
+        Ok(())
+    }
+}
+
+/// Counts API requests by route and status.
+async fn count_requests(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "other".to_string(), |p| p.as_str().to_string());
+    let resp = next.run(req).await;
+    metrics::counter!("outpost_control_requests_total", "route" => route, "status" => resp.status().as_u16().to_string())
+        .increment(1);
+    resp
 }
 
 /// Runs store work (redb commits fsync) off the async workers.
@@ -210,6 +273,7 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/v1/events", get(events::stream))
         .route("/v1/ack", post(events::ack))
         .fallback(handlers::not_found)
+        .route_layer(axum::middleware::from_fn(count_requests))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(control)
 }
@@ -224,6 +288,20 @@ mod tests {
         assert!(!constant_time_eq(b"secret", b"secreT"));
         assert!(!constant_time_eq(b"secret", b"secret2"));
         assert!(!constant_time_eq(b"", b"x"));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        let with = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(axum::http::header::AUTHORIZATION, axum::http::HeaderValue::from_static(v));
+            bearer(&h).map(str::to_string)
+        };
+        assert_eq!(with("Bearer t0k").as_deref(), Some("t0k"));
+        assert_eq!(with("bearer t0k").as_deref(), Some("t0k"));
+        assert_eq!(with("BEARER   t0k ").as_deref(), Some("t0k"));
+        assert_eq!(with("Basic t0k"), None);
+        assert_eq!(with("Bearert0k"), None);
     }
 
     #[test]

@@ -93,6 +93,7 @@ impl DnsNode {
                         url: c.url.clone(),
                         token_file: c.token_file.clone(),
                         tls: Arc::new(plain_client_config()),
+                        pops: cfg.pops.clone(),
                     });
                     return Ok(DnsNode { handler, udp, tcp, registry });
                 }

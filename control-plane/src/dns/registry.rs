@@ -20,6 +20,8 @@ use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
+use outpost_config::DnsPop;
+
 use super::server::GeoDns;
 
 /// How often the registry is read.
@@ -37,6 +39,8 @@ pub struct RegistryLink {
     pub token_file: PathBuf,
     /// Verifies an `https` control plane.
     pub tls: Arc<rustls::ClientConfig>,
+    /// The PoPs, with the addresses each may be answered with.
+    pub pops: Vec<DnsPop>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -49,22 +53,24 @@ struct NodeEntry {
     since_contact_ms: u64,
 }
 
-/// Healthy edge addresses by PoP, from a registry listing.
-fn healthy_edges(nodes: &[NodeEntry]) -> BTreeMap<String, Vec<IpAddr>> {
+/// Healthy edge addresses by PoP, from a registry listing: only PoPs this
+/// server knows, and only addresses the PoP's `edges` or `networks` allow
+/// (a registered address outside them is counted in `rejected`, never
+/// answered).
+fn healthy_edges(nodes: &[NodeEntry], pops: &[DnsPop], rejected: &mut Vec<String>) -> BTreeMap<String, Vec<IpAddr>> {
     let mut out: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
     for n in nodes.iter().filter(|n| n.role == "edge") {
-        let Some(pop) = &n.pop else { continue };
-        let entry = out.entry(pop.clone()).or_default();
+        let Some(pop) = n.pop.as_ref().and_then(|p| pops.iter().find(|x| x.name == *p)) else { continue };
+        let entry = out.entry(pop.name.clone()).or_default();
         if !(n.connected || n.since_contact_ms < FRESH.as_millis() as u64) {
             continue;
         }
         for a in &n.addrs {
             let ip = a.parse::<std::net::SocketAddr>().map(|s| s.ip()).or_else(|_| a.parse::<IpAddr>());
-            if let Ok(ip) = ip
-                && !ip.is_unspecified()
-                && !entry.contains(&ip)
-            {
-                entry.push(ip);
+            match ip {
+                Ok(ip) if ip.is_unspecified() || entry.contains(&ip) => {}
+                Ok(ip) if pop.allows(ip) => entry.push(ip),
+                _ => rejected.push(format!("{a} ({})", pop.name)),
             }
         }
     }
@@ -96,9 +102,11 @@ async fn read(client: &HttpsClient, link: &RegistryLink) -> Result<Vec<NodeEntry
     serde_json::from_slice(&body).map_err(|e| format!("unreadable registry: {e}"))
 }
 
-/// Follows the registry until `shutdown`, steering by what it says.
+/// Follows the registry until `shutdown`, steering by what it says about
+/// the link's PoPs.
 pub fn follow(dns: Arc<GeoDns>, link: RegistryLink, shutdown: CancellationToken) {
     tokio::spawn(async move {
+        let mut last_rejected: Vec<String> = Vec::new();
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(TIMEOUT));
@@ -118,9 +126,20 @@ pub fn follow(dns: Arc<GeoDns>, link: RegistryLink, shutdown: CancellationToken)
                         tracing::info!("node registry reachable again");
                         failing = false;
                     }
-                    for (pop, edges) in healthy_edges(&nodes) {
+                    let mut rejected = Vec::new();
+                    for (pop, edges) in healthy_edges(&nodes, &link.pops, &mut rejected) {
                         dns.steering.set_edges(&pop, edges);
                     }
+                    if !rejected.is_empty() {
+                        metrics::counter!("outpost_dns_registry_rejected_total").increment(rejected.len() as u64);
+                        if rejected != last_rejected {
+                            tracing::warn!(
+                                addrs = ?rejected,
+                                "edges registered addresses outside their PoP's edges and networks; not answered"
+                            );
+                        }
+                    }
+                    last_rejected = rejected;
                 }
                 Err(e) => {
                     if !failing {
@@ -156,11 +175,42 @@ mod tests {
             node("shield", "fra", "127.0.0.1:8101", true, 0),
             node("edge", "sin", "0.0.0.0:8080", true, 0),
         ];
-        let h = healthy_edges(&nodes);
+        let pops = pops();
+        let mut rejected = Vec::new();
+        let h = healthy_edges(&nodes, &pops, &mut rejected);
         let ips = |s: &[&str]| s.iter().map(|a| a.parse::<IpAddr>().unwrap()).collect::<Vec<_>>();
         assert_eq!(h["fra"], ips(&["127.0.0.11", "127.0.0.14"]));
         assert!(h["iad"].is_empty(), "a dead edge empties its PoP");
         assert!(h["sin"].is_empty(), "an unspecified address is never answered");
         assert_eq!(h.len(), 3);
+        assert!(rejected.is_empty());
+    }
+
+    fn pops() -> Vec<DnsPop> {
+        let pop = |name: &str, edges: &[&str], networks: &[&str]| DnsPop {
+            name: name.into(),
+            latitude: 0.0,
+            longitude: 0.0,
+            edges: edges.iter().map(|e| e.parse().unwrap()).collect(),
+            networks: networks.iter().map(|n| n.parse().unwrap()).collect(),
+        };
+        vec![pop("fra", &[], &["127.0.0.0/24"]), pop("iad", &["127.0.0.12"], &[]), pop("sin", &[], &["0.0.0.0/0"])]
+    }
+
+    #[test]
+    fn a_registered_address_outside_the_pops_edges_and_networks_is_never_answered() {
+        let nodes = [
+            node("edge", "fra", "127.0.0.11:8080", true, 0),
+            node("edge", "fra", "6.6.6.6:80", true, 0),
+            node("edge", "iad", "127.0.0.12:8080", true, 0),
+            node("edge", "iad", "127.0.0.99:8080", true, 0),
+            node("edge", "nowhere", "127.0.0.11:8080", true, 0),
+        ];
+        let mut rejected = Vec::new();
+        let h = healthy_edges(&nodes, &pops(), &mut rejected);
+        assert_eq!(h["fra"], vec!["127.0.0.11".parse::<IpAddr>().unwrap()]);
+        assert_eq!(h["iad"], vec!["127.0.0.12".parse::<IpAddr>().unwrap()], "only the listed edge");
+        assert!(!h.contains_key("nowhere"), "a PoP this server does not know is ignored");
+        assert_eq!(rejected, ["6.6.6.6:80 (fra)", "127.0.0.99:8080 (iad)"]);
     }
 }

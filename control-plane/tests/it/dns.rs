@@ -75,6 +75,7 @@ name = "fra"
 latitude = 50.11
 longitude = 8.68
 edges = ["127.0.0.11", "::11"]
+networks = ["127.0.0.16/28"]
 [[dns.pop]]
 name = "iad"
 latitude = 38.95
@@ -380,6 +381,21 @@ fn the_committed_sample_database_is_current_and_places_the_sample_networks() {
     }
 }
 
+fn registry_poll() -> Duration {
+    outpost_control::dns::registry::POLL
+}
+
+/// The status of a GET with the node token.
+async fn status_of(url: &str, token: &str) -> u16 {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let req = http::Request::get(url)
+        .header("authorization", format!("Bearer {token}"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    client.request(req).await.unwrap().status().as_u16()
+}
+
 /// Holds an edge's event stream open, as a live edge does: the registry
 /// counts it connected until the stream is dropped.
 async fn hold_stream(
@@ -446,6 +462,18 @@ async fn answers_follow_the_node_registry_when_edges_die_and_return() {
     assert_eq!(answer().await, ip("127.0.0.11"));
     let fra = hold_stream(control_addr, &token, "edge-fra", "fra", "127.0.0.31:8080").await;
     within("the registered edge replaces the static one", ip("127.0.0.31")).await;
+
+    // A node token is not enough to steer clients: an address outside the
+    // PoP's edges and networks is never answered, and one that is no
+    // address is refused at registration.
+    let _evil = hold_stream(control_addr, &token, "edge-evil", "fra", "6.6.6.6:80").await;
+    tokio::time::sleep(registry_poll() * 2).await;
+    assert_eq!(answer().await, ip("127.0.0.31"), "the registered outsider is not answered");
+    for bad in ["%3Cscript%3E", "not-an-address", "127.0.0.1"] {
+        let url = format!("http://{control_addr}/v1/events?after=0&node=edge-x&role=edge&pop=fra&addrs={bad}");
+        let r = status_of(&url, &token).await;
+        assert_eq!(r, 400, "{bad}");
+    }
 
     // The edge dies: its stream closes, and London goes to the next PoP
     // (Ashburn, which the registry never listed, so its static edge).

@@ -133,6 +133,11 @@ pub struct NodeTls {
     pub upstream_ca: Option<PathBuf>,
     /// Presented to https upstreams that ask for a client certificate.
     pub upstream_cert: Option<CertFiles>,
+    /// The only folders sites' certificate and key files may be read from
+    /// (a site file pushed through the control plane must not make a node
+    /// read, say, `/etc/shadow`). Default: the node file's folder; listed
+    /// folders (`[tls] site_cert_dirs`, relative to the node file) add to it.
+    pub site_cert_dirs: Vec<PathBuf>,
 }
 
 /// A PEM certificate chain and its private key.
@@ -438,10 +443,11 @@ fn decode_node(
     }
 
     let listen = decode_listen(s, root, role);
-    let tls = match root.table(s, "tls").filter(|_| role.sections().contains(&"tls")) {
+    let mut tls = match root.table(s, "tls").filter(|_| role.sections().contains(&"tls")) {
         Some(mut t) => decode_tls(s, &mut t, role, &base),
         None => NodeTls::default(),
     };
+    tls.site_cert_dirs.insert(0, base.clone());
     if role == Role::Control
         && let Some(l) = &listen
         && !l.https.is_empty()
@@ -601,8 +607,11 @@ fn decode_tls(s: &mut Sink<'_>, t: &mut Table<'_, '_>, role: Role, base: &Path) 
     let client_ca = file(s, t, "client_ca");
     let upstream_ca = file(s, t, "upstream_ca");
     let upstream_cert = pair(s, t, &mut file, "upstream_cert", "upstream_key");
+    // A folder need not exist yet (`outpost up` makes its own at start).
+    let dirs: Vec<String> = t.or(s, "site_cert_dirs", Vec::new());
+    let site_cert_dirs = dirs.iter().map(|d| base.join(d)).collect();
     t.finish(s);
-    NodeTls { cert, unknown_sni, client_ca, upstream_ca, upstream_cert }
+    NodeTls { cert, unknown_sni, client_ca, upstream_ca, upstream_cert, site_cert_dirs }
 }
 
 impl Decode for UnknownSni {

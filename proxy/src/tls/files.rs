@@ -32,8 +32,25 @@ pub enum TlsFileError {
     KeyMismatch { cert: PathBuf, key: PathBuf },
     #[error("{0}: not a usable certificate: {1}")]
     BadCertificate(PathBuf, String),
+    #[error(
+        "{0}: outside the folders this node reads site certificates from (its config folder and [tls] site_cert_dirs)"
+    )]
+    OutsideFolders(PathBuf),
     #[error("TLS setup: {0}")]
     Setup(String),
+}
+
+/// Checks that `path` (after following links) lies inside one of `dirs`.
+pub fn confined(path: &Path, dirs: &[PathBuf]) -> Result<(), TlsFileError> {
+    let real = path.canonicalize().map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => TlsFileError::Missing(path.to_path_buf()),
+        _ => TlsFileError::Unreadable(path.to_path_buf(), e.to_string()),
+    })?;
+    if dirs.iter().filter_map(|d| d.canonicalize().ok()).any(|d| real.starts_with(d)) {
+        Ok(())
+    } else {
+        Err(TlsFileError::OutsideFolders(path.to_path_buf()))
+    }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsFileError> {

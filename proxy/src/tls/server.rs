@@ -52,6 +52,8 @@ struct Sources {
 pub struct CertStore {
     node: String,
     default_files: Option<(PathBuf, PathBuf)>,
+    /// Where sites' certificate files may be.
+    site_dirs: Vec<PathBuf>,
     unknown: UnknownSni,
     table: ArcSwap<CertTable>,
     sources: Mutex<Sources>,
@@ -66,6 +68,7 @@ impl CertStore {
         let store = CertStore {
             node: node.to_string(),
             default_files,
+            site_dirs: tls.site_cert_dirs.clone(),
             unknown: tls.unknown_sni,
             table: ArcSwap::from_pointee(CertTable::default()),
             sources: Mutex::new(Sources::default()),
@@ -121,7 +124,16 @@ impl CertStore {
             }
             source.seen = seen;
             changed = true;
-            match load_pair(&pair.0, &pair.1, now) {
+            // A site's files must be where the node allows (the node's own
+            // default certificate comes from its own file, and is trusted).
+            let is_site = self.default_files.as_ref() != Some(&pair);
+            let allowed = if is_site {
+                super::files::confined(&pair.0, &self.site_dirs)
+                    .and_then(|()| super::files::confined(&pair.1, &self.site_dirs))
+            } else {
+                Ok(())
+            };
+            match allowed.and_then(|()| load_pair(&pair.0, &pair.1, now)) {
                 Ok(loaded) => {
                     for w in &loaded.warnings {
                         tracing::warn!(node = %self.node, "{w}");

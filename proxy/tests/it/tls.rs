@@ -292,6 +292,54 @@ async fn replaced_certificates_and_changed_sites_reach_new_connections_only() {
     assert_eq!(Conn::open(s).await.get("c.test", "/c").await.0, StatusCode::OK);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn site_certificates_are_read_only_from_the_folders_the_node_allows() {
+    let origin = Origin::start().await;
+    let node_dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let allowed = tempfile::tempdir().unwrap();
+    let ca = LocalCa::generate("test CA").unwrap();
+    let config = h2_h1(&ca_file(&ca, node_dir.path()));
+    issue(&ca, node_dir.path(), "in", &["in.test"]);
+    let (out_cert, out_key) =
+        ca.issue(&CertRequest::server(&["out.test"], YEAR)).unwrap().write(elsewhere.path(), "out").unwrap();
+    let (ok_cert, ok_key) =
+        ca.issue(&CertRequest::server(&["ok.test"], YEAR)).unwrap().write(allowed.path(), "ok").unwrap();
+    // A link inside the node's folder that leads outside it counts as outside.
+    std::os::unix::fs::symlink(&out_cert, node_dir.path().join("link.pem")).unwrap();
+    std::os::unix::fs::symlink(&out_key, node_dir.path().join("link.key")).unwrap();
+    write_site(node_dir.path(), "in", &["in.test"], origin.addr, "");
+    let tls = format!("[tls]\nsite_cert_dirs = [\"{}\"]\n", allowed.path().display());
+    let edge = tls_edge(node_dir.path(), &["in.toml"], &tls).await;
+    // Sites as the control plane would push them, naming files anywhere.
+    let site = |id: &str, cert: &Path, key: &Path| {
+        let text = format!(
+            "[site]\nid = \"{id}\"\nhosts = [\"{id}.test\"]\n[[origin]]\nurl = \"http://{}\"\n\
+             [tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            origin.addr,
+            cert.display(),
+            key.display()
+        );
+        outpost_config::Site::parse_in(Path::new("pushed.toml"), &text, node_dir.path()).unwrap()
+    };
+    let inside = outpost_config::Site::load(&node_dir.path().join("in.toml")).unwrap();
+    edge.engine.set_sites(vec![
+        inside,
+        site("out", &out_cert, &out_key),
+        site("link", &node_dir.path().join("link.pem"), &node_dir.path().join("link.key")),
+        site("ok", &ok_cert, &ok_key),
+        site("shadow", Path::new("/etc/shadow"), Path::new("/etc/shadow")),
+    ]);
+    assert!(connect(edge.https, "in.test", Arc::clone(&config)).await.is_ok(), "the node's own folder");
+    assert!(connect(edge.https, "ok.test", Arc::clone(&config)).await.is_ok(), "a folder the node lists");
+    for refused in ["out.test", "link.test", "shadow.test"] {
+        assert!(connect(edge.https, refused, Arc::clone(&config)).await.is_err(), "{refused} was served");
+    }
+    let err = outpost_proxy::tls::files::confined(&out_cert, &[node_dir.path().to_path_buf()]).unwrap_err();
+    assert!(matches!(err, TlsFileError::OutsideFolders(_)), "{err}");
+    assert!(err.to_string().contains("outside the folders"), "{err}");
+}
+
 #[tokio::test]
 async fn certificate_files_are_checked_and_an_expired_one_is_a_warning() {
     let dir = tempfile::tempdir().unwrap();

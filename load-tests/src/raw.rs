@@ -5,9 +5,12 @@
 //! sends upstream parses as exactly the requests the proxy accepted, and no
 //! request's bytes ever reach another.
 //!
-//! Each answer is `200` with `Cache-Control: max-age=60` and a body naming
-//! the request it answers (`GET /path`), so a client can tell which request
-//! a cached answer came from.
+//! Each answer is `200` with `Cache-Control: max-age=60` and a body (and an
+//! `X-Echo` header, for HEAD) naming the request it answers (`GET /path`),
+//! so a client can tell which request a cached answer came from.
+//!
+//! [`parse_stream`] is the same reader as a function: what a correct origin
+//! makes of a byte stream, for tests to compare a proxy's output with.
 
 use std::io;
 use std::net::SocketAddr;
@@ -172,13 +175,19 @@ fn framing(headers: &[(String, String)]) -> Result<Framing, String> {
             Err(format!("transfer-coding `{last}` is not chunked"))
         };
     }
-    match cl.as_slice() {
-        [] => Ok(Framing::Length(0)),
-        [one] if !one.is_empty() && one.bytes().all(|b| b.is_ascii_digit()) => {
-            one.parse().map(Framing::Length).map_err(|e| format!("content-length: {e}"))
+    // Values (one field, or a list of equal ones) must agree.
+    let mut length: Option<usize> = None;
+    for v in cl.iter().flat_map(|v| v.split(',')).map(str::trim) {
+        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("bad content-length {cl:?}"));
         }
-        _ => Err(format!("bad content-length {cl:?}")),
+        let n: usize = v.parse().map_err(|e| format!("content-length: {e}"))?;
+        if length.is_some_and(|l| l != n) {
+            return Err(format!("conflicting content-length {cl:?}"));
+        }
+        length = Some(n);
     }
+    Ok(Framing::Length(length.unwrap_or(0)))
 }
 
 /// A chunked body at the start of `buf`: its bytes, and how much it used.
@@ -237,10 +246,61 @@ fn parse_request(buf: &[u8], conn: u64) -> Parse<RawRequest> {
     Parse::Done(RawRequest { method, target, headers, body, conn }, head_len + used)
 }
 
+/// How a byte stream ended, after its whole requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rest {
+    /// Nothing left over.
+    Clean,
+    /// A request began but did not finish.
+    Incomplete,
+    /// Bytes that are no request (why).
+    Invalid(String),
+}
+
+/// What [`parse_stream`] makes of a byte stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stream {
+    /// Every whole request, in order.
+    pub requests: Vec<RawRequest>,
+    /// How the stream goes on after them.
+    pub rest: Rest,
+    /// The head of the request that did not finish or did not parse, when
+    /// the head itself is whole (with no body).
+    pub unfinished: Option<RawRequest>,
+}
+
+/// Every whole request at the start of `bytes`, read as this origin reads
+/// a connection, and how the stream goes on after them.
+pub fn parse_stream(mut bytes: &[u8]) -> Stream {
+    let mut requests = Vec::new();
+    loop {
+        if bytes.is_empty() {
+            return Stream { requests, rest: Rest::Clean, unfinished: None };
+        }
+        let rest = match parse_request(bytes, 0) {
+            Parse::Done(r, used) => {
+                requests.push(r);
+                bytes = &bytes[used..];
+                continue;
+            }
+            Parse::Partial => Rest::Incomplete,
+            Parse::Bad(e) => Rest::Invalid(e),
+        };
+        let unfinished = match parse_head(bytes) {
+            Parse::Done((method, target, headers), _) => {
+                Some(RawRequest { method, target, headers, body: Vec::new(), conn: 0 })
+            }
+            _ => None,
+        };
+        return Stream { requests, rest, unfinished };
+    }
+}
+
 fn response(req: &RawRequest) -> Vec<u8> {
     let body = answer_body(&req.method, &req.target);
     let mut out = format!(
-        "HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\ncontent-type: text/plain\r\nx-echo: {body}\r\n\
+         content-length: {}\r\n\r\n",
         body.len()
     )
     .into_bytes();

@@ -5,5 +5,6 @@
 mod harness;
 
 mod cache;
+mod differential;
 mod serving;
 mod tls;

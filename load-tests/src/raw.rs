@@ -428,6 +428,24 @@ pub async fn exchange(
     Ok(out)
 }
 
+/// Sends `request` on a new connection, reads nothing for `stall`, then
+/// reads to the end: how many bytes arrived. A server that gave up on the
+/// stalled client sends only what the socket buffers held. Blocking: run it
+/// on a thread of its own.
+pub fn read_after_stall(addr: SocketAddr, request: &[u8], stall: std::time::Duration) -> io::Result<usize> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.write_all(request)?;
+    std::thread::sleep(stall);
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    let mut total = 0usize;
+    let mut buf = [0u8; 64 << 10];
+    while let Ok(n @ 1..) = s.read(&mut buf) {
+        total += n;
+    }
+    Ok(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -58,13 +58,24 @@ async fn start_control_keeping(
     stop: &CancellationToken,
     retention: u64,
 ) -> (SocketAddr, Arc<outpost_control::api::Control>) {
+    start_control_with(dir, stop, &format!("log_retention = {retention}\n"), "").await
+}
+
+/// A control plane whose `[store]` has `store` added, and `extra` at the
+/// end of its node file.
+async fn start_control_with(
+    dir: &Path,
+    stop: &CancellationToken,
+    store: &str,
+    extra: &str,
+) -> (SocketAddr, Arc<outpost_control::api::Control>) {
     let cfg = load(
         dir,
         "control",
         &format!(
             "[node]\nname = \"control\"\nrole = \"control\"\n[listen]\nhttp = [\"127.0.0.1:0\"]\n\
-             [store]\npath = \"control.redb\"\nlog_retention = {retention}\n[auth]\nadmin_token_file = \"admin.token\"\n\
-             node_token_file = \"node.token\"\n"
+             [store]\npath = \"control.redb\"\n{store}[auth]\nadmin_token_file = \"admin.token\"\n\
+             node_token_file = \"node.token\"\n{extra}"
         ),
     );
     let node = outpost_control::node::ControlNode::bind(&cfg, Box::new(String::new)).await.unwrap();
@@ -254,16 +265,8 @@ async fn a_purge_names_urls_as_requests_are_keyed_and_refuses_what_none_can_be()
 async fn the_api_cuts_off_slow_heads_and_makes_room_at_its_connection_cap() {
     let dir = tempfile::tempdir().unwrap();
     let stop = CancellationToken::new();
-    let cfg = load(
-        dir.path(),
-        "control",
-        "[node]\nname = \"control\"\nrole = \"control\"\n[listen]\nhttp = [\"127.0.0.1:0\"]\n\
-         [store]\npath = \"control.redb\"\n[auth]\nadmin_token_file = \"admin.token\"\nnode_token_file = \"node.token\"\n\
-         [limits]\nheader_read_timeout = \"500ms\"\nidle_timeout = \"30s\"\nmax_connections = 8\n",
-    );
-    let node = outpost_control::node::ControlNode::bind(&cfg, Box::new(String::new)).await.unwrap();
-    let addr = node.addr();
-    tokio::spawn(node.run(stop.clone()));
+    let limits = "[limits]\nheader_read_timeout = \"500ms\"\nidle_timeout = \"30s\"\nmax_connections = 8\n";
+    let (addr, _) = start_control_with(dir.path(), &stop, "", limits).await;
     let (slowest, waited) = tokio::task::spawn_blocking(move || {
         use std::io::{Read, Write};
         // Slow heads (more than the cap): each is cut off by the header timeout.
@@ -316,16 +319,7 @@ async fn call_with(method: Method, url: &str, headers: &[(&str, &str)], body: &s
 async fn the_registry_holds_only_what_nodes_can_truly_claim_and_forgets_the_silent() {
     let dir = tempfile::tempdir().unwrap();
     let stop = CancellationToken::new();
-    let cfg = load(
-        dir.path(),
-        "control",
-        "[node]\nname = \"control\"\nrole = \"control\"\n[listen]\nhttp = [\"127.0.0.1:0\"]\n\
-         [store]\npath = \"control.redb\"\nnode_expiry = \"1s\"\n\
-         [auth]\nadmin_token_file = \"admin.token\"\nnode_token_file = \"node.token\"\n",
-    );
-    let node = outpost_control::node::ControlNode::bind(&cfg, Box::new(String::new)).await.unwrap();
-    let addr = node.addr();
-    tokio::spawn(node.run(stop.clone()));
+    let (addr, _) = start_control_with(dir.path(), &stop, "node_expiry = \"1s\"\n", "").await;
     let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
     let token = std::fs::read_to_string(dir.path().join("node.token")).unwrap();
     let api = |p: &str| format!("http://{addr}{p}");

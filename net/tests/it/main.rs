@@ -12,6 +12,7 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use outpost_config::Limits;
+use outpost_load::raw::read_after_stall;
 use outpost_net::{Body, Conn, Handler, Listener, ServerConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -140,20 +141,10 @@ async fn at_the_cap_the_connection_idle_longest_makes_room() {
 async fn a_client_that_stops_reading_is_cut_off_after_the_send_timeout() {
     let server = start(limits(|l| l.send_timeout = Duration::from_millis(500))).await;
     let addr = server.addr;
-    let received = blocking(move || {
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
-        // Never read: the server's writes stall once the socket buffers fill.
-        std::thread::sleep(Duration::from_millis(2500));
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut total = 0usize;
-        let mut buf = [0u8; 64 << 10];
-        while let Ok(n @ 1..) = s.read(&mut buf) {
-            total += n;
-        }
-        total
-    })
-    .await;
+    // The client never reads: the server's writes stall once the socket
+    // buffers fill.
+    let request = b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n";
+    let received = blocking(move || read_after_stall(addr, request, Duration::from_millis(2500)).unwrap()).await;
     // What arrived is what the socket buffers held when the server gave up.
     assert!(received < 16 << 20, "the stalled client still got {received} bytes of 32 MiB");
     assert_eq!(get(addr, "/after").lines().last().unwrap(), "GET /after", "the server keeps serving");

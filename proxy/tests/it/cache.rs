@@ -290,20 +290,11 @@ async fn a_client_that_stops_reading_slows_nobody_and_is_cut_off() {
     let path = "/stall?size=50MiB&cc=max-age%3D600";
     // The first client asks for the object and never reads a byte.
     let addr = edge.addr;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: t.test\r\n\r\n");
+    // By the time it reads, the edge has given up on it: what arrives is
+    // what the socket buffers held, then the end.
     let stalled = tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t.test\r\n\r\n").as_bytes()).unwrap();
-        std::thread::sleep(Duration::from_secs(7));
-        // By now the edge has given up on it: what arrives is what the
-        // socket buffers held, then the end.
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut total = 0usize;
-        let mut buf = [0u8; 64 << 10];
-        while let Ok(n @ 1..) = s.read(&mut buf) {
-            total += n;
-        }
-        total
+        outpost_load::raw::read_after_stall(addr, request.as_bytes(), Duration::from_secs(7)).unwrap()
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     // Others reading the same object, at once and a moment later, get it

@@ -5,7 +5,12 @@ Each server caches from the same test origin. For each object size and each
 server: warm the cache, then run wrk (pinned to CPU 1) against the server
 (pinned to CPU 0) for a fixed time, and read the server's CPU time from
 /proc before and after. Reports req/s, p50, p99 and requests per CPU-second
-(median of the repeats) and Outpost's ratios to the others.
+(median of the repeats) and Outpost's ratios to the others. Repeats are
+interleaved: each round runs every server once, in a rotating order, so a
+noisy moment on the machine falls on all of them alike.
+
+--baseline BIN adds another Outpost build (say, the previous commit's) as
+"before", with the same configuration, to measure a change.
 """
 import argparse
 import os
@@ -21,7 +26,7 @@ import time
 import urllib.request
 
 ORIGIN = ("127.0.0.1", 19000)
-PORTS = {"outpost": 18080, "nginx": 18081, "varnish": 18082}
+PORTS = {"outpost": 18080, "nginx": 18081, "varnish": 18082, "before": 18083}
 HOST = "bench.test"
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -162,8 +167,10 @@ url = "http://{ORIGIN[0]}:{ORIGIN[1]}"
 [cache]
 default_ttl = "1h"
 """)
-    edge = os.path.join(work, "edge.toml")
-    open(edge, "w").write(f"""
+    edges = {}
+    for name in ("outpost", "before"):
+        edges[name] = os.path.join(work, f"edge-{name}.toml")
+        open(edges[name], "w").write(f"""
 [node]
 name = "edge-bench"
 role = "edge"
@@ -173,15 +180,15 @@ longitude = 0.0
 sites = ["bench.site.toml"]
 access_log = "off"
 [listen]
-http = ["127.0.0.1:{PORTS['outpost']}"]
+http = ["127.0.0.1:{PORTS[name]}"]
 [cache]
 memory = "256MiB"
 disk = "1GiB"
-path = "edge-cache"
+path = "edge-cache-{name}"
 [upstream]
 mode = "origin"
 """)
-    return nginx, edge
+    return nginx, edges
 
 
 def main():
@@ -191,43 +198,46 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--sizes", default="1KiB,100KiB")
+    ap.add_argument("--baseline", help="another outpost binary to run as 'before'")
     args = ap.parse_args()
     if os.cpu_count() < 2:
         raise SystemExit("needs two CPUs: one for the server, one for wrk")
     work = tempfile.mkdtemp(prefix="outpost-bench-")
-    nginx_conf, edge_conf = configs(work)
+    nginx_conf, edge_confs = configs(work)
     origin = start_origin(args.outpost)
     servers = {
-        "outpost": [args.outpost, "edge", "--config", edge_conf],
+        "outpost": [args.outpost, "edge", "--config", edge_confs["outpost"]],
         "nginx": ["nginx", "-c", nginx_conf, "-p", work, "-g", "daemon off;"],
         "varnish": ["varnishd", "-F", "-j", "none", "-n", os.path.join(work, "varnish"), "-a", f"127.0.0.1:{PORTS['varnish']}",
                     "-b", f"{ORIGIN[0]}:{ORIGIN[1]}", "-s", "malloc,256m", "-p", "thread_pools=1"],
     }
+    if args.baseline:
+        servers["before"] = [args.baseline, "edge", "--config", edge_confs["before"]]
     env = dict(os.environ, RUST_LOG="warn")
-    results = {}
+    runs = {}
     try:
         for size in args.sizes.split(","):
             path = f"/bench/{size}?size={size}&cc=public,%20max-age%3D3600"
-            for name, cmd in servers.items():
-                proc = start(name, cmd, PORTS[name], env=env)
-                try:
-                    url = f"http://127.0.0.1:{PORTS[name]}{path}"
-                    for _ in range(3):
-                        get(url)
-                    runs = []
-                    for _ in range(args.repeats):
+            names = list(servers)
+            for round_no in range(args.repeats):
+                order = names[round_no % len(names):] + names[:round_no % len(names)]
+                for name in order:
+                    proc = start(name, servers[name], PORTS[name], env=env)
+                    try:
+                        url = f"http://127.0.0.1:{PORTS[name]}{path}"
+                        for _ in range(3):
+                            get(url)
                         before = cpu_seconds(proc.pid)
                         reqs, rps, p50, p99 = wrk(url, args.duration, args.connections)
                         cpu = cpu_seconds(proc.pid) - before
-                        runs.append((rps, p50, p99, reqs / cpu if cpu > 0 else float("nan")))
-                    med = [statistics.median(r[i] for r in runs) for i in range(4)]
-                    results[(size, name)] = med
-                    print(f"{size:>7} {name:<8} {med[0]:>10.0f} req/s  p50 {med[1]:.3f} ms  p99 {med[2]:.3f} ms  {med[3]:>9.0f} req/CPU-s", flush=True)
-                finally:
-                    stop(proc)
+                        runs.setdefault((size, name), []).append((rps, p50, p99, reqs / cpu if cpu > 0 else float("nan")))
+                        print(f"{size:>7} {name:<8} round {round_no + 1}: {rps:>10.0f} req/s  p99 {p99:.3f} ms", flush=True)
+                    finally:
+                        stop(proc)
     finally:
         os.killpg(origin.pid, signal.SIGTERM)
         shutil.rmtree(work, ignore_errors=True)
+    results = {k: [statistics.median(r[i] for r in v) for i in range(4)] for k, v in runs.items()}
 
     print()
     print(f"{'size':>7} {'server':<8} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'req/CPU-s':>10}")
@@ -236,7 +246,9 @@ def main():
     print()
     for size in args.sizes.split(","):
         o = results[(size, "outpost")]
-        for other in ("nginx", "varnish"):
+        for other in ("nginx", "varnish", "before"):
+            if (size, other) not in results:
+                continue
             x = results[(size, other)]
             print(f"{size:>7} outpost/{other:<8} req/CPU-s {o[3] / x[3]:.2f}x   req/s {o[0] / x[0]:.2f}x   p99 {o[2] / x[2]:.2f}x (lower is better)")
 

@@ -220,10 +220,21 @@ enum Parsed {
     Invalid,
 }
 
+/// Field slots kept on the stack: enough for the default limit of 100.
+const STACK_FIELDS: usize = 128;
+
 fn parse_head(buf: &[u8], max_fields: usize) -> Parsed {
-    // Enough room for a head hyper accepts (it refuses more fields with 431).
-    let mut fields = vec![httparse::EMPTY_HEADER; max_fields + 1];
-    let mut req = httparse::Request::new(&mut fields);
+    // Room for a head hyper accepts (it refuses more fields with 431),
+    // without an allocation per request at the usual limits.
+    let mut stack = [httparse::EMPTY_HEADER; STACK_FIELDS];
+    let mut heap;
+    let fields: &mut [httparse::Header<'_>] = if max_fields < STACK_FIELDS {
+        &mut stack[..=max_fields]
+    } else {
+        heap = vec![httparse::EMPTY_HEADER; max_fields + 1];
+        &mut heap
+    };
+    let mut req = httparse::Request::new(fields);
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Parsed::Partial,

@@ -5,7 +5,7 @@
 //! is followed by its framing, so heads pipelined behind a body, or behind
 //! another request in the same packet, are read too.
 //!
-//! The tracker parses heads with httparse, as hyper does. Where it cannot
+//! The tracker splits heads into lines as hyper's parser does. Where it cannot
 //! follow the stream (a head it cannot parse, a length it cannot read) it
 //! stops and says so; the server then refuses every later request on the
 //! connection rather than trust framing it could not check.
@@ -220,47 +220,59 @@ enum Parsed {
     Invalid,
 }
 
-/// Field slots kept on the stack: enough for the default limit of 100.
-const STACK_FIELDS: usize = 128;
-
+/// Reads a request head at the start of `buf`: where it ends, and how its
+/// body is framed. It splits lines as httparse does (CRLF or LF, leading
+/// empty lines skipped) but checks only what framing needs: hyper parses and
+/// checks the head itself, and closes the connection on a head it refuses,
+/// so only a head it accepts can have a body that matters.
 fn parse_head(buf: &[u8], max_fields: usize) -> Parsed {
-    // Room for a head hyper accepts (it refuses more fields with 431),
-    // without an allocation per request at the usual limits.
-    let mut stack = [httparse::EMPTY_HEADER; STACK_FIELDS];
-    let mut heap;
-    let fields: &mut [httparse::Header<'_>] = if max_fields < STACK_FIELDS {
-        &mut stack[..=max_fields]
-    } else {
-        heap = vec![httparse::EMPTY_HEADER; max_fields + 1];
-        &mut heap
-    };
-    let mut req = httparse::Request::new(fields);
-    let len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(_) => return Parsed::Invalid,
-    };
-    let (framing, next) = body_framing(req.headers);
-    Parsed::Complete { len, framing, next }
-}
-
-/// The body framing of a request head, as hyper reads it.
-fn body_framing(headers: &[httparse::Header<'_>]) -> (Framing, State) {
+    let mut pos = 0;
+    while buf[pos..].starts_with(b"\r\n") || buf[pos..].starts_with(b"\n") {
+        pos += if buf[pos] == b'\r' { 2 } else { 1 };
+    }
+    let mut request_line = true;
+    let mut fields = 0usize;
     let mut length: Option<Result<u64, ()>> = None;
     let mut chunked_last: Option<bool> = None;
-    for h in headers {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            let value = content_length(h.value);
-            length = Some(match (length, value) {
+    loop {
+        let Some(nl) = buf[pos..].iter().position(|b| *b == b'\n') else { return Parsed::Partial };
+        let line = &buf[pos..pos + nl];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        pos += nl + 1;
+        if request_line {
+            request_line = false;
+            if !line.ends_with(b" HTTP/1.1") && !line.ends_with(b" HTTP/1.0") {
+                return Parsed::Invalid;
+            }
+            continue;
+        }
+        if line.is_empty() {
+            let (framing, next) = body_framing(length, chunked_last);
+            return Parsed::Complete { len: pos, framing, next };
+        }
+        fields += 1;
+        // A folded line or a name with spaces: hyper refuses the head.
+        let Some(colon) = line.iter().position(|b| *b == b':') else { return Parsed::Invalid };
+        let name = &line[..colon];
+        if fields > max_fields || name.is_empty() || name.iter().any(|b| b.is_ascii_whitespace()) {
+            return Parsed::Invalid;
+        }
+        let value = line[colon + 1..].trim_ascii();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            length = Some(match (length, content_length(value)) {
                 (None, v) => v,
                 (Some(Ok(a)), Ok(b)) if a == b => Ok(a),
                 _ => Err(()),
             });
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default().trim_ascii();
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            let last = value.rsplit(|b| *b == b',').next().unwrap_or_default().trim_ascii();
             chunked_last = Some(last.eq_ignore_ascii_case(b"chunked"));
         }
     }
+}
+
+/// The body framing of a request head, as hyper reads it.
+fn body_framing(length: Option<Result<u64, ()>>, chunked_last: Option<bool>) -> (Framing, State) {
     match (chunked_last, length) {
         (Some(_), Some(_)) => (Framing::Conflict, State::Stopped),
         (Some(true), None) => (Framing::Clean, State::ChunkSize),
@@ -358,6 +370,13 @@ mod tests {
             assert_eq!(v.last(), Some(&Framing::Unreadable), "{:?}", String::from_utf8_lossy(s));
         }
         assert_eq!(verdicts(&[b"GET / HTTP/1.1\r\nContent-Length: 4, 4\r\n\r\nabcd"]), vec![Framing::Clean]);
+        // Many fields (more than the first, small try holds) are read too.
+        let mut many = String::from("POST / HTTP/1.1\r\n");
+        for i in 0..60 {
+            many.push_str(&format!("X-{i}: v\r\n"));
+        }
+        many.push_str("Content-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(verdicts(&[many.as_bytes()]), vec![Framing::Conflict]);
         // A head longer than the limit stops the tracker too.
         let mut t = Tracker::new(64, 10);
         let mut out = VecDeque::new();

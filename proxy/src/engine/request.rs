@@ -269,7 +269,9 @@ async fn steps(engine: &Arc<Engine>, req: Request<Incoming>, client: Option<Sock
         cacheable(&cx).await
     } else {
         let raw_query = parts.uri.query().map(str::to_owned);
-        forward(&cx, body, raw_query, &path).await
+        // Boxed, like every path that goes upstream: the request's future
+        // stays small, and a hit moves fewer bytes.
+        Box::pin(forward(&cx, body, raw_query, &path)).await
     }
 }
 
@@ -397,14 +399,15 @@ async fn cacheable(cx: &Ctx) -> Answer {
         if asked.only_if_cached {
             return local(Local::OnlyIfCached);
         }
-        match fetch(cx, found.key, stale, outcome, alone, distrust).await {
+        // Boxed: the fetch's state is large, and a hit never needs it.
+        match Box::pin(fetch(cx, found.key, stale, outcome, alone, distrust)).await {
             Some(answer) => return answer,
             None => continue,
         }
     }
     // The variant kept changing under us: fetch alone.
     let found = lookup(cx).await;
-    fetch(cx, found.key, None, Outcome::VaryMiss, true, false)
+    Box::pin(fetch(cx, found.key, None, Outcome::VaryMiss, true, false))
         .await
         .unwrap_or_else(|| local(Local::BadRequest("unstable variant")))
 }

@@ -440,10 +440,18 @@ fn rss_kib() -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-// One thread, so the measurement is not inflated by per-thread allocator
-// arenas; the multi-threaded tests above cover the races.
-#[tokio::test]
-async fn a_50_mib_object_streams_through_in_chunks() {
+/// Measures this process's memory, so it runs alone in a process of its own
+/// (`cargo test` runs the other tests of this binary beside it), on one
+/// thread, so per-thread allocator arenas do not inflate it; the
+/// multi-threaded tests above cover the races.
+#[test]
+fn a_50_mib_object_streams_through_in_chunks() {
+    in_own_process("cache::a_50_mib_object_streams_through_in_chunks", || {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(stream_50_mib());
+    });
+}
+
+async fn stream_50_mib() {
     let dir = tempfile::tempdir().unwrap();
     let origin = Origin::start().await;
     let edge =

@@ -185,3 +185,23 @@ where
     }
     panic!("timed out waiting for {what}");
 }
+
+/// Runs `work` in a new process of this test binary running only the test
+/// `name`: for tests that measure their own process.
+pub fn in_own_process(name: &str, work: impl FnOnce()) {
+    const CHILD: &str = "OUTPOST_TEST_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        work();
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{name} failed in its own process");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"), "{name} did not run in its own process");
+}

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use outpost_config::api::PurgeRequest;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -192,18 +193,14 @@ fn main() -> ExitCode {
         }
         Command::Sites { action, control, json } => runtime().and_then(|rt| rt.block_on(sites(action, &control, json))),
         Command::Purge { site, urls, prefix, tags, all, soft, wait, control, json } => {
-            let body = serde_json::json!({
-                "site": site, "urls": urls, "prefix": prefix, "tags": tags, "all": all, "soft": soft, "wait": wait,
-            });
+            let req = PurgeRequest { site, urls, prefix, tags, all, soft, wait, timeout_ms: None };
             runtime().and_then(|rt| {
                 rt.block_on(async {
-                    let v = client::Api::new(&control)?
-                        .call(http::Method::POST, "/v1/purge", body.to_string().into_bytes())
-                        .await?;
+                    let status = client::connect(&control)?.purge(&req).await.map_err(client::explain)?;
                     if json {
-                        println!("{v}")
+                        println!("{}", serde_json::to_string(&status)?);
                     } else {
-                        client::print_purge(&v)
+                        client::print_purge(&status);
                     }
                     Ok(())
                 })
@@ -228,12 +225,11 @@ fn main() -> ExitCode {
         }
         Command::Status { control, json } => runtime().and_then(|rt| {
             rt.block_on(async {
-                let api = client::Api::new(&control)?;
-                let v = api.call(http::Method::GET, "/v1/nodes", Vec::new()).await?;
+                let nodes = client::connect(&control)?.nodes().await.map_err(client::explain)?;
                 if json {
-                    println!("{v}");
+                    println!("{}", serde_json::to_string(&nodes)?);
                 } else {
-                    client::print_nodes(&v);
+                    client::print_nodes(&nodes);
                 }
                 Ok(())
             })
@@ -267,21 +263,22 @@ fn main() -> ExitCode {
 }
 
 async fn sites(action: SitesAction, control: &str, json: bool) -> anyhow::Result<()> {
-    let api = client::Api::new(control)?;
-    let v = match action {
+    let api = client::connect(control)?;
+    let out = match action {
         SitesAction::Push { file } => {
-            let text = std::fs::read(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-            api.call(http::Method::POST, "/v1/sites", text).await?
+            let text = std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            serde_json::to_string(&api.push_site(&text).await.map_err(client::explain)?)?
         }
-        SitesAction::List => api.call(http::Method::GET, "/v1/sites", Vec::new()).await?,
-        SitesAction::Rm { id } => api.call(http::Method::DELETE, &format!("/v1/sites/{id}"), Vec::new()).await?,
+        SitesAction::List => {
+            let sites = api.sites().await.map_err(client::explain)?;
+            if !json {
+                client::print_sites(&sites);
+                return Ok(());
+            }
+            serde_json::to_string(&sites)?
+        }
+        SitesAction::Rm { id } => serde_json::to_string(&api.delete_site(&id).await.map_err(client::explain)?)?,
     };
-    if json {
-        println!("{v}");
-    } else if v.is_array() {
-        client::print_sites(&v);
-    } else {
-        println!("{v}");
-    }
+    println!("{out}");
     Ok(())
 }

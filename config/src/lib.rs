@@ -6,6 +6,7 @@
 //! every problem comes back as `file:line:column: message`, and a file with
 //! any problem yields no config at all, so a bad file never half-applies.
 
+pub mod api;
 mod decode;
 mod diag;
 mod event;

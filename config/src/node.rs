@@ -49,7 +49,8 @@ pub const DEFAULT_LOG_RETENTION: u64 = 100_000;
 /// TTL of geo-DNS answers: short, so a failed PoP drains within half a minute.
 pub const DEFAULT_DNS_TTL: Duration = Duration::from_secs(30);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     Edge,
     Shield,

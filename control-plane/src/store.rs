@@ -41,14 +41,7 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// A stored site.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SiteRecord {
-    pub id: String,
-    pub version: u64,
-    pub toml: String,
-    pub updated_ms: u64,
-}
+pub use outpost_config::api::{NodeRecord, SiteRecord};
 
 /// A purge and when it entered the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,21 +49,6 @@ pub struct PurgeRecord {
     pub purge: Purge,
     pub seq: u64,
     pub at_ms: u64,
-}
-
-/// A node as the registry knows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NodeRecord {
-    pub name: String,
-    pub role: String,
-    pub pop: Option<String>,
-    pub addrs: Vec<String>,
-    /// Highest event sequence the node has applied.
-    pub acked_seq: u64,
-    pub last_contact_ms: u64,
-    /// Requests per second, as the node last reported.
-    #[serde(default)]
-    pub load_rps: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -301,7 +279,7 @@ mod tests {
             s.put_node(&NodeRecord {
                 load_rps: None,
                 name: "edge-1".into(),
-                role: "edge".into(),
+                role: outpost_config::Role::Edge,
                 pop: Some("fra".into()),
                 addrs: vec![],
                 acked_seq: 3,

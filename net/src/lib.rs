@@ -15,7 +15,10 @@
 //! - a graceful shutdown that lets open exchanges finish.
 //!
 //! What a server does with a request is its [`Handler`]'s business.
+//!
+//! [`control`] is the one client of the control-plane API.
 
+pub mod control;
 pub mod h1;
 
 mod conn;

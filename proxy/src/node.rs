@@ -84,7 +84,7 @@ impl Node {
         let subscriber = node.control.as_ref().zip(control_tls).map(|(link, tls)| {
             let me = crate::subscribe::Identity {
                 name: node.name.clone(),
-                role: node.role().as_str().to_string(),
+                role: node.role(),
                 pop: node.pop.as_ref().map(|p| p.name.clone()),
                 addrs: http.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.to_string()).collect(),
             };

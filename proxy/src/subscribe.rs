@@ -14,12 +14,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
-use http::{Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use outpost_config::{Ack, Event, Site, SiteSnapshot, StreamLine};
+use http::Uri;
+use outpost_config::api::StreamQuery;
+use outpost_config::{Ack, Event, Role, Site, SiteSnapshot, StreamLine};
+use outpost_net::control::{ControlClient, Token};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -42,7 +40,7 @@ struct LocalState {
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub name: String,
-    pub role: String,
+    pub role: Role,
     pub pop: Option<String>,
     pub addrs: Vec<String>,
 }
@@ -57,8 +55,6 @@ pub struct Link {
     /// Folder that relative paths in received sites resolve against.
     pub base: PathBuf,
 }
-
-type ControlClient = Client<crate::tls::client::Connector, Full<Bytes>>;
 
 #[derive(Debug)]
 pub struct Subscriber {
@@ -200,11 +196,7 @@ impl Subscriber {
         }
     }
 
-    fn url(&self, path_and_query: &str) -> String {
-        format!("{}{}", self.control.to_string().trim_end_matches('/'), path_and_query)
-    }
-
-    async fn ack(&self, client: &ControlClient, token: &str, seq: u64) {
+    async fn ack(&self, client: &ControlClient, seq: u64) {
         let load_rps = {
             let served = self.engine.metrics.served();
             let mut last = self.last_load.lock().unwrap_or_else(|p| p.into_inner());
@@ -213,74 +205,50 @@ impl Subscriber {
             let secs = at.elapsed().as_secs_f64();
             (secs >= 0.5).then(|| ((served.saturating_sub(count)) as f64 / secs).round() as u64)
         };
-        let body = serde_json::to_vec(&Ack { node: self.me.name.clone(), seq, load_rps }).unwrap_or_default();
-        let req = Request::post(self.url("/v1/ack"))
-            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)));
-        if let Ok(req) = req
-            && let Ok(Ok(resp)) = tokio::time::timeout(DEAD_AFTER, client.request(req)).await
-        {
-            let _ = resp.into_body().collect().await;
+        if let Err(e) = client.ack(&Ack { node: self.me.name.clone(), seq, load_rps }).await {
+            tracing::debug!(node = %self.me.name, error = %e, "acknowledgement not taken");
         }
+    }
+
+    fn heard(&self) {
+        self.last_contact.store(now_ms(), Ordering::Release);
+        self.engine.control_contact();
     }
 
     /// One connection: stream until it ends or goes silent.
     async fn follow(&self, client: &ControlClient) -> Result<(), String> {
-        let token = std::fs::read_to_string(&self.token_file)
-            .map_err(|e| format!("node token `{}`: {e}", self.token_file.display()))?
-            .trim()
-            .to_string();
-        let q = format!(
-            "/v1/events?after={}&node={}&role={}{}&addrs={}",
-            self.seq(),
-            self.me.name,
-            self.me.role,
-            self.me.pop.as_ref().map_or(String::new(), |p| format!("&pop={p}")),
-            self.me.addrs.join(",")
-        );
-        let req = Request::get(self.url(&q))
-            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| e.to_string())?;
-        let resp = tokio::time::timeout(DEAD_AFTER, client.request(req))
-            .await
-            .map_err(|_| "connect timed out".to_string())?
-            .map_err(|e| e.to_string())?;
-        if resp.status() != StatusCode::OK {
-            return Err(format!("the control plane answered {}", resp.status()));
-        }
-        self.last_contact.store(now_ms(), Ordering::Release);
-        self.engine.control_contact();
+        let query = StreamQuery {
+            after: self.seq(),
+            node: self.me.name.clone(),
+            role: self.me.role,
+            pop: self.me.pop.clone(),
+            addrs: self.me.addrs.join(","),
+        };
+        let mut stream = client.events(&query).await.map_err(|e| e.to_string())?;
+        self.heard();
         // Report where we stand (a heartbeat from this side too).
-        self.ack(client, &token, self.seq()).await;
-        let mut body = resp.into_body();
-        let mut buf = BytesMut::new();
+        self.ack(client, self.seq()).await;
+        let mut unacked = false;
         loop {
-            let frame = match tokio::time::timeout(DEAD_AFTER, body.frame()).await {
+            let line = match tokio::time::timeout(DEAD_AFTER, stream.next()).await {
                 Err(_) => return Err("no heartbeat from the control plane".into()),
                 Ok(None) => return Err("the stream ended".into()),
-                Ok(Some(Err(e))) => return Err(e.to_string()),
-                Ok(Some(Ok(f))) => f,
-            };
-            let Ok(data) = frame.into_data() else { continue };
-            self.last_contact.store(now_ms(), Ordering::Release);
-            self.engine.control_contact();
-            buf.extend_from_slice(&data);
-            let mut applied = None;
-            let mut heartbeat = false;
-            while let Some(i) = buf.iter().position(|b| *b == b'\n') {
-                let line = buf.split_to(i + 1);
-                match serde_json::from_slice::<StreamLine>(&line[..i]) {
-                    Ok(StreamLine::Heartbeat { .. }) => heartbeat = true,
-                    Ok(l) => applied = self.apply(l).await.or(applied),
-                    Err(e) => tracing::warn!(error = %e, "unreadable line from the control plane"),
+                Ok(Some(Err(e))) if e.is_retryable() => return Err(e.to_string()),
+                Ok(Some(Err(e))) => {
+                    tracing::warn!(error = %e, "unreadable line from the control plane");
+                    continue;
                 }
-            }
-            if let Some(seq) = applied {
-                self.ack(client, &token, seq).await;
-            } else if heartbeat {
-                self.ack(client, &token, self.seq()).await;
+                Ok(Some(Ok(line))) => line,
+            };
+            self.heard();
+            unacked |= match line {
+                StreamLine::Heartbeat { .. } => true,
+                line => self.apply(line).await.is_some(),
+            };
+            // A backlog is acknowledged once, after its last line.
+            if unacked && !stream.has_line() {
+                self.ack(client, self.seq()).await;
+                unacked = false;
             }
         }
     }
@@ -288,12 +256,12 @@ impl Subscriber {
     /// Follows the control plane until `shutdown`, reconnecting as needed.
     pub fn start(self: Arc<Self>, shutdown: CancellationToken) {
         tokio::spawn(async move {
-            let connector = crate::tls::client::connector(
+            let client = ControlClient::new(
+                &self.control.to_string(),
+                Token::File(self.token_file.clone()),
                 Arc::clone(&self.tls),
-                crate::resolve::Resolve::system(),
-                Duration::from_secs(2),
-            );
-            let client: ControlClient = Client::builder(TokioExecutor::new()).build(connector);
+            )
+            .with_timeout(DEAD_AFTER);
             let mut backoff = Duration::from_millis(100);
             loop {
                 let result = tokio::select! {

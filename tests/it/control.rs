@@ -372,6 +372,81 @@ async fn the_registry_holds_only_what_nodes_can_truly_claim_and_forgets_the_sile
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_api_type_round_trips_through_the_real_server() {
+    use outpost_config::api::{PurgeRequest, StreamQuery};
+    use outpost_config::{Ack, Event, PurgeTarget, Role, StreamLine};
+    use outpost_net::control::{ClientError, ControlClient, Token};
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let (addr, _) = start_control(dir.path(), &stop).await;
+    let tls = outpost_proxy::tls::client_config(&[], None).unwrap();
+    let base = format!("http://{addr}");
+    let admin = ControlClient::new(&base, Token::File(dir.path().join("admin.token")), Arc::clone(&tls));
+    let node = ControlClient::new(&base, Token::File(dir.path().join("node.token")), Arc::clone(&tls));
+
+    assert_eq!(admin.health().await.unwrap().seq, 0);
+    let text = "[site]\nid = \"rt\"\nhosts = [\"rt.test\", \"*.rt.test\"]\n[[origin]]\nurl = \"http://127.0.0.1:9\"\n";
+    let stored = admin.push_site(text).await.unwrap();
+    assert_eq!((stored.id.as_str(), stored.version, stored.seq), ("rt", 1, 1));
+    assert_eq!(admin.push_site(text).await.unwrap(), stored, "the same text is not a new version");
+    let sites = admin.sites().await.unwrap();
+    assert_eq!(sites.len(), 1);
+    assert_eq!(sites[0].hosts, ["rt.test", "*.rt.test"]);
+    let record = admin.site("rt").await.unwrap();
+    assert_eq!((record.toml.as_str(), record.version), (text, 1));
+
+    // A node's stream: the backlog, then a heartbeat; its acknowledgement
+    // shows in the registry.
+    let query = StreamQuery {
+        after: 0,
+        node: "edge-rt".into(),
+        role: Role::Edge,
+        pop: Some("fra".into()),
+        addrs: "127.0.0.1:8080,[::1]:8080".into(),
+    };
+    let mut stream = node.events(&query).await.unwrap();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(
+        matches!(&first, StreamLine::Event { record } if record.seq == 1 && matches!(&record.event, Event::SiteUpserted { site_id, version: 1, .. } if site_id == "rt"))
+    );
+    assert!(matches!(stream.next().await.unwrap().unwrap(), StreamLine::Heartbeat { seq: 1 }));
+    node.ack(&Ack { node: "edge-rt".into(), seq: 1, load_rps: Some(42) }).await.unwrap();
+    let nodes = node.nodes().await.unwrap();
+    let n = &nodes[0];
+    assert_eq!((n.node.name.as_str(), n.node.role, n.node.pop.as_deref()), ("edge-rt", Role::Edge, Some("fra")));
+    assert_eq!(n.node.addrs, ["127.0.0.1:8080", "[::1]:8080"]);
+    assert_eq!((n.node.acked_seq, n.lag, n.connected, n.node.load_rps), (1, 0, true, Some(42)));
+
+    // A purge, its report, and its event on the stream.
+    let req = PurgeRequest { site: "rt".into(), urls: vec!["/café".into()], ..PurgeRequest::default() };
+    let purge = admin.purge(&req).await.unwrap();
+    assert_eq!(purge.target, PurgeTarget::Urls { urls: vec!["/caf%C3%A9".into()] });
+    assert_eq!((purge.site.as_str(), purge.seq, purge.soft), ("rt", 2, false));
+    assert_eq!(admin.purge_status(&purge.id).await.unwrap().id, purge.id);
+    let line = stream.next().await.unwrap().unwrap();
+    assert!(
+        matches!(line, StreamLine::Event { record } if matches!(&record.event, Event::Purge(p) if p.id == purge.id))
+    );
+
+    let deleted = admin.delete_site("rt").await.unwrap();
+    assert_eq!((deleted.id.as_str(), deleted.deleted, deleted.seq), ("rt", true, 3));
+    let line = stream.next().await.unwrap().unwrap();
+    assert!(matches!(line, StreamLine::Event { record } if matches!(&record.event, Event::SiteDeleted { .. })));
+
+    // Errors come back typed.
+    let e = admin.site("nope").await.unwrap_err();
+    assert!(matches!(&e, ClientError::Api { status: 404, error, .. } if error == "not_found"), "{e}");
+    let e = admin.purge(&PurgeRequest { site: "rt".into(), ..PurgeRequest::default() }).await.unwrap_err();
+    assert!(matches!(&e, ClientError::Api { status: 400, error, .. } if error == "invalid_purge"), "{e}");
+    let wrong = ControlClient::new(&base, Token::Value("wrong".into()), Arc::clone(&tls));
+    assert!(wrong.sites().await.unwrap_err().is_unauthorized());
+    assert!(node.sites().await.unwrap_err().is_unauthorized(), "the node token is not an admin token");
+    let gone = ControlClient::new("http://127.0.0.1:9", Token::Value("x".into()), tls);
+    assert!(matches!(gone.health().await.unwrap_err(), ClientError::Unreachable { .. }));
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_calls_get_401_401_400_and_change_nothing() {
     let cdn = cdn().await;
     let no_token = call(Method::POST, &cdn.api("/v1/sites"), None, None, &site(cdn.origin)).await;

@@ -13,24 +13,13 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
+use outpost_config::Role;
+use outpost_config::api::StreamQuery;
 use outpost_config::{Ack, SiteSnapshot, StreamLine};
-use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::{ApiError, Control, HEARTBEAT};
 use crate::store::{NodeRecord, now_ms};
-
-#[derive(Debug, Deserialize)]
-pub(super) struct StreamQuery {
-    #[serde(default)]
-    after: u64,
-    node: String,
-    role: String,
-    pop: Option<String>,
-    /// Comma-separated addresses the node serves on.
-    #[serde(default)]
-    addrs: String,
-}
 
 /// Counts a node's open streams down when one ends.
 struct Connection {
@@ -94,7 +83,7 @@ pub(super) async fn stream(
             "node must be 1 to 63 letters, digits or hyphens",
         ));
     }
-    if !matches!(q.role.as_str(), "edge" | "shield") {
+    if !matches!(q.role, Role::Edge | Role::Shield) {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_role", "role must be `edge` or `shield`"));
     }
     if q.pop.as_deref().is_some_and(|p| !valid_name(p)) {
@@ -129,7 +118,7 @@ pub(super) async fn stream(
     let previous = store.nodes().map_err(ApiError::internal)?.remove(&q.node);
     let node = NodeRecord {
         name: q.node.clone(),
-        role: q.role.clone(),
+        role: q.role,
         pop: q.pop.clone(),
         addrs,
         // Never ahead of the log: a node cannot claim events that do not exist.

@@ -8,16 +8,16 @@ use axum::Json;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use outpost_config::{PurgeTarget, Site};
-use serde::{Deserialize, Serialize};
+use outpost_config::Site;
+use outpost_config::api::{Deleted, Health, NodeStatus, PurgeRequest, PurgeStatus, SiteSummary, Stored};
 
 use super::{ApiError, Control, DEFAULT_PURGE_WAIT};
 use crate::store::{PurgeRecord, now_ms};
 
 type Shared = State<Arc<Control>>;
 
-pub(super) async fn healthz(State(c): Shared) -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok", "seq": c.store.last_seq().unwrap_or(0)}))
+pub(super) async fn healthz(State(c): Shared) -> Json<Health> {
+    Json(Health { status: "ok".into(), seq: c.store.last_seq().unwrap_or(0) })
 }
 
 pub(super) async fn metrics(State(c): Shared) -> Response {
@@ -29,14 +29,6 @@ pub(super) async fn metrics(State(c): Shared) -> Response {
 
 pub(super) async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see /v1/sites, /v1/purge, /v1/nodes")
-}
-
-#[derive(Serialize)]
-pub(super) struct SiteSummary {
-    id: String,
-    version: u64,
-    updated_ms: u64,
-    hosts: Vec<String>,
 }
 
 pub(super) async fn list_sites(State(c): Shared, headers: HeaderMap) -> Result<Json<Vec<SiteSummary>>, ApiError> {
@@ -65,14 +57,6 @@ pub(super) async fn get_site(
         Some(s) => Ok(Json(s).into_response()),
         None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no site `{id}`"))),
     }
-}
-
-/// What storing a site answers.
-#[derive(Debug, Serialize)]
-pub struct Stored {
-    pub id: String,
-    pub version: u64,
-    pub seq: u64,
 }
 
 /// Validates a site file's text with the config crate; every problem is
@@ -171,63 +155,10 @@ pub(super) async fn delete_site(
         Some(rec) => {
             let seq = rec.seq;
             c.publish(rec);
-            Ok(Json(serde_json::json!({"id": id, "deleted": true, "seq": seq})).into_response())
+            Ok(Json(Deleted { id, deleted: true, seq }).into_response())
         }
         None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no site `{id}`"))),
     }
-}
-
-/// `POST /v1/purge`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct PurgeRequest {
-    site: String,
-    #[serde(default)]
-    pub urls: Vec<String>,
-    pub prefix: Option<String>,
-    #[serde(default)]
-    pub tags: Vec<String>,
-    #[serde(default)]
-    pub all: bool,
-    #[serde(default)]
-    pub soft: bool,
-    #[serde(default)]
-    pub wait: bool,
-    pub timeout_ms: Option<u64>,
-}
-
-impl PurgeRequest {
-    fn target(&self) -> Result<PurgeTarget, String> {
-        let chosen = [!self.urls.is_empty(), self.prefix.is_some(), !self.tags.is_empty(), self.all];
-        if chosen.iter().filter(|x| **x).count() != 1 {
-            return Err("give exactly one of `urls`, `prefix`, `tags` or `all`".into());
-        }
-        let t = if !self.urls.is_empty() {
-            PurgeTarget::Urls { urls: self.urls.clone() }
-        } else if let Some(p) = &self.prefix {
-            PurgeTarget::Prefix { prefix: p.clone() }
-        } else if !self.tags.is_empty() {
-            PurgeTarget::Tags { tags: self.tags.clone() }
-        } else {
-            PurgeTarget::All
-        };
-        // Stored and sent to nodes as requests are keyed.
-        t.normalized()
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub(super) struct PurgeStatus {
-    pub id: String,
-    pub seq: u64,
-    site: String,
-    pub target: PurgeTarget,
-    pub soft: bool,
-    pub at_ms: u64,
-    /// Nodes that applied it.
-    pub acked: Vec<String>,
-    /// Connected nodes that have not yet.
-    pub pending: Vec<String>,
 }
 
 fn status(c: &Control, p: &PurgeRecord) -> Result<PurgeStatus, ApiError> {
@@ -302,16 +233,7 @@ pub(super) async fn get_purge(
     }
 }
 
-#[derive(Serialize)]
-struct NodeStatus {
-    #[serde(flatten)]
-    node: crate::store::NodeRecord,
-    connected: bool,
-    lag: u64,
-    since_contact_ms: u64,
-}
-
-pub(super) async fn nodes(State(c): Shared, headers: HeaderMap) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+pub(super) async fn nodes(State(c): Shared, headers: HeaderMap) -> Result<Json<Vec<NodeStatus>>, ApiError> {
     // Read by operators and by DNS servers (with the node token).
     c.admin(&headers).or_else(|_| c.node(&headers))?;
     let last = c.store.last_seq().map_err(ApiError::internal)?;
@@ -326,7 +248,7 @@ pub(super) async fn nodes(State(c): Shared, headers: HeaderMap) -> Result<Json<V
             since_contact_ms: now.saturating_sub(n.last_contact_ms),
             node: n,
         };
-        out.push(serde_json::to_value(s).map_err(ApiError::internal)?);
+        out.push(s);
     }
     Ok(Json(out))
 }

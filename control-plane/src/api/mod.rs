@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use outpost_config::EventRecord;
-use serde::Serialize;
+use outpost_config::api::{ErrorBody, paths};
 use tokio::sync::{broadcast, watch};
 
 use crate::store::Store;
@@ -51,15 +51,9 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: &'a str,
-    detail: &'a str,
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(ErrorBody { error: self.error, detail: &self.detail })).into_response()
+        (self.status, Json(ErrorBody { error: self.error.to_string(), detail: self.detail })).into_response()
     }
 }
 
@@ -263,15 +257,15 @@ fn check(headers: &HeaderMap, expected: &str) -> Result<(), ApiError> {
 /// The API's routes.
 pub fn router(control: Arc<Control>) -> Router {
     Router::new()
-        .route("/healthz", get(handlers::healthz))
-        .route("/metrics", get(handlers::metrics))
-        .route("/v1/sites", get(handlers::list_sites).post(handlers::put_site))
-        .route("/v1/sites/{id}", get(handlers::get_site).put(handlers::put_site_id).delete(handlers::delete_site))
-        .route("/v1/purge", post(handlers::purge))
-        .route("/v1/purges/{id}", get(handlers::get_purge))
-        .route("/v1/nodes", get(handlers::nodes))
-        .route("/v1/events", get(events::stream))
-        .route("/v1/ack", post(events::ack))
+        .route(paths::HEALTH, get(handlers::healthz))
+        .route(paths::METRICS, get(handlers::metrics))
+        .route(paths::SITES, get(handlers::list_sites).post(handlers::put_site))
+        .route(&paths::site("{id}"), get(handlers::get_site).put(handlers::put_site_id).delete(handlers::delete_site))
+        .route(paths::PURGE, post(handlers::purge))
+        .route(&paths::purge("{id}"), get(handlers::get_purge))
+        .route(paths::NODES, get(handlers::nodes))
+        .route(paths::EVENTS, get(events::stream))
+        .route(paths::ACK, post(events::ack))
         .fallback(handlers::not_found)
         .route_layer(axum::middleware::from_fn(count_requests))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))

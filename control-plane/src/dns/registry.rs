@@ -11,16 +11,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use serde::Deserialize;
+use http::Uri;
+use outpost_config::api::NodeStatus;
+use outpost_config::{DnsPop, Role};
+use outpost_net::control::{ControlClient, Token};
 use tokio_util::sync::CancellationToken;
-
-use outpost_config::DnsPop;
 
 use super::server::GeoDns;
 
@@ -43,29 +38,19 @@ pub struct RegistryLink {
     pub pops: Vec<DnsPop>,
 }
 
-#[derive(Debug, Deserialize)]
-struct NodeEntry {
-    role: String,
-    pop: Option<String>,
-    #[serde(default)]
-    addrs: Vec<String>,
-    connected: bool,
-    since_contact_ms: u64,
-}
-
 /// Healthy edge addresses by PoP, from a registry listing: only PoPs this
 /// server knows, and only addresses the PoP's `edges` or `networks` allow
 /// (a registered address outside them is counted in `rejected`, never
 /// answered).
-fn healthy_edges(nodes: &[NodeEntry], pops: &[DnsPop], rejected: &mut Vec<String>) -> BTreeMap<String, Vec<IpAddr>> {
+fn healthy_edges(nodes: &[NodeStatus], pops: &[DnsPop], rejected: &mut Vec<String>) -> BTreeMap<String, Vec<IpAddr>> {
     let mut out: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
-    for n in nodes.iter().filter(|n| n.role == "edge") {
-        let Some(pop) = n.pop.as_ref().and_then(|p| pops.iter().find(|x| x.name == *p)) else { continue };
+    for n in nodes.iter().filter(|n| n.node.role == Role::Edge) {
+        let Some(pop) = n.node.pop.as_ref().and_then(|p| pops.iter().find(|x| x.name == *p)) else { continue };
         let entry = out.entry(pop.name.clone()).or_default();
         if !(n.connected || n.since_contact_ms < FRESH.as_millis() as u64) {
             continue;
         }
-        for a in &n.addrs {
+        for a in &n.node.addrs {
             let ip = a.parse::<std::net::SocketAddr>().map(|s| s.ip()).or_else(|_| a.parse::<IpAddr>());
             match ip {
                 Ok(ip) if ip.is_unspecified() || entry.contains(&ip) => {}
@@ -77,41 +62,14 @@ fn healthy_edges(nodes: &[NodeEntry], pops: &[DnsPop], rejected: &mut Vec<String
     out
 }
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
-
-async fn read(client: &HttpsClient, link: &RegistryLink) -> Result<Vec<NodeEntry>, String> {
-    let token = std::fs::read_to_string(&link.token_file)
-        .map_err(|e| format!("node token `{}`: {e}", link.token_file.display()))?;
-    let url = format!("{}/v1/nodes", link.url.to_string().trim_end_matches('/'));
-    let req = Request::get(url)
-        .header(http::header::AUTHORIZATION, format!("Bearer {}", token.trim()))
-        .body(Empty::new())
-        .map_err(|e| e.to_string())?;
-    let resp = tokio::time::timeout(TIMEOUT, client.request(req))
-        .await
-        .map_err(|_| "no answer in time".to_string())?
-        .map_err(|e| e.to_string())?;
-    if resp.status() != StatusCode::OK {
-        return Err(format!("the control plane answered {}", resp.status()));
-    }
-    let body = tokio::time::timeout(TIMEOUT, resp.into_body().collect())
-        .await
-        .map_err(|_| "no answer in time".to_string())?
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    serde_json::from_slice(&body).map_err(|e| format!("unreadable registry: {e}"))
-}
-
 /// Follows the registry until `shutdown`, steering by what it says about
 /// the link's PoPs.
 pub fn follow(dns: Arc<GeoDns>, link: RegistryLink, shutdown: CancellationToken) {
     tokio::spawn(async move {
         let mut last_rejected: Vec<String> = Vec::new();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(TIMEOUT));
-        let connector = hyper_rustls::HttpsConnector::from((http, Arc::clone(&link.tls)));
-        let client: HttpsClient = Client::builder(TokioExecutor::new()).build(connector);
+        let client =
+            ControlClient::new(&link.url.to_string(), Token::File(link.token_file.clone()), Arc::clone(&link.tls))
+                .with_timeout(TIMEOUT);
         let mut tick = tokio::time::interval(POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
@@ -120,7 +78,7 @@ pub fn follow(dns: Arc<GeoDns>, link: RegistryLink, shutdown: CancellationToken)
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            match read(&client, &link).await {
+            match client.nodes().await {
                 Ok(nodes) => {
                     if failing {
                         tracing::info!("node registry reachable again");
@@ -156,12 +114,19 @@ pub fn follow(dns: Arc<GeoDns>, link: RegistryLink, shutdown: CancellationToken)
 mod tests {
     use super::*;
 
-    fn node(role: &str, pop: &str, addr: &str, connected: bool, since: u64) -> NodeEntry {
-        NodeEntry {
-            role: role.into(),
-            pop: Some(pop.into()),
-            addrs: vec![addr.into()],
+    fn node(role: Role, pop: &str, addr: &str, connected: bool, since: u64) -> NodeStatus {
+        NodeStatus {
+            node: outpost_config::api::NodeRecord {
+                name: format!("{pop}-{addr}"),
+                role,
+                pop: Some(pop.into()),
+                addrs: vec![addr.into()],
+                acked_seq: 0,
+                last_contact_ms: 0,
+                load_rps: None,
+            },
             connected,
+            lag: 0,
             since_contact_ms: since,
         }
     }
@@ -169,11 +134,11 @@ mod tests {
     #[test]
     fn only_live_edges_are_answered_and_dead_pops_empty() {
         let nodes = [
-            node("edge", "fra", "127.0.0.11:8080", true, 60_000),
-            node("edge", "fra", "127.0.0.14:8080", false, 1_000),
-            node("edge", "iad", "127.0.0.12:8080", false, 60_000),
-            node("shield", "fra", "127.0.0.1:8101", true, 0),
-            node("edge", "sin", "0.0.0.0:8080", true, 0),
+            node(Role::Edge, "fra", "127.0.0.11:8080", true, 60_000),
+            node(Role::Edge, "fra", "127.0.0.14:8080", false, 1_000),
+            node(Role::Edge, "iad", "127.0.0.12:8080", false, 60_000),
+            node(Role::Shield, "fra", "127.0.0.1:8101", true, 0),
+            node(Role::Edge, "sin", "0.0.0.0:8080", true, 0),
         ];
         let pops = pops();
         let mut rejected = Vec::new();
@@ -200,11 +165,11 @@ mod tests {
     #[test]
     fn a_registered_address_outside_the_pops_edges_and_networks_is_never_answered() {
         let nodes = [
-            node("edge", "fra", "127.0.0.11:8080", true, 0),
-            node("edge", "fra", "6.6.6.6:80", true, 0),
-            node("edge", "iad", "127.0.0.12:8080", true, 0),
-            node("edge", "iad", "127.0.0.99:8080", true, 0),
-            node("edge", "nowhere", "127.0.0.11:8080", true, 0),
+            node(Role::Edge, "fra", "127.0.0.11:8080", true, 0),
+            node(Role::Edge, "fra", "6.6.6.6:80", true, 0),
+            node(Role::Edge, "iad", "127.0.0.12:8080", true, 0),
+            node(Role::Edge, "iad", "127.0.0.99:8080", true, 0),
+            node(Role::Edge, "nowhere", "127.0.0.11:8080", true, 0),
         ];
         let mut rejected = Vec::new();
         let h = healthy_edges(&nodes, &pops(), &mut rejected);

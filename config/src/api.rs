@@ -1,0 +1,233 @@
+//! The control plane's HTTP API on the wire: every path, request and
+//! response body, and registry entry, as the server answers them and as the
+//! CLI, the nodes' subscriber and the DNS servers read them. One definition
+//! for all of them: a renamed field is a compile error everywhere at once.
+//! The event stream's lines ([`StreamLine`](crate::StreamLine)) and
+//! acknowledgements ([`Ack`](crate::Ack)) live beside the events.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{PurgeTarget, Role};
+
+/// The API's paths.
+pub mod paths {
+    pub const SITES: &str = "/v1/sites";
+    pub const PURGE: &str = "/v1/purge";
+    pub const NODES: &str = "/v1/nodes";
+    pub const EVENTS: &str = "/v1/events";
+    pub const ACK: &str = "/v1/ack";
+    pub const HEALTH: &str = "/healthz";
+    pub const METRICS: &str = "/metrics";
+
+    /// One site.
+    pub fn site(id: &str) -> String {
+        format!("{SITES}/{id}")
+    }
+
+    /// One purge's report.
+    pub fn purge(id: &str) -> String {
+        format!("/v1/purges/{id}")
+    }
+}
+
+/// `GET /v1/sites`: one line per site.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteSummary {
+    pub id: String,
+    pub version: u64,
+    pub updated_ms: u64,
+    pub hosts: Vec<String>,
+}
+
+/// `GET /v1/sites/{id}`: a stored site file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteRecord {
+    pub id: String,
+    pub version: u64,
+    pub toml: String,
+    pub updated_ms: u64,
+}
+
+/// `POST /v1/sites`, `PUT /v1/sites/{id}`: what was stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stored {
+    pub id: String,
+    pub version: u64,
+    /// The event that carries it (the log's end, when nothing changed).
+    pub seq: u64,
+}
+
+/// `DELETE /v1/sites/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deleted {
+    pub id: String,
+    pub deleted: bool,
+    pub seq: u64,
+}
+
+/// `POST /v1/purge`: exactly one of `urls`, `prefix`, `tags` and `all`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeRequest {
+    pub site: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all: bool,
+    /// Mark stale (revalidate) instead of removing.
+    #[serde(default)]
+    pub soft: bool,
+    /// Answer once every connected node applied it, or at the timeout.
+    #[serde(default)]
+    pub wait: bool,
+    /// How long `wait` waits. Default: 5 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+impl PurgeRequest {
+    /// What it purges, normalised as requests are keyed; the message says
+    /// what is wrong otherwise.
+    pub fn target(&self) -> Result<PurgeTarget, String> {
+        let chosen = [!self.urls.is_empty(), self.prefix.is_some(), !self.tags.is_empty(), self.all];
+        if chosen.iter().filter(|x| **x).count() != 1 {
+            return Err("give exactly one of `urls`, `prefix`, `tags` or `all`".into());
+        }
+        let t = if !self.urls.is_empty() {
+            PurgeTarget::Urls { urls: self.urls.clone() }
+        } else if let Some(p) = &self.prefix {
+            PurgeTarget::Prefix { prefix: p.clone() }
+        } else if !self.tags.is_empty() {
+            PurgeTarget::Tags { tags: self.tags.clone() }
+        } else {
+            PurgeTarget::All
+        };
+        t.normalized()
+    }
+}
+
+/// A purge and who has applied it (`POST /v1/purge`, `GET /v1/purges/{id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgeStatus {
+    pub id: String,
+    pub seq: u64,
+    pub site: String,
+    pub target: PurgeTarget,
+    pub soft: bool,
+    pub at_ms: u64,
+    /// Nodes that applied it.
+    pub acked: Vec<String>,
+    /// Connected nodes that have not yet.
+    pub pending: Vec<String>,
+}
+
+/// A node as the registry keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub name: String,
+    pub role: Role,
+    pub pop: Option<String>,
+    /// Where it serves, `ip:port`.
+    pub addrs: Vec<String>,
+    /// Highest event sequence it has applied.
+    pub acked_seq: u64,
+    pub last_contact_ms: u64,
+    /// Requests per second, as it last reported.
+    #[serde(default)]
+    pub load_rps: Option<u64>,
+}
+
+/// `GET /v1/nodes`: a registry entry and how the node stands now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    #[serde(flatten)]
+    pub node: NodeRecord,
+    /// Its event stream is open.
+    pub connected: bool,
+    /// Events it has not applied yet.
+    pub lag: u64,
+    pub since_contact_ms: u64,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    /// The log's end.
+    pub seq: u64,
+}
+
+/// Every error: a machine-readable word and a sentence, with its status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    pub detail: String,
+}
+
+/// `GET /v1/events?…`: who is subscribing, from where in the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamQuery {
+    /// The last sequence the node applied.
+    #[serde(default)]
+    pub after: u64,
+    pub node: String,
+    pub role: Role,
+    #[serde(default)]
+    pub pop: Option<String>,
+    /// Comma-separated `ip:port` addresses the node serves on.
+    #[serde(default)]
+    pub addrs: String,
+}
+
+impl StreamQuery {
+    /// The path and query string of the request.
+    pub fn path_and_query(&self) -> String {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        q.append_pair("after", &self.after.to_string());
+        q.append_pair("node", &self.node);
+        q.append_pair("role", self.role.as_str());
+        if let Some(p) = &self.pop {
+            q.append_pair("pop", p);
+        }
+        q.append_pair("addrs", &self.addrs);
+        format!("{}?{}", paths::EVENTS, q.finish())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_purge_request_names_one_target() {
+        let base = PurgeRequest { site: "s".into(), ..PurgeRequest::default() };
+        assert!(base.target().is_err(), "none");
+        let all = PurgeRequest { all: true, ..base.clone() };
+        assert_eq!(all.target(), Ok(PurgeTarget::All));
+        let two = PurgeRequest { all: true, tags: vec!["t".into()], ..base.clone() };
+        assert!(two.target().is_err());
+        let json = serde_json::to_string(&all).unwrap();
+        assert_eq!(json, r#"{"site":"s","all":true,"soft":false,"wait":false}"#);
+        assert_eq!(serde_json::from_str::<PurgeRequest>(&json).unwrap(), all);
+        assert!(serde_json::from_str::<PurgeRequest>(r#"{"site":"s","al":true}"#).is_err(), "unknown fields");
+    }
+
+    #[test]
+    fn a_stream_query_is_encoded() {
+        let q = StreamQuery {
+            after: 7,
+            node: "edge-1".into(),
+            role: Role::Edge,
+            pop: Some("fra".into()),
+            addrs: "[::1]:80,127.0.0.1:80".into(),
+        };
+        assert_eq!(
+            q.path_and_query(),
+            "/v1/events?after=7&node=edge-1&role=edge&pop=fra&addrs=%5B%3A%3A1%5D%3A80%2C127.0.0.1%3A80"
+        );
+    }
+}

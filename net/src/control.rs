@@ -1,0 +1,282 @@
+//! The one client of the control-plane API, used by the operator's CLI,
+//! every node's subscriber and the DNS servers: typed calls over the wire
+//! types of `outpost_config::api`, a token (given, or read from its file at
+//! every call, so a replaced token is picked up), TLS for `https://`, a
+//! timeout per call, and retries for reads that could not connect.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{AUTHORIZATION, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use outpost_config::api::{
+    Deleted, ErrorBody, Health, NodeStatus, PurgeRequest, PurgeStatus, SiteRecord, SiteSummary, Stored, StreamQuery,
+    paths,
+};
+use outpost_config::{Ack, StreamLine};
+use serde::de::DeserializeOwned;
+
+/// How long one call may take, unless the caller says otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connecting to the control plane on a healthy network is quick.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Attempts at a read whose connection failed, and the first pause between.
+const READ_ATTEMPTS: u32 = 3;
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// Where the bearer token comes from.
+#[derive(Debug, Clone)]
+pub enum Token {
+    Value(String),
+    /// Read at every call (trimmed), so a replaced token is used at once.
+    File(PathBuf),
+}
+
+impl Token {
+    fn read(&self) -> Result<String, ClientError> {
+        match self {
+            Token::Value(t) => Ok(t.trim().to_string()),
+            Token::File(path) => std::fs::read_to_string(path)
+                .map(|t| t.trim().to_string())
+                .map_err(|e| ClientError::Token(format!("`{}`: {e}", path.display()))),
+        }
+    }
+}
+
+/// Why a call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the control plane at {url}: {cause}")]
+    Unreachable { url: String, cause: String },
+    #[error("the control plane at {url} did not answer within {secs} s")]
+    Timeout { url: String, secs: u64 },
+    #[error("{error} ({status}): {detail}")]
+    Api { status: u16, error: String, detail: String },
+    #[error("unexpected answer from the control plane: {0}")]
+    Decode(String),
+    #[error("token {0}")]
+    Token(String),
+}
+
+impl ClientError {
+    /// The control plane refused the token.
+    pub fn is_unauthorized(&self) -> bool {
+        matches!(self, ClientError::Api { status: 401, .. })
+    }
+
+    /// Trying again (or another replica) may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClientError::Unreachable { .. } | ClientError::Timeout { .. } => true,
+            ClientError::Api { status, .. } => *status >= 500,
+            ClientError::Decode(_) | ClientError::Token(_) => false,
+        }
+    }
+}
+
+type Https = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// A client of one control plane.
+#[derive(Debug, Clone)]
+pub struct ControlClient {
+    base: String,
+    token: Token,
+    timeout: Duration,
+    http: Client<Https, Full<Bytes>>,
+}
+
+impl ControlClient {
+    /// A client of the control plane at `base` (`http://` or `https://`,
+    /// verified with `tls`).
+    pub fn new(base: &str, token: Token, tls: Arc<rustls::ClientConfig>) -> ControlClient {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        http.set_nodelay(true);
+        let connector = Https::from((http, tls));
+        let http = Client::builder(TokioExecutor::new()).build(connector);
+        ControlClient { base: base.trim_end_matches('/').to_string(), token, timeout: DEFAULT_TIMEOUT, http }
+    }
+
+    /// How long each call may take (the event stream: until its head).
+    /// Default: [`DEFAULT_TIMEOUT`].
+    pub fn with_timeout(mut self, timeout: Duration) -> ControlClient {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    async fn send_once(&self, method: &Method, path: &str, body: &[u8]) -> Result<Response<Incoming>, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = Request::builder()
+            .method(method.clone())
+            .uri(&url)
+            .header(AUTHORIZATION, format!("Bearer {}", self.token.read()?));
+        if !body.is_empty() {
+            req = req.header(CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::copy_from_slice(body)))
+            .map_err(|e| ClientError::Unreachable { url: url.clone(), cause: e.to_string() })?;
+        match tokio::time::timeout(self.timeout, self.http.request(req)).await {
+            Err(_) => Err(ClientError::Timeout { url, secs: self.timeout.as_secs() }),
+            Ok(Err(e)) => Err(ClientError::Unreachable { url, cause: cause_chain(&e) }),
+            Ok(Ok(resp)) => Ok(resp),
+        }
+    }
+
+    /// Sends a request; reads that could not connect are tried again.
+    async fn send(&self, method: Method, path: &str, body: &[u8]) -> Result<Response<Incoming>, ClientError> {
+        let attempts = if method == Method::GET { READ_ATTEMPTS } else { 1 };
+        let mut pause = RETRY_PAUSE;
+        let mut last = None;
+        for _ in 0..attempts {
+            match self.send_once(&method, path, body).await {
+                Err(e @ ClientError::Unreachable { .. }) => {
+                    last = Some(e);
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                r => return r,
+            }
+        }
+        Err(last.unwrap_or(ClientError::Decode("no attempt made".into())))
+    }
+
+    /// A call whose answer is JSON of type `T` (an error answer becomes
+    /// [`ClientError::Api`]).
+    async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: &[u8]) -> Result<T, ClientError> {
+        let resp = self.send(method, path, body).await?;
+        let status = resp.status();
+        let bytes = match tokio::time::timeout(self.timeout, resp.into_body().collect()).await {
+            Err(_) => {
+                return Err(ClientError::Timeout { url: format!("{}{path}", self.base), secs: self.timeout.as_secs() });
+            }
+            Ok(Err(e)) => return Err(ClientError::Decode(e.to_string())),
+            Ok(Ok(b)) => b.to_bytes(),
+        };
+        if !status.is_success() {
+            return Err(api_error(status, &bytes));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(format!("{path}: {e}")))
+    }
+
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        self.call(Method::GET, paths::HEALTH, &[]).await
+    }
+
+    pub async fn sites(&self) -> Result<Vec<SiteSummary>, ClientError> {
+        self.call(Method::GET, paths::SITES, &[]).await
+    }
+
+    pub async fn site(&self, id: &str) -> Result<SiteRecord, ClientError> {
+        self.call(Method::GET, &paths::site(id), &[]).await
+    }
+
+    /// Uploads a site file's text (validated by the control plane).
+    pub async fn push_site(&self, toml: &str) -> Result<Stored, ClientError> {
+        self.call(Method::POST, paths::SITES, toml.as_bytes()).await
+    }
+
+    pub async fn delete_site(&self, id: &str) -> Result<Deleted, ClientError> {
+        self.call(Method::DELETE, &paths::site(id), &[]).await
+    }
+
+    pub async fn purge(&self, req: &PurgeRequest) -> Result<PurgeStatus, ClientError> {
+        let body = serde_json::to_vec(req).map_err(|e| ClientError::Decode(e.to_string()))?;
+        self.call(Method::POST, paths::PURGE, &body).await
+    }
+
+    pub async fn purge_status(&self, id: &str) -> Result<PurgeStatus, ClientError> {
+        self.call(Method::GET, &paths::purge(id), &[]).await
+    }
+
+    /// The node registry (admin or node token).
+    pub async fn nodes(&self) -> Result<Vec<NodeStatus>, ClientError> {
+        self.call(Method::GET, paths::NODES, &[]).await
+    }
+
+    /// Acknowledges the events a node applied (node token).
+    pub async fn ack(&self, ack: &Ack) -> Result<(), ClientError> {
+        let body = serde_json::to_vec(ack).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let resp = self.send(Method::POST, paths::ACK, &body).await?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        if status.is_success() { Ok(()) } else { Err(api_error(status, &bytes)) }
+    }
+
+    /// Opens the event stream (node token).
+    pub async fn events(&self, q: &StreamQuery) -> Result<EventStream, ClientError> {
+        let resp = self.send(Method::GET, &q.path_and_query(), &[]).await?;
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            return Err(api_error(status, &bytes));
+        }
+        Ok(EventStream { body: resp.into_body(), buf: BytesMut::new() })
+    }
+}
+
+fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
+    let e: ErrorBody = serde_json::from_slice(body)
+        .unwrap_or_else(|_| ErrorBody { error: "error".into(), detail: String::from_utf8_lossy(body).into_owned() });
+    ClientError::Api { status: status.as_u16(), error: e.error, detail: e.detail }
+}
+
+/// An error and its causes, as one line.
+fn cause_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        next = s.source();
+    }
+    out
+}
+
+/// The lines of an open event stream.
+#[derive(Debug)]
+pub struct EventStream {
+    body: Incoming,
+    buf: BytesMut,
+}
+
+impl EventStream {
+    /// Whether a whole line has arrived and not been taken yet: a reader
+    /// applying a backlog acknowledges once, after the last.
+    pub fn has_line(&self) -> bool {
+        self.buf.contains(&b'\n')
+    }
+
+    /// The next line; `None` when the stream ends. A line that does not
+    /// read is an error item, and the stream goes on after it.
+    pub async fn next(&mut self) -> Option<Result<StreamLine, ClientError>> {
+        loop {
+            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
+                let line = self.buf.split_to(i + 1);
+                return Some(serde_json::from_slice(&line[..i]).map_err(|e| ClientError::Decode(e.to_string())));
+            }
+            match self.body.frame().await? {
+                Err(e) => {
+                    return Some(Err(ClientError::Unreachable { url: "event stream".into(), cause: e.to_string() }));
+                }
+                Ok(frame) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+}

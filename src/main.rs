@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use outpost_config::Role;
 use outpost_config::api::PurgeRequest;
 
 #[derive(Debug, Parser)]
@@ -171,7 +172,7 @@ fn main() -> ExitCode {
         }
         Command::Edge { config } => {
             init_logging();
-            runtime().and_then(|rt| rt.block_on(roles::edge(&config)))
+            runtime().and_then(|rt| rt.block_on(roles::serve(&config, Role::Edge)))
         }
         Command::Dns { config, build_geoip: Some(paths) } if config.is_none() => {
             match outpost_control::dns::build_database(&paths[0], &paths[1]) {
@@ -185,11 +186,11 @@ fn main() -> ExitCode {
         Command::Dns { config, .. } => {
             init_logging();
             let config = config.unwrap_or_default();
-            runtime().and_then(|rt| rt.block_on(roles::dns(&config)))
+            runtime().and_then(|rt| rt.block_on(roles::serve(&config, Role::Dns)))
         }
         Command::Control { config } => {
             init_logging();
-            runtime().and_then(|rt| rt.block_on(roles::control(&config)))
+            runtime().and_then(|rt| rt.block_on(roles::serve(&config, Role::Control)))
         }
         Command::Sites { action, control, json } => runtime().and_then(|rt| rt.block_on(sites(action, &control, json))),
         Command::Purge { site, urls, prefix, tags, all, soft, wait, control, json } => {
@@ -236,7 +237,7 @@ fn main() -> ExitCode {
         }),
         Command::Shield { config } => {
             init_logging();
-            runtime().and_then(|rt| rt.block_on(roles::shield(&config)))
+            runtime().and_then(|rt| rt.block_on(roles::serve(&config, Role::Shield)))
         }
         Command::Origin { listen, dir } => {
             init_logging();

@@ -1,42 +1,138 @@
-//! One role per process, as production runs them.
+//! Every role has one shape: [`BoundRole::bind`] binds its listeners (port 0
+//! allowed) and reports the addresses it got ([`BoundRole::endpoints`]);
+//! [`BoundRole::run`] serves until the shutdown token fires. `outpost
+//! <role>` runs one per process, as production does; `outpost up` runs
+//! them all in [`START_ORDER`].
 
+use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use outpost_config::{NodeConfig, Role};
+use outpost_config::{NodeConfig, Role, RoleConfig};
+use tokio_util::sync::CancellationToken;
 
 use crate::signals;
 
-fn load(path: &Path, role: Role) -> anyhow::Result<NodeConfig> {
-    let node = NodeConfig::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    if node.role() != role {
-        bail!("{} is a {} node file, not {}", path.display(), node.role().as_str(), role.as_str());
-    }
-    Ok(node)
+/// The order `up` starts roles in, each before what needs it: the origin;
+/// the control plane, which writes the tokens the others read; the DNS
+/// servers; the shields; the edges in front of them.
+pub const START_ORDER: [Role; 5] = [Role::Origin, Role::Control, Role::Dns, Role::Shield, Role::Edge];
+
+/// What a bound address is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Http,
+    Https,
+    /// `/metrics` and `/healthz`.
+    Admin,
+    /// UDP and TCP.
+    Dns,
+    /// The control plane's API.
+    Api,
 }
 
-async fn serve(node: &NodeConfig, bound: outpost_proxy::node::Node) -> anyhow::Result<()> {
-    for a in bound.http_addrs() {
-        tracing::info!(node = %node.name, addr = %a, "{} listening", node.role().as_str());
-    }
-    if let Some(a) = bound.admin_addr() {
-        tracing::info!(node = %node.name, addr = %a, "admin listening");
-    }
-    let stop = signals::shutdown_token();
-    bound.run(stop).await?;
-    Ok(())
+/// An address a role listens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    pub service: Service,
+    pub addr: SocketAddr,
 }
 
-pub async fn edge(path: &Path) -> anyhow::Result<()> {
-    let node = load(path, Role::Edge)?;
-    let bound = outpost_edge::bind(&node).await.with_context(|| format!("starting edge `{}`", node.name))?;
-    serve(&node, bound).await
+#[derive(Debug)]
+enum Inner {
+    Origin(outpost_load::OriginServer),
+    Control(outpost_control::node::ControlNode),
+    Dns { node: outpost_control::dns::DnsNode, admin: Option<tokio::net::TcpListener> },
+    Proxy(outpost_proxy::node::Node),
 }
 
-pub async fn shield(path: &Path) -> anyhow::Result<()> {
-    let node = load(path, Role::Shield)?;
-    let (bound, _) = outpost_shield::bind(&node).await.with_context(|| format!("starting shield `{}`", node.name))?;
-    serve(&node, bound).await
+/// A role bound to its addresses, ready to run.
+#[derive(Debug)]
+pub struct BoundRole {
+    pub name: String,
+    pub role: Role,
+    limits: outpost_config::Limits,
+    inner: Inner,
+}
+
+impl BoundRole {
+    /// Binds the role a node file describes. The error names the file.
+    pub async fn bind(node: &NodeConfig) -> anyhow::Result<BoundRole> {
+        let what = || {
+            format!(
+                "{} `{}` could not start (see [listen] in `{}`)",
+                node.role().as_str(),
+                node.name,
+                node.file.display()
+            )
+        };
+        let inner = match &node.role {
+            RoleConfig::Origin(o) => Inner::Origin(
+                outpost_load::OriginServer::bind(&node.listen.http, o.dir.clone()).await.with_context(what)?,
+            ),
+            RoleConfig::Control(_) => {
+                Inner::Control(outpost_control::node::ControlNode::bind(node).await.with_context(what)?)
+            }
+            RoleConfig::Dns(_) => {
+                let mut dns = outpost_control::dns::DnsNode::bind(node).await.with_context(what)?;
+                if let Some(link) = &node.control {
+                    // The registry may be served over HTTPS with a private CA.
+                    dns = dns.with_control_tls(outpost_proxy::tls::client_config(link.ca.as_deref().as_slice(), None)?);
+                }
+                let admin = match node.listen.admin {
+                    Some(a) => Some(outpost_net::bind(&[a]).await.with_context(what)?.remove(0)),
+                    None => None,
+                };
+                Inner::Dns { node: dns, admin }
+            }
+            RoleConfig::Shield(_) => Inner::Proxy(outpost_shield::bind(node).await.with_context(what)?.0),
+            RoleConfig::Edge(_) => Inner::Proxy(outpost_edge::bind(node).await.with_context(what)?),
+        };
+        Ok(BoundRole { name: node.name.clone(), role: node.role(), limits: node.limits, inner })
+    }
+
+    /// The addresses it listens on.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        let at = |service, addrs: Vec<SocketAddr>| addrs.into_iter().map(move |addr| Endpoint { service, addr });
+        match &self.inner {
+            Inner::Origin(o) => at(Service::Http, o.local_addrs()).collect(),
+            Inner::Control(c) => at(Service::Api, vec![c.addr()]).collect(),
+            Inner::Dns { node, admin } => at(Service::Dns, vec![node.addr()])
+                .chain(at(Service::Admin, admin.iter().filter_map(|l| l.local_addr().ok()).collect()))
+                .collect(),
+            Inner::Proxy(p) => at(Service::Http, p.http_addrs())
+                .chain(at(Service::Https, p.https_addrs()))
+                .chain(at(Service::Admin, p.admin_addr().into_iter().collect()))
+                .collect(),
+        }
+    }
+
+    /// The control plane's state, for a role that is one.
+    pub fn control(&self) -> Option<&Arc<outpost_control::api::Control>> {
+        match &self.inner {
+            Inner::Control(c) => Some(&c.control),
+            _ => None,
+        }
+    }
+
+    /// Serves until `shutdown`, then stops cleanly.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        match self.inner {
+            Inner::Origin(o) => o.run(shutdown).await?,
+            Inner::Control(c) => c.run(shutdown).await?,
+            Inner::Dns { node, admin } => {
+                if let Some(l) = admin {
+                    let server = outpost_net::ServerConfig { name: self.name.as_str().into(), limits: self.limits };
+                    let health = Arc::new(DnsHealth { name: self.name });
+                    tokio::spawn(outpost_proxy::admin::serve(health, l, server, shutdown.clone()));
+                }
+                node.run(shutdown).await?;
+            }
+            Inner::Proxy(p) => p.run(shutdown).await?,
+        }
+        Ok(())
+    }
 }
 
 /// What a DNS node's admin listener reports.
@@ -50,63 +146,18 @@ impl outpost_proxy::admin::Health for DnsHealth {
     }
 }
 
-/// A bound DNS node and its admin listener.
-#[derive(Debug)]
-pub struct Dns {
-    pub node: outpost_control::dns::DnsNode,
-    admin: Option<tokio::net::TcpListener>,
-    name: String,
-    limits: outpost_config::Limits,
-}
-
-impl Dns {
-    pub async fn bind(node: &NodeConfig) -> anyhow::Result<Dns> {
-        // Before the server makes its metrics, so they are recorded.
-        let _ = outpost_proxy::engine::observe::prometheus();
-        let mut bound = outpost_control::dns::DnsNode::bind(node).await?;
-        if let Some(link) = &node.control {
-            // The registry may be served over HTTPS with a private CA.
-            bound = bound.with_control_tls(outpost_proxy::tls::client_config(link.ca.as_deref().as_slice(), None)?);
-        }
-        let admin = match node.listen.admin {
-            Some(a) => Some(outpost_proxy::serve::bind(&[a]).await?.remove(0)),
-            None => None,
-        };
-        Ok(Dns { node: bound, admin, name: node.name.clone(), limits: node.limits })
+/// `outpost <role> --config FILE`: one role in this process until Ctrl-C
+/// or SIGTERM.
+pub async fn serve(path: &Path, role: Role) -> anyhow::Result<()> {
+    let node = NodeConfig::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if node.role() != role {
+        bail!("{} is a {} node file, not {}", path.display(), node.role().as_str(), role.as_str());
     }
-
-    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
-        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    // Before any role makes its metrics, so they are recorded.
+    outpost_net::metrics::install_prometheus();
+    let bound = BoundRole::bind(&node).await?;
+    for e in bound.endpoints() {
+        tracing::info!(node = %node.name, addr = %e.addr, "{} {:?} listening", role.as_str(), e.service);
     }
-
-    pub async fn run(self, stop: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
-        if let Some(l) = self.admin {
-            let server = outpost_net::ServerConfig { name: self.name.as_str().into(), limits: self.limits };
-            let health = std::sync::Arc::new(DnsHealth { name: self.name });
-            tokio::spawn(outpost_proxy::admin::serve(health, l, server, stop.clone()));
-        }
-        self.node.run(stop).await?;
-        Ok(())
-    }
-}
-
-pub async fn dns(path: &Path) -> anyhow::Result<()> {
-    let node = load(path, Role::Dns)?;
-    let bound = Dns::bind(&node).await?;
-    tracing::info!(node = %node.name, addr = %bound.node.addr(), "dns listening (udp and tcp)");
     bound.run(signals::shutdown_token()).await
-}
-
-pub async fn control(path: &Path) -> anyhow::Result<()> {
-    let node = load(path, Role::Control)?;
-    // Before the control plane makes its metrics, so they are recorded.
-    let _ = outpost_proxy::engine::observe::prometheus();
-    let bound = outpost_control::node::ControlNode::bind(
-        &node,
-        Box::new(|| outpost_proxy::engine::observe::prometheus().render()),
-    )
-    .await?;
-    tracing::info!(node = %node.name, addr = %bound.addr(), "control plane listening");
-    bound.run(signals::shutdown_token()).await?;
-    Ok(())
 }

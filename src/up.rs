@@ -1,16 +1,17 @@
 //! `outpost up`: the whole CDN on this machine, from one config folder.
 //!
 //! Every file in the folder is validated first (all problems reported, nothing
-//! started on any error); then every role is started in this process — the
-//! control plane first, with the site files pushed to it, then the test
-//! origin, the DNS server, the shields and the edges — and a table of
-//! endpoints is printed.
+//! started on any error); then every role is started in this process, in
+//! [`START_ORDER`]: the test origin, the control plane (with the site files
+//! pushed to it), the DNS servers, the shields and the edges. A table of
+//! endpoints and commands to try is printed.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use outpost_config::{AccessLog, ConfigFile, NodeConfig, RoleConfig};
 
+use crate::roles::{BoundRole, Endpoint, START_ORDER, Service};
 use crate::signals;
 
 /// Issues, from the local CA in `<data_dir>/tls` (created on first use), a
@@ -83,16 +84,15 @@ pub async fn run(config_dir: &Path, data_dir: &Path) -> anyhow::Result<()> {
     run_until(config_dir, data_dir, signals::shutdown_token(), None).await
 }
 
-/// Runs until `stop` is cancelled; `ready` is told once every role listens.
-pub async fn run_until(
-    config_dir: &Path,
-    data_dir: &Path,
-    stop: tokio_util::sync::CancellationToken,
-    ready: Option<tokio::sync::oneshot::Sender<()>>,
-) -> anyhow::Result<()> {
-    // The metrics recorder goes in before any role makes its metrics: a
-    // counter made earlier would count into nothing.
-    let _ = outpost_proxy::engine::observe::prometheus();
+/// The node and site files of a folder, checked (all problems reported,
+/// nothing started on any).
+struct Files {
+    nodes: Vec<NodeConfig>,
+    site_files: Vec<PathBuf>,
+    sites: Vec<outpost_config::Site>,
+}
+
+fn load(config_dir: &Path) -> anyhow::Result<Files> {
     let files = config_files(config_dir)?;
     let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
     let problems = outpost_config::check_files(&paths);
@@ -102,26 +102,23 @@ pub async fn run_until(
         }
         bail!("{} problem(s) in `{}`; nothing was started", problems.len(), config_dir.display());
     }
-    let mut nodes: Vec<NodeConfig> = Vec::new();
-    let mut site_files = Vec::new();
-    let mut sites = Vec::new();
+    let mut out = Files { nodes: Vec::new(), site_files: Vec::new(), sites: Vec::new() };
     for p in &paths {
         match outpost_config::load_file(p)? {
-            ConfigFile::Node(n) => nodes.push(*n),
+            ConfigFile::Node(n) => out.nodes.push(*n),
             ConfigFile::Site(site) => {
-                site_files.push(p.to_path_buf());
-                sites.push(*site);
+                out.site_files.push(p.to_path_buf());
+                out.sites.push(*site);
             }
         }
     }
-    let local_ca = issue_local_certs(data_dir, &sites)?;
+    Ok(out)
+}
 
-    let mut rows: Vec<(String, String, String)> = Vec::new();
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut try_lines = Vec::new();
-    let mut edge_lines = Vec::new();
-    // Each node's access log goes to a file, so the console stays readable.
-    for node in &mut nodes {
+/// Each edge's and shield's access log goes to a file, so the console
+/// stays readable.
+fn log_to_files(nodes: &mut [NodeConfig], data_dir: &Path) {
+    for node in nodes {
         let log = data_dir.join("logs").join(format!("{}.access.log", node.name));
         let proxy = match &mut node.role {
             RoleConfig::Edge(e) => Some(&mut e.proxy),
@@ -132,140 +129,124 @@ pub async fn run_until(
             p.access_log = AccessLog::File(log);
         }
     }
-    let mut dig_lines = Vec::new();
-    let mut https_lines = Vec::new();
-    let mut purge_lines = Vec::new();
-    // The control plane first: it writes the tokens the other nodes read,
-    // and the site files are pushed to it.
+}
+
+/// Runs until `stop` is cancelled; `ready` is told once every role listens.
+/// Roles start in [`START_ORDER`], each bound before the next.
+pub async fn run_until(
+    config_dir: &Path,
+    data_dir: &Path,
+    stop: tokio_util::sync::CancellationToken,
+    ready: Option<tokio::sync::oneshot::Sender<()>>,
+) -> anyhow::Result<()> {
+    // Before any role makes its metrics: a counter made earlier would
+    // count into nothing.
+    outpost_net::metrics::install_prometheus();
+    let Files { mut nodes, site_files, sites } = load(config_dir)?;
+    let local_ca = issue_local_certs(data_dir, &sites)?;
+    log_to_files(&mut nodes, data_dir);
+    nodes.sort_by_key(|n| START_ORDER.iter().position(|r| *r == n.role()));
+    let mut console = Console::default();
+    let mut tasks = tokio::task::JoinSet::new();
     for node in &nodes {
-        if let RoleConfig::Control(_) = &node.role {
-            let render = Box::new(|| outpost_proxy::engine::observe::prometheus().render());
-            let bound = outpost_control::node::ControlNode::bind(node, render).await.with_context(|| {
-                format!("the control plane could not start: change [listen] http in `{}`", node.file.display())
-            })?;
-            let addr = bound.addr();
-            rows.push(("control".into(), node.name.clone(), format!("http://{addr}/v1/")));
+        let bound = BoundRole::bind(node).await?;
+        if let Some(control) = bound.control() {
             for f in &site_files {
                 let text = std::fs::read_to_string(f)?;
-                let stored = bound
-                    .control
+                let stored = control
                     .upsert_site_text(&text, None)
                     .map_err(|e| anyhow::anyhow!("pushing `{}`: {}", f.display(), e.detail))?;
-                purge_lines.push(format!("cargo run --release -- purge --site {} --prefix /hello --wait", stored.id));
+                console.purge.push(format!("cargo run --release -- purge --site {} --prefix /hello --wait", stored.id));
             }
-            let stop = stop.clone();
-            tasks.spawn(async move { bound.run(stop).await });
         }
-    }
-    for node in &nodes {
-        if let RoleConfig::Dns(d) = &node.role {
-            let bound = crate::roles::Dns::bind(node).await.with_context(|| {
-                format!("dns `{}` could not start: change [listen] dns in `{}`", node.name, node.file.display())
-            })?;
-            let addr = bound.node.addr();
-            rows.push(("dns".into(), node.name.clone(), format!("udp+tcp {addr} (zone {})", d.zone)));
-            if let Some(a) = bound.admin_addr() {
-                rows.push(("admin".into(), node.name.clone(), format!("http://{a}/metrics")));
-            }
-            if let Some(site) = d.sites.first() {
-                dig_lines.push(format!(
-                    "dig @{} -p {} +subnet=81.2.69.0/24 {site}.{} A +short   # London: the fra edge",
-                    addr.ip(),
-                    addr.port(),
-                    d.zone.trim_end_matches('.')
-                ));
-            }
-            let stop = stop.clone();
-            tasks.spawn(async move { bound.run(stop).await.map_err(|e| std::io::Error::other(e.to_string())) });
-        }
-        if let RoleConfig::Shield(_) = &node.role {
-            let (bound, _) = outpost_shield::bind(node).await.with_context(|| {
-                format!("shield `{}` could not start: change [listen] in `{}`", node.name, node.file.display())
-            })?;
-            for addr in bound.http_addrs() {
-                rows.push(("shield".into(), node.name.clone(), format!("http://{addr}")));
-            }
-            let stop = stop.clone();
-            tasks.spawn(async move { bound.run(stop).await });
-        }
-        if let RoleConfig::Edge(_) = &node.role {
-            let bound = outpost_edge::bind(node).await.with_context(|| {
-                format!("edge `{}` could not start: change [listen] in `{}`", node.name, node.file.display())
-            })?;
-            for addr in bound.http_addrs() {
-                rows.push(("edge".into(), node.name.clone(), format!("http://{addr}")));
-                edge_lines.push(format!(
-                    "curl -si -H 'Host: www.example.test' 'http://{addr}/hello?size=64&cc=max-age%3D60' | grep -i cache-status"
-                ));
-            }
-            for addr in bound.https_addrs() {
-                rows.push(("edge".into(), node.name.clone(), format!("https://{addr}")));
-                if let Some(ca) = &local_ca {
-                    https_lines.push(format!(
-                        "curl -si --cacert {} --resolve www.example.test:{port}:{ip} 'https://www.example.test:{port}/hello?size=64' | grep -i -e '^HTTP' -e cache-status",
-                        ca.display(),
-                        port = addr.port(),
-                        ip = addr.ip()
-                    ));
-                }
-            }
-            if let Some(a) = bound.admin_addr() {
-                rows.push(("admin".into(), node.name.clone(), format!("http://{a}/metrics")));
-            }
-            let stop = stop.clone();
-            tasks.spawn(async move { bound.run(stop).await });
-        }
-        if let RoleConfig::Origin(o) = &node.role {
-            let server =
-                outpost_load::OriginServer::bind(&node.listen.http, o.dir.clone()).await.with_context(|| {
-                    format!("the test origin could not start: change [listen] http in `{}`", node.file.display())
-                })?;
-            for addr in server.local_addrs() {
-                rows.push(("origin".into(), node.name.clone(), format!("http://{addr}")));
-                try_lines.push(format!("curl -si 'http://{addr}/hello?size=64&cc=max-age%3D60' | head -n 8"));
-                try_lines.push(format!("curl -s http://{addr}/__origin/stats"));
-            }
-            tasks.spawn(server.run(stop.clone()));
-        }
+        console.add(node, &bound.endpoints(), local_ca.as_deref());
+        tasks.spawn(bound.run(stop.clone()));
     }
     if tasks.is_empty() {
         bail!("no role in `{}` can be started by `up` (it needs at least an origin node file)", config_dir.display());
     }
-
-    println!("Outpost is up (config: {})\n", config_dir.display());
-    println!("  {:<8} {:<12} ENDPOINT", "ROLE", "NAME");
-    for (role, name, endpoint) in &rows {
-        println!("  {role:<8} {name:<12} {endpoint}");
-    }
-    println!("\nTry:");
-    for l in &dig_lines {
-        println!("  {l}");
-    }
-    // An edge twice: a miss, then a hit.
-    if let Some(l) = edge_lines.first() {
-        println!("  {l}");
-        println!("  {l}");
-    }
-    for l in https_lines.iter().take(1) {
-        println!("  {l}");
-    }
-    for l in &try_lines {
-        println!("  {l}");
-    }
-    for l in purge_lines.iter().take(1) {
-        println!("  {l}");
-    }
-    if !purge_lines.is_empty() {
-        println!("  cargo run --release -- status");
-    }
-    println!("\nCtrl-C stops everything.");
+    console.print(config_dir);
     if let Some(ready) = ready {
         let _ = ready.send(());
     }
-
     while let Some(r) = tasks.join_next().await {
         r.context("a role panicked")??;
     }
     println!("Outpost stopped.");
     Ok(())
+}
+
+/// What `up` prints: every endpoint, then commands to try.
+#[derive(Debug, Default)]
+struct Console {
+    rows: Vec<(String, String, String)>,
+    dig: Vec<String>,
+    edge: Vec<String>,
+    https: Vec<String>,
+    origin: Vec<String>,
+    purge: Vec<String>,
+}
+
+impl Console {
+    fn add(&mut self, node: &NodeConfig, endpoints: &[Endpoint], local_ca: Option<&Path>) {
+        let role = node.role().as_str();
+        for e in endpoints {
+            let (role, shown) = match (e.service, &node.role) {
+                (Service::Admin, _) => ("admin", format!("http://{}/metrics", e.addr)),
+                (Service::Api, _) => (role, format!("http://{}/v1/", e.addr)),
+                (Service::Dns, RoleConfig::Dns(d)) => (role, format!("udp+tcp {} (zone {})", e.addr, d.zone)),
+                (Service::Https, _) => (role, format!("https://{}", e.addr)),
+                _ => (role, format!("http://{}", e.addr)),
+            };
+            self.rows.push((role.to_string(), node.name.clone(), shown));
+            self.try_lines(node, e, local_ca);
+        }
+    }
+
+    fn try_lines(&mut self, node: &NodeConfig, e: &Endpoint, local_ca: Option<&Path>) {
+        let (addr, ip, port) = (e.addr, e.addr.ip(), e.addr.port());
+        match (e.service, &node.role) {
+            (Service::Dns, RoleConfig::Dns(d)) => {
+                if let Some(site) = d.sites.first() {
+                    let zone = d.zone.trim_end_matches('.');
+                    self.dig.push(format!("dig @{ip} -p {port} +subnet=81.2.69.0/24 {site}.{zone} A +short   # London: the fra edge"));
+                }
+            }
+            (Service::Http, RoleConfig::Edge(_)) => self.edge.push(format!(
+                "curl -si -H 'Host: www.example.test' 'http://{addr}/hello?size=64&cc=max-age%3D60' | grep -i cache-status"
+            )),
+            (Service::Https, RoleConfig::Edge(_)) => {
+                if let Some(ca) = local_ca {
+                    self.https.push(format!(
+                        "curl -si --cacert {} --resolve www.example.test:{port}:{ip} 'https://www.example.test:{port}/hello?size=64' | grep -i -e '^HTTP' -e cache-status",
+                        ca.display()
+                    ));
+                }
+            }
+            (Service::Http, RoleConfig::Origin(_)) => {
+                self.origin.push(format!("curl -si 'http://{addr}/hello?size=64&cc=max-age%3D60' | head -n 8"));
+                self.origin.push(format!("curl -s http://{addr}/__origin/stats"));
+            }
+            _ => {}
+        }
+    }
+
+    fn print(&self, config_dir: &Path) {
+        println!("Outpost is up (config: {})\n", config_dir.display());
+        println!("  {:<8} {:<12} ENDPOINT", "ROLE", "NAME");
+        for (role, name, endpoint) in &self.rows {
+            println!("  {role:<8} {name:<12} {endpoint}");
+        }
+        println!("\nTry:");
+        // An edge twice: a miss, then a hit.
+        let edge = self.edge.first().into_iter().flat_map(|l| [l, l]);
+        let lines = self.dig.iter().chain(edge).chain(self.https.iter().take(1)).chain(&self.origin);
+        for l in lines.chain(self.purge.iter().take(1)) {
+            println!("  {l}");
+        }
+        if !self.purge.is_empty() {
+            println!("  cargo run --release -- status");
+        }
+        println!("\nCtrl-C stops everything.");
+    }
 }

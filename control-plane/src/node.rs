@@ -63,10 +63,7 @@ pub struct ControlNode {
 }
 
 impl ControlNode {
-    pub async fn bind(
-        node: &NodeConfig,
-        render_metrics: Box<dyn Fn() -> String + Send + Sync>,
-    ) -> Result<ControlNode, ControlError> {
+    pub async fn bind(node: &NodeConfig) -> Result<ControlNode, ControlError> {
         let RoleConfig::Control(cfg) = &node.role else {
             return Err(ControlError::NotControl(node.file.display().to_string()));
         };
@@ -85,7 +82,7 @@ impl ControlNode {
             .copied()
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7000)));
         let listener = TcpListener::bind(addr).await.map_err(|source| ControlError::Bind { addr, source })?;
-        let control = Control::new(store, admin, nodes, cfg.log_retention, cfg.node_expiry, render_metrics);
+        let control = Control::new(store, admin, nodes, cfg.log_retention, cfg.node_expiry);
         let server = outpost_net::ServerConfig { name: node.name.as_str().into(), limits: node.limits };
         Ok(ControlNode { control, listener, server, tls })
     }

@@ -16,10 +16,12 @@
 //!
 //! What a server does with a request is its [`Handler`]'s business.
 //!
-//! [`control`] is the one client of the control-plane API.
+//! [`control`] is the one client of the control-plane API; [`metrics`]
+//! the process's exporter, which the program installs.
 
 pub mod control;
 pub mod h1;
+pub mod metrics;
 
 mod conn;
 mod server;

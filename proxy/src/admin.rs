@@ -11,7 +11,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::Engine;
-use crate::engine::observe::prometheus;
 use crate::engine::respond::{Body, full};
 
 /// What a node's admin listener reports.
@@ -36,7 +35,7 @@ fn answer(req: &Request<Incoming>, node: &dyn Health) -> Response<Body> {
     let (status, ctype, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
             node.refresh();
-            (StatusCode::OK, "text/plain; version=0.0.4", prometheus().render())
+            (StatusCode::OK, "text/plain; version=0.0.4", outpost_net::metrics::render())
         }
         (&Method::GET, "/healthz") => (StatusCode::OK, "application/json", node.health().to_string()),
         _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_string()),
@@ -68,7 +67,6 @@ pub async fn serve(
     config: outpost_net::ServerConfig,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    let _ = prometheus();
     let listeners = vec![outpost_net::Listener { tcp: listener, tls: None }];
     outpost_net::serve(Arc::new(Admin(node)), listeners, config, shutdown).await
 }

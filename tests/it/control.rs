@@ -78,7 +78,7 @@ async fn start_control_with(
              node_token_file = \"node.token\"\n{extra}"
         ),
     );
-    let node = outpost_control::node::ControlNode::bind(&cfg, Box::new(String::new)).await.unwrap();
+    let node = outpost_control::node::ControlNode::bind(&cfg).await.unwrap();
     let addr = node.addr();
     let control = Arc::clone(&node.control);
     tokio::spawn(node.run(stop.clone()));
@@ -703,7 +703,7 @@ async fn the_api_and_event_stream_run_over_tls_and_nodes_verify_the_control_plan
          [tls]\ncert = \"control.pem\"\nkey = \"control.key\"\n\
          [store]\npath = \"control.redb\"\n[auth]\nadmin_token_file = \"admin.token\"\nnode_token_file = \"node.token\"\n",
     );
-    let node = outpost_control::node::ControlNode::bind(&cfg, Box::new(String::new)).await.unwrap();
+    let node = outpost_control::node::ControlNode::bind(&cfg).await.unwrap();
     assert!(node.is_tls());
     let control = node.addr();
     tokio::spawn(node.run(stop.clone()));

@@ -252,7 +252,7 @@ impl Topology {
             wait_listening(listen, "the control plane").await;
             (listen, Some(p))
         } else {
-            let control_node = outpost_control::node::ControlNode::bind(&cfg, Box::new(String::new)).await.unwrap();
+            let control_node = outpost_control::node::ControlNode::bind(&cfg).await.unwrap();
             let addr = control_node.addr();
             tokio::spawn(control_node.run(stop.clone()));
             (addr, None)

@@ -24,7 +24,7 @@ pub(super) async fn metrics(State(c): Shared) -> Response {
     if let Err(e) = c.refresh_gauges() {
         tracing::warn!(error = %e.detail, "control-plane gauges not refreshed");
     }
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], (c.render_metrics)()).into_response()
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], outpost_net::metrics::render()).into_response()
 }
 
 pub(super) async fn not_found() -> ApiError {

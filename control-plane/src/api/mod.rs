@@ -112,7 +112,6 @@ pub struct Control {
     retention: u64,
     /// Nodes silent this long leave the registry.
     node_expiry: Duration,
-    render_metrics: Box<dyn Fn() -> String + Send + Sync>,
     /// Ends the event streams when the control plane stops (a graceful
     /// shutdown would otherwise wait for them forever).
     pub closing: tokio_util::sync::CancellationToken,
@@ -131,7 +130,6 @@ impl Control {
         node_token: String,
         retention: u64,
         node_expiry: Duration,
-        render_metrics: Box<dyn Fn() -> String + Send + Sync>,
     ) -> Arc<Control> {
         let acked = store.nodes().map(|n| n.into_iter().map(|(k, v)| (k, v.acked_seq)).collect()).unwrap_or_default();
         Arc::new(Control {
@@ -145,7 +143,6 @@ impl Control {
             limiter: RateLimiter::default(),
             retention,
             node_expiry,
-            render_metrics,
             closing: tokio_util::sync::CancellationToken::new(),
         })
     }

@@ -432,7 +432,7 @@ async fn answers_follow_the_node_registry_when_edges_die_and_return() {
     )
     .unwrap();
     let cfg = NodeConfig::load(&d.join("control.toml")).unwrap();
-    let control = outpost_control::node::ControlNode::bind(&cfg, Box::new(String::new)).await.unwrap();
+    let control = outpost_control::node::ControlNode::bind(&cfg).await.unwrap();
     let control_addr = control.addr();
     let stop = CancellationToken::new();
     tokio::spawn(control.run(stop.clone()));

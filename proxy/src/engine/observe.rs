@@ -4,11 +4,9 @@
 //! process under `outpost up`).
 
 use std::io::Write;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use outpost_config::AccessLog as AccessLogTarget;
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -28,26 +26,6 @@ const OUTCOMES: [Outcome; 11] = [
     Outcome::Local,
     Outcome::Error,
 ];
-
-/// Latency buckets in seconds: sub-millisecond hits to slow origins.
-const LATENCY_BUCKETS: [f64; 14] =
-    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
-
-/// The process's Prometheus recorder, installed on first use.
-pub fn prometheus() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
-        let builder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
-            .unwrap_or_else(|_| PrometheusBuilder::new());
-        match builder.install_recorder() {
-            Ok(h) => h,
-            // Another recorder is already installed (an embedding program):
-            // render from a private one so /metrics still answers.
-            Err(_) => PrometheusBuilder::new().build_recorder().handle(),
-        }
-    })
-}
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -74,7 +52,6 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(node: &str) -> Metrics {
-        let _ = prometheus();
         let node = node.to_string();
         let requests = OUTCOMES
             .iter()

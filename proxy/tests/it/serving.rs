@@ -235,8 +235,17 @@ async fn http2_with_prior_knowledge() {
     assert_eq!(seen["host"], format!("localhost:{}", edge.addr.port()), "{seen}");
 }
 
-#[tokio::test]
-async fn admin_serves_metrics_and_health() {
+/// Reads the process's metrics, so it runs in a process of its own, which
+/// installs the exporter as the program does.
+#[test]
+fn admin_serves_metrics_and_health() {
+    in_own_process("serving::admin_serves_metrics_and_health", || {
+        outpost_net::metrics::install_prometheus();
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(metrics_and_health());
+    });
+}
+
+async fn metrics_and_health() {
     let dir = tempfile::tempdir().unwrap();
     let origin = Origin::start().await;
     let edge = Edge::start(dir.path(), &site_toml(origin.addr, DEFAULT_RULES)).await;

@@ -12,12 +12,8 @@ use outpost_net::{Conn, Handler};
 
 pub use outpost_net::{Listener, bind};
 
-use crate::engine::Engine;
 use crate::engine::respond::Body;
-
-/// Marks the request as received over TLS (an extension of the request).
-#[derive(Debug, Clone, Copy)]
-pub struct Secure;
+use crate::engine::{Engine, Secure};
 
 impl Handler for Engine {
     fn call(self: Arc<Self>, mut req: Request<Incoming>, conn: Conn) -> impl Future<Output = Response<Body>> + Send {

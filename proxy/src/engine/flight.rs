@@ -26,9 +26,9 @@ use futures_util::{Stream, StreamExt};
 use http::HeaderName;
 use tokio::sync::watch;
 
+use crate::error::Error;
 use crate::key::Key;
 use crate::store::{BodyRef, CHUNK_SIZE, Store, StoredObject};
-use crate::upstream::UpstreamError;
 
 /// Most bytes held for slow readers. A reader further behind than this
 /// reads from the store (or, for a body not being stored, gets an error).
@@ -82,7 +82,7 @@ pub enum Head {
     /// fetches alone.
     Pass(&'static str),
     /// No response: waiters serve stale if they may, or an error.
-    Failed(UpstreamError),
+    Failed(Error),
 }
 
 #[derive(Debug, Default)]
@@ -189,7 +189,7 @@ impl Flight {
                 return head;
             }
             if rx.changed().await.is_err() {
-                return Head::Failed(UpstreamError::Protocol("flight".into(), "ended without an answer".into()));
+                return Head::Failed(Error::internal("a fetch", "its flight ended without an answer"));
             }
         }
     }
@@ -427,8 +427,7 @@ impl Drop for FlightGuard {
         let mut st = self.flight.lock();
         let mut changed = false;
         if matches!(st.head, Head::Pending) {
-            st.head =
-                Head::Failed(UpstreamError::Protocol("fetch".into(), "the fetch stopped before an answer".into()));
+            st.head = Head::Failed(Error::internal("a fetch", "it stopped before an answer"));
             changed = true;
         }
         if st.body.done.is_none() {

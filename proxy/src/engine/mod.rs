@@ -1,33 +1,40 @@
 //! The caching proxy engine that edges and shields run. [`Engine::handle`]
-//! takes a request through the named steps of `request.rs`; this module
-//! holds the engine's state and its upstream and purge operations.
+//! takes a request through the named steps listed in `request.rs`, each in
+//! the module it names: `lookup` (5, 6), `wait` (7, 8), `forward` (other
+//! methods), with `fetch` behind every flight. This module holds the
+//! engine's state and its purge operations.
 
+mod context;
 mod fetch;
 pub mod flight;
+mod forward;
 pub mod hold;
-pub mod observe;
+mod lookup;
 mod request;
 pub mod respond;
 pub mod sites;
+mod wait;
+
+pub use context::Secure;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use http::header::HeaderValue;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use outpost_config::{CacheStorage, Limits, PurgeTarget, Site};
 
 use crate::clock::Clock;
 use crate::host::RequestHost;
-use crate::key::{Key, RequestKey, Scope, normalize_path, shape_query};
+use crate::key::{RequestKey, Scope, normalize_path, shape_query};
+use crate::observe::{AccessLog, Metrics};
 use crate::purge::PurgeRules;
 use crate::store::{Entry, Store, StoreError};
 use crate::tls::CertStore;
-use crate::upstream::{ReqBody, Route, UpstreamClient, UpstreamError};
+use crate::upstream::request::Hop;
+use crate::upstream::{Route, Upstream, UpstreamClient};
 use flight::Flights;
-use observe::{AccessLog, Metrics};
 use respond::ResponseRules;
 pub use sites::SiteTable;
 
@@ -36,39 +43,6 @@ pub const PARTITION_AFTER: std::time::Duration = std::time::Duration::from_secs(
 
 fn epoch_ms(t: std::time::SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Pause before the second attempt at an upstream; doubles per attempt.
-const RETRY_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
-
-/// How this node marks the requests it sends upstream.
-#[derive(Debug)]
-pub(crate) struct Hop {
-    pub node: Arc<str>,
-    /// This node's `CDN-Loop` member (RFC 8586): its name and a secret made
-    /// at start, so a request carrying it really passed this node.
-    pub loop_member: String,
-}
-
-impl Hop {
-    pub(crate) fn new(node: &str) -> Hop {
-        Hop { node: Arc::from(node), loop_member: format!("{node}; t={}", random_hex(16)) }
-    }
-}
-
-/// `bytes` random bytes from the system's generator, in hex.
-fn random_hex(bytes: usize) -> String {
-    use std::io::Read;
-    let mut buf = vec![0u8; bytes];
-    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf));
-    if read.is_err() {
-        // No /dev/urandom: std's per-process random hash keys stand in.
-        use std::hash::{BuildHasher, RandomState};
-        for (i, b) in buf.iter_mut().enumerate() {
-            *b = RandomState::new().hash_one(i) as u8;
-        }
-    }
-    buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Which tier an engine serves.
@@ -121,8 +95,7 @@ pub struct Engine {
     pub store: Store,
     pub purges: PurgeRules,
     flights: Arc<Flights>,
-    upstream: UpstreamClient,
-    route: Arc<dyn Route>,
+    upstream: Upstream,
     pub clock: Clock,
     pub metrics: Metrics,
     log: AccessLog,
@@ -160,8 +133,12 @@ impl Engine {
             store,
             purges,
             flights: Arc::new(Flights::default()),
-            upstream: UpstreamClient::new(upstream_tls),
-            route,
+            upstream: Upstream::new(
+                route,
+                UpstreamClient::new(upstream_tls),
+                metrics.clone(),
+                Arc::from(config.node.as_str()),
+            ),
             clock: Clock::default(),
             metrics,
             log,
@@ -175,7 +152,7 @@ impl Engine {
         };
         engine.metrics.sites.set(engine.sites.load().len() as f64);
         let sites = engine.sites.load().sites().cloned().collect::<Vec<_>>();
-        engine.route.sites_changed(&sites);
+        engine.upstream.route().sites_changed(&sites);
         engine.certs.set_sites(sites);
         Ok(Arc::new(engine))
     }
@@ -185,7 +162,7 @@ impl Engine {
         self.sites.store(Arc::new(SiteTable::new(sites)));
         self.metrics.sites.set(self.sites.load().len() as f64);
         let sites = self.sites.load().sites().cloned().collect::<Vec<_>>();
-        self.route.sites_changed(&sites);
+        self.upstream.route().sites_changed(&sites);
         self.certs.set_sites(sites);
     }
 
@@ -214,9 +191,16 @@ impl Engine {
         (silent > PARTITION_AFTER).then_some(silent)
     }
 
+    /// Cut off from the control plane past `site`'s grace: purges may have
+    /// been missed, so hits are revalidated, and stale copies stand in when
+    /// the upstream does not answer.
+    pub fn distrusts(&self, site: &Site) -> bool {
+        self.partitioned_for().is_some_and(|p| p > site.stale.partition_grace)
+    }
+
     /// Starts the route's background work (health probes).
     pub fn start_route(&self, shutdown: tokio_util::sync::CancellationToken) {
-        Arc::clone(&self.route).start(shutdown, self.upstream.probes());
+        Arc::clone(self.upstream.route()).start(shutdown, self.upstream.probes());
     }
 
     pub fn sites(&self) -> Arc<SiteTable> {
@@ -242,69 +226,6 @@ impl Engine {
         why: &'static str,
     ) -> Response<respond::Body> {
         request::refused(self, &req, client, Instant::now(), why)
-    }
-
-    /// Sends a request to the site's upstream, trying the route's targets in
-    /// order while the failure is a connection failure and the method is
-    /// idempotent, with a growing pause between attempts. A target's
-    /// concurrency cap is held until the response is dropped.
-    pub(crate) async fn send(
-        &self,
-        site: &Site,
-        key: Key,
-        req: Request<ReqBody>,
-        client_host: Option<HeaderValue>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let mut targets = self.route.targets(site, key);
-        let retry = req.method().is_idempotent();
-        if retry && targets.len() == 1 {
-            // A lone upstream gets a second chance after a pause.
-            targets.push(targets[0].clone());
-        }
-        let (parts, body) = req.into_parts();
-        let mut body = Some(body);
-        let mut last = UpstreamError::NoTarget;
-        for (i, target) in targets.iter().enumerate() {
-            if i > 0 {
-                tokio::time::sleep(RETRY_BACKOFF * (1 << (i - 1).min(4))).await;
-            }
-            let permit = match &target.limit {
-                Some(limit) => Arc::clone(limit).acquire_owned().await.ok(),
-                None => None,
-            };
-            let mut attempt = Request::from_parts(parts.clone(), body.take().unwrap_or_else(respond::empty));
-            let host =
-                target.host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()).or_else(|| client_host.clone());
-            if let Some(h) = host {
-                attempt.headers_mut().insert(http::header::HOST, h);
-            }
-            let started = Instant::now();
-            let result = self.upstream.send(target, attempt).await;
-            self.metrics.upstream(started.elapsed(), result.is_ok());
-            // A 508 says the request looped (a configuration mistake), not
-            // that the upstream is unwell.
-            let healthy = result
-                .as_ref()
-                .is_ok_and(|r| !r.status().is_server_error() || r.status() == http::StatusCode::LOOP_DETECTED);
-            self.route.report(target, healthy);
-            match result {
-                Ok(mut resp) => {
-                    if let Some(p) = permit {
-                        resp.extensions_mut().insert(Arc::new(p));
-                    }
-                    return Ok(resp);
-                }
-                Err(e) => {
-                    tracing::debug!(node = %self.node, target = %target.base, error = %e, "upstream failed");
-                    let again = retry && e.is_retryable();
-                    last = e;
-                    if !again {
-                        break;
-                    }
-                }
-            }
-        }
-        Err(last)
     }
 
     /// The stored keys of a URL in one scope (its object, or its variant

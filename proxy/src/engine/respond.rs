@@ -9,16 +9,21 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::Frame;
 use outpost_config::Site;
 
+use super::context::{Answer, Ctx};
 use super::flight::{Flight, SharedHead};
+use crate::cache_status::{CacheStatus, Outcome};
+use crate::headers::{CACHE_STATUS, CDN_ONLY};
 use crate::key::Key;
+use crate::policy::is_hop_by_hop;
 use crate::store::{BodyRef, Store, StoredObject};
-use crate::upstream::{BoxError, UpstreamError};
+use crate::upstream::BoxError;
+use hyper::body::Incoming;
 
 pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
@@ -32,65 +37,6 @@ pub fn full(b: impl Into<Bytes>) -> Body {
 
 fn stream_body(s: impl Stream<Item = io::Result<Bytes>> + Send + 'static) -> Body {
     StreamBody::new(s.map_ok(Frame::data).map_err(|e| -> BoxError { Box::new(e) })).boxed_unsync()
-}
-
-/// What the node answers by itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Local {
-    BadRequest(&'static str),
-    UnknownHost,
-    MethodNotAllowed,
-    Loop,
-    PayloadTooLarge,
-    OnlyIfCached,
-    /// `https_only`: the same URL over HTTPS.
-    Redirect(HeaderValue),
-    Upstream(UpstreamError),
-}
-
-impl Local {
-    pub fn status(&self) -> StatusCode {
-        match self {
-            Local::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Local::UnknownHost => StatusCode::MISDIRECTED_REQUEST,
-            Local::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Local::Loop => StatusCode::LOOP_DETECTED,
-            Local::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Local::OnlyIfCached => StatusCode::GATEWAY_TIMEOUT,
-            Local::Redirect(_) => StatusCode::PERMANENT_REDIRECT,
-            Local::Upstream(UpstreamError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
-            Local::Upstream(UpstreamError::NoTarget) => StatusCode::SERVICE_UNAVAILABLE,
-            Local::Upstream(_) => StatusCode::BAD_GATEWAY,
-        }
-    }
-
-    fn reason(&self) -> String {
-        match self {
-            Local::BadRequest(why) => format!("bad request: {why}"),
-            Local::UnknownHost => "this server does not serve that host".into(),
-            Local::MethodNotAllowed => "method not allowed".into(),
-            Local::Loop => "request loop detected".into(),
-            Local::PayloadTooLarge => "request body too large".into(),
-            Local::OnlyIfCached => "not in cache (only-if-cached)".into(),
-            Local::Redirect(to) => format!("moved to {}", to.to_str().unwrap_or("https")),
-            Local::Upstream(e) => format!("upstream error: {}", e.as_str()),
-        }
-    }
-
-    pub fn response(&self) -> Response<Body> {
-        let mut r = Response::new(full(format!("{}\n", self.reason())));
-        *r.status_mut() = self.status();
-        let h = r.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let Local::Redirect(to) = self {
-            h.insert(header::LOCATION, to.clone());
-        }
-        if matches!(self, Local::MethodNotAllowed) {
-            h.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
-        }
-        r
-    }
 }
 
 /// Where a response body comes from.
@@ -131,9 +77,6 @@ pub struct ResponseRules {
     pub strip_cdn_headers: bool,
 }
 
-static SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");
-static CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
-
 fn strip_weak(tag: &[u8]) -> &[u8] {
     tag.strip_prefix(b"W/").unwrap_or(tag)
 }
@@ -164,6 +107,57 @@ fn if_range_holds(req: &HeaderMap, obj: &StoredObject) -> bool {
     obj.headers.get(header::LAST_MODIFIED).is_some_and(|lm| lm == v)
 }
 
+/// The node's and the site's rules for every client response: CDN-only
+/// fields leave at the edge, then the site's `[headers]` remove and set.
+fn apply_rules(headers: &mut HeaderMap, site: &Site, rules: &ResponseRules) {
+    if rules.strip_cdn_headers {
+        for name in &CDN_ONLY {
+            headers.remove(name);
+        }
+    }
+    for name in &site.headers.remove {
+        headers.remove(name);
+    }
+    for (name, value) in &site.headers.set {
+        headers.insert(name.clone(), value.clone());
+    }
+}
+
+/// A response passed through unstored: hop-by-hop fields dropped, the
+/// rules applied, our `Cache-Status` member appended to the upstream's.
+pub(crate) fn passed_response(cx: &Ctx, resp: Response<Incoming>, detail: Option<&'static str>) -> Answer {
+    let (parts, body) = resp.into_parts();
+    let status = CacheStatus {
+        fwd_status: Some(parts.status.as_u16()),
+        detail,
+        partitioned: cx.partitioned,
+        ..CacheStatus::new(Outcome::Pass)
+    };
+    let mut headers = HeaderMap::with_capacity(parts.headers.len() + 1);
+    for (name, value) in &parts.headers {
+        if !is_hop_by_hop(name, &parts.headers) && name != CACHE_STATUS {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    apply_rules(&mut headers, &cx.site, &cx.engine.rules);
+    headers.insert(CACHE_STATUS, status.header(&cx.engine.node, parts.headers.get(CACHE_STATUS)));
+    let mut out = Response::new(body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync());
+    *out.status_mut() = parts.status;
+    *out.headers_mut() = headers;
+    (out, status)
+}
+
+/// A stored copy as the response.
+pub(crate) fn serve_stored(cx: &Ctx, key: Key, obj: &StoredObject, status: CacheStatus) -> Answer {
+    let status = CacheStatus { partitioned: cx.partitioned, ..status };
+    let engine = &cx.engine;
+    let source = BodySource::Stored { store: engine.store.clone(), key, body: obj.body.clone() };
+    let header = status.header(&engine.node, None);
+    let resp =
+        object_response(&cx.site, &engine.rules, &cx.method, &cx.headers, obj, source, engine.clock.now(), header);
+    (resp, status)
+}
+
 /// Builds the client response for an object.
 #[allow(clippy::too_many_arguments)]
 pub fn object_response(
@@ -179,18 +173,8 @@ pub fn object_response(
     let mut resp = Response::new(empty());
     let mut headers = obj.headers.clone();
     headers.insert(header::AGE, HeaderValue::from(obj.timing.age(now).as_secs()));
-    headers.insert(HeaderName::from_static("cache-status"), cache_status);
-    if rules.strip_cdn_headers {
-        for name in [&crate::policy::CDN_CACHE_CONTROL, &crate::policy::SURROGATE_CONTROL, &SURROGATE_KEY, &CACHE_TAG] {
-            headers.remove(name);
-        }
-    }
-    for name in &site.headers.remove {
-        headers.remove(name);
-    }
-    for (name, value) in &site.headers.set {
-        headers.insert(name.clone(), value.clone());
-    }
+    headers.insert(CACHE_STATUS, cache_status);
+    apply_rules(&mut headers, site, rules);
     let ok = obj.status == StatusCode::OK;
     if ok && not_modified(req, obj) {
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
@@ -309,7 +293,7 @@ mod tests {
     }
 
     fn req(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        pairs.iter().map(|(k, v)| (HeaderName::from_static(k), HeaderValue::from_static(v))).collect()
+        pairs.iter().map(|(k, v)| (http::HeaderName::from_static(k), HeaderValue::from_static(v))).collect()
     }
 
     #[test]
@@ -331,15 +315,5 @@ mod tests {
         assert!(if_range_holds(&req(&[("if-range", "\"v1\"")]), &o));
         assert!(!if_range_holds(&req(&[("if-range", "W/\"v1\"")]), &o), "If-Range is a strong comparison");
         assert!(if_range_holds(&req(&[]), &o));
-    }
-
-    #[test]
-    fn local_answers_have_their_statuses() {
-        assert_eq!(Local::UnknownHost.response().status(), StatusCode::MISDIRECTED_REQUEST);
-        assert_eq!(Local::Upstream(UpstreamError::Timeout("o".into())).status(), StatusCode::GATEWAY_TIMEOUT);
-        assert_eq!(Local::Upstream(UpstreamError::Connect("o".into())).status(), StatusCode::BAD_GATEWAY);
-        assert_eq!(Local::Loop.status(), StatusCode::LOOP_DETECTED);
-        let r = Local::BadRequest("x").response();
-        assert_eq!(r.headers()["cache-control"], "no-store");
     }
 }

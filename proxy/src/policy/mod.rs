@@ -24,9 +24,7 @@ use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, StatusCode};
 use outpost_config::{CacheRules, MAX_TTL, PathRule, StalePolicy};
 
-/// The headers that target this cache ahead of `Cache-Control`.
-pub static CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
-pub static SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-control");
+use crate::headers::{CDN_CACHE_CONTROL, SURROGATE_CONTROL};
 
 /// Why a response was not stored; the names appear in `Cache-Status`
 /// (`detail=`), metrics and access logs.
@@ -283,6 +281,19 @@ pub struct Timing {
 }
 
 impl Timing {
+    /// The timing of a response that is never served from storage (a shared
+    /// error page): no freshness, always revalidated.
+    pub fn never_fresh(now: SystemTime) -> Timing {
+        Timing {
+            lifetime: Duration::ZERO,
+            initial_age: Duration::ZERO,
+            response_time: now,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            always_revalidate: true,
+        }
+    }
+
     /// RFC 9111 §4.2.3 current_age.
     pub fn age(&self, now: SystemTime) -> Duration {
         self.initial_age + now.duration_since(self.response_time).unwrap_or(Duration::ZERO)

@@ -1,5 +1,15 @@
-//! The next tier: which upstream a miss goes to ([`Route`]) and the pooled
-//! HTTP client that sends it ([`UpstreamClient`]).
+//! The next tier, and every request sent to it: which upstream a request
+//! goes to ([`Route`]), the request itself ([`request`]: the client's fields
+//! less what must not be forwarded, plus ours), sending it with retries and
+//! health reports ([`Upstream`]), the pooled HTTP client
+//! ([`UpstreamClient`]), and how an exchange fails ([`UpstreamError`]).
+
+pub mod error;
+pub mod request;
+mod send;
+
+pub use error::{BoxError, ClientBodyError, UpstreamError, UpstreamErrorKind};
+pub use send::Upstream;
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -21,7 +31,6 @@ use crate::key::Key;
 use crate::tls::UpstreamTls;
 use crate::tls::client::Connector;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Request bodies sent upstream.
 pub type ReqBody = UnsyncBoxBody<Bytes, BoxError>;
 
@@ -97,68 +106,6 @@ impl Route for OriginRoute {
     }
 }
 
-/// Why an upstream exchange failed: the upstream side of the error split.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum UpstreamError {
-    #[error("cannot connect to {0}")]
-    Connect(String),
-    #[error("no response from {0} in time")]
-    Timeout(String),
-    #[error("bad response from {0}: {1}")]
-    Protocol(String, String),
-    #[error("{0} answered {1}")]
-    Status(String, u16),
-    #[error("the response body from {0} broke off: {1}")]
-    Body(String, String),
-    #[error("no upstream is configured for this site")]
-    NoTarget,
-    /// The client's request body failed while it was being forwarded: the
-    /// client's fault, not the upstream's.
-    #[error("the request body {}", if *too_large { "is too large" } else { "is malformed" })]
-    ClientBody { too_large: bool },
-}
-
-/// Marks an error of a client's request body, so a failed exchange can be
-/// blamed on the right side.
-#[derive(Debug, thiserror::Error)]
-#[error("request body: {message}")]
-pub struct ClientBodyError {
-    pub message: String,
-    pub too_large: bool,
-}
-
-fn client_body_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a ClientBodyError> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(c) = err.downcast_ref::<ClientBodyError>() {
-            return Some(c);
-        }
-        cur = err.source();
-    }
-    None
-}
-
-impl UpstreamError {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            UpstreamError::Connect(..) => "connect",
-            UpstreamError::Timeout(..) => "timeout",
-            UpstreamError::Protocol(..) => "protocol",
-            UpstreamError::Status(..) => "status",
-            UpstreamError::Body(..) => "body",
-            UpstreamError::NoTarget => "no-target",
-            UpstreamError::ClientBody { .. } => "client-body",
-        }
-    }
-
-    /// Failures before any response: a retry elsewhere may succeed (for
-    /// idempotent requests). That includes a keep-alive connection the peer
-    /// closed just as the request went out.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, UpstreamError::Connect(_) | UpstreamError::Timeout(_) | UpstreamError::Protocol(..))
-    }
-}
-
 /// A client for health probes.
 pub type ProbeClient = Client<Connector, http_body_util::Empty<Bytes>>;
 
@@ -228,21 +175,20 @@ impl UpstreamClient {
         let name = target.base.authority().map_or_else(String::new, |a| a.to_string());
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let uri = format!("{}://{}{}", target.base.scheme_str().unwrap_or("http"), name, path);
-        *req.uri_mut() = uri.parse().map_err(|e| UpstreamError::Protocol(name.clone(), format!("{e}")))?;
+        *req.uri_mut() = uri.parse().map_err(|e: http::uri::InvalidUri| {
+            UpstreamError::new(UpstreamErrorKind::Protocol, name.as_str()).caused_by(e)
+        })?;
         let client = self.client(target.connect_timeout, target.ca.as_ref());
         match tokio::time::timeout(target.response_timeout, client.request(req)).await {
-            Err(_) => Err(UpstreamError::Timeout(name)),
+            Err(_) => Err(UpstreamError::new(UpstreamErrorKind::Timeout, name)),
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) if e.is_connect() => {
-                tracing::debug!(upstream = %name, error = ?e, "cannot connect");
-                Err(UpstreamError::Connect(name))
-            }
-            Ok(Err(e)) if client_body_error(&e).is_some() => {
-                Err(UpstreamError::ClientBody { too_large: client_body_error(&e).is_some_and(|c| c.too_large) })
-            }
             Ok(Err(e)) => {
-                let detail = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
-                Err(UpstreamError::Protocol(name, detail))
+                let kind = match error::client_body_error(&e) {
+                    Some(c) => UpstreamErrorKind::ClientBody { too_large: c.too_large },
+                    None if e.is_connect() => UpstreamErrorKind::Connect,
+                    None => UpstreamErrorKind::Protocol,
+                };
+                Err(UpstreamError::new(kind, name).caused_by(e))
             }
         }
     }

@@ -1,0 +1,80 @@
+//! Methods other than GET and HEAD: forwarded with their body, never
+//! stored; a 2xx or 3xx answer to an unsafe method invalidates the URL and
+//! the same-site `Location` / `Content-Location` (RFC 9111 §4.4).
+
+use std::time::Instant;
+
+use http::Response;
+use http::header::{self, HeaderValue};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use super::context::{Answer, Ctx, failed};
+use super::respond::passed_response;
+use crate::error::Error;
+use crate::host::RequestHost;
+use crate::upstream::{BoxError, ClientBodyError, UpstreamError, request};
+
+pub(super) async fn forward(cx: &Ctx, body: Incoming) -> Answer {
+    let engine = &cx.engine;
+    let max = engine.limits.max_request_body;
+    let declared =
+        cx.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|l| l > max) {
+        return failed(engine, Error::PayloadTooLarge);
+    }
+    // The body goes upstream with the length the client declared (hyper
+    // has checked it, and delivers exactly that many bytes or an error);
+    // without one it is sent chunked, or not at all when empty.
+    let length = declared.and_then(|_| http_body::Body::size_hint(&body).exact());
+    let body = Limited::new(body, max as usize)
+        .map_err(|e| -> BoxError {
+            let too_large = e.is::<http_body_util::LengthLimitError>();
+            Box::new(ClientBodyError { message: e.to_string(), too_large })
+        })
+        .boxed_unsync();
+    // The normalised path, with the query as the client sent it.
+    let target = match cx.uri.query() {
+        Some(q) => format!("{}?{q}", cx.path()),
+        None => cx.path().to_string(),
+    };
+    let up = request::forward(&engine.hop, &cx.site, &cx.client_side(), &cx.method, &target, body, length);
+    let waiting = Instant::now();
+    let sent = engine.upstream.send(&cx.site, cx.rkey.primary, up, cx.upstream_host()).await;
+    let mut answer = forwarded(cx, sent).await;
+    answer.1.upstream_wait = Some(waiting.elapsed());
+    answer
+}
+
+async fn forwarded(cx: &Ctx, sent: Result<Response<Incoming>, UpstreamError>) -> Answer {
+    let engine = &cx.engine;
+    let resp = match sent {
+        Ok(resp) => resp,
+        Err(e) => return failed(engine, Error::from(e)),
+    };
+    let status = resp.status();
+    if !cx.method.is_safe() && (status.is_success() || status.is_redirection()) {
+        engine.remove_url(&cx.site, cx.scope(None), &cx.rkey.url).await;
+        for name in [header::LOCATION, header::CONTENT_LOCATION] {
+            if let Some((host, url)) = same_site_path(cx, resp.headers().get(&name)) {
+                let host = host.as_deref().and_then(|h| RequestHost::parse(h).ok());
+                engine.remove_url(&cx.site, cx.scope(host), &url).await;
+            }
+        }
+    }
+    passed_response(cx, resp, Some("method"))
+}
+
+/// The host (absent: the request's own) and path of a `Location`-style
+/// value when it points into this site.
+fn same_site_path(cx: &Ctx, value: Option<&HeaderValue>) -> Option<(Option<String>, String)> {
+    let text = value?.to_str().ok()?;
+    if text.starts_with('/') {
+        return Some((None, text.to_string()));
+    }
+    let uri: http::Uri = text.parse().ok()?;
+    let authority = uri.authority()?.as_str();
+    let host = RequestHost::parse(authority).ok()?;
+    let path = uri.path_and_query().map_or("/".into(), |p| p.to_string());
+    cx.site.serves(&host.name().to_ascii_lowercase()).then(|| (Some(authority.to_string()), path))
+}

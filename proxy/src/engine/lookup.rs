@@ -1,0 +1,134 @@
+//! Steps 5 and 6 for GET and HEAD: find the stored object (memory, disk,
+//! `Vary`, purge rules) and serve it when it may be served; otherwise hand
+//! the request to step 7 with what it found.
+
+use std::sync::Arc;
+
+use http::header;
+
+use super::context::{Answer, Ctx, failed};
+use super::respond::serve_stored;
+use super::wait::{self, Miss};
+use crate::cache_status::{CacheStatus, Outcome};
+use crate::error::Error;
+use crate::key::Key;
+use crate::policy::{Directives, Freshness};
+use crate::purge::Verdict;
+use crate::store::{Entry, StoredObject};
+
+/// Times a request looks up again when the response it waited for turned
+/// out to be another variant, before it fetches alone.
+const VARIANT_RETRIES: usize = 3;
+
+/// Steps 5 to 8 for GET and HEAD.
+pub(super) async fn cacheable(cx: &Ctx) -> Answer {
+    let asked = Directives::parse_all(cx.headers.get_all(header::CACHE_CONTROL));
+    let auth = cx.headers.contains_key(header::AUTHORIZATION);
+    // A request with credentials, or one that says `no-store`, may be
+    // answered from the cache, but what it fetches is neither stored nor
+    // shared: it fetches alone.
+    let alone = auth || asked.no_store;
+    let distrust = cx.engine.distrusts(&cx.site);
+    for _ in 0..VARIANT_RETRIES {
+        let found = lookup(cx).await;
+        let miss = match serve(cx, found, auth, distrust) {
+            Ok(answer) => return answer,
+            Err(miss) => miss,
+        };
+        if asked.only_if_cached {
+            return failed(&cx.engine, Error::OnlyIfCached);
+        }
+        // Boxed: the fetch's state is large, and a hit never needs it.
+        if let Some(answer) = Box::pin(wait::fetch(cx, miss, alone, distrust)).await {
+            return answer;
+        }
+    }
+    // The variant kept changing under us: fetch alone.
+    let found = lookup(cx).await;
+    let miss = Miss { key: found.key, stale: None, outcome: Outcome::VaryMiss };
+    Box::pin(wait::fetch(cx, miss, true, false))
+        .await
+        .unwrap_or_else(|| failed(&cx.engine, Error::BadRequest("unstable variant")))
+}
+
+/// What step 5 found.
+struct Found {
+    key: Key,
+    object: Option<Arc<StoredObject>>,
+    vary_miss: bool,
+}
+
+/// Step 5: the stored object for this request, following `Vary`.
+async fn lookup(cx: &Ctx) -> Found {
+    let store = &cx.engine.store;
+    // An object whose body did not all reach the disk (a crash) is dropped
+    // and fetched again.
+    let whole = |key: Key, o: Arc<StoredObject>| {
+        if store.has_body(key, &o) {
+            Some(o)
+        } else {
+            tracing::warn!(node = %cx.engine.node, "a cached body is incomplete (lost in a crash?); fetching it again");
+            store.remove_object(key, &o);
+            None
+        }
+    };
+    match store.get(cx.rkey.primary).await {
+        Some(Entry::Object(o)) => Found { key: cx.rkey.primary, object: whole(cx.rkey.primary, o), vary_miss: false },
+        Some(Entry::Variants(v)) => {
+            let key = cx.rkey.variant(&v.names, &cx.headers);
+            match store.get(key).await {
+                Some(Entry::Object(o)) => {
+                    let object = whole(key, o);
+                    let vary_miss = object.is_none();
+                    Found { key, object, vary_miss }
+                }
+                _ => Found { key, object: None, vary_miss: true },
+            }
+        }
+        _ => Found { key: cx.rkey.primary, object: None, vary_miss: false },
+    }
+}
+
+/// Step 6: the answer from the stored copy, if it may be served now;
+/// otherwise what step 7 needs. Cut off from the control plane past the
+/// site's grace (`distrust`), purges may have been missed: hits are
+/// revalidated, and stale copies stand in when the upstream does not answer.
+fn serve(cx: &Ctx, found: Found, auth: bool, distrust: bool) -> Result<Answer, Miss> {
+    let engine = &cx.engine;
+    let outcome = if found.vary_miss { Outcome::VaryMiss } else { Outcome::UriMiss };
+    let miss = Miss { key: found.key, stale: None, outcome };
+    let Some(obj) = found.object else { return Err(miss) };
+    let verdict = engine.purges.check(&cx.site.id, &obj);
+    if verdict == Verdict::Invalid {
+        // Purged: the copy is gone, so this is a miss, not a stale hit.
+        engine.store.remove_object(found.key, &obj);
+        return Err(Miss { outcome: Outcome::UriMiss, ..miss });
+    }
+    if auth && !obj.shareable_with_auth {
+        return Err(miss);
+    }
+    let now = engine.clock.now();
+    let freshness = match verdict {
+        Verdict::Valid if !distrust => obj.timing.freshness(now),
+        _ => Freshness::Stale(obj.timing.age(now)),
+    };
+    let ttl = Some(obj.timing.ttl_seconds(now));
+    let answer = |outcome| serve_stored(cx, found.key, &obj, CacheStatus { ttl, ..CacheStatus::new(outcome) });
+    let held = engine.holds.held(found.key, now);
+    match freshness {
+        Freshness::Fresh(_) => Ok(answer(Outcome::Hit)),
+        Freshness::StaleWhileRevalidate(_) => {
+            // While the upstream is failing for this key, the stale copy is
+            // served without trying again.
+            if !held {
+                wait::revalidate_in_background(cx, found.key, Arc::clone(&obj));
+            }
+            Ok(answer(Outcome::StaleWhileRevalidate))
+        }
+        // The upstream failed for this key a moment ago: the stale copy
+        // again, without asking it.
+        Freshness::Stale(_) if held && distrust => Ok(answer(Outcome::StalePartitioned)),
+        Freshness::Stale(_) if held && obj.timing.usable_if_error(now) => Ok(answer(Outcome::StaleIfError)),
+        Freshness::Stale(_) => Err(Miss { key: found.key, stale: Some((found.key, obj)), outcome: Outcome::Expired }),
+    }
+}

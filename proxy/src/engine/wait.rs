@@ -1,0 +1,183 @@
+//! Steps 7 and 8 for GET and HEAD: join the fetch already running for the
+//! key, or lead one (revalidating a stored copy when there is one), then
+//! answer from what the fetch got: the shared response as it streams, the
+//! revalidated copy, a response that must not be shared, or — when the
+//! upstream failed — a stale copy or an error.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::Response;
+use http::header::HeaderMap;
+use hyper::body::Incoming;
+use tokio::sync::oneshot;
+
+use super::context::{Answer, Ctx, failed};
+use super::fetch::{FetchJob, Fetched};
+use super::flight::{Flight, Head, Join, SharedHead};
+use super::respond::{BodySource, object_response, passed_response, serve_stored};
+use crate::cache_status::{CacheStatus, Outcome};
+use crate::error::Error;
+use crate::key::Key;
+use crate::policy::Directives;
+use crate::store::StoredObject;
+use crate::upstream::UpstreamErrorKind;
+
+/// A request step 6 could not answer from the store.
+pub(super) struct Miss {
+    pub key: Key,
+    /// The stored copy to revalidate, and its key.
+    pub stale: Option<(Key, Arc<StoredObject>)>,
+    pub outcome: Outcome,
+}
+
+/// The fetch a request waits on.
+struct Joined {
+    flight: Arc<Flight>,
+    /// The leader's channel for a response that must not be shared.
+    pass: Option<oneshot::Receiver<Response<Incoming>>>,
+}
+
+impl Joined {
+    /// Waited for another request's fetch.
+    fn collapsed(&self) -> bool {
+        self.pass.is_none()
+    }
+}
+
+/// What a fetch job needs of the request that starts it.
+fn fetched(cx: &Ctx) -> Fetched {
+    Fetched {
+        from: cx.client_side(),
+        no_store: Directives::parse_all(cx.headers.get_all(http::header::CACHE_CONTROL)).no_store,
+        has_authorization: cx.headers.contains_key(http::header::AUTHORIZATION),
+        host: cx.upstream_host(),
+    }
+}
+
+/// Step 7: joins or leads the fetch for the key (`alone`: a private fetch
+/// nobody joins), then answers (step 8). `None` means the shared response is
+/// another variant: look up again.
+pub(super) async fn fetch(cx: &Ctx, miss: Miss, alone: bool, distrust: bool) -> Option<Answer> {
+    let engine = &cx.engine;
+    let join = if alone { Join::Leader(engine.flights.private(miss.key)) } else { engine.flights.join(miss.key) };
+    let joined = match join {
+        Join::Leader(guard) => {
+            let flight = Arc::clone(&guard.flight);
+            let (tx, rx) = oneshot::channel();
+            let job = FetchJob::new(cx, guard, fetched(cx), miss.stale.clone(), Some(tx));
+            tokio::spawn(job.run());
+            Joined { flight, pass: Some(rx) }
+        }
+        Join::Waiter(flight) => {
+            engine.metrics.coalesced();
+            Joined { flight, pass: None }
+        }
+    };
+    let waiting = Instant::now();
+    let mut answer = answer(cx, miss, joined, distrust).await?;
+    answer.1.upstream_wait.get_or_insert(waiting.elapsed());
+    Some(answer)
+}
+
+/// Stale-while-revalidate: one background revalidation per key.
+pub(super) fn revalidate_in_background(cx: &Ctx, key: Key, obj: Arc<StoredObject>) {
+    if let Join::Leader(guard) = cx.engine.flights.join(key) {
+        tokio::spawn(FetchJob::new(cx, guard, fetched(cx), Some((key, obj)), None).run());
+    }
+}
+
+/// Step 8: the answer from what the fetch got.
+async fn answer(cx: &Ctx, miss: Miss, joined: Joined, distrust: bool) -> Option<Answer> {
+    let collapsed = joined.collapsed();
+    match joined.flight.head().await {
+        Head::Shared(head) => shared(cx, miss.outcome, &joined, head),
+        Head::Revalidated(obj, withheld) => {
+            let obj = as_leader_sees(&obj, &withheld, collapsed);
+            let ttl = Some(obj.timing.ttl_seconds(cx.engine.clock.now()));
+            let status = CacheStatus {
+                fwd_status: Some(304),
+                stored: true,
+                ttl,
+                collapsed,
+                ..CacheStatus::new(Outcome::Revalidated)
+            };
+            Some(serve_stored(cx, joined.flight.key, &obj, status))
+        }
+        Head::Pass(why) => match joined.pass {
+            Some(rx) => Some(match rx.await {
+                Ok(resp) => passed_response(cx, resp, Some(why)),
+                Err(_) => failed(&cx.engine, Error::internal("a passed response", "the fetch dropped it")),
+            }),
+            // Not shareable: this request fetches for itself.
+            None => {
+                let alone = Miss { outcome: Outcome::Pass, ..miss };
+                Box::pin(fetch(cx, alone, true, distrust)).await
+            }
+        },
+        Head::Failed(error) => Some(fail_over(cx, miss, error, collapsed, distrust)),
+        Head::Pending => Some(failed(&cx.engine, Error::internal("a fetch", "it ended without an answer"))),
+    }
+}
+
+/// A shared response, streamed as it arrives; `None` when it is another
+/// variant than this request's.
+fn shared(cx: &Ctx, outcome: Outcome, joined: &Joined, head: Arc<SharedHead>) -> Option<Answer> {
+    let collapsed = joined.collapsed();
+    if collapsed && !head.vary.is_empty() && cx.rkey.variant(&head.vary, &cx.headers) != head.object_key {
+        return None;
+    }
+    let engine = &cx.engine;
+    let now = engine.clock.now();
+    let obj = &as_leader_sees(&head.object, &head.withheld, collapsed);
+    let status = CacheStatus {
+        fwd_status: Some(obj.status.as_u16()),
+        stored: head.storing,
+        ttl: head.storing.then(|| obj.timing.ttl_seconds(now)),
+        collapsed,
+        detail: head.not_stored,
+        partitioned: cx.partitioned,
+        ..CacheStatus::new(outcome)
+    };
+    let header = status.header(&engine.node, head.upstream_status.as_ref());
+    let source =
+        BodySource::Flight { store: engine.store.clone(), flight: Arc::clone(&joined.flight), head: Arc::clone(&head) };
+    let resp = object_response(&cx.site, &engine.rules, &cx.method, &cx.headers, obj, source, now, header);
+    Some((resp, status))
+}
+
+/// The upstream failed: a stale copy stands in when it may (stale-if-error,
+/// or cut off from the control plane), otherwise the error.
+fn fail_over(cx: &Ctx, miss: Miss, error: Error, collapsed: bool, distrust: bool) -> Answer {
+    let now = cx.engine.clock.now();
+    if let Some((key, obj)) = miss.stale.filter(|(_, o)| distrust || o.timing.usable_if_error(now)) {
+        let kind = if distrust { Outcome::StalePartitioned } else { Outcome::StaleIfError };
+        let fwd_status = match &error {
+            Error::Upstream(e) => match e.kind {
+                UpstreamErrorKind::Status(code) => Some(code),
+                _ => None,
+            },
+            _ => None,
+        };
+        let ttl = Some(obj.timing.ttl_seconds(now));
+        return serve_stored(cx, key, &obj, CacheStatus { fwd_status, ttl, collapsed, ..CacheStatus::new(kind) });
+    }
+    let mut answer = failed(&cx.engine, error);
+    answer.1.collapsed = collapsed;
+    answer.1.partitioned = cx.partitioned;
+    answer
+}
+
+/// The object as the request that made the fetch gets it: with the fields
+/// kept out of the stored copy (`no-cache="set-cookie"`). Requests that
+/// joined the fetch, like later hits, get the stored copy.
+fn as_leader_sees(obj: &Arc<StoredObject>, withheld: &HeaderMap, collapsed: bool) -> Arc<StoredObject> {
+    if collapsed || withheld.is_empty() {
+        return Arc::clone(obj);
+    }
+    let mut headers = obj.headers.clone();
+    for (name, value) in withheld {
+        headers.append(name.clone(), value.clone());
+    }
+    Arc::new(StoredObject { headers, ..(**obj).clone() })
+}

@@ -1,0 +1,255 @@
+//! Requests to the next tier, built from a client's: its fields less what
+//! must not go upstream, plus this node's own (`Via`, `CDN-Loop`,
+//! `Forwarded`, `X-Forwarded-For`, `X-Forwarded-Proto`). The `Host` sent is
+//! chosen per target when the request is sent ([`super::Upstream`]).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request};
+use http_body_util::{BodyExt, Empty};
+use outpost_config::{Site, WITHHELD_REQUEST_HEADERS};
+
+use super::ReqBody;
+use crate::headers::{CDN_LOOP, FORWARDED, X_FORWARDED_FOR, X_FORWARDED_PROTO};
+use crate::policy::is_hop_by_hop;
+
+/// Request fields that describe the client's own message, never copied
+/// upstream: the upstream request is framed by its own body
+/// (`Content-Length` is set from the body actually sent), and
+/// `Expect: 100-continue` was answered to the client by this node. A copied
+/// `Content-Length` on a request sent without its body would make the
+/// upstream read the next request on the connection as this one's body.
+const MESSAGE_FIELDS: [HeaderName; 3] = [header::CONTENT_LENGTH, header::TRANSFER_ENCODING, header::EXPECT];
+
+/// Request fields that a cacheable fetch does not forward: the cache asks
+/// for the whole current object and answers ranges, conditionals and the
+/// client's own cache preferences itself.
+const NOT_FORWARDED_ON_FETCH: [HeaderName; 8] = [
+    header::RANGE,
+    header::IF_RANGE,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+    header::CACHE_CONTROL,
+    header::PRAGMA,
+];
+
+/// How this node marks the requests it sends upstream.
+#[derive(Debug)]
+pub struct Hop {
+    pub node: Arc<str>,
+    /// This node's `CDN-Loop` member (RFC 8586): its name and a secret made
+    /// at start, so a request carrying it really passed this node.
+    pub loop_member: String,
+}
+
+impl Hop {
+    pub fn new(node: &str) -> Hop {
+        Hop { node: Arc::from(node), loop_member: format!("{node}; t={}", random_hex(16)) }
+    }
+
+    /// Did this request already pass this node? Only the member this node
+    /// added, with its secret, counts: a client's `Via` or `CDN-Loop` naming
+    /// our nodes proves nothing.
+    pub fn looped(&self, headers: &HeaderMap) -> bool {
+        headers
+            .get_all(CDN_LOOP)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|m| m.trim() == self.loop_member)
+    }
+}
+
+/// `bytes` random bytes from the system's generator, in hex.
+fn random_hex(bytes: usize) -> String {
+    use std::io::Read;
+    let mut buf = vec![0u8; bytes];
+    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf));
+    if read.is_err() {
+        // No /dev/urandom: std's per-process random hash keys stand in.
+        use std::hash::{BuildHasher, RandomState};
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = RandomState::new().hash_one(i) as u8;
+        }
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The client's side of an upstream request.
+#[derive(Debug, Clone)]
+pub struct FromClient {
+    pub headers: HeaderMap,
+    pub ip: Option<IpAddr>,
+    /// `X-Forwarded-Proto` to send (see the request path).
+    pub proto: Option<&'static str>,
+}
+
+/// Headers for an upstream request: the client's, less hop-by-hop and
+/// framing fields and (on a cacheable fetch) what the cache answers itself,
+/// plus ours.
+pub fn forward_headers(hop: &Hop, site: &Site, from: &FromClient, cacheable: bool) -> HeaderMap {
+    let client = &from.headers;
+    let mut h = HeaderMap::with_capacity(client.len() + 2);
+    for (name, value) in client {
+        if is_hop_by_hop(name, client)
+            || MESSAGE_FIELDS.contains(name)
+            || name == X_FORWARDED_PROTO
+            || (cacheable && NOT_FORWARDED_ON_FETCH.contains(name))
+            || (WITHHELD_REQUEST_HEADERS.contains(&name.as_str()) && !site.headers.forward.contains(name))
+        {
+            continue;
+        }
+        h.append(name.clone(), value.clone());
+    }
+    let node = &*hop.node;
+    extend_list(&mut h, header::VIA, &format!("1.1 {node}"));
+    extend_list(&mut h, CDN_LOOP, &hop.loop_member);
+    if let Some(p) = from.proto {
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(p));
+    }
+    if let Some(ip) = from.ip {
+        // RFC 7239: IPv6 addresses are quoted and bracketed.
+        let hop = match ip {
+            IpAddr::V4(v4) => format!("for={v4};by={node}"),
+            IpAddr::V6(v6) => format!("for=\"[{v6}]\";by={node}"),
+        };
+        extend_list(&mut h, FORWARDED, &hop);
+        extend_list(&mut h, X_FORWARDED_FOR, &ip.to_string());
+    }
+    h
+}
+
+/// Appends `item` to a comma-separated list header, as one line.
+fn extend_list(h: &mut HeaderMap, name: HeaderName, item: &str) {
+    let prev: Vec<&str> = h.get_all(&name).iter().filter_map(|v| v.to_str().ok()).collect();
+    let value = if prev.is_empty() { item.to_string() } else { format!("{}, {item}", prev.join(", ")) };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        h.insert(name, v);
+    }
+}
+
+/// A cacheable fetch of `path`: GET, no body, conditional on `validators`
+/// (a stored copy's headers) when revalidating.
+pub fn fetch(
+    hop: &Hop,
+    site: &Site,
+    from: &FromClient,
+    path: &str,
+    validators: Option<&HeaderMap>,
+) -> Request<ReqBody> {
+    let mut headers = forward_headers(hop, site, from, true);
+    if let Some(stored) = validators {
+        if let Some(etag) = stored.get(header::ETAG) {
+            headers.insert(header::IF_NONE_MATCH, etag.clone());
+        }
+        if let Some(lm) = stored.get(header::LAST_MODIFIED) {
+            headers.insert(header::IF_MODIFIED_SINCE, lm.clone());
+        }
+    }
+    let mut req = Request::new(Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync());
+    *req.method_mut() = Method::GET;
+    *req.uri_mut() = path.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
+    *req.headers_mut() = headers;
+    req
+}
+
+/// A request forwarded with its body (`length`: the length the client
+/// declared and hyper checked; without one the body goes chunked).
+pub fn forward(
+    hop: &Hop,
+    site: &Site,
+    from: &FromClient,
+    method: &Method,
+    target: &str,
+    body: ReqBody,
+    length: Option<u64>,
+) -> Request<ReqBody> {
+    let mut up = Request::new(body);
+    *up.method_mut() = method.clone();
+    *up.uri_mut() = target.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
+    *up.headers_mut() = forward_headers(hop, site, from, false);
+    if let Some(n) = length {
+        up.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    up
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(extra: &str) -> Site {
+        format!("[site]\nid = \"a\"\nhosts = [\"a.test\"]\n[[origin]]\nurl = \"http://127.0.0.1:1\"\n{extra}")
+            .parse()
+            .unwrap()
+    }
+
+    fn from(pairs: &[(&'static str, &'static str)], proto: Option<&'static str>) -> FromClient {
+        let mut headers = HeaderMap::new();
+        for (k, v) in pairs {
+            headers.append(*k, HeaderValue::from_static(v));
+        }
+        FromClient { headers, ip: None, proto }
+    }
+
+    #[test]
+    fn the_clients_framing_never_goes_upstream() {
+        let f = from(
+            &[
+                ("content-length", "10"),
+                ("transfer-encoding", "chunked"),
+                ("expect", "100-continue"),
+                ("connection", "x-hop"),
+                ("x-hop", "1"),
+                ("accept", "*/*"),
+                ("range", "bytes=0-1"),
+            ],
+            None,
+        );
+        for cacheable in [true, false] {
+            let up = forward_headers(&Hop::new("edge-1"), &site(""), &f, cacheable);
+            for name in ["content-length", "transfer-encoding", "expect", "connection", "x-hop"] {
+                assert!(!up.contains_key(name), "{name} forwarded (cacheable: {cacheable})");
+            }
+            assert_eq!(up["accept"], "*/*");
+            assert_eq!(up.contains_key("range"), !cacheable, "a fetch asks for the whole object");
+            assert_eq!(up["via"], "1.1 edge-1");
+        }
+    }
+
+    #[test]
+    fn override_fields_are_withheld_unless_the_site_forwards_them() {
+        let mut f = from(&[], Some("https"));
+        for name in WITHHELD_REQUEST_HEADERS {
+            f.headers.insert(HeaderName::from_static(name), HeaderValue::from_static("evil.test"));
+        }
+        f.headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("gopher"));
+        let up = forward_headers(&Hop::new("edge-1"), &site(""), &f, true);
+        for name in WITHHELD_REQUEST_HEADERS {
+            assert!(!up.contains_key(name), "{name} forwarded");
+        }
+        assert_eq!(up[X_FORWARDED_PROTO], "https", "the client's own value is replaced");
+        f.proto = None;
+        let up =
+            forward_headers(&Hop::new("shield-1"), &site("[headers]\nforward = [\"x-forwarded-host\"]\n"), &f, true);
+        assert_eq!(up["x-forwarded-host"], "evil.test");
+        assert!(!up.contains_key("x-original-url"));
+        assert!(!up.contains_key(X_FORWARDED_PROTO), "a shield passes on only http or https");
+    }
+
+    #[test]
+    fn loops_are_recognised_by_this_nodes_secret_only() {
+        let hop = Hop::new("shield-1");
+        let f = from(&[("via", "1.1 edge-fra, 1.1 shield-1"), ("cdn-loop", "shield-1, shield-1; t=guess")], None);
+        assert!(!hop.looped(&f.headers), "a client's Via or CDN-Loop proves nothing");
+        let up = forward_headers(&hop, &site(""), &f, true);
+        assert!(hop.looped(&up), "what this node sent upstream, back again");
+        assert!(!Hop::new("shield-1").looped(&up), "another process's secret differs");
+        assert_eq!(up[header::VIA], "1.1 edge-fra, 1.1 shield-1, 1.1 shield-1");
+    }
+}

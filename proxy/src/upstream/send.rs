@@ -1,0 +1,108 @@
+//! Sending a request to the next tier: the route's targets in order, a
+//! growing pause between attempts, retries only for idempotent requests
+//! whose failure came before any response, a passive health report for
+//! every attempt, and the target's concurrency cap held until the response
+//! is dropped.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use outpost_config::Site;
+
+use super::{Probes, ReqBody, Route, UpstreamClient, UpstreamError};
+use crate::key::Key;
+use crate::observe::Metrics;
+
+/// Pause before the second attempt at an upstream; doubles per attempt.
+const RETRY_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Where a node's upstream requests go, and how they get there.
+#[derive(Debug)]
+pub struct Upstream {
+    route: Arc<dyn Route>,
+    client: UpstreamClient,
+    metrics: Metrics,
+    node: Arc<str>,
+}
+
+impl Upstream {
+    pub fn new(route: Arc<dyn Route>, client: UpstreamClient, metrics: Metrics, node: Arc<str>) -> Upstream {
+        Upstream { route, client, metrics, node }
+    }
+
+    pub fn route(&self) -> &Arc<dyn Route> {
+        &self.route
+    }
+
+    /// Clients for health probes, connecting as requests do.
+    pub fn probes(&self) -> Probes {
+        self.client.probes()
+    }
+
+    /// Sends `req` for `site`'s object `key`. `client_host` is the `Host`
+    /// sent to targets that have none of their own.
+    pub async fn send(
+        &self,
+        site: &Site,
+        key: Key,
+        req: Request<ReqBody>,
+        client_host: Option<HeaderValue>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let mut targets = self.route.targets(site, key);
+        let retry = req.method().is_idempotent();
+        if retry && targets.len() == 1 {
+            // A lone upstream gets a second chance after a pause.
+            targets.push(targets[0].clone());
+        }
+        let (parts, body) = req.into_parts();
+        let mut body = Some(body);
+        let mut last = UpstreamError::no_target();
+        for (i, target) in targets.iter().enumerate() {
+            if i > 0 {
+                tokio::time::sleep(RETRY_BACKOFF * (1 << (i - 1).min(4))).await;
+            }
+            let permit = match &target.limit {
+                Some(limit) => Arc::clone(limit).acquire_owned().await.ok(),
+                None => None,
+            };
+            let body = body.take().unwrap_or_else(|| Empty::<Bytes>::new().map_err(|n| match n {}).boxed_unsync());
+            let mut attempt = Request::from_parts(parts.clone(), body);
+            let host =
+                target.host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()).or_else(|| client_host.clone());
+            if let Some(h) = host {
+                attempt.headers_mut().insert(header::HOST, h);
+            }
+            let started = Instant::now();
+            let result = self.client.send(target, attempt).await;
+            self.metrics.upstream(started.elapsed(), result.is_ok());
+            // A 508 says the request looped (a configuration mistake), not
+            // that the upstream is unwell.
+            let healthy = result
+                .as_ref()
+                .is_ok_and(|r| !r.status().is_server_error() || r.status() == http::StatusCode::LOOP_DETECTED);
+            self.route.report(target, healthy);
+            match result {
+                Ok(mut resp) => {
+                    if let Some(p) = permit {
+                        resp.extensions_mut().insert(Arc::new(p));
+                    }
+                    return Ok(resp);
+                }
+                Err(e) => {
+                    tracing::debug!(node = %self.node, target = %target.base, error = %super::error::chain(&e), "upstream failed");
+                    let again = retry && e.is_retryable();
+                    last = e;
+                    if !again {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+}

@@ -6,11 +6,7 @@ use std::process::ExitCode;
 use outpost_config::ConfigFile;
 
 pub(crate) fn run(files: &[PathBuf]) -> ExitCode {
-    let (manifests, paths): (Vec<&Path>, Vec<&Path>) =
-        files.iter().map(PathBuf::as_path).partition(|p| outpost_config::is_cargo_manifest(p));
-    for m in &manifests {
-        println!("skipped {}: a Cargo manifest, not an Outpost file", m.display());
-    }
+    let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
     let problems = outpost_config::check_files(&paths);
     if problems.is_empty() {
         let (mut nodes, mut sites) = (0, 0);

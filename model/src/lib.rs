@@ -57,23 +57,12 @@ pub fn load_file(path: &Path) -> Result<ConfigFile, ConfigError> {
     }
 }
 
-/// Is this a Cargo manifest? The config crate shares its folder with the
-/// example files, so `outpost check config/*.toml` meets one.
-pub fn is_cargo_manifest(path: &Path) -> bool {
-    path.file_name().is_some_and(|n| n == "Cargo.toml")
-        && std::fs::read_to_string(path).is_ok_and(|text| {
-            let (doc, _) = DeTable::parse_recoverable(&text);
-            doc.get_ref().iter().any(|(k, _)| k.get_ref() == "package" || k.get_ref() == "workspace")
-        })
-}
-
 /// Checks several files together: each on its own, then the sites among them
 /// against each other (ids and hosts must not collide). Returns every problem.
-/// Cargo manifests are skipped (see [`is_cargo_manifest`]).
 pub fn check_files(paths: &[&Path]) -> Vec<Diagnostic> {
     let mut problems = Vec::new();
     let mut sites = Vec::new();
-    for path in paths.iter().filter(|p| !is_cargo_manifest(p)) {
+    for path in paths {
         match load_file(path) {
             Ok(ConfigFile::Site(site)) => sites.push(*site),
             Ok(ConfigFile::Node(_)) => {}
@@ -132,8 +121,13 @@ mod tests {
     use super::*;
     use std::path::PathBuf;
 
+    /// The operator's example files, in the repository's `config/`.
+    fn examples_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../config")
+    }
+
     fn examples() -> Vec<PathBuf> {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = examples_dir();
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().path())
@@ -144,22 +138,10 @@ mod tests {
     }
 
     #[test]
-    fn the_crate_manifest_beside_the_examples_is_recognised() {
-        let files = examples();
-        let manifests: Vec<_> = files.iter().filter(|f| is_cargo_manifest(f)).collect();
-        assert_eq!(manifests.len(), 1, "{manifests:?}");
-        let dir = tempfile::tempdir().unwrap();
-        let fake = dir.path().join("Cargo.toml");
-        std::fs::write(&fake, "[site]\nid = \"x\"\n").unwrap();
-        assert!(!is_cargo_manifest(&fake), "only a real manifest is skipped");
-        assert!(!check_files(&[&fake]).is_empty());
-    }
-
-    #[test]
     fn every_example_file_loads() {
         let files = examples();
-        assert!(files.len() >= 10, "expected the up topology's files, found {files:?}");
-        for f in files.iter().filter(|f| !is_cargo_manifest(f)) {
+        assert!(files.len() >= 9, "expected the up topology's files, found {files:?}");
+        for f in &files {
             if let Err(e) = load_file(f) {
                 panic!("{} does not load:\n{e}", f.display());
             }
@@ -170,7 +152,7 @@ mod tests {
 
     #[test]
     fn example_topology_matches_the_documented_pops() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = examples_dir();
         for (file, pop, ip, lat, lon) in [
             ("edge-fra.toml", "fra", "127.0.0.11", 50.11, 8.68),
             ("edge-iad.toml", "iad", "127.0.0.12", 38.95, -77.45),

@@ -1,6 +1,6 @@
 //! A site: the hosts it answers for, its origins and how its objects are cached.
 //!
-//! Written by operators as TOML (see `config/example.site.toml`), uploaded to
+//! Written by operators as TOML (see the repository's `config/example.site.toml`), uploaded to
 //! the control plane as text and parsed again by every node, so the text is
 //! the unit of exchange and [`Site::parse`] is the one way in.
 

@@ -1,5 +1,8 @@
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::Path;
+
+use outpost_testkit::free_addr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -80,23 +83,19 @@ fn http_get(addr: &str, path: &str) -> String {
 #[test]
 fn an_edge_stopped_with_sigterm_serves_its_old_objects_as_hits() {
     let dir = tempfile::tempdir().unwrap();
-    let origin_port = free_port();
-    let edge_port = free_port();
-    let mut origin = outpost()
-        .args(["origin", "--listen", &format!("127.0.0.1:{origin_port}")])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (origin_addr, edge_addr) = (free_addr(), free_addr());
+    let mut origin =
+        outpost().args(["origin", "--listen", &origin_addr.to_string()]).stderr(Stdio::null()).spawn().unwrap();
     std::fs::write(
         dir.path().join("site.toml"),
-        format!("[site]\nid = \"s\"\nhosts = [\"s.test\"]\n[[origin]]\nurl = \"http://127.0.0.1:{origin_port}\"\n"),
+        format!("[site]\nid = \"s\"\nhosts = [\"s.test\"]\n[[origin]]\nurl = \"http://{origin_addr}\"\n"),
     )
     .unwrap();
     std::fs::write(
         dir.path().join("edge.toml"),
         format!(
             "[node]\nname = \"edge-x\"\nrole = \"edge\"\npop = \"x\"\nlatitude = 1.0\nlongitude = 2.0\nsites = [\"site.toml\"]\n\
-             access_log = \"off\"\n[listen]\nhttp = [\"127.0.0.1:{edge_port}\"]\n[cache]\nmemory = \"16MiB\"\ndisk = \"64MiB\"\n\
+             access_log = \"off\"\n[listen]\nhttp = [\"{edge_addr}\"]\n[cache]\nmemory = \"16MiB\"\ndisk = \"64MiB\"\n\
              path = \"cache\"\n[upstream]\nmode = \"origin\"\n"
         ),
     )
@@ -105,15 +104,8 @@ fn an_edge_stopped_with_sigterm_serves_its_old_objects_as_hits() {
         outpost().arg("edge").arg("--config").arg(dir.path().join("edge.toml")).stderr(Stdio::null()).spawn().unwrap()
     };
     let request = |path: &str| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match std::net::TcpStream::connect(("127.0.0.1", edge_port)) {
-                Ok(_) => break,
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-                Err(e) => panic!("edge not up: {e}"),
-            }
-        }
-        http_get_host(&format!("127.0.0.1:{edge_port}"), path, "s.test")
+        wait_for_listener(edge_addr, "the edge");
+        http_get_host(&edge_addr.to_string(), path, "s.test")
     };
     let mut edge = start_edge();
     let first = request("/kept?size=2000000&cc=max-age%3D600");
@@ -132,10 +124,6 @@ fn an_edge_stopped_with_sigterm_serves_its_old_objects_as_hits() {
     origin.wait().unwrap();
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn http_get_host(addr: &str, path: &str, host: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
@@ -148,23 +136,32 @@ fn http_get_host(addr: &str, path: &str, host: &str) -> String {
 
 /// A control plane run as its own process (`outpost control`) on a port of
 /// its own, with its files in `dir`.
+/// Waits (at most 30 s) until something listens on `addr`.
+fn wait_for_listener(addr: SocketAddr, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 struct ControlProcess<'a> {
     dir: &'a Path,
-    port: u16,
+    addr: SocketAddr,
 }
 
 impl ControlProcess<'_> {
     fn new(dir: &Path) -> ControlProcess<'_> {
-        let port = free_port();
+        let addr = free_addr();
         std::fs::write(
             dir.join("control.toml"),
             format!(
-                "[node]\nname = \"control\"\nrole = \"control\"\n[listen]\nhttp = [\"127.0.0.1:{port}\"]\n\
+                "[node]\nname = \"control\"\nrole = \"control\"\n[listen]\nhttp = [\"{addr}\"]\n\
                  [store]\npath = \"c.redb\"\n[auth]\nadmin_token_file = \"admin.token\"\nnode_token_file = \"node.token\"\n"
             ),
         )
         .unwrap();
-        ControlProcess { dir, port }
+        ControlProcess { dir, addr }
     }
 
     /// Starts the process and waits for its port.
@@ -176,11 +173,7 @@ impl ControlProcess<'_> {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "control plane did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_listener(self.addr, "the control plane");
         child
     }
 
@@ -188,7 +181,7 @@ impl ControlProcess<'_> {
     fn api(&self, method: &str, path: &str, body: &str) -> String {
         use std::io::{Read, Write};
         let token = std::fs::read_to_string(self.dir.join("admin.token")).unwrap();
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let mut s = std::net::TcpStream::connect(self.addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         write!(
             s,

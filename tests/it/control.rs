@@ -14,6 +14,7 @@ use outpost_config::NodeConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::topology::Reply;
+use outpost_testkit::eventually;
 
 async fn call(method: Method, url: &str, token: Option<&str>, host: Option<&str>, body: &str) -> Reply {
     crate::topology::request(method, url, host.unwrap_or(""), token, body).await.unwrap()
@@ -138,20 +139,6 @@ async fn test_origin(stop: &CancellationToken) -> SocketAddr {
 
 fn site(origin: SocketAddr) -> String {
     format!("[site]\nid = \"shop\"\nhosts = [\"shop.test\"]\n\n[[origin]]\nurl = \"http://{origin}\"\n")
-}
-
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..200 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -305,14 +292,7 @@ async fn the_api_cuts_off_slow_heads_and_makes_room_at_its_connection_cap() {
 
 /// A call with exactly these headers.
 async fn call_with(method: Method, url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let mut req = Request::builder().method(method).uri(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = client.request(req.body(Full::new(Bytes::from(body.to_string()))).unwrap()).await.unwrap();
-    let (parts, b) = resp.into_parts();
-    Reply { status: parts.status, headers: parts.headers, body: b.collect().await.unwrap().to_bytes() }
+    outpost_testkit::request(method, url, headers, body.as_bytes()).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,11 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http::{Method, StatusCode};
 use outpost_config::NodeConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -24,53 +20,26 @@ use crate::relay::Relay;
 pub const SITE_HOST: &str = "shop.test";
 const POPS: [(&str, f64, f64); 3] = [("fra", 50.11, 8.68), ("iad", 38.95, -77.45), ("sin", 1.35, 103.99)];
 
-pub struct Reply {
-    pub status: StatusCode,
-    pub headers: http::HeaderMap,
-    pub body: Bytes,
-}
-
-impl Reply {
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
-    }
-
-    pub fn cache_status(&self) -> String {
-        self.headers.get("cache-status").and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
-    }
-}
+pub use outpost_testkit::Reply;
 
 /// One request, with `host` as its Host (the URL's when empty); `Err` when
 /// there was no response (or it broke off).
 pub async fn request(method: Method, url: &str, host: &str, token: Option<&str>, body: &str) -> Result<Reply, String> {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let mut req = Request::builder().method(method).uri(url);
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = Vec::new();
     if !host.is_empty() {
-        req = req.header("host", host);
+        headers.push(("host", host));
     }
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
+    if let Some(b) = &bearer {
+        headers.push(("authorization", b.as_str()));
     }
-    let req = req.body(Full::new(Bytes::from(body.to_string()))).map_err(|e| e.to_string())?;
-    let resp = client.request(req).await.map_err(|e| format!("{e:?}"))?;
-    let (parts, b) = resp.into_parts();
-    let body = b.collect().await.map_err(|e| format!("body: {e:?}"))?.to_bytes();
-    Ok(Reply { status: parts.status, headers: parts.headers, body })
+    outpost_testkit::request(method, url, &headers, body.as_bytes()).await
 }
 
 /// A GET straight to a shield, as an edge sends it for a plain-HTTP client
 /// (the scheme an edge forwards is part of the shield's cache key).
 pub async fn shield_get(shield: SocketAddr, path: &str) -> Reply {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let req = Request::get(format!("http://{shield}{path}"))
-        .header("host", SITE_HOST)
-        .header("x-forwarded-proto", "http")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let resp = client.request(req).await.unwrap();
-    let (parts, b) = resp.into_parts();
-    Reply { status: parts.status, headers: parts.headers, body: b.collect().await.unwrap().to_bytes() }
+    outpost_testkit::get(&format!("http://{shield}{path}"), &[("host", SITE_HOST), ("x-forwarded-proto", "http")]).await
 }
 
 pub fn load_node(dir: &Path, name: &str, text: &str) -> NodeConfig {

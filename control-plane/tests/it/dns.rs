@@ -387,13 +387,8 @@ fn registry_poll() -> Duration {
 
 /// The status of a GET with the node token.
 async fn status_of(url: &str, token: &str) -> u16 {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    let req = http::Request::get(url)
-        .header("authorization", format!("Bearer {token}"))
-        .body(http_body_util::Empty::new())
-        .unwrap();
-    client.request(req).await.unwrap().status().as_u16()
+    let bearer = format!("Bearer {token}");
+    outpost_testkit::get(url, &[("authorization", &bearer)]).await.status.as_u16()
 }
 
 /// Holds an edge's event stream open, as a live edge does: the registry
@@ -405,20 +400,27 @@ async fn hold_stream(
     pop: &str,
     addr: &str,
 ) -> tokio::task::JoinHandle<()> {
-    use http_body_util::BodyExt;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    let url = format!("http://{control}/v1/events?after=0&node={name}&role=edge&pop={pop}&addrs={addr}");
-    let req = http::Request::get(url)
-        .header("authorization", format!("Bearer {token}"))
-        .body(http_body_util::Empty::new())
-        .unwrap();
-    let resp = client.request(req).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    tokio::spawn(async move {
-        let mut body = resp.into_body();
-        while let Some(Ok(_)) = body.frame().await {}
-    })
+    use outpost_net::control::{ControlClient, Token};
+    let tls = std::sync::Arc::new(plain_tls());
+    let client = ControlClient::new(&format!("http://{control}"), Token::Value(token.into()), tls);
+    let query = outpost_config::api::StreamQuery {
+        after: 0,
+        node: name.into(),
+        role: outpost_config::Role::Edge,
+        pop: Some(pop.into()),
+        addrs: addr.into(),
+    };
+    let mut stream = client.events(&query).await.unwrap();
+    tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} })
+}
+
+/// TLS settings that trust nothing: the control plane here is plain HTTP.
+fn plain_tls() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,44 +4,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http::Method;
 use outpost_config::NodeConfig;
-use outpost_load::OriginServer;
 use outpost_proxy::Engine;
 use outpost_shield::OriginPool;
 use tokio_util::sync::CancellationToken;
-
-pub struct Origin {
-    pub addr: SocketAddr,
-    _stop: tokio_util::sync::DropGuard,
-}
-
-impl Origin {
-    pub async fn start() -> Origin {
-        let server = OriginServer::bind(&["127.0.0.1:0".parse().unwrap()], None).await.unwrap();
-        let addr = server.local_addrs()[0];
-        let stop = CancellationToken::new();
-        tokio::spawn(server.run(stop.clone()));
-        Origin { addr, _stop: stop.drop_guard() }
-    }
-
-    pub async fn stats(&self) -> serde_json::Value {
-        serde_json::from_slice(&get(&format!("http://{}/__origin/stats", self.addr), "x").await.body).unwrap()
-    }
-
-    pub async fn total(&self) -> u64 {
-        self.stats().await["total"].as_u64().unwrap()
-    }
-
-    pub async fn control(&self, what: &str) {
-        let r = send(Method::POST, &format!("http://{}/__origin/{what}", self.addr), "x").await;
-        assert_eq!(r.status, StatusCode::OK);
-    }
-}
 
 /// A running shield or edge.
 pub struct Running {
@@ -113,29 +80,14 @@ pub async fn edge(dir: &Path, name: &str, shields: &[SocketAddr]) -> Running {
     Running::spawn(outpost_edge::bind(&cfg).await.unwrap())
 }
 
-pub struct Resp {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-impl Resp {
-    pub fn cache_status(&self) -> String {
-        self.headers.get("cache-status").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
-    }
-}
+pub use outpost_testkit::{Origin, Reply as Resp, eventually};
 
 pub async fn send(method: Method, url: &str, host: &str) -> Resp {
     try_send(method, url, host).await.unwrap_or_else(|e| panic!("{url}: {e}"))
 }
 
 pub async fn try_send(method: Method, url: &str, host: &str) -> Result<Resp, String> {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let req = Request::builder().method(method).uri(url).header("host", host).body(Empty::new()).unwrap();
-    let resp = client.request(req).await.map_err(|e| format!("{e:?}"))?;
-    let (parts, body) = resp.into_parts();
-    let body = body.collect().await.map_err(|e| format!("{e:?}"))?.to_bytes();
-    Ok(Resp { status: parts.status, headers: parts.headers, body })
+    outpost_testkit::request(method, url, &[("host", host)], b"").await
 }
 
 pub async fn get(url: &str, host: &str) -> Resp {
@@ -144,31 +96,12 @@ pub async fn get(url: &str, host: &str) -> Resp {
 
 /// A GET through an edge with extra request headers.
 pub async fn try_send_with(edge: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Resp {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let mut req = Request::get(format!("http://{edge}{path}")).header("host", "s.test");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = client.request(req.body(Empty::new()).unwrap()).await.unwrap();
-    let (parts, body) = resp.into_parts();
-    Resp { status: parts.status, headers: parts.headers, body: body.collect().await.unwrap().to_bytes() }
+    let mut h = vec![("host", "s.test")];
+    h.extend_from_slice(headers);
+    outpost_testkit::get(&format!("http://{edge}{path}"), &h).await
 }
 
 /// A GET through an edge for the site `s.test`.
 pub async fn via(edge: SocketAddr, path: &str) -> Resp {
     get(&format!("http://{edge}{path}"), "s.test").await
-}
-
-pub async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..200 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for {what}");
 }

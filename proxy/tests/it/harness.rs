@@ -4,53 +4,12 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http::Method;
 use outpost_config::NodeConfig;
-use outpost_load::OriginServer;
 use outpost_proxy::node::Node;
 use outpost_proxy::upstream::OriginRoute;
 use outpost_proxy::{Engine, Tier};
 use tokio_util::sync::CancellationToken;
-
-pub struct Origin {
-    pub addr: SocketAddr,
-    stop: CancellationToken,
-}
-
-impl Origin {
-    pub async fn start() -> Origin {
-        let server = OriginServer::bind(&["127.0.0.1:0".parse().unwrap()], None).await.unwrap();
-        let addr = server.local_addrs()[0];
-        let stop = CancellationToken::new();
-        tokio::spawn(server.run(stop.clone()));
-        Origin { addr, stop }
-    }
-
-    pub async fn stats(&self) -> serde_json::Value {
-        let r = send(Method::GET, &format!("http://{}/__origin/stats", self.addr), &[]).await;
-        serde_json::from_slice(&r.body).unwrap()
-    }
-
-    /// Requests the origin got for `path`.
-    pub async fn count(&self, path: &str) -> u64 {
-        self.stats().await["paths"][path].as_u64().unwrap_or(0)
-    }
-
-    pub async fn control(&self, what: &str) {
-        let r = send(Method::POST, &format!("http://{}/__origin/{what}", self.addr), &[]).await;
-        assert_eq!(r.status, StatusCode::OK, "origin control {what}");
-    }
-}
-
-impl Drop for Origin {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
 
 pub struct Edge {
     pub addr: SocketAddr,
@@ -119,71 +78,24 @@ impl Edge {
     }
 }
 
-pub struct Resp {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-impl Resp {
-    pub fn cache_status(&self) -> String {
-        self.headers.get("cache-status").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
-    }
-
-    pub fn is_hit(&self) -> bool {
-        self.cache_status().contains("; hit")
-    }
-}
+pub use outpost_testkit::{Origin, Reply as Resp, eventually};
 
 pub async fn send(method: Method, url: &str, headers: &[(&str, &str)]) -> Resp {
     try_send(method, url, headers).await.unwrap()
 }
 
 pub async fn try_send(method: Method, url: &str, headers: &[(&str, &str)]) -> Result<Resp, String> {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let mut req = Request::builder().method(method).uri(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = client.request(req.body(Empty::new()).unwrap()).await.map_err(|e| format!("{e:?}"))?;
-    let (parts, body) = resp.into_parts();
-    let body = body.collect().await.map_err(|e| format!("body: {e:?}"))?.to_bytes();
-    Ok(Resp { status: parts.status, headers: parts.headers, body })
+    outpost_testkit::request(method, url, headers, b"").await
 }
 
 pub async fn send_body(method: Method, url: &str, host: &str, body: &'static [u8]) -> Resp {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let req = Request::builder()
-        .method(method)
-        .uri(url)
-        .header("host", host)
-        .body(Full::new(Bytes::from_static(body)))
-        .unwrap();
-    let resp = client.request(req).await.unwrap();
-    let (parts, body) = resp.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    Resp { status: parts.status, headers: parts.headers, body }
+    outpost_testkit::request(method, url, &[("host", host)], body).await.unwrap()
 }
 
 /// Asserts that `body` is the origin's content for `path` (version 0).
 pub fn assert_origin_bytes(path: &str, body: &[u8]) {
     let seed = outpost_load::content::seed(path, 0, &[]);
     assert_eq!(outpost_load::content::first_mismatch(seed, 0, body), None, "{path}: body differs from the origin's");
-}
-
-/// Waits, bounded, until `f` holds; for effects of background work.
-pub async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..200 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 /// Runs `work` in a new process of this test binary running only the test

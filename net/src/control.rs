@@ -130,7 +130,7 @@ impl ControlClient {
             .map_err(|e| ClientError::Unreachable { url: url.clone(), cause: e.to_string() })?;
         match tokio::time::timeout(self.timeout, self.http.request(req)).await {
             Err(_) => Err(ClientError::Timeout { url, secs: self.timeout.as_secs() }),
-            Ok(Err(e)) => Err(ClientError::Unreachable { url, cause: cause_chain(&e) }),
+            Ok(Err(e)) => Err(ClientError::Unreachable { url, cause: crate::error_chain(&e) }),
             Ok(Ok(resp)) => Ok(resp),
         }
     }
@@ -231,18 +231,6 @@ fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
     let e: ErrorBody = serde_json::from_slice(body)
         .unwrap_or_else(|_| ErrorBody { error: "error".into(), detail: String::from_utf8_lossy(body).into_owned() });
     ClientError::Api { status: status.as_u16(), error: e.error, detail: e.detail }
-}
-
-/// An error and its causes, as one line.
-fn cause_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(s) = next {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        next = s.source();
-    }
-    out
 }
 
 /// The lines of an open event stream.

@@ -79,6 +79,18 @@ pub trait Handler: Send + Sync + 'static {
     fn tls_handshake(&self, _ok: bool) {}
 }
 
+/// An error and its causes, as one line, for logs and messages.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        next = s.source();
+    }
+    out
+}
+
 /// A plain-text 400 naming what was wrong.
 pub fn bad_request(why: &str) -> Response<Body> {
     let mut r =

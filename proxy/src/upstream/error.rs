@@ -117,14 +117,4 @@ pub(crate) fn client_body_error<'a>(e: &'a (dyn std::error::Error + 'static)) ->
     None
 }
 
-/// An error and its causes, as one line, for logs.
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(s) = next {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        next = s.source();
-    }
-    out
-}
+pub use outpost_net::error_chain as chain;

@@ -37,6 +37,12 @@ impl Edge {
         Edge::start_with(dir, site, "memory = \"32MiB\"\ndisk = \"128MiB\"", "").await
     }
 
+    /// An edge in front of `origin` with the default rules, a memory cache
+    /// and these `[limits]`.
+    pub async fn limited(dir: &Path, origin: SocketAddr, limits: &str) -> Edge {
+        Edge::start_with(dir, &site_toml(origin, DEFAULT_RULES), "memory = \"32MiB\"", limits).await
+    }
+
     pub async fn start_with(dir: &Path, site: &str, cache: &str, limits: &str) -> Edge {
         std::fs::write(dir.join("site.toml"), site).unwrap();
         let node = format!(

@@ -141,13 +141,7 @@ async fn malformed_requests_get_400_and_the_node_keeps_serving() {
 async fn oversized_heads_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let origin = Origin::start().await;
-    let edge = Edge::start_with(
-        dir.path(),
-        &site_toml(origin.addr, DEFAULT_RULES),
-        "memory = \"32MiB\"",
-        "[limits]\nheader_bytes = \"8KiB\"\nheaders = 20\n",
-    )
-    .await;
+    let edge = Edge::limited(dir.path(), origin.addr, "[limits]\nheader_bytes = \"8KiB\"\nheaders = 20\n").await;
     let big = format!("GET /x HTTP/1.1\r\nHost: t.test\r\nX-Big: {}\r\n\r\n", "a".repeat(20_000));
     let addr = edge.addr;
     let resp = tokio::task::spawn_blocking(move || raw(addr, big.as_bytes())).await.unwrap();
@@ -166,10 +160,9 @@ async fn oversized_heads_are_refused() {
 async fn slow_request_heads_are_cut_off_and_idle_connections_closed() {
     let dir = tempfile::tempdir().unwrap();
     let origin = Origin::start().await;
-    let edge = Edge::start_with(
+    let edge = Edge::limited(
         dir.path(),
-        &site_toml(origin.addr, DEFAULT_RULES),
-        "memory = \"32MiB\"",
+        origin.addr,
         "[limits]\nheader_read_timeout = \"500ms\"\nidle_timeout = \"1500ms\"\n",
     )
     .await;
@@ -274,7 +267,7 @@ async fn the_admin_listener_cuts_off_slow_heads_too() {
     let dir = tempfile::tempdir().unwrap();
     let origin = Origin::start().await;
     let limits = "[limits]\nheader_read_timeout = \"500ms\"\n";
-    let edge = Edge::start_with(dir.path(), &site_toml(origin.addr, DEFAULT_RULES), "memory = \"32MiB\"", limits).await;
+    let edge = Edge::limited(dir.path(), origin.addr, limits).await;
     let admin = edge.admin;
     let held = tokio::task::spawn_blocking(move || {
         let started = Instant::now();

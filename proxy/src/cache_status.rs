@@ -8,6 +8,9 @@
 
 use http::HeaderValue;
 
+use crate::policy::NotStored;
+use crate::upstream::UpstreamErrorKind;
+
 /// The outcome of one request, as named in `Cache-Status`, metrics and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -72,6 +75,33 @@ impl Outcome {
     }
 }
 
+/// Why, in a word: the `detail=` of `Cache-Status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// The response was not stored, for this reason.
+    NotStored(NotStored),
+    /// A response that must not be shared, for no stated reason.
+    Uncacheable,
+    /// The method is never cached.
+    Method,
+    /// How the upstream failed.
+    Upstream(UpstreamErrorKind),
+    /// This node failed.
+    Internal,
+}
+
+impl Detail {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Detail::NotStored(r) => r.as_str(),
+            Detail::Uncacheable => "uncacheable",
+            Detail::Method => "method",
+            Detail::Upstream(k) => k.as_str(),
+            Detail::Internal => "internal",
+        }
+    }
+}
+
 /// One node's `Cache-Status` member.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheStatus {
@@ -82,7 +112,7 @@ pub struct CacheStatus {
     /// Waited for another request's fetch instead of fetching.
     pub collapsed: bool,
     /// Why, in a word: a not-stored reason, a stale reason, an error kind.
-    pub detail: Option<&'static str>,
+    pub detail: Option<Detail>,
     /// Time this request waited for the upstream's response head (not in
     /// the header; for the access log).
     pub upstream_wait: Option<std::time::Duration>,
@@ -142,8 +172,8 @@ impl CacheStatus {
             Outcome::StaleWhileRevalidate
             | Outcome::StaleIfError
             | Outcome::StalePartitioned
-            | Outcome::Revalidated => Some(self.detail.unwrap_or(self.outcome.as_str())),
-            _ => self.detail,
+            | Outcome::Revalidated => Some(self.detail.map_or(self.outcome.as_str(), Detail::as_str)),
+            _ => self.detail.map(Detail::as_str),
         };
         if let Some(d) = detail {
             s.push_str("; detail=");
@@ -174,7 +204,11 @@ mod tests {
         );
         let stale = CacheStatus { fwd_status: Some(503), ttl: Some(-30), ..CacheStatus::new(Outcome::StaleIfError) };
         assert_eq!(stale.header("e", None), "e; hit; fwd=stale; fwd-status=503; ttl=-30; detail=stale-if-error");
-        let pass = CacheStatus { detail: Some("private"), fwd_status: Some(200), ..CacheStatus::new(Outcome::Pass) };
+        let pass = CacheStatus {
+            detail: Some(Detail::NotStored(NotStored::Private)),
+            fwd_status: Some(200),
+            ..CacheStatus::new(Outcome::Pass)
+        };
         assert_eq!(pass.header("1node", None), "\"1node\"; fwd=bypass; fwd-status=200; detail=private");
         let collapsed = CacheStatus { collapsed: true, ..CacheStatus::new(Outcome::UriMiss) };
         assert_eq!(collapsed.header("e", None), "e; fwd=uri-miss; collapsed");

@@ -7,6 +7,7 @@
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
+use crate::cache_status::Detail;
 use crate::engine::respond::{Body, full};
 use crate::upstream::{UpstreamError, UpstreamErrorKind};
 
@@ -92,11 +93,11 @@ impl Error {
         }
     }
 
-    /// The word in `Cache-Status` `detail=`, when there is one.
-    pub fn detail(&self) -> Option<&'static str> {
+    /// The `Cache-Status` `detail=`, when there is one.
+    pub fn detail(&self) -> Option<Detail> {
         match self {
-            Error::Upstream(e) => Some(e.as_str()),
-            Error::Internal { .. } => Some("internal"),
+            Error::Upstream(e) => Some(Detail::Upstream(e.kind)),
+            Error::Internal { .. } => Some(Detail::Internal),
             _ => None,
         }
     }
@@ -158,7 +159,7 @@ mod tests {
         assert_eq!(up(UpstreamErrorKind::NoTarget).status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(up(UpstreamErrorKind::Connect).class(), Class::Upstream);
         assert!(up(UpstreamErrorKind::Connect).is_retryable());
-        assert_eq!(up(UpstreamErrorKind::Connect).detail(), Some("connect"));
+        assert_eq!(up(UpstreamErrorKind::Connect).detail().map(Detail::as_str), Some("connect"));
         // A client body that broke is the client's failure.
         let body = up(UpstreamErrorKind::ClientBody { too_large: true });
         assert_eq!((body.class(), body.status()), (Class::Client, StatusCode::PAYLOAD_TOO_LARGE));

@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use super::Engine;
 use super::context::Ctx;
 use super::flight::{Flight, FlightGuard, Head, SharedHead};
+use crate::cache_status::Detail;
 use crate::error::Error;
 use crate::headers::{CACHE_STATUS, CACHE_TAG, SURROGATE_KEY};
 use crate::key::{Key, RequestKey, vary_names};
@@ -216,7 +217,7 @@ impl FetchJob {
             engine.store.remove_object(*key, stale);
         }
         if !share {
-            self.guard.flight.set_head(Head::Pass(not_stored.map_or("uncacheable", NotStored::as_str)));
+            self.guard.flight.set_head(Head::Pass(not_stored.map_or(Detail::Uncacheable, Detail::NotStored)));
             if let Some(tx) = self.pass.take() {
                 let _ = tx.send(resp);
             }
@@ -293,7 +294,7 @@ impl FetchJob {
             vary,
             len: content_length(headers),
             storing: writer.is_some(),
-            not_stored: not_stored.map(NotStored::as_str),
+            not_stored: not_stored.map(Detail::NotStored),
             upstream_status: headers.get(&CACHE_STATUS).cloned(),
             generation: writer.as_ref().map_or(0, BodyWriter::generation),
             withheld: withheld(headers, strip),

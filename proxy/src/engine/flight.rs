@@ -58,7 +58,7 @@ pub struct SharedHead {
     /// Will be stored (false for shared error pages).
     pub storing: bool,
     /// Why not, when not.
-    pub not_stored: Option<&'static str>,
+    pub not_stored: Option<crate::cache_status::Detail>,
     /// The upstream's own `Cache-Status`, to append to.
     pub upstream_status: Option<http::HeaderValue>,
     /// Generation of the body chunks being written.
@@ -80,7 +80,7 @@ pub enum Head {
     Revalidated(Arc<StoredObject>, Arc<http::HeaderMap>),
     /// Not shareable (the reason): the leader streams it; everyone else
     /// fetches alone.
-    Pass(&'static str),
+    Pass(crate::cache_status::Detail),
     /// No response: waiters serve stale if they may, or an error.
     Failed(Error),
 }

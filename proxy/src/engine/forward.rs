@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 
 use super::context::{Answer, Ctx, failed};
 use super::respond::passed_response;
+use crate::cache_status::Detail;
 use crate::error::Error;
 use crate::host::RequestHost;
 use crate::upstream::{BoxError, ClientBodyError, UpstreamError, request};
@@ -62,7 +63,7 @@ async fn forwarded(cx: &Ctx, sent: Result<Response<Incoming>, UpstreamError>) ->
             }
         }
     }
-    passed_response(cx, resp, Some("method"))
+    passed_response(cx, resp, Some(Detail::Method))
 }
 
 /// The host (absent: the request's own) and path of a `Location`-style

@@ -17,7 +17,7 @@ use outpost_config::Site;
 
 use super::context::{Answer, Ctx};
 use super::flight::{Flight, SharedHead};
-use crate::cache_status::{CacheStatus, Outcome};
+use crate::cache_status::{CacheStatus, Detail, Outcome};
 use crate::headers::{CACHE_STATUS, CDN_ONLY};
 use crate::key::Key;
 use crate::policy::is_hop_by_hop;
@@ -125,7 +125,7 @@ fn apply_rules(headers: &mut HeaderMap, site: &Site, rules: &ResponseRules) {
 
 /// A response passed through unstored: hop-by-hop fields dropped, the
 /// rules applied, our `Cache-Status` member appended to the upstream's.
-pub(crate) fn passed_response(cx: &Ctx, resp: Response<Incoming>, detail: Option<&'static str>) -> Answer {
+pub(crate) fn passed_response(cx: &Ctx, resp: Response<Incoming>, detail: Option<Detail>) -> Answer {
     let (parts, body) = resp.into_parts();
     let status = CacheStatus {
         fwd_status: Some(parts.status.as_u16()),

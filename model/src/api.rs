@@ -5,9 +5,21 @@
 //! The event stream's lines ([`StreamLine`](crate::StreamLine)) and
 //! acknowledgements ([`Ack`](crate::Ack)) live beside the events.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{PurgeTarget, Role};
+
+/// How often the event stream carries a heartbeat, so either side notices a
+/// dead link within a few seconds.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+/// A stream silent this long (three missed heartbeats) is dead: the node
+/// reconnects, and counts itself cut off from the control plane.
+pub const DEAD_AFTER: Duration = Duration::from_secs(3 * HEARTBEAT.as_secs());
+/// Longest pause between a node's attempts to reconnect its stream: a
+/// healed link is used again within this.
+pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 /// The API's paths.
 pub mod paths {

@@ -23,11 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::Engine;
 
-/// No line for this long means the link is dead.
-pub const DEAD_AFTER: Duration = Duration::from_secs(6);
-/// Longest pause between reconnection attempts: a healed link is used
-/// again within this (plus the replay), so catching up stays under a second.
-const MAX_BACKOFF: Duration = Duration::from_millis(500);
+pub use outpost_config::api::DEAD_AFTER;
+use outpost_config::api::RECONNECT_BACKOFF_MAX as MAX_BACKOFF;
 
 /// What the node persists about the control plane.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

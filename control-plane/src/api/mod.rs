@@ -24,9 +24,7 @@ use crate::store::Store;
 
 /// Largest request body: a site file or a purge of up to 1000 URLs.
 pub const MAX_BODY: usize = 1 << 20;
-/// How often a stream carries a heartbeat, so either side notices a dead
-/// link within a few seconds.
-pub const HEARTBEAT: Duration = Duration::from_secs(2);
+pub use outpost_config::api::HEARTBEAT;
 /// How long a purge with `wait` waits for acknowledgements by default.
 pub const DEFAULT_PURGE_WAIT: Duration = Duration::from_secs(5);
 /// Purges one token may issue per second (sustained), and in a burst.

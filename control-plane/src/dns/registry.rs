@@ -22,8 +22,9 @@ use super::server::GeoDns;
 /// How often the registry is read.
 pub const POLL: Duration = Duration::from_secs(1);
 /// An edge not connected but heard from within this still counts: its
-/// stream is being re-established (nodes reconnect within half a second).
-pub const FRESH: Duration = Duration::from_millis(1500);
+/// stream is being re-established (nodes retry at least every
+/// `RECONNECT_BACKOFF_MAX`, so three tries fit in it).
+pub const FRESH: Duration = Duration::from_millis(3 * outpost_config::api::RECONNECT_BACKOFF_MAX.as_millis() as u64);
 /// Time allowed for one registry read.
 const TIMEOUT: Duration = Duration::from_secs(2);
 

@@ -39,7 +39,9 @@ use respond::ResponseRules;
 pub use sites::SiteTable;
 
 /// Silence from the control plane longer than this is a partition.
-pub const PARTITION_AFTER: std::time::Duration = std::time::Duration::from_secs(6);
+/// That is, once the event stream is dead: the control plane has been
+/// silent for three heartbeats.
+pub const PARTITION_AFTER: std::time::Duration = outpost_config::api::DEAD_AFTER;
 
 fn epoch_ms(t: std::time::SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)

@@ -77,7 +77,7 @@ impl Outcome {
 
 /// Why, in a word: the `detail=` of `Cache-Status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Detail {
+pub(crate) enum Detail {
     /// The response was not stored, for this reason.
     NotStored(NotStored),
     /// A response that must not be shared, for no stated reason.
@@ -91,7 +91,7 @@ pub enum Detail {
 }
 
 impl Detail {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Detail::NotStored(r) => r.as_str(),
             Detail::Uncacheable => "uncacheable",
@@ -104,7 +104,7 @@ impl Detail {
 
 /// One node's `Cache-Status` member.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CacheStatus {
+pub(crate) struct CacheStatus {
     pub outcome: Outcome,
     pub fwd_status: Option<u16>,
     pub stored: bool,
@@ -121,7 +121,7 @@ pub struct CacheStatus {
 }
 
 impl CacheStatus {
-    pub fn new(outcome: Outcome) -> CacheStatus {
+    pub(crate) fn new(outcome: Outcome) -> CacheStatus {
         CacheStatus {
             outcome,
             fwd_status: None,
@@ -135,7 +135,7 @@ impl CacheStatus {
     }
 
     /// The member for `node`, appended to `upstream`'s list when given.
-    pub fn header(&self, node: &str, upstream: Option<&HeaderValue>) -> HeaderValue {
+    pub(crate) fn header(&self, node: &str, upstream: Option<&HeaderValue>) -> HeaderValue {
         let mut s = String::with_capacity(64);
         if let Some(prev) = upstream.and_then(|v| v.to_str().ok()).filter(|v| !v.trim().is_empty()) {
             s.push_str(prev);

@@ -13,7 +13,7 @@ use crate::upstream::{UpstreamError, UpstreamErrorKind};
 
 /// Which side failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Class {
+pub(crate) enum Class {
     /// The request cannot or may not be served as sent: 4xx.
     Client,
     /// The next tier failed or could not be reached: 5xx, a stale copy may
@@ -25,7 +25,7 @@ pub enum Class {
 
 /// A request that failed.
 #[derive(Debug, Clone)]
-pub enum Error {
+pub(crate) enum Error {
     BadRequest(&'static str),
     /// No site for the host: never proxied anywhere.
     UnknownHost,
@@ -55,11 +55,11 @@ impl From<UpstreamError> for Error {
 }
 
 impl Error {
-    pub fn internal(what: &'static str, cause: impl std::fmt::Display) -> Error {
+    pub(crate) fn internal(what: &'static str, cause: impl std::fmt::Display) -> Error {
         Error::Internal { what, cause: cause.to_string() }
     }
 
-    pub fn class(&self) -> Class {
+    pub(crate) fn class(&self) -> Class {
         match self {
             Error::Upstream(_) => Class::Upstream,
             Error::Internal { .. } => Class::Internal,
@@ -68,7 +68,7 @@ impl Error {
     }
 
     /// Trying again (elsewhere, or later) may succeed.
-    pub fn is_retryable(&self) -> bool {
+    pub(crate) fn is_retryable(&self) -> bool {
         match self {
             Error::Upstream(e) => e.is_retryable(),
             Error::Internal { .. } => true,
@@ -76,7 +76,7 @@ impl Error {
         }
     }
 
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::UnknownHost => StatusCode::MISDIRECTED_REQUEST,
@@ -94,7 +94,7 @@ impl Error {
     }
 
     /// The `Cache-Status` `detail=`, when there is one.
-    pub fn detail(&self) -> Option<Detail> {
+    pub(crate) fn detail(&self) -> Option<Detail> {
         match self {
             Error::Upstream(e) => Some(Detail::Upstream(e.kind)),
             Error::Internal { .. } => Some(Detail::Internal),
@@ -117,11 +117,15 @@ impl Error {
 
     /// The response for it. Internal failures are logged here, with their
     /// cause; their response says no more than "internal error".
-    pub fn response(&self, node: &str) -> Response<Body> {
+    pub(crate) fn response(&self, node: &str) -> Response<Body> {
         if let Error::Internal { what, cause } = self {
             tracing::error!(node, what, cause, "internal failure answered with 500");
         }
         let mut r = plain(self.status(), &self.reason());
+        if self.is_retryable() {
+            // RFC 9110 §10.2.3: worth trying again shortly.
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if matches!(self, Error::MethodNotAllowed) {
             r.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
@@ -141,7 +145,7 @@ fn plain(status: StatusCode, text: &str) -> Response<Body> {
 }
 
 /// `https_only`: a 308 to the same URL over HTTPS.
-pub fn redirect(to: HeaderValue) -> Response<Body> {
+pub(crate) fn redirect(to: HeaderValue) -> Response<Body> {
     let mut r = plain(StatusCode::PERMANENT_REDIRECT, &format!("moved to {}", to.to_str().unwrap_or("https")));
     r.headers_mut().insert(header::LOCATION, to);
     r
@@ -159,6 +163,8 @@ mod tests {
         assert_eq!(up(UpstreamErrorKind::NoTarget).status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(up(UpstreamErrorKind::Connect).class(), Class::Upstream);
         assert!(up(UpstreamErrorKind::Connect).is_retryable());
+        assert_eq!(up(UpstreamErrorKind::Connect).response("n").headers()[header::RETRY_AFTER], "1");
+        assert!(!Error::Loop.response("n").headers().contains_key(header::RETRY_AFTER));
         assert_eq!(up(UpstreamErrorKind::Connect).detail().map(Detail::as_str), Some("connect"));
         // A client body that broke is the client's failure.
         let body = up(UpstreamErrorKind::ClientBody { too_large: true });

@@ -4,22 +4,22 @@
 use http::HeaderName;
 
 /// RFC 9211: how each cache handled the request.
-pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 /// RFC 8586: the CDNs a request has passed, for loop detection.
-pub const CDN_LOOP: HeaderName = HeaderName::from_static("cdn-loop");
+pub(crate) const CDN_LOOP: HeaderName = HeaderName::from_static("cdn-loop");
 /// RFC 9213: freshness for CDNs only.
-pub const CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
+pub(crate) const CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
 /// Freshness for surrogates (the older, Akamai/Fastly spelling).
-pub const SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-control");
+pub(crate) const SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-control");
 /// Tags, space-separated.
-pub const SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");
+pub(crate) const SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");
 /// Tags, comma-separated.
-pub const CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
+pub(crate) const CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
 /// RFC 7239.
-pub const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
-pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// How the client reached the edge, `http` or `https`.
-pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Fields meant for this CDN, never shown to clients by an edge.
-pub const CDN_ONLY: [HeaderName; 4] = [CDN_CACHE_CONTROL, SURROGATE_CONTROL, SURROGATE_KEY, CACHE_TAG];
+pub(crate) const CDN_ONLY: [HeaderName; 4] = [CDN_CACHE_CONTROL, SURROGATE_CONTROL, SURROGATE_KEY, CACHE_TAG];

@@ -2,25 +2,32 @@
 //! listeners, HTTP/1.1 and HTTP/2 serving, RFC 9111 cache policy, cache keys,
 //! foyer-backed memory and disk storage, purge rules, miss coalescing, the
 //! upstream client and stale handling.
+//!
+//! What the roles and the program use: a node to bind and run ([`node`]),
+//! the engine it serves with ([`Engine`]), the routes edges and shields give
+//! it ([`upstream::Route`], [`rendezvous`], [`key::Key`]), TLS files and the
+//! local CA ([`tls`]), and the admin listener ([`admin`]). The rest is the
+//! engine's own.
 
 pub mod admin;
-pub mod cache_status;
 pub mod clock;
-pub mod engine;
-pub mod error;
-pub mod headers;
-pub mod host;
 pub mod key;
 pub mod node;
-pub mod observe;
-pub mod policy;
-pub mod purge;
 pub mod rendezvous;
-pub mod resolve;
-pub mod serve;
-pub mod store;
-pub mod subscribe;
 pub mod tls;
 pub mod upstream;
+
+mod cache_status;
+mod engine;
+mod error;
+mod headers;
+mod host;
+mod observe;
+mod policy;
+mod purge;
+mod resolve;
+mod serve;
+mod store;
+mod subscribe;
 
 pub use engine::{Engine, EngineConfig, Tier};

@@ -121,7 +121,7 @@ impl Metrics {
 
 /// One access log line.
 #[derive(Debug, Serialize)]
-pub struct AccessRecord {
+pub(crate) struct AccessRecord {
     pub ts: String,
     pub node: String,
     pub client: String,
@@ -141,13 +141,13 @@ pub struct AccessRecord {
 const LOG_QUEUE: usize = 8192;
 
 #[derive(Debug, Clone)]
-pub struct AccessLog {
+pub(crate) struct AccessLog {
     tx: Option<mpsc::Sender<AccessRecord>>,
     dropped: Counter,
 }
 
 impl AccessLog {
-    pub fn start(node: &str, target: &AccessLogTarget) -> std::io::Result<AccessLog> {
+    pub(crate) fn start(node: &str, target: &AccessLogTarget) -> std::io::Result<AccessLog> {
         let dropped = counter!("outpost_access_log_dropped_total", "node" => node.to_string());
         let mut out: Box<dyn Write + Send> = match target {
             AccessLogTarget::Off => return Ok(AccessLog { tx: None, dropped }),
@@ -174,11 +174,11 @@ impl AccessLog {
         Ok(AccessLog { tx: Some(tx), dropped })
     }
 
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.tx.is_some()
     }
 
-    pub fn write(&self, rec: AccessRecord) {
+    pub(crate) fn write(&self, rec: AccessRecord) {
         if let Some(tx) = &self.tx
             && tx.try_send(rec).is_err()
         {

@@ -21,7 +21,7 @@ use crate::store::StoredObject;
 /// A rule outlives every object it could apply to: an object is served
 /// without asking upstream for at most its lifetime plus one stale window,
 /// each capped at [`MAX_TTL`].
-pub const RULE_RETENTION: Duration = Duration::from_secs(2 * MAX_TTL.as_secs() + 86_400);
+pub(crate) const RULE_RETENTION: Duration = Duration::from_secs(2 * MAX_TTL.as_secs() + 86_400);
 
 /// The newest hard and soft purge times of one rule, in microseconds since
 /// the epoch (0: none).

@@ -10,7 +10,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use outpost_net::{Conn, Handler};
 
-pub use outpost_net::{Listener, bind};
+pub(crate) use outpost_net::{Listener, bind};
 
 use crate::engine::respond::Body;
 use crate::engine::{Engine, Secure};

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::Engine;
 
-pub use outpost_config::api::DEAD_AFTER;
+pub(crate) use outpost_config::api::DEAD_AFTER;
 use outpost_config::api::RECONNECT_BACKOFF_MAX as MAX_BACKOFF;
 
 /// What the node persists about the control plane.

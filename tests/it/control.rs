@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use outpost_config::NodeConfig;
@@ -648,23 +648,6 @@ async fn a_node_cut_off_keeps_serving_and_applies_missed_purges_in_order_on_heal
     stop.cancel();
 }
 
-/// A request to an `https://` URL, trusting the CA in `ca`.
-async fn call_tls(method: Method, url: &str, token: &str, body: &str, ca: &Path) -> Result<Reply, String> {
-    let tls = outpost_proxy::tls::client_config(&[ca], None).unwrap();
-    let connector =
-        outpost_proxy::tls::client::connector(tls, outpost_proxy::resolve::Resolve::system(), Duration::from_secs(2));
-    let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(connector);
-    let req = Request::builder()
-        .method(method)
-        .uri(url)
-        .header("authorization", format!("Bearer {token}"))
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
-    let resp = client.request(req).await.map_err(|e| format!("{e:?}"))?;
-    let (parts, b) = resp.into_parts();
-    Ok(Reply { status: parts.status, headers: parts.headers, body: b.collect().await.unwrap().to_bytes() })
-}
-
 #[tokio::test]
 async fn the_api_and_event_stream_run_over_tls_and_nodes_verify_the_control_plane() {
     use outpost_proxy::tls::pki::{LocalCa, Request as CertRequest};
@@ -713,9 +696,13 @@ async fn the_api_and_event_stream_run_over_tls_and_nodes_verify_the_control_plan
     let plain = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let req = Request::get(format!("http://{control}/v1/sites")).body(Full::new(Bytes::new())).unwrap();
     assert!(plain.request(req).await.is_err());
-    let url = format!("https://{control}/v1/sites/shop");
-    let r = call_tls(Method::PUT, &url, &admin, &site(origin), &d.join("ca.pem")).await.unwrap();
-    assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
+    let tls = outpost_proxy::tls::client_config(&[&d.join("ca.pem")], None).unwrap();
+    let api = outpost_net::control::ControlClient::new(
+        &format!("https://{control}"),
+        outpost_net::control::Token::Value(admin),
+        tls,
+    );
+    assert_eq!(api.push_site(&site(origin)).await.unwrap().id, "shop");
 
     let get = |addr: SocketAddr| async move {
         call(Method::GET, &format!("http://{addr}/tls-pushed"), None, Some("shop.test"), "").await.status

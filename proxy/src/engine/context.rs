@@ -19,7 +19,7 @@ use crate::upstream::request::FromClient;
 
 /// Marks a request received over TLS (an extension of the request).
 #[derive(Debug, Clone, Copy)]
-pub struct Secure;
+pub(crate) struct Secure;
 
 /// A response and how this node handled the request.
 pub(crate) type Answer = (Response<Body>, CacheStatus);

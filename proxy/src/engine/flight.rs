@@ -46,7 +46,7 @@ const LAG_BUDGET: Duration = Duration::from_secs(2);
 
 /// The head of a shared response.
 #[derive(Debug)]
-pub struct SharedHead {
+pub(crate) struct SharedHead {
     /// The object as it is being stored (its body field is not yet final).
     pub object: Arc<StoredObject>,
     /// Where it will be stored.
@@ -71,7 +71,7 @@ pub struct SharedHead {
 
 /// What a flight ended in, as a waiter sees it.
 #[derive(Debug, Clone)]
-pub enum Head {
+pub(crate) enum Head {
     Pending,
     /// A response to stream (and, usually, store).
     Shared(Arc<SharedHead>),
@@ -162,7 +162,7 @@ struct State {
 
 /// One in-flight fetch.
 #[derive(Debug)]
-pub struct Flight {
+pub(crate) struct Flight {
     pub key: Key,
     state: Mutex<State>,
     changed: watch::Sender<u64>,
@@ -180,7 +180,7 @@ impl Flight {
     }
 
     /// Waits for the head.
-    pub async fn head(&self) -> Head {
+    pub(crate) async fn head(&self) -> Head {
         let mut rx = self.changed.subscribe();
         loop {
             rx.borrow_and_update();
@@ -250,7 +250,7 @@ impl Flight {
     /// The body bytes `start..end` (`end` None: to the end) as they arrive;
     /// bytes that left the window are read from `store` (the body's chunks
     /// under `object_key` / `generation`).
-    pub fn body(
+    pub(crate) fn body(
         self: &Arc<Self>,
         store: Store,
         head: &SharedHead,
@@ -346,13 +346,13 @@ impl Flight {
 
 /// The fetches in flight, by key.
 #[derive(Debug, Default)]
-pub struct Flights {
+pub(crate) struct Flights {
     map: Mutex<HashMap<Key, Arc<Flight>>>,
 }
 
 /// Either start the fetch or wait for the one already running.
 #[derive(Debug)]
-pub enum Join {
+pub(crate) enum Join {
     Leader(FlightGuard),
     Waiter(Arc<Flight>),
 }
@@ -362,7 +362,7 @@ impl Flights {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn join(self: &Arc<Self>, key: Key) -> Join {
+    pub(crate) fn join(self: &Arc<Self>, key: Key) -> Join {
         let mut map = self.lock();
         if let Some(f) = map.get(&key) {
             return Join::Waiter(Arc::clone(f));
@@ -378,7 +378,7 @@ impl Flights {
     }
 
     /// A flight nobody else can join (a request that must not share).
-    pub fn private(&self, key: Key) -> FlightGuard {
+    pub(crate) fn private(&self, key: Key) -> FlightGuard {
         let flight = Arc::new(Flight {
             key,
             state: Mutex::new(State { head: Head::Pending, body: BodyState::default() }),
@@ -388,30 +388,22 @@ impl Flights {
         FlightGuard { flights: None, flight }
     }
 
-    pub fn is_running(&self, key: Key) -> bool {
-        self.lock().contains_key(&key)
-    }
-
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
 /// Held by the fetch task. Leaving the map (`close`) is what lets the next
 /// request start a new fetch; dropping without an answer fails the flight.
 #[derive(Debug)]
-pub struct FlightGuard {
+pub(crate) struct FlightGuard {
     flights: Option<Arc<Flights>>,
     pub flight: Arc<Flight>,
 }
 
 impl FlightGuard {
     /// Takes the flight out of the map: later requests see the store.
-    pub fn close(&mut self) {
+    pub(crate) fn close(&mut self) {
         if let Some(flights) = self.flights.take() {
             let mut map = flights.lock();
             if map.get(&self.flight.key).is_some_and(|f| Arc::ptr_eq(f, &self.flight)) {

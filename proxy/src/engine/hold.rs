@@ -13,14 +13,14 @@ use std::time::{Duration, SystemTime};
 
 use crate::key::Key;
 
-pub const FIRST_HOLD: Duration = Duration::from_secs(1);
-pub const MAX_HOLD: Duration = Duration::from_secs(4);
+pub(crate) const FIRST_HOLD: Duration = Duration::from_secs(1);
+pub(crate) const MAX_HOLD: Duration = Duration::from_secs(4);
 /// Keys held at once; past it the oldest holds are dropped (the upstream is
 /// then asked again, which is safe).
 const MAX_KEYS: usize = 100_000;
 
 #[derive(Debug, Default)]
-pub struct Holds {
+pub(crate) struct Holds {
     keys: Mutex<HashMap<Key, (SystemTime, Duration)>>,
     /// Keys held, so the common case (none) takes no lock.
     count: AtomicUsize,
@@ -32,7 +32,7 @@ impl Holds {
     }
 
     /// Is `key` held at `now` (the engine's clock)?
-    pub fn held(&self, key: Key, now: SystemTime) -> bool {
+    pub(crate) fn held(&self, key: Key, now: SystemTime) -> bool {
         if self.count.load(Ordering::Acquire) == 0 {
             return false;
         }
@@ -40,7 +40,7 @@ impl Holds {
     }
 
     /// The upstream failed for `key` at `now` and a stale copy was served.
-    pub fn failed(&self, key: Key, now: SystemTime) {
+    pub(crate) fn failed(&self, key: Key, now: SystemTime) {
         let mut keys = self.lock();
         if keys.len() >= MAX_KEYS {
             keys.retain(|_, (until, _)| *until > now);
@@ -54,7 +54,7 @@ impl Holds {
     }
 
     /// The upstream answered for `key`.
-    pub fn succeeded(&self, key: Key) {
+    pub(crate) fn succeeded(&self, key: Key) {
         if self.count.load(Ordering::Acquire) == 0 {
             return;
         }

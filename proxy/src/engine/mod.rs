@@ -6,16 +6,16 @@
 
 mod context;
 mod fetch;
-pub mod flight;
+pub(crate) mod flight;
 mod forward;
-pub mod hold;
+pub(crate) mod hold;
 mod lookup;
 mod request;
-pub mod respond;
-pub mod sites;
+pub(crate) mod respond;
+pub(crate) mod sites;
 mod wait;
 
-pub use context::Secure;
+pub(crate) use context::Secure;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -36,12 +36,12 @@ use crate::upstream::request::Hop;
 use crate::upstream::{Route, Upstream, UpstreamClient};
 use flight::Flights;
 use respond::ResponseRules;
-pub use sites::SiteTable;
+pub(crate) use sites::SiteTable;
 
 /// Silence from the control plane longer than this is a partition.
 /// That is, once the event stream is dead: the control plane has been
 /// silent for three heartbeats.
-pub const PARTITION_AFTER: std::time::Duration = outpost_config::api::DEAD_AFTER;
+pub(crate) const PARTITION_AFTER: std::time::Duration = outpost_config::api::DEAD_AFTER;
 
 fn epoch_ms(t: std::time::SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)

@@ -25,13 +25,13 @@ use crate::store::{BodyRef, Store, StoredObject};
 use crate::upstream::BoxError;
 use hyper::body::Incoming;
 
-pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+pub(crate) type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
-pub fn empty() -> Body {
+pub(crate) fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
-pub fn full(b: impl Into<Bytes>) -> Body {
+pub(crate) fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).map_err(|never| match never {}).boxed_unsync()
 }
 
@@ -41,7 +41,7 @@ fn stream_body(s: impl Stream<Item = io::Result<Bytes>> + Send + 'static) -> Bod
 
 /// Where a response body comes from.
 #[derive(Debug)]
-pub enum BodySource {
+pub(crate) enum BodySource {
     Stored { store: Store, key: Key, body: BodyRef },
     Flight { store: Store, flight: Arc<Flight>, head: Arc<SharedHead> },
 }
@@ -71,7 +71,7 @@ impl BodySource {
 
 /// Node-wide settings that shape client responses.
 #[derive(Debug, Clone)]
-pub struct ResponseRules {
+pub(crate) struct ResponseRules {
     /// CDN-targeted headers and tags are for CDN tiers; an edge removes them
     /// before the client, a shield passes them on to its edges.
     pub strip_cdn_headers: bool,
@@ -160,7 +160,7 @@ pub(crate) fn serve_stored(cx: &Ctx, key: Key, obj: &StoredObject, status: Cache
 
 /// Builds the client response for an object.
 #[allow(clippy::too_many_arguments)]
-pub fn object_response(
+pub(crate) fn object_response(
     site: &Site,
     rules: &ResponseRules,
     method: &Method,

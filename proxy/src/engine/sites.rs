@@ -10,7 +10,7 @@ use crate::host::RequestHost;
 /// Values by host pattern: exact names in a map, wildcards by longest
 /// suffix. Sites are found this way by `Host`, certificates by SNI.
 #[derive(Debug)]
-pub struct HostMap<T> {
+pub(crate) struct HostMap<T> {
     exact: HashMap<String, T>,
     /// (suffix with leading dot, value), longest suffix first.
     wildcard: Vec<(String, T)>,
@@ -24,7 +24,7 @@ impl<T> Default for HostMap<T> {
 
 impl<T> HostMap<T> {
     /// Adds `value` under `pattern`; the first value for an exact name stays.
-    pub fn insert(&mut self, pattern: &HostPattern, value: T) {
+    pub(crate) fn insert(&mut self, pattern: &HostPattern, value: T) {
         match pattern {
             HostPattern::Exact(name) => {
                 self.exact.entry(name.clone()).or_insert(value);
@@ -39,7 +39,7 @@ impl<T> HostMap<T> {
 
     /// The value for a lower-case name: its exact entry, else the longest
     /// wildcard suffix it falls under.
-    pub fn find(&self, name: &str) -> Option<&T> {
+    pub(crate) fn find(&self, name: &str) -> Option<&T> {
         if let Some(v) = self.exact.get(name) {
             return Some(v);
         }

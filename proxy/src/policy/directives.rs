@@ -8,12 +8,12 @@
 use http::header::{GetAll, HeaderValue};
 
 /// RFC 9111 §1.2.2: delta-seconds too large to represent are taken as 2^31.
-pub const DELTA_SECONDS_MAX: u64 = 1 << 31;
+pub(crate) const DELTA_SECONDS_MAX: u64 = 1 << 31;
 
 /// Field names that qualify `no-cache` or `private`: those fields are
 /// dropped from what is stored, the rest may be reused.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Qualified {
+pub(crate) enum Qualified {
     /// The bare directive: the whole response.
     All,
     /// `no-cache="set-cookie, x-user"`: only these fields (lower-case).
@@ -22,7 +22,7 @@ pub enum Qualified {
 
 /// The directives of one header's values (all lines together).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Directives {
+pub(crate) struct Directives {
     pub max_age: Option<u64>,
     pub s_maxage: Option<u64>,
     pub no_store: bool,
@@ -116,7 +116,7 @@ fn split_directives(text: &str) -> Vec<(String, Option<String>)> {
 
 impl Directives {
     /// Parses every line of a header. Lines that are not valid text are skipped.
-    pub fn parse_all(values: GetAll<'_, HeaderValue>) -> Directives {
+    pub(crate) fn parse_all(values: GetAll<'_, HeaderValue>) -> Directives {
         let mut d = Directives::default();
         for v in values {
             if let Ok(text) = v.to_str() {
@@ -126,7 +126,8 @@ impl Directives {
         d
     }
 
-    pub fn parse(text: &str) -> Directives {
+    #[cfg(test)]
+    pub(crate) fn parse(text: &str) -> Directives {
         let mut d = Directives::default();
         d.add(text);
         d
@@ -164,7 +165,7 @@ impl Directives {
     }
 
     /// Any directive at all (an empty `CDN-Cache-Control` does not take over).
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         *self == Directives::default()
     }
 }

@@ -16,7 +16,7 @@
 
 mod directives;
 
-pub use directives::{DELTA_SECONDS_MAX, Directives, Qualified};
+pub(crate) use directives::{DELTA_SECONDS_MAX, Directives, Qualified};
 
 use std::time::{Duration, SystemTime};
 
@@ -29,7 +29,7 @@ use crate::headers::{CDN_CACHE_CONTROL, SURROGATE_CONTROL};
 /// Why a response was not stored; the names appear in `Cache-Status`
 /// (`detail=`), metrics and access logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NotStored {
+pub(crate) enum NotStored {
     Method,
     Status,
     NoStore,
@@ -44,7 +44,7 @@ pub enum NotStored {
 }
 
 impl NotStored {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             NotStored::Method => "method",
             NotStored::Status => "status",
@@ -63,7 +63,7 @@ impl NotStored {
 
 /// How a storable response is to be kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StorePlan {
+pub(crate) struct StorePlan {
     /// Freshness lifetime (RFC 9111 §4.2.1), before age is subtracted.
     pub lifetime: Duration,
     pub stale_while_revalidate: Duration,
@@ -81,13 +81,13 @@ pub struct StorePlan {
 
 /// Statuses cacheable without explicit freshness (RFC 9110 §15.1), less
 /// 206, which this cache never stores (it fetches whole objects).
-pub fn heuristically_cacheable(status: StatusCode) -> bool {
+pub(crate) fn heuristically_cacheable(status: StatusCode) -> bool {
     matches!(status.as_u16(), 200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501)
 }
 
 /// The directives this cache obeys for freshness: CDN-targeted ones when
 /// present, else `Cache-Control`. The bool says whether `Expires` counts.
-pub fn effective_directives(headers: &HeaderMap) -> (Directives, bool) {
+pub(crate) fn effective_directives(headers: &HeaderMap) -> (Directives, bool) {
     for name in [&CDN_CACHE_CONTROL, &SURROGATE_CONTROL] {
         let d = Directives::parse_all(headers.get_all(name));
         if !d.is_empty() {
@@ -124,13 +124,13 @@ fn explicit_lifetime(
 }
 
 /// The first path rule matching `path`.
-pub fn path_rule<'r>(rules: &'r CacheRules, path: &str) -> Option<&'r PathRule> {
+pub(crate) fn path_rule<'r>(rules: &'r CacheRules, path: &str) -> Option<&'r PathRule> {
     rules.paths.iter().find(|r| r.pattern.matches(path))
 }
 
 /// What the request contributes to the decision.
 #[derive(Debug, Clone, Copy)]
-pub struct RequestFacts<'a> {
+pub(crate) struct RequestFacts<'a> {
     pub method: &'a Method,
     pub path: &'a str,
     pub has_authorization: bool,
@@ -138,7 +138,7 @@ pub struct RequestFacts<'a> {
 }
 
 /// Decides whether a response may be stored and how (RFC 9111 §3).
-pub fn storability(
+pub(crate) fn storability(
     req: RequestFacts<'_>,
     status: StatusCode,
     headers: &HeaderMap,
@@ -244,7 +244,7 @@ fn is_final_cacheable_with_explicit(status: StatusCode) -> bool {
 }
 
 /// RFC 9111 §4.2.3: the age the response already had when it arrived.
-pub fn initial_age(headers: &HeaderMap, request_time: SystemTime, response_time: SystemTime) -> Duration {
+pub(crate) fn initial_age(headers: &HeaderMap, request_time: SystemTime, response_time: SystemTime) -> Duration {
     let date = date_header(headers, &header::DATE);
     let apparent = date.and_then(|d| response_time.duration_since(d).ok()).unwrap_or(Duration::ZERO);
     let age_value = headers
@@ -331,7 +331,7 @@ impl Timing {
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1) and the ones named by `Connection`:
 /// never stored, never forwarded.
-pub fn is_hop_by_hop(name: &HeaderName, connection: &HeaderMap) -> bool {
+pub(crate) fn is_hop_by_hop(name: &HeaderName, connection: &HeaderMap) -> bool {
     const HOP: [&str; 9] = [
         "connection",
         "keep-alive",
@@ -355,7 +355,7 @@ pub fn is_hop_by_hop(name: &HeaderName, connection: &HeaderMap) -> bool {
 }
 
 /// Fields a 304 must not change in the stored response (RFC 9111 §3.2).
-pub fn kept_on_304(name: &HeaderName) -> bool {
+pub(crate) fn kept_on_304(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
         "content-length" | "content-encoding" | "content-type" | "content-range" | "transfer-encoding"

@@ -21,7 +21,7 @@ use crate::policy::Timing;
 const FORMAT: u8 = 1;
 /// Variant keys a resource remembers, so a purge by URL can remove them
 /// (older ones are caught by the URL purge rule instead).
-pub const MAX_KNOWN_VARIANTS: usize = 64;
+pub(crate) const MAX_KNOWN_VARIANTS: usize = 64;
 
 /// Where an object's body lives.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,7 +7,7 @@
 //! ones as chunks of [`CHUNK_SIZE`] under derived keys, so a range request
 //! reads only the chunks it covers and a large body never sits in memory whole.
 
-pub mod entry;
+pub(crate) mod entry;
 
 use std::io;
 use std::path::PathBuf;
@@ -22,11 +22,11 @@ use futures_util::Stream;
 use outpost_config::CacheStorage;
 
 use crate::key::{Key, chunk_key};
-pub use entry::{BodyRef, Entry, MAX_KNOWN_VARIANTS, StoredObject, Variants};
+pub(crate) use entry::{BodyRef, Entry, MAX_KNOWN_VARIANTS, StoredObject, Variants};
 
 /// Chunk size of large bodies and the largest inline body. 1 MiB keeps range
 /// reads cheap and a chunk well inside one foyer block.
-pub const CHUNK_SIZE: usize = 1 << 20;
+pub(crate) const CHUNK_SIZE: usize = 1 << 20;
 /// Largest foyer disk block; smaller disks get smaller blocks so eviction
 /// works on a fine enough grain.
 const MAX_BLOCK: u64 = 16 << 20;
@@ -222,7 +222,7 @@ impl Store {
     }
 }
 
-pub fn chunk_count(len: u64, chunk_size: u32) -> u32 {
+pub(crate) fn chunk_count(len: u64, chunk_size: u32) -> u32 {
     len.div_ceil(u64::from(chunk_size.max(1))) as u32
 }
 

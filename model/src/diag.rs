@@ -89,17 +89,42 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Collects problems for one source text.
+/// What a path named in a file must be, checked when the file is resolved
+/// (stage 3), not while it is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Need {
+    /// An existing file the node reads.
+    File,
+    /// An existing folder.
+    Dir,
+    /// A folder the node writes (it may be created): the word says what it
+    /// is for.
+    WritableDir(&'static str),
+    /// A site file to load with the node.
+    SiteFile,
+}
+
+/// A path to check at resolution, with where it was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Pending {
+    pub(crate) loc: Loc,
+    pub(crate) path: PathBuf,
+    pub(crate) need: Need,
+}
+
+/// Collects problems for one source text, and the paths to check once it
+/// is read.
 #[derive(Debug)]
 pub(crate) struct Sink<'s> {
     pub(crate) file: Arc<Path>,
     pub(crate) src: &'s str,
     pub(crate) diagnostics: Vec<Diagnostic>,
+    pub(crate) pending: Vec<Pending>,
 }
 
 impl<'s> Sink<'s> {
     pub(crate) fn new(file: &Path, src: &'s str) -> Self {
-        Sink { file: Arc::from(file), src, diagnostics: Vec::new() }
+        Sink { file: Arc::from(file), src, diagnostics: Vec::new(), pending: Vec::new() }
     }
 
     pub(crate) fn loc(&self, span: &Range<usize>) -> Loc {
@@ -109,6 +134,12 @@ impl<'s> Sink<'s> {
     pub(crate) fn error(&mut self, span: &Range<usize>, message: impl Into<String>) {
         let loc = self.loc(span);
         self.diagnostics.push(Diagnostic { loc, message: message.into() });
+    }
+
+    /// Notes `path`, written at `span`, to be checked at resolution.
+    pub(crate) fn later(&mut self, span: &Range<usize>, path: PathBuf, need: Need) -> PathBuf {
+        self.pending.push(Pending { loc: self.loc(span), path: path.clone(), need });
+        path
     }
 
     pub(crate) fn located<T>(&self, span: &Range<usize>, value: T) -> Located<T> {

@@ -12,6 +12,7 @@ mod diag;
 mod event;
 mod node;
 pub mod path;
+mod resolve;
 mod site;
 mod units;
 
@@ -39,15 +40,15 @@ pub enum ConfigFile {
     Site(Box<Site>),
 }
 
-/// Loads a node or site file, telling them apart by their first table
-/// (`[node]` or `[site]`).
+/// Loads (reads, checks and resolves) a node or site file, telling them
+/// apart by their first table (`[node]` or `[site]`).
 pub fn load_file(path: &Path) -> Result<ConfigFile, ConfigError> {
     let text = read_file(path)?;
     let (doc, _) = DeTable::parse_recoverable(&text);
     if doc.get_ref().iter().any(|(k, _)| k.get_ref() == "site") {
         Site::parse(path, &text).map(|s| ConfigFile::Site(Box::new(s)))
     } else if doc.get_ref().iter().any(|(k, _)| k.get_ref() == "node") {
-        NodeConfig::parse(path, &text).map(|n| ConfigFile::Node(Box::new(n)))
+        NodeConfig::load_text(path, &text).map(|n| ConfigFile::Node(Box::new(n)))
     } else {
         // Report the syntax errors, if any, and what the file is missing.
         let mut s = diag::Sink::new(path, &text);

@@ -14,8 +14,8 @@ use http::Uri;
 use toml::Spanned;
 
 use crate::decode::{ByteSize, Decode, Table, Val, parse_str};
-use crate::diag::{ConfigError, Diagnostic, Sink, base_dir};
-use crate::site::{Site, existing_file, positive};
+use crate::diag::{ConfigError, Need, Pending, Sink, base_dir};
+use crate::site::{Site, positive};
 
 /// Largest request head (request line and headers). Browsers send 1–4 KiB;
 /// 32 KiB leaves room for big cookies while capping what a client can pin.
@@ -117,6 +117,8 @@ pub struct NodeConfig {
     pub tls: NodeTls,
     pub control: Option<ControlLink>,
     pub role: RoleConfig,
+    /// Paths to check when it is resolved.
+    pending: Vec<Pending>,
 }
 
 /// A node's own TLS settings; sites bring their certificates themselves.
@@ -352,28 +354,72 @@ pub struct OriginNode {
 }
 
 impl NodeConfig {
+    /// Reads and checks a node file's text (stages 1 and 2): every problem
+    /// with `file:line:column`, nothing read from or written to disk. The
+    /// paths it names are checked by [`NodeConfig::resolve`].
     pub fn parse(file: &Path, text: &str) -> Result<NodeConfig, ConfigError> {
+        let (node, pending) = NodeConfig::parse_noting(file, text);
+        node.map(|node| NodeConfig { pending, ..node })
+    }
+
+    /// Stages 1 and 2, and the paths the file names, even when it has errors.
+    fn parse_noting(file: &Path, text: &str) -> (Result<NodeConfig, ConfigError>, Vec<Pending>) {
         let mut s = Sink::new(file, text);
-        let mut site_errors = Vec::new();
         let node = crate::parse_document(&mut s).and_then(|doc| {
             let mut root = Table::new("[file]", doc.span(), doc.get_ref());
-            let node = decode_node(&mut s, &mut root, file, &mut site_errors);
+            let node = decode_node(&mut s, &mut root, file);
             root.finish(&mut s);
             node
         });
-        match s.finish(node) {
-            Ok(node) if site_errors.is_empty() => Ok(node),
-            Ok(_) => Err(ConfigError { diagnostics: site_errors }),
-            Err(mut e) => {
-                e.diagnostics.extend(site_errors);
-                Err(e)
-            }
+        let pending = std::mem::take(&mut s.pending);
+        (s.finish(node), pending)
+    }
+
+    /// Stage 3: the file system. Files the node reads exist, folders it
+    /// writes are writable, and its static site files load (their sites
+    /// go into the node's site list). Every problem is reported.
+    pub fn resolve(&mut self) -> Result<(), ConfigError> {
+        let (sites, problems) = crate::resolve::resolve(&self.pending);
+        if !problems.is_empty() {
+            return Err(ConfigError { diagnostics: problems });
+        }
+        self.set_sites(sites);
+        Ok(())
+    }
+
+    fn set_sites(&mut self, sites: Vec<Site>) {
+        match &mut self.role {
+            RoleConfig::Edge(e) => e.proxy.sites = sites,
+            RoleConfig::Shield(p) => p.sites = sites,
+            _ => {}
         }
     }
 
+    /// Reads, checks and resolves a node file. A file with mistakes in its
+    /// text is still resolved, so one run reports every problem.
     pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
         let text = crate::read_file(path)?;
-        NodeConfig::parse(path, &text)
+        NodeConfig::load_text(path, &text)
+    }
+
+    pub(crate) fn load_text(path: &Path, text: &str) -> Result<NodeConfig, ConfigError> {
+        let (node, pending) = NodeConfig::parse_noting(path, text);
+        let (sites, problems) = crate::resolve::resolve(&pending);
+        match node {
+            Ok(mut node) if problems.is_empty() => {
+                node.pending = pending;
+                node.set_sites(sites);
+                Ok(node)
+            }
+            Ok(_) => Err(ConfigError { diagnostics: problems }),
+            Err(mut e) => {
+                e.diagnostics.extend(problems);
+                e.diagnostics.sort_by(|a, b| {
+                    (&a.loc.file, a.loc.line, a.loc.column).cmp(&(&b.loc.file, b.loc.line, b.loc.column))
+                });
+                Err(e)
+            }
+        }
     }
 
     pub fn role(&self) -> Role {
@@ -403,12 +449,7 @@ impl FromStr for NodeConfig {
     }
 }
 
-fn decode_node(
-    s: &mut Sink<'_>,
-    root: &mut Table<'_, '_>,
-    file: &Path,
-    site_errors: &mut Vec<Diagnostic>,
-) -> Option<NodeConfig> {
+fn decode_node(s: &mut Sink<'_>, root: &mut Table<'_, '_>, file: &Path) -> Option<NodeConfig> {
     let base = base_dir(file);
     let Some(mut head) = root.table(s, "node") else {
         s.error(&root.span.clone(), "missing table [node] (a node file starts with [node] name = \"…\", role = \"…\")");
@@ -464,7 +505,7 @@ fn decode_node(
         root.table(s, "control").and_then(|mut t| {
             let url: Option<Uri> = t.req(s, "url");
             let token_file: Option<String> = t.req(s, "token_file");
-            let ca = t.opt::<Spanned<String>>(s, "ca").and_then(|p| existing_file(s, &base, &p));
+            let ca = t.opt::<Spanned<String>>(s, "ca").map(|p| s.later(&p.span(), base.join(p.get_ref()), Need::File));
             t.finish(s);
             Some(ControlLink { url: url?, token_file: base.join(token_file?), ca })
         })
@@ -472,7 +513,11 @@ fn decode_node(
         None
     };
 
-    let sites = load_static_sites(s, &base, &site_files, site_errors);
+    for f in &site_files {
+        s.later(&f.span(), base.join(f.get_ref()), Need::SiteFile);
+    }
+    // Loaded when the node is resolved.
+    let sites = Vec::new();
     let role_config = match role {
         Role::Edge | Role::Shield => {
             let cache = decode_cache_storage(s, root, &base);
@@ -488,15 +533,8 @@ fn decode_node(
         Role::Dns => RoleConfig::Dns(decode_dns(s, root, &base, control.is_some())?),
         Role::Origin => {
             let dir = root.table(s, "origin").and_then(|mut t| {
-                let dir = t.opt::<Spanned<String>>(s, "dir").and_then(|d| {
-                    let path = base.join(d.get_ref());
-                    if path.is_dir() {
-                        Some(path)
-                    } else {
-                        s.error(&d.span(), format!("`{}` is not a directory", path.display()));
-                        None
-                    }
-                });
+                let dir =
+                    t.opt::<Spanned<String>>(s, "dir").map(|d| s.later(&d.span(), base.join(d.get_ref()), Need::Dir));
                 t.finish(s);
                 dir
             });
@@ -512,6 +550,7 @@ fn decode_node(
         tls,
         control,
         role: role_config,
+        pending: Vec::new(),
     })
 }
 
@@ -572,7 +611,7 @@ fn decode_listen(s: &mut Sink<'_>, root: &mut Table<'_, '_>, role: Role) -> Opti
 
 fn decode_tls(s: &mut Sink<'_>, t: &mut Table<'_, '_>, role: Role, base: &Path) -> NodeTls {
     let mut file = |s: &mut Sink<'_>, t: &mut Table<'_, '_>, key: &'static str| {
-        t.opt::<Spanned<String>>(s, key).and_then(|p| existing_file(s, base, &p))
+        t.opt::<Spanned<String>>(s, key).map(|p| s.later(&p.span(), base.join(p.get_ref()), Need::File))
     };
     let pair = |s: &mut Sink<'_>,
                 t: &mut Table<'_, '_>,
@@ -679,13 +718,7 @@ fn decode_cache_storage(s: &mut Sink<'_>, root: &mut Table<'_, '_>, base: &Path)
     let disk = t.or(s, "disk", ByteSize(0)).0;
     let path: Option<Spanned<String>> = t.opt(s, "path");
     let path = match path {
-        Some(p) => {
-            let full = base.join(p.get_ref());
-            if let Err(msg) = check_writable_dir(&full) {
-                s.error(&p.span(), msg);
-            }
-            Some(full)
-        }
+        Some(p) => Some(s.later(&p.span(), base.join(p.get_ref()), Need::WritableDir("cache path"))),
         None if disk > 0 => {
             s.error(&t.span.clone(), "cache.disk is set but cache.path is missing");
             None
@@ -697,40 +730,6 @@ fn decode_cache_storage(s: &mut Sink<'_>, root: &mut Table<'_, '_>, base: &Path)
     }
     t.finish(s);
     Some(CacheStorage { memory: memory?.get_ref().0, disk, path })
-}
-
-/// The folder exists and is writable, or can be created: its nearest existing
-/// ancestor is a writable folder. Checked by writing a probe file, which is
-/// what actually matters (permissions, read-only mounts, quotas).
-pub fn check_writable_dir(path: &Path) -> Result<(), String> {
-    let mut probe_dir = path;
-    loop {
-        if probe_dir.exists() {
-            break;
-        }
-        match probe_dir.parent() {
-            Some(p) if !p.as_os_str().is_empty() => probe_dir = p,
-            _ => {
-                probe_dir = Path::new(".");
-                break;
-            }
-        }
-    }
-    if !probe_dir.is_dir() {
-        return Err(format!(
-            "cache path `{}` is not usable: `{}` is not a directory",
-            path.display(),
-            probe_dir.display()
-        ));
-    }
-    let probe = probe_dir.join(format!(".outpost-write-check-{}", std::process::id()));
-    match std::fs::write(&probe, b"") {
-        Ok(()) => {
-            let _ = std::fs::remove_file(&probe);
-            Ok(())
-        }
-        Err(e) => Err(format!("cache path `{}` is not writable: {e}", path.display())),
-    }
 }
 
 fn decode_upstream(s: &mut Sink<'_>, root: &mut Table<'_, '_>) -> Option<Upstream> {
@@ -771,11 +770,8 @@ fn decode_control(s: &mut Sink<'_>, root: &mut Table<'_, '_>, base: &Path) -> Op
     };
     let path = store.req::<Spanned<String>>(s, "path").map(|p| {
         let full = base.join(p.get_ref());
-        if let Some(parent) = full.parent()
-            && let Err(msg) = check_writable_dir(parent)
-        {
-            s.error(&p.span(), msg.replace("cache path", "store folder"));
-        }
+        let folder = full.parent().map_or_else(|| base.to_path_buf(), Path::to_path_buf);
+        s.later(&p.span(), folder, Need::WritableDir("store folder"));
         full
     });
     let log_retention = store.or(s, "log_retention", DEFAULT_LOG_RETENTION);
@@ -917,26 +913,4 @@ impl Decode for ipnet::IpNet {
             t.parse().map_err(|_| format!("`{t}` is not a network such as 192.0.2.0/24"))
         })
     }
-}
-
-fn load_static_sites(
-    s: &mut Sink<'_>,
-    base: &Path,
-    files: &[Spanned<String>],
-    site_errors: &mut Vec<Diagnostic>,
-) -> Vec<Site> {
-    let mut sites = Vec::new();
-    for f in files {
-        let path = base.join(f.get_ref());
-        if !path.is_file() {
-            s.error(&f.span(), format!("site file `{}` does not exist", path.display()));
-            continue;
-        }
-        match Site::load(&path) {
-            Ok(site) => sites.push(site),
-            Err(e) => site_errors.extend(e.diagnostics),
-        }
-    }
-    site_errors.extend(crate::check_sites(&sites));
-    sites
 }

@@ -32,6 +32,14 @@ fn errors(text: &str) -> Vec<String> {
 
 use std::str::FromStr;
 
+/// Parses and then resolves against the file system: the errors of all three stages.
+fn resolve_errors(file: &Path, text: &str) -> Vec<String> {
+    match NodeConfig::parse(file, text).and_then(|mut n| n.resolve().map(|()| n)) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.diagnostics.iter().map(ToString::to_string).collect(),
+    }
+}
+
 #[test]
 fn minimal_edge_uses_safe_defaults() {
     let node: NodeConfig = EDGE.parse().unwrap();
@@ -113,7 +121,8 @@ fn disk_path_must_be_writable() {
         "memory = \"64MiB\"",
         &format!("memory = \"64MiB\"\ndisk = \"1GiB\"\npath = \"{}\"", dir.path().join("new/sub").display()),
     );
-    let node: NodeConfig = ok.parse().unwrap();
+    let mut node: NodeConfig = ok.parse().unwrap();
+    node.resolve().unwrap();
     assert_eq!(node.proxy().unwrap().cache.disk, 1 << 30);
     // /proc refuses new files even to root; a regular file cannot hold a folder.
     let file = dir.path().join("plain");
@@ -121,7 +130,8 @@ fn disk_path_must_be_writable() {
     for bad in ["/proc/outpost-cache".to_string(), file.join("cache").display().to_string()] {
         let text =
             EDGE.replace("memory = \"64MiB\"", &format!("memory = \"64MiB\"\ndisk = \"1GiB\"\npath = \"{bad}\""));
-        let e = errors(&text);
+        assert!(errors(&text).is_empty(), "parsing does not touch the disk");
+        let e = resolve_errors(Path::new("edge.toml"), &text);
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(e[0].contains("not writable") || e[0].contains("not a directory"), "{e:?}");
     }
@@ -165,9 +175,11 @@ fn control_and_origin_roles() {
     let origin: NodeConfig =
         "[node]\nname = \"o\"\nrole = \"origin\"\n[listen]\nhttp = [\"127.0.0.1:9000\"]\n".parse().unwrap();
     assert_eq!(origin.role, RoleConfig::Origin(OriginNode { dir: None }));
-    let e =
-        errors("[node]\nname = \"o\"\nrole = \"origin\"\n[listen]\nhttp = []\n[origin]\ndir = \"/nonexistent/dir\"\n");
-    assert_eq!(e.len(), 2, "{e:?}");
+    let bad = "[node]\nname = \"o\"\nrole = \"origin\"\n[listen]\nhttp = []\n[origin]\ndir = \"/nonexistent/dir\"\n";
+    assert_eq!(errors(bad).len(), 1, "the empty listener list is a parse error");
+    let e = resolve_errors(Path::new("o.toml"), &bad.replace("http = []", "http = [\"127.0.0.1:9000\"]"));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].contains("/nonexistent/dir"), "{e:?}");
 }
 
 #[test]
@@ -222,8 +234,7 @@ fn static_site_errors_point_into_the_site_file() {
     )
     .unwrap();
     let edge = EDGE.replace("longitude = 8.68", "longitude = 8.68\nsites = [\"bad.site.toml\", \"gone.toml\"]");
-    let e = NodeConfig::parse(&dir.path().join("edge.toml"), &edge).unwrap_err();
-    let lines: Vec<String> = e.diagnostics.iter().map(ToString::to_string).collect();
+    let lines = resolve_errors(&dir.path().join("edge.toml"), &edge);
     assert_eq!(lines.len(), 2, "{lines:#?}");
     assert!(lines.iter().any(|l| l.contains("edge.toml:8:27:") && l.contains("gone.toml` does not exist")));
     assert!(lines.iter().any(|l| l.contains("bad.site.toml:5:7:")));

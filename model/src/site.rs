@@ -561,16 +561,6 @@ fn decode_header_rules(s: &mut Sink<'_>, t: &mut Table<'_, '_>) -> HeaderRules {
     rules
 }
 
-pub(crate) fn existing_file(s: &mut Sink<'_>, base: &Path, p: &Spanned<String>) -> Option<PathBuf> {
-    let path = base.join(p.get_ref());
-    if path.is_file() {
-        Some(path)
-    } else {
-        s.error(&p.span(), format!("file `{}` does not exist", path.display()));
-        None
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -245,6 +245,19 @@ impl Closed {
     }
 }
 
+/// The status hyper answered a request it could not parse with, if that is
+/// how the connection ended.
+fn unparsable(e: &(dyn std::error::Error + 'static)) -> Option<http::StatusCode> {
+    let e = e.downcast_ref::<hyper::Error>()?;
+    if e.is_parse_too_large() {
+        Some(http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+    } else if e.is_parse() {
+        Some(http::StatusCode::BAD_REQUEST)
+    } else {
+        None
+    }
+}
+
 /// Serves one connection until it ends, a timer fires, or it is evicted.
 /// `h2` says TLS negotiated HTTP/2 (no HTTP/1 stream to follow).
 pub(crate) async fn serve_connection<H, S>(
@@ -266,6 +279,7 @@ where
     }
     let io = TokioIo::new(TrackedIo { inner: stream, state: Arc::clone(&state), tracker, found: VecDeque::new() });
     let svc_state = Arc::clone(&state);
+    let watcher = Arc::clone(&handler);
     let service = service_fn(move |req: Request<Incoming>| {
         let (handler, state) = (Arc::clone(&handler), Arc::clone(&svc_state));
         state.active.fetch_add(1, Ordering::AcqRel);
@@ -301,6 +315,9 @@ where
             r = &mut served => {
                 if let Err(e) = r {
                     tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+                    if let Some(status) = unparsable(&*e) {
+                        watcher.unreadable(conn, status);
+                    }
                 }
                 return if closing { Closed::Shutdown } else { Closed::Ended };
             }

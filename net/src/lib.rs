@@ -75,6 +75,10 @@ pub trait Handler: Send + Sync + 'static {
         std::future::ready(bad_request(why))
     }
 
+    /// A request too malformed to parse (no method or path to speak of):
+    /// the server has answered `status` and closed the connection.
+    fn unreadable(&self, _conn: Conn, _status: http::StatusCode) {}
+
     /// A TLS handshake finished (`true`) or failed.
     fn tls_handshake(&self, _ok: bool) {}
 }

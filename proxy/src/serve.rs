@@ -32,6 +32,10 @@ impl Handler for Engine {
         std::future::ready(self.refuse_request(req, Some(conn.peer), why))
     }
 
+    fn unreadable(&self, conn: Conn, status: http::StatusCode) {
+        self.unreadable_request(Some(conn.peer), status);
+    }
+
     fn tls_handshake(&self, ok: bool) {
         self.metrics.tls_handshake(ok);
     }

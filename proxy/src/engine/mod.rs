@@ -230,6 +230,12 @@ impl Engine {
         request::refused(self, &req, client, Instant::now(), why)
     }
 
+    /// Counts and logs a request the listener could not parse, which it
+    /// answered with `status` itself.
+    pub(crate) fn unreadable_request(&self, client: Option<std::net::SocketAddr>, status: http::StatusCode) {
+        request::unreadable(self, client, status);
+    }
+
     /// The stored keys of a URL in one scope (its object, or its variant
     /// index and the variants it knows), removed at once.
     async fn remove_url(&self, site: &Site, scope: Scope<'_>, url: &str) {

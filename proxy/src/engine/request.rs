@@ -18,10 +18,10 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use outpost_config::Site;
 
@@ -189,8 +189,29 @@ fn finish(
     if !resp.headers().contains_key(CACHE_STATUS) {
         resp.headers_mut().insert(CACHE_STATUS, status.header(&engine.node, None));
     }
-    let took = started.elapsed();
-    engine.metrics.request(status.outcome, resp.status().as_u16(), took);
+    let bytes = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    record(engine, &status, resp.status(), bytes, client, started.elapsed(), log);
+    resp
+}
+
+/// A request the listener could not parse (it answered `code` itself):
+/// counted, and logged with `-` for what could not be read.
+pub(super) fn unreadable(engine: &Engine, client: Option<SocketAddr>, code: StatusCode) {
+    let log = engine.log.enabled().then(|| ("-".to_string(), "-".to_string(), "-".to_string()));
+    record(engine, &CacheStatus::new(Outcome::Local), code, None, client, Duration::ZERO, log);
+}
+
+/// Metrics and the access log line of one answered request.
+fn record(
+    engine: &Engine,
+    status: &CacheStatus,
+    code: StatusCode,
+    bytes: Option<u64>,
+    client: Option<SocketAddr>,
+    took: Duration,
+    log: LogLine,
+) {
+    engine.metrics.request(status.outcome, code.as_u16(), took);
     if let Some((method, host, path)) = log {
         engine.log.write(AccessRecord {
             ts: humantime::format_rfc3339_millis(engine.clock.now()).to_string(),
@@ -199,18 +220,13 @@ fn finish(
             method,
             host,
             path,
-            status: resp.status().as_u16(),
+            status: code.as_u16(),
             cache: status.outcome.as_str(),
-            bytes: resp
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok()),
+            bytes,
             upstream_ms: status.upstream_wait.map(|d| d.as_secs_f64() * 1000.0),
             duration_ms: took.as_secs_f64() * 1000.0,
         });
     }
-    resp
 }
 
 #[cfg(test)]

@@ -44,10 +44,20 @@ impl Edge {
     }
 
     pub async fn start_with(dir: &Path, site: &str, cache: &str, limits: &str) -> Edge {
+        Edge::start_node(dir, site, cache, limits, "off").await
+    }
+
+    /// An edge with the default rules that writes its access log to
+    /// `dir/access.log`.
+    pub async fn logging(dir: &Path, origin: SocketAddr) -> Edge {
+        Edge::start_node(dir, &site_toml(origin, DEFAULT_RULES), "memory = \"32MiB\"", "", "access.log").await
+    }
+
+    async fn start_node(dir: &Path, site: &str, cache: &str, limits: &str, access_log: &str) -> Edge {
         std::fs::write(dir.join("site.toml"), site).unwrap();
         let node = format!(
             "[node]\nname = \"edge-test\"\nrole = \"edge\"\npop = \"tst\"\nlatitude = 0.0\nlongitude = 0.0\n\
-             sites = [\"site.toml\"]\naccess_log = \"off\"\n\n[listen]\nhttp = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\n\n\
+             sites = [\"site.toml\"]\naccess_log = \"{access_log}\"\n\n[listen]\nhttp = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\n\n\
              [cache]\n{cache}\npath = \"cache\"\n\n[upstream]\nmode = \"origin\"\n\n{limits}"
         );
         let file = dir.join("edge.toml");

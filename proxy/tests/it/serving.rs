@@ -109,7 +109,7 @@ async fn fields_that_override_the_url_are_withheld_from_the_origin() {
 async fn malformed_requests_get_400_and_the_node_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let origin = Origin::start().await;
-    let edge = Edge::start(dir.path(), &site_toml(origin.addr, DEFAULT_RULES)).await;
+    let edge = Edge::logging(dir.path(), origin.addr).await;
     let cases: [&'static [u8]; 6] = [
         b"POST /x HTTP/1.1\r\nHost: t.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         b"GET /x HTTP/1.1\r\nHost: t.test\r\nHost: other.test\r\n\r\n",
@@ -135,6 +135,27 @@ async fn malformed_requests_get_400_and_the_node_keeps_serving() {
     let r = edge.get("/after?cc=max-age%3D60").await;
     assert_eq!(r.status, StatusCode::OK, "the node keeps serving");
     assert_eq!(origin.stats().await["methods"].get("POST"), None, "nothing malformed reached the origin");
+
+    let log = dir.path().join("access.log");
+    let refused = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|r| r["status"] == 400)
+            .map(|r| format!("{} {}", r["method"].as_str().unwrap(), r["path"].as_str().unwrap()))
+            .collect::<Vec<_>>()
+    };
+    // Refused requests are logged like any other, with what could be read
+    // of them: the three framing conflicts (the bad chunk is found while
+    // forwarding), the two Hosts, the undecodable path, and the two
+    // requests too malformed to parse.
+    let expected = ["POST /x", "GET /x", "GET /%zz", "- -", "- -", "POST /x", "POST /x"];
+    eventually("the refusals in the access log", || async { refused().len() == expected.len() }).await;
+    let mut seen = refused();
+    seen.sort();
+    let mut expected = expected.map(String::from).to_vec();
+    expected.sort();
+    assert_eq!(seen, expected);
 }
 
 #[tokio::test]
@@ -244,6 +265,12 @@ async fn metrics_and_health() {
     let edge = Edge::start(dir.path(), &site_toml(origin.addr, DEFAULT_RULES)).await;
     edge.get("/m?cc=max-age%3D60").await;
     edge.get("/m?cc=max-age%3D60").await;
+    let refused = raw_async(
+        edge.addr,
+        b"POST /x HTTP/1.1\r\nHost: t.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(refused.starts_with("HTTP/1.1 400"), "{refused}");
     let h = send(Method::GET, &format!("http://{}/healthz", edge.admin), &[]).await;
     assert_eq!(h.status, StatusCode::OK);
     let health: serde_json::Value = serde_json::from_slice(&h.body).unwrap();
@@ -258,6 +285,11 @@ async fn metrics_and_health() {
         .unwrap_or_else(|| panic!("no hit counter in:\n{text}"));
     let n: f64 = hits.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(n >= 1.0, "{hits}");
+    let client_errors = text
+        .lines()
+        .find(|l| l.starts_with("outpost_responses_total") && l.contains("class=\"4xx\""))
+        .unwrap_or_else(|| panic!("no 4xx counter in:\n{text}"));
+    assert!(client_errors.ends_with(" 1"), "the refused request is counted: {client_errors}");
     assert!(text.contains("outpost_request_duration_seconds_bucket"), "latency histogram present");
     assert!(text.contains("outpost_cache_memory_bytes{node=\"edge-test\"}"));
 }

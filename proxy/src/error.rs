@@ -1,8 +1,8 @@
 //! Every way a request can fail, with the side that failed (the client, an
 //! upstream, or this node), whether trying again makes sense, and its cause;
 //! and the one place a failure becomes a response: status, body,
-//! `Cache-Status` detail and, for internal failures, a log line with the
-//! cause chain.
+//! `Cache-Status` detail, whether the connection closes after it and, for
+//! internal failures, a log line with the cause chain.
 
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
@@ -102,6 +102,12 @@ impl Error {
         }
     }
 
+    /// The connection cannot be trusted (or read) past this request: its
+    /// bytes were malformed, or a body was left unread.
+    pub(crate) fn closes_connection(&self) -> bool {
+        matches!(self, Error::BadRequest(_) | Error::PayloadTooLarge)
+    }
+
     fn reason(&self) -> String {
         match self {
             Error::BadRequest(why) => format!("bad request: {why}"),
@@ -125,6 +131,9 @@ impl Error {
         if self.is_retryable() {
             // RFC 9110 §10.2.3: worth trying again shortly.
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if self.closes_connection() {
+            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if matches!(self, Error::MethodNotAllowed) {
             r.headers_mut()
@@ -173,6 +182,8 @@ mod tests {
         assert_eq!((internal.class(), internal.status()), (Class::Internal, StatusCode::INTERNAL_SERVER_ERROR));
         assert_eq!(Error::Loop.status(), StatusCode::LOOP_DETECTED);
         assert_eq!(Error::UnknownHost.status(), StatusCode::MISDIRECTED_REQUEST);
+        assert_eq!(Error::BadRequest("x").response("n").headers()[header::CONNECTION], "close");
+        assert!(!Error::MethodNotAllowed.response("n").headers().contains_key(header::CONNECTION));
         let r = Error::MethodNotAllowed.response("n");
         assert!(r.headers().contains_key(header::ALLOW));
         assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store");

@@ -10,7 +10,7 @@ mod client;
 use outpost::{roles, signals, up};
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -125,6 +125,11 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// The configuration reference.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
     /// Validate node and site files; print `file:line:column: message` for each problem.
     Check {
         #[arg(required = true)]
@@ -139,6 +144,12 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigAction {
+    /// Print every section and key of node and site files, with its default (Markdown: docs/config.md).
+    Reference,
 }
 
 #[derive(Debug, Subcommand)]
@@ -163,104 +174,93 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Check { files } => return check::run(&files),
-        Command::Up { config_dir, data_dir } => {
-            init_logging();
-            runtime().and_then(|rt| rt.block_on(up::run(&config_dir, &data_dir)))
-        }
-        Command::Edge { config } => {
-            init_logging();
-            runtime().and_then(|rt| rt.block_on(roles::serve(&config, Role::Edge)))
-        }
-        Command::Dns { config, build_geoip: Some(paths) } if config.is_none() => {
-            match outpost_control::dns::build_database(&paths[0], &paths[1]) {
-                Ok(n) => {
-                    println!("wrote {} ({n} networks)", paths[1].display());
-                    Ok(())
-                }
-                Err(e) => Err(anyhow::anyhow!("{e}")),
-            }
-        }
-        Command::Dns { config, .. } => {
-            init_logging();
-            let config = config.unwrap_or_default();
-            runtime().and_then(|rt| rt.block_on(roles::serve(&config, Role::Dns)))
-        }
-        Command::Control { config } => {
-            init_logging();
-            runtime().and_then(|rt| rt.block_on(roles::serve(&config, Role::Control)))
-        }
-        Command::Sites { action, control, json } => runtime().and_then(|rt| rt.block_on(sites(action, &control, json))),
-        Command::Purge { site, urls, prefix, tags, all, soft, wait, control, json } => {
-            let req = PurgeRequest { site, urls, prefix, tags, all, soft, wait, timeout_ms: None };
-            runtime().and_then(|rt| {
-                rt.block_on(async {
-                    let status = client::connect(&control)?.purge(&req).await.map_err(client::explain)?;
-                    if json {
-                        println!("{}", serde_json::to_string(&status)?);
-                    } else {
-                        client::print_purge(&status);
-                    }
-                    Ok(())
-                })
-            })
-        }
-        Command::Load { scenario, out, report, quiet } => {
-            let json = match out.as_deref().map(|o| o.strip_prefix("json=")) {
-                None => None,
-                Some(Some(file)) => Some(PathBuf::from(file)),
-                Some(None) => {
-                    eprintln!("error: --out takes json=FILE");
-                    return ExitCode::from(2);
-                }
-            };
-            let outputs = outpost_load::runner::Outputs { json, html: report, progress: !quiet };
-            match runtime().map(|rt| rt.block_on(outpost_load::runner::run_file(&scenario, &outputs))) {
-                Ok(Ok(done)) if done.passed() => Ok(()),
-                Ok(Ok(_)) => return ExitCode::from(outpost_load::runner::THRESHOLD_FAILED),
-                Ok(Err(e)) => Err(anyhow::anyhow!(e)),
-                Err(e) => Err(e),
-            }
-        }
-        Command::Status { control, json } => runtime().and_then(|rt| {
-            rt.block_on(async {
-                let nodes = client::connect(&control)?.nodes().await.map_err(client::explain)?;
-                if json {
-                    println!("{}", serde_json::to_string(&nodes)?);
-                } else {
-                    client::print_nodes(&nodes);
-                }
-                Ok(())
-            })
-        }),
-        Command::Shield { config } => {
-            init_logging();
-            runtime().and_then(|rt| rt.block_on(roles::serve(&config, Role::Shield)))
-        }
-        Command::Origin { listen, dir } => {
-            init_logging();
-            runtime().and_then(|rt| {
-                rt.block_on(async {
-                    let server = outpost_load::OriginServer::bind(&listen, dir).await?;
-                    for addr in server.local_addrs() {
-                        tracing::info!(%addr, "test origin listening");
-                    }
-                    let stop = signals::shutdown_token();
-                    server.run(stop).await?;
-                    Ok(())
-                })
-            })
-        }
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
+    match run(Cli::parse().command) {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Check { files } => return Ok(check::run(&files)),
+        Command::Config { action: ConfigAction::Reference } => print!("{}", outpost_config::schema::reference()),
+        Command::Up { config_dir, data_dir } => {
+            init_logging();
+            runtime()?.block_on(up::run(&config_dir, &data_dir))?;
+        }
+        Command::Edge { config } => serve(&config, Role::Edge)?,
+        Command::Shield { config } => serve(&config, Role::Shield)?,
+        Command::Control { config } => serve(&config, Role::Control)?,
+        Command::Dns { config, build_geoip: Some(paths) } if config.is_none() => {
+            let n = outpost_control::dns::build_database(&paths[0], &paths[1]).map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("wrote {} ({n} networks)", paths[1].display());
+        }
+        Command::Dns { config, .. } => serve(&config.unwrap_or_default(), Role::Dns)?,
+        Command::Sites { action, control, json } => runtime()?.block_on(sites(action, &control, json))?,
+        Command::Purge { site, urls, prefix, tags, all, soft, wait, control, json } => {
+            let req = PurgeRequest { site, urls, prefix, tags, all, soft, wait, timeout_ms: None };
+            runtime()?.block_on(purge(&req, &control, json))?;
+        }
+        Command::Load { scenario, out, report, quiet } => return load(&scenario, out.as_deref(), report, quiet),
+        Command::Status { control, json } => runtime()?.block_on(status(&control, json))?,
+        Command::Origin { listen, dir } => {
+            init_logging();
+            runtime()?.block_on(origin(&listen, dir))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn serve(config: &Path, role: Role) -> anyhow::Result<()> {
+    init_logging();
+    runtime()?.block_on(roles::serve(config, role))
+}
+
+async fn purge(req: &PurgeRequest, control: &str, json: bool) -> anyhow::Result<()> {
+    let status = client::connect(control)?.purge(req).await.map_err(client::explain)?;
+    if json {
+        println!("{}", serde_json::to_string(&status)?);
+    } else {
+        client::print_purge(&status);
+    }
+    Ok(())
+}
+
+async fn status(control: &str, json: bool) -> anyhow::Result<()> {
+    let nodes = client::connect(control)?.nodes().await.map_err(client::explain)?;
+    if json {
+        println!("{}", serde_json::to_string(&nodes)?);
+    } else {
+        client::print_nodes(&nodes);
+    }
+    Ok(())
+}
+
+fn load(scenario: &Path, out: Option<&str>, report: Option<PathBuf>, quiet: bool) -> anyhow::Result<ExitCode> {
+    let json = match out.map(|o| o.strip_prefix("json=")) {
+        None => None,
+        Some(Some(file)) => Some(PathBuf::from(file)),
+        Some(None) => {
+            eprintln!("error: --out takes json=FILE");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let outputs = outpost_load::runner::Outputs { json, html: report, progress: !quiet };
+    let done =
+        runtime()?.block_on(outpost_load::runner::run_file(scenario, &outputs)).map_err(|e| anyhow::anyhow!(e))?;
+    Ok(if done.passed() { ExitCode::SUCCESS } else { ExitCode::from(outpost_load::runner::THRESHOLD_FAILED) })
+}
+
+async fn origin(listen: &[SocketAddr], dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let server = outpost_load::OriginServer::bind(listen, dir).await?;
+    for addr in server.local_addrs() {
+        tracing::info!(%addr, "test origin listening");
+    }
+    server.run(signals::shutdown_token()).await?;
+    Ok(())
 }
 
 async fn sites(action: SitesAction, control: &str, json: bool) -> anyhow::Result<()> {

@@ -14,6 +14,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::diag::Sink;
+use crate::schema::{self, FileKind, Section};
 use crate::units::{parse_byte_size, parse_duration};
 
 pub(crate) type Val<'i> = Spanned<DeValue<'i>>;
@@ -32,11 +33,27 @@ pub(crate) struct Table<'a, 'i> {
     pub(crate) span: Range<usize>,
     entries: &'a DeTable<'i>,
     expected: BTreeSet<&'static str>,
+    declared: Declared,
+}
+
+/// Where a table's keys are declared ([`crate::schema`]).
+#[derive(Debug, Clone, Copy)]
+enum Declared {
+    /// A whole file: its keys are the top-level sections.
+    Root(FileKind),
+    Section(&'static Section),
+    /// A value's inline table (a shield `{ name, url }`), or a test's.
+    Free,
 }
 
 impl<'a, 'i> Table<'a, 'i> {
     pub(crate) fn new(name: impl Into<String>, span: Range<usize>, entries: &'a DeTable<'i>) -> Self {
-        Table { name: name.into(), span, entries, expected: BTreeSet::new() }
+        Table { name: name.into(), span, entries, expected: BTreeSet::new(), declared: Declared::Free }
+    }
+
+    /// A whole file of `kind`.
+    pub(crate) fn root(kind: FileKind, span: Range<usize>, entries: &'a DeTable<'i>) -> Self {
+        Table { declared: Declared::Root(kind), ..Table::new("[file]", span, entries) }
     }
 
     /// The table a value holds, or a type error.
@@ -51,7 +68,28 @@ impl<'a, 'i> Table<'a, 'i> {
         }
     }
 
+    /// The declaration of a sub-table `key`.
+    fn child(&self, key: &str) -> Declared {
+        let found = match self.declared {
+            Declared::Root(kind) => schema::section(kind, key),
+            Declared::Section(sec) => schema::section(sec.file, &format!("{}.{key}", sec.name)),
+            Declared::Free => None,
+        };
+        found.map_or(Declared::Free, Declared::Section)
+    }
+
+    /// Is `key` declared for this table: a key of its section, or a
+    /// sub-table declared as a section of its own?
+    fn declares(&self, key: &str) -> bool {
+        match self.declared {
+            Declared::Free => true,
+            Declared::Root(_) => matches!(self.child(key), Declared::Section(_)),
+            Declared::Section(sec) => sec.key(key).is_some() || matches!(self.child(key), Declared::Section(_)),
+        }
+    }
+
     pub(crate) fn get(&mut self, key: &'static str) -> Option<&'a Val<'i>> {
+        debug_assert!(self.declares(key), "`{key}` of {} is read but not declared in schema.rs", self.name);
         self.expected.insert(key);
         self.entries.iter().find(|(k, _)| k.get_ref().as_ref() == key).map(|(_, v)| v)
     }
@@ -90,17 +128,20 @@ impl<'a, 'i> Table<'a, 'i> {
     /// An optional sub-table.
     pub(crate) fn table(&mut self, s: &mut Sink<'_>, key: &'static str) -> Option<Table<'a, 'i>> {
         let name = format!("[{}]", self.child_name(key));
+        let declared = self.child(key);
         let v = self.get(key)?;
-        Table::of(s, name, v)
+        Table::of(s, name, v).map(|t| Table { declared, ..t })
     }
 
     /// An optional array of tables (`[[key]]`), empty when absent.
     pub(crate) fn tables(&mut self, s: &mut Sink<'_>, key: &'static str) -> Vec<Table<'a, 'i>> {
         let name = format!("[[{}]]", self.child_name(key));
+        let declared = self.child(key);
         let Some(v) = self.get(key) else { return Vec::new() };
+        let of = |s: &mut Sink<'_>, name: String, v| Table::of(s, name, v).map(|t| Table { declared, ..t });
         match v.get_ref() {
-            DeValue::Array(items) => items.iter().filter_map(|item| Table::of(s, name.clone(), item)).collect(),
-            DeValue::Table(_) => Table::of(s, name, v).into_iter().collect(),
+            DeValue::Array(items) => items.iter().filter_map(|item| of(s, name.clone(), item)).collect(),
+            DeValue::Table(_) => of(s, name, v).into_iter().collect(),
             other => {
                 s.error(&v.span(), format!("{name} must be an array of tables, found {}", other.type_str()));
                 Vec::new()

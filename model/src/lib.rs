@@ -13,6 +13,7 @@ mod event;
 mod node;
 pub mod path;
 mod resolve;
+pub mod schema;
 mod site;
 mod units;
 

@@ -15,6 +15,7 @@ use toml::Spanned;
 
 use crate::decode::{ByteSize, Decode, Table, Val, parse_str};
 use crate::diag::{ConfigError, Need, Pending, Sink, base_dir};
+use crate::schema::{self, FileKind};
 use crate::site::{Site, positive};
 
 /// Largest request head (request line and headers). Browsers send 1–4 KiB;
@@ -70,25 +71,14 @@ impl Role {
         }
     }
 
-    /// The sections a node file of this role may have besides `[node]`.
-    fn sections(self) -> &'static [&'static str] {
-        match self {
-            Role::Edge => &["listen", "limits", "tls", "cache", "upstream", "control"],
-            Role::Shield => &["listen", "limits", "tls", "cache", "control"],
-            Role::Control => &["listen", "limits", "tls", "store", "auth"],
-            Role::Dns => &["listen", "dns", "control"],
-            Role::Origin => &["listen", "origin"],
-        }
+    /// Does a node of this role use the top-level section `name`?
+    fn uses(self, name: &str) -> bool {
+        schema::role_sections(self).any(|s| s.name == name)
     }
 
-    /// The `[listen]` keys this role uses.
-    fn listeners(self) -> &'static [&'static str] {
-        match self {
-            Role::Edge | Role::Shield => &["http", "https", "admin"],
-            Role::Control => &["http", "https"],
-            Role::Origin => &["http"],
-            Role::Dns => &["dns", "admin"],
-        }
+    /// Does a node of this role use `[listen] key`?
+    fn listens(self, key: &str) -> bool {
+        schema::section(FileKind::Node, "listen").and_then(|s| s.key(key)).is_some_and(|k| k.used_by(self))
     }
 }
 
@@ -111,10 +101,15 @@ pub struct NodeConfig {
     pub file: PathBuf,
     /// Unique among the CDN's nodes; names it in `Cache-Status` and the registry.
     pub name: String,
+    /// `[node] pop`, `latitude`, `longitude`: required for an edge, optional
+    /// for a shield. Default: none.
     pub pop: Option<Pop>,
     pub listen: Listen,
+    /// `[limits]`. Default: [`Limits::default`].
     pub limits: Limits,
+    /// `[tls]`. Default: no certificates, unknown names rejected.
     pub tls: NodeTls,
+    /// `[control]`. Default: none (the node serves its own site files).
     pub control: Option<ControlLink>,
     pub role: RoleConfig,
     /// Paths to check when it is resolved.
@@ -126,15 +121,18 @@ pub struct NodeConfig {
 pub struct NodeTls {
     /// Presented when no site's certificate matches the name a client asks
     /// for (or it names none), if `unknown_sni` says so. The control plane's
-    /// API certificate.
+    /// API certificate. Default: none.
     pub cert: Option<CertFiles>,
+    /// Default: [`UnknownSni::Reject`].
     pub unknown_sni: UnknownSni,
     /// Clients must present a certificate issued by this CA (mutual TLS:
-    /// shields requiring it from edges).
+    /// shields requiring it from edges). Default: none (no client certificates asked for).
     pub client_ca: Option<PathBuf>,
     /// Trusted besides the public roots when verifying https upstreams.
+    /// Default: none (the public roots only).
     pub upstream_ca: Option<PathBuf>,
     /// Presented to https upstreams that ask for a client certificate.
+    /// Default: none.
     pub upstream_cert: Option<CertFiles>,
     /// The only folders sites' certificate and key files may be read from
     /// (a site file pushed through the control plane must not make a node
@@ -170,23 +168,33 @@ pub struct Pop {
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Listen {
+    /// Default: none (a node serving HTTP needs `http` or `https`).
     pub http: Vec<SocketAddr>,
+    /// Default: none.
     pub https: Vec<SocketAddr>,
-    /// `/metrics` and `/healthz`.
+    /// `/metrics` and `/healthz`. Default: none.
     pub admin: Option<SocketAddr>,
-    /// UDP and TCP port of the DNS server.
+    /// UDP and TCP port of the DNS server. Required for a DNS node.
     pub dns: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
+    /// `header_bytes`. Default: [`DEFAULT_MAX_HEADER_BYTES`] (32KiB).
     pub max_header_bytes: u64,
+    /// `headers`. Default: [`DEFAULT_MAX_HEADERS`] (100).
     pub max_headers: u32,
+    /// `body`. Default: [`DEFAULT_MAX_REQUEST_BODY`] (16MiB).
     pub max_request_body: u64,
+    /// Default: [`DEFAULT_HEADER_READ_TIMEOUT`] (10s).
     pub header_read_timeout: Duration,
+    /// Default: [`DEFAULT_IDLE_TIMEOUT`] (60s).
     pub idle_timeout: Duration,
+    /// Default: [`DEFAULT_SEND_TIMEOUT`] (30s).
     pub send_timeout: Duration,
+    /// Default: [`DEFAULT_MAX_CONNECTIONS`] (10000).
     pub max_connections: u32,
+    /// Default: [`DEFAULT_SHUTDOWN_GRACE`] (30s).
     pub shutdown_grace: Duration,
 }
 
@@ -211,7 +219,7 @@ pub struct ControlLink {
     pub url: Uri,
     /// Holds the node token; read at start, never logged.
     pub token_file: PathBuf,
-    /// Trusted besides the public roots when the url is `https`.
+    /// Trusted besides the public roots when the url is `https`. Default: none.
     pub ca: Option<PathBuf>,
 }
 
@@ -238,9 +246,10 @@ pub enum AccessLog {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProxyNode {
     pub cache: CacheStorage,
+    /// Default: [`AccessLog::Stdout`].
     pub access_log: AccessLog,
     /// Sites from local files, served when no control plane is configured
-    /// and until the control plane's own set arrives.
+    /// and until the control plane's own set arrives. Default: none.
     pub sites: Vec<Site>,
 }
 
@@ -252,9 +261,11 @@ pub struct EdgeNode {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheStorage {
+    /// Required, at least 1MiB.
     pub memory: u64,
-    /// Zero means memory only.
+    /// Zero means memory only. Default: 0.
     pub disk: u64,
+    /// Required when `disk` is not zero. Default: none.
     pub path: Option<PathBuf>,
 }
 
@@ -268,8 +279,11 @@ pub enum UpstreamMode {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
+    /// Default: [`UpstreamMode::Shield`].
     pub mode: UpstreamMode,
+    /// Required with [`UpstreamMode::Shield`]. Default: none.
     pub shields: Vec<ShieldAddr>,
+    /// Default: [`DEFAULT_SHIELD_PROBE_INTERVAL`] (1s).
     pub probe_interval: Duration,
 }
 
@@ -301,7 +315,9 @@ impl Decode for ShieldAddr {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControlNode {
+    /// `[store] path`: required.
     pub store: PathBuf,
+    /// Default: [`DEFAULT_LOG_RETENTION`] (100000 events).
     pub log_retention: u64,
     /// A node not heard from for this long leaves the registry (it is
     /// registered again when it reconnects). Default: `24h`.
@@ -314,16 +330,19 @@ pub struct ControlNode {
 pub struct DnsNode {
     /// Fully qualified, lower-case, ending in `.`.
     pub zone: String,
+    /// Default: [`DEFAULT_DNS_TTL`] (30s).
     pub ttl: Duration,
     pub geoip: PathBuf,
+    /// Default: none.
     pub nameservers: Vec<String>,
     pub pops: Vec<DnsPop>,
     pub default_pop: String,
-    /// ISO country code → PoP, for records without a location.
+    /// ISO country code → PoP, for records without a location. Default: none.
     pub countries: BTreeMap<String, String>,
-    /// Continent code → PoP, when the country has no entry.
+    /// Continent code → PoP, when the country has no entry. Default: none.
     pub continents: BTreeMap<String, String>,
-    /// Site ids answered as `<id>.<zone>` until the control plane lists them.
+    /// Site ids answered as `<id>.<zone>` until the control plane lists
+    /// them. Default: none.
     pub sites: Vec<String>,
 }
 
@@ -333,6 +352,7 @@ pub struct DnsPop {
     pub latitude: f64,
     pub longitude: f64,
     /// Static edge addresses, used until (or without) the node registry.
+    /// Default: none.
     pub edges: Vec<IpAddr>,
     /// Networks the PoP's edges may register addresses in, besides `edges`.
     /// DNS answers only with registered addresses these two allow, so a
@@ -349,7 +369,7 @@ impl DnsPop {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OriginNode {
-    /// Served under `/files/`.
+    /// Served under `/files/`. Default: none.
     pub dir: Option<PathBuf>,
 }
 
@@ -366,7 +386,7 @@ impl NodeConfig {
     fn parse_noting(file: &Path, text: &str) -> (Result<NodeConfig, ConfigError>, Vec<Pending>) {
         let mut s = Sink::new(file, text);
         let node = crate::parse_document(&mut s).and_then(|doc| {
-            let mut root = Table::new("[file]", doc.span(), doc.get_ref());
+            let mut root = Table::root(FileKind::Node, doc.span(), doc.get_ref());
             let node = decode_node(&mut s, &mut root, file);
             root.finish(&mut s);
             node
@@ -477,15 +497,15 @@ fn decode_node(s: &mut Sink<'_>, root: &mut Table<'_, '_>, file: &Path) -> Optio
     head.finish(s);
 
     // Sections that exist but the role does not use.
-    for section in ["listen", "limits", "tls", "cache", "upstream", "control", "store", "auth", "dns", "origin"] {
-        if !role.sections().contains(&section) && root.has(section) {
-            let span = root.span_of(section);
-            s.error(&span, format!("[{section}] is not used by a {} node", role.as_str()));
+    for section in schema::sections(FileKind::Node).filter(|sec| sec.name != "node" && !sec.name.contains('.')) {
+        if !role.uses(section.name) && root.has(section.name) {
+            let span = root.span_of(section.name);
+            s.error(&span, format!("[{}] is not used by a {} node", section.name, role.as_str()));
         }
     }
 
     let listen = decode_listen(s, root, role);
-    let mut tls = match root.table(s, "tls").filter(|_| role.sections().contains(&"tls")) {
+    let mut tls = match root.table(s, "tls").filter(|_| role.uses("tls")) {
         Some(mut t) => decode_tls(s, &mut t, role, &base),
         None => NodeTls::default(),
     };
@@ -497,11 +517,11 @@ fn decode_node(s: &mut Sink<'_>, root: &mut Table<'_, '_>, file: &Path) -> Optio
     {
         s.error(&root.span.clone(), "listen.https needs [tls] cert and key for the API");
     }
-    let limits = match root.table(s, "limits").filter(|_| role.sections().contains(&"limits")) {
+    let limits = match root.table(s, "limits").filter(|_| role.uses("limits")) {
         Some(mut t) => decode_limits(s, &mut t),
         None => Limits::default(),
     };
-    let control = if role.sections().contains(&"control") {
+    let control = if role.uses("control") {
         root.table(s, "control").and_then(|mut t| {
             let url: Option<Uri> = t.req(s, "url");
             let token_file: Option<String> = t.req(s, "token_file");
@@ -585,18 +605,17 @@ fn decode_listen(s: &mut Sink<'_>, root: &mut Table<'_, '_>, role: Role) -> Opti
         s.error(&root.span.clone(), format!("missing table [listen] for a {} node", role.as_str()));
         return None;
     };
-    let used = role.listeners();
     for key in ["http", "https", "admin", "dns"] {
-        if !used.contains(&key) && t.has(key) {
+        if !role.listens(key) && t.has(key) {
             let span = t.span_of(key);
             s.error(&span, format!("listen.{key} is not used by a {} node", role.as_str()));
         }
     }
     let listen = Listen {
-        http: if used.contains(&"http") { t.or(s, "http", Vec::new()) } else { Vec::new() },
-        https: if used.contains(&"https") { t.or(s, "https", Vec::new()) } else { Vec::new() },
-        admin: if used.contains(&"admin") { t.opt(s, "admin") } else { None },
-        dns: if used.contains(&"dns") { t.req(s, "dns") } else { None },
+        http: if role.listens("http") { t.or(s, "http", Vec::new()) } else { Vec::new() },
+        https: if role.listens("https") { t.or(s, "https", Vec::new()) } else { Vec::new() },
+        admin: if role.listens("admin") { t.opt(s, "admin") } else { None },
+        dns: if role.listens("dns") { t.req(s, "dns") } else { None },
     };
     let serves_http = matches!(role, Role::Edge | Role::Shield | Role::Control | Role::Origin);
     if serves_http && listen.http.is_empty() && listen.https.is_empty() {

@@ -14,6 +14,7 @@ use toml::Spanned;
 
 use crate::decode::{ByteSize, Decode, Table, Val, parse_str, string};
 use crate::diag::{ConfigError, Located, Sink, base_dir};
+use crate::schema::FileKind;
 use crate::units::{HostPattern, PathPattern};
 
 /// The longest TTL any rule may set. Beyond a year a "cached" object is really
@@ -41,6 +42,16 @@ pub const DEFAULT_ORIGIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_ORIGIN_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Requests one shield sends one origin at once; more wait in a queue.
 pub const DEFAULT_ORIGIN_MAX_CONNECTIONS: u32 = 64;
+/// Time between an origin's health checks.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// Time one health check may take.
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Consecutive passed checks that bring a down origin back: one lucky answer
+/// is not enough.
+pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 2;
+/// Consecutive failed checks that take an origin out: one lost packet is not
+/// enough.
+pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
 
 /// A site as every node uses it.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,14 +59,20 @@ pub struct Site {
     /// A DNS label: the site is also `<id>.<zone>` in the CDN's DNS zone.
     pub id: String,
     pub hosts: Vec<Located<HostPattern>>,
-    /// Plain-HTTP clients get a 308 to the HTTPS URL.
+    /// Plain-HTTP clients get a 308 to the HTTPS URL. Default: `false`.
     pub https_only: bool,
     /// Edges may go to the origin directly when every shield is down.
+    /// Default: `true`.
     pub allow_direct: bool,
+    /// At least one.
     pub origins: Vec<Origin>,
+    /// Default: [`CacheRules::default`].
     pub cache: CacheRules,
+    /// Default: [`StalePolicy::default`].
     pub stale: StalePolicy,
+    /// Default: none (no certificate of its own).
     pub tls: Option<SiteTls>,
+    /// Default: no changes.
     pub headers: HeaderRules,
 }
 
@@ -63,25 +80,36 @@ pub struct Site {
 pub struct Origin {
     /// `http://` or `https://` with a host and port, no path.
     pub url: Uri,
-    /// Host header sent to the origin; the client's when unset.
+    /// Host header sent to the origin. Default: none (the client's).
     pub host: Option<String>,
+    /// Default: 1.
     pub weight: u32,
+    /// Default: [`DEFAULT_ORIGIN_CONNECT_TIMEOUT`] (2s).
     pub connect_timeout: Duration,
+    /// Default: [`DEFAULT_ORIGIN_RESPONSE_TIMEOUT`] (30s).
     pub response_timeout: Duration,
+    /// Default: [`DEFAULT_ORIGIN_MAX_CONNECTIONS`] (64).
     pub max_connections: u32,
+    /// Default: none (only failing requests take the origin out).
     pub health: Option<HealthCheck>,
-    /// Trusted besides the public roots when the url is `https`: a private CA.
+    /// Trusted besides the public roots when the url is `https`: a private
+    /// CA. Default: none.
     pub ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct HealthCheck {
+    /// Required.
     pub path: String,
+    /// Default: [`DEFAULT_HEALTH_INTERVAL`] (5s).
     pub interval: Duration,
+    /// Default: [`DEFAULT_HEALTH_TIMEOUT`] (2s).
     pub timeout: Duration,
-    /// Consecutive successes that bring a down origin back.
+    /// Consecutive successes that bring a down origin back. Default:
+    /// [`DEFAULT_HEALTHY_THRESHOLD`] (2).
     pub healthy_threshold: u32,
-    /// Consecutive failures that take an origin out.
+    /// Consecutive failures that take an origin out. Default:
+    /// [`DEFAULT_UNHEALTHY_THRESHOLD`] (3).
     pub unhealthy_threshold: u32,
 }
 
@@ -98,35 +126,42 @@ pub enum QueryMode {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CacheRules {
     /// Freshness when the origin gives none and the status is cacheable.
+    /// Default: [`DEFAULT_TTL`] (60s).
     pub default_ttl: Duration,
+    /// Default: [`DEFAULT_MAX_OBJECT_SIZE`] (1GiB).
     pub max_object_size: u64,
+    /// Default: [`QueryMode::Keep`].
     pub query: QueryMode,
-    /// Parameters removed from the key and the upstream request.
+    /// Parameters removed from the key and the upstream request. Default: none.
     pub query_drop: Vec<String>,
-    /// Request headers whose values are part of every key.
+    /// Request headers whose values are part of every key. Default: none.
     pub key_headers: Vec<HeaderName>,
     /// TTL per status code, which also makes that status cacheable
-    /// (negative caching of 404s and the like).
+    /// (negative caching of 404s and the like). Default: none.
     pub status_ttl: BTreeMap<u16, Duration>,
-    /// Per-path overrides, first match wins.
+    /// Per-path overrides, first match wins. Default: none.
     pub paths: Vec<PathRule>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PathRule {
     pub pattern: PathPattern,
-    /// TTL for responses that carry no freshness of their own (or all, with `force`).
+    /// TTL for responses that carry no freshness of their own (or all, with
+    /// `force`). Default: none (the site's `default_ttl`).
     pub ttl: Option<Duration>,
-    /// Use `ttl` whatever the origin's cache headers say.
+    /// Use `ttl` whatever the origin's cache headers say. Default: `false`.
     pub force: bool,
-    /// Never cache this path.
+    /// Never cache this path. Default: `false`.
     pub bypass: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StalePolicy {
+    /// Default: [`DEFAULT_STALE_WHILE_REVALIDATE`] (0s).
     pub while_revalidate: Duration,
+    /// Default: [`DEFAULT_STALE_IF_ERROR`] (1 day).
     pub if_error: Duration,
+    /// Default: [`DEFAULT_PARTITION_GRACE`] (5m).
     pub partition_grace: Duration,
 }
 
@@ -170,7 +205,9 @@ pub const WITHHELD_REQUEST_HEADERS: [&str; 16] = [
 /// request fields this site's origin needs.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct HeaderRules {
+    /// Default: none.
     pub set: Vec<(HeaderName, HeaderValue)>,
+    /// Default: none.
     pub remove: Vec<HeaderName>,
     /// Fields of [`WITHHELD_REQUEST_HEADERS`] sent upstream anyway; each is
     /// part of every cache key of the site. Default: none.
@@ -190,7 +227,7 @@ impl Site {
     pub fn parse_in(file: &Path, text: &str, base: &Path) -> Result<Site, ConfigError> {
         let mut s = Sink::new(file, text);
         let site = crate::parse_document(&mut s).and_then(|doc| {
-            let mut root = Table::new("[file]", doc.span(), doc.get_ref());
+            let mut root = Table::root(FileKind::Site, doc.span(), doc.get_ref());
             let site = decode_site(&mut s, &mut root, base);
             root.finish(&mut s);
             site
@@ -378,10 +415,10 @@ fn decode_origin(s: &mut Sink<'_>, t: &mut Table<'_, '_>, base: &Path) -> Option
                 None
             }
         });
-        let interval = h.or(s, "interval", Duration::from_secs(5));
-        let timeout = h.or(s, "timeout", Duration::from_secs(2));
-        let healthy_threshold = positive(s, &mut h, "healthy_threshold", 2);
-        let unhealthy_threshold = positive(s, &mut h, "unhealthy_threshold", 3);
+        let interval = h.or(s, "interval", DEFAULT_HEALTH_INTERVAL);
+        let timeout = h.or(s, "timeout", DEFAULT_HEALTH_TIMEOUT);
+        let healthy_threshold = positive(s, &mut h, "healthy_threshold", DEFAULT_HEALTHY_THRESHOLD);
+        let unhealthy_threshold = positive(s, &mut h, "unhealthy_threshold", DEFAULT_UNHEALTHY_THRESHOLD);
         if interval.is_zero() {
             s.error(&h.span_of("interval"), "interval must be longer than zero");
         }

@@ -22,6 +22,14 @@ fn check_accepts_the_example_files() {
 }
 
 #[test]
+fn config_reference_prints_the_committed_reference() {
+    let out = outpost().args(["config", "reference"]).output().unwrap();
+    assert!(out.status.success());
+    let committed = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/config.md")).unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), committed);
+}
+
+#[test]
 fn check_reports_every_mistake_with_its_position() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("shop.toml");

@@ -1,0 +1,511 @@
+//! Every section and key of node and site files, declared once.
+//!
+//! The readers in `node.rs` and `site.rs` ask for keys by name; a key they
+//! ask for that is not declared here fails every test that reads it (a
+//! debug assertion in `Table`), and a test writes a file with every key
+//! declared here and checks that each is read. Which sections and
+//! listeners a role uses comes from here too, and so does the reference
+//! of every key: `outpost config reference`, committed as `docs/config.md`
+//! (a test fails when that copy is stale).
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::Role;
+use crate::node::*;
+use crate::site::*;
+
+/// The two kinds of file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Node,
+    Site,
+}
+
+/// How a section is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// `[name]`, once.
+    Table,
+    /// `[[name]]`, any number of times.
+    Array,
+    /// `[name]` whose keys are data (codes, header names), not settings.
+    Map,
+}
+
+#[derive(Debug)]
+pub struct Section {
+    pub file: FileKind,
+    /// Dotted for sub-tables: `dns.pop`, `origin.health`.
+    pub name: &'static str,
+    pub shape: Shape,
+    /// Node sections: the roles that use it. Site sections: empty.
+    pub roles: &'static [Role],
+    pub doc: &'static str,
+    pub keys: &'static [Key],
+}
+
+#[derive(Debug)]
+pub struct Key {
+    pub name: &'static str,
+    /// What is written: "duration", "size", "list of addresses", …
+    pub kind: &'static str,
+    pub default: DefaultValue,
+    /// The roles that use the key, when fewer than the section's.
+    pub roles: &'static [Role],
+    pub doc: &'static str,
+    /// A valid value, as TOML.
+    pub example: &'static str,
+}
+
+/// What a key is when a file leaves it out.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DefaultValue {
+    /// The file must give it.
+    Required,
+    /// Nothing: the feature it configures is off (the doc says what that means).
+    Unset,
+    Time(Duration),
+    Bytes(u64),
+    Int(u64),
+    Bool(bool),
+    /// A string value, or a description of a computed default.
+    Text(&'static str),
+}
+
+const fn key(
+    name: &'static str,
+    kind: &'static str,
+    default: DefaultValue,
+    doc: &'static str,
+    example: &'static str,
+) -> Key {
+    Key { name, kind, default, roles: &[], doc, example }
+}
+
+impl Key {
+    const fn only(self, roles: &'static [Role]) -> Key {
+        Key { roles, ..self }
+    }
+
+    /// Does a node of `role` read this key (in a section that role uses)?
+    pub fn used_by(&self, role: Role) -> bool {
+        self.roles.is_empty() || self.roles.contains(&role)
+    }
+}
+
+impl Section {
+    pub fn key(&self, name: &str) -> Option<&'static Key> {
+        self.keys.iter().find(|k| k.name == name)
+    }
+
+    /// `[name]` or `[[name]]`.
+    pub fn header(&self) -> String {
+        match self.shape {
+            Shape::Array => format!("[[{}]]", self.name),
+            _ => format!("[{}]", self.name),
+        }
+    }
+}
+
+use DefaultValue::*;
+use Role::{Control as C, Dns as D, Edge as E, Origin as O, Shield as S};
+
+const PROXIES: &[Role] = &[E, S];
+const ALL: &[Role] = &[E, S, C, D, O];
+
+/// The sections of node and site files, in the order the reference lists them.
+pub static SECTIONS: &[Section] = &[
+    Section {
+        file: FileKind::Node,
+        name: "node",
+        shape: Shape::Table,
+        roles: ALL,
+        doc: "Who this process is and what it does.",
+        keys: &[
+            key("name", "string", Required, "Unique among the CDN's nodes: lower-case letters, digits and inner hyphens. Names the node in `Cache-Status`, metrics, logs and the registry.", "\"edge-fra-1\""),
+            key("role", "string", Required, "`edge`, `shield`, `control`, `dns` or `origin`.", "\"edge\""),
+            key("pop", "string", Unset, "The PoP the node serves; DNS steers clients to a PoP's edges. Required for an edge.", "\"fra\"").only(PROXIES),
+            key("latitude", "number", Unset, "Where the PoP is, from -90 to 90. Required for an edge (DNS picks the nearest PoP).", "50.11").only(PROXIES),
+            key("longitude", "number", Unset, "Where the PoP is, from -180 to 180. Required for an edge.", "8.68").only(PROXIES),
+            key("sites", "list of paths", Text("[]"), "Site files served before (or without) the control plane; relative to this file.", "[\"example.site.toml\"]").only(PROXIES),
+            key("access_log", "string", Text("\"stdout\""), "JSON lines, one per request: `\"stdout\"`, `\"off\"` or a file path.", "\"off\"").only(PROXIES),
+        ],
+    },
+    Section {
+        file: FileKind::Node,
+        name: "listen",
+        shape: Shape::Table,
+        roles: ALL,
+        doc: "Where the node accepts connections. Port 0 picks a free port (reported at start).",
+        keys: &[
+            key("http", "list of addresses", Text("[]"), "Plain-HTTP listeners. A node that serves HTTP needs one here or in `https`.", "[\"127.0.0.1:8080\"]").only(&[E, S, C, O]),
+            key("https", "list of addresses", Text("[]"), "TLS listeners (HTTP/1.1 and HTTP/2 by ALPN).", "[\"127.0.0.1:8443\"]").only(&[E, S, C]),
+            key("admin", "address", Unset, "`/metrics` and `/healthz`; no admin listener when unset.", "\"127.0.0.1:9100\"").only(&[E, S, D]),
+            key("dns", "address", Required, "UDP and TCP port of the DNS server.", "\"127.0.0.1:5353\"").only(&[D]),
+        ],
+    },
+    Section {
+        file: FileKind::Node,
+        name: "limits",
+        shape: Shape::Table,
+        roles: &[E, S, C],
+        doc: "What one client may cost the node.",
+        keys: &[
+            key("header_bytes", "size", Bytes(DEFAULT_MAX_HEADER_BYTES), "Largest request head (request line and headers), from 1KiB to 1MiB; larger gets 431.", "\"32KiB\""),
+            key("headers", "integer", Int(DEFAULT_MAX_HEADERS as u64), "Most request header fields.", "100"),
+            key("body", "size", Bytes(DEFAULT_MAX_REQUEST_BODY), "Largest request body forwarded upstream; larger gets 413.", "\"16MiB\""),
+            key("header_read_timeout", "duration", Time(DEFAULT_HEADER_READ_TIMEOUT), "Time a client has to send a whole request head.", "\"10s\""),
+            key("idle_timeout", "duration", Time(DEFAULT_IDLE_TIMEOUT), "An idle keep-alive connection is closed after this long.", "\"60s\""),
+            key("send_timeout", "duration", Time(DEFAULT_SEND_TIMEOUT), "A response the client takes no byte of for this long is dropped with its connection.", "\"30s\""),
+            key("shutdown_grace", "duration", Time(DEFAULT_SHUTDOWN_GRACE), "How long a stopping node lets responses in flight finish.", "\"30s\""),
+            key("max_connections", "integer", Int(DEFAULT_MAX_CONNECTIONS as u64), "Open client connections; at the cap the longest-idle one is closed to make room.", "10000"),
+        ],
+    },
+    Section {
+        file: FileKind::Node,
+        name: "tls",
+        shape: Shape::Table,
+        roles: &[E, S, C],
+        doc: "The node's own certificates. Sites bring theirs in their own `[tls]`.",
+        keys: &[
+            key("cert", "path", Unset, "PEM certificate chain: the control plane's API certificate, or an edge's default certificate. Needs `key`.", "\"node.pem\""),
+            key("key", "path", Unset, "PEM private key of `cert`.", "\"node.key\""),
+            key("unknown_sni", "string", Text("\"reject\""), "A client asking for a name no site serves: `\"reject\"` fails the handshake, `\"default\"` presents `cert`.", "\"reject\"").only(PROXIES),
+            key("client_ca", "path", Unset, "Clients must present a certificate from this CA (shields requiring it of edges).", "\"edges-ca.pem\"").only(PROXIES),
+            key("upstream_ca", "path", Unset, "Trusted besides the public roots when verifying https upstreams.", "\"private-ca.pem\"").only(PROXIES),
+            key("upstream_cert", "path", Unset, "Client certificate presented to https upstreams that ask. Needs `upstream_key`.", "\"edge-client.pem\"").only(PROXIES),
+            key("upstream_key", "path", Unset, "PEM private key of `upstream_cert`.", "\"edge-client.key\"").only(PROXIES),
+            key("site_cert_dirs", "list of paths", Text("the node file's folder"), "The only folders sites' certificate files may be read from; listed folders add to the default.", "[\"certs\"]").only(PROXIES),
+        ],
+    },
+    Section {
+        file: FileKind::Node,
+        name: "cache",
+        shape: Shape::Table,
+        roles: PROXIES,
+        doc: "The object cache.",
+        keys: &[
+            key("memory", "size", Required, "In-memory cache, at least 1MiB.", "\"512MiB\""),
+            key("disk", "size", Bytes(0), "On-disk cache below memory: 0 (memory only) or at least 16MiB. Needs `path`.", "\"10GiB\""),
+            key("path", "path", Unset, "Folder of the disk cache; must be writable (created if missing).", "\"cache\""),
+        ],
+    },
+    Section {
+        file: FileKind::Node,
+        name: "upstream",
+        shape: Shape::Table,
+        roles: &[E],
+        doc: "Where an edge's misses go.",
+        keys: &[
+            key("mode", "string", Text("\"shield\""), "`\"shield\"`: to the shield that owns the key (rendezvous hash); `\"origin\"`: straight to the site's origin.", "\"shield\""),
+            key("shields", "list", Text("[]"), "Each a URL (`\"http://10.0.0.5:8101\"`) or `{ name, url }` when edges reach one shield by different addresses. Every edge must name a shield the same way. Required with mode `\"shield\"`.", "[\"http://127.0.0.1:8101\", { name = \"shield-2\", url = \"http://127.0.0.1:8102\" }]"),
+            key("probe_interval", "duration", Time(DEFAULT_SHIELD_PROBE_INTERVAL), "How often a shield marked down is probed.", "\"1s\""),
+        ],
+    },
+    Section {
+        file: FileKind::Node,
+        name: "control",
+        shape: Shape::Table,
+        roles: &[E, S, D],
+        doc: "The control plane this node follows. Without it the node serves its own site files.",
+        keys: &[
+            key("url", "URL", Required, "The control plane's API.", "\"http://127.0.0.1:7000\""),
+            key("token_file", "path", Required, "Holds the node token; read at start, never logged.", "\"node.token\""),
+            key("ca", "path", Unset, "Trusted besides the public roots when `url` is https.", "\"control-ca.pem\""),
+        ],
+    },
+    Section {
+        file: FileKind::Node,
+        name: "store",
+        shape: Shape::Table,
+        roles: &[C],
+        doc: "The control plane's database.",
+        keys: &[
+            key("path", "path", Required, "The database file; its folder must be writable.", "\"data/control.redb\""),
+            key("log_retention", "integer", Int(DEFAULT_LOG_RETENTION), "Events kept before compacting; a node further behind takes a snapshot.", "100000"),
+            key("node_expiry", "duration", Time(DEFAULT_NODE_EXPIRY), "A node silent this long leaves the registry (it registers again when it reconnects).", "\"24h\""),
+        ],
+    },
+    Section {
+        file: FileKind::Node,
+        name: "auth",
+        shape: Shape::Table,
+        roles: &[C],
+        doc: "Bearer tokens of the control plane's API, each read from a file.",
+        keys: &[
+            key("admin_token_file", "path", Required, "Operators' token: sites, purges, status.", "\"admin.token\""),
+            key("node_token_file", "path", Required, "Nodes' token: the event stream and registration.", "\"node.token\""),
+        ],
+    },
+    Section {
+        file: FileKind::Node,
+        name: "dns",
+        shape: Shape::Table,
+        roles: &[D],
+        doc: "The geo-DNS zone: each site is `<id>.<zone>`, answered with the nearest healthy PoP's edges.",
+        keys: &[
+            key("zone", "string", Required, "The zone served, such as `cdn.example.test`.", "\"cdn.example.test\""),
+            key("ttl", "duration", Time(DEFAULT_DNS_TTL), "TTL of answers, from 1s to a day.", "\"30s\""),
+            key("geoip", "path", Required, "MaxMind-format database mapping client networks to locations.", "\"geoip/test.mmdb\""),
+            key("nameservers", "list of names", Text("[]"), "NS records of the zone.", "[\"ns1.cdn.example.test\"]"),
+            key("sites", "list of site ids", Text("[]"), "Sites answered before the control plane lists them.", "[\"shop\"]"),
+            key("default_pop", "string", Required, "The PoP for clients the database does not place; one of the `[[dns.pop]]` names.", "\"fra\""),
+        ],
+    },
+    Section {
+        file: FileKind::Node,
+        name: "dns.pop",
+        shape: Shape::Array,
+        roles: &[D],
+        doc: "A PoP DNS can send clients to.",
+        keys: &[
+            key("name", "string", Required, "As edges name it in `[node] pop`.", "\"fra\""),
+            key("latitude", "number", Required, "From -90 to 90.", "50.11"),
+            key("longitude", "number", Required, "From -180 to 180.", "8.68"),
+            key("edges", "list of IP addresses", Text("[]"), "Static edge addresses, answered until (or without) the registry. Required without `[control]`.", "[\"127.0.0.11\"]"),
+            key("networks", "list of networks", Text("[]"), "Networks the PoP's edges may register addresses in, besides `edges`: DNS answers only with addresses these allow.", "[\"10.1.0.0/16\"]"),
+        ],
+    },
+    Section {
+        file: FileKind::Node,
+        name: "dns.countries",
+        shape: Shape::Map,
+        roles: &[D],
+        doc: "ISO country code (upper case) → PoP name, for clients the database places in a country but not a location.",
+        keys: &[],
+    },
+    Section {
+        file: FileKind::Node,
+        name: "dns.continents",
+        shape: Shape::Map,
+        roles: &[D],
+        doc: "Continent code (`AF`, `AN`, `AS`, `EU`, `NA`, `OC`, `SA`) → PoP name, when the country has no entry.",
+        keys: &[],
+    },
+    Section {
+        file: FileKind::Node,
+        name: "origin",
+        shape: Shape::Table,
+        roles: &[O],
+        doc: "The test origin.",
+        keys: &[key("dir", "path", Unset, "A folder served under `/files/`; none when unset.", "\"www\"")],
+    },
+    Section {
+        file: FileKind::Site,
+        name: "site",
+        shape: Shape::Table,
+        roles: &[],
+        doc: "The site's identity.",
+        keys: &[
+            key("id", "string", Required, "A DNS label (the site is also `<id>.<zone>`): 1 to 63 lower-case letters, digits or inner hyphens.", "\"shop\""),
+            key("hosts", "list of host names", Required, "Names the site answers for: exact, or `*.suffix` for one or more labels in front of the suffix. No two may overlap.", "[\"shop.example.test\", \"*.static.example.test\"]"),
+            key("https_only", "boolean", Bool(false), "Plain-HTTP clients get a 308 to the HTTPS URL.", "false"),
+            key("allow_direct", "boolean", Bool(true), "Edges may go to the origin directly when every shield is down.", "true"),
+        ],
+    },
+    Section {
+        file: FileKind::Site,
+        name: "origin",
+        shape: Shape::Array,
+        roles: &[],
+        doc: "Where the site's content comes from; at least one. Misses are spread by weight over healthy origins.",
+        keys: &[
+            key("url", "URL", Required, "`http://` or `https://`, host and port, no path.", "\"http://127.0.0.1:9000\""),
+            key("host", "host name", Unset, "Host header sent to the origin; the client's when unset (then the host is part of the cache key).", "\"origin.example.test\""),
+            key("weight", "integer", Int(1), "Share of requests, at least 1.", "1"),
+            key("connect_timeout", "duration", Time(DEFAULT_ORIGIN_CONNECT_TIMEOUT), "Time to connect.", "\"2s\""),
+            key("response_timeout", "duration", Time(DEFAULT_ORIGIN_RESPONSE_TIMEOUT), "Time for the response head.", "\"30s\""),
+            key("max_connections", "integer", Int(DEFAULT_ORIGIN_MAX_CONNECTIONS as u64), "Requests one node sends this origin at once; more wait.", "64"),
+            key("ca", "path", Unset, "A private CA trusted besides the public roots; only with an https `url`.", "\"origin-ca.pem\""),
+        ],
+    },
+    Section {
+        file: FileKind::Site,
+        name: "origin.health",
+        shape: Shape::Table,
+        roles: &[],
+        doc: "Active health checks of one origin; without them an origin is taken out only by failing requests.",
+        keys: &[
+            key("path", "path", Required, "Requested with GET; a 2xx or 3xx is healthy. Starts with `/`.", "\"/healthz\""),
+            key("interval", "duration", Time(DEFAULT_HEALTH_INTERVAL), "Between checks; longer than zero.", "\"5s\""),
+            key("timeout", "duration", Time(DEFAULT_HEALTH_TIMEOUT), "Time one check may take.", "\"2s\""),
+            key("healthy_threshold", "integer", Int(DEFAULT_HEALTHY_THRESHOLD as u64), "Consecutive successes that bring a down origin back.", "2"),
+            key("unhealthy_threshold", "integer", Int(DEFAULT_UNHEALTHY_THRESHOLD as u64), "Consecutive failures that take an origin out.", "3"),
+        ],
+    },
+    Section {
+        file: FileKind::Site,
+        name: "cache",
+        shape: Shape::Table,
+        roles: &[],
+        doc: "How the site's responses are keyed and kept. The origin's `Cache-Control` decides first (RFC 9111); these fill in.",
+        keys: &[
+            key("default_ttl", "duration", Time(DEFAULT_TTL), "Freshness of a cacheable response that states none; at most 365 days.", "\"60s\""),
+            key("max_object_size", "size", Bytes(DEFAULT_MAX_OBJECT_SIZE), "Larger responses stream through uncached.", "\"1GiB\""),
+            key("query", "string", Text("\"keep\""), "The query in the key: `\"keep\"` as sent, `\"sort\"` by name, `\"ignore\"` (dropped from the key and the upstream request).", "\"sort\""),
+            key("query_drop", "list of names", Text("[]"), "Parameters removed from the key and the upstream request (tracking tags).", "[\"utm_source\"]"),
+            key("key_headers", "list of header names", Text("[]"), "Request headers whose values are part of every key.", "[\"accept-language\"]"),
+        ],
+    },
+    Section {
+        file: FileKind::Site,
+        name: "cache.status_ttl",
+        shape: Shape::Map,
+        roles: &[],
+        doc: "Status code (200–599) → TTL, which also makes that status cacheable (negative caching): `404 = \"30s\"`.",
+        keys: &[],
+    },
+    Section {
+        file: FileKind::Site,
+        name: "cache.path",
+        shape: Shape::Array,
+        roles: &[],
+        doc: "Per-path rules; the first whose pattern matches wins.",
+        keys: &[
+            key("pattern", "path pattern", Required, "An exact path, or a prefix ending in `*`.", "\"/static/*\""),
+            key("ttl", "duration", Unset, "Freshness for responses that state none (all responses, with `force`); the site's `default_ttl` when unset.", "\"1h\""),
+            key("force", "boolean", Bool(false), "Use `ttl` whatever the origin's headers say. Needs `ttl`.", "false"),
+            key("bypass", "boolean", Bool(false), "Never cache this path. Not with `ttl` or `force`.", "false"),
+        ],
+    },
+    Section {
+        file: FileKind::Site,
+        name: "stale",
+        shape: Shape::Table,
+        roles: &[],
+        doc: "When a stale object may be served, if the origin's `Cache-Control` does not say.",
+        keys: &[
+            key("while_revalidate", "duration", Time(DEFAULT_STALE_WHILE_REVALIDATE), "Served stale while one background request revalidates it.", "\"30s\""),
+            key("if_error", "duration", Time(DEFAULT_STALE_IF_ERROR), "Served stale when the upstream fails or is unreachable.", "\"1d\""),
+            key("partition_grace", "duration", Time(DEFAULT_PARTITION_GRACE), "How long a node cut off from the control plane trusts its objects before revalidating every hit (a purge may have been missed).", "\"5m\""),
+        ],
+    },
+    Section {
+        file: FileKind::Site,
+        name: "tls",
+        shape: Shape::Table,
+        roles: &[],
+        doc: "The certificate edges and shields present for the site's hosts, read by each node from its `site_cert_dirs`.",
+        keys: &[
+            key("cert", "path", Required, "PEM: the leaf certificate, then its intermediates.", "\"certs/shop.pem\""),
+            key("key", "path", Required, "PEM private key (PKCS#8, PKCS#1 or SEC1).", "\"certs/shop.key\""),
+        ],
+    },
+    Section {
+        file: FileKind::Site,
+        name: "headers",
+        shape: Shape::Table,
+        roles: &[],
+        doc: "Changes to every response sent to clients, and request fields the origin needs.",
+        keys: &[
+            key("remove", "list of header names", Text("[]"), "Response fields removed.", "[\"server\"]"),
+            key("forward", "list of header names", Text("[]"), "Request fields nodes withhold from upstreams (`X-Forwarded-Host` and other URL-changing fields) that this origin needs; each becomes part of every key.", "[\"x-forwarded-host\"]"),
+        ],
+    },
+    Section {
+        file: FileKind::Site,
+        name: "headers.set",
+        shape: Shape::Map,
+        roles: &[],
+        doc: "Response field → value, set on every response (replacing the origin's).",
+        keys: &[],
+    },
+];
+
+/// The section `name` of a file kind.
+pub fn section(file: FileKind, name: &str) -> Option<&'static Section> {
+    SECTIONS.iter().find(|s| s.file == file && s.name == name)
+}
+
+/// A file kind's sections.
+pub fn sections(file: FileKind) -> impl Iterator<Item = &'static Section> {
+    SECTIONS.iter().filter(move |s| s.file == file)
+}
+
+/// The top-level sections a node of `role` may have besides `[node]`.
+pub fn role_sections(role: Role) -> impl Iterator<Item = &'static Section> {
+    sections(FileKind::Node).filter(move |s| s.name != "node" && !s.name.contains('.') && s.roles.contains(&role))
+}
+
+/// `60s`, `5m`, `24h`: the largest unit that divides the duration.
+pub fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if d.subsec_nanos() != 0 {
+        return format!("{}ms", d.as_millis());
+    }
+    match secs {
+        0 => "0s".into(),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// `32KiB`, `1GiB`: the largest binary unit that divides the size.
+pub fn format_size(n: u64) -> String {
+    for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+        if n != 0 && n.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", n >> shift);
+        }
+    }
+    n.to_string()
+}
+
+impl std::fmt::Display for DefaultValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Required => f.write_str("required"),
+            Unset => f.write_str("unset"),
+            Time(d) => write!(f, "`\"{}\"`", format_duration(*d)),
+            Bytes(n) => write!(f, "`\"{}\"`", format_size(*n)),
+            Int(n) => write!(f, "`{n}`"),
+            Bool(b) => write!(f, "`{b}`"),
+            Text(t) if t.starts_with(['"', '[']) => write!(f, "`{t}`"),
+            Text(t) => f.write_str(t),
+        }
+    }
+}
+
+/// The reference of every section and key, as Markdown.
+pub fn reference() -> String {
+    let mut out = String::from(
+        "# Configuration reference\n\n\
+         Generated from the declarations in `model/src/schema.rs` by `outpost config reference`; \
+         do not edit by hand. `outpost check FILE…` checks files against it.\n\n\
+         Sizes are written `\"512MiB\"`, `\"64KiB\"`, `\"1GB\"` or as a number of bytes; durations \
+         `\"250ms\"`, `\"30s\"`, `\"5m\"`, `\"1h 30m\"`, `\"7d\"`. Relative paths are relative to the \
+         file that names them.\n",
+    );
+    for (file, title, intro) in [
+        (FileKind::Node, "Node files", "One per process: what role it plays and where it listens."),
+        (FileKind::Site, "Site files", "One per site: its hosts, its origins and how its objects are cached."),
+    ] {
+        let _ = write!(out, "\n## {title}\n\n{intro}\n");
+        for s in sections(file) {
+            let _ = write!(out, "\n### `{}`\n\n", s.header());
+            if file == FileKind::Node {
+                let roles: Vec<&str> = s.roles.iter().map(|r| r.as_str()).collect();
+                let _ = write!(out, "Roles: {}.\n\n", roles.join(", "));
+            }
+            let _ = writeln!(out, "{}", s.doc);
+            if !s.keys.is_empty() {
+                out.push('\n');
+            }
+            for k in s.keys {
+                let _ = write!(out, "- **`{}`** ({}; default: {}", k.name, k.kind, k.default);
+                if !k.roles.is_empty() && k.roles != s.roles {
+                    let roles: Vec<&str> = k.roles.iter().map(|r| r.as_str()).collect();
+                    let _ = write!(out, "; {} only", roles.join(", "));
+                }
+                let _ = writeln!(out, "). {} Example: `{} = {}`", k.doc, k.name, k.example);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+#[path = "schema_tests.rs"]
+mod tests;

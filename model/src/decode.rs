@@ -344,6 +344,18 @@ impl<T: Decode> Decode for Spanned<T> {
     }
 }
 
+/// An integer that must be at least 1.
+pub(crate) fn positive(s: &mut Sink<'_>, t: &mut Table<'_, '_>, key: &'static str, default: u32) -> u32 {
+    match t.opt::<Spanned<u32>>(s, key) {
+        Some(v) if *v.get_ref() == 0 => {
+            s.error(&v.span(), format!("{key} must be at least 1"));
+            default
+        }
+        Some(v) => v.into_inner(),
+        None => default,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

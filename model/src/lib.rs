@@ -17,9 +17,6 @@ pub mod schema;
 mod site;
 mod units;
 
-#[cfg(test)]
-mod node_tests;
-
 use std::path::Path;
 
 use toml::Spanned;

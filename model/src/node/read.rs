@@ -1,0 +1,420 @@
+//! Reading a node file's tables into a [`NodeConfig`]: each section's
+//! keys, values and the rules between them. Paths are noted, not touched.
+
+use std::path::Path;
+use std::time::Duration;
+
+use http::Uri;
+use toml::Spanned;
+
+use super::*;
+use crate::decode::{ByteSize, Decode, Table, Val, parse_str, positive};
+use crate::diag::{Need, Sink, base_dir};
+use crate::schema::{self, FileKind};
+
+/// Reads a node file's tables: stages 1 and 2, and the paths it names
+/// noted for stage 3.
+pub(super) fn decode_node(s: &mut Sink<'_>, root: &mut Table<'_, '_>, file: &Path) -> Option<NodeConfig> {
+    let base = base_dir(file);
+    let head = decode_head(s, root, &base)?;
+    let role = head.role;
+    unused_sections(s, root, role);
+    let listen = decode_listen(s, root, role);
+    let tls = node_tls(s, root, role, &base, listen.as_ref());
+    let limits = match root.table(s, "limits").filter(|_| role.uses("limits")) {
+        Some(mut t) => decode_limits(s, &mut t),
+        None => Limits::default(),
+    };
+    let control = if role.uses("control") { decode_control_link(s, root, &base) } else { None };
+    let role_config = decode_role(s, root, &base, head.access_log, role, control.is_some());
+    Some(NodeConfig {
+        file: file.to_path_buf(),
+        name: head.name?,
+        pop: head.pop,
+        listen: listen?,
+        limits,
+        tls,
+        control,
+        role: role_config?,
+        pending: Vec::new(),
+    })
+}
+
+/// What `[node]` says.
+struct Head {
+    name: Option<String>,
+    role: Role,
+    pop: Option<Pop>,
+    access_log: AccessLog,
+}
+
+fn decode_head(s: &mut Sink<'_>, root: &mut Table<'_, '_>, base: &Path) -> Option<Head> {
+    let Some(mut head) = root.table(s, "node") else {
+        s.error(&root.span.clone(), "missing table [node] (a node file starts with [node] name = \"…\", role = \"…\")");
+        return None;
+    };
+    let name: Option<Spanned<String>> = head.req(s, "name");
+    if let Some(n) = &name
+        && crate::site::check_site_id(n.get_ref()).is_err()
+    {
+        s.error(&n.span(), format!("node name `{}` must be lower-case letters, digits and inner hyphens", n.get_ref()));
+    }
+    let role: Role = head.req(s, "role")?;
+    let pop = decode_pop(s, &mut head, role);
+    let proxy_role = matches!(role, Role::Edge | Role::Shield);
+    let site_files: Vec<Spanned<String>> = if proxy_role { head.or(s, "sites", Vec::new()) } else { Vec::new() };
+    // Loaded when the node is resolved.
+    for f in &site_files {
+        s.later(&f.span(), base.join(f.get_ref()), Need::SiteFile);
+    }
+    let access_log = if proxy_role {
+        match head.opt::<String>(s, "access_log").as_deref() {
+            None | Some("stdout") => AccessLog::Stdout,
+            Some("off") => AccessLog::Off,
+            Some(path) => AccessLog::File(base.join(path)),
+        }
+    } else {
+        AccessLog::Off
+    };
+    head.finish(s);
+    Some(Head { name: name.map(Spanned::into_inner), role, pop, access_log })
+}
+
+/// Sections that exist but the role does not use.
+fn unused_sections(s: &mut Sink<'_>, root: &mut Table<'_, '_>, role: Role) {
+    for section in schema::sections(FileKind::Node).filter(|sec| sec.name != "node" && !sec.name.contains('.')) {
+        if !role.uses(section.name) && root.has(section.name) {
+            let span = root.span_of(section.name);
+            s.error(&span, format!("[{}] is not used by a {} node", section.name, role.as_str()));
+        }
+    }
+}
+
+fn node_tls(s: &mut Sink<'_>, root: &mut Table<'_, '_>, role: Role, base: &Path, listen: Option<&Listen>) -> NodeTls {
+    let mut tls = match root.table(s, "tls").filter(|_| role.uses("tls")) {
+        Some(mut t) => decode_tls(s, &mut t, role, base),
+        None => NodeTls::default(),
+    };
+    tls.site_cert_dirs.insert(0, base.to_path_buf());
+    if role == Role::Control && listen.is_some_and(|l| !l.https.is_empty()) && tls.cert.is_none() {
+        s.error(&root.span.clone(), "listen.https needs [tls] cert and key for the API");
+    }
+    tls
+}
+
+fn decode_control_link(s: &mut Sink<'_>, root: &mut Table<'_, '_>, base: &Path) -> Option<ControlLink> {
+    let mut t = root.table(s, "control")?;
+    let url: Option<Uri> = t.req(s, "url");
+    let token_file: Option<String> = t.req(s, "token_file");
+    let ca = t.opt::<Spanned<String>>(s, "ca").map(|p| s.later(&p.span(), base.join(p.get_ref()), Need::File));
+    t.finish(s);
+    Some(ControlLink { url: url?, token_file: base.join(token_file?), ca })
+}
+
+/// The role's own sections.
+fn decode_role(
+    s: &mut Sink<'_>,
+    root: &mut Table<'_, '_>,
+    base: &Path,
+    access_log: AccessLog,
+    role: Role,
+    has_control: bool,
+) -> Option<RoleConfig> {
+    Some(match role {
+        Role::Edge | Role::Shield => {
+            let cache = decode_cache_storage(s, root, base);
+            // Sites are loaded when the node is resolved.
+            let proxy = ProxyNode { cache: cache?, access_log, sites: Vec::new() };
+            if role == Role::Edge {
+                let upstream = decode_upstream(s, root)?;
+                RoleConfig::Edge(EdgeNode { proxy, upstream })
+            } else {
+                RoleConfig::Shield(proxy)
+            }
+        }
+        Role::Control => RoleConfig::Control(decode_control(s, root, base)?),
+        Role::Dns => RoleConfig::Dns(super::dns::decode_dns(s, root, base, has_control)?),
+        Role::Origin => {
+            let dir = root.table(s, "origin").and_then(|mut t| {
+                let dir =
+                    t.opt::<Spanned<String>>(s, "dir").map(|d| s.later(&d.span(), base.join(d.get_ref()), Need::Dir));
+                t.finish(s);
+                dir
+            });
+            RoleConfig::Origin(OriginNode { dir })
+        }
+    })
+}
+
+pub(super) fn coordinate(s: &mut Sink<'_>, t: &mut Table<'_, '_>, key: &'static str, limit: f64) -> Option<f64> {
+    let v: Spanned<f64> = t.req(s, key)?;
+    if v.get_ref().abs() > limit {
+        s.error(&v.span(), format!("{key} must be between -{limit} and {limit}"));
+        return None;
+    }
+    Some(v.into_inner())
+}
+
+fn decode_pop(s: &mut Sink<'_>, head: &mut Table<'_, '_>, role: Role) -> Option<Pop> {
+    if !matches!(role, Role::Edge | Role::Shield) {
+        return None;
+    }
+    // Edges need their location for DNS steering; shields only a name.
+    if role == Role::Shield && !head.has("pop") {
+        return None;
+    }
+    let name: String = head.req(s, "pop")?;
+    if role == Role::Shield && !head.has("latitude") {
+        return Some(Pop { name, latitude: 0.0, longitude: 0.0 });
+    }
+    let latitude = coordinate(s, head, "latitude", 90.0);
+    let longitude = coordinate(s, head, "longitude", 180.0);
+    Some(Pop { name, latitude: latitude?, longitude: longitude? })
+}
+
+fn decode_listen(s: &mut Sink<'_>, root: &mut Table<'_, '_>, role: Role) -> Option<Listen> {
+    let Some(mut t) = root.table(s, "listen") else {
+        s.error(&root.span.clone(), format!("missing table [listen] for a {} node", role.as_str()));
+        return None;
+    };
+    for key in ["http", "https", "admin", "dns"] {
+        if !role.listens(key) && t.has(key) {
+            let span = t.span_of(key);
+            s.error(&span, format!("listen.{key} is not used by a {} node", role.as_str()));
+        }
+    }
+    let listen = Listen {
+        http: if role.listens("http") { t.or(s, "http", Vec::new()) } else { Vec::new() },
+        https: if role.listens("https") { t.or(s, "https", Vec::new()) } else { Vec::new() },
+        admin: if role.listens("admin") { t.opt(s, "admin") } else { None },
+        dns: if role.listens("dns") { t.req(s, "dns") } else { None },
+    };
+    let serves_http = matches!(role, Role::Edge | Role::Shield | Role::Control | Role::Origin);
+    if serves_http && listen.http.is_empty() && listen.https.is_empty() {
+        s.error(&t.span.clone(), format!("a {} node needs at least one listen.http address", role.as_str()));
+    }
+    if role == Role::Control && listen.http.len() + listen.https.len() > 1 {
+        s.error(&t.span.clone(), "the control plane's API listens on one address, http or https");
+    }
+    t.finish(s);
+    Some(listen)
+}
+
+fn decode_tls(s: &mut Sink<'_>, t: &mut Table<'_, '_>, role: Role, base: &Path) -> NodeTls {
+    let mut file = |s: &mut Sink<'_>, t: &mut Table<'_, '_>, key: &'static str| {
+        t.opt::<Spanned<String>>(s, key).map(|p| s.later(&p.span(), base.join(p.get_ref()), Need::File))
+    };
+    let pair = |s: &mut Sink<'_>,
+                t: &mut Table<'_, '_>,
+                file: &mut dyn FnMut(&mut Sink<'_>, &mut Table<'_, '_>, &'static str) -> Option<PathBuf>,
+                cert: &'static str,
+                key: &'static str| {
+        let (has_cert, has_key) = (t.has(cert), t.has(key));
+        let pair = (file(s, t, cert), file(s, t, key));
+        if has_cert != has_key {
+            let (present, missing) = if has_cert { (cert, key) } else { (key, cert) };
+            s.error(&t.span_of(present), format!("tls.{present} needs tls.{missing} beside it"));
+        }
+        match pair {
+            (Some(cert), Some(key)) => Some(CertFiles { cert, key }),
+            _ => None,
+        }
+    };
+    let cert = pair(s, t, &mut file, "cert", "key");
+    if role == Role::Control {
+        if cert.is_none() && !t.has("cert") {
+            s.error(&t.span.clone(), "[tls] of the control plane needs cert and key");
+        }
+        t.finish(s);
+        return NodeTls { cert, ..NodeTls::default() };
+    }
+    let unknown_sni = t.or(s, "unknown_sni", UnknownSni::Reject);
+    if unknown_sni == UnknownSni::Default && !t.has("cert") {
+        s.error(
+            &t.span_of("unknown_sni"),
+            "unknown_sni = \"default\" needs the default certificate: tls.cert and tls.key",
+        );
+    }
+    let client_ca = file(s, t, "client_ca");
+    let upstream_ca = file(s, t, "upstream_ca");
+    let upstream_cert = pair(s, t, &mut file, "upstream_cert", "upstream_key");
+    // A folder need not exist yet (`outpost up` makes its own at start).
+    let dirs: Vec<String> = t.or(s, "site_cert_dirs", Vec::new());
+    let site_cert_dirs = dirs.iter().map(|d| base.join(d)).collect();
+    t.finish(s);
+    NodeTls { cert, unknown_sni, client_ca, upstream_ca, upstream_cert, site_cert_dirs }
+}
+
+impl Decode for UnknownSni {
+    fn decode(s: &mut Sink<'_>, v: &Val<'_>) -> Option<Self> {
+        parse_str(s, v, "\"reject\" or \"default\"", |t| match t {
+            "reject" => Ok(UnknownSni::Reject),
+            "default" => Ok(UnknownSni::Default),
+            _ => Err(format!("tls.unknown_sni must be \"reject\" or \"default\", found `{t}`")),
+        })
+    }
+}
+
+fn decode_limits(s: &mut Sink<'_>, t: &mut Table<'_, '_>) -> Limits {
+    let d = Limits::default();
+    let header_bytes = t.opt::<Spanned<ByteSize>>(s, "header_bytes");
+    let max_header_bytes = match header_bytes {
+        Some(b) if !(1024..=1 << 20).contains(&b.get_ref().0) => {
+            s.error(&b.span(), "header_bytes must be between 1KiB and 1MiB");
+            d.max_header_bytes
+        }
+        Some(b) => b.get_ref().0,
+        None => d.max_header_bytes,
+    };
+    let max_headers = positive(s, t, "headers", d.max_headers);
+    let max_request_body = t.opt::<ByteSize>(s, "body").map_or(d.max_request_body, |b| b.0);
+    let mut timeout = |s: &mut Sink<'_>, key: &'static str, default: Duration| match t.opt::<Spanned<Duration>>(s, key)
+    {
+        Some(v) if v.get_ref().is_zero() => {
+            s.error(&v.span(), format!("{key} must be longer than zero"));
+            default
+        }
+        Some(v) => v.into_inner(),
+        None => default,
+    };
+    let header_read_timeout = timeout(s, "header_read_timeout", d.header_read_timeout);
+    let idle_timeout = timeout(s, "idle_timeout", d.idle_timeout);
+    let send_timeout = timeout(s, "send_timeout", d.send_timeout);
+    let shutdown_grace = timeout(s, "shutdown_grace", d.shutdown_grace);
+    let max_connections = positive(s, t, "max_connections", d.max_connections);
+    t.finish(s);
+    Limits {
+        max_header_bytes,
+        max_headers,
+        max_request_body,
+        header_read_timeout,
+        idle_timeout,
+        send_timeout,
+        max_connections,
+        shutdown_grace,
+    }
+}
+
+fn decode_cache_storage(s: &mut Sink<'_>, root: &mut Table<'_, '_>, base: &Path) -> Option<CacheStorage> {
+    let Some(mut t) = root.table(s, "cache") else {
+        s.error(&root.span.clone(), "missing table [cache] (memory, disk and path of the object cache)");
+        return None;
+    };
+    let memory: Option<Spanned<ByteSize>> = t.req(s, "memory");
+    if let Some(m) = &memory
+        && m.get_ref().0 < 1 << 20
+    {
+        s.error(&m.span(), "cache.memory must be at least 1MiB");
+    }
+    let disk = t.or(s, "disk", ByteSize(0)).0;
+    let path: Option<Spanned<String>> = t.opt(s, "path");
+    let path = match path {
+        Some(p) => Some(s.later(&p.span(), base.join(p.get_ref()), Need::WritableDir("cache path"))),
+        None if disk > 0 => {
+            s.error(&t.span.clone(), "cache.disk is set but cache.path is missing");
+            None
+        }
+        None => None,
+    };
+    if disk > 0 && disk < 16 << 20 {
+        s.error(&t.span_of("disk"), "cache.disk must be 0 (memory only) or at least 16MiB");
+    }
+    t.finish(s);
+    Some(CacheStorage { memory: memory?.get_ref().0, disk, path })
+}
+
+fn decode_upstream(s: &mut Sink<'_>, root: &mut Table<'_, '_>) -> Option<Upstream> {
+    let mut t = match root.table(s, "upstream") {
+        Some(t) => t,
+        None => {
+            s.error(&root.span.clone(), "an edge needs [upstream] with shields, or mode = \"origin\"");
+            return None;
+        }
+    };
+    let mode = t.or(s, "mode", UpstreamMode::Shield);
+    let shields: Vec<ShieldAddr> = t.or(s, "shields", Vec::new());
+    if mode == UpstreamMode::Shield && shields.is_empty() {
+        s.error(
+            &t.span_of("shields"),
+            "upstream.shields is empty but mode is \"shield\": list the shields or set mode = \"origin\"",
+        );
+    }
+    let probe_interval = t.or(s, "probe_interval", DEFAULT_SHIELD_PROBE_INTERVAL);
+    t.finish(s);
+    Some(Upstream { mode, shields, probe_interval })
+}
+
+impl Decode for UpstreamMode {
+    fn decode(s: &mut Sink<'_>, v: &Val<'_>) -> Option<Self> {
+        parse_str(s, v, "\"shield\" or \"origin\"", |t| match t {
+            "shield" => Ok(UpstreamMode::Shield),
+            "origin" => Ok(UpstreamMode::Origin),
+            _ => Err(format!("upstream.mode must be \"shield\" or \"origin\", found `{t}`")),
+        })
+    }
+}
+
+fn decode_control(s: &mut Sink<'_>, root: &mut Table<'_, '_>, base: &Path) -> Option<ControlNode> {
+    let Some(mut store) = root.table(s, "store") else {
+        s.error(&root.span.clone(), "missing table [store] (path of the control plane's database)");
+        return None;
+    };
+    let path = store.req::<Spanned<String>>(s, "path").map(|p| {
+        let full = base.join(p.get_ref());
+        let folder = full.parent().map_or_else(|| base.to_path_buf(), Path::to_path_buf);
+        s.later(&p.span(), folder, Need::WritableDir("store folder"));
+        full
+    });
+    let log_retention = store.or(s, "log_retention", DEFAULT_LOG_RETENTION);
+    let node_expiry = match store.opt::<Spanned<Duration>>(s, "node_expiry") {
+        Some(d) if d.get_ref().is_zero() => {
+            s.error(&d.span(), "node_expiry must be longer than zero");
+            DEFAULT_NODE_EXPIRY
+        }
+        Some(d) => d.into_inner(),
+        None => DEFAULT_NODE_EXPIRY,
+    };
+    store.finish(s);
+    let Some(mut auth) = root.table(s, "auth") else {
+        s.error(&root.span.clone(), "missing table [auth] (admin_token_file and node_token_file)");
+        return None;
+    };
+    let admin: Option<String> = auth.req(s, "admin_token_file");
+    let node: Option<String> = auth.req(s, "node_token_file");
+    auth.finish(s);
+    Some(ControlNode {
+        store: path?,
+        log_retention,
+        node_expiry,
+        admin_token_file: base.join(admin?),
+        node_token_file: base.join(node?),
+    })
+}
+
+impl Decode for Role {
+    fn decode(s: &mut Sink<'_>, v: &Val<'_>) -> Option<Self> {
+        parse_str(s, v, "a role", |t| match t {
+            "edge" => Ok(Role::Edge),
+            "shield" => Ok(Role::Shield),
+            "control" => Ok(Role::Control),
+            "dns" => Ok(Role::Dns),
+            "origin" => Ok(Role::Origin),
+            _ => Err(format!("role must be one of edge, shield, control, dns, origin; found `{t}`")),
+        })
+    }
+}
+
+impl Decode for ShieldAddr {
+    fn decode(s: &mut Sink<'_>, v: &Val<'_>) -> Option<Self> {
+        if let toml::de::DeValue::String(_) = v.get_ref() {
+            let url = Uri::decode(s, v)?;
+            let name = url.authority().map_or_else(|| url.to_string(), |a| a.to_string());
+            return Some(ShieldAddr { name, url });
+        }
+        let mut t = Table::of(s, "a shield", v)?;
+        let name: Option<String> = t.req(s, "name");
+        let url: Option<Uri> = t.req(s, "url");
+        t.finish(s);
+        Some(ShieldAddr { name: name?, url: url? })
+    }
+}

@@ -1,0 +1,163 @@
+//! Site-file tests: defaults, every field, and each kind of mistake.
+
+use super::*;
+
+const MINIMAL: &str = r#"
+[site]
+id = "shop"
+hosts = ["shop.test"]
+
+[[origin]]
+url = "http://127.0.0.1:9000"
+"#;
+
+fn errors(text: &str) -> Vec<String> {
+    match Site::from_str(text) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.diagnostics.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn minimal_site_gets_documented_defaults() {
+    let site: Site = MINIMAL.parse().unwrap();
+    assert_eq!(site.id, "shop");
+    assert!(site.serves("shop.test") && !site.serves("other.test"));
+    assert_eq!(site.cache.default_ttl, DEFAULT_TTL);
+    assert_eq!(site.cache.query, QueryMode::Keep);
+    assert_eq!(site.stale, StalePolicy::default());
+    assert_eq!(site.origins[0].connect_timeout, DEFAULT_ORIGIN_CONNECT_TIMEOUT);
+    assert_eq!(site.origins[0].url.port_u16(), Some(9000));
+    assert!(site.allow_direct && !site.https_only && site.tls.is_none());
+}
+
+#[test]
+fn full_site_reads_every_field() {
+    let site: Site = r#"
+[site]
+id = "full-1"
+hosts = ["www.full.test", "*.cdn.full.test"]
+https_only = true
+allow_direct = false
+
+[[origin]]
+url = "https://origin-a.full.test:8443"
+host = "www.full.test"
+weight = 3
+connect_timeout = "500ms"
+response_timeout = "10s"
+max_connections = 8
+[origin.health]
+path = "/health"
+interval = "2s"
+unhealthy_threshold = 2
+
+[[origin]]
+url = "http://[::1]:9001"
+
+[cache]
+default_ttl = "5m"
+max_object_size = "2GiB"
+query = "sort"
+query_drop = ["utm_source"]
+key_headers = ["Accept-Language"]
+status_ttl = { 404 = "10s", 301 = "1h" }
+
+[[cache.path]]
+pattern = "/static/*"
+ttl = "7d"
+force = true
+
+[[cache.path]]
+pattern = "/api/*"
+bypass = true
+
+[stale]
+while_revalidate = "30s"
+if_error = "1h"
+partition_grace = "10m"
+
+[headers]
+set = { "x-served-by" = "outpost" }
+remove = ["x-powered-by"]
+forward = ["X-Forwarded-Host"]
+"#
+    .parse()
+    .unwrap();
+    assert_eq!(site.hosts.len(), 2);
+    assert!(site.serves("a.cdn.full.test"));
+    assert!(site.https_only && !site.allow_direct);
+    assert_eq!(site.origins.len(), 2);
+    let a = &site.origins[0];
+    assert_eq!((a.weight, a.max_connections, a.host.as_deref()), (3, 8, Some("www.full.test")));
+    assert_eq!(a.connect_timeout, Duration::from_millis(500));
+    let h = a.health.as_ref().unwrap();
+    assert_eq!(
+        (h.path.as_str(), h.interval, h.unhealthy_threshold, h.healthy_threshold),
+        ("/health", Duration::from_secs(2), 2, 2)
+    );
+    assert_eq!(site.cache.max_object_size, 2 << 30);
+    assert_eq!(site.cache.query, QueryMode::Sort);
+    assert_eq!(site.cache.key_headers, vec![HeaderName::from_static("accept-language")]);
+    assert_eq!(site.cache.status_ttl[&404], Duration::from_secs(10));
+    assert_eq!(site.cache.paths.len(), 2);
+    assert!(site.cache.paths[0].force && site.cache.paths[1].bypass);
+    assert!(site.cache.paths[0].pattern.matches("/static/app.js"));
+    assert_eq!(site.stale.partition_grace, Duration::from_secs(600));
+    assert_eq!(site.headers.set[0].0, "x-served-by");
+    assert_eq!(site.headers.remove, vec![HeaderName::from_static("x-powered-by")]);
+    assert_eq!(site.headers.forward, vec![HeaderName::from_static("x-forwarded-host")]);
+}
+
+#[test]
+fn three_mistakes_give_three_located_errors() {
+    let e = errors(
+        "[site]\nid = \"Bad_Id\"\nhosts = [\"a.test\"]\n\n[[origin]]\nurl = \"ftp://x\"\n\n[cache]\ndefault_ttl = \"soon\"\n",
+    );
+    assert_eq!(e.len(), 3, "{e:?}");
+    assert_eq!(e[0], "<inline>:2:6: site id `Bad_Id` must be 1 to 63 lower-case letters, digits or inner hyphens");
+    assert_eq!(e[1], "<inline>:6:7: `ftp://x` must start with http:// or https://");
+    assert!(e[2].starts_with("<inline>:9:15: `soon` is not a duration such as \"30s\""), "{e:?}");
+}
+
+#[test]
+fn bad_values_are_rejected() {
+    let with = |extra: &str| errors(&format!("{MINIMAL}{extra}"));
+    assert!(with("[cache]\nmax_object_size = \"-1MiB\"")[0].contains("must not be negative"));
+    assert!(with("[cache]\nmax_object_size = -1")[0].contains("must not be negative"));
+    assert!(with("[cache]\ndefault_ttl = \"400d\"")[0].contains("out of range"));
+    assert!(with("[cache]\nstatus_ttl = { 99 = \"1s\" }")[0].contains("not an HTTP status code"));
+    assert!(with("[cache]\nquery = \"shuffle\"")[0].contains("query must be"));
+    assert!(with("[cache]\nquery = \"ignore\"\nquery_drop = [\"a\"]")[0].contains("no effect"));
+    assert!(with("[cache]\nkey_headers = [\"host\"]")[0].contains("already in every key"));
+    assert!(with("[[cache.path]]\npattern = \"/a/*\"\nforce = true")[0].contains("needs a ttl"));
+    assert!(with("[stale]\nif_error = \"forever\"")[0].contains("not a duration"));
+    assert_eq!(with("[tls]\ncert = \"site.pem\"").len(), 1, "a certificate needs its key");
+    assert!(with("[cache]\ndefualt_ttl = \"1s\"")[0].contains("did you mean `default_ttl`"));
+    assert!(with("[headers]\nset = { \"bad header\" = \"x\" }")[0].contains("not a valid header name"));
+    assert!(with("[headers]\nforward = [\"accept\"]")[0].contains("forwarded anyway"));
+}
+
+#[test]
+fn overlapping_hosts_in_one_site_are_rejected() {
+    let e =
+        errors("[site]\nid = \"a\"\nhosts = [\"*.a.test\", \"x.a.test\"]\n[[origin]]\nurl = \"http://127.0.0.1:1\"\n");
+    assert_eq!(e, ["<inline>:3:22: host `x.a.test` overlaps `*.a.test` at <inline>:3:10"]);
+}
+
+#[test]
+fn structure_errors() {
+    assert!(errors("")[0].contains("missing table [site]"));
+    let e = errors("[site]\nid = \"a\"\nhosts = []\n");
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e.iter().any(|m| m.contains("at least one host")));
+    assert!(e.iter().any(|m| m.contains("at least one [[origin]]")));
+    assert!(errors(&format!("{MINIMAL}[[origin]]\nurl = \"http://h:1/path\""))[0].contains("must not have a path"));
+    assert!(errors(&format!("{MINIMAL}bogus = 1"))[0].contains("unknown key `bogus` in [[origin]]"));
+}
+
+#[test]
+fn syntax_errors_carry_their_position() {
+    let e = errors("[site]\nid = \"a\nhosts = [\"a.test\"]\n");
+    assert!(e.iter().any(|m| m.starts_with("<inline>:2:8: invalid basic string")), "{e:?}");
+}

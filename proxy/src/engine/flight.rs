@@ -257,15 +257,9 @@ impl Flight {
         start: u64,
         end: Option<u64>,
     ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
-        enum Step {
-            Yield(Bytes),
-            FromStore(u64),
-            Wait,
-            Done,
-            Fail(String),
-        }
         let flight = Arc::clone(self);
         let (key, generation, storing) = (head.object_key, head.generation, head.storing);
+        let limit = end.unwrap_or(u64::MAX);
         let rx = self.changed.subscribe();
         let reader = {
             let mut st = self.lock();
@@ -282,65 +276,79 @@ impl Flight {
                     return None;
                 }
                 reader.at(pos);
-                loop {
+                // Each item, and whether the stream ends after it.
+                let item = loop {
                     rx.borrow_and_update();
-                    let step = {
-                        let st = flight.lock();
-                        let b = &st.body;
-                        let limit = end.unwrap_or(u64::MAX);
-                        if pos >= limit {
-                            Step::Done
-                        } else if pos < b.window_start {
-                            if storing && pos < b.stored_through {
-                                Step::FromStore(b.stored_through.min(limit))
-                            } else {
-                                Step::Fail("a reader fell too far behind the fetch".into())
-                            }
-                        } else if pos < b.received {
-                            let (fs, f) = b.frames.iter().rev().find(|(s, _)| *s <= pos).cloned().unwrap_or_default();
-                            let from = (pos - fs) as usize;
-                            let to = (f.len() as u64).min(limit.saturating_sub(fs)) as usize;
-                            Step::Yield(f.slice(from..to.max(from)))
-                        } else {
-                            match &b.done {
-                                Some(Ok(())) => Step::Done,
-                                Some(Err(e)) => Step::Fail(e.clone()),
-                                None => Step::Wait,
-                            }
-                        }
-                    };
-                    match step {
-                        Step::Yield(bytes) if !bytes.is_empty() => {
-                            let next = pos + bytes.len() as u64;
-                            return Some((Ok(bytes), (next, rx, false, reader)));
-                        }
+                    match flight.step(pos, limit, storing) {
+                        Step::Yield(bytes) if !bytes.is_empty() => break Ok(bytes),
                         Step::Yield(_) | Step::Wait => {
                             if rx.changed().await.is_err() {
-                                let e = io::Error::other("the fetch ended without finishing the body");
-                                return Some((Err(e), (pos, rx, true, reader)));
+                                break Err(io::Error::other("the fetch ended without finishing the body"));
                             }
                         }
-                        Step::FromStore(upto) => {
-                            let body = BodyRef::Chunked { len: upto, chunk_size: CHUNK_SIZE as u32, generation };
-                            let mut chunks = Box::pin(store.read(key, &body, pos, upto));
-                            return match chunks.next().await {
-                                Some(Ok(bytes)) if !bytes.is_empty() => {
-                                    let next = pos + bytes.len() as u64;
-                                    Some((Ok(bytes), (next, rx, false, reader)))
-                                }
-                                Some(Err(e)) => Some((Err(e), (pos, rx, true, reader))),
-                                _ => {
-                                    let e = io::Error::other("stored chunk unreadable");
-                                    Some((Err(e), (pos, rx, true, reader)))
-                                }
-                            };
-                        }
+                        Step::FromStore(upto) => break read_stored(&store, key, generation, pos, upto).await,
                         Step::Done => return None,
-                        Step::Fail(msg) => return Some((Err(io::Error::other(msg)), (pos, rx, true, reader))),
+                        Step::Fail(msg) => break Err(io::Error::other(msg)),
                     }
-                }
+                };
+                Some(match item {
+                    Ok(bytes) => {
+                        let next = pos + bytes.len() as u64;
+                        (Ok(bytes), (next, rx, false, reader))
+                    }
+                    Err(e) => (Err(e), (pos, rx, true, reader)),
+                })
             }
         })
+    }
+
+    /// What a reader at `pos` (reading up to `limit`) does next.
+    fn step(&self, pos: u64, limit: u64, storing: bool) -> Step {
+        let st = self.lock();
+        let b = &st.body;
+        if pos >= limit {
+            Step::Done
+        } else if pos < b.window_start {
+            if storing && pos < b.stored_through {
+                Step::FromStore(b.stored_through.min(limit))
+            } else {
+                Step::Fail("a reader fell too far behind the fetch".into())
+            }
+        } else if pos < b.received {
+            let (fs, f) = b.frames.iter().rev().find(|(s, _)| *s <= pos).cloned().unwrap_or_default();
+            let from = (pos - fs) as usize;
+            let to = (f.len() as u64).min(limit.saturating_sub(fs)) as usize;
+            Step::Yield(f.slice(from..to.max(from)))
+        } else {
+            match &b.done {
+                Some(Ok(())) => Step::Done,
+                Some(Err(e)) => Step::Fail(e.clone()),
+                None => Step::Wait,
+            }
+        }
+    }
+}
+
+/// A body reader's next move.
+enum Step {
+    /// Bytes from the window (possibly empty: wait for more).
+    Yield(Bytes),
+    /// The bytes have left the window: read the store up to here.
+    FromStore(u64),
+    /// Nothing new yet.
+    Wait,
+    Done,
+    Fail(String),
+}
+
+/// The next stored chunk of the body being fetched, from `pos` to at most `upto`.
+async fn read_stored(store: &Store, key: Key, generation: u64, pos: u64, upto: u64) -> io::Result<Bytes> {
+    let body = BodyRef::Chunked { len: upto, chunk_size: CHUNK_SIZE as u32, generation };
+    let mut chunks = Box::pin(store.read(key, &body, pos, upto));
+    match chunks.next().await {
+        Some(Ok(bytes)) if !bytes.is_empty() => Ok(bytes),
+        Some(Err(e)) => Err(e),
+        _ => Err(io::Error::other("stored chunk unreadable")),
     }
 }
 

@@ -156,22 +156,53 @@ pub(crate) fn storability(
     if req.no_store {
         return Err(NotStored::RequestNoStore);
     }
-    let cc = Directives::parse_all(headers.get_all(header::CACHE_CONTROL));
     let (d, use_expires) = effective_directives(headers);
     let force = rule.filter(|r| r.force).and_then(|r| r.ttl);
+    let permit = permission(req, headers, &d, force.is_some())?;
+    let explicit = explicit_lifetime(&d, use_expires, headers, response_time);
+    let lifetime = lifetime(status, rules, rule, force, explicit, d.public)?;
+    let never_stale = force.is_none()
+        && (d.must_revalidate || d.proxy_revalidate || d.s_maxage.is_some() || permit.always_revalidate);
+    let swr = d.stale_while_revalidate.map_or(stale.while_revalidate, Duration::from_secs);
+    let sie = d.stale_if_error.map_or(stale.if_error, Duration::from_secs);
+    // Capped so purge rules provably outlive every object (see purge.rs).
+    Ok(StorePlan {
+        lifetime: lifetime.min(MAX_TTL),
+        stale_while_revalidate: if never_stale { Duration::ZERO } else { swr.min(MAX_TTL) },
+        stale_if_error: if never_stale { Duration::ZERO } else { sie.min(MAX_TTL) },
+        always_revalidate: permit.always_revalidate,
+        never_stale,
+        shareable_with_auth: permit.shareable_with_auth,
+        strip: permit.strip,
+    })
+}
 
+/// What the response's own directives allow a shared cache to keep.
+struct Permit {
+    strip: Vec<HeaderName>,
+    always_revalidate: bool,
+    shareable_with_auth: bool,
+}
+
+/// Reads `private`, `no-store`, `Vary: *`, `no-cache`, `Set-Cookie` and the
+/// request's credentials into a refusal or a [`Permit`]. A forced path rule
+/// overrides `no-store` and unqualified `no-cache`, never `private`.
+fn permission(req: RequestFacts<'_>, headers: &HeaderMap, d: &Directives, forced: bool) -> Result<Permit, NotStored> {
+    // Every Cache-Control field, whatever CDN-specific field overrides it.
+    let cc = Directives::parse_all(headers.get_all(header::CACHE_CONTROL));
+    let names = |f: &[String]| -> Vec<HeaderName> {
+        f.iter().filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok()).collect()
+    };
     // `private` protects one user's data whatever else is said.
     let mut strip: Vec<HeaderName> = Vec::new();
     for private in [&cc.private, &d.private] {
         match private {
             Some(Qualified::All) => return Err(NotStored::Private),
-            Some(Qualified::Fields(f)) => {
-                strip.extend(f.iter().filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok()))
-            }
+            Some(Qualified::Fields(f)) => strip.extend(names(f)),
             None => {}
         }
     }
-    if force.is_none() && (d.no_store || cc.no_store) {
+    if !forced && (d.no_store || cc.no_store) {
         return Err(NotStored::NoStore);
     }
     let vary_star = headers
@@ -183,8 +214,8 @@ pub(crate) fn storability(
     }
     let mut always_revalidate = false;
     match &d.no_cache {
-        Some(Qualified::All) if force.is_none() => always_revalidate = true,
-        Some(Qualified::Fields(f)) => strip.extend(f.iter().filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())),
+        Some(Qualified::All) if !forced => always_revalidate = true,
+        Some(Qualified::Fields(f)) => strip.extend(names(f)),
         _ => {}
     }
     // A personalised response is not shared unless the origin asked for the
@@ -196,44 +227,41 @@ pub(crate) fn storability(
     if req.has_authorization && !shareable_with_auth {
         return Err(NotStored::Authorization);
     }
-
-    let status_ttl = rules.status_ttl.get(&status.as_u16()).copied();
-    let explicit = explicit_lifetime(&d, use_expires, headers, response_time);
-    let lifetime = if let Some(t) = force {
-        t
-    } else if let Some(e) = explicit {
-        if !is_final_cacheable_with_explicit(status) {
-            return Err(NotStored::Status);
-        }
-        e
-    } else if let Some(t) = status_ttl {
-        t
-    } else if !heuristically_cacheable(status) {
-        return Err(NotStored::Status);
-    } else if let Some(t) = rule.and_then(|r| r.ttl) {
-        t
-    } else if d.public || !rules.default_ttl.is_zero() {
-        rules.default_ttl
-    } else {
-        return Err(NotStored::NoFreshness);
-    };
-
     strip.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     strip.dedup();
-    let never_stale =
-        force.is_none() && (d.must_revalidate || d.proxy_revalidate || d.s_maxage.is_some() || always_revalidate);
-    let swr = d.stale_while_revalidate.map_or(stale.while_revalidate, Duration::from_secs);
-    let sie = d.stale_if_error.map_or(stale.if_error, Duration::from_secs);
-    // Capped so purge rules provably outlive every object (see purge.rs).
-    Ok(StorePlan {
-        lifetime: lifetime.min(MAX_TTL),
-        stale_while_revalidate: if never_stale { Duration::ZERO } else { swr.min(MAX_TTL) },
-        stale_if_error: if never_stale { Duration::ZERO } else { sie.min(MAX_TTL) },
-        always_revalidate,
-        never_stale,
-        shareable_with_auth,
-        strip,
-    })
+    Ok(Permit { strip, always_revalidate, shareable_with_auth })
+}
+
+/// How long the response stays fresh, in order of precedence: a forced path
+/// rule, the origin's explicit lifetime, the site's per-status TTL, the path
+/// rule's TTL, the default TTL; or why it may not be stored.
+fn lifetime(
+    status: StatusCode,
+    rules: &CacheRules,
+    rule: Option<&PathRule>,
+    force: Option<Duration>,
+    explicit: Option<Duration>,
+    public: bool,
+) -> Result<Duration, NotStored> {
+    if let Some(t) = force {
+        return Ok(t);
+    }
+    if let Some(e) = explicit {
+        return if is_final_cacheable_with_explicit(status) { Ok(e) } else { Err(NotStored::Status) };
+    }
+    if let Some(t) = rules.status_ttl.get(&status.as_u16()).copied() {
+        return Ok(t);
+    }
+    if !heuristically_cacheable(status) {
+        return Err(NotStored::Status);
+    }
+    if let Some(t) = rule.and_then(|r| r.ttl) {
+        return Ok(t);
+    }
+    if public || !rules.default_ttl.is_zero() {
+        return Ok(rules.default_ttl);
+    }
+    Err(NotStored::NoFreshness)
 }
 
 /// Final statuses that may be stored when the origin gives explicit

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use outpost_config::Limits;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -68,113 +68,133 @@ pub async fn serve<H: Handler>(
     config: ServerConfig,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    let base = Instant::now();
-    let tracker = TaskTracker::new();
-    let permits = Arc::new(Semaphore::new(config.limits.max_connections as usize));
-    let table = Arc::new(Table::default());
+    let server = Arc::new(Server {
+        handler,
+        permits: Arc::new(Semaphore::new(config.limits.max_connections as usize)),
+        table: Table::default(),
+        tracker: TaskTracker::new(),
+        base: Instant::now(),
+        config,
+        shutdown,
+    });
     let mut accepting = tokio::task::JoinSet::new();
     for listener in listeners {
-        let (handler, shutdown, tracker, permits, table, config) = (
-            Arc::clone(&handler),
-            shutdown.clone(),
-            tracker.clone(),
-            Arc::clone(&permits),
-            Arc::clone(&table),
-            config.clone(),
-        );
-        accepting.spawn(async move {
-            let mut next_id = 0u64;
-            loop {
-                // At the cap, the connection idle the longest makes room;
-                // while every one is busy, wait for one to end or go idle.
-                let permit = loop {
-                    if let Ok(p) = Arc::clone(&permits).try_acquire_owned() {
-                        break p;
-                    }
-                    if table.evict_oldest_idle() {
-                        metrics::counter!("outpost_connections_evicted_total", "node" => config.name.to_string())
-                            .increment(1);
-                    }
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => break p, Err(_) => return },
-                        _ = tokio::time::sleep(EVICT_RETRY) => {}
-                    }
-                };
-                let (stream, peer) = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    r = listener.tcp.accept() => match r {
-                        Ok(x) => x,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(ACCEPT_BACKOFF).await;
-                            continue;
-                        }
-                    },
-                };
-                let accepted = Instant::now();
-                let _ = stream.set_nodelay(true);
-                let state = Arc::new(ConnState::new(base, accepted));
-                next_id += 1;
-                let id = next_id;
-                table.lock().insert(id, Arc::clone(&state));
-                let (handler, shutdown, table, config) =
-                    (Arc::clone(&handler), shutdown.clone(), Arc::clone(&table), config.clone());
-                let tls = listener.tls.clone().map(TlsAcceptor::from);
-                tracker.spawn(async move {
-                    let closed = match tls {
-                        None => {
-                            serve_connection(handler, stream, conn(peer, false), false, state, config.limits, shutdown)
-                                .await
-                        }
-                        Some(acceptor) => {
-                            let wait = config.limits.header_read_timeout;
-                            let handshake = tokio::select! {
-                                _ = shutdown.cancelled() => None,
-                                _ = state.evict.cancelled() => None,
-                                r = tokio::time::timeout(wait, acceptor.accept(stream)) => Some(r),
-                            };
-                            match handshake {
-                                Some(Ok(Ok(tls))) => {
-                                    handler.tls_handshake(true);
-                                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                                    let c = conn(peer, true);
-                                    serve_connection(handler, tls, c, h2, state, config.limits, shutdown).await
-                                }
-                                Some(Ok(Err(e))) => {
-                                    handler.tls_handshake(false);
-                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                    Closed::Ended
-                                }
-                                Some(Err(_)) => {
-                                    handler.tls_handshake(false);
-                                    tracing::debug!(%peer, "TLS handshake not finished in time");
-                                    Closed::HeaderTimeout
-                                }
-                                None => Closed::Shutdown,
-                            }
-                        }
-                    };
-                    if closed != Closed::Ended && closed != Closed::Shutdown {
-                        metrics::counter!(
-                            "outpost_connections_closed_total",
-                            "node" => config.name.to_string(),
-                            "reason" => closed.as_str()
-                        )
-                        .increment(1);
-                    }
-                    table.lock().remove(&id);
-                    drop(permit);
-                });
-            }
-        });
+        accepting.spawn(Arc::clone(&server).accept(listener));
     }
     while accepting.join_next().await.is_some() {}
-    tracker.close();
-    if tokio::time::timeout(config.limits.shutdown_grace, tracker.wait()).await.is_err() {
-        tracing::warn!(node = %config.name, "connections still open after the shutdown grace period");
+    server.tracker.close();
+    if tokio::time::timeout(server.config.limits.shutdown_grace, server.tracker.wait()).await.is_err() {
+        tracing::warn!(node = %server.config.name, "connections still open after the shutdown grace period");
     }
     Ok(())
+}
+
+/// What every listener's accept loop and every connection task share.
+struct Server<H> {
+    handler: Arc<H>,
+    permits: Arc<Semaphore>,
+    table: Table,
+    tracker: TaskTracker,
+    /// The clock connection times are measured from.
+    base: Instant,
+    config: ServerConfig,
+    shutdown: CancellationToken,
+}
+
+impl<H: Handler> Server<H> {
+    /// Accepts on `listener` until shutdown, each connection in its own task.
+    async fn accept(self: Arc<Self>, listener: Listener) {
+        let mut next_id = 0u64;
+        while let Some(permit) = self.room().await {
+            let (stream, peer) = tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                r = listener.tcp.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let state = Arc::new(ConnState::new(self.base, Instant::now()));
+            next_id += 1;
+            let id = next_id;
+            self.table.lock().insert(id, Arc::clone(&state));
+            let tls = listener.tls.clone().map(TlsAcceptor::from);
+            let server = Arc::clone(&self);
+            self.tracker.spawn(async move {
+                let closed = server.connection(stream, peer, tls, state).await;
+                if closed != Closed::Ended && closed != Closed::Shutdown {
+                    metrics::counter!(
+                        "outpost_connections_closed_total",
+                        "node" => server.config.name.to_string(),
+                        "reason" => closed.as_str()
+                    )
+                    .increment(1);
+                }
+                server.table.lock().remove(&id);
+                drop(permit);
+            });
+        }
+    }
+
+    /// A connection slot. At the cap, the connection idle the longest makes
+    /// room; while every one is busy, waits for one to end or go idle.
+    /// `None` at shutdown.
+    async fn room(&self) -> Option<OwnedSemaphorePermit> {
+        loop {
+            if let Ok(p) = Arc::clone(&self.permits).try_acquire_owned() {
+                return Some(p);
+            }
+            if self.table.evict_oldest_idle() {
+                metrics::counter!("outpost_connections_evicted_total", "node" => self.config.name.to_string())
+                    .increment(1);
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return None,
+                p = Arc::clone(&self.permits).acquire_owned() => return p.ok(),
+                _ = tokio::time::sleep(EVICT_RETRY) => {}
+            }
+        }
+    }
+
+    /// One accepted connection, TLS handshake first when the listener has it.
+    async fn connection(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        tls: Option<TlsAcceptor>,
+        state: Arc<ConnState>,
+    ) -> Closed {
+        let (handler, limits, shutdown) = (Arc::clone(&self.handler), self.config.limits, self.shutdown.clone());
+        let Some(acceptor) = tls else {
+            return serve_connection(handler, stream, conn(peer, false), false, state, limits, shutdown).await;
+        };
+        let handshake = tokio::select! {
+            _ = shutdown.cancelled() => return Closed::Shutdown,
+            _ = state.evict.cancelled() => return Closed::Shutdown,
+            r = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)) => r,
+        };
+        match handshake {
+            Ok(Ok(tls)) => {
+                handler.tls_handshake(true);
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                serve_connection(handler, tls, conn(peer, true), h2, state, limits, shutdown).await
+            }
+            Ok(Err(e)) => {
+                handler.tls_handshake(false);
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                Closed::Ended
+            }
+            Err(_) => {
+                handler.tls_handshake(false);
+                tracing::debug!(%peer, "TLS handshake not finished in time");
+                Closed::HeaderTimeout
+            }
+        }
+    }
 }
 
 /// Binds every address; the error names the one that failed.

@@ -15,11 +15,12 @@ use axum::response::Response;
 use bytes::Bytes;
 use outpost_config::Role;
 use outpost_config::api::StreamQuery;
-use outpost_config::{Ack, SiteSnapshot, StreamLine};
+use outpost_config::{Ack, EventRecord, SiteSnapshot, StreamLine};
+use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::{ApiError, Control, HEARTBEAT};
-use crate::store::{NodeRecord, now_ms};
+use crate::store::{NodeRecord, Store, now_ms};
 
 /// Counts a node's open streams down when one ends.
 struct Connection {
@@ -69,6 +70,8 @@ fn valid_name(n: &str) -> bool {
     !n.is_empty() && n.len() <= 63 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
+/// `GET /v1/events`: registers the node, then streams the backlog and the
+/// live log.
 pub(super) async fn stream(
     State(c): State<Arc<Control>>,
     headers: HeaderMap,
@@ -76,45 +79,63 @@ pub(super) async fn stream(
 ) -> Result<Response, ApiError> {
     c.node(&headers)?;
     let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let addrs = check(&q)?;
+    // Subscribe before reading the backlog, so nothing falls in between.
+    let rx = c.events.subscribe();
+    let (backlog, cursor, last) = backlog(&c.store, q.after)?;
+    register(&c, &q, addrs, last).await?;
+    *c.connected.lock().unwrap_or_else(|p| p.into_inner()).entry(q.node.clone()).or_default() += 1;
+    let conn = Connection { control: Arc::clone(&c), node: q.node };
+    let mut resp = Response::new(Body::from_stream(lines(backlog, rx, cursor, conn)));
+    resp.headers_mut().insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    resp.headers_mut().insert(axum::http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
+/// The query's names and addresses are well formed; the addresses in
+/// canonical form.
+fn check(q: &StreamQuery) -> Result<Vec<String>, ApiError> {
+    let name_rule = "must be 1 to 63 letters, digits or hyphens";
     if !valid_name(&q.node) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_node",
-            "node must be 1 to 63 letters, digits or hyphens",
-        ));
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_node", format!("node {name_rule}")));
     }
     if !matches!(q.role, Role::Edge | Role::Shield) {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_role", "role must be `edge` or `shield`"));
     }
     if q.pop.as_deref().is_some_and(|p| !valid_name(p)) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_pop",
-            "pop must be 1 to 63 letters, digits or hyphens",
-        ));
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_pop", format!("pop {name_rule}")));
     }
-    let addrs = listen_addrs(&q.addrs)?;
-    // Subscribe before reading the backlog, so nothing falls in between.
-    let rx = c.events.subscribe();
-    let store = &c.store;
+    listen_addrs(&q.addrs)
+}
+
+/// The lines a node that has applied through `after` needs: a snapshot when
+/// the log no longer reaches back that far, then every later event. Also
+/// the last sequence sent and the log's end.
+fn backlog(store: &Store, after: u64) -> Result<(Vec<Bytes>, u64, u64), ApiError> {
     let first = store.first_seq().map_err(ApiError::internal)?;
     let last = store.last_seq().map_err(ApiError::internal)?;
-    let mut backlog = Vec::new();
-    let mut cursor = q.after.min(last);
-    if q.after.saturating_add(1) < first && last > 0 {
+    let mut lines = Vec::new();
+    let mut cursor = after.min(last);
+    if after.saturating_add(1) < first && last > 0 {
         let sites = store
             .sites()
             .map_err(ApiError::internal)?
             .into_iter()
             .map(|s| SiteSnapshot { id: s.id, version: s.version, toml: s.toml })
             .collect();
-        backlog.push(line(&StreamLine::Snapshot { seq: last, sites }));
+        lines.push(line(&StreamLine::Snapshot { seq: last, sites }));
         cursor = last;
     }
     for record in store.events_after(cursor, usize::MAX).map_err(ApiError::internal)? {
         cursor = record.seq;
-        backlog.push(line(&StreamLine::Event { record }));
+        lines.push(line(&StreamLine::Event { record }));
     }
+    Ok((lines, cursor, last))
+}
+
+/// Records the node in the registry, keeping what it acknowledged before.
+async fn register(c: &Control, q: &StreamQuery, addrs: Vec<String>, last: u64) -> Result<(), ApiError> {
+    let store = c.store.clone();
     let previous = store.nodes().map_err(ApiError::internal)?.remove(&q.node);
     let node = NodeRecord {
         name: q.node.clone(),
@@ -126,29 +147,32 @@ pub(super) async fn stream(
         last_contact_ms: now_ms(),
         load_rps: previous.and_then(|p| p.load_rps),
     };
-    {
-        let store = store.clone();
-        super::blocking(move || store.put_node(&node).map_err(ApiError::internal)).await?;
-    }
-    *c.connected.lock().unwrap_or_else(|p| p.into_inner()).entry(q.node.clone()).or_default() += 1;
-    let conn = Connection { control: Arc::clone(&c), node: q.node.clone() };
-    let heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+    super::blocking(move || store.put_node(&node).map_err(ApiError::internal)).await
+}
 
-    let stream = futures_util::stream::unfold(
-        // The receiver subscribed before the backlog was read: every event
-        // committed since is in it or in the backlog.
+/// The stream body: the backlog, then each live event after `cursor`, with
+/// a heartbeat when nothing happens. `rx` subscribed before the backlog was
+/// read, so every event committed since is in one or the other.
+fn lines(
+    backlog: Vec<Bytes>,
+    rx: broadcast::Receiver<EventRecord>,
+    cursor: u64,
+    conn: Connection,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static {
+    let heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+    futures_util::stream::unfold(
         (backlog.into_iter(), rx, cursor, heartbeat, conn),
         |(mut backlog, mut rx, mut cursor, mut heartbeat, conn)| async move {
             if let Some(b) = backlog.next() {
-                return Some((Ok::<_, std::convert::Infallible>(b), (backlog, rx, cursor, heartbeat, conn)));
+                return Some((Ok(b), (backlog, rx, cursor, heartbeat, conn)));
             }
-            loop {
+            let next = loop {
                 tokio::select! {
                     _ = conn.control.closing.cancelled() => return None,
                     r = rx.recv() => match r {
                         Ok(record) if record.seq > cursor => {
                             cursor = record.seq;
-                            return Some((Ok(line(&StreamLine::Event { record })), (backlog, rx, cursor, heartbeat, conn)));
+                            break StreamLine::Event { record };
                         }
                         Ok(_) => continue,
                         // Too far behind the live channel, or shutting down:
@@ -156,17 +180,13 @@ pub(super) async fn stream(
                         Err(RecvError::Lagged(_)) | Err(RecvError::Closed) => return None,
                     },
                     _ = heartbeat.tick() => {
-                        let seq = conn.control.store.last_seq().unwrap_or(cursor);
-                        return Some((Ok(line(&StreamLine::Heartbeat { seq })), (backlog, rx, cursor, heartbeat, conn)));
+                        break StreamLine::Heartbeat { seq: conn.control.store.last_seq().unwrap_or(cursor) };
                     }
                 }
-            }
+            };
+            Some((Ok(line(&next)), (backlog, rx, cursor, heartbeat, conn)))
         },
-    );
-    let mut resp = Response::new(Body::from_stream(stream));
-    resp.headers_mut().insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
-    resp.headers_mut().insert(axum::http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(resp)
+    )
 }
 
 pub(super) async fn ack(

@@ -184,74 +184,23 @@ impl RequestHandler for GeoDns {
         let started = Instant::now();
         let mut meta = Metadata::response_from_request(&request.metadata);
         meta.recursion_available = false;
-        let mut answers: Vec<Record> = Vec::new();
-
-        let mut soa: Vec<Record> = Vec::new();
         let mut edns_out: Option<Edns> = request.edns.as_ref().map(|_| {
             let mut e = Edns::new();
             e.set_max_payload(EDNS_PAYLOAD);
             e
         });
-        let mut qtype_label = "other";
+        let mut reply = Reply::default();
         if request.metadata.op_code != OpCode::Query {
             meta.response_code = ResponseCode::NotImp;
         } else if request.queries.len() != 1 {
             meta.response_code = ResponseCode::FormErr;
         } else {
-            let q = &request.queries.queries()[0];
-            // LowerName is already lower-case.
-            let name: Name = Name::from(q.name().clone());
-            let qtype = q.query_type();
-            qtype_label = match qtype {
-                RecordType::A => "A",
-                RecordType::AAAA => "AAAA",
-                RecordType::SOA => "SOA",
-                RecordType::NS => "NS",
-                _ => "other",
-            };
-            if !self.zone.zone_of(&name) {
-                meta.response_code = ResponseCode::Refused;
-            } else {
-                meta.authoritative = true;
-                if !self.known(&name) {
-                    meta.response_code = ResponseCode::NXDomain;
-                    soa.push(self.soa.clone());
-                } else {
-                    let apex = name == self.zone;
-                    match qtype {
-                        RecordType::SOA if apex => answers.push(self.soa.clone()),
-                        RecordType::NS if apex => answers.extend(self.ns.iter().cloned()),
-                        RecordType::A | RecordType::AAAA => {
-                            let subnet = request.edns.as_ref().and_then(|e| match e.option(EdnsCode::Subnet) {
-                                Some(EdnsOption::Subnet(s)) => Some(*s),
-                                _ => None,
-                            });
-                            let client = subnet.as_ref().map_or_else(|| request.src().ip(), ip_of);
-                            let (records, scope, _) = self.steer(&name, qtype, client);
-                            answers.extend(records);
-                            if let (Some(s), Some(e)) = (subnet, edns_out.as_mut()) {
-                                // RFC 7871 §7.2.1: echo the subnet with the scope the answer covers.
-                                let scope = scope.unwrap_or(s.source_prefix());
-                                e.options_mut().insert(EdnsOption::Subnet(ClientSubnet::new(
-                                    s.addr(),
-                                    s.source_prefix(),
-                                    scope,
-                                )));
-                            }
-                        }
-                        _ => {}
-                    }
-                    // Positive answers carry no authority section (it is
-                    // optional, and the answer is what resolvers need).
-                    if answers.is_empty() {
-                        soa.push(self.soa.clone());
-                    }
-                }
-            }
+            reply = self.answer(request, &mut meta, edns_out.as_mut());
         }
         let rcode = meta.response_code;
         let builder = MessageResponseBuilder::new(&request.queries, edns_out.as_ref());
-        let message = builder.build(meta, answers.iter(), std::iter::empty(), soa.iter(), std::iter::empty());
+        let message =
+            builder.build(meta, reply.answers.iter(), std::iter::empty(), reply.soa.iter(), std::iter::empty());
         let info = match response.send_response(message).await {
             Ok(info) => info,
             Err(e) => {
@@ -259,16 +208,94 @@ impl RequestHandler for GeoDns {
                 ResponseInfo::from(Header { metadata: meta, counts: HeaderCounts::default() })
             }
         };
-        let rcode = match rcode {
-            ResponseCode::NoError => "noerror",
-            ResponseCode::NXDomain => "nxdomain",
-            ResponseCode::Refused => "refused",
-            ResponseCode::FormErr => "formerr",
-            ResponseCode::NotImp => "notimp",
-            _ => "other",
-        };
-        self.metrics.query(qtype_label, rcode);
+        self.metrics.query(reply.qtype, rcode_label(rcode));
         self.metrics.latency.record(started.elapsed().as_secs_f64());
         info
+    }
+}
+
+/// The sections of an answer, and the query type's metric label.
+struct Reply {
+    answers: Vec<Record>,
+    soa: Vec<Record>,
+    qtype: &'static str,
+}
+
+impl Default for Reply {
+    fn default() -> Self {
+        Reply { answers: Vec::new(), soa: Vec::new(), qtype: "other" }
+    }
+}
+
+impl GeoDns {
+    /// The answer to a query with one question; sets the response code and
+    /// the authoritative flag in `meta`, and the ECS scope in `edns`.
+    fn answer(&self, request: &Request, meta: &mut Metadata, edns: Option<&mut Edns>) -> Reply {
+        let q = &request.queries.queries()[0];
+        // LowerName is already lower-case.
+        let name: Name = Name::from(q.name().clone());
+        let qtype = q.query_type();
+        let mut reply = Reply { qtype: qtype_label(qtype), ..Reply::default() };
+        if !self.zone.zone_of(&name) {
+            meta.response_code = ResponseCode::Refused;
+            return reply;
+        }
+        meta.authoritative = true;
+        if !self.known(&name) {
+            meta.response_code = ResponseCode::NXDomain;
+            reply.soa.push(self.soa.clone());
+            return reply;
+        }
+        let apex = name == self.zone;
+        match qtype {
+            RecordType::SOA if apex => reply.answers.push(self.soa.clone()),
+            RecordType::NS if apex => reply.answers.extend(self.ns.iter().cloned()),
+            RecordType::A | RecordType::AAAA => reply.answers = self.addresses(request, &name, qtype, edns),
+            _ => {}
+        }
+        // Positive answers carry no authority section (it is optional, and
+        // the answer is what resolvers need).
+        if reply.answers.is_empty() {
+            reply.soa.push(self.soa.clone());
+        }
+        reply
+    }
+
+    /// The steered A or AAAA records for the client (its ECS subnet when
+    /// given), echoing the subnet with the scope the answer covers.
+    fn addresses(&self, request: &Request, name: &Name, qtype: RecordType, edns: Option<&mut Edns>) -> Vec<Record> {
+        let subnet = request.edns.as_ref().and_then(|e| match e.option(EdnsCode::Subnet) {
+            Some(EdnsOption::Subnet(s)) => Some(*s),
+            _ => None,
+        });
+        let client = subnet.as_ref().map_or_else(|| request.src().ip(), ip_of);
+        let (records, scope, _) = self.steer(name, qtype, client);
+        if let (Some(s), Some(e)) = (subnet, edns) {
+            // RFC 7871 §7.2.1: the scope the answer covers.
+            let scope = scope.unwrap_or(s.source_prefix());
+            e.options_mut().insert(EdnsOption::Subnet(ClientSubnet::new(s.addr(), s.source_prefix(), scope)));
+        }
+        records
+    }
+}
+
+fn qtype_label(qtype: RecordType) -> &'static str {
+    match qtype {
+        RecordType::A => "A",
+        RecordType::AAAA => "AAAA",
+        RecordType::SOA => "SOA",
+        RecordType::NS => "NS",
+        _ => "other",
+    }
+}
+
+fn rcode_label(rcode: ResponseCode) -> &'static str {
+    match rcode {
+        ResponseCode::NoError => "noerror",
+        ResponseCode::NXDomain => "nxdomain",
+        ResponseCode::Refused => "refused",
+        ResponseCode::FormErr => "formerr",
+        ResponseCode::NotImp => "notimp",
+        _ => "other",
     }
 }

@@ -43,6 +43,21 @@ impl Tally {
     fn new(checks: usize) -> Tally {
         Tally { latency: new_histogram(), reqs: 0, failed: 0, hits: 0, bytes: 0, checks: vec![(0, 0); checks] }
     }
+
+    /// Adds `other`'s figures to these and zeroes `other`.
+    fn absorb(&mut self, other: &mut Tally) {
+        let _ = self.latency.add(&other.latency);
+        other.latency.reset();
+        self.reqs += std::mem::take(&mut other.reqs);
+        self.failed += std::mem::take(&mut other.failed);
+        self.hits += std::mem::take(&mut other.hits);
+        self.bytes += std::mem::take(&mut other.bytes);
+        for (total, c) in self.checks.iter_mut().zip(&mut other.checks) {
+            let (pass, fail) = std::mem::take(c);
+            total.0 += pass;
+            total.1 += fail;
+        }
+    }
 }
 
 /// The request every VU sends, prepared once.
@@ -277,176 +292,89 @@ pub struct Live {
     pub vus: AtomicU32,
 }
 
+/// What the run's tasks share.
+struct Shared {
+    plan: Plan,
+    started: Instant,
+    stop: AtomicBool,
+    live: Live,
+    /// Arrivals of the open model that found no free VU.
+    dropped: AtomicU64,
+    /// Every VU's statistics, for the collector.
+    tallies: Mutex<Vec<Arc<Mutex<Tally>>>>,
+}
+
+impl Shared {
+    /// Statistics for a new VU, registered with the collector.
+    fn tally(&self) -> Arc<Mutex<Tally>> {
+        let t = Arc::new(Mutex::new(Tally::new(self.plan.checks.len())));
+        lock(&self.tallies).push(Arc::clone(&t));
+        t
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Runs `s` to completion. `on_second` is called with each second's
 /// figures as they come (for a progress line).
 pub async fn run(s: &Scenario, on_second: &(dyn Fn(&Second, Duration) + Sync)) -> Result<Summary, String> {
-    let plan = Arc::new(Plan::new(s)?);
+    let plan = Plan::new(s)?;
     let prefix = s.requests.prefix().to_string();
     let origin_before = match &s.target.origin {
         Some(o) => Some(origin_total(o, &prefix).await?),
         None => None,
     };
     let picker = Picker::new(&s.requests, 0x5EED);
-    let checks = plan.checks.len();
-    let tallies: Arc<Mutex<Vec<Arc<Mutex<Tally>>>>> = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let live = Arc::new(Live::default());
-    let dropped = Arc::new(AtomicU64::new(0));
-    let duration = s.executor.duration();
     let started = Instant::now();
-    let deadline = started + duration;
+    let deadline = started + s.executor.duration();
+    let shared = Arc::new(Shared {
+        plan,
+        started,
+        stop: AtomicBool::new(false),
+        live: Live::default(),
+        dropped: AtomicU64::new(0),
+        tallies: Mutex::new(Vec::new()),
+    });
     let actions = start_actions(&s.actions, started, deadline);
-
-    let new_tally = move |tallies: &Mutex<Vec<Arc<Mutex<Tally>>>>| {
-        let t = Arc::new(Mutex::new(Tally::new(checks)));
-        tallies.lock().unwrap_or_else(|p| p.into_inner()).push(Arc::clone(&t));
-        t
-    };
-
     let mut tasks = tokio::task::JoinSet::new();
     match &s.executor {
         Executor::ConstantVus { .. } | Executor::RampingVus { .. } => {
             let executor = Arc::new(s.executor.clone());
             for i in 0..s.executor.max_vus() {
-                let (plan, stop, live, executor) =
-                    (Arc::clone(&plan), Arc::clone(&stop), Arc::clone(&live), Arc::clone(&executor));
-                let tally = new_tally(&tallies);
-                let mut picker = picker.fork(u64::from(i) + 1);
-                tasks.spawn(async move {
-                    let mut conn = None;
-                    let target = i as usize % plan.targets.len();
-                    let mut active = false;
-                    while !stop.load(Ordering::Relaxed) {
-                        let want = executor.vus_at(started.elapsed());
-                        if i >= want {
-                            if active {
-                                live.vus.fetch_sub(1, Ordering::Relaxed);
-                                active = false;
-                                conn = None;
-                            }
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            continue;
-                        }
-                        if !active {
-                            live.vus.fetch_add(1, Ordering::Relaxed);
-                            active = true;
-                        }
-                        plan.send(&mut conn, target, &mut picker, &tally).await;
-                    }
-                });
+                let (tally, picker) = (shared.tally(), picker.fork(u64::from(i) + 1));
+                tasks.spawn(closed_vu(Arc::clone(&shared), Arc::clone(&executor), i, picker, tally));
             }
         }
         Executor::ConstantArrivalRate { rate, time_unit, pre_allocated_vus, .. } => {
-            let max_vus = s.executor.max_vus();
             let per_sec = f64::from(*rate) / time_unit.as_secs_f64();
-            let pool: Arc<Mutex<Vec<Vu>>> = Arc::new(Mutex::new(Vec::new()));
-            for i in 0..*pre_allocated_vus {
-                let target = i as usize % plan.targets.len();
-                let vu = (None, target, picker.fork(u64::from(i) + 1), new_tally(&tallies));
-                pool.lock().unwrap_or_else(|p| p.into_inner()).push(vu);
-            }
-            let created = Arc::new(AtomicU32::new(*pre_allocated_vus));
-            let (plan, stop, live, dropped, tallies) =
-                (Arc::clone(&plan), Arc::clone(&stop), Arc::clone(&live), Arc::clone(&dropped), Arc::clone(&tallies));
-            tasks.spawn(async move {
-                let mut issued: u64 = 0;
-                let mut inflight = tokio::task::JoinSet::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let due = (started.elapsed().as_secs_f64() * per_sec) as u64;
-                    while issued < due {
-                        issued += 1;
-                        let vu = pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
-                        let vu = match vu {
-                            Some(vu) => vu,
-                            None if created.load(Ordering::Relaxed) < max_vus => {
-                                let n = created.fetch_add(1, Ordering::Relaxed);
-                                (
-                                    None,
-                                    n as usize % plan.targets.len(),
-                                    picker.fork(u64::from(n) + 1),
-                                    new_tally(&tallies),
-                                )
-                            }
-                            None => {
-                                dropped.fetch_add(1, Ordering::Relaxed);
-                                continue;
-                            }
-                        };
-                        let (plan, pool, live) = (Arc::clone(&plan), Arc::clone(&pool), Arc::clone(&live));
-                        inflight.spawn(async move {
-                            live.vus.fetch_add(1, Ordering::Relaxed);
-                            let (mut conn, target, mut picker, tally) = vu;
-                            plan.send(&mut conn, target, &mut picker, &tally).await;
-                            live.vus.fetch_sub(1, Ordering::Relaxed);
-                            pool.lock().unwrap_or_else(|p| p.into_inner()).push((conn, target, picker, tally));
-                        });
-                    }
-                    while inflight.try_join_next().is_some() {}
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                while inflight.join_next().await.is_some() {}
-            });
+            let vus = (*pre_allocated_vus, s.executor.max_vus());
+            tasks.spawn(arrivals(Arc::clone(&shared), per_sec, vus, picker));
         }
     }
-
-    // The collector: merges every VU's tally once a second.
-    let mut latency = new_histogram();
-    let (mut reqs, mut failed, mut hits, mut bytes) = (0u64, 0u64, 0u64, 0u64);
-    let mut check_totals = vec![(0u64, 0u64); checks];
-    let mut series = Vec::new();
-    let mut max_vus = 0;
-    let mut collect = |t: u32, series: &mut Vec<Second>, vus: u32| {
-        let mut second = new_histogram();
-        let (mut sr, mut sf, mut sh) = (0, 0, 0);
-        for tally in tallies.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            let mut x = tally.lock().unwrap_or_else(|p| p.into_inner());
-            let _ = second.add(&x.latency);
-            x.latency.reset();
-            sr += x.reqs;
-            sf += x.failed;
-            sh += x.hits;
-            bytes += x.bytes;
-            for (total, c) in check_totals.iter_mut().zip(&mut x.checks) {
-                total.0 += c.0;
-                total.1 += c.1;
-                *c = (0, 0);
-            }
-            x.reqs = 0;
-            x.failed = 0;
-            x.hits = 0;
-            x.bytes = 0;
-        }
-        let _ = latency.add(&second);
-        reqs += sr;
-        failed += sf;
-        hits += sh;
-        let q = |p: f64| if second.is_empty() { 0.0 } else { second.value_at_quantile(p) as f64 / 1000.0 };
-        let s = Second { t, reqs: sr, failed: sf, hits: sh, vus, p50_ms: q(0.5), p95_ms: q(0.95), p99_ms: q(0.99) };
-        series.push(s);
-    };
+    let mut collector = Collector::new(shared.plan.checks.len());
     let mut t = 0;
     loop {
         let next = started + Duration::from_secs(u64::from(t) + 1);
         tokio::time::sleep_until(next.min(deadline).into()).await;
-        let vus = live.vus.load(Ordering::Relaxed);
-        max_vus = max_vus.max(vus);
-        if Instant::now() >= deadline {
-            stop.store(true, Ordering::Relaxed);
+        let vus = shared.live.vus.load(Ordering::Relaxed);
+        let end = Instant::now() >= deadline;
+        if end {
+            shared.stop.store(true, Ordering::Relaxed);
             // Requests in flight finish (bounded by their own timeouts).
             let _ = tokio::time::timeout(Duration::from_secs(10), async { while tasks.join_next().await.is_some() {} })
                 .await;
             tasks.abort_all();
-            t += 1;
-            collect(t, &mut series, vus);
-            if let Some(last) = series.last() {
-                on_second(last, started.elapsed());
-            }
-            break;
         }
         t += 1;
-        collect(t, &mut series, vus);
-        if let Some(last) = series.last() {
-            on_second(last, started.elapsed());
+        on_second(collector.collect(&shared.tallies, t, vus), started.elapsed());
+        if end {
+            break;
         }
     }
     let mut action_results = Vec::new();
@@ -458,21 +386,120 @@ pub async fn run(s: &Scenario, on_second: &(dyn Fn(&Second, Duration) + Sync)) -
         (Some(o), Some(before)) => Some(origin_total(o, &prefix).await?.saturating_sub(before)),
         _ => None,
     };
-    let checks = s.checks.iter().zip(check_totals).map(|(c, (p, f))| (c.name.clone(), p, f)).collect();
+    let Collector { total, series, max_vus } = collector;
+    let checks = s.checks.iter().zip(total.checks).map(|(c, (p, f))| (c.name.clone(), p, f)).collect();
     Ok(Summary {
         elapsed: started.elapsed(),
-        reqs,
-        failed,
-        hits,
-        bytes,
-        dropped: dropped.load(Ordering::Relaxed),
+        reqs: total.reqs,
+        failed: total.failed,
+        hits: total.hits,
+        bytes: total.bytes,
+        dropped: shared.dropped.load(Ordering::Relaxed),
         max_vus,
         checks,
         origin_requests,
-        latency,
+        latency: total.latency,
         series,
         actions: action_results,
     })
+}
+
+/// VU `i` of the closed model: its next request when the last is answered,
+/// while the executor wants at least `i + 1` VUs.
+async fn closed_vu(shared: Arc<Shared>, executor: Arc<Executor>, i: u32, mut picker: Picker, tally: Arc<Mutex<Tally>>) {
+    let mut conn = None;
+    let target = i as usize % shared.plan.targets.len();
+    let mut active = false;
+    while !shared.stopped() {
+        let want = executor.vus_at(shared.started.elapsed());
+        if i >= want {
+            if active {
+                shared.live.vus.fetch_sub(1, Ordering::Relaxed);
+                active = false;
+                conn = None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        if !active {
+            shared.live.vus.fetch_add(1, Ordering::Relaxed);
+            active = true;
+        }
+        shared.plan.send(&mut conn, target, &mut picker, &tally).await;
+    }
+}
+
+/// The open model: `per_sec` arrivals on schedule, each on an idle VU (or a
+/// new one, from `vus.0` pre-allocated up to `vus.1`); dropped when none is
+/// free.
+async fn arrivals(shared: Arc<Shared>, per_sec: f64, vus: (u32, u32), picker: Picker) {
+    let (pre_allocated, max_vus) = vus;
+    let new_vu = |n: u32| -> Vu {
+        (None, n as usize % shared.plan.targets.len(), picker.fork(u64::from(n) + 1), shared.tally())
+    };
+    let pool: Arc<Mutex<Vec<Vu>>> = Arc::new(Mutex::new((0..pre_allocated).map(new_vu).collect()));
+    let mut created = pre_allocated;
+    let mut issued: u64 = 0;
+    let mut inflight = tokio::task::JoinSet::new();
+    while !shared.stopped() {
+        let due = (shared.started.elapsed().as_secs_f64() * per_sec) as u64;
+        while issued < due {
+            issued += 1;
+            let idle = lock(&pool).pop();
+            let vu = match idle {
+                Some(vu) => vu,
+                None if created < max_vus => {
+                    created += 1;
+                    new_vu(created - 1)
+                }
+                None => {
+                    shared.dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            };
+            let (shared, pool) = (Arc::clone(&shared), Arc::clone(&pool));
+            inflight.spawn(async move {
+                shared.live.vus.fetch_add(1, Ordering::Relaxed);
+                let (mut conn, target, mut picker, tally) = vu;
+                shared.plan.send(&mut conn, target, &mut picker, &tally).await;
+                shared.live.vus.fetch_sub(1, Ordering::Relaxed);
+                lock(&pool).push((conn, target, picker, tally));
+            });
+        }
+        while inflight.try_join_next().is_some() {}
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    while inflight.join_next().await.is_some() {}
+}
+
+/// Merges every VU's statistics once a second into the run's totals and
+/// its per-second series.
+struct Collector {
+    total: Tally,
+    series: Vec<Second>,
+    max_vus: u32,
+}
+
+impl Collector {
+    fn new(checks: usize) -> Collector {
+        Collector { total: Tally::new(checks), series: Vec::new(), max_vus: 0 }
+    }
+
+    /// Second `t`'s figures, with `vus` active.
+    fn collect(&mut self, tallies: &Mutex<Vec<Arc<Mutex<Tally>>>>, t: u32, vus: u32) -> &Second {
+        let mut second = Tally::new(self.total.checks.len());
+        for tally in lock(tallies).iter() {
+            second.absorb(&mut lock(tally));
+        }
+        let q =
+            |p: f64| if second.latency.is_empty() { 0.0 } else { second.latency.value_at_quantile(p) as f64 / 1000.0 };
+        let (p50_ms, p95_ms, p99_ms) = (q(0.5), q(0.95), q(0.99));
+        let (reqs, failed, hits) = (second.reqs, second.failed, second.hits);
+        self.total.absorb(&mut second);
+        self.max_vus = self.max_vus.max(vus);
+        self.series.push(Second { t, reqs, failed, hits, vus, p50_ms, p95_ms, p99_ms });
+        &self.series[self.series.len() - 1]
+    }
 }
 
 /// Requests the test origin has counted (`/__origin/stats`) for paths

@@ -196,7 +196,6 @@ impl Topology {
     }
 
     pub async fn start_opts(opts: Options) -> Topology {
-        let response_timeout = opts.response_timeout;
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_path_buf();
         let stop = CancellationToken::new();
@@ -206,108 +205,16 @@ impl Topology {
         tokio::spawn(origin_server.run(stop.clone()));
         let origin_relay = Relay::start(origin).await;
 
-        let listen = if opts.control_process { free_addr() } else { "127.0.0.1:0".parse().unwrap() };
-        let cfg = load_node(
-            &d,
-            "control",
-            &format!(
-                "[node]\nname = \"control\"\nrole = \"control\"\n[listen]\nhttp = [\"{listen}\"]\n\
-                 [store]\npath = \"control.redb\"\n[auth]\nadmin_token_file = \"admin.token\"\nnode_token_file = \"node.token\"\n"
-            ),
-        );
-        let (control, control_process) = if opts.control_process {
-            let file = d.join("control.toml");
-            let p = Process::spawn(&["control", "--config", file.to_str().unwrap()]);
-            wait_listening(listen, "the control plane").await;
-            (listen, Some(p))
-        } else {
-            let control_node = outpost_control::node::ControlNode::bind(&cfg).await.unwrap();
-            let addr = control_node.addr();
-            tokio::spawn(control_node.run(stop.clone()));
-            (addr, None)
-        };
+        let (control, control_process) = start_control(&d, opts.control_process, &stop).await;
         let admin_token = std::fs::read_to_string(d.join("admin.token")).unwrap();
         let url = format!("http://{control}/v1/sites/shop");
-        let r = request(Method::PUT, &url, "x", Some(&admin_token), &site_text(origin_relay.addr, response_timeout))
-            .await
-            .unwrap();
+        let site = site_text(origin_relay.addr, opts.response_timeout);
+        let r = request(Method::PUT, &url, "x", Some(&admin_token), &site).await.unwrap();
         assert!(r.status.is_success(), "{}", String::from_utf8_lossy(&r.body));
 
-        let mut shields = Vec::new();
-        for i in 1..=2 {
-            let name = format!("shield-{i}");
-            let listen = free_addr();
-            let control_relay = Relay::start(control).await;
-            let cfg = load_node(
-                &d,
-                &name,
-                &format!(
-                    "[node]\nname = \"{name}\"\nrole = \"shield\"\naccess_log = \"off\"\n[listen]\nhttp = [\"{listen}\"]\n\
-                     [cache]\nmemory = \"16MiB\"\ndisk = \"64MiB\"\npath = \"cache-{name}\"\n\
-                     [control]\nurl = \"http://{}\"\ntoken_file = \"node.token\"\n",
-                    control_relay.addr
-                ),
-            );
-            let mut shield = Shield { listen, cfg, node: None, _control_relay: control_relay };
-            shield.start().await;
-            shields.push(shield);
-        }
-
-        let mut edges = Vec::new();
-        for (i, (pop, lat, lon)) in POPS.iter().enumerate() {
-            let name = format!("edge-{pop}");
-            let mut shield_relays = Vec::new();
-            for s in &shields {
-                shield_relays.push(Relay::start(s.listen).await);
-            }
-            let control_relay = Relay::start(control).await;
-            // Each edge reaches the shields through its own relays: named,
-            // so every edge agrees which shield owns a key.
-            let list: Vec<String> = shield_relays
-                .iter()
-                .enumerate()
-                .map(|(i, r)| format!("{{ name = \"shield-{}\", url = \"http://{}\" }}", i + 1, r.addr))
-                .collect();
-            let ip = format!("127.0.0.{}", 51 + i);
-            let cfg = load_node(
-                &d,
-                &name,
-                &format!(
-                    "[node]\nname = \"{name}\"\nrole = \"edge\"\npop = \"{pop}\"\nlatitude = {lat}\nlongitude = {lon}\n\
-                     access_log = \"off\"\n[listen]\nhttp = [\"{ip}:0\"]\n\
-                     [cache]\nmemory = \"16MiB\"\ndisk = \"64MiB\"\npath = \"cache-{name}\"\n\
-                     [upstream]\nshields = [{}]\nprobe_interval = \"200ms\"\n\
-                     [control]\nurl = \"http://{}\"\ntoken_file = \"node.token\"\n",
-                    list.join(", "),
-                    control_relay.addr
-                ),
-            );
-            let node = outpost_edge::bind(&cfg).await.unwrap();
-            let addr = node.http_addrs()[0];
-            edges.push(Edge { name, addr, cfg, node: Some(Running::spawn(node)), shield_relays, control_relay });
-        }
-
-        let dns_relay = Relay::start(control).await;
-        std::fs::create_dir_all(d.join("geoip")).unwrap();
-        let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/geoip/sample.mmdb");
-        std::fs::copy(sample, d.join("geoip/sample.mmdb")).unwrap();
-        let mut dns_text = format!(
-            "[node]\nname = \"dns\"\nrole = \"dns\"\n[listen]\ndns = \"127.0.0.1:0\"\n\
-             [dns]\nzone = \"cdn.test.\"\nttl = \"30s\"\ngeoip = \"geoip/sample.mmdb\"\ndefault_pop = \"fra\"\nsites = [\"shop\"]\n\
-             [dns.continents]\nEU = \"fra\"\nNA = \"iad\"\nAS = \"sin\"\n\
-             [control]\nurl = \"http://{}\"\ntoken_file = \"node.token\"\n",
-            dns_relay.addr
-        );
-        for (pop, lat, lon) in POPS {
-            dns_text.push_str(&format!(
-                "[[dns.pop]]\nname = \"{pop}\"\nlatitude = {lat}\nlongitude = {lon}\nnetworks = [\"127.0.0.0/8\"]\n"
-            ));
-        }
-        let dns_cfg = load_node(&d, "dns", &dns_text);
-        let dns_node = outpost_control::dns::DnsNode::bind(&dns_cfg).await.unwrap();
-        let dns = dns_node.addr();
-        tokio::spawn(dns_node.run(stop.clone()));
-
+        let shields = start_shields(&d, control).await;
+        let edges = start_edges(&d, control, &shields).await;
+        let (dns, dns_relay) = start_dns(&d, control, &stop).await;
         let t = Topology {
             dir,
             origin,
@@ -498,4 +405,114 @@ pub async fn dns_a(dns: SocketAddr, name: &str) -> Vec<IpAddr> {
             _ => None,
         })
         .collect()
+}
+
+/// The control plane, in this process or (`own_process`) as its own.
+async fn start_control(d: &Path, own_process: bool, stop: &CancellationToken) -> (SocketAddr, Option<Process>) {
+    let listen = if own_process { free_addr() } else { "127.0.0.1:0".parse().unwrap() };
+    let cfg = load_node(
+        d,
+        "control",
+        &format!(
+            "[node]\nname = \"control\"\nrole = \"control\"\n[listen]\nhttp = [\"{listen}\"]\n\
+             [store]\npath = \"control.redb\"\n[auth]\nadmin_token_file = \"admin.token\"\nnode_token_file = \"node.token\"\n"
+        ),
+    );
+    if own_process {
+        let file = d.join("control.toml");
+        let p = Process::spawn(&["control", "--config", file.to_str().unwrap()]);
+        wait_listening(listen, "the control plane").await;
+        return (listen, Some(p));
+    }
+    let control_node = outpost_control::node::ControlNode::bind(&cfg).await.unwrap();
+    let addr = control_node.addr();
+    tokio::spawn(control_node.run(stop.clone()));
+    (addr, None)
+}
+
+/// Two shields, each following the control plane through its own relay.
+async fn start_shields(d: &Path, control: SocketAddr) -> Vec<Shield> {
+    let mut shields = Vec::new();
+    for i in 1..=2 {
+        let name = format!("shield-{i}");
+        let listen = free_addr();
+        let control_relay = Relay::start(control).await;
+        let cfg = load_node(
+            d,
+            &name,
+            &format!(
+                "[node]\nname = \"{name}\"\nrole = \"shield\"\naccess_log = \"off\"\n[listen]\nhttp = [\"{listen}\"]\n\
+                 [cache]\nmemory = \"16MiB\"\ndisk = \"64MiB\"\npath = \"cache-{name}\"\n\
+                 [control]\nurl = \"http://{}\"\ntoken_file = \"node.token\"\n",
+                control_relay.addr
+            ),
+        );
+        let mut shield = Shield { listen, cfg, node: None, _control_relay: control_relay };
+        shield.start().await;
+        shields.push(shield);
+    }
+    shields
+}
+
+/// An edge in each of [`POPS`], reaching every shield and the control
+/// plane through relays of its own.
+async fn start_edges(d: &Path, control: SocketAddr, shields: &[Shield]) -> Vec<Edge> {
+    let mut edges = Vec::new();
+    for (i, (pop, lat, lon)) in POPS.iter().enumerate() {
+        let name = format!("edge-{pop}");
+        let mut shield_relays = Vec::new();
+        for s in shields {
+            shield_relays.push(Relay::start(s.listen).await);
+        }
+        let control_relay = Relay::start(control).await;
+        // Named, so every edge agrees which shield owns a key.
+        let list: Vec<String> = shield_relays
+            .iter()
+            .enumerate()
+            .map(|(i, r)| format!("{{ name = \"shield-{}\", url = \"http://{}\" }}", i + 1, r.addr))
+            .collect();
+        let ip = format!("127.0.0.{}", 51 + i);
+        let cfg = load_node(
+            d,
+            &name,
+            &format!(
+                "[node]\nname = \"{name}\"\nrole = \"edge\"\npop = \"{pop}\"\nlatitude = {lat}\nlongitude = {lon}\n\
+                 access_log = \"off\"\n[listen]\nhttp = [\"{ip}:0\"]\n\
+                 [cache]\nmemory = \"16MiB\"\ndisk = \"64MiB\"\npath = \"cache-{name}\"\n\
+                 [upstream]\nshields = [{}]\nprobe_interval = \"200ms\"\n\
+                 [control]\nurl = \"http://{}\"\ntoken_file = \"node.token\"\n",
+                list.join(", "),
+                control_relay.addr
+            ),
+        );
+        let node = outpost_edge::bind(&cfg).await.unwrap();
+        let addr = node.http_addrs()[0];
+        edges.push(Edge { name, addr, cfg, node: Some(Running::spawn(node)), shield_relays, control_relay });
+    }
+    edges
+}
+
+/// The geo-DNS node with the sample database, one PoP per edge.
+async fn start_dns(d: &Path, control: SocketAddr, stop: &CancellationToken) -> (SocketAddr, Relay) {
+    let dns_relay = Relay::start(control).await;
+    std::fs::create_dir_all(d.join("geoip")).unwrap();
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/geoip/sample.mmdb");
+    std::fs::copy(sample, d.join("geoip/sample.mmdb")).unwrap();
+    let mut dns_text = format!(
+        "[node]\nname = \"dns\"\nrole = \"dns\"\n[listen]\ndns = \"127.0.0.1:0\"\n\
+         [dns]\nzone = \"cdn.test.\"\nttl = \"30s\"\ngeoip = \"geoip/sample.mmdb\"\ndefault_pop = \"fra\"\nsites = [\"shop\"]\n\
+         [dns.continents]\nEU = \"fra\"\nNA = \"iad\"\nAS = \"sin\"\n\
+         [control]\nurl = \"http://{}\"\ntoken_file = \"node.token\"\n",
+        dns_relay.addr
+    );
+    for (pop, lat, lon) in POPS {
+        dns_text.push_str(&format!(
+            "[[dns.pop]]\nname = \"{pop}\"\nlatitude = {lat}\nlongitude = {lon}\nnetworks = [\"127.0.0.0/8\"]\n"
+        ));
+    }
+    let dns_cfg = load_node(d, "dns", &dns_text);
+    let dns_node = outpost_control::dns::DnsNode::bind(&dns_cfg).await.unwrap();
+    let dns = dns_node.addr();
+    tokio::spawn(dns_node.run(stop.clone()));
+    (dns, dns_relay)
 }

@@ -17,11 +17,13 @@
 //! What a server does with a request is its [`Handler`]'s business.
 //!
 //! [`control`] is the one client of the control-plane API; [`metrics`]
-//! the process's exporter, which the program installs.
+//! the process's exporter, which the program installs; [`multipart`] the
+//! layout of a response with several ranges.
 
 pub mod control;
 pub mod h1;
 pub mod metrics;
+pub mod multipart;
 
 mod conn;
 mod server;

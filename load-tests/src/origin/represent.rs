@@ -14,6 +14,7 @@ use http::{Method, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::Frame;
+use outpost_net::multipart::{Part, byteranges};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::content;
@@ -178,33 +179,14 @@ impl Repr {
         // Several ranges: multipart/byteranges, assembled as a list of parts
         // that stream one after another.
         let boundary = format!("OUTPOST{:016x}", self.len ^ 0x5eed_5eed);
-        let content_type = self.headers.get(header::CONTENT_TYPE).cloned();
-        let mut parts: Vec<(Bytes, Option<(u64, u64)>)> = Vec::new();
-        let mut total = 0u64;
-        for r in &ranges {
-            let mut head = format!("\r\n--{boundary}\r\n");
-            if let Some(ct) = content_type.as_ref().and_then(|v| v.to_str().ok()) {
-                head.push_str(&format!("Content-Type: {ct}\r\n"));
-            }
-            head.push_str(&format!("Content-Range: bytes {}-{}/{}\r\n\r\n", r.start(), r.end(), self.len));
-            total += head.len() as u64 + (r.end() - r.start() + 1);
-            parts.push((Bytes::from(head), None));
-            parts.push((Bytes::new(), Some((*r.start(), *r.end() + 1))));
-        }
-        let tail = Bytes::from(format!("\r\n--{boundary}--\r\n"));
-        total += tail.len() as u64;
-        parts.push((tail, None));
-        let mut headers = resp.headers_mut().clone();
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(total));
-        if let Ok(v) = HeaderValue::from_str(&format!("multipart/byteranges; boundary={boundary}")) {
-            headers.insert(header::CONTENT_TYPE, v);
-        }
-        *resp.headers_mut() = headers;
+        let multipart = byteranges(&boundary, self.headers.get(header::CONTENT_TYPE), &ranges, self.len);
+        resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(multipart.len));
+        resp.headers_mut().insert(header::CONTENT_TYPE, multipart.content_type);
         if method != Method::HEAD {
             let repr = Arc::new(self);
-            let stream = futures_util::stream::iter(parts).flat_map(move |(head, range)| match range {
-                None => futures_util::stream::once(async move { Ok(Frame::data(head)) }).boxed(),
-                Some((start, end)) => Repr::frames(Arc::clone(&repr), start, end).boxed(),
+            let stream = futures_util::stream::iter(multipart.parts).flat_map(move |part| match part {
+                Part::Text(text) => futures_util::stream::once(async move { Ok(Frame::data(text)) }).boxed(),
+                Part::Range(start, end) => Repr::frames(Arc::clone(&repr), start, end).boxed(),
             });
             *resp.body_mut() = StreamBody::new(stream).boxed_unsync();
         }

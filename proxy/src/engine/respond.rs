@@ -14,6 +14,7 @@ use http::{Method, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::Frame;
 use outpost_config::Site;
+use outpost_net::multipart::{Part, byteranges};
 
 use super::context::{Answer, Ctx};
 use super::flight::{Flight, SharedHead};
@@ -242,32 +243,17 @@ fn partial(
     }
     let boundary = format!("OUTPOST-{:016x}", xxhash_rust::xxh3::xxh3_64(&len.to_le_bytes()));
     let content_type = headers.remove(header::CONTENT_TYPE);
-    let mut total = 0u64;
-    let mut parts: Vec<(Bytes, Option<(u64, u64)>)> = Vec::new();
-    for r in ranges {
-        let mut head = format!("\r\n--{boundary}\r\n");
-        if let Some(ct) = content_type.as_ref().and_then(|v| v.to_str().ok()) {
-            head.push_str(&format!("Content-Type: {ct}\r\n"));
-        }
-        head.push_str(&format!("Content-Range: bytes {}-{}/{len}\r\n\r\n", r.start(), r.end()));
-        total += head.len() as u64 + (r.end() - r.start() + 1);
-        parts.push((Bytes::from(head), None));
-        parts.push((Bytes::new(), Some((*r.start(), *r.end() + 1))));
-    }
-    let tail = Bytes::from(format!("\r\n--{boundary}--\r\n"));
-    total += tail.len() as u64;
-    parts.push((tail, None));
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(total));
-    if let Ok(v) = HeaderValue::from_str(&format!("multipart/byteranges; boundary={boundary}")) {
-        headers.insert(header::CONTENT_TYPE, v);
-    }
+    let multipart = byteranges(&boundary, content_type.as_ref(), ranges, len);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(multipart.len));
+    headers.insert(header::CONTENT_TYPE, multipart.content_type);
     *resp.headers_mut() = headers;
     if method != Method::HEAD {
-        let bodies: Vec<Body> = parts
+        let bodies: Vec<Body> = multipart
+            .parts
             .into_iter()
-            .map(|(head, range)| match range {
-                None => full(head),
-                Some((s, e)) => source.range(s, Some(e)),
+            .map(|part| match part {
+                Part::Text(text) => full(text),
+                Part::Range(s, e) => source.range(s, Some(e)),
             })
             .collect();
         let frames = futures_util::stream::iter(bodies).flat_map(|b| b.into_data_stream());

@@ -154,6 +154,38 @@ def start_origin(binary):
     return origin
 
 
+def edge_toml(listen, cache, extra=""):
+    """An edge node file serving the bench site from the origin directly:
+    `listen` and `cache` are the bodies of those sections, `extra` more
+    sections."""
+    return f"""
+[node]
+name = "edge-bench"
+role = "edge"
+pop = "bench"
+latitude = 0.0
+longitude = 0.0
+sites = ["bench.site.toml"]
+access_log = "off"
+[listen]
+{listen}
+{extra}[cache]
+{cache}
+[upstream]
+mode = "origin"
+"""
+
+
+def arguments(duration=10):
+    """The options every bench script takes."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--outpost", required=True, help="the outpost binary to measure")
+    ap.add_argument("--duration", type=int, default=duration, help="seconds per run")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved runs per server")
+    ap.add_argument("--connections", type=int, default=64)
+    return ap
+
+
 def configs(work):
     nginx = nginx_conf(work, f"127.0.0.1:{PORTS['nginx']}",
                        location_extra="      add_header Cache-Status $upstream_cache_status;")
@@ -170,33 +202,13 @@ default_ttl = "1h"
     edges = {}
     for name in ("outpost", "before"):
         edges[name] = os.path.join(work, f"edge-{name}.toml")
-        open(edges[name], "w").write(f"""
-[node]
-name = "edge-bench"
-role = "edge"
-pop = "bench"
-latitude = 0.0
-longitude = 0.0
-sites = ["bench.site.toml"]
-access_log = "off"
-[listen]
-http = ["127.0.0.1:{PORTS[name]}"]
-[cache]
-memory = "256MiB"
-disk = "1GiB"
-path = "edge-cache-{name}"
-[upstream]
-mode = "origin"
-""")
+        open(edges[name], "w").write(edge_toml(f'http = ["127.0.0.1:{PORTS[name]}"]',
+                                               f'memory = "256MiB"\ndisk = "1GiB"\npath = "edge-cache-{name}"'))
     return nginx, edges
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--outpost", required=True)
-    ap.add_argument("--duration", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--connections", type=int, default=64)
+    ap = arguments()
     ap.add_argument("--sizes", default="1KiB,100KiB")
     ap.add_argument("--baseline", help="another outpost binary to run as 'before'")
     args = ap.parse_args()

@@ -4,7 +4,6 @@ core (CPU 1), drive the same Outpost edge (CPU 0) with 1 KiB cache hits over
 64 keep-alive connections for a fixed time. Reports the medians of the
 repeats and the ratio of their request rates.
 """
-import argparse
 import json
 import os
 import shutil
@@ -15,7 +14,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import HOST, PORTS, configs, get, start, start_origin, stop, wrk  # noqa: E402
+from compare import HOST, PORTS, arguments, configs, get, start, start_origin, stop, wrk  # noqa: E402
 
 
 def outpost_load(binary, work, seconds, conns, path):
@@ -39,12 +38,7 @@ path = "{path.split('?')[0]}?{path.split('?')[1]}"
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--outpost", required=True)
-    ap.add_argument("--duration", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--connections", type=int, default=64)
-    args = ap.parse_args()
+    args = arguments(duration=8).parse_args()
     work = tempfile.mkdtemp(prefix="outpost-loadgen-")
     _, edge_conf = configs(work)
     origin = start_origin(args.outpost)

@@ -10,7 +10,6 @@ on CPU 1:
 Both servers use the same ECDSA P-256 certificate and offer TLS 1.3. Reports
 medians of the repeats and Outpost's ratios to nginx, per CPU-second.
 """
-import argparse
 import os
 import shutil
 import signal
@@ -20,7 +19,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import ORIGIN, cpu_seconds, nginx_conf, start, start_origin, stop, wrk  # noqa: E402
+from compare import ORIGIN, arguments, cpu_seconds, edge_toml, nginx_conf, start, start_origin, stop, wrk  # noqa: E402
 
 PORTS = {"outpost": 18443, "nginx": 18444}
 HOST = "bench.test"
@@ -50,37 +49,15 @@ cert = "cert.pem"
 key = "key.pem"
 """)
     edge = os.path.join(work, "edge.toml")
-    open(edge, "w").write(f"""
-[node]
-name = "edge-bench"
-role = "edge"
-pop = "bench"
-latitude = 0.0
-longitude = 0.0
-sites = ["bench.site.toml"]
-access_log = "off"
-[listen]
-https = ["127.0.0.1:{PORTS['outpost']}"]
-[tls]
-# wrk connects by address and sends no server name.
-unknown_sni = "default"
-cert = "cert.pem"
-key = "key.pem"
-[cache]
-memory = "256MiB"
-[upstream]
-mode = "origin"
-""")
+    # wrk connects by address and sends no server name.
+    tls = 'unknown_sni = "default"\ncert = "cert.pem"\nkey = "key.pem"\n'
+    open(edge, "w").write(edge_toml(f"https = [\"127.0.0.1:{PORTS['outpost']}\"]", 'memory = "256MiB"',
+                                    extra=f"[tls]\n{tls}"))
     return nginx, edge
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--outpost", required=True)
-    ap.add_argument("--duration", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--connections", type=int, default=64)
-    args = ap.parse_args()
+    args = arguments().parse_args()
     work = tempfile.mkdtemp(prefix="outpost-tls-bench-")
     nginx_conf, edge_conf = configs(work)
     origin = start_origin(args.outpost)

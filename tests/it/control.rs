@@ -339,15 +339,10 @@ async fn the_registry_holds_only_what_nodes_can_truly_claim_and_forgets_the_sile
     // Once its stream is gone and it stays silent past the expiry, the node
     // leaves the registry.
     drop(stream);
-    let started = std::time::Instant::now();
-    loop {
-        let nodes = call(Method::GET, &api("/v1/nodes"), Some(&admin), None, "").await.json();
-        if nodes.as_array().unwrap().is_empty() {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(5), "still registered: {nodes}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("the node to leave the registry", || async {
+        call(Method::GET, &api("/v1/nodes"), Some(&admin), None, "").await.json().as_array().unwrap().is_empty()
+    })
+    .await;
     stop.cancel();
 }
 
@@ -466,9 +461,9 @@ async fn the_store_keeps_sites_log_and_purges_across_a_restart() {
             .await;
     assert_eq!(p.status, StatusCode::ACCEPTED);
     stop.cancel();
-    // Release the store file, then open it again.
+    // The server's tasks have ended and released the store file: open it again.
+    eventually("the control plane to stop", || async { Arc::strong_count(&control) == 1 }).await;
     drop(control);
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let stop = CancellationToken::new();
     let (addr, _) = start_control(dir.path(), &stop).await;
     let sites = call(Method::GET, &format!("http://{addr}/v1/sites"), Some(&admin), None, "").await.json();
@@ -500,7 +495,10 @@ async fn a_node_behind_the_compacted_log_takes_a_snapshot_and_serves_nothing_pur
     // The edge goes away; meanwhile its object is purged and the log moves
     // on past what it keeps.
     edge_stop.cancel();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("the edge to leave", || async {
+        call(Method::GET, &api("/v1/nodes"), Some(&admin), None, "").await.json()[0]["connected"] == false
+    })
+    .await;
     for tag in ["old", "a", "b", "c"] {
         let body = format!(r#"{{"site": "shop", "tags": ["{tag}"]}}"#);
         assert_eq!(call(Method::POST, &api("/v1/purge"), Some(&admin), None, &body).await.status, StatusCode::ACCEPTED);
@@ -584,10 +582,10 @@ async fn cut_off_past_its_grace_a_node_revalidates_hits_and_serves_stale_when_th
     assert!(engine.partitioned_for().is_none());
 
     control_stop.cancel();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // No heartbeat can arrive once the control plane has stopped listening.
+    eventually("the control plane to stop", || async { tokio::net::TcpStream::connect(control).await.is_err() }).await;
     // Inside the grace a hit is still a hit; past it, hits are revalidated.
     engine.clock.advance(Duration::from_secs(7));
-    eprintln!("DEBUG partitioned_for {:?}", engine.partitioned_for());
     let r = get().await;
     let cs = r.headers["cache-status"].to_str().unwrap().to_string();
     assert!(cs.contains("; hit") && cs.contains("partitioned="), "inside the grace: {cs}");

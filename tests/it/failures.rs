@@ -276,20 +276,20 @@ async fn dns_stops_answering_a_stopped_edge_and_resumes() {
 #[test]
 fn two_control_planes_on_one_store_the_second_refuses() {
     let dir = tempfile::tempdir().unwrap();
-    let port = |_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let file = |name: &str, p: u16| {
+    let file = |name: &str, listen: std::net::SocketAddr| {
         let f = dir.path().join(format!("{name}.toml"));
         std::fs::write(
             &f,
             format!(
-                "[node]\nname = \"{name}\"\nrole = \"control\"\n[listen]\nhttp = [\"127.0.0.1:{p}\"]\n\
+                "[node]\nname = \"{name}\"\nrole = \"control\"\n[listen]\nhttp = [\"{listen}\"]\n\
                  [store]\npath = \"shared.redb\"\n[auth]\nadmin_token_file = \"admin.token\"\nnode_token_file = \"node.token\"\n"
             ),
         )
         .unwrap();
         f
     };
-    let (a, b) = (file("control-a", port(0)), file("control-b", port(1)));
+    let first_listen = crate::topology::free_addr();
+    let (a, b) = (file("control-a", first_listen), file("control-b", crate::topology::free_addr()));
     let mut first = std::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
         .args(["control", "--config"])
         .arg(&a)
@@ -297,12 +297,12 @@ fn two_control_planes_on_one_store_the_second_refuses() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    // Listening means its store is open.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !dir.path().join("admin.token").exists() {
+    while std::net::TcpStream::connect(first_listen).is_err() {
         assert!(Instant::now() < deadline, "the first control plane did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    std::thread::sleep(Duration::from_millis(200));
     let second = std::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
         .args(["control", "--config"])
         .arg(&b)
@@ -378,9 +378,8 @@ async fn an_edge_killed_under_load_restarts_with_a_consistent_disk() {
     use crate::relay::Relay;
     use crate::topology::{Process, wait_listening};
     let t = Topology::start().await;
-    let ip: std::net::IpAddr = "127.0.0.54".parse().unwrap();
-    let listen =
-        std::net::SocketAddr::new(ip, std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port());
+    let listen = crate::topology::free_addr();
+    let ip = listen.ip();
     let mut relays = Vec::new();
     for s in &t.shields {
         relays.push(Relay::start(s.listen).await);

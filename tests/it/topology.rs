@@ -20,7 +20,7 @@ use crate::relay::Relay;
 pub const SITE_HOST: &str = "shop.test";
 const POPS: [(&str, f64, f64); 3] = [("fra", 50.11, 8.68), ("iad", 38.95, -77.45), ("sin", 1.35, 103.99)];
 
-pub use outpost_testkit::Reply;
+pub use outpost_testkit::{Reply, free_addr};
 
 /// One request, with `host` as its Host (the URL's when empty); `Err` when
 /// there was no response (or it broke off).
@@ -105,10 +105,6 @@ impl Drop for Topology {
     fn drop(&mut self) {
         self.stop.cancel();
     }
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
 /// The site every scenario uses: objects from the origin (through its

@@ -1,8 +1,8 @@
 //! Outpost's black-box test tooling: the test origin ([`origin`]), the
 //! deterministic content it serves ([`content`]) and a byte-exact recording
-//! origin ([`raw`]). It talks HTTP only and
-//! depends on no engine crate, so it measures Outpost the way a customer's
-//! origin and clients see it.
+//! origin ([`raw`]). It talks HTTP only and depends on no engine crate
+//! (only on `outpost-net`, for the layout of multipart range bodies), so it
+//! measures Outpost the way a customer's origin and clients see it.
 
 pub mod content;
 pub mod origin;

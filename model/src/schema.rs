@@ -1,6 +1,6 @@
 //! Every section and key of node and site files, declared once.
 //!
-//! The readers in `node.rs` and `site.rs` ask for keys by name; a key they
+//! The readers in `node/read.rs` and `site/read.rs` ask for keys by name; a key they
 //! ask for that is not declared here fails every test that reads it (a
 //! debug assertion in `Table`), and a test writes a file with every key
 //! declared here and checks that each is read. Which sections and

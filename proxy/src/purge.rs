@@ -1,4 +1,4 @@
-//! Purges as timestamped rules, checked at lookup (DESIGN.md "Purge").
+//! Purges as timestamped rules, checked when a stored object is served.
 //!
 //! A purge records "everything matching X stored before T is invalid (hard)
 //! or stale (soft)". A purge costs nothing per stored object; a lookup costs

@@ -1,4 +1,5 @@
-//! The control plane's HTTP API under `/v1/` (DESIGN.md "Interfaces").
+//! The control plane's HTTP API under `/v1/`; its wire types are
+//! `outpost_config::api`.
 //!
 //! Operators use the admin token; nodes use the node token for the event
 //! stream and acknowledgements. Tokens are compared in constant time and

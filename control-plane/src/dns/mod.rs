@@ -1,5 +1,5 @@
 //! The geo-IP DNS server: authoritative for the CDN's zone, steering each
-//! client to the nearest healthy PoP (DESIGN.md "Geo-IP DNS").
+//! client to the nearest healthy PoP.
 //!
 //! UDP and TCP on one address. The MaxMind file is checked for changes every
 //! [`RELOAD_CHECK`] and swapped without dropping queries; a bad replacement

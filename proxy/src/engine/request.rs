@@ -7,9 +7,9 @@
 //! 3. **site** — by the checked host: none is 400, an unknown one 421 and
 //!    never proxied; an `https_only` site sends plain HTTP to HTTPS (308);
 //! 4. **key** — normalised path, shaped query, the scope the origin sees;
-//! 5. **lookup** — memory, then disk, then `Vary`, then the purge rules
-//!    ([`super::lookup`]);
-//! 6. **serve** — a fresh hit, or stale-while-revalidate ([`super::lookup`]);
+//! 5. **lookup** — memory, then disk, then `Vary` ([`super::lookup`]);
+//! 6. **serve** — the purge rules, then a fresh hit or
+//!    stale-while-revalidate ([`super::lookup`]);
 //! 7. **fetch** — join the key's flight or lead it ([`super::wait`]);
 //! 8. **fail over** — stale-if-error, or an error response ([`super::wait`]);
 //! 9. **log** — `Cache-Status`, metrics, access log ([`finish`]).

@@ -1,7 +1,6 @@
-//! Every response the engine sends is built here: responses from a stored or
-//! in-flight object (conditional requests, ranges, HEAD, `Age`, header
-//! rules) and the node's own answers (errors, 421, 400), so each status the
-//! node decides is decided in one place.
+//! Responses from a stored or in-flight object: conditional requests,
+//! ranges, HEAD, `Age`, the site's header rules. The node's own answers
+//! (errors, 421, 400, redirects) are built in `crate::error`.
 
 use std::io;
 use std::sync::Arc;

@@ -314,6 +314,8 @@ async fn a_client_that_stops_reading_slows_nobody_and_is_cut_off() {
     let first = started.elapsed();
     assert_eq!(r.body.len(), 50 << 20);
     assert_origin_bytes("/stall", &r.body);
+    // A moment later: the fill has finished and the object is stored.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let started = std::time::Instant::now();
     let later = edge.get(path).await;
     let second = started.elapsed();

@@ -67,7 +67,7 @@ impl ControlNode {
         let RoleConfig::Control(cfg) = &node.role else {
             return Err(ControlError::NotControl(node.file.display().to_string()));
         };
-        let store = Store::open(&cfg.store)?;
+        let store = Store::open_file(&cfg.store).await?;
         let admin = token(&cfg.admin_token_file)?;
         let nodes = token(&cfg.node_token_file)?;
         let tls = match (&node.listen.https.first(), &node.tls.cert) {
@@ -82,7 +82,7 @@ impl ControlNode {
             .copied()
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7000)));
         let listener = TcpListener::bind(addr).await.map_err(|source| ControlError::Bind { addr, source })?;
-        let control = Control::new(store, admin, nodes, cfg.log_retention, cfg.node_expiry);
+        let control = Control::new(store, admin, nodes, cfg.log_retention, cfg.node_expiry).await?;
         let server = outpost_net::ServerConfig { name: node.name.as_str().into(), limits: node.limits };
         Ok(ControlNode { control, listener, server, tls })
     }
@@ -115,10 +115,9 @@ impl ControlNode {
                     _ = stopped.cancelled() => return,
                     _ = sweep.tick() => {}
                 }
-                let c = Arc::clone(&control);
-                match tokio::task::spawn_blocking(move || c.expire_nodes()).await {
-                    Ok(Ok(gone)) if !gone.is_empty() => tracing::info!(nodes = ?gone, "silent nodes left the registry"),
-                    Ok(Err(e)) => tracing::warn!(error = %e.detail, "registry sweep failed"),
+                match control.expire_nodes().await {
+                    Ok(gone) if !gone.is_empty() => tracing::info!(nodes = ?gone, "silent nodes left the registry"),
+                    Err(e) => tracing::warn!(error = %e.detail, "registry sweep failed"),
                     _ => {}
                 }
             }

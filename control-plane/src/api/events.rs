@@ -82,7 +82,7 @@ pub(super) async fn stream(
     let addrs = check(&q)?;
     // Subscribe before reading the backlog, so nothing falls in between.
     let rx = c.events.subscribe();
-    let (backlog, cursor, last) = backlog(&c.store, q.after)?;
+    let (backlog, cursor, last) = backlog(&c.store, q.after).await?;
     register(&c, &q, addrs, last).await?;
     *c.connected.lock().unwrap_or_else(|p| p.into_inner()).entry(q.node.clone()).or_default() += 1;
     let conn = Connection { control: Arc::clone(&c), node: q.node };
@@ -111,22 +111,23 @@ fn check(q: &StreamQuery) -> Result<Vec<String>, ApiError> {
 /// The lines a node that has applied through `after` needs: a snapshot when
 /// the log no longer reaches back that far, then every later event. Also
 /// the last sequence sent and the log's end.
-fn backlog(store: &Store, after: u64) -> Result<(Vec<Bytes>, u64, u64), ApiError> {
-    let first = store.first_seq().map_err(ApiError::internal)?;
-    let last = store.last_seq().map_err(ApiError::internal)?;
+async fn backlog(store: &Store, after: u64) -> Result<(Vec<Bytes>, u64, u64), ApiError> {
+    let first = store.first_seq().await.map_err(ApiError::from)?;
+    let last = store.last_seq().await.map_err(ApiError::from)?;
     let mut lines = Vec::new();
     let mut cursor = after.min(last);
     if after.saturating_add(1) < first && last > 0 {
         let sites = store
             .sites()
-            .map_err(ApiError::internal)?
+            .await
+            .map_err(ApiError::from)?
             .into_iter()
             .map(|s| SiteSnapshot { id: s.id, version: s.version, toml: s.toml })
             .collect();
         lines.push(line(&StreamLine::Snapshot { seq: last, sites }));
         cursor = last;
     }
-    for record in store.events_after(cursor, usize::MAX).map_err(ApiError::internal)? {
+    for record in store.events_after(cursor, usize::MAX).await.map_err(ApiError::from)? {
         cursor = record.seq;
         lines.push(line(&StreamLine::Event { record }));
     }
@@ -135,8 +136,8 @@ fn backlog(store: &Store, after: u64) -> Result<(Vec<Bytes>, u64, u64), ApiError
 
 /// Records the node in the registry, keeping what it acknowledged before.
 async fn register(c: &Control, q: &StreamQuery, addrs: Vec<String>, last: u64) -> Result<(), ApiError> {
-    let store = c.store.clone();
-    let previous = store.nodes().map_err(ApiError::internal)?.remove(&q.node);
+    let store = &c.store;
+    let previous = store.nodes().await.map_err(ApiError::from)?.remove(&q.node);
     let node = NodeRecord {
         name: q.node.clone(),
         role: q.role,
@@ -147,7 +148,7 @@ async fn register(c: &Control, q: &StreamQuery, addrs: Vec<String>, last: u64) -
         last_contact_ms: now_ms(),
         load_rps: previous.and_then(|p| p.load_rps),
     };
-    super::blocking(move || store.put_node(&node).map_err(ApiError::internal)).await
+    store.put_node(&node).await.map_err(ApiError::from)
 }
 
 /// The stream body: the backlog, then each live event after `cursor`, with
@@ -180,7 +181,7 @@ fn lines(
                         Err(RecvError::Lagged(_)) | Err(RecvError::Closed) => return None,
                     },
                     _ = heartbeat.tick() => {
-                        break StreamLine::Heartbeat { seq: conn.control.store.last_seq().unwrap_or(cursor) };
+                        break StreamLine::Heartbeat { seq: conn.control.store.last_seq().await.unwrap_or(cursor) };
                     }
                 }
             };
@@ -196,7 +197,7 @@ pub(super) async fn ack(
 ) -> Result<StatusCode, ApiError> {
     c.node(&headers)?;
     let a: Ack = super::json_body(&body)?;
-    let last = c.store.last_seq().map_err(ApiError::internal)?;
+    let last = c.store.last_seq().await.map_err(ApiError::from)?;
     if a.seq > last {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -204,19 +205,19 @@ pub(super) async fn ack(
             format!("event {} does not exist yet; the log ends at {last}", a.seq),
         ));
     }
-    let store = c.store.clone();
     let node = a.node.clone();
-    let known = super::blocking(move || {
-        let Some(mut n) = store.nodes().map_err(ApiError::internal)?.remove(&a.node) else { return Ok(false) };
-        n.acked_seq = n.acked_seq.max(a.seq);
-        n.last_contact_ms = now_ms();
-        if a.load_rps.is_some() {
-            n.load_rps = a.load_rps;
+    let known = match c.store.nodes().await.map_err(ApiError::from)?.remove(&a.node) {
+        Some(mut n) => {
+            n.acked_seq = n.acked_seq.max(a.seq);
+            n.last_contact_ms = now_ms();
+            if a.load_rps.is_some() {
+                n.load_rps = a.load_rps;
+            }
+            c.store.put_node(&n).await.map_err(ApiError::from)?;
+            true
         }
-        store.put_node(&n).map_err(ApiError::internal)?;
-        Ok(true)
-    })
-    .await?;
+        None => false,
+    };
     if !known {
         // Only a node that opened its stream is in the registry.
         return Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_node", format!("no node `{node}` is registered")));

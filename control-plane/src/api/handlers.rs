@@ -17,11 +17,11 @@ use crate::store::{PurgeRecord, now_ms};
 type Shared = State<Arc<Control>>;
 
 pub(super) async fn healthz(State(c): Shared) -> Json<Health> {
-    Json(Health { status: "ok".into(), seq: c.store.last_seq().unwrap_or(0) })
+    Json(Health { status: "ok".into(), seq: c.store.last_seq().await.unwrap_or(0) })
 }
 
 pub(super) async fn metrics(State(c): Shared) -> Response {
-    if let Err(e) = c.refresh_gauges() {
+    if let Err(e) = c.refresh_gauges().await {
         tracing::warn!(error = %e.detail, "control-plane gauges not refreshed");
     }
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], outpost_net::metrics::render()).into_response()
@@ -33,7 +33,7 @@ pub(super) async fn not_found() -> ApiError {
 
 pub(super) async fn list_sites(State(c): Shared, headers: HeaderMap) -> Result<Json<Vec<SiteSummary>>, ApiError> {
     c.admin(&headers)?;
-    let sites = c.store.sites().map_err(ApiError::internal)?;
+    let sites = c.store.sites().await.map_err(ApiError::from)?;
     Ok(Json(
         sites
             .into_iter()
@@ -53,7 +53,7 @@ pub(super) async fn get_site(
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
     c.admin(&headers)?;
-    match c.store.site(&id).map_err(ApiError::internal)? {
+    match c.store.site(&id).await.map_err(ApiError::from)? {
         Some(s) => Ok(Json(s).into_response()),
         None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no site `{id}`"))),
     }
@@ -73,14 +73,15 @@ fn validate(text: &str, name: &str) -> Result<Site, ApiError> {
 }
 
 async fn store_site(c: Arc<Control>, text: String, expected: Option<String>) -> Result<Response, ApiError> {
-    let stored = super::blocking(move || c.upsert_site_text(&text, expected.as_deref())).await?;
+    let stored = c.upsert_site_text(&text, expected.as_deref()).await?;
     Ok((StatusCode::CREATED, Json(stored)).into_response())
 }
 
 impl Control {
     /// Validates and stores a site file's text, logging a new version only
-    /// when the text changed. Used by the API and by `outpost up`.
-    pub fn upsert_site_text(&self, text: &str, expected: Option<&str>) -> Result<Stored, ApiError> {
+    /// when the text changed; 409 when another writer changed the site
+    /// meanwhile. Used by the API and by `outpost up`.
+    pub async fn upsert_site_text(&self, text: &str, expected: Option<&str>) -> Result<Stored, ApiError> {
         let c = self;
         let text = text.to_string();
         let site = validate(&text, "site.toml")?;
@@ -95,7 +96,7 @@ impl Control {
         }
         // Hosts must not collide with another site's.
         let mut sites: Vec<Site> = Vec::new();
-        for s in c.store.sites().map_err(ApiError::internal)? {
+        for s in c.store.sites().await.map_err(ApiError::from)? {
             if s.id != site.id
                 && let Ok(other) = Site::parse(Path::new(&s.id), &s.toml)
             {
@@ -108,19 +109,21 @@ impl Control {
             let detail = clashes.iter().map(|d| d.message.clone()).collect::<Vec<_>>().join("\n");
             return Err(ApiError::new(StatusCode::CONFLICT, "host_conflict", detail));
         }
-        if let Some(existing) = c.store.site(&site.id).map_err(ApiError::internal)?
+        let existing = c.store.site(&site.id).await.map_err(ApiError::from)?;
+        if let Some(existing) = &existing
             && existing.toml == text
         {
-            let seq = c.store.last_seq().map_err(ApiError::internal)?;
+            let seq = c.store.last_seq().await.map_err(ApiError::from)?;
             return Ok(Stored { id: site.id, version: existing.version, seq });
         }
-        let rec = c.store.upsert_site(&site.id, &text).map_err(ApiError::internal)?;
+        let base = existing.map(|s| s.version);
+        let rec = c.store.upsert_site(&site.id, &text, base).await.map_err(ApiError::from)?;
         let version = match &rec.event {
             outpost_config::Event::SiteUpserted { version, .. } => *version,
             _ => 0,
         };
         let seq = rec.seq;
-        c.publish(rec);
+        c.publish(rec).await;
         Ok(Stored { id: site.id, version, seq })
     }
 }
@@ -146,23 +149,19 @@ pub(super) async fn delete_site(
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
     c.admin(&headers)?;
-    let store = c.store.clone();
-    let deleted = {
-        let id = id.clone();
-        super::blocking(move || store.delete_site(&id).map_err(ApiError::internal)).await?
-    };
+    let deleted = c.store.delete_site(&id).await.map_err(ApiError::from)?;
     match deleted {
         Some(rec) => {
             let seq = rec.seq;
-            c.publish(rec);
+            c.publish(rec).await;
             Ok(Json(Deleted { id, deleted: true, seq }).into_response())
         }
         None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no site `{id}`"))),
     }
 }
 
-fn status(c: &Control, p: &PurgeRecord) -> Result<PurgeStatus, ApiError> {
-    let nodes = c.store.nodes().map_err(ApiError::internal)?;
+async fn status(c: &Control, p: &PurgeRecord) -> Result<PurgeStatus, ApiError> {
+    let nodes = c.store.nodes().await.map_err(ApiError::from)?;
     let mut acked = Vec::new();
     for name in nodes.keys() {
         if c.acked_seq(name) >= p.seq {
@@ -186,7 +185,7 @@ pub(super) async fn purge(State(c): Shared, headers: HeaderMap, body: bytes::Byt
     c.admin(&headers)?;
     let req: PurgeRequest = super::json_body(&body)?;
     let target = req.target().map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid_purge", m))?;
-    if c.store.site(&req.site).map_err(ApiError::internal)?.is_none() {
+    if c.store.site(&req.site).await.map_err(ApiError::from)?.is_none() {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no site `{}`", req.site)));
     }
     let token = super::bearer(&headers).unwrap_or_default().to_string();
@@ -197,11 +196,9 @@ pub(super) async fn purge(State(c): Shared, headers: HeaderMap, body: bytes::Byt
             "too many purges; batch URLs or wait a moment",
         ));
     }
-    let store = c.store.clone();
-    let (site, soft) = (req.site.clone(), req.soft);
-    let rec = super::blocking(move || store.add_purge(&site, target, soft).map_err(ApiError::internal)).await?;
-    if let Some(ev) = c.store.events_after(rec.seq - 1, 1).map_err(ApiError::internal)?.into_iter().next() {
-        c.publish(ev);
+    let rec = c.store.add_purge(&req.site, target, req.soft).await.map_err(ApiError::from)?;
+    if let Some(ev) = c.store.events_after(rec.seq - 1, 1).await.map_err(ApiError::from)?.into_iter().next() {
+        c.publish(ev).await;
     }
     if req.wait {
         let deadline = tokio::time::Instant::now() + req.timeout_ms.map_or(DEFAULT_PURGE_WAIT, Duration::from_millis);
@@ -216,7 +213,7 @@ pub(super) async fn purge(State(c): Shared, headers: HeaderMap, body: bytes::Byt
             }
         }
     }
-    let s = status(&c, &rec)?;
+    let s = status(&c, &rec).await?;
     let code = if req.wait && s.pending.is_empty() { StatusCode::OK } else { StatusCode::ACCEPTED };
     Ok((code, Json(s)).into_response())
 }
@@ -227,8 +224,8 @@ pub(super) async fn get_purge(
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
     c.admin(&headers)?;
-    match c.store.purge(&id).map_err(ApiError::internal)? {
-        Some(p) => Ok(Json(status(&c, &p)?).into_response()),
+    match c.store.purge(&id).await.map_err(ApiError::from)? {
+        Some(p) => Ok(Json(status(&c, &p).await?).into_response()),
         None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no purge `{id}`"))),
     }
 }
@@ -236,11 +233,11 @@ pub(super) async fn get_purge(
 pub(super) async fn nodes(State(c): Shared, headers: HeaderMap) -> Result<Json<Vec<NodeStatus>>, ApiError> {
     // Read by operators and by DNS servers (with the node token).
     c.admin(&headers).or_else(|_| c.node(&headers))?;
-    let last = c.store.last_seq().map_err(ApiError::internal)?;
+    let last = c.store.last_seq().await.map_err(ApiError::from)?;
     let connected = c.connected_nodes();
     let now = now_ms();
     let mut out = Vec::new();
-    for (name, mut n) in c.store.nodes().map_err(ApiError::internal)? {
+    for (name, mut n) in c.store.nodes().await.map_err(ApiError::from)? {
         n.acked_seq = n.acked_seq.max(c.acked_seq(&name));
         let s = NodeStatus {
             connected: connected.contains(&name),

@@ -21,7 +21,7 @@ use outpost_config::EventRecord;
 use outpost_config::api::{ErrorBody, paths};
 use tokio::sync::{broadcast, watch};
 
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// Largest request body: a site file or a purge of up to 1000 URLs.
 pub const MAX_BODY: usize = 1 << 20;
@@ -47,6 +47,15 @@ impl ApiError {
 
     fn internal(e: impl std::fmt::Display) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::Conflict(detail) => ApiError::new(StatusCode::CONFLICT, "conflict", detail),
+            other => ApiError::internal(other),
+        }
     }
 }
 
@@ -123,15 +132,15 @@ impl std::fmt::Debug for Control {
 }
 
 impl Control {
-    pub fn new(
+    pub async fn new(
         store: Store,
         admin_token: String,
         node_token: String,
         retention: u64,
         node_expiry: Duration,
-    ) -> Arc<Control> {
-        let acked = store.nodes().map(|n| n.into_iter().map(|(k, v)| (k, v.acked_seq)).collect()).unwrap_or_default();
-        Arc::new(Control {
+    ) -> Result<Arc<Control>, StoreError> {
+        let acked = store.nodes().await?.into_iter().map(|(k, v)| (k, v.acked_seq)).collect();
+        Ok(Arc::new(Control {
             store,
             admin_token,
             node_token,
@@ -143,7 +152,7 @@ impl Control {
             retention,
             node_expiry,
             closing: tokio_util::sync::CancellationToken::new(),
-        })
+        }))
     }
 
     fn admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -155,9 +164,9 @@ impl Control {
     }
 
     /// Publishes a committed event to the streams, then compacts the log.
-    pub(crate) fn publish(&self, rec: EventRecord) {
+    pub(crate) async fn publish(&self, rec: EventRecord) {
         let _ = self.events.send(rec);
-        if let Err(e) = self.store.compact(self.retention) {
+        if let Err(e) = self.store.compact(self.retention).await {
             tracing::warn!(error = %e, "log compaction failed");
         }
     }
@@ -175,14 +184,14 @@ impl Control {
 
     /// Takes nodes silent for longer than the expiry out of the registry;
     /// returns their names.
-    pub fn expire_nodes(&self) -> Result<Vec<String>, ApiError> {
+    pub async fn expire_nodes(&self) -> Result<Vec<String>, ApiError> {
         let connected = self.connected_nodes();
         let now = crate::store::now_ms();
         let limit = self.node_expiry.as_millis() as u64;
         let mut gone = Vec::new();
-        for (name, n) in self.store.nodes().map_err(ApiError::internal)? {
+        for (name, n) in self.store.nodes().await.map_err(ApiError::from)? {
             if !connected.contains(&name) && now.saturating_sub(n.last_contact_ms) > limit {
-                self.store.remove_node(&name).map_err(ApiError::internal)?;
+                self.store.remove_node(&name).await.map_err(ApiError::from)?;
                 self.acked.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
                 gone.push(name);
             }
@@ -196,12 +205,12 @@ impl Control {
     }
 
     /// Refreshes the gauges `/metrics` shows: the log, sites and nodes.
-    fn refresh_gauges(&self) -> Result<(), ApiError> {
-        let last = self.store.last_seq().map_err(ApiError::internal)?;
+    async fn refresh_gauges(&self) -> Result<(), ApiError> {
+        let last = self.store.last_seq().await.map_err(ApiError::from)?;
         metrics::gauge!("outpost_control_last_seq").set(last as f64);
-        metrics::gauge!("outpost_control_sites").set(self.store.sites().map_err(ApiError::internal)?.len() as f64);
+        metrics::gauge!("outpost_control_sites").set(self.store.sites().await.map_err(ApiError::from)?.len() as f64);
         let connected = self.connected_nodes();
-        let nodes = self.store.nodes().map_err(ApiError::internal)?;
+        let nodes = self.store.nodes().await.map_err(ApiError::from)?;
         let up = nodes.keys().filter(|n| connected.contains(n)).count();
         metrics::gauge!("outpost_control_nodes", "state" => "connected").set(up as f64);
         metrics::gauge!("outpost_control_nodes", "state" => "disconnected").set((nodes.len() - up) as f64);
@@ -227,13 +236,6 @@ async fn count_requests(req: axum::extract::Request, next: axum::middleware::Nex
     metrics::counter!("outpost_control_requests_total", "route" => route, "status" => resp.status().as_u16().to_string())
         .increment(1);
     resp
-}
-
-/// Runs store work (redb commits fsync) off the async workers.
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(ApiError::internal)?
 }
 
 /// Parses a JSON body whatever its Content-Type says (operators post JSON

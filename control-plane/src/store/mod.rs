@@ -1,0 +1,165 @@
+//! The control plane's durable state: the sites with their versions, the
+//! ordered event log, purge records and the node registry, behind one
+//! interface whatever keeps them.
+//!
+//! - [`redb`](self::redb): one file on this machine, the default. Every
+//!   change is one write transaction, committed durably before it is
+//!   acknowledged; redb refuses a file another process has open, so two
+//!   control planes cannot share one.
+//!
+//! Every write that logs an event takes the next sequence number in the
+//! same transaction that applies it, so the log has one order. A site
+//! upsert names the version it replaces: when another writer got there
+//! first the upsert is refused ([`StoreError::Conflict`]) rather than
+//! silently stacked on top.
+
+mod redb;
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use outpost_config::{EventRecord, Purge, PurgeTarget};
+use serde::{Deserialize, Serialize};
+
+pub use outpost_config::api::{NodeRecord, SiteRecord};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store `{0}` is open in another control plane process; only one may use it")]
+    InUse(String),
+    /// A conditional write found the record changed.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("store: {0}")]
+    Db(String),
+}
+
+pub(crate) fn db<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A purge and when it entered the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgeRecord {
+    pub purge: Purge,
+    pub seq: u64,
+    pub at_ms: u64,
+}
+
+/// The store, cheap to clone. Its calls never block the async workers.
+#[derive(Debug, Clone)]
+pub struct Store {
+    backend: Backend,
+}
+
+#[derive(Debug, Clone)]
+enum Backend {
+    Redb(redb::RedbStore),
+}
+
+/// Runs a call of the blocking backend off the async workers.
+async fn off_thread<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f).await.map_err(db)?
+}
+
+/// Dispatches `$call` to the backend (the blocking one off the workers).
+macro_rules! backend {
+    ($self:ident, |$b:ident| $call:expr) => {
+        match &$self.backend {
+            Backend::Redb(b) => {
+                let $b = b.clone();
+                off_thread(move || $call).await
+            }
+        }
+    };
+}
+
+impl Store {
+    /// The redb file at `path`, created when missing.
+    pub async fn open_file(path: &std::path::Path) -> Result<Store, StoreError> {
+        let path = path.to_path_buf();
+        let b = off_thread(move || redb::RedbStore::open(&path)).await?;
+        Ok(Store { backend: Backend::Redb(b) })
+    }
+
+    /// The last sequence number in the log (0: none yet).
+    pub async fn last_seq(&self) -> Result<u64, StoreError> {
+        backend!(self, |b| b.last_seq())
+    }
+
+    /// The oldest sequence number still in the log.
+    pub async fn first_seq(&self) -> Result<u64, StoreError> {
+        backend!(self, |b| b.first_seq())
+    }
+
+    /// Stores a new version of a site (already validated) and logs it.
+    /// `base` is the version the caller saw (`None`: no such site); when
+    /// the site has moved on since, nothing is written and the answer is
+    /// [`StoreError::Conflict`].
+    pub async fn upsert_site(&self, id: &str, toml: &str, base: Option<u64>) -> Result<EventRecord, StoreError> {
+        let (id, toml) = (id.to_string(), toml.to_string());
+        backend!(self, |b| b.upsert_site(&id, &toml, base))
+    }
+
+    /// Removes a site and logs it; `None` when there was none.
+    pub async fn delete_site(&self, id: &str) -> Result<Option<EventRecord>, StoreError> {
+        let id = id.to_string();
+        backend!(self, |b| b.delete_site(&id))
+    }
+
+    pub async fn site(&self, id: &str) -> Result<Option<SiteRecord>, StoreError> {
+        let id = id.to_string();
+        backend!(self, |b| b.site(&id))
+    }
+
+    pub async fn sites(&self) -> Result<Vec<SiteRecord>, StoreError> {
+        backend!(self, |b| b.sites())
+    }
+
+    /// Logs a purge, giving it the next purge id.
+    pub async fn add_purge(&self, site_id: &str, target: PurgeTarget, soft: bool) -> Result<PurgeRecord, StoreError> {
+        let site_id = site_id.to_string();
+        backend!(self, |b| b.add_purge(&site_id, target, soft))
+    }
+
+    pub async fn purge(&self, id: &str) -> Result<Option<PurgeRecord>, StoreError> {
+        let id = id.to_string();
+        backend!(self, |b| b.purge(&id))
+    }
+
+    /// Events after `seq`, oldest first, at most `limit`.
+    pub async fn events_after(&self, seq: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        backend!(self, |b| b.events_after(seq, limit))
+    }
+
+    /// Drops events so that at most `keep` remain; nodes further behind
+    /// catch up from a snapshot. Returns how many were dropped.
+    pub async fn compact(&self, keep: u64) -> Result<u64, StoreError> {
+        backend!(self, |b| b.compact(keep))
+    }
+
+    /// Registers or refreshes a node.
+    pub async fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
+        let node = node.clone();
+        backend!(self, |b| b.put_node(&node))
+    }
+
+    /// Takes a node out of the registry.
+    pub async fn remove_node(&self, name: &str) -> Result<(), StoreError> {
+        let name = name.to_string();
+        backend!(self, |b| b.remove_node(&name))
+    }
+
+    pub async fn nodes(&self) -> Result<BTreeMap<String, NodeRecord>, StoreError> {
+        backend!(self, |b| b.nodes())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,143 @@
+//! One battery of store tests, run against every backend.
+
+use super::*;
+use outpost_config::Event;
+
+fn node(name: &str, acked_seq: u64) -> NodeRecord {
+    NodeRecord {
+        load_rps: None,
+        name: name.into(),
+        role: outpost_config::Role::Edge,
+        pop: Some("fra".into()),
+        addrs: vec!["127.0.0.1:8080".into()],
+        acked_seq,
+        last_contact_ms: 1,
+    }
+}
+
+/// Sites, the log, purges, the registry and compaction, on an empty store.
+pub(crate) async fn log_sites_purges_and_nodes(s: &Store) {
+    assert_eq!(s.last_seq().await.unwrap(), 0);
+    assert_eq!(s.first_seq().await.unwrap(), 1);
+    let e = s.upsert_site("a", "[site]", None).await.unwrap();
+    assert_eq!(e.seq, 1);
+    let e = s.upsert_site("a", "[site] v2", Some(1)).await.unwrap();
+    assert!(matches!(e.event, Event::SiteUpserted { version: 2, .. }), "{e:?}");
+    assert_eq!(s.site("a").await.unwrap().unwrap().toml, "[site] v2");
+    let p = s.add_purge("a", PurgeTarget::All, true).await.unwrap();
+    assert_eq!((p.purge.id.as_str(), p.seq), ("p1", 3));
+    assert_eq!(s.purge("p1").await.unwrap().unwrap(), p);
+    assert!(s.purge("p2").await.unwrap().is_none());
+    assert!(s.delete_site("nope").await.unwrap().is_none());
+    assert_eq!(s.last_seq().await.unwrap(), 3, "refusing to delete what is not there logs nothing");
+    s.put_node(&node("edge-1", 3)).await.unwrap();
+    s.put_node(&node("edge-2", 1)).await.unwrap();
+    assert_eq!(s.nodes().await.unwrap()["edge-1"], node("edge-1", 3));
+    s.remove_node("edge-2").await.unwrap();
+    assert_eq!(s.nodes().await.unwrap().keys().collect::<Vec<_>>(), ["edge-1"]);
+    let events = s.events_after(1, 10).await.unwrap();
+    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
+    assert_eq!(s.events_after(0, 1).await.unwrap().len(), 1, "at most `limit`");
+    let deleted = s.delete_site("a").await.unwrap().unwrap();
+    assert_eq!(deleted.seq, 4);
+    assert!(s.sites().await.unwrap().is_empty());
+    assert_eq!(s.compact(1).await.unwrap(), 3);
+    assert_eq!(s.first_seq().await.unwrap(), 4);
+    assert_eq!(s.compact(1).await.unwrap(), 0, "nothing more to drop");
+    assert_eq!(s.events_after(0, 10).await.unwrap().iter().map(|e| e.seq).collect::<Vec<_>>(), [4]);
+}
+
+/// An upsert from a stale version is refused and logs nothing; of many
+/// writers racing from the same version, exactly one wins.
+pub(crate) async fn upserts_are_compare_and_swap(s: &Store) {
+    s.upsert_site("cas", "v1", None).await.unwrap();
+    let last = s.last_seq().await.unwrap();
+    assert!(matches!(s.upsert_site("cas", "again", None).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(s.upsert_site("cas", "from the future", Some(7)).await, Err(StoreError::Conflict(_))));
+    assert_eq!(s.last_seq().await.unwrap(), last);
+    let racers: Vec<_> = (0..8)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move { s.upsert_site("cas", &format!("racer {i}"), Some(1)).await })
+        })
+        .collect();
+    let mut won = Vec::new();
+    for (i, r) in racers.into_iter().enumerate() {
+        match r.await.unwrap() {
+            Ok(_) => won.push(i),
+            Err(StoreError::Conflict(_)) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(won.len(), 1, "exactly one writer wins: {won:?}");
+    let site = s.site("cas").await.unwrap().unwrap();
+    assert_eq!((site.version, site.toml), (2, format!("racer {}", won[0])));
+    assert_eq!(s.last_seq().await.unwrap(), last + 1);
+}
+
+/// Concurrent purges each take their own sequence number and purge id.
+pub(crate) async fn concurrent_writes_get_one_order(s: &Store) {
+    let base = s.last_seq().await.unwrap();
+    let writers: Vec<_> = (0..16)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(
+                async move { s.add_purge("a", PurgeTarget::Urls { urls: vec![format!("/{i}")] }, false).await },
+            )
+        })
+        .collect();
+    let mut seqs = Vec::new();
+    let mut ids = std::collections::BTreeSet::new();
+    for w in writers {
+        let p = w.await.unwrap().unwrap();
+        seqs.push(p.seq);
+        ids.insert(p.purge.id);
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (base + 1..=base + 16).collect::<Vec<_>>());
+    assert_eq!(ids.len(), 16);
+    let logged = s.events_after(base, 100).await.unwrap();
+    assert_eq!(logged.iter().map(|e| e.seq).collect::<Vec<_>>(), seqs, "the log holds them in order, no gap");
+}
+
+async fn redb() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open_file(&dir.path().join("c.redb")).await.unwrap();
+    (dir, s)
+}
+
+#[tokio::test]
+async fn redb_log_sites_purges_and_nodes() {
+    let (_d, s) = redb().await;
+    log_sites_purges_and_nodes(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redb_upserts_are_compare_and_swap() {
+    let (_d, s) = redb().await;
+    upserts_are_compare_and_swap(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redb_concurrent_writes_get_one_order() {
+    let (_d, s) = redb().await;
+    concurrent_writes_get_one_order(&s).await;
+}
+
+#[tokio::test]
+async fn a_redb_file_keeps_everything_and_refuses_a_second_opener() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.redb");
+    {
+        let s = Store::open_file(&path).await.unwrap();
+        s.upsert_site("a", "[site]", None).await.unwrap();
+        s.add_purge("a", PurgeTarget::All, true).await.unwrap();
+        s.put_node(&node("edge-1", 2)).await.unwrap();
+        assert!(matches!(Store::open_file(&path).await, Err(StoreError::InUse(_))), "a second opener is refused");
+    }
+    let s = Store::open_file(&path).await.unwrap();
+    assert_eq!(s.last_seq().await.unwrap(), 2);
+    assert_eq!(s.site("a").await.unwrap().unwrap().version, 1);
+    assert_eq!(s.purge("p1").await.unwrap().unwrap().seq, 2);
+    assert_eq!(s.nodes().await.unwrap()["edge-1"].acked_seq, 2);
+}

@@ -67,7 +67,7 @@ impl ControlNode {
         let RoleConfig::Control(cfg) = &node.role else {
             return Err(ControlError::NotControl(node.file.display().to_string()));
         };
-        let store = Store::open_file(&cfg.store).await?;
+        let store = Store::open(&cfg.store).await?;
         let admin = token(&cfg.admin_token_file)?;
         let nodes = token(&cfg.node_token_file)?;
         let tls = match (&node.listen.https.first(), &node.tls.cert) {

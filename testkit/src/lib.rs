@@ -1,7 +1,10 @@
 //! What Outpost's tests share, so no crate's tests grow their own copy:
 //! waiting for a condition ([`eventually`]), an HTTP client ([`request`]
 //! and [`Reply`]), free loopback addresses ([`free_addr`]), and the test
-//! origin running in the test's process ([`Origin`]).
+//! origin running in the test's process ([`Origin`]), and a real etcd
+//! cluster on loopback ([`etcd::EtcdCluster`]).
+
+pub mod etcd;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};

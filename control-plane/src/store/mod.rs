@@ -6,6 +6,8 @@
 //!   change is one write transaction, committed durably before it is
 //!   acknowledged; redb refuses a file another process has open, so two
 //!   control planes cannot share one.
+//! - [`etcd`](self::etcd): a cluster that any number of control-plane
+//!   replicas share; every write is a transaction guarded by what it read.
 //!
 //! Every write that logs an event takes the next sequence number in the
 //! same transaction that applies it, so the log has one order. A site
@@ -13,12 +15,13 @@
 //! first the upsert is refused ([`StoreError::Conflict`]) rather than
 //! silently stacked on top.
 
+mod etcd;
 mod redb;
 
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use outpost_config::{EventRecord, Purge, PurgeTarget};
+use outpost_config::{EventRecord, Purge, PurgeTarget, StoreBackend};
 use serde::{Deserialize, Serialize};
 
 pub use outpost_config::api::{NodeRecord, SiteRecord};
@@ -59,6 +62,7 @@ pub struct Store {
 #[derive(Debug, Clone)]
 enum Backend {
     Redb(redb::RedbStore),
+    Etcd(Box<etcd::EtcdBackend>),
 }
 
 /// Runs a call of the blocking backend off the async workers.
@@ -76,11 +80,22 @@ macro_rules! backend {
                 let $b = b.clone();
                 off_thread(move || $call).await
             }
+            Backend::Etcd($b) => $call.await,
         }
     };
 }
 
 impl Store {
+    /// The store a node file's `[store]` names.
+    pub async fn open(backend: &StoreBackend) -> Result<Store, StoreError> {
+        match backend {
+            StoreBackend::Redb { path } => Store::open_file(path).await,
+            StoreBackend::Etcd(cfg) => {
+                Ok(Store { backend: Backend::Etcd(Box::new(etcd::EtcdBackend::connect(cfg).await?)) })
+            }
+        }
+    }
+
     /// The redb file at `path`, created when missing.
     pub async fn open_file(path: &std::path::Path) -> Result<Store, StoreError> {
         let path = path.to_path_buf();

@@ -289,8 +289,8 @@ pub struct ShieldAddr {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControlNode {
-    /// `[store] path`: required.
-    pub store: PathBuf,
+    /// `[store]`: where the sites, the log and the registry live.
+    pub store: StoreBackend,
     /// Default: [`DEFAULT_LOG_RETENTION`] (100000 events).
     pub log_retention: u64,
     /// A node not heard from for this long leaves the registry (it is
@@ -299,6 +299,37 @@ pub struct ControlNode {
     pub admin_token_file: PathBuf,
     pub node_token_file: PathBuf,
 }
+
+/// Where the control plane keeps its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreBackend {
+    /// `backend = "redb"` (the default): one file on this machine, for one
+    /// control-plane process.
+    Redb { path: PathBuf },
+    /// `backend = "etcd"`: a cluster shared by any number of control-plane
+    /// replicas.
+    Etcd(EtcdStore),
+}
+
+/// An etcd cluster, as `[store]` with `backend = "etcd"` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdStore {
+    /// Members' client URLs, `http://` or `https://`; at least one.
+    pub endpoints: Vec<String>,
+    /// Every key the control plane writes starts with this. Default:
+    /// [`DEFAULT_ETCD_PREFIX`].
+    pub prefix: String,
+    /// Trusted for the members' certificates (`https` endpoints). Default: none.
+    pub ca: Option<PathBuf>,
+    /// A client certificate and its key, for members that require one.
+    /// Default: none.
+    pub identity: Option<(PathBuf, PathBuf)>,
+    /// etcd user and the file holding its password. Default: none.
+    pub user: Option<(String, PathBuf)>,
+}
+
+/// The key prefix of an etcd store when the node file names none.
+pub const DEFAULT_ETCD_PREFIX: &str = "/outpost/";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct DnsNode {

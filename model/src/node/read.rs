@@ -359,12 +359,7 @@ fn decode_control(s: &mut Sink<'_>, root: &mut Table<'_, '_>, base: &Path) -> Op
         s.error(&root.span.clone(), "missing table [store] (path of the control plane's database)");
         return None;
     };
-    let path = store.req::<Spanned<String>>(s, "path").map(|p| {
-        let full = base.join(p.get_ref());
-        let folder = full.parent().map_or_else(|| base.to_path_buf(), Path::to_path_buf);
-        s.later(&p.span(), folder, Need::WritableDir("store folder"));
-        full
-    });
+    let backend = decode_store_backend(s, &mut store, base);
     let log_retention = store.or(s, "log_retention", DEFAULT_LOG_RETENTION);
     let node_expiry = match store.opt::<Spanned<Duration>>(s, "node_expiry") {
         Some(d) if d.get_ref().is_zero() => {
@@ -383,12 +378,73 @@ fn decode_control(s: &mut Sink<'_>, root: &mut Table<'_, '_>, base: &Path) -> Op
     let node: Option<String> = auth.req(s, "node_token_file");
     auth.finish(s);
     Some(ControlNode {
-        store: path?,
+        store: backend?,
         log_retention,
         node_expiry,
         admin_token_file: base.join(admin?),
         node_token_file: base.join(node?),
     })
+}
+
+/// `[store] backend` and the keys of the backend it names.
+fn decode_store_backend(s: &mut Sink<'_>, store: &mut Table<'_, '_>, base: &Path) -> Option<StoreBackend> {
+    let backend = store.opt::<Spanned<String>>(s, "backend");
+    let file = |s: &mut Sink<'_>, p: Spanned<String>| s.later(&p.span(), base.join(p.get_ref()), Need::File);
+    match backend.as_ref().map(|b| b.get_ref().as_str()) {
+        None | Some("redb") => {
+            let path = store.req::<Spanned<String>>(s, "path").map(|p| {
+                let full = base.join(p.get_ref());
+                let folder = full.parent().map_or_else(|| base.to_path_buf(), Path::to_path_buf);
+                s.later(&p.span(), folder, Need::WritableDir("store folder"));
+                full
+            });
+            Some(StoreBackend::Redb { path: path? })
+        }
+        Some("etcd") => {
+            if let Some(p) = store.opt::<Spanned<String>>(s, "path") {
+                s.error(&p.span(), "path is for backend = \"redb\": an etcd store keeps no file");
+            }
+            let endpoints: Option<Spanned<Vec<String>>> = store.req(s, "endpoints");
+            if let Some(e) = &endpoints {
+                if e.get_ref().is_empty() {
+                    s.error(&e.span(), "endpoints must name at least one etcd member");
+                }
+                for url in e.get_ref() {
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                        s.error(&e.span(), format!("etcd endpoint `{url}` must start with http:// or https://"));
+                    }
+                }
+            }
+            let prefix = store.or(s, "prefix", DEFAULT_ETCD_PREFIX.to_string());
+            let ca = store.opt::<Spanned<String>>(s, "ca").map(|p| file(s, p));
+            let cert = store.opt::<Spanned<String>>(s, "cert").map(|p| file(s, p));
+            let key = store.opt::<Spanned<String>>(s, "key").map(|p| file(s, p));
+            let identity = match (cert, key) {
+                (Some(c), Some(k)) => Some((c, k)),
+                (None, None) => None,
+                _ => {
+                    s.error(&store.span.clone(), "cert and key go together: give both or neither");
+                    None
+                }
+            };
+            let user: Option<String> = store.opt(s, "user");
+            let password = store.opt::<Spanned<String>>(s, "password_file").map(|p| file(s, p));
+            let user = match (user, password) {
+                (Some(u), Some(p)) => Some((u, p)),
+                (None, None) => None,
+                _ => {
+                    s.error(&store.span.clone(), "user and password_file go together: give both or neither");
+                    None
+                }
+            };
+            Some(StoreBackend::Etcd(EtcdStore { endpoints: endpoints?.into_inner(), prefix, ca, identity, user }))
+        }
+        Some(other) => {
+            let span = backend.as_ref().map(|b| b.span()).unwrap_or_default();
+            s.error(&span, format!("store backend must be \"redb\" or \"etcd\", found `{other}`"));
+            None
+        }
+    }
 }
 
 impl Decode for Role {

@@ -163,6 +163,47 @@ fn edge_location_is_range_checked() {
 }
 
 #[test]
+fn an_etcd_store_names_its_members_and_credentials() {
+    let head = "[node]\nname = \"control\"\nrole = \"control\"\n[listen]\nhttp = [\"127.0.0.1:7000\"]\n\
+                [auth]\nadmin_token_file = \"admin.token\"\nnode_token_file = \"node.token\"\n[store]\nbackend = \"etcd\"\n";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("control.toml");
+    let full = format!(
+        "{head}endpoints = [\"https://10.0.0.1:2379\", \"https://10.0.0.2:2379\"]\nprefix = \"/cdn/\"\nca = \"ca.pem\"\n\
+         cert = \"c.pem\"\nkey = \"c.key\"\nuser = \"outpost\"\npassword_file = \"pw\"\n"
+    );
+    let node = NodeConfig::parse(&file, &full).unwrap();
+    let RoleConfig::Control(c) = &node.role else { panic!() };
+    let d = dir.path();
+    assert_eq!(
+        c.store,
+        StoreBackend::Etcd(EtcdStore {
+            endpoints: vec!["https://10.0.0.1:2379".into(), "https://10.0.0.2:2379".into()],
+            prefix: "/cdn/".into(),
+            ca: Some(d.join("ca.pem")),
+            identity: Some((d.join("c.pem"), d.join("c.key"))),
+            user: Some(("outpost".into(), d.join("pw"))),
+        })
+    );
+    let minimal = NodeConfig::parse(&file, &format!("{head}endpoints = [\"http://127.0.0.1:2379\"]\n")).unwrap();
+    let RoleConfig::Control(c) = &minimal.role else { panic!() };
+    let StoreBackend::Etcd(e) = &c.store else { panic!("{:?}", c.store) };
+    assert_eq!((e.prefix.as_str(), &e.ca, &e.identity, &e.user), (DEFAULT_ETCD_PREFIX, &None, &None, &None));
+    let wrong = |extra: &str| errors(&format!("{head}{extra}"));
+    assert!(wrong("")[0].contains("missing key `endpoints`"));
+    assert!(wrong("endpoints = []\n")[0].contains("at least one etcd member"));
+    assert!(wrong("endpoints = [\"10.0.0.1:2379\"]\n")[0].contains("must start with http:// or https://"));
+    let e = wrong("endpoints = [\"http://a:2379\"]\npath = \"c.redb\"\ncert = \"c.pem\"\nuser = \"u\"\n");
+    assert_eq!(e.len(), 3, "{e:?}");
+    for want in ["path is for backend = \"redb\"", "cert and key go together", "user and password_file go together"] {
+        assert!(e.iter().any(|m| m.contains(want)), "{want}: {e:?}");
+    }
+    let e = errors(&head.replace("\"etcd\"", "\"zookeeper\""));
+    assert!(e[0].contains("store backend must be \"redb\" or \"etcd\", found `zookeeper`"), "{e:?}");
+    assert!(e[0].contains(":10:11:"), "the error points at the value: {e:?}");
+}
+
+#[test]
 fn control_and_origin_roles() {
     let dir = tempfile::tempdir().unwrap();
     let text = "[node]\nname = \"control\"\nrole = \"control\"\n[listen]\nhttp = [\"127.0.0.1:7000\"]\n\
@@ -170,7 +211,7 @@ fn control_and_origin_roles() {
     let file = dir.path().join("control.toml");
     let node = NodeConfig::parse(&file, text).unwrap();
     let RoleConfig::Control(c) = &node.role else { panic!() };
-    assert_eq!(c.store, dir.path().join("data/c.redb"), "relative paths follow the file");
+    assert_eq!(c.store, StoreBackend::Redb { path: dir.path().join("data/c.redb") }, "relative paths follow the file");
     assert_eq!(c.log_retention, DEFAULT_LOG_RETENTION);
     let origin: NodeConfig =
         "[node]\nname = \"o\"\nrole = \"origin\"\n[listen]\nhttp = [\"127.0.0.1:9000\"]\n".parse().unwrap();

@@ -1,0 +1,315 @@
+//! The store in an etcd cluster, shared by every control-plane replica.
+//!
+//! Keys, under the configured prefix `P`:
+//!
+//! | key | value |
+//! |---|---|
+//! | `P/meta/seq` | the last sequence number given (decimal) |
+//! | `P/meta/first` | the oldest sequence number still in the log |
+//! | `P/meta/purge` | the last purge number given |
+//! | `P/events/<seq, 20 digits>` | an [`EventRecord`] (JSON) |
+//! | `P/sites/<id>` | a [`SiteRecord`] |
+//! | `P/purges/<id>` | a [`PurgeRecord`] |
+//! | `P/nodes/<name>` | a [`NodeRecord`] |
+//!
+//! Every write that logs an event is one transaction that succeeds only if
+//! `P/meta/seq` and every record it read are unchanged since it read them,
+//! so the log has one order across replicas and nothing is written twice;
+//! a transaction that lost a race on the sequence alone is retried, one
+//! that lost it on the record it changes is a [`StoreError::Conflict`].
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity, KeyValue, TlsOptions,
+    Txn, TxnOp,
+};
+use outpost_config::{EtcdStore, Event, EventRecord, Purge, PurgeTarget};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{NodeRecord, PurgeRecord, SiteRecord, StoreError, db, now_ms};
+
+/// How long one call to the cluster may take before it counts as failed.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long connecting to the cluster may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Transactions retried after losing a race for the next sequence number,
+/// before the write is reported as failed.
+const MAX_RACES: usize = 64;
+
+#[derive(Clone)]
+pub(super) struct EtcdBackend {
+    client: Client,
+    prefix: String,
+}
+
+impl std::fmt::Debug for EtcdBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdBackend").field("prefix", &self.prefix).finish_non_exhaustive()
+    }
+}
+
+/// A record as read, with the revision a transaction compares against
+/// (0: absent).
+struct Read<T> {
+    value: Option<T>,
+    revision: i64,
+}
+
+impl EtcdBackend {
+    pub(super) async fn connect(cfg: &EtcdStore) -> Result<EtcdBackend, StoreError> {
+        let mut options = ConnectOptions::new().with_timeout(CALL_TIMEOUT).with_connect_timeout(CONNECT_TIMEOUT);
+        if cfg.ca.is_some() || cfg.identity.is_some() {
+            let mut tls = TlsOptions::new();
+            if let Some(ca) = &cfg.ca {
+                tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+            }
+            if let Some((cert, key)) = &cfg.identity {
+                tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+            }
+            options = options.with_tls(tls);
+        }
+        if let Some((user, password_file)) = &cfg.user {
+            let password = String::from_utf8(read(password_file)?).map_err(db)?;
+            options = options.with_user(user.clone(), password.trim().to_string());
+        }
+        let client = Client::connect(&cfg.endpoints, Some(options))
+            .await
+            .map_err(|e| StoreError::Db(format!("cannot reach etcd at {}: {e}", cfg.endpoints.join(", "))))?;
+        let prefix = cfg.prefix.trim_end_matches('/').to_string();
+        Ok(EtcdBackend { client, prefix })
+    }
+
+    fn key(&self, parts: &[&str]) -> String {
+        let mut k = self.prefix.clone();
+        for p in parts {
+            k.push('/');
+            k.push_str(p);
+        }
+        k
+    }
+
+    fn event_key(&self, seq: u64) -> String {
+        self.key(&["events", &format!("{seq:020}")])
+    }
+
+    async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Read<T>, StoreError> {
+        let mut resp = self.client.clone().get(key, None).await.map_err(db)?;
+        match resp.take_kvs().into_iter().next() {
+            Some(kv) => Ok(Read { value: Some(decode(&kv)?), revision: kv.mod_revision() }),
+            None => Ok(Read { value: None, revision: 0 }),
+        }
+    }
+
+    async fn counter(&self, name: &str) -> Result<Read<u64>, StoreError> {
+        self.get(&self.key(&["meta", name])).await
+    }
+
+    /// Every record under `P/<folder>/`, in key order.
+    async fn list<T: DeserializeOwned>(&self, folder: &str) -> Result<Vec<(String, T)>, StoreError> {
+        let from = self.key(&[folder, ""]);
+        let resp = self.client.clone().get(from.clone(), Some(GetOptions::new().with_prefix())).await.map_err(db)?;
+        resp.kvs()
+            .iter()
+            .map(|kv| {
+                let name = String::from_utf8_lossy(&kv.key()[from.len()..]).into_owned();
+                Ok((name, decode(kv)?))
+            })
+            .collect()
+    }
+
+    /// Commits `ops` if every `guard` holds.
+    async fn commit(&self, guards: Vec<Compare>, ops: Vec<TxnOp>) -> Result<bool, StoreError> {
+        let resp = self.client.clone().txn(Txn::new().when(guards).and_then(ops)).await.map_err(db)?;
+        Ok(resp.succeeded())
+    }
+
+    /// Logs the event `make` returns from the current state, with the
+    /// writes `make` adds; retried when another writer took the sequence
+    /// number meanwhile. `make` gives `None` for nothing to log.
+    async fn append<F, Fut>(&self, mut make: F) -> Result<Option<EventRecord>, StoreError>
+    where
+        F: FnMut(u64) -> Fut,
+        Fut: std::future::Future<Output = Result<Option<Planned>, StoreError>>,
+    {
+        for _ in 0..MAX_RACES {
+            let seq = self.counter("seq").await?;
+            let next = seq.value.unwrap_or(0) + 1;
+            let Some(plan) = make(next).await? else { return Ok(None) };
+            let record = EventRecord { seq: next, at_ms: now_ms(), event: plan.event };
+            let seq_key = self.key(&["meta", "seq"]);
+            let mut guards = vec![unchanged(&seq_key, seq.revision)];
+            guards.extend(plan.guards);
+            let mut ops = vec![TxnOp::put(seq_key, next.to_string(), None), put(self.event_key(next), &record)?];
+            ops.extend(plan.ops);
+            if self.commit(guards, ops).await? {
+                return Ok(Some(record));
+            }
+        }
+        Err(StoreError::Db(format!("gave up after losing {MAX_RACES} races for the next sequence number")))
+    }
+
+    pub(super) async fn last_seq(&self) -> Result<u64, StoreError> {
+        Ok(self.counter("seq").await?.value.unwrap_or(0))
+    }
+
+    pub(super) async fn first_seq(&self) -> Result<u64, StoreError> {
+        Ok(self.counter("first").await?.value.unwrap_or(1))
+    }
+
+    pub(super) async fn upsert_site(&self, id: &str, toml: &str, base: Option<u64>) -> Result<EventRecord, StoreError> {
+        let key = self.key(&["sites", id]);
+        let logged = self
+            .append(|_| {
+                let key = key.clone();
+                async move {
+                    let current: Read<SiteRecord> = self.get(&key).await?;
+                    let version = current.value.as_ref().map(|s| s.version);
+                    if version != base {
+                        return Err(super::redb::conflict(id, base, version));
+                    }
+                    let version = base.unwrap_or(0) + 1;
+                    let rec = SiteRecord { id: id.to_string(), version, toml: toml.to_string(), updated_ms: now_ms() };
+                    Ok(Some(Planned {
+                        event: Event::SiteUpserted { site_id: id.to_string(), version, toml: toml.to_string() },
+                        guards: vec![unchanged(&key, current.revision)],
+                        ops: vec![put(key.clone(), &rec)?],
+                    }))
+                }
+            })
+            .await?;
+        logged.ok_or_else(|| db("a site upsert logged nothing"))
+    }
+
+    pub(super) async fn delete_site(&self, id: &str) -> Result<Option<EventRecord>, StoreError> {
+        let key = self.key(&["sites", id]);
+        self.append(|_| {
+            let key = key.clone();
+            async move {
+                let current: Read<SiteRecord> = self.get(&key).await?;
+                if current.value.is_none() {
+                    return Ok(None);
+                }
+                Ok(Some(Planned {
+                    event: Event::SiteDeleted { site_id: id.to_string() },
+                    guards: vec![unchanged(&key, current.revision)],
+                    ops: vec![TxnOp::delete(key.clone(), None)],
+                }))
+            }
+        })
+        .await
+    }
+
+    pub(super) async fn site(&self, id: &str) -> Result<Option<SiteRecord>, StoreError> {
+        Ok(self.get(&self.key(&["sites", id])).await?.value)
+    }
+
+    pub(super) async fn sites(&self) -> Result<Vec<SiteRecord>, StoreError> {
+        Ok(self.list("sites").await?.into_iter().map(|(_, s)| s).collect())
+    }
+
+    pub(super) async fn add_purge(
+        &self,
+        site_id: &str,
+        target: PurgeTarget,
+        soft: bool,
+    ) -> Result<PurgeRecord, StoreError> {
+        let counter_key = self.key(&["meta", "purge"]);
+        let logged = self
+            .append(|seq| {
+                let (counter_key, target) = (counter_key.clone(), target.clone());
+                async move {
+                    let counter = self.counter("purge").await?;
+                    let n = counter.value.unwrap_or(0) + 1;
+                    let purge = Purge { id: format!("p{n}"), site_id: site_id.to_string(), target, soft };
+                    let rec = PurgeRecord { purge: purge.clone(), seq, at_ms: now_ms() };
+                    Ok(Some(Planned {
+                        event: Event::Purge(purge),
+                        guards: vec![unchanged(&counter_key, counter.revision)],
+                        ops: vec![
+                            TxnOp::put(counter_key, n.to_string(), None),
+                            put(self.key(&["purges", &rec.purge.id]), &rec)?,
+                        ],
+                    }))
+                }
+            })
+            .await?;
+        match logged.map(|r| (r.seq, r.at_ms, r.event)) {
+            Some((seq, at_ms, Event::Purge(purge))) => Ok(PurgeRecord { purge, seq, at_ms }),
+            _ => Err(db("a purge logged as another event")),
+        }
+    }
+
+    pub(super) async fn purge(&self, id: &str) -> Result<Option<PurgeRecord>, StoreError> {
+        Ok(self.get(&self.key(&["purges", id])).await?.value)
+    }
+
+    pub(super) async fn events_after(&self, seq: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        let end = self.key(&["events0"]);
+        let options = GetOptions::new().with_range(end).with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
+        let resp = self.client.clone().get(self.event_key(seq + 1), Some(options)).await.map_err(db)?;
+        resp.kvs().iter().map(decode).collect()
+    }
+
+    pub(super) async fn compact(&self, keep: u64) -> Result<u64, StoreError> {
+        let last = self.last_seq().await?;
+        let first = self.counter("first").await?;
+        let first_seq = first.value.unwrap_or(1);
+        let first_kept = last.saturating_sub(keep) + 1;
+        if first_kept <= first_seq {
+            return Ok(0);
+        }
+        let first_key = self.key(&["meta", "first"]);
+        let ops = vec![
+            TxnOp::delete(self.event_key(first_seq), Some(DeleteOptions::new().with_range(self.event_key(first_kept)))),
+            TxnOp::put(first_key.clone(), first_kept.to_string(), None),
+        ];
+        // Another replica compacting at once: one of the two does it.
+        let done = self.commit(vec![unchanged(&first_key, first.revision)], ops).await?;
+        Ok(if done { first_kept - first_seq } else { 0 })
+    }
+
+    pub(super) async fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
+        let op = put(self.key(&["nodes", &node.name]), node)?;
+        self.commit(Vec::new(), vec![op]).await.map(drop)
+    }
+
+    pub(super) async fn remove_node(&self, name: &str) -> Result<(), StoreError> {
+        self.client.clone().delete(self.key(&["nodes", name]), None).await.map_err(db).map(drop)
+    }
+
+    pub(super) async fn nodes(&self) -> Result<BTreeMap<String, NodeRecord>, StoreError> {
+        Ok(self.list("nodes").await?.into_iter().collect())
+    }
+}
+
+/// What an event's transaction adds to the log entry: the event, the
+/// records it must find unchanged, and the writes that apply it.
+struct Planned {
+    event: Event,
+    guards: Vec<Compare>,
+    ops: Vec<TxnOp>,
+}
+
+/// The key is still at `revision` (0: still absent).
+fn unchanged(key: &str, revision: i64) -> Compare {
+    if revision == 0 {
+        Compare::version(key, CompareOp::Equal, 0)
+    } else {
+        Compare::mod_revision(key, CompareOp::Equal, revision)
+    }
+}
+
+fn put<T: Serialize>(key: String, value: &T) -> Result<TxnOp, StoreError> {
+    Ok(TxnOp::put(key, serde_json::to_vec(value).map_err(db)?, None))
+}
+
+fn decode<T: DeserializeOwned>(kv: &KeyValue) -> Result<T, StoreError> {
+    serde_json::from_slice(kv.value()).map_err(|e| db(format!("{}: {e}", String::from_utf8_lossy(kv.key()))))
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, StoreError> {
+    std::fs::read(path).map_err(|e| StoreError::Db(format!("{}: {e}", path.display())))
+}

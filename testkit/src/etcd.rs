@@ -1,0 +1,129 @@
+//! A real etcd cluster on loopback, for the tests of the replicated store:
+//! every member its own `etcd` process with its own data folder, stopped
+//! (SIGKILL) when the cluster is dropped.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::free_addr;
+
+/// How long a new cluster may take to elect a leader.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// One member: its process (None while killed) and its addresses.
+#[derive(Debug)]
+pub struct Member {
+    pub name: String,
+    pub client: SocketAddr,
+    pub peer: SocketAddr,
+    process: Option<Child>,
+}
+
+#[derive(Debug)]
+pub struct EtcdCluster {
+    pub members: Vec<Member>,
+    dir: tempfile::TempDir,
+    initial_cluster: String,
+}
+
+impl EtcdCluster {
+    /// Starts `size` members and waits until the cluster has a leader.
+    /// Panics, saying what to install, when `etcd` is not on the machine.
+    pub async fn start(size: usize) -> EtcdCluster {
+        if Command::new("etcd").arg("--version").stdout(Stdio::null()).status().is_err() {
+            panic!("etcd is not installed: run scripts/deps.sh as root (Debian's etcd-server)");
+        }
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let members: Vec<Member> = (0..size)
+            .map(|i| Member { name: format!("m{i}"), client: free_addr(), peer: free_addr(), process: None })
+            .collect();
+        let initial_cluster =
+            members.iter().map(|m| format!("{}=http://{}", m.name, m.peer)).collect::<Vec<_>>().join(",");
+        let mut cluster = EtcdCluster { members, dir, initial_cluster };
+        for i in 0..size {
+            cluster.spawn(i);
+        }
+        cluster.wait_healthy().await;
+        cluster
+    }
+
+    /// The members' client URLs, for `[store] endpoints`.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| format!("http://{}", m.client)).collect()
+    }
+
+    fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(&self.members[i].name)
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let data = self.data_dir(i);
+        let m = &self.members[i];
+        let log = std::fs::File::create(self.dir.path().join(format!("{}.log", m.name))).expect("a log file");
+        let child = Command::new("etcd")
+            .args(["--name", &m.name])
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--listen-client-urls", &format!("http://{}", m.client)])
+            .args(["--advertise-client-urls", &format!("http://{}", m.client)])
+            .args(["--listen-peer-urls", &format!("http://{}", m.peer)])
+            .args(["--initial-advertise-peer-urls", &format!("http://{}", m.peer)])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-state", "new", "--initial-cluster-token", "outpost-test"])
+            // Fast elections on loopback: a killed leader is replaced in
+            // about a second.
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("etcd starts");
+        self.members[i].process = Some(child);
+    }
+
+    /// SIGKILL to member `i`: no shutdown, its data folder stays.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut p) = self.members[i].process.take() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+
+    /// Starts member `i` again on its data folder.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.spawn(i);
+    }
+
+    /// Waits until every running member reports the cluster healthy.
+    pub async fn wait_healthy(&self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        for m in self.members.iter().filter(|m| m.process.is_some()) {
+            let url = format!("http://{}/health", m.client);
+            loop {
+                let healthy = crate::request(http::Method::GET, &url, &[], b"")
+                    .await
+                    .is_ok_and(|r| r.status.is_success() && String::from_utf8_lossy(&r.body).contains("true"));
+                if healthy {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let log =
+                        std::fs::read_to_string(self.dir.path().join(format!("{}.log", m.name))).unwrap_or_default();
+                    let tail: String = log.lines().rev().take(20).collect::<Vec<_>>().join("\n");
+                    panic!("etcd member {} is not healthy after {START_TIMEOUT:?}; its log ends:\n{tail}", m.name);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}

@@ -107,6 +107,12 @@ impl ControlNode {
             closing.cancel();
         });
         let control = Arc::clone(&self.control);
+        let after = control.store.last_seq().await.unwrap_or(0);
+        tokio::spawn(async move {
+            let (tx, stop) = (control.events.clone(), control.closing.clone());
+            control.store.follow_events(after, tx, stop).await;
+        });
+        let control = Arc::clone(&self.control);
         let stopped = shutdown.clone();
         tokio::spawn(async move {
             let mut sweep = tokio::time::interval(control.expiry_sweep());

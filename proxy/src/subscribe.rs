@@ -238,6 +238,13 @@ impl Subscriber {
                 Ok(Some(Ok(line))) => line,
             };
             self.heard();
+            // The log has no holes: an event past the next one means this
+            // stream skipped some, so start again from where this node is.
+            if let StreamLine::Event { record } = &line
+                && record.seq > self.seq() + 1
+            {
+                return Err(format!("event {} came after {}: resuming from there", record.seq, self.seq()));
+            }
             unacked |= match line {
                 StreamLine::Heartbeat { .. } => true,
                 line => self.apply(line).await.is_some(),

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::topology::Reply;
 use outpost_testkit::eventually;
 
-async fn call(method: Method, url: &str, token: Option<&str>, host: Option<&str>, body: &str) -> Reply {
+pub(crate) async fn call(method: Method, url: &str, token: Option<&str>, host: Option<&str>, body: &str) -> Reply {
     crate::topology::request(method, url, host.unwrap_or(""), token, body).await.unwrap()
 }
 
@@ -44,7 +44,7 @@ impl Cdn {
     }
 }
 
-fn load(dir: &Path, name: &str, text: &str) -> NodeConfig {
+pub(crate) fn load(dir: &Path, name: &str, text: &str) -> NodeConfig {
     let f = dir.join(format!("{name}.toml"));
     std::fs::write(&f, text).unwrap();
     NodeConfig::load(&f).unwrap_or_else(|e| panic!("{e}"))
@@ -86,12 +86,12 @@ async fn start_control_with(
     (addr, control)
 }
 
-async fn edge_node(dir: &Path, i: usize, control: SocketAddr) -> (SocketAddr, CancellationToken) {
+pub(crate) async fn edge_node(dir: &Path, i: usize, control: SocketAddr) -> (SocketAddr, CancellationToken) {
     let (addr, stop, _) = edge_engine(dir, i, control).await;
     (addr, stop)
 }
 
-async fn edge_engine(
+pub(crate) async fn edge_engine(
     dir: &Path,
     i: usize,
     control: SocketAddr,
@@ -130,14 +130,14 @@ async fn cdn() -> Cdn {
 }
 
 /// The test origin on port 0, until `stop`.
-async fn test_origin(stop: &CancellationToken) -> SocketAddr {
+pub(crate) async fn test_origin(stop: &CancellationToken) -> SocketAddr {
     let origin = outpost_load::OriginServer::bind(&["127.0.0.1:0".parse().unwrap()], None).await.unwrap();
     let addr = origin.local_addrs()[0];
     tokio::spawn(origin.run(stop.clone()));
     addr
 }
 
-fn site(origin: SocketAddr) -> String {
+pub(crate) fn site(origin: SocketAddr) -> String {
     format!("[site]\nid = \"shop\"\nhosts = [\"shop.test\"]\n\n[[origin]]\nurl = \"http://{origin}\"\n")
 }
 

@@ -6,4 +6,5 @@ mod control;
 mod failures;
 mod load;
 mod relay;
+mod replicas;
 mod topology;

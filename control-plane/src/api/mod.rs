@@ -164,8 +164,12 @@ impl Control {
     }
 
     /// Publishes a committed event to the streams, then compacts the log.
+    /// A shared store's events reach the streams through its watch, in log
+    /// order whichever replica wrote them, so they are not sent here.
     pub(crate) async fn publish(&self, rec: EventRecord) {
-        let _ = self.events.send(rec);
+        if !self.store.is_shared() {
+            let _ = self.events.send(rec);
+        }
         if let Err(e) = self.store.compact(self.retention).await {
             tracing::warn!(error = %e, "log compaction failed");
         }

@@ -22,12 +22,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity, KeyValue, TlsOptions,
-    Txn, TxnOp,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, Identity, KeyValue,
+    TlsOptions, Txn, TxnOp, WatchOptions,
 };
 use outpost_config::{EtcdStore, Event, EventRecord, Purge, PurgeTarget};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
 use super::{NodeRecord, PurgeRecord, SiteRecord, StoreError, db, now_ms};
 
@@ -38,11 +40,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Transactions retried after losing a race for the next sequence number,
 /// before the write is reported as failed.
 const MAX_RACES: usize = 64;
+/// Pause before watching the log again after the watch failed.
+const FOLLOW_RETRY: Duration = Duration::from_millis(200);
 
 #[derive(Clone)]
 pub(super) struct EtcdBackend {
     client: Client,
     prefix: String,
+    /// This process's writers take turns: they would only race each other
+    /// for the sequence number; races with other replicas are retried.
+    writing: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for EtcdBackend {
@@ -79,7 +86,7 @@ impl EtcdBackend {
             .await
             .map_err(|e| StoreError::Db(format!("cannot reach etcd at {}: {e}", cfg.endpoints.join(", "))))?;
         let prefix = cfg.prefix.trim_end_matches('/').to_string();
-        Ok(EtcdBackend { client, prefix })
+        Ok(EtcdBackend { client, prefix, writing: std::sync::Arc::default() })
     }
 
     fn key(&self, parts: &[&str]) -> String {
@@ -134,7 +141,14 @@ impl EtcdBackend {
         F: FnMut(u64) -> Fut,
         Fut: std::future::Future<Output = Result<Option<Planned>, StoreError>>,
     {
-        for _ in 0..MAX_RACES {
+        let _turn = self.writing.lock().await;
+        for race in 0..MAX_RACES {
+            if race > 0 {
+                // Another replica wrote meanwhile: step aside a moment, a
+                // little differently each time, so two do not collide again.
+                let jitter = u64::from(std::process::id() % 7) + now_ms() % 5;
+                tokio::time::sleep(Duration::from_millis(jitter)).await;
+            }
             let seq = self.counter("seq").await?;
             let next = seq.value.unwrap_or(0) + 1;
             let Some(plan) = make(next).await? else { return Ok(None) };
@@ -282,6 +296,61 @@ impl EtcdBackend {
 
     pub(super) async fn nodes(&self) -> Result<BTreeMap<String, NodeRecord>, StoreError> {
         Ok(self.list("nodes").await?.into_iter().collect())
+    }
+}
+
+impl EtcdBackend {
+    /// Sends `tx` every event after `after`, in log order, as any replica
+    /// commits it, until `stop`; a broken watch is resumed from the last
+    /// event sent, so none is skipped or sent twice.
+    pub(super) async fn follow_events(&self, after: u64, tx: broadcast::Sender<EventRecord>, stop: CancellationToken) {
+        let mut last = after;
+        loop {
+            let failed = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = self.follow_from(&mut last, &tx) => r,
+            };
+            if let Err(e) = failed {
+                tracing::warn!(error = %e, after = last, "watching the event log failed; resuming");
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(FOLLOW_RETRY) => {}
+            }
+        }
+    }
+
+    /// The events after `last`, then a watch from the revision they were
+    /// read at; returns only on failure.
+    async fn follow_from(&self, last: &mut u64, tx: &broadcast::Sender<EventRecord>) -> Result<(), StoreError> {
+        let from = self.event_key(*last + 1);
+        let mut send = |rec: EventRecord| {
+            if rec.seq > *last {
+                *last = rec.seq;
+                let _ = tx.send(rec);
+            }
+        };
+        let end = self.key(&["events0"]);
+        let options = GetOptions::new().with_range(end);
+        let resp = self.client.clone().get(from, Some(options)).await.map_err(db)?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        for kv in resp.kvs() {
+            send(decode(kv)?);
+        }
+        let folder = self.key(&["events", ""]);
+        let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
+        let mut stream = self.client.clone().watch(folder, Some(options)).await.map_err(db)?;
+        while let Some(resp) = stream.message().await.map_err(db)? {
+            if resp.canceled() {
+                return Err(StoreError::Db(format!("the watch was cancelled: {}", resp.cancel_reason())));
+            }
+            for event in resp.events().iter().filter(|e| e.event_type() == EventType::Put) {
+                if let Some(kv) = event.kv() {
+                    send(decode(kv)?);
+                }
+            }
+        }
+        Err(db("the watch ended"))
     }
 }
 

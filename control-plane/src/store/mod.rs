@@ -103,6 +103,25 @@ impl Store {
         Ok(Store { backend: Backend::Redb(b) })
     }
 
+    /// Whether other control-plane processes write to this store too.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Etcd(_))
+    }
+
+    /// For a shared store: sends `tx` every event after `after`, in order,
+    /// whichever replica committed it, until `stop`. A store of one process
+    /// has no other writer, and returns at once.
+    pub async fn follow_events(
+        &self,
+        after: u64,
+        tx: tokio::sync::broadcast::Sender<EventRecord>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        if let Backend::Etcd(b) = &self.backend {
+            b.follow_events(after, tx, stop).await;
+        }
+    }
+
     /// The last sequence number in the log (0: none yet).
     pub async fn last_seq(&self) -> Result<u64, StoreError> {
         backend!(self, |b| b.last_seq())

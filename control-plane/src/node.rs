@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{Control, router};
-use crate::store::{Store, StoreError};
+use crate::store::{NodeRecord, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -67,7 +67,8 @@ impl ControlNode {
         let RoleConfig::Control(cfg) = &node.role else {
             return Err(ControlError::NotControl(node.file.display().to_string()));
         };
-        let store = Store::open(&cfg.store).await?;
+        let replica = format!("{}-{}-{:x}", node.name, std::process::id(), crate::store::now_ms());
+        let store = Store::open(&cfg.store, &replica).await?;
         let admin = token(&cfg.admin_token_file)?;
         let nodes = token(&cfg.node_token_file)?;
         let tls = match (&node.listen.https.first(), &node.tls.cert) {
@@ -105,6 +106,12 @@ impl ControlNode {
         tokio::spawn(async move {
             stopped.cancelled().await;
             closing.cancel();
+        });
+        let control = Arc::clone(&self.control);
+        tokio::spawn(async move {
+            let c = Arc::clone(&control);
+            let changed = move |node: Option<NodeRecord>| c.registry_changed(node);
+            control.store.follow_registry(&changed, control.closing.clone()).await;
         });
         let control = Arc::clone(&self.control);
         let after = control.store.last_seq().await.unwrap_or(0);

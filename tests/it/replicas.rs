@@ -89,6 +89,17 @@ async fn sites_and_purges_through_either_replica_reach_every_node_in_one_order()
         })
         .await;
     }
+    // Each replica sees both nodes connected, though each follows one,
+    // and a purge that waits, sent through either, waits for both.
+    for at in [a, b] {
+        let nodes = call(Method::GET, &api(at, "/v1/nodes"), Some(admin), None, "").await.json();
+        assert!(nodes.as_array().unwrap().iter().all(|n| n["connected"] == true), "{nodes}");
+        let body = r#"{"site": "shop", "urls": ["/x?cc=max-age%3D600"], "wait": true}"#;
+        let r = call(Method::POST, &api(at, "/v1/purge"), Some(admin), None, body).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+        let report = r.json();
+        assert_eq!(report["acked"], serde_json::json!(["edge-1", "edge-2"]), "{report}");
+    }
     let via_a = call(Method::GET, &api(a, "/v1/purges/p7"), Some(admin), None, "").await.json();
     let via_b = call(Method::GET, &api(b, "/v1/purges/p7"), Some(admin), None, "").await.json();
     assert_eq!(via_a["seq"], via_b["seq"]);

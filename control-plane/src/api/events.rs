@@ -33,6 +33,9 @@ impl Drop for Connection {
         let mut c = self.control.connected.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = c.get_mut(&self.node) {
             *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.control.store.set_present(&self.node, false);
+            }
         }
         drop(c);
         self.control.ack_changed.send_modify(|v| *v += 1);
@@ -84,7 +87,14 @@ pub(super) async fn stream(
     let rx = c.events.subscribe();
     let (backlog, cursor, last) = backlog(&c.store, q.after).await?;
     register(&c, &q, addrs, last).await?;
-    *c.connected.lock().unwrap_or_else(|p| p.into_inner()).entry(q.node.clone()).or_default() += 1;
+    {
+        let mut connected = c.connected.lock().unwrap_or_else(|p| p.into_inner());
+        let streams = connected.entry(q.node.clone()).or_default();
+        *streams += 1;
+        if *streams == 1 {
+            c.store.set_present(&q.node, true);
+        }
+    }
     let conn = Connection { control: Arc::clone(&c), node: q.node };
     let mut resp = Response::new(Body::from_stream(lines(backlog, rx, cursor, conn)));
     resp.headers_mut().insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));

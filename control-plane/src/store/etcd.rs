@@ -11,6 +11,7 @@
 //! | `P/sites/<id>` | a [`SiteRecord`] |
 //! | `P/purges/<id>` | a [`PurgeRecord`] |
 //! | `P/nodes/<name>` | a [`NodeRecord`] |
+//! | `P/conn/<name>/<replica>` | present while `replica` has the node's stream open (on the replica's lease) |
 //!
 //! Every write that logs an event is one transaction that succeeds only if
 //! `P/meta/seq` and every record it read are unchanged since it read them,
@@ -18,12 +19,12 @@
 //! a transaction that lost a race on the sequence alone is retried, one
 //! that lost it on the record it changes is a [`StoreError::Conflict`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, Identity, KeyValue,
-    TlsOptions, Txn, TxnOp, WatchOptions,
+    PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
 };
 use outpost_config::{EtcdStore, Event, EventRecord, Purge, PurgeTarget};
 use serde::Serialize;
@@ -42,6 +43,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_RACES: usize = 64;
 /// Pause before watching the log again after the watch failed.
 const FOLLOW_RETRY: Duration = Duration::from_millis(200);
+/// How long a replica's presence records outlive it: its nodes count as
+/// disconnected this long after it dies or loses the cluster, the time a
+/// node takes to notice a dead stream.
+const PRESENCE_TTL: Duration = outpost_config::api::DEAD_AFTER;
 
 #[derive(Clone)]
 pub(super) struct EtcdBackend {
@@ -50,6 +55,11 @@ pub(super) struct EtcdBackend {
     /// This process's writers take turns: they would only race each other
     /// for the sequence number; races with other replicas are retried.
     writing: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// This replica's name among the replicas.
+    replica: String,
+    /// The nodes whose streams this replica has open, and a wake-up for
+    /// the task that publishes them ([`EtcdBackend::keep_presence`]).
+    present: std::sync::Arc<(std::sync::Mutex<BTreeSet<String>>, tokio::sync::Notify)>,
 }
 
 impl std::fmt::Debug for EtcdBackend {
@@ -66,7 +76,7 @@ struct Read<T> {
 }
 
 impl EtcdBackend {
-    pub(super) async fn connect(cfg: &EtcdStore) -> Result<EtcdBackend, StoreError> {
+    pub(super) async fn connect(cfg: &EtcdStore, replica: &str) -> Result<EtcdBackend, StoreError> {
         let mut options = ConnectOptions::new().with_timeout(CALL_TIMEOUT).with_connect_timeout(CONNECT_TIMEOUT);
         if cfg.ca.is_some() || cfg.identity.is_some() {
             let mut tls = TlsOptions::new();
@@ -86,7 +96,13 @@ impl EtcdBackend {
             .await
             .map_err(|e| StoreError::Db(format!("cannot reach etcd at {}: {e}", cfg.endpoints.join(", "))))?;
         let prefix = cfg.prefix.trim_end_matches('/').to_string();
-        Ok(EtcdBackend { client, prefix, writing: std::sync::Arc::default() })
+        Ok(EtcdBackend {
+            client,
+            prefix,
+            writing: std::sync::Arc::default(),
+            replica: replica.to_string(),
+            present: std::sync::Arc::default(),
+        })
     }
 
     fn key(&self, parts: &[&str]) -> String {
@@ -347,6 +363,128 @@ impl EtcdBackend {
             for event in resp.events().iter().filter(|e| e.event_type() == EventType::Put) {
                 if let Some(kv) = event.kv() {
                     send(decode(kv)?);
+                }
+            }
+        }
+        Err(db("the watch ended"))
+    }
+}
+
+impl EtcdBackend {
+    /// Marks `node`'s stream open (or closed) at this replica.
+    pub(super) fn set_present(&self, node: &str, open: bool) {
+        let (set, wake) = &*self.present;
+        let mut set = set.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = if open { set.insert(node.to_string()) } else { set.remove(node) };
+        if changed {
+            wake.notify_one();
+        }
+    }
+
+    /// The nodes with a stream open at any replica.
+    pub(super) async fn present(&self) -> Result<BTreeSet<String>, StoreError> {
+        let from = self.key(&["conn", ""]);
+        let options = GetOptions::new().with_prefix().with_keys_only();
+        let resp = self.client.clone().get(from.clone(), Some(options)).await.map_err(db)?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let rest = String::from_utf8_lossy(&kv.key()[from.len()..]).into_owned();
+                rest.split_once('/').map(|(node, _)| node.to_string())
+            })
+            .collect())
+    }
+
+    /// Publishes this replica's open streams on a lease it keeps alive,
+    /// until `stop`; a lease lost (the cluster unreachable for longer than
+    /// its life) is replaced and the records written again.
+    pub(super) async fn keep_presence(&self, stop: CancellationToken) {
+        loop {
+            let lost = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = self.presence_on_one_lease() => r,
+            };
+            if let Err(e) = lost {
+                tracing::warn!(error = %e, "presence lease lost; taking a new one");
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(FOLLOW_RETRY) => {}
+            }
+        }
+    }
+
+    async fn presence_on_one_lease(&self) -> Result<(), StoreError> {
+        let mut client = self.client.clone();
+        let ttl = i64::try_from(PRESENCE_TTL.as_secs()).unwrap_or(6).max(2);
+        let lease = client.lease_grant(ttl, None).await.map_err(db)?.id();
+        let (mut keeper, mut acks) = client.lease_keep_alive(lease).await.map_err(db)?;
+        let mut published: BTreeSet<String> = BTreeSet::new();
+        let mut renew = tokio::time::interval(PRESENCE_TTL / 3);
+        loop {
+            let wanted = self.present.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            for node in wanted.difference(&published) {
+                let key = self.key(&["conn", node, &self.replica]);
+                client.put(key, now_ms().to_string(), Some(PutOptions::new().with_lease(lease))).await.map_err(db)?;
+            }
+            for node in published.difference(&wanted) {
+                client.delete(self.key(&["conn", node, &self.replica]), None).await.map_err(db)?;
+            }
+            published = wanted;
+            tokio::select! {
+                _ = self.present.1.notified() => {}
+                _ = renew.tick() => {
+                    keeper.keep_alive().await.map_err(db)?;
+                    match acks.message().await.map_err(db)? {
+                        Some(r) if r.ttl() > 0 => {}
+                        _ => return Err(db("the cluster no longer knows the lease")),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Calls `changed` with every registry record any replica writes, and
+    /// with `None` when a node's presence changes, until `stop`.
+    pub(super) async fn follow_registry(
+        &self,
+        changed: &(dyn Fn(Option<NodeRecord>) + Send + Sync),
+        stop: CancellationToken,
+    ) {
+        loop {
+            let failed = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = self.watch_registry(changed) => r,
+            };
+            if let Err(e) = failed {
+                tracing::warn!(error = %e, "watching the node registry failed; resuming");
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(FOLLOW_RETRY) => {}
+            }
+        }
+    }
+
+    async fn watch_registry(&self, changed: &(dyn Fn(Option<NodeRecord>) + Send + Sync)) -> Result<(), StoreError> {
+        let (nodes, conn) = (self.key(&["nodes", ""]), self.key(&["conn", ""]));
+        // Both folders share the prefix up to their names: watch the range
+        // that holds them, and sort what comes.
+        let options = WatchOptions::new().with_range(self.key(&["nodes0"]));
+        let mut stream = self.client.clone().watch(conn.clone(), Some(options)).await.map_err(db)?;
+        // Whatever changed before the watch began counts as a change too.
+        changed(None);
+        while let Some(resp) = stream.message().await.map_err(db)? {
+            if resp.canceled() {
+                return Err(StoreError::Db(format!("the watch was cancelled: {}", resp.cancel_reason())));
+            }
+            for event in resp.events() {
+                let Some(kv) = event.kv() else { continue };
+                if kv.key().starts_with(nodes.as_bytes()) && event.event_type() == EventType::Put {
+                    changed(Some(decode(kv)?));
+                } else if kv.key().starts_with(conn.as_bytes()) {
+                    changed(None);
                 }
             }
         }

@@ -18,7 +18,7 @@
 mod etcd;
 mod redb;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use outpost_config::{EventRecord, Purge, PurgeTarget, StoreBackend};
@@ -86,12 +86,13 @@ macro_rules! backend {
 }
 
 impl Store {
-    /// The store a node file's `[store]` names.
-    pub async fn open(backend: &StoreBackend) -> Result<Store, StoreError> {
+    /// The store a node file's `[store]` names; `replica` names this
+    /// process among those sharing it.
+    pub async fn open(backend: &StoreBackend, replica: &str) -> Result<Store, StoreError> {
         match backend {
             StoreBackend::Redb { path } => Store::open_file(path).await,
             StoreBackend::Etcd(cfg) => {
-                Ok(Store { backend: Backend::Etcd(Box::new(etcd::EtcdBackend::connect(cfg).await?)) })
+                Ok(Store { backend: Backend::Etcd(Box::new(etcd::EtcdBackend::connect(cfg, replica).await?)) })
             }
         }
     }
@@ -119,6 +120,37 @@ impl Store {
     ) {
         if let Backend::Etcd(b) = &self.backend {
             b.follow_events(after, tx, stop).await;
+        }
+    }
+
+    /// Records that `node`'s event stream is open (or closed) here, for
+    /// the other replicas of a shared store.
+    pub fn set_present(&self, node: &str, open: bool) {
+        if let Backend::Etcd(b) = &self.backend {
+            b.set_present(node, open);
+        }
+    }
+
+    /// The nodes with a stream open at any replica of a shared store;
+    /// `None` for a store of one process, which knows its own streams.
+    pub async fn present(&self) -> Result<Option<BTreeSet<String>>, StoreError> {
+        match &self.backend {
+            Backend::Etcd(b) => b.present().await.map(Some),
+            Backend::Redb(_) => Ok(None),
+        }
+    }
+
+    /// For a shared store, until `stop`: publishes the streams open here
+    /// (on a lease, so they vanish with this replica), and calls `changed`
+    /// with every registry record any replica writes and with `None` when
+    /// a node's presence changes. A store of one process returns at once.
+    pub async fn follow_registry(
+        &self,
+        changed: &(dyn Fn(Option<NodeRecord>) + Send + Sync),
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        if let Backend::Etcd(b) = &self.backend {
+            tokio::join!(b.keep_presence(stop.clone()), b.follow_registry(changed, stop));
         }
     }
 

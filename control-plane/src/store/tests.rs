@@ -152,7 +152,7 @@ async fn etcd() -> (outpost_testkit::etcd::EtcdCluster, Store) {
         identity: None,
         user: None,
     };
-    let s = Store::open(&StoreBackend::Etcd(cfg)).await.unwrap();
+    let s = Store::open(&StoreBackend::Etcd(cfg), "test-a").await.unwrap();
     (cluster, s)
 }
 
@@ -179,13 +179,16 @@ async fn etcd_concurrent_writes_get_one_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_etcd_clients_share_one_log() {
     let (cluster, a) = etcd().await;
-    let b = Store::open(&StoreBackend::Etcd(outpost_config::EtcdStore {
-        endpoints: cluster.endpoints().into_iter().rev().collect(),
-        prefix: "/test/".into(),
-        ca: None,
-        identity: None,
-        user: None,
-    }))
+    let b = Store::open(
+        &StoreBackend::Etcd(outpost_config::EtcdStore {
+            endpoints: cluster.endpoints().into_iter().rev().collect(),
+            prefix: "/test/".into(),
+            ca: None,
+            identity: None,
+            user: None,
+        }),
+        "test-b",
+    )
     .await
     .unwrap();
     a.upsert_site("s", "from a", None).await.unwrap();

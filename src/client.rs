@@ -13,8 +13,9 @@ use outpost_net::control::{ClientError, ControlClient, Token};
 /// Where `outpost up` keeps the admin token.
 pub(crate) const UP_TOKEN_FILE: &str = ".outpost/admin.token";
 
-/// The client of the control plane at `base`, with the operator's token.
-pub(crate) fn connect(base: &str) -> anyhow::Result<ControlClient> {
+/// The client of the control plane at `urls` (one per replica), with the
+/// operator's token.
+pub(crate) fn connect(urls: &[String]) -> anyhow::Result<ControlClient> {
     let token = match std::env::var("OUTPOST_TOKEN") {
         Ok(t) if !t.trim().is_empty() => Token::Value(t),
         _ if Path::new(UP_TOKEN_FILE).is_file() => Token::File(UP_TOKEN_FILE.into()),
@@ -24,7 +25,7 @@ pub(crate) fn connect(base: &str) -> anyhow::Result<ControlClient> {
     };
     let ca = std::env::var_os("OUTPOST_CA").filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
     let tls = outpost_proxy::tls::client_config(ca.as_deref().as_slice(), None).context("OUTPOST_CA")?;
-    Ok(ControlClient::new(base, token, tls))
+    Ok(ControlClient::new(urls, token, tls))
 }
 
 /// What the operator is told when a call fails.

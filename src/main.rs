@@ -64,9 +64,9 @@ enum Command {
     Sites {
         #[command(subcommand)]
         action: SitesAction,
-        /// Control-plane URL.
-        #[arg(long, global = true, default_value = "http://127.0.0.1:7000")]
-        control: String,
+        /// Control-plane URL; for replicas, repeat it or separate URLs with commas.
+        #[arg(long, global = true, value_delimiter = ',', default_value = "http://127.0.0.1:7000")]
+        control: Vec<String>,
         /// Print JSON instead of a table.
         #[arg(long, global = true)]
         json: bool,
@@ -93,8 +93,9 @@ enum Command {
         /// Wait until every connected node applied it.
         #[arg(long)]
         wait: bool,
-        #[arg(long, default_value = "http://127.0.0.1:7000")]
-        control: String,
+        /// Control-plane URL; for replicas, repeat it or separate URLs with commas.
+        #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:7000")]
+        control: Vec<String>,
         #[arg(long)]
         json: bool,
     },
@@ -114,8 +115,9 @@ enum Command {
     },
     /// Show the nodes the control plane knows, their lag and last contact.
     Status {
-        #[arg(long, default_value = "http://127.0.0.1:7000")]
-        control: String,
+        /// Control-plane URL; for replicas, repeat it or separate URLs with commas.
+        #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:7000")]
+        control: Vec<String>,
         #[arg(long)]
         json: bool,
     },
@@ -219,7 +221,7 @@ fn serve(config: &Path, role: Role) -> anyhow::Result<()> {
     runtime()?.block_on(roles::serve(config, role))
 }
 
-async fn purge(req: &PurgeRequest, control: &str, json: bool) -> anyhow::Result<()> {
+async fn purge(req: &PurgeRequest, control: &[String], json: bool) -> anyhow::Result<()> {
     let status = client::connect(control)?.purge(req).await.map_err(client::explain)?;
     if json {
         println!("{}", serde_json::to_string(&status)?);
@@ -229,7 +231,7 @@ async fn purge(req: &PurgeRequest, control: &str, json: bool) -> anyhow::Result<
     Ok(())
 }
 
-async fn status(control: &str, json: bool) -> anyhow::Result<()> {
+async fn status(control: &[String], json: bool) -> anyhow::Result<()> {
     let nodes = client::connect(control)?.nodes().await.map_err(client::explain)?;
     if json {
         println!("{}", serde_json::to_string(&nodes)?);
@@ -263,7 +265,7 @@ async fn origin(listen: &[SocketAddr], dir: Option<PathBuf>) -> anyhow::Result<(
     Ok(())
 }
 
-async fn sites(action: SitesAction, control: &str, json: bool) -> anyhow::Result<()> {
+async fn sites(action: SitesAction, control: &[String], json: bool) -> anyhow::Result<()> {
     let api = client::connect(control)?;
     let out = match action {
         SitesAction::Push { file } => {

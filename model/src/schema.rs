@@ -210,7 +210,8 @@ pub static SECTIONS: &[Section] = &[
         roles: &[E, S, D],
         doc: "The control plane this node follows. Without it the node serves its own site files.",
         keys: &[
-            key("url", "URL", Required, "The control plane's API.", "\"http://127.0.0.1:7000\""),
+            key("url", "URL", Unset, "The control plane's API; this or `urls` is required.", "\"http://127.0.0.1:7000\""),
+            key("urls", "list of URLs", Unset, "One URL per control-plane replica, instead of `url`: a node that loses one follows the next, resuming where it was.", "[\"http://10.0.0.11:7000\", \"http://10.0.0.12:7000\"]"),
             key("token_file", "path", Required, "Holds the node token; read at start, never logged.", "\"node.token\""),
             key("ca", "path", Unset, "Trusted besides the public roots when `url` is https.", "\"control-ca.pem\""),
         ],

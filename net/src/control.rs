@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -83,26 +84,43 @@ impl ClientError {
 
 type Https = hyper_rustls::HttpsConnector<HttpConnector>;
 
-/// A client of one control plane.
+/// A client of the control plane: of one process, or of any of the
+/// replicas that share a store. Calls go to the replica that answered
+/// last; one that cannot be reached hands the call to the next.
 #[derive(Debug, Clone)]
 pub struct ControlClient {
-    base: String,
+    bases: Arc<[String]>,
+    /// The replica calls go to first, shared by the client's clones.
+    current: Arc<AtomicUsize>,
     token: Token,
     timeout: Duration,
     http: Client<Https, Full<Bytes>>,
 }
 
 impl ControlClient {
-    /// A client of the control plane at `base` (`http://` or `https://`,
-    /// verified with `tls`).
-    pub fn new(base: &str, token: Token, tls: Arc<rustls::ClientConfig>) -> ControlClient {
+    /// A client of the control plane at `urls` (`http://` or `https://`,
+    /// verified with `tls`): one URL, or one per replica. Each URL may
+    /// itself be a comma-separated list, as operators type them.
+    pub fn new<S: AsRef<str>>(urls: &[S], token: Token, tls: Arc<rustls::ClientConfig>) -> ControlClient {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(CONNECT_TIMEOUT));
         http.set_nodelay(true);
         let connector = Https::from((http, tls));
         let http = Client::builder(TokioExecutor::new()).build(connector);
-        ControlClient { base: base.trim_end_matches('/').to_string(), token, timeout: DEFAULT_TIMEOUT, http }
+        let bases: Vec<String> = urls
+            .iter()
+            .flat_map(|u| u.as_ref().split(','))
+            .map(|u| u.trim().trim_end_matches('/').to_string())
+            .filter(|u| !u.is_empty())
+            .collect();
+        ControlClient {
+            bases: bases.into(),
+            current: Arc::new(AtomicUsize::new(0)),
+            token,
+            timeout: DEFAULT_TIMEOUT,
+            http,
+        }
     }
 
     /// How long each call may take (the event stream: until its head).
@@ -112,12 +130,26 @@ impl ControlClient {
         self
     }
 
+    /// The replica calls go to now.
     pub fn base(&self) -> &str {
-        &self.base
+        let i = self.current.load(Ordering::Relaxed) % self.bases.len().max(1);
+        self.bases.get(i).map_or("", String::as_str)
     }
 
-    async fn send_once(&self, method: &Method, path: &str, body: &[u8]) -> Result<Response<Incoming>, ClientError> {
-        let url = format!("{}{path}", self.base);
+    /// The next replica takes the calls (after `failed` could not answer).
+    fn fail_over(&self, failed: usize) {
+        let next = (failed + 1) % self.bases.len().max(1);
+        let _ = self.current.compare_exchange(failed, next, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    async fn send_once(
+        &self,
+        base: &str,
+        method: &Method,
+        path: &str,
+        body: &[u8],
+    ) -> Result<Response<Incoming>, ClientError> {
+        let url = format!("{base}{path}");
         let mut req = Request::builder()
             .method(method.clone())
             .uri(&url)
@@ -135,22 +167,38 @@ impl ControlClient {
         }
     }
 
-    /// Sends a request; reads that could not connect are tried again.
+    /// Sends a request to the current replica. One that cannot be reached
+    /// passes it to the next, every replica in turn; a read is tried so
+    /// around [`READ_ATTEMPTS`] times, with a growing, jittered pause
+    /// between rounds. A read a replica answered with 5xx or not in time
+    /// goes to the next replica too; a write that may have been received
+    /// is not sent twice.
     async fn send(&self, method: Method, path: &str, body: &[u8]) -> Result<Response<Incoming>, ClientError> {
-        let attempts = if method == Method::GET { READ_ATTEMPTS } else { 1 };
+        let rounds = if method == Method::GET { READ_ATTEMPTS } else { 1 };
         let mut pause = RETRY_PAUSE;
         let mut last = None;
-        for _ in 0..attempts {
-            match self.send_once(&method, path, body).await {
-                Err(e @ ClientError::Unreachable { .. }) => {
-                    last = Some(e);
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
+        for round in 0..rounds {
+            if round > 0 {
+                tokio::time::sleep(jittered(pause)).await;
+                pause *= 2;
+            }
+            for _ in 0..self.bases.len() {
+                let i = self.current.load(Ordering::Relaxed) % self.bases.len();
+                let result = self.send_once(&self.bases[i], &method, path, body).await;
+                let pass_on = match &result {
+                    Err(ClientError::Unreachable { .. }) => true,
+                    Err(ClientError::Timeout { .. }) => method == Method::GET,
+                    Ok(resp) => method == Method::GET && resp.status().is_server_error(),
+                    Err(_) => false,
+                };
+                if !pass_on {
+                    return result;
                 }
-                r => return r,
+                self.fail_over(i);
+                last = Some(result);
             }
         }
-        Err(last.unwrap_or(ClientError::Decode("no attempt made".into())))
+        last.unwrap_or(Err(ClientError::Decode("no control-plane URL".into())))
     }
 
     /// A call whose answer is JSON of type `T` (an error answer becomes
@@ -160,7 +208,10 @@ impl ControlClient {
         let status = resp.status();
         let bytes = match tokio::time::timeout(self.timeout, resp.into_body().collect()).await {
             Err(_) => {
-                return Err(ClientError::Timeout { url: format!("{}{path}", self.base), secs: self.timeout.as_secs() });
+                return Err(ClientError::Timeout {
+                    url: format!("{}{path}", self.base()),
+                    secs: self.timeout.as_secs(),
+                });
             }
             Ok(Err(e)) => return Err(ClientError::Decode(e.to_string())),
             Ok(Ok(b)) => b.to_bytes(),
@@ -225,6 +276,14 @@ impl ControlClient {
         }
         Ok(EventStream { body: resp.into_body(), buf: BytesMut::new() })
     }
+}
+
+/// `pause`, give or take a quarter, so clients that failed together do not
+/// come back together.
+fn jittered(pause: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let quarter = pause / 4;
+    pause - quarter + quarter * 2 * (nanos % 1000) / 1000
 }
 
 fn api_error(status: StatusCode, body: &[u8]) -> ClientError {

@@ -89,7 +89,7 @@ impl Node {
                 addrs: http.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.to_string()).collect(),
             };
             let link = crate::subscribe::Link {
-                url: link.url.clone(),
+                urls: link.urls.clone(),
                 token_file: link.token_file.clone(),
                 tls,
                 base: outpost_config::base_dir(&node.file),

@@ -45,7 +45,8 @@ pub struct Identity {
 /// Where and how a node reaches its control plane.
 #[derive(Debug, Clone)]
 pub struct Link {
-    pub url: Uri,
+    /// The control plane, or each of its replicas.
+    pub urls: Vec<Uri>,
     pub token_file: PathBuf,
     /// Verifies the control plane when the url is `https`.
     pub tls: Arc<rustls::ClientConfig>,
@@ -56,7 +57,7 @@ pub struct Link {
 #[derive(Debug)]
 pub struct Subscriber {
     engine: Arc<Engine>,
-    control: Uri,
+    control: Vec<Uri>,
     token_file: PathBuf,
     base: PathBuf,
     tls: Arc<rustls::ClientConfig>,
@@ -103,7 +104,7 @@ impl Subscriber {
         engine.link_control();
         Subscriber {
             engine,
-            control: link.url,
+            control: link.urls,
             token_file: link.token_file,
             base: link.base,
             tls: link.tls,
@@ -260,12 +261,9 @@ impl Subscriber {
     /// Follows the control plane until `shutdown`, reconnecting as needed.
     pub fn start(self: Arc<Self>, shutdown: CancellationToken) {
         tokio::spawn(async move {
-            let client = ControlClient::new(
-                &self.control.to_string(),
-                Token::File(self.token_file.clone()),
-                Arc::clone(&self.tls),
-            )
-            .with_timeout(DEAD_AFTER);
+            let urls: Vec<String> = self.control.iter().map(ToString::to_string).collect();
+            let client = ControlClient::new(&urls, Token::File(self.token_file.clone()), Arc::clone(&self.tls))
+                .with_timeout(DEAD_AFTER);
             let mut backoff = Duration::from_millis(100);
             loop {
                 let result = tokio::select! {

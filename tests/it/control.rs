@@ -96,13 +96,23 @@ pub(crate) async fn edge_engine(
     i: usize,
     control: SocketAddr,
 ) -> (SocketAddr, CancellationToken, Arc<outpost_proxy::Engine>) {
+    edge_following(dir, i, &format!("url = \"http://{control}\"")).await
+}
+
+/// Edge `i`, whose `[control]` section names the control plane with
+/// `control_url` (a `url = …` or `urls = […]` line).
+pub(crate) async fn edge_following(
+    dir: &Path,
+    i: usize,
+    control_url: &str,
+) -> (SocketAddr, CancellationToken, Arc<outpost_proxy::Engine>) {
     let cfg = load(
         dir,
         &format!("edge-{i}"),
         &format!(
             "[node]\nname = \"edge-{i}\"\nrole = \"edge\"\npop = \"p{i}\"\nlatitude = 0.0\nlongitude = 0.0\naccess_log = \"off\"\n\
              [listen]\nhttp = [\"127.0.0.1:0\"]\n[cache]\nmemory = \"16MiB\"\ndisk = \"32MiB\"\npath = \"cache-{i}\"\n\
-             [upstream]\nmode = \"origin\"\n[control]\nurl = \"http://{control}\"\ntoken_file = \"node.token\"\n"
+             [upstream]\nmode = \"origin\"\n[control]\n{control_url}\ntoken_file = \"node.token\"\n"
         ),
     );
     let node = outpost_edge::bind(&cfg).await.unwrap();
@@ -356,8 +366,8 @@ async fn every_api_type_round_trips_through_the_real_server() {
     let (addr, _) = start_control(dir.path(), &stop).await;
     let tls = outpost_proxy::tls::client_config(&[], None).unwrap();
     let base = format!("http://{addr}");
-    let admin = ControlClient::new(&base, Token::File(dir.path().join("admin.token")), Arc::clone(&tls));
-    let node = ControlClient::new(&base, Token::File(dir.path().join("node.token")), Arc::clone(&tls));
+    let admin = ControlClient::new(&[&base], Token::File(dir.path().join("admin.token")), Arc::clone(&tls));
+    let node = ControlClient::new(&[&base], Token::File(dir.path().join("node.token")), Arc::clone(&tls));
 
     assert_eq!(admin.health().await.unwrap().seq, 0);
     let text = "[site]\nid = \"rt\"\nhosts = [\"rt.test\", \"*.rt.test\"]\n[[origin]]\nurl = \"http://127.0.0.1:9\"\n";
@@ -413,10 +423,10 @@ async fn every_api_type_round_trips_through_the_real_server() {
     assert!(matches!(&e, ClientError::Api { status: 404, error, .. } if error == "not_found"), "{e}");
     let e = admin.purge(&PurgeRequest { site: "rt".into(), ..PurgeRequest::default() }).await.unwrap_err();
     assert!(matches!(&e, ClientError::Api { status: 400, error, .. } if error == "invalid_purge"), "{e}");
-    let wrong = ControlClient::new(&base, Token::Value("wrong".into()), Arc::clone(&tls));
+    let wrong = ControlClient::new(&[&base], Token::Value("wrong".into()), Arc::clone(&tls));
     assert!(wrong.sites().await.unwrap_err().is_unauthorized());
     assert!(node.sites().await.unwrap_err().is_unauthorized(), "the node token is not an admin token");
-    let gone = ControlClient::new("http://127.0.0.1:9", Token::Value("x".into()), tls);
+    let gone = ControlClient::new(&["http://127.0.0.1:9"], Token::Value("x".into()), tls);
     assert!(matches!(gone.health().await.unwrap_err(), ClientError::Unreachable { .. }));
     stop.cancel();
 }
@@ -696,7 +706,7 @@ async fn the_api_and_event_stream_run_over_tls_and_nodes_verify_the_control_plan
     assert!(plain.request(req).await.is_err());
     let tls = outpost_proxy::tls::client_config(&[&d.join("ca.pem")], None).unwrap();
     let api = outpost_net::control::ControlClient::new(
-        &format!("https://{control}"),
+        &[format!("https://{control}")],
         outpost_net::control::Token::Value(admin),
         tls,
     );

@@ -9,21 +9,27 @@ use outpost_testkit::etcd::EtcdCluster;
 use outpost_testkit::eventually;
 use tokio_util::sync::CancellationToken;
 
-use crate::control::{call, edge_node, load, site, test_origin};
+use crate::control::{call, edge_following, edge_node, load, site, test_origin};
+use crate::topology::{Process, free_addr, wait_listening};
 
-/// A control-plane replica on `cluster`, named `name`, in `dir` (which the
-/// replicas share for their token files).
-async fn replica(dir: &Path, name: &str, cluster: &EtcdCluster, stop: &CancellationToken) -> SocketAddr {
+/// The node file of a control-plane replica on `cluster`, listening on
+/// `listen`, in `dir` (which the replicas share for their token files).
+fn replica_file(dir: &Path, name: &str, cluster: &EtcdCluster, listen: SocketAddr) -> outpost_config::NodeConfig {
     let endpoints = cluster.endpoints().iter().map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(", ");
-    let cfg = load(
+    load(
         dir,
         name,
         &format!(
-            "[node]\nname = \"{name}\"\nrole = \"control\"\n[listen]\nhttp = [\"127.0.0.1:0\"]\n\
+            "[node]\nname = \"{name}\"\nrole = \"control\"\n[listen]\nhttp = [\"{listen}\"]\n\
              [store]\nbackend = \"etcd\"\nendpoints = [{endpoints}]\nprefix = \"/cdn/\"\n\
              [auth]\nadmin_token_file = \"admin.token\"\nnode_token_file = \"node.token\"\n"
         ),
-    );
+    )
+}
+
+/// A control-plane replica in this process.
+async fn replica(dir: &Path, name: &str, cluster: &EtcdCluster, stop: &CancellationToken) -> SocketAddr {
+    let cfg = replica_file(dir, name, cluster, "127.0.0.1:0".parse().unwrap());
     let node = outpost_control::node::ControlNode::bind(&cfg).await.unwrap();
     let addr = node.addr();
     tokio::spawn(node.run(stop.clone()));
@@ -103,5 +109,51 @@ async fn sites_and_purges_through_either_replica_reach_every_node_in_one_order()
     let via_a = call(Method::GET, &api(a, "/v1/purges/p7"), Some(admin), None, "").await.json();
     let via_b = call(Method::GET, &api(b, "/v1/purges/p7"), Some(admin), None, "").await.json();
     assert_eq!(via_a["seq"], via_b["seq"]);
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_hands_its_nodes_to_another_within_two_seconds() {
+    let cluster = EtcdCluster::start(3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let origin = test_origin(&stop).await;
+    let a = replica(dir.path(), "control-a", &cluster, &stop).await;
+    let b = free_addr();
+    replica_file(dir.path(), "control-b", &cluster, b);
+    let file = dir.path().join("control-b.toml");
+    let mut replica_b = Process::spawn(&["control", "--config", file.to_str().unwrap()]);
+    wait_listening(b, "replica B").await;
+    let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let admin = admin.trim();
+    let r = call(Method::POST, &format!("http://{a}/v1/sites"), Some(admin), None, &site(origin)).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    // Both edges follow B first, A after it.
+    let urls = format!("urls = [\"http://{b}\", \"http://{a}\"]");
+    let (_e1, _s1, one) = edge_following(dir.path(), 1, &urls).await;
+    let (_e2, _s2, two) = edge_following(dir.path(), 2, &urls).await;
+    eventually("both edges at the end of the log", || async {
+        let nodes = call(Method::GET, &format!("http://{a}/v1/nodes"), Some(admin), None, "").await.json();
+        nodes.as_array().unwrap().len() == 2
+            && nodes.as_array().unwrap().iter().all(|n| n["connected"] == true && n["lag"] == 0)
+    })
+    .await;
+
+    replica_b.kill();
+    let killed = std::time::Instant::now();
+    // A purge through the survivor that waits for every node: it can only
+    // reach them once they follow A.
+    let body = r#"{"site": "shop", "all": true, "wait": true, "timeout_ms": 2000}"#;
+    let r = call(Method::POST, &format!("http://{a}/v1/purge"), Some(admin), None, body).await;
+    let took = killed.elapsed();
+    let report = r.json();
+    assert_eq!(r.status, StatusCode::OK, "{report}");
+    assert_eq!(report["acked"], serde_json::json!(["edge-1", "edge-2"]), "{report}");
+    assert!(took < std::time::Duration::from_secs(2), "the nodes moved to A {took:?} after B died");
+    let seq = report["seq"].as_u64().unwrap();
+    for engine in [one, two] {
+        assert!(engine.partitioned_for().is_none(), "a node that moved is not cut off");
+    }
+    println!("replica SIGKILL: every node acknowledged purge {seq} through the survivor {} ms after", took.as_millis());
     stop.cancel();
 }

@@ -90,7 +90,7 @@ impl DnsNode {
             match TcpListener::bind(bound).await {
                 Ok(tcp) => {
                     let registry = node.control.as_ref().map(|c| registry::RegistryLink {
-                        url: c.url.clone(),
+                        urls: c.urls.clone(),
                         token_file: c.token_file.clone(),
                         tls: Arc::new(plain_client_config()),
                         pops: cfg.pops.clone(),

@@ -31,7 +31,8 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 /// Where the registry is.
 #[derive(Debug, Clone)]
 pub struct RegistryLink {
-    pub url: Uri,
+    /// The control plane, or each of its replicas.
+    pub urls: Vec<Uri>,
     pub token_file: PathBuf,
     /// Verifies an `https` control plane.
     pub tls: Arc<rustls::ClientConfig>,
@@ -68,9 +69,12 @@ fn healthy_edges(nodes: &[NodeStatus], pops: &[DnsPop], rejected: &mut Vec<Strin
 pub fn follow(dns: Arc<GeoDns>, link: RegistryLink, shutdown: CancellationToken) {
     tokio::spawn(async move {
         let mut last_rejected: Vec<String> = Vec::new();
-        let client =
-            ControlClient::new(&link.url.to_string(), Token::File(link.token_file.clone()), Arc::clone(&link.tls))
-                .with_timeout(TIMEOUT);
+        let client = ControlClient::new(
+            &link.urls.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            Token::File(link.token_file.clone()),
+            Arc::clone(&link.tls),
+        )
+        .with_timeout(TIMEOUT);
         let mut tick = tokio::time::interval(POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;

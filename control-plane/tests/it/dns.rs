@@ -402,7 +402,7 @@ async fn hold_stream(
 ) -> tokio::task::JoinHandle<()> {
     use outpost_net::control::{ControlClient, Token};
     let tls = std::sync::Arc::new(plain_tls());
-    let client = ControlClient::new(&format!("http://{control}"), Token::Value(token.into()), tls);
+    let client = ControlClient::new(&[format!("http://{control}")], Token::Value(token.into()), tls);
     let query = outpost_config::api::StreamQuery {
         after: 0,
         node: name.into(),

@@ -205,7 +205,9 @@ impl Default for Limits {
 /// How a node reaches the control plane.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControlLink {
-    pub url: Uri,
+    /// `url`, or one per replica in `urls`: calls fail over from one to
+    /// the next.
+    pub urls: Vec<Uri>,
     /// Holds the node token; read at start, never logged.
     pub token_file: PathBuf,
     /// Trusted besides the public roots when the url is `https`. Default: none.

@@ -104,11 +104,28 @@ fn node_tls(s: &mut Sink<'_>, root: &mut Table<'_, '_>, role: Role, base: &Path,
 
 fn decode_control_link(s: &mut Sink<'_>, root: &mut Table<'_, '_>, base: &Path) -> Option<ControlLink> {
     let mut t = root.table(s, "control")?;
-    let url: Option<Uri> = t.req(s, "url");
+    let url: Option<Uri> = t.opt(s, "url");
+    let urls: Option<Spanned<Vec<Uri>>> = t.opt(s, "urls");
+    let urls = match (url, urls) {
+        (Some(u), None) => Some(vec![u]),
+        (None, Some(list)) if !list.get_ref().is_empty() => Some(list.into_inner()),
+        (None, Some(list)) => {
+            s.error(&list.span(), "urls must name at least one control-plane replica");
+            None
+        }
+        (None, None) => {
+            s.error(&t.span.clone(), "missing key `url` (or `urls`, one per control-plane replica)");
+            None
+        }
+        (Some(_), Some(list)) => {
+            s.error(&list.span(), "give `url` or `urls`, not both");
+            None
+        }
+    };
     let token_file: Option<String> = t.req(s, "token_file");
     let ca = t.opt::<Spanned<String>>(s, "ca").map(|p| s.later(&p.span(), base.join(p.get_ref()), Need::File));
     t.finish(s);
-    Some(ControlLink { url: url?, token_file: base.join(token_file?), ca })
+    Some(ControlLink { urls: urls?, token_file: base.join(token_file?), ca })
 }
 
 /// The role's own sections.

@@ -280,3 +280,16 @@ fn static_site_errors_point_into_the_site_file() {
     assert!(lines.iter().any(|l| l.contains("edge.toml:8:27:") && l.contains("gone.toml` does not exist")));
     assert!(lines.iter().any(|l| l.contains("bad.site.toml:5:7:")));
 }
+
+#[test]
+fn a_node_follows_one_control_plane_url_or_a_list_of_replicas() {
+    let with = |control: &str| format!("{EDGE}[control]\n{control}\ntoken_file = \"node.token\"\n");
+    let one: NodeConfig = with("url = \"http://10.0.0.1:7000\"").parse().unwrap();
+    let urls = |n: &NodeConfig| n.control.as_ref().unwrap().urls.iter().map(ToString::to_string).collect::<Vec<_>>();
+    assert_eq!(urls(&one), ["http://10.0.0.1:7000/"]);
+    let two: NodeConfig = with("urls = [\"http://10.0.0.1:7000\", \"http://10.0.0.2:7000\"]").parse().unwrap();
+    assert_eq!(urls(&two), ["http://10.0.0.1:7000/", "http://10.0.0.2:7000/"]);
+    assert!(errors(&with("url = \"http://a:1\"\nurls = [\"http://b:1\"]"))[0].contains("`url` or `urls`, not both"));
+    assert!(errors(&with("urls = []"))[0].contains("at least one control-plane replica"));
+    assert!(errors(&with(""))[0].contains("missing key `url` (or `urls`"));
+}

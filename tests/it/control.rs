@@ -62,20 +62,49 @@ async fn start_control_keeping(
     start_control_with(dir, stop, &format!("log_retention = {retention}\n"), "").await
 }
 
+/// The store backend the control-plane tests run against: `redb`, or a
+/// fresh three-member etcd cluster with `OUTPOST_TEST_STORE=etcd` (one
+/// battery, two backends).
+fn etcd_backend() -> bool {
+    std::env::var("OUTPOST_TEST_STORE").is_ok_and(|v| v == "etcd")
+}
+
 /// A control plane whose `[store]` has `store` added, and `extra` at the
-/// end of its node file.
+/// end of its node file. On etcd, the cluster is the one this test started
+/// in `dir` (a control plane started again finds it), and it lives as long
+/// as the test.
 async fn start_control_with(
     dir: &Path,
     stop: &CancellationToken,
     store: &str,
     extra: &str,
 ) -> (SocketAddr, Arc<outpost_control::api::Control>) {
+    let backend = if etcd_backend() {
+        let known = dir.join("etcd.endpoints");
+        let endpoints = match std::fs::read_to_string(&known) {
+            Ok(e) => e,
+            Err(_) => {
+                let cluster = outpost_testkit::etcd::EtcdCluster::start(3).await;
+                let e = cluster.endpoints().iter().map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(", ");
+                std::fs::write(&known, &e).unwrap();
+                // Dropped, and its members killed, when the test's runtime ends.
+                tokio::spawn(async move {
+                    std::future::pending::<()>().await;
+                    drop(cluster);
+                });
+                e
+            }
+        };
+        format!("backend = \"etcd\"\nendpoints = [{endpoints}]\n")
+    } else {
+        "path = \"control.redb\"\n".to_string()
+    };
     let cfg = load(
         dir,
         "control",
         &format!(
             "[node]\nname = \"control\"\nrole = \"control\"\n[listen]\nhttp = [\"127.0.0.1:0\"]\n\
-             [store]\npath = \"control.redb\"\n{store}[auth]\nadmin_token_file = \"admin.token\"\n\
+             [store]\n{backend}{store}[auth]\nadmin_token_file = \"admin.token\"\n\
              node_token_file = \"node.token\"\n{extra}"
         ),
     );

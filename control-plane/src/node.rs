@@ -114,6 +114,8 @@ impl ControlNode {
             control.store.follow_registry(&changed, control.closing.clone()).await;
         });
         let control = Arc::clone(&self.control);
+        tokio::spawn(async move { control.watch_quorum().await });
+        let control = Arc::clone(&self.control);
         let after = control.store.last_seq().await.unwrap_or(0);
         tokio::spawn(async move {
             let (tx, stop) = (control.events.clone(), control.closing.clone());

@@ -76,8 +76,14 @@ pub enum StreamLine {
     /// as of `seq`. The node replaces its sites and soft-purges everything
     /// it stored before.
     Snapshot { seq: u64, sites: Vec<SiteSnapshot> },
-    /// Sent every couple of seconds so a dead link is noticed.
-    Heartbeat { seq: u64 },
+    /// Sent every couple of seconds so a dead link is noticed. `stale`: the
+    /// replica sending it has lost its store's quorum, so what it knows may
+    /// be behind; a node that can follows another replica.
+    Heartbeat {
+        seq: u64,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        stale: bool,
+    },
 }
 
 /// A site in a snapshot.

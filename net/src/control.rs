@@ -136,6 +136,14 @@ impl ControlClient {
         self.bases.get(i).map_or("", String::as_str)
     }
 
+    /// Calls go to the next replica from now on (this one is unfit, though
+    /// it answers).
+    pub fn prefer_next(&self) {
+        if self.bases.len() > 1 {
+            self.fail_over(self.current.load(Ordering::Relaxed) % self.bases.len());
+        }
+    }
+
     /// The next replica takes the calls (after `failed` could not answer).
     fn fail_over(&self, failed: usize) {
         let next = (failed + 1) % self.bases.len().max(1);

@@ -239,6 +239,10 @@ impl Subscriber {
                 Ok(Some(Ok(line))) => line,
             };
             self.heard();
+            if let StreamLine::Heartbeat { stale: true, .. } = line {
+                client.prefer_next();
+                return Err(format!("{} has lost its store's quorum: following another replica", client.base()));
+            }
             // The log has no holes: an event past the next one means this
             // stream skipped some, so start again from where this node is.
             if let StreamLine::Event { record } = &line

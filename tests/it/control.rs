@@ -423,7 +423,7 @@ async fn every_api_type_round_trips_through_the_real_server() {
     assert!(
         matches!(&first, StreamLine::Event { record } if record.seq == 1 && matches!(&record.event, Event::SiteUpserted { site_id, version: 1, .. } if site_id == "rt"))
     );
-    assert!(matches!(stream.next().await.unwrap().unwrap(), StreamLine::Heartbeat { seq: 1 }));
+    assert!(matches!(stream.next().await.unwrap().unwrap(), StreamLine::Heartbeat { seq: 1, stale: false }));
     node.ack(&Ack { node: "edge-rt".into(), seq: 1, load_rps: Some(42) }).await.unwrap();
     let nodes = node.nodes().await.unwrap();
     let n = &nodes[0];

@@ -14,8 +14,8 @@ use crate::topology::{Process, free_addr, wait_listening};
 
 /// The node file of a control-plane replica on `cluster`, listening on
 /// `listen`, in `dir` (which the replicas share for their token files).
-fn replica_file(dir: &Path, name: &str, cluster: &EtcdCluster, listen: SocketAddr) -> outpost_config::NodeConfig {
-    let endpoints = cluster.endpoints().iter().map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(", ");
+fn replica_file(dir: &Path, name: &str, endpoints: &[String], listen: SocketAddr) -> outpost_config::NodeConfig {
+    let endpoints = endpoints.iter().map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(", ");
     load(
         dir,
         name,
@@ -27,9 +27,10 @@ fn replica_file(dir: &Path, name: &str, cluster: &EtcdCluster, listen: SocketAdd
     )
 }
 
-/// A control-plane replica in this process.
-async fn replica(dir: &Path, name: &str, cluster: &EtcdCluster, stop: &CancellationToken) -> SocketAddr {
-    let cfg = replica_file(dir, name, cluster, "127.0.0.1:0".parse().unwrap());
+/// A control-plane replica in this process, using the etcd members at
+/// `endpoints`.
+async fn replica(dir: &Path, name: &str, endpoints: &[String], stop: &CancellationToken) -> SocketAddr {
+    let cfg = replica_file(dir, name, endpoints, "127.0.0.1:0".parse().unwrap());
     let node = outpost_control::node::ControlNode::bind(&cfg).await.unwrap();
     let addr = node.addr();
     tokio::spawn(node.run(stop.clone()));
@@ -42,8 +43,8 @@ async fn sites_and_purges_through_either_replica_reach_every_node_in_one_order()
     let dir = tempfile::tempdir().unwrap();
     let stop = CancellationToken::new();
     let origin = test_origin(&stop).await;
-    let a = replica(dir.path(), "control-a", &cluster, &stop).await;
-    let b = replica(dir.path(), "control-b", &cluster, &stop).await;
+    let a = replica(dir.path(), "control-a", &cluster.endpoints(), &stop).await;
+    let b = replica(dir.path(), "control-b", &cluster.endpoints(), &stop).await;
     let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
     let admin = admin.trim();
     let api = |at: SocketAddr, path: &str| format!("http://{at}{path}");
@@ -118,9 +119,9 @@ async fn a_replica_killed_hands_its_nodes_to_another_within_two_seconds() {
     let dir = tempfile::tempdir().unwrap();
     let stop = CancellationToken::new();
     let origin = test_origin(&stop).await;
-    let a = replica(dir.path(), "control-a", &cluster, &stop).await;
+    let a = replica(dir.path(), "control-a", &cluster.endpoints(), &stop).await;
     let b = free_addr();
-    replica_file(dir.path(), "control-b", &cluster, b);
+    replica_file(dir.path(), "control-b", &cluster.endpoints(), b);
     let file = dir.path().join("control-b.toml");
     let mut replica_b = Process::spawn(&["control", "--config", file.to_str().unwrap()]);
     wait_listening(b, "replica B").await;
@@ -155,5 +156,83 @@ async fn a_replica_killed_hands_its_nodes_to_another_within_two_seconds() {
         assert!(engine.partitioned_for().is_none(), "a node that moved is not cut off");
     }
     println!("replica SIGKILL: every node acknowledged purge {seq} through the survivor {} ms after", took.as_millis());
+    stop.cancel();
+}
+
+/// What `at` answers to a write: a purge of everything on `shop`.
+async fn purge_status(at: SocketAddr, admin: &str) -> (StatusCode, serde_json::Value) {
+    let r = call(Method::POST, &format!("http://{at}/v1/purge"), Some(admin), None, r#"{"site": "shop", "all": true}"#)
+        .await;
+    (r.status, r.json())
+}
+
+async fn health(at: SocketAddr) -> StatusCode {
+    call(Method::GET, &format!("http://{at}/healthz"), None, None, "").await.status
+}
+
+/// CP at the core, AP at the edge: a replica whose store has no quorum
+/// refuses writes with 503 and says why, answers reads from what its member
+/// knows, and sends its nodes to a replica that has quorum; the edges serve
+/// throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_without_quorum_refuses_writes_answers_reads_and_sends_its_nodes_elsewhere() {
+    let mut cluster = EtcdCluster::start(3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let origin = test_origin(&stop).await;
+    let endpoints = cluster.endpoints();
+    // A uses member 0 only, B the other two.
+    let a = replica(dir.path(), "control-a", &endpoints[..1], &stop).await;
+    let b = replica(dir.path(), "control-b", &endpoints[1..], &stop).await;
+    let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let admin = admin.trim();
+    let r = call(Method::POST, &format!("http://{b}/v1/sites"), Some(admin), None, &site(origin)).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let urls = format!("urls = [\"http://{a}\", \"http://{b}\"]");
+    let (e1, _s1, _) = edge_following(dir.path(), 1, &urls).await;
+    let (e2, _s2, _) = edge_following(dir.path(), 2, &urls).await;
+    let object = |e: SocketAddr| async move {
+        call(Method::GET, &format!("http://{e}/o?cc=max-age%3D600"), None, Some("shop.test"), "").await.status
+    };
+    for e in [e1, e2] {
+        eventually("the site at the edges", || async { object(e).await == StatusCode::OK }).await;
+    }
+
+    // A's member dies: A has no quorum, says so, and its nodes move to B.
+    cluster.kill(0);
+    eventually("A to report no quorum", || async { health(a).await == StatusCode::SERVICE_UNAVAILABLE }).await;
+    let (status, why) = purge_status(a, admin).await;
+    assert_eq!((status, why["error"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("no_quorum")), "{why}");
+    assert_eq!(health(b).await, StatusCode::OK);
+    eventually("a purge through B reaching both edges", || async {
+        let body = r#"{"site": "shop", "urls": ["/o?cc=max-age%3D600"], "wait": true, "timeout_ms": 1000}"#;
+        let r = call(Method::POST, &format!("http://{b}/v1/purge"), Some(admin), None, body).await;
+        r.status == StatusCode::OK && r.json()["acked"] == serde_json::json!(["edge-1", "edge-2"])
+    })
+    .await;
+    for e in [e1, e2] {
+        assert_eq!(object(e).await, StatusCode::OK, "the edges serve throughout");
+    }
+
+    // Member 0 back, then the other two gone: A's member is alive but alone.
+    cluster.restart(0);
+    eventually("A to have quorum again", || async { health(a).await == StatusCode::OK }).await;
+    cluster.kill(1);
+    cluster.kill(2);
+    eventually("A to report no quorum", || async { health(a).await == StatusCode::SERVICE_UNAVAILABLE }).await;
+    let (status, why) = purge_status(a, admin).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{why}");
+    let sites = call(Method::GET, &format!("http://{a}/v1/sites"), Some(admin), None, "").await;
+    assert_eq!(sites.status, StatusCode::OK, "reads answer from what the member knows");
+    assert_eq!(sites.json()[0]["id"], "shop");
+    for e in [e1, e2] {
+        assert_eq!(object(e).await, StatusCode::OK, "the edges serve throughout");
+    }
+
+    // The majority returns: writes go through A again.
+    cluster.restart(1);
+    cluster.restart(2);
+    cluster.wait_healthy().await;
+    eventually("a write through A", || async { purge_status(a, admin).await.0 == StatusCode::ACCEPTED }).await;
     stop.cancel();
 }

@@ -191,7 +191,8 @@ fn lines(
                         Err(RecvError::Lagged(_)) | Err(RecvError::Closed) => return None,
                     },
                     _ = heartbeat.tick() => {
-                        break StreamLine::Heartbeat { seq: conn.control.store.last_seq().await.unwrap_or(cursor) };
+                        let seq = conn.control.store.last_seq().await.unwrap_or(cursor);
+                        break StreamLine::Heartbeat { seq, stale: !conn.control.has_quorum() };
                     }
                 }
             };

@@ -16,8 +16,15 @@ use crate::store::{PurgeRecord, now_ms};
 
 type Shared = State<Arc<Control>>;
 
-pub(super) async fn healthz(State(c): Shared) -> Json<Health> {
-    Json(Health { status: "ok".into(), seq: c.store.last_seq().await.unwrap_or(0) })
+/// 200 `ok`, or 503 `no_quorum` from a replica that cannot commit (load
+/// balancers take it out; nodes move to another replica).
+pub(super) async fn healthz(State(c): Shared) -> Response {
+    let seq = c.store.last_seq().await.unwrap_or(0);
+    if c.has_quorum() {
+        Json(Health { status: "ok".into(), seq }).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status: "no_quorum".into(), seq })).into_response()
+    }
 }
 
 pub(super) async fn metrics(State(c): Shared) -> Response {
@@ -83,6 +90,7 @@ impl Control {
     /// meanwhile. Used by the API and by `outpost up`.
     pub async fn upsert_site_text(&self, text: &str, expected: Option<&str>) -> Result<Stored, ApiError> {
         let c = self;
+        c.writable()?;
         let text = text.to_string();
         let site = validate(&text, "site.toml")?;
         if let Some(id) = expected
@@ -149,6 +157,7 @@ pub(super) async fn delete_site(
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
     c.admin(&headers)?;
+    c.writable()?;
     let deleted = c.store.delete_site(&id).await.map_err(ApiError::from)?;
     match deleted {
         Some(rec) => {
@@ -196,6 +205,7 @@ pub(super) async fn purge(State(c): Shared, headers: HeaderMap, body: bytes::Byt
             "too many purges; batch URLs or wait a moment",
         ));
     }
+    c.writable()?;
     let rec = c.store.add_purge(&req.site, target, req.soft).await.map_err(ApiError::from)?;
     if let Some(ev) = c.store.events_after(rec.seq - 1, 1).await.map_err(ApiError::from)?.into_iter().next() {
         c.publish(ev).await;

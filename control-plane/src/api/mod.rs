@@ -54,6 +54,13 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {
             StoreError::Conflict(detail) => ApiError::new(StatusCode::CONFLICT, "conflict", detail),
+            StoreError::Unavailable(detail) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_quorum",
+                format!(
+                    "this replica cannot reach a quorum of its store, so it takes no writes; try another replica ({detail})"
+                ),
+            ),
             other => ApiError::internal(other),
         }
     }
@@ -123,6 +130,8 @@ pub struct Control {
     /// Ends the event streams when the control plane stops (a graceful
     /// shutdown would otherwise wait for them forever).
     pub closing: tokio_util::sync::CancellationToken,
+    /// The store could commit at the last look ([`Control::watch_quorum`]).
+    quorum: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Control {
@@ -152,6 +161,7 @@ impl Control {
             retention,
             node_expiry,
             closing: tokio_util::sync::CancellationToken::new(),
+            quorum: std::sync::atomic::AtomicBool::new(true),
         }))
     }
 
@@ -220,6 +230,39 @@ impl Control {
             }
         }
         Ok(gone)
+    }
+
+    /// Whether the store could commit at the last look.
+    pub fn has_quorum(&self) -> bool {
+        self.quorum.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Refuses a write at once (503) while the store has no quorum, rather
+    /// than after a commit that cannot happen has timed out.
+    fn writable(&self) -> Result<(), ApiError> {
+        if self.has_quorum() {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable("the last look found no quorum".into()).into())
+        }
+    }
+
+    /// Looks every heartbeat whether the store can commit, until the
+    /// control plane closes; a replica without quorum says so in its
+    /// heartbeats and its health.
+    pub async fn watch_quorum(&self) {
+        let mut tick = tokio::time::interval(HEARTBEAT);
+        loop {
+            tokio::select! {
+                _ = self.closing.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = self.store.has_quorum().await;
+            let before = self.quorum.swap(now, std::sync::atomic::Ordering::Relaxed);
+            if before != now {
+                tracing::warn!(quorum = now, "the store's quorum {}", if now { "is back" } else { "is lost" });
+            }
+        }
     }
 
     /// How often the registry is swept for expired nodes.

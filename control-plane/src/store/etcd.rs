@@ -41,6 +41,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Transactions retried after losing a race for the next sequence number,
 /// before the write is reported as failed.
 const MAX_RACES: usize = 64;
+/// How long a read waits for the cluster's quorum before it settles for
+/// what the nearest member knows.
+const QUORUM_WAIT: Duration = Duration::from_secs(1);
 /// Pause before watching the log again after the watch failed.
 const FOLLOW_RETRY: Duration = Duration::from_millis(200);
 /// How long a replica's presence records outlive it: its nodes count as
@@ -81,15 +84,15 @@ impl EtcdBackend {
         if cfg.ca.is_some() || cfg.identity.is_some() {
             let mut tls = TlsOptions::new();
             if let Some(ca) = &cfg.ca {
-                tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+                tls = tls.ca_certificate(Certificate::from_pem(read_file(ca)?));
             }
             if let Some((cert, key)) = &cfg.identity {
-                tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+                tls = tls.identity(Identity::from_pem(read_file(cert)?, read_file(key)?));
             }
             options = options.with_tls(tls);
         }
         if let Some((user, password_file)) = &cfg.user {
-            let password = String::from_utf8(read(password_file)?).map_err(db)?;
+            let password = String::from_utf8(read_file(password_file)?).map_err(db)?;
             options = options.with_user(user.clone(), password.trim().to_string());
         }
         let client = Client::connect(&cfg.endpoints, Some(options))
@@ -119,7 +122,7 @@ impl EtcdBackend {
     }
 
     async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Read<T>, StoreError> {
-        let mut resp = self.client.clone().get(key, None).await.map_err(db)?;
+        let mut resp = self.read(key.to_string(), GetOptions::new()).await?;
         match resp.take_kvs().into_iter().next() {
             Some(kv) => Ok(Read { value: Some(decode(&kv)?), revision: kv.mod_revision() }),
             None => Ok(Read { value: None, revision: 0 }),
@@ -133,7 +136,7 @@ impl EtcdBackend {
     /// Every record under `P/<folder>/`, in key order.
     async fn list<T: DeserializeOwned>(&self, folder: &str) -> Result<Vec<(String, T)>, StoreError> {
         let from = self.key(&[folder, ""]);
-        let resp = self.client.clone().get(from.clone(), Some(GetOptions::new().with_prefix())).await.map_err(db)?;
+        let resp = self.read(from.clone(), GetOptions::new().with_prefix()).await?;
         resp.kvs()
             .iter()
             .map(|kv| {
@@ -143,9 +146,29 @@ impl EtcdBackend {
             .collect()
     }
 
+    /// A read as the cluster's majority sees it; when that takes longer
+    /// than [`QUORUM_WAIT`] (no quorum reachable from here), what the
+    /// nearest member knows, which may be behind.
+    async fn read(&self, key: String, options: GetOptions) -> Result<etcd_client::GetResponse, StoreError> {
+        let mut client = self.client.clone();
+        match tokio::time::timeout(QUORUM_WAIT, client.get(key.clone(), Some(options.clone()))).await {
+            Ok(Ok(resp)) => return Ok(resp),
+            Ok(Err(e)) => tracing::debug!(error = %e, "a read with quorum failed; reading what this member knows"),
+            Err(_) => tracing::debug!("a read with quorum took too long; reading what this member knows"),
+        }
+        self.client.clone().get(key, Some(options.with_serializable())).await.map_err(unavailable)
+    }
+
+    /// A read that needs the quorum answers within [`QUORUM_WAIT`].
+    pub(super) async fn has_quorum(&self) -> bool {
+        let mut client = self.client.clone();
+        let probe = client.get(self.key(&["meta", "seq"]), Some(GetOptions::new().with_keys_only()));
+        matches!(tokio::time::timeout(QUORUM_WAIT, probe).await, Ok(Ok(_)))
+    }
+
     /// Commits `ops` if every `guard` holds.
     async fn commit(&self, guards: Vec<Compare>, ops: Vec<TxnOp>) -> Result<bool, StoreError> {
-        let resp = self.client.clone().txn(Txn::new().when(guards).and_then(ops)).await.map_err(db)?;
+        let resp = self.client.clone().txn(Txn::new().when(guards).and_then(ops)).await.map_err(unavailable)?;
         Ok(resp.succeeded())
     }
 
@@ -279,7 +302,7 @@ impl EtcdBackend {
     pub(super) async fn events_after(&self, seq: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
         let end = self.key(&["events0"]);
         let options = GetOptions::new().with_range(end).with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
-        let resp = self.client.clone().get(self.event_key(seq + 1), Some(options)).await.map_err(db)?;
+        let resp = self.read(self.event_key(seq + 1), options).await?;
         resp.kvs().iter().map(decode).collect()
     }
 
@@ -307,7 +330,7 @@ impl EtcdBackend {
     }
 
     pub(super) async fn remove_node(&self, name: &str) -> Result<(), StoreError> {
-        self.client.clone().delete(self.key(&["nodes", name]), None).await.map_err(db).map(drop)
+        self.client.clone().delete(self.key(&["nodes", name]), None).await.map_err(unavailable).map(drop)
     }
 
     pub(super) async fn nodes(&self) -> Result<BTreeMap<String, NodeRecord>, StoreError> {
@@ -348,15 +371,15 @@ impl EtcdBackend {
         };
         let end = self.key(&["events0"]);
         let options = GetOptions::new().with_range(end);
-        let resp = self.client.clone().get(from, Some(options)).await.map_err(db)?;
+        let resp = self.client.clone().get(from, Some(options)).await.map_err(unavailable)?;
         let revision = resp.header().map_or(0, |h| h.revision());
         for kv in resp.kvs() {
             send(decode(kv)?);
         }
         let folder = self.key(&["events", ""]);
         let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
-        let mut stream = self.client.clone().watch(folder, Some(options)).await.map_err(db)?;
-        while let Some(resp) = stream.message().await.map_err(db)? {
+        let mut stream = self.client.clone().watch(folder, Some(options)).await.map_err(unavailable)?;
+        while let Some(resp) = stream.message().await.map_err(unavailable)? {
             if resp.canceled() {
                 return Err(StoreError::Db(format!("the watch was cancelled: {}", resp.cancel_reason())));
             }
@@ -385,7 +408,7 @@ impl EtcdBackend {
     pub(super) async fn present(&self) -> Result<BTreeSet<String>, StoreError> {
         let from = self.key(&["conn", ""]);
         let options = GetOptions::new().with_prefix().with_keys_only();
-        let resp = self.client.clone().get(from.clone(), Some(options)).await.map_err(db)?;
+        let resp = self.client.clone().get(from.clone(), Some(options)).await.map_err(unavailable)?;
         Ok(resp
             .kvs()
             .iter()
@@ -418,25 +441,28 @@ impl EtcdBackend {
     async fn presence_on_one_lease(&self) -> Result<(), StoreError> {
         let mut client = self.client.clone();
         let ttl = i64::try_from(PRESENCE_TTL.as_secs()).unwrap_or(6).max(2);
-        let lease = client.lease_grant(ttl, None).await.map_err(db)?.id();
-        let (mut keeper, mut acks) = client.lease_keep_alive(lease).await.map_err(db)?;
+        let lease = client.lease_grant(ttl, None).await.map_err(unavailable)?.id();
+        let (mut keeper, mut acks) = client.lease_keep_alive(lease).await.map_err(unavailable)?;
         let mut published: BTreeSet<String> = BTreeSet::new();
         let mut renew = tokio::time::interval(PRESENCE_TTL / 3);
         loop {
             let wanted = self.present.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
             for node in wanted.difference(&published) {
                 let key = self.key(&["conn", node, &self.replica]);
-                client.put(key, now_ms().to_string(), Some(PutOptions::new().with_lease(lease))).await.map_err(db)?;
+                client
+                    .put(key, now_ms().to_string(), Some(PutOptions::new().with_lease(lease)))
+                    .await
+                    .map_err(unavailable)?;
             }
             for node in published.difference(&wanted) {
-                client.delete(self.key(&["conn", node, &self.replica]), None).await.map_err(db)?;
+                client.delete(self.key(&["conn", node, &self.replica]), None).await.map_err(unavailable)?;
             }
             published = wanted;
             tokio::select! {
                 _ = self.present.1.notified() => {}
                 _ = renew.tick() => {
-                    keeper.keep_alive().await.map_err(db)?;
-                    match acks.message().await.map_err(db)? {
+                    keeper.keep_alive().await.map_err(unavailable)?;
+                    match acks.message().await.map_err(unavailable)? {
                         Some(r) if r.ttl() > 0 => {}
                         _ => return Err(db("the cluster no longer knows the lease")),
                     }
@@ -472,10 +498,10 @@ impl EtcdBackend {
         // Both folders share the prefix up to their names: watch the range
         // that holds them, and sort what comes.
         let options = WatchOptions::new().with_range(self.key(&["nodes0"]));
-        let mut stream = self.client.clone().watch(conn.clone(), Some(options)).await.map_err(db)?;
+        let mut stream = self.client.clone().watch(conn.clone(), Some(options)).await.map_err(unavailable)?;
         // Whatever changed before the watch began counts as a change too.
         changed(None);
-        while let Some(resp) = stream.message().await.map_err(db)? {
+        while let Some(resp) = stream.message().await.map_err(unavailable)? {
             if resp.canceled() {
                 return Err(StoreError::Db(format!("the watch was cancelled: {}", resp.cancel_reason())));
             }
@@ -517,6 +543,12 @@ fn decode<T: DeserializeOwned>(kv: &KeyValue) -> Result<T, StoreError> {
     serde_json::from_slice(kv.value()).map_err(|e| db(format!("{}: {e}", String::from_utf8_lossy(kv.key()))))
 }
 
-fn read(path: &std::path::Path) -> Result<Vec<u8>, StoreError> {
+/// A failed call to the cluster: it could not be reached, or could not
+/// commit (no quorum), as far as this replica can tell.
+fn unavailable(e: etcd_client::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn read_file(path: &std::path::Path) -> Result<Vec<u8>, StoreError> {
     std::fs::read(path).map_err(|e| StoreError::Db(format!("{}: {e}", path.display())))
 }

@@ -33,6 +33,9 @@ pub enum StoreError {
     /// A conditional write found the record changed.
     #[error("{0}")]
     Conflict(String),
+    /// The shared store cannot commit from here (no quorum reachable).
+    #[error("the store has no quorum here: {0}")]
+    Unavailable(String),
     #[error("store: {0}")]
     Db(String),
 }
@@ -151,6 +154,15 @@ impl Store {
     ) {
         if let Backend::Etcd(b) = &self.backend {
             tokio::join!(b.keep_presence(stop.clone()), b.follow_registry(changed, stop));
+        }
+    }
+
+    /// Whether writes can commit now: for a shared store, a read that needs
+    /// the cluster's quorum answered in time.
+    pub async fn has_quorum(&self) -> bool {
+        match &self.backend {
+            Backend::Etcd(b) => b.has_quorum().await,
+            Backend::Redb(_) => true,
         }
     }
 

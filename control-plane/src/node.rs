@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{Control, router};
-use crate::store::{NodeRecord, Store, StoreError};
+use crate::store::{RegistryChange, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -110,7 +110,7 @@ impl ControlNode {
         let control = Arc::clone(&self.control);
         tokio::spawn(async move {
             let c = Arc::clone(&control);
-            let changed = move |node: Option<NodeRecord>| c.registry_changed(node);
+            let changed = move |change: RegistryChange| c.registry_changed(change);
             control.store.follow_registry(&changed, control.closing.clone()).await;
         });
         let control = Arc::clone(&self.control);

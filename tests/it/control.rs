@@ -558,8 +558,10 @@ async fn a_node_behind_the_compacted_log_takes_a_snapshot_and_serves_nothing_pur
 }
 
 /// Purge latency from the API call to the last node's acknowledgement, with
-/// 10 edges on loopback, over 200 purges. A measurement, not a check: run it
-/// with `cargo nextest run -p outpost --run-ignored only purge_latency --no-capture`.
+/// 10 edges on loopback, over 200 purges, then site pushes per second. A
+/// measurement, not a check: run it with `cargo nextest run -p outpost
+/// --run-ignored only purge_latency --no-capture` (and again with
+/// `OUTPOST_TEST_STORE=etcd`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement; prints p50/p99"]
 async fn purge_latency() {
@@ -588,12 +590,22 @@ async fn purge_latency() {
     }
     took.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let store = if etcd_backend() { "etcd" } else { "redb" };
     println!(
-        "purge latency, 10 nodes, 200 purges: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        "{store}: purge latency, 10 nodes, 200 purges: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         ms(took[99]),
         ms(took[197]),
         ms(took[199])
     );
+    // Site pushes, one after another, each a new version that reaches the
+    // ten nodes' streams.
+    let started = std::time::Instant::now();
+    for i in 0..200 {
+        let text = format!("{}\n# version {i}\n", site("127.0.0.1:9".parse().unwrap()));
+        let r = call(Method::POST, &api("/v1/sites"), Some(&admin), None, &text).await;
+        assert_eq!(r.status, StatusCode::CREATED);
+    }
+    println!("{store}: {:.0} site pushes per second", 200.0 / started.elapsed().as_secs_f64());
     stop.cancel();
 }
 

@@ -147,7 +147,7 @@ async fn backlog(store: &Store, after: u64) -> Result<(Vec<Bytes>, u64, u64), Ap
 /// Records the node in the registry, keeping what it acknowledged before.
 async fn register(c: &Control, q: &StreamQuery, addrs: Vec<String>, last: u64) -> Result<(), ApiError> {
     let store = &c.store;
-    let previous = store.nodes().await.map_err(ApiError::from)?.remove(&q.node);
+    let previous = store.node(&q.node).await.map_err(ApiError::from)?;
     let node = NodeRecord {
         name: q.node.clone(),
         role: q.role,
@@ -217,7 +217,7 @@ pub(super) async fn ack(
         ));
     }
     let node = a.node.clone();
-    let known = match c.store.nodes().await.map_err(ApiError::from)?.remove(&a.node) {
+    let known = match c.store.node(&a.node).await.map_err(ApiError::from)? {
         Some(mut n) => {
             n.acked_seq = n.acked_seq.max(a.seq);
             n.last_contact_ms = now_ms();

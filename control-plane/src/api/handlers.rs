@@ -177,7 +177,7 @@ async fn status(c: &Control, p: &PurgeRecord) -> Result<PurgeStatus, ApiError> {
             acked.push(name.clone());
         }
     }
-    let pending = c.connected_nodes().await.into_iter().filter(|n| c.acked_seq(n) < p.seq).collect();
+    let pending = c.connected_nodes().into_iter().filter(|n| c.acked_seq(n) < p.seq).collect();
     Ok(PurgeStatus {
         id: p.purge.id.clone(),
         seq: p.seq,
@@ -215,7 +215,7 @@ pub(super) async fn purge(State(c): Shared, headers: HeaderMap, body: bytes::Byt
         let mut changed = c.ack_changed.subscribe();
         loop {
             changed.borrow_and_update();
-            if c.connected_nodes().await.iter().all(|n| c.acked_seq(n) >= rec.seq) {
+            if c.connected_nodes().iter().all(|n| c.acked_seq(n) >= rec.seq) {
                 break;
             }
             if tokio::time::timeout_at(deadline, changed.changed()).await.is_err() {
@@ -244,7 +244,7 @@ pub(super) async fn nodes(State(c): Shared, headers: HeaderMap) -> Result<Json<V
     // Read by operators and by DNS servers (with the node token).
     c.admin(&headers).or_else(|_| c.node(&headers))?;
     let last = c.store.last_seq().await.map_err(ApiError::from)?;
-    let connected = c.connected_nodes().await;
+    let connected = c.connected_nodes();
     let now = now_ms();
     let mut out = Vec::new();
     for (name, mut n) in c.store.nodes().await.map_err(ApiError::from)? {

@@ -21,7 +21,7 @@ use outpost_config::EventRecord;
 use outpost_config::api::{ErrorBody, paths};
 use tokio::sync::{broadcast, watch};
 
-use crate::store::{NodeRecord, Store, StoreError};
+use crate::store::{RegistryChange, Store, StoreError};
 
 /// Largest request body: a site file or a purge of up to 1000 URLs.
 pub const MAX_BODY: usize = 1 << 20;
@@ -132,6 +132,9 @@ pub struct Control {
     pub closing: tokio_util::sync::CancellationToken,
     /// The store could commit at the last look ([`Control::watch_quorum`]).
     quorum: std::sync::atomic::AtomicBool,
+    /// Streams open at any replica of a shared store (`node/replica`), as
+    /// its registry watch reports them.
+    elsewhere: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for Control {
@@ -162,6 +165,7 @@ impl Control {
             node_expiry,
             closing: tokio_util::sync::CancellationToken::new(),
             quorum: std::sync::atomic::AtomicBool::new(true),
+            elsewhere: Mutex::default(),
         }))
     }
 
@@ -187,26 +191,34 @@ impl Control {
 
     /// Nodes with an event stream open here, or at any replica of a
     /// shared store.
-    async fn connected_nodes(&self) -> Vec<String> {
+    fn connected_nodes(&self) -> Vec<String> {
         let mut set: std::collections::BTreeSet<String> = {
             let c = self.connected.lock().unwrap_or_else(|p| p.into_inner());
             c.iter().filter(|(_, n)| **n > 0).map(|(k, _)| k.clone()).collect()
         };
-        match self.store.present().await {
-            Ok(Some(elsewhere)) => set.extend(elsewhere),
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "other replicas' connections unknown"),
-        }
+        let elsewhere = self.elsewhere.lock().unwrap_or_else(|p| p.into_inner());
+        set.extend(elsewhere.iter().filter_map(|s| s.split_once('/')).map(|(node, _)| node.to_string()));
         set.into_iter().collect()
     }
 
-    /// A registry record written by any replica, or a presence change
-    /// (`None`): purges waiting for acknowledgements look again.
-    pub fn registry_changed(&self, node: Option<NodeRecord>) {
-        if let Some(n) = node {
-            let mut acked = self.acked.lock().unwrap_or_else(|p| p.into_inner());
-            let e = acked.entry(n.name).or_default();
-            *e = (*e).max(n.acked_seq);
+    /// A change any replica made to the registry: purges waiting for
+    /// acknowledgements look again.
+    pub fn registry_changed(&self, change: RegistryChange) {
+        match change {
+            RegistryChange::Node(n) => {
+                let mut acked = self.acked.lock().unwrap_or_else(|p| p.into_inner());
+                let e = acked.entry(n.name).or_default();
+                *e = (*e).max(n.acked_seq);
+            }
+            RegistryChange::Streams(all) => *self.elsewhere.lock().unwrap_or_else(|p| p.into_inner()) = all,
+            RegistryChange::Stream(stream, open) => {
+                let mut elsewhere = self.elsewhere.lock().unwrap_or_else(|p| p.into_inner());
+                if open {
+                    elsewhere.insert(stream);
+                } else {
+                    elsewhere.remove(&stream);
+                }
+            }
         }
         self.ack_changed.send_modify(|v| *v += 1);
     }
@@ -218,7 +230,7 @@ impl Control {
     /// Takes nodes silent for longer than the expiry out of the registry;
     /// returns their names.
     pub async fn expire_nodes(&self) -> Result<Vec<String>, ApiError> {
-        let connected = self.connected_nodes().await;
+        let connected = self.connected_nodes();
         let now = crate::store::now_ms();
         let limit = self.node_expiry.as_millis() as u64;
         let mut gone = Vec::new();
@@ -275,7 +287,7 @@ impl Control {
         let last = self.store.last_seq().await.map_err(ApiError::from)?;
         metrics::gauge!("outpost_control_last_seq").set(last as f64);
         metrics::gauge!("outpost_control_sites").set(self.store.sites().await.map_err(ApiError::from)?.len() as f64);
-        let connected = self.connected_nodes().await;
+        let connected = self.connected_nodes();
         let nodes = self.store.nodes().await.map_err(ApiError::from)?;
         let up = nodes.keys().filter(|n| connected.contains(n)).count();
         metrics::gauge!("outpost_control_nodes", "state" => "connected").set(up as f64);

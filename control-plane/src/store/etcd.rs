@@ -32,7 +32,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use super::{NodeRecord, PurgeRecord, SiteRecord, StoreError, db, now_ms};
+use super::{NodeRecord, PurgeRecord, RegistryChange, SiteRecord, StoreError, db, now_ms};
 
 /// How long one call to the cluster may take before it counts as failed.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -333,6 +333,10 @@ impl EtcdBackend {
         self.client.clone().delete(self.key(&["nodes", name]), None).await.map_err(unavailable).map(drop)
     }
 
+    pub(super) async fn node(&self, name: &str) -> Result<Option<NodeRecord>, StoreError> {
+        Ok(self.get(&self.key(&["nodes", name])).await?.value)
+    }
+
     pub(super) async fn nodes(&self) -> Result<BTreeMap<String, NodeRecord>, StoreError> {
         Ok(self.list("nodes").await?.into_iter().collect())
     }
@@ -404,21 +408,6 @@ impl EtcdBackend {
         }
     }
 
-    /// The nodes with a stream open at any replica.
-    pub(super) async fn present(&self) -> Result<BTreeSet<String>, StoreError> {
-        let from = self.key(&["conn", ""]);
-        let options = GetOptions::new().with_prefix().with_keys_only();
-        let resp = self.client.clone().get(from.clone(), Some(options)).await.map_err(unavailable)?;
-        Ok(resp
-            .kvs()
-            .iter()
-            .filter_map(|kv| {
-                let rest = String::from_utf8_lossy(&kv.key()[from.len()..]).into_owned();
-                rest.split_once('/').map(|(node, _)| node.to_string())
-            })
-            .collect())
-    }
-
     /// Publishes this replica's open streams on a lease it keeps alive,
     /// until `stop`; a lease lost (the cluster unreachable for longer than
     /// its life) is replaced and the records written again.
@@ -471,13 +460,9 @@ impl EtcdBackend {
         }
     }
 
-    /// Calls `changed` with every registry record any replica writes, and
-    /// with `None` when a node's presence changes, until `stop`.
-    pub(super) async fn follow_registry(
-        &self,
-        changed: &(dyn Fn(Option<NodeRecord>) + Send + Sync),
-        stop: CancellationToken,
-    ) {
+    /// Calls `changed` with every registry record any replica writes and
+    /// every stream opened or closed at any replica, until `stop`.
+    pub(super) async fn follow_registry(&self, changed: &(dyn Fn(RegistryChange) + Send + Sync), stop: CancellationToken) {
         loop {
             let failed = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -493,24 +478,29 @@ impl EtcdBackend {
         }
     }
 
-    async fn watch_registry(&self, changed: &(dyn Fn(Option<NodeRecord>) + Send + Sync)) -> Result<(), StoreError> {
+    async fn watch_registry(&self, changed: &(dyn Fn(RegistryChange) + Send + Sync)) -> Result<(), StoreError> {
         let (nodes, conn) = (self.key(&["nodes", ""]), self.key(&["conn", ""]));
+        let name = |kv: &KeyValue| String::from_utf8_lossy(&kv.key()[conn.len()..]).into_owned();
+        let mut client = self.client.clone();
+        let open = client.get(conn.clone(), Some(GetOptions::new().with_prefix().with_keys_only()));
+        let open = open.await.map_err(unavailable)?;
+        let revision = open.header().map_or(0, |h| h.revision());
+        changed(RegistryChange::Streams(open.kvs().iter().map(name).collect()));
         // Both folders share the prefix up to their names: watch the range
         // that holds them, and sort what comes.
-        let options = WatchOptions::new().with_range(self.key(&["nodes0"]));
+        let options = WatchOptions::new().with_range(self.key(&["nodes0"])).with_start_revision(revision + 1);
         let mut stream = self.client.clone().watch(conn.clone(), Some(options)).await.map_err(unavailable)?;
-        // Whatever changed before the watch began counts as a change too.
-        changed(None);
         while let Some(resp) = stream.message().await.map_err(unavailable)? {
             if resp.canceled() {
                 return Err(StoreError::Db(format!("the watch was cancelled: {}", resp.cancel_reason())));
             }
             for event in resp.events() {
                 let Some(kv) = event.kv() else { continue };
-                if kv.key().starts_with(nodes.as_bytes()) && event.event_type() == EventType::Put {
-                    changed(Some(decode(kv)?));
+                let put = event.event_type() == EventType::Put;
+                if kv.key().starts_with(nodes.as_bytes()) && put {
+                    changed(RegistryChange::Node(decode(kv)?));
                 } else if kv.key().starts_with(conn.as_bytes()) {
-                    changed(None);
+                    changed(RegistryChange::Stream(name(kv), put));
                 }
             }
         }

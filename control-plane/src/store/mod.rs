@@ -56,6 +56,17 @@ pub struct PurgeRecord {
     pub at_ms: u64,
 }
 
+/// A change to the registry of a shared store, as its watch sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RegistryChange {
+    /// A node's record, as some replica wrote it.
+    Node(NodeRecord),
+    /// Every stream open at any replica (`node/replica`), as the watch begins.
+    Streams(BTreeSet<String>),
+    /// A stream opened (`true`) or closed at a replica (`node/replica`).
+    Stream(String, bool),
+}
+
 /// The store, cheap to clone. Its calls never block the async workers.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -134,22 +145,13 @@ impl Store {
         }
     }
 
-    /// The nodes with a stream open at any replica of a shared store;
-    /// `None` for a store of one process, which knows its own streams.
-    pub async fn present(&self) -> Result<Option<BTreeSet<String>>, StoreError> {
-        match &self.backend {
-            Backend::Etcd(b) => b.present().await.map(Some),
-            Backend::Redb(_) => Ok(None),
-        }
-    }
-
     /// For a shared store, until `stop`: publishes the streams open here
-    /// (on a lease, so they vanish with this replica), and calls `changed`
-    /// with every registry record any replica writes and with `None` when
-    /// a node's presence changes. A store of one process returns at once.
+    /// (on a lease, so they vanish with this replica), and tells `changed`
+    /// of every registry record any replica writes and every stream opened
+    /// or closed at any replica. A store of one process returns at once.
     pub async fn follow_registry(
         &self,
-        changed: &(dyn Fn(Option<NodeRecord>) + Send + Sync),
+        changed: &(dyn Fn(RegistryChange) + Send + Sync),
         stop: tokio_util::sync::CancellationToken,
     ) {
         if let Backend::Etcd(b) = &self.backend {
@@ -232,6 +234,12 @@ impl Store {
     pub async fn remove_node(&self, name: &str) -> Result<(), StoreError> {
         let name = name.to_string();
         backend!(self, |b| b.remove_node(&name))
+    }
+
+    /// One node's registry record.
+    pub async fn node(&self, name: &str) -> Result<Option<NodeRecord>, StoreError> {
+        let name = name.to_string();
+        backend!(self, |b| b.node(&name))
     }
 
     pub async fn nodes(&self) -> Result<BTreeMap<String, NodeRecord>, StoreError> {

@@ -225,6 +225,13 @@ impl RedbStore {
         tx.commit().map_err(db)
     }
 
+    pub(super) fn node(&self, name: &str) -> Result<Option<NodeRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = tx.open_table(NODES).map_err(db)?;
+        let v = t.get(name).map_err(db)?;
+        v.map(|v| serde_json::from_slice(v.value()).map_err(db)).transpose()
+    }
+
     pub(super) fn nodes(&self) -> Result<BTreeMap<String, NodeRecord>, StoreError> {
         let tx = self.db.begin_read().map_err(db)?;
         let t = tx.open_table(NODES).map_err(db)?;

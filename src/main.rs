@@ -38,6 +38,10 @@ enum Command {
         /// Where logs and other run-time state go.
         #[arg(long, default_value = ".outpost")]
         data_dir: PathBuf,
+        /// Run the control plane as two replicas on a local three-member
+        /// etcd cluster (needs Debian's etcd-server).
+        #[arg(long)]
+        ha: bool,
     },
     /// Run an edge node: cache in front of clients.
     Edge {
@@ -189,9 +193,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Check { files } => return Ok(check::run(&files)),
         Command::Config { action: ConfigAction::Reference } => print!("{}", outpost_config::schema::reference()),
-        Command::Up { config_dir, data_dir } => {
+        Command::Up { config_dir, data_dir, ha } => {
             init_logging();
-            runtime()?.block_on(up::run(&config_dir, &data_dir))?;
+            runtime()?.block_on(up::run(&config_dir, &data_dir, ha))?;
         }
         Command::Edge { config } => serve(&config, Role::Edge)?,
         Command::Shield { config } => serve(&config, Role::Shield)?,

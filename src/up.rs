@@ -80,8 +80,8 @@ fn config_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-pub async fn run(config_dir: &Path, data_dir: &Path) -> anyhow::Result<()> {
-    run_until(config_dir, data_dir, signals::shutdown_token(), None).await
+pub async fn run(config_dir: &Path, data_dir: &Path, ha: bool) -> anyhow::Result<()> {
+    run_until(config_dir, data_dir, ha, signals::shutdown_token(), None).await
 }
 
 /// The node and site files of a folder, checked (all problems reported,
@@ -133,9 +133,12 @@ fn log_to_files(nodes: &mut [NodeConfig], data_dir: &Path) {
 
 /// Runs until `stop` is cancelled; `ready` is told once every role listens.
 /// Roles start in [`START_ORDER`], each bound before the next.
+/// With `ha`, the control plane runs as two replicas on a local etcd
+/// cluster ([`crate::ha`]).
 pub async fn run_until(
     config_dir: &Path,
     data_dir: &Path,
+    ha: bool,
     stop: tokio_util::sync::CancellationToken,
     ready: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> anyhow::Result<()> {
@@ -146,11 +149,22 @@ pub async fn run_until(
     let local_ca = issue_local_certs(data_dir, &sites)?;
     log_to_files(&mut nodes, data_dir);
     nodes.sort_by_key(|n| START_ORDER.iter().position(|r| *r == n.role()));
+    std::fs::create_dir_all(data_dir.join("logs")).context("cannot create the logs folder")?;
+    let _etcd = if ha {
+        let (etcd, endpoints) = crate::ha::start(data_dir).await?;
+        crate::ha::replicate(&mut nodes, &endpoints)?;
+        Some(etcd)
+    } else {
+        None
+    };
     let mut console = Console::default();
+    let mut pushed = false;
     let mut tasks = tokio::task::JoinSet::new();
     for node in &nodes {
         let bound = BoundRole::bind(node).await?;
-        if let Some(control) = bound.control() {
+        // Sites are pushed once, through the first control plane.
+        if let Some(control) = bound.control().filter(|_| !pushed) {
+            pushed = true;
             for f in &site_files {
                 let text = std::fs::read_to_string(f)?;
                 let stored = control

@@ -244,3 +244,27 @@ fn a_control_plane_process_exports_its_metrics() {
         assert!(metrics.contains(want), "no `{want}` in:\n{metrics}");
     }
 }
+
+#[test]
+fn up_ha_without_etcd_says_what_to_install_and_starts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("no-programs");
+    std::fs::create_dir(&empty).unwrap();
+    std::fs::write(
+        dir.path().join("origin.toml"),
+        "[node]\nname = \"origin\"\nrole = \"origin\"\n[listen]\nhttp = [\"127.0.0.1:0\"]\n",
+    )
+    .unwrap();
+    let out = outpost()
+        .env("PATH", &empty)
+        .args(["up", "--ha", "--config-dir"])
+        .arg(dir.path())
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("install Debian's etcd-server"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("origin"), "nothing started");
+}

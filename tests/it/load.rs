@@ -14,7 +14,7 @@ fn outpost() -> Command {
 /// 127.0.0.40, the edges 127.0.0.41 to .43, and the ports 10000 up, so
 /// nothing collides with an `outpost up` already running on this machine
 /// or with other tests.
-fn moved_config(to: &Path) {
+fn moved_config(to: &Path, base: u8) {
     let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
     std::fs::create_dir_all(to.join("geoip")).unwrap();
     std::fs::copy(from.join("geoip/sample.mmdb"), to.join("geoip/sample.mmdb")).unwrap();
@@ -25,10 +25,10 @@ fn moved_config(to: &Path) {
         }
         let text = std::fs::read_to_string(&path)
             .unwrap()
-            .replace("127.0.0.1:", "127.0.0.40:")
-            .replace("127.0.0.11", "127.0.0.41")
-            .replace("127.0.0.12", "127.0.0.42")
-            .replace("127.0.0.13", "127.0.0.43")
+            .replace("127.0.0.1:", &format!("127.0.0.{base}:"))
+            .replace("127.0.0.11", &format!("127.0.0.{}", base + 1))
+            .replace("127.0.0.12", &format!("127.0.0.{}", base + 2))
+            .replace("127.0.0.13", &format!("127.0.0.{}", base + 3))
             // and every port by 10000.
             .replace(":8080", ":18080")
             .replace(":8443", ":18443")
@@ -68,12 +68,12 @@ fn scenario(dir: &Path, name: &str, thresholds: &str) -> std::path::PathBuf {
 async fn load_runs_against_up_and_a_failed_threshold_exits_99() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    moved_config(&d.join("config"));
+    moved_config(&d.join("config"), 40);
     let stop = tokio_util::sync::CancellationToken::new();
     let (ready, up_ready) = tokio::sync::oneshot::channel();
     let (config, data) = (d.join("config"), d.join(".outpost"));
     let up_stop = stop.clone();
-    let up = tokio::spawn(async move { outpost::up::run_until(&config, &data, up_stop, Some(ready)).await });
+    let up = tokio::spawn(async move { outpost::up::run_until(&config, &data, false, up_stop, Some(ready)).await });
     tokio::time::timeout(Duration::from_secs(60), up_ready).await.expect("up did not come up").unwrap();
     // HTTPS on every edge, with the certificate `up` issued from its CA.
     assert!(tokio::net::TcpStream::connect("127.0.0.41:18443").await.is_ok());
@@ -129,4 +129,46 @@ async fn load_runs_against_up_and_a_failed_threshold_exits_99() {
     stop.cancel();
     let stopped = tokio::time::timeout(Duration::from_secs(60), up).await.expect("up did not stop");
     stopped.unwrap().expect("up stops cleanly");
+}
+
+/// `up --ha`: the control plane as two replicas on a local three-member
+/// etcd cluster; either replica serves the API, and a purge through the
+/// second reaches every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_ha_runs_two_control_plane_replicas_on_a_local_etcd_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    moved_config(&d.join("config"), 60);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (ready, up_ready) = tokio::sync::oneshot::channel();
+    let (config, data) = (d.join("config"), d.join(".outpost"));
+    let up_stop = stop.clone();
+    let up = tokio::spawn(async move { outpost::up::run_until(&config, &data, true, up_stop, Some(ready)).await });
+    tokio::time::timeout(Duration::from_secs(60), up_ready).await.expect("up --ha did not come up").unwrap();
+    let admin = std::fs::read_to_string(d.join(".outpost/admin.token")).unwrap();
+    let request = |url: String, body: &'static str| {
+        let admin = admin.trim().to_string();
+        async move {
+            let method = if body.is_empty() { http::Method::GET } else { http::Method::POST };
+            crate::topology::request(method, &url, "x", Some(&admin), body).await.unwrap()
+        }
+    };
+    for api in ["127.0.0.60:17000", "127.0.0.60:17001"] {
+        let sites = request(format!("http://{api}/v1/sites"), "").await;
+        assert!(String::from_utf8_lossy(&sites.body).contains("\"id\":\"example\""), "{api}");
+    }
+    outpost_testkit::eventually("every node following a replica", || async {
+        let nodes = request("http://127.0.0.60:17000/v1/nodes".into(), "").await;
+        let nodes: serde_json::Value = serde_json::from_slice(&nodes.body).unwrap();
+        nodes.as_array().is_some_and(|n| n.len() == 5 && n.iter().all(|n| n["connected"] == true))
+    })
+    .await;
+    let body = r#"{"site": "example", "prefix": "/", "wait": true}"#;
+    let r = request("http://127.0.0.60:17001/v1/purge".into(), body).await;
+    let report: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(r.status, http::StatusCode::OK, "{report}");
+    assert_eq!(report["acked"].as_array().unwrap().len(), 5, "{report}");
+    stop.cancel();
+    up.await.unwrap().unwrap();
+    assert!(std::net::TcpStream::connect("127.0.0.1:23790").is_err(), "the etcd members stopped with up");
 }

@@ -462,7 +462,11 @@ impl EtcdBackend {
 
     /// Calls `changed` with every registry record any replica writes and
     /// every stream opened or closed at any replica, until `stop`.
-    pub(super) async fn follow_registry(&self, changed: &(dyn Fn(RegistryChange) + Send + Sync), stop: CancellationToken) {
+    pub(super) async fn follow_registry(
+        &self,
+        changed: &(dyn Fn(RegistryChange) + Send + Sync),
+        stop: CancellationToken,
+    ) {
         loop {
             let failed = tokio::select! {
                 _ = stop.cancelled() => return,

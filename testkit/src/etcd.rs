@@ -96,6 +96,30 @@ impl EtcdCluster {
         self.spawn(i);
     }
 
+    /// The member that leads the cluster now, as the running members report it.
+    pub async fn leader(&self) -> usize {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let mut ids = Vec::new();
+            let mut leader = None;
+            for m in &self.members {
+                let url = format!("http://{}/v3/maintenance/status", m.client);
+                let status = match m.process {
+                    Some(_) => crate::request(http::Method::POST, &url, &[], b"{}").await.ok(),
+                    None => None,
+                };
+                let json = status.and_then(|r| serde_json::from_slice::<serde_json::Value>(&r.body).ok());
+                ids.push(json.as_ref().and_then(|j| j["header"]["member_id"].as_str().map(str::to_string)));
+                leader = leader.or_else(|| json.as_ref().and_then(|j| j["leader"].as_str().map(str::to_string)));
+            }
+            if let Some(i) = leader.and_then(|l| ids.iter().position(|id| id.as_deref() == Some(l.as_str()))) {
+                return i;
+            }
+            assert!(Instant::now() < deadline, "the cluster has no leader");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until every running member reports the cluster healthy.
     pub async fn wait_healthy(&self) {
         let deadline = Instant::now() + START_TIMEOUT;

@@ -28,6 +28,10 @@ pub const MAX_BODY: usize = 1 << 20;
 pub use outpost_config::api::HEARTBEAT;
 /// How long a purge with `wait` waits for acknowledgements by default.
 pub const DEFAULT_PURGE_WAIT: Duration = Duration::from_secs(5);
+/// How often a replica checks its store's quorum, and how long quorum may
+/// be missing (a leader election) before the replica counts it lost.
+pub const QUORUM_PROBE: Duration = Duration::from_secs(1);
+pub const QUORUM_GRACE: Duration = Duration::from_secs(2);
 /// Purges one token may issue per second (sustained), and in a burst.
 pub const PURGE_RATE: f64 = 50.0;
 pub const PURGE_BURST: f64 = 200.0;
@@ -259,17 +263,21 @@ impl Control {
         }
     }
 
-    /// Looks every heartbeat whether the store can commit, until the
-    /// control plane closes; a replica without quorum says so in its
-    /// heartbeats and its health.
+    /// Looks every [`QUORUM_PROBE`] whether the store can commit, until the
+    /// control plane closes. Quorum missing for [`QUORUM_GRACE`] (longer
+    /// than a leader election) counts as lost: a replica without it says so
+    /// in its heartbeats and its health, and refuses writes at once.
     pub async fn watch_quorum(&self) {
-        let mut tick = tokio::time::interval(HEARTBEAT);
+        let mut tick = tokio::time::interval(QUORUM_PROBE);
+        let mut missing_since: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = self.closing.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let now = self.store.has_quorum().await;
+            let answered = self.store.has_quorum().await;
+            missing_since = if answered { None } else { missing_since.or_else(|| Some(tokio::time::Instant::now())) };
+            let now = missing_since.is_none_or(|t| t.elapsed() < QUORUM_GRACE);
             let before = self.quorum.swap(now, std::sync::atomic::Ordering::Relaxed);
             if before != now {
                 tracing::warn!(quorum = now, "the store's quorum {}", if now { "is back" } else { "is lost" });

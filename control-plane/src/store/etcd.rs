@@ -44,6 +44,10 @@ const MAX_RACES: usize = 64;
 /// How long a read waits for the cluster's quorum before it settles for
 /// what the nearest member knows.
 const QUORUM_WAIT: Duration = Duration::from_secs(1);
+/// How long a write keeps trying while the cluster does not answer (a
+/// leader election takes about a second), and the pause between tries.
+const WRITE_PATIENCE: Duration = Duration::from_secs(5);
+const WRITE_RETRY: Duration = Duration::from_millis(100);
 /// Pause before watching the log again after the watch failed.
 const FOLLOW_RETRY: Duration = Duration::from_millis(200);
 /// How long a replica's presence records outlive it: its nodes count as
@@ -53,7 +57,11 @@ const PRESENCE_TTL: Duration = outpost_config::api::DEAD_AFTER;
 
 #[derive(Clone)]
 pub(super) struct EtcdBackend {
-    client: Client,
+    /// A client per member, so a dead member is left for the next one
+    /// rather than tried again at random.
+    members: std::sync::Arc<[Client]>,
+    /// The member calls go to; moves on when one does not answer.
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     prefix: String,
     /// This process's writers take turns: they would only race each other
     /// for the sequence number; races with other replicas are retried.
@@ -95,17 +103,33 @@ impl EtcdBackend {
             let password = String::from_utf8(read_file(password_file)?).map_err(db)?;
             options = options.with_user(user.clone(), password.trim().to_string());
         }
-        let client = Client::connect(&cfg.endpoints, Some(options))
-            .await
-            .map_err(|e| StoreError::Db(format!("cannot reach etcd at {}: {e}", cfg.endpoints.join(", "))))?;
+        let mut members = Vec::new();
+        for endpoint in &cfg.endpoints {
+            let client = Client::connect([endpoint], Some(options.clone()))
+                .await
+                .map_err(|e| StoreError::Db(format!("cannot reach etcd at {endpoint}: {e}")))?;
+            members.push(client);
+        }
         let prefix = cfg.prefix.trim_end_matches('/').to_string();
         Ok(EtcdBackend {
-            client,
+            members: members.into(),
+            current: std::sync::Arc::default(),
             prefix,
             writing: std::sync::Arc::default(),
             replica: replica.to_string(),
             present: std::sync::Arc::default(),
         })
+    }
+
+    /// The client of the member calls go to now.
+    fn client(&self) -> Client {
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.members.len();
+        self.members[i].clone()
+    }
+
+    /// Calls go to the next member from now on (this one did not answer).
+    fn next_member(&self) {
+        self.current.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn key(&self, parts: &[&str]) -> String {
@@ -150,26 +174,49 @@ impl EtcdBackend {
     /// than [`QUORUM_WAIT`] (no quorum reachable from here), what the
     /// nearest member knows, which may be behind.
     async fn read(&self, key: String, options: GetOptions) -> Result<etcd_client::GetResponse, StoreError> {
-        let mut client = self.client.clone();
-        match tokio::time::timeout(QUORUM_WAIT, client.get(key.clone(), Some(options.clone()))).await {
-            Ok(Ok(resp)) => return Ok(resp),
-            Ok(Err(e)) => tracing::debug!(error = %e, "a read with quorum failed; reading what this member knows"),
-            Err(_) => tracing::debug!("a read with quorum took too long; reading what this member knows"),
+        for _ in 0..self.members.len() {
+            let mut client = self.client();
+            match tokio::time::timeout(QUORUM_WAIT, client.get(key.clone(), Some(options.clone()))).await {
+                Ok(Ok(resp)) => return Ok(resp),
+                Ok(Err(e)) => tracing::debug!(error = %e, "a read with quorum failed"),
+                Err(_) => tracing::debug!("a read with quorum took too long"),
+            }
+            self.next_member();
         }
-        self.client.clone().get(key, Some(options.with_serializable())).await.map_err(unavailable)
+        // No member could answer with the quorum: what one of them knows.
+        let mut last = None;
+        for _ in 0..self.members.len() {
+            match self.client().get(key.clone(), Some(options.clone().with_serializable())).await {
+                Ok(resp) => return Ok(resp),
+                Err(e) => last = Some(e),
+            }
+            self.next_member();
+        }
+        Err(last.map_or_else(|| db("no etcd member"), unavailable))
     }
 
     /// A read that needs the quorum answers within [`QUORUM_WAIT`].
     pub(super) async fn has_quorum(&self) -> bool {
-        let mut client = self.client.clone();
-        let probe = client.get(self.key(&["meta", "seq"]), Some(GetOptions::new().with_keys_only()));
-        matches!(tokio::time::timeout(QUORUM_WAIT, probe).await, Ok(Ok(_)))
+        for _ in 0..self.members.len() {
+            let mut client = self.client();
+            let probe = client.get(self.key(&["meta", "seq"]), Some(GetOptions::new().with_keys_only()));
+            if matches!(tokio::time::timeout(QUORUM_WAIT, probe).await, Ok(Ok(_))) {
+                return true;
+            }
+            self.next_member();
+        }
+        false
     }
 
     /// Commits `ops` if every `guard` holds.
     async fn commit(&self, guards: Vec<Compare>, ops: Vec<TxnOp>) -> Result<bool, StoreError> {
-        let resp = self.client.clone().txn(Txn::new().when(guards).and_then(ops)).await.map_err(unavailable)?;
-        Ok(resp.succeeded())
+        match self.client().txn(Txn::new().when(guards).and_then(ops)).await {
+            Ok(resp) => Ok(resp.succeeded()),
+            Err(e) => {
+                self.next_member();
+                Err(unavailable(e))
+            }
+        }
     }
 
     /// Logs the event `make` returns from the current state, with the
@@ -181,27 +228,71 @@ impl EtcdBackend {
         Fut: std::future::Future<Output = Result<Option<Planned>, StoreError>>,
     {
         let _turn = self.writing.lock().await;
-        for race in 0..MAX_RACES {
-            if race > 0 {
-                // Another replica wrote meanwhile: step aside a moment, a
-                // little differently each time, so two do not collide again.
-                let jitter = u64::from(std::process::id() % 7) + now_ms() % 5;
-                tokio::time::sleep(Duration::from_millis(jitter)).await;
+        let deadline = tokio::time::Instant::now() + WRITE_PATIENCE;
+        // A record whose commit was sent but not confirmed: it may be in.
+        let mut unconfirmed: Option<EventRecord> = None;
+        let mut races = 0;
+        loop {
+            if let Some(sent) = &unconfirmed
+                && let Ok(Read { value: Some(found), .. }) = self.get::<EventRecord>(&self.event_key(sent.seq)).await
+            {
+                if &found == sent {
+                    return Ok(unconfirmed);
+                }
+                unconfirmed = None;
             }
-            let seq = self.counter("seq").await?;
-            let next = seq.value.unwrap_or(0) + 1;
-            let Some(plan) = make(next).await? else { return Ok(None) };
-            let record = EventRecord { seq: next, at_ms: now_ms(), event: plan.event };
-            let seq_key = self.key(&["meta", "seq"]);
-            let mut guards = vec![unchanged(&seq_key, seq.revision)];
-            guards.extend(plan.guards);
-            let mut ops = vec![TxnOp::put(seq_key, next.to_string(), None), put(self.event_key(next), &record)?];
-            ops.extend(plan.ops);
-            if self.commit(guards, ops).await? {
-                return Ok(Some(record));
+            let attempt = self.append_once(&mut make).await;
+            match attempt {
+                Ok(Appended::Done(record)) => return Ok(record),
+                Ok(Appended::Raced) if races < MAX_RACES => {
+                    races += 1;
+                    // Another replica wrote meanwhile: step aside a moment, a
+                    // little differently each time, so two do not collide again.
+                    let jitter = u64::from(std::process::id() % 7) + now_ms() % 5;
+                    tokio::time::sleep(Duration::from_millis(jitter)).await;
+                }
+                Ok(Appended::Raced) => {
+                    return Err(StoreError::Db(format!(
+                        "gave up after losing {MAX_RACES} races for the next sequence number"
+                    )));
+                }
+                // The cluster did not answer (a leader election, a lost
+                // member): try again until the patience runs out, checking
+                // first whether the unconfirmed commit landed.
+                Ok(Appended::Unconfirmed(record)) if tokio::time::Instant::now() < deadline => {
+                    unconfirmed = Some(record);
+                    tokio::time::sleep(WRITE_RETRY).await;
+                }
+                Err(StoreError::Unavailable(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(WRITE_RETRY).await;
+                }
+                Ok(Appended::Unconfirmed(_)) => return Err(StoreError::Unavailable("no answer to a commit".into())),
+                Err(e) => return Err(e),
             }
         }
-        Err(StoreError::Db(format!("gave up after losing {MAX_RACES} races for the next sequence number")))
+    }
+
+    /// One try at [`EtcdBackend::append`].
+    async fn append_once<F, Fut>(&self, make: &mut F) -> Result<Appended, StoreError>
+    where
+        F: FnMut(u64) -> Fut,
+        Fut: std::future::Future<Output = Result<Option<Planned>, StoreError>>,
+    {
+        let seq = self.counter("seq").await?;
+        let next = seq.value.unwrap_or(0) + 1;
+        let Some(plan) = make(next).await? else { return Ok(Appended::Done(None)) };
+        let record = EventRecord { seq: next, at_ms: now_ms(), event: plan.event };
+        let seq_key = self.key(&["meta", "seq"]);
+        let mut guards = vec![unchanged(&seq_key, seq.revision)];
+        guards.extend(plan.guards);
+        let mut ops = vec![TxnOp::put(seq_key, next.to_string(), None), put(self.event_key(next), &record)?];
+        ops.extend(plan.ops);
+        match self.commit(guards, ops).await {
+            Ok(true) => Ok(Appended::Done(Some(record))),
+            Ok(false) => Ok(Appended::Raced),
+            Err(StoreError::Unavailable(_)) => Ok(Appended::Unconfirmed(record)),
+            Err(e) => Err(e),
+        }
     }
 
     pub(super) async fn last_seq(&self) -> Result<u64, StoreError> {
@@ -330,7 +421,7 @@ impl EtcdBackend {
     }
 
     pub(super) async fn remove_node(&self, name: &str) -> Result<(), StoreError> {
-        self.client.clone().delete(self.key(&["nodes", name]), None).await.map_err(unavailable).map(drop)
+        self.client().delete(self.key(&["nodes", name]), None).await.map_err(unavailable).map(drop)
     }
 
     pub(super) async fn node(&self, name: &str) -> Result<Option<NodeRecord>, StoreError> {
@@ -355,6 +446,7 @@ impl EtcdBackend {
             };
             if let Err(e) = failed {
                 tracing::warn!(error = %e, after = last, "watching the event log failed; resuming");
+                self.next_member();
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -375,14 +467,14 @@ impl EtcdBackend {
         };
         let end = self.key(&["events0"]);
         let options = GetOptions::new().with_range(end);
-        let resp = self.client.clone().get(from, Some(options)).await.map_err(unavailable)?;
+        let resp = self.client().get(from, Some(options)).await.map_err(unavailable)?;
         let revision = resp.header().map_or(0, |h| h.revision());
         for kv in resp.kvs() {
             send(decode(kv)?);
         }
         let folder = self.key(&["events", ""]);
         let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
-        let mut stream = self.client.clone().watch(folder, Some(options)).await.map_err(unavailable)?;
+        let mut stream = self.client().watch(folder, Some(options)).await.map_err(unavailable)?;
         while let Some(resp) = stream.message().await.map_err(unavailable)? {
             if resp.canceled() {
                 return Err(StoreError::Db(format!("the watch was cancelled: {}", resp.cancel_reason())));
@@ -419,6 +511,7 @@ impl EtcdBackend {
             };
             if let Err(e) = lost {
                 tracing::warn!(error = %e, "presence lease lost; taking a new one");
+                self.next_member();
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -428,7 +521,7 @@ impl EtcdBackend {
     }
 
     async fn presence_on_one_lease(&self) -> Result<(), StoreError> {
-        let mut client = self.client.clone();
+        let mut client = self.client();
         let ttl = i64::try_from(PRESENCE_TTL.as_secs()).unwrap_or(6).max(2);
         let lease = client.lease_grant(ttl, None).await.map_err(unavailable)?.id();
         let (mut keeper, mut acks) = client.lease_keep_alive(lease).await.map_err(unavailable)?;
@@ -474,6 +567,7 @@ impl EtcdBackend {
             };
             if let Err(e) = failed {
                 tracing::warn!(error = %e, "watching the node registry failed; resuming");
+                self.next_member();
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -485,7 +579,7 @@ impl EtcdBackend {
     async fn watch_registry(&self, changed: &(dyn Fn(RegistryChange) + Send + Sync)) -> Result<(), StoreError> {
         let (nodes, conn) = (self.key(&["nodes", ""]), self.key(&["conn", ""]));
         let name = |kv: &KeyValue| String::from_utf8_lossy(&kv.key()[conn.len()..]).into_owned();
-        let mut client = self.client.clone();
+        let mut client = self.client();
         let open = client.get(conn.clone(), Some(GetOptions::new().with_prefix().with_keys_only()));
         let open = open.await.map_err(unavailable)?;
         let revision = open.header().map_or(0, |h| h.revision());
@@ -493,7 +587,7 @@ impl EtcdBackend {
         // Both folders share the prefix up to their names: watch the range
         // that holds them, and sort what comes.
         let options = WatchOptions::new().with_range(self.key(&["nodes0"])).with_start_revision(revision + 1);
-        let mut stream = self.client.clone().watch(conn.clone(), Some(options)).await.map_err(unavailable)?;
+        let mut stream = self.client().watch(conn.clone(), Some(options)).await.map_err(unavailable)?;
         while let Some(resp) = stream.message().await.map_err(unavailable)? {
             if resp.canceled() {
                 return Err(StoreError::Db(format!("the watch was cancelled: {}", resp.cancel_reason())));
@@ -510,6 +604,16 @@ impl EtcdBackend {
         }
         Err(db("the watch ended"))
     }
+}
+
+/// How one try at appending ended.
+enum Appended {
+    /// Committed (or nothing to log).
+    Done(Option<EventRecord>),
+    /// Another writer took the sequence number first.
+    Raced,
+    /// Sent, with no answer: it may have been committed.
+    Unconfirmed(EventRecord),
 }
 
 /// What an event's transaction adds to the log entry: the event, the

@@ -64,17 +64,28 @@ fn scenario(dir: &Path, name: &str, thresholds: &str) -> std::path::PathBuf {
     file
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn load_runs_against_up_and_a_failed_threshold_exits_99() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    moved_config(&d.join("config"), 40);
+/// `up` (with `ha`, `up --ha`) on the example files moved to addresses
+/// from `127.0.0.<base>`, in `d`, running until the token is cancelled.
+async fn start_up(
+    d: &Path,
+    base: u8,
+    ha: bool,
+) -> (tokio_util::sync::CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    moved_config(&d.join("config"), base);
     let stop = tokio_util::sync::CancellationToken::new();
     let (ready, up_ready) = tokio::sync::oneshot::channel();
     let (config, data) = (d.join("config"), d.join(".outpost"));
     let up_stop = stop.clone();
-    let up = tokio::spawn(async move { outpost::up::run_until(&config, &data, false, up_stop, Some(ready)).await });
+    let up = tokio::spawn(async move { outpost::up::run_until(&config, &data, ha, up_stop, Some(ready)).await });
     tokio::time::timeout(Duration::from_secs(60), up_ready).await.expect("up did not come up").unwrap();
+    (stop, up)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_runs_against_up_and_a_failed_threshold_exits_99() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (stop, up) = start_up(d, 40, false).await;
     // HTTPS on every edge, with the certificate `up` issued from its CA.
     assert!(tokio::net::TcpStream::connect("127.0.0.41:18443").await.is_ok());
     assert!(d.join(".outpost/tls/ca.pem").is_file());
@@ -138,13 +149,7 @@ async fn load_runs_against_up_and_a_failed_threshold_exits_99() {
 async fn up_ha_runs_two_control_plane_replicas_on_a_local_etcd_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    moved_config(&d.join("config"), 60);
-    let stop = tokio_util::sync::CancellationToken::new();
-    let (ready, up_ready) = tokio::sync::oneshot::channel();
-    let (config, data) = (d.join("config"), d.join(".outpost"));
-    let up_stop = stop.clone();
-    let up = tokio::spawn(async move { outpost::up::run_until(&config, &data, true, up_stop, Some(ready)).await });
-    tokio::time::timeout(Duration::from_secs(60), up_ready).await.expect("up --ha did not come up").unwrap();
+    let (stop, up) = start_up(d, 60, true).await;
     let admin = std::fs::read_to_string(d.join(".outpost/admin.token")).unwrap();
     let request = |url: String, body: &'static str| {
         let admin = admin.trim().to_string();

@@ -27,6 +27,41 @@ fn replica_file(dir: &Path, name: &str, endpoints: &[String], listen: SocketAddr
     )
 }
 
+/// What every test here starts from: a three-member etcd cluster, the
+/// folder its replicas share (node files, tokens) and the test origin,
+/// which runs until `stop`.
+struct Lab {
+    cluster: EtcdCluster,
+    dir: tempfile::TempDir,
+    stop: CancellationToken,
+    origin: SocketAddr,
+}
+
+impl Lab {
+    async fn start() -> Lab {
+        let cluster = EtcdCluster::start(3).await;
+        let stop = CancellationToken::new();
+        let origin = test_origin(&stop).await;
+        Lab { cluster, dir: tempfile::tempdir().unwrap(), stop, origin }
+    }
+}
+
+/// The admin token the first replica made.
+fn admin_token(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_string()
+}
+
+/// Waits until every edge serves the site's `path`.
+async fn serving(edges: &[SocketAddr], path: &str) {
+    for e in edges {
+        eventually("the site at the edges", || async {
+            let url = format!("http://{e}{path}");
+            call(Method::GET, &url, None, Some("shop.test"), "").await.status == StatusCode::OK
+        })
+        .await;
+    }
+}
+
 /// A control-plane replica in this process, using the etcd members at
 /// `endpoints`.
 async fn replica(dir: &Path, name: &str, endpoints: &[String], stop: &CancellationToken) -> SocketAddr {
@@ -39,14 +74,10 @@ async fn replica(dir: &Path, name: &str, endpoints: &[String], stop: &Cancellati
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sites_and_purges_through_either_replica_reach_every_node_in_one_order() {
-    let cluster = EtcdCluster::start(3).await;
-    let dir = tempfile::tempdir().unwrap();
-    let stop = CancellationToken::new();
-    let origin = test_origin(&stop).await;
+    let Lab { cluster, dir, stop, origin } = Lab::start().await;
     let a = replica(dir.path(), "control-a", &cluster.endpoints(), &stop).await;
     let b = replica(dir.path(), "control-b", &cluster.endpoints(), &stop).await;
-    let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
-    let admin = admin.trim();
+    let admin = &admin_token(dir.path());
     let api = |at: SocketAddr, path: &str| format!("http://{at}{path}");
 
     // A site written through A is listed by B, and reaches the edges that
@@ -57,13 +88,7 @@ async fn sites_and_purges_through_either_replica_reach_every_node_in_one_order()
     assert_eq!(listed[0]["id"], "shop", "{listed}");
     let (e1, _s1) = edge_node(dir.path(), 1, a).await;
     let (e2, _s2) = edge_node(dir.path(), 2, b).await;
-    for e in [e1, e2] {
-        eventually("the site at both edges", || async {
-            let url = format!("http://{e}/x?cc=max-age%3D600");
-            call(Method::GET, &url, None, Some("shop.test"), "").await.status == StatusCode::OK
-        })
-        .await;
-    }
+    serving(&[e1, e2], "/x?cc=max-age%3D600").await;
 
     // 200 purges at once, half through each replica: one order, no gap,
     // none twice.
@@ -115,18 +140,14 @@ async fn sites_and_purges_through_either_replica_reach_every_node_in_one_order()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_hands_its_nodes_to_another_within_two_seconds() {
-    let cluster = EtcdCluster::start(3).await;
-    let dir = tempfile::tempdir().unwrap();
-    let stop = CancellationToken::new();
-    let origin = test_origin(&stop).await;
+    let Lab { cluster, dir, stop, origin } = Lab::start().await;
     let a = replica(dir.path(), "control-a", &cluster.endpoints(), &stop).await;
     let b = free_addr();
     replica_file(dir.path(), "control-b", &cluster.endpoints(), b);
     let file = dir.path().join("control-b.toml");
     let mut replica_b = Process::spawn(&["control", "--config", file.to_str().unwrap()]);
     wait_listening(b, "replica B").await;
-    let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
-    let admin = admin.trim();
+    let admin = &admin_token(dir.path());
     let r = call(Method::POST, &format!("http://{a}/v1/sites"), Some(admin), None, &site(origin)).await;
     assert_eq!(r.status, StatusCode::CREATED);
     // Both edges follow B first, A after it.
@@ -176,16 +197,12 @@ async fn health(at: SocketAddr) -> StatusCode {
 /// throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_without_quorum_refuses_writes_answers_reads_and_sends_its_nodes_elsewhere() {
-    let mut cluster = EtcdCluster::start(3).await;
-    let dir = tempfile::tempdir().unwrap();
-    let stop = CancellationToken::new();
-    let origin = test_origin(&stop).await;
+    let Lab { mut cluster, dir, stop, origin } = Lab::start().await;
     let endpoints = cluster.endpoints();
     // A uses member 0 only, B the other two.
     let a = replica(dir.path(), "control-a", &endpoints[..1], &stop).await;
     let b = replica(dir.path(), "control-b", &endpoints[1..], &stop).await;
-    let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
-    let admin = admin.trim();
+    let admin = &admin_token(dir.path());
     let r = call(Method::POST, &format!("http://{b}/v1/sites"), Some(admin), None, &site(origin)).await;
     assert_eq!(r.status, StatusCode::CREATED);
     let urls = format!("urls = [\"http://{a}\", \"http://{b}\"]");
@@ -194,9 +211,7 @@ async fn a_replica_without_quorum_refuses_writes_answers_reads_and_sends_its_nod
     let object = |e: SocketAddr| async move {
         call(Method::GET, &format!("http://{e}/o?cc=max-age%3D600"), None, Some("shop.test"), "").await.status
     };
-    for e in [e1, e2] {
-        eventually("the site at the edges", || async { object(e).await == StatusCode::OK }).await;
-    }
+    serving(&[e1, e2], "/o?cc=max-age%3D600").await;
 
     // A's member dies: A has no quorum, says so, and its nodes move to B.
     cluster.kill(0);
@@ -243,13 +258,10 @@ async fn a_replica_without_quorum_refuses_writes_answers_reads_and_sends_its_nod
 /// client request fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_etcd_leader_killed_in_a_purge_storm_loses_no_acknowledged_purge() {
-    let mut cluster = EtcdCluster::start(3).await;
-    let dir = tempfile::tempdir().unwrap();
-    let stop = CancellationToken::new();
-    let origin = test_origin(&stop).await;
+    let Lab { mut cluster, dir, stop, origin } = Lab::start().await;
     let a = replica(dir.path(), "control-a", &cluster.endpoints(), &stop).await;
     let b = replica(dir.path(), "control-b", &cluster.endpoints(), &stop).await;
-    let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap().trim().to_string();
+    let admin = admin_token(dir.path());
     let r = call(Method::POST, &format!("http://{a}/v1/sites"), Some(&admin), None, &site(origin)).await;
     assert_eq!(r.status, StatusCode::CREATED);
     let (e1, _s1, one) = edge_following(dir.path(), 1, &format!("urls = [\"http://{a}\", \"http://{b}\"]")).await;
@@ -257,9 +269,7 @@ async fn the_etcd_leader_killed_in_a_purge_storm_loses_no_acknowledged_purge() {
     let get = |e: SocketAddr| async move {
         call(Method::GET, &format!("http://{e}/storm?cc=max-age%3D600"), None, Some("shop.test"), "").await.status
     };
-    for e in [e1, e2] {
-        eventually("the site at the edges", || async { get(e).await == StatusCode::OK }).await;
-    }
+    serving(&[e1, e2], "/storm?cc=max-age%3D600").await;
     // Clients fetch throughout.
     let loading = CancellationToken::new();
     let load = {

@@ -20,6 +20,7 @@
 //! that lost it on the record it changes is a [`StoreError::Conflict`].
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use etcd_client::{
@@ -438,14 +439,24 @@ impl EtcdBackend {
     /// commits it, until `stop`; a broken watch is resumed from the last
     /// event sent, so none is skipped or sent twice.
     pub(super) async fn follow_events(&self, after: u64, tx: broadcast::Sender<EventRecord>, stop: CancellationToken) {
-        let mut last = after;
+        let last = AtomicU64::new(after);
+        self.retrying("the event log", &stop, || self.follow_from(&last, &tx)).await;
+    }
+
+    /// Runs `watch` until `stop`, again after each failure (from the next
+    /// member, after a pause).
+    async fn retrying<F, Fut>(&self, what: &str, stop: &CancellationToken, mut watch: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), StoreError>>,
+    {
         loop {
             let failed = tokio::select! {
                 _ = stop.cancelled() => return,
-                r = self.follow_from(&mut last, &tx) => r,
+                r = watch() => r,
             };
             if let Err(e) = failed {
-                tracing::warn!(error = %e, after = last, "watching the event log failed; resuming");
+                tracing::warn!(error = %e, "watching {what} failed; resuming");
                 self.next_member();
             }
             tokio::select! {
@@ -457,11 +468,11 @@ impl EtcdBackend {
 
     /// The events after `last`, then a watch from the revision they were
     /// read at; returns only on failure.
-    async fn follow_from(&self, last: &mut u64, tx: &broadcast::Sender<EventRecord>) -> Result<(), StoreError> {
-        let from = self.event_key(*last + 1);
-        let mut send = |rec: EventRecord| {
-            if rec.seq > *last {
-                *last = rec.seq;
+    async fn follow_from(&self, last: &AtomicU64, tx: &broadcast::Sender<EventRecord>) -> Result<(), StoreError> {
+        let from = self.event_key(last.load(Ordering::Relaxed) + 1);
+        let send = |rec: EventRecord| {
+            if rec.seq > last.load(Ordering::Relaxed) {
+                last.store(rec.seq, Ordering::Relaxed);
                 let _ = tx.send(rec);
             }
         };
@@ -504,20 +515,7 @@ impl EtcdBackend {
     /// until `stop`; a lease lost (the cluster unreachable for longer than
     /// its life) is replaced and the records written again.
     pub(super) async fn keep_presence(&self, stop: CancellationToken) {
-        loop {
-            let lost = tokio::select! {
-                _ = stop.cancelled() => return,
-                r = self.presence_on_one_lease() => r,
-            };
-            if let Err(e) = lost {
-                tracing::warn!(error = %e, "presence lease lost; taking a new one");
-                self.next_member();
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(FOLLOW_RETRY) => {}
-            }
-        }
+        self.retrying("the presence lease", &stop, || self.presence_on_one_lease()).await;
     }
 
     async fn presence_on_one_lease(&self) -> Result<(), StoreError> {
@@ -560,20 +558,7 @@ impl EtcdBackend {
         changed: &(dyn Fn(RegistryChange) + Send + Sync),
         stop: CancellationToken,
     ) {
-        loop {
-            let failed = tokio::select! {
-                _ = stop.cancelled() => return,
-                r = self.watch_registry(changed) => r,
-            };
-            if let Err(e) = failed {
-                tracing::warn!(error = %e, "watching the node registry failed; resuming");
-                self.next_member();
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(FOLLOW_RETRY) => {}
-            }
-        }
+        self.retrying("the node registry", &stop, || self.watch_registry(changed)).await;
     }
 
     async fn watch_registry(&self, changed: &(dyn Fn(RegistryChange) + Send + Sync)) -> Result<(), StoreError> {

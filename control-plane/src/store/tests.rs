@@ -107,24 +107,6 @@ async fn redb() -> (tempfile::TempDir, Store) {
 }
 
 #[tokio::test]
-async fn redb_log_sites_purges_and_nodes() {
-    let (_d, s) = redb().await;
-    log_sites_purges_and_nodes(&s).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redb_upserts_are_compare_and_swap() {
-    let (_d, s) = redb().await;
-    upserts_are_compare_and_swap(&s).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redb_concurrent_writes_get_one_order() {
-    let (_d, s) = redb().await;
-    concurrent_writes_get_one_order(&s).await;
-}
-
-#[tokio::test]
 async fn a_redb_file_keeps_everything_and_refuses_a_second_opener() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.redb");
@@ -145,33 +127,19 @@ async fn a_redb_file_keeps_everything_and_refuses_a_second_opener() {
 /// A store on a fresh three-member etcd cluster (kept alive beside it).
 async fn etcd() -> (outpost_testkit::etcd::EtcdCluster, Store) {
     let cluster = outpost_testkit::etcd::EtcdCluster::start(3).await;
-    let cfg = outpost_config::EtcdStore {
-        endpoints: cluster.endpoints(),
+    let s = Store::open(&on(cluster.endpoints()), "test-a").await.unwrap();
+    (cluster, s)
+}
+
+/// The store on the members at `endpoints`, under the tests' prefix.
+fn on(endpoints: Vec<String>) -> StoreBackend {
+    StoreBackend::Etcd(outpost_config::EtcdStore {
+        endpoints,
         prefix: "/test/".into(),
         ca: None,
         identity: None,
         user: None,
-    };
-    let s = Store::open(&StoreBackend::Etcd(cfg), "test-a").await.unwrap();
-    (cluster, s)
-}
-
-#[tokio::test]
-async fn etcd_log_sites_purges_and_nodes() {
-    let (_c, s) = etcd().await;
-    log_sites_purges_and_nodes(&s).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn etcd_upserts_are_compare_and_swap() {
-    let (_c, s) = etcd().await;
-    upserts_are_compare_and_swap(&s).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn etcd_concurrent_writes_get_one_order() {
-    let (_c, s) = etcd().await;
-    concurrent_writes_get_one_order(&s).await;
+    })
 }
 
 /// Two stores on one cluster (two replicas' view) write one log: each sees
@@ -179,18 +147,7 @@ async fn etcd_concurrent_writes_get_one_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_etcd_clients_share_one_log() {
     let (cluster, a) = etcd().await;
-    let b = Store::open(
-        &StoreBackend::Etcd(outpost_config::EtcdStore {
-            endpoints: cluster.endpoints().into_iter().rev().collect(),
-            prefix: "/test/".into(),
-            ca: None,
-            identity: None,
-            user: None,
-        }),
-        "test-b",
-    )
-    .await
-    .unwrap();
+    let b = Store::open(&on(cluster.endpoints().into_iter().rev().collect()), "test-b").await.unwrap();
     a.upsert_site("s", "from a", None).await.unwrap();
     assert_eq!(b.site("s").await.unwrap().unwrap().toml, "from a");
     assert!(matches!(b.upsert_site("s", "from b", None).await, Err(StoreError::Conflict(_))));
@@ -209,3 +166,29 @@ async fn two_etcd_clients_share_one_log() {
     assert_eq!(seqs, (3..23).collect::<Vec<_>>(), "one order, no gap, none twice");
     assert_eq!(a.events_after(0, 100).await.unwrap(), b.events_after(0, 100).await.unwrap());
 }
+
+/// Every test of the battery, once on each backend.
+macro_rules! battery {
+    ($($test:ident),* $(,)?) => {
+        mod on_redb {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let (_dir, s) = super::redb().await;
+                    super::$test(&s).await;
+                }
+            )*
+        }
+        mod on_etcd {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let (_cluster, s) = super::etcd().await;
+                    super::$test(&s).await;
+                }
+            )*
+        }
+    };
+}
+
+battery!(log_sites_purges_and_nodes, upserts_are_compare_and_swap, concurrent_writes_get_one_order);

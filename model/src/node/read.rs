@@ -436,29 +436,27 @@ fn decode_store_backend(s: &mut Sink<'_>, store: &mut Table<'_, '_>, base: &Path
             let ca = store.opt::<Spanned<String>>(s, "ca").map(|p| file(s, p));
             let cert = store.opt::<Spanned<String>>(s, "cert").map(|p| file(s, p));
             let key = store.opt::<Spanned<String>>(s, "key").map(|p| file(s, p));
-            let identity = match (cert, key) {
-                (Some(c), Some(k)) => Some((c, k)),
-                (None, None) => None,
-                _ => {
-                    s.error(&store.span.clone(), "cert and key go together: give both or neither");
-                    None
-                }
-            };
+            let identity = both(s, store, (cert, key), "cert and key");
             let user: Option<String> = store.opt(s, "user");
             let password = store.opt::<Spanned<String>>(s, "password_file").map(|p| file(s, p));
-            let user = match (user, password) {
-                (Some(u), Some(p)) => Some((u, p)),
-                (None, None) => None,
-                _ => {
-                    s.error(&store.span.clone(), "user and password_file go together: give both or neither");
-                    None
-                }
-            };
+            let user = both(s, store, (user, password), "user and password_file");
             Some(StoreBackend::Etcd(EtcdStore { endpoints: endpoints?.into_inner(), prefix, ca, identity, user }))
         }
         Some(other) => {
             let span = backend.as_ref().map(|b| b.span()).unwrap_or_default();
             s.error(&span, format!("store backend must be \"redb\" or \"etcd\", found `{other}`"));
+            None
+        }
+    }
+}
+
+/// Two keys that go together: both, or neither (`what` names them).
+fn both<A, B>(s: &mut Sink<'_>, t: &Table<'_, '_>, pair: (Option<A>, Option<B>), what: &str) -> Option<(A, B)> {
+    match pair {
+        (Some(a), Some(b)) => Some((a, b)),
+        (None, None) => None,
+        _ => {
+            s.error(&t.span.clone(), format!("{what} go together: give both or neither"));
             None
         }
     }

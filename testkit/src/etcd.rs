@@ -26,12 +26,32 @@ pub struct EtcdCluster {
     pub members: Vec<Member>,
     dir: tempfile::TempDir,
     initial_cluster: String,
+    tls: Option<ClientTls>,
+}
+
+/// PEM files for members that serve clients over TLS and require their
+/// certificates: the CA that signed both sides, and the members' own.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl EtcdCluster {
     /// Starts `size` members and waits until the cluster has a leader.
     /// Panics, saying what to install, when `etcd` is not on the machine.
     pub async fn start(size: usize) -> EtcdCluster {
+        EtcdCluster::start_with(size, |_| None).await
+    }
+
+    /// Starts `size` members whose clients must speak TLS with a certificate:
+    /// `tls` gets the members' client addresses and gives the files.
+    pub async fn start_tls(size: usize, tls: impl FnOnce(&[SocketAddr]) -> ClientTls) -> EtcdCluster {
+        EtcdCluster::start_with(size, |addrs| Some(tls(addrs))).await
+    }
+
+    async fn start_with(size: usize, tls: impl FnOnce(&[SocketAddr]) -> Option<ClientTls>) -> EtcdCluster {
         if Command::new("etcd").arg("--version").stdout(Stdio::null()).status().is_err() {
             panic!("etcd is not installed: run scripts/deps.sh as root (Debian's etcd-server)");
         }
@@ -41,7 +61,8 @@ impl EtcdCluster {
             .collect();
         let initial_cluster =
             members.iter().map(|m| format!("{}=http://{}", m.name, m.peer)).collect::<Vec<_>>().join(",");
-        let mut cluster = EtcdCluster { members, dir, initial_cluster };
+        let tls = tls(&members.iter().map(|m| m.client).collect::<Vec<_>>());
+        let mut cluster = EtcdCluster { members, dir, initial_cluster, tls };
         for i in 0..size {
             cluster.spawn(i);
         }
@@ -51,7 +72,12 @@ impl EtcdCluster {
 
     /// The members' client URLs, for `[store] endpoints`.
     pub fn endpoints(&self) -> Vec<String> {
-        self.members.iter().map(|m| format!("http://{}", m.client)).collect()
+        self.members.iter().map(|m| self.client_url(m.client)).collect()
+    }
+
+    fn client_url(&self, addr: SocketAddr) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{addr}")
     }
 
     fn data_dir(&self, i: usize) -> PathBuf {
@@ -62,12 +88,18 @@ impl EtcdCluster {
         let data = self.data_dir(i);
         let m = &self.members[i];
         let log = std::fs::File::create(self.dir.path().join(format!("{}.log", m.name))).expect("a log file");
-        let child = Command::new("etcd")
+        let client = self.client_url(m.client);
+        let mut command = Command::new("etcd");
+        if let Some(tls) = &self.tls {
+            command.arg("--cert-file").arg(&tls.cert).arg("--key-file").arg(&tls.key);
+            command.arg("--trusted-ca-file").arg(&tls.ca).arg("--client-cert-auth");
+        }
+        let child = command
             .args(["--name", &m.name])
             .arg("--data-dir")
             .arg(&data)
-            .args(["--listen-client-urls", &format!("http://{}", m.client)])
-            .args(["--advertise-client-urls", &format!("http://{}", m.client)])
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &format!("http://{}", m.peer)])
             .args(["--initial-advertise-peer-urls", &format!("http://{}", m.peer)])
             .args(["--initial-cluster", &self.initial_cluster])
@@ -126,9 +158,13 @@ impl EtcdCluster {
         for m in self.members.iter().filter(|m| m.process.is_some()) {
             let url = format!("http://{}/health", m.client);
             loop {
-                let healthy = crate::request(http::Method::GET, &url, &[], b"")
-                    .await
-                    .is_ok_and(|r| r.status.is_success() && String::from_utf8_lossy(&r.body).contains("true"));
+                // A member behind TLS is ready for its clients once it listens.
+                let healthy = match self.tls {
+                    Some(_) => tokio::net::TcpStream::connect(m.client).await.is_ok(),
+                    None => crate::request(http::Method::GET, &url, &[], b"")
+                        .await
+                        .is_ok_and(|r| r.status.is_success() && String::from_utf8_lossy(&r.body).contains("true")),
+                };
                 if healthy {
                     break;
                 }

@@ -332,3 +332,65 @@ async fn the_etcd_leader_killed_in_a_purge_storm_loses_no_acknowledged_purge() {
     );
     stop.cancel();
 }
+
+/// A cluster that requires TLS and client certificates: a replica with the
+/// CA, a client certificate and its key writes and reads; one without its
+/// certificate is refused by every member and takes no write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_reach_an_etcd_cluster_over_tls_with_a_client_certificate() {
+    use outpost_proxy::tls::pki::{LEAF_VALIDITY, LocalCa, Request};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = LocalCa::generate("etcd test CA").unwrap();
+    std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).unwrap();
+    let cluster = EtcdCluster::start_tls(3, |members| {
+        let ips: Vec<String> = members.iter().map(|a| a.ip().to_string()).collect();
+        let names: Vec<&str> = ips.iter().map(String::as_str).collect();
+        let (cert, key) =
+            ca.issue(&Request::server(&names, LEAF_VALIDITY)).unwrap().write(dir.path(), "member").unwrap();
+        outpost_testkit::etcd::ClientTls { ca: dir.path().join("ca.pem"), cert, key }
+    })
+    .await;
+    let mut client = Request::server(&["control"], LEAF_VALIDITY);
+    client.client = true;
+    ca.issue(&client).unwrap().write(dir.path(), "client").unwrap();
+    let stop = CancellationToken::new();
+    let origin = test_origin(&stop).await;
+    let endpoints = cluster.endpoints().iter().map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(", ");
+    let node = |name: &str, tls: &str| {
+        format!(
+            "[node]\nname = \"{name}\"\nrole = \"control\"\n[listen]\nhttp = [\"127.0.0.1:0\"]\n\
+             [store]\nbackend = \"etcd\"\nendpoints = [{endpoints}]\nca = \"ca.pem\"\n{tls}\
+             [auth]\nadmin_token_file = \"admin.token\"\nnode_token_file = \"node.token\"\n"
+        )
+    };
+    let with_cert = load(dir.path(), "control-a", &node("control-a", "cert = \"client.pem\"\nkey = \"client.key\"\n"));
+    let control = outpost_control::node::ControlNode::bind(&with_cert).await.unwrap();
+    let a = control.addr();
+    tokio::spawn(control.run(stop.clone()));
+    let admin = admin_token(dir.path());
+    let r = call(Method::POST, &format!("http://{a}/v1/sites"), Some(&admin), None, &site(origin)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
+    let listed = call(Method::GET, &format!("http://{a}/v1/sites"), Some(&admin), None, "").await.json();
+    assert_eq!(listed[0]["id"], "shop");
+
+    let without = load(dir.path(), "control-b", &node("control-b", ""));
+    let refused = match outpost_control::node::ControlNode::bind(&without).await {
+        Err(e) => e.to_string(),
+        Ok(control) => {
+            let b = control.addr();
+            tokio::spawn(control.run(stop.clone()));
+            let r = call(
+                Method::POST,
+                &format!("http://{b}/v1/purge"),
+                Some(&admin),
+                None,
+                r#"{"site": "shop", "all": true}"#,
+            )
+            .await;
+            assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", String::from_utf8_lossy(&r.body));
+            r.json()["error"].to_string()
+        }
+    };
+    println!("a replica without a client certificate: {refused}");
+    stop.cancel();
+}

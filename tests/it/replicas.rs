@@ -394,3 +394,51 @@ async fn replicas_reach_an_etcd_cluster_over_tls_with_a_client_certificate() {
     println!("a replica without a client certificate: {refused}");
     stop.cancel();
 }
+
+/// Two replicas take a new version of one site at the same instant: they
+/// never both win from the same version; the one that loses gets 409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_upserting_one_site_at_once_never_both_win() {
+    let Lab { cluster, dir, stop, origin } = Lab::start().await;
+    let a = replica(dir.path(), "control-a", &cluster.endpoints(), &stop).await;
+    let b = replica(dir.path(), "control-b", &cluster.endpoints(), &stop).await;
+    let admin = admin_token(dir.path());
+    let text = site(origin);
+    let r = call(Method::PUT, &format!("http://{a}/v1/sites/shop"), Some(&admin), None, &text).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let mut conflicts = 0;
+    for round in 0..10 {
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+        let racers: Vec<_> = [(a, "a"), (b, "b")]
+            .into_iter()
+            .map(|(at, who)| {
+                let (barrier, admin) = (std::sync::Arc::clone(&barrier), admin.clone());
+                let body = format!("{text}\n# round {round} by {who}\n");
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    call(Method::PUT, &format!("http://{at}/v1/sites/shop"), Some(&admin), None, &body).await
+                })
+            })
+            .collect();
+        let mut won = Vec::new();
+        for r in racers {
+            let r = r.await.unwrap();
+            match r.status {
+                StatusCode::CREATED => won.push(r.json()["version"].as_u64().unwrap()),
+                StatusCode::CONFLICT => {
+                    assert_eq!(r.json()["error"], "conflict");
+                    conflicts += 1;
+                }
+                other => panic!("{other}: {}", String::from_utf8_lossy(&r.body)),
+            }
+        }
+        won.sort_unstable();
+        won.dedup();
+        assert!(!won.is_empty(), "round {round}: one of them wins");
+        let versions = call(Method::GET, &format!("http://{b}/v1/sites/shop"), Some(&admin), None, "").await.json();
+        assert_eq!(versions["version"].as_u64(), won.last().copied(), "round {round}: the winner's version stands");
+    }
+    assert!(conflicts > 0, "in ten rounds at the same instant, some writer lost a race");
+    println!("ten rounds of simultaneous upserts through two replicas: {conflicts} answered 409");
+    stop.cancel();
+}

@@ -2,7 +2,7 @@
 # Installs, with apt-get, what building and testing Outpost needs beyond
 # Rust: protoc (the etcd client's build compiles etcd's protocol files)
 # and etcd (the store of a replicated control plane; the tests start real
-# clusters on loopback). Run as root; does nothing when all is there.
+# clusters on loopback, and set up users on them with etcdctl). Run as root; does nothing when all is there.
 set -euo pipefail
 source "$(dirname "$0")/../load-tests/bench/need.sh"
-need protoc:protobuf-compiler etcd:etcd-server
+need protoc:protobuf-compiler etcd:etcd-server etcdctl:etcd-client

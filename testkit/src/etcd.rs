@@ -114,6 +114,27 @@ impl EtcdCluster {
         self.members[i].process = Some(child);
     }
 
+    /// Turns authentication on: a `root` user, and `user` with `password`
+    /// allowed to read and write every key under `prefix`.
+    pub fn require_users(&self, user: &str, password: &str, prefix: &str) {
+        let endpoints = self.endpoints().join(",");
+        let run = |args: &[&str]| {
+            let out = Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .arg(format!("--endpoints={endpoints}"))
+                .args(args)
+                .output()
+                .expect("etcdctl runs (Debian's etcd-client; scripts/deps.sh installs it)");
+            assert!(out.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        run(&["user", "add", "root:root-secret"]);
+        run(&["user", "add", &format!("{user}:{password}")]);
+        run(&["role", "add", user]);
+        run(&["role", "grant-permission", user, "readwrite", "--prefix=true", prefix]);
+        run(&["user", "grant-role", user, user]);
+        run(&["auth", "enable"]);
+    }
+
     /// SIGKILL to member `i`: no shutdown, its data folder stays.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut p) = self.members[i].process.take() {

@@ -442,3 +442,38 @@ async fn two_replicas_upserting_one_site_at_once_never_both_win() {
     println!("ten rounds of simultaneous upserts through two replicas: {conflicts} answered 409");
     stop.cancel();
 }
+
+/// A cluster with authentication on: a replica with the user and its
+/// password file writes and reads under its prefix; one with a wrong
+/// password is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_log_in_to_an_etcd_cluster_with_a_user_and_password() {
+    let Lab { cluster, dir, stop, origin } = Lab::start().await;
+    cluster.require_users("outpost", "s3cret", "/outpost/");
+    std::fs::write(dir.path().join("etcd.password"), "s3cret\n").unwrap();
+    std::fs::write(dir.path().join("wrong.password"), "guess\n").unwrap();
+    let endpoints = cluster.endpoints().iter().map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(", ");
+    let node = |name: &str, password: &str| {
+        format!(
+            "[node]\nname = \"{name}\"\nrole = \"control\"\n[listen]\nhttp = [\"127.0.0.1:0\"]\n\
+             [store]\nbackend = \"etcd\"\nendpoints = [{endpoints}]\nuser = \"outpost\"\npassword_file = \"{password}\"\n\
+             [auth]\nadmin_token_file = \"admin.token\"\nnode_token_file = \"node.token\"\n"
+        )
+    };
+    let cfg = load(dir.path(), "control-a", &node("control-a", "etcd.password"));
+    let control = outpost_control::node::ControlNode::bind(&cfg).await.unwrap();
+    let a = control.addr();
+    tokio::spawn(control.run(stop.clone()));
+    let admin = admin_token(dir.path());
+    let r = call(Method::POST, &format!("http://{a}/v1/sites"), Some(&admin), None, &site(origin)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
+    let all = r#"{"site": "shop", "all": true}"#;
+    let purge = call(Method::POST, &format!("http://{a}/v1/purge"), Some(&admin), None, all).await;
+    assert_eq!(purge.status, StatusCode::ACCEPTED);
+
+    let wrong = load(dir.path(), "control-b", &node("control-b", "wrong.password"));
+    let refused = outpost_control::node::ControlNode::bind(&wrong).await.err().map(|e| e.to_string());
+    let refused = refused.expect("a wrong password is refused");
+    assert!(refused.contains("authentication failed") || refused.contains("invalid"), "{refused}");
+    stop.cancel();
+}

@@ -41,8 +41,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Transactions retried after losing a race for the next sequence number,
 /// before the write is reported as failed.
 const MAX_RACES: usize = 64;
-/// How long a read waits for the cluster's quorum before it settles for
-/// what the nearest member knows.
+/// How long a quorum check waits for an answer.
 const QUORUM_WAIT: Duration = Duration::from_secs(1);
 /// How long a write keeps trying while the cluster does not answer (a
 /// leader election takes about a second), and the pause between tries.
@@ -62,6 +61,8 @@ pub(super) struct EtcdBackend {
     members: std::sync::Arc<[Client]>,
     /// The member calls go to; moves on when one does not answer.
     current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// The last quorum check ([`EtcdBackend::has_quorum`]) found one.
+    quorum_seen: std::sync::Arc<std::sync::atomic::AtomicBool>,
     prefix: String,
     /// This process's writers take turns: they would only race each other
     /// for the sequence number; races with other replicas are retried.
@@ -114,6 +115,7 @@ impl EtcdBackend {
         Ok(EtcdBackend {
             members: members.into(),
             current: std::sync::Arc::default(),
+            quorum_seen: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
             prefix,
             writing: std::sync::Arc::default(),
             replica: replica.to_string(),
@@ -170,18 +172,20 @@ impl EtcdBackend {
             .collect()
     }
 
-    /// A read as the cluster's majority sees it; when that takes longer
-    /// than [`QUORUM_WAIT`] (no quorum reachable from here), what the
-    /// nearest member knows, which may be behind.
+    /// A read as the cluster's majority sees it; when no member can give
+    /// that (no quorum reachable from here), what a member knows, which
+    /// may be behind.
     async fn read(&self, key: String, options: GetOptions) -> Result<etcd_client::GetResponse, StoreError> {
-        for _ in 0..self.members.len() {
-            let mut client = self.client();
-            match tokio::time::timeout(QUORUM_WAIT, client.get(key.clone(), Some(options.clone()))).await {
-                Ok(Ok(resp)) => return Ok(resp),
-                Ok(Err(e)) => tracing::debug!(error = %e, "a read with quorum failed"),
-                Err(_) => tracing::debug!("a read with quorum took too long"),
+        // A replica that has seen its quorum answer reads with it, however
+        // slowly; one whose last look found none settles for its member.
+        if self.quorum_seen.load(std::sync::atomic::Ordering::Relaxed) {
+            for _ in 0..self.members.len() {
+                match self.client().get(key.clone(), Some(options.clone())).await {
+                    Ok(resp) => return Ok(resp),
+                    Err(e) => tracing::debug!(error = %e, "a read with quorum failed"),
+                }
+                self.next_member();
             }
-            self.next_member();
         }
         // No member could answer with the quorum: what one of them knows.
         let mut last = None;
@@ -201,10 +205,12 @@ impl EtcdBackend {
             let mut client = self.client();
             let probe = client.get(self.key(&["meta", "seq"]), Some(GetOptions::new().with_keys_only()));
             if matches!(tokio::time::timeout(QUORUM_WAIT, probe).await, Ok(Ok(_))) {
+                self.quorum_seen.store(true, std::sync::atomic::Ordering::Relaxed);
                 return true;
             }
             self.next_member();
         }
+        self.quorum_seen.store(false, std::sync::atomic::Ordering::Relaxed);
         false
     }
 

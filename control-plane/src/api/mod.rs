@@ -155,7 +155,18 @@ impl Control {
         retention: u64,
         node_expiry: Duration,
     ) -> Result<Arc<Control>, StoreError> {
-        let acked = store.nodes().await?.into_iter().map(|(k, v)| (k, v.acked_seq)).collect();
+        // A replica that starts while its store is unreachable starts all
+        // the same: it says so (`/healthz`, stale heartbeats) and catches
+        // up through its registry watch once the store answers.
+        let acked = match store.nodes().await {
+            Ok(nodes) => nodes.into_iter().map(|(k, v)| (k, v.acked_seq)).collect(),
+            Err(e) if store.is_shared() => {
+                tracing::warn!(error = %e, "the store does not answer; starting without its registry");
+                HashMap::new()
+            }
+            Err(e) => return Err(e),
+        };
+        let quorum = store.has_quorum().await;
         Ok(Arc::new(Control {
             store,
             admin_token,
@@ -168,7 +179,7 @@ impl Control {
             retention,
             node_expiry,
             closing: tokio_util::sync::CancellationToken::new(),
-            quorum: std::sync::atomic::AtomicBool::new(true),
+            quorum: std::sync::atomic::AtomicBool::new(quorum),
             elsewhere: Mutex::default(),
         }))
     }

@@ -14,14 +14,21 @@ use crate::topology::{Process, free_addr, wait_listening};
 
 /// The node file of a control-plane replica on `cluster`, listening on
 /// `listen`, in `dir` (which the replicas share for their token files).
-fn replica_file(dir: &Path, name: &str, endpoints: &[String], listen: SocketAddr) -> outpost_config::NodeConfig {
+/// `extra` adds lines to its `[store]` (TLS files, a user).
+fn replica_file(
+    dir: &Path,
+    name: &str,
+    endpoints: &[String],
+    listen: SocketAddr,
+    extra: &str,
+) -> outpost_config::NodeConfig {
     let endpoints = endpoints.iter().map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(", ");
     load(
         dir,
         name,
         &format!(
             "[node]\nname = \"{name}\"\nrole = \"control\"\n[listen]\nhttp = [\"{listen}\"]\n\
-             [store]\nbackend = \"etcd\"\nendpoints = [{endpoints}]\nprefix = \"/cdn/\"\n\
+             [store]\nbackend = \"etcd\"\nendpoints = [{endpoints}]\nprefix = \"/cdn/\"\n{extra}\
              [auth]\nadmin_token_file = \"admin.token\"\nnode_token_file = \"node.token\"\n"
         ),
     )
@@ -65,11 +72,19 @@ async fn serving(edges: &[SocketAddr], path: &str) {
 /// A control-plane replica in this process, using the etcd members at
 /// `endpoints`.
 async fn replica(dir: &Path, name: &str, endpoints: &[String], stop: &CancellationToken) -> SocketAddr {
-    let cfg = replica_file(dir, name, endpoints, "127.0.0.1:0".parse().unwrap());
-    let node = outpost_control::node::ControlNode::bind(&cfg).await.unwrap();
+    let cfg = replica_file(dir, name, endpoints, "127.0.0.1:0".parse().unwrap(), "");
+    bind_replica(&cfg, stop).await.unwrap()
+}
+
+/// Binds the replica of `cfg` and runs it until `stop`.
+async fn bind_replica(
+    cfg: &outpost_config::NodeConfig,
+    stop: &CancellationToken,
+) -> Result<SocketAddr, outpost_control::node::ControlError> {
+    let node = outpost_control::node::ControlNode::bind(cfg).await?;
     let addr = node.addr();
     tokio::spawn(node.run(stop.clone()));
-    addr
+    Ok(addr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,7 +158,7 @@ async fn a_replica_killed_hands_its_nodes_to_another_within_two_seconds() {
     let Lab { cluster, dir, stop, origin } = Lab::start().await;
     let a = replica(dir.path(), "control-a", &cluster.endpoints(), &stop).await;
     let b = free_addr();
-    replica_file(dir.path(), "control-b", &cluster.endpoints(), b);
+    replica_file(dir.path(), "control-b", &cluster.endpoints(), b, "");
     let file = dir.path().join("control-b.toml");
     let mut replica_b = Process::spawn(&["control", "--config", file.to_str().unwrap()]);
     wait_listening(b, "replica B").await;
@@ -355,30 +370,20 @@ async fn replicas_reach_an_etcd_cluster_over_tls_with_a_client_certificate() {
     ca.issue(&client).unwrap().write(dir.path(), "client").unwrap();
     let stop = CancellationToken::new();
     let origin = test_origin(&stop).await;
-    let endpoints = cluster.endpoints().iter().map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(", ");
-    let node = |name: &str, tls: &str| {
-        format!(
-            "[node]\nname = \"{name}\"\nrole = \"control\"\n[listen]\nhttp = [\"127.0.0.1:0\"]\n\
-             [store]\nbackend = \"etcd\"\nendpoints = [{endpoints}]\nca = \"ca.pem\"\n{tls}\
-             [auth]\nadmin_token_file = \"admin.token\"\nnode_token_file = \"node.token\"\n"
-        )
-    };
-    let with_cert = load(dir.path(), "control-a", &node("control-a", "cert = \"client.pem\"\nkey = \"client.key\"\n"));
-    let control = outpost_control::node::ControlNode::bind(&with_cert).await.unwrap();
-    let a = control.addr();
-    tokio::spawn(control.run(stop.clone()));
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let tls = "ca = \"ca.pem\"\ncert = \"client.pem\"\nkey = \"client.key\"\n";
+    let with_cert = replica_file(dir.path(), "control-a", &cluster.endpoints(), any, tls);
+    let a = bind_replica(&with_cert, &stop).await.unwrap();
     let admin = admin_token(dir.path());
     let r = call(Method::POST, &format!("http://{a}/v1/sites"), Some(&admin), None, &site(origin)).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
     let listed = call(Method::GET, &format!("http://{a}/v1/sites"), Some(&admin), None, "").await.json();
     assert_eq!(listed[0]["id"], "shop");
 
-    let without = load(dir.path(), "control-b", &node("control-b", ""));
-    let refused = match outpost_control::node::ControlNode::bind(&without).await {
+    let without = replica_file(dir.path(), "control-b", &cluster.endpoints(), any, "ca = \"ca.pem\"\n");
+    let refused = match bind_replica(&without, &stop).await {
         Err(e) => e.to_string(),
-        Ok(control) => {
-            let b = control.addr();
-            tokio::spawn(control.run(stop.clone()));
+        Ok(b) => {
             let r = call(
                 Method::POST,
                 &format!("http://{b}/v1/purge"),
@@ -449,21 +454,13 @@ async fn two_replicas_upserting_one_site_at_once_never_both_win() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_log_in_to_an_etcd_cluster_with_a_user_and_password() {
     let Lab { cluster, dir, stop, origin } = Lab::start().await;
-    cluster.require_users("outpost", "s3cret", "/outpost/");
+    cluster.require_users("outpost", "s3cret", "/cdn/");
     std::fs::write(dir.path().join("etcd.password"), "s3cret\n").unwrap();
     std::fs::write(dir.path().join("wrong.password"), "guess\n").unwrap();
-    let endpoints = cluster.endpoints().iter().map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(", ");
-    let node = |name: &str, password: &str| {
-        format!(
-            "[node]\nname = \"{name}\"\nrole = \"control\"\n[listen]\nhttp = [\"127.0.0.1:0\"]\n\
-             [store]\nbackend = \"etcd\"\nendpoints = [{endpoints}]\nuser = \"outpost\"\npassword_file = \"{password}\"\n\
-             [auth]\nadmin_token_file = \"admin.token\"\nnode_token_file = \"node.token\"\n"
-        )
-    };
-    let cfg = load(dir.path(), "control-a", &node("control-a", "etcd.password"));
-    let control = outpost_control::node::ControlNode::bind(&cfg).await.unwrap();
-    let a = control.addr();
-    tokio::spawn(control.run(stop.clone()));
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let login = |file: &str| format!("user = \"outpost\"\npassword_file = \"{file}\"\n");
+    let cfg = replica_file(dir.path(), "control-a", &cluster.endpoints(), any, &login("etcd.password"));
+    let a = bind_replica(&cfg, &stop).await.unwrap();
     let admin = admin_token(dir.path());
     let r = call(Method::POST, &format!("http://{a}/v1/sites"), Some(&admin), None, &site(origin)).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
@@ -471,8 +468,8 @@ async fn replicas_log_in_to_an_etcd_cluster_with_a_user_and_password() {
     let purge = call(Method::POST, &format!("http://{a}/v1/purge"), Some(&admin), None, all).await;
     assert_eq!(purge.status, StatusCode::ACCEPTED);
 
-    let wrong = load(dir.path(), "control-b", &node("control-b", "wrong.password"));
-    let refused = outpost_control::node::ControlNode::bind(&wrong).await.err().map(|e| e.to_string());
+    let wrong = replica_file(dir.path(), "control-b", &cluster.endpoints(), any, &login("wrong.password"));
+    let refused = bind_replica(&wrong, &stop).await.err().map(|e| e.to_string());
     let refused = refused.expect("a wrong password is refused");
     assert!(refused.contains("authentication failed") || refused.contains("invalid"), "{refused}");
     stop.cancel();

@@ -192,3 +192,29 @@ macro_rules! battery {
 }
 
 battery!(log_sites_purges_and_nodes, upserts_are_compare_and_swap, concurrent_writes_get_one_order);
+
+/// A record in the cluster that is not what the control plane wrote (a
+/// broken tool, a hand edit) is an error naming its key, never a panic,
+/// and leaves the other records readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_record_in_etcd_is_an_error_naming_its_key() {
+    let (cluster, s) = etcd().await;
+    s.upsert_site("good", "[site]", None).await.unwrap();
+    let put = |key: &str, value: &str| {
+        let out = std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", cluster.endpoints().join(",")))
+            .args(["put", key, value])
+            .output()
+            .expect("etcdctl runs (scripts/deps.sh installs it)");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    put("/test/sites/bad", "{not json");
+    let e = s.sites().await.expect_err("a corrupt record is reported");
+    assert!(matches!(&e, StoreError::Db(m) if m.contains("/test/sites/bad")), "{e}");
+    assert!(s.site("bad").await.is_err());
+    assert_eq!(s.site("good").await.unwrap().unwrap().toml, "[site]");
+    put("/test/meta/seq", "minus one");
+    assert!(s.add_purge("good", PurgeTarget::All, false).await.is_err(), "a corrupt counter stops writes");
+    assert!(s.last_seq().await.is_err());
+}

@@ -305,8 +305,10 @@ async fn a_client_that_stops_reading_slows_nobody_and_is_cut_off() {
     let addr = edge.addr;
     let request = format!("GET {path} HTTP/1.1\r\nHost: t.test\r\n\r\n");
     // By the time it reads, the edge has given up on it: what arrives is
-    // what the socket buffers held, then the end.
-    let stall = send_timeout + Duration::from_secs(2);
+    // what the socket buffers held, then the end. The send timeout runs from
+    // when the socket filled, which a loaded machine may reach seconds after
+    // the request: the stall leaves room for that.
+    let stall = send_timeout + Duration::from_secs(6);
     let stalled = tokio::task::spawn_blocking(move || {
         outpost_load::raw::read_after_stall(addr, request.as_bytes(), stall).unwrap()
     });

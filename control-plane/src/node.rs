@@ -45,10 +45,26 @@ pub fn token(path: &Path) -> Result<String, ControlError> {
     {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(err)?;
-        f.write_all(t.as_bytes()).map_err(err)?;
+        match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+            Ok(mut f) => f.write_all(t.as_bytes()).map_err(err)?,
+            // Another replica sharing this folder made it first: use its.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return written_by_another(path).map_err(err),
+            Err(e) => return Err(err(e)),
+        }
     }
     Ok(t)
+}
+
+/// The token another process is writing into `path`, once it is there.
+fn written_by_another(path: &Path) -> io::Result<String> {
+    for _ in 0..100 {
+        let t = std::fs::read_to_string(path)?;
+        if !t.trim().is_empty() {
+            return Ok(t.trim().to_string());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Err(io::Error::other("the token file stays empty"))
 }
 
 /// A bound control plane.

@@ -227,6 +227,7 @@ impl Subscriber {
         // Report where we stand (a heartbeat from this side too).
         self.ack(client, self.seq()).await;
         let mut unacked = false;
+        let mut behind: Option<u64> = None;
         loop {
             let line = match tokio::time::timeout(DEAD_AFTER, stream.next()).await {
                 Err(_) => return Err("no heartbeat from the control plane".into()),
@@ -242,6 +243,16 @@ impl Subscriber {
             if let StreamLine::Heartbeat { stale: true, .. } = line {
                 client.prefer_next();
                 return Err(format!("{} has lost its store's quorum: following another replica", client.base()));
+            }
+            // The log's end, as a heartbeat gives it, still not reached a
+            // heartbeat later: this stream misses events (its replica's
+            // feed stalled), so resume from here, on another replica.
+            if let StreamLine::Heartbeat { seq: head, .. } = line {
+                if behind.is_some_and(|h| self.seq() < h) {
+                    client.prefer_next();
+                    return Err(format!("{} stopped sending events before {head}: resuming", client.base()));
+                }
+                behind = (head > self.seq()).then_some(head);
             }
             // The log has no holes: an event past the next one means this
             // stream skipped some, so start again from where this node is.

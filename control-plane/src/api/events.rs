@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use outpost_config::Role;
-use outpost_config::api::StreamQuery;
+use outpost_config::api::{DEAD_AFTER, StreamQuery};
 use outpost_config::{Ack, EventRecord, SiteSnapshot, StreamLine};
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
@@ -39,6 +39,19 @@ impl Drop for Connection {
         }
         drop(c);
         self.control.ack_changed.send_modify(|v| *v += 1);
+    }
+}
+
+impl Connection {
+    /// The node has not been heard from (stream opened, acknowledgement,
+    /// through any replica) for [`DEAD_AFTER`].
+    async fn silent(&self) -> bool {
+        let heard = match self.control.store.node(&self.node).await {
+            Ok(Some(n)) => n.last_contact_ms,
+            // Unknown, or the store cannot say: keep the stream.
+            _ => return false,
+        };
+        now_ms().saturating_sub(heard) > DEAD_AFTER.as_millis() as u64
     }
 }
 
@@ -191,6 +204,12 @@ fn lines(
                         Err(RecvError::Lagged(_)) | Err(RecvError::Closed) => return None,
                     },
                     _ = heartbeat.tick() => {
+                        // A node acknowledges every heartbeat; one not heard
+                        // from for three is gone, even if no FIN said so.
+                        if conn.silent().await {
+                            tracing::info!(node = %conn.node, "no word from the node: closing its stream");
+                            return None;
+                        }
                         let seq = conn.control.store.last_seq().await.unwrap_or(cursor);
                         break StreamLine::Heartbeat { seq, stale: !conn.control.has_quorum() };
                     }

@@ -194,6 +194,9 @@ pub(super) async fn purge(State(c): Shared, headers: HeaderMap, body: bytes::Byt
     c.admin(&headers)?;
     let req: PurgeRequest = super::json_body(&body)?;
     let target = req.target().map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid_purge", m))?;
+    // Before any read: a replica cut off from its store's quorum says so
+    // at once rather than after reads that wait on the lost members.
+    c.writable()?;
     if c.store.site(&req.site).await.map_err(ApiError::from)?.is_none() {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no site `{}`", req.site)));
     }
@@ -205,7 +208,6 @@ pub(super) async fn purge(State(c): Shared, headers: HeaderMap, body: bytes::Byt
             "too many purges; batch URLs or wait a moment",
         ));
     }
-    c.writable()?;
     let rec = c.store.add_purge(&req.site, target, req.soft).await.map_err(ApiError::from)?;
     if let Some(ev) = c.store.events_after(rec.seq - 1, 1).await.map_err(ApiError::from)?.into_iter().next() {
         c.publish(ev).await;

@@ -49,7 +49,12 @@ fn healthy_edges(nodes: &[NodeStatus], pops: &[DnsPop], rejected: &mut Vec<Strin
     for n in nodes.iter().filter(|n| n.node.role == Role::Edge) {
         let Some(pop) = n.node.pop.as_ref().and_then(|p| pops.iter().find(|x| x.name == *p)) else { continue };
         let entry = out.entry(pop.name.clone()).or_default();
-        if !(n.connected || n.since_contact_ms < FRESH.as_millis() as u64) {
+        // A connected node reports every heartbeat; one silent for longer
+        // is cut off even if its stream looks open (a link that died
+        // without a FIN keeps a TCP connection open for many minutes).
+        let silent_for = n.since_contact_ms;
+        let alive = n.connected && silent_for < outpost_config::api::DEAD_AFTER.as_millis() as u64;
+        if !(alive || silent_for < FRESH.as_millis() as u64) {
             continue;
         }
         for a in &n.node.addrs {
@@ -139,8 +144,11 @@ mod tests {
     #[test]
     fn only_live_edges_are_answered_and_dead_pops_empty() {
         let nodes = [
-            node(Role::Edge, "fra", "127.0.0.11:8080", true, 60_000),
+            node(Role::Edge, "fra", "127.0.0.11:8080", true, 1_500),
             node(Role::Edge, "fra", "127.0.0.14:8080", false, 1_000),
+            // Its stream looks open, but it has said nothing for a minute:
+            // the link died without a FIN.
+            node(Role::Edge, "fra", "127.0.0.15:8080", true, 60_000),
             node(Role::Edge, "iad", "127.0.0.12:8080", false, 60_000),
             node(Role::Shield, "fra", "127.0.0.1:8101", true, 0),
             node(Role::Edge, "sin", "0.0.0.0:8080", true, 0),

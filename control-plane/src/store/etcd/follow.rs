@@ -69,7 +69,7 @@ impl EtcdBackend {
         }
         let folder = self.key(&["events", ""]);
         let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
-        let mut stream = self.client().watch(folder, Some(options)).await.map_err(unavailable)?;
+        let mut stream = self.follower().watch(folder, Some(options)).await.map_err(unavailable)?;
         while let Some(resp) = stream.message().await.map_err(unavailable)? {
             if resp.canceled() {
                 return Err(StoreError::Db(format!("the watch was cancelled: {}", resp.cancel_reason())));
@@ -103,7 +103,7 @@ impl EtcdBackend {
     }
 
     async fn presence_on_one_lease(&self) -> Result<(), StoreError> {
-        let mut client = self.client();
+        let mut client = self.follower();
         let ttl = i64::try_from(PRESENCE_TTL.as_secs()).unwrap_or(6).max(2);
         let lease = client.lease_grant(ttl, None).await.map_err(unavailable)?.id();
         let (mut keeper, mut acks) = client.lease_keep_alive(lease).await.map_err(unavailable)?;
@@ -156,7 +156,7 @@ impl EtcdBackend {
         // Both folders share the prefix up to their names: watch the range
         // that holds them, and sort what comes.
         let options = WatchOptions::new().with_range(self.key(&["nodes0"])).with_start_revision(revision + 1);
-        let mut stream = self.client().watch(conn.clone(), Some(options)).await.map_err(unavailable)?;
+        let mut stream = self.follower().watch(conn.clone(), Some(options)).await.map_err(unavailable)?;
         while let Some(resp) = stream.message().await.map_err(unavailable)? {
             if resp.canceled() {
                 return Err(StoreError::Db(format!("the watch was cancelled: {}", resp.cancel_reason())));

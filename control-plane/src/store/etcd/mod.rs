@@ -41,6 +41,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Transactions retried after losing a race for the next sequence number,
 /// before the write is reported as failed.
 const MAX_RACES: usize = 64;
+/// How long a read with quorum waits for one member (longer than a
+/// leader election) before asking the next.
+const READ_WAIT: Duration = Duration::from_secs(2);
 /// How long a quorum check waits for an answer.
 const QUORUM_WAIT: Duration = Duration::from_secs(1);
 /// How long a write keeps trying while the cluster does not answer (a
@@ -59,6 +62,9 @@ pub(super) struct EtcdBackend {
     /// A client per member, so a dead member is left for the next one
     /// rather than tried again at random.
     members: std::sync::Arc<[Client]>,
+    /// The same members, for watches and leases: these need the member
+    /// to have a leader.
+    followers: std::sync::Arc<[Client]>,
     /// The member calls go to; moves on when one does not answer.
     current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// The last quorum check ([`EtcdBackend::has_quorum`]) found one.
@@ -104,16 +110,25 @@ impl EtcdBackend {
             let password = String::from_utf8(read_file(password_file)?).map_err(db)?;
             options = options.with_user(user.clone(), password.trim().to_string());
         }
-        let mut members = Vec::new();
+        let (mut members, mut followers) = (Vec::new(), Vec::new());
+        // Watches and leases need a member with a leader: one cut off from
+        // its cluster ends them (within a few election timeouts) instead
+        // of keeping them open on a past that no longer moves, which
+        // would starve this replica's streams silently.
+        let with_leader = options.clone().with_require_leader(true);
         for endpoint in &cfg.endpoints {
-            let client = Client::connect([endpoint], Some(options.clone()))
-                .await
-                .map_err(|e| StoreError::Db(format!("cannot reach etcd at {endpoint}: {e}")))?;
-            members.push(client);
+            let connect = |options: ConnectOptions| async move {
+                Client::connect([endpoint], Some(options))
+                    .await
+                    .map_err(|e| StoreError::Db(format!("cannot reach etcd at {endpoint}: {e}")))
+            };
+            members.push(connect(options.clone()).await?);
+            followers.push(connect(with_leader.clone()).await?);
         }
         let prefix = cfg.prefix.trim_end_matches('/').to_string();
         Ok(EtcdBackend {
             members: members.into(),
+            followers: followers.into(),
             current: std::sync::Arc::default(),
             quorum_seen: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
             prefix,
@@ -127,6 +142,12 @@ impl EtcdBackend {
     fn client(&self) -> Client {
         let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.members.len();
         self.members[i].clone()
+    }
+
+    /// The client for watches and leases on the member calls go to now.
+    fn follower(&self) -> Client {
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.followers.len();
+        self.followers[i].clone()
     }
 
     /// Calls go to the next member from now on (this one did not answer).
@@ -176,42 +197,60 @@ impl EtcdBackend {
     /// that (no quorum reachable from here), what a member knows, which
     /// may be behind.
     async fn read(&self, key: String, options: GetOptions) -> Result<etcd_client::GetResponse, StoreError> {
-        // A replica that has seen its quorum answer reads with it, however
-        // slowly; one whose last look found none settles for its member.
-        if self.quorum_seen.load(std::sync::atomic::Ordering::Relaxed) {
-            for _ in 0..self.members.len() {
-                match self.client().get(key.clone(), Some(options.clone())).await {
-                    Ok(resp) => return Ok(resp),
-                    Err(e) => tracing::debug!(error = %e, "a read with quorum failed"),
-                }
-                self.next_member();
+        // A replica that has seen its quorum answer reads with it, each
+        // member given the time of a leader election; one whose last look
+        // (or whose quorum probe meanwhile) found none settles for its member.
+        for _ in 0..self.members.len() {
+            if !self.quorum_seen.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
             }
+            match tokio::time::timeout(READ_WAIT, self.client().get(key.clone(), Some(options.clone()))).await {
+                Ok(Ok(resp)) => return Ok(resp),
+                Ok(Err(e)) => tracing::debug!(error = %e, "a read with quorum failed"),
+                Err(_) => tracing::debug!("a read with quorum had no answer"),
+            }
+            self.next_member();
         }
         // No member could answer with the quorum: what one of them knows.
         let mut last = None;
         for _ in 0..self.members.len() {
-            match self.client().get(key.clone(), Some(options.clone().with_serializable())).await {
-                Ok(resp) => return Ok(resp),
-                Err(e) => last = Some(e),
+            let mut client = self.client();
+            let read = client.get(key.clone(), Some(options.clone().with_serializable()));
+            match tokio::time::timeout(READ_WAIT, read).await {
+                Ok(Ok(resp)) => return Ok(resp),
+                Ok(Err(e)) => last = Some(unavailable(e)),
+                Err(_) => last = Some(StoreError::Unavailable("no etcd member answered a read".into())),
             }
             self.next_member();
         }
-        Err(last.map_or_else(|| db("no etcd member"), unavailable))
+        Err(last.unwrap_or_else(|| db("no etcd member")))
     }
 
-    /// A read that needs the quorum answers within [`QUORUM_WAIT`].
+    /// A read that needs the quorum answers within [`QUORUM_WAIT`], from
+    /// any member: all are asked at once, and calls go from now on to the
+    /// first that answered.
     pub(super) async fn has_quorum(&self) -> bool {
-        for _ in 0..self.members.len() {
-            let mut client = self.client();
-            let probe = client.get(self.key(&["meta", "seq"]), Some(GetOptions::new().with_keys_only()));
-            if matches!(tokio::time::timeout(QUORUM_WAIT, probe).await, Ok(Ok(_))) {
-                self.quorum_seen.store(true, std::sync::atomic::Ordering::Relaxed);
-                return true;
-            }
-            self.next_member();
+        let key = self.key(&["meta", "seq"]);
+        let mut probes = tokio::task::JoinSet::new();
+        for (i, member) in self.members.iter().enumerate() {
+            let (mut client, key) = (member.clone(), key.clone());
+            probes.spawn(async move {
+                let probe = client.get(key, Some(GetOptions::new().with_keys_only()));
+                matches!(tokio::time::timeout(QUORUM_WAIT, probe).await, Ok(Ok(_))).then_some(i)
+            });
         }
-        self.quorum_seen.store(false, std::sync::atomic::Ordering::Relaxed);
-        false
+        let mut answered = None;
+        while let Some(probe) = probes.join_next().await {
+            if let Ok(Some(i)) = probe {
+                answered = Some(i);
+                break;
+            }
+        }
+        if let Some(i) = answered {
+            self.current.store(i, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.quorum_seen.store(answered.is_some(), std::sync::atomic::Ordering::Relaxed);
+        answered.is_some()
     }
 
     /// Commits `ops` if every `guard` holds.
@@ -247,7 +286,16 @@ impl EtcdBackend {
                 }
                 unconfirmed = None;
             }
-            let attempt = self.append_once(&mut make).await;
+            // However the members answer (or do not: a link that drops
+            // packets holds a call until its own timeout), the write ends
+            // at the deadline. A commit sent but unanswered by then may
+            // still land: the caller hears that the outcome is unknown.
+            let Ok(attempt) = tokio::time::timeout_at(deadline, self.append_once(&mut make)).await else {
+                return Err(StoreError::Unavailable(format!(
+                    "the cluster did not confirm the write within {} s; it may or may not have been made",
+                    WRITE_PATIENCE.as_secs()
+                )));
+            };
             match attempt {
                 Ok(Appended::Done(record)) => return Ok(record),
                 Ok(Appended::Raced) if races < MAX_RACES => {

@@ -2,6 +2,7 @@
 //! and `up`, the whole CDN in one process (which tests also run in-process).
 
 pub mod ha;
+pub mod lab;
 pub mod roles;
 pub mod signals;
 pub mod up;

@@ -7,7 +7,7 @@
 mod check;
 mod client;
 
-use outpost::{roles, signals, up};
+use outpost::{lab, roles, signals, up};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -141,6 +141,14 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// The CDN on real hosts (network namespaces) and faults to break it; needs root.
+    Lab {
+        #[command(subcommand)]
+        action: lab::cli::LabAction,
+        /// The lab's folder: node files, logs, disks, and its state.
+        #[arg(long, global = true, default_value = ".outpost/lab")]
+        dir: PathBuf,
+    },
     /// Run the test origin (see `outpost_load::origin` for its URL grammar).
     Origin {
         /// Address to listen on; repeat for several.
@@ -211,6 +219,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(purge(&req, &control, json))?;
         }
         Command::Load { scenario, out, report, quiet } => return load(&scenario, out.as_deref(), report, quiet),
+        Command::Lab { action, dir } => return runtime()?.block_on(lab::cli::run(action, &dir)),
         Command::Status { control, json } => runtime()?.block_on(status(&control, json))?,
         Command::Origin { listen, dir } => {
             init_logging();

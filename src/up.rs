@@ -66,7 +66,7 @@ fn issue_local_certs(data_dir: &Path, sites: &[outpost_config::Site]) -> anyhow:
 }
 
 /// Every `.toml` file of the folder, sorted, so runs are repeatable.
-fn config_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+pub(crate) fn config_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let entries = std::fs::read_dir(dir).with_context(|| format!("cannot read config folder `{}`", dir.display()))?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(Result::ok)

@@ -3,7 +3,6 @@
 //! requests, errors, stale answers, origin fetches and, where it applies,
 //! the purge lag.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
@@ -53,11 +52,7 @@ async fn origin_down_for_10s_under_load() {
     let recovered = healed.elapsed();
     let recovery_fetches = t.origin_count("/s1/").await - before_recovery;
     let seen = load.stop().await;
-    let (requests, errors, stale) = (
-        seen.requests.load(Ordering::Relaxed),
-        seen.errors.load(Ordering::Relaxed),
-        seen.stale.load(Ordering::Relaxed),
-    );
+    let (requests, errors, stale) = seen.counts();
     println!(
         "origin down 10 s: {requests} requests, {errors} errors, {stale} stale, origin fetches {during} during \
          ({attempts} connection attempts refused) / {recovery_fetches} to recover ({} objects), fresh {} ms after",
@@ -100,11 +95,7 @@ async fn a_shield_killed_under_load_and_restarted_with_its_disk() {
     t.shields[0].start().await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let seen = load.stop().await;
-    let (requests, errors, stale) = (
-        seen.requests.load(Ordering::Relaxed),
-        seen.errors.load(Ordering::Relaxed),
-        seen.stale.load(Ordering::Relaxed),
-    );
+    let (requests, errors, stale) = seen.counts();
 
     // Straight to the restarted shield: what it held before is still on its
     // disk (a hit or a 304 revalidation of the stored copy, never a miss).
@@ -182,7 +173,7 @@ async fn control_plane_cut_from_one_edge_during_three_purges() {
             );
         }
     }
-    let (requests, errors) = (seen.requests.load(Ordering::Relaxed), seen.errors.load(Ordering::Relaxed));
+    let (requests, errors, _) = seen.counts();
     println!(
         "control cut from edge-fra: {requests} requests, {errors} errors, 0 stale, 3 purges applied {} ms after heal",
         lag.as_millis()
@@ -364,7 +355,7 @@ async fn control_plane_killed_and_restarted_loses_nothing_acknowledged() {
     // The blog site reached the edges too (it was in the log before the crash).
     let r = request(Method::GET, &format!("http://{}/b", t.edges[0].addr), "blog.test", None, "").await.unwrap();
     assert_eq!(r.status, StatusCode::OK);
-    let (requests, errors) = (seen.requests.load(Ordering::Relaxed), seen.errors.load(Ordering::Relaxed));
+    let (requests, errors, _) = seen.counts();
     println!(
         "control plane SIGKILL: {requests} requests, {errors} errors, 0 stale, site and purge kept, 5 nodes back \
          {} ms after the kill (1 s of it down)",
@@ -443,7 +434,7 @@ async fn an_edge_killed_under_load_restarts_with_a_consistent_disk() {
         assert_eq!(outpost_load::content::first_mismatch(seed, 0, &r.body), None, "{p}: corrupt body after the crash");
         hits += usize::from(r.cache_status().contains("edge-proc; hit"));
     }
-    let (requests, errors) = (seen.requests.load(Ordering::Relaxed), seen.errors.load(Ordering::Relaxed));
+    let (requests, errors, _) = seen.counts();
     println!(
         "edge SIGKILL: {requests} requests ({errors} cut off by the kill), 0 corrupt bodies, {hits}/{} objects hits \
          from disk after restart; DNS withdrew it in {} ms, answered it {} ms after restart",

@@ -4,6 +4,7 @@
 mod cli;
 mod control;
 mod failures;
+mod lab;
 mod load;
 mod relay;
 mod replicas;

@@ -313,6 +313,13 @@ pub struct Seen {
     pub slowest_ms: AtomicU64,
 }
 
+impl Seen {
+    /// Requests, errors and stale answers.
+    pub fn counts(&self) -> (u64, u64, u64) {
+        (self.requests.load(Ordering::Relaxed), self.errors.load(Ordering::Relaxed), self.stale.load(Ordering::Relaxed))
+    }
+}
+
 /// Steady load: `clients` loops over the edges and `paths`, until stopped.
 pub struct Load {
     pub seen: Arc<Seen>,
@@ -322,6 +329,11 @@ pub struct Load {
 
 impl Load {
     pub fn start(edges: Vec<SocketAddr>, paths: Vec<String>, clients: usize) -> Load {
+        Load::start_for(SITE_HOST, edges, paths, clients)
+    }
+
+    /// As [`Load::start`], for the site at `host`.
+    pub fn start_for(host: &'static str, edges: Vec<SocketAddr>, paths: Vec<String>, clients: usize) -> Load {
         let seen = Arc::new(Seen::default());
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
@@ -334,7 +346,7 @@ impl Load {
                     let path = &paths[(i / edges.len()) % paths.len()];
                     i += 1;
                     let started = Instant::now();
-                    let r = request(Method::GET, &format!("http://{edge}{path}"), SITE_HOST, None, "").await;
+                    let r = request(Method::GET, &format!("http://{edge}{path}"), host, None, "").await;
                     seen.slowest_ms.fetch_max(started.elapsed().as_millis() as u64, Ordering::Relaxed);
                     seen.requests.fetch_add(1, Ordering::Relaxed);
                     match r {
@@ -379,19 +391,30 @@ pub async fn dns_london(dns: SocketAddr) -> Vec<IpAddr> {
 
 /// The A records for `name` as a London client (by its ECS subnet) gets them.
 pub async fn dns_a(dns: SocketAddr, name: &str) -> Vec<IpAddr> {
+    dns_query(dns, name, Some("81.2.69.0")).await
+}
+
+/// The A records for `name`, asked with the ECS option for `subnet`/24 or,
+/// without, as a stub resolver asks; from a socket of the host (network
+/// namespace) the caller runs on. None when nothing answers within 2 s.
+pub async fn dns_query(dns: SocketAddr, name: &str, subnet: Option<&str>) -> Vec<IpAddr> {
     use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
     use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
     use hickory_proto::rr::{Name, RData, RecordType};
     let mut m = Message::new(7, MessageType::Query, OpCode::Query);
     m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
-    let mut e = Edns::new();
-    e.options_mut().insert(EdnsOption::Subnet(ClientSubnet::new("81.2.69.0".parse().unwrap(), 24, 0)));
-    m.set_edns(e);
+    if let Some(subnet) = subnet {
+        let mut e = Edns::new();
+        e.options_mut().insert(EdnsOption::Subnet(ClientSubnet::new(subnet.parse().unwrap(), 24, 0)));
+        m.set_edns(e);
+    }
     let packet = m.to_vec().unwrap();
-    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let sock = tokio::net::UdpSocket::bind("0.0.0.0:0").await.unwrap();
     sock.send_to(&packet, dns).await.unwrap();
     let mut buf = [0u8; 2048];
-    let n = tokio::time::timeout(Duration::from_secs(2), sock.recv(&mut buf)).await.unwrap().unwrap();
+    let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), sock.recv(&mut buf)).await else {
+        return Vec::new();
+    };
     let reply = Message::from_vec(&buf[..n]).unwrap();
     reply
         .answers

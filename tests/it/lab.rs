@@ -515,6 +515,155 @@ async fn lab_a_shield_killed_and_restarted_with_its_disk() {
     assert_eq!(kept, owned.len(), "the restarted shield lost objects from its disk");
 }
 
+/// The link between the control plane and one edge cut both ways during
+/// three purges, under load: the edge keeps serving, the others apply the
+/// purges, and after the heal the cut edge applies them in order and
+/// serves nothing purged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_control_cut_from_one_edge_during_purges() {
+    let t = start("ctlcut", false, |s| s).await;
+    t.wait_nodes_connected().await;
+    let fra = t.addr("edge-fra");
+    let objects: Vec<String> = (0..3).map(|i| format!("/ctlcut/o{i}?size=2KiB&cc=max-age%3D600")).collect();
+    t.warm(&objects).await;
+    // Load on the cut edge only: what another edge fetches after a purge
+    // is rightly a hit later.
+    let load = {
+        let objects = objects.clone();
+        t.client.run(async move { Load::start_for(SITE_HOST, vec![fra], objects, 4) }).await
+    };
+    t.lab.cut("edge-fra", "control", true).unwrap();
+    let mut seqs = Vec::new();
+    for p in &objects {
+        let status = t.purge(std::slice::from_ref(p), Duration::from_secs(2)).await;
+        assert!(!status.acked.iter().any(|n| n == "edge-fra"), "the cut edge acked: {status:?}");
+        assert_eq!(status.acked.len(), 4, "every other node applied it: {status:?}");
+        seqs.push(status.seq);
+    }
+    // The cut edge still serves its (now outdated) copies.
+    for p in &objects {
+        assert_eq!(t.get(fra, p).await.unwrap().status, StatusCode::OK);
+    }
+    let seen = load.stop().await;
+    t.lab.heal("edge-fra", "control").unwrap();
+    let healed = Instant::now();
+    let last = *seqs.last().unwrap();
+    let api = t.lab.admin_client().unwrap();
+    loop {
+        let api = api.clone();
+        let nodes = t.client.run(async move { api.nodes().await }).await.unwrap_or_default();
+        if nodes.iter().any(|n| n.node.name == "edge-fra" && n.node.acked_seq >= last) {
+            break;
+        }
+        assert!(healed.elapsed() < Duration::from_secs(15), "edge-fra did not catch up: {nodes:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let lag = healed.elapsed();
+    let mut hits = 0;
+    for e in t.edges() {
+        for p in &objects {
+            hits += usize::from(last_member(&t.get(e, p).await.unwrap()).contains("; hit"));
+        }
+    }
+    let (requests, errors, stale) = seen.counts();
+    println!(
+        "lab: control cut from edge-fra during 3 purges: {requests} requests, {errors} errors, {stale} stale, \
+         purges {seqs:?} applied {} ms after the heal, {hits} purged objects served as hits",
+        lag.as_millis()
+    );
+    assert_eq!(errors, 0);
+    assert_eq!(hits, 0);
+}
+
+/// An edge's process killed with SIGKILL under load: DNS stops answering
+/// it, and answers it again once it is restarted with its disk, which
+/// gives back every object byte for byte, those it had stored as hits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_an_edge_killed_under_load_restarts_with_a_consistent_disk() {
+    let t = start("edgekill", false, |s| s).await;
+    let fra = t.addr("edge-fra");
+    let t = &t;
+    let in_dns = |want: bool| async move {
+        let started = Instant::now();
+        while t.resolve().await.contains(&fra.ip()) != want {
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "DNS {} the edge",
+                if want { "never answers" } else { "still answers" }
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        started.elapsed()
+    };
+    in_dns(true).await;
+    let objects: Vec<String> =
+        (0..12).map(|i| format!("/edgekill/{i}?size={}&cc=max-age%3D600", ["64KiB", "1MiB", "3MiB"][i % 3])).collect();
+    let load = {
+        let objects = objects.clone();
+        t.client.run(async move { Load::start_for(SITE_HOST, vec![fra], objects, 6) }).await
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    t.lab.kill("edge-fra").unwrap();
+    let withdrawn = in_dns(false).await;
+    let seen = load.stop().await;
+    t.lab.restart("edge-fra").await.unwrap();
+    let back = in_dns(true).await;
+    let mut hits = 0;
+    for p in &objects {
+        let r = t.get(fra, p).await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{p}: {}", r.cache_status());
+        let path = p.split('?').next().unwrap();
+        let seed = outpost_load::content::seed(path, 0, &[]);
+        assert_eq!(outpost_load::content::first_mismatch(seed, 0, &r.body), None, "{p}: corrupt body after the kill");
+        hits += usize::from(last_member(&r).starts_with("edge-fra; hit"));
+    }
+    let (requests, errors, _) = seen.counts();
+    println!(
+        "lab: edge host's process killed: {requests} requests ({errors} cut off by the kill), 0 corrupt bodies, \
+         {hits}/{} objects hits from disk after restart; DNS withdrew it in {} ms, answered it {} ms after restart",
+        objects.len(),
+        withdrawn.as_millis(),
+        back.as_millis()
+    );
+    assert!(hits > 0, "nothing came back from the disk");
+}
+
+/// The control plane's process killed with SIGKILL under load and
+/// restarted: what it acknowledged is kept, every node reconnects by
+/// itself, and clients saw no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_control_plane_killed_and_restarted_loses_nothing_acknowledged() {
+    let t = start("ctlkill", false, |s| s).await;
+    t.wait_nodes_connected().await;
+    let objects: Vec<String> = (0..6).map(|i| format!("/ctlkill/o{i}?size=4KiB&cc=max-age%3D600")).collect();
+    t.warm(&objects).await;
+    let before = t.purge(&objects[..1], Duration::from_secs(5)).await;
+    assert_eq!(before.acked.len(), 5, "{before:?}");
+    let load = t.load(&objects).await;
+    t.lab.kill("control").unwrap();
+    let killed = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    t.lab.restart("control").await.unwrap();
+    let api = t.lab.admin_client().unwrap();
+    let kept = {
+        let (api, id) = (api.clone(), before.id.clone());
+        t.client.run(async move { api.purge_status(&id).await }).await.unwrap()
+    };
+    assert_eq!(kept.seq, before.seq, "the acknowledged purge survived");
+    t.wait_nodes_connected().await;
+    let reconnected = killed.elapsed();
+    let after = t.purge(&objects[1..2], Duration::from_secs(5)).await;
+    assert_eq!(after.acked.len(), 5, "{after:?}");
+    let seen = load.stop().await;
+    let (requests, errors, _) = seen.counts();
+    println!(
+        "lab: control plane's process killed: {requests} requests, {errors} errors, the acknowledged purge kept, \
+         every node back {} ms after the kill (1 s of it down)",
+        reconnected.as_millis()
+    );
+    assert_eq!(errors, 0);
+}
+
 /// `outpost lab up` interrupted, once while it builds and once while it
 /// runs, leaves no namespace and no process behind.
 #[test]
@@ -569,6 +718,91 @@ fn lab_interrupted_leaves_nothing_behind() {
             String::from_utf8_lossy(&procs.stdout)
         );
     }
+}
+
+/// The README's walk through `outpost lab`: up (detached), a fetch from
+/// the client host, every fault verb as `status` shows it, and down.
+#[test]
+fn lab_cli_drives_a_detached_lab() {
+    use std::process::Command;
+    let dir = tempfile::tempdir().unwrap();
+    let name = "cli";
+    let _ = outpost::lab::down_named_all(Some(name));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let lab = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
+            .arg("lab")
+            .arg("--dir")
+            .arg(dir.path())
+            .args(args)
+            .current_dir(root)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "lab {args:?}: {}{text}", String::from_utf8_lossy(&out.stderr));
+        text
+    };
+    struct Down<'a>(&'a str);
+    impl Drop for Down<'_> {
+        fn drop(&mut self) {
+            let _ = outpost::lab::down_named_all(Some(self.0));
+        }
+    }
+    let _down = Down(name);
+    let up = lab(&["up", "--name", name, "--detach"]);
+    assert!(up.contains("is up"), "{up}");
+    let status = |lab: &dyn Fn(&[&str]) -> String| -> serde_json::Value {
+        serde_json::from_str(&lab(&["status", "--json"])).unwrap()
+    };
+    let host = |s: &serde_json::Value, h: &str| s.as_array().unwrap().iter().find(|x| x["name"] == h).unwrap().clone();
+    let edge = host(&status(&lab), "edge-fra");
+    let url = format!("http://{}:8080/readme?size=64&cc=max-age%3D60", edge["ip"].as_str().unwrap());
+    let fetch = lab(&[
+        "exec",
+        "client",
+        "--",
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        "Host: www.example.test",
+        &url,
+    ]);
+    assert_eq!(fetch, "200");
+
+    lab(&["cut", "edge-fra", "shield-1"]);
+    lab(&["cut", "edge-sin", "shield-2", "--one-way"]);
+    lab(&["isolate", "edge-iad"]);
+    lab(&["pause", "shield-2"]);
+    lab(&["kill", "origin"]);
+    let s = status(&lab);
+    assert_eq!(host(&s, "shield-1")["cut_from"], serde_json::json!(["edge-fra"]));
+    assert_eq!(host(&s, "edge-fra")["cut_from"], serde_json::json!(["shield-1"]));
+    assert_eq!(
+        host(&s, "shield-2")["cut_from"],
+        serde_json::json!(["edge-sin"]),
+        "one way: shield-2 hears nothing from edge-sin"
+    );
+    assert_eq!(host(&s, "edge-sin")["cut_from"], serde_json::json!([]));
+    assert_eq!(host(&s, "edge-iad")["linked"], false);
+    assert_eq!(host(&s, "shield-2")["process"], "paused");
+    assert_eq!(host(&s, "origin")["process"], "dead");
+
+    lab(&["heal", "--all"]);
+    lab(&["resume", "shield-2"]);
+    lab(&["restart", "origin"]);
+    let s = status(&lab);
+    for h in s.as_array().unwrap() {
+        assert_eq!(h["cut_from"], serde_json::json!([]), "{h}");
+        assert_eq!(h["linked"], true, "{h}");
+        assert!(h["process"] == "running" || h["kind"] == "client", "{h}");
+    }
+    let down = lab(&["down"]);
+    assert!(down.contains("removed"), "{down}");
+    assert!(outpost::lab::net::namespaces(Some(name)).unwrap().is_empty());
 }
 
 /// Without root, the lab refuses with what to do, and creates nothing.

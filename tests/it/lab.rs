@@ -147,6 +147,21 @@ impl TestLab {
         self.client.run(async move { api.purge(&req).await }).await.unwrap()
     }
 
+    /// Waits (15 s at most) until `node` has applied event `seq`.
+    async fn wait_applied(&self, node: &str, seq: u64) {
+        let api = self.lab.admin_client().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let api = api.clone();
+            let nodes = self.client.run(async move { api.nodes().await }).await.unwrap_or_default();
+            if nodes.iter().any(|n| n.node.name == node && n.node.acked_seq >= seq) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{node} did not apply {seq}: {nodes:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Every edge and shield, connected to some replica.
     async fn wait_nodes_connected(&self) {
         let api = self.lab.admin_client().unwrap();
@@ -320,16 +335,7 @@ async fn lab_an_isolated_edge_catches_up_on_purges_in_order() {
     let last = *seqs.last().unwrap();
     t.lab.rejoin("edge-fra").unwrap();
     let healed = Instant::now();
-    let api = t.lab.admin_client().unwrap();
-    loop {
-        let api = api.clone();
-        let nodes = t.client.run(async move { api.nodes().await }).await.unwrap_or_default();
-        if nodes.iter().any(|n| n.node.name == "edge-fra" && n.node.acked_seq >= last) {
-            break;
-        }
-        assert!(healed.elapsed() < Duration::from_secs(15), "edge-fra did not catch up: {nodes:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    t.wait_applied("edge-fra", last).await;
     let lag = healed.elapsed();
     let mut served_purged = 0;
     for p in &objects {
@@ -548,16 +554,7 @@ async fn lab_control_cut_from_one_edge_during_purges() {
     t.lab.heal("edge-fra", "control").unwrap();
     let healed = Instant::now();
     let last = *seqs.last().unwrap();
-    let api = t.lab.admin_client().unwrap();
-    loop {
-        let api = api.clone();
-        let nodes = t.client.run(async move { api.nodes().await }).await.unwrap_or_default();
-        if nodes.iter().any(|n| n.node.name == "edge-fra" && n.node.acked_seq >= last) {
-            break;
-        }
-        assert!(healed.elapsed() < Duration::from_secs(15), "edge-fra did not catch up: {nodes:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    t.wait_applied("edge-fra", last).await;
     let lag = healed.elapsed();
     let mut hits = 0;
     for e in t.edges() {

@@ -248,7 +248,8 @@ async fn lab_dns_moves_a_client_off_an_isolated_edge() {
         DEAD_AFTER.as_millis(),
         recover.as_millis()
     );
-    assert!(detect <= DEAD_AFTER + Duration::from_secs(3), "DNS moved after {detect:?}");
+    // Within the registry timeout, give or take this test's own polling.
+    assert!(detect <= DEAD_AFTER + Duration::from_millis(300), "DNS moved after {detect:?}");
 }
 
 /// A shield host paused (SIGSTOP: hung, not dead) under load: the edges

@@ -121,7 +121,12 @@ async fn load_runs_against_up_and_a_failed_threshold_exits_99() {
     let origin = json["metrics"]["origin_requests"].as_u64().unwrap();
     // 20 objects, fetched once, then again after the purge.
     assert!((20..=40).contains(&origin), "{origin} origin requests");
-    assert!(reqs > 100 * origin, "{reqs} requests for {origin} origin fetches");
+    // Nearly everything else was a hit at the edge (the misses: each edge's
+    // first request per object, before and after the purge, and those that
+    // waited on it). How many requests fit in the run depends on the
+    // machine; the ratio hardly does.
+    let hits = json["metrics"]["cache_hit_ratio"]["hits"].as_u64().unwrap();
+    assert!(hits * 10 >= reqs * 9, "{hits} hits of {reqs} requests for {origin} origin fetches");
     assert!(json["series"].as_array().unwrap().len() >= 2);
     let html = std::fs::read_to_string(d.join("pass.html")).unwrap();
     assert!(html.contains("<svg") && html.contains("Latency over time"));

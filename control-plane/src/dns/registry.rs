@@ -25,6 +25,11 @@ pub const POLL: Duration = Duration::from_secs(1);
 /// stream is being re-established (nodes retry at least every
 /// `RECONNECT_BACKOFF_MAX`, so three tries fit in it).
 pub const FRESH: Duration = Duration::from_millis(3 * outpost_config::api::RECONNECT_BACKOFF_MAX.as_millis() as u64);
+/// A connected edge silent this long is dead: it acknowledges every
+/// heartbeat, so this allows one lost acknowledgement, and one poll later
+/// it is out of the answers within the registry's `DEAD_AFTER`.
+pub const SILENT_AFTER: Duration =
+    Duration::from_millis(outpost_config::api::DEAD_AFTER.as_millis() as u64 - POLL.as_millis() as u64);
 /// Time allowed for one registry read.
 const TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -53,7 +58,7 @@ fn healthy_edges(nodes: &[NodeStatus], pops: &[DnsPop], rejected: &mut Vec<Strin
         // is cut off even if its stream looks open (a link that died
         // without a FIN keeps a TCP connection open for many minutes).
         let silent_for = n.since_contact_ms;
-        let alive = n.connected && silent_for < outpost_config::api::DEAD_AFTER.as_millis() as u64;
+        let alive = n.connected && silent_for < SILENT_AFTER.as_millis() as u64;
         if !(alive || silent_for < FRESH.as_millis() as u64) {
             continue;
         }

@@ -178,6 +178,31 @@ async fn up_ha_runs_two_control_plane_replicas_on_a_local_etcd_cluster() {
     let report: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(r.status, http::StatusCode::OK, "{report}");
     assert_eq!(report["acked"].as_array().unwrap().len(), 5, "{report}");
+
+    // The README's walkthrough, on replicas: DNS sends London to fra, the
+    // fra edge misses then hits, and the CLI's purge through both replicas
+    // reaches every node, after which the edge misses again.
+    let london = crate::topology::dns_a("127.0.0.60:15353".parse().unwrap(), "example.cdn.example.test.").await;
+    assert_eq!(london, vec!["127.0.0.61".parse::<std::net::IpAddr>().unwrap()]);
+    let edge = "http://127.0.0.61:18080/hello?size=64&cc=max-age%3D300";
+    let get =
+        || async { crate::topology::request(http::Method::GET, edge, "www.example.test", None, "").await.unwrap() };
+    assert!(!get().await.is_hit());
+    assert!(get().await.is_hit());
+    let replicas = "http://127.0.0.60:17000,http://127.0.0.60:17001";
+    let out = outpost()
+        .current_dir(d)
+        .args(["purge", "--site", "example", "--prefix", "/hello", "--wait", "--json", "--control", replicas])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["acked"].as_array().unwrap().len(), 5, "{report}");
+    assert!(!get().await.is_hit(), "purged");
+    let out = outpost().current_dir(d).args(["status", "--json", "--control", replicas]).output().unwrap();
+    let nodes: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(nodes.as_array().unwrap().len(), 5, "{nodes}");
+
     stop.cancel();
     up.await.unwrap().unwrap();
     assert!(std::net::TcpStream::connect("127.0.0.1:23790").is_err(), "the etcd members stopped with up");

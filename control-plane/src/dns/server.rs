@@ -15,8 +15,9 @@ use std::time::Instant;
 use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
 use hickory_proto::rr::rdata::{A, AAAA, NS, SOA};
-use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_server::net::runtime::Time;
+use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use metrics::{Counter, Histogram, counter, histogram};
@@ -27,6 +28,10 @@ use super::steer::{Reason, Steering};
 
 /// Largest UDP answer offered in EDNS (the DNS Flag Day 2020 value).
 const EDNS_PAYLOAD: u16 = 1232;
+/// What any client takes over UDP, with or without EDNS (RFC 1035 §4.2.1).
+const MIN_PAYLOAD: u16 = 512;
+/// The EDNS version spoken.
+const EDNS_VERSION: u8 = 0;
 /// SOA timers: how long secondaries and negative answers may cache.
 const SOA_REFRESH: i32 = 3600;
 const SOA_RETRY: i32 = 600;
@@ -184,9 +189,14 @@ impl RequestHandler for GeoDns {
         let started = Instant::now();
         let mut meta = Metadata::response_from_request(&request.metadata);
         meta.recursion_available = false;
-        let mut edns_out: Option<Edns> = request.edns.as_ref().map(|_| {
+        let mut edns_out: Option<Edns> = request.edns.as_ref().map(|asked| {
             let mut e = Edns::new();
-            e.set_max_payload(EDNS_PAYLOAD);
+            // A UDP answer fits what the client said it takes (never under
+            // 512, RFC 6891 §6.2.5) and what we offer; it is also the size
+            // this answer is truncated to.
+            e.set_max_payload(asked.max_payload().clamp(MIN_PAYLOAD, EDNS_PAYLOAD));
+            // RFC 3225 §3: the DO bit is copied into the response.
+            e.set_dnssec_ok(asked.flags().dnssec_ok);
             e
         });
         let mut reply = Reply::default();
@@ -194,8 +204,25 @@ impl RequestHandler for GeoDns {
             meta.response_code = ResponseCode::NotImp;
         } else if request.queries.len() != 1 {
             meta.response_code = ResponseCode::FormErr;
+        } else if request.edns.as_ref().is_some_and(|e| e.version() > EDNS_VERSION) {
+            // RFC 6891 §6.1.3: a version we do not speak; ours is in the OPT.
+            meta.response_code = ResponseCode::BADVERS;
+        } else if !client_subnet_well_formed(request.as_slice()) {
+            // RFC 7871 §6: address octets beyond the prefix, or bits set past it.
+            meta.response_code = ResponseCode::FormErr;
         } else {
             reply = self.answer(request, &mut meta, edns_out.as_mut());
+            if request.protocol() == Protocol::Udp {
+                let limit = edns_out.as_ref().map_or(MIN_PAYLOAD, Edns::max_payload);
+                if !fits(request, &meta, &reply, edns_out.as_ref(), limit) {
+                    // Truncated with no records at all, so the OPT (and the
+                    // client subnet in it) always fits: the client asks
+                    // again over TCP for the whole answer.
+                    reply.answers.clear();
+                    reply.soa.clear();
+                    meta.truncation = true;
+                }
+            }
         }
         let rcode = meta.response_code;
         let builder = MessageResponseBuilder::new(&request.queries, edns_out.as_ref());
@@ -212,6 +239,89 @@ impl RequestHandler for GeoDns {
         self.metrics.latency.record(started.elapsed().as_secs_f64());
         info
     }
+}
+
+/// Whether the answer, encoded, fits `limit` bytes: a bound first, the
+/// exact encoding only when the bound does not settle it.
+fn fits(request: &Request, meta: &Metadata, reply: &Reply, edns: Option<&Edns>, limit: u16) -> bool {
+    let limit = usize::from(limit);
+    let rdata = |r: &Record| match r.record_type() {
+        RecordType::A => 4,
+        RecordType::AAAA => 16,
+        _ => 2 * 256 + 20,
+    };
+    let question: usize = request.queries.queries().iter().map(|q| q.name().len() + 1 + 4).sum();
+    let records: usize = reply.answers.iter().chain(&reply.soa).map(|r| r.name.len() + 1 + 10 + rdata(r)).sum();
+    let opt = edns.map_or(0, |_| 11 + 4 + 20);
+    if 12 + question + records + opt <= limit {
+        return true;
+    }
+    let mut m = hickory_proto::op::Message::new(meta.id, hickory_proto::op::MessageType::Response, OpCode::Query);
+    m.add_queries(request.queries.queries().iter().map(|q| q.original().clone()));
+    m.add_answers(reply.answers.iter().cloned());
+    m.add_authorities(reply.soa.iter().cloned());
+    if let Some(e) = edns {
+        m.set_edns(e.clone());
+    }
+    m.to_vec().is_ok_and(|bytes| bytes.len() <= limit)
+}
+
+/// The EDNS Client Subnet option of a raw query, if any, is well formed:
+/// a known family, a source prefix that fits it, exactly the address
+/// octets the prefix needs, and no bit set past the prefix (RFC 7871 §6).
+/// A query that cannot be walked is left to the parser that accepted it.
+fn client_subnet_well_formed(raw: &[u8]) -> bool {
+    walk_client_subnet(raw).unwrap_or(true)
+}
+
+fn walk_client_subnet(raw: &[u8]) -> Option<bool> {
+    let u16_at = |i: usize| raw.get(i..i + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let skip_name = |mut i: usize| -> Option<usize> {
+        loop {
+            let len = *raw.get(i)?;
+            match len {
+                0 => return Some(i + 1),
+                l if l & 0xC0 == 0xC0 => return Some(i + 2),
+                l => i += 1 + usize::from(l),
+            }
+        }
+    };
+    let (qd, an, ns, ar) = (u16_at(4)?, u16_at(6)?, u16_at(8)?, u16_at(10)?);
+    let mut i = 12;
+    for _ in 0..qd {
+        i = skip_name(i)? + 4;
+    }
+    for n in 0..usize::from(an) + usize::from(ns) + usize::from(ar) {
+        i = skip_name(i)?;
+        let (rtype, rdlen) = (u16_at(i)?, usize::from(u16_at(i + 8)?));
+        let data = raw.get(i + 10..i + 10 + rdlen)?;
+        i += 10 + rdlen;
+        if rtype != u16::from(RecordType::OPT) || n < usize::from(an) + usize::from(ns) {
+            continue;
+        }
+        let mut o = 0;
+        while o + 4 <= data.len() {
+            let code = u16::from_be_bytes([data[o], data[o + 1]]);
+            let len = usize::from(u16::from_be_bytes([data[o + 2], data[o + 3]]));
+            let option = data.get(o + 4..o + 4 + len)?;
+            o += 4 + len;
+            if code != u16::from(EdnsCode::Subnet) {
+                continue;
+            }
+            let (family, source) = (u16::from_be_bytes([*option.first()?, *option.get(1)?]), *option.get(2)?);
+            let address = option.get(4..)?;
+            let max = match family {
+                1 => 32,
+                2 => 128,
+                _ => return Some(false),
+            };
+            let needed = usize::from(source).div_ceil(8);
+            let stray_bits =
+                source % 8 != 0 && address.get(needed - 1).is_some_and(|b| b & (0xFF >> (source % 8)) != 0);
+            return Some(source <= max && address.len() == needed && !stray_bits);
+        }
+    }
+    Some(true)
 }
 
 /// The sections of an answer, and the query type's metric label.
@@ -236,6 +346,11 @@ impl GeoDns {
         let name: Name = Name::from(q.name().clone());
         let qtype = q.query_type();
         let mut reply = Reply { qtype: qtype_label(qtype), ..Reply::default() };
+        // Only the Internet class is served; zone transfers are not offered.
+        if q.query_class() != DNSClass::IN || matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
+            meta.response_code = ResponseCode::Refused;
+            return reply;
+        }
         if !self.zone.zone_of(&name) {
             meta.response_code = ResponseCode::Refused;
             return reply;

@@ -129,16 +129,68 @@ fn query(name: &str, rtype: RecordType, subnet: Option<(&str, u8)>, edns: bool) 
 }
 
 async fn udp(addr: SocketAddr, packet: Vec<u8>) -> Option<Message> {
+    udp_bytes(addr, packet).await.map(|b| Message::from_vec(&b).unwrap())
+}
+
+/// The datagram that answers `packet`, as it came.
+async fn udp_bytes(addr: SocketAddr, packet: Vec<u8>) -> Option<Vec<u8>> {
     tokio::task::spawn_blocking(move || {
         let s = UdpSocket::bind("127.0.0.1:0").unwrap();
         s.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
         s.send_to(&packet, addr).unwrap();
         let mut buf = [0u8; 4096];
         let n = s.recv(&mut buf).ok()?;
-        Some(Message::from_vec(&buf[..n]).unwrap())
+        Some(buf[..n].to_vec())
     })
     .await
     .unwrap()
+}
+
+/// An OPT record as a client writes it.
+struct Opt {
+    payload: u16,
+    version: u8,
+    dnssec_ok: bool,
+    options: Vec<(u16, Vec<u8>)>,
+}
+
+impl Opt {
+    fn with(options: Vec<(u16, Vec<u8>)>) -> Opt {
+        Opt { payload: 1232, version: 0, dnssec_ok: false, options }
+    }
+}
+
+/// A query written byte by byte, so it can say what a library would not.
+fn raw_query(name: &str, qtype: u16, qclass: u16, opt: Option<Opt>) -> Vec<u8> {
+    let mut p = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, u8::from(opt.is_some())];
+    for label in name.trim_end_matches('.').split('.') {
+        p.push(label.len() as u8);
+        p.extend(label.as_bytes());
+    }
+    p.push(0);
+    p.extend(qtype.to_be_bytes());
+    p.extend(qclass.to_be_bytes());
+    if let Some(o) = opt {
+        p.push(0);
+        p.extend(41u16.to_be_bytes());
+        p.extend(o.payload.to_be_bytes());
+        p.extend([0, o.version]);
+        p.extend(if o.dnssec_ok { 0x8000u16 } else { 0 }.to_be_bytes());
+        let mut data = Vec::new();
+        for (code, d) in &o.options {
+            data.extend(code.to_be_bytes());
+            data.extend((d.len() as u16).to_be_bytes());
+            data.extend(d);
+        }
+        p.extend((data.len() as u16).to_be_bytes());
+        p.extend(data);
+    }
+    p
+}
+
+/// An EDNS Client Subnet option with exactly these address octets.
+fn ecs(family: u16, source: u8, address: &[u8]) -> (u16, Vec<u8>) {
+    (8, [&family.to_be_bytes()[..], &[source, 0], address].concat())
 }
 
 async fn tcp(addr: SocketAddr, packet: Vec<u8>) -> Message {
@@ -486,4 +538,74 @@ async fn answers_follow_the_node_registry_when_edges_die_and_return() {
     let _fra = hold_stream(control_addr, &token, "edge-fra", "fra", "127.0.0.31:8080").await;
     within("a returning edge is answered again", ip("127.0.0.31")).await;
     stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edns_payload_version_do_bit_and_truncation_follow_rfc_6891() {
+    let dir = tempfile::tempdir().unwrap();
+    // 41 addresses for a client in the US: about 700 bytes.
+    let dns = start(dir.path(), 40).await;
+    let subnet = || vec![ecs(1, 24, &[8, 8, 8])];
+    // A client that takes 512 bytes gets at most that: truncated, and still
+    // with the OPT record and its client subnet.
+    let small = Opt { payload: 512, ..Opt::with(subnet()) };
+    let bytes = udp_bytes(dns.addr, raw_query("shop.cdn.test.", 1, 1, Some(small))).await.unwrap();
+    assert!(bytes.len() <= 512, "{} bytes for a client that takes 512", bytes.len());
+    let m = Message::from_vec(&bytes).unwrap();
+    assert!(m.metadata.truncation);
+    assert!(m.edns.is_some(), "a truncated answer to an EDNS query keeps its OPT");
+    assert!(scope(&m).is_some(), "and the client subnet in it");
+    // One that takes 1232 gets the whole answer.
+    let m = udp(dns.addr, raw_query("shop.cdn.test.", 1, 1, Some(Opt::with(subnet())))).await.unwrap();
+    assert!(!m.metadata.truncation);
+    assert_eq!(addrs(&m).len(), 41);
+    // Without EDNS: 512 bytes, truncated.
+    let bytes = udp_bytes(dns.addr, raw_query("shop.cdn.test.", 1, 1, None)).await.unwrap();
+    assert!(bytes.len() <= 512);
+    // EDNS version 1: BADVERS, with our version (0) in the OPT, no answer.
+    let v1 = Opt { version: 1, ..Opt::with(subnet()) };
+    let m = udp(dns.addr, raw_query("shop.cdn.test.", 1, 1, Some(v1))).await.unwrap();
+    // 16 is both BADVERS and BADSIG; a parser cannot tell which is meant.
+    assert_eq!(u16::from(m.metadata.response_code), 16, "{:?}", m.metadata.response_code);
+    assert_eq!(m.edns.as_ref().map(Edns::version), Some(0));
+    assert!(m.answers.is_empty());
+    // The DO bit comes back as it was sent.
+    for dnssec_ok in [true, false] {
+        let opt = Opt { dnssec_ok, ..Opt::with(Vec::new()) };
+        let m = udp(dns.addr, raw_query("shop.cdn.test.", 1, 1, Some(opt))).await.unwrap();
+        assert_eq!(m.edns.as_ref().map(|e| e.flags().dnssec_ok), Some(dnssec_ok));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_classes_transfers_and_malformed_client_subnets_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let dns = start(dir.path(), 0).await;
+    let code = |m: &Message| (m.metadata.response_code, m.metadata.authoritative, m.answers.len());
+    // CHAOS and Hesiod: not served, and not answered as if they were IN.
+    for class in [3, 4] {
+        let m = udp(dns.addr, raw_query("shop.cdn.test.", 1, class, None)).await.unwrap();
+        assert_eq!(code(&m), (ResponseCode::Refused, false, 0), "class {class}");
+    }
+    // Zone transfers are not offered, over either transport.
+    let m = tcp(dns.addr, raw_query("cdn.test.", 252, 1, None)).await;
+    assert_eq!(code(&m), (ResponseCode::Refused, false, 0), "AXFR");
+    let m = udp(dns.addr, raw_query("cdn.test.", 251, 1, None)).await.unwrap();
+    assert_eq!(code(&m), (ResponseCode::Refused, false, 0), "IXFR");
+    // RFC 7871 §6: the address has exactly the octets the prefix needs,
+    // and nothing set past the prefix; a family we do not know is refused.
+    let ask = |option| raw_query("shop.cdn.test.", 1, 1, Some(Opt::with(vec![option])));
+    let m = udp(dns.addr, ask(ecs(1, 24, &[81, 2, 69]))).await.unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError, "well formed");
+    for (what, option) in [
+        ("an octet too many", ecs(1, 24, &[81, 2, 69, 0])),
+        ("an octet too few", ecs(1, 24, &[81, 2])),
+        ("bits past the prefix", ecs(1, 20, &[81, 2, 69])),
+        ("a prefix longer than the family", ecs(1, 33, &[81, 2, 69, 1, 0])),
+        ("an unknown family", ecs(3, 8, &[81])),
+    ] {
+        let m = udp(dns.addr, ask(option)).await.unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::FormErr, "{what}");
+        assert!(m.answers.is_empty(), "{what}");
+    }
 }

@@ -88,11 +88,26 @@ type FileStamp = (SystemTime, u64, u64);
 fn open(path: &Path) -> Result<Reader<Vec<u8>>, GeoError> {
     let reader =
         Reader::open_readfile(path).map_err(|e| GeoError::Open { path: path.into(), message: e.to_string() })?;
-    // A database that opens but cannot answer is as bad as a missing one.
-    reader
-        .lookup(IpAddr::from([1, 1, 1, 1]))
-        .map_err(|e| GeoError::Open { path: path.into(), message: format!("unreadable: {e}") })?;
+    // A database that opens but cannot answer is as bad as a missing one:
+    // the whole search tree is walked and every record it points to is
+    // decoded as steering reads it, before it goes into service (one lookup
+    // would not reach a corrupt data section, and every lookup would then
+    // fail to decode).
+    check_records(&reader).map_err(|e| GeoError::Open { path: path.into(), message: format!("corrupt: {e}") })?;
     Ok(reader)
+}
+
+/// Walks every network of the tree and decodes each distinct record once;
+/// returns how many records there are.
+fn check_records(reader: &Reader<Vec<u8>>) -> Result<usize, maxminddb::MaxMindDbError> {
+    let mut seen = std::collections::HashSet::new();
+    for network in reader.networks(maxminddb::WithinOptions::default())? {
+        let network = network?;
+        if network.offset().is_some_and(|o| seen.insert(o)) {
+            network.decode::<Slim<'_>>()?;
+        }
+    }
+    Ok(seen.len())
 }
 
 fn mtime(path: &Path) -> Option<FileStamp> {
@@ -133,7 +148,15 @@ impl GeoDb {
             return None;
         }
         let prefix = found.network().map(|n| n.prefix()).unwrap_or(0);
-        let slim: Slim<'_> = found.decode().ok()??;
+        let slim: Slim<'_> = match found.decode() {
+            Ok(slim) => slim?,
+            Err(e) => {
+                // Not "unknown": a record that does not decode is counted.
+                metrics::counter!("outpost_dns_geoip_decode_errors_total").increment(1);
+                tracing::debug!(error = %e, %ip, "geo-IP record does not decode");
+                return None;
+            }
+        };
         let location = match slim.location {
             Some(SlimLocation { latitude: Some(lat), longitude: Some(lon) }) => Some((lat, lon)),
             _ => None,

@@ -128,11 +128,21 @@ impl DnsNode {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tick.tick() => match geo.reload_if_changed() {
-                    Ok(true) => tracing::info!("geo-IP database reloaded"),
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!(error = %e, "new geo-IP database refused; the old one stays in service"),
-                },
+                _ = tick.tick() => {
+                    // Checking a whole database takes a while: off the runtime.
+                    let geo = Arc::clone(&geo);
+                    match tokio::task::spawn_blocking(move || geo.reload_if_changed()).await {
+                        Ok(Ok(true)) => {
+                            metrics::counter!("outpost_dns_geoip_reloads_total", "result" => "loaded").increment(1);
+                            tracing::info!("geo-IP database reloaded");
+                        }
+                        Ok(Ok(false)) | Err(_) => {}
+                        Ok(Err(e)) => {
+                            metrics::counter!("outpost_dns_geoip_reloads_total", "result" => "refused").increment(1);
+                            tracing::warn!(error = %e, "new geo-IP database refused; the old one stays in service");
+                        }
+                    }
+                }
             }
         }
         let _ = server.shutdown_gracefully().await;

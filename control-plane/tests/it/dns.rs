@@ -609,3 +609,35 @@ async fn other_classes_transfers_and_malformed_client_subnets_are_refused() {
         assert!(m.answers.is_empty(), "{what}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_database_whose_data_section_is_corrupt_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let dns = start(dir.path(), 0).await;
+    let ask = || query("shop.cdn.test.", RecordType::A, Some(("81.2.69.0", 24)), true);
+    let fra = vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11))];
+    assert_eq!(addrs(&udp(dns.addr, ask()).await.unwrap()), fra);
+    // A new file whose search tree is intact and whose data section is not:
+    // every address still finds its record, and no record decodes.
+    let moved = SOURCE.replacen("latitude = 51.51\nlongitude = -0.09", "latitude = 1.3\nlongitude = 103.8", 1);
+    std::fs::write(dir.path().join("moved.toml"), moved).unwrap();
+    build_database(&dir.path().join("moved.toml"), &dir.path().join("new.mmdb")).unwrap();
+    let mut bytes = std::fs::read(dir.path().join("new.mmdb")).unwrap();
+    let meta = maxminddb::Reader::from_source(bytes.clone()).unwrap().metadata().clone();
+    let data_start = meta.node_count as usize * usize::from(meta.record_size) / 4 + 16;
+    let marker: &[u8] = b"\xab\xcd\xefMaxMind.com";
+    let data_end = bytes.windows(marker.len()).rposition(|w| w == marker).unwrap();
+    bytes[data_start..data_end].fill(0xFF);
+    let broken = maxminddb::Reader::from_source(bytes.clone()).unwrap();
+    let found = broken.lookup("81.2.69.1".parse().unwrap()).unwrap();
+    assert!(found.has_data(), "the search tree still leads to a record");
+    assert!(found.decode::<std::collections::BTreeMap<String, String>>().is_err(), "which does not decode");
+    std::fs::write(dir.path().join("new.mmdb"), &bytes).unwrap();
+    std::fs::rename(dir.path().join("new.mmdb"), dir.path().join("geo.mmdb")).unwrap();
+    // Refused, saying why; the old database keeps steering London to fra.
+    let err = dns.node.geo.reload_if_changed().unwrap_err().to_string();
+    assert!(err.contains("geo.mmdb") && err.contains("corrupt"), "{err}");
+    tokio::time::sleep(outpost_control::dns::RELOAD_CHECK * 2).await;
+    assert_eq!(addrs(&udp(dns.addr, ask()).await.unwrap()), fra, "the old database stays in service");
+    assert!(dns.node.geo.locate("81.2.69.1".parse().unwrap()).is_some());
+}

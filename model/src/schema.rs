@@ -294,6 +294,14 @@ pub static SECTIONS: &[Section] = &[
     },
     Section {
         file: FileKind::Node,
+        name: "dns.glue",
+        shape: Shape::Map,
+        roles: &[D],
+        doc: "A name server of `nameservers` inside the zone → its addresses (a list of IPs), answered as its A and AAAA records and as glue beside the zone's NS records, so resolvers can reach it.",
+        keys: &[],
+    },
+    Section {
+        file: FileKind::Node,
         name: "origin",
         shape: Shape::Table,
         roles: &[O],

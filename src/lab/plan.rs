@@ -149,13 +149,16 @@ impl Moves {
 
     /// `s` with the address it names moved; an error for a loopback
     /// address that is no node's.
-    fn apply(&self, s: &str) -> anyhow::Result<Option<String>> {
+    fn apply(&self, s: &str, own: Option<Ipv4Addr>) -> anyhow::Result<Option<String>> {
         if let Ok(a) = s.parse::<SocketAddr>() {
             return self.moved(a).map(|m| m.map(|m| m.to_string()));
         }
         if let Ok(ip) = s.parse::<IpAddr>() {
             return match self.ips.get(&ip) {
                 Some(Some(to)) => Ok(Some(to.to_string())),
+                // Shared by several nodes, and one of this file's own node:
+                // its own address (a DNS server's glue, say).
+                Some(None) if own.is_some_and(|o| self.owned_by(ip, o)) => Ok(own.map(|o| o.to_string())),
                 Some(None) => bail!("`{s}` is the address of several nodes; give each its own to place it"),
                 None if ip.is_loopback() => bail!("`{s}` is no node's address; the lab cannot place it"),
                 None => Ok(None),
@@ -172,6 +175,11 @@ impl Moves {
         Ok(None)
     }
 
+    /// Some listen address on `ip` moved to host `host`.
+    fn owned_by(&self, ip: IpAddr, host: Ipv4Addr) -> bool {
+        self.addrs.iter().any(|(from, to)| from.ip() == ip && to.ip() == IpAddr::V4(host))
+    }
+
     fn moved(&self, a: SocketAddr) -> anyhow::Result<Option<SocketAddr>> {
         match self.addrs.get(&a) {
             Some(to) => Ok(Some(*to)),
@@ -181,15 +189,17 @@ impl Moves {
     }
 }
 
-fn rewrite(value: &mut toml::Value, moves: &Moves) -> anyhow::Result<()> {
+/// Moves every address in `value`, a file of the node on host `own` (none
+/// for a site file).
+fn rewrite(value: &mut toml::Value, moves: &Moves, own: Option<Ipv4Addr>) -> anyhow::Result<()> {
     match value {
         toml::Value::String(s) => {
-            if let Some(new) = moves.apply(s)? {
+            if let Some(new) = moves.apply(s, own)? {
                 *s = new;
             }
         }
-        toml::Value::Array(a) => a.iter_mut().try_for_each(|v| rewrite(v, moves))?,
-        toml::Value::Table(t) => t.iter_mut().try_for_each(|(_, v)| rewrite(v, moves))?,
+        toml::Value::Array(a) => a.iter_mut().try_for_each(|v| rewrite(v, moves, own))?,
+        toml::Value::Table(t) => t.iter_mut().try_for_each(|(_, v)| rewrite(v, moves, own))?,
         _ => {}
     }
     Ok(())
@@ -332,9 +342,9 @@ pub fn build(config_dir: &Path, dir: &Path, name: &str, ha: bool) -> anyhow::Res
         node_file: None,
     });
 
-    for (_, path, t) in &mut tables {
+    for (i, path, t) in &mut tables {
         let mut v = toml::Value::Table(std::mem::take(t));
-        rewrite(&mut v, &moves).with_context(|| format!("in `{}`", path.display()))?;
+        rewrite(&mut v, &moves, Some(hosts[*i].ip)).with_context(|| format!("in `{}`", path.display()))?;
         if let toml::Value::Table(back) = v {
             *t = back;
         }
@@ -342,7 +352,7 @@ pub fn build(config_dir: &Path, dir: &Path, name: &str, ha: bool) -> anyhow::Res
     for site in &sites {
         let target = config.join(site.file_name().context("a site file without a name")?);
         let mut v = toml::Value::Table(std::fs::read_to_string(site)?.parse()?);
-        rewrite(&mut v, &moves).with_context(|| format!("in `{}`", site.display()))?;
+        rewrite(&mut v, &moves, None).with_context(|| format!("in `{}`", site.display()))?;
         std::fs::write(&target, toml::to_string(&v)?)?;
     }
     if ha {

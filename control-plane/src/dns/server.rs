@@ -44,6 +44,8 @@ pub struct GeoDns {
     ttl: u32,
     soa: Record,
     ns: Vec<Record>,
+    /// The in-zone name servers' address records, by name.
+    glue: std::collections::HashMap<Name, Vec<Record>>,
     sites: RwLock<HashSet<String>>,
     pub geo: Arc<GeoDb>,
     pub steering: Steering,
@@ -121,11 +123,28 @@ impl GeoDns {
             RData::SOA(SOA::new(ns_names[0].clone(), hostmaster, serial, SOA_REFRESH, SOA_RETRY, SOA_EXPIRE, ttl)),
         );
         let ns = ns_names.iter().map(|n| Record::from_rdata(zone.clone(), ttl, RData::NS(NS(n.clone())))).collect();
+        let mut glue = std::collections::HashMap::new();
+        for (name, addrs) in &cfg.glue {
+            let name = Name::from_ascii(name).map_err(|e| format!("glue `{name}`: {e}"))?.to_lowercase();
+            let records = addrs
+                .iter()
+                .map(|ip| match ip {
+                    IpAddr::V4(v4) => RData::A(A(*v4)),
+                    IpAddr::V6(v6) => RData::AAAA(AAAA(*v6)),
+                })
+                .map(|rdata| Record::from_rdata(name.clone(), ttl, rdata))
+                .collect();
+            glue.insert(name, records);
+        }
+        for n in ns_names.iter().filter(|n| zone.zone_of(n) && !glue.contains_key(&n.to_lowercase())) {
+            tracing::warn!(nameserver = %n, "a name server inside the zone has no [dns.glue] addresses: resolvers cannot reach it");
+        }
         Ok(GeoDns {
             zone,
             ttl,
             soa,
             ns,
+            glue,
             sites: RwLock::new(cfg.sites.iter().cloned().collect()),
             geo,
             steering: Steering::new(cfg),
@@ -139,6 +158,9 @@ impl GeoDns {
     }
 
     fn known(&self, name: &Name) -> bool {
+        if self.glue.contains_key(name) {
+            return true;
+        }
         let extra = name.num_labels().saturating_sub(self.zone.num_labels());
         match extra {
             0 => true,
@@ -220,6 +242,7 @@ impl RequestHandler for GeoDns {
                     // again over TCP for the whole answer.
                     reply.answers.clear();
                     reply.soa.clear();
+                    reply.additionals.clear();
                     meta.truncation = true;
                 }
             }
@@ -227,7 +250,7 @@ impl RequestHandler for GeoDns {
         let rcode = meta.response_code;
         let builder = MessageResponseBuilder::new(&request.queries, edns_out.as_ref());
         let message =
-            builder.build(meta, reply.answers.iter(), std::iter::empty(), reply.soa.iter(), std::iter::empty());
+            builder.build(meta, reply.answers.iter(), std::iter::empty(), reply.soa.iter(), reply.additionals.iter());
         let info = match response.send_response(message).await {
             Ok(info) => info,
             Err(e) => {
@@ -251,7 +274,8 @@ fn fits(request: &Request, meta: &Metadata, reply: &Reply, edns: Option<&Edns>, 
         _ => 2 * 256 + 20,
     };
     let question: usize = request.queries.queries().iter().map(|q| q.name().len() + 1 + 4).sum();
-    let records: usize = reply.answers.iter().chain(&reply.soa).map(|r| r.name.len() + 1 + 10 + rdata(r)).sum();
+    let all = || reply.answers.iter().chain(&reply.soa).chain(&reply.additionals);
+    let records: usize = all().map(|r| r.name.len() + 1 + 10 + rdata(r)).sum();
     let opt = edns.map_or(0, |_| 11 + 4 + 20);
     if 12 + question + records + opt <= limit {
         return true;
@@ -260,6 +284,7 @@ fn fits(request: &Request, meta: &Metadata, reply: &Reply, edns: Option<&Edns>, 
     m.add_queries(request.queries.queries().iter().map(|q| q.original().clone()));
     m.add_answers(reply.answers.iter().cloned());
     m.add_authorities(reply.soa.iter().cloned());
+    m.add_additionals(reply.additionals.iter().cloned());
     if let Some(e) = edns {
         m.set_edns(e.clone());
     }
@@ -328,12 +353,13 @@ fn walk_client_subnet(raw: &[u8]) -> Option<bool> {
 struct Reply {
     answers: Vec<Record>,
     soa: Vec<Record>,
+    additionals: Vec<Record>,
     qtype: &'static str,
 }
 
 impl Default for Reply {
     fn default() -> Self {
-        Reply { answers: Vec::new(), soa: Vec::new(), qtype: "other" }
+        Reply { answers: Vec::new(), soa: Vec::new(), additionals: Vec::new(), qtype: "other" }
     }
 }
 
@@ -362,10 +388,17 @@ impl GeoDns {
             return reply;
         }
         let apex = name == self.zone;
-        match qtype {
-            RecordType::SOA if apex => reply.answers.push(self.soa.clone()),
-            RecordType::NS if apex => reply.answers.extend(self.ns.iter().cloned()),
-            RecordType::A | RecordType::AAAA => reply.answers = self.addresses(request, &name, qtype, edns),
+        match (qtype, self.glue.get(&name)) {
+            (RecordType::SOA, _) if apex => reply.answers.push(self.soa.clone()),
+            (RecordType::NS, _) if apex => {
+                reply.answers.extend(self.ns.iter().cloned());
+                // Glue, so a resolver can reach the servers it was just told of.
+                reply.additionals.extend(self.glue.values().flatten().cloned());
+            }
+            (RecordType::A | RecordType::AAAA, Some(records)) => {
+                reply.answers.extend(records.iter().filter(|r| r.record_type() == qtype).cloned());
+            }
+            (RecordType::A | RecordType::AAAA, None) => reply.answers = self.addresses(request, &name, qtype, edns),
             _ => {}
         }
         // Positive answers carry no authority section (it is optional, and

@@ -70,6 +70,7 @@ ttl = "20s"
 geoip = "geo.mmdb"
 default_pop = "fra"
 sites = ["shop"]
+nameservers = ["ns1.cdn.test.", "ns.example.net."]
 [[dns.pop]]
 name = "fra"
 latitude = 50.11
@@ -640,4 +641,34 @@ async fn a_replacement_database_whose_data_section_is_corrupt_is_refused() {
     tokio::time::sleep(outpost_control::dns::RELOAD_CHECK * 2).await;
     assert_eq!(addrs(&udp(dns.addr, ask()).await.unwrap()), fra, "the old database stays in service");
     assert!(dns.node.geo.locate("81.2.69.1".parse().unwrap()).is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_zones_own_name_servers_resolve_and_come_as_glue() {
+    let dir = tempfile::tempdir().unwrap();
+    let glue = "[dns.glue]\n\"ns1.cdn.test.\" = [\"192.0.2.53\", \"2001:db8::53\"]\n";
+    let dns = start_from(dir.path(), node_file_with(dir.path(), 0, glue)).await;
+    let m = udp(dns.addr, query("ns1.cdn.test.", RecordType::A, None, false)).await.unwrap();
+    assert_eq!((m.metadata.response_code, m.metadata.authoritative), (ResponseCode::NoError, true));
+    assert_eq!(addrs(&m), vec!["192.0.2.53".parse::<IpAddr>().unwrap()]);
+    let m = udp(dns.addr, query("NS1.cdn.test.", RecordType::AAAA, None, false)).await.unwrap();
+    assert_eq!(addrs(&m), vec!["2001:db8::53".parse::<IpAddr>().unwrap()]);
+    let m = udp(dns.addr, query("ns1.cdn.test.", RecordType::TXT, None, false)).await.unwrap();
+    assert_eq!((m.metadata.response_code, m.answers.len()), (ResponseCode::NoError, 0), "NODATA");
+    // NS at the apex: both servers, and the in-zone one's addresses as glue.
+    let m = tcp(dns.addr, query("cdn.test.", RecordType::NS, None, false)).await;
+    assert_eq!(m.answers.len(), 2);
+    let glue: Vec<IpAddr> = m
+        .additionals
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(glue.len(), 2, "{:?}", m.additionals);
+    // A name server outside the zone is not ours to answer.
+    let m = udp(dns.addr, query("ns.example.net.", RecordType::A, None, false)).await.unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::Refused);
 }

@@ -39,7 +39,18 @@ pub(super) fn decode_dns(
         None => DEFAULT_DNS_TTL,
     };
     let geoip: Option<String> = t.req(s, "geoip");
-    let nameservers: Vec<String> = t.or(s, "nameservers", Vec::new());
+    let nameservers: Vec<Spanned<String>> = t.or(s, "nameservers", Vec::new());
+    let nameservers: Vec<String> = nameservers
+        .iter()
+        .filter_map(|n| match normalise_zone(n.get_ref()) {
+            Ok(name) => Some(name),
+            Err(_) => {
+                s.error(&n.span(), format!("`{}` is not a name server's name", n.get_ref()));
+                None
+            }
+        })
+        .collect();
+    let glue = decode_glue(s, &mut t, &nameservers, zone.as_deref());
     let sites: Vec<Spanned<String>> = t.or(s, "sites", Vec::new());
     for id in &sites {
         if let Err(m) = crate::site::check_site_id(id.get_ref()) {
@@ -63,6 +74,7 @@ pub(super) fn decode_dns(
         ttl,
         geoip: base.join(geoip?),
         nameservers,
+        glue,
         pops,
         default_pop: default_pop?.into_inner(),
         countries,
@@ -123,6 +135,39 @@ fn placement(
                 s.error(&pop.span(), format!("no [[dns.pop]] is named `{}`", pop.get_ref()));
             }
             out.insert(k.get_ref().to_string(), pop.into_inner());
+        }
+    }
+    out
+}
+
+/// `[dns.glue]`: each name one of `nameservers` inside `zone`, each with
+/// at least one address.
+fn decode_glue(
+    s: &mut Sink<'_>,
+    t: &mut Table<'_, '_>,
+    nameservers: &[String],
+    zone: Option<&str>,
+) -> BTreeMap<String, Vec<IpAddr>> {
+    let mut out = BTreeMap::new();
+    let Some(m) = t.table(s, "glue") else { return out };
+    for (k, v) in m.entries() {
+        let Some(addrs) = <Vec<IpAddr>>::decode(s, v) else { continue };
+        let name = match normalise_zone(k.get_ref()) {
+            Ok(name) => name,
+            Err(_) => {
+                s.error(&k.span(), format!("`{}` is not a name server's name", k.get_ref()));
+                continue;
+            }
+        };
+        let inside = zone.is_some_and(|z| name.ends_with(&format!(".{z}")));
+        if !nameservers.contains(&name) {
+            s.error(&k.span(), format!("`{name}` is not one of dns.nameservers"));
+        } else if !inside {
+            s.error(&k.span(), format!("`{name}` is outside the zone: its addresses are not this server's to give"));
+        } else if addrs.is_empty() {
+            s.error(&k.span(), format!("`{name}` needs at least one address"));
+        } else {
+            out.insert(name, addrs);
         }
     }
     out

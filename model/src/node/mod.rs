@@ -340,8 +340,11 @@ pub struct DnsNode {
     /// Default: [`DEFAULT_DNS_TTL`] (30s).
     pub ttl: Duration,
     pub geoip: PathBuf,
-    /// Default: none.
+    /// Fully qualified, lower-case, ending in `.`. Default: none.
     pub nameservers: Vec<String>,
+    /// `[dns.glue]`: addresses of the name servers inside the zone, by
+    /// their (normalised) names. Default: none.
+    pub glue: BTreeMap<String, Vec<IpAddr>>,
     pub pops: Vec<DnsPop>,
     pub default_pop: String,
     /// ISO country code → PoP, for records without a location. Default: none.

@@ -224,6 +224,45 @@ fn control_and_origin_roles() {
 }
 
 #[test]
+fn dns_glue_gives_addresses_to_the_zones_own_name_servers_only() {
+    let text = r#"
+[node]
+name = "dns"
+role = "dns"
+[listen]
+dns = "127.0.0.1:5353"
+[dns]
+zone = "cdn.example.test"
+geoip = "x.mmdb"
+default_pop = "fra"
+nameservers = ["NS1.cdn.example.test", "ns.example.net."]
+[[dns.pop]]
+name = "fra"
+latitude = 50.1
+longitude = 8.7
+edges = ["127.0.0.11"]
+[dns.glue]
+"ns1.cdn.example.test." = ["192.0.2.53", "2001:db8::53"]
+"ns.example.net." = ["192.0.2.54"]
+"ns9.cdn.example.test." = ["192.0.2.55"]
+"ns1.cdn.example.test" = []
+"#;
+    let e = errors(text);
+    assert_eq!(e.len(), 3, "{e:?}");
+    assert!(e[0].contains(":19:1: `ns.example.net.` is outside the zone"), "{}", e[0]);
+    assert!(e[1].contains(":20:1: `ns9.cdn.example.test.` is not one of dns.nameservers"), "{}", e[1]);
+    assert!(e[2].contains(":21:1: `ns1.cdn.example.test.` needs at least one address"), "{}", e[2]);
+    let fixed = text
+        .replace("\"ns.example.net.\" = [\"192.0.2.54\"]\n", "")
+        .replace("\"ns9.cdn.example.test.\" = [\"192.0.2.55\"]\n", "")
+        .replace("\"ns1.cdn.example.test\" = []\n", "");
+    let node: NodeConfig = fixed.parse().unwrap();
+    let RoleConfig::Dns(d) = &node.role else { panic!() };
+    assert_eq!(d.nameservers, ["ns1.cdn.example.test.", "ns.example.net."]);
+    assert_eq!(d.glue["ns1.cdn.example.test."].len(), 2);
+}
+
+#[test]
 fn dns_role_checks_its_pops() {
     let text = r#"
 [node]

@@ -672,3 +672,27 @@ async fn the_zones_own_name_servers_resolve_and_come_as_glue() {
     let m = udp(dns.addr, query("ns.example.net.", RecordType::A, None, false)).await.unwrap();
     assert_eq!(m.metadata.response_code, ResponseCode::Refused);
 }
+
+/// ISC ednscomp-style probes, with dig and kdig (scripts/dns-conformance.sh):
+/// two independent clients find the server compliant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dig_and_kdig_find_the_server_edns_compliant() {
+    let dir = tempfile::tempdir().unwrap();
+    let dns = start(dir.path(), 0).await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/dns-conformance.sh");
+    let port = dns.addr.port().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("bash")
+            .arg(script)
+            .args(["127.0.0.1", &port, "cdn.test.", "shop.cdn.test."])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let passed = stdout.lines().filter(|l| l.starts_with("ok ")).count();
+    println!("dns conformance: {passed} checks passed");
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(passed >= 20, "{stdout}");
+}

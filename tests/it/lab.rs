@@ -14,7 +14,7 @@ use outpost::lab::{InNetns, Kind, Lab, plan};
 use outpost_config::api::{DEAD_AFTER, PurgeRequest};
 use outpost_testkit::Reply;
 
-use crate::topology::{Load, dns_query, request};
+use crate::topology::{Load, dns_query, origin_fetches, request};
 
 const SITE_HOST: &str = "www.example.test";
 const SITE: &str = "example";
@@ -121,6 +121,12 @@ impl TestLab {
     async fn load(&self, objects: &[String]) -> Load {
         let (edges, objects) = (self.edges(), objects.to_vec());
         self.client.run(async move { Load::start_for(SITE_HOST, edges, objects, 8) }).await
+    }
+
+    /// Requests the origin host got for paths starting with `prefix`.
+    async fn origin_fetches(&self, prefix: &'static str) -> u64 {
+        let origin = self.addr("origin");
+        self.client.run(async move { origin_fetches(origin, prefix).await }).await
     }
 
     /// A GET of the site from the client host.
@@ -274,6 +280,7 @@ async fn lab_a_paused_shield_under_load() {
     let load = t.load(&objects).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
+    let before = t.origin_fetches("/pause/o").await;
     let paused = Instant::now();
     t.lab.pause("shield-1").unwrap();
     // Detected: a key shield-1 owns is answered quickly without it.
@@ -300,11 +307,14 @@ async fn lab_a_paused_shield_under_load() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let seen = load.stop().await;
+    let fetched = t.origin_fetches("/pause/o").await - before;
     let (requests, errors, stale) = seen.counts();
     let slowest = seen.slowest_ms.load(Ordering::Relaxed);
     println!(
         "lab: shield host paused: {requests} requests, {errors} errors, {stale} stale, slowest {slowest} ms, \
-         detected in {} ms (response timeout 2 s), taken back {} ms after resume",
+         origin fetches {fetched} ({} objects, max-age 2 s), detected in {} ms (response timeout 2 s), \
+         taken back {} ms after resume",
+        objects.len(),
         detect.as_millis(),
         recover.as_millis()
     );
@@ -450,10 +460,12 @@ async fn lab_origin_host_isolated_under_load() {
     t.warm(&objects).await;
     let load = t.load(&objects).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = t.origin_fetches("/origin/").await;
     t.lab.isolate("origin").unwrap();
     tokio::time::sleep(Duration::from_secs(8)).await;
     t.lab.rejoin("origin").unwrap();
     let healed = Instant::now();
+    let during = t.origin_fetches("/origin/").await - before;
     let recover = loop {
         let mut fresh = 0;
         for (i, p) in objects.iter().enumerate() {
@@ -466,12 +478,16 @@ async fn lab_origin_host_isolated_under_load() {
         assert!(healed.elapsed() < Duration::from_secs(15), "objects still stale 15 s after the origin came back");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    let recovery_fetches = t.origin_fetches("/origin/").await - before - during;
     let seen = load.stop().await;
     let (requests, errors, stale) = seen.counts();
     println!(
-        "lab: origin host isolated 8 s: {requests} requests, {errors} errors, {stale} stale, fresh {} ms after it rejoined",
+        "lab: origin host isolated 8 s: {requests} requests, {errors} errors, {stale} stale, origin fetches {during} \
+         during / {recovery_fetches} to recover ({} objects), fresh {} ms after it rejoined",
+        objects.len(),
         recover.as_millis()
     );
+    assert_eq!(during, 0, "nothing reached the isolated origin");
     assert_eq!(errors, 0);
     assert!(stale > 0, "stale copies answered during the outage");
 }
@@ -493,8 +509,10 @@ async fn lab_a_shield_killed_and_restarted_with_its_disk() {
     assert!(!owned.is_empty());
     let load = t.load(&objects).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = t.origin_fetches("/kill/").await;
     t.lab.kill("shield-1").unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let while_down = t.origin_fetches("/kill/").await - before;
     let restarting = Instant::now();
     t.lab.restart("shield-1").await.unwrap();
     let restarted = restarting.elapsed();
@@ -513,8 +531,8 @@ async fn lab_a_shield_killed_and_restarted_with_its_disk() {
     }
     let (requests, errors, _) = seen.counts();
     println!(
-        "lab: shield host's process killed: {requests} requests, {errors} errors, restarted and listening in {} ms, \
-         {kept}/{} objects still on its disk",
+        "lab: shield host's process killed: {requests} requests, {errors} errors, origin fetches {while_down} while \
+         it was down, restarted and listening in {} ms, {kept}/{} objects still on its disk",
         restarted.as_millis(),
         owned.len()
     );

@@ -255,15 +255,7 @@ impl Topology {
 
     /// Requests the origin counted for paths under `prefix`.
     pub async fn origin_count(&self, prefix: &str) -> u64 {
-        let r = request(Method::GET, &format!("http://{}/__origin/stats", self.origin), "x", None, "").await.unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-        v["paths"]
-            .as_object()
-            .unwrap()
-            .iter()
-            .filter(|(p, _)| p.starts_with(prefix))
-            .filter_map(|(_, n)| n.as_u64())
-            .sum()
+        origin_fetches(self.origin, prefix).await
     }
 
     /// A purge through the API, returning its event sequence.
@@ -382,6 +374,13 @@ impl Load {
         }
         self.seen
     }
+}
+
+/// Requests the test origin at `origin` got for paths starting with `prefix`.
+pub async fn origin_fetches(origin: SocketAddr, prefix: &str) -> u64 {
+    let r = request(Method::GET, &format!("http://{origin}/__origin/stats"), "x", None, "").await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    v["paths"].as_object().unwrap().iter().filter(|(p, _)| p.starts_with(prefix)).filter_map(|(_, n)| n.as_u64()).sum()
 }
 
 /// The A records the DNS server gives a London client.

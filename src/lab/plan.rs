@@ -189,6 +189,11 @@ impl Moves {
     }
 }
 
+/// [`rewrite`] for every value of a table.
+fn rewrite_table(t: &mut toml::Table, moves: &Moves, own: Option<Ipv4Addr>) -> anyhow::Result<()> {
+    t.iter_mut().try_for_each(|(_, v)| rewrite(v, moves, own))
+}
+
 /// Moves every address in `value`, a file of the node on host `own` (none
 /// for a site file).
 fn rewrite(value: &mut toml::Value, moves: &Moves, own: Option<Ipv4Addr>) -> anyhow::Result<()> {
@@ -199,7 +204,7 @@ fn rewrite(value: &mut toml::Value, moves: &Moves, own: Option<Ipv4Addr>) -> any
             }
         }
         toml::Value::Array(a) => a.iter_mut().try_for_each(|v| rewrite(v, moves, own))?,
-        toml::Value::Table(t) => t.iter_mut().try_for_each(|(_, v)| rewrite(v, moves, own))?,
+        toml::Value::Table(t) => rewrite_table(t, moves, own)?,
         _ => {}
     }
     Ok(())
@@ -248,112 +253,43 @@ pub fn build(config_dir: &Path, dir: &Path, name: &str, ha: bool) -> anyhow::Res
     if name.is_empty() || name.len() > 12 || !name.chars().all(|c| c.is_ascii_alphanumeric()) {
         bail!("a lab's name is 1 to 12 letters or digits (it names the namespaces), not `{name}`");
     }
-    let files = crate::up::config_files(config_dir)?;
-    let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
-    let problems = outpost_config::check_files(&paths);
-    if !problems.is_empty() {
-        let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
-        bail!("{} problem(s) in `{}`:\n{}", problems.len(), config_dir.display(), all.join("\n"));
-    }
-    let mut nodes = Vec::new();
-    let mut sites = Vec::new();
-    for p in &paths {
-        match outpost_config::load_file(p)? {
-            ConfigFile::Node(n) => nodes.push((p.to_path_buf(), *n)),
-            ConfigFile::Site(_) => sites.push(p.to_path_buf()),
-        }
-    }
-    nodes.sort_by_key(|(_, n)| START_ORDER.iter().position(|r| *r == n.role()));
-
+    let (nodes, sites) = load_folder(config_dir)?;
     let config = dir.join("config");
     if config.exists() {
         std::fs::remove_dir_all(&config).with_context(|| format!("cannot clear `{}`", config.display()))?;
     }
     copy_dir(config_dir, &config)?;
 
-    // Hosts in start order: etcd before the control plane, a second
-    // control-plane host after the first.
+    // Hosts in start order, etcd's before the control plane's.
     let mut hosts: Vec<Host> = Vec::new();
     let mut moves = Moves::default();
-    let next_ip = |hosts: &Vec<Host>| -> anyhow::Result<Ipv4Addr> {
-        let n = u8::try_from(hosts.len()).ok().and_then(|n| n.checked_add(FIRST_HOST)).context("too many hosts")?;
-        let [a, b, c, _] = SUBNET.octets();
-        Ok(Ipv4Addr::new(a, b, c, n))
-    };
-    let mut tables: Vec<(usize, PathBuf, toml::Table)> = Vec::new();
+    let mut tables: Vec<NodeTable> = Vec::new();
     for (file, node) in &nodes {
         if ha && node.role() == Role::Control && !hosts.iter().any(|h| h.kind == Kind::Etcd) {
             for i in 1..=ETCD_MEMBERS {
-                let ip = next_ip(&hosts)?;
-                hosts.push(Host {
-                    name: format!("etcd-{i}"),
-                    kind: Kind::Etcd,
-                    ip,
-                    pop: None,
-                    program: "etcd".into(),
-                    args: Vec::new(),
-                    ports: vec![ETCD_CLIENT_PORT],
-                    node_file: None,
-                });
+                let etcd = Host::etcd(format!("etcd-{i}"), host_ip(hosts.len())?);
+                hosts.push(etcd);
             }
         }
-        let ip = next_ip(&hosts)?;
+        let ip = host_ip(hosts.len())?;
         for a in listens(node) {
             moves.add(a, ip);
         }
         let target = config.join(file.file_name().context("a node file without a name")?);
         let text = std::fs::read_to_string(file)?;
-        let parsed: toml::Table = text.parse().with_context(|| format!("`{}`", file.display()))?;
-        tables.push((hosts.len(), target.clone(), parsed));
-        let mut ports: Vec<u16> = listens(node).iter().map(SocketAddr::port).collect();
-        ports.dedup();
-        let (program, args) = match &node.role {
-            RoleConfig::Origin(_) => {
-                let mut args = vec!["origin".to_string()];
-                for a in &node.listen.http {
-                    args.extend(["--listen".to_string(), SocketAddr::new(IpAddr::V4(ip), a.port()).to_string()]);
-                }
-                (String::new(), args)
-            }
-            _ => {
-                (String::new(), vec![node.role().as_str().to_string(), "--config".into(), target.display().to_string()])
-            }
-        };
-        hosts.push(Host {
-            name: node.name.clone(),
-            kind: Kind::of(node.role()),
-            ip,
-            pop: node.pop.as_ref().map(|p| p.name.clone()),
-            program,
-            args,
-            ports,
-            node_file: (node.role() != Role::Origin).then_some(target),
-        });
+        tables.push((hosts.len(), target.clone(), text.parse().with_context(|| format!("`{}`", file.display()))?));
+        hosts.push(Host::node(node, ip, target));
     }
-    let ip = next_ip(&hosts)?;
-    hosts.push(Host {
-        name: "client".into(),
-        kind: Kind::Client,
-        ip,
-        pop: None,
-        program: String::new(),
-        args: Vec::new(),
-        ports: Vec::new(),
-        node_file: None,
-    });
+    hosts.push(Host::client(host_ip(hosts.len())?));
 
     for (i, path, t) in &mut tables {
-        let mut v = toml::Value::Table(std::mem::take(t));
-        rewrite(&mut v, &moves, Some(hosts[*i].ip)).with_context(|| format!("in `{}`", path.display()))?;
-        if let toml::Value::Table(back) = v {
-            *t = back;
-        }
+        rewrite_table(t, &moves, Some(hosts[*i].ip)).with_context(|| format!("in `{}`", path.display()))?;
     }
     for site in &sites {
         let target = config.join(site.file_name().context("a site file without a name")?);
-        let mut v = toml::Value::Table(std::fs::read_to_string(site)?.parse()?);
-        rewrite(&mut v, &moves, None).with_context(|| format!("in `{}`", site.display()))?;
-        std::fs::write(&target, toml::to_string(&v)?)?;
+        let mut t: toml::Table = std::fs::read_to_string(site)?.parse()?;
+        rewrite_table(&mut t, &moves, None).with_context(|| format!("in `{}`", site.display()))?;
+        std::fs::write(&target, toml::to_string(&t)?)?;
     }
     if ha {
         replicate(&mut hosts, &mut tables, dir, &config)?;
@@ -370,99 +306,159 @@ pub fn build(config_dir: &Path, dir: &Path, name: &str, ha: bool) -> anyhow::Res
     Ok(Plan { name: name.to_string(), dir: dir.to_path_buf(), hosts, site_files, admin_token })
 }
 
+/// The folder's node files (in start order) and site files, checked as
+/// `outpost check` checks them.
+fn load_folder(config_dir: &Path) -> anyhow::Result<(Vec<NodeFile>, Vec<PathBuf>)> {
+    let files = crate::up::config_files(config_dir)?;
+    let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let problems = outpost_config::check_files(&paths);
+    if !problems.is_empty() {
+        let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        bail!("{} problem(s) in `{}`:\n{}", problems.len(), config_dir.display(), all.join("\n"));
+    }
+    let (mut nodes, mut sites) = (Vec::new(), Vec::new());
+    for p in &paths {
+        match outpost_config::load_file(p)? {
+            ConfigFile::Node(n) => nodes.push((p.to_path_buf(), *n)),
+            ConfigFile::Site(_) => sites.push(p.to_path_buf()),
+        }
+    }
+    nodes.sort_by_key(|(_, n)| START_ORDER.iter().position(|r| *r == n.role()));
+    Ok((nodes, sites))
+}
+
+/// A node file and what it says.
+type NodeFile = (PathBuf, NodeConfig);
+/// A node file being rewritten: its host's index, where it goes, its text.
+type NodeTable = (usize, PathBuf, toml::Table);
+
+/// The address of host number `index`.
+fn host_ip(index: usize) -> anyhow::Result<Ipv4Addr> {
+    let n = u8::try_from(index).ok().and_then(|n| n.checked_add(FIRST_HOST)).context("too many hosts")?;
+    let [a, b, c, _] = SUBNET.octets();
+    Ok(Ipv4Addr::new(a, b, c, n))
+}
+
+impl Host {
+    /// The host of a node file, its process started from `file`.
+    fn node(node: &NodeConfig, ip: Ipv4Addr, file: PathBuf) -> Host {
+        let mut ports: Vec<u16> = listens(node).iter().map(SocketAddr::port).collect();
+        ports.dedup();
+        let args = match &node.role {
+            // The test origin takes its addresses, not a node file.
+            RoleConfig::Origin(_) => std::iter::once("origin".to_string())
+                .chain(
+                    node.listen
+                        .http
+                        .iter()
+                        .flat_map(|a| ["--listen".to_string(), SocketAddr::new(IpAddr::V4(ip), a.port()).to_string()]),
+                )
+                .collect(),
+            _ => vec![node.role().as_str().to_string(), "--config".into(), file.display().to_string()],
+        };
+        Host {
+            name: node.name.clone(),
+            kind: Kind::of(node.role()),
+            ip,
+            pop: node.pop.as_ref().map(|p| p.name.clone()),
+            program: String::new(),
+            args,
+            ports,
+            node_file: (node.role() != Role::Origin).then_some(file),
+        }
+    }
+
+    /// An etcd member; [`replicate`] gives it its command line.
+    fn etcd(name: String, ip: Ipv4Addr) -> Host {
+        let ports = vec![ETCD_CLIENT_PORT];
+        Host { name, kind: Kind::Etcd, ip, pop: None, program: "etcd".into(), args: Vec::new(), ports, node_file: None }
+    }
+
+    fn client(ip: Ipv4Addr) -> Host {
+        let name = "client".into();
+        Host {
+            name,
+            kind: Kind::Client,
+            ip,
+            pop: None,
+            program: String::new(),
+            args: Vec::new(),
+            ports: Vec::new(),
+            node_file: None,
+        }
+    }
+}
+
 /// Three etcd hosts (already placed) get their command lines; the control
 /// plane moves onto them and gains a second replica on a host of its own;
 /// every node that follows it gets both URLs.
-fn replicate(
-    hosts: &mut Vec<Host>,
-    tables: &mut Vec<(usize, PathBuf, toml::Table)>,
-    dir: &Path,
-    config: &Path,
-) -> anyhow::Result<()> {
-    let etcd: Vec<(String, Ipv4Addr)> =
+fn replicate(hosts: &mut Vec<Host>, tables: &mut Vec<NodeTable>, dir: &Path, config: &Path) -> anyhow::Result<()> {
+    let members: Vec<(String, Ipv4Addr)> =
         hosts.iter().filter(|h| h.kind == Kind::Etcd).map(|h| (h.name.clone(), h.ip)).collect();
-    let cluster: Vec<String> = etcd.iter().map(|(n, ip)| format!("{n}=http://{ip}:{ETCD_PEER_PORT}")).collect();
+    let cluster: Vec<String> = members.iter().map(|(n, ip)| format!("{n}=http://{ip}:{ETCD_PEER_PORT}")).collect();
     for h in hosts.iter_mut().filter(|h| h.kind == Kind::Etcd) {
-        let (client, peer) =
-            (format!("http://{}:{ETCD_CLIENT_PORT}", h.ip), format!("http://{}:{ETCD_PEER_PORT}", h.ip));
-        let data = dir.join(".outpost").join("etcd").join(&h.name);
-        h.args = [
-            "--name",
-            &h.name,
-            "--data-dir",
-            &data.display().to_string(),
-            "--listen-client-urls",
-            &client,
-            "--advertise-client-urls",
-            &client,
-            "--listen-peer-urls",
-            &peer,
-            "--initial-advertise-peer-urls",
-            &peer,
-            "--initial-cluster",
-            &cluster.join(","),
-            "--initial-cluster-state",
-            "new",
-            "--initial-cluster-token",
-            "outpost-lab",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        h.args = etcd_args(h, &cluster.join(","), &dir.join(".outpost").join("etcd").join(&h.name));
     }
-    let endpoints = strings(etcd.iter().map(|(_, ip)| format!("http://{ip}:{ETCD_CLIENT_PORT}")));
     let Some(first) = tables.iter().position(|(i, _, _)| hosts[*i].kind == Kind::Control) else {
         bail!("a replicated lab needs a control-plane node file in the folder");
     };
-    let (host_index, _, mut control) = tables[first].clone();
-    let store = table(&mut control, "store");
+    let (host_index, _, control) = &mut tables[first];
+    let host_index = *host_index;
+    let store = table(control, "store");
     store.remove("path");
     store.insert("backend".into(), toml::Value::String("etcd".into()));
-    store.insert("endpoints".into(), endpoints);
-    tables[first].2 = control.clone();
+    store.insert("endpoints".into(), strings(members.iter().map(|(_, ip)| format!("http://{ip}:{ETCD_CLIENT_PORT}"))));
+    let mut second = control.clone();
+
+    // The second replica: the next address, after every other host, the
+    // same ports.
     let one = hosts[host_index].clone();
     let Some(port) = one.port() else { bail!("the control plane listens on no HTTP address") };
-    // The second replica: the next address, after every other host.
-    let [a, b, c, _] = SUBNET.octets();
     let last = hosts.iter().map(|h| h.ip.octets()[3]).max().unwrap_or(FIRST_HOST);
+    let [a, b, c, _] = SUBNET.octets();
     let ip = Ipv4Addr::new(a, b, c, last + 1);
     let name = format!("{}-2", one.name);
-    table(&mut control, "node").insert("name".into(), toml::Value::String(name.clone()));
-    let listen = table(&mut control, "listen");
-    for key in ["http", "admin"] {
-        match listen.get_mut(key) {
-            Some(toml::Value::Array(a)) => {
-                for v in a {
-                    if let Some(s) = v.as_str().and_then(|s| s.parse::<SocketAddr>().ok()) {
-                        *v = toml::Value::String(SocketAddr::new(IpAddr::V4(ip), s.port()).to_string());
-                    }
-                }
-            }
-            Some(toml::Value::String(s)) => {
-                if let Ok(a) = s.parse::<SocketAddr>() {
-                    *s = SocketAddr::new(IpAddr::V4(ip), a.port()).to_string();
-                }
-            }
-            _ => {}
-        }
+    table(&mut second, "node").insert("name".into(), toml::Value::String(name.clone()));
+    let mut moves = Moves::default();
+    for p in &one.ports {
+        moves.add(one.addr(*p), ip);
     }
+    rewrite_table(table(&mut second, "listen"), &moves, None)?;
     let file = config.join(format!("{name}.toml"));
-    let two = Host {
-        name,
-        ip,
-        args: vec!["control".into(), "--config".into(), file.display().to_string()],
-        node_file: Some(file.clone()),
-        ..one.clone()
-    };
-    let (url_one, url_two) = (format!("http://{}", one.addr(port)), format!("http://{}", two.addr(port)));
+    let args = vec!["control".into(), "--config".into(), file.display().to_string()];
+    let two = Host { name, ip, args, node_file: Some(file.clone()), ..one.clone() };
+    let url_two = format!("http://{}", two.addr(port));
     hosts.insert(host_index + 1, two);
-    for (i, _, _) in tables.iter_mut() {
-        if *i > host_index {
-            *i += 1;
-        }
+    for (i, _, _) in tables.iter_mut().filter(|(i, _, _)| *i > host_index) {
+        *i += 1;
     }
-    tables.insert(first + 1, (host_index + 1, file, control));
-    // Every other node follows the second replica first, so both have nodes.
+    tables.insert(first + 1, (host_index + 1, file, second));
+    follow_both(tables, &format!("http://{}", one.addr(port)), &url_two);
+    Ok(())
+}
+
+fn etcd_args(h: &Host, cluster: &str, data: &Path) -> Vec<String> {
+    let (client, peer) = (format!("http://{}:{ETCD_CLIENT_PORT}", h.ip), format!("http://{}:{ETCD_PEER_PORT}", h.ip));
+    let data = data.display().to_string();
+    [
+        ("--name", h.name.as_str()),
+        ("--data-dir", &data),
+        ("--listen-client-urls", &client),
+        ("--advertise-client-urls", &client),
+        ("--listen-peer-urls", &peer),
+        ("--initial-advertise-peer-urls", &peer),
+        ("--initial-cluster", cluster),
+        ("--initial-cluster-state", "new"),
+        ("--initial-cluster-token", "outpost-lab"),
+    ]
+    .iter()
+    .flat_map(|(k, v)| [k.to_string(), v.to_string()])
+    .collect()
+}
+
+/// Every node that follows the control plane at `one` gets `two` as well:
+/// every other node first, so both replicas have nodes.
+fn follow_both(tables: &mut [NodeTable], one: &str, two: &str) {
     for (n, (_, _, t)) in tables.iter_mut().enumerate() {
         let Some(link) = t.get_mut("control").and_then(toml::Value::as_table_mut) else { continue };
         let mut urls: Vec<String> = match link.remove("url") {
@@ -472,14 +468,9 @@ fn replicate(
                 .and_then(toml::Value::as_array)
                 .map_or(Vec::new(), |a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()),
         };
-        if urls.iter().any(|u| u.trim_end_matches('/') == url_one) {
-            if n % 2 == 0 {
-                urls.insert(0, url_two.clone());
-            } else {
-                urls.push(url_two.clone());
-            }
+        if urls.iter().any(|u| u.trim_end_matches('/') == one) {
+            urls.insert(if n % 2 == 0 { 0 } else { urls.len() }, two.to_string());
         }
         link.insert("urls".into(), strings(urls));
     }
-    Ok(())
 }

@@ -476,10 +476,9 @@ fn plain_tls() -> rustls::ClientConfig {
         .with_no_client_auth()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn answers_follow_the_node_registry_when_edges_die_and_return() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+/// A control plane on a redb file in `d`: its address, node token, and
+/// what stops it.
+async fn start_control(d: &Path) -> (SocketAddr, String, tokio_util::sync::DropGuard) {
     std::fs::write(
         d.join("control.toml"),
         "[node]\nname = \"control\"\nrole = \"control\"\n[listen]\nhttp = [\"127.0.0.1:0\"]\n\
@@ -492,6 +491,50 @@ async fn answers_follow_the_node_registry_when_edges_die_and_return() {
     let stop = CancellationToken::new();
     tokio::spawn(control.run(stop.clone()));
     let token = std::fs::read_to_string(d.join("node.token")).unwrap();
+    (control_addr, token, stop.drop_guard())
+}
+
+/// A link that dies without a FIN leaves a stream open; the control plane
+/// closes the stream of a node it no longer hears from, and keeps the one
+/// of a node that acknowledges its heartbeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_fallen_silent_loses_its_stream_and_one_that_acknowledges_keeps_it() {
+    use outpost_config::api::{DEAD_AFTER, HEARTBEAT};
+    use outpost_net::control::{ControlClient, Token};
+    let dir = tempfile::tempdir().unwrap();
+    let (control, token, _stop) = start_control(dir.path()).await;
+    // Reads its stream and never acknowledges: silent, as seen from the
+    // control plane.
+    let silent = hold_stream(control, &token, "edge-silent", "fra", "127.0.0.11:8080").await;
+    let client = ControlClient::new(&[format!("http://{control}")], Token::Value(token.clone()), plain_tls().into());
+    let query = outpost_config::api::StreamQuery {
+        after: 0,
+        node: "edge-chatty".into(),
+        role: outpost_config::Role::Edge,
+        pop: Some("fra".into()),
+        addrs: "127.0.0.12:8080".into(),
+    };
+    let mut stream = client.events(&query).await.unwrap();
+    let chatty = tokio::spawn(async move {
+        while let Some(Ok(_)) = stream.next().await {
+            let ack = outpost_config::Ack { node: "edge-chatty".into(), seq: 0, load_rps: None };
+            client.ack(&ack).await.unwrap();
+        }
+    });
+    let started = std::time::Instant::now();
+    let limit = DEAD_AFTER + 2 * HEARTBEAT + Duration::from_secs(1);
+    tokio::time::timeout(limit, silent).await.expect("the silent node's stream stays open").unwrap();
+    let closed = started.elapsed();
+    assert!(closed >= DEAD_AFTER, "closed after {closed:?}, before the node could have been missed");
+    assert!(!chatty.is_finished(), "the stream of a node that acknowledges was closed");
+    chatty.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_follow_the_node_registry_when_edges_die_and_return() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (control_addr, token, _stop) = start_control(d).await;
 
     let link = format!("[control]\nurl = \"http://{control_addr}\"\ntoken_file = \"node.token\"\n");
     let dns = start_from(d, node_file_with(d, 0, &link)).await;
@@ -538,7 +581,6 @@ async fn answers_follow_the_node_registry_when_edges_die_and_return() {
 
     let _fra = hold_stream(control_addr, &token, "edge-fra", "fra", "127.0.0.31:8080").await;
     within("a returning edge is answered again", ip("127.0.0.31")).await;
-    stop.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

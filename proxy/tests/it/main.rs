@@ -5,6 +5,7 @@
 mod harness;
 
 mod cache;
+mod control_link;
 mod differential;
 mod serving;
 mod tls;

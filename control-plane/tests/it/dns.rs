@@ -504,7 +504,8 @@ async fn a_node_fallen_silent_loses_its_stream_and_one_that_acknowledges_keeps_i
     let dir = tempfile::tempdir().unwrap();
     let (control, token, _stop) = start_control(dir.path()).await;
     // Reads its stream and never acknowledges: silent, as seen from the
-    // control plane.
+    // control plane, from the moment it registers (measured from before).
+    let started = std::time::Instant::now();
     let silent = hold_stream(control, &token, "edge-silent", "fra", "127.0.0.11:8080").await;
     let client = ControlClient::new(&[format!("http://{control}")], Token::Value(token.clone()), plain_tls().into());
     let query = outpost_config::api::StreamQuery {
@@ -521,7 +522,6 @@ async fn a_node_fallen_silent_loses_its_stream_and_one_that_acknowledges_keeps_i
             client.ack(&ack).await.unwrap();
         }
     });
-    let started = std::time::Instant::now();
     let limit = DEAD_AFTER + 2 * HEARTBEAT + Duration::from_secs(1);
     tokio::time::timeout(limit, silent).await.expect("the silent node's stream stays open").unwrap();
     let closed = started.elapsed();

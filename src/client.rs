@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use anyhow::Context;
-use outpost_config::api::{NodeStatus, PurgeStatus, SiteSummary};
+use outpost_config::api::{NodeStatus, PopRecord, PurgeStatus, SiteSummary};
 use outpost_net::control::{ClientError, ControlClient, Token};
 
 /// Where `outpost up` keeps the admin token.
@@ -72,6 +72,16 @@ pub(crate) fn print_nodes(nodes: &[NodeStatus]) {
             n.node.load_rps.map_or("-".to_string(), |r| r.to_string()),
             n.node.addrs.join(", ")
         );
+        for p in &n.node.problems {
+            println!("    problem: {p}");
+        }
+    }
+}
+
+pub(crate) fn print_pops(pops: &[PopRecord]) {
+    println!("{:<10} {:>6}  REASON", "POP", "WEIGHT");
+    for p in pops {
+        println!("{:<10} {:>6}  {}", p.name, p.weight, p.reason.as_deref().unwrap_or("-"));
     }
 }
 

@@ -75,6 +75,17 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// PoP weights for geo-DNS: drain a PoP for maintenance, bring it back.
+    Pops {
+        #[command(subcommand)]
+        action: PopsAction,
+        /// Control-plane URL; for replicas, repeat it or separate URLs with commas.
+        #[arg(long, global = true, value_delimiter = ',', default_value = "http://127.0.0.1:7000")]
+        control: Vec<String>,
+        /// Print JSON instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// Purge cached objects on every node.
     Purge {
         #[arg(long)]
@@ -176,6 +187,29 @@ enum SitesAction {
     Rm { id: String },
 }
 
+#[derive(Subcommand, Debug)]
+enum PopsAction {
+    /// List the PoPs whose weight was set.
+    List,
+    /// Send none of a PoP's clients to it (DNS answers the next nearest PoP).
+    Drain {
+        pop: String,
+        /// Why, kept with the weight for the next operator.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Give a PoP back all its clients.
+    Undrain { pop: String },
+    /// Keep this percentage of a PoP's client networks (0 to 100).
+    Weight {
+        pop: String,
+        #[arg(value_parser = clap::value_parser!(u8).range(0..=100))]
+        weight: u8,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,foyer=warn,foyer_storage=warn,hickory_server=warn")
@@ -214,6 +248,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Dns { config, .. } => serve(&config.unwrap_or_default(), Role::Dns)?,
         Command::Sites { action, control, json } => runtime()?.block_on(sites(action, &control, json))?,
+        Command::Pops { action, control, json } => runtime()?.block_on(pops(action, &control, json))?,
         Command::Purge { site, urls, prefix, tags, all, soft, wait, control, json } => {
             let req = PurgeRequest { site, urls, prefix, tags, all, soft, wait, timeout_ms: None };
             runtime()?.block_on(purge(&req, &control, json))?;
@@ -275,6 +310,32 @@ async fn origin(listen: &[SocketAddr], dir: Option<PathBuf>) -> anyhow::Result<(
         tracing::info!(%addr, "test origin listening");
     }
     server.run(signals::shutdown_token()).await?;
+    Ok(())
+}
+
+async fn pops(action: PopsAction, control: &[String], json: bool) -> anyhow::Result<()> {
+    use outpost_config::api::{FULL_WEIGHT, PopWeight};
+    let api = client::connect(control)?;
+    let (pop, weight) = match action {
+        PopsAction::List => {
+            let pops = api.pops().await.map_err(client::explain)?;
+            if json {
+                println!("{}", serde_json::to_string(&pops)?);
+            } else {
+                client::print_pops(&pops);
+            }
+            return Ok(());
+        }
+        PopsAction::Drain { pop, reason } => (pop, PopWeight { weight: 0, reason }),
+        PopsAction::Undrain { pop } => (pop, PopWeight { weight: FULL_WEIGHT, reason: None }),
+        PopsAction::Weight { pop, weight, reason } => (pop, PopWeight { weight, reason }),
+    };
+    let rec = api.set_pop(&pop, &weight).await.map_err(client::explain)?;
+    if json {
+        println!("{}", serde_json::to_string(&rec)?);
+    } else {
+        client::print_pops(std::slice::from_ref(&rec));
+    }
     Ok(())
 }
 

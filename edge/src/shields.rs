@@ -107,6 +107,15 @@ impl Route for ShieldRoute {
         targets
     }
 
+    fn problems(&self) -> Vec<String> {
+        let used = self.mode == UpstreamMode::Shield && !self.shields.is_empty();
+        if used && self.shields.iter().all(|s| s.down.load(Ordering::Acquire)) {
+            let names: Vec<&str> = self.shields.iter().map(|s| s.name.as_str()).collect();
+            return vec![format!("every shield is down ({})", names.join(", "))];
+        }
+        Vec::new()
+    }
+
     fn report(&self, target: &Target, ok: bool) {
         if let Some(s) = self.shields.iter().find(|s| s.base == target.base) {
             let was_down = s.down.swap(!ok, Ordering::AcqRel);

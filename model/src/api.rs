@@ -26,6 +26,7 @@ pub mod paths {
     pub const SITES: &str = "/v1/sites";
     pub const PURGE: &str = "/v1/purge";
     pub const NODES: &str = "/v1/nodes";
+    pub const POPS: &str = "/v1/pops";
     pub const EVENTS: &str = "/v1/events";
     pub const ACK: &str = "/v1/ack";
     pub const HEALTH: &str = "/healthz";
@@ -34,6 +35,11 @@ pub mod paths {
     /// One site.
     pub fn site(id: &str) -> String {
         format!("{SITES}/{id}")
+    }
+
+    /// One PoP's weight.
+    pub fn pop(name: &str) -> String {
+        format!("{POPS}/{name}")
     }
 
     /// One purge's report.
@@ -151,6 +157,39 @@ pub struct NodeRecord {
     /// Requests per second, as it last reported.
     #[serde(default)]
     pub load_rps: Option<u64>,
+    /// Why it is not serving as it should, as it last reported; empty when
+    /// it is. A DNS server answers an edge with problems only when no PoP
+    /// has an edge without.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+/// Full weight: a PoP gets every client it is nearest to.
+pub const FULL_WEIGHT: u8 = 100;
+
+/// `GET /v1/pops`, `PUT /v1/pops/{name}`: the share of its clients a PoP
+/// keeps, set by an operator (a PoP never set has [`FULL_WEIGHT`]). At 0 it
+/// is drained: DNS servers send its clients to the next nearest PoP; in
+/// between, that share of client networks (the same networks every time)
+/// stays.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PopRecord {
+    pub name: String,
+    /// 0 (drained) to 100.
+    pub weight: u8,
+    /// Why, for the next operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub updated_ms: u64,
+}
+
+/// `PUT /v1/pops/{name}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PopWeight {
+    pub weight: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// `GET /v1/nodes`: a registry entry and how the node stands now.

@@ -103,7 +103,16 @@ pub struct Ack {
     /// acknowledgement: its load, for the registry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_rps: Option<u64>,
+    /// Why the node is not serving as it should (every shield down, its
+    /// cache disk full), empty when it is; `None` from a node that does
+    /// not say, which leaves what the registry knew.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problems: Option<Vec<String>>,
 }
+
+/// Most problems one acknowledgement may report, and the longest each may be.
+pub const MAX_PROBLEMS: usize = 8;
+pub const MAX_PROBLEM_LEN: usize = 200;
 
 /// Most URLs or tags in one purge: bigger batches are split by the client.
 pub const MAX_PURGE_ITEMS: usize = 1_000;

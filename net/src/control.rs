@@ -18,8 +18,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use outpost_config::api::{
-    Deleted, ErrorBody, Health, NodeStatus, PurgeRequest, PurgeStatus, SiteRecord, SiteSummary, Stored, StreamQuery,
-    paths,
+    Deleted, ErrorBody, Health, NodeStatus, PopRecord, PopWeight, PurgeRequest, PurgeStatus, SiteRecord, SiteSummary,
+    Stored, StreamQuery, paths,
 };
 use outpost_config::{Ack, StreamLine};
 use serde::de::DeserializeOwned;
@@ -263,6 +263,17 @@ impl ControlClient {
     /// The node registry (admin or node token).
     pub async fn nodes(&self) -> Result<Vec<NodeStatus>, ClientError> {
         self.call(Method::GET, paths::NODES, &[]).await
+    }
+
+    /// The PoPs whose weight an operator set (admin or node token).
+    pub async fn pops(&self) -> Result<Vec<PopRecord>, ClientError> {
+        self.call(Method::GET, paths::POPS, &[]).await
+    }
+
+    /// Sets a PoP's weight; 0 drains it.
+    pub async fn set_pop(&self, name: &str, weight: &PopWeight) -> Result<PopRecord, ClientError> {
+        let body = serde_json::to_vec(weight).map_err(|e| ClientError::Decode(e.to_string()))?;
+        self.call(Method::PUT, &paths::pop(name), &body).await
     }
 
     /// Acknowledges the events a node applied (node token).

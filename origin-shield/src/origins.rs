@@ -129,6 +129,17 @@ impl Route for OriginPool {
             .collect()
     }
 
+    fn problems(&self) -> Vec<String> {
+        let sites = self.sites.read().unwrap_or_else(|p| p.into_inner());
+        let mut down: Vec<String> = sites
+            .iter()
+            .filter(|(_, origins)| !origins.is_empty() && origins.iter().all(|o| !o.healthy.load(Ordering::Acquire)))
+            .map(|(id, _)| format!("every origin of site `{id}` is down"))
+            .collect();
+        down.sort_unstable();
+        down
+    }
+
     fn sites_changed(&self, sites: &[Arc<Site>]) {
         for site in sites {
             self.states(site);

@@ -23,7 +23,9 @@ pub trait Health: Send + Sync + 'static {
 
 impl Health for Engine {
     fn health(&self) -> serde_json::Value {
-        serde_json::json!({"status": "ok", "node": &*self.node, "sites": self.sites().len()})
+        let problems = self.problems();
+        let status = if problems.is_empty() { "ok" } else { "degraded" };
+        serde_json::json!({"status": status, "node": &*self.node, "sites": self.sites().len(), "problems": problems})
     }
 
     fn refresh(&self) {

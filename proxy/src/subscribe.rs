@@ -203,7 +203,9 @@ impl Subscriber {
             let secs = at.elapsed().as_secs_f64();
             (secs >= 0.5).then(|| ((served.saturating_sub(count)) as f64 / secs).round() as u64)
         };
-        if let Err(e) = client.ack(&Ack { node: self.me.name.clone(), seq, load_rps }).await {
+        if let Err(e) =
+            client.ack(&Ack { node: self.me.name.clone(), seq, load_rps, problems: Some(self.engine.problems()) }).await
+        {
             tracing::debug!(node = %self.me.name, error = %e, "acknowledgement not taken");
         }
     }

@@ -424,12 +424,37 @@ async fn every_api_type_round_trips_through_the_real_server() {
         matches!(&first, StreamLine::Event { record } if record.seq == 1 && matches!(&record.event, Event::SiteUpserted { site_id, version: 1, .. } if site_id == "rt"))
     );
     assert!(matches!(stream.next().await.unwrap().unwrap(), StreamLine::Heartbeat { seq: 1, stale: false }));
-    node.ack(&Ack { node: "edge-rt".into(), seq: 1, load_rps: Some(42) }).await.unwrap();
+    let full = vec!["the cache disk is full: 3 MiB free of 512 MiB".to_string()];
+    let ack = |problems: Option<Vec<String>>| Ack { node: "edge-rt".into(), seq: 1, load_rps: Some(42), problems };
+    node.ack(&ack(Some(full.clone()))).await.unwrap();
     let nodes = node.nodes().await.unwrap();
     let n = &nodes[0];
     assert_eq!((n.node.name.as_str(), n.node.role, n.node.pop.as_deref()), ("edge-rt", Role::Edge, Some("fra")));
     assert_eq!(n.node.addrs, ["127.0.0.1:8080", "[::1]:8080"]);
     assert_eq!((n.node.acked_seq, n.lag, n.connected, n.node.load_rps), (1, 0, true, Some(42)));
+    assert_eq!(n.node.problems, full);
+    node.ack(&ack(None)).await.unwrap();
+    assert_eq!(node.nodes().await.unwrap()[0].node.problems, full, "a node that does not say changes nothing");
+    node.ack(&ack(Some(Vec::new()))).await.unwrap();
+    assert!(node.nodes().await.unwrap()[0].node.problems.is_empty(), "a node that says all is well is");
+    let e = node.ack(&ack(Some(vec!["x".repeat(201)]))).await.unwrap_err();
+    assert!(matches!(&e, ClientError::Api { status: 400, error, .. } if error == "too_many_problems"), "{e}");
+    let e = node.ack(&ack(Some(vec!["x".into(); 9]))).await.unwrap_err();
+    assert!(matches!(&e, ClientError::Api { status: 400, .. }), "{e}");
+    assert!(node.nodes().await.unwrap()[0].node.problems.is_empty(), "a refused report changes nothing");
+
+    // PoP weights: set by operators, read by DNS servers.
+    use outpost_config::api::PopWeight;
+    let drain = PopWeight { weight: 0, reason: Some("fibre work".into()) };
+    let set = admin.set_pop("fra", &drain).await.unwrap();
+    assert_eq!((set.name.as_str(), set.weight, set.reason.as_deref()), ("fra", 0, Some("fibre work")));
+    assert_eq!(node.pops().await.unwrap(), [set], "the node token reads the weights");
+    assert!(node.set_pop("fra", &drain).await.unwrap_err().is_unauthorized(), "and cannot set them");
+    let e = admin.set_pop("fra", &PopWeight { weight: 101, reason: None }).await.unwrap_err();
+    assert!(matches!(&e, ClientError::Api { status: 400, error, .. } if error == "invalid_pop"), "{e}");
+    let e = admin.set_pop("fra.x", &drain).await.unwrap_err();
+    assert!(matches!(&e, ClientError::Api { status: 400, error, .. } if error == "invalid_pop"), "{e}");
+    assert_eq!(admin.pops().await.unwrap()[0].weight, 0, "refused calls change nothing");
 
     // A purge, its report, and its event on the stream.
     let req = PurgeRequest { site: "rt".into(), urls: vec!["/café".into()], ..PurgeRequest::default() };

@@ -264,6 +264,151 @@ async fn dns_stops_answering_a_stopped_edge_and_resumes() {
     );
 }
 
+/// Waits until London's answer satisfies `want`, within five seconds.
+async fn london_until(dns: std::net::SocketAddr, what: &str, want: impl Fn(&[std::net::IpAddr]) -> bool) -> Duration {
+    let started = Instant::now();
+    loop {
+        let answer = dns_london(dns).await;
+        if want(&answer) {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{what}: still answering {answer:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An edge that cannot reach any shield reports it; DNS sends its clients
+/// to the next nearest PoP until the shields are back. An operator's drain,
+/// through the CLI, does the same for a whole PoP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dns_passes_over_an_edge_cut_from_its_shields_and_a_drained_pop() {
+    let t = Topology::start().await;
+    let fra = t.edges[0].addr.ip();
+    let iad = t.edges[1].addr.ip();
+    london_until(t.dns, "London never went to edge-fra", |a| a == [fra]).await;
+
+    for r in &t.edges[0].shield_relays {
+        r.cut();
+    }
+    // A miss finds both shields gone (the site may not go direct).
+    let r = t.get(0, "/cut-off-miss").await.unwrap();
+    assert!(r.status.is_server_error(), "{}", r.status);
+    let moved = london_until(t.dns, "edge-fra lost its shields", |a| a == [iad]).await;
+    let nodes =
+        request(Method::GET, &format!("http://{}/v1/nodes", t.control), "x", Some(&t.admin_token), "").await.unwrap();
+    let nodes: serde_json::Value = serde_json::from_slice(&nodes.body).unwrap();
+    let fra_node = nodes.as_array().unwrap().iter().find(|n| n["name"] == "edge-fra").unwrap();
+    let problem = fra_node["problems"][0].as_str().unwrap_or_default();
+    assert!(problem.starts_with("every shield is down"), "{fra_node}");
+    for r in &t.edges[0].shield_relays {
+        r.heal();
+    }
+    let back = london_until(t.dns, "edge-fra has its shields again", |a| a == [fra]).await;
+    assert_eq!(t.get(0, "/after-the-cut").await.unwrap().status, StatusCode::OK);
+
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
+            .args(args)
+            .args(["--control", &format!("http://{}", t.control)])
+            .env("OUTPOST_TOKEN", &t.admin_token)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let drained = cli(&["pops", "drain", "fra", "--reason", "fibre work"]);
+    assert!(drained.contains("fra") && drained.contains("fibre work"), "{drained}");
+    let drain = london_until(t.dns, "fra drained", |a| a == [iad]).await;
+    let listed = cli(&["pops", "list", "--json"]);
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed[0]["weight"], 0, "{listed}");
+    cli(&["pops", "undrain", "fra"]);
+    let undrain = london_until(t.dns, "fra back in service", |a| a == [fra]).await;
+    println!(
+        "edge-fra cut from its shields: out of London's answers in {} ms, back {} ms after the link healed; \
+         fra drained: out in {} ms, back in {} ms",
+        moved.as_millis(),
+        back.as_millis(),
+        drain.as_millis(),
+        undrain.as_millis()
+    );
+}
+
+/// An edge whose cache disk fills up reports it, and DNS answers its
+/// PoP's other edge only, until there is room again. The edge runs as its
+/// own process in a mount namespace of its own, on a 64 MiB tmpfs the test
+/// fills (needs root; the mount vanishes with the process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_edge_with_a_full_cache_disk_reports_it_and_dns_answers_its_neighbour() {
+    let t = Topology::start().await;
+    let fra = t.edges[0].addr.ip();
+    let disk = t.file("small-disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 61], crate::topology::free_addr().port()));
+    let shields: Vec<String> = t
+        .shields
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("{{ name = \"shield-{}\", url = \"http://{}\" }}", i + 1, s.listen))
+        .collect();
+    let node_file = t.file("edge-disk.toml");
+    std::fs::write(
+        &node_file,
+        format!(
+            "[node]\nname = \"edge-disk\"\nrole = \"edge\"\npop = \"fra\"\nlatitude = 50.11\nlongitude = 8.68\naccess_log = \"off\"\n\
+             [listen]\nhttp = [\"{listen}\"]\n[cache]\nmemory = \"16MiB\"\ndisk = \"32MiB\"\npath = \"small-disk/cache\"\n\
+             [upstream]\nshields = [{}]\n[control]\nurl = \"http://{}\"\ntoken_file = \"node.token\"\n",
+            shields.join(", "),
+            t.control
+        ),
+    )
+    .unwrap();
+    let script =
+        r#"mount -t tmpfs -o size=64m outpost-test "$0" && fallocate -l 60m "$0/fill" && exec "$1" edge --config "$2""#;
+    let child = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .arg(&disk)
+        .arg(env!("CARGO_BIN_EXE_outpost"))
+        .arg(&node_file)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("unshare (util-linux)");
+    let mut edge = crate::topology::Process::adopt(child);
+    crate::topology::wait_listening(listen, "edge-disk").await;
+
+    let problems = || async {
+        let r = request(Method::GET, &format!("http://{}/v1/nodes", t.control), "x", Some(&t.admin_token), "")
+            .await
+            .unwrap();
+        let nodes: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        let node = nodes.as_array().unwrap().iter().find(|n| n["name"] == "edge-disk").cloned();
+        node.map(|n| n["problems"].clone())
+    };
+    let started = Instant::now();
+    loop {
+        let p = problems().await;
+        if p.as_ref().and_then(|p| p[0].as_str()).is_some_and(|p| p.starts_with("the cache disk is full")) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "edge-disk reports {p:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Registered and live, yet London gets edge-fra alone.
+    for _ in 0..5 {
+        assert_eq!(dns_london(t.dns).await, [fra]);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Room again (the test reaches the tmpfs through the process's root).
+    std::fs::remove_file(format!("/proc/{}/root{}/fill", edge.child.id(), disk.display())).unwrap();
+    let freed = london_until(t.dns, "edge-disk has room", |a| a.contains(&listen.ip()) && a.contains(&fra)).await;
+    assert_eq!(problems().await, Some(serde_json::Value::Null), "no problems left");
+    edge.kill();
+    println!(
+        "a full cache disk: reported and passed over; answered again {} ms after room was made",
+        freed.as_millis()
+    );
+}
+
 #[test]
 fn two_control_planes_on_one_store_the_second_refuses() {
     let dir = tempfile::tempdir().unwrap();

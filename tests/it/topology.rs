@@ -152,6 +152,11 @@ impl Process {
         Process { child, args }
     }
 
+    /// A child started some other way (killed when dropped, not restartable).
+    pub fn adopt(child: std::process::Child) -> Process {
+        Process { child, args: Vec::new() }
+    }
+
     /// SIGKILL: no shutdown, no flush; the OS drops its sockets.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

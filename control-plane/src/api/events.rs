@@ -15,7 +15,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use outpost_config::Role;
 use outpost_config::api::{DEAD_AFTER, StreamQuery};
-use outpost_config::{Ack, EventRecord, SiteSnapshot, StreamLine};
+use outpost_config::{Ack, EventRecord, MAX_PROBLEM_LEN, MAX_PROBLEMS, SiteSnapshot, StreamLine};
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -82,7 +82,7 @@ fn listen_addrs(list: &str) -> Result<Vec<String>, ApiError> {
         .collect()
 }
 
-fn valid_name(n: &str) -> bool {
+pub(super) fn valid_name(n: &str) -> bool {
     !n.is_empty() && n.len() <= 63 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
@@ -169,7 +169,10 @@ async fn register(c: &Control, q: &StreamQuery, addrs: Vec<String>, last: u64) -
         // Never ahead of the log: a node cannot claim events that do not exist.
         acked_seq: previous.as_ref().map_or(q.after, |p| p.acked_seq.max(q.after)).min(last),
         last_contact_ms: now_ms(),
-        load_rps: previous.and_then(|p| p.load_rps),
+        load_rps: previous.as_ref().and_then(|p| p.load_rps),
+        // Kept until the node says otherwise: a node that restarts with its
+        // problem is not answered in between.
+        problems: previous.map(|p| p.problems).unwrap_or_default(),
     };
     store.put_node(&node).await.map_err(ApiError::from)
 }
@@ -227,6 +230,15 @@ pub(super) async fn ack(
 ) -> Result<StatusCode, ApiError> {
     c.node(&headers)?;
     let a: Ack = super::json_body(&body)?;
+    if let Some(problems) = &a.problems
+        && (problems.len() > MAX_PROBLEMS || problems.iter().any(|p| p.len() > MAX_PROBLEM_LEN))
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "too_many_problems",
+            format!("at most {MAX_PROBLEMS} problems of at most {MAX_PROBLEM_LEN} bytes each"),
+        ));
+    }
     let last = c.store.last_seq().await.map_err(ApiError::from)?;
     if a.seq > last {
         return Err(ApiError::new(
@@ -242,6 +254,12 @@ pub(super) async fn ack(
             n.last_contact_ms = now_ms();
             if a.load_rps.is_some() {
                 n.load_rps = a.load_rps;
+            }
+            if let Some(problems) = &a.problems
+                && *problems != n.problems
+            {
+                tracing::info!(node = %n.name, ?problems, "the node reports how it serves");
+                n.problems = problems.clone();
             }
             c.store.put_node(&n).await.map_err(ApiError::from)?;
             true

@@ -9,7 +9,9 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use outpost_config::Site;
-use outpost_config::api::{Deleted, Health, NodeStatus, PurgeRequest, PurgeStatus, SiteSummary, Stored};
+use outpost_config::api::{
+    Deleted, FULL_WEIGHT, Health, NodeStatus, PopRecord, PopWeight, PurgeRequest, PurgeStatus, SiteSummary, Stored,
+};
 
 use super::{ApiError, Control, DEFAULT_PURGE_WAIT};
 use crate::store::{PurgeRecord, now_ms};
@@ -35,7 +37,7 @@ pub(super) async fn metrics(State(c): Shared) -> Response {
 }
 
 pub(super) async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see /v1/sites, /v1/purge, /v1/nodes")
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see /v1/sites, /v1/purge, /v1/nodes, /v1/pops")
 }
 
 pub(super) async fn list_sites(State(c): Shared, headers: HeaderMap) -> Result<Json<Vec<SiteSummary>>, ApiError> {
@@ -260,4 +262,40 @@ pub(super) async fn nodes(State(c): Shared, headers: HeaderMap) -> Result<Json<V
         out.push(s);
     }
     Ok(Json(out))
+}
+
+/// `GET /v1/pops`: the PoPs whose weight an operator set (read by
+/// operators and by DNS servers, with the node token).
+pub(super) async fn pops(State(c): Shared, headers: HeaderMap) -> Result<Json<Vec<PopRecord>>, ApiError> {
+    c.admin(&headers).or_else(|_| c.node(&headers))?;
+    Ok(Json(c.store.pops().await.map_err(ApiError::from)?))
+}
+
+/// Longest reason kept with a PoP's weight.
+const MAX_REASON_LEN: usize = 200;
+
+/// `PUT /v1/pops/{name}`: sets a PoP's weight; 0 drains it.
+pub(super) async fn put_pop(
+    State(c): Shared,
+    UrlPath(name): UrlPath<String>,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+) -> Result<Json<PopRecord>, ApiError> {
+    c.admin(&headers)?;
+    let req: PopWeight = super::json_body(&body)?;
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_pop", m);
+    if !super::events::valid_name(&name) {
+        return Err(bad(format!("`{name}` is not a PoP name (letters, digits and `-`, at most 63)")));
+    }
+    if req.weight > FULL_WEIGHT {
+        return Err(bad(format!("weight {} is above {FULL_WEIGHT}", req.weight)));
+    }
+    if req.reason.as_ref().is_some_and(|r| r.len() > MAX_REASON_LEN) {
+        return Err(bad(format!("a reason is at most {MAX_REASON_LEN} bytes")));
+    }
+    c.writable()?;
+    let rec = PopRecord { name, weight: req.weight, reason: req.reason, updated_ms: now_ms() };
+    c.store.put_pop(&rec).await.map_err(ApiError::from)?;
+    tracing::info!(pop = %rec.name, weight = rec.weight, reason = ?rec.reason, "PoP weight set");
+    Ok(Json(rec))
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use outpost_config::EventRecord;
 use outpost_config::api::{ErrorBody, paths};
@@ -359,6 +359,8 @@ pub fn router(control: Arc<Control>) -> Router {
         .route(paths::PURGE, post(handlers::purge))
         .route(&paths::purge("{id}"), get(handlers::get_purge))
         .route(paths::NODES, get(handlers::nodes))
+        .route(paths::POPS, get(handlers::pops))
+        .route(&paths::pop("{name}"), put(handlers::put_pop))
         .route(paths::EVENTS, get(events::stream))
         .route(paths::ACK, post(events::ack))
         .fallback(handlers::not_found)

@@ -1,9 +1,12 @@
 //! The DNS server's view of edge health: the control plane's node registry,
 //! read every [`POLL`]. An edge is answered while it holds its event stream
 //! open, or was heard from within [`FRESH`]; one that died (its stream
-//! closed) leaves the answers at the next poll, well within a TTL. A PoP the
-//! registry has never listed keeps its static edges from the node file, and
-//! while the control plane cannot be reached the last known set stays.
+//! closed) leaves the answers at the next poll, well within a TTL. An edge
+//! that reports a problem (every shield down, its cache disk full) is
+//! answered only when no PoP has an edge without one. A PoP the registry
+//! has never listed keeps its static edges from the node file, and while
+//! the control plane cannot be reached the last known set stays. The PoP
+//! weights operators set are read with the registry.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -45,12 +48,20 @@ pub struct RegistryLink {
     pub pops: Vec<DnsPop>,
 }
 
-/// Healthy edge addresses by PoP, from a registry listing: only PoPs this
+/// A PoP's live edges: those that serve well, and those that report a
+/// problem.
+#[derive(Debug, Default, PartialEq)]
+struct Live {
+    sound: Vec<IpAddr>,
+    degraded: Vec<IpAddr>,
+}
+
+/// Live edge addresses by PoP, from a registry listing: only PoPs this
 /// server knows, and only addresses the PoP's `edges` or `networks` allow
 /// (a registered address outside them is counted in `rejected`, never
 /// answered).
-fn healthy_edges(nodes: &[NodeStatus], pops: &[DnsPop], rejected: &mut Vec<String>) -> BTreeMap<String, Vec<IpAddr>> {
-    let mut out: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+fn live_edges(nodes: &[NodeStatus], pops: &[DnsPop], rejected: &mut Vec<String>) -> BTreeMap<String, Live> {
+    let mut out: BTreeMap<String, Live> = BTreeMap::new();
     for n in nodes.iter().filter(|n| n.node.role == Role::Edge) {
         let Some(pop) = n.node.pop.as_ref().and_then(|p| pops.iter().find(|x| x.name == *p)) else { continue };
         let entry = out.entry(pop.name.clone()).or_default();
@@ -64,9 +75,10 @@ fn healthy_edges(nodes: &[NodeStatus], pops: &[DnsPop], rejected: &mut Vec<Strin
         }
         for a in &n.node.addrs {
             let ip = a.parse::<std::net::SocketAddr>().map(|s| s.ip()).or_else(|_| a.parse::<IpAddr>());
+            let list = if n.node.problems.is_empty() { &mut entry.sound } else { &mut entry.degraded };
             match ip {
-                Ok(ip) if ip.is_unspecified() || entry.contains(&ip) => {}
-                Ok(ip) if pop.allows(ip) => entry.push(ip),
+                Ok(ip) if ip.is_unspecified() || list.contains(&ip) => {}
+                Ok(ip) if pop.allows(ip) => list.push(ip),
                 _ => rejected.push(format!("{a} ({})", pop.name)),
             }
         }
@@ -93,6 +105,12 @@ pub fn follow(dns: Arc<GeoDns>, link: RegistryLink, shutdown: CancellationToken)
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
+            match client.pops().await {
+                Ok(pops) => dns.steering.set_weights(&pops.into_iter().map(|p| (p.name, p.weight)).collect()),
+                // Weights stay as last read (a control plane from before
+                // weights answers 404: every PoP at full weight).
+                Err(e) => tracing::debug!(error = %e, "cannot read the PoP weights"),
+            }
             match client.nodes().await {
                 Ok(nodes) => {
                     if failing {
@@ -100,8 +118,8 @@ pub fn follow(dns: Arc<GeoDns>, link: RegistryLink, shutdown: CancellationToken)
                         failing = false;
                     }
                     let mut rejected = Vec::new();
-                    for (pop, edges) in healthy_edges(&nodes, &link.pops, &mut rejected) {
-                        dns.steering.set_edges(&pop, edges);
+                    for (pop, live) in live_edges(&nodes, &link.pops, &mut rejected) {
+                        dns.steering.set_edges(&pop, live.sound, live.degraded);
                     }
                     if !rejected.is_empty() {
                         metrics::counter!("outpost_dns_registry_rejected_total").increment(rejected.len() as u64);
@@ -139,6 +157,7 @@ mod tests {
                 acked_seq: 0,
                 last_contact_ms: 0,
                 load_rps: None,
+                problems: Vec::new(),
             },
             connected,
             lag: 0,
@@ -160,13 +179,23 @@ mod tests {
         ];
         let pops = pops();
         let mut rejected = Vec::new();
-        let h = healthy_edges(&nodes, &pops, &mut rejected);
+        let h = live_edges(&nodes, &pops, &mut rejected);
         let ips = |s: &[&str]| s.iter().map(|a| a.parse::<IpAddr>().unwrap()).collect::<Vec<_>>();
-        assert_eq!(h["fra"], ips(&["127.0.0.11", "127.0.0.14"]));
-        assert!(h["iad"].is_empty(), "a dead edge empties its PoP");
-        assert!(h["sin"].is_empty(), "an unspecified address is never answered");
+        assert_eq!(h["fra"].sound, ips(&["127.0.0.11", "127.0.0.14"]));
+        assert_eq!(h["iad"], Live::default(), "a dead edge empties its PoP");
+        assert_eq!(h["sin"], Live::default(), "an unspecified address is never answered");
         assert_eq!(h.len(), 3);
         assert!(rejected.is_empty());
+    }
+
+    #[test]
+    fn an_edge_reporting_a_problem_is_live_but_degraded() {
+        let mut troubled = node(Role::Edge, "fra", "127.0.0.14:8080", true, 0);
+        troubled.node.problems = vec!["every shield is down (a, b)".into()];
+        let nodes = [node(Role::Edge, "fra", "127.0.0.11:8080", true, 0), troubled];
+        let h = live_edges(&nodes, &pops(), &mut Vec::new());
+        let ip = |a: &str| vec![a.parse::<IpAddr>().unwrap()];
+        assert_eq!(h["fra"], Live { sound: ip("127.0.0.11"), degraded: ip("127.0.0.14") });
     }
 
     fn pops() -> Vec<DnsPop> {
@@ -190,9 +219,9 @@ mod tests {
             node(Role::Edge, "nowhere", "127.0.0.11:8080", true, 0),
         ];
         let mut rejected = Vec::new();
-        let h = healthy_edges(&nodes, &pops(), &mut rejected);
-        assert_eq!(h["fra"], vec!["127.0.0.11".parse::<IpAddr>().unwrap()]);
-        assert_eq!(h["iad"], vec!["127.0.0.12".parse::<IpAddr>().unwrap()], "only the listed edge");
+        let h = live_edges(&nodes, &pops(), &mut rejected);
+        assert_eq!(h["fra"].sound, vec!["127.0.0.11".parse::<IpAddr>().unwrap()]);
+        assert_eq!(h["iad"].sound, vec!["127.0.0.12".parse::<IpAddr>().unwrap()], "only the listed edge");
         assert!(!h.contains_key("nowhere"), "a PoP this server does not know is ignored");
         assert_eq!(rejected, ["6.6.6.6:80 (fra)", "127.0.0.99:8080 (iad)"]);
     }

@@ -180,7 +180,10 @@ impl GeoDns {
     fn steer(&self, name: &Name, qtype: RecordType, client: IpAddr) -> (Vec<Record>, Option<u8>, &'static str) {
         let place = self.geo.locate(client);
         let scope = place.as_ref().map(|p| p.prefix);
-        let Some((pop, edges, reason)) = self.steering.choose(place.as_ref()) else {
+        // The network the answer is for: the database's, else a /24 or /56.
+        let network = scope.unwrap_or(if client.is_ipv4() { 24 } else { 56 });
+        let Some((pop, edges, reason)) = self.steering.choose(place.as_ref(), super::steer::bucket(client, network))
+        else {
             return (Vec::new(), scope, "none");
         };
         let reason = match reason {

@@ -1,7 +1,9 @@
 //! Choosing a PoP for a client: the nearest healthy one by great-circle
 //! distance when the database knows where the client is; otherwise the
 //! country's, then the continent's configured PoP; otherwise the default.
-//! A PoP with no healthy edge is skipped.
+//! A PoP with no healthy edge is skipped, and so is a PoP an operator
+//! drained (weight 0) or, for the share of client networks above its
+//! weight, one partly drained.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -9,6 +11,7 @@ use std::sync::RwLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use outpost_config::DnsNode;
+use outpost_config::api::FULL_WEIGHT;
 
 use super::geo::Place;
 
@@ -26,8 +29,13 @@ pub fn distance_km(a: (f64, f64), b: (f64, f64)) -> f64 {
 struct Pop {
     name: String,
     location: (f64, f64),
-    /// Healthy edge addresses.
+    /// Edges serving as they should.
     edges: Vec<IpAddr>,
+    /// Live edges that report a problem: answered only when no PoP has an
+    /// edge that serves well (better a degraded edge than none).
+    degraded: Vec<IpAddr>,
+    /// Share of client networks kept, 0 (drained) to [`FULL_WEIGHT`].
+    weight: u8,
 }
 
 /// Why a PoP was chosen (a metrics label).
@@ -49,12 +57,34 @@ pub struct Steering {
     rotation: AtomicUsize,
 }
 
+/// Which edges one pass of [`Steering::choose`] may answer with.
+#[derive(Clone, Copy)]
+struct Pass {
+    degraded: bool,
+    /// Honour the operators' weights (the last passes do not, so that a
+    /// fleet drained by mistake still answers).
+    weighted: bool,
+}
+
+impl Pop {
+    fn usable(&self, pass: Pass, bucket: u8) -> Option<&Vec<IpAddr>> {
+        let edges = if pass.degraded { &self.degraded } else { &self.edges };
+        (!edges.is_empty() && (!pass.weighted || bucket < self.weight)).then_some(edges)
+    }
+}
+
 impl Steering {
     pub fn new(cfg: &DnsNode) -> Steering {
         let pops = cfg
             .pops
             .iter()
-            .map(|p| Pop { name: p.name.clone(), location: (p.latitude, p.longitude), edges: p.edges.clone() })
+            .map(|p| Pop {
+                name: p.name.clone(),
+                location: (p.latitude, p.longitude),
+                edges: p.edges.clone(),
+                degraded: Vec::new(),
+                weight: FULL_WEIGHT,
+            })
             .collect();
         Steering {
             pops: RwLock::new(pops),
@@ -65,46 +95,88 @@ impl Steering {
         }
     }
 
-    /// Replaces a PoP's healthy edges (from the node registry).
-    pub fn set_edges(&self, pop: &str, edges: Vec<IpAddr>) {
+    /// Replaces a PoP's live edges (from the node registry): those serving
+    /// well, and those reporting a problem.
+    pub fn set_edges(&self, pop: &str, edges: Vec<IpAddr>, degraded: Vec<IpAddr>) {
         let mut pops = self.pops.write().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = pops.iter_mut().find(|p| p.name == pop) {
             p.edges = edges;
+            p.degraded = degraded;
         }
     }
 
-    /// The PoP for a client and its edges (rotated per answer), with the reason.
-    pub fn choose(&self, place: Option<&Place>) -> Option<(String, Vec<IpAddr>, Reason)> {
+    /// Sets every PoP's weight: those not in `weights` get full weight.
+    pub fn set_weights(&self, weights: &BTreeMap<String, u8>) {
+        let mut pops = self.pops.write().unwrap_or_else(|p| p.into_inner());
+        for p in pops.iter_mut() {
+            p.weight = weights.get(&p.name).copied().unwrap_or(FULL_WEIGHT).min(FULL_WEIGHT);
+        }
+    }
+
+    /// The PoP for a client and its edges (rotated per answer), with the
+    /// reason. `bucket` (0..100) places the client's network for PoPs that
+    /// keep only part of theirs: the same network always gets the same one.
+    /// PoPs with edges that serve well come first; when none has any, the
+    /// live edges that report problems are answered rather than nothing.
+    pub fn choose(&self, place: Option<&Place>, bucket: u8) -> Option<(String, Vec<IpAddr>, Reason)> {
         let pops = self.pops.read().unwrap_or_else(|p| p.into_inner());
-        let healthy = |name: &str| pops.iter().find(|p| p.name == name && !p.edges.is_empty());
-        let mut pick: Option<(&Pop, Reason)> = None;
-        if let Some(loc) = place.and_then(|p| p.location) {
-            pick = pops
-                .iter()
-                .filter(|p| !p.edges.is_empty())
-                .min_by(|a, b| distance_km(loc, a.location).total_cmp(&distance_km(loc, b.location)))
-                .map(|p| (p, Reason::Nearest));
-        }
-        if pick.is_none() {
-            let country = place.and_then(|p| p.country.as_ref()).and_then(|c| self.countries.get(c.as_str()));
-            pick = country.and_then(|n| healthy(n)).map(|p| (p, Reason::Country));
-        }
-        if pick.is_none() {
-            let continent = place.and_then(|p| p.continent.as_ref()).and_then(|c| self.continents.get(c.as_str()));
-            pick = continent.and_then(|n| healthy(n)).map(|p| (p, Reason::Continent));
-        }
-        if pick.is_none() {
-            pick = healthy(&self.default_pop)
-                .or_else(|| pops.iter().find(|p| !p.edges.is_empty()))
-                .map(|p| (p, Reason::Default));
-        }
-        let (pop, reason) = pick?;
-        let mut edges = pop.edges.clone();
+        let passes = [(false, true), (true, true), (false, false), (true, false)];
+        let (pop, edges, reason) = passes
+            .into_iter()
+            .find_map(|(degraded, weighted)| self.pick(&pops, place, Pass { degraded, weighted }, bucket))?;
+        let mut edges = edges.clone();
         let turn = self.rotation.fetch_add(1, Ordering::Relaxed);
         let n = edges.len();
         edges.rotate_left(turn % n);
         Some((pop.name.clone(), edges, reason))
     }
+
+    /// The nearest usable PoP; else the country's, the continent's, the
+    /// default, or any usable one.
+    fn pick<'a>(
+        &self,
+        pops: &'a [Pop],
+        place: Option<&Place>,
+        pass: Pass,
+        bucket: u8,
+    ) -> Option<(&'a Pop, &'a Vec<IpAddr>, Reason)> {
+        let usable = |p: &'a Pop| p.usable(pass, bucket).map(|e| (p, e));
+        let named = |name: Option<&String>| name.and_then(|n| pops.iter().find(|p| p.name == *n)).and_then(usable);
+        if let Some(loc) = place.and_then(|p| p.location) {
+            let nearest = pops
+                .iter()
+                .filter_map(usable)
+                .min_by(|a, b| distance_km(loc, a.0.location).total_cmp(&distance_km(loc, b.0.location)));
+            if let Some((p, e)) = nearest {
+                return Some((p, e, Reason::Nearest));
+            }
+        }
+        let country = place.and_then(|p| p.country.as_ref()).and_then(|c| self.countries.get(c.as_str()));
+        if let Some((p, e)) = named(country) {
+            return Some((p, e, Reason::Country));
+        }
+        let continent = place.and_then(|p| p.continent.as_ref()).and_then(|c| self.continents.get(c.as_str()));
+        if let Some((p, e)) = named(continent) {
+            return Some((p, e, Reason::Continent));
+        }
+        named(Some(&self.default_pop)).or_else(|| pops.iter().find_map(usable)).map(|(p, e)| (p, e, Reason::Default))
+    }
+}
+
+/// The weight bucket (0..100) of the network `prefix` bits of `ip` long:
+/// a hash, so buckets spread evenly over networks.
+pub fn bucket(ip: IpAddr, prefix: u8) -> u8 {
+    let bits = match ip {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)) << 96,
+        IpAddr::V6(v6) => u128::from(v6),
+    };
+    let keep = u32::from(prefix.min(128));
+    let masked = if keep == 0 { 0 } else { bits & (u128::MAX << (128 - keep)) };
+    let family = u8::from(ip.is_ipv6());
+    let mut key = [0u8; 18];
+    key[..16].copy_from_slice(&masked.to_be_bytes());
+    key[16..].copy_from_slice(&[family, prefix]);
+    (xxhash_rust::xxh3::xxh3_64(&key) % u64::from(FULL_WEIGHT)) as u8
 }
 
 #[cfg(test)]
@@ -119,5 +191,89 @@ mod tests {
         assert!((distance_km(fra, london) - 640.0).abs() < 20.0);
         assert!((distance_km(london, sydney) - 16_990.0).abs() < 100.0);
         assert_eq!(distance_km(fra, fra), 0.0);
+    }
+
+    fn steering() -> Steering {
+        let pop = |name: &str, lat: f64, lon: f64, edge: &str| outpost_config::DnsPop {
+            name: name.into(),
+            latitude: lat,
+            longitude: lon,
+            edges: vec![edge.parse().unwrap()],
+            networks: Vec::new(),
+        };
+        let cfg = DnsNode {
+            pops: vec![
+                pop("fra", 50.11, 8.68, "127.0.0.11"),
+                pop("iad", 38.95, -77.45, "127.0.0.12"),
+                pop("sin", 1.35, 103.99, "127.0.0.13"),
+            ],
+            default_pop: "fra".into(),
+            zone: "cdn.test.".into(),
+            ttl: std::time::Duration::from_secs(30),
+            geoip: Default::default(),
+            nameservers: Vec::new(),
+            glue: BTreeMap::new(),
+            countries: BTreeMap::new(),
+            continents: BTreeMap::new(),
+            sites: Vec::new(),
+        };
+        Steering::new(&cfg)
+    }
+
+    fn london() -> Place {
+        Place { location: Some((51.51, -0.13)), country: None, continent: None, prefix: 24 }
+    }
+
+    fn chosen(s: &Steering, place: Option<&Place>, bucket: u8) -> (String, Vec<IpAddr>) {
+        let (pop, edges, _) = s.choose(place, bucket).unwrap();
+        (pop, edges)
+    }
+
+    #[test]
+    fn a_drained_pop_sends_its_clients_to_the_next_nearest_and_a_partial_weight_some() {
+        let s = steering();
+        assert_eq!(chosen(&s, Some(&london()), 99).0, "fra");
+        s.set_weights(&BTreeMap::from([("fra".to_string(), 0)]));
+        assert_eq!(chosen(&s, Some(&london()), 0).0, "iad", "drained: the next nearest PoP");
+        assert_eq!(chosen(&s, None, 0).0, "iad", "the default PoP drained too");
+        s.set_weights(&BTreeMap::from([("fra".to_string(), 30)]));
+        assert_eq!(chosen(&s, Some(&london()), 29).0, "fra", "a network below the weight stays");
+        assert_eq!(chosen(&s, Some(&london()), 30).0, "iad", "one above it moves");
+        s.set_weights(&BTreeMap::new());
+        assert_eq!(chosen(&s, Some(&london()), 99).0, "fra", "a PoP no longer listed is back at full weight");
+        let every = ["fra", "iad", "sin"].map(|p| (p.to_string(), 0));
+        s.set_weights(&BTreeMap::from(every));
+        assert_eq!(chosen(&s, Some(&london()), 50).0, "fra", "every PoP drained: weights are ignored, not the clients");
+    }
+
+    #[test]
+    fn edges_with_problems_are_answered_only_when_no_pop_has_a_sound_one() {
+        let s = steering();
+        let ip = |a: &str| a.parse::<IpAddr>().unwrap();
+        s.set_edges("fra", vec![ip("127.0.0.21")], vec![ip("127.0.0.11")]);
+        assert_eq!(chosen(&s, Some(&london()), 0), ("fra".into(), vec![ip("127.0.0.21")]), "the sound edge alone");
+        s.set_edges("fra", Vec::new(), vec![ip("127.0.0.11")]);
+        assert_eq!(chosen(&s, Some(&london()), 0).0, "iad", "a PoP of degraded edges is passed over");
+        s.set_edges("iad", Vec::new(), Vec::new());
+        s.set_edges("sin", Vec::new(), vec![ip("127.0.0.13")]);
+        assert_eq!(
+            chosen(&s, Some(&london()), 0),
+            ("fra".into(), vec![ip("127.0.0.11")]),
+            "no sound edge anywhere: the nearest degraded ones rather than nothing"
+        );
+        s.set_edges("fra", Vec::new(), Vec::new());
+        s.set_edges("sin", Vec::new(), Vec::new());
+        assert!(s.choose(Some(&london()), 0).is_none(), "no live edge at all");
+    }
+
+    #[test]
+    fn buckets_follow_the_network_not_the_address() {
+        let ip = |a: &str| a.parse::<IpAddr>().unwrap();
+        assert_eq!(bucket(ip("81.2.69.1"), 24), bucket(ip("81.2.69.200"), 24));
+        assert_eq!(bucket(ip("2001:db8:1:2::1"), 48), bucket(ip("2001:db8:1:ffff::9"), 48));
+        let spread: std::collections::BTreeSet<u8> =
+            (0..=255u8).map(|i| bucket(ip(&format!("10.0.{i}.0")), 24)).collect();
+        assert!(spread.len() > 60, "256 networks fall in {} buckets", spread.len());
+        assert!(spread.iter().all(|b| *b < FULL_WEIGHT));
     }
 }

@@ -24,7 +24,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use outpost_config::{EventRecord, Purge, PurgeTarget, StoreBackend};
 use serde::{Deserialize, Serialize};
 
-pub use outpost_config::api::{NodeRecord, SiteRecord};
+pub use outpost_config::api::{NodeRecord, PopRecord, SiteRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -244,6 +244,17 @@ impl Store {
 
     pub async fn nodes(&self) -> Result<BTreeMap<String, NodeRecord>, StoreError> {
         backend!(self, |b| b.nodes())
+    }
+
+    /// Sets a PoP's weight (replacing what was set before).
+    pub async fn put_pop(&self, pop: &PopRecord) -> Result<(), StoreError> {
+        let pop = pop.clone();
+        backend!(self, |b| b.put_pop(&pop))
+    }
+
+    /// Every PoP whose weight an operator set, by name.
+    pub async fn pops(&self) -> Result<Vec<PopRecord>, StoreError> {
+        backend!(self, |b| b.pops())
     }
 }
 

@@ -9,13 +9,14 @@ use std::sync::Arc;
 use outpost_config::{Event, EventRecord, Purge, PurgeTarget};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
-use super::{NodeRecord, PurgeRecord, SiteRecord, StoreError, db, now_ms};
+use super::{NodeRecord, PopRecord, PurgeRecord, SiteRecord, StoreError, db, now_ms};
 
 const META: TableDefinition<'static, &str, u64> = TableDefinition::new("meta");
 const EVENTS: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("events");
 const SITES: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("sites");
 const PURGES: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("purges");
 const NODES: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("nodes");
+const POPS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("pops");
 
 /// `meta` keys.
 const NEXT_SEQ: &str = "next_seq";
@@ -39,7 +40,7 @@ impl RedbStore {
         let tx = database.begin_write().map_err(db)?;
         {
             tx.open_table(EVENTS).map_err(db)?;
-            for t in [SITES, PURGES, NODES] {
+            for t in [SITES, PURGES, NODES, POPS] {
                 tx.open_table(t).map_err(db)?;
             }
             let mut meta = tx.open_table(META).map_err(db)?;
@@ -239,6 +240,28 @@ impl RedbStore {
         for row in t.iter().map_err(db)? {
             let (k, v) = row.map_err(db)?;
             out.insert(k.value().to_string(), serde_json::from_slice(v.value()).map_err(db)?);
+        }
+        Ok(out)
+    }
+}
+
+impl RedbStore {
+    /// Sets a PoP's weight, durably: an operator's drain outlives a crash.
+    pub(super) fn put_pop(&self, pop: &PopRecord) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db)?;
+        {
+            let bytes = serde_json::to_vec(pop).map_err(db)?;
+            tx.open_table(POPS).map_err(db)?.insert(pop.name.as_str(), bytes.as_slice()).map_err(db)?;
+        }
+        tx.commit().map_err(db)
+    }
+
+    pub(super) fn pops(&self) -> Result<Vec<PopRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = tx.open_table(POPS).map_err(db)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(db)? {
+            out.push(serde_json::from_slice(row.map_err(db)?.1.value()).map_err(db)?);
         }
         Ok(out)
     }

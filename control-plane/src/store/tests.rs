@@ -12,7 +12,22 @@ fn node(name: &str, acked_seq: u64) -> NodeRecord {
         addrs: vec!["127.0.0.1:8080".into()],
         acked_seq,
         last_contact_ms: 1,
+        problems: vec!["every shield is down".into()],
     }
+}
+
+/// A PoP's weight is kept, replaced by the next one set, and nothing is
+/// logged for it (nodes do not follow it; DNS servers read it).
+pub(crate) async fn pop_weights_are_kept_and_replaced(s: &Store) {
+    assert!(s.pops().await.unwrap().is_empty());
+    let drained = PopRecord { name: "fra".into(), weight: 0, reason: Some("fibre work".into()), updated_ms: 5 };
+    s.put_pop(&drained).await.unwrap();
+    s.put_pop(&PopRecord { name: "iad".into(), weight: 40, reason: None, updated_ms: 6 }).await.unwrap();
+    assert_eq!(s.pops().await.unwrap()[0], drained);
+    s.put_pop(&PopRecord { name: "fra".into(), weight: 100, reason: None, updated_ms: 7 }).await.unwrap();
+    let weights: Vec<(String, u8)> = s.pops().await.unwrap().into_iter().map(|p| (p.name, p.weight)).collect();
+    assert_eq!(weights, [("fra".to_string(), 100), ("iad".to_string(), 40)]);
+    assert_eq!(s.last_seq().await.unwrap(), 0);
 }
 
 /// Sites, the log, purges, the registry and compaction, on an empty store.
@@ -191,7 +206,12 @@ macro_rules! battery {
     };
 }
 
-battery!(log_sites_purges_and_nodes, upserts_are_compare_and_swap, concurrent_writes_get_one_order);
+battery!(
+    log_sites_purges_and_nodes,
+    upserts_are_compare_and_swap,
+    concurrent_writes_get_one_order,
+    pop_weights_are_kept_and_replaced
+);
 
 /// A record in the cluster that is not what the control plane wrote (a
 /// broken tool, a hand edit) is an error naming its key, never a panic,

@@ -318,10 +318,10 @@ async fn an_unhealthy_pop_is_skipped_until_it_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let dns = start(dir.path(), 0).await;
     let london = || query("shop.cdn.test.", RecordType::A, Some(("81.2.69.0", 24)), true);
-    dns.node.steering.set_edges("fra", vec![]);
+    dns.node.steering.set_edges("fra", vec![], vec![]);
     let m = udp(dns.addr, london()).await.unwrap();
     assert_eq!(addrs(&m), vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 12))], "next nearest to London: Ashburn");
-    dns.node.steering.set_edges("fra", vec!["127.0.0.11".parse().unwrap()]);
+    dns.node.steering.set_edges("fra", vec!["127.0.0.11".parse().unwrap()], vec![]);
     let m = udp(dns.addr, london()).await.unwrap();
     assert_eq!(addrs(&m), vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11))]);
 }
@@ -518,7 +518,7 @@ async fn a_node_fallen_silent_loses_its_stream_and_one_that_acknowledges_keeps_i
     let mut stream = client.events(&query).await.unwrap();
     let chatty = tokio::spawn(async move {
         while let Some(Ok(_)) = stream.next().await {
-            let ack = outpost_config::Ack { node: "edge-chatty".into(), seq: 0, load_rps: None };
+            let ack = outpost_config::Ack { node: "edge-chatty".into(), seq: 0, load_rps: None, problems: None };
             client.ack(&ack).await.unwrap();
         }
     });

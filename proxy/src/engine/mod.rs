@@ -181,6 +181,25 @@ impl Engine {
     /// How long the node has been cut off from its control plane, once
     /// that is longer than [`PARTITION_AFTER`] (counted from start when it
     /// was never reached).
+    /// Why the node is not serving as it should, for the registry and
+    /// `/healthz`: its upstreams' trouble and its cache disk's. Empty when
+    /// all is well.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = self.upstream.route().problems();
+        out.extend(self.store.disk_problem());
+        out.truncate(outpost_config::MAX_PROBLEMS);
+        for p in &mut out {
+            if p.len() > outpost_config::MAX_PROBLEM_LEN {
+                let mut end = outpost_config::MAX_PROBLEM_LEN;
+                while !p.is_char_boundary(end) {
+                    end -= 1;
+                }
+                p.truncate(end);
+            }
+        }
+        out
+    }
+
     pub fn partitioned_for(&self) -> Option<std::time::Duration> {
         if !self.control_linked.load(std::sync::atomic::Ordering::Acquire) {
             return None;

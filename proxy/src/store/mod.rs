@@ -48,6 +48,20 @@ pub enum StoreError {
 pub struct Store {
     cache: HybridCache<Key, Entry>,
     hybrid: bool,
+    /// The disk tier's folder.
+    disk: Option<PathBuf>,
+}
+
+/// A cache filesystem with less free than this (and than
+/// [`MIN_FREE_SHARE`] of its size) is full: foyer's files are sparse, so
+/// writes into them start failing.
+const MIN_FREE_BYTES: u64 = 16 << 20;
+const MIN_FREE_SHARE: u64 = 50;
+
+/// Why a filesystem of `total` bytes with `free` available counts as full.
+fn full_disk(free: u64, total: u64) -> Option<String> {
+    (free < MIN_FREE_BYTES.max(total / MIN_FREE_SHARE))
+        .then(|| format!("the cache disk is full: {} MiB free of {} MiB", free >> 20, total >> 20))
 }
 
 impl std::fmt::Debug for Store {
@@ -71,7 +85,7 @@ impl Store {
         if cfg.disk == 0 {
             let cache =
                 memory.storage().build().await.map_err(|source| StoreError::Open { path: PathBuf::new(), source })?;
-            return Ok(Store { cache, hybrid: false });
+            return Ok(Store { cache, hybrid: false, disk: None });
         }
         let path = cfg.path.clone().ok_or(StoreError::NoPath)?;
         std::fs::create_dir_all(&path).map_err(|source| StoreError::Folder { path: path.clone(), source })?;
@@ -99,11 +113,20 @@ impl Store {
             .build()
             .await
             .map_err(|source| StoreError::Open { path: path.clone(), source })?;
-        Ok(Store { cache, hybrid: true })
+        Ok(Store { cache, hybrid: true, disk: Some(path) })
     }
 
     pub fn is_hybrid(&self) -> bool {
         self.hybrid
+    }
+
+    /// What is wrong with the disk tier's filesystem: full, or unreadable.
+    pub fn disk_problem(&self) -> Option<String> {
+        let path = self.disk.as_ref()?;
+        match rustix::fs::statvfs(path) {
+            Ok(s) => full_disk(s.f_bavail.saturating_mul(s.f_frsize), s.f_blocks.saturating_mul(s.f_frsize)),
+            Err(e) => Some(format!("the cache disk cannot be read: {e}")),
+        }
     }
 
     /// The entry under `key`, from memory or disk. A disk error or an entry

@@ -175,3 +175,26 @@ async fn overwritten_values_recover_as_the_newest_after_a_restart() {
         assert_eq!(store.get(k).await, want, "key {k}");
     }
 }
+
+#[test]
+fn a_disk_is_full_below_sixteen_mib_or_two_percent_free() {
+    assert!(full_disk(15 << 20, 100 << 20).is_some());
+    assert!(full_disk(17 << 20, 100 << 20).is_none());
+    assert!(full_disk(19 << 30, 1000 << 30).is_some(), "under 2 % of a big disk");
+    assert!(full_disk(21 << 30, 1000 << 30).is_none());
+    let why = full_disk(1 << 20, 64 << 20).unwrap();
+    assert!(why.contains("1 MiB free of 64 MiB"), "{why}");
+}
+
+#[tokio::test]
+async fn the_disk_tier_reports_its_filesystem_and_a_memory_store_nothing() {
+    assert_eq!(memory_store().await.disk_problem(), None);
+    let dir = tempfile::tempdir().unwrap();
+    let store = hybrid_store(dir.path()).await;
+    // The temporary folder's filesystem has room (the tests need it), so
+    // any problem here is a wrong reading.
+    assert_eq!(store.disk_problem(), None);
+    std::fs::remove_dir_all(dir.path()).unwrap();
+    let gone = store.disk_problem().expect("a folder that vanished is a problem");
+    assert!(gone.contains("cannot be read"), "{gone}");
+}

@@ -90,6 +90,11 @@ pub trait Route: Send + Sync + Debug + 'static {
     fn targets(&self, site: &Site, key: Key) -> Vec<Target>;
     /// What happened when `target` was tried (for passive health).
     fn report(&self, _target: &Target, _ok: bool) {}
+    /// Why the node cannot fill misses as it should (every upstream of a
+    /// kind down), for the registry; empty when it can.
+    fn problems(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// The node's sites changed (and at start): learn their upstreams.
     fn sites_changed(&self, _sites: &[Arc<Site>]) {}
     /// Starts background work (health probes) until `shutdown`.

@@ -11,6 +11,7 @@
 //! | `P/sites/<id>` | a [`SiteRecord`] |
 //! | `P/purges/<id>` | a [`PurgeRecord`] |
 //! | `P/nodes/<name>` | a [`NodeRecord`] |
+//! | `P/pops/<name>` | a [`PopRecord`] (a PoP's weight, set by an operator) |
 //! | `P/conn/<name>/<replica>` | present while `replica` has the node's stream open (on the replica's lease) |
 //!
 //! Every write that logs an event is one transaction that succeeds only if
@@ -30,7 +31,7 @@ use outpost_config::{EtcdStore, Event, EventRecord, Purge, PurgeTarget};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{NodeRecord, PurgeRecord, SiteRecord, StoreError, db, now_ms};
+use super::{NodeRecord, PopRecord, PurgeRecord, SiteRecord, StoreError, db, now_ms};
 
 mod follow;
 
@@ -484,6 +485,15 @@ impl EtcdBackend {
 
     pub(super) async fn nodes(&self) -> Result<BTreeMap<String, NodeRecord>, StoreError> {
         Ok(self.list("nodes").await?.into_iter().collect())
+    }
+
+    pub(super) async fn put_pop(&self, pop: &PopRecord) -> Result<(), StoreError> {
+        let op = put(self.key(&["pops", &pop.name]), pop)?;
+        self.commit(Vec::new(), vec![op]).await.map(drop)
+    }
+
+    pub(super) async fn pops(&self) -> Result<Vec<PopRecord>, StoreError> {
+        Ok(self.list("pops").await?.into_iter().map(|(_, p)| p).collect())
     }
 }
 

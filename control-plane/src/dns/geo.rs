@@ -200,13 +200,19 @@ struct Source {
 /// latitude = 51.5142
 /// longitude = -0.0931
 /// ```
+/// The build time written into databases built from a source file
+/// (2026-01-01T00:00:00Z).
+const BUILD_EPOCH: u64 = 1_767_225_600;
+
 pub fn build_database(source: &Path, out: &Path) -> Result<usize, GeoError> {
     let err = |message: String| GeoError::Source { path: source.into(), message };
     let text = std::fs::read_to_string(source).map_err(|e| err(e.to_string()))?;
     let src: Source = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
     // A fixed build time makes the file a pure function of its source, so
-    // the committed sample can be checked against it.
-    let mut writer = mmdb_writer::Writer::builder("GeoIP2-City").build_epoch(std::time::UNIX_EPOCH).build();
+    // the committed sample can be checked against it; not 0, which
+    // libmaxminddb (gdnsd, mmdblookup) refuses as invalid metadata.
+    let built = std::time::UNIX_EPOCH + std::time::Duration::from_secs(BUILD_EPOCH);
+    let mut writer = mmdb_writer::Writer::builder("GeoIP2-City").build_epoch(built).build();
     for n in &src.networks {
         let mut record = std::collections::BTreeMap::new();
         if let Some(c) = &n.country {

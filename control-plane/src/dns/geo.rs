@@ -76,9 +76,34 @@ pub struct Place {
 #[derive(Debug)]
 pub struct GeoDb {
     path: PathBuf,
-    reader: ArcSwap<Reader<Vec<u8>>>,
+    loaded: ArcSwap<Loaded>,
     /// What the file looked like when last loaded.
     modified: std::sync::Mutex<Option<FileStamp>>,
+}
+
+/// A database in service, with the records already decoded (many networks
+/// share one record: a city's, a country's), by their offset in the file.
+#[derive(Debug)]
+struct Loaded {
+    reader: Reader<Vec<u8>>,
+    decoded: std::sync::RwLock<std::collections::HashMap<usize, Fields>>,
+}
+
+/// Most decoded records kept (GeoLite2-City has well under this).
+const MAX_DECODED: usize = 1 << 18;
+
+/// What steering reads of a record.
+#[derive(Debug, Clone, Copy)]
+struct Fields {
+    location: Option<(f64, f64)>,
+    country: Option<Code>,
+    continent: Option<Code>,
+}
+
+impl Loaded {
+    fn new(reader: Reader<Vec<u8>>) -> Arc<Loaded> {
+        Arc::new(Loaded { reader, decoded: Default::default() })
+    }
 }
 
 /// Modification time, size and inode: a replaced file differs in at least
@@ -122,7 +147,7 @@ impl GeoDb {
         let reader = open(path)?;
         Ok(GeoDb {
             path: path.to_path_buf(),
-            reader: ArcSwap::from_pointee(reader),
+            loaded: ArcSwap::new(Loaded::new(reader)),
             modified: std::sync::Mutex::new(mtime(path)),
         })
     }
@@ -137,36 +162,49 @@ impl GeoDb {
         }
         *seen = now;
         let reader = open(&self.path)?;
-        self.reader.store(Arc::new(reader));
+        self.loaded.store(Loaded::new(reader));
         Ok(true)
     }
 
     pub fn locate(&self, ip: IpAddr) -> Option<Place> {
-        let reader = self.reader.load();
-        let found = reader.lookup(ip).ok()?;
+        let loaded = self.loaded.load();
+        let found = loaded.reader.lookup(ip).ok()?;
         if !found.has_data() {
             return None;
         }
         let prefix = found.network().map(|n| n.prefix()).unwrap_or(0);
-        let slim: Slim<'_> = match found.decode() {
-            Ok(slim) => slim?,
-            Err(e) => {
-                // Not "unknown": a record that does not decode is counted.
-                metrics::counter!("outpost_dns_geoip_decode_errors_total").increment(1);
-                tracing::debug!(error = %e, %ip, "geo-IP record does not decode");
-                return None;
+        let offset = found.offset();
+        let cached = offset.and_then(|o| loaded.decoded.read().unwrap_or_else(|p| p.into_inner()).get(&o).copied());
+        let fields = match cached {
+            Some(fields) => fields,
+            None => {
+                let slim: Slim<'_> = match found.decode() {
+                    Ok(slim) => slim?,
+                    Err(e) => {
+                        // Not "unknown": a record that does not decode is counted.
+                        metrics::counter!("outpost_dns_geoip_decode_errors_total").increment(1);
+                        tracing::debug!(error = %e, %ip, "geo-IP record does not decode");
+                        return None;
+                    }
+                };
+                let fields = Fields {
+                    location: match slim.location {
+                        Some(SlimLocation { latitude: Some(lat), longitude: Some(lon) }) => Some((lat, lon)),
+                        _ => None,
+                    },
+                    country: slim.country.and_then(|c| c.iso_code).and_then(Code::new),
+                    continent: slim.continent.and_then(|c| c.code).and_then(Code::new),
+                };
+                if let Some(o) = offset {
+                    let mut decoded = loaded.decoded.write().unwrap_or_else(|p| p.into_inner());
+                    if decoded.len() < MAX_DECODED {
+                        decoded.insert(o, fields);
+                    }
+                }
+                fields
             }
         };
-        let location = match slim.location {
-            Some(SlimLocation { latitude: Some(lat), longitude: Some(lon) }) => Some((lat, lon)),
-            _ => None,
-        };
-        Some(Place {
-            location,
-            country: slim.country.and_then(|c| c.iso_code).and_then(Code::new),
-            continent: slim.continent.and_then(|c| c.code).and_then(Code::new),
-            prefix,
-        })
+        Some(Place { location: fields.location, country: fields.country, continent: fields.continent, prefix })
     }
 }
 

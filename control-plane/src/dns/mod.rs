@@ -1,7 +1,8 @@
 //! The geo-IP DNS server: authoritative for the CDN's zone, steering each
 //! client to the nearest healthy PoP.
 //!
-//! UDP and TCP on one address. The MaxMind file is checked for changes every
+//! UDP and TCP on one address: UDP through our own listener (`udp.rs`,
+//! with a fast path for the common query), TCP through hickory's server. The MaxMind file is checked for changes every
 //! [`RELOAD_CHECK`] and swapped without dropping queries; a bad replacement
 //! keeps the old database in service.
 
@@ -9,6 +10,7 @@ pub mod geo;
 pub mod registry;
 pub mod server;
 pub mod steer;
+mod udp;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -118,7 +120,9 @@ impl DnsNode {
     /// Answers until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), DnsError> {
         let mut server = Server::new(Shared(Arc::clone(&self.handler)));
-        server.register_socket(self.udp);
+        let local = self.addr();
+        let udp = udp::serve(Arc::clone(&self.handler), self.udp, &shutdown)
+            .map_err(|source| DnsError::Bind { addr: local, source })?;
         server.register_listener(self.tcp, TCP_TIMEOUT, TCP_RESPONSE_BUFFER);
         if let Some(link) = self.registry {
             registry::follow(Arc::clone(&self.handler), link, shutdown.clone());
@@ -144,6 +148,9 @@ impl DnsNode {
                     }
                 }
             }
+        }
+        for task in udp {
+            let _ = task.await;
         }
         let _ = server.shutdown_gracefully().await;
         Ok(())

@@ -23,11 +23,13 @@ use hickory_server::zone_handler::MessageResponseBuilder;
 use metrics::{Counter, Histogram, counter, histogram};
 use outpost_config::DnsNode;
 
-use super::geo::GeoDb;
+mod fast;
+
+use super::geo::{GeoDb, Place};
 use super::steer::{Reason, Steering};
 
 /// Largest UDP answer offered in EDNS (the DNS Flag Day 2020 value).
-const EDNS_PAYLOAD: u16 = 1232;
+pub(super) const EDNS_PAYLOAD: u16 = 1232;
 /// What any client takes over UDP, with or without EDNS (RFC 1035 §4.2.1).
 const MIN_PAYLOAD: u16 = 512;
 /// The EDNS version spoken.
@@ -41,6 +43,8 @@ const SOA_EXPIRE: i32 = 86_400;
 #[derive(Debug)]
 pub struct GeoDns {
     zone: Name,
+    /// The zone's name in wire form, lower-case.
+    zone_wire: Vec<u8>,
     ttl: u32,
     soa: Record,
     ns: Vec<Record>,
@@ -60,7 +64,8 @@ const REASONS: [&str; 4] = ["nearest", "country", "continent", "default"];
 #[derive(Debug)]
 struct DnsMetrics {
     queries: Vec<Counter>,
-    answers: std::collections::HashMap<(String, &'static str), Counter>,
+    /// By PoP (in node-file order), then by [`Reason`].
+    answers: Vec<[Counter; 4]>,
     latency: Histogram,
 }
 
@@ -73,13 +78,14 @@ impl DnsMetrics {
                     .push(counter!("outpost_dns_queries_total", "node" => node.to_string(), "type" => t, "rcode" => r));
             }
         }
-        let mut answers = std::collections::HashMap::new();
-        for p in pops {
-            for r in REASONS {
-                let c = counter!("outpost_dns_answers_total", "node" => node.to_string(), "pop" => p.clone(), "reason" => r);
-                answers.insert((p.clone(), r), c);
-            }
-        }
+        let answers = pops
+            .iter()
+            .map(|p| {
+                REASONS.map(|r| {
+                    counter!("outpost_dns_answers_total", "node" => node.to_string(), "pop" => p.clone(), "reason" => r)
+                })
+            })
+            .collect();
         DnsMetrics {
             queries,
             answers,
@@ -87,7 +93,14 @@ impl DnsMetrics {
         }
     }
 
-    fn query(&self, qtype: &str, rcode: &str) {
+    /// An answer from the PoP at `pop` (node-file order).
+    pub(super) fn answered(&self, pop: usize, reason: Reason) {
+        if let Some(c) = self.answers.get(pop) {
+            c[reason as usize].increment(1);
+        }
+    }
+
+    pub(super) fn query(&self, qtype: &str, rcode: &str) {
         let t = QTYPES.iter().position(|x| *x == qtype).unwrap_or(QTYPES.len() - 1);
         let r = RCODES.iter().position(|x| *x == rcode).unwrap_or(RCODES.len() - 1);
         if let Some(c) = self.queries.get(t * RCODES.len() + r) {
@@ -139,7 +152,10 @@ impl GeoDns {
         for n in ns_names.iter().filter(|n| zone.zone_of(n) && !glue.contains_key(&n.to_lowercase())) {
             tracing::warn!(nameserver = %n, "a name server inside the zone has no [dns.glue] addresses: resolvers cannot reach it");
         }
+        let zone_wire = hickory_proto::serialize::binary::BinEncodable::to_bytes(&zone)
+            .map_err(|e| format!("zone `{}`: {e}", cfg.zone))?;
         Ok(GeoDns {
+            zone_wire,
             zone,
             ttl,
             soa,
@@ -176,25 +192,24 @@ impl GeoDns {
         }
     }
 
-    /// The steered address records for `name`, and the ECS scope to report.
-    fn steer(&self, name: &Name, qtype: RecordType, client: IpAddr) -> (Vec<Record>, Option<u8>, &'static str) {
+    /// Where `client` is, the ECS scope an answer for it covers, and the
+    /// weight bucket of its network (the database's, else a /24 or /56).
+    pub(super) fn place(&self, client: IpAddr) -> (Option<Place>, Option<u8>, u8) {
         let place = self.geo.locate(client);
         let scope = place.as_ref().map(|p| p.prefix);
-        // The network the answer is for: the database's, else a /24 or /56.
         let network = scope.unwrap_or(if client.is_ipv4() { 24 } else { 56 });
-        let Some((pop, edges, reason)) = self.steering.choose(place.as_ref(), super::steer::bucket(client, network))
-        else {
+        (place, scope, super::steer::bucket(client, network))
+    }
+
+    /// The steered address records for `name`, and the ECS scope to report.
+    fn steer(&self, name: &Name, qtype: RecordType, client: IpAddr) -> (Vec<Record>, Option<u8>, &'static str) {
+        let (place, scope, bucket) = self.place(client);
+        let Some(edges) = self.steering.choose_with(place.as_ref(), bucket, |c| {
+            self.metrics.answered(c.index, c.reason);
+            c.rotated().collect::<Vec<_>>()
+        }) else {
             return (Vec::new(), scope, "none");
         };
-        let reason = match reason {
-            Reason::Nearest => "nearest",
-            Reason::Country => "country",
-            Reason::Continent => "continent",
-            Reason::Default => "default",
-        };
-        if let Some(c) = self.metrics.answers.get(&(pop, reason)) {
-            c.increment(1);
-        }
         let records = edges
             .into_iter()
             .filter_map(|ip| match (ip, qtype) {

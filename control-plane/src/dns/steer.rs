@@ -7,8 +7,8 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 
 use outpost_config::DnsNode;
 use outpost_config::api::FULL_WEIGHT;
@@ -41,20 +41,54 @@ struct Pop {
 /// Why a PoP was chosen (a metrics label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
-    Nearest,
-    Country,
-    Continent,
-    Default,
+    Nearest = 0,
+    Country = 1,
+    Continent = 2,
+    Default = 3,
 }
+
+impl Reason {
+    /// Its metrics label.
+    pub fn label(self) -> &'static str {
+        ["nearest", "country", "continent", "default"][self as usize]
+    }
+}
+
+/// PoP indices nearest first, by a location's coordinates as `f64` bits.
+type Rankings = std::collections::HashMap<(u64, u64), Arc<[usize]>>;
 
 /// The PoPs and their healthy edges.
 #[derive(Debug)]
 pub struct Steering {
     pops: RwLock<Vec<Pop>>,
+    /// PoP indices nearest first, by client location (as `f64` bits): the
+    /// PoPs do not move, and clients come from far fewer places than
+    /// addresses.
+    rankings: RwLock<Rankings>,
     countries: BTreeMap<String, String>,
     continents: BTreeMap<String, String>,
     default_pop: String,
     rotation: AtomicUsize,
+}
+
+/// A PoP chosen for a client.
+#[derive(Debug, Clone, Copy)]
+pub struct Choice<'a> {
+    /// Its place in the node file's PoP list.
+    pub index: usize,
+    pub name: &'a str,
+    /// Its edges to answer with (never empty), starting at `first` (the
+    /// rotation, so answers spread over them).
+    pub edges: &'a [IpAddr],
+    pub first: usize,
+    pub reason: Reason,
+}
+
+impl Choice<'_> {
+    /// The edges in answer order.
+    pub fn rotated(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.edges[self.first..].iter().chain(&self.edges[..self.first]).copied()
+    }
 }
 
 /// Which edges one pass of [`Steering::choose`] may answer with.
@@ -88,6 +122,7 @@ impl Steering {
             .collect();
         Steering {
             pops: RwLock::new(pops),
+            rankings: RwLock::default(),
             countries: cfg.countries.clone(),
             continents: cfg.continents.clone(),
             default_pop: cfg.default_pop.clone(),
@@ -114,21 +149,29 @@ impl Steering {
     }
 
     /// The PoP for a client and its edges (rotated per answer), with the
-    /// reason. `bucket` (0..100) places the client's network for PoPs that
-    /// keep only part of theirs: the same network always gets the same one.
+    /// reason; see [`Steering::choose_with`].
+    pub fn choose(&self, place: Option<&Place>, bucket: u8) -> Option<(String, Vec<IpAddr>, Reason)> {
+        self.choose_with(place, bucket, |choice| {
+            let mut edges = choice.edges.to_vec();
+            edges.rotate_left(choice.first);
+            (choice.name.to_string(), edges, choice.reason)
+        })
+    }
+
+    /// Calls `f` with the PoP for a client, without copying its edges.
+    /// `bucket` (0..100) places the client's network for PoPs that keep
+    /// only part of theirs: the same network always gets the same one.
     /// PoPs with edges that serve well come first; when none has any, the
     /// live edges that report problems are answered rather than nothing.
-    pub fn choose(&self, place: Option<&Place>, bucket: u8) -> Option<(String, Vec<IpAddr>, Reason)> {
+    pub fn choose_with<R>(&self, place: Option<&Place>, bucket: u8, f: impl FnOnce(Choice<'_>) -> R) -> Option<R> {
         let pops = self.pops.read().unwrap_or_else(|p| p.into_inner());
         let passes = [(false, true), (true, true), (false, false), (true, false)];
         let (pop, edges, reason) = passes
             .into_iter()
             .find_map(|(degraded, weighted)| self.pick(&pops, place, Pass { degraded, weighted }, bucket))?;
-        let mut edges = edges.clone();
         let turn = self.rotation.fetch_add(1, Ordering::Relaxed);
-        let n = edges.len();
-        edges.rotate_left(turn % n);
-        Some((pop.name.clone(), edges, reason))
+        let index = pops.iter().position(|p| std::ptr::eq(p, pop)).unwrap_or(0);
+        Some(f(Choice { index, name: &pop.name, edges, first: turn % edges.len(), reason }))
     }
 
     /// The nearest usable PoP; else the country's, the continent's, the
@@ -143,10 +186,7 @@ impl Steering {
         let usable = |p: &'a Pop| p.usable(pass, bucket).map(|e| (p, e));
         let named = |name: Option<&String>| name.and_then(|n| pops.iter().find(|p| p.name == *n)).and_then(usable);
         if let Some(loc) = place.and_then(|p| p.location) {
-            let nearest = pops
-                .iter()
-                .filter_map(usable)
-                .min_by(|a, b| distance_km(loc, a.0.location).total_cmp(&distance_km(loc, b.0.location)));
+            let nearest = self.ranking(pops, loc).iter().find_map(|i| usable(&pops[*i]));
             if let Some((p, e)) = nearest {
                 return Some((p, e, Reason::Nearest));
             }
@@ -162,6 +202,27 @@ impl Steering {
         named(Some(&self.default_pop)).or_else(|| pops.iter().find_map(usable)).map(|(p, e)| (p, e, Reason::Default))
     }
 }
+
+impl Steering {
+    /// The PoPs' indices, nearest to `loc` first.
+    fn ranking(&self, pops: &[Pop], loc: (f64, f64)) -> Arc<[usize]> {
+        let key = (loc.0.to_bits(), loc.1.to_bits());
+        if let Some(r) = self.rankings.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Arc::clone(r);
+        }
+        let mut order: Vec<usize> = (0..pops.len()).collect();
+        order.sort_by(|a, b| distance_km(loc, pops[*a].location).total_cmp(&distance_km(loc, pops[*b].location)));
+        let order: Arc<[usize]> = order.into();
+        let mut rankings = self.rankings.write().unwrap_or_else(|p| p.into_inner());
+        if rankings.len() < MAX_RANKINGS {
+            rankings.insert(key, Arc::clone(&order));
+        }
+        order
+    }
+}
+
+/// Most client locations whose ranking is kept.
+const MAX_RANKINGS: usize = 1 << 16;
 
 /// The weight bucket (0..100) of the network `prefix` bits of `ip` long:
 /// a hash, so buckets spread evenly over networks.

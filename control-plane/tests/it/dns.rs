@@ -432,6 +432,10 @@ fn the_committed_sample_database_is_current_and_places_the_sample_networks() {
         assert!((la - lat).abs() < 0.1 && (lo - lon).abs() < 0.1, "{ip}: {la},{lo}");
         assert_eq!(place.prefix, 24);
     }
+    for (ip, country) in [("2a02:c7c::1", "GB"), ("2001:4860:4860::8888", "US"), ("2001:218:1::1", "JP")] {
+        let place = db.locate(ip.parse().unwrap()).unwrap();
+        assert_eq!((place.country.unwrap().as_str(), place.prefix), (country, 32), "{ip}");
+    }
 }
 
 fn registry_poll() -> Duration {

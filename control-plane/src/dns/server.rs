@@ -23,7 +23,7 @@ use hickory_server::zone_handler::MessageResponseBuilder;
 use metrics::{Counter, Histogram, counter, histogram};
 use outpost_config::DnsNode;
 
-mod fast;
+pub(super) mod fast;
 
 use super::geo::{GeoDb, Place};
 use super::steer::{Reason, Steering};
@@ -31,7 +31,7 @@ use super::steer::{Reason, Steering};
 /// Largest UDP answer offered in EDNS (the DNS Flag Day 2020 value).
 pub(super) const EDNS_PAYLOAD: u16 = 1232;
 /// What any client takes over UDP, with or without EDNS (RFC 1035 §4.2.1).
-const MIN_PAYLOAD: u16 = 512;
+pub(super) const MIN_PAYLOAD: u16 = 512;
 /// The EDNS version spoken.
 const EDNS_VERSION: u8 = 0;
 /// SOA timers: how long secondaries and negative answers may cache.

@@ -21,7 +21,8 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
 use super::GeoDns;
-use super::server::EDNS_PAYLOAD;
+use super::server::fast::{OPCODE, QR, RD};
+use super::server::{EDNS_PAYLOAD, MIN_PAYLOAD};
 
 /// Largest query read; longer datagrams are cut there and then refused as
 /// malformed by the parser.
@@ -30,12 +31,7 @@ const MAX_QUERY: usize = 4096;
 const SOCKET_BUFFER: usize = 4 << 20;
 /// Most answers sent with one `sendmmsg`.
 const BATCH: usize = 32;
-/// What an answer may take over UDP without EDNS (RFC 1035 §4.2.1).
-const PLAIN_UDP: u16 = 512;
-/// Header flag bits of the second 16-bit word.
-const QR: u16 = 0x8000;
-const OPCODE: u16 = 0x7800;
-const RD: u16 = 0x0100;
+/// The FORMERR response code, in the header's flags word.
 const FORMERR: u16 = 1;
 
 /// Answers datagrams on `socket` until `shutdown`, with a thread per core
@@ -206,7 +202,7 @@ impl ResponseHandler for Capture {
         >,
     ) -> Result<ResponseInfo, NetError> {
         let id = response.metadata().id;
-        let limit = response.edns().map_or(PLAIN_UDP, |e| e.max_payload());
+        let limit = response.edns().map_or(MIN_PAYLOAD, |e| e.max_payload());
         let mut bytes = Vec::with_capacity(usize::from(limit));
         let mut encoder = BinEncoder::new(&mut bytes);
         encoder.set_max_size(limit);

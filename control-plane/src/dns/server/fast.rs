@@ -17,11 +17,11 @@ const TYPE_OPT: u16 = 41;
 const CLASS_IN: u16 = 1;
 const OPTION_SUBNET: u16 = 8;
 /// Header flag bits of the second 16-bit word.
-const QR: u16 = 0x8000;
-const OPCODE: u16 = 0x7800;
+pub(in crate::dns) const QR: u16 = 0x8000;
+pub(in crate::dns) const OPCODE: u16 = 0x7800;
 const AA: u16 = 0x0400;
 const TC: u16 = 0x0200;
-const RD: u16 = 0x0100;
+pub(in crate::dns) const RD: u16 = 0x0100;
 const CD: u16 = 0x0010;
 /// The DO bit in the OPT record's flags.
 const DO: u16 = 0x8000;

@@ -402,18 +402,30 @@ pub async fn dns_a(dns: SocketAddr, name: &str) -> Vec<IpAddr> {
 /// without, as a stub resolver asks; from a socket of the host (network
 /// namespace) the caller runs on. None when nothing answers within 2 s.
 pub async fn dns_query(dns: SocketAddr, name: &str, subnet: Option<&str>) -> Vec<IpAddr> {
+    dns_records(dns, name, hickory_proto::rr::RecordType::A, subnet.map(|s| (s, 24))).await
+}
+
+/// The A or AAAA records for `name`, asked with the ECS option for
+/// `subnet` (address, prefix) or without.
+pub async fn dns_records(
+    dns: SocketAddr,
+    name: &str,
+    qtype: hickory_proto::rr::RecordType,
+    subnet: Option<(&str, u8)>,
+) -> Vec<IpAddr> {
     use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
     use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
-    use hickory_proto::rr::{Name, RData, RecordType};
+    use hickory_proto::rr::{Name, RData};
     let mut m = Message::new(7, MessageType::Query, OpCode::Query);
-    m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
-    if let Some(subnet) = subnet {
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+    if let Some((subnet, prefix)) = subnet {
         let mut e = Edns::new();
-        e.options_mut().insert(EdnsOption::Subnet(ClientSubnet::new(subnet.parse().unwrap(), 24, 0)));
+        e.options_mut().insert(EdnsOption::Subnet(ClientSubnet::new(subnet.parse().unwrap(), prefix, 0)));
         m.set_edns(e);
     }
     let packet = m.to_vec().unwrap();
-    let sock = tokio::net::UdpSocket::bind("0.0.0.0:0").await.unwrap();
+    let any: SocketAddr = if dns.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().unwrap();
+    let sock = tokio::net::UdpSocket::bind(any).await.unwrap();
     sock.send_to(&packet, dns).await.unwrap();
     let mut buf = [0u8; 2048];
     let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), sock.recv(&mut buf)).await else {
@@ -425,6 +437,7 @@ pub async fn dns_query(dns: SocketAddr, name: &str, subnet: Option<&str>) -> Vec
         .iter()
         .filter_map(|r| match &r.data {
             RData::A(a) => Some(IpAddr::V4(a.0)),
+            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
             _ => None,
         })
         .collect()

@@ -434,7 +434,8 @@ impl GeoDns {
             Some(EdnsOption::Subnet(s)) => Some(*s),
             _ => None,
         });
-        let client = subnet.as_ref().map_or_else(|| request.src().ip(), ip_of);
+        // A dual-stack socket gives IPv4 clients as `::ffff:a.b.c.d`.
+        let client = subnet.as_ref().map_or_else(|| request.src().ip().to_canonical(), ip_of);
         let (records, scope, _) = self.steer(name, qtype, client);
         if let (Some(s), Some(e)) = (subnet, edns) {
             // RFC 7871 §7.2.1: the scope the answer covers.

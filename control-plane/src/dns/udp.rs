@@ -374,6 +374,21 @@ mod tests {
         assert_eq!(tokyo.edns.unwrap().3, Some(("2001:218::".parse().unwrap(), 32, 32)));
     }
 
+    /// On a dual-stack socket an IPv4 resolver's address comes mapped into
+    /// IPv6; it is located as the IPv4 address it is, by both paths.
+    #[tokio::test]
+    async fn a_mapped_ipv4_source_is_located_as_ipv4() {
+        let (_dir, dns) = dns();
+        let q = query("shop.cdn.test.", RecordType::A, None);
+        let tokyo: SocketAddr = "[::ffff:202.12.27.33]:5300".parse().unwrap();
+        let mut out = Vec::new();
+        assert!(dns.answer_fast(&q, tokyo.ip(), &mut out));
+        let want: BTreeSet<IpAddr> = ["127.0.0.13".parse().unwrap()].into();
+        assert_eq!(seen(&out).answers.iter().map(|a| a.2).collect::<BTreeSet<_>>(), want);
+        let full = answer_full(&dns, &q, tokyo).await.unwrap();
+        assert_eq!(seen(&full).answers.iter().map(|a| a.2).collect::<BTreeSet<_>>(), want);
+    }
+
     #[tokio::test]
     async fn what_the_fast_path_does_not_take_the_full_handler_answers() {
         let (_dir, dns) = dns();

@@ -169,7 +169,8 @@ impl GeoDns {
             return false;
         }
         let subnet = q.opt.and_then(|o| o.subnet);
-        let client = subnet.map_or(src, |s| s.ip());
+        // A dual-stack socket gives IPv4 clients as `::ffff:a.b.c.d`.
+        let client = subnet.map_or(src.to_canonical(), |s| s.ip());
         let (place, scope, bucket) = self.place(client);
         out.clear();
         // Header: the query's id, then QR and AA, with RD and CD copied.

@@ -32,6 +32,9 @@ struct Shield {
     base: Uri,
     name: String,
     down: AtomicBool,
+    /// Down, and its last probe got no HTTP answer at all: not a shield
+    /// passing on an origin's 5xx, but one that cannot be reached.
+    unreachable: AtomicBool,
 }
 
 /// The edge's route to its shields (or origins).
@@ -47,7 +50,12 @@ impl ShieldRoute {
         let shields = upstream
             .shields
             .iter()
-            .map(|u| Shield { base: u.url.clone(), name: u.name.clone(), down: AtomicBool::new(false) })
+            .map(|u| Shield {
+                base: u.url.clone(),
+                name: u.name.clone(),
+                down: AtomicBool::new(false),
+                unreachable: AtomicBool::new(false),
+            })
             .collect();
         ShieldRoute { shields, mode: upstream.mode, probe_interval: upstream.probe_interval }
     }
@@ -109,7 +117,11 @@ impl Route for ShieldRoute {
 
     fn problems(&self) -> Vec<String> {
         let used = self.mode == UpstreamMode::Shield && !self.shields.is_empty();
-        if used && self.shields.iter().all(|s| s.down.load(Ordering::Acquire)) {
+        // Only what probes confirm: a 5xx the shields pass on from one
+        // site's broken origin marks them down, and must not move a PoP's
+        // clients elsewhere.
+        let gone = |s: &Shield| s.down.load(Ordering::Acquire) && s.unreachable.load(Ordering::Acquire);
+        if used && self.shields.iter().all(gone) {
             let names: Vec<&str> = self.shields.iter().map(|s| s.name.as_str()).collect();
             return vec![format!("every shield is down ({})", names.join(", "))];
         }
@@ -119,6 +131,9 @@ impl Route for ShieldRoute {
     fn report(&self, target: &Target, ok: bool) {
         if let Some(s) = self.shields.iter().find(|s| s.base == target.base) {
             let was_down = s.down.swap(!ok, Ordering::AcqRel);
+            if ok {
+                s.unreachable.store(false, Ordering::Release);
+            }
             if !ok && !was_down {
                 tracing::warn!(shield = %s.name, "shield marked down");
             }
@@ -138,7 +153,9 @@ impl Route for ShieldRoute {
                     _ = tick.tick() => {}
                 }
                 for s in self.shields.iter().filter(|s| s.down.load(Ordering::Acquire)) {
-                    if Self::probe(&client, s).await {
+                    let up = Self::probe(&client, s).await;
+                    s.unreachable.store(!up, Ordering::Release);
+                    if up {
                         s.down.store(false, Ordering::Release);
                         tracing::info!(shield = %s.name, "shield back up");
                     }

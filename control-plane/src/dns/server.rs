@@ -50,6 +50,9 @@ pub struct GeoDns {
     ns: Vec<Record>,
     /// The in-zone name servers' address records, by name.
     glue: std::collections::HashMap<Name, Vec<Record>>,
+    /// The first labels of glue names one label under the zone: never a
+    /// site's answer, whatever the sites are called.
+    glue_labels: HashSet<String>,
     sites: RwLock<HashSet<String>>,
     pub geo: Arc<GeoDb>,
     pub steering: Steering,
@@ -154,7 +157,13 @@ impl GeoDns {
         }
         let zone_wire = hickory_proto::serialize::binary::BinEncodable::to_bytes(&zone)
             .map_err(|e| format!("zone `{}`: {e}", cfg.zone))?;
+        let glue_labels = glue
+            .keys()
+            .filter(|n| n.num_labels() == zone.num_labels() + 1 && zone.zone_of(n))
+            .filter_map(|n| n.iter().next().and_then(|l| std::str::from_utf8(l).ok()).map(str::to_string))
+            .collect();
         Ok(GeoDns {
+            glue_labels,
             zone_wire,
             zone,
             ttl,

@@ -161,8 +161,9 @@ impl Steering {
     /// Calls `f` with the PoP for a client, without copying its edges.
     /// `bucket` (0..100) places the client's network for PoPs that keep
     /// only part of theirs: the same network always gets the same one.
-    /// PoPs with edges that serve well come first; when none has any, the
-    /// live edges that report problems are answered rather than nothing.
+    /// PoPs with edges that serve well come first; when no PoP that is not
+    /// drained has any, the live edges that report problems are answered
+    /// rather than nothing (drained PoPs last of all).
     pub fn choose_with<R>(&self, place: Option<&Place>, bucket: u8, f: impl FnOnce(Choice<'_>) -> R) -> Option<R> {
         let pops = self.pops.read().unwrap_or_else(|p| p.into_inner());
         let passes = [(false, true), (true, true), (false, false), (true, false)];

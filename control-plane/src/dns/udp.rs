@@ -76,7 +76,8 @@ fn answer_loop(
     let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
     let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; MAX_QUERY]).collect();
     let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(usize::from(EDNS_PAYLOAD))).collect();
-    let mut got: Vec<(usize, SocketAddr)> = Vec::with_capacity(BATCH);
+    // Per datagram read: its buffer, length and source.
+    let mut got: Vec<(usize, usize, SocketAddr)> = Vec::with_capacity(BATCH);
     let mut dests: Vec<SocketAddr> = Vec::with_capacity(BATCH);
     while !shutdown.is_cancelled() {
         // Waits for one datagram, then takes what else is queued (up to a
@@ -87,27 +88,29 @@ fn answer_loop(
                 bufs.iter_mut().map(|b| [std::io::IoSliceMut::new(b)]).collect();
             match recvmmsg(socket.as_raw_fd(), &mut headers, iovs.iter_mut(), MsgFlags::MSG_WAITFORONE, None) {
                 Ok(received) => {
-                    for m in received {
+                    for (i, m) in received.enumerate() {
                         if let Some(src) = m.address.as_ref().and_then(socket_addr) {
-                            got.push((m.bytes, src));
+                            got.push((i, m.bytes, src));
                         }
                     }
                 }
                 Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
+                    // Not a spin on an error that persists (out of memory).
                     tracing::debug!(error = %e, "UDP receive failed");
+                    std::thread::sleep(std::time::Duration::from_millis(10));
                     continue;
                 }
             }
         }
         dests.clear();
-        for (i, (n, src)) in got.iter().enumerate() {
+        for &(i, n, ref src) in &got {
             // Nothing can be sent back to port 0 (and answering it would
             // reflect at someone else).
             if src.port() == 0 {
                 continue;
             }
-            let (query, out) = (&bufs[i][..*n], &mut outs[dests.len()]);
+            let (query, out) = (&bufs[i][..n], &mut outs[dests.len()]);
             let answered = dns.answer_fast(query, src.ip(), out)
                 || match runtime.block_on(answer_full(dns, query, *src)) {
                     Some(bytes) => {
@@ -238,14 +241,19 @@ mod tests {
     /// A DNS node on the sample database: fra with two IPv4 and one IPv6
     /// edge, iad and sin with one of each.
     fn dns() -> (tempfile::TempDir, GeoDns) {
+        dns_with("[\"shop\"]", "")
+    }
+
+    /// The same with these site ids and more of the node file after the PoPs.
+    fn dns_with(sites: &str, tail: &str) -> (tempfile::TempDir, GeoDns) {
         let dir = tempfile::tempdir().unwrap();
         let geoip = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/geoip/sample.mmdb");
         let text = format!(
             "[node]\nname = \"dns\"\nrole = \"dns\"\n[listen]\ndns = \"127.0.0.1:0\"\n\
-             [dns]\nzone = \"cdn.test.\"\ngeoip = \"{}\"\ndefault_pop = \"fra\"\nsites = [\"shop\"]\n\
+             [dns]\nzone = \"cdn.test.\"\ngeoip = \"{}\"\ndefault_pop = \"fra\"\nsites = {sites}\n\
              [[dns.pop]]\nname = \"fra\"\nlatitude = 50.11\nlongitude = 8.68\nedges = [\"127.0.0.11\", \"127.0.0.21\", \"fd00::11\"]\n\
              [[dns.pop]]\nname = \"iad\"\nlatitude = 38.95\nlongitude = -77.45\nedges = [\"127.0.0.12\", \"fd00::12\"]\n\
-             [[dns.pop]]\nname = \"sin\"\nlatitude = 1.35\nlongitude = 103.99\nedges = [\"127.0.0.13\", \"fd00::13\"]\n",
+             [[dns.pop]]\nname = \"sin\"\nlatitude = 1.35\nlongitude = 103.99\nedges = [\"127.0.0.13\", \"fd00::13\"]\n{tail}",
             geoip.display()
         );
         let file = dir.path().join("dns.toml");
@@ -372,6 +380,22 @@ mod tests {
         let tokyo = seen(&out);
         assert_eq!(tokyo.answers.iter().map(|a| a.2).collect::<Vec<_>>(), ["fd00::13".parse::<IpAddr>().unwrap()]);
         assert_eq!(tokyo.edns.unwrap().3, Some(("2001:218::".parse().unwrap(), 32, 32)));
+    }
+
+    /// A site named like an in-zone name server does not take its name: the
+    /// name server's glue answers, on either path.
+    #[tokio::test]
+    async fn a_name_servers_name_is_answered_from_glue_even_when_a_site_has_it() {
+        let (_dir, dns) = dns_with(
+            "[\"shop\", \"ns1\"]\nnameservers = [\"ns1.cdn.test.\"]",
+            "[dns.glue]\n\"ns1.cdn.test.\" = [\"192.0.2.53\"]\n",
+        );
+        let q = query("ns1.cdn.test.", RecordType::A, None);
+        let mut out = Vec::new();
+        assert!(!dns.answer_fast(&q, src().ip(), &mut out), "steered where glue answers");
+        let full = answer_full(&dns, &q, src()).await.unwrap();
+        let want: BTreeSet<IpAddr> = ["192.0.2.53".parse().unwrap()].into();
+        assert_eq!(seen(&full).answers.iter().map(|a| a.2).collect::<BTreeSet<_>>(), want);
     }
 
     /// On a dual-stack socket an IPv4 resolver's address comes mapped into

@@ -178,15 +178,12 @@ impl Engine {
         self.control_contact_ms.store(epoch_ms(self.clock.now()), std::sync::atomic::Ordering::Release);
     }
 
-    /// How long the node has been cut off from its control plane, once
-    /// that is longer than [`PARTITION_AFTER`] (counted from start when it
-    /// was never reached).
     /// Why the node is not serving as it should, for the registry and
-    /// `/healthz`: its upstreams' trouble and its cache disk's. Empty when
+    /// `/healthz`: its cache disk's trouble, then its upstreams'. Empty when
     /// all is well.
     pub fn problems(&self) -> Vec<String> {
-        let mut out = self.upstream.route().problems();
-        out.extend(self.store.disk_problem());
+        let mut out: Vec<String> = self.store.disk_problem().into_iter().collect();
+        out.extend(self.upstream.route().problems());
         out.truncate(outpost_config::MAX_PROBLEMS);
         for p in &mut out {
             if p.len() > outpost_config::MAX_PROBLEM_LEN {
@@ -200,6 +197,9 @@ impl Engine {
         out
     }
 
+    /// How long the node has been cut off from its control plane, once
+    /// that is longer than [`PARTITION_AFTER`] (counted from start when it
+    /// was never reached).
     pub fn partitioned_for(&self) -> Option<std::time::Duration> {
         if !self.control_linked.load(std::sync::atomic::Ordering::Acquire) {
             return None;

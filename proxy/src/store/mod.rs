@@ -48,8 +48,8 @@ pub enum StoreError {
 pub struct Store {
     cache: HybridCache<Key, Entry>,
     hybrid: bool,
-    /// The disk tier's folder.
-    disk: Option<PathBuf>,
+    /// The disk tier's folder and capacity.
+    disk: Option<(PathBuf, u64)>,
 }
 
 /// A cache filesystem with less free than this (and than
@@ -58,10 +58,26 @@ pub struct Store {
 const MIN_FREE_BYTES: u64 = 16 << 20;
 const MIN_FREE_SHARE: u64 = 50;
 
-/// Why a filesystem of `total` bytes with `free` available counts as full.
-fn full_disk(free: u64, total: u64) -> Option<String> {
-    (free < MIN_FREE_BYTES.max(total / MIN_FREE_SHARE))
+/// Why a filesystem of `total` bytes with `free` available counts as full
+/// for a cache that may still grow by `growth` bytes: a warm cache that has
+/// all its room already writes over its own blocks and needs no more.
+fn full_disk(free: u64, total: u64, growth: u64) -> Option<String> {
+    (free < MIN_FREE_BYTES.max(total / MIN_FREE_SHARE) && free < growth)
         .then(|| format!("the cache disk is full: {} MiB free of {} MiB", free >> 20, total >> 20))
+}
+
+/// Bytes the files under `dir` take on disk (their allocated blocks).
+fn allocated(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => allocated(&e.path()),
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 impl std::fmt::Debug for Store {
@@ -113,7 +129,7 @@ impl Store {
             .build()
             .await
             .map_err(|source| StoreError::Open { path: path.clone(), source })?;
-        Ok(Store { cache, hybrid: true, disk: Some(path) })
+        Ok(Store { cache, hybrid: true, disk: Some((path, cfg.disk)) })
     }
 
     pub fn is_hybrid(&self) -> bool {
@@ -122,9 +138,12 @@ impl Store {
 
     /// What is wrong with the disk tier's filesystem: full, or unreadable.
     pub fn disk_problem(&self) -> Option<String> {
-        let path = self.disk.as_ref()?;
+        let (path, capacity) = self.disk.as_ref()?;
         match rustix::fs::statvfs(path) {
-            Ok(s) => full_disk(s.f_bavail.saturating_mul(s.f_frsize), s.f_blocks.saturating_mul(s.f_frsize)),
+            Ok(s) => {
+                let growth = capacity.saturating_sub(allocated(path));
+                full_disk(s.f_bavail.saturating_mul(s.f_frsize), s.f_blocks.saturating_mul(s.f_frsize), growth)
+            }
             Err(e) => Some(format!("the cache disk cannot be read: {e}")),
         }
     }

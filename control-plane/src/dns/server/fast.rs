@@ -91,6 +91,10 @@ fn read<'q>(raw: &'q [u8], zone: &[u8]) -> Option<Query<'q>> {
     let site = raw.get(13..13 + site_len)?;
     let rest = 13 + site_len;
     let name_end = rest + zone.len();
+    // RFC 1035 §2.3.4: a name is at most 255 octets.
+    if name_end - 12 > 255 {
+        return None;
+    }
     if !raw.get(rest..name_end)?.eq_ignore_ascii_case(zone) {
         return None;
     }
@@ -220,7 +224,8 @@ impl GeoDns {
         lower.copy_from_slice(label);
         lower.make_ascii_lowercase();
         let Ok(label) = std::str::from_utf8(lower) else { return false };
-        self.sites.read().unwrap_or_else(|p| p.into_inner()).contains(label)
+        // A name server's name is answered from its glue, by the full handler.
+        !self.glue_labels.contains(label) && self.sites.read().unwrap_or_else(|p| p.into_inner()).contains(label)
     }
 }
 

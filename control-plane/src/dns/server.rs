@@ -443,12 +443,16 @@ impl GeoDns {
             Some(EdnsOption::Subnet(s)) => Some(*s),
             _ => None,
         });
-        // A dual-stack socket gives IPv4 clients as `::ffff:a.b.c.d`.
-        let client = subnet.as_ref().map_or_else(|| request.src().ip().to_canonical(), ip_of);
+        // A source prefix of 0 says nothing of the client (RFC 7871 §7.1.2):
+        // the packet's source steers. A dual-stack socket gives IPv4
+        // sources as `::ffff:a.b.c.d`.
+        let located = subnet.as_ref().filter(|s| s.source_prefix() > 0);
+        let client = located.map_or_else(|| request.src().ip().to_canonical(), ip_of);
         let (records, scope, _) = self.steer(name, qtype, client);
         if let (Some(s), Some(e)) = (subnet, edns) {
-            // RFC 7871 §7.2.1: the scope the answer covers.
-            let scope = scope.unwrap_or(s.source_prefix());
+            // RFC 7871 §7.2.1: the scope the answer covers; 0 for a query
+            // that gave no client address.
+            let scope = if s.source_prefix() == 0 { 0 } else { scope.unwrap_or(s.source_prefix()) };
             e.options_mut().insert(EdnsOption::Subnet(ClientSubnet::new(s.addr(), s.source_prefix(), scope)));
         }
         records

@@ -398,6 +398,24 @@ mod tests {
         assert_eq!(seen(&full).answers.iter().map(|a| a.2).collect::<BTreeSet<_>>(), want);
     }
 
+    /// A client subnet of prefix 0 (a client that asked for privacy) says
+    /// nothing of where it is: the resolver's own address steers, and the
+    /// answer's scope is 0 (RFC 7871 §7.1.2, §7.2.1), on both paths.
+    #[tokio::test]
+    async fn a_zero_length_client_subnet_is_steered_by_the_resolver_with_scope_zero() {
+        let (_dir, dns) = dns();
+        let q = query("shop.cdn.test.", RecordType::A, Some((1232, false, Some(("0.0.0.0", 0)))));
+        let tokyo_resolver: SocketAddr = "202.12.27.33:5300".parse().unwrap();
+        let mut out = Vec::new();
+        assert!(dns.answer_fast(&q, tokyo_resolver.ip(), &mut out));
+        let full = answer_full(&dns, &q, tokyo_resolver).await.unwrap();
+        for answer in [seen(&out), seen(&full)] {
+            let ips: Vec<IpAddr> = answer.answers.iter().map(|a| a.2).collect();
+            assert_eq!(ips, ["127.0.0.13".parse::<IpAddr>().unwrap()], "Tokyo's resolver gets sin");
+            assert_eq!(answer.edns.unwrap().3, Some(("0.0.0.0".parse().unwrap(), 0, 0)));
+        }
+    }
+
     /// On a dual-stack socket an IPv4 resolver's address comes mapped into
     /// IPv6; it is located as the IPv4 address it is, by both paths.
     #[tokio::test]

@@ -174,7 +174,9 @@ impl GeoDns {
         }
         let subnet = q.opt.and_then(|o| o.subnet);
         // A dual-stack socket gives IPv4 clients as `::ffff:a.b.c.d`.
-        let client = subnet.map_or(src.to_canonical(), |s| s.ip());
+        // A source prefix of 0 says nothing of the client (RFC 7871 §7.1.2):
+        // the packet's source steers.
+        let client = subnet.filter(|s| s.source > 0).map_or(src.to_canonical(), |s| s.ip());
         let (place, scope, bucket) = self.place(client);
         out.clear();
         // Header: the query's id, then QR and AA, with RD and CD copied.
@@ -202,7 +204,12 @@ impl GeoDns {
         let limit = match q.opt {
             Some(opt) => {
                 let payload = opt.payload.clamp(MIN_PAYLOAD, EDNS_PAYLOAD);
-                push_opt(out, payload, opt.dnssec_ok, subnet.map(|s| (s, scope.unwrap_or(s.source))));
+                push_opt(
+                    out,
+                    payload,
+                    opt.dnssec_ok,
+                    subnet.map(|s| (s, if s.source == 0 { 0 } else { scope.unwrap_or(s.source) })),
+                );
                 payload
             }
             None => MIN_PAYLOAD,

@@ -503,6 +503,25 @@ async fn bad_calls_get_401_401_400_and_change_nothing() {
         cdn.admin_call(Method::POST, "/v1/purge", r#"{"site": "shop", "all": true, "tags": ["a"]}"#).await;
     assert_eq!(two_targets.status, StatusCode::BAD_REQUEST);
     assert_eq!(cdn.admin_call(Method::GET, "/v1/sites", "").await.json(), serde_json::json!([]));
+    // PoP weights: what a broken script or a hostile caller sends.
+    let long_reason = format!(r#"{{"weight": 0, "reason": "{}"}}"#, "x".repeat(201));
+    for (body, error) in [
+        ("{not json", "invalid_json"),
+        (r#"{"weight": -1}"#, "invalid_json"),
+        (r#"{"weight": 256}"#, "invalid_json"),
+        (r#"{"weight": "0"}"#, "invalid_json"),
+        (r#"{"reason": "no weight"}"#, "invalid_json"),
+        (r#"{"weight": 101}"#, "invalid_pop"),
+        (long_reason.as_str(), "invalid_pop"),
+    ] {
+        let r = cdn.admin_call(Method::PUT, "/v1/pops/fra", body).await;
+        assert_eq!((r.status, r.json()["error"].as_str()), (StatusCode::BAD_REQUEST, Some(error)), "{body}");
+    }
+    let bad_name = cdn.admin_call(Method::PUT, "/v1/pops/fr%2Fa", r#"{"weight": 0}"#).await;
+    assert_eq!(bad_name.status, StatusCode::BAD_REQUEST);
+    let by_node = call(Method::PUT, &cdn.api("/v1/pops/fra"), Some(&node_token), None, r#"{"weight": 0}"#).await;
+    assert_eq!(by_node.status, StatusCode::UNAUTHORIZED, "a node cannot drain a PoP");
+    assert_eq!(cdn.admin_call(Method::GET, "/v1/pops", "").await.json(), serde_json::json!([]));
     let health = call(Method::GET, &cdn.api("/healthz"), None, None, "").await.json();
     assert_eq!(health["seq"], 0, "no event was logged");
     assert_eq!(cdn.admin_call(Method::GET, "/v1/nope", "").await.status, StatusCode::NOT_FOUND);

@@ -61,6 +61,7 @@ pub struct GeoDns {
 
 const QTYPES: [&str; 5] = ["A", "AAAA", "SOA", "NS", "other"];
 const RCODES: [&str; 6] = ["noerror", "nxdomain", "refused", "formerr", "notimp", "other"];
+/// Metric labels of [`Reason`], in its order.
 const REASONS: [&str; 4] = ["nearest", "country", "continent", "default"];
 
 /// Metric handles made once, so a query only increments them.

@@ -47,13 +47,6 @@ pub enum Reason {
     Default = 3,
 }
 
-impl Reason {
-    /// Its metrics label.
-    pub fn label(self) -> &'static str {
-        ["nearest", "country", "continent", "default"][self as usize]
-    }
-}
-
 /// PoP indices nearest first, by a location's coordinates as `f64` bits.
 type Rankings = std::collections::HashMap<(u64, u64), Arc<[usize]>>;
 
@@ -146,16 +139,6 @@ impl Steering {
         for p in pops.iter_mut() {
             p.weight = weights.get(&p.name).copied().unwrap_or(FULL_WEIGHT).min(FULL_WEIGHT);
         }
-    }
-
-    /// The PoP for a client and its edges (rotated per answer), with the
-    /// reason; see [`Steering::choose_with`].
-    pub fn choose(&self, place: Option<&Place>, bucket: u8) -> Option<(String, Vec<IpAddr>, Reason)> {
-        self.choose_with(place, bucket, |choice| {
-            let mut edges = choice.edges.to_vec();
-            edges.rotate_left(choice.first);
-            (choice.name.to_string(), edges, choice.reason)
-        })
     }
 
     /// Calls `f` with the PoP for a client, without copying its edges.
@@ -287,8 +270,7 @@ mod tests {
     }
 
     fn chosen(s: &Steering, place: Option<&Place>, bucket: u8) -> (String, Vec<IpAddr>) {
-        let (pop, edges, _) = s.choose(place, bucket).unwrap();
-        (pop, edges)
+        s.choose_with(place, bucket, |c| (c.name.to_string(), c.rotated().collect())).unwrap()
     }
 
     #[test]
@@ -325,7 +307,7 @@ mod tests {
         );
         s.set_edges("fra", Vec::new(), Vec::new());
         s.set_edges("sin", Vec::new(), Vec::new());
-        assert!(s.choose(Some(&london()), 0).is_none(), "no live edge at all");
+        assert!(s.choose_with(Some(&london()), 0, |_| ()).is_none(), "no live edge at all");
     }
 
     #[test]

@@ -237,6 +237,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Config { action: ConfigAction::Reference } => print!("{}", outpost_config::schema::reference()),
         Command::Up { config_dir, data_dir, ha } => {
             init_logging();
+            raise_file_limit();
             runtime()?.block_on(up::run(&config_dir, &data_dir, ha))?;
         }
         Command::Edge { config } => serve(&config, Role::Edge)?,
@@ -266,7 +267,22 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
 
 fn serve(config: &Path, role: Role) -> anyhow::Result<()> {
     init_logging();
+    raise_file_limit();
     runtime()?.block_on(roles::serve(config, role))
+}
+
+/// A server holds a descriptor per connection and per large cached body
+/// (their memfds): the soft limit goes up to the hard one, as far as the
+/// system lets an unprivileged process go.
+fn raise_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(error = %e, "could not raise the open-file limit");
+        }
+    }
 }
 
 async fn purge(req: &PurgeRequest, control: &[String], json: bool) -> anyhow::Result<()> {

@@ -33,6 +33,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
 use crate::h1::{Framing, Tracker};
+use crate::sendfile::{FileQueue, SendFile, is_stand_in};
 use crate::{Body, BoxError, Conn, Handler};
 
 /// What one connection's parts share.
@@ -106,12 +107,31 @@ impl ConnState {
     }
 }
 
-/// Marks head and write progress as bytes pass, and follows HTTP/1 framing.
+/// A connection's byte stream: cleartext TCP can also send from files.
+pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The socket, when bytes written to it reach the client as they are.
+    fn cleartext(&self) -> Option<&tokio::net::TcpStream> {
+        None
+    }
+}
+
+impl Transport for tokio::net::TcpStream {
+    fn cleartext(&self) -> Option<&tokio::net::TcpStream> {
+        Some(self)
+    }
+}
+
+impl Transport for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {}
+
+/// Marks head and write progress as bytes pass, follows HTTP/1 framing, and
+/// sends file ranges in place of their stand-ins ([`crate::sendfile`]).
 struct TrackedIo<S> {
     inner: S,
     state: Arc<ConnState>,
     tracker: Tracker,
     found: VecDeque<Framing>,
+    /// Set on cleartext connections.
+    files: Option<Arc<FileQueue>>,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for TrackedIo<S> {
@@ -140,6 +160,21 @@ impl<S: AsyncRead + Unpin> AsyncRead for TrackedIo<S> {
     }
 }
 
+impl<S: Transport> TrackedIo<S> {
+    /// Writes `bufs`, or, when stand-in bytes come first, the file range
+    /// they stand for; bytes before a stand-in go in a write of their own.
+    fn poll_write_parts(&mut self, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        let (Some(files), Some(tcp)) = (&self.files, self.inner.cleartext()) else {
+            return Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        };
+        match bufs.iter().position(|b| is_stand_in(b)) {
+            None => Pin::new(&mut self.inner).poll_write_vectored(cx, bufs),
+            Some(0) => files.poll_send(tcp, cx, bufs[0].len()),
+            Some(i) => FileQueue::poll_send_head(tcp, cx, &bufs[..i]),
+        }
+    }
+}
+
 impl<S: AsyncWrite + Unpin> TrackedIo<S> {
     /// Notes whether the client is taking what is written.
     fn wrote<T>(&self, r: &Poll<io::Result<T>>) {
@@ -153,9 +188,9 @@ impl<S: AsyncWrite + Unpin> TrackedIo<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedIo<S> {
+impl<S: Transport> AsyncWrite for TrackedIo<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        let r = self.poll_write_parts(cx, &[io::IoSlice::new(buf)]);
         self.wrote(&r);
         r
     }
@@ -172,7 +207,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedIo<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        let r = self.poll_write_parts(cx, bufs);
         self.wrote(&r);
         r
     }
@@ -211,6 +246,8 @@ impl HttpBody for Tracked {
 fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
+        // Body frames queued, never copied: `sendfile` relies on it.
+        .writev(true)
         .timer(TokioTimer::new())
         .header_read_timeout(None)
         .keep_alive(true)
@@ -271,20 +308,27 @@ pub(crate) async fn serve_connection<H, S>(
 ) -> Closed
 where
     H: Handler,
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Transport,
 {
     let mut tracker = Tracker::new((limits.max_header_bytes as usize).max(8192), limits.max_headers as usize);
     if h2 {
         tracker.stop();
     }
-    let io = TokioIo::new(TrackedIo { inner: stream, state: Arc::clone(&state), tracker, found: VecDeque::new() });
+    let files = stream.cleartext().map(|_| Arc::new(FileQueue::default()));
+    let sendfile = files.clone().map(SendFile::new);
+    let io =
+        TokioIo::new(TrackedIo { inner: stream, state: Arc::clone(&state), tracker, found: VecDeque::new(), files });
     let svc_state = Arc::clone(&state);
     let watcher = Arc::clone(&handler);
-    let service = service_fn(move |req: Request<Incoming>| {
+    let service = service_fn(move |mut req: Request<Incoming>| {
         let (handler, state) = (Arc::clone(&handler), Arc::clone(&svc_state));
         state.active.fetch_add(1, Ordering::AcqRel);
         state.head_started.store(0, Ordering::Release);
-        let framing = if req.version() < Version::HTTP_2 { state.next_framing() } else { Framing::Clean };
+        let h1 = req.version() < Version::HTTP_2;
+        let framing = if h1 { state.next_framing() } else { Framing::Clean };
+        if let (true, Some(s)) = (h1, &sendfile) {
+            req.extensions_mut().insert(s.clone());
+        }
         async move {
             let resp = match framing.refusal() {
                 None => handler.call(req, conn).await,

@@ -24,6 +24,7 @@ pub mod control;
 pub mod h1;
 pub mod metrics;
 pub mod multipart;
+pub mod sendfile;
 
 mod conn;
 mod server;

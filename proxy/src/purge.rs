@@ -238,7 +238,7 @@ mod tests {
     use crate::store::{BodyRef, Entry};
 
     fn object(url: &str, tags: &[&str], fetched_secs: u64) -> StoredObject {
-        let Entry::Object(o) = sample(BodyRef::Inline(bytes::Bytes::new())) else { unreachable!() };
+        let Entry::Object(o) = sample(BodyRef::Inline(bytes::Bytes::new().into())) else { unreachable!() };
         StoredObject {
             url: url.into(),
             tags: tags.iter().map(|t| t.to_string()).collect(),

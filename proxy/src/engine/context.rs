@@ -7,6 +7,7 @@ use std::sync::Arc;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response};
 use outpost_config::Site;
+use outpost_net::sendfile::SendFile;
 
 use super::respond::Body;
 use super::{Engine, Tier};
@@ -49,6 +50,8 @@ pub(crate) struct Ctx {
     pub(crate) uri: http::Uri,
     /// Received over TLS.
     pub(crate) secure: bool,
+    /// Stored bodies may be sent from their files (cleartext HTTP/1).
+    pub(crate) sendfile: Option<SendFile>,
 }
 
 impl Ctx {

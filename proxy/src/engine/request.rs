@@ -34,6 +34,7 @@ use crate::headers::CACHE_STATUS;
 use crate::host::{BadHost, RequestHost};
 use crate::key::{RequestKey, Scope, normalize_path, shape_query};
 use crate::observe::AccessRecord;
+use outpost_net::sendfile::SendFile;
 
 /// What the access log says of a request, taken before the request is
 /// consumed (only when the log is on).
@@ -106,7 +107,8 @@ fn prepare(engine: &Arc<Engine>, req: Request<Incoming>, client: Option<SocketAd
     if req.method() == Method::TRACE || req.method() == Method::CONNECT {
         return Err(Error::MethodNotAllowed.into());
     }
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    let sendfile = parts.extensions.remove::<SendFile>();
     let cx = Ctx {
         engine: Arc::clone(engine),
         site,
@@ -117,6 +119,7 @@ fn prepare(engine: &Arc<Engine>, req: Request<Incoming>, client: Option<SocketAd
         partitioned: engine.partitioned_for().map(|p| p.as_secs()),
         uri: parts.uri,
         secure,
+        sendfile,
     };
     Ok((cx, body))
 }

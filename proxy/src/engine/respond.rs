@@ -21,9 +21,10 @@ use crate::cache_status::{CacheStatus, Detail, Outcome};
 use crate::headers::{CACHE_STATUS, CDN_ONLY};
 use crate::key::Key;
 use crate::policy::is_hop_by_hop;
-use crate::store::{BodyRef, Store, StoredObject};
+use crate::store::{Blob, BodyRef, Piece, Store, StoredObject};
 use crate::upstream::BoxError;
 use hyper::body::Incoming;
+use outpost_net::sendfile::{MAX_RANGE, SendFile};
 
 pub(crate) type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
@@ -42,7 +43,7 @@ fn stream_body(s: impl Stream<Item = io::Result<Bytes>> + Send + 'static) -> Bod
 /// Where a response body comes from.
 #[derive(Debug)]
 pub(crate) enum BodySource {
-    Stored { store: Store, key: Key, body: BodyRef },
+    Stored { store: Store, key: Key, body: BodyRef, sendfile: Option<SendFile> },
     Flight { store: Store, flight: Arc<Flight>, head: Arc<SharedHead> },
 }
 
@@ -57,15 +58,28 @@ impl BodySource {
     fn range(&self, start: u64, end: Option<u64>) -> Body {
         match self {
             // An inline body is already in memory: a slice, no stream.
-            BodySource::Stored { body: BodyRef::Inline(b), .. } => {
+            BodySource::Stored { body: BodyRef::Inline(Blob::Heap(b)), .. } => {
                 let end = end.unwrap_or(b.len() as u64).min(b.len() as u64) as usize;
                 full(b.slice((start as usize).min(end)..end))
             }
-            BodySource::Stored { store, key, body } => {
-                stream_body(store.read(*key, body, start, end.unwrap_or(body.len())))
+            BodySource::Stored { store, key, body, sendfile } => {
+                let sendfile = sendfile.clone();
+                let pieces = store.pieces(*key, body, start, end.unwrap_or(body.len()));
+                stream_body(pieces.map(move |p| p.and_then(|p| piece_frame(p, sendfile.as_ref()))))
             }
             BodySource::Flight { store, flight, head } => stream_body(flight.body(store.clone(), head, start, end)),
         }
+    }
+}
+
+/// A body frame for a piece: a stand-in the connection sends from the
+/// piece's memfd when it can, the bytes themselves otherwise.
+fn piece_frame(p: Piece, sendfile: Option<&SendFile>) -> io::Result<Bytes> {
+    match (&p.blob, sendfile) {
+        (Blob::Sealed { file, .. }, Some(s)) if p.end - p.start <= MAX_RANGE => {
+            Ok(s.frame(file, p.start as u64, p.end.saturating_sub(p.start)))
+        }
+        _ => p.blob.read(p.start, p.end),
     }
 }
 
@@ -151,7 +165,8 @@ pub(crate) fn passed_response(cx: &Ctx, resp: Response<Incoming>, detail: Option
 pub(crate) fn serve_stored(cx: &Ctx, key: Key, obj: &StoredObject, status: CacheStatus) -> Answer {
     let status = CacheStatus { partitioned: cx.partitioned, ..status };
     let engine = &cx.engine;
-    let source = BodySource::Stored { store: engine.store.clone(), key, body: obj.body.clone() };
+    let source =
+        BodySource::Stored { store: engine.store.clone(), key, body: obj.body.clone(), sendfile: cx.sendfile.clone() };
     let header = status.header(&engine.node, None);
     let resp =
         object_response(&cx.site, &engine.rules, &cx.method, &cx.headers, obj, source, engine.clock.now(), header);
@@ -268,7 +283,9 @@ mod tests {
     use crate::store::entry::tests::sample;
 
     fn obj(headers: &[(&'static str, &'static str)]) -> StoredObject {
-        let Entry::Object(o) = sample(BodyRef::Inline(Bytes::from_static(b"0123456789"))) else { unreachable!() };
+        let Entry::Object(o) = sample(BodyRef::Inline(Bytes::from_static(b"0123456789").into())) else {
+            unreachable!()
+        };
         let mut o = (*o).clone();
         o.status = StatusCode::OK;
         for (k, v) in headers {

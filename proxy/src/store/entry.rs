@@ -15,6 +15,7 @@ use foyer::Code;
 use http::StatusCode;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
+use super::Blob;
 use crate::key::Key;
 use crate::policy::Timing;
 
@@ -26,7 +27,7 @@ pub(crate) const MAX_KNOWN_VARIANTS: usize = 64;
 /// Where an object's body lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BodyRef {
-    Inline(Bytes),
+    Inline(Blob),
     /// `len` bytes in chunks of `chunk_size` under [`crate::key::chunk_key`].
     Chunked {
         len: u64,
@@ -78,7 +79,7 @@ pub struct Variants {
 pub enum Entry {
     Object(Arc<StoredObject>),
     Variants(Arc<Variants>),
-    Chunk(Bytes),
+    Chunk(Blob),
     /// Written over a removed key. foyer does not cancel a disk write still
     /// queued when a key is removed, so a removal is an overwrite: the newer
     /// write wins in memory, on disk and after a restart.
@@ -138,6 +139,12 @@ impl<T: Write> W<'_, T> {
         let len = u32::try_from(b.len()).map_err(|_| bad("field too long"))?;
         self.u32(len)?;
         io(self.0.write_all(b))
+    }
+    /// Laid out as [`W::bytes`].
+    fn blob(&mut self, b: &Blob) -> foyer::Result<()> {
+        let len = u32::try_from(b.len()).map_err(|_| bad("field too long"))?;
+        self.u32(len)?;
+        io(b.write_to(self.0))
     }
 }
 
@@ -202,7 +209,7 @@ impl Code for Entry {
             Entry::Gone => w.u8(TAG_GONE),
             Entry::Chunk(b) => {
                 w.u8(TAG_CHUNK)?;
-                w.bytes(b)
+                w.blob(b)
             }
             Entry::Variants(v) => {
                 w.u8(TAG_VARIANTS)?;
@@ -239,7 +246,7 @@ impl Code for Entry {
                 match &o.body {
                     BodyRef::Inline(b) => {
                         w.u8(0)?;
-                        w.bytes(b)
+                        w.blob(b)
                     }
                     BodyRef::Chunked { len, chunk_size, generation } => {
                         w.u8(1)?;
@@ -258,7 +265,7 @@ impl Code for Entry {
             return Err(bad("unknown format version"));
         }
         match r.u8()? {
-            TAG_CHUNK => Ok(Entry::Chunk(Bytes::from(r.bytes()?))),
+            TAG_CHUNK => Ok(Entry::Chunk(Blob::keep(Bytes::from(r.bytes()?)))),
             TAG_GONE => Ok(Entry::Gone),
             TAG_VARIANTS => {
                 let n = r.count()?;
@@ -296,7 +303,7 @@ impl Code for Entry {
                     headers.append(name, value);
                 }
                 let body = match r.u8()? {
-                    0 => BodyRef::Inline(Bytes::from(r.bytes()?)),
+                    0 => BodyRef::Inline(Blob::keep(Bytes::from(r.bytes()?))),
                     1 => BodyRef::Chunked { len: r.u64()?, chunk_size: r.u32()?, generation: r.u64()? },
                     _ => return Err(bad("body kind")),
                 };
@@ -364,13 +371,15 @@ pub(crate) mod tests {
     #[test]
     fn every_kind_round_trips() {
         for e in [
-            sample(BodyRef::Inline(Bytes::from_static(b"hello"))),
+            sample(BodyRef::Inline(Bytes::from_static(b"hello").into())),
             sample(BodyRef::Chunked { len: 5 << 20, chunk_size: 1 << 20, generation: 42 }),
             Entry::Variants(Arc::new(Variants {
                 names: vec![HeaderName::from_static("accept")],
                 known: vec![1, u128::MAX],
             })),
-            Entry::Chunk(Bytes::from(vec![7u8; 1000])),
+            Entry::Chunk(Bytes::from(vec![7u8; 1000]).into()),
+            Entry::Chunk(Blob::keep(Bytes::from(vec![9u8; 300 << 10]))),
+            sample(BodyRef::Inline(Blob::keep(Bytes::from(vec![8u8; 200 << 10])))),
             Entry::Gone,
         ] {
             assert_eq!(round_trip(&e), e);
@@ -380,7 +389,7 @@ pub(crate) mod tests {
     #[test]
     fn corrupt_entries_are_errors_not_panics() {
         let mut buf = Vec::new();
-        sample(BodyRef::Inline(Bytes::from_static(b"hello"))).encode(&mut buf).unwrap();
+        sample(BodyRef::Inline(Bytes::from_static(b"hello").into())).encode(&mut buf).unwrap();
         for cut in 0..buf.len() {
             assert!(Entry::decode(&mut &buf[..cut]).is_err(), "truncated at {cut}");
         }

@@ -7,6 +7,7 @@
 //! ones as chunks of [`CHUNK_SIZE`] under derived keys, so a range request
 //! reads only the chunks it covers and a large body never sits in memory whole.
 
+mod blob;
 pub(crate) mod entry;
 
 use std::io;
@@ -22,6 +23,7 @@ use futures_util::Stream;
 use outpost_config::CacheStorage;
 
 use crate::key::{Key, chunk_key};
+pub(crate) use blob::Blob;
 pub(crate) use entry::{BodyRef, Entry, MAX_KNOWN_VARIANTS, StoredObject, Variants};
 
 /// Chunk size of large bodies and the largest inline body. 1 MiB keeps range
@@ -225,6 +227,19 @@ impl Store {
         start: u64,
         end: u64,
     ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+        use futures_util::StreamExt;
+        self.pieces(key, body, start, end).map(|p| p.and_then(|p| p.blob.read(p.start, p.end)))
+    }
+
+    /// Where the bytes `start..end` of an object's body are, chunk by
+    /// chunk: each the blob that holds them and the range within it.
+    pub fn pieces(
+        &self,
+        key: Key,
+        body: &BodyRef,
+        start: u64,
+        end: u64,
+    ) -> impl Stream<Item = io::Result<Piece>> + Send + 'static {
         let store = self.clone();
         let body = body.clone();
         let end = end.min(body.len());
@@ -236,20 +251,20 @@ impl Store {
                     return None;
                 }
                 match body {
-                    BodyRef::Inline(b) => Some((Ok(b.slice(pos as usize..end as usize)), end)),
+                    BodyRef::Inline(b) => Some((Ok(Piece { blob: b, start: pos as usize, end: end as usize }), end)),
                     BodyRef::Chunked { chunk_size, generation, .. } => {
                         let size = u64::from(chunk_size);
                         let index = (pos / size) as u32;
                         let chunk_start = u64::from(index) * size;
                         match store.get(chunk_key(key, generation, index)).await {
-                            Some(Entry::Chunk(data)) => {
+                            Some(Entry::Chunk(blob)) => {
                                 let from = (pos - chunk_start) as usize;
-                                let to = ((end - chunk_start) as usize).min(data.len());
+                                let to = ((end - chunk_start) as usize).min(blob.len());
                                 if from >= to {
                                     let e = io::Error::new(io::ErrorKind::UnexpectedEof, "cached chunk is short");
                                     return Some((Err(e), end));
                                 }
-                                Some((Ok(data.slice(from..to)), chunk_start + to as u64))
+                                Some((Ok(Piece { blob, start: from, end: to }), chunk_start + to as u64))
                             }
                             _ => {
                                 let e =
@@ -262,6 +277,14 @@ impl Store {
             }
         })
     }
+}
+
+/// Part of a body: the bytes `start..end` of `blob`.
+#[derive(Debug, Clone)]
+pub struct Piece {
+    pub blob: Blob,
+    pub start: usize,
+    pub end: usize,
 }
 
 pub(crate) fn chunk_count(len: u64, chunk_size: u32) -> u32 {
@@ -303,7 +326,7 @@ impl BodyWriter {
 
     fn flush_chunk(&mut self) {
         let chunk = self.buf.split().freeze();
-        self.store.insert(chunk_key(self.key, self.generation, self.index), Entry::Chunk(chunk));
+        self.store.insert(chunk_key(self.key, self.generation, self.index), Entry::Chunk(Blob::keep(chunk)));
         self.index += 1;
     }
 
@@ -328,7 +351,7 @@ impl BodyWriter {
     /// Ends the body: small bodies become inline, large ones get their last chunk.
     pub fn finish(mut self) -> BodyRef {
         if self.index == 0 {
-            return BodyRef::Inline(self.buf.split().freeze());
+            return BodyRef::Inline(Blob::keep(self.buf.split().freeze()));
         }
         if !self.buf.is_empty() {
             self.flush_chunk();

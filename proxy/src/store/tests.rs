@@ -29,7 +29,7 @@ fn pattern(len: usize) -> Vec<u8> {
 
 async fn battery(store: &Store) {
     // Insert, get, remove.
-    let e = sample(BodyRef::Inline(Bytes::from_static(b"inline body")));
+    let e = sample(BodyRef::Inline(Bytes::from_static(b"inline body").into()));
     store.insert(1, e.clone());
     assert_eq!(store.get(1).await, Some(e));
     store.remove(1);
@@ -39,7 +39,7 @@ async fn battery(store: &Store) {
     // A small body stays inline; a large one is chunked and reads back by range.
     let mut w = store.body_writer(2);
     w.push(b"small");
-    assert_eq!(w.finish(), BodyRef::Inline(Bytes::from_static(b"small")));
+    assert_eq!(w.finish(), BodyRef::Inline(Bytes::from_static(b"small").into()));
 
     let data = pattern(3 * CHUNK_SIZE + 12345);
     let mut w = store.body_writer(3);
@@ -61,7 +61,7 @@ async fn battery(store: &Store) {
     assert!(matches!(w.finish(), BodyRef::Inline(b) if b.len() == CHUNK_SIZE));
 
     // Removing the object removes its chunks: reading them is an error.
-    let obj = StoredObject { body: body.clone(), ..object_of(sample(BodyRef::Inline(Bytes::new()))) };
+    let obj = StoredObject { body: body.clone(), ..object_of(sample(BodyRef::Inline(Bytes::new().into()))) };
     store.insert(3, Entry::Object(Arc::new(obj.clone())));
     store.remove_object(3, &obj);
     assert_eq!(store.get(3).await, None);
@@ -104,7 +104,7 @@ async fn a_removal_wins_over_a_write_still_queued_for_disk() {
     let dir = tempfile::tempdir().unwrap();
     let store = hybrid_store(dir.path()).await;
     for k in 0..50u128 {
-        store.insert(k, Entry::Chunk(Bytes::from_static(b"x")));
+        store.insert(k, Entry::Chunk(Bytes::from_static(b"x").into()));
         store.remove(k);
     }
     for k in 0..50u128 {
@@ -123,8 +123,8 @@ async fn hybrid_survives_a_restart_and_removals_stay_removed() {
     let data = pattern(2 * CHUNK_SIZE + 77);
     let body = {
         let store = hybrid_store(dir.path()).await;
-        store.insert(10, sample(BodyRef::Inline(Bytes::from_static(b"kept"))));
-        store.insert(11, sample(BodyRef::Inline(Bytes::from_static(b"removed"))));
+        store.insert(10, sample(BodyRef::Inline(Bytes::from_static(b"kept").into())));
+        store.insert(11, sample(BodyRef::Inline(Bytes::from_static(b"removed").into())));
         let mut w = store.body_writer(12);
         w.push(&data);
         let body = w.finish();
@@ -132,7 +132,7 @@ async fn hybrid_survives_a_restart_and_removals_stay_removed() {
             12,
             Entry::Object(Arc::new(StoredObject {
                 body: body.clone(),
-                ..object_of(sample(BodyRef::Inline(Bytes::new())))
+                ..object_of(sample(BodyRef::Inline(Bytes::new().into())))
             })),
         );
         store.close().await;
@@ -144,7 +144,7 @@ async fn hybrid_survives_a_restart_and_removals_stay_removed() {
         body
     };
     let store = hybrid_store(dir.path()).await;
-    assert_eq!(store.get(10).await, Some(sample(BodyRef::Inline(Bytes::from_static(b"kept")))));
+    assert_eq!(store.get(10).await, Some(sample(BodyRef::Inline(Bytes::from_static(b"kept").into()))));
     assert_eq!(store.get(11).await, None, "the tombstone survived the restart");
     assert!(matches!(store.get(12).await, Some(Entry::Object(_))));
     assert_eq!(read_all(&store, 12, &body, 0, data.len() as u64).await, data);
@@ -157,12 +157,12 @@ async fn overwritten_values_recover_as_the_newest_after_a_restart() {
     {
         let store = hybrid_store(dir.path()).await;
         for k in 0..200u128 {
-            store.insert(k, Entry::Chunk(Bytes::from_static(b"old")));
+            store.insert(k, Entry::Chunk(Bytes::from_static(b"old").into()));
         }
         store.close().await;
         let store = hybrid_store(dir.path()).await;
         for k in 0..200u128 {
-            store.insert(k, Entry::Chunk(Bytes::from_static(b"new")));
+            store.insert(k, Entry::Chunk(Bytes::from_static(b"new").into()));
             if k % 2 == 0 {
                 store.remove(k);
             }
@@ -171,7 +171,7 @@ async fn overwritten_values_recover_as_the_newest_after_a_restart() {
     }
     let store = hybrid_store(dir.path()).await;
     for k in 0..200u128 {
-        let want = if k % 2 == 0 { None } else { Some(Entry::Chunk(Bytes::from_static(b"new"))) };
+        let want = if k % 2 == 0 { None } else { Some(Entry::Chunk(Bytes::from_static(b"new").into())) };
         assert_eq!(store.get(k).await, want, "key {k}");
     }
 }

@@ -7,5 +7,6 @@ mod harness;
 mod cache;
 mod control_link;
 mod differential;
+mod sendfile;
 mod serving;
 mod tls;

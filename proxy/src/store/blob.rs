@@ -1,0 +1,153 @@
+//! A stored body's bytes (an inline body, or one chunk of a large one).
+//!
+//! From [`SEALED_MIN`] bytes up they live in a sealed memfd rather than on
+//! the heap: the kernel sends them from its own pages to a cleartext client
+//! (`sendfile`, see `outpost_net::sendfile`), without the copy a write from
+//! user memory costs. Sealing makes the file unchangeable, so a range handed
+//! to the kernel is the bytes it will send, and a memfd freed while a send
+//! is in flight keeps its pages until the send is done.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use rustix::fs::{MemfdFlags, SealFlags};
+
+/// Smallest body kept in a memfd: below this a copy costs less than the
+/// extra system call and the file.
+pub(crate) const SEALED_MIN: usize = 64 << 10;
+
+#[derive(Clone)]
+pub enum Blob {
+    Heap(Bytes),
+    /// A sealed memfd holding exactly `len` bytes.
+    Sealed {
+        file: Arc<File>,
+        len: usize,
+    },
+}
+
+impl std::fmt::Debug for Blob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Blob::Heap(b) => f.debug_tuple("Heap").field(&b.len()).finish(),
+            Blob::Sealed { len, .. } => f.debug_tuple("Sealed").field(len).finish(),
+        }
+    }
+}
+
+impl From<Bytes> for Blob {
+    fn from(b: Bytes) -> Blob {
+        Blob::Heap(b)
+    }
+}
+
+/// Two blobs are equal when they hold the same bytes.
+impl PartialEq for Blob {
+    fn eq(&self, other: &Blob) -> bool {
+        self.len() == other.len()
+            && match (self.read(0, self.len()), other.read(0, other.len())) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => false,
+            }
+    }
+}
+
+impl Eq for Blob {}
+
+fn seal(data: &[u8]) -> io::Result<File> {
+    let fd = rustix::fs::memfd_create("outpost-body", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+    let mut file = File::from(fd);
+    file.write_all(data)?;
+    rustix::fs::fcntl_add_seals(&file, SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL)?;
+    Ok(file)
+}
+
+impl Blob {
+    /// Keeps `data` for the cache: in a sealed memfd when it is large
+    /// enough, on the heap otherwise (or when no memfd can be had, such as
+    /// when the process is out of file descriptors).
+    pub fn keep(data: Bytes) -> Blob {
+        if data.len() < SEALED_MIN {
+            return Blob::Heap(data);
+        }
+        match seal(&data) {
+            Ok(file) => Blob::Sealed { file: Arc::new(file), len: data.len() },
+            Err(e) => {
+                tracing::debug!(error = %e, "no memfd for a body; keeping it on the heap");
+                metrics::counter!("outpost_cache_memfd_failures_total").increment(1);
+                Blob::Heap(data)
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Blob::Heap(b) => b.len(),
+            Blob::Sealed { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes `start..end` (clamped to the blob) in memory.
+    pub fn read(&self, start: usize, end: usize) -> io::Result<Bytes> {
+        let end = end.min(self.len());
+        let start = start.min(end);
+        match self {
+            Blob::Heap(b) => Ok(b.slice(start..end)),
+            Blob::Sealed { file, .. } => {
+                let mut buf = BytesMut::zeroed(end - start);
+                file.read_exact_at(&mut buf, start as u64)?;
+                Ok(buf.freeze())
+            }
+        }
+    }
+
+    /// Writes every byte to `w` (encoding for the disk tier).
+    pub fn write_to(&self, w: &mut impl Write) -> io::Result<()> {
+        match self {
+            Blob::Heap(b) => w.write_all(b),
+            Blob::Sealed { file, len } => {
+                let mut buf = vec![0; (*len).min(256 << 10)];
+                let mut at = 0;
+                while at < *len {
+                    let n = buf.len().min(len - at);
+                    file.read_exact_at(&mut buf[..n], at as u64)?;
+                    w.write_all(&buf[..n])?;
+                    at += n;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_blobs_are_sealed_small_ones_are_not() {
+        let small = Blob::keep(Bytes::from(vec![1u8; SEALED_MIN - 1]));
+        assert!(matches!(small, Blob::Heap(_)));
+        let data: Vec<u8> = (0..SEALED_MIN * 2).map(|i| (i % 251) as u8).collect();
+        let large = Blob::keep(Bytes::from(data.clone()));
+        let Blob::Sealed { file, len } = &large else { panic!("a large blob is sealed: {large:?}") };
+        assert_eq!(*len, data.len());
+        assert_eq!(large.read(0, usize::MAX).unwrap(), data);
+        assert_eq!(large.read(100, 200).unwrap(), data[100..200]);
+        assert_eq!(large.read(5, 2).unwrap(), Bytes::new());
+        let mut out = Vec::new();
+        large.write_to(&mut out).unwrap();
+        assert_eq!(out, data);
+        assert_eq!(large, Blob::Heap(Bytes::from(data)));
+        // Sealed: neither writes nor a new size are allowed.
+        assert!(file.write_at(b"x", 0).is_err());
+        assert!(file.set_len(1).is_err());
+    }
+}

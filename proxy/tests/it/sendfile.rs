@@ -1,0 +1,204 @@
+//! Large hits sent by the kernel from the cache's memfds: the bytes a
+//! client gets are the origin's, whatever the framing (whole, ranges,
+//! several ranges, HEAD, pipelined, HTTP/2), and a client that stops
+//! reading is still cut off.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use http_body_util::{BodyExt, Empty};
+
+use crate::harness::*;
+
+/// One HTTP/1.1 response read off `r`: its head (lower-cased names) and body.
+fn read_response(r: &mut impl BufRead, head_only: bool) -> (String, Vec<(String, String)>, Vec<u8>) {
+    let mut status = String::new();
+    r.read_line(&mut status).unwrap();
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let (k, v) = line.split_once(':').unwrap();
+        headers.push((k.to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let len: usize = headers.iter().find(|(k, _)| k == "content-length").map_or(0, |(_, v)| v.parse().unwrap());
+    let mut body = vec![0; if head_only { 0 } else { len }];
+    r.read_exact(&mut body).unwrap();
+    (status.trim_end().to_string(), headers, body)
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
+    headers.iter().find(|(k, _)| k == name).map_or("", |(_, v)| v.as_str())
+}
+
+fn connect(addr: SocketAddr) -> (TcpStream, BufReader<TcpStream>) {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let r = BufReader::new(s.try_clone().unwrap());
+    (s, r)
+}
+
+/// The bytes `start..end` of the origin's body for `path`, of `len` bytes.
+fn origin_bytes(path: &str, len: usize) -> Vec<u8> {
+    outpost_load::content::bytes(outpost_load::content::seed(path, 0, &[]), 0, len)
+}
+
+fn sent_from_files(text: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with("outpost_sendfile_bytes_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0, |n| n.parse::<f64>().unwrap() as u64)
+}
+
+async fn metrics(edge: &Edge) -> String {
+    let m = send(Method::GET, &format!("http://{}/metrics", edge.admin), &[]).await;
+    String::from_utf8_lossy(&m.body).into_owned()
+}
+
+/// Reads the process's metrics, so it runs in a process of its own.
+#[test]
+fn large_hits_are_sent_from_files_byte_for_byte() {
+    in_own_process("sendfile::large_hits_are_sent_from_files_byte_for_byte", || {
+        outpost_net::metrics::install_prometheus();
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(large_hits());
+    });
+}
+
+async fn large_hits() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    let edge = Edge::start(dir.path(), &site_toml(origin.addr, DEFAULT_RULES)).await;
+    // One body inline (one memfd), one in chunks (a memfd each: the last
+    // is large enough for one too).
+    let objects = [("/one", 300 << 10), ("/chunks", (2 << 20) + 100_000)];
+    for (path, len) in objects {
+        let r = edge.get(&format!("{path}?size={len}&cc=max-age%3D600")).await;
+        assert_eq!(r.body.len(), len);
+        assert_origin_bytes(path, &r.body);
+    }
+    let before = sent_from_files(&metrics(&edge).await);
+    let addr = edge.addr;
+    let sent = tokio::task::spawn_blocking(move || {
+        let mut sent = 0;
+        for (path, len) in objects {
+            sent += check_framings(addr, path, len);
+        }
+        sent
+    })
+    .await
+    .unwrap();
+    let after = sent_from_files(&metrics(&edge).await);
+    assert_eq!(after - before, sent, "every hit body byte went out by sendfile");
+    assert_eq!(origin.count("/one").await + origin.count("/chunks").await, 2, "all hits");
+
+    // HTTP/2 writes its own frames: the same bytes, none from files.
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Empty<Bytes>>();
+    let url = format!("http://localhost:{}/chunks?size={}&cc=max-age%3D600", edge.addr.port(), objects[1].1);
+    // Its own key (the authority names another host): a miss, then a hit.
+    for want in ["miss", "hit"] {
+        let resp = client.request(http::Request::get(&url).body(Empty::new()).unwrap()).await.unwrap();
+        assert!(resp.headers()["cache-status"].to_str().unwrap().contains(want), "{:?}", resp.headers());
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.len(), objects[1].1);
+        assert_origin_bytes("/chunks", &body);
+    }
+    assert_eq!(sent_from_files(&metrics(&edge).await), after, "HTTP/2 sends no file ranges");
+}
+
+/// Whole, HEAD, one range across a chunk boundary, two ranges, and all of
+/// them pipelined on one connection; returns the body bytes asked for.
+fn check_framings(addr: SocketAddr, path: &str, len: usize) -> u64 {
+    let want = origin_bytes(path, len);
+    let target = format!("{path}?size={len}&cc=max-age%3D600");
+    let (a, b) = (len / 2 - 100, len / 2 + 100);
+    // Across the first chunk's end when there are chunks.
+    let (c, d) = (((1 << 20) - 10).min(len - 1000), len - 1);
+    let requests = [
+        format!("GET {target} HTTP/1.1\r\nHost: t.test\r\n\r\n"),
+        format!("HEAD {target} HTTP/1.1\r\nHost: t.test\r\n\r\n"),
+        format!("GET {target} HTTP/1.1\r\nHost: t.test\r\nRange: bytes={a}-{b}\r\n\r\n"),
+        format!("GET {target} HTTP/1.1\r\nHost: t.test\r\nRange: bytes=0-9,{c}-{d}\r\n\r\n"),
+        format!("GET {target} HTTP/1.1\r\nHost: t.test\r\n\r\n"),
+    ];
+    let (mut s, mut r) = connect(addr);
+    // Pipelined: every request in one write before any answer is read.
+    s.write_all(requests.concat().as_bytes()).unwrap();
+    let (status, h, body) = read_response(&mut r, false);
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(header(&h, "cache-status").contains("hit"), "{h:?}");
+    assert!(body == want, "{path}: the whole body differs from the origin's");
+    let (status, h, body) = read_response(&mut r, true);
+    assert_eq!((status.as_str(), header(&h, "content-length"), body.len()), ("HTTP/1.1 200 OK", &*len.to_string(), 0));
+    let (status, h, body) = read_response(&mut r, false);
+    assert_eq!(status, "HTTP/1.1 206 Partial Content");
+    assert_eq!(header(&h, "content-range"), format!("bytes {a}-{b}/{len}"));
+    assert!(body == want[a..=b], "{path}: the range differs");
+    let (status, h, body) = read_response(&mut r, false);
+    assert_eq!(status, "HTTP/1.1 206 Partial Content");
+    let boundary = header(&h, "content-type").split("boundary=").nth(1).unwrap().to_string();
+    let parts = multipart_parts(&body, &boundary);
+    assert_eq!(parts.len(), 2);
+    assert!(parts[0] == want[..10] && parts[1] == want[c..=d], "{path}: the ranges differ");
+    let (status, _, body) = read_response(&mut r, false);
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(body == want, "{path}: the body after the others differs");
+    (2 * len + (b - a + 1) + 10 + (d - c + 1)) as u64
+}
+
+/// The bodies of a `multipart/byteranges` payload.
+fn multipart_parts(body: &[u8], boundary: &str) -> Vec<Vec<u8>> {
+    let delimiter = format!("\r\n--{boundary}");
+    let text = [b"\r\n", body].concat();
+    let mut parts = Vec::new();
+    let mut rest = &text[..];
+    while let Some(at) = find(rest, delimiter.as_bytes()) {
+        rest = &rest[at + delimiter.len()..];
+        if rest.starts_with(b"--") {
+            break;
+        }
+        let start = find(rest, b"\r\n\r\n").unwrap() + 4;
+        let end = find(&rest[start..], delimiter.as_bytes()).unwrap();
+        parts.push(rest[start..start + end].to_vec());
+    }
+    parts
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_a_file_hit_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    let edge = Edge::start_with(
+        dir.path(),
+        &site_toml(origin.addr, DEFAULT_RULES),
+        "memory = \"64MiB\"\ndisk = \"128MiB\"",
+        "[limits]\nsend_timeout = \"1s\"\n",
+    )
+    .await;
+    let path = "/big?size=24MiB&cc=max-age%3D600";
+    assert_eq!(edge.get(path).await.body.len(), 24 << 20);
+    let request = format!("GET {path} HTTP/1.1\r\nHost: t.test\r\n\r\n");
+    let addr = edge.addr;
+    let got = tokio::task::spawn_blocking(move || {
+        outpost_load::raw::read_after_stall(addr, request.as_bytes(), Duration::from_secs(4)).unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(got < 20 << 20, "the stalled client was cut off, not sent 24 MiB ({got} bytes)");
+    // And the node goes on sending files to others.
+    let r = edge.get(path).await;
+    assert_eq!(r.body.len(), 24 << 20);
+    assert_origin_bytes("/big", &r.body);
+}

@@ -9,6 +9,9 @@ server: warm the cache, then run wrk (pinned to CPU 1) against the server
 interleaved: each round runs every server once, in a rotating order, so a
 noisy moment on the machine falls on all of them alike.
 
+--bare BIN adds the bare hyper server (load-tests/examples/bare_hyper.rs) to
+the 1 KiB runs: the floor of what a hyper-based server can do.
+
 --baseline BIN adds another Outpost build (say, the previous commit's) as
 "before", with the same configuration, to measure a change.
 """
@@ -26,7 +29,7 @@ import time
 import urllib.request
 
 ORIGIN = ("127.0.0.1", 19000)
-PORTS = {"outpost": 18080, "nginx": 18081, "varnish": 18082, "before": 18083}
+PORTS = {"outpost": 18080, "nginx": 18081, "varnish": 18082, "before": 18083, "hyper": 18084}
 HOST = "bench.test"
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -211,10 +214,19 @@ default_ttl = "1h"
     return nginx, edges
 
 
+SIZES = {"KiB": 1 << 10, "MiB": 1 << 20}
+
+
+def size_bytes(size):
+    return int(size[:-3]) * SIZES[size[-3:]]
+
+
 def main():
     ap = arguments()
-    ap.add_argument("--sizes", default="1KiB,100KiB")
+    ap.add_argument("--sizes", default="1KiB,100KiB,1MiB")
+    ap.add_argument("--conns", default="64,256", help="connection counts, each run for every size")
     ap.add_argument("--baseline", help="another outpost binary to run as 'before'")
+    ap.add_argument("--bare", help="the bare hyper server (1 KiB floor): target/release/examples/bare_hyper")
     args = ap.parse_args()
     if os.cpu_count() < 2:
         raise SystemExit("needs two CPUs: one for the server, one for wrk")
@@ -231,42 +243,53 @@ def main():
         servers["before"] = [args.baseline, "edge", "--config", edge_confs["before"]]
     env = dict(os.environ, RUST_LOG="warn")
     runs = {}
+    cases = [(size, int(c)) for size in args.sizes.split(",") for c in args.conns.split(",")]
     try:
-        for size in args.sizes.split(","):
+        for size, conns in cases:
             path = f"/bench/{size}?size={size}&cc=public,%20max-age%3D3600"
-            names = list(servers)
+            case = dict(servers)
+            if args.bare and size == "1KiB":
+                case["hyper"] = [args.bare, f"127.0.0.1:{PORTS['hyper']}", str(size_bytes(size))]
+            names = list(case)
             for round_no in range(args.repeats):
                 order = names[round_no % len(names):] + names[:round_no % len(names)]
                 for name in order:
-                    proc = start(name, servers[name], PORTS[name], env=env)
+                    proc = start(name, case[name], PORTS[name], env=env)
                     try:
                         url = f"http://127.0.0.1:{PORTS[name]}{path}"
                         for _ in range(3):
                             get(url)
                         before = cpu_seconds(proc.pid)
-                        reqs, rps, p50, p99 = wrk(url, args.duration, args.connections)
+                        reqs, rps, p50, p99 = wrk(url, args.duration, conns)
                         cpu = cpu_seconds(proc.pid) - before
-                        runs.setdefault((size, name), []).append((rps, p50, p99, reqs / cpu if cpu > 0 else float("nan")))
-                        print(f"{size:>7} {name:<8} round {round_no + 1}: {rps:>10.0f} req/s  p99 {p99:.3f} ms", flush=True)
+                        runs.setdefault((size, conns, name), []).append(
+                            (rps, p50, p99, reqs / cpu if cpu > 0 else float("nan")))
+                        print(f"{size:>7} c{conns:<4} {name:<8} round {round_no + 1}: {rps:>10.0f} req/s  p99 {p99:.3f} ms",
+                              flush=True)
                     finally:
                         stop(proc)
     finally:
         os.killpg(origin.pid, signal.SIGTERM)
         shutil.rmtree(work, ignore_errors=True)
-    results = {k: [statistics.median(r[i] for r in v) for i in range(4)] for k, v in runs.items()}
+    report(runs, cases)
 
+
+def report(runs, cases):
+    """Medians of the repeats, then Outpost's ratios to every other server."""
+    results = {k: [statistics.median(r[i] for r in v) for i in range(4)] for k, v in runs.items()}
     print()
-    print(f"{'size':>7} {'server':<8} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'req/CPU-s':>10}")
-    for (size, name), (rps, p50, p99, eff) in results.items():
-        print(f"{size:>7} {name:<8} {rps:>10.0f} {p50:>8.3f} {p99:>8.3f} {eff:>10.0f}")
+    print(f"{'size':>7} {'conns':>5} {'server':<8} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'req/CPU-s':>10}")
+    for (size, conns, name), (rps, p50, p99, eff) in results.items():
+        print(f"{size:>7} {conns:>5} {name:<8} {rps:>10.0f} {p50:>8.3f} {p99:>8.3f} {eff:>10.0f}")
     print()
-    for size in args.sizes.split(","):
-        o = results[(size, "outpost")]
-        for other in ("nginx", "varnish", "before"):
-            if (size, other) not in results:
+    for size, conns in cases:
+        o = results[(size, conns, "outpost")]
+        for other in ("nginx", "varnish", "hyper", "before"):
+            if (size, conns, other) not in results:
                 continue
-            x = results[(size, other)]
-            print(f"{size:>7} outpost/{other:<8} req/CPU-s {o[3] / x[3]:.2f}x   req/s {o[0] / x[0]:.2f}x   p99 {o[2] / x[2]:.2f}x (lower is better)")
+            x = results[(size, conns, other)]
+            print(f"{size:>7} c{conns:<4} outpost/{other:<8} req/CPU-s {o[3] / x[3]:.2f}x   req/s {o[0] / x[0]:.2f}x   "
+                  f"p99 {o[2] / x[2]:.2f}x (lower is better)")
 
 
 if __name__ == "__main__":

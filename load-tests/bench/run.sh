@@ -2,7 +2,7 @@
 # Cache-hit benchmark: the Outpost edge against nginx proxy_cache and Varnish,
 # in front of the same test origin, in one run. Installs what it needs.
 #
-#   load-tests/bench/run.sh [--duration 10] [--repeats 3] [--connections 64]
+#   load-tests/bench/run.sh [--duration 10] [--repeats 3] [--sizes 1KiB,100KiB,1MiB] [--conns 64,256]
 #
 # The server under test is pinned to CPU 0 and wrk to CPU 1. Every load is
 # bounded by --duration and stops by itself; all traffic stays on 127.0.0.1.
@@ -13,4 +13,5 @@ cd "$(dirname "$0")/../.."
 need nginx:nginx varnishd:varnish wrk:wrk
 
 cargo build --release --quiet
-exec python3 load-tests/bench/compare.py --outpost target/release/outpost "$@"
+cargo build --release --quiet -p outpost-load --example bare_hyper
+exec python3 load-tests/bench/compare.py --outpost target/release/outpost --bare target/release/examples/bare_hyper "$@"

@@ -170,7 +170,7 @@ impl<S: Transport> TrackedIo<S> {
         match bufs.iter().position(|b| is_stand_in(b)) {
             None => Pin::new(&mut self.inner).poll_write_vectored(cx, bufs),
             Some(0) => files.poll_send(tcp, cx, bufs[0].len()),
-            Some(i) => FileQueue::poll_send_head(tcp, cx, &bufs[..i]),
+            Some(i) => Pin::new(&mut self.inner).poll_write_vectored(cx, &bufs[..i]),
         }
     }
 }
@@ -243,16 +243,24 @@ impl HttpBody for Tracked {
     }
 }
 
+/// hyper's limit on request header fields when none is set.
+const HYPER_MAX_HEADERS: u32 = 100;
+
 fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
+    let mut h1 = b.http1();
+    h1
         // Body frames queued, never copied: `sendfile` relies on it.
         .writev(true)
         .timer(TokioTimer::new())
         .header_read_timeout(None)
         .keep_alive(true)
-        .max_buf_size((limits.max_header_bytes as usize).max(8192))
-        .max_headers(limits.max_headers as usize);
+        .max_buf_size((limits.max_header_bytes as usize).max(8192));
+    // hyper's own limit is 100 headers, kept on the stack uninitialised; a
+    // limit set explicitly costs filling an array of that size per request.
+    if limits.max_headers != HYPER_MAX_HEADERS {
+        h1.max_headers(limits.max_headers as usize);
+    }
     b.http2().timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32).max_concurrent_streams(256);
     b
 }

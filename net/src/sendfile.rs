@@ -88,28 +88,6 @@ fn out_of_step(what: &str) -> io::Error {
 }
 
 impl FileQueue {
-    /// Writes `bufs`, the bytes before a stand-in, telling the kernel more
-    /// follows (`MSG_MORE`): a response head leaves in the same segments as
-    /// the start of its body rather than in a packet of its own.
-    pub(crate) fn poll_send_head(
-        tcp: &TcpStream,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        use rustix::net::{SendAncillaryBuffer, SendFlags, sendmsg};
-        loop {
-            std::task::ready!(tcp.poll_write_ready(cx))?;
-            let sent = tcp.try_io(Interest::WRITABLE, || {
-                sendmsg(tcp, bufs, &mut SendAncillaryBuffer::default(), SendFlags::MORE | SendFlags::NOSIGNAL)
-                    .map_err(io::Error::from)
-            });
-            match sent {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                r => return Poll::Ready(r),
-            }
-        }
-    }
-
     /// Sends from the queue's head range the bytes a stand-in of `len`
     /// bytes at the head of a write stands for.
     pub(crate) fn poll_send(&self, tcp: &TcpStream, cx: &mut Context<'_>, len: usize) -> Poll<io::Result<usize>> {

@@ -175,6 +175,22 @@ async fn oversized_heads_are_refused() {
     let resp = tokio::task::spawn_blocking(move || raw(addr, many.as_bytes())).await.unwrap();
     assert!(resp.starts_with("HTTP/1.1 431"), "{resp:?}");
     assert_eq!(edge.get("/x").await.status, StatusCode::OK);
+
+    // The default limit, 100 fields, holds too: 100 go upstream (whatever
+    // the origin makes of them), 101 are refused at the edge.
+    let dir = tempfile::tempdir().unwrap();
+    let edge = Edge::limited(dir.path(), origin.addr, "").await;
+    for (fields, passed) in [(100, true), (101, false)] {
+        let mut head = String::from("GET /x HTTP/1.1\r\nHost: t.test\r\nConnection: close\r\n");
+        for i in 2..fields {
+            head.push_str(&format!("X-H{i}: v\r\n"));
+        }
+        head.push_str("\r\n");
+        let addr = edge.addr;
+        let resp = tokio::task::spawn_blocking(move || raw(addr, head.as_bytes())).await.unwrap();
+        let refused_here = resp.starts_with("HTTP/1.1 431") && !resp.contains("fwd=");
+        assert_eq!(!refused_here, passed, "{fields} fields: {resp:?}");
+    }
 }
 
 #[tokio::test]

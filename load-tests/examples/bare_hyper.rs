@@ -1,0 +1,36 @@
+//! The floor the cache-hit bench measures Outpost against: a hyper server
+//! that answers every request with the same body from memory, on one
+//! thread, and does nothing else.
+//!
+//!     bare_hyper ADDR SIZE_BYTES
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let (Some(addr), Some(size)) = (args.next(), args.next()) else {
+        return Err("usage: bare_hyper ADDR SIZE_BYTES".into());
+    };
+    let body = Bytes::from(vec![b'x'; size.parse()?]);
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&addr).await?;
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let _ = stream.set_nodelay(true);
+            let body = body.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |_req| {
+                    let body = body.clone();
+                    async move { Ok::<_, Infallible>(hyper::Response::new(Full::new(body))) }
+                });
+                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    })
+}

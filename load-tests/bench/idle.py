@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""Memory per idle keep-alive connection: the Outpost edge, nginx and
+Varnish, each holding the same number of idle client connections.
+
+For each server: start it (pinned to CPU 0), warm a 1 KiB object, read the
+resident memory of its whole process tree, open --idle connections that each
+make one cache hit and then stay open and idle, read the memory again, and
+report the difference per connection. Every connection is closed before the
+next server starts; all traffic stays on 127.0.0.1.
+"""
+import os
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compare import HOST, ORIGIN, PORTS, arguments, configs, get, start, start_origin, stop, tree  # noqa: E402
+
+PATH = "/bench/1KiB?size=1KiB&cc=public,%20max-age%3D3600"
+REQUEST = f"GET {PATH} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()
+
+
+def rss_bytes(pid):
+    total = 0
+    for p in tree(pid):
+        try:
+            for line in open(f"/proc/{p}/status"):
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+def read_response(sock):
+    """Reads one response with a Content-Length body; returns its status line."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise SystemExit("the server closed a connection")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head.split(b"\r\n")[0].decode()
+
+
+def hold_idle(port, n):
+    """n connections, each after one request answered."""
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(REQUEST)
+        status = read_response(s)
+        if " 200 " not in status + " ":
+            raise SystemExit(f"unexpected answer on port {port}: {status}")
+        socks.append(s)
+    return socks
+
+
+def main():
+    ap = arguments()
+    ap.add_argument("--idle", type=int, default=10000, help="idle connections held per server")
+    args = ap.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, args.idle + 1000)), hard))
+    work = tempfile.mkdtemp(prefix="outpost-idle-")
+    nginx_conf, edge_confs = configs(work)
+    # Room for every idle connection (the default cap is 10,000), and
+    # timeouts longer than the measurement.
+    open(edge_confs["outpost"], "a").write(
+        f"\n[limits]\nmax_connections = {args.idle * 2}\nidle_timeout = \"600s\"\n")
+    conf = open(nginx_conf).read().replace("worker_connections 4096;", f"worker_connections {args.idle * 2};")
+    open(nginx_conf, "w").write(conf)
+    origin = start_origin(args.outpost)
+    servers = {
+        "outpost": [args.outpost, "edge", "--config", edge_confs["outpost"]],
+        "nginx": ["nginx", "-c", nginx_conf, "-p", work, "-g", "daemon off; worker_rlimit_nofile 65536;"],
+        "varnish": ["varnishd", "-F", "-j", "none", "-n", os.path.join(work, "varnish"), "-a",
+                    f"127.0.0.1:{PORTS['varnish']}", "-b", f"{ORIGIN[0]}:{ORIGIN[1]}", "-s", "malloc,256m",
+                    "-p", "thread_pools=1", "-p", "timeout_idle=600"],
+    }
+    env = dict(os.environ, RUST_LOG="warn")
+    results = {}
+    try:
+        for round_no in range(args.repeats):
+            for name, cmd in servers.items():
+                proc = start(name, cmd, PORTS[name], env=env)
+                try:
+                    for _ in range(3):
+                        get(f"http://127.0.0.1:{PORTS[name]}{PATH}")
+                    time.sleep(0.5)
+                    before = rss_bytes(proc.pid)
+                    socks = hold_idle(PORTS[name], args.idle)
+                    time.sleep(1)
+                    after = rss_bytes(proc.pid)
+                    per = (after - before) / args.idle
+                    results.setdefault(name, []).append(per)
+                    print(f"{name:<8} round {round_no + 1}: {args.idle} idle connections, "
+                          f"{(after - before) / 2**20:.1f} MiB, {per:,.0f} bytes each", flush=True)
+                    for s in socks:
+                        s.close()
+                finally:
+                    stop(proc)
+    finally:
+        os.killpg(origin.pid, signal.SIGTERM)
+        shutil.rmtree(work, ignore_errors=True)
+    print()
+    med = {k: statistics.median(v) for k, v in results.items()}
+    for name, per in med.items():
+        print(f"{name:<8} {per:>10,.0f} bytes per idle connection (median of {len(results[name])})")
+    for other in ("nginx", "varnish"):
+        print(f"outpost/{other:<8} {med['outpost'] / med[other]:.2f}x (lower is better)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -193,11 +193,9 @@ def arguments(duration=10):
     return ap
 
 
-def configs(work):
-    nginx = nginx_conf(work, f"127.0.0.1:{PORTS['nginx']}",
-                       location_extra="      add_header Cache-Status $upstream_cache_status;")
-    site = os.path.join(work, "bench.site.toml")
-    open(site, "w").write(f"""
+def write_site(work):
+    """The bench site, which every edge node file names."""
+    open(os.path.join(work, "bench.site.toml"), "w").write(f"""
 [site]
 id = "bench"
 hosts = ["{HOST}"]
@@ -206,6 +204,12 @@ url = "http://{ORIGIN[0]}:{ORIGIN[1]}"
 [cache]
 default_ttl = "1h"
 """)
+
+
+def configs(work):
+    nginx = nginx_conf(work, f"127.0.0.1:{PORTS['nginx']}",
+                       location_extra="      add_header Cache-Status $upstream_cache_status;")
+    write_site(work)
     edges = {}
     for name in ("outpost", "before"):
         edges[name] = os.path.join(work, f"edge-{name}.toml")

@@ -2,7 +2,10 @@
 //! that answers every request with the same body from memory, on one
 //! thread, and does nothing else.
 //!
-//!     bare_hyper ADDR SIZE_BYTES
+//!     bare_hyper ADDR SIZE_BYTES [multi]
+//!
+//! `multi` runs it on tokio's multi-threaded runtime, as Outpost runs,
+//! instead of the single-threaded one.
 
 use std::convert::Infallible;
 
@@ -18,7 +21,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("usage: bare_hyper ADDR SIZE_BYTES".into());
     };
     let body = Bytes::from(vec![b'x'; size.parse()?]);
-    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async move {
+    let runtime = match args.next().as_deref() {
+        Some("multi") => tokio::runtime::Builder::new_multi_thread().enable_all().build()?,
+        _ => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+    };
+    runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&addr).await?;
         loop {
             let (stream, _) = listener.accept().await?;

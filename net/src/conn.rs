@@ -347,8 +347,7 @@ where
                 }
             };
             let (parts, body) = resp.into_parts();
-            let tracked: Body = http_body_util::BodyExt::boxed_unsync(Tracked { inner: body, state });
-            Ok::<_, std::convert::Infallible>(Response::from_parts(parts, tracked))
+            Ok::<_, std::convert::Infallible>(Response::from_parts(parts, Tracked { inner: body, state }))
         }
     });
     let builder = builder(&limits);

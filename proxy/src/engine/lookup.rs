@@ -113,7 +113,7 @@ fn serve(cx: &Ctx, found: Found, auth: bool, distrust: bool) -> Result<Answer, M
         _ => Freshness::Stale(obj.timing.age(now)),
     };
     let ttl = Some(obj.timing.ttl_seconds(now));
-    let answer = |outcome| serve_stored(cx, found.key, &obj, CacheStatus { ttl, ..CacheStatus::new(outcome) });
+    let answer = |outcome| serve_stored(cx, found.key, &obj, CacheStatus { ttl, ..CacheStatus::new(outcome) }, now);
     let held = engine.holds.held(found.key, now);
     match freshness {
         Freshness::Fresh(_) => Ok(answer(Outcome::Hit)),

@@ -162,14 +162,14 @@ pub(crate) fn passed_response(cx: &Ctx, resp: Response<Incoming>, detail: Option
 }
 
 /// A stored copy as the response.
-pub(crate) fn serve_stored(cx: &Ctx, key: Key, obj: &StoredObject, status: CacheStatus) -> Answer {
+/// `now` is the engine clock's time the request was judged at.
+pub(crate) fn serve_stored(cx: &Ctx, key: Key, obj: &StoredObject, status: CacheStatus, now: SystemTime) -> Answer {
     let status = CacheStatus { partitioned: cx.partitioned, ..status };
     let engine = &cx.engine;
     let source =
         BodySource::Stored { store: engine.store.clone(), key, body: obj.body.clone(), sendfile: cx.sendfile.clone() };
     let header = status.header(&engine.node, None);
-    let resp =
-        object_response(&cx.site, &engine.rules, &cx.method, &cx.headers, obj, source, engine.clock.now(), header);
+    let resp = object_response(&cx.site, &engine.rules, &cx.method, &cx.headers, obj, source, now, header);
     (resp, status)
 }
 

@@ -94,7 +94,8 @@ async fn answer(cx: &Ctx, miss: Miss, joined: Joined, distrust: bool) -> Option<
         Head::Shared(head) => shared(cx, miss.outcome, &joined, head),
         Head::Revalidated(obj, withheld) => {
             let obj = as_leader_sees(&obj, &withheld, collapsed);
-            let ttl = Some(obj.timing.ttl_seconds(cx.engine.clock.now()));
+            let now = cx.engine.clock.now();
+            let ttl = Some(obj.timing.ttl_seconds(now));
             let status = CacheStatus {
                 fwd_status: Some(304),
                 stored: true,
@@ -102,7 +103,7 @@ async fn answer(cx: &Ctx, miss: Miss, joined: Joined, distrust: bool) -> Option<
                 collapsed,
                 ..CacheStatus::new(Outcome::Revalidated)
             };
-            Some(serve_stored(cx, joined.flight.key, &obj, status))
+            Some(serve_stored(cx, joined.flight.key, &obj, status, now))
         }
         Head::Pass(why) => match joined.pass {
             Some(rx) => Some(match rx.await {
@@ -160,7 +161,8 @@ fn fail_over(cx: &Ctx, miss: Miss, error: Error, collapsed: bool, distrust: bool
             _ => None,
         };
         let ttl = Some(obj.timing.ttl_seconds(now));
-        return serve_stored(cx, key, &obj, CacheStatus { fwd_status, ttl, collapsed, ..CacheStatus::new(kind) });
+        let status = CacheStatus { fwd_status, ttl, collapsed, ..CacheStatus::new(kind) };
+        return serve_stored(cx, key, &obj, status, now);
     }
     let mut answer = failed(&cx.engine, error);
     answer.1.collapsed = collapsed;

@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""Disk-tier hits against memory-tier hits: the same Outpost build twice,
+once with a memory tier that holds the whole working set and once with one
+far too small for it (so hits come from the disk tier), and nginx
+proxy_cache (its cache files in the page cache) beside them, in one run.
+
+The working set is --objects objects of --size each; wrk (pinned to CPU 1)
+asks for them in a random order for --duration seconds, after every object
+was fetched once. Reports req/s, p99 and requests per CPU-second of the
+server (pinned to CPU 0), medians of interleaved repeats, and the ratios.
+"""
+import os
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compare import (arguments, cpu_seconds, edge_toml, get, nginx_conf, start, start_origin, stop,  # noqa: E402
+                     write_site, wrk)
+
+PORTS = {"memory": 18085, "disk": 18086, "nginx": 18081}
+
+
+def target(i, size):
+    return f"/set/{i}?size={size}&cc=public,%20max-age%3D3600"
+
+
+def configs(work, args):
+    write_site(work)
+    edges = {}
+    for name, memory in (("memory", "1GiB"), ("disk", args.memory)):
+        edges[name] = os.path.join(work, f"edge-{name}.toml")
+        open(edges[name], "w").write(edge_toml(f'http = ["127.0.0.1:{PORTS[name]}"]',
+                                               f'memory = "{memory}"\ndisk = "2GiB"\npath = "cache-{name}"'))
+    script = os.path.join(work, "set.lua")
+    open(script, "w").write(f"""
+math.randomseed(7)
+request = function()
+  return wrk.format("GET", "/set/" .. math.random(0, {args.objects - 1}) .. "?size={args.size}&cc=public,%20max-age%3D3600")
+end
+""")
+    return nginx_conf(work, f"127.0.0.1:{PORTS['nginx']}"), edges, script
+
+
+def main():
+    ap = arguments()
+    ap.add_argument("--objects", type=int, default=1000)
+    ap.add_argument("--size", default="100KiB")
+    ap.add_argument("--memory", default="8MiB", help="the small memory tier")
+    args = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="outpost-disk-")
+    nginx, edges, script = configs(work, args)
+    origin = start_origin(args.outpost)
+    servers = {
+        "memory": [args.outpost, "edge", "--config", edges["memory"]],
+        "disk": [args.outpost, "edge", "--config", edges["disk"]],
+        "nginx": ["nginx", "-c", nginx, "-p", work, "-g", "daemon off;"],
+    }
+    env = dict(os.environ, RUST_LOG="warn")
+    runs = {}
+    try:
+        names = list(servers)
+        for round_no in range(args.repeats):
+            for name in names[round_no % len(names):] + names[:round_no % len(names)]:
+                # A fresh cache each run: the disk edge's folder is reused, so
+                # its second start recovers what the first stored.
+                proc = start(name, servers[name], PORTS[name], env=env)
+                try:
+                    base = f"http://127.0.0.1:{PORTS[name]}"
+                    for i in range(args.objects):
+                        get(base + target(i, args.size))
+                    before = cpu_seconds(proc.pid)
+                    reqs, rps, _, p99 = wrk(base + "/", args.duration, args.connections, ["-s", script])
+                    cpu = cpu_seconds(proc.pid) - before
+                    runs.setdefault(name, []).append((rps, p99, reqs / cpu if cpu > 0 else float("nan")))
+                    print(f"{name:<7} round {round_no + 1}: {rps:>9.0f} req/s  p99 {p99:.3f} ms", flush=True)
+                finally:
+                    stop(proc)
+    finally:
+        os.killpg(origin.pid, signal.SIGTERM)
+        shutil.rmtree(work, ignore_errors=True)
+    med = {k: [statistics.median(r[i] for r in v) for i in range(3)] for k, v in runs.items()}
+    print()
+    print(f"{args.objects} objects of {args.size}; the disk edge's memory tier is {args.memory}")
+    print(f"{'server':<7} {'req/s':>9} {'p99 ms':>8} {'req/CPU-s':>10}")
+    for name, (rps, p99, eff) in med.items():
+        print(f"{name:<7} {rps:>9.0f} {p99:>8.3f} {eff:>10.0f}")
+    print()
+    print(f"disk/memory  req/CPU-s {med['disk'][2] / med['memory'][2]:.2f}x   p99 {med['disk'][1] / med['memory'][1]:.2f}x")
+    print(f"disk/nginx   req/CPU-s {med['disk'][2] / med['nginx'][2]:.2f}x   p99 {med['disk'][1] / med['nginx'][1]:.2f}x")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -41,6 +41,8 @@ use crate::{Body, BoxError, Conn, Handler};
 pub(crate) struct ConnState {
     /// The server's clock origin: every time below is in ms since it.
     base: Instant,
+    /// When the connection was accepted.
+    pub(crate) accepted: Instant,
     /// Requests being answered.
     active: AtomicUsize,
     /// When (+1; 0 = none) the request head being waited for was first
@@ -64,6 +66,7 @@ impl ConnState {
         let at = accepted.saturating_duration_since(base).as_millis() as u64;
         ConnState {
             base,
+            accepted,
             active: AtomicUsize::new(0),
             head_started: AtomicU64::new(at + 1),
             idle_since: AtomicU64::new(at),
@@ -132,6 +135,8 @@ struct TrackedIo<S> {
     found: VecDeque<Framing>,
     /// Set on cleartext connections.
     files: Option<Arc<FileQueue>>,
+    /// Told how long after accept the first response byte left.
+    first_byte: Option<Box<dyn FnOnce(Duration) + Send>>,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for TrackedIo<S> {
@@ -176,6 +181,17 @@ impl<S: Transport> TrackedIo<S> {
 }
 
 impl<S: AsyncWrite + Unpin> TrackedIo<S> {
+    /// Notes the connection's first response byte.
+    fn sent(&mut self, r: &Poll<io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = r
+            && *n > 0
+            && let Some(tell) = self.first_byte.take()
+        {
+            tell(self.state.accepted.elapsed());
+        }
+        self.wrote(r);
+    }
+
     /// Notes whether the client is taking what is written.
     fn wrote<T>(&self, r: &Poll<io::Result<T>>) {
         match r {
@@ -191,7 +207,7 @@ impl<S: AsyncWrite + Unpin> TrackedIo<S> {
 impl<S: Transport> AsyncWrite for TrackedIo<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let r = self.poll_write_parts(cx, &[io::IoSlice::new(buf)]);
-        self.wrote(&r);
+        self.sent(&r);
         r
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -208,7 +224,7 @@ impl<S: Transport> AsyncWrite for TrackedIo<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let r = self.poll_write_parts(cx, bufs);
-        self.wrote(&r);
+        self.sent(&r);
         r
     }
     fn is_write_vectored(&self) -> bool {
@@ -324,8 +340,16 @@ where
     }
     let files = stream.cleartext().map(|_| Arc::new(FileQueue::default()));
     let sendfile = files.clone().map(SendFile::new);
-    let io =
-        TokioIo::new(TrackedIo { inner: stream, state: Arc::clone(&state), tracker, found: VecDeque::new(), files });
+    let told = Arc::clone(&handler);
+    let first_byte: Box<dyn FnOnce(Duration) + Send> = Box::new(move |took| told.first_byte(conn.secure, took));
+    let io = TokioIo::new(TrackedIo {
+        inner: stream,
+        state: Arc::clone(&state),
+        tracker,
+        found: VecDeque::new(),
+        files,
+        first_byte: Some(first_byte),
+    });
     let svc_state = Arc::clone(&state);
     let watcher = Arc::clone(&handler);
     let service = service_fn(move |mut req: Request<Incoming>| {

@@ -82,8 +82,13 @@ pub trait Handler: Send + Sync + 'static {
     /// the server has answered `status` and closed the connection.
     fn unreadable(&self, _conn: Conn, _status: http::StatusCode) {}
 
-    /// A TLS handshake finished (`true`) or failed.
-    fn tls_handshake(&self, _ok: bool) {}
+    /// A TLS handshake finished (`true`) or failed, `took` after the
+    /// connection was accepted.
+    fn tls_handshake(&self, _ok: bool, _took: std::time::Duration) {}
+
+    /// A new connection's first response byte was written, `took` after
+    /// the connection was accepted (`secure`: over TLS).
+    fn first_byte(&self, _secure: bool, _took: std::time::Duration) {}
 }
 
 /// An error and its causes, as one line, for logs and messages.

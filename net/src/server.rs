@@ -179,17 +179,17 @@ impl<H: Handler> Server<H> {
         };
         match handshake {
             Ok(Ok(tls)) => {
-                handler.tls_handshake(true);
+                handler.tls_handshake(true, state.accepted.elapsed());
                 let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                 serve_connection(handler, tls, conn(peer, true), h2, state, limits, shutdown).await
             }
             Ok(Err(e)) => {
-                handler.tls_handshake(false);
+                handler.tls_handshake(false, state.accepted.elapsed());
                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
                 Closed::Ended
             }
             Err(_) => {
-                handler.tls_handshake(false);
+                handler.tls_handshake(false, state.accepted.elapsed());
                 tracing::debug!(%peer, "TLS handshake not finished in time");
                 Closed::HeaderTimeout
             }

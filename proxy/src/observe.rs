@@ -40,6 +40,11 @@ pub struct Metrics {
     purges: Counter,
     tls_ok: Counter,
     tls_failed: Counter,
+    /// From accept to a finished TLS handshake.
+    tls_seconds: Histogram,
+    /// From accept to a new connection's first response byte: cleartext,
+    /// TLS.
+    first_byte_seconds: [Histogram; 2],
     /// Requests answered, for the load the node reports.
     served: std::sync::Arc<std::sync::atomic::AtomicU64>,
     pub memory_bytes: Gauge,
@@ -71,6 +76,9 @@ impl Metrics {
             served: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
             tls_ok: counter!("outpost_tls_handshakes_total", "node" => node.clone(), "result" => "ok"),
             tls_failed: counter!("outpost_tls_handshakes_total", "node" => node.clone(), "result" => "failed"),
+            tls_seconds: histogram!("outpost_tls_handshake_duration_seconds", "node" => node.clone()),
+            first_byte_seconds: ["http", "https"]
+                .map(|s| histogram!("outpost_first_byte_seconds", "node" => node.clone(), "scheme" => s)),
             purges: counter!("outpost_purges_total", "node" => node.clone()),
             memory_bytes: gauge!("outpost_cache_memory_bytes", "node" => node.clone()),
             flights: gauge!("outpost_fetches_in_flight", "node" => node.clone()),
@@ -114,8 +122,17 @@ impl Metrics {
         self.purges.increment(1);
     }
 
-    pub fn tls_handshake(&self, ok: bool) {
-        if ok { &self.tls_ok } else { &self.tls_failed }.increment(1);
+    pub fn tls_handshake(&self, ok: bool, took: Duration) {
+        if ok {
+            self.tls_ok.increment(1);
+            self.tls_seconds.record(took.as_secs_f64());
+        } else {
+            self.tls_failed.increment(1);
+        }
+    }
+
+    pub fn first_byte(&self, secure: bool, took: Duration) {
+        self.first_byte_seconds[usize::from(secure)].record(took.as_secs_f64());
     }
 }
 

@@ -36,7 +36,11 @@ impl Handler for Engine {
         self.unreadable_request(Some(conn.peer), status);
     }
 
-    fn tls_handshake(&self, ok: bool) {
-        self.metrics.tls_handshake(ok);
+    fn tls_handshake(&self, ok: bool, took: std::time::Duration) {
+        self.metrics.tls_handshake(ok, took);
+    }
+
+    fn first_byte(&self, secure: bool, took: std::time::Duration) {
+        self.metrics.first_byte(secure, took);
     }
 }

@@ -411,3 +411,51 @@ async fn https_only_sites_send_plain_http_clients_to_https_with_308() {
     assert_eq!(status, StatusCode::OK);
     assert!(!body.is_empty());
 }
+
+/// The count of a histogram's samples whose labels include all of `labels`.
+fn histogram_count(text: &str, name: &str, labels: &[&str]) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}_count{{")) && labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Reads the process's metrics, so it runs in a process of its own.
+#[test]
+fn new_connections_time_their_handshake_and_first_byte() {
+    crate::harness::in_own_process("tls::new_connections_time_their_handshake_and_first_byte", || {
+        outpost_net::metrics::install_prometheus();
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(connection_timings());
+    });
+}
+
+async fn connection_timings() {
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = LocalCa::generate("test CA").unwrap();
+    let ca_pem = ca_file(&ca, dir.path());
+    issue(&ca, dir.path(), "a", &["a.test"]);
+    write_site(dir.path(), "a", &["a.test"], origin.addr, "");
+    let edge = tls_edge(dir.path(), &["a.toml"], "").await;
+    let render = outpost_net::metrics::render;
+    let node = "node=\"edge-tls\"";
+    assert_eq!(histogram_count(&render(), "outpost_tls_handshake_duration_seconds", &[node]), 0);
+
+    // Two TLS connections, one request each; one cleartext connection.
+    for _ in 0..2 {
+        let stream = connect(edge.https, "a.test", h2_h1(&ca_pem)).await.unwrap();
+        let (status, _, _) = Conn::open(stream).await.get("a.test", "/timed?size=100").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let plain = send(Method::GET, &format!("http://{}/timed?size=100", edge.http), &[("host", "a.test")]).await;
+    assert_eq!(plain.status, StatusCode::OK);
+    // A handshake that fails is counted, not timed.
+    let refused = connect(edge.https, "unknown.test", h2_h1(&ca_pem)).await;
+    assert!(refused.is_err());
+
+    let text = render();
+    assert_eq!(histogram_count(&text, "outpost_tls_handshake_duration_seconds", &[node]), 2, "{text}");
+    assert_eq!(histogram_count(&text, "outpost_first_byte_seconds", &[node, "scheme=\"https\""]), 2, "{text}");
+    assert_eq!(histogram_count(&text, "outpost_first_byte_seconds", &[node, "scheme=\"http\""]), 1, "{text}");
+    assert!(text.contains("outpost_tls_handshake_duration_seconds_bucket{"), "with buckets: {text}");
+}

@@ -19,12 +19,13 @@
 //! request); TLS and HTTP/2 write every byte themselves.
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::os::fd::AsFd;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use metrics::Counter;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
@@ -41,16 +42,23 @@ pub(crate) fn is_stand_in(buf: &[u8]) -> bool {
     !buf.is_empty() && at >= base && at < base + MAX_RANGE
 }
 
+/// A file whose ranges can be sent: held until its last range is sent.
+pub type SharedFile = Arc<dyn AsFd + Send + Sync>;
+
 /// A file range waiting to be sent.
-#[derive(Debug)]
 struct Pending {
-    file: Arc<File>,
+    file: SharedFile,
     offset: u64,
     left: usize,
 }
 
-/// The file ranges a connection has been handed, in body order.
-#[derive(Debug, Default)]
+/// Bytes sent from files, by every connection of the process.
+static SENT: LazyLock<Counter> = LazyLock::new(|| metrics::counter!("outpost_sendfile_bytes_total"));
+
+/// The file ranges a connection has been handed, in body order. Locked by
+/// the body when it makes a frame and by the writer when it sends, both on
+/// the connection's own task: never contended.
+#[derive(Default)]
 pub(crate) struct FileQueue {
     ranges: Mutex<VecDeque<Pending>>,
 }
@@ -73,13 +81,20 @@ impl SendFile {
     /// written. `len` is at most [`MAX_RANGE`] and the range must lie inside
     /// a file that does not change (a sealed memfd, a file renamed into
     /// place), or the client gets what the file holds when it is sent.
-    pub fn frame(&self, file: &Arc<File>, offset: u64, len: usize) -> Bytes {
+    pub fn frame(&self, file: &SharedFile, offset: u64, len: usize) -> Bytes {
         assert!(len <= MAX_RANGE, "a stand-in frame covers at most {MAX_RANGE} bytes");
         if len > 0 {
             let mut q = self.queue.ranges.lock().unwrap_or_else(|p| p.into_inner());
             q.push_back(Pending { file: Arc::clone(file), offset, left: len });
         }
         Bytes::from_static(&STAND_IN[..len])
+    }
+}
+
+impl std::fmt::Debug for FileQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let queued = self.ranges.lock().map_or(0, |q| q.len());
+        f.debug_struct("FileQueue").field("queued", &queued).finish()
     }
 }
 
@@ -91,42 +106,32 @@ impl FileQueue {
     /// Sends from the queue's head range the bytes a stand-in of `len`
     /// bytes at the head of a write stands for.
     pub(crate) fn poll_send(&self, tcp: &TcpStream, cx: &mut Context<'_>, len: usize) -> Poll<io::Result<usize>> {
-        let (file, offset, left) = {
-            let q = self.ranges.lock().unwrap_or_else(|p| p.into_inner());
-            match q.front() {
-                Some(p) => (Arc::clone(&p.file), p.offset, p.left),
-                None => return Poll::Ready(Err(out_of_step("nothing queued"))),
-            }
-        };
-        if left != len {
+        let mut q = self.ranges.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(p) = q.front_mut() else { return Poll::Ready(Err(out_of_step("nothing queued"))) };
+        if p.left != len {
             return Poll::Ready(Err(out_of_step("lengths differ")));
         }
-        loop {
+        let n = loop {
             std::task::ready!(tcp.poll_write_ready(cx))?;
-            let mut at = offset;
-            let sent = tcp.try_io(Interest::WRITABLE, || {
-                rustix::fs::sendfile(tcp, &*file, Some(&mut at), left).map_err(io::Error::from)
-            });
-            match sent {
+            let mut at = p.offset;
+            match tcp.try_io(Interest::WRITABLE, || {
+                rustix::fs::sendfile(tcp, &*p.file, Some(&mut at), p.left).map_err(io::Error::from)
+            }) {
                 Ok(0) => {
                     return Poll::Ready(Err(io::Error::new(io::ErrorKind::WriteZero, "file shorter than its range")));
                 }
-                Ok(n) => {
-                    let mut q = self.ranges.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Some(p) = q.front_mut() {
-                        p.offset += n as u64;
-                        p.left -= n;
-                        if p.left == 0 {
-                            q.pop_front();
-                        }
-                    }
-                    metrics::counter!("outpost_sendfile_bytes_total").increment(n as u64);
-                    return Poll::Ready(Ok(n));
-                }
+                Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Poll::Ready(Err(e)),
             }
+        };
+        p.offset += n as u64;
+        p.left -= n;
+        if p.left == 0 {
+            q.pop_front();
         }
+        SENT.increment(n as u64);
+        Poll::Ready(Ok(n))
     }
 }
 
@@ -137,7 +142,7 @@ mod tests {
     #[test]
     fn only_stand_in_frames_are_recognised() {
         let tx = SendFile::new(Arc::default());
-        let file = Arc::new(tempfile_with(b"0123456789"));
+        let file: SharedFile = Arc::new(tempfile_with(b"0123456789"));
         let frame = tx.frame(&file, 2, 5);
         assert_eq!(frame.len(), 5);
         assert!(is_stand_in(&frame));
@@ -151,10 +156,10 @@ mod tests {
         assert_eq!(tx.queue.ranges.lock().unwrap().len(), 1, "an empty frame queues nothing");
     }
 
-    fn tempfile_with(data: &[u8]) -> File {
+    fn tempfile_with(data: &[u8]) -> std::fs::File {
         use std::io::Write;
         let fd = rustix::fs::memfd_create("test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
-        let mut f = File::from(fd);
+        let mut f = std::fs::File::from(fd);
         f.write_all(data).unwrap();
         f
     }

@@ -24,7 +24,7 @@ use crate::policy::is_hop_by_hop;
 use crate::store::{Blob, BodyRef, Piece, Store, StoredObject};
 use crate::upstream::BoxError;
 use hyper::body::Incoming;
-use outpost_net::sendfile::{MAX_RANGE, SendFile};
+use outpost_net::sendfile::{MAX_RANGE, SendFile, SharedFile};
 
 pub(crate) type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
@@ -76,8 +76,9 @@ impl BodySource {
 /// piece's memfd when it can, the bytes themselves otherwise.
 fn piece_frame(p: Piece, sendfile: Option<&SendFile>) -> io::Result<Bytes> {
     match (&p.blob, sendfile) {
-        (Blob::Sealed { file, .. }, Some(s)) if p.end - p.start <= MAX_RANGE => {
-            Ok(s.frame(file, p.start as u64, p.end.saturating_sub(p.start)))
+        (Blob::Sealed(sealed), Some(s)) if p.end - p.start <= MAX_RANGE => {
+            let file: SharedFile = sealed.clone();
+            Ok(s.frame(&file, p.start as u64, p.end - p.start))
         }
         _ => p.blob.read(p.start, p.end),
     }

@@ -6,11 +6,17 @@
 //! user memory costs. Sealing makes the file unchangeable, so a range handed
 //! to the kernel is the bytes it will send, and a memfd freed while a send
 //! is in flight keeps its pages until the send is done.
+//!
+//! Each memfd is a file descriptor, and a server needs descriptors for its
+//! connections first: memfds live at most [`memfd_cap`] at once, and a body
+//! past that stays on the heap.
 
 use std::fs::File;
 use std::io::{self, Write};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 
 use bytes::{Bytes, BytesMut};
 use rustix::fs::{MemfdFlags, SealFlags};
@@ -19,21 +25,51 @@ use rustix::fs::{MemfdFlags, SealFlags};
 /// extra system call and the file.
 pub(crate) const SEALED_MIN: usize = 64 << 10;
 
+/// Memfds open now.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// How many memfds may be open at once: half the process's open-file limit
+/// (as it stands when the first body is kept), the rest for connections,
+/// listeners and the disk tier.
+fn memfd_cap() -> usize {
+    static CAP: LazyLock<usize> = LazyLock::new(|| {
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+        limit.map_or(usize::MAX, |n| usize::try_from(n / 2).unwrap_or(usize::MAX))
+    });
+    *CAP
+}
+
+/// A sealed memfd holding exactly `len` bytes; its slot under the cap is
+/// given back when the last holder drops it.
+#[derive(Debug)]
+pub struct Sealed {
+    file: File,
+    len: usize,
+}
+
+impl AsFd for Sealed {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+impl Drop for Sealed {
+    fn drop(&mut self) {
+        LIVE.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 #[derive(Clone)]
 pub enum Blob {
     Heap(Bytes),
-    /// A sealed memfd holding exactly `len` bytes.
-    Sealed {
-        file: Arc<File>,
-        len: usize,
-    },
+    Sealed(Arc<Sealed>),
 }
 
 impl std::fmt::Debug for Blob {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Blob::Heap(b) => f.debug_tuple("Heap").field(&b.len()).finish(),
-            Blob::Sealed { len, .. } => f.debug_tuple("Sealed").field(len).finish(),
+            Blob::Sealed(s) => f.debug_tuple("Sealed").field(&s.len).finish(),
         }
     }
 }
@@ -67,17 +103,27 @@ fn seal(data: &[u8]) -> io::Result<File> {
 
 impl Blob {
     /// Keeps `data` for the cache: in a sealed memfd when it is large
-    /// enough, on the heap otherwise (or when no memfd can be had, such as
-    /// when the process is out of file descriptors).
+    /// enough and the cap allows, on the heap otherwise (or when no memfd can
+    /// be had).
     pub fn keep(data: Bytes) -> Blob {
+        Blob::keep_within(data, memfd_cap())
+    }
+
+    fn keep_within(data: Bytes, cap: usize) -> Blob {
         if data.len() < SEALED_MIN {
             return Blob::Heap(data);
         }
+        if LIVE.fetch_add(1, Ordering::Relaxed) >= cap {
+            LIVE.fetch_sub(1, Ordering::Relaxed);
+            metrics::counter!("outpost_cache_memfd_fallbacks_total", "reason" => "cap").increment(1);
+            return Blob::Heap(data);
+        }
         match seal(&data) {
-            Ok(file) => Blob::Sealed { file: Arc::new(file), len: data.len() },
+            Ok(file) => Blob::Sealed(Arc::new(Sealed { file, len: data.len() })),
             Err(e) => {
+                LIVE.fetch_sub(1, Ordering::Relaxed);
                 tracing::debug!(error = %e, "no memfd for a body; keeping it on the heap");
-                metrics::counter!("outpost_cache_memfd_failures_total").increment(1);
+                metrics::counter!("outpost_cache_memfd_fallbacks_total", "reason" => "error").increment(1);
                 Blob::Heap(data)
             }
         }
@@ -86,7 +132,7 @@ impl Blob {
     pub fn len(&self) -> usize {
         match self {
             Blob::Heap(b) => b.len(),
-            Blob::Sealed { len, .. } => *len,
+            Blob::Sealed(s) => s.len,
         }
     }
 
@@ -100,9 +146,9 @@ impl Blob {
         let start = start.min(end);
         match self {
             Blob::Heap(b) => Ok(b.slice(start..end)),
-            Blob::Sealed { file, .. } => {
+            Blob::Sealed(s) => {
                 let mut buf = BytesMut::zeroed(end - start);
-                file.read_exact_at(&mut buf, start as u64)?;
+                s.file.read_exact_at(&mut buf, start as u64)?;
                 Ok(buf.freeze())
             }
         }
@@ -112,12 +158,13 @@ impl Blob {
     pub fn write_to(&self, w: &mut impl Write) -> io::Result<()> {
         match self {
             Blob::Heap(b) => w.write_all(b),
-            Blob::Sealed { file, len } => {
-                let mut buf = vec![0; (*len).min(256 << 10)];
+            Blob::Sealed(s) => {
+                let len = s.len;
+                let mut buf = vec![0; len.min(256 << 10)];
                 let mut at = 0;
-                while at < *len {
+                while at < len {
                     let n = buf.len().min(len - at);
-                    file.read_exact_at(&mut buf[..n], at as u64)?;
+                    s.file.read_exact_at(&mut buf[..n], at as u64)?;
                     w.write_all(&buf[..n])?;
                     at += n;
                 }
@@ -137,8 +184,8 @@ mod tests {
         assert!(matches!(small, Blob::Heap(_)));
         let data: Vec<u8> = (0..SEALED_MIN * 2).map(|i| (i % 251) as u8).collect();
         let large = Blob::keep(Bytes::from(data.clone()));
-        let Blob::Sealed { file, len } = &large else { panic!("a large blob is sealed: {large:?}") };
-        assert_eq!(*len, data.len());
+        let Blob::Sealed(sealed) = &large else { panic!("a large blob is sealed: {large:?}") };
+        assert_eq!(sealed.len, data.len());
         assert_eq!(large.read(0, usize::MAX).unwrap(), data);
         assert_eq!(large.read(100, 200).unwrap(), data[100..200]);
         assert_eq!(large.read(5, 2).unwrap(), Bytes::new());
@@ -147,7 +194,16 @@ mod tests {
         assert_eq!(out, data);
         assert_eq!(large, Blob::Heap(Bytes::from(data)));
         // Sealed: neither writes nor a new size are allowed.
-        assert!(file.write_at(b"x", 0).is_err());
-        assert!(file.set_len(1).is_err());
+        assert!(sealed.file.write_at(b"x", 0).is_err());
+        assert!(sealed.file.set_len(1).is_err());
+    }
+
+    #[test]
+    fn past_the_cap_large_blobs_stay_on_the_heap() {
+        let data = Bytes::from(vec![3u8; SEALED_MIN]);
+        assert!(matches!(Blob::keep_within(data.clone(), 0), Blob::Heap(_)));
+        assert!(matches!(Blob::keep_within(data.clone(), usize::MAX), Blob::Sealed(_)));
+        let cap = memfd_cap();
+        assert!((1..usize::MAX).contains(&cap), "half a finite open-file limit: {cap}");
     }
 }

@@ -177,7 +177,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_stops_reading_a_file_hit_is_cut_off() {
+async fn a_client_that_stops_reading_or_hangs_up_on_a_file_hit_is_cut_off() {
     let dir = tempfile::tempdir().unwrap();
     let origin = Origin::start().await;
     let edge = Edge::start_with(
@@ -197,6 +197,17 @@ async fn a_client_that_stops_reading_a_file_hit_is_cut_off() {
     .await
     .unwrap();
     assert!(got < 20 << 20, "the stalled client was cut off, not sent 24 MiB ({got} bytes)");
+    // A client that hangs up mid-body (unread bytes: a reset) ends only
+    // its own send.
+    let addr = edge.addr;
+    tokio::task::spawn_blocking(move || {
+        let (mut s, mut r) = connect(addr);
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t.test\r\n\r\n").as_bytes()).unwrap();
+        let mut some = vec![0; 64 << 10];
+        std::io::Read::read_exact(&mut r, &mut some).unwrap();
+    })
+    .await
+    .unwrap();
     // And the node goes on sending files to others.
     let r = edge.get(path).await;
     assert_eq!(r.body.len(), 24 << 20);

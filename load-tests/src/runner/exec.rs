@@ -21,17 +21,18 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http::{HeaderName, HeaderValue, Request};
 use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::metrics::{Second, Summary, new_histogram};
+use super::dial::{self, Conn, Tls};
+use super::metrics::{Second, Summary, Timings, new_histogram};
 use super::scenario::{Action, Check, Executor, Picker, Scenario};
 
 /// What one VU (or one arrival) measured since the collector last looked.
 #[derive(Debug)]
 struct Tally {
     latency: Histogram<u64>,
+    timings: Timings,
     reqs: u64,
     failed: u64,
     hits: u64,
@@ -39,15 +40,31 @@ struct Tally {
     checks: Vec<(u64, u64)>,
 }
 
+fn record(h: &mut Histogram<u64>, d: Duration) {
+    let _ = h.record((d.as_micros() as u64).max(1));
+}
+
 impl Tally {
     fn new(checks: usize) -> Tally {
-        Tally { latency: new_histogram(), reqs: 0, failed: 0, hits: 0, bytes: 0, checks: vec![(0, 0); checks] }
+        Tally {
+            latency: new_histogram(),
+            timings: Timings::new(),
+            reqs: 0,
+            failed: 0,
+            hits: 0,
+            bytes: 0,
+            checks: vec![(0, 0); checks],
+        }
     }
 
     /// Adds `other`'s figures to these and zeroes `other`.
     fn absorb(&mut self, other: &mut Tally) {
         let _ = self.latency.add(&other.latency);
         other.latency.reset();
+        for (mine, theirs) in self.timings.each().into_iter().zip(other.timings.each()) {
+            let _ = mine.add(&*theirs);
+            theirs.reset();
+        }
         self.reqs += std::mem::take(&mut other.reqs);
         self.failed += std::mem::take(&mut other.failed);
         self.hits += std::mem::take(&mut other.hits);
@@ -69,6 +86,10 @@ struct Plan {
     headers: Vec<(HeaderName, HeaderValue)>,
     checks: Vec<Check>,
     sizes: Vec<String>,
+    /// Set for `https://` targets.
+    tls: Option<Tls>,
+    /// A new connection for every request.
+    fresh: bool,
 }
 
 /// Is the response a hit at the cache nearest the client (the last member
@@ -80,29 +101,28 @@ pub fn is_edge_hit(cache_status: Option<&HeaderValue>) -> bool {
         .is_some_and(|last| last.split(';').skip(1).any(|p| p.trim() == "hit"))
 }
 
-struct Conn {
-    send: SendRequest<Empty<Bytes>>,
-}
-
 /// An idle VU of the open model: its connection, target, object picker and
 /// statistics.
 type Vu = (Option<Conn>, usize, Picker, Arc<Mutex<Tally>>);
 
 async fn connect(addr: SocketAddr) -> Option<Conn> {
-    let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await.ok()?.ok()?;
-    let _ = stream.set_nodelay(true);
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
-    tokio::spawn(conn);
-    Some(Conn { send })
+    dial::connect(addr, None).await.map(|(c, _)| c)
 }
 
 impl Plan {
     fn new(s: &Scenario) -> Result<Plan, String> {
         let mut targets = Vec::new();
+        let mut schemes = Vec::new();
         for u in &s.target.urls {
             let uri: http::Uri = u.parse().map_err(|e| format!("target url `{u}`: {e}"))?;
             let authority = uri.authority().ok_or_else(|| format!("target url `{u}` has no host"))?;
-            let port = authority.port_u16().unwrap_or(80);
+            let https = match uri.scheme_str() {
+                Some("https") => true,
+                Some("http") | None => false,
+                Some(other) => return Err(format!("target url `{u}`: no scheme `{other}` (http or https)")),
+            };
+            schemes.push(https);
+            let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
             let addr: SocketAddr = format!("{}:{port}", authority.host().trim_matches(['[', ']']))
                 .parse()
                 .map_err(|_| format!("target url `{u}`: the host must be an IP address"))?;
@@ -120,15 +140,49 @@ impl Plan {
         if let Some(r) = &s.requests.range {
             headers.push((http::header::RANGE, HeaderValue::from_str(r).map_err(|e| e.to_string())?));
         }
+        let tls = match (schemes.iter().any(|&h| h), schemes.iter().all(|&h| h)) {
+            (false, _) => None,
+            (true, false) => return Err("target urls: all https or all http, not a mix".into()),
+            (true, true) => {
+                let t = &s.target;
+                let from_url = targets.first().map(|(a, _): &(SocketAddr, _)| a.ip().to_string());
+                let name = t
+                    .server_name
+                    .clone()
+                    .or_else(|| t.host.as_deref().map(|h| h.rsplit_once(':').map_or(h, |(n, _)| n).to_string()))
+                    .or(from_url)
+                    .unwrap_or_default();
+                Some(Tls::new(&name, t.ca.as_deref(), t.insecure_skip_tls_verify)?)
+            }
+        };
+        if s.target.no_connection_reuse {
+            headers.push((http::header::CONNECTION, HeaderValue::from_static("close")));
+        }
         let path = s.requests.path.replace("{run}", &run_id());
-        Ok(Plan { targets, host, path, headers, checks: s.checks.clone(), sizes: s.requests.sizes.clone() })
+        Ok(Plan {
+            targets,
+            host,
+            path,
+            headers,
+            checks: s.checks.clone(),
+            sizes: s.requests.sizes.clone(),
+            tls,
+            fresh: s.target.no_connection_reuse,
+        })
     }
 
     /// One request on `conn` (reopened if it broke), recorded in `tally`.
     async fn send(&self, conn: &mut Option<Conn>, target: usize, picker: &mut Picker, tally: &Mutex<Tally>) {
         let (addr, authority) = &self.targets[target];
+        if self.fresh {
+            *conn = None;
+        }
+        let mut opened = None;
         if conn.as_ref().is_none_or(|c| c.send.is_closed()) {
-            *conn = connect(*addr).await;
+            *conn = dial::connect(*addr, self.tls.as_ref()).await.map(|(c, o)| {
+                opened = Some(o);
+                c
+            });
         }
         let n = picker.pick();
         let mut path = self.path.replace("{n}", &n.to_string());
@@ -159,6 +213,7 @@ impl Plan {
             }
             return;
         };
+        let head = Instant::now();
         let (parts, body) = resp.into_parts();
         let bytes = match body.collect().await {
             Ok(b) => b.to_bytes().len() as u64,
@@ -173,6 +228,17 @@ impl Plan {
         let t = &mut *t;
         t.reqs += 1;
         let _ = t.latency.record(took.max(1));
+        record(&mut t.timings.waiting, head - started);
+        match opened {
+            Some(o) => {
+                record(&mut t.timings.connecting, o.connecting);
+                if let Some(tls) = o.tls_handshaking {
+                    record(&mut t.timings.tls_handshaking, tls);
+                }
+                record(&mut t.timings.first_byte, head - o.at);
+            }
+            None => record(&mut t.timings.first_byte, head - started),
+        }
         let broken = bytes == u64::MAX;
         t.failed += u64::from(broken || parts.status.as_u16() >= 400);
         t.hits += u64::from(hit);
@@ -399,6 +465,7 @@ pub async fn run(s: &Scenario, on_second: &(dyn Fn(&Second, Duration) + Sync)) -
         checks,
         origin_requests,
         latency: total.latency,
+        timings: total.timings,
         series,
         actions: action_results,
     })

@@ -11,6 +11,41 @@ pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| unreachable!("valid histogram bounds"))
 }
 
+/// The parts of a request's time besides its whole duration.
+#[derive(Debug, Clone)]
+pub struct Timings {
+    /// Opening the TCP connection, for requests that opened one.
+    pub connecting: Histogram<u64>,
+    /// The TLS handshake, for requests that opened a TLS connection.
+    pub tls_handshaking: Histogram<u64>,
+    /// From sending the request to the response head.
+    pub waiting: Histogram<u64>,
+    /// To the response head from the start of the connection when the
+    /// request opened one, else from sending: what a visitor waits for.
+    pub first_byte: Histogram<u64>,
+}
+
+impl Timings {
+    pub fn new() -> Timings {
+        Timings {
+            connecting: new_histogram(),
+            tls_handshaking: new_histogram(),
+            waiting: new_histogram(),
+            first_byte: new_histogram(),
+        }
+    }
+
+    pub(super) fn each(&mut self) -> [&mut Histogram<u64>; 4] {
+        [&mut self.connecting, &mut self.tls_handshaking, &mut self.waiting, &mut self.first_byte]
+    }
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings::new()
+    }
+}
+
 /// One second of the run, for the charts.
 #[derive(Debug, Clone, Serialize)]
 pub struct Second {
@@ -38,6 +73,7 @@ pub struct Summary {
     pub checks: Vec<(String, u64, u64)>,
     pub origin_requests: Option<u64>,
     pub latency: Histogram<u64>,
+    pub timings: Timings,
     pub series: Vec<Second>,
     /// Per action: name, requests answered below 400, requests failed.
     pub actions: Vec<(String, u64, u64)>,
@@ -52,6 +88,18 @@ impl Summary {
         self.latency.value_at_quantile(q) as f64 / 1000.0
     }
 
+    /// The durations a trend metric names, in microseconds.
+    pub fn trend(&self, metric: &str) -> Option<&Histogram<u64>> {
+        match metric {
+            "http_req_duration" => Some(&self.latency),
+            "http_req_connecting" => Some(&self.timings.connecting),
+            "http_req_tls_handshaking" => Some(&self.timings.tls_handshaking),
+            "http_req_waiting" => Some(&self.timings.waiting),
+            "http_req_first_byte" => Some(&self.timings.first_byte),
+            _ => None,
+        }
+    }
+
     pub fn checks_passed(&self) -> (u64, u64) {
         self.checks.iter().fold((0, 0), |(p, f), c| (p + c.1, f + c.2))
     }
@@ -59,12 +107,18 @@ impl Summary {
     /// The value of `metric` under `agg`, if the run has it.
     fn value(&self, metric: &str, agg: Agg) -> Option<f64> {
         let secs = self.elapsed.as_secs_f64().max(1e-9);
+        if let Some(h) = self.trend(metric) {
+            let ms = |us: f64| us / 1000.0;
+            return match agg {
+                Agg::Avg => Some(ms(h.mean())),
+                Agg::Min => Some(ms(h.min() as f64)),
+                Agg::Max => Some(ms(h.max() as f64)),
+                Agg::Med => Some(ms(h.value_at_quantile(0.5) as f64)),
+                Agg::P(p) => Some(ms(h.value_at_quantile(p / 100.0) as f64)),
+                Agg::Rate | Agg::Count => None,
+            };
+        }
         match (metric, agg) {
-            ("http_req_duration", Agg::Avg) => Some(self.latency.mean() / 1000.0),
-            ("http_req_duration", Agg::Min) => Some(self.latency.min() as f64 / 1000.0),
-            ("http_req_duration", Agg::Max) => Some(self.latency.max() as f64 / 1000.0),
-            ("http_req_duration", Agg::Med) => Some(self.ms(0.5)),
-            ("http_req_duration", Agg::P(p)) => Some(self.ms(p / 100.0)),
             ("http_req_failed", Agg::Rate) => Some(ratio(self.failed, self.reqs)),
             ("cache_hit_ratio", Agg::Rate) => Some(ratio(self.hits, self.reqs)),
             ("checks", Agg::Rate) => {
@@ -111,8 +165,16 @@ pub struct Threshold {
     value: f64,
 }
 
-const METRICS: [&str; 8] = [
+/// The parts of a request's time, as metrics in milliseconds.
+pub const TIMINGS: [&str; 4] =
+    ["http_req_connecting", "http_req_tls_handshaking", "http_req_waiting", "http_req_first_byte"];
+
+const METRICS: [&str; 12] = [
     "http_req_duration",
+    "http_req_connecting",
+    "http_req_tls_handshaking",
+    "http_req_waiting",
+    "http_req_first_byte",
     "http_req_failed",
     "cache_hit_ratio",
     "checks",
@@ -159,7 +221,7 @@ impl Threshold {
             }
             _ => return Err(bad()),
         };
-        let value = if metric == "http_req_duration" {
+        let value = if metric == "http_req_duration" || TIMINGS.contains(&metric) {
             let (num, scale) = if let Some(v) = value.strip_suffix("ms") {
                 (v, 1.0)
             } else if let Some(v) = value.strip_suffix("us") {
@@ -186,6 +248,7 @@ impl Threshold {
             checks: Vec::new(),
             origin_requests: Some(0),
             latency: new_histogram(),
+            timings: Timings::new(),
             series: Vec::new(),
             actions: Vec::new(),
         };
@@ -219,6 +282,8 @@ mod tests {
         for us in [1_000u64, 2_000, 3_000, 50_000] {
             latency.record(us).unwrap();
         }
+        let mut timings = Timings::new();
+        timings.first_byte.record(4_000).unwrap();
         let s = Summary {
             elapsed: Duration::from_secs(2),
             reqs: 4,
@@ -230,6 +295,7 @@ mod tests {
             checks: vec![("ok".into(), 3, 1)],
             origin_requests: Some(2),
             latency,
+            timings,
             series: Vec::new(),
             actions: Vec::new(),
         };
@@ -243,6 +309,9 @@ mod tests {
         assert!(holds("origin_requests", "count<3"));
         assert!(holds("http_reqs", "rate>=2"));
         assert!(holds("checks", "rate>0.7"));
+        assert!(holds("http_req_first_byte", "p(99)<5ms"));
+        assert!(!holds("http_req_first_byte", "med<3ms"));
+        assert!(Threshold::parse("http_req_waiting", "rate<1").is_err());
         assert!(Threshold::parse("http_req_failed", "p(95)<1").is_err());
         assert!(Threshold::parse("latency", "p(95)<1").is_err());
         assert!(Threshold::parse("http_req_duration", "p(95)=1").is_err());

@@ -4,6 +4,7 @@
 //! writes JSON and HTML reports. A failed threshold makes the run exit 99,
 //! as k6 does.
 
+mod dial;
 pub mod exec;
 pub mod metrics;
 pub mod report;

@@ -3,7 +3,9 @@
 
 use std::fmt::Write as _;
 
-use super::metrics::{Summary, Threshold};
+use hdrhistogram::Histogram;
+
+use super::metrics::{Summary, TIMINGS, Threshold};
 
 /// A threshold and how it came out.
 #[derive(Debug, Clone)]
@@ -35,6 +37,30 @@ fn ms(v: f64) -> String {
     } else {
         format!("{:.0}µs", v * 1000.0)
     }
+}
+
+/// A trend's line, from microseconds.
+fn trend(h: &Histogram<u64>) -> String {
+    let q = |p: f64| ms(h.value_at_quantile(p) as f64 / 1000.0);
+    format!(
+        "avg={} min={} med={} max={} p(90)={} p(95)={} p(99)={}",
+        ms(h.mean() / 1000.0),
+        ms(h.min() as f64 / 1000.0),
+        q(0.5),
+        ms(h.max() as f64 / 1000.0),
+        q(0.9),
+        q(0.95),
+        q(0.99)
+    )
+}
+
+/// A trend in the JSON report, in milliseconds.
+fn trend_json(h: &Histogram<u64>) -> serde_json::Value {
+    let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
+    serde_json::json!({
+        "avg": h.mean() / 1000.0, "min": h.min() as f64 / 1000.0, "med": q(0.5), "max": h.max() as f64 / 1000.0,
+        "p90": q(0.9), "p95": q(0.95), "p99": q(0.99),
+    })
 }
 
 /// The summary as k6 prints it: metrics, then their thresholds marked ✓/✗.
@@ -73,22 +99,13 @@ pub fn text(s: &Summary, outcomes: &[Outcome]) -> String {
     if s.dropped > 0 || mark("dropped_iterations") != " " {
         metric(&mut out, "dropped_iterations", &format!("{} {:.1}/s", s.dropped, s.dropped as f64 / secs));
     }
-    let l = &s.latency;
-    let trend = if l.is_empty() {
-        "no responses".to_string()
-    } else {
-        format!(
-            "avg={} min={} med={} max={} p(90)={} p(95)={} p(99)={}",
-            ms(l.mean() / 1000.0),
-            ms(l.min() as f64 / 1000.0),
-            ms(s.ms(0.5)),
-            ms(l.max() as f64 / 1000.0),
-            ms(s.ms(0.9)),
-            ms(s.ms(0.95)),
-            ms(s.ms(0.99))
-        )
-    };
-    metric(&mut out, "http_req_duration", &trend);
+    for name in TIMINGS {
+        if let Some(h) = s.trend(name).filter(|h| !h.is_empty()) {
+            metric(&mut out, name, &trend(h));
+        }
+    }
+    let duration = if s.latency.is_empty() { "no responses".to_string() } else { trend(&s.latency) };
+    metric(&mut out, "http_req_duration", &duration);
     metric(&mut out, "http_req_failed", &rate(s.failed, s.reqs));
     metric(&mut out, "http_reqs", &format!("{} {:.1}/s", s.reqs, s.reqs as f64 / secs));
     if let Some(n) = s.origin_requests {
@@ -121,24 +138,27 @@ pub fn text(s: &Summary, outcomes: &[Outcome]) -> String {
 
 /// The run as JSON: the metrics, the thresholds and the per-second series.
 pub fn json(s: &Summary, outcomes: &[Outcome]) -> serde_json::Value {
-    let l = &s.latency;
+    let rate = |n: u64| if s.reqs == 0 { 0.0 } else { n as f64 / s.reqs as f64 };
+    let mut metrics = serde_json::json!({
+        "http_reqs": {"count": s.reqs, "rate": s.reqs as f64 / s.elapsed.as_secs_f64().max(1e-9)},
+        "http_req_failed": {"fails": s.failed, "rate": rate(s.failed)},
+        "cache_hit_ratio": {"hits": s.hits, "rate": rate(s.hits)},
+        "http_req_duration_ms": trend_json(&s.latency),
+        "data_received": s.bytes,
+        "dropped_iterations": s.dropped,
+        "origin_requests": s.origin_requests,
+        "vus_max": s.max_vus,
+        "actions": s.actions.iter().map(|(n, o, f)| serde_json::json!({"name": n, "ok": o, "failed": f})).collect::<Vec<_>>(),
+        "checks": s.checks.iter().map(|(n, p, f)| serde_json::json!({"name": n, "passes": p, "fails": f})).collect::<Vec<_>>(),
+    });
+    for name in TIMINGS {
+        if let Some(h) = s.trend(name).filter(|h| !h.is_empty()) {
+            metrics[format!("{name}_ms")] = trend_json(h);
+        }
+    }
     serde_json::json!({
         "duration_s": s.elapsed.as_secs_f64(),
-        "metrics": {
-            "http_reqs": {"count": s.reqs, "rate": s.reqs as f64 / s.elapsed.as_secs_f64().max(1e-9)},
-            "http_req_failed": {"fails": s.failed, "rate": if s.reqs == 0 { 0.0 } else { s.failed as f64 / s.reqs as f64 }},
-            "cache_hit_ratio": {"hits": s.hits, "rate": if s.reqs == 0 { 0.0 } else { s.hits as f64 / s.reqs as f64 }},
-            "http_req_duration_ms": {
-                "avg": l.mean() / 1000.0, "min": l.min() as f64 / 1000.0, "med": s.ms(0.5), "max": l.max() as f64 / 1000.0,
-                "p90": s.ms(0.9), "p95": s.ms(0.95), "p99": s.ms(0.99),
-            },
-            "data_received": s.bytes,
-            "dropped_iterations": s.dropped,
-            "origin_requests": s.origin_requests,
-            "vus_max": s.max_vus,
-            "actions": s.actions.iter().map(|(n, o, f)| serde_json::json!({"name": n, "ok": o, "failed": f})).collect::<Vec<_>>(),
-            "checks": s.checks.iter().map(|(n, p, f)| serde_json::json!({"name": n, "passes": p, "fails": f})).collect::<Vec<_>>(),
-        },
+        "metrics": metrics,
         "thresholds": outcomes.iter().map(|o| serde_json::json!({
             "metric": o.threshold.metric, "threshold": o.threshold.text, "value": o.value, "ok": o.ok,
         })).collect::<Vec<_>>(),

@@ -6,6 +6,9 @@
 //! urls = ["http://127.0.0.11:8080", "http://127.0.0.12:8080"]  # round-robin per VU
 //! host = "www.example.test"               # Host header (default: the URL's)
 //! origin = "http://127.0.0.1:9000"        # test origin, read for origin_requests
+//! # https:// urls: server_name = "…" (SNI), ca = "ca.pem" or
+//! #                insecure_skip_tls_verify = true
+//! no_connection_reuse = false             # true: a new connection per request
 //!
 //! [executor]
 //! type = "constant-vus"                   # or ramping-vus, constant-arrival-rate
@@ -98,6 +101,19 @@ pub struct Target {
     pub urls: Vec<String>,
     pub host: Option<String>,
     pub origin: Option<String>,
+    /// The TLS server name for `https://` targets (default: `host` without
+    /// its port, else the URL's host).
+    pub server_name: Option<String>,
+    /// A PEM file of the certificates to trust for `https://` targets
+    /// (default: the web's roots).
+    pub ca: Option<String>,
+    /// Accept any certificate (k6's `insecureSkipTLSVerify`).
+    #[serde(default)]
+    pub insecure_skip_tls_verify: bool,
+    /// Every request on a new connection, closed after it (k6's
+    /// `noConnectionReuse`), so each pays for connecting and TLS.
+    #[serde(default)]
+    pub no_connection_reuse: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -265,8 +281,8 @@ impl Scenario {
             return Err(invalid("target.urls is empty".into()));
         }
         for u in &s.target.urls {
-            if !u.starts_with("http://") {
-                return Err(invalid(format!("target url `{u}` must start with http://")));
+            if !u.starts_with("http://") && !u.starts_with("https://") {
+                return Err(invalid(format!("target url `{u}` must start with http:// or https://")));
             }
         }
         if s.executor.duration().is_zero() {

@@ -1,0 +1,125 @@
+//! The load runner against the test origin over HTTPS: a new connection per
+//! request when asked (each handshake counted at the server), connections
+//! reused otherwise, and a certificate it must not trust refused.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use outpost_load::OriginServer;
+use outpost_load::runner::{Scenario, Summary, exec};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio_util::sync::CancellationToken;
+
+/// Presents one certificate and counts the handshakes that asked for it.
+#[derive(Debug)]
+struct Counting {
+    key: Arc<CertifiedKey>,
+    hellos: AtomicU64,
+}
+
+impl ResolvesServerCert for Counting {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.hellos.fetch_add(1, Ordering::Relaxed);
+        Some(Arc::clone(&self.key))
+    }
+}
+
+/// A self-signed certificate for `name`: (certificate PEM, resolver).
+fn certificate(name: &str) -> (String, Arc<Counting>) {
+    let c = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+    let der = rustls::pki_types::PrivateKeyDer::Pkcs8(c.signing_key.serialize_der().into());
+    let signer = rustls::crypto::ring::sign::any_supported_type(&der).unwrap();
+    let key = Arc::new(CertifiedKey::new(vec![c.cert.der().clone()], signer));
+    (c.cert.pem(), Arc::new(Counting { key, hellos: AtomicU64::new(0) }))
+}
+
+/// The test origin over HTTPS presenting `resolver`'s certificate.
+async fn origin(resolver: &Arc<Counting>) -> (u16, tokio_util::sync::DropGuard) {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::clone(resolver) as Arc<dyn ResolvesServerCert>);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let server = OriginServer::bind(&["127.0.0.1:0".parse().unwrap()], None).await.unwrap().with_tls(Arc::new(config));
+    let port = server.local_addrs()[0].port();
+    let stop = CancellationToken::new();
+    tokio::spawn(server.run(stop.clone()));
+    (port, stop.drop_guard())
+}
+
+async fn run(dir: &Path, port: u16, target: &str) -> Summary {
+    let text = format!(
+        "[target]\nurls = [\"https://127.0.0.1:{port}\"]\n{target}\n\
+         [executor]\ntype = \"constant-vus\"\nvus = 2\nduration = \"1s\"\n\
+         [requests]\npath = \"/tls/{{n}}?size=1KiB\"\nobjects = 5\n"
+    );
+    let file = dir.join("s.toml");
+    std::fs::write(&file, &text).unwrap();
+    let scenario = Scenario::load(&file).unwrap();
+    exec::run(&scenario, &|_, _| {}).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_targets_time_each_new_connection_and_refuse_an_untrusted_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_pem, resolver) = certificate("origin.test");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &cert_pem).unwrap();
+    let (port, _stop) = origin(&resolver).await;
+    let trusted = format!("server_name = \"origin.test\"\nca = \"{}\"", ca.display());
+
+    // A new connection per request: one handshake at the server for each,
+    // each timed, and the wait to the first byte includes it.
+    let s = run(dir.path(), port, &format!("{trusted}\nno_connection_reuse = true")).await;
+    let handshakes = resolver.hellos.swap(0, Ordering::Relaxed);
+    assert!(s.reqs >= 10, "{} requests", s.reqs);
+    assert_eq!(s.failed, 0);
+    assert_eq!(handshakes, s.reqs, "one handshake per request");
+    assert_eq!(s.timings.tls_handshaking.len(), s.reqs);
+    assert_eq!(s.timings.connecting.len(), s.reqs);
+    assert_eq!(s.timings.first_byte.len(), s.reqs);
+    let (hs, first, waiting) = (&s.timings.tls_handshaking, &s.timings.first_byte, &s.timings.waiting);
+    assert!(first.min() > hs.min(), "first byte {} µs within a handshake of {} µs", first.min(), hs.min());
+    assert!(first.mean() > waiting.mean() + hs.mean() * 0.9);
+
+    // Reused connections: one handshake per VU (and one more for any the
+    // server closed), no per-request handshake times.
+    let s = run(dir.path(), port, &trusted).await;
+    let handshakes = resolver.hellos.swap(0, Ordering::Relaxed);
+    assert!(s.reqs >= 10 && s.failed == 0);
+    assert!(handshakes <= 4 && handshakes as usize == s.timings.tls_handshaking.len() as usize, "{handshakes}");
+
+    // Another name than the certificate's: every request fails, none is
+    // answered, though the server saw the handshakes begin.
+    let s = run(dir.path(), port, &format!("server_name = \"other.test\"\nca = \"{}\"", ca.display())).await;
+    assert!(s.reqs > 0 && s.failed == s.reqs, "{} of {} failed", s.failed, s.reqs);
+    assert!(s.timings.tls_handshaking.is_empty() && s.timings.waiting.is_empty());
+    assert!(resolver.hellos.swap(0, Ordering::Relaxed) > 0);
+
+    // Told to trust anything, it connects.
+    let s = run(dir.path(), port, "insecure_skip_tls_verify = true\nno_connection_reuse = true").await;
+    assert!(s.reqs >= 10 && s.failed == 0);
+}
+
+#[test]
+fn a_missing_or_empty_ca_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    for (ca, want) in [(dir.path().join("none.pem"), "none.pem"), (empty, "no certificate")] {
+        let text = format!(
+            "[target]\nurls = [\"https://127.0.0.1:1\"]\nca = \"{}\"\n[executor]\ntype = \"constant-vus\"\nvus = 1\n\
+             duration = \"1s\"\n[requests]\npath = \"/\"\n",
+            ca.display()
+        );
+        let file = dir.path().join("s.toml");
+        std::fs::write(&file, text).unwrap();
+        let scenario = Scenario::load(&file).unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let err = rt.block_on(exec::run(&scenario, &|_, _| {})).unwrap_err();
+        assert!(err.contains(want), "{err}");
+    }
+}

@@ -98,7 +98,8 @@ impl ControlNode {
             .or(node.listen.http.first())
             .copied()
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7000)));
-        let listener = TcpListener::bind(addr).await.map_err(|source| ControlError::Bind { addr, source })?;
+        let listener = outpost_net::listen(addr, node.limits.listen_backlog)
+            .map_err(|source| ControlError::Bind { addr, source })?;
         let control = Control::new(store, admin, nodes, cfg.log_retention, cfg.node_expiry).await?;
         let server = outpost_net::ServerConfig { name: node.name.as_str().into(), limits: node.limits };
         Ok(ControlNode { control, listener, server, tls })

@@ -1,21 +1,27 @@
 #!/usr/bin/env python3
-"""TLS benchmark: the Outpost edge against nginx, both terminating TLS in
-front of the same test origin, in one run.
+"""New connections and TLS: the Outpost edge against nginx, both in front of
+the same test origin, in one run. Both servers run at once, on CPU 0; every
+load runs from CPU 1, bounded in time, and the servers take turns run by run.
+Both use the same ECDSA P-256 certificate and offer TLS 1.3; both listen
+with a backlog of 4096.
 
-Two loads per server, each bounded in time, with the server on CPU 0 and wrk
-on CPU 1:
-- handshakes: every request on a new connection (`Connection: close`), so
-  each one costs a full TLS handshake (wrk keeps no sessions);
-- hits: 1 KiB cache hits over keep-alive TLS connections.
-Both servers use the same ECDSA P-256 certificate and offer TLS 1.3. Reports
-medians of the repeats and Outpost's ratios to nginx, per CPU-second.
-
-wrk's latency runs from sending a request to its response, so on new
-connections it leaves out the handshake. The open-model load measures what a
-new visitor waits for: `outpost load` (on CPU 1) starts new connections at a
-constant rate, half the slower server's handshake rate under wrk, whether or
-not earlier ones have finished, and times each from connect to the first
-response byte, with the TLS handshake on its own.
+Loads (--loads, comma-separated):
+- hits: 1 KiB cache hits over keep-alive TLS (wrk);
+- handshakes: every request on a new TLS connection (wrk, `Connection:
+  close`; wrk keeps no sessions). wrk times from sending the request, so
+  this leaves the handshake out, and wrk itself is the bottleneck here: its
+  figures are the handshake rate and the CPU per handshake;
+- open: what a new visitor waits for. `outpost load` starts new HTTPS
+  connections at a constant rate (half the slower server's handshake rate,
+  or --open-rate), whether or not earlier ones have finished, and times
+  each from connect to the first response byte, the handshake on its own;
+- open-http: the same over cleartext HTTP/1.1;
+- flood: a TLS handshake flood (one ClientHello replayed on 256 connections
+  as fast as the server answers, load-tests/examples/hello_flood.rs) while
+  `outpost load` measures 1 KiB keep-alive hits at 1,000/s and then new
+  HTTPS connections at 100/s: whether visitors are served while the server
+  is saturated by new connections.
+Reports medians of the repeats and Outpost's ratios to nginx.
 """
 import json
 import os
@@ -25,12 +31,16 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compare import ORIGIN, arguments, cpu_seconds, edge_toml, nginx_conf, start, start_origin, stop, wrk  # noqa: E402
 
 PORTS = {"outpost": 18443, "nginx": 18444}
+HTTP_PORTS = {"outpost": 18445, "nginx": 18446}
 HOST = "bench.test"
+PATH = "/bench/tls?size=1KiB&cc=public,%20max-age%3D3600"
+FLOOD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../target/release/examples/hello_flood")
 
 
 def configs(work):
@@ -38,7 +48,9 @@ def configs(work):
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
                     "-keyout", key, "-out", cert, "-subj", f"/CN={HOST}", "-days", "30",
                     "-addext", f"subjectAltName=DNS:{HOST},IP:127.0.0.1"], check=True, capture_output=True)
-    nginx = nginx_conf(work, f"127.0.0.1:{PORTS['nginx']} ssl",
+    # nginx's default backlog is 511; both servers get the same.
+    listen = f"127.0.0.1:{PORTS['nginx']} ssl backlog=4096;\n    listen 127.0.0.1:{HTTP_PORTS['nginx']} backlog=4096"
+    nginx = nginx_conf(work, listen,
                        server_extra=f"""    ssl_certificate {cert};
     ssl_certificate_key {key};
     ssl_protocols TLSv1.2 TLSv1.3;
@@ -59,126 +71,167 @@ key = "key.pem"
     edge = os.path.join(work, "edge.toml")
     # wrk connects by address and sends no server name.
     tls = 'unknown_sni = "default"\ncert = "cert.pem"\nkey = "key.pem"\n'
-    open(edge, "w").write(edge_toml(f"https = [\"127.0.0.1:{PORTS['outpost']}\"]", 'memory = "256MiB"',
-                                    extra=f"[tls]\n{tls}"))
+    listen = f"https = [\"127.0.0.1:{PORTS['outpost']}\"]\nhttp = [\"127.0.0.1:{HTTP_PORTS['outpost']}\"]"
+    open(edge, "w").write(edge_toml(listen, 'memory = "256MiB"', extra=f"[tls]\n{tls}"))
     return nginx, edge
+
+
+def load(binary, work, port, scheme, rate, seconds, reuse=False):
+    """One `outpost load` run on CPU 1 at `rate` requests per second: its
+    JSON metrics."""
+    scenario, out = os.path.join(work, "open.toml"), os.path.join(work, "open.json")
+    open(scenario, "w").write(f"""
+[target]
+urls = ["{scheme}://127.0.0.1:{port}"]
+host = "{HOST}"
+insecure_skip_tls_verify = true
+no_connection_reuse = {"false" if reuse else "true"}
+[executor]
+type = "constant-arrival-rate"
+rate = {rate}
+duration = "{seconds}s"
+pre_allocated_vus = 64
+max_vus = 1024
+[requests]
+path = "{PATH}"
+""")
+    subprocess.run(["taskset", "-c", "1", binary, "load", scenario, "--quiet", "--out", f"json={out}"], check=True,
+                   capture_output=True, timeout=seconds + 60)
+    return json.load(open(out))["metrics"]
+
+
+def opened(m):
+    """rate, time to first byte p50 and p99, TLS handshake p50 and p99, failed, dropped."""
+    first, tls = m["http_req_first_byte_ms"], m.get("http_req_tls_handshaking_ms", {"med": 0.0, "p99": 0.0})
+    return (m["http_reqs"]["rate"], first["med"], first["p99"], tls["med"], tls["p99"], m["http_req_failed"]["fails"],
+            m["dropped_iterations"])
+
+
+def flooded(args, work, name):
+    """Under a handshake flood: keep-alive hits, then new connections, each
+    timed to the first byte; with the flood's rate."""
+    out = []
+    for reuse, rate in [(True, 1000), (False, 100)]:
+        flood = subprocess.Popen(["taskset", "-c", "1", FLOOD, f"127.0.0.1:{PORTS[name]}", HOST, "256",
+                                  str(args.duration + 2)], stdout=subprocess.PIPE, text=True)
+        time.sleep(1)
+        m = load(args.outpost, work, PORTS[name], "https", rate, args.duration, reuse=reuse)
+        answered = flood.communicate(timeout=60)[0].split()
+        first = m["http_req_first_byte_ms"] if not reuse else m["http_req_duration_ms"]
+        out += [first["med"], first["p99"], m["http_req_failed"]["fails"], int(answered[0]) / (args.duration + 2)]
+    return out
 
 
 def main():
     ap = arguments()
-    ap.add_argument("--servers", default="outpost,nginx", help="which servers, comma-separated")
-    ap.add_argument("--loads", default="hits,handshakes,open", help="which loads, comma-separated")
+    ap.add_argument("--loads", default="hits,handshakes,open,open-http,flood", help="which loads, comma-separated")
     ap.add_argument("--open-rate", type=int, default=0,
-                    help="new connections per second for the open model (default: half the handshake rate)")
+                    help="new connections per second for the open model (default: half the slower handshake rate)")
     args = ap.parse_args()
+    loads = args.loads.split(",")
     work = tempfile.mkdtemp(prefix="outpost-tls-bench-")
-    nginx_conf, edge_conf = configs(work)
-    origin = start_origin(args.outpost)
-    servers = {
-        "outpost": [args.outpost, "edge", "--config", edge_conf],
-        "nginx": ["nginx", "-c", nginx_conf, "-p", work, "-g", "daemon off;"],
-    }
-    servers = {k: v for k, v in servers.items() if k in args.servers.split(",")}
+    nginx_file, edge_file = configs(work)
     env = dict(os.environ, RUST_LOG="warn")
-    path = "/bench/tls?size=1KiB&cc=public,%20max-age%3D3600"
-    loads = {"hits": [], "handshakes": ["-H", "Connection: close"], "open": []}
-    loads = {k: v for k, v in loads.items() if k in args.loads.split(",")}
+    commands = {
+        "outpost": [args.outpost, "edge", "--config", edge_file],
+        "nginx": ["nginx", "-c", nginx_file, "-p", work, "-g", "daemon off;"],
+    }
+    origin = start_origin(args.outpost)
+    procs = {}
     results = {}
     try:
-        for name, cmd in servers.items():
-            proc = start(name, cmd, PORTS[name], env=env)
-            try:
-                url = f"https://127.0.0.1:{PORTS[name]}{path}"
+        for name, cmd in commands.items():
+            procs[name] = start(name, cmd, PORTS[name], env=env)
+            for scheme, port in [("https", PORTS[name]), ("http", HTTP_PORTS[name])]:
+                url = f"{scheme}://127.0.0.1:{port}{PATH}"
                 subprocess.run(["curl", "-sk", "-o", "/dev/null", "-o", "/dev/null", "-H", f"Host: {HOST}", url, url],
                                check=True)
-                for load, extra in loads.items():
-                    if load == "open":
-                        continue
-                    runs = []
-                    for _ in range(args.repeats):
-                        before = cpu_seconds(proc.pid)
-                        reqs, rps, p50, p99 = wrk(url, args.duration, args.connections, extra)
-                        cpu = cpu_seconds(proc.pid) - before
-                        runs.append((rps, p50, p99, reqs / cpu if cpu > 0 else float("nan")))
-                    med = [statistics.median(r[i] for r in runs) for i in range(4)]
-                    results[(load, name)] = med
-                    print(f"{load:<10} {name:<8} {med[0]:>9.0f} req/s  p50 {med[1]:.3f} ms  p99 {med[2]:.3f} ms  "
-                          f"{med[3]:>8.0f} per CPU-s", flush=True)
-            finally:
-                stop(proc)
-        if "open" in loads:
-            open_model(args, work, servers, env, path, results)
+
+        def measure(load, run):
+            runs = {name: [] for name in commands}
+            for _ in range(args.repeats):
+                for name, proc in procs.items():
+                    before = cpu_seconds(proc.pid)
+                    figures = run(name)
+                    cpu = cpu_seconds(proc.pid) - before
+                    runs[name].append((*figures, cpu))
+            for name, rs in runs.items():
+                results[(load, name)] = [statistics.median(r[i] for r in rs) for i in range(len(rs[0]))]
+                print(f"{load:<10} {name:<8} " + "  ".join(f"{v:.3f}" for v in results[(load, name)]), flush=True)
+
+        for load_name, extra in [("hits", []), ("handshakes", ["-H", "Connection: close"])]:
+            if load_name in loads:
+                def closed(name, extra=extra):
+                    reqs, rps, p50, p99 = wrk(f"https://127.0.0.1:{PORTS[name]}{PATH}", args.duration,
+                                              args.connections, extra)
+                    return rps, p50, p99, reqs
+                measure(load_name, closed)
+        rates = [results[("handshakes", n)][0] for n in commands if ("handshakes", n) in results]
+        rate = args.open_rate or (int(min(rates) / 2) if rates else 0)
+        for load_name, scheme, ports in [("open", "https", PORTS), ("open-http", "http", HTTP_PORTS)]:
+            if load_name in loads:
+                if not rate:
+                    sys.exit("the open model needs a rate: run the handshakes load too, or give --open-rate")
+                measure(load_name, lambda name, s=scheme, p=ports: opened(
+                    load(args.outpost, work, p[name], s, rate, args.duration)))
+        if "flood" in loads:
+            measure("flood", lambda name: flooded(args, work, name))
     finally:
+        for proc in procs.values():
+            stop(proc)
         os.killpg(origin.pid, signal.SIGTERM)
         shutil.rmtree(work, ignore_errors=True)
+    report(results, loads, rate if any(x.startswith("open") for x in loads) else None)
+
+
+def report(results, loads, rate):
+    def both(load):
+        return (load, "outpost") in results and (load, "nginx") in results
 
     print()
-    print(f"{'load':<10} {'server':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'per CPU-s':>10}")
-    for (load, name), (rps, p50, p99, eff, *_) in results.items():
-        print(f"{load:<10} {name:<8} {rps:>9.0f} {p50:>8.3f} {p99:>8.3f} {eff:>10.0f}")
-    opened = [(name, r) for (load, name), r in results.items() if load == "open"]
-    if opened:
-        print(f"\nopen model, new connection per request: connect to first byte, and the TLS handshake")
-        print(f"{'server':<8} {'req/s':>8} {'ttfb p50':>9} {'p99':>8} {'tls p50':>8} {'p99':>8} {'failed':>7} {'dropped':>8}")
-        for name, (rps, p50, p99, _, tls50, tls99, failed, dropped) in opened:
-            print(f"{name:<8} {rps:>8.0f} {p50:>9.3f} {p99:>8.3f} {tls50:>8.3f} {tls99:>8.3f} {failed:>7} {dropped:>8}")
+    if any(l in loads for l in ("hits", "handshakes")):
+        print("closed model (wrk, 64 connections): request to response")
+        print(f"{'load':<11} {'server':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'per CPU-s':>10}")
+        for load in ("hits", "handshakes"):
+            for name in ("outpost", "nginx"):
+                if (load, name) in results:
+                    rps, p50, p99, reqs, cpu = results[(load, name)]
+                    print(f"{load:<11} {name:<8} {rps:>9.0f} {p50:>8.3f} {p99:>8.3f} {reqs / cpu:>10.0f}")
+    for load in ("open", "open-http"):
+        if any((load, n) in results for n in ("outpost", "nginx")):
+            print(f"\nopen model ({load}), a new connection per request at {rate}/s: connect to first byte, "
+                  "and the TLS handshake (ms)")
+            print(f"{'server':<8} {'req/s':>7} {'first p50':>10} {'p99':>7} {'tls p50':>8} {'p99':>7} "
+                  f"{'failed':>7} {'dropped':>8}")
+            for name in ("outpost", "nginx"):
+                if (load, name) in results:
+                    rps, f50, f99, t50, t99, failed, dropped, _ = results[(load, name)]
+                    print(f"{name:<8} {rps:>7.0f} {f50:>10.3f} {f99:>7.3f} {t50:>8.3f} {t99:>7.3f} {failed:>7.0f} "
+                          f"{dropped:>8.0f}")
+    if any(("flood", n) in results for n in ("outpost", "nginx")):
+        print("\nunder a handshake flood (ms): keep-alive hits at 1000/s (request to response), "
+              "new connections at 100/s (connect to first byte)")
+        print(f"{'server':<8} {'hits p50':>9} {'p99':>7} {'new p50':>8} {'p99':>8} {'failed':>7} {'flood/s':>8}")
+        for name in ("outpost", "nginx"):
+            if ("flood", name) in results:
+                h50, h99, hf, _, n50, n99, nf, rate_n, _ = results[("flood", name)]
+                print(f"{name:<8} {h50:>9.3f} {h99:>7.3f} {n50:>8.3f} {n99:>8.3f} {hf + nf:>7.0f} {rate_n:>8.0f}")
     print()
-    for load in loads:
-        if (load, "outpost") not in results or (load, "nginx") not in results:
-            continue
-        o, n = results[(load, "outpost")], results[(load, "nginx")]
-        if load == "open":
-            print(f"open       outpost/nginx  time to first byte p50 {o[1] / n[1]:.2f}x   p99 {o[2] / n[2]:.2f}x "
+    for load in ("hits", "handshakes"):
+        if both(load):
+            o, n = results[(load, "outpost")], results[(load, "nginx")]
+            print(f"{load:<11} outpost/nginx  per CPU-s {(o[3] / o[4]) / (n[3] / n[4]):.2f}x   req/s {o[0] / n[0]:.2f}x"
+                  f"   p99 {o[2] / n[2]:.2f}x (lower is better)")
+    for load in ("open", "open-http"):
+        if both(load):
+            o, n = results[(load, "outpost")], results[(load, "nginx")]
+            tls = f"   handshake p50 {o[3] / n[3]:.2f}x  p99 {o[4] / n[4]:.2f}x" if load == "open" else ""
+            print(f"{load:<11} outpost/nginx  first byte p50 {o[1] / n[1]:.2f}x  p99 {o[2] / n[2]:.2f}x{tls} "
                   "(lower is better)")
-            continue
-        print(f"{load:<10} outpost/nginx  per CPU-s {o[3] / n[3]:.2f}x   req/s {o[0] / n[0]:.2f}x   "
-              f"p99 {o[2] / n[2]:.2f}x (lower is better)")
-
-
-def open_model(args, work, servers, env, path, results):
-    """Each server in turn under the open model, at half the slower server's
-    handshake rate (or --open-rate), the medians of the repeats."""
-    rates = [results[("handshakes", n)][0] for n in servers if ("handshakes", n) in results]
-    rate = args.open_rate or int(min(rates) / 2) if (args.open_rate or rates) else 0
-    if not rate:
-        print("open model: no rate (run the handshakes load too, or give --open-rate)")
-        return
-    for name, cmd in servers.items():
-        scenario = os.path.join(work, f"open-{name}.toml")
-        open(scenario, "w").write(f"""
-[target]
-urls = ["https://127.0.0.1:{PORTS[name]}"]
-host = "{HOST}"
-insecure_skip_tls_verify = true
-no_connection_reuse = true
-[executor]
-type = "constant-arrival-rate"
-rate = {rate}
-duration = "{args.duration}s"
-pre_allocated_vus = 64
-max_vus = 1024
-[requests]
-path = "{path}"
-""")
-        proc = start(name, cmd, PORTS[name], env=env)
-        try:
-            runs = []
-            for _ in range(args.repeats):
-                out = os.path.join(work, f"open-{name}.json")
-                before = cpu_seconds(proc.pid)
-                subprocess.run(["taskset", "-c", "1", args.outpost, "load", scenario, "--quiet", "--out",
-                                f"json={out}"], check=True, capture_output=True, timeout=args.duration + 60)
-                cpu = cpu_seconds(proc.pid) - before
-                m = json.load(open(out))["metrics"]
-                reqs, first, tls = m["http_reqs"], m["http_req_first_byte_ms"], m["http_req_tls_handshaking_ms"]
-                runs.append((reqs["rate"], first["med"], first["p99"], reqs["count"] / cpu if cpu > 0 else float("nan"),
-                             tls["med"], tls["p99"], m["http_req_failed"]["fails"], m["dropped_iterations"]))
-            med = [statistics.median(r[i] for r in runs) for i in range(8)]
-            results[("open", name)] = med
-            print(f"open       {name:<8} {med[0]:>9.0f} req/s  first byte p50 {med[1]:.3f} ms  p99 {med[2]:.3f} ms  "
-                  f"(tls p50 {med[4]:.3f} p99 {med[5]:.3f}; failed {med[6]:.0f}, dropped {med[7]:.0f})", flush=True)
-        finally:
-            stop(proc)
+    if both("flood"):
+        o, n = results[("flood", "outpost")], results[("flood", "nginx")]
+        print(f"{'flood':<11} outpost/nginx  hits p99 {o[1] / n[1]:.2f}x   new connections p99 {o[5] / n[5]:.2f}x "
+              "(lower is better)")
 
 
 if __name__ == "__main__":

@@ -160,6 +160,7 @@ pub static SECTIONS: &[Section] = &[
             key("send_timeout", "duration", Time(DEFAULT_SEND_TIMEOUT), "A response the client takes no byte of for this long is dropped with its connection.", "\"30s\""),
             key("shutdown_grace", "duration", Time(DEFAULT_SHUTDOWN_GRACE), "How long a stopping node lets responses in flight finish.", "\"30s\""),
             key("max_connections", "integer", Int(DEFAULT_MAX_CONNECTIONS as u64), "Open client connections; at the cap the longest-idle one is closed to make room.", "10000"),
+            key("listen_backlog", "integer", Int(DEFAULT_LISTEN_BACKLOG as u64), "Connections the kernel queues on each listener before the node accepts them; Linux caps it at net.core.somaxconn.", "4096"),
         ],
     },
     Section {

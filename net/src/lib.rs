@@ -40,7 +40,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
-pub use server::{ServerConfig, bind, serve};
+pub use server::{ServerConfig, bind, listen, serve};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Response bodies.

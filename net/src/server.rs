@@ -2,6 +2,15 @@
 //! connection idle the longest, TLS handshakes in each connection's own task
 //! (under the header-read timeout, counted from accept), and a graceful
 //! shutdown.
+//!
+//! New connections are taken one per turn of the runtime: after each accept
+//! the loop yields until the I/O driver has been polled again, so every
+//! connection already open is served between two new ones, as nginx's
+//! event loop does with one accept per iteration. Under a flood of TLS
+//! handshakes, which cost the server far more CPU than the client,
+//! keep-alive requests then wait for at most a turn rather than for
+//! every handshake accepted ahead of them; new connections wait in the
+//! listener's backlog ([`listen`]), sized so a burst does not overflow it.
 
 use std::collections::HashMap;
 use std::io;
@@ -137,6 +146,8 @@ impl<H: Handler> Server<H> {
                 server.table.lock().remove(&id);
                 drop(permit);
             });
+            // One new connection per turn (see the module's notes).
+            tokio::task::yield_now().await;
         }
     }
 
@@ -197,13 +208,24 @@ impl<H: Handler> Server<H> {
     }
 }
 
-/// Binds every address; the error names the one that failed.
-pub async fn bind(addrs: &[SocketAddr]) -> io::Result<Vec<TcpListener>> {
+/// Binds every address with room for `backlog` connections not yet
+/// accepted; the error names the address that failed.
+pub async fn bind(addrs: &[SocketAddr], backlog: u32) -> io::Result<Vec<TcpListener>> {
     let mut out = Vec::with_capacity(addrs.len());
     for a in addrs {
-        let l =
-            TcpListener::bind(a).await.map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {a}: {e}")))?;
+        let l = listen(*a, backlog).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {a}: {e}")))?;
         out.push(l);
     }
     Ok(out)
+}
+
+/// A listener on `addr` with room for `backlog` connections not yet
+/// accepted. The standard library's backlog (128) overflows under a burst
+/// of new connections: the kernel then drops handshakes and clients wait a
+/// second or more to retry.
+pub fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }

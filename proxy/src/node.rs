@@ -57,10 +57,11 @@ impl Node {
     /// Opens the engine (recovering its disk cache) and binds its listeners.
     pub async fn bind(node: &NodeConfig, tier: Tier, route: Arc<dyn Route>) -> Result<Node, NodeError> {
         let proxy = node.proxy().ok_or_else(|| NodeError::NotAProxy(node.file.display().to_string()))?;
-        let http = crate::serve::bind(&node.listen.http).await?;
-        let https = crate::serve::bind(&node.listen.https).await?;
+        let backlog = node.limits.listen_backlog;
+        let http = crate::serve::bind(&node.listen.http, backlog).await?;
+        let https = crate::serve::bind(&node.listen.https, backlog).await?;
         let admin = match node.listen.admin {
-            Some(a) => Some(crate::serve::bind(&[a]).await?.remove(0)),
+            Some(a) => Some(crate::serve::bind(&[a], backlog).await?.remove(0)),
             None => None,
         };
         let mut config = EngineConfig::from_node(node, proxy, tier);

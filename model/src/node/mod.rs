@@ -39,6 +39,9 @@ pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Open client connections per node. At the cap, the connection idle the
 /// longest is closed to make room; new ones wait only while all are busy.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+/// Connections the kernel may queue for a listener before it accepts them
+/// (Linux caps this at `net.core.somaxconn`).
+pub const DEFAULT_LISTEN_BACKLOG: u32 = 4096;
 /// How long a stopping node lets in-flight responses finish.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// A node silent this long leaves the control plane's registry: a day
@@ -183,6 +186,8 @@ pub struct Limits {
     pub send_timeout: Duration,
     /// Default: [`DEFAULT_MAX_CONNECTIONS`] (10000).
     pub max_connections: u32,
+    /// Default: [`DEFAULT_LISTEN_BACKLOG`] (4096).
+    pub listen_backlog: u32,
     /// Default: [`DEFAULT_SHUTDOWN_GRACE`] (30s).
     pub shutdown_grace: Duration,
 }
@@ -197,6 +202,7 @@ impl Default for Limits {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             send_timeout: DEFAULT_SEND_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            listen_backlog: DEFAULT_LISTEN_BACKLOG,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }

@@ -299,6 +299,7 @@ fn decode_limits(s: &mut Sink<'_>, t: &mut Table<'_, '_>) -> Limits {
     let send_timeout = timeout(s, "send_timeout", d.send_timeout);
     let shutdown_grace = timeout(s, "shutdown_grace", d.shutdown_grace);
     let max_connections = positive(s, t, "max_connections", d.max_connections);
+    let listen_backlog = positive(s, t, "listen_backlog", d.listen_backlog);
     t.finish(s);
     Limits {
         max_header_bytes,
@@ -308,6 +309,7 @@ fn decode_limits(s: &mut Sink<'_>, t: &mut Table<'_, '_>) -> Limits {
         idle_timeout,
         send_timeout,
         max_connections,
+        listen_backlog,
         shutdown_grace,
     }
 }

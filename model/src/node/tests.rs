@@ -66,7 +66,7 @@ fn minimal_edge_uses_safe_defaults() {
 fn limits_are_read_and_checked() {
     let node: NodeConfig = format!(
         "{EDGE}\n[limits]\nheader_bytes = \"16KiB\"\nheaders = 50\nbody = \"1MiB\"\nheader_read_timeout = \"5s\"\n\
-         idle_timeout = \"30s\"\nsend_timeout = \"20s\"\nmax_connections = 100\nshutdown_grace = \"3s\"\n"
+         idle_timeout = \"30s\"\nsend_timeout = \"20s\"\nmax_connections = 100\nlisten_backlog = 512\nshutdown_grace = \"3s\"\n"
     )
     .parse()
     .unwrap();
@@ -80,6 +80,7 @@ fn limits_are_read_and_checked() {
             idle_timeout: Duration::from_secs(30),
             send_timeout: Duration::from_secs(20),
             max_connections: 100,
+            listen_backlog: 512,
             shutdown_grace: Duration::from_secs(3),
         }
     );

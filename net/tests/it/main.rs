@@ -173,3 +173,32 @@ async fn framing_conflicts_are_refused_even_pipelined() {
     assert!(answer.contains("both Content-Length and Transfer-Encoding"), "{answer}");
     assert_eq!(server.echo.calls.load(Ordering::SeqCst), 1, "only the first request reached the handler");
 }
+
+/// A burst of new connections that arrive before any is accepted waits in
+/// the listener's backlog: the kernel drops the handshakes of connections
+/// past a full backlog, and their clients retry only after a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_new_connections_waits_in_the_backlog_not_in_retries() {
+    const BURST: usize = 600; // well past the standard library's 128
+    let listener = outpost_net::bind(&["127.0.0.1:0".parse().unwrap()], 1024).await.unwrap().remove(0);
+    let addr = listener.local_addr().unwrap();
+    let mut connecting = tokio::task::JoinSet::new();
+    for _ in 0..BURST {
+        connecting.spawn(async move {
+            matches!(
+                tokio::time::timeout(Duration::from_millis(700), tokio::net::TcpStream::connect(addr)).await,
+                Ok(Ok(_))
+            )
+            .then(|| ())
+        });
+    }
+    let mut open = Vec::new();
+    while let Some(c) = connecting.join_next().await {
+        open.push(c.unwrap());
+    }
+    let connected = open.iter().filter(|c| c.is_some()).count();
+    assert_eq!(connected, BURST, "connections that had to retry their handshake: {}", BURST - connected);
+    for _ in 0..BURST {
+        tokio::time::timeout(Duration::from_secs(1), listener.accept()).await.unwrap().unwrap();
+    }
+}

@@ -8,13 +8,19 @@ with a backlog of 4096.
 Loads (--loads, comma-separated):
 - hits: 1 KiB cache hits over keep-alive TLS (wrk);
 - handshakes: every request on a new TLS connection (wrk, `Connection:
-  close`; wrk keeps no sessions). wrk times from sending the request, so
-  this leaves the handshake out, and wrk itself is the bottleneck here: its
-  figures are the handshake rate and the CPU per handshake;
-- open: what a new visitor waits for. `outpost load` starts new HTTPS
-  connections at a constant rate (half the slower server's handshake rate,
-  or --open-rate), whether or not earlier ones have finished, and times
-  each from connect to the first response byte, the handshake on its own;
+  close`). wrk resumes its session on every reconnection (it clears its
+  SSL object rather than freeing it), so these are resumed handshakes; wrk
+  times from sending the request, which leaves the handshake out, and wrk
+  itself is the bottleneck: its figures are the rate and the CPU per
+  handshake;
+- full: full handshakes, no resumption (`outpost load`, 64 VUs, a new
+  connection per request): their rate and CPU;
+- open: what a first-time visitor waits for. `outpost load` starts new
+  HTTPS connections with full handshakes at a constant rate (half the
+  slower server's full-handshake rate, or --open-rate), whether or not
+  earlier ones have finished, and times each from connect to the first
+  response byte, the handshake on its own;
+- open-resumed: the same for returning visitors, who resume a session;
 - open-http: the same over cleartext HTTP/1.1;
 - flood: a TLS handshake flood (one ClientHello replayed on 256 connections
   as fast as the server answers, load-tests/examples/hello_flood.rs) while
@@ -76,9 +82,11 @@ key = "key.pem"
     return nginx, edge
 
 
-def load(binary, work, port, scheme, rate, seconds, reuse=False):
-    """One `outpost load` run on CPU 1 at `rate` requests per second: its
-    JSON metrics."""
+def load(binary, work, port, scheme, rate, seconds, reuse=False, resume=False, vus=0):
+    """One `outpost load` run on CPU 1: at `rate` requests per second, or
+    with `vus` closed-model VUs; its JSON metrics."""
+    executor = (f'type = "constant-vus"\nvus = {vus}' if vus else
+                f'type = "constant-arrival-rate"\nrate = {rate}\npre_allocated_vus = 64\nmax_vus = 1024')
     scenario, out = os.path.join(work, "open.toml"), os.path.join(work, "open.json")
     open(scenario, "w").write(f"""
 [target]
@@ -86,12 +94,10 @@ urls = ["{scheme}://127.0.0.1:{port}"]
 host = "{HOST}"
 insecure_skip_tls_verify = true
 no_connection_reuse = {"false" if reuse else "true"}
+tls_resumption = {"true" if resume else "false"}
 [executor]
-type = "constant-arrival-rate"
-rate = {rate}
+{executor}
 duration = "{seconds}s"
-pre_allocated_vus = 64
-max_vus = 1024
 [requests]
 path = "{PATH}"
 """)
@@ -124,7 +130,8 @@ def flooded(args, work, name):
 
 def main():
     ap = arguments()
-    ap.add_argument("--loads", default="hits,handshakes,open,open-http,flood", help="which loads, comma-separated")
+    ap.add_argument("--loads", default="hits,handshakes,full,open,open-resumed,open-http,flood",
+                    help="which loads, comma-separated")
     ap.add_argument("--open-rate", type=int, default=0,
                     help="new connections per second for the open model (default: half the slower handshake rate)")
     args = ap.parse_args()
@@ -166,14 +173,22 @@ def main():
                                               args.connections, extra)
                     return rps, p50, p99, reqs
                 measure(load_name, closed)
-        rates = [results[("handshakes", n)][0] for n in commands if ("handshakes", n) in results]
+        if "full" in loads:
+            def full(name):
+                m = load(args.outpost, work, PORTS[name], "https", 0, args.duration, vus=args.connections)
+                first = m["http_req_first_byte_ms"]
+                return m["http_reqs"]["rate"], first["med"], first["p99"], m["http_reqs"]["count"]
+            measure("full", full)
+        rates = [results[(l, n)][0] for l in ("full", "handshakes") for n in commands if (l, n) in results]
+        rates = rates[:len(commands)]
         rate = args.open_rate or (int(min(rates) / 2) if rates else 0)
-        for load_name, scheme, ports in [("open", "https", PORTS), ("open-http", "http", HTTP_PORTS)]:
+        for load_name, scheme, ports, resume in [("open", "https", PORTS, False), ("open-resumed", "https", PORTS, True),
+                                                 ("open-http", "http", HTTP_PORTS, False)]:
             if load_name in loads:
                 if not rate:
-                    sys.exit("the open model needs a rate: run the handshakes load too, or give --open-rate")
-                measure(load_name, lambda name, s=scheme, p=ports: opened(
-                    load(args.outpost, work, p[name], s, rate, args.duration)))
+                    sys.exit("the open model needs a rate: run the full or handshakes load too, or give --open-rate")
+                measure(load_name, lambda name, s=scheme, p=ports, r=resume: opened(
+                    load(args.outpost, work, p[name], s, rate, args.duration, resume=r)))
         if "flood" in loads:
             measure("flood", lambda name: flooded(args, work, name))
     finally:
@@ -189,15 +204,16 @@ def report(results, loads, rate):
         return (load, "outpost") in results and (load, "nginx") in results
 
     print()
-    if any(l in loads for l in ("hits", "handshakes")):
-        print("closed model (wrk, 64 connections): request to response")
+    if any(l in loads for l in ("hits", "handshakes", "full")):
+        print("closed model, 64 connections: hits and handshakes with wrk (request to response), "
+              "full handshakes with outpost load (connect to first byte)")
         print(f"{'load':<11} {'server':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'per CPU-s':>10}")
-        for load in ("hits", "handshakes"):
+        for load in ("hits", "handshakes", "full"):
             for name in ("outpost", "nginx"):
                 if (load, name) in results:
                     rps, p50, p99, reqs, cpu = results[(load, name)]
                     print(f"{load:<11} {name:<8} {rps:>9.0f} {p50:>8.3f} {p99:>8.3f} {reqs / cpu:>10.0f}")
-    for load in ("open", "open-http"):
+    for load in ("open", "open-resumed", "open-http"):
         if any((load, n) in results for n in ("outpost", "nginx")):
             print(f"\nopen model ({load}), a new connection per request at {rate}/s: connect to first byte, "
                   "and the TLS handshake (ms)")
@@ -217,15 +233,15 @@ def report(results, loads, rate):
                 h50, h99, hf, _, n50, n99, nf, rate_n, _ = results[("flood", name)]
                 print(f"{name:<8} {h50:>9.3f} {h99:>7.3f} {n50:>8.3f} {n99:>8.3f} {hf + nf:>7.0f} {rate_n:>8.0f}")
     print()
-    for load in ("hits", "handshakes"):
+    for load in ("hits", "handshakes", "full"):
         if both(load):
             o, n = results[(load, "outpost")], results[(load, "nginx")]
             print(f"{load:<11} outpost/nginx  per CPU-s {(o[3] / o[4]) / (n[3] / n[4]):.2f}x   req/s {o[0] / n[0]:.2f}x"
                   f"   p99 {o[2] / n[2]:.2f}x (lower is better)")
-    for load in ("open", "open-http"):
+    for load in ("open", "open-resumed", "open-http"):
         if both(load):
             o, n = results[(load, "outpost")], results[(load, "nginx")]
-            tls = f"   handshake p50 {o[3] / n[3]:.2f}x  p99 {o[4] / n[4]:.2f}x" if load == "open" else ""
+            tls = f"   handshake p50 {o[3] / n[3]:.2f}x  p99 {o[4] / n[4]:.2f}x" if load != "open-http" else ""
             print(f"{load:<11} outpost/nginx  first byte p50 {o[1] / n[1]:.2f}x  p99 {o[2] / n[2]:.2f}x{tls} "
                   "(lower is better)")
     if both("flood"):

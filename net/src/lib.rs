@@ -82,13 +82,22 @@ pub trait Handler: Send + Sync + 'static {
     /// the server has answered `status` and closed the connection.
     fn unreadable(&self, _conn: Conn, _status: http::StatusCode) {}
 
-    /// A TLS handshake finished (`true`) or failed, `took` after the
-    /// connection was accepted.
-    fn tls_handshake(&self, _ok: bool, _took: std::time::Duration) {}
+    /// A TLS handshake ended, `took` after the connection was accepted.
+    fn tls_handshake(&self, _how: Handshake, _took: std::time::Duration) {}
 
     /// A new connection's first response byte was written, `took` after
     /// the connection was accepted (`secure`: over TLS).
     fn first_byte(&self, _secure: bool, _took: std::time::Duration) {}
+}
+
+/// How a TLS handshake ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    /// A full handshake: a key exchange and the certificate's signature.
+    Full,
+    /// A session resumed from a ticket or session id: no signature.
+    Resumed,
+    Failed,
 }
 
 /// An error and its causes, as one line, for logs and messages.

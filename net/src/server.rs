@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::conn::{Closed, ConnState, conn, serve_connection};
-use crate::{Handler, Listener};
+use crate::{Handler, Handshake, Listener};
 
 /// Pause after a failed accept (out of descriptors and the like).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -190,17 +190,21 @@ impl<H: Handler> Server<H> {
         };
         match handshake {
             Ok(Ok(tls)) => {
-                handler.tls_handshake(true, state.accepted.elapsed());
+                let how = match tls.get_ref().1.handshake_kind() {
+                    Some(rustls::HandshakeKind::Resumed) => Handshake::Resumed,
+                    _ => Handshake::Full,
+                };
+                handler.tls_handshake(how, state.accepted.elapsed());
                 let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                 serve_connection(handler, tls, conn(peer, true), h2, state, limits, shutdown).await
             }
             Ok(Err(e)) => {
-                handler.tls_handshake(false, state.accepted.elapsed());
+                handler.tls_handshake(Handshake::Failed, state.accepted.elapsed());
                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
                 Closed::Ended
             }
             Err(_) => {
-                handler.tls_handshake(false, state.accepted.elapsed());
+                handler.tls_handshake(Handshake::Failed, state.accepted.elapsed());
                 tracing::debug!(%peer, "TLS handshake not finished in time");
                 Closed::HeaderTimeout
             }

@@ -40,8 +40,10 @@ pub struct Metrics {
     purges: Counter,
     tls_ok: Counter,
     tls_failed: Counter,
+    tls_resumed: Counter,
     /// From accept to a finished TLS handshake.
-    tls_seconds: Histogram,
+    /// Full handshakes, then resumed ones.
+    tls_seconds: [Histogram; 2],
     /// From accept to a new connection's first response byte: cleartext,
     /// TLS.
     first_byte_seconds: [Histogram; 2],
@@ -76,7 +78,9 @@ impl Metrics {
             served: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
             tls_ok: counter!("outpost_tls_handshakes_total", "node" => node.clone(), "result" => "ok"),
             tls_failed: counter!("outpost_tls_handshakes_total", "node" => node.clone(), "result" => "failed"),
-            tls_seconds: histogram!("outpost_tls_handshake_duration_seconds", "node" => node.clone()),
+            tls_resumed: counter!("outpost_tls_resumed_total", "node" => node.clone()),
+            tls_seconds: ["full", "resumed"]
+                .map(|k| histogram!("outpost_tls_handshake_duration_seconds", "node" => node.clone(), "kind" => k)),
             first_byte_seconds: ["http", "https"]
                 .map(|s| histogram!("outpost_first_byte_seconds", "node" => node.clone(), "scheme" => s)),
             purges: counter!("outpost_purges_total", "node" => node.clone()),
@@ -122,12 +126,18 @@ impl Metrics {
         self.purges.increment(1);
     }
 
-    pub fn tls_handshake(&self, ok: bool, took: Duration) {
-        if ok {
-            self.tls_ok.increment(1);
-            self.tls_seconds.record(took.as_secs_f64());
-        } else {
-            self.tls_failed.increment(1);
+    pub fn tls_handshake(&self, how: outpost_net::Handshake, took: Duration) {
+        use outpost_net::Handshake;
+        match how {
+            Handshake::Failed => self.tls_failed.increment(1),
+            Handshake::Full | Handshake::Resumed => {
+                let resumed = how == Handshake::Resumed;
+                self.tls_ok.increment(1);
+                if resumed {
+                    self.tls_resumed.increment(1);
+                }
+                self.tls_seconds[usize::from(resumed)].record(took.as_secs_f64());
+            }
         }
     }
 

@@ -36,8 +36,8 @@ impl Handler for Engine {
         self.unreadable_request(Some(conn.peer), status);
     }
 
-    fn tls_handshake(&self, ok: bool, took: std::time::Duration) {
-        self.metrics.tls_handshake(ok, took);
+    fn tls_handshake(&self, how: outpost_net::Handshake, took: std::time::Duration) {
+        self.metrics.tls_handshake(how, took);
     }
 
     fn first_byte(&self, secure: bool, took: std::time::Duration) {

@@ -48,8 +48,9 @@ impl std::fmt::Debug for Tls {
 
 impl Tls {
     /// A client for `server_name` trusting the certificates in `ca` (a PEM
-    /// file), the web's roots without it, or anything when `insecure`.
-    pub(super) fn new(server_name: &str, ca: Option<&str>, insecure: bool) -> Result<Tls, String> {
+    /// file), the web's roots without it, or anything when `insecure`;
+    /// resuming sessions when `resume`.
+    pub(super) fn new(server_name: &str, ca: Option<&str>, insecure: bool, resume: bool) -> Result<Tls, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
@@ -74,6 +75,9 @@ impl Tls {
         };
         let mut config = builder.with_no_client_auth();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        if !resume {
+            config.resumption = rustls::client::Resumption::disabled();
+        }
         let name = ServerName::try_from(server_name.to_string())
             .map_err(|e| format!("target server_name `{server_name}`: {e}"))?;
         Ok(Tls { connector: TlsConnector::from(Arc::new(config)), name })

@@ -152,7 +152,7 @@ impl Plan {
                     .or_else(|| t.host.as_deref().map(|h| h.rsplit_once(':').map_or(h, |(n, _)| n).to_string()))
                     .or(from_url)
                     .unwrap_or_default();
-                Some(Tls::new(&name, t.ca.as_deref(), t.insecure_skip_tls_verify)?)
+                Some(Tls::new(&name, t.ca.as_deref(), t.insecure_skip_tls_verify, t.tls_resumption)?)
             }
         };
         if s.target.no_connection_reuse {

@@ -9,6 +9,7 @@
 //! # https:// urls: server_name = "…" (SNI), ca = "ca.pem" or
 //! #                insecure_skip_tls_verify = true
 //! no_connection_reuse = false             # true: a new connection per request
+//! tls_resumption = true                   # false: every TLS handshake a full one
 //!
 //! [executor]
 //! type = "constant-vus"                   # or ramping-vus, constant-arrival-rate
@@ -114,6 +115,14 @@ pub struct Target {
     /// `noConnectionReuse`), so each pays for connecting and TLS.
     #[serde(default)]
     pub no_connection_reuse: bool,
+    /// New TLS connections resume an earlier session, as browsers do;
+    /// `false`: every one is a full handshake, as a first visit is.
+    #[serde(default = "yes")]
+    pub tls_resumption: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -8,15 +8,37 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use outpost_load::OriginServer;
 use outpost_load::runner::{Scenario, Summary, exec};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache, StoresServerSessions};
 use rustls::sign::CertifiedKey;
 use tokio_util::sync::CancellationToken;
 
-/// Presents one certificate and counts the handshakes that asked for it.
+/// Presents one certificate and counts the handshakes that asked for it,
+/// and the sessions resumed.
 #[derive(Debug)]
 struct Counting {
     key: Arc<CertifiedKey>,
     hellos: AtomicU64,
+    sessions: Arc<dyn StoresServerSessions>,
+    resumed: AtomicU64,
+}
+
+impl StoresServerSessions for Counting {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.sessions.put(key, value)
+    }
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let v = self.sessions.get(key);
+        self.resumed.fetch_add(u64::from(v.is_some()), Ordering::Relaxed);
+        v
+    }
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let v = self.sessions.take(key);
+        self.resumed.fetch_add(u64::from(v.is_some()), Ordering::Relaxed);
+        v
+    }
+    fn can_cache(&self) -> bool {
+        true
+    }
 }
 
 impl ResolvesServerCert for Counting {
@@ -32,7 +54,8 @@ fn certificate(name: &str) -> (String, Arc<Counting>) {
     let der = rustls::pki_types::PrivateKeyDer::Pkcs8(c.signing_key.serialize_der().into());
     let signer = rustls::crypto::ring::sign::any_supported_type(&der).unwrap();
     let key = Arc::new(CertifiedKey::new(vec![c.cert.der().clone()], signer));
-    (c.cert.pem(), Arc::new(Counting { key, hellos: AtomicU64::new(0) }))
+    let sessions = ServerSessionMemoryCache::new(1024);
+    (c.cert.pem(), Arc::new(Counting { key, hellos: AtomicU64::new(0), sessions, resumed: AtomicU64::new(0) }))
 }
 
 /// The test origin over HTTPS presenting `resolver`'s certificate.
@@ -42,6 +65,7 @@ async fn origin(resolver: &Arc<Counting>) -> (u16, tokio_util::sync::DropGuard) 
         .unwrap()
         .with_no_client_auth()
         .with_cert_resolver(Arc::clone(resolver) as Arc<dyn ResolvesServerCert>);
+    config.session_storage = Arc::clone(resolver) as Arc<dyn StoresServerSessions>;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let server = OriginServer::bind(&["127.0.0.1:0".parse().unwrap()], None).await.unwrap().with_tls(Arc::new(config));
     let port = server.local_addrs()[0].port();
@@ -72,9 +96,11 @@ async fn https_targets_time_each_new_connection_and_refuse_an_untrusted_certific
     let trusted = format!("server_name = \"origin.test\"\nca = \"{}\"", ca.display());
 
     // A new connection per request: one handshake at the server for each,
-    // each timed, and the wait to the first byte includes it.
-    let s = run(dir.path(), port, &format!("{trusted}\nno_connection_reuse = true")).await;
+    // each timed, and the wait to the first byte includes it. Each is a
+    // full handshake when resumption is off.
+    let s = run(dir.path(), port, &format!("{trusted}\nno_connection_reuse = true\ntls_resumption = false")).await;
     let handshakes = resolver.hellos.swap(0, Ordering::Relaxed);
+    assert_eq!(resolver.resumed.swap(0, Ordering::Relaxed), 0, "resumed with resumption off");
     assert!(s.reqs >= 10, "{} requests", s.reqs);
     assert_eq!(s.failed, 0);
     assert_eq!(handshakes, s.reqs, "one handshake per request");
@@ -99,9 +125,12 @@ async fn https_targets_time_each_new_connection_and_refuse_an_untrusted_certific
     assert!(s.timings.tls_handshaking.is_empty() && s.timings.waiting.is_empty());
     assert!(resolver.hellos.swap(0, Ordering::Relaxed) > 0);
 
-    // Told to trust anything, it connects.
+    // Told to trust anything, it connects; and by default new connections
+    // resume the sessions of earlier ones.
     let s = run(dir.path(), port, "insecure_skip_tls_verify = true\nno_connection_reuse = true").await;
     assert!(s.reqs >= 10 && s.failed == 0);
+    let resumed = resolver.resumed.swap(0, Ordering::Relaxed);
+    assert!(resumed >= s.reqs - 4, "{resumed} of {} resumed", s.reqs);
 }
 
 #[test]

@@ -441,9 +441,11 @@ async fn connection_timings() {
     let node = "node=\"edge-tls\"";
     assert_eq!(histogram_count(&render(), "outpost_tls_handshake_duration_seconds", &[node]), 0);
 
-    // Two TLS connections, one request each; one cleartext connection.
+    // Two TLS connections from one client, one request each (the second
+    // resumes the first's session); one cleartext connection.
+    let client = h2_h1(&ca_pem);
     for _ in 0..2 {
-        let stream = connect(edge.https, "a.test", h2_h1(&ca_pem)).await.unwrap();
+        let stream = connect(edge.https, "a.test", Arc::clone(&client)).await.unwrap();
         let (status, _, _) = Conn::open(stream).await.get("a.test", "/timed?size=100").await;
         assert_eq!(status, StatusCode::OK);
     }
@@ -455,6 +457,14 @@ async fn connection_timings() {
 
     let text = render();
     assert_eq!(histogram_count(&text, "outpost_tls_handshake_duration_seconds", &[node]), 2, "{text}");
+    for kind in ["kind=\"full\"", "kind=\"resumed\""] {
+        assert_eq!(
+            histogram_count(&text, "outpost_tls_handshake_duration_seconds", &[node, kind]),
+            1,
+            "{kind}: {text}"
+        );
+    }
+    assert!(text.contains(&format!("outpost_tls_resumed_total{{{node}}} 1")), "{text}");
     assert_eq!(histogram_count(&text, "outpost_first_byte_seconds", &[node, "scheme=\"https\""]), 2, "{text}");
     assert_eq!(histogram_count(&text, "outpost_first_byte_seconds", &[node, "scheme=\"http\""]), 1, "{text}");
     assert!(text.contains("outpost_tls_handshake_duration_seconds_bucket{"), "with buckets: {text}");

@@ -147,6 +147,26 @@ impl Conn {
     }
 }
 
+/// One site `a` for `a.test` (with `site_extra` in its `[site]`) on an edge
+/// whose node file adds `node_extra`, both certificates from a new CA.
+struct OneSite {
+    origin: Origin,
+    dir: tempfile::TempDir,
+    ca_pem: PathBuf,
+    edge: TlsEdge,
+}
+
+async fn one_site(site_extra: &str, node_extra: &str) -> OneSite {
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = LocalCa::generate("test CA").unwrap();
+    let ca_pem = ca_file(&ca, dir.path());
+    issue(&ca, dir.path(), "a", &["a.test"]);
+    write_site(dir.path(), "a", &["a.test"], origin.addr, site_extra);
+    let edge = tls_edge(dir.path(), &["a.toml"], node_extra).await;
+    OneSite { origin, dir, ca_pem, edge }
+}
+
 fn cache_status(h: &http::HeaderMap) -> String {
     h.get("cache-status").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
 }
@@ -391,13 +411,7 @@ async fn certificate_files_are_checked_and_an_expired_one_is_a_warning() {
 
 #[tokio::test]
 async fn https_only_sites_send_plain_http_clients_to_https_with_308() {
-    let origin = Origin::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca = LocalCa::generate("test CA").unwrap();
-    let ca_pem = ca_file(&ca, dir.path());
-    issue(&ca, dir.path(), "a", &["a.test"]);
-    write_site(dir.path(), "a", &["a.test"], origin.addr, "https_only = true\n");
-    let edge = tls_edge(dir.path(), &["a.toml"], "").await;
+    let OneSite { origin, dir: _dir, ca_pem, edge } = one_site("https_only = true\n", "").await;
 
     let url = format!("http://{}/p/x?size=10&v=2", edge.http);
     let r = send(Method::GET, &url, &[("host", "A.test:8080")]).await;
@@ -430,13 +444,7 @@ fn new_connections_time_their_handshake_and_first_byte() {
 }
 
 async fn connection_timings() {
-    let origin = Origin::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca = LocalCa::generate("test CA").unwrap();
-    let ca_pem = ca_file(&ca, dir.path());
-    issue(&ca, dir.path(), "a", &["a.test"]);
-    write_site(dir.path(), "a", &["a.test"], origin.addr, "");
-    let edge = tls_edge(dir.path(), &["a.toml"], "").await;
+    let OneSite { origin: _origin, dir: _dir, ca_pem, edge } = one_site("", "").await;
     let render = outpost_net::metrics::render;
     let node = "node=\"edge-tls\"";
     assert_eq!(histogram_count(&render(), "outpost_tls_handshake_duration_seconds", &[node]), 0);
@@ -468,4 +476,45 @@ async fn connection_timings() {
     assert_eq!(histogram_count(&text, "outpost_first_byte_seconds", &[node, "scheme=\"https\""]), 2, "{text}");
     assert_eq!(histogram_count(&text, "outpost_first_byte_seconds", &[node, "scheme=\"http\""]), 1, "{text}");
     assert!(text.contains("outpost_tls_handshake_duration_seconds_bucket{"), "with buckets: {text}");
+}
+
+/// Clients that open connections and stall inside the TLS handshake, some
+/// after a partial ClientHello and some after none, hold no place a real
+/// visitor needs: handshakes are not capped, so a new client is answered at
+/// once while 300 stalled ones wait out the header-read timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_handshakes_do_not_keep_new_visitors_out() {
+    use tokio::io::AsyncWriteExt;
+    let OneSite { origin: _origin, dir: _dir, ca_pem, edge } =
+        one_site("", "[limits]\nheader_read_timeout = \"30s\"\n").await;
+
+    // The first bytes of a TLS record carrying a ClientHello, and no more.
+    let partial: &[u8] = &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03];
+    let mut stalled = Vec::new();
+    for i in 0..300 {
+        let mut s = TcpStream::connect(edge.https).await.unwrap();
+        if i % 2 == 0 {
+            s.write_all(partial).await.unwrap();
+        }
+        stalled.push(s);
+    }
+    // A real visitor, after all of them: its handshake and request finish
+    // long before the stalled ones could time out.
+    let visit = async {
+        let s = connect(edge.https, "a.test", h2_h1(&ca_pem)).await.unwrap();
+        Conn::open(s).await.get("a.test", "/stalled/visit?size=100").await
+    };
+    let (status, _, body) = tokio::time::timeout(Duration::from_secs(10), visit).await.expect("the visitor waited");
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body.len(), 100);
+    // The stalled connections are all still open: nothing made room by
+    // closing them.
+    let mut buf = [0u8; 1];
+    let mut open = 0;
+    for s in &stalled {
+        if matches!(s.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) {
+            open += 1;
+        }
+    }
+    assert_eq!(open, stalled.len(), "stalled handshakes were closed early");
 }

@@ -22,6 +22,7 @@ Loads (--loads, comma-separated):
   response byte, the handshake on its own;
 - open-resumed: the same for returning visitors, who resume a session;
 - open-http: the same over cleartext HTTP/1.1;
+- open-h2c: the same over cleartext HTTP/2 (prior knowledge);
 - flood: a TLS handshake flood (one ClientHello replayed on 256 connections
   as fast as the server answers, load-tests/examples/hello_flood.rs) while
   `outpost load` measures 1 KiB keep-alive hits at 1,000/s and then new
@@ -44,6 +45,8 @@ from compare import ORIGIN, arguments, cpu_seconds, edge_toml, nginx_conf, start
 
 PORTS = {"outpost": 18443, "nginx": 18444}
 HTTP_PORTS = {"outpost": 18445, "nginx": 18446}
+# Outpost's cleartext listener takes h2c as well; nginx needs a listener of its own.
+H2C_PORTS = {"outpost": 18445, "nginx": 18447}
 HOST = "bench.test"
 PATH = "/bench/tls?size=1KiB&cc=public,%20max-age%3D3600"
 FLOOD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../target/release/examples/hello_flood")
@@ -55,7 +58,8 @@ def configs(work):
                     "-keyout", key, "-out", cert, "-subj", f"/CN={HOST}", "-days", "30",
                     "-addext", f"subjectAltName=DNS:{HOST},IP:127.0.0.1"], check=True, capture_output=True)
     # nginx's default backlog is 511; both servers get the same.
-    listen = f"127.0.0.1:{PORTS['nginx']} ssl backlog=4096;\n    listen 127.0.0.1:{HTTP_PORTS['nginx']} backlog=4096"
+    listen = (f"127.0.0.1:{PORTS['nginx']} ssl backlog=4096;\n    listen 127.0.0.1:{HTTP_PORTS['nginx']} backlog=4096;\n"
+              f"    listen 127.0.0.1:{H2C_PORTS['nginx']} http2 backlog=4096")
     nginx = nginx_conf(work, listen,
                        server_extra=f"""    ssl_certificate {cert};
     ssl_certificate_key {key};
@@ -82,7 +86,7 @@ key = "key.pem"
     return nginx, edge
 
 
-def load(binary, work, port, scheme, rate, seconds, reuse=False, resume=False, vus=0):
+def load(binary, work, port, scheme, rate, seconds, reuse=False, resume=False, vus=0, http2=False):
     """One `outpost load` run on CPU 1: at `rate` requests per second, or
     with `vus` closed-model VUs; its JSON metrics."""
     executor = (f'type = "constant-vus"\nvus = {vus}' if vus else
@@ -95,6 +99,7 @@ host = "{HOST}"
 insecure_skip_tls_verify = true
 no_connection_reuse = {"false" if reuse else "true"}
 tls_resumption = {"true" if resume else "false"}
+http2 = {"true" if http2 else "false"}
 [executor]
 {executor}
 duration = "{seconds}s"
@@ -130,7 +135,7 @@ def flooded(args, work, name):
 
 def main():
     ap = arguments()
-    ap.add_argument("--loads", default="hits,handshakes,full,open,open-resumed,open-http,flood",
+    ap.add_argument("--loads", default="hits,handshakes,full,open,open-resumed,open-http,open-h2c,flood",
                     help="which loads, comma-separated")
     ap.add_argument("--open-rate", type=int, default=0,
                     help="new connections per second for the open model (default: half the slower handshake rate)")
@@ -149,10 +154,13 @@ def main():
     try:
         for name, cmd in commands.items():
             procs[name] = start(name, cmd, PORTS[name], env=env)
-            for scheme, port in [("https", PORTS[name]), ("http", HTTP_PORTS[name])]:
+            for scheme, port, extra in [("https", PORTS[name], []), ("http", HTTP_PORTS[name], []),
+                                        ("http", H2C_PORTS[name], ["--http2-prior-knowledge"])]:
                 url = f"{scheme}://127.0.0.1:{port}{PATH}"
-                subprocess.run(["curl", "-sk", "-o", "/dev/null", "-o", "/dev/null", "-H", f"Host: {HOST}", url, url],
-                               check=True)
+                # One URL per call: curl 7.88 fails a second request on a
+                # reused prior-knowledge HTTP/2 connection, to nginx as to us.
+                for _ in range(2):
+                    subprocess.run(["curl", "-sk", *extra, "-o", "/dev/null", "-H", f"Host: {HOST}", url], check=True)
 
         def measure(load, run):
             runs = {name: [] for name in commands}
@@ -182,13 +190,15 @@ def main():
         rates = [results[(l, n)][0] for l in ("full", "handshakes") for n in commands if (l, n) in results]
         rates = rates[:len(commands)]
         rate = args.open_rate or (int(min(rates) / 2) if rates else 0)
-        for load_name, scheme, ports, resume in [("open", "https", PORTS, False), ("open-resumed", "https", PORTS, True),
-                                                 ("open-http", "http", HTTP_PORTS, False)]:
+        for load_name, scheme, ports, resume, h2 in [("open", "https", PORTS, False, False),
+                                                     ("open-resumed", "https", PORTS, True, False),
+                                                     ("open-http", "http", HTTP_PORTS, False, False),
+                                                     ("open-h2c", "http", H2C_PORTS, False, True)]:
             if load_name in loads:
                 if not rate:
                     sys.exit("the open model needs a rate: run the full or handshakes load too, or give --open-rate")
-                measure(load_name, lambda name, s=scheme, p=ports, r=resume: opened(
-                    load(args.outpost, work, p[name], s, rate, args.duration, resume=r)))
+                measure(load_name, lambda name, s=scheme, p=ports, r=resume, h=h2: opened(
+                    load(args.outpost, work, p[name], s, rate, args.duration, resume=r, http2=h)))
         if "flood" in loads:
             measure("flood", lambda name: flooded(args, work, name))
     finally:
@@ -213,7 +223,7 @@ def report(results, loads, rate):
                 if (load, name) in results:
                     rps, p50, p99, reqs, cpu = results[(load, name)]
                     print(f"{load:<11} {name:<8} {rps:>9.0f} {p50:>8.3f} {p99:>8.3f} {reqs / cpu:>10.0f}")
-    for load in ("open", "open-resumed", "open-http"):
+    for load in ("open", "open-resumed", "open-http", "open-h2c"):
         if any((load, n) in results for n in ("outpost", "nginx")):
             print(f"\nopen model ({load}), a new connection per request at {rate}/s: connect to first byte, "
                   "and the TLS handshake (ms)")
@@ -238,10 +248,10 @@ def report(results, loads, rate):
             o, n = results[(load, "outpost")], results[(load, "nginx")]
             print(f"{load:<11} outpost/nginx  per CPU-s {(o[3] / o[4]) / (n[3] / n[4]):.2f}x   req/s {o[0] / n[0]:.2f}x"
                   f"   p99 {o[2] / n[2]:.2f}x (lower is better)")
-    for load in ("open", "open-resumed", "open-http"):
+    for load in ("open", "open-resumed", "open-http", "open-h2c"):
         if both(load):
             o, n = results[(load, "outpost")], results[(load, "nginx")]
-            tls = f"   handshake p50 {o[3] / n[3]:.2f}x  p99 {o[4] / n[4]:.2f}x" if load != "open-http" else ""
+            tls = f"   handshake p50 {o[3] / n[3]:.2f}x  p99 {o[4] / n[4]:.2f}x" if load in ("open", "open-resumed") else ""
             print(f"{load:<11} outpost/nginx  first byte p50 {o[1] / n[1]:.2f}x  p99 {o[2] / n[2]:.2f}x{tls} "
                   "(lower is better)")
     if both("flood"):

@@ -1,14 +1,18 @@
 //! Opening a VU's connection: TCP, then TLS for `https://` targets, each
-//! step timed (k6's `http_req_connecting` and `http_req_tls_handshaking`).
+//! step timed (k6's `http_req_connecting` and `http_req_tls_handshaking`);
+//! HTTP/1.1, or HTTP/2 when asked (by ALPN over TLS, by prior knowledge in
+//! cleartext).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::{Request, Response};
 use http_body_util::Empty;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -20,8 +24,32 @@ use tokio_rustls::TlsConnector;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A VU's open connection.
-pub(super) struct Conn {
-    pub(super) send: SendRequest<Empty<Bytes>>,
+pub(super) enum Conn {
+    H1(http1::SendRequest<Empty<Bytes>>),
+    H2(http2::SendRequest<Empty<Bytes>>),
+}
+
+impl Conn {
+    pub(super) fn is_closed(&self) -> bool {
+        match self {
+            Conn::H1(s) => s.is_closed(),
+            Conn::H2(s) => s.is_closed(),
+        }
+    }
+
+    /// Sends `req` once the connection can take it.
+    pub(super) async fn send(&mut self, req: Request<Empty<Bytes>>) -> hyper::Result<Response<Incoming>> {
+        match self {
+            Conn::H1(s) => {
+                s.ready().await?;
+                s.send_request(req).await
+            }
+            Conn::H2(s) => {
+                s.ready().await?;
+                s.send_request(req).await
+            }
+        }
+    }
 }
 
 /// How long opening a connection took.
@@ -40,6 +68,14 @@ pub(super) struct Tls {
     name: ServerName<'static>,
 }
 
+/// Which HTTP a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Version {
+    Http1,
+    /// HTTP/2 where TLS negotiates it, and always in cleartext (h2c).
+    Http2,
+}
+
 impl std::fmt::Debug for Tls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tls").field("name", &self.name).finish_non_exhaustive()
@@ -49,8 +85,14 @@ impl std::fmt::Debug for Tls {
 impl Tls {
     /// A client for `server_name` trusting the certificates in `ca` (a PEM
     /// file), the web's roots without it, or anything when `insecure`;
-    /// resuming sessions when `resume`.
-    pub(super) fn new(server_name: &str, ca: Option<&str>, insecure: bool, resume: bool) -> Result<Tls, String> {
+    /// resuming sessions when `resume`, offering HTTP/2 first for `Http2`.
+    pub(super) fn new(
+        server_name: &str,
+        ca: Option<&str>,
+        insecure: bool,
+        resume: bool,
+        version: Version,
+    ) -> Result<Tls, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
@@ -74,7 +116,10 @@ impl Tls {
             builder.with_root_certificates(roots)
         };
         let mut config = builder.with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = match version {
+            Version::Http1 => vec![b"http/1.1".to_vec()],
+            Version::Http2 => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        };
         if !resume {
             config.resumption = rustls::client::Resumption::disabled();
         }
@@ -85,29 +130,41 @@ impl Tls {
 }
 
 /// Opens a connection to `addr`, over TLS when `tls` is set.
-pub(super) async fn connect(addr: SocketAddr, tls: Option<&Tls>) -> Option<(Conn, Opened)> {
+pub(super) async fn connect(addr: SocketAddr, tls: Option<&Tls>, version: Version) -> Option<(Conn, Opened)> {
     let at = Instant::now();
     let open = async {
         let stream = TcpStream::connect(addr).await.ok()?;
         let connecting = at.elapsed();
         let _ = stream.set_nodelay(true);
         let Some(tls) = tls else {
-            return Some((handshake(stream).await?, Opened { at, connecting, tls_handshaking: None }));
+            return Some((handshake(stream, version).await?, Opened { at, connecting, tls_handshaking: None }));
         };
         let stream = tls.connector.connect(tls.name.clone(), stream).await.ok()?;
         let tls_handshaking = Some(at.elapsed() - connecting);
-        Some((handshake(stream).await?, Opened { at, connecting, tls_handshaking }))
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+        let version = if h2 { Version::Http2 } else { Version::Http1 };
+        Some((handshake(stream, version).await?, Opened { at, connecting, tls_handshaking }))
     };
     tokio::time::timeout(CONNECT_TIMEOUT, open).await.ok()?
 }
 
-async fn handshake<S>(stream: S) -> Option<Conn>
+async fn handshake<S>(stream: S, version: Version) -> Option<Conn>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
-    tokio::spawn(conn);
-    Some(Conn { send })
+    let io = TokioIo::new(stream);
+    match version {
+        Version::Http1 => {
+            let (send, conn) = http1::handshake(io).await.ok()?;
+            tokio::spawn(conn);
+            Some(Conn::H1(send))
+        }
+        Version::Http2 => {
+            let (send, conn) = http2::handshake(TokioExecutor::new(), io).await.ok()?;
+            tokio::spawn(conn);
+            Some(Conn::H2(send))
+        }
+    }
 }
 
 /// Accepts any certificate, but still checks that the server holds its key.

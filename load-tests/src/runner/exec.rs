@@ -24,7 +24,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::dial::{self, Conn, Tls};
+use super::dial::{self, Conn, Tls, Version};
 use super::metrics::{Second, Summary, Timings, new_histogram};
 use super::scenario::{Action, Check, Executor, Picker, Scenario};
 
@@ -90,6 +90,7 @@ struct Plan {
     tls: Option<Tls>,
     /// A new connection for every request.
     fresh: bool,
+    version: Version,
 }
 
 /// Is the response a hit at the cache nearest the client (the last member
@@ -106,7 +107,7 @@ pub fn is_edge_hit(cache_status: Option<&HeaderValue>) -> bool {
 type Vu = (Option<Conn>, usize, Picker, Arc<Mutex<Tally>>);
 
 async fn connect(addr: SocketAddr) -> Option<Conn> {
-    dial::connect(addr, None).await.map(|(c, _)| c)
+    dial::connect(addr, None, Version::Http1).await.map(|(c, _)| c)
 }
 
 impl Plan {
@@ -140,6 +141,7 @@ impl Plan {
         if let Some(r) = &s.requests.range {
             headers.push((http::header::RANGE, HeaderValue::from_str(r).map_err(|e| e.to_string())?));
         }
+        let version = if s.target.http2 { Version::Http2 } else { Version::Http1 };
         let tls = match (schemes.iter().any(|&h| h), schemes.iter().all(|&h| h)) {
             (false, _) => None,
             (true, false) => return Err("target urls: all https or all http, not a mix".into()),
@@ -152,7 +154,7 @@ impl Plan {
                     .or_else(|| t.host.as_deref().map(|h| h.rsplit_once(':').map_or(h, |(n, _)| n).to_string()))
                     .or(from_url)
                     .unwrap_or_default();
-                Some(Tls::new(&name, t.ca.as_deref(), t.insecure_skip_tls_verify, t.tls_resumption)?)
+                Some(Tls::new(&name, t.ca.as_deref(), t.insecure_skip_tls_verify, t.tls_resumption, version)?)
             }
         };
         if s.target.no_connection_reuse {
@@ -168,6 +170,7 @@ impl Plan {
             sizes: s.requests.sizes.clone(),
             tls,
             fresh: s.target.no_connection_reuse,
+            version,
         })
     }
 
@@ -178,8 +181,8 @@ impl Plan {
             *conn = None;
         }
         let mut opened = None;
-        if conn.as_ref().is_none_or(|c| c.send.is_closed()) {
-            *conn = dial::connect(*addr, self.tls.as_ref()).await.map(|(c, o)| {
+        if conn.as_ref().is_none_or(|c| c.is_closed()) {
+            *conn = dial::connect(*addr, self.tls.as_ref(), self.version).await.map(|(c, o)| {
                 opened = Some(o);
                 c
             });
@@ -197,10 +200,7 @@ impl Plan {
         let Ok(req) = req.body(Empty::new()) else { return };
         let started = Instant::now();
         let result = match conn.as_mut() {
-            Some(c) => match c.send.ready().await {
-                Ok(()) => c.send.send_request(req).await.ok(),
-                Err(_) => None,
-            },
+            Some(c) => c.send(req).await.ok(),
             None => None,
         };
         let Some(resp) = result else {
@@ -583,7 +583,7 @@ async fn origin_total(origin: &str, prefix: &str) -> Result<u64, String> {
         .header(http::header::HOST, authority.as_str())
         .body(Empty::new())
         .map_err(|e| e.to_string())?;
-    let resp = conn.send.send_request(req).await.map_err(|e| format!("origin stats: {e}"))?;
+    let resp = conn.send(req).await.map_err(|e| format!("origin stats: {e}"))?;
     let body = resp.into_body().collect().await.map_err(|e| format!("origin stats: {e}"))?.to_bytes();
     let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| format!("origin stats: {e}"))?;
     let paths = v["paths"].as_object().ok_or_else(|| "origin stats without paths".to_string())?;

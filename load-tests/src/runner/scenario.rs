@@ -10,6 +10,7 @@
 //! #                insecure_skip_tls_verify = true
 //! no_connection_reuse = false             # true: a new connection per request
 //! tls_resumption = true                   # false: every TLS handshake a full one
+//! http2 = false                           # true: HTTP/2 (ALPN for https, h2c for http)
 //!
 //! [executor]
 //! type = "constant-vus"                   # or ramping-vus, constant-arrival-rate
@@ -119,6 +120,10 @@ pub struct Target {
     /// `false`: every one is a full handshake, as a first visit is.
     #[serde(default = "yes")]
     pub tls_resumption: bool,
+    /// HTTP/2: offered first by ALPN to `https://` targets, spoken by prior
+    /// knowledge (h2c) to `http://` ones.
+    #[serde(default)]
+    pub http2: bool,
 }
 
 fn yes() -> bool {

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use hyper_util::rt::TokioIo;
 use outpost_load::OriginServer;
 use outpost_load::runner::{Scenario, Summary, exec};
 use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache, StoresServerSessions};
@@ -18,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 struct Counting {
     key: Arc<CertifiedKey>,
     hellos: AtomicU64,
+    /// Hellos that offered HTTP/2.
+    h2: AtomicU64,
     sessions: Arc<dyn StoresServerSessions>,
     resumed: AtomicU64,
 }
@@ -42,8 +45,10 @@ impl StoresServerSessions for Counting {
 }
 
 impl ResolvesServerCert for Counting {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         self.hellos.fetch_add(1, Ordering::Relaxed);
+        let h2 = hello.alpn().is_some_and(|mut offered| offered.any(|p| p == b"h2"));
+        self.h2.fetch_add(u64::from(h2), Ordering::Relaxed);
         Some(Arc::clone(&self.key))
     }
 }
@@ -55,7 +60,16 @@ fn certificate(name: &str) -> (String, Arc<Counting>) {
     let signer = rustls::crypto::ring::sign::any_supported_type(&der).unwrap();
     let key = Arc::new(CertifiedKey::new(vec![c.cert.der().clone()], signer));
     let sessions = ServerSessionMemoryCache::new(1024);
-    (c.cert.pem(), Arc::new(Counting { key, hellos: AtomicU64::new(0), sessions, resumed: AtomicU64::new(0) }))
+    (
+        c.cert.pem(),
+        Arc::new(Counting {
+            key,
+            hellos: AtomicU64::new(0),
+            h2: AtomicU64::new(0),
+            sessions,
+            resumed: AtomicU64::new(0),
+        }),
+    )
 }
 
 /// The test origin over HTTPS presenting `resolver`'s certificate.
@@ -66,7 +80,7 @@ async fn origin(resolver: &Arc<Counting>) -> (u16, tokio_util::sync::DropGuard) 
         .with_no_client_auth()
         .with_cert_resolver(Arc::clone(resolver) as Arc<dyn ResolvesServerCert>);
     config.session_storage = Arc::clone(resolver) as Arc<dyn StoresServerSessions>;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let server = OriginServer::bind(&["127.0.0.1:0".parse().unwrap()], None).await.unwrap().with_tls(Arc::new(config));
     let port = server.local_addrs()[0].port();
     let stop = CancellationToken::new();
@@ -75,8 +89,12 @@ async fn origin(resolver: &Arc<Counting>) -> (u16, tokio_util::sync::DropGuard) 
 }
 
 async fn run(dir: &Path, port: u16, target: &str) -> Summary {
+    run_on(dir, &format!("https://127.0.0.1:{port}"), target).await
+}
+
+async fn run_on(dir: &Path, url: &str, target: &str) -> Summary {
     let text = format!(
-        "[target]\nurls = [\"https://127.0.0.1:{port}\"]\n{target}\n\
+        "[target]\nurls = [\"{url}\"]\n{target}\n\
          [executor]\ntype = \"constant-vus\"\nvus = 2\nduration = \"1s\"\n\
          [requests]\npath = \"/tls/{{n}}?size=1KiB\"\nobjects = 5\n"
     );
@@ -125,6 +143,13 @@ async fn https_targets_time_each_new_connection_and_refuse_an_untrusted_certific
     assert!(s.timings.tls_handshaking.is_empty() && s.timings.waiting.is_empty());
     assert!(resolver.hellos.swap(0, Ordering::Relaxed) > 0);
 
+    // HTTP/2 when asked: offered by ALPN on every new connection, and
+    // spoken.
+    let s = run(dir.path(), port, &format!("{trusted}\nno_connection_reuse = true\nhttp2 = true")).await;
+    assert!(s.reqs >= 10 && s.failed == 0, "{} of {} failed", s.failed, s.reqs);
+    assert_eq!(resolver.h2.swap(0, Ordering::Relaxed), s.reqs);
+    resolver.hellos.store(0, Ordering::Relaxed);
+
     // Told to trust anything, it connects; and by default new connections
     // resume the sessions of earlier ones.
     let s = run(dir.path(), port, "insecure_skip_tls_verify = true\nno_connection_reuse = true").await;
@@ -151,4 +176,35 @@ fn a_missing_or_empty_ca_file_is_refused() {
         let err = rt.block_on(exec::run(&scenario, &|_, _| {})).unwrap_err();
         assert!(err.contains(want), "{err}");
     }
+}
+
+/// `http2 = true` in cleartext speaks h2c by prior knowledge: the test
+/// origin answers it, and a server that speaks only HTTP/1.1 does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleartext_http2_is_spoken_by_prior_knowledge() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = OriginServer::bind(&["127.0.0.1:0".parse().unwrap()], None).await.unwrap();
+    let addr = server.local_addrs()[0];
+    let stop = CancellationToken::new();
+    tokio::spawn(server.run(stop.clone()));
+    let _stop = stop.drop_guard();
+    let s = run_on(dir.path(), &format!("http://{addr}"), "http2 = true\nno_connection_reuse = true").await;
+    assert!(s.reqs >= 10 && s.failed == 0, "{} of {} failed", s.failed, s.reqs);
+
+    // An HTTP/1.1-only server takes the h2 preface for a bad request.
+    let h1 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let h1_addr = h1.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = h1.accept().await else { return };
+            let svc = hyper::service::service_fn(|_req| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
+            });
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc));
+        }
+    });
+    let s = run_on(dir.path(), &format!("http://{h1_addr}"), "http2 = true").await;
+    assert!(s.reqs > 0 && s.failed == s.reqs, "{} of {} failed", s.failed, s.reqs);
+    let s = run_on(dir.path(), &format!("http://{h1_addr}"), "").await;
+    assert!(s.reqs > 0 && s.failed == 0, "{} of {} failed over HTTP/1.1", s.failed, s.reqs);
 }

@@ -157,9 +157,6 @@ impl Plan {
                 Some(Tls::new(&name, t.ca.as_deref(), t.insecure_skip_tls_verify, t.tls_resumption, version)?)
             }
         };
-        if s.target.no_connection_reuse {
-            headers.push((http::header::CONNECTION, HeaderValue::from_static("close")));
-        }
         let path = s.requests.path.replace("{run}", &run_id());
         Ok(Plan {
             targets,
@@ -197,7 +194,12 @@ impl Plan {
         for (k, v) in &self.headers {
             req = req.header(k, v);
         }
-        let Ok(req) = req.body(Empty::new()) else { return };
+        let Ok(mut req) = req.body(Empty::new()) else { return };
+        // Tell an HTTP/1.1 server the connection ends with this request
+        // (HTTP/2 has no such header: the connection is simply dropped).
+        if self.fresh && matches!(conn, Some(Conn::H1(_))) {
+            req.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         let started = Instant::now();
         let result = match conn.as_mut() {
             Some(c) => c.send(req).await.ok(),

@@ -159,6 +159,26 @@ async fn https_targets_time_each_new_connection_and_refuse_an_untrusted_certific
 }
 
 #[test]
+fn mixed_schemes_and_a_bad_server_name_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for (target, want) in [
+        ("urls = [\"https://127.0.0.1:1\", \"http://127.0.0.1:2\"]", "not a mix"),
+        ("urls = [\"https://127.0.0.1:1\"]\nserver_name = \"bad name!\"", "server_name"),
+    ] {
+        let text = format!(
+            "[target]\n{target}\n[executor]\ntype = \"constant-vus\"\nvus = 1\nduration = \"1s\"\n\
+             [requests]\npath = \"/\"\n"
+        );
+        let file = dir.path().join("s.toml");
+        std::fs::write(&file, text).unwrap();
+        let scenario = Scenario::load(&file).unwrap();
+        let err = rt.block_on(exec::run(&scenario, &|_, _| {})).unwrap_err();
+        assert!(err.contains(want), "{err}");
+    }
+}
+
+#[test]
 fn a_missing_or_empty_ca_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let empty = dir.path().join("empty.pem");
@@ -207,4 +227,9 @@ async fn cleartext_http2_is_spoken_by_prior_knowledge() {
     assert!(s.reqs > 0 && s.failed == s.reqs, "{} of {} failed", s.failed, s.reqs);
     let s = run_on(dir.path(), &format!("http://{h1_addr}"), "").await;
     assert!(s.reqs > 0 && s.failed == 0, "{} of {} failed over HTTP/1.1", s.failed, s.reqs);
+    // An https target that answers in cleartext: every request fails, none
+    // is timed as a handshake, and the run ends on time.
+    let s = run_on(dir.path(), &format!("https://{h1_addr}"), "insecure_skip_tls_verify = true").await;
+    assert!(s.reqs > 0 && s.failed == s.reqs, "{} of {} failed", s.failed, s.reqs);
+    assert!(s.timings.tls_handshaking.is_empty());
 }

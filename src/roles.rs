@@ -81,9 +81,7 @@ impl BoundRole {
                     dns = dns.with_control_tls(outpost_proxy::tls::client_config(link.ca.as_deref().as_slice(), None)?);
                 }
                 let admin = match node.listen.admin {
-                    Some(a) => {
-                        Some(outpost_net::bind(&[a], node.limits.listen_backlog).await.with_context(what)?.remove(0))
-                    }
+                    Some(a) => Some(outpost_net::bind(&[a], node.limits.listen_backlog).with_context(what)?.remove(0)),
                     None => None,
                 };
                 Inner::Dns { node: dns, admin }

@@ -214,7 +214,7 @@ impl<H: Handler> Server<H> {
 
 /// Binds every address with room for `backlog` connections not yet
 /// accepted; the error names the address that failed.
-pub async fn bind(addrs: &[SocketAddr], backlog: u32) -> io::Result<Vec<TcpListener>> {
+pub fn bind(addrs: &[SocketAddr], backlog: u32) -> io::Result<Vec<TcpListener>> {
     let mut out = Vec::with_capacity(addrs.len());
     for a in addrs {
         let l = listen(*a, backlog).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {a}: {e}")))?;

@@ -58,10 +58,10 @@ impl Node {
     pub async fn bind(node: &NodeConfig, tier: Tier, route: Arc<dyn Route>) -> Result<Node, NodeError> {
         let proxy = node.proxy().ok_or_else(|| NodeError::NotAProxy(node.file.display().to_string()))?;
         let backlog = node.limits.listen_backlog;
-        let http = crate::serve::bind(&node.listen.http, backlog).await?;
-        let https = crate::serve::bind(&node.listen.https, backlog).await?;
+        let http = crate::serve::bind(&node.listen.http, backlog)?;
+        let https = crate::serve::bind(&node.listen.https, backlog)?;
         let admin = match node.listen.admin {
-            Some(a) => Some(crate::serve::bind(&[a], backlog).await?.remove(0)),
+            Some(a) => Some(crate::serve::bind(&[a], backlog)?.remove(0)),
             None => None,
         };
         let mut config = EngineConfig::from_node(node, proxy, tier);

@@ -180,23 +180,18 @@ async fn framing_conflicts_are_refused_even_pipelined() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_new_connections_waits_in_the_backlog_not_in_retries() {
     const BURST: usize = 600; // well past the standard library's 128
-    let listener = outpost_net::bind(&["127.0.0.1:0".parse().unwrap()], 1024).await.unwrap().remove(0);
+    let listener = outpost_net::bind(&["127.0.0.1:0".parse().unwrap()], 1024).unwrap().remove(0);
     let addr = listener.local_addr().unwrap();
     let mut connecting = tokio::task::JoinSet::new();
     for _ in 0..BURST {
         connecting.spawn(async move {
-            matches!(
-                tokio::time::timeout(Duration::from_millis(700), tokio::net::TcpStream::connect(addr)).await,
-                Ok(Ok(_))
-            )
-            .then(|| ())
+            let c = tokio::time::timeout(Duration::from_millis(700), tokio::net::TcpStream::connect(addr)).await;
+            c.ok().and_then(Result::ok)
         });
     }
-    let mut open = Vec::new();
-    while let Some(c) = connecting.join_next().await {
-        open.push(c.unwrap());
-    }
-    let connected = open.iter().filter(|c| c.is_some()).count();
+    // Kept open until they are accepted.
+    let open: Vec<_> = connecting.join_all().await.into_iter().flatten().collect();
+    let connected = open.len();
     assert_eq!(connected, BURST, "connections that had to retry their handshake: {}", BURST - connected);
     for _ in 0..BURST {
         tokio::time::timeout(Duration::from_secs(1), listener.accept()).await.unwrap().unwrap();

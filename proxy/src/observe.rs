@@ -36,6 +36,9 @@ pub struct Metrics {
     upstream_seconds: Histogram,
     upstream_errors: Counter,
     upstream_body_errors: Counter,
+    /// Stored bodies finished from upstream after part of them left the
+    /// store: done, failed.
+    body_refills: [Counter; 2],
     coalesced: Counter,
     purges: Counter,
     tls_ok: Counter,
@@ -74,6 +77,8 @@ impl Metrics {
             upstream_seconds: histogram!("outpost_upstream_duration_seconds", "node" => node.clone()),
             upstream_errors: counter!("outpost_upstream_errors_total", "node" => node.clone()),
             upstream_body_errors: counter!("outpost_upstream_body_errors_total", "node" => node.clone()),
+            body_refills: ["ok", "failed"]
+                .map(|r| counter!("outpost_body_refills_total", "node" => node.clone(), "result" => r)),
             coalesced: counter!("outpost_coalesced_waiters_total", "node" => node.clone()),
             served: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
             tls_ok: counter!("outpost_tls_handshakes_total", "node" => node.clone(), "result" => "ok"),
@@ -116,6 +121,10 @@ impl Metrics {
 
     pub fn upstream_body_error(&self) {
         self.upstream_body_errors.increment(1);
+    }
+
+    pub fn body_refill(&self, ok: bool) {
+        self.body_refills[usize::from(!ok)].increment(1);
     }
 
     pub fn coalesced(&self) {

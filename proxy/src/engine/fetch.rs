@@ -26,7 +26,7 @@ use crate::upstream::request::{self, FromClient};
 use crate::upstream::{UpstreamError, UpstreamErrorKind};
 
 /// How long the upstream's body may pause when the origin says nothing.
-const DEFAULT_BODY_IDLE: Duration = Duration::from_secs(30);
+pub(super) const DEFAULT_BODY_IDLE: Duration = Duration::from_secs(30);
 
 /// What a fetch needs of the request that started it.
 #[derive(Debug, Clone)]
@@ -125,7 +125,7 @@ fn storable_headers(from: &HeaderMap, strip: &[HeaderName]) -> HeaderMap {
     h
 }
 
-fn content_length(headers: &HeaderMap) -> Option<u64> {
+pub(super) fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|s| s.trim().parse().ok())
 }
 

@@ -348,7 +348,7 @@ async fn read_stored(store: &Store, key: Key, generation: u64, pos: u64, upto: u
     match chunks.next().await {
         Some(Ok(bytes)) if !bytes.is_empty() => Ok(bytes),
         Some(Err(e)) => Err(e),
-        _ => Err(io::Error::other("stored chunk unreadable")),
+        _ => Err(io::Error::new(io::ErrorKind::NotFound, "stored chunk unreadable")),
     }
 }
 

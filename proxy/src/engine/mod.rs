@@ -10,6 +10,7 @@ pub(crate) mod flight;
 mod forward;
 pub(crate) mod hold;
 mod lookup;
+mod refill;
 mod request;
 pub(crate) mod respond;
 pub(crate) mod sites;

@@ -17,6 +17,7 @@ use outpost_net::multipart::{Part, byteranges};
 
 use super::context::{Answer, Ctx};
 use super::flight::{Flight, SharedHead};
+use super::refill::{Refill, resumable};
 use crate::cache_status::{CacheStatus, Detail, Outcome};
 use crate::headers::{CACHE_STATUS, CDN_ONLY};
 use crate::key::Key;
@@ -43,8 +44,8 @@ fn stream_body(s: impl Stream<Item = io::Result<Bytes>> + Send + 'static) -> Bod
 /// Where a response body comes from.
 #[derive(Debug)]
 pub(crate) enum BodySource {
-    Stored { store: Store, key: Key, body: BodyRef, sendfile: Option<SendFile> },
-    Flight { store: Store, flight: Arc<Flight>, head: Arc<SharedHead> },
+    Stored { store: Store, key: Key, body: BodyRef, sendfile: Option<SendFile>, refill: Option<Refill> },
+    Flight { store: Store, flight: Arc<Flight>, head: Arc<SharedHead>, refill: Option<Refill> },
 }
 
 impl BodySource {
@@ -62,12 +63,17 @@ impl BodySource {
                 let end = end.unwrap_or(b.len() as u64).min(b.len() as u64) as usize;
                 full(b.slice((start as usize).min(end)..end))
             }
-            BodySource::Stored { store, key, body, sendfile } => {
+            BodySource::Stored { store, key, body, sendfile, refill } => {
                 let sendfile = sendfile.clone();
                 let pieces = store.pieces(*key, body, start, end.unwrap_or(body.len()));
-                stream_body(pieces.map(move |p| p.and_then(|p| piece_frame(p, sendfile.as_ref()))))
+                let frames = pieces
+                    .map(move |p| p.and_then(|p| Ok(((p.end - p.start) as u64, piece_frame(p, sendfile.as_ref())?))));
+                stream_body(resumable(frames, start, end, refill.clone()))
             }
-            BodySource::Flight { store, flight, head } => stream_body(flight.body(store.clone(), head, start, end)),
+            BodySource::Flight { store, flight, head, refill } => {
+                let frames = flight.body(store.clone(), head, start, end).map_ok(|b| (b.len() as u64, b));
+                stream_body(resumable(frames, start, end, refill.clone()))
+            }
         }
     }
 }
@@ -167,8 +173,13 @@ pub(crate) fn passed_response(cx: &Ctx, resp: Response<Incoming>, detail: Option
 pub(crate) fn serve_stored(cx: &Ctx, key: Key, obj: &StoredObject, status: CacheStatus, now: SystemTime) -> Answer {
     let status = CacheStatus { partitioned: cx.partitioned, ..status };
     let engine = &cx.engine;
-    let source =
-        BodySource::Stored { store: engine.store.clone(), key, body: obj.body.clone(), sendfile: cx.sendfile.clone() };
+    // Only a chunked body can lose a part while it is read.
+    let refill = match obj.body {
+        BodyRef::Chunked { len, generation, .. } => Refill::new(cx, obj, Some(len), Some((key, generation))),
+        BodyRef::Inline(_) => None,
+    };
+    let store = engine.store.clone();
+    let source = BodySource::Stored { store, key, body: obj.body.clone(), sendfile: cx.sendfile.clone(), refill };
     let header = status.header(&engine.node, None);
     let resp = object_response(&cx.site, &engine.rules, &cx.method, &cx.headers, obj, source, now, header);
     (resp, status)

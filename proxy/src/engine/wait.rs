@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use super::context::{Answer, Ctx, failed};
 use super::fetch::{FetchJob, Fetched};
 use super::flight::{Flight, Head, Join, SharedHead};
+use super::refill::Refill;
 use super::respond::{BodySource, object_response, passed_response, serve_stored};
 use crate::cache_status::{CacheStatus, Outcome};
 use crate::error::Error;
@@ -141,8 +142,11 @@ fn shared(cx: &Ctx, outcome: Outcome, joined: &Joined, head: Arc<SharedHead>) ->
         ..CacheStatus::new(outcome)
     };
     let header = status.header(&engine.node, head.upstream_status.as_ref());
-    let source =
-        BodySource::Flight { store: engine.store.clone(), flight: Arc::clone(&joined.flight), head: Arc::clone(&head) };
+    // A reader that falls behind reads stored chunks, which can go missing.
+    let large = head.storing && head.len.is_none_or(|l| l > crate::store::CHUNK_SIZE as u64);
+    let refill = large.then(|| Refill::new(cx, obj, head.len, Some((head.object_key, head.generation)))).flatten();
+    let flight = Arc::clone(&joined.flight);
+    let source = BodySource::Flight { store: engine.store.clone(), flight, head: Arc::clone(&head), refill };
     let resp = object_response(&cx.site, &engine.rules, &cx.method, &cx.headers, obj, source, now, header);
     Some((resp, status))
 }

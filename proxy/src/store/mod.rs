@@ -117,8 +117,6 @@ impl Store {
             .with_buffer_pool_size(block * 2)
             // Room for a burst of writes: past this, foyer drops entries
             // instead of writing them.
-            // Room for a burst of writes: past this, foyer drops entries
-            // instead of writing them.
             .with_submit_queue_size_threshold(block * 4)
             // Removals are written as `Entry::Gone` overwrites, which recover in
             // order after a restart; foyer's tombstone log is not needed (and its
@@ -189,6 +187,15 @@ impl Store {
                 (0..chunk_count(len, chunk_size)).all(|i| self.cache.contains(&chunk_key(key, generation, i)))
             }
             _ => true,
+        }
+    }
+
+    /// Puts back a chunk of a stored body that was fetched again after it
+    /// left the store (see `engine::refill`); one still there is left be.
+    pub fn restore_chunk(&self, key: Key, generation: u64, index: u32, bytes: Bytes) {
+        let key = chunk_key(key, generation, index);
+        if !self.cache.contains(&key) {
+            self.insert(key, Entry::Chunk(Blob::keep(bytes)));
         }
     }
 

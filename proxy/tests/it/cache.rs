@@ -338,6 +338,108 @@ async fn a_client_that_stops_reading_slows_nobody_and_is_cut_off() {
     assert!(got < 30 << 20, "the stalled client was cut off, not served 50 MiB ({got} bytes)");
 }
 
+/// Sends a GET for `path` on a socket with a small receive buffer, reads
+/// the head and the first `first` body bytes, and hands back the socket and
+/// the body length.
+async fn start_reading(
+    addr: std::net::SocketAddr,
+    path: &str,
+    first: usize,
+) -> (tokio::net::TcpStream, Vec<u8>, usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 << 10).unwrap();
+    let mut conn = socket.connect(addr).await.unwrap();
+    conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: t.test\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let head_end = loop {
+        let mut buf = [0u8; 4096];
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the edge closed before the head");
+        got.extend_from_slice(&buf[..n]);
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&got[..head_end]).to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("cache-status: edge-test; hit"), "{head}");
+    let len: usize =
+        head.split("content-length: ").nth(1).and_then(|s| s.split("\r\n").next()).unwrap().parse().unwrap();
+    let mut body = got.split_off(head_end);
+    while body.len() < first {
+        let mut buf = vec![0u8; first - body.len()];
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the edge closed early");
+        body.extend_from_slice(&buf[..n]);
+    }
+    (conn, body, len)
+}
+
+/// A hit on a memory-only edge whose unread chunks other traffic evicts
+/// while its client stalls; the origin's copy is changed meanwhile when
+/// `changed`. What the client got, the body's length, and the edge.
+async fn hit_evicted_mid_read(
+    origin: &Origin,
+    dir: &std::path::Path,
+    path: &str,
+    changed: bool,
+) -> (Vec<u8>, usize, Edge) {
+    use tokio::io::AsyncReadExt;
+    let edge = Edge::start_with(dir, &site_toml(origin.addr, DEFAULT_RULES), "memory = \"96MiB\"", "").await;
+    assert_eq!(edge.get(path).await.body.len(), 32 << 20);
+    let (mut conn, mut body, len) = start_reading(edge.addr, path, 1 << 20).await;
+    // Other objects, together larger than the memory tier, push out every
+    // chunk the stalled hit has not read yet.
+    for i in 0..2 {
+        let other = format!("/other{i}?size=80MiB&cc=max-age%3D600");
+        assert_eq!(edge.get(&other).await.body.len(), 80 << 20);
+    }
+    if changed {
+        origin.control(&format!("bump?path={}", path.split('?').next().unwrap())).await;
+    }
+    // The edge ends a body it cannot finish by closing the connection.
+    let _ = conn.read_to_end(&mut body).await;
+    (body, len, edge)
+}
+
+/// A hit whose later chunks leave the store while its client is still
+/// reading is finished from the origin by a range of whole chunks pinned
+/// to the stored copy's validator: the client gets every byte.
+#[tokio::test]
+async fn a_hit_whose_chunks_are_evicted_mid_read_is_finished_from_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    let path = "/evicted?size=32MiB&cc=max-age%3D600";
+    let (body, len, edge) = hit_evicted_mid_read(&origin, dir.path(), path, false).await;
+    assert_eq!(len, 32 << 20);
+    assert_eq!(body.len(), len, "the hit's body broke off");
+    assert_origin_bytes("/evicted", &body);
+    assert_eq!(origin.count("/evicted").await, 2, "the rest came from the origin, once");
+    let asked = origin.last_request("/evicted").await;
+    let range = asked["range"].as_str().unwrap();
+    assert!(range.starts_with("bytes=") && range.ends_with(&format!("-{}", len - 1)), "{range}");
+    let from: usize = range["bytes=".len()..].split('-').next().unwrap().parse().unwrap();
+    assert!(from >= 1 << 20 && from.is_multiple_of(1 << 20), "whole chunks from past what was read: {range}");
+    assert_eq!(asked["if-range"], serde_json::json!(edge.get(path).await.headers["etag"].to_str().unwrap()));
+}
+
+/// The same, but the origin's copy changed in between: the range comes
+/// back as another representation, which is refused. The client's body
+/// breaks off (its length was promised), and never splices two versions.
+#[tokio::test]
+async fn a_refill_of_a_changed_object_is_refused_not_spliced() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    let path = "/changed?size=32MiB&cc=max-age%3D600";
+    let (body, len, _edge) = hit_evicted_mid_read(&origin, dir.path(), path, true).await;
+    assert!(body.len() >= 1 << 20 && body.len() < len, "{} of {len} bytes", body.len());
+    assert_origin_bytes("/changed", &body);
+    assert_eq!(origin.count("/changed").await, 2, "the range was asked for");
+}
+
 #[tokio::test]
 async fn ranges_and_conditionals_are_answered_from_cache() {
     let (_d, origin, edge) = setup(DEFAULT_RULES).await;

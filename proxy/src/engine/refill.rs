@@ -1,0 +1,311 @@
+//! A stored body that breaks off mid-read is finished from upstream.
+//!
+//! A large body's chunks can leave the store while a client reads it: the
+//! memory tier evicts a chunk whose disk write was dropped under a burst, or
+//! has not landed yet. The lookup saw every chunk, so the response has
+//! promised its length; rather than cut the client off, the rest is asked of
+//! the upstream as a range pinned to the stored copy's validator
+//! (`If-Range`, RFC 9110 §13.1.5), checked to be the same representation, and
+//! the chunks it covers are stored again.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::BoxStream;
+use futures_util::{Stream, StreamExt};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use outpost_config::Site;
+
+use super::Engine;
+use super::context::Ctx;
+use super::fetch::DEFAULT_BODY_IDLE;
+use crate::key::Key;
+use crate::store::{CHUNK_SIZE, Store, StoredObject};
+use crate::upstream::request::{self, FromClient};
+
+/// How to fetch the rest of one body.
+#[derive(Clone)]
+pub(crate) struct Refill {
+    engine: Arc<Engine>,
+    site: Arc<Site>,
+    /// The request's primary key: it chooses the upstream.
+    route: Key,
+    url: String,
+    from: FromClient,
+    host: Option<HeaderValue>,
+    /// The stored copy's strong validator, sent as `If-Range` and required
+    /// back: its `ETag`, or its `Last-Modified` when it has none.
+    validator: (header::HeaderName, HeaderValue),
+    /// The whole body's length, when known.
+    len: Option<u64>,
+    /// Where the body's chunks are stored (object key, generation): what is
+    /// fetched goes back there.
+    chunks: Option<(Key, u64)>,
+}
+
+impl std::fmt::Debug for Refill {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Refill").field("url", &self.url).field("len", &self.len).finish()
+    }
+}
+
+/// The validator a range of the same representation can be asked by: a
+/// strong `ETag`, else `Last-Modified`; none for a weak `ETag`.
+fn validator(headers: &HeaderMap) -> Option<(header::HeaderName, HeaderValue)> {
+    match headers.get(header::ETAG) {
+        Some(e) if e.as_bytes().starts_with(b"W/") => None,
+        Some(e) => Some((header::ETAG, e.clone())),
+        None => Some((header::LAST_MODIFIED, headers.get(header::LAST_MODIFIED)?.clone())),
+    }
+}
+
+/// `Content-Range: bytes first-last/complete` of a 206.
+fn content_range(headers: &HeaderMap) -> Option<(u64, u64, Option<u64>)> {
+    let v = headers.get(header::CONTENT_RANGE)?.to_str().ok()?;
+    let (range, complete) = v.strip_prefix("bytes ")?.split_once('/')?;
+    let (first, last) = range.split_once('-')?;
+    let complete = if complete == "*" { None } else { Some(complete.parse().ok()?) };
+    Some((first.parse().ok()?, last.parse().ok()?, complete))
+}
+
+impl Refill {
+    /// For a body of `obj` (`len` bytes, when known) stored as chunks under
+    /// `chunks`; `None` when the copy has no strong validator to pin a
+    /// range to.
+    pub(crate) fn new(cx: &Ctx, obj: &StoredObject, len: Option<u64>, chunks: Option<(Key, u64)>) -> Option<Refill> {
+        Some(Refill {
+            validator: validator(&obj.headers)?,
+            engine: Arc::clone(&cx.engine),
+            site: Arc::clone(&cx.site),
+            route: cx.rkey.primary,
+            url: cx.rkey.url.clone(),
+            from: cx.client_side(),
+            host: cx.upstream_host(),
+            len,
+            chunks,
+        })
+    }
+
+    /// The body's bytes `pos..end` (`end` None: to the end) from upstream.
+    async fn rest(self, pos: u64, end: Option<u64>) -> io::Result<BoxStream<'static, io::Result<Bytes>>> {
+        let chunk = CHUNK_SIZE as u64;
+        let end = end.or(self.len);
+        // Whole chunks when they can be stored again.
+        let repair = self.chunks.filter(|_| self.len.is_some());
+        let (from, to) = match (repair, self.len) {
+            (Some(_), Some(len)) => (pos / chunk * chunk, end.map_or(len, |e| e.div_ceil(chunk) * chunk).min(len)),
+            _ => (pos, end.or(self.len).unwrap_or(u64::MAX)),
+        };
+        let mut req = request::fetch(&self.engine.hop, &self.site, &self.from, &self.url, None);
+        let range = if to == u64::MAX { format!("bytes={from}-") } else { format!("bytes={from}-{}", to - 1) };
+        let headers = req.headers_mut();
+        headers.insert(header::RANGE, HeaderValue::from_str(&range).map_err(io::Error::other)?);
+        headers.insert(header::IF_RANGE, self.validator.1.clone());
+        let resp = self.engine.upstream.send(&self.site, self.route, req, self.host.clone()).await;
+        let resp = resp.map_err(|e| io::Error::other(format!("the upstream could not finish the body: {e}")))?;
+        let started = self.check(&resp, from, to)?;
+        let idle = self.site.origins.first().map_or(DEFAULT_BODY_IDLE, |o| o.response_timeout);
+        let repair = repair.map(|(key, generation)| Repair {
+            store: self.engine.store.clone(),
+            key,
+            generation,
+            index: (started / chunk) as u32,
+            buf: BytesMut::new(),
+            end: to,
+            at: started,
+        });
+        let body = Upstream {
+            body: resp.into_body(),
+            // The response starts at `started`: skip to `pos`.
+            skip: pos - started,
+            left: end.map_or(u64::MAX, |e| e - pos),
+            repair,
+            idle,
+        };
+        Ok(futures_util::stream::unfold(body, Upstream::next).boxed())
+    }
+
+    /// Is the response the same representation, from where it was asked?
+    /// Where its body starts.
+    fn check(&self, resp: &Response<Incoming>, from: u64, to: u64) -> io::Result<u64> {
+        let h = resp.headers();
+        let (name, value) = &self.validator;
+        if h.get(name) != Some(value) {
+            return Err(io::Error::other("the upstream's copy has changed"));
+        }
+        let len = self.len;
+        match resp.status() {
+            StatusCode::PARTIAL_CONTENT => match content_range(h) {
+                Some((first, last, complete))
+                    if first == from
+                        && (to == u64::MAX || last + 1 == to)
+                        && (len.is_none() || complete.is_none() || complete == len) =>
+                {
+                    Ok(from)
+                }
+                _ => Err(io::Error::other("the upstream answered another range")),
+            },
+            // An upstream that ignores ranges sends it all.
+            StatusCode::OK if len.is_none() || super::fetch::content_length(h).is_none_or(|l| Some(l) == len) => Ok(0),
+            s => Err(io::Error::other(format!("the upstream answered the range with {s}"))),
+        }
+    }
+}
+
+/// Puts back the whole chunks a refill passes.
+struct Repair {
+    store: Store,
+    key: Key,
+    generation: u64,
+    /// The chunk being filled.
+    index: u32,
+    buf: BytesMut,
+    /// Body offset of the next byte, and where the repaired part ends.
+    at: u64,
+    end: u64,
+}
+
+impl Repair {
+    fn push(&mut self, mut data: &[u8]) {
+        while !data.is_empty() && self.at < self.end {
+            let room = (CHUNK_SIZE - self.buf.len()).min((self.end - self.at) as usize);
+            let n = room.min(data.len());
+            self.buf.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            self.at += n as u64;
+            if self.buf.len() == CHUNK_SIZE || self.at == self.end {
+                self.store.restore_chunk(self.key, self.generation, self.index, self.buf.split().freeze());
+                self.index += 1;
+            }
+        }
+    }
+}
+
+/// The upstream's body, cut to the bytes the reader wants.
+struct Upstream {
+    body: Incoming,
+    skip: u64,
+    left: u64,
+    repair: Option<Repair>,
+    idle: Duration,
+}
+
+impl Upstream {
+    async fn next(mut self) -> Option<(io::Result<Bytes>, Upstream)> {
+        loop {
+            if self.left == 0 && self.repair.as_ref().is_none_or(|r| r.at >= r.end) {
+                return None;
+            }
+            let frame = match tokio::time::timeout(self.idle, self.body.frame()).await {
+                Ok(None) if self.left == 0 || self.left == u64::MAX => return None,
+                Ok(None) => return Some((Err(io::Error::other("the upstream's range ended early")), self.done())),
+                Ok(Some(Ok(f))) => f,
+                Ok(Some(Err(e))) => return Some((Err(io::Error::other(e)), self.done())),
+                Err(_) => return Some((Err(io::Error::other("the upstream's range stalled")), self.done())),
+            };
+            let Ok(mut data) = frame.into_data() else { continue };
+            if let Some(r) = self.repair.as_mut() {
+                r.push(&data);
+            }
+            let skipped = self.skip.min(data.len() as u64);
+            self.skip -= skipped;
+            let _ = data.split_to(skipped as usize);
+            let take = self.left.min(data.len() as u64);
+            if take == 0 {
+                continue;
+            }
+            if self.left != u64::MAX {
+                self.left -= take;
+            }
+            data.truncate(take as usize);
+            return Some((Ok(data), self));
+        }
+    }
+
+    /// After an error: nothing more.
+    fn done(mut self) -> Upstream {
+        self.left = 0;
+        self.repair = None;
+        self
+    }
+}
+
+/// A body read from the store from `start` to `end`, as (bytes covered,
+/// frame) pairs, finished from upstream when a stored part turns out to be
+/// missing (`io::ErrorKind::NotFound`). Without a refill, the error ends it.
+pub(crate) fn resumable(
+    stored: impl Stream<Item = io::Result<(u64, Bytes)>> + Send + 'static,
+    start: u64,
+    end: Option<u64>,
+    refill: Option<Refill>,
+) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    enum Source {
+        Store(BoxStream<'static, io::Result<(u64, Bytes)>>, u64, Option<Box<Refill>>),
+        Upstream(BoxStream<'static, io::Result<Bytes>>),
+        Done,
+    }
+    futures_util::stream::unfold(Source::Store(stored.boxed(), start, refill.map(Box::new)), move |state| async move {
+        match state {
+            Source::Store(mut s, pos, refill) => match s.next().await {
+                None => None,
+                Some(Ok((n, frame))) => Some((Ok(frame), Source::Store(s, pos + n, refill))),
+                Some(Err(e)) if e.kind() == io::ErrorKind::NotFound && refill.is_some() => {
+                    let refill = refill?;
+                    let metrics = refill.engine.metrics.clone();
+                    tracing::warn!(node = %refill.engine.node, url = %refill.url, at = pos, error = %e,
+                        "part of a cached body is gone; finishing it from upstream");
+                    match refill.rest(pos, end).await {
+                        Ok(mut rest) => {
+                            metrics.body_refill(true);
+                            let first = rest.next().await?;
+                            Some((first, Source::Upstream(rest)))
+                        }
+                        Err(e) => {
+                            metrics.body_refill(false);
+                            Some((Err(e), Source::Done))
+                        }
+                    }
+                }
+                Some(Err(e)) => Some((Err(e), Source::Done)),
+            },
+            Source::Upstream(mut s) => s.next().await.map(|item| (item, Source::Upstream(s))),
+            Source::Done => None,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_range_is_pinned_to_a_strong_validator() {
+        let mut h = HeaderMap::new();
+        assert!(validator(&h).is_none(), "nothing to pin to");
+        h.insert(header::LAST_MODIFIED, HeaderValue::from_static("Mon, 01 Jan 2024 00:00:00 GMT"));
+        assert_eq!(validator(&h).unwrap().0, header::LAST_MODIFIED);
+        h.insert(header::ETAG, HeaderValue::from_static("\"v1\""));
+        assert_eq!(validator(&h).unwrap(), (header::ETAG, HeaderValue::from_static("\"v1\"")));
+        h.insert(header::ETAG, HeaderValue::from_static("W/\"v1\""));
+        assert!(validator(&h).is_none(), "a weak ETag says the bytes may differ");
+    }
+
+    #[test]
+    fn content_ranges_are_read_strictly() {
+        let cr = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_RANGE, HeaderValue::from_static(v));
+            content_range(&h)
+        };
+        assert_eq!(cr("bytes 0-9/100"), Some((0, 9, Some(100))));
+        assert_eq!(cr("bytes 5-9/*"), Some((5, 9, None)));
+        assert_eq!(cr("bytes 5-9"), None);
+        assert_eq!(cr("bytes -9/100"), None);
+        assert_eq!(cr("items 0-9/100"), None);
+    }
+}

@@ -7,4 +7,5 @@
 # README's examples) and curl. Run as root; does nothing when all is there.
 set -euo pipefail
 source "$(dirname "$0")/../load-tests/bench/need.sh"
-need protoc:protobuf-compiler etcd:etcd-server etcdctl:etcd-client nft:nftables dig:dnsutils kdig:knot-dnsutils curl:curl
+need protoc:protobuf-compiler etcd:etcd-server etcdctl:etcd-client nft:nftables dig:dnsutils kdig:knot-dnsutils curl:curl \
+  man:man-db nroff:groff-base

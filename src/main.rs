@@ -13,14 +13,17 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use outpost_config::Role;
 use outpost_config::api::PurgeRequest;
+
+/// The release and the git revision it was built from.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("OUTPOST_REVISION"), ")");
 
 #[derive(Debug, Parser)]
 #[command(
     name = "outpost",
-    version,
+    version = VERSION,
     about = "An edge CDN: caching edges, origin shields, a control plane and geo-IP DNS"
 )]
 struct Cli {
@@ -160,6 +163,16 @@ enum Command {
         #[arg(long, global = true, default_value = ".outpost/lab")]
         dir: PathBuf,
     },
+    /// Print a completion script for a shell (bash: `source <(outpost completions bash)`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages for outpost and each of its commands into a folder.
+    Manpages {
+        /// The folder (made if missing); pages are named outpost.1, outpost-edge.1, …
+        dir: PathBuf,
+    },
     /// Run the test origin (see `outpost_load::origin` for its URL grammar).
     Origin {
         /// Address to listen on; repeat for several.
@@ -234,6 +247,20 @@ fn main() -> ExitCode {
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Check { files } => return Ok(check::run(&files)),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "outpost", &mut script);
+            // A reader that stops early (`| head`) is not an error.
+            if let Err(e) = std::io::Write::write_all(&mut std::io::stdout(), &script)
+                && e.kind() != std::io::ErrorKind::BrokenPipe
+            {
+                return Err(e.into());
+            }
+        }
+        Command::Manpages { dir } => {
+            let n = manpages(&dir)?;
+            println!("wrote {n} pages to {}", dir.display());
+        }
         Command::Config { action: ConfigAction::Reference } => print!("{}", outpost_config::schema::reference()),
         Command::Up { config_dir, data_dir, ha } => {
             init_logging();
@@ -263,6 +290,26 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `outpost.1` and a page per command (`outpost-sites-push.1` for a
+/// nested one); returns how many.
+fn manpages(dir: &Path) -> anyhow::Result<usize> {
+    fn write(dir: &Path, cmd: clap::Command, name: String) -> anyhow::Result<usize> {
+        let cmd = cmd.name(name.clone());
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
+        std::fs::write(dir.join(format!("{name}.1")), page)?;
+        let mut n = 1;
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            n += write(dir, sub.clone(), format!("{name}-{}", sub.get_name()))?;
+        }
+        Ok(n)
+    }
+    std::fs::create_dir_all(dir)?;
+    let mut cmd = Cli::command();
+    cmd.build();
+    write(dir, cmd, "outpost".into())
 }
 
 fn serve(config: &Path, role: Role) -> anyhow::Result<()> {

@@ -10,6 +10,104 @@ fn outpost() -> Command {
     Command::new(env!("CARGO_BIN_EXE_outpost"))
 }
 
+/// What bash offers after `line` (completing its last word), with the
+/// completion script `outpost completions bash` prints loaded.
+fn bash_completes(script: &Path, line: &str) -> Vec<String> {
+    let words: Vec<&str> = line.split(' ').collect();
+    // As bash calls it: the command, the word being completed, the one before.
+    let n = words.len();
+    let program = format!(
+        "source {}; COMP_WORDS=({}); COMP_CWORD={}; COMP_LINE='{line}'; COMP_POINT={}; \
+         _outpost outpost '{}' '{}'; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        script.display(),
+        words.iter().map(|w| format!("'{w}'")).collect::<Vec<_>>().join(" "),
+        n - 1,
+        line.len(),
+        words[n - 1],
+        words[n - 2],
+    );
+    let out = Command::new("bash").args(["-c", &program]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut offered: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+    offered.sort();
+    offered
+}
+
+#[test]
+fn bash_completion_offers_commands_and_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = outpost().args(["completions", "bash"]).output().unwrap();
+    assert!(out.status.success());
+    let script = dir.path().join("outpost.bash");
+    std::fs::write(&script, &out.stdout).unwrap();
+    assert_eq!(bash_completes(&script, "outpost pu"), ["purge"]);
+    assert_eq!(bash_completes(&script, "outpost s"), ["shield", "sites", "status"]);
+    assert_eq!(bash_completes(&script, "outpost sites p"), ["push"]);
+    assert_eq!(bash_completes(&script, "outpost purge --s"), ["--site", "--soft"]);
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        let out = outpost().args(["completions", shell]).output().unwrap();
+        assert!(out.status.success() && out.stdout.windows(7).any(|w| w == b"outpost"), "{shell}");
+    }
+    let out = outpost().args(["completions", "tcsh"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "an unknown shell is a usage error");
+}
+
+#[test]
+fn man_pages_cover_every_command_and_render() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = outpost().arg("manpages").arg(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut pages: Vec<String> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    pages.sort();
+    // One per command, nested ones included.
+    let help = String::from_utf8_lossy(&outpost().arg("--help").output().unwrap().stdout).into_owned();
+    let commands: Vec<&str> = help
+        .split("Commands:")
+        .nth(1)
+        .unwrap()
+        .split("Options:")
+        .next()
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(commands.len() > 15, "{help}");
+    for c in &commands {
+        assert!(pages.contains(&format!("outpost-{c}.1")), "no page for {c}: {pages:?}");
+    }
+    for page in ["outpost.1", "outpost-sites-push.1", "outpost-pops-drain.1", "outpost-lab-cut.1"] {
+        assert!(pages.iter().any(|p| p == page), "{page}: {pages:?}");
+    }
+    for page in &pages {
+        let out = Command::new("man").arg("-l").arg(dir.path().join(page)).env("MANPAGER", "cat").output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let name = page.trim_end_matches(".1");
+        assert!(out.status.success() && out.stderr.is_empty(), "{page}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("NAME") && text.contains("SYNOPSIS") && text.contains(name), "{page}:\n{text}");
+    }
+    let edge = Command::new("man").arg("-l").arg(dir.path().join("outpost-edge.1")).env("MANPAGER", "cat").output();
+    assert!(String::from_utf8_lossy(&edge.unwrap().stdout).contains("The edge's node file"));
+}
+
+#[test]
+fn version_names_the_revision_built() {
+    let out = outpost().arg("--version").output().unwrap();
+    let version = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(version.starts_with(&format!("outpost {} (", env!("CARGO_PKG_VERSION"))), "{version}");
+    let head =
+        Command::new("git").args(["rev-parse", "--short=12", "HEAD"]).current_dir(env!("CARGO_MANIFEST_DIR")).output();
+    match head {
+        Ok(h) if h.status.success() => {
+            let head = String::from_utf8_lossy(&h.stdout).trim().to_string();
+            assert!(version.contains(&head), "{version} is not built from {head}");
+        }
+        // Built outside a checkout: the revision is said to be unknown.
+        _ => assert!(version.contains("(unknown)"), "{version}"),
+    }
+}
+
 #[test]
 fn check_accepts_the_example_files() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");

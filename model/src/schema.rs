@@ -129,7 +129,7 @@ pub static SECTIONS: &[Section] = &[
             key("latitude", "number", Unset, "Where the PoP is, from -90 to 90. Required for an edge (DNS picks the nearest PoP).", "50.11").only(PROXIES),
             key("longitude", "number", Unset, "Where the PoP is, from -180 to 180. Required for an edge.", "8.68").only(PROXIES),
             key("sites", "list of paths", Text("[]"), "Site files served before (or without) the control plane; relative to this file.", "[\"example.site.toml\"]").only(PROXIES),
-            key("access_log", "string", Text("\"stdout\""), "JSON lines, one per request: `\"stdout\"`, `\"off\"` or a file path.", "\"off\"").only(PROXIES),
+            key("access_log", "string", Text("\"stdout\""), "JSON lines, one per request: `\"stdout\"`, `\"off\"` or a file path (reopened on SIGHUP, after a log rotation).", "\"off\"").only(PROXIES),
         ],
     },
     Section {

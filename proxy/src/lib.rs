@@ -31,3 +31,4 @@ mod store;
 mod subscribe;
 
 pub use engine::{Engine, EngineConfig, Tier};
+pub use observe::reopen_access_logs;

@@ -3,7 +3,10 @@
 //! request. All metrics carry the node name (several nodes can share one
 //! process under `outpost up`).
 
-use std::io::Write;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
@@ -176,36 +179,109 @@ pub(crate) struct AccessRecord {
 /// for: logging must not slow the request path.
 const LOG_QUEUE: usize = 8192;
 
+/// What the writer thread is sent.
+#[derive(Debug)]
+// Lines are nearly every message: boxing them would allocate per request.
+#[allow(clippy::large_enum_variant)]
+enum LogMsg {
+    Line(AccessRecord),
+    /// Look at the reopen generation now (a SIGHUP).
+    Wake,
+}
+
+/// Bumped by [`reopen_access_logs`]; each writer reopens its file when it
+/// sees a generation it has not opened.
+static REOPEN: AtomicU64 = AtomicU64::new(0);
+/// Every file writer, to wake on a reopen.
+static WRITERS: Mutex<Vec<mpsc::WeakSender<LogMsg>>> = Mutex::new(Vec::new());
+
+/// Closes and reopens every access log file at its path, as after a log
+/// rotation (the process's answer to SIGHUP): lines written from now on go
+/// to the new file. Lines already queued go to whichever file is open.
+pub fn reopen_access_logs() {
+    REOPEN.fetch_add(1, Ordering::SeqCst);
+    let mut writers = WRITERS.lock().unwrap_or_else(|p| p.into_inner());
+    writers.retain(|w| match w.upgrade() {
+        Some(tx) => {
+            // A full queue wakes the writer anyway.
+            let _ = tx.try_send(LogMsg::Wake);
+            true
+        }
+        None => false,
+    });
+}
+
+/// The access log's destination, reopened on a new generation.
+struct LogFile {
+    path: Option<PathBuf>,
+    out: BufWriter<Box<dyn Write + Send>>,
+    generation: u64,
+}
+
+impl LogFile {
+    fn open(target: &AccessLogTarget) -> std::io::Result<Option<LogFile>> {
+        let generation = REOPEN.load(Ordering::SeqCst);
+        let (path, out): (_, Box<dyn Write + Send>) = match target {
+            AccessLogTarget::Off => return Ok(None),
+            AccessLogTarget::Stdout => (None, Box::new(std::io::stdout())),
+            AccessLogTarget::File(p) => {
+                if let Some(dir) = p.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                (Some(p.clone()), Box::new(append(p)?))
+            }
+        };
+        Ok(Some(LogFile { path, out: BufWriter::new(out), generation }))
+    }
+
+    /// Reopens the file if a reopen was asked since it was opened. A file
+    /// that cannot be opened keeps the old one (and says so).
+    fn follow_reopen(&mut self) {
+        let generation = REOPEN.load(Ordering::SeqCst);
+        let Some(path) = self.path.as_ref().filter(|_| generation != self.generation) else { return };
+        self.generation = generation;
+        let _ = self.out.flush();
+        match append(path) {
+            Ok(f) => self.out = BufWriter::new(Box::new(f)),
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot reopen the access log; writing to the old file")
+            }
+        }
+    }
+}
+
+fn append(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().create(true).append(true).open(path)
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct AccessLog {
-    tx: Option<mpsc::Sender<AccessRecord>>,
+    tx: Option<mpsc::Sender<LogMsg>>,
     dropped: Counter,
 }
 
 impl AccessLog {
     pub(crate) fn start(node: &str, target: &AccessLogTarget) -> std::io::Result<AccessLog> {
         let dropped = counter!("outpost_access_log_dropped_total", "node" => node.to_string());
-        let mut out: Box<dyn Write + Send> = match target {
-            AccessLogTarget::Off => return Ok(AccessLog { tx: None, dropped }),
-            AccessLogTarget::Stdout => Box::new(std::io::stdout()),
-            AccessLogTarget::File(p) => {
-                if let Some(dir) = p.parent() {
-                    std::fs::create_dir_all(dir)?;
-                }
-                Box::new(std::fs::OpenOptions::new().create(true).append(true).open(p)?)
-            }
-        };
-        let (tx, mut rx) = mpsc::channel::<AccessRecord>(LOG_QUEUE);
+        let Some(mut file) = LogFile::open(target)? else { return Ok(AccessLog { tx: None, dropped }) };
+        let (tx, mut rx) = mpsc::channel::<LogMsg>(LOG_QUEUE);
+        if file.path.is_some() {
+            WRITERS.lock().unwrap_or_else(|p| p.into_inner()).push(tx.downgrade());
+        }
         std::thread::Builder::new().name("access-log".into()).spawn(move || {
-            while let Some(rec) = rx.blocking_recv() {
-                if let Ok(mut line) = serde_json::to_vec(&rec) {
+            while let Some(msg) = rx.blocking_recv() {
+                file.follow_reopen();
+                if let LogMsg::Line(rec) = msg
+                    && let Ok(mut line) = serde_json::to_vec(&rec)
+                {
                     line.push(b'\n');
-                    let _ = out.write_all(&line);
+                    let _ = file.out.write_all(&line);
                 }
                 if rx.is_empty() {
-                    let _ = out.flush();
+                    let _ = file.out.flush();
                 }
             }
+            let _ = file.out.flush();
         })?;
         Ok(AccessLog { tx: Some(tx), dropped })
     }
@@ -216,7 +292,7 @@ impl AccessLog {
 
     pub(crate) fn write(&self, rec: AccessRecord) {
         if let Some(tx) = &self.tx
-            && tx.try_send(rec).is_err()
+            && tx.try_send(LogMsg::Line(rec)).is_err()
         {
             self.dropped.increment(1);
         }

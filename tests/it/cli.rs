@@ -3,6 +3,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use outpost_testkit::free_addr;
+
+use crate::topology::Process;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -186,26 +188,33 @@ fn http_get(addr: &str, path: &str) -> String {
     http_get_host(addr, path, "x")
 }
 
+/// Writes `site.toml` (site `s`, host `s.test`, in front of `origin`) and
+/// `edge.toml` (edge `edge-x` on `edge`, with this access log and extra
+/// `[cache]` lines) into `dir`.
+fn edge_files(dir: &Path, origin: SocketAddr, edge: SocketAddr, access_log: &str, cache: &str) {
+    std::fs::write(
+        dir.join("site.toml"),
+        format!("[site]\nid = \"s\"\nhosts = [\"s.test\"]\n[[origin]]\nurl = \"http://{origin}\"\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("edge.toml"),
+        format!(
+            "[node]\nname = \"edge-x\"\nrole = \"edge\"\npop = \"x\"\nlatitude = 1.0\nlongitude = 2.0\nsites = [\"site.toml\"]\n\
+             access_log = \"{access_log}\"\n[listen]\nhttp = [\"{edge}\"]\n[cache]\nmemory = \"16MiB\"\n{cache}\n\
+             [upstream]\nmode = \"origin\"\n"
+        ),
+    )
+    .unwrap();
+}
+
 #[test]
 fn an_edge_stopped_with_sigterm_serves_its_old_objects_as_hits() {
     let dir = tempfile::tempdir().unwrap();
     let (origin_addr, edge_addr) = (free_addr(), free_addr());
     let mut origin =
         outpost().args(["origin", "--listen", &origin_addr.to_string()]).stderr(Stdio::null()).spawn().unwrap();
-    std::fs::write(
-        dir.path().join("site.toml"),
-        format!("[site]\nid = \"s\"\nhosts = [\"s.test\"]\n[[origin]]\nurl = \"http://{origin_addr}\"\n"),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("edge.toml"),
-        format!(
-            "[node]\nname = \"edge-x\"\nrole = \"edge\"\npop = \"x\"\nlatitude = 1.0\nlongitude = 2.0\nsites = [\"site.toml\"]\n\
-             access_log = \"off\"\n[listen]\nhttp = [\"{edge_addr}\"]\n[cache]\nmemory = \"16MiB\"\ndisk = \"64MiB\"\n\
-             path = \"cache\"\n[upstream]\nmode = \"origin\"\n"
-        ),
-    )
-    .unwrap();
+    edge_files(dir.path(), origin_addr, edge_addr, "off", "disk = \"64MiB\"\npath = \"cache\"");
     let start_edge = || {
         outpost().arg("edge").arg("--config").arg(dir.path().join("edge.toml")).stderr(Stdio::null()).spawn().unwrap()
     };
@@ -228,6 +237,52 @@ fn an_edge_stopped_with_sigterm_serves_its_old_objects_as_hits() {
     edge.wait().unwrap();
     origin.kill().unwrap();
     origin.wait().unwrap();
+}
+
+/// Rotation as logrotate does it: the file is renamed, SIGHUP makes the
+/// edge open a new one at the configured path, nothing is lost or written
+/// twice, and the edge goes on serving.
+#[test]
+fn sighup_reopens_the_access_log_after_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (origin_addr, edge_addr) = (free_addr(), free_addr());
+    let _origin = Process::spawn(&["origin", "--listen", &origin_addr.to_string()]);
+    edge_files(dir.path(), origin_addr, edge_addr, "logs/access.log", "");
+    let mut edge = Process::spawn(&["edge", "--config", dir.path().join("edge.toml").to_str().unwrap()]);
+    wait_for_listener(edge_addr, "the edge");
+    let (log, rotated) = (dir.path().join("logs/access.log"), dir.path().join("logs/access.log.1"));
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    let pid = edge.child.id().to_string();
+    let hup = || assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    let wait_until = |what: &str, f: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    for i in 0..3 {
+        http_get_host(&edge_addr.to_string(), &format!("/before{i}"), "s.test");
+    }
+    wait_until("three lines logged", &|| read(&log).lines().count() == 3);
+    std::fs::rename(&log, &rotated).unwrap();
+    http_get_host(&edge_addr.to_string(), "/between", "s.test");
+    hup();
+    wait_until("a new file after SIGHUP", &|| log.exists());
+    http_get_host(&edge_addr.to_string(), "/after", "s.test");
+    wait_until("the line after rotation", &|| read(&log).contains("/after"));
+    let old = read(&rotated);
+    assert_eq!(old.lines().count(), 4, "{old}");
+    assert!(old.contains("/before2") && old.contains("/between") && !old.contains("/after"), "{old}");
+    assert_eq!(read(&log).lines().count(), 1);
+    // A SIGHUP without a rotation appends to the same file.
+    hup();
+    http_get_host(&edge_addr.to_string(), "/again", "s.test");
+    wait_until("the line after a second SIGHUP", &|| read(&log).contains("/again"));
+    assert_eq!(read(&log).lines().count(), 2);
+    assert!(edge.child.try_wait().unwrap().is_none(), "SIGHUP must not end the edge");
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(edge.child.wait().unwrap().success());
 }
 
 fn http_get_host(addr: &str, path: &str, host: &str) -> String {

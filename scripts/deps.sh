@@ -4,8 +4,17 @@
 # and etcd (the store of a replicated control plane; the tests start real
 # clusters on loopback, and set up users on them with etcdctl); nftables
 # (the lab cuts links with it), dig and kdig (the DNS conformance checks, the
-# README's examples) and curl. Run as root; does nothing when all is there.
+# README's examples), curl, man and groff (the man pages' test) and
+# Prometheus. Run as root; does nothing when all is there.
 set -euo pipefail
 source "$(dirname "$0")/../load-tests/bench/need.sh"
 need protoc:protobuf-compiler etcd:etcd-server etcdctl:etcd-client nft:nftables dig:dnsutils kdig:knot-dnsutils curl:curl \
   man:man-db nroff:groff-base
+# Prometheus and promtool: the alert rules' tests and the live check of the
+# dashboard against `outpost up` (without the node exporter it recommends).
+if ! command -v promtool >/dev/null; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  # The tests start their own; a packaged one would hold port 9090.
+  systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi

@@ -17,8 +17,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use outpost_config::Role;
 use outpost_config::api::PurgeRequest;
 
-/// The release and the git revision it was built from.
-const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("OUTPOST_REVISION"), ")");
+use outpost::VERSION;
 
 #[derive(Debug, Parser)]
 #[command(

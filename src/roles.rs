@@ -89,6 +89,16 @@ impl BoundRole {
             RoleConfig::Shield(_) => Inner::Proxy(outpost_shield::bind(node).await.with_context(what)?.0),
             RoleConfig::Edge(_) => Inner::Proxy(outpost_edge::bind(node).await.with_context(what)?),
         };
+        // Who this node is, for joins in queries (`* on (node) group_left
+        // (pop) outpost_node_info`) and for spotting mixed versions.
+        metrics::gauge!(
+            "outpost_node_info",
+            "node" => node.name.clone(),
+            "role" => node.role().as_str(),
+            "pop" => node.pop.as_ref().map_or_else(String::new, |p| p.name.clone()),
+            "version" => crate::VERSION,
+        )
+        .set(1.0);
         Ok(BoundRole { name: node.name.clone(), role: node.role(), limits: node.limits, inner })
     }
 

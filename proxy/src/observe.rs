@@ -56,6 +56,8 @@ pub struct Metrics {
     /// Requests answered, for the load the node reports.
     served: std::sync::Arc<std::sync::atomic::AtomicU64>,
     pub memory_bytes: Gauge,
+    /// 1 while the disk tier is full or unreadable.
+    pub disk_problem: Gauge,
     pub flights: Gauge,
     pub purge_rules: Gauge,
     pub sites: Gauge,
@@ -93,6 +95,7 @@ impl Metrics {
                 .map(|s| histogram!("outpost_first_byte_seconds", "node" => node.clone(), "scheme" => s)),
             purges: counter!("outpost_purges_total", "node" => node.clone()),
             memory_bytes: gauge!("outpost_cache_memory_bytes", "node" => node.clone()),
+            disk_problem: gauge!("outpost_cache_disk_problem", "node" => node.clone()),
             flights: gauge!("outpost_fetches_in_flight", "node" => node.clone()),
             purge_rules: gauge!("outpost_purge_rules", "node" => node.clone()),
             sites: gauge!("outpost_sites", "node" => node.clone()),

@@ -14,7 +14,7 @@ fn outpost() -> Command {
 /// 127.0.0.40, the edges 127.0.0.41 to .43, and the ports 10000 up, so
 /// nothing collides with an `outpost up` already running on this machine
 /// or with other tests.
-fn moved_config(to: &Path, base: u8) {
+pub(crate) fn moved_config(to: &Path, base: u8) {
     let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
     std::fs::create_dir_all(to.join("geoip")).unwrap();
     std::fs::copy(from.join("geoip/sample.mmdb"), to.join("geoip/sample.mmdb")).unwrap();
@@ -66,7 +66,7 @@ fn scenario(dir: &Path, name: &str, thresholds: &str) -> std::path::PathBuf {
 
 /// `up` (with `ha`, `up --ha`) on the example files moved to addresses
 /// from `127.0.0.<base>`, in `d`, running until the token is cancelled.
-async fn start_up(
+pub(crate) async fn start_up(
     d: &Path,
     base: u8,
     ha: bool,

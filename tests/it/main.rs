@@ -6,6 +6,7 @@ mod control;
 mod failures;
 mod lab;
 mod load;
+mod observability;
 mod relay;
 mod replicas;
 mod topology;

@@ -9,7 +9,7 @@
 mod events;
 mod handlers;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,10 @@ use crate::store::{RegistryChange, Store, StoreError};
 /// Largest request body: a site file or a purge of up to 1000 URLs.
 pub const MAX_BODY: usize = 1 << 20;
 pub use outpost_config::api::HEARTBEAT;
+/// Events read past the furthest-behind node to age its oldest
+/// unapplied purge.
+const PURGE_AGE_SCAN: usize = 512;
+
 /// How long a purge with `wait` waits for acknowledgements by default.
 pub const DEFAULT_PURGE_WAIT: Duration = Duration::from_secs(5);
 /// How often a replica checks its store's quorum, and how long quorum may
@@ -312,11 +316,20 @@ impl Control {
         metrics::gauge!("outpost_control_nodes", "state" => "connected").set(up as f64);
         metrics::gauge!("outpost_control_nodes", "state" => "disconnected").set((nodes.len() - up) as f64);
         let now = crate::store::now_ms();
+        let acked: BTreeMap<&String, u64> =
+            nodes.iter().map(|(name, n)| (name, n.acked_seq.max(self.acked_seq(name)))).collect();
+        // The purges someone has not applied yet (the oldest few hundred).
+        let behind = acked.values().copied().min().unwrap_or(last);
+        let unapplied = self.store.events_after(behind, PURGE_AGE_SCAN).await.map_err(ApiError::from)?;
         for (name, n) in &nodes {
-            let acked = n.acked_seq.max(self.acked_seq(name));
-            metrics::gauge!("outpost_control_node_lag_events", "node" => name.clone())
+            let acked = acked[name];
+            let role = n.role.as_str();
+            metrics::gauge!("outpost_control_node_lag_events", "node" => name.clone(), "role" => role)
                 .set(last.saturating_sub(acked) as f64);
-            metrics::gauge!("outpost_control_node_silent_seconds", "node" => name.clone())
+            let oldest = unapplied.iter().find(|e| e.seq > acked && matches!(e.event, outpost_config::Event::Purge(_)));
+            metrics::gauge!("outpost_control_oldest_unacknowledged_purge_seconds", "node" => name.clone())
+                .set(oldest.map_or(0.0, |e| now.saturating_sub(e.at_ms) as f64 / 1000.0));
+            metrics::gauge!("outpost_control_node_silent_seconds", "node" => name.clone(), "role" => role)
                 .set(now.saturating_sub(n.last_contact_ms) as f64 / 1000.0);
         }
         Ok(())

@@ -121,7 +121,12 @@ impl DnsNode {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), DnsError> {
         let mut server = Server::new(Shared(Arc::clone(&self.handler)));
         let local = self.addr();
-        let udp = udp::serve(Arc::clone(&self.handler), self.udp, &shutdown)
+        // The UDP threads stop on shutdown, and also when this future is
+        // dropped unfinished (its runtime shutting down), which would
+        // otherwise wait for them forever.
+        let udp_stop = shutdown.child_token();
+        let _udp_stop_on_drop = udp_stop.clone().drop_guard();
+        let udp = udp::serve(Arc::clone(&self.handler), self.udp, &udp_stop)
             .map_err(|source| DnsError::Bind { addr: local, source })?;
         server.register_listener(self.tcp, TCP_TIMEOUT, TCP_RESPONSE_BUFFER);
         if let Some(link) = self.registry {

@@ -74,11 +74,10 @@ fn live_edges(nodes: &[NodeStatus], pops: &[DnsPop], rejected: &mut Vec<String>)
             continue;
         }
         for a in &n.node.addrs {
-            let ip = a.parse::<std::net::SocketAddr>().map(|s| s.ip()).or_else(|_| a.parse::<IpAddr>());
             let list = if n.node.problems.is_empty() { &mut entry.sound } else { &mut entry.degraded };
-            match ip {
-                Ok(ip) if ip.is_unspecified() || list.contains(&ip) => {}
-                Ok(ip) if pop.allows(ip) => list.push(ip),
+            match addr_ip(a) {
+                Some(ip) if ip.is_unspecified() || list.contains(&ip) => {}
+                Some(ip) if pop.allows(ip) => list.push(ip),
                 _ => rejected.push(format!("{a} ({})", pop.name)),
             }
         }
@@ -86,11 +85,54 @@ fn live_edges(nodes: &[NodeStatus], pops: &[DnsPop], rejected: &mut Vec<String>)
     out
 }
 
+/// `outpost_dns_answerable{pop, edge}`: 1 for each registered edge whose
+/// address this server answers with, 0 for one it does not (dead, or
+/// outside its PoP's networks) and for one that has left the registry. An
+/// alert compares it with what the control plane last heard from the edge.
+#[derive(Debug, Default)]
+struct Answerable {
+    /// The edges last recorded, by (pop, name).
+    seen: std::collections::BTreeSet<(String, String)>,
+}
+
+impl Answerable {
+    fn record(&mut self, dns: &str, nodes: &[NodeStatus], live: &BTreeMap<String, Live>) {
+        let mut now = std::collections::BTreeSet::new();
+        for n in nodes.iter().filter(|n| n.node.role == Role::Edge) {
+            let pop = n.node.pop.clone().unwrap_or_default();
+            let answered = live.get(&pop).is_some_and(|l| {
+                n.node
+                    .addrs
+                    .iter()
+                    .filter_map(|a| addr_ip(a))
+                    .any(|ip| l.sound.contains(&ip) || l.degraded.contains(&ip))
+            });
+            self.set(dns, &pop, &n.node.name, answered);
+            now.insert((pop, n.node.name.clone()));
+        }
+        for (pop, name) in self.seen.difference(&now) {
+            self.set(dns, pop, name, false);
+        }
+        self.seen = now;
+    }
+
+    fn set(&self, dns: &str, pop: &str, edge: &str, answered: bool) {
+        metrics::gauge!("outpost_dns_answerable", "node" => dns.to_string(), "pop" => pop.to_string(), "edge" => edge.to_string())
+            .set(if answered { 1.0 } else { 0.0 });
+    }
+}
+
+/// The IP of a registered address (`ip:port` or a bare IP).
+fn addr_ip(a: &str) -> Option<IpAddr> {
+    a.parse::<std::net::SocketAddr>().map(|s| s.ip()).or_else(|_| a.parse::<IpAddr>()).ok()
+}
+
 /// Follows the registry until `shutdown`, steering by what it says about
 /// the link's PoPs.
 pub fn follow(dns: Arc<GeoDns>, link: RegistryLink, shutdown: CancellationToken) {
     tokio::spawn(async move {
         let mut last_rejected: Vec<String> = Vec::new();
+        let mut answerable = Answerable::default();
         let client = ControlClient::new(
             &link.urls.iter().map(ToString::to_string).collect::<Vec<_>>(),
             Token::File(link.token_file.clone()),
@@ -118,7 +160,9 @@ pub fn follow(dns: Arc<GeoDns>, link: RegistryLink, shutdown: CancellationToken)
                         failing = false;
                     }
                     let mut rejected = Vec::new();
-                    for (pop, live) in live_edges(&nodes, &link.pops, &mut rejected) {
+                    let live = live_edges(&nodes, &link.pops, &mut rejected);
+                    answerable.record(&dns.node, &nodes, &live);
+                    for (pop, live) in live {
                         dns.steering.set_edges(&pop, live.sound, live.degraded);
                     }
                     if !rejected.is_empty() {

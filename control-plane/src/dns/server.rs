@@ -57,6 +57,8 @@ pub struct GeoDns {
     pub geo: Arc<GeoDb>,
     pub steering: Steering,
     metrics: DnsMetrics,
+    /// This DNS node's name.
+    pub node: String,
 }
 
 const QTYPES: [&str; 5] = ["A", "AAAA", "SOA", "NS", "other"];
@@ -175,6 +177,7 @@ impl GeoDns {
             geo,
             steering: Steering::new(cfg),
             metrics: DnsMetrics::new(node, &cfg.pops.iter().map(|p| p.name.clone()).collect::<Vec<_>>()),
+            node: node.to_string(),
         })
     }
 

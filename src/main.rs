@@ -126,6 +126,9 @@ enum Command {
         /// A self-contained HTML report with latency and throughput charts.
         #[arg(long, value_name = "FILE.html")]
         report: Option<PathBuf>,
+        /// The end-of-test summary as JSON, in the layout of k6's `--summary-export`.
+        #[arg(long, value_name = "FILE.json")]
+        summary_export: Option<PathBuf>,
         /// No progress line.
         #[arg(long, short)]
         quiet: bool,
@@ -280,7 +283,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let req = PurgeRequest { site, urls, prefix, tags, all, soft, wait, timeout_ms: None };
             runtime()?.block_on(purge(&req, &control, json))?;
         }
-        Command::Load { scenario, out, report, quiet } => return load(&scenario, out.as_deref(), report, quiet),
+        Command::Load { scenario, out, report, summary_export, quiet } => {
+            return load(&scenario, out.as_deref(), report, summary_export, quiet);
+        }
         Command::Lab { action, dir } => return runtime()?.block_on(lab::cli::run(action, &dir)),
         Command::Status { control, json } => runtime()?.block_on(status(&control, json))?,
         Command::Origin { listen, dir } => {
@@ -351,7 +356,13 @@ async fn status(control: &[String], json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load(scenario: &Path, out: Option<&str>, report: Option<PathBuf>, quiet: bool) -> anyhow::Result<ExitCode> {
+fn load(
+    scenario: &Path,
+    out: Option<&str>,
+    report: Option<PathBuf>,
+    k6_summary: Option<PathBuf>,
+    quiet: bool,
+) -> anyhow::Result<ExitCode> {
     let json = match out.map(|o| o.strip_prefix("json=")) {
         None => None,
         Some(Some(file)) => Some(PathBuf::from(file)),
@@ -360,7 +371,7 @@ fn load(scenario: &Path, out: Option<&str>, report: Option<PathBuf>, quiet: bool
             return Ok(ExitCode::from(2));
         }
     };
-    let outputs = outpost_load::runner::Outputs { json, html: report, progress: !quiet };
+    let outputs = outpost_load::runner::Outputs { json, html: report, k6_summary, progress: !quiet };
     let done =
         runtime()?.block_on(outpost_load::runner::run_file(scenario, &outputs)).map_err(|e| anyhow::anyhow!(e))?;
     Ok(if done.passed() { ExitCode::SUCCESS } else { ExitCode::from(outpost_load::runner::THRESHOLD_FAILED) })

@@ -142,6 +142,65 @@ async fn load_runs_against_up_and_a_failed_threshold_exits_99() {
     assert!(stdout.contains("✗ http_req_duration p(99)<1us"), "{stdout}");
     assert!(stdout.contains("✓ http_req_failed rate<0.01"), "{stdout}");
 
+    // By name, through Outpost's own geo-DNS, with k6's summary export.
+    let dns_queries = || async {
+        let m = crate::topology::request(http::Method::GET, "http://127.0.0.40:19053/metrics", "x", None, "").await;
+        let m = String::from_utf8_lossy(&m.unwrap().body).into_owned();
+        m.lines()
+            .filter(|l| l.starts_with("outpost_dns_queries_total{") && l.contains("type=\"A\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let asked_before = dns_queries().await;
+    let named = scenario(d, "named", "http_req_failed = [\"rate<0.01\"]\nhttp_req_duration = [\"p(95)<1us\"]");
+    let text = std::fs::read_to_string(&named).unwrap().replace(
+        "urls = [\"http://127.0.0.41:18080\", \"http://127.0.0.42:18080\", \"http://127.0.0.43:18080\"]",
+        "urls = [\"http://example.cdn.example.test:18080\"]\ndns = \"127.0.0.40:15353\"",
+    );
+    assert!(text.contains("example.cdn.example.test"));
+    std::fs::write(&named, text).unwrap();
+    let export = d.join("k6-summary.json");
+    let out =
+        outpost().current_dir(d).args(["load", "-q", "--summary-export"]).arg(&export).arg(&named).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(99), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(dns_queries().await > asked_before, "the name was resolved through outpost dns");
+    // What the summary printed, read back from the export.
+    let printed = |metric: &str| -> Vec<String> {
+        let line =
+            stdout.lines().find(|l| l.contains(&format!(" {metric}."))).unwrap_or_else(|| panic!("{metric}: {stdout}"));
+        line.split(": ").nth(1).unwrap().split_whitespace().map(str::to_string).collect()
+    };
+    let k6: serde_json::Value = serde_json::from_slice(&std::fs::read(&export).unwrap()).unwrap();
+    let m = &k6["metrics"];
+    let reqs = m["http_reqs"]["count"].as_u64().unwrap();
+    assert!(reqs > 0);
+    assert_eq!(printed("http_reqs")[0], reqs.to_string());
+    let failed = printed("http_req_failed");
+    assert_eq!(failed[2], m["http_req_failed"]["passes"].to_string(), "{failed:?}");
+    assert_eq!(failed[4], m["http_req_failed"]["fails"].to_string(), "{failed:?}");
+    let hits = printed("cache_hit_ratio");
+    assert_eq!(hits[2], m["cache_hit_ratio"]["passes"].to_string());
+    assert_eq!(printed("vus_max")[0], m["vus_max"]["value"].to_string());
+    assert_eq!(printed("checks")[2], m["checks"]["passes"].to_string());
+    let p95 = printed("http_req_duration").iter().find_map(|v| v.strip_prefix("p(95)=").map(str::to_string)).unwrap();
+    let exported = m["http_req_duration"]["p(95)"].as_f64().unwrap();
+    // Printed rounded, in µs, ms or s.
+    let (value, unit_ms, rounding) = if let Some(v) = p95.strip_suffix("µs") {
+        (v, 0.001, 0.0005)
+    } else if let Some(v) = p95.strip_suffix("ms") {
+        (v, 1.0, 0.005)
+    } else {
+        (p95.strip_suffix('s').unwrap(), 1000.0, 5.0)
+    };
+    let printed_ms = value.parse::<f64>().unwrap() * unit_ms;
+    assert!((printed_ms - exported).abs() <= rounding + 1e-9, "printed p(95)={p95}, exported {exported} ms");
+    // Thresholds: expression -> failed, as k6 writes them.
+    assert_eq!(m["http_req_failed"]["thresholds"]["rate<0.01"], false);
+    assert_eq!(m["http_req_duration"]["thresholds"]["p(95)<1us"], true);
+    assert_eq!(k6["root_group"]["checks"][0]["name"], "status is 200");
+    assert!(k6["state"]["testRunDurationMs"].as_f64().unwrap() >= 2000.0);
+
     stop.cancel();
     let stopped = tokio::time::timeout(Duration::from_secs(60), up).await.expect("up did not stop");
     stopped.unwrap().expect("up stops cleanly");

@@ -24,6 +24,8 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use hickory_resolver::TokioResolver;
+
 use super::dial::{self, Conn, Tls, Version};
 use super::metrics::{Second, Summary, Timings, new_histogram};
 use super::scenario::{Action, Check, Executor, Picker, Scenario};
@@ -77,10 +79,20 @@ impl Tally {
     }
 }
 
+/// Where a target URL points: an address, or a name resolved for every
+/// new connection (through the scenario's DNS server, or the system's).
+#[derive(Debug, Clone)]
+enum Dest {
+    Addr(SocketAddr),
+    Name(String, u16),
+}
+
 /// The request every VU sends, prepared once.
 #[derive(Debug)]
 struct Plan {
-    targets: Vec<(SocketAddr, HeaderValue)>,
+    targets: Vec<(Dest, HeaderValue)>,
+    /// For targets named by host name.
+    resolver: Option<TokioResolver>,
     host: Option<HeaderValue>,
     path: String,
     headers: Vec<(HeaderName, HeaderValue)>,
@@ -106,6 +118,25 @@ pub fn is_edge_hit(cache_status: Option<&HeaderValue>) -> bool {
 /// statistics.
 type Vu = (Option<Conn>, usize, Picker, Arc<Mutex<Tally>>);
 
+/// A resolver asking `server` (`ip:port`), or the system's resolver.
+fn resolver(server: Option<&str>) -> Result<TokioResolver, String> {
+    use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+    use hickory_resolver::net::runtime::TokioRuntimeProvider;
+    let built = match server {
+        Some(s) => {
+            let addr: SocketAddr = s.parse().map_err(|_| format!("target dns `{s}`: not an ip:port"))?;
+            let mut ns = NameServerConfig::udp(addr.ip());
+            for c in &mut ns.connections {
+                c.port = addr.port();
+            }
+            let config = ResolverConfig::from_parts(None, Vec::new(), vec![ns]);
+            TokioResolver::builder_with_config(config, TokioRuntimeProvider::default()).build()
+        }
+        None => TokioResolver::builder_tokio().and_then(|b| b.build()),
+    };
+    built.map_err(|e| format!("target dns: {e}"))
+}
+
 async fn connect(addr: SocketAddr) -> Option<Conn> {
     dial::connect(addr, None, Version::Http1).await.map(|(c, _)| c)
 }
@@ -124,12 +155,19 @@ impl Plan {
             };
             schemes.push(https);
             let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
-            let addr: SocketAddr = format!("{}:{port}", authority.host().trim_matches(['[', ']']))
-                .parse()
-                .map_err(|_| format!("target url `{u}`: the host must be an IP address"))?;
+            let host = authority.host().trim_matches(['[', ']']);
+            let dest = match host.parse::<std::net::IpAddr>() {
+                Ok(ip) => Dest::Addr(SocketAddr::new(ip, port)),
+                Err(_) => Dest::Name(host.to_string(), port),
+            };
             let host = HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?;
-            targets.push((addr, host));
+            targets.push((dest, host));
         }
+        let resolver = if targets.iter().any(|(d, _)| matches!(d, Dest::Name(..))) {
+            Some(resolver(s.target.dns.as_deref())?)
+        } else {
+            None
+        };
         let host = s.target.host.as_deref().map(HeaderValue::from_str).transpose().map_err(|e| e.to_string())?;
         let mut headers = Vec::new();
         for (k, v) in &s.requests.headers {
@@ -147,7 +185,10 @@ impl Plan {
             (true, false) => return Err("target urls: all https or all http, not a mix".into()),
             (true, true) => {
                 let t = &s.target;
-                let from_url = targets.first().map(|(a, _): &(SocketAddr, _)| a.ip().to_string());
+                let from_url = targets.first().map(|(d, _): &(Dest, _)| match d {
+                    Dest::Addr(a) => a.ip().to_string(),
+                    Dest::Name(n, _) => n.clone(),
+                });
                 let name = t
                     .server_name
                     .clone()
@@ -160,6 +201,7 @@ impl Plan {
         let path = s.requests.path.replace("{run}", &run_id());
         Ok(Plan {
             targets,
+            resolver,
             host,
             path,
             headers,
@@ -171,18 +213,34 @@ impl Plan {
         })
     }
 
+    /// Where a new connection to `dest` goes: a name's first address, as
+    /// the resolver has it (it keeps answers for their TTL).
+    async fn address(&self, dest: &Dest) -> Option<SocketAddr> {
+        match dest {
+            Dest::Addr(a) => Some(*a),
+            Dest::Name(name, port) => {
+                let resolver = self.resolver.as_ref()?;
+                let ip = resolver.lookup_ip(name.as_str()).await.ok()?.iter().next()?;
+                Some(SocketAddr::new(ip, *port))
+            }
+        }
+    }
+
     /// One request on `conn` (reopened if it broke), recorded in `tally`.
     async fn send(&self, conn: &mut Option<Conn>, target: usize, picker: &mut Picker, tally: &Mutex<Tally>) {
-        let (addr, authority) = &self.targets[target];
+        let (dest, authority) = &self.targets[target];
         if self.fresh {
             *conn = None;
         }
         let mut opened = None;
         if conn.as_ref().is_none_or(|c| c.is_closed()) {
-            *conn = dial::connect(*addr, self.tls.as_ref(), self.version).await.map(|(c, o)| {
-                opened = Some(o);
-                c
-            });
+            *conn = match self.address(dest).await {
+                Some(addr) => dial::connect(addr, self.tls.as_ref(), self.version).await.map(|(c, o)| {
+                    opened = Some(o);
+                    c
+                }),
+                None => None,
+            };
         }
         let n = picker.pick();
         let mut path = self.path.replace("{n}", &n.to_string());

@@ -25,6 +25,8 @@ pub const THRESHOLD_FAILED: u8 = 99;
 pub struct Outputs {
     pub json: Option<PathBuf>,
     pub html: Option<PathBuf>,
+    /// The summary in the layout of k6's `--summary-export`.
+    pub k6_summary: Option<PathBuf>,
     /// A progress line on stderr every second.
     pub progress: bool,
 }
@@ -92,6 +94,11 @@ pub async fn run_file(file: &Path, outputs: &Outputs) -> Result<Finished, String
     print!("{}", report::text(&summary, &outcomes));
     if let Some(path) = &outputs.json {
         let text = serde_json::to_string_pretty(&report::json(&summary, &outcomes)).map_err(|e| e.to_string())?;
+        std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if let Some(path) = &outputs.k6_summary {
+        let summary = report::k6_summary(&summary, &outcomes, std::io::stdout().is_terminal(), tty);
+        let text = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
         std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     if let Some(path) = &outputs.html {

@@ -166,6 +166,65 @@ pub fn json(s: &Summary, outcomes: &[Outcome]) -> serde_json::Value {
     })
 }
 
+/// The trend statistics in a k6 summary export, in its order.
+const K6_TREND_STATS: [&str; 7] = ["avg", "min", "med", "max", "p(90)", "p(95)", "p(99)"];
+
+/// The run in the layout of k6's `--summary-export` file, so tools written
+/// for k6 read it: counters as `count` and `rate`, rates as `passes`,
+/// `fails` and `value`, trends (milliseconds) by statistic, gauges as
+/// `value`, `min`, `max`; each metric's thresholds map their expression to
+/// whether it failed, as k6 writes them; checks under `root_group`.
+/// `cache_hit_ratio` and `origin_requests` are ours.
+pub fn k6_summary(s: &Summary, outcomes: &[Outcome], stdout_tty: bool, stderr_tty: bool) -> serde_json::Value {
+    let secs = s.elapsed.as_secs_f64().max(1e-9);
+    let counter = |n: u64| serde_json::json!({"count": n, "rate": n as f64 / secs});
+    let rate = |yes: u64, of: u64| serde_json::json!({"passes": yes, "fails": of - yes, "value": if of == 0 { 0.0 } else { yes as f64 / of as f64 }});
+    let trend = |h: &Histogram<u64>| {
+        let ms = |us: f64| us / 1000.0;
+        let q = |p: f64| ms(h.value_at_quantile(p) as f64);
+        let values = [ms(h.mean()), ms(h.min() as f64), q(0.5), ms(h.max() as f64), q(0.9), q(0.95), q(0.99)];
+        serde_json::Value::Object(K6_TREND_STATS.iter().zip(values).map(|(k, v)| (k.to_string(), v.into())).collect())
+    };
+    let (passes, fails) = s.checks_passed();
+    let mut metrics = serde_json::json!({
+        "http_reqs": counter(s.reqs),
+        "iterations": counter(s.reqs),
+        "http_req_failed": rate(s.failed, s.reqs),
+        "checks": rate(passes, passes + fails),
+        "data_received": counter(s.bytes),
+        "dropped_iterations": counter(s.dropped),
+        "vus_max": {"value": s.max_vus, "min": s.max_vus, "max": s.max_vus},
+        "http_req_duration": trend(&s.latency),
+        "cache_hit_ratio": rate(s.hits, s.reqs),
+    });
+    if let Some(n) = s.origin_requests {
+        metrics["origin_requests"] = counter(n);
+    }
+    for name in TIMINGS {
+        if let Some(h) = s.trend(name).filter(|h| !h.is_empty()) {
+            metrics[name] = trend(h);
+        }
+    }
+    for o in outcomes {
+        let m = &mut metrics[o.threshold.metric.as_str()];
+        if m.is_null() {
+            *m = serde_json::json!({});
+        }
+        m["thresholds"][o.threshold.text.as_str()] = (!o.ok).into();
+    }
+    let checks: Vec<serde_json::Value> = s
+        .checks
+        .iter()
+        .map(|(name, p, f)| serde_json::json!({"name": name, "path": format!("::{name}"), "id": "", "passes": p, "fails": f}))
+        .collect();
+    serde_json::json!({
+        "root_group": {"name": "", "path": "", "id": "d41d8cd98f00b204e9800998ecf8427e", "groups": [], "checks": checks},
+        "options": {"summaryTrendStats": K6_TREND_STATS, "summaryTimeUnit": "", "noColor": false},
+        "state": {"isStdOutTTY": stdout_tty, "isStdErrTTY": stderr_tty, "testRunDurationMs": s.elapsed.as_secs_f64() * 1000.0},
+        "metrics": metrics,
+    })
+}
+
 /// An SVG line chart of `lines` (label, colour, points) over the run.
 fn chart(title: &str, unit: &str, lines: &[(&str, &str, Vec<f64>)]) -> String {
     let (w, h, pad) = (760.0, 220.0, 40.0);

@@ -100,7 +100,11 @@ fn post() -> String {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
+    /// `http://` or `https://` URLs, by IP address or host name.
     pub urls: Vec<String>,
+    /// The DNS server (`ip:port`) host names in `urls` resolve through, as
+    /// a client's resolver would ask it (default: the system's resolver).
+    pub dns: Option<String>,
     pub host: Option<String>,
     pub origin: Option<String>,
     /// The TLS server name for `https://` targets (default: `host` without

@@ -18,3 +18,10 @@ if ! command -v promtool >/dev/null; then
   # The tests start their own; a packaged one would hold port 9090.
   systemctl disable --now prometheus >/dev/null 2>&1 || true
 fi
+# systemd-analyze (the package's units are verified) and docker-compose
+# (the compose file is validated; it recommends a Docker daemon, not needed).
+need systemd-analyze:systemd setpriv:util-linux
+if ! command -v docker-compose >/dev/null; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null
+fi

@@ -133,7 +133,8 @@ async fn load_runs_against_up_and_a_failed_threshold_exits_99() {
 
     let out = outpost()
         .current_dir(d)
-        .args(["load", "-q"])
+        .args(["load", "-q", "--summary-export"])
+        .arg(d.join("fail-summary.json"))
         .arg(scenario(d, "fail", "http_req_duration = [\"p(99)<1us\"]\nhttp_req_failed = [\"rate<0.01\"]"))
         .output()
         .unwrap();
@@ -141,6 +142,10 @@ async fn load_runs_against_up_and_a_failed_threshold_exits_99() {
     assert_eq!(out.status.code(), Some(99), "{stdout}");
     assert!(stdout.contains("✗ http_req_duration p(99)<1us"), "{stdout}");
     assert!(stdout.contains("✓ http_req_failed rate<0.01"), "{stdout}");
+    // A failed threshold is `true` in k6's export.
+    let k6: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("fail-summary.json")).unwrap()).unwrap();
+    assert_eq!(k6["metrics"]["http_req_duration"]["thresholds"]["p(99)<1us"], true);
+    assert_eq!(k6["metrics"]["http_req_failed"]["thresholds"]["rate<0.01"], false);
 
     // By name, through Outpost's own geo-DNS, with k6's summary export.
     let dns_queries = || async {
@@ -152,7 +157,7 @@ async fn load_runs_against_up_and_a_failed_threshold_exits_99() {
             .sum::<f64>()
     };
     let asked_before = dns_queries().await;
-    let named = scenario(d, "named", "http_req_failed = [\"rate<0.01\"]\nhttp_req_duration = [\"p(95)<1us\"]");
+    let named = scenario(d, "named", "http_req_failed = [\"rate<0.01\"]\nhttp_req_duration = [\"p(95)<10s\"]");
     let text = std::fs::read_to_string(&named).unwrap().replace(
         "urls = [\"http://127.0.0.41:18080\", \"http://127.0.0.42:18080\", \"http://127.0.0.43:18080\"]",
         "urls = [\"http://example.cdn.example.test:18080\"]\ndns = \"127.0.0.40:15353\"",
@@ -163,7 +168,7 @@ async fn load_runs_against_up_and_a_failed_threshold_exits_99() {
     let out =
         outpost().current_dir(d).args(["load", "-q", "--summary-export"]).arg(&export).arg(&named).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(out.status.code(), Some(99), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(dns_queries().await > asked_before, "the name was resolved through outpost dns");
     // What the summary printed, read back from the export.
     let printed = |metric: &str| -> Vec<String> {
@@ -197,7 +202,7 @@ async fn load_runs_against_up_and_a_failed_threshold_exits_99() {
     assert!((printed_ms - exported).abs() <= rounding + 1e-9, "printed p(95)={p95}, exported {exported} ms");
     // Thresholds: expression -> failed, as k6 writes them.
     assert_eq!(m["http_req_failed"]["thresholds"]["rate<0.01"], false);
-    assert_eq!(m["http_req_duration"]["thresholds"]["p(95)<1us"], true);
+    assert_eq!(m["http_req_duration"]["thresholds"]["p(95)<10s"], false);
     assert_eq!(k6["root_group"]["checks"][0]["name"], "status is 200");
     assert!(k6["state"]["testRunDurationMs"].as_f64().unwrap() >= 2000.0);
 

@@ -24,7 +24,7 @@ use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, StatusCode};
 use outpost_config::{CacheRules, MAX_TTL, PathRule, StalePolicy};
 
-use crate::headers::{CDN_CACHE_CONTROL, SURROGATE_CONTROL};
+use crate::headers::{CDN_CACHE_CONTROL, OUTPOST_CACHE_CONTROL, SURROGATE_CONTROL};
 
 /// Why a response was not stored; the names appear in `Cache-Status`
 /// (`detail=`), metrics and access logs.
@@ -85,10 +85,13 @@ pub(crate) fn heuristically_cacheable(status: StatusCode) -> bool {
     matches!(status.as_u16(), 200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501)
 }
 
-/// The directives this cache obeys for freshness: CDN-targeted ones when
-/// present, else `Cache-Control`. The bool says whether `Expires` counts.
+/// The directives this cache obeys: the first targeted field with any
+/// (`Outpost-Cache-Control`, `CDN-Cache-Control`, `Surrogate-Control`),
+/// which replaces `Cache-Control` and `Expires` as a whole (RFC 9213
+/// §2.1); else `Cache-Control`. The bool says whether they came from
+/// `Cache-Control` (so `Expires` counts).
 pub(crate) fn effective_directives(headers: &HeaderMap) -> (Directives, bool) {
-    for name in [&CDN_CACHE_CONTROL, &SURROGATE_CONTROL] {
+    for name in [&OUTPOST_CACHE_CONTROL, &CDN_CACHE_CONTROL, &SURROGATE_CONTROL] {
         let d = Directives::parse_all(headers.get_all(name));
         if !d.is_empty() {
             return (d, false);
@@ -158,7 +161,7 @@ pub(crate) fn storability(
     }
     let (d, use_expires) = effective_directives(headers);
     let force = rule.filter(|r| r.force).and_then(|r| r.ttl);
-    let permit = permission(req, headers, &d, force.is_some())?;
+    let permit = permission(req, headers, &d, !use_expires, force.is_some())?;
     let explicit = explicit_lifetime(&d, use_expires, headers, response_time);
     let lifetime = lifetime(status, rules, rule, force, explicit, d.public)?;
     let never_stale = force.is_none()
@@ -186,10 +189,17 @@ struct Permit {
 
 /// Reads `private`, `no-store`, `Vary: *`, `no-cache`, `Set-Cookie` and the
 /// request's credentials into a refusal or a [`Permit`]. A forced path rule
-/// overrides `no-store` and unqualified `no-cache`, never `private`.
-fn permission(req: RequestFacts<'_>, headers: &HeaderMap, d: &Directives, forced: bool) -> Result<Permit, NotStored> {
-    // Every Cache-Control field, whatever CDN-specific field overrides it.
-    let cc = Directives::parse_all(headers.get_all(header::CACHE_CONTROL));
+/// overrides `no-store` and unqualified `no-cache`, never `private`. With
+/// a `targeted` field, `Cache-Control` is for browsers and is not read.
+fn permission(
+    req: RequestFacts<'_>,
+    headers: &HeaderMap,
+    d: &Directives,
+    targeted: bool,
+    forced: bool,
+) -> Result<Permit, NotStored> {
+    let cc =
+        if targeted { Directives::default() } else { Directives::parse_all(headers.get_all(header::CACHE_CONTROL)) };
     let names = |f: &[String]| -> Vec<HeaderName> {
         f.iter().filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok()).collect()
     };
@@ -271,15 +281,22 @@ fn is_final_cacheable_with_explicit(status: StatusCode) -> bool {
     status.as_u16() >= 200 && status != StatusCode::PARTIAL_CONTENT && status != StatusCode::NOT_MODIFIED
 }
 
+/// An `Age` value: delta-seconds, digits only (RFC 9111 §5.1), too large
+/// → 2^31 (§1.2.2). Anything else (`1a`, `-1`, `+5`, a list) is invalid and
+/// ignored, never read as its leading digits.
+fn age(v: &http::HeaderValue) -> Option<u64> {
+    let s = v.to_str().ok()?.trim();
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(s.parse::<u64>().map_or(DELTA_SECONDS_MAX, |n| n.min(DELTA_SECONDS_MAX)))
+}
+
 /// RFC 9111 §4.2.3: the age the response already had when it arrived.
 pub(crate) fn initial_age(headers: &HeaderMap, request_time: SystemTime, response_time: SystemTime) -> Duration {
     let date = date_header(headers, &header::DATE);
     let apparent = date.and_then(|d| response_time.duration_since(d).ok()).unwrap_or(Duration::ZERO);
-    let age_value = headers
-        .get(header::AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .map_or(Duration::ZERO, |s| Duration::from_secs(s.min(DELTA_SECONDS_MAX)));
+    let age_value = headers.get(header::AGE).and_then(age).map_or(Duration::ZERO, Duration::from_secs);
     let response_delay = response_time.duration_since(request_time).unwrap_or(Duration::ZERO);
     apparent.max(age_value + response_delay)
 }

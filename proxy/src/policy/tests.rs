@@ -66,10 +66,46 @@ fn cdn_cache_control_takes_precedence_and_hides_cache_control() {
         Some(500),
         "CDN-Cache-Control over Surrogate-Control"
     );
-    // private in Cache-Control still protects the client.
+    // As a whole: nothing of Cache-Control counts once a targeted field
+    // speaks (RFC 9213 §2.1), not even no-store or private, nor Expires.
     assert_eq!(
-        plan(200, &[("cache-control", "private"), ("cdn-cache-control", "max-age=600")]),
-        Err(NotStored::Private)
+        plan(200, &[("cache-control", "no-store"), ("cdn-cache-control", "max-age=600")]).unwrap().lifetime.as_secs(),
+        600
+    );
+    assert_eq!(
+        plan(200, &[("cache-control", "private"), ("cdn-cache-control", "max-age=600")]).unwrap().lifetime.as_secs(),
+        600
+    );
+    let expires = httpdate::fmt_http_date(at(T0 + 300));
+    assert_eq!(lifetime(200, &[("expires", &expires)]), Some(300));
+    assert_eq!(
+        lifetime(200, &[("expires", &expires), ("cdn-cache-control", "public")]),
+        Some(0),
+        "Expires does not count: public alone gets the (zero) default"
+    );
+    // The CDN's own directives still bind: private there is private.
+    assert_eq!(plan(200, &[("cdn-cache-control", "private")]), Err(NotStored::Private));
+    assert_eq!(
+        plan(200, &[("cdn-cache-control", "no-store"), ("cache-control", "max-age=60")]),
+        Err(NotStored::NoStore)
+    );
+    // An empty targeted field says nothing: Cache-Control applies.
+    assert_eq!(plan(200, &[("cdn-cache-control", ""), ("cache-control", "no-store")]), Err(NotStored::NoStore));
+    // Outpost's own field first, over every other.
+    assert_eq!(
+        lifetime(
+            200,
+            &[
+                ("outpost-cache-control", "max-age=7"),
+                ("cdn-cache-control", "max-age=500"),
+                ("cache-control", "max-age=5")
+            ]
+        ),
+        Some(7)
+    );
+    assert_eq!(
+        plan(200, &[("outpost-cache-control", "no-store"), ("cdn-cache-control", "max-age=500")]),
+        Err(NotStored::NoStore)
     );
 }
 
@@ -152,6 +188,15 @@ fn age_from_upstream_is_counted() {
     assert_eq!(initial_age(&h, at(T0), at(T0)), Duration::from_secs(30));
     let h = headers(&[("age", "garbage")]);
     assert_eq!(initial_age(&h, at(T0), at(T0)), Duration::ZERO);
+    // Only digits are an Age: the leading digits of anything else are not.
+    for invalid in ["1a", "-1", "+5", "5, 6", "5 6", "0x10", "1e3", "", "5.0"] {
+        let h = headers(&[("age", invalid)]);
+        assert_eq!(initial_age(&h, at(T0), at(T0)), Duration::ZERO, "Age: {invalid:?} is invalid, ignored");
+    }
+    let h = headers(&[("age", " 7 ")]);
+    assert_eq!(initial_age(&h, at(T0), at(T0)), Duration::from_secs(7));
+    let h = headers(&[("age", "99999999999999999999999")]);
+    assert_eq!(initial_age(&h, at(T0), at(T0)), Duration::from_secs(DELTA_SECONDS_MAX), "too large is 2^31");
     let p = plan(200, &[("cache-control", "max-age=60")]).unwrap();
     let t = timing(&p, 50);
     assert_eq!(t.freshness(at(T0 + 5)), Freshness::Fresh(Duration::from_secs(5)));

@@ -440,6 +440,32 @@ async fn a_refill_of_a_changed_object_is_refused_not_spliced() {
     assert_eq!(origin.count("/changed").await, 2, "the range was asked for");
 }
 
+/// RFC 9213 at the edge: `CDN-Cache-Control` replaces `Cache-Control` as a
+/// whole (a `no-store` there is for browsers) and travels on to the client,
+/// where another CDN may obey it; `Outpost-Cache-Control` is obeyed first
+/// and never leaves; `Surrogate-Control` is consumed too. An invalid `Age`
+/// is ignored rather than read as its leading digits.
+#[tokio::test]
+async fn targeted_cache_control_fields_are_obeyed_and_forwarded_or_consumed() {
+    let (_d, origin, edge) = setup(DEFAULT_RULES).await;
+    let url = "/targeted?size=100&cc=no-store&cdn_cc=max-age%3D300&header=outpost-cache-control:max-age%3D60\
+               &sc=max-age%3D5&header=age:%2B50";
+    let first = edge.get(url).await;
+    let cs = first.cache_status();
+    assert!(cs.contains("; stored; ttl=60"), "Outpost-Cache-Control's lifetime, stored despite no-store: {cs}");
+    assert_eq!(first.headers["cdn-cache-control"], "max-age=300", "passed on downstream");
+    assert_eq!(first.headers["cache-control"], "no-store", "the browser's field is untouched");
+    assert!(!first.headers.contains_key("outpost-cache-control"), "Outpost's own field stays here");
+    assert!(!first.headers.contains_key("surrogate-control"));
+    let second = edge.get(url).await;
+    assert!(second.is_hit(), "{}", second.cache_status());
+    assert_eq!(second.headers["cdn-cache-control"], "max-age=300");
+    // `+50` is not an Age: the copy is not 50 s old.
+    let age: u64 = second.headers["age"].to_str().unwrap().parse().unwrap();
+    assert!(age < 50, "Age {age}");
+    assert_eq!(origin.count("/targeted").await, 1);
+}
+
 #[tokio::test]
 async fn ranges_and_conditionals_are_answered_from_cache() {
     let (_d, origin, edge) = setup(DEFAULT_RULES).await;

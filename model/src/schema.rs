@@ -360,6 +360,7 @@ pub static SECTIONS: &[Section] = &[
         doc: "How the site's responses are keyed and kept. The origin's `Cache-Control` decides first (RFC 9111); these fill in.",
         keys: &[
             key("default_ttl", "duration", Time(DEFAULT_TTL), "Freshness of a cacheable response that states none; at most 365 days.", "\"60s\""),
+            key("heuristic_max", "duration", Time(DEFAULT_HEURISTIC_MAX), "With `default_ttl = \"0s\"`, a response that states no freshness but has `Last-Modified` is fresh for a tenth of the time since then (RFC 9111 §4.2.2), at most this; `\"0s\"`: never guess.", "\"6h\""),
             key("max_object_size", "size", Bytes(DEFAULT_MAX_OBJECT_SIZE), "Larger responses stream through uncached.", "\"1GiB\""),
             key("query", "string", Text("\"keep\""), "The query in the key: `\"keep\"` as sent, `\"sort\"` by name, `\"ignore\"` (dropped from the key and the upstream request).", "\"sort\""),
             key("query_drop", "list of names", Text("[]"), "Parameters removed from the key and the upstream request (tracking tags).", "[\"utm_source\"]"),

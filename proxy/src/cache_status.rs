@@ -88,6 +88,8 @@ pub(crate) enum Detail {
     Upstream(UpstreamErrorKind),
     /// This node failed.
     Internal,
+    /// Stored with a lifetime guessed from `Last-Modified`.
+    Heuristic,
 }
 
 impl Detail {
@@ -98,6 +100,7 @@ impl Detail {
             Detail::Method => "method",
             Detail::Upstream(k) => k.as_str(),
             Detail::Internal => "internal",
+            Detail::Heuristic => "heuristic",
         }
     }
 }

@@ -23,6 +23,8 @@ pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Freshness for a response that says nothing about it, when the site does not
 /// choose. Short, so an origin that forgot its headers is not pinned for long.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
+/// The most freshness guessed from `Last-Modified` (RFC 9111 §4.2.2).
+pub const DEFAULT_HEURISTIC_MAX: Duration = Duration::from_secs(24 * 3600);
 /// Objects larger than this are streamed through uncached unless the site says.
 pub const DEFAULT_MAX_OBJECT_SIZE: u64 = 1 << 30;
 /// How long an edge may serve a stale object while it revalidates in the
@@ -127,6 +129,10 @@ pub struct CacheRules {
     /// Freshness when the origin gives none and the status is cacheable.
     /// Default: [`DEFAULT_TTL`] (60s).
     pub default_ttl: Duration,
+    /// Cap on the freshness guessed from `Last-Modified` (a tenth of its
+    /// age, RFC 9111 §4.2.2) where `default_ttl` is zero; zero: never
+    /// guess. Default: [`DEFAULT_HEURISTIC_MAX`] (1 day).
+    pub heuristic_max: Duration,
     /// Default: [`DEFAULT_MAX_OBJECT_SIZE`] (1GiB).
     pub max_object_size: u64,
     /// Default: [`QueryMode::Keep`].
@@ -292,6 +298,7 @@ impl Default for CacheRules {
     fn default() -> Self {
         CacheRules {
             default_ttl: DEFAULT_TTL,
+            heuristic_max: DEFAULT_HEURISTIC_MAX,
             max_object_size: DEFAULT_MAX_OBJECT_SIZE,
             query: QueryMode::Keep,
             query_drop: Vec::new(),

@@ -174,6 +174,7 @@ impl Decode for HeaderName {
 
 fn decode_cache(s: &mut Sink<'_>, t: &mut Table<'_, '_>) -> Option<CacheRules> {
     let default_ttl = ttl(s, t, "default_ttl", DEFAULT_TTL);
+    let heuristic_max = ttl(s, t, "heuristic_max", DEFAULT_HEURISTIC_MAX);
     let max_object_size = match t.opt::<Spanned<ByteSize>>(s, "max_object_size") {
         Some(b) if b.get_ref().0 == 0 => {
             s.error(&b.span(), "max_object_size must be larger than zero");
@@ -233,6 +234,7 @@ fn decode_cache(s: &mut Sink<'_>, t: &mut Table<'_, '_>) -> Option<CacheRules> {
     t.finish(s);
     Some(CacheRules {
         default_ttl,
+        heuristic_max,
         max_object_size,
         query,
         query_drop,

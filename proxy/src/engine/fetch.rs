@@ -294,7 +294,7 @@ impl FetchJob {
             vary,
             len: content_length(headers),
             storing: writer.is_some(),
-            not_stored: not_stored.map(Detail::NotStored),
+            detail: not_stored.map(Detail::NotStored).or(plan.filter(|p| p.heuristic).map(|_| Detail::Heuristic)),
             upstream_status: headers.get(&CACHE_STATUS).cloned(),
             generation: writer.as_ref().map_or(0, BodyWriter::generation),
             withheld: withheld(headers, strip),
@@ -315,7 +315,8 @@ impl FetchJob {
         let flight = Arc::clone(&self.guard.flight);
         flight.set_head(Head::Shared(Arc::clone(&head)));
         let idle = self.site.origins.first().map_or(DEFAULT_BODY_IDLE, |o| o.response_timeout);
-        let Some((writer, received)) = self.pump(body, &flight, writer, idle).await else { return };
+        let Some((writer, received, last)) = self.pump(body, &flight, writer, head.len, idle).await else { return };
+        let stored = writer.is_some();
         if let Some(w) = writer {
             if head.len.is_none_or(|d| d == received) {
                 let obj = StoredObject { body: w.finish(), ..(*head.object).clone() };
@@ -328,27 +329,36 @@ impl FetchJob {
             }
         }
         // Leave the map only once the object is stored: the next request
-        // then finds it instead of starting another fetch.
+        // then finds it instead of starting another fetch. Only then do the
+        // last bytes go out, so a client that asks again the moment its
+        // answer ends finds the stored copy, not this finished fetch.
         self.guard.close();
+        if let Some(last) = last {
+            flight.push(last, if stored { received } else { 0 });
+        }
         flight.finish_body(Ok(()));
     }
 
     /// Moves the body's frames to the flight and the writer until the end;
     /// `None` when the body broke (the flight is told). The writer is
-    /// dropped past the site's largest object.
+    /// dropped past the site's largest object. The frame that completes a
+    /// body of known length `len` is held back and returned, for the
+    /// caller to pass on once the object is stored.
     async fn pump(
         &self,
         mut body: Incoming,
         flight: &Flight,
         mut writer: Option<BodyWriter>,
+        len: Option<u64>,
         idle: Duration,
-    ) -> Option<(Option<BodyWriter>, u64)> {
+    ) -> Option<(Option<BodyWriter>, u64, Option<Bytes>)> {
         let max = self.site.cache.max_object_size;
         let mut received = 0u64;
+        let mut last = None;
         loop {
             flight.wait_for_readers().await;
             let frame = match tokio::time::timeout(idle, body.frame()).await {
-                Ok(None) => return Some((writer, received)),
+                Ok(None) => return Some((writer, received, last)),
                 Ok(Some(Ok(f))) => f,
                 broke => {
                     let e = match broke {
@@ -372,6 +382,10 @@ impl FetchJob {
                 {
                     w.abandon();
                 }
+            }
+            if len == Some(received) {
+                last = Some(data);
+                continue;
             }
             flight.push(data, writer.as_ref().map_or(0, BodyWriter::stored_through));
         }

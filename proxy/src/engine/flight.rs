@@ -57,8 +57,8 @@ pub(crate) struct SharedHead {
     pub len: Option<u64>,
     /// Will be stored (false for shared error pages).
     pub storing: bool,
-    /// Why not, when not.
-    pub not_stored: Option<crate::cache_status::Detail>,
+    /// Why not, when not; or how, when the lifetime was guessed.
+    pub detail: Option<crate::cache_status::Detail>,
     /// The upstream's own `Cache-Status`, to append to.
     pub upstream_status: Option<http::HeaderValue>,
     /// Generation of the body chunks being written.

@@ -137,7 +137,7 @@ fn shared(cx: &Ctx, outcome: Outcome, joined: &Joined, head: Arc<SharedHead>) ->
         stored: head.storing,
         ttl: head.storing.then(|| obj.timing.ttl_seconds(now)),
         collapsed,
-        detail: head.not_stored,
+        detail: head.detail,
         partitioned: cx.partitioned,
         ..CacheStatus::new(outcome)
     };

@@ -77,6 +77,8 @@ pub(crate) struct StorePlan {
     pub shareable_with_auth: bool,
     /// Fields to drop before storing (qualified `no-cache` / `private`).
     pub strip: Vec<HeaderName>,
+    /// The lifetime was guessed from `Last-Modified` (RFC 9111 §4.2.2).
+    pub heuristic: bool,
 }
 
 /// Statuses cacheable without explicit freshness (RFC 9110 §15.1), less
@@ -163,7 +165,8 @@ pub(crate) fn storability(
     let force = rule.filter(|r| r.force).and_then(|r| r.ttl);
     let permit = permission(req, headers, &d, !use_expires, force.is_some())?;
     let explicit = explicit_lifetime(&d, use_expires, headers, response_time);
-    let lifetime = lifetime(status, rules, rule, force, explicit, d.public)?;
+    let guess = heuristic_lifetime(headers, response_time, rules.heuristic_max);
+    let (lifetime, heuristic) = lifetime(status, rules, rule, force, explicit, guess, d.public)?;
     let never_stale = force.is_none()
         && (d.must_revalidate || d.proxy_revalidate || d.s_maxage.is_some() || permit.always_revalidate);
     let swr = d.stale_while_revalidate.map_or(stale.while_revalidate, Duration::from_secs);
@@ -177,6 +180,7 @@ pub(crate) fn storability(
         never_stale,
         shareable_with_auth: permit.shareable_with_auth,
         strip: permit.strip,
+        heuristic,
     })
 }
 
@@ -242,34 +246,53 @@ fn permission(
     Ok(Permit { strip, always_revalidate, shareable_with_auth })
 }
 
-/// How long the response stays fresh, in order of precedence: a forced path
-/// rule, the origin's explicit lifetime, the site's per-status TTL, the path
-/// rule's TTL, the default TTL; or why it may not be stored.
+/// A tenth of the time since `Last-Modified` (by the response's `Date`),
+/// at most `max` (RFC 9111 §4.2.2); none without a usable date, or when
+/// `max` is zero.
+fn heuristic_lifetime(headers: &HeaderMap, response_time: SystemTime, max: Duration) -> Option<Duration> {
+    let modified = date_header(headers, &header::LAST_MODIFIED)?;
+    let date = date_header(headers, &header::DATE).unwrap_or(response_time);
+    let guess = (date.duration_since(modified).ok()? / 10).min(max);
+    (!guess.is_zero()).then_some(guess)
+}
+
+/// How long the response stays fresh, and whether that was guessed, in
+/// order of precedence: a forced path rule, the origin's explicit lifetime,
+/// the site's per-status TTL, the path rule's TTL, the default TTL, then
+/// (where the default is zero) the `guess` from `Last-Modified`; or why it
+/// may not be stored.
 fn lifetime(
     status: StatusCode,
     rules: &CacheRules,
     rule: Option<&PathRule>,
     force: Option<Duration>,
     explicit: Option<Duration>,
+    guess: Option<Duration>,
     public: bool,
-) -> Result<Duration, NotStored> {
+) -> Result<(Duration, bool), NotStored> {
     if let Some(t) = force {
-        return Ok(t);
+        return Ok((t, false));
     }
     if let Some(e) = explicit {
-        return if is_final_cacheable_with_explicit(status) { Ok(e) } else { Err(NotStored::Status) };
+        return if is_final_cacheable_with_explicit(status) { Ok((e, false)) } else { Err(NotStored::Status) };
     }
     if let Some(t) = rules.status_ttl.get(&status.as_u16()).copied() {
-        return Ok(t);
+        return Ok((t, false));
     }
     if !heuristically_cacheable(status) {
         return Err(NotStored::Status);
     }
     if let Some(t) = rule.and_then(|r| r.ttl) {
-        return Ok(t);
+        return Ok((t, false));
     }
-    if public || !rules.default_ttl.is_zero() {
-        return Ok(rules.default_ttl);
+    if !rules.default_ttl.is_zero() {
+        return Ok((rules.default_ttl, false));
+    }
+    if let Some(g) = guess {
+        return Ok((g, true));
+    }
+    if public {
+        return Ok((Duration::ZERO, false));
     }
     Err(NotStored::NoFreshness)
 }

@@ -179,6 +179,40 @@ fn site_stale_defaults_apply_when_the_origin_is_silent() {
 }
 
 #[test]
+fn freshness_is_guessed_from_last_modified_only_where_the_default_is_zero() {
+    let (mut rules, stale) = no_defaults();
+    rules.heuristic_max = Duration::from_secs(3600);
+    let guess = |pairs: &[(&str, &str)], rules: &CacheRules| {
+        storability(get(), StatusCode::OK, &headers(pairs), rules, &stale, at(T0))
+            .map(|p| (p.lifetime.as_secs(), p.heuristic))
+    };
+    let date = httpdate::fmt_http_date(at(T0));
+    let lm = |ago: u64| httpdate::fmt_http_date(at(T0 - ago));
+    // A tenth of the time since it changed, by the response's Date.
+    assert_eq!(guess(&[("date", &date), ("last-modified", &lm(1000))], &rules), Ok((100, true)));
+    assert_eq!(guess(&[("last-modified", &lm(1000))], &rules), Ok((100, true)), "no Date: the time it arrived");
+    // Capped by the site.
+    assert_eq!(guess(&[("date", &date), ("last-modified", &lm(10 * 86400))], &rules), Ok((3600, true)));
+    // Nothing to guess from: not stored.
+    assert_eq!(guess(&[("date", &date)], &rules), Err(NotStored::NoFreshness));
+    assert_eq!(guess(&[("date", &date), ("last-modified", "yesterday")], &rules), Err(NotStored::NoFreshness));
+    let future = httpdate::fmt_http_date(at(T0 + 60));
+    assert_eq!(guess(&[("date", &date), ("last-modified", &future)], &rules), Err(NotStored::NoFreshness));
+    // Explicit freshness, a status TTL or a default TTL come first.
+    assert_eq!(guess(&[("cache-control", "max-age=5"), ("last-modified", &lm(1000))], &rules), Ok((5, false)));
+    let mut with_default = rules.clone();
+    with_default.default_ttl = Duration::from_secs(60);
+    assert_eq!(guess(&[("date", &date), ("last-modified", &lm(1000))], &with_default), Ok((60, false)));
+    // Never guessed for a status that needs explicit freshness, or when the site says 0s.
+    let redirect =
+        storability(get(), StatusCode::FOUND, &headers(&[("last-modified", &lm(1000))]), &rules, &stale, at(T0));
+    assert_eq!(redirect.map(|p| p.lifetime), Err(NotStored::Status));
+    let mut never = rules.clone();
+    never.heuristic_max = Duration::ZERO;
+    assert_eq!(guess(&[("date", &date), ("last-modified", &lm(1000))], &never), Err(NotStored::NoFreshness));
+}
+
+#[test]
 fn age_from_upstream_is_counted() {
     let date = httpdate::fmt_http_date(at(T0 - 30));
     let h = headers(&[("date", &date), ("age", "100")]);

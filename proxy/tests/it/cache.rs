@@ -466,6 +466,31 @@ async fn targeted_cache_control_fields_are_obeyed_and_forwarded_or_consumed() {
     assert_eq!(origin.count("/targeted").await, 1);
 }
 
+/// With `default_ttl = "0s"`, a response with `Last-Modified` and no stated
+/// freshness is kept for a tenth of its age, capped by `heuristic_max`,
+/// and `Cache-Status` says so; one without is not stored.
+#[tokio::test]
+async fn freshness_is_guessed_from_last_modified_where_the_site_has_no_default() {
+    let rules = "[cache]\ndefault_ttl = \"0s\"\nheuristic_max = \"1h\"\n\n[stale]\nwhile_revalidate = \"0s\"\nif_error = \"0s\"\n";
+    let (_d, origin, edge) = setup(rules).await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let ttl = |cs: &str| -> u64 { cs.split("ttl=").nth(1).unwrap().split(';').next().unwrap().trim().parse().unwrap() };
+    let url = format!("/guess?size=10&lm={}", now - 2000);
+    let first = edge.get(&url).await;
+    let cs = first.cache_status();
+    assert!(cs.contains("; stored;") && cs.ends_with("detail=heuristic"), "{cs}");
+    assert!((198..=200).contains(&ttl(&cs)), "a tenth of 2000 s: {cs}");
+    let hit = edge.get(&url).await;
+    assert!(hit.is_hit(), "{}", hit.cache_status());
+    assert_eq!(origin.count("/guess").await, 1);
+    // Changed ten days ago: capped at the site's hour.
+    let old = edge.get(&format!("/old?size=10&lm={}", now - 10 * 86400)).await.cache_status();
+    assert!((3598..=3600).contains(&ttl(&old)) && old.ends_with("detail=heuristic"), "{old}");
+    // Nothing to guess from.
+    let none = edge.get("/none?size=10&lm=none").await.cache_status();
+    assert!(!none.contains("stored") && none.contains("detail=no-freshness"), "{none}");
+}
+
 #[tokio::test]
 async fn ranges_and_conditionals_are_answered_from_cache() {
     let (_d, origin, edge) = setup(DEFAULT_RULES).await;

@@ -70,6 +70,64 @@ fn header_value(headers: &HeaderMap, name: &HeaderName, out: &mut Xxh3) {
     out.update(&[0xff, u8::from(first)]);
 }
 
+/// A request header as `Vary` compares it: equivalent spellings share a
+/// variant. Members of the list are compared with the whitespace around and
+/// inside them collapsed (`a ,  b` is `a, b`); `Accept-Language` members
+/// also without case and in preference order (`fr, en-US` is `en-us,fr`;
+/// q-values order them, then the tag). Absent and empty stay different.
+fn vary_value(headers: &HeaderMap, name: &HeaderName, out: &mut Xxh3) {
+    let mut members: Vec<String> = Vec::new();
+    let mut present = false;
+    for v in headers.get_all(name) {
+        present = true;
+        for m in String::from_utf8_lossy(v.as_bytes()).split(',') {
+            let m = m.split_ascii_whitespace().collect::<Vec<_>>().join(" ");
+            if !m.is_empty() {
+                members.push(m);
+            }
+        }
+    }
+    if *name == http::header::ACCEPT_LANGUAGE {
+        members = languages(&members);
+    }
+    for m in &members {
+        out.update(m.as_bytes());
+        out.update(b",");
+    }
+    out.update(&[0xff, u8::from(present)]);
+}
+
+/// `Accept-Language` members as `tag` or `tag;q=0.xyz`, lower-case, best
+/// first (equal weights by tag). A member whose weight does not parse is
+/// kept as written, after the others.
+fn languages(members: &[String]) -> Vec<String> {
+    let mut weighed: Vec<(u16, String)> = Vec::new();
+    let mut odd: Vec<String> = Vec::new();
+    for m in members {
+        let mut parts = m.split(';').map(str::trim);
+        let tag = parts.next().unwrap_or_default().to_ascii_lowercase();
+        let mut q = Some(1000u16);
+        for p in parts {
+            q = p
+                .strip_prefix("q=")
+                .or_else(|| p.strip_prefix("Q="))
+                .and_then(|v| v.parse::<f32>().ok())
+                .filter(|v| (0.0..=1.0).contains(v))
+                .map(|v| (v * 1000.0).round() as u16);
+        }
+        match q {
+            Some(q) => weighed.push((q, tag)),
+            None => odd.push(m.to_ascii_lowercase()),
+        }
+    }
+    weighed.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    weighed.dedup();
+    let mut out: Vec<String> =
+        weighed.into_iter().map(|(q, t)| if q == 1000 { t } else { format!("{t};q=0.{q:03}") }).collect();
+    out.extend(odd);
+    out
+}
+
 fn trim(b: &[u8]) -> &[u8] {
     let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
     let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |e| e + 1);
@@ -124,7 +182,7 @@ impl RequestKey {
         h.update(&self.primary.to_le_bytes());
         for name in names {
             h.update(name.as_str().as_bytes());
-            header_value(headers, name, &mut h);
+            vary_value(headers, name, &mut h);
         }
         h.digest128()
     }
@@ -269,6 +327,35 @@ mod tests {
         );
         assert_ne!(chunk_key(1, 1, 0), chunk_key(1, 2, 0));
         assert_ne!(chunk_key(1, 1, 0), chunk_key(1, 1, 1));
+    }
+
+    #[test]
+    fn equivalent_spellings_share_a_variant() {
+        let k = RequestKey::new(&site("a", ""), Scope::default(), "/x", None, &HeaderMap::new());
+        let variant = |name: &'static str, values: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(name, HeaderValue::from_static(v));
+            }
+            k.variant(&[HeaderName::from_static(name)], &h)
+        };
+        let lang = |values: &[&'static str]| variant("accept-language", values);
+        let same = lang(&["en-US,fr"]);
+        for spelling in [&["fr, en-US"][..], &["FR ,  en-us;q=1"], &["en-US", "fr"], &["fr;q=1.0,en-us,fr"]] {
+            assert_eq!(lang(spelling), same, "{spelling:?}");
+        }
+        assert_eq!(lang(&["de, en;q=0.8"]), lang(&["en;q=0.80,DE"]), "weights order the list");
+        assert_ne!(lang(&["en;q=0.8,de"]), lang(&["en,de;q=0.8"]), "different preferences");
+        assert_ne!(lang(&["en"]), lang(&["en;q=0"]), "q=0 refuses a language");
+        assert_ne!(lang(&["en"]), lang(&["de"]));
+        // Other fields: only whitespace is normalised; order and case count.
+        let other = |values: &[&'static str]| variant("x-dev", values);
+        assert_eq!(other(&["a,  b"]), other(&["a ,b"]));
+        assert_eq!(other(&["a, b"]), other(&["a", "b"]));
+        assert_eq!(other(&["one  two"]), other(&["one two"]));
+        assert_ne!(other(&["a, b"]), other(&["b, a"]));
+        assert_ne!(other(&["A"]), other(&["a"]));
+        assert_ne!(other(&[]), other(&[""]), "absent and empty differ");
     }
 
     proptest! {

@@ -108,6 +108,18 @@ async fn vary_variants_are_kept_apart() {
     let seed = outpost_load::content::seed("/v", 0, &["de"]);
     assert_eq!(outpost_load::content::first_mismatch(seed, 0, &de2.body), None);
     assert_eq!(origin.count("/v").await, 2);
+    // Equivalent spellings of Accept-Language share a variant: case,
+    // spacing and the order of equally preferred languages do not count.
+    assert!(edge.get_with(url, &[("accept-language", " EN ")]).await.is_hit());
+    let mixed = edge.get_with(url, &[("accept-language", "en-GB, de;q=0.5, fr")]).await;
+    assert!(!mixed.is_hit());
+    for spelling in ["fr,EN-gb , de;q=0.50", "en-gb,fr,de;q=0.5"] {
+        let r = edge.get_with(url, &[("accept-language", spelling)]).await;
+        assert!(r.is_hit(), "{spelling}: {}", r.cache_status());
+        assert_eq!(r.body, mixed.body);
+    }
+    assert!(!edge.get_with(url, &[("accept-language", "en-GB;q=0.5, de, fr")]).await.is_hit(), "other preferences");
+    assert_eq!(origin.count("/v").await, 4);
 }
 
 #[tokio::test]

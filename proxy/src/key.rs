@@ -76,30 +76,42 @@ fn header_value(headers: &HeaderMap, name: &HeaderName, out: &mut Xxh3) {
 /// also without case and in preference order (`fr, en-US` is `en-us,fr`;
 /// q-values order them, then the tag). Absent and empty stay different.
 fn vary_value(headers: &HeaderMap, name: &HeaderName, out: &mut Xxh3) {
-    let mut members: Vec<String> = Vec::new();
-    let mut present = false;
-    for v in headers.get_all(name) {
-        present = true;
-        for m in String::from_utf8_lossy(v.as_bytes()).split(',') {
-            let m = m.split_ascii_whitespace().collect::<Vec<_>>().join(" ");
-            if !m.is_empty() {
-                members.push(m);
+    let values = headers.get_all(name);
+    let present = values.iter().next().is_some();
+    // Each member's words, then a separator.
+    let members = values.iter().flat_map(|v| v.as_bytes().split(|b| *b == b','));
+    if *name == http::header::ACCEPT_LANGUAGE {
+        // Sorted, so gathered first (a short list: at most a request head).
+        let members: Vec<String> = members
+            .map(|m| String::from_utf8_lossy(m).split_ascii_whitespace().collect::<Vec<_>>().join(" "))
+            .filter(|m| !m.is_empty())
+            .collect();
+        for m in languages(&members) {
+            out.update(m.as_bytes());
+            out.update(b",");
+        }
+    } else {
+        // Hashed as they are read: a hit on a varied object allocates nothing.
+        for m in members {
+            let mut any = false;
+            for (i, w) in m.split(u8::is_ascii_whitespace).filter(|w| !w.is_empty()).enumerate() {
+                if i > 0 {
+                    out.update(b" ");
+                }
+                out.update(w);
+                any = true;
+            }
+            if any {
+                out.update(b",");
             }
         }
-    }
-    if *name == http::header::ACCEPT_LANGUAGE {
-        members = languages(&members);
-    }
-    for m in &members {
-        out.update(m.as_bytes());
-        out.update(b",");
     }
     out.update(&[0xff, u8::from(present)]);
 }
 
 /// `Accept-Language` members as `tag` or `tag;q=0.xyz`, lower-case, best
 /// first (equal weights by tag). A member whose weight does not parse is
-/// kept as written, after the others.
+/// kept (lower-case), after the others.
 fn languages(members: &[String]) -> Vec<String> {
     let mut weighed: Vec<(u16, String)> = Vec::new();
     let mut odd: Vec<String> = Vec::new();
@@ -359,6 +371,18 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn variants_of_hostile_fields_never_panic(v in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let k = RequestKey::new(&site("a", ""), Scope::default(), "/x", None, &HeaderMap::new());
+            if let Ok(v) = HeaderValue::from_bytes(&v) {
+                for name in ["accept-language", "x-dev"] {
+                    let mut h = HeaderMap::new();
+                    h.insert(name, v.clone());
+                    let _ = k.variant(&[HeaderName::from_static(name)], &h);
+                }
+            }
+        }
+
         #[test]
         fn query_shaping_never_panics(q in "[a-z=&_*]{0,30}") {
             for mode in [QueryMode::Keep, QueryMode::Sort, QueryMode::Ignore] {

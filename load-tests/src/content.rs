@@ -47,6 +47,122 @@ pub fn fill(seed: u64, offset: u64, buf: &mut [u8]) {
     }
 }
 
+/// Bytes per line of a text object.
+pub const TEXT_LINE: u64 = 64;
+
+/// Words text objects are made of: markup and code, as static text is.
+const WORDS: [&str; 64] = [
+    "<div",
+    "class=",
+    "\"row\">",
+    "</div>",
+    "<span>",
+    "</span>",
+    "<a",
+    "href=",
+    "\"/static/",
+    "app.js\"",
+    "function",
+    "return",
+    "const",
+    "let",
+    "var",
+    "if",
+    "else",
+    "for",
+    "while",
+    "=>",
+    "{",
+    "}",
+    "(",
+    ")",
+    "null;",
+    "true;",
+    "false;",
+    "this.",
+    "document.",
+    "window.",
+    "color:",
+    "margin:",
+    "0",
+    "1px",
+    "16px",
+    "solid",
+    "#fff;",
+    "#333;",
+    "display:",
+    "flex;",
+    "none;",
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "that",
+    "for",
+    "with",
+    "as",
+    "on",
+    "by",
+    "data-id=",
+    "\"item\"",
+    "<li>",
+    "</li>",
+    "<ul>",
+    "</ul>",
+    "<p>",
+    "</p>",
+    "import",
+    "export",
+    "default",
+];
+
+/// Line `n` of a text object: words chosen by the seed, spaces to pad,
+/// a newline; each line is computed alone, so any range can be checked.
+fn text_line(seed: u64, n: u64) -> [u8; TEXT_LINE as usize] {
+    let mut line = [b' '; TEXT_LINE as usize];
+    line[TEXT_LINE as usize - 1] = b'\n';
+    let mut bits = mix(seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x7e47);
+    let mut at = 0;
+    let mut used = 0;
+    loop {
+        if used == 60 {
+            bits = mix(bits);
+            used = 0;
+        }
+        let word = WORDS[(bits >> used) as usize & 63].as_bytes();
+        used += 6;
+        if at + word.len() + 1 > TEXT_LINE as usize - 1 {
+            return line;
+        }
+        line[at..at + word.len()].copy_from_slice(word);
+        at += word.len() + 1;
+    }
+}
+
+/// Fills `buf` with a text object's bytes starting at `offset`: compressible
+/// (about 4:1 with gzip), and as checkable at any offset as [`fill`].
+pub fn fill_text(seed: u64, offset: u64, buf: &mut [u8]) {
+    let mut pos = offset;
+    let mut i = 0;
+    while i < buf.len() {
+        let line = text_line(seed, pos / TEXT_LINE);
+        let start = (pos % TEXT_LINE) as usize;
+        let n = (TEXT_LINE as usize - start).min(buf.len() - i);
+        buf[i..i + n].copy_from_slice(&line[start..start + n]);
+        i += n;
+        pos += n as u64;
+    }
+}
+
+/// The bytes `offset..offset + len` of a text object.
+pub fn text(seed: u64, offset: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0; len];
+    fill_text(seed, offset, &mut buf);
+    buf
+}
+
 /// The bytes `offset..offset + len` of an object.
 pub fn bytes(seed: u64, offset: u64, len: usize) -> Vec<u8> {
     let mut buf = vec![0; len];
@@ -71,6 +187,18 @@ pub fn first_mismatch(seed: u64, offset: u64, body: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_is_text_and_any_slice_matches_the_whole() {
+        let s = seed("/t", 0, &[]);
+        let whole = text(s, 0, 10_000);
+        assert!(whole.iter().all(|b| b.is_ascii_graphic() || *b == b' ' || *b == b'\n'));
+        assert_eq!(whole.iter().filter(|b| **b == b'\n').count(), 10_000 / 64);
+        for (off, len) in [(0, 1), (3, 130), (63, 2), (500, 500), (9_999, 1)] {
+            assert_eq!(text(s, off as u64, len), whole[off..off + len]);
+        }
+        assert_ne!(text(seed("/u", 0, &[]), 0, 64), whole[..64], "the seed chooses the words");
+    }
 
     #[test]
     fn any_slice_matches_the_whole() {

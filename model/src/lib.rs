@@ -7,6 +7,7 @@
 //! any problem yields no config at all, so a bad file never half-applies.
 
 pub mod api;
+pub mod coding;
 mod decode;
 mod diag;
 mod event;

@@ -402,6 +402,19 @@ pub static SECTIONS: &[Section] = &[
     },
     Section {
         file: FileKind::Site,
+        name: "compress",
+        shape: Shape::Table,
+        roles: &[],
+        doc: "Compressed representations for clients that accept them (`Accept-Encoding`), made once by the tier that stores the origin's response and stored beside it. Responses with `Cache-Control: no-transform` or a `Content-Encoding` of their own are left as they are; clients that accept none of the stored codings get the body decoded.",
+        keys: &[
+            key("codings", "list of codings", Text("[\"br\", \"zstd\", \"gzip\"]"), "Codings made, the first preferred when a client weighs several the same; `[]`: none, and `Accept-Encoding` passes through untouched.", "[\"br\", \"gzip\"]"),
+            key("types", "list of media types", Text("text and text-like types"), "Media types compressed; `text/*` covers a top-level type. The default covers `text/*`, JavaScript, JSON, XML, SVG, WebAssembly and fonts.", "[\"text/*\", \"application/json\"]"),
+            key("min_size", "size", Bytes(DEFAULT_COMPRESS_MIN_SIZE), "Smaller bodies are sent as they are.", "\"1KiB\""),
+            key("max_size", "size", Bytes(DEFAULT_COMPRESS_MAX_SIZE), "Larger bodies are sent as they are (a representation is made in memory).", "\"16MiB\""),
+        ],
+    },
+    Section {
+        file: FileKind::Site,
         name: "tls",
         shape: Shape::Table,
         roles: &[],

@@ -18,8 +18,10 @@
 //!
 //! [`control`] is the one client of the control-plane API; [`metrics`]
 //! the process's exporter, which the program installs; [`multipart`] the
-//! layout of a response with several ranges.
+//! layout of a response with several ranges; [`coding`] content codings
+//! (`Accept-Encoding`, gzip, brotli, zstd).
 
+pub mod coding;
 pub mod control;
 pub mod h1;
 pub mod metrics;

@@ -25,6 +25,8 @@
 //! | `chunk=16KiB&chunk_delay=10ms` | stream the body in chunks, pausing between them |
 //! | `abort_after=N` | break the connection after N body bytes |
 //! | `no_length=1` | no Content-Length (chunked) and no ranges |
+//! | `text=1` | a text body (words, 64-byte lines, see [`crate::content::text`]), `text/plain` unless `content_type` says |
+//! | `encoding=gzip\|br\|zstd` | the body (of `size` bytes before) sent in that coding, with `Content-Encoding` |
 //! | `v`, `id`, `n`, `_` | ignored: for making URLs distinct |
 //!
 //! Conditional requests (`If-None-Match`, `If-Modified-Since`) get 304;
@@ -291,19 +293,39 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     }
     let version = lock(&state.versions).get(&path).copied().unwrap_or(0);
     let seed = crate::content::seed(&path, version, &spec.vary_values(&parts.headers));
+    let coding = spec.encoding.map_or(String::new(), |c| format!("-{}", c.token()));
     let etag = spec.etag.clone().map(|e| {
         e.unwrap_or_else(|| {
-            HeaderValue::from_str(&format!("\"{seed:016x}-{}\"", spec.size))
+            HeaderValue::from_str(&format!("\"{seed:016x}-{}{coding}\"", spec.size))
                 .unwrap_or(HeaderValue::from_static("\"x\""))
         })
     });
+    let mut source = Source::Synthetic { seed, text: spec.text };
+    let mut len = spec.size;
+    let mut headers = spec.headers;
+    if let Some(c) = spec.encoding {
+        if spec.size > object::MAX_ENCODED {
+            return Ok(text(StatusCode::BAD_REQUEST, format!("encoding: at most {} bytes\n", object::MAX_ENCODED)));
+        }
+        let plain = if spec.text {
+            crate::content::text(seed, 0, len as usize)
+        } else {
+            crate::content::bytes(seed, 0, len as usize)
+        };
+        let Ok(encoded) = outpost_net::coding::encode(c, &plain) else {
+            return Ok(text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n".to_string()));
+        };
+        len = encoded.len() as u64;
+        source = Source::Memory(encoded.into());
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(c.token()));
+    }
     let repr = Repr {
         status: spec.status,
-        len: spec.size,
+        len,
         etag,
         last_modified: spec.last_modified,
-        headers: spec.headers,
-        source: Source::Synthetic { seed },
+        headers,
+        source,
         chunk: spec.chunk,
         chunk_delay: spec.chunk_delay,
         abort_after: spec.abort_after,

@@ -5,12 +5,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use outpost_net::coding::Coding;
 
 /// Longest a `fail=hang` request is held before the connection is closed, so
 /// a forgotten hang cannot keep a test process alive.
 pub(crate) const MAX_HANG: Duration = Duration::from_secs(120);
 /// Default object size when `size` is not given.
 pub(crate) const DEFAULT_SIZE: u64 = 1024;
+/// Largest body the origin encodes (`encoding=`): it is made in memory.
+pub(crate) const MAX_ENCODED: u64 = 64 << 20;
 /// Default body chunk: 64 KiB keeps large objects streaming without
 /// holding them in memory.
 pub(crate) const DEFAULT_CHUNK: usize = 64 * 1024;
@@ -60,6 +63,10 @@ pub(crate) struct Spec {
     pub(crate) abort_after: Option<u64>,
     /// Send without Content-Length (chunked on HTTP/1.1).
     pub(crate) unknown_length: bool,
+    /// A text body (compressible) instead of random bytes.
+    pub(crate) text: bool,
+    /// The body sent in this content coding.
+    pub(crate) encoding: Option<Coding>,
 }
 
 impl Default for Spec {
@@ -76,6 +83,8 @@ impl Default for Spec {
             chunk_delay: Duration::ZERO,
             abort_after: None,
             unknown_length: false,
+            text: false,
+            encoding: None,
         }
     }
 }
@@ -169,6 +178,14 @@ impl Spec {
                 "chunk_delay" => spec.chunk_delay = duration(k, v)?,
                 "abort_after" => spec.abort_after = Some(size(k, v)?),
                 "no_length" => spec.unknown_length = v != "0",
+                "text" => spec.text = v != "0",
+                "encoding" => {
+                    spec.encoding = Some(
+                        Coding::parse(v)
+                            .filter(|c| *c != Coding::Identity)
+                            .ok_or_else(|| format!("encoding: `{v}` is not gzip, br or zstd"))?,
+                    )
+                }
                 // Free parameters that only make URLs distinct (cache busting).
                 "v" | "id" | "n" | "_" => {}
                 _ => return Err(format!("unknown parameter `{k}`; see the grammar in `outpost_load::origin`")),
@@ -180,7 +197,8 @@ impl Spec {
         if spec.headers.contains_key(header::CONTENT_TYPE) {
             return Ok(spec);
         }
-        spec.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        let default_type = if spec.text { "text/plain; charset=utf-8" } else { "application/octet-stream" };
+        spec.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(default_type));
         Ok(spec)
     }
 

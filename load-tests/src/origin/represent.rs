@@ -24,8 +24,15 @@ pub(crate) type Body = UnsyncBoxBody<Bytes, io::Error>;
 /// Where the bytes come from.
 #[derive(Debug, Clone)]
 pub(crate) enum Source {
-    Synthetic { seed: u64 },
-    File { path: PathBuf },
+    Synthetic {
+        seed: u64,
+        text: bool,
+    },
+    /// Bytes made in advance (an encoded body).
+    Memory(Bytes),
+    File {
+        path: PathBuf,
+    },
 }
 
 /// One representation of a resource, ready to answer any request for it.
@@ -232,7 +239,9 @@ impl Repr {
                 n = n.min(limit - st.pos);
             }
             let data = match &st.repr.source {
-                Source::Synthetic { seed } => Ok(content::bytes(*seed, st.pos, n as usize)),
+                Source::Synthetic { seed, text: false } => Ok(content::bytes(*seed, st.pos, n as usize)),
+                Source::Synthetic { seed, text: true } => Ok(content::text(*seed, st.pos, n as usize)),
+                Source::Memory(b) => Ok(b[st.pos as usize..(st.pos + n) as usize].to_vec()),
                 Source::File { path } => read_at(&mut st.file, path, st.pos, n as usize).await,
             };
             match data {

@@ -27,6 +27,32 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
 pub const DEFAULT_HEURISTIC_MAX: Duration = Duration::from_secs(24 * 3600);
 /// Objects larger than this are streamed through uncached unless the site says.
 pub const DEFAULT_MAX_OBJECT_SIZE: u64 = 1 << 30;
+/// Media types compressed when a site does not list its own: text, and
+/// the binary formats that are mostly text or uncompressed tables.
+pub const DEFAULT_COMPRESS_TYPES: [&str; 17] = [
+    "text/*",
+    "application/javascript",
+    "application/json",
+    "application/ld+json",
+    "application/manifest+json",
+    "application/xml",
+    "application/xhtml+xml",
+    "application/rss+xml",
+    "application/atom+xml",
+    "application/x-javascript",
+    "application/wasm",
+    "application/vnd.ms-fontobject",
+    "application/x-font-ttf",
+    "font/ttf",
+    "font/otf",
+    "image/svg+xml",
+    "image/x-icon",
+];
+/// Smaller bodies are sent as they are: they fit in a packet either way.
+pub const DEFAULT_COMPRESS_MIN_SIZE: u64 = 1 << 10;
+/// Larger bodies are sent as they are: a representation is made whole, in
+/// memory, before it is stored.
+pub const DEFAULT_COMPRESS_MAX_SIZE: u64 = 16 << 20;
 /// How long an edge may serve a stale object while it revalidates in the
 /// background, when the origin sends no `stale-while-revalidate`.
 pub const DEFAULT_STALE_WHILE_REVALIDATE: Duration = Duration::ZERO;
@@ -75,6 +101,48 @@ pub struct Site {
     pub tls: Option<SiteTls>,
     /// Default: no changes.
     pub headers: HeaderRules,
+    /// Default: [`Compression::default`].
+    pub compress: Compression,
+}
+
+/// Which responses get compressed representations, and in which codings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compression {
+    /// Codings made for clients that accept them; the first wins when a
+    /// client weighs several the same. Empty: `Accept-Encoding` and the
+    /// origin's codings pass through untouched. Default: br, zstd, gzip.
+    pub codings: Vec<crate::coding::Coding>,
+    /// Media types (lower case; `text/*` covers a top-level type).
+    /// Default: [`DEFAULT_COMPRESS_TYPES`].
+    pub types: Vec<String>,
+    /// Default: [`DEFAULT_COMPRESS_MIN_SIZE`] (1KiB).
+    pub min_size: u64,
+    /// Default: [`DEFAULT_COMPRESS_MAX_SIZE`] (16MiB).
+    pub max_size: u64,
+}
+
+impl Compression {
+    /// Does the site compress bodies of this `Content-Type` (parameters
+    /// and case ignored)?
+    pub fn covers(&self, content_type: &str) -> bool {
+        let media = content_type.split(';').next().unwrap_or_default().trim();
+        self.types.iter().any(|t| match t.strip_suffix("/*") {
+            Some(top) => media.split_once('/').is_some_and(|(m, _)| m.eq_ignore_ascii_case(top)),
+            None => media.eq_ignore_ascii_case(t),
+        })
+    }
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        use crate::coding::Coding;
+        Compression {
+            codings: vec![Coding::Br, Coding::Zstd, Coding::Gzip],
+            types: DEFAULT_COMPRESS_TYPES.iter().map(|t| t.to_string()).collect(),
+            min_size: DEFAULT_COMPRESS_MIN_SIZE,
+            max_size: DEFAULT_COMPRESS_MAX_SIZE,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

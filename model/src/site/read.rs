@@ -59,7 +59,12 @@ pub(super) fn decode_site(s: &mut Sink<'_>, root: &mut Table<'_, '_>, base: &Pat
         Some(mut t) => decode_header_rules(s, &mut t),
         None => HeaderRules::default(),
     };
+    let compress = match root.table(s, "compress") {
+        Some(mut t) => decode_compress(s, &mut t),
+        None => Compression::default(),
+    };
     Some(Site {
+        compress,
         id: id?.into_inner(),
         hosts: hosts?,
         https_only,
@@ -242,6 +247,62 @@ fn decode_cache(s: &mut Sink<'_>, t: &mut Table<'_, '_>) -> Option<CacheRules> {
         status_ttl,
         paths,
     })
+}
+
+fn decode_compress(s: &mut Sink<'_>, t: &mut Table<'_, '_>) -> Compression {
+    let d = Compression::default();
+    let codings: Vec<Spanned<String>> = t.or(s, "codings", Vec::new());
+    let codings = if t.has("codings") {
+        let mut out = Vec::new();
+        for c in &codings {
+            match crate::coding::Coding::parse(c.get_ref()).filter(|c| *c != crate::coding::Coding::Identity) {
+                Some(coding) if out.contains(&coding) => {
+                    s.error(&c.span(), format!("`{}` is listed twice", c.get_ref()))
+                }
+                Some(coding) => out.push(coding),
+                None => s.error(
+                    &c.span(),
+                    format!("`{}` is not a coding Outpost makes: \"br\", \"zstd\" or \"gzip\"", c.get_ref()),
+                ),
+            }
+        }
+        out
+    } else {
+        d.codings
+    };
+    let types: Vec<Spanned<String>> = t.or(s, "types", Vec::new());
+    let types = if t.has("types") {
+        let mut out = Vec::new();
+        for ty in &types {
+            let v = ty.get_ref().trim().to_ascii_lowercase();
+            let valid = v.split_once('/').is_some_and(|(a, b)| {
+                let token = |x: &str| {
+                    !x.is_empty() && x.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+                };
+                token(a) && (b == "*" || token(b))
+            });
+            if valid {
+                out.push(v);
+            } else {
+                s.error(
+                    &ty.span(),
+                    format!("`{}` is not a media type such as \"text/html\" or \"text/*\"", ty.get_ref()),
+                );
+            }
+        }
+        out
+    } else {
+        d.types
+    };
+    let size =
+        |s: &mut Sink<'_>, t: &mut Table<'_, '_>, key, default| t.opt::<ByteSize>(s, key).map_or(default, |b| b.0);
+    let min_size = size(s, t, "min_size", d.min_size);
+    let max_size = size(s, t, "max_size", d.max_size);
+    if min_size > max_size {
+        s.error(&t.span_of("min_size"), "min_size is larger than max_size");
+    }
+    t.finish(s);
+    Compression { codings, types, min_size, max_size }
 }
 
 fn decode_stale(s: &mut Sink<'_>, t: &mut Table<'_, '_>) -> StalePolicy {

@@ -7,6 +7,7 @@
 //! upstream member: on a hit, only this node handled the request.
 
 use http::HeaderValue;
+use outpost_config::coding::Coding;
 
 use crate::policy::NotStored;
 use crate::upstream::UpstreamErrorKind;
@@ -121,6 +122,9 @@ pub(crate) struct CacheStatus {
     pub upstream_wait: Option<std::time::Duration>,
     /// Seconds the node has been cut off from its control plane.
     pub partitioned: Option<u64>,
+    /// The content coding of the body sent, when codings were negotiated,
+    /// and whether this node made it from the stored coding.
+    pub coding: Option<(Coding, bool)>,
 }
 
 impl CacheStatus {
@@ -134,6 +138,7 @@ impl CacheStatus {
             detail: None,
             upstream_wait: None,
             partitioned: None,
+            coding: None,
         }
     }
 
@@ -185,6 +190,13 @@ impl CacheStatus {
         if let Some(p) = self.partitioned {
             s.push_str(&format!("; partitioned={p}"));
         }
+        if let Some((coding, made)) = self.coding {
+            s.push_str("; coding=");
+            s.push_str(coding.token());
+            if made {
+                s.push_str("; transformed");
+            }
+        }
         // The buffer becomes the value without a copy.
         HeaderValue::from_maybe_shared(bytes::Bytes::from(s)).unwrap_or_else(|_| HeaderValue::from_static("outpost"))
     }
@@ -215,5 +227,9 @@ mod tests {
         assert_eq!(pass.header("1node", None), "\"1node\"; fwd=bypass; fwd-status=200; detail=private");
         let collapsed = CacheStatus { collapsed: true, ..CacheStatus::new(Outcome::UriMiss) };
         assert_eq!(collapsed.header("e", None), "e; fwd=uri-miss; collapsed");
+        let made = CacheStatus { coding: Some((Coding::Br, true)), ..CacheStatus::new(Outcome::Hit) };
+        assert_eq!(made.header("e", None), "e; hit; coding=br; transformed");
+        let passed_on = CacheStatus { coding: Some((Coding::Gzip, false)), ..CacheStatus::new(Outcome::Hit) };
+        assert_eq!(passed_on.header("e", None), "e; hit; coding=gzip");
     }
 }

@@ -7,8 +7,9 @@
 //! with `Vary` adds a second level: the variant key mixes in the request's
 //! values of the varied headers.
 
-use http::header::{HeaderMap, HeaderName};
+use http::header::{ACCEPT_ENCODING, HeaderMap, HeaderName};
 use outpost_config::{CacheRules, QueryMode, Site};
+use outpost_net::coding::{Accepted, Coding};
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::host::RequestHost;
@@ -54,6 +55,12 @@ pub struct RequestKey {
     pub primary: Key,
     /// Normalised path plus shaped query: what purges by URL and prefix match.
     pub url: String,
+    /// What the request's `Accept-Encoding` allows.
+    pub accepted: Accepted,
+    /// The coding the request is keyed and answered in: the best for it of
+    /// the site's codings and identity. `None` when the site makes no
+    /// codings: `Accept-Encoding` then passes through as written.
+    pub coding: Option<Coding>,
 }
 
 /// The combined value of a request header, as compared for keys and `Vary`
@@ -75,7 +82,14 @@ fn header_value(headers: &HeaderMap, name: &HeaderName, out: &mut Xxh3) {
 /// inside them collapsed (`a ,  b` is `a, b`); `Accept-Language` members
 /// also without case and in preference order (`fr, en-US` is `en-us,fr`;
 /// q-values order them, then the tag). Absent and empty stay different.
-fn vary_value(headers: &HeaderMap, name: &HeaderName, out: &mut Xxh3) {
+/// `Accept-Encoding` is the coding the request is answered in, when the
+/// site negotiates one: the spellings of a coding share its variant.
+fn vary_value(headers: &HeaderMap, name: &HeaderName, coding: Option<Coding>, out: &mut Xxh3) {
+    if let (Some(c), true) = (coding, *name == ACCEPT_ENCODING) {
+        out.update(c.token().as_bytes());
+        out.update(&[0xfe]);
+        return;
+    }
     let values = headers.get_all(name);
     let present = values.iter().next().is_some();
     // Each member's words, then a separator.
@@ -185,7 +199,8 @@ impl RequestKey {
             h.update(name.as_str().as_bytes());
             header_value(headers, name, &mut h);
         }
-        RequestKey { primary: h.digest128(), url }
+        let accepted = Accepted::parse(headers);
+        RequestKey { primary: h.digest128(), url, accepted, coding: answered_in(site, &accepted) }
     }
 
     /// The key of this request's variant of a response that varies on `names`.
@@ -194,10 +209,38 @@ impl RequestKey {
         h.update(&self.primary.to_le_bytes());
         for name in names {
             h.update(name.as_str().as_bytes());
-            vary_value(headers, name, &mut h);
+            vary_value(headers, name, self.coding, &mut h);
         }
         h.digest128()
     }
+}
+
+/// The coding a request is answered in: the best of the site's codings
+/// and identity by the client's weights (the site's order breaks ties);
+/// identity when it refuses them all, as RFC 9110 §12.5.3 allows.
+fn answered_in(site: &Site, accepted: &Accepted) -> Option<Coding> {
+    let codings = &site.compress.codings;
+    if codings.is_empty() {
+        return None;
+    }
+    let mut offer = [Coding::Identity; 4];
+    let n = codings.len().min(3);
+    offer[..n].copy_from_slice(&codings[..n]);
+    Some(accepted.best(&offer[..=n]).unwrap_or(Coding::Identity))
+}
+
+/// The key of the representation of the object stored under `key` (fetched
+/// at `fetched_at`) in `coding`, made from it. A new copy of the object
+/// (a refetch, a revalidation) has a new time, so an old representation is
+/// never served for it.
+pub fn made_key(key: Key, fetched_at: std::time::SystemTime, coding: Coding) -> Key {
+    let nanos = fetched_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let mut h = Xxh3::new();
+    h.update(&key.to_le_bytes());
+    h.update(&nanos.to_le_bytes());
+    h.update(coding.token().as_bytes());
+    h.update(b"made");
+    h.digest128()
 }
 
 /// The field names a response's `Vary` lists, lower-case, in order, without

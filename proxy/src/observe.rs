@@ -15,6 +15,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::cache_status::Outcome;
+use outpost_config::coding::Coding;
 
 const OUTCOMES: [Outcome; 11] = [
     Outcome::Hit,
@@ -30,6 +31,9 @@ const OUTCOMES: [Outcome; 11] = [
     Outcome::Error,
 ];
 
+/// Codings in `Coding::index` order.
+const CODINGS: [Coding; 4] = [Coding::Identity, Coding::Gzip, Coding::Br, Coding::Zstd];
+
 #[derive(Debug, Clone)]
 pub struct Metrics {
     requests: Vec<Counter>,
@@ -43,6 +47,10 @@ pub struct Metrics {
     /// store: done, failed.
     body_refills: [Counter; 2],
     coalesced: Counter,
+    /// Representations made from stored copies, by coding (in
+    /// `Coding::index` order): made, failed; and the bytes made.
+    representations: [[Counter; 2]; 4],
+    representation_bytes: [Counter; 4],
     purges: Counter,
     tls_ok: Counter,
     tls_failed: Counter,
@@ -85,6 +93,13 @@ impl Metrics {
             body_refills: ["ok", "failed"]
                 .map(|r| counter!("outpost_body_refills_total", "node" => node.clone(), "result" => r)),
             coalesced: counter!("outpost_coalesced_waiters_total", "node" => node.clone()),
+            representations: CODINGS.map(|c| {
+                ["made", "failed"].map(|r| {
+                    counter!("outpost_representations_made_total", "node" => node.clone(), "coding" => c.token(), "result" => r)
+                })
+            }),
+            representation_bytes: CODINGS
+                .map(|c| counter!("outpost_representation_bytes_total", "node" => node.clone(), "coding" => c.token())),
             served: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
             tls_ok: counter!("outpost_tls_handshakes_total", "node" => node.clone(), "result" => "ok"),
             tls_failed: counter!("outpost_tls_handshakes_total", "node" => node.clone(), "result" => "failed"),
@@ -133,6 +148,13 @@ impl Metrics {
         self.body_refills[usize::from(!ok)].increment(1);
     }
 
+    /// A representation in `coding` made (`bytes` long) or not.
+    pub fn representation(&self, coding: Coding, ok: bool, bytes: usize) {
+        debug_assert_eq!(CODINGS[coding.index()], coding);
+        self.representations[coding.index()][usize::from(!ok)].increment(1);
+        self.representation_bytes[coding.index()].increment(bytes as u64);
+    }
+
     pub fn coalesced(&self) {
         self.coalesced.increment(1);
     }
@@ -176,6 +198,12 @@ pub(crate) struct AccessRecord {
     pub bytes: Option<u64>,
     pub upstream_ms: Option<f64>,
     pub duration_ms: f64,
+    /// The content coding of the body sent, when codings were negotiated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coding: Option<&'static str>,
+    /// This node made that coding from the stored one.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub transformed: bool,
 }
 
 /// Lines that could not be queued are dropped (and counted), never waited

@@ -163,7 +163,8 @@ impl FetchJob {
         let (started, started_real) = (engine.clock.now(), SystemTime::now());
         // The keyed URL (normalised path, shaped query) is what goes upstream.
         let validators = self.stale.as_ref().map(|(_, s)| &s.headers);
-        let req = request::fetch(&engine.hop, &self.site, &self.request.from, &self.rkey.url, validators);
+        let req =
+            request::fetch(&engine.hop, &self.site, &self.request.from, &self.rkey.url, validators, self.rkey.coding);
         let result = engine.upstream.send(&self.site, self.rkey.primary, req, self.request.host.clone()).await;
         let times = Times { started, started_real, now: engine.clock.now() };
         match result {

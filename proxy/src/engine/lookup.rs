@@ -7,7 +7,7 @@ use std::sync::Arc;
 use http::header;
 
 use super::context::{Answer, Ctx, failed};
-use super::respond::serve_stored;
+use super::represent;
 use super::wait::{self, Miss};
 use crate::cache_status::{CacheStatus, Outcome};
 use crate::error::Error;
@@ -32,7 +32,7 @@ pub(super) async fn cacheable(cx: &Ctx) -> Answer {
     for _ in 0..VARIANT_RETRIES {
         let found = lookup(cx).await;
         let miss = match serve(cx, found, auth, distrust) {
-            Ok(answer) => return answer,
+            Ok(hit) => return represent::serve(cx, hit.key, hit.obj, hit.status, hit.now).await,
             Err(miss) => miss,
         };
         if asked.only_if_cached {
@@ -89,11 +89,21 @@ async fn lookup(cx: &Ctx) -> Found {
     }
 }
 
-/// Step 6: the answer from the stored copy, if it may be served now;
-/// otherwise what step 7 needs. Cut off from the control plane past the
-/// site's grace (`distrust`), purges may have been missed: hits are
-/// revalidated, and stale copies stand in when the upstream does not answer.
-fn serve(cx: &Ctx, found: Found, auth: bool, distrust: bool) -> Result<Answer, Miss> {
+/// A stored copy step 6 serves.
+struct Hit {
+    key: Key,
+    obj: Arc<StoredObject>,
+    status: CacheStatus,
+    /// When it was judged (engine clock).
+    now: std::time::SystemTime,
+}
+
+/// Step 6: the stored copy, if it may be served now (`represent::serve`
+/// then answers in the request's coding); otherwise what step 7 needs. Cut
+/// off from the control plane past the site's grace (`distrust`), purges
+/// may have been missed: hits are revalidated, and stale copies stand in
+/// when the upstream does not answer.
+fn serve(cx: &Ctx, found: Found, auth: bool, distrust: bool) -> Result<Hit, Miss> {
     let engine = &cx.engine;
     let outcome = if found.vary_miss { Outcome::VaryMiss } else { Outcome::UriMiss };
     let miss = Miss { key: found.key, stale: None, outcome };
@@ -113,7 +123,9 @@ fn serve(cx: &Ctx, found: Found, auth: bool, distrust: bool) -> Result<Answer, M
         _ => Freshness::Stale(obj.timing.age(now)),
     };
     let ttl = Some(obj.timing.ttl_seconds(now));
-    let answer = |outcome| serve_stored(cx, found.key, &obj, CacheStatus { ttl, ..CacheStatus::new(outcome) }, now);
+    let key = found.key;
+    let answer =
+        |outcome| Hit { key, obj: Arc::clone(&obj), status: CacheStatus { ttl, ..CacheStatus::new(outcome) }, now };
     let held = engine.holds.held(found.key, now);
     match freshness {
         Freshness::Fresh(_) => Ok(answer(Outcome::Hit)),

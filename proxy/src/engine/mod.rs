@@ -11,6 +11,7 @@ mod forward;
 pub(crate) mod hold;
 mod lookup;
 mod refill;
+mod represent;
 mod request;
 pub(crate) mod respond;
 pub(crate) mod sites;
@@ -112,6 +113,8 @@ pub struct Engine {
     pub certs: Arc<CertStore>,
     /// Keys whose upstream just failed: served stale without asking again.
     holds: hold::Holds,
+    /// Representations being made from stored copies.
+    making: represent::Making,
     pub https_port: Option<u16>,
 }
 
@@ -151,6 +154,7 @@ impl Engine {
             rules: ResponseRules { strip_cdn_headers: config.tier == Tier::Edge },
             certs,
             holds: hold::Holds::default(),
+            making: represent::Making::default(),
             https_port: config.https_port,
         };
         engine.metrics.sites.set(engine.sites.load().len() as f64);

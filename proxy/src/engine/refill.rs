@@ -10,6 +10,8 @@
 
 use std::io;
 use std::sync::Arc;
+
+use outpost_config::coding::Coding;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -46,6 +48,8 @@ pub(crate) struct Refill {
     /// Where the body's chunks are stored (object key, generation): what is
     /// fetched goes back there.
     chunks: Option<(Key, u64)>,
+    /// The stored copy's coding, asked for again (when the site negotiates).
+    coding: Option<Coding>,
 }
 
 impl std::fmt::Debug for Refill {
@@ -88,6 +92,7 @@ impl Refill {
             host: cx.upstream_host(),
             len,
             chunks,
+            coding: cx.rkey.coding.map(|_| Coding::of(&obj.headers).unwrap_or(Coding::Identity)),
         })
     }
 
@@ -101,7 +106,7 @@ impl Refill {
             (Some(_), Some(len)) => (pos / chunk * chunk, end.map_or(len, |e| e.div_ceil(chunk) * chunk).min(len)),
             _ => (pos, end.or(self.len).unwrap_or(u64::MAX)),
         };
-        let mut req = request::fetch(&self.engine.hop, &self.site, &self.from, &self.url, None);
+        let mut req = request::fetch(&self.engine.hop, &self.site, &self.from, &self.url, None, self.coding);
         let range = if to == u64::MAX { format!("bytes={from}-") } else { format!("bytes={from}-{}", to - 1) };
         let headers = req.headers_mut();
         headers.insert(header::RANGE, HeaderValue::from_str(&range).map_err(io::Error::other)?);

@@ -9,7 +9,8 @@
 //! 4. **key** — normalised path, shaped query, the scope the origin sees;
 //! 5. **lookup** — memory, then disk, then `Vary` ([`super::lookup`]);
 //! 6. **serve** — the purge rules, then a fresh hit or
-//!    stale-while-revalidate ([`super::lookup`]);
+//!    stale-while-revalidate ([`super::lookup`]), in the coding the request
+//!    is answered in ([`super::represent`]);
 //! 7. **fetch** — join the key's flight or lead it ([`super::wait`]);
 //! 8. **fail over** — stale-if-error, or an error response ([`super::wait`]);
 //! 9. **log** — `Cache-Status`, metrics, access log ([`finish`]).
@@ -228,6 +229,8 @@ fn record(
             bytes,
             upstream_ms: status.upstream_wait.map(|d| d.as_secs_f64() * 1000.0),
             duration_ms: took.as_secs_f64() * 1000.0,
+            coding: status.coding.map(|(c, _)| c.token()),
+            transformed: status.coding.is_some_and(|(_, made)| made),
         });
     }
 }

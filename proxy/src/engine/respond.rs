@@ -37,7 +37,7 @@ pub(crate) fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).map_err(|never| match never {}).boxed_unsync()
 }
 
-fn stream_body(s: impl Stream<Item = io::Result<Bytes>> + Send + 'static) -> Body {
+pub(super) fn stream_body(s: impl Stream<Item = io::Result<Bytes>> + Send + 'static) -> Body {
     StreamBody::new(s.map_ok(Frame::data).map_err(|e| -> BoxError { Box::new(e) })).boxed_unsync()
 }
 
@@ -168,15 +168,26 @@ pub(crate) fn passed_response(cx: &Ctx, resp: Response<Incoming>, detail: Option
     (out, status)
 }
 
-/// A stored copy as the response.
-/// `now` is the engine clock's time the request was judged at.
-pub(crate) fn serve_stored(cx: &Ctx, key: Key, obj: &StoredObject, status: CacheStatus, now: SystemTime) -> Answer {
+/// A stored copy as the response (`represent::serve` chooses which).
+/// `now` is the engine clock's time the request was judged at;
+/// `refillable`: a part of the body that leaves the store while it is read
+/// may be fetched again from upstream (not for a representation made here).
+pub(crate) fn serve_object(
+    cx: &Ctx,
+    key: Key,
+    obj: &StoredObject,
+    status: CacheStatus,
+    now: SystemTime,
+    refillable: bool,
+) -> Answer {
     let status = CacheStatus { partitioned: cx.partitioned, ..status };
     let engine = &cx.engine;
     // Only a chunked body can lose a part while it is read.
     let refill = match obj.body {
-        BodyRef::Chunked { len, generation, .. } => Refill::new(cx, obj, Some(len), Some((key, generation))),
-        BodyRef::Inline(_) => None,
+        BodyRef::Chunked { len, generation, .. } if refillable => {
+            Refill::new(cx, obj, Some(len), Some((key, generation)))
+        }
+        _ => None,
     };
     let store = engine.store.clone();
     let source = BodySource::Stored { store, key, body: obj.body.clone(), sendfile: cx.sendfile.clone(), refill };

@@ -16,13 +16,15 @@ use super::context::{Answer, Ctx, failed};
 use super::fetch::{FetchJob, Fetched};
 use super::flight::{Flight, Head, Join, SharedHead};
 use super::refill::Refill;
-use super::respond::{BodySource, object_response, passed_response, serve_stored};
+use super::represent::{self, Choice};
+use super::respond::{BodySource, object_response, passed_response};
 use crate::cache_status::{CacheStatus, Outcome};
 use crate::error::Error;
 use crate::key::Key;
 use crate::policy::Directives;
 use crate::store::StoredObject;
 use crate::upstream::UpstreamErrorKind;
+use outpost_config::coding::Coding;
 
 /// A request step 6 could not answer from the store.
 pub(super) struct Miss {
@@ -104,7 +106,7 @@ async fn answer(cx: &Ctx, miss: Miss, joined: Joined, distrust: bool) -> Option<
                 collapsed,
                 ..CacheStatus::new(Outcome::Revalidated)
             };
-            Some(serve_stored(cx, joined.flight.key, &obj, status, now))
+            Some(represent::serve(cx, joined.flight.key, obj, status, now).await)
         }
         Head::Pass(why) => match joined.pass {
             Some(rx) => Some(match rx.await {
@@ -117,7 +119,7 @@ async fn answer(cx: &Ctx, miss: Miss, joined: Joined, distrust: bool) -> Option<
                 Box::pin(fetch(cx, alone, true, distrust)).await
             }
         },
-        Head::Failed(error) => Some(fail_over(cx, miss, error, collapsed, distrust)),
+        Head::Failed(error) => Some(fail_over(cx, miss, error, collapsed, distrust).await),
         Head::Pending => Some(failed(&cx.engine, Error::internal("a fetch", "it ended without an answer"))),
     }
 }
@@ -141,19 +143,47 @@ fn shared(cx: &Ctx, outcome: Outcome, joined: &Joined, head: Arc<SharedHead>) ->
         partitioned: cx.partitioned,
         ..CacheStatus::new(outcome)
     };
-    let header = status.header(&engine.node, head.upstream_status.as_ref());
     // A reader that falls behind reads stored chunks, which can go missing.
     let large = head.storing && head.len.is_none_or(|l| l > crate::store::CHUNK_SIZE as u64);
     let refill = large.then(|| Refill::new(cx, obj, head.len, Some((head.object_key, head.generation)))).flatten();
     let flight = Arc::clone(&joined.flight);
     let source = BodySource::Flight { store: engine.store.clone(), flight, head: Arc::clone(&head), refill };
-    let resp = object_response(&cx.site, &engine.rules, &cx.method, &cx.headers, obj, source, now, header);
-    Some((resp, status))
+    match represent::choose(cx, obj, head.len) {
+        Choice::Stored { vary } => {
+            let coding = vary.then(|| (Coding::of(&obj.headers).unwrap_or(Coding::Identity), false));
+            let status = CacheStatus { coding, ..status };
+            let header = status.header(&engine.node, head.upstream_status.as_ref());
+            let mut resp = object_response(&cx.site, &engine.rules, &cx.method, &cx.headers, obj, source, now, header);
+            if vary {
+                represent::add_vary(resp.headers_mut());
+            }
+            Some((resp, status))
+        }
+        Choice::Made(to) => {
+            // Recoded as it streams: the whole body, since the bytes of a
+            // range of the made coding are not known before it is made.
+            let status = CacheStatus { coding: Some((to, true)), ..status };
+            let header = status.header(&engine.node, head.upstream_status.as_ref());
+            let made = StoredObject { headers: represent::made_headers(&obj.headers, to), ..(**obj).clone() };
+            let mut req = cx.headers.clone();
+            req.remove(http::header::RANGE);
+            let mut resp = object_response(&cx.site, &engine.rules, &cx.method, &req, &made, source, now, header);
+            if resp.status() == http::StatusCode::OK {
+                represent::without_length(&mut resp);
+                if cx.method != http::Method::HEAD {
+                    let from = Coding::of(&obj.headers).unwrap_or(Coding::Identity);
+                    let body = std::mem::replace(resp.body_mut(), super::respond::empty());
+                    *resp.body_mut() = represent::recoded(body, from, to, head.len, cx.site.cache.max_object_size);
+                }
+            }
+            Some((resp, status))
+        }
+    }
 }
 
 /// The upstream failed: a stale copy stands in when it may (stale-if-error,
 /// or cut off from the control plane), otherwise the error.
-fn fail_over(cx: &Ctx, miss: Miss, error: Error, collapsed: bool, distrust: bool) -> Answer {
+async fn fail_over(cx: &Ctx, miss: Miss, error: Error, collapsed: bool, distrust: bool) -> Answer {
     let now = cx.engine.clock.now();
     if let Some((key, obj)) = miss.stale.filter(|(_, o)| distrust || o.timing.usable_if_error(now)) {
         let kind = if distrust { Outcome::StalePartitioned } else { Outcome::StaleIfError };
@@ -166,7 +196,7 @@ fn fail_over(cx: &Ctx, miss: Miss, error: Error, collapsed: bool, distrust: bool
         };
         let ttl = Some(obj.timing.ttl_seconds(now));
         let status = CacheStatus { fwd_status, ttl, collapsed, ..CacheStatus::new(kind) };
-        return serve_stored(cx, key, &obj, status, now);
+        return represent::serve(cx, key, obj, status, now).await;
     }
     let mut answer = failed(&cx.engine, error);
     answer.1.collapsed = collapsed;

@@ -32,6 +32,9 @@ pub(crate) struct Directives {
     pub must_revalidate: bool,
     pub proxy_revalidate: bool,
     pub immutable: bool,
+    /// No intermediary may change the content (RFC 9111 §5.2.2.6): no
+    /// coding is made from it.
+    pub no_transform: bool,
     pub stale_while_revalidate: Option<u64>,
     pub stale_if_error: Option<u64>,
     /// Request only: answer from cache or 504.
@@ -158,6 +161,7 @@ impl Directives {
                 "must-revalidate" => self.must_revalidate = true,
                 "proxy-revalidate" => self.proxy_revalidate = true,
                 "immutable" => self.immutable = true,
+                "no-transform" => self.no_transform = true,
                 "only-if-cached" => self.only_if_cached = true,
                 _ => {}
             }

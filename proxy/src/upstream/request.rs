@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request};
 use http_body_util::{BodyExt, Empty};
+use outpost_config::coding::Coding;
 use outpost_config::{Site, WITHHELD_REQUEST_HEADERS};
 
 use super::ReqBody;
@@ -134,15 +135,21 @@ fn extend_list(h: &mut HeaderMap, name: HeaderName, item: &str) {
 }
 
 /// A cacheable fetch of `path`: GET, no body, conditional on `validators`
-/// (a stored copy's headers) when revalidating.
+/// (a stored copy's headers) when revalidating. `coding`: the one coding
+/// asked for in place of the client's `Accept-Encoding`, when the site
+/// negotiates codings (the response is keyed by it).
 pub fn fetch(
     hop: &Hop,
     site: &Site,
     from: &FromClient,
     path: &str,
     validators: Option<&HeaderMap>,
+    coding: Option<Coding>,
 ) -> Request<ReqBody> {
     let mut headers = forward_headers(hop, site, from, true);
+    if let Some(c) = coding {
+        headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static(c.token()));
+    }
     if let Some(stored) = validators {
         if let Some(etag) = stored.get(header::ETAG) {
             headers.insert(header::IF_NONE_MATCH, etag.clone());

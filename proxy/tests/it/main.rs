@@ -7,6 +7,7 @@ mod harness;
 mod cache;
 mod control_link;
 mod differential;
+mod represent;
 mod sendfile;
 mod serving;
 mod tls;

@@ -1,0 +1,266 @@
+//! Step 6, the representation: which coding of a stored or in-flight
+//! object a request gets.
+//!
+//! A site with `[compress] codings` answers each request in one coding
+//! (`RequestKey::coding`: the best of the site's codings and identity by the
+//! client's `Accept-Encoding`), asks its upstream for that coding alone and
+//! keys `Vary: Accept-Encoding` by it, so the spellings of a coding share one
+//! stored variant. An object stored as identity that the site compresses
+//! (its type, its size, no `no-transform`) is answered in the request's
+//! coding, *made* from the stored copy: once, kept in the store under
+//! [`made_key`], and served from there after. An object stored encoded (by
+//! the origin, or by a shield) goes as it is to clients that accept its
+//! coding, and decoded to the rest. A response in flight is recoded as it
+//! streams, into the same bytes the stored representation will have.
+//!
+//! So the tier that stores the origin's response first (a shield, or an
+//! edge without one) is the one that compresses; tiers below it ask it for
+//! the coding their client wants and store that.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
+
+use futures_util::StreamExt;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Response, StatusCode};
+use outpost_net::coding::{self, Coding, Recoder};
+use tokio::sync::OnceCell;
+
+use super::context::{Answer, Ctx};
+use super::respond::{Body, serve_object};
+use crate::cache_status::CacheStatus;
+use crate::key::{Key, made_key};
+use crate::policy::Directives;
+use crate::store::{Entry, StoredObject};
+
+/// How a request is answered from an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Choice {
+    /// With the object's own bytes; `vary`: the answer depends on
+    /// `Accept-Encoding` (which the response's `Vary` then says).
+    Stored { vary: bool },
+    /// In this coding, made from the object's.
+    Made(Coding),
+}
+
+const AS_IS: Choice = Choice::Stored { vary: false };
+
+/// The representation `cx`'s request gets of `obj`, whose body is `len`
+/// bytes when known.
+pub(super) fn choose(cx: &Ctx, obj: &StoredObject, len: Option<u64>) -> Choice {
+    let Some(wanted) = cx.rkey.coding else { return AS_IS };
+    if obj.status != StatusCode::OK {
+        return AS_IS;
+    }
+    let compress = &cx.site.compress;
+    match Coding::of(&obj.headers) {
+        // A coding of its own that Outpost cannot read: as it is.
+        None => AS_IS,
+        Some(Coding::Identity) => {
+            let fits = len.is_some_and(|l| l >= compress.min_size && l <= compress.max_size);
+            let covered = || {
+                let kind = obj.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+                kind.is_some_and(|t| compress.covers(t))
+            };
+            if !fits || !covered() || no_transform(&obj.headers) {
+                AS_IS
+            } else if wanted == Coding::Identity {
+                Choice::Stored { vary: true }
+            } else {
+                Choice::Made(wanted)
+            }
+        }
+        Some(stored) => {
+            let accepted = &cx.rkey.accepted;
+            // A client that refuses identity too gets the stored coding
+            // (RFC 9110 §12.5.3 lets a server send it).
+            let decode = !accepted.accepts(stored)
+                && accepted.accepts(Coding::Identity)
+                && len.is_some_and(|l| l <= compress.max_size)
+                && !no_transform(&obj.headers);
+            if decode { Choice::Made(Coding::Identity) } else { Choice::Stored { vary: true } }
+        }
+    }
+}
+
+fn no_transform(headers: &HeaderMap) -> bool {
+    Directives::parse_all(headers.get_all(header::CACHE_CONTROL)).no_transform
+}
+
+/// A stored copy as the request's representation: the copy itself, or the
+/// coding made from it (found in the store, or made now and kept).
+pub(super) async fn serve(cx: &Ctx, key: Key, obj: Arc<StoredObject>, status: CacheStatus, now: SystemTime) -> Answer {
+    match choose(cx, &obj, Some(obj.body.len())) {
+        Choice::Stored { vary } => stored(cx, key, &obj, status, now, vary),
+        Choice::Made(c) => match Box::pin(made(cx, key, &obj, c)).await {
+            Some((mkey, made)) => {
+                let status = CacheStatus { coding: Some((c, true)), ..status };
+                // A made body cannot be fetched again from upstream.
+                serve_object(cx, mkey, &made, status, now, false)
+            }
+            None => stored(cx, key, &obj, status, now, true),
+        },
+    }
+}
+
+fn stored(cx: &Ctx, key: Key, obj: &StoredObject, status: CacheStatus, now: SystemTime, vary: bool) -> Answer {
+    let coding = vary.then(|| (Coding::of(&obj.headers).unwrap_or(Coding::Identity), false));
+    let (mut resp, status) = serve_object(cx, key, obj, CacheStatus { coding, ..status }, now, true);
+    if vary {
+        add_vary(resp.headers_mut());
+    }
+    (resp, status)
+}
+
+/// Adds `Accept-Encoding` to a response's `Vary` unless it is there.
+pub(super) fn add_vary(headers: &mut HeaderMap) {
+    let listed = headers
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|n| n.trim().eq_ignore_ascii_case("accept-encoding") || n.trim() == "*");
+    if !listed {
+        headers.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    }
+}
+
+/// The fields of a representation in `coding` made from a stored copy:
+/// its `Content-Encoding`, an `ETag` of its own (the stored one with the
+/// coding's name appended, so a validator of one coding never matches
+/// another's bytes), and `Vary: Accept-Encoding`.
+pub(super) fn made_headers(stored: &HeaderMap, coding: Coding) -> HeaderMap {
+    let mut h = stored.clone();
+    match coding {
+        Coding::Identity => h.remove(header::CONTENT_ENCODING),
+        c => h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(c.token())),
+    };
+    if let Some(tag) = h.remove(header::ETAG) {
+        let bytes = tag.as_bytes();
+        if bytes.len() >= 2 && bytes.ends_with(b"\"") {
+            let mut v = bytes[..bytes.len() - 1].to_vec();
+            v.push(b'-');
+            v.extend_from_slice(coding.token().as_bytes());
+            v.push(b'"');
+            if let Ok(v) = HeaderValue::from_bytes(&v) {
+                h.insert(header::ETAG, v);
+            }
+        }
+    }
+    add_vary(&mut h);
+    h
+}
+
+/// Representations being made, so each is made once however many
+/// requests want it at the same moment.
+#[derive(Debug, Default)]
+pub(crate) struct Making(Mutex<HashMap<Key, Arc<Made>>>);
+
+/// One representation being made: what it came to, once known (`None`:
+/// it could not be made).
+type Made = OnceCell<Option<Arc<StoredObject>>>;
+
+impl Making {
+    fn cell(&self, key: Key) -> Arc<Made> {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(map.entry(key).or_default())
+    }
+
+    fn done(&self, key: Key) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
+    }
+}
+
+/// The representation in `coding` of the object stored under `key`: from
+/// the store, or made now (and stored); `None` when it cannot be made.
+async fn made(cx: &Ctx, key: Key, obj: &Arc<StoredObject>, coding: Coding) -> Option<(Key, Arc<StoredObject>)> {
+    let engine = &cx.engine;
+    let mkey = made_key(key, obj.fetched_at, coding);
+    if let Some(Entry::Object(o)) = engine.store.get(mkey).await
+        && engine.store.has_body(mkey, &o)
+    {
+        return Some((mkey, o));
+    }
+    let cell = engine.making.cell(mkey);
+    let made = cell.get_or_init(|| make(cx, key, obj, coding, mkey)).await.clone();
+    engine.making.done(mkey);
+    made.map(|o| (mkey, o))
+}
+
+async fn make(cx: &Ctx, key: Key, obj: &Arc<StoredObject>, coding: Coding, mkey: Key) -> Option<Arc<StoredObject>> {
+    let engine = &cx.engine;
+    let from = Coding::of(&obj.headers)?;
+    let len = obj.body.len();
+    let mut body = Vec::with_capacity(len as usize);
+    let mut read = std::pin::pin!(engine.store.read(key, &obj.body, 0, len));
+    while let Some(piece) = read.next().await {
+        body.extend_from_slice(&piece.ok()?);
+    }
+    let limit = cx.site.cache.max_object_size;
+    let recoded = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
+        match from {
+            Coding::Identity => coding::encode(coding, &body),
+            from => coding::encode(coding, &coding::decode(from, &body, limit)?),
+        }
+    })
+    .await
+    .map_err(io::Error::other)
+    .and_then(|r| r);
+    let bytes = match recoded {
+        Ok(b) => b,
+        Err(e) => {
+            engine.metrics.representation(coding, false, 0);
+            tracing::warn!(node = %engine.node, url = %obj.url, from = from.token(), to = coding.token(), error = %e, "cannot make a representation; serving the stored one");
+            return None;
+        }
+    };
+    engine.metrics.representation(coding, true, bytes.len());
+    let mut writer = engine.store.body_writer(mkey);
+    writer.push(&bytes);
+    let made = Arc::new(StoredObject {
+        headers: made_headers(&obj.headers, coding),
+        body: writer.finish(),
+        ..(**obj).clone()
+    });
+    engine.store.insert(mkey, Entry::Object(Arc::clone(&made)));
+    Some(made)
+}
+
+/// A body recoded as it streams: encoded into `to` from identity, or
+/// decoded from `from` (at most `limit` bytes out).
+pub(super) fn recoded(body: Body, from: Coding, to: Coding, len: Option<u64>, limit: u64) -> Body {
+    use http_body_util::BodyExt;
+    let recoder = if from == Coding::Identity { Recoder::encoder(to, len) } else { Recoder::decoder(from, limit) };
+    let frames = futures_util::stream::unfold(
+        (Some(body.into_data_stream()), recoder.map_err(|e| e.to_string())),
+        |(mut body, recoder)| async move {
+            let mut recoder = match recoder {
+                Ok(r) => r,
+                Err(_) if body.is_none() => return None,
+                Err(e) => return Some((Err(io::Error::other(e)), (None, Err(String::new())))),
+            };
+            while let Some(frames) = body.as_mut() {
+                match frames.next().await {
+                    Some(Ok(data)) => match recoder.push(&data) {
+                        Ok(out) if out.is_empty() => continue,
+                        Ok(out) => return Some((Ok(bytes::Bytes::from(out)), (body, Ok(recoder)))),
+                        Err(e) => return Some((Err(e), (None, Err(String::new())))),
+                    },
+                    Some(Err(e)) => return Some((Err(io::Error::other(e)), (None, Err(String::new())))),
+                    None => body = None,
+                }
+            }
+            let last = recoder.finish();
+            Some((last.map(bytes::Bytes::from), (None, Err(String::new()))))
+        },
+    );
+    super::respond::stream_body(frames)
+}
+
+/// A response whose body is recoded as it streams has no length to promise.
+pub(super) fn without_length(resp: &mut Response<Body>) {
+    resp.headers_mut().remove(header::CONTENT_LENGTH);
+    resp.headers_mut().remove(header::ACCEPT_RANGES);
+}

@@ -292,3 +292,47 @@ async fn origin_host_names_resolve_and_concurrency_is_capped() {
     assert_eq!(o.total().await, 8);
     sh.stop().await;
 }
+
+/// The member of `Cache-Status` a node named `node` wrote.
+fn member<'a>(cache_status: &'a str, node: &str) -> &'a str {
+    cache_status.split(", ").find(|m| m.starts_with(node)).unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shields_make_the_codings_and_edges_store_what_they_get() {
+    use outpost_net::coding::{self, Coding};
+    let cdn = cdn().await;
+    let path = "/page.html?text=1&size=100KiB&content_type=text/html&cc=max-age%3D600";
+    let plain = outpost_load::content::text(outpost_load::content::seed("/page.html", 0, &[]), 0, 100 << 10);
+    let asks = [
+        ("gzip, deflate, br, zstd", Coding::Br),
+        ("gzip, br", Coding::Br),
+        ("gzip", Coding::Gzip),
+        ("", Coding::Identity),
+    ];
+    let mut made_at_shield = 0;
+    for round in 0..2 {
+        for (e, edge) in cdn.edges.iter().enumerate() {
+            for (ae, want) in asks {
+                let r = try_send_with(edge.addr, path, &[("accept-encoding", ae)]).await;
+                assert_eq!(r.status, StatusCode::OK);
+                assert_eq!(Coding::of(&r.headers), Some(want), "{ae}");
+                assert_eq!(coding::decode(want, &r.body, 1 << 20).unwrap(), plain, "{ae}: the origin's bytes");
+                let cs = r.cache_status();
+                let mine = member(&cs, &format!("edge-{}", e + 1));
+                assert!(mine.ends_with(&format!("; coding={}", want.token())), "the edge stores what it got: {cs}");
+                if round == 1 {
+                    assert!(mine.contains("; hit"), "{cs}");
+                }
+                if cs.contains("transformed") {
+                    assert!(cs.starts_with("shield-") && member(&cs, "shield-").ends_with("; transformed"), "{cs}");
+                    made_at_shield += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(cdn.origin.total().await, 1, "one origin request for every edge and coding");
+    // Each edge asked for br and gzip once: made by the shield each time
+    // (streamed on its miss, then from what it stored).
+    assert_eq!(made_at_shield, 6);
+}

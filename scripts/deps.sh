@@ -18,6 +18,13 @@ if ! command -v promtool >/dev/null; then
   # The tests start their own; a packaged one would hold port 9090.
   systemctl disable --now prometheus >/dev/null 2>&1 || true
 fi
+# nginx: a real origin that compresses its own responses (the
+# representations tests start one). Where the package starts the system's
+# server on port 80, it is stopped: the tests start their own.
+if ! command -v nginx >/dev/null; then
+  need nginx:nginx
+  (systemctl disable --now nginx || service nginx stop) >/dev/null 2>&1 || true
+fi
 # systemd-analyze (the package's units are verified) and docker-compose
 # (the compose file is validated; it recommends a Docker daemon, not needed).
 need systemd-analyze:systemd setpriv:util-linux

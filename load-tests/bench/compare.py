@@ -99,7 +99,9 @@ def get(url):
         return dict(r.headers)
 
 
-def wrk(url, seconds, conns, extra=()):
+def wrk(url, seconds, conns, extra=(), read=False):
+    """Requests, req/s, p50 and p99 (ms); with `read`, also the bytes
+    read (heads and bodies)."""
     cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "-H", f"Host: {HOST}",
            *extra, url]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
@@ -115,6 +117,10 @@ def wrk(url, seconds, conns, extra=()):
     if errors or socket_errors:
         print(f"  warning: {url}: {errors.group(0) if errors else ''} {socket_errors.group(0) if socket_errors else ''}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    if read:
+        m = re.search(r"requests in [\d.]+\w+, ([\d.]+)([KMGT]?B) read", out)
+        scale = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}[m.group(2)]
+        return reqs, rps, ms("50"), ms("99"), float(m.group(1)) * scale
     return reqs, rps, ms("50"), ms("99")
 
 

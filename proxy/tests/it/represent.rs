@@ -330,3 +330,93 @@ async fn zipf() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(origin.total().await, (plain_objects + varying.len()) as u64);
 }
+
+/// nginx serving a folder of text files, compressing them itself
+/// (`gzip on`, `gzip_vary`, and `gzip_proxied any`, as an origin behind a
+/// CDN is set up), one of them precompressed (`gzip_static`); one process
+/// (`master_process off`), killed when dropped.
+struct Nginx {
+    addr: std::net::SocketAddr,
+    child: std::process::Child,
+}
+
+impl Nginx {
+    fn start(dir: &std::path::Path) -> Nginx {
+        let addr = outpost_testkit::free_addr();
+        let conf = dir.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "master_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nevents {{ worker_connections 64; }}\n\
+                 http {{\n  include /etc/nginx/mime.types;\n  access_log off;\n  gzip on;\n  gzip_vary on;\n  gzip_proxied any;\n  gzip_comp_level 6;\n\
+                 gzip_types text/css application/javascript text/plain;\n  server {{\n    listen {addr};\n    root {d}/www;\n\
+                 location /pre/ {{ gzip_static on; }}\n  }}\n}}\n",
+                d = dir.display()
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("nginx")
+            .args(["-c", conf.to_str().unwrap(), "-p", dir.to_str().unwrap(), "-g", "daemon off;"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nginx is not installed: run scripts/deps.sh");
+        let nginx = Nginx { addr, child };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return nginx;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("nginx did not start: {}", std::fs::read_to_string(dir.join("error.log")).unwrap_or_default());
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn in_front_of_nginx_every_coding_is_the_files_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(www.join("pre")).unwrap();
+    let files: Vec<(&str, Vec<u8>)> = ["app.js", "style.css", "pre/notes.txt"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| (*name, outpost_load::content::text(i as u64 + 1, 0, 50_000 + i * 7_777)))
+        .collect();
+    for (name, bytes) in &files {
+        std::fs::write(www.join(name), bytes).unwrap();
+    }
+    let pre = coding::encode(Coding::Gzip, &files[2].1).unwrap();
+    std::fs::write(www.join("pre/notes.txt.gz"), &pre).unwrap();
+    let nginx = Nginx::start(dir.path());
+    let rules = format!("[cache]\ndefault_ttl = \"60s\"\n\n[[origin]]\nurl = \"http://{}\"\n", nginx.addr);
+    let site = format!("[site]\nid = \"t\"\nhosts = [\"t.test\"]\n\n{rules}");
+    let edge = Edge::start(dir.path(), &site).await;
+    for (name, bytes) in &files {
+        let path = format!("/{name}");
+        for (ae, want, made_here) in [
+            ("br, gzip", Coding::Br, true),
+            ("gzip, deflate", Coding::Gzip, false),
+            ("zstd", Coding::Zstd, true),
+            ("", Coding::Identity, false),
+        ] {
+            for _ in 0..2 {
+                let r = edge.get_with(&path, &[("accept-encoding", ae)]).await;
+                assert_eq!(r.status, StatusCode::OK, "{path}");
+                assert_eq!(Coding::of(&r.headers), Some(want), "{path} {ae}: {:?}", r.headers);
+                assert_eq!(decoded(&r), *bytes, "{path} {ae}: the file's bytes");
+                assert_eq!(r.cache_status().ends_with("; transformed"), made_here, "{path} {ae}: {}", r.cache_status());
+            }
+        }
+    }
+    // nginx's own gzip (and the precompressed file) went to the client as
+    // nginx made them.
+    let r = edge.get_with("/pre/notes.txt", &[("accept-encoding", "gzip")]).await;
+    assert_eq!(r.body, pre);
+}

@@ -71,7 +71,7 @@ impl Times {
 }
 
 /// Freshness as a plan says, from `now`.
-fn timing(plan: &StorePlan, initial_age: Duration, now: SystemTime) -> Timing {
+pub(super) fn timing(plan: &StorePlan, initial_age: Duration, now: SystemTime) -> Timing {
     Timing {
         lifetime: plan.lifetime,
         initial_age,
@@ -83,7 +83,7 @@ fn timing(plan: &StorePlan, initial_age: Duration, now: SystemTime) -> Timing {
 }
 
 /// Tags from `Surrogate-Key` (space-separated) and `Cache-Tag` (comma-separated).
-fn tags(headers: &HeaderMap) -> Vec<String> {
+pub(super) fn tags(headers: &HeaderMap) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for (name, sep) in [(&SURROGATE_KEY, ' '), (&CACHE_TAG, ',')] {
         for v in headers.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
@@ -109,7 +109,7 @@ fn withheld(from: &HeaderMap, strip: &[HeaderName]) -> HeaderMap {
 }
 
 /// The headers a stored copy keeps.
-fn storable_headers(from: &HeaderMap, strip: &[HeaderName]) -> HeaderMap {
+pub(super) fn storable_headers(from: &HeaderMap, strip: &[HeaderName]) -> HeaderMap {
     let mut h = HeaderMap::with_capacity(from.len());
     for (name, value) in from {
         if is_hop_by_hop(name, from)

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use http::header;
 
 use super::context::{Answer, Ctx, failed};
-use super::represent;
 use super::wait::{self, Miss};
+use super::{refill, represent, segment};
 use crate::cache_status::{CacheStatus, Outcome};
 use crate::error::Error;
 use crate::key::Key;
@@ -38,6 +38,16 @@ pub(super) async fn cacheable(cx: &Ctx) -> Answer {
         if asked.only_if_cached {
             return failed(&cx.engine, Error::OnlyIfCached);
         }
+        // A range far into an object nothing is stored for: its chunks only.
+        if miss.stale.is_none()
+            && miss.outcome == Outcome::UriMiss
+            && !alone
+            && !distrust
+            && let Some((first, last)) = segment::wanted(cx)
+            && let Some(answer) = Box::pin(segment::fetch(cx, miss.key, first, last)).await
+        {
+            return answer;
+        }
         // Boxed: the fetch's state is large, and a hit never needs it.
         if let Some(answer) = Box::pin(wait::fetch(cx, miss, alone, distrust)).await {
             return answer;
@@ -61,10 +71,12 @@ struct Found {
 /// Step 5: the stored object for this request, following `Vary`.
 async fn lookup(cx: &Ctx) -> Found {
     let store = &cx.engine.store;
-    // An object whose body did not all reach the disk (a crash) is dropped
-    // and fetched again.
+    // An object stored in part (a range of it, or what reached the disk
+    // before a crash) is served, and its missing chunks fetched as they
+    // are read, when a strong validator pins them to the same copy;
+    // otherwise it is dropped and fetched again.
     let whole = |key: Key, o: Arc<StoredObject>| {
-        if store.has_body(key, &o) {
+        if store.has_body(key, &o) || refill::validator(&o.headers).is_some() {
             Some(o)
         } else {
             tracing::warn!(node = %cx.engine.node, "a cached body is incomplete (lost in a crash?); fetching it again");

@@ -14,6 +14,7 @@ mod refill;
 mod represent;
 mod request;
 pub(crate) mod respond;
+mod segment;
 pub(crate) mod sites;
 mod wait;
 

@@ -60,7 +60,7 @@ impl std::fmt::Debug for Refill {
 
 /// The validator a range of the same representation can be asked by: a
 /// strong `ETag`, else `Last-Modified`; none for a weak `ETag`.
-fn validator(headers: &HeaderMap) -> Option<(header::HeaderName, HeaderValue)> {
+pub(super) fn validator(headers: &HeaderMap) -> Option<(header::HeaderName, HeaderValue)> {
     match headers.get(header::ETAG) {
         Some(e) if e.as_bytes().starts_with(b"W/") => None,
         Some(e) => Some((header::ETAG, e.clone())),
@@ -69,7 +69,7 @@ fn validator(headers: &HeaderMap) -> Option<(header::HeaderName, HeaderValue)> {
 }
 
 /// `Content-Range: bytes first-last/complete` of a 206.
-fn content_range(headers: &HeaderMap) -> Option<(u64, u64, Option<u64>)> {
+pub(super) fn content_range(headers: &HeaderMap) -> Option<(u64, u64, Option<u64>)> {
     let v = headers.get(header::CONTENT_RANGE)?.to_str().ok()?;
     let (range, complete) = v.strip_prefix("bytes ")?.split_once('/')?;
     let (first, last) = range.split_once('-')?;
@@ -96,14 +96,21 @@ impl Refill {
         })
     }
 
-    /// The body's bytes `pos..end` (`end` None: to the end) from upstream.
-    async fn rest(self, pos: u64, end: Option<u64>) -> io::Result<BoxStream<'static, io::Result<Bytes>>> {
+    /// The body's bytes from `pos` on, from upstream: to `end` (None: to
+    /// the end), or to where the store holds the body again (what is
+    /// stored is not fetched twice). Also where the bytes stop.
+    async fn rest(&self, pos: u64, end: Option<u64>) -> io::Result<(BoxStream<'static, io::Result<Bytes>>, u64)> {
         let chunk = CHUNK_SIZE as u64;
         let end = end.or(self.len);
         // Whole chunks when they can be stored again.
         let repair = self.chunks.filter(|_| self.len.is_some());
         let (from, to) = match (repair, self.len) {
-            (Some(_), Some(len)) => (pos / chunk * chunk, end.map_or(len, |e| e.div_ceil(chunk) * chunk).min(len)),
+            (Some((key, generation)), Some(len)) => {
+                let from = pos / chunk * chunk;
+                let to = end.map_or(len, |e| e.div_ceil(chunk) * chunk).min(len);
+                let stored = self.engine.store.next_stored_chunk(key, generation, (from / chunk) as u32 + 1, to);
+                (from, stored.map_or(to, |i| u64::from(i) * chunk))
+            }
             _ => (pos, end.or(self.len).unwrap_or(u64::MAX)),
         };
         let mut req = request::fetch(&self.engine.hop, &self.site, &self.from, &self.url, None, self.coding);
@@ -124,15 +131,16 @@ impl Refill {
             end: to,
             at: started,
         });
+        let until = end.map_or(to, |e| e.min(to));
         let body = Upstream {
             body: resp.into_body(),
             // The response starts at `started`: skip to `pos`.
             skip: pos - started,
-            left: end.map_or(u64::MAX, |e| e - pos),
+            left: if until == u64::MAX { u64::MAX } else { until - pos },
             repair,
             idle,
         };
-        Ok(futures_util::stream::unfold(body, Upstream::next).boxed())
+        Ok((futures_util::stream::unfold(body, Upstream::next).boxed(), until))
     }
 
     /// Is the response the same representation, from where it was asked?
@@ -162,8 +170,20 @@ impl Refill {
     }
 }
 
+/// The body of a range response, cut to the `left` bytes after the first
+/// `skip`, storing the whole chunks it passes when `repair` says where.
+pub(super) fn range_body(
+    body: Incoming,
+    skip: u64,
+    left: u64,
+    repair: Option<Repair>,
+    idle: Duration,
+) -> BoxStream<'static, io::Result<Bytes>> {
+    futures_util::stream::unfold(Upstream { body, skip, left, repair, idle }, Upstream::next).boxed()
+}
+
 /// Puts back the whole chunks a refill passes.
-struct Repair {
+pub(super) struct Repair {
     store: Store,
     key: Key,
     generation: u64,
@@ -176,6 +196,13 @@ struct Repair {
 }
 
 impl Repair {
+    /// Stores the chunks of the body under `key` (`generation`) that the
+    /// bytes from `at` (a chunk's start) to `end` cover.
+    pub(super) fn new(store: Store, key: Key, generation: u64, at: u64, end: u64) -> Repair {
+        let index = (at / CHUNK_SIZE as u64) as u32;
+        Repair { store, key, generation, index, buf: BytesMut::new(), at, end }
+    }
+
     fn push(&mut self, mut data: &[u8]) {
         while !data.is_empty() && self.at < self.end {
             let room = (CHUNK_SIZE - self.buf.len()).min((self.end - self.at) as usize);
@@ -228,7 +255,31 @@ impl Upstream {
                 self.left -= take;
             }
             data.truncate(take as usize);
+            if self.left == 0 {
+                // The reader's last bytes: the connection stops reading
+                // once it has sent them, so the chunk being repaired is
+                // finished first.
+                self.finish_repair().await;
+            }
             return Some((Ok(data), self));
+        }
+    }
+
+    /// Reads the body on until the chunks being repaired are whole (or
+    /// it breaks: they are then fetched again when next read).
+    async fn finish_repair(&mut self) {
+        while self.repair.as_ref().is_some_and(|r| r.at < r.end) {
+            match tokio::time::timeout(self.idle, self.body.frame()).await {
+                Ok(Some(Ok(frame))) => {
+                    if let (Ok(data), Some(r)) = (frame.into_data(), self.repair.as_mut()) {
+                        r.push(&data);
+                    }
+                }
+                _ => {
+                    self.repair = None;
+                    return;
+                }
+            }
         }
     }
 
@@ -243,43 +294,65 @@ impl Upstream {
 /// A body read from the store from `start` to `end`, as (bytes covered,
 /// frame) pairs, finished from upstream when a stored part turns out to be
 /// missing (`io::ErrorKind::NotFound`). Without a refill, the error ends it.
+/// Opens a body's stored frames again from an offset (after a part of it
+/// came from upstream).
+pub(crate) type Reopen = Arc<dyn Fn(u64) -> BoxStream<'static, io::Result<(u64, Bytes)>> + Send + Sync>;
+
+/// A body read from the store from `start` to `end`, as (bytes covered,
+/// frame) pairs. A stored part that turns out to be missing
+/// (`io::ErrorKind::NotFound`) is fetched from upstream, up to where the
+/// store holds the body again, and the store is read on from there
+/// (`reopen`). Without a refill, the error ends it.
 pub(crate) fn resumable(
-    stored: impl Stream<Item = io::Result<(u64, Bytes)>> + Send + 'static,
+    open: Reopen,
     start: u64,
     end: Option<u64>,
     refill: Option<Refill>,
 ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
     enum Source {
-        Store(BoxStream<'static, io::Result<(u64, Bytes)>>, u64, Option<Box<Refill>>),
-        Upstream(BoxStream<'static, io::Result<Bytes>>),
+        Store(BoxStream<'static, io::Result<(u64, Bytes)>>, u64),
+        /// From upstream until the offset given.
+        Upstream(BoxStream<'static, io::Result<Bytes>>, u64),
         Done,
     }
-    futures_util::stream::unfold(Source::Store(stored.boxed(), start, refill.map(Box::new)), move |state| async move {
-        match state {
-            Source::Store(mut s, pos, refill) => match s.next().await {
-                None => None,
-                Some(Ok((n, frame))) => Some((Ok(frame), Source::Store(s, pos + n, refill))),
-                Some(Err(e)) if e.kind() == io::ErrorKind::NotFound && refill.is_some() => {
-                    let refill = refill?;
-                    let metrics = refill.engine.metrics.clone();
-                    tracing::warn!(node = %refill.engine.node, url = %refill.url, at = pos, error = %e,
-                        "part of a cached body is gone; finishing it from upstream");
-                    match refill.rest(pos, end).await {
-                        Ok(mut rest) => {
-                            metrics.body_refill(true);
-                            let first = rest.next().await?;
-                            Some((first, Source::Upstream(rest)))
+    let first = Source::Store(open(start), start);
+    let refill = refill.map(Arc::new);
+    futures_util::stream::unfold(first, move |state| {
+        let (open, refill) = (Arc::clone(&open), refill.clone());
+        async move {
+            let mut state = state;
+            loop {
+                state = match state {
+                    Source::Store(mut s, pos) => match s.next().await {
+                        None => return None,
+                        Some(Ok((n, frame))) => return Some((Ok(frame), Source::Store(s, pos + n))),
+                        Some(Err(e)) if e.kind() == io::ErrorKind::NotFound && refill.is_some() => {
+                            let refill = refill.as_ref()?;
+                            let metrics = &refill.engine.metrics;
+                            tracing::info!(node = %refill.engine.node, url = %refill.url, at = pos, error = %e,
+                                "part of a cached body is not stored; fetching it from upstream");
+                            match refill.rest(pos, end).await {
+                                Ok((rest, until)) => {
+                                    metrics.body_refill(true);
+                                    Source::Upstream(rest, until)
+                                }
+                                Err(e) => {
+                                    metrics.body_refill(false);
+                                    return Some((Err(e), Source::Done));
+                                }
+                            }
                         }
-                        Err(e) => {
-                            metrics.body_refill(false);
-                            Some((Err(e), Source::Done))
-                        }
-                    }
-                }
-                Some(Err(e)) => Some((Err(e), Source::Done)),
-            },
-            Source::Upstream(mut s) => s.next().await.map(|item| (item, Source::Upstream(s))),
-            Source::Done => None,
+                        Some(Err(e)) => return Some((Err(e), Source::Done)),
+                    },
+                    Source::Upstream(mut s, until) => match s.next().await {
+                        Some(item) => return Some((item, Source::Upstream(s, until))),
+                        // The store holds the rest (or more of it) again.
+                        None if until != u64::MAX && end.is_none_or(|e| until < e) => Source::Store(open(until), until),
+                        None => return None,
+                    },
+                    Source::Done => return None,
+                };
+            }
         }
     })
 }

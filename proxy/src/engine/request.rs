@@ -11,7 +11,9 @@
 //! 6. **serve** — the purge rules, then a fresh hit or
 //!    stale-while-revalidate ([`super::lookup`]), in the coding the request
 //!    is answered in ([`super::represent`]);
-//! 7. **fetch** — join the key's flight or lead it ([`super::wait`]);
+//! 7. **fetch** — the chunks of a range far into a cold object
+//!    ([`super::segment`]), or join the key's flight or lead it
+//!    ([`super::wait`]);
 //! 8. **fail over** — stale-if-error, or an error response ([`super::wait`]);
 //! 9. **log** — `Cache-Status`, metrics, access log ([`finish`]).
 //!

@@ -17,7 +17,7 @@ use outpost_net::multipart::{Part, byteranges};
 
 use super::context::{Answer, Ctx};
 use super::flight::{Flight, SharedHead};
-use super::refill::{Refill, resumable};
+use super::refill::{Refill, Reopen, resumable};
 use crate::cache_status::{CacheStatus, Detail, Outcome};
 use crate::headers::{CACHE_STATUS, CDN_ONLY};
 use crate::key::Key;
@@ -44,8 +44,24 @@ pub(super) fn stream_body(s: impl Stream<Item = io::Result<Bytes>> + Send + 'sta
 /// Where a response body comes from.
 #[derive(Debug)]
 pub(crate) enum BodySource {
-    Stored { store: Store, key: Key, body: BodyRef, sendfile: Option<SendFile>, refill: Option<Refill> },
-    Flight { store: Store, flight: Arc<Flight>, head: Arc<SharedHead>, refill: Option<Refill> },
+    Stored {
+        store: Store,
+        key: Key,
+        body: BodyRef,
+        sendfile: Option<SendFile>,
+        refill: Option<Refill>,
+    },
+    Flight {
+        store: Store,
+        flight: Arc<Flight>,
+        head: Arc<SharedHead>,
+        refill: Option<Refill>,
+    },
+    /// A body already cut to the one range asked, of an object of `len`.
+    Ready {
+        len: u64,
+        body: std::sync::Mutex<Option<Body>>,
+    },
 }
 
 impl BodySource {
@@ -53,6 +69,7 @@ impl BodySource {
         match self {
             BodySource::Stored { body, .. } => Some(body.len()),
             BodySource::Flight { head, .. } => head.len,
+            BodySource::Ready { len, .. } => Some(*len),
         }
     }
 
@@ -64,15 +81,28 @@ impl BodySource {
                 full(b.slice((start as usize).min(end)..end))
             }
             BodySource::Stored { store, key, body, sendfile, refill } => {
-                let sendfile = sendfile.clone();
-                let pieces = store.pieces(*key, body, start, end.unwrap_or(body.len()));
-                let frames = pieces
-                    .map(move |p| p.and_then(|p| Ok(((p.end - p.start) as u64, piece_frame(p, sendfile.as_ref())?))));
-                stream_body(resumable(frames, start, end, refill.clone()))
+                let (store, key, body, sendfile) = (store.clone(), *key, body.clone(), sendfile.clone());
+                let to = end.unwrap_or(body.len());
+                let open: Reopen = Arc::new(move |from| {
+                    let sendfile = sendfile.clone();
+                    let pieces = store.pieces(key, &body, from, to);
+                    pieces
+                        .map(move |p| {
+                            p.and_then(|p| Ok(((p.end - p.start) as u64, piece_frame(p, sendfile.as_ref())?)))
+                        })
+                        .boxed()
+                });
+                stream_body(resumable(open, start, end, refill.clone()))
+            }
+            BodySource::Ready { body, .. } => {
+                body.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take().unwrap_or_else(empty)
             }
             BodySource::Flight { store, flight, head, refill } => {
-                let frames = flight.body(store.clone(), head, start, end).map_ok(|b| (b.len() as u64, b));
-                stream_body(resumable(frames, start, end, refill.clone()))
+                let (store, flight, head) = (store.clone(), Arc::clone(flight), Arc::clone(head));
+                let open: Reopen = Arc::new(move |from| {
+                    flight.body(store.clone(), &head, from, end).map_ok(|b| (b.len() as u64, b)).boxed()
+                });
+                stream_body(resumable(open, start, end, refill.clone()))
             }
         }
     }
@@ -148,6 +178,11 @@ fn apply_rules(headers: &mut HeaderMap, site: &Site, rules: &ResponseRules) {
 /// rules applied, our `Cache-Status` member appended to the upstream's.
 pub(crate) fn passed_response(cx: &Ctx, resp: Response<Incoming>, detail: Option<Detail>) -> Answer {
     let (parts, body) = resp.into_parts();
+    passed_with(cx, parts, body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync(), detail)
+}
+
+/// The same, with the body given.
+pub(crate) fn passed_with(cx: &Ctx, parts: http::response::Parts, body: Body, detail: Option<Detail>) -> Answer {
     let status = CacheStatus {
         fwd_status: Some(parts.status.as_u16()),
         detail,
@@ -162,7 +197,7 @@ pub(crate) fn passed_response(cx: &Ctx, resp: Response<Incoming>, detail: Option
     }
     apply_rules(&mut headers, &cx.site, &cx.engine.rules);
     headers.insert(CACHE_STATUS, status.header(&cx.engine.node, parts.headers.get(CACHE_STATUS)));
-    let mut out = Response::new(body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync());
+    let mut out = Response::new(body);
     *out.status_mut() = parts.status;
     *out.headers_mut() = headers;
     (out, status)

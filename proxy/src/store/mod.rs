@@ -190,6 +190,14 @@ impl Store {
         }
     }
 
+    /// The first chunk of the body under `key` (`generation`) from index
+    /// `first` that is stored, among those that start before `before`.
+    pub fn next_stored_chunk(&self, key: Key, generation: u64, first: u32, before: u64) -> Option<u32> {
+        (first..)
+            .take_while(|i| u64::from(*i) * (CHUNK_SIZE as u64) < before)
+            .find(|i| self.cache.contains(&chunk_key(key, generation, *i)))
+    }
+
     /// Puts back a chunk of a stored body that was fetched again after it
     /// left the store (see `engine::refill`); one still there is left be.
     pub fn restore_chunk(&self, key: Key, generation: u64, index: u32, bytes: Bytes) {
@@ -298,7 +306,7 @@ pub(crate) fn chunk_count(len: u64, chunk_size: u32) -> u32 {
     len.div_ceil(u64::from(chunk_size.max(1))) as u32
 }
 
-fn new_generation() -> u64 {
+pub(crate) fn new_generation() -> u64 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);

@@ -702,3 +702,62 @@ async fn objects_over_the_size_limit_stream_through_uncached() {
     assert_eq!(origin.count("/chunked").await, 2, "an unannounced large body is not stored either");
     assert!(edge.get("/small?size=50KiB&cc=max-age%3D60").await.cache_status().contains("stored"));
 }
+
+#[tokio::test]
+async fn a_range_far_into_a_cold_object_costs_its_chunks_and_the_object_is_completed_later() {
+    use outpost_load::content::{first_mismatch, seed};
+    let (_d, origin, edge) = setup(DEFAULT_RULES).await;
+    let path = "/seek?size=8MiB&cc=max-age%3D600";
+    let (mib, total) = (1u64 << 20, 8u64 << 20);
+    let s = seed("/seek", 0, &[]);
+    let asked = || async { origin.last_request("/seek").await["range"].as_str().unwrap_or("").to_string() };
+    let range = |first: u64, last: u64| {
+        let edge = &edge;
+        async move { edge.get_with(path, &[("range", &format!("bytes={first}-{last}"))]).await }
+    };
+    let check = |r: &Resp, first: u64, last: u64| {
+        assert_eq!(r.status, StatusCode::PARTIAL_CONTENT, "{}", r.cache_status());
+        assert_eq!(r.headers["content-range"], format!("bytes {first}-{last}/{total}"));
+        assert_eq!(r.body.len() as u64, last - first + 1);
+        assert_eq!(first_mismatch(s, first, &r.body), None, "bytes {first}-{last}");
+    };
+
+    // A seek into chunk 4 fetches chunk 4 alone.
+    let r = range(5_000_000, 5_000_999).await;
+    check(&r, 5_000_000, 5_000_999);
+    assert!(r.cache_status().contains("fwd=uri-miss; fwd-status=206; stored"), "{}", r.cache_status());
+    assert_eq!((origin.count("/seek").await, asked().await), (1, format!("bytes={}-{}", 4 * mib, 5 * mib - 1)));
+    // Another range inside it is a hit.
+    let r = range(4_200_000, 4_300_000).await;
+    check(&r, 4_200_000, 4_300_000);
+    assert!(r.is_hit(), "{}", r.cache_status());
+    assert_eq!(origin.count("/seek").await, 1);
+    // A range over stored and missing chunks fetches the missing ones only.
+    let r = range(3 * mib + 5, 5 * mib + 10).await;
+    check(&r, 3 * mib + 5, 5 * mib + 10);
+    assert_eq!((origin.count("/seek").await, asked().await), (3, format!("bytes={}-{}", 5 * mib, 6 * mib - 1)));
+    // The whole object: the gaps before and after what is stored.
+    let r = edge.get(path).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body.len() as u64, total);
+    assert_origin_bytes("/seek", &r.body);
+    assert_eq!((origin.count("/seek").await, asked().await), (5, format!("bytes={}-{}", 6 * mib, total - 1)));
+    // Complete now.
+    let r = edge.get(path).await;
+    assert!(r.is_hit());
+    assert_origin_bytes("/seek", &r.body);
+    assert_eq!(origin.count("/seek").await, 5);
+
+    // An open range fetches from its chunk to the end.
+    let r = edge.get_with("/open?size=3MiB&cc=max-age%3D600", &[("range", "bytes=2100000-")]).await;
+    assert_eq!(r.headers["content-range"], "bytes 2100000-3145727/3145728");
+    assert_eq!(first_mismatch(seed("/open", 0, &[]), 2_100_000, &r.body), None);
+    assert_eq!(origin.last_request("/open").await["range"], "bytes=2097152-");
+    // An upstream that ignores ranges: the object is fetched as usual.
+    let r = edge.get_with("/whole?size=3MiB&no_length=1&cc=max-age%3D600", &[("range", "bytes=2100000-2100009")]).await;
+    // (Its length unknown until it ends, the range is not answered: all of it is.)
+    assert_eq!(r.status, StatusCode::OK);
+    assert_origin_bytes("/whole", &r.body);
+    assert_eq!(origin.count("/whole").await, 2, "the range, refused, then the object");
+    assert!(edge.get("/whole?size=3MiB&no_length=1&cc=max-age%3D600").await.is_hit());
+}

@@ -218,6 +218,16 @@ async fn origin_codings_are_kept_and_decoded_for_clients_that_refuse_them() {
     assert_eq!(header(&r, "content-encoding"), "gzip");
     assert_eq!(origin.count("/g.txt").await, 1, "the encoded copy is fetched once");
 
+    // An origin that labels plain text as gzip: the label cannot be
+    // decoded, so the body goes as stored, and the node goes on.
+    let liar = "/l.txt?text=1&size=100KiB&header=content-encoding:gzip&cc=max-age%3D60";
+    let stored = edge.get_with(liar, &[("accept-encoding", "gzip")]).await;
+    assert_eq!(stored.body, text_of("/l.txt", &[]));
+    let r = edge.get(liar).await;
+    assert_eq!((r.status, header(&r, "content-encoding")), (StatusCode::OK, "gzip"));
+    assert_eq!(r.body, stored.body);
+    assert!(edge.get(url).await.status == StatusCode::OK, "the node keeps serving");
+
     // A body that decodes past the site's largest object is not decoded.
     let bomb = "/b.txt?text=1&size=2MiB&encoding=gzip&cc=max-age%3D60";
     let stored = edge.get_with(bomb, &[("accept-encoding", "gzip")]).await;

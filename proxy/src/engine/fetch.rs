@@ -374,7 +374,12 @@ impl FetchJob {
                     return None;
                 }
             };
+            // An empty frame (HTTP/2 ends a stream with one) carries nothing,
+            // and must not take the place of the held-back last frame.
             let Ok(data) = frame.into_data() else { continue };
+            if data.is_empty() {
+                continue;
+            }
             received += data.len() as u64;
             if let Some(w) = writer.as_mut() {
                 w.push(&data);

@@ -178,13 +178,27 @@ impl Making {
 async fn made(cx: &Ctx, key: Key, obj: &Arc<StoredObject>, coding: Coding) -> Option<(Key, Arc<StoredObject>)> {
     let engine = &cx.engine;
     let mkey = made_key(key, obj.fetched_at, coding);
-    if let Some(Entry::Object(o)) = engine.store.get(mkey).await
-        && engine.store.has_body(mkey, &o)
-    {
+    let stored = || async {
+        match engine.store.get(mkey).await {
+            Some(Entry::Object(o)) if engine.store.has_body(mkey, &o) => Some(o),
+            _ => None,
+        }
+    };
+    if let Some(o) = stored().await {
         return Some((mkey, o));
     }
     let cell = engine.making.cell(mkey);
-    let made = cell.get_or_init(|| make(cx, key, obj, coding, mkey)).await.clone();
+    // Looked up again under the cell: a request that finished making it
+    // between the lookup above and now has left it in the store.
+    let made = cell
+        .get_or_init(|| async {
+            match stored().await {
+                Some(o) => Some(o),
+                None => make(cx, key, obj, coding, mkey).await,
+            }
+        })
+        .await
+        .clone();
     engine.making.done(mkey);
     made.map(|o| (mkey, o))
 }

@@ -429,12 +429,15 @@ async fn a_hit_whose_chunks_are_evicted_mid_read_is_finished_from_upstream() {
     assert_eq!(len, 32 << 20);
     assert_eq!(body.len(), len, "the hit's body broke off");
     assert_origin_bytes("/evicted", &body);
-    assert_eq!(origin.count("/evicted").await, 2, "the rest came from the origin, once");
+    // The rest came from the origin as ranges of whole chunks, one for each
+    // run of chunks gone (what is still stored is read, not fetched again).
+    assert!(origin.count("/evicted").await >= 2, "the rest came from the origin");
     let asked = origin.last_request("/evicted").await;
     let range = asked["range"].as_str().unwrap();
-    assert!(range.starts_with("bytes=") && range.ends_with(&format!("-{}", len - 1)), "{range}");
-    let from: usize = range["bytes=".len()..].split('-').next().unwrap().parse().unwrap();
+    let (from, to) = range["bytes=".len()..].split_once('-').unwrap();
+    let (from, to): (usize, usize) = (from.parse().unwrap(), to.parse().unwrap());
     assert!(from >= 1 << 20 && from.is_multiple_of(1 << 20), "whole chunks from past what was read: {range}");
+    assert!(to == len - 1 || (to + 1).is_multiple_of(1 << 20), "whole chunks: {range}");
     assert_eq!(asked["if-range"], serde_json::json!(edge.get(path).await.headers["etag"].to_str().unwrap()));
 }
 

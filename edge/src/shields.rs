@@ -43,6 +43,7 @@ pub struct ShieldRoute {
     shields: Vec<Shield>,
     mode: UpstreamMode,
     probe_interval: Duration,
+    http2: bool,
 }
 
 impl ShieldRoute {
@@ -57,7 +58,7 @@ impl ShieldRoute {
                 unreachable: AtomicBool::new(false),
             })
             .collect();
-        ShieldRoute { shields, mode: upstream.mode, probe_interval: upstream.probe_interval }
+        ShieldRoute { shields, mode: upstream.mode, probe_interval: upstream.probe_interval, http2: upstream.http2 }
     }
 
     /// Names of the shields currently up (for tests and status).
@@ -71,7 +72,7 @@ impl ShieldRoute {
         rendezvous::rank(key, &names).first().map(|i| self.shields[*i].name.clone())
     }
 
-    fn target(shield: &Shield, site: &Site) -> Target {
+    fn target(&self, shield: &Shield, site: &Site) -> Target {
         let origin_wait = site.origins.iter().map(|o| o.response_timeout).max().unwrap_or(Duration::from_secs(30));
         Target {
             base: shield.base.clone(),
@@ -81,6 +82,7 @@ impl ShieldRoute {
             label: Arc::from(shield.name.as_str()),
             limit: None,
             ca: None,
+            http2: self.http2,
         }
     }
 
@@ -103,14 +105,14 @@ impl Route for ShieldRoute {
             .iter()
             .map(|i| &self.shields[*i])
             .filter(|s| !s.down.load(Ordering::Acquire))
-            .map(|s| Self::target(s, site))
+            .map(|s| self.target(s, site))
             .collect();
         if site.allow_direct {
             // Last resort within the same request: the origin itself.
             targets.extend(Target::origins(site));
         } else if targets.is_empty() {
             // Nothing else allowed: try the shields anyway, best first.
-            targets = ranked.iter().map(|i| Self::target(&self.shields[*i], site)).collect();
+            targets = ranked.iter().map(|i| self.target(&self.shields[*i], site)).collect();
         }
         targets
     }

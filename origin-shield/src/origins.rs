@@ -124,6 +124,7 @@ impl Route for OriginPool {
                     label: Arc::from("origin"),
                     limit: Some(Arc::clone(&states[i].limit)),
                     ca: o.ca.clone(),
+                    http2: false,
                 }
             })
             .collect()

@@ -282,6 +282,9 @@ pub struct Upstream {
     pub shields: Vec<ShieldAddr>,
     /// Default: [`DEFAULT_SHIELD_PROBE_INTERVAL`] (1s).
     pub probe_interval: Duration,
+    /// Speak HTTP/2 to `http://` shields (prior knowledge), every miss to
+    /// a shield multiplexed on one connection. Default: `true`.
+    pub http2: bool,
 }
 
 /// A shield as an edge reaches it: `"http://10.0.0.5:8101"`, or

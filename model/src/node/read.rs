@@ -359,8 +359,9 @@ fn decode_upstream(s: &mut Sink<'_>, root: &mut Table<'_, '_>) -> Option<Upstrea
         );
     }
     let probe_interval = t.or(s, "probe_interval", DEFAULT_SHIELD_PROBE_INTERVAL);
+    let http2 = t.or(s, "http2", true);
     t.finish(s);
-    Some(Upstream { mode, shields, probe_interval })
+    Some(Upstream { mode, shields, probe_interval, http2 })
 }
 
 impl Decode for UpstreamMode {

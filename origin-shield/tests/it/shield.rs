@@ -336,3 +336,76 @@ async fn shields_make_the_codings_and_edges_store_what_they_get() {
     // (streamed on its miss, then from what it stored).
     assert_eq!(made_at_shield, 6);
 }
+
+/// Established TCP connections whose local port is `port`, from
+/// `/proc/net/tcp`: what a server holds open.
+fn established_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local_port = f[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+            local_port == Some(port) && f[3] == "01"
+        })
+        .count()
+}
+
+/// 200 misses at once from one edge to one shield, over HTTP/2 (the
+/// default) and over HTTP/1.1: the connections the shield holds after.
+async fn misses_at_once(http2: bool) -> (usize, u64, Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    std::fs::write(dir.path().join("site.toml"), site(&[origin.addr], "")).unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let (shield, _) = shield(dir.path(), "shield-a", any).await;
+    let edge = edge_with(dir.path(), "edge-1", &[shield.addr], &format!("http2 = {http2}")).await;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..200)
+        .map(|n| {
+            let edge = edge.addr;
+            tokio::spawn(async move { via(edge, &format!("/burst/{n}?delay=200ms&cc=max-age%3D600")).await })
+        })
+        .collect();
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.body.len(), 1024);
+    }
+    (established_to(shield.addr.port()), origin.total().await, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_multiplexes_its_misses_to_a_shield_over_http2() {
+    let (h2, origin_h2, took_h2) = misses_at_once(true).await;
+    let (h1, origin_h1, took_h1) = misses_at_once(false).await;
+    println!(
+        "200 concurrent misses (origin answers after 200 ms), edge → shield connections and time to the last answer: \
+         HTTP/2 {h2} in {took_h2:?}, HTTP/1.1 {h1} in {took_h1:?}"
+    );
+    assert_eq!((origin_h2, origin_h1), (200, 200), "the origin sees each object once");
+    assert!(h2 <= 2, "HTTP/2: {h2} connections");
+    assert!(h1 >= 50, "HTTP/1.1 needs a connection per request in flight: {h1}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shield_that_speaks_only_http1_is_asked_in_http1() {
+    use outpost_load::raw::{RawOrigin, Received};
+    let dir = tempfile::tempdir().unwrap();
+    let raw = RawOrigin::start().await.unwrap();
+    std::fs::write(dir.path().join("site.toml"), site(&[raw.addr()], "")).unwrap();
+    let edge = edge(dir.path(), "edge-1", &[raw.addr()]).await;
+    for n in 0..3 {
+        let r = via(edge.addr, &format!("/old/{n}")).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.body, outpost_load::raw::answer_body("GET", &format!("/old/{n}")));
+    }
+    // The HTTP/2 preface was tried once, and refused as a malformed HTTP/1
+    // request; then every request went in HTTP/1.1.
+    let received = raw.received();
+    let refused = received.iter().filter(|r| matches!(r, Received::Malformed { .. })).count();
+    assert_eq!(refused, 1, "{received:?}");
+    let asked: Vec<String> = raw.requests().iter().map(|r| format!("{} {}", r.method, r.target)).collect();
+    assert_eq!(asked, ["GET /old/0", "GET /old/1", "GET /old/2"]);
+}

@@ -66,6 +66,11 @@ pub async fn shield(dir: &Path, name: &str, listen: SocketAddr) -> (Running, Arc
 }
 
 pub async fn edge(dir: &Path, name: &str, shields: &[SocketAddr]) -> Running {
+    edge_with(dir, name, shields, "").await
+}
+
+/// An edge whose `[upstream]` section also has `upstream`.
+pub async fn edge_with(dir: &Path, name: &str, shields: &[SocketAddr], upstream: &str) -> Running {
     let list: Vec<String> = shields.iter().map(|s| format!("\"http://{s}\"")).collect();
     let cfg = node_file(
         dir,
@@ -73,7 +78,7 @@ pub async fn edge(dir: &Path, name: &str, shields: &[SocketAddr]) -> Running {
         &format!(
             "[node]\nname = \"{name}\"\nrole = \"edge\"\npop = \"{name}\"\nlatitude = 0.0\nlongitude = 0.0\n\
              sites = [\"site.toml\"]\naccess_log = \"off\"\n[listen]\nhttp = [\"127.0.0.1:0\"]\n\
-             [cache]\nmemory = \"32MiB\"\n[upstream]\nshields = [{}]\nprobe_interval = \"100ms\"\n",
+             [cache]\nmemory = \"32MiB\"\n[upstream]\nshields = [{}]\nprobe_interval = \"100ms\"\n{upstream}\n",
             list.join(", ")
         ),
     );

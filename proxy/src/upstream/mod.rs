@@ -15,12 +15,14 @@ use std::collections::HashMap;
 use std::fmt::Debug;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response, Uri};
+use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
+use hyper::client::conn::http2;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use outpost_config::Site;
@@ -55,6 +57,10 @@ pub struct Target {
     pub limit: Option<Arc<Semaphore>>,
     /// A CA trusted for this target besides the node's (https only).
     pub ca: Option<PathBuf>,
+    /// Speak HTTP/2 to it from the first byte (cleartext `http://` only;
+    /// another Outpost tier, which accepts it), falling back to HTTP/1.1
+    /// when it does not answer in HTTP/2.
+    pub http2: bool,
 }
 
 impl PartialEq for Target {
@@ -78,6 +84,7 @@ impl Target {
                 label: Arc::from("origin"),
                 limit: None,
                 ca: o.ca.clone(),
+                http2: false,
             })
             .collect()
     }
@@ -111,6 +118,80 @@ impl Route for OriginRoute {
     }
 }
 
+impl UpstreamClient {
+    fn h1_only(&self, name: &str) -> bool {
+        let mut map = self.h1_only.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(name) {
+            Some(since) if since.elapsed() < H1_FALLBACK => true,
+            Some(_) => {
+                map.remove(name);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// `req` over the target's HTTP/2 connection (made when there is none,
+    /// or it closed). Its `Host` becomes the `:authority`.
+    async fn send_h2(
+        &self,
+        target: &Target,
+        name: &str,
+        req: Request<ReqBody>,
+        bodyless: bool,
+    ) -> Result<Response<Incoming>, H2Failure> {
+        let (mut parts, body) = req.into_parts();
+        let authority = parts.headers.remove(http::header::HOST);
+        let authority = authority.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(name);
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        parts.uri = format!("http://{authority}{path}").parse().map_err(|e: http::uri::InvalidUri| {
+            H2Failure::Connect(UpstreamError::new(UpstreamErrorKind::Protocol, name).caused_by(e))
+        })?;
+        let cached = self.h2.lock().unwrap_or_else(|p| p.into_inner()).get(name).filter(|s| !s.is_closed()).cloned();
+        let (mut sender, fresh) = match cached {
+            Some(s) => (s, false),
+            None => (self.h2_connect(target, name).await.map_err(H2Failure::Connect)?, true),
+        };
+        if sender.ready().await.is_err() {
+            // Closed since: a new connection, once.
+            sender = self.h2_connect(target, name).await.map_err(H2Failure::Connect)?;
+        }
+        let head = bodyless.then(|| parts.clone());
+        match sender.send_request(Request::from_parts(parts, body)).await {
+            Ok(resp) => Ok(resp),
+            Err(e) if fresh => Err(H2Failure::Refused(e)),
+            // The connection went away under the request: a new one, once.
+            Err(e) => match head {
+                Some(parts) if e.is_closed() || e.is_canceled() => {
+                    let mut sender = self.h2_connect(target, name).await.map_err(H2Failure::Connect)?;
+                    let empty = http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync();
+                    let _ = sender.ready().await;
+                    sender.send_request(Request::from_parts(parts, empty)).await.map_err(H2Failure::Refused)
+                }
+                _ => Err(H2Failure::Failed(e)),
+            },
+        }
+    }
+
+    /// A new HTTP/2 connection to `target`, kept for the requests after.
+    async fn h2_connect(&self, target: &Target, name: &str) -> Result<http2::SendRequest<ReqBody>, UpstreamError> {
+        let mut connector = self.tls.connector(target.ca.as_deref(), self.resolve.clone(), target.connect_timeout);
+        let io = tower_service::Service::call(&mut connector, target.base.clone())
+            .await
+            .map_err(|e| UpstreamError::new(UpstreamErrorKind::Connect, name).caused_by(e))?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(|e| UpstreamError::new(UpstreamErrorKind::Connect, name).caused_by(e))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        self.h2.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), sender.clone());
+        Ok(sender)
+    }
+}
+
 /// A client for health probes.
 pub type ProbeClient = Client<Connector, http_body_util::Empty<Bytes>>;
 
@@ -141,6 +222,28 @@ pub struct UpstreamClient {
     resolve: crate::resolve::Resolve,
     tls: Arc<UpstreamTls>,
     clients: Mutex<HashMap<PoolKey, Client<Connector, ReqBody>>>,
+    /// One HTTP/2 connection per target that speaks it, every request to
+    /// it multiplexed on that connection.
+    h2: Mutex<HashMap<String, http2::SendRequest<ReqBody>>>,
+    /// Targets that did not answer in HTTP/2, and since when: asked in
+    /// HTTP/1.1 for [`H1_FALLBACK`].
+    h1_only: Mutex<HashMap<String, Instant>>,
+}
+
+/// How long a target that did not answer in HTTP/2 is asked in HTTP/1.1
+/// before HTTP/2 is tried again.
+const H1_FALLBACK: Duration = Duration::from_secs(300);
+
+/// How an HTTP/2 exchange failed.
+enum H2Failure {
+    /// Before a request could be sent: the connection could not be made or
+    /// was already closed.
+    Connect(UpstreamError),
+    /// The first request on a new connection failed: the target does not
+    /// speak HTTP/2.
+    Refused(hyper::Error),
+    /// A request on an established connection failed.
+    Failed(hyper::Error),
 }
 
 impl Default for UpstreamClient {
@@ -151,7 +254,13 @@ impl Default for UpstreamClient {
 
 impl UpstreamClient {
     pub fn new(tls: Arc<UpstreamTls>) -> UpstreamClient {
-        UpstreamClient { resolve: crate::resolve::Resolve::system(), tls, clients: Mutex::new(HashMap::new()) }
+        UpstreamClient {
+            resolve: crate::resolve::Resolve::system(),
+            tls,
+            clients: Mutex::new(HashMap::new()),
+            h2: Mutex::new(HashMap::new()),
+            h1_only: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Clients for health probes, with the same TLS settings and resolver.
@@ -178,6 +287,31 @@ impl UpstreamClient {
     /// the target's response timeout for the head.
     pub async fn send(&self, target: &Target, mut req: Request<ReqBody>) -> Result<Response<Incoming>, UpstreamError> {
         let name = target.base.authority().map_or_else(String::new, |a| a.to_string());
+        if target.http2 && target.base.scheme_str() == Some("http") && !self.h1_only(&name) {
+            // A request without a body can be sent again: over a new
+            // connection, or in HTTP/1.1.
+            let bodyless = http_body::Body::size_hint(req.body()).exact() == Some(0);
+            let again = bodyless.then(|| (req.method().clone(), req.uri().clone(), req.headers().clone()));
+            let sent = tokio::time::timeout(target.response_timeout, self.send_h2(target, &name, req, bodyless)).await;
+            let refused = match sent {
+                Err(_) => return Err(UpstreamError::new(UpstreamErrorKind::Timeout, name)),
+                Ok(Ok(resp)) => return Ok(resp),
+                Ok(Err(H2Failure::Connect(e))) => return Err(e),
+                Ok(Err(H2Failure::Failed(e))) => {
+                    return Err(UpstreamError::new(UpstreamErrorKind::Protocol, name).caused_by(e));
+                }
+                Ok(Err(H2Failure::Refused(e))) => e,
+            };
+            tracing::info!(upstream = %name, error = %refused, "the upstream does not answer in HTTP/2; using HTTP/1.1");
+            self.h1_only.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), Instant::now());
+            let Some((method, uri, headers)) = again else {
+                return Err(UpstreamError::new(UpstreamErrorKind::Protocol, name).caused_by(refused));
+            };
+            req = Request::new(http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync());
+            *req.method_mut() = method;
+            *req.uri_mut() = uri;
+            *req.headers_mut() = headers;
+        }
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let uri = format!("{}://{}{}", target.base.scheme_str().unwrap_or("http"), name, path);
         *req.uri_mut() = uri.parse().map_err(|e: http::uri::InvalidUri| {

@@ -267,10 +267,12 @@ impl EtcdBackend {
 
     /// Logs the event `make` returns from the current state, with the
     /// writes `make` adds; retried when another writer took the sequence
-    /// number meanwhile. `make` gives `None` for nothing to log.
+    /// number meanwhile. `make` is given the sequence number and the time
+    /// the event is logged at (what its own records say too), and gives
+    /// `None` for nothing to log.
     async fn append<F, Fut>(&self, mut make: F) -> Result<Option<EventRecord>, StoreError>
     where
-        F: FnMut(u64) -> Fut,
+        F: FnMut(u64, u64) -> Fut,
         Fut: std::future::Future<Output = Result<Option<Planned>, StoreError>>,
     {
         let _turn = self.writing.lock().await;
@@ -330,13 +332,14 @@ impl EtcdBackend {
     /// One try at [`EtcdBackend::append`].
     async fn append_once<F, Fut>(&self, make: &mut F) -> Result<Appended, StoreError>
     where
-        F: FnMut(u64) -> Fut,
+        F: FnMut(u64, u64) -> Fut,
         Fut: std::future::Future<Output = Result<Option<Planned>, StoreError>>,
     {
         let seq = self.counter("seq").await?;
         let next = seq.value.unwrap_or(0) + 1;
-        let Some(plan) = make(next).await? else { return Ok(Appended::Done(None)) };
-        let record = EventRecord { seq: next, at_ms: now_ms(), event: plan.event };
+        let at_ms = now_ms();
+        let Some(plan) = make(next, at_ms).await? else { return Ok(Appended::Done(None)) };
+        let record = EventRecord { seq: next, at_ms, event: plan.event };
         let seq_key = self.key(&["meta", "seq"]);
         let mut guards = vec![unchanged(&seq_key, seq.revision)];
         guards.extend(plan.guards);
@@ -361,7 +364,7 @@ impl EtcdBackend {
     pub(super) async fn upsert_site(&self, id: &str, toml: &str, base: Option<u64>) -> Result<EventRecord, StoreError> {
         let key = self.key(&["sites", id]);
         let logged = self
-            .append(|_| {
+            .append(|_, _| {
                 let key = key.clone();
                 async move {
                     let current: Read<SiteRecord> = self.get(&key).await?;
@@ -384,7 +387,7 @@ impl EtcdBackend {
 
     pub(super) async fn delete_site(&self, id: &str) -> Result<Option<EventRecord>, StoreError> {
         let key = self.key(&["sites", id]);
-        self.append(|_| {
+        self.append(|_, _| {
             let key = key.clone();
             async move {
                 let current: Read<SiteRecord> = self.get(&key).await?;
@@ -417,13 +420,13 @@ impl EtcdBackend {
     ) -> Result<PurgeRecord, StoreError> {
         let counter_key = self.key(&["meta", "purge"]);
         let logged = self
-            .append(|seq| {
+            .append(|seq, at_ms| {
                 let (counter_key, target) = (counter_key.clone(), target.clone());
                 async move {
                     let counter = self.counter("purge").await?;
                     let n = counter.value.unwrap_or(0) + 1;
                     let purge = Purge { id: format!("p{n}"), site_id: site_id.to_string(), target, soft };
-                    let rec = PurgeRecord { purge: purge.clone(), seq, at_ms: now_ms() };
+                    let rec = PurgeRecord { purge: purge.clone(), seq, at_ms };
                     Ok(Some(Planned {
                         event: Event::Purge(purge),
                         guards: vec![unchanged(&counter_key, counter.revision)],

@@ -124,8 +124,18 @@ def wrk(url, seconds, conns, extra=(), read=False):
     return reqs, rps, ms("50"), ms("99")
 
 
-def nginx_conf(work, listen, server_extra="", location_extra=""):
-    """nginx proxy_cache in front of the test origin, one worker."""
+def nginx_conf(work, listen, server_extra="", location_extra="", location=None):
+    """nginx proxy_cache in front of the test origin, one worker; with
+    `location`, that block in place of the proxy."""
+    if location is None:
+        location = f"""    location / {{
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_cache bench;
+      proxy_cache_valid 200 1h;
+{location_extra}
+    }}"""
     path = os.path.join(work, "nginx.conf")
     open(path, "w").write(f"""
 worker_processes 1;
@@ -145,14 +155,7 @@ http {{
   server {{
     listen {listen};
 {server_extra}
-    location / {{
-      proxy_pass http://origin;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_cache bench;
-      proxy_cache_valid 200 1h;
-{location_extra}
-    }}
+{location}
   }}
 }}
 """)

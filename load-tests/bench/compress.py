@@ -74,29 +74,13 @@ def configs(work):
         confs[name] = nginx_conf(sub, f"127.0.0.1:{PORTS[name]}", location_extra=gz)
     static = os.path.join(work, "nginx-static")
     os.makedirs(static)
-    conf = os.path.join(static, "nginx.conf")
-    open(conf, "w").write(f"""
-worker_processes 1;
-user root root;
-pid {static}/nginx.pid;
-error_log {static}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  sendfile on;
-  tcp_nopush off;
-  keepalive_requests 1000000;
-  types {{ application/javascript js; }}
-  server {{
-    listen 127.0.0.1:{PORTS["nginx-static"]};
-    location /files/ {{
+    location = f"""    location /files/ {{
       alias {work}/www/;
       gzip_static on;
       gzip_vary on;
-    }}
-  }}
-}}
-""")
+    }}"""
+    conf = nginx_conf(static, f"127.0.0.1:{PORTS['nginx-static']}", server_extra="    types { application/javascript js; }",
+                      location=location)
     confs["nginx-static"] = conf
     return edge, confs
 

@@ -27,7 +27,7 @@ use super::Engine;
 use super::context::Ctx;
 use super::fetch::DEFAULT_BODY_IDLE;
 use crate::key::Key;
-use crate::store::{CHUNK_SIZE, Store, StoredObject};
+use crate::store::{CHUNK_SIZE, Entry, Store, StoredObject};
 use crate::upstream::request::{self, FromClient};
 
 /// How to fetch the rest of one body.
@@ -122,15 +122,8 @@ impl Refill {
         let resp = resp.map_err(|e| io::Error::other(format!("the upstream could not finish the body: {e}")))?;
         let started = self.check(&resp, from, to)?;
         let idle = self.site.origins.first().map_or(DEFAULT_BODY_IDLE, |o| o.response_timeout);
-        let repair = repair.map(|(key, generation)| Repair {
-            store: self.engine.store.clone(),
-            key,
-            generation,
-            index: (started / chunk) as u32,
-            buf: BytesMut::new(),
-            end: to,
-            at: started,
-        });
+        let repair =
+            repair.map(|(key, generation)| Repair::new(self.engine.store.clone(), key, generation, started, to));
         let until = end.map_or(to, |e| e.min(to));
         let body = Upstream {
             body: resp.into_body(),
@@ -193,6 +186,9 @@ pub(super) struct Repair {
     /// Body offset of the next byte, and where the repaired part ends.
     at: u64,
     end: u64,
+    /// An entry stored once every chunk is (the object a partial fetch
+    /// makes: nothing of it is found before its chunks are whole).
+    then: Option<(Key, Entry)>,
 }
 
 impl Repair {
@@ -200,7 +196,12 @@ impl Repair {
     /// bytes from `at` (a chunk's start) to `end` cover.
     pub(super) fn new(store: Store, key: Key, generation: u64, at: u64, end: u64) -> Repair {
         let index = (at / CHUNK_SIZE as u64) as u32;
-        Repair { store, key, generation, index, buf: BytesMut::new(), at, end }
+        Repair { store, key, generation, index, buf: BytesMut::new(), at, end, then: None }
+    }
+
+    /// Stores `entry` under `key` once the chunks are stored.
+    pub(super) fn then_store(self, key: Key, entry: Entry) -> Repair {
+        Repair { then: Some((key, entry)), ..self }
     }
 
     fn push(&mut self, mut data: &[u8]) {
@@ -214,6 +215,11 @@ impl Repair {
                 self.store.restore_chunk(self.key, self.generation, self.index, self.buf.split().freeze());
                 self.index += 1;
             }
+        }
+        if self.at == self.end
+            && let Some((key, entry)) = self.then.take()
+        {
+            self.store.insert(key, entry);
         }
     }
 }

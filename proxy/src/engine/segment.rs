@@ -3,7 +3,8 @@
 //! the client wait for every byte before its range; instead the chunks its
 //! range covers are asked for (a 206), stored as part of the object, and
 //! the range is answered from them as they arrive. The object is stored
-//! with its whole length and only those chunks: a later request reads what
+//! with its whole length and only those chunks (once they are all stored):
+//! a later request reads what
 //! is stored and fetches only the chunks missing (`refill.rs`, pinned to
 //! the copy's validator), so the object is completed without fetching
 //! anything stored twice.
@@ -90,8 +91,10 @@ pub(super) async fn fetch(cx: &Ctx, key: Key, first: u64, last: Option<u64>) -> 
     let mut answer = match stored_object(cx, &resp, total, started, started_real, now) {
         Some(obj) => {
             let BodyRef::Chunked { generation, .. } = obj.body else { return None };
-            engine.store.insert(key, Entry::Object(Arc::new(obj.clone())));
-            let repair = Repair::new(engine.store.clone(), key, generation, from, end + 1);
+            // The object is stored once its chunks are: an upstream that
+            // breaks off (or lies about its length) leaves nothing found.
+            let repair = Repair::new(engine.store.clone(), key, generation, from, end + 1)
+                .then_store(key, Entry::Object(Arc::new(obj.clone())));
             let body = range_body(resp.into_body(), first - from, wanted_end - first, Some(repair), idle);
             let source = BodySource::Ready { len: total, body: Mutex::new(Some(stream_body(body))) };
             let status = CacheStatus {

@@ -764,3 +764,28 @@ async fn a_range_far_into_a_cold_object_costs_its_chunks_and_the_object_is_compl
     assert_eq!(origin.count("/whole").await, 2, "the range, refused, then the object");
     assert!(edge.get("/whole?size=3MiB&no_length=1&cc=max-age%3D600").await.is_hit());
 }
+
+/// An upstream that lies in its 206: a Content-Range for other bytes than
+/// asked, or one that promises more body than it sends. The first is not
+/// taken as a part of the object; the second breaks off, is never passed
+/// on as whole, and the node goes on.
+#[tokio::test]
+async fn a_lying_partial_answer_is_not_stored_as_part_of_the_object() {
+    let (_d, origin, edge) = setup(DEFAULT_RULES).await;
+    // Content-Range for bytes the edge did not ask for.
+    let other = "/other?status=206&size=1000&cc=max-age%3D600&header=content-range:bytes%200-999/1000";
+    let r = edge.get_with(other, &[("range", "bytes=2100000-2100099")]).await;
+    assert!(!r.cache_status().contains("stored"), "{}", r.cache_status());
+    // The range asked, but a body far shorter than it says.
+    let short = "/short?status=206&size=1000&cc=max-age%3D600&header=content-range:bytes%202097152-3145727/8388608";
+    let r = try_send(Method::GET, &edge.url(short), &[("host", "t.test"), ("range", "bytes=2100000-2100099")]).await;
+    match r {
+        Err(_) => {}
+        Ok(r) => assert!(r.body.len() < 100, "a broken body is not made whole: {} bytes", r.body.len()),
+    }
+    // Nothing of it was stored: the whole object is a miss.
+    let whole = edge.get(short).await;
+    assert!(!whole.is_hit(), "{}", whole.cache_status());
+    assert!(edge.get("/fine?size=100").await.status == StatusCode::OK, "the node goes on");
+    assert!(origin.count("/short").await >= 2, "each request asked the origin again");
+}

@@ -57,12 +57,12 @@ pub(crate) fn print_sites(sites: &[SiteSummary]) {
 
 pub(crate) fn print_nodes(nodes: &[NodeStatus]) {
     println!(
-        "{:<14} {:<7} {:<5} {:<10} {:>6} {:>12} {:>8}  ADDRESSES",
-        "NODE", "ROLE", "POP", "CONNECTED", "LAG", "LAST SEEN", "REQ/S"
+        "{:<14} {:<7} {:<5} {:<10} {:>6} {:>12} {:>8} {:>6}  ADDRESSES",
+        "NODE", "ROLE", "POP", "CONNECTED", "LAG", "LAST SEEN", "REQ/S", "HITS"
     );
     for n in nodes {
         println!(
-            "{:<14} {:<7} {:<5} {:<10} {:>6} {:>12} {:>8}  {}",
+            "{:<14} {:<7} {:<5} {:<10} {:>6} {:>12} {:>8} {:>6}  {}",
             n.node.name,
             n.node.role.as_str(),
             n.node.pop.as_deref().unwrap_or("-"),
@@ -70,6 +70,7 @@ pub(crate) fn print_nodes(nodes: &[NodeStatus]) {
             n.lag,
             ago(n.since_contact_ms),
             n.node.load_rps.map_or("-".to_string(), |r| r.to_string()),
+            n.node.hit_permille.map_or("-".to_string(), |h| format!("{:.1}%", f64::from(h) / 10.0)),
             n.node.addrs.join(", ")
         );
         for p in &n.node.problems {

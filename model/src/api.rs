@@ -37,6 +37,11 @@ pub mod paths {
         format!("{SITES}/{id}")
     }
 
+    /// A site's kept versions, newest first.
+    pub fn site_versions(id: &str) -> String {
+        format!("{SITES}/{id}/versions")
+    }
+
     /// One PoP's weight.
     pub fn pop(name: &str) -> String {
         format!("{POPS}/{name}")
@@ -157,6 +162,9 @@ pub struct NodeRecord {
     /// Requests per second, as it last reported.
     #[serde(default)]
     pub load_rps: Option<u64>,
+    /// Hits per thousand requests, as it last reported.
+    #[serde(default)]
+    pub hit_permille: Option<u16>,
     /// Why it is not serving as it should, as it last reported; empty when
     /// it is. A DNS server answers an edge with problems only when no PoP
     /// has an edge without.

@@ -103,6 +103,10 @@ pub struct Ack {
     /// acknowledgement: its load, for the registry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_rps: Option<u64>,
+    /// Of every thousand requests since its previous acknowledgement, how
+    /// many it answered from its cache; `None` when it answered none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hit_permille: Option<u16>,
     /// Why the node is not serving as it should (every shield down, its
     /// cache disk full), empty when it is; `None` from a node that does
     /// not say, which leaves what the registry knew.

@@ -242,6 +242,11 @@ impl ControlClient {
         self.call(Method::GET, &paths::site(id), &[]).await
     }
 
+    /// A site's kept versions, newest first.
+    pub async fn site_versions(&self, id: &str) -> Result<Vec<SiteRecord>, ClientError> {
+        self.call(Method::GET, &paths::site_versions(id), &[]).await
+    }
+
     /// Uploads a site file's text (validated by the control plane).
     pub async fn push_site(&self, toml: &str) -> Result<Stored, ClientError> {
         self.call(Method::POST, paths::SITES, toml.as_bytes()).await

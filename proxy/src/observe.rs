@@ -61,8 +61,10 @@ pub struct Metrics {
     /// From accept to a new connection's first response byte: cleartext,
     /// TLS.
     first_byte_seconds: [Histogram; 2],
-    /// Requests answered, for the load the node reports.
+    /// Requests answered, and those answered from the cache, for the load
+    /// and hit ratio the node reports.
     served: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    hits: std::sync::Arc<std::sync::atomic::AtomicU64>,
     pub memory_bytes: Gauge,
     /// 1 while the disk tier is full or unreadable.
     pub disk_problem: Gauge,
@@ -101,6 +103,7 @@ impl Metrics {
             representation_bytes: CODINGS
                 .map(|c| counter!("outpost_representation_bytes_total", "node" => node.clone(), "coding" => c.token())),
             served: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            hits: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
             tls_ok: counter!("outpost_tls_handshakes_total", "node" => node.clone(), "result" => "ok"),
             tls_failed: counter!("outpost_tls_handshakes_total", "node" => node.clone(), "result" => "failed"),
             tls_resumed: counter!("outpost_tls_resumed_total", "node" => node.clone()),
@@ -123,8 +126,16 @@ impl Metrics {
         self.served.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Requests answered from the cache since the node started.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn request(&self, outcome: Outcome, status: u16, took: Duration) {
         self.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if outcome.is_hit() {
+            self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
             self.requests[i].increment(1);
         }

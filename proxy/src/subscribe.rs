@@ -67,7 +67,8 @@ pub struct Subscriber {
     /// Milliseconds since the epoch of the last line from the control plane.
     last_contact: AtomicU64,
     /// Requests served and when, at the last acknowledgement (for the load).
-    last_load: Mutex<(u64, std::time::Instant)>,
+    /// Requests and hits counted at the last acknowledgement, and when.
+    last_load: Mutex<(u64, u64, std::time::Instant)>,
 }
 
 fn now_ms() -> u64 {
@@ -112,7 +113,7 @@ impl Subscriber {
             state_file,
             state: Mutex::new(state),
             last_contact: AtomicU64::new(0),
-            last_load: Mutex::new((0, std::time::Instant::now())),
+            last_load: Mutex::new((0, 0, std::time::Instant::now())),
         }
     }
 
@@ -195,17 +196,21 @@ impl Subscriber {
     }
 
     async fn ack(&self, client: &ControlClient, seq: u64) {
-        let load_rps = {
-            let served = self.engine.metrics.served();
+        let (load_rps, hit_permille) = {
+            let (served, hits) = (self.engine.metrics.served(), self.engine.metrics.hits());
             let mut last = self.last_load.lock().unwrap_or_else(|p| p.into_inner());
-            let (count, at) = *last;
-            *last = (served, std::time::Instant::now());
+            let (count, hit_count, at) = *last;
+            *last = (served, hits, std::time::Instant::now());
             let secs = at.elapsed().as_secs_f64();
-            (secs >= 0.5).then(|| ((served.saturating_sub(count)) as f64 / secs).round() as u64)
+            let requests = served.saturating_sub(count);
+            let rps = (secs >= 0.5).then(|| (requests as f64 / secs).round() as u64);
+            let permille =
+                (requests > 0).then(|| (hits.saturating_sub(hit_count).min(requests) * 1000 / requests) as u16);
+            (rps, permille)
         };
-        if let Err(e) =
-            client.ack(&Ack { node: self.me.name.clone(), seq, load_rps, problems: Some(self.engine.problems()) }).await
-        {
+        let ack =
+            Ack { node: self.me.name.clone(), seq, load_rps, hit_permille, problems: Some(self.engine.problems()) };
+        if let Err(e) = client.ack(&ack).await {
             tracing::debug!(node = %self.me.name, error = %e, "acknowledgement not taken");
         }
     }

@@ -425,13 +425,20 @@ async fn every_api_type_round_trips_through_the_real_server() {
     );
     assert!(matches!(stream.next().await.unwrap().unwrap(), StreamLine::Heartbeat { seq: 1, stale: false }));
     let full = vec!["the cache disk is full: 3 MiB free of 512 MiB".to_string()];
-    let ack = |problems: Option<Vec<String>>| Ack { node: "edge-rt".into(), seq: 1, load_rps: Some(42), problems };
+    let ack = |problems: Option<Vec<String>>| Ack {
+        node: "edge-rt".into(),
+        seq: 1,
+        load_rps: Some(42),
+        hit_permille: Some(250),
+        problems,
+    };
     node.ack(&ack(Some(full.clone()))).await.unwrap();
     let nodes = node.nodes().await.unwrap();
     let n = &nodes[0];
     assert_eq!((n.node.name.as_str(), n.node.role, n.node.pop.as_deref()), ("edge-rt", Role::Edge, Some("fra")));
     assert_eq!(n.node.addrs, ["127.0.0.1:8080", "[::1]:8080"]);
     assert_eq!((n.node.acked_seq, n.lag, n.connected, n.node.load_rps), (1, 0, true, Some(42)));
+    assert_eq!(n.node.hit_permille, Some(250));
     assert_eq!(n.node.problems, full);
     node.ack(&ack(None)).await.unwrap();
     assert_eq!(node.nodes().await.unwrap()[0].node.problems, full, "a node that does not say changes nothing");
@@ -482,6 +489,15 @@ async fn every_api_type_round_trips_through_the_real_server() {
     assert!(node.sites().await.unwrap_err().is_unauthorized(), "the node token is not an admin token");
     let gone = ControlClient::new(&["http://127.0.0.1:9"], Token::Value("x".into()), tls);
     assert!(matches!(gone.health().await.unwrap_err(), ClientError::Unreachable { .. }));
+
+    // A site's versions, newest first (the deleted one's went with it).
+    assert!(admin.site_versions("rt").await.unwrap_err().to_string().contains("no site"));
+    admin.push_site(text).await.unwrap();
+    let second = text.replace("9\"", "10\"");
+    assert_eq!(admin.push_site(&second).await.unwrap().version, 2);
+    let versions: Vec<(u64, String)> =
+        admin.site_versions("rt").await.unwrap().into_iter().map(|r| (r.version, r.toml)).collect();
+    assert_eq!(versions, [(2, second.clone()), (1, text.to_string())]);
     stop.cancel();
 }
 
@@ -817,12 +833,16 @@ async fn nodes_report_their_load_to_the_registry() {
         cdn.via(0, "/load?cc=max-age%3D60").await.status == StatusCode::OK
     })
     .await;
-    // Steady requests to edge-1 only, across at least two heartbeats.
+    // Steady requests to edge-1 only, across at least two heartbeats, all
+    // of one object (hits); a few to edge-3, each a new object (misses).
     let started = std::time::Instant::now();
     let mut sent = 0u64;
     while started.elapsed() < Duration::from_millis(4500) {
         assert_eq!(cdn.via(0, "/load?cc=max-age%3D60").await.status, StatusCode::OK);
         sent += 1;
+        if sent.is_multiple_of(20) {
+            assert_eq!(cdn.via(2, &format!("/load?cc=max-age%3D60&n={sent}")).await.status, StatusCode::OK);
+        }
     }
     let r = cdn.admin_call(Method::GET, "/v1/nodes", "").await;
     let nodes = r.json();
@@ -831,4 +851,9 @@ async fn nodes_report_their_load_to_the_registry() {
     let rate = sent as f64 / started.elapsed().as_secs_f64();
     assert!(busy as f64 > rate / 3.0 && (busy as f64) < rate * 3.0, "reported {busy} req/s, sent {rate:.0} req/s");
     assert!(load("edge-2").unwrap_or(0) < busy / 10, "an idle edge reports little: {nodes}");
+    let hits =
+        |name: &str| nodes.as_array().unwrap().iter().find(|n| n["name"] == name).unwrap()["hit_permille"].as_u64();
+    assert!(hits("edge-1").is_some_and(|h| h >= 990), "one object asked again and again: {nodes}");
+    assert_eq!(hits("edge-3"), Some(0), "a new object every time: {nodes}");
+    assert_eq!(hits("edge-2"), None, "an edge that answered nothing has no ratio: {nodes}");
 }

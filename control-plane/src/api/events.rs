@@ -170,6 +170,7 @@ async fn register(c: &Control, q: &StreamQuery, addrs: Vec<String>, last: u64) -
         acked_seq: previous.as_ref().map_or(q.after, |p| p.acked_seq.max(q.after)).min(last),
         last_contact_ms: now_ms(),
         load_rps: previous.as_ref().and_then(|p| p.load_rps),
+        hit_permille: previous.as_ref().and_then(|p| p.hit_permille),
         // Kept until the node says otherwise: a node that restarts with its
         // problem is not answered in between.
         problems: previous.map(|p| p.problems).unwrap_or_default(),
@@ -254,6 +255,9 @@ pub(super) async fn ack(
             n.last_contact_ms = now_ms();
             if a.load_rps.is_some() {
                 n.load_rps = a.load_rps;
+            }
+            if let Some(p) = a.hit_permille {
+                n.hit_permille = Some(p.min(1000));
             }
             if let Some(problems) = &a.problems
                 && *problems != n.problems

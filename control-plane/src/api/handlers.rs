@@ -68,6 +68,21 @@ pub(super) async fn get_site(
     }
 }
 
+/// `GET /v1/sites/{id}/versions`: the versions the store keeps, newest
+/// first.
+pub(super) async fn site_versions(
+    State(c): Shared,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<Vec<outpost_config::api::SiteRecord>>, ApiError> {
+    c.admin(&headers)?;
+    let history = c.store.site_history(&id).await.map_err(ApiError::from)?;
+    if history.is_empty() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no site `{id}`")));
+    }
+    Ok(Json(history))
+}
+
 /// Validates a site file's text with the config crate; every problem is
 /// reported, and nothing is stored unless all is well.
 fn validate(text: &str, name: &str) -> Result<Site, ApiError> {

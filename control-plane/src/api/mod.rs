@@ -369,6 +369,7 @@ pub fn router(control: Arc<Control>) -> Router {
         .route(paths::METRICS, get(handlers::metrics))
         .route(paths::SITES, get(handlers::list_sites).post(handlers::put_site))
         .route(&paths::site("{id}"), get(handlers::get_site).put(handlers::put_site_id).delete(handlers::delete_site))
+        .route(&paths::site_versions("{id}"), get(handlers::site_versions))
         .route(paths::PURGE, post(handlers::purge))
         .route(&paths::purge("{id}"), get(handlers::get_purge))
         .route(paths::NODES, get(handlers::nodes))

@@ -201,6 +201,7 @@ mod tests {
                 acked_seq: 0,
                 last_contact_ms: 0,
                 load_rps: None,
+                hit_permille: None,
                 problems: Vec::new(),
             },
             connected,

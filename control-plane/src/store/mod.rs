@@ -44,6 +44,9 @@ pub(crate) fn db<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Db(e.to_string())
 }
 
+/// How many versions of a site the store keeps, for diffs and rollbacks.
+pub const HISTORY: u64 = 20;
+
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -196,6 +199,13 @@ impl Store {
     pub async fn site(&self, id: &str) -> Result<Option<SiteRecord>, StoreError> {
         let id = id.to_string();
         backend!(self, |b| b.site(&id))
+    }
+
+    /// A site's versions, newest first: the last [`HISTORY`] of them
+    /// (the current one included), kept until the site is deleted.
+    pub async fn site_history(&self, id: &str) -> Result<Vec<SiteRecord>, StoreError> {
+        let id = id.to_string();
+        backend!(self, |b| b.site_history(&id))
     }
 
     pub async fn sites(&self) -> Result<Vec<SiteRecord>, StoreError> {

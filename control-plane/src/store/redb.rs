@@ -17,6 +17,8 @@ const SITES: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("sites
 const PURGES: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("purges");
 const NODES: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("nodes");
 const POPS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("pops");
+/// The last [`super::HISTORY`] versions of every site, by (id, version).
+const HISTORY: TableDefinition<'static, (&str, u64), &[u8]> = TableDefinition::new("site_history");
 
 /// `meta` keys.
 const NEXT_SEQ: &str = "next_seq";
@@ -40,6 +42,7 @@ impl RedbStore {
         let tx = database.begin_write().map_err(db)?;
         {
             tx.open_table(EVENTS).map_err(db)?;
+            tx.open_table(HISTORY).map_err(db)?;
             for t in [SITES, PURGES, NODES, POPS] {
                 tx.open_table(t).map_err(db)?;
             }
@@ -91,9 +94,18 @@ impl RedbStore {
                         SiteRecord { id: site_id.clone(), version: *version, toml: toml.clone(), updated_ms: at_ms };
                     let bytes = serde_json::to_vec(&rec).map_err(db)?;
                     tx.open_table(SITES).map_err(db)?.insert(site_id.as_str(), bytes.as_slice()).map_err(db)?;
+                    let mut history = tx.open_table(HISTORY).map_err(db)?;
+                    history.insert((site_id.as_str(), *version), bytes.as_slice()).map_err(db)?;
+                    if let Some(old) = version.checked_sub(super::HISTORY) {
+                        history.retain_in((site_id.as_str(), 0)..=(site_id.as_str(), old), |_, _| false).map_err(db)?;
+                    }
                 }
                 Event::SiteDeleted { site_id } => {
                     tx.open_table(SITES).map_err(db)?.remove(site_id.as_str()).map_err(db)?;
+                    let mut history = tx.open_table(HISTORY).map_err(db)?;
+                    history
+                        .retain_in((site_id.as_str(), 0)..=(site_id.as_str(), u64::MAX), |_, _| false)
+                        .map_err(db)?;
                 }
                 Event::Purge(p) => {
                     let rec = PurgeRecord { purge: p.clone(), seq, at_ms };
@@ -138,6 +150,17 @@ impl RedbStore {
         let t = tx.open_table(SITES).map_err(db)?;
         let v = t.get(id).map_err(db)?;
         v.map(|v| serde_json::from_slice(v.value()).map_err(db)).transpose()
+    }
+
+    pub(super) fn site_history(&self, id: &str) -> Result<Vec<SiteRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = tx.open_table(HISTORY).map_err(db)?;
+        let mut out = Vec::new();
+        for row in t.range((id, 0)..=(id, u64::MAX)).map_err(db)?.rev() {
+            let (_, v) = row.map_err(db)?;
+            out.push(serde_json::from_slice(v.value()).map_err(db)?);
+        }
+        Ok(out)
     }
 
     pub(super) fn sites(&self) -> Result<Vec<SiteRecord>, StoreError> {

@@ -6,6 +6,7 @@ use outpost_config::Event;
 fn node(name: &str, acked_seq: u64) -> NodeRecord {
     NodeRecord {
         load_rps: None,
+        hit_permille: None,
         name: name.into(),
         role: outpost_config::Role::Edge,
         pop: Some("fra".into()),
@@ -182,6 +183,32 @@ async fn two_etcd_clients_share_one_log() {
     assert_eq!(a.events_after(0, 100).await.unwrap(), b.events_after(0, 100).await.unwrap());
 }
 
+/// A site's last [`HISTORY`] versions are kept, newest first, apart from
+/// another site whose id starts the same; a deleted site's history goes
+/// with it, so a site made again under that id starts afresh.
+pub(crate) async fn site_history_keeps_the_last_versions(s: &Store) {
+    let mut base = None;
+    for v in 1..=HISTORY + 3 {
+        s.upsert_site("a", &format!("[site] v{v}"), base).await.unwrap();
+        base = Some(v);
+    }
+    s.upsert_site("ab", "[site] other", None).await.unwrap();
+    let history = s.site_history("a").await.unwrap();
+    let versions: Vec<u64> = history.iter().map(|r| r.version).collect();
+    assert_eq!(versions, (4..=HISTORY + 3).rev().collect::<Vec<_>>());
+    assert_eq!(history[0].toml, format!("[site] v{}", HISTORY + 3));
+    assert_eq!(history[0], s.site("a").await.unwrap().unwrap(), "the newest is the current one");
+    assert_eq!(history.last().unwrap().toml, "[site] v4");
+    assert_eq!(s.site_history("ab").await.unwrap().len(), 1);
+    s.delete_site("a").await.unwrap().unwrap();
+    assert!(s.site_history("a").await.unwrap().is_empty());
+    s.upsert_site("a", "[site] again", None).await.unwrap();
+    let again: Vec<(u64, String)> =
+        s.site_history("a").await.unwrap().into_iter().map(|r| (r.version, r.toml)).collect();
+    assert_eq!(again, [(1, "[site] again".to_string())]);
+    assert_eq!(s.site_history("ab").await.unwrap().len(), 1, "another site's history stays");
+}
+
 /// Every test of the battery, once on each backend.
 macro_rules! battery {
     ($($test:ident),* $(,)?) => {
@@ -210,7 +237,8 @@ battery!(
     log_sites_purges_and_nodes,
     upserts_are_compare_and_swap,
     concurrent_writes_get_one_order,
-    pop_weights_are_kept_and_replaced
+    pop_weights_are_kept_and_replaced,
+    site_history_keeps_the_last_versions
 );
 
 /// A record in the cluster that is not what the control plane wrote (a

@@ -522,7 +522,13 @@ async fn a_node_fallen_silent_loses_its_stream_and_one_that_acknowledges_keeps_i
     let mut stream = client.events(&query).await.unwrap();
     let chatty = tokio::spawn(async move {
         while let Some(Ok(_)) = stream.next().await {
-            let ack = outpost_config::Ack { node: "edge-chatty".into(), seq: 0, load_rps: None, problems: None };
+            let ack = outpost_config::Ack {
+                node: "edge-chatty".into(),
+                seq: 0,
+                load_rps: None,
+                hit_permille: None,
+                problems: None,
+            };
             client.ack(&ack).await.unwrap();
         }
     });

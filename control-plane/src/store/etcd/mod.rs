@@ -9,6 +9,7 @@
 //! | `P/meta/purge` | the last purge number given |
 //! | `P/events/<seq, 20 digits>` | an [`EventRecord`] (JSON) |
 //! | `P/sites/<id>` | a [`SiteRecord`] |
+//! | `P/history/<id>/<version, 20 digits>` | the site's last [`super::HISTORY`] versions |
 //! | `P/purges/<id>` | a [`PurgeRecord`] |
 //! | `P/nodes/<name>` | a [`NodeRecord`] |
 //! | `P/pops/<name>` | a [`PopRecord`] (a PoP's weight, set by an operator) |
@@ -163,6 +164,10 @@ impl EtcdBackend {
             k.push_str(p);
         }
         k
+    }
+
+    fn history_key(&self, id: &str, version: u64) -> String {
+        self.key(&["history", id, &format!("{version:020}")])
     }
 
     fn event_key(&self, seq: u64) -> String {
@@ -374,10 +379,14 @@ impl EtcdBackend {
                     }
                     let version = base.unwrap_or(0) + 1;
                     let rec = SiteRecord { id: id.to_string(), version, toml: toml.to_string(), updated_ms: now_ms() };
+                    let mut ops = vec![put(key.clone(), &rec)?, put(self.history_key(id, version), &rec)?];
+                    if let Some(old) = version.checked_sub(super::HISTORY) {
+                        ops.push(TxnOp::delete(self.history_key(id, old), None));
+                    }
                     Ok(Some(Planned {
                         event: Event::SiteUpserted { site_id: id.to_string(), version, toml: toml.to_string() },
                         guards: vec![unchanged(&key, current.revision)],
-                        ops: vec![put(key.clone(), &rec)?],
+                        ops,
                     }))
                 }
             })
@@ -397,7 +406,10 @@ impl EtcdBackend {
                 Ok(Some(Planned {
                     event: Event::SiteDeleted { site_id: id.to_string() },
                     guards: vec![unchanged(&key, current.revision)],
-                    ops: vec![TxnOp::delete(key.clone(), None)],
+                    ops: vec![
+                        TxnOp::delete(key.clone(), None),
+                        TxnOp::delete(self.key(&["history", id, ""]), Some(DeleteOptions::new().with_prefix())),
+                    ],
                 }))
             }
         })
@@ -406,6 +418,12 @@ impl EtcdBackend {
 
     pub(super) async fn site(&self, id: &str) -> Result<Option<SiteRecord>, StoreError> {
         Ok(self.get(&self.key(&["sites", id])).await?.value)
+    }
+
+    pub(super) async fn site_history(&self, id: &str) -> Result<Vec<SiteRecord>, StoreError> {
+        let mut all: Vec<SiteRecord> = self.list(&format!("history/{id}")).await?.into_iter().map(|(_, s)| s).collect();
+        all.reverse();
+        Ok(all)
     }
 
     pub(super) async fn sites(&self) -> Result<Vec<SiteRecord>, StoreError> {

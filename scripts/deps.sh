@@ -4,12 +4,20 @@
 # and etcd (the store of a replicated control plane; the tests start real
 # clusters on loopback, and set up users on them with etcdctl); nftables
 # (the lab cuts links with it), dig and kdig (the DNS conformance checks, the
-# README's examples), curl, man and groff (the man pages' test) and
-# Prometheus. Run as root; does nothing when all is there.
+# README's examples), curl, man and groff (the man pages' test), Prometheus,
+# and Chromium with chromedriver (the console's tests drive a real browser).
+# Run as root; does nothing when all is there.
 set -euo pipefail
 source "$(dirname "$0")/../load-tests/bench/need.sh"
 need protoc:protobuf-compiler etcd:etcd-server etcdctl:etcd-client nft:nftables dig:dnsutils kdig:knot-dnsutils curl:curl \
   man:man-db nroff:groff-base
+# Chromium, headless, and its WebDriver server; DejaVu so its screenshots
+# have a font whatever else the machine lacks.
+need chromium:chromium chromedriver:chromium-driver
+if [ ! -d /usr/share/fonts/truetype/dejavu ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends fonts-dejavu-core >/dev/null
+fi
 # Prometheus and promtool: the alert rules' tests and the live check of the
 # dashboard against `outpost up` (without the node exporter it recommends).
 if ! command -v promtool >/dev/null; then

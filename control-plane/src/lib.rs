@@ -2,6 +2,7 @@
 //! that nodes follow, the node registry, and the geo-IP DNS server (`dns`).
 
 pub mod api;
+pub mod console;
 pub mod dns;
 pub mod node;
 pub mod store;

@@ -154,7 +154,10 @@ impl ControlNode {
                 }
             }
         });
-        let app = outpost_net::TowerHandler(router(self.control));
+        let secure = self.tls.is_some();
+        let app = outpost_net::TowerHandler(
+            router(Arc::clone(&self.control)).merge(crate::console::router(self.control, secure)),
+        );
         let listeners = vec![outpost_net::Listener { tcp: self.listener, tls: self.tls }];
         outpost_net::serve(Arc::new(app), listeners, self.server, shutdown).await
     }

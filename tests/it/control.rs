@@ -50,7 +50,10 @@ pub(crate) fn load(dir: &Path, name: &str, text: &str) -> NodeConfig {
     NodeConfig::load(&f).unwrap_or_else(|e| panic!("{e}"))
 }
 
-async fn start_control(dir: &Path, stop: &CancellationToken) -> (SocketAddr, Arc<outpost_control::api::Control>) {
+pub(crate) async fn start_control(
+    dir: &Path,
+    stop: &CancellationToken,
+) -> (SocketAddr, Arc<outpost_control::api::Control>) {
     start_control_keeping(dir, stop, 1000).await
 }
 

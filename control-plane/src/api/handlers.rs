@@ -186,63 +186,92 @@ pub(super) async fn delete_site(
     }
 }
 
-async fn status(c: &Control, p: &PurgeRecord) -> Result<PurgeStatus, ApiError> {
-    let nodes = c.store.nodes().await.map_err(ApiError::from)?;
-    let mut acked = Vec::new();
-    for name in nodes.keys() {
-        if c.acked_seq(name) >= p.seq {
-            acked.push(name.clone());
+impl Control {
+    /// A purge's report: the registered nodes that applied it, and the
+    /// connected ones that have not yet.
+    pub(crate) async fn purge_status(&self, p: &PurgeRecord) -> Result<PurgeStatus, ApiError> {
+        let nodes = self.store.nodes().await.map_err(ApiError::from)?;
+        let acked = nodes.keys().filter(|name| self.acked_seq(name) >= p.seq).cloned().collect();
+        let pending = self.connected_nodes().into_iter().filter(|n| self.acked_seq(n) < p.seq).collect();
+        Ok(PurgeStatus {
+            id: p.purge.id.clone(),
+            seq: p.seq,
+            site: p.purge.site_id.clone(),
+            target: p.purge.target.clone(),
+            soft: p.purge.soft,
+            at_ms: p.at_ms,
+            acked,
+            pending,
+        })
+    }
+
+    /// Checks, rate-limits (per `who`) and logs a purge, and publishes it.
+    pub(crate) async fn submit_purge(&self, req: &PurgeRequest, who: &str) -> Result<PurgeRecord, ApiError> {
+        let target = req.target().map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid_purge", m))?;
+        // Before any read: a replica cut off from its store's quorum says so
+        // at once rather than after reads that wait on the lost members.
+        self.writable()?;
+        if self.store.site(&req.site).await.map_err(ApiError::from)?.is_none() {
+            return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no site `{}`", req.site)));
+        }
+        if !self.limiter.allow(who) {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many purges; batch URLs or wait a moment",
+            ));
+        }
+        let rec = self.store.add_purge(&req.site, target, req.soft).await.map_err(ApiError::from)?;
+        if let Some(ev) = self.store.events_after(rec.seq - 1, 1).await.map_err(ApiError::from)?.into_iter().next() {
+            self.publish(ev).await;
+        }
+        Ok(rec)
+    }
+
+    /// Waits until every connected node has applied event `seq`, or
+    /// `deadline`.
+    pub(crate) async fn wait_applied(&self, seq: u64, deadline: tokio::time::Instant) {
+        let mut changed = self.ack_changed.subscribe();
+        loop {
+            changed.borrow_and_update();
+            if self.connected_nodes().iter().all(|n| self.acked_seq(n) >= seq) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, changed.changed()).await.is_err() {
+                return;
+            }
         }
     }
-    let pending = c.connected_nodes().into_iter().filter(|n| c.acked_seq(n) < p.seq).collect();
-    Ok(PurgeStatus {
-        id: p.purge.id.clone(),
-        seq: p.seq,
-        site: p.purge.site_id.clone(),
-        target: p.purge.target.clone(),
-        soft: p.purge.soft,
-        at_ms: p.at_ms,
-        acked,
-        pending,
-    })
+
+    /// Every registered node as the registry and this replica know it.
+    pub(crate) async fn node_statuses(&self) -> Result<Vec<NodeStatus>, ApiError> {
+        let last = self.store.last_seq().await.map_err(ApiError::from)?;
+        let connected = self.connected_nodes();
+        let now = now_ms();
+        let mut out = Vec::new();
+        for (name, mut n) in self.store.nodes().await.map_err(ApiError::from)? {
+            n.acked_seq = n.acked_seq.max(self.acked_seq(&name));
+            out.push(NodeStatus {
+                connected: connected.contains(&name),
+                lag: last.saturating_sub(n.acked_seq),
+                since_contact_ms: now.saturating_sub(n.last_contact_ms),
+                node: n,
+            });
+        }
+        Ok(out)
+    }
 }
 
 pub(super) async fn purge(State(c): Shared, headers: HeaderMap, body: bytes::Bytes) -> Result<Response, ApiError> {
     c.admin(&headers)?;
     let req: PurgeRequest = super::json_body(&body)?;
-    let target = req.target().map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid_purge", m))?;
-    // Before any read: a replica cut off from its store's quorum says so
-    // at once rather than after reads that wait on the lost members.
-    c.writable()?;
-    if c.store.site(&req.site).await.map_err(ApiError::from)?.is_none() {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no site `{}`", req.site)));
-    }
     let token = super::bearer(&headers).unwrap_or_default().to_string();
-    if !c.limiter.allow(&token) {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many purges; batch URLs or wait a moment",
-        ));
-    }
-    let rec = c.store.add_purge(&req.site, target, req.soft).await.map_err(ApiError::from)?;
-    if let Some(ev) = c.store.events_after(rec.seq - 1, 1).await.map_err(ApiError::from)?.into_iter().next() {
-        c.publish(ev).await;
-    }
+    let rec = c.submit_purge(&req, &token).await?;
     if req.wait {
         let deadline = tokio::time::Instant::now() + req.timeout_ms.map_or(DEFAULT_PURGE_WAIT, Duration::from_millis);
-        let mut changed = c.ack_changed.subscribe();
-        loop {
-            changed.borrow_and_update();
-            if c.connected_nodes().iter().all(|n| c.acked_seq(n) >= rec.seq) {
-                break;
-            }
-            if tokio::time::timeout_at(deadline, changed.changed()).await.is_err() {
-                break;
-            }
-        }
+        c.wait_applied(rec.seq, deadline).await;
     }
-    let s = status(&c, &rec).await?;
+    let s = c.purge_status(&rec).await?;
     let code = if req.wait && s.pending.is_empty() { StatusCode::OK } else { StatusCode::ACCEPTED };
     Ok((code, Json(s)).into_response())
 }
@@ -254,7 +283,7 @@ pub(super) async fn get_purge(
 ) -> Result<Response, ApiError> {
     c.admin(&headers)?;
     match c.store.purge(&id).await.map_err(ApiError::from)? {
-        Some(p) => Ok(Json(status(&c, &p).await?).into_response()),
+        Some(p) => Ok(Json(c.purge_status(&p).await?).into_response()),
         None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no purge `{id}`"))),
     }
 }
@@ -262,21 +291,7 @@ pub(super) async fn get_purge(
 pub(super) async fn nodes(State(c): Shared, headers: HeaderMap) -> Result<Json<Vec<NodeStatus>>, ApiError> {
     // Read by operators and by DNS servers (with the node token).
     c.admin(&headers).or_else(|_| c.node(&headers))?;
-    let last = c.store.last_seq().await.map_err(ApiError::from)?;
-    let connected = c.connected_nodes();
-    let now = now_ms();
-    let mut out = Vec::new();
-    for (name, mut n) in c.store.nodes().await.map_err(ApiError::from)? {
-        n.acked_seq = n.acked_seq.max(c.acked_seq(&name));
-        let s = NodeStatus {
-            connected: connected.contains(&name),
-            lag: last.saturating_sub(n.acked_seq),
-            since_contact_ms: now.saturating_sub(n.last_contact_ms),
-            node: n,
-        };
-        out.push(s);
-    }
-    Ok(Json(out))
+    Ok(Json(c.node_statuses().await?))
 }
 
 /// `GET /v1/pops`: the PoPs whose weight an operator set (read by

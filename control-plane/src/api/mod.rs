@@ -188,6 +188,16 @@ impl Control {
         }))
     }
 
+    /// The admin token (the console signs operators in with it).
+    pub(crate) fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    /// The node token (the console's read-only sign-in).
+    pub(crate) fn node_token(&self) -> &str {
+        &self.node_token
+    }
+
     fn admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         check(headers, &self.admin_token)
     }
@@ -337,7 +347,7 @@ impl Control {
 }
 
 /// Counts API requests by route and status.
-async fn count_requests(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+pub(crate) async fn count_requests(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let route = req
         .extensions()
         .get::<axum::extract::MatchedPath>()

@@ -65,12 +65,7 @@ fn live_edges(nodes: &[NodeStatus], pops: &[DnsPop], rejected: &mut Vec<String>)
     for n in nodes.iter().filter(|n| n.node.role == Role::Edge) {
         let Some(pop) = n.node.pop.as_ref().and_then(|p| pops.iter().find(|x| x.name == *p)) else { continue };
         let entry = out.entry(pop.name.clone()).or_default();
-        // A connected node reports every heartbeat; one silent for longer
-        // is cut off even if its stream looks open (a link that died
-        // without a FIN keeps a TCP connection open for many minutes).
-        let silent_for = n.since_contact_ms;
-        let alive = n.connected && silent_for < SILENT_AFTER.as_millis() as u64;
-        if !(alive || silent_for < FRESH.as_millis() as u64) {
+        if !answerable(n) {
             continue;
         }
         for a in &n.node.addrs {
@@ -83,6 +78,16 @@ fn live_edges(nodes: &[NodeStatus], pops: &[DnsPop], rejected: &mut Vec<String>)
         }
     }
     out
+}
+
+/// Whether a registered node is alive enough to be answered: connected
+/// and heard from lately, or heard from within [`FRESH`] (its stream is
+/// being re-established). A connected node reports every heartbeat; one
+/// silent for longer is cut off even if its stream looks open (a link that
+/// died without a FIN keeps a TCP connection open for many minutes).
+pub fn answerable(n: &NodeStatus) -> bool {
+    let silent_for = n.since_contact_ms;
+    (n.connected && silent_for < SILENT_AFTER.as_millis() as u64) || silent_for < FRESH.as_millis() as u64
 }
 
 /// `outpost_dns_answerable{pop, edge}`: 1 for each registered edge whose

@@ -202,7 +202,7 @@ pub static SECTIONS: &[Section] = &[
             key("mode", "string", Text("\"shield\""), "`\"shield\"`: to the shield that owns the key (rendezvous hash); `\"origin\"`: straight to the site's origin.", "\"shield\""),
             key("shields", "list", Text("[]"), "Each a URL (`\"http://10.0.0.5:8101\"`) or `{ name, url }` when edges reach one shield by different addresses. Every edge must name a shield the same way. Required with mode `\"shield\"`.", "[\"http://127.0.0.1:8101\", { name = \"shield-2\", url = \"http://127.0.0.1:8102\" }]"),
             key("probe_interval", "duration", Time(DEFAULT_SHIELD_PROBE_INTERVAL), "How often a shield marked down is probed.", "\"1s\""),
-            key("http2", "boolean", Bool(true), "Speak HTTP/2 to `http://` shields from the first byte: every miss to a shield shares one connection. A shield that does not answer in HTTP/2 is asked in HTTP/1.1 for five minutes.", "true"),
+            key("http2", "boolean", Bool(true), "Speak HTTP/2 to shields (from the first byte over `http://`, offered by ALPN over `https://`): every miss to a shield shares one connection. A shield that does not speak HTTP/2 is asked in HTTP/1.1 for five minutes.", "true"),
         ],
     },
     Section {
@@ -337,6 +337,7 @@ pub static SECTIONS: &[Section] = &[
             key("response_timeout", "duration", Time(DEFAULT_ORIGIN_RESPONSE_TIMEOUT), "Time for the response head.", "\"30s\""),
             key("max_connections", "integer", Int(DEFAULT_ORIGIN_MAX_CONNECTIONS as u64), "Requests one node sends this origin at once; more wait.", "64"),
             key("ca", "path", Unset, "A private CA trusted besides the public roots; only with an https `url`.", "\"origin-ca.pem\""),
+            key("http2", "boolean", Bool(true), "Offer HTTP/2 beside HTTP/1.1 in the TLS handshake of an https `url`, and speak what the origin picks: every miss to it shares one connection. `false`: HTTP/1.1 only. An `http://` origin is always asked in HTTP/1.1.", "true"),
         ],
     },
     Section {

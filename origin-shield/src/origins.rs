@@ -114,19 +114,7 @@ impl Route for OriginPool {
             ranked.into_iter().partition(|i| states[*i].healthy.load(Ordering::Acquire));
         up.into_iter()
             .chain(down)
-            .map(|i| {
-                let o = &states[i].origin;
-                Target {
-                    base: o.url.clone(),
-                    host: o.host.clone(),
-                    connect_timeout: o.connect_timeout,
-                    response_timeout: o.response_timeout,
-                    label: Arc::from("origin"),
-                    limit: Some(Arc::clone(&states[i].limit)),
-                    ca: o.ca.clone(),
-                    http2: false,
-                }
-            })
+            .map(|i| Target { limit: Some(Arc::clone(&states[i].limit)), ..Target::origin(&states[i].origin) })
             .collect()
     }
 

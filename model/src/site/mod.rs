@@ -164,6 +164,9 @@ pub struct Origin {
     /// Trusted besides the public roots when the url is `https`: a private
     /// CA. Default: none.
     pub ca: Option<PathBuf>,
+    /// Offer HTTP/2 in the TLS handshake of an `https` origin (it picks).
+    /// Default: true.
+    pub http2: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -134,6 +134,7 @@ fn decode_origin(s: &mut Sink<'_>, t: &mut Table<'_, '_>, base: &Path) -> Option
     let connect_timeout = t.or(s, "connect_timeout", DEFAULT_ORIGIN_CONNECT_TIMEOUT);
     let response_timeout = t.or(s, "response_timeout", DEFAULT_ORIGIN_RESPONSE_TIMEOUT);
     let max_connections = positive(s, t, "max_connections", DEFAULT_ORIGIN_MAX_CONNECTIONS);
+    let http2 = t.or(s, "http2", true);
     let health = t.table(s, "health").and_then(|mut h| {
         let path: Option<Spanned<String>> = h.req(s, "path");
         let path = path.and_then(|p| {
@@ -155,7 +156,7 @@ fn decode_origin(s: &mut Sink<'_>, t: &mut Table<'_, '_>, base: &Path) -> Option
         Some(HealthCheck { path: path?, interval, timeout, healthy_threshold, unhealthy_threshold })
     });
     t.finish(s);
-    Some(Origin { url: url?, host, weight, connect_timeout, response_timeout, max_connections, health, ca })
+    Some(Origin { url: url?, host, weight, connect_timeout, response_timeout, max_connections, health, ca, http2 })
 }
 
 impl Decode for QueryMode {

@@ -339,7 +339,7 @@ async fn shields_make_the_codings_and_edges_store_what_they_get() {
 
 /// Established TCP connections whose local port is `port`, from
 /// `/proc/net/tcp`: what a server holds open.
-fn established_to(port: u16) -> usize {
+pub(crate) fn established_to(port: u16) -> usize {
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
     table
         .lines()

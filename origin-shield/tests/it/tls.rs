@@ -13,6 +13,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio_util::sync::CancellationToken;
 
+use crate::shield::established_to;
 use crate::topology::{Running, node_file, via};
 
 const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -31,8 +32,18 @@ impl ResolvesServerCert for RecordingResolver {
     }
 }
 
-/// The test origin over HTTPS with a certificate for `localhost`.
+/// The test origin over HTTPS with a certificate for `localhost`, speaking
+/// HTTP/1.1 only.
 async fn tls_origin(ca: &LocalCa, dir: &Path) -> (u16, Arc<RecordingResolver>, tokio_util::sync::DropGuard) {
+    tls_origin_speaking(ca, dir, &[b"http/1.1"]).await
+}
+
+/// The same, offering these protocols in its TLS handshake (ALPN).
+async fn tls_origin_speaking(
+    ca: &LocalCa,
+    dir: &Path,
+    alpn: &[&[u8]],
+) -> (u16, Arc<RecordingResolver>, tokio_util::sync::DropGuard) {
     let (cert, key) = ca.issue(&CertRequest::server(&["localhost"], YEAR)).unwrap().write(dir, "origin").unwrap();
     let signer = rustls::crypto::ring::sign::any_supported_type(&load_key(&key).unwrap()).unwrap();
     let resolver = Arc::new(RecordingResolver {
@@ -44,7 +55,7 @@ async fn tls_origin(ca: &LocalCa, dir: &Path) -> (u16, Arc<RecordingResolver>, t
         .unwrap()
         .with_no_client_auth()
         .with_cert_resolver(Arc::clone(&resolver) as Arc<dyn ResolvesServerCert>);
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let server = OriginServer::bind(&["127.0.0.1:0".parse().unwrap()], None).await.unwrap().with_tls(Arc::new(config));
     let port = server.local_addrs()[0].port();
     let stop = CancellationToken::new();
@@ -130,6 +141,85 @@ async fn tiers_talk_tls_with_client_certificates_and_a_private_origin_ca() {
         assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{name}: {}", r.cache_status());
         edge.stop().await;
     }
+    shield.stop().await;
+    edge.stop().await;
+}
+
+/// Over TLS, tiers speak HTTP/2 when the handshake says both do: 200
+/// misses at once from an edge to a shield over HTTPS, and from the shield
+/// to an HTTPS origin that offers h2, each go over a connection or two; an
+/// origin that offers only HTTP/1.1 is asked in HTTP/1.1, a connection per
+/// request in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiers_speak_http2_over_tls_where_the_handshake_offers_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = LocalCa::generate("tier CA").unwrap();
+    std::fs::write(d.join("ca.pem"), ca.cert_pem()).unwrap();
+    ca.issue(&CertRequest::server(&["127.0.0.1"], YEAR)).unwrap().write(d, "shield").unwrap();
+    let (h2_port, _, _h2_origin) = tls_origin_speaking(&ca, d, &[b"h2", b"http/1.1"]).await;
+    let (h1_port, _, _h1_origin) = tls_origin(&ca, d).await;
+    for (id, port, extra) in [("h2", h2_port, ""), ("h1", h1_port, ""), ("off", h2_port, "http2 = false\n")] {
+        std::fs::write(
+            d.join(format!("{id}.toml")),
+            format!(
+                "[site]\nid = \"{id}\"\nhosts = [\"{id}.test\"]\nallow_direct = false\n\
+                 [[origin]]\nurl = \"https://localhost:{port}\"\nca = \"ca.pem\"\nresponse_timeout = \"5s\"\n{extra}"
+            ),
+        )
+        .unwrap();
+    }
+    let shield_cfg = node_file(
+        d,
+        "shield-h2",
+        "[node]\nname = \"shield-h2\"\nrole = \"shield\"\nsites = [\"h2.toml\", \"h1.toml\", \"off.toml\"]\naccess_log = \"off\"\n\
+         [listen]\nhttps = [\"127.0.0.1:0\"]\n[tls]\ncert = \"shield.pem\"\nkey = \"shield.key\"\nunknown_sni = \"default\"\n\
+         [cache]\nmemory = \"64MiB\"\n",
+    );
+    let (shield_node, _pool) = outpost_shield::bind(&shield_cfg).await.unwrap();
+    let (shield, shield_https) = start(shield_node).await;
+    let edge_cfg = node_file(
+        d,
+        "edge-1",
+        &format!(
+            "[node]\nname = \"edge-1\"\nrole = \"edge\"\npop = \"p\"\nlatitude = 0.0\nlongitude = 0.0\n\
+             sites = [\"h2.toml\", \"h1.toml\", \"off.toml\"]\naccess_log = \"off\"\n[listen]\nhttp = [\"127.0.0.1:0\"]\n\
+             [tls]\nupstream_ca = \"ca.pem\"\n[cache]\nmemory = \"64MiB\"\n\
+             [upstream]\nshields = [\"https://{}\"]\n",
+            shield_https[0]
+        ),
+    );
+    let (edge, _) = start(outpost_edge::bind(&edge_cfg).await.unwrap()).await;
+    let burst = |site: &'static str, n: usize| {
+        let edge = edge.addr;
+        async move {
+            let tasks: Vec<_> = (0..n)
+                .map(|i| {
+                    tokio::spawn(async move {
+                        crate::topology::get(&format!("http://{edge}/burst/{i}?delay=200ms&cc=max-age%3D600"), site)
+                            .await
+                    })
+                })
+                .collect();
+            for t in tasks {
+                let r = t.await.unwrap();
+                assert_eq!(r.status, StatusCode::OK, "{site}: {}", r.cache_status());
+                assert_eq!(r.body.len(), 1024);
+            }
+        }
+    };
+    burst("h2.test", 200).await;
+    let (to_shield, to_origin) = (established_to(shield_https[0].port()), established_to(h2_port));
+    assert!(to_shield <= 2, "edge → shield over HTTPS: {to_shield} connections");
+    assert!(to_origin <= 2, "shield → origin over HTTPS with h2: {to_origin} connections");
+    burst("h1.test", 50).await;
+    let to_h1 = established_to(h1_port);
+    assert!(to_h1 >= 10, "an origin that speaks only HTTP/1.1 gets a connection per request in flight: {to_h1}");
+    assert!(established_to(shield_https[0].port()) <= 2);
+    // A site that turns HTTP/2 off for the same origin: HTTP/1.1 to it.
+    burst("off.test", 50).await;
+    let to_origin = established_to(h2_port);
+    assert!(to_origin >= 10, "`http2 = false`: a connection per request in flight: {to_origin}");
     shield.stop().await;
     edge.stop().await;
 }

@@ -42,6 +42,9 @@ pub fn client_config(extra_ca: &[&Path], identity: Option<&CertFiles>) -> Result
 
 type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
 
+/// A client configuration's extra CA, and whether it offers HTTP/2 (ALPN).
+type ConfigKey = (Option<PathBuf>, bool);
+
 fn build(roots: RootCertStore, identity: Option<Identity>) -> Result<Arc<ClientConfig>, TlsFileError> {
     let builder = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_protocol_versions(&[&version::TLS13, &version::TLS12])
@@ -64,7 +67,7 @@ pub struct UpstreamTls {
     /// Public roots plus the node's `upstream_ca`.
     roots: RootCertStore,
     identity: Option<Arc<Identity>>,
-    configs: Mutex<HashMap<Option<PathBuf>, Arc<ClientConfig>>>,
+    configs: Mutex<HashMap<ConfigKey, Arc<ClientConfig>>>,
 }
 
 impl UpstreamTls {
@@ -96,17 +99,24 @@ impl UpstreamTls {
     /// A CA file that cannot be loaded is reported and left out: such an
     /// upstream then fails verification rather than being trusted blindly.
     pub fn config(&self, extra_ca: Option<&Path>) -> Arc<ClientConfig> {
+        self.config_for(extra_ca, false)
+    }
+
+    fn config_for(&self, extra_ca: Option<&Path>, h2: bool) -> Arc<ClientConfig> {
         let mut configs = self.configs.lock().unwrap_or_else(|p| p.into_inner());
-        let key = extra_ca.map(Path::to_path_buf);
+        let key = (extra_ca.map(Path::to_path_buf), h2);
         if let Some(c) = configs.get(&key) {
             return Arc::clone(c);
         }
-        let config = self.build(extra_ca).unwrap_or_else(|e| {
+        let mut config = self.build(extra_ca).unwrap_or_else(|e| {
             tracing::error!("upstream CA: {e}");
             self.build(None).unwrap_or_else(|_| {
                 build(RootCertStore::empty(), None).expect("an empty client configuration always builds")
             })
         });
+        if h2 {
+            Arc::make_mut(&mut config).alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        }
         configs.insert(key, Arc::clone(&config));
         config
     }
@@ -114,6 +124,12 @@ impl UpstreamTls {
     /// A connector for upstreams trusting `extra_ca` as well.
     pub fn connector(&self, extra_ca: Option<&Path>, resolve: Resolve, connect_timeout: Duration) -> Connector {
         connector(self.config(extra_ca), resolve, connect_timeout)
+    }
+
+    /// The same, offering HTTP/2 beside HTTP/1.1 in the TLS handshake
+    /// (ALPN); the connection says which the server chose.
+    pub fn connector_h2(&self, extra_ca: Option<&Path>, resolve: Resolve, connect_timeout: Duration) -> Connector {
+        connector(self.config_for(extra_ca, true), resolve, connect_timeout)
     }
 }
 

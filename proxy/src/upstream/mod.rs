@@ -57,9 +57,9 @@ pub struct Target {
     pub limit: Option<Arc<Semaphore>>,
     /// A CA trusted for this target besides the node's (https only).
     pub ca: Option<PathBuf>,
-    /// Speak HTTP/2 to it from the first byte (cleartext `http://` only;
-    /// another Outpost tier, which accepts it), falling back to HTTP/1.1
-    /// when it does not answer in HTTP/2.
+    /// Speak HTTP/2 to it: over TLS when its handshake (ALPN) says it
+    /// does, in cleartext from the first byte (another Outpost tier, which
+    /// accepts it); HTTP/1.1 when it does not.
     pub http2: bool,
 }
 
@@ -74,19 +74,23 @@ impl Eq for Target {}
 impl Target {
     /// The site's origins, in configured order.
     pub fn origins(site: &Site) -> Vec<Target> {
-        site.origins
-            .iter()
-            .map(|o| Target {
-                base: o.url.clone(),
-                host: o.host.clone(),
-                connect_timeout: o.connect_timeout,
-                response_timeout: o.response_timeout,
-                label: Arc::from("origin"),
-                limit: None,
-                ca: o.ca.clone(),
-                http2: false,
-            })
-            .collect()
+        site.origins.iter().map(Target::origin).collect()
+    }
+
+    /// One of a site's origins, without a cap on requests in flight.
+    pub fn origin(o: &outpost_config::Origin) -> Target {
+        Target {
+            base: o.url.clone(),
+            host: o.host.clone(),
+            connect_timeout: o.connect_timeout,
+            response_timeout: o.response_timeout,
+            label: Arc::from("origin"),
+            limit: None,
+            ca: o.ca.clone(),
+            // Offered in the TLS handshake, which the origin answers with
+            // what it speaks; never assumed in cleartext.
+            http2: o.http2 && o.url.scheme_str() == Some("https"),
+        }
     }
 }
 
@@ -131,12 +135,61 @@ impl UpstreamClient {
         }
     }
 
-    /// `req` over the target's HTTP/2 connection (made when there is none,
-    /// or it closed). Its `Host` becomes the `:authority`.
+    /// The target's open HTTP/2 connection, or a new one. However many
+    /// requests ask at once, one connection is made: the others wait for
+    /// it.
+    async fn h2_conn(&self, target: &Target, name: &str) -> Result<H2Conn, H2Failure> {
+        let open = || {
+            let conns = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+            conns.get(name).filter(|c| !c.sender.is_closed()).cloned()
+        };
+        if let Some(c) = open() {
+            return Ok(c);
+        }
+        let gate = {
+            let mut gates = self.h2_gates.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(gates.entry(name.to_string()).or_default())
+        };
+        let _one = gate.lock().await;
+        match open() {
+            Some(c) => Ok(c),
+            None => self.h2_connect(target, name).await,
+        }
+    }
+
+    /// A new HTTP/2 connection to `target`, kept for the requests after.
+    /// Over TLS, HTTP/2 is offered with ALPN beside HTTP/1.1, and a target
+    /// that picks HTTP/1.1 is [`H2Failure::NotOffered`].
+    async fn h2_connect(&self, target: &Target, name: &str) -> Result<H2Conn, H2Failure> {
+        let tls = target.base.scheme_str() == Some("https");
+        let (ca, resolve, timeout) = (target.ca.as_deref(), self.resolve.clone(), target.connect_timeout);
+        let mut connector =
+            if tls { self.tls.connector_h2(ca, resolve, timeout) } else { self.tls.connector(ca, resolve, timeout) };
+        let connect = |e| H2Failure::Connect(UpstreamError::new(UpstreamErrorKind::Connect, name).caused_by(e));
+        let io = tower_service::Service::call(&mut connector, target.base.clone()).await.map_err(connect)?;
+        if tls && !hyper_util::client::legacy::connect::Connection::connected(&io).is_negotiated_h2() {
+            return Err(H2Failure::NotOffered);
+        }
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(|e| connect(e.into()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let conn = H2Conn { sender, proven: Arc::new(std::sync::atomic::AtomicBool::new(tls)) };
+        self.h2.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), conn.clone());
+        Ok(conn)
+    }
+
+    /// `req` over `conn` (a new connection when it has closed since). Its
+    /// `Host` becomes the `:authority`.
     async fn send_h2(
         &self,
         target: &Target,
         name: &str,
+        mut conn: H2Conn,
         req: Request<ReqBody>,
         bodyless: bool,
     ) -> Result<Response<Incoming>, H2Failure> {
@@ -144,51 +197,41 @@ impl UpstreamClient {
         let authority = parts.headers.remove(http::header::HOST);
         let authority = authority.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(name);
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        parts.uri = format!("http://{authority}{path}").parse().map_err(|e: http::uri::InvalidUri| {
+        let scheme = target.base.scheme_str().unwrap_or("http");
+        parts.uri = format!("{scheme}://{authority}{path}").parse().map_err(|e: http::uri::InvalidUri| {
             H2Failure::Connect(UpstreamError::new(UpstreamErrorKind::Protocol, name).caused_by(e))
         })?;
-        let cached = self.h2.lock().unwrap_or_else(|p| p.into_inner()).get(name).filter(|s| !s.is_closed()).cloned();
-        let (mut sender, fresh) = match cached {
-            Some(s) => (s, false),
-            None => (self.h2_connect(target, name).await.map_err(H2Failure::Connect)?, true),
-        };
+        let mut sender = conn.sender.clone();
         if sender.ready().await.is_err() {
             // Closed since: a new connection, once.
-            sender = self.h2_connect(target, name).await.map_err(H2Failure::Connect)?;
+            conn = self.h2_conn(target, name).await?;
+            sender = conn.sender.clone();
+            let _ = sender.ready().await;
         }
         let head = bodyless.then(|| parts.clone());
         match sender.send_request(Request::from_parts(parts, body)).await {
-            Ok(resp) => Ok(resp),
-            Err(e) if fresh => Err(H2Failure::Refused(e)),
+            Ok(resp) => {
+                conn.proven.store(true, std::sync::atomic::Ordering::Relaxed);
+                Ok(resp)
+            }
+            Err(e) if !conn.proven.load(std::sync::atomic::Ordering::Relaxed) => Err(H2Failure::Refused(e)),
             // The connection went away under the request: a new one, once.
             Err(e) => match head {
                 Some(parts) if e.is_closed() || e.is_canceled() => {
-                    let mut sender = self.h2_connect(target, name).await.map_err(H2Failure::Connect)?;
+                    let mut sender = self.h2_conn(target, name).await?.sender;
                     let empty = http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync();
                     let _ = sender.ready().await;
-                    sender.send_request(Request::from_parts(parts, empty)).await.map_err(H2Failure::Refused)
+                    sender.send_request(Request::from_parts(parts, empty)).await.map_err(H2Failure::Failed)
                 }
                 _ => Err(H2Failure::Failed(e)),
             },
         }
     }
 
-    /// A new HTTP/2 connection to `target`, kept for the requests after.
-    async fn h2_connect(&self, target: &Target, name: &str) -> Result<http2::SendRequest<ReqBody>, UpstreamError> {
-        let mut connector = self.tls.connector(target.ca.as_deref(), self.resolve.clone(), target.connect_timeout);
-        let io = tower_service::Service::call(&mut connector, target.base.clone())
-            .await
-            .map_err(|e| UpstreamError::new(UpstreamErrorKind::Connect, name).caused_by(e))?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .handshake(io)
-            .await
-            .map_err(|e| UpstreamError::new(UpstreamErrorKind::Connect, name).caused_by(e))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        self.h2.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), sender.clone());
-        Ok(sender)
+    /// Asks `name` in HTTP/1.1 for [`H1_FALLBACK`].
+    fn use_h1(&self, name: &str, why: &dyn std::fmt::Display) {
+        tracing::info!(upstream = %name, %why, "the upstream does not speak HTTP/2; using HTTP/1.1");
+        self.h1_only.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), Instant::now());
     }
 }
 
@@ -224,7 +267,9 @@ pub struct UpstreamClient {
     clients: Mutex<HashMap<PoolKey, Client<Connector, ReqBody>>>,
     /// One HTTP/2 connection per target that speaks it, every request to
     /// it multiplexed on that connection.
-    h2: Mutex<HashMap<String, http2::SendRequest<ReqBody>>>,
+    h2: Mutex<HashMap<String, H2Conn>>,
+    /// Held while a target's HTTP/2 connection is being made.
+    h2_gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Targets that did not answer in HTTP/2, and since when: asked in
     /// HTTP/1.1 for [`H1_FALLBACK`].
     h1_only: Mutex<HashMap<String, Instant>>,
@@ -234,13 +279,24 @@ pub struct UpstreamClient {
 /// before HTTP/2 is tried again.
 const H1_FALLBACK: Duration = Duration::from_secs(300);
 
+/// An HTTP/2 connection to a target, shared by every request to it.
+#[derive(Debug, Clone)]
+struct H2Conn {
+    sender: http2::SendRequest<ReqBody>,
+    /// The target has shown it speaks HTTP/2: by ALPN, or by answering a
+    /// request on this connection.
+    proven: Arc<std::sync::atomic::AtomicBool>,
+}
+
 /// How an HTTP/2 exchange failed.
 enum H2Failure {
     /// Before a request could be sent: the connection could not be made or
     /// was already closed.
     Connect(UpstreamError),
-    /// The first request on a new connection failed: the target does not
-    /// speak HTTP/2.
+    /// The target's TLS handshake chose HTTP/1.1.
+    NotOffered,
+    /// A request on a connection that has not answered one yet failed: the
+    /// target does not speak HTTP/2.
     Refused(hyper::Error),
     /// A request on an established connection failed.
     Failed(hyper::Error),
@@ -259,6 +315,7 @@ impl UpstreamClient {
             tls,
             clients: Mutex::new(HashMap::new()),
             h2: Mutex::new(HashMap::new()),
+            h2_gates: Mutex::new(HashMap::new()),
             h1_only: Mutex::new(HashMap::new()),
         }
     }
@@ -287,30 +344,47 @@ impl UpstreamClient {
     /// the target's response timeout for the head.
     pub async fn send(&self, target: &Target, mut req: Request<ReqBody>) -> Result<Response<Incoming>, UpstreamError> {
         let name = target.base.authority().map_or_else(String::new, |a| a.to_string());
-        if target.http2 && target.base.scheme_str() == Some("http") && !self.h1_only(&name) {
-            // A request without a body can be sent again: over a new
-            // connection, or in HTTP/1.1.
-            let bodyless = http_body::Body::size_hint(req.body()).exact() == Some(0);
-            let again = bodyless.then(|| (req.method().clone(), req.uri().clone(), req.headers().clone()));
-            let sent = tokio::time::timeout(target.response_timeout, self.send_h2(target, &name, req, bodyless)).await;
-            let refused = match sent {
+        if target.http2 && !self.h1_only(&name) {
+            let deadline = tokio::time::Instant::now() + target.response_timeout;
+            let conn = match tokio::time::timeout_at(deadline, self.h2_conn(target, &name)).await {
                 Err(_) => return Err(UpstreamError::new(UpstreamErrorKind::Timeout, name)),
-                Ok(Ok(resp)) => return Ok(resp),
+                Ok(Ok(conn)) => Some(conn),
+                Ok(Err(H2Failure::NotOffered)) => {
+                    self.use_h1(&name, &"its TLS handshake chose HTTP/1.1");
+                    None
+                }
                 Ok(Err(H2Failure::Connect(e))) => return Err(e),
-                Ok(Err(H2Failure::Failed(e))) => {
+                Ok(Err(H2Failure::Refused(e) | H2Failure::Failed(e))) => {
                     return Err(UpstreamError::new(UpstreamErrorKind::Protocol, name).caused_by(e));
                 }
-                Ok(Err(H2Failure::Refused(e))) => e,
             };
-            tracing::info!(upstream = %name, error = %refused, "the upstream does not answer in HTTP/2; using HTTP/1.1");
-            self.h1_only.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), Instant::now());
-            let Some((method, uri, headers)) = again else {
-                return Err(UpstreamError::new(UpstreamErrorKind::Protocol, name).caused_by(refused));
-            };
-            req = Request::new(http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync());
-            *req.method_mut() = method;
-            *req.uri_mut() = uri;
-            *req.headers_mut() = headers;
+            if let Some(conn) = conn {
+                // A request without a body can be sent again: over a new
+                // connection, or in HTTP/1.1.
+                let bodyless = http_body::Body::size_hint(req.body()).exact() == Some(0);
+                let again = bodyless.then(|| (req.method().clone(), req.uri().clone(), req.headers().clone()));
+                let sent = tokio::time::timeout_at(deadline, self.send_h2(target, &name, conn, req, bodyless)).await;
+                let refused = match sent {
+                    Err(_) => return Err(UpstreamError::new(UpstreamErrorKind::Timeout, name)),
+                    Ok(Ok(resp)) => return Ok(resp),
+                    Ok(Err(H2Failure::Connect(e))) => return Err(e),
+                    Ok(Err(H2Failure::Failed(e))) => {
+                        return Err(UpstreamError::new(UpstreamErrorKind::Protocol, name).caused_by(e));
+                    }
+                    Ok(Err(H2Failure::NotOffered)) => {
+                        return Err(UpstreamError::new(UpstreamErrorKind::Protocol, name));
+                    }
+                    Ok(Err(H2Failure::Refused(e))) => e,
+                };
+                self.use_h1(&name, &refused);
+                let Some((method, uri, headers)) = again else {
+                    return Err(UpstreamError::new(UpstreamErrorKind::Protocol, name).caused_by(refused));
+                };
+                req = Request::new(http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync());
+                *req.method_mut() = method;
+                *req.uri_mut() = uri;
+                *req.headers_mut() = headers;
+            }
         }
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let uri = format!("{}://{}{}", target.base.scheme_str().unwrap_or("http"), name, path);

@@ -824,6 +824,27 @@ async fn the_api_and_event_stream_run_over_tls_and_nodes_verify_the_control_plan
     })
     .await;
     assert_eq!(get(addrs[1]).await, StatusCode::MISDIRECTED_REQUEST, "an edge that cannot verify gets nothing");
+
+    // The console over HTTPS: its session cookie is `Secure`.
+    let (ca_file, token_file) = (d.join("ca.pem"), d.join("admin.token"));
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(["-s", "-m", "10", "-o", "/dev/null", "-D", "-", "--cacert"])
+            .arg(ca_file)
+            .arg("--data-urlencode")
+            .arg(format!("token@{}", token_file.display()))
+            .arg(format!("https://{control}/console/login"))
+            .output()
+            .expect("curl runs (scripts/deps.sh installs it)")
+    })
+    .await
+    .unwrap();
+    let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    let cookie = head.lines().find(|l| l.starts_with("set-cookie:")).unwrap_or_else(|| panic!("{head}"));
+    assert!(
+        cookie.contains("; secure") && cookie.contains("httponly") && cookie.contains("samesite=strict"),
+        "{cookie}"
+    );
     stop.cancel();
 }
 

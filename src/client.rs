@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use anyhow::Context;
-use outpost_config::api::{NodeStatus, PopRecord, PurgeStatus, SiteSummary};
+use outpost_config::api::{NodeStatus, PopRecord, PurgeStatus, SiteRecord, SiteSummary};
 use outpost_net::control::{ClientError, ControlClient, Token};
 
 /// Where `outpost up` keeps the admin token.
@@ -53,6 +53,34 @@ pub(crate) fn print_sites(sites: &[SiteSummary]) {
     for s in sites {
         println!("{:<20} {:>7}  {}", s.id, s.version, s.hosts.join(", "));
     }
+}
+
+pub(crate) fn print_versions(versions: &[SiteRecord]) {
+    println!("{:>7}  {:<20}  LINES", "VERSION", "SAVED (UTC)");
+    for v in versions {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(v.updated_ms);
+        println!(
+            "{:>7}  {:<20}  {}",
+            v.version,
+            humantime::format_rfc3339_seconds(at).to_string(),
+            v.toml.lines().count()
+        );
+    }
+}
+
+/// Asked for a version of site `id` it does not keep.
+pub(crate) fn not_kept(id: &str, versions: &[SiteRecord]) -> anyhow::Error {
+    let kept: Vec<String> = versions.iter().map(|r| r.version.to_string()).collect();
+    anyhow::anyhow!("site `{id}` keeps versions {} only", kept.join(", "))
+}
+
+/// A unified diff of two versions of a site file.
+pub(crate) fn diff(old: &SiteRecord, new: &SiteRecord) -> String {
+    similar::TextDiff::from_lines(&old.toml, &new.toml)
+        .unified_diff()
+        .context_radius(3)
+        .header(&format!("{} v{}", old.id, old.version), &format!("{} v{}", new.id, new.version))
+        .to_string()
 }
 
 pub(crate) fn print_nodes(nodes: &[NodeStatus]) {

@@ -200,6 +200,20 @@ enum SitesAction {
     List,
     /// Delete a site.
     Rm { id: String },
+    /// The versions the control plane keeps of a site (the last 20), newest first.
+    Versions { id: String },
+    /// What changed between two versions of a site (default: the previous and the current).
+    Diff {
+        id: String,
+        /// The older version.
+        #[arg(long)]
+        from: Option<u64>,
+        /// The newer version.
+        #[arg(long)]
+        to: Option<u64>,
+    },
+    /// Make a kept version of a site the current one again (as a new version).
+    Rollback { id: String, version: u64 },
 }
 
 #[derive(Subcommand, Debug)]
@@ -428,6 +442,33 @@ async fn sites(action: SitesAction, control: &[String], json: bool) -> anyhow::R
             serde_json::to_string(&sites)?
         }
         SitesAction::Rm { id } => serde_json::to_string(&api.delete_site(&id).await.map_err(client::explain)?)?,
+        SitesAction::Versions { id } => {
+            let versions = api.site_versions(&id).await.map_err(client::explain)?;
+            if !json {
+                client::print_versions(&versions);
+                return Ok(());
+            }
+            serde_json::to_string(&versions)?
+        }
+        SitesAction::Diff { id, from, to } => {
+            let versions = api.site_versions(&id).await.map_err(client::explain)?;
+            let pick = |v: Option<u64>, default: usize| match v {
+                Some(v) => versions.iter().find(|r| r.version == v),
+                None => versions.get(default),
+            };
+            let (Some(old), Some(new)) = (pick(from, 1), pick(to, 0)) else {
+                return Err(client::not_kept(&id, &versions));
+            };
+            print!("{}", client::diff(old, new));
+            return Ok(());
+        }
+        SitesAction::Rollback { id, version } => {
+            let versions = api.site_versions(&id).await.map_err(client::explain)?;
+            let Some(old) = versions.iter().find(|r| r.version == version) else {
+                return Err(client::not_kept(&id, &versions));
+            };
+            serde_json::to_string(&api.push_site(&old.toml).await.map_err(client::explain)?)?
+        }
     };
     println!("{out}");
     Ok(())

@@ -881,3 +881,51 @@ async fn nodes_report_their_load_to_the_registry() {
     assert_eq!(hits("edge-3"), Some(0), "a new object every time: {nodes}");
     assert_eq!(hits("edge-2"), None, "an edge that answered nothing has no ratio: {nodes}");
 }
+
+/// `outpost sites versions`, `diff` and `rollback`, through the binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_diffs_and_rolls_back_site_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let (control, _) = start_control(dir.path(), &stop).await;
+    let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let v1 = site("127.0.0.1:9".parse().unwrap());
+    let v2 = v1.replace("[\"shop.test\"]", "[\"shop.test\", \"www.shop.test\"]");
+    for text in [&v1, &v2] {
+        let r = call(Method::POST, &format!("http://{control}/v1/sites"), Some(&admin), None, text).await;
+        assert_eq!(r.status, StatusCode::CREATED);
+    }
+    let cli = |args: &[&str]| {
+        let (args, admin): (Vec<String>, String) = (args.iter().map(|a| a.to_string()).collect(), admin.clone());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                std::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
+                    .args(["sites"])
+                    .args(&args)
+                    .args(["--control", &format!("http://{control}")])
+                    .env("OUTPOST_TOKEN", admin)
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let out = cli(&["versions", "shop"]).await;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let versions: Vec<&str> = text.lines().skip(1).filter_map(|l| l.split_whitespace().next()).collect();
+    assert_eq!(versions, ["2", "1"], "{text}");
+    let out = cli(&["diff", "shop"]).await;
+    let diff = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(diff.contains("--- shop v1") && diff.contains("+++ shop v2"), "{diff}");
+    assert!(diff.contains("\n-hosts = [\"shop.test\"]\n+hosts = [\"shop.test\", \"www.shop.test\"]\n"), "{diff}");
+    let out = cli(&["diff", "shop", "--from", "7"]).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("keeps versions 2, 1 only"));
+    let out = cli(&["rollback", "shop", "1"]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = call(Method::GET, &format!("http://{control}/v1/sites/shop"), Some(&admin), None, "").await;
+    assert_eq!((r.json()["version"].as_u64(), r.json()["toml"].as_str()), (Some(3), Some(v1.as_str())));
+    stop.cancel();
+}

@@ -168,7 +168,7 @@ pub async fn run_until(
             for f in &site_files {
                 let text = std::fs::read_to_string(f)?;
                 let stored = control
-                    .upsert_site_text(&text, None)
+                    .upsert_site_text(&text, None, None)
                     .await
                     .map_err(|e| anyhow::anyhow!("pushing `{}`: {}", f.display(), e.detail))?;
                 console.purge.push(format!("cargo run --release -- purge --site {} --prefix /hello --wait", stored.id));

@@ -138,7 +138,9 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    fn call(self: Arc<Self>, req: Request<Incoming>, _conn: Conn) -> impl Future<Output = Response<Body>> + Send {
+    /// The connection rides along as a request extension.
+    fn call(self: Arc<Self>, mut req: Request<Incoming>, conn: Conn) -> impl Future<Output = Response<Body>> + Send {
+        req.extensions_mut().insert(conn);
         let mut svc = self.0.clone();
         async move {
             let ready = std::future::poll_fn(|cx| svc.poll_ready(cx)).await;

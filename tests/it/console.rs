@@ -469,12 +469,69 @@ async fn the_console_refuses_what_it_should() {
     let stale = format!("id=shop&base=0&csrf={csrf}&toml={}", form_encode(&fleet.site("\"x.test\"")));
     let r = send(&fleet, Method::POST, "/console/sites/save", &[("cookie", &cookie)], &stale).await;
     assert_eq!(r.status, StatusCode::CONFLICT);
-    assert!(String::from_utf8_lossy(&r.body).contains("saved meanwhile"));
+    assert!(String::from_utf8_lossy(&r.body).contains("someone else saved it meanwhile"));
     // Signing out needs the form's token too.
     let r = send(&fleet, Method::POST, "/console/logout", &[("cookie", &cookie)], "csrf=").await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     let r = send(&fleet, Method::POST, "/console/logout", &[("cookie", &cookie)], &format!("csrf={csrf}")).await;
     assert!(r.headers["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+    // A cookie that is no longer good is cleared by signing out, whatever the form says.
+    let r = send(&fleet, Method::POST, "/console/logout", &[("cookie", &forged)], "").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert!(r.headers["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+
+    // A URL purge keeps the commas of its query; a rollback from a stale
+    // page is refused.
+    let r = send(
+        &fleet,
+        Method::POST,
+        "/console/purge",
+        &[("cookie", &cookie)],
+        &format!("site=shop&by=url&value=%2Fa%3Fx%3D1%2C2&csrf={csrf}"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let id = r.headers["location"].to_str().unwrap().rsplit('/').next().unwrap().to_string();
+    assert_eq!(fleet.api(&format!("/v1/purges/{id}")).await["target"]["urls"], serde_json::json!(["/a?x=1,2"]));
+    let r = send(
+        &fleet,
+        Method::POST,
+        "/console/sites/shop/rollback",
+        &[("cookie", &cookie)],
+        &format!("version=1&base=0&csrf={csrf}"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(fleet.api("/v1/sites/shop").await["version"], 1);
+
+    // Hostile paths and queries get pages, not crashes.
+    for path in ["/console/events?before=0", "/console/events?before=1", "/console/events?before=18446744073709551615"]
+    {
+        let r = send(&fleet, Method::GET, path, &[("cookie", &cookie)], "").await;
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+    }
+    let r = send(&fleet, Method::GET, "/console/events?before=-1", &[("cookie", &cookie)], "").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = send(&fleet, Method::GET, "/console/no/such/page", &[("cookie", &cookie)], "").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.headers.contains_key("content-security-policy"));
+    let r = send(&fleet, Method::GET, "/console/sites/shop/diff?from=99", &[("cookie", &cookie)], "").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = send(&fleet, Method::GET, "/console/sites/shop/diff", &[("cookie", &cookie)], "").await;
+    assert_eq!(r.status, StatusCode::OK, "one version is compared with itself");
+
+    // Guessing tokens is cut off after a burst (this address signed in
+    // three times and failed once already).
+    let mut refused = 0;
+    for _ in 0..10 {
+        let r = send(&fleet, Method::POST, "/console/login", &[], "token=guess").await;
+        if r.status == StatusCode::TOO_MANY_REQUESTS {
+            refused += 1;
+        } else {
+            assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        }
+    }
+    assert!(refused >= 3, "{refused} of ten guesses refused");
 }
 
 fn form_encode(s: &str) -> String {

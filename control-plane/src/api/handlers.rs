@@ -97,15 +97,23 @@ fn validate(text: &str, name: &str) -> Result<Site, ApiError> {
 }
 
 async fn store_site(c: Arc<Control>, text: String, expected: Option<String>) -> Result<Response, ApiError> {
-    let stored = c.upsert_site_text(&text, expected.as_deref()).await?;
+    let stored = c.upsert_site_text(&text, expected.as_deref(), None).await?;
     Ok((StatusCode::CREATED, Json(stored)).into_response())
 }
 
 impl Control {
     /// Validates and stores a site file's text, logging a new version only
     /// when the text changed; 409 when another writer changed the site
-    /// meanwhile. Used by the API and by `outpost up`.
-    pub async fn upsert_site_text(&self, text: &str, expected: Option<&str>) -> Result<Stored, ApiError> {
+    /// meanwhile. With `at`, the version the writer started from (`None`:
+    /// no such site), anything else is 409 too, and the store's
+    /// compare-and-swap is on it. Used by the API, the console and
+    /// `outpost up`.
+    pub async fn upsert_site_text(
+        &self,
+        text: &str,
+        expected: Option<&str>,
+        at: Option<Option<u64>>,
+    ) -> Result<Stored, ApiError> {
         let c = self;
         c.writable()?;
         let text = text.to_string();
@@ -135,14 +143,26 @@ impl Control {
             return Err(ApiError::new(StatusCode::CONFLICT, "host_conflict", detail));
         }
         let existing = c.store.site(&site.id).await.map_err(ApiError::from)?;
+        let current = existing.as_ref().map(|s| s.version);
+        if let Some(at) = at
+            && at != current
+        {
+            let detail = match (current, at) {
+                (Some(v), None) => format!("a site `{}` exists already (version {v})", site.id),
+                (Some(v), Some(_)) => {
+                    format!("site `{}` is at version {v} now: someone else saved it meanwhile", site.id)
+                }
+                (None, _) => format!("site `{}` was deleted meanwhile", site.id),
+            };
+            return Err(ApiError::new(StatusCode::CONFLICT, "conflict", detail));
+        }
         if let Some(existing) = &existing
             && existing.toml == text
         {
             let seq = c.store.last_seq().await.map_err(ApiError::from)?;
             return Ok(Stored { id: site.id, version: existing.version, seq });
         }
-        let base = existing.map(|s| s.version);
-        let rec = c.store.upsert_site(&site.id, &text, base).await.map_err(ApiError::from)?;
+        let rec = c.store.upsert_site(&site.id, &text, current).await.map_err(ApiError::from)?;
         let version = match &rec.event {
             outpost_config::Event::SiteUpserted { version, .. } => *version,
             _ => 0,

@@ -96,18 +96,40 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// A token bucket per token, for purges.
-#[derive(Debug, Default)]
-struct RateLimiter {
+/// Keys a rate limiter tracks before it forgets those at rest.
+const MAX_BUCKETS: usize = 4096;
+
+/// A token bucket per key: purges per token, console sign-ins per client
+/// address.
+#[derive(Debug)]
+pub(crate) struct RateLimiter {
+    rate: f64,
+    burst: f64,
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
 }
 
+impl Default for RateLimiter {
+    /// The purge limit.
+    fn default() -> Self {
+        RateLimiter::new(PURGE_RATE, PURGE_BURST)
+    }
+}
+
 impl RateLimiter {
-    fn allow(&self, token: &str) -> bool {
+    pub(crate) fn new(rate: f64, burst: f64) -> RateLimiter {
+        RateLimiter { rate, burst, buckets: Mutex::new(HashMap::new()) }
+    }
+
+    pub(crate) fn allow(&self, token: &str) -> bool {
         let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        let (level, at) = b.entry(token.to_string()).or_insert((PURGE_BURST, now));
-        *level = (*level + now.duration_since(*at).as_secs_f64() * PURGE_RATE).min(PURGE_BURST);
+        if b.len() >= MAX_BUCKETS {
+            // Keys that would be full again hold nothing worth keeping.
+            let (rate, burst) = (self.rate, self.burst);
+            b.retain(|_, (level, at)| *level + now.duration_since(*at).as_secs_f64() * rate < burst);
+        }
+        let (level, at) = b.entry(token.to_string()).or_insert((self.burst, now));
+        *level = (*level + now.duration_since(*at).as_secs_f64() * self.rate).min(self.burst);
         *at = now;
         if *level >= 1.0 {
             *level -= 1.0;

@@ -55,14 +55,23 @@
   if (editor && !editor.readOnly) {
     const out = document.getElementById(editor.dataset.out);
     let timer;
+    // Only the answer to the latest text is shown, whatever order the
+    // answers come in.
+    let asked = 0;
     const check = async () => {
-      const r = await fetch(editor.dataset.check, {
-        method: "POST",
-        credentials: "same-origin",
-        headers: { "content-type": "text/plain; charset=utf-8", "x-csrf-token": csrf() },
-        body: editor.value,
-      });
-      if (r.status === 200 || r.status === 400) out.innerHTML = await r.text();
+      const mine = ++asked;
+      try {
+        const r = await fetch(editor.dataset.check, {
+          method: "POST",
+          credentials: "same-origin",
+          headers: { "content-type": "text/plain; charset=utf-8", "x-csrf-token": csrf() },
+          body: editor.value,
+        });
+        const text = await r.text();
+        if (mine === asked && (r.status === 200 || r.status === 400)) out.innerHTML = text;
+      } catch (_) {
+        // Unreachable for a moment: the next keystroke asks again.
+      }
     };
     editor.addEventListener("input", () => {
       clearTimeout(timer);

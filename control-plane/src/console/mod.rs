@@ -38,6 +38,10 @@ use self::view::{Frame, Section};
 use crate::api::{ApiError, Control, DEFAULT_PURGE_WAIT};
 use crate::store::{PurgeRecord, now_ms};
 
+/// Sign-ins one client address may try per second (sustained), and in a
+/// burst.
+const SIGN_IN_RATE: f64 = 0.2;
+const SIGN_IN_BURST: f64 = 10.0;
 /// Events a page of the log shows.
 const EVENTS_PER_PAGE: u64 = 50;
 /// Purges the purge page lists, and how far back in the log it looks.
@@ -49,8 +53,11 @@ const PURGE_SCAN: u64 = 500;
 pub struct Console {
     control: Arc<Control>,
     keys: Keys,
-    /// Served over HTTPS: cookies are `Secure`.
+    /// Served over HTTPS: cookies are `Secure`, and browsers are told to
+    /// keep to HTTPS.
     secure: bool,
+    /// Sign-in attempts per client address.
+    sign_ins: crate::api::RateLimiter,
 }
 
 type Shared = State<Arc<Console>>;
@@ -58,7 +65,8 @@ type Shared = State<Arc<Console>>;
 /// The console's routes.
 pub fn router(control: Arc<Control>, secure: bool) -> Router {
     let keys = Keys::new(control.admin_token(), control.node_token());
-    let console = Arc::new(Console { control, keys, secure });
+    let sign_ins = crate::api::RateLimiter::new(SIGN_IN_RATE, SIGN_IN_BURST);
+    let console = Arc::new(Console { control, keys, secure, sign_ins });
     Router::new()
         .route("/", get(|| async { Redirect::to("/console/") }))
         .route("/console", get(|| async { Redirect::to("/console/") }))
@@ -77,18 +85,22 @@ pub fn router(control: Arc<Control>, secure: bool) -> Router {
         .route("/console/purges/{id}", get(report))
         .route("/console/purges/{id}/live", get(report_live))
         .route("/console/events", get(events))
+        .route("/console/{*rest}", get(missing).post(missing))
         .route("/console/assets/console.css", get(|| async { asset("text/css", include_str!("console.css")) }))
         .route("/console/assets/console.js", get(|| async { asset("text/javascript", include_str!("console.js")) }))
         .route_layer(axum::middleware::from_fn(crate::api::count_requests))
-        .layer(axum::middleware::from_fn(guard))
+        .layer(axum::middleware::from_fn_with_state(secure, guard))
         .layer(axum::extract::DefaultBodyLimit::max(crate::api::MAX_BODY))
         .with_state(console)
 }
 
 /// The headers every console response carries.
-async fn guard(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+async fn guard(State(secure): State<bool>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
+    if secure {
+        h.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000"));
+    }
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
@@ -101,6 +113,11 @@ async fn guard(req: axum::extract::Request, next: axum::middleware::Next) -> Res
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
     resp
+}
+
+/// A console path that is no page.
+async fn missing() -> Response {
+    html(StatusCode::NOT_FOUND, view::problem(None, "Not found", "There is no such console page."))
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -190,10 +207,17 @@ impl Console {
         Ok(s)
     }
 
-    /// An error page in the frame, with the API's status.
+    /// An error page in the frame, with the API's status. What went wrong
+    /// inside (a store's message) goes to the log, not the page.
     fn error(&self, s: &Session, section: Section, e: &ApiError) -> Response {
         let csrf = self.keys.csrf(s);
-        html(e.status, view::problem(Some(&self.frame(s, &csrf, section)), "Something went wrong", &e.detail))
+        let detail = if e.status.is_server_error() {
+            tracing::error!(error = %e.detail, "console request failed");
+            "The control plane could not do that just now; its log says why."
+        } else {
+            e.detail.as_str()
+        };
+        html(e.status, view::problem(Some(&self.frame(s, &csrf, section)), "Something went wrong", detail))
     }
 }
 
@@ -210,9 +234,20 @@ struct LoginForm {
     token: String,
 }
 
-async fn login(State(c): Shared, headers: HeaderMap, Form(f): Form<LoginForm>) -> Response {
+async fn login(
+    State(c): Shared,
+    conn: Option<axum::Extension<outpost_net::Conn>>,
+    headers: HeaderMap,
+    Form(f): Form<LoginForm>,
+) -> Response {
     if !auth::same_origin(&headers) {
         return html(StatusCode::FORBIDDEN, view::login(Some("This sign-in was sent from another site.")));
+    }
+    // Guesses are limited per client address (tokens are 192 random bits;
+    // this keeps the log and the CPU from a flood).
+    let who = conn.map_or_else(|| "unknown".to_string(), |axum::Extension(c)| c.peer.ip().to_string());
+    if !c.sign_ins.allow(&who) {
+        return html(StatusCode::TOO_MANY_REQUESTS, view::login(Some("Too many sign-ins from here; wait a minute.")));
     }
     match c.keys.role_of(&f.token) {
         Some(role) => {
@@ -221,7 +256,7 @@ async fn login(State(c): Shared, headers: HeaderMap, Form(f): Form<LoginForm>) -
             ([(header::SET_COOKIE, cookie)], Redirect::to("/console/")).into_response()
         }
         None => {
-            tracing::warn!("console sign-in with a wrong token");
+            tracing::warn!(client = %who, "console sign-in with a wrong token");
             html(StatusCode::UNAUTHORIZED, view::login(Some("That token is not valid.")))
         }
     }
@@ -234,14 +269,15 @@ struct CsrfForm {
 }
 
 async fn logout(State(c): Shared, headers: HeaderMap, Form(f): Form<CsrfForm>) -> Response {
-    let signed = c.session(&headers).is_some_and(|s| c.keys.csrf_ok(&s, &f.csrf)) && auth::same_origin(&headers);
-    if !signed {
-        return html(
-            StatusCode::FORBIDDEN,
-            view::problem(None, "Refused", "This sign-out was not sent from the console."),
-        );
+    let out = || ([(header::SET_COOKIE, auth::clear_cookie(c.secure))], Redirect::to("/console/login")).into_response();
+    match c.session(&headers) {
+        // Expired or not ours: nothing to protect, the cookie goes.
+        None => out(),
+        Some(s) if c.keys.csrf_ok(&s, &f.csrf) && auth::same_origin(&headers) => out(),
+        Some(_) => {
+            html(StatusCode::FORBIDDEN, view::problem(None, "Refused", "This sign-out was not sent from the console."))
+        }
     }
-    ([(header::SET_COOKIE, auth::clear_cookie(c.secure))], Redirect::to("/console/login")).into_response()
 }
 
 impl Console {
@@ -387,31 +423,22 @@ async fn save_site(State(c): Shared, headers: HeaderMap, Form(f): Form<SaveForm>
         Ok(site) => site,
         Err(p) => return again(StatusCode::BAD_REQUEST, &p, Some("Not saved: the file has problems.")),
     };
-    let current = match c.control.store.site(&site.id).await {
-        Ok(cur) => cur.map(|r| r.version),
-        Err(e) => return c.error(&s, Section::Sites, &e.into()),
-    };
     if editing.is_some_and(|id| id != site.id) {
         let m = format!("Not saved: this is site `{}`; the file says `{}`.", editing.unwrap_or(""), site.id);
         return again(StatusCode::BAD_REQUEST, &[], Some(&m));
     }
-    if current != base {
-        let m = match current {
-            Some(v) if editing.is_some() => {
-                format!(
-                    "Not saved: version {v} was saved meanwhile. Your text is below; compare it with the current one."
-                )
-            }
-            Some(_) => format!("Not saved: a site `{}` exists already.", site.id),
-            None => format!("Not saved: site `{}` was deleted meanwhile.", site.id),
-        };
-        return again(StatusCode::CONFLICT, &[], Some(&m));
-    }
-    match c.control.upsert_site_text(&text, Some(&site.id)).await {
+    // Stored only if the site is still at the version the editor started
+    // from: the store's compare-and-swap, so no one's save is lost.
+    match c.control.upsert_site_text(&text, Some(&site.id), Some(base)).await {
         Ok(stored) => {
             tracing::info!(site = %stored.id, version = stored.version, "site saved from the console");
             see(&format!("/console/sites/{}?saved={}", stored.id, stored.version))
         }
+        Err(e) if e.status == StatusCode::CONFLICT => {
+            let m = format!("Not saved: {}. Your text is kept below.", e.detail);
+            again(e.status, &[], Some(&m))
+        }
+        Err(e) if e.status.is_server_error() => c.error(&s, Section::Sites, &e),
         Err(e) => again(e.status, &[], Some(&format!("Not saved: {}", e.detail))),
     }
 }
@@ -431,7 +458,8 @@ async fn diff(State(c): Shared, Page(s): Page, UrlPath(id): UrlPath<String>, Que
         Some(v) => history.iter().find(|r| r.version == v),
         None => history.get(default),
     };
-    match (find(q.from, 1), find(q.to, 0)) {
+    // A site with one version is compared with itself.
+    match (find(q.from, 1).or_else(|| find(q.from, 0)), find(q.to, 0)) {
         (Some(from), Some(to)) => {
             let csrf = c.keys.csrf(&s);
             html(StatusCode::OK, view::diff(&c.frame(&s, &csrf, Section::Sites), &id, from, to))
@@ -448,6 +476,8 @@ struct RollbackForm {
     #[serde(default)]
     csrf: String,
     version: u64,
+    /// The current version as the page showed it.
+    base: u64,
 }
 
 async fn rollback(
@@ -468,7 +498,7 @@ async fn rollback(
         let m = format!("Site `{id}` keeps no version {}.", f.version);
         return c.error(&s, Section::Sites, &ApiError::new(StatusCode::NOT_FOUND, "not_found", m));
     };
-    match c.control.upsert_site_text(&old.toml, Some(&id)).await {
+    match c.control.upsert_site_text(&old.toml, Some(&id), Some(Some(f.base))).await {
         Ok(stored) => {
             tracing::info!(site = %id, from = f.version, version = stored.version, "site rolled back from the console");
             see(&format!("/console/sites/{id}?saved={}", stored.version))
@@ -536,13 +566,19 @@ async fn purge(State(c): Shared, headers: HeaderMap, Form(f): Form<view::PurgeFo
         Ok(s) => s,
         Err(r) => return r.into_response(),
     };
-    let words =
-        || f.value.split(|ch: char| ch.is_whitespace() || ch == ',').filter(|w| !w.is_empty()).map(str::to_string);
+    // URLs may hold commas (in their query); tags are split on commas too.
+    let split = |on_comma: bool| {
+        f.value
+            .split(|ch: char| ch.is_whitespace() || (on_comma && ch == ','))
+            .filter(|w| !w.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
     let mut req = PurgeRequest { site: f.site.clone(), soft: f.soft.is_some(), ..PurgeRequest::default() };
     match f.by.as_str() {
-        "url" => req.urls = words().collect(),
+        "url" => req.urls = split(false),
         "prefix" => req.prefix = Some(f.value.trim().to_string()).filter(|p| !p.is_empty()),
-        "tag" => req.tags = words().collect(),
+        "tag" => req.tags = split(true),
         "all" => req.all = true,
         _ => {}
     }
@@ -594,10 +630,14 @@ async fn events(State(c): Shared, Page(s): Page, Query(q): Query<EventsQuery>) -
         (Err(e), _) | (_, Err(e)) => return c.error(&s, Section::Events, &e.into()),
     };
     let upto = q.before.map_or(last, |b| b.saturating_sub(1).min(last));
-    let from = upto.saturating_sub(EVENTS_PER_PAGE).max(first.saturating_sub(1));
-    let mut list = match store.events_after(from, (upto - from) as usize).await {
-        Ok(l) => l,
-        Err(e) => return c.error(&s, Section::Events, &e.into()),
+    // Never before the log's start (a link made before it was compacted).
+    let from = upto.saturating_sub(EVENTS_PER_PAGE).max(first.saturating_sub(1)).min(upto);
+    let mut list = match upto - from {
+        0 => Vec::new(),
+        n => match store.events_after(from, n as usize).await {
+            Ok(l) => l,
+            Err(e) => return c.error(&s, Section::Events, &e.into()),
+        },
     };
     list.reverse();
     let older = (from >= first && from > 0).then_some(from + 1);

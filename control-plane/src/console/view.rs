@@ -389,6 +389,7 @@ pub(super) fn editor(frame: &Frame<'_>, e: &Editor<'_>) -> Markup {
                                         form.inline method="post" action=(format!("/console/sites/{}/rollback", r.id)) {
                                             input type="hidden" name=(CSRF_FIELD) value=(frame.csrf);
                                             input type="hidden" name="version" value=(r.version);
+                                            input type="hidden" name="base" value=(e.base.unwrap_or(0));
                                             button.link type="submit" { "roll back to v" (r.version) }
                                         }
                                     }
@@ -506,7 +507,7 @@ pub(super) fn purge(
                         }
                         label.check { input type="checkbox" name="soft" value="1" checked[form.soft.is_some()]; " soft (mark stale, revalidate)" }
                     }
-                    label for="value" { "URLs (one per line), prefix or tags; empty for everything" }
+                    label for="value" { "URLs (one per line), a prefix, or tags (by everything: leave empty)" }
                     textarea #value name="value" rows="3" spellcheck="false" placeholder="/img/" { (form.value) }
                     div.actions { button.primary type="submit" { "Purge" } }
                 }

@@ -121,12 +121,13 @@ async fn load_runs_against_up_and_a_failed_threshold_exits_99() {
     let origin = json["metrics"]["origin_requests"].as_u64().unwrap();
     // 20 objects, fetched once, then again after the purge.
     assert!((20..=40).contains(&origin), "{origin} origin requests");
-    // Nearly everything else was a hit at the edge (the misses: each edge's
-    // first request per object, before and after the purge, and those that
-    // waited on it). How many requests fit in the run depends on the
-    // machine; the ratio hardly does.
+    // Everything else was a hit at the edge. The misses: each edge's first
+    // request per object, before and after the purge (20 × 3 × 2), and
+    // those that waited on one (at most the 6 VUs, per edge and phase).
+    // How many requests fit in the run depends on the machine and what
+    // else runs on it; the misses do not.
     let hits = json["metrics"]["cache_hit_ratio"]["hits"].as_u64().unwrap();
-    assert!(hits * 10 >= reqs * 9, "{hits} hits of {reqs} requests for {origin} origin fetches");
+    assert!(reqs - hits <= 20 * 3 * 2 + 6 * 3 * 2, "{hits} hits of {reqs} requests for {origin} origin fetches");
     assert!(json["series"].as_array().unwrap().len() >= 2);
     let html = std::fs::read_to_string(d.join("pass.html")).unwrap();
     assert!(html.contains("<svg") && html.contains("Latency over time"));

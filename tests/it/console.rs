@@ -504,6 +504,29 @@ async fn the_console_refuses_what_it_should() {
     assert_eq!(r.status, StatusCode::CONFLICT);
     assert_eq!(fleet.api("/v1/sites/shop").await["version"], 1);
 
+    // The editor's check: its token in a header, the text as the body; a
+    // body that is not UTF-8 or is larger than any site file is refused.
+    let check = |body: Vec<u8>, token: String| {
+        let cookie = cookie.clone();
+        let url = fleet.url("/console/sites/check");
+        async move {
+            let headers =
+                [("cookie", cookie.as_str()), ("x-csrf-token", token.as_str()), ("content-type", "text/plain")];
+            outpost_testkit::request(Method::POST, &url, &headers, &body).await.unwrap()
+        }
+    };
+    let r = check(
+        b"[site]\nid = \"x\"\nhosts = [\"x.test\"]\n[[origin]]\nurl = \"http://127.0.0.1:9\"\n".to_vec(),
+        csrf.clone(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert!(String::from_utf8_lossy(&r.body).contains("No problems"));
+    assert_eq!(check(b"[site".to_vec(), csrf.clone()).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(check(b"[site]".to_vec(), String::new()).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(check(vec![0xff, 0xfe, b'['], csrf.clone()).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(check(vec![b'#'; 2 << 20], csrf.clone()).await.status, StatusCode::PAYLOAD_TOO_LARGE);
+
     // Hostile paths and queries get pages, not crashes.
     for path in ["/console/events?before=0", "/console/events?before=1", "/console/events?before=18446744073709551615"]
     {

@@ -452,6 +452,20 @@ async fn every_api_type_round_trips_through_the_real_server() {
     let e = node.ack(&ack(Some(vec!["x".into(); 9]))).await.unwrap_err();
     assert!(matches!(&e, ClientError::Api { status: 400, .. }), "{e}");
     assert!(node.nodes().await.unwrap()[0].node.problems.is_empty(), "a refused report changes nothing");
+    // A hit ratio above a thousand per thousand is taken as a thousand; one
+    // that is no u16 is refused and changes nothing.
+    let lying = Ack { hit_permille: Some(5000), ..ack(None) };
+    node.ack(&lying).await.unwrap();
+    assert_eq!(node.nodes().await.unwrap()[0].node.hit_permille, Some(1000));
+    let node_token = std::fs::read_to_string(dir.path().join("node.token")).unwrap();
+    for bad in [
+        r#"{"node": "edge-rt", "seq": 1, "hit_permille": 70000}"#,
+        r#"{"node": "edge-rt", "seq": 1, "hit_permille": -1}"#,
+    ] {
+        let r = call(Method::POST, &format!("{base}/v1/ack"), Some(&node_token), None, bad).await;
+        assert_eq!((r.status, r.json()["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_json")), "{bad}");
+    }
+    assert_eq!(node.nodes().await.unwrap()[0].node.hit_permille, Some(1000));
 
     // PoP weights: set by operators, read by DNS servers.
     use outpost_config::api::PopWeight;
@@ -493,8 +507,14 @@ async fn every_api_type_round_trips_through_the_real_server() {
     let gone = ControlClient::new(&["http://127.0.0.1:9"], Token::Value("x".into()), tls);
     assert!(matches!(gone.health().await.unwrap_err(), ClientError::Unreachable { .. }));
 
-    // A site's versions, newest first (the deleted one's went with it).
+    // A site's versions, newest first (the deleted one's went with it); an
+    // id no site has, however it is spelled, has none.
     assert!(admin.site_versions("rt").await.unwrap_err().to_string().contains("no site"));
+    let admin_token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    for id in ["rt%2F00000000000000000001", "..", "%00", &"x".repeat(5000)] {
+        let r = call(Method::GET, &format!("{base}/v1/sites/{id}/versions"), Some(&admin_token), None, "").await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{id}");
+    }
     admin.push_site(text).await.unwrap();
     let second = text.replace("9\"", "10\"");
     assert_eq!(admin.push_site(&second).await.unwrap().version, 2);

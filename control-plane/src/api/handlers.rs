@@ -210,10 +210,16 @@ impl Control {
     /// A purge's report: the registered nodes that applied it, and the
     /// connected ones that have not yet.
     pub(crate) async fn purge_status(&self, p: &PurgeRecord) -> Result<PurgeStatus, ApiError> {
-        let nodes = self.store.nodes().await.map_err(ApiError::from)?;
-        let acked = nodes.keys().filter(|name| self.acked_seq(name) >= p.seq).cloned().collect();
+        let nodes: Vec<String> = self.store.nodes().await.map_err(ApiError::from)?.into_keys().collect();
+        Ok(self.purge_status_among(p, &nodes))
+    }
+
+    /// The same, among these registered nodes (one registry read for many
+    /// reports).
+    pub(crate) fn purge_status_among(&self, p: &PurgeRecord, nodes: &[String]) -> PurgeStatus {
+        let acked = nodes.iter().filter(|name| self.acked_seq(name) >= p.seq).cloned().collect();
         let pending = self.connected_nodes().into_iter().filter(|n| self.acked_seq(n) < p.seq).collect();
-        Ok(PurgeStatus {
+        PurgeStatus {
             id: p.purge.id.clone(),
             seq: p.seq,
             site: p.purge.site_id.clone(),
@@ -222,7 +228,7 @@ impl Control {
             at_ms: p.at_ms,
             acked,
             pending,
-        })
+        }
     }
 
     /// Checks, rate-limits (per `who`) and logs a purge, and publishes it.

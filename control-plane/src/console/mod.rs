@@ -515,10 +515,11 @@ impl Console {
         let from =
             last.saturating_sub(PURGE_SCAN).max(store.first_seq().await.map_err(ApiError::from)?.saturating_sub(1));
         let events = store.events_after(from, PURGE_SCAN as usize).await.map_err(ApiError::from)?;
+        let nodes: Vec<String> = store.nodes().await.map_err(ApiError::from)?.into_keys().collect();
         let mut out = Vec::new();
         for e in events.into_iter().rev() {
             if let outpost_config::Event::Purge(purge) = e.event {
-                out.push(self.control.purge_status(&PurgeRecord { purge, seq: e.seq, at_ms: e.at_ms }).await?);
+                out.push(self.control.purge_status_among(&PurgeRecord { purge, seq: e.seq, at_ms: e.at_ms }, &nodes));
                 if out.len() == RECENT_PURGES {
                     break;
                 }
@@ -550,8 +551,10 @@ impl Console {
         let Some(p) = self.control.store.purge(id).await.map_err(ApiError::from)? else {
             return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("There is no purge `{id}`.")));
         };
-        let status = self.control.purge_status(&p).await?;
-        let nodes = self.control.node_statuses().await?.into_iter().map(|n| (n.node.name, n.connected)).collect();
+        let nodes: Vec<(String, bool)> =
+            self.control.node_statuses().await?.into_iter().map(|n| (n.node.name, n.connected)).collect();
+        let names: Vec<String> = nodes.iter().map(|(name, _)| name.clone()).collect();
+        let status = self.control.purge_status_among(&p, &names);
         let overdue = now_ms().saturating_sub(p.at_ms) > DEFAULT_PURGE_WAIT.as_millis() as u64;
         Ok(view::Report { status, nodes, overdue })
     }

@@ -202,7 +202,13 @@ impl UpstreamClient {
             H2Failure::Connect(UpstreamError::new(UpstreamErrorKind::Protocol, name).caused_by(e))
         })?;
         let mut sender = conn.sender.clone();
-        if sender.ready().await.is_err() {
+        if let Err(e) = sender.ready().await {
+            // Closed before it answered anything: the target does not speak
+            // HTTP/2 (one that reads the preface as a bad HTTP/1 request
+            // and hangs up); another connection would be refused the same.
+            if !conn.proven.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(H2Failure::Refused(e));
+            }
             // Closed since: a new connection, once.
             conn = self.h2_conn(target, name).await?;
             sender = conn.sender.clone();

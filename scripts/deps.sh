@@ -5,7 +5,8 @@
 # clusters on loopback, and set up users on them with etcdctl); nftables
 # (the lab cuts links with it), dig and kdig (the DNS conformance checks, the
 # README's examples), curl, man and groff (the man pages' test), Prometheus,
-# and Chromium with chromedriver (the console's tests drive a real browser).
+# Chromium with chromedriver (the console's tests drive a real browser), and
+# Pebble (Let's Encrypt's test CA: the ACME tests order certificates from it).
 # Run as root; does nothing when all is there.
 set -euo pipefail
 source "$(dirname "$0")/../load-tests/bench/need.sh"
@@ -14,6 +15,7 @@ need protoc:protobuf-compiler etcd:etcd-server etcdctl:etcd-client nft:nftables 
 # Chromium, headless, and its WebDriver server; DejaVu so its screenshots
 # have a font whatever else the machine lacks.
 need chromium:chromium chromedriver:chromium-driver
+need pebble:pebble
 if [ ! -d /usr/share/fonts/truetype/dejavu ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends fonts-dejavu-core >/dev/null

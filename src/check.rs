@@ -41,28 +41,28 @@ pub(crate) fn run(files: &[PathBuf]) -> ExitCode {
 /// `outpost up` issues its own); one that is there but unusable is an error.
 fn check_tls(site: &outpost_config::Site) -> usize {
     use outpost_proxy::tls::TlsFileError;
-    let Some(tls) = &site.tls else { return 0 };
-    match outpost_proxy::tls::load_pair(&tls.cert.value, &tls.key.value, std::time::SystemTime::now()) {
+    let Some(outpost_config::SiteTls::Files { cert, key }) = &site.tls else { return 0 };
+    match outpost_proxy::tls::load_pair(&cert.value, &key.value, std::time::SystemTime::now()) {
         Ok(loaded) => {
             for w in &loaded.warnings {
-                eprintln!("{}: warning: {w}", tls.cert.loc);
+                eprintln!("{}: warning: {w}", cert.loc);
             }
             0
         }
         Err(TlsFileError::Missing(path)) => {
-            let at = if path == tls.key.value { &tls.key.loc } else { &tls.cert.loc };
+            let at = if path == key.value { &key.loc } else { &cert.loc };
             eprintln!("{at}: warning: `{}` does not exist yet; the site has no HTTPS until it does", path.display());
             0
         }
         Err(e) => {
             let at = match &e {
                 TlsFileError::NoKey(p) | TlsFileError::UnsupportedKey(p, _) | TlsFileError::NotPem(p)
-                    if *p == tls.key.value =>
+                    if *p == key.value =>
                 {
-                    &tls.key.loc
+                    &key.loc
                 }
-                TlsFileError::KeyMismatch { .. } => &tls.key.loc,
-                _ => &tls.cert.loc,
+                TlsFileError::KeyMismatch { .. } => &key.loc,
+                _ => &cert.loc,
             };
             eprintln!("{at}: {e}");
             1

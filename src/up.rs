@@ -26,9 +26,9 @@ fn issue_local_certs(data_dir: &Path, sites: &[outpost_config::Site]) -> anyhow:
     let canonical = tls_dir.canonicalize()?;
     let mut ca = None;
     for site in sites {
-        let Some(tls) = &site.tls else { continue };
+        let Some(outpost_config::SiteTls::Files { cert, key }) = &site.tls else { continue };
         let in_dir = |p: &Path| p.parent().and_then(|d| d.canonicalize().ok()).is_some_and(|d| d == canonical);
-        if !in_dir(&tls.cert.value) || !in_dir(&tls.key.value) {
+        if !in_dir(&cert.value) || !in_dir(&key.value) {
             continue;
         }
         if ca.is_none() {
@@ -56,7 +56,7 @@ fn issue_local_certs(data_dir: &Path, sites: &[outpost_config::Site]) -> anyhow:
             .collect();
         let all: Vec<&str> = names.iter().copied().chain(wildcards.iter().map(String::as_str)).collect();
         let issued = ca.issue(&Request::server(&all, LEAF_VALIDITY))?;
-        let (cert, key) = (&tls.cert.value, &tls.key.value);
+        let (cert, key) = (&cert.value, &key.value);
         write_file(key, issued.key_pem.as_bytes(), true)
             .with_context(|| format!("cannot write `{}`", key.display()))?;
         write_file(cert, issued.cert_pem.as_bytes(), false)

@@ -24,6 +24,8 @@ pub enum ControlError {
     Bind { addr: SocketAddr, source: io::Error },
     #[error("TLS: {0}")]
     Tls(io::Error),
+    #[error(transparent)]
+    Acme(crate::acme::AcmeError),
 }
 
 /// Reads a token file, creating it with a fresh random token (mode 0600)
@@ -76,6 +78,8 @@ pub struct ControlNode {
     server: outpost_net::ServerConfig,
     /// Serves HTTPS with this when the node listens on `listen.https`.
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// Orders certificates for `acme = true` sites, with `[acme]` set.
+    acme: Option<Arc<crate::acme::Orderer>>,
 }
 
 impl ControlNode {
@@ -102,7 +106,14 @@ impl ControlNode {
             .map_err(|source| ControlError::Bind { addr, source })?;
         let control = Control::new(store, admin, nodes, cfg.log_retention, cfg.node_expiry).await?;
         let server = outpost_net::ServerConfig { name: node.name.as_str().into(), limits: node.limits };
-        Ok(ControlNode { control, listener, server, tls })
+        let acme = match &cfg.acme {
+            Some(acme) => Some(Arc::new({
+                control.enable_acme();
+                crate::acme::Orderer::new(Arc::clone(&control), acme.clone(), &replica).map_err(ControlError::Acme)?
+            })),
+            None => None,
+        };
+        Ok(ControlNode { control, listener, server, tls, acme })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -154,6 +165,9 @@ impl ControlNode {
                 }
             }
         });
+        if let Some(acme) = self.acme {
+            tokio::spawn(acme.run());
+        }
         let secure = self.tls.is_some();
         let app = outpost_net::TowerHandler(
             router(Arc::clone(&self.control)).merge(crate::console::router(self.control, secure)),

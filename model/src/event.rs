@@ -21,18 +21,75 @@ pub struct EventRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
-    SiteUpserted { site_id: String, version: u64, toml: String },
-    SiteDeleted { site_id: String },
+    SiteUpserted {
+        site_id: String,
+        version: u64,
+        toml: String,
+    },
+    SiteDeleted {
+        site_id: String,
+    },
     Purge(Purge),
+    /// A certificate the control plane obtained by ACME for a site with
+    /// `[tls] acme = true`; it replaces the site's previous one.
+    Certificate {
+        site_id: String,
+        certificate: IssuedCertificate,
+    },
+    /// An HTTP-01 challenge of a running ACME order: every node answers
+    /// `GET /.well-known/acme-challenge/{token}` for the site's hosts with
+    /// `key_authorization` (public, not a secret) until `until_ms`.
+    AcmeChallenge {
+        site_id: String,
+        token: String,
+        key_authorization: String,
+        until_ms: u64,
+    },
 }
 
 impl Event {
     /// The site an event is about.
     pub fn site_id(&self) -> &str {
         match self {
-            Event::SiteUpserted { site_id, .. } | Event::SiteDeleted { site_id } => site_id,
+            Event::SiteUpserted { site_id, .. }
+            | Event::SiteDeleted { site_id }
+            | Event::Certificate { site_id, .. }
+            | Event::AcmeChallenge { site_id, .. } => site_id,
             Event::Purge(p) => &p.site_id,
         }
+    }
+}
+
+/// A certificate as the control plane stores and sends it: the chain in
+/// PEM, its private key sealed (AES-256-GCM under a key derived from the
+/// node token), so neither the store nor the wire holds it in clear.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedCertificate {
+    /// The leaf certificate, then its intermediates.
+    pub chain_pem: String,
+    /// The sealed PKCS#8 private key, base64.
+    pub sealed_key: String,
+    /// The DNS names it covers, as ordered.
+    pub names: Vec<String>,
+    /// Its validity, milliseconds since the Unix epoch.
+    pub not_before_ms: u64,
+    pub not_after_ms: u64,
+}
+
+impl std::fmt::Debug for IssuedCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedCertificate")
+            .field("names", &self.names)
+            .field("not_after_ms", &self.not_after_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IssuedCertificate {
+    /// When a third of its lifetime is left: time to renew.
+    pub fn renew_at_ms(&self) -> u64 {
+        let life = self.not_after_ms.saturating_sub(self.not_before_ms);
+        self.not_after_ms.saturating_sub(life / 3)
     }
 }
 
@@ -92,6 +149,9 @@ pub struct SiteSnapshot {
     pub id: String,
     pub version: u64,
     pub toml: String,
+    /// The site's ACME certificate, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<IssuedCertificate>,
 }
 
 /// A node's acknowledgement: every event up to `seq` is applied.

@@ -26,8 +26,8 @@ use toml::de::DeTable;
 pub use decode::ByteSize;
 pub use diag::{ConfigError, Diagnostic, Loc, Located, base_dir};
 pub use event::{
-    Ack, Event, EventRecord, MAX_PROBLEM_LEN, MAX_PROBLEMS, MAX_PURGE_ITEMS, Purge, PurgeTarget, SiteSnapshot,
-    StreamLine, purge_path, purge_url,
+    Ack, Event, EventRecord, IssuedCertificate, MAX_PROBLEM_LEN, MAX_PROBLEMS, MAX_PURGE_ITEMS, Purge, PurgeTarget,
+    SiteSnapshot, StreamLine, purge_path, purge_url,
 };
 pub use node::*;
 pub use site::*;

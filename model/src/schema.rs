@@ -251,6 +251,19 @@ pub static SECTIONS: &[Section] = &[
     },
     Section {
         file: FileKind::Node,
+        name: "acme",
+        shape: Shape::Table,
+        roles: &[C],
+        doc: "The ACME directory (RFC 8555) the control plane orders certificates from, for sites with `[tls] acme = true`. Orders, the account and the certificates are kept in the store, so replicas share them and a restart orders nothing new.",
+        keys: &[
+            key("directory", "URL", Required, "The directory, `https://`.", "\"https://acme-v02.api.letsencrypt.org/directory\""),
+            key("contact", "list of URLs", Text("[]"), "Account contacts, `mailto:` URLs.", "[\"mailto:ops@example.com\"]"),
+            key("ca", "path", Unset, "CA certificates (PEM) trusted for the directory's HTTPS besides the system's, for a private or test CA.", "\"pebble.minica.pem\""),
+            key("check_every", "duration", Time(DEFAULT_ACME_CHECK), "How often certificates are checked for renewal and failed orders retried.", "\"1h\""),
+        ],
+    },
+    Section {
+        file: FileKind::Node,
         name: "dns",
         shape: Shape::Table,
         roles: &[D],
@@ -420,10 +433,11 @@ pub static SECTIONS: &[Section] = &[
         name: "tls",
         shape: Shape::Table,
         roles: &[],
-        doc: "The certificate edges and shields present for the site's hosts, read by each node from its `site_cert_dirs`.",
+        doc: "The certificate edges and shields present for the site's hosts: files each node reads from its `site_cert_dirs`, or one the control plane obtains by ACME.",
         keys: &[
-            key("cert", "path", Required, "PEM: the leaf certificate, then its intermediates.", "\"certs/shop.pem\""),
-            key("key", "path", Required, "PEM private key (PKCS#8, PKCS#1 or SEC1).", "\"certs/shop.key\""),
+            key("cert", "path", Unset, "PEM: the leaf certificate, then its intermediates. Required unless `acme = true`.", "\"certs/shop.pem\""),
+            key("key", "path", Unset, "PEM private key (PKCS#8, PKCS#1 or SEC1). Required with `cert`.", "\"certs/shop.key\""),
+            key("acme", "boolean", Bool(false), "Get the certificate from the control plane's `[acme]` directory instead of files: ordered by HTTP-01 (every node answers the challenge), renewed with a third of its lifetime left, sent to every node with its key sealed. Exact host names only.", "true"),
         ],
     },
     Section {

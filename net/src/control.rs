@@ -41,7 +41,8 @@ pub enum Token {
 }
 
 impl Token {
-    fn read(&self) -> Result<String, ClientError> {
+    /// The token now.
+    pub fn read(&self) -> Result<String, ClientError> {
         match self {
             Token::Value(t) => Ok(t.trim().to_string()),
             Token::File(path) => std::fs::read_to_string(path)

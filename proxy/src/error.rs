@@ -144,7 +144,7 @@ impl Error {
 }
 
 /// A short text answer that no cache keeps.
-fn plain(status: StatusCode, text: &str) -> Response<Body> {
+pub(crate) fn plain(status: StatusCode, text: &str) -> Response<Body> {
     let mut r = Response::new(full(format!("{text}\n")));
     *r.status_mut() = status;
     let h = r.headers_mut();

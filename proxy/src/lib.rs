@@ -9,6 +9,7 @@
 //! local CA ([`tls`]), and the admin listener ([`admin`]). The rest is the
 //! engine's own.
 
+pub mod acme;
 pub mod admin;
 pub mod clock;
 pub mod key;

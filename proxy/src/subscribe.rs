@@ -90,6 +90,36 @@ fn parse_sites(sites: &BTreeMap<String, SiteSnapshot>, base: &Path) -> Vec<Site>
         .collect()
 }
 
+/// Puts the sites' ACME certificates in use, opening each new one's key
+/// with the node token; a certificate that does not open or load leaves
+/// the one in use (if any) in place.
+fn install_certificates(engine: &Engine, sites: &BTreeMap<String, SiteSnapshot>, token_file: &Path) {
+    for gone in engine.certs.issued_sites().into_iter().filter(|s| sites.get(s).is_none_or(|s| s.certificate.is_none()))
+    {
+        engine.certs.set_issued(&gone, None);
+    }
+    let mut token = None;
+    for (id, cert) in sites.iter().filter_map(|(id, s)| Some((id, s.certificate.as_ref()?))) {
+        if engine.certs.issued_chain(id).as_deref() == Some(cert.chain_pem.as_str()) {
+            continue;
+        }
+        let token = match &mut token {
+            Some(t) => t,
+            None => match Token::File(token_file.to_path_buf()).read() {
+                Ok(t) => token.insert(t),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the node token to open ACME certificates");
+                    return;
+                }
+            },
+        };
+        match crate::tls::files::load_issued(cert, id, token, SystemTime::now()) {
+            Ok(loaded) => engine.certs.set_issued(id, Some((cert.chain_pem.clone(), loaded))),
+            Err(e) => tracing::error!(site = %id, error = %e, "the site's ACME certificate does not load here"),
+        }
+    }
+}
+
 impl Subscriber {
     /// Loads the persisted state (applying its sites to the engine at once).
     pub fn new(engine: Arc<Engine>, link: Link, me: Identity, state_dir: Option<&Path>) -> Subscriber {
@@ -101,6 +131,7 @@ impl Subscriber {
             .unwrap_or_default();
         if state.seq > 0 {
             engine.set_sites(parse_sites(&state.sites, &link.base));
+            install_certificates(&engine, &state.sites, &link.token_file);
         }
         engine.link_control();
         Subscriber {
@@ -157,6 +188,7 @@ impl Subscriber {
                     st.clone()
                 };
                 self.engine.set_sites(parse_sites(&state.sites, &self.base));
+                install_certificates(&self.engine, &state.sites, &self.token_file);
                 self.persist(&state);
                 Some(seq)
             }
@@ -164,12 +196,25 @@ impl Subscriber {
                 if record.seq <= self.seq() {
                     return None;
                 }
-                let mut sites_changed = false;
+                let (mut sites_changed, mut certs_changed) = (false, false);
                 match &record.event {
                     Event::SiteUpserted { site_id, version, toml } => {
-                        let snap = SiteSnapshot { id: site_id.clone(), version: *version, toml: toml.clone() };
-                        self.state.lock().unwrap_or_else(|p| p.into_inner()).sites.insert(site_id.clone(), snap);
+                        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                        let certificate = st.sites.remove(site_id).and_then(|s| s.certificate);
+                        let snap =
+                            SiteSnapshot { id: site_id.clone(), version: *version, toml: toml.clone(), certificate };
+                        st.sites.insert(site_id.clone(), snap);
                         sites_changed = true;
+                    }
+                    Event::Certificate { site_id, certificate } => {
+                        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                        if let Some(site) = st.sites.get_mut(site_id) {
+                            site.certificate = Some(certificate.clone());
+                            certs_changed = true;
+                        }
+                    }
+                    Event::AcmeChallenge { site_id, token, key_authorization, until_ms } => {
+                        self.engine.challenges.add(site_id, token, key_authorization, *until_ms, now_ms());
                     }
                     Event::SiteDeleted { site_id } => {
                         self.state.lock().unwrap_or_else(|p| p.into_inner()).sites.remove(site_id);
@@ -188,6 +233,9 @@ impl Subscriber {
                 };
                 if sites_changed {
                     self.engine.set_sites(parse_sites(&state.sites, &self.base));
+                }
+                if sites_changed || certs_changed {
+                    install_certificates(&self.engine, &state.sites, &self.token_file);
                 }
                 self.persist(&state);
                 Some(record.seq)

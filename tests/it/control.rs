@@ -206,6 +206,11 @@ async fn a_site_upload_reaches_every_node_and_a_bad_one_changes_nothing() {
         detail.contains("site.toml:2:6:") && detail.contains("site.toml:5:7:"),
         "every problem with its position: {detail}"
     );
+    // A site that wants an ACME certificate from a control plane with no
+    // [acme] directory would never get one: refused, saying so.
+    let r = cdn.admin_call(Method::POST, "/v1/sites", &format!("{}[tls]\nacme = true\n", site(cdn.origin))).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.json()["error"], "no_acme", "{}", String::from_utf8_lossy(&r.body));
     let list = cdn.admin_call(Method::GET, "/v1/sites", "").await.json();
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["version"], 1, "nothing changed");

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `outpost` binary.
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+mod acme;
 mod cli;
 mod console;
 mod control;

@@ -140,12 +140,18 @@ async fn backlog(store: &Store, after: u64) -> Result<(Vec<Bytes>, u64, u64), Ap
     let mut lines = Vec::new();
     let mut cursor = after.min(last);
     if after.saturating_add(1) < first && last > 0 {
+        let mut certificates = store.certificates().await.map_err(ApiError::from)?;
         let sites = store
             .sites()
             .await
             .map_err(ApiError::from)?
             .into_iter()
-            .map(|s| SiteSnapshot { id: s.id, version: s.version, toml: s.toml })
+            .map(|s| SiteSnapshot {
+                certificate: certificates.remove(&s.id),
+                id: s.id,
+                version: s.version,
+                toml: s.toml,
+            })
             .collect();
         lines.push(line(&StreamLine::Snapshot { seq: last, sites }));
         cursor = last;

@@ -127,6 +127,14 @@ impl Control {
                 format!("the URL names `{id}` but the file is site `{}`", site.id),
             ));
         }
+        if site.tls == Some(outpost_config::SiteTls::Acme) && !c.orders_certificates() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "no_acme",
+                "the site asks for `[tls] acme = true`, but this control plane has no [acme] directory to order \
+                 from: add one to its node file, or give the site certificate files",
+            ));
+        }
         // Hosts must not collide with another site's.
         let mut sites: Vec<Site> = Vec::new();
         for s in c.store.sites().await.map_err(ApiError::from)? {

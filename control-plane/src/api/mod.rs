@@ -165,6 +165,8 @@ pub struct Control {
     /// Streams open at any replica of a shared store (`node/replica`), as
     /// its registry watch reports them.
     elsewhere: Mutex<std::collections::BTreeSet<String>>,
+    /// Whether this control plane orders ACME certificates (`[acme]`).
+    acme: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Control {
@@ -207,7 +209,18 @@ impl Control {
             closing: tokio_util::sync::CancellationToken::new(),
             quorum: std::sync::atomic::AtomicBool::new(quorum),
             elsewhere: Mutex::default(),
+            acme: std::sync::atomic::AtomicBool::new(false),
         }))
+    }
+
+    /// Marks this control plane as one that orders ACME certificates: sites
+    /// with `[tls] acme = true` are refused by one that does not.
+    pub fn enable_acme(&self) {
+        self.acme.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn orders_certificates(&self) -> bool {
+        self.acme.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The admin token (the console signs operators in with it).

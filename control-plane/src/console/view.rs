@@ -639,6 +639,13 @@ pub(super) fn events(frame: &Frame<'_>, events: &[EventRecord], older: Option<u6
                                         td { "purge" } td { (p.site_id) }
                                         td { a href=(format!("/console/purges/{}", p.id)) { (p.id) } " " (target(&p.target)) @if p.soft { " (soft)" } }
                                     }
+                                    outpost_config::Event::Certificate { site_id, certificate } => {
+                                        td { "certificate" } td { (site_id) }
+                                        td { (certificate.names.join(", ")) ", valid until " (when(certificate.not_after_ms)) }
+                                    }
+                                    outpost_config::Event::AcmeChallenge { site_id, token, .. } => {
+                                        td { "ACME challenge" } td { (site_id) } td { (token) }
+                                    }
                                 }
                             }
                         }

@@ -21,7 +21,7 @@ mod redb;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use outpost_config::{EventRecord, Purge, PurgeTarget, StoreBackend};
+use outpost_config::{EventRecord, IssuedCertificate, Purge, PurgeTarget, StoreBackend};
 use serde::{Deserialize, Serialize};
 
 pub use outpost_config::api::{NodeRecord, PopRecord, SiteRecord};
@@ -265,6 +265,65 @@ impl Store {
     /// Every PoP whose weight an operator set, by name.
     pub async fn pops(&self) -> Result<Vec<PopRecord>, StoreError> {
         backend!(self, |b| b.pops())
+    }
+
+    /// Stores a site's new ACME certificate and logs it; `None` (nothing
+    /// written) when the site is gone.
+    pub async fn put_certificate(
+        &self,
+        site_id: &str,
+        cert: &IssuedCertificate,
+    ) -> Result<Option<EventRecord>, StoreError> {
+        let (site_id, cert) = (site_id.to_string(), cert.clone());
+        backend!(self, |b| b.put_certificate(&site_id, &cert))
+    }
+
+    /// A site's ACME certificate.
+    pub async fn certificate(&self, site_id: &str) -> Result<Option<IssuedCertificate>, StoreError> {
+        let site_id = site_id.to_string();
+        backend!(self, |b| b.certificate(&site_id))
+    }
+
+    /// Every site's ACME certificate, by site.
+    pub async fn certificates(&self) -> Result<BTreeMap<String, IssuedCertificate>, StoreError> {
+        backend!(self, |b| b.certificates())
+    }
+
+    /// Logs an HTTP-01 challenge for the nodes to answer; `None` when the
+    /// site is gone.
+    pub async fn log_challenge(
+        &self,
+        site_id: &str,
+        token: &str,
+        key_authorization: &str,
+        until_ms: u64,
+    ) -> Result<Option<EventRecord>, StoreError> {
+        let event = outpost_config::Event::AcmeChallenge {
+            site_id: site_id.to_string(),
+            token: token.to_string(),
+            key_authorization: key_authorization.to_string(),
+            until_ms,
+        };
+        backend!(self, |b| b.log_challenge(event))
+    }
+
+    /// A small record kept beside the sites (the ACME account, order
+    /// claims), by name.
+    pub async fn record(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let name = name.to_string();
+        backend!(self, |b| b.record(&name))
+    }
+
+    /// Sets (`Some`) or removes (`None`) record `name` if it still holds
+    /// `expected` (`None`: absent); `false` when another writer changed it.
+    pub async fn swap_record(
+        &self,
+        name: &str,
+        expected: Option<String>,
+        new: Option<String>,
+    ) -> Result<bool, StoreError> {
+        let name = name.to_string();
+        backend!(self, |b| b.swap_record(&name, expected.as_deref(), new.as_deref()))
     }
 }
 

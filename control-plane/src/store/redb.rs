@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use outpost_config::{Event, EventRecord, Purge, PurgeTarget};
+use outpost_config::{Event, EventRecord, IssuedCertificate, Purge, PurgeTarget};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::{NodeRecord, PopRecord, PurgeRecord, SiteRecord, StoreError, db, now_ms};
@@ -17,6 +17,10 @@ const SITES: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("sites
 const PURGES: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("purges");
 const NODES: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("nodes");
 const POPS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("pops");
+/// Sites' ACME certificates, by site.
+const CERTS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("certificates");
+/// Small named records: the ACME account, order claims.
+const RECORDS: TableDefinition<'static, &str, &str> = TableDefinition::new("records");
 /// The last [`super::HISTORY`] versions of every site, by (id, version).
 const HISTORY: TableDefinition<'static, (&str, u64), &[u8]> = TableDefinition::new("site_history");
 
@@ -43,7 +47,8 @@ impl RedbStore {
         {
             tx.open_table(EVENTS).map_err(db)?;
             tx.open_table(HISTORY).map_err(db)?;
-            for t in [SITES, PURGES, NODES, POPS] {
+            tx.open_table(RECORDS).map_err(db)?;
+            for t in [SITES, PURGES, NODES, POPS, CERTS] {
                 tx.open_table(t).map_err(db)?;
             }
             let mut meta = tx.open_table(META).map_err(db)?;
@@ -102,6 +107,7 @@ impl RedbStore {
                 }
                 Event::SiteDeleted { site_id } => {
                     tx.open_table(SITES).map_err(db)?.remove(site_id.as_str()).map_err(db)?;
+                    tx.open_table(CERTS).map_err(db)?.remove(site_id.as_str()).map_err(db)?;
                     let mut history = tx.open_table(HISTORY).map_err(db)?;
                     history
                         .retain_in((site_id.as_str(), 0)..=(site_id.as_str(), u64::MAX), |_, _| false)
@@ -112,6 +118,11 @@ impl RedbStore {
                     let bytes = serde_json::to_vec(&rec).map_err(db)?;
                     tx.open_table(PURGES).map_err(db)?.insert(p.id.as_str(), bytes.as_slice()).map_err(db)?;
                 }
+                Event::Certificate { site_id, certificate } => {
+                    let bytes = serde_json::to_vec(certificate).map_err(db)?;
+                    tx.open_table(CERTS).map_err(db)?.insert(site_id.as_str(), bytes.as_slice()).map_err(db)?;
+                }
+                Event::AcmeChallenge { .. } => {}
             }
             record = EventRecord { seq, at_ms, event };
             let bytes = serde_json::to_vec(&record).map_err(db)?;
@@ -287,6 +298,80 @@ impl RedbStore {
             out.push(serde_json::from_slice(row.map_err(db)?.1.value()).map_err(db)?);
         }
         Ok(out)
+    }
+}
+
+impl RedbStore {
+    /// Stores and logs a site's certificate, unless the site is gone.
+    pub(super) fn put_certificate(
+        &self,
+        site_id: &str,
+        cert: &IssuedCertificate,
+    ) -> Result<Option<EventRecord>, StoreError> {
+        self.log_for_site(Event::Certificate { site_id: site_id.to_string(), certificate: cert.clone() })
+    }
+
+    pub(super) fn log_challenge(&self, event: Event) -> Result<Option<EventRecord>, StoreError> {
+        self.log_for_site(event)
+    }
+
+    /// Logs `event` if its site still exists.
+    fn log_for_site(&self, event: Event) -> Result<Option<EventRecord>, StoreError> {
+        let logged = self.append(|tx| match site_in(tx, event.site_id())? {
+            Some(_) => Ok(event),
+            None => Err(StoreError::Conflict(String::new())),
+        });
+        match logged {
+            Ok(rec) => Ok(Some(rec)),
+            Err(StoreError::Conflict(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(super) fn certificate(&self, site_id: &str) -> Result<Option<IssuedCertificate>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = tx.open_table(CERTS).map_err(db)?;
+        let v = t.get(site_id).map_err(db)?;
+        v.map(|v| serde_json::from_slice(v.value()).map_err(db)).transpose()
+    }
+
+    pub(super) fn certificates(&self) -> Result<BTreeMap<String, IssuedCertificate>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = tx.open_table(CERTS).map_err(db)?;
+        let mut out = BTreeMap::new();
+        for row in t.iter().map_err(db)? {
+            let (k, v) = row.map_err(db)?;
+            out.insert(k.value().to_string(), serde_json::from_slice(v.value()).map_err(db)?);
+        }
+        Ok(out)
+    }
+
+    pub(super) fn record(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = tx.open_table(RECORDS).map_err(db)?;
+        Ok(t.get(name).map_err(db)?.map(|v| v.value().to_string()))
+    }
+
+    pub(super) fn swap_record(
+        &self,
+        name: &str,
+        expected: Option<&str>,
+        new: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let tx = self.db.begin_write().map_err(db)?;
+        {
+            let mut t = tx.open_table(RECORDS).map_err(db)?;
+            let current = t.get(name).map_err(db)?.map(|v| v.value().to_string());
+            if current.as_deref() != expected {
+                return Ok(false);
+            }
+            match new {
+                Some(v) => drop(t.insert(name, v).map_err(db)?),
+                None => drop(t.remove(name).map_err(db)?),
+            }
+        }
+        tx.commit().map_err(db)?;
+        Ok(true)
     }
 }
 

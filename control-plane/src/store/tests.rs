@@ -209,6 +209,44 @@ pub(crate) async fn site_history_keeps_the_last_versions(s: &Store) {
     assert_eq!(s.site_history("ab").await.unwrap().len(), 1, "another site's history stays");
 }
 
+/// A site's certificate is stored with its event and goes with the site;
+/// a certificate or challenge for a site that does not exist logs
+/// nothing; records swap only from what the writer saw.
+pub(crate) async fn certificates_and_records(s: &Store) {
+    let cert = outpost_config::IssuedCertificate {
+        chain_pem: "-----BEGIN CERTIFICATE-----".into(),
+        sealed_key: "00ff".into(),
+        names: vec!["shop.test".into()],
+        not_before_ms: 1_000,
+        not_after_ms: 91_000,
+    };
+    assert_eq!(cert.renew_at_ms(), 61_000, "a third of the lifetime left");
+    assert_eq!(s.put_certificate("shop", &cert).await.unwrap(), None, "no such site");
+    assert_eq!(s.log_challenge("shop", "tok", "tok.thumb", 5).await.unwrap(), None);
+    let last = s.last_seq().await.unwrap();
+    s.upsert_site("shop", "[site]", None).await.unwrap();
+    let rec = s.put_certificate("shop", &cert).await.unwrap().unwrap();
+    assert_eq!(rec.seq, last + 2);
+    assert!(
+        matches!(&rec.event, Event::Certificate { site_id, certificate } if site_id == "shop" && *certificate == cert)
+    );
+    assert_eq!(s.certificate("shop").await.unwrap(), Some(cert.clone()));
+    assert_eq!(s.certificates().await.unwrap().into_iter().collect::<Vec<_>>(), [("shop".to_string(), cert.clone())]);
+    let ch = s.log_challenge("shop", "tok", "tok.thumb", 5).await.unwrap().unwrap();
+    assert_eq!(s.events_after(rec.seq, 10).await.unwrap(), [ch]);
+    s.delete_site("shop").await.unwrap().unwrap();
+    assert_eq!(s.certificate("shop").await.unwrap(), None, "a deleted site's certificate goes with it");
+
+    assert_eq!(s.record("acme/account").await.unwrap(), None);
+    assert!(s.swap_record("acme/account", None, Some("a1".into())).await.unwrap());
+    assert!(!s.swap_record("acme/account", None, Some("a2".into())).await.unwrap(), "it exists now");
+    assert!(!s.swap_record("acme/account", Some("zz".into()), Some("a2".into())).await.unwrap());
+    assert_eq!(s.record("acme/account").await.unwrap().as_deref(), Some("a1"));
+    assert!(s.swap_record("acme/account", Some("a1".into()), Some("a2".into())).await.unwrap());
+    assert!(s.swap_record("acme/account", Some("a2".into()), None).await.unwrap());
+    assert_eq!(s.record("acme/account").await.unwrap(), None);
+}
+
 /// Every test of the battery, once on each backend.
 macro_rules! battery {
     ($($test:ident),* $(,)?) => {
@@ -238,7 +276,8 @@ battery!(
     upserts_are_compare_and_swap,
     concurrent_writes_get_one_order,
     pop_weights_are_kept_and_replaced,
-    site_history_keeps_the_last_versions
+    site_history_keeps_the_last_versions,
+    certificates_and_records
 );
 
 /// A record in the cluster that is not what the control plane wrote (a

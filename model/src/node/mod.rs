@@ -47,6 +47,8 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// A node silent this long leaves the control plane's registry: a day
 /// rides out any outage an operator would still want to see in `status`.
 pub const DEFAULT_NODE_EXPIRY: Duration = Duration::from_secs(24 * 3600);
+/// How often the control plane looks at ACME certificates (1h).
+pub const DEFAULT_ACME_CHECK: Duration = Duration::from_secs(3600);
 /// How often an edge probes a shield it has marked down.
 pub const DEFAULT_SHIELD_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Events the control plane keeps before compacting; a node further behind
@@ -309,6 +311,24 @@ pub struct ControlNode {
     pub node_expiry: Duration,
     pub admin_token_file: PathBuf,
     pub node_token_file: PathBuf,
+    /// `[acme]`: where certificates for sites with `[tls] acme = true`
+    /// come from. Default: none (such sites get no certificate).
+    pub acme: Option<AcmeConfig>,
+}
+
+/// The ACME directory the control plane orders certificates from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeConfig {
+    /// The directory URL, `https://`.
+    pub directory: String,
+    /// Account contacts, such as `mailto:ops@example.com`. Default: none.
+    pub contact: Vec<String>,
+    /// Extra CA certificates (PEM) trusted for the directory's HTTPS, for
+    /// a private or test CA. Default: none (the system's roots).
+    pub ca: Option<PathBuf>,
+    /// How often certificates are checked for renewal (a third of their
+    /// lifetime left) and failed orders retried. Default: [`DEFAULT_ACME_CHECK`].
+    pub check_every: Duration,
 }
 
 /// Where the control plane keeps its state.

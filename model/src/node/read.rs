@@ -397,13 +397,41 @@ fn decode_control(s: &mut Sink<'_>, root: &mut Table<'_, '_>, base: &Path) -> Op
     let admin: Option<String> = auth.req(s, "admin_token_file");
     let node: Option<String> = auth.req(s, "node_token_file");
     auth.finish(s);
+    let acme = root.table(s, "acme").and_then(|mut t| decode_acme(s, &mut t, base));
     Some(ControlNode {
         store: backend?,
         log_retention,
         node_expiry,
         admin_token_file: base.join(admin?),
         node_token_file: base.join(node?),
+        acme,
     })
+}
+
+fn decode_acme(s: &mut Sink<'_>, t: &mut Table<'_, '_>, base: &Path) -> Option<AcmeConfig> {
+    let directory: Option<Spanned<String>> = t.req(s, "directory");
+    if let Some(d) = &directory
+        && !d.get_ref().starts_with("https://")
+    {
+        s.error(&d.span(), format!("ACME directory `{}` must be an https:// URL (RFC 8555 §6.1)", d.get_ref()));
+    }
+    let contact: Spanned<Vec<String>> = t.or(s, "contact", Spanned::new(0..0, Vec::new()));
+    for c in contact.get_ref() {
+        if !c.starts_with("mailto:") || c.len() <= "mailto:".len() {
+            s.error(&contact.span(), format!("ACME contact `{c}` must be a mailto: URL"));
+        }
+    }
+    let ca = t.opt::<String>(s, "ca").map(|p| base.join(p));
+    let check_every = match t.opt::<Spanned<Duration>>(s, "check_every") {
+        Some(d) if d.get_ref().is_zero() => {
+            s.error(&d.span(), "check_every must be longer than zero");
+            DEFAULT_ACME_CHECK
+        }
+        Some(d) => d.into_inner(),
+        None => DEFAULT_ACME_CHECK,
+    };
+    t.finish(s);
+    Some(AcmeConfig { directory: directory?.into_inner(), contact: contact.into_inner(), ca, check_every })
 }
 
 /// `[store] backend` and the keys of the backend it names.

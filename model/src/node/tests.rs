@@ -214,6 +214,23 @@ fn control_and_origin_roles() {
     let RoleConfig::Control(c) = &node.role else { panic!() };
     assert_eq!(c.store, StoreBackend::Redb { path: dir.path().join("data/c.redb") }, "relative paths follow the file");
     assert_eq!(c.log_retention, DEFAULT_LOG_RETENTION);
+    assert_eq!(c.acme, None);
+    let acme = "[acme]\ndirectory = \"https://127.0.0.1:14000/dir\"\ncontact = [\"mailto:ops@example.test\"]\nca = \"pebble.pem\"\n";
+    let node = NodeConfig::parse(&file, &format!("{text}{acme}check_every = \"2s\"\n")).unwrap();
+    let RoleConfig::Control(c) = &node.role else { panic!() };
+    let want = AcmeConfig {
+        directory: "https://127.0.0.1:14000/dir".into(),
+        contact: vec!["mailto:ops@example.test".into()],
+        ca: Some(dir.path().join("pebble.pem")),
+        check_every: Duration::from_secs(2),
+    };
+    assert_eq!(c.acme.as_ref(), Some(&want));
+    let e = errors(&format!("{text}{}", acme.replace("https://", "http://").replace("mailto:ops", "ops")));
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e[0].contains(":12:13:") && e[0].contains("must be an https:// URL"), "{e:?}");
+    assert!(e[1].contains("must be a mailto: URL"), "{e:?}");
+    let edge = errors(&format!("{}{acme}", include_str!("../../../config/edge-fra.toml")));
+    assert!(edge.iter().any(|m| m.contains("acme")), "only a control plane orders certificates: {edge:?}");
     let origin: NodeConfig =
         "[node]\nname = \"o\"\nrole = \"origin\"\n[listen]\nhttp = [\"127.0.0.1:9000\"]\n".parse().unwrap();
     assert_eq!(origin.role, RoleConfig::Origin(OriginNode { dir: None }));

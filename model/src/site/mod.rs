@@ -241,15 +241,22 @@ pub struct StalePolicy {
     pub partition_grace: Duration,
 }
 
-/// The certificate edges and shields present for the site's hosts. The files
-/// are read by each node (a site file travels through the control plane, the
-/// key never does), so their existence is checked where they are used.
+/// The certificate edges and shields present for the site's hosts.
 #[derive(Debug, Clone, PartialEq)]
-pub struct SiteTls {
-    /// PEM: the leaf certificate first, then its intermediates.
-    pub cert: Located<PathBuf>,
-    /// PEM: PKCS#8, PKCS#1 or SEC1 private key.
-    pub key: Located<PathBuf>,
+pub enum SiteTls {
+    /// Files each node reads (a site file travels through the control
+    /// plane, the key never does), so their existence is checked where they
+    /// are used.
+    Files {
+        /// PEM: the leaf certificate first, then its intermediates.
+        cert: Located<PathBuf>,
+        /// PEM: PKCS#8, PKCS#1 or SEC1 private key.
+        key: Located<PathBuf>,
+    },
+    /// `acme = true`: the control plane orders the certificate from its
+    /// ACME directory (HTTP-01, answered by whichever node the CA reaches),
+    /// renews it and sends it to every node with its key sealed.
+    Acme,
 }
 
 /// Request fields that change what a request means to many origin

@@ -46,15 +46,7 @@ pub(super) fn decode_site(s: &mut Sink<'_>, root: &mut Table<'_, '_>, base: &Pat
         Some(mut t) => decode_stale(s, &mut t),
         None => StalePolicy::default(),
     };
-    let tls = root.table(s, "tls").and_then(|mut t| {
-        let mut path = |s: &mut Sink<'_>, key| {
-            t.req::<Spanned<String>>(s, key).map(|p| s.located(&p.span(), base.join(p.get_ref())))
-        };
-        let cert = path(s, "cert");
-        let key = path(s, "key");
-        t.finish(s);
-        Some(SiteTls { cert: cert?, key: key? })
-    });
+    let tls = root.table(s, "tls").and_then(|mut t| decode_tls(s, &mut t, base, hosts.as_deref()));
     let headers = match root.table(s, "headers") {
         Some(mut t) => decode_header_rules(s, &mut t),
         None => HeaderRules::default(),
@@ -75,6 +67,46 @@ pub(super) fn decode_site(s: &mut Sink<'_>, root: &mut Table<'_, '_>, base: &Pat
         tls,
         headers,
     })
+}
+
+/// `[tls]`: certificate files, or `acme = true` (which covers exact host
+/// names only: HTTP-01 cannot prove a wildcard).
+fn decode_tls(
+    s: &mut Sink<'_>,
+    t: &mut Table<'_, '_>,
+    base: &Path,
+    hosts: Option<&[Located<HostPattern>]>,
+) -> Option<SiteTls> {
+    let acme = t.opt::<Spanned<bool>>(s, "acme");
+    if let Some(acme) = acme.filter(|a| *a.get_ref()) {
+        for key in ["cert", "key"] {
+            if let Some(v) = t.opt::<Spanned<String>>(s, key) {
+                s.error(
+                    &v.span(),
+                    format!(
+                        "`{key}` and `acme = true` exclude each other: the certificate comes from files or from ACME"
+                    ),
+                );
+            }
+        }
+        if let Some(wild) = hosts.into_iter().flatten().find(|h| !matches!(h.value, HostPattern::Exact(_))) {
+            s.error(
+                &acme.span(),
+                format!(
+                    "ACME proves names by HTTP-01, which cannot cover `{}`; give this site certificate files",
+                    wild.value
+                ),
+            );
+        }
+        t.finish(s);
+        return Some(SiteTls::Acme);
+    }
+    let mut path =
+        |s: &mut Sink<'_>, key| t.req::<Spanned<String>>(s, key).map(|p| s.located(&p.span(), base.join(p.get_ref())));
+    let cert = path(s, "cert");
+    let key = path(s, "key");
+    t.finish(s);
+    Some(SiteTls::Files { cert: cert?, key: key? })
 }
 
 fn decode_hosts(s: &mut Sink<'_>, head: &mut Table<'_, '_>) -> Option<Vec<Located<HostPattern>>> {

@@ -161,3 +161,17 @@ fn syntax_errors_carry_their_position() {
     let e = errors("[site]\nid = \"a\nhosts = [\"a.test\"]\n");
     assert!(e.iter().any(|m| m.starts_with("<inline>:2:8: invalid basic string")), "{e:?}");
 }
+
+#[test]
+fn acme_replaces_certificate_files_for_exact_hosts_only() {
+    let site: Site = format!("{MINIMAL}[tls]\nacme = true\n").parse().unwrap();
+    assert_eq!(site.tls, Some(SiteTls::Acme));
+    let both = errors(&format!("{MINIMAL}[tls]\nacme = true\ncert = \"a.pem\"\nkey = \"a.key\"\n"));
+    assert_eq!(both.len(), 2, "{both:?}");
+    assert!(both[0].contains("10:8") && both[0].contains("exclude each other"), "{both:?}");
+    let wild =
+        errors(&(MINIMAL.replace("[\"shop.test\"]", "[\"shop.test\", \"*.shop.test\"]") + "[tls]\nacme = true\n"));
+    assert!(wild[0].contains("9:8") && wild[0].contains("cannot cover `*.shop.test`"), "{wild:?}");
+    let off = errors(&format!("{MINIMAL}[tls]\nacme = false\n"));
+    assert!(off.iter().any(|e| e.contains("cert")), "acme = false still needs files: {off:?}");
+}

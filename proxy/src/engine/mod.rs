@@ -112,6 +112,8 @@ pub struct Engine {
     rules: ResponseRules,
     /// Certificates presented by the node's TLS listeners, by SNI.
     pub certs: Arc<CertStore>,
+    /// HTTP-01 challenges of the control plane's running ACME orders.
+    pub challenges: crate::acme::Challenges,
     /// Keys whose upstream just failed: served stale without asking again.
     holds: hold::Holds,
     /// Representations being made from stored copies.
@@ -154,6 +156,7 @@ impl Engine {
             started_ms: epoch_ms(std::time::SystemTime::now()),
             rules: ResponseRules { strip_cdn_headers: config.tier == Tier::Edge },
             certs,
+            challenges: crate::acme::Challenges::default(),
             holds: hold::Holds::default(),
             making: represent::Making::default(),
             https_port: config.https_port,

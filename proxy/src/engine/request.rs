@@ -5,7 +5,8 @@
 //!    listener ([`refused`]);
 //! 2. **loop** — a request carrying this node's own `CDN-Loop` mark (508);
 //! 3. **site** — by the checked host: none is 400, an unknown one 421 and
-//!    never proxied; an `https_only` site sends plain HTTP to HTTPS (308);
+//!    never proxied; an ACME challenge of an `acme = true` site is answered
+//!    here; an `https_only` site sends plain HTTP to HTTPS (308);
 //! 4. **key** — normalised path, shaped query, the scope the origin sees;
 //! 5. **lookup** — memory, then disk, then `Vary` ([`super::lookup`]);
 //! 6. **serve** — the purge rules, then a fresh hit or
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use outpost_config::Site;
+use outpost_config::{Site, SiteTls};
 
 use super::context::{Answer, Ctx, Secure, failed, upstream_proto};
 use super::respond::Body;
@@ -60,6 +61,7 @@ pub(super) async fn handle(
     let answer = match prepare(engine, req, client) {
         Err(Ended::Failed(e)) => failed(engine, e),
         Err(Ended::Redirect(to)) => (redirect(to), CacheStatus::new(Outcome::Local)),
+        Err(Ended::Answered(resp)) => (*resp, CacheStatus::new(Outcome::Local)),
         Ok((cx, _)) if cx.method == Method::GET || cx.method == Method::HEAD => lookup::cacheable(&cx).await,
         // Boxed, like every path that goes upstream: the request's future
         // stays small, and a hit moves fewer bytes.
@@ -87,6 +89,8 @@ enum Ended {
     Failed(Error),
     /// `https_only`: to this URL.
     Redirect(HeaderValue),
+    /// Answered by the node itself (an ACME challenge).
+    Answered(Box<Response<Body>>),
 }
 
 impl From<Error> for Ended {
@@ -102,6 +106,11 @@ fn prepare(engine: &Arc<Engine>, req: Request<Incoming>, client: Option<SocketAd
         return Err(Error::Loop.into());
     }
     let (host, site) = find_site(engine, &req)?;
+    if let Some(token) = req.uri().path().strip_prefix(crate::acme::CHALLENGE_PATH)
+        && matches!(site.tls, Some(SiteTls::Acme))
+    {
+        return Err(Ended::Answered(Box::new(acme_answer(engine, &site, token, req.method()))));
+    }
     let secure = req.extensions().get::<Secure>().is_some();
     if site.https_only && !secure {
         return Err(Ended::Redirect(https_location(&req, &host, engine.https_port)));
@@ -125,6 +134,32 @@ fn prepare(engine: &Arc<Engine>, req: Request<Incoming>, client: Option<SocketAd
         sendfile,
     };
     Ok((cx, body))
+}
+
+/// Step 3, for a site whose certificate comes by ACME: the key
+/// authorization of a challenge its running order gave, over HTTP or
+/// HTTPS (never redirected: the CA asks over HTTP), never stored.
+fn acme_answer(engine: &Engine, site: &Site, token: &str, method: &Method) -> Response<Body> {
+    if method != Method::GET && method != Method::HEAD {
+        return crate::error::plain(StatusCode::METHOD_NOT_ALLOWED, "ACME challenges are read with GET");
+    }
+    let now = super::epoch_ms(std::time::SystemTime::now());
+    match engine.challenges.answer(&site.id, token, now) {
+        Some(answer) => {
+            let len = answer.len();
+            let mut r = Response::new(if method == Method::HEAD {
+                super::respond::empty()
+            } else {
+                super::respond::full(answer)
+            });
+            let h = r.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            r
+        }
+        None => crate::error::plain(StatusCode::NOT_FOUND, "no such ACME challenge here"),
+    }
 }
 
 /// Step 1: message framing that a proxy must not guess at (RFC 9112 §6.3).

@@ -66,11 +66,15 @@ fn is_pem(bytes: &[u8]) -> bool {
 
 /// Every certificate in a PEM file, in order.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsFileError> {
-    let bytes = read(path)?;
-    if !is_pem(&bytes) {
+    certs_from_pem(&read(path)?, path)
+}
+
+/// Every certificate in PEM text, in order; `path` names it in errors.
+fn certs_from_pem(bytes: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsFileError> {
+    if !is_pem(bytes) {
         return Err(TlsFileError::NotPem(path.to_path_buf()));
     }
-    let certs = CertificateDer::pem_slice_iter(&bytes)
+    let certs = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsFileError::BadPem(path.to_path_buf(), e.to_string()))?;
     if certs.is_empty() {
@@ -81,11 +85,14 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsFileEr
 
 /// The first private key in a PEM file (PKCS#8, PKCS#1 or SEC1).
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsFileError> {
-    let bytes = read(path)?;
-    if !is_pem(&bytes) {
+    key_from_pem(&read(path)?, path)
+}
+
+fn key_from_pem(bytes: &[u8], path: &Path) -> Result<PrivateKeyDer<'static>, TlsFileError> {
+    if !is_pem(bytes) {
         return Err(TlsFileError::NotPem(path.to_path_buf()));
     }
-    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
+    PrivateKeyDer::from_pem_slice(bytes).map_err(|e| match e {
         rustls::pki_types::pem::Error::NoItemsFound => TlsFileError::NoKey(path.to_path_buf()),
         e => TlsFileError::BadPem(path.to_path_buf(), e.to_string()),
     })
@@ -134,8 +141,31 @@ impl LoadedCert {
 /// together. An expired certificate loads with a warning: a node keeps
 /// serving with it rather than failing every handshake of the site.
 pub fn load_pair(cert: &Path, key: &Path, now: SystemTime) -> Result<LoadedCert, TlsFileError> {
-    let chain = load_certs(cert)?;
-    let der = load_key(key)?;
+    pair_from_pem(&read(cert)?, &read(key)?, (cert, key), now)
+}
+
+/// A certificate the control plane obtained by ACME, its key opened with
+/// the node token. Errors name it `acme:<site>`.
+pub fn load_issued(
+    issued: &outpost_config::IssuedCertificate,
+    site: &str,
+    token: &str,
+    now: SystemTime,
+) -> Result<LoadedCert, TlsFileError> {
+    let label = PathBuf::from(format!("acme:{site}"));
+    let key = outpost_net::seal::open(token, &outpost_net::seal::certificate_key(site), &issued.sealed_key)
+        .map_err(|e| TlsFileError::Unreadable(label.clone(), format!("sealed key: {e}")))?;
+    pair_from_pem(issued.chain_pem.as_bytes(), &key, (&label, &label), now)
+}
+
+fn pair_from_pem(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    (cert, key): (&Path, &Path),
+    now: SystemTime,
+) -> Result<LoadedCert, TlsFileError> {
+    let chain = certs_from_pem(cert_pem, cert)?;
+    let der = key_from_pem(key_pem, key)?;
     let signer = rustls::crypto::ring::sign::any_supported_type(&der)
         .map_err(|e| TlsFileError::UnsupportedKey(key.to_path_buf(), e.to_string()))?;
     let certified = CertifiedKey::new(chain, signer);

@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use metrics::{Counter, gauge};
-use outpost_config::{HostPattern, NodeTls, Site, UnknownSni};
+use outpost_config::{HostPattern, NodeTls, Site, SiteTls, UnknownSni};
 use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, version};
@@ -45,6 +45,9 @@ struct Source {
 struct Sources {
     files: HashMap<(PathBuf, PathBuf), Source>,
     sites: Vec<Arc<Site>>,
+    /// Certificates of `acme = true` sites, by site, with the chain they
+    /// were loaded from.
+    issued: HashMap<String, (String, LoadedCert)>,
 }
 
 /// The certificates a node presents, found by SNI.
@@ -90,6 +93,35 @@ impl CertStore {
         self.refresh();
     }
 
+    /// The sites with an ACME certificate in use.
+    pub fn issued_sites(&self) -> Vec<String> {
+        self.lock().issued.keys().cloned().collect()
+    }
+
+    /// The chain (PEM) of a site's ACME certificate in use, if any.
+    pub fn issued_chain(&self, site: &str) -> Option<String> {
+        self.lock().issued.get(site).map(|(chain, _)| chain.clone())
+    }
+
+    /// Sets (or with `None` drops) a site's ACME certificate, loaded from
+    /// `chain` (PEM).
+    pub fn set_issued(&self, site: &str, cert: Option<(String, LoadedCert)>) {
+        {
+            let mut sources = self.lock();
+            match cert {
+                Some((chain, loaded)) => {
+                    for w in &loaded.warnings {
+                        tracing::warn!(node = %self.node, site, "{w}");
+                    }
+                    tracing::info!(node = %self.node, site, names = ?loaded.names, "ACME certificate installed");
+                    sources.issued.insert(site.to_string(), (chain, loaded));
+                }
+                None => drop(sources.issued.remove(site)),
+            }
+        }
+        self.refresh();
+    }
+
     /// Does a name (lower-case) have a certificate, not counting the default?
     pub fn has(&self, name: &str) -> bool {
         self.table.load().names.find(name).is_some()
@@ -108,8 +140,10 @@ impl CertStore {
         let mut wanted: Vec<(PathBuf, PathBuf)> = sources
             .sites
             .iter()
-            .filter_map(|s| s.tls.as_ref())
-            .map(|t| (t.cert.value.clone(), t.key.value.clone()))
+            .filter_map(|s| match &s.tls {
+                Some(SiteTls::Files { cert, key }) => Some((cert.value.clone(), key.value.clone())),
+                _ => None,
+            })
             .collect();
         wanted.extend(self.default_files.clone());
         sources.files.retain(|k, _| wanted.contains(k));
@@ -152,10 +186,16 @@ impl CertStore {
         let mut table = CertTable::default();
         let mut errors = 0;
         for site in &sources.sites {
-            let Some(tls) = &site.tls else { continue };
-            let source = &sources.files[&(tls.cert.value.clone(), tls.key.value.clone())];
-            errors += usize::from(source.error.is_some());
-            let Some(loaded) = &source.loaded else { continue };
+            let (loaded, from) = match &site.tls {
+                None => continue,
+                Some(SiteTls::Files { cert, key }) => {
+                    let source = &sources.files[&(cert.value.clone(), key.value.clone())];
+                    errors += usize::from(source.error.is_some());
+                    (source.loaded.as_ref(), cert.value.display().to_string())
+                }
+                Some(SiteTls::Acme) => (sources.issued.get(&site.id).map(|(_, l)| l), format!("acme:{}", site.id)),
+            };
+            let Some(loaded) = loaded else { continue };
             let expiry = loaded.not_after.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
             gauge!("outpost_tls_certificate_expiry_timestamp_seconds", "node" => self.node.clone(), "site" => site.id.clone()).set(expiry);
             for host in &site.hosts {
@@ -163,7 +203,7 @@ impl CertStore {
                     && changed
                     && !loaded.covers(name)
                 {
-                    tracing::warn!(node = %self.node, site = %site.id, host = %name, cert = %tls.cert.value.display(), "the site's certificate does not cover this host");
+                    tracing::warn!(node = %self.node, site = %site.id, host = %name, cert = %from, "the site's certificate does not cover this host");
                 }
                 table.names.insert(&host.value, Arc::clone(&loaded.key));
             }

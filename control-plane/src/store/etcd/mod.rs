@@ -28,7 +28,7 @@ use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity, KeyValue, TlsOptions,
     Txn, TxnOp,
 };
-use outpost_config::{EtcdStore, Event, EventRecord, Purge, PurgeTarget};
+use outpost_config::{EtcdStore, Event, EventRecord, IssuedCertificate, Purge, PurgeTarget};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -409,6 +409,7 @@ impl EtcdBackend {
                     ops: vec![
                         TxnOp::delete(key.clone(), None),
                         TxnOp::delete(self.key(&["history", id, ""]), Some(DeleteOptions::new().with_prefix())),
+                        TxnOp::delete(self.key(&["certificates", id]), None),
                     ],
                 }))
             }
@@ -515,6 +516,68 @@ impl EtcdBackend {
 
     pub(super) async fn pops(&self) -> Result<Vec<PopRecord>, StoreError> {
         Ok(self.list("pops").await?.into_iter().map(|(_, p)| p).collect())
+    }
+
+    pub(super) async fn put_certificate(
+        &self,
+        site_id: &str,
+        cert: &IssuedCertificate,
+    ) -> Result<Option<EventRecord>, StoreError> {
+        let event = Event::Certificate { site_id: site_id.to_string(), certificate: cert.clone() };
+        let op = put(self.key(&["certificates", site_id]), cert)?;
+        self.log_for_site(event, vec![op]).await
+    }
+
+    pub(super) async fn log_challenge(&self, event: Event) -> Result<Option<EventRecord>, StoreError> {
+        self.log_for_site(event, Vec::new()).await
+    }
+
+    /// Logs `event` with `ops` if its site exists, guarded so that a
+    /// deletion meanwhile wins.
+    async fn log_for_site(&self, event: Event, ops: Vec<TxnOp>) -> Result<Option<EventRecord>, StoreError> {
+        let key = self.key(&["sites", event.site_id()]);
+        self.append(|_, _| {
+            let (key, event, ops) = (key.clone(), event.clone(), ops.clone());
+            async move {
+                let current: Read<SiteRecord> = self.get(&key).await?;
+                if current.value.is_none() {
+                    return Ok(None);
+                }
+                Ok(Some(Planned { event, guards: vec![unchanged(&key, current.revision)], ops }))
+            }
+        })
+        .await
+    }
+
+    pub(super) async fn certificate(&self, site_id: &str) -> Result<Option<IssuedCertificate>, StoreError> {
+        Ok(self.get(&self.key(&["certificates", site_id])).await?.value)
+    }
+
+    pub(super) async fn certificates(&self) -> Result<BTreeMap<String, IssuedCertificate>, StoreError> {
+        Ok(self.list("certificates").await?.into_iter().collect())
+    }
+
+    pub(super) async fn record(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let mut resp = self.read(self.key(&["records", name]), GetOptions::new()).await?;
+        Ok(resp.take_kvs().into_iter().next().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+    }
+
+    pub(super) async fn swap_record(
+        &self,
+        name: &str,
+        expected: Option<&str>,
+        new: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let key = self.key(&["records", name]);
+        let guard = match expected {
+            Some(v) => Compare::value(key.clone(), CompareOp::Equal, v),
+            None => Compare::version(key.clone(), CompareOp::Equal, 0),
+        };
+        let op = match new {
+            Some(v) => TxnOp::put(key, v, None),
+            None => TxnOp::delete(key, None),
+        };
+        self.commit(vec![guard], vec![op]).await
     }
 }
 

@@ -141,6 +141,7 @@ pub static SECTIONS: &[Section] = &[
         keys: &[
             key("http", "list of addresses", Text("[]"), "Plain-HTTP listeners. A node that serves HTTP needs one here or in `https`.", "[\"127.0.0.1:8080\"]").only(&[E, S, C, O]),
             key("https", "list of addresses", Text("[]"), "TLS listeners (HTTP/1.1 and HTTP/2 by ALPN).", "[\"127.0.0.1:8443\"]").only(&[E, S, C]),
+            key("quic", "list of addresses", Text("[]"), "HTTP/3 listeners (QUIC over UDP), with the same certificates as `https`; sites with `http3 = true` advertise the first one in `Alt-Svc`. Usually the `https` addresses.", "[\"127.0.0.1:8443\"]").only(PROXIES),
             key("admin", "address", Unset, "`/metrics` and `/healthz`; no admin listener when unset.", "\"127.0.0.1:9100\"").only(&[E, S, D]),
             key("dns", "address", Required, "UDP and TCP port of the DNS server.", "\"127.0.0.1:5353\"").only(&[D]),
         ],
@@ -160,6 +161,7 @@ pub static SECTIONS: &[Section] = &[
             key("send_timeout", "duration", Time(DEFAULT_SEND_TIMEOUT), "A response the client takes no byte of for this long is dropped with its connection.", "\"30s\""),
             key("shutdown_grace", "duration", Time(DEFAULT_SHUTDOWN_GRACE), "How long a stopping node lets responses in flight finish.", "\"30s\""),
             key("max_connections", "integer", Int(DEFAULT_MAX_CONNECTIONS as u64), "Open client connections; at the cap the longest-idle one is closed to make room.", "10000"),
+            key("quic_streams", "integer", Int(DEFAULT_QUIC_STREAMS as u64), "Requests one HTTP/3 connection may have open at once; the client waits for more.", "100").only(PROXIES),
             key("listen_backlog", "integer", Int(DEFAULT_LISTEN_BACKLOG as u64), "Connections the kernel queues on each listener before the node accepts them; Linux caps it at net.core.somaxconn.", "4096"),
         ],
     },
@@ -333,6 +335,7 @@ pub static SECTIONS: &[Section] = &[
             key("id", "string", Required, "A DNS label (the site is also `<id>.<zone>`): 1 to 63 lower-case letters, digits or inner hyphens.", "\"shop\""),
             key("hosts", "list of host names", Required, "Names the site answers for: exact, or `*.suffix` for one or more labels in front of the suffix. No two may overlap.", "[\"shop.example.test\", \"*.static.example.test\"]"),
             key("https_only", "boolean", Bool(false), "Plain-HTTP clients get a 308 to the HTTPS URL.", "false"),
+            key("http3", "boolean", Bool(false), "Advertise HTTP/3 (`Alt-Svc`) on responses over HTTP/1.1 and HTTP/2 from nodes with `listen.quic`.", "true"),
             key("allow_direct", "boolean", Bool(true), "Edges may go to the origin directly when every shield is down.", "true"),
         ],
     },

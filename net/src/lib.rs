@@ -26,6 +26,7 @@ pub mod control;
 pub mod h1;
 pub mod metrics;
 pub mod multipart;
+pub mod quic;
 pub mod seal;
 pub mod sendfile;
 

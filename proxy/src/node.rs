@@ -30,6 +30,7 @@ pub struct Node {
     engine: Arc<Engine>,
     http: Vec<TcpListener>,
     https: Vec<TcpListener>,
+    quic: Vec<outpost_net::quic::QuicListener>,
     admin: Option<TcpListener>,
     tls: Option<Arc<rustls::ServerConfig>>,
     subscriber: Option<Arc<crate::subscribe::Subscriber>>,
@@ -46,6 +47,7 @@ impl EngineConfig {
             access_log: proxy.access_log.clone(),
             tls: node.tls.clone(),
             https_port: node.listen.https.first().map(|a| a.port()),
+            quic_port: node.listen.quic.first().map(|a| a.port()),
         }
     }
 }
@@ -64,9 +66,11 @@ impl Node {
             Some(a) => Some(crate::serve::bind(&[a], backlog)?.remove(0)),
             None => None,
         };
+        let udp = node.listen.quic.iter().map(std::net::UdpSocket::bind).collect::<io::Result<Vec<_>>>()?;
         let mut config = EngineConfig::from_node(node, proxy, tier);
         // Port 0 in the file: the port actually bound.
         config.https_port = https.first().and_then(|l| l.local_addr().ok()).map(|a| a.port()).or(config.https_port);
+        config.quic_port = udp.first().and_then(|s| s.local_addr().ok()).map(|a| a.port()).or(config.quic_port);
         let engine = Engine::open(config, route).await?;
         let tls = if https.is_empty() {
             None
@@ -75,6 +79,14 @@ impl Node {
                 crate::tls::server_config(Arc::clone(&engine.certs), node.tls.client_ca.as_deref())
                     .map_err(EngineError::Tls)?,
             )
+        };
+        let quic = if udp.is_empty() {
+            Vec::new()
+        } else {
+            let tls = crate::tls::quic_server_config(Arc::clone(&engine.certs)).map_err(EngineError::Tls)?;
+            udp.into_iter()
+                .map(|s| outpost_net::quic::quic_listener(s, Arc::clone(&tls), &node.limits))
+                .collect::<io::Result<Vec<_>>>()?
         };
         let control_tls = match &node.control {
             Some(link) => {
@@ -97,7 +109,7 @@ impl Node {
             };
             Arc::new(crate::subscribe::Subscriber::new(Arc::clone(&engine), link, me, proxy.cache.path.as_deref()))
         });
-        Ok(Node { engine, http, https, tls, admin, subscriber })
+        Ok(Node { engine, http, https, quic, tls, admin, subscriber })
     }
 
     /// The control-plane follower, when the node has a `[control]` section.
@@ -117,6 +129,10 @@ impl Node {
         self.https.iter().filter_map(|l| l.local_addr().ok()).collect()
     }
 
+    pub fn quic_addrs(&self) -> Vec<SocketAddr> {
+        self.quic.iter().filter_map(|l| l.local_addr().ok()).collect()
+    }
+
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
@@ -131,14 +147,26 @@ impl Node {
         let health: Arc<dyn crate::admin::Health> = Arc::clone(&self.engine) as Arc<dyn crate::admin::Health>;
         let server = outpost_net::ServerConfig { name: Arc::clone(&self.engine.node), limits: self.engine.limits };
         let admin = self.admin.map(|l| tokio::spawn(crate::admin::serve(health, l, server.clone(), shutdown.clone())));
-        if self.tls.is_some() {
+        if self.tls.is_some() || !self.quic.is_empty() {
             Arc::clone(&self.engine.certs).watch(CERT_RELOAD_INTERVAL, shutdown.clone());
         }
+        let quic: Vec<_> = self
+            .quic
+            .into_iter()
+            .map(|l| {
+                let served =
+                    outpost_net::quic::serve_quic(Arc::clone(&self.engine), l, self.engine.limits, shutdown.clone());
+                tokio::spawn(served)
+            })
+            .collect();
         let mut listeners: Vec<Listener> = self.http.into_iter().map(|tcp| Listener { tcp, tls: None }).collect();
         listeners.extend(self.https.into_iter().map(|tcp| Listener { tcp, tls: self.tls.clone() }));
         let served = outpost_net::serve(Arc::clone(&self.engine), listeners, server, shutdown.clone()).await;
         if let Some(a) = admin {
             let _ = a.await;
+        }
+        for q in quic {
+            let _ = q.await;
         }
         self.engine.close().await;
         served

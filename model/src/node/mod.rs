@@ -47,6 +47,8 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// A node silent this long leaves the control plane's registry: a day
 /// rides out any outage an operator would still want to see in `status`.
 pub const DEFAULT_NODE_EXPIRY: Duration = Duration::from_secs(24 * 3600);
+/// Requests open at once on one HTTP/3 connection (HTTP/2's usual 100).
+pub const DEFAULT_QUIC_STREAMS: u32 = 100;
 /// How often the control plane looks at ACME certificates (1h).
 pub const DEFAULT_ACME_CHECK: Duration = Duration::from_secs(3600);
 /// How often an edge probes a shield it has marked down.
@@ -166,6 +168,9 @@ pub struct Listen {
     pub http: Vec<SocketAddr>,
     /// Default: none.
     pub https: Vec<SocketAddr>,
+    /// HTTP/3 (QUIC, UDP) listeners, with the certificates of `https`.
+    /// Default: none.
+    pub quic: Vec<SocketAddr>,
     /// `/metrics` and `/healthz`. Default: none.
     pub admin: Option<SocketAddr>,
     /// UDP and TCP port of the DNS server. Required for a DNS node.
@@ -192,6 +197,9 @@ pub struct Limits {
     pub listen_backlog: u32,
     /// Default: [`DEFAULT_SHUTDOWN_GRACE`] (30s).
     pub shutdown_grace: Duration,
+    /// Requests one HTTP/3 connection may have open at once (QUIC
+    /// bidirectional streams). Default: [`DEFAULT_QUIC_STREAMS`] (100).
+    pub quic_streams: u32,
 }
 
 impl Default for Limits {
@@ -206,6 +214,7 @@ impl Default for Limits {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             listen_backlog: DEFAULT_LISTEN_BACKLOG,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            quic_streams: DEFAULT_QUIC_STREAMS,
         }
     }
 }

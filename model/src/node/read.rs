@@ -194,7 +194,7 @@ fn decode_listen(s: &mut Sink<'_>, root: &mut Table<'_, '_>, role: Role) -> Opti
         s.error(&root.span.clone(), format!("missing table [listen] for a {} node", role.as_str()));
         return None;
     };
-    for key in ["http", "https", "admin", "dns"] {
+    for key in ["http", "https", "quic", "admin", "dns"] {
         if !role.listens(key) && t.has(key) {
             let span = t.span_of(key);
             s.error(&span, format!("listen.{key} is not used by a {} node", role.as_str()));
@@ -203,6 +203,7 @@ fn decode_listen(s: &mut Sink<'_>, root: &mut Table<'_, '_>, role: Role) -> Opti
     let listen = Listen {
         http: if role.listens("http") { t.or(s, "http", Vec::new()) } else { Vec::new() },
         https: if role.listens("https") { t.or(s, "https", Vec::new()) } else { Vec::new() },
+        quic: if role.listens("quic") { t.or(s, "quic", Vec::new()) } else { Vec::new() },
         admin: if role.listens("admin") { t.opt(s, "admin") } else { None },
         dns: if role.listens("dns") { t.req(s, "dns") } else { None },
     };
@@ -300,6 +301,7 @@ fn decode_limits(s: &mut Sink<'_>, t: &mut Table<'_, '_>) -> Limits {
     let shutdown_grace = timeout(s, "shutdown_grace", d.shutdown_grace);
     let max_connections = positive(s, t, "max_connections", d.max_connections);
     let listen_backlog = positive(s, t, "listen_backlog", d.listen_backlog);
+    let quic_streams = positive(s, t, "quic_streams", d.quic_streams);
     t.finish(s);
     Limits {
         max_header_bytes,
@@ -311,6 +313,7 @@ fn decode_limits(s: &mut Sink<'_>, t: &mut Table<'_, '_>) -> Limits {
         max_connections,
         listen_backlog,
         shutdown_grace,
+        quic_streams,
     }
 }
 

@@ -88,6 +88,9 @@ pub struct Site {
     pub hosts: Vec<Located<HostPattern>>,
     /// Plain-HTTP clients get a 308 to the HTTPS URL. Default: `false`.
     pub https_only: bool,
+    /// `http3`: responses over HTTP/1.1 and HTTP/2 from a node listening
+    /// on QUIC carry `Alt-Svc: h3=…`. Default: `false`.
+    pub http3: bool,
     /// Edges may go to the origin directly when every shield is down.
     /// Default: `true`.
     pub allow_direct: bool,

@@ -29,6 +29,7 @@ pub(super) fn decode_site(s: &mut Sink<'_>, root: &mut Table<'_, '_>, base: &Pat
     }
     let hosts = decode_hosts(s, &mut head);
     let https_only = head.or(s, "https_only", false);
+    let http3 = head.or(s, "http3", false);
     let allow_direct = head.or(s, "allow_direct", true);
     head.finish(s);
 
@@ -60,6 +61,7 @@ pub(super) fn decode_site(s: &mut Sink<'_>, root: &mut Table<'_, '_>, base: &Pat
         id: id?.into_inner(),
         hosts: hosts?,
         https_only,
+        http3,
         allow_direct,
         origins,
         cache: cache?,

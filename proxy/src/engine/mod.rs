@@ -72,6 +72,9 @@ pub struct EngineConfig {
     /// Port of the node's first HTTPS listener: where `https_only` sites
     /// send plain-HTTP clients (443 when unset).
     pub https_port: Option<u16>,
+    /// Port of the node's first HTTP/3 listener, advertised in `Alt-Svc`
+    /// for sites with `http3 = true`.
+    pub quic_port: Option<u16>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +122,9 @@ pub struct Engine {
     /// Representations being made from stored copies.
     making: represent::Making,
     pub https_port: Option<u16>,
+    /// `Alt-Svc` for responses over HTTP/1.1 and HTTP/2 of sites with
+    /// `http3 = true`, when the node listens on QUIC.
+    pub(crate) alt_svc: Option<http::HeaderValue>,
 }
 
 impl Engine {
@@ -160,6 +166,7 @@ impl Engine {
             holds: hold::Holds::default(),
             making: represent::Making::default(),
             https_port: config.https_port,
+            alt_svc: config.quic_port.and_then(|p| http::HeaderValue::try_from(format!("h3=\":{p}\"; ma=86400")).ok()),
         };
         engine.metrics.sites.set(engine.sites.load().len() as f64);
         let sites = engine.sites.load().sites().cloned().collect::<Vec<_>>();

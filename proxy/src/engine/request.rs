@@ -58,14 +58,24 @@ pub(super) async fn handle(
     started: Instant,
 ) -> Response<Body> {
     let log = log_line(engine, &req);
+    let alt_svc = engine.alt_svc.as_ref().filter(|_| req.extensions().get::<outpost_net::quic::Http3>().is_none());
     let answer = match prepare(engine, req, client) {
         Err(Ended::Failed(e)) => failed(engine, e),
         Err(Ended::Redirect(to)) => (redirect(to), CacheStatus::new(Outcome::Local)),
         Err(Ended::Answered(resp)) => (*resp, CacheStatus::new(Outcome::Local)),
-        Ok((cx, _)) if cx.method == Method::GET || cx.method == Method::HEAD => lookup::cacheable(&cx).await,
-        // Boxed, like every path that goes upstream: the request's future
-        // stays small, and a hit moves fewer bytes.
-        Ok((cx, body)) => Box::pin(forward::forward(&cx, body)).await,
+        Ok((cx, body)) => {
+            let mut answer = if cx.method == Method::GET || cx.method == Method::HEAD {
+                lookup::cacheable(&cx).await
+            } else {
+                // Boxed, like every path that goes upstream: the request's
+                // future stays small, and a hit moves fewer bytes.
+                Box::pin(forward::forward(&cx, body)).await
+            };
+            if let Some(v) = alt_svc.filter(|_| cx.site.http3) {
+                answer.0.headers_mut().insert(header::ALT_SVC, v.clone());
+            }
+            answer
+        }
     };
     finish(engine, answer, client, started, log)
 }

@@ -9,4 +9,4 @@ pub mod server;
 
 pub use client::{UpstreamTls, client_config};
 pub use files::{LoadedCert, TlsFileError, load_pair};
-pub use server::{CertStore, server_config};
+pub use server::{CertStore, quic_server_config, server_config};

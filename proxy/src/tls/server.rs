@@ -257,6 +257,23 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
+/// The TLS configuration of a node's HTTP/3 listeners: the same
+/// certificates by SNI, TLS 1.3 only (QUIC has no other), ALPN `h3`,
+/// resumption by tickets, and no early data (0-RTT requests could be
+/// replayed).
+pub fn quic_server_config(certs: Arc<CertStore>) -> Result<Arc<ServerConfig>, TlsFileError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&version::TLS13])
+        .map_err(|e| TlsFileError::Setup(e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(certs);
+    config.alpn_protocols = vec![b"h3".to_vec()];
+    config.max_early_data_size = 0;
+    config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| TlsFileError::Setup(e.to_string()))?;
+    Ok(Arc::new(config))
+}
+
 /// The server configuration of a node's TLS listeners: TLS 1.3 and 1.2,
 /// ALPN `h2` then `http/1.1`, resumption by tickets and by session id, and
 /// client certificates required when `client_ca` is set.

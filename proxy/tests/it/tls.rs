@@ -58,7 +58,7 @@ async fn tls_edge(dir: &Path, sites: &[&str], tls: &str) -> TlsEdge {
 
 /// Writes a site file `<id>.toml` for `hosts` in front of `origin`, with a
 /// `[tls]` section naming `<id>.pem` and `<id>.key` when `tls`.
-fn write_site(dir: &Path, id: &str, hosts: &[&str], origin: SocketAddr, extra: &str) {
+pub(crate) fn write_site(dir: &Path, id: &str, hosts: &[&str], origin: SocketAddr, extra: &str) {
     let hosts: Vec<String> = hosts.iter().map(|h| format!("\"{h}\"")).collect();
     let text = format!(
         "[site]\nid = \"{id}\"\nhosts = [{}]\n{extra}\n[[origin]]\nurl = \"http://{origin}\"\n\n\
@@ -68,13 +68,13 @@ fn write_site(dir: &Path, id: &str, hosts: &[&str], origin: SocketAddr, extra: &
     std::fs::write(dir.join(format!("{id}.toml")), text).unwrap();
 }
 
-fn issue(ca: &LocalCa, dir: &Path, stem: &str, names: &[&str]) -> Issued {
+pub(crate) fn issue(ca: &LocalCa, dir: &Path, stem: &str, names: &[&str]) -> Issued {
     let issued = ca.issue(&CertRequest::server(names, YEAR)).unwrap();
     issued.write(dir, stem).unwrap();
     issued
 }
 
-fn ca_file(ca: &LocalCa, dir: &Path) -> PathBuf {
+pub(crate) fn ca_file(ca: &LocalCa, dir: &Path) -> PathBuf {
     let path = dir.join("ca.pem");
     std::fs::write(&path, ca.cert_pem()).unwrap();
     path
@@ -106,7 +106,7 @@ fn presented(stream: &TlsStream<TcpStream>) -> CertificateDer<'static> {
     stream.get_ref().1.peer_certificates().unwrap()[0].clone()
 }
 
-fn leaf(issued: &Issued) -> CertificateDer<'static> {
+pub(crate) fn leaf(issued: &Issued) -> CertificateDer<'static> {
     let dir = tempfile::tempdir().unwrap();
     let (cert, _) = issued.write(dir.path(), "x").unwrap();
     load_certs(&cert).unwrap().remove(0)

@@ -1,0 +1,211 @@
+//! HTTP/3 at an edge, with the h3 crate's own client over quinn: hits and
+//! misses on the one request path, the certificate chosen by SNI, a large
+//! body byte for byte, `Alt-Svc` on the other protocols, the stream limit,
+//! and a graceful shutdown.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use http::{HeaderMap, Request, StatusCode};
+use outpost_config::NodeConfig;
+use outpost_proxy::Tier;
+use outpost_proxy::node::Node;
+use outpost_proxy::tls::pki::LocalCa;
+use outpost_proxy::upstream::OriginRoute;
+use rustls::pki_types::CertificateDer;
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::{Origin, assert_origin_bytes, send};
+use crate::tls::{ca_file, issue, leaf, write_site};
+
+struct QuicEdge {
+    http: SocketAddr,
+    quic: SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// An edge with plain HTTP, HTTPS and HTTP/3 listeners serving `sites`.
+async fn quic_edge(dir: &Path, sites: &[&str], limits: &str) -> QuicEdge {
+    let list: Vec<String> = sites.iter().map(|s| format!("\"{s}\"")).collect();
+    let node = format!(
+        "[node]\nname = \"edge-h3\"\nrole = \"edge\"\npop = \"tst\"\nlatitude = 0.0\nlongitude = 0.0\n\
+         sites = [{}]\naccess_log = \"off\"\n\n[listen]\nhttp = [\"127.0.0.1:0\"]\nhttps = [\"127.0.0.1:0\"]\n\
+         quic = [\"127.0.0.1:0\"]\n\n[cache]\nmemory = \"32MiB\"\n\n[upstream]\nmode = \"origin\"\n\n[limits]\n{limits}\n",
+        list.join(", ")
+    );
+    let file = dir.join("edge.toml");
+    std::fs::write(&file, node).unwrap();
+    let cfg = NodeConfig::load(&file).unwrap_or_else(|e| panic!("{e}"));
+    let bound = Node::bind(&cfg, Tier::Edge, Arc::new(OriginRoute)).await.unwrap();
+    let (http, quic) = (bound.http_addrs()[0], bound.quic_addrs()[0]);
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(bound.run(stop.clone()));
+    QuicEdge { http, quic, stop, task }
+}
+
+/// An HTTP/3 connection: the h3 client's request sender, and the
+/// certificate the edge presented.
+struct H3 {
+    send: Sender,
+    cert: CertificateDer<'static>,
+    _endpoint: quinn::Endpoint,
+}
+
+async fn connect(addr: SocketAddr, sni: &str, ca: &Path) -> Result<H3, String> {
+    let roots = outpost_proxy::tls::files::load_roots(ca).unwrap();
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let quic_tls = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic_tls)));
+    let conn = endpoint.connect(addr, sni).map_err(|e| e.to_string())?.await.map_err(|e| e.to_string())?;
+    let cert = conn
+        .peer_identity()
+        .and_then(|i| i.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .map(|c| c[0].clone())
+        .unwrap();
+    let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn)).await.map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+    });
+    Ok(H3 { send, cert, _endpoint: endpoint })
+}
+
+type Sender = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
+
+impl H3 {
+    async fn get(&mut self, host: &str, path: &str) -> Result<(StatusCode, HeaderMap, Vec<u8>), String> {
+        get(&mut self.send, host, path).await
+    }
+}
+
+/// One GET over HTTP/3: status, fields and the whole body.
+async fn get(send: &mut Sender, host: &str, path: &str) -> Result<(StatusCode, HeaderMap, Vec<u8>), String> {
+    let req = Request::get(format!("https://{host}{path}")).body(()).unwrap();
+    let mut stream = send.send_request(req).await.map_err(|e| e.to_string())?;
+    stream.finish().await.map_err(|e| e.to_string())?;
+    let resp = stream.recv_response().await.map_err(|e| e.to_string())?;
+    let mut body = Vec::new();
+    while let Some(mut chunk) = stream.recv_data().await.map_err(|e| e.to_string())? {
+        while chunk.has_remaining() {
+            let c = chunk.chunk();
+            body.extend_from_slice(c);
+            let n = c.len();
+            chunk.advance(n);
+        }
+    }
+    Ok((resp.status(), resp.headers().clone(), body))
+}
+
+fn header(h: &HeaderMap, name: &str) -> String {
+    h.get(name).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http3_serves_hits_and_misses_with_each_sites_certificate_and_is_advertised() {
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = LocalCa::generate("h3 CA").unwrap();
+    let ca_pem = ca_file(&ca, d);
+    let a = issue(&ca, d, "a", &["a.test"]);
+    let b = issue(&ca, d, "b", &["b.test"]);
+    write_site(d, "a", &["a.test"], origin.addr, "http3 = true");
+    write_site(d, "b", &["b.test"], origin.addr, "");
+    let edge = quic_edge(d, &["a.toml", "b.toml"], "").await;
+
+    let mut h3 = connect(edge.quic, "a.test", &ca_pem).await.unwrap();
+    assert_eq!(h3.cert, leaf(&a), "a.test's certificate");
+    let (status, h, body) = h3.get("a.test", "/h3?size=3000&cc=max-age%3D60").await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(header(&h, "cache-status").contains("fwd=uri-miss"), "{h:?}");
+    assert_origin_bytes("/h3", &body);
+    let (_, h, body) = h3.get("a.test", "/h3?size=3000&cc=max-age%3D60").await.unwrap();
+    assert!(header(&h, "cache-status").contains("hit"), "{h:?}");
+    assert_origin_bytes("/h3", &body);
+    assert_eq!(header(&h, "alt-svc"), "", "no Alt-Svc over HTTP/3 itself");
+    assert_eq!(origin.count("/h3").await, 1, "one request path: the miss filled the cache every protocol reads");
+
+    // A large object, byte for byte, on the same connection.
+    let (status, _, body) = h3.get("a.test", "/big3?size=4194304&cc=max-age%3D60").await.unwrap();
+    assert_eq!((status, body.len()), (StatusCode::OK, 4 << 20));
+    assert_origin_bytes("/big3", &body);
+
+    let mut other = connect(edge.quic, "b.test", &ca_pem).await.unwrap();
+    assert_eq!(other.cert, leaf(&b), "b.test's certificate");
+    assert_eq!(other.get("b.test", "/h3b?cc=max-age%3D60").await.unwrap().0, StatusCode::OK);
+    assert!(connect(edge.quic, "nobody.test", &ca_pem).await.is_err(), "an unknown name gets no certificate");
+
+    // A request whose header section is over the node's limit is refused
+    // and the edge keeps serving, on that connection too.
+    let big = "x".repeat(40 << 10);
+    let req = Request::get("https://a.test/h3?size=3000").header("x-big", big).body(()).unwrap();
+    let refused = match h3.send.send_request(req).await {
+        Ok(mut stream) => {
+            let _ = stream.finish().await;
+            stream.recv_response().await.map(|r| r.status())
+        }
+        Err(e) => Err(e),
+    };
+    assert!(!matches!(refused, Ok(StatusCode::OK)), "{refused:?}");
+    assert_eq!(h3.get("a.test", "/h3?size=3000").await.unwrap().0, StatusCode::OK);
+
+    // The other protocols advertise HTTP/3 for the site that asks.
+    let port = edge.quic.port();
+    let r = send(http::Method::GET, &format!("http://{}/h3?size=3000", edge.http), &[("host", "a.test")]).await;
+    assert_eq!(header(&r.headers, "alt-svc"), format!("h3=\":{port}\"; ma=86400"));
+    let r = send(http::Method::GET, &format!("http://{}/h3b", edge.http), &[("host", "b.test")]).await;
+    assert_eq!(header(&r.headers, "alt-svc"), "", "not for a site without http3");
+    edge.stop.cancel();
+    edge.task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http3_holds_its_stream_limit_and_drains_on_shutdown() {
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = LocalCa::generate("h3 CA").unwrap();
+    let ca_pem = ca_file(&ca, d);
+    issue(&ca, d, "a", &["a.test"]);
+    write_site(d, "a", &["a.test"], origin.addr, "");
+    let edge = quic_edge(d, &["a.toml"], "quic_streams = 2\nshutdown_grace = \"10s\"").await;
+    let h3 = connect(edge.quic, "a.test", &ca_pem).await.unwrap();
+
+    // Three slow requests on one connection allowed two at a time: the
+    // third reaches the origin only once one of the first two is done.
+    let slow = |path: &'static str| {
+        let mut send = h3.send.clone();
+        tokio::spawn(async move { get(&mut send, "a.test", path).await })
+    };
+    let first = [slow("/s1?delay=1500ms"), slow("/s2?delay=1500ms")];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let third = slow("/s3?delay=100ms");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!((origin.count("/s1").await, origin.count("/s2").await), (1, 1));
+    assert_eq!(origin.count("/s3").await, 0, "a third stream waits for credit");
+    for f in first {
+        assert_eq!(f.await.unwrap().unwrap().0, StatusCode::OK);
+    }
+    assert_eq!(third.await.unwrap().unwrap().0, StatusCode::OK);
+    assert_eq!(origin.count("/s3").await, 1);
+
+    // Shutdown: a request in flight finishes, new connections are refused.
+    let inflight = slow("/s4?delay=1s");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    edge.stop.cancel();
+    let (status, _, body) = inflight.await.unwrap().unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_origin_bytes("/s4", &body);
+    let again = tokio::time::timeout(Duration::from_secs(2), connect(edge.quic, "a.test", &ca_pem)).await;
+    assert!(!matches!(again, Ok(Ok(_))), "no new connections while draining");
+    edge.task.await.unwrap().unwrap();
+}

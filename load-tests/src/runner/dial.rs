@@ -1,7 +1,7 @@
 //! Opening a VU's connection: TCP, then TLS for `https://` targets, each
 //! step timed (k6's `http_req_connecting` and `http_req_tls_handshaking`);
 //! HTTP/1.1, or HTTP/2 when asked (by ALPN over TLS, by prior knowledge in
-//! cleartext).
+//! cleartext), or HTTP/3 (QUIC, `https://` only).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,6 +27,41 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) enum Conn {
     H1(http1::SendRequest<Empty<Bytes>>),
     H2(http2::SendRequest<Empty<Bytes>>),
+    H3(H3Conn),
+}
+
+/// An HTTP/3 connection: its own UDP socket, as a TCP connection has its
+/// own port.
+pub(super) struct H3Conn {
+    send: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+    quic: quinn::Connection,
+    _endpoint: quinn::Endpoint,
+}
+
+/// A response body, whichever protocol brought it.
+pub(super) enum Answer {
+    Hyper(Incoming),
+    H3(Box<h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>>),
+}
+
+impl Answer {
+    /// How many body bytes arrived, once all have.
+    pub(super) async fn len(self) -> Result<u64, String> {
+        match self {
+            Answer::Hyper(body) => {
+                use http_body_util::BodyExt;
+                Ok(body.collect().await.map_err(|e| e.to_string())?.to_bytes().len() as u64)
+            }
+            Answer::H3(mut stream) => {
+                use bytes::Buf;
+                let mut n = 0;
+                while let Some(chunk) = stream.recv_data().await.map_err(|e| e.to_string())? {
+                    n += chunk.remaining() as u64;
+                }
+                Ok(n)
+            }
+        }
+    }
 }
 
 impl Conn {
@@ -34,19 +69,35 @@ impl Conn {
         match self {
             Conn::H1(s) => s.is_closed(),
             Conn::H2(s) => s.is_closed(),
+            Conn::H3(c) => c.quic.close_reason().is_some(),
         }
     }
 
-    /// Sends `req` once the connection can take it.
-    pub(super) async fn send(&mut self, req: Request<Empty<Bytes>>) -> hyper::Result<Response<Incoming>> {
+    /// Sends `req` once the connection can take it; the answer's head, its
+    /// body still to read.
+    pub(super) async fn send(&mut self, req: Request<Empty<Bytes>>) -> Result<Response<Answer>, String> {
         match self {
             Conn::H1(s) => {
-                s.ready().await?;
-                s.send_request(req).await
+                s.ready().await.map_err(|e| e.to_string())?;
+                Ok(s.send_request(req).await.map_err(|e| e.to_string())?.map(Answer::Hyper))
             }
             Conn::H2(s) => {
-                s.ready().await?;
-                s.send_request(req).await
+                s.ready().await.map_err(|e| e.to_string())?;
+                Ok(s.send_request(req).await.map_err(|e| e.to_string())?.map(Answer::Hyper))
+            }
+            Conn::H3(c) => {
+                // HTTP/3 carries the host as `:authority`, from the URI.
+                let (mut parts, _) = req.into_parts();
+                let host = parts.headers.remove(http::header::HOST);
+                let host = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+                let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                parts.uri =
+                    format!("https://{host}{target}").parse().map_err(|e: http::uri::InvalidUri| e.to_string())?;
+                let mut stream =
+                    c.send.send_request(Request::from_parts(parts, ())).await.map_err(|e| e.to_string())?;
+                stream.finish().await.map_err(|e| e.to_string())?;
+                let head = stream.recv_response().await.map_err(|e| e.to_string())?;
+                Ok(head.map(|()| Answer::H3(Box::new(stream))))
             }
         }
     }
@@ -66,6 +117,8 @@ pub(super) struct Opened {
 pub(super) struct Tls {
     connector: TlsConnector,
     name: ServerName<'static>,
+    /// For HTTP/3: QUIC's view of the same configuration.
+    quic: Option<quinn::ClientConfig>,
 }
 
 /// Which HTTP a connection speaks.
@@ -74,6 +127,8 @@ pub(super) enum Version {
     Http1,
     /// HTTP/2 where TLS negotiates it, and always in cleartext (h2c).
     Http2,
+    /// HTTP/3 over QUIC (`https://` targets only).
+    Http3,
 }
 
 impl std::fmt::Debug for Tls {
@@ -119,19 +174,36 @@ impl Tls {
         config.alpn_protocols = match version {
             Version::Http1 => vec![b"http/1.1".to_vec()],
             Version::Http2 => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            Version::Http3 => vec![b"h3".to_vec()],
         };
         if !resume {
             config.resumption = rustls::client::Resumption::disabled();
         }
         let name = ServerName::try_from(server_name.to_string())
             .map_err(|e| format!("target server_name `{server_name}`: {e}"))?;
-        Ok(Tls { connector: TlsConnector::from(Arc::new(config)), name })
+        let config = Arc::new(config);
+        let quic = match version {
+            Version::Http3 => {
+                let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::clone(&config))
+                    .map_err(|e| format!("HTTP/3: {e}"))?;
+                Some(quinn::ClientConfig::new(Arc::new(crypto)))
+            }
+            _ => None,
+        };
+        Ok(Tls { connector: TlsConnector::from(config), name, quic })
     }
 }
 
 /// Opens a connection to `addr`, over TLS when `tls` is set.
 pub(super) async fn connect(addr: SocketAddr, tls: Option<&Tls>, version: Version) -> Option<(Conn, Opened)> {
     let at = Instant::now();
+    if let Some(quic) = tls.and_then(|t| t.quic.clone().map(|q| (t, q))) {
+        let open = async {
+            let conn = connect_h3(addr, quic.0, quic.1).await?;
+            Some((conn, Opened { at, connecting: at.elapsed(), tls_handshaking: None }))
+        };
+        return tokio::time::timeout(CONNECT_TIMEOUT, open).await.ok()?;
+    }
     let open = async {
         let stream = TcpStream::connect(addr).await.ok()?;
         let connecting = at.elapsed();
@@ -146,6 +218,24 @@ pub(super) async fn connect(addr: SocketAddr, tls: Option<&Tls>, version: Versio
         Some((handshake(stream, version).await?, Opened { at, connecting, tls_handshaking }))
     };
     tokio::time::timeout(CONNECT_TIMEOUT, open).await.ok()?
+}
+
+/// A QUIC connection (TLS 1.3 inside) speaking HTTP/3.
+async fn connect_h3(addr: SocketAddr, tls: &Tls, config: quinn::ClientConfig) -> Option<Conn> {
+    let local: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().ok()?;
+    let mut endpoint = quinn::Endpoint::client(local).ok()?;
+    endpoint.set_default_client_config(config);
+    let name = match &tls.name {
+        ServerName::DnsName(n) => n.as_ref().to_string(),
+        ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
+        _ => return None,
+    };
+    let quic = endpoint.connect(addr, &name).ok()?.await.ok()?;
+    let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(quic.clone())).await.ok()?;
+    tokio::spawn(async move {
+        let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+    });
+    Some(Conn::H3(H3Conn { send, quic, _endpoint: endpoint }))
 }
 
 async fn handshake<S>(stream: S, version: Version) -> Option<Conn>
@@ -164,6 +254,7 @@ where
             tokio::spawn(conn);
             Some(Conn::H2(send))
         }
+        Version::Http3 => None,
     }
 }
 

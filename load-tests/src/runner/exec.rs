@@ -179,7 +179,15 @@ impl Plan {
         if let Some(r) = &s.requests.range {
             headers.push((http::header::RANGE, HeaderValue::from_str(r).map_err(|e| e.to_string())?));
         }
-        let version = if s.target.http2 { Version::Http2 } else { Version::Http1 };
+        let version = match (s.target.http2, s.target.http3) {
+            (_, true) if !schemes.iter().all(|&h| h) => {
+                return Err("target http3: HTTP/3 needs https:// urls".into());
+            }
+            (true, true) => return Err("target: http2 and http3 exclude each other".into()),
+            (_, true) => Version::Http3,
+            (true, false) => Version::Http2,
+            (false, false) => Version::Http1,
+        };
         let tls = match (schemes.iter().any(|&h| h), schemes.iter().all(|&h| h)) {
             (false, _) => None,
             (true, false) => return Err("target urls: all https or all http, not a mix".into()),
@@ -275,8 +283,8 @@ impl Plan {
         };
         let head = Instant::now();
         let (parts, body) = resp.into_parts();
-        let bytes = match body.collect().await {
-            Ok(b) => b.to_bytes().len() as u64,
+        let bytes = match body.len().await {
+            Ok(n) => n,
             Err(_) => {
                 *conn = None;
                 u64::MAX
@@ -644,7 +652,8 @@ async fn origin_total(origin: &str, prefix: &str) -> Result<u64, String> {
         .body(Empty::new())
         .map_err(|e| e.to_string())?;
     let resp = conn.send(req).await.map_err(|e| format!("origin stats: {e}"))?;
-    let body = resp.into_body().collect().await.map_err(|e| format!("origin stats: {e}"))?.to_bytes();
+    let dial::Answer::Hyper(body) = resp.into_body() else { return Err("origin stats: not HTTP/1.1".into()) };
+    let body = body.collect().await.map_err(|e| format!("origin stats: {e}"))?.to_bytes();
     let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| format!("origin stats: {e}"))?;
     let paths = v["paths"].as_object().ok_or_else(|| "origin stats without paths".to_string())?;
     Ok(paths.iter().filter(|(p, _)| p.starts_with(prefix)).filter_map(|(_, n)| n.as_u64()).sum())

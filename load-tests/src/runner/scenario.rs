@@ -11,6 +11,7 @@
 //! no_connection_reuse = false             # true: a new connection per request
 //! tls_resumption = true                   # false: every TLS handshake a full one
 //! http2 = false                           # true: HTTP/2 (ALPN for https, h2c for http)
+//! http3 = false                           # true: HTTP/3 over QUIC (https only)
 //!
 //! [executor]
 //! type = "constant-vus"                   # or ramping-vus, constant-arrival-rate
@@ -128,6 +129,9 @@ pub struct Target {
     /// knowledge (h2c) to `http://` ones.
     #[serde(default)]
     pub http2: bool,
+    /// HTTP/3 over QUIC to `https://` targets, on the URL's port (UDP).
+    #[serde(default)]
+    pub http3: bool,
 }
 
 fn yes() -> bool {

@@ -209,3 +209,52 @@ async fn http3_holds_its_stream_limit_and_drains_on_shutdown() {
     assert!(!matches!(again, Ok(Ok(_))), "no new connections while draining");
     edge.task.await.unwrap().unwrap();
 }
+
+/// `outpost load` with `http3 = true`: every request over QUIC, answered
+/// from the cache once each object is in it; HTTP/3 to an `http://`
+/// target is refused before anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_runner_speaks_http3() {
+    use outpost_load::runner::{Scenario, exec};
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = LocalCa::generate("h3 CA").unwrap();
+    let ca_pem = ca_file(&ca, d);
+    issue(&ca, d, "a", &["a.test"]);
+    write_site(d, "a", &["a.test"], origin.addr, "");
+    let edge = quic_edge(d, &["a.toml"], "").await;
+    let scenario = |url: String| {
+        let text = format!(
+            "[target]\nurls = [\"{url}\"]\nhost = \"a.test\"\nserver_name = \"a.test\"\nca = \"{}\"\nhttp3 = true\n\
+             [executor]\ntype = \"constant-vus\"\nvus = 4\nduration = \"1s\"\n\
+             [requests]\npath = \"/load3/{{n}}?size=1KiB&cc=max-age%3D60\"\nobjects = 5\n\
+             [[check]]\nname = \"hit or miss at the edge\"\nheader = \"cache-status\"\ncontains = \"edge-h3\"\n",
+            ca_pem.display()
+        );
+        let file = d.join("s.toml");
+        std::fs::write(&file, text).unwrap();
+        Scenario::load(&file).unwrap()
+    };
+    let s = exec::run(&scenario(format!("https://{}", edge.quic)), &|_, _| {}).await.unwrap();
+    assert!(s.reqs >= 20 && s.failed == 0, "{} of {} failed", s.failed, s.reqs);
+    assert_eq!(s.bytes, s.reqs * 1024);
+    assert!(s.hits >= s.reqs - 4 * 5, "{} hits of {}: at most each VU's first of each object misses", s.hits, s.reqs);
+    assert!(s.checks.iter().all(|(_, _, failed)| *failed == 0), "{:?}", s.checks);
+    let misses: u64 = load_fetches(&origin).await;
+    assert!(misses <= 5, "{misses} origin requests for 5 objects");
+    let err = exec::run(&scenario(format!("http://{}", edge.http)), &|_, _| {}).await.unwrap_err();
+    assert!(err.contains("HTTP/3 needs https://"), "{err}");
+    edge.stop.cancel();
+}
+
+async fn load_fetches(origin: &Origin) -> u64 {
+    let stats = origin.stats().await;
+    stats["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(p, _)| p.starts_with("/load3/"))
+        .map(|(_, n)| n.as_u64().unwrap())
+        .sum()
+}

@@ -10,7 +10,8 @@
 //! protocol gets. The cost is the HTTP/2 framing in memory on each request;
 //! HTTP/3 requests are marked with [`Http3`] so handlers can tell.
 //!
-//! Limits: `limits.quic_streams` requests open at once per connection (the
+//! Limits: `limits.max_connections` QUIC connections (more are refused),
+//! `limits.quic_streams` requests open at once per connection (the
 //! client waits for more: QUIC stream credit), `limits.idle_timeout` of
 //! silence closes a connection, handshakes must finish within
 //! `limits.header_read_timeout`, and header sections are capped at
@@ -106,6 +107,12 @@ pub async fn serve_quic<H: Handler>(
                 None => break,
             },
         };
+        if endpoint.open_connections() >= limits.max_connections as usize {
+            // At the cap: refused at once (QUIC has no idle connection
+            // to close instead, as TCP listeners do).
+            incoming.refuse();
+            continue;
+        }
         let (handler, shutdown) = (Arc::clone(&handler), shutdown.clone());
         tasks.spawn(async move {
             let peer = incoming.remote_address();

@@ -169,7 +169,7 @@ async fn http3_serves_hits_and_misses_with_each_sites_certificate_and_is_adverti
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http3_holds_its_stream_limit_and_drains_on_shutdown() {
+async fn http3_holds_its_connection_and_stream_limits_and_drains_on_shutdown() {
     let origin = Origin::start().await;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -177,8 +177,10 @@ async fn http3_holds_its_stream_limit_and_drains_on_shutdown() {
     let ca_pem = ca_file(&ca, d);
     issue(&ca, d, "a", &["a.test"]);
     write_site(d, "a", &["a.test"], origin.addr, "");
-    let edge = quic_edge(d, &["a.toml"], "quic_streams = 2\nshutdown_grace = \"10s\"").await;
+    let edge = quic_edge(d, &["a.toml"], "quic_streams = 2\nshutdown_grace = \"10s\"\nmax_connections = 1").await;
     let h3 = connect(edge.quic, "a.test", &ca_pem).await.unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(5), connect(edge.quic, "a.test", &ca_pem)).await;
+    assert!(matches!(second, Ok(Err(_))), "a connection over max_connections is refused at once");
 
     // Three slow requests on one connection allowed two at a time: the
     // third reaches the origin only once one of the first two is done.

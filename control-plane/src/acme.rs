@@ -255,6 +255,13 @@ impl Orderer {
             metrics::counter!("outpost_acme_orders_total", "site" => want.site.clone(), "result" => outcome)
                 .increment(1);
         }
+        let sites = wanted(&store.sites().await?).into_iter().map(|w| w.site).collect::<Vec<_>>();
+        let failing = {
+            let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+            failed.retain(|site, _| sites.contains(site));
+            failed.len()
+        };
+        metrics::gauge!("outpost_acme_failing_sites").set(failing as f64);
         for (site, cert) in store.certificates().await? {
             metrics::gauge!("outpost_acme_certificate_expiry_timestamp_seconds", "site" => site)
                 .set(cert.not_after_ms as f64 / 1000.0);

@@ -106,6 +106,9 @@ impl ControlNode {
             .map_err(|source| ControlError::Bind { addr, source })?;
         let control = Control::new(store, admin, nodes, cfg.log_retention, cfg.node_expiry).await?;
         let server = outpost_net::ServerConfig { name: node.name.as_str().into(), limits: node.limits };
+        // Zero until an order fails: the alert on it has a series to watch
+        // on every control plane.
+        metrics::gauge!("outpost_acme_failing_sites").set(0.0);
         let acme = match &cfg.acme {
             Some(acme) => Some(Arc::new({
                 control.enable_acme();

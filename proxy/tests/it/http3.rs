@@ -105,6 +105,15 @@ async fn get(send: &mut Sender, host: &str, path: &str) -> Result<(StatusCode, H
     Ok((resp.status(), resp.headers().clone(), body))
 }
 
+/// Site `a` (`a.test`) in `d` in front of `origin`, its certificate from a
+/// new CA; the CA's file.
+fn site_a(d: &Path, origin: &Origin) -> std::path::PathBuf {
+    let ca = LocalCa::generate("h3 CA").unwrap();
+    issue(&ca, d, "a", &["a.test"]);
+    write_site(d, "a", &["a.test"], origin.addr, "");
+    ca_file(&ca, d)
+}
+
 fn header(h: &HeaderMap, name: &str) -> String {
     h.get(name).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
 }
@@ -170,13 +179,9 @@ async fn http3_serves_hits_and_misses_with_each_sites_certificate_and_is_adverti
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http3_holds_its_connection_and_stream_limits_and_drains_on_shutdown() {
-    let origin = Origin::start().await;
-    let dir = tempfile::tempdir().unwrap();
+    let (origin, dir) = (Origin::start().await, tempfile::tempdir().unwrap());
     let d = dir.path();
-    let ca = LocalCa::generate("h3 CA").unwrap();
-    let ca_pem = ca_file(&ca, d);
-    issue(&ca, d, "a", &["a.test"]);
-    write_site(d, "a", &["a.test"], origin.addr, "");
+    let ca_pem = site_a(d, &origin);
     let edge = quic_edge(d, &["a.toml"], "quic_streams = 2\nshutdown_grace = \"10s\"\nmax_connections = 1").await;
     let h3 = connect(edge.quic, "a.test", &ca_pem).await.unwrap();
     let second = tokio::time::timeout(Duration::from_secs(5), connect(edge.quic, "a.test", &ca_pem)).await;
@@ -218,13 +223,9 @@ async fn http3_holds_its_connection_and_stream_limits_and_drains_on_shutdown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_load_runner_speaks_http3() {
     use outpost_load::runner::{Scenario, exec};
-    let origin = Origin::start().await;
-    let dir = tempfile::tempdir().unwrap();
+    let (origin, dir) = (Origin::start().await, tempfile::tempdir().unwrap());
     let d = dir.path();
-    let ca = LocalCa::generate("h3 CA").unwrap();
-    let ca_pem = ca_file(&ca, d);
-    issue(&ca, d, "a", &["a.test"]);
-    write_site(d, "a", &["a.test"], origin.addr, "");
+    let ca_pem = site_a(d, &origin);
     let edge = quic_edge(d, &["a.toml"], "").await;
     let scenario = |url: String| {
         let text = format!(

@@ -23,6 +23,7 @@ use crate::tls::{ca_file, issue, leaf, write_site};
 
 struct QuicEdge {
     http: SocketAddr,
+    https: SocketAddr,
     quic: SocketAddr,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -41,10 +42,10 @@ async fn quic_edge(dir: &Path, sites: &[&str], limits: &str) -> QuicEdge {
     std::fs::write(&file, node).unwrap();
     let cfg = NodeConfig::load(&file).unwrap_or_else(|e| panic!("{e}"));
     let bound = Node::bind(&cfg, Tier::Edge, Arc::new(OriginRoute)).await.unwrap();
-    let (http, quic) = (bound.http_addrs()[0], bound.quic_addrs()[0]);
+    let (http, https, quic) = (bound.http_addrs()[0], bound.https_addrs()[0], bound.quic_addrs()[0]);
     let stop = CancellationToken::new();
     let task = tokio::spawn(bound.run(stop.clone()));
-    QuicEdge { http, quic, stop, task }
+    QuicEdge { http, https, quic, stop, task }
 }
 
 /// An HTTP/3 connection: the h3 client's request sender, and the
@@ -173,6 +174,10 @@ async fn http3_serves_hits_and_misses_with_each_sites_certificate_and_is_adverti
     assert_eq!(header(&r.headers, "alt-svc"), format!("h3=\":{port}\"; ma=86400"));
     let r = send(http::Method::GET, &format!("http://{}/h3b", edge.http), &[("host", "b.test")]).await;
     assert_eq!(header(&r.headers, "alt-svc"), "", "not for a site without http3");
+    let tls = crate::tls::connect(edge.https, "a.test", crate::tls::h2_h1(&ca_pem)).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (status, h, _) = crate::tls::Conn::open(tls).await.get("a.test", "/h3?size=3000").await;
+    assert_eq!((status, header(&h, "alt-svc")), (StatusCode::OK, format!("h3=\":{port}\"; ma=86400")), "over HTTP/2");
     edge.stop.cancel();
     edge.task.await.unwrap().unwrap();
 }

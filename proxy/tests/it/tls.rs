@@ -92,11 +92,15 @@ fn client(ca: &Path, alpn: &[&[u8]], versions: &[&'static rustls::SupportedProto
     Arc::new(c)
 }
 
-fn h2_h1(ca: &Path) -> Arc<ClientConfig> {
+pub(crate) fn h2_h1(ca: &Path) -> Arc<ClientConfig> {
     client(ca, &[b"h2", b"http/1.1"], &[&rustls::version::TLS13, &rustls::version::TLS12])
 }
 
-async fn connect(addr: SocketAddr, sni: &str, config: Arc<ClientConfig>) -> std::io::Result<TlsStream<TcpStream>> {
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    sni: &str,
+    config: Arc<ClientConfig>,
+) -> std::io::Result<TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(addr).await?;
     let name = ServerName::try_from(sni.to_string()).unwrap();
     TlsConnector::from(config).connect(name, tcp).await
@@ -113,13 +117,13 @@ pub(crate) fn leaf(issued: &Issued) -> CertificateDer<'static> {
 }
 
 /// A request over an established TLS connection, by the protocol ALPN chose.
-struct Conn {
+pub(crate) struct Conn {
     h2: Option<hyper::client::conn::http2::SendRequest<Empty<Bytes>>>,
     h1: Option<hyper::client::conn::http1::SendRequest<Empty<Bytes>>>,
 }
 
 impl Conn {
-    async fn open(stream: TlsStream<TcpStream>) -> Conn {
+    pub(crate) async fn open(stream: TlsStream<TcpStream>) -> Conn {
         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
         let io = TokioIo::new(stream);
         if h2 {
@@ -133,7 +137,7 @@ impl Conn {
         }
     }
 
-    async fn get(&mut self, host: &str, path: &str) -> (StatusCode, http::HeaderMap, Bytes) {
+    pub(crate) async fn get(&mut self, host: &str, path: &str) -> (StatusCode, http::HeaderMap, Bytes) {
         let resp = if let Some(h2) = &mut self.h2 {
             let uri = format!("https://{host}{path}");
             h2.send_request(Request::get(uri).body(Empty::new()).unwrap()).await.unwrap()

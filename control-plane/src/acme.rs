@@ -203,7 +203,8 @@ impl Orderer {
         let store = &self.control.store;
         let certs = store.certificates().await?;
         let node_token = self.control.node_token().to_string();
-        for want in wanted(&store.sites().await?) {
+        let wants = wanted(&store.sites().await?);
+        for want in &wants {
             let now = now_ms();
             let why = match certs.get(&want.site) {
                 None => "no certificate yet",
@@ -235,7 +236,7 @@ impl Orderer {
                 continue;
             }
             tracing::info!(site = %want.site, names = ?want.names, reason = why, "ACME: ordering a certificate");
-            let result = self.order(&want).await;
+            let result = self.order(want).await;
             self.release(&want.site).await;
             let outcome = match result {
                 Ok(cert) => {
@@ -255,10 +256,9 @@ impl Orderer {
             metrics::counter!("outpost_acme_orders_total", "site" => want.site.clone(), "result" => outcome)
                 .increment(1);
         }
-        let sites = wanted(&store.sites().await?).into_iter().map(|w| w.site).collect::<Vec<_>>();
         let failing = {
             let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
-            failed.retain(|site, _| sites.contains(site));
+            failed.retain(|site, _| wants.iter().any(|w| w.site == *site));
             failed.len()
         };
         metrics::gauge!("outpost_acme_failing_sites").set(failing as f64);

@@ -65,6 +65,9 @@ pub(super) async fn handle(
         Err(Ended::Answered(resp)) => (*resp, CacheStatus::new(Outcome::Local)),
         Ok((cx, body)) => {
             let mut answer = if cx.method == Method::GET || cx.method == Method::HEAD {
+                // Not kept across the lookup: the hit path's future stays
+                // as small as before.
+                drop(body);
                 lookup::cacheable(&cx).await
             } else {
                 // Boxed, like every path that goes upstream: the request's

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Disk-tier hits against memory-tier hits: the same Outpost build twice,
-once with a memory tier that holds the whole working set and once with one
-far too small for it (so hits come from the disk tier), and nginx
-proxy_cache (its cache files in the page cache) beside them, in one run.
+"""Disk-tier hits against memory-tier hits: the same Outpost build three
+times, memory only (bodies in sealed memfds), with a disk tier and a memory
+tier that holds the whole working set ("hybrid"), and with a disk tier and
+a memory tier far too small for it ("disk": every head and body from the
+disk tier), and nginx proxy_cache (its cache files in the page cache)
+beside them, in one run.
 
 The working set is --objects objects of --size each; wrk (pinned to CPU 1)
 asks for them in a random order for --duration seconds, after every object
@@ -20,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compare import (arguments, cpu_seconds, edge_toml, get, nginx_conf, start, start_origin, stop,  # noqa: E402
                      write_site, wrk)
 
-PORTS = {"memory": 18085, "disk": 18086, "nginx": 18081}
+PORTS = {"memory": 18085, "hybrid": 18087, "disk": 18086, "nginx": 18081}
 
 
 def target(i, size):
@@ -30,10 +32,10 @@ def target(i, size):
 def configs(work, args):
     write_site(work)
     edges = {}
-    for name, memory in (("memory", "1GiB"), ("disk", args.memory)):
+    for name, memory, disk in (("memory", "1GiB", None), ("hybrid", "1GiB", "2GiB"), ("disk", args.memory, "2GiB")):
         edges[name] = os.path.join(work, f"edge-{name}.toml")
-        open(edges[name], "w").write(edge_toml(f'http = ["127.0.0.1:{PORTS[name]}"]',
-                                               f'memory = "{memory}"\ndisk = "2GiB"\npath = "cache-{name}"'))
+        storage = f'memory = "{memory}"' + (f'\ndisk = "{disk}"\npath = "cache-{name}"' if disk else "")
+        open(edges[name], "w").write(edge_toml(f'http = ["127.0.0.1:{PORTS[name]}"]', storage))
     script = os.path.join(work, "set.lua")
     open(script, "w").write(f"""
 math.randomseed(7)
@@ -55,6 +57,7 @@ def main():
     origin = start_origin(args.outpost)
     servers = {
         "memory": [args.outpost, "edge", "--config", edges["memory"]],
+        "hybrid": [args.outpost, "edge", "--config", edges["hybrid"]],
         "disk": [args.outpost, "edge", "--config", edges["disk"]],
         "nginx": ["nginx", "-c", nginx, "-p", work, "-g", "daemon off;"],
     }
@@ -88,8 +91,10 @@ def main():
     for name, (rps, p99, eff) in med.items():
         print(f"{name:<7} {rps:>9.0f} {p99:>8.3f} {eff:>10.0f}")
     print()
-    print(f"disk/memory  req/CPU-s {med['disk'][2] / med['memory'][2]:.2f}x   p99 {med['disk'][1] / med['memory'][1]:.2f}x")
-    print(f"disk/nginx   req/CPU-s {med['disk'][2] / med['nginx'][2]:.2f}x   p99 {med['disk'][1] / med['nginx'][1]:.2f}x")
+    for name in ("hybrid", "disk"):
+        print(f"{name + '/memory':<13}req/CPU-s {med[name][2] / med['memory'][2]:.2f}x   "
+              f"p99 {med[name][1] / med['memory'][1]:.2f}x")
+    print(f"{'disk/nginx':<13}req/CPU-s {med['disk'][2] / med['nginx'][2]:.2f}x   p99 {med['disk'][1] / med['nginx'][1]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -190,7 +190,7 @@ pub static SECTIONS: &[Section] = &[
         doc: "The object cache.",
         keys: &[
             key("memory", "size", Required, "In-memory cache, at least 1MiB.", "\"512MiB\""),
-            key("disk", "size", Bytes(0), "On-disk cache below memory: 0 (memory only) or at least 16MiB. Needs `path`.", "\"10GiB\""),
+            key("disk", "size", Bytes(0), "On-disk cache below memory: 0 (memory only) or at least 16MiB. Needs `path`. A quarter of it (at least 16MiB) holds object heads and bodies under 64KiB; the rest holds larger bodies as plain files in `path/bodies`, sent from the page cache.", "\"10GiB\""),
             key("path", "path", Unset, "Folder of the disk cache; must be writable (created if missing).", "\"cache\""),
         ],
     },

@@ -109,11 +109,11 @@ impl BodySource {
 }
 
 /// A body frame for a piece: a stand-in the connection sends from the
-/// piece's memfd when it can, the bytes themselves otherwise.
+/// piece's file (a memfd or a body file) when it can, the bytes themselves otherwise.
 fn piece_frame(p: Piece, sendfile: Option<&SendFile>) -> io::Result<Bytes> {
     match (&p.blob, sendfile) {
-        (Blob::Sealed(sealed), Some(s)) if p.end - p.start <= MAX_RANGE => {
-            let file: SharedFile = sealed.clone();
+        (Blob::File(f), Some(s)) if p.end - p.start <= MAX_RANGE => {
+            let file: SharedFile = f.clone();
             Ok(s.frame(&file, p.start as u64, p.end - p.start))
         }
         _ => p.blob.read(p.start, p.end),

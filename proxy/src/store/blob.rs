@@ -1,11 +1,14 @@
 //! A stored body's bytes (an inline body, or one chunk of a large one).
 //!
-//! From [`SEALED_MIN`] bytes up they live in a sealed memfd rather than on
-//! the heap: the kernel sends them from its own pages to a cleartext client
-//! (`sendfile`, see `outpost_net::sendfile`), without the copy a write from
-//! user memory costs. Sealing makes the file unchangeable, so a range handed
-//! to the kernel is the bytes it will send, and a memfd freed while a send
-//! is in flight keeps its pages until the send is done.
+//! From [`SEALED_MIN`] bytes up they live in a file rather than on the heap:
+//! a sealed memfd in a memory-only cache, a plain file of the disk tier's
+//! (`super::files`) otherwise. The kernel sends a file's pages to a
+//! cleartext client (`sendfile`, see `outpost_net::sendfile`), without the
+//! copy a write from user memory costs. Neither kind changes once written
+//! (a memfd is sealed; a body file is written under a temporary name and
+//! never written again), so a range handed to the kernel is the bytes it
+//! will send, and a file freed while a send is in flight keeps its pages
+//! until the send is done.
 //!
 //! Each memfd is a file descriptor, and a server needs descriptors for its
 //! connections first: memfds live at most [`memfd_cap`] at once, and a body
@@ -39,37 +42,41 @@ fn memfd_cap() -> usize {
     *CAP
 }
 
-/// A sealed memfd holding exactly `len` bytes; its slot under the cap is
-/// given back when the last holder drops it.
+/// An open file holding exactly `len` bytes from its start: a sealed memfd
+/// (its slot under the cap is given back when the last holder drops it) or
+/// a body file of the disk tier.
 #[derive(Debug)]
-pub struct Sealed {
+pub struct BodyFile {
     file: File,
     len: usize,
+    memfd: bool,
 }
 
-impl AsFd for Sealed {
+impl AsFd for BodyFile {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.file.as_fd()
     }
 }
 
-impl Drop for Sealed {
+impl Drop for BodyFile {
     fn drop(&mut self) {
-        LIVE.fetch_sub(1, Ordering::Relaxed);
+        if self.memfd {
+            LIVE.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
 #[derive(Clone)]
 pub enum Blob {
     Heap(Bytes),
-    Sealed(Arc<Sealed>),
+    File(Arc<BodyFile>),
 }
 
 impl std::fmt::Debug for Blob {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Blob::Heap(b) => f.debug_tuple("Heap").field(&b.len()).finish(),
-            Blob::Sealed(s) => f.debug_tuple("Sealed").field(&s.len).finish(),
+            Blob::File(s) => f.debug_tuple(if s.memfd { "Sealed" } else { "File" }).field(&s.len).finish(),
         }
     }
 }
@@ -119,7 +126,7 @@ impl Blob {
             return Blob::Heap(data);
         }
         match seal(&data) {
-            Ok(file) => Blob::Sealed(Arc::new(Sealed { file, len: data.len() })),
+            Ok(file) => Blob::File(Arc::new(BodyFile { file, len: data.len(), memfd: true })),
             Err(e) => {
                 LIVE.fetch_sub(1, Ordering::Relaxed);
                 tracing::debug!(error = %e, "no memfd for a body; keeping it on the heap");
@@ -129,10 +136,15 @@ impl Blob {
         }
     }
 
+    /// The first `len` bytes of a body file of the disk tier's.
+    pub(crate) fn disk_file(file: File, len: usize) -> Blob {
+        Blob::File(Arc::new(BodyFile { file, len, memfd: false }))
+    }
+
     pub fn len(&self) -> usize {
         match self {
             Blob::Heap(b) => b.len(),
-            Blob::Sealed(s) => s.len,
+            Blob::File(s) => s.len,
         }
     }
 
@@ -146,7 +158,7 @@ impl Blob {
         let start = start.min(end);
         match self {
             Blob::Heap(b) => Ok(b.slice(start..end)),
-            Blob::Sealed(s) => {
+            Blob::File(s) => {
                 let mut buf = BytesMut::zeroed(end - start);
                 s.file.read_exact_at(&mut buf, start as u64)?;
                 Ok(buf.freeze())
@@ -158,7 +170,7 @@ impl Blob {
     pub fn write_to(&self, w: &mut impl Write) -> io::Result<()> {
         match self {
             Blob::Heap(b) => w.write_all(b),
-            Blob::Sealed(s) => {
+            Blob::File(s) => {
                 let len = s.len;
                 let mut buf = vec![0; len.min(256 << 10)];
                 let mut at = 0;
@@ -184,7 +196,8 @@ mod tests {
         assert!(matches!(small, Blob::Heap(_)));
         let data: Vec<u8> = (0..SEALED_MIN * 2).map(|i| (i % 251) as u8).collect();
         let large = Blob::keep(Bytes::from(data.clone()));
-        let Blob::Sealed(sealed) = &large else { panic!("a large blob is sealed: {large:?}") };
+        let Blob::File(sealed) = &large else { panic!("a large blob is sealed: {large:?}") };
+        assert!(sealed.memfd);
         assert_eq!(sealed.len, data.len());
         assert_eq!(large.read(0, usize::MAX).unwrap(), data);
         assert_eq!(large.read(100, 200).unwrap(), data[100..200]);
@@ -202,7 +215,7 @@ mod tests {
     fn past_the_cap_large_blobs_stay_on_the_heap() {
         let data = Bytes::from(vec![3u8; SEALED_MIN]);
         assert!(matches!(Blob::keep_within(data.clone(), 0), Blob::Heap(_)));
-        assert!(matches!(Blob::keep_within(data.clone(), usize::MAX), Blob::Sealed(_)));
+        assert!(matches!(Blob::keep_within(data.clone(), usize::MAX), Blob::File(_)));
         let cap = memfd_cap();
         assert!((1..usize::MAX).contains(&cap), "half a finite open-file limit: {cap}");
     }

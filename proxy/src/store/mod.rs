@@ -6,12 +6,17 @@
 //! Bodies up to [`CHUNK_SIZE`] are stored inline with their object; larger
 //! ones as chunks of [`CHUNK_SIZE`] under derived keys, so a range request
 //! reads only the chunks it covers and a large body never sits in memory whole.
+//! With a disk tier, chunks and every body of [`blob::SEALED_MIN`] or more
+//! are plain files beside foyer's device (see [`files`]), sent from the page
+//! cache; foyer keeps the heads and the small bodies.
 
 mod blob;
 pub(crate) mod entry;
+mod files;
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -25,6 +30,7 @@ use outpost_config::CacheStorage;
 use crate::key::{Key, chunk_key};
 pub(crate) use blob::Blob;
 pub(crate) use entry::{BodyRef, Entry, MAX_KNOWN_VARIANTS, StoredObject, Variants};
+use files::Files;
 
 /// Chunk size of large bodies and the largest inline body. 1 MiB keeps range
 /// reads cheap and a chunk well inside one foyer block.
@@ -34,6 +40,17 @@ pub(crate) const CHUNK_SIZE: usize = 1 << 20;
 const MAX_BLOCK: u64 = 16 << 20;
 /// Smallest block: it must hold a whole chunk and its framing.
 const MIN_BLOCK: u64 = 2 << 20;
+/// foyer's share of a disk tier (heads and small bodies), the rest going to
+/// body files: most of a static-asset cache's bytes are in large bodies.
+const FOYER_SHARE: u64 = 4;
+/// foyer's smallest device: a disk tier smaller than this is foyer's alone.
+const MIN_FOYER: u64 = 16 << 20;
+
+/// How a disk tier of `disk` bytes is split: foyer's device, body files.
+fn split_disk(disk: u64) -> (u64, u64) {
+    let foyer = (disk / FOYER_SHARE).max(MIN_FOYER).min(disk);
+    (foyer, disk - foyer)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -50,6 +67,8 @@ pub enum StoreError {
 pub struct Store {
     cache: HybridCache<Key, Entry>,
     hybrid: bool,
+    /// Body chunks as files, with a disk tier large enough.
+    files: Option<Arc<Files>>,
     /// The disk tier's folder and capacity.
     disk: Option<(PathBuf, u64)>,
 }
@@ -68,12 +87,14 @@ fn full_disk(free: u64, total: u64, growth: u64) -> Option<String> {
         .then(|| format!("the cache disk is full: {} MiB free of {} MiB", free >> 20, total >> 20))
 }
 
-/// Bytes the files under `dir` take on disk (their allocated blocks).
+/// Bytes foyer's files under `dir` take on disk (their allocated blocks);
+/// the body files are counted by their index instead of listed.
 fn allocated(dir: &std::path::Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     entries
         .flatten()
+        .filter(|e| e.file_name() != files::FOLDER)
         .map(|e| match e.metadata() {
             Ok(m) if m.is_dir() => allocated(&e.path()),
             Ok(m) => m.blocks() * 512,
@@ -103,15 +124,25 @@ impl Store {
         if cfg.disk == 0 {
             let cache =
                 memory.storage().build().await.map_err(|source| StoreError::Open { path: PathBuf::new(), source })?;
-            return Ok(Store { cache, hybrid: false, disk: None });
+            return Ok(Store { cache, hybrid: false, files: None, disk: None });
         }
         let path = cfg.path.clone().ok_or(StoreError::NoPath)?;
         std::fs::create_dir_all(&path).map_err(|source| StoreError::Folder { path: path.clone(), source })?;
+        let (device_size, files_size) = split_disk(cfg.disk);
+        let files = if files_size == 0 {
+            None
+        } else {
+            let dir = path.join(files::FOLDER);
+            let opened = tokio::task::spawn_blocking(move || Files::open(dir, files_size))
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(e)));
+            Some(Arc::new(opened.map_err(|source| StoreError::Folder { path: path.join(files::FOLDER), source })?))
+        };
         let device = FsDeviceBuilder::new(&path)
-            .with_capacity(cfg.disk as usize)
+            .with_capacity(device_size as usize)
             .build()
             .map_err(|source| StoreError::Open { path: path.clone(), source })?;
-        let block = (cfg.disk / 32).clamp(MIN_BLOCK, MAX_BLOCK) as usize;
+        let block = (device_size / 32).clamp(MIN_BLOCK, MAX_BLOCK) as usize;
         let engine = BlockEngineConfig::new(device)
             .with_block_size(block)
             .with_buffer_pool_size(block * 2)
@@ -129,7 +160,7 @@ impl Store {
             .build()
             .await
             .map_err(|source| StoreError::Open { path: path.clone(), source })?;
-        Ok(Store { cache, hybrid: true, disk: Some((path, cfg.disk)) })
+        Ok(Store { cache, hybrid: true, files, disk: Some((path, cfg.disk)) })
     }
 
     pub fn is_hybrid(&self) -> bool {
@@ -141,7 +172,8 @@ impl Store {
         let (path, capacity) = self.disk.as_ref()?;
         match rustix::fs::statvfs(path) {
             Ok(s) => {
-                let growth = capacity.saturating_sub(allocated(path));
+                let files = self.files.as_ref().map_or(0, |f| f.used());
+                let growth = capacity.saturating_sub(allocated(path) + files);
                 full_disk(s.f_bavail.saturating_mul(s.f_frsize), s.f_blocks.saturating_mul(s.f_frsize), growth)
             }
             Err(e) => Some(format!("the cache disk cannot be read: {e}")),
@@ -184,9 +216,44 @@ impl Store {
     pub fn has_body(&self, key: Key, object: &StoredObject) -> bool {
         match object.body {
             BodyRef::Chunked { len, chunk_size, generation } => {
-                (0..chunk_count(len, chunk_size)).all(|i| self.cache.contains(&chunk_key(key, generation, i)))
+                let mut keys = (0..chunk_count(len, chunk_size)).map(|i| chunk_key(key, generation, i));
+                match &self.files {
+                    Some(files) => files.contains_all(keys),
+                    None => keys.all(|k| self.cache.contains(&k)),
+                }
             }
             _ => true,
+        }
+    }
+
+    fn has_chunk(&self, key: Key) -> bool {
+        match &self.files {
+            Some(files) => files.contains(key),
+            None => self.cache.contains(&key),
+        }
+    }
+
+    fn put_chunk(&self, key: Key, bytes: Bytes) {
+        match &self.files {
+            Some(files) => files.put(key, bytes),
+            None => self.insert(key, Entry::Chunk(Blob::keep(bytes))),
+        }
+    }
+
+    async fn chunk(&self, key: Key) -> Option<Blob> {
+        match &self.files {
+            Some(files) => files.get(key),
+            None => match self.get(key).await {
+                Some(Entry::Chunk(blob)) => Some(blob),
+                _ => None,
+            },
+        }
+    }
+
+    fn remove_chunk(&self, key: Key) {
+        match &self.files {
+            Some(files) => files.remove(key),
+            None => self.remove(key),
         }
     }
 
@@ -195,15 +262,15 @@ impl Store {
     pub fn next_stored_chunk(&self, key: Key, generation: u64, first: u32, before: u64) -> Option<u32> {
         (first..)
             .take_while(|i| u64::from(*i) * (CHUNK_SIZE as u64) < before)
-            .find(|i| self.cache.contains(&chunk_key(key, generation, *i)))
+            .find(|i| self.has_chunk(chunk_key(key, generation, *i)))
     }
 
     /// Puts back a chunk of a stored body that was fetched again after it
     /// left the store (see `engine::refill`); one still there is left be.
     pub fn restore_chunk(&self, key: Key, generation: u64, index: u32, bytes: Bytes) {
         let key = chunk_key(key, generation, index);
-        if !self.cache.contains(&key) {
-            self.insert(key, Entry::Chunk(Blob::keep(bytes)));
+        if !self.has_chunk(key) {
+            self.put_chunk(key, bytes);
         }
     }
 
@@ -212,7 +279,7 @@ impl Store {
         self.remove(key);
         if let BodyRef::Chunked { len, chunk_size, generation } = object.body {
             for i in 0..chunk_count(len, chunk_size) {
-                self.remove(chunk_key(key, generation, i));
+                self.remove_chunk(chunk_key(key, generation, i));
             }
         }
     }
@@ -224,6 +291,9 @@ impl Store {
 
     /// Flushes to disk and closes; called on shutdown.
     pub async fn close(&self) {
+        if let Some(files) = &self.files {
+            files.flush().await;
+        }
         if let Err(e) = self.cache.close().await {
             tracing::warn!(error = %e, "closing the cache failed");
         }
@@ -271,8 +341,8 @@ impl Store {
                         let size = u64::from(chunk_size);
                         let index = (pos / size) as u32;
                         let chunk_start = u64::from(index) * size;
-                        match store.get(chunk_key(key, generation, index)).await {
-                            Some(Entry::Chunk(blob)) => {
+                        match store.chunk(chunk_key(key, generation, index)).await {
+                            Some(blob) => {
                                 let from = (pos - chunk_start) as usize;
                                 let to = ((end - chunk_start) as usize).min(blob.len());
                                 if from >= to {
@@ -281,7 +351,7 @@ impl Store {
                                 }
                                 Some((Ok(Piece { blob, start: from, end: to }), chunk_start + to as u64))
                             }
-                            _ => {
+                            None => {
                                 let e =
                                     io::Error::new(io::ErrorKind::NotFound, format!("cached chunk {index} is missing"));
                                 Some((Err(e), end))
@@ -341,7 +411,7 @@ impl BodyWriter {
 
     fn flush_chunk(&mut self) {
         let chunk = self.buf.split().freeze();
-        self.store.insert(chunk_key(self.key, self.generation, self.index), Entry::Chunk(Blob::keep(chunk)));
+        self.store.put_chunk(chunk_key(self.key, self.generation, self.index), chunk);
         self.index += 1;
     }
 
@@ -363,9 +433,12 @@ impl BodyWriter {
         u64::from(self.index) * CHUNK_SIZE as u64
     }
 
-    /// Ends the body: small bodies become inline, large ones get their last chunk.
+    /// Ends the body: small bodies become inline, large ones get their last
+    /// chunk. With body files, a body of [`blob::SEALED_MIN`] or more is one
+    /// chunk however short, so it is a file too.
     pub fn finish(mut self) -> BodyRef {
-        if self.index == 0 {
+        let to_file = self.store.files.is_some() && self.buf.len() >= blob::SEALED_MIN;
+        if self.index == 0 && !to_file {
             return BodyRef::Inline(Blob::keep(self.buf.split().freeze()));
         }
         if !self.buf.is_empty() {
@@ -377,7 +450,7 @@ impl BodyWriter {
     /// Drops a body that will not be stored, with any chunks already written.
     pub fn abandon(self) {
         for i in 0..self.index {
-            self.store.remove(chunk_key(self.key, self.generation, i));
+            self.store.remove_chunk(chunk_key(self.key, self.generation, i));
         }
     }
 }

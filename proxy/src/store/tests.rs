@@ -55,10 +55,23 @@ async fn battery(store: &Store) {
     let (a, b) = (CHUNK_SIZE as u64 - 10, 2 * CHUNK_SIZE as u64 + 10);
     assert_eq!(read_all(store, 3, &body, a, b).await, &data[a as usize..b as usize]);
     assert_eq!(read_all(store, 3, &body, 5, 6).await, &data[5..6]);
-    // Exactly one chunk is inline-sized and inline.
+    // Exactly one chunk is inline-sized: inline in memory, a file with body
+    // files, as is any body from `SEALED_MIN` up; below that, inline.
     let mut w = store.body_writer(4);
     w.push(&pattern(CHUNK_SIZE));
-    assert!(matches!(w.finish(), BodyRef::Inline(b) if b.len() == CHUNK_SIZE));
+    let files = store.files.is_some();
+    match w.finish() {
+        BodyRef::Inline(b) => assert!(!files && b.len() == CHUNK_SIZE),
+        BodyRef::Chunked { len, .. } => assert!(files && len == CHUNK_SIZE as u64),
+    }
+    let mut w = store.body_writer(6);
+    w.push(&pattern(blob::SEALED_MIN));
+    let sixty_four = w.finish();
+    assert_eq!(matches!(sixty_four, BodyRef::Chunked { .. }), files, "{sixty_four:?}");
+    assert_eq!(read_all(store, 6, &sixty_four, 0, sixty_four.len()).await, pattern(blob::SEALED_MIN));
+    let mut w = store.body_writer(7);
+    w.push(&pattern(blob::SEALED_MIN - 1));
+    assert!(matches!(w.finish(), BodyRef::Inline(_)));
 
     // Removing the object removes its chunks: reading them is an error.
     let obj = StoredObject { body: body.clone(), ..object_of(sample(BodyRef::Inline(Bytes::new().into()))) };
@@ -95,8 +108,118 @@ async fn battery_hybrid() {
     let dir = tempfile::tempdir().unwrap();
     let store = hybrid_store(dir.path()).await;
     assert!(store.is_hybrid());
+    assert!(store.files.is_some(), "64 MiB of disk has room for body files");
     battery(&store).await;
     store.close().await;
+}
+
+#[tokio::test]
+async fn battery_hybrid_without_body_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = CacheStorage { memory: 16 << 20, disk: MIN_FOYER, path: Some(dir.path().to_path_buf()) };
+    let store = Store::open(&cfg).await.unwrap();
+    assert!(store.files.is_none(), "a disk tier of foyer's minimum is foyer's alone");
+    battery(&store).await;
+    store.close().await;
+}
+
+/// Writes a body of `len` under `key` and returns where it is.
+async fn stored_body(store: &Store, key: Key, len: usize) -> StoredObject {
+    let mut w = store.body_writer(key);
+    w.push(&pattern(len));
+    let obj = StoredObject { body: w.finish(), ..object_of(sample(BodyRef::Inline(Bytes::new().into()))) };
+    store.insert(key, Entry::Object(Arc::new(obj.clone())));
+    obj
+}
+
+fn body_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for fan in std::fs::read_dir(dir.join(files::FOLDER)).unwrap().flatten() {
+        found.extend(std::fs::read_dir(fan.path()).unwrap().flatten().map(|e| e.path()));
+    }
+    found
+}
+
+#[tokio::test]
+async fn large_bodies_are_plain_files_sent_from_disk_and_recovered_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = hybrid_store(dir.path()).await;
+    let obj = stored_body(&store, 1, 100 << 10).await;
+    store.close().await;
+    // One whole file holding the body's bytes, nothing temporary.
+    let files = body_files(dir.path());
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(std::fs::read(&files[0]).unwrap(), pattern(100 << 10));
+    // A crash's leftovers: a temporary file, and one that is not ours.
+    let fan = files[0].parent().unwrap();
+    std::fs::write(fan.join("0123.tmp"), b"cut short").unwrap();
+    std::fs::write(fan.join("stray"), b"x").unwrap();
+    drop(store);
+
+    let store = hybrid_store(dir.path()).await;
+    assert_eq!(body_files(dir.path()), files, "leftovers removed at start");
+    let Some(Entry::Object(o)) = store.get(1).await else { panic!("the head is back") };
+    assert!(store.has_body(1, &o));
+    assert_eq!(read_all(&store, 1, &o.body, 0, o.body.len()).await, pattern(100 << 10));
+    // What a hit sends from: the file itself.
+    let pieces: Vec<Piece> = store.pieces(1, &o.body, 10, 20).try_collect().await.unwrap();
+    assert!(matches!(&pieces[..], [Piece { blob: Blob::File(_), start: 10, end: 20 }]), "{pieces:?}");
+    // Removed with its object, on disk too.
+    store.remove_object(1, &obj);
+    assert!(!store.has_body(1, &obj));
+    store.close().await;
+    assert_eq!(body_files(dir.path()), Vec::<std::path::PathBuf>::new());
+}
+
+#[tokio::test]
+async fn body_files_keep_to_their_share_of_the_disk_dropping_the_least_recently_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = hybrid_store(dir.path()).await;
+    let (_, share) = split_disk(64 << 20);
+    let each = CHUNK_SIZE;
+    let count = (share / each as u64) as u128 + 8;
+    let mut objects = Vec::new();
+    for key in 0..count {
+        objects.push(stored_body(&store, key, each).await);
+        store.files.as_ref().unwrap().flush().await;
+        // Key 0 stays in use: read again after every write.
+        assert!(store.has_body(0, &objects[0]));
+        let _ = store.chunk(chunk_key(0, generation(&objects[0]), 0)).await.expect("key 0 stays");
+    }
+    let files = store.files.as_ref().unwrap();
+    assert!(files.used() <= share, "{} bytes in files over a share of {share}", files.used());
+    let on_disk: u64 = body_files(dir.path()).iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
+    assert_eq!(on_disk, files.used(), "the index counts what is on disk");
+    assert!(store.has_body(0, &objects[0]), "the most recently used stays");
+    assert!(!store.has_body(1, &objects[1]), "the least recently used went");
+    assert!(store.has_body(count - 1, &objects[count as usize - 1]), "the newest stays");
+}
+
+fn generation(o: &StoredObject) -> u64 {
+    match o.body {
+        BodyRef::Chunked { generation, .. } => generation,
+        BodyRef::Inline(_) => panic!("inline"),
+    }
+}
+
+#[tokio::test]
+async fn a_body_removed_while_its_file_is_written_does_not_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = hybrid_store(dir.path()).await;
+    let mut objects = Vec::new();
+    for key in 0..20u128 {
+        let obj = stored_body(&store, key, 200 << 10).await;
+        store.remove_object(key, &obj);
+        objects.push(obj);
+    }
+    store.close().await;
+    for (key, obj) in objects.iter().enumerate() {
+        assert!(!store.has_body(key as u128, obj), "body {key} came back");
+    }
+    assert_eq!(body_files(dir.path()), Vec::<std::path::PathBuf>::new());
+    drop(store);
+    let store = hybrid_store(dir.path()).await;
+    assert!(!store.has_body(3, &objects[3]), "nor after a restart");
 }
 
 #[tokio::test]

@@ -19,6 +19,9 @@
 //! - **Bounded.** The files take at most their share of the disk; past it
 //!   the least recently used go (down to nine tenths). Recency is a counter
 //!   bumped by each hit, in the index's lock (a hash lookup, nothing read).
+//! - **Kept open.** A file a hit opened stays open in the index (up to a
+//!   quarter of the open-file limit), so a hot body costs no `open` per hit;
+//!   it is closed when it leaves the index and no send holds it.
 //! - **Recovered.** At start the folder is listed once: whole files are
 //!   indexed (oldest first by modification time), temporary ones removed.
 //!   A file whose object is gone (evicted from foyer, or written just before
@@ -41,10 +44,23 @@ const MAX_PENDING: u64 = 64 << 20;
 pub(crate) const FOLDER: &str = "bodies";
 const TEMPORARY: &str = "tmp";
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Indexed {
     len: u64,
     used_at: u64,
+    /// The file, kept open once a hit opened it (up to [`open_cap`] files):
+    /// a hot body costs no `open` per hit, as a memfd costs none.
+    open: Option<Blob>,
+}
+
+/// How many body files the index keeps open: a quarter of the process's
+/// open-file limit (memfds take at most half, connections the rest).
+fn open_cap() -> usize {
+    static CAP: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+        limit.map_or(usize::MAX, |n| usize::try_from(n / 4).unwrap_or(usize::MAX))
+    });
+    *CAP
 }
 
 #[derive(Debug, Default)]
@@ -56,6 +72,8 @@ struct State {
     pending: HashMap<Key, Bytes>,
     pending_bytes: u64,
     clock: u64,
+    /// Index entries holding their file open.
+    open: usize,
 }
 
 impl State {
@@ -69,8 +87,13 @@ impl State {
             self.pending_bytes -= b.len() as u64;
         }
         if let Some(i) = self.index.remove(&key) {
-            self.used -= i.len;
+            self.drop_entry(&i);
         }
+    }
+
+    fn drop_entry(&mut self, i: &Indexed) {
+        self.used -= i.len;
+        self.open -= usize::from(i.open.is_some());
     }
 }
 
@@ -128,7 +151,7 @@ impl Shared {
         match written {
             Ok(()) if wanted => {
                 let used_at = st.tick();
-                st.index.insert(key, Indexed { len: bytes.len() as u64, used_at });
+                st.index.insert(key, Indexed { len: bytes.len() as u64, used_at, open: None });
                 st.used += bytes.len() as u64;
                 let over = st.used > self.capacity;
                 drop(st);
@@ -155,15 +178,16 @@ impl Shared {
     fn evict(&self) {
         let target = self.capacity / 10 * 9;
         let mut st = self.lock();
-        let mut by_age: Vec<(u64, Key, u64)> = st.index.iter().map(|(k, i)| (i.used_at, *k, i.len)).collect();
+        let mut by_age: Vec<(u64, Key)> = st.index.iter().map(|(k, i)| (i.used_at, *k)).collect();
         by_age.sort_unstable();
         let mut gone = Vec::new();
-        for (_, key, len) in by_age {
+        for (_, key) in by_age {
             if st.used <= target {
                 break;
             }
-            st.index.remove(&key);
-            st.used -= len;
+            if let Some(i) = st.index.remove(&key) {
+                st.drop_entry(&i);
+            }
             gone.push(key);
         }
         let used = st.used;
@@ -230,7 +254,7 @@ fn recover(dir: &Path) -> io::Result<State> {
     let mut st = State::default();
     for (_, key, len) in found {
         let used_at = st.tick();
-        st.index.insert(key, Indexed { len, used_at });
+        st.index.insert(key, Indexed { len, used_at, open: None });
         st.used += len;
     }
     Ok(st)
@@ -281,10 +305,22 @@ impl Files {
         let used_at = st.tick();
         let indexed = st.index.get_mut(&key)?;
         indexed.used_at = used_at;
+        if let Some(open) = &indexed.open {
+            return Some(open.clone());
+        }
         let len = indexed.len;
         drop(st);
         match File::open(path_of(&self.shared.dir, key)) {
-            Ok(f) => Some(Blob::disk_file(f, len as usize)),
+            Ok(f) => {
+                let blob = Blob::disk_file(f, len as usize);
+                let mut st = self.shared.lock();
+                let room = st.open < open_cap();
+                if let Some(indexed) = st.index.get_mut(&key).filter(|i| room && i.open.is_none()) {
+                    indexed.open = Some(blob.clone());
+                    st.open += 1;
+                }
+                Some(blob)
+            }
             Err(e) => {
                 // Gone from under the index (removed by hand): a miss.
                 tracing::warn!(error = %e, "a body file cannot be opened; treating it as a miss");

@@ -164,6 +164,12 @@ async fn large_bodies_are_plain_files_sent_from_disk_and_recovered_after_a_resta
     // What a hit sends from: the file itself.
     let pieces: Vec<Piece> = store.pieces(1, &o.body, 10, 20).try_collect().await.unwrap();
     assert!(matches!(&pieces[..], [Piece { blob: Blob::File(_), start: 10, end: 20 }]), "{pieces:?}");
+    // Kept open: the next hit opens nothing.
+    let again: Vec<Piece> = store.pieces(1, &o.body, 0, 1).try_collect().await.unwrap();
+    match (&pieces[0].blob, &again[0].blob) {
+        (Blob::File(a), Blob::File(b)) => assert!(Arc::ptr_eq(a, b), "the same open file"),
+        other => panic!("{other:?}"),
+    }
     // Removed with its object, on disk too.
     store.remove_object(1, &obj);
     assert!(!store.has_body(1, &obj));

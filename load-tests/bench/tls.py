@@ -7,6 +7,9 @@ with a backlog of 4096.
 
 Loads (--loads, comma-separated):
 - hits: 1 KiB cache hits over keep-alive TLS (wrk);
+- hits-100k, hits-1m: 100 KiB and 1 MiB cache hits over keep-alive TLS
+  (wrk): neither server can `sendfile` through TLS without kernel TLS, so
+  both read and encrypt every byte in user space;
 - handshakes: every request on a new TLS connection (wrk, `Connection:
   close`). wrk resumes its session on every reconnection (it clears its
   SSL object rather than freeing it), so these are resumed handshakes; wrk
@@ -49,6 +52,10 @@ HTTP_PORTS = {"outpost": 18445, "nginx": 18446}
 H2C_PORTS = {"outpost": 18445, "nginx": 18447}
 HOST = "bench.test"
 PATH = "/bench/tls?size=1KiB&cc=public,%20max-age%3D3600"
+# The objects of the hits loads, by load.
+HIT_PATHS = {"hits": PATH,
+             "hits-100k": "/bench/tls-100k?size=100KiB&cc=public,%20max-age%3D3600",
+             "hits-1m": "/bench/tls-1m?size=1MiB&cc=public,%20max-age%3D3600"}
 FLOOD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../target/release/examples/hello_flood")
 
 
@@ -135,7 +142,8 @@ def flooded(args, work, name):
 
 def main():
     ap = arguments()
-    ap.add_argument("--loads", default="hits,handshakes,full,open,open-resumed,open-http,open-h2c,flood",
+    ap.add_argument("--loads", default="hits,hits-100k,hits-1m,handshakes,full,open,open-resumed,open-http,open-h2c,"
+                                       "flood",
                     help="which loads, comma-separated")
     ap.add_argument("--open-rate", type=int, default=0,
                     help="new connections per second for the open model (default: half the slower handshake rate)")
@@ -154,6 +162,9 @@ def main():
     try:
         for name, cmd in commands.items():
             procs[name] = start(name, cmd, PORTS[name], env=env)
+            for path in HIT_PATHS.values():
+                subprocess.run(["curl", "-sk", "-o", "/dev/null", "-H", f"Host: {HOST}",
+                                f"https://127.0.0.1:{PORTS[name]}{path}"], check=True)
             for scheme, port, extra in [("https", PORTS[name], []), ("http", HTTP_PORTS[name], []),
                                         ("http", H2C_PORTS[name], ["--http2-prior-knowledge"])]:
                 url = f"{scheme}://127.0.0.1:{port}{PATH}"
@@ -174,10 +185,11 @@ def main():
                 results[(load, name)] = [statistics.median(r[i] for r in rs) for i in range(len(rs[0]))]
                 print(f"{load:<10} {name:<8} " + "  ".join(f"{v:.3f}" for v in results[(load, name)]), flush=True)
 
-        for load_name, extra in [("hits", []), ("handshakes", ["-H", "Connection: close"])]:
+        for load_name, path, extra in [*((h, p, []) for h, p in HIT_PATHS.items()),
+                                       ("handshakes", PATH, ["-H", "Connection: close"])]:
             if load_name in loads:
-                def closed(name, extra=extra):
-                    reqs, rps, p50, p99 = wrk(f"https://127.0.0.1:{PORTS[name]}{PATH}", args.duration,
+                def closed(name, path=path, extra=extra):
+                    reqs, rps, p50, p99 = wrk(f"https://127.0.0.1:{PORTS[name]}{path}", args.duration,
                                               args.connections, extra)
                     return rps, p50, p99, reqs
                 measure(load_name, closed)
@@ -206,19 +218,20 @@ def main():
             stop(proc)
         os.killpg(origin.pid, signal.SIGTERM)
         shutil.rmtree(work, ignore_errors=True)
-    report(results, loads, rate if any(x.startswith("open") for x in loads) else None)
+    report(results, loads, rate if any(x.startswith("open") for x in loads) else None, args.connections)
 
 
-def report(results, loads, rate):
+def report(results, loads, rate, connections):
     def both(load):
         return (load, "outpost") in results and (load, "nginx") in results
 
     print()
-    if any(l in loads for l in ("hits", "handshakes", "full")):
-        print("closed model, 64 connections: hits and handshakes with wrk (request to response), "
+    closed = ("hits", "hits-100k", "hits-1m", "handshakes", "full")
+    if any(l in loads for l in closed):
+        print(f"closed model, {connections} connections: hits and handshakes with wrk (request to response), "
               "full handshakes with outpost load (connect to first byte)")
         print(f"{'load':<11} {'server':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'per CPU-s':>10}")
-        for load in ("hits", "handshakes", "full"):
+        for load in closed:
             for name in ("outpost", "nginx"):
                 if (load, name) in results:
                     rps, p50, p99, reqs, cpu = results[(load, name)]
@@ -243,7 +256,7 @@ def report(results, loads, rate):
                 h50, h99, hf, _, n50, n99, nf, rate_n, _ = results[("flood", name)]
                 print(f"{name:<8} {h50:>9.3f} {h99:>7.3f} {n50:>8.3f} {n99:>8.3f} {hf + nf:>7.0f} {rate_n:>8.0f}")
     print()
-    for load in ("hits", "handshakes", "full"):
+    for load in closed:
         if both(load):
             o, n = results[(load, "outpost")], results[(load, "nginx")]
             print(f"{load:<11} outpost/nginx  per CPU-s {(o[3] / o[4]) / (n[3] / n[4]):.2f}x   req/s {o[0] / n[0]:.2f}x"

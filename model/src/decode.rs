@@ -270,7 +270,7 @@ macro_rules! decode_uint {
         }
     )*};
 }
-decode_uint!(u16, u32, u64);
+decode_uint!(u8, u16, u32, u64);
 
 impl Decode for f64 {
     fn decode(s: &mut Sink<'_>, v: &Val<'_>) -> Option<Self> {

@@ -275,7 +275,14 @@ pub struct CacheStorage {
     pub disk: u64,
     /// Required when `disk` is not zero. Default: none.
     pub path: Option<PathBuf>,
+    /// Percent of `disk` for bodies of 64 KiB and more, kept as plain
+    /// files; 0 keeps every body in the block device. Default:
+    /// [`DEFAULT_LARGE_BODIES`] (75).
+    pub large_bodies: u8,
 }
+
+/// Default share of the disk tier for large bodies, in percent.
+pub const DEFAULT_LARGE_BODIES: u8 = 75;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamMode {

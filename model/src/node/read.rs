@@ -341,8 +341,16 @@ fn decode_cache_storage(s: &mut Sink<'_>, root: &mut Table<'_, '_>, base: &Path)
     if disk > 0 && disk < 16 << 20 {
         s.error(&t.span_of("disk"), "cache.disk must be 0 (memory only) or at least 16MiB");
     }
+    let large_bodies = match t.opt::<Spanned<u8>>(s, "large_bodies") {
+        Some(v) if *v.get_ref() > 90 => {
+            s.error(&v.span(), "cache.large_bodies is a percentage of cache.disk from 0 to 90");
+            DEFAULT_LARGE_BODIES
+        }
+        Some(v) => v.into_inner(),
+        None => DEFAULT_LARGE_BODIES,
+    };
     t.finish(s);
-    Some(CacheStorage { memory: memory?.get_ref().0, disk, path })
+    Some(CacheStorage { memory: memory?.get_ref().0, disk, path, large_bodies })
 }
 
 fn decode_upstream(s: &mut Sink<'_>, root: &mut Table<'_, '_>) -> Option<Upstream> {

@@ -48,7 +48,7 @@ fn minimal_edge_uses_safe_defaults() {
     assert_eq!(node.limits, Limits::default());
     assert_eq!(node.limits.header_read_timeout, DEFAULT_HEADER_READ_TIMEOUT);
     let RoleConfig::Edge(edge) = &node.role else { panic!() };
-    assert_eq!(edge.proxy.cache, CacheStorage { memory: 64 << 20, disk: 0, path: None });
+    assert_eq!(edge.proxy.cache, CacheStorage { memory: 64 << 20, disk: 0, path: None, large_bodies: 75 });
     assert_eq!(edge.upstream.mode, UpstreamMode::Origin);
     assert_eq!(edge.proxy.access_log, AccessLog::Stdout);
     assert!(node.control.is_none() && node.listen.admin.is_none());
@@ -126,6 +126,14 @@ fn disk_path_must_be_writable() {
     let mut node: NodeConfig = ok.parse().unwrap();
     node.resolve().unwrap();
     assert_eq!(node.proxy().unwrap().cache.disk, 1 << 30);
+    for (share, fine) in [("0", true), ("90", true), ("91", false), ("-1", false), ("\"half\"", false)] {
+        let text = ok.replace("disk = \"1GiB\"", &format!("disk = \"1GiB\"\nlarge_bodies = {share}"));
+        let e = errors(&text);
+        assert_eq!(e.is_empty(), fine, "large_bodies = {share}: {e:?}");
+        if !fine {
+            assert!(e.len() == 1 && e[0].starts_with("<inline>:15:16: "), "at the value: {e:?}");
+        }
+    }
     // /proc refuses new files even to root; a regular file cannot hold a folder.
     let file = dir.path().join("plain");
     std::fs::write(&file, "x").unwrap();

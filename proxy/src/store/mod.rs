@@ -40,15 +40,16 @@ pub(crate) const CHUNK_SIZE: usize = 1 << 20;
 const MAX_BLOCK: u64 = 16 << 20;
 /// Smallest block: it must hold a whole chunk and its framing.
 const MIN_BLOCK: u64 = 2 << 20;
-/// foyer's share of a disk tier (heads and small bodies), the rest going to
-/// body files: most of a static-asset cache's bytes are in large bodies.
-const FOYER_SHARE: u64 = 4;
 /// foyer's smallest device: a disk tier smaller than this is foyer's alone.
 const MIN_FOYER: u64 = 16 << 20;
 
-/// How a disk tier of `disk` bytes is split: foyer's device, body files.
-fn split_disk(disk: u64) -> (u64, u64) {
-    let foyer = (disk / FOYER_SHARE).max(MIN_FOYER).min(disk);
+/// How a disk tier of `disk` bytes is split between foyer's device (heads
+/// and small bodies) and body files, `large` percent going to the files
+/// (`[cache] large_bodies`, by default three quarters: most of a
+/// static-asset cache's bytes are in large bodies).
+fn split_disk(disk: u64, large: u8) -> (u64, u64) {
+    let files = (u128::from(disk) * u128::from(large.min(100)) / 100) as u64;
+    let foyer = (disk - files).max(MIN_FOYER).min(disk);
     (foyer, disk - foyer)
 }
 
@@ -128,7 +129,7 @@ impl Store {
         }
         let path = cfg.path.clone().ok_or(StoreError::NoPath)?;
         std::fs::create_dir_all(&path).map_err(|source| StoreError::Folder { path: path.clone(), source })?;
-        let (device_size, files_size) = split_disk(cfg.disk);
+        let (device_size, files_size) = split_disk(cfg.disk, cfg.large_bodies);
         let files = if files_size == 0 {
             None
         } else {

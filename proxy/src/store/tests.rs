@@ -11,11 +11,12 @@ use super::entry::tests::sample;
 use super::*;
 
 async fn memory_store() -> Store {
-    Store::open(&CacheStorage { memory: 64 << 20, disk: 0, path: None }).await.unwrap()
+    Store::open(&CacheStorage { memory: 64 << 20, disk: 0, path: None, large_bodies: 75 }).await.unwrap()
 }
 
 async fn hybrid_store(dir: &std::path::Path) -> Store {
-    Store::open(&CacheStorage { memory: 16 << 20, disk: 64 << 20, path: Some(dir.to_path_buf()) }).await.unwrap()
+    let cfg = CacheStorage { memory: 16 << 20, disk: 64 << 20, path: Some(dir.to_path_buf()), large_bodies: 75 };
+    Store::open(&cfg).await.unwrap()
 }
 
 async fn read_all(store: &Store, key: Key, body: &BodyRef, start: u64, end: u64) -> Vec<u8> {
@@ -116,11 +117,27 @@ async fn battery_hybrid() {
 #[tokio::test]
 async fn battery_hybrid_without_body_files() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = CacheStorage { memory: 16 << 20, disk: MIN_FOYER, path: Some(dir.path().to_path_buf()) };
+    let path = Some(dir.path().to_path_buf());
+    let cfg = CacheStorage { memory: 16 << 20, disk: MIN_FOYER, path: path.clone(), large_bodies: 75 };
     let store = Store::open(&cfg).await.unwrap();
     assert!(store.files.is_none(), "a disk tier of foyer's minimum is foyer's alone");
     battery(&store).await;
     store.close().await;
+    drop(store);
+    let cfg = CacheStorage { memory: 16 << 20, disk: 64 << 20, path, large_bodies: 0 };
+    let store = Store::open(&cfg).await.unwrap();
+    assert!(store.files.is_none(), "large_bodies = 0: every body in foyer");
+    battery(&store).await;
+    store.close().await;
+}
+
+#[test]
+fn the_disk_is_split_by_the_large_bodies_share_leaving_foyer_its_minimum() {
+    assert_eq!(split_disk(1000 << 20, 75), (250 << 20, 750 << 20));
+    assert_eq!(split_disk(1000 << 20, 60), (400 << 20, 600 << 20));
+    assert_eq!(split_disk(1000 << 20, 0), (1000 << 20, 0));
+    assert_eq!(split_disk(32 << 20, 90), (MIN_FOYER, 16 << 20));
+    assert_eq!(split_disk(MIN_FOYER, 75), (MIN_FOYER, 0));
 }
 
 /// Writes a body of `len` under `key` and returns where it is.
@@ -181,7 +198,7 @@ async fn large_bodies_are_plain_files_sent_from_disk_and_recovered_after_a_resta
 async fn body_files_keep_to_their_share_of_the_disk_dropping_the_least_recently_used() {
     let dir = tempfile::tempdir().unwrap();
     let store = hybrid_store(dir.path()).await;
-    let (_, share) = split_disk(64 << 20);
+    let (_, share) = split_disk(64 << 20, 75);
     let each = CHUNK_SIZE;
     let count = (share / each as u64) as u128 + 8;
     let mut objects = Vec::new();

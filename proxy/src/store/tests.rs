@@ -195,6 +195,26 @@ async fn large_bodies_are_plain_files_sent_from_disk_and_recovered_after_a_resta
 }
 
 #[tokio::test]
+async fn a_body_file_cut_short_on_disk_is_an_error_never_short_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = hybrid_store(dir.path()).await;
+    stored_body(&store, 1, 200 << 10).await;
+    store.close().await;
+    drop(store);
+    let files = body_files(dir.path());
+    std::fs::OpenOptions::new().write(true).open(&files[0]).unwrap().set_len(1000).unwrap();
+
+    let store = hybrid_store(dir.path()).await;
+    let Some(Entry::Object(o)) = store.get(1).await else { panic!("the head is back") };
+    let whole: Result<Vec<Bytes>, _> = store.read(1, &o.body, 0, o.body.len()).try_collect().await;
+    assert!(whole.is_err(), "a short file is an error: {:?}", whole.map(|b| b.concat().len()));
+    let past: Result<Vec<Bytes>, _> = store.read(1, &o.body, 2000, 3000).try_collect().await;
+    assert!(past.is_err(), "a range past its end too");
+    // The bytes it still has are the right ones.
+    assert_eq!(read_all(&store, 1, &o.body, 0, 1000).await, pattern(1000));
+}
+
+#[tokio::test]
 async fn body_files_keep_to_their_share_of_the_disk_dropping_the_least_recently_used() {
     let dir = tempfile::tempdir().unwrap();
     let store = hybrid_store(dir.path()).await;

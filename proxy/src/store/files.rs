@@ -102,6 +102,9 @@ struct Shared {
     dir: PathBuf,
     capacity: u64,
     state: Mutex<State>,
+    /// Failed writes so far: a full disk fails every one, and the log
+    /// hears of the 1st, 2nd, 4th, 8th…
+    failed_writes: std::sync::atomic::AtomicU64,
 }
 
 enum Job {
@@ -167,7 +170,10 @@ impl Shared {
             Err(e) => {
                 drop(st);
                 unlink(&temporary);
-                tracing::warn!(error = %e, path = %path.display(), "writing a body file failed; the chunk is not stored");
+                let failed = self.failed_writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                if failed.is_power_of_two() {
+                    tracing::warn!(error = %e, path = %path.display(), failed, "writing a body file failed; the chunk is not stored");
+                }
                 metrics::counter!("outpost_cache_body_file_errors_total", "op" => "write").increment(1);
             }
         }
@@ -267,7 +273,7 @@ impl Files {
         let state = recover(&dir)?;
         let over = state.used > capacity;
         tracing::debug!(files = state.index.len(), bytes = state.used, "body files recovered");
-        let shared = Arc::new(Shared { dir, capacity, state: Mutex::new(state) });
+        let shared = Arc::new(Shared { dir, capacity, state: Mutex::new(state), failed_writes: Default::default() });
         if over {
             shared.evict();
         }

@@ -215,6 +215,22 @@ async fn a_body_file_cut_short_on_disk_is_an_error_never_short_bytes() {
 }
 
 #[tokio::test]
+async fn a_body_file_that_cannot_be_written_is_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = hybrid_store(dir.path()).await;
+    // Every fan-out folder replaced by a plain file: no write can succeed.
+    for fan in 0..=255u8 {
+        let sub = dir.path().join(files::FOLDER).join(format!("{fan:02x}"));
+        std::fs::remove_dir(&sub).unwrap();
+        std::fs::write(&sub, b"").unwrap();
+    }
+    let obj = stored_body(&store, 1, 100 << 10).await;
+    store.files.as_ref().unwrap().flush().await;
+    assert!(!store.has_body(1, &obj), "a failed write leaves no body to serve");
+    assert_eq!(store.files.as_ref().unwrap().used(), 0);
+}
+
+#[tokio::test]
 async fn body_files_keep_to_their_share_of_the_disk_dropping_the_least_recently_used() {
     let dir = tempfile::tempdir().unwrap();
     let store = hybrid_store(dir.path()).await;

@@ -66,6 +66,8 @@ pub struct Metrics {
     served: std::sync::Arc<std::sync::atomic::AtomicU64>,
     hits: std::sync::Arc<std::sync::atomic::AtomicU64>,
     pub memory_bytes: Gauge,
+    /// Bytes of the disk tier's body files.
+    pub body_file_bytes: Gauge,
     /// 1 while the disk tier is full or unreadable.
     pub disk_problem: Gauge,
     pub flights: Gauge,
@@ -113,6 +115,7 @@ impl Metrics {
                 .map(|s| histogram!("outpost_first_byte_seconds", "node" => node.clone(), "scheme" => s)),
             purges: counter!("outpost_purges_total", "node" => node.clone()),
             memory_bytes: gauge!("outpost_cache_memory_bytes", "node" => node.clone()),
+            body_file_bytes: gauge!("outpost_cache_body_file_bytes", "node" => node.clone()),
             disk_problem: gauge!("outpost_cache_disk_problem", "node" => node.clone()),
             flights: gauge!("outpost_fetches_in_flight", "node" => node.clone()),
             purge_rules: gauge!("outpost_purge_rules", "node" => node.clone()),

@@ -353,6 +353,7 @@ impl Engine {
     pub fn update_gauges(&self) {
         self.metrics.partitioned_seconds.set(self.partitioned_for().map_or(0.0, |d| d.as_secs_f64()));
         self.metrics.memory_bytes.set(self.store.memory_usage() as f64);
+        self.metrics.body_file_bytes.set(self.store.body_file_bytes() as f64);
         self.metrics.disk_problem.set(if self.store.disk_problem().is_some() { 1.0 } else { 0.0 });
         self.metrics.flights.set(self.flights.len() as f64);
         self.metrics.purge_rules.set(self.purges.len() as f64);

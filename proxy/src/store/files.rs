@@ -196,9 +196,7 @@ impl Shared {
             }
             gone.push(key);
         }
-        let used = st.used;
         drop(st);
-        metrics::gauge!("outpost_cache_body_file_bytes").set(used as f64);
         metrics::counter!("outpost_cache_body_files_evicted_total").increment(gone.len() as u64);
         for key in gone {
             unlink(&path_of(&self.dir, key));
@@ -208,10 +206,7 @@ impl Shared {
     fn run(&self, jobs: &mpsc::Receiver<Job>) {
         while let Ok(job) = jobs.recv() {
             match job {
-                Job::Write(key, bytes) => {
-                    self.write(key, &bytes);
-                    metrics::gauge!("outpost_cache_body_file_bytes").set(self.lock().used as f64);
-                }
+                Job::Write(key, bytes) => self.write(key, &bytes),
                 Job::Unlink(key) => unlink(&path_of(&self.dir, key)),
                 Job::Flush(done) => {
                     let _ = done.send(());
@@ -277,7 +272,6 @@ impl Files {
         if over {
             shared.evict();
         }
-        metrics::gauge!("outpost_cache_body_file_bytes").set(shared.lock().used as f64);
         let (jobs, rx) = mpsc::channel();
         let writer = Arc::clone(&shared);
         std::thread::Builder::new().name("outpost-bodies".into()).spawn(move || writer.run(&rx))?;

@@ -173,8 +173,7 @@ impl Store {
         let (path, capacity) = self.disk.as_ref()?;
         match rustix::fs::statvfs(path) {
             Ok(s) => {
-                let files = self.files.as_ref().map_or(0, |f| f.used());
-                let growth = capacity.saturating_sub(allocated(path) + files);
+                let growth = capacity.saturating_sub(allocated(path) + self.body_file_bytes());
                 full_disk(s.f_bavail.saturating_mul(s.f_frsize), s.f_blocks.saturating_mul(s.f_frsize), growth)
             }
             Err(e) => Some(format!("the cache disk cannot be read: {e}")),
@@ -288,6 +287,11 @@ impl Store {
     /// Bytes held by the memory tier.
     pub fn memory_usage(&self) -> usize {
         self.cache.memory().usage()
+    }
+
+    /// Bytes of the disk tier's body files (0 without them).
+    pub fn body_file_bytes(&self) -> u64 {
+        self.files.as_ref().map_or(0, |f| f.used())
     }
 
     /// Flushes to disk and closes; called on shutdown.

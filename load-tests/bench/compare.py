@@ -202,17 +202,35 @@ def arguments(duration=10):
     return ap
 
 
-def write_site(work):
-    """The bench site, which every edge node file names."""
+def write_site(work, hosts=(HOST,), extra=""):
+    """The bench site, which every edge node file names: `hosts`, and
+    `extra` sections after the cache's."""
+    names = ", ".join(f'"{h}"' for h in hosts)
     open(os.path.join(work, "bench.site.toml"), "w").write(f"""
 [site]
 id = "bench"
-hosts = ["{HOST}"]
+hosts = [{names}]
 [[origin]]
 url = "http://{ORIGIN[0]}:{ORIGIN[1]}"
 [cache]
 default_ttl = "1h"
-""")
+{extra}""")
+
+
+def make_cert(work, san):
+    """A self-signed ECDSA P-256 certificate for HOST with the subject
+    alternative names `san`, as cert.pem and key.pem in `work`."""
+    cert, key = os.path.join(work, "cert.pem"), os.path.join(work, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", key, "-out", cert, "-subj", f"/CN={HOST}", "-days", "30",
+                    "-addext", f"subjectAltName={san}"], check=True, capture_output=True)
+    return cert, key
+
+
+SITE_TLS = """[tls]
+cert = "cert.pem"
+key = "key.pem"
+"""
 
 
 def configs(work):

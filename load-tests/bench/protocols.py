@@ -22,31 +22,17 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import ORIGIN, arguments, cpu_seconds, edge_toml, start, start_origin, stop  # noqa: E402
+from compare import (HOST, SITE_TLS, arguments, cpu_seconds, edge_toml, make_cert, start, start_origin, stop,  # noqa: E402
+                     write_site)
 
 PORT = 18443
-HOST = "bench.test"
 PATH = "/bench/proto/{n}?size=1KiB&cc=public,%20max-age%3D3600"
 PROTOCOLS = ["http1", "http2", "http3"]
 
 
 def configs(work):
-    cert, key = os.path.join(work, "cert.pem"), os.path.join(work, "key.pem")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                    "-keyout", key, "-out", cert, "-subj", f"/CN={HOST}", "-days", "30",
-                    "-addext", f"subjectAltName=DNS:{HOST}"], check=True, capture_output=True)
-    open(os.path.join(work, "bench.site.toml"), "w").write(f"""
-[site]
-id = "bench"
-hosts = ["{HOST}"]
-[[origin]]
-url = "http://{ORIGIN[0]}:{ORIGIN[1]}"
-[cache]
-default_ttl = "1h"
-[tls]
-cert = "cert.pem"
-key = "key.pem"
-""")
+    make_cert(work, f"DNS:{HOST}")
+    write_site(work, extra=SITE_TLS)
     edge = os.path.join(work, "edge.toml")
     listen = f'https = ["127.0.0.1:{PORT}"]\nquic = ["127.0.0.1:{PORT}"]'
     open(edge, "w").write(edge_toml(listen, 'memory = "256MiB"'))

@@ -44,13 +44,13 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import ORIGIN, arguments, cpu_seconds, edge_toml, nginx_conf, start, start_origin, stop, wrk  # noqa: E402
+from compare import (HOST, SITE_TLS, arguments, cpu_seconds, edge_toml, make_cert, nginx_conf, start, start_origin,  # noqa: E402
+                     stop, write_site, wrk)
 
 PORTS = {"outpost": 18443, "nginx": 18444}
 HTTP_PORTS = {"outpost": 18445, "nginx": 18446}
 # Outpost's cleartext listener takes h2c as well; nginx needs a listener of its own.
 H2C_PORTS = {"outpost": 18445, "nginx": 18447}
-HOST = "bench.test"
 PATH = "/bench/tls?size=1KiB&cc=public,%20max-age%3D3600"
 # The objects of the hits loads, by load.
 HIT_PATHS = {"hits": PATH,
@@ -60,10 +60,7 @@ FLOOD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../target/r
 
 
 def configs(work):
-    cert, key = os.path.join(work, "cert.pem"), os.path.join(work, "key.pem")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                    "-keyout", key, "-out", cert, "-subj", f"/CN={HOST}", "-days", "30",
-                    "-addext", f"subjectAltName=DNS:{HOST},IP:127.0.0.1"], check=True, capture_output=True)
+    cert, key = make_cert(work, f"DNS:{HOST},IP:127.0.0.1")
     # nginx's default backlog is 511; both servers get the same.
     listen = (f"127.0.0.1:{PORTS['nginx']} ssl backlog=4096;\n    listen 127.0.0.1:{HTTP_PORTS['nginx']} backlog=4096;\n"
               f"    listen 127.0.0.1:{H2C_PORTS['nginx']} http2 backlog=4096")
@@ -73,18 +70,7 @@ def configs(work):
     ssl_protocols TLSv1.2 TLSv1.3;
     ssl_session_cache shared:tls:10m;""",
                        location_extra=f"      proxy_set_header Host {HOST};")
-    open(os.path.join(work, "bench.site.toml"), "w").write(f"""
-[site]
-id = "bench"
-hosts = ["{HOST}", "127.0.0.1"]
-[[origin]]
-url = "http://{ORIGIN[0]}:{ORIGIN[1]}"
-[cache]
-default_ttl = "1h"
-[tls]
-cert = "cert.pem"
-key = "key.pem"
-""")
+    write_site(work, hosts=(HOST, "127.0.0.1"), extra=SITE_TLS)
     edge = os.path.join(work, "edge.toml")
     # wrk connects by address and sends no server name.
     tls = 'unknown_sni = "default"\ncert = "cert.pem"\nkey = "key.pem"\n'

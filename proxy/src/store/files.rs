@@ -236,10 +236,13 @@ fn recover(dir: &Path) -> io::Result<State> {
         for entry in std::fs::read_dir(&sub)? {
             let entry = entry?;
             let path = entry.path();
+            // Only a name this store writes, in the folder it writes it to:
+            // anything else would be indexed under a path that is not its own.
             let key = path
                 .file_name()
                 .and_then(|n| n.to_str())
-                .and_then(|n| (n.len() == 32).then(|| Key::from_str_radix(n, 16).ok()).flatten());
+                .and_then(|n| Key::from_str_radix(n, 16).ok())
+                .filter(|k| path_of(dir, *k) == path);
             let meta = entry.metadata()?;
             match key {
                 Some(key) if meta.is_file() => {

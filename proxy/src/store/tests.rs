@@ -171,6 +171,11 @@ async fn large_bodies_are_plain_files_sent_from_disk_and_recovered_after_a_resta
     let fan = files[0].parent().unwrap();
     std::fs::write(fan.join("0123.tmp"), b"cut short").unwrap();
     std::fs::write(fan.join("stray"), b"x").unwrap();
+    // Names that parse as a key yet are not where this store writes it.
+    let name = files[0].file_name().unwrap().to_str().unwrap().to_string();
+    std::fs::write(fan.join(format!("+{}", &name[1..])), b"x").unwrap();
+    let other_fan = dir.path().join(files::FOLDER).join(if name.starts_with("00") { "01" } else { "00" });
+    std::fs::write(other_fan.join(&name), b"misplaced").unwrap();
     drop(store);
 
     let store = hybrid_store(dir.path()).await;

@@ -247,8 +247,10 @@ async fn an_operator_runs_the_fleet_from_a_browser() {
     b.fill("#toml", &fleet.site("\"shop.test\"")).await;
     b.wait_for("#problems [data-valid=yes]").await;
     b.click("form button.primary").await;
+    // The refused save's notice is still on the page until the browser
+    // moves: wait for the saved page itself.
+    eventually("version 1", || async { b.path().await == "/console/sites/shop?saved=1" }).await;
     b.wait_for("p.notice").await;
-    assert_eq!(b.path().await, "/console/sites/shop?saved=1");
     // Version 2, its diff, and a rollback to version 1 (version 3).
     b.fill("#toml", &fleet.site("\"shop.test\", \"www.shop.test\"")).await;
     b.click("form button.primary").await;

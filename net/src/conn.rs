@@ -33,7 +33,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
 use crate::h1::{Framing, Tracker};
-use crate::sendfile::{FileQueue, SendFile, is_stand_in};
+use crate::sendfile::{FileQueue, SendFile, is_stand_in, poll_send_before_file};
 use crate::{Body, BoxError, Conn, Handler};
 
 /// What one connection's parts share.
@@ -175,7 +175,7 @@ impl<S: Transport> TrackedIo<S> {
         match bufs.iter().position(|b| is_stand_in(b)) {
             None => Pin::new(&mut self.inner).poll_write_vectored(cx, bufs),
             Some(0) => files.poll_send(tcp, cx, bufs[0].len()),
-            Some(i) => Pin::new(&mut self.inner).poll_write_vectored(cx, &bufs[..i]),
+            Some(i) => poll_send_before_file(tcp, cx, &bufs[..i]),
         }
     }
 }

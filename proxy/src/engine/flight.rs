@@ -371,9 +371,22 @@ impl Flights {
     }
 
     pub(crate) fn join(self: &Arc<Self>, key: Key) -> Join {
+        let Ok(join) = self.join_unless(key, || None::<std::convert::Infallible>);
+        join
+    }
+
+    /// [`join`](Self::join), unless `stored` finds what a fetch for `key`
+    /// stored after this request looked: such a fetch has left the map, and
+    /// would otherwise be made again. `stored` runs under the map's lock,
+    /// only when no fetch is in flight; a fetch stores its object before it
+    /// leaves the map, so none can end unseen in between.
+    pub(crate) fn join_unless<T>(self: &Arc<Self>, key: Key, stored: impl FnOnce() -> Option<T>) -> Result<Join, T> {
         let mut map = self.lock();
         if let Some(f) = map.get(&key) {
-            return Join::Waiter(Arc::clone(f));
+            return Ok(Join::Waiter(Arc::clone(f)));
+        }
+        if let Some(found) = stored() {
+            return Err(found);
         }
         let flight = Arc::new(Flight {
             key,
@@ -382,7 +395,7 @@ impl Flights {
             progressed: tokio::sync::Notify::new(),
         });
         map.insert(key, Arc::clone(&flight));
-        Join::Leader(FlightGuard { flights: Some(Arc::clone(self)), flight })
+        Ok(Join::Leader(FlightGuard { flights: Some(Arc::clone(self)), flight }))
     }
 
     /// A flight nobody else can join (a request that must not share).
@@ -438,5 +451,33 @@ impl Drop for FlightGuard {
         if changed {
             self.flight.bump();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fetch_that_stored_and_ended_after_a_lookup_is_not_made_again() {
+        let flights = Arc::new(Flights::default());
+        let store = Mutex::new(None::<&str>);
+        let stored = || *store.lock().unwrap();
+        // A looks, misses and leads the fetch.
+        assert!(stored().is_none());
+        let Join::Leader(mut a) = flights.join(7) else { panic!("nothing was in flight") };
+        // B looks and misses too; while A is in flight, B waits for it.
+        assert!(stored().is_none());
+        assert!(matches!(flights.join_unless(7, stored), Ok(Join::Waiter(_))));
+        // C looks and misses; before C joins, A stores its object and ends.
+        assert!(stored().is_none());
+        *store.lock().unwrap() = Some("A's object");
+        a.close();
+        // C takes what A stored instead of fetching it again.
+        assert!(matches!(flights.join_unless(7, stored), Err("A's object")));
+        assert_eq!(flights.len(), 0, "no second fetch started");
+        // With nothing stored, the next request leads a new fetch.
+        *store.lock().unwrap() = None;
+        assert!(matches!(flights.join_unless(7, stored), Ok(Join::Leader(_))));
     }
 }

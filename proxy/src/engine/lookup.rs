@@ -32,7 +32,7 @@ pub(super) async fn cacheable(cx: &Ctx) -> Answer {
     for _ in 0..VARIANT_RETRIES {
         let found = lookup(cx).await;
         let miss = match serve(cx, found, auth, distrust) {
-            Ok(hit) => return represent::serve(cx, hit.key, hit.obj, hit.status, hit.now).await,
+            Ok(hit) => return hit.serve(cx).await,
             Err(miss) => miss,
         };
         if asked.only_if_cached {
@@ -102,12 +102,34 @@ async fn lookup(cx: &Ctx) -> Found {
 }
 
 /// A stored copy step 6 serves.
-struct Hit {
+pub(super) struct Hit {
     key: Key,
     obj: Arc<StoredObject>,
     status: CacheStatus,
     /// When it was judged (engine clock).
     now: std::time::SystemTime,
+}
+
+impl Hit {
+    pub(super) async fn serve(self, cx: &Ctx) -> Answer {
+        represent::serve(cx, self.key, self.obj, self.status, self.now).await
+    }
+}
+
+/// A fresh copy of `key` that the memory tier holds now, though this
+/// request's lookup missed it: a fetch stored it and ended in between.
+/// Checked as it joins the fetches in flight, so the object is not fetched
+/// twice (`Flights::join_unless`).
+pub(super) fn stored_since(cx: &Ctx, key: Key, distrust: bool) -> Option<Hit> {
+    let engine = &cx.engine;
+    let Some(Entry::Object(obj)) = engine.store.get_in_memory(key) else { return None };
+    if distrust || engine.purges.check(&cx.site.id, &obj) != Verdict::Valid || !engine.store.has_body(key, &obj) {
+        return None;
+    }
+    let now = engine.clock.now();
+    let Freshness::Fresh(_) = obj.timing.freshness(now) else { return None };
+    let ttl = Some(obj.timing.ttl_seconds(now));
+    Some(Hit { key, obj, status: CacheStatus { ttl, ..CacheStatus::new(Outcome::Hit) }, now })
 }
 
 /// Step 6: the stored copy, if it may be served now (`represent::serve`

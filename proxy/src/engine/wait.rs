@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use super::context::{Answer, Ctx, failed};
 use super::fetch::{FetchJob, Fetched};
 use super::flight::{Flight, Head, Join, SharedHead};
+use super::lookup;
 use super::refill::Refill;
 use super::represent::{self, Choice};
 use super::respond::{BodySource, object_response, passed_response};
@@ -63,7 +64,14 @@ fn fetched(cx: &Ctx) -> Fetched {
 /// another variant: look up again.
 pub(super) async fn fetch(cx: &Ctx, miss: Miss, alone: bool, distrust: bool) -> Option<Answer> {
     let engine = &cx.engine;
-    let join = if alone { Join::Leader(engine.flights.private(miss.key)) } else { engine.flights.join(miss.key) };
+    let join = if alone {
+        Join::Leader(engine.flights.private(miss.key))
+    } else {
+        match engine.flights.join_unless(miss.key, || lookup::stored_since(cx, miss.key, distrust)) {
+            Ok(join) => join,
+            Err(hit) => return Some(hit.serve(cx).await),
+        }
+    };
     let joined = match join {
         Join::Leader(guard) => {
             let flight = Arc::clone(&guard.flight);

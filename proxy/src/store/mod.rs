@@ -110,6 +110,14 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// An entry as a lookup sees it: a removal reads as nothing.
+fn live(e: &Entry) -> Option<Entry> {
+    match e {
+        Entry::Gone => None,
+        v => Some(v.clone()),
+    }
+}
+
 impl Store {
     /// Opens the cache the node config describes; with a disk tier, what a
     /// previous run stored is recovered.
@@ -180,19 +188,20 @@ impl Store {
         }
     }
 
+    /// The entry under `key` if the memory tier holds it, without waiting.
+    pub fn get_in_memory(&self, key: Key) -> Option<Entry> {
+        self.cache.memory().get(&key).and_then(|e| live(e.value()))
+    }
+
     /// The entry under `key`, from memory or disk. A disk error or an entry
     /// that does not decode reads as a miss.
     pub async fn get(&self, key: Key) -> Option<Entry> {
         // Memory hits answer at once, without the hybrid read machinery.
         if let Some(e) = self.cache.memory().get(&key) {
-            return match e.value() {
-                Entry::Gone => None,
-                v => Some(v.clone()),
-            };
+            return live(e.value());
         }
         match self.cache.get(&key).await {
-            Ok(Some(e)) if matches!(e.value(), Entry::Gone) => None,
-            Ok(e) => e.map(|e| e.value().clone()),
+            Ok(e) => e.and_then(|e| live(e.value())),
             Err(e) => {
                 tracing::warn!(error = %e, "cache read failed; treating as a miss");
                 None

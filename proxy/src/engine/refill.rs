@@ -337,7 +337,9 @@ pub(crate) fn resumable(
                             let metrics = &refill.engine.metrics;
                             tracing::info!(node = %refill.engine.node, url = %refill.url, at = pos, error = %e,
                                 "part of a cached body is not stored; fetching it from upstream");
-                            match refill.rest(pos, end).await {
+                            // Boxed: an upstream fetch's state is large, and the
+                            // stream (moved into every hit's body) would carry it.
+                            match Box::pin(refill.rest(pos, end)).await {
                                 Ok((rest, until)) => {
                                     metrics.body_refill(true);
                                     Source::Upstream(rest, until)
@@ -366,6 +368,15 @@ pub(crate) fn resumable(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hit_body_stream_does_not_carry_a_fetch_state() {
+        // Every hit on a chunked body moves this stream into a box; what a
+        // refill needs from upstream is boxed only when it happens.
+        let open: Reopen = Arc::new(|_| futures_util::stream::empty().boxed());
+        let size = std::mem::size_of_val(&resumable(open, 0, None, None));
+        assert!(size <= 512, "{size} bytes");
+    }
 
     #[test]
     fn a_range_is_pinned_to_a_strong_validator() {

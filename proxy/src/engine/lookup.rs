@@ -122,12 +122,18 @@ impl Hit {
 /// twice (`Flights::join_unless`).
 pub(super) fn stored_since(cx: &Ctx, key: Key, distrust: bool) -> Option<Hit> {
     let engine = &cx.engine;
-    let Some(Entry::Object(obj)) = engine.store.get_in_memory(key) else { return None };
-    if distrust || engine.purges.check(&cx.site.id, &obj) != Verdict::Valid || !engine.store.has_body(key, &obj) {
+    if distrust {
         return None;
     }
+    let Some(Entry::Object(obj)) = engine.store.get_in_memory(key) else { return None };
     let now = engine.clock.now();
+    // Cheapest first: this runs under the flights' lock, and an expired
+    // copy (the usual reason to be here with one in memory) stops at its
+    // freshness, before its chunks are counted.
     let Freshness::Fresh(_) = obj.timing.freshness(now) else { return None };
+    if engine.purges.check(&cx.site.id, &obj) != Verdict::Valid || !engine.store.has_body(key, &obj) {
+        return None;
+    }
     let ttl = Some(obj.timing.ttl_seconds(now));
     Some(Hit { key, obj, status: CacheStatus { ttl, ..CacheStatus::new(Outcome::Hit) }, now })
 }

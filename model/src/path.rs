@@ -32,13 +32,18 @@ fn hex(b: u8) -> Option<u8> {
 /// percent-encoded unreserved characters, upper-case the other escapes, and
 /// remove dot segments (§5.2.4). `%2F` stays encoded; `//` stays.
 pub fn normalize_path(raw: &str) -> Result<String, BadPath> {
+    normalized(raw).map(Cow::into_owned)
+}
+
+/// [`normalize_path`], borrowing `raw` when it is already normal (most
+/// paths: no escapes, no dot segments).
+pub fn normalized(raw: &str) -> Result<Cow<'_, str>, BadPath> {
     if !raw.starts_with('/') {
         return Err(BadPath::NotAbsolute);
     }
     let bytes = raw.as_bytes();
-    // Most paths need nothing done: no escapes, no dot segments.
     if !bytes.iter().any(|b| *b == b'%' || *b < 0x20 || *b == 0x7f) && !raw.contains("/.") {
-        return Ok(raw.to_string());
+        return Ok(Cow::Borrowed(raw));
     }
     let mut decoded = String::with_capacity(raw.len());
     let mut i = 0;
@@ -71,7 +76,7 @@ pub fn normalize_path(raw: &str) -> Result<String, BadPath> {
             i += ch_len;
         }
     }
-    Ok(remove_dot_segments(&decoded))
+    Ok(Cow::Owned(remove_dot_segments(&decoded)))
 }
 
 fn remove_dot_segments(path: &str) -> String {

@@ -341,7 +341,8 @@ where
     let files = stream.cleartext().map(|_| Arc::new(FileQueue::default()));
     let sendfile = files.clone().map(SendFile::new);
     let told = Arc::clone(&handler);
-    let first_byte: Box<dyn FnOnce(Duration) + Send> = Box::new(move |took| told.first_byte(conn.secure, took));
+    let secure = conn.secure;
+    let first_byte: Box<dyn FnOnce(Duration) + Send> = Box::new(move |took| told.first_byte(secure, took));
     let io = TokioIo::new(TrackedIo {
         inner: stream,
         state: Arc::clone(&state),
@@ -352,15 +353,14 @@ where
     });
     let svc_state = Arc::clone(&state);
     let watcher = Arc::clone(&handler);
-    let service = service_fn(move |mut req: Request<Incoming>| {
+    let for_service = conn.clone();
+    let service = service_fn(move |req: Request<Incoming>| {
         let (handler, state) = (Arc::clone(&handler), Arc::clone(&svc_state));
         state.active.fetch_add(1, Ordering::AcqRel);
         state.head_started.store(0, Ordering::Release);
         let h1 = req.version() < Version::HTTP_2;
         let framing = if h1 { state.next_framing() } else { Framing::Clean };
-        if let (true, Some(s)) = (h1, &sendfile) {
-            req.extensions_mut().insert(s.clone());
-        }
+        let conn = Conn { sendfile: sendfile.clone().filter(|_| h1), ..for_service.clone() };
         async move {
             let resp = match framing.refusal() {
                 None => handler.call(req, conn).await,
@@ -432,5 +432,5 @@ fn expired(state: &ConnState, limits: &Limits) -> Option<Closed> {
 
 /// The peer of a connection, for handlers.
 pub(crate) fn conn(peer: SocketAddr, secure: bool) -> Conn {
-    Conn { peer, secure }
+    Conn { peer, secure, http3: false, sendfile: None }
 }

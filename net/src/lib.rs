@@ -58,12 +58,19 @@ pub struct Listener {
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
-/// The connection a request came on.
-#[derive(Debug, Clone, Copy)]
+/// The connection a request came on. Handed to the handler with each
+/// request, in place of request extensions (which cost allocations on
+/// every request).
+#[derive(Debug, Clone)]
 pub struct Conn {
     pub peer: SocketAddr,
     /// Received over TLS.
     pub secure: bool,
+    /// Received over HTTP/3.
+    pub http3: bool,
+    /// On a cleartext HTTP/1 connection: where a handler queues file
+    /// ranges its body frames stand in for.
+    pub sendfile: Option<sendfile::SendFile>,
 }
 
 /// What a server does with requests.

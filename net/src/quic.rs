@@ -8,7 +8,7 @@
 //! HTTP/3. Streams stay concurrent (HTTP/2 multiplexes as QUIC does), and
 //! the cache, `Cache-Status`, access log and metrics are the ones every
 //! protocol gets. The cost is the HTTP/2 framing in memory on each request;
-//! HTTP/3 requests are marked with [`Http3`] so handlers can tell.
+//! the handler tells HTTP/3 requests by [`crate::Conn::http3`].
 //!
 //! Limits: `limits.max_connections` QUIC connections (more are refused),
 //! `limits.quic_streams` requests open at once per connection (the
@@ -40,10 +40,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{BoxError, Conn, Handler};
-
-/// Marks a request that came over HTTP/3.
-#[derive(Debug, Clone, Copy)]
-pub struct Http3;
 
 /// How long a draining connection whose requests are all answered waits for
 /// the client to close before closing it: closing at once could drop the
@@ -146,11 +142,10 @@ async fn connection<H: Handler>(
     limits: Limits,
     shutdown: CancellationToken,
 ) -> Result<(), BoxError> {
-    let info = Conn { peer: conn.remote_address(), secure: true };
+    let info = Conn { peer: conn.remote_address(), secure: true, http3: true, sendfile: None };
     let (near, far) = tokio::io::duplex(BRIDGE_BUFFER);
-    let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
-        let handler = Arc::clone(&handler);
-        req.extensions_mut().insert(Http3);
+    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let (handler, info) = (Arc::clone(&handler), info.clone());
         async move { Ok::<_, Infallible>(handler.call(req, info).await) }
     });
     let server = hyper::server::conn::http2::Builder::new(TokioExecutor::new())

@@ -6,6 +6,8 @@
 //! its upstream (a shield) sent on forwarded responses. Stored copies keep no
 //! upstream member: on a hit, only this node handled the request.
 
+use std::fmt::{self, Write};
+
 use http::HeaderValue;
 use outpost_config::coding::Coding;
 
@@ -144,37 +146,47 @@ impl CacheStatus {
 
     /// The member for `node`, appended to `upstream`'s list when given.
     pub(crate) fn header(&self, node: &str, upstream: Option<&HeaderValue>) -> HeaderValue {
-        let mut s = String::with_capacity(64);
+        // Written on the stack and copied once into the value: one
+        // allocation for the usual member; a long list falls back to a String.
+        let mut line = Line { buf: [0; 192], len: 0 };
+        let value = match self.write(node, upstream, &mut line) {
+            Ok(()) => HeaderValue::from_bytes(&line.buf[..line.len]),
+            Err(_) => {
+                let mut s = String::new();
+                let _ = self.write(node, upstream, &mut s);
+                HeaderValue::from_maybe_shared(bytes::Bytes::from(s))
+            }
+        };
+        value.unwrap_or_else(|_| HeaderValue::from_static("outpost"))
+    }
+
+    fn write(&self, node: &str, upstream: Option<&HeaderValue>, s: &mut impl Write) -> fmt::Result {
         if let Some(prev) = upstream.and_then(|v| v.to_str().ok()).filter(|v| !v.trim().is_empty()) {
-            s.push_str(prev);
-            s.push_str(", ");
+            write!(s, "{prev}, ")?;
         }
         // An sf-token starts with a letter; anything else is quoted.
         if node.starts_with(|c: char| c.is_ascii_alphabetic()) {
-            s.push_str(node);
+            s.write_str(node)?;
         } else {
-            s.push('"');
-            s.push_str(node);
-            s.push('"');
+            write!(s, "\"{node}\"")?;
         }
         if self.outcome.is_hit() {
-            s.push_str("; hit");
+            s.write_str("; hit")?;
         }
         if let Some(fwd) = self.outcome.fwd() {
-            s.push_str("; fwd=");
-            s.push_str(fwd);
+            write!(s, "; fwd={fwd}")?;
         }
         if let Some(code) = self.fwd_status {
-            s.push_str(&format!("; fwd-status={code}"));
+            write!(s, "; fwd-status={code}")?;
         }
         if self.stored {
-            s.push_str("; stored");
+            s.write_str("; stored")?;
         }
         if self.collapsed {
-            s.push_str("; collapsed");
+            s.write_str("; collapsed")?;
         }
         if let Some(ttl) = self.ttl {
-            s.push_str(&format!("; ttl={ttl}"));
+            write!(s, "; ttl={ttl}")?;
         }
         let detail = match self.outcome {
             Outcome::StaleWhileRevalidate
@@ -184,27 +196,49 @@ impl CacheStatus {
             _ => self.detail.map(Detail::as_str),
         };
         if let Some(d) = detail {
-            s.push_str("; detail=");
-            s.push_str(d);
+            write!(s, "; detail={d}")?;
         }
         if let Some(p) = self.partitioned {
-            s.push_str(&format!("; partitioned={p}"));
+            write!(s, "; partitioned={p}")?;
         }
         if let Some((coding, made)) = self.coding {
-            s.push_str("; coding=");
-            s.push_str(coding.token());
+            write!(s, "; coding={}", coding.token())?;
             if made {
-                s.push_str("; transformed");
+                s.write_str("; transformed")?;
             }
         }
-        // The buffer becomes the value without a copy.
-        HeaderValue::from_maybe_shared(bytes::Bytes::from(s)).unwrap_or_else(|_| HeaderValue::from_static("outpost"))
+        Ok(())
+    }
+}
+
+/// A fixed buffer that refuses what does not fit.
+struct Line {
+    buf: [u8; 192],
+    len: usize,
+}
+
+impl Write for Line {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        self.buf.get_mut(self.len..end).ok_or(fmt::Error)?.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_after_a_long_list_is_whole() {
+        let long: String = (0..20).map(|i| format!("shield-{i}; fwd=uri-miss; ttl=60, ")).collect();
+        let upstream = HeaderValue::from_str(long.trim_end_matches(", ")).unwrap();
+        assert!(upstream.len() > 192);
+        let hit = CacheStatus { ttl: Some(55), ..CacheStatus::new(Outcome::Hit) };
+        let value = hit.header("edge-fra", Some(&upstream));
+        assert_eq!(value, format!("{}, edge-fra; hit; ttl=55", upstream.to_str().unwrap()).as_str());
+    }
 
     #[test]
     fn members_follow_rfc_9211() {

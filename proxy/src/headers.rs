@@ -1,7 +1,9 @@
 //! Header names this node reads or writes beyond the standard ones that
 //! `http::header` names: each spelled once.
 
-use http::HeaderName;
+use std::sync::LazyLock;
+
+use http::{HeaderName, HeaderValue};
 
 /// RFC 9211: how each cache handled the request.
 pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
@@ -27,3 +29,45 @@ pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forw
 
 /// Fields meant for this CDN, never shown to clients by an edge.
 pub(crate) const CDN_ONLY: [HeaderName; 4] = [OUTPOST_CACHE_CONTROL, SURROGATE_CONTROL, SURROGATE_KEY, CACHE_TAG];
+
+/// `n` in decimal, as a header value: one allocation (the `From<u64>` of
+/// `http` makes two), none below [`SMALL`] (an `Age` of a busy object).
+pub(crate) fn decimal(n: u64) -> HeaderValue {
+    static TABLE: LazyLock<Vec<HeaderValue>> = LazyLock::new(|| {
+        let digits: &'static str = (0..SMALL).map(|n| n.to_string()).collect::<String>().leak();
+        let mut at = 0;
+        (0..SMALL)
+            .map(|n| {
+                let len = n.checked_ilog10().unwrap_or(0) as usize + 1;
+                at += len;
+                HeaderValue::from_static(&digits[at - len..at])
+            })
+            .collect()
+    });
+    if let Some(v) = usize::try_from(n).ok().and_then(|i| TABLE.get(i)) {
+        return v.clone();
+    }
+    let (mut buf, mut at, mut n) = ([0u8; 20], 20, n);
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    HeaderValue::from_bytes(&buf[at..]).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// The numbers [`decimal`] keeps made.
+const SMALL: u64 = 1000;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn decimal_is_the_number_written_out() {
+        for n in [0, 1, 9, 10, 99, 100, 999, 1000, 1001, 65_535, 102_400, u64::MAX] {
+            assert_eq!(super::decimal(n), n.to_string().as_str(), "{n}");
+        }
+    }
+}

@@ -7,6 +7,8 @@
 //! with `Vary` adds a second level: the variant key mixes in the request's
 //! values of the varied headers.
 
+use std::borrow::Cow;
+
 use http::header::{ACCEPT_ENCODING, HeaderMap, HeaderName};
 use outpost_config::{CacheRules, QueryMode, Site};
 use outpost_net::coding::{Accepted, Coding};
@@ -14,7 +16,7 @@ use xxhash_rust::xxh3::Xxh3;
 
 use crate::host::RequestHost;
 
-pub use outpost_config::path::{BadPath, normalize_path};
+pub use outpost_config::path::{BadPath, normalize_path, normalized};
 
 /// A stored entry's key.
 pub type Key = u128;
@@ -31,11 +33,11 @@ fn dropped(name: &str, drop: &[String]) -> bool {
 }
 
 /// The query string as keyed and as sent upstream, or `None` for none.
-pub fn shape_query(query: Option<&str>, rules: &CacheRules) -> Option<String> {
+pub fn shape_query<'a>(query: Option<&'a str>, rules: &CacheRules) -> Option<Cow<'a, str>> {
     let q = query.filter(|q| !q.is_empty())?;
     match rules.query {
         QueryMode::Ignore => None,
-        QueryMode::Keep if rules.query_drop.is_empty() => Some(q.to_string()),
+        QueryMode::Keep if rules.query_drop.is_empty() => Some(Cow::Borrowed(q)),
         mode => {
             let mut pairs: Vec<&str> =
                 q.split('&').filter(|p| !p.is_empty() && !dropped(param_name(p), &rules.query_drop)).collect();
@@ -43,7 +45,7 @@ pub fn shape_query(query: Option<&str>, rules: &CacheRules) -> Option<String> {
                 // Stable: repeated names keep their order (`a=1&a=2` ≠ `a=2&a=1`).
                 pairs.sort_by(|a, b| param_name(a).cmp(param_name(b)));
             }
-            (!pairs.is_empty()).then(|| pairs.join("&"))
+            (!pairs.is_empty()).then(|| Cow::Owned(pairs.join("&")))
         }
     }
 }
@@ -179,10 +181,13 @@ impl<'a> Scope<'a> {
 impl RequestKey {
     /// `path` must already be normalised; `query` is the shaped query.
     pub fn new(site: &Site, scope: Scope<'_>, path: &str, query: Option<&str>, headers: &HeaderMap) -> RequestKey {
-        let url = match query {
-            Some(q) => format!("{path}?{q}"),
-            None => path.to_string(),
-        };
+        // One allocation, of the right size.
+        let mut url = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
+        url.push_str(path);
+        if let Some(q) = query {
+            url.push('?');
+            url.push_str(q);
+        }
         let mut h = Xxh3::new();
         h.update(site.id.as_bytes());
         h.update(b"\0");

@@ -12,15 +12,12 @@ use outpost_net::{Conn, Handler};
 
 pub(crate) use outpost_net::{Listener, bind};
 
+use crate::engine::Engine;
 use crate::engine::respond::Body;
-use crate::engine::{Engine, Secure};
 
 impl Handler for Engine {
-    fn call(self: Arc<Self>, mut req: Request<Incoming>, conn: Conn) -> impl Future<Output = Response<Body>> + Send {
-        if conn.secure {
-            req.extensions_mut().insert(Secure);
-        }
-        async move { self.handle(req, Some(conn.peer)).await }
+    async fn call(self: Arc<Self>, req: Request<Incoming>, conn: Conn) -> Response<Body> {
+        self.handle(req, conn).await
     }
 
     fn refuse(

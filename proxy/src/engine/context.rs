@@ -18,10 +18,6 @@ use crate::host::RequestHost;
 use crate::key::{RequestKey, Scope};
 use crate::upstream::request::FromClient;
 
-/// Marks a request received over TLS (an extension of the request).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Secure;
-
 /// A response and how this node handled the request.
 pub(crate) type Answer = (Response<Body>, CacheStatus);
 

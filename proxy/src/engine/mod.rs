@@ -18,8 +18,6 @@ mod segment;
 pub(crate) mod sites;
 mod wait;
 
-pub(crate) use context::Secure;
-
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -244,14 +242,10 @@ impl Engine {
         self.sites.load_full()
     }
 
-    /// Serves one request from a client at `client`.
-    pub async fn handle(
-        self: &Arc<Self>,
-        req: Request<Incoming>,
-        client: Option<std::net::SocketAddr>,
-    ) -> Response<respond::Body> {
+    /// Serves one request that came on `conn`.
+    pub async fn handle(self: &Arc<Self>, req: Request<Incoming>, conn: outpost_net::Conn) -> Response<respond::Body> {
         let started = Instant::now();
-        request::handle(self, req, client, started).await
+        request::handle(self, req, conn, started).await
     }
 
     /// Answers a request the listener refused to read (`why`: its framing

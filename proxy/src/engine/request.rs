@@ -29,16 +29,16 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use outpost_config::{Site, SiteTls};
 
-use super::context::{Answer, Ctx, Secure, failed, upstream_proto};
+use super::context::{Answer, Ctx, failed, upstream_proto};
 use super::respond::Body;
 use super::{Engine, forward, lookup};
 use crate::cache_status::{CacheStatus, Outcome};
 use crate::error::{Error, redirect};
 use crate::headers::CACHE_STATUS;
 use crate::host::{BadHost, RequestHost};
-use crate::key::{RequestKey, Scope, normalize_path, shape_query};
+use crate::key::{RequestKey, Scope, normalized, shape_query};
 use crate::observe::AccessRecord;
-use outpost_net::sendfile::SendFile;
+use outpost_net::Conn;
 
 /// What the access log says of a request, taken before the request is
 /// consumed (only when the log is on).
@@ -54,12 +54,13 @@ fn log_line<B>(engine: &Engine, req: &Request<B>) -> LogLine {
 pub(super) async fn handle(
     engine: &Arc<Engine>,
     req: Request<Incoming>,
-    client: Option<SocketAddr>,
+    conn: Conn,
     started: Instant,
 ) -> Response<Body> {
     let log = log_line(engine, &req);
-    let alt_svc = engine.alt_svc.as_ref().filter(|_| req.extensions().get::<outpost_net::quic::Http3>().is_none());
-    let answer = match prepare(engine, req, client) {
+    let alt_svc = engine.alt_svc.as_ref().filter(|_| !conn.http3);
+    let client = Some(conn.peer);
+    let answer = match prepare(engine, req, conn) {
         Err(Ended::Failed(e)) => failed(engine, e),
         Err(Ended::Redirect(to)) => (redirect(to), CacheStatus::new(Outcome::Local)),
         Err(Ended::Answered(resp)) => (*resp, CacheStatus::new(Outcome::Local)),
@@ -113,7 +114,7 @@ impl From<Error> for Ended {
 }
 
 /// Steps 1 to 4: the request's site and key, or how it ends.
-fn prepare(engine: &Arc<Engine>, req: Request<Incoming>, client: Option<SocketAddr>) -> Result<(Ctx, Incoming), Ended> {
+fn prepare(engine: &Arc<Engine>, req: Request<Incoming>, conn: Conn) -> Result<(Ctx, Incoming), Ended> {
     check_framing(&req)?;
     if engine.hop.looped(req.headers()) {
         return Err(Error::Loop.into());
@@ -124,7 +125,7 @@ fn prepare(engine: &Arc<Engine>, req: Request<Incoming>, client: Option<SocketAd
     {
         return Err(Ended::Answered(Box::new(acme_answer(engine, &site, token, req.method()))));
     }
-    let secure = req.extensions().get::<Secure>().is_some();
+    let secure = conn.secure;
     if site.https_only && !secure {
         return Err(Ended::Redirect(https_location(&req, &host, engine.https_port)));
     }
@@ -132,19 +133,18 @@ fn prepare(engine: &Arc<Engine>, req: Request<Incoming>, client: Option<SocketAd
     if req.method() == Method::TRACE || req.method() == Method::CONNECT {
         return Err(Error::MethodNotAllowed.into());
     }
-    let (mut parts, body) = req.into_parts();
-    let sendfile = parts.extensions.remove::<SendFile>();
+    let (parts, body) = req.into_parts();
     let cx = Ctx {
         engine: Arc::clone(engine),
         site,
         rkey,
         method: parts.method,
         headers: parts.headers,
-        client,
+        client: Some(conn.peer),
         partitioned: engine.partitioned_for().map(|p| p.as_secs()),
         uri: parts.uri,
         secure,
-        sendfile,
+        sendfile: conn.sendfile,
     };
     Ok((cx, body))
 }
@@ -210,7 +210,7 @@ fn key<B>(
     host: RequestHost<'_>,
     secure: bool,
 ) -> Result<RequestKey, Error> {
-    let path = normalize_path(req.uri().path()).map_err(|_| Error::BadRequest("malformed path"))?;
+    let path = normalized(req.uri().path()).map_err(|_| Error::BadRequest("malformed path"))?;
     let query = shape_query(req.uri().query(), &site.cache);
     let scope = Scope::of(site, upstream_proto(engine.tier, secure, req.headers()), host);
     Ok(RequestKey::new(site, scope, &path, query.as_deref(), req.headers()))

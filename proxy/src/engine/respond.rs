@@ -19,7 +19,7 @@ use super::context::{Answer, Ctx};
 use super::flight::{Flight, SharedHead};
 use super::refill::{Refill, Reopen, resumable};
 use crate::cache_status::{CacheStatus, Detail, Outcome};
-use crate::headers::{CACHE_STATUS, CDN_ONLY};
+use crate::headers::{CACHE_STATUS, CDN_ONLY, decimal};
 use crate::key::Key;
 use crate::policy::is_hop_by_hop;
 use crate::store::{Blob, BodyRef, Piece, Store, StoredObject};
@@ -42,20 +42,21 @@ pub(super) fn stream_body(s: impl Stream<Item = io::Result<Bytes>> + Send + 'sta
 }
 
 /// Where a response body comes from.
-#[derive(Debug)]
-pub(crate) enum BodySource {
+pub(crate) enum BodySource<'a> {
     Stored {
-        store: Store,
+        store: &'a Store,
         key: Key,
-        body: BodyRef,
-        sendfile: Option<SendFile>,
-        refill: Option<Refill>,
+        body: &'a BodyRef,
+        sendfile: Option<&'a SendFile>,
+        /// The request and copy a refill is made from, if the body is read
+        /// as a stream: most hits are one frame and need none.
+        refill: Option<(&'a Ctx, &'a StoredObject)>,
     },
     Flight {
         store: Store,
         flight: Arc<Flight>,
         head: Arc<SharedHead>,
-        refill: Option<Refill>,
+        refill: Option<Box<Refill>>,
     },
     /// A body already cut to the one range asked, of an object of `len`.
     Ready {
@@ -64,7 +65,7 @@ pub(crate) enum BodySource {
     },
 }
 
-impl BodySource {
+impl BodySource<'_> {
     fn len(&self) -> Option<u64> {
         match self {
             BodySource::Stored { body, .. } => Some(body.len()),
@@ -81,8 +82,19 @@ impl BodySource {
                 full(b.slice((start as usize).min(end)..end))
             }
             BodySource::Stored { store, key, body, sendfile, refill } => {
-                let (store, key, body, sendfile) = (store.clone(), *key, body.clone(), sendfile.clone());
                 let to = end.unwrap_or(body.len());
+                // The usual hit: one chunk at hand holds the range, and it
+                // goes as one frame, without a stream.
+                if let Some(frame) = store.piece_now(*key, body, start, to).and_then(|p| whole_frame(p, *sendfile)) {
+                    return full(frame);
+                }
+                let refill = match (refill, body) {
+                    (Some((cx, obj)), BodyRef::Chunked { len, generation, .. }) => {
+                        Refill::new(cx, obj, Some(*len), Some((*key, *generation)))
+                    }
+                    _ => None,
+                };
+                let (store, key, body, sendfile) = ((*store).clone(), *key, (*body).clone(), sendfile.cloned());
                 let open: Reopen = Arc::new(move |from| {
                     let sendfile = sendfile.clone();
                     let pieces = store.pieces(key, &body, from, to);
@@ -92,7 +104,7 @@ impl BodySource {
                         })
                         .boxed()
                 });
-                stream_body(resumable(open, start, end, refill.clone()))
+                stream_body(resumable(open, start, end, refill))
             }
             BodySource::Ready { body, .. } => {
                 body.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take().unwrap_or_else(empty)
@@ -102,9 +114,18 @@ impl BodySource {
                 let open: Reopen = Arc::new(move |from| {
                     flight.body(store.clone(), &head, from, end).map_ok(|b| (b.len() as u64, b)).boxed()
                 });
-                stream_body(resumable(open, start, end, refill.clone()))
+                stream_body(resumable(open, start, end, refill.as_deref().cloned()))
             }
         }
+    }
+}
+
+/// A piece as one frame, when that needs no read: a slice of memory, or a
+/// stand-in for a file the connection sends itself.
+fn whole_frame(p: Piece, sendfile: Option<&SendFile>) -> Option<Bytes> {
+    match (&p.blob, sendfile) {
+        (Blob::Heap(_), _) | (Blob::File(_), Some(_)) if p.end - p.start <= MAX_RANGE => piece_frame(p, sendfile).ok(),
+        _ => None,
     }
 }
 
@@ -217,14 +238,9 @@ pub(crate) fn serve_object(
     let status = CacheStatus { partitioned: cx.partitioned, ..status };
     let engine = &cx.engine;
     // Only a chunked body can lose a part while it is read.
-    let refill = match obj.body {
-        BodyRef::Chunked { len, generation, .. } if refillable => {
-            Refill::new(cx, obj, Some(len), Some((key, generation)))
-        }
-        _ => None,
-    };
-    let store = engine.store.clone();
-    let source = BodySource::Stored { store, key, body: obj.body.clone(), sendfile: cx.sendfile.clone(), refill };
+    let refill = refillable.then_some((cx, obj));
+    let store = &engine.store;
+    let source = BodySource::Stored { store, key, body: &obj.body, sendfile: cx.sendfile.as_ref(), refill };
     let header = status.header(&engine.node, None);
     let resp = object_response(&cx.site, &engine.rules, &cx.method, &cx.headers, obj, source, now, header);
     (resp, status)
@@ -238,13 +254,13 @@ pub(crate) fn object_response(
     method: &Method,
     req: &HeaderMap,
     obj: &StoredObject,
-    source: BodySource,
+    source: BodySource<'_>,
     now: SystemTime,
     cache_status: HeaderValue,
 ) -> Response<Body> {
     let mut resp = Response::new(empty());
     let mut headers = obj.headers.clone();
-    headers.insert(header::AGE, HeaderValue::from(obj.timing.age(now).as_secs()));
+    headers.insert(header::AGE, decimal(obj.timing.age(now).as_secs()));
     headers.insert(CACHE_STATUS, cache_status);
     apply_rules(&mut headers, site, rules);
     let ok = obj.status == StatusCode::OK;
@@ -282,7 +298,7 @@ pub(crate) fn object_response(
     }
     *resp.status_mut() = obj.status;
     if let Some(len) = len {
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        headers.insert(header::CONTENT_LENGTH, decimal(len));
     }
     *resp.headers_mut() = headers;
     if method != Method::HEAD {
@@ -295,7 +311,7 @@ fn partial(
     mut resp: Response<Body>,
     mut headers: HeaderMap,
     method: &Method,
-    source: &BodySource,
+    source: &BodySource<'_>,
     len: u64,
     ranges: &[std::ops::RangeInclusive<u64>],
 ) -> Response<Body> {
@@ -305,7 +321,7 @@ fn partial(
         if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")) {
             headers.insert(header::CONTENT_RANGE, v);
         }
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start + 1));
+        headers.insert(header::CONTENT_LENGTH, decimal(end - start + 1));
         *resp.headers_mut() = headers;
         if method != Method::HEAD {
             *resp.body_mut() = source.range(start, Some(end + 1));

@@ -153,7 +153,8 @@ fn shared(cx: &Ctx, outcome: Outcome, joined: &Joined, head: Arc<SharedHead>) ->
     };
     // A reader that falls behind reads stored chunks, which can go missing.
     let large = head.storing && head.len.is_none_or(|l| l > crate::store::CHUNK_SIZE as u64);
-    let refill = large.then(|| Refill::new(cx, obj, head.len, Some((head.object_key, head.generation)))).flatten();
+    let refill =
+        large.then(|| Refill::new(cx, obj, head.len, Some((head.object_key, head.generation)))).flatten().map(Box::new);
     let flight = Arc::clone(&joined.flight);
     let source = BodySource::Flight { store: engine.store.clone(), flight, head: Arc::clone(&head), refill };
     match represent::choose(cx, obj, head.len) {

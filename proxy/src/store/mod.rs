@@ -70,8 +70,9 @@ pub struct Store {
     hybrid: bool,
     /// Body chunks as files, with a disk tier large enough.
     files: Option<Arc<Files>>,
-    /// The disk tier's folder and capacity.
-    disk: Option<(PathBuf, u64)>,
+    /// The disk tier's folder and capacity (shared: a store is cloned
+    /// for every hit).
+    disk: Option<Arc<(PathBuf, u64)>>,
 }
 
 /// A cache filesystem with less free than this (and than
@@ -169,7 +170,7 @@ impl Store {
             .build()
             .await
             .map_err(|source| StoreError::Open { path: path.clone(), source })?;
-        Ok(Store { cache, hybrid: true, files, disk: Some((path, cfg.disk)) })
+        Ok(Store { cache, hybrid: true, files, disk: Some(Arc::new((path, cfg.disk))) })
     }
 
     pub fn is_hybrid(&self) -> bool {
@@ -178,7 +179,7 @@ impl Store {
 
     /// What is wrong with the disk tier's filesystem: full, or unreadable.
     pub fn disk_problem(&self) -> Option<String> {
-        let (path, capacity) = self.disk.as_ref()?;
+        let (path, capacity) = &**self.disk.as_ref()?;
         match rustix::fs::statvfs(path) {
             Ok(s) => {
                 let growth = capacity.saturating_sub(allocated(path) + self.body_file_bytes());
@@ -328,6 +329,30 @@ impl Store {
     ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
         use futures_util::StreamExt;
         self.pieces(key, body, start, end).map(|p| p.and_then(|p| p.blob.read(p.start, p.end)))
+    }
+
+    /// The bytes `start..end` of a chunked body, when one chunk holds them
+    /// all and it is at hand without waiting (a body file, or in memory):
+    /// the usual hit. `None` sends the reader to [`Store::pieces`], which
+    /// also says what is wrong with a chunk that is missing or short.
+    pub fn piece_now(&self, key: Key, body: &BodyRef, start: u64, end: u64) -> Option<Piece> {
+        let BodyRef::Chunked { len, chunk_size, generation } = *body else { return None };
+        let (end, size) = (end.min(len), u64::from(chunk_size.max(1)));
+        if start >= end || start / size != (end - 1) / size {
+            return None;
+        }
+        let index = (start / size) as u32;
+        let chunk = chunk_key(key, generation, index);
+        let blob = match &self.files {
+            Some(files) => files.get(chunk)?,
+            None => match self.get_in_memory(chunk)? {
+                Entry::Chunk(blob) => blob,
+                _ => return None,
+            },
+        };
+        let base = u64::from(index) * size;
+        let (from, to) = ((start - base) as usize, (end - base) as usize);
+        (to <= blob.len()).then_some(Piece { blob, start: from, end: to })
     }
 
     /// Where the bytes `start..end` of an object's body are, chunk by

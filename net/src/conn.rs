@@ -21,6 +21,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use http::header::{CONNECTION, HeaderValue};
 use http::{Request, Response, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -361,17 +362,11 @@ where
         let h1 = req.version() < Version::HTTP_2;
         let framing = if h1 { state.next_framing() } else { Framing::Clean };
         let conn = Conn { sendfile: sendfile.clone().filter(|_| h1), ..for_service.clone() };
-        async move {
-            let resp = match framing.refusal() {
-                None => handler.call(req, conn).await,
-                Some(why) => {
-                    let mut r = handler.refuse(req, conn, why).await;
-                    r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
-                    r
-                }
-            };
-            let (parts, body) = resp.into_parts();
-            Ok::<_, std::convert::Infallible>(Response::from_parts(parts, Tracked { inner: body, state }))
+        match framing.refusal() {
+            None => Answering { inner: Either::Left(handler.call(req, conn)), state: Some(state), close: false },
+            Some(why) => {
+                Answering { inner: Either::Right(handler.refuse(req, conn, why)), state: Some(state), close: true }
+            }
         }
     });
     let builder = builder(&limits);
@@ -427,6 +422,35 @@ fn expired(state: &ConnState, limits: &Limits) -> Option<Closed> {
         0 => None,
         h if past(h - 1, limits.header_read_timeout) => Some(Closed::HeaderTimeout),
         _ => None,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A handler's answer, its body tracked for the connection's state
+    /// (`close`: the connection closes after it). A future of its own, not
+    /// an async block: hyper moves it for every request, and a block would
+    /// hold the request and the connection a second time beside the
+    /// handler's future.
+    struct Answering<F> {
+        #[pin]
+        inner: F,
+        state: Option<Arc<ConnState>>,
+        close: bool,
+    }
+}
+
+impl<F: Future<Output = Response<Body>>> Future for Answering<F> {
+    type Output = Result<Response<Tracked>, std::convert::Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut resp = std::task::ready!(this.inner.poll(cx));
+        if *this.close {
+            resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        let state = this.state.take().expect("an answer is polled to its end once");
+        let (parts, body) = resp.into_parts();
+        Poll::Ready(Ok(Response::from_parts(parts, Tracked { inner: body, state })))
     }
 }
 

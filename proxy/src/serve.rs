@@ -16,8 +16,8 @@ use crate::engine::Engine;
 use crate::engine::respond::Body;
 
 impl Handler for Engine {
-    async fn call(self: Arc<Self>, req: Request<Incoming>, conn: Conn) -> Response<Body> {
-        self.handle(req, conn).await
+    fn call(self: Arc<Self>, req: Request<Incoming>, conn: Conn) -> impl Future<Output = Response<Body>> + Send {
+        self.handle(req, conn)
     }
 
     fn refuse(

@@ -242,10 +242,15 @@ impl Engine {
         self.sites.load_full()
     }
 
-    /// Serves one request that came on `conn`.
-    pub async fn handle(self: &Arc<Self>, req: Request<Incoming>, conn: outpost_net::Conn) -> Response<respond::Body> {
-        let started = Instant::now();
-        request::handle(self, req, conn, started).await
+    /// Serves one request that came on `conn`. The request's own future,
+    /// not one wrapped in another: each async layer would hold the request
+    /// again, and hyper moves the whole for every request.
+    pub fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: outpost_net::Conn,
+    ) -> impl Future<Output = Response<respond::Body>> + Send + 'static {
+        request::handle(self, req, conn, Instant::now())
     }
 
     /// Answers a request the listener refused to read (`why`: its framing

@@ -52,11 +52,12 @@ fn log_line<B>(engine: &Engine, req: &Request<B>) -> LogLine {
 }
 
 pub(super) async fn handle(
-    engine: &Arc<Engine>,
+    engine: Arc<Engine>,
     req: Request<Incoming>,
     conn: Conn,
     started: Instant,
 ) -> Response<Body> {
+    let engine = &engine;
     let log = log_line(engine, &req);
     let alt_svc = engine.alt_svc.as_ref().filter(|_| !conn.http3);
     let client = Some(conn.peer);

@@ -33,17 +33,9 @@ pub(crate) const CDN_ONLY: [HeaderName; 4] = [OUTPOST_CACHE_CONTROL, SURROGATE_C
 /// `n` in decimal, as a header value: one allocation (the `From<u64>` of
 /// `http` makes two), none below [`SMALL`] (an `Age` of a busy object).
 pub(crate) fn decimal(n: u64) -> HeaderValue {
-    static TABLE: LazyLock<Vec<HeaderValue>> = LazyLock::new(|| {
-        let digits: &'static str = (0..SMALL).map(|n| n.to_string()).collect::<String>().leak();
-        let mut at = 0;
-        (0..SMALL)
-            .map(|n| {
-                let len = n.checked_ilog10().unwrap_or(0) as usize + 1;
-                at += len;
-                HeaderValue::from_static(&digits[at - len..at])
-            })
-            .collect()
-    });
+    // Static values: a clone is a copy, with no count to share between threads.
+    static TABLE: LazyLock<Vec<HeaderValue>> =
+        LazyLock::new(|| (0..SMALL).map(|n| HeaderValue::from_static(n.to_string().leak())).collect());
     if let Some(v) = usize::try_from(n).ok().and_then(|i| TABLE.get(i)) {
         return v.clone();
     }

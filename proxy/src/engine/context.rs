@@ -61,8 +61,8 @@ impl Ctx {
     }
 
     /// The Host sent upstream: the normalised form the key covers (lower
-    /// case, no trailing dot). Built when a request goes upstream, and on
-    /// a hit on a chunked body, for the refill it may need.
+    /// case, no trailing dot). Built when a request goes upstream, and
+    /// when a hit's body is read as a stream, for the refill it may need.
     pub(crate) fn upstream_host(&self) -> Option<HeaderValue> {
         HeaderValue::from_str(&self.host()?.authority()).ok()
     }

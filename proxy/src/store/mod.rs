@@ -71,7 +71,7 @@ pub struct Store {
     /// Body chunks as files, with a disk tier large enough.
     files: Option<Arc<Files>>,
     /// The disk tier's folder and capacity (shared: a store is cloned
-    /// for every hit).
+    /// into every body stream and fetch).
     disk: Option<Arc<(PathBuf, u64)>>,
 }
 
@@ -250,9 +250,24 @@ impl Store {
         }
     }
 
-    async fn chunk(&self, key: Key) -> Option<Blob> {
+    /// A chunk at hand without waiting: its body file, or the memory tier.
+    fn chunk_now(&self, key: Key) -> Option<Blob> {
         match &self.files {
             Some(files) => files.get(key),
+            None => match self.get_in_memory(key)? {
+                Entry::Chunk(blob) => Some(blob),
+                _ => None,
+            },
+        }
+    }
+
+    async fn chunk(&self, key: Key) -> Option<Blob> {
+        if let Some(blob) = self.chunk_now(key) {
+            return Some(blob);
+        }
+        // Only foyer's disk tier is worth waiting for.
+        match self.files {
+            Some(_) => None,
             None => match self.get(key).await {
                 Some(Entry::Chunk(blob)) => Some(blob),
                 _ => None,
@@ -342,14 +357,7 @@ impl Store {
             return None;
         }
         let index = (start / size) as u32;
-        let chunk = chunk_key(key, generation, index);
-        let blob = match &self.files {
-            Some(files) => files.get(chunk)?,
-            None => match self.get_in_memory(chunk)? {
-                Entry::Chunk(blob) => blob,
-                _ => return None,
-            },
-        };
+        let blob = self.chunk_now(chunk_key(key, generation, index))?;
         let base = u64::from(index) * size;
         let (from, to) = ((start - base) as usize, (end - base) as usize);
         (to <= blob.len()).then_some(Piece { blob, start: from, end: to })

@@ -7,6 +7,12 @@ resident memory of its whole process tree, open --idle connections that each
 make one cache hit and then stay open and idle, read the memory again, and
 report the difference per connection. Every connection is closed before the
 next server starts; all traffic stays on 127.0.0.1.
+
+By default the connections open in one burst and the memory is read a
+second later. With --batch N, they open N at a time with --pause seconds
+between batches, as a site's visitors' connections go idle over time; a
+server that lets go of an idle connection's buffers reuses them for the
+next batch.
 """
 import os
 import resource
@@ -56,10 +62,13 @@ def read_response(sock):
     return head.split(b"\r\n")[0].decode()
 
 
-def hold_idle(port, n):
-    """n connections, each after one request answered."""
+def hold_idle(port, n, batch, pause):
+    """n connections, each after one request answered; batch at a time,
+    pause seconds apart (all at once when batch is 0)."""
     socks = []
-    for _ in range(n):
+    for i in range(n):
+        if batch and i and i % batch == 0:
+            time.sleep(pause)
         s = socket.create_connection(("127.0.0.1", port), timeout=10)
         s.sendall(REQUEST)
         status = read_response(s)
@@ -72,6 +81,8 @@ def hold_idle(port, n):
 def main():
     ap = arguments()
     ap.add_argument("--idle", type=int, default=10000, help="idle connections held per server")
+    ap.add_argument("--batch", type=int, default=0, help="open this many at a time (0: all at once)")
+    ap.add_argument("--pause", type=float, default=2.5, help="seconds between batches")
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, args.idle + 1000)), hard))
@@ -102,7 +113,7 @@ def main():
                         get(f"http://127.0.0.1:{PORTS[name]}{PATH}")
                     time.sleep(0.5)
                     before = rss_bytes(proc.pid)
-                    socks = hold_idle(PORTS[name], args.idle)
+                    socks = hold_idle(PORTS[name], args.idle, args.batch, args.pause)
                     time.sleep(1)
                     after = rss_bytes(proc.pid)
                     per = (after - before) / args.idle

@@ -1,6 +1,16 @@
 //! One client connection: its timers, the I/O wrapper that feeds them, and
 //! the task that drives hyper until the connection ends.
 //!
+//! An HTTP/1 connection that idles is parked: hyper's connection, with its
+//! buffers and the box for a request's future, is dropped, and the task
+//! keeps only the socket, waiting for it to turn readable. The next bytes
+//! start a new hyper connection on the same socket. To let go of hyper at
+//! a clean point, the I/O wrapper answers hyper's next read with an end of
+//! stream, and only when no request is in progress, nothing waits to be
+//! written, the request stream stands between two heads and the socket
+//! has nothing to read. hyper then ends the connection as a client's close
+//! would, and its shutdown of the socket is not passed on.
+//!
 //! Timeouts follow the connection's state rather than hyper's single header
 //! timer (which also runs while a keep-alive connection idles):
 //! - waiting for a request head (from accept, or from the first byte of a
@@ -26,9 +36,9 @@ use http::header::{CONNECTION, HeaderValue};
 use http::{Request, Response, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use outpost_config::Limits;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
@@ -57,6 +67,8 @@ pub(crate) struct ConnState {
     framing: Mutex<VecDeque<Framing>>,
     /// The HTTP/1 stream could not be followed: refuse what follows.
     lost: AtomicBool,
+    /// Asks the I/O wrapper to end hyper's connection at its next read.
+    park: AtomicBool,
     /// Closes the connection to make room for a new one.
     pub(crate) evict: CancellationToken,
     pub(crate) evicting: AtomicBool,
@@ -74,6 +86,7 @@ impl ConnState {
             write_blocked: AtomicU64::new(0),
             framing: Mutex::new(VecDeque::new()),
             lost: AtomicBool::new(false),
+            park: AtomicBool::new(false),
             evict: CancellationToken::new(),
             evicting: AtomicBool::new(false),
         }
@@ -109,6 +122,17 @@ impl ConnState {
         }
         f
     }
+
+    /// Whether the connection has idled for `after` with nothing in
+    /// progress: no request, no head begun, no write the client has not
+    /// taken, a stream still followed.
+    fn park_due(&self, after: Duration) -> bool {
+        self.active.load(Ordering::Acquire) == 0
+            && self.head_started.load(Ordering::Acquire) == 0
+            && self.write_blocked.load(Ordering::Acquire) == 0
+            && !self.lost.load(Ordering::Acquire)
+            && self.now_ms().saturating_sub(self.idle_since.load(Ordering::Acquire)) >= after.as_millis() as u64
+    }
 }
 
 /// A connection's byte stream: cleartext TCP can also send from files.
@@ -117,15 +141,26 @@ pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     fn cleartext(&self) -> Option<&tokio::net::TcpStream> {
         None
     }
+
+    /// The socket underneath.
+    fn socket(&self) -> &tokio::net::TcpStream;
 }
 
 impl Transport for tokio::net::TcpStream {
     fn cleartext(&self) -> Option<&tokio::net::TcpStream> {
         Some(self)
     }
+
+    fn socket(&self) -> &tokio::net::TcpStream {
+        self
+    }
 }
 
-impl Transport for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {}
+impl Transport for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+    fn socket(&self) -> &tokio::net::TcpStream {
+        self.get_ref().0
+    }
+}
 
 /// Marks head and write progress as bytes pass, follows HTTP/1 framing, and
 /// sends file ranges in place of their stand-ins ([`crate::sendfile`]).
@@ -138,27 +173,44 @@ struct TrackedIo<S> {
     files: Option<Arc<FileQueue>>,
     /// Told how long after accept the first response byte left.
     first_byte: Option<Box<dyn FnOnce(Duration) + Send>>,
+    /// Bytes read to tell HTTP/2 from HTTP/1, given to hyper first.
+    replay: Bytes,
+    /// hyper was handed an end of stream to park the connection.
+    parked: bool,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for TrackedIo<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let r = if !self.replay.is_empty() {
+            let n = self.replay.len().min(buf.remaining());
+            buf.put_slice(&self.replay.split_to(n));
+            Poll::Ready(Ok(()))
+        } else {
+            let parking = self.state.park.load(Ordering::Acquire) && self.tracker.at_boundary();
+            let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+            if parking && r.is_pending() {
+                // Between heads with nothing to read: an end of stream
+                // ends hyper's connection as a client's close would.
+                self.parked = true;
+                return Poll::Ready(Ok(()));
+            }
+            r
+        };
         if buf.filled().len() > before {
             let this = &mut *self;
+            if this.state.park.load(Ordering::Acquire) {
+                this.state.park.store(false, Ordering::Release);
+            }
             if this.state.active.load(Ordering::Acquire) == 0 {
                 let now = this.state.now_ms() + 1;
                 let _ = this.state.head_started.compare_exchange(0, now, Ordering::AcqRel, Ordering::Relaxed);
             }
             if !this.tracker.is_stopped() {
-                if before == 0 && buf.filled().starts_with(b"PRI * HTTP/2.0") {
-                    this.tracker.stop();
-                } else {
-                    this.tracker.feed(&buf.filled()[before..], &mut this.found);
-                    if !this.found.is_empty() {
-                        let mut q = this.state.framing.lock().unwrap_or_else(|p| p.into_inner());
-                        q.extend(this.found.drain(..));
-                    }
+                this.tracker.feed(&buf.filled()[before..], &mut this.found);
+                if !this.found.is_empty() {
+                    let mut q = this.state.framing.lock().unwrap_or_else(|p| p.into_inner());
+                    q.extend(this.found.drain(..));
                 }
             }
         }
@@ -217,6 +269,10 @@ impl<S: Transport> AsyncWrite for TrackedIo<S> {
         r
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.parked {
+            // hyper ends a parked connection; the client keeps it.
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
     fn poll_write_vectored(
@@ -263,9 +319,8 @@ impl HttpBody for Tracked {
 /// hyper's limit on request header fields when none is set.
 const HYPER_MAX_HEADERS: u32 = 100;
 
-fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    let mut h1 = b.http1();
+fn http1_builder(limits: &Limits) -> http1::Builder {
+    let mut h1 = http1::Builder::new();
     h1
         // Body frames queued, never copied: `sendfile` relies on it.
         .writev(true)
@@ -278,8 +333,112 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     if limits.max_headers != HYPER_MAX_HEADERS {
         h1.max_headers(limits.max_headers as usize);
     }
-    b.http2().timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32).max_concurrent_streams(256);
-    b
+    h1
+}
+
+fn http2_builder(limits: &Limits) -> http2::Builder<TokioExecutor> {
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32).max_concurrent_streams(256);
+    h2
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4): a cleartext connection
+/// that starts with it speaks HTTP/2 with prior knowledge.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads the first bytes of a connection until they show whether it speaks
+/// HTTP/2 (the preface) or HTTP/1 (anything else). What was read is given
+/// to hyper before the socket's bytes. `None`: the client closed first.
+async fn sniff<S: Transport>(io: &mut TrackedIo<S>) -> io::Result<Option<bool>> {
+    use tokio::io::AsyncReadExt;
+    let mut got = bytes::BytesMut::with_capacity(1024);
+    let h2 = loop {
+        if io.inner.read_buf(&mut got).await? == 0 {
+            return Ok(None);
+        }
+        let n = got.len().min(PREFACE.len());
+        if got[..n] != PREFACE[..n] {
+            break false;
+        }
+        if n == PREFACE.len() {
+            break true;
+        }
+    };
+    io.replay = got.freeze();
+    Ok(Some(h2))
+}
+
+/// How hyper's connection ended.
+struct Served {
+    result: hyper::Result<()>,
+    /// After the server's shutdown began.
+    closing: bool,
+}
+
+/// A connection's timers and the server's signals, around whatever the
+/// connection is doing.
+struct Watch<'a> {
+    peer: SocketAddr,
+    state: &'a ConnState,
+    limits: &'a Limits,
+    shutdown: &'a CancellationToken,
+    ticker: tokio::time::Interval,
+    tick: Duration,
+}
+
+impl Watch<'_> {
+    /// Runs `fut` until it is done, or the connection must close.
+    async fn around<F: Future>(&mut self, fut: F) -> Result<F::Output, Closed> {
+        tokio::pin!(fut);
+        loop {
+            tokio::select! {
+                r = &mut fut => return Ok(r),
+                _ = self.shutdown.cancelled() => return Err(Closed::Shutdown),
+                _ = self.state.evict.cancelled() => return Err(Closed::Evicted),
+                _ = self.ticker.tick() => {
+                    if let Some(why) = self.expired() {
+                        return Err(why);
+                    }
+                }
+            }
+        }
+    }
+
+    fn expired(&self) -> Option<Closed> {
+        let why = expired(self.state, self.limits)?;
+        tracing::debug!(peer = %self.peer, reason = why.as_str(), "closing connection");
+        Some(why)
+    }
+
+    /// Drives hyper's connection `served` until it ends or the connection
+    /// must close. Shutdown is graceful: open exchanges finish. With
+    /// `park`, a connection idle for a tick is asked to park.
+    async fn serve<C>(&mut self, served: &mut C, graceful: fn(Pin<&mut C>), park: bool) -> Result<Served, Closed>
+    where
+        C: Future<Output = hyper::Result<()>> + Unpin,
+    {
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                result = &mut *served => return Ok(Served { result, closing }),
+                _ = self.shutdown.cancelled(), if !closing => {
+                    closing = true;
+                    graceful(Pin::new(&mut *served));
+                }
+                _ = self.state.evict.cancelled() => return Err(Closed::Evicted),
+                _ = self.ticker.tick() => {
+                    if let Some(why) = self.expired() {
+                        return Err(why);
+                    }
+                    if park && self.state.park_due(self.tick) {
+                        // Seen at hyper's next read, which this loop's
+                        // next poll of `served` makes.
+                        self.state.park.store(true, Ordering::Release);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Why the server closed a connection itself.
@@ -309,8 +468,7 @@ impl Closed {
 
 /// The status hyper answered a request it could not parse with, if that is
 /// how the connection ended.
-fn unparsable(e: &(dyn std::error::Error + 'static)) -> Option<http::StatusCode> {
-    let e = e.downcast_ref::<hyper::Error>()?;
+fn unparsable(e: &hyper::Error) -> Option<http::StatusCode> {
     if e.is_parse_too_large() {
         Some(http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
     } else if e.is_parse() {
@@ -321,7 +479,10 @@ fn unparsable(e: &(dyn std::error::Error + 'static)) -> Option<http::StatusCode>
 }
 
 /// Serves one connection until it ends, a timer fires, or it is evicted.
-/// `h2` says TLS negotiated HTTP/2 (no HTTP/1 stream to follow).
+/// `h2` says TLS negotiated HTTP/2 (no HTTP/1 stream to follow); a
+/// connection that did not is HTTP/2 if it starts with the preface.
+/// `parked` counts the server's connections parked now.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve_connection<H, S>(
     handler: Arc<H>,
     stream: S,
@@ -330,32 +491,31 @@ pub(crate) async fn serve_connection<H, S>(
     state: Arc<ConnState>,
     limits: Limits,
     shutdown: CancellationToken,
+    parked: metrics::Gauge,
 ) -> Closed
 where
     H: Handler,
     S: Transport,
 {
-    let mut tracker = Tracker::new((limits.max_header_bytes as usize).max(8192), limits.max_headers as usize);
-    if h2 {
-        tracker.stop();
-    }
     let files = stream.cleartext().map(|_| Arc::new(FileQueue::default()));
     let sendfile = files.clone().map(SendFile::new);
     let told = Arc::clone(&handler);
+    let watcher = Arc::clone(&handler);
     let secure = conn.secure;
     let first_byte: Box<dyn FnOnce(Duration) + Send> = Box::new(move |took| told.first_byte(secure, took));
-    let io = TokioIo::new(TrackedIo {
+    let mut io = TrackedIo {
         inner: stream,
         state: Arc::clone(&state),
-        tracker,
+        tracker: Tracker::new((limits.max_header_bytes as usize).max(8192), limits.max_headers as usize),
         found: VecDeque::new(),
         files,
         first_byte: Some(first_byte),
-    });
+        replay: Bytes::new(),
+        parked: false,
+    };
     let svc_state = Arc::clone(&state);
-    let watcher = Arc::clone(&handler);
     let for_service = conn.clone();
-    let service = service_fn(move |req: Request<Incoming>| {
+    let mut service = service_fn(move |req: Request<Incoming>| {
         let (handler, state) = (Arc::clone(&handler), Arc::clone(&svc_state));
         state.active.fetch_add(1, Ordering::AcqRel);
         state.head_started.store(0, Ordering::Release);
@@ -369,39 +529,82 @@ where
             }
         }
     });
-    let builder = builder(&limits);
-    let served = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(served);
     let tick = limits
         .header_read_timeout
         .min(limits.idle_timeout)
         .min(limits.send_timeout)
         .div_f64(4.0)
         .clamp(Duration::from_millis(50), Duration::from_secs(1));
-    let mut ticker = tokio::time::interval(tick);
-    let mut closing = false;
+    let mut watch = Watch {
+        peer: conn.peer,
+        state: &state,
+        limits: &limits,
+        shutdown: &shutdown,
+        ticker: tokio::time::interval(tick),
+        tick,
+    };
+    let h2 = h2
+        || match watch.around(sniff(&mut io)).await {
+            Ok(Ok(Some(h2))) => h2,
+            Ok(Ok(None) | Err(_)) => return Closed::Ended,
+            Err(why) => return why,
+        };
+    let report = |e: &hyper::Error| {
+        tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+        if let Some(status) = unparsable(e) {
+            watcher.unreadable(conn.clone(), status);
+        }
+    };
+    if h2 {
+        io.tracker.stop();
+        let mut served = Box::new(http2_builder(&limits).serve_connection(TokioIo::new(io), service));
+        return match watch.serve(&mut *served, |c| c.graceful_shutdown(), false).await {
+            Ok(Served { result, closing }) => {
+                if let Err(e) = result {
+                    report(&e);
+                }
+                if closing { Closed::Shutdown } else { Closed::Ended }
+            }
+            Err(why) => why,
+        };
+    }
+    let h1 = http1_builder(&limits);
     loop {
-        tokio::select! {
-            r = &mut served => {
-                if let Err(e) = r {
-                    tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
-                    if let Some(status) = unparsable(&*e) {
-                        watcher.unreadable(conn, status);
-                    }
-                }
-                return if closing { Closed::Shutdown } else { Closed::Ended };
-            }
-            _ = shutdown.cancelled(), if !closing => {
-                closing = true;
-                served.as_mut().graceful_shutdown();
-            }
-            _ = state.evict.cancelled() => return Closed::Evicted,
-            _ = ticker.tick() => {
-                if let Some(why) = expired(&state, &limits) {
-                    tracing::debug!(peer = %conn.peer, reason = why.as_str(), "closing connection");
-                    return why;
-                }
-            }
+        // hyper's connection, boxed: a parked connection's task keeps
+        // only what it needs to wait.
+        let mut served = Box::new(h1.serve_connection(TokioIo::new(io), service));
+        let Served { result, closing } = match watch.serve(&mut *served, |c| c.graceful_shutdown(), true).await {
+            Ok(s) => s,
+            Err(why) => return why,
+        };
+        if let Err(e) = result {
+            report(&e);
+            return if closing { Closed::Shutdown } else { Closed::Ended };
+        }
+        let http1::Parts { io: parked_io, read_buf, service: parked_service, .. } = served.into_parts();
+        (io, service) = (parked_io.into_inner(), parked_service);
+        if closing || !io.parked {
+            return if closing { Closed::Shutdown } else { Closed::Ended };
+        }
+        // Even empty, it holds hyper's read buffer.
+        let unread = !read_buf.is_empty();
+        drop(read_buf);
+        if unread {
+            // Parking waits for a boundary between heads, so hyper holds
+            // nothing unread; if it did, those bytes would be lost.
+            tracing::warn!(peer = %conn.peer, "a parked connection held unread bytes; closing it");
+            return Closed::Ended;
+        }
+        io.parked = false;
+        state.park.store(false, Ordering::Release);
+        io.tracker.shrink();
+        parked.increment(1.0);
+        let woke = watch.around(io.inner.socket().readable()).await;
+        parked.decrement(1.0);
+        match woke {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Closed::Ended,
+            Err(why) => return why,
         }
     }
 }

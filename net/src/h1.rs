@@ -85,6 +85,19 @@ impl Tracker {
         self.state == State::Stopped
     }
 
+    /// Between two requests: every byte read belongs to a head or a body
+    /// already complete.
+    pub fn at_boundary(&self) -> bool {
+        self.state == State::Head && self.partial.is_empty()
+    }
+
+    /// Lets go of the buffer a split head or line left behind.
+    pub fn shrink(&mut self) {
+        if self.partial.is_empty() {
+            self.partial = Vec::new();
+        }
+    }
+
     /// Reads `input`, the next bytes of the stream, pushing one verdict per
     /// request head completed.
     pub fn feed(&mut self, mut input: &[u8], out: &mut VecDeque<Framing>) {

@@ -7,6 +7,8 @@
 //! - a header-read timeout from accept (slowloris, and connections that
 //!   never send a byte), an idle timeout between requests, and a send
 //!   timeout for clients that stop reading;
+//! - an idle HTTP/1 connection parked outside hyper, holding only its
+//!   socket until the next request arrives;
 //! - TLS handshakes in each connection's own task, under the header-read
 //!   timeout;
 //! - HTTP/1 request framing followed beside hyper ([`h1`]), so a request

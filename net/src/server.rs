@@ -83,6 +83,7 @@ pub async fn serve<H: Handler>(
         table: Table::default(),
         tracker: TaskTracker::new(),
         base: Instant::now(),
+        parked: metrics::gauge!("outpost_connections_parked", "node" => config.name.to_string()),
         config,
         shutdown,
     });
@@ -108,6 +109,8 @@ struct Server<H> {
     base: Instant,
     config: ServerConfig,
     shutdown: CancellationToken,
+    /// Connections parked now (see [`crate::conn`]).
+    parked: metrics::Gauge,
 }
 
 impl<H: Handler> Server<H> {
@@ -179,10 +182,26 @@ impl<H: Handler> Server<H> {
         tls: Option<TlsAcceptor>,
         state: Arc<ConnState>,
     ) -> Closed {
-        let (handler, limits, shutdown) = (Arc::clone(&self.handler), self.config.limits, self.shutdown.clone());
         let Some(acceptor) = tls else {
-            return serve_connection(handler, stream, conn(peer, false), false, state, limits, shutdown).await;
+            let (handler, limits, shutdown) = (Arc::clone(&self.handler), self.config.limits, self.shutdown.clone());
+            let parked = self.parked.clone();
+            return serve_connection(handler, stream, conn(peer, false), false, state, limits, shutdown, parked).await;
         };
+        // Boxed: a TLS connection's state is several times a cleartext
+        // one's, and every connection's task would otherwise be its size.
+        Box::pin(self.secure_connection(stream, peer, acceptor, state)).await
+    }
+
+    /// One accepted connection on a TLS listener: the handshake, then HTTP.
+    async fn secure_connection(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        acceptor: TlsAcceptor,
+        state: Arc<ConnState>,
+    ) -> Closed {
+        let (handler, limits, shutdown) = (Arc::clone(&self.handler), self.config.limits, self.shutdown.clone());
+        let parked = self.parked.clone();
         let handshake = tokio::select! {
             _ = shutdown.cancelled() => return Closed::Shutdown,
             _ = state.evict.cancelled() => return Closed::Shutdown,
@@ -196,7 +215,7 @@ impl<H: Handler> Server<H> {
                 };
                 handler.tls_handshake(how, state.accepted.elapsed());
                 let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                serve_connection(handler, tls, conn(peer, true), h2, state, limits, shutdown).await
+                serve_connection(handler, tls, conn(peer, true), h2, state, limits, shutdown, parked).await
             }
             Ok(Err(e)) => {
                 handler.tls_handshake(Handshake::Failed, state.accepted.elapsed());

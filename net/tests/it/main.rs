@@ -16,7 +16,8 @@ use outpost_load::raw::read_after_stall;
 use outpost_net::{Body, Conn, Handler, Listener, ServerConfig};
 use tokio_util::sync::CancellationToken;
 
-/// Answers `/big` with 32 MiB and anything else with its path; counts calls.
+/// Answers `/big` with 32 MiB, a POST with its path and body, and anything
+/// else with its path; counts calls.
 #[derive(Default)]
 struct Echo {
     calls: AtomicUsize,
@@ -25,12 +26,18 @@ struct Echo {
 impl Handler for Echo {
     fn call(self: Arc<Self>, req: Request<Incoming>, _conn: Conn) -> impl Future<Output = Response<Body>> + Send {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        let body = if req.uri().path() == "/big" {
-            Bytes::from(vec![b'x'; 32 << 20])
-        } else {
-            Bytes::from(format!("{} {}", req.method(), req.uri().path()))
-        };
-        std::future::ready(Response::new(Full::new(body).map_err(|n| match n {}).boxed_unsync()))
+        async move {
+            let body = if req.uri().path() == "/big" {
+                Bytes::from(vec![b'x'; 32 << 20])
+            } else if req.method() == http::Method::POST {
+                let head = format!("POST {} ", req.uri().path());
+                let sent = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                Bytes::from([head.as_bytes(), &sent].concat())
+            } else {
+                Bytes::from(format!("{} {}", req.method(), req.uri().path()))
+            };
+            Response::new(Full::new(body).map_err(|n| match n {}).boxed_unsync())
+        }
     }
 }
 
@@ -196,4 +203,132 @@ async fn a_burst_of_new_connections_waits_in_the_backlog_not_in_retries() {
     for _ in 0..BURST {
         tokio::time::timeout(Duration::from_secs(1), listener.accept()).await.unwrap().unwrap();
     }
+}
+
+/// One response from `s`, framed by its `Content-Length`: the status line
+/// and the body.
+fn response(s: &mut TcpStream) -> (String, String) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut byte).unwrap(),
+            1,
+            "the connection closed mid-head: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse().unwrap()))
+        .unwrap_or_else(|| panic!("no length in {head}"));
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    (head.lines().next().unwrap().to_string(), String::from_utf8(body).unwrap())
+}
+
+/// A header-read timeout of 400 ms makes the connection's tick 100 ms, so
+/// an idle connection parks within about 200 ms.
+fn parking() -> Limits {
+    limits(|l| {
+        l.header_read_timeout = Duration::from_millis(400);
+        l.idle_timeout = Duration::from_secs(30);
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_connection_serves_what_comes_next_on_the_same_socket() {
+    let server = start(parking()).await;
+    let addr = server.addr;
+    blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        for round in 0..3 {
+            write!(s, "GET /one-{round} HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+            assert_eq!(response(&mut s), ("HTTP/1.1 200 OK".into(), format!("GET /one-{round}")));
+            // Parked, then woken by two pipelined requests in one write.
+            std::thread::sleep(Duration::from_millis(500));
+            write!(s, "GET /a-{round} HTTP/1.1\r\nHost: a\r\n\r\nGET /b-{round} HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+            assert_eq!(response(&mut s).1, format!("GET /a-{round}"));
+            assert_eq!(response(&mut s).1, format!("GET /b-{round}"));
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    })
+    .await;
+    assert_eq!(server.echo.calls.load(Ordering::SeqCst), 9);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_begun_before_a_pause_is_not_cut_by_parking() {
+    // Ticks of 500 ms; the head's two halves are 700 ms apart, inside the
+    // 2 s header timeout but past the idle time that parks a connection.
+    let server = start(limits(|l| {
+        l.header_read_timeout = Duration::from_secs(2);
+        l.idle_timeout = Duration::from_secs(30);
+    }))
+    .await;
+    let addr = server.addr;
+    blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        assert_eq!(response(&mut s).1, "GET /first");
+        std::thread::sleep(Duration::from_millis(1200));
+        s.write_all(b"GET /split HTTP/1.1\r\nHo").unwrap();
+        std::thread::sleep(Duration::from_millis(1200));
+        s.write_all(b"st: a\r\n\r\n").unwrap();
+        assert_eq!(response(&mut s).1, "GET /split");
+        // And a body split the same way is not cut either.
+        std::thread::sleep(Duration::from_millis(1200));
+        s.write_all(b"POST /body HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\nabc").unwrap();
+        std::thread::sleep(Duration::from_millis(1200));
+        s.write_all(b"defGET /after HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        assert_eq!(response(&mut s).1, "POST /body abcdef");
+        assert_eq!(response(&mut s).1, "GET /after");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_connections_close_at_shutdown_and_make_room_at_the_cap() {
+    let server = start(limits(|l| {
+        l.max_connections = 2;
+        l.header_read_timeout = Duration::from_millis(400);
+        l.idle_timeout = Duration::from_secs(30);
+    }))
+    .await;
+    let addr = server.addr;
+    let (oldest_closed, answer, mut newest) = blocking(move || {
+        let open = || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+            response(&mut s);
+            s
+        };
+        let mut oldest = open();
+        std::thread::sleep(Duration::from_millis(50));
+        let newest = open();
+        std::thread::sleep(Duration::from_millis(500));
+        // Both parked: the cap closes the oldest for a third client.
+        let answer = get(addr, "/third");
+        oldest.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let oldest_closed = matches!(oldest.read(&mut [0u8; 8]), Ok(0));
+        (oldest_closed, answer, newest)
+    })
+    .await;
+    assert!(oldest_closed, "the oldest parked connection made room");
+    assert!(answer.ends_with("GET /third"), "{answer}");
+    let started = Instant::now();
+    server.stop.cancel();
+    let took = blocking(move || {
+        newest.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let n = newest.read(&mut [0u8; 8]).unwrap_or(1);
+        assert_eq!(n, 0, "closed at shutdown");
+        started.elapsed()
+    })
+    .await;
+    assert!(took < Duration::from_secs(2), "a parked connection outlived shutdown by {took:?}");
 }

@@ -351,3 +351,83 @@ async fn shutdown_finishes_responses_in_flight() {
     stopping.await.unwrap();
     assert!(TcpStream::connect(addr).is_err(), "no longer accepting");
 }
+
+/// Reads the process's metrics, so it runs in a process of its own.
+#[test]
+fn idle_connections_park_and_wake_for_the_next_hit() {
+    in_own_process("serving::idle_connections_park_and_wake_for_the_next_hit", || {
+        outpost_net::metrics::install_prometheus();
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(park_and_wake());
+    });
+}
+
+/// One keep-alive response from `s`: its head, then its body by length.
+fn keep_alive_response(s: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "closed mid-head: {}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let len = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: ").map(|v| v.trim().parse::<usize>().unwrap()))
+        .unwrap_or_else(|| panic!("no length: {head}"));
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    (head, body)
+}
+
+async fn park_and_wake() {
+    const CLIENTS: usize = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    // Ticks of 100 ms: a connection idle for one parks at the next.
+    let edge = Edge::limited(dir.path(), origin.addr, "[limits]\nheader_read_timeout = \"400ms\"\n").await;
+    let metrics = format!("http://{}/metrics", edge.admin);
+    let parked = || async {
+        let m = send(Method::GET, &metrics, &[]).await;
+        let text = String::from_utf8_lossy(&m.body).to_string();
+        let line = text.lines().find(|l| l.starts_with("outpost_connections_parked{node=\"edge-test\"}"));
+        line.map_or(0.0, |l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+    };
+    let request = b"GET /park?cc=max-age%3D60&size=3000 HTTP/1.1\r\nHost: t.test\r\n\r\n";
+    let addr = edge.addr;
+    let mut clients = tokio::task::spawn_blocking(move || {
+        (0..CLIENTS)
+            .map(|_| {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                s.write_all(request).unwrap();
+                assert!(keep_alive_response(&mut s).0.starts_with("HTTP/1.1 200"));
+                s
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let idle = parked().await;
+    assert!(idle >= CLIENTS as f64, "{idle} connections parked, of {CLIENTS} idle clients");
+    // Each parked connection answers its next request: a hit, whole.
+    clients = tokio::task::spawn_blocking(move || {
+        for s in &mut clients {
+            s.write_all(request).unwrap();
+            let (head, body) = keep_alive_response(s);
+            assert!(head.contains("; hit"), "{head}");
+            assert_origin_bytes("/park", &body);
+        }
+        clients
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let again = parked().await;
+    assert!(again >= CLIENTS as f64, "parked again after the hits: {again}");
+    drop(clients);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let left = parked().await;
+    assert!(left <= again - CLIENTS as f64, "closed connections are no longer counted: {again} then {left}");
+    assert_eq!(origin.count("/park").await, 1);
+}

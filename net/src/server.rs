@@ -26,8 +26,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::conn::{Closed, ConnState, conn, serve_connection};
-use crate::{Handler, Handshake, Listener};
+use crate::conn::{Closed, ConnState, Transport, conn, serve_connection};
+use crate::{Conn, Handler, Handshake, Listener};
 
 /// Pause after a failed accept (out of descriptors and the like).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -183,13 +183,17 @@ impl<H: Handler> Server<H> {
         state: Arc<ConnState>,
     ) -> Closed {
         let Some(acceptor) = tls else {
-            let (handler, limits, shutdown) = (Arc::clone(&self.handler), self.config.limits, self.shutdown.clone());
-            let parked = self.parked.clone();
-            return serve_connection(handler, stream, conn(peer, false), false, state, limits, shutdown, parked).await;
+            return self.http(stream, conn(peer, false), false, state).await;
         };
         // Boxed: a TLS connection's state is several times a cleartext
         // one's, and every connection's task would otherwise be its size.
         Box::pin(self.secure_connection(stream, peer, acceptor, state)).await
+    }
+
+    /// HTTP on an accepted connection's stream (`h2`: by ALPN).
+    fn http<S: Transport>(&self, stream: S, conn: Conn, h2: bool, state: Arc<ConnState>) -> impl Future<Output = Closed> {
+        let (limits, shutdown, parked) = (self.config.limits, self.shutdown.clone(), self.parked.clone());
+        serve_connection(Arc::clone(&self.handler), stream, conn, h2, state, limits, shutdown, parked)
     }
 
     /// One accepted connection on a TLS listener: the handshake, then HTTP.
@@ -200,12 +204,11 @@ impl<H: Handler> Server<H> {
         acceptor: TlsAcceptor,
         state: Arc<ConnState>,
     ) -> Closed {
-        let (handler, limits, shutdown) = (Arc::clone(&self.handler), self.config.limits, self.shutdown.clone());
-        let parked = self.parked.clone();
+        let handler = &self.handler;
         let handshake = tokio::select! {
-            _ = shutdown.cancelled() => return Closed::Shutdown,
+            _ = self.shutdown.cancelled() => return Closed::Shutdown,
             _ = state.evict.cancelled() => return Closed::Shutdown,
-            r = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)) => r,
+            r = tokio::time::timeout(self.config.limits.header_read_timeout, acceptor.accept(stream)) => r,
         };
         match handshake {
             Ok(Ok(tls)) => {
@@ -215,7 +218,7 @@ impl<H: Handler> Server<H> {
                 };
                 handler.tls_handshake(how, state.accepted.elapsed());
                 let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                serve_connection(handler, tls, conn(peer, true), h2, state, limits, shutdown, parked).await
+                self.http(tls, conn(peer, true), h2, state).await
             }
             Ok(Err(e)) => {
                 handler.tls_handshake(Handshake::Failed, state.accepted.elapsed());

@@ -410,6 +410,27 @@ impl Watch<'_> {
         Some(why)
     }
 
+    /// Waits for `fut` on a parked connection: until it is done, the idle
+    /// timeout (the one timer a parked connection has: it is idle, with no
+    /// head begun and nothing to write), or the server's signals. No tick
+    /// wakes it meanwhile.
+    async fn parked<F: Future>(&mut self, fut: F) -> Result<F::Output, Closed> {
+        let idle_since = Duration::from_millis(self.state.idle_since.load(Ordering::Acquire));
+        let deadline = self.state.base + idle_since + self.limits.idle_timeout;
+        let r = tokio::select! {
+            r = fut => Ok(r),
+            _ = self.shutdown.cancelled() => Err(Closed::Shutdown),
+            _ = self.state.evict.cancelled() => Err(Closed::Evicted),
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                tracing::debug!(peer = %self.peer, reason = Closed::IdleTimeout.as_str(), "closing connection");
+                Err(Closed::IdleTimeout)
+            }
+        };
+        // Ticks missed while parked are not made up in a burst.
+        self.ticker.reset();
+        r
+    }
+
     /// Drives hyper's connection `served` until it ends or the connection
     /// must close. Shutdown is graceful: open exchanges finish. With
     /// `park`, a connection idle for a tick is asked to park.
@@ -599,7 +620,7 @@ where
         state.park.store(false, Ordering::Release);
         io.tracker.shrink();
         parked.increment(1.0);
-        let woke = watch.around(io.inner.socket().readable()).await;
+        let woke = watch.parked(io.inner.socket().readable()).await;
         parked.decrement(1.0);
         match woke {
             Ok(Ok(())) => {}

@@ -191,7 +191,13 @@ impl<H: Handler> Server<H> {
     }
 
     /// HTTP on an accepted connection's stream (`h2`: by ALPN).
-    fn http<S: Transport>(&self, stream: S, conn: Conn, h2: bool, state: Arc<ConnState>) -> impl Future<Output = Closed> {
+    fn http<S: Transport>(
+        &self,
+        stream: S,
+        conn: Conn,
+        h2: bool,
+        state: Arc<ConnState>,
+    ) -> impl Future<Output = Closed> {
         let (limits, shutdown, parked) = (self.config.limits, self.shutdown.clone(), self.parked.clone());
         serve_connection(Arc::clone(&self.handler), stream, conn, h2, state, limits, shutdown, parked)
     }

@@ -36,8 +36,9 @@ if ! command -v nginx >/dev/null; then
   (systemctl disable --now nginx || service nginx stop) >/dev/null 2>&1 || true
 fi
 # systemd-analyze (the package's units are verified) and docker-compose
-# (the compose file is validated; it recommends a Docker daemon, not needed).
-need systemd-analyze:systemd setpriv:util-linux
+# (the compose file is validated; it recommends a Docker daemon, not needed);
+# fincore tells a test what the page cache holds of a file without reading it.
+need systemd-analyze:systemd setpriv:util-linux fincore:util-linux-extra
 if ! command -v docker-compose >/dev/null; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null

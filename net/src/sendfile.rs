@@ -17,10 +17,22 @@
 //!
 //! Only cleartext HTTP/1 requests get a [`SendFile`] (an extension of the
 //! request); TLS and HTTP/2 write every byte themselves.
+//!
+//! A range of a file on the disk ([`SendFile::disk_frame`]) may not be in
+//! the page cache, and a `sendfile` that has to wait for the disk blocks
+//! the runtime thread that makes it, with every connection on it. So before
+//! its first send the writer asks the kernel, without waiting, for the
+//! range's first byte (`preadv2` with `RWF_NOWAIT`). When that byte is not
+//! in memory, the range is read on the blocking pool first, and the send
+//! waits for that read as it would for a slow client. The first byte stands
+//! for the range: a file the page cache holds in part, beyond its first
+//! page, still blocks while the rest is read.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::os::fd::AsFd;
+use std::pin::Pin;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll};
 
@@ -50,10 +62,82 @@ struct Pending {
     file: SharedFile,
     offset: u64,
     left: usize,
+    residency: Residency,
+}
+
+/// Whether a range's bytes are in memory, for all the writer knows.
+enum Residency {
+    /// In memory (a memfd), or found in the page cache.
+    Memory,
+    /// In a file on the disk, not yet asked about.
+    Unknown,
+    /// Being read into the page cache on the blocking pool.
+    Loading(tokio::task::JoinHandle<()>),
 }
 
 /// Bytes sent from files, by every connection of the process.
 static SENT: LazyLock<Counter> = LazyLock::new(|| metrics::counter!("outpost_sendfile_bytes_total"));
+
+/// File ranges read into the page cache on the blocking pool before their
+/// send, because their first byte was not in memory.
+static COLD: LazyLock<Counter> = LazyLock::new(|| metrics::counter!("outpost_sendfile_cold_ranges_total"));
+
+/// Is the byte at `offset` of `file` in memory? Asked without waiting for
+/// the disk; a no also starts the kernel reading ahead from there, so the
+/// disk is already busy when the blocking pool asks for the range. A file
+/// system that cannot answer is taken to say yes: the send then behaves as
+/// it did before the question was asked.
+fn cached(file: &dyn AsFd, offset: u64) -> bool {
+    use rustix::io::{Errno, ReadWriteFlags, preadv2};
+    let mut byte = [0u8; 1];
+    !matches!(preadv2(file, &mut [io::IoSliceMut::new(&mut byte)], offset, ReadWriteFlags::NOWAIT), Err(Errno::AGAIN))
+}
+
+/// Reads `len` bytes of `file` from `offset` and drops them: afterwards the
+/// page cache holds them (until memory runs short). Errors are left for
+/// the send to meet.
+fn load(file: &dyn AsFd, mut offset: u64, mut len: usize) {
+    // One buffer per blocking thread, kept: a new one would cost a page
+    // fault for each of its pages on every load.
+    thread_local!(static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 256 << 10]));
+    BUF.with_borrow_mut(|buf| {
+        while len > 0 {
+            let n = buf.len().min(len);
+            match rustix::io::pread(file, &mut buf[..n], offset) {
+                Ok(0) | Err(_) => return,
+                Ok(read) => {
+                    offset += read as u64;
+                    len -= read;
+                }
+            }
+        }
+    });
+}
+
+impl Pending {
+    /// Ready once the range can be sent without waiting for the disk: at
+    /// once for memory and for a range whose first byte is cached; after a
+    /// read on the blocking pool otherwise.
+    fn poll_in_memory(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            match &mut self.residency {
+                Residency::Memory => return Poll::Ready(()),
+                Residency::Unknown if cached(&*self.file, self.offset) => self.residency = Residency::Memory,
+                Residency::Unknown => {
+                    COLD.increment(1);
+                    let (file, offset, len) = (Arc::clone(&self.file), self.offset, self.left);
+                    self.residency = Residency::Loading(tokio::task::spawn_blocking(move || load(&*file, offset, len)));
+                }
+                Residency::Loading(read) => {
+                    // A read that panicked or was cancelled loaded nothing;
+                    // the send then waits for the disk itself.
+                    let _ = std::task::ready!(Pin::new(read).poll(cx));
+                    self.residency = Residency::Memory;
+                }
+            }
+        }
+    }
+}
 
 /// The file ranges a connection has been handed, in body order. Locked by
 /// the body when it makes a frame and by the writer when it sends, both on
@@ -82,10 +166,21 @@ impl SendFile {
     /// a file that does not change (a sealed memfd, a file renamed into
     /// place), or the client gets what the file holds when it is sent.
     pub fn frame(&self, file: &SharedFile, offset: u64, len: usize) -> Bytes {
+        self.queue_frame(file, offset, len, Residency::Memory)
+    }
+
+    /// [`SendFile::frame`] for a file on the disk, whose pages the page
+    /// cache may not hold: the range is read off the runtime's threads
+    /// first when its first byte is not in memory.
+    pub fn disk_frame(&self, file: &SharedFile, offset: u64, len: usize) -> Bytes {
+        self.queue_frame(file, offset, len, Residency::Unknown)
+    }
+
+    fn queue_frame(&self, file: &SharedFile, offset: u64, len: usize, residency: Residency) -> Bytes {
         assert!(len <= MAX_RANGE, "a stand-in frame covers at most {MAX_RANGE} bytes");
         if len > 0 {
             let mut q = self.queue.ranges.lock().unwrap_or_else(|p| p.into_inner());
-            q.push_back(Pending { file: Arc::clone(file), offset, left: len });
+            q.push_back(Pending { file: Arc::clone(file), offset, left: len, residency });
         }
         Bytes::from_static(&STAND_IN[..len])
     }
@@ -134,6 +229,7 @@ impl FileQueue {
         if p.left != len {
             return Poll::Ready(Err(out_of_step("lengths differ")));
         }
+        std::task::ready!(p.poll_in_memory(cx));
         let n = loop {
             std::task::ready!(tcp.poll_write_ready(cx))?;
             let mut at = p.offset;
@@ -177,6 +273,63 @@ mod tests {
         assert_eq!(tx.queue.ranges.lock().unwrap().len(), 1);
         assert!(tx.frame(&file, 0, 0).is_empty());
         assert_eq!(tx.queue.ranges.lock().unwrap().len(), 1, "an empty frame queues nothing");
+    }
+
+    /// A file on the disk whose pages the page cache has let go of.
+    fn evicted_file(len: usize) -> (std::path::PathBuf, std::fs::File) {
+        use std::io::Write;
+        let path = std::env::temp_dir().join(format!("outpost-cold-{}-{len}", std::process::id()));
+        let mut f = std::fs::File::options().create(true).truncate(true).read(true).write(true).open(&path).unwrap();
+        f.write_all(&vec![7u8; len]).unwrap();
+        f.sync_all().unwrap();
+        rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        (path, f)
+    }
+
+    #[test]
+    fn a_file_the_page_cache_let_go_of_is_cold_until_loaded() {
+        let len = 300 << 10;
+        let (path, f) = evicted_file(len);
+        // The last byte first: asking starts the kernel reading ahead from
+        // where it is asked, which would warm what follows.
+        let last_cold = !cached(&f, len as u64 - 1);
+        let cold = !cached(&f, 0);
+        load(&f, 0, len);
+        let warm = (cached(&f, 0), cached(&f, len as u64 - 1));
+        std::fs::remove_file(&path).unwrap();
+        assert!(cold && last_cold, "a synced file dropped from the page cache reads as cold ({})", path.display());
+        assert_eq!(warm, (true, true), "a loaded range reads as cached, first byte to last");
+        assert!(cached(&tempfile_with(b"0123456789"), 3), "a memfd is memory");
+    }
+
+    #[tokio::test]
+    async fn a_cold_range_is_sent_whole() {
+        use tokio::io::AsyncReadExt;
+        let len = 600 << 10;
+        let (path, f) = evicted_file(len);
+        assert!(!cached(&f, 100), "the range starts cold ({})", path.display());
+        let file: SharedFile = Arc::new(f);
+        let queue = Arc::new(FileQueue::default());
+        let frame = SendFile::new(Arc::clone(&queue)).disk_frame(&file, 100, len - 200);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut client = client;
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let mut left = frame.len();
+        while left > 0 {
+            left -= std::future::poll_fn(|cx| queue.poll_send(&server, cx, left)).await.unwrap();
+        }
+        drop(server);
+        let got = reader.await.unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(got.len(), len - 200);
+        assert!(got.iter().all(|&b| b == 7), "the file's bytes, whole");
+        assert!(queue.ranges.lock().unwrap().is_empty(), "the range is done");
     }
 
     fn tempfile_with(data: &[u8]) -> std::fs::File {

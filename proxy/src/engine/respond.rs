@@ -134,8 +134,8 @@ fn whole_frame(p: Piece, sendfile: Option<&SendFile>) -> Option<Bytes> {
 fn piece_frame(p: Piece, sendfile: Option<&SendFile>) -> io::Result<Bytes> {
     match (&p.blob, sendfile) {
         (Blob::File(f), Some(s)) if p.end - p.start <= MAX_RANGE => {
-            let file: SharedFile = f.clone();
-            Ok(s.frame(&file, p.start as u64, p.end - p.start))
+            let (file, at, len): (SharedFile, _, _) = (f.clone(), p.start as u64, p.end - p.start);
+            Ok(if f.on_disk() { s.disk_frame(&file, at, len) } else { s.frame(&file, at, len) })
         }
         _ => p.blob.read(p.start, p.end),
     }

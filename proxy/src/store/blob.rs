@@ -52,6 +52,14 @@ pub struct BodyFile {
     memfd: bool,
 }
 
+impl BodyFile {
+    /// Is this a file of the disk tier's, whose pages the page cache may
+    /// not hold (rather than a memfd)?
+    pub fn on_disk(&self) -> bool {
+        !self.memfd
+    }
+}
+
 impl AsFd for BodyFile {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.file.as_fd()

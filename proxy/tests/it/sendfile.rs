@@ -51,10 +51,7 @@ fn origin_bytes(path: &str, len: usize) -> Vec<u8> {
 }
 
 fn sent_from_files(text: &str) -> u64 {
-    text.lines()
-        .find(|l| l.starts_with("outpost_sendfile_bytes_total"))
-        .and_then(|l| l.rsplit(' ').next())
-        .map_or(0, |n| n.parse::<f64>().unwrap() as u64)
+    counter(text, "outpost_sendfile_bytes_total")
 }
 
 async fn metrics(edge: &Edge) -> String {
@@ -212,4 +209,97 @@ async fn a_client_that_stops_reading_or_hangs_up_on_a_file_hit_is_cut_off() {
     let r = edge.get(path).await;
     assert_eq!(r.body.len(), 24 << 20);
     assert_origin_bytes("/big", &r.body);
+}
+
+fn counter(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0, |n| n.parse::<f64>().unwrap() as u64)
+}
+
+/// Bytes of `path` the page cache holds, as `fincore` reports them: it
+/// asks without reading, where a read, even one that must not wait, starts
+/// the disk reading ahead.
+fn cached_bytes(path: &std::path::Path) -> u64 {
+    let out = std::process::Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--output", "RES"])
+        .arg(path)
+        .output()
+        .expect("fincore (util-linux-extra; scripts/deps.sh installs it)");
+    assert!(out.status.success(), "fincore: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// Drops every file under `dir` from the page cache; returns the files of
+/// one of `sizes` (a body file holds just its chunk's bytes).
+fn evict_files(dir: &std::path::Path, sizes: &[u64]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(evict_files(&path, sizes));
+            continue;
+        }
+        let f = std::fs::File::open(&path).unwrap();
+        f.sync_all().unwrap();
+        rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        if sizes.contains(&f.metadata().unwrap().len()) {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// Reads the process's metrics, so it runs in a process of its own.
+#[test]
+fn a_disk_hit_whose_file_left_the_page_cache_is_read_off_the_runtime() {
+    in_own_process("sendfile::a_disk_hit_whose_file_left_the_page_cache_is_read_off_the_runtime", || {
+        outpost_net::metrics::install_prometheus();
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(cold_disk_hit());
+    });
+}
+
+async fn cold_disk_hit() {
+    const COLD: &str = "outpost_sendfile_cold_ranges_total";
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    // Two chunks, each a body file of the disk tier's (a body up to a
+    // chunk is stored inline with its head instead).
+    let len = (1 << 20) + 300_000;
+    let path = format!("/cold?size={len}&cc=max-age%3D600");
+    let edge = Edge::start(dir.path(), &site_toml(origin.addr, DEFAULT_RULES)).await;
+    assert_eq!(edge.get(&path).await.body.len(), len);
+    let warm = edge.get(&path).await;
+    assert!(warm.headers["cache-status"].to_str().unwrap().contains("hit"), "{:?}", warm.headers);
+    assert_eq!(counter(&metrics(&edge).await, COLD), 0, "files the page cache holds are sent at once");
+    // The page cache lets go of every file of the cache.
+    edge.stop().await;
+    let edge = Edge::start(dir.path(), &site_toml(origin.addr, DEFAULT_RULES)).await;
+    let files = evict_files(&dir.path().join("cache"), &[1 << 20, 300_000]);
+    assert_eq!(files.len(), 2, "a body file for each chunk: {files:?}");
+    for f in &files {
+        assert_eq!(cached_bytes(f), 0, "{} left the page cache", f.display());
+    }
+
+    for (round, cold) in [("cold", 2), ("warm again", 2)] {
+        let addr = edge.addr;
+        let target = path.clone();
+        let (status, h, body) = tokio::task::spawn_blocking(move || {
+            let (mut s, mut r) = connect(addr);
+            s.write_all(format!("GET {target} HTTP/1.1\r\nHost: t.test\r\n\r\n").as_bytes()).unwrap();
+            read_response(&mut r, false)
+        })
+        .await
+        .unwrap();
+        assert_eq!(status, "HTTP/1.1 200 OK", "{round}");
+        assert!(header(&h, "cache-status").contains("hit"), "{round}: {h:?}");
+        assert!(body == origin_bytes("/cold", len), "{round}: the body differs from the origin's");
+        assert_eq!(counter(&metrics(&edge).await, COLD), cold, "{round}: ranges read into the page cache first");
+        for f in &files {
+            let len = std::fs::metadata(f).unwrap().len();
+            assert!(cached_bytes(f) >= len, "{round}: {} is in memory, whole", f.display());
+        }
+    }
+    assert_eq!(origin.count("/cold").await, 1, "every later answer was a hit");
 }

@@ -26,7 +26,8 @@
 //! in memory, the range is read on the blocking pool first, and the send
 //! waits for that read as it would for a slow client. The first byte stands
 //! for the range: a file the page cache holds in part, beyond its first
-//! page, still blocks while the rest is read.
+//! page, still blocks while the rest is read. A body read into memory
+//! instead (TLS, HTTP/2) asks [`cached`] the same question before its read.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -80,14 +81,15 @@ static SENT: LazyLock<Counter> = LazyLock::new(|| metrics::counter!("outpost_sen
 
 /// File ranges read into the page cache on the blocking pool before their
 /// send, because their first byte was not in memory.
-static COLD: LazyLock<Counter> = LazyLock::new(|| metrics::counter!("outpost_sendfile_cold_ranges_total"));
+static COLD: LazyLock<Counter> =
+    LazyLock::new(|| metrics::counter!("outpost_cold_file_ranges_total", "path" => "sendfile"));
 
 /// Is the byte at `offset` of `file` in memory? Asked without waiting for
 /// the disk; a no also starts the kernel reading ahead from there, so the
 /// disk is already busy when the blocking pool asks for the range. A file
 /// system that cannot answer is taken to say yes: the send then behaves as
 /// it did before the question was asked.
-fn cached(file: &dyn AsFd, offset: u64) -> bool {
+pub fn cached(file: &dyn AsFd, offset: u64) -> bool {
     use rustix::io::{Errno, ReadWriteFlags, preadv2};
     let mut byte = [0u8; 1];
     !matches!(preadv2(file, &mut [io::IoSliceMut::new(&mut byte)], offset, ReadWriteFlags::NOWAIT), Err(Errno::AGAIN))

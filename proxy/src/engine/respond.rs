@@ -99,8 +99,9 @@ impl BodySource<'_> {
                     let sendfile = sendfile.clone();
                     let pieces = store.pieces(key, &body, from, to);
                     pieces
-                        .map(move |p| {
-                            p.and_then(|p| Ok(((p.end - p.start) as u64, piece_frame(p, sendfile.as_ref())?)))
+                        .and_then(move |p| {
+                            let sendfile = sendfile.clone();
+                            async move { Ok(((p.end - p.start) as u64, piece_bytes(p, sendfile.as_ref()).await?)) }
                         })
                         .boxed()
                 });
@@ -138,6 +139,20 @@ fn piece_frame(p: Piece, sendfile: Option<&SendFile>) -> io::Result<Bytes> {
             Ok(if f.on_disk() { s.disk_frame(&file, at, len) } else { s.frame(&file, at, len) })
         }
         _ => p.blob.read(p.start, p.end),
+    }
+}
+
+/// [`piece_frame`], except that bytes to be read from a disk-tier file whose
+/// first byte the page cache does not hold are read on the blocking pool: a
+/// read that waits for the disk on a runtime thread stalls every connection
+/// on it.
+async fn piece_bytes(p: Piece, sendfile: Option<&SendFile>) -> io::Result<Bytes> {
+    match (&p.blob, sendfile) {
+        (Blob::File(f), None) if f.on_disk() && !outpost_net::sendfile::cached(&**f, p.start as u64) => {
+            metrics::counter!("outpost_cold_file_ranges_total", "path" => "read").increment(1);
+            tokio::task::spawn_blocking(move || p.blob.read(p.start, p.end)).await.map_err(io::Error::other)?
+        }
+        _ => piece_frame(p, sendfile),
     }
 }
 

@@ -51,7 +51,7 @@ fn origin_bytes(path: &str, len: usize) -> Vec<u8> {
 }
 
 fn sent_from_files(text: &str) -> u64 {
-    counter(text, "outpost_sendfile_bytes_total")
+    counter(text, "outpost_sendfile_bytes_total", "")
 }
 
 async fn metrics(edge: &Edge) -> String {
@@ -211,9 +211,10 @@ async fn a_client_that_stops_reading_or_hangs_up_on_a_file_hit_is_cut_off() {
     assert_origin_bytes("/big", &r.body);
 }
 
-fn counter(text: &str, name: &str) -> u64 {
+/// The value of the metric `name` on the line that has `label` too.
+fn counter(text: &str, name: &str, label: &str) -> u64 {
     text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .find(|l| l.split([' ', '{']).next() == Some(name) && l.contains(label))
         .and_then(|l| l.rsplit(' ').next())
         .map_or(0, |n| n.parse::<f64>().unwrap() as u64)
 }
@@ -260,8 +261,22 @@ fn a_disk_hit_whose_file_left_the_page_cache_is_read_off_the_runtime() {
     });
 }
 
+/// GET `path` of `t.test` over HTTP/2 without TLS: its cache status and
+/// body.
+async fn get_h2(edge: SocketAddr, path: &str) -> (String, Bytes) {
+    let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(edge).await.unwrap());
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("http://t.test{path}")).body(Empty::<Bytes>::new()).unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let status = resp.headers()["cache-status"].to_str().unwrap().to_string();
+    (status, resp.into_body().collect().await.unwrap().to_bytes())
+}
+
 async fn cold_disk_hit() {
-    const COLD: &str = "outpost_sendfile_cold_ranges_total";
+    const COLD: &str = "outpost_cold_file_ranges_total";
+    let (by_sendfile, by_read) = ("path=\"sendfile\"", "path=\"read\"");
     let dir = tempfile::tempdir().unwrap();
     let origin = Origin::start().await;
     // Two chunks, each a body file of the disk tier's (a body up to a
@@ -272,33 +287,41 @@ async fn cold_disk_hit() {
     assert_eq!(edge.get(&path).await.body.len(), len);
     let warm = edge.get(&path).await;
     assert!(warm.headers["cache-status"].to_str().unwrap().contains("hit"), "{:?}", warm.headers);
-    assert_eq!(counter(&metrics(&edge).await, COLD), 0, "files the page cache holds are sent at once");
-    // The page cache lets go of every file of the cache.
+    assert!(get_h2(edge.addr, &path).await.0.contains("hit"), "HTTP/2 asks for the same object");
+    assert_eq!(counter(&metrics(&edge).await, COLD, ""), 0, "files the page cache holds are read at once");
     edge.stop().await;
     let edge = Edge::start(dir.path(), &site_toml(origin.addr, DEFAULT_RULES)).await;
-    let files = evict_files(&dir.path().join("cache"), &[1 << 20, 300_000]);
-    assert_eq!(files.len(), 2, "a body file for each chunk: {files:?}");
-    for f in &files {
-        assert_eq!(cached_bytes(f), 0, "{} left the page cache", f.display());
-    }
 
-    for (round, cold) in [("cold", 2), ("warm again", 2)] {
+    // Twice over: the page cache lets go of every file of the cache, then
+    // HTTP/1 sends the body with sendfile, then HTTP/2 reads it into memory.
+    let http1 = |target: String| {
         let addr = edge.addr;
-        let target = path.clone();
-        let (status, h, body) = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let (mut s, mut r) = connect(addr);
             s.write_all(format!("GET {target} HTTP/1.1\r\nHost: t.test\r\n\r\n").as_bytes()).unwrap();
-            read_response(&mut r, false)
+            let (status, h, body) = read_response(&mut r, false);
+            (format!("{status}; {}", header(&h, "cache-status")), Bytes::from(body))
         })
-        .await
-        .unwrap();
-        assert_eq!(status, "HTTP/1.1 200 OK", "{round}");
-        assert!(header(&h, "cache-status").contains("hit"), "{round}: {h:?}");
-        assert!(body == origin_bytes("/cold", len), "{round}: the body differs from the origin's");
-        assert_eq!(counter(&metrics(&edge).await, COLD), cold, "{round}: ranges read into the page cache first");
-        for f in &files {
-            let len = std::fs::metadata(f).unwrap().len();
-            assert!(cached_bytes(f) >= len, "{round}: {} is in memory, whole", f.display());
+    };
+    for (round, cold) in [(1, 2), (2, 4)] {
+        for (by, label) in [("HTTP/1", by_sendfile), ("HTTP/2", by_read)] {
+            let files = evict_files(&dir.path().join("cache"), &[1 << 20, 300_000]);
+            assert_eq!(files.len(), 2, "a body file for each chunk: {files:?}");
+            for f in &files {
+                assert_eq!(cached_bytes(f), 0, "{} left the page cache", f.display());
+            }
+            let (status, body) = match by {
+                "HTTP/1" => http1(path.clone()).await.unwrap(),
+                _ => get_h2(edge.addr, &path).await,
+            };
+            assert!(status.contains("hit"), "{by}, round {round}: {status}");
+            assert!(body == origin_bytes("/cold", len), "{by}, round {round}: the body differs from the origin's");
+            let n = counter(&metrics(&edge).await, COLD, label);
+            assert_eq!(n, cold, "{by}, round {round}: a cold range for each chunk, read off the runtime first");
+            for f in &files {
+                let len = std::fs::metadata(f).unwrap().len();
+                assert!(cached_bytes(f) >= len, "{by}, round {round}: {} is in memory, whole", f.display());
+            }
         }
     }
     assert_eq!(origin.count("/cold").await, 1, "every later answer was a hit");

@@ -19,15 +19,16 @@
 //! request); TLS and HTTP/2 write every byte themselves.
 //!
 //! A range of a file on the disk ([`SendFile::disk_frame`]) may not be in
-//! the page cache, and a `sendfile` that has to wait for the disk blocks
-//! the runtime thread that makes it, with every connection on it. So before
-//! its first send the writer asks the kernel, without waiting, for the
-//! range's first byte (`preadv2` with `RWF_NOWAIT`). When that byte is not
-//! in memory, the range is read on the blocking pool first, and the send
-//! waits for that read as it would for a slow client. The first byte stands
-//! for the range: a file the page cache holds in part, beyond its first
-//! page, still blocks while the rest is read. A body read into memory
-//! instead (TLS, HTTP/2) asks [`cached`] the same question before its read.
+//! the page cache, and a `sendfile` that has to wait for the disk blocks the
+//! runtime thread that makes it, with every connection on it. So before its
+//! first send the writer asks the kernel, without waiting, for the range's
+//! first byte (`preadv2` with `RWF_NOWAIT`). When that byte is not in
+//! memory, the blocking pool loads the range into the page cache first
+//! (`load`), and the send waits for that as it would for a slow client. The
+//! first byte stands for the range: a file the page cache holds in part,
+//! beyond its first page, still blocks while the rest is read. A body read
+//! into memory instead (TLS, HTTP/2) asks [`cached`] the same question
+//! before its read.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -95,25 +96,20 @@ pub fn cached(file: &dyn AsFd, offset: u64) -> bool {
     !matches!(preadv2(file, &mut [io::IoSliceMut::new(&mut byte)], offset, ReadWriteFlags::NOWAIT), Err(Errno::AGAIN))
 }
 
-/// Reads `len` bytes of `file` from `offset` and drops them: afterwards the
-/// page cache holds them (until memory runs short). Errors are left for
-/// the send to meet.
+/// Reads `len` bytes of `file` from `offset` into the page cache: sent to
+/// `/dev/null` by the kernel, which fills the cache without a copy into
+/// user space. Errors are left for the send to meet (it then waits for the
+/// disk itself).
 fn load(file: &dyn AsFd, mut offset: u64, mut len: usize) {
-    // One buffer per blocking thread, kept: a new one would cost a page
-    // fault for each of its pages on every load.
-    thread_local!(static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 256 << 10]));
-    BUF.with_borrow_mut(|buf| {
-        while len > 0 {
-            let n = buf.len().min(len);
-            match rustix::io::pread(file, &mut buf[..n], offset) {
-                Ok(0) | Err(_) => return,
-                Ok(read) => {
-                    offset += read as u64;
-                    len -= read;
-                }
-            }
+    static NULL: LazyLock<Option<std::fs::File>> =
+        LazyLock::new(|| std::fs::File::options().write(true).open("/dev/null").ok());
+    let Some(null) = &*NULL else { return };
+    while len > 0 {
+        match rustix::fs::sendfile(null, file, Some(&mut offset), len) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => len -= n,
         }
-    });
+    }
 }
 
 impl Pending {

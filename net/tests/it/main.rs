@@ -332,3 +332,55 @@ async fn parked_connections_close_at_shutdown_and_make_room_at_the_cap() {
     .await;
     assert!(took < Duration::from_secs(2), "a parked connection outlived shutdown by {took:?}");
 }
+
+/// What a connection that sent `bytes` (and then waited) gets back before
+/// the server closes it, and how long that took.
+fn answer_to(addr: SocketAddr, bytes: &[u8]) -> (String, Duration) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let started = Instant::now();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    (String::from_utf8_lossy(&out).into_owned(), started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bytes_read_to_tell_http2_from_http1_are_not_a_way_around_the_defences() {
+    let server = start(limits(|l| {
+        l.header_read_timeout = Duration::from_millis(400);
+        l.idle_timeout = Duration::from_secs(30);
+    }))
+    .await;
+    let addr = server.addr;
+    let (calls, cases) = blocking(move || {
+        // Half a preface, then silence: the header timeout, as for any
+        // head that never ends.
+        let stalled = answer_to(addr, b"PRI * HTTP/2.0\r\n");
+        // A method that begins like the preface: HTTP/1, every byte read
+        // ahead given back.
+        let pri = answer_to(addr, b"PRI /pri HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        // The preface's start, then something else: not HTTP/2, and not
+        // a request either.
+        let broken = answer_to(addr, b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n");
+        // A preface one byte at a time, then a dead stream: nothing read
+        // ahead is lost, nothing hangs.
+        let mut s = TcpStream::connect(addr).unwrap();
+        for b in b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" {
+            s.write_all(&[*b]).unwrap();
+        }
+        s.write_all(b"\x00\x00").unwrap();
+        let started = Instant::now();
+        let dead = closed_after(s, started);
+        (get(addr, "/after"), (stalled, pri, broken, dead))
+    })
+    .await;
+    let ((stalled, stalled_took), (pri, _), (broken, _), dead) = cases;
+    assert!(stalled.is_empty(), "half a preface gets nothing: {stalled:?}");
+    assert!(stalled_took >= Duration::from_millis(350), "closed before the header timeout: {stalled_took:?}");
+    assert!(stalled_took < Duration::from_secs(2), "half a preface held the connection {stalled_took:?}");
+    assert!(pri.starts_with("HTTP/1.1 200") && pri.ends_with("PRI /pri"), "{pri:?}");
+    assert!(broken.starts_with("HTTP/1.1 400 "), "a broken preface is a bad request: {broken:?}");
+    assert!(dead < Duration::from_secs(2), "a dead HTTP/2 stream held the connection {dead:?}");
+    assert!(calls.ends_with("GET /after"), "the server goes on: {calls:?}");
+}

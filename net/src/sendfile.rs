@@ -305,7 +305,7 @@ mod tests {
         use tokio::io::AsyncReadExt;
         let len = 600 << 10;
         let (path, f) = evicted_file(len);
-        assert!(!cached(&f, 100), "the range starts cold ({})", path.display());
+        let started_cold = !cached(&f, 100);
         let file: SharedFile = Arc::new(f);
         let queue = Arc::new(FileQueue::default());
         let frame = SendFile::new(Arc::clone(&queue)).disk_frame(&file, 100, len - 200);
@@ -325,6 +325,7 @@ mod tests {
         drop(server);
         let got = reader.await.unwrap();
         std::fs::remove_file(&path).unwrap();
+        assert!(started_cold, "the range starts cold ({})", path.display());
         assert_eq!(got.len(), len - 200);
         assert!(got.iter().all(|&b| b == 7), "the file's bytes, whole");
         assert!(queue.ranges.lock().unwrap().is_empty(), "the range is done");

@@ -96,11 +96,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_never_sends_a_byte_gets_the_header_timeout_not_the_idle_one() {
-    let server = start(limits(|l| {
-        l.header_read_timeout = Duration::from_millis(400);
-        l.idle_timeout = Duration::from_secs(30);
-    }))
-    .await;
+    let server = start(short_header_timeout()).await;
     let addr = server.addr;
     let took = blocking(move || closed_after(TcpStream::connect(addr).unwrap(), Instant::now())).await;
     assert!(took < Duration::from_secs(2), "a silent connection stayed open {took:?}");
@@ -229,9 +225,10 @@ fn response(s: &mut TcpStream) -> (String, String) {
     (head.lines().next().unwrap().to_string(), String::from_utf8(body).unwrap())
 }
 
-/// A header-read timeout of 400 ms makes the connection's tick 100 ms, so
-/// an idle connection parks within about 200 ms.
-fn parking() -> Limits {
+/// A header-read timeout of 400 ms, and an idle timeout long past it. It
+/// makes the connection's tick 100 ms, so an idle connection parks within
+/// about 200 ms.
+fn short_header_timeout() -> Limits {
     limits(|l| {
         l.header_read_timeout = Duration::from_millis(400);
         l.idle_timeout = Duration::from_secs(30);
@@ -240,7 +237,7 @@ fn parking() -> Limits {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parked_connection_serves_what_comes_next_on_the_same_socket() {
-    let server = start(parking()).await;
+    let server = start(short_header_timeout()).await;
     let addr = server.addr;
     blocking(move || {
         let mut s = TcpStream::connect(addr).unwrap();
@@ -347,11 +344,7 @@ fn answer_to(addr: SocketAddr, bytes: &[u8]) -> (String, Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bytes_read_to_tell_http2_from_http1_are_not_a_way_around_the_defences() {
-    let server = start(limits(|l| {
-        l.header_read_timeout = Duration::from_millis(400);
-        l.idle_timeout = Duration::from_secs(30);
-    }))
-    .await;
+    let server = start(short_header_timeout()).await;
     let addr = server.addr;
     let (calls, cases) = blocking(move || {
         // Half a preface, then silence: the header timeout, as for any

@@ -133,3 +133,28 @@ pub fn in_own_process(name: &str, work: impl FnOnce()) {
     assert!(out.status.success(), "{name} failed in its own process");
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"), "{name} did not run in its own process");
 }
+
+/// One HTTP/1.1 response read off `r`: its head (lower-cased names) and body.
+pub fn read_response(r: &mut impl std::io::BufRead, head_only: bool) -> (String, Vec<(String, String)>, Vec<u8>) {
+    let mut status = String::new();
+    r.read_line(&mut status).unwrap();
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let (k, v) = line.split_once(':').unwrap();
+        headers.push((k.to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let len: usize = headers.iter().find(|(k, _)| k == "content-length").map_or(0, |(_, v)| v.parse().unwrap());
+    let mut body = vec![0; if head_only { 0 } else { len }];
+    r.read_exact(&mut body).unwrap();
+    (status.trim_end().to_string(), headers, body)
+}
+
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
+    headers.iter().find(|(k, _)| k == name).map_or("", |(_, v)| v.as_str())
+}

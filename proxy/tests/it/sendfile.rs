@@ -3,7 +3,7 @@
 //! several ranges, HEAD, pipelined, HTTP/2), and a client that stops
 //! reading is still cut off.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
@@ -12,31 +12,6 @@ use http::Method;
 use http_body_util::{BodyExt, Empty};
 
 use crate::harness::*;
-
-/// One HTTP/1.1 response read off `r`: its head (lower-cased names) and body.
-fn read_response(r: &mut impl BufRead, head_only: bool) -> (String, Vec<(String, String)>, Vec<u8>) {
-    let mut status = String::new();
-    r.read_line(&mut status).unwrap();
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        let (k, v) = line.split_once(':').unwrap();
-        headers.push((k.to_ascii_lowercase(), v.trim().to_string()));
-    }
-    let len: usize = headers.iter().find(|(k, _)| k == "content-length").map_or(0, |(_, v)| v.parse().unwrap());
-    let mut body = vec![0; if head_only { 0 } else { len }];
-    r.read_exact(&mut body).unwrap();
-    (status.trim_end().to_string(), headers, body)
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
-    headers.iter().find(|(k, _)| k == name).map_or("", |(_, v)| v.as_str())
-}
 
 fn connect(addr: SocketAddr) -> (TcpStream, BufReader<TcpStream>) {
     let s = TcpStream::connect(addr).unwrap();

@@ -47,6 +47,8 @@ use crate::h1::{Framing, Tracker};
 use crate::sendfile::{FileQueue, SendFile, is_stand_in, poll_send_before_file};
 use crate::{Body, BoxError, Conn, Handler};
 
+mod direct;
+
 /// What one connection's parts share.
 #[derive(Debug)]
 pub(crate) struct ConnState {
@@ -389,15 +391,35 @@ struct Watch<'a> {
 impl Watch<'_> {
     /// Runs `fut` until it is done, or the connection must close.
     async fn around<F: Future>(&mut self, fut: F) -> Result<F::Output, Closed> {
+        self.run(fut, true, false).await.map(|r| r.expect("runs until done"))
+    }
+
+    /// [`Watch::around`] for a connection waiting for its next request:
+    /// `Ok(None)` once it has idled for a tick, and may park.
+    async fn idle<F: Future>(&mut self, fut: F) -> Result<Option<F::Output>, Closed> {
+        self.run(fut, true, true).await
+    }
+
+    /// [`Watch::around`] for a response being written: the server's
+    /// shutdown lets it finish.
+    async fn finishing<F: Future>(&mut self, fut: F) -> Result<F::Output, Closed> {
+        self.run(fut, false, false).await.map(|r| r.expect("runs until done"))
+    }
+
+    async fn run<F: Future>(&mut self, fut: F, shutdown: bool, park: bool) -> Result<Option<F::Output>, Closed> {
         tokio::pin!(fut);
         loop {
             tokio::select! {
-                r = &mut fut => return Ok(r),
-                _ = self.shutdown.cancelled() => return Err(Closed::Shutdown),
+                biased;
+                r = &mut fut => return Ok(Some(r)),
+                _ = self.shutdown.cancelled(), if shutdown => return Err(Closed::Shutdown),
                 _ = self.state.evict.cancelled() => return Err(Closed::Evicted),
                 _ = self.ticker.tick() => {
                     if let Some(why) = self.expired() {
                         return Err(why);
+                    }
+                    if park && self.state.park_due(self.tick) {
+                        return Ok(None);
                     }
                 }
             }
@@ -499,10 +521,18 @@ fn unparsable(e: &hyper::Error) -> Option<http::StatusCode> {
     }
 }
 
+/// What a server counts of its connections.
+#[derive(Debug, Clone)]
+pub(crate) struct Counters {
+    /// Connections parked now.
+    pub(crate) parked: metrics::Gauge,
+    /// HTTP/1 requests answered without hyper ([`direct`]).
+    pub(crate) direct: metrics::Counter,
+}
+
 /// Serves one connection until it ends, a timer fires, or it is evicted.
 /// `h2` says TLS negotiated HTTP/2 (no HTTP/1 stream to follow); a
 /// connection that did not is HTTP/2 if it starts with the preface.
-/// `parked` counts the server's connections parked now.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve_connection<H, S>(
     handler: Arc<H>,
@@ -512,7 +542,7 @@ pub(crate) async fn serve_connection<H, S>(
     state: Arc<ConnState>,
     limits: Limits,
     shutdown: CancellationToken,
-    parked: metrics::Gauge,
+    counters: Counters,
 ) -> Closed
 where
     H: Handler,
@@ -520,6 +550,7 @@ where
 {
     let files = stream.cleartext().map(|_| Arc::new(FileQueue::default()));
     let sendfile = files.clone().map(SendFile::new);
+    let sendfile_h1 = sendfile.clone();
     let told = Arc::clone(&handler);
     let watcher = Arc::clone(&handler);
     let secure = conn.secure;
@@ -590,7 +621,15 @@ where
         };
     }
     let h1 = http1_builder(&limits);
+    let mut direct = H::ANSWERS_NOW.then(direct::Direct::default);
+    let direct_conn = Conn { sendfile: sendfile_h1, ..conn.clone() };
     loop {
+        if let Some(direct) = &mut direct {
+            // Requests answered at once, until one is hyper's.
+            if let Err(why) = direct.turn(&watcher, &mut io, &mut watch, &direct_conn, &counters).await {
+                return why;
+            }
+        }
         // hyper's connection, boxed: a parked connection's task keeps
         // only what it needs to wait.
         let mut served = Box::new(h1.serve_connection(TokioIo::new(io), service));
@@ -619,9 +658,9 @@ where
         io.parked = false;
         state.park.store(false, Ordering::Release);
         io.tracker.shrink();
-        parked.increment(1.0);
+        counters.parked.increment(1.0);
         let woke = watch.parked(io.inner.socket().readable()).await;
-        parked.decrement(1.0);
+        counters.parked.decrement(1.0);
         match woke {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Closed::Ended,

@@ -80,6 +80,19 @@ pub trait Handler: Send + Sync + 'static {
     /// Answers one request.
     fn call(self: Arc<Self>, req: Request<Incoming>, conn: Conn) -> impl Future<Output = Response<Body>> + Send;
 
+    /// Whether [`Handler::answer_now`] answers any request: when it does,
+    /// HTTP/1 connections read request heads themselves between requests
+    /// and offer the handler those it may answer at once.
+    const ANSWERS_NOW: bool = false;
+
+    /// Answers at once, without waiting on anything, a GET or HEAD in
+    /// HTTP/1.1 that has no body and asks nothing of the connection (a
+    /// hit held in memory, say); `None` leaves the request to
+    /// [`Handler::call`]. The response is written as hyper would write it.
+    fn answer_now(self: Arc<Self>, _req: Request<()>, _conn: &Conn) -> Option<Response<Body>> {
+        None
+    }
+
     /// Answers a request whose framing cannot be trusted (`why` says how);
     /// the server closes the connection after it. Default: a plain 400.
     fn refuse(

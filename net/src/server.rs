@@ -26,7 +26,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::conn::{Closed, ConnState, Transport, conn, serve_connection};
+use crate::conn::{Closed, ConnState, Counters, Transport, conn, serve_connection};
 use crate::{Conn, Handler, Handshake, Listener};
 
 /// Pause after a failed accept (out of descriptors and the like).
@@ -83,7 +83,10 @@ pub async fn serve<H: Handler>(
         table: Table::default(),
         tracker: TaskTracker::new(),
         base: Instant::now(),
-        parked: metrics::gauge!("outpost_connections_parked", "node" => config.name.to_string()),
+        counters: Counters {
+            parked: metrics::gauge!("outpost_connections_parked", "node" => config.name.to_string()),
+            direct: metrics::counter!("outpost_requests_answered_directly_total", "node" => config.name.to_string()),
+        },
         config,
         shutdown,
     });
@@ -109,8 +112,7 @@ struct Server<H> {
     base: Instant,
     config: ServerConfig,
     shutdown: CancellationToken,
-    /// Connections parked now (see [`crate::conn`]).
-    parked: metrics::Gauge,
+    counters: Counters,
 }
 
 impl<H: Handler> Server<H> {
@@ -198,8 +200,8 @@ impl<H: Handler> Server<H> {
         h2: bool,
         state: Arc<ConnState>,
     ) -> impl Future<Output = Closed> {
-        let (limits, shutdown, parked) = (self.config.limits, self.shutdown.clone(), self.parked.clone());
-        serve_connection(Arc::clone(&self.handler), stream, conn, h2, state, limits, shutdown, parked)
+        let (limits, shutdown, counters) = (self.config.limits, self.shutdown.clone(), self.counters.clone());
+        serve_connection(Arc::clone(&self.handler), stream, conn, h2, state, limits, shutdown, counters)
     }
 
     /// One accepted connection on a TLS listener: the handshake, then HTTP.

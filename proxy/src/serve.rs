@@ -20,6 +20,12 @@ impl Handler for Engine {
         self.handle(req, conn)
     }
 
+    const ANSWERS_NOW: bool = true;
+
+    fn answer_now(self: Arc<Self>, req: Request<()>, conn: &Conn) -> Option<Response<Body>> {
+        Engine::answer_now(self, req, conn)
+    }
+
     fn refuse(
         self: Arc<Self>,
         req: Request<Incoming>,

@@ -16,18 +16,27 @@ use outpost_load::raw::read_after_stall;
 use outpost_net::{Body, Conn, Handler, Listener, ServerConfig};
 use tokio_util::sync::CancellationToken;
 
-/// Answers `/big` with 32 MiB, a POST with its path and body, and anything
-/// else with its path; counts calls.
+mod direct;
+
+/// Answers `/big` with 32 MiB, a POST with its path and body, a GET or
+/// HEAD under `/now/` with the response [`shaped`] names, and anything else
+/// with its path; counts calls. Requests under `/now/` are answered at once
+/// (`answer_now`), and counted apart.
 #[derive(Default)]
 struct Echo {
     calls: AtomicUsize,
+    now: AtomicUsize,
 }
 
 impl Handler for Echo {
+    const ANSWERS_NOW: bool = true;
+
     fn call(self: Arc<Self>, req: Request<Incoming>, _conn: Conn) -> impl Future<Output = Response<Body>> + Send {
         self.calls.fetch_add(1, Ordering::SeqCst);
         async move {
-            let body = if req.uri().path() == "/big" {
+            let body = if let Some(shape) = req.uri().path().strip_prefix("/now/") {
+                return shaped(req.method(), shape);
+            } else if req.uri().path() == "/big" {
                 Bytes::from(vec![b'x'; 32 << 20])
             } else if req.method() == http::Method::POST {
                 let head = format!("POST {} ", req.uri().path());
@@ -39,6 +48,70 @@ impl Handler for Echo {
             Response::new(Full::new(body).map_err(|n| match n {}).boxed_unsync())
         }
     }
+
+    fn answer_now(self: Arc<Self>, req: Request<()>, _conn: &Conn) -> Option<Response<Body>> {
+        let shape = req.uri().path().strip_prefix("/now/")?;
+        self.now.fetch_add(1, Ordering::SeqCst);
+        Some(shaped(req.method(), shape))
+    }
+}
+
+/// The same answers as [`Echo`], all of them from hyper.
+#[derive(Default)]
+struct HyperOnly(Arc<Echo>);
+
+impl Handler for HyperOnly {
+    fn call(self: Arc<Self>, req: Request<Incoming>, conn: Conn) -> impl Future<Output = Response<Body>> + Send {
+        Arc::clone(&self.0).call(req, conn)
+    }
+}
+
+/// Responses of every shape a head is encoded for, by name.
+fn shaped(method: &http::Method, shape: &str) -> Response<Body> {
+    use http::header::{CONNECTION, CONTENT_LENGTH, ETAG, SET_COOKIE};
+    use http::{HeaderValue, StatusCode};
+    let full = |b: &'static [u8]| Full::new(Bytes::from_static(b)).map_err(|n| match n {}).boxed_unsync();
+    let head = method == http::Method::HEAD;
+    let mut resp = Response::new(full(if head { b"" } else { b"twelve bytes" }));
+    let h = resp.headers_mut();
+    h.insert("x-shape", HeaderValue::from_str(shape).unwrap());
+    match shape {
+        // The length from the body alone.
+        "plain" => {}
+        // The length said, as a stored hit says it.
+        "length" => {
+            h.insert(CONTENT_LENGTH, HeaderValue::from(12));
+        }
+        // A body of unknown length: chunked.
+        "stream" => {
+            use futures_util::StreamExt;
+            let frames = futures_util::stream::iter([&b"one "[..], b"two ", b"three"])
+                .map(|b| Ok::<_, outpost_net::BoxError>(http_body::Frame::data(Bytes::from_static(b))));
+            *resp.body_mut() = http_body_util::StreamBody::new(frames).boxed_unsync();
+        }
+        "no-content" => {
+            *resp.status_mut() = StatusCode::NO_CONTENT;
+            *resp.body_mut() = full(b"");
+        }
+        "not-modified" => {
+            h.insert(ETAG, HeaderValue::from_static("\"v1\""));
+            *resp.status_mut() = StatusCode::NOT_MODIFIED;
+            *resp.body_mut() = full(b"");
+        }
+        // Fields repeated, an uncommon status, the length said.
+        "repeated" => {
+            h.append(SET_COOKIE, HeaderValue::from_static("a=1"));
+            h.append(SET_COOKIE, HeaderValue::from_static("b=2"));
+            h.insert(CONTENT_LENGTH, HeaderValue::from(12));
+            *resp.status_mut() = StatusCode::IM_A_TEAPOT;
+        }
+        "close" => {
+            h.insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        "big" => *resp.body_mut() = Full::new(Bytes::from(vec![b'x'; 32 << 20])).map_err(|n| match n {}).boxed_unsync(),
+        _ => *resp.status_mut() = StatusCode::NOT_FOUND,
+    }
+    resp
 }
 
 struct Server {
@@ -54,12 +127,17 @@ impl Drop for Server {
 }
 
 async fn start(limits: Limits) -> Server {
+    let echo = Arc::new(Echo::default());
+    start_with(Arc::clone(&echo), echo, limits).await
+}
+
+/// A server of `handler`, whose calls `echo` counts.
+async fn start_with<H: Handler>(handler: Arc<H>, echo: Arc<Echo>, limits: Limits) -> Server {
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();
-    let echo = Arc::new(Echo::default());
     let stop = CancellationToken::new();
     let config = ServerConfig { name: Arc::from("test"), limits };
-    tokio::spawn(outpost_net::serve(Arc::clone(&echo), vec![Listener { tcp, tls: None }], config, stop.clone()));
+    tokio::spawn(outpost_net::serve(handler, vec![Listener { tcp, tls: None }], config, stop.clone()));
     Server { addr, echo, stop }
 }
 

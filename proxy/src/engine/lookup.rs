@@ -61,6 +61,27 @@ pub(super) async fn cacheable(cx: &Ctx) -> Answer {
         .unwrap_or_else(|| failed(&cx.engine, Error::BadRequest("unstable variant")))
 }
 
+/// Steps 5 and 6 without waiting: a hit on a copy the memory tier holds,
+/// in a representation it holds too. `None` when step 5 would read the
+/// disk, a coding is still to be made, or the request is not a hit.
+pub(super) fn cacheable_now(cx: &Ctx) -> Option<Answer> {
+    let found = lookup_now(cx)?;
+    let obj = found.object.as_ref()?;
+    // Decided before `serve`, whose stale-while-revalidate starts a
+    // revalidation: a request answered on the usual path instead must not
+    // start a second.
+    let made = match represent::choose(cx, obj, Some(obj.body.len())) {
+        represent::Choice::Stored { vary } => Err(vary),
+        represent::Choice::Made(c) => Ok((c, represent::made_now(cx, found.key, obj, c)?)),
+    };
+    let auth = cx.headers.contains_key(header::AUTHORIZATION);
+    let hit = serve(cx, found, auth, cx.engine.distrusts(&cx.site)).ok()?;
+    Some(match made {
+        Err(vary) => represent::stored(cx, hit.key, &hit.obj, hit.status, hit.now, vary),
+        Ok((c, (mkey, m))) => represent::serve_made(cx, mkey, &m, c, hit.status, hit.now),
+    })
+}
+
 /// What step 5 found.
 struct Found {
     key: Key,
@@ -68,22 +89,43 @@ struct Found {
     vary_miss: bool,
 }
 
+/// An object stored in part (a range of it, or what reached the disk
+/// before a crash) is served, and its missing chunks fetched as they are
+/// read, when a strong validator pins them to the same copy; otherwise it
+/// is dropped and fetched again.
+fn whole(cx: &Ctx, key: Key, o: Arc<StoredObject>) -> Option<Arc<StoredObject>> {
+    let store = &cx.engine.store;
+    if store.has_body(key, &o) || refill::validator(&o.headers).is_some() {
+        Some(o)
+    } else {
+        tracing::warn!(node = %cx.engine.node, "a cached body is incomplete (lost in a crash?); fetching it again");
+        store.remove_object(key, &o);
+        None
+    }
+}
+
+/// Step 5 from the memory tier alone: the stored object for this request,
+/// when the memory tier holds it (and the variant index, under `Vary`).
+fn lookup_now(cx: &Ctx) -> Option<Found> {
+    let store = &cx.engine.store;
+    let (key, o) = match store.get_in_memory(cx.rkey.primary)? {
+        Entry::Object(o) => (cx.rkey.primary, o),
+        Entry::Variants(v) => {
+            let key = cx.rkey.variant(&v.names, &cx.headers);
+            match store.get_in_memory(key)? {
+                Entry::Object(o) => (key, o),
+                _ => return None,
+            }
+        }
+        _ => return None,
+    };
+    Some(Found { key, object: whole(cx, key, o), vary_miss: false })
+}
+
 /// Step 5: the stored object for this request, following `Vary`.
 async fn lookup(cx: &Ctx) -> Found {
     let store = &cx.engine.store;
-    // An object stored in part (a range of it, or what reached the disk
-    // before a crash) is served, and its missing chunks fetched as they
-    // are read, when a strong validator pins them to the same copy;
-    // otherwise it is dropped and fetched again.
-    let whole = |key: Key, o: Arc<StoredObject>| {
-        if store.has_body(key, &o) || refill::validator(&o.headers).is_some() {
-            Some(o)
-        } else {
-            tracing::warn!(node = %cx.engine.node, "a cached body is incomplete (lost in a crash?); fetching it again");
-            store.remove_object(key, &o);
-            None
-        }
-    };
+    let whole = |key, o| whole(cx, key, o);
     match store.get(cx.rkey.primary).await {
         Some(Entry::Object(o)) => Found { key: cx.rkey.primary, object: whole(cx.rkey.primary, o), vary_miss: false },
         Some(Entry::Variants(v)) => {

@@ -253,6 +253,12 @@ impl Engine {
         request::handle(self, req, conn, Instant::now())
     }
 
+    /// Answers at once, from the memory tier, a GET or HEAD the listener
+    /// read itself, when nothing on its path needs to wait.
+    pub fn answer_now(self: Arc<Self>, req: Request<()>, conn: &outpost_net::Conn) -> Option<Response<respond::Body>> {
+        request::answer_now(&self, req, conn, Instant::now())
+    }
+
     /// Answers a request the listener refused to read (`why`: its framing
     /// cannot be trusted) with 400, counted and logged like any other.
     pub fn refuse_request(

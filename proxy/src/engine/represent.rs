@@ -95,17 +95,45 @@ pub(super) async fn serve(cx: &Ctx, key: Key, obj: Arc<StoredObject>, status: Ca
     match choose(cx, &obj, Some(obj.body.len())) {
         Choice::Stored { vary } => stored(cx, key, &obj, status, now, vary),
         Choice::Made(c) => match Box::pin(made(cx, key, &obj, c)).await {
-            Some((mkey, made)) => {
-                let status = CacheStatus { coding: Some((c, true)), ..status };
-                // A made body cannot be fetched again from upstream.
-                serve_object(cx, mkey, &made, status, now, false)
-            }
+            Some((mkey, made)) => serve_made(cx, mkey, &made, c, status, now),
             None => stored(cx, key, &obj, status, now, true),
         },
     }
 }
 
-fn stored(cx: &Ctx, key: Key, obj: &StoredObject, status: CacheStatus, now: SystemTime, vary: bool) -> Answer {
+/// A representation made in `coding` (under `mkey`) as the answer.
+pub(super) fn serve_made(
+    cx: &Ctx,
+    mkey: Key,
+    made: &StoredObject,
+    coding: Coding,
+    status: CacheStatus,
+    now: SystemTime,
+) -> Answer {
+    let status = CacheStatus { coding: Some((coding, true)), ..status };
+    // A made body cannot be fetched again from upstream.
+    serve_object(cx, mkey, made, status, now, false)
+}
+
+/// The representation in `coding` made from `obj` (under `key`), when the
+/// memory tier holds it whole.
+pub(super) fn made_now(cx: &Ctx, key: Key, obj: &StoredObject, coding: Coding) -> Option<(Key, Arc<StoredObject>)> {
+    let store = &cx.engine.store;
+    let mkey = made_key(key, obj.fetched_at, coding);
+    match store.get_in_memory(mkey)? {
+        Entry::Object(o) if store.has_body(mkey, &o) => Some((mkey, o)),
+        _ => None,
+    }
+}
+
+pub(super) fn stored(
+    cx: &Ctx,
+    key: Key,
+    obj: &StoredObject,
+    status: CacheStatus,
+    now: SystemTime,
+    vary: bool,
+) -> Answer {
     let coding = vary.then(|| (Coding::of(&obj.headers).unwrap_or(Coding::Identity), false));
     let (mut resp, status) = serve_object(cx, key, obj, CacheStatus { coding, ..status }, now, true);
     if vary {

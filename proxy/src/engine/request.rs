@@ -85,6 +85,32 @@ pub(super) async fn handle(
     finish(engine, answer, client, started, log)
 }
 
+/// The request path for a GET or HEAD that the listener read itself, up
+/// to a fresh hit the memory tier holds in the stored representation:
+/// steps 1 to 6 and 9 as above, none of which waits. `None` when any step
+/// would wait or answer otherwise (a refusal, a redirect, a miss, a
+/// coding to make, a copy on disk); the listener then hands the request
+/// to [`handle`], which takes it again from step 1.
+pub(super) fn answer_now(
+    engine: &Arc<Engine>,
+    req: Request<()>,
+    conn: &Conn,
+    started: Instant,
+) -> Option<Response<Body>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return None;
+    }
+    let log = log_line(engine, &req);
+    let alt_svc = engine.alt_svc.as_ref().filter(|_| !conn.http3);
+    let client = Some(conn.peer);
+    let (cx, ()) = prepare(engine, req, conn.clone()).ok()?;
+    let mut answer = lookup::cacheable_now(&cx)?;
+    if let Some(v) = alt_svc.filter(|_| cx.site.http3) {
+        answer.0.headers_mut().insert(header::ALT_SVC, v.clone());
+    }
+    Some(finish(engine, answer, client, started, log))
+}
+
 /// Step 1, decided by the listener: a request whose framing it could not
 /// trust (both `Content-Length` and `Transfer-Encoding`, or a stream it
 /// could not follow) is answered 400 and logged like any other.
@@ -115,7 +141,7 @@ impl From<Error> for Ended {
 }
 
 /// Steps 1 to 4: the request's site and key, or how it ends.
-fn prepare(engine: &Arc<Engine>, req: Request<Incoming>, conn: Conn) -> Result<(Ctx, Incoming), Ended> {
+fn prepare<B>(engine: &Arc<Engine>, req: Request<B>, conn: Conn) -> Result<(Ctx, B), Ended> {
     check_framing(&req)?;
     if engine.hop.looped(req.headers()) {
         return Err(Error::Loop.into());

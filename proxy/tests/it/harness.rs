@@ -155,6 +155,15 @@ pub fn read_response(r: &mut impl std::io::BufRead, head_only: bool) -> (String,
     (status.trim_end().to_string(), headers, body)
 }
 
+/// The value of `series` (name and labels, as exported) in the process's
+/// metrics, served by `edge`'s admin listener; 0 when it is not there.
+pub async fn metric(edge: &Edge, series: &str) -> f64 {
+    let m = send(Method::GET, &format!("http://{}/metrics", edge.admin), &[]).await;
+    let text = String::from_utf8_lossy(&m.body).into_owned();
+    let line = text.lines().find(|l| l.strip_prefix(series).is_some_and(|rest| rest.starts_with(' ')));
+    line.map_or(0.0, |l| l.rsplit(' ').next().unwrap().parse().unwrap())
+}
+
 pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
     headers.iter().find(|(k, _)| k == name).map_or("", |(_, v)| v.as_str())
 }

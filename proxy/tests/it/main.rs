@@ -7,6 +7,7 @@ mod harness;
 mod cache;
 mod control_link;
 mod differential;
+mod direct;
 mod http3;
 mod represent;
 mod sendfile;

@@ -367,13 +367,7 @@ async fn park_and_wake() {
     let origin = Origin::start().await;
     // Ticks of 100 ms: a connection idle for one parks at the next.
     let edge = Edge::limited(dir.path(), origin.addr, "[limits]\nheader_read_timeout = \"400ms\"\n").await;
-    let metrics = format!("http://{}/metrics", edge.admin);
-    let parked = || async {
-        let m = send(Method::GET, &metrics, &[]).await;
-        let text = String::from_utf8_lossy(&m.body).to_string();
-        let line = text.lines().find(|l| l.starts_with("outpost_connections_parked{node=\"edge-test\"}"));
-        line.map_or(0.0, |l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-    };
+    let parked = || metric(&edge, "outpost_connections_parked{node=\"edge-test\"}");
     let request = b"GET /park?cc=max-age%3D60&size=3000 HTTP/1.1\r\nHost: t.test\r\n\r\n";
     let addr = edge.addr;
     let mut clients = tokio::task::spawn_blocking(move || {

@@ -1,0 +1,373 @@
+//! HTTP/1 requests answered without hyper.
+//!
+//! Between requests, an HTTP/1 connection whose handler answers some
+//! requests at once ([`Handler::answer_now`]) reads the next head itself.
+//! A complete head of a GET or HEAD that carries no body and asks nothing
+//! of the connection (no `Connection` but `keep-alive`, no `Upgrade`, no
+//! `Expect`), in HTTP/1.1, within the server's limits, is offered to the
+//! handler; what it answers is written here, the head encoded as hyper
+//! encodes it. Everything else — a head still partial, one hyper would
+//! refuse, one the handler declines, anything after it — goes to hyper at
+//! that request boundary, with the bytes read so far given to it first.
+//! A connection that idles for a tick parks as it does under hyper.
+//!
+//! So the requests answered here are the ones with no framing to follow:
+//! no body, nothing pipelined behind a body. The request the handler sees
+//! is built from the same bytes by the same `http` types hyper uses.
+
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as HttpBody;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{Closed, Counters, TrackedIo, Transport, Watch};
+use crate::{Body, Conn, Handler};
+
+/// Most header fields a head answered here may have (hyper's own default
+/// limit); a head with more goes to hyper, which applies the server's.
+const MAX_FIELDS: usize = 100;
+/// Room made in the read buffer before a read.
+const READ_SIZE: usize = 4096;
+
+/// The read buffer of a connection answered here.
+#[derive(Default)]
+pub(super) struct Direct {
+    buf: BytesMut,
+}
+
+impl Direct {
+    /// Answers requests until one is hyper's (`Ok`: `io.replay` holds it)
+    /// or the connection must close.
+    pub(super) async fn turn<H: Handler, S: Transport>(
+        &mut self,
+        handler: &Arc<H>,
+        io: &mut TrackedIo<S>,
+        watch: &mut Watch<'_>,
+        conn: &Conn,
+        counters: &Counters,
+    ) -> Result<(), Closed> {
+        loop {
+            if io.replay.is_empty() {
+                self.read(io, watch, &counters.parked).await?;
+                continue;
+            }
+            if io.state.lost.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            let Some((req, head)) = parse(&io.replay, watch.limits.max_header_bytes as usize) else {
+                return Ok(());
+            };
+            let head_only = req.method() == Method::HEAD;
+            let state = Arc::clone(&io.state);
+            state.active.fetch_add(1, Ordering::AcqRel);
+            // The head is in: no header timer runs (a head handed to hyper
+            // starts it again as hyper reads it).
+            state.head_started.store(0, Ordering::Release);
+            let Some(resp) = Arc::clone(handler).answer_now(req, conn) else {
+                state.active.fetch_sub(1, Ordering::AcqRel);
+                return Ok(());
+            };
+            counters.direct.increment(1);
+            io.replay.advance(head);
+            if io.replay.is_empty() {
+                // Holds the read buffer, which the next read reuses.
+                io.replay = Bytes::new();
+            }
+            // Most writes finish at once: the signals are watched only
+            // for one that waits.
+            let mut writing = std::pin::pin!(write_response(io, resp, head_only));
+            let written = match std::future::poll_fn(|cx| Poll::Ready(writing.as_mut().poll(cx))).await {
+                Poll::Ready(r) => Ok(r),
+                Poll::Pending => watch.finishing(writing).await,
+            };
+            state.idle_since.store(state.now_ms(), Ordering::Release);
+            state.active.fetch_sub(1, Ordering::AcqRel);
+            match written {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false) | Err(_)) => return Err(Closed::Ended),
+                Err(why) => return Err(why),
+            }
+        }
+    }
+
+    /// Waits for the next bytes. After a tick of idling, the buffer is
+    /// let go of and the connection parks.
+    async fn read<S: Transport>(
+        &mut self,
+        io: &mut TrackedIo<S>,
+        watch: &mut Watch<'_>,
+        parked: &metrics::Gauge,
+    ) -> Result<(), Closed> {
+        // Reclaims the buffer once the last request's bytes are let go.
+        self.buf.reserve(READ_SIZE);
+        match watch.idle(io.inner.read_buf(&mut self.buf)).await? {
+            Some(Ok(0) | Err(_)) => Err(Closed::Ended),
+            Some(Ok(_)) => {
+                io.replay = self.buf.split().freeze();
+                Ok(())
+            }
+            None => {
+                self.buf = BytesMut::new();
+                parked.increment(1.0);
+                let woke = watch.parked(io.inner.socket().readable()).await;
+                parked.decrement(1.0);
+                match woke? {
+                    Ok(()) => Ok(()),
+                    Err(_) => Err(Closed::Ended),
+                }
+            }
+        }
+    }
+}
+
+/// The request at the start of `buf`, and the length of its head, if it
+/// is one to offer the handler; anything else is hyper's.
+fn parse(buf: &Bytes, max_head: usize) -> Option<(Request<()>, usize)> {
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let head = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut parsed, buf, &mut fields)
+    {
+        Ok(httparse::Status::Complete(n)) if n <= max_head => n,
+        _ => return None,
+    };
+    let (Some(method), Some(target), Some(1)) = (parsed.method, parsed.path, parsed.version) else {
+        return None;
+    };
+    let method = match method {
+        "GET" => Method::GET,
+        "HEAD" => Method::HEAD,
+        _ => return None,
+    };
+    let Ok(uri) = Uri::from_maybe_shared(buf.slice_ref(target.as_bytes())) else { return None };
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    for field in parsed.headers.iter() {
+        let Ok(name) = HeaderName::from_bytes(field.name.as_bytes()) else { return None };
+        let asks_more = match name {
+            header::CONTENT_LENGTH | header::TRANSFER_ENCODING | header::EXPECT | header::UPGRADE => true,
+            header::CONNECTION => !field.value.eq_ignore_ascii_case(b"keep-alive"),
+            _ => false,
+        };
+        if asks_more {
+            return None;
+        }
+        let Ok(value) = HeaderValue::from_maybe_shared(buf.slice_ref(field.value)) else { return None };
+        headers.append(name, value);
+    }
+    let mut req = Request::new(());
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers;
+    Some((req, head))
+}
+
+/// How a response's body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No body is sent (HEAD, 1xx, 204, 304).
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// `resp`'s head as hyper writes it for an HTTP/1.1 request (lower-case
+/// names in the map's order, `Content-Length` or chunked framing added
+/// when the body's length asks for it, `Date` last when missing), with
+/// the framing of its body and whether the connection stays open.
+fn encode_head(resp: &Response<Body>, head_only: bool) -> (Vec<u8>, Framing, bool) {
+    let status = resp.status();
+    let body = resp.body();
+    // hyper's view of the body: none, a known length, or unknown.
+    let length = if body.is_end_stream() { None } else { Some(body.size_hint().exact()) };
+    let can_length = !status.is_informational() && !matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
+    let can_body = can_length && !head_only;
+    let mut out = Vec::with_capacity(64 + resp.headers().len() * 48);
+    if status == StatusCode::OK {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    } else {
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let mut framing = None;
+    let (mut wrote_date, mut keep_alive) = (false, true);
+    let line = |out: &mut Vec<u8>, name: &[u8], value: &[u8]| {
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    };
+    for (name, value) in resp.headers() {
+        match *name {
+            header::CONTENT_LENGTH => {
+                if framing.is_some() {
+                    continue;
+                }
+                match length {
+                    Some(Some(n)) => framing = Some(Framing::Length(n)),
+                    Some(None) => match value.to_str().ok().and_then(|v| v.parse().ok()) {
+                        Some(n) => framing = Some(Framing::Length(n)),
+                        None => continue,
+                    },
+                    // An empty body: the length is said only to HEAD.
+                    None if head_only => framing = Some(Framing::Length(0)),
+                    None => continue,
+                }
+            }
+            header::TRANSFER_ENCODING => {
+                if framing.is_some() || !can_body {
+                    continue;
+                }
+                framing = Some(Framing::Chunked);
+            }
+            header::CONNECTION
+                if value.as_bytes().split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close")) =>
+            {
+                keep_alive = false;
+            }
+            header::DATE => wrote_date = true,
+            _ => {}
+        }
+        line(&mut out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    let framing = match framing {
+        Some(f) => f,
+        None => match length {
+            // Unknown: chunked where a body may follow (the body is framed
+            // by nothing else in HTTP/1.1).
+            Some(None) => {
+                if can_body {
+                    out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                }
+                Framing::Chunked
+            }
+            None | Some(Some(0)) => {
+                if can_length && !head_only {
+                    out.extend_from_slice(b"content-length: 0\r\n");
+                }
+                Framing::Length(0)
+            }
+            Some(Some(n)) => {
+                if can_length {
+                    line(&mut out, b"content-length", itoa::Buffer::new().format(n).as_bytes());
+                }
+                Framing::Length(n)
+            }
+        },
+    };
+    if !wrote_date {
+        out.extend_from_slice(b"date: ");
+        date(&mut out);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    let framing = if can_body { framing } else { Framing::None };
+    (out, framing, keep_alive)
+}
+
+/// Appends the current time as an HTTP date, formatted once a second.
+fn date(out: &mut Vec<u8>) {
+    thread_local!(static NOW: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) });
+    let now = std::time::SystemTime::now();
+    let secs = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    NOW.with_borrow_mut(|(at, text)| {
+        if *at != secs || text.is_empty() {
+            *at = secs;
+            *text = httpdate::fmt_http_date(now);
+        }
+        out.extend_from_slice(text.as_bytes());
+    });
+}
+
+/// Writes `resp`; `Ok(false)` when the connection is to close after it.
+async fn write_response<S: Transport>(
+    io: &mut TrackedIo<S>,
+    resp: Response<Body>,
+    head_only: bool,
+) -> io::Result<bool> {
+    let (head, framing, keep_alive) = encode_head(&resp, head_only);
+    let mut body = resp.into_body();
+    let mut first = Bytes::new();
+    if framing != Framing::None
+        && let Some(frame) = next_data(&mut body).await?
+    {
+        first = frame;
+    }
+    let mut sent = first.len() as u64;
+    match framing {
+        Framing::Chunked => {
+            let size = chunk_size(first.len());
+            let end: &[u8] = if first.is_empty() { b"" } else { b"\r\n" };
+            write_all(
+                io,
+                &mut [IoSlice::new(&head), IoSlice::new(size.as_bytes()), IoSlice::new(&first), IoSlice::new(end)],
+            )
+            .await?;
+            if !first.is_empty() {
+                while let Some(data) = next_data(&mut body).await? {
+                    let size = chunk_size(data.len());
+                    write_all(io, &mut [IoSlice::new(size.as_bytes()), IoSlice::new(&data), IoSlice::new(b"\r\n")])
+                        .await?;
+                }
+                write_all(io, &mut [IoSlice::new(b"0\r\n\r\n")]).await?;
+            }
+        }
+        _ => {
+            write_all(io, &mut [IoSlice::new(&head), IoSlice::new(&first)]).await?;
+            drop(first);
+            if framing != Framing::None {
+                while let Some(data) = next_data(&mut body).await? {
+                    sent += data.len() as u64;
+                    write_all(io, &mut [IoSlice::new(&data)]).await?;
+                }
+            }
+        }
+    }
+    io.flush().await?;
+    // A body shorter or longer than its length leaves the client unable
+    // to find the next response: the connection ends.
+    let whole = match framing {
+        Framing::Length(n) => sent == n,
+        Framing::None | Framing::Chunked => true,
+    };
+    Ok(keep_alive && whole)
+}
+
+/// A chunk's size line; empty for the end of the body.
+fn chunk_size(len: usize) -> String {
+    if len == 0 { "0\r\n\r\n".to_string() } else { format!("{len:x}\r\n") }
+}
+
+/// The body's next bytes, skipping trailers and empty frames.
+async fn next_data(body: &mut Body) -> io::Result<Option<Bytes>> {
+    while let Some(frame) = body.frame().await {
+        match frame.map_err(io::Error::other)?.into_data() {
+            Ok(data) if !data.is_empty() => return Ok(Some(data)),
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
+/// Writes every byte of `parts`, in as few writes as the transport takes.
+async fn write_all<S: Transport>(io: &mut TrackedIo<S>, mut parts: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut parts, 0);
+    while !parts.is_empty() {
+        let n = io.write_vectored(parts).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut parts, n);
+    }
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! HTTP/1 requests answered without hyper: the same bytes as hyper's, and
+//! every request that is not one to answer so handed to hyper whole.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use outpost_config::Limits;
+use outpost_load::raw::read_after_stall;
+
+use super::{Echo, HyperOnly, blocking, get, limits, response, short_header_timeout, start, start_with};
+
+/// Everything `request` gets back before the server closes: the request is
+/// followed by one that closes the connection.
+fn exchange(addr: SocketAddr, request: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "{request}GET /end HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    // The time of day is the one thing that may differ.
+    let text = String::from_utf8(out).unwrap();
+    text.split("\r\n").map(|l| if l.starts_with("date: ") { "date: -" } else { l }).collect::<Vec<_>>().join("\r\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_answered_at_once_is_byte_for_byte_what_hyper_writes() {
+    let direct = start(Limits::default()).await;
+    let echo = Arc::new(Echo::default());
+    let hyper = start_with(Arc::new(HyperOnly(Arc::clone(&echo))), echo, Limits::default()).await;
+    let (a, b) = (direct.addr, hyper.addr);
+    let shapes = ["plain", "length", "stream", "no-content", "not-modified", "repeated", "close", "unknown"];
+    let mut asked = 0;
+    for method in ["GET", "HEAD"] {
+        for shape in shapes {
+            let request = format!("{method} /now/{shape} HTTP/1.1\r\nHost: a\r\n\r\n");
+            let (ours, theirs) = blocking(move || (exchange(a, &request), exchange(b, &request))).await;
+            asked += 1;
+            assert_eq!(ours, theirs, "{method} /now/{shape}");
+            assert!(ours.contains(&format!("x-shape: {shape}")), "{ours}");
+            if shape == "close" {
+                assert!(!ours.contains("GET /end"), "the connection closed after the response: {ours}");
+            } else {
+                assert!(ours.ends_with("GET /end"), "the next request was answered after it: {ours}");
+            }
+        }
+    }
+    assert_eq!(direct.echo.now.load(Ordering::SeqCst), asked, "each was answered at once");
+    assert_eq!(hyper.echo.now.load(Ordering::SeqCst), 0);
+    // Keep-alive `Connection` is no reason to go to hyper.
+    let kept =
+        blocking(move || exchange(a, "GET /now/plain HTTP/1.1\r\nHost: a\r\nConnection: Keep-Alive\r\n\r\n")).await;
+    assert!(kept.starts_with("HTTP/1.1 200 OK\r\n") && kept.ends_with("GET /end"), "{kept}");
+    assert_eq!(direct.echo.now.load(Ordering::SeqCst), asked + 1);
+}
+
+/// Requests that ask something of the connection, or carry a body, or
+/// that hyper would refuse, each followed in the same write by a request
+/// that could be answered at once: hyper answers both, so no byte of a
+/// body is ever read as a head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_is_not_a_plain_get_goes_to_hyper_with_everything_behind_it() {
+    let server = start(Limits::default()).await;
+    let addr = server.addr;
+    let cases: [(&str, &[&str]); 8] = [
+        // The body's bytes are a head that could be answered at once.
+        (
+            "GET /now/plain HTTP/1.1\r\nHost: a\r\nContent-Length: 36\r\n\r\nGET /now/plain HTTP/1.1\r\nHost: a\r\n\r\n",
+            &["200", "200"],
+        ),
+        ("GET /now/plain HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", &["200", "200"]),
+        ("POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi", &["200", "200"]),
+        ("GET /now/plain HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n", &["200", "200"]),
+        ("GET /now/plain HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n", &["200", "200"]),
+        ("GET /now/plain HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", &["200"]),
+        // A folded line: hyper refuses it, and the connection.
+        ("GET /now/plain HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n", &["400"]),
+        ("GET /now/pl ain HTTP/1.1\r\nHost: a\r\n\r\n", &["400"]),
+    ];
+    for (first, statuses) in cases {
+        let request = format!("{first}GET /now/plain HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        let answer = blocking(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(request.as_bytes()).unwrap();
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            out
+        })
+        .await;
+        let got: Vec<&str> = answer.match_indices("HTTP/1.").map(|(i, _)| &answer[i + 9..i + 12]).collect();
+        assert_eq!(got, statuses, "{first:?}: {answer}");
+    }
+    assert_eq!(server.echo.now.load(Ordering::SeqCst), 0, "nothing behind such a request is answered at once");
+    assert_eq!(get(addr, "/after").lines().last().unwrap(), "GET /after", "the server keeps serving");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_answered_at_once_and_by_hyper_take_turns_on_one_connection() {
+    let server = start(short_header_timeout()).await;
+    let addr = server.addr;
+    blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        // At once, then hyper's, then (hyper holding the connection) the
+        // rest of the write.
+        s.write_all(
+            b"GET /now/plain HTTP/1.1\r\nHost: a\r\n\r\n\
+              POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc\
+              GET /now/length HTTP/1.1\r\nHost: a\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(response(&mut s).1, "twelve bytes");
+        assert_eq!(response(&mut s).1, "POST /p abc");
+        assert_eq!(response(&mut s).1, "twelve bytes");
+        // A head split across a pause is hyper's too.
+        s.write_all(b"GET /now/plain HTTP/1.1\r\nHo").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        s.write_all(b"st: a\r\n\r\n").unwrap();
+        assert_eq!(response(&mut s).1, "twelve bytes");
+        // Once hyper lets the connection go, the next is answered at once.
+        std::thread::sleep(Duration::from_millis(500));
+        s.write_all(b"GET /now/plain HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        assert_eq!(response(&mut s).1, "twelve bytes");
+    })
+    .await;
+    assert_eq!(server.echo.now.load(Ordering::SeqCst), 2);
+    assert_eq!(server.echo.calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_an_answer_given_at_once_is_cut_off() {
+    let server = start(limits(|l| l.send_timeout = Duration::from_millis(500))).await;
+    let addr = server.addr;
+    let request = b"GET /now/big HTTP/1.1\r\nHost: a\r\n\r\n";
+    let received = blocking(move || read_after_stall(addr, request, Duration::from_millis(2500)).unwrap()).await;
+    assert!(received < 16 << 20, "the stalled client still got {received} bytes of 32 MiB");
+    assert_eq!(server.echo.now.load(Ordering::SeqCst), 1);
+    assert_eq!(get(addr, "/after").lines().last().unwrap(), "GET /after", "the server keeps serving");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_answered_at_once_idles_parks_and_times_out_as_any_other() {
+    let server = start(limits(|l| {
+        l.header_read_timeout = Duration::from_millis(400);
+        l.idle_timeout = Duration::from_millis(1500);
+    }))
+    .await;
+    let addr = server.addr;
+    let (first, closed) = blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /now/plain HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        let first = response(&mut s).1;
+        // Past the header timeout, inside the idle one: still open.
+        std::thread::sleep(Duration::from_millis(800));
+        s.write_all(b"GET /now/length HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        assert_eq!(response(&mut s).1, "twelve bytes");
+        let idle = std::time::Instant::now();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        (first, idle.elapsed())
+    })
+    .await;
+    assert_eq!(first, "twelve bytes");
+    assert!(closed >= Duration::from_millis(1300) && closed < Duration::from_secs(3), "closed after {closed:?}");
+    assert_eq!(server.echo.now.load(Ordering::SeqCst), 2);
+}

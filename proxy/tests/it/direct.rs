@@ -1,0 +1,102 @@
+//! Hits the listener answers at once (fresh copies the memory tier holds),
+//! against the same hits answered through hyper: the same status, fields
+//! and bytes, in every shape a hit takes.
+
+use std::io::{BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use crate::harness::*;
+
+type Answer = (String, Vec<(String, String)>, Vec<u8>);
+/// A method, a target and request fields.
+type Case<'a> = (&'static str, &'static str, Vec<(&'static str, &'a str)>);
+
+/// `method path` with `headers`, in one write, or (`split`) in two with a
+/// pause between, which the listener hands to hyper.
+fn ask(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], split: bool) -> Answer {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let fields: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: t.test\r\n{fields}\r\n");
+    if split {
+        s.write_all(&request.as_bytes()[..8]).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        s.write_all(&request.as_bytes()[8..]).unwrap();
+    } else {
+        s.write_all(request.as_bytes()).unwrap();
+    }
+    let (status, mut fields, body) = read_response(&mut BufReader::new(&mut s), method == "HEAD");
+    // What the clock says may differ by a second.
+    fields.retain(|(k, _)| k != "date" && k != "age");
+    for (k, v) in &mut fields {
+        if k == "cache-status"
+            && let Some(at) = v.find("ttl=")
+        {
+            let end = v[at..].find(';').map_or(v.len(), |e| at + e);
+            v.replace_range(at..end, "ttl=-");
+        }
+    }
+    (status, fields, body)
+}
+
+#[test]
+fn hits_answered_at_once_are_the_hits_hyper_answers() {
+    in_own_process("direct::hits_answered_at_once_are_the_hits_hyper_answers", || {
+        outpost_net::metrics::install_prometheus();
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(compare());
+    });
+}
+
+async fn compare() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    let edge = Edge::start(dir.path(), &site_toml(origin.addr, DEFAULT_RULES)).await;
+    let direct = || metric(&edge, "outpost_requests_answered_directly_total{node=\"edge-test\"}");
+    let plain = "/d/plain?size=3000";
+    let etag = edge.get(plain).await.headers.get("etag").unwrap().to_str().unwrap().to_string();
+    let text = "/d/text.txt?text=1&size=5000";
+    let cases: Vec<Case<'_>> = vec![
+        ("GET", plain, vec![]),
+        ("HEAD", plain, vec![]),
+        ("GET", plain, vec![("if-none-match", etag.as_str())]),
+        ("GET", plain, vec![("range", "bytes=10-99")]),
+        ("GET", plain, vec![("range", "bytes=0-9,20-29")]),
+        ("GET", plain, vec![("range", "bytes=5000-")]),
+        ("GET", text, vec![]),
+        ("GET", text, vec![("accept-encoding", "gzip")]),
+        ("GET", text, vec![("accept-encoding", "br;q=1, gzip;q=0.5")]),
+        ("HEAD", text, vec![("accept-encoding", "zstd")]),
+        ("GET", "/d/vary?size=100&vary=Accept-Language", vec![("accept-language", "en")]),
+    ];
+    let addr = edge.addr;
+    for (method, path, headers) in cases {
+        let owned: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let before = tokio::task::spawn_blocking({
+            let owned = owned.clone();
+            move || {
+                let h: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                // Stored, and its coding made, through hyper.
+                ask(addr, method, path, &h, true);
+                ask(addr, method, path, &h, true)
+            }
+        })
+        .await
+        .unwrap();
+        assert!(header(&before.1, "cache-status").contains("; hit"), "{method} {path} {headers:?}: {before:?}");
+        let counted = direct().await;
+        let (ours, again) = tokio::task::spawn_blocking(move || {
+            let h: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            (ask(addr, method, path, &h, false), ask(addr, method, path, &h, true))
+        })
+        .await
+        .unwrap();
+        assert_eq!(direct().await, counted + 1.0, "{method} {path} {headers:?} was answered at once, once");
+        for theirs in [again, before] {
+            assert_eq!((&ours.0, &ours.1), (&theirs.0, &theirs.1), "{method} {path} {headers:?}");
+            assert!(ours.2 == theirs.2, "{method} {path} {headers:?}: the bodies differ");
+        }
+    }
+    assert_eq!(origin.count("/d/plain").await, 1);
+}

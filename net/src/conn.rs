@@ -388,32 +388,58 @@ struct Watch<'a> {
     tick: Duration,
 }
 
-impl Watch<'_> {
-    /// Runs `fut` until it is done, or the connection must close.
-    async fn around<F: Future>(&mut self, fut: F) -> Result<F::Output, Closed> {
-        self.run(fut, true, false).await.map(|r| r.expect("runs until done"))
+pin_project_lite::pin_project! {
+    /// The server's shutdown and the connection's eviction, as futures
+    /// that can be waited on again and again: each wait made anew would
+    /// register with both tokens anew.
+    struct Signals<'a> {
+        #[pin]
+        shutdown: tokio_util::sync::WaitForCancellationFuture<'a>,
+        #[pin]
+        evict: tokio_util::sync::WaitForCancellationFuture<'a>,
+    }
+}
+
+impl<'a> Watch<'a> {
+    fn signals(&self) -> Signals<'a> {
+        Signals { shutdown: self.shutdown.cancelled(), evict: self.state.evict.cancelled() }
     }
 
-    /// [`Watch::around`] for a connection waiting for its next request:
-    /// `Ok(None)` once it has idled for a tick, and may park.
-    async fn idle<F: Future>(&mut self, fut: F) -> Result<Option<F::Output>, Closed> {
-        self.run(fut, true, true).await
+    /// Runs `fut` until it is done, or the connection must close.
+    async fn around<F: Future>(&mut self, fut: F) -> Result<F::Output, Closed> {
+        let signals = std::pin::pin!(self.signals());
+        self.run(fut, signals, true, false).await.map(|r| r.expect("runs until done"))
+    }
+
+    /// [`Watch::around`] for a connection waiting for its next request,
+    /// with `signals` waited on before: `Ok(None)` once it has idled for a
+    /// tick, and may park.
+    async fn idle<F: Future>(&mut self, fut: F, signals: Pin<&mut Signals<'_>>) -> Result<Option<F::Output>, Closed> {
+        self.run(fut, signals, true, true).await
     }
 
     /// [`Watch::around`] for a response being written: the server's
     /// shutdown lets it finish.
     async fn finishing<F: Future>(&mut self, fut: F) -> Result<F::Output, Closed> {
-        self.run(fut, false, false).await.map(|r| r.expect("runs until done"))
+        let signals = std::pin::pin!(self.signals());
+        self.run(fut, signals, false, false).await.map(|r| r.expect("runs until done"))
     }
 
-    async fn run<F: Future>(&mut self, fut: F, shutdown: bool, park: bool) -> Result<Option<F::Output>, Closed> {
+    async fn run<F: Future>(
+        &mut self,
+        fut: F,
+        signals: Pin<&mut Signals<'_>>,
+        shutdown: bool,
+        park: bool,
+    ) -> Result<Option<F::Output>, Closed> {
         tokio::pin!(fut);
+        let mut signals = signals.project();
         loop {
             tokio::select! {
                 biased;
                 r = &mut fut => return Ok(Some(r)),
-                _ = self.shutdown.cancelled(), if shutdown => return Err(Closed::Shutdown),
-                _ = self.state.evict.cancelled() => return Err(Closed::Evicted),
+                _ = signals.shutdown.as_mut(), if shutdown => return Err(Closed::Shutdown),
+                _ = signals.evict.as_mut() => return Err(Closed::Evicted),
                 _ = self.ticker.tick() => {
                     if let Some(why) = self.expired() {
                         return Err(why);

@@ -17,6 +17,7 @@
 
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
@@ -28,7 +29,7 @@ use http_body::Body as HttpBody;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{Closed, Counters, TrackedIo, Transport, Watch};
+use super::{Closed, Counters, Signals, TrackedIo, Transport, Watch};
 use crate::{Body, Conn, Handler};
 
 /// Most header fields a head answered here may have (hyper's own default
@@ -55,75 +56,94 @@ impl Direct {
         counters: &Counters,
     ) -> Result<(), Closed> {
         loop {
-            if io.replay.is_empty() {
-                self.read(io, watch, &counters.parked).await?;
-                continue;
+            // Held while the connection is busy, let go of when it parks.
+            let mut signals = std::pin::pin!(watch.signals());
+            loop {
+                if io.replay.is_empty() {
+                    if self.read(io, watch, signals.as_mut()).await? {
+                        continue;
+                    }
+                    break;
+                }
+                if !self.answer(handler, io, watch, conn, counters).await? {
+                    return Ok(());
+                }
             }
-            if io.state.lost.load(Ordering::Acquire) {
-                return Ok(());
-            }
-            let Some((req, head)) = parse(&io.replay, watch.limits.max_header_bytes as usize) else {
-                return Ok(());
-            };
-            let head_only = req.method() == Method::HEAD;
-            let state = Arc::clone(&io.state);
-            state.active.fetch_add(1, Ordering::AcqRel);
-            // The head is in: no header timer runs (a head handed to hyper
-            // starts it again as hyper reads it).
-            state.head_started.store(0, Ordering::Release);
-            let Some(resp) = Arc::clone(handler).answer_now(req, conn) else {
-                state.active.fetch_sub(1, Ordering::AcqRel);
-                return Ok(());
-            };
-            counters.direct.increment(1);
-            io.replay.advance(head);
-            if io.replay.is_empty() {
-                // Holds the read buffer, which the next read reuses.
-                io.replay = Bytes::new();
-            }
-            // Most writes finish at once: the signals are watched only
-            // for one that waits.
-            let mut writing = std::pin::pin!(write_response(io, resp, head_only));
-            let written = match std::future::poll_fn(|cx| Poll::Ready(writing.as_mut().poll(cx))).await {
-                Poll::Ready(r) => Ok(r),
-                Poll::Pending => watch.finishing(writing).await,
-            };
-            state.idle_since.store(state.now_ms(), Ordering::Release);
-            state.active.fetch_sub(1, Ordering::AcqRel);
-            match written {
-                Ok(Ok(true)) => {}
-                Ok(Ok(false) | Err(_)) => return Err(Closed::Ended),
-                Err(why) => return Err(why),
+            self.buf = BytesMut::new();
+            counters.parked.increment(1.0);
+            let woke = watch.parked(io.inner.socket().readable()).await;
+            counters.parked.decrement(1.0);
+            if woke?.is_err() {
+                return Err(Closed::Ended);
             }
         }
     }
 
-    /// Waits for the next bytes. After a tick of idling, the buffer is
-    /// let go of and the connection parks.
+    /// Answers the request at the start of `io.replay`: `Ok(false)` when it
+    /// is hyper's.
+    async fn answer<H: Handler, S: Transport>(
+        &mut self,
+        handler: &Arc<H>,
+        io: &mut TrackedIo<S>,
+        watch: &mut Watch<'_>,
+        conn: &Conn,
+        counters: &Counters,
+    ) -> Result<bool, Closed> {
+        if io.state.lost.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        let Some((req, head)) = parse(&io.replay, watch.limits.max_header_bytes as usize) else {
+            return Ok(false);
+        };
+        let head_only = req.method() == Method::HEAD;
+        let state = Arc::clone(&io.state);
+        state.active.fetch_add(1, Ordering::AcqRel);
+        // The head is in: no header timer runs (a head handed to hyper
+        // starts it again as hyper reads it).
+        state.head_started.store(0, Ordering::Release);
+        let Some(resp) = Arc::clone(handler).answer_now(req, conn) else {
+            state.active.fetch_sub(1, Ordering::AcqRel);
+            return Ok(false);
+        };
+        counters.direct.increment(1);
+        io.replay.advance(head);
+        if io.replay.is_empty() {
+            // Holds the read buffer, which the next read reuses.
+            io.replay = Bytes::new();
+        }
+        // Most writes finish at once: the signals are watched only for one
+        // that waits.
+        let mut writing = std::pin::pin!(write_response(io, resp, head_only));
+        let written = match std::future::poll_fn(|cx| Poll::Ready(writing.as_mut().poll(cx))).await {
+            Poll::Ready(r) => Ok(r),
+            Poll::Pending => watch.finishing(writing).await,
+        };
+        state.idle_since.store(state.now_ms(), Ordering::Release);
+        state.active.fetch_sub(1, Ordering::AcqRel);
+        match written {
+            Ok(Ok(true)) => Ok(true),
+            Ok(Ok(false) | Err(_)) => Err(Closed::Ended),
+            Err(why) => Err(why),
+        }
+    }
+
+    /// Waits for the next bytes: `Ok(false)` once the connection has idled
+    /// for a tick, and is to park.
     async fn read<S: Transport>(
         &mut self,
         io: &mut TrackedIo<S>,
         watch: &mut Watch<'_>,
-        parked: &metrics::Gauge,
-    ) -> Result<(), Closed> {
+        signals: Pin<&mut Signals<'_>>,
+    ) -> Result<bool, Closed> {
         // Reclaims the buffer once the last request's bytes are let go.
         self.buf.reserve(READ_SIZE);
-        match watch.idle(io.inner.read_buf(&mut self.buf)).await? {
+        match watch.idle(io.inner.read_buf(&mut self.buf), signals).await? {
             Some(Ok(0) | Err(_)) => Err(Closed::Ended),
             Some(Ok(_)) => {
                 io.replay = self.buf.split().freeze();
-                Ok(())
+                Ok(true)
             }
-            None => {
-                self.buf = BytesMut::new();
-                parked.increment(1.0);
-                let woke = watch.parked(io.inner.socket().readable()).await;
-                parked.decrement(1.0);
-                match woke? {
-                    Ok(()) => Ok(()),
-                    Err(_) => Err(Closed::Ended),
-                }
-            }
+            None => Ok(false),
         }
     }
 }

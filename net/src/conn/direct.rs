@@ -92,7 +92,8 @@ impl Direct {
         if io.state.lost.load(Ordering::Acquire) {
             return Ok(false);
         }
-        let Some((req, head)) = parse(&io.replay, watch.limits.max_header_bytes as usize) else {
+        let limits = watch.limits;
+        let Some((req, head)) = parse(&io.replay, limits.max_header_bytes as usize, limits.max_headers as usize) else {
             return Ok(false);
         };
         let head_only = req.method() == Method::HEAD;
@@ -149,12 +150,14 @@ impl Direct {
 }
 
 /// The request at the start of `buf`, and the length of its head, if it
-/// is one to offer the handler; anything else is hyper's.
-fn parse(buf: &Bytes, max_head: usize) -> Option<(Request<()>, usize)> {
+/// is one to offer the handler (within the server's limits on head size
+/// and field count, which hyper answers with 431); anything else is
+/// hyper's.
+fn parse(buf: &Bytes, max_head: usize, max_fields: usize) -> Option<(Request<()>, usize)> {
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+    let fields = &mut fields[..max_fields.min(MAX_FIELDS)];
     let mut parsed = httparse::Request::new(&mut []);
-    let head = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut parsed, buf, &mut fields)
-    {
+    let head = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut parsed, buf, fields) {
         Ok(httparse::Status::Complete(n)) if n <= max_head => n,
         _ => return None,
     };

@@ -10,7 +10,7 @@ use std::time::Duration;
 use outpost_config::Limits;
 use outpost_load::raw::read_after_stall;
 
-use super::{Echo, HyperOnly, blocking, get, limits, response, short_header_timeout, start, start_with};
+use super::{Echo, HyperOnly, answer_to, blocking, get, limits, response, short_header_timeout, start, start_with};
 
 /// Everything `request` gets back before the server closes: the request is
 /// followed by one that closes the connection.
@@ -167,4 +167,33 @@ async fn a_connection_answered_at_once_idles_parks_and_times_out_as_any_other() 
     assert_eq!(first, "twelve bytes");
     assert!(closed >= Duration::from_millis(1300) && closed < Duration::from_secs(3), "closed after {closed:?}");
     assert_eq!(server.echo.now.load(Ordering::SeqCst), 2);
+}
+
+/// A head within hyper's bounds but past the server's limits on fields or
+/// size is not answered at once: hyper refuses it, as it would any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_past_the_servers_limits_is_refused_as_hyper_refuses_it() {
+    let server = start(limits(|l| {
+        l.max_headers = 4;
+        l.max_header_bytes = 8192;
+    }))
+    .await;
+    let addr = server.addr;
+    let many = "GET /now/plain HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n".to_string();
+    let long = format!("GET /now/plain HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n", "y".repeat(10_000));
+    for request in [many, long] {
+        let (answer, _) = blocking(move || answer_to(addr, request.as_bytes())).await;
+        assert!(answer.starts_with("HTTP/1.1 431 "), "{}", &answer[..answer.len().min(200)]);
+    }
+    assert_eq!(server.echo.now.load(Ordering::SeqCst), 0);
+    // Four fields fit.
+    let answer = blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /now/plain HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n").unwrap();
+        response(&mut s)
+    })
+    .await;
+    assert_eq!(answer, ("HTTP/1.1 200 OK".to_string(), "twelve bytes".to_string()));
+    assert_eq!(server.echo.now.load(Ordering::SeqCst), 1);
 }

@@ -479,6 +479,15 @@ impl<'a> Watch<'a> {
         r
     }
 
+    /// Parks the connection until `socket` has bytes to read (see
+    /// [`Watch::parked`]), counted in `gauge` meanwhile.
+    async fn park(&mut self, socket: &tokio::net::TcpStream, gauge: &metrics::Gauge) -> Result<(), Closed> {
+        gauge.increment(1.0);
+        let woke = self.parked(socket.readable()).await;
+        gauge.decrement(1.0);
+        woke?.map_err(|_| Closed::Ended)
+    }
+
     /// Drives hyper's connection `served` until it ends or the connection
     /// must close. Shutdown is graceful: open exchanges finish. With
     /// `park`, a connection idle for a tick is asked to park.
@@ -684,13 +693,8 @@ where
         io.parked = false;
         state.park.store(false, Ordering::Release);
         io.tracker.shrink();
-        counters.parked.increment(1.0);
-        let woke = watch.parked(io.inner.socket().readable()).await;
-        counters.parked.decrement(1.0);
-        match woke {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Closed::Ended,
-            Err(why) => return why,
+        if let Err(why) = watch.park(io.inner.socket(), &counters.parked).await {
+            return why;
         }
     }
 }

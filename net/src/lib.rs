@@ -89,7 +89,7 @@ pub trait Handler: Send + Sync + 'static {
     /// HTTP/1.1 that has no body and asks nothing of the connection (a
     /// hit held in memory, say); `None` leaves the request to
     /// [`Handler::call`]. The response is written as hyper would write it.
-    fn answer_now(self: Arc<Self>, _req: Request<()>, _conn: &Conn) -> Option<Response<Body>> {
+    fn answer_now(_this: &Arc<Self>, _req: Request<()>, _conn: &Conn) -> Option<Response<Body>> {
         None
     }
 

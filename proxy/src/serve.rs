@@ -22,8 +22,8 @@ impl Handler for Engine {
 
     const ANSWERS_NOW: bool = true;
 
-    fn answer_now(self: Arc<Self>, req: Request<()>, conn: &Conn) -> Option<Response<Body>> {
-        Engine::answer_now(self, req, conn)
+    fn answer_now(this: &Arc<Self>, req: Request<()>, conn: &Conn) -> Option<Response<Body>> {
+        Engine::answer_now(this, req, conn)
     }
 
     fn refuse(

@@ -38,10 +38,13 @@ const MAX_FIELDS: usize = 100;
 /// Room made in the read buffer before a read.
 const READ_SIZE: usize = 4096;
 
-/// The read buffer of a connection answered here.
+/// The buffers of a connection answered here, kept while it is busy.
 #[derive(Default)]
 pub(super) struct Direct {
+    /// Bytes read.
     buf: BytesMut,
+    /// The head of the response being written.
+    head: Vec<u8>,
 }
 
 impl Direct {
@@ -69,13 +72,8 @@ impl Direct {
                     return Ok(());
                 }
             }
-            self.buf = BytesMut::new();
-            counters.parked.increment(1.0);
-            let woke = watch.parked(io.inner.socket().readable()).await;
-            counters.parked.decrement(1.0);
-            if woke?.is_err() {
-                return Err(Closed::Ended);
-            }
+            *self = Direct::default();
+            watch.park(io.inner.socket(), &counters.parked).await?;
         }
     }
 
@@ -102,7 +100,7 @@ impl Direct {
         // The head is in: no header timer runs (a head handed to hyper
         // starts it again as hyper reads it).
         state.head_started.store(0, Ordering::Release);
-        let Some(resp) = Arc::clone(handler).answer_now(req, conn) else {
+        let Some(resp) = H::answer_now(handler, req, conn) else {
             state.active.fetch_sub(1, Ordering::AcqRel);
             return Ok(false);
         };
@@ -114,7 +112,9 @@ impl Direct {
         }
         // Most writes finish at once: the signals are watched only for one
         // that waits.
-        let mut writing = std::pin::pin!(write_response(io, resp, head_only));
+        self.head.clear();
+        let (framing, keep_alive) = encode_head(&resp, head_only, &mut self.head);
+        let mut writing = std::pin::pin!(write_response(io, &self.head, framing, resp.into_body()));
         let written = match std::future::poll_fn(|cx| Poll::Ready(writing.as_mut().poll(cx))).await {
             Poll::Ready(r) => Ok(r),
             Poll::Pending => watch.finishing(writing).await,
@@ -122,8 +122,8 @@ impl Direct {
         state.idle_since.store(state.now_ms(), Ordering::Release);
         state.active.fetch_sub(1, Ordering::AcqRel);
         match written {
-            Ok(Ok(true)) => Ok(true),
-            Ok(Ok(false) | Err(_)) => Err(Closed::Ended),
+            Ok(Ok(true)) if keep_alive => Ok(true),
+            Ok(_) => Err(Closed::Ended),
             Err(why) => Err(why),
         }
     }
@@ -203,16 +203,16 @@ enum Framing {
 
 /// `resp`'s head as hyper writes it for an HTTP/1.1 request (lower-case
 /// names in the map's order, `Content-Length` or chunked framing added
-/// when the body's length asks for it, `Date` last when missing), with
-/// the framing of its body and whether the connection stays open.
-fn encode_head(resp: &Response<Body>, head_only: bool) -> (Vec<u8>, Framing, bool) {
+/// when the body's length asks for it, `Date` last when missing), written
+/// to `out`; the framing of its body and whether the connection stays
+/// open.
+fn encode_head(resp: &Response<Body>, head_only: bool, out: &mut Vec<u8>) -> (Framing, bool) {
     let status = resp.status();
     let body = resp.body();
     // hyper's view of the body: none, a known length, or unknown.
     let length = if body.is_end_stream() { None } else { Some(body.size_hint().exact()) };
     let can_length = !status.is_informational() && !matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
     let can_body = can_length && !head_only;
-    let mut out = Vec::with_capacity(64 + resp.headers().len() * 48);
     if status == StatusCode::OK {
         out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
     } else {
@@ -261,7 +261,7 @@ fn encode_head(resp: &Response<Body>, head_only: bool) -> (Vec<u8>, Framing, boo
             header::DATE => wrote_date = true,
             _ => {}
         }
-        line(&mut out, name.as_str().as_bytes(), value.as_bytes());
+        line(out, name.as_str().as_bytes(), value.as_bytes());
     }
     let framing = match framing {
         Some(f) => f,
@@ -282,7 +282,7 @@ fn encode_head(resp: &Response<Body>, head_only: bool) -> (Vec<u8>, Framing, boo
             }
             Some(Some(n)) => {
                 if can_length {
-                    line(&mut out, b"content-length", itoa::Buffer::new().format(n).as_bytes());
+                    line(out, b"content-length", itoa::Buffer::new().format(n).as_bytes());
                 }
                 Framing::Length(n)
             }
@@ -290,12 +290,12 @@ fn encode_head(resp: &Response<Body>, head_only: bool) -> (Vec<u8>, Framing, boo
     };
     if !wrote_date {
         out.extend_from_slice(b"date: ");
-        date(&mut out);
+        date(out);
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
     let framing = if can_body { framing } else { Framing::None };
-    (out, framing, keep_alive)
+    (framing, keep_alive)
 }
 
 /// Appends the current time as an HTTP date, formatted once a second.
@@ -312,14 +312,14 @@ fn date(out: &mut Vec<u8>) {
     });
 }
 
-/// Writes `resp`; `Ok(false)` when the connection is to close after it.
+/// Writes `head`, then `body` in `framing`; `Ok(false)` when the body did
+/// not fill its length, and the connection is to close after it.
 async fn write_response<S: Transport>(
     io: &mut TrackedIo<S>,
-    resp: Response<Body>,
-    head_only: bool,
+    head: &[u8],
+    framing: Framing,
+    mut body: Body,
 ) -> io::Result<bool> {
-    let (head, framing, keep_alive) = encode_head(&resp, head_only);
-    let mut body = resp.into_body();
     let mut first = Bytes::new();
     if framing != Framing::None
         && let Some(frame) = next_data(&mut body).await?
@@ -333,7 +333,7 @@ async fn write_response<S: Transport>(
             let end: &[u8] = if first.is_empty() { b"" } else { b"\r\n" };
             write_all(
                 io,
-                &mut [IoSlice::new(&head), IoSlice::new(size.as_bytes()), IoSlice::new(&first), IoSlice::new(end)],
+                &mut [IoSlice::new(head), IoSlice::new(size.as_bytes()), IoSlice::new(&first), IoSlice::new(end)],
             )
             .await?;
             if !first.is_empty() {
@@ -346,7 +346,7 @@ async fn write_response<S: Transport>(
             }
         }
         _ => {
-            write_all(io, &mut [IoSlice::new(&head), IoSlice::new(&first)]).await?;
+            write_all(io, &mut [IoSlice::new(head), IoSlice::new(&first)]).await?;
             drop(first);
             if framing != Framing::None {
                 while let Some(data) = next_data(&mut body).await? {
@@ -363,7 +363,7 @@ async fn write_response<S: Transport>(
         Framing::Length(n) => sent == n,
         Framing::None | Framing::Chunked => true,
     };
-    Ok(keep_alive && whole)
+    Ok(whole)
 }
 
 /// A chunk's size line; empty for the end of the body.

@@ -49,9 +49,9 @@ impl Handler for Echo {
         }
     }
 
-    fn answer_now(self: Arc<Self>, req: Request<()>, _conn: &Conn) -> Option<Response<Body>> {
+    fn answer_now(this: &Arc<Self>, req: Request<()>, _conn: &Conn) -> Option<Response<Body>> {
         let shape = req.uri().path().strip_prefix("/now/")?;
-        self.now.fetch_add(1, Ordering::SeqCst);
+        this.now.fetch_add(1, Ordering::SeqCst);
         Some(shaped(req.method(), shape))
     }
 }

@@ -59,8 +59,7 @@ pub(super) async fn handle(
 ) -> Response<Body> {
     let engine = &engine;
     let log = log_line(engine, &req);
-    let alt_svc = engine.alt_svc.as_ref().filter(|_| !conn.http3);
-    let client = Some(conn.peer);
+    let (client, http3) = (Some(conn.peer), conn.http3);
     let answer = match prepare(engine, req, conn) {
         Err(Ended::Failed(e)) => failed(engine, e),
         Err(Ended::Redirect(to)) => (redirect(to), CacheStatus::new(Outcome::Local)),
@@ -76,9 +75,7 @@ pub(super) async fn handle(
                 // future stays small, and a hit moves fewer bytes.
                 Box::pin(forward::forward(&cx, body)).await
             };
-            if let Some(v) = alt_svc.filter(|_| cx.site.http3) {
-                answer.0.headers_mut().insert(header::ALT_SVC, v.clone());
-            }
+            advertise_http3(engine, http3, &cx.site, &mut answer.0);
             answer
         }
     };
@@ -101,14 +98,18 @@ pub(super) fn answer_now(
         return None;
     }
     let log = log_line(engine, &req);
-    let alt_svc = engine.alt_svc.as_ref().filter(|_| !conn.http3);
-    let client = Some(conn.peer);
     let (cx, ()) = prepare(engine, req, conn.clone()).ok()?;
     let mut answer = lookup::cacheable_now(&cx)?;
-    if let Some(v) = alt_svc.filter(|_| cx.site.http3) {
-        answer.0.headers_mut().insert(header::ALT_SVC, v.clone());
+    advertise_http3(engine, conn.http3, &cx.site, &mut answer.0);
+    Some(finish(engine, answer, Some(conn.peer), started, log))
+}
+
+/// `Alt-Svc` on a response of a site with `http3 = true`, unless it goes
+/// over HTTP/3 already.
+fn advertise_http3(engine: &Engine, over_http3: bool, site: &Site, resp: &mut Response<Body>) {
+    if let Some(v) = engine.alt_svc.as_ref().filter(|_| site.http3 && !over_http3) {
+        resp.headers_mut().insert(header::ALT_SVC, v.clone());
     }
-    Some(finish(engine, answer, client, started, log))
 }
 
 /// Step 1, decided by the listener: a request whose framing it could not

@@ -197,3 +197,30 @@ async fn a_head_past_the_servers_limits_is_refused_as_hyper_refuses_it() {
     assert_eq!(answer, ("HTTP/1.1 200 OK".to_string(), "twelve bytes".to_string()));
     assert_eq!(server.echo.now.load(Ordering::SeqCst), 1);
 }
+
+/// After an answer given at once, a client that starts the next head and
+/// stalls is cut off at the header timeout, not kept for the idle one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_begun_and_stalled_after_an_answer_given_at_once_gets_the_header_timeout() {
+    let server = start(short_header_timeout()).await;
+    let addr = server.addr;
+    let (answer, closed) = blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /now/plain HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        let answer = response(&mut s);
+        // A byte at a time, then nothing.
+        for b in b"GET /now/pl" {
+            s.write_all(&[*b]).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let stalled = std::time::Instant::now();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        (answer, stalled.elapsed())
+    })
+    .await;
+    assert_eq!(answer.1, "twelve bytes");
+    assert!(closed < Duration::from_secs(2), "a stalled head held the connection {closed:?}");
+    assert_eq!(server.echo.now.load(Ordering::SeqCst), 1);
+}

@@ -43,10 +43,7 @@ fn ask(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], spl
 
 #[test]
 fn hits_answered_at_once_are_the_hits_hyper_answers() {
-    in_own_process("direct::hits_answered_at_once_are_the_hits_hyper_answers", || {
-        outpost_net::metrics::install_prometheus();
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(compare());
-    });
+    with_metrics_in_own_process("direct::hits_answered_at_once_are_the_hits_hyper_answers", compare);
 }
 
 async fn compare() {

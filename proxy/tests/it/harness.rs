@@ -114,6 +114,16 @@ pub fn assert_origin_bytes(path: &str, body: &[u8]) {
     assert_eq!(outpost_load::content::first_mismatch(seed, 0, body), None, "{path}: body differs from the origin's");
 }
 
+/// Runs `test` on a runtime of its own in a new process of this test
+/// binary, with the metrics exporter the program installs: for tests that
+/// read the process's metrics.
+pub fn with_metrics_in_own_process<F: std::future::Future<Output = ()>>(name: &str, test: impl FnOnce() -> F) {
+    in_own_process(name, || {
+        outpost_net::metrics::install_prometheus();
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(test());
+    });
+}
+
 /// Runs `work` in a new process of this test binary running only the test
 /// `name`: for tests that measure their own process.
 pub fn in_own_process(name: &str, work: impl FnOnce()) {

@@ -241,10 +241,10 @@ async fn origin_codings_are_kept_and_decoded_for_clients_that_refuse_them() {
 /// Reads the process's metrics, so it runs in a process of its own.
 #[test]
 fn a_zipf_load_with_ten_spellings_stores_one_variant_per_object_and_coding() {
-    in_own_process("represent::a_zipf_load_with_ten_spellings_stores_one_variant_per_object_and_coding", || {
-        outpost_net::metrics::install_prometheus();
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(zipf());
-    });
+    with_metrics_in_own_process(
+        "represent::a_zipf_load_with_ten_spellings_stores_one_variant_per_object_and_coding",
+        zipf,
+    );
 }
 
 /// Ten ways browsers and tools write `Accept-Encoding`, and the coding

@@ -37,10 +37,7 @@ async fn metrics(edge: &Edge) -> String {
 /// Reads the process's metrics, so it runs in a process of its own.
 #[test]
 fn large_hits_are_sent_from_files_byte_for_byte() {
-    in_own_process("sendfile::large_hits_are_sent_from_files_byte_for_byte", || {
-        outpost_net::metrics::install_prometheus();
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(large_hits());
-    });
+    with_metrics_in_own_process("sendfile::large_hits_are_sent_from_files_byte_for_byte", large_hits);
 }
 
 async fn large_hits() {
@@ -230,10 +227,10 @@ fn evict_files(dir: &std::path::Path, sizes: &[u64]) -> Vec<std::path::PathBuf> 
 /// Reads the process's metrics, so it runs in a process of its own.
 #[test]
 fn a_disk_hit_whose_file_left_the_page_cache_is_read_off_the_runtime() {
-    in_own_process("sendfile::a_disk_hit_whose_file_left_the_page_cache_is_read_off_the_runtime", || {
-        outpost_net::metrics::install_prometheus();
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(cold_disk_hit());
-    });
+    with_metrics_in_own_process(
+        "sendfile::a_disk_hit_whose_file_left_the_page_cache_is_read_off_the_runtime",
+        cold_disk_hit,
+    );
 }
 
 /// GET `path` of `t.test` over HTTP/2 without TLS: its cache status and

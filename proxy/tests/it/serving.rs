@@ -269,10 +269,7 @@ async fn http2_with_prior_knowledge() {
 /// installs the exporter as the program does.
 #[test]
 fn admin_serves_metrics_and_health() {
-    in_own_process("serving::admin_serves_metrics_and_health", || {
-        outpost_net::metrics::install_prometheus();
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(metrics_and_health());
-    });
+    with_metrics_in_own_process("serving::admin_serves_metrics_and_health", metrics_and_health);
 }
 
 async fn metrics_and_health() {
@@ -355,10 +352,7 @@ async fn shutdown_finishes_responses_in_flight() {
 /// Reads the process's metrics, so it runs in a process of its own.
 #[test]
 fn idle_connections_park_and_wake_for_the_next_hit() {
-    in_own_process("serving::idle_connections_park_and_wake_for_the_next_hit", || {
-        outpost_net::metrics::install_prometheus();
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(park_and_wake());
-    });
+    with_metrics_in_own_process("serving::idle_connections_park_and_wake_for_the_next_hit", park_and_wake);
 }
 
 async fn park_and_wake() {

@@ -441,10 +441,10 @@ fn histogram_count(text: &str, name: &str, labels: &[&str]) -> u64 {
 /// Reads the process's metrics, so it runs in a process of its own.
 #[test]
 fn new_connections_time_their_handshake_and_first_byte() {
-    crate::harness::in_own_process("tls::new_connections_time_their_handshake_and_first_byte", || {
-        outpost_net::metrics::install_prometheus();
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(connection_timings());
-    });
+    crate::harness::with_metrics_in_own_process(
+        "tls::new_connections_time_their_handshake_and_first_byte",
+        connection_timings,
+    );
 }
 
 async fn connection_timings() {

@@ -49,6 +49,8 @@ use crate::{Body, BoxError, Conn, Handler};
 
 mod direct;
 
+pub use direct::Fields;
+
 /// What one connection's parts share.
 #[derive(Debug)]
 pub(crate) struct ConnState {

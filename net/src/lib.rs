@@ -46,6 +46,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
+pub use conn::Fields;
 pub use server::{ServerConfig, bind, listen, serve};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -88,8 +89,11 @@ pub trait Handler: Send + Sync + 'static {
     /// Answers at once, without waiting on anything, a GET or HEAD in
     /// HTTP/1.1 that has no body and asks nothing of the connection (a
     /// hit held in memory, say); `None` leaves the request to
-    /// [`Handler::call`]. The response is written as hyper would write it.
-    fn answer_now(_this: &Arc<Self>, _req: Request<()>, _conn: &Conn) -> Option<Response<Body>> {
+    /// [`Handler::call`]. The response is written as hyper would write it,
+    /// with `fields` first: fields the handler may write there itself
+    /// rather than in the response's map (empty when it is called; what
+    /// it writes there is dropped when it answers `None`).
+    fn answer_now(_this: &Arc<Self>, _req: Request<()>, _conn: &Conn, _fields: &mut Fields) -> Option<Response<Body>> {
         None
     }
 

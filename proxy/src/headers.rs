@@ -28,7 +28,7 @@ pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwar
 pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Fields meant for this CDN, never shown to clients by an edge.
-pub(crate) const CDN_ONLY: [HeaderName; 4] = [OUTPOST_CACHE_CONTROL, SURROGATE_CONTROL, SURROGATE_KEY, CACHE_TAG];
+pub(crate) static CDN_ONLY: [HeaderName; 4] = [OUTPOST_CACHE_CONTROL, SURROGATE_CONTROL, SURROGATE_KEY, CACHE_TAG];
 
 /// `n` in decimal, as a header value: one allocation (the `From<u64>` of
 /// `http` makes two), none below [`SMALL`] (an `Age` of a busy object).

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use outpost_net::{Conn, Handler};
+use outpost_net::{Conn, Fields, Handler};
 
 pub(crate) use outpost_net::{Listener, bind};
 
@@ -22,8 +22,8 @@ impl Handler for Engine {
 
     const ANSWERS_NOW: bool = true;
 
-    fn answer_now(this: &Arc<Self>, req: Request<()>, conn: &Conn) -> Option<Response<Body>> {
-        Engine::answer_now(this, req, conn)
+    fn answer_now(this: &Arc<Self>, req: Request<()>, conn: &Conn, fields: &mut Fields) -> Option<Response<Body>> {
+        Engine::answer_now(this, req, conn, fields)
     }
 
     fn refuse(

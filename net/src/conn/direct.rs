@@ -38,6 +38,58 @@ const MAX_FIELDS: usize = 100;
 /// Room made in the read buffer before a read.
 const READ_SIZE: usize = 4096;
 
+/// Header fields of a response answered at once that the handler writes
+/// itself ([`Handler::answer_now`]) rather than put in the response's
+/// map, encoded as hyper encodes a map's: the name in lower case, `: `,
+/// the value, CRLF. They are sent first, before the map's fields. A
+/// handler that keeps a response's fields in a map of its own writes them
+/// from there, and builds and drops no map for the response.
+///
+/// Framing is not written here: the body's length goes by
+/// [`Fields::length`], and `Transfer-Encoding` and `Connection` only in
+/// the response's map.
+#[derive(Debug, Default)]
+pub struct Fields {
+    bytes: Vec<u8>,
+    /// `Content-Length`, as if the response's map said it.
+    length: Option<u64>,
+    /// A `Date` is among them.
+    date: bool,
+}
+
+impl Fields {
+    /// Appends a field. `Content-Length`, `Transfer-Encoding` and
+    /// `Connection` are not appended (a debug build panics): they decide
+    /// the framing, which the server works out from the response.
+    pub fn append(&mut self, name: &HeaderName, value: &HeaderValue) {
+        match *name {
+            header::CONTENT_LENGTH | header::TRANSFER_ENCODING | header::CONNECTION => {
+                debug_assert!(false, "{name} is not written among a response's fields");
+                return;
+            }
+            header::DATE => self.date = true,
+            _ => {}
+        }
+        line(&mut self.bytes, name.as_str().as_bytes(), value.as_bytes());
+    }
+
+    /// The response's `Content-Length`, as if its map said `n`.
+    pub fn length(&mut self, n: u64) {
+        self.length = Some(n);
+    }
+
+    /// Whether nothing is written.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty() && self.length.is_none()
+    }
+
+    /// Forgets what is written.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        (self.length, self.date) = (None, false);
+    }
+}
+
 /// The buffers of a connection answered here, kept while it is busy.
 #[derive(Default)]
 pub(super) struct Direct {
@@ -45,6 +97,8 @@ pub(super) struct Direct {
     buf: BytesMut,
     /// The head of the response being written.
     head: Vec<u8>,
+    /// The fields the handler writes itself.
+    fields: Fields,
 }
 
 impl Direct {
@@ -100,7 +154,8 @@ impl Direct {
         // The head is in: no header timer runs (a head handed to hyper
         // starts it again as hyper reads it).
         state.head_started.store(0, Ordering::Release);
-        let Some(resp) = H::answer_now(handler, req, conn) else {
+        self.fields.clear();
+        let Some(resp) = H::answer_now(handler, req, conn, &mut self.fields) else {
             state.active.fetch_sub(1, Ordering::AcqRel);
             return Ok(false);
         };
@@ -113,7 +168,7 @@ impl Direct {
         // Most writes finish at once: the signals are watched only for one
         // that waits.
         self.head.clear();
-        let (framing, keep_alive) = encode_head(&resp, head_only, &mut self.head);
+        let (framing, keep_alive) = encode_head(&resp, &self.fields, head_only, &mut self.head);
         let mut writing = std::pin::pin!(write_response(io, &self.head, framing, resp.into_body()));
         let written = match std::future::poll_fn(|cx| Poll::Ready(writing.as_mut().poll(cx))).await {
             Poll::Ready(r) => Ok(r),
@@ -204,9 +259,9 @@ enum Framing {
 /// `resp`'s head as hyper writes it for an HTTP/1.1 request (lower-case
 /// names in the map's order, `Content-Length` or chunked framing added
 /// when the body's length asks for it, `Date` last when missing), written
-/// to `out`; the framing of its body and whether the connection stays
-/// open.
-fn encode_head(resp: &Response<Body>, head_only: bool, out: &mut Vec<u8>) -> (Framing, bool) {
+/// to `out` with `fields` before the map's; the framing of its body and
+/// whether the connection stays open.
+fn encode_head(resp: &Response<Body>, fields: &Fields, head_only: bool, out: &mut Vec<u8>) -> (Framing, bool) {
     let status = resp.status();
     let body = resp.body();
     // hyper's view of the body: none, a known length, or unknown.
@@ -222,28 +277,32 @@ fn encode_head(resp: &Response<Body>, head_only: bool, out: &mut Vec<u8>) -> (Fr
         out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    let mut framing = None;
-    let (mut wrote_date, mut keep_alive) = (false, true);
-    let line = |out: &mut Vec<u8>, name: &[u8], value: &[u8]| {
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&fields.bytes);
+    // What hyper makes of a `Content-Length` the response says: the
+    // framing, or `None` when it leaves the field out.
+    let said_length = |value: Option<u64>| match length {
+        Some(Some(n)) => Some(Framing::Length(n)),
+        Some(None) => value.map(Framing::Length),
+        // An empty body: the length is said only to HEAD.
+        None if head_only => Some(Framing::Length(0)),
+        None => None,
     };
+    let mut framing = None;
+    if let Some(n) = fields.length
+        && let Some(f) = said_length(Some(n))
+    {
+        framing = Some(f);
+        line(out, b"content-length", itoa::Buffer::new().format(n).as_bytes());
+    }
+    let (mut wrote_date, mut keep_alive) = (fields.date, true);
     for (name, value) in resp.headers() {
         match *name {
             header::CONTENT_LENGTH => {
                 if framing.is_some() {
                     continue;
                 }
-                match length {
-                    Some(Some(n)) => framing = Some(Framing::Length(n)),
-                    Some(None) => match value.to_str().ok().and_then(|v| v.parse().ok()) {
-                        Some(n) => framing = Some(Framing::Length(n)),
-                        None => continue,
-                    },
-                    // An empty body: the length is said only to HEAD.
-                    None if head_only => framing = Some(Framing::Length(0)),
+                match said_length(value.to_str().ok().and_then(|v| v.parse().ok())) {
+                    Some(f) => framing = Some(f),
                     None => continue,
                 }
             }
@@ -296,6 +355,14 @@ fn encode_head(resp: &Response<Body>, head_only: bool, out: &mut Vec<u8>) -> (Fr
     out.extend_from_slice(b"\r\n");
     let framing = if can_body { framing } else { Framing::None };
     (framing, keep_alive)
+}
+
+/// One field, encoded.
+fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Appends the current time as an HTTP date, formatted once a second.

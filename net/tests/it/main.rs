@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use outpost_config::Limits;
 use outpost_load::raw::read_after_stall;
-use outpost_net::{Body, Conn, Handler, Listener, ServerConfig};
+use outpost_net::{Body, Conn, Fields, Handler, Listener, ServerConfig};
 use tokio_util::sync::CancellationToken;
 
 mod direct;
@@ -21,7 +21,9 @@ mod direct;
 /// Answers `/big` with 32 MiB, a POST with its path and body, a GET or
 /// HEAD under `/now/` with the response [`shaped`] names, and anything else
 /// with its path; counts calls. Requests under `/now/` are answered at once
-/// (`answer_now`), and counted apart.
+/// (`answer_now`), and counted apart; under `/now/fields/`, with the
+/// response's fields written to the connection's [`Fields`] rather than
+/// left in its map.
 #[derive(Default)]
 struct Echo {
     calls: AtomicUsize,
@@ -49,10 +51,27 @@ impl Handler for Echo {
         }
     }
 
-    fn answer_now(this: &Arc<Self>, req: Request<()>, _conn: &Conn) -> Option<Response<Body>> {
+    fn answer_now(this: &Arc<Self>, req: Request<()>, _conn: &Conn, fields: &mut Fields) -> Option<Response<Body>> {
+        use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
         let shape = req.uri().path().strip_prefix("/now/")?;
         this.now.fetch_add(1, Ordering::SeqCst);
-        Some(shaped(req.method(), shape))
+        let mut resp = shaped(req.method(), shape);
+        if shape.starts_with("fields/") {
+            // In the map's order; framing stays in the map.
+            let (mut kept, mut last) = (http::HeaderMap::new(), None);
+            for (name, value) in std::mem::take(resp.headers_mut()) {
+                // The name comes with the first of its values only.
+                let name = name.or(last.take()).expect("a name");
+                last = Some(name.clone());
+                match name {
+                    CONTENT_LENGTH => fields.length(value.to_str().unwrap().parse().unwrap()),
+                    CONNECTION | TRANSFER_ENCODING => _ = kept.append(name.clone(), value),
+                    _ => fields.append(&name, &value),
+                }
+            }
+            *resp.headers_mut() = kept;
+        }
+        Some(resp)
     }
 }
 
@@ -66,16 +85,17 @@ impl Handler for HyperOnly {
     }
 }
 
-/// Responses of every shape a head is encoded for, by name.
+/// Responses of every shape a head is encoded for, by name (after
+/// `fields/`, if the name starts with it).
 fn shaped(method: &http::Method, shape: &str) -> Response<Body> {
-    use http::header::{CONNECTION, CONTENT_LENGTH, ETAG, SET_COOKIE};
+    use http::header::{CONNECTION, CONTENT_LENGTH, DATE, ETAG, SET_COOKIE};
     use http::{HeaderValue, StatusCode};
     let full = |b: &'static [u8]| Full::new(Bytes::from_static(b)).map_err(|n| match n {}).boxed_unsync();
     let head = method == http::Method::HEAD;
     let mut resp = Response::new(full(if head { b"" } else { b"twelve bytes" }));
     let h = resp.headers_mut();
     h.insert("x-shape", HeaderValue::from_str(shape).unwrap());
-    match shape {
+    match shape.strip_prefix("fields/").unwrap_or(shape) {
         // The length from the body alone.
         "plain" => {}
         // The length said, as a stored hit says it.
@@ -107,6 +127,10 @@ fn shaped(method: &http::Method, shape: &str) -> Response<Body> {
         }
         "close" => {
             h.insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        // A date of its own: the server adds none.
+        "dated" => {
+            h.insert(DATE, HeaderValue::from_static("Mon, 01 Jan 2024 00:00:00 GMT"));
         }
         "big" => *resp.body_mut() = Full::new(Bytes::from(vec![b'x'; 32 << 20])).map_err(|n| match n {}).boxed_unsync(),
         _ => *resp.status_mut() = StatusCode::NOT_FOUND,

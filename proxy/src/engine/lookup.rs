@@ -7,6 +7,7 @@ use std::sync::Arc;
 use http::header;
 
 use super::context::{Answer, Ctx, failed};
+use super::represent::Serving;
 use super::wait::{self, Miss};
 use super::{refill, represent, segment};
 use crate::cache_status::{CacheStatus, Outcome};
@@ -64,7 +65,7 @@ pub(super) async fn cacheable(cx: &Ctx) -> Answer {
 /// Steps 5 and 6 without waiting: a hit on a copy the memory tier holds,
 /// in a representation it holds too. `None` when step 5 would read the
 /// disk, a coding is still to be made, or the request is not a hit.
-pub(super) fn cacheable_now(cx: &Ctx) -> Option<Answer> {
+pub(super) fn cacheable_now(cx: &Ctx) -> Option<Serving> {
     let found = lookup_now(cx)?;
     let obj = found.object.as_ref()?;
     // Decided before `serve`, whose stale-while-revalidate starts a
@@ -77,8 +78,8 @@ pub(super) fn cacheable_now(cx: &Ctx) -> Option<Answer> {
     let auth = cx.headers.contains_key(header::AUTHORIZATION);
     let hit = serve(cx, found, auth, cx.engine.distrusts(&cx.site)).ok()?;
     Some(match made {
-        Err(vary) => represent::stored(cx, hit.key, &hit.obj, hit.status, hit.now, vary),
-        Ok((c, (mkey, m))) => represent::serve_made(cx, mkey, &m, c, hit.status, hit.now),
+        Err(vary) => Serving::stored(hit.key, hit.obj, hit.status, hit.now, vary),
+        Ok((c, (mkey, m))) => Serving::made(mkey, m, c, hit.status, hit.now),
     })
 }
 

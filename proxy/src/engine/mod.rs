@@ -255,8 +255,13 @@ impl Engine {
 
     /// Answers at once, from the memory tier, a GET or HEAD the listener
     /// read itself, when nothing on its path needs to wait.
-    pub fn answer_now(this: &Arc<Self>, req: Request<()>, conn: &outpost_net::Conn) -> Option<Response<respond::Body>> {
-        request::answer_now(this, req, conn, Instant::now())
+    pub fn answer_now(
+        this: &Arc<Self>,
+        req: Request<()>,
+        conn: &outpost_net::Conn,
+        fields: &mut outpost_net::Fields,
+    ) -> Option<Response<respond::Body>> {
+        request::answer_now(this, req, conn, fields, Instant::now())
     }
 
     /// Answers a request the listener refused to read (`why`: its framing

@@ -92,27 +92,14 @@ fn no_transform(headers: &HeaderMap) -> bool {
 /// A stored copy as the request's representation: the copy itself, or the
 /// coding made from it (found in the store, or made now and kept).
 pub(super) async fn serve(cx: &Ctx, key: Key, obj: Arc<StoredObject>, status: CacheStatus, now: SystemTime) -> Answer {
-    match choose(cx, &obj, Some(obj.body.len())) {
-        Choice::Stored { vary } => stored(cx, key, &obj, status, now, vary),
+    let serving = match choose(cx, &obj, Some(obj.body.len())) {
+        Choice::Stored { vary } => Serving::stored(key, obj, status, now, vary),
         Choice::Made(c) => match Box::pin(made(cx, key, &obj, c)).await {
-            Some((mkey, made)) => serve_made(cx, mkey, &made, c, status, now),
-            None => stored(cx, key, &obj, status, now, true),
+            Some((mkey, made)) => Serving::made(mkey, made, c, status, now),
+            None => Serving::stored(key, obj, status, now, true),
         },
-    }
-}
-
-/// A representation made in `coding` (under `mkey`) as the answer.
-pub(super) fn serve_made(
-    cx: &Ctx,
-    mkey: Key,
-    made: &StoredObject,
-    coding: Coding,
-    status: CacheStatus,
-    now: SystemTime,
-) -> Answer {
-    let status = CacheStatus { coding: Some((coding, true)), ..status };
-    // A made body cannot be fetched again from upstream.
-    serve_object(cx, mkey, made, status, now, false)
+    };
+    serving.answer(cx)
 }
 
 /// The representation in `coding` made from `obj` (under `key`), when the
@@ -126,33 +113,71 @@ pub(super) fn made_now(cx: &Ctx, key: Key, obj: &StoredObject, coding: Coding) -
     }
 }
 
-pub(super) fn stored(
-    cx: &Ctx,
-    key: Key,
-    obj: &StoredObject,
-    status: CacheStatus,
-    now: SystemTime,
-    vary: bool,
-) -> Answer {
-    let coding = vary.then(|| (Coding::of(&obj.headers).unwrap_or(Coding::Identity), false));
-    let (mut resp, status) = serve_object(cx, key, obj, CacheStatus { coding, ..status }, now, true);
-    if vary {
-        add_vary(resp.headers_mut());
+/// A copy chosen to answer a request, in the representation the request
+/// gets: the stored copy, or a coding made from it.
+pub(super) struct Serving {
+    pub(super) key: Key,
+    pub(super) obj: Arc<StoredObject>,
+    /// With the coding sent.
+    pub(super) status: CacheStatus,
+    /// When the copy was judged (engine clock).
+    pub(super) now: SystemTime,
+    /// The response's `Vary` is to list `Accept-Encoding`.
+    pub(super) vary: bool,
+    /// A part of the body that leaves the store while it is read may be
+    /// fetched again from upstream (not for a representation made here).
+    pub(super) refillable: bool,
+}
+
+impl Serving {
+    /// The stored copy itself; `vary`: the answer depends on
+    /// `Accept-Encoding`.
+    pub(super) fn stored(
+        key: Key,
+        obj: Arc<StoredObject>,
+        status: CacheStatus,
+        now: SystemTime,
+        vary: bool,
+    ) -> Serving {
+        let coding = vary.then(|| (Coding::of(&obj.headers).unwrap_or(Coding::Identity), false));
+        Serving { key, obj, status: CacheStatus { coding, ..status }, now, vary, refillable: true }
     }
-    (resp, status)
+
+    /// A representation made in `coding` (under `mkey`).
+    pub(super) fn made(
+        mkey: Key,
+        made: Arc<StoredObject>,
+        coding: Coding,
+        status: CacheStatus,
+        now: SystemTime,
+    ) -> Serving {
+        let status = CacheStatus { coding: Some((coding, true)), ..status };
+        Serving { key: mkey, obj: made, status, now, vary: false, refillable: false }
+    }
+
+    /// The answer, its fields in a map.
+    pub(super) fn answer(self, cx: &Ctx) -> Answer {
+        let (mut resp, status) = serve_object(cx, self.key, &self.obj, self.status, self.now, self.refillable);
+        if self.vary {
+            add_vary(resp.headers_mut());
+        }
+        (resp, status)
+    }
 }
 
 /// Adds `Accept-Encoding` to a response's `Vary` unless it is there.
 pub(super) fn add_vary(headers: &mut HeaderMap) {
-    let listed = headers
-        .get_all(header::VARY)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|n| n.trim().eq_ignore_ascii_case("accept-encoding") || n.trim() == "*");
-    if !listed {
+    if !lists_accept_encoding(headers.get_all(header::VARY)) {
         headers.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
     }
+}
+
+/// Whether `Vary` values list `Accept-Encoding` (or `*`).
+pub(super) fn lists_accept_encoding<'a>(vary: impl IntoIterator<Item = &'a HeaderValue>) -> bool {
+    vary.into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|n| n.trim().eq_ignore_ascii_case("accept-encoding") || n.trim() == "*")
 }
 
 /// The fields of a representation in `coding` made from a stored copy:

@@ -31,14 +31,14 @@ use outpost_config::{Site, SiteTls};
 
 use super::context::{Answer, Ctx, failed, upstream_proto};
 use super::respond::Body;
-use super::{Engine, forward, lookup};
+use super::{Engine, forward, lookup, respond};
 use crate::cache_status::{CacheStatus, Outcome};
 use crate::error::{Error, redirect};
 use crate::headers::CACHE_STATUS;
 use crate::host::{BadHost, RequestHost};
 use crate::key::{RequestKey, Scope, normalized, shape_query};
 use crate::observe::AccessRecord;
-use outpost_net::Conn;
+use outpost_net::{Conn, Fields};
 
 /// What the access log says of a request, taken before the request is
 /// consumed (only when the log is on).
@@ -92,6 +92,7 @@ pub(super) fn answer_now(
     engine: &Arc<Engine>,
     req: Request<()>,
     conn: &Conn,
+    fields: &mut Fields,
     started: Instant,
 ) -> Option<Response<Body>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -99,15 +100,26 @@ pub(super) fn answer_now(
     }
     let log = log_line(engine, &req);
     let (cx, ()) = prepare(engine, req, conn.clone()).ok()?;
-    let mut answer = lookup::cacheable_now(&cx)?;
+    let serving = lookup::cacheable_now(&cx)?;
+    let alt_svc = alt_svc(engine, conn.http3, &cx.site);
+    if let Some((resp, status, len)) = respond::fields_now(&cx, &serving, alt_svc, fields) {
+        record(engine, &status, resp.status(), Some(len), Some(conn.peer), started.elapsed(), log);
+        return Some(resp);
+    }
+    let mut answer = serving.answer(&cx);
     advertise_http3(engine, conn.http3, &cx.site, &mut answer.0);
     Some(finish(engine, answer, Some(conn.peer), started, log))
 }
 
-/// `Alt-Svc` on a response of a site with `http3 = true`, unless it goes
+/// `Alt-Svc` for a response of a site with `http3 = true`, unless it goes
 /// over HTTP/3 already.
+fn alt_svc<'a>(engine: &'a Engine, over_http3: bool, site: &Site) -> Option<&'a HeaderValue> {
+    engine.alt_svc.as_ref().filter(|_| site.http3 && !over_http3)
+}
+
+/// [`alt_svc`] on a response.
 fn advertise_http3(engine: &Engine, over_http3: bool, site: &Site, resp: &mut Response<Body>) {
-    if let Some(v) = engine.alt_svc.as_ref().filter(|_| site.http3 && !over_http3) {
+    if let Some(v) = alt_svc(engine, over_http3, site) {
         resp.headers_mut().insert(header::ALT_SVC, v.clone());
     }
 }

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::Frame;
@@ -18,6 +18,7 @@ use outpost_net::multipart::{Part, byteranges};
 use super::context::{Answer, Ctx};
 use super::flight::{Flight, SharedHead};
 use super::refill::{Refill, Reopen, resumable};
+use super::represent::{self, Serving};
 use crate::cache_status::{CacheStatus, Detail, Outcome};
 use crate::headers::{CACHE_STATUS, CDN_ONLY, decimal};
 use crate::key::Key;
@@ -25,6 +26,7 @@ use crate::policy::is_hop_by_hop;
 use crate::store::{Blob, BodyRef, Piece, Store, StoredObject};
 use crate::upstream::BoxError;
 use hyper::body::Incoming;
+use outpost_net::Fields;
 use outpost_net::sendfile::{MAX_RANGE, SendFile, SharedFile};
 
 pub(crate) type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
@@ -320,6 +322,86 @@ pub(crate) fn object_response(
         *resp.body_mut() = source.range(0, len);
     }
     resp
+}
+
+/// Fields a client response sets itself: a site whose `[headers]` rules
+/// name one of them has its hits' fields put in a map ([`object_response`]),
+/// where the rules and these fields meet in the order they always have.
+static SET_HERE: [HeaderName; 9] = [
+    header::AGE,
+    CACHE_STATUS,
+    header::ACCEPT_RANGES,
+    header::CONTENT_LENGTH,
+    header::ALT_SVC,
+    header::VARY,
+    header::DATE,
+    header::TRANSFER_ENCODING,
+    header::CONNECTION,
+];
+
+/// The usual hit answered at once, a whole 200 (no condition holds, no
+/// range is asked), with its fields written to `fields` straight from the
+/// stored map rather than into a map of its own: the fields
+/// [`Serving::answer`] gives, the site's rules applied, and `alt_svc`
+/// when the site advertises HTTP/3. The response, its `Cache-Status` and
+/// its length; `None`, with nothing written, for any other response.
+pub(super) fn fields_now(
+    cx: &Ctx,
+    serving: &Serving,
+    alt_svc: Option<&HeaderValue>,
+    fields: &mut Fields,
+) -> Option<(Response<Body>, CacheStatus, u64)> {
+    let (obj, site, rules) = (&*serving.obj, &cx.site, &cx.engine.rules);
+    if obj.status != StatusCode::OK || cx.headers.contains_key(header::RANGE) || not_modified(&cx.headers, obj) {
+        return None;
+    }
+    let ruled =
+        |name: &HeaderName| site.headers.remove.contains(name) || site.headers.set.iter().any(|(n, _)| n == name);
+    if SET_HERE.iter().any(ruled) {
+        return None;
+    }
+    let mut listed = false;
+    for (name, value) in &obj.headers {
+        match *name {
+            header::AGE | CACHE_STATUS | header::ACCEPT_RANGES | header::CONTENT_LENGTH => continue,
+            header::ALT_SVC if alt_svc.is_some() => continue,
+            // Never stored; were they, the map would frame the response.
+            header::TRANSFER_ENCODING | header::CONNECTION => {
+                fields.clear();
+                return None;
+            }
+            header::VARY => listed = listed || represent::lists_accept_encoding([value]),
+            _ => {}
+        }
+        if (rules.strip_cdn_headers && CDN_ONLY.contains(name)) || ruled(name) {
+            continue;
+        }
+        fields.append(name, value);
+    }
+    let status = CacheStatus { partitioned: cx.partitioned, ..serving.status.clone() };
+    fields.append(&header::AGE, &decimal(obj.timing.age(serving.now).as_secs()));
+    fields.append(&CACHE_STATUS, &status.header(&cx.engine.node, None));
+    for (name, value) in &site.headers.set {
+        fields.append(name, value);
+    }
+    fields.append(&header::ACCEPT_RANGES, &HeaderValue::from_static("bytes"));
+    if serving.vary && !listed {
+        fields.append(&header::VARY, &HeaderValue::from_static("Accept-Encoding"));
+    }
+    if let Some(v) = alt_svc {
+        fields.append(&header::ALT_SVC, v);
+    }
+    let len = obj.body.len();
+    fields.length(len);
+    let mut resp = Response::new(empty());
+    if cx.method != Method::HEAD {
+        let refill = serving.refillable.then_some((cx, obj));
+        let store = &cx.engine.store;
+        let source =
+            BodySource::Stored { store, key: serving.key, body: &obj.body, sendfile: cx.sendfile.as_ref(), refill };
+        *resp.body_mut() = source.range(0, Some(len));
+    }
+    Some((resp, status, len))
 }
 
 fn partial(

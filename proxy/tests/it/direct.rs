@@ -1,6 +1,7 @@
 //! Hits the listener answers at once (fresh copies the memory tier holds),
 //! against the same hits answered through hyper: the same status, fields
-//! and bytes, in every shape a hit takes.
+//! and bytes, in every shape a hit takes. Fields are compared as HTTP
+//! compares them: in order within a name, in any order across names.
 
 use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -30,6 +31,8 @@ fn ask(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], spl
     let (status, mut fields, body) = read_response(&mut BufReader::new(&mut s), method == "HEAD");
     // What the clock says may differ by a second.
     fields.retain(|(k, _)| k != "date" && k != "age");
+    // Stable: the values of one name keep their order.
+    fields.sort_by(|a, b| a.0.cmp(&b.0));
     for (k, v) in &mut fields {
         if k == "cache-status"
             && let Some(at) = v.find("ttl=")
@@ -49,11 +52,19 @@ fn hits_answered_at_once_are_the_hits_hyper_answers() {
 async fn compare() {
     let dir = tempfile::tempdir().unwrap();
     let origin = Origin::start().await;
-    let edge = Edge::start(dir.path(), &site_toml(origin.addr, DEFAULT_RULES)).await;
+    // Rules that set a field the origin sends, set one it does not, and
+    // remove one.
+    let rules =
+        "[headers]\nset = { \"x-powered-by\" = \"edge\", \"x-served-by\" = \"outpost\" }\nremove = [\"x-drop\"]\n";
+    let edge = Edge::start(dir.path(), &site_toml(origin.addr, &format!("{DEFAULT_RULES}{rules}"))).await;
     let direct = || metric(&edge, "outpost_requests_answered_directly_total{node=\"edge-test\"}");
     let plain = "/d/plain?size=3000";
     let etag = edge.get(plain).await.headers.get("etag").unwrap().to_str().unwrap().to_string();
     let text = "/d/text.txt?text=1&size=5000";
+    // Fields for the edge to drop (CDN-only, and by the rules), to replace
+    // and to keep.
+    let ruled =
+        "/d/ruled?size=700&keys=k1&tags=t1&header=x-drop:1&header=x-powered-by:origin&header=x-kept:1&header=age:5";
     let cases: Vec<Case<'_>> = vec![
         ("GET", plain, vec![]),
         ("HEAD", plain, vec![]),
@@ -66,6 +77,10 @@ async fn compare() {
         ("GET", text, vec![("accept-encoding", "br;q=1, gzip;q=0.5")]),
         ("HEAD", text, vec![("accept-encoding", "zstd")]),
         ("GET", "/d/vary?size=100&vary=Accept-Language", vec![("accept-language", "en")]),
+        ("GET", "/d/listed.txt?text=1&size=5000&vary=Accept-Encoding", vec![("accept-encoding", "gzip")]),
+        ("GET", ruled, vec![]),
+        ("HEAD", ruled, vec![]),
+        ("GET", ruled, vec![("if-modified-since", "Mon, 01 Jan 2024 00:00:00 GMT")]),
     ];
     let addr = edge.addr;
     for (method, path, headers) in cases {
@@ -96,4 +111,14 @@ async fn compare() {
         }
     }
     assert_eq!(origin.count("/d/plain").await, 1);
+    // Both ways, the rules held.
+    let (_, fields, _) = tokio::task::spawn_blocking(move || ask(addr, "GET", ruled, &[], false)).await.unwrap();
+    for (name, value) in
+        [("x-powered-by", "edge"), ("x-served-by", "outpost"), ("x-kept", "1"), ("accept-ranges", "bytes")]
+    {
+        assert_eq!(header(&fields, name), value, "{name}: {fields:?}");
+    }
+    for gone in ["x-drop", "surrogate-key", "cache-tag"] {
+        assert!(fields.iter().all(|(k, _)| k != gone), "{gone}: {fields:?}");
+    }
 }

@@ -252,6 +252,24 @@ def size_bytes(size):
     return int(size[:-3]) * SIZES[size[-3:]]
 
 
+def tcp_setting():
+    """The kernel's TCP congestion control and loopback queueing, which
+    change what a large response costs (BBR paces by timer on loopback,
+    which has no fq qdisc): printed with every run, since runs under
+    different settings do not compare."""
+    def read(path):
+        try:
+            return open(path).read().strip()
+        except OSError:
+            return "?"
+    try:
+        qdisc = subprocess.run(["tc", "qdisc", "show", "dev", "lo"], capture_output=True, text=True).stdout.split()
+    except OSError:
+        qdisc = []
+    return (f"congestion control {read('/proc/sys/net/ipv4/tcp_congestion_control')}, "
+            f"loopback qdisc {qdisc[1] if len(qdisc) > 1 else '?'}")
+
+
 def main():
     ap = arguments()
     ap.add_argument("--sizes", default="1KiB,100KiB,1MiB")
@@ -261,6 +279,7 @@ def main():
     args = ap.parse_args()
     if os.cpu_count() < 2:
         raise SystemExit("needs two CPUs: one for the server, one for wrk")
+    print(f"TCP: {tcp_setting()}", flush=True)
     work = tempfile.mkdtemp(prefix="outpost-bench-")
     nginx_conf, edge_confs = configs(work)
     origin = start_origin(args.outpost)

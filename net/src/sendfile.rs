@@ -195,29 +195,6 @@ fn out_of_step(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("file range out of step with the response: {what}"))
 }
 
-/// Writes `bufs`, the bytes before a stand-in, telling the kernel more
-/// follows (`MSG_MORE`): the head then leaves in the same segments as the
-/// file's first bytes rather than as a small packet of its own, which the
-/// client would have to receive and acknowledge separately.
-pub(crate) fn poll_send_before_file(
-    tcp: &TcpStream,
-    cx: &mut Context<'_>,
-    bufs: &[io::IoSlice<'_>],
-) -> Poll<io::Result<usize>> {
-    use rustix::net::{SendAncillaryBuffer, SendFlags, sendmsg};
-    loop {
-        std::task::ready!(tcp.poll_write_ready(cx))?;
-        let sent = tcp.try_io(Interest::WRITABLE, || {
-            sendmsg(tcp, bufs, &mut SendAncillaryBuffer::default(), SendFlags::MORE | SendFlags::NOSIGNAL)
-                .map_err(io::Error::from)
-        });
-        match sent {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            r => return Poll::Ready(r),
-        }
-    }
-}
-
 impl FileQueue {
     /// Sends from the queue's head range the bytes a stand-in of `len`
     /// bytes at the head of a write stands for.

@@ -54,9 +54,8 @@ pub use direct::Fields;
 /// What one connection's parts share.
 #[derive(Debug)]
 pub(crate) struct ConnState {
-    /// The server's clock origin: every time below is in ms since it.
-    base: Instant,
-    /// When the connection was accepted.
+    /// When the connection was accepted. The times below are in ms of
+    /// the kernel's coarse monotonic clock ([`now_ms`]).
     pub(crate) accepted: Instant,
     /// Requests being answered.
     active: AtomicUsize,
@@ -78,11 +77,19 @@ pub(crate) struct ConnState {
     pub(crate) evicting: AtomicBool,
 }
 
+/// The kernel's coarse monotonic clock, in ms: one tick behind at most (a
+/// few ms), which the connection's timers, in seconds, do not notice, and
+/// a fraction of the cost of a precise read, which every request made
+/// twice.
+fn now_ms() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    (t.tv_sec as u64) * 1000 + (t.tv_nsec as u64) / 1_000_000
+}
+
 impl ConnState {
-    pub(crate) fn new(base: Instant, accepted: Instant) -> ConnState {
-        let at = accepted.saturating_duration_since(base).as_millis() as u64;
+    pub(crate) fn new(accepted: Instant) -> ConnState {
+        let at = now_ms();
         ConnState {
-            base,
             accepted,
             active: AtomicUsize::new(0),
             head_started: AtomicU64::new(at + 1),
@@ -97,7 +104,7 @@ impl ConnState {
     }
 
     fn now_ms(&self) -> u64 {
-        self.base.elapsed().as_millis() as u64
+        now_ms()
     }
 
     /// When this connection last did anything, if it has no request in
@@ -469,8 +476,9 @@ impl<'a> Watch<'a> {
     /// head begun and nothing to write), or the server's signals. No tick
     /// wakes it meanwhile.
     async fn parked<F: Future>(&mut self, fut: F) -> Result<F::Output, Closed> {
-        let idle_since = Duration::from_millis(self.state.idle_since.load(Ordering::Acquire));
-        let deadline = self.state.base + idle_since + self.limits.idle_timeout;
+        let idle_since = self.state.idle_since.load(Ordering::Acquire);
+        let left = (idle_since + self.limits.idle_timeout.as_millis() as u64).saturating_sub(now_ms());
+        let deadline = Instant::now() + Duration::from_millis(left);
         let r = tokio::select! {
             r = fut => Ok(r),
             _ = self.shutdown.cancelled() => Err(Closed::Shutdown),

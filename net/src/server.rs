@@ -82,7 +82,6 @@ pub async fn serve<H: Handler>(
         permits: Arc::new(Semaphore::new(config.limits.max_connections as usize)),
         table: Table::default(),
         tracker: TaskTracker::new(),
-        base: Instant::now(),
         counters: Counters {
             parked: metrics::gauge!("outpost_connections_parked", "node" => config.name.to_string()),
             direct: metrics::counter!("outpost_requests_answered_directly_total", "node" => config.name.to_string()),
@@ -108,8 +107,6 @@ struct Server<H> {
     permits: Arc<Semaphore>,
     table: Table,
     tracker: TaskTracker,
-    /// The clock connection times are measured from.
-    base: Instant,
     config: ServerConfig,
     shutdown: CancellationToken,
     counters: Counters,
@@ -132,7 +129,7 @@ impl<H: Handler> Server<H> {
                 },
             };
             let _ = stream.set_nodelay(true);
-            let state = Arc::new(ConnState::new(self.base, Instant::now()));
+            let state = Arc::new(ConnState::new(Instant::now()));
             next_id += 1;
             let id = next_id;
             self.table.lock().insert(id, Arc::clone(&state));

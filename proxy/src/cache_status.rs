@@ -146,18 +146,21 @@ impl CacheStatus {
 
     /// The member for `node`, appended to `upstream`'s list when given.
     pub(crate) fn header(&self, node: &str, upstream: Option<&HeaderValue>) -> HeaderValue {
-        // Written on the stack and copied once into the value: one
-        // allocation for the usual member; a long list falls back to a String.
+        self.with_bytes(node, upstream, HeaderValue::from_bytes).unwrap_or_else(|_| HeaderValue::from_static("outpost"))
+    }
+
+    /// [`CacheStatus::header`]'s bytes, lent to `f`: written on the stack
+    /// for the usual member, in a `String` for a long list.
+    pub(crate) fn with_bytes<T>(&self, node: &str, upstream: Option<&HeaderValue>, f: impl FnOnce(&[u8]) -> T) -> T {
         let mut line = Line { buf: [0; 192], len: 0 };
-        let value = match self.write(node, upstream, &mut line) {
-            Ok(()) => HeaderValue::from_bytes(&line.buf[..line.len]),
+        match self.write(node, upstream, &mut line) {
+            Ok(()) => f(&line.buf[..line.len]),
             Err(_) => {
                 let mut s = String::new();
                 let _ = self.write(node, upstream, &mut s);
-                HeaderValue::from_maybe_shared(bytes::Bytes::from(s))
+                f(s.as_bytes())
             }
-        };
-        value.unwrap_or_else(|_| HeaderValue::from_static("outpost"))
+        }
     }
 
     fn write(&self, node: &str, upstream: Option<&HeaderValue>, s: &mut impl Write) -> fmt::Result {

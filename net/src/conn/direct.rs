@@ -62,15 +62,29 @@ impl Fields {
     /// `Connection` are not appended (a debug build panics): they decide
     /// the framing, which the server works out from the response.
     pub fn append(&mut self, name: &HeaderName, value: &HeaderValue) {
+        // A value is a field value already.
+        self.push(name, value.as_bytes());
+    }
+
+    /// Appends a field whose value is given as bytes, if they make a field
+    /// value (as `HeaderValue::from_bytes` has it: no control character
+    /// but a tab); `false`, and nothing written, if they do not. The same
+    /// fields as [`Fields::append`] are not appended.
+    pub fn append_bytes(&mut self, name: &HeaderName, value: &[u8]) -> bool {
+        value.iter().all(|&b| (b >= b' ' && b != 0x7f) || b == b'\t') && self.push(name, value)
+    }
+
+    fn push(&mut self, name: &HeaderName, value: &[u8]) -> bool {
         match *name {
             header::CONTENT_LENGTH | header::TRANSFER_ENCODING | header::CONNECTION => {
                 debug_assert!(false, "{name} is not written among a response's fields");
-                return;
+                return false;
             }
             header::DATE => self.date = true,
             _ => {}
         }
-        line(&mut self.bytes, name.as_str().as_bytes(), value.as_bytes());
+        line(&mut self.bytes, name.as_str().as_bytes(), value);
+        true
     }
 
     /// The response's `Content-Length`, as if its map said `n`.
@@ -366,14 +380,16 @@ fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 /// Appends the current time as an HTTP date, formatted once a second.
+/// The time is the kernel's coarse clock (one tick behind at most, a few
+/// milliseconds), which costs a fraction of a precise read: a `Date` is
+/// to the second.
 fn date(out: &mut Vec<u8>) {
     thread_local!(static NOW: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) });
-    let now = std::time::SystemTime::now();
-    let secs = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let secs = u64::try_from(rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse).tv_sec).unwrap_or(0);
     NOW.with_borrow_mut(|(at, text)| {
         if *at != secs || text.is_empty() {
             *at = secs;
-            *text = httpdate::fmt_http_date(now);
+            *text = httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs));
         }
         out.extend_from_slice(text.as_bytes());
     });
@@ -460,4 +476,24 @@ async fn write_all<S: Transport>(io: &mut TrackedIo<S>, mut parts: &mut [IoSlice
         IoSlice::advance_slices(&mut parts, n);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_take_only_field_values_and_note_a_date() {
+        let mut f = Fields::default();
+        assert!(f.append_bytes(&header::ETAG, b"\"v1\"\tx"));
+        for bad in [&b"a\r\nx-injected: 1"[..], b"a\nb", b"a\0b", b"a\x7fb"] {
+            assert!(!f.append_bytes(&header::ETAG, bad), "{bad:?}");
+        }
+        assert_eq!(f.bytes, b"etag: \"v1\"\tx\r\n", "nothing of a refused value is written");
+        assert!(!f.date);
+        f.append(&header::DATE, &HeaderValue::from_static("Mon, 01 Jan 2024 00:00:00 GMT"));
+        assert!(f.date, "a Date of the handler's own keeps the server from adding one");
+        f.clear();
+        assert!(f.is_empty() && !f.date);
+    }
 }

@@ -380,7 +380,9 @@ pub(super) fn fields_now(
     }
     let status = CacheStatus { partitioned: cx.partitioned, ..serving.status.clone() };
     fields.append(&header::AGE, &decimal(obj.timing.age(serving.now).as_secs()));
-    fields.append(&CACHE_STATUS, &status.header(&cx.engine.node, None));
+    if !status.with_bytes(&cx.engine.node, None, |v| fields.append_bytes(&CACHE_STATUS, v)) {
+        fields.append(&CACHE_STATUS, &HeaderValue::from_static("outpost"));
+    }
     for (name, value) in &site.headers.set {
         fields.append(name, value);
     }

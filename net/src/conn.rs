@@ -103,10 +103,6 @@ impl ConnState {
         }
     }
 
-    fn now_ms(&self) -> u64 {
-        now_ms()
-    }
-
     /// When this connection last did anything, if it has no request in
     /// progress (only such a connection may be closed to make room).
     pub(crate) fn idle_since(&self) -> Option<u64> {
@@ -142,7 +138,7 @@ impl ConnState {
             && self.head_started.load(Ordering::Acquire) == 0
             && self.write_blocked.load(Ordering::Acquire) == 0
             && !self.lost.load(Ordering::Acquire)
-            && self.now_ms().saturating_sub(self.idle_since.load(Ordering::Acquire)) >= after.as_millis() as u64
+            && now_ms().saturating_sub(self.idle_since.load(Ordering::Acquire)) >= after.as_millis() as u64
     }
 }
 
@@ -214,7 +210,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for TrackedIo<S> {
                 this.state.park.store(false, Ordering::Release);
             }
             if this.state.active.load(Ordering::Acquire) == 0 {
-                let now = this.state.now_ms() + 1;
+                let now = now_ms() + 1;
                 let _ = this.state.head_started.compare_exchange(0, now, Ordering::AcqRel, Ordering::Relaxed);
             }
             if !this.tracker.is_stopped() {
@@ -264,7 +260,7 @@ impl<S: AsyncWrite + Unpin> TrackedIo<S> {
     fn wrote<T>(&self, r: &Poll<io::Result<T>>) {
         match r {
             Poll::Pending => {
-                let now = self.state.now_ms() + 1;
+                let now = now_ms() + 1;
                 let _ = self.state.write_blocked.compare_exchange(0, now, Ordering::AcqRel, Ordering::Relaxed);
             }
             Poll::Ready(_) => self.state.write_blocked.store(0, Ordering::Release),
@@ -312,7 +308,7 @@ struct Tracked {
 
 impl Drop for Tracked {
     fn drop(&mut self) {
-        self.state.idle_since.store(self.state.now_ms(), Ordering::Release);
+        self.state.idle_since.store(now_ms(), Ordering::Release);
         self.state.active.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -715,7 +711,7 @@ where
 
 /// The timer that has run out for this connection, if any.
 fn expired(state: &ConnState, limits: &Limits) -> Option<Closed> {
-    let now = state.now_ms();
+    let now = now_ms();
     let past = |since: u64, limit: Duration| now.saturating_sub(since) > limit.as_millis() as u64;
     let blocked = state.write_blocked.load(Ordering::Acquire);
     if blocked != 0 && past(blocked - 1, limits.send_timeout) {

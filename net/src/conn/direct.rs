@@ -92,11 +92,6 @@ impl Fields {
         self.length = Some(n);
     }
 
-    /// Whether nothing is written.
-    pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty() && self.length.is_none()
-    }
-
     /// Forgets what is written.
     pub fn clear(&mut self) {
         self.bytes.clear();
@@ -188,7 +183,7 @@ impl Direct {
             Poll::Ready(r) => Ok(r),
             Poll::Pending => watch.finishing(writing).await,
         };
-        state.idle_since.store(state.now_ms(), Ordering::Release);
+        state.idle_since.store(super::now_ms(), Ordering::Release);
         state.active.fetch_sub(1, Ordering::AcqRel);
         match written {
             Ok(Ok(true)) if keep_alive => Ok(true),
@@ -494,6 +489,6 @@ mod tests {
         f.append(&header::DATE, &HeaderValue::from_static("Mon, 01 Jan 2024 00:00:00 GMT"));
         assert!(f.date, "a Date of the handler's own keeps the server from adding one");
         f.clear();
-        assert!(f.is_empty() && !f.date);
+        assert!(f.bytes.is_empty() && f.length.is_none() && !f.date);
     }
 }

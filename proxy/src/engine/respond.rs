@@ -363,13 +363,15 @@ pub(super) fn fields_now(
     let mut listed = false;
     for (name, value) in &obj.headers {
         match *name {
-            header::AGE | CACHE_STATUS | header::ACCEPT_RANGES | header::CONTENT_LENGTH => continue,
+            // Set here; the framing and connection fields are never
+            // stored (`fetch::storable_headers`), and a response sets its own.
+            header::AGE
+            | CACHE_STATUS
+            | header::ACCEPT_RANGES
+            | header::CONTENT_LENGTH
+            | header::TRANSFER_ENCODING
+            | header::CONNECTION => continue,
             header::ALT_SVC if alt_svc.is_some() => continue,
-            // Never stored; were they, the map would frame the response.
-            header::TRANSFER_ENCODING | header::CONNECTION => {
-                fields.clear();
-                return None;
-            }
             header::VARY => listed = listed || represent::lists_accept_encoding([value]),
             _ => {}
         }

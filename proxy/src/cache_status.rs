@@ -189,7 +189,8 @@ impl CacheStatus {
             s.write_str("; collapsed")?;
         }
         if let Some(ttl) = self.ttl {
-            write!(s, "; ttl={ttl}")?;
+            s.write_str(if ttl < 0 { "; ttl=-" } else { "; ttl=" })?;
+            s.write_str(crate::headers::digits(ttl.unsigned_abs(), &mut [0; 20]))?;
         }
         let detail = match self.outcome {
             Outcome::StaleWhileRevalidate

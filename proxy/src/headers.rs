@@ -39,7 +39,13 @@ pub(crate) fn decimal(n: u64) -> HeaderValue {
     if let Some(v) = usize::try_from(n).ok().and_then(|i| TABLE.get(i)) {
         return v.clone();
     }
-    let (mut buf, mut at, mut n) = ([0u8; 20], 20, n);
+    HeaderValue::from_str(digits(n, &mut [0; 20])).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// `n` in decimal, written at the end of `buf`, without the formatting
+/// machinery.
+pub(crate) fn digits(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut at = buf.len();
     loop {
         at -= 1;
         buf[at] = b'0' + (n % 10) as u8;
@@ -48,7 +54,7 @@ pub(crate) fn decimal(n: u64) -> HeaderValue {
             break;
         }
     }
-    HeaderValue::from_bytes(&buf[at..]).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    std::str::from_utf8(&buf[at..]).unwrap_or("0")
 }
 
 /// The numbers [`decimal`] keeps made.

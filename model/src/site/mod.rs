@@ -129,8 +129,9 @@ impl Compression {
     /// and case ignored)?
     pub fn covers(&self, content_type: &str) -> bool {
         let media = content_type.split(';').next().unwrap_or_default().trim();
+        let top = media.split_once('/').map(|(top, _)| top);
         self.types.iter().any(|t| match t.strip_suffix("/*") {
-            Some(top) => media.split_once('/').is_some_and(|(m, _)| m.eq_ignore_ascii_case(top)),
+            Some(wanted) => top.is_some_and(|top| top.eq_ignore_ascii_case(wanted)),
             None => media.eq_ignore_ascii_case(t),
         })
     }

@@ -175,3 +175,17 @@ fn acme_replaces_certificate_files_for_exact_hosts_only() {
     let off = errors(&format!("{MINIMAL}[tls]\nacme = false\n"));
     assert!(off.iter().any(|e| e.contains("cert")), "acme = false still needs files: {off:?}");
 }
+
+#[test]
+fn compression_covers_media_types_by_name_or_top_level_type() {
+    let c = Compression::default();
+    assert!(c.covers("Text/HTML; charset=utf-8"), "a top-level wildcard, any case, parameters ignored");
+    assert!(c.covers(" application/json "));
+    assert!(!c.covers("application/json-seq"), "a name is matched whole");
+    assert!(!c.covers("image/png"));
+    assert!(!c.covers("application/octet-stream"));
+    assert!(!c.covers("text"), "no top-level type without a subtype");
+    assert!(!c.covers(""));
+    let only = Compression { types: vec!["image/*".into()], ..Compression::default() };
+    assert!(only.covers("image/svg+xml") && !only.covers("text/html"));
+}

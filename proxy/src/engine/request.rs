@@ -218,13 +218,15 @@ fn acme_answer(engine: &Engine, site: &Site, token: &str, method: &Method) -> Re
 /// Step 1: message framing that a proxy must not guess at (RFC 9112 §6.3).
 fn check_framing<B>(req: &Request<B>) -> Result<(), Error> {
     let h = req.headers();
-    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
-        return Err(Error::BadRequest("both Content-Length and Transfer-Encoding"));
-    }
-    if h.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
+    let mut lengths = h.get_all(header::CONTENT_LENGTH).iter();
+    let length = lengths.next().is_some();
+    if lengths.next().is_some() {
         return Err(Error::BadRequest("more than one Content-Length"));
     }
-    if h.get_all(header::HOST).iter().count() > 1 {
+    if length && h.contains_key(header::TRANSFER_ENCODING) {
+        return Err(Error::BadRequest("both Content-Length and Transfer-Encoding"));
+    }
+    if h.get_all(header::HOST).iter().nth(1).is_some() {
         return Err(Error::BadRequest("more than one Host"));
     }
     Ok(())
@@ -238,7 +240,7 @@ fn find_site<'r, B>(engine: &Engine, req: &'r Request<B>) -> Result<(RequestHost
         Err(BadHost::Missing) => return Err(Error::BadRequest("no Host")),
         Err(BadHost::Invalid) => return Err(Error::BadRequest("invalid Host")),
     };
-    let site = engine.sites().find(&host).cloned().ok_or(Error::UnknownHost)?;
+    let site = engine.sites.load().find(&host).cloned().ok_or(Error::UnknownHost)?;
     Ok((host, site))
 }
 
@@ -341,6 +343,8 @@ mod tests {
         assert!(check_framing(&req(&[("content-length", "3"), ("transfer-encoding", "chunked")])).is_err());
         assert!(check_framing(&req(&[("content-length", "3"), ("content-length", "4")])).is_err());
         assert!(check_framing(&req(&[("host", "a"), ("host", "b")])).is_err());
+        assert!(check_framing(&req(&[("transfer-encoding", "chunked"), ("content-length", "3")])).is_err());
         assert!(check_framing(&req(&[("content-length", "3")])).is_ok());
+        assert!(check_framing(&req(&[("transfer-encoding", "chunked"), ("host", "a")])).is_ok());
     }
 }

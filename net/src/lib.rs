@@ -23,6 +23,7 @@
 //! layout of a response with several ranges; [`coding`] content codings
 //! (`Accept-Encoding`, gzip, brotli, zstd).
 
+mod body;
 pub mod coding;
 pub mod control;
 pub mod h1;
@@ -42,16 +43,15 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
+pub use body::Body;
 pub use conn::Fields;
 pub use server::{ServerConfig, bind, listen, serve};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// Response bodies.
-pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
 /// A bound listener.
 #[derive(Debug)]
@@ -144,8 +144,7 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// A plain-text 400 naming what was wrong.
 pub fn bad_request(why: &str) -> Response<Body> {
-    let mut r =
-        Response::new(Full::new(Bytes::from(format!("bad request: {why}\n"))).map_err(|n| match n {}).boxed_unsync());
+    let mut r = Response::new(Body::full(format!("bad request: {why}\n")));
     *r.status_mut() = StatusCode::BAD_REQUEST;
     r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
     r
@@ -177,7 +176,7 @@ where
                 Err(never) => match never {},
             };
             match resp {
-                Ok(r) => r.map(|b| b.map_err(Into::into).boxed_unsync()),
+                Ok(r) => r.map(Body::new),
                 Err(never) => match never {},
             }
         }

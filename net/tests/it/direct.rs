@@ -31,7 +31,8 @@ async fn a_response_answered_at_once_is_byte_for_byte_what_hyper_writes() {
     let echo = Arc::new(Echo::default());
     let hyper = start_with(Arc::new(HyperOnly(Arc::clone(&echo))), echo, Limits::default()).await;
     let (a, b) = (direct.addr, hyper.addr);
-    let shapes = ["plain", "length", "stream", "no-content", "not-modified", "repeated", "close", "dated", "unknown"];
+    let shapes =
+        ["plain", "length", "stream", "boxed", "no-content", "not-modified", "repeated", "close", "dated", "unknown"];
     let mut asked = 0;
     for method in ["GET", "HEAD"] {
         // Each shape with its fields in the map, then written by the

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use outpost_config::Site;
 use outpost_net::multipart::{Part, byteranges};
@@ -24,23 +24,22 @@ use crate::headers::{CACHE_STATUS, CDN_ONLY, decimal};
 use crate::key::Key;
 use crate::policy::is_hop_by_hop;
 use crate::store::{Blob, BodyRef, Piece, Store, StoredObject};
-use crate::upstream::BoxError;
 use hyper::body::Incoming;
 use outpost_net::Fields;
 use outpost_net::sendfile::{MAX_RANGE, SendFile, SharedFile};
 
-pub(crate) type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+pub(crate) use outpost_net::Body;
 
 pub(crate) fn empty() -> Body {
-    Empty::new().map_err(|never| match never {}).boxed_unsync()
+    Body::empty()
 }
 
 pub(crate) fn full(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into()).map_err(|never| match never {}).boxed_unsync()
+    Body::full(b)
 }
 
 pub(super) fn stream_body(s: impl Stream<Item = io::Result<Bytes>> + Send + 'static) -> Body {
-    StreamBody::new(s.map_ok(Frame::data).map_err(|e| -> BoxError { Box::new(e) })).boxed_unsync()
+    Body::new(StreamBody::new(s.map_ok(Frame::data)))
 }
 
 /// Where a response body comes from.
@@ -215,7 +214,7 @@ fn apply_rules(headers: &mut HeaderMap, site: &Site, rules: &ResponseRules) {
 /// rules applied, our `Cache-Status` member appended to the upstream's.
 pub(crate) fn passed_response(cx: &Ctx, resp: Response<Incoming>, detail: Option<Detail>) -> Answer {
     let (parts, body) = resp.into_parts();
-    passed_with(cx, parts, body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync(), detail)
+    passed_with(cx, parts, Body::new(body), detail)
 }
 
 /// The same, with the body given.
@@ -445,7 +444,7 @@ fn partial(
             })
             .collect();
         let frames = futures_util::stream::iter(bodies).flat_map(|b| b.into_data_stream());
-        *resp.body_mut() = StreamBody::new(frames.map_ok(Frame::data)).boxed_unsync();
+        *resp.body_mut() = Body::new(StreamBody::new(frames.map_ok(Frame::data)));
     }
     resp
 }

@@ -186,6 +186,9 @@ fn compression_covers_media_types_by_name_or_top_level_type() {
     assert!(!c.covers("application/octet-stream"));
     assert!(!c.covers("text"), "no top-level type without a subtype");
     assert!(!c.covers(""));
+    assert!(c.covers("  text/plain ;q"), "space around it");
+    assert!(!c.covers("text;charset=x/y"), "a slash among the parameters is not the type's");
+    assert!(!c.covers("/plain") && !c.covers("textual/plain"));
     let only = Compression { types: vec!["image/*".into()], ..Compression::default() };
     assert!(only.covers("image/svg+xml") && !only.covers("text/html"));
 }

@@ -11,14 +11,15 @@ use crate::host::RequestHost;
 /// suffix. Sites are found this way by `Host`, certificates by SNI.
 #[derive(Debug)]
 pub(crate) struct HostMap<T> {
-    exact: HashMap<String, T>,
+    /// Looked up on every request: hashed fast, with a per-process seed.
+    exact: HashMap<String, T, foldhash::fast::RandomState>,
     /// (suffix with leading dot, value), longest suffix first.
     wildcard: Vec<(String, T)>,
 }
 
 impl<T> Default for HostMap<T> {
     fn default() -> Self {
-        HostMap { exact: HashMap::new(), wildcard: Vec::new() }
+        HostMap { exact: HashMap::default(), wildcard: Vec::new() }
     }
 }
 

@@ -72,8 +72,11 @@ pub(crate) struct ConnState {
     lost: AtomicBool,
     /// Asks the I/O wrapper to end hyper's connection at its next read.
     park: AtomicBool,
-    /// Closes the connection to make room for a new one.
-    pub(crate) evict: CancellationToken,
+    /// Cancelled when the connection must close: when the server shuts
+    /// down (it is a child of the server's token) or evicts it to make
+    /// room for a new one, which [`ConnState::evicting`] tells apart. One
+    /// token, so a connection waiting for its next request watches one.
+    pub(crate) close: CancellationToken,
     pub(crate) evicting: AtomicBool,
 }
 
@@ -87,7 +90,8 @@ fn now_ms() -> u64 {
 }
 
 impl ConnState {
-    pub(crate) fn new(accepted: Instant) -> ConnState {
+    /// A connection of the server whose shutdown is `shutdown`.
+    pub(crate) fn new(accepted: Instant, shutdown: &CancellationToken) -> ConnState {
         let at = now_ms();
         ConnState {
             accepted,
@@ -98,7 +102,7 @@ impl ConnState {
             framing: Mutex::new(VecDeque::new()),
             lost: AtomicBool::new(false),
             park: AtomicBool::new(false),
-            evict: CancellationToken::new(),
+            close: shutdown.child_token(),
             evicting: AtomicBool::new(false),
         }
     }
@@ -128,6 +132,11 @@ impl ConnState {
             self.lost.store(true, Ordering::Release);
         }
         f
+    }
+
+    /// Why [`ConnState::close`] was cancelled.
+    fn closed_why(&self) -> Closed {
+        if self.evicting.load(Ordering::Acquire) { Closed::Evicted } else { Closed::Shutdown }
     }
 
     /// Whether the connection has idled for `after` with nothing in
@@ -392,26 +401,18 @@ struct Watch<'a> {
     peer: SocketAddr,
     state: &'a ConnState,
     limits: &'a Limits,
-    shutdown: &'a CancellationToken,
     ticker: tokio::time::Interval,
     tick: Duration,
 }
 
-pin_project_lite::pin_project! {
-    /// The server's shutdown and the connection's eviction, as futures
-    /// that can be waited on again and again: each wait made anew would
-    /// register with both tokens anew.
-    struct Signals<'a> {
-        #[pin]
-        shutdown: tokio_util::sync::WaitForCancellationFuture<'a>,
-        #[pin]
-        evict: tokio_util::sync::WaitForCancellationFuture<'a>,
-    }
-}
+/// The server's shutdown and the connection's eviction
+/// ([`ConnState::close`]), as a future that can be waited on again and
+/// again: each wait made anew would register with the token anew.
+type Signals<'a> = tokio_util::sync::WaitForCancellationFuture<'a>;
 
 impl<'a> Watch<'a> {
     fn signals(&self) -> Signals<'a> {
-        Signals { shutdown: self.shutdown.cancelled(), evict: self.state.evict.cancelled() }
+        self.state.close.cancelled()
     }
 
     /// Runs `fut` until it is done, or the connection must close.
@@ -437,18 +438,25 @@ impl<'a> Watch<'a> {
     async fn run<F: Future>(
         &mut self,
         fut: F,
-        signals: Pin<&mut Signals<'_>>,
+        mut signals: Pin<&mut Signals<'_>>,
         shutdown: bool,
         park: bool,
     ) -> Result<Option<F::Output>, Closed> {
         tokio::pin!(fut);
-        let mut signals = signals.project();
+        let mut watching = true;
         loop {
             tokio::select! {
                 biased;
                 r = &mut fut => return Ok(Some(r)),
-                _ = signals.shutdown.as_mut(), if shutdown => return Err(Closed::Shutdown),
-                _ = signals.evict.as_mut() => return Err(Closed::Evicted),
+                _ = signals.as_mut(), if watching => match self.state.closed_why() {
+                    Closed::Shutdown if !shutdown => {
+                        // The server shuts down while a response is
+                        // written: it finishes. (A connection with a
+                        // request in progress is never evicted.)
+                        watching = false;
+                    }
+                    why => return Err(why),
+                },
                 _ = self.ticker.tick() => {
                     if let Some(why) = self.expired() {
                         return Err(why);
@@ -477,8 +485,7 @@ impl<'a> Watch<'a> {
         let deadline = Instant::now() + Duration::from_millis(left);
         let r = tokio::select! {
             r = fut => Ok(r),
-            _ = self.shutdown.cancelled() => Err(Closed::Shutdown),
-            _ = self.state.evict.cancelled() => Err(Closed::Evicted),
+            _ = self.state.close.cancelled() => Err(self.state.closed_why()),
             _ = tokio::time::sleep_until(deadline.into()) => {
                 tracing::debug!(peer = %self.peer, reason = Closed::IdleTimeout.as_str(), "closing connection");
                 Err(Closed::IdleTimeout)
@@ -509,11 +516,13 @@ impl<'a> Watch<'a> {
         loop {
             tokio::select! {
                 result = &mut *served => return Ok(Served { result, closing }),
-                _ = self.shutdown.cancelled(), if !closing => {
-                    closing = true;
-                    graceful(Pin::new(&mut *served));
-                }
-                _ = self.state.evict.cancelled() => return Err(Closed::Evicted),
+                _ = self.state.close.cancelled(), if !closing => match self.state.closed_why() {
+                    Closed::Shutdown => {
+                        closing = true;
+                        graceful(Pin::new(&mut *served));
+                    }
+                    why => return Err(why),
+                },
                 _ = self.ticker.tick() => {
                     if let Some(why) = self.expired() {
                         return Err(why);
@@ -578,7 +587,6 @@ pub(crate) struct Counters {
 /// Serves one connection until it ends, a timer fires, or it is evicted.
 /// `h2` says TLS negotiated HTTP/2 (no HTTP/1 stream to follow); a
 /// connection that did not is HTTP/2 if it starts with the preface.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve_connection<H, S>(
     handler: Arc<H>,
     stream: S,
@@ -586,7 +594,6 @@ pub(crate) async fn serve_connection<H, S>(
     h2: bool,
     state: Arc<ConnState>,
     limits: Limits,
-    shutdown: CancellationToken,
     counters: Counters,
 ) -> Closed
 where
@@ -632,14 +639,8 @@ where
         .min(limits.send_timeout)
         .div_f64(4.0)
         .clamp(Duration::from_millis(50), Duration::from_secs(1));
-    let mut watch = Watch {
-        peer: conn.peer,
-        state: &state,
-        limits: &limits,
-        shutdown: &shutdown,
-        ticker: tokio::time::interval(tick),
-        tick,
-    };
+    let mut watch =
+        Watch { peer: conn.peer, state: &state, limits: &limits, ticker: tokio::time::interval(tick), tick };
     let h2 = h2
         || match watch.around(sniff(&mut io)).await {
             Ok(Ok(Some(h2))) => h2,

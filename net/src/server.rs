@@ -53,7 +53,7 @@ impl Table {
         match victim {
             Some((_, c)) => {
                 c.evicting.store(true, Ordering::Release);
-                c.evict.cancel();
+                c.close.cancel();
                 true
             }
             None => false,
@@ -129,7 +129,7 @@ impl<H: Handler> Server<H> {
                 },
             };
             let _ = stream.set_nodelay(true);
-            let state = Arc::new(ConnState::new(Instant::now()));
+            let state = Arc::new(ConnState::new(Instant::now(), &self.shutdown));
             next_id += 1;
             let id = next_id;
             self.table.lock().insert(id, Arc::clone(&state));
@@ -197,8 +197,8 @@ impl<H: Handler> Server<H> {
         h2: bool,
         state: Arc<ConnState>,
     ) -> impl Future<Output = Closed> {
-        let (limits, shutdown, counters) = (self.config.limits, self.shutdown.clone(), self.counters.clone());
-        serve_connection(Arc::clone(&self.handler), stream, conn, h2, state, limits, shutdown, counters)
+        let (limits, counters) = (self.config.limits, self.counters.clone());
+        serve_connection(Arc::clone(&self.handler), stream, conn, h2, state, limits, counters)
     }
 
     /// One accepted connection on a TLS listener: the handshake, then HTTP.
@@ -211,8 +211,7 @@ impl<H: Handler> Server<H> {
     ) -> Closed {
         let handler = &self.handler;
         let handshake = tokio::select! {
-            _ = self.shutdown.cancelled() => return Closed::Shutdown,
-            _ = state.evict.cancelled() => return Closed::Shutdown,
+            _ = state.close.cancelled() => return Closed::Shutdown,
             r = tokio::time::timeout(self.config.limits.header_read_timeout, acceptor.accept(stream)) => r,
         };
         match handshake {

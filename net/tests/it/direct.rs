@@ -227,3 +227,41 @@ async fn a_head_begun_and_stalled_after_an_answer_given_at_once_gets_the_header_
     assert!(closed < Duration::from_secs(2), "a stalled head held the connection {closed:?}");
     assert_eq!(server.echo.now.load(Ordering::SeqCst), 1);
 }
+
+/// The server's shutdown and a connection's eviction reach a connection
+/// answered at once through one token: a response being written still
+/// finishes, and a connection waiting for its next request (not parked
+/// yet) closes at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_shutdown_an_answer_given_at_once_finishes_and_a_waiting_connection_closes() {
+    // Ticks of a second: the waiting connection does not park meanwhile.
+    let server = start(limits(|l| l.idle_timeout = Duration::from_secs(30))).await;
+    let addr = server.addr;
+    let (mut waiting, mut writing) = blocking(move || {
+        let mut waiting = TcpStream::connect(addr).unwrap();
+        waiting.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        waiting.write_all(b"GET /now/plain HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        assert_eq!(response(&mut waiting).1, "twelve bytes");
+        // 32 MiB answered at once, not read: its write waits for the client.
+        let mut writing = TcpStream::connect(addr).unwrap();
+        writing.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        writing.write_all(b"GET /now/big HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        (waiting, writing)
+    })
+    .await;
+    let started = std::time::Instant::now();
+    server.stop.cancel();
+    let (closed, received) = blocking(move || {
+        let closed = matches!(waiting.read(&mut [0u8; 8]), Ok(0));
+        let took = started.elapsed();
+        let mut all = Vec::new();
+        let _ = writing.read_to_end(&mut all);
+        assert!(closed && took < Duration::from_millis(900), "the waiting connection closed after {took:?}");
+        (closed, all.len())
+    })
+    .await;
+    assert!(closed);
+    assert!(received > 32 << 20, "the answer in flight finished: {received} bytes");
+    assert_eq!(server.echo.now.load(Ordering::SeqCst), 2);
+}

@@ -71,7 +71,9 @@ impl Fields {
     /// but a tab); `false`, and nothing written, if they do not. The same
     /// fields as [`Fields::append`] are not appended.
     pub fn append_bytes(&mut self, name: &HeaderName, value: &[u8]) -> bool {
-        value.iter().all(|&b| (b >= b' ' && b != 0x7f) || b == b'\t') && self.push(name, value)
+        // Every byte looked at, without a branch on each, so it vectorises.
+        let fits = value.iter().fold(true, |ok, &b| ok & ((b >= b' ' && b != 0x7f) | (b == b'\t')));
+        fits && self.push(name, value)
     }
 
     fn push(&mut self, name: &HeaderName, value: &[u8]) -> bool {
@@ -85,6 +87,13 @@ impl Fields {
         }
         line(&mut self.bytes, name.as_str().as_bytes(), value);
         true
+    }
+
+    /// Appends the fields written to `other` (not its length): fields a
+    /// handler writes once and keeps, for many responses.
+    pub fn extend(&mut self, other: &Fields) {
+        self.bytes.extend_from_slice(&other.bytes);
+        self.date |= other.date;
     }
 
     /// The response's `Content-Length`, as if its map said `n`.

@@ -288,6 +288,7 @@ impl FetchJob {
                 .map_or_else(|| Timing::never_fresh(times.now), |p| timing(p, times.initial_age(headers), times.now)),
             shareable_with_auth: plan.is_some_and(|p| p.shareable_with_auth),
             body: BodyRef::Inline(Bytes::new().into()),
+            derived: Default::default(),
         };
         let head = SharedHead {
             object: Arc::new(object),

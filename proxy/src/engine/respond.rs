@@ -339,60 +339,36 @@ static SET_HERE: [HeaderName; 9] = [
 ];
 
 /// The usual hit answered at once, a whole 200 (no condition holds, no
-/// range is asked), with its fields written to `fields` straight from the
-/// stored map rather than into a map of its own: the fields
-/// [`Serving::answer`] gives, the site's rules applied, and `alt_svc`
-/// when the site advertises HTTP/3. The response, its `Cache-Status` and
-/// its length; `None`, with nothing written, for any other response.
+/// range is asked), with its fields written to `fields` without a map of
+/// their own: the fields [`Serving::answer`] gives, the site's rules
+/// applied, and `alt_svc` when the site advertises HTTP/3. All but `Age`
+/// and `Cache-Status` are copied from those kept with the copy
+/// ([`HitFields`]), made from its stored map at its first such hit. The
+/// response, its `Cache-Status` and its length; `None`, with nothing
+/// written, for any other response.
 pub(super) fn fields_now(
     cx: &Ctx,
     serving: &Serving,
     alt_svc: Option<&HeaderValue>,
     fields: &mut Fields,
 ) -> Option<(Response<Body>, CacheStatus, u64)> {
-    let (obj, site, rules) = (&*serving.obj, &cx.site, &cx.engine.rules);
+    let (obj, site, strip) = (&*serving.obj, &cx.site, cx.engine.rules.strip_cdn_headers);
     if obj.status != StatusCode::OK || cx.headers.contains_key(header::RANGE) || not_modified(&cx.headers, obj) {
         return None;
     }
-    let ruled =
-        |name: &HeaderName| site.headers.remove.contains(name) || site.headers.set.iter().any(|(n, _)| n == name);
-    if SET_HERE.iter().any(ruled) {
-        return None;
-    }
-    let mut listed = false;
-    for (name, value) in &obj.headers {
-        match *name {
-            // Set here; the framing and connection fields are never
-            // stored (`fetch::storable_headers`), and a response sets its own.
-            header::AGE
-            | CACHE_STATUS
-            | header::ACCEPT_RANGES
-            | header::CONTENT_LENGTH
-            | header::TRANSFER_ENCODING
-            | header::CONNECTION => continue,
-            header::ALT_SVC if alt_svc.is_some() => continue,
-            header::VARY => listed = listed || represent::lists_accept_encoding([value]),
-            _ => {}
+    let kept = match obj.derived.get::<HitFields>() {
+        Some(kept) if kept.made_for(site, strip, alt_svc, serving.vary) => kept,
+        _ => {
+            let made = Arc::new(HitFields::new(obj, site, strip, alt_svc, serving.vary));
+            obj.derived.keep(Arc::clone(&made));
+            made
         }
-        if (rules.strip_cdn_headers && CDN_ONLY.contains(name)) || ruled(name) {
-            continue;
-        }
-        fields.append(name, value);
-    }
+    };
+    fields.extend(kept.fields.as_ref()?);
     let status = CacheStatus { partitioned: cx.partitioned, ..serving.status.clone() };
     fields.append(&header::AGE, &decimal(obj.timing.age(serving.now).as_secs()));
     if !status.with_bytes(&cx.engine.node, None, |v| fields.append_bytes(&CACHE_STATUS, v)) {
         fields.append(&CACHE_STATUS, &HeaderValue::from_static("outpost"));
-    }
-    for (name, value) in &site.headers.set {
-        fields.append(name, value);
-    }
-    fields.append(&header::ACCEPT_RANGES, &HeaderValue::from_static("bytes"));
-    if serving.vary && !listed {
-        fields.append(&header::VARY, &HeaderValue::from_static("Accept-Encoding"));
-    }
-    if let Some(v) = alt_svc {
-        fields.append(&header::ALT_SVC, v);
     }
     let len = obj.body.len();
     fields.length(len);
@@ -405,6 +381,68 @@ pub(super) fn fields_now(
         *resp.body_mut() = source.range(0, Some(len));
     }
     Some((resp, status, len))
+}
+
+/// The fields of a copy's whole 200 hits that are the same from one hit to
+/// the next (all but `Age` and `Cache-Status`), encoded once and kept with
+/// the copy ([`StoredObject::derived`]) for the rules they were made under:
+/// the stored fields the rules keep, the site's `set` fields,
+/// `Accept-Ranges`, `Vary` and `Alt-Svc`.
+pub(super) struct HitFields {
+    /// Held, so that a site reloaded since is never taken for this one.
+    site: Arc<Site>,
+    strip: bool,
+    alt_svc: Option<HeaderValue>,
+    vary: bool,
+    /// `None` when the site's rules name a field a hit sets itself: such
+    /// hits go through a map.
+    fields: Option<Fields>,
+}
+
+impl HitFields {
+    fn new(obj: &StoredObject, site: &Arc<Site>, strip: bool, alt_svc: Option<&HeaderValue>, vary: bool) -> HitFields {
+        let ruled =
+            |name: &HeaderName| site.headers.remove.contains(name) || site.headers.set.iter().any(|(n, _)| n == name);
+        let fields = (!SET_HERE.iter().any(ruled)).then(|| {
+            let mut fields = Fields::default();
+            let mut listed = false;
+            for (name, value) in &obj.headers {
+                match *name {
+                    // Set here; the framing and connection fields are never
+                    // stored (`fetch::storable_headers`), and a response sets its own.
+                    header::AGE
+                    | CACHE_STATUS
+                    | header::ACCEPT_RANGES
+                    | header::CONTENT_LENGTH
+                    | header::TRANSFER_ENCODING
+                    | header::CONNECTION => continue,
+                    header::ALT_SVC if alt_svc.is_some() => continue,
+                    header::VARY => listed = listed || represent::lists_accept_encoding([value]),
+                    _ => {}
+                }
+                if (strip && CDN_ONLY.contains(name)) || ruled(name) {
+                    continue;
+                }
+                fields.append(name, value);
+            }
+            for (name, value) in &site.headers.set {
+                fields.append(name, value);
+            }
+            fields.append(&header::ACCEPT_RANGES, &HeaderValue::from_static("bytes"));
+            if vary && !listed {
+                fields.append(&header::VARY, &HeaderValue::from_static("Accept-Encoding"));
+            }
+            if let Some(v) = alt_svc {
+                fields.append(&header::ALT_SVC, v);
+            }
+            fields
+        });
+        HitFields { site: Arc::clone(site), strip, alt_svc: alt_svc.cloned(), vary, fields }
+    }
+
+    fn made_for(&self, site: &Arc<Site>, strip: bool, alt_svc: Option<&HeaderValue>, vary: bool) -> bool {
+        Arc::ptr_eq(&self.site, site) && self.strip == strip && self.vary == vary && self.alt_svc.as_ref() == alt_svc
+    }
 }
 
 fn partial(

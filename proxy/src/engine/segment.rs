@@ -146,6 +146,7 @@ fn stored_object(
         timing: timing(&plan, initial_age, now),
         shareable_with_auth: plan.shareable_with_auth,
         body: BodyRef::Chunked { len: total, chunk_size: CHUNK_SIZE as u32, generation: new_generation() },
+        derived: Default::default(),
     })
 }
 

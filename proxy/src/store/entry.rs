@@ -49,6 +49,44 @@ impl BodyRef {
     }
 }
 
+/// What the serving side works out from a copy and keeps with it while
+/// the copy is in memory: never written to disk, and never carried over to
+/// a copy made from this one with other fields (a clone starts empty).
+#[derive(Default)]
+pub struct Derived(std::sync::Mutex<Option<Arc<dyn std::any::Any + Send + Sync>>>);
+
+impl Derived {
+    /// What is kept, if it is a `T`.
+    pub fn get<T: Send + Sync + 'static>(&self) -> Option<Arc<T>> {
+        let kept = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()?;
+        kept.downcast().ok()
+    }
+
+    /// Keeps `value` in place of what was kept.
+    pub fn keep<T: Send + Sync + 'static>(&self, value: Arc<T>) {
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(value);
+    }
+}
+
+impl Clone for Derived {
+    fn clone(&self) -> Derived {
+        Derived::default()
+    }
+}
+
+/// Not part of what a copy is.
+impl PartialEq for Derived {
+    fn eq(&self, _: &Derived) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for Derived {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Derived")
+    }
+}
+
 /// A stored response.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredObject {
@@ -66,6 +104,8 @@ pub struct StoredObject {
     pub timing: Timing,
     pub shareable_with_auth: bool,
     pub body: BodyRef,
+    /// What hits of this copy are answered with, worked out once.
+    pub derived: Derived,
 }
 
 /// A resource whose responses vary: which request fields select a variant.
@@ -93,7 +133,8 @@ impl Entry {
         OVERHEAD
             + match self {
                 Entry::Object(o) => {
-                    let headers: usize = o.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 8).sum();
+                    // The map, and the same fields encoded for hits.
+                    let headers: usize = o.headers.iter().map(|(k, v)| 2 * (k.as_str().len() + v.len() + 8)).sum();
                     let inline = match &o.body {
                         BodyRef::Inline(b) => b.len(),
                         BodyRef::Chunked { .. } => 0,
@@ -323,6 +364,7 @@ impl Code for Entry {
                     },
                     shareable_with_auth: flags & 2 != 0,
                     body,
+                    derived: Derived::default(),
                 })))
             }
             _ => Err(bad("unknown entry kind")),
@@ -359,6 +401,7 @@ pub(crate) mod tests {
             },
             shareable_with_auth: true,
             body,
+            derived: Derived::default(),
         }))
     }
 
@@ -366,6 +409,20 @@ pub(crate) mod tests {
         let mut buf = Vec::new();
         e.encode(&mut buf).unwrap();
         Entry::decode(&mut buf.as_slice()).unwrap()
+    }
+
+    #[test]
+    fn what_is_derived_from_a_copy_stays_with_it_and_never_passes_to_another() {
+        let Entry::Object(o) = sample(BodyRef::Inline(Bytes::from_static(b"x").into())) else { unreachable!() };
+        assert!(o.derived.get::<String>().is_none());
+        o.derived.keep(Arc::new(String::from("made from these fields")));
+        assert_eq!(o.derived.get::<String>().as_deref().map(String::as_str), Some("made from these fields"));
+        assert!(o.derived.get::<u64>().is_none(), "only as the type it was kept as");
+        let other = StoredObject { headers: HeaderMap::new(), ..(*o).clone() };
+        assert!(other.derived.get::<String>().is_none(), "a copy with other fields starts without");
+        assert_eq!(other.derived, o.derived, "not part of what a copy is");
+        let Entry::Object(decoded) = round_trip(&Entry::Object(Arc::clone(&o))) else { unreachable!() };
+        assert!(decoded.derived.get::<String>().is_none(), "never stored");
     }
 
     #[test]

@@ -121,4 +121,17 @@ async fn compare() {
     for gone in ["x-drop", "surrogate-key", "cache-tag"] {
         assert!(fields.iter().all(|(k, _)| k != gone), "{gone}: {fields:?}");
     }
+    // The copy keeps its hits' fields, made under the rules of the site
+    // as it was: new rules reach its next hit.
+    let rules = "[headers]\nset = { \"x-served-by\" = \"reloaded\" }\nremove = [\"x-kept\"]\n";
+    let site: outpost_config::Site = site_toml(origin.addr, &format!("{DEFAULT_RULES}{rules}")).parse().unwrap();
+    edge.engine.set_sites(vec![site]);
+    let counted = direct().await;
+    let (_, fields, _) = tokio::task::spawn_blocking(move || ask(addr, "GET", ruled, &[], false)).await.unwrap();
+    assert_eq!(direct().await, counted + 1.0, "answered at once");
+    assert!(header(&fields, "cache-status").contains("; hit"), "{fields:?}");
+    for (name, value) in [("x-powered-by", "origin"), ("x-served-by", "reloaded"), ("x-drop", "1")] {
+        assert_eq!(header(&fields, name), value, "{name}: {fields:?}");
+    }
+    assert!(fields.iter().all(|(k, _)| k != "x-kept"), "{fields:?}");
 }

@@ -34,6 +34,7 @@ use crate::cache_status::CacheStatus;
 use crate::key::{Key, made_key};
 use crate::policy::Directives;
 use crate::store::{Entry, StoredObject};
+use outpost_config::Site;
 
 /// How a request is answered from an object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,16 +56,20 @@ pub(super) fn choose(cx: &Ctx, obj: &StoredObject, len: Option<u64>) -> Choice {
         return AS_IS;
     }
     let compress = &cx.site.compress;
-    match Coding::of(&obj.headers) {
+    let codings = match obj.derived.get::<Codings>() {
+        Some(kept) if Arc::ptr_eq(&kept.site, &cx.site) => kept,
+        _ => {
+            let made = Arc::new(Codings::new(obj, &cx.site));
+            obj.derived.keep(Arc::clone(&made));
+            made
+        }
+    };
+    match codings.stored {
         // A coding of its own that Outpost cannot read: as it is.
         None => AS_IS,
         Some(Coding::Identity) => {
             let fits = len.is_some_and(|l| l >= compress.min_size && l <= compress.max_size);
-            let covered = || {
-                let kind = obj.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-                kind.is_some_and(|t| compress.covers(t))
-            };
-            if !fits || !covered() || no_transform(&obj.headers) {
+            if !fits || !codings.covered || codings.no_transform {
                 AS_IS
             } else if wanted == Coding::Identity {
                 Choice::Stored { vary: true }
@@ -79,14 +84,36 @@ pub(super) fn choose(cx: &Ctx, obj: &StoredObject, len: Option<u64>) -> Choice {
             let decode = !accepted.accepts(stored)
                 && accepted.accepts(Coding::Identity)
                 && len.is_some_and(|l| l <= compress.max_size)
-                && !no_transform(&obj.headers);
+                && !codings.no_transform;
             if decode { Choice::Made(Coding::Identity) } else { Choice::Stored { vary: true } }
         }
     }
 }
 
-fn no_transform(headers: &HeaderMap) -> bool {
-    Directives::parse_all(headers.get_all(header::CACHE_CONTROL)).no_transform
+/// What [`choose`] needs of a copy's fields under a site's rules, worked
+/// out at its first hit and kept with it (`StoredObject::derived`): a hit
+/// then reads them instead of its fields.
+struct Codings {
+    /// Held, so that a site reloaded since is never taken for this one.
+    site: Arc<Site>,
+    /// The copy's own coding (`None`: one Outpost cannot read).
+    stored: Option<Coding>,
+    /// The site compresses the copy's `Content-Type`.
+    covered: bool,
+    /// `Cache-Control: no-transform`.
+    no_transform: bool,
+}
+
+impl Codings {
+    fn new(obj: &StoredObject, site: &Arc<Site>) -> Codings {
+        let kind = obj.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        Codings {
+            site: Arc::clone(site),
+            stored: Coding::of(&obj.headers),
+            covered: kind.is_some_and(|t| site.compress.covers(t)),
+            no_transform: Directives::parse_all(obj.headers.get_all(header::CACHE_CONTROL)).no_transform,
+        }
+    }
 }
 
 /// A stored copy as the request's representation: the copy itself, or the

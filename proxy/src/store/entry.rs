@@ -6,6 +6,7 @@
 //! chunks. The format starts with a version byte; an entry of another
 //! version does not decode and reads as a miss.
 
+use std::any::Any;
 use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -52,19 +53,23 @@ impl BodyRef {
 /// What the serving side works out from a copy and keeps with it while
 /// the copy is in memory: never written to disk, and never carried over to
 /// a copy made from this one with other fields (a clone starts empty).
+/// One value of each type.
 #[derive(Default)]
-pub struct Derived(std::sync::Mutex<Option<Arc<dyn std::any::Any + Send + Sync>>>);
+pub struct Derived(std::sync::Mutex<Vec<Arc<dyn Any + Send + Sync>>>);
 
 impl Derived {
-    /// What is kept, if it is a `T`.
-    pub fn get<T: Send + Sync + 'static>(&self) -> Option<Arc<T>> {
-        let kept = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()?;
-        kept.downcast().ok()
+    /// The `T` kept, if any.
+    pub fn get<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        let kept = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let found = kept.iter().find(|v| <dyn Any>::is::<T>(&***v))?;
+        Arc::clone(found).downcast().ok()
     }
 
-    /// Keeps `value` in place of what was kept.
-    pub fn keep<T: Send + Sync + 'static>(&self, value: Arc<T>) {
-        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(value);
+    /// Keeps `value` in place of the `T` kept before.
+    pub fn keep<T: Any + Send + Sync>(&self, value: Arc<T>) {
+        let mut kept = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        kept.retain(|v| !<dyn Any>::is::<T>(&**v));
+        kept.push(value);
     }
 }
 
@@ -418,6 +423,10 @@ pub(crate) mod tests {
         o.derived.keep(Arc::new(String::from("made from these fields")));
         assert_eq!(o.derived.get::<String>().as_deref().map(String::as_str), Some("made from these fields"));
         assert!(o.derived.get::<u64>().is_none(), "only as the type it was kept as");
+        o.derived.keep(Arc::new(7u64));
+        o.derived.keep(Arc::new(String::from("made again")));
+        assert_eq!(o.derived.get::<u64>().as_deref(), Some(&7), "one of each type");
+        assert_eq!(o.derived.get::<String>().as_deref().map(String::as_str), Some("made again"));
         let other = StoredObject { headers: HeaderMap::new(), ..(*o).clone() };
         assert!(other.derived.get::<String>().is_none(), "a copy with other fields starts without");
         assert_eq!(other.derived, o.derived, "not part of what a copy is");

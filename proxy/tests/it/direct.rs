@@ -134,4 +134,15 @@ async fn compare() {
         assert_eq!(header(&fields, name), value, "{name}: {fields:?}");
     }
     assert!(fields.iter().all(|(k, _)| k != "x-kept"), "{fields:?}");
+    // And which types the site compresses: the text copy, whose gzip was
+    // made, is now sent as it is.
+    let ask_gzip = move || ask(addr, "GET", text, &[("accept-encoding", "gzip")], false);
+    let (_, fields, _) = tokio::task::spawn_blocking(ask_gzip).await.unwrap();
+    assert_eq!(header(&fields, "content-encoding"), "gzip", "{fields:?}");
+    let compress = "[compress]\ntypes = [\"image/*\"]\n";
+    let site: outpost_config::Site = site_toml(origin.addr, &format!("{DEFAULT_RULES}{compress}")).parse().unwrap();
+    edge.engine.set_sites(vec![site]);
+    let (_, fields, body) = tokio::task::spawn_blocking(ask_gzip).await.unwrap();
+    assert!(fields.iter().all(|(k, _)| k != "content-encoding" && k != "vary"), "{fields:?}");
+    assert_eq!(body.len(), 5000);
 }

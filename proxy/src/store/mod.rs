@@ -23,7 +23,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use foyer::{
     BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder, HybridCachePolicy, RecoverMode,
-    S3FifoConfig,
 };
 use futures_util::Stream;
 use outpost_config::CacheStorage;
@@ -131,12 +130,6 @@ impl Store {
             .with_policy(HybridCachePolicy::WriteOnInsertion)
             .with_flush_on_close(true)
             .memory(cfg.memory as usize)
-            // S3-FIFO: what is asked once (the long tail, a crawler's scan)
-            // leaves through a small queue of its own without pushing out
-            // what is asked again; and a hit takes the shard's read lock
-            // and a counter, where LRU takes its write lock twice to move
-            // the entry.
-            .with_eviction_config(S3FifoConfig::default())
             .with_weighter(|_k: &Key, v: &Entry| v.weight());
         if cfg.disk == 0 {
             let cache =

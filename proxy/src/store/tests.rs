@@ -391,26 +391,3 @@ async fn the_disk_tier_reports_its_filesystem_and_a_memory_store_nothing() {
     let gone = store.disk_problem().expect("a folder that vanished is a problem");
     assert!(gone.contains("cannot be read"), "{gone}");
 }
-
-/// The memory tier keeps what is asked again through a scan of objects
-/// asked once (the long tail of a CDN's traffic, a crawler): those pass
-/// through a small queue of their own and leave by it (S3-FIFO), where a
-/// least-recently-used order would let the scan push out everything.
-#[tokio::test]
-async fn a_scan_of_objects_asked_once_does_not_push_out_those_asked_again() {
-    let store = Store::open(&CacheStorage { memory: 4 << 20, disk: 0, path: None, large_bodies: 75 }).await.unwrap();
-    let object = || sample(BodyRef::Inline(Bytes::from(pattern(16 << 10)).into()));
-    let popular: Vec<Key> = (0..32).collect();
-    for &k in &popular {
-        store.insert(k, object());
-        assert!(store.get_in_memory(k).is_some());
-    }
-    // Four times the memory tier, each object asked once.
-    for k in 1_000..1_000 + 1_024 {
-        store.insert(k, object());
-    }
-    let kept = popular.iter().filter(|&&k| store.get_in_memory(k).is_some()).count();
-    assert_eq!(kept, popular.len(), "objects asked again were pushed out by a scan");
-    let scanned = (1_000..1_000 + 1_024).filter(|&k| store.get_in_memory(k).is_some()).count();
-    assert!(scanned < 1_024 / 4, "the tier holds {scanned} of the scan, more than fits");
-}

@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::SystemTime;
 
 use futures_util::StreamExt;
@@ -57,7 +57,7 @@ pub(super) fn choose(cx: &Ctx, obj: &StoredObject, len: Option<u64>) -> Choice {
     }
     let compress = &cx.site.compress;
     let codings = match obj.derived.get::<Codings>() {
-        Some(kept) if Arc::ptr_eq(&kept.site, &cx.site) => kept,
+        Some(kept) if std::ptr::eq(kept.site.as_ptr(), Arc::as_ptr(&cx.site)) => kept,
         _ => {
             let made = Arc::new(Codings::new(obj, &cx.site));
             obj.derived.keep(Arc::clone(&made));
@@ -94,8 +94,9 @@ pub(super) fn choose(cx: &Ctx, obj: &StoredObject, len: Option<u64>) -> Choice {
 /// out at its first hit and kept with it (`StoredObject::derived`): a hit
 /// then reads them instead of its fields.
 struct Codings {
-    /// Held, so that a site reloaded since is never taken for this one.
-    site: Arc<Site>,
+    /// The site's allocation, held (not the site: a superseded one is let
+    /// go) so that a site reloaded since is never taken for this one.
+    site: Weak<Site>,
     /// The copy's own coding (`None`: one Outpost cannot read).
     stored: Option<Coding>,
     /// The site compresses the copy's `Content-Type`.
@@ -108,7 +109,7 @@ impl Codings {
     fn new(obj: &StoredObject, site: &Arc<Site>) -> Codings {
         let kind = obj.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
         Codings {
-            site: Arc::clone(site),
+            site: Arc::downgrade(site),
             stored: Coding::of(&obj.headers),
             covered: kind.is_some_and(|t| site.compress.covers(t)),
             no_transform: Directives::parse_all(obj.headers.get_all(header::CACHE_CONTROL)).no_transform,

@@ -3,7 +3,7 @@
 //! (errors, 421, 400, redirects) are built in `crate::error`.
 
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -389,8 +389,9 @@ pub(super) fn fields_now(
 /// the stored fields the rules keep, the site's `set` fields,
 /// `Accept-Ranges`, `Vary` and `Alt-Svc`.
 pub(super) struct HitFields {
-    /// Held, so that a site reloaded since is never taken for this one.
-    site: Arc<Site>,
+    /// The site's allocation, held (not the site: a superseded one is let
+    /// go) so that a site reloaded since is never taken for this one.
+    site: Weak<Site>,
     strip: bool,
     alt_svc: Option<HeaderValue>,
     vary: bool,
@@ -437,11 +438,14 @@ impl HitFields {
             }
             fields
         });
-        HitFields { site: Arc::clone(site), strip, alt_svc: alt_svc.cloned(), vary, fields }
+        HitFields { site: Arc::downgrade(site), strip, alt_svc: alt_svc.cloned(), vary, fields }
     }
 
     fn made_for(&self, site: &Arc<Site>, strip: bool, alt_svc: Option<&HeaderValue>, vary: bool) -> bool {
-        Arc::ptr_eq(&self.site, site) && self.strip == strip && self.vary == vary && self.alt_svc.as_ref() == alt_svc
+        std::ptr::eq(self.site.as_ptr(), Arc::as_ptr(site))
+            && self.strip == strip
+            && self.vary == vary
+            && self.alt_svc.as_ref() == alt_svc
     }
 }
 

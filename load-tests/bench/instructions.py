@@ -36,9 +36,9 @@ def count(work, cmd, size, seconds, conns):
     """Instructions per request of the server `cmd` starts, the requests
     counted, and its callgrind dump (in `work`)."""
     out = os.path.join(tempfile.mkdtemp(dir=work), "callgrind.out")
-    server = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no", *cmd],
-                              stdout=subprocess.DEVNULL, stderr=open(out + ".log", "w"),
-                              start_new_session=True)
+    with open(out + ".log", "w") as log:
+        server = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no",
+                                   *cmd], stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
     try:
         # Many times slower under valgrind: room to start.
         c.wait_port(PORT, timeout=180)
@@ -47,22 +47,26 @@ def count(work, cmd, size, seconds, conns):
             c.get(url)
         subprocess.run(["callgrind_control", "-z", str(server.pid)], check=True, capture_output=True)
         requests = c.wrk(url, seconds, conns)[0]
+        if requests == 0:
+            raise SystemExit(f"no request finished in {seconds} s under valgrind: try a longer --duration")
         subprocess.run(["callgrind_control", "-d", str(server.pid)], check=True, capture_output=True)
         time.sleep(1)
         dump = max(glob.glob(out + ".*[0-9]"), key=os.path.getmtime)
         total = next(int(line.split()[1]) for line in open(dump) if line.startswith(("summary:", "totals:")))
         return total / requests, requests, dump
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
         try:
+            os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def heaviest(dump, requests, top):
     """Outpost's `top` functions by instructions per request, each with
-    what it calls."""
+    what it calls counted in (inclusive)."""
     text = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", dump],
                           capture_output=True, text=True).stdout
     seen = set()
@@ -93,7 +97,11 @@ def main():
     cfg = os.path.join(work, "edge.toml")
     # Memory only: a disk tier's threads would be counted too.
     open(cfg, "w").write(c.edge_toml(f'http = ["127.0.0.1:{PORT}"]', 'memory = "256MiB"'))
-    origin = c.start_origin(a.outpost)
+    try:
+        origin = c.start_origin(a.outpost)
+    except SystemExit:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     try:
         for size in a.sizes.split(","):
             ours, requests, dump = count(work, [a.outpost, "edge", "--config", cfg], size, a.duration, a.conns)

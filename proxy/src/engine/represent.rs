@@ -56,14 +56,10 @@ pub(super) fn choose(cx: &Ctx, obj: &StoredObject, len: Option<u64>) -> Choice {
         return AS_IS;
     }
     let compress = &cx.site.compress;
-    let codings = match obj.derived.get::<Codings>() {
-        Some(kept) if std::ptr::eq(kept.site.as_ptr(), Arc::as_ptr(&cx.site)) => kept,
-        _ => {
-            let made = Arc::new(Codings::new(obj, &cx.site));
-            obj.derived.keep(Arc::clone(&made));
-            made
-        }
-    };
+    let codings = obj.derived.get_or_make(
+        |kept: &Codings| std::ptr::eq(kept.site.as_ptr(), Arc::as_ptr(&cx.site)),
+        || Codings::new(obj, &cx.site),
+    );
     match codings.stored {
         // A coding of its own that Outpost cannot read: as it is.
         None => AS_IS,

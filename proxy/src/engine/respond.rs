@@ -356,14 +356,10 @@ pub(super) fn fields_now(
     if obj.status != StatusCode::OK || cx.headers.contains_key(header::RANGE) || not_modified(&cx.headers, obj) {
         return None;
     }
-    let kept = match obj.derived.get::<HitFields>() {
-        Some(kept) if kept.made_for(site, strip, alt_svc, serving.vary) => kept,
-        _ => {
-            let made = Arc::new(HitFields::new(obj, site, strip, alt_svc, serving.vary));
-            obj.derived.keep(Arc::clone(&made));
-            made
-        }
-    };
+    let kept = obj.derived.get_or_make(
+        |kept: &HitFields| kept.made_for(site, strip, alt_svc, serving.vary),
+        || HitFields::new(obj, site, strip, alt_svc, serving.vary),
+    );
     fields.extend(kept.fields.as_ref()?);
     let status = CacheStatus { partitioned: cx.partitioned, ..serving.status.clone() };
     fields.append(&header::AGE, &decimal(obj.timing.age(serving.now).as_secs()));

@@ -65,6 +65,18 @@ impl Derived {
         Arc::clone(found).downcast().ok()
     }
 
+    /// The `T` kept, if `fits` it; otherwise one `make`s, kept in its place.
+    pub fn get_or_make<T: Any + Send + Sync>(&self, fits: impl FnOnce(&T) -> bool, make: impl FnOnce() -> T) -> Arc<T> {
+        match self.get::<T>() {
+            Some(kept) if fits(&kept) => kept,
+            _ => {
+                let made = Arc::new(make());
+                self.keep(Arc::clone(&made));
+                made
+            }
+        }
+    }
+
     /// Keeps `value` in place of the `T` kept before.
     pub fn keep<T: Any + Send + Sync>(&self, value: Arc<T>) {
         let mut kept = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

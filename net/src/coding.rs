@@ -4,7 +4,7 @@
 
 use std::io::{self, Write};
 
-use http::HeaderMap;
+use crate::HeaderLookup;
 use http::header::ACCEPT_ENCODING;
 
 pub use outpost_config::coding::{ALL, Coding};
@@ -41,8 +41,8 @@ impl Accepted {
     /// Reads every `Accept-Encoding` line. A member whose weight is not a
     /// valid qvalue is ignored; codings this module does not know are
     /// ignored; a coding listed twice keeps its highest weight.
-    pub fn parse(headers: &HeaderMap) -> Accepted {
-        let mut lines = headers.get_all(ACCEPT_ENCODING).iter().peekable();
+    pub fn parse(headers: &impl HeaderLookup) -> Accepted {
+        let mut lines = headers.get_all(&ACCEPT_ENCODING).iter().peekable();
         if lines.peek().is_none() {
             return Accepted { weights: [1000, 0, 0, 0] };
         }
@@ -254,7 +254,7 @@ pub fn decode(coding: Coding, data: &[u8], limit: u64) -> io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
+    use http::{HeaderMap, HeaderValue};
 
     fn accepted(lines: &[&'static str]) -> Accepted {
         let mut h = HeaderMap::new();

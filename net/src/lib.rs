@@ -34,6 +34,7 @@ pub mod seal;
 pub mod sendfile;
 
 mod conn;
+mod request_headers;
 mod server;
 
 use std::convert::Infallible;
@@ -49,6 +50,7 @@ use tokio::net::TcpListener;
 
 pub use body::Body;
 pub use conn::Fields;
+pub use request_headers::{HeaderLookup, NameSet, RequestHeaders};
 pub use server::{ServerConfig, bind, listen, serve};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -11,6 +11,7 @@ use std::borrow::Cow;
 
 use http::header::{ACCEPT_ENCODING, HeaderMap, HeaderName};
 use outpost_config::{CacheRules, QueryMode, Site};
+use outpost_net::HeaderLookup;
 use outpost_net::coding::{Accepted, Coding};
 use xxhash_rust::xxh3::{Xxh3, xxh3_128};
 
@@ -67,7 +68,7 @@ pub struct RequestKey {
 
 /// The combined value of a request header, as compared for keys and `Vary`
 /// (RFC 9111 §4.1): lines joined with ", ", outer whitespace trimmed.
-fn header_value(headers: &HeaderMap, name: &HeaderName, out: &mut Vec<u8>) {
+fn header_value(headers: &impl HeaderLookup, name: &HeaderName, out: &mut Vec<u8>) {
     let mut first = true;
     for v in headers.get_all(name) {
         if !first {
@@ -86,7 +87,7 @@ fn header_value(headers: &HeaderMap, name: &HeaderName, out: &mut Vec<u8>) {
 /// q-values order them, then the tag). Absent and empty stay different.
 /// `Accept-Encoding` is the coding the request is answered in, when the
 /// site negotiates one: the spellings of a coding share its variant.
-fn vary_value(headers: &HeaderMap, name: &HeaderName, coding: Option<Coding>, out: &mut Xxh3) {
+fn vary_value(headers: &impl HeaderLookup, name: &HeaderName, coding: Option<Coding>, out: &mut Xxh3) {
     if let (Some(c), true) = (coding, *name == ACCEPT_ENCODING) {
         out.update(c.token().as_bytes());
         out.update(&[0xfe]);
@@ -187,7 +188,13 @@ thread_local! {
 
 impl RequestKey {
     /// `path` must already be normalised; `query` is the shaped query.
-    pub fn new(site: &Site, scope: Scope<'_>, path: &str, query: Option<&str>, headers: &HeaderMap) -> RequestKey {
+    pub fn new(
+        site: &Site,
+        scope: Scope<'_>,
+        path: &str,
+        query: Option<&str>,
+        headers: &impl HeaderLookup,
+    ) -> RequestKey {
         // One allocation, of the right size.
         let mut url = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
         url.push_str(path);
@@ -219,7 +226,7 @@ impl RequestKey {
     }
 
     /// The key of this request's variant of a response that varies on `names`.
-    pub fn variant(&self, names: &[HeaderName], headers: &HeaderMap) -> Key {
+    pub fn variant(&self, names: &[HeaderName], headers: &impl HeaderLookup) -> Key {
         let mut h = Xxh3::new();
         h.update(&self.primary.to_le_bytes());
         for name in names {

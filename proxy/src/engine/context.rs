@@ -8,6 +8,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response};
 use outpost_config::Site;
 use outpost_net::sendfile::SendFile;
+use outpost_net::{HeaderLookup, RequestHeaders};
 
 use super::respond::Body;
 use super::{Engine, Tier};
@@ -37,7 +38,7 @@ pub(crate) struct Ctx {
     pub(crate) site: Arc<Site>,
     pub(crate) rkey: RequestKey,
     pub(crate) method: Method,
-    pub(crate) headers: HeaderMap,
+    pub(crate) headers: RequestHeaders,
     pub(crate) client: Option<SocketAddr>,
     /// Seconds cut off from the control plane, when partitioned.
     pub(crate) partitioned: Option<u64>,
@@ -81,7 +82,7 @@ impl Ctx {
 
     /// The client's side of an upstream request.
     pub(crate) fn client_side(&self) -> FromClient {
-        FromClient { headers: self.headers.clone(), ip: self.client.map(|c| c.ip()), proto: self.proto() }
+        FromClient { headers: HeaderMap::clone(&self.headers), ip: self.client.map(|c| c.ip()), proto: self.proto() }
     }
 
     /// The keyed URL's path (normalised), without the query.
@@ -93,10 +94,10 @@ impl Ctx {
 /// `X-Forwarded-Proto` for upstream requests: set by the edge, where the
 /// client's scheme is known (a client's own value is never trusted); tiers
 /// behind it pass on what the edge said, when it is `http` or `https`.
-pub(crate) fn upstream_proto(tier: Tier, secure: bool, headers: &HeaderMap) -> Option<&'static str> {
+pub(crate) fn upstream_proto(tier: Tier, secure: bool, headers: &impl HeaderLookup) -> Option<&'static str> {
     match tier {
         Tier::Edge => Some(if secure { "https" } else { "http" }),
-        Tier::Shield => match headers.get(X_FORWARDED_PROTO).map(HeaderValue::as_bytes) {
+        Tier::Shield => match headers.get(&X_FORWARDED_PROTO).map(HeaderValue::as_bytes) {
             Some(b"https") => Some("https"),
             Some(b"http") => Some("http"),
             _ => None,

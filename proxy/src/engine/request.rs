@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use outpost_config::{Site, SiteTls};
 
@@ -38,17 +38,17 @@ use crate::headers::CACHE_STATUS;
 use crate::host::{BadHost, RequestHost};
 use crate::key::{RequestKey, Scope, normalized, shape_query};
 use crate::observe::AccessRecord;
-use outpost_net::{Conn, Fields};
+use outpost_net::{Conn, Fields, HeaderLookup, RequestHeaders};
 
 /// What the access log says of a request, taken before the request is
 /// consumed (only when the log is on).
 type LogLine = Option<(String, String, String)>;
 
 fn log_line<B>(engine: &Engine, req: &Request<B>) -> LogLine {
-    engine
-        .log
-        .enabled()
-        .then(|| (req.method().to_string(), host_of(req).unwrap_or("").to_string(), req.uri().path().to_string()))
+    engine.log.enabled().then(|| {
+        let host = host_of(req.uri(), req.headers()).unwrap_or("").to_string();
+        (req.method().to_string(), host, req.uri().path().to_string())
+    })
 }
 
 pub(super) async fn handle(
@@ -155,31 +155,32 @@ impl From<Error> for Ended {
 
 /// Steps 1 to 4: the request's site and key, or how it ends.
 fn prepare<B>(engine: &Arc<Engine>, req: Request<B>, conn: Conn) -> Result<(Ctx, B), Ended> {
-    check_framing(&req)?;
-    if engine.hop.looped(req.headers()) {
+    let (mut parts, body) = req.into_parts();
+    let headers = RequestHeaders::new(std::mem::take(&mut parts.headers));
+    check_framing(&headers)?;
+    if engine.hop.looped(&headers) {
         return Err(Error::Loop.into());
     }
-    let (host, site) = find_site(engine, &req)?;
-    if let Some(token) = req.uri().path().strip_prefix(crate::acme::CHALLENGE_PATH)
+    let (host, site) = find_site(engine, &parts.uri, &headers)?;
+    if let Some(token) = parts.uri.path().strip_prefix(crate::acme::CHALLENGE_PATH)
         && matches!(site.tls, Some(SiteTls::Acme))
     {
-        return Err(Ended::Answered(Box::new(acme_answer(engine, &site, token, req.method()))));
+        return Err(Ended::Answered(Box::new(acme_answer(engine, &site, token, &parts.method))));
     }
     let secure = conn.secure;
     if site.https_only && !secure {
-        return Err(Ended::Redirect(https_location(&req, &host, engine.https_port)));
+        return Err(Ended::Redirect(https_location(&parts.uri, &host, engine.https_port)));
     }
-    let rkey = key(engine, &site, &req, host, secure)?;
-    if req.method() == Method::TRACE || req.method() == Method::CONNECT {
+    let rkey = key(engine, &site, &parts.uri, &headers, host, secure)?;
+    if parts.method == Method::TRACE || parts.method == Method::CONNECT {
         return Err(Error::MethodNotAllowed.into());
     }
-    let (parts, body) = req.into_parts();
     let cx = Ctx {
         engine: Arc::clone(engine),
         site,
         rkey,
         method: parts.method,
-        headers: parts.headers,
+        headers,
         client: Some(conn.peer),
         partitioned: engine.partitioned_for().map(|p| p.as_secs()),
         uri: parts.uri,
@@ -216,8 +217,7 @@ fn acme_answer(engine: &Engine, site: &Site, token: &str, method: &Method) -> Re
 }
 
 /// Step 1: message framing that a proxy must not guess at (RFC 9112 §6.3).
-fn check_framing<B>(req: &Request<B>) -> Result<(), Error> {
-    let h = req.headers();
+fn check_framing(h: &RequestHeaders) -> Result<(), Error> {
     let mut lengths = h.get_all(header::CONTENT_LENGTH).iter();
     let length = lengths.next().is_some();
     if lengths.next().is_some() {
@@ -234,8 +234,12 @@ fn check_framing<B>(req: &Request<B>) -> Result<(), Error> {
 
 /// Step 3: the site, by the request's checked host (RFC 9112 §3.2: a
 /// request without a valid Host is a bad request).
-fn find_site<'r, B>(engine: &Engine, req: &'r Request<B>) -> Result<(RequestHost<'r>, Arc<Site>), Error> {
-    let host = match RequestHost::parse(host_of(req).unwrap_or("")) {
+fn find_site<'r>(
+    engine: &Engine,
+    uri: &'r Uri,
+    headers: &'r RequestHeaders,
+) -> Result<(RequestHost<'r>, Arc<Site>), Error> {
+    let host = match RequestHost::parse(host_of(uri, headers).unwrap_or("")) {
         Ok(h) => h,
         Err(BadHost::Missing) => return Err(Error::BadRequest("no Host")),
         Err(BadHost::Invalid) => return Err(Error::BadRequest("invalid Host")),
@@ -245,32 +249,33 @@ fn find_site<'r, B>(engine: &Engine, req: &'r Request<B>) -> Result<(RequestHost
 }
 
 /// Step 4: where the request's object is kept.
-fn key<B>(
+fn key(
     engine: &Engine,
     site: &Site,
-    req: &Request<B>,
+    uri: &Uri,
+    headers: &RequestHeaders,
     host: RequestHost<'_>,
     secure: bool,
 ) -> Result<RequestKey, Error> {
-    let path = normalized(req.uri().path()).map_err(|_| Error::BadRequest("malformed path"))?;
-    let query = shape_query(req.uri().query(), &site.cache);
-    let scope = Scope::of(site, upstream_proto(engine.tier, secure, req.headers()), host);
-    Ok(RequestKey::new(site, scope, &path, query.as_deref(), req.headers()))
+    let path = normalized(uri.path()).map_err(|_| Error::BadRequest("malformed path"))?;
+    let query = shape_query(uri.query(), &site.cache);
+    let scope = Scope::of(site, upstream_proto(engine.tier, secure, headers), host);
+    Ok(RequestKey::new(site, scope, &path, query.as_deref(), headers))
 }
 
-fn host_of<B>(req: &Request<B>) -> Option<&str> {
-    req.uri().authority().map(|a| a.as_str()).or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()))
+fn host_of<'a>(uri: &'a Uri, headers: &'a impl HeaderLookup) -> Option<&'a str> {
+    uri.authority().map(|a| a.as_str()).or_else(|| headers.get(&header::HOST).and_then(|h| h.to_str().ok()))
 }
 
 /// Where an `https_only` site sends a plain-HTTP request: the same host
 /// (without the client's port) and target, over HTTPS on the node's port.
-fn https_location<B>(req: &Request<B>, host: &RequestHost<'_>, https_port: Option<u16>) -> HeaderValue {
+fn https_location(uri: &Uri, host: &RequestHost<'_>, https_port: Option<u16>) -> HeaderValue {
     let host = host.name().to_ascii_lowercase();
     let port = match https_port {
         Some(443) | None => String::new(),
         Some(p) => format!(":{p}"),
     };
-    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
     HeaderValue::from_str(&format!("https://{host}{port}{target}")).unwrap_or_else(|_| HeaderValue::from_static("/"))
 }
 
@@ -334,11 +339,11 @@ mod tests {
     #[test]
     fn framing_ambiguities_are_refused() {
         let req = |pairs: &[(&'static str, &'static str)]| {
-            let mut r = Request::new(());
+            let mut h = http::HeaderMap::new();
             for (k, v) in pairs {
-                r.headers_mut().append(*k, HeaderValue::from_static(v));
+                h.append(*k, HeaderValue::from_static(v));
             }
-            r
+            RequestHeaders::new(h)
         };
         assert!(check_framing(&req(&[("content-length", "3"), ("transfer-encoding", "chunked")])).is_err());
         assert!(check_framing(&req(&[("content-length", "3"), ("content-length", "4")])).is_err());

@@ -25,8 +25,8 @@ use crate::key::Key;
 use crate::policy::is_hop_by_hop;
 use crate::store::{Blob, BodyRef, Piece, Store, StoredObject};
 use hyper::body::Incoming;
-use outpost_net::Fields;
 use outpost_net::sendfile::{MAX_RANGE, SendFile, SharedFile};
+use outpost_net::{Fields, HeaderLookup};
 
 pub(crate) use outpost_net::Body;
 
@@ -170,8 +170,8 @@ fn strip_weak(tag: &[u8]) -> &[u8] {
 }
 
 /// RFC 9110 §13.1.2 / §13.1.3 evaluated against a stored 200.
-fn not_modified(req: &HeaderMap, obj: &StoredObject) -> bool {
-    if let Some(inm) = req.get(header::IF_NONE_MATCH) {
+fn not_modified(req: &impl HeaderLookup, obj: &StoredObject) -> bool {
+    if let Some(inm) = req.get(&header::IF_NONE_MATCH) {
         let Some(etag) = obj.headers.get(header::ETAG) else { return false };
         let list = inm.as_bytes();
         return list.split(|b| *b == b',').any(|t| {
@@ -182,7 +182,7 @@ fn not_modified(req: &HeaderMap, obj: &StoredObject) -> bool {
     // Most requests ask nothing: the stored date is parsed only for those that do.
     let date =
         |v: Option<&HeaderValue>| v.and_then(|v| v.to_str().ok()).and_then(|s| httpdate::parse_http_date(s).ok());
-    let Some(since) = date(req.get(header::IF_MODIFIED_SINCE)) else { return false };
+    let Some(since) = date(req.get(&header::IF_MODIFIED_SINCE)) else { return false };
     date(obj.headers.get(header::LAST_MODIFIED)).is_some_and(|lm| lm <= since)
 }
 

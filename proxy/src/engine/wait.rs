@@ -174,7 +174,7 @@ fn shared(cx: &Ctx, outcome: Outcome, joined: &Joined, head: Arc<SharedHead>) ->
             let status = CacheStatus { coding: Some((to, true)), ..status };
             let header = status.header(&engine.node, head.upstream_status.as_ref());
             let made = StoredObject { headers: represent::made_headers(&obj.headers, to), ..(**obj).clone() };
-            let mut req = cx.headers.clone();
+            let mut req = http::HeaderMap::clone(&cx.headers);
             req.remove(http::header::RANGE);
             let mut resp = object_response(&cx.site, &engine.rules, &cx.method, &req, &made, source, now, header);
             if resp.status() == http::StatusCode::OK {

@@ -12,6 +12,7 @@ use http::{Method, Request};
 use http_body_util::{BodyExt, Empty};
 use outpost_config::coding::Coding;
 use outpost_config::{Site, WITHHELD_REQUEST_HEADERS};
+use outpost_net::HeaderLookup;
 
 use super::ReqBody;
 use crate::headers::{CDN_LOOP, FORWARDED, X_FORWARDED_FOR, X_FORWARDED_PROTO};
@@ -56,9 +57,9 @@ impl Hop {
     /// Did this request already pass this node? Only the member this node
     /// added, with its secret, counts: a client's `Via` or `CDN-Loop` naming
     /// our nodes proves nothing.
-    pub fn looped(&self, headers: &HeaderMap) -> bool {
+    pub fn looped(&self, headers: &impl HeaderLookup) -> bool {
         headers
-            .get_all(CDN_LOOP)
+            .get_all(&CDN_LOOP)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))

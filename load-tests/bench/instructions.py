@@ -12,6 +12,12 @@ alike), and an instruction is not a fixed time: an atomic or a cache miss
 costs more than its count says. With --top N it also prints the Outpost
 functions that cost the most per hit, with what they call.
 
+With --cache, callgrind also simulates the caches (the machine's L1
+instruction and data caches, and its last level) and the script reports
+the misses per request: code that no longer fits the L1 instruction cache
+costs a trip to L2 for each line, which the instruction count does not
+show.
+
 Outpost must be built for it: valgrind does not map the kernel's vDSO, which
 rustix's own backend reads, so instructions.sh builds it with rustix's libc
 backend (--cfg rustix_use_libc) in target/instructions.
@@ -32,13 +38,15 @@ import compare as c  # noqa: E402
 PORT = 18090
 
 
-def count(work, cmd, size, seconds, conns):
-    """Instructions per request of the server `cmd` starts, the requests
-    counted, and its callgrind dump (in `work`)."""
+def count(work, cmd, size, seconds, conns, cache=False):
+    """Callgrind's counts per request of the server `cmd` starts, by event
+    (`Ir`: instructions; with `cache`, `I1mr`, `D1mr`, `D1mw`… too), the
+    requests counted, and its callgrind dump (in `work`)."""
     out = os.path.join(tempfile.mkdtemp(dir=work), "callgrind.out")
+    sim = ["--cache-sim=yes"] if cache else []
     with open(out + ".log", "w") as log:
         server = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no",
-                                   *cmd], stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+                                   *sim, *cmd], stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
     try:
         # Many times slower under valgrind: room to start.
         c.wait_port(PORT, timeout=180)
@@ -52,8 +60,10 @@ def count(work, cmd, size, seconds, conns):
         subprocess.run(["callgrind_control", "-d", str(server.pid)], check=True, capture_output=True)
         time.sleep(1)
         dump = max(glob.glob(out + ".*[0-9]"), key=os.path.getmtime)
-        total = next(int(line.split()[1]) for line in open(dump) if line.startswith(("summary:", "totals:")))
-        return total / requests, requests, dump
+        lines = open(dump).read().splitlines()
+        events = next(line.split()[1:] for line in lines if line.startswith("events:"))
+        totals = next(line.split()[1:] for line in lines if line.startswith(("summary:", "totals:")))
+        return {e: int(t) / requests for e, t in zip(events, totals)}, requests, dump
     finally:
         try:
             os.killpg(server.pid, signal.SIGTERM)
@@ -91,6 +101,7 @@ def main():
     p.add_argument("--duration", type=int, default=4, help="seconds of load per count")
     p.add_argument("--conns", type=int, default=32)
     p.add_argument("--top", type=int, default=0)
+    p.add_argument("--cache", action="store_true", help="simulate the caches and report misses per request too")
     a = p.parse_args()
     work = tempfile.mkdtemp(prefix="outpost-instructions-")
     c.write_site(work)
@@ -104,13 +115,20 @@ def main():
         raise
     try:
         for size in a.sizes.split(","):
-            ours, requests, dump = count(work, [a.outpost, "edge", "--config", cfg], size, a.duration, a.conns)
-            line = f"{size} hits: Outpost {ours:,.0f} instructions per request"
+            ours, requests, dump = count(work, [a.outpost, "edge", "--config", cfg], size, a.duration, a.conns, a.cache)
+            line = f"{size} hits: Outpost {ours['Ir']:,.0f} instructions per request"
+            bare = None
             if a.bare:
                 bare_cmd = [a.bare, f"127.0.0.1:{PORT}", str(c.size_bytes(size))]
-                bare, _, _ = count(work, bare_cmd, size, a.duration, a.conns)
-                line += f", bare hyper {bare:,.0f} ({ours / bare:.2f}x)"
+                bare, _, _ = count(work, bare_cmd, size, a.duration, a.conns, a.cache)
+                line += f", bare hyper {bare['Ir']:,.0f} ({ours['Ir'] / bare['Ir']:.2f}x)"
             print(line, flush=True)
+            if a.cache:
+                for who, n in (("Outpost", ours), ("bare hyper", bare)):
+                    if n:
+                        print(f"  {who}: L1 instruction misses {n['I1mr']:,.1f}, L1 data misses "
+                              f"{n['D1mr'] + n['D1mw']:,.1f}, last-level misses "
+                              f"{n['ILmr'] + n['DLmr'] + n['DLmw']:,.1f} per request", flush=True)
             if a.top:
                 heaviest(dump, requests, a.top)
     finally:

@@ -5,7 +5,7 @@
 # percent. Installs what it needs.
 #
 #   load-tests/bench/instructions.sh [--sizes 1KiB,100KiB] [--duration 4]
-#                                    [--conns 32] [--top 25]
+#                                    [--conns 32] [--top 25] [--cache]
 #
 # Outpost is built with rustix's libc backend in target/instructions:
 # valgrind does not map the vDSO that rustix's own backend reads. Every load

@@ -7,6 +7,7 @@ use std::sync::{Arc, Weak};
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
@@ -99,12 +100,7 @@ impl BodySource<'_> {
                 let open: Reopen = Arc::new(move |from| {
                     let sendfile = sendfile.clone();
                     let pieces = store.pieces(key, &body, from, to);
-                    pieces
-                        .and_then(move |p| {
-                            let sendfile = sendfile.clone();
-                            async move { Ok(((p.end - p.start) as u64, piece_bytes(p, sendfile.as_ref()).await?)) }
-                        })
-                        .boxed()
+                    pieces.map_ok(move |p| piece_frames(p, sendfile.clone())).try_flatten().boxed()
                 });
                 stream_body(resumable(open, start, end, refill))
             }
@@ -122,18 +118,38 @@ impl BodySource<'_> {
     }
 }
 
+/// Most bytes of a file read into memory at once, for a body the
+/// connection cannot send from the file (TLS, HTTP/2, HTTP/3): a stored
+/// chunk (1 MiB) is read a part at a time as the client takes it. A buffer
+/// this size comes from the allocator's free lists, where a whole chunk's
+/// would be mapped afresh (and faulted in page by page) for every
+/// response, and it is encrypted while still in the CPU's cache.
+const READ_PIECE: usize = 64 << 10;
+
+/// `p` as pieces of at most [`READ_PIECE`] bytes when its bytes have to be
+/// read from a file; whole when they are in memory already.
+fn read_sized(p: Piece) -> Vec<Piece> {
+    match p.blob {
+        Blob::File(_) if p.end - p.start > READ_PIECE => (p.start..p.end)
+            .step_by(READ_PIECE)
+            .map(|at| Piece { blob: p.blob.clone(), start: at, end: (at + READ_PIECE).min(p.end) })
+            .collect(),
+        _ => vec![p],
+    }
+}
+
 /// A piece as one frame, when that needs no read: a slice of memory, or a
 /// stand-in for a file the connection sends itself.
 fn whole_frame(p: Piece, sendfile: Option<&SendFile>) -> Option<Bytes> {
     match (&p.blob, sendfile) {
-        (Blob::Heap(_), _) | (Blob::File(_), Some(_)) if p.end - p.start <= MAX_RANGE => piece_frame(p, sendfile).ok(),
+        (Blob::Heap(_), _) | (Blob::File(_), Some(_)) if p.end - p.start <= MAX_RANGE => piece_frame(&p, sendfile).ok(),
         _ => None,
     }
 }
 
 /// A body frame for a piece: a stand-in the connection sends from the
 /// piece's file (a memfd or a body file) when it can, the bytes themselves otherwise.
-fn piece_frame(p: Piece, sendfile: Option<&SendFile>) -> io::Result<Bytes> {
+fn piece_frame(p: &Piece, sendfile: Option<&SendFile>) -> io::Result<Bytes> {
     match (&p.blob, sendfile) {
         (Blob::File(f), Some(s)) if p.end - p.start <= MAX_RANGE => {
             let (file, at, len): (SharedFile, _, _) = (f.clone(), p.start as u64, p.end - p.start);
@@ -143,17 +159,34 @@ fn piece_frame(p: Piece, sendfile: Option<&SendFile>) -> io::Result<Bytes> {
     }
 }
 
-/// [`piece_frame`], except that bytes to be read from a disk-tier file whose
-/// first byte the page cache does not hold are read on the blocking pool: a
-/// read that waits for the disk on a runtime thread stalls every connection
-/// on it.
-async fn piece_bytes(p: Piece, sendfile: Option<&SendFile>) -> io::Result<Bytes> {
+/// A piece's body frames, each with its length: [`piece_frame`]'s one
+/// frame when the connection sends from the file or the bytes are in
+/// memory; otherwise the bytes read from the file a part at a time
+/// ([`read_sized`]), each when the body is asked for it. Bytes of a
+/// disk-tier file whose first byte the page cache does not hold are read
+/// on the blocking pool, at once: a read that waits for the disk on a
+/// runtime thread stalls every connection on it.
+fn piece_frames(p: Piece, sendfile: Option<SendFile>) -> BoxStream<'static, io::Result<(u64, Bytes)>> {
+    let sized = |p: &Piece, b: Bytes| ((p.end - p.start) as u64, b);
     match (&p.blob, sendfile) {
         (Blob::File(f), None) if f.on_disk() && !outpost_net::sendfile::cached(&**f, p.start as u64) => {
             metrics::counter!("outpost_cold_file_ranges_total", "path" => "read").increment(1);
-            tokio::task::spawn_blocking(move || p.blob.read(p.start, p.end)).await.map_err(io::Error::other)?
+            futures_util::stream::once(async move {
+                let len = (p.end - p.start) as u64;
+                let b = tokio::task::spawn_blocking(move || p.blob.read(p.start, p.end))
+                    .await
+                    .map_err(io::Error::other)??;
+                Ok((len, b))
+            })
+            .boxed()
         }
-        _ => piece_frame(p, sendfile),
+        (Blob::File(_), None) => futures_util::stream::iter(read_sized(p))
+            .map(move |p| p.blob.read(p.start, p.end).map(|b| sized(&p, b)))
+            .boxed(),
+        (_, sendfile) => {
+            futures_util::stream::once(std::future::ready(piece_frame(&p, sendfile.as_ref()).map(|b| sized(&p, b))))
+                .boxed()
+        }
     }
 }
 
@@ -492,6 +525,24 @@ mod tests {
     use super::*;
     use crate::store::Entry;
     use crate::store::entry::tests::sample;
+
+    #[test]
+    fn a_chunk_read_into_memory_is_read_a_part_at_a_time() {
+        let data: Vec<u8> = (0..(1 << 20) + 5).map(|i: usize| (i % 251) as u8).collect();
+        let blob = Blob::keep(Bytes::from(data.clone()));
+        assert!(matches!(blob, Blob::File(_)), "a chunk this size is kept in a memfd");
+        let parts = read_sized(Piece { blob: blob.clone(), start: 3, end: data.len() });
+        assert_eq!(parts.len(), 17);
+        assert!(parts.iter().all(|p| p.end - p.start <= READ_PIECE && p.end > p.start));
+        let mut read = Vec::new();
+        for p in &parts {
+            read.extend_from_slice(&p.blob.read(p.start, p.end).unwrap());
+        }
+        assert_eq!(read, data[3..], "every byte, once, in order");
+        // Bytes in memory are sliced, not read: they stay one piece.
+        let heap = Blob::Heap(Bytes::from(data));
+        assert_eq!(read_sized(Piece { blob: heap, start: 0, end: 1 << 20 }).len(), 1);
+    }
 
     fn obj(headers: &[(&'static str, &'static str)]) -> StoredObject {
         let Entry::Object(o) = sample(BodyRef::Inline(Bytes::from_static(b"0123456789").into())) else {

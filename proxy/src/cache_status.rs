@@ -6,8 +6,6 @@
 //! its upstream (a shield) sent on forwarded responses. Stored copies keep no
 //! upstream member: on a hit, only this node handled the request.
 
-use std::fmt::{self, Write};
-
 use http::HeaderValue;
 use outpost_config::coding::Coding;
 
@@ -150,47 +148,46 @@ impl CacheStatus {
     }
 
     /// [`CacheStatus::header`]'s bytes, lent to `f`: written on the stack
-    /// for the usual member, in a `String` for a long list.
+    /// for the usual member, on the heap for a long list.
     pub(crate) fn with_bytes<T>(&self, node: &str, upstream: Option<&HeaderValue>, f: impl FnOnce(&[u8]) -> T) -> T {
-        let mut line = Line { buf: [0; 192], len: 0 };
-        match self.write(node, upstream, &mut line) {
-            Ok(()) => f(&line.buf[..line.len]),
-            Err(_) => {
-                let mut s = String::new();
-                let _ = self.write(node, upstream, &mut s);
-                f(s.as_bytes())
-            }
-        }
+        let mut line = Line::new();
+        self.write(node, upstream, &mut line);
+        f(line.bytes())
     }
 
-    fn write(&self, node: &str, upstream: Option<&HeaderValue>, s: &mut impl Write) -> fmt::Result {
+    fn write(&self, node: &str, upstream: Option<&HeaderValue>, s: &mut Line) {
         if let Some(prev) = upstream.and_then(|v| v.to_str().ok()).filter(|v| !v.trim().is_empty()) {
-            write!(s, "{prev}, ")?;
+            s.put(prev.as_bytes());
+            s.put(b", ");
         }
         // An sf-token starts with a letter; anything else is quoted.
         if node.starts_with(|c: char| c.is_ascii_alphabetic()) {
-            s.write_str(node)?;
+            s.put(node.as_bytes());
         } else {
-            write!(s, "\"{node}\"")?;
+            s.put(b"\"");
+            s.put(node.as_bytes());
+            s.put(b"\"");
         }
         if self.outcome.is_hit() {
-            s.write_str("; hit")?;
+            s.put(b"; hit");
         }
         if let Some(fwd) = self.outcome.fwd() {
-            write!(s, "; fwd={fwd}")?;
+            s.put(b"; fwd=");
+            s.put(fwd.as_bytes());
         }
         if let Some(code) = self.fwd_status {
-            write!(s, "; fwd-status={code}")?;
+            s.put(b"; fwd-status=");
+            s.number(code.into());
         }
         if self.stored {
-            s.write_str("; stored")?;
+            s.put(b"; stored");
         }
         if self.collapsed {
-            s.write_str("; collapsed")?;
+            s.put(b"; collapsed");
         }
         if let Some(ttl) = self.ttl {
-            s.write_str(if ttl < 0 { "; ttl=-" } else { "; ttl=" })?;
-            s.write_str(crate::headers::digits(ttl.unsigned_abs(), &mut [0; 20]))?;
+            s.put(if ttl < 0 { b"; ttl=-" } else { b"; ttl=" });
+            s.number(ttl.unsigned_abs());
         }
         let detail = match self.outcome {
             Outcome::StaleWhileRevalidate
@@ -200,33 +197,54 @@ impl CacheStatus {
             _ => self.detail.map(Detail::as_str),
         };
         if let Some(d) = detail {
-            write!(s, "; detail={d}")?;
+            s.put(b"; detail=");
+            s.put(d.as_bytes());
         }
         if let Some(p) = self.partitioned {
-            write!(s, "; partitioned={p}")?;
+            s.put(b"; partitioned=");
+            s.number(p);
         }
         if let Some((coding, made)) = self.coding {
-            write!(s, "; coding={}", coding.token())?;
+            s.put(b"; coding=");
+            s.put(coding.token().as_bytes());
             if made {
-                s.write_str("; transformed")?;
+                s.put(b"; transformed");
             }
         }
-        Ok(())
     }
 }
 
-/// A fixed buffer that refuses what does not fit.
+/// A member's bytes: on the stack while they fit, then on the heap.
 struct Line {
     buf: [u8; 192],
     len: usize,
+    spilled: Vec<u8>,
 }
 
-impl Write for Line {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let end = self.len + s.len();
-        self.buf.get_mut(self.len..end).ok_or(fmt::Error)?.copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
+impl Line {
+    fn new() -> Line {
+        Line { buf: [0; 192], len: 0, spilled: Vec::new() }
+    }
+
+    fn put(&mut self, b: &[u8]) {
+        if self.spilled.is_empty() {
+            let end = self.len + b.len();
+            if let Some(room) = self.buf.get_mut(self.len..end) {
+                room.copy_from_slice(b);
+                self.len = end;
+                return;
+            }
+            self.spilled.extend_from_slice(&self.buf[..self.len]);
+        }
+        self.spilled.extend_from_slice(b);
+    }
+
+    fn number(&mut self, n: u64) {
+        self.put(crate::headers::digits(n, &mut [0; 20]).as_bytes());
+    }
+
+    fn bytes(&self) -> &[u8] {
+        if self.spilled.is_empty() { &self.buf[..self.len] } else { &self.spilled }
     }
 }
 

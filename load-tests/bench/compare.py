@@ -18,6 +18,7 @@ the 1 KiB runs: the floor of what a hyper-based server can do.
 import argparse
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -104,7 +105,14 @@ def wrk(url, seconds, conns, extra=(), read=False):
     read (heads and bodies)."""
     cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "-H", f"Host: {HOST}",
            *extra, url]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / seconds
+    if busy >= 0.95:
+        # One wrk thread on its one core is the most load there is here.
+        print(f"  warning: {url}: wrk used {busy:.0%} of its core: the client, not the server, may set "
+              "req/s and latency here")
     def ms(label):
         m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
         if not m:

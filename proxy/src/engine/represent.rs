@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use futures_util::StreamExt;
@@ -29,7 +29,7 @@ use outpost_net::coding::{self, Coding, Recoder};
 use tokio::sync::OnceCell;
 
 use super::context::{Answer, Ctx};
-use super::respond::{Body, serve_object};
+use super::respond::{Body, SiteMark, serve_object};
 use crate::cache_status::CacheStatus;
 use crate::key::{Key, made_key};
 use crate::policy::Directives;
@@ -56,10 +56,7 @@ pub(super) fn choose(cx: &Ctx, obj: &StoredObject, len: Option<u64>) -> Choice {
         return AS_IS;
     }
     let compress = &cx.site.compress;
-    let codings = obj.derived.get_or_make(
-        |kept: &Codings| std::ptr::eq(kept.site.as_ptr(), Arc::as_ptr(&cx.site)),
-        || Codings::new(obj, &cx.site),
-    );
+    let codings = obj.derived.get_or_make(|kept: &Codings| kept.site.is(&cx.site), || Codings::new(obj, &cx.site));
     match codings.stored {
         // A coding of its own that Outpost cannot read: as it is.
         None => AS_IS,
@@ -90,9 +87,7 @@ pub(super) fn choose(cx: &Ctx, obj: &StoredObject, len: Option<u64>) -> Choice {
 /// out at its first hit and kept with it (`StoredObject::derived`): a hit
 /// then reads them instead of its fields.
 struct Codings {
-    /// The site's allocation, held (not the site: a superseded one is let
-    /// go) so that a site reloaded since is never taken for this one.
-    site: Weak<Site>,
+    site: SiteMark,
     /// The copy's own coding (`None`: one Outpost cannot read).
     stored: Option<Coding>,
     /// The site compresses the copy's `Content-Type`.
@@ -105,7 +100,7 @@ impl Codings {
     fn new(obj: &StoredObject, site: &Arc<Site>) -> Codings {
         let kind = obj.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
         Codings {
-            site: Arc::downgrade(site),
+            site: SiteMark::of(site),
             stored: Coding::of(&obj.headers),
             covered: kind.is_some_and(|t| site.compress.covers(t)),
             no_transform: Directives::parse_all(obj.headers.get_all(header::CACHE_CONTROL)).no_transform,

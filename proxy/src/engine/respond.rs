@@ -412,15 +412,28 @@ pub(super) fn fields_now(
     Some((resp, status, len))
 }
 
+/// Which site something kept with a copy was worked out under: the site's
+/// allocation, held (not the site: a superseded one is let go) so that a
+/// site reloaded since is never taken for it.
+pub(super) struct SiteMark(Weak<Site>);
+
+impl SiteMark {
+    pub(super) fn of(site: &Arc<Site>) -> SiteMark {
+        SiteMark(Arc::downgrade(site))
+    }
+
+    pub(super) fn is(&self, site: &Arc<Site>) -> bool {
+        std::ptr::eq(self.0.as_ptr(), Arc::as_ptr(site))
+    }
+}
+
 /// The fields of a copy's whole 200 hits that are the same from one hit to
 /// the next (all but `Age` and `Cache-Status`), encoded once and kept with
 /// the copy ([`StoredObject::derived`]) for the rules they were made under:
 /// the stored fields the rules keep, the site's `set` fields,
 /// `Accept-Ranges`, `Vary` and `Alt-Svc`.
 pub(super) struct HitFields {
-    /// The site's allocation, held (not the site: a superseded one is let
-    /// go) so that a site reloaded since is never taken for this one.
-    site: Weak<Site>,
+    site: SiteMark,
     strip: bool,
     alt_svc: Option<HeaderValue>,
     vary: bool,
@@ -467,14 +480,11 @@ impl HitFields {
             }
             fields
         });
-        HitFields { site: Arc::downgrade(site), strip, alt_svc: alt_svc.cloned(), vary, fields }
+        HitFields { site: SiteMark::of(site), strip, alt_svc: alt_svc.cloned(), vary, fields }
     }
 
     fn made_for(&self, site: &Arc<Site>, strip: bool, alt_svc: Option<&HeaderValue>, vary: bool) -> bool {
-        std::ptr::eq(self.site.as_ptr(), Arc::as_ptr(site))
-            && self.strip == strip
-            && self.vary == vary
-            && self.alt_svc.as_ref() == alt_svc
+        self.site.is(site) && self.strip == strip && self.vary == vary && self.alt_svc.as_ref() == alt_svc
     }
 }
 

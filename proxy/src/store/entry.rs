@@ -53,15 +53,17 @@ impl BodyRef {
 /// What the serving side works out from a copy and keeps with it while
 /// the copy is in memory: never written to disk, and never carried over to
 /// a copy made from this one with other fields (a clone starts empty).
-/// One value of each type.
+/// One value of each type. Read on every hit of the copy, from every core
+/// at once for a popular one: a read takes no lock (`ArcSwapOption`), and
+/// a value made anew replaces the list it is in.
 #[derive(Default)]
-pub struct Derived(std::sync::Mutex<Vec<Arc<dyn Any + Send + Sync>>>);
+pub struct Derived(arc_swap::ArcSwapOption<Vec<Arc<dyn Any + Send + Sync>>>);
 
 impl Derived {
     /// The `T` kept, if any.
     pub fn get<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
-        let kept = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let found = kept.iter().find(|v| <dyn Any>::is::<T>(&***v))?;
+        let kept = self.0.load();
+        let found = kept.as_deref()?.iter().find(|v| <dyn Any>::is::<T>(&***v))?;
         Arc::clone(found).downcast().ok()
     }
 
@@ -79,9 +81,13 @@ impl Derived {
 
     /// Keeps `value` in place of the `T` kept before.
     pub fn keep<T: Any + Send + Sync>(&self, value: Arc<T>) {
-        let mut kept = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        kept.retain(|v| !<dyn Any>::is::<T>(&**v));
-        kept.push(value);
+        let value: Arc<dyn Any + Send + Sync> = value;
+        self.0.rcu(|kept| {
+            let mut list: Vec<_> =
+                kept.as_deref().into_iter().flatten().filter(|v| !<dyn Any>::is::<T>(&***v)).cloned().collect();
+            list.push(Arc::clone(&value));
+            Some(Arc::new(list))
+        });
     }
 }
 

@@ -582,6 +582,9 @@ pub(crate) struct Counters {
     pub(crate) parked: metrics::Gauge,
     /// HTTP/1 requests answered without hyper ([`direct`]).
     pub(crate) direct: metrics::Counter,
+    /// Interim responses (`103 Early Hints`) sent before a request went to
+    /// hyper.
+    pub(crate) interim: metrics::Counter,
 }
 
 /// Serves one connection until it ends, a timer fires, or it is evicted.

@@ -94,7 +94,9 @@ pub trait Handler: Send + Sync + 'static {
     /// [`Handler::call`]. The response is written as hyper would write it,
     /// with `fields` first: fields the handler may write there itself
     /// rather than in the response's map (empty when it is called; what
-    /// it writes there is dropped when it answers `None`).
+    /// it writes there is dropped when it answers `None`, but for interim
+    /// responses, [`Fields::early_hints`], which are sent then, before the
+    /// request goes to [`Handler::call`]).
     fn answer_now(_this: &Arc<Self>, _req: Request<()>, _conn: &Conn, _fields: &mut Fields) -> Option<Response<Body>> {
         None
     }

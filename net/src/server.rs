@@ -85,6 +85,7 @@ pub async fn serve<H: Handler>(
         counters: Counters {
             parked: metrics::gauge!("outpost_connections_parked", "node" => config.name.to_string()),
             direct: metrics::counter!("outpost_requests_answered_directly_total", "node" => config.name.to_string()),
+            interim: metrics::counter!("outpost_early_hints_sent_total", "node" => config.name.to_string()),
         },
         config,
         shutdown,

@@ -106,7 +106,23 @@ pub struct Site {
     pub headers: HeaderRules,
     /// Default: [`Compression::default`].
     pub compress: Compression,
+    /// `[[early_hints]]`, the first whose pattern matches wins. Default:
+    /// none.
+    pub early_hints: Vec<EarlyHints>,
 }
+
+/// `Link` fields an edge sends in a `103 Early Hints` before it answers a
+/// GET for a matching path that it cannot answer at once (RFC 8297), so a
+/// browser can fetch or connect while the response is on its way.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EarlyHints {
+    pub pattern: PathPattern,
+    /// `Link` field values, each `<URI-reference>` and its parameters.
+    pub links: Vec<HeaderValue>,
+}
+
+/// Most `Link` values one `[[early_hints]]` rule may send.
+pub const MAX_EARLY_HINT_LINKS: usize = 32;
 
 /// Which responses get compressed representations, and in which codings.
 #[derive(Debug, Clone, PartialEq)]

@@ -56,8 +56,11 @@ pub(super) fn decode_site(s: &mut Sink<'_>, root: &mut Table<'_, '_>, base: &Pat
         Some(mut t) => decode_compress(s, &mut t),
         None => Compression::default(),
     };
+    let early_hints =
+        root.tables(s, "early_hints").into_iter().filter_map(|mut t| decode_early_hints(s, &mut t)).collect();
     Some(Site {
         compress,
+        early_hints,
         id: id?.into_inner(),
         hosts: hosts?,
         https_only,
@@ -338,6 +341,40 @@ fn decode_compress(s: &mut Sink<'_>, t: &mut Table<'_, '_>) -> Compression {
     }
     t.finish(s);
     Compression { codings, types, min_size, max_size }
+}
+
+/// `[[early_hints]]`: a path pattern and the `Link` values sent for it.
+fn decode_early_hints(s: &mut Sink<'_>, t: &mut Table<'_, '_>) -> Option<EarlyHints> {
+    let pattern = t
+        .req::<Spanned<String>>(s, "pattern")
+        .and_then(|x| PathPattern::parse(x.get_ref()).map_err(|m| s.error(&x.span(), m)).ok());
+    let raw: Option<Vec<Spanned<String>>> = t.req(s, "link");
+    let mut links = Vec::new();
+    if let Some(raw) = &raw {
+        if raw.is_empty() || raw.len() > MAX_EARLY_HINT_LINKS {
+            s.error(&t.span_of("link"), format!("link lists 1 to {MAX_EARLY_HINT_LINKS} values"));
+        }
+        for v in raw {
+            match link_value(v.get_ref()) {
+                Ok(value) => links.push(value),
+                Err(msg) => s.error(&v.span(), msg),
+            }
+        }
+    }
+    t.finish(s);
+    (raw.is_some() && !links.is_empty()).then_some(EarlyHints { pattern: pattern?, links })
+}
+
+/// A `Link` field value (RFC 8288): `<URI-reference>`, then parameters,
+/// in visible ASCII.
+fn link_value(text: &str) -> Result<HeaderValue, String> {
+    let target = text.trim_start().strip_prefix('<').and_then(|rest| rest.split_once('>'));
+    match (target, HeaderValue::from_str(text)) {
+        (Some((uri, _)), Ok(value)) if !uri.is_empty() && !uri.contains(['<', ' ']) => Ok(value),
+        _ => Err(format!(
+            "`{text}` is not a Link value such as \"</app.css>; rel=preload; as=style\" (visible ASCII, the target in angle brackets)"
+        )),
+    }
 }
 
 fn decode_stale(s: &mut Sink<'_>, t: &mut Table<'_, '_>) -> StalePolicy {

@@ -192,3 +192,27 @@ fn compression_covers_media_types_by_name_or_top_level_type() {
     let only = Compression { types: vec!["image/*".into()], ..Compression::default() };
     assert!(only.covers("image/svg+xml") && !only.covers("text/html"));
 }
+
+#[test]
+fn early_hints_are_read_in_order_and_bad_links_are_located() {
+    let site: Site = format!(
+        "{MINIMAL}[[early_hints]]\npattern = \"/shop/*\"\nlink = [\"</shop.css>; rel=preload; as=style\", \
+         \"<https://img.shop.test>; rel=preconnect\"]\n[[early_hints]]\npattern = \"/\"\nlink = [\"</home.css>; rel=preload\"]\n"
+    )
+    .parse()
+    .unwrap();
+    assert_eq!(site.early_hints.len(), 2);
+    assert!(site.early_hints[0].pattern.matches("/shop/cart") && !site.early_hints[0].pattern.matches("/"));
+    assert_eq!(site.early_hints[0].links[1], "<https://img.shop.test>; rel=preconnect");
+    assert!(MINIMAL.parse::<Site>().unwrap().early_hints.is_empty());
+
+    let with = |extra: &str| errors(&format!("{MINIMAL}[[early_hints]]\n{extra}"));
+    let e = with("pattern = \"/\"\nlink = [\"</a.css>; rel=preload\", \"/b.css; rel=preload\"]");
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].starts_with("<inline>:10:34: `/b.css; rel=preload` is not a Link value"), "{e:?}");
+    assert!(with("pattern = \"/\"\nlink = [\"</a.css>\\r\\nset-cookie: x=1\"]")[0].contains("is not a Link value"));
+    assert!(with("pattern = \"/\"\nlink = [\"<>; rel=preload\"]")[0].contains("is not a Link value"));
+    assert!(with("pattern = \"/\"\nlink = []")[0].contains("1 to 32 values"));
+    assert!(with("pattern = \"shop\"\nlink = [\"</a.css>\"]")[0].contains("must start with `/`"));
+    assert!(with("link = [\"</a.css>\"]")[0].contains("pattern"));
+}

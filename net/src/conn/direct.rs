@@ -55,6 +55,9 @@ pub struct Fields {
     length: Option<u64>,
     /// A `Date` is among them.
     date: bool,
+    /// Interim responses, encoded, sent before the request goes to
+    /// [`Handler::call`] when the handler leaves it there.
+    interim: Vec<u8>,
 }
 
 impl Fields {
@@ -104,7 +107,21 @@ impl Fields {
     /// Forgets what is written.
     pub fn clear(&mut self) {
         self.bytes.clear();
+        self.interim.clear();
         (self.length, self.date) = (None, false);
+    }
+
+    /// A `103 Early Hints` (RFC 8297) with a `Link` field for each of
+    /// `links`, sent at once if the handler leaves the request to
+    /// [`Handler::call`] (answers `None`), before that response; dropped if
+    /// it answers at once. Values are field values already, so nothing
+    /// sent can end the head early.
+    pub fn early_hints<'a>(&mut self, links: impl IntoIterator<Item = &'a HeaderValue>) {
+        self.interim.extend_from_slice(b"HTTP/1.1 103 Early Hints\r\n");
+        for link in links {
+            line(&mut self.interim, b"link", link.as_bytes());
+        }
+        self.interim.extend_from_slice(b"\r\n");
     }
 }
 
@@ -174,8 +191,18 @@ impl Direct {
         state.head_started.store(0, Ordering::Release);
         self.fields.clear();
         let Some(resp) = H::answer_now(handler, req, conn, &mut self.fields) else {
+            let sent = if self.fields.interim.is_empty() {
+                Ok(())
+            } else {
+                counters.interim.increment(1);
+                let mut writing = std::pin::pin!(write_interim(io, &self.fields.interim));
+                match std::future::poll_fn(|cx| Poll::Ready(writing.as_mut().poll(cx))).await {
+                    Poll::Ready(r) => r.map_err(|_| Closed::Ended),
+                    Poll::Pending => watch.finishing(writing).await.and_then(|r| r.map_err(|_| Closed::Ended)),
+                }
+            };
             state.active.fetch_sub(1, Ordering::AcqRel);
-            return Ok(false);
+            return sent.map(|()| false);
         };
         counters.direct.increment(1);
         io.replay.advance(head);
@@ -453,6 +480,13 @@ async fn write_response<S: Transport>(
     Ok(whole)
 }
 
+/// Writes interim responses, flushed: they go before the final response,
+/// which takes its time.
+async fn write_interim<S: Transport>(io: &mut TrackedIo<S>, heads: &[u8]) -> io::Result<()> {
+    write_all(io, &mut [IoSlice::new(heads)]).await?;
+    io.flush().await
+}
+
 /// A chunk's size line; empty for the end of the body.
 fn chunk_size(len: usize) -> String {
     if len == 0 { "0\r\n\r\n".to_string() } else { format!("{len:x}\r\n") }
@@ -497,7 +531,10 @@ mod tests {
         assert!(!f.date);
         f.append(&header::DATE, &HeaderValue::from_static("Mon, 01 Jan 2024 00:00:00 GMT"));
         assert!(f.date, "a Date of the handler's own keeps the server from adding one");
+        let links = [HeaderValue::from_static("</a.css>; rel=preload"), HeaderValue::from_static("</b.js>")];
+        f.early_hints(&links);
+        assert_eq!(f.interim, b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\nlink: </b.js>\r\n\r\n");
         f.clear();
-        assert!(f.bytes.is_empty() && f.length.is_none() && !f.date);
+        assert!(f.bytes.is_empty() && f.length.is_none() && !f.date && f.interim.is_empty());
     }
 }

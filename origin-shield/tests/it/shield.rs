@@ -411,3 +411,36 @@ async fn a_shield_that_speaks_only_http1_is_asked_in_http1() {
     let asked: Vec<String> = raw.requests().iter().map(|r| format!("{} {}", r.method, r.target)).collect();
     assert_eq!(asked, ["GET /old/0", "GET /old/1", "GET /old/2"]);
 }
+
+/// Whether a GET sent as raw bytes to `addr` got a `103 Early Hints` before
+/// its 200.
+fn hinted(addr: SocketAddr, path: &str) -> bool {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: s.test\r\n\r\n").unwrap();
+    let mut first = String::new();
+    BufReader::new(&mut s).read_line(&mut first).unwrap();
+    assert!(first.starts_with("HTTP/1.1 103 ") || first.starts_with("HTTP/1.1 200 "), "{first}");
+    first.starts_with("HTTP/1.1 103 ")
+}
+
+/// `[[early_hints]]` are for browsers: an edge sends them before a miss, a
+/// shield never sends them to the edges it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_hints_come_from_edges_only() {
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let hints = "[[early_hints]]\npattern = \"/*\"\nlink = [\"</a.css>; rel=preload\"]\n";
+    std::fs::write(dir.path().join("site.toml"), site(&[origin.addr], hints)).unwrap();
+    let (shield, _) = shield(dir.path(), "shield-1", "127.0.0.1:0".parse().unwrap()).await;
+    let edge = edge(dir.path(), "edge-1", &[shield.addr]).await;
+    let (at_shield, at_edge) = (shield.addr, edge.addr);
+    let (from_shield, from_edge) = tokio::task::spawn_blocking(move || {
+        (hinted(at_shield, "/h/one?size=10&delay=50ms"), hinted(at_edge, "/h/two?size=10&delay=50ms"))
+    })
+    .await
+    .unwrap();
+    assert!(!from_shield, "a shield sent a 103");
+    assert!(from_edge, "the edge sent no 103 before a miss");
+}

@@ -31,7 +31,7 @@ use outpost_config::{Site, SiteTls};
 
 use super::context::{Answer, Ctx, failed, upstream_proto};
 use super::respond::Body;
-use super::{Engine, forward, lookup, respond};
+use super::{Engine, Tier, forward, lookup, respond};
 use crate::cache_status::{CacheStatus, Outcome};
 use crate::error::{Error, redirect};
 use crate::headers::CACHE_STATUS;
@@ -100,7 +100,10 @@ pub(super) fn answer_now(
     }
     let log = log_line(engine, &req);
     let (cx, ()) = prepare(engine, req, conn.clone()).ok()?;
-    let serving = lookup::cacheable_now(&cx)?;
+    let Some(serving) = lookup::cacheable_now(&cx) else {
+        early_hints(&cx, fields);
+        return None;
+    };
     let alt_svc = alt_svc(engine, conn.http3, &cx.site);
     if let Some((resp, status, len)) = respond::fields_now(&cx, &serving, alt_svc, fields) {
         record(engine, &status, resp.status(), Some(len), Some(conn.peer), started.elapsed(), log);
@@ -109,6 +112,17 @@ pub(super) fn answer_now(
     let mut answer = serving.answer(&cx);
     advertise_http3(engine, conn.http3, &cx.site, &mut answer.0);
     Some(finish(engine, answer, Some(conn.peer), started, log))
+}
+
+/// The site's `[[early_hints]]` for a GET at an edge that waits for its
+/// answer: the first rule whose pattern matches the path.
+fn early_hints(cx: &Ctx, fields: &mut Fields) {
+    if cx.engine.tier != Tier::Edge || cx.method != Method::GET || cx.site.early_hints.is_empty() {
+        return;
+    }
+    if let Some(rule) = cx.site.early_hints.iter().find(|r| r.pattern.matches(cx.uri.path())) {
+        fields.early_hints(&rule.links);
+    }
 }
 
 /// `Alt-Svc` for a response of a site with `http3 = true`, unless it goes

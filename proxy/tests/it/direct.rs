@@ -146,3 +146,86 @@ async fn compare() {
     assert!(fields.iter().all(|(k, _)| k != "content-encoding" && k != "vary"), "{fields:?}");
     assert_eq!(body.len(), 5000);
 }
+
+/// What one request on a new connection got: the interim responses
+/// (status line and fields) and when the first arrived, then the final
+/// response's status line and when its head arrived.
+struct Exchange {
+    interim: Vec<(String, Vec<(String, String)>)>,
+    interim_at: Option<Duration>,
+    status: String,
+    final_at: Duration,
+}
+
+fn exchange(addr: SocketAddr, request: &str) -> Exchange {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = std::time::Instant::now();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut r = BufReader::new(&mut s);
+    let (mut interim, mut interim_at) = (Vec::new(), None);
+    loop {
+        let head_only = request.starts_with("HEAD");
+        let (status, fields, _) = read_response(&mut r, head_only);
+        if status.split(' ').nth(1).is_some_and(|code| code.starts_with('1')) {
+            interim_at.get_or_insert(started.elapsed());
+            interim.push((status, fields));
+            continue;
+        }
+        return Exchange { interim, interim_at, status, final_at: started.elapsed() };
+    }
+}
+
+#[test]
+fn early_hints_go_before_an_answer_that_waits_and_never_before_one_at_once() {
+    with_metrics_in_own_process(
+        "direct::early_hints_go_before_an_answer_that_waits_and_never_before_one_at_once",
+        early_hints,
+    );
+}
+
+async fn early_hints() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    // The first rule that matches wins: `/page/plain` never gets the
+    // second's.
+    let hints = "[[early_hints]]\npattern = \"/page/*\"\n\
+                 link = [\"</app.css>; rel=preload; as=style\", \"<https://img.t.test>; rel=preconnect\"]\n\
+                 [[early_hints]]\npattern = \"/page/plain\"\nlink = [\"</never.css>; rel=preload\"]\n";
+    let edge = Edge::start(dir.path(), &site_toml(origin.addr, &format!("{DEFAULT_RULES}{hints}"))).await;
+    let addr = edge.addr;
+    let get = |target: &str, version: &str| format!("GET {target} {version}\r\nHost: t.test\r\n\r\n");
+    let slow = "/page/plain?size=100&delay=600ms";
+    let (miss, hit, head, unmatched, old) = tokio::task::spawn_blocking(move || {
+        (
+            exchange(addr, &get(slow, "HTTP/1.1")),
+            exchange(addr, &get(slow, "HTTP/1.1")),
+            exchange(addr, "HEAD /page/head?size=10&delay=100ms HTTP/1.1\r\nHost: t.test\r\n\r\n"),
+            exchange(addr, &get("/other?size=10", "HTTP/1.1")),
+            exchange(addr, &get("/page/old?size=10", "HTTP/1.0")),
+        )
+    })
+    .await
+    .unwrap();
+
+    assert_eq!(miss.status, "HTTP/1.1 200 OK");
+    assert_eq!(miss.interim.len(), 1, "one 103 before the miss's answer");
+    let (status, fields) = &miss.interim[0];
+    assert_eq!(status, "HTTP/1.1 103 Early Hints");
+    let links: Vec<&str> = fields.iter().filter(|(k, _)| k == "link").map(|(_, v)| v.as_str()).collect();
+    assert_eq!(links, ["</app.css>; rel=preload; as=style", "<https://img.t.test>; rel=preconnect"]);
+    assert_eq!(fields.len(), 2, "only the rule's links: {fields:?}");
+    // Sent when the edge found it could not answer at once, not with the
+    // origin's answer 600 ms later.
+    let at = miss.interim_at.unwrap();
+    assert!(at + Duration::from_millis(300) < miss.final_at, "103 at {at:?}, the answer at {:?}", miss.final_at);
+
+    assert_eq!(hit.status, "HTTP/1.1 200 OK");
+    assert!(hit.interim.is_empty(), "a hit answered at once needs no hints");
+    for (what, x) in [("HEAD", &head), ("a path no rule matches", &unmatched), ("HTTP/1.0", &old)] {
+        assert!(x.status.ends_with(" 200 OK"), "{what}: {}", x.status);
+        assert!(x.interim.is_empty(), "{what} gets no 103");
+    }
+    assert_eq!(origin.count("/page/plain").await, 1);
+    assert_eq!(metric(&edge, "outpost_early_hints_sent_total{node=\"edge-test\"}").await, 1.0);
+}

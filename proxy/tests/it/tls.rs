@@ -522,3 +522,48 @@ async fn stalled_handshakes_do_not_keep_new_visitors_out() {
     }
     assert_eq!(open, stalled.len(), "stalled handshakes were closed early");
 }
+
+/// `[[early_hints]]` over TLS: an HTTP/1.1 client (hyper's, which reads
+/// interim responses) gets the 103 before a miss's answer, not before a
+/// hit's; over HTTP/2, whose server side cannot send one, the answer is
+/// unchanged.
+#[tokio::test]
+async fn early_hints_reach_an_http1_client_over_tls_before_a_miss() {
+    let hints = "[[early_hints]]\npattern = \"/hinted/*\"\nlink = [\"</a.css>; rel=preload; as=style\"]\n";
+    let OneSite { origin, dir: _dir, ca_pem, edge } = one_site(hints, "").await;
+    let h1 = client(&ca_pem, &[b"http/1.1"], &[&rustls::version::TLS13]);
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    for round in 0..2 {
+        let stream = connect(edge.https, "a.test", Arc::clone(&h1)).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(conn);
+        let mut req = Request::get("/hinted/page?size=300&delay=200ms")
+            .header("host", "a.test")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let (tx, start) = (Arc::clone(&seen), std::time::Instant::now());
+        hyper::ext::on_informational(&mut req, move |r| {
+            let links: Vec<String> =
+                r.headers().get_all("link").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+            tx.lock().unwrap().push((r.status(), links, start.elapsed()));
+        });
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes().len(), 300);
+        let answered = start.elapsed();
+        let seen = seen.lock().unwrap();
+        // The first request is a miss that waits 200 ms on the origin; the
+        // second a hit answered at once.
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        let (status, links, at) = &seen[0];
+        assert_eq!(*status, StatusCode::EARLY_HINTS);
+        assert_eq!(links, &["</a.css>; rel=preload; as=style"]);
+        if round == 0 {
+            assert!(*at + Duration::from_millis(100) < answered, "the 103 at {at:?}, the answer at {answered:?}");
+        }
+    }
+    assert_eq!(origin.count("/hinted/page").await, 1);
+    let h2 = connect(edge.https, "a.test", h2_h1(&ca_pem)).await.unwrap();
+    let (status, _, body) = Conn::open(h2).await.get("a.test", "/hinted/other?size=50&delay=50ms").await;
+    assert_eq!((status, body.len()), (StatusCode::OK, 50));
+}

@@ -115,12 +115,13 @@ pub(super) fn answer_now(
 }
 
 /// The site's `[[early_hints]]` for a GET at an edge that waits for its
-/// answer: the first rule whose pattern matches the path.
+/// answer: the first rule whose pattern matches the normalised path, as
+/// `[[cache.path]]` rules match it.
 fn early_hints(cx: &Ctx, fields: &mut Fields) {
     if cx.engine.tier != Tier::Edge || cx.method != Method::GET || cx.site.early_hints.is_empty() {
         return;
     }
-    if let Some(rule) = cx.site.early_hints.iter().find(|r| r.pattern.matches(cx.uri.path())) {
+    if let Some(rule) = cx.site.early_hints.iter().find(|r| r.pattern.matches(cx.path())) {
         fields.early_hints(&rule.links);
     }
 }

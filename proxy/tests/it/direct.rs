@@ -196,13 +196,15 @@ async fn early_hints() {
     let addr = edge.addr;
     let get = |target: &str, version: &str| format!("GET {target} {version}\r\nHost: t.test\r\n\r\n");
     let slow = "/page/plain?size=100&delay=600ms";
-    let (miss, hit, head, unmatched, old) = tokio::task::spawn_blocking(move || {
+    let (miss, hit, head, unmatched, old, dotted) = tokio::task::spawn_blocking(move || {
         (
             exchange(addr, &get(slow, "HTTP/1.1")),
             exchange(addr, &get(slow, "HTTP/1.1")),
             exchange(addr, "HEAD /page/head?size=10&delay=100ms HTTP/1.1\r\nHost: t.test\r\n\r\n"),
             exchange(addr, &get("/other?size=10", "HTTP/1.1")),
             exchange(addr, &get("/page/old?size=10", "HTTP/1.0")),
+            // Matched as `[[cache.path]]` rules are: on the normalised path.
+            exchange(addr, &get("/x/../page/dotted?size=10", "HTTP/1.1")),
         )
     })
     .await
@@ -226,6 +228,7 @@ async fn early_hints() {
         assert!(x.status.ends_with(" 200 OK"), "{what}: {}", x.status);
         assert!(x.interim.is_empty(), "{what} gets no 103");
     }
+    assert_eq!(dotted.interim.len(), 1, "/x/../page/dotted is /page/dotted");
     assert_eq!(origin.count("/page/plain").await, 1);
-    assert_eq!(metric(&edge, "outpost_early_hints_sent_total{node=\"edge-test\"}").await, 1.0);
+    assert_eq!(metric(&edge, "outpost_early_hints_sent_total{node=\"edge-test\"}").await, 2.0);
 }

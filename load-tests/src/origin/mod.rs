@@ -20,6 +20,7 @@
 //! | `lm=SECS` / `lm=DATE` / `lm=none` | `Last-Modified`; default 2024-01-01 |
 //! | `expires=DATE`, `set_cookie=V`, `content_type=V` | those headers |
 //! | `header=name:value` | any other response header (repeatable) |
+//! | `early=LINK` | first a `103 Early Hints` with `Link: LINK` (repeatable: one field each), before `delay`; HTTP/1.1 only, not behind a pipelined request |
 //! | `delay=200ms` | wait before the response head |
 //! | `fail=503` / `fail=reset` / `fail=hang[&hang=5s]` | that status / close without answering / hold then close |
 //! | `chunk=16KiB&chunk_delay=10ms` | stream the body in chunks, pausing between them |
@@ -47,6 +48,7 @@
 //! - `GET /__origin/request?path=/a`: the headers of the last request for `/a`.
 //! - `GET /files/REL`: the file `REL` of the directory given with `--dir`.
 
+mod early;
 mod object;
 mod represent;
 
@@ -170,11 +172,14 @@ impl OriginServer {
                     };
                     let _ = stream.set_nodelay(true);
                     let state = Arc::clone(&state);
-                    let svc = service_fn(move |req| handle(Arc::clone(&state), req));
+                    let early = Arc::new(early::Early::default());
+                    let hints = Arc::clone(&early);
+                    let svc = service_fn(move |req| handle(Arc::clone(&state), Arc::clone(&hints), req));
                     match &tls {
                         None => {
                             let builder = auto::Builder::new(TokioExecutor::new());
-                            let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                            let io = TokioIo::new(early::EarlyIo::new(stream, early));
+                            let conn = builder.serve_connection(io, svc).into_owned();
                             let conn = graceful.watch(conn);
                             tokio::spawn(async move {
                                 let _ = conn.await;
@@ -189,7 +194,8 @@ impl OriginServer {
                                 let handshake = tokio::time::timeout(SHUTDOWN_GRACE, acceptor.accept(stream)).await;
                                 let Ok(Ok(stream)) = handshake else { return };
                                 let builder = auto::Builder::new(TokioExecutor::new());
-                                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                                let io = TokioIo::new(early::EarlyIo::new(stream, early));
+                                let conn = builder.serve_connection(io, svc).into_owned();
                                 let Some(watch) = graceful.upgrade().map(|g| g.watch(conn)) else { return };
                                 let _ = watch.await;
                             });
@@ -246,7 +252,7 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     form_urlencoded::parse(query.unwrap_or("").as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
 }
 
-async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Reset> {
+async fn handle(state: Arc<State>, early: Arc<early::Early>, req: Request<Incoming>) -> Result<Response<Body>, Reset> {
     let path = req.uri().path().to_string();
     if let Some(control) = path.strip_prefix("/__origin/")
         && control != "health"
@@ -285,6 +291,9 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         Ok(s) => s,
         Err(msg) => return Ok(text(StatusCode::BAD_REQUEST, format!("{msg}\n"))),
     };
+    if !spec.early.is_empty() && parts.version == http::Version::HTTP_11 {
+        early.hint(&spec.early);
+    }
     if !spec.delay.is_zero() {
         tokio::time::sleep(spec.delay).await;
     }

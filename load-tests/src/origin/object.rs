@@ -67,6 +67,8 @@ pub(crate) struct Spec {
     pub(crate) text: bool,
     /// The body sent in this content coding.
     pub(crate) encoding: Option<Coding>,
+    /// `Link` values of a `103 Early Hints` sent first.
+    pub(crate) early: Vec<HeaderValue>,
 }
 
 impl Default for Spec {
@@ -85,6 +87,7 @@ impl Default for Spec {
             unknown_length: false,
             text: false,
             encoding: None,
+            early: Vec::new(),
         }
     }
 }
@@ -171,6 +174,7 @@ impl Spec {
                         ),
                     }
                 }
+                "early" => spec.early.push(header_value(k, v)?),
                 "delay" => spec.delay = duration(k, v)?,
                 "fail" => fail = Some(v.to_string()),
                 "hang" => hang_for = Some(duration(k, v)?),

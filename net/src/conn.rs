@@ -48,8 +48,11 @@ use crate::sendfile::{FileQueue, SendFile, is_stand_in};
 use crate::{Body, BoxError, Conn, Handler};
 
 mod direct;
+mod interim;
 
 pub use direct::Fields;
+pub use interim::Interim;
+use interim::Slot;
 
 /// What one connection's parts share.
 #[derive(Debug)]
@@ -78,6 +81,8 @@ pub(crate) struct ConnState {
     /// token, so a connection waiting for its next request watches one.
     pub(crate) close: CancellationToken,
     pub(crate) evicting: AtomicBool,
+    /// Interim responses of the HTTP/1 request hyper is answering.
+    interim: Slot,
 }
 
 /// The kernel's coarse monotonic clock, in ms: one tick behind at most (a
@@ -104,6 +109,7 @@ impl ConnState {
             park: AtomicBool::new(false),
             close: shutdown.child_token(),
             evicting: AtomicBool::new(false),
+            interim: Slot::new(),
         }
     }
 
@@ -193,10 +199,49 @@ struct TrackedIo<S> {
     replay: Bytes,
     /// hyper was handed an end of stream to park the connection.
     parked: bool,
+    /// Every byte hyper gave to be written has been flushed since: hyper
+    /// holds no message partly written ([`interim`]).
+    clean: bool,
+    /// Interim responses taken from [`ConnState::interim`] and not yet
+    /// all written: written before anything else.
+    owed: Bytes,
+    /// Counts the interim responses taken: the upstream's, and the
+    /// handler's own early hints.
+    forwarded: metrics::Counter,
+    hints: metrics::Counter,
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for TrackedIo<S> {
+impl<S: Transport> TrackedIo<S> {
+    /// Takes the interim responses queued for the request hyper is
+    /// answering when they may go now, and writes what is owed.
+    fn interim(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let state = &*self.state;
+        let free = self.clean && self.owed.is_empty();
+        if let Some((heads, n)) = state.interim.take(cx, || free && state.active.load(Ordering::Acquire) == 1) {
+            self.forwarded.increment(n.upstream);
+            self.hints.increment(n.own);
+            self.owed = heads;
+        }
+        match self.poll_owed(cx) {
+            Poll::Ready(r) => r,
+            // Written before anything else; hyper's next read or write
+            // goes on with it.
+            Poll::Pending => Ok(()),
+        }
+    }
+
+    /// Writes what is owed of interim responses: ready once none is.
+    fn poll_owed(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.owed.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        interim::poll_owed(&mut self.inner, &mut self.owed, cx)
+    }
+}
+
+impl<S: Transport> AsyncRead for TrackedIo<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        self.interim(cx)?;
         let before = buf.filled().len();
         let r = if !self.replay.is_empty() {
             let n = self.replay.len().min(buf.remaining());
@@ -279,11 +324,17 @@ impl<S: AsyncWrite + Unpin> TrackedIo<S> {
 
 impl<S: Transport> AsyncWrite for TrackedIo<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.poll_owed(cx))?;
+        self.clean = false;
         let r = self.poll_write_parts(cx, &[io::IoSlice::new(buf)]);
         self.sent(&r);
         r
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_owed(cx))?;
+        // Every byte given has been written (hyper flushes its own
+        // buffer before it asks for this).
+        self.clean = true;
         let r = Pin::new(&mut self.inner).poll_flush(cx);
         self.wrote(&r);
         r
@@ -300,6 +351,8 @@ impl<S: Transport> AsyncWrite for TrackedIo<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.poll_owed(cx))?;
+        self.clean = false;
         let r = self.poll_write_parts(cx, bufs);
         self.sent(&r);
         r
@@ -582,9 +635,11 @@ pub(crate) struct Counters {
     pub(crate) parked: metrics::Gauge,
     /// HTTP/1 requests answered without hyper ([`direct`]).
     pub(crate) direct: metrics::Counter,
-    /// Interim responses (`103 Early Hints`) sent before a request went to
-    /// hyper.
+    /// The handler's own early hints sent (`103 Early Hints`: before a
+    /// request went to hyper, or through [`Interim::early_hints`]).
     pub(crate) interim: metrics::Counter,
+    /// Interim responses a handler passed on ([`Interim::send`]).
+    pub(crate) forwarded: metrics::Counter,
 }
 
 /// Serves one connection until it ends, a timer fires, or it is evicted.
@@ -619,6 +674,10 @@ where
         first_byte: Some(first_byte),
         replay: Bytes::new(),
         parked: false,
+        clean: true,
+        owed: Bytes::new(),
+        forwarded: counters.forwarded.clone(),
+        hints: counters.interim.clone(),
     };
     let svc_state = Arc::clone(&state);
     let for_service = conn.clone();
@@ -628,11 +687,18 @@ where
         state.head_started.store(0, Ordering::Release);
         let h1 = req.version() < Version::HTTP_2;
         let framing = if h1 { state.next_framing() } else { Framing::Clean };
-        let conn = Conn { sendfile: sendfile.clone().filter(|_| h1), ..for_service.clone() };
+        let mut conn = Conn { sendfile: sendfile.clone().filter(|_| h1), ..for_service.clone() };
         match framing.refusal() {
-            None => Answering { inner: Either::Left(handler.call(req, conn)), state: Some(state), close: false },
+            None => {
+                // An HTTP/1.0 client must never see a 1xx.
+                conn.interim = (req.version() == Version::HTTP_11).then(|| Slot::open(&state));
+                let opened = conn.interim.as_ref().map(Interim::id);
+                let inner = Either::Left(handler.call(req, conn));
+                Answering { inner, state: Some(state), close: false, opened }
+            }
             Some(why) => {
-                Answering { inner: Either::Right(handler.refuse(req, conn, why)), state: Some(state), close: true }
+                let inner = Either::Right(handler.refuse(req, conn, why));
+                Answering { inner, state: Some(state), close: true, opened: None }
             }
         }
     });
@@ -737,12 +803,14 @@ pin_project_lite::pin_project! {
     /// (`close`: the connection closes after it). A future of its own, not
     /// an async block: hyper moves it for every request, and a block would
     /// hold the request and the connection a second time beside the
-    /// handler's future.
+    /// handler's future. `opened`: the request's number in the
+    /// connection's interim slot, closed when the answer comes.
     struct Answering<F> {
         #[pin]
         inner: F,
         state: Option<Arc<ConnState>>,
         close: bool,
+        opened: Option<u64>,
     }
 }
 
@@ -756,6 +824,9 @@ impl<F: Future<Output = Response<Body>>> Future for Answering<F> {
             resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
         }
         let state = this.state.take().expect("an answer is polled to its end once");
+        if let Some(id) = *this.opened {
+            state.interim.close(id);
+        }
         let (parts, body) = resp.into_parts();
         Poll::Ready(Ok(Response::from_parts(parts, Tracked { inner: body, state })))
     }
@@ -763,5 +834,5 @@ impl<F: Future<Output = Response<Body>>> Future for Answering<F> {
 
 /// The peer of a connection, for handlers.
 pub(crate) fn conn(peer: SocketAddr, secure: bool) -> Conn {
-    Conn { peer, secure, http3: false, sendfile: None }
+    Conn { peer, secure, http3: false, sendfile: None, interim: None }
 }

@@ -49,7 +49,7 @@ use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
 pub use body::Body;
-pub use conn::Fields;
+pub use conn::{Fields, Interim};
 pub use request_headers::{HeaderLookup, NameSet, RequestHeaders};
 pub use server::{ServerConfig, bind, listen, serve};
 
@@ -76,6 +76,9 @@ pub struct Conn {
     /// On a cleartext HTTP/1 connection: where a handler queues file
     /// ranges its body frames stand in for.
     pub sendfile: Option<sendfile::SendFile>,
+    /// On an HTTP/1.1 request hyper reads: where a handler queues interim
+    /// (1xx) responses to send before its answer.
+    pub interim: Option<Interim>,
 }
 
 /// What a server does with requests.

@@ -142,7 +142,7 @@ async fn connection<H: Handler>(
     limits: Limits,
     shutdown: CancellationToken,
 ) -> Result<(), BoxError> {
-    let info = Conn { peer: conn.remote_address(), secure: true, http3: true, sendfile: None };
+    let info = Conn { peer: conn.remote_address(), secure: true, http3: true, sendfile: None, interim: None };
     let (near, far) = tokio::io::duplex(BRIDGE_BUFFER);
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let (handler, info) = (Arc::clone(&handler), info.clone());

@@ -117,11 +117,8 @@ impl Fields {
     /// it answers at once. Values are field values already, so nothing
     /// sent can end the head early.
     pub fn early_hints<'a>(&mut self, links: impl IntoIterator<Item = &'a HeaderValue>) {
-        self.interim.extend_from_slice(b"HTTP/1.1 103 Early Hints\r\n");
-        for link in links {
-            line(&mut self.interim, b"link", link.as_bytes());
-        }
-        self.interim.extend_from_slice(b"\r\n");
+        let fields = links.into_iter().map(|link| (&header::LINK, link));
+        super::interim::encode(&mut self.interim, StatusCode::EARLY_HINTS, fields);
     }
 }
 
@@ -195,6 +192,7 @@ impl Direct {
                 Ok(())
             } else {
                 counters.interim.increment(1);
+                state.interim.hinted_next();
                 let mut writing = std::pin::pin!(write_interim(io, &self.fields.interim));
                 match std::future::poll_fn(|cx| Poll::Ready(writing.as_mut().poll(cx))).await {
                     Poll::Ready(r) => r.map_err(|_| Closed::Ended),
@@ -403,7 +401,7 @@ fn encode_head(resp: &Response<Body>, fields: &Fields, head_only: bool, out: &mu
 }
 
 /// One field, encoded.
-fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+pub(super) fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);

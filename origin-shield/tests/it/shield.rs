@@ -444,3 +444,38 @@ async fn early_hints_come_from_edges_only() {
     assert!(!from_shield, "a shield sent a 103");
     assert!(from_edge, "the edge sent no 103 before a miss");
 }
+
+/// An origin's `103 Early Hints` cross the shield to the client when the
+/// edge speaks HTTP/1.1 to it (hyper's HTTP/2 server cannot send a 1xx).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origins_early_hints_cross_the_shield_over_http1() {
+    use std::io::{BufRead, BufReader, Write};
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("site.toml"), site(&[origin.addr], "")).unwrap();
+    let (shield, _) = shield(dir.path(), "shield-1", "127.0.0.1:0".parse().unwrap()).await;
+    let edge = edge_with(dir.path(), "edge-1", &[shield.addr], "http2 = false").await;
+    let at = edge.addr;
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(at).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let path = "/e?size=10&early=%3C/o.css%3E;%20rel=preload&delay=300ms";
+        write!(s, "GET {path} HTTP/1.1\r\nHost: s.test\r\n\r\n").unwrap();
+        let mut r = BufReader::new(s);
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            let line = line.trim_end().to_string();
+            let done = line.starts_with("HTTP/1.1 200");
+            lines.push(line);
+            if done {
+                return lines;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(lines, ["HTTP/1.1 103 Early Hints", "link: </o.css>; rel=preload", "", "HTTP/1.1 200 OK"]);
+    assert_eq!(origin.count("/e").await, 1);
+}

@@ -8,7 +8,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response};
 use outpost_config::Site;
 use outpost_net::sendfile::SendFile;
-use outpost_net::{HeaderLookup, RequestHeaders};
+use outpost_net::{HeaderLookup, Interim, RequestHeaders};
 
 use super::respond::Body;
 use super::{Engine, Tier};
@@ -49,6 +49,9 @@ pub(crate) struct Ctx {
     pub(crate) secure: bool,
     /// Stored bodies may be sent from their files (cleartext HTTP/1).
     pub(crate) sendfile: Option<SendFile>,
+    /// Where the upstream's interim responses go, when the client can be
+    /// sent them (an HTTP/1.1 request hyper reads).
+    pub(crate) interim: Option<Interim>,
 }
 
 impl Ctx {

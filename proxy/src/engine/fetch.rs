@@ -38,6 +38,9 @@ pub(crate) struct Fetched {
     pub has_authorization: bool,
     /// Host sent upstream.
     pub host: Option<HeaderValue>,
+    /// Where the upstream's interim responses go: the client of the
+    /// request that leads the fetch (one that joins it gets none).
+    pub interim: Option<outpost_net::Interim>,
 }
 
 /// One fetch.
@@ -163,8 +166,9 @@ impl FetchJob {
         let (started, started_real) = (engine.clock.now(), SystemTime::now());
         // The keyed URL (normalised path, shaped query) is what goes upstream.
         let validators = self.stale.as_ref().map(|(_, s)| &s.headers);
-        let req =
+        let mut req =
             request::fetch(&engine.hop, &self.site, &self.request.from, &self.rkey.url, validators, self.rkey.coding);
+        request::pass_interim(&mut req, self.request.interim.take());
         let result = engine.upstream.send(&self.site, self.rkey.primary, req, self.request.host.clone()).await;
         let times = Times { started, started_real, now: engine.clock.now() };
         match result {

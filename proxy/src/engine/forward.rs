@@ -39,7 +39,8 @@ pub(super) async fn forward(cx: &Ctx, body: Incoming) -> Answer {
         Some(q) => format!("{}?{q}", cx.path()),
         None => cx.path().to_string(),
     };
-    let up = request::forward(&engine.hop, &cx.site, &cx.client_side(), &cx.method, &target, body, length);
+    let mut up = request::forward(&engine.hop, &cx.site, &cx.client_side(), &cx.method, &target, body, length);
+    request::pass_interim(&mut up, cx.interim.clone());
     let waiting = Instant::now();
     let sent = engine.upstream.send(&cx.site, cx.rkey.primary, up, cx.upstream_host()).await;
     let mut answer = forwarded(cx, sent).await;

@@ -30,6 +30,7 @@ pub(super) async fn cacheable(cx: &Ctx) -> Answer {
     // shared: it fetches alone.
     let alone = auth || asked.no_store;
     let distrust = cx.engine.distrusts(&cx.site);
+    let mut hinted = false;
     for _ in 0..VARIANT_RETRIES {
         let found = lookup(cx).await;
         let miss = match serve(cx, found, auth, distrust) {
@@ -38,6 +39,10 @@ pub(super) async fn cacheable(cx: &Ctx) -> Answer {
         };
         if asked.only_if_cached {
             return failed(&cx.engine, Error::OnlyIfCached);
+        }
+        if !hinted {
+            super::request::early_hints_on_miss(cx);
+            hinted = true;
         }
         // A range far into an object nothing is stored for: its chunks only.
         if miss.stale.is_none()

@@ -118,12 +118,30 @@ pub(super) fn answer_now(
 /// answer: the first rule whose pattern matches the normalised path, as
 /// `[[cache.path]]` rules match it.
 fn early_hints(cx: &Ctx, fields: &mut Fields) {
+    if let Some(links) = hints(cx) {
+        fields.early_hints(links);
+    }
+}
+
+/// [`early_hints`] for a request hyper read (one that came while hyper
+/// held the connection, or over TLS after a miss), when it misses: sent
+/// through the connection's interim slot, unless they went out already
+/// when the listener offered it the request first.
+pub(super) fn early_hints_on_miss(cx: &Ctx) {
+    if let (Some(interim), Some(links)) = (&cx.interim, hints(cx))
+        && !interim.hinted()
+    {
+        interim.early_hints(links);
+    }
+}
+
+/// The `Link` values of the first `[[early_hints]]` rule that matches a
+/// GET at an edge.
+fn hints(cx: &Ctx) -> Option<&[HeaderValue]> {
     if cx.engine.tier != Tier::Edge || cx.method != Method::GET || cx.site.early_hints.is_empty() {
-        return;
+        return None;
     }
-    if let Some(rule) = cx.site.early_hints.iter().find(|r| r.pattern.matches(cx.path())) {
-        fields.early_hints(&rule.links);
-    }
+    cx.site.early_hints.iter().find(|r| r.pattern.matches(cx.path())).map(|r| r.links.as_slice())
 }
 
 /// `Alt-Svc` for a response of a site with `http3 = true`, unless it goes
@@ -201,6 +219,7 @@ fn prepare<B>(engine: &Arc<Engine>, req: Request<B>, conn: Conn) -> Result<(Ctx,
         uri: parts.uri,
         secure,
         sendfile: conn.sendfile,
+        interim: conn.interim,
     };
     Ok((cx, body))
 }

@@ -56,6 +56,7 @@ fn fetched(cx: &Ctx) -> Fetched {
         no_store: Directives::parse_all(cx.headers.get_all(http::header::CACHE_CONTROL)).no_store,
         has_authorization: cx.headers.contains_key(http::header::AUTHORIZATION),
         host: cx.upstream_host(),
+        interim: cx.interim.clone(),
     }
 }
 
@@ -94,7 +95,9 @@ pub(super) async fn fetch(cx: &Ctx, miss: Miss, alone: bool, distrust: bool) -> 
 /// Stale-while-revalidate: one background revalidation per key.
 pub(super) fn revalidate_in_background(cx: &Ctx, key: Key, obj: Arc<StoredObject>) {
     if let Join::Leader(guard) = cx.engine.flights.join(key) {
-        tokio::spawn(FetchJob::new(cx, guard, fetched(cx), Some((key, obj)), None).run());
+        // Nobody waits on it: the client is answered with the stale copy.
+        let request = Fetched { interim: None, ..fetched(cx) };
+        tokio::spawn(FetchJob::new(cx, guard, request, Some((key, obj)), None).run());
     }
 }
 

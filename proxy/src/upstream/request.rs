@@ -166,6 +166,18 @@ pub fn fetch(
     req
 }
 
+/// Passes the interim responses (1xx: `103 Early Hints`, say) the upstream
+/// sends before its answer to `req` on to the client through `interim`,
+/// less their hop-by-hop fields. HTTP/1.1 upstreams only: hyper's HTTP/2
+/// client does not report them. They are never stored.
+pub fn pass_interim(req: &mut Request<ReqBody>, interim: Option<outpost_net::Interim>) {
+    let Some(interim) = interim else { return };
+    hyper::ext::on_informational(req, move |r| {
+        let fields = r.headers();
+        interim.send(r.status(), fields.iter().filter(|(name, _)| !is_hop_by_hop(name, fields)));
+    });
+}
+
 /// A request forwarded with its body (`length`: the length the client
 /// declared and hyper checked; without one the body goes chunked).
 pub fn forward(

@@ -147,35 +147,6 @@ async fn compare() {
     assert_eq!(body.len(), 5000);
 }
 
-/// What one request on a new connection got: the interim responses
-/// (status line and fields) and when the first arrived, then the final
-/// response's status line and when its head arrived.
-struct Exchange {
-    interim: Vec<(String, Vec<(String, String)>)>,
-    interim_at: Option<Duration>,
-    status: String,
-    final_at: Duration,
-}
-
-fn exchange(addr: SocketAddr, request: &str) -> Exchange {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let started = std::time::Instant::now();
-    s.write_all(request.as_bytes()).unwrap();
-    let mut r = BufReader::new(&mut s);
-    let (mut interim, mut interim_at) = (Vec::new(), None);
-    loop {
-        let head_only = request.starts_with("HEAD");
-        let (status, fields, _) = read_response(&mut r, head_only);
-        if status.split(' ').nth(1).is_some_and(|code| code.starts_with('1')) {
-            interim_at.get_or_insert(started.elapsed());
-            interim.push((status, fields));
-            continue;
-        }
-        return Exchange { interim, interim_at, status, final_at: started.elapsed() };
-    }
-}
-
 #[test]
 fn early_hints_go_before_an_answer_that_waits_and_never_before_one_at_once() {
     with_metrics_in_own_process(

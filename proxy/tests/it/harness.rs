@@ -177,3 +177,33 @@ pub async fn metric(edge: &Edge, series: &str) -> f64 {
 pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
     headers.iter().find(|(k, _)| k == name).map_or("", |(_, v)| v.as_str())
 }
+
+/// What one request on a new connection got: the interim responses
+/// (status line and fields) and when the first arrived, then the final
+/// response's status line and when its head arrived.
+pub struct Exchange {
+    pub interim: Vec<(String, Vec<(String, String)>)>,
+    pub interim_at: Option<std::time::Duration>,
+    pub status: String,
+    pub final_at: std::time::Duration,
+}
+
+pub fn exchange(addr: SocketAddr, request: &str) -> Exchange {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    let started = std::time::Instant::now();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut r = std::io::BufReader::new(&mut s);
+    let (mut interim, mut interim_at) = (Vec::new(), None);
+    loop {
+        let head_only = request.starts_with("HEAD");
+        let (status, fields, _) = read_response(&mut r, head_only);
+        if status.split(' ').nth(1).is_some_and(|code| code.starts_with('1')) {
+            interim_at.get_or_insert(started.elapsed());
+            interim.push((status, fields));
+            continue;
+        }
+        return Exchange { interim, interim_at, status, final_at: started.elapsed() };
+    }
+}

@@ -9,6 +9,7 @@ mod control_link;
 mod differential;
 mod direct;
 mod http3;
+mod interim;
 mod represent;
 mod sendfile;
 mod serving;

@@ -563,6 +563,30 @@ async fn early_hints_reach_an_http1_client_over_tls_before_a_miss() {
         }
     }
     assert_eq!(origin.count("/hinted/page").await, 1);
+    // Two misses on one connection, the second read by hyper: each gets
+    // the site's hints, then the origin's, before its answer.
+    let stream = connect(edge.https, "a.test", Arc::clone(&h1)).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    for n in 0..2 {
+        let mut req = Request::get(format!("/hinted/kept{n}?size=20&delay=100ms&early=%3C/o{n}.css%3E"))
+            .header("host", "a.test")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tx = Arc::clone(&seen);
+        hyper::ext::on_informational(&mut req, move |r| {
+            let links: Vec<String> =
+                r.headers().get_all("link").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+            tx.lock().unwrap().push((r.status(), links));
+        });
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes().len(), 20);
+        let hints = StatusCode::EARLY_HINTS;
+        let want =
+            [(hints, vec!["</a.css>; rel=preload; as=style".to_string()]), (hints, vec![format!("</o{n}.css>")])];
+        assert_eq!(*seen.lock().unwrap(), want, "request {n}");
+    }
     let h2 = connect(edge.https, "a.test", h2_h1(&ca_pem)).await.unwrap();
     let (status, _, body) = Conn::open(h2).await.get("a.test", "/hinted/other?size=50&delay=50ms").await;
     assert_eq!((status, body.len()), (StatusCode::OK, 50));

@@ -1,0 +1,348 @@
+//! Interim (1xx) responses for a request hyper holds on an HTTP/1
+//! connection: an upstream's `103 Early Hints`, say, that arrives before
+//! its final response, or the handler's own early hints.
+//!
+//! hyper's server cannot send a 1xx, but while it waits on a request's
+//! answer it reads the connection to notice a close, and that read is the
+//! connection's own I/O wrapper's. A handler queues interim responses in
+//! the connection's [`Slot`] through its request's [`Interim`]; the slot
+//! wakes the connection, and the wrapper writes them at hyper's next read.
+//!
+//! They are written only at a point where nothing can be cut in two:
+//! - while the request that queued them is the connection's open one (its
+//!   answer not yet given to hyper, so its final head is not begun);
+//! - when it is the only request being answered (no earlier response is
+//!   still being written: pipelined requests wait);
+//! - and when every byte hyper gave the wrapper was flushed, so hyper holds
+//!   no part of a message written and the rest not.
+//!
+//! (hyper reads the next request only once the last answer is flushed, so
+//! the last two hold of themselves today; they are checked so that a
+//! change in hyper cannot cut an answer in two.)
+//!
+//! Once taken, an interim response is written whole, before any other
+//! byte. What was not written when its request's answer came is dropped:
+//! the final response is there, and the hints would come too late to
+//! help. Only HTTP/1.1 requests get them (an HTTP/1.0 client must never
+//! see a 1xx), and only 1xx other than 100 and 101, which belong to one
+//! hop each.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use futures_util::task::AtomicWaker;
+use http::StatusCode;
+use http::header::{self, HeaderName, HeaderValue};
+use tokio::io::AsyncWrite;
+
+use super::ConnState;
+
+/// Most interim responses queued for one request; more are dropped (an
+/// upstream that sends them without end gets no further).
+pub(crate) const MAX_PER_REQUEST: usize = 8;
+/// Most bytes of interim responses queued for one request.
+pub(crate) const MAX_BYTES: usize = 16 << 10;
+
+/// A request's way to send interim responses before its answer: see the
+/// [module](self). Cheap to clone; a clone kept past the request's answer
+/// sends nothing.
+#[derive(Clone)]
+pub struct Interim {
+    /// The connection, whose [`Slot`] is [`ConnState::interim`].
+    conn: Arc<ConnState>,
+    /// The request's number on its connection.
+    id: u64,
+    /// The handler's own early hints went out before hyper read it.
+    hinted: bool,
+}
+
+impl std::fmt::Debug for Interim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Interim").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl Interim {
+    /// The request's number on its connection.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Whether the request was sent the handler's own early hints already:
+    /// those it wrote with [`crate::Fields::early_hints`] when the
+    /// connection offered it the request first.
+    pub fn hinted(&self) -> bool {
+        self.hinted
+    }
+
+    /// Queues an interim response with `fields` (those that frame a
+    /// message, `Content-Length`, `Transfer-Encoding` and `Connection`,
+    /// are left out: a 1xx has no body, and says nothing of the
+    /// connection). `false` when it will not be sent: not a 1xx this
+    /// server passes on, the request answered already, or over
+    /// [`MAX_PER_REQUEST`] or [`MAX_BYTES`].
+    pub fn send<'a>(
+        &self,
+        status: StatusCode,
+        fields: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+    ) -> bool {
+        if !status.is_informational() || matches!(status, StatusCode::CONTINUE | StatusCode::SWITCHING_PROTOCOLS) {
+            return false;
+        }
+        self.queue(status, fields, Source::Upstream)
+    }
+
+    /// Queues the handler's own `103 Early Hints` with a `Link` field for
+    /// each of `links`, as [`crate::Fields::early_hints`] does for a
+    /// request the connection reads itself; counted as those are.
+    pub fn early_hints<'a>(&self, links: impl IntoIterator<Item = &'a HeaderValue>) -> bool {
+        let fields = links.into_iter().map(|link| (&header::LINK, link));
+        self.queue(StatusCode::EARLY_HINTS, fields, Source::Own)
+    }
+
+    fn queue<'a>(
+        &self,
+        status: StatusCode,
+        fields: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+        source: Source,
+    ) -> bool {
+        let mut head = Vec::with_capacity(128);
+        encode(&mut head, status, fields);
+        let slot = &self.conn.interim;
+        let mut q = slot.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.open.load(Ordering::Acquire) != self.id {
+            return false;
+        }
+        if q.id != self.id {
+            *q = Queue { id: self.id, ..Queue::default() };
+        }
+        if q.count >= MAX_PER_REQUEST || q.sent + q.bytes.len() + head.len() > MAX_BYTES {
+            return false;
+        }
+        q.count += 1;
+        q.heads[source as usize] += 1;
+        q.bytes.extend_from_slice(&head);
+        slot.waiting.store(true, Ordering::Release);
+        drop(q);
+        slot.waker.wake();
+        true
+    }
+}
+
+/// An interim response's head, with `fields` but those that frame a
+/// message or speak of the connection.
+pub(crate) fn encode<'a>(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    fields: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in fields {
+        if matches!(*name, header::CONTENT_LENGTH | header::TRANSFER_ENCODING | header::CONNECTION) {
+            continue;
+        }
+        super::direct::line(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Where an interim response comes from.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// The upstream's, passed on.
+    Upstream = 0,
+    /// The handler's own early hints.
+    Own = 1,
+}
+
+/// Interim responses taken to be written: the upstream's, and the
+/// handler's own.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Taken {
+    pub(crate) upstream: u64,
+    pub(crate) own: u64,
+}
+
+/// Interim responses queued for one request.
+#[derive(Debug, Default)]
+struct Queue {
+    /// The request they are for.
+    id: u64,
+    bytes: Vec<u8>,
+    /// Responses in `bytes`, by [`Source`].
+    heads: [u64; 2],
+    /// Responses queued for the request, taken or not.
+    count: usize,
+    /// Bytes of the request's already taken.
+    sent: usize,
+}
+
+/// One HTTP/1 connection's interim responses; see the [module](self).
+#[derive(Debug)]
+pub(crate) struct Slot {
+    /// The request that may send interim responses now; 0: none.
+    open: AtomicU64,
+    /// The last request's number.
+    last: AtomicU64,
+    /// Something is queued.
+    waiting: AtomicBool,
+    /// The next request hyper reads was sent the handler's early hints.
+    hinted: AtomicBool,
+    queue: Mutex<Queue>,
+    /// The connection's task, woken when something is queued.
+    waker: AtomicWaker,
+}
+
+impl Slot {
+    pub(crate) fn new() -> Slot {
+        Slot {
+            open: AtomicU64::new(0),
+            last: AtomicU64::new(0),
+            waiting: AtomicBool::new(false),
+            hinted: AtomicBool::new(false),
+            queue: Mutex::new(Queue::default()),
+            waker: AtomicWaker::new(),
+        }
+    }
+
+    /// Opens `conn`'s slot to a request hyper has just read: until its
+    /// answer, [`Interim::send`] queues.
+    pub(crate) fn open(conn: &Arc<ConnState>) -> Interim {
+        let slot = &conn.interim;
+        let id = slot.last.fetch_add(1, Ordering::Relaxed) + 1;
+        slot.open.store(id, Ordering::Release);
+        let hinted = slot.hinted.swap(false, Ordering::AcqRel);
+        Interim { conn: Arc::clone(conn), id, hinted }
+    }
+
+    /// The request handed to hyper next was sent the handler's early
+    /// hints ([`Interim::hinted`]).
+    pub(crate) fn hinted_next(&self) {
+        self.hinted.store(true, Ordering::Release);
+    }
+
+    /// The request `id` has its answer: nothing more of it is sent.
+    pub(crate) fn close(&self, id: u64) {
+        let _ = self.open.compare_exchange(id, 0, Ordering::AcqRel, Ordering::Relaxed);
+    }
+
+    /// Called at each of hyper's reads: when a request is open, notes the
+    /// task to wake, and, when something is queued and `free` (see the
+    /// [module](self)), takes it to be written: the bytes, and how many
+    /// responses they are.
+    pub(crate) fn take(&self, cx: &Context<'_>, free: impl FnOnce() -> bool) -> Option<(Bytes, Taken)> {
+        let open = self.open.load(Ordering::Acquire);
+        if open == 0 {
+            return None;
+        }
+        self.waker.register(cx.waker());
+        if !self.waiting.load(Ordering::Acquire) || !free() {
+            return None;
+        }
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        self.waiting.store(false, Ordering::Release);
+        if q.id != open || q.bytes.is_empty() {
+            // Queued for a request answered since.
+            q.bytes.clear();
+            q.heads = [0; 2];
+            return None;
+        }
+        q.sent += q.bytes.len();
+        let [upstream, own] = std::mem::take(&mut q.heads);
+        Some((Bytes::from(std::mem::take(&mut q.bytes)), Taken { upstream, own }))
+    }
+}
+
+/// Writes what is left of `owed` to `io`: ready once all of it is out.
+pub(crate) fn poll_owed<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    owed: &mut Bytes,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    while !owed.is_empty() {
+        let n = std::task::ready!(Pin::new(&mut *io).poll_write(cx, owed))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        owed.advance(n);
+    }
+    // Over TLS, the records are pushed to the socket; what is not yet
+    // taken goes with the next flush.
+    let _ = Pin::new(io).poll_flush(cx);
+    Poll::Ready(Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn() -> Arc<ConnState> {
+        Arc::new(ConnState::new(std::time::Instant::now(), &tokio_util::sync::CancellationToken::new()))
+    }
+
+    fn take(conn: &ConnState) -> Option<(Bytes, Taken)> {
+        conn.interim.take(&Context::from_waker(std::task::Waker::noop()), || true)
+    }
+
+    #[test]
+    fn only_the_open_request_queues_and_only_its_own_are_taken() {
+        let conn = conn();
+        let link = HeaderValue::from_static("</a.css>");
+        let first = Slot::open(&conn);
+        assert!(first.early_hints([&link]));
+        conn.interim.close(first.id());
+        assert!(!first.early_hints([&link]), "answered: nothing more is queued");
+        let second = Slot::open(&conn);
+        assert_eq!(take(&conn), None, "what the answered request queued is dropped, never sent to the next");
+        assert!(!first.early_hints([&link]), "an old handle sends nothing for the next request");
+        let fields = [
+            (header::LINK, HeaderValue::from_static("</b.js>")),
+            (header::CONTENT_LENGTH, HeaderValue::from_static("5")),
+            (header::TRANSFER_ENCODING, HeaderValue::from_static("chunked")),
+            (header::CONNECTION, HeaderValue::from_static("close")),
+        ];
+        assert!(second.send(StatusCode::from_u16(104).unwrap(), fields.iter().map(|(n, v)| (n, v))));
+        assert!(second.early_hints([&link]));
+        let (bytes, taken) = take(&conn).unwrap();
+        assert_eq!(
+            &bytes[..],
+            b"HTTP/1.1 104 \r\nlink: </b.js>\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n",
+            "fields that frame a message or speak of the connection are left out"
+        );
+        assert_eq!(taken, Taken { upstream: 1, own: 1 });
+        assert_eq!(take(&conn), None, "taken once");
+        conn.interim.close(second.id());
+        assert!(!conn.interim.hinted.load(Ordering::Acquire));
+        conn.interim.hinted_next();
+        assert!(Slot::open(&conn).hinted() && !Slot::open(&conn).hinted(), "told to the next request only");
+    }
+
+    #[test]
+    fn a_request_passes_on_a_bounded_number_of_1xx_and_never_100_or_101() {
+        let conn = conn();
+        let request = Slot::open(&conn);
+        let none = || std::iter::empty::<(&HeaderName, &HeaderValue)>();
+        for status in [100, 101, 200, 304] {
+            assert!(!request.send(StatusCode::from_u16(status).unwrap(), none()), "{status}");
+        }
+        let big = HeaderValue::from_bytes(&vec![b'x'; MAX_BYTES]).unwrap();
+        assert!(!request.send(StatusCode::EARLY_HINTS, [(&header::LINK, &big)]), "over the byte limit");
+        for n in 0..MAX_PER_REQUEST {
+            assert!(request.send(StatusCode::EARLY_HINTS, none()), "{n}");
+            if n == 2 {
+                // Taken ones count as well.
+                assert_eq!(take(&conn).unwrap().1.upstream, 3);
+            }
+        }
+        assert!(!request.send(StatusCode::EARLY_HINTS, none()), "over the count");
+        assert_eq!(take(&conn).unwrap().1.upstream, MAX_PER_REQUEST as u64 - 3);
+    }
+}

@@ -212,16 +212,11 @@ struct TrackedIo<S> {
 }
 
 impl<S: Transport> TrackedIo<S> {
-    /// Takes the interim responses queued for the request hyper is
-    /// answering when they may go now, and writes what is owed.
+    /// At hyper's read: takes the interim responses queued for the request
+    /// hyper is answering when they may go now, and writes what is owed.
     fn interim(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        let state = &*self.state;
-        let free = self.clean && self.owed.is_empty();
-        if let Some((heads, n)) = state.interim.take(cx, || free && state.active.load(Ordering::Acquire) == 1) {
-            self.forwarded.increment(n.upstream);
-            self.hints.increment(n.own);
-            self.owed = heads;
-        }
+        self.state.interim.watch(cx);
+        self.take_interim();
         match self.poll_owed(cx) {
             Poll::Ready(r) => r,
             // Written before anything else; hyper's next read or write
@@ -230,10 +225,29 @@ impl<S: Transport> TrackedIo<S> {
         }
     }
 
-    /// Writes what is owed of interim responses: ready once none is.
+    fn take_interim(&mut self) {
+        let state = &*self.state;
+        let free = self.clean && self.owed.is_empty();
+        // At most the request's own answer is in progress (none once hyper
+        // has dropped a body it took whole, before its first write).
+        if let Some((heads, n)) = state.interim.take(|| free && state.active.load(Ordering::Acquire) <= 1) {
+            self.forwarded.increment(n.upstream);
+            self.hints.increment(n.own);
+            self.owed = heads;
+        }
+    }
+
+    /// Before a write: what is queued or owed of interim responses goes
+    /// first. Ready once none is owed.
     fn poll_owed(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.owed.is_empty() {
-            return Poll::Ready(Ok(()));
+            if !self.state.interim.waiting() {
+                return Poll::Ready(Ok(()));
+            }
+            self.take_interim();
+            if self.owed.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
         }
         interim::poll_owed(&mut self.inner, &mut self.owed, cx)
     }

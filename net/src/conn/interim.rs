@@ -9,8 +9,9 @@
 //! wakes the connection, and the wrapper writes them at hyper's next read.
 //!
 //! They are written only at a point where nothing can be cut in two:
-//! - while the request that queued them is the connection's open one (its
-//!   answer not yet given to hyper, so its final head is not begun);
+//! - while the request that queued them waits for its answer, or just
+//!   before the answer's first byte (the answer can come in the same turn
+//!   of the connection as the interim responses, before hyper reads);
 //! - when it is the only request being answered (no earlier response is
 //!   still being written: pipelined requests wait);
 //! - and when every byte hyper gave the wrapper was flushed, so hyper holds
@@ -21,9 +22,9 @@
 //! change in hyper cannot cut an answer in two.)
 //!
 //! Once taken, an interim response is written whole, before any other
-//! byte. What was not written when its request's answer came is dropped:
-//! the final response is there, and the hints would come too late to
-//! help. Only HTTP/1.1 requests get them (an HTTP/1.0 client must never
+//! byte. Nothing is queued once the request has its answer, and what a
+//! request queued is never sent after a later request's answer. Only
+//! HTTP/1.1 requests get them (an HTTP/1.0 client must never
 //! see a 1xx), and only 1xx other than 100 and 101, which belong to one
 //! hop each.
 
@@ -67,6 +68,9 @@ impl std::fmt::Debug for Interim {
 }
 
 impl Interim {
+    /// Most interim responses one request is sent.
+    pub const MOST: usize = MAX_PER_REQUEST;
+
     /// The request's number on its connection.
     pub(crate) fn id(&self) -> u64 {
         self.id
@@ -190,6 +194,8 @@ struct Queue {
 pub(crate) struct Slot {
     /// The request that may send interim responses now; 0: none.
     open: AtomicU64,
+    /// The last request answered: what it queued goes before its answer.
+    answered: AtomicU64,
     /// The last request's number.
     last: AtomicU64,
     /// Something is queued.
@@ -205,6 +211,7 @@ impl Slot {
     pub(crate) fn new() -> Slot {
         Slot {
             open: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
             last: AtomicU64::new(0),
             waiting: AtomicBool::new(false),
             hinted: AtomicBool::new(false),
@@ -229,28 +236,41 @@ impl Slot {
         self.hinted.store(true, Ordering::Release);
     }
 
-    /// The request `id` has its answer: nothing more of it is sent.
+    /// The request `id` has its answer: nothing more is queued for it,
+    /// and what is queued goes before the answer's first byte.
     pub(crate) fn close(&self, id: u64) {
-        let _ = self.open.compare_exchange(id, 0, Ordering::AcqRel, Ordering::Relaxed);
+        if self.open.compare_exchange(id, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            self.answered.store(id, Ordering::Release);
+        }
+    }
+
+    /// Something is queued.
+    pub(crate) fn waiting(&self) -> bool {
+        self.waiting.load(Ordering::Acquire)
     }
 
     /// Called at each of hyper's reads: when a request is open, notes the
-    /// task to wake, and, when something is queued and `free` (see the
-    /// [module](self)), takes it to be written: the bytes, and how many
-    /// responses they are.
-    pub(crate) fn take(&self, cx: &Context<'_>, free: impl FnOnce() -> bool) -> Option<(Bytes, Taken)> {
-        let open = self.open.load(Ordering::Acquire);
-        if open == 0 {
-            return None;
+    /// task to wake (see [`Slot::take`]).
+    pub(crate) fn watch(&self, cx: &Context<'_>) {
+        if self.open.load(Ordering::Acquire) != 0 {
+            self.waker.register(cx.waker());
         }
-        self.waker.register(cx.waker());
+    }
+
+    /// When something is queued and `free` (see the [module](self)), takes
+    /// it to be written: the bytes, and how many responses they are. At a
+    /// read, while the request waits for its answer; at the first write of
+    /// its answer, what it queued after the last read (the answer can come
+    /// in the same turn of the connection as the interim responses).
+    pub(crate) fn take(&self, free: impl FnOnce() -> bool) -> Option<(Bytes, Taken)> {
         if !self.waiting.load(Ordering::Acquire) || !free() {
             return None;
         }
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         self.waiting.store(false, Ordering::Release);
-        if q.id != open || q.bytes.is_empty() {
-            // Queued for a request answered since.
+        let current = q.id == self.open.load(Ordering::Acquire) || q.id == self.answered.load(Ordering::Acquire);
+        if !current || q.bytes.is_empty() {
+            // Queued for a request whose answer has gone out since.
             q.bytes.clear();
             q.heads = [0; 2];
             return None;
@@ -289,7 +309,7 @@ mod tests {
     }
 
     fn take(conn: &ConnState) -> Option<(Bytes, Taken)> {
-        conn.interim.take(&Context::from_waker(std::task::Waker::noop()), || true)
+        conn.interim.take(|| true)
     }
 
     #[test]
@@ -300,8 +320,16 @@ mod tests {
         assert!(first.early_hints([&link]));
         conn.interim.close(first.id());
         assert!(!first.early_hints([&link]), "answered: nothing more is queued");
+        let (bytes, _) = take(&conn).expect("what it queued before goes before its answer");
+        assert_eq!(&bytes[..], b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n");
+        assert!(!first.early_hints([&link]) && take(&conn).is_none());
+        let stale = Slot::open(&conn);
+        assert!(stale.early_hints([&link]));
+        conn.interim.close(stale.id());
         let second = Slot::open(&conn);
-        assert_eq!(take(&conn), None, "what the answered request queued is dropped, never sent to the next");
+        conn.interim.close(second.id());
+        let second = Slot::open(&conn);
+        assert_eq!(take(&conn), None, "what a request queued is never sent once a later one was answered");
         assert!(!first.early_hints([&link]), "an old handle sends nothing for the next request");
         let fields = [
             (header::LINK, HeaderValue::from_static("</b.js>")),

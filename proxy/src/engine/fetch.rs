@@ -38,9 +38,6 @@ pub(crate) struct Fetched {
     pub has_authorization: bool,
     /// Host sent upstream.
     pub host: Option<HeaderValue>,
-    /// Where the upstream's interim responses go: the client of the
-    /// request that leads the fetch (one that joins it gets none).
-    pub interim: Option<outpost_net::Interim>,
 }
 
 /// One fetch.
@@ -168,7 +165,8 @@ impl FetchJob {
         let validators = self.stale.as_ref().map(|(_, s)| &s.headers);
         let mut req =
             request::fetch(&engine.hop, &self.site, &self.request.from, &self.rkey.url, validators, self.rkey.coding);
-        request::pass_interim(&mut req, self.request.interim.take());
+        let flight = Arc::clone(&self.guard.flight);
+        request::on_interim(&mut req, move |status, fields| flight.interim(status, fields));
         let result = engine.upstream.send(&self.site, self.rkey.primary, req, self.request.host.clone()).await;
         let times = Times { started, started_real, now: engine.clock.now() };
         match result {

@@ -26,6 +26,8 @@ use futures_util::{Stream, StreamExt};
 use http::HeaderName;
 use tokio::sync::watch;
 
+use outpost_net::Interim;
+
 use crate::error::Error;
 use crate::key::Key;
 use crate::store::{BodyRef, CHUNK_SIZE, Store, StoredObject};
@@ -168,6 +170,17 @@ pub(crate) struct Flight {
     changed: watch::Sender<u64>,
     /// Readers moved on: the fetch may be waiting for them.
     progressed: tokio::sync::Notify,
+    interim: Mutex<Passing>,
+}
+
+/// The upstream's interim responses (1xx), passed on to every request
+/// waiting on the flight that can be sent them.
+#[derive(Debug, Default)]
+struct Passing {
+    /// Those received so far, for requests that join later.
+    seen: Vec<(http::StatusCode, http::HeaderMap)>,
+    /// The waiting requests'. One answered since sends nothing.
+    to: Vec<Interim>,
 }
 
 impl Flight {
@@ -191,6 +204,29 @@ impl Flight {
             if rx.changed().await.is_err() {
                 return Head::Failed(Error::internal("a fetch", "its flight ended without an answer"));
             }
+        }
+    }
+
+    /// Passes the upstream's interim responses on to the request `interim`
+    /// is for: those received so far at once, the others as they come.
+    pub(crate) fn pass_interim_to(&self, interim: Interim) {
+        let mut p = self.interim.lock().unwrap_or_else(|p| p.into_inner());
+        for (status, fields) in &p.seen {
+            interim.send(*status, fields);
+        }
+        p.to.push(interim);
+    }
+
+    /// An interim response from the upstream (its end-to-end fields), for
+    /// every request waiting on the flight.
+    pub(crate) fn interim(&self, status: http::StatusCode, fields: http::HeaderMap) {
+        let mut p = self.interim.lock().unwrap_or_else(|p| p.into_inner());
+        for to in &p.to {
+            to.send(status, &fields);
+        }
+        // No request passes on more than this many.
+        if p.seen.len() < Interim::MOST {
+            p.seen.push((status, fields));
         }
     }
 
@@ -393,6 +429,7 @@ impl Flights {
             state: Mutex::new(State { head: Head::Pending, body: BodyState::default() }),
             changed: watch::channel(0).0,
             progressed: tokio::sync::Notify::new(),
+            interim: Mutex::default(),
         });
         map.insert(key, Arc::clone(&flight));
         Ok(Join::Leader(FlightGuard { flights: Some(Arc::clone(self)), flight }))
@@ -405,6 +442,7 @@ impl Flights {
             state: Mutex::new(State { head: Head::Pending, body: BodyState::default() }),
             changed: watch::channel(0).0,
             progressed: tokio::sync::Notify::new(),
+            interim: Mutex::default(),
         });
         FlightGuard { flights: None, flight }
     }

@@ -40,7 +40,11 @@ pub(super) async fn forward(cx: &Ctx, body: Incoming) -> Answer {
         None => cx.path().to_string(),
     };
     let mut up = request::forward(&engine.hop, &cx.site, &cx.client_side(), &cx.method, &target, body, length);
-    request::pass_interim(&mut up, cx.interim.clone());
+    if let Some(interim) = cx.interim.clone() {
+        request::on_interim(&mut up, move |status, fields| {
+            interim.send(status, &fields);
+        });
+    }
     let waiting = Instant::now();
     let sent = engine.upstream.send(&cx.site, cx.rkey.primary, up, cx.upstream_host()).await;
     let mut answer = forwarded(cx, sent).await;

@@ -56,7 +56,6 @@ fn fetched(cx: &Ctx) -> Fetched {
         no_store: Directives::parse_all(cx.headers.get_all(http::header::CACHE_CONTROL)).no_store,
         has_authorization: cx.headers.contains_key(http::header::AUTHORIZATION),
         host: cx.upstream_host(),
-        interim: cx.interim.clone(),
     }
 }
 
@@ -73,6 +72,15 @@ pub(super) async fn fetch(cx: &Ctx, miss: Miss, alone: bool, distrust: bool) -> 
             Err(hit) => return Some(hit.serve(cx).await),
         }
     };
+    // The upstream's interim responses go to every request waiting on
+    // the fetch that can be sent them.
+    if let Some(interim) = &cx.interim {
+        let flight = match &join {
+            Join::Leader(guard) => &guard.flight,
+            Join::Waiter(flight) => flight,
+        };
+        flight.pass_interim_to(interim.clone());
+    }
     let joined = match join {
         Join::Leader(guard) => {
             let flight = Arc::clone(&guard.flight);
@@ -95,9 +103,7 @@ pub(super) async fn fetch(cx: &Ctx, miss: Miss, alone: bool, distrust: bool) -> 
 /// Stale-while-revalidate: one background revalidation per key.
 pub(super) fn revalidate_in_background(cx: &Ctx, key: Key, obj: Arc<StoredObject>) {
     if let Join::Leader(guard) = cx.engine.flights.join(key) {
-        // Nobody waits on it: the client is answered with the stale copy.
-        let request = Fetched { interim: None, ..fetched(cx) };
-        tokio::spawn(FetchJob::new(cx, guard, request, Some((key, obj)), None).run());
+        tokio::spawn(FetchJob::new(cx, guard, fetched(cx), Some((key, obj)), None).run());
     }
 }
 

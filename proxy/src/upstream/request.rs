@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request};
+use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use outpost_config::coding::Coding;
 use outpost_config::{Site, WITHHELD_REQUEST_HEADERS};
@@ -166,15 +166,18 @@ pub fn fetch(
     req
 }
 
-/// Passes the interim responses (1xx: `103 Early Hints`, say) the upstream
-/// sends before its answer to `req` on to the client through `interim`,
-/// less their hop-by-hop fields. HTTP/1.1 upstreams only: hyper's HTTP/2
+/// Calls `pass` with each interim response (1xx: `103 Early Hints`, say)
+/// the upstream sends before its answer to `req`: its status and fields,
+/// less the hop-by-hop ones. HTTP/1.1 upstreams only: hyper's HTTP/2
 /// client does not report them. They are never stored.
-pub fn pass_interim(req: &mut Request<ReqBody>, interim: Option<outpost_net::Interim>) {
-    let Some(interim) = interim else { return };
+pub fn on_interim(req: &mut Request<ReqBody>, pass: impl Fn(StatusCode, HeaderMap) + Send + Sync + 'static) {
     hyper::ext::on_informational(req, move |r| {
-        let fields = r.headers();
-        interim.send(r.status(), fields.iter().filter(|(name, _)| !is_hop_by_hop(name, fields)));
+        let all = r.headers();
+        let mut fields = HeaderMap::with_capacity(all.len());
+        for (name, value) in all.iter().filter(|(name, _)| !is_hop_by_hop(name, all)) {
+            fields.append(name.clone(), value.clone());
+        }
+        pass(r.status(), fields);
     });
 }
 

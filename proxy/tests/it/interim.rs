@@ -214,3 +214,28 @@ async fn an_upstream_that_floods_or_lies_in_interim_responses_passes_on_only_wha
     }
     assert_eq!(answers[8].2, b"hello");
 }
+
+/// Requests that wait on another's fetch get the origin's hints too: one
+/// that joins at once, and one that joins after the 103 came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_waiting_on_a_fetch_gets_the_origins_hints() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    let edge = Edge::start(dir.path(), &site_toml(origin.addr, DEFAULT_RULES)).await;
+    let addr = edge.addr;
+    let path = "/shared?size=40&early=%3C/shared.css%3E&delay=800ms";
+    let ask = move |after: u64| {
+        tokio::task::spawn_blocking(move || {
+            std::thread::sleep(Duration::from_millis(after));
+            exchange(addr, &get(path, "HTTP/1.1"))
+        })
+    };
+    let (first, second, late) = (ask(0), ask(50), ask(400));
+    for (who, x) in [("first", first.await.unwrap()), ("second", second.await.unwrap()), ("late", late.await.unwrap())]
+    {
+        assert_eq!(x.status, "HTTP/1.1 200 OK", "{who}");
+        let got: Vec<(&str, Vec<&str>)> = x.interim.iter().map(|(s, f)| (s.as_str(), links(f))).collect();
+        assert_eq!(got, [("HTTP/1.1 103 Early Hints", vec!["</shared.css>"])], "{who}");
+    }
+    assert_eq!(origin.count("/shared").await, 1, "one fetch for the three");
+}

@@ -249,7 +249,10 @@ impl<S: Transport> TrackedIo<S> {
                 return Poll::Ready(Ok(()));
             }
         }
-        interim::poll_owed(&mut self.inner, &mut self.owed, cx)
+        let r = interim::poll_owed(&mut self.inner, &mut self.owed, cx);
+        // A client that does not take them is timed as for any write.
+        self.wrote(&r);
+        r
     }
 }
 

@@ -144,29 +144,12 @@ impl Read for SlowReader {
     }
 }
 
-/// What an upstream that lies or floods sends in 1xx: a 103 larger than
-/// the limit, fields that speak of framing or the connection, a `100
-/// Continue` nobody asked for, a `101`, and more 103s than a request may
-/// pass on. The client gets the well-formed ones, within the limits, and
-/// the answer whole.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upstream_that_floods_or_lies_in_interim_responses_passes_on_only_whats_allowed() {
+/// An upstream that reads a request head and writes `script`.
+async fn scripted(script: Vec<u8>) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    let mut script = Vec::new();
-    script
-        .extend_from_slice(format!("HTTP/1.1 103 Early Hints\r\nlink: <{}>\r\n\r\n", "x".repeat(20 << 10)).as_bytes());
-    script.extend_from_slice(
-        b"HTTP/1.1 102 Processing\r\nconnection: x-secret\r\nx-secret: 1\r\ncontent-length: 5\r\n\
-          transfer-encoding: chunked\r\nkeep-alive: timeout=1\r\nx-kept: yes\r\n\r\n",
-    );
-    script.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-    for n in 0..12 {
-        script.extend_from_slice(format!("HTTP/1.1 103 Early Hints\r\nlink: </{n}.css>\r\n\r\n").as_bytes());
-    }
-    script.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncache-control: max-age=60\r\n\r\nhello");
+    let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         loop {
             let Ok((mut s, _)) = listener.accept().await else { return };
             let script = script.clone();
@@ -183,6 +166,29 @@ async fn an_upstream_that_floods_or_lies_in_interim_responses_passes_on_only_wha
             });
         }
     });
+    addr
+}
+
+/// What an upstream that lies or floods sends in 1xx: a 103 larger than
+/// the limit, fields that speak of framing or the connection, a `100
+/// Continue` nobody asked for, a `101`, and more 103s than a request may
+/// pass on. The client gets the well-formed ones, within the limits, and
+/// the answer whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_floods_or_lies_in_interim_responses_passes_on_only_whats_allowed() {
+    let mut script = Vec::new();
+    script
+        .extend_from_slice(format!("HTTP/1.1 103 Early Hints\r\nlink: <{}>\r\n\r\n", "x".repeat(20 << 10)).as_bytes());
+    script.extend_from_slice(
+        b"HTTP/1.1 102 Processing\r\nconnection: x-secret\r\nx-secret: 1\r\ncontent-length: 5\r\n\
+          transfer-encoding: chunked\r\nkeep-alive: timeout=1\r\nx-kept: yes\r\n\r\n",
+    );
+    script.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+    for n in 0..12 {
+        script.extend_from_slice(format!("HTTP/1.1 103 Early Hints\r\nlink: </{n}.css>\r\n\r\n").as_bytes());
+    }
+    script.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncache-control: max-age=60\r\n\r\nhello");
+    let upstream = scripted(script).await;
     let dir = tempfile::tempdir().unwrap();
     let edge = Edge::start(dir.path(), &site_toml(upstream, DEFAULT_RULES)).await;
     let addr = edge.addr;

@@ -199,12 +199,15 @@ struct TrackedIo<S> {
     replay: Bytes,
     /// hyper was handed an end of stream to park the connection.
     parked: bool,
-    /// Every byte hyper gave to be written has been flushed since: hyper
-    /// holds no message partly written ([`interim`]).
+    /// Every byte given to be written has been flushed since (hyper
+    /// flushes its own buffer before it asks for a flush): what is
+    /// written next starts where nothing was cut ([`interim`]).
     clean: bool,
     /// Interim responses taken from [`ConnState::interim`] and not yet
     /// all written: written before anything else.
     owed: Bytes,
+    /// The flush after the last of `owed` has not finished.
+    unflushed: bool,
     /// Counts the interim responses taken: the upstream's, and the
     /// handler's own early hints.
     forwarded: metrics::Counter,
@@ -216,7 +219,6 @@ impl<S: Transport> TrackedIo<S> {
     /// hyper is answering when they may go now, and writes what is owed.
     fn interim(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         self.state.interim.watch(cx);
-        self.take_interim();
         match self.poll_owed(cx) {
             Poll::Ready(r) => r,
             // Written before anything else; hyper's next read or write
@@ -237,22 +239,37 @@ impl<S: Transport> TrackedIo<S> {
         }
     }
 
-    /// Before a write: what is queued or owed of interim responses goes
-    /// first. Ready once none is owed.
+    /// Writes what is owed of interim responses, and what may be taken
+    /// of those queued: ready once none is owed.
     fn poll_owed(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.owed.is_empty() {
-            if !self.state.interim.waiting() {
-                return Poll::Ready(Ok(()));
-            }
-            self.take_interim();
+        loop {
             if self.owed.is_empty() {
-                return Poll::Ready(Ok(()));
+                if self.unflushed {
+                    // Records of the last ones still to push (TLS).
+                    self.unflushed = Pin::new(&mut self.inner).poll_flush(cx).is_pending();
+                }
+                if !self.state.interim.waiting() {
+                    return Poll::Ready(Ok(()));
+                }
+                self.take_interim();
+                if self.owed.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
             }
+            let r = interim::poll_owed(&mut self.inner, &mut self.owed, cx);
+            // A client that does not take them is timed as for any write.
+            self.wrote(&r);
+            self.unflushed = !std::task::ready!(r)?;
         }
-        let r = interim::poll_owed(&mut self.inner, &mut self.owed, cx);
-        // A client that does not take them is timed as for any write.
-        self.wrote(&r);
-        r
+    }
+
+    /// Before a write of hyper's (or of an answer given at once): the
+    /// interim responses that may go first go, and the request answered
+    /// last has had its chance ([`interim::Slot::retire`]).
+    fn before_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_owed(cx))?;
+        self.state.interim.retire();
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -341,7 +358,7 @@ impl<S: AsyncWrite + Unpin> TrackedIo<S> {
 
 impl<S: Transport> AsyncWrite for TrackedIo<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        std::task::ready!(self.poll_owed(cx))?;
+        std::task::ready!(self.before_write(cx))?;
         self.clean = false;
         let r = self.poll_write_parts(cx, &[io::IoSlice::new(buf)]);
         self.sent(&r);
@@ -368,7 +385,7 @@ impl<S: Transport> AsyncWrite for TrackedIo<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        std::task::ready!(self.poll_owed(cx))?;
+        std::task::ready!(self.before_write(cx))?;
         self.clean = false;
         let r = self.poll_write_parts(cx, bufs);
         self.sent(&r);
@@ -693,6 +710,7 @@ where
         parked: false,
         clean: true,
         owed: Bytes::new(),
+        unflushed: false,
         forwarded: counters.forwarded.clone(),
         hints: counters.interim.clone(),
     };

@@ -9,21 +9,22 @@
 //! wakes the connection, and the wrapper writes them at hyper's next read.
 //!
 //! They are written only at a point where nothing can be cut in two:
-//! - while the request that queued them waits for its answer, or just
-//!   before the answer's first byte (the answer can come in the same turn
-//!   of the connection as the interim responses, before hyper reads);
+//! - while the request that queued them waits for its answer, or at the
+//!   answer's first write, before its bytes (the answer can come in the
+//!   same turn of the connection as the interim responses, before hyper
+//!   reads); that write is their last chance, and what is still queued
+//!   after it is dropped, never written inside or after the answer;
 //! - when it is the only request being answered (no earlier response is
-//!   still being written: pipelined requests wait);
-//! - and when every byte hyper gave the wrapper was flushed, so hyper holds
-//!   no part of a message written and the rest not.
+//!   still being written);
+//! - and when every byte given to be written has been flushed, so what
+//!   goes next starts where no message was cut. hyper usually reads the
+//!   next request only once the last answer is flushed, but not when that
+//!   answer came before the request's body was read.
 //!
-//! (hyper reads the next request only once the last answer is flushed, so
-//! the last two hold of themselves today; they are checked so that a
-//! change in hyper cannot cut an answer in two.)
-//!
+//! hyper does not read while bytes a client pipelined wait in its buffer:
+//! then a request's interim responses wait for its answer's first write.
 //! Once taken, an interim response is written whole, before any other
-//! byte. Nothing is queued once the request has its answer, and what a
-//! request queued is never sent after a later request's answer. Only
+//! byte; one the client does not take is timed as any write is. Only
 //! HTTP/1.1 requests get them (an HTTP/1.0 client must never
 //! see a 1xx), and only 1xx other than 100 and 101, which belong to one
 //! hop each.
@@ -70,6 +71,8 @@ impl std::fmt::Debug for Interim {
 impl Interim {
     /// Most interim responses one request is sent.
     pub const MOST: usize = MAX_PER_REQUEST;
+    /// Most bytes of interim responses one request is sent.
+    pub const MAX_BYTES: usize = MAX_BYTES;
 
     /// The request's number on its connection.
     pub(crate) fn id(&self) -> u64 {
@@ -114,8 +117,6 @@ impl Interim {
         fields: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
         source: Source,
     ) -> bool {
-        let mut head = Vec::with_capacity(128);
-        encode(&mut head, status, fields);
         let slot = &self.conn.interim;
         let mut q = slot.queue.lock().unwrap_or_else(|p| p.into_inner());
         if slot.open.load(Ordering::Acquire) != self.id {
@@ -124,12 +125,17 @@ impl Interim {
         if q.id != self.id {
             *q = Queue { id: self.id, ..Queue::default() };
         }
-        if q.count >= MAX_PER_REQUEST || q.sent + q.bytes.len() + head.len() > MAX_BYTES {
+        if q.count >= MAX_PER_REQUEST {
+            return false;
+        }
+        let (start, room) = (q.bytes.len(), MAX_BYTES.saturating_sub(q.sent + q.bytes.len()));
+        encode(&mut q.bytes, status, fields);
+        if q.bytes.len() - start > room {
+            q.bytes.truncate(start);
             return false;
         }
         q.count += 1;
         q.heads[source as usize] += 1;
-        q.bytes.extend_from_slice(&head);
         slot.waiting.store(true, Ordering::Release);
         drop(q);
         slot.waker.wake();
@@ -236,11 +242,29 @@ impl Slot {
         self.hinted.store(true, Ordering::Release);
     }
 
-    /// The request `id` has its answer: nothing more is queued for it,
-    /// and what is queued goes before the answer's first byte.
+    /// The request `id` has its answer: nothing more is queued for it
+    /// (under the queue's lock, so no [`Interim::send`] is half done), and
+    /// what is queued may go just before the answer's first byte.
     pub(crate) fn close(&self, id: u64) {
+        let _q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         if self.open.compare_exchange(id, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
             self.answered.store(id, Ordering::Release);
+        }
+    }
+
+    /// At hyper's write, once what could go before it has: the answered
+    /// request had its one chance, and what it still has queued is
+    /// dropped, never written later, inside or after its answer.
+    pub(crate) fn retire(&self) {
+        if self.answered.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        self.answered.store(0, Ordering::Release);
+        if q.id != self.open.load(Ordering::Acquire) {
+            q.bytes.clear();
+            q.heads = [0; 2];
+            self.waiting.store(false, Ordering::Release);
         }
     }
 
@@ -281,12 +305,14 @@ impl Slot {
     }
 }
 
-/// Writes what is left of `owed` to `io`: ready once all of it is out.
+/// Writes what is left of `owed` to `io`, then flushes it (over TLS,
+/// pushes the records to the socket): ready once all of it is written,
+/// with whether the flush is done too.
 pub(crate) fn poll_owed<S: AsyncWrite + Unpin>(
     io: &mut S,
     owed: &mut Bytes,
     cx: &mut Context<'_>,
-) -> Poll<io::Result<()>> {
+) -> Poll<io::Result<bool>> {
     while !owed.is_empty() {
         let n = std::task::ready!(Pin::new(&mut *io).poll_write(cx, owed))?;
         if n == 0 {
@@ -294,10 +320,7 @@ pub(crate) fn poll_owed<S: AsyncWrite + Unpin>(
         }
         owed.advance(n);
     }
-    // Over TLS, the records are pushed to the socket; what is not yet
-    // taken goes with the next flush.
-    let _ = Pin::new(io).poll_flush(cx);
-    Poll::Ready(Ok(()))
+    Poll::Ready(Ok(Pin::new(io).poll_flush(cx).is_ready()))
 }
 
 #[cfg(test)]
@@ -351,6 +374,32 @@ mod tests {
         assert!(!conn.interim.hinted.load(Ordering::Acquire));
         conn.interim.hinted_next();
         assert!(Slot::open(&conn).hinted() && !Slot::open(&conn).hinted(), "told to the next request only");
+    }
+
+    #[test]
+    fn what_an_answered_request_queued_goes_at_its_answers_first_write_or_never() {
+        let conn = conn();
+        let link = HeaderValue::from_static("</a.css>");
+        let request = Slot::open(&conn);
+        assert!(request.early_hints([&link]) && request.early_hints([&link]));
+        conn.interim.close(request.id());
+        // Its answer's first write: what may go first is taken, then the
+        // request is retired.
+        assert_eq!(take(&conn).map(|(_, n)| n.own), Some(2));
+        conn.interim.retire();
+        let request = Slot::open(&conn);
+        assert!(request.early_hints([&link]));
+        conn.interim.close(request.id());
+        // Not taken by its answer's first write (hyper still held bytes of
+        // another): dropped, never written inside or after the answer.
+        conn.interim.retire();
+        assert!(!conn.interim.waiting());
+        assert_eq!(take(&conn), None);
+        // A request opened since keeps what it queued.
+        let next = Slot::open(&conn);
+        assert!(next.early_hints([&link]));
+        conn.interim.retire();
+        assert!(take(&conn).is_some());
     }
 
     #[test]

@@ -165,8 +165,11 @@ impl FetchJob {
         let validators = self.stale.as_ref().map(|(_, s)| &s.headers);
         let mut req =
             request::fetch(&engine.hop, &self.site, &self.request.from, &self.rkey.url, validators, self.rkey.coding);
-        let flight = Arc::clone(&self.guard.flight);
-        request::on_interim(&mut req, move |status, fields| flight.interim(status, fields));
+        let (flight, site, node) = (Arc::clone(&self.guard.flight), Arc::clone(&self.site), Arc::clone(&engine));
+        request::on_interim(&mut req, move |status, mut fields| {
+            super::respond::interim_rules(&mut fields, &site, &node.rules);
+            flight.interim(status, fields);
+        });
         let result = engine.upstream.send(&self.site, self.rkey.primary, req, self.request.host.clone()).await;
         let times = Times { started, started_real, now: engine.clock.now() };
         match result {

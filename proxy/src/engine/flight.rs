@@ -174,13 +174,16 @@ pub(crate) struct Flight {
 }
 
 /// The upstream's interim responses (1xx), passed on to every request
-/// waiting on the flight that can be sent them.
+/// waiting on the flight that can be sent them, until the flight has its
+/// head (no 1xx comes after it).
 #[derive(Debug, Default)]
 struct Passing {
-    /// Those received so far, for requests that join later.
+    /// Those passed on so far, for requests that join later.
     seen: Vec<(http::StatusCode, http::HeaderMap)>,
     /// The waiting requests'. One answered since sends nothing.
     to: Vec<Interim>,
+    /// The head came: nothing more is kept or passed on.
+    over: bool,
 }
 
 impl Flight {
@@ -211,27 +214,38 @@ impl Flight {
     /// is for: those received so far at once, the others as they come.
     pub(crate) fn pass_interim_to(&self, interim: Interim) {
         let mut p = self.interim.lock().unwrap_or_else(|p| p.into_inner());
+        if p.over {
+            return;
+        }
         for (status, fields) in &p.seen {
             interim.send(*status, fields);
         }
         p.to.push(interim);
     }
 
-    /// An interim response from the upstream (its end-to-end fields), for
-    /// every request waiting on the flight.
+    /// An interim response from the upstream (the fields it may pass on),
+    /// for every request waiting on the flight. No request is sent more
+    /// than [`Interim::MOST`], nor one larger than [`Interim::MAX_BYTES`],
+    /// nor a `100` or `101` (each hop's own): those are dropped here, once,
+    /// not once per request.
     pub(crate) fn interim(&self, status: http::StatusCode, fields: http::HeaderMap) {
         let mut p = self.interim.lock().unwrap_or_else(|p| p.into_inner());
+        let size: usize = fields.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+        let own_hop = matches!(status, http::StatusCode::CONTINUE | http::StatusCode::SWITCHING_PROTOCOLS);
+        if p.over || own_hop || p.seen.len() >= Interim::MOST || size > Interim::MAX_BYTES {
+            return;
+        }
         for to in &p.to {
             to.send(status, &fields);
         }
-        // No request passes on more than this many.
-        if p.seen.len() < Interim::MOST {
-            p.seen.push((status, fields));
-        }
+        p.seen.push((status, fields));
     }
 
     pub(crate) fn set_head(&self, head: Head) {
         self.lock().head = head;
+        // What waits on the flight from now on gets no 1xx: the upstream
+        // has answered.
+        *self.interim.lock().unwrap_or_else(|p| p.into_inner()) = Passing { over: true, ..Passing::default() };
         self.bump();
     }
 

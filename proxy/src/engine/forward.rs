@@ -2,6 +2,7 @@
 //! stored; a 2xx or 3xx answer to an unsafe method invalidates the URL and
 //! the same-site `Location` / `Content-Location` (RFC 9111 §4.4).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use http::Response;
@@ -41,7 +42,9 @@ pub(super) async fn forward(cx: &Ctx, body: Incoming) -> Answer {
     };
     let mut up = request::forward(&engine.hop, &cx.site, &cx.client_side(), &cx.method, &target, body, length);
     if let Some(interim) = cx.interim.clone() {
-        request::on_interim(&mut up, move |status, fields| {
+        let (site, engine) = (Arc::clone(&cx.site), Arc::clone(&cx.engine));
+        request::on_interim(&mut up, move |status, mut fields| {
+            super::respond::interim_rules(&mut fields, &site, &engine.rules);
             interim.send(status, &fields);
         });
     }

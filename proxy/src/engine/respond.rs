@@ -243,6 +243,22 @@ fn apply_rules(headers: &mut HeaderMap, site: &Site, rules: &ResponseRules) {
     }
 }
 
+/// The rules for the fields of an upstream's interim (1xx) response sent
+/// on: CDN-only fields leave at the edge, the site's `[headers]` remove
+/// theirs (what they set is for final responses), and `Set-Cookie` never
+/// goes: a 1xx of a shared fetch reaches every request waiting on it.
+pub(crate) fn interim_rules(headers: &mut HeaderMap, site: &Site, rules: &ResponseRules) {
+    if rules.strip_cdn_headers {
+        for name in &CDN_ONLY {
+            headers.remove(name);
+        }
+    }
+    for name in &site.headers.remove {
+        headers.remove(name);
+    }
+    headers.remove(header::SET_COOKIE);
+}
+
 /// A response passed through unstored: hop-by-hop fields dropped, the
 /// rules applied, our `Cache-Status` member appended to the upstream's.
 pub(crate) fn passed_response(cx: &Ctx, resp: Response<Incoming>, detail: Option<Detail>) -> Answer {

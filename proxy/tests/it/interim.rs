@@ -181,7 +181,8 @@ async fn an_upstream_that_floods_or_lies_in_interim_responses_passes_on_only_wha
         .extend_from_slice(format!("HTTP/1.1 103 Early Hints\r\nlink: <{}>\r\n\r\n", "x".repeat(20 << 10)).as_bytes());
     script.extend_from_slice(
         b"HTTP/1.1 102 Processing\r\nconnection: x-secret\r\nx-secret: 1\r\ncontent-length: 5\r\n\
-          transfer-encoding: chunked\r\nkeep-alive: timeout=1\r\nx-kept: yes\r\n\r\n",
+          transfer-encoding: chunked\r\nkeep-alive: timeout=1\r\nx-kept: yes\r\nset-cookie: id=1\r\n\
+          x-powered-by: php\r\n\r\n",
     );
     script.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
     for n in 0..12 {
@@ -190,7 +191,8 @@ async fn an_upstream_that_floods_or_lies_in_interim_responses_passes_on_only_wha
     script.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncache-control: max-age=60\r\n\r\nhello");
     let upstream = scripted(script).await;
     let dir = tempfile::tempdir().unwrap();
-    let edge = Edge::start(dir.path(), &site_toml(upstream, DEFAULT_RULES)).await;
+    let rules = format!("{DEFAULT_RULES}\n[headers]\nremove = [\"x-powered-by\"]\n");
+    let edge = Edge::start(dir.path(), &site_toml(upstream, &rules)).await;
     let addr = edge.addr;
     let got = tokio::task::spawn_blocking(move || {
         let mut s = TcpStream::connect(addr).unwrap();
@@ -214,7 +216,7 @@ async fn an_upstream_that_floods_or_lies_in_interim_responses_passes_on_only_wha
     want.push("HTTP/1.1 200 OK");
     assert_eq!(statuses, want, "the oversized 103 and the 100 dropped, eight interim responses at most");
     let names: Vec<&str> = answers[0].1.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(names, ["x-kept"], "hop-by-hop and framing fields are not passed on");
+    assert_eq!(names, ["x-kept"], "hop-by-hop, framing, cookie and the site's removed fields are not passed on");
     for (n, (_, fields, _)) in answers[1..8].iter().enumerate() {
         assert_eq!(links(fields), [format!("</{n}.css>")]);
     }

@@ -230,14 +230,7 @@ fn if_range_holds(req: &HeaderMap, obj: &StoredObject) -> bool {
 /// The node's and the site's rules for every client response: CDN-only
 /// fields leave at the edge, then the site's `[headers]` remove and set.
 fn apply_rules(headers: &mut HeaderMap, site: &Site, rules: &ResponseRules) {
-    if rules.strip_cdn_headers {
-        for name in &CDN_ONLY {
-            headers.remove(name);
-        }
-    }
-    for name in &site.headers.remove {
-        headers.remove(name);
-    }
+    remove_by_rules(headers, site, rules);
     for (name, value) in &site.headers.set {
         headers.insert(name.clone(), value.clone());
     }
@@ -248,6 +241,12 @@ fn apply_rules(headers: &mut HeaderMap, site: &Site, rules: &ResponseRules) {
 /// theirs (what they set is for final responses), and `Set-Cookie` never
 /// goes: a 1xx of a shared fetch reaches every request waiting on it.
 pub(crate) fn interim_rules(headers: &mut HeaderMap, site: &Site, rules: &ResponseRules) {
+    remove_by_rules(headers, site, rules);
+    headers.remove(header::SET_COOKIE);
+}
+
+/// The fields the rules take out of every response sent on.
+fn remove_by_rules(headers: &mut HeaderMap, site: &Site, rules: &ResponseRules) {
     if rules.strip_cdn_headers {
         for name in &CDN_ONLY {
             headers.remove(name);
@@ -256,7 +255,6 @@ pub(crate) fn interim_rules(headers: &mut HeaderMap, site: &Site, rules: &Respon
     for name in &site.headers.remove {
         headers.remove(name);
     }
-    headers.remove(header::SET_COOKIE);
 }
 
 /// A response passed through unstored: hop-by-hop fields dropped, the

@@ -52,7 +52,7 @@ mod interim;
 
 pub use direct::Fields;
 pub use interim::Interim;
-use interim::Slot;
+use interim::{LazySlot, Slot};
 
 /// What one connection's parts share.
 #[derive(Debug)]
@@ -81,8 +81,9 @@ pub(crate) struct ConnState {
     /// token, so a connection waiting for its next request watches one.
     pub(crate) close: CancellationToken,
     pub(crate) evicting: AtomicBool,
-    /// Interim responses of the HTTP/1 request hyper is answering.
-    interim: Slot,
+    /// Interim responses of the HTTP/1 request hyper is answering; made
+    /// at the first request hyper reads.
+    interim: LazySlot,
 }
 
 /// The kernel's coarse monotonic clock, in ms: one tick behind at most (a
@@ -109,7 +110,7 @@ impl ConnState {
             park: AtomicBool::new(false),
             close: shutdown.child_token(),
             evicting: AtomicBool::new(false),
-            interim: Slot::new(),
+            interim: LazySlot::default(),
         }
     }
 
@@ -218,7 +219,9 @@ impl<S: Transport> TrackedIo<S> {
     /// At hyper's read: takes the interim responses queued for the request
     /// hyper is answering when they may go now, and writes what is owed.
     fn interim(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        self.state.interim.watch(cx);
+        if let Some(slot) = self.state.interim.get() {
+            slot.watch(cx);
+        }
         match self.poll_owed(cx) {
             Poll::Ready(r) => r,
             // Written before anything else; hyper's next read or write
@@ -229,10 +232,11 @@ impl<S: Transport> TrackedIo<S> {
 
     fn take_interim(&mut self) {
         let state = &*self.state;
+        let Some(slot) = state.interim.get() else { return };
         let free = self.clean && self.owed.is_empty();
         // At most the request's own answer is in progress (none once hyper
         // has dropped a body it took whole, before its first write).
-        if let Some((heads, n)) = state.interim.take(|| free && state.active.load(Ordering::Acquire) <= 1) {
+        if let Some((heads, n)) = slot.take(|| free && state.active.load(Ordering::Acquire) <= 1) {
             self.forwarded.increment(n.upstream);
             self.hints.increment(n.own);
             self.owed = heads;
@@ -248,7 +252,7 @@ impl<S: Transport> TrackedIo<S> {
                     // Records of the last ones still to push (TLS).
                     self.unflushed = Pin::new(&mut self.inner).poll_flush(cx).is_pending();
                 }
-                if !self.state.interim.waiting() {
+                if !self.state.interim.get().is_some_and(Slot::waiting) {
                     return Poll::Ready(Ok(()));
                 }
                 self.take_interim();
@@ -268,7 +272,9 @@ impl<S: Transport> TrackedIo<S> {
     /// last has had its chance ([`interim::Slot::retire`]).
     fn before_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         std::task::ready!(self.poll_owed(cx))?;
-        self.state.interim.retire();
+        if let Some(slot) = self.state.interim.get() {
+            slot.retire();
+        }
         Poll::Ready(Ok(()))
     }
 }
@@ -859,8 +865,10 @@ impl<F: Future<Output = Response<Body>>> Future for Answering<F> {
             resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
         }
         let state = this.state.take().expect("an answer is polled to its end once");
-        if let Some(id) = *this.opened {
-            state.interim.close(id);
+        if let Some(id) = *this.opened
+            && let Some(slot) = state.interim.get()
+        {
+            slot.close(id);
         }
         let (parts, body) = resp.into_parts();
         Poll::Ready(Ok(Response::from_parts(parts, Tracked { inner: body, state })))

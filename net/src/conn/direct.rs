@@ -192,7 +192,7 @@ impl Direct {
                 Ok(())
             } else {
                 counters.interim.increment(1);
-                state.interim.hinted_next();
+                state.interim.slot().hinted_next();
                 let mut writing = std::pin::pin!(write_interim(io, &self.fields.interim));
                 match std::future::poll_fn(|cx| Poll::Ready(writing.as_mut().poll(cx))).await {
                     Poll::Ready(r) => r.map_err(|_| Closed::Ended),

@@ -117,7 +117,7 @@ impl Interim {
         fields: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
         source: Source,
     ) -> bool {
-        let slot = &self.conn.interim;
+        let slot = self.conn.interim.slot();
         let mut q = slot.queue.lock().unwrap_or_else(|p| p.into_inner());
         if slot.open.load(Ordering::Acquire) != self.id {
             return false;
@@ -195,6 +195,23 @@ struct Queue {
     sent: usize,
 }
 
+/// A connection's [`Slot`], made when it is first needed: a connection
+/// whose requests are all answered at once carries only this.
+#[derive(Debug, Default)]
+pub(crate) struct LazySlot(std::sync::OnceLock<Box<Slot>>);
+
+impl LazySlot {
+    /// The slot, if it was made.
+    pub(crate) fn get(&self) -> Option<&Slot> {
+        self.0.get().map(|s| &**s)
+    }
+
+    /// The slot, made now if it was not.
+    pub(crate) fn slot(&self) -> &Slot {
+        self.0.get_or_init(|| Box::new(Slot::new()))
+    }
+}
+
 /// One HTTP/1 connection's interim responses; see the [module](self).
 #[derive(Debug)]
 pub(crate) struct Slot {
@@ -229,7 +246,7 @@ impl Slot {
     /// Opens `conn`'s slot to a request hyper has just read: until its
     /// answer, [`Interim::send`] queues.
     pub(crate) fn open(conn: &Arc<ConnState>) -> Interim {
-        let slot = &conn.interim;
+        let slot = conn.interim.slot();
         let id = slot.last.fetch_add(1, Ordering::Relaxed) + 1;
         slot.open.store(id, Ordering::Release);
         let hinted = slot.hinted.swap(false, Ordering::AcqRel);
@@ -332,7 +349,7 @@ mod tests {
     }
 
     fn take(conn: &ConnState) -> Option<(Bytes, Taken)> {
-        conn.interim.take(|| true)
+        conn.interim.slot().take(|| true)
     }
 
     #[test]
@@ -341,16 +358,16 @@ mod tests {
         let link = HeaderValue::from_static("</a.css>");
         let first = Slot::open(&conn);
         assert!(first.early_hints([&link]));
-        conn.interim.close(first.id());
+        conn.interim.slot().close(first.id());
         assert!(!first.early_hints([&link]), "answered: nothing more is queued");
         let (bytes, _) = take(&conn).expect("what it queued before goes before its answer");
         assert_eq!(&bytes[..], b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n");
         assert!(!first.early_hints([&link]) && take(&conn).is_none());
         let stale = Slot::open(&conn);
         assert!(stale.early_hints([&link]));
-        conn.interim.close(stale.id());
+        conn.interim.slot().close(stale.id());
         let second = Slot::open(&conn);
-        conn.interim.close(second.id());
+        conn.interim.slot().close(second.id());
         let second = Slot::open(&conn);
         assert_eq!(take(&conn), None, "what a request queued is never sent once a later one was answered");
         assert!(!first.early_hints([&link]), "an old handle sends nothing for the next request");
@@ -370,9 +387,9 @@ mod tests {
         );
         assert_eq!(taken, Taken { upstream: 1, own: 1 });
         assert_eq!(take(&conn), None, "taken once");
-        conn.interim.close(second.id());
-        assert!(!conn.interim.hinted.load(Ordering::Acquire));
-        conn.interim.hinted_next();
+        conn.interim.slot().close(second.id());
+        assert!(!conn.interim.slot().hinted.load(Ordering::Acquire));
+        conn.interim.slot().hinted_next();
         assert!(Slot::open(&conn).hinted() && !Slot::open(&conn).hinted(), "told to the next request only");
     }
 
@@ -382,23 +399,23 @@ mod tests {
         let link = HeaderValue::from_static("</a.css>");
         let request = Slot::open(&conn);
         assert!(request.early_hints([&link]) && request.early_hints([&link]));
-        conn.interim.close(request.id());
+        conn.interim.slot().close(request.id());
         // Its answer's first write: what may go first is taken, then the
         // request is retired.
         assert_eq!(take(&conn).map(|(_, n)| n.own), Some(2));
-        conn.interim.retire();
+        conn.interim.slot().retire();
         let request = Slot::open(&conn);
         assert!(request.early_hints([&link]));
-        conn.interim.close(request.id());
+        conn.interim.slot().close(request.id());
         // Not taken by its answer's first write (hyper still held bytes of
         // another): dropped, never written inside or after the answer.
-        conn.interim.retire();
-        assert!(!conn.interim.waiting());
+        conn.interim.slot().retire();
+        assert!(!conn.interim.slot().waiting());
         assert_eq!(take(&conn), None);
         // A request opened since keeps what it queued.
         let next = Slot::open(&conn);
         assert!(next.early_hints([&link]));
-        conn.interim.retire();
+        conn.interim.slot().retire();
         assert!(take(&conn).is_some());
     }
 

@@ -141,6 +141,12 @@ impl ConnState {
         f
     }
 
+    /// A request is no longer in progress: answered, or dropped unanswered.
+    fn finished(&self) {
+        self.idle_since.store(now_ms(), Ordering::Release);
+        self.active.fetch_sub(1, Ordering::AcqRel);
+    }
+
     /// Why [`ConnState::close`] was cancelled.
     fn closed_why(&self) -> Closed {
         if self.evicting.load(Ordering::Acquire) { Closed::Evicted } else { Closed::Shutdown }
@@ -410,8 +416,7 @@ struct Tracked {
 
 impl Drop for Tracked {
     fn drop(&mut self) {
-        self.state.idle_since.store(now_ms(), Ordering::Release);
-        self.state.active.fetch_sub(1, Ordering::AcqRel);
+        self.state.finished();
     }
 }
 
@@ -852,6 +857,23 @@ pin_project_lite::pin_project! {
         state: Option<Arc<ConnState>>,
         close: bool,
         opened: Option<u64>,
+    }
+
+    impl<F> PinnedDrop for Answering<F> {
+        /// Dropped before its answer came (an HTTP/2 stream the client
+        /// reset, say): the request is over all the same, or its
+        /// connection would never idle, time out or make room.
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(state) = this.state.take() {
+                if let Some(id) = *this.opened
+                    && let Some(slot) = state.interim.get()
+                {
+                    slot.close(id);
+                }
+                state.finished();
+            }
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 mod direct;
 
-/// Answers `/big` with 32 MiB, a POST with its path and body, a GET or
+/// Never answers `/hang`; answers `/big` with 32 MiB, a POST with its path and body, a GET or
 /// HEAD under `/now/` with the response [`shaped`] names, and anything else
 /// with its path; counts calls. Requests under `/now/` are answered at once
 /// (`answer_now`), and counted apart; under `/now/fields/`, with the
@@ -36,6 +36,9 @@ impl Handler for Echo {
     fn call(self: Arc<Self>, req: Request<Incoming>, _conn: Conn) -> impl Future<Output = Response<Body>> + Send {
         self.calls.fetch_add(1, Ordering::SeqCst);
         async move {
+            if req.uri().path() == "/hang" {
+                std::future::pending::<()>().await;
+            }
             let body = if let Some(shape) = req.uri().path().strip_prefix("/now/") {
                 return shaped(req.method(), shape);
             } else if req.uri().path() == "/big" {
@@ -483,4 +486,29 @@ async fn the_bytes_read_to_tell_http2_from_http1_are_not_a_way_around_the_defenc
     assert!(broken.starts_with("HTTP/1.1 400 "), "a broken preface is a bad request: {broken:?}");
     assert!(dead < Duration::from_secs(2), "a dead HTTP/2 stream held the connection {dead:?}");
     assert!(calls.ends_with("GET /after"), "the server goes on: {calls:?}");
+}
+
+/// An HTTP/2 client that resets a stream while its answer is awaited: the
+/// request is over, so the connection goes idle and the idle timeout ends
+/// it (counted busy for good, it would never be timed out or evicted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_stream_reset_before_its_answer_leaves_its_connection_idle() {
+    let server = start(limits(|l| l.idle_timeout = Duration::from_millis(500))).await;
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut send, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let req = Request::get(format!("http://{}/hang", server.addr)).body(()).unwrap();
+    let (resp, _) = send.send_request(req, true).unwrap();
+    let called = Instant::now();
+    while server.echo.calls.load(Ordering::SeqCst) == 0 {
+        assert!(called.elapsed() < Duration::from_secs(5), "the request never reached the handler");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let reset = Instant::now();
+    // Its last handle dropped, h2 resets the stream (CANCEL).
+    drop(resp);
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(ended.is_ok(), "a connection whose only stream was reset was never closed");
+    let took = reset.elapsed();
+    assert!(took >= Duration::from_millis(400), "closed before the idle timeout: {took:?}");
 }

@@ -36,18 +36,19 @@ use http::header::{CONNECTION, HeaderValue};
 use http::{Request, Response, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use outpost_config::Limits;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
 use crate::h1::{Framing, Tracker};
 use crate::sendfile::{FileQueue, SendFile, is_stand_in};
-use crate::{Body, BoxError, Conn, Handler};
+use crate::{Body, BoxError, Conn, Handler, RequestBody};
 
 mod direct;
+mod http2;
 mod interim;
 
 pub use direct::Fields;
@@ -454,12 +455,6 @@ fn http1_builder(limits: &Limits) -> http1::Builder {
     h1
 }
 
-fn http2_builder(limits: &Limits) -> http2::Builder<TokioExecutor> {
-    let mut h2 = http2::Builder::new(TokioExecutor::new());
-    h2.timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32).max_concurrent_streams(256);
-    h2
-}
-
 /// The HTTP/2 connection preface (RFC 9113 §3.4): a cleartext connection
 /// that starts with it speaks HTTP/2 with prior knowledge.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -486,9 +481,9 @@ async fn sniff<S: Transport>(io: &mut TrackedIo<S>) -> io::Result<Option<bool>> 
     Ok(Some(h2))
 }
 
-/// How hyper's connection ended.
-struct Served {
-    result: hyper::Result<()>,
+/// How a connection's server (hyper's, or [`http2::Server`]) ended.
+struct Served<E> {
+    result: Result<(), E>,
     /// After the server's shutdown began.
     closing: bool,
 }
@@ -606,9 +601,9 @@ impl<'a> Watch<'a> {
     /// Drives hyper's connection `served` until it ends or the connection
     /// must close. Shutdown is graceful: open exchanges finish. With
     /// `park`, a connection idle for a tick is asked to park.
-    async fn serve<C>(&mut self, served: &mut C, graceful: fn(Pin<&mut C>), park: bool) -> Result<Served, Closed>
+    async fn serve<C, E>(&mut self, served: &mut C, graceful: fn(Pin<&mut C>), park: bool) -> Result<Served<E>, Closed>
     where
-        C: Future<Output = hyper::Result<()>> + Unpin,
+        C: Future<Output = Result<(), E>> + Unpin,
     {
         let mut closing = false;
         loop {
@@ -727,7 +722,7 @@ where
     };
     let svc_state = Arc::clone(&state);
     let for_service = conn.clone();
-    let mut service = service_fn(move |req: Request<Incoming>| {
+    let answer = move |req: Request<RequestBody>| {
         let (handler, state) = (Arc::clone(&handler), Arc::clone(&svc_state));
         state.active.fetch_add(1, Ordering::AcqRel);
         state.head_started.store(0, Ordering::Release);
@@ -747,7 +742,7 @@ where
                 Answering { inner, state: Some(state), close: true, opened: None }
             }
         }
-    });
+    };
     let tick = limits
         .header_read_timeout
         .min(limits.idle_timeout)
@@ -770,17 +765,21 @@ where
     };
     if h2 {
         io.tracker.stop();
-        let mut served = Box::new(http2_builder(&limits).serve_connection(TokioIo::new(io), service));
+        let accept = move |req, respond| {
+            tokio::spawn(http2::answer(answer(http2::request(req)), respond));
+        };
+        let mut served = Box::new(http2::Server::new(io, &limits, accept));
         return match watch.serve(&mut *served, |c| c.graceful_shutdown(), false).await {
             Ok(Served { result, closing }) => {
                 if let Err(e) = result {
-                    report(&e);
+                    tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
                 }
                 if closing { Closed::Shutdown } else { Closed::Ended }
             }
             Err(why) => why,
         };
     }
+    let mut service = service_fn(move |req: Request<Incoming>| answer(req.map(RequestBody::hyper)));
     let h1 = http1_builder(&limits);
     let mut direct = H::ANSWERS_NOW.then(direct::Direct::default);
     let direct_conn = Conn { sendfile: sendfile_h1, ..conn.clone() };

@@ -34,6 +34,7 @@ pub mod seal;
 pub mod sendfile;
 
 mod conn;
+mod request_body;
 mod request_headers;
 mod server;
 
@@ -45,11 +46,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 
-use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
 pub use body::Body;
 pub use conn::{Fields, Interim};
+pub use request_body::RequestBody;
 pub use request_headers::{HeaderLookup, NameSet, RequestHeaders};
 pub use server::{ServerConfig, bind, listen, serve};
 
@@ -84,7 +85,7 @@ pub struct Conn {
 /// What a server does with requests.
 pub trait Handler: Send + Sync + 'static {
     /// Answers one request.
-    fn call(self: Arc<Self>, req: Request<Incoming>, conn: Conn) -> impl Future<Output = Response<Body>> + Send;
+    fn call(self: Arc<Self>, req: Request<RequestBody>, conn: Conn) -> impl Future<Output = Response<Body>> + Send;
 
     /// Whether [`Handler::answer_now`] answers any request: when it does,
     /// HTTP/1 connections read request heads themselves between requests
@@ -108,7 +109,7 @@ pub trait Handler: Send + Sync + 'static {
     /// the server closes the connection after it. Default: a plain 400.
     fn refuse(
         self: Arc<Self>,
-        _req: Request<Incoming>,
+        _req: Request<RequestBody>,
         _conn: Conn,
         why: &'static str,
     ) -> impl Future<Output = Response<Body>> + Send {
@@ -163,7 +164,7 @@ pub struct TowerHandler<S>(pub S);
 
 impl<S, B> Handler for TowerHandler<S>
 where
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+    S: tower_service::Service<Request<RequestBody>, Response = Response<B>, Error = Infallible>
         + Clone
         + Send
         + Sync
@@ -173,7 +174,7 @@ where
     B::Error: Into<BoxError>,
 {
     /// The connection rides along as a request extension.
-    fn call(self: Arc<Self>, mut req: Request<Incoming>, conn: Conn) -> impl Future<Output = Response<Body>> + Send {
+    fn call(self: Arc<Self>, mut req: Request<RequestBody>, conn: Conn) -> impl Future<Output = Response<Body>> + Send {
         req.extensions_mut().insert(conn);
         let mut svc = self.0.clone();
         async move {

@@ -1,11 +1,10 @@
 //! HTTP/3: QUIC listeners (quinn) speaking HTTP/3 (the h3 crate), whose
 //! requests take the same path as every other: the server's [`Handler`].
 //!
-//! A handler answers `Request<hyper::body::Incoming>`, a body only hyper
-//! makes, so each QUIC connection gets an in-memory HTTP/2 connection to
-//! itself: HTTP/3 requests are sent on it as HTTP/2 streams, the handler
-//! answers them as it answers HTTP/2 clients, and the answers go back as
-//! HTTP/3. Streams stay concurrent (HTTP/2 multiplexes as QUIC does), and
+//! Each QUIC connection gets an in-memory HTTP/2 connection to itself
+//! (hyper's, both ends): HTTP/3 requests are sent on it as HTTP/2
+//! streams, the handler answers them as it answers HTTP/2 clients, and
+//! the answers go back as HTTP/3. Streams stay concurrent (HTTP/2 multiplexes as QUIC does), and
 //! the cache, `Cache-Status`, access log and metrics are the ones every
 //! protocol gets. The cost is the HTTP/2 framing in memory on each request;
 //! the handler tells HTTP/3 requests by [`crate::Conn::http3`].
@@ -146,7 +145,7 @@ async fn connection<H: Handler>(
     let (near, far) = tokio::io::duplex(BRIDGE_BUFFER);
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let (handler, info) = (Arc::clone(&handler), info.clone());
-        async move { Ok::<_, Infallible>(handler.call(req, info).await) }
+        async move { Ok::<_, Infallible>(handler.call(req.map(crate::RequestBody::hyper), info).await) }
     });
     let server = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .max_concurrent_streams(limits.quic_streams)

@@ -408,20 +408,27 @@ pub(super) fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Appends the current time as an HTTP date, formatted once a second.
-/// The time is the kernel's coarse clock (one tick behind at most, a few
+/// Appends the current time as an HTTP date ([`date_value`]).
+fn date(out: &mut Vec<u8>) {
+    out.extend_from_slice(date_value().as_bytes());
+}
+
+/// The current time as an HTTP date, formatted once a second. The time
+/// is the kernel's coarse clock (one tick behind at most, a few
 /// milliseconds), which costs a fraction of a precise read: a `Date` is
 /// to the second.
-fn date(out: &mut Vec<u8>) {
-    thread_local!(static NOW: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) });
+pub(super) fn date_value() -> HeaderValue {
+    thread_local!(static NOW: std::cell::RefCell<(u64, Option<HeaderValue>)> = const { std::cell::RefCell::new((0, None)) });
     let secs = u64::try_from(rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse).tv_sec).unwrap_or(0);
-    NOW.with_borrow_mut(|(at, text)| {
-        if *at != secs || text.is_empty() {
+    NOW.with_borrow_mut(|(at, value)| match value {
+        Some(v) if *at == secs => v.clone(),
+        _ => {
             *at = secs;
-            *text = httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs));
+            let text = httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs));
+            let v = HeaderValue::from_maybe_shared(Bytes::from(text)).expect("an HTTP date is a field value");
+            value.insert(v).clone()
         }
-        out.extend_from_slice(text.as_bytes());
-    });
+    })
 }
 
 /// Writes `head`, then `body` in `framing`; `Ok(false)` when the body did

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+
 use outpost_config::Limits;
 use outpost_load::raw::read_after_stall;
-use outpost_net::{Body, Conn, Fields, Handler, Listener, ServerConfig};
+use outpost_net::{Body, Conn, Fields, Handler, Listener, RequestBody, ServerConfig};
 use tokio_util::sync::CancellationToken;
 
 mod direct;
@@ -33,7 +33,7 @@ struct Echo {
 impl Handler for Echo {
     const ANSWERS_NOW: bool = true;
 
-    fn call(self: Arc<Self>, req: Request<Incoming>, _conn: Conn) -> impl Future<Output = Response<Body>> + Send {
+    fn call(self: Arc<Self>, req: Request<RequestBody>, _conn: Conn) -> impl Future<Output = Response<Body>> + Send {
         self.calls.fetch_add(1, Ordering::SeqCst);
         async move {
             if req.uri().path() == "/hang" {
@@ -83,7 +83,7 @@ impl Handler for Echo {
 struct HyperOnly(Arc<Echo>);
 
 impl Handler for HyperOnly {
-    fn call(self: Arc<Self>, req: Request<Incoming>, conn: Conn) -> impl Future<Output = Response<Body>> + Send {
+    fn call(self: Arc<Self>, req: Request<RequestBody>, conn: Conn) -> impl Future<Output = Response<Body>> + Send {
         Arc::clone(&self.0).call(req, conn)
     }
 }
@@ -511,4 +511,75 @@ async fn an_http2_stream_reset_before_its_answer_leaves_its_connection_idle() {
     assert!(ended.is_ok(), "a connection whose only stream was reset was never closed");
     let took = reset.elapsed();
     assert!(took >= Duration::from_millis(400), "closed before the idle timeout: {took:?}");
+}
+
+/// An HTTP/2 client on the cleartext listener (prior knowledge).
+async fn h2_client(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+/// Sends `req` with `body` (in frames of up to 64 KiB, as the window lets
+/// them go) and reads the answer's head and body.
+async fn h2_exchange(
+    send: &h2::client::SendRequest<Bytes>,
+    req: Request<()>,
+    body: Bytes,
+) -> (http::response::Parts, Bytes) {
+    let mut send = send.clone().ready().await.unwrap();
+    let (resp, mut tx) = send.send_request(req, body.is_empty()).unwrap();
+    let mut left = body;
+    while !left.is_empty() {
+        tx.reserve_capacity(left.len().min(64 << 10));
+        let room = std::future::poll_fn(|cx| tx.poll_capacity(cx)).await.unwrap().unwrap();
+        let chunk = left.split_to(room.min(left.len()));
+        tx.send_data(chunk, left.is_empty()).unwrap();
+    }
+    let (parts, mut recv) = resp.await.unwrap().into_parts();
+    let mut got = Vec::new();
+    while let Some(chunk) = recv.data().await {
+        let chunk = chunk.unwrap();
+        recv.flow_control().release_capacity(chunk.len()).unwrap();
+        got.extend_from_slice(&chunk);
+    }
+    (parts, Bytes::from(got))
+}
+
+/// HTTP/2 as the server speaks it: an upload larger than every window
+/// reaches the handler whole (the server opens the window as the handler
+/// reads), an answer larger than them reaches the client whole, and an
+/// answer's head loses what HTTP/2 forbids, gains a `Date`, and says its
+/// length when its body knows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_carry_bodies_past_every_window_and_heads_http2_allows() {
+    let server = start(Limits::default()).await;
+    let send = h2_client(server.addr).await;
+    let url = |path: &str| format!("http://{}{path}", server.addr);
+    let upload = Bytes::from((0..3u32 << 20).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    let post = Request::post(url("/up")).header("content-length", upload.len()).body(()).unwrap();
+    let (head, body) = tokio::time::timeout(Duration::from_secs(10), h2_exchange(&send, post, upload.clone()))
+        .await
+        .expect("an upload past the windows stalled");
+    assert_eq!(head.status, 200);
+    assert_eq!(body.len(), "POST /up ".len() + upload.len());
+    assert!(body[9..] == upload[..], "the upload reached the handler whole");
+
+    let (head, body) = h2_exchange(&send, Request::get(url("/big")).body(()).unwrap(), Bytes::new()).await;
+    assert_eq!((head.status.as_u16(), body.len()), (200, 32 << 20));
+    assert!(body.iter().all(|&b| b == b'x'));
+
+    let (head, body) = h2_exchange(&send, Request::get(url("/now/close")).body(()).unwrap(), Bytes::new()).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(body, "twelve bytes");
+    assert!(head.headers.get("connection").is_none(), "{:?}", head.headers);
+    assert_eq!(head.headers["content-length"], "12", "the length the body knows");
+    let date = head.headers["date"].to_str().unwrap();
+    assert!(httpdate::parse_http_date(date).is_ok(), "{date:?}");
+    let (head, _) = h2_exchange(&send, Request::get(url("/now/dated")).body(()).unwrap(), Bytes::new()).await;
+    assert_eq!(head.headers.get_all("date").iter().collect::<Vec<_>>(), ["Mon, 01 Jan 2024 00:00:00 GMT"]);
+    let (head, body) = h2_exchange(&send, Request::get(url("/now/stream")).body(()).unwrap(), Bytes::new()).await;
+    assert_eq!(body, "one two three");
+    assert!(head.headers.get("content-length").is_none() && head.headers.get("transfer-encoding").is_none());
 }

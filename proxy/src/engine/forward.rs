@@ -9,6 +9,7 @@ use http::Response;
 use http::header::{self, HeaderValue};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use outpost_net::RequestBody;
 
 use super::context::{Answer, Ctx, failed};
 use super::respond::passed_response;
@@ -17,7 +18,7 @@ use crate::error::Error;
 use crate::host::RequestHost;
 use crate::upstream::{BoxError, ClientBodyError, UpstreamError, request};
 
-pub(super) async fn forward(cx: &Ctx, body: Incoming) -> Answer {
+pub(super) async fn forward(cx: &Ctx, body: RequestBody) -> Answer {
     let engine = &cx.engine;
     let max = engine.limits.max_request_body;
     let declared =

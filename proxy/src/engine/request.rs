@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
-use hyper::body::Incoming;
 use outpost_config::{Site, SiteTls};
+use outpost_net::RequestBody;
 
 use super::context::{Answer, Ctx, failed, upstream_proto};
 use super::respond::Body;
@@ -53,7 +53,7 @@ fn log_line<B>(engine: &Engine, req: &Request<B>) -> LogLine {
 
 pub(super) async fn handle(
     engine: Arc<Engine>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     conn: Conn,
     started: Instant,
 ) -> Response<Body> {
@@ -162,7 +162,7 @@ fn advertise_http3(engine: &Engine, over_http3: bool, site: &Site, resp: &mut Re
 /// could not follow) is answered 400 and logged like any other.
 pub(super) fn refused(
     engine: &Arc<Engine>,
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
     client: Option<SocketAddr>,
     started: Instant,
     why: &'static str,

@@ -1,0 +1,266 @@
+//! HTTP/2 connections, served with h2 itself rather than through hyper's
+//! server, which has no way to send a stream an interim (1xx) response.
+//! What hyper's server did is done here the same way:
+//! - each stream's answer is a task of its own;
+//! - a stream the client resets drops its answer unfinished;
+//! - an answer's head loses the fields that speak of a connection (HTTP/2
+//!   has none: h2 refuses them), gets a `Date` if it has none, and a
+//!   `Content-Length` when its body's length is known;
+//! - a body goes as the client's window allows, a frame at a time.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use h2::server::{Connection, Handshake, SendResponse};
+use h2::{RecvStream, SendStream};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response};
+use http_body::Body as HttpBody;
+use outpost_config::Limits;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::{BoxError, RequestBody};
+
+/// A stream's window, and the connection's, before the client's settings
+/// say otherwise: hyper's, larger than the protocol's 64 KiB, which holds
+/// back a client's uploads on any but the shortest round trip.
+const WINDOW: u32 = 1 << 20;
+/// Most bytes of answers queued for a connection beyond what the client's
+/// windows let go: hyper's.
+const SEND_BUFFER: usize = 400 << 10;
+/// Streams whose answers the client may reset while they are awaited
+/// before the connection is ended for it (a reset flood): h2's.
+const LOCAL_RESETS: usize = 1024;
+
+/// h2's settings for a connection under `limits`.
+pub(super) fn builder(limits: &Limits) -> h2::server::Builder {
+    let mut b = h2::server::Builder::new();
+    b.initial_window_size(WINDOW)
+        .initial_connection_window_size(WINDOW)
+        .max_send_buffer_size(SEND_BUFFER)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256)
+        .max_local_error_reset_streams(Some(LOCAL_RESETS));
+    b
+}
+
+/// One HTTP/2 connection: the handshake, then each stream the client opens
+/// handed to `accept`, until the client or a shutdown ends it.
+pub(super) struct Server<T: AsyncRead + AsyncWrite + Unpin, F> {
+    state: State<T>,
+    /// A shutdown asked for during the handshake.
+    close_pending: bool,
+    accept: F,
+}
+
+enum State<T: AsyncRead + AsyncWrite + Unpin> {
+    Handshaking(Handshake<T, Bytes>),
+    Serving(Connection<T, Bytes>),
+}
+
+impl<T, F> Server<T, F>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    F: FnMut(Request<RecvStream>, SendResponse<Bytes>) + Unpin,
+{
+    pub(super) fn new(io: T, limits: &Limits, accept: F) -> Self {
+        Server { state: State::Handshaking(builder(limits).handshake(io)), close_pending: false, accept }
+    }
+
+    /// Asks the client to open no more streams (GOAWAY); those open finish.
+    pub(super) fn graceful_shutdown(self: Pin<&mut Self>) {
+        let this = self.get_mut();
+        match &mut this.state {
+            State::Handshaking(_) => this.close_pending = true,
+            State::Serving(conn) => conn.graceful_shutdown(),
+        }
+    }
+}
+
+impl<T, F> Future for Server<T, F>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    F: FnMut(Request<RecvStream>, SendResponse<Bytes>) + Unpin,
+{
+    type Output = Result<(), h2::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.state {
+                State::Handshaking(hs) => {
+                    let mut conn = ready!(Pin::new(hs).poll(cx))?;
+                    if std::mem::take(&mut this.close_pending) {
+                        conn.graceful_shutdown();
+                    }
+                    this.state = State::Serving(conn);
+                }
+                State::Serving(conn) => match ready!(conn.poll_accept(cx)) {
+                    Some(Ok((req, respond))) => (this.accept)(req, respond),
+                    Some(Err(e)) => return Poll::Ready(Err(e)),
+                    None => return Poll::Ready(Ok(())),
+                },
+            }
+        }
+    }
+}
+
+/// A stream's request, with the body h2 delivers.
+pub(super) fn request(req: Request<RecvStream>) -> Request<RequestBody> {
+    let (parts, recv) = req.into_parts();
+    let declared = declared_length(&parts.headers);
+    Request::from_parts(parts, RequestBody::h2(recv, declared))
+}
+
+/// The length a request declares, if every `Content-Length` it has says
+/// the same (h2 refuses a stream whose data does not match it).
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    let mut length = None;
+    for v in headers.get_all(header::CONTENT_LENGTH) {
+        for part in v.to_str().ok()?.split(',') {
+            let n = part.trim().parse::<u64>().ok()?;
+            if length.is_some_and(|l| l != n) {
+                return None;
+            }
+            length = Some(n);
+        }
+    }
+    length
+}
+
+/// Answers one stream with `answer`. A client that resets the stream
+/// first drops the answer unfinished.
+pub(super) async fn answer<F, B>(answer: F, mut respond: SendResponse<Bytes>)
+where
+    F: Future<Output = Result<Response<B>, Infallible>>,
+    B: HttpBody<Data = Bytes, Error = BoxError>,
+{
+    let mut answer = std::pin::pin!(answer);
+    let resp = std::future::poll_fn(|cx| {
+        if let Poll::Ready(Ok(resp)) = answer.as_mut().poll(cx) {
+            return Poll::Ready(Some(resp));
+        }
+        respond.poll_reset(cx).map(|_| None)
+    })
+    .await;
+    let Some(resp) = resp else {
+        tracing::debug!(stream = ?respond.stream_id(), "the client reset a stream before its answer");
+        return;
+    };
+    let (mut parts, body) = resp.into_parts();
+    strip_connection_fields(&mut parts.headers);
+    if !parts.headers.contains_key(header::DATE) {
+        parts.headers.insert(header::DATE, super::direct::date_value());
+    }
+    if body.is_end_stream() {
+        if let Err(e) = respond.send_response(Response::from_parts(parts, ()), true) {
+            tracing::debug!(error = %e, "an answer's head was not sent");
+        }
+        return;
+    }
+    if let Some(len) = body.size_hint().exact()
+        && !parts.headers.contains_key(header::CONTENT_LENGTH)
+    {
+        parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    match respond.send_response(Response::from_parts(parts, ()), false) {
+        Ok(tx) => {
+            if let Err(e) = pipe(body, tx).await {
+                tracing::debug!(error = %e, "an answer's body ended early");
+            }
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "an answer's head was not sent");
+            respond.send_reset(h2::Reason::INTERNAL_ERROR);
+        }
+    }
+}
+
+/// Sends `body` on `tx`, a frame at a time as the client's windows let
+/// it go; a body that fails resets the stream.
+async fn pipe<B>(body: B, mut tx: SendStream<Bytes>) -> Result<(), BoxError>
+where
+    B: HttpBody<Data = Bytes, Error = BoxError>,
+{
+    let mut body = std::pin::pin!(body);
+    // A frame taken from the body, waiting for window.
+    let mut held: Option<(Bytes, bool)> = None;
+    std::future::poll_fn(|cx| {
+        loop {
+            if let Poll::Ready(reason) = tx.poll_reset(cx) {
+                return Poll::Ready(Err(BoxError::from(h2::Error::from(reason?))));
+            }
+            if let Some((data, last)) = held.take() {
+                while tx.capacity() == 0 {
+                    match tx.poll_capacity(cx) {
+                        Poll::Pending => {
+                            held = Some((data, last));
+                            return Poll::Pending;
+                        }
+                        Poll::Ready(Some(Ok(_))) => {}
+                        Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e.into())),
+                        Poll::Ready(None) => return Poll::Ready(Err("the stream closed".into())),
+                    }
+                }
+                tx.send_data(data, last)?;
+                if last {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
+            }
+            match ready!(body.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        let last = body.is_end_stream();
+                        if data.is_empty() {
+                            tx.send_data(data, last)?;
+                            if last {
+                                return Poll::Ready(Ok(()));
+                            }
+                        } else {
+                            tx.reserve_capacity(1);
+                            held = Some((data, last));
+                        }
+                    }
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            tx.reserve_capacity(0);
+                            tx.send_trailers(trailers)?;
+                            return Poll::Ready(Ok(()));
+                        }
+                    }
+                },
+                Some(Err(e)) => {
+                    tx.send_reset(h2::Reason::INTERNAL_ERROR);
+                    return Poll::Ready(Err(e));
+                }
+                None => {
+                    tx.reserve_capacity(0);
+                    tx.send_data(Bytes::new(), true)?;
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
+    })
+    .await
+}
+
+/// Fields that speak of one connection, which HTTP/2 forbids (RFC 9113
+/// §8.2.2), removed: those `Connection` names, and the usual ones.
+pub(super) fn strip_connection_fields(headers: &mut HeaderMap) {
+    if let Some(named) = headers.remove(header::CONNECTION)
+        && let Ok(named) = named.to_str()
+    {
+        for name in named.split(',') {
+            headers.remove(name.trim());
+        }
+    }
+    for name in [header::TRANSFER_ENCODING, header::UPGRADE, header::TE] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}

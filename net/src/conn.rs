@@ -722,18 +722,19 @@ where
     };
     let svc_state = Arc::clone(&state);
     let for_service = conn.clone();
-    let answer = move |req: Request<RequestBody>| {
+    // `h2`: an HTTP/2 stream's request, and its interim responses' way.
+    let answer = move |req: Request<RequestBody>, h2: Option<Interim>| {
         let (handler, state) = (Arc::clone(&handler), Arc::clone(&svc_state));
         state.active.fetch_add(1, Ordering::AcqRel);
         state.head_started.store(0, Ordering::Release);
-        let h1 = req.version() < Version::HTTP_2;
+        let h1 = h2.is_none();
         let framing = if h1 { state.next_framing() } else { Framing::Clean };
         let mut conn = Conn { sendfile: sendfile.clone().filter(|_| h1), ..for_service.clone() };
         match framing.refusal() {
             None => {
                 // An HTTP/1.0 client must never see a 1xx.
-                conn.interim = (req.version() == Version::HTTP_11).then(|| Slot::open(&state));
-                let opened = conn.interim.as_ref().map(Interim::id);
+                conn.interim = h2.or_else(|| (req.version() == Version::HTTP_11).then(|| Slot::open(&state)));
+                let opened = conn.interim.as_ref().and_then(Interim::id);
                 let inner = Either::Left(handler.call(req, conn));
                 Answering { inner, state: Some(state), close: false, opened }
             }
@@ -765,8 +766,10 @@ where
     };
     if h2 {
         io.tracker.stop();
+        let counters = counters.clone();
         let accept = move |req, respond| {
-            tokio::spawn(http2::answer(answer(http2::request(req)), respond));
+            let (req, interim, stream) = http2::request(req);
+            tokio::spawn(http2::answer(answer(req, Some(interim)), respond, stream, counters.clone()));
         };
         let mut served = Box::new(http2::Server::new(io, &limits, accept));
         return match watch.serve(&mut *served, |c| c.graceful_shutdown(), false).await {
@@ -779,7 +782,7 @@ where
             Err(why) => why,
         };
     }
-    let mut service = service_fn(move |req: Request<Incoming>| answer(req.map(RequestBody::hyper)));
+    let mut service = service_fn(move |req: Request<Incoming>| answer(req.map(RequestBody::hyper), None));
     let h1 = http1_builder(&limits);
     let mut direct = H::ANSWERS_NOW.then(direct::Direct::default);
     let direct_conn = Conn { sendfile: sendfile_h1, ..conn.clone() };

@@ -7,10 +7,15 @@
 //!   has none: h2 refuses them), gets a `Date` if it has none, and a
 //!   `Content-Length` when its body's length is known;
 //! - a body goes as the client's window allows, a frame at a time.
+//!
+//! A stream's interim responses ([`Interim`]) are queued for its task,
+//! which sends them while the answer is awaited, and those queued by the
+//! time the answer comes just before it: never after it.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -22,6 +27,8 @@ use http_body::Body as HttpBody;
 use outpost_config::Limits;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::Counters;
+use super::interim::{Interim, Stream};
 use crate::{BoxError, RequestBody};
 
 /// A stream's window, and the connection's, before the client's settings
@@ -108,11 +115,13 @@ where
     }
 }
 
-/// A stream's request, with the body h2 delivers.
-pub(super) fn request(req: Request<RecvStream>) -> Request<RequestBody> {
+/// A stream's request, with the body h2 delivers, and the queue its
+/// interim responses go to.
+pub(super) fn request(req: Request<RecvStream>) -> (Request<RequestBody>, Interim, Arc<Stream>) {
     let (parts, recv) = req.into_parts();
     let declared = declared_length(&parts.headers);
-    Request::from_parts(parts, RequestBody::h2(recv, declared))
+    let (interim, stream) = Interim::h2();
+    (Request::from_parts(parts, RequestBody::h2(recv, declared)), interim, stream)
 }
 
 /// The length a request declares, if every `Content-Length` it has says
@@ -131,15 +140,17 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
     length
 }
 
-/// Answers one stream with `answer`. A client that resets the stream
-/// first drops the answer unfinished.
-pub(super) async fn answer<F, B>(answer: F, mut respond: SendResponse<Bytes>)
+/// Answers one stream with `answer`, and sends the interim responses
+/// queued in `stream` while it is awaited (counted in `counters`). A
+/// client that resets the stream first drops the answer unfinished.
+pub(super) async fn answer<F, B>(answer: F, mut respond: SendResponse<Bytes>, stream: Arc<Stream>, counters: Counters)
 where
     F: Future<Output = Result<Response<B>, Infallible>>,
     B: HttpBody<Data = Bytes, Error = BoxError>,
 {
     let mut answer = std::pin::pin!(answer);
     let resp = std::future::poll_fn(|cx| {
+        stream.send(&mut respond, Some(cx), &counters);
         if let Poll::Ready(Ok(resp)) = answer.as_mut().poll(cx) {
             return Poll::Ready(Some(resp));
         }
@@ -150,6 +161,9 @@ where
         tracing::debug!(stream = ?respond.stream_id(), "the client reset a stream before its answer");
         return;
     };
+    // What was queued by now goes just before the answer; nothing after.
+    stream.close();
+    stream.send(&mut respond, None, &counters);
     let (mut parts, body) = resp.into_parts();
     strip_connection_fields(&mut parts.headers);
     if !parts.headers.contains_key(header::DATE) {

@@ -28,6 +28,9 @@
 //! HTTP/1.1 requests get them (an HTTP/1.0 client must never
 //! see a 1xx), and only 1xx other than 100 and 101, which belong to one
 //! hop each.
+//!
+//! An HTTP/2 stream's are queued in a [`Stream`] of its own, which the
+//! stream's task sends ([`super::http2`]), with the same limits.
 
 use std::io;
 use std::pin::Pin;
@@ -53,18 +56,29 @@ pub(crate) const MAX_BYTES: usize = 16 << 10;
 /// [module](self). Cheap to clone; a clone kept past the request's answer
 /// sends nothing.
 #[derive(Clone)]
-pub struct Interim {
-    /// The connection, whose [`Slot`] is [`ConnState::interim`].
-    conn: Arc<ConnState>,
-    /// The request's number on its connection.
-    id: u64,
-    /// The handler's own early hints went out before hyper read it.
-    hinted: bool,
+pub struct Interim(To);
+
+#[derive(Clone)]
+enum To {
+    /// An HTTP/1 request hyper holds: queued in its connection's [`Slot`].
+    H1 {
+        /// The connection, whose [`Slot`] is [`ConnState::interim`].
+        conn: Arc<ConnState>,
+        /// The request's number on its connection.
+        id: u64,
+        /// The handler's own early hints went out before hyper read it.
+        hinted: bool,
+    },
+    /// An HTTP/2 stream: queued for the stream's task, which sends them.
+    H2(Arc<Stream>),
 }
 
 impl std::fmt::Debug for Interim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Interim").field("id", &self.id).finish_non_exhaustive()
+        match &self.0 {
+            To::H1 { id, .. } => f.debug_struct("Interim").field("id", id).finish_non_exhaustive(),
+            To::H2(_) => f.write_str("Interim::H2"),
+        }
     }
 }
 
@@ -74,16 +88,25 @@ impl Interim {
     /// Most bytes of interim responses one request is sent.
     pub const MAX_BYTES: usize = MAX_BYTES;
 
-    /// The request's number on its connection.
-    pub(crate) fn id(&self) -> u64 {
-        self.id
+    /// An HTTP/2 stream's: what it queues, its task sends.
+    pub(crate) fn h2() -> (Interim, Arc<Stream>) {
+        let stream = Arc::new(Stream::default());
+        (Interim(To::H2(Arc::clone(&stream))), stream)
+    }
+
+    /// An HTTP/1 request's number on its connection.
+    pub(crate) fn id(&self) -> Option<u64> {
+        match self.0 {
+            To::H1 { id, .. } => Some(id),
+            To::H2(_) => None,
+        }
     }
 
     /// Whether the request was sent the handler's own early hints already:
     /// those it wrote with [`crate::Fields::early_hints`] when the
     /// connection offered it the request first.
     pub fn hinted(&self) -> bool {
-        self.hinted
+        matches!(self.0, To::H1 { hinted: true, .. })
     }
 
     /// Queues an interim response with `fields` (those that frame a
@@ -117,13 +140,17 @@ impl Interim {
         fields: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
         source: Source,
     ) -> bool {
-        let slot = self.conn.interim.slot();
+        let (conn, id) = match &self.0 {
+            To::H1 { conn, id, .. } => (conn, *id),
+            To::H2(stream) => return stream.queue(status, fields, source),
+        };
+        let slot = conn.interim.slot();
         let mut q = slot.queue.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.open.load(Ordering::Acquire) != self.id {
+        if slot.open.load(Ordering::Acquire) != id {
             return false;
         }
-        if q.id != self.id {
-            *q = Queue { id: self.id, ..Queue::default() };
+        if q.id != id {
+            *q = Queue { id, ..Queue::default() };
         }
         if q.count >= MAX_PER_REQUEST {
             return false;
@@ -250,7 +277,7 @@ impl Slot {
         let id = slot.last.fetch_add(1, Ordering::Relaxed) + 1;
         slot.open.store(id, Ordering::Release);
         let hinted = slot.hinted.swap(false, Ordering::AcqRel);
-        Interim { conn: Arc::clone(conn), id, hinted }
+        Interim(To::H1 { conn: Arc::clone(conn), id, hinted })
     }
 
     /// The request handed to hyper next was sent the handler's early
@@ -322,6 +349,93 @@ impl Slot {
     }
 }
 
+/// Interim responses queued for one HTTP/2 stream, which its task sends
+/// ([`super::http2::answer`]): the same limits as an HTTP/1 request's, in
+/// HPACK's measure of fields (a name, a value and 32 bytes each).
+#[derive(Debug, Default)]
+pub(crate) struct Stream {
+    /// Something is queued.
+    waiting: AtomicBool,
+    queue: Mutex<StreamQueue>,
+    /// The stream's task, woken when something is queued.
+    waker: AtomicWaker,
+}
+
+#[derive(Debug, Default)]
+struct StreamQueue {
+    /// The answer came: nothing more is queued.
+    closed: bool,
+    heads: Vec<(http::Response<()>, Source)>,
+    /// Responses queued, sent or not.
+    count: usize,
+    bytes: usize,
+}
+
+impl Stream {
+    fn queue<'a>(
+        &self,
+        status: StatusCode,
+        fields: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+        source: Source,
+    ) -> bool {
+        let mut head = http::Response::new(());
+        *head.status_mut() = status;
+        for (name, value) in fields {
+            if *name != header::CONTENT_LENGTH {
+                head.headers_mut().append(name.clone(), value.clone());
+            }
+        }
+        super::http2::strip_connection_fields(head.headers_mut());
+        let size: usize = head.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 32).sum();
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if q.closed || q.count >= MAX_PER_REQUEST || q.bytes + size > MAX_BYTES {
+            return false;
+        }
+        q.count += 1;
+        q.bytes += size;
+        q.heads.push((head, source));
+        self.waiting.store(true, Ordering::Release);
+        drop(q);
+        self.waker.wake();
+        true
+    }
+
+    /// The answer came: what is queued goes before it, nothing after.
+    pub(crate) fn close(&self) {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
+    }
+
+    /// Sends what is queued on `respond`, counted in `counters`; with
+    /// `cx`, the task is woken when more is.
+    pub(crate) fn send(
+        &self,
+        respond: &mut h2::server::SendResponse<Bytes>,
+        cx: Option<&Context<'_>>,
+        counters: &super::Counters,
+    ) {
+        if let Some(cx) = cx {
+            self.waker.register(cx.waker());
+        }
+        if !self.waiting.load(Ordering::Acquire) {
+            return;
+        }
+        let heads = {
+            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            self.waiting.store(false, Ordering::Release);
+            std::mem::take(&mut q.heads)
+        };
+        for (head, source) in heads {
+            match respond.send_informational(head) {
+                Ok(()) => match source {
+                    Source::Upstream => counters.forwarded.increment(1),
+                    Source::Own => counters.interim.increment(1),
+                },
+                Err(e) => tracing::debug!(error = %e, "an interim response was not sent"),
+            }
+        }
+    }
+}
+
 /// Writes what is left of `owed` to `io`, then flushes it (over TLS,
 /// pushes the records to the socket): ready once all of it is written,
 /// with whether the flush is done too.
@@ -358,16 +472,16 @@ mod tests {
         let link = HeaderValue::from_static("</a.css>");
         let first = Slot::open(&conn);
         assert!(first.early_hints([&link]));
-        conn.interim.slot().close(first.id());
+        conn.interim.slot().close(first.id().unwrap());
         assert!(!first.early_hints([&link]), "answered: nothing more is queued");
         let (bytes, _) = take(&conn).expect("what it queued before goes before its answer");
         assert_eq!(&bytes[..], b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n");
         assert!(!first.early_hints([&link]) && take(&conn).is_none());
         let stale = Slot::open(&conn);
         assert!(stale.early_hints([&link]));
-        conn.interim.slot().close(stale.id());
+        conn.interim.slot().close(stale.id().unwrap());
         let second = Slot::open(&conn);
-        conn.interim.slot().close(second.id());
+        conn.interim.slot().close(second.id().unwrap());
         let second = Slot::open(&conn);
         assert_eq!(take(&conn), None, "what a request queued is never sent once a later one was answered");
         assert!(!first.early_hints([&link]), "an old handle sends nothing for the next request");
@@ -387,7 +501,7 @@ mod tests {
         );
         assert_eq!(taken, Taken { upstream: 1, own: 1 });
         assert_eq!(take(&conn), None, "taken once");
-        conn.interim.slot().close(second.id());
+        conn.interim.slot().close(second.id().unwrap());
         assert!(!conn.interim.slot().hinted.load(Ordering::Acquire));
         conn.interim.slot().hinted_next();
         assert!(Slot::open(&conn).hinted() && !Slot::open(&conn).hinted(), "told to the next request only");
@@ -399,14 +513,14 @@ mod tests {
         let link = HeaderValue::from_static("</a.css>");
         let request = Slot::open(&conn);
         assert!(request.early_hints([&link]) && request.early_hints([&link]));
-        conn.interim.slot().close(request.id());
+        conn.interim.slot().close(request.id().unwrap());
         // Its answer's first write: what may go first is taken, then the
         // request is retired.
         assert_eq!(take(&conn).map(|(_, n)| n.own), Some(2));
         conn.interim.slot().retire();
         let request = Slot::open(&conn);
         assert!(request.early_hints([&link]));
-        conn.interim.slot().close(request.id());
+        conn.interim.slot().close(request.id().unwrap());
         // Not taken by its answer's first write (hyper still held bytes of
         // another): dropped, never written inside or after the answer.
         conn.interim.slot().retire();
@@ -438,5 +552,40 @@ mod tests {
         }
         assert!(!request.send(StatusCode::EARLY_HINTS, none()), "over the count");
         assert_eq!(take(&conn).unwrap().1.upstream, MAX_PER_REQUEST as u64 - 3);
+    }
+
+    #[test]
+    fn an_http2_stream_queues_the_same_1xx_within_the_same_limits_until_its_answer() {
+        let (interim, stream) = Interim::h2();
+        let queued = || stream.queue.lock().unwrap().heads.len();
+        let none = || std::iter::empty::<(&HeaderName, &HeaderValue)>();
+        for status in [100, 101, 200, 304] {
+            assert!(!interim.send(StatusCode::from_u16(status).unwrap(), none()), "{status}");
+        }
+        let big = HeaderValue::from_bytes(&vec![b'x'; MAX_BYTES]).unwrap();
+        assert!(!interim.send(StatusCode::EARLY_HINTS, [(&header::LINK, &big)]), "over the byte limit");
+        assert!(!interim.hinted());
+        let fields = [
+            (header::LINK, HeaderValue::from_static("</b.js>")),
+            (header::CONTENT_LENGTH, HeaderValue::from_static("5")),
+            (header::CONNECTION, HeaderValue::from_static("x-secret")),
+            (HeaderName::from_static("x-secret"), HeaderValue::from_static("1")),
+            (HeaderName::from_static("keep-alive"), HeaderValue::from_static("timeout=1")),
+        ];
+        assert!(interim.send(StatusCode::from_u16(104).unwrap(), fields.iter().map(|(n, v)| (n, v))));
+        {
+            let q = stream.queue.lock().unwrap();
+            let (head, _) = &q.heads[0];
+            let names: Vec<&str> = head.headers().keys().map(|n| n.as_str()).collect();
+            assert_eq!((head.status().as_u16(), names), (104, vec!["link"]), "no field HTTP/2 forbids");
+        }
+        for n in 1..MAX_PER_REQUEST {
+            assert!(interim.early_hints([&HeaderValue::from_static("</a.css>")]), "{n}");
+        }
+        assert_eq!(queued(), MAX_PER_REQUEST);
+        assert!(!interim.send(StatusCode::EARLY_HINTS, none()), "over the count");
+        let (other, other_stream) = Interim::h2();
+        other_stream.close();
+        assert!(!other.send(StatusCode::EARLY_HINTS, none()), "answered: nothing more is queued");
     }
 }

@@ -207,3 +207,48 @@ pub fn exchange(addr: SocketAddr, request: &str) -> Exchange {
         return Exchange { interim, interim_at, status, final_at: started.elapsed() };
     }
 }
+
+/// What one HTTP/2 request got: its interim responses (status, `link`
+/// values, and when each came), then the answer's status, when its head
+/// came, and its body.
+#[derive(Debug)]
+pub struct H2Exchange {
+    pub interim: Vec<(http::StatusCode, Vec<String>, std::time::Duration)>,
+    pub status: http::StatusCode,
+    pub final_at: std::time::Duration,
+    pub body: Vec<u8>,
+}
+
+/// An HTTP/2 client (h2's, which reads interim responses) over `io`.
+pub async fn h2_client<T>(io: T) -> h2::client::SendRequest<bytes::Bytes>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) = h2::client::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+/// A GET of `url` on a stream of its own.
+pub async fn h2_get(send: &h2::client::SendRequest<bytes::Bytes>, url: &str) -> H2Exchange {
+    let started = std::time::Instant::now();
+    let mut send = send.clone().ready().await.unwrap();
+    let (mut resp, _) = send.send_request(http::Request::get(url).body(()).unwrap(), true).unwrap();
+    let mut interim = Vec::new();
+    while let Some(r) = std::future::poll_fn(|cx| resp.poll_informational(cx)).await {
+        let r = r.unwrap();
+        let links = r.headers().get_all("link").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+        interim.push((r.status(), links, started.elapsed()));
+    }
+    let resp = resp.await.unwrap();
+    let final_at = started.elapsed();
+    let status = resp.status();
+    let mut recv = resp.into_body();
+    let mut body = Vec::new();
+    while let Some(chunk) = recv.data().await {
+        let chunk = chunk.unwrap();
+        recv.flow_control().release_capacity(chunk.len()).unwrap();
+        body.extend_from_slice(&chunk);
+    }
+    H2Exchange { interim, status, final_at, body }
+}

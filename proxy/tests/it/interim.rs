@@ -1,7 +1,7 @@
 //! Interim responses an upstream sends before its answer (`103 Early
-//! Hints` and other 1xx), passed on to HTTP/1.1 clients: ahead of the
-//! answer, never inside another answer, never to HTTP/1.0, never stored,
-//! and only as much as a lying upstream is allowed.
+//! Hints` and other 1xx), passed on to HTTP/1.1 and HTTP/2 clients: ahead
+//! of the answer, never inside another answer, never to HTTP/1.0, never
+//! stored, and only as much as a lying upstream is allowed.
 
 use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
@@ -221,6 +221,15 @@ async fn an_upstream_that_floods_or_lies_in_interim_responses_passes_on_only_wha
         assert_eq!(links(fields), [format!("</{n}.css>")]);
     }
     assert_eq!(answers[8].2, b"hello");
+
+    // The same over HTTP/2, where each is a HEADERS frame on the stream.
+    let send = h2_client(tokio::net::TcpStream::connect(addr).await.unwrap()).await;
+    let got = h2_get(&send, "http://t.test/flood2").await;
+    let statuses: Vec<u16> = got.interim.iter().map(|(s, _, _)| s.as_u16()).collect();
+    assert_eq!(statuses, [102, 103, 103, 103, 103, 103, 103, 103]);
+    let links: Vec<&[String]> = got.interim[1..].iter().map(|(_, l, _)| &l[..]).collect();
+    assert_eq!(links, (0..7).map(|n| [format!("</{n}.css>")]).collect::<Vec<_>>());
+    assert_eq!((got.status.as_u16(), &got.body[..]), (200, &b"hello"[..]));
 }
 
 /// Requests that wait on another's fetch get the origin's hints too: one
@@ -246,4 +255,49 @@ async fn every_request_waiting_on_a_fetch_gets_the_origins_hints() {
         assert_eq!(got, [("HTTP/1.1 103 Early Hints", vec!["</shared.css>"])], "{who}");
     }
     assert_eq!(origin.count("/shared").await, 1, "one fetch for the three");
+}
+
+/// Over HTTP/2 (prior knowledge, on the cleartext listener): the site's
+/// hints and the origin's reach each stream, while streams run side by
+/// side on one connection and are answered in another order than asked;
+/// none on a hit; counted as over HTTP/1.1.
+#[test]
+fn early_hints_reach_http2_clients_stream_by_stream() {
+    with_metrics_in_own_process("interim::early_hints_reach_http2_clients_stream_by_stream", h2_hints);
+}
+
+async fn h2_hints() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    let site_hints = "[[early_hints]]\npattern = \"/k/*\"\nlink = [\"</site.css>; rel=preload\"]\n";
+    let edge = Edge::start(dir.path(), &site_toml(origin.addr, &format!("{DEFAULT_RULES}{site_hints}"))).await;
+    let send = h2_client(tokio::net::TcpStream::connect(edge.addr).await.unwrap()).await;
+    let url = |p: &str| format!("http://t.test{p}");
+    let paths = [
+        "/k/1?size=100&early=%3C/1.css%3E&delay=900ms",
+        "/k/2?size=200&early=%3C/2.css%3E&delay=300ms",
+        "/plain?size=50&early=%3C/3.css%3E&delay=600ms",
+    ];
+    let urls = paths.map(url);
+    let (one, two, three) = tokio::join!(h2_get(&send, &urls[0]), h2_get(&send, &urls[1]), h2_get(&send, &urls[2]));
+    let site = || vec!["</site.css>; rel=preload".to_string()];
+    for (got, want, size) in [
+        (&one, vec![site(), vec!["</1.css>".to_string()]], 100),
+        (&two, vec![site(), vec!["</2.css>".to_string()]], 200),
+        (&three, vec![vec!["</3.css>".to_string()]], 50),
+    ] {
+        assert_eq!((got.status.as_u16(), got.body.len()), (200, size), "{got:?}");
+        assert!(got.interim.iter().all(|(s, _, _)| *s == http::StatusCode::EARLY_HINTS), "{got:?}");
+        let links: Vec<Vec<String>> = got.interim.iter().map(|(_, l, _)| l.clone()).collect();
+        assert_eq!(links, want);
+        // The origin's came when the origin sent it, not with its answer.
+        let at = got.interim.last().unwrap().2;
+        assert!(at + Duration::from_millis(200) < got.final_at, "103 at {at:?}, the answer at {:?}", got.final_at);
+    }
+    assert!(two.final_at < three.final_at && three.final_at < one.final_at, "answered as the origin answered");
+    let hit = h2_get(&send, &url(paths[0])).await;
+    assert_eq!((hit.status.as_u16(), hit.body.len()), (200, 100));
+    assert!(hit.interim.is_empty(), "an interim response is never stored: {:?}", hit.interim);
+    assert_eq!(metric(&edge, "outpost_interim_forwarded_total{node=\"edge-test\"}").await, 3.0);
+    assert_eq!(metric(&edge, "outpost_early_hints_sent_total{node=\"edge-test\"}").await, 2.0);
 }

@@ -525,10 +525,9 @@ async fn stalled_handshakes_do_not_keep_new_visitors_out() {
 
 /// `[[early_hints]]` over TLS: an HTTP/1.1 client (hyper's, which reads
 /// interim responses) gets the 103 before a miss's answer, not before a
-/// hit's; over HTTP/2, whose server side cannot send one, the answer is
-/// unchanged.
+/// hit's; so does an HTTP/2 client (h2's).
 #[tokio::test]
-async fn early_hints_reach_an_http1_client_over_tls_before_a_miss() {
+async fn early_hints_reach_http1_and_http2_clients_over_tls_before_a_miss() {
     let hints = "[[early_hints]]\npattern = \"/hinted/*\"\nlink = [\"</a.css>; rel=preload; as=style\"]\n";
     let OneSite { origin, dir: _dir, ca_pem, edge } = one_site(hints, "").await;
     let h1 = client(&ca_pem, &[b"http/1.1"], &[&rustls::version::TLS13]);
@@ -588,6 +587,21 @@ async fn early_hints_reach_an_http1_client_over_tls_before_a_miss() {
         assert_eq!(*seen.lock().unwrap(), want, "request {n}");
     }
     let h2 = connect(edge.https, "a.test", h2_h1(&ca_pem)).await.unwrap();
-    let (status, _, body) = Conn::open(h2).await.get("a.test", "/hinted/other?size=50&delay=50ms").await;
-    assert_eq!((status, body.len()), (StatusCode::OK, 50));
+    assert_eq!(h2.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let send = crate::harness::h2_client(h2).await;
+    for (round, want) in [(0, 1), (1, 0)] {
+        let got = crate::harness::h2_get(&send, "https://a.test/hinted/other?size=50&delay=200ms").await;
+        assert_eq!((got.status, got.body.len()), (StatusCode::OK, 50));
+        let links: Vec<&[String]> = got.interim.iter().map(|(_, l, _)| &l[..]).collect();
+        assert_eq!(links.len(), want, "round {round}: {got:?}");
+        if let Some((status, links, at)) = got.interim.first() {
+            assert_eq!(*status, StatusCode::EARLY_HINTS);
+            assert_eq!(links, &["</a.css>; rel=preload; as=style"]);
+            assert!(
+                *at + Duration::from_millis(100) < got.final_at,
+                "the 103 at {at:?}, the answer at {:?}",
+                got.final_at
+            );
+        }
+    }
 }

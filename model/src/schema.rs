@@ -412,7 +412,7 @@ pub static SECTIONS: &[Section] = &[
         name: "early_hints",
         shape: Shape::Array,
         roles: &[],
-        doc: "`103 Early Hints` (RFC 8297): `Link` fields an edge sends before it answers a GET for a matching path that it cannot answer at once from memory (a miss, a disk read), so the browser fetches or connects meanwhile. The first rule whose pattern matches wins. Sent to HTTP/1.1 and HTTP/2 clients, over cleartext and TLS, before the 1xx the origin sends (which are passed on too); not over HTTP/3 yet.",
+        doc: "`103 Early Hints` (RFC 8297): `Link` fields an edge sends before it answers a GET for a matching path that it cannot answer at once from memory (a miss, a disk read), so the browser fetches or connects meanwhile. The first rule whose pattern matches wins. Sent to HTTP/1.1, HTTP/2 and HTTP/3 clients, over cleartext and TLS, before the 1xx the origin sends (which are passed on too).",
         keys: &[
             key("pattern", "path pattern", Required, "An exact path, or a pattern with `*`, matched against the normalised path (as `[[cache.path]]`).", "\"/\""),
             key("link", "list of strings", Required, "`Link` field values, 1 to 32, each a target in angle brackets and its parameters.", "[\"</app.css>; rel=preload; as=style\", \"<https://img.example.com>; rel=preconnect\"]"),

@@ -48,11 +48,12 @@ use crate::sendfile::{FileQueue, SendFile, is_stand_in};
 use crate::{Body, BoxError, Conn, Handler, RequestBody};
 
 mod direct;
-mod http2;
+pub(crate) mod http2;
 mod interim;
 
 pub use direct::Fields;
 pub use interim::Interim;
+pub(crate) use interim::Stream;
 use interim::{LazySlot, Slot};
 
 /// What one connection's parts share.
@@ -680,6 +681,18 @@ pub(crate) struct Counters {
     pub(crate) interim: metrics::Counter,
     /// Interim responses a handler passed on ([`Interim::send`]).
     pub(crate) forwarded: metrics::Counter,
+}
+
+impl Counters {
+    /// The counters of the node called `name`.
+    pub(crate) fn new(name: &str) -> Counters {
+        Counters {
+            parked: metrics::gauge!("outpost_connections_parked", "node" => name.to_string()),
+            direct: metrics::counter!("outpost_requests_answered_directly_total", "node" => name.to_string()),
+            interim: metrics::counter!("outpost_early_hints_sent_total", "node" => name.to_string()),
+            forwarded: metrics::counter!("outpost_interim_forwarded_total", "node" => name.to_string()),
+        }
+    }
 }
 
 /// Serves one connection until it ends, a timer fires, or it is evicted.

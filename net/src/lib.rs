@@ -77,7 +77,7 @@ pub struct Conn {
     /// On a cleartext HTTP/1 connection: where a handler queues file
     /// ranges its body frames stand in for.
     pub sendfile: Option<sendfile::SendFile>,
-    /// On an HTTP/1.1 request hyper reads, and on an HTTP/2 stream: where a handler queues interim
+    /// On an HTTP/1.1 request hyper reads, and on an HTTP/2 or HTTP/3 stream: where a handler queues interim
     /// (1xx) responses to send before its answer.
     pub interim: Option<Interim>,
 }

@@ -1,13 +1,13 @@
 //! HTTP/3: QUIC listeners (quinn) speaking HTTP/3 (the h3 crate), whose
 //! requests take the same path as every other: the server's [`Handler`].
 //!
-//! Each QUIC connection gets an in-memory HTTP/2 connection to itself
-//! (hyper's, both ends): HTTP/3 requests are sent on it as HTTP/2
-//! streams, the handler answers them as it answers HTTP/2 clients, and
-//! the answers go back as HTTP/3. Streams stay concurrent (HTTP/2 multiplexes as QUIC does), and
-//! the cache, `Cache-Status`, access log and metrics are the ones every
-//! protocol gets. The cost is the HTTP/2 framing in memory on each request;
-//! the handler tells HTTP/3 requests by [`crate::Conn::http3`].
+//! Each request is a task of its own, which hands it to the handler with
+//! its body as the stream delivers it ([`RequestBody`]), sends the interim
+//! responses the handler queues while its answer is awaited ([`Interim`],
+//! each a HEADERS frame), then the answer, with the head HTTP/2 would send.
+//! The cache, `Cache-Status`, access log and metrics are the ones every
+//! protocol gets; the handler tells HTTP/3 requests by
+//! [`crate::Conn::http3`].
 //!
 //! Limits: `limits.max_connections` QUIC connections (more are refused),
 //! `limits.quic_streams` requests open at once per connection (the
@@ -21,35 +21,25 @@
 //! told (GOAWAY) to start no new requests, and requests already running
 //! finish within `limits.shutdown_grace`.
 
-use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use http::{Request, Response};
-use http_body::Frame;
 use http_body_util::BodyExt;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use outpost_config::Limits;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::{BoxError, Conn, Handler};
+use crate::conn::{Counters, Stream, http2};
+use crate::{BoxError, Conn, Handler, Interim, RequestBody, ServerConfig};
 
 /// How long a draining connection whose requests are all answered waits for
 /// the client to close before closing it: closing at once could drop the
 /// last bytes of an answer still unacknowledged.
 const LINGER: Duration = Duration::from_secs(1);
-
-/// Bytes the in-memory HTTP/2 connection buffers each way.
-const BRIDGE_BUFFER: usize = 256 * 1024;
-/// Its flow-control windows: large, since both ends are this process.
-const STREAM_WINDOW: u32 = 4 << 20;
-const CONNECTION_WINDOW: u32 = 16 << 20;
 
 /// A bound HTTP/3 listener.
 #[derive(Debug)]
@@ -89,9 +79,11 @@ pub fn quic_listener(
 pub async fn serve_quic<H: Handler>(
     handler: Arc<H>,
     listener: QuicListener,
-    limits: Limits,
+    config: ServerConfig,
     shutdown: CancellationToken,
 ) {
+    let limits = config.limits;
+    let counters = Counters::new(&config.name);
     let endpoint = listener.endpoint;
     let mut tasks = tokio::task::JoinSet::new();
     loop {
@@ -108,12 +100,12 @@ pub async fn serve_quic<H: Handler>(
             incoming.refuse();
             continue;
         }
-        let (handler, shutdown) = (Arc::clone(&handler), shutdown.clone());
+        let (handler, shutdown, counters) = (Arc::clone(&handler), shutdown.clone(), counters.clone());
         tasks.spawn(async move {
             let peer = incoming.remote_address();
             match tokio::time::timeout(limits.header_read_timeout, incoming).await {
                 Ok(Ok(conn)) => {
-                    if let Err(e) = connection(handler, conn, limits, shutdown).await {
+                    if let Err(e) = connection(handler, conn, limits, counters, shutdown).await {
                         tracing::debug!(%peer, error = %e, "HTTP/3 connection ended");
                     }
                 }
@@ -133,41 +125,16 @@ pub async fn serve_quic<H: Handler>(
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
 }
 
-/// One QUIC connection: HTTP/3 in, the in-memory HTTP/2 connection to the
-/// handler, answers back.
+/// One QUIC connection: each HTTP/3 request answered by the handler on a
+/// task of its own.
 async fn connection<H: Handler>(
     handler: Arc<H>,
     conn: quinn::Connection,
     limits: Limits,
+    counters: Counters,
     shutdown: CancellationToken,
 ) -> Result<(), BoxError> {
     let info = Conn { peer: conn.remote_address(), secure: true, http3: true, sendfile: None, interim: None };
-    let (near, far) = tokio::io::duplex(BRIDGE_BUFFER);
-    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-        let (handler, info) = (Arc::clone(&handler), info.clone());
-        async move { Ok::<_, Infallible>(handler.call(req.map(crate::RequestBody::hyper), info).await) }
-    });
-    let server = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .max_concurrent_streams(limits.quic_streams)
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .serve_connection(TokioIo::new(far), service);
-    tokio::spawn(async move {
-        if let Err(e) = server.await {
-            tracing::debug!(error = %e, "HTTP/3 bridge ended");
-        }
-    });
-    let (sender, bridge) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_concurrent_reset_streams(limits.quic_streams as usize)
-        .handshake::<_, RequestBody>(TokioIo::new(near))
-        .await?;
-    tokio::spawn(async move {
-        let _ = bridge.await;
-    });
-
     let quic = conn.clone();
     let mut h3 = h3::server::builder()
         .max_field_section_size(limits.max_header_bytes)
@@ -185,9 +152,9 @@ async fn connection<H: Handler>(
             Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
             accepted = h3.accept() => match accepted {
                 Ok(Some(resolver)) => {
-                    let sender = sender.clone();
+                    let (handler, info, counters) = (Arc::clone(&handler), info.clone(), counters.clone());
                     inflight.spawn(async move {
-                        if let Err(e) = exchange(resolver, sender).await {
+                        if let Err(e) = exchange(resolver, handler, info, counters).await {
                             tracing::debug!(error = %e, "HTTP/3 request ended early");
                         }
                     });
@@ -211,49 +178,44 @@ async fn connection<H: Handler>(
 
 type Resolver = h3::server::RequestResolver<h3_quinn::Connection, Bytes>;
 
-/// One request: read it, send it over the bridge, answer with what comes
-/// back, body frame by body frame.
-async fn exchange(
+/// One request: read its head, hand it to the handler with its body as it
+/// arrives, send the interim responses the handler queues while its answer
+/// is awaited, then the answer, frame by frame.
+async fn exchange<H: Handler>(
     resolver: Resolver,
-    mut sender: hyper::client::conn::http2::SendRequest<RequestBody>,
+    handler: Arc<H>,
+    info: Conn,
+    counters: Counters,
 ) -> Result<(), BoxError> {
     let (req, stream) = resolver.resolve_request().await?;
-    let (mut send, mut recv) = stream.split();
-    let (tx, rx) = mpsc::channel(4);
+    let (mut send, recv) = stream.split();
     let (parts, ()) = req.into_parts();
-    let pump = async move {
-        loop {
-            match recv.recv_data().await {
-                Ok(Some(mut chunk)) => {
-                    let bytes = chunk.copy_to_bytes(chunk.remaining());
-                    if tx.send(Ok(Frame::data(bytes))).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(None) => {
-                    if let Ok(Some(trailers)) = recv.recv_trailers().await {
-                        let _ = tx.send(Ok(Frame::trailers(trailers))).await;
-                    }
-                    return;
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(Box::new(e) as BoxError)).await;
-                    return;
-                }
+    let declared = http2::declared_length(&parts.headers);
+    let (interim, queue) = Interim::stream();
+    let conn = Conn { interim: Some(interim), ..info };
+    let mut answer = std::pin::pin!(handler.call(Request::from_parts(parts, RequestBody::h3(recv, declared)), conn));
+    let resp = loop {
+        let next = std::future::poll_fn(|cx| {
+            if queue.poll_waiting(cx).is_ready() {
+                return Poll::Ready(None);
             }
+            answer.as_mut().poll(cx).map(Some)
+        })
+        .await;
+        match next {
+            Some(resp) => break resp,
+            None => send_interim(&mut send, &queue, &counters).await?,
         }
     };
-    let ask = async move {
-        sender.ready().await?;
-        let resp = sender.send_request(Request::from_parts(parts, RequestBody(rx))).await?;
-        Ok::<_, BoxError>(resp)
-    };
-    let (resp, ()) = tokio::join!(ask, pump);
-    let (parts, mut body) = resp?.into_parts();
+    // What was queued by now goes just before the answer; nothing after.
+    queue.close();
+    send_interim(&mut send, &queue, &counters).await?;
+    let (mut parts, body) = resp.into_parts();
+    http2::answer_head(&mut parts.headers, &body);
     send.send_response(Response::from_parts(parts, ())).await?;
+    let mut body = std::pin::pin!(body);
     while let Some(frame) = body.frame().await {
-        let frame = frame?;
-        match frame.into_data() {
+        match frame?.into_data() {
             Ok(data) => send.send_data(data).await?,
             Err(frame) => {
                 if let Ok(trailers) = frame.into_trailers() {
@@ -266,14 +228,15 @@ async fn exchange(
     Ok(())
 }
 
-/// An HTTP/3 request's body as it arrives, for the bridge.
-struct RequestBody(mpsc::Receiver<Result<Frame<Bytes>, BoxError>>);
-
-impl http_body::Body for RequestBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.0.poll_recv(cx)
+/// Sends what `queue` holds of interim responses, each a HEADERS frame.
+async fn send_interim(
+    send: &mut h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>,
+    queue: &Stream,
+    counters: &Counters,
+) -> Result<(), BoxError> {
+    for (head, source) in queue.take() {
+        send.send_response(head).await?;
+        Stream::sent(source, counters);
     }
+    Ok(())
 }

@@ -1,10 +1,10 @@
 //! Request bodies, as the connection they came on delivers them: hyper's
-//! for HTTP/1 (and HTTP/3's bridge), an h2 stream's for HTTP/2.
+//! for HTTP/1, an h2 stream's for HTTP/2, an h3 stream's for HTTP/3.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
@@ -23,6 +23,17 @@ enum Kind {
         /// Every data frame has come; trailers may follow.
         data_done: bool,
     },
+    /// Boxed: an h3 stream is large, and HTTP/3 requests few.
+    H3(Box<H3>),
+}
+
+/// The receiving half of an HTTP/3 request's stream.
+pub(crate) type H3Recv = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
+
+struct H3 {
+    recv: H3Recv,
+    left: Option<u64>,
+    data_done: bool,
 }
 
 impl RequestBody {
@@ -41,12 +52,20 @@ impl RequestBody {
     }
 }
 
+impl RequestBody {
+    /// An HTTP/3 stream's body, of `declared` bytes if the request said.
+    pub(crate) fn h3(recv: H3Recv, declared: Option<u64>) -> RequestBody {
+        RequestBody(Kind::H3(Box::new(H3 { recv, left: declared, data_done: false })))
+    }
+}
+
 impl std::fmt::Debug for RequestBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self.0 {
             Kind::Empty => "RequestBody::Empty",
             Kind::Hyper(_) => "RequestBody::Hyper",
             Kind::H2 { .. } => "RequestBody::H2",
+            Kind::H3(_) => "RequestBody::H3",
         })
     }
 }
@@ -81,6 +100,26 @@ impl http_body::Body for RequestBody {
                     Err(e) => Poll::Ready(Some(Err(e.into()))),
                 }
             }
+            Kind::H3(h3) => {
+                if !h3.data_done {
+                    match ready!(h3.recv.poll_recv_data(cx)) {
+                        Ok(Some(mut buf)) => {
+                            let bytes = buf.copy_to_bytes(buf.remaining());
+                            if let Some(left) = &mut h3.left {
+                                *left = left.saturating_sub(bytes.len() as u64);
+                            }
+                            return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                        }
+                        Ok(None) => h3.data_done = true,
+                        Err(e) => return Poll::Ready(Some(Err(e.into()))),
+                    }
+                }
+                match ready!(h3.recv.poll_recv_trailers(cx)) {
+                    Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+                    Ok(None) => Poll::Ready(None),
+                    Err(e) => Poll::Ready(Some(Err(e.into()))),
+                }
+            }
         }
     }
 
@@ -89,6 +128,8 @@ impl http_body::Body for RequestBody {
             Kind::Empty => true,
             Kind::Hyper(body) => body.is_end_stream(),
             Kind::H2 { recv, .. } => recv.is_end_stream(),
+            // h3 tells only when read: a declared length of 0 is the end.
+            Kind::H3(h3) => h3.left == Some(0),
         }
     }
 
@@ -98,6 +139,7 @@ impl http_body::Body for RequestBody {
             Kind::Hyper(body) => body.size_hint(),
             Kind::H2 { left: Some(left), .. } => SizeHint::with_exact(*left),
             Kind::H2 { .. } => SizeHint::default(),
+            Kind::H3(h3) => h3.left.map_or_else(SizeHint::default, SizeHint::with_exact),
         }
     }
 }

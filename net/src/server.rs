@@ -82,12 +82,7 @@ pub async fn serve<H: Handler>(
         permits: Arc::new(Semaphore::new(config.limits.max_connections as usize)),
         table: Table::default(),
         tracker: TaskTracker::new(),
-        counters: Counters {
-            parked: metrics::gauge!("outpost_connections_parked", "node" => config.name.to_string()),
-            direct: metrics::counter!("outpost_requests_answered_directly_total", "node" => config.name.to_string()),
-            interim: metrics::counter!("outpost_early_hints_sent_total", "node" => config.name.to_string()),
-            forwarded: metrics::counter!("outpost_interim_forwarded_total", "node" => config.name.to_string()),
-        },
+        counters: Counters::new(&config.name),
         config,
         shutdown,
     });

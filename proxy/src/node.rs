@@ -154,8 +154,9 @@ impl Node {
             .quic
             .into_iter()
             .map(|l| {
-                let served =
-                    outpost_net::quic::serve_quic(Arc::clone(&self.engine), l, self.engine.limits, shutdown.clone());
+                let config =
+                    outpost_net::ServerConfig { name: Arc::clone(&self.engine.node), limits: self.engine.limits };
+                let served = outpost_net::quic::serve_quic(Arc::clone(&self.engine), l, config, shutdown.clone());
                 tokio::spawn(served)
             })
             .collect();

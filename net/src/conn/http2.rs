@@ -120,13 +120,13 @@ where
 pub(super) fn request(req: Request<RecvStream>) -> (Request<RequestBody>, Interim, Arc<Stream>) {
     let (parts, recv) = req.into_parts();
     let declared = declared_length(&parts.headers);
-    let (interim, stream) = Interim::h2();
+    let (interim, stream) = Interim::stream();
     (Request::from_parts(parts, RequestBody::h2(recv, declared)), interim, stream)
 }
 
 /// The length a request declares, if every `Content-Length` it has says
 /// the same (h2 refuses a stream whose data does not match it).
-fn declared_length(headers: &HeaderMap) -> Option<u64> {
+pub(crate) fn declared_length(headers: &HeaderMap) -> Option<u64> {
     let mut length = None;
     for v in headers.get_all(header::CONTENT_LENGTH) {
         for part in v.to_str().ok()?.split(',') {
@@ -150,7 +150,9 @@ where
 {
     let mut answer = std::pin::pin!(answer);
     let resp = std::future::poll_fn(|cx| {
-        stream.send(&mut respond, Some(cx), &counters);
+        if stream.poll_waiting(cx).is_ready() {
+            send_interim(&mut respond, &stream, &counters);
+        }
         if let Poll::Ready(Ok(resp)) = answer.as_mut().poll(cx) {
             return Poll::Ready(Some(resp));
         }
@@ -163,22 +165,14 @@ where
     };
     // What was queued by now goes just before the answer; nothing after.
     stream.close();
-    stream.send(&mut respond, None, &counters);
+    send_interim(&mut respond, &stream, &counters);
     let (mut parts, body) = resp.into_parts();
-    strip_connection_fields(&mut parts.headers);
-    if !parts.headers.contains_key(header::DATE) {
-        parts.headers.insert(header::DATE, super::direct::date_value());
-    }
+    answer_head(&mut parts.headers, &body);
     if body.is_end_stream() {
         if let Err(e) = respond.send_response(Response::from_parts(parts, ()), true) {
             tracing::debug!(error = %e, "an answer's head was not sent");
         }
         return;
-    }
-    if let Some(len) = body.size_hint().exact()
-        && !parts.headers.contains_key(header::CONTENT_LENGTH)
-    {
-        parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     }
     match respond.send_response(Response::from_parts(parts, ()), false) {
         Ok(tx) => {
@@ -190,6 +184,32 @@ where
             tracing::debug!(error = %e, "an answer's head was not sent");
             respond.send_reset(h2::Reason::INTERNAL_ERROR);
         }
+    }
+}
+
+/// Sends what `stream` has queued on `respond`.
+fn send_interim(respond: &mut SendResponse<Bytes>, stream: &Stream, counters: &Counters) {
+    for (head, source) in stream.take() {
+        match respond.send_informational(head) {
+            Ok(()) => Stream::sent(source, counters),
+            Err(e) => tracing::debug!(error = %e, "an interim response was not sent"),
+        }
+    }
+}
+
+/// An answer's head as HTTP/2 and HTTP/3 send it: without the fields that
+/// speak of a connection, with a `Date` if it has none, and with a
+/// `Content-Length` when `body` knows its length and is not empty.
+pub(crate) fn answer_head(headers: &mut HeaderMap, body: &impl HttpBody) {
+    strip_connection_fields(headers);
+    if !headers.contains_key(header::DATE) {
+        headers.insert(header::DATE, super::direct::date_value());
+    }
+    if !body.is_end_stream()
+        && let Some(len) = body.size_hint().exact()
+        && !headers.contains_key(header::CONTENT_LENGTH)
+    {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     }
 }
 
@@ -264,7 +284,7 @@ where
 
 /// Fields that speak of one connection, which HTTP/2 forbids (RFC 9113
 /// §8.2.2), removed: those `Connection` names, and the usual ones.
-pub(super) fn strip_connection_fields(headers: &mut HeaderMap) {
+pub(crate) fn strip_connection_fields(headers: &mut HeaderMap) {
     if let Some(named) = headers.remove(header::CONNECTION)
         && let Ok(named) = named.to_str()
     {

@@ -29,8 +29,9 @@
 //! see a 1xx), and only 1xx other than 100 and 101, which belong to one
 //! hop each.
 //!
-//! An HTTP/2 stream's are queued in a [`Stream`] of its own, which the
-//! stream's task sends ([`super::http2`]), with the same limits.
+//! An HTTP/2 or HTTP/3 stream's are queued in a [`Stream`] of its own,
+//! which the stream's task sends ([`super::http2`], [`crate::quic`]), with
+//! the same limits.
 
 use std::io;
 use std::pin::Pin;
@@ -69,15 +70,16 @@ enum To {
         /// The handler's own early hints went out before hyper read it.
         hinted: bool,
     },
-    /// An HTTP/2 stream: queued for the stream's task, which sends them.
-    H2(Arc<Stream>),
+    /// An HTTP/2 or HTTP/3 stream: queued for the stream's task, which
+    /// sends them.
+    Stream(Arc<Stream>),
 }
 
 impl std::fmt::Debug for Interim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.0 {
             To::H1 { id, .. } => f.debug_struct("Interim").field("id", id).finish_non_exhaustive(),
-            To::H2(_) => f.write_str("Interim::H2"),
+            To::Stream(_) => f.write_str("Interim::Stream"),
         }
     }
 }
@@ -88,17 +90,17 @@ impl Interim {
     /// Most bytes of interim responses one request is sent.
     pub const MAX_BYTES: usize = MAX_BYTES;
 
-    /// An HTTP/2 stream's: what it queues, its task sends.
-    pub(crate) fn h2() -> (Interim, Arc<Stream>) {
+    /// An HTTP/2 or HTTP/3 stream's: what it queues, its task sends.
+    pub(crate) fn stream() -> (Interim, Arc<Stream>) {
         let stream = Arc::new(Stream::default());
-        (Interim(To::H2(Arc::clone(&stream))), stream)
+        (Interim(To::Stream(Arc::clone(&stream))), stream)
     }
 
     /// An HTTP/1 request's number on its connection.
     pub(crate) fn id(&self) -> Option<u64> {
         match self.0 {
             To::H1 { id, .. } => Some(id),
-            To::H2(_) => None,
+            To::Stream(_) => None,
         }
     }
 
@@ -142,7 +144,7 @@ impl Interim {
     ) -> bool {
         let (conn, id) = match &self.0 {
             To::H1 { conn, id, .. } => (conn, *id),
-            To::H2(stream) => return stream.queue(status, fields, source),
+            To::Stream(stream) => return stream.queue(status, fields, source),
         };
         let slot = conn.interim.slot();
         let mut q = slot.queue.lock().unwrap_or_else(|p| p.into_inner());
@@ -193,7 +195,7 @@ pub(crate) fn encode<'a>(
 
 /// Where an interim response comes from.
 #[derive(Debug, Clone, Copy)]
-enum Source {
+pub(crate) enum Source {
     /// The upstream's, passed on.
     Upstream = 0,
     /// The handler's own early hints.
@@ -349,8 +351,8 @@ impl Slot {
     }
 }
 
-/// Interim responses queued for one HTTP/2 stream, which its task sends
-/// ([`super::http2::answer`]): the same limits as an HTTP/1 request's, in
+/// Interim responses queued for one HTTP/2 or HTTP/3 stream, which its
+/// task sends ([`super::http2::answer`], [`crate::quic`]): the same limits as an HTTP/1 request's, in
 /// HPACK's measure of fields (a name, a value and 32 bytes each).
 #[derive(Debug, Default)]
 pub(crate) struct Stream {
@@ -405,33 +407,28 @@ impl Stream {
         self.queue.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
     }
 
-    /// Sends what is queued on `respond`, counted in `counters`; with
-    /// `cx`, the task is woken when more is.
-    pub(crate) fn send(
-        &self,
-        respond: &mut h2::server::SendResponse<Bytes>,
-        cx: Option<&Context<'_>>,
-        counters: &super::Counters,
-    ) {
-        if let Some(cx) = cx {
-            self.waker.register(cx.waker());
-        }
+    /// Ready once something is queued; the task is woken when it is.
+    pub(crate) fn poll_waiting(&self, cx: &Context<'_>) -> Poll<()> {
+        self.waker.register(cx.waker());
+        if self.waiting.load(Ordering::Acquire) { Poll::Ready(()) } else { Poll::Pending }
+    }
+
+    /// What is queued, to be sent now; each counted in `counters` once
+    /// sent ([`Stream::sent`]).
+    pub(crate) fn take(&self) -> Vec<(http::Response<()>, Source)> {
         if !self.waiting.load(Ordering::Acquire) {
-            return;
+            return Vec::new();
         }
-        let heads = {
-            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-            self.waiting.store(false, Ordering::Release);
-            std::mem::take(&mut q.heads)
-        };
-        for (head, source) in heads {
-            match respond.send_informational(head) {
-                Ok(()) => match source {
-                    Source::Upstream => counters.forwarded.increment(1),
-                    Source::Own => counters.interim.increment(1),
-                },
-                Err(e) => tracing::debug!(error = %e, "an interim response was not sent"),
-            }
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        self.waiting.store(false, Ordering::Release);
+        std::mem::take(&mut q.heads)
+    }
+
+    /// Counts an interim response sent.
+    pub(crate) fn sent(source: Source, counters: &super::Counters) {
+        match source {
+            Source::Upstream => counters.forwarded.increment(1),
+            Source::Own => counters.interim.increment(1),
         }
     }
 }
@@ -556,7 +553,7 @@ mod tests {
 
     #[test]
     fn an_http2_stream_queues_the_same_1xx_within_the_same_limits_until_its_answer() {
-        let (interim, stream) = Interim::h2();
+        let (interim, stream) = Interim::stream();
         let queued = || stream.queue.lock().unwrap().heads.len();
         let none = || std::iter::empty::<(&HeaderName, &HeaderValue)>();
         for status in [100, 101, 200, 304] {
@@ -584,7 +581,7 @@ mod tests {
         }
         assert_eq!(queued(), MAX_PER_REQUEST);
         assert!(!interim.send(StatusCode::EARLY_HINTS, none()), "over the count");
-        let (other, other_stream) = Interim::h2();
+        let (other, other_stream) = Interim::stream();
         other_stream.close();
         assert!(!other.send(StatusCode::EARLY_HINTS, none()), "answered: nothing more is queued");
     }

@@ -91,9 +91,33 @@ impl H3 {
 /// One GET over HTTP/3: status, fields and the whole body.
 async fn get(send: &mut Sender, host: &str, path: &str) -> Result<(StatusCode, HeaderMap, Vec<u8>), String> {
     let req = Request::get(format!("https://{host}{path}")).body(()).unwrap();
+    exchange(send, req, Bytes::new()).await.map(|(_, status, h, body)| (status, h, body))
+}
+
+/// The interim responses before an answer: status and `link` values.
+type Interim = Vec<(StatusCode, Vec<String>)>;
+
+/// `req` with `body` over HTTP/3: the interim responses, then the answer's
+/// status, fields and whole body.
+async fn exchange(
+    send: &mut Sender,
+    req: Request<()>,
+    body: Bytes,
+) -> Result<(Interim, StatusCode, HeaderMap, Vec<u8>), String> {
     let mut stream = send.send_request(req).await.map_err(|e| e.to_string())?;
+    if !body.is_empty() {
+        stream.send_data(body).await.map_err(|e| e.to_string())?;
+    }
     stream.finish().await.map_err(|e| e.to_string())?;
-    let resp = stream.recv_response().await.map_err(|e| e.to_string())?;
+    let mut interim = Vec::new();
+    let resp = loop {
+        let resp = stream.recv_response().await.map_err(|e| e.to_string())?;
+        if !resp.status().is_informational() {
+            break resp;
+        }
+        let links = resp.headers().get_all("link").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+        interim.push((resp.status(), links));
+    };
     let mut body = Vec::new();
     while let Some(mut chunk) = stream.recv_data().await.map_err(|e| e.to_string())? {
         while chunk.has_remaining() {
@@ -103,7 +127,7 @@ async fn get(send: &mut Sender, host: &str, path: &str) -> Result<(StatusCode, H
             chunk.advance(n);
         }
     }
-    Ok((resp.status(), resp.headers().clone(), body))
+    Ok((interim, resp.status(), resp.headers().clone(), body))
 }
 
 /// Site `a` (`a.test`) in `d` in front of `origin`, its certificate from a
@@ -265,4 +289,42 @@ async fn load_fetches(origin: &Origin) -> u64 {
         .filter(|(p, _)| p.starts_with("/load3/"))
         .map(|(_, n)| n.as_u64().unwrap())
         .sum()
+}
+
+/// Straight to the handler, without a hop in between: the site's early
+/// hints and the origin's 1xx reach an HTTP/3 client before a miss's
+/// answer, each a HEADERS frame, and none before a hit's; a request body
+/// reaches the origin whole, with the length the client declared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http3_clients_get_early_hints_and_send_bodies() {
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = LocalCa::generate("h3 CA").unwrap();
+    let ca_pem = ca_file(&ca, d);
+    issue(&ca, d, "a", &["a.test"]);
+    let hints = "[[early_hints]]\npattern = \"/hinted/*\"\nlink = [\"</site.css>; rel=preload\"]\n";
+    write_site(d, "a", &["a.test"], origin.addr, hints);
+    let edge = quic_edge(d, &["a.toml"], "").await;
+    let mut h3 = connect(edge.quic, "a.test", &ca_pem).await.unwrap();
+    let path = "https://a.test/hinted/p?size=700&early=%3C/o.css%3E&delay=200ms";
+    let site = || vec!["</site.css>; rel=preload".to_string()];
+    for (round, want) in [("miss", vec![site(), vec!["</o.css>".to_string()]]), ("hit", vec![])] {
+        let req = Request::get(path).body(()).unwrap();
+        let (interim, status, _, body) = exchange(&mut h3.send, req, Bytes::new()).await.unwrap();
+        assert_eq!((status, body.len()), (StatusCode::OK, 700), "{round}");
+        assert!(interim.iter().all(|(s, _)| *s == StatusCode::EARLY_HINTS), "{round}: {interim:?}");
+        let links: Vec<Vec<String>> = interim.into_iter().map(|(_, l)| l).collect();
+        assert_eq!(links, want, "{round}");
+    }
+
+    let upload = Bytes::from((0..300_000u32).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    let req = Request::post("https://a.test/up3").header("content-length", upload.len()).body(()).unwrap();
+    let (interim, status, _, _) = exchange(&mut h3.send, req, upload).await.unwrap();
+    assert_eq!((status, interim.len()), (StatusCode::OK, 0));
+    let seen = send(http::Method::GET, &format!("http://{}/__origin/request?path=/up3", origin.addr), &[]).await;
+    let seen: serde_json::Value = serde_json::from_slice(&seen.body).unwrap();
+    assert_eq!(seen["content-length"], "300000", "{seen}");
+    edge.stop.cancel();
+    let _ = edge.task.await;
 }

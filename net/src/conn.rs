@@ -779,10 +779,11 @@ where
     };
     if h2 {
         io.tracker.stop();
-        let counters = counters.clone();
+        let (counters, stall) = (counters.clone(), limits.send_timeout);
         let accept = move |req, respond| {
             let (req, interim, stream) = http2::request(req);
-            tokio::spawn(http2::answer(answer(req, Some(interim)), respond, stream, counters.clone()));
+            let answering = answer(req, Some(interim));
+            tokio::spawn(http2::answer(answering, respond, stream, counters.clone(), stall));
         };
         let mut served = Box::new(http2::Server::new(io, &limits, accept));
         return match watch.serve(&mut *served, |c| c.graceful_shutdown(), false).await {

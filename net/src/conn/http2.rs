@@ -6,7 +6,11 @@
 //! - an answer's head loses the fields that speak of a connection (HTTP/2
 //!   has none: h2 refuses them), gets a `Date` if it has none, and a
 //!   `Content-Length` when its body's length is known;
-//! - a body goes as the client's window allows, a frame at a time.
+//! - a body goes as the client's window allows, a frame at a time;
+//!
+//! and one thing more: a stream whose client opens no window for the send
+//! timeout is reset, as an HTTP/1 connection whose client stops reading is
+//! closed.
 //!
 //! A stream's interim responses ([`Interim`]) are queued for its task,
 //! which sends them while the answer is awaited, and those queued by the
@@ -17,6 +21,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use h2::server::{Connection, Handshake, SendResponse};
@@ -142,9 +147,15 @@ pub(crate) fn declared_length(headers: &HeaderMap) -> Option<u64> {
 
 /// Answers one stream with `answer`, and sends the interim responses
 /// queued in `stream` while it is awaited (counted in `counters`). A
-/// client that resets the stream first drops the answer unfinished.
-pub(super) async fn answer<F, B>(answer: F, mut respond: SendResponse<Bytes>, stream: Arc<Stream>, counters: Counters)
-where
+/// client that resets the stream first drops the answer unfinished; one
+/// that opens no window for `stall` has it reset ([`pipe`]).
+pub(super) async fn answer<F, B>(
+    answer: F,
+    mut respond: SendResponse<Bytes>,
+    stream: Arc<Stream>,
+    counters: Counters,
+    stall: Duration,
+) where
     F: Future<Output = Result<Response<B>, Infallible>>,
     B: HttpBody<Data = Bytes, Error = BoxError>,
 {
@@ -176,7 +187,7 @@ where
     }
     match respond.send_response(Response::from_parts(parts, ()), false) {
         Ok(tx) => {
-            if let Err(e) = pipe(body, tx).await {
+            if let Err(e) = pipe(body, tx, stall).await {
                 tracing::debug!(error = %e, "an answer's body ended early");
             }
         }
@@ -214,23 +225,47 @@ pub(crate) fn answer_head(headers: &mut HeaderMap, body: &impl HttpBody) {
 }
 
 /// Sends `body` on `tx`, a frame at a time as the client's windows let
-/// it go; a body that fails resets the stream.
-async fn pipe<B>(body: B, mut tx: SendStream<Bytes>) -> Result<(), BoxError>
+/// it go; a body that fails resets the stream. A client that opens no
+/// window for `stall` (the send timeout: one that stopped reading) has the
+/// stream reset, as an HTTP/1 client that stops reading has its
+/// connection closed: a stalled stream would otherwise hold its answer,
+/// and its connection busy, for good.
+async fn pipe<B>(body: B, mut tx: SendStream<Bytes>, stall: Duration) -> Result<(), BoxError>
 where
     B: HttpBody<Data = Bytes, Error = BoxError>,
 {
     let mut body = std::pin::pin!(body);
     // A frame taken from the body, waiting for window.
     let mut held: Option<(Bytes, bool)> = None;
+    // Since when it has waited, when it waits.
+    let mut waiting: Option<Pin<Box<tokio::time::Sleep>>> = None;
     std::future::poll_fn(|cx| {
         loop {
             if let Poll::Ready(reason) = tx.poll_reset(cx) {
                 return Poll::Ready(Err(BoxError::from(h2::Error::from(reason?))));
             }
-            if let Some((data, last)) = held.take() {
-                while tx.capacity() == 0 {
+            if let Some((mut data, last)) = held.take() {
+                // Handed to h2 no faster than the client's windows take it
+                // (h2 would buffer the whole of it): the answer stays in
+                // progress, its connection busy and timed as such, until
+                // its last bytes are on their way.
+                while !data.is_empty() {
+                    tx.reserve_capacity(data.len());
+                    let room = tx.capacity();
+                    if room > 0 {
+                        // Progress: the client reads.
+                        waiting = None;
+                        let chunk = data.split_to(room.min(data.len()));
+                        tx.send_data(chunk, last && data.is_empty())?;
+                        continue;
+                    }
                     match tx.poll_capacity(cx) {
                         Poll::Pending => {
+                            let timer = waiting.get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+                            if timer.as_mut().poll(cx).is_ready() {
+                                tx.send_reset(h2::Reason::CANCEL);
+                                return Poll::Ready(Err("the client opened no window for the send timeout".into()));
+                            }
                             held = Some((data, last));
                             return Poll::Pending;
                         }
@@ -239,7 +274,6 @@ where
                         Poll::Ready(None) => return Poll::Ready(Err("the stream closed".into())),
                     }
                 }
-                tx.send_data(data, last)?;
                 if last {
                     return Poll::Ready(Ok(()));
                 }
@@ -255,7 +289,6 @@ where
                                 return Poll::Ready(Ok(()));
                             }
                         } else {
-                            tx.reserve_capacity(1);
                             held = Some((data, last));
                         }
                     }

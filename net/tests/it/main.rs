@@ -583,3 +583,87 @@ async fn http2_streams_carry_bodies_past_every_window_and_heads_http2_allows() {
     assert_eq!(body, "one two three");
     assert!(head.headers.get("content-length").is_none() && head.headers.get("transfer-encoding").is_none());
 }
+
+/// An HTTP/2 client that stops opening window on a stream (it stopped
+/// reading) has the stream reset after the send timeout, and its
+/// connection goes idle and is closed in time: nothing is held for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_stream_whose_client_opens_no_window_is_reset_after_the_send_timeout() {
+    let server = start(limits(|l| {
+        l.send_timeout = Duration::from_millis(500);
+        l.idle_timeout = Duration::from_secs(1);
+    }))
+    .await;
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (send, conn) =
+        h2::client::Builder::new().initial_window_size(16 << 10).handshake::<_, Bytes>(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let req = Request::get(format!("http://{}/big", server.addr)).body(()).unwrap();
+    let (resp, _) = send.send_request(req, true).unwrap();
+    let mut recv = resp.await.unwrap().into_body();
+    let stalled = Instant::now();
+    // What the window let through is read, and the window never opened
+    // again.
+    let (mut got, mut ended) = (0, None);
+    let read = async {
+        while let Some(chunk) = recv.data().await {
+            match chunk {
+                Ok(chunk) => got += chunk.len(),
+                Err(e) => {
+                    ended = Some(e);
+                    break;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read).await.expect("a stalled stream was never reset");
+    let took = stalled.elapsed();
+    assert!(got <= 16 << 10, "more than the window: {got}");
+    let reason = ended.expect("the stream ended as if whole").reason();
+    assert_eq!(reason, Some(h2::Reason::CANCEL));
+    assert!(took >= Duration::from_millis(400), "reset before the send timeout: {took:?}");
+    let closed = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(closed.is_ok(), "the connection was held after its stream was reset");
+    drop(send);
+}
+
+/// An HTTP/2 client that reads a large answer slowly but steadily, with
+/// pauses shorter than the send timeout, gets all of it, however long past
+/// the idle and header timeouts it takes: the answer is in progress until
+/// its last bytes are on their way, not once handed to h2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_but_steady_http2_reader_gets_a_whole_answer_past_the_idle_timeout() {
+    let server = start(limits(|l| {
+        l.send_timeout = Duration::from_secs(2);
+        l.idle_timeout = Duration::from_millis(300);
+        l.header_read_timeout = Duration::from_millis(300);
+    }))
+    .await;
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(256 << 10)
+        .initial_connection_window_size(256 << 10)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let req = Request::get(format!("http://{}/big", server.addr)).body(()).unwrap();
+    let (resp, _) = send.send_request(req, true).unwrap();
+    let mut recv = resp.await.unwrap().into_body();
+    let started = Instant::now();
+    let (mut got, mut paused) = (0usize, 0usize);
+    while let Some(chunk) = recv.data().await {
+        let chunk = chunk.expect("the answer was cut");
+        got += chunk.len();
+        if got / (1 << 20) > paused {
+            // A pause a megabyte, the window closed meanwhile.
+            paused = got / (1 << 20);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        recv.flow_control().release_capacity(chunk.len()).unwrap();
+    }
+    assert_eq!(got, 32 << 20);
+    assert!(started.elapsed() > Duration::from_secs(2), "not slow enough to test: {:?}", started.elapsed());
+}

@@ -158,7 +158,7 @@ pub static SECTIONS: &[Section] = &[
             key("body", "size", Bytes(DEFAULT_MAX_REQUEST_BODY), "Largest request body forwarded upstream; larger gets 413.", "\"16MiB\""),
             key("header_read_timeout", "duration", Time(DEFAULT_HEADER_READ_TIMEOUT), "Time a client has to send a whole request head.", "\"10s\""),
             key("idle_timeout", "duration", Time(DEFAULT_IDLE_TIMEOUT), "An idle keep-alive connection is closed after this long.", "\"60s\""),
-            key("send_timeout", "duration", Time(DEFAULT_SEND_TIMEOUT), "A response the client takes no byte of for this long is dropped with its connection (over HTTP/2, a stream the client opens no window for is reset).", "\"30s\""),
+            key("send_timeout", "duration", Time(DEFAULT_SEND_TIMEOUT), "A response the client takes no byte of for this long is dropped with its connection (over HTTP/2 and HTTP/3, a stream the client gives no room is reset).", "\"30s\""),
             key("shutdown_grace", "duration", Time(DEFAULT_SHUTDOWN_GRACE), "How long a stopping node lets responses in flight finish.", "\"30s\""),
             key("max_connections", "integer", Int(DEFAULT_MAX_CONNECTIONS as u64), "Open client connections; at the cap the longest-idle one is closed to make room.", "10000"),
             key("quic_streams", "integer", Int(DEFAULT_QUIC_STREAMS as u64), "Requests one HTTP/3 connection may have open at once; the client waits for more.", "100").only(PROXIES),

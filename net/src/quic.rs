@@ -153,8 +153,9 @@ async fn connection<H: Handler>(
             accepted = h3.accept() => match accepted {
                 Ok(Some(resolver)) => {
                     let (handler, info, counters) = (Arc::clone(&handler), info.clone(), counters.clone());
+                    let stall = limits.send_timeout;
                     inflight.spawn(async move {
-                        if let Err(e) = exchange(resolver, handler, info, counters).await {
+                        if let Err(e) = exchange(resolver, handler, info, counters, stall).await {
                             tracing::debug!(error = %e, "HTTP/3 request ended early");
                         }
                     });
@@ -180,12 +181,15 @@ type Resolver = h3::server::RequestResolver<h3_quinn::Connection, Bytes>;
 
 /// One request: read its head, hand it to the handler with its body as it
 /// arrives, send the interim responses the handler queues while its answer
-/// is awaited, then the answer, frame by frame.
+/// is awaited, then the answer, frame by frame. A client that takes none
+/// of it for `stall` (the send timeout: QUIC's flow control holds every
+/// byte of a stream, its heads too) has the stream reset.
 async fn exchange<H: Handler>(
     resolver: Resolver,
     handler: Arc<H>,
     info: Conn,
     counters: Counters,
+    stall: Duration,
 ) -> Result<(), BoxError> {
     let (req, stream) = resolver.resolve_request().await?;
     let (mut send, recv) = stream.split();
@@ -204,38 +208,64 @@ async fn exchange<H: Handler>(
         .await;
         match next {
             Some(resp) => break resp,
-            None => send_interim(&mut send, &queue, &counters).await?,
+            None => send_interim(&mut send, &queue, &counters, stall).await?,
         }
     };
     // What was queued by now goes just before the answer; nothing after.
     queue.close();
-    send_interim(&mut send, &queue, &counters).await?;
+    send_interim(&mut send, &queue, &counters, stall).await?;
     let (mut parts, body) = resp.into_parts();
     http2::answer_head(&mut parts.headers, &body);
-    send.send_response(Response::from_parts(parts, ())).await?;
+    let head = Response::from_parts(parts, ());
+    let sent = tokio::time::timeout(stall, send.send_response(head)).await;
+    timed(&mut send, sent)?;
     let mut body = std::pin::pin!(body);
     while let Some(frame) = body.frame().await {
         match frame?.into_data() {
-            Ok(data) => send.send_data(data).await?,
+            Ok(data) => {
+                let sent = tokio::time::timeout(stall, send.send_data(data)).await;
+                timed(&mut send, sent)?;
+            }
             Err(frame) => {
                 if let Ok(trailers) = frame.into_trailers() {
-                    send.send_trailers(trailers).await?;
+                    let sent = tokio::time::timeout(stall, send.send_trailers(trailers)).await;
+                    timed(&mut send, sent)?;
                 }
             }
         }
     }
-    send.finish().await?;
+    let sent = tokio::time::timeout(stall, send.finish()).await;
+    timed(&mut send, sent)?;
     Ok(())
+}
+
+type SendHalf = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
+
+/// A send the client took in time, or the stream reset: it took nothing
+/// for the send timeout.
+fn timed<T, E: Into<BoxError>>(
+    send: &mut SendHalf,
+    sent: Result<Result<T, E>, tokio::time::error::Elapsed>,
+) -> Result<T, BoxError> {
+    match sent {
+        Ok(r) => r.map_err(Into::into),
+        Err(_) => {
+            send.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+            Err("the client took nothing for the send timeout".into())
+        }
+    }
 }
 
 /// Sends what `queue` holds of interim responses, each a HEADERS frame.
 async fn send_interim(
-    send: &mut h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>,
+    send: &mut SendHalf,
     queue: &Stream,
     counters: &Counters,
+    stall: Duration,
 ) -> Result<(), BoxError> {
     for (head, source) in queue.take() {
-        send.send_response(head).await?;
+        let sent = tokio::time::timeout(stall, send.send_response(head)).await;
+        timed(send, sent)?;
         Stream::sent(source, counters);
     }
     Ok(())

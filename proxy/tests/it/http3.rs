@@ -57,6 +57,16 @@ struct H3 {
 }
 
 async fn connect(addr: SocketAddr, sni: &str, ca: &Path) -> Result<H3, String> {
+    connect_with(addr, sni, ca, None).await
+}
+
+/// [`connect`], with the client's own QUIC transport settings.
+async fn connect_with(
+    addr: SocketAddr,
+    sni: &str,
+    ca: &Path,
+    transport: Option<quinn::TransportConfig>,
+) -> Result<H3, String> {
     let roots = outpost_proxy::tls::files::load_roots(ca).unwrap();
     let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -66,7 +76,11 @@ async fn connect(addr: SocketAddr, sni: &str, ca: &Path) -> Result<H3, String> {
     tls.alpn_protocols = vec![b"h3".to_vec()];
     let quic_tls = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic_tls)));
+    let mut client = quinn::ClientConfig::new(Arc::new(quic_tls));
+    if let Some(t) = transport {
+        client.transport_config(Arc::new(t));
+    }
+    endpoint.set_default_client_config(client);
     let conn = endpoint.connect(addr, sni).map_err(|e| e.to_string())?.await.map_err(|e| e.to_string())?;
     let cert = conn
         .peer_identity()
@@ -291,21 +305,35 @@ async fn load_fetches(origin: &Origin) -> u64 {
         .sum()
 }
 
-/// Straight to the handler, without a hop in between: the site's early
-/// hints and the origin's 1xx reach an HTTP/3 client before a miss's
-/// answer, each a HEADERS frame, and none before a hit's; a request body
-/// reaches the origin whole, with the length the client declared.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http3_clients_get_early_hints_and_send_bodies() {
+/// Site `a` (`a.test`, with `extra` under `[site]`) in front of a new
+/// origin, at an edge with these `[limits]`.
+struct OneSite {
+    origin: Origin,
+    dir: tempfile::TempDir,
+    ca_pem: std::path::PathBuf,
+    edge: QuicEdge,
+}
+
+async fn one_site(extra: &str, limits: &str) -> OneSite {
     let origin = Origin::start().await;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let ca = LocalCa::generate("h3 CA").unwrap();
     let ca_pem = ca_file(&ca, d);
     issue(&ca, d, "a", &["a.test"]);
+    write_site(d, "a", &["a.test"], origin.addr, extra);
+    let edge = quic_edge(d, &["a.toml"], limits).await;
+    OneSite { origin, dir, ca_pem, edge }
+}
+
+/// Straight to the handler, without a hop in between: the site's early
+/// hints and the origin's 1xx reach an HTTP/3 client before a miss's
+/// answer, each a HEADERS frame, and none before a hit's; a request body
+/// reaches the origin whole, with the length the client declared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http3_clients_get_early_hints_and_send_bodies() {
     let hints = "[[early_hints]]\npattern = \"/hinted/*\"\nlink = [\"</site.css>; rel=preload\"]\n";
-    write_site(d, "a", &["a.test"], origin.addr, hints);
-    let edge = quic_edge(d, &["a.toml"], "").await;
+    let OneSite { origin, dir: _dir, ca_pem, edge } = one_site(hints, "").await;
     let mut h3 = connect(edge.quic, "a.test", &ca_pem).await.unwrap();
     let path = "https://a.test/hinted/p?size=700&early=%3C/o.css%3E&delay=200ms";
     let site = || vec!["</site.css>; rel=preload".to_string()];
@@ -325,6 +353,38 @@ async fn http3_clients_get_early_hints_and_send_bodies() {
     let seen = send(http::Method::GET, &format!("http://{}/__origin/request?path=/up3", origin.addr), &[]).await;
     let seen: serde_json::Value = serde_json::from_slice(&seen.body).unwrap();
     assert_eq!(seen["content-length"], "300000", "{seen}");
+    edge.stop.cancel();
+    let _ = edge.task.await;
+}
+
+/// A client that takes nothing of an answer (it opens no stream credit)
+/// has the stream reset after the send timeout, as an HTTP/1 client that
+/// stops reading has its connection closed; the edge goes on serving it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http3_client_that_takes_nothing_has_its_stream_reset_after_the_send_timeout() {
+    let OneSite { origin: _origin, dir: _dir, ca_pem, edge } = one_site("", "send_timeout = \"500ms\"").await;
+    let mut transport = quinn::TransportConfig::default();
+    transport.stream_receive_window(quinn::VarInt::from_u32(16 << 10));
+    let mut h3 = connect_with(edge.quic, "a.test", &ca_pem, Some(transport)).await.unwrap();
+    let req = Request::get("https://a.test/stall3?size=4194304&cc=max-age%3D60").body(()).unwrap();
+    let mut stream = h3.send.send_request(req).await.unwrap();
+    stream.finish().await.unwrap();
+    assert_eq!(stream.recv_response().await.unwrap().status(), StatusCode::OK);
+    // Nothing read for three times the send timeout.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut got = 0;
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.recv_data()).await {
+            Ok(Ok(Some(chunk))) => got += chunk.remaining(),
+            Ok(Ok(None)) => break None,
+            Ok(Err(e)) => break Some(e.to_string()),
+            Err(_) => panic!("the stream neither ended nor was reset"),
+        }
+    };
+    assert!(ended.is_some(), "the whole answer came ({got} bytes): the stalled stream was never reset");
+    assert!(got < 4 << 20, "{got}");
+    let (status, _, body) = h3.get("a.test", "/stall3?size=4194304&cc=max-age%3D60").await.unwrap();
+    assert_eq!((status, body.len()), (StatusCode::OK, 4 << 20), "the connection serves on");
     edge.stop.cancel();
     let _ = edge.task.await;
 }

@@ -780,12 +780,15 @@ where
     if h2 {
         io.tracker.stop();
         let (counters, stall) = (counters.clone(), limits.send_timeout);
+        let resets = Arc::new(http2::Resets::default());
+        let counted = Arc::clone(&resets);
         let accept = move |req, respond| {
             let (req, interim, stream) = http2::request(req);
             let answering = answer(req, Some(interim));
-            tokio::spawn(http2::answer(answering, respond, stream, counters.clone(), stall));
+            let resets = Arc::clone(&counted);
+            tokio::spawn(http2::answer(answering, respond, stream, counters.clone(), stall, resets));
         };
-        let mut served = Box::new(http2::Server::new(io, &limits, accept));
+        let mut served = Box::new(http2::Server::new(io, &limits, resets, accept));
         return match watch.serve(&mut *served, |c| c.graceful_shutdown(), false).await {
             Ok(Served { result, closing }) => {
                 if let Err(e) = result {

@@ -8,9 +8,10 @@
 //!   `Content-Length` when its body's length is known;
 //! - a body goes as the client's window allows, a frame at a time;
 //!
-//! and one thing more: a stream whose client opens no window for the send
-//! timeout is reset, as an HTTP/1 connection whose client stops reading is
-//! closed.
+//! and two things more: a stream whose client opens no window for the
+//! send timeout is reset, as an HTTP/1 connection whose client stops
+//! reading is closed; and a client that resets stream after stream before
+//! their answers is shut out ([`Resets`]).
 //!
 //! A stream's interim responses ([`Interim`]) are queued for its task,
 //! which sends them while the answer is awaited, and those queued by the
@@ -66,6 +67,9 @@ pub(super) struct Server<T: AsyncRead + AsyncWrite + Unpin, F> {
     /// A shutdown asked for during the handshake.
     close_pending: bool,
     accept: F,
+    resets: Arc<Resets>,
+    /// The connection was told to calm down ([`Resets::too_many`]).
+    calmed: bool,
 }
 
 enum State<T: AsyncRead + AsyncWrite + Unpin> {
@@ -78,8 +82,10 @@ where
     T: AsyncRead + AsyncWrite + Unpin,
     F: FnMut(Request<RecvStream>, SendResponse<Bytes>) + Unpin,
 {
-    pub(super) fn new(io: T, limits: &Limits, accept: F) -> Self {
-        Server { state: State::Handshaking(builder(limits).handshake(io)), close_pending: false, accept }
+    /// `resets` is what the connection's streams ([`answer`]) count.
+    pub(super) fn new(io: T, limits: &Limits, resets: Arc<Resets>, accept: F) -> Self {
+        let state = State::Handshaking(builder(limits).handshake(io));
+        Server { state, close_pending: false, accept, resets, calmed: false }
     }
 
     /// Asks the client to open no more streams (GOAWAY); those open finish.
@@ -110,13 +116,57 @@ where
                     }
                     this.state = State::Serving(conn);
                 }
-                State::Serving(conn) => match ready!(conn.poll_accept(cx)) {
-                    Some(Ok((req, respond))) => (this.accept)(req, respond),
-                    Some(Err(e)) => return Poll::Ready(Err(e)),
-                    None => return Poll::Ready(Ok(())),
-                },
+                State::Serving(conn) => {
+                    if !this.calmed && this.resets.too_many() {
+                        // GOAWAY (ENHANCE_YOUR_CALM); h2 closes the
+                        // connection once it is written.
+                        tracing::warn!(
+                            "a client reset more streams before their answers than it let finish (rapid reset); closing its connection"
+                        );
+                        conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+                        this.calmed = true;
+                    }
+                    match ready!(conn.poll_accept(cx)) {
+                        Some(Ok((req, respond))) => (this.accept)(req, respond),
+                        Some(Err(e)) => return Poll::Ready(Err(e)),
+                        None => return Poll::Ready(Ok(())),
+                    }
+                }
             }
         }
+    }
+}
+
+/// What a connection's streams count of how they ended, to tell a client
+/// that opens streams only to reset them (HTTP/2 "rapid reset",
+/// CVE-2023-44487): reset streams leave the concurrency limit at once, so
+/// such a client has the server start work without bound.
+#[derive(Debug, Default)]
+pub(super) struct Resets {
+    /// Streams the client reset before their answer.
+    early: std::sync::atomic::AtomicU64,
+    answered: std::sync::atomic::AtomicU64,
+}
+
+/// Resets before an answer a connection is allowed in all, however many
+/// it had answered: a browser cancels what it no longer needs, but seldom
+/// more than it lets finish.
+const EARLY_RESETS: u64 = 1000;
+
+impl Resets {
+    fn early(&self) {
+        self.early.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn answered(&self) {
+        self.answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// More than [`EARLY_RESETS`] streams reset before their answer, and
+    /// more of them than streams answered.
+    fn too_many(&self) -> bool {
+        let early = self.early.load(std::sync::atomic::Ordering::Relaxed);
+        early > EARLY_RESETS && early > self.answered.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -155,6 +205,7 @@ pub(super) async fn answer<F, B>(
     stream: Arc<Stream>,
     counters: Counters,
     stall: Duration,
+    resets: Arc<Resets>,
 ) where
     F: Future<Output = Result<Response<B>, Infallible>>,
     B: HttpBody<Data = Bytes, Error = BoxError>,
@@ -172,8 +223,10 @@ pub(super) async fn answer<F, B>(
     .await;
     let Some(resp) = resp else {
         tracing::debug!(stream = ?respond.stream_id(), "the client reset a stream before its answer");
+        resets.early();
         return;
     };
+    resets.answered();
     // What was queued by now goes just before the answer; nothing after.
     stream.close();
     send_interim(&mut respond, &stream, &counters);

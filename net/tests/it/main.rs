@@ -667,3 +667,53 @@ async fn a_slow_but_steady_http2_reader_gets_a_whole_answer_past_the_idle_timeou
     assert_eq!(got, 32 << 20);
     assert!(started.elapsed() > Duration::from_secs(2), "not slow enough to test: {:?}", started.elapsed());
 }
+
+/// HTTP/2 "rapid reset" (CVE-2023-44487): a client that opens streams and
+/// resets each once its request is being answered (reset streams leave
+/// the concurrency limit at once, so the server would start work without
+/// bound; those reset before they are taken, h2 counts itself) has its
+/// connection closed, told to calm down; the server serves others after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_that_resets_stream_after_stream_is_shut_out() {
+    let server = start(Limits::default()).await;
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let echo = Arc::clone(&server.echo);
+    let url = format!("http://{}/hang", server.addr);
+    let flood = async move {
+        let mut send = send;
+        let mut reset = 0;
+        for _ in 0..40 {
+            let mut open = Vec::new();
+            for _ in 0..100 {
+                send = match send.ready().await {
+                    Ok(s) => s,
+                    Err(_) => return reset,
+                };
+                match send.send_request(Request::get(&url).body(()).unwrap(), true) {
+                    Ok((resp, _)) => open.push(resp),
+                    Err(_) => return reset,
+                }
+            }
+            // Each reset once the handler has it.
+            let called = Instant::now();
+            while echo.calls.load(Ordering::SeqCst) < reset + open.len() {
+                if called.elapsed() > Duration::from_secs(2) {
+                    return reset;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            reset += open.len();
+            drop(open);
+        }
+        reset
+    };
+    let reset = tokio::time::timeout(Duration::from_secs(30), flood).await.expect("the flood hung");
+    assert!(reset < 4000, "every stream was taken");
+    assert!(reset >= 1000, "shut out before the limit: {reset}");
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await.expect("the connection stayed open");
+    let e = ended.unwrap().expect_err("the connection ended as if nothing were wrong");
+    assert_eq!(e.reason(), Some(h2::Reason::ENHANCE_YOUR_CALM), "{e:?}");
+    assert!(get(server.addr, "/after").ends_with("GET /after"), "the server goes on");
+}

@@ -143,6 +143,16 @@ impl ConnState {
         f
     }
 
+    /// The HTTP/1 request `opened` in the interim slot (if any) has its
+    /// answer, or will have none: nothing more is queued for it.
+    fn answered(&self, opened: Option<u64>) {
+        if let Some(id) = opened
+            && let Some(slot) = self.interim.get()
+        {
+            slot.close(id);
+        }
+    }
+
     /// A request is no longer in progress: answered, or dropped unanswered.
     fn finished(&self) {
         self.idle_since.store(now_ms(), Ordering::Release);
@@ -885,11 +895,7 @@ pin_project_lite::pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(state) = this.state.take() {
-                if let Some(id) = *this.opened
-                    && let Some(slot) = state.interim.get()
-                {
-                    slot.close(id);
-                }
+                state.answered(*this.opened);
                 state.finished();
             }
         }
@@ -906,11 +912,7 @@ impl<F: Future<Output = Response<Body>>> Future for Answering<F> {
             resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
         }
         let state = this.state.take().expect("an answer is polled to its end once");
-        if let Some(id) = *this.opened
-            && let Some(slot) = state.interim.get()
-        {
-            slot.close(id);
-        }
+        state.answered(*this.opened);
         let (parts, body) = resp.into_parts();
         Poll::Ready(Ok(Response::from_parts(parts, Tracked { inner: body, state })))
     }

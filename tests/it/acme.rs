@@ -70,11 +70,20 @@ impl Pebble {
         Pebble { child, directory: format!("https://{listen}/dir"), management, https_ca, log: dir.join("pebble.log") }
     }
 
-    /// The root Pebble issues under (made afresh at every start).
+    /// The root Pebble issues under (made afresh at every start); asked
+    /// until Pebble listens, for 10 s at most (it starts in the
+    /// background).
     async fn root(&self) -> CertificateDer<'static> {
         let config = client_config(&[std::fs::read(&self.https_ca).unwrap()]);
-        let (_, status, body) =
-            tls_get(self.management, &self.management.ip().to_string(), config, "/roots/0").await.unwrap();
+        let host = self.management.ip().to_string();
+        let started = std::time::Instant::now();
+        let (_, status, body) = loop {
+            match tls_get(self.management, &host, Arc::clone(&config), "/roots/0").await {
+                Ok(got) => break got,
+                Err(e) if started.elapsed() > Duration::from_secs(10) => panic!("Pebble never answered: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
         assert_eq!(status, 200);
         CertificateDer::from_pem_slice(&body).unwrap()
     }

@@ -45,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::h1::{Framing, Tracker};
 use crate::sendfile::{FileQueue, SendFile, is_stand_in};
-use crate::{Body, BoxError, Conn, Handler, RequestBody};
+use crate::{Body, BoxError, Conn, Handler, RecvBody};
 
 mod direct;
 pub(crate) mod http2;
@@ -746,7 +746,7 @@ where
     let svc_state = Arc::clone(&state);
     let for_service = conn.clone();
     // `h2`: an HTTP/2 stream's request, and its interim responses' way.
-    let answer = move |req: Request<RequestBody>, h2: Option<Interim>| {
+    let answer = move |req: Request<RecvBody>, h2: Option<Interim>| {
         let (handler, state) = (Arc::clone(&handler), Arc::clone(&svc_state));
         state.active.fetch_add(1, Ordering::AcqRel);
         state.head_started.store(0, Ordering::Release);
@@ -809,7 +809,7 @@ where
             Err(why) => why,
         };
     }
-    let mut service = service_fn(move |req: Request<Incoming>| answer(req.map(RequestBody::hyper), None));
+    let mut service = service_fn(move |req: Request<Incoming>| answer(req.map(RecvBody::hyper), None));
     let h1 = http1_builder(&limits);
     let mut direct = H::ANSWERS_NOW.then(direct::Direct::default);
     let direct_conn = Conn { sendfile: sendfile_h1, ..conn.clone() };

@@ -21,7 +21,8 @@
 //! [`control`] is the one client of the control-plane API; [`metrics`]
 //! the process's exporter, which the program installs; [`multipart`] the
 //! layout of a response with several ranges; [`coding`] content codings
-//! (`Accept-Encoding`, gzip, brotli, zstd).
+//! (`Accept-Encoding`, gzip, brotli, zstd); [`http2`] what the proxy's
+//! upstream HTTP/2 client shares with the server.
 
 mod body;
 pub mod coding;
@@ -34,7 +35,13 @@ pub mod seal;
 pub mod sendfile;
 
 mod conn;
-mod request_body;
+mod recv_body;
+
+/// What an HTTP/2 client shares with the server: the proxy's upstream
+/// client speaks h2 as the server does.
+pub mod http2 {
+    pub use crate::conn::http2::{declared_length, send_body, strip_connection_fields};
+}
 mod request_headers;
 mod server;
 
@@ -50,7 +57,7 @@ use tokio::net::TcpListener;
 
 pub use body::Body;
 pub use conn::{Fields, Interim};
-pub use request_body::RequestBody;
+pub use recv_body::RecvBody;
 pub use request_headers::{HeaderLookup, NameSet, RequestHeaders};
 pub use server::{ServerConfig, bind, listen, serve};
 
@@ -85,7 +92,7 @@ pub struct Conn {
 /// What a server does with requests.
 pub trait Handler: Send + Sync + 'static {
     /// Answers one request.
-    fn call(self: Arc<Self>, req: Request<RequestBody>, conn: Conn) -> impl Future<Output = Response<Body>> + Send;
+    fn call(self: Arc<Self>, req: Request<RecvBody>, conn: Conn) -> impl Future<Output = Response<Body>> + Send;
 
     /// Whether [`Handler::answer_now`] answers any request: when it does,
     /// HTTP/1 connections read request heads themselves between requests
@@ -109,7 +116,7 @@ pub trait Handler: Send + Sync + 'static {
     /// the server closes the connection after it. Default: a plain 400.
     fn refuse(
         self: Arc<Self>,
-        _req: Request<RequestBody>,
+        _req: Request<RecvBody>,
         _conn: Conn,
         why: &'static str,
     ) -> impl Future<Output = Response<Body>> + Send {
@@ -164,7 +171,7 @@ pub struct TowerHandler<S>(pub S);
 
 impl<S, B> Handler for TowerHandler<S>
 where
-    S: tower_service::Service<Request<RequestBody>, Response = Response<B>, Error = Infallible>
+    S: tower_service::Service<Request<RecvBody>, Response = Response<B>, Error = Infallible>
         + Clone
         + Send
         + Sync
@@ -174,7 +181,7 @@ where
     B::Error: Into<BoxError>,
 {
     /// The connection rides along as a request extension.
-    fn call(self: Arc<Self>, mut req: Request<RequestBody>, conn: Conn) -> impl Future<Output = Response<Body>> + Send {
+    fn call(self: Arc<Self>, mut req: Request<RecvBody>, conn: Conn) -> impl Future<Output = Response<Body>> + Send {
         req.extensions_mut().insert(conn);
         let mut svc = self.0.clone();
         async move {

@@ -2,7 +2,7 @@
 //! requests take the same path as every other: the server's [`Handler`].
 //!
 //! Each request is a task of its own, which hands it to the handler with
-//! its body as the stream delivers it ([`RequestBody`]), sends the interim
+//! its body as the stream delivers it ([`RecvBody`]), sends the interim
 //! responses the handler queues while its answer is awaited ([`Interim`],
 //! each a HEADERS frame), then the answer, with the head HTTP/2 would send.
 //! The cache, `Cache-Status`, access log and metrics are the ones every
@@ -34,7 +34,7 @@ use outpost_config::Limits;
 use tokio_util::sync::CancellationToken;
 
 use crate::conn::{Counters, Stream, http2};
-use crate::{BoxError, Conn, Handler, Interim, RequestBody, ServerConfig};
+use crate::{BoxError, Conn, Handler, Interim, RecvBody, ServerConfig};
 
 /// How long a draining connection whose requests are all answered waits for
 /// the client to close before closing it: closing at once could drop the
@@ -197,7 +197,7 @@ async fn exchange<H: Handler>(
     let declared = http2::declared_length(&parts.headers);
     let (interim, queue) = Interim::stream();
     let conn = Conn { interim: Some(interim), ..info };
-    let mut answer = std::pin::pin!(handler.call(Request::from_parts(parts, RequestBody::h3(recv, declared)), conn));
+    let mut answer = std::pin::pin!(handler.call(Request::from_parts(parts, RecvBody::h3(recv, declared)), conn));
     let resp = loop {
         let next = std::future::poll_fn(|cx| {
             if queue.poll_waiting(cx).is_ready() {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use outpost_net::RequestBody;
+use outpost_net::RecvBody;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -33,7 +33,7 @@ impl Health for Engine {
     }
 }
 
-fn answer(req: &Request<RequestBody>, node: &dyn Health) -> Response<Body> {
+fn answer(req: &Request<RecvBody>, node: &dyn Health) -> Response<Body> {
     let (status, ctype, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
             node.refresh();
@@ -54,7 +54,7 @@ struct Admin(Arc<dyn Health>);
 impl outpost_net::Handler for Admin {
     fn call(
         self: Arc<Self>,
-        req: Request<RequestBody>,
+        req: Request<RecvBody>,
         _conn: outpost_net::Conn,
     ) -> impl std::future::Future<Output = Response<Body>> + Send {
         std::future::ready(answer(&req, self.0.as_ref()))

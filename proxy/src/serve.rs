@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use http::{Request, Response};
-use outpost_net::RequestBody;
+use outpost_net::RecvBody;
 use outpost_net::{Conn, Fields, Handler};
 
 pub(crate) use outpost_net::{Listener, bind};
@@ -16,7 +16,7 @@ use crate::engine::Engine;
 use crate::engine::respond::Body;
 
 impl Handler for Engine {
-    fn call(self: Arc<Self>, req: Request<RequestBody>, conn: Conn) -> impl Future<Output = Response<Body>> + Send {
+    fn call(self: Arc<Self>, req: Request<RecvBody>, conn: Conn) -> impl Future<Output = Response<Body>> + Send {
         self.handle(req, conn)
     }
 
@@ -28,7 +28,7 @@ impl Handler for Engine {
 
     fn refuse(
         self: Arc<Self>,
-        req: Request<RequestBody>,
+        req: Request<RecvBody>,
         conn: Conn,
         why: &'static str,
     ) -> impl Future<Output = Response<Body>> + Send {

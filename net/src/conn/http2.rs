@@ -35,7 +35,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::Counters;
 use super::interim::{Interim, Stream};
-use crate::{BoxError, RequestBody};
+use crate::{BoxError, RecvBody};
 
 /// A stream's window, and the connection's, before the client's settings
 /// say otherwise: hyper's, larger than the protocol's 64 KiB, which holds
@@ -172,16 +172,16 @@ impl Resets {
 
 /// A stream's request, with the body h2 delivers, and the queue its
 /// interim responses go to.
-pub(super) fn request(req: Request<RecvStream>) -> (Request<RequestBody>, Interim, Arc<Stream>) {
+pub(super) fn request(req: Request<RecvStream>) -> (Request<RecvBody>, Interim, Arc<Stream>) {
     let (parts, recv) = req.into_parts();
     let declared = declared_length(&parts.headers);
     let (interim, stream) = Interim::stream();
-    (Request::from_parts(parts, RequestBody::h2(recv, declared)), interim, stream)
+    (Request::from_parts(parts, RecvBody::h2(recv, declared)), interim, stream)
 }
 
-/// The length a request declares, if every `Content-Length` it has says
+/// The length a message declares, if every `Content-Length` it has says
 /// the same (h2 refuses a stream whose data does not match it).
-pub(crate) fn declared_length(headers: &HeaderMap) -> Option<u64> {
+pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
     let mut length = None;
     for v in headers.get_all(header::CONTENT_LENGTH) {
         for part in v.to_str().ok()?.split(',') {
@@ -198,7 +198,7 @@ pub(crate) fn declared_length(headers: &HeaderMap) -> Option<u64> {
 /// Answers one stream with `answer`, and sends the interim responses
 /// queued in `stream` while it is awaited (counted in `counters`). A
 /// client that resets the stream first drops the answer unfinished; one
-/// that opens no window for `stall` has it reset ([`pipe`]).
+/// that opens no window for `stall` has it reset ([`send_body`]).
 pub(super) async fn answer<F, B>(
     answer: F,
     mut respond: SendResponse<Bytes>,
@@ -240,7 +240,7 @@ pub(super) async fn answer<F, B>(
     }
     match respond.send_response(Response::from_parts(parts, ()), false) {
         Ok(tx) => {
-            if let Err(e) = pipe(body, tx, stall).await {
+            if let Err(e) = send_body(body, tx, stall).await {
                 tracing::debug!(error = %e, "an answer's body ended early");
             }
         }
@@ -277,13 +277,14 @@ pub(crate) fn answer_head(headers: &mut HeaderMap, body: &impl HttpBody) {
     }
 }
 
-/// Sends `body` on `tx`, a frame at a time as the client's windows let
-/// it go; a body that fails resets the stream. A client that opens no
-/// window for `stall` (the send timeout: one that stopped reading) has the
-/// stream reset, as an HTTP/1 client that stops reading has its
-/// connection closed: a stalled stream would otherwise hold its answer,
-/// and its connection busy, for good.
-async fn pipe<B>(body: B, mut tx: SendStream<Bytes>, stall: Duration) -> Result<(), BoxError>
+/// Sends `body` on `tx`, a frame at a time as the peer's windows let it
+/// go; a body that fails resets the stream (`INTERNAL_ERROR`). A peer that
+/// opens no window for `stall` (the send timeout: a client that stopped
+/// reading) has the stream reset (`CANCEL`), as an HTTP/1 client that
+/// stops reading has its connection closed: a stalled stream would
+/// otherwise hold its answer, and its connection busy, for good. The
+/// proxy's upstream client sends request bodies with it too.
+pub async fn send_body<B>(body: B, mut tx: SendStream<Bytes>, stall: Duration) -> Result<(), BoxError>
 where
     B: HttpBody<Data = Bytes, Error = BoxError>,
 {
@@ -317,7 +318,7 @@ where
                             let timer = waiting.get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
                             if timer.as_mut().poll(cx).is_ready() {
                                 tx.send_reset(h2::Reason::CANCEL);
-                                return Poll::Ready(Err("the client opened no window for the send timeout".into()));
+                                return Poll::Ready(Err("the peer opened no window for the send timeout".into()));
                             }
                             held = Some((data, last));
                             return Poll::Pending;
@@ -370,7 +371,7 @@ where
 
 /// Fields that speak of one connection, which HTTP/2 forbids (RFC 9113
 /// §8.2.2), removed: those `Connection` names, and the usual ones.
-pub(crate) fn strip_connection_fields(headers: &mut HeaderMap) {
+pub fn strip_connection_fields(headers: &mut HeaderMap) {
     if let Some(named) = headers.remove(header::CONNECTION)
         && let Ok(named) = named.to_str()
     {

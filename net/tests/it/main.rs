@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Full};
 
 use outpost_config::Limits;
 use outpost_load::raw::read_after_stall;
-use outpost_net::{Body, Conn, Fields, Handler, Listener, RequestBody, ServerConfig};
+use outpost_net::{Body, Conn, Fields, Handler, Listener, RecvBody, ServerConfig};
 use tokio_util::sync::CancellationToken;
 
 mod direct;
@@ -33,7 +33,7 @@ struct Echo {
 impl Handler for Echo {
     const ANSWERS_NOW: bool = true;
 
-    fn call(self: Arc<Self>, req: Request<RequestBody>, _conn: Conn) -> impl Future<Output = Response<Body>> + Send {
+    fn call(self: Arc<Self>, req: Request<RecvBody>, _conn: Conn) -> impl Future<Output = Response<Body>> + Send {
         self.calls.fetch_add(1, Ordering::SeqCst);
         async move {
             if req.uri().path() == "/hang" {
@@ -83,7 +83,7 @@ impl Handler for Echo {
 struct HyperOnly(Arc<Echo>);
 
 impl Handler for HyperOnly {
-    fn call(self: Arc<Self>, req: Request<RequestBody>, conn: Conn) -> impl Future<Output = Response<Body>> + Send {
+    fn call(self: Arc<Self>, req: Request<RecvBody>, conn: Conn) -> impl Future<Output = Response<Body>> + Send {
         Arc::clone(&self.0).call(req, conn)
     }
 }

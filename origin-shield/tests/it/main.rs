@@ -3,6 +3,7 @@
 
 mod topology;
 
+mod lying_shield;
 mod shield;
 mod smuggling;
 mod tls;

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use outpost_config::Site;
+use outpost_net::RecvBody;
 use tokio::sync::oneshot;
 
 use super::Engine;
@@ -51,7 +51,7 @@ pub(crate) struct FetchJob {
     /// The stored copy being revalidated, and its key.
     stale: Option<(Key, Arc<StoredObject>)>,
     /// Where a response that must not be shared goes (the leader).
-    pass: Option<oneshot::Sender<Response<Incoming>>>,
+    pass: Option<oneshot::Sender<Response<RecvBody>>>,
 }
 
 /// When the fetch started and its response came (engine clock), and when
@@ -135,7 +135,7 @@ impl FetchJob {
         guard: FlightGuard,
         request: Fetched,
         stale: Option<(Key, Arc<StoredObject>)>,
-        pass: Option<oneshot::Sender<Response<Incoming>>>,
+        pass: Option<oneshot::Sender<Response<RecvBody>>>,
     ) -> FetchJob {
         FetchJob {
             engine: Arc::clone(&cx.engine),
@@ -203,7 +203,7 @@ impl FetchJob {
 
     /// A response to pass on: stored and shared, shared only (an error
     /// page), or handed to the leader alone.
-    async fn answered(mut self, resp: Response<Incoming>, times: Times) {
+    async fn answered(mut self, resp: Response<RecvBody>, times: Times) {
         let engine = Arc::clone(&self.engine);
         engine.holds.succeeded(self.guard.flight.key);
         let status = resp.status();
@@ -312,7 +312,7 @@ impl FetchJob {
     /// Streams the body to every waiter and, when it is stored, to the store.
     async fn stream(
         mut self,
-        resp: Response<Incoming>,
+        resp: Response<RecvBody>,
         plan: Option<StorePlan>,
         not_stored: Option<NotStored>,
         times: Times,
@@ -353,7 +353,7 @@ impl FetchJob {
     /// caller to pass on once the object is stored.
     async fn pump(
         &self,
-        mut body: Incoming,
+        mut body: RecvBody,
         flight: &Flight,
         mut writer: Option<BodyWriter>,
         len: Option<u64>,

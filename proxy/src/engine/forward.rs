@@ -8,8 +8,7 @@ use std::time::Instant;
 use http::Response;
 use http::header::{self, HeaderValue};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
-use outpost_net::RequestBody;
+use outpost_net::RecvBody;
 
 use super::context::{Answer, Ctx, failed};
 use super::respond::passed_response;
@@ -18,7 +17,7 @@ use crate::error::Error;
 use crate::host::RequestHost;
 use crate::upstream::{BoxError, ClientBodyError, UpstreamError, request};
 
-pub(super) async fn forward(cx: &Ctx, body: RequestBody) -> Answer {
+pub(super) async fn forward(cx: &Ctx, body: RecvBody) -> Answer {
     let engine = &cx.engine;
     let max = engine.limits.max_request_body;
     let declared =
@@ -56,7 +55,7 @@ pub(super) async fn forward(cx: &Ctx, body: RequestBody) -> Answer {
     answer
 }
 
-async fn forwarded(cx: &Ctx, sent: Result<Response<Incoming>, UpstreamError>) -> Answer {
+async fn forwarded(cx: &Ctx, sent: Result<Response<RecvBody>, UpstreamError>) -> Answer {
     let engine = &cx.engine;
     let resp = match sent {
         Ok(resp) => resp,

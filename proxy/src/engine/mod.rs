@@ -24,7 +24,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use http::{Request, Response};
 use outpost_config::{CacheStorage, Limits, PurgeTarget, Site};
-use outpost_net::RequestBody;
+use outpost_net::RecvBody;
 
 use crate::clock::Clock;
 use crate::host::RequestHost;
@@ -247,7 +247,7 @@ impl Engine {
     /// again, and hyper moves the whole for every request.
     pub fn handle(
         self: Arc<Self>,
-        req: Request<RequestBody>,
+        req: Request<RecvBody>,
         conn: outpost_net::Conn,
     ) -> impl Future<Output = Response<respond::Body>> + Send + 'static {
         request::handle(self, req, conn, Instant::now())
@@ -268,7 +268,7 @@ impl Engine {
     /// cannot be trusted) with 400, counted and logged like any other.
     pub fn refuse_request(
         self: &Arc<Self>,
-        req: Request<RequestBody>,
+        req: Request<RecvBody>,
         client: Option<std::net::SocketAddr>,
         why: &'static str,
     ) -> Response<respond::Body> {

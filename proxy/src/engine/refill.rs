@@ -20,8 +20,8 @@ use futures_util::{Stream, StreamExt};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use outpost_config::Site;
+use outpost_net::RecvBody;
 
 use super::Engine;
 use super::context::Ctx;
@@ -138,7 +138,7 @@ impl Refill {
 
     /// Is the response the same representation, from where it was asked?
     /// Where its body starts.
-    fn check(&self, resp: &Response<Incoming>, from: u64, to: u64) -> io::Result<u64> {
+    fn check(&self, resp: &Response<RecvBody>, from: u64, to: u64) -> io::Result<u64> {
         let h = resp.headers();
         let (name, value) = &self.validator;
         if h.get(name) != Some(value) {
@@ -166,7 +166,7 @@ impl Refill {
 /// The body of a range response, cut to the `left` bytes after the first
 /// `skip`, storing the whole chunks it passes when `repair` says where.
 pub(super) fn range_body(
-    body: Incoming,
+    body: RecvBody,
     skip: u64,
     left: u64,
     repair: Option<Repair>,
@@ -226,7 +226,7 @@ impl Repair {
 
 /// The upstream's body, cut to the bytes the reader wants.
 struct Upstream {
-    body: Incoming,
+    body: RecvBody,
     skip: u64,
     left: u64,
     repair: Option<Repair>,

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use outpost_config::{Site, SiteTls};
-use outpost_net::RequestBody;
+use outpost_net::RecvBody;
 
 use super::context::{Answer, Ctx, failed, upstream_proto};
 use super::respond::Body;
@@ -53,7 +53,7 @@ fn log_line<B>(engine: &Engine, req: &Request<B>) -> LogLine {
 
 pub(super) async fn handle(
     engine: Arc<Engine>,
-    req: Request<RequestBody>,
+    req: Request<RecvBody>,
     conn: Conn,
     started: Instant,
 ) -> Response<Body> {
@@ -162,7 +162,7 @@ fn advertise_http3(engine: &Engine, over_http3: bool, site: &Site, resp: &mut Re
 /// could not follow) is answered 400 and logged like any other.
 pub(super) fn refused(
     engine: &Arc<Engine>,
-    req: &Request<RequestBody>,
+    req: &Request<RecvBody>,
     client: Option<SocketAddr>,
     started: Instant,
     why: &'static str,

@@ -25,7 +25,7 @@ use crate::headers::{CACHE_STATUS, CDN_ONLY, decimal};
 use crate::key::Key;
 use crate::policy::is_hop_by_hop;
 use crate::store::{Blob, BodyRef, Piece, Store, StoredObject};
-use hyper::body::Incoming;
+use outpost_net::RecvBody;
 use outpost_net::sendfile::{MAX_RANGE, SendFile, SharedFile};
 use outpost_net::{Fields, HeaderLookup};
 
@@ -259,7 +259,7 @@ fn remove_by_rules(headers: &mut HeaderMap, site: &Site, rules: &ResponseRules) 
 
 /// A response passed through unstored: hop-by-hop fields dropped, the
 /// rules applied, our `Cache-Status` member appended to the upstream's.
-pub(crate) fn passed_response(cx: &Ctx, resp: Response<Incoming>, detail: Option<Detail>) -> Answer {
+pub(crate) fn passed_response(cx: &Ctx, resp: Response<RecvBody>, detail: Option<Detail>) -> Answer {
     let (parts, body) = resp.into_parts();
     passed_with(cx, parts, Body::new(body), detail)
 }

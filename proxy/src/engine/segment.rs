@@ -19,7 +19,7 @@ use std::time::{Instant, SystemTime};
 
 use http::header::{self, HeaderValue};
 use http::{Method, Response, StatusCode};
-use hyper::body::Incoming;
+use outpost_net::RecvBody;
 
 use super::context::{Answer, Ctx};
 use super::fetch::{DEFAULT_BODY_IDLE, storable_headers, tags, timing};
@@ -117,7 +117,7 @@ pub(super) async fn fetch(cx: &Ctx, key: Key, first: u64, last: Option<u64>) -> 
 /// The object a 206 of `total` bytes makes, when it may be stored.
 fn stored_object(
     cx: &Ctx,
-    resp: &Response<Incoming>,
+    resp: &Response<RecvBody>,
     total: u64,
     started: SystemTime,
     started_real: SystemTime,
@@ -151,7 +151,7 @@ fn stored_object(
 }
 
 /// A 206 that is not stored: the client's range of it, passed on.
-fn passed(cx: &Ctx, resp: Response<Incoming>, first: u64, end: u64, total: u64, idle: std::time::Duration) -> Answer {
+fn passed(cx: &Ctx, resp: Response<RecvBody>, first: u64, end: u64, total: u64, idle: std::time::Duration) -> Answer {
     let (mut parts, body) = resp.into_parts();
     let from = content_range(&parts.headers).map_or(first, |(s, _, _)| s);
     let body = stream_body(range_body(body, first - from, end - first, None, idle));

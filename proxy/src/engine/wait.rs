@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use http::Response;
 use http::header::HeaderMap;
-use hyper::body::Incoming;
+use outpost_net::RecvBody;
 use tokio::sync::oneshot;
 
 use super::context::{Answer, Ctx, failed};
@@ -39,7 +39,7 @@ pub(super) struct Miss {
 struct Joined {
     flight: Arc<Flight>,
     /// The leader's channel for a response that must not be shared.
-    pass: Option<oneshot::Receiver<Response<Incoming>>>,
+    pass: Option<oneshot::Receiver<Response<RecvBody>>>,
 }
 
 impl Joined {

@@ -5,6 +5,7 @@
 //! ([`UpstreamClient`]), and how an exchange fails ([`UpstreamError`]).
 
 pub mod error;
+mod http2;
 pub mod request;
 mod send;
 
@@ -21,11 +22,10 @@ use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper::body::Incoming;
-use hyper::client::conn::http2;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use outpost_config::Site;
+use outpost_net::RecvBody;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -138,10 +138,10 @@ impl UpstreamClient {
     /// The target's open HTTP/2 connection, or a new one. However many
     /// requests ask at once, one connection is made: the others wait for
     /// it.
-    async fn h2_conn(&self, target: &Target, name: &str) -> Result<H2Conn, H2Failure> {
+    async fn h2_conn(&self, target: &Target, name: &str) -> Result<http2::Conn, H2Failure> {
         let open = || {
             let conns = self.h2.lock().unwrap_or_else(|p| p.into_inner());
-            conns.get(name).filter(|c| !c.sender.is_closed()).cloned()
+            conns.get(name).filter(|c| !c.is_closed()).cloned()
         };
         if let Some(c) = open() {
             return Ok(c);
@@ -160,25 +160,17 @@ impl UpstreamClient {
     /// A new HTTP/2 connection to `target`, kept for the requests after.
     /// Over TLS, HTTP/2 is offered with ALPN beside HTTP/1.1, and a target
     /// that picks HTTP/1.1 is [`H2Failure::NotOffered`].
-    async fn h2_connect(&self, target: &Target, name: &str) -> Result<H2Conn, H2Failure> {
+    async fn h2_connect(&self, target: &Target, name: &str) -> Result<http2::Conn, H2Failure> {
         let tls = target.base.scheme_str() == Some("https");
         let (ca, resolve, timeout) = (target.ca.as_deref(), self.resolve.clone(), target.connect_timeout);
         let mut connector =
             if tls { self.tls.connector_h2(ca, resolve, timeout) } else { self.tls.connector(ca, resolve, timeout) };
-        let connect = |e| H2Failure::Connect(UpstreamError::new(UpstreamErrorKind::Connect, name).caused_by(e));
+        let connect = |e| H2Failure::Error(UpstreamError::new(UpstreamErrorKind::Connect, name).caused_by(e));
         let io = tower_service::Service::call(&mut connector, target.base.clone()).await.map_err(connect)?;
         if tls && !hyper_util::client::legacy::connect::Connection::connected(&io).is_negotiated_h2() {
             return Err(H2Failure::NotOffered);
         }
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .handshake(io)
-            .await
-            .map_err(|e| connect(e.into()))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let conn = H2Conn { sender, proven: Arc::new(std::sync::atomic::AtomicBool::new(tls)) };
+        let conn = http2::Conn::handshake(TokioIo::new(io), tls).await.map_err(|e| connect(e.into()))?;
         self.h2.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), conn.clone());
         Ok(conn)
     }
@@ -189,48 +181,51 @@ impl UpstreamClient {
         &self,
         target: &Target,
         name: &str,
-        mut conn: H2Conn,
+        conn: http2::Conn,
         req: Request<ReqBody>,
         bodyless: bool,
-    ) -> Result<Response<Incoming>, H2Failure> {
+    ) -> Result<Response<RecvBody>, H2Failure> {
+        let protocol = |e: BoxError| {
+            let kind = match error::client_body_error(&*e) {
+                Some(c) => UpstreamErrorKind::ClientBody { too_large: c.too_large },
+                None => UpstreamErrorKind::Protocol,
+            };
+            H2Failure::Error(UpstreamError::new(kind, name).caused_by(e))
+        };
         let (mut parts, body) = req.into_parts();
         let authority = parts.headers.remove(http::header::HOST);
         let authority = authority.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(name);
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let scheme = target.base.scheme_str().unwrap_or("http");
-        parts.uri = format!("{scheme}://{authority}{path}").parse().map_err(|e: http::uri::InvalidUri| {
-            H2Failure::Connect(UpstreamError::new(UpstreamErrorKind::Protocol, name).caused_by(e))
-        })?;
-        let mut sender = conn.sender.clone();
-        if let Err(e) = sender.ready().await {
-            // Closed before it answered anything: the target does not speak
-            // HTTP/2 (one that reads the preface as a bad HTTP/1 request
-            // and hangs up); another connection would be refused the same.
-            if !conn.proven.load(std::sync::atomic::Ordering::Relaxed) {
-                return Err(H2Failure::Refused(e));
+        parts.uri =
+            format!("{scheme}://{authority}{path}").parse().map_err(|e: http::uri::InvalidUri| protocol(e.into()))?;
+        let again = bodyless.then(|| parts.clone());
+        let stall = target.response_timeout;
+        let sent = match conn.send(Request::from_parts(parts, body), stall).await {
+            // Closed since it was made: a new connection, once.
+            Err(http2::SendError::Closed(req, _)) if conn.is_proven() => {
+                self.h2_conn(target, name).await?.send(*req, stall).await
             }
-            // Closed since: a new connection, once.
-            conn = self.h2_conn(target, name).await?;
-            sender = conn.sender.clone();
-            let _ = sender.ready().await;
-        }
-        let head = bodyless.then(|| parts.clone());
-        match sender.send_request(Request::from_parts(parts, body)).await {
-            Ok(resp) => {
-                conn.proven.store(true, std::sync::atomic::Ordering::Relaxed);
-                Ok(resp)
-            }
-            Err(e) if !conn.proven.load(std::sync::atomic::Ordering::Relaxed) => Err(H2Failure::Refused(e)),
-            // The connection went away under the request: a new one, once.
-            Err(e) => match head {
-                Some(parts) if e.is_closed() || e.is_canceled() => {
-                    let mut sender = self.h2_conn(target, name).await?.sender;
+            sent => sent,
+        };
+        match sent {
+            Ok(resp) => Ok(resp),
+            // Closed before it answered anything: the target does not
+            // speak HTTP/2 (one that reads the preface as a bad HTTP/1
+            // request and hangs up); another connection would be refused
+            // the same.
+            Err(e) if !conn.is_proven() => Err(H2Failure::Refused(e.into_cause())),
+            // Never taken: a request without a body goes again on a new
+            // connection, once.
+            Err(http2::SendError::Closed(_, e) | http2::SendError::Unsent(e)) => match again {
+                Some(parts) => {
                     let empty = http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync();
-                    let _ = sender.ready().await;
-                    sender.send_request(Request::from_parts(parts, empty)).await.map_err(H2Failure::Failed)
+                    let conn = self.h2_conn(target, name).await?;
+                    conn.send(Request::from_parts(parts, empty), stall).await.map_err(|e| protocol(e.into_cause()))
                 }
-                _ => Err(H2Failure::Failed(e)),
+                None => Err(protocol(e.into())),
             },
+            Err(http2::SendError::Broke(e)) => Err(protocol(e)),
         }
     }
 
@@ -273,7 +268,7 @@ pub struct UpstreamClient {
     clients: Mutex<HashMap<PoolKey, Client<Connector, ReqBody>>>,
     /// One HTTP/2 connection per target that speaks it, every request to
     /// it multiplexed on that connection.
-    h2: Mutex<HashMap<String, H2Conn>>,
+    h2: Mutex<HashMap<String, http2::Conn>>,
     /// Held while a target's HTTP/2 connection is being made.
     h2_gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Targets that did not answer in HTTP/2, and since when: asked in
@@ -285,27 +280,15 @@ pub struct UpstreamClient {
 /// before HTTP/2 is tried again.
 const H1_FALLBACK: Duration = Duration::from_secs(300);
 
-/// An HTTP/2 connection to a target, shared by every request to it.
-#[derive(Debug, Clone)]
-struct H2Conn {
-    sender: http2::SendRequest<ReqBody>,
-    /// The target has shown it speaks HTTP/2: by ALPN, or by answering a
-    /// request on this connection.
-    proven: Arc<std::sync::atomic::AtomicBool>,
-}
-
-/// How an HTTP/2 exchange failed.
+/// How making or using an HTTP/2 connection failed.
 enum H2Failure {
-    /// Before a request could be sent: the connection could not be made or
-    /// was already closed.
-    Connect(UpstreamError),
+    /// For good, as said.
+    Error(UpstreamError),
     /// The target's TLS handshake chose HTTP/1.1.
     NotOffered,
     /// A request on a connection that has not answered one yet failed: the
     /// target does not speak HTTP/2.
-    Refused(hyper::Error),
-    /// A request on an established connection failed.
-    Failed(hyper::Error),
+    Refused(BoxError),
 }
 
 impl Default for UpstreamClient {
@@ -348,7 +331,7 @@ impl UpstreamClient {
 
     /// Sends `req` (whose URI is origin-form) to `target`, waiting at most
     /// the target's response timeout for the head.
-    pub async fn send(&self, target: &Target, mut req: Request<ReqBody>) -> Result<Response<Incoming>, UpstreamError> {
+    pub async fn send(&self, target: &Target, mut req: Request<ReqBody>) -> Result<Response<RecvBody>, UpstreamError> {
         let name = target.base.authority().map_or_else(String::new, |a| a.to_string());
         if target.http2 && !self.h1_only(&name) {
             let deadline = tokio::time::Instant::now() + target.response_timeout;
@@ -359,8 +342,8 @@ impl UpstreamClient {
                     self.use_h1(&name, &"its TLS handshake chose HTTP/1.1");
                     None
                 }
-                Ok(Err(H2Failure::Connect(e))) => return Err(e),
-                Ok(Err(H2Failure::Refused(e) | H2Failure::Failed(e))) => {
+                Ok(Err(H2Failure::Error(e))) => return Err(e),
+                Ok(Err(H2Failure::Refused(e))) => {
                     return Err(UpstreamError::new(UpstreamErrorKind::Protocol, name).caused_by(e));
                 }
             };
@@ -368,28 +351,29 @@ impl UpstreamClient {
                 // A request without a body can be sent again: over a new
                 // connection, or in HTTP/1.1.
                 let bodyless = http_body::Body::size_hint(req.body()).exact() == Some(0);
-                let again = bodyless.then(|| (req.method().clone(), req.uri().clone(), req.headers().clone()));
+                let again = bodyless.then(|| {
+                    let (method, uri, headers) = (req.method().clone(), req.uri().clone(), req.headers().clone());
+                    (method, uri, headers, req.extensions().clone())
+                });
                 let sent = tokio::time::timeout_at(deadline, self.send_h2(target, &name, conn, req, bodyless)).await;
                 let refused = match sent {
                     Err(_) => return Err(UpstreamError::new(UpstreamErrorKind::Timeout, name)),
                     Ok(Ok(resp)) => return Ok(resp),
-                    Ok(Err(H2Failure::Connect(e))) => return Err(e),
-                    Ok(Err(H2Failure::Failed(e))) => {
-                        return Err(UpstreamError::new(UpstreamErrorKind::Protocol, name).caused_by(e));
-                    }
+                    Ok(Err(H2Failure::Error(e))) => return Err(e),
                     Ok(Err(H2Failure::NotOffered)) => {
                         return Err(UpstreamError::new(UpstreamErrorKind::Protocol, name));
                     }
                     Ok(Err(H2Failure::Refused(e))) => e,
                 };
                 self.use_h1(&name, &refused);
-                let Some((method, uri, headers)) = again else {
+                let Some((method, uri, headers, extensions)) = again else {
                     return Err(UpstreamError::new(UpstreamErrorKind::Protocol, name).caused_by(refused));
                 };
                 req = Request::new(http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync());
                 *req.method_mut() = method;
                 *req.uri_mut() = uri;
                 *req.headers_mut() = headers;
+                *req.extensions_mut() = extensions;
             }
         }
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -400,7 +384,7 @@ impl UpstreamClient {
         let client = self.client(target.connect_timeout, target.ca.as_ref());
         match tokio::time::timeout(target.response_timeout, client.request(req)).await {
             Err(_) => Err(UpstreamError::new(UpstreamErrorKind::Timeout, name)),
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(Ok(resp)) => Ok(resp.map(RecvBody::hyper)),
             Ok(Err(e)) => {
                 let kind = match error::client_body_error(&e) {
                     Some(c) => UpstreamErrorKind::ClientBody { too_large: c.too_large },

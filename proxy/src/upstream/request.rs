@@ -168,17 +168,29 @@ pub fn fetch(
 
 /// Calls `pass` with each interim response (1xx: `103 Early Hints`, say)
 /// the upstream sends before its answer to `req`: its status and fields,
-/// less the hop-by-hop ones. HTTP/1.1 upstreams only: hyper's HTTP/2
-/// client does not report them. They are never stored.
+/// less the hop-by-hop ones. They are never stored.
 pub fn on_interim(req: &mut Request<ReqBody>, pass: impl Fn(StatusCode, HeaderMap) + Send + Sync + 'static) {
-    hyper::ext::on_informational(req, move |r| {
-        let all = r.headers();
+    let interim = OnInterim(Arc::new(pass));
+    // HTTP/1.1 upstreams: hyper's client reports them here.
+    let for_hyper = interim.clone();
+    hyper::ext::on_informational(req, move |r| for_hyper.pass(r.status(), r.headers()));
+    // HTTP/2 upstreams: the client there reads the request's own.
+    req.extensions_mut().insert(interim);
+}
+
+/// Where a request's interim responses go ([`on_interim`]).
+#[derive(Clone)]
+pub(crate) struct OnInterim(Arc<dyn Fn(StatusCode, HeaderMap) + Send + Sync>);
+
+impl OnInterim {
+    /// Hands on one interim response, less its hop-by-hop fields.
+    pub(crate) fn pass(&self, status: StatusCode, all: &HeaderMap) {
         let mut fields = HeaderMap::with_capacity(all.len());
         for (name, value) in all.iter().filter(|(name, _)| !is_hop_by_hop(name, all)) {
             fields.append(name.clone(), value.clone());
         }
-        pass(r.status(), fields);
-    });
+        (self.0)(status, fields);
+    }
 }
 
 /// A request forwarded with its body (`length`: the length the client

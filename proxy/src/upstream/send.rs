@@ -11,8 +11,8 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Empty};
-use hyper::body::Incoming;
 use outpost_config::Site;
+use outpost_net::RecvBody;
 
 use super::{Probes, ReqBody, Route, UpstreamClient, UpstreamError};
 use crate::key::Key;
@@ -52,7 +52,7 @@ impl Upstream {
         key: Key,
         req: Request<ReqBody>,
         client_host: Option<HeaderValue>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<RecvBody>, UpstreamError> {
         let mut targets = self.route.targets(site, key);
         let retry = req.method().is_idempotent();
         if retry && targets.len() == 1 {

@@ -1,5 +1,7 @@
-//! Request bodies, as the connection they came on delivers them: hyper's
-//! for HTTP/1, an h2 stream's for HTTP/2, an h3 stream's for HTTP/3.
+//! Bodies as they are received, as the connection they came on delivers
+//! them: hyper's for HTTP/1, an h2 stream's for HTTP/2, an h3 stream's for
+//! HTTP/3. A request's body at a server, and an upstream's answer's at the
+//! proxy's client.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -10,8 +12,8 @@ use hyper::body::Incoming;
 
 use crate::BoxError;
 
-/// A request's body.
-pub struct RequestBody(Kind);
+/// A received body: a request's, or an upstream's answer's.
+pub struct RecvBody(Kind);
 
 enum Kind {
     Empty,
@@ -36,41 +38,44 @@ struct H3 {
     data_done: bool,
 }
 
-impl RequestBody {
+impl RecvBody {
     /// No bytes.
-    pub fn empty() -> RequestBody {
-        RequestBody(Kind::Empty)
+    pub fn empty() -> RecvBody {
+        RecvBody(Kind::Empty)
     }
 
-    pub(crate) fn hyper(body: Incoming) -> RequestBody {
-        RequestBody(Kind::Hyper(body))
+    /// hyper's body of an HTTP/1 message.
+    pub fn hyper(body: Incoming) -> RecvBody {
+        RecvBody(Kind::Hyper(body))
     }
 
-    /// An HTTP/2 stream's body, of `declared` bytes if the request said.
-    pub(crate) fn h2(recv: h2::RecvStream, declared: Option<u64>) -> RequestBody {
-        RequestBody(Kind::H2 { recv, left: declared, data_done: false })
+    /// An HTTP/2 stream's body, of `declared` bytes if its head said (a
+    /// stream already ended is empty). Its window opens as it is read.
+    pub fn h2(recv: h2::RecvStream, declared: Option<u64>) -> RecvBody {
+        let left = declared.or_else(|| recv.is_end_stream().then_some(0));
+        RecvBody(Kind::H2 { recv, left, data_done: false })
     }
 }
 
-impl RequestBody {
+impl RecvBody {
     /// An HTTP/3 stream's body, of `declared` bytes if the request said.
-    pub(crate) fn h3(recv: H3Recv, declared: Option<u64>) -> RequestBody {
-        RequestBody(Kind::H3(Box::new(H3 { recv, left: declared, data_done: false })))
+    pub(crate) fn h3(recv: H3Recv, declared: Option<u64>) -> RecvBody {
+        RecvBody(Kind::H3(Box::new(H3 { recv, left: declared, data_done: false })))
     }
 }
 
-impl std::fmt::Debug for RequestBody {
+impl std::fmt::Debug for RecvBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self.0 {
-            Kind::Empty => "RequestBody::Empty",
-            Kind::Hyper(_) => "RequestBody::Hyper",
-            Kind::H2 { .. } => "RequestBody::H2",
-            Kind::H3(_) => "RequestBody::H3",
+            Kind::Empty => "RecvBody::Empty",
+            Kind::Hyper(_) => "RecvBody::Hyper",
+            Kind::H2 { .. } => "RecvBody::H2",
+            Kind::H3(_) => "RecvBody::H3",
         })
     }
 }
 
-impl http_body::Body for RequestBody {
+impl http_body::Body for RecvBody {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -82,7 +87,7 @@ impl http_body::Body for RequestBody {
                 if !*data_done {
                     match ready!(recv.poll_data(cx)) {
                         Some(Ok(bytes)) => {
-                            // The window opens again as the handler takes
+                            // The window opens again as the reader takes
                             // the bytes, so a slow reader is not sent more.
                             let _ = recv.flow_control().release_capacity(bytes.len());
                             if let Some(left) = left {

@@ -1,0 +1,243 @@
+//! An edge's HTTP/2 client against a shield that misbehaves: one that
+//! floods interim responses, one that turns streams away, one that reads
+//! request bodies slowly. The "shield" here is a bare h2 server that
+//! answers the edge's probes in HTTP/1.1.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Response, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::topology::*;
+
+/// How the fake shield answers.
+#[derive(Clone, Copy)]
+enum Play {
+    /// `n` interim responses (a `100`, then `103`s), then the answer.
+    Flood(usize),
+    /// Resets the first stream it is sent with `REFUSED_STREAM`; answers
+    /// the rest.
+    RefuseFirst,
+    /// Reads each request's body a little at a time, and answers with the
+    /// number of bytes it got.
+    CountBody,
+}
+
+struct FakeShield {
+    addr: SocketAddr,
+    /// What it was asked, in order: `GET /path`, with `refused` or the
+    /// bytes of body read (`broke` if the body was cut).
+    seen: Arc<Mutex<Vec<String>>>,
+    _task: tokio_util::sync::DropGuard,
+}
+
+impl FakeShield {
+    async fn start(play: Play) -> FakeShield {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (log, until) = (Arc::clone(&seen), stop.clone());
+        tokio::spawn(async move {
+            let streams = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            loop {
+                let s = tokio::select! {
+                    _ = until.cancelled() => return,
+                    s = listener.accept() => s.unwrap().0,
+                };
+                tokio::spawn(serve(s, play, Arc::clone(&log), Arc::clone(&streams)));
+            }
+        });
+        FakeShield { addr, seen, _task: stop.drop_guard() }
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+async fn serve(
+    mut s: TcpStream,
+    play: Play,
+    seen: Arc<Mutex<Vec<String>>>,
+    streams: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let mut first = [0u8; 3];
+    if s.peek(&mut first).await.is_err() {
+        return;
+    }
+    if &first != b"PRI" {
+        // A probe in HTTP/1.1: any answer means up.
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while let Ok(n) = s.read(&mut chunk).await {
+            if n == 0 {
+                return;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                buf.drain(..end + 4);
+                if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await.is_err() {
+                    return;
+                }
+            }
+        }
+        return;
+    }
+    let Ok(mut conn) = h2::server::handshake(s).await else { return };
+    while let Some(Ok((req, mut respond))) = conn.accept().await {
+        let n = streams.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let seen = Arc::clone(&seen);
+        tokio::spawn(async move {
+            let asked = format!("{} {}", req.method(), req.uri().path());
+            let answer = |body: String| {
+                let head = Response::builder().header("content-length", body.len()).body(()).unwrap();
+                (head, Bytes::from(body))
+            };
+            let (head, body) = match play {
+                Play::RefuseFirst if n == 0 => {
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    seen.lock().unwrap().push(format!("{asked} refused"));
+                    return;
+                }
+                Play::RefuseFirst => answer("fake".into()),
+                Play::Flood(count) => {
+                    for i in 0..count {
+                        let mut r = Response::builder();
+                        r = if i == 0 {
+                            r.status(100)
+                        } else {
+                            r.status(103).header("link", format!("</f{i}.css>; rel=preload"))
+                        };
+                        respond.send_informational(r.body(()).unwrap()).unwrap();
+                    }
+                    answer("fake".into())
+                }
+                Play::CountBody => {
+                    let mut recv = req.into_body();
+                    let mut got = 0usize;
+                    let mut broke = false;
+                    while let Some(data) = recv.data().await {
+                        match data {
+                            Ok(d) => {
+                                got += d.len();
+                                let _ = recv.flow_control().release_capacity(d.len());
+                                tokio::time::sleep(Duration::from_millis(2)).await;
+                            }
+                            Err(_) => {
+                                broke = true;
+                                break;
+                            }
+                        }
+                    }
+                    seen.lock()
+                        .unwrap()
+                        .push(format!("{asked} {}", if broke { "broke".into() } else { got.to_string() }));
+                    if broke {
+                        return;
+                    }
+                    answer(got.to_string())
+                }
+            };
+            if !matches!(play, Play::CountBody) {
+                seen.lock().unwrap().push(asked);
+            }
+            if let Ok(mut tx) = respond.send_response(head, false) {
+                let _ = tx.send_data(body, true);
+            }
+        });
+    }
+}
+
+/// An edge whose one shield is `fake`, and whose site's origin counts what
+/// reaches it (nothing should: the edge only goes there when the shield
+/// fails it).
+async fn edge_before(fake: &FakeShield, extra: &str) -> (Running, Origin, tempfile::TempDir) {
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("site.toml"), site(&[origin.addr], "")).unwrap();
+    let edge = edge_with(dir.path(), "edge-1", &[fake.addr], extra).await;
+    (edge, origin, dir)
+}
+
+/// A shield that sends 40 interim responses before its answer: the client
+/// gets the first 8 (less the `100`), then the answer whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shields_flood_of_interim_responses_is_cut_at_eight() {
+    let fake = FakeShield::start(Play::Flood(40)).await;
+    let (edge, origin, _dir) = edge_before(&fake, "").await;
+    let lines = crate::shield::head_lines(edge.addr, "/flood").await;
+    let statuses: Vec<&String> = lines.iter().filter(|l| l.starts_with("HTTP/")).collect();
+    assert_eq!(statuses.len(), 9, "{lines:?}");
+    assert!(statuses[..8].iter().all(|l| *l == "HTTP/1.1 103 Early Hints"), "{lines:?}");
+    assert!(lines.contains(&"link: </f1.css>; rel=preload".to_string()), "{lines:?}");
+    assert_eq!(statuses[8], "HTTP/1.1 200 OK");
+    let r = via(edge.addr, "/flood/again").await;
+    assert_eq!((r.status, r.body.len()), (StatusCode::OK, 4));
+    assert_eq!(&r.body[..], b"fake");
+    assert_eq!(fake.seen(), ["GET /flood", "GET /flood/again"]);
+    assert_eq!(origin.total().await, 0);
+}
+
+/// A stream the shield refuses (`REFUSED_STREAM`: never processed) is
+/// sent again to the same shield, not failed over to the origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_the_shield_refuses_is_sent_again() {
+    let fake = FakeShield::start(Play::RefuseFirst).await;
+    let (edge, origin, _dir) = edge_before(&fake, "").await;
+    let r = via(edge.addr, "/refused").await;
+    assert_eq!((r.status, r.body.len()), (StatusCode::OK, 4));
+    assert_eq!(&r.body[..], b"fake");
+    assert_eq!(fake.seen(), ["GET /refused refused", "GET /refused"]);
+    assert_eq!(origin.total().await, 0);
+}
+
+/// Request bodies cross an HTTP/2 hop no faster than the shield's windows
+/// open: one ten times its 64 KiB window arrives whole; one past the
+/// edge's body limit, sent chunked, is cut there, and the client is told
+/// 413 (its fault), not 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_cross_an_http2_hop_and_one_too_large_is_a_413() {
+    let fake = FakeShield::start(Play::CountBody).await;
+    let (edge, origin, _dir) = edge_before(&fake, "[limits]\nbody = \"1MiB\"\n").await;
+    let body = vec![b'x'; 655_360];
+    let url = format!("http://{}/up", edge.addr);
+    let r = outpost_testkit::request(Method::POST, &url, &[("host", "s.test")], &body).await.unwrap();
+    assert_eq!((r.status, &r.body[..]), (StatusCode::OK, &b"655360"[..]));
+
+    let at = edge.addr;
+    let status = tokio::task::spawn_blocking(move || {
+        use std::io::{BufRead, BufReader, Write};
+        let s = std::net::TcpStream::connect(at).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let writer = std::thread::spawn(move || {
+            let chunk = vec![b'y'; 65_536];
+            let _ = write!(w, "POST /big HTTP/1.1\r\nHost: s.test\r\nTransfer-Encoding: chunked\r\n\r\n");
+            for _ in 0..32 {
+                if write!(w, "{:x}\r\n", chunk.len())
+                    .and_then(|()| w.write_all(&chunk))
+                    .and_then(|()| w.write_all(b"\r\n"))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            let _ = w.write_all(b"0\r\n\r\n");
+        });
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        let _ = writer.join();
+        line
+    })
+    .await
+    .unwrap();
+    assert!(status.starts_with("HTTP/1.1 413 "), "{status}");
+    let seen = || async { fake.seen() == ["POST /up 655360", "POST /big broke"] };
+    eventually("the shield saw the big body cut", seen).await;
+    assert_eq!(origin.total().await, 0);
+}

@@ -25,6 +25,10 @@ enum Play {
     /// Reads each request's body a little at a time, and answers with the
     /// number of bytes it got.
     CountBody,
+    /// Answers the first request on its first connection, then stops
+    /// reading that connection (a hung process: its socket stays open,
+    /// the kernel still acknowledges), and answers on every other.
+    HangFirstConnection,
 }
 
 struct FakeShield {
@@ -44,12 +48,14 @@ impl FakeShield {
         let (log, until) = (Arc::clone(&seen), stop.clone());
         tokio::spawn(async move {
             let streams = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
             loop {
                 let s = tokio::select! {
                     _ = until.cancelled() => return,
                     s = listener.accept() => s.unwrap().0,
                 };
-                tokio::spawn(serve(s, play, Arc::clone(&log), Arc::clone(&streams)));
+                let counts = (Arc::clone(&streams), Arc::clone(&conns));
+                tokio::spawn(serve(s, play, Arc::clone(&log), counts));
             }
         });
         FakeShield { addr, seen, _task: stop.drop_guard() }
@@ -60,12 +66,9 @@ impl FakeShield {
     }
 }
 
-async fn serve(
-    mut s: TcpStream,
-    play: Play,
-    seen: Arc<Mutex<Vec<String>>>,
-    streams: Arc<std::sync::atomic::AtomicUsize>,
-) {
+type Counter = Arc<std::sync::atomic::AtomicUsize>;
+
+async fn serve(mut s: TcpStream, play: Play, seen: Arc<Mutex<Vec<String>>>, (streams, conns): (Counter, Counter)) {
     let mut first = [0u8; 3];
     if s.peek(&mut first).await.is_err() {
         return;
@@ -88,8 +91,16 @@ async fn serve(
         }
         return;
     }
+    let nth = conns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let Ok(mut conn) = h2::server::handshake(s).await else { return };
+    let mut served = 0;
     while let Some(Ok((req, mut respond))) = conn.accept().await {
+        served += 1;
+        if matches!(play, Play::HangFirstConnection) && nth == 0 && served == 2 {
+            // Hung: nothing more is read or sent here, PINGs included.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            return;
+        }
         let n = streams.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let seen = Arc::clone(&seen);
         tokio::spawn(async move {
@@ -104,7 +115,7 @@ async fn serve(
                     seen.lock().unwrap().push(format!("{asked} refused"));
                     return;
                 }
-                Play::RefuseFirst => answer("fake".into()),
+                Play::RefuseFirst | Play::HangFirstConnection => answer("fake".into()),
                 Play::Flood(count) => {
                     for i in 0..count {
                         let mut r = Response::builder();
@@ -240,4 +251,39 @@ async fn request_bodies_cross_an_http2_hop_and_one_too_large_is_a_413() {
     let seen = || async { fake.seen() == ["POST /up 655360", "POST /big broke"] };
     eventually("the shield saw the big body cut", seen).await;
     assert_eq!(origin.total().await, 0);
+}
+
+/// A shield that hangs with its connection open (the process stuck, the
+/// host's kernel still acknowledging) costs the requests sent there their
+/// timeout, and then its connection: the edge's PING goes unanswered, the
+/// connection is dropped, and the next request makes a new one, answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_to_a_hung_shield_is_dropped_once_it_leaves_a_ping_unanswered() {
+    let fake = FakeShield::start(Play::HangFirstConnection).await;
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let site = format!(
+        "[site]\nid = \"s\"\nhosts = [\"s.test\"]\n[[origin]]\nurl = \"http://{}\"\nresponse_timeout = \"300ms\"\n",
+        origin.addr
+    );
+    std::fs::write(dir.path().join("site.toml"), site).unwrap();
+    let edge = edge_with(dir.path(), "edge-1", &[fake.addr], "").await;
+    let first = via(edge.addr, "/first?cc=no-store").await;
+    assert_eq!(&first.body[..], b"fake");
+    // The shield hangs: this one waits out its timeout there, then is
+    // answered by the origin.
+    let hung = via(edge.addr, "/hung?cc=no-store").await;
+    assert_eq!(hung.status, StatusCode::OK);
+    assert_eq!(origin.count("/hung").await, 1);
+    let started = std::time::Instant::now();
+    let mut n = 0;
+    loop {
+        n += 1;
+        let r = via(edge.addr, &format!("/after/{n}?cc=no-store")).await;
+        if &r.body[..] == b"fake" {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "the hung connection was never dropped");
+    }
+    assert!(fake.seen().contains(&format!("GET /after/{n}")), "{:?}", fake.seen());
 }

@@ -15,7 +15,7 @@ use http_body::Body as _;
 use outpost_net::RecvBody;
 use outpost_net::http2::{declared_length, send_body, strip_connection_fields};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 use super::request::OnInterim;
 use super::{BoxError, ReqBody};
@@ -28,6 +28,10 @@ const MAX_SEND_BUFFER: usize = 1 << 20;
 const MAX_HEADER_LIST: u32 = 16 << 10;
 /// Streams opened before the target's settings say how many it allows.
 const INITIAL_MAX_SEND_STREAMS: usize = 100;
+/// A connection's target is asked this often whether it is still there.
+const KEEPALIVE: Duration = Duration::from_secs(20);
+/// How long a PING may wait for its answer.
+const PONG_WAIT: Duration = Duration::from_secs(3);
 /// How long a request whose body failed waits to learn why.
 const BODY_VERDICT: Duration = Duration::from_secs(1);
 
@@ -41,6 +45,8 @@ pub(super) struct Conn {
     /// The target has shown it speaks HTTP/2: by ALPN, or by answering a
     /// request on this connection.
     proven: Arc<AtomicBool>,
+    /// Asks its task to check the target is still there ([`Conn::check`]).
+    check: Arc<Notify>,
 }
 
 /// How a request over HTTP/2 failed.
@@ -83,14 +89,15 @@ impl Conn {
             .handshake::<T, Bytes>(io)
             .await?;
         let closed = Arc::new(AtomicBool::new(false));
-        let ended = Arc::clone(&closed);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "an upstream HTTP/2 connection failed");
-            }
-            ended.store(true, Ordering::Relaxed);
-        });
-        Ok(Conn { sender, closed, proven: Arc::new(AtomicBool::new(proven)) })
+        let check = Arc::new(Notify::new());
+        tokio::spawn(drive(connection, Arc::clone(&check), Arc::clone(&closed)));
+        Ok(Conn { sender, closed, proven: Arc::new(AtomicBool::new(proven)), check })
+    }
+
+    /// A request on it got no answer in time: is the target still there?
+    /// (A PING now, rather than at the next round.)
+    pub(super) fn check(&self) {
+        self.check.notify_one();
     }
 
     pub(super) fn is_closed(&self) -> bool {
@@ -173,6 +180,44 @@ impl Conn {
             }
         }
     }
+}
+
+/// Drives `connection` until it ends, or until the target leaves a PING
+/// unanswered for [`PONG_WAIT`]: one sent every [`KEEPALIVE`], and at once
+/// when `check` is notified. A target that vanished without closing (a
+/// host gone, a link cut) would otherwise keep its connection open, and
+/// every request sent there would wait out its timeout, for as long as
+/// TCP takes to give up. The connection is dropped, and `closed` set, so
+/// the next request makes a new one.
+async fn drive<T>(connection: h2::client::Connection<T, Bytes>, check: Arc<Notify>, closed: Arc<AtomicBool>)
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut connection = std::pin::pin!(connection);
+    let mut ping = connection.ping_pong();
+    loop {
+        tokio::select! {
+            ended = &mut connection => {
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, "an upstream HTTP/2 connection failed");
+                }
+                break;
+            }
+            () = tokio::time::sleep(KEEPALIVE) => {}
+            () = check.notified() => {}
+        }
+        let Some(pinger) = ping.as_mut() else { continue };
+        // The connection is driven while the PING waits: it reads the PONG.
+        let answered = tokio::select! {
+            _ = &mut connection => break,
+            pong = tokio::time::timeout(PONG_WAIT, pinger.ping(h2::Ping::opaque())) => matches!(pong, Ok(Ok(_))),
+        };
+        if !answered {
+            tracing::info!("an upstream left a PING unanswered: its HTTP/2 connection is dropped");
+            break;
+        }
+    }
+    closed.store(true, Ordering::Relaxed);
 }
 
 /// The answer's head, each interim response before it handed to

@@ -355,9 +355,14 @@ impl UpstreamClient {
                     let (method, uri, headers) = (req.method().clone(), req.uri().clone(), req.headers().clone());
                     (method, uri, headers, req.extensions().clone())
                 });
+                let used = conn.clone();
                 let sent = tokio::time::timeout_at(deadline, self.send_h2(target, &name, conn, req, bodyless)).await;
                 let refused = match sent {
-                    Err(_) => return Err(UpstreamError::new(UpstreamErrorKind::Timeout, name)),
+                    Err(_) => {
+                        // No answer in time: the connection may be dead.
+                        used.check();
+                        return Err(UpstreamError::new(UpstreamErrorKind::Timeout, name));
+                    }
                     Ok(Ok(resp)) => return Ok(resp),
                     Ok(Err(H2Failure::Error(e))) => return Err(e),
                     Ok(Err(H2Failure::NotOffered)) => {

@@ -4,13 +4,13 @@
 //! body sent no faster than the target's windows take it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
 use h2::client::{ResponseFuture, SendRequest};
-use http::{HeaderValue, Request, Response, header};
+use http::{HeaderValue, Method, Request, Response, header};
 use http_body::Body as _;
 use outpost_net::RecvBody;
 use outpost_net::http2::{declared_length, send_body, strip_connection_fields};
@@ -28,10 +28,14 @@ const MAX_SEND_BUFFER: usize = 1 << 20;
 const MAX_HEADER_LIST: u32 = 16 << 10;
 /// Streams opened before the target's settings say how many it allows.
 const INITIAL_MAX_SEND_STREAMS: usize = 100;
-/// A connection's target is asked this often whether it is still there.
+/// A connection that has read nothing for this long asks its target
+/// whether it is still there.
 const KEEPALIVE: Duration = Duration::from_secs(20);
-/// How long a PING may wait for its answer.
-const PONG_WAIT: Duration = Duration::from_secs(3);
+/// How long a PING may wait for its answer while nothing at all is read.
+const PONG_WAIT: Duration = Duration::from_secs(5);
+/// Interim responses before an answer past which the stream is given up
+/// (those passed on are fewer: `outpost_net::Interim::MOST`).
+const MAX_INTERIM: usize = 64;
 /// How long a request whose body failed waits to learn why.
 const BODY_VERDICT: Duration = Duration::from_secs(1);
 
@@ -64,6 +68,17 @@ pub(super) enum SendError {
 }
 
 impl SendError {
+    /// What a target that does not speak HTTP/2 causes: the connection
+    /// closed or broken, or bytes that are not HTTP/2. Not a client body's
+    /// error, nor a stream HTTP/2 itself ended.
+    pub(super) fn is_refusal(&self) -> bool {
+        match self {
+            SendError::Closed(..) => true,
+            SendError::Unsent(e) => !e.is_remote(),
+            SendError::Broke(e) => e.downcast_ref::<h2::Error>().is_some_and(|e| e.is_io() || e.is_library()),
+        }
+    }
+
     pub(super) fn into_cause(self) -> BoxError {
         match self {
             SendError::Closed(_, e) | SendError::Unsent(e) => e.into(),
@@ -79,6 +94,8 @@ impl Conn {
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let read = Arc::new(AtomicU64::new(0));
+        let io = Counted { io, read: Arc::clone(&read) };
         let (sender, connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
@@ -86,12 +103,14 @@ impl Conn {
             .max_header_list_size(MAX_HEADER_LIST)
             .initial_max_send_streams(INITIAL_MAX_SEND_STREAMS)
             .enable_push(false)
-            .handshake::<T, Bytes>(io)
+            .handshake::<Counted<T>, Bytes>(io)
             .await?;
         let closed = Arc::new(AtomicBool::new(false));
         let check = Arc::new(Notify::new());
-        tokio::spawn(drive(connection, Arc::clone(&check), Arc::clone(&closed)));
-        Ok(Conn { sender, closed, proven: Arc::new(AtomicBool::new(proven)), check })
+        let proven = Arc::new(AtomicBool::new(proven));
+        let flags = Flags { closed: Arc::clone(&closed), proven: Arc::clone(&proven), read };
+        tokio::spawn(drive(connection, Arc::clone(&check), flags));
+        Ok(Conn { sender, closed, proven, check })
     }
 
     /// A request on it got no answer in time: is the target still there?
@@ -126,7 +145,7 @@ impl Conn {
         let interim = parts.extensions.remove::<OnInterim>();
         strip_connection_fields(&mut parts.headers);
         if let Some(len) = body.size_hint().exact()
-            && len > 0
+            && (len > 0 || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH))
         {
             parts.headers.entry(header::CONTENT_LENGTH).or_insert_with(|| HeaderValue::from(len));
         }
@@ -147,6 +166,13 @@ impl Conn {
             body_task = Some((AbortOnDrop(Some(task)), why_rx));
         }
         let result = head(response, interim.as_ref()).await;
+        let result = match result {
+            Ok(resp) => Ok(resp),
+            Err(Headless::H2(e)) => Err(e),
+            Err(Headless::Flood) => {
+                return Err(SendError::Broke(format!("more than {MAX_INTERIM} interim responses").into()));
+            }
+        };
         match result {
             Ok(resp) => {
                 self.proven.store(true, Ordering::Relaxed);
@@ -182,56 +208,136 @@ impl Conn {
     }
 }
 
+/// What a connection's task shares with its requests.
+struct Flags {
+    closed: Arc<AtomicBool>,
+    proven: Arc<AtomicBool>,
+    /// Bytes read from the target so far.
+    read: Arc<AtomicU64>,
+}
+
 /// Drives `connection` until it ends, or until the target leaves a PING
-/// unanswered for [`PONG_WAIT`]: one sent every [`KEEPALIVE`], and at once
-/// when `check` is notified. A target that vanished without closing (a
-/// host gone, a link cut) would otherwise keep its connection open, and
-/// every request sent there would wait out its timeout, for as long as
-/// TCP takes to give up. The connection is dropped, and `closed` set, so
-/// the next request makes a new one.
-async fn drive<T>(connection: h2::client::Connection<T, Bytes>, check: Arc<Notify>, closed: Arc<AtomicBool>)
+/// unanswered, and nothing else comes from it, for [`PONG_WAIT`]. A PING
+/// goes at once (its answer proves the target speaks HTTP/2 before any
+/// request has been answered), after [`KEEPALIVE`] without a byte read,
+/// and when `check` is notified (a request on it timed out). A target
+/// that vanished without closing (a host gone, a link cut) would otherwise
+/// keep its connection open, and every request sent there would wait out
+/// its timeout, for as long as TCP takes to give up. A busy connection
+/// whose PING waits behind the data ahead of it is not dropped: the data
+/// coming in is an answer too. The connection is dropped, and `closed`
+/// set, so the next request makes a new one.
+async fn drive<T>(connection: h2::client::Connection<Counted<T>, Bytes>, check: Arc<Notify>, flags: Flags)
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
     let mut connection = std::pin::pin!(connection);
     let mut ping = connection.ping_pong();
+    let mut first = true;
+    let mut seen = 0;
     loop {
-        tokio::select! {
-            ended = &mut connection => {
-                if let Err(e) = ended {
-                    tracing::debug!(error = %e, "an upstream HTTP/2 connection failed");
+        if !std::mem::take(&mut first) {
+            tokio::select! {
+                ended = &mut connection => {
+                    if let Err(e) = ended {
+                        tracing::debug!(error = %e, "an upstream HTTP/2 connection failed");
+                    }
+                    break;
                 }
-                break;
+                () = tokio::time::sleep(KEEPALIVE) => {
+                    let now = flags.read.load(Ordering::Relaxed);
+                    if std::mem::replace(&mut seen, now) != now {
+                        continue;
+                    }
+                }
+                () = check.notified() => {}
             }
-            () = tokio::time::sleep(KEEPALIVE) => {}
-            () = check.notified() => {}
         }
         let Some(pinger) = ping.as_mut() else { continue };
         // The connection is driven while the PING waits: it reads the PONG.
+        let before = flags.read.load(Ordering::Relaxed);
         let answered = tokio::select! {
             _ = &mut connection => break,
             pong = tokio::time::timeout(PONG_WAIT, pinger.ping(h2::Ping::opaque())) => matches!(pong, Ok(Ok(_))),
         };
-        if !answered {
+        if answered {
+            flags.proven.store(true, Ordering::Relaxed);
+        } else if flags.read.load(Ordering::Relaxed) == before {
             tracing::info!("an upstream left a PING unanswered: its HTTP/2 connection is dropped");
             break;
         }
+        seen = flags.read.load(Ordering::Relaxed);
     }
-    closed.store(true, Ordering::Relaxed);
+    flags.closed.store(true, Ordering::Relaxed);
+}
+
+/// An upstream connection's I/O, counting the bytes read.
+struct Counted<T> {
+    io: T,
+    read: Arc<AtomicU64>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.read.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
 }
 
 /// The answer's head, each interim response before it handed to
-/// `interim`. They are taken as they come whether or not anyone wants
-/// them, so a target that sends many is not buffered without bound.
-async fn head(
-    mut response: ResponseFuture,
-    interim: Option<&OnInterim>,
-) -> Result<Response<h2::RecvStream>, h2::Error> {
+/// `interim`. They are taken as they come whether or
+/// not anyone wants them, so a target that sends many is not buffered
+/// without bound; one that sends more than [`MAX_INTERIM`] is given up on.
+async fn head(mut response: ResponseFuture, interim: Option<&OnInterim>) -> Result<Response<h2::RecvStream>, Headless> {
     let mut more = true;
+    let mut count = 0;
     std::future::poll_fn(|cx| {
         while more {
             match response.poll_informational(cx) {
                 Poll::Ready(Some(Ok(r))) => {
+                    count += 1;
+                    if count > MAX_INTERIM {
+                        return Poll::Ready(Err(Headless::Flood));
+                    }
                     if let Some(interim) = interim {
                         interim.pass(r.status(), r.headers());
                     }
@@ -240,9 +346,16 @@ async fn head(
                 Poll::Pending => break,
             }
         }
-        std::pin::Pin::new(&mut response).poll(cx)
+        std::pin::Pin::new(&mut response).poll(cx).map_err(Headless::H2)
     })
     .await
+}
+
+/// Why no answer's head came.
+enum Headless {
+    H2(h2::Error),
+    /// More than [`MAX_INTERIM`] interim responses.
+    Flood,
 }
 
 /// Aborts its task when dropped, unless let go.

@@ -214,7 +214,7 @@ impl UpstreamClient {
             // speak HTTP/2 (one that reads the preface as a bad HTTP/1
             // request and hangs up); another connection would be refused
             // the same.
-            Err(e) if !conn.is_proven() => Err(H2Failure::Refused(e.into_cause())),
+            Err(e) if !conn.is_proven() && e.is_refusal() => Err(H2Failure::Refused(e.into_cause())),
             // Never taken: a request without a body goes again on a new
             // connection, once.
             Err(http2::SendError::Closed(_, e) | http2::SendError::Unsent(e)) => match again {
@@ -348,10 +348,12 @@ impl UpstreamClient {
                 }
             };
             if let Some(conn) = conn {
-                // A request without a body can be sent again: over a new
-                // connection, or in HTTP/1.1.
+                // A request without a body can be sent again over a new
+                // connection when it never went; in HTTP/1.1, when its
+                // method is idempotent (a target that does not speak
+                // HTTP/2 may have acted on it).
                 let bodyless = http_body::Body::size_hint(req.body()).exact() == Some(0);
-                let again = bodyless.then(|| {
+                let again = (bodyless && req.method().is_idempotent()).then(|| {
                     let (method, uri, headers) = (req.method().clone(), req.uri().clone(), req.headers().clone());
                     (method, uri, headers, req.extensions().clone())
                 });

@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Empty};
 use outpost_config::Site;
 use outpost_net::RecvBody;
 
-use super::{Probes, ReqBody, Route, UpstreamClient, UpstreamError};
+use super::{Probes, ReqBody, Route, UpstreamClient, UpstreamError, UpstreamErrorKind};
 use crate::key::Key;
 use crate::observe::Metrics;
 
@@ -81,11 +81,16 @@ impl Upstream {
             let result = self.client.send(target, attempt).await;
             self.metrics.upstream(started.elapsed(), result.is_ok());
             // A 508 says the request looped (a configuration mistake), not
-            // that the upstream is unwell.
-            let healthy = result
-                .as_ref()
-                .is_ok_and(|r| !r.status().is_server_error() || r.status() == http::StatusCode::LOOP_DETECTED);
-            self.route.report(target, healthy);
+            // that the upstream is unwell; a client's body that failed
+            // says nothing of the upstream at all.
+            let healthy = match &result {
+                Ok(r) => Some(!r.status().is_server_error() || r.status() == http::StatusCode::LOOP_DETECTED),
+                Err(e) if matches!(e.kind, UpstreamErrorKind::ClientBody { .. }) => None,
+                Err(_) => Some(false),
+            };
+            if let Some(healthy) = healthy {
+                self.route.report(target, healthy);
+            }
             match result {
                 Ok(mut resp) => {
                     if let Some(p) = permit {

@@ -16,6 +16,7 @@ use outpost_net::RecvBody;
 use outpost_net::http2::{declared_length, send_body, strip_connection_fields};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, oneshot};
+use tokio_util::task::AbortOnDropHandle;
 
 use super::request::OnInterim;
 use super::{BoxError, ReqBody};
@@ -43,14 +44,24 @@ const BODY_VERDICT: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub(super) struct Conn {
     sender: SendRequest<Bytes>,
+    /// What its task and its requests know of it.
+    shared: Arc<Shared>,
+}
+
+/// What a connection's task shares with its requests.
+#[derive(Debug)]
+struct Shared {
     /// It takes no more requests: its connection has ended, or is going
     /// away.
-    closed: Arc<AtomicBool>,
-    /// The target has shown it speaks HTTP/2: by ALPN, or by answering a
-    /// request on this connection.
-    proven: Arc<AtomicBool>,
-    /// Asks its task to check the target is still there ([`Conn::check`]).
-    check: Arc<Notify>,
+    closed: AtomicBool,
+    /// The target has shown it speaks HTTP/2: by ALPN, by answering a
+    /// PING or a request on this connection, or by a frame of HTTP/2's
+    /// own.
+    proven: AtomicBool,
+    /// Bytes read from the target so far.
+    read: AtomicU64,
+    /// Asks the task to check the target is still there ([`Conn::check`]).
+    check: Notify,
 }
 
 /// How a request over HTTP/2 failed.
@@ -94,8 +105,13 @@ impl Conn {
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let read = Arc::new(AtomicU64::new(0));
-        let io = Counted { io, read: Arc::clone(&read) };
+        let shared = Arc::new(Shared {
+            closed: AtomicBool::new(false),
+            proven: AtomicBool::new(proven),
+            read: AtomicU64::new(0),
+            check: Notify::new(),
+        });
+        let io = Counted { io, shared: Arc::clone(&shared) };
         let (sender, connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
@@ -105,26 +121,22 @@ impl Conn {
             .enable_push(false)
             .handshake::<Counted<T>, Bytes>(io)
             .await?;
-        let closed = Arc::new(AtomicBool::new(false));
-        let check = Arc::new(Notify::new());
-        let proven = Arc::new(AtomicBool::new(proven));
-        let flags = Flags { closed: Arc::clone(&closed), proven: Arc::clone(&proven), read };
-        tokio::spawn(drive(connection, Arc::clone(&check), flags));
-        Ok(Conn { sender, closed, proven, check })
+        tokio::spawn(drive(connection, Arc::clone(&shared)));
+        Ok(Conn { sender, shared })
     }
 
     /// A request on it got no answer in time: is the target still there?
     /// (A PING now, rather than at the next round.)
     pub(super) fn check(&self) {
-        self.check.notify_one();
+        self.shared.check.notify_one();
     }
 
     pub(super) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Relaxed)
+        self.shared.closed.load(Ordering::Relaxed)
     }
 
     pub(super) fn is_proven(&self) -> bool {
-        self.proven.load(Ordering::Relaxed)
+        self.shared.proven.load(Ordering::Relaxed)
     }
 
     /// Sends `req` (its URI absolute: scheme and authority become the
@@ -137,7 +149,7 @@ impl Conn {
             Ok(sender) => sender,
             Err(e) => {
                 // It takes no more requests: the next gets a new one.
-                self.closed.store(true, Ordering::Relaxed);
+                self.shared.closed.store(true, Ordering::Relaxed);
                 return Err(SendError::Closed(Box::new(req), e));
             }
         };
@@ -163,7 +175,7 @@ impl Conn {
                     let _ = why_tx.send(e);
                 }
             });
-            body_task = Some((AbortOnDrop(Some(task)), why_rx));
+            body_task = Some((AbortOnDropHandle::new(task), why_rx));
         }
         let result = head(response, interim.as_ref()).await;
         let result = match result {
@@ -175,9 +187,9 @@ impl Conn {
         };
         match result {
             Ok(resp) => {
-                self.proven.store(true, Ordering::Relaxed);
-                if let Some((mut task, _)) = body_task {
-                    task.0 = None;
+                self.shared.proven.store(true, Ordering::Relaxed);
+                if let Some((task, _)) = body_task {
+                    task.detach();
                 }
                 let (parts, recv) = resp.into_parts();
                 let declared = declared_length(&parts.headers);
@@ -187,10 +199,10 @@ impl Conn {
                 if e.is_remote() {
                     // A frame of HTTP/2's own (RST_STREAM, GOAWAY): the
                     // target speaks it.
-                    self.proven.store(true, Ordering::Relaxed);
+                    self.shared.proven.store(true, Ordering::Relaxed);
                 }
                 if e.is_go_away() {
-                    self.closed.store(true, Ordering::Relaxed);
+                    self.shared.closed.store(true, Ordering::Relaxed);
                 }
                 // Reset by this side: its body failed, and says why.
                 if e.is_reset()
@@ -208,26 +220,18 @@ impl Conn {
     }
 }
 
-/// What a connection's task shares with its requests.
-struct Flags {
-    closed: Arc<AtomicBool>,
-    proven: Arc<AtomicBool>,
-    /// Bytes read from the target so far.
-    read: Arc<AtomicU64>,
-}
-
 /// Drives `connection` until it ends, or until the target leaves a PING
 /// unanswered, and nothing else comes from it, for [`PONG_WAIT`]. A PING
 /// goes at once (its answer proves the target speaks HTTP/2 before any
 /// request has been answered), after [`KEEPALIVE`] without a byte read,
-/// and when `check` is notified (a request on it timed out). A target
+/// and when [`Conn::check`] asks (a request on it timed out). A target
 /// that vanished without closing (a host gone, a link cut) would otherwise
 /// keep its connection open, and every request sent there would wait out
 /// its timeout, for as long as TCP takes to give up. A busy connection
 /// whose PING waits behind the data ahead of it is not dropped: the data
 /// coming in is an answer too. The connection is dropped, and `closed`
 /// set, so the next request makes a new one.
-async fn drive<T>(connection: h2::client::Connection<Counted<T>, Bytes>, check: Arc<Notify>, flags: Flags)
+async fn drive<T>(connection: h2::client::Connection<Counted<T>, Bytes>, shared: Arc<Shared>)
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
@@ -245,36 +249,36 @@ where
                     break;
                 }
                 () = tokio::time::sleep(KEEPALIVE) => {
-                    let now = flags.read.load(Ordering::Relaxed);
+                    let now = shared.read.load(Ordering::Relaxed);
                     if std::mem::replace(&mut seen, now) != now {
                         continue;
                     }
                 }
-                () = check.notified() => {}
+                () = shared.check.notified() => {}
             }
         }
         let Some(pinger) = ping.as_mut() else { continue };
         // The connection is driven while the PING waits: it reads the PONG.
-        let before = flags.read.load(Ordering::Relaxed);
+        let before = shared.read.load(Ordering::Relaxed);
         let answered = tokio::select! {
             _ = &mut connection => break,
             pong = tokio::time::timeout(PONG_WAIT, pinger.ping(h2::Ping::opaque())) => matches!(pong, Ok(Ok(_))),
         };
         if answered {
-            flags.proven.store(true, Ordering::Relaxed);
-        } else if flags.read.load(Ordering::Relaxed) == before {
+            shared.proven.store(true, Ordering::Relaxed);
+        } else if shared.read.load(Ordering::Relaxed) == before {
             tracing::info!("an upstream left a PING unanswered: its HTTP/2 connection is dropped");
             break;
         }
-        seen = flags.read.load(Ordering::Relaxed);
+        seen = shared.read.load(Ordering::Relaxed);
     }
-    flags.closed.store(true, Ordering::Relaxed);
+    shared.closed.store(true, Ordering::Relaxed);
 }
 
 /// An upstream connection's I/O, counting the bytes read.
 struct Counted<T> {
     io: T,
-    read: Arc<AtomicU64>,
+    shared: Arc<Shared>,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
@@ -287,7 +291,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
         let polled = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
         let n = buf.filled().len() - before;
         if n > 0 {
-            self.read.fetch_add(n as u64, Ordering::Relaxed);
+            self.shared.read.fetch_add(n as u64, Ordering::Relaxed);
         }
         polled
     }
@@ -356,15 +360,4 @@ enum Headless {
     H2(h2::Error),
     /// More than [`MAX_INTERIM`] interim responses.
     Flood,
-}
-
-/// Aborts its task when dropped, unless let go.
-struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(task) = self.0.take() {
-            task.abort();
-        }
-    }
 }

@@ -24,10 +24,16 @@ enum Kind {
         left: Option<u64>,
         /// Every data frame has come; trailers may follow.
         data_done: bool,
+        /// Kept until the body ends or is dropped (what counts the
+        /// stream open).
+        held: Option<Held>,
     },
     /// Boxed: an h3 stream is large, and HTTP/3 requests few.
     H3(Box<H3>),
 }
+
+/// Something a body keeps while its stream is open.
+type Held = Box<dyn std::any::Any + Send + Sync>;
 
 /// The receiving half of an HTTP/3 request's stream.
 pub(crate) type H3Recv = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
@@ -53,7 +59,20 @@ impl RecvBody {
     /// stream already ended is empty). Its window opens as it is read.
     pub fn h2(recv: h2::RecvStream, declared: Option<u64>) -> RecvBody {
         let left = declared.or_else(|| recv.is_end_stream().then_some(0));
-        RecvBody(Kind::H2 { recv, left, data_done: false })
+        RecvBody(Kind::H2 { recv, left, data_done: false, held: None })
+    }
+
+    /// [`RecvBody::h2`], keeping `held` until the body ends or is dropped.
+    pub fn h2_holding(
+        recv: h2::RecvStream,
+        declared: Option<u64>,
+        held: Box<dyn std::any::Any + Send + Sync>,
+    ) -> RecvBody {
+        let mut body = RecvBody::h2(recv, declared);
+        if let Kind::H2 { held: slot, .. } = &mut body.0 {
+            *slot = Some(held);
+        }
+        body
     }
 }
 
@@ -83,7 +102,7 @@ impl http_body::Body for RecvBody {
         match &mut self.get_mut().0 {
             Kind::Empty => Poll::Ready(None),
             Kind::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-            Kind::H2 { recv, left, data_done } => {
+            Kind::H2 { recv, left, data_done, held } => {
                 if !*data_done {
                     match ready!(recv.poll_data(cx)) {
                         Some(Ok(bytes)) => {
@@ -99,7 +118,9 @@ impl http_body::Body for RecvBody {
                         None => *data_done = true,
                     }
                 }
-                match ready!(recv.poll_trailers(cx)) {
+                let end = ready!(recv.poll_trailers(cx));
+                *held = None;
+                match end {
                     Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
                     Ok(None) => Poll::Ready(None),
                     Err(e) => Poll::Ready(Some(Err(e.into()))),

@@ -239,3 +239,48 @@ async fn tiers_speak_http2_over_tls_where_the_handshake_offers_it() {
     shield.stop().await;
     edge.stop().await;
 }
+
+/// Two sites with the same HTTPS origin, one trusting a CA of its own for
+/// it, the other only the node's roots: the HTTP/2 connection that site's
+/// CA vouched for never carries the other site's requests. (Shared, a
+/// certificate one tenant's CA signed would answer for another tenant who
+/// never trusted it.) A cleartext connection is never shared with `https`
+/// either: the key is the scheme, the authority and the CA.
+#[tokio::test]
+async fn an_upstream_connection_one_sites_ca_vouched_for_is_not_used_for_another_site() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = LocalCa::generate("a tenant's CA").unwrap();
+    std::fs::write(d.join("ca.pem"), ca.cert_pem()).unwrap();
+    let (port, _, _origin) = tls_origin_speaking(&ca, d, &[b"h2", b"http/1.1"]).await;
+    for (id, extra) in [("own", "ca = \"ca.pem\"\n"), ("roots", "")] {
+        std::fs::write(
+            d.join(format!("{id}.toml")),
+            format!(
+                "[site]\nid = \"{id}\"\nhosts = [\"{id}.test\"]\nallow_direct = false\n\
+                 [[origin]]\nurl = \"https://localhost:{port}\"\nresponse_timeout = \"5s\"\n{extra}"
+            ),
+        )
+        .unwrap();
+    }
+    let shield_cfg = node_file(
+        d,
+        "shield-keys",
+        "[node]\nname = \"shield-keys\"\nrole = \"shield\"\nsites = [\"own.toml\", \"roots.toml\"]\n\
+         access_log = \"off\"\n[listen]\nhttp = [\"127.0.0.1:0\"]\n[cache]\nmemory = \"16MiB\"\n",
+    );
+    let (shield_node, _pool) = outpost_shield::bind(&shield_cfg).await.unwrap();
+    let (shield, _) = start(shield_node).await;
+    let addr = shield.addr;
+    let get = |site: &'static str, path: &'static str| async move {
+        crate::topology::get(&format!("http://{addr}{path}?cc=max-age%3D600"), site).await
+    };
+    let r = get("own.test", "/a").await;
+    assert_eq!(r.status, StatusCode::OK, "the site trusting the CA: {}", String::from_utf8_lossy(&r.body));
+    assert_eq!(established_to(port), 1, "one HTTP/2 connection to the origin");
+    let r = get("roots.test", "/b").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "the site that does not trust the CA reached the origin");
+    let r = get("own.test", "/c").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    shield.stop().await;
+}

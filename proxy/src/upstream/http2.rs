@@ -1,12 +1,13 @@
 //! HTTP/2 to the next tier, spoken with h2 itself (hyper's client drops an
 //! answer's interim responses): one connection per target, shared by every
 //! request to it; each answer's 1xx handed on as they come; a request's
-//! body sent no faster than the target's windows take it.
+//! body sent no faster than the target's windows take it; a connection
+//! with no stream open for a while closed.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use h2::client::{ResponseFuture, SendRequest};
@@ -62,6 +63,43 @@ struct Shared {
     read: AtomicU64,
     /// Asks the task to check the target is still there ([`Conn::check`]).
     check: Notify,
+    /// Streams open: counted from the request until the answer's body
+    /// ends or is dropped, and the request's body is sent.
+    open: AtomicUsize,
+    /// When the connection was made, and the milliseconds from then until
+    /// a stream last opened or closed.
+    born: Instant,
+    used: AtomicU64,
+}
+
+impl Shared {
+    fn touch(&self) {
+        self.used.store(self.born.elapsed().as_millis() as u64, Ordering::Release);
+    }
+
+    /// No stream has been open on it for `idle`.
+    fn idle_for(&self, idle: Duration) -> bool {
+        self.open.load(Ordering::Acquire) == 0
+            && self.born.elapsed().as_millis() as u64 - self.used.load(Ordering::Acquire) >= idle.as_millis() as u64
+    }
+}
+
+/// A stream counted open on its connection while this lives.
+struct Open(Arc<Shared>);
+
+impl Open {
+    fn new(shared: &Arc<Shared>) -> Open {
+        shared.open.fetch_add(1, Ordering::AcqRel);
+        shared.touch();
+        Open(Arc::clone(shared))
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// How a request over HTTP/2 failed.
@@ -99,9 +137,10 @@ impl SendError {
 }
 
 impl Conn {
-    /// HTTP/2 over `io`, the connection driven by a task of its own.
-    /// `proven`: the target is known to speak it.
-    pub(super) async fn handshake<T>(io: T, proven: bool) -> Result<Conn, h2::Error>
+    /// HTTP/2 over `io`, the connection driven by a task of its own, and
+    /// closed once no stream has been open on it for `idle`. `proven`: the
+    /// target is known to speak it.
+    pub(super) async fn handshake<T>(io: T, proven: bool, idle: Duration) -> Result<Conn, h2::Error>
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -110,6 +149,9 @@ impl Conn {
             proven: AtomicBool::new(proven),
             read: AtomicU64::new(0),
             check: Notify::new(),
+            open: AtomicUsize::new(0),
+            born: Instant::now(),
+            used: AtomicU64::new(0),
         });
         let io = Counted { io, shared: Arc::clone(&shared) };
         let (sender, connection) = h2::client::Builder::new()
@@ -121,7 +163,7 @@ impl Conn {
             .enable_push(false)
             .handshake::<Counted<T>, Bytes>(io)
             .await?;
-        tokio::spawn(drive(connection, Arc::clone(&shared)));
+        tokio::spawn(drive(connection, Arc::clone(&shared), idle));
         Ok(Conn { sender, shared })
     }
 
@@ -153,6 +195,7 @@ impl Conn {
                 return Err(SendError::Closed(Box::new(req), e));
             }
         };
+        let open = Arc::new(Open::new(&self.shared));
         let (mut parts, body) = req.into_parts();
         let interim = parts.extensions.remove::<OnInterim>();
         strip_connection_fields(&mut parts.headers);
@@ -170,7 +213,9 @@ impl Conn {
         let mut body_task = None;
         if !ended {
             let (why_tx, why_rx) = oneshot::channel();
+            let open = Arc::clone(&open);
             let task = tokio::spawn(async move {
+                let _open = open;
                 if let Err(e) = send_body(body, stream, stall).await {
                     let _ = why_tx.send(e);
                 }
@@ -193,7 +238,7 @@ impl Conn {
                 }
                 let (parts, recv) = resp.into_parts();
                 let declared = declared_length(&parts.headers);
-                Ok(Response::from_parts(parts, RecvBody::h2(recv, declared)))
+                Ok(Response::from_parts(parts, RecvBody::h2_holding(recv, declared, Box::new(open))))
             }
             Err(e) => {
                 if e.is_remote() {
@@ -229,9 +274,12 @@ impl Conn {
 /// keep its connection open, and every request sent there would wait out
 /// its timeout, for as long as TCP takes to give up. A busy connection
 /// whose PING waits behind the data ahead of it is not dropped: the data
-/// coming in is an answer too. The connection is dropped, and `closed`
-/// set, so the next request makes a new one.
-async fn drive<T>(connection: h2::client::Connection<Counted<T>, Bytes>, shared: Arc<Shared>)
+/// coming in is an answer too. A connection with no stream open for
+/// `idle` is dropped as well: its PINGs would otherwise keep it open, past
+/// the target's own idle timeout, for as long as the node runs. The
+/// connection is dropped, and `closed` set, so the next request makes a
+/// new one.
+async fn drive<T>(connection: h2::client::Connection<Counted<T>, Bytes>, shared: Arc<Shared>, idle: Duration)
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
@@ -248,7 +296,11 @@ where
                     }
                     break;
                 }
-                () = tokio::time::sleep(KEEPALIVE) => {
+                () = tokio::time::sleep(KEEPALIVE.min(idle)) => {
+                    if shared.idle_for(idle) {
+                        tracing::debug!("an idle upstream HTTP/2 connection is closed");
+                        break;
+                    }
                     let now = shared.read.load(Ordering::Relaxed);
                     if std::mem::replace(&mut seen, now) != now {
                         continue;
@@ -360,4 +412,83 @@ enum Headless {
     H2(h2::Error),
     /// More than [`MAX_INTERIM`] interim responses.
     Flood,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use http_body_util::BodyExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    /// A target that answers every request with `size` bytes, the last
+    /// `delay` after the first, on one connection; `closed` is set when the
+    /// client ends it.
+    async fn target(size: usize, delay: Duration) -> (TcpStream, Arc<AtomicBool>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (socket, _) = listener.accept().await.unwrap();
+        let closed = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&closed);
+        tokio::spawn(async move {
+            let mut conn = h2::server::handshake(socket).await.unwrap();
+            while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                tokio::spawn(async move {
+                    let mut send = respond.send_response(Response::new(()), false).unwrap();
+                    send.send_data(Bytes::from(vec![b'x'; size - 1]), false).unwrap();
+                    tokio::time::sleep(delay).await;
+                    let _ = send.send_data(Bytes::from_static(b"x"), true);
+                });
+            }
+            flag.store(true, Ordering::SeqCst);
+        });
+        (client, closed)
+    }
+
+    fn get() -> Request<ReqBody> {
+        let empty = http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync();
+        Request::get("http://target.test/a").body(empty).unwrap()
+    }
+
+    async fn closed_within(closed: &AtomicBool, limit: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if closed.load(Ordering::SeqCst) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn a_connection_with_no_stream_open_is_closed_once_idle() {
+        let idle = Duration::from_millis(300);
+        let (io, closed) = target(1000, Duration::ZERO).await;
+        let conn = Conn::handshake(io, true, idle).await.unwrap();
+        for _ in 0..3 {
+            let resp = conn.send(get(), Duration::from_secs(5)).await.ok().unwrap();
+            assert_eq!(resp.into_body().collect().await.unwrap().to_bytes().len(), 1000);
+            // Used more often than it idles: kept.
+            tokio::time::sleep(idle / 3).await;
+            assert!(!conn.is_closed() && !closed.load(Ordering::SeqCst), "closed while in use");
+        }
+        assert!(closed_within(&closed, idle * 5).await, "an idle connection was kept");
+        assert!(conn.is_closed());
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_answer_is_still_coming_is_not_idle() {
+        let idle = Duration::from_millis(300);
+        let (io, closed) = target(1000, idle * 4).await;
+        let conn = Conn::handshake(io, true, idle).await.unwrap();
+        let resp = conn.send(get(), Duration::from_secs(5)).await.ok().unwrap();
+        // The head has come, the body's last byte has not: the stream is
+        // open, however long nothing else is asked.
+        assert!(!closed_within(&closed, idle * 3).await, "closed under an answer still coming");
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes().len(), 1000);
+        assert!(closed_within(&closed, idle * 5).await, "kept once the answer was whole");
+    }
 }

@@ -123,12 +123,13 @@ impl Route for OriginRoute {
 }
 
 impl UpstreamClient {
-    fn h1_only(&self, name: &str) -> bool {
+    fn h1_only(&self, target: &Target, name: &str) -> bool {
+        let key = H2Key::of(target, name);
         let mut map = self.h1_only.lock().unwrap_or_else(|p| p.into_inner());
-        match map.get(name) {
+        match map.get(&key) {
             Some(since) if since.elapsed() < H1_FALLBACK => true,
             Some(_) => {
-                map.remove(name);
+                map.remove(&key);
                 false
             }
             None => false,
@@ -139,28 +140,32 @@ impl UpstreamClient {
     /// requests ask at once, one connection is made: the others wait for
     /// it.
     async fn h2_conn(&self, target: &Target, name: &str) -> Result<http2::Conn, H2Failure> {
+        let key = H2Key::of(target, name);
         let open = || {
             let conns = self.h2.lock().unwrap_or_else(|p| p.into_inner());
-            conns.get(name).filter(|c| !c.is_closed()).cloned()
+            conns.get(&key).filter(|c| !c.is_closed()).cloned()
         };
         if let Some(c) = open() {
             return Ok(c);
         }
         let gate = {
             let mut gates = self.h2_gates.lock().unwrap_or_else(|p| p.into_inner());
-            Arc::clone(gates.entry(name.to_string()).or_default())
+            // Gates no one holds or waits on go with the connections that
+            // closed: a target no longer asked leaves nothing behind.
+            gates.retain(|_, g| Arc::strong_count(g) > 1);
+            Arc::clone(gates.entry(key.clone()).or_default())
         };
         let _one = gate.lock().await;
         match open() {
             Some(c) => Ok(c),
-            None => self.h2_connect(target, name).await,
+            None => self.h2_connect(target, name, key).await,
         }
     }
 
     /// A new HTTP/2 connection to `target`, kept for the requests after.
     /// Over TLS, HTTP/2 is offered with ALPN beside HTTP/1.1, and a target
     /// that picks HTTP/1.1 is [`H2Failure::NotOffered`].
-    async fn h2_connect(&self, target: &Target, name: &str) -> Result<http2::Conn, H2Failure> {
+    async fn h2_connect(&self, target: &Target, name: &str, key: H2Key) -> Result<http2::Conn, H2Failure> {
         let tls = target.base.scheme_str() == Some("https");
         let (ca, resolve, timeout) = (target.ca.as_deref(), self.resolve.clone(), target.connect_timeout);
         let mut connector =
@@ -170,8 +175,10 @@ impl UpstreamClient {
         if tls && !hyper_util::client::legacy::connect::Connection::connected(&io).is_negotiated_h2() {
             return Err(H2Failure::NotOffered);
         }
-        let conn = http2::Conn::handshake(TokioIo::new(io), tls).await.map_err(|e| connect(e.into()))?;
-        self.h2.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), conn.clone());
+        let conn = http2::Conn::handshake(TokioIo::new(io), tls, self.h2_idle).await.map_err(|e| connect(e.into()))?;
+        let mut conns = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+        conns.retain(|_, c| !c.is_closed());
+        conns.insert(key, conn.clone());
         Ok(conn)
     }
 
@@ -230,9 +237,9 @@ impl UpstreamClient {
     }
 
     /// Asks `name` in HTTP/1.1 for [`H1_FALLBACK`].
-    fn use_h1(&self, name: &str, why: &dyn std::fmt::Display) {
+    fn use_h1(&self, target: &Target, name: &str, why: &dyn std::fmt::Display) {
         tracing::info!(upstream = %name, %why, "the upstream does not speak HTTP/2; using HTTP/1.1");
-        self.h1_only.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), Instant::now());
+        self.h1_only.lock().unwrap_or_else(|p| p.into_inner()).insert(H2Key::of(target, name), Instant::now());
     }
 }
 
@@ -268,12 +275,32 @@ pub struct UpstreamClient {
     clients: Mutex<HashMap<PoolKey, Client<Connector, ReqBody>>>,
     /// One HTTP/2 connection per target that speaks it, every request to
     /// it multiplexed on that connection.
-    h2: Mutex<HashMap<String, http2::Conn>>,
+    h2: Mutex<HashMap<H2Key, http2::Conn>>,
     /// Held while a target's HTTP/2 connection is being made.
-    h2_gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    h2_gates: Mutex<HashMap<H2Key, Arc<tokio::sync::Mutex<()>>>>,
     /// Targets that did not answer in HTTP/2, and since when: asked in
     /// HTTP/1.1 for [`H1_FALLBACK`].
-    h1_only: Mutex<HashMap<String, Instant>>,
+    h1_only: Mutex<HashMap<H2Key, Instant>>,
+    /// How long an HTTP/2 connection with no stream open is kept.
+    h2_idle: Duration,
+}
+
+/// What requests share an HTTP/2 connection: the same scheme and
+/// authority and, over TLS, the same extra CA. A connection whose
+/// certificate one site's CA vouched for is never used for a site that
+/// does not trust that CA, and a cleartext one never for `https`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct H2Key {
+    tls: bool,
+    authority: String,
+    ca: Option<PathBuf>,
+}
+
+impl H2Key {
+    fn of(target: &Target, authority: &str) -> H2Key {
+        let tls = target.base.scheme_str() == Some("https");
+        H2Key { tls, authority: authority.to_string(), ca: target.ca.clone().filter(|_| tls) }
+    }
 }
 
 /// How long a target that did not answer in HTTP/2 is asked in HTTP/1.1
@@ -306,6 +333,7 @@ impl UpstreamClient {
             h2: Mutex::new(HashMap::new()),
             h2_gates: Mutex::new(HashMap::new()),
             h1_only: Mutex::new(HashMap::new()),
+            h2_idle: POOL_IDLE_TIMEOUT,
         }
     }
 
@@ -333,13 +361,13 @@ impl UpstreamClient {
     /// the target's response timeout for the head.
     pub async fn send(&self, target: &Target, mut req: Request<ReqBody>) -> Result<Response<RecvBody>, UpstreamError> {
         let name = target.base.authority().map_or_else(String::new, |a| a.to_string());
-        if target.http2 && !self.h1_only(&name) {
+        if target.http2 && !self.h1_only(target, &name) {
             let deadline = tokio::time::Instant::now() + target.response_timeout;
             let conn = match tokio::time::timeout_at(deadline, self.h2_conn(target, &name)).await {
                 Err(_) => return Err(UpstreamError::new(UpstreamErrorKind::Timeout, name)),
                 Ok(Ok(conn)) => Some(conn),
                 Ok(Err(H2Failure::NotOffered)) => {
-                    self.use_h1(&name, &"its TLS handshake chose HTTP/1.1");
+                    self.use_h1(target, &name, &"its TLS handshake chose HTTP/1.1");
                     None
                 }
                 Ok(Err(H2Failure::Error(e))) => return Err(e),
@@ -372,7 +400,7 @@ impl UpstreamClient {
                     }
                     Ok(Err(H2Failure::Refused(e))) => e,
                 };
-                self.use_h1(&name, &refused);
+                self.use_h1(target, &name, &refused);
                 let Some((method, uri, headers, extensions)) = again else {
                     return Err(UpstreamError::new(UpstreamErrorKind::Protocol, name).caused_by(refused));
                 };

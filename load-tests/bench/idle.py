@@ -16,7 +16,9 @@ next batch.
 
 With --tls the connections are HTTPS (HTTP/1.1 by ALPN, TLS 1.3, the same
 certificate for both servers) against Outpost and nginx (Varnish has no
-TLS).
+TLS). With --h2 they are HTTPS with HTTP/2 by ALPN, as browsers' are: each
+sends the connection preface and one GET, reads the answer whole and
+stays open.
 """
 import os
 import resource
@@ -25,6 +27,7 @@ import signal
 import socket
 import ssl
 import statistics
+import struct
 import sys
 import tempfile
 import time
@@ -68,20 +71,62 @@ def read_response(sock):
     return head.split(b"\r\n")[0].decode()
 
 
-def client_tls():
+def client_tls(alpn="http/1.1"):
     """A TLS client context that takes the bench's self-signed certificate
-    and asks for HTTP/1.1."""
+    and asks for `alpn`."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.set_alpn_protocols([alpn])
     return ctx
 
 
-def hold_idle(port, n, batch, pause, secure=None):
+def hpack_literal(index, value):
+    """A field of the static table's name `index`, its value literal and
+    not indexed (RFC 7541, 6.2.2); values here are shorter than 127 bytes."""
+    value = value.encode()
+    return bytes([index, len(value)]) + value
+
+
+def frame(kind, flags, stream, payload):
+    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
+
+
+# :method GET, :scheme https (both from the static table), :path, :authority.
+H2_REQUEST = (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0, b"")
+              + frame(1, 0x5, 1, b"\x82\x87" + hpack_literal(4, PATH) + hpack_literal(1, HOST)))
+
+
+def h2_exchange(sock):
+    """Sends the preface and one GET on stream 1, acknowledges the server's
+    settings, and reads until the answer ends; returns its status."""
+    sock.sendall(H2_REQUEST)
+    data, status = b"", None
+    while True:
+        while len(data) < 9 or len(data) < 9 + int.from_bytes(data[:3], "big"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise SystemExit("the server closed an HTTP/2 connection")
+            data += chunk
+        length, kind, flags = int.from_bytes(data[:3], "big"), data[3], data[4]
+        stream = int.from_bytes(data[5:9], "big") & 0x7FFFFFFF
+        payload, data = data[9:9 + length], data[9 + length:]
+        if kind == 4 and not flags & 1:
+            sock.sendall(frame(4, 1, 0, b""))
+        elif kind == 7:
+            raise SystemExit(f"the server sent GOAWAY: {payload!r}")
+        elif stream == 1 and kind == 1:
+            # The first field of an answer is :status, from the static
+            # table (0x88 is 200) or literal.
+            status = "200" if payload[:1] == b"\x88" else f"not 200 ({payload[:8].hex()})"
+        if stream == 1 and kind in (0, 1) and flags & 1:
+            return status
+
+
+def hold_idle(port, n, batch, pause, secure=None, h2=False):
     """n connections, each after one request answered; batch at a time,
     pause seconds apart (all at once when batch is 0); over TLS with the
-    client context `secure`."""
+    client context `secure`, in HTTP/2 with `h2`."""
     socks = []
     for i in range(n):
         if batch and i and i % batch == 0:
@@ -89,8 +134,13 @@ def hold_idle(port, n, batch, pause, secure=None):
         s = socket.create_connection(("127.0.0.1", port), timeout=10)
         if secure:
             s = secure.wrap_socket(s, server_hostname=HOST)
-        s.sendall(REQUEST)
-        status = read_response(s)
+        if h2:
+            if s.selected_alpn_protocol() != "h2":
+                raise SystemExit(f"port {port} did not choose h2: {s.selected_alpn_protocol()}")
+            status = f" {h2_exchange(s)} "
+        else:
+            s.sendall(REQUEST)
+            status = read_response(s)
         if " 200 " not in status + " ":
             raise SystemExit(f"unexpected answer on port {port}: {status}")
         socks.append(s)
@@ -103,13 +153,15 @@ def main():
     ap.add_argument("--batch", type=int, default=0, help="open this many at a time (0: all at once)")
     ap.add_argument("--pause", type=float, default=2.5, help="seconds between batches")
     ap.add_argument("--tls", action="store_true", help="HTTPS connections, against Outpost and nginx")
+    ap.add_argument("--h2", action="store_true", help="HTTPS connections in HTTP/2 (implies --tls)")
     args = ap.parse_args()
+    args.tls = args.tls or args.h2
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, args.idle + 1000)), hard))
     work = tempfile.mkdtemp(prefix="outpost-idle-")
     if args.tls:
         nginx_conf, edge_conf = tls.configs(work)
-        ports, secure = tls.PORTS, client_tls()
+        ports, secure = tls.PORTS, client_tls("h2" if args.h2 else "http/1.1")
     else:
         nginx_conf, edge_confs = configs(work)
         edge_conf, ports, secure = edge_confs["outpost"], PORTS, None
@@ -117,6 +169,8 @@ def main():
     # timeouts longer than the measurement.
     open(edge_conf, "a").write(f"\n[limits]\nmax_connections = {args.idle * 2}\nidle_timeout = \"600s\"\n")
     conf = open(nginx_conf).read().replace("worker_connections 4096;", f"worker_connections {args.idle * 2};")
+    if args.h2:
+        conf = conf.replace(" ssl backlog=", " ssl http2 backlog=")
     open(nginx_conf, "w").write(conf)
     origin = start_origin(args.outpost)
     servers = {
@@ -139,7 +193,7 @@ def main():
                         get(f"http://127.0.0.1:{warm}{PATH}")
                     time.sleep(0.5)
                     before = rss_bytes(proc.pid)
-                    socks = hold_idle(ports[name], args.idle, args.batch, args.pause, secure)
+                    socks = hold_idle(ports[name], args.idle, args.batch, args.pause, secure, args.h2)
                     time.sleep(1)
                     after = rss_bytes(proc.pid)
                     per = (after - before) / args.idle

@@ -3,7 +3,7 @@
 # Varnish, each holding the same number of idle clients. Installs what it
 # needs.
 #
-#   load-tests/bench/idle.sh [--idle 10000] [--repeats 3] [--batch 500 [--pause 2.5]] [--tls]
+#   load-tests/bench/idle.sh [--idle 10000] [--repeats 3] [--batch 500 [--pause 2.5]] [--tls | --h2]
 #
 # All traffic stays on 127.0.0.1; every connection is closed at the end.
 set -euo pipefail

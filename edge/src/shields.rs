@@ -1,20 +1,29 @@
 //! Shield selection: the shield for a key is the best-ranked healthy one by
 //! rendezvous hash, so all edges agree and a shield's loss moves only its
-//! keys. A shield that refuses, times out or answers 5xx is marked down at
-//! once (passive) and probed every `probe_interval` until it answers again
-//! (active). With every shield down, the site's origins are tried directly
-//! when the site allows it.
+//! keys. A shield that refuses or fails of itself (a 5xx its own
+//! `Cache-Status` does not lay on its upstream) is marked down at once
+//! (passive) and probed every `probe_interval` until it answers again
+//! (active). A shield that answers for one site's origin (its 5xx passed
+//! on, or a 502 or 504 for an origin it cannot reach or that is slow) is
+//! well, and one that leaves a request unanswered in time is probed at
+//! once, and marked down only if the probe goes unanswered too: one site's
+//! broken or slow origin, or any client who can make an origin answer 500,
+//! must not take the shields out of service for every site. With every
+//! shield down, the site's origins are tried directly when the site allows
+//! it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use http::Uri;
+use http::{Response, Uri};
 use http_body_util::Empty;
 use outpost_config::{Site, Upstream, UpstreamMode};
+use outpost_net::RecvBody;
 use outpost_proxy::key::Key;
 use outpost_proxy::rendezvous;
 use outpost_proxy::upstream::{ProbeClient, Probes, Route, Target};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// Connecting to a shield on the CDN's own network takes milliseconds.
@@ -22,6 +31,10 @@ const SHIELD_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Extra time a shield gets beyond the origin's response timeout (it may
 /// have to fetch from the origin first).
 const SHIELD_EXTRA_TIME: Duration = Duration::from_secs(1);
+/// What a shield's `Cache-Status` member says of an error that was its
+/// upstream's: the status the upstream answered, or why it could not.
+const UPSTREAMS_FAULT: [&str; 6] =
+    ["fwd-status=", "detail=connect", "detail=timeout", "detail=protocol", "detail=status", "detail=no-target"];
 /// A probe answer (any HTTP response) must arrive within this.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// A Host no site has: a shield answers it with 421, which proves it is up.
@@ -35,6 +48,9 @@ struct Shield {
     /// Down, and its last probe got no HTTP answer at all: not a shield
     /// passing on an origin's 5xx, but one that cannot be reached.
     unreachable: AtomicBool,
+    /// Left a request unanswered in time: probed at once, still in
+    /// service meanwhile.
+    suspect: AtomicBool,
 }
 
 /// The edge's route to its shields (or origins).
@@ -44,6 +60,8 @@ pub struct ShieldRoute {
     mode: UpstreamMode,
     probe_interval: Duration,
     http2: bool,
+    /// Wakes the prober for a suspect shield.
+    probe_now: Notify,
 }
 
 impl ShieldRoute {
@@ -56,9 +74,16 @@ impl ShieldRoute {
                 name: u.name.clone(),
                 down: AtomicBool::new(false),
                 unreachable: AtomicBool::new(false),
+                suspect: AtomicBool::new(false),
             })
             .collect();
-        ShieldRoute { shields, mode: upstream.mode, probe_interval: upstream.probe_interval, http2: upstream.http2 }
+        ShieldRoute {
+            shields,
+            mode: upstream.mode,
+            probe_interval: upstream.probe_interval,
+            http2: upstream.http2,
+            probe_now: Notify::new(),
+        }
     }
 
     /// Names of the shields currently up (for tests and status).
@@ -119,15 +144,35 @@ impl Route for ShieldRoute {
 
     fn problems(&self) -> Vec<String> {
         let used = self.mode == UpstreamMode::Shield && !self.shields.is_empty();
-        // Only what probes confirm: a 5xx the shields pass on from one
-        // site's broken origin marks them down, and must not move a PoP's
-        // clients elsewhere.
+        // Only what probes confirm: an answer judged a shield's own failure
+        // marks it down, and must not move a PoP's clients elsewhere
+        // unless probes find it gone.
         let gone = |s: &Shield| s.down.load(Ordering::Acquire) && s.unreachable.load(Ordering::Acquire);
         if used && self.shields.iter().all(gone) {
             let names: Vec<&str> = self.shields.iter().map(|s| s.name.as_str()).collect();
             return vec![format!("every shield is down ({})", names.join(", "))];
         }
         Vec::new()
+    }
+
+    fn answered_well(&self, _target: &Target, resp: &Response<RecvBody>) -> bool {
+        let status = resp.status();
+        if !status.is_server_error() || status == http::StatusCode::LOOP_DETECTED {
+            return true;
+        }
+        // The shield's member is the last: it adds its own after those of
+        // the tiers behind it.
+        let last = resp.headers().get_all("cache-status").iter().next_back();
+        let member = last.and_then(|v| v.to_str().ok()).and_then(|v| v.rsplit(',').next()).unwrap_or("");
+        member.split(';').map(str::trim).any(|p| UPSTREAMS_FAULT.iter().any(|f| p.starts_with(f)))
+    }
+
+    fn no_answer(&self, target: &Target) {
+        if let Some(s) = self.shields.iter().find(|s| s.base == target.base)
+            && !s.suspect.swap(true, Ordering::AcqRel)
+        {
+            self.probe_now.notify_one();
+        }
     }
 
     fn report(&self, target: &Target, ok: bool) {
@@ -153,13 +198,17 @@ impl Route for ShieldRoute {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tick.tick() => {}
+                    () = self.probe_now.notified() => {}
                 }
-                for s in self.shields.iter().filter(|s| s.down.load(Ordering::Acquire)) {
+                let due = |s: &&Shield| s.down.load(Ordering::Acquire) || s.suspect.load(Ordering::Acquire);
+                for s in self.shields.iter().filter(due) {
                     let up = Self::probe(&client, s).await;
+                    let suspect = s.suspect.swap(false, Ordering::AcqRel);
                     s.unreachable.store(!up, Ordering::Release);
-                    if up {
-                        s.down.store(false, Ordering::Release);
+                    if up && s.down.swap(false, Ordering::AcqRel) {
                         tracing::info!(shield = %s.name, "shield back up");
+                    } else if !up && suspect && !s.down.swap(true, Ordering::AcqRel) {
+                        tracing::warn!(shield = %s.name, "shield marked down: a request and a probe went unanswered");
                     }
                 }
             }

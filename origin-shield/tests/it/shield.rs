@@ -491,3 +491,129 @@ pub(crate) async fn head_lines(at: std::net::SocketAddr, path: &str) -> Vec<Stri
     .await
     .unwrap()
 }
+
+/// An edge whose shields are probed only every minute: a shield marked
+/// down stays down for the test.
+async fn edge_probing_slowly(dir: &std::path::Path, name: &str, shields: &[SocketAddr], sites: &str) -> Running {
+    let list: Vec<String> = shields.iter().map(|s| format!("\"http://{s}\"")).collect();
+    let cfg = node_file(
+        dir,
+        name,
+        &format!(
+            "[node]\nname = \"{name}\"\nrole = \"edge\"\npop = \"{name}\"\nlatitude = 0.0\nlongitude = 0.0\n\
+             sites = [{sites}]\naccess_log = \"off\"\n[listen]\nhttp = [\"127.0.0.1:0\"]\n\
+             [cache]\nmemory = \"32MiB\"\n[upstream]\nshields = [{}]\nprobe_interval = \"60s\"\n",
+            list.join(", ")
+        ),
+    );
+    Running::spawn(outpost_edge::bind(&cfg).await.unwrap())
+}
+
+/// A shield that passes on an origin's 5xx, or answers for an origin it
+/// cannot reach or that is too slow, is up and working: one site's broken
+/// origin, or any client who can make an origin answer 500, must not take
+/// the shield out of service for every other site (their misses would go
+/// to their origins directly). A request the shield leaves unanswered in
+/// time (it tries a lone slow origin twice, past the edge's patience) has
+/// it probed, and it answers the probe. A shield that cannot be reached is
+/// still taken out at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origins_errors_do_not_take_the_shields_out_of_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    std::fs::write(dir.path().join("site.toml"), site(&[origin.addr], "")).unwrap();
+    let closed = outpost_testkit::free_addr();
+    std::fs::write(
+        dir.path().join("gone.toml"),
+        format!(
+            "[site]\nid = \"gone\"\nhosts = [\"gone.test\"]\n[[origin]]\nurl = \"http://{closed}\"\n\
+             connect_timeout = \"200ms\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("slow.toml"),
+        format!(
+            "[site]\nid = \"slow\"\nhosts = [\"slow.test\"]\n[[origin]]\nurl = \"http://{}\"\n\
+             response_timeout = \"1500ms\"\n",
+            origin.addr
+        ),
+    )
+    .unwrap();
+    let sites = "\"site.toml\", \"gone.toml\", \"slow.toml\"";
+    let cfg = node_file(
+        dir.path(),
+        "shield-a",
+        &format!(
+            "[node]\nname = \"shield-a\"\nrole = \"shield\"\nsites = [{sites}]\naccess_log = \"off\"\n\
+             [listen]\nhttp = [\"127.0.0.1:0\"]\n[cache]\nmemory = \"32MiB\"\n"
+        ),
+    );
+    // One shield: once it is marked down, every miss goes to the origin.
+    let shield = Running::spawn(outpost_shield::bind(&cfg).await.unwrap().0);
+    let edge = edge_probing_slowly(dir.path(), "edge-1", &[shield.addr], sites).await;
+    let through_a_shield = |r: &Resp| r.cache_status().starts_with("shield-a;");
+    let url = format!("http://{}/slow?delay=10s", edge.addr);
+    let r = get(&url, "slow.test").await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{}", r.cache_status());
+    // The probe it started has had time to be answered.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..3 {
+        let r = via(edge.addr, &format!("/broken/{i}?status=500")).await;
+        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(through_a_shield(&r), "the 500 came through the shield: {}", r.cache_status());
+        let url = format!("http://{}/gone/{i}", edge.addr);
+        let r = get(&url, "gone.test").await;
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.cache_status());
+        assert!(through_a_shield(&r), "the 502 came from the shield: {}", r.cache_status());
+    }
+    for i in 0..3 {
+        let r = via(edge.addr, &format!("/fine/{i}?cc=max-age%3D600")).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(through_a_shield(&r), "the shield was taken out for another site's origin: {}", r.cache_status());
+    }
+    shield.stop().await;
+    // A shield that cannot be reached is down at once: the next miss goes
+    // to the origin itself.
+    via(edge.addr, "/after/0?cc=max-age%3D600").await;
+    let r = via(edge.addr, "/after/1?cc=max-age%3D600").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.cache_status().starts_with("edge-1; fwd=uri-miss"), "{}", r.cache_status());
+}
+
+/// A shield that takes connections and answers nothing (a hung process):
+/// the request it leaves unanswered has it probed, the probe goes
+/// unanswered too, and it is taken out: the next miss goes to the origin
+/// at once instead of waiting out the shield.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shield_that_answers_nothing_is_taken_out_once_its_probe_is_unanswered_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    std::fs::write(
+        dir.path().join("site.toml"),
+        format!(
+            "[site]\nid = \"s\"\nhosts = [\"s.test\"]\n[[origin]]\nurl = \"http://{}\"\nresponse_timeout = \"300ms\"\n",
+            origin.addr
+        ),
+    )
+    .unwrap();
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung_addr = hung.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hung.accept().await {
+            held.push(s);
+        }
+    });
+    let edge = edge_probing_slowly(dir.path(), "edge-1", &[hung_addr], "\"site.toml\"").await;
+    let r = via(edge.addr, "/first?cc=max-age%3D600").await;
+    assert_eq!(r.status, StatusCode::OK, "the origin answers once the shield has not");
+    // The probe (1 s) has gone unanswered by now.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let started = Instant::now();
+    let r = via(edge.addr, "/second?cc=max-age%3D600").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.cache_status().starts_with("edge-1; fwd=uri-miss"), "{}", r.cache_status());
+    assert!(started.elapsed() < Duration::from_millis(1000), "waited {:?} for a hung shield", started.elapsed());
+    held.abort();
+}

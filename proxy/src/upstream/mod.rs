@@ -101,6 +101,16 @@ pub trait Route: Send + Sync + Debug + 'static {
     fn targets(&self, site: &Site, key: Key) -> Vec<Target>;
     /// What happened when `target` was tried (for passive health).
     fn report(&self, _target: &Target, _ok: bool) {}
+    /// Does `resp` show `target` well? Any answer but a 5xx; a 508 says
+    /// the request looped (a configuration mistake), not that the target
+    /// is unwell.
+    fn answered_well(&self, _target: &Target, resp: &Response<RecvBody>) -> bool {
+        !resp.status().is_server_error() || resp.status() == http::StatusCode::LOOP_DETECTED
+    }
+    /// `target` gave no answer in time.
+    fn no_answer(&self, target: &Target) {
+        self.report(target, false);
+    }
     /// Why the node cannot fill misses as it should (every upstream of a
     /// kind down), for the registry; empty when it can.
     fn problems(&self) -> Vec<String> {

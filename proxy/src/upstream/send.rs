@@ -80,16 +80,15 @@ impl Upstream {
             let started = Instant::now();
             let result = self.client.send(target, attempt).await;
             self.metrics.upstream(started.elapsed(), result.is_ok());
-            // A 508 says the request looped (a configuration mistake), not
-            // that the upstream is unwell; a client's body that failed
-            // says nothing of the upstream at all.
-            let healthy = match &result {
-                Ok(r) => Some(!r.status().is_server_error() || r.status() == http::StatusCode::LOOP_DETECTED),
-                Err(e) if matches!(e.kind, UpstreamErrorKind::ClientBody { .. }) => None,
-                Err(_) => Some(false),
-            };
-            if let Some(healthy) = healthy {
-                self.route.report(target, healthy);
+            // The route judges an answer (a shield passing on an origin's
+            // 5xx is well) and a silence (a slow origin behind a shield, or
+            // a hung shield); a client's body that failed says nothing of
+            // the upstream at all.
+            match &result {
+                Ok(r) => self.route.report(target, self.route.answered_well(target, r)),
+                Err(e) if matches!(e.kind, UpstreamErrorKind::ClientBody { .. }) => {}
+                Err(e) if e.kind == UpstreamErrorKind::Timeout => self.route.no_answer(target),
+                Err(_) => self.route.report(target, false),
             }
             match result {
                 Ok(mut resp) => {

@@ -845,6 +845,13 @@ where
             tracing::warn!(peer = %conn.peer, "a parked connection held unread bytes; closing it");
             return Closed::Ended;
         }
+        if !state.framing.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+            // Heads the framing follower saw that hyper never handed the
+            // service: the two have read the stream differently, and the
+            // verdicts left would fall to the wrong requests.
+            tracing::warn!(peer = %conn.peer, "request framing out of step with hyper; closing the connection");
+            return Closed::Ended;
+        }
         io.parked = false;
         state.park.store(false, Ordering::Release);
         io.tracker.shrink();

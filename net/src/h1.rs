@@ -126,7 +126,10 @@ impl Tracker {
                 }
                 State::ChunkSize | State::Trailers => match self.line(input) {
                     Line::Incomplete => return,
-                    Line::TooLong => return self.lose(out),
+                    // hyper refuses a chunk-size line that ends in a bare
+                    // LF, and reads a trailer line on to its CRLF: a bare
+                    // LF there could end the body here and not there.
+                    Line::TooLong | Line::BareLf => return self.lose(out),
                     Line::Done(line, rest) => {
                         self.after_line(&line, out);
                         rest
@@ -171,14 +174,14 @@ impl Tracker {
         }
     }
 
-    /// The next line, without its CRLF or LF.
+    /// The next line, without its CRLF.
     fn line<'a>(&mut self, input: &'a [u8]) -> Line<'a> {
         match input.iter().position(|b| *b == b'\n') {
             Some(i) => {
                 let mut line = std::mem::take(&mut self.partial);
                 line.extend_from_slice(&input[..i]);
-                if line.last() == Some(&b'\r') {
-                    line.pop();
+                if line.pop_if(|b| *b == b'\r').is_none() {
+                    return Line::BareLf;
                 }
                 if line.len() > MAX_LINE { Line::TooLong } else { Line::Done(line, &input[i + 1..]) }
             }
@@ -223,6 +226,8 @@ impl Tracker {
 enum Line<'a> {
     Incomplete,
     TooLong,
+    /// Ended by an LF without a CR.
+    BareLf,
     /// The line, and what follows it.
     Done(Vec<u8>, &'a [u8]),
 }
@@ -398,8 +403,18 @@ mod tests {
     }
 
     #[test]
-    fn bare_lf_chunk_lines_and_leading_empty_lines_are_followed() {
-        let s = b"\r\nPOST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\nab\r\n0\n\nGET / HTTP/1.1\r\n\r\n";
+    fn leading_empty_lines_are_followed_and_bare_lf_chunk_lines_are_not() {
+        let s =
+            b"\r\n\nPOST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\nGET / HTTP/1.1\r\n\r\n";
         assert_eq!(verdicts(&[s]), vec![Framing::Clean, Framing::Clean]);
+        // hyper refuses the first; it reads the second's LF as part of a
+        // trailer line, and the head after it as trailers.
+        for s in [
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\nab\r\n0\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\nGET /g HTTP/1.1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: 1\n\r\n",
+        ] {
+            assert_eq!(verdicts(&[s]), vec![Framing::Clean, Framing::Unreadable], "{:?}", String::from_utf8_lossy(s));
+        }
     }
 }

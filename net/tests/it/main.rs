@@ -287,6 +287,33 @@ async fn framing_conflicts_are_refused_even_pipelined() {
     assert_eq!(server.echo.calls.load(Ordering::SeqCst), 1, "only the first request reached the handler");
 }
 
+/// A chunked body's last chunk followed by a bare LF: hyper reads on to the
+/// next CRLF CRLF as trailers (and drops them), so the head after the LF
+/// is no request of hyper's. The framing follower must not count it as one,
+/// or the next request takes its verdict and a conflict behind it is let
+/// through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_lf_in_a_chunked_body_does_not_let_a_framing_conflict_through() {
+    let server = start(Limits::default()).await;
+    let addr = server.addr;
+    let answer = blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(
+            b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\n\
+              GET /ghost HTTP/1.1\r\nHost: a\r\n\r\n\
+              POST /b HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    })
+    .await;
+    assert!(!answer.contains("/ghost") && !answer.contains("/b"), "a request after the bare LF was answered: {answer}");
+    assert!(server.echo.calls.load(Ordering::SeqCst) <= 1, "{answer}");
+}
+
 /// A burst of new connections that arrive before any is accepted waits in
 /// the listener's backlog: the kernel drops the handshakes of connections
 /// past a full backlog, and their clients retry only after a second.

@@ -175,7 +175,7 @@ pub static SECTIONS: &[Section] = &[
             key("cert", "path", Unset, "PEM certificate chain: the control plane's API certificate, or an edge's default certificate. Needs `key`.", "\"node.pem\""),
             key("key", "path", Unset, "PEM private key of `cert`.", "\"node.key\""),
             key("unknown_sni", "string", Text("\"reject\""), "A client asking for a name no site serves: `\"reject\"` fails the handshake, `\"default\"` presents `cert`.", "\"reject\"").only(PROXIES),
-            key("client_ca", "path", Unset, "Clients must present a certificate from this CA (shields requiring it of edges).", "\"edges-ca.pem\"").only(PROXIES),
+            key("client_ca", "path", Unset, "Clients must present a certificate from this CA (shields requiring it of edges), on the HTTPS and the HTTP/3 (`quic`) listeners alike.", "\"edges-ca.pem\"").only(PROXIES),
             key("upstream_ca", "path", Unset, "Trusted besides the public roots when verifying https upstreams.", "\"private-ca.pem\"").only(PROXIES),
             key("upstream_cert", "path", Unset, "Client certificate presented to https upstreams that ask. Needs `upstream_key`.", "\"edge-client.pem\"").only(PROXIES),
             key("upstream_key", "path", Unset, "PEM private key of `upstream_cert`.", "\"edge-client.key\"").only(PROXIES),

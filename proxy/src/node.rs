@@ -83,7 +83,8 @@ impl Node {
         let quic = if udp.is_empty() {
             Vec::new()
         } else {
-            let tls = crate::tls::quic_server_config(Arc::clone(&engine.certs)).map_err(EngineError::Tls)?;
+            let tls = crate::tls::quic_server_config(Arc::clone(&engine.certs), node.tls.client_ca.as_deref())
+                .map_err(EngineError::Tls)?;
             udp.into_iter()
                 .map(|s| outpost_net::quic::quic_listener(s, Arc::clone(&tls), &node.limits))
                 .collect::<io::Result<Vec<_>>>()?

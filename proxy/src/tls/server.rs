@@ -259,19 +259,37 @@ impl ResolvesServerCert for CertStore {
 
 /// The TLS configuration of a node's HTTP/3 listeners: the same
 /// certificates by SNI, TLS 1.3 only (QUIC has no other), ALPN `h3`,
-/// resumption by tickets, and no early data (0-RTT requests could be
-/// replayed).
-pub fn quic_server_config(certs: Arc<CertStore>) -> Result<Arc<ServerConfig>, TlsFileError> {
+/// resumption by tickets, no early data (0-RTT requests could be
+/// replayed), and client certificates required when `client_ca` is set,
+/// as on the TCP listeners.
+pub fn quic_server_config(certs: Arc<CertStore>, client_ca: Option<&Path>) -> Result<Arc<ServerConfig>, TlsFileError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(&[&version::TLS13])
-        .map_err(|e| TlsFileError::Setup(e.to_string()))?
-        .with_no_client_auth()
-        .with_cert_resolver(certs);
+        .map_err(|e| TlsFileError::Setup(e.to_string()))?;
+    let mut config = match client_verifier(client_ca, provider)? {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    }
+    .with_cert_resolver(certs);
     config.alpn_protocols = vec![b"h3".to_vec()];
     config.max_early_data_size = 0;
     config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| TlsFileError::Setup(e.to_string()))?;
     Ok(Arc::new(config))
+}
+
+/// What checks clients' certificates when `client_ca` is set: every
+/// client must present one it signed.
+fn client_verifier(
+    client_ca: Option<&Path>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>, TlsFileError> {
+    let Some(ca) = client_ca else { return Ok(None) };
+    let roots = Arc::new(load_roots(ca)?);
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider)
+        .build()
+        .map_err(|e| TlsFileError::BadCertificate(ca.to_path_buf(), e.to_string()))?;
+    Ok(Some(verifier))
 }
 
 /// The server configuration of a node's TLS listeners: TLS 1.3 and 1.2,
@@ -282,14 +300,8 @@ pub fn server_config(certs: Arc<CertStore>, client_ca: Option<&Path>) -> Result<
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(&[&version::TLS13, &version::TLS12])
         .map_err(|e| TlsFileError::Setup(e.to_string()))?;
-    let builder = match client_ca {
-        Some(ca) => {
-            let roots = Arc::new(load_roots(ca)?);
-            let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider)
-                .build()
-                .map_err(|e| TlsFileError::BadCertificate(ca.to_path_buf(), e.to_string()))?;
-            builder.with_client_cert_verifier(verifier)
-        }
+    let builder = match client_verifier(client_ca, provider)? {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(certs);

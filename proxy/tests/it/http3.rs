@@ -57,7 +57,7 @@ struct H3 {
 }
 
 async fn connect(addr: SocketAddr, sni: &str, ca: &Path) -> Result<H3, String> {
-    connect_with(addr, sni, ca, None).await
+    connect_as(addr, sni, ca, None, None).await
 }
 
 /// [`connect`], with the client's own QUIC transport settings.
@@ -67,12 +67,29 @@ async fn connect_with(
     ca: &Path,
     transport: Option<quinn::TransportConfig>,
 ) -> Result<H3, String> {
+    connect_as(addr, sni, ca, None, transport).await
+}
+
+/// A client certificate chain and its key.
+type Identity = (Vec<CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>);
+
+/// [`connect_with`], presenting `identity` when asked for a certificate.
+async fn connect_as(
+    addr: SocketAddr,
+    sni: &str,
+    ca: &Path,
+    identity: Option<Identity>,
+    transport: Option<quinn::TransportConfig>,
+) -> Result<H3, String> {
     let roots = outpost_proxy::tls::files::load_roots(ca).unwrap();
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut tls = match identity {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
+        None => builder.with_no_client_auth(),
+    };
     tls.alpn_protocols = vec![b"h3".to_vec()];
     let quic_tls = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -155,6 +172,41 @@ fn site_a(d: &Path, origin: &Origin) -> std::path::PathBuf {
 
 fn header(h: &HeaderMap, name: &str) -> String {
     h.get(name).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
+}
+
+/// A node that requires client certificates (`[tls] client_ca`, as a
+/// shield asks of its edges) requires them over HTTP/3 as over TCP: a
+/// client without one gets no answer, one with a certificate the CA signed
+/// does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http3_requires_client_certificates_where_the_node_does() {
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = LocalCa::generate("h3 CA").unwrap();
+    let ca_pem = ca_file(&ca, d);
+    issue(&ca, d, "a", &["a.test"]);
+    write_site(d, "a", &["a.test"], origin.addr, "");
+    let client = outpost_proxy::tls::pki::Request {
+        client: true,
+        ..outpost_proxy::tls::pki::Request::server(&["edge-1"], Duration::from_secs(3600))
+    };
+    let (cert, key) = ca.issue(&client).unwrap().write(d, "edge-client").unwrap();
+    let edge = quic_edge(d, &["a.toml"], &format!("\n[tls]\nclient_ca = \"{}\"\n", ca_pem.display())).await;
+    let anonymous = async {
+        let mut h3 = connect(edge.quic, "a.test", &ca_pem).await?;
+        h3.get("a.test", "/h3?size=100").await
+    };
+    let refused = tokio::time::timeout(Duration::from_secs(10), anonymous).await.expect("an answer or a refusal");
+    assert!(refused.is_err(), "answered without a client certificate: {:?}", refused.map(|r| r.0));
+    let identity =
+        (outpost_proxy::tls::files::load_certs(&cert).unwrap(), outpost_proxy::tls::files::load_key(&key).unwrap());
+    let mut h3 = connect_as(edge.quic, "a.test", &ca_pem, Some(identity), None).await.unwrap();
+    let (status, _, body) = h3.get("a.test", "/h3?size=100").await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body.len(), 100);
+    edge.stop.cancel();
+    edge.task.await.unwrap().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -181,12 +181,18 @@ impl Subscriber {
                 if let Err(e) = self.engine.purges.soft_purge_everything(now) {
                     tracing::warn!(error = %e, "could not record the snapshot's soft purge");
                 }
-                let state = {
+                let (state, gone) = {
                     let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                    st.sites = sites.into_iter().map(|s| (s.id.clone(), s)).collect();
+                    let sites: BTreeMap<String, SiteSnapshot> = sites.into_iter().map(|s| (s.id.clone(), s)).collect();
+                    // Deleted while this node was behind.
+                    let gone: Vec<String> = st.sites.keys().filter(|id| !sites.contains_key(*id)).cloned().collect();
+                    st.sites = sites;
                     st.seq = seq;
-                    st.clone()
+                    (st.clone(), gone)
                 };
+                for id in &gone {
+                    self.engine.forget_site(id);
+                }
                 self.engine.set_sites(parse_sites(&state.sites, &self.base));
                 install_certificates(&self.engine, &state.sites, &self.token_file);
                 self.persist(&state);
@@ -218,6 +224,7 @@ impl Subscriber {
                     }
                     Event::SiteDeleted { site_id } => {
                         self.state.lock().unwrap_or_else(|p| p.into_inner()).sites.remove(site_id);
+                        self.engine.forget_site(site_id);
                         sites_changed = true;
                     }
                     Event::Purge(p) => {

@@ -265,6 +265,42 @@ async fn a_purge_with_wait_returns_every_acknowledgement_and_the_next_request_mi
     cdn.stop.cancel();
 }
 
+/// A deleted site's copies are never served again: not to a new site given
+/// the same id later (another tenant's, perhaps, with other origins), even
+/// from the disk tier, which outlives the deletion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_created_again_under_a_deleted_ones_id_gets_none_of_its_copies() {
+    let cdn = cdn().await;
+    let r = cdn.admin_call(Method::POST, "/v1/sites", &site(cdn.origin)).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let path = "/kept?cc=max-age%3D3600";
+    eventually("the site's copy to be a hit", || async {
+        let r = cdn.via(0, path).await;
+        r.status == StatusCode::OK && r.headers["cache-status"].to_str().unwrap().contains("; hit")
+    })
+    .await;
+    let r = cdn.admin_call(Method::DELETE, "/v1/sites/shop", "").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    eventually("the deletion to reach the edge", || async {
+        cdn.via(0, path).await.status == StatusCode::MISDIRECTED_REQUEST
+    })
+    .await;
+    let other = test_origin(&cdn.stop).await;
+    let r = cdn.admin_call(Method::POST, "/v1/sites", &site(other)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
+    let r = loop {
+        let r = cdn.via(0, path).await;
+        if r.status != StatusCode::MISDIRECTED_REQUEST {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(r.status, StatusCode::OK);
+    let cs = r.headers["cache-status"].to_str().unwrap();
+    assert!(cs.contains("fwd=uri-miss"), "the deleted site's copy was served: {cs}");
+    cdn.stop.cancel();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_names_urls_as_requests_are_keyed_and_refuses_what_none_can_be() {
     let cdn = cdn().await;

@@ -182,6 +182,17 @@ impl Engine {
         self.certs.set_sites(sites);
     }
 
+    /// The site `site_id` was deleted: nothing stored for it before now is
+    /// served again, should a site of the same id come back (perhaps
+    /// another tenant's, under the same hosts or a fixed `host`). A hard
+    /// purge of everything of the site, kept as the rules are.
+    pub fn forget_site(&self, site_id: &str) {
+        match self.purges.apply(site_id, &PurgeTarget::All, &[], false, self.clock.now()) {
+            Ok(()) => self.metrics.purge_rules.set(self.purges.len() as f64),
+            Err(e) => tracing::warn!(site = site_id, error = %e, "could not record a deleted site's purge"),
+        }
+    }
+
     /// Marks this node as following a control plane.
     pub fn link_control(&self) {
         self.control_linked.store(true, std::sync::atomic::Ordering::Release);

@@ -141,7 +141,11 @@ impl Route for OriginPool {
         tokio::spawn(async move {
             // One client per CA in use, kept so checks reuse connections.
             let mut clients: HashMap<(Option<std::path::PathBuf>, Duration), ProbeClient> = HashMap::new();
-            let mut due: HashMap<String, Instant> = HashMap::new();
+            // Each site's view of an origin (its state) has a schedule of
+            // its own, even where two sites name the same origin and path:
+            // their intervals, hosts and CAs may differ, and each view
+            // must move.
+            let mut due: HashMap<usize, Instant> = HashMap::new();
             let mut tick = tokio::time::interval(CHECK_TICK);
             loop {
                 tokio::select! {
@@ -151,9 +155,11 @@ impl Route for OriginPool {
                 let all: Vec<Arc<OriginState>> =
                     self.sites.read().unwrap_or_else(|p| p.into_inner()).values().flatten().cloned().collect();
                 let now = Instant::now();
+                let present: std::collections::HashSet<usize> = all.iter().map(|o| Arc::as_ptr(o) as usize).collect();
+                due.retain(|id, _| present.contains(id));
                 for o in all {
                     let Some(check) = o.origin.health.clone() else { continue };
-                    let id = format!("{}{}", o.origin.url, check.path);
+                    let id = Arc::as_ptr(&o) as usize;
                     if due.get(&id).is_some_and(|t| *t > now) {
                         continue;
                     }

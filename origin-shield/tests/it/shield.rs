@@ -232,6 +232,40 @@ async fn failing_origins_are_taken_out_and_put_back() {
     sh.stop().await;
 }
 
+/// Two sites with the same origin and health path: each site's view of
+/// the origin is checked and moved on its own. (Checks were scheduled by
+/// URL and path, so one site's checks stood for both and the other's view
+/// never moved: its failover was off.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sites_sharing_an_origin_each_see_it_fail_and_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Origin::start().await;
+    let check = "[origin.health]\npath = \"/__origin/health\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\n\
+                 healthy_threshold = 1\nunhealthy_threshold = 1\n";
+    for id in ["s", "t"] {
+        let text =
+            format!("[site]\nid = \"{id}\"\nhosts = [\"{id}.test\"]\n[[origin]]\nurl = \"http://{}\"\n{check}", a.addr);
+        std::fs::write(dir.path().join(format!("{id}.toml")), text).unwrap();
+    }
+    let cfg = node_file(
+        dir.path(),
+        "shield-a",
+        "[node]\nname = \"shield-a\"\nrole = \"shield\"\nsites = [\"s.toml\", \"t.toml\"]\naccess_log = \"off\"\n\
+         [listen]\nhttp = [\"127.0.0.1:0\"]\n[cache]\nmemory = \"32MiB\"\n",
+    );
+    let (node, pool) = outpost_shield::bind(&cfg).await.unwrap();
+    let sh = Running::spawn(node);
+    a.control("fault?mode=503").await;
+    eventually("both sites to take the origin out", || async {
+        pool.health("s") == [false] && pool.health("t") == [false]
+    })
+    .await;
+    a.control("fault?mode=off").await;
+    eventually("both sites to put it back", || async { pool.health("s") == [true] && pool.health("t") == [true] })
+        .await;
+    sh.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_between_tiers_and_the_loop_guard() {
     let cdn = cdn().await;

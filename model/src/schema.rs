@@ -471,7 +471,7 @@ pub static SECTIONS: &[Section] = &[
         name: "headers.set",
         shape: Shape::Map,
         roles: &[],
-        doc: "Response field → value, set on every response (replacing the origin's).",
+        doc: "Response field → value, set on every response (replacing the origin's). Framing and hop-by-hop fields (`content-length`, `transfer-encoding`, `connection`, `keep-alive`, `upgrade`, `te`, `trailer`) cannot be set: the node writes them.",
         keys: &[],
     },
 ];

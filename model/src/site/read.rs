@@ -388,6 +388,11 @@ fn decode_stale(s: &mut Sink<'_>, t: &mut Table<'_, '_>) -> StalePolicy {
     policy
 }
 
+/// Fields of the message's framing or of one connection, which the node
+/// writes itself.
+const CONNECTION_FIELDS: [&str; 8] =
+    ["content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te", "trailer", "proxy-connection"];
+
 fn decode_header_rules(s: &mut Sink<'_>, t: &mut Table<'_, '_>) -> HeaderRules {
     let mut rules = HeaderRules::default();
     if let Some(set) = t.table(s, "set") {
@@ -396,6 +401,15 @@ fn decode_header_rules(s: &mut Sink<'_>, t: &mut Table<'_, '_>) -> HeaderRules {
                 s.error(&name.span(), format!("`{}` is not a valid header name", name.get_ref()));
                 continue;
             };
+            if CONNECTION_FIELDS.contains(&n.as_str()) {
+                // The node frames every response itself: a set framing or
+                // hop-by-hop field would contradict it.
+                s.error(
+                    &name.span(),
+                    format!("`{n}` frames the response or concerns one connection; it cannot be set"),
+                );
+                continue;
+            }
             let Some(text) = string(s, v, "a header value") else { continue };
             match HeaderValue::from_str(text) {
                 Ok(value) => rules.set.push((n, value)),

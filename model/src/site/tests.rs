@@ -136,6 +136,10 @@ fn bad_values_are_rejected() {
     assert!(with("[cache]\ndefualt_ttl = \"1s\"")[0].contains("did you mean `default_ttl`"));
     assert!(with("[headers]\nset = { \"bad header\" = \"x\" }")[0].contains("not a valid header name"));
     assert!(with("[headers]\nforward = [\"accept\"]")[0].contains("forwarded anyway"));
+    for name in ["Transfer-Encoding", "content-length", "connection", "upgrade"] {
+        let e = with(&format!("[headers]\nset = {{ \"{name}\" = \"gzip\" }}"));
+        assert!(e[0].contains("cannot be set"), "{name}: {e:?}");
+    }
 }
 
 #[test]

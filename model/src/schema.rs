@@ -179,7 +179,7 @@ pub static SECTIONS: &[Section] = &[
             key("upstream_ca", "path", Unset, "Trusted besides the public roots when verifying https upstreams.", "\"private-ca.pem\"").only(PROXIES),
             key("upstream_cert", "path", Unset, "Client certificate presented to https upstreams that ask. Needs `upstream_key`.", "\"edge-client.pem\"").only(PROXIES),
             key("upstream_key", "path", Unset, "PEM private key of `upstream_cert`.", "\"edge-client.key\"").only(PROXIES),
-            key("site_cert_dirs", "list of paths", Text("the node file's folder"), "The only folders sites' certificate files may be read from; listed folders add to the default.", "[\"certs\"]").only(PROXIES),
+            key("site_cert_dirs", "list of paths", Text("the node file's folder"), "The only folders sites' certificate files and origins' `ca` files may be read from; listed folders add to the default.", "[\"certs\"]").only(PROXIES),
         ],
     },
     Section {
@@ -353,7 +353,7 @@ pub static SECTIONS: &[Section] = &[
             key("connect_timeout", "duration", Time(DEFAULT_ORIGIN_CONNECT_TIMEOUT), "Time to connect.", "\"2s\""),
             key("response_timeout", "duration", Time(DEFAULT_ORIGIN_RESPONSE_TIMEOUT), "Time for the response head.", "\"30s\""),
             key("max_connections", "integer", Int(DEFAULT_ORIGIN_MAX_CONNECTIONS as u64), "Requests one node sends this origin at once; more wait.", "64"),
-            key("ca", "path", Unset, "A private CA trusted besides the public roots; only with an https `url`.", "\"origin-ca.pem\""),
+            key("ca", "path", Unset, "A private CA trusted besides the public roots; only with an https `url`. Read, as site certificates are, only from the node's `site_cert_dirs`.", "\"origin-ca.pem\""),
             key("http2", "boolean", Bool(true), "Offer HTTP/2 beside HTTP/1.1 in the TLS handshake of an https `url`, and speak what the origin picks: every miss to it shares one connection. `false`: HTTP/1.1 only. An `http://` origin is always asked in HTTP/1.1.", "true"),
         ],
     },

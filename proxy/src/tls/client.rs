@@ -68,6 +68,11 @@ pub struct UpstreamTls {
     roots: RootCertStore,
     identity: Option<Arc<Identity>>,
     configs: Mutex<HashMap<ConfigKey, Arc<ClientConfig>>>,
+    /// The folders a site's extra CA file must lie in: a node's, as for
+    /// site certificates (its config folder and `[tls] site_cert_dirs`),
+    /// so a site file cannot make the node trust a CA kept elsewhere on
+    /// it (its own internal CA, say). `None`: anywhere.
+    ca_dirs: Option<Vec<PathBuf>>,
 }
 
 impl UpstreamTls {
@@ -81,7 +86,12 @@ impl UpstreamTls {
             Some(c) => Some(Arc::new((load_certs(&c.cert)?, load_key(&c.key)?))),
             None => None,
         };
-        let this = UpstreamTls { roots, identity, configs: Mutex::new(HashMap::new()) };
+        let this = UpstreamTls {
+            roots,
+            identity,
+            configs: Mutex::new(HashMap::new()),
+            ca_dirs: Some(tls.site_cert_dirs.clone()),
+        };
         // Fails now, at start, if the identity is unusable.
         this.build(None)?;
         Ok(this)
@@ -90,6 +100,9 @@ impl UpstreamTls {
     fn build(&self, extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>, TlsFileError> {
         let mut roots = self.roots.clone();
         if let Some(ca) = extra_ca {
+            if let Some(dirs) = &self.ca_dirs {
+                super::files::confined(ca, dirs)?;
+            }
             add_roots(&mut roots, ca)?;
         }
         build(roots, self.identity.as_ref().map(|i| (i.0.clone(), i.1.clone_key())))
@@ -140,6 +153,35 @@ impl Default for UpstreamTls {
             roots: RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() },
             identity: None,
             configs: Mutex::new(HashMap::new()),
+            ca_dirs: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::pki::LocalCa;
+
+    /// A site's extra CA is read only from the folders site certificates
+    /// may come from; one elsewhere on the node is left out, and upstreams
+    /// are then checked against the node's roots alone.
+    #[test]
+    fn a_sites_extra_ca_must_lie_in_the_nodes_site_folders() {
+        let (allowed, elsewhere) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let pem = LocalCa::generate("a CA").unwrap().cert_pem().to_string();
+        let (inside, outside) = (allowed.path().join("ca.pem"), elsewhere.path().join("ca.pem"));
+        std::fs::write(&inside, &pem).unwrap();
+        std::fs::write(&outside, &pem).unwrap();
+        let tls =
+            UpstreamTls::new(&NodeTls { site_cert_dirs: vec![allowed.path().to_path_buf()], ..NodeTls::default() })
+                .unwrap();
+        assert!(tls.build(Some(&inside)).is_ok());
+        assert!(matches!(tls.build(Some(&outside)), Err(TlsFileError::OutsideFolders(_))));
+        // A link inside that points outside is outside.
+        let link = allowed.path().join("link.pem");
+        std::os::unix::fs::symlink(&outside, &link).unwrap();
+        assert!(matches!(tls.build(Some(&link)), Err(TlsFileError::OutsideFolders(_))));
+        assert!(UpstreamTls::default().build(Some(&outside)).is_ok(), "a client made without a node reads any");
     }
 }

@@ -529,18 +529,7 @@ pub(crate) async fn head_lines(at: std::net::SocketAddr, path: &str) -> Vec<Stri
 /// An edge whose shields are probed only every minute: a shield marked
 /// down stays down for the test.
 async fn edge_probing_slowly(dir: &std::path::Path, name: &str, shields: &[SocketAddr], sites: &str) -> Running {
-    let list: Vec<String> = shields.iter().map(|s| format!("\"http://{s}\"")).collect();
-    let cfg = node_file(
-        dir,
-        name,
-        &format!(
-            "[node]\nname = \"{name}\"\nrole = \"edge\"\npop = \"{name}\"\nlatitude = 0.0\nlongitude = 0.0\n\
-             sites = [{sites}]\naccess_log = \"off\"\n[listen]\nhttp = [\"127.0.0.1:0\"]\n\
-             [cache]\nmemory = \"32MiB\"\n[upstream]\nshields = [{}]\nprobe_interval = \"60s\"\n",
-            list.join(", ")
-        ),
-    );
-    Running::spawn(outpost_edge::bind(&cfg).await.unwrap())
+    edge_serving(dir, name, shields, sites, "probe_interval = \"60s\"").await
 }
 
 /// A shield that passes on an origin's 5xx, or answers for an origin it

@@ -71,14 +71,21 @@ pub async fn edge(dir: &Path, name: &str, shields: &[SocketAddr]) -> Running {
 
 /// An edge whose `[upstream]` section also has `upstream`.
 pub async fn edge_with(dir: &Path, name: &str, shields: &[SocketAddr], upstream: &str) -> Running {
+    let upstream = format!("probe_interval = \"100ms\"\n{upstream}");
+    edge_serving(dir, name, shields, "\"site.toml\"", &upstream).await
+}
+
+/// An edge of the site files `sites` (a TOML list's items) whose
+/// `[upstream]` section has `upstream` besides its shields.
+pub async fn edge_serving(dir: &Path, name: &str, shields: &[SocketAddr], sites: &str, upstream: &str) -> Running {
     let list: Vec<String> = shields.iter().map(|s| format!("\"http://{s}\"")).collect();
     let cfg = node_file(
         dir,
         name,
         &format!(
             "[node]\nname = \"{name}\"\nrole = \"edge\"\npop = \"{name}\"\nlatitude = 0.0\nlongitude = 0.0\n\
-             sites = [\"site.toml\"]\naccess_log = \"off\"\n[listen]\nhttp = [\"127.0.0.1:0\"]\n\
-             [cache]\nmemory = \"32MiB\"\n[upstream]\nshields = [{}]\nprobe_interval = \"100ms\"\n{upstream}\n",
+             sites = [{sites}]\naccess_log = \"off\"\n[listen]\nhttp = [\"127.0.0.1:0\"]\n\
+             [cache]\nmemory = \"32MiB\"\n[upstream]\nshields = [{}]\n{upstream}\n",
             list.join(", ")
         ),
     );

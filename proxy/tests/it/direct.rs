@@ -16,11 +16,16 @@ type Case<'a> = (&'static str, &'static str, Vec<(&'static str, &'a str)>);
 /// `method path` with `headers`, in one write, or (`split`) in two with a
 /// pause between, which the listener hands to hyper.
 fn ask(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], split: bool) -> Answer {
+    let fields: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    ask_raw(addr, &format!("{method} {path} HTTP/1.1\r\nHost: t.test\r\n{fields}\r\n"), split)
+}
+
+/// [`ask`] with the request's head as it is sent.
+fn ask_raw(addr: SocketAddr, request: &str, split: bool) -> Answer {
+    let method = request.split(' ').next().unwrap_or_default();
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_nodelay(true).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let fields: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
-    let request = format!("{method} {path} HTTP/1.1\r\nHost: t.test\r\n{fields}\r\n");
     if split {
         s.write_all(&request.as_bytes()[..8]).unwrap();
         std::thread::sleep(Duration::from_millis(50));
@@ -42,6 +47,42 @@ fn ask(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], spl
         }
     }
     (status, fields, body)
+}
+
+/// The host of a request the listener reads is taken as hyper's path takes
+/// it: in any case, with a trailing dot, from an absolute-form target over
+/// the `Host` field, and a second `Host` refused alike. Each spelling is
+/// asked through hyper until it hits, then at once: the answers match.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_are_read_at_once_as_hyper_reads_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    let edge = Edge::start(dir.path(), &site_toml(origin.addr, DEFAULT_RULES)).await;
+    let addr = edge.addr;
+    let heads = [
+        ("GET /d/h?size=64 HTTP/1.1\r\nHost: t.test\r\n\r\n", "200"),
+        ("GET /d/h?size=64 HTTP/1.1\r\nHost: T.TEST.\r\n\r\n", "200"),
+        ("GET http://t.test/d/h?size=64 HTTP/1.1\r\nHost: localhost\r\n\r\n", "200"),
+        ("GET /d/h?size=64 HTTP/1.1\r\nHost: localhost\r\n\r\n", "200"),
+        ("GET /d/h?size=64 HTTP/1.1\r\nHost: t.test\r\nHost: localhost\r\n\r\n", "400"),
+        ("GET /d/h?size=64 HTTP/1.1\r\nHost: other.test\r\n\r\n", "421"),
+    ];
+    for (head, status) in heads {
+        let (hyper, ours) = tokio::task::spawn_blocking(move || {
+            ask_raw(addr, head, true);
+            (ask_raw(addr, head, true), ask_raw(addr, head, false))
+        })
+        .await
+        .unwrap();
+        assert_eq!((&ours.0, &ours.1), (&hyper.0, &hyper.1), "{head:?}");
+        assert!(ours.2 == hyper.2, "{head:?}: the bodies differ");
+        assert!(ours.0.starts_with(&format!("HTTP/1.1 {status} ")), "{head:?}: {}", ours.0);
+        if status == "200" {
+            assert!(header(&ours.1, "cache-status").contains("; hit"), "{head:?}: {ours:?}");
+        }
+    }
+    // The first three are one object, the fourth another.
+    assert_eq!(origin.count("/d/h").await, 2);
 }
 
 #[test]

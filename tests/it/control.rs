@@ -301,6 +301,37 @@ async fn a_site_created_again_under_a_deleted_ones_id_gets_none_of_its_copies() 
     cdn.stop.cancel();
 }
 
+/// A host belongs to one site: a second site claiming it is refused with
+/// 409, and of two sites uploaded at once with the same host, one is
+/// stored and the other refused, never both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_is_claimed_by_one_site_even_by_two_uploads_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let (control, _) = start_control(dir.path(), &stop).await;
+    let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let post = |id: String, host: String| {
+        let (url, admin) = (format!("http://{control}/v1/sites"), admin.clone());
+        async move {
+            let text =
+                format!("[site]\nid = \"{id}\"\nhosts = [\"{host}\"]\n[[origin]]\nurl = \"http://127.0.0.1:1\"\n");
+            call(Method::POST, &url, Some(&admin), None, &text).await
+        }
+    };
+    assert_eq!(post("first".into(), "taken.test".into()).await.status, StatusCode::CREATED);
+    let r = post("second".into(), "taken.test".into()).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(r.json()["error"], "host_conflict");
+    for i in 0..20 {
+        let host = format!("race-{i}.test");
+        let (a, b) = tokio::join!(post(format!("a{i}"), host.clone()), post(format!("b{i}"), host));
+        let mut got = [a.status, b.status];
+        got.sort();
+        assert_eq!(got, [StatusCode::CREATED, StatusCode::CONFLICT], "round {i}");
+    }
+    stop.cancel();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_names_urls_as_requests_are_keyed_and_refuses_what_none_can_be() {
     let cdn = cdn().await;

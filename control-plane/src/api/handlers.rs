@@ -135,7 +135,9 @@ impl Control {
                  from: add one to its node file, or give the site certificate files",
             ));
         }
-        // Hosts must not collide with another site's.
+        // Hosts must not collide with another site's, checked and
+        // committed as one step.
+        let _one = c.site_writes.lock().await;
         let mut sites: Vec<Site> = Vec::new();
         for s in c.store.sites().await.map_err(ApiError::from)? {
             if s.id != site.id

@@ -167,6 +167,10 @@ pub struct Control {
     elsewhere: Mutex<std::collections::BTreeSet<String>>,
     /// Whether this control plane orders ACME certificates (`[acme]`).
     acme: std::sync::atomic::AtomicBool,
+    /// Held from a site write's check of other sites' hosts to its commit,
+    /// so two writes at once cannot both claim one host through this
+    /// replica.
+    pub(crate) site_writes: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Control {
@@ -210,6 +214,7 @@ impl Control {
             quorum: std::sync::atomic::AtomicBool::new(quorum),
             elsewhere: Mutex::default(),
             acme: std::sync::atomic::AtomicBool::new(false),
+            site_writes: tokio::sync::Mutex::new(()),
         }))
     }
 

@@ -56,6 +56,10 @@ impl<T> HostMap<T> {
 pub struct SiteTable {
     hosts: HostMap<Arc<Site>>,
     by_id: HashMap<String, Arc<Site>>,
+    /// In the order given: the order hosts were claimed in, which the
+    /// certificate table follows too, so a host two sites claim is
+    /// answered by one site under that site's certificate.
+    order: Vec<Arc<Site>>,
 }
 
 impl SiteTable {
@@ -66,7 +70,8 @@ impl SiteTable {
             for h in &site.hosts {
                 t.hosts.insert(&h.value, Arc::clone(&site));
             }
-            t.by_id.insert(site.id.clone(), site);
+            t.by_id.insert(site.id.clone(), Arc::clone(&site));
+            t.order.push(site);
         }
         t
     }
@@ -84,8 +89,9 @@ impl SiteTable {
         self.by_id.get(id)
     }
 
+    /// In the order the table was made in.
     pub fn sites(&self) -> impl Iterator<Item = &Arc<Site>> {
-        self.by_id.values()
+        self.order.iter()
     }
 
     pub fn len(&self) -> usize {
@@ -118,5 +124,18 @@ mod tests {
         assert!(find("b.test").is_none() && find("img.c.test").is_none());
         assert!(find("evil.test").is_none());
         assert_eq!(t.get("b").unwrap().id, "b");
+    }
+
+    /// A host two sites claim (a race between two writers can let that
+    /// through) goes to the first, and the sites are listed in that order,
+    /// which the certificate table follows: the site that answers is the
+    /// one whose certificate is presented, on every node alike.
+    #[test]
+    fn a_host_claimed_twice_goes_to_the_first_site_and_the_sites_keep_their_order() {
+        let ids: Vec<String> = (0..20).map(|i| format!("s{i:02}")).collect();
+        let t = SiteTable::new(ids.iter().map(|id| site(id, &["shared.test"])));
+        let found = t.find(&RequestHost::parse("shared.test").unwrap()).unwrap();
+        assert_eq!(found.id, "s00");
+        assert_eq!(t.sites().map(|s| s.id.as_str()).collect::<Vec<_>>(), ids);
     }
 }

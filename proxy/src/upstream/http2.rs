@@ -77,10 +77,12 @@ impl Shared {
         self.used.store(self.born.elapsed().as_millis() as u64, Ordering::Release);
     }
 
-    /// No stream has been open on it for `idle`.
+    /// No stream has been open on it for `idle`. (A stream that opens or
+    /// closes between the two reads leaves `used` past `now`: not idle.)
     fn idle_for(&self, idle: Duration) -> bool {
+        let now = self.born.elapsed().as_millis() as u64;
         self.open.load(Ordering::Acquire) == 0
-            && self.born.elapsed().as_millis() as u64 - self.used.load(Ordering::Acquire) >= idle.as_millis() as u64
+            && now.saturating_sub(self.used.load(Ordering::Acquire)) >= idle.as_millis() as u64
     }
 }
 

@@ -22,7 +22,7 @@ use outpost_config::{Site, Upstream, UpstreamMode};
 use outpost_net::RecvBody;
 use outpost_proxy::key::Key;
 use outpost_proxy::rendezvous;
-use outpost_proxy::upstream::{ProbeClient, Probes, Route, Target};
+use outpost_proxy::upstream::{ProbeClient, Probes, Route, Target, status_well};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -32,9 +32,10 @@ const SHIELD_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// have to fetch from the origin first).
 const SHIELD_EXTRA_TIME: Duration = Duration::from_secs(1);
 /// What a shield's `Cache-Status` member says of an error that was its
-/// upstream's: the status the upstream answered, or why it could not.
-const UPSTREAMS_FAULT: [&str; 6] =
-    ["fwd-status=", "detail=connect", "detail=timeout", "detail=protocol", "detail=status", "detail=no-target"];
+/// upstream's, besides the status the upstream answered (`fwd-status`):
+/// why it could not answer.
+const UPSTREAMS_FAULT: [&str; 5] =
+    ["detail=connect", "detail=timeout", "detail=protocol", "detail=status", "detail=no-target"];
 /// A probe answer (any HTTP response) must arrive within this.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// A Host no site has: a shield answers it with 421, which proves it is up.
@@ -156,15 +157,14 @@ impl Route for ShieldRoute {
     }
 
     fn answered_well(&self, _target: &Target, resp: &Response<RecvBody>) -> bool {
-        let status = resp.status();
-        if !status.is_server_error() || status == http::StatusCode::LOOP_DETECTED {
+        if status_well(resp.status()) {
             return true;
         }
         // The shield's member is the last: it adds its own after those of
         // the tiers behind it.
         let last = resp.headers().get_all("cache-status").iter().next_back();
         let member = last.and_then(|v| v.to_str().ok()).and_then(|v| v.rsplit(',').next()).unwrap_or("");
-        member.split(';').map(str::trim).any(|p| UPSTREAMS_FAULT.iter().any(|f| p.starts_with(f)))
+        member.split(';').map(str::trim).any(|p| p.starts_with("fwd-status=") || UPSTREAMS_FAULT.contains(&p))
     }
 
     fn no_answer(&self, target: &Target) {
@@ -213,5 +213,52 @@ impl Route for ShieldRoute {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn judged(status: u16, cache_status: &[&str]) -> bool {
+        let route = ShieldRoute::new(&Upstream {
+            mode: UpstreamMode::Shield,
+            shields: Vec::new(),
+            probe_interval: Duration::from_secs(1),
+            http2: false,
+        });
+        let target = Target {
+            base: Uri::from_static("http://127.0.0.1:1"),
+            host: None,
+            connect_timeout: SHIELD_CONNECT_TIMEOUT,
+            response_timeout: SHIELD_EXTRA_TIME,
+            label: Arc::from("shield"),
+            limit: None,
+            ca: None,
+            http2: false,
+        };
+        let mut resp = Response::new(RecvBody::empty());
+        *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+        for v in cache_status {
+            resp.headers_mut().append("cache-status", http::HeaderValue::from_str(v).unwrap());
+        }
+        route.answered_well(&target, &resp)
+    }
+
+    /// Only the shield's own member, the last, can lay a 5xx on its
+    /// upstream: an origin that forges members of its own before it, or a
+    /// 5xx with no member at all, is the shield's.
+    #[test]
+    fn a_shields_5xx_is_its_upstreams_only_when_its_own_member_says_so() {
+        assert!(judged(200, &[]));
+        assert!(judged(508, &[]));
+        assert!(judged(500, &["shield-a; fwd=uri-miss; fwd-status=500; detail=status"]));
+        assert!(judged(502, &["shield-a; fwd=miss; detail=connect"]));
+        assert!(judged(504, &["origin; hit", "shield-a; fwd=miss; detail=timeout"]));
+        assert!(!judged(500, &[]), "no member: not an answer of the shield's engine");
+        assert!(!judged(500, &["shield-a; fwd=miss; detail=internal"]));
+        assert!(!judged(503, &["evil; fwd-status=500, shield-a; fwd=miss; detail=internal"]));
+        assert!(!judged(503, &["evil; detail=connect", "shield-a; detail=internal"]));
+        assert!(!judged(500, &["shield-a; detail=connections"]), "a word that starts like one is not it");
     }
 }

@@ -101,11 +101,9 @@ pub trait Route: Send + Sync + Debug + 'static {
     fn targets(&self, site: &Site, key: Key) -> Vec<Target>;
     /// What happened when `target` was tried (for passive health).
     fn report(&self, _target: &Target, _ok: bool) {}
-    /// Does `resp` show `target` well? Any answer but a 5xx; a 508 says
-    /// the request looped (a configuration mistake), not that the target
-    /// is unwell.
+    /// Does `resp` show `target` well? By default, [`status_well`].
     fn answered_well(&self, _target: &Target, resp: &Response<RecvBody>) -> bool {
-        !resp.status().is_server_error() || resp.status() == http::StatusCode::LOOP_DETECTED
+        status_well(resp.status())
     }
     /// `target` gave no answer in time.
     fn no_answer(&self, target: &Target) {
@@ -120,6 +118,12 @@ pub trait Route: Send + Sync + Debug + 'static {
     fn sites_changed(&self, _sites: &[Arc<Site>]) {}
     /// Starts background work (health probes) until `shutdown`.
     fn start(self: Arc<Self>, _shutdown: CancellationToken, _probes: Probes) {}
+}
+
+/// Any status but a 5xx shows an upstream well; a 508 says the request
+/// looped (a configuration mistake), not that the upstream is unwell.
+pub fn status_well(status: http::StatusCode) -> bool {
+    !status.is_server_error() || status == http::StatusCode::LOOP_DETECTED
 }
 
 /// Straight to the site's origins.

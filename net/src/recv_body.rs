@@ -42,6 +42,20 @@ struct H3 {
     recv: H3Recv,
     left: Option<u64>,
     data_done: bool,
+    /// The stream's end has been read (trailers or not).
+    ended: bool,
+}
+
+impl Drop for H3 {
+    /// A request body not read to its end (an answer that did not need it,
+    /// as a GET's does not wait for the client's end of stream) asks the
+    /// client to stop sending with H3_NO_ERROR, as RFC 9114 section 4.1
+    /// says; quinn's own would send code 0, which HTTP/3 does not define.
+    fn drop(&mut self) {
+        if !self.ended {
+            self.recv.stop_sending(h3::error::Code::H3_NO_ERROR);
+        }
+    }
 }
 
 impl RecvBody {
@@ -79,7 +93,7 @@ impl RecvBody {
 impl RecvBody {
     /// An HTTP/3 stream's body, of `declared` bytes if the request said.
     pub(crate) fn h3(recv: H3Recv, declared: Option<u64>) -> RecvBody {
-        RecvBody(Kind::H3(Box::new(H3 { recv, left: declared, data_done: false })))
+        RecvBody(Kind::H3(Box::new(H3 { recv, left: declared, data_done: false, ended: false })))
     }
 }
 
@@ -140,7 +154,9 @@ impl http_body::Body for RecvBody {
                         Err(e) => return Poll::Ready(Some(Err(e.into()))),
                     }
                 }
-                match ready!(h3.recv.poll_recv_trailers(cx)) {
+                let end = ready!(h3.recv.poll_recv_trailers(cx));
+                h3.ended = true;
+                match end {
                     Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
                     Ok(None) => Poll::Ready(None),
                     Err(e) => Poll::Ready(Some(Err(e.into()))),

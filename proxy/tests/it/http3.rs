@@ -135,14 +135,14 @@ async fn exchange(
     req: Request<()>,
     body: Bytes,
 ) -> Result<(Interim, StatusCode, HeaderMap, Vec<u8>), String> {
-    let mut stream = send.send_request(req).await.map_err(|e| e.to_string())?;
+    let mut stream = send.send_request(req).await.map_err(|e| format!("request: {e}"))?;
     if !body.is_empty() {
         stream.send_data(body).await.map_err(|e| e.to_string())?;
     }
-    stream.finish().await.map_err(|e| e.to_string())?;
+    finish(&mut stream).await?;
     let mut interim = Vec::new();
     let resp = loop {
-        let resp = stream.recv_response().await.map_err(|e| e.to_string())?;
+        let resp = stream.recv_response().await.map_err(|e| format!("response: {e}"))?;
         if !resp.status().is_informational() {
             break resp;
         }
@@ -150,7 +150,7 @@ async fn exchange(
         interim.push((resp.status(), links));
     };
     let mut body = Vec::new();
-    while let Some(mut chunk) = stream.recv_data().await.map_err(|e| e.to_string())? {
+    while let Some(mut chunk) = stream.recv_data().await.map_err(|e| format!("body: {e}"))? {
         while chunk.has_remaining() {
             let c = chunk.chunk();
             body.extend_from_slice(c);
@@ -159,6 +159,16 @@ async fn exchange(
         }
     }
     Ok((interim, resp.status(), resp.headers().clone(), body))
+}
+
+/// Ends the request as a client must take it: a server that answers
+/// without the rest of the request may ask it to stop sending, with
+/// H3_NO_ERROR, and its answer still counts (RFC 9114 section 4.1).
+async fn finish(stream: &mut h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>) -> Result<(), String> {
+    match stream.finish().await {
+        Err(h3::error::StreamError::RemoteTerminate { code, .. }) if code == h3::error::Code::H3_NO_ERROR => Ok(()),
+        r => r.map_err(|e| format!("finish: {e}")),
+    }
 }
 
 /// Site `a` (`a.test`) in `d` in front of `origin`, its certificate from a
@@ -405,6 +415,41 @@ async fn http3_clients_get_early_hints_and_send_bodies() {
     let seen = send(http::Method::GET, &format!("http://{}/__origin/request?path=/up3", origin.addr), &[]).await;
     let seen: serde_json::Value = serde_json::from_slice(&seen.body).unwrap();
     assert_eq!(seen["content-length"], "300000", "{seen}");
+    edge.stop.cancel();
+    let _ = edge.task.await;
+}
+
+/// A GET answered before the client has ended its request stream asks the
+/// client to stop sending with H3_NO_ERROR, as RFC 9114 says, not with a
+/// code HTTP/3 does not define (which its clients may take for a failed
+/// request), and the answer is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_answered_before_its_end_is_stopped_with_h3_no_error() {
+    let OneSite { origin: _origin, dir: _dir, ca_pem, edge } = one_site("", "").await;
+    let mut h3 = connect(edge.quic, "a.test", &ca_pem).await.unwrap();
+    let req = Request::get("https://a.test/early?size=5000").body(()).unwrap();
+    let mut stream = h3.send.send_request(req).await.unwrap();
+    assert_eq!(stream.recv_response().await.unwrap().status(), StatusCode::OK);
+    let mut got = 0;
+    while let Some(chunk) = stream.recv_data().await.unwrap() {
+        got += chunk.remaining();
+    }
+    assert_eq!(got, 5000);
+    // The server has dropped the request's body by now; its stop request
+    // may still be on its way.
+    let code = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match stream.send_data(Bytes::from_static(b"late")).await {
+                Err(h3::error::StreamError::RemoteTerminate { code, .. }) => break code,
+                Err(e) => panic!("{e}"),
+                Ok(()) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    })
+    .await
+    .expect("the server asks the client to stop sending");
+    assert_eq!(code, h3::error::Code::H3_NO_ERROR);
+    assert_eq!(h3.get("a.test", "/early?size=5000").await.unwrap().0, StatusCode::OK);
     edge.stop.cancel();
     let _ = edge.task.await;
 }

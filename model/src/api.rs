@@ -69,6 +69,11 @@ pub struct SiteRecord {
     pub version: u64,
     pub toml: String,
     pub updated_ms: u64,
+    /// The sequence of the event that created the site (its version 1):
+    /// what tells a site deleted and created again under its id from an
+    /// update. 0 in records stored before it was kept.
+    #[serde(default)]
+    pub created_seq: u64,
 }
 
 /// `POST /v1/sites`, `PUT /v1/sites/{id}`: what was stored.

@@ -149,9 +149,18 @@ pub struct SiteSnapshot {
     pub id: String,
     pub version: u64,
     pub toml: String,
+    /// The sequence of the event that created the site
+    /// ([`crate::api::SiteRecord::created_seq`]); 0 where unknown. A node
+    /// holding the id under another creation drops the old site's copies.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub created_seq: u64,
     /// The site's ACME certificate, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<IssuedCertificate>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A node's acknowledgement: every event up to `seq` is applied.

@@ -90,6 +90,14 @@ fn parse_sites(sites: &BTreeMap<String, SiteSnapshot>, base: &Path) -> Vec<Site>
         .collect()
 }
 
+/// Whether `new`, from a snapshot, is the site this node holds as `old`
+/// (perhaps changed) rather than another created under its id since: a
+/// different creation, or a version lower than the one held.
+fn same_site(old: &SiteSnapshot, new: &SiteSnapshot) -> bool {
+    let reborn = old.created_seq != 0 && new.created_seq != 0 && old.created_seq != new.created_seq;
+    !reborn && new.version >= old.version
+}
+
 /// Puts the sites' ACME certificates in use, opening each new one's key
 /// with the node token; a certificate that does not open or load leaves
 /// the one in use (if any) in place.
@@ -184,8 +192,14 @@ impl Subscriber {
                 let (state, gone) = {
                     let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
                     let sites: BTreeMap<String, SiteSnapshot> = sites.into_iter().map(|s| (s.id.clone(), s)).collect();
-                    // Deleted while this node was behind.
-                    let gone: Vec<String> = st.sites.keys().filter(|id| !sites.contains_key(*id)).cloned().collect();
+                    // Deleted while this node was behind, or deleted and
+                    // created again: the same id, another site.
+                    let gone: Vec<String> = st
+                        .sites
+                        .values()
+                        .filter(|old| sites.get(&old.id).is_none_or(|new| !same_site(old, new)))
+                        .map(|old| old.id.clone())
+                        .collect();
                     st.sites = sites;
                     st.seq = seq;
                     (st.clone(), gone)
@@ -206,9 +220,15 @@ impl Subscriber {
                 match &record.event {
                     Event::SiteUpserted { site_id, version, toml } => {
                         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                        let certificate = st.sites.remove(site_id).and_then(|s| s.certificate);
-                        let snap =
-                            SiteSnapshot { id: site_id.clone(), version: *version, toml: toml.clone(), certificate };
+                        let old = st.sites.remove(site_id);
+                        let created_seq = match &old {
+                            _ if *version == 1 => record.seq,
+                            Some(old) => old.created_seq,
+                            None => 0,
+                        };
+                        let certificate = old.and_then(|s| s.certificate);
+                        let (id, toml) = (site_id.clone(), toml.clone());
+                        let snap = SiteSnapshot { id, version: *version, toml, created_seq, certificate };
                         st.sites.insert(site_id.clone(), snap);
                         sites_changed = true;
                     }

@@ -668,6 +668,29 @@ async fn the_store_keeps_sites_log_and_purges_across_a_restart() {
     stop.cancel();
 }
 
+/// Purges `site`'s `tags` (moving the log on), then starts edge 1 again
+/// and waits until it has caught up.
+async fn back_after_purges(
+    dir: &Path,
+    control: SocketAddr,
+    admin: &str,
+    site: &str,
+    tags: &[&str],
+) -> (SocketAddr, CancellationToken) {
+    let api = |path: &str| format!("http://{control}{path}");
+    for tag in tags {
+        let body = format!(r#"{{"site": "{site}", "tags": ["{tag}"]}}"#);
+        assert_eq!(call(Method::POST, &api("/v1/purge"), Some(admin), None, &body).await.status, StatusCode::ACCEPTED);
+    }
+    let back = edge_node(dir, 1, control).await;
+    eventually("the edge to catch up", || async {
+        let n = call(Method::GET, &api("/v1/nodes"), Some(admin), None, "").await.json();
+        n[0]["lag"] == 0 && n[0]["connected"] == true
+    })
+    .await;
+    back
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_behind_the_compacted_log_takes_a_snapshot_and_serves_nothing_purged_as_a_hit() {
     let dir = tempfile::tempdir().unwrap();
@@ -693,22 +716,79 @@ async fn a_node_behind_the_compacted_log_takes_a_snapshot_and_serves_nothing_pur
         call(Method::GET, &api("/v1/nodes"), Some(&admin), None, "").await.json()[0]["connected"] == false
     })
     .await;
-    for tag in ["old", "a", "b", "c"] {
-        let body = format!(r#"{{"site": "shop", "tags": ["{tag}"]}}"#);
-        assert_eq!(call(Method::POST, &api("/v1/purge"), Some(&admin), None, &body).await.status, StatusCode::ACCEPTED);
-    }
-    let (edge, _again) = edge_node(dir.path(), 1, control).await;
-    eventually("the edge to catch up", || async {
-        let n = call(Method::GET, &api("/v1/nodes"), Some(&admin), None, "").await.json();
-        n[0]["lag"] == 0 && n[0]["connected"] == true
-    })
-    .await;
+    let (edge, _again) = back_after_purges(dir.path(), control, &admin, "shop", &["old", "a", "b", "c"]).await;
     let r = get(edge).await;
     let cs = r.headers["cache-status"].to_str().unwrap().to_string();
     assert!(!cs.contains("; hit"), "an object purged while the edge was away is not a hit: {cs}");
     // The hard tag purge left the log before the edge came back: what made
     // the object stale is the snapshot's soft purge, so it was revalidated.
     assert!(cs.contains("fwd=stale; fwd-status=304"), "{cs}");
+    stop.cancel();
+}
+
+/// A node cut off while its site was deleted, and another created under the
+/// same id, learns of both from the snapshot it catches up with: the old
+/// site's copies are dropped, not revalidated with the new site's origins
+/// (from which a failure would serve them stale), while a site merely
+/// changed meanwhile keeps its copies to revalidate. A site deleted meanwhile
+/// is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_behind_the_compacted_log_tells_a_site_created_again_from_one_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let origin_addr = test_origin(&stop).await;
+    let (control, _) = start_control_keeping(dir.path(), &stop, 2).await;
+    let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let api = |path: &str| format!("http://{control}{path}");
+    let upload = |id: &str, host: &str, method: Method, note: &str| {
+        let text = format!(
+            "# {note}\n[site]\nid = \"{id}\"\nhosts = [\"{host}\"]\n\n[[origin]]\nurl = \"http://{origin_addr}\"\n"
+        );
+        let url = if method == Method::PUT { api(&format!("/v1/sites/{id}")) } else { api("/v1/sites") };
+        let admin = admin.clone();
+        async move { call(method, &url, Some(&admin), None, &text).await }
+    };
+    for (id, host) in [("shop", "shop.test"), ("kept", "kept.test"), ("gone", "gone.test")] {
+        let r = upload(id, host, Method::POST, "first").await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
+    }
+    let (edge, edge_stop) = edge_node(dir.path(), 1, control).await;
+    let get = |host: &'static str| async move {
+        call(Method::GET, &format!("http://{edge}/obj?cc=max-age%3D600"), None, Some(host), "").await
+    };
+    for host in ["shop.test", "kept.test", "gone.test"] {
+        eventually("the site's copy to be a hit", || async {
+            let r = get(host).await;
+            r.status == StatusCode::OK && r.headers["cache-status"].to_str().unwrap().contains("; hit")
+        })
+        .await;
+    }
+    edge_stop.cancel();
+    eventually("the edge to leave", || async {
+        call(Method::GET, &api("/v1/nodes"), Some(&admin), None, "").await.json()[0]["connected"] == false
+    })
+    .await;
+    // Meanwhile: `shop` deleted and created again, `kept` changed, `gone`
+    // deleted, and the log moves on past what it keeps.
+    for id in ["shop", "gone"] {
+        let r = call(Method::DELETE, &api(&format!("/v1/sites/{id}")), Some(&admin), None, "").await;
+        assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    }
+    assert_eq!(upload("shop", "shop.test", Method::POST, "another").await.status, StatusCode::CREATED);
+    let r = upload("kept", "kept.test", Method::PUT, "changed").await;
+    assert!(r.status.is_success(), "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["version"], 2);
+    let (edge, _again) = back_after_purges(dir.path(), control, &admin, "kept", &["a", "b", "c"]).await;
+    let get = |host: &'static str| async move {
+        call(Method::GET, &format!("http://{edge}/obj?cc=max-age%3D600"), None, Some(host), "").await
+    };
+    let cs = |r: &Reply| r.headers["cache-status"].to_str().unwrap().to_string();
+    let reborn = get("shop.test").await;
+    assert_eq!(reborn.status, StatusCode::OK);
+    assert!(cs(&reborn).contains("fwd=uri-miss"), "the deleted site's copy was kept: {}", cs(&reborn));
+    let kept = get("kept.test").await;
+    assert!(cs(&kept).contains("fwd=stale"), "a changed site's copy is revalidated: {}", cs(&kept));
+    assert_eq!(get("gone.test").await.status, StatusCode::MISDIRECTED_REQUEST);
     stop.cancel();
 }
 

@@ -151,6 +151,7 @@ async fn backlog(store: &Store, after: u64) -> Result<(Vec<Bytes>, u64, u64), Ap
                 id: s.id,
                 version: s.version,
                 toml: s.toml,
+                created_seq: s.created_seq,
             })
             .collect();
         lines.push(line(&StreamLine::Snapshot { seq: last, sites }));

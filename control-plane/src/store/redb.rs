@@ -95,8 +95,9 @@ impl RedbStore {
             let at_ms = now_ms();
             match &event {
                 Event::SiteUpserted { site_id, version, toml } => {
-                    let rec =
-                        SiteRecord { id: site_id.clone(), version: *version, toml: toml.clone(), updated_ms: at_ms };
+                    let created_seq = site_in(&tx, site_id)?.map_or(seq, |s| s.created_seq);
+                    let (id, text) = (site_id.clone(), toml.clone());
+                    let rec = SiteRecord { id, version: *version, toml: text, updated_ms: at_ms, created_seq };
                     let bytes = serde_json::to_vec(&rec).map_err(db)?;
                     tx.open_table(SITES).map_err(db)?.insert(site_id.as_str(), bytes.as_slice()).map_err(db)?;
                     let mut history = tx.open_table(HISTORY).map_err(db)?;

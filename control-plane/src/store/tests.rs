@@ -54,6 +54,7 @@ pub(crate) async fn log_sites_purges_and_nodes(s: &Store) {
     let events = s.events_after(1, 10).await.unwrap();
     assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
     assert_eq!(s.events_after(0, 1).await.unwrap().len(), 1, "at most `limit`");
+    assert_eq!(s.site("a").await.unwrap().unwrap().created_seq, 1, "an update keeps the site's creation");
     let deleted = s.delete_site("a").await.unwrap().unwrap();
     assert_eq!(deleted.seq, 4);
     assert!(s.sites().await.unwrap().is_empty());
@@ -61,6 +62,8 @@ pub(crate) async fn log_sites_purges_and_nodes(s: &Store) {
     assert_eq!(s.first_seq().await.unwrap(), 4);
     assert_eq!(s.compact(1).await.unwrap(), 0, "nothing more to drop");
     assert_eq!(s.events_after(0, 10).await.unwrap().iter().map(|e| e.seq).collect::<Vec<_>>(), [4]);
+    let again = s.upsert_site("a", "[site] another", None).await.unwrap();
+    assert_eq!(s.site("a").await.unwrap().unwrap().created_seq, again.seq, "created again: a creation of its own");
 }
 
 /// An upsert from a stale version is refused and logs nothing; of many

@@ -369,7 +369,7 @@ impl EtcdBackend {
     pub(super) async fn upsert_site(&self, id: &str, toml: &str, base: Option<u64>) -> Result<EventRecord, StoreError> {
         let key = self.key(&["sites", id]);
         let logged = self
-            .append(|_, _| {
+            .append(|seq, at_ms| {
                 let key = key.clone();
                 async move {
                     let current: Read<SiteRecord> = self.get(&key).await?;
@@ -377,8 +377,15 @@ impl EtcdBackend {
                     if version != base {
                         return Err(super::redb::conflict(id, base, version));
                     }
+                    let created_seq = current.value.as_ref().map_or(seq, |s| s.created_seq);
                     let version = base.unwrap_or(0) + 1;
-                    let rec = SiteRecord { id: id.to_string(), version, toml: toml.to_string(), updated_ms: now_ms() };
+                    let rec = SiteRecord {
+                        id: id.to_string(),
+                        version,
+                        toml: toml.to_string(),
+                        updated_ms: at_ms,
+                        created_seq,
+                    };
                     let mut ops = vec![put(key.clone(), &rec)?, put(self.history_key(id, version), &rec)?];
                     if let Some(old) = version.checked_sub(super::HISTORY) {
                         ops.push(TxnOp::delete(self.history_key(id, old), None));

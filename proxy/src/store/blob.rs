@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 
 use bytes::{Bytes, BytesMut};
-use rustix::fs::{MemfdFlags, SealFlags};
+use rustix::fs::{MemfdFlags, OFlags, SealFlags};
 
 /// Smallest body kept in a memfd: below this a copy costs less than the
 /// extra system call and the file.
@@ -113,7 +113,17 @@ fn seal(data: &[u8]) -> io::Result<File> {
     let mut file = File::from(fd);
     file.write_all(data)?;
     rustix::fs::fcntl_add_seals(&file, SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL)?;
+    without_atime(&file);
     Ok(file)
+}
+
+/// Has reads of `file` (each hit's `sendfile`) leave its access time alone:
+/// nothing reads it, and checking whether it is due costs every send. Where
+/// the process may not (a file someone else owns), reads go on as before.
+fn without_atime(file: &File) {
+    if let Ok(flags) = rustix::fs::fcntl_getfl(file) {
+        let _ = rustix::fs::fcntl_setfl(file, flags | OFlags::NOATIME);
+    }
 }
 
 impl Blob {
@@ -146,6 +156,7 @@ impl Blob {
 
     /// The first `len` bytes of a body file of the disk tier's.
     pub(crate) fn disk_file(file: File, len: usize) -> Blob {
+        without_atime(&file);
         Blob::File(Arc::new(BodyFile { file, len, memfd: false }))
     }
 
@@ -217,6 +228,18 @@ mod tests {
         // Sealed: neither writes nor a new size are allowed.
         assert!(sealed.file.write_at(b"x", 0).is_err());
         assert!(sealed.file.set_len(1).is_err());
+        assert!(rustix::fs::fcntl_getfl(&sealed.file).unwrap().contains(OFlags::NOATIME), "sends leave no access time");
+    }
+
+    #[test]
+    fn disk_tier_files_are_read_without_access_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("body");
+        std::fs::write(&path, b"bytes").unwrap();
+        let blob = Blob::disk_file(File::open(&path).unwrap(), 5);
+        let Blob::File(f) = &blob else { panic!("{blob:?}") };
+        assert!(rustix::fs::fcntl_getfl(&f.file).unwrap().contains(OFlags::NOATIME));
+        assert_eq!(blob.read(0, 5).unwrap(), &b"bytes"[..]);
     }
 
     #[test]

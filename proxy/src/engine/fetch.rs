@@ -215,8 +215,9 @@ impl FetchJob {
             (Err(r), _) => Some(*r),
         };
         // Error pages are shared with waiters even when not stored, unless
-        // they belong to one user: a failing origin gets one request.
-        let personal = matches!(not_stored, Some(NotStored::Private | NotStored::SetCookie | NotStored::Authorization));
+        // they belong to one user (whatever reason kept them from being
+        // stored first): a failing origin gets one request.
+        let personal = policy::personal(resp.headers(), self.request.has_authorization);
         let share = not_stored.is_none() || (status.is_server_error() && !personal);
         if let (Some(_), Some((key, stale))) = (not_stored, &self.stale) {
             // The origin no longer allows storing it: stop revalidating a dead copy.
@@ -260,9 +261,13 @@ impl FetchJob {
                 (obj, withheld(&headers, &plan.strip))
             }
             Err(_) => {
-                // Valid now, but no longer storable: serve it this once.
+                // Valid now, but no longer storable: serve it this once, to
+                // the requests waiting on it too; the cookies it sets go to
+                // the request that asked alone.
                 self.engine.store.remove_object(key, &stale);
-                (Arc::new(StoredObject { headers, fetched_at: times.started, ..(*stale).clone() }), HeaderMap::new())
+                let mine = withheld(&headers, &[header::SET_COOKIE]);
+                headers.remove(header::SET_COOKIE);
+                (Arc::new(StoredObject { headers, fetched_at: times.started, ..(*stale).clone() }), mine)
             }
         };
         self.guard.close();

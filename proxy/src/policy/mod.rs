@@ -87,6 +87,22 @@ pub(crate) fn heuristically_cacheable(status: StatusCode) -> bool {
     matches!(status.as_u16(), 200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501)
 }
 
+/// Statuses a forced path rule stores whatever the origin says: those
+/// cacheable by default but 501, and those the site gives a TTL of its own
+/// (`status_ttl`).
+fn forceable(status: StatusCode, rules: &CacheRules) -> bool {
+    (heuristically_cacheable(status) && !status.is_server_error()) || rules.status_ttl.contains_key(&status.as_u16())
+}
+
+/// Does a response belong to one user, whatever else kept it from being
+/// stored: it sets a cookie, says `private`, or answers a request with
+/// credentials? Such a response is never handed to other requests.
+pub(crate) fn personal(headers: &HeaderMap, has_authorization: bool) -> bool {
+    has_authorization
+        || headers.contains_key(header::SET_COOKIE)
+        || Directives::parse_all(headers.get_all(header::CACHE_CONTROL)).private.is_some()
+}
+
 /// The directives this cache obeys: the first targeted field with any
 /// (`Outpost-Cache-Control`, `CDN-Cache-Control`, `Surrogate-Control`),
 /// which replaces `Cache-Control` and `Expires` as a whole (RFC 9213
@@ -162,7 +178,10 @@ pub(crate) fn storability(
         return Err(NotStored::RequestNoStore);
     }
     let (d, use_expires) = effective_directives(headers);
-    let force = rule.filter(|r| r.force).and_then(|r| r.ttl);
+    // Forced only where the status is one to keep: a forced rule never
+    // pins an error a client provoked (a 400 for an oversized field), a
+    // passing outage, or a part of the object.
+    let force = rule.filter(|r| r.force && forceable(status, rules)).and_then(|r| r.ttl);
     let permit = permission(req, headers, &d, !use_expires, force.is_some())?;
     let explicit = explicit_lifetime(&d, use_expires, headers, response_time);
     let guess = heuristic_lifetime(headers, response_time, rules.heuristic_max);

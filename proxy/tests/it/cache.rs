@@ -1,5 +1,7 @@
 //! Cache behaviour as a client and the origin see it.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
@@ -75,14 +77,8 @@ async fn fields_kept_out_of_the_cache_reach_only_the_client_that_fetched() {
     let (_d, origin, edge) = setup(DEFAULT_RULES).await;
     // `no-cache="set-cookie"`: store the object, not its cookie.
     let url = "/sc?set_cookie=sid%3D42&cc=max-age%3D60,%20no-cache%3D%22set-cookie%22&delay=300ms";
-    let mut tasks = Vec::new();
-    for _ in 0..5 {
-        let u = edge.url(url);
-        tasks.push(tokio::spawn(async move { send(Method::GET, &u, &[("host", "t.test")]).await }));
-    }
     let mut with_cookie = 0;
-    for t in tasks {
-        let r = t.await.unwrap();
+    for r in at_once(&edge.url(url), 5).await {
         assert_eq!(r.status, StatusCode::OK);
         with_cookie += usize::from(r.headers.get("set-cookie").is_some_and(|c| c == "sid=42"));
     }
@@ -90,6 +86,70 @@ async fn fields_kept_out_of_the_cache_reach_only_the_client_that_fetched() {
     assert_eq!(with_cookie, 1, "the request that made the fetch gets its cookie, the others do not");
     let hit = edge.get(url).await;
     assert!(hit.is_hit() && hit.headers.get("set-cookie").is_none(), "{}", hit.cache_status());
+}
+
+/// An error page that sets a cookie (a session begun before the failure)
+/// is not handed to the requests waiting on the same fetch, even when it
+/// also says `no-store`: each gets an answer fetched for itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_page_that_sets_a_cookie_is_not_shared_with_waiting_requests() {
+    let (_d, origin, edge) = setup(DEFAULT_RULES).await;
+    let url = "/err?status=500&cc=no-store,%20no-cache&set_cookie=sid%3D42&delay=300ms";
+    let mut with_cookie = 0;
+    for r in at_once(&edge.url(url), 5).await {
+        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+        with_cookie += usize::from(r.headers.get("set-cookie").is_some());
+    }
+    assert_eq!(origin.count("/err").await, with_cookie as u64, "each cookie from a fetch made for its request");
+}
+
+/// An origin whose 304 sets a cookie (a session renewed on every answer):
+/// the revalidated copy goes to every request that waited on it, the
+/// cookie only to the request that asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cookie_set_on_a_304_reaches_only_the_request_that_revalidated() {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let asked = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&asked);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let Some(head) = read_head(&mut s).await else { return };
+                let conditional = String::from_utf8_lossy(&head).to_ascii_lowercase().contains("if-none-match");
+                let answer = if conditional {
+                    let n = seen.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    format!(
+                        "HTTP/1.1 304 Not Modified\r\netag: \"v1\"\r\ncache-control: no-cache\r\n\
+                         set-cookie: sid=user{n}\r\nconnection: close\r\n\r\n"
+                    )
+                } else {
+                    "HTTP/1.1 200 OK\r\netag: \"v1\"\r\ncache-control: no-cache\r\ncontent-length: 5\r\n\
+                     connection: close\r\n\r\nhello"
+                        .to_string()
+                };
+                let _ = s.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let edge = Edge::start(dir.path(), &site_toml(upstream, DEFAULT_RULES)).await;
+    assert_eq!(edge.get("/renewed").await.body, &b"hello"[..]);
+    let mut cookies = Vec::new();
+    for r in at_once(&edge.url("/renewed"), 5).await {
+        assert_eq!((r.status, &r.body[..]), (StatusCode::OK, &b"hello"[..]));
+        cookies.extend(r.headers.get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_string()));
+    }
+    let revalidations = asked.load(Ordering::SeqCst);
+    assert!(revalidations < 5, "the requests waited on one revalidation ({revalidations})");
+    let mut distinct = cookies.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), cookies.len(), "a cookie went to more than one request: {cookies:?}");
+    assert_eq!(cookies.len(), revalidations, "each revalidation's cookie to its own request: {cookies:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,15 +313,9 @@ async fn must_revalidate_is_never_served_stale() {
 async fn a_hundred_concurrent_cold_requests_cost_one_origin_request() {
     let (_d, origin, edge) = setup(DEFAULT_RULES).await;
     let url = edge.url("/herd?size=300000&delay=200ms&cc=max-age%3D60");
-    let mut tasks = Vec::new();
-    for _ in 0..100 {
-        let url = url.clone();
-        tasks.push(tokio::spawn(async move { send(Method::GET, &url, &[("host", "t.test")]).await }));
-    }
     let mut bodies = Vec::new();
     let mut collapsed = 0;
-    for t in tasks {
-        let r = t.await.unwrap();
+    for r in at_once(&url, 100).await {
         assert_eq!(r.status, StatusCode::OK);
         collapsed += usize::from(r.cache_status().contains("collapsed"));
         bodies.push(r.body);

@@ -252,3 +252,33 @@ pub async fn h2_get(send: &h2::client::SendRequest<bytes::Bytes>, url: &str) -> 
     }
     H2Exchange { interim, status, final_at, body }
 }
+
+/// `n` GETs of `url` (host `t.test`) sent at once; their answers in order.
+pub async fn at_once(url: &str, n: usize) -> Vec<Resp> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let url = url.to_string();
+            tokio::spawn(async move { send(Method::GET, &url, &[("host", "t.test")]).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    answers
+}
+
+/// Reads a request head (through its blank line) from `s`; `None` when the
+/// peer closes or fails first.
+pub async fn read_head(s: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(head)
+}

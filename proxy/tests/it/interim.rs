@@ -146,7 +146,7 @@ impl Read for SlowReader {
 
 /// An upstream that reads a request head and writes `script`.
 async fn scripted(script: Vec<u8>) -> std::net::SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -154,15 +154,9 @@ async fn scripted(script: Vec<u8>) -> std::net::SocketAddr {
             let Ok((mut s, _)) = listener.accept().await else { return };
             let script = script.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if read_head(&mut s).await.is_some() {
+                    let _ = s.write_all(&script).await;
                 }
-                let _ = s.write_all(&script).await;
             });
         }
     });

@@ -118,13 +118,13 @@ fn split_directives(text: &str) -> Vec<(String, Option<String>)> {
 }
 
 impl Directives {
-    /// Parses every line of a header. Lines that are not valid text are skipped.
+    /// Parses every line of a header. A byte outside ASCII (in a quoted
+    /// note, say) is read as a replacement character: the line's other
+    /// directives (`private`, `no-store`) still count.
     pub(crate) fn parse_all(values: GetAll<'_, HeaderValue>) -> Directives {
         let mut d = Directives::default();
         for v in values {
-            if let Ok(text) = v.to_str() {
-                d.add(text);
-            }
+            d.add(&String::from_utf8_lossy(v.as_bytes()));
         }
         d
     }

@@ -306,6 +306,35 @@ fn path_rules_force_and_bypass() {
     assert_eq!(p.lifetime.as_secs(), 120, "a path TTL stands in for silence");
     let p = storability(req("/docs/a"), StatusCode::OK, &ok, &rules, &stale, at(T0)).unwrap();
     assert_eq!(p.lifetime.as_secs(), 60, "but does not override the origin without force");
+    // Force keeps objects, never what a client provoked or a passing
+    // failure: those go by the origin's word as anywhere else.
+    for status in [400, 403, 206, 304, 500, 501, 502, 503] {
+        let status = StatusCode::from_u16(status).unwrap();
+        assert!(storability(req("/static/app.js"), status, &h, &rules, &stale, at(T0)).is_err(), "{status}");
+        if status != StatusCode::NOT_IMPLEMENTED {
+            // (501 is cacheable by default, so the rule's TTL stands in
+            // for the origin's silence, as an unforced rule's does.)
+            assert!(storability(req("/static/app.js"), status, &silent, &rules, &stale, at(T0)).is_err(), "{status}");
+        }
+    }
+    let p = storability(req("/static/gone.js"), StatusCode::NOT_FOUND, &h, &rules, &stale, at(T0)).unwrap();
+    assert_eq!(p.lifetime.as_secs(), 3600, "a 404 is an answer about the object");
+    rules.status_ttl.insert(503, Duration::from_secs(5));
+    assert!(storability(req("/static/app.js"), StatusCode::SERVICE_UNAVAILABLE, &h, &rules, &stale, at(T0)).is_ok());
+}
+
+/// A byte outside ASCII in one directive (a note in quotes) leaves the
+/// others on its line in force: `private` is never lost to it.
+#[test]
+fn a_non_ascii_byte_does_not_hide_a_lines_other_directives() {
+    let (rules, stale) = no_defaults();
+    let mut h = HeaderMap::new();
+    h.insert("cache-control", HeaderValue::from_bytes(b"private, no-store, x-note=\"\xc3\xa9\"").unwrap());
+    h.insert("expires", HeaderValue::from_static("Thu, 01 Jan 2099 00:00:00 GMT"));
+    assert_eq!(storability(get(), StatusCode::OK, &h, &rules, &stale, at(T0)), Err(NotStored::Private));
+    let mut h = HeaderMap::new();
+    h.insert("cache-control", HeaderValue::from_bytes(b"max-age=60, x-note=\"\xff\"").unwrap());
+    assert_eq!(storability(get(), StatusCode::OK, &h, &rules, &stale, at(T0)).unwrap().lifetime.as_secs(), 60);
 }
 
 #[test]

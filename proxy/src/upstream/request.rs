@@ -28,9 +28,11 @@ const MESSAGE_FIELDS: [HeaderName; 3] = [header::CONTENT_LENGTH, header::TRANSFE
 
 /// Request fields that a cacheable fetch does not forward: the cache asks
 /// for the whole current object and answers ranges, conditionals and the
-/// client's own cache preferences itself.
-const NOT_FORWARDED_ON_FETCH: [HeaderName; 8] = [
+/// client's own cache preferences itself. `Request-Range` is the old
+/// name some servers still read as `Range`.
+const NOT_FORWARDED_ON_FETCH: [HeaderName; 9] = [
     header::RANGE,
+    HeaderName::from_static("request-range"),
     header::IF_RANGE,
     header::IF_NONE_MATCH,
     header::IF_MODIFIED_SINCE,

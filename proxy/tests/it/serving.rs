@@ -93,13 +93,15 @@ async fn fields_that_override_the_url_are_withheld_from_the_origin() {
         ("x-original-url", "/admin"),
         ("x-rewrite-url", "/admin"),
         ("x-http-method-override", "DELETE"),
+        // Read as `Range` by some servers: a part stored as the object.
+        ("request-range", "bytes=0-0"),
         ("x-forwarded-proto", "https"),
     ];
     let r = edge.get_with("/ovr?cc=max-age%3D60", &overrides).await;
     assert_eq!(r.status, StatusCode::OK);
     let seen = send(Method::GET, &format!("http://{}/__origin/request?path=/ovr", origin.addr), &[]).await;
     let seen: serde_json::Value = serde_json::from_slice(&seen.body).unwrap();
-    for (name, _) in &overrides[..4] {
+    for (name, _) in &overrides[..5] {
         assert!(seen.get(*name).is_none(), "{name} reached the origin: {seen}");
     }
     assert_eq!(seen["x-forwarded-proto"], "http", "the edge says how the client came");

@@ -19,6 +19,7 @@ use std::time::{Instant, SystemTime};
 
 use http::header::{self, HeaderValue};
 use http::{Method, Response, StatusCode};
+use http_range_header::SyntacticallyCorrectRange;
 use outpost_net::RecvBody;
 
 use super::context::{Answer, Ctx};
@@ -52,16 +53,19 @@ fn range_of(method: &Method, headers: &http::HeaderMap) -> Option<(u64, Option<u
     if conditional.iter().any(|h| headers.contains_key(h)) {
         return None;
     }
-    let spec = headers.get(header::RANGE)?.to_str().ok()?.trim().strip_prefix("bytes=")?;
-    let (a, b) = spec.split_once('-')?;
-    // A suffix range (`-500`) has no start; several ranges are answered
-    // from the whole object.
-    let first: u64 = a.trim().parse().ok()?;
-    let last = match b.trim() {
-        "" => None,
-        b => Some(b.parse::<u64>().ok()?),
+    // Read by the parser that answers it (`respond`), or the two could
+    // disagree on what was asked. A suffix range (`-500`) has no start;
+    // several ranges are answered from the whole object.
+    let ranges = http_range_header::parse_range_header(headers.get(header::RANGE)?.to_str().ok()?).ok()?;
+    let (first, last) = match ranges.into_ranges()[..] {
+        [SyntacticallyCorrectRange::FromStart(first)] => (first, None),
+        [SyntacticallyCorrectRange::Indexed(first, last)] => (first, Some(last)),
+        _ => return None,
     };
-    (first >= CHUNK_SIZE as u64 && last.is_none_or(|l| l >= first)).then_some((first, last))
+    // A last byte past any object is an open end (and no chunk arithmetic
+    // overflows on it).
+    let last = last.filter(|l| *l < 1 << 62);
+    (first >= CHUNK_SIZE as u64 && first < 1 << 62).then_some((first, last))
 }
 
 /// Fetches the chunks that `first..=last` covers and answers the range from
@@ -175,7 +179,8 @@ mod tests {
         };
         let range = |v: &'static str| of(Method::GET, &[("range", v)]);
         assert_eq!(range("bytes=2000000-2000099"), Some((2_000_000, Some(2_000_099))));
-        assert_eq!(range("bytes= 1048576- "), Some((1_048_576, None)));
+        assert_eq!(range("bytes=1048576-"), Some((1_048_576, None)));
+        assert_eq!(range("bytes=2000000-18446744073709551615"), Some((2_000_000, None)), "past any object: open");
         for refused in [
             "bytes=0-99",
             "bytes=1048575-",
@@ -183,6 +188,9 @@ mod tests {
             "bytes=3000000-2000000",
             "bytes=2000000-2000099,4000000-",
             "bytes=abc-",
+            "bytes=+1048576-",
+            "bytes=1048576 -",
+            "bytes=2000000-+2000099",
             "bytes=99999999999999999999999-",
             "items=2000000-",
             "bytes 2000000-",

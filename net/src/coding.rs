@@ -135,9 +135,9 @@ enum Inner {
     Gzip(flate2::write::GzEncoder<Vec<u8>>),
     Br(Box<brotli::CompressorWriter<Vec<u8>>>),
     Zstd(zstd::stream::write::Encoder<'static, Vec<u8>>),
-    Gunzip(flate2::write::MultiGzDecoder<Vec<u8>>),
-    Unbr(Box<brotli::DecompressorWriter<Vec<u8>>>),
-    Unzstd(zstd::stream::write::Decoder<'static, Vec<u8>>),
+    Gunzip(flate2::write::MultiGzDecoder<Capped>),
+    Unbr(Box<brotli::DecompressorWriter<Capped>>),
+    Unzstd(zstd::stream::write::Decoder<'static, Capped>),
     Same,
 }
 
@@ -170,11 +170,12 @@ impl Recoder {
     /// Decodes from `coding`; an error once the output passes `limit`
     /// bytes (a small body can hold a huge one).
     pub fn decoder(coding: Coding, limit: u64) -> io::Result<Recoder> {
+        let out = Capped { buf: Vec::new(), left: limit, limit };
         let inner = match coding {
             Coding::Identity => Inner::Same,
-            Coding::Gzip => Inner::Gunzip(flate2::write::MultiGzDecoder::new(Vec::new())),
-            Coding::Br => Inner::Unbr(Box::new(brotli::DecompressorWriter::new(Vec::new(), 4096))),
-            Coding::Zstd => Inner::Unzstd(zstd::stream::write::Decoder::new(Vec::new())?),
+            Coding::Gzip => Inner::Gunzip(flate2::write::MultiGzDecoder::new(out)),
+            Coding::Br => Inner::Unbr(Box::new(brotli::DecompressorWriter::new(out, 4096))),
+            Coding::Zstd => Inner::Unzstd(zstd::stream::write::Decoder::new(out)?),
         };
         Ok(Recoder { inner, limit, produced: 0 })
     }
@@ -187,9 +188,9 @@ impl Recoder {
             Inner::Gzip(w) => drain(w, data, |w| w.get_mut())?,
             Inner::Br(w) => drain(w.as_mut(), data, |w| w.get_mut())?,
             Inner::Zstd(w) => drain(w, data, |w| w.get_mut())?,
-            Inner::Gunzip(w) => drain(w, data, |w| w.get_mut())?,
-            Inner::Unbr(w) => drain(w.as_mut(), data, |w| w.get_mut())?,
-            Inner::Unzstd(w) => drain(w, data, |w| w.get_mut())?,
+            Inner::Gunzip(w) => drain(w, data, |w| &mut w.get_mut().buf)?,
+            Inner::Unbr(w) => drain(w.as_mut(), data, |w| &mut w.get_mut().buf)?,
+            Inner::Unzstd(w) => drain(w, data, |w| &mut w.get_mut().buf)?,
         };
         self.count(out)
     }
@@ -203,12 +204,12 @@ impl Recoder {
             Inner::Gzip(w) => w.finish()?,
             Inner::Br(w) => w.into_inner(),
             Inner::Zstd(w) => w.finish()?,
-            Inner::Gunzip(w) => w.finish()?,
+            Inner::Gunzip(w) => w.finish()?.buf,
             Inner::Unbr(mut w) => {
                 w.close()?;
-                w.into_inner().map_err(|_| io::Error::new(io::ErrorKind::UnexpectedEof, "brotli body ends early"))?
+                w.into_inner().map_err(|_| io::Error::new(io::ErrorKind::UnexpectedEof, "brotli body ends early"))?.buf
             }
-            Inner::Unzstd(w) => w.finish()?,
+            Inner::Unzstd(w) => w.finish()?.buf,
         };
         this.count(out)
     }
@@ -225,6 +226,31 @@ impl Recoder {
 impl std::fmt::Debug for Recoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Recoder").field("produced", &self.produced).field("limit", &self.limit).finish_non_exhaustive()
+    }
+}
+
+/// Where a decoder writes: refused once more than `left` bytes would have
+/// been written, so a small body that decodes to a huge one fails within
+/// its limit rather than after it has all been made.
+struct Capped {
+    buf: Vec<u8>,
+    left: u64,
+    limit: u64,
+}
+
+impl Write for Capped {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let limit = self.limit;
+        self.left = self
+            .left
+            .checked_sub(data.len() as u64)
+            .ok_or_else(|| io::Error::other(format!("decodes to more than {limit} bytes")))?;
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

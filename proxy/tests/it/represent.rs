@@ -238,6 +238,39 @@ async fn origin_codings_are_kept_and_decoded_for_clients_that_refuse_them() {
     assert_eq!(r.body, stored.body);
 }
 
+/// A small body that decodes to a huge one (a zstd frame of 2048 RLE
+/// blocks: 256 MiB of zeros in 6 KiB) fails at its limit, without the
+/// memory the whole would take, even when handed over in one piece. It
+/// measures its own process, so it runs in a process of its own.
+#[test]
+fn a_body_that_decodes_past_its_limit_fails_without_decoding_it_all() {
+    in_own_process("represent::a_body_that_decodes_past_its_limit_fails_without_decoding_it_all", || {
+        let peak_kib = || -> u64 {
+            let status = std::fs::read_to_string("/proc/self/status").unwrap();
+            let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+            line.split_whitespace().nth(1).unwrap().parse().unwrap()
+        };
+        // Magic, a header with a 128 KiB window and no size, then RLE
+        // blocks of 128 KiB of one byte each (3-byte header, 1 byte).
+        let frame = |blocks: u32| {
+            let mut f = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x38];
+            for i in 0..blocks {
+                let header = (128 << 10) << 3 | 1 << 1 | u32::from(i + 1 == blocks);
+                f.extend_from_slice(&header.to_le_bytes()[..3]);
+                f.push(0);
+            }
+            f
+        };
+        assert_eq!(coding::decode(Coding::Zstd, &frame(8), 1 << 20).unwrap(), vec![0u8; 1 << 20], "a real frame");
+        let bomb = frame(2048);
+        let before = peak_kib();
+        let e = coding::decode(Coding::Zstd, &bomb, 4 << 20).unwrap_err();
+        assert!(e.to_string().contains("more than 4194304 bytes"), "{e}");
+        let grew = peak_kib().saturating_sub(before);
+        assert!(grew < 64 << 10, "decoding grew the peak by {grew} KiB");
+    });
+}
+
 /// Reads the process's metrics, so it runs in a process of its own.
 #[test]
 fn a_zipf_load_with_ten_spellings_stores_one_variant_per_object_and_coding() {

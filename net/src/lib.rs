@@ -31,6 +31,7 @@ pub mod h1;
 pub mod metrics;
 pub mod multipart;
 pub mod quic;
+mod quic_frames;
 pub mod seal;
 pub mod sendfile;
 

@@ -12,9 +12,10 @@
 //! Limits: `limits.max_connections` QUIC connections (more are refused),
 //! `limits.quic_streams` requests open at once per connection (the
 //! client waits for more: QUIC stream credit), `limits.idle_timeout` of
-//! silence closes a connection, handshakes must finish within
-//! `limits.header_read_timeout`, and header sections are capped at
-//! `limits.max_header_bytes`. 0-RTT is off: early data can be replayed by
+//! silence closes a connection, handshakes and each request's head must
+//! finish within `limits.header_read_timeout`, and header sections are
+//! capped at `limits.max_header_bytes`, as is every frame but DATA, as
+//! its header passes ([`crate::quic_frames`]: h3 would hold it whole). 0-RTT is off: early data can be replayed by
 //! anyone who saw it, and a cache's requests gain little from it.
 //!
 //! Shutdown: the endpoint stops accepting connections, every connection is
@@ -34,6 +35,7 @@ use outpost_config::Limits;
 use tokio_util::sync::CancellationToken;
 
 use crate::conn::{Counters, Stream, http2};
+use crate::quic_frames::Bounded;
 use crate::{BoxError, Conn, Handler, Interim, RecvBody, ServerConfig};
 
 /// How long a draining connection whose requests are all answered waits for
@@ -138,7 +140,7 @@ async fn connection<H: Handler>(
     let quic = conn.clone();
     let mut h3 = h3::server::builder()
         .max_field_section_size(limits.max_header_bytes)
-        .build::<_, Bytes>(h3_quinn::Connection::new(conn))
+        .build::<_, Bytes>(Bounded::new(h3_quinn::Connection::new(conn), limits.max_header_bytes))
         .await?;
     let mut inflight = tokio::task::JoinSet::new();
     let mut draining = false;
@@ -153,9 +155,9 @@ async fn connection<H: Handler>(
             accepted = h3.accept() => match accepted {
                 Ok(Some(resolver)) => {
                     let (handler, info, counters) = (Arc::clone(&handler), info.clone(), counters.clone());
-                    let stall = limits.send_timeout;
+                    let (stall, head_timeout) = (limits.send_timeout, limits.header_read_timeout);
                     inflight.spawn(async move {
-                        if let Err(e) = exchange(resolver, handler, info, counters, stall).await {
+                        if let Err(e) = exchange(resolver, handler, info, counters, stall, head_timeout).await {
                             tracing::debug!(error = %e, "HTTP/3 request ended early");
                         }
                     });
@@ -177,21 +179,26 @@ async fn connection<H: Handler>(
     Ok(())
 }
 
-type Resolver = h3::server::RequestResolver<h3_quinn::Connection, Bytes>;
+type Resolver = h3::server::RequestResolver<Bounded<h3_quinn::Connection>, Bytes>;
 
 /// One request: read its head, hand it to the handler with its body as it
 /// arrives, send the interim responses the handler queues while its answer
 /// is awaited, then the answer, frame by frame. A client that takes none
 /// of it for `stall` (the send timeout: QUIC's flow control holds every
-/// byte of a stream, its heads too) has the stream reset.
+/// byte of a stream, its heads too) has the stream reset; one that sends
+/// no whole head within `head_timeout` has it dropped.
 async fn exchange<H: Handler>(
     resolver: Resolver,
     handler: Arc<H>,
     info: Conn,
     counters: Counters,
     stall: Duration,
+    head_timeout: Duration,
 ) -> Result<(), BoxError> {
-    let (req, stream) = resolver.resolve_request().await?;
+    // The head within the header timeout, as over TCP.
+    let (req, stream) = tokio::time::timeout(head_timeout, resolver.resolve_request())
+        .await
+        .map_err(|_| "no request head within the header timeout")??;
     let (mut send, recv) = stream.split();
     let (parts, ()) = req.into_parts();
     let declared = http2::declared_length(&parts.headers);

@@ -36,7 +36,7 @@ enum Kind {
 type Held = Box<dyn std::any::Any + Send + Sync>;
 
 /// The receiving half of an HTTP/3 request's stream.
-pub(crate) type H3Recv = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
+pub(crate) type H3Recv = h3::server::RequestStream<crate::quic_frames::Checked<h3_quinn::RecvStream>, Bytes>;
 
 struct H3 {
     recv: H3Recv,

@@ -91,14 +91,7 @@ async fn connect_as(
         None => builder.with_no_client_auth(),
     };
     tls.alpn_protocols = vec![b"h3".to_vec()];
-    let quic_tls = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let mut client = quinn::ClientConfig::new(Arc::new(quic_tls));
-    if let Some(t) = transport {
-        client.transport_config(Arc::new(t));
-    }
-    endpoint.set_default_client_config(client);
-    let conn = endpoint.connect(addr, sni).map_err(|e| e.to_string())?.await.map_err(|e| e.to_string())?;
+    let (endpoint, conn) = quic_connect(addr, sni, tls, transport).await?;
     let cert = conn
         .peer_identity()
         .and_then(|i| i.downcast::<Vec<CertificateDer<'static>>>().ok())
@@ -109,6 +102,24 @@ async fn connect_as(
         let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
     });
     Ok(H3 { send, cert, _endpoint: endpoint })
+}
+
+/// A QUIC connection speaking `tls` (its ALPN set), to `addr` as `sni`.
+async fn quic_connect(
+    addr: SocketAddr,
+    sni: &str,
+    tls: rustls::ClientConfig,
+    transport: Option<quinn::TransportConfig>,
+) -> Result<(quinn::Endpoint, quinn::Connection), String> {
+    let quic_tls = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut client = quinn::ClientConfig::new(Arc::new(quic_tls));
+    if let Some(t) = transport {
+        client.transport_config(Arc::new(t));
+    }
+    endpoint.set_default_client_config(client);
+    let conn = endpoint.connect(addr, sni).map_err(|e| e.to_string())?.await.map_err(|e| e.to_string())?;
+    Ok((endpoint, conn))
 }
 
 type Sender = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
@@ -450,6 +461,44 @@ async fn a_request_answered_before_its_end_is_stopped_with_h3_no_error() {
     .expect("the server asks the client to stop sending");
     assert_eq!(code, h3::error::Code::H3_NO_ERROR);
     assert_eq!(h3.get("a.test", "/early?size=5000").await.unwrap().0, StatusCode::OK);
+    edge.stop.cancel();
+    let _ = edge.task.await;
+}
+
+/// A request stream whose first frame declares a length of 2^40 (a HEADERS
+/// frame, or one of a type HTTP/3 does not know, which h3 would hold whole
+/// as it came) is stopped with H3_EXCESSIVE_LOAD as the frame's header
+/// passes, not read on while the client sends; the edge serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_longer_than_any_head_is_refused_before_its_bytes_are_held() {
+    let OneSite { origin: _origin, dir: _dir, ca_pem, edge } = one_site("", "").await;
+    let roots = outpost_proxy::tls::files::load_roots(&ca_pem).unwrap();
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let (_endpoint, conn) = quic_connect(edge.quic, "a.test", tls, None).await.unwrap();
+    for frame_type in [0x01u8, 0x21] {
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        // The type, then a length of 2^40 as an 8-byte varint.
+        send.write_all(&[frame_type, 0xc0, 0, 0, 0x01, 0, 0, 0, 0]).await.unwrap();
+        let junk = vec![b'x'; 64 << 10];
+        let mut sent = 0usize;
+        let stopped = loop {
+            match tokio::time::timeout(Duration::from_secs(5), send.write_all(&junk)).await {
+                Ok(Ok(())) => sent += junk.len(),
+                Ok(Err(quinn::WriteError::Stopped(code))) => break code.into_inner(),
+                Ok(Err(e)) => panic!("{e}"),
+                Err(_) => panic!("neither read nor stopped"),
+            }
+            assert!(sent < 16 << 20, "type {frame_type:#x}: {sent} bytes taken in and the stream still open");
+        };
+        assert_eq!(stopped, 0x107, "H3_EXCESSIVE_LOAD, for type {frame_type:#x}");
+    }
+    let mut h3 = connect(edge.quic, "a.test", &ca_pem).await.unwrap();
+    assert_eq!(h3.get("a.test", "/after?size=100").await.unwrap().0, StatusCode::OK);
     edge.stop.cancel();
     let _ = edge.task.await;
 }

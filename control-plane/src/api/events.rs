@@ -34,6 +34,9 @@ impl Drop for Connection {
         if let Some(n) = c.get_mut(&self.node) {
             *n = n.saturating_sub(1);
             if *n == 0 {
+                // Gone, not kept at zero: names that came and went (any
+                // holder of the node token can make up names) cost nothing.
+                c.remove(&self.node);
                 self.control.store.set_present(&self.node, false);
             }
         }

@@ -153,6 +153,8 @@ pub struct Control {
     acked: Mutex<HashMap<String, u64>>,
     /// Bumped on every acknowledgement, for purges that wait.
     ack_changed: watch::Sender<u64>,
+    /// When `/metrics` last read the store for its gauges.
+    gauges_read: Mutex<Option<std::time::Instant>>,
     limiter: RateLimiter,
     retention: u64,
     /// Nodes silent this long leave the registry.
@@ -207,6 +209,7 @@ impl Control {
             connected: Mutex::new(HashMap::new()),
             acked: Mutex::new(acked),
             ack_changed: watch::channel(0).0,
+            gauges_read: Mutex::new(None),
             limiter: RateLimiter::default(),
             retention,
             node_expiry,
@@ -355,8 +358,18 @@ impl Control {
         (self.node_expiry / 4).clamp(Duration::from_millis(100), Duration::from_secs(60))
     }
 
-    /// Refreshes the gauges `/metrics` shows: the log, sites and nodes.
+    /// Refreshes the gauges `/metrics` shows: the log, sites and nodes. At
+    /// most once a second: `/metrics` answers anyone, and each refresh
+    /// reads the whole registry and site list from the store.
     async fn refresh_gauges(&self) -> Result<(), ApiError> {
+        {
+            let mut read = self.gauges_read.lock().unwrap_or_else(|p| p.into_inner());
+            let now = std::time::Instant::now();
+            if read.is_some_and(|at| now.duration_since(at) < GAUGES_FRESH) {
+                return Ok(());
+            }
+            *read = Some(now);
+        }
         let last = self.store.last_seq().await.map_err(ApiError::from)?;
         metrics::gauge!("outpost_control_last_seq").set(last as f64);
         metrics::gauge!("outpost_control_sites").set(self.store.sites().await.map_err(ApiError::from)?.len() as f64);
@@ -385,6 +398,9 @@ impl Control {
         Ok(())
     }
 }
+
+/// How long `/metrics` serves the gauges it last read from the store.
+const GAUGES_FRESH: Duration = Duration::from_secs(1);
 
 /// Counts API requests by route and status.
 pub(crate) async fn count_requests(req: axum::extract::Request, next: axum::middleware::Next) -> Response {

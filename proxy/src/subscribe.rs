@@ -231,6 +231,14 @@ impl Subscriber {
                         let snap = SiteSnapshot { id, version: *version, toml, created_seq, certificate };
                         st.sites.insert(site_id.clone(), snap);
                         sites_changed = true;
+                        if *version == 1 {
+                            // A site's copies begin at its creation: whatever
+                            // is stored under its id from before (a deleted
+                            // site's, even one a request in flight across the
+                            // deletion stored after it) is dropped.
+                            drop(st);
+                            self.engine.forget_site(site_id);
+                        }
                     }
                     Event::Certificate { site_id, certificate } => {
                         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());

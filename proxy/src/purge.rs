@@ -65,6 +65,10 @@ struct Rules {
     /// Every site: set when a node catches up from a snapshot.
     global: Times,
     sites: HashMap<String, SiteRules>,
+    /// The sites a node served from its own files at its last start
+    /// ([`PurgeRules::note_sites`]); `None` before the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    known_sites: Option<std::collections::BTreeSet<String>>,
 }
 
 /// What the rules say about a stored object.
@@ -177,6 +181,32 @@ impl PurgeRules {
             rules.clone()
         };
         self.persist(&snapshot)
+    }
+
+    /// Notes the sites a node serves from its own files as it starts: a site
+    /// id it did not serve at its last start gets a hard purge of
+    /// everything of its id, as a deleted site's does (a site removed from
+    /// the files, and another given its id since, would otherwise be served
+    /// the old one's copies, kept by the disk tier). The first start that
+    /// keeps this record purges nothing. The ids purged.
+    pub fn note_sites(&self, ids: impl IntoIterator<Item = String>, at: SystemTime) -> io::Result<Vec<String>> {
+        let ids: std::collections::BTreeSet<String> = ids.into_iter().collect();
+        let at = micros(at);
+        let (snapshot, new) = {
+            let mut rules = self.write();
+            if rules.known_sites.as_ref() == Some(&ids) {
+                return Ok(Vec::new());
+            }
+            let new: Vec<String> =
+                rules.known_sites.as_ref().map_or_else(Vec::new, |known| ids.difference(known).cloned().collect());
+            for id in &new {
+                rules.sites.entry(id.clone()).or_default().all.record(at, false);
+            }
+            rules.known_sites = Some(ids);
+            (rules.clone(), new)
+        };
+        self.persist(&snapshot)?;
+        Ok(new)
     }
 
     /// Marks everything stored before `at`, on every site, as soft-purged:
@@ -292,6 +322,22 @@ mod tests {
         let q = PurgeRules::in_memory();
         q.soft_purge_everything(t(2_000)).unwrap();
         assert_eq!(q.check("any", &o), Verdict::Stale);
+    }
+
+    #[test]
+    fn a_site_new_since_the_last_start_is_purged_and_the_first_start_purges_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = object("/a", &[], 1_000);
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let p = PurgeRules::open(dir.path()).unwrap();
+        assert_eq!(p.note_sites(ids(&["a", "b"]), t(2_000)).unwrap(), Vec::<String>::new(), "the first start");
+        assert_eq!(p.check("a", &o), Verdict::Valid);
+        let p = PurgeRules::open(dir.path()).unwrap();
+        assert_eq!(p.note_sites(ids(&["b", "a"]), t(3_000)).unwrap(), Vec::<String>::new(), "the same sites");
+        assert_eq!(p.note_sites(ids(&["b"]), t(4_000)).unwrap(), Vec::<String>::new(), "one removed");
+        let p = PurgeRules::open(dir.path()).unwrap();
+        assert_eq!(p.note_sites(ids(&["a", "b", "c"]), t(5_000)).unwrap(), ids(&["a", "c"]), "back, and new");
+        assert_eq!((p.check("a", &o), p.check("b", &o)), (Verdict::Invalid, Verdict::Valid));
     }
 
     #[test]

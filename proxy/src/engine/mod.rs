@@ -133,6 +133,18 @@ impl Engine {
             Some(dir) => PurgeRules::open(dir).map_err(EngineError::Purges)?,
             None => PurgeRules::in_memory(),
         };
+        if !config.sites.is_empty() {
+            // Sites from the node's own files (a node that follows a
+            // control plane learns of deletions from it).
+            let ids = config.sites.iter().map(|s| s.id.to_string());
+            match purges.note_sites(ids, std::time::SystemTime::now()) {
+                Ok(new) if !new.is_empty() => {
+                    tracing::info!(sites = ?new, "sites not served at the last start: nothing stored under their ids is served");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "could not record the node's sites beside its purge rules"),
+            }
+        }
         let metrics = Metrics::new(&config.node);
         let log = AccessLog::start(&config.node, &config.access_log).map_err(EngineError::AccessLog)?;
         let upstream_tls = Arc::new(crate::tls::UpstreamTls::new(&config.tls)?);

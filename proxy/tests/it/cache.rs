@@ -678,6 +678,29 @@ async fn restart_keeps_hits_and_keeps_purged_objects_purged() {
     edge.stop().await;
 }
 
+/// A site removed from a node's files while it was down, and another given
+/// its id later: the disk tier still holds the old site's copies under that
+/// id, and none is served to the new one. A restart with the same sites
+/// keeps its hits (above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_id_the_node_did_not_serve_at_its_last_start_gets_none_of_the_copies_under_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    let url = "/kept?cc=max-age%3D600";
+    let edge = Edge::start(dir.path(), &site_toml(origin.addr, DEFAULT_RULES)).await;
+    edge.get(url).await;
+    assert!(edge.get(url).await.is_hit());
+    edge.stop().await;
+    let other_id = site_toml(origin.addr, DEFAULT_RULES).replace("id = \"t\"", "id = \"u\"");
+    Edge::start(dir.path(), &other_id).await.stop().await;
+    let another = Origin::start().await;
+    let edge = Edge::start(dir.path(), &site_toml(another.addr, DEFAULT_RULES)).await;
+    let r = edge.get(url).await;
+    assert!(r.cache_status().contains("fwd=uri-miss"), "the old site's copy was served: {}", r.cache_status());
+    assert_eq!(another.count("/kept").await, 1);
+    edge.stop().await;
+}
+
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();

@@ -81,17 +81,7 @@ async fn connect_as(
     identity: Option<Identity>,
     transport: Option<quinn::TransportConfig>,
 ) -> Result<H3, String> {
-    let roots = outpost_proxy::tls::files::load_roots(ca).unwrap();
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots);
-    let mut tls = match identity {
-        Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
-        None => builder.with_no_client_auth(),
-    };
-    tls.alpn_protocols = vec![b"h3".to_vec()];
-    let (endpoint, conn) = quic_connect(addr, sni, tls, transport).await?;
+    let (endpoint, conn) = quic_connect(addr, sni, h3_tls(ca, identity), transport).await?;
     let cert = conn
         .peer_identity()
         .and_then(|i| i.downcast::<Vec<CertificateDer<'static>>>().ok())
@@ -102,6 +92,22 @@ async fn connect_as(
         let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
     });
     Ok(H3 { send, cert, _endpoint: endpoint })
+}
+
+/// A client's TLS 1.3 for HTTP/3, trusting `ca`, presenting `identity`
+/// when asked for a certificate.
+fn h3_tls(ca: &Path, identity: Option<Identity>) -> rustls::ClientConfig {
+    let roots = outpost_proxy::tls::files::load_roots(ca).unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut tls = match identity {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    tls
 }
 
 /// A QUIC connection speaking `tls` (its ALPN set), to `addr` as `sni`.
@@ -472,14 +478,7 @@ async fn a_request_answered_before_its_end_is_stopped_with_h3_no_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_longer_than_any_head_is_refused_before_its_bytes_are_held() {
     let OneSite { origin: _origin, dir: _dir, ca_pem, edge } = one_site("", "").await;
-    let roots = outpost_proxy::tls::files::load_roots(&ca_pem).unwrap();
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h3".to_vec()];
-    let (_endpoint, conn) = quic_connect(edge.quic, "a.test", tls, None).await.unwrap();
+    let (_endpoint, conn) = quic_connect(edge.quic, "a.test", h3_tls(&ca_pem, None), None).await.unwrap();
     for frame_type in [0x01u8, 0x21] {
         let (mut send, _recv) = conn.open_bi().await.unwrap();
         // The type, then a length of 2^40 as an 8-byte varint.

@@ -45,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::h1::{Framing, Tracker};
 use crate::sendfile::{FileQueue, SendFile, is_stand_in};
-use crate::{Body, BoxError, Conn, Handler, RecvBody};
+use crate::{Body, BoxError, Conn, Errands, Handler, RecvBody};
 
 mod direct;
 pub(crate) mod http2;
@@ -926,6 +926,7 @@ impl<F: Future<Output = Response<Body>>> Future for Answering<F> {
 }
 
 /// The peer of a connection, for handlers.
-pub(crate) fn conn(peer: SocketAddr, secure: bool) -> Conn {
-    Conn { peer, secure, http3: false, sendfile: None, interim: None }
+pub(crate) fn conn(peer: SocketAddr, secure: bool, limits: &Limits) -> Conn {
+    let errands = Errands::new(limits.fetches_per_connection);
+    Conn { peer, secure, http3: false, sendfile: None, interim: None, errands }
 }

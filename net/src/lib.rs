@@ -27,6 +27,7 @@
 mod body;
 pub mod coding;
 pub mod control;
+mod errands;
 pub mod h1;
 pub mod metrics;
 pub mod multipart;
@@ -58,6 +59,7 @@ use tokio::net::TcpListener;
 
 pub use body::Body;
 pub use conn::{Fields, Interim};
+pub use errands::{Errand, Errands};
 pub use recv_body::RecvBody;
 pub use request_headers::{HeaderLookup, NameSet, RequestHeaders};
 pub use server::{ServerConfig, bind, listen, serve};
@@ -88,6 +90,9 @@ pub struct Conn {
     /// On an HTTP/1.1 request hyper reads, and on an HTTP/2 or HTTP/3 stream: where a handler queues interim
     /// (1xx) responses to send before its answer.
     pub interim: Option<Interim>,
+    /// What the handler has running for the connection's requests, that
+    /// may outlive them: capped at `limits.fetches_per_connection`.
+    pub errands: Errands,
 }
 
 /// What a server does with requests.

@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::conn::{Counters, Stream, http2};
 use crate::quic_frames::Bounded;
-use crate::{BoxError, Conn, Handler, Interim, RecvBody, ServerConfig};
+use crate::{BoxError, Conn, Errands, Handler, Interim, RecvBody, ServerConfig};
 
 /// How long a draining connection whose requests are all answered waits for
 /// the client to close before closing it: closing at once could drop the
@@ -136,7 +136,8 @@ async fn connection<H: Handler>(
     counters: Counters,
     shutdown: CancellationToken,
 ) -> Result<(), BoxError> {
-    let info = Conn { peer: conn.remote_address(), secure: true, http3: true, sendfile: None, interim: None };
+    let errands = Errands::new(limits.fetches_per_connection);
+    let info = Conn { peer: conn.remote_address(), secure: true, http3: true, sendfile: None, interim: None, errands };
     let quic = conn.clone();
     let mut h3 = h3::server::builder()
         .max_field_section_size(limits.max_header_bytes)

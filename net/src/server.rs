@@ -179,7 +179,7 @@ impl<H: Handler> Server<H> {
         state: Arc<ConnState>,
     ) -> Closed {
         let Some(acceptor) = tls else {
-            return self.http(stream, conn(peer, false), false, state).await;
+            return self.http(stream, conn(peer, false, &self.config.limits), false, state).await;
         };
         // Boxed: a TLS connection's state is several times a cleartext
         // one's, and every connection's task would otherwise be its size.
@@ -219,7 +219,7 @@ impl<H: Handler> Server<H> {
                 };
                 handler.tls_handshake(how, state.accepted.elapsed());
                 let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                self.http(tls, conn(peer, true), h2, state).await
+                self.http(tls, conn(peer, true, &self.config.limits), h2, state).await
             }
             Ok(Err(e)) => {
                 handler.tls_handshake(Handshake::Failed, state.accepted.elapsed());

@@ -35,6 +35,9 @@ pub(crate) enum Error {
     PayloadTooLarge,
     /// `only-if-cached` and nothing usable is stored.
     OnlyIfCached,
+    /// The request would start an upstream fetch, and its connection has
+    /// `limits.fetches_per_connection` running.
+    TooManyFetches,
     Upstream(UpstreamError),
     /// This node's own failure (`what` went wrong; `cause` says why).
     Internal {
@@ -71,7 +74,7 @@ impl Error {
     pub(crate) fn is_retryable(&self) -> bool {
         match self {
             Error::Upstream(e) => e.is_retryable(),
-            Error::Internal { .. } => true,
+            Error::Internal { .. } | Error::TooManyFetches => true,
             _ => false,
         }
     }
@@ -84,6 +87,7 @@ impl Error {
             Error::Loop => StatusCode::LOOP_DETECTED,
             Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Error::OnlyIfCached => StatusCode::GATEWAY_TIMEOUT,
+            Error::TooManyFetches => StatusCode::TOO_MANY_REQUESTS,
             Error::Upstream(e) => match e.kind {
                 UpstreamErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
                 UpstreamErrorKind::NoTarget => StatusCode::SERVICE_UNAVAILABLE,
@@ -116,6 +120,7 @@ impl Error {
             Error::Loop => "request loop detected".into(),
             Error::PayloadTooLarge => "request body too large".into(),
             Error::OnlyIfCached => "not in cache (only-if-cached)".into(),
+            Error::TooManyFetches => "this connection has too many upstream fetches running".into(),
             Error::Upstream(e) => format!("upstream error: {}", e.as_str()),
             Error::Internal { .. } => "internal error".into(),
         }

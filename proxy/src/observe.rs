@@ -47,6 +47,8 @@ pub struct Metrics {
     /// store: done, failed.
     body_refills: [Counter; 2],
     coalesced: Counter,
+    /// Requests refused a fetch: their connection had its share running.
+    fetches_refused: Counter,
     /// Representations made from stored copies, by coding (in
     /// `Coding::index` order): made, failed; and the bytes made.
     representations: [[Counter; 2]; 4],
@@ -97,6 +99,7 @@ impl Metrics {
             body_refills: ["ok", "failed"]
                 .map(|r| counter!("outpost_body_refills_total", "node" => node.clone(), "result" => r)),
             coalesced: counter!("outpost_coalesced_waiters_total", "node" => node.clone()),
+            fetches_refused: counter!("outpost_fetches_refused_total", "node" => node.clone()),
             representations: CODINGS.map(|c| {
                 ["made", "failed"].map(|r| {
                     counter!("outpost_representations_made_total", "node" => node.clone(), "coding" => c.token(), "result" => r)
@@ -171,6 +174,10 @@ impl Metrics {
 
     pub fn coalesced(&self) {
         self.coalesced.increment(1);
+    }
+
+    pub fn fetch_refused(&self) {
+        self.fetches_refused.increment(1);
     }
 
     pub fn purge(&self) {

@@ -49,6 +49,11 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_NODE_EXPIRY: Duration = Duration::from_secs(24 * 3600);
 /// Requests open at once on one HTTP/3 connection (HTTP/2's usual 100).
 pub const DEFAULT_QUIC_STREAMS: u32 = 100;
+/// Upstream fetches one client connection may have running at once: twice
+/// the streams an HTTP/2 connection may have open, so a client that
+/// leaves a revalidation in the background for each of them never meets
+/// it.
+pub const DEFAULT_FETCHES_PER_CONNECTION: u32 = 512;
 /// How often the control plane looks at ACME certificates (1h).
 pub const DEFAULT_ACME_CHECK: Duration = Duration::from_secs(3600);
 /// How often an edge probes a shield it has marked down.
@@ -200,6 +205,11 @@ pub struct Limits {
     /// Requests one HTTP/3 connection may have open at once (QUIC
     /// bidirectional streams). Default: [`DEFAULT_QUIC_STREAMS`] (100).
     pub quic_streams: u32,
+    /// Upstream fetches one client connection may have running at once,
+    /// counting those that outlive their requests (a stream reset before
+    /// its answer, a revalidation in the background). Default:
+    /// [`DEFAULT_FETCHES_PER_CONNECTION`] (512).
+    pub fetches_per_connection: u32,
 }
 
 impl Default for Limits {
@@ -215,6 +225,7 @@ impl Default for Limits {
             listen_backlog: DEFAULT_LISTEN_BACKLOG,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             quic_streams: DEFAULT_QUIC_STREAMS,
+            fetches_per_connection: DEFAULT_FETCHES_PER_CONNECTION,
         }
     }
 }

@@ -302,6 +302,7 @@ fn decode_limits(s: &mut Sink<'_>, t: &mut Table<'_, '_>) -> Limits {
     let max_connections = positive(s, t, "max_connections", d.max_connections);
     let listen_backlog = positive(s, t, "listen_backlog", d.listen_backlog);
     let quic_streams = positive(s, t, "quic_streams", d.quic_streams);
+    let fetches_per_connection = positive(s, t, "fetches_per_connection", d.fetches_per_connection);
     t.finish(s);
     Limits {
         max_header_bytes,
@@ -314,6 +315,7 @@ fn decode_limits(s: &mut Sink<'_>, t: &mut Table<'_, '_>) -> Limits {
         listen_backlog,
         shutdown_grace,
         quic_streams,
+        fetches_per_connection,
     }
 }
 

@@ -66,7 +66,7 @@ fn minimal_edge_uses_safe_defaults() {
 fn limits_are_read_and_checked() {
     let node: NodeConfig = format!(
         "{EDGE}\n[limits]\nheader_bytes = \"16KiB\"\nheaders = 50\nbody = \"1MiB\"\nheader_read_timeout = \"5s\"\n\
-         idle_timeout = \"30s\"\nsend_timeout = \"20s\"\nmax_connections = 100\nlisten_backlog = 512\nshutdown_grace = \"3s\"\nquic_streams = 8\n"
+         idle_timeout = \"30s\"\nsend_timeout = \"20s\"\nmax_connections = 100\nlisten_backlog = 512\nshutdown_grace = \"3s\"\nquic_streams = 8\nfetches_per_connection = 64\n"
     )
     .parse()
     .unwrap();
@@ -83,6 +83,7 @@ fn limits_are_read_and_checked() {
             listen_backlog: 512,
             shutdown_grace: Duration::from_secs(3),
             quic_streams: 8,
+            fetches_per_connection: 64,
         }
     );
     let e = errors(&format!("{EDGE}\n[limits]\nheader_bytes = \"10MiB\"\nheaders = 0\nidle_timeout = \"0s\"\n"));

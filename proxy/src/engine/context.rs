@@ -8,7 +8,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response};
 use outpost_config::Site;
 use outpost_net::sendfile::SendFile;
-use outpost_net::{HeaderLookup, Interim, RequestHeaders};
+use outpost_net::{Errands, HeaderLookup, Interim, RequestHeaders};
 
 use super::respond::Body;
 use super::{Engine, Tier};
@@ -52,6 +52,9 @@ pub(crate) struct Ctx {
     /// Where the upstream's interim responses go, when the client can be
     /// sent them (an HTTP/1.1 request hyper reads).
     pub(crate) interim: Option<Interim>,
+    /// The fetches running for the connection's requests: each fetch this
+    /// request starts holds a place until it ends.
+    pub(crate) errands: Errands,
 }
 
 impl Ctx {

@@ -10,7 +10,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
 use http_body_util::BodyExt;
 use outpost_config::Site;
-use outpost_net::RecvBody;
+use outpost_net::{Errand, RecvBody};
 use tokio::sync::oneshot;
 
 use super::Engine;
@@ -52,6 +52,9 @@ pub(crate) struct FetchJob {
     stale: Option<(Key, Arc<StoredObject>)>,
     /// Where a response that must not be shared goes (the leader).
     pass: Option<oneshot::Sender<Response<RecvBody>>>,
+    /// The place the fetch holds among the fetches its client's connection
+    /// may have running, given up when it ends.
+    _errand: Errand,
 }
 
 /// When the fetch started and its response came (engine clock), and when
@@ -132,7 +135,7 @@ pub(super) fn content_length(headers: &HeaderMap) -> Option<u64> {
 impl FetchJob {
     pub(crate) fn new(
         cx: &Ctx,
-        guard: FlightGuard,
+        (guard, errand): (FlightGuard, Errand),
         request: Fetched,
         stale: Option<(Key, Arc<StoredObject>)>,
         pass: Option<oneshot::Sender<Response<RecvBody>>>,
@@ -145,6 +148,7 @@ impl FetchJob {
             request,
             stale,
             pass,
+            _errand: errand,
         }
     }
 

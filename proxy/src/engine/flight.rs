@@ -420,6 +420,7 @@ impl Flights {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    #[cfg(test)]
     pub(crate) fn join(self: &Arc<Self>, key: Key) -> Join {
         let Ok(join) = self.join_unless(key, || None::<std::convert::Infallible>);
         join

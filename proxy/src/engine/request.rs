@@ -220,6 +220,7 @@ fn prepare<B>(engine: &Arc<Engine>, req: Request<B>, conn: Conn) -> Result<(Ctx,
         secure,
         sendfile: conn.sendfile,
         interim: conn.interim,
+        errands: conn.errands,
     };
     Ok((cx, body))
 }

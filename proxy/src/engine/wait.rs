@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use http::Response;
 use http::header::HeaderMap;
-use outpost_net::RecvBody;
+use outpost_net::{Errand, RecvBody};
 use tokio::sync::oneshot;
 
 use super::context::{Answer, Ctx, failed};
@@ -59,17 +59,52 @@ fn fetched(cx: &Ctx) -> Fetched {
     }
 }
 
+/// Why a request leads no fetch though none is running for its key.
+enum NoLead {
+    /// A fetch stored what it wants after it looked.
+    Stored(lookup::Hit),
+    /// Its connection has its share of fetches running.
+    Refused,
+}
+
+/// A place for one more fetch among those `cx`'s connection may have
+/// running: `None` (counted) when it has its share.
+fn errand(cx: &Ctx) -> Option<Errand> {
+    let errand = cx.errands.start();
+    if errand.is_none() {
+        cx.engine.metrics.fetch_refused();
+        tracing::debug!(client = ?cx.client, running = cx.errands.running(), "fetch refused: the connection has its share running");
+    }
+    errand
+}
+
 /// Step 7: joins or leads the fetch for the key (`alone`: a private fetch
 /// nobody joins), then answers (step 8). `None` means the shared response is
-/// another variant: look up again.
+/// another variant: look up again. A request that would lead a fetch while
+/// its connection has its share running is answered 429; one that can
+/// wait on a fetch already running always may.
 pub(super) async fn fetch(cx: &Ctx, miss: Miss, alone: bool, distrust: bool) -> Option<Answer> {
     let engine = &cx.engine;
+    let mut place = None;
     let join = if alone {
+        place = errand(cx);
+        if place.is_none() {
+            return Some(failed(engine, Error::TooManyFetches));
+        }
         Join::Leader(engine.flights.private(miss.key))
     } else {
-        match engine.flights.join_unless(miss.key, || lookup::stored_since(cx, miss.key, distrust)) {
+        // Decided under the map's lock, only when no fetch is running.
+        let lead = || match lookup::stored_since(cx, miss.key, distrust) {
+            Some(hit) => Some(NoLead::Stored(hit)),
+            None => {
+                place = errand(cx);
+                place.is_none().then_some(NoLead::Refused)
+            }
+        };
+        match engine.flights.join_unless(miss.key, lead) {
             Ok(join) => join,
-            Err(hit) => return Some(hit.serve(cx).await),
+            Err(NoLead::Stored(hit)) => return Some(hit.serve(cx).await),
+            Err(NoLead::Refused) => return Some(failed(engine, Error::TooManyFetches)),
         }
     };
     // The upstream's interim responses go to every request waiting on
@@ -81,15 +116,16 @@ pub(super) async fn fetch(cx: &Ctx, miss: Miss, alone: bool, distrust: bool) -> 
         };
         flight.pass_interim_to(interim.clone());
     }
-    let joined = match join {
-        Join::Leader(guard) => {
+    let joined = match (join, place) {
+        (Join::Leader(guard), Some(place)) => {
             let flight = Arc::clone(&guard.flight);
             let (tx, rx) = oneshot::channel();
-            let job = FetchJob::new(cx, guard, fetched(cx), miss.stale.clone(), Some(tx));
+            let job = FetchJob::new(cx, (guard, place), fetched(cx), miss.stale.clone(), Some(tx));
             tokio::spawn(job.run());
             Joined { flight, pass: Some(rx) }
         }
-        Join::Waiter(flight) => {
+        (Join::Leader(_), None) => unreachable!("a leader has its place"),
+        (Join::Waiter(flight), _) => {
             engine.metrics.coalesced();
             Joined { flight, pass: None }
         }
@@ -100,10 +136,20 @@ pub(super) async fn fetch(cx: &Ctx, miss: Miss, alone: bool, distrust: bool) -> 
     Some(answer)
 }
 
-/// Stale-while-revalidate: one background revalidation per key.
+/// Stale-while-revalidate: one background revalidation per key, unless
+/// the request's connection has half its share of fetches running
+/// ([`outpost_net::Errands::start_spare`]: the stale copy is served all the same, and
+/// a later request revalidates).
 pub(super) fn revalidate_in_background(cx: &Ctx, key: Key, obj: Arc<StoredObject>) {
-    if let Join::Leader(guard) = cx.engine.flights.join(key) {
-        tokio::spawn(FetchJob::new(cx, guard, fetched(cx), Some((key, obj)), None).run());
+    let mut place = None;
+    let lead = || {
+        place = cx.errands.start_spare();
+        place.is_none().then_some(())
+    };
+    if let Ok(Join::Leader(guard)) = cx.engine.flights.join_unless(key, lead)
+        && let Some(place) = place
+    {
+        tokio::spawn(FetchJob::new(cx, (guard, place), fetched(cx), Some((key, obj)), None).run());
     }
 }
 

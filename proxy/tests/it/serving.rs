@@ -267,6 +267,49 @@ async fn http2_with_prior_knowledge() {
     assert_eq!(seen["host"], format!("localhost:{}", edge.addr.port()), "{seen}");
 }
 
+/// An HTTP/2 client that resets each stream once its fetch has begun (a
+/// reset leaves the stream limit at once, the fetch goes on for others)
+/// leaves no more fetches running than `fetches_per_connection`: the next
+/// request that would start one is answered 429 at once and reaches no
+/// origin. Hits, requests that wait on a running fetch and other
+/// connections are served meanwhile, and each fetch that ends gives its
+/// place back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_leaves_no_more_fetches_running_than_its_share() {
+    const SHARE: u64 = 12;
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    let edge = Edge::limited(dir.path(), origin.addr, &format!("[limits]\nfetches_per_connection = {SHARE}\n")).await;
+    let slow = |i: u64| format!("http://t.test/slow?size={}&delay=2s&cc=max-age%3D60", 100 + i);
+    let cheap = "http://t.test/cheap?size=10&cc=max-age%3D60";
+    let send = h2_client(tokio::net::TcpStream::connect(edge.addr).await.unwrap()).await;
+    assert_eq!(h2_get(&send, cheap).await.status, StatusCode::OK);
+    for i in 0..SHARE {
+        let mut s = send.clone().ready().await.unwrap();
+        let (resp, _) = s.send_request(http::Request::get(slow(i)).body(()).unwrap(), true).unwrap();
+        eventually("the fetch to reach the origin", || async { origin.count("/slow").await == i + 1 }).await;
+        // Its last handle dropped, h2 resets the stream (CANCEL).
+        drop(resp);
+    }
+    let started = Instant::now();
+    let refused = h2_get(&send, &slow(SHARE)).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "{}", String::from_utf8_lossy(&refused.body));
+    assert!(started.elapsed() < Duration::from_millis(1000), "refused at once, not after a fetch");
+    assert_eq!(origin.count("/slow").await, SHARE, "the refused request reached the origin");
+    assert_eq!(h2_get(&send, cheap).await.status, StatusCode::OK, "a hit needs no fetch");
+    // Waiting on a running fetch takes no place; another connection has a
+    // share of its own.
+    let (first, other) = (slow(0), slow(SHARE + 1).replace("http://t.test", ""));
+    let (joined, other) = tokio::join!(h2_get(&send, &first), edge.get(&other));
+    assert_eq!((joined.status, other.status), (StatusCode::OK, StatusCode::OK));
+    assert!(joined.final_at > Duration::from_millis(300), "waited for the running fetch: {:?}", joined.final_at);
+    assert_eq!(origin.count("/slow").await, SHARE + 1);
+    // The fetches left behind end, and give their places back.
+    eventually("the places to come back", || async { h2_get(&send, &slow(SHARE)).await.status == StatusCode::OK })
+        .await;
+    assert_eq!(origin.count("/slow").await, SHARE + 2);
+}
+
 /// Reads the process's metrics, so it runs in a process of its own, which
 /// installs the exporter as the program does.
 #[test]

@@ -146,6 +146,9 @@ zone = "cdn.example.test."
 geoip = "geo.mmdb"
 default_pop = "fra"
 sites = ["example"]
+# One client asks the same name again and again: no response-rate limit,
+# as nsd's is turned off below (gdnsd has none).
+rate_limit = 0
 [[dns.pop]]
 name = "fra"
 latitude = 50.11

@@ -7,6 +7,7 @@
 //! keeps the old database in service.
 
 pub mod geo;
+mod limit;
 pub mod registry;
 pub mod server;
 pub mod steer;

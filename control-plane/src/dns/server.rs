@@ -26,6 +26,7 @@ use outpost_config::DnsNode;
 pub(super) mod fast;
 
 use super::geo::{GeoDb, Place};
+use super::limit::{RateLimit, Verdict, truncate};
 use super::steer::{Reason, Steering};
 
 /// Largest UDP answer offered in EDNS (the DNS Flag Day 2020 value).
@@ -57,6 +58,8 @@ pub struct GeoDns {
     pub geo: Arc<GeoDb>,
     pub steering: Steering,
     metrics: DnsMetrics,
+    /// The UDP response-rate limit, when there is one.
+    limit: Option<RateLimit>,
     /// This DNS node's name.
     pub node: String,
 }
@@ -73,6 +76,8 @@ struct DnsMetrics {
     /// By PoP (in node-file order), then by [`Reason`].
     answers: Vec<[Counter; 4]>,
     latency: Histogram,
+    /// UDP answers over the rate limit: dropped, sent truncated.
+    limited: [Counter; 2],
 }
 
 impl DnsMetrics {
@@ -96,6 +101,8 @@ impl DnsMetrics {
             queries,
             answers,
             latency: histogram!("outpost_dns_query_duration_seconds", "node" => node.to_string()),
+            limited: ["dropped", "truncated"]
+                .map(|a| counter!("outpost_dns_rate_limited_total", "node" => node.to_string(), "action" => a)),
         }
     }
 
@@ -177,8 +184,28 @@ impl GeoDns {
             geo,
             steering: Steering::new(cfg),
             metrics: DnsMetrics::new(node, &cfg.pops.iter().map(|p| p.name.clone()).collect::<Vec<_>>()),
+            limit: RateLimit::new(cfg.rate_limit),
             node: node.to_string(),
         })
+    }
+
+    /// Whether `out`, the UDP answer to `query` from `client`, goes out
+    /// under the response-rate limit ([`super::limit`]); made the
+    /// truncated answer sent in its place when that is what goes.
+    pub(super) fn rate_limit(&self, client: IpAddr, query: &[u8], out: &mut Vec<u8>) -> bool {
+        let Some(limit) = &self.limit else { return true };
+        match limit.check(client, query, out) {
+            Verdict::Send => true,
+            Verdict::Truncate => {
+                self.metrics.limited[1].increment(1);
+                truncate(query, out);
+                true
+            }
+            Verdict::Drop => {
+                self.metrics.limited[0].increment(1);
+                false
+            }
+        }
     }
 
     /// Replaces the set of site ids answered under the zone.

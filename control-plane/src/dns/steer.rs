@@ -261,6 +261,7 @@ mod tests {
             countries: BTreeMap::new(),
             continents: BTreeMap::new(),
             sites: Vec::new(),
+            rate_limit: 0,
         };
         Steering::new(&cfg)
     }

@@ -3,8 +3,9 @@
 //! ([`GeoDns::answer_fast`]), anything else by the full handler through
 //! hickory's message types ([`answer_full`]). The answers to what was
 //! queued together leave with one `sendmmsg`, as nsd and gdnsd send them,
-//! which also lets a busy resolver read them in fewer wakeups. TCP stays
-//! with hickory's server.
+//! which also lets a busy resolver read them in fewer wakeups. Each answer
+//! passes the response-rate limit first ([`super::limit`]). TCP stays
+//! with hickory's server, and is never limited.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -119,7 +120,7 @@ fn answer_loop(
                     }
                     None => false,
                 };
-            if answered {
+            if answered && dns.rate_limit(src.ip(), query, out) {
                 dests.push(*src);
             }
         }

@@ -351,6 +351,78 @@ async fn malformed_packets_do_not_stop_the_server() {
     assert_eq!(m.metadata.response_code, ResponseCode::NoError, "still answering");
 }
 
+/// Spoofed queries make the server answer a victim at many times their
+/// size: past `rate_limit` answers a second to one client network for one
+/// name and type, answers are dropped, every second one sent truncated
+/// (TC, no records) so a real resolver asks again over TCP, which is never
+/// limited. Another network, and another name, have counts of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_one_network_is_answered_at_the_rate_limit_and_truncated_past_it() {
+    const SENT: usize = 80;
+    let dir = tempfile::tempdir().unwrap();
+    node_file(dir.path(), 0);
+    let file = dir.path().join("dns.toml");
+    let text = std::fs::read_to_string(&file).unwrap().replace("[dns]\n", "[dns]\nrate_limit = 10\n");
+    std::fs::write(&file, text).unwrap();
+    let dns = start_from(dir.path(), NodeConfig::load(&file).unwrap()).await;
+    let addr = dns.addr;
+    let ask = || query("shop.cdn.test.", RecordType::A, Some(("8.8.8.0", 24)), true);
+    let packet = ask();
+    let replies = tokio::task::spawn_blocking(move || {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..SENT {
+            s.send_to(&packet, addr).unwrap();
+        }
+        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let mut replies = Vec::new();
+        let mut buf = [0u8; 2048];
+        while let Ok((n, _)) = s.recv_from(&mut buf) {
+            replies.push(Message::from_vec(&buf[..n]).unwrap());
+        }
+        replies
+    })
+    .await
+    .unwrap();
+    let full = replies.iter().filter(|m| !m.metadata.truncation).count();
+    let truncated: Vec<&Message> = replies.iter().filter(|m| m.metadata.truncation).collect();
+    // Ten a second: the flood may straddle the turn of a second.
+    assert!((10..=20).contains(&full), "{full} full answers of {SENT}");
+    assert!(
+        truncated.len() >= (SENT - 20) / 2 - 1 && truncated.len() <= (SENT - 10) / 2 + 1,
+        "every second answer past the limit truncated: {} of {SENT}",
+        truncated.len()
+    );
+    for m in &truncated {
+        assert_eq!((m.metadata.id, m.answers.len(), m.queries.len()), (4242, 0, 1), "{m:?}");
+        assert_eq!(m.queries[0].name().to_ascii(), "shop.cdn.test.");
+    }
+    assert!(
+        replies
+            .iter()
+            .filter(|m| !m.metadata.truncation)
+            .all(|m| addrs(m) == [IpAddr::V4(Ipv4Addr::new(127, 0, 0, 12))])
+    );
+    // Over TCP the same client is answered in full.
+    assert_eq!(addrs(&tcp(addr, ask()).await), [IpAddr::V4(Ipv4Addr::new(127, 0, 0, 12))]);
+    // Another name from the same network, and the same name from another
+    // network (127.0.1.0/24), have counts of their own.
+    let m = udp(addr, query("cdn.test.", RecordType::SOA, None, false)).await.unwrap();
+    assert!(!m.metadata.truncation && m.answers.len() == 1, "{m:?}");
+    let packet = ask();
+    let m = tokio::task::spawn_blocking(move || {
+        let s = UdpSocket::bind("127.0.1.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
+        s.send_to(&packet, addr).unwrap();
+        let mut buf = [0u8; 2048];
+        let (n, _) = s.recv_from(&mut buf).expect("an answer to another network");
+        Message::from_vec(&buf[..n]).unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!m.metadata.truncation);
+    assert_eq!(addrs(&m), [IpAddr::V4(Ipv4Addr::new(127, 0, 0, 12))]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_database_reloads_and_a_bad_file_keeps_the_old_one() {
     let dir = tempfile::tempdir().unwrap();

@@ -58,6 +58,7 @@ pub(super) fn decode_dns(
         }
     }
     let default_pop: Option<Spanned<String>> = t.req(s, "default_pop");
+    let rate_limit = t.or(s, "rate_limit", DEFAULT_DNS_RATE_LIMIT);
     let pops = decode_pops(s, &mut t, has_control);
     let countries =
         placement(s, &mut t, &pops, "countries", &|c| c.len() == 2 && c.bytes().all(|b| b.is_ascii_uppercase()));
@@ -80,6 +81,7 @@ pub(super) fn decode_dns(
         countries,
         continents,
         sites: sites.into_iter().map(Spanned::into_inner).collect(),
+        rate_limit,
     })
 }
 

@@ -63,6 +63,12 @@ pub const DEFAULT_SHIELD_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_LOG_RETENTION: u64 = 100_000;
 /// TTL of geo-DNS answers: short, so a failed PoP drains within half a minute.
 pub const DEFAULT_DNS_TTL: Duration = Duration::from_secs(30);
+/// UDP answers per second to one client network (an IPv4 /24, an IPv6
+/// /56) for one name and type, or for one kind of error; past it answers
+/// are dropped, every second one sent truncated instead. Resolvers cache
+/// what they are told for the TTL, so one that asks as often as this is
+/// rare; a flood of spoofed queries is what does.
+pub const DEFAULT_DNS_RATE_LIMIT: u32 = 100;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -410,6 +416,9 @@ pub struct DnsNode {
     /// Site ids answered as `<id>.<zone>` until the control plane lists
     /// them. Default: none.
     pub sites: Vec<String>,
+    /// Response-rate limit over UDP; 0: none. Default:
+    /// [`DEFAULT_DNS_RATE_LIMIT`] (100).
+    pub rate_limit: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -1,0 +1,239 @@
+//! Response-rate limiting over UDP, as authoritative servers do it (BIND's
+//! and Knot's RRL): a spoofed query makes the server answer someone who
+//! never asked, at many times the query's size, so answers to one client
+//! network are counted per second, by what they answer, and past the
+//! limit they are dropped — every second one sent truncated instead, so a
+//! real resolver, which a drop would leave waiting, asks again over TCP,
+//! which a spoofed source cannot.
+//!
+//! Answers are counted by the client's network (an IPv4 /24, an IPv6 /56:
+//! what one resolver's addresses share) and by their kind: a positive
+//! answer or NODATA by its name and type, any other (NXDOMAIN, REFUSED,
+//! FORMERR…) by its response code alone, so a flood of random names is
+//! one count. Resolvers cache an answer for its TTL and seldom ask one
+//! name often; a flood asks the same thing again and again.
+//!
+//! The counts live in a fixed table of atomics, one per hashed key and
+//! second (keys that collide share a count: a limit met a little early,
+//! never a table that grows). The hash is keyed at random per process, so
+//! a sender cannot pick keys that collide with another client's.
+
+use std::hash::{BuildHasher, Hasher};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+/// Counts kept: 64 Ki slots, half a MiB.
+const SLOTS: usize = 1 << 16;
+/// Every this many answers past the limit, one is sent truncated.
+const SLIP: u64 = 2;
+
+/// TC, the truncation flag, and the RCODE bits, in the header's flags word.
+const TC: u16 = 0x0200;
+const RCODE: u16 = 0x000F;
+
+/// What to do with an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Verdict {
+    Send,
+    /// Send it truncated: the header and question, TC set, nothing else.
+    Truncate,
+    Drop,
+}
+
+/// The counts of one DNS node's UDP answers.
+#[derive(Debug)]
+pub(super) struct RateLimit {
+    per_second: u64,
+    started: Instant,
+    hasher: std::collections::hash_map::RandomState,
+    /// Each slot: the second (since `started`) in the high 32 bits, the
+    /// answers counted in it in the low 32.
+    slots: Box<[AtomicU64]>,
+}
+
+impl RateLimit {
+    /// `None` for 0: no limit.
+    pub(super) fn new(per_second: u32) -> Option<RateLimit> {
+        (per_second > 0).then(|| RateLimit {
+            per_second: u64::from(per_second),
+            started: Instant::now(),
+            hasher: std::collections::hash_map::RandomState::new(),
+            slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
+        })
+    }
+
+    /// Counts `answer` to `query` from `client`, and says whether it goes.
+    pub(super) fn check(&self, client: IpAddr, query: &[u8], answer: &[u8]) -> Verdict {
+        self.check_at(client, query, answer, self.started.elapsed().as_secs())
+    }
+
+    fn check_at(&self, client: IpAddr, query: &[u8], answer: &[u8], second: u64) -> Verdict {
+        let slot = &self.slots[self.key(client, query, answer) as usize % SLOTS];
+        let second = second & 0xFFFF_FFFF;
+        let mut seen = slot.load(Ordering::Relaxed);
+        let count = loop {
+            let count = if seen >> 32 == second { (seen & 0xFFFF_FFFF).saturating_add(1).min(0xFFFF_FFFF) } else { 1 };
+            match slot.compare_exchange_weak(seen, second << 32 | count, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => break count,
+                Err(now) => seen = now,
+            }
+        };
+        match count.checked_sub(self.per_second) {
+            None | Some(0) => Verdict::Send,
+            Some(over) if over % SLIP == 0 => Verdict::Truncate,
+            Some(_) => Verdict::Drop,
+        }
+    }
+
+    fn key(&self, client: IpAddr, query: &[u8], answer: &[u8]) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        match client {
+            IpAddr::V4(v4) => h.write(&v4.octets()[..3]),
+            IpAddr::V6(v6) => h.write(&v6.octets()[..7]),
+        }
+        let rcode = answer.get(3).map_or(0, |b| u16::from(*b)) & RCODE;
+        match (rcode, question(query)) {
+            (0, Some(q)) => {
+                // The name without regard to case, and the type.
+                for b in &query[12..q - 4] {
+                    h.write_u8(b.to_ascii_lowercase());
+                }
+                h.write(&query[q - 4..q - 2]);
+            }
+            _ => {
+                h.write_u8(0xFF);
+                h.write_u16(rcode);
+            }
+        }
+        h.finish()
+    }
+}
+
+/// Where the question of `query` ends (its name, type and class after the
+/// 12-byte header), when it has exactly one in plain labels.
+fn question(query: &[u8]) -> Option<usize> {
+    if query.get(4..6)? != [0, 1] {
+        return None;
+    }
+    let mut at = 12;
+    loop {
+        let len = usize::from(*query.get(at)?);
+        if len == 0 {
+            break;
+        }
+        // A compression pointer (or a reserved label type) in a question
+        // is not something a resolver sends.
+        if len & 0xC0 != 0 {
+            return None;
+        }
+        at += 1 + len;
+    }
+    let end = at + 1 + 4;
+    (end <= query.len()).then_some(end)
+}
+
+/// Makes `out`, an answer to `query`, the truncated answer sent in its
+/// place: its header with TC set and no records, and the question.
+pub(super) fn truncate(query: &[u8], out: &mut Vec<u8>) {
+    let Some(header) = out.get(..4) else { return };
+    let flags = (u16::from_be_bytes([header[2], header[3]]) | TC).to_be_bytes();
+    let question = question(query).map(|end| &query[12..end]);
+    out.truncate(2);
+    out.extend_from_slice(&flags);
+    out.extend_from_slice(&[0, u8::from(question.is_some()), 0, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(question.unwrap_or_default());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A query for `name` (dotted) of type `qtype`, with id 7.
+    fn query(name: &str, qtype: u16) -> Vec<u8> {
+        let mut q = vec![0, 7, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        for label in name.split('.') {
+            q.push(label.len() as u8);
+            q.extend_from_slice(label.as_bytes());
+        }
+        q.push(0);
+        q.extend_from_slice(&qtype.to_be_bytes());
+        q.extend_from_slice(&[0, 1]);
+        q
+    }
+
+    /// An answer with response code `rcode` and one record's worth of
+    /// bytes after the question.
+    fn answer(query: &[u8], rcode: u8) -> Vec<u8> {
+        let mut a = query.to_vec();
+        a[2] = 0x84;
+        a[3] = 0x80 | rcode;
+        a[6..8].copy_from_slice(&[0, 1]);
+        a.extend_from_slice(&[0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4, 127, 0, 0, 11]);
+        a
+    }
+
+    fn verdicts(limit: &RateLimit, client: &str, q: &[u8], rcode: u8, n: usize, second: u64) -> Vec<Verdict> {
+        let a = answer(q, rcode);
+        (0..n).map(|_| limit.check_at(client.parse().unwrap(), q, &a, second)).collect()
+    }
+
+    #[test]
+    fn past_the_limit_answers_are_dropped_every_second_one_truncated_until_the_next_second() {
+        let limit = RateLimit::new(3).unwrap();
+        let q = query("shop.cdn.test", 1);
+        let got = verdicts(&limit, "192.0.2.1", &q, 0, 7, 5);
+        use Verdict::*;
+        assert_eq!(got, [Send, Send, Send, Drop, Truncate, Drop, Truncate]);
+        assert_eq!(verdicts(&limit, "192.0.2.1", &q, 0, 1, 6), [Send], "a new second");
+    }
+
+    #[test]
+    fn answers_are_counted_by_network_and_by_name_type_or_error() {
+        let limit = RateLimit::new(1).unwrap();
+        let (shop, news) = (query("shop.cdn.test", 1), query("news.cdn.test", 1));
+        assert_eq!(verdicts(&limit, "192.0.2.1", &shop, 0, 1, 0), [Verdict::Send]);
+        // The same network, the name in other case: the same count.
+        assert_eq!(verdicts(&limit, "192.0.2.200", &query("SHOP.cdn.test", 1), 0, 1, 0), [Verdict::Drop]);
+        assert_eq!(verdicts(&limit, "192.0.2.1", &news, 0, 1, 0), [Verdict::Send], "another name");
+        assert_eq!(
+            verdicts(&limit, "192.0.2.1", &query("shop.cdn.test", 28), 0, 1, 0),
+            [Verdict::Send],
+            "another type"
+        );
+        assert_eq!(verdicts(&limit, "192.0.3.1", &shop, 0, 1, 0), [Verdict::Send], "another network");
+        assert_eq!(verdicts(&limit, "2001:db8:0:1::1", &shop, 0, 1, 0), [Verdict::Send]);
+        assert_eq!(verdicts(&limit, "2001:db8:0:1:ffff::2", &shop, 0, 1, 0), [Verdict::Drop], "the same /56");
+        // NXDOMAIN for any name: one count.
+        assert_eq!(verdicts(&limit, "192.0.2.1", &query("a1.cdn.test", 1), 3, 1, 0), [Verdict::Send]);
+        assert_eq!(verdicts(&limit, "192.0.2.1", &query("b2.cdn.test", 1), 3, 1, 0), [Verdict::Drop]);
+        assert_eq!(verdicts(&limit, "192.0.2.1", &query("c3.cdn.test", 1), 5, 1, 0), [Verdict::Send], "REFUSED");
+    }
+
+    #[test]
+    fn a_truncated_answer_keeps_the_id_flags_and_question_and_sets_tc() {
+        let q = query("shop.cdn.test", 1);
+        let mut out = answer(&q, 0);
+        truncate(&q, &mut out);
+        let mut want = q.clone();
+        want[2..4].copy_from_slice(&[0x86, 0x80]);
+        assert_eq!(out, want);
+        // A question that cannot be read is left out.
+        let mut bad = q.clone();
+        bad[12] = 0xC0;
+        let mut out = answer(&q, 0);
+        truncate(&bad, &mut out);
+        assert_eq!(out, [0, 7, 0x86, 0x80, 0, 0, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn questions_are_read_only_when_whole() {
+        let q = query("shop.cdn.test", 1);
+        assert_eq!(question(&q), Some(q.len()));
+        assert_eq!(question(&q[..q.len() - 1]), None);
+        assert_eq!(question(&q[..10]), None);
+        let mut two = q.clone();
+        two[5] = 2;
+        assert_eq!(question(&two), None);
+    }
+}

@@ -1,6 +1,7 @@
 //! Methods other than GET and HEAD: forwarded with their body, never
 //! stored; a 2xx or 3xx answer to an unsafe method invalidates the URL and
-//! the same-site `Location` / `Content-Location` (RFC 9111 §4.4).
+//! the same-site `Location` / `Content-Location` (RFC 9111 §4.4): their
+//! copies are validated before they are sent again.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -63,11 +64,11 @@ async fn forwarded(cx: &Ctx, sent: Result<Response<RecvBody>, UpstreamError>) ->
     };
     let status = resp.status();
     if !cx.method.is_safe() && (status.is_success() || status.is_redirection()) {
-        engine.remove_url(&cx.site, cx.scope(None), &cx.rkey.url).await;
+        engine.invalidate_url(&cx.site, cx.scope(None), &cx.rkey.url).await;
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
             if let Some((host, url)) = same_site_path(cx, resp.headers().get(&name)) {
                 let host = host.as_deref().and_then(|h| RequestHost::parse(h).ok());
-                engine.remove_url(&cx.site, cx.scope(host), &url).await;
+                engine.invalidate_url(&cx.site, cx.scope(host), &url).await;
             }
         }
     }

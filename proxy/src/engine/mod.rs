@@ -28,10 +28,10 @@ use outpost_net::RecvBody;
 
 use crate::clock::Clock;
 use crate::host::RequestHost;
-use crate::key::{RequestKey, Scope, normalize_path, shape_query};
+use crate::key::{Key, RequestKey, Scope, normalize_path, shape_query};
 use crate::observe::{AccessLog, Metrics};
 use crate::purge::PurgeRules;
-use crate::store::{Entry, Store, StoreError};
+use crate::store::{Entry, Store, StoreError, StoredObject};
 use crate::tls::CertStore;
 use crate::upstream::request::Hop;
 use crate::upstream::{Route, Upstream, UpstreamClient};
@@ -304,24 +304,67 @@ impl Engine {
         request::unreadable(self, client, status);
     }
 
-    /// The stored keys of a URL in one scope (its object, or its variant
-    /// index and the variants it knows), removed at once.
-    async fn remove_url(&self, site: &Site, scope: Scope<'_>, url: &str) {
+    /// The copies stored for a URL in one scope (its object, or the
+    /// variants its index knows), and its variant index's key, if it has
+    /// one.
+    async fn stored_for_url(
+        &self,
+        site: &Site,
+        scope: Scope<'_>,
+        url: &str,
+    ) -> (Vec<(Key, Arc<StoredObject>)>, Option<Key>) {
         let (path, query) = url.split_once('?').map_or((url, None), |(p, q)| (p, Some(q)));
-        let Ok(path) = normalize_path(path) else { return };
+        let Ok(path) = normalize_path(path) else { return (Vec::new(), None) };
         let query = shape_query(query, &site.cache);
         let rkey = RequestKey::new(site, scope, &path, query.as_deref(), &http::HeaderMap::new());
         match self.store.get(rkey.primary).await {
-            Some(Entry::Object(o)) => self.store.remove_object(rkey.primary, &o),
+            Some(Entry::Object(o)) => (vec![(rkey.primary, o)], None),
             Some(Entry::Variants(v)) => {
+                let mut found = Vec::new();
                 for k in &v.known {
                     if let Some(Entry::Object(o)) = self.store.get(*k).await {
-                        self.store.remove_object(*k, &o);
+                        found.push((*k, o));
                     }
                 }
-                self.store.remove(rkey.primary);
+                (found, Some(rkey.primary))
             }
-            _ => {}
+            _ => (Vec::new(), None),
+        }
+    }
+
+    /// The stored keys of a URL in one scope (its object, or its variant
+    /// index and the variants it knows), removed at once.
+    async fn remove_url(&self, site: &Site, scope: Scope<'_>, url: &str) {
+        let (objects, index) = self.stored_for_url(site, scope, url).await;
+        for (k, o) in objects {
+            self.store.remove_object(k, &o);
+        }
+        if let Some(index) = index {
+            self.store.remove(index);
+        }
+    }
+
+    /// Marks the stored copies of a URL in one scope invalid, as an unsafe
+    /// method's success asks (RFC 9111 §4.4): each is validated before it
+    /// is sent again ([`Engine::invalidate`]).
+    async fn invalidate_url(&self, site: &Site, scope: Scope<'_>, url: &str) {
+        for (k, o) in self.stored_for_url(site, scope, url).await.0 {
+            self.invalidate(k, &o);
+        }
+    }
+
+    /// Marks one stored copy invalid. A copy with a validator stays, to be
+    /// validated before it is sent again: any client can send the unsafe
+    /// request, so what it costs the upstream is a conditional request (a
+    /// 304 for an object that did not change), not the object again. One
+    /// without a validator is removed: its validation would fetch it whole
+    /// all the same.
+    fn invalidate(&self, key: Key, o: &Arc<StoredObject>) {
+        if o.headers.contains_key(http::header::ETAG) || o.headers.contains_key(http::header::LAST_MODIFIED) {
+            let marked = StoredObject { timing: o.timing.invalidated(), ..StoredObject::clone(o) };
+            self.store.insert(key, Entry::Object(Arc::new(marked)));
+        } else {
+            self.store.remove_object(key, o);
         }
     }
 

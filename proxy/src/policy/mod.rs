@@ -381,6 +381,18 @@ impl Timing {
         }
     }
 
+    /// The timing of a copy marked invalid (RFC 9111 §4.4): validated
+    /// before it is sent again, never served stale in the meantime.
+    pub fn invalidated(self) -> Timing {
+        Timing {
+            lifetime: Duration::ZERO,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            always_revalidate: true,
+            ..self
+        }
+    }
+
     /// RFC 9111 §4.2.3 current_age.
     pub fn age(&self, now: SystemTime) -> Duration {
         self.initial_age + now.duration_since(self.response_time).unwrap_or(Duration::ZERO)

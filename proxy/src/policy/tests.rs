@@ -165,6 +165,18 @@ fn stale_while_revalidate_and_stale_if_error_windows() {
     assert_eq!(t.ttl_seconds(at(T0 + 30)), -20);
 }
 
+/// An invalidated copy (RFC 9111 §4.4) is validated before it is sent
+/// again, however fresh it was: never served stale meanwhile, nor in place
+/// of an error.
+#[test]
+fn an_invalidated_copy_is_stale_at_once_and_stands_in_for_nothing() {
+    let p = plan(200, &[("cache-control", "max-age=600, stale-while-revalidate=60, stale-if-error=600")]).unwrap();
+    let t = timing(&p, 0).invalidated();
+    assert_eq!(t.freshness(at(T0 + 5)), Freshness::Stale(Duration::from_secs(5)));
+    assert!(!t.usable_if_error(at(T0 + 5)));
+    assert_eq!(t.age(at(T0 + 5)), timing(&p, 0).age(at(T0 + 5)), "its age is its own still");
+}
+
 #[test]
 fn site_stale_defaults_apply_when_the_origin_is_silent() {
     let (rules, mut stale) = no_defaults();

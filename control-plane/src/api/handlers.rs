@@ -14,6 +14,7 @@ use outpost_config::api::{
 };
 
 use super::{ApiError, Control, DEFAULT_PURGE_WAIT};
+use crate::store::StoreError;
 use crate::store::{PurgeRecord, now_ms};
 
 type Shared = State<Arc<Control>>;
@@ -96,6 +97,10 @@ fn validate(text: &str, name: &str) -> Result<Site, ApiError> {
     Ok(site)
 }
 
+/// Times a site write checks the other sites again when another replica
+/// wrote one in between.
+const SITE_WRITE_TRIES: usize = 8;
+
 async fn store_site(c: Arc<Control>, text: String, expected: Option<String>) -> Result<Response, ApiError> {
     let stored = c.upsert_site_text(&text, expected.as_deref(), None).await?;
     Ok((StatusCode::CREATED, Json(stored)).into_response())
@@ -136,8 +141,33 @@ impl Control {
             ));
         }
         // Hosts must not collide with another site's, checked and
-        // committed as one step.
+        // committed as one step: on this replica in turn, and against
+        // another replica's writes by the store, which refuses the write
+        // when a site was written after the check read them.
         let _one = c.site_writes.lock().await;
+        for _ in 0..SITE_WRITE_TRIES {
+            if let Some(stored) = c.check_and_store(site.clone(), &text, at).await? {
+                return Ok(stored);
+            }
+        }
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "other sites kept changing while this one was checked against them: try again",
+        ))
+    }
+
+    /// Stores `site` if its hosts collide with no other site's (409 when
+    /// they do, or when `at` is not its version); `None` when another
+    /// site was written between the check and the write, to check again.
+    async fn check_and_store(
+        &self,
+        site: Site,
+        text: &str,
+        at: Option<Option<u64>>,
+    ) -> Result<Option<Stored>, ApiError> {
+        let c = self;
+        let checked = c.store.last_seq().await.map_err(ApiError::from)?;
         let mut sites: Vec<Site> = Vec::new();
         for s in c.store.sites().await.map_err(ApiError::from)? {
             if s.id != site.id
@@ -170,16 +200,20 @@ impl Control {
             && existing.toml == text
         {
             let seq = c.store.last_seq().await.map_err(ApiError::from)?;
-            return Ok(Stored { id: site.id, version: existing.version, seq });
+            return Ok(Some(Stored { id: site.id, version: existing.version, seq }));
         }
-        let rec = c.store.upsert_site(&site.id, &text, current).await.map_err(ApiError::from)?;
+        let rec = match c.store.upsert_site_checked(&site.id, text, current, checked).await {
+            Ok(rec) => rec,
+            Err(StoreError::SitesMoved) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
         let version = match &rec.event {
             outpost_config::Event::SiteUpserted { version, .. } => *version,
             _ => 0,
         };
         let seq = rec.seq;
         c.publish(rec).await;
-        Ok(Stored { id: site.id, version, seq })
+        Ok(Some(Stored { id: site.id, version, seq }))
     }
 }
 

@@ -33,6 +33,10 @@ pub enum StoreError {
     /// A conditional write found the record changed.
     #[error("{0}")]
     Conflict(String),
+    /// A site write found another site written (or deleted) after what
+    /// its caller checked it against ([`Store::upsert_site_checked`]).
+    #[error("another site was written meanwhile")]
+    SitesMoved,
     /// The shared store cannot commit from here (no quorum reachable).
     #[error("the store has no quorum here: {0}")]
     Unavailable(String),
@@ -42,6 +46,17 @@ pub enum StoreError {
 
 pub(crate) fn db<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Db(e.to_string())
+}
+
+/// Whether the events logged after `checked`, up to the one numbered
+/// `next` (`logged`: those still in the log), may have changed the sites:
+/// one of them did, or some are no longer there to tell.
+fn sites_moved(checked: u64, next: u64, logged: &[EventRecord]) -> bool {
+    let between = next.saturating_sub(checked.saturating_add(1));
+    logged.len() as u64 != between
+        || logged.iter().any(|r| {
+            matches!(r.event, outpost_config::Event::SiteUpserted { .. } | outpost_config::Event::SiteDeleted { .. })
+        })
 }
 
 /// How many versions of a site the store keeps, for diffs and rollbacks.
@@ -187,7 +202,25 @@ impl Store {
     /// [`StoreError::Conflict`].
     pub async fn upsert_site(&self, id: &str, toml: &str, base: Option<u64>) -> Result<EventRecord, StoreError> {
         let (id, toml) = (id.to_string(), toml.to_string());
-        backend!(self, |b| b.upsert_site(&id, &toml, base))
+        backend!(self, |b| b.upsert_site(&id, &toml, base, None))
+    }
+
+    /// [`Store::upsert_site`] for a site checked against the others (no
+    /// two may serve one host) as they were when the log's last sequence
+    /// number was `checked`: when a site was written or deleted since,
+    /// nothing is written and the answer is [`StoreError::SitesMoved`], to
+    /// check again. The check and the write are one step however many
+    /// replicas share the store: each write is guarded by the sequence
+    /// number it takes.
+    pub async fn upsert_site_checked(
+        &self,
+        id: &str,
+        toml: &str,
+        base: Option<u64>,
+        checked: u64,
+    ) -> Result<EventRecord, StoreError> {
+        let (id, toml) = (id.to_string(), toml.to_string());
+        backend!(self, |b| b.upsert_site(&id, &toml, base, Some(checked)))
     }
 
     /// Removes a site and logs it; `None` when there was none.

@@ -134,8 +134,26 @@ impl RedbStore {
     }
 
     /// Stores a new version of a site if it is still at `base`, and logs it.
-    pub(super) fn upsert_site(&self, id: &str, toml: &str, base: Option<u64>) -> Result<EventRecord, StoreError> {
+    pub(super) fn upsert_site(
+        &self,
+        id: &str,
+        toml: &str,
+        base: Option<u64>,
+        checked: Option<u64>,
+    ) -> Result<EventRecord, StoreError> {
         self.append(|tx| {
+            if let Some(checked) = checked {
+                let next = tx.open_table(META).map_err(db)?.get(NEXT_SEQ).map_err(db)?.map_or(1, |v| v.value());
+                let events = tx.open_table(EVENTS).map_err(db)?;
+                let mut logged = Vec::new();
+                for row in events.range(checked.saturating_add(1)..next).map_err(db)? {
+                    let (_, v) = row.map_err(db)?;
+                    logged.push(serde_json::from_slice(v.value()).map_err(db)?);
+                }
+                if super::sites_moved(checked, next, &logged) {
+                    return Err(StoreError::SitesMoved);
+                }
+            }
             let current = site_in(tx, id)?.map(|s| s.version);
             if current != base {
                 return Err(conflict(id, base, current));

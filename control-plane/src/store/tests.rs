@@ -94,6 +94,35 @@ pub(crate) async fn upserts_are_compare_and_swap(s: &Store) {
     assert_eq!(s.last_seq().await.unwrap(), last + 1);
 }
 
+/// A site write checked against the sites as they were at a sequence
+/// number is refused, writing nothing, once another site was written or
+/// deleted since, or the events between are compacted away; other events
+/// between (purges) do not stop it.
+pub(crate) async fn a_checked_site_write_is_refused_once_another_site_moved(s: &Store) {
+    s.upsert_site("one", "[site] 1", None).await.unwrap();
+    let checked = s.last_seq().await.unwrap();
+    s.add_purge("one", PurgeTarget::All, false).await.unwrap();
+    s.upsert_site_checked("two", "[site] 2", None, checked).await.expect("only a purge came between");
+    for moved in ["written", "deleted", "compacted"] {
+        let checked = s.last_seq().await.unwrap();
+        match moved {
+            "written" => drop(s.upsert_site("one", "[site] 1 again", Some(1)).await.unwrap()),
+            "deleted" => drop(s.delete_site("two").await.unwrap()),
+            _ => {
+                s.add_purge("one", PurgeTarget::All, false).await.unwrap();
+                s.add_purge("one", PurgeTarget::All, false).await.unwrap();
+                assert!(s.compact(1).await.unwrap() > 0);
+            }
+        }
+        let last = s.last_seq().await.unwrap();
+        let got = s.upsert_site_checked("three", "[site] 3", None, checked).await;
+        assert!(matches!(got, Err(StoreError::SitesMoved)), "another site {moved}: {got:?}");
+        assert_eq!((s.site("three").await.unwrap(), s.last_seq().await.unwrap()), (None, last), "nothing written");
+    }
+    let checked = s.last_seq().await.unwrap();
+    s.upsert_site_checked("three", "[site] 3", None, checked).await.expect("checked again, it goes");
+}
+
 /// Concurrent purges each take their own sequence number and purge id.
 pub(crate) async fn concurrent_writes_get_one_order(s: &Store) {
     let base = s.last_seq().await.unwrap();
@@ -277,6 +306,7 @@ macro_rules! battery {
 battery!(
     log_sites_purges_and_nodes,
     upserts_are_compare_and_swap,
+    a_checked_site_write_is_refused_once_another_site_moved,
     concurrent_writes_get_one_order,
     pop_weights_are_kept_and_replaced,
     site_history_keeps_the_last_versions,

@@ -366,12 +366,30 @@ impl EtcdBackend {
         Ok(self.counter("first").await?.value.unwrap_or(1))
     }
 
-    pub(super) async fn upsert_site(&self, id: &str, toml: &str, base: Option<u64>) -> Result<EventRecord, StoreError> {
+    pub(super) async fn upsert_site(
+        &self,
+        id: &str,
+        toml: &str,
+        base: Option<u64>,
+        checked: Option<u64>,
+    ) -> Result<EventRecord, StoreError> {
         let key = self.key(&["sites", id]);
         let logged = self
             .append(|seq, at_ms| {
                 let key = key.clone();
                 async move {
+                    // The events between are fixed: the write is guarded
+                    // by the sequence number `seq` follows.
+                    if let Some(checked) = checked {
+                        let between = seq.saturating_sub(checked.saturating_add(1));
+                        let logged = match between {
+                            0 => Vec::new(),
+                            n => self.events_after(checked, usize::try_from(n).unwrap_or(usize::MAX)).await?,
+                        };
+                        if super::sites_moved(checked, seq, &logged) {
+                            return Err(StoreError::SitesMoved);
+                        }
+                    }
                     let current: Read<SiteRecord> = self.get(&key).await?;
                     let version = current.value.as_ref().map(|s| s.version);
                     if version != base {

@@ -88,7 +88,9 @@ impl RateLimit {
 
     fn key(&self, client: IpAddr, query: &[u8], answer: &[u8]) -> u64 {
         let mut h = self.hasher.build_hasher();
-        match client {
+        // An IPv4 client of a dual-stack socket comes as `::ffff:a.b.c.d`:
+        // its network is its IPv4 /24, not the mapped range's /56.
+        match client.to_canonical() {
             IpAddr::V4(v4) => h.write(&v4.octets()[..3]),
             IpAddr::V6(v6) => h.write(&v6.octets()[..7]),
         }
@@ -134,15 +136,57 @@ fn question(query: &[u8]) -> Option<usize> {
 }
 
 /// Makes `out`, an answer to `query`, the truncated answer sent in its
-/// place: its header with TC set and no records, and the question.
+/// place: its header with TC set, the question, and its OPT record (RFC
+/// 6891 §7: a response to a query with one has one), without options.
 pub(super) fn truncate(query: &[u8], out: &mut Vec<u8>) {
     let Some(header) = out.get(..4) else { return };
     let flags = (u16::from_be_bytes([header[2], header[3]]) | TC).to_be_bytes();
-    let question = question(query).map(|end| &query[12..end]);
+    let question = question(query).map(|end| query[12..end].to_vec());
+    let opt = opt_of(out);
     out.truncate(2);
     out.extend_from_slice(&flags);
-    out.extend_from_slice(&[0, u8::from(question.is_some()), 0, 0, 0, 0, 0, 0]);
-    out.extend_from_slice(question.unwrap_or_default());
+    out.extend_from_slice(&[0, u8::from(question.is_some()), 0, 0, 0, 0, 0, u8::from(opt.is_some())]);
+    out.extend_from_slice(question.as_deref().unwrap_or_default());
+    out.extend_from_slice(opt.as_ref().map_or(&[][..], |o| &o[..]));
+}
+
+/// The OPT record of `answer` with its options left out (an empty
+/// RDATA): the payload size, extended RCODE, version and flags it says.
+fn opt_of(answer: &[u8]) -> Option<[u8; 11]> {
+    let count = |at: usize| answer.get(at..at + 2).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])));
+    let (questions, records) = (count(4)?, count(6)? + count(8)?);
+    let additional = count(10)?;
+    let mut at = 12;
+    for _ in 0..questions {
+        at = skip_name(answer, at)? + 4;
+    }
+    for i in 0..records + additional {
+        let name_at = at;
+        at = skip_name(answer, at)?;
+        let fixed = answer.get(at..at + 10)?;
+        let rdata = usize::from(u16::from_be_bytes([fixed[8], fixed[9]]));
+        if i >= records && fixed[..2] == [0, 41] && answer.get(name_at) == Some(&0) {
+            let mut opt = [0u8; 11];
+            opt[1..9].copy_from_slice(&fixed[..8]);
+            return Some(opt);
+        }
+        at += 10 + rdata;
+    }
+    None
+}
+
+/// Where the name at `at` in `message` ends: its labels, or a compression
+/// pointer ending it.
+fn skip_name(message: &[u8], mut at: usize) -> Option<usize> {
+    loop {
+        let len = *message.get(at)?;
+        match len {
+            0 => return Some(at + 1),
+            l if l & 0xC0 == 0xC0 => return message.get(at + 1).map(|_| at + 2),
+            l if l & 0xC0 != 0 => return None,
+            l => at += 1 + usize::from(l),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -204,6 +248,10 @@ mod tests {
         assert_eq!(verdicts(&limit, "192.0.3.1", &shop, 0, 1, 0), [Verdict::Send], "another network");
         assert_eq!(verdicts(&limit, "2001:db8:0:1::1", &shop, 0, 1, 0), [Verdict::Send]);
         assert_eq!(verdicts(&limit, "2001:db8:0:1:ffff::2", &shop, 0, 1, 0), [Verdict::Drop], "the same /56");
+        // IPv4 clients of a dual-stack socket: by their own /24.
+        assert_eq!(verdicts(&limit, "::ffff:198.51.100.7", &shop, 0, 1, 0), [Verdict::Send]);
+        assert_eq!(verdicts(&limit, "::ffff:203.0.113.7", &shop, 0, 1, 0), [Verdict::Send], "another IPv4 network");
+        assert_eq!(verdicts(&limit, "198.51.100.9", &shop, 0, 1, 0), [Verdict::Drop], "mapped or not, one network");
         // NXDOMAIN for any name: one count.
         assert_eq!(verdicts(&limit, "192.0.2.1", &query("a1.cdn.test", 1), 3, 1, 0), [Verdict::Send]);
         assert_eq!(verdicts(&limit, "192.0.2.1", &query("b2.cdn.test", 1), 3, 1, 0), [Verdict::Drop]);
@@ -224,6 +272,28 @@ mod tests {
         let mut out = answer(&q, 0);
         truncate(&bad, &mut out);
         assert_eq!(out, [0, 7, 0x86, 0x80, 0, 0, 0, 0, 0, 0, 0, 0]);
+    }
+
+    /// A query with an OPT record (EDNS, payload 1232, DO set) has its
+    /// truncated answer keep one: the answer's, without its options.
+    #[test]
+    fn a_truncated_answer_keeps_the_opt_record_without_its_options() {
+        let mut q = query("shop.cdn.test", 1);
+        q[11] = 1;
+        q.extend_from_slice(&[0, 0, 41, 0x04, 0xD0, 0, 0, 0x80, 0, 0, 0]);
+        let mut out = answer(&q[..q.len() - 11], 0);
+        out[11] = 1;
+        // The answer's OPT, with a client-subnet option (RFC 7871).
+        out.extend_from_slice(&[0, 0, 41, 0x04, 0xD0, 0, 0, 0x80, 0, 0, 11]);
+        out.extend_from_slice(&[0, 8, 0, 7, 0, 1, 24, 24, 192, 0, 2]);
+        truncate(&q, &mut out);
+        let mut want = q[..q.len() - 11].to_vec();
+        want[2..4].copy_from_slice(&[0x86, 0x80]);
+        want[11] = 1;
+        want.extend_from_slice(&[0, 0, 41, 0x04, 0xD0, 0, 0, 0x80, 0, 0, 0]);
+        assert_eq!(out, want);
+        // A record cut short: no OPT is made up.
+        assert_eq!(opt_of(&want[..want.len() - 3]), None);
     }
 
     #[test]

@@ -18,8 +18,9 @@ pub struct Errands {
 }
 
 impl Errands {
-    /// A connection's count, allowing `max` at once.
+    /// A connection's count, allowing `max` at once (0: no cap).
     pub fn new(max: u32) -> Errands {
+        let max = if max == 0 { u32::MAX } else { max };
         Errands { running: Arc::new(AtomicU32::new(0)), max }
     }
 
@@ -92,6 +93,15 @@ mod tests {
         drop(waited);
         drop(spare);
         assert_eq!(errands.running(), 0);
+    }
+
+    #[test]
+    fn a_cap_of_zero_is_none() {
+        let errands = Errands::new(0);
+        let held: Vec<Errand> = (0..10_000).map(|_| errands.start().expect("no cap")).collect();
+        assert_eq!(errands.running(), 10_000);
+        assert!(errands.start_spare().is_some());
+        drop(held);
     }
 
     #[test]

@@ -49,10 +49,11 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_NODE_EXPIRY: Duration = Duration::from_secs(24 * 3600);
 /// Requests open at once on one HTTP/3 connection (HTTP/2's usual 100).
 pub const DEFAULT_QUIC_STREAMS: u32 = 100;
-/// Upstream fetches one client connection may have running at once: twice
-/// the streams an HTTP/2 connection may have open, so a client that
-/// leaves a revalidation in the background for each of them never meets
-/// it.
+/// Upstream fetches one client connection of an edge may have running at
+/// once: twice the streams an HTTP/2 connection may have open, so a client
+/// that leaves a revalidation in the background for each of them never
+/// meets it. A shield has no cap by default ([`Limits::for_role`]): its
+/// clients are edges, each carrying all its misses over one connection.
 pub const DEFAULT_FETCHES_PER_CONNECTION: u32 = 512;
 /// How often the control plane looks at ACME certificates (1h).
 pub const DEFAULT_ACME_CHECK: Duration = Duration::from_secs(3600);
@@ -213,9 +214,19 @@ pub struct Limits {
     pub quic_streams: u32,
     /// Upstream fetches one client connection may have running at once,
     /// counting those that outlive their requests (a stream reset before
-    /// its answer, a revalidation in the background). Default:
-    /// [`DEFAULT_FETCHES_PER_CONNECTION`] (512).
+    /// its answer, a revalidation in the background); 0: no cap. Default:
+    /// [`DEFAULT_FETCHES_PER_CONNECTION`] (512) on edges, 0 on shields.
     pub fetches_per_connection: u32,
+}
+
+impl Limits {
+    /// The defaults for a node of `role`.
+    pub fn for_role(role: Role) -> Limits {
+        match role {
+            Role::Shield => Limits { fetches_per_connection: 0, ..Limits::default() },
+            _ => Limits::default(),
+        }
+    }
 }
 
 impl Default for Limits {

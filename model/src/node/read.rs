@@ -22,8 +22,8 @@ pub(super) fn decode_node(s: &mut Sink<'_>, root: &mut Table<'_, '_>, file: &Pat
     let listen = decode_listen(s, root, role);
     let tls = node_tls(s, root, role, &base, listen.as_ref());
     let limits = match root.table(s, "limits").filter(|_| role.uses("limits")) {
-        Some(mut t) => decode_limits(s, &mut t),
-        None => Limits::default(),
+        Some(mut t) => decode_limits(s, &mut t, Limits::for_role(role)),
+        None => Limits::for_role(role),
     };
     let control = if role.uses("control") { decode_control_link(s, root, &base) } else { None };
     let role_config = decode_role(s, root, &base, head.access_log, role, control.is_some());
@@ -273,8 +273,7 @@ impl Decode for UnknownSni {
     }
 }
 
-fn decode_limits(s: &mut Sink<'_>, t: &mut Table<'_, '_>) -> Limits {
-    let d = Limits::default();
+fn decode_limits(s: &mut Sink<'_>, t: &mut Table<'_, '_>, d: Limits) -> Limits {
     let header_bytes = t.opt::<Spanned<ByteSize>>(s, "header_bytes");
     let max_header_bytes = match header_bytes {
         Some(b) if !(1024..=1 << 20).contains(&b.get_ref().0) => {
@@ -302,7 +301,7 @@ fn decode_limits(s: &mut Sink<'_>, t: &mut Table<'_, '_>) -> Limits {
     let max_connections = positive(s, t, "max_connections", d.max_connections);
     let listen_backlog = positive(s, t, "listen_backlog", d.listen_backlog);
     let quic_streams = positive(s, t, "quic_streams", d.quic_streams);
-    let fetches_per_connection = positive(s, t, "fetches_per_connection", d.fetches_per_connection);
+    let fetches_per_connection = t.or(s, "fetches_per_connection", d.fetches_per_connection);
     t.finish(s);
     Limits {
         max_header_bytes,

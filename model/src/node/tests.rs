@@ -62,6 +62,21 @@ fn minimal_edge_uses_safe_defaults() {
     assert_eq!(file.proxy().unwrap().access_log, AccessLog::File("/etc/outpost/logs/a.log".into()));
 }
 
+/// A shield's clients are edges, each carrying all its misses over one
+/// connection: no cap on the fetches one connection leaves running unless
+/// the file sets one; an edge has one.
+#[test]
+fn fetches_per_connection_defaults_by_role() {
+    let edge: NodeConfig = EDGE.parse().unwrap();
+    assert_eq!(edge.limits.fetches_per_connection, DEFAULT_FETCHES_PER_CONNECTION);
+    let shield_text =
+        "[node]\nname = \"s\"\nrole = \"shield\"\n[listen]\nhttp = [\"127.0.0.1:0\"]\n[cache]\nmemory = \"64MiB\"\n";
+    let shield: NodeConfig = shield_text.parse().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(shield.limits.fetches_per_connection, 0);
+    let capped: NodeConfig = format!("{shield_text}[limits]\nfetches_per_connection = 64\n").parse().unwrap();
+    assert_eq!((capped.limits.fetches_per_connection, capped.limits.max_headers), (64, DEFAULT_MAX_HEADERS));
+}
+
 #[test]
 fn limits_are_read_and_checked() {
     let node: NodeConfig = format!(

@@ -193,7 +193,7 @@ impl FetchJob {
     /// off from its control plane past the site's grace keeps serving stale
     /// copies too.)
     fn stale_stands_in(&self, now: SystemTime) -> bool {
-        self.stale.as_ref().is_some_and(|(_, s)| self.engine.distrusts(&self.site) || s.timing.usable_if_error(now))
+        self.stale.as_ref().is_some_and(|(_, s)| s.timing.stands_in(now, self.engine.distrusts(&self.site)))
     }
 
     /// No usable response: waiters serve stale if they may, or an error;

@@ -227,8 +227,9 @@ fn serve(cx: &Ctx, found: Found, auth: bool, distrust: bool) -> Result<Hit, Miss
         }
         // The upstream failed for this key a moment ago: the stale copy
         // again, without asking it.
-        Freshness::Stale(_) if held && distrust => Ok(answer(Outcome::StalePartitioned)),
-        Freshness::Stale(_) if held && obj.timing.usable_if_error(now) => Ok(answer(Outcome::StaleIfError)),
+        Freshness::Stale(_) if held && obj.timing.stands_in(now, distrust) => {
+            Ok(answer(if distrust { Outcome::StalePartitioned } else { Outcome::StaleIfError }))
+        }
         Freshness::Stale(_) => Err(Miss { key: found.key, stale: Some((found.key, obj)), outcome: Outcome::Expired }),
     }
 }

@@ -353,18 +353,28 @@ impl Engine {
         }
     }
 
-    /// Marks one stored copy invalid. A copy with a validator stays, to be
+    /// Marks one stored copy invalid. A copy with an `ETag` stays, to be
     /// validated before it is sent again: any client can send the unsafe
     /// request, so what it costs the upstream is a conditional request (a
     /// 304 for an object that did not change), not the object again. One
-    /// without a validator is removed: its validation would fetch it whole
-    /// all the same.
+    /// without is removed: its validation would fetch it whole all the
+    /// same, and `Last-Modified` alone, to the second, would call a change
+    /// made within the second unchanged. A copy replaced meanwhile (a
+    /// fetch stored a newer one) is left as it is.
     fn invalidate(&self, key: Key, o: &Arc<StoredObject>) {
-        if o.headers.contains_key(http::header::ETAG) || o.headers.contains_key(http::header::LAST_MODIFIED) {
+        if !o.headers.contains_key(http::header::ETAG) {
+            self.store.remove_object(key, o);
+            return;
+        }
+        let unchanged = match self.store.get_in_memory(key) {
+            Some(Entry::Object(now)) => Arc::ptr_eq(&now, o),
+            Some(_) => false,
+            // Read from the disk tier: nothing newer is in memory.
+            None => true,
+        };
+        if unchanged {
             let marked = StoredObject { timing: o.timing.invalidated(), ..StoredObject::clone(o) };
             self.store.insert(key, Entry::Object(Arc::new(marked)));
-        } else {
-            self.store.remove_object(key, o);
         }
     }
 

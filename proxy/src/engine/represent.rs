@@ -22,12 +22,13 @@ use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
-use futures_util::StreamExt;
+use futures_util::future::{BoxFuture, Shared};
+use futures_util::{FutureExt, StreamExt};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 use outpost_net::coding::{self, Coding, Recoder};
-use tokio::sync::OnceCell;
 
+use super::Engine;
 use super::context::{Answer, Ctx};
 use super::respond::{Body, SiteMark, serve_object};
 use crate::cache_status::CacheStatus;
@@ -228,16 +229,27 @@ pub(super) fn made_headers(stored: &HeaderMap, coding: Coding) -> HeaderMap {
 /// Representations being made, so each is made once however many
 /// requests want it at the same moment.
 #[derive(Debug, Default)]
-pub(crate) struct Making(Mutex<HashMap<Key, Arc<Made>>>);
+pub(crate) struct Making(Mutex<HashMap<Key, UnderWay>>);
 
-/// One representation being made: what it came to, once known (`None`:
-/// it could not be made).
-type Made = OnceCell<Option<Arc<StoredObject>>>;
+/// A representation being made, as every request that wants it waits on
+/// it: what it came to (`None`: it could not be made).
+type UnderWay = Shared<BoxFuture<'static, Option<Arc<StoredObject>>>>;
 
 impl Making {
-    fn cell(&self, key: Key) -> Arc<Made> {
+    /// The making of `mkey` under way, or the one `start` begins (`None`
+    /// from it: none begun).
+    fn join(
+        &self,
+        mkey: Key,
+        start: impl FnOnce() -> Option<BoxFuture<'static, Option<Arc<StoredObject>>>>,
+    ) -> Option<UnderWay> {
         let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        Arc::clone(map.entry(key).or_default())
+        if let Some(under_way) = map.get(&mkey) {
+            return Some(under_way.clone());
+        }
+        let started = start()?.shared();
+        map.insert(mkey, started.clone());
+        Some(started)
     }
 
     fn done(&self, key: Key) {
@@ -245,38 +257,57 @@ impl Making {
     }
 }
 
+/// The stored representation under `mkey`, whole.
+async fn stored_made(engine: &Engine, mkey: Key) -> Option<Arc<StoredObject>> {
+    match engine.store.get(mkey).await {
+        Some(Entry::Object(o)) if engine.store.has_body(mkey, &o) => Some(o),
+        _ => None,
+    }
+}
+
 /// The representation in `coding` of the object stored under `key`: from
 /// the store, or made now (and stored); `None` when it cannot be made.
+///
+/// The making is a task of its own, which every request wanting it waits
+/// on: a client that goes away (a stream reset) does not abandon it half
+/// done for the next to begin again, and it holds one of its client
+/// connection's places ([`outpost_net::Errands`]) until it ends, so no
+/// connection has more made at once than it may have fetches running
+/// (none begun without a place: the stored representation is served).
 async fn made(cx: &Ctx, key: Key, obj: &Arc<StoredObject>, coding: Coding) -> Option<(Key, Arc<StoredObject>)> {
     let engine = &cx.engine;
     let mkey = made_key(key, obj.fetched_at, coding);
-    let stored = || async {
-        match engine.store.get(mkey).await {
-            Some(Entry::Object(o)) if engine.store.has_body(mkey, &o) => Some(o),
-            _ => None,
-        }
-    };
-    if let Some(o) = stored().await {
+    if let Some(o) = stored_made(engine, mkey).await {
         return Some((mkey, o));
     }
-    let cell = engine.making.cell(mkey);
-    // Looked up again under the cell: a request that finished making it
-    // between the lookup above and now has left it in the store.
-    let made = cell
-        .get_or_init(|| async {
-            match stored().await {
+    let start = || {
+        let place = cx.errands.start()?;
+        let (engine, obj, limit) = (Arc::clone(engine), Arc::clone(obj), cx.site.cache.max_object_size);
+        let task = tokio::spawn(async move {
+            let _place = place;
+            // Looked up again: a making that ended between the lookup
+            // above and the start of this one has left it in the store.
+            let made = match stored_made(&engine, mkey).await {
                 Some(o) => Some(o),
-                None => make(cx, key, obj, coding, mkey).await,
-            }
-        })
-        .await
-        .clone();
-    engine.making.done(mkey);
+                None => make(&engine, limit, key, &obj, coding, mkey).await,
+            };
+            engine.making.done(mkey);
+            made
+        });
+        Some(async move { task.await.ok().flatten() }.boxed())
+    };
+    let made = engine.making.join(mkey, start)?.await;
     made.map(|o| (mkey, o))
 }
 
-async fn make(cx: &Ctx, key: Key, obj: &Arc<StoredObject>, coding: Coding, mkey: Key) -> Option<Arc<StoredObject>> {
-    let engine = &cx.engine;
+async fn make(
+    engine: &Engine,
+    limit: u64,
+    key: Key,
+    obj: &Arc<StoredObject>,
+    coding: Coding,
+    mkey: Key,
+) -> Option<Arc<StoredObject>> {
     let from = Coding::of(&obj.headers)?;
     let len = obj.body.len();
     let mut body = Vec::with_capacity(len as usize);
@@ -284,7 +315,6 @@ async fn make(cx: &Ctx, key: Key, obj: &Arc<StoredObject>, coding: Coding, mkey:
     while let Some(piece) = read.next().await {
         body.extend_from_slice(&piece.ok()?);
     }
-    let limit = cx.site.cache.max_object_size;
     let recoded = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
         match from {
             Coding::Identity => coding::encode(coding, &body),

@@ -81,15 +81,16 @@ fn errand(cx: &Ctx) -> Option<Errand> {
 /// Step 7: joins or leads the fetch for the key (`alone`: a private fetch
 /// nobody joins), then answers (step 8). `None` means the shared response is
 /// another variant: look up again. A request that would lead a fetch while
-/// its connection has its share running is answered 429; one that can
-/// wait on a fetch already running always may.
+/// its connection has its share running is answered 429 (or with a stale
+/// copy that may stand in for an error); one that can wait on a fetch
+/// already running always may.
 pub(super) async fn fetch(cx: &Ctx, miss: Miss, alone: bool, distrust: bool) -> Option<Answer> {
     let engine = &cx.engine;
     let mut place = None;
     let join = if alone {
         place = errand(cx);
         if place.is_none() {
-            return Some(failed(engine, Error::TooManyFetches));
+            return Some(fail_over(cx, miss, Error::TooManyFetches, false, distrust).await);
         }
         Join::Leader(engine.flights.private(miss.key))
     } else {
@@ -104,7 +105,7 @@ pub(super) async fn fetch(cx: &Ctx, miss: Miss, alone: bool, distrust: bool) -> 
         match engine.flights.join_unless(miss.key, lead) {
             Ok(join) => join,
             Err(NoLead::Stored(hit)) => return Some(hit.serve(cx).await),
-            Err(NoLead::Refused) => return Some(failed(engine, Error::TooManyFetches)),
+            Err(NoLead::Refused) => return Some(fail_over(cx, miss, Error::TooManyFetches, false, distrust).await),
         }
     };
     // The upstream's interim responses go to every request waiting on
@@ -249,7 +250,7 @@ fn shared(cx: &Ctx, outcome: Outcome, joined: &Joined, head: Arc<SharedHead>) ->
 /// or cut off from the control plane), otherwise the error.
 async fn fail_over(cx: &Ctx, miss: Miss, error: Error, collapsed: bool, distrust: bool) -> Answer {
     let now = cx.engine.clock.now();
-    if let Some((key, obj)) = miss.stale.filter(|(_, o)| distrust || o.timing.usable_if_error(now)) {
+    if let Some((key, obj)) = miss.stale.filter(|(_, o)| o.timing.stands_in(now, distrust)) {
         let kind = if distrust { Outcome::StalePartitioned } else { Outcome::StaleIfError };
         let fwd_status = match &error {
             Error::Upstream(e) => match e.kind {

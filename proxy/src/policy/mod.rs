@@ -426,6 +426,14 @@ impl Timing {
         let age = self.age(now);
         age < self.lifetime || age - self.lifetime < self.stale_if_error
     }
+
+    /// May this copy stand in for an upstream error now: within its
+    /// stale-if-error window, or at any age on a node cut off from its
+    /// control plane (`partitioned`); never one that must be validated
+    /// before every use (`no-cache`, or invalidated: RFC 9111 §4.2.4).
+    pub fn stands_in(&self, now: SystemTime, partitioned: bool) -> bool {
+        !self.always_revalidate && (partitioned || self.usable_if_error(now))
+    }
 }
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1) and the ones named by `Connection`:

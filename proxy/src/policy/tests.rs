@@ -174,6 +174,8 @@ fn an_invalidated_copy_is_stale_at_once_and_stands_in_for_nothing() {
     let t = timing(&p, 0).invalidated();
     assert_eq!(t.freshness(at(T0 + 5)), Freshness::Stale(Duration::from_secs(5)));
     assert!(!t.usable_if_error(at(T0 + 5)));
+    assert!(!t.stands_in(at(T0 + 5), true), "not even on a node cut off from its control plane");
+    assert!(timing(&p, 0).stands_in(at(T0 + 5), true) && timing(&p, 0).stands_in(at(T0 + 700), false));
     assert_eq!(t.age(at(T0 + 5)), timing(&p, 0).age(at(T0 + 5)), "its age is its own still");
 }
 

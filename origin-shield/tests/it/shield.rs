@@ -371,17 +371,20 @@ async fn shields_make_the_codings_and_edges_store_what_they_get() {
     assert_eq!(made_at_shield, 6);
 }
 
-/// Established TCP connections whose local port is `port`, from
-/// `/proc/net/tcp`: what a server holds open.
+/// Established TCP connections whose local end is 127.0.0.1:`port`, from
+/// `/proc/net/tcp`: what a server listening there holds open.
 pub(crate) fn established_to(port: u16) -> usize {
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    // Accepted on 127.0.0.1 (as the kernel writes it, in hex): a socket of
+    // another test bound to another loopback address may have the same
+    // port number.
+    let local = format!("0100007F:{port:04X}");
     table
         .lines()
         .skip(1)
         .filter(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            let local_port = f[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
-            local_port == Some(port) && f[3] == "01"
+            f[1] == local && f[3] == "01"
         })
         .count()
 }

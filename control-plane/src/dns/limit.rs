@@ -296,6 +296,38 @@ mod tests {
         assert_eq!(opt_of(&want[..want.len() - 3]), None);
     }
 
+    /// Whatever a sender puts in a datagram (cut anywhere, any byte
+    /// changed), counting it and truncating its answer neither panics nor
+    /// reads past it.
+    #[test]
+    fn hostile_datagrams_are_counted_and_truncated_without_a_panic() {
+        let limit = RateLimit::new(1).unwrap();
+        let mut q = query("shop.cdn.test", 1);
+        q[11] = 1;
+        q.extend_from_slice(&[0, 0, 41, 0x04, 0xD0, 0, 0, 0x80, 0, 0, 0]);
+        let a = answer(&q, 0);
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..20_000 {
+            let (mut bad_q, mut bad_a) = (q.clone(), a.clone());
+            for _ in 0..1 + round % 4 {
+                let (i, j) = (next() as usize % bad_q.len(), next() as usize % bad_a.len());
+                bad_q[i] = next() as u8;
+                bad_a[j] = next() as u8;
+            }
+            bad_q.truncate(next() as usize % (bad_q.len() + 1));
+            bad_a.truncate(next() as usize % (bad_a.len() + 1));
+            limit.check("192.0.2.1".parse().unwrap(), &bad_q, &bad_a);
+            truncate(&bad_q, &mut bad_a);
+            assert!(bad_a.len() <= 12 + bad_q.len() + 11, "a truncated answer is never longer than its parts");
+        }
+    }
+
     #[test]
     fn questions_are_read_only_when_whole() {
         let q = query("shop.cdn.test", 1);

@@ -251,9 +251,14 @@ impl Making {
         map.insert(mkey, started.clone());
         Some(started)
     }
+}
 
-    fn done(&self, key: Key) {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
+/// Takes a making out of the map when dropped.
+struct Done<'a>(&'a Making, Key);
+
+impl Drop for Done<'_> {
+    fn drop(&mut self) {
+        self.0.0.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.1);
     }
 }
 
@@ -285,14 +290,15 @@ async fn made(cx: &Ctx, key: Key, obj: &Arc<StoredObject>, coding: Coding) -> Op
         let (engine, obj, limit) = (Arc::clone(engine), Arc::clone(obj), cx.site.cache.max_object_size);
         let task = tokio::spawn(async move {
             let _place = place;
+            // Leaves the map however the making ends (a panic too), so
+            // the next request begins it again.
+            let _done = Done(&engine.making, mkey);
             // Looked up again: a making that ended between the lookup
             // above and the start of this one has left it in the store.
-            let made = match stored_made(&engine, mkey).await {
+            match stored_made(&engine, mkey).await {
                 Some(o) => Some(o),
                 None => make(&engine, limit, key, &obj, coding, mkey).await,
-            };
-            engine.making.done(mkey);
-            made
+            }
         });
         Some(async move { task.await.ok().flatten() }.boxed())
     };

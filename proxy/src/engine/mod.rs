@@ -9,6 +9,7 @@ mod fetch;
 pub(crate) mod flight;
 mod forward;
 pub(crate) mod hold;
+mod invalidations;
 mod lookup;
 mod refill;
 mod represent;
@@ -117,6 +118,8 @@ pub struct Engine {
     pub challenges: crate::acme::Challenges,
     /// Keys whose upstream just failed: served stale without asking again.
     holds: hold::Holds,
+    /// When URLs were last invalidated, for the fetches under way then.
+    invalidations: invalidations::Invalidations,
     /// Representations being made from stored copies.
     making: represent::Making,
     pub https_port: Option<u16>,
@@ -174,6 +177,7 @@ impl Engine {
             certs,
             challenges: crate::acme::Challenges::default(),
             holds: hold::Holds::default(),
+            invalidations: invalidations::Invalidations::default(),
             making: represent::Making::default(),
             https_port: config.https_port,
             alt_svc: config.quic_port.and_then(|p| http::HeaderValue::try_from(format!("h3=\":{p}\"; ma=86400")).ok()),
@@ -304,21 +308,21 @@ impl Engine {
         request::unreadable(self, client, status);
     }
 
-    /// The copies stored for a URL in one scope (its object, or the
+    /// The primary key of a URL in one scope (`None`: its path does not
+    /// normalise, so no request is keyed under it).
+    fn url_key(site: &Site, scope: Scope<'_>, url: &str) -> Option<Key> {
+        let (path, query) = url.split_once('?').map_or((url, None), |(p, q)| (p, Some(q)));
+        let path = normalize_path(path).ok()?;
+        let query = shape_query(query, &site.cache);
+        Some(RequestKey::new(site, scope, &path, query.as_deref(), &http::HeaderMap::new()).primary)
+    }
+
+    /// The copies stored under a URL's primary key (its object, or the
     /// variants its index knows), and its variant index's key, if it has
     /// one.
-    async fn stored_for_url(
-        &self,
-        site: &Site,
-        scope: Scope<'_>,
-        url: &str,
-    ) -> (Vec<(Key, Arc<StoredObject>)>, Option<Key>) {
-        let (path, query) = url.split_once('?').map_or((url, None), |(p, q)| (p, Some(q)));
-        let Ok(path) = normalize_path(path) else { return (Vec::new(), None) };
-        let query = shape_query(query, &site.cache);
-        let rkey = RequestKey::new(site, scope, &path, query.as_deref(), &http::HeaderMap::new());
-        match self.store.get(rkey.primary).await {
-            Some(Entry::Object(o)) => (vec![(rkey.primary, o)], None),
+    async fn stored_for_key(&self, primary: Key) -> (Vec<(Key, Arc<StoredObject>)>, Option<Key>) {
+        match self.store.get(primary).await {
+            Some(Entry::Object(o)) => (vec![(primary, o)], None),
             Some(Entry::Variants(v)) => {
                 let mut found = Vec::new();
                 for k in &v.known {
@@ -326,7 +330,7 @@ impl Engine {
                         found.push((*k, o));
                     }
                 }
-                (found, Some(rkey.primary))
+                (found, Some(primary))
             }
             _ => (Vec::new(), None),
         }
@@ -335,7 +339,8 @@ impl Engine {
     /// The stored keys of a URL in one scope (its object, or its variant
     /// index and the variants it knows), removed at once.
     async fn remove_url(&self, site: &Site, scope: Scope<'_>, url: &str) {
-        let (objects, index) = self.stored_for_url(site, scope, url).await;
+        let Some(primary) = Self::url_key(site, scope, url) else { return };
+        let (objects, index) = self.stored_for_key(primary).await;
         for (k, o) in objects {
             self.store.remove_object(k, &o);
         }
@@ -346,11 +351,20 @@ impl Engine {
 
     /// Marks the stored copies of a URL in one scope invalid, as an unsafe
     /// method's success asks (RFC 9111 §4.4): each is validated before it
-    /// is sent again ([`Engine::invalidate`]).
+    /// is sent again ([`Engine::invalidate`]). A fetch of the URL under way
+    /// stores its copy marked as well ([`Engine::invalidated_since`]).
     async fn invalidate_url(&self, site: &Site, scope: Scope<'_>, url: &str) {
-        for (k, o) in self.stored_for_url(site, scope, url).await.0 {
+        let Some(primary) = Self::url_key(site, scope, url) else { return };
+        self.invalidations.record(primary, self.clock.now());
+        for (k, o) in self.stored_for_key(primary).await.0 {
             self.invalidate(k, &o);
         }
+    }
+
+    /// Was the URL whose primary key is `primary` invalidated after a fetch
+    /// of it began at `started`? Its copy is then stored marked invalid.
+    pub(crate) fn invalidated_since(&self, primary: Key, started: std::time::SystemTime) -> bool {
+        self.invalidations.since(primary, started)
     }
 
     /// Marks one stored copy invalid. A copy with an `ETag` stays, to be

@@ -667,6 +667,43 @@ async fn unsafe_methods_are_forwarded_and_invalidate() {
     assert_eq!(origin.count("/plain").await, 3, "a GET, the POST, and the GET again");
 }
 
+/// A GET whose fetch is under way when a POST to its URL succeeds: the
+/// origin may have answered the GET before the change, so its copy is
+/// stored as the POST leaves a stored copy, validated before it is sent
+/// again (with an ETag) or not stored at all (without).
+#[tokio::test]
+async fn a_fetch_under_way_across_an_unsafe_method_stores_its_copy_invalidated() {
+    let (_d, origin, edge) = setup(DEFAULT_RULES).await;
+    let tagged = ("/inflight-tagged", "/inflight-tagged?size=5000&cc=max-age%3D600");
+    let plain = ("/inflight-plain", "/inflight-plain?size=500&cc=max-age%3D600&etag=none");
+    for (path, url) in [tagged, plain] {
+        // The origin holds the GET back; the POST, sent once the GET has
+        // reached it, is answered at once.
+        origin.control(&format!("fault?mode=delay&prefix={path}&delay=1s")).await;
+        let post = async {
+            while origin.count(path).await == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            origin.control("fault?mode=off").await;
+            let r = send_body(Method::POST, &edge.url(url), "t.test", b"a=1").await;
+            assert_eq!(r.status, StatusCode::OK);
+        };
+        let (got, ()) = tokio::join!(edge.get(url), post);
+        assert_eq!(got.status, StatusCode::OK);
+        assert!(got.cache_status().contains("fwd=uri-miss"), "{}", got.cache_status());
+        assert_eq!(origin.count(path).await, 2, "the GET and the POST");
+    }
+    let before = origin.stats().await["not_modified"].as_u64().unwrap();
+    let r = edge.get(tagged.1).await;
+    assert!(r.cache_status().contains("fwd-status=304"), "stored fresh across the POST: {}", r.cache_status());
+    assert_origin_bytes(tagged.0, &r.body);
+    assert_eq!(origin.stats().await["not_modified"].as_u64().unwrap(), before + 1);
+    assert!(edge.get(tagged.1).await.is_hit(), "fresh once validated");
+    let r = edge.get(plain.1).await;
+    assert!(r.cache_status().contains("fwd=uri-miss; fwd-status=200"), "stored across the POST: {}", r.cache_status());
+    assert!(edge.get(plain.1).await.is_hit(), "a fetch begun after the POST is stored");
+}
+
 #[tokio::test]
 async fn restart_keeps_hits_and_keeps_purged_objects_purged() {
     let dir = tempfile::tempdir().unwrap();

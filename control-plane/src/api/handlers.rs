@@ -167,9 +167,9 @@ impl Control {
         at: Option<Option<u64>>,
     ) -> Result<Option<Stored>, ApiError> {
         let c = self;
-        let checked = c.store.last_seq().await.map_err(ApiError::from)?;
+        let (checked, stored) = c.store.sites_at_seq().await.map_err(ApiError::from)?;
         let mut sites: Vec<Site> = Vec::new();
-        for s in c.store.sites().await.map_err(ApiError::from)? {
+        for s in stored {
             if s.id != site.id
                 && let Ok(other) = Site::parse(Path::new(&s.id), &s.toml)
             {

@@ -245,6 +245,14 @@ impl Store {
         backend!(self, |b| b.sites())
     }
 
+    /// The last sequence number and the sites as they stood at it, read
+    /// together: what a checked write ([`Store::upsert_site_checked`])
+    /// compares against. On a shared store this needs the quorum, as the
+    /// write does: a member's own view may be behind the number.
+    pub async fn sites_at_seq(&self) -> Result<(u64, Vec<SiteRecord>), StoreError> {
+        backend!(self, |b| b.sites_at_seq())
+    }
+
     /// Logs a purge, giving it the next purge id.
     pub async fn add_purge(&self, site_id: &str, target: PurgeTarget, soft: bool) -> Result<PurgeRecord, StoreError> {
         let site_id = site_id.to_string();

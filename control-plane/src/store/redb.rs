@@ -195,6 +195,17 @@ impl RedbStore {
 
     pub(super) fn sites(&self) -> Result<Vec<SiteRecord>, StoreError> {
         let tx = self.db.begin_read().map_err(db)?;
+        Self::sites_in(&tx)
+    }
+
+    /// The last sequence number and the sites, from one read transaction.
+    pub(super) fn sites_at_seq(&self) -> Result<(u64, Vec<SiteRecord>), StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let seq = tx.open_table(META).map_err(db)?.get(NEXT_SEQ).map_err(db)?.map_or(0, |v| v.value());
+        Ok((seq.saturating_sub(1), Self::sites_in(&tx)?))
+    }
+
+    fn sites_in(tx: &redb::ReadTransaction) -> Result<Vec<SiteRecord>, StoreError> {
         let t = tx.open_table(SITES).map_err(db)?;
         let mut out = Vec::new();
         for row in t.iter().map_err(db)? {

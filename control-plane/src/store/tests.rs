@@ -97,14 +97,20 @@ pub(crate) async fn upserts_are_compare_and_swap(s: &Store) {
 /// A site write checked against the sites as they were at a sequence
 /// number is refused, writing nothing, once another site was written or
 /// deleted since, or the events between are compacted away; other events
-/// between (purges) do not stop it.
+/// between (purges) do not stop it. The sites and the number are read
+/// together.
 pub(crate) async fn a_checked_site_write_is_refused_once_another_site_moved(s: &Store) {
+    let ids = |sites: &[SiteRecord]| sites.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
+    let (at, none) = s.sites_at_seq().await.unwrap();
+    assert_eq!((at, ids(&none)), (s.last_seq().await.unwrap(), vec![]));
     s.upsert_site("one", "[site] 1", None).await.unwrap();
-    let checked = s.last_seq().await.unwrap();
+    let (checked, sites) = s.sites_at_seq().await.unwrap();
+    assert_eq!((checked, ids(&sites)), (s.last_seq().await.unwrap(), vec!["one".to_string()]));
+    assert_eq!(sites[0].toml, "[site] 1");
     s.add_purge("one", PurgeTarget::All, false).await.unwrap();
     s.upsert_site_checked("two", "[site] 2", None, checked).await.expect("only a purge came between");
     for moved in ["written", "deleted", "compacted"] {
-        let checked = s.last_seq().await.unwrap();
+        let (checked, _) = s.sites_at_seq().await.unwrap();
         match moved {
             "written" => drop(s.upsert_site("one", "[site] 1 again", Some(1)).await.unwrap()),
             "deleted" => drop(s.delete_site("two").await.unwrap()),

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity, KeyValue, TlsOptions,
-    Txn, TxnOp,
+    Txn, TxnOp, TxnOpResponse,
 };
 use outpost_config::{EtcdStore, Event, EventRecord, IssuedCertificate, Purge, PurgeTarget};
 use serde::Serialize;
@@ -454,6 +454,37 @@ impl EtcdBackend {
 
     pub(super) async fn sites(&self) -> Result<Vec<SiteRecord>, StoreError> {
         Ok(self.list("sites").await?.into_iter().map(|(_, s)| s).collect())
+    }
+
+    /// The last sequence number and the sites, read together in one
+    /// transaction: as the quorum sees them at one revision, never what a
+    /// member alone knows (a checked write needs the quorum all the same).
+    pub(super) async fn sites_at_seq(&self) -> Result<(u64, Vec<SiteRecord>), StoreError> {
+        let from = self.key(&["sites", ""]);
+        let reads = vec![
+            TxnOp::get(self.key(&["meta", "seq"]), None),
+            TxnOp::get(from.clone(), Some(GetOptions::new().with_prefix())),
+        ];
+        let resp = match self.client().txn(Txn::new().and_then(reads)).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                self.next_member();
+                return Err(unavailable(e));
+            }
+        };
+        let mut gets = resp.op_responses().into_iter().filter_map(|r| match r {
+            TxnOpResponse::Get(g) => Some(g),
+            _ => None,
+        });
+        let (Some(seq), Some(sites)) = (gets.next(), gets.next()) else {
+            return Err(db("a read of the sites and the sequence number came back short"));
+        };
+        let seq = match seq.kvs().first() {
+            Some(kv) => decode::<u64>(kv)?,
+            None => 0,
+        };
+        let sites = sites.kvs().iter().map(decode).collect::<Result<Vec<SiteRecord>, _>>()?;
+        Ok((seq, sites))
     }
 
     pub(super) async fn add_purge(

@@ -66,6 +66,17 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Print nodes' own credentials, one a line, derived from the control
+    /// plane's node token: each goes in its node's `[control] token_file`,
+    /// and speaks for that node alone.
+    NodeToken {
+        /// The control plane's node file (it names the node token file).
+        #[arg(long)]
+        config: PathBuf,
+        /// Node names, as their `[node] name`.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
     /// Manage sites on the control plane.
     Sites {
         #[command(subcommand)]
@@ -291,6 +302,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("wrote {} ({n} networks)", paths[1].display());
         }
         Command::Dns { config, .. } => serve(&config.unwrap_or_default(), Role::Dns)?,
+        Command::NodeToken { config, names } => {
+            let node = outpost_config::NodeConfig::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+            for credential in outpost_control::credential::for_nodes(&node, &names).map_err(anyhow::Error::msg)? {
+                println!("{credential}");
+            }
+        }
         Command::Sites { action, control, json } => runtime()?.block_on(sites(action, &control, json))?,
         Command::Pops { action, control, json } => runtime()?.block_on(pops(action, &control, json))?,
         Command::Purge { site, urls, prefix, tags, all, soft, wait, control, json } => {

@@ -4,6 +4,7 @@
 pub mod acme;
 pub mod api;
 pub mod console;
+pub mod credential;
 pub mod dns;
 pub mod node;
 pub mod store;

@@ -105,6 +105,9 @@ impl ControlNode {
         let listener = outpost_net::listen(addr, node.limits.listen_backlog)
             .map_err(|source| ControlError::Bind { addr, source })?;
         let control = Control::new(store, admin, nodes, cfg.log_retention, cfg.node_expiry).await?;
+        if !cfg.shared_node_token {
+            control.refuse_shared_node_token();
+        }
         let server = outpost_net::ServerConfig { name: node.name.as_str().into(), limits: node.limits };
         // Zero until an order fails: the alert on it has a series to watch
         // on every control plane.

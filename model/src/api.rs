@@ -245,6 +245,11 @@ pub struct StreamQuery {
     /// Comma-separated `ip:port` addresses the node serves on.
     #[serde(default)]
     pub addrs: String,
+    /// Send the sites' current certificates first
+    /// ([`crate::StreamLine::Certificates`]): the node cannot open the keys
+    /// of those it holds (its token changed since they were sealed).
+    #[serde(default)]
+    pub certificates: bool,
 }
 
 impl StreamQuery {
@@ -258,6 +263,9 @@ impl StreamQuery {
             q.append_pair("pop", p);
         }
         q.append_pair("addrs", &self.addrs);
+        if self.certificates {
+            q.append_pair("certificates", "true");
+        }
         format!("{}?{}", paths::EVENTS, q.finish())
     }
 }
@@ -288,10 +296,13 @@ mod tests {
             role: Role::Edge,
             pop: Some("fra".into()),
             addrs: "[::1]:80,127.0.0.1:80".into(),
+            certificates: false,
         };
         assert_eq!(
             q.path_and_query(),
             "/v1/events?after=7&node=edge-1&role=edge&pop=fra&addrs=%5B%3A%3A1%5D%3A80%2C127.0.0.1%3A80"
         );
+        let asking = StreamQuery { certificates: true, pop: None, addrs: String::new(), ..q };
+        assert_eq!(asking.path_and_query(), "/v1/events?after=7&node=edge-1&role=edge&addrs=&certificates=true");
     }
 }

@@ -133,6 +133,10 @@ pub enum StreamLine {
     /// as of `seq`. The node replaces its sites and soft-purges everything
     /// it stored before.
     Snapshot { seq: u64, sites: Vec<SiteSnapshot> },
+    /// The sites' current certificates, by site id, sent first to a node
+    /// that asked (`certificates` in its query). They replace the ones it
+    /// holds; events after them go on as before.
+    Certificates { certificates: std::collections::BTreeMap<String, IssuedCertificate> },
     /// Sent every couple of seconds so a dead link is noticed. `stale`: the
     /// replica sending it has lost its store's quorum, so what it knows may
     /// be behind; a node that can follows another replica.

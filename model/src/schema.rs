@@ -250,7 +250,20 @@ pub static SECTIONS: &[Section] = &[
         doc: "Bearer tokens of the control plane's API, each read from a file.",
         keys: &[
             key("admin_token_file", "path", Required, "Operators' token: sites, purges, status.", "\"admin.token\""),
-            key("node_token_file", "path", Required, "Nodes' token: the event stream and registration.", "\"node.token\""),
+            key(
+                "node_token_file",
+                "path",
+                Required,
+                "The secret nodes' credentials derive from (`outpost node-token NAME` prints a node's: it opens that node's event stream and acknowledges for it alone). Created with a random token when missing.",
+                "\"node.token\"",
+            ),
+            key(
+                "shared_node_token",
+                "bool",
+                Bool(true),
+                "Whether the node token itself is accepted from nodes, for any node name. Set to false once every node has its own credential: a node then cannot speak for another.",
+                "false",
+            ),
         ],
     },
     Section {

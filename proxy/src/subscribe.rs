@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -69,6 +69,9 @@ pub struct Subscriber {
     /// Requests served and when, at the last acknowledgement (for the load).
     /// Requests and hits counted at the last acknowledgement, and when.
     last_load: Mutex<(u64, u64, std::time::Instant)>,
+    /// A certificate held did not load: the next stream asks for the
+    /// current ones (`StreamQuery::certificates`).
+    refresh_certificates: AtomicBool,
 }
 
 fn now_ms() -> u64 {
@@ -99,14 +102,17 @@ fn same_site(old: &SiteSnapshot, new: &SiteSnapshot) -> bool {
 }
 
 /// Puts the sites' ACME certificates in use, opening each new one's key
-/// with the node token; a certificate that does not open or load leaves
-/// the one in use (if any) in place.
-fn install_certificates(engine: &Engine, sites: &BTreeMap<String, SiteSnapshot>, token_file: &Path) {
+/// with the node's token; a certificate that does not open or load leaves
+/// the one in use (if any) in place. False when one did not: the node
+/// asks for the current ones when it next connects (its token may have
+/// changed since they were sealed for it).
+fn install_certificates(engine: &Engine, sites: &BTreeMap<String, SiteSnapshot>, token_file: &Path) -> bool {
     for gone in engine.certs.issued_sites().into_iter().filter(|s| sites.get(s).is_none_or(|s| s.certificate.is_none()))
     {
         engine.certs.set_issued(&gone, None);
     }
     let mut token = None;
+    let mut all = true;
     for (id, cert) in sites.iter().filter_map(|(id, s)| Some((id, s.certificate.as_ref()?))) {
         if engine.certs.issued_chain(id).as_deref() == Some(cert.chain_pem.as_str()) {
             continue;
@@ -117,15 +123,19 @@ fn install_certificates(engine: &Engine, sites: &BTreeMap<String, SiteSnapshot>,
                 Ok(t) => token.insert(t),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the node token to open ACME certificates");
-                    return;
+                    return false;
                 }
             },
         };
         match crate::tls::files::load_issued(cert, id, token, SystemTime::now()) {
             Ok(loaded) => engine.certs.set_issued(id, Some((cert.chain_pem.clone(), loaded))),
-            Err(e) => tracing::error!(site = %id, error = %e, "the site's ACME certificate does not load here"),
+            Err(e) => {
+                tracing::error!(site = %id, error = %e, "the site's ACME certificate does not load here");
+                all = false;
+            }
         }
     }
+    all
 }
 
 impl Subscriber {
@@ -137,9 +147,10 @@ impl Subscriber {
             .and_then(|f| std::fs::read(f).ok())
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
+        let mut refresh = false;
         if state.seq > 0 {
             engine.set_sites(parse_sites(&state.sites, &link.base));
-            install_certificates(&engine, &state.sites, &link.token_file);
+            refresh = !install_certificates(&engine, &state.sites, &link.token_file);
         }
         engine.link_control();
         Subscriber {
@@ -153,7 +164,15 @@ impl Subscriber {
             state: Mutex::new(state),
             last_contact: AtomicU64::new(0),
             last_load: Mutex::new((0, 0, std::time::Instant::now())),
+            refresh_certificates: AtomicBool::new(refresh),
         }
+    }
+
+    /// Puts the sites' certificates in use; asks for the current ones at
+    /// the next connection if one did not load.
+    fn install_certificates(&self, sites: &BTreeMap<String, SiteSnapshot>) {
+        let all = install_certificates(&self.engine, sites, &self.token_file);
+        self.refresh_certificates.store(!all, Ordering::Release);
     }
 
     /// The last sequence applied.
@@ -184,6 +203,20 @@ impl Subscriber {
     async fn apply(&self, line: StreamLine) -> Option<u64> {
         match line {
             StreamLine::Heartbeat { .. } => None,
+            StreamLine::Certificates { certificates } => {
+                let state = {
+                    let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                    for (id, cert) in certificates {
+                        if let Some(site) = st.sites.get_mut(&id) {
+                            site.certificate = Some(cert);
+                        }
+                    }
+                    st.clone()
+                };
+                self.install_certificates(&state.sites);
+                self.persist(&state);
+                None
+            }
             StreamLine::Snapshot { seq, sites } => {
                 let now = self.engine.clock.now();
                 if let Err(e) = self.engine.purges.soft_purge_everything(now) {
@@ -208,7 +241,7 @@ impl Subscriber {
                     self.engine.forget_site(id);
                 }
                 self.engine.set_sites(parse_sites(&state.sites, &self.base));
-                install_certificates(&self.engine, &state.sites, &self.token_file);
+                self.install_certificates(&state.sites);
                 self.persist(&state);
                 Some(seq)
             }
@@ -270,7 +303,7 @@ impl Subscriber {
                     self.engine.set_sites(parse_sites(&state.sites, &self.base));
                 }
                 if sites_changed || certs_changed {
-                    install_certificates(&self.engine, &state.sites, &self.token_file);
+                    self.install_certificates(&state.sites);
                 }
                 self.persist(&state);
                 Some(record.seq)
@@ -311,6 +344,7 @@ impl Subscriber {
             role: self.me.role,
             pop: self.me.pop.clone(),
             addrs: self.me.addrs.join(","),
+            certificates: self.refresh_certificates.load(Ordering::Acquire),
         };
         let mut stream = client.events(&query).await.map_err(|e| e.to_string())?;
         self.heard();

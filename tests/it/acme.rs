@@ -215,6 +215,7 @@ async fn logged_certificates(control: SocketAddr, node_token: &str) -> Vec<outpo
         role: outpost_config::Role::Shield,
         pop: None,
         addrs: String::new(),
+        certificates: false,
     };
     let mut stream = client.events(&query).await.unwrap();
     let mut out = Vec::new();
@@ -265,18 +266,31 @@ async fn a_site_gets_its_certificate_by_acme_on_every_edge_and_renews_it() {
     let running = control(d, control_addr, &pebble, &control_stop).await;
     let admin = std::fs::read_to_string(d.join("admin.token")).unwrap();
 
-    let mut edges = Vec::new();
-    for (i, pop) in [(1, "fra"), (2, "iad")] {
+    // Edge 2 holds its own credential, printed by the CLI: the keys it is
+    // sent are sealed under that, not under the node token it lacks.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["node-token", "--config"])
+        .arg(d.join("control.toml"))
+        .arg("edge-2")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(d.join("edge-2.token"), &out.stdout).unwrap();
+    let edge_file = |i: usize, pop: &str, token: &str| {
         let ip = format!("127.0.0.{}", 40 + i);
-        let cfg = load(
+        load(
             d,
             &format!("edge-{i}"),
             &format!(
                 "[node]\nname = \"edge-{i}\"\nrole = \"edge\"\npop = \"{pop}\"\nlatitude = 0.0\nlongitude = 0.0\naccess_log = \"off\"\n\
                  [listen]\nhttp = [\"{ip}:{http_port}\"]\nhttps = [\"{ip}:0\"]\n[cache]\nmemory = \"16MiB\"\ndisk = \"32MiB\"\npath = \"cache-{i}\"\n\
-                 [upstream]\nmode = \"origin\"\n[control]\nurl = \"http://{control_addr}\"\ntoken_file = \"node.token\"\n"
+                 [upstream]\nmode = \"origin\"\n[control]\nurl = \"http://{control_addr}\"\ntoken_file = \"{token}\"\n"
             ),
-        );
+        )
+    };
+    let mut edges = Vec::new();
+    for (i, pop, token) in [(1, "fra", "node.token"), (2, "iad", "edge-2.token")] {
+        let cfg = edge_file(i, pop, token);
         let node = outpost_edge::bind(&cfg).await.unwrap();
         let edge_stop = stop.child_token();
         edges.push((node.http_addrs()[0], node.https_addrs()[0], edge_stop.clone(), cfg));
@@ -365,9 +379,35 @@ async fn a_site_gets_its_certificate_by_acme_on_every_edge_and_renews_it() {
         }
     };
     let https = node.https_addrs()[0];
-    tokio::spawn(node.run(stop.clone()));
+    let edge_stop = stop.child_token();
+    tokio::spawn(node.run(edge_stop.clone()));
     let (leaf, status, _) = tls_get(https, HOST, trusting(&root), "/hello?cc=max-age%3D60").await.unwrap();
     assert_eq!((leaf, status), (renewed[0].clone(), 200));
+
+    // Given its own credential, edge 1 cannot open the key it holds,
+    // sealed under the node token: it asks for the certificates again and
+    // serves the one it had, sealed for it now.
+    edge_stop.cancel();
+    let control_stop = CancellationToken::new();
+    control(d, control_addr, &pebble, &control_stop).await;
+    let own = outpost_control::credential::node_credential(node_token.trim(), "edge-1");
+    std::fs::write(d.join("edge-1.token"), &own).unwrap();
+    let cfg = edge_file(1, "fra", "edge-1.token");
+    let node = loop {
+        match outpost_edge::bind(&cfg).await {
+            Ok(node) => break node,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let https = node.https_addrs()[0];
+    tokio::spawn(node.run(stop.clone()));
+    eventually("edge 1 to serve the certificate under its own credential", || async {
+        tls_get(https, HOST, trusting(&root), "/hello?cc=max-age%3D60").await.is_ok_and(|(leaf, ..)| leaf == renewed[0])
+    })
+    .await;
+    let state = std::fs::read_to_string(d.join("cache-1/control-state.json")).unwrap();
+    let sealed: Vec<_> = logged.iter().map(|c| c.sealed_key.as_str()).collect();
+    assert!(!sealed.iter().any(|k| state.contains(k)), "resealed for the node, not the node token's seal");
     stop.cancel();
 }
 

@@ -586,6 +586,7 @@ async fn a_purge_report_names_the_nodes_that_have_not_applied_it() {
         role: Role::Edge,
         pop: Some("p9".into()),
         addrs: "127.0.0.9:80".into(),
+        certificates: false,
     };
     let _stream = node.events(&query).await.unwrap();
     let (cookie, csrf) = sign_in(&fleet, &fleet.admin).await;

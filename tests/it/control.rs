@@ -492,6 +492,7 @@ async fn every_api_type_round_trips_through_the_real_server() {
         role: Role::Edge,
         pop: Some("fra".into()),
         addrs: "127.0.0.1:8080,[::1]:8080".into(),
+        certificates: false,
     };
     let mut stream = node.events(&query).await.unwrap();
     let first = stream.next().await.unwrap().unwrap();
@@ -637,6 +638,59 @@ async fn bad_calls_get_401_401_400_and_change_nothing() {
     assert_eq!(health["seq"], 0, "no event was logged");
     assert_eq!(cdn.admin_call(Method::GET, "/v1/nope", "").await.status, StatusCode::NOT_FOUND);
     cdn.stop.cancel();
+}
+
+/// A node's own credential (`outpost node-token`) opens its own stream and
+/// acknowledges for it, never for another node; one with its name changed
+/// is nothing; and with `shared_node_token = false` the node token itself
+/// no longer speaks for any node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_credential_speaks_for_its_own_node_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let stop = CancellationToken::new();
+    let origin = test_origin(&stop).await;
+    let (control, _) = start_control_with(d, &stop, "", "shared_node_token = false\n").await;
+    let admin = std::fs::read_to_string(d.join("admin.token")).unwrap();
+    let secret = std::fs::read_to_string(d.join("node.token")).unwrap();
+    let api = |p: &str| format!("http://{control}{p}");
+    let cfg = NodeConfig::load(&d.join("control.toml")).unwrap();
+    let own = outpost_control::credential::for_nodes(&cfg, &["edge-1".into()]).unwrap().remove(0);
+    assert!(outpost_control::credential::for_nodes(&cfg, &["edge 1".into()]).is_err(), "not a node name");
+
+    // Edge 1 follows the control plane with its credential.
+    let e1 = d.join("e1");
+    std::fs::create_dir(&e1).unwrap();
+    std::fs::write(e1.join("node.token"), &own).unwrap();
+    let (edge, _edge_stop, _) = edge_following(&e1, 1, &format!("url = \"http://{control}\"")).await;
+    let r = call(Method::POST, &api("/v1/sites"), Some(&admin), None, &site(origin)).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    eventually("edge 1 to serve the site", || async {
+        call(Method::GET, &format!("http://{edge}/hello"), None, Some("shop.test"), "").await.status == StatusCode::OK
+    })
+    .await;
+
+    // It cannot speak for edge 2: neither its stream nor its acknowledgement.
+    let as_two = "/v1/events?after=0&node=edge-2&role=edge&pop=p2&addrs=";
+    let r = call(Method::GET, &api(as_two), Some(&own), None, "").await;
+    assert_eq!((r.status, r.json()["error"].as_str()), (StatusCode::FORBIDDEN, Some("wrong_node")));
+    let r = call(Method::POST, &api("/v1/ack"), Some(&own), None, r#"{"node": "edge-2", "seq": 1}"#).await;
+    assert_eq!((r.status, r.json()["error"].as_str()), (StatusCode::FORBIDDEN, Some("wrong_node")));
+    // Its own acknowledgement goes through.
+    let r = call(Method::POST, &api("/v1/ack"), Some(&own), None, r#"{"node": "edge-1", "seq": 1}"#).await;
+    assert!(r.status.is_success(), "{:?}", r.status);
+    // Renamed, it is no credential at all.
+    let forged = own.replacen("edge-1", "edge-2", 1);
+    assert_eq!(call(Method::GET, &api(as_two), Some(&forged), None, "").await.status, StatusCode::UNAUTHORIZED);
+    // The node token itself speaks for no node here.
+    let r = call(Method::GET, &api(as_two), Some(secret.trim()), None, "").await;
+    assert_eq!((r.status, r.json()["error"].as_str()), (StatusCode::FORBIDDEN, Some("credential_required")));
+    let r = call(Method::POST, &api("/v1/ack"), Some(secret.trim()), None, r#"{"node": "edge-1", "seq": 1}"#).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let nodes = call(Method::GET, &api("/v1/nodes"), Some(&admin), None, "").await.json();
+    let names: Vec<_> = nodes.as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["edge-1"], "{nodes}");
+    stop.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,11 +15,13 @@ use axum::response::Response;
 use bytes::Bytes;
 use outpost_config::Role;
 use outpost_config::api::{DEAD_AFTER, StreamQuery};
-use outpost_config::{Ack, EventRecord, MAX_PROBLEM_LEN, MAX_PROBLEMS, SiteSnapshot, StreamLine};
+use outpost_config::{
+    Ack, Event, EventRecord, IssuedCertificate, MAX_PROBLEM_LEN, MAX_PROBLEMS, SiteSnapshot, StreamLine,
+};
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{ApiError, Control, HEARTBEAT};
+use super::{ApiError, Caller, Control, HEARTBEAT};
 use crate::store::{NodeRecord, Store, now_ms};
 
 /// Counts a node's open streams down when one ends.
@@ -64,6 +66,59 @@ fn line(l: &StreamLine) -> Bytes {
     Bytes::from(v)
 }
 
+/// Writes the lines of one node's stream. The store keeps certificate keys
+/// sealed under the node token; a node with its own credential gets them
+/// sealed under that instead, as it does not hold the node token.
+#[derive(Clone)]
+struct Writer {
+    /// Holds the node token the store's seals are under.
+    node_token: Arc<Control>,
+    credential: Option<String>,
+}
+
+impl Writer {
+    fn line(&self, mut l: StreamLine) -> Bytes {
+        if let Some(to) = &self.credential {
+            let from = self.node_token.node_token();
+            match &mut l {
+                StreamLine::Snapshot { sites, .. } => {
+                    for s in sites {
+                        if let Some(cert) = &mut s.certificate {
+                            reseal(cert, &s.id, from, to);
+                        }
+                    }
+                }
+                StreamLine::Event { record } => {
+                    if let Event::Certificate { site_id, certificate } = &mut record.event {
+                        reseal(certificate, site_id, from, to);
+                    }
+                }
+                StreamLine::Certificates { certificates } => {
+                    for (site, cert) in certificates {
+                        reseal(cert, site, from, to);
+                    }
+                }
+                _ => {}
+            }
+        }
+        line(&l)
+    }
+}
+
+/// Seals a certificate's key under `to` instead of `from`. One that does
+/// not open (sealed under a node token since replaced, which the ACME
+/// orderer is about to order again) goes as it is: the node cannot open
+/// it and keeps the certificate it has.
+fn reseal(cert: &mut IssuedCertificate, site: &str, from: &str, to: &str) {
+    let purpose = outpost_net::seal::certificate_key(site);
+    match outpost_net::seal::open(from, &purpose, &cert.sealed_key)
+        .and_then(|plain| outpost_net::seal::seal(to, &purpose, &plain))
+    {
+        Ok(sealed) => cert.sealed_key = sealed,
+        Err(e) => tracing::warn!(site, error = %e, "a certificate key does not open under the node token"),
+    }
+}
+
 /// Most addresses one node registers.
 const MAX_ADDRS: usize = 16;
 
@@ -96,12 +151,24 @@ pub(super) async fn stream(
     headers: HeaderMap,
     query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    c.node(&headers)?;
+    let caller = c.node(&headers)?;
     let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    caller.speaks_for(&q.node)?;
     let addrs = check(&q)?;
+    let writer = Writer {
+        node_token: Arc::clone(&c),
+        credential: match caller {
+            Caller::Node { credential, .. } => Some(credential),
+            Caller::Fleet => None,
+        },
+    };
     // Subscribe before reading the backlog, so nothing falls in between.
     let rx = c.events.subscribe();
-    let (backlog, cursor, last) = backlog(&c.store, q.after).await?;
+    let (mut backlog, cursor, last) = backlog(&c.store, q.after, &writer).await?;
+    if q.certificates {
+        let certificates = c.store.certificates().await.map_err(ApiError::from)?;
+        backlog.insert(0, writer.line(StreamLine::Certificates { certificates }));
+    }
     register(&c, &q, addrs, last).await?;
     {
         let mut connected = c.connected.lock().unwrap_or_else(|p| p.into_inner());
@@ -112,7 +179,7 @@ pub(super) async fn stream(
         }
     }
     let conn = Connection { control: Arc::clone(&c), node: q.node };
-    let mut resp = Response::new(Body::from_stream(lines(backlog, rx, cursor, conn)));
+    let mut resp = Response::new(Body::from_stream(lines(backlog, rx, cursor, conn, writer)));
     resp.headers_mut().insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
     resp.headers_mut().insert(axum::http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)
@@ -137,7 +204,7 @@ fn check(q: &StreamQuery) -> Result<Vec<String>, ApiError> {
 /// The lines a node that has applied through `after` needs: a snapshot when
 /// the log no longer reaches back that far, then every later event. Also
 /// the last sequence sent and the log's end.
-async fn backlog(store: &Store, after: u64) -> Result<(Vec<Bytes>, u64, u64), ApiError> {
+async fn backlog(store: &Store, after: u64, writer: &Writer) -> Result<(Vec<Bytes>, u64, u64), ApiError> {
     let first = store.first_seq().await.map_err(ApiError::from)?;
     let last = store.last_seq().await.map_err(ApiError::from)?;
     let mut lines = Vec::new();
@@ -157,12 +224,12 @@ async fn backlog(store: &Store, after: u64) -> Result<(Vec<Bytes>, u64, u64), Ap
                 created_seq: s.created_seq,
             })
             .collect();
-        lines.push(line(&StreamLine::Snapshot { seq: last, sites }));
+        lines.push(writer.line(StreamLine::Snapshot { seq: last, sites }));
         cursor = last;
     }
     for record in store.events_after(cursor, usize::MAX).await.map_err(ApiError::from)? {
         cursor = record.seq;
-        lines.push(line(&StreamLine::Event { record }));
+        lines.push(writer.line(StreamLine::Event { record }));
     }
     Ok((lines, cursor, last))
 }
@@ -196,13 +263,14 @@ fn lines(
     rx: broadcast::Receiver<EventRecord>,
     cursor: u64,
     conn: Connection,
+    writer: Writer,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static {
     let heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
     futures_util::stream::unfold(
-        (backlog.into_iter(), rx, cursor, heartbeat, conn),
-        |(mut backlog, mut rx, mut cursor, mut heartbeat, conn)| async move {
+        (backlog.into_iter(), rx, cursor, heartbeat, conn, writer),
+        |(mut backlog, mut rx, mut cursor, mut heartbeat, conn, writer)| async move {
             if let Some(b) = backlog.next() {
-                return Some((Ok(b), (backlog, rx, cursor, heartbeat, conn)));
+                return Some((Ok(b), (backlog, rx, cursor, heartbeat, conn, writer)));
             }
             let next = loop {
                 tokio::select! {
@@ -229,7 +297,7 @@ fn lines(
                     }
                 }
             };
-            Some((Ok(line(&next)), (backlog, rx, cursor, heartbeat, conn)))
+            Some((Ok(writer.line(next)), (backlog, rx, cursor, heartbeat, conn, writer)))
         },
     )
 }
@@ -239,8 +307,9 @@ pub(super) async fn ack(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    c.node(&headers)?;
+    let caller = c.node(&headers)?;
     let a: Ack = super::json_body(&body)?;
+    caller.speaks_for(&a.node)?;
     if let Some(problems) = &a.problems
         && (problems.len() > MAX_PROBLEMS || problems.iter().any(|p| p.len() > MAX_PROBLEM_LEN))
     {

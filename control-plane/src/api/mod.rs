@@ -80,6 +80,30 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Who a node-scoped call comes from.
+#[derive(Debug, Clone)]
+pub(crate) enum Caller {
+    /// The node token: it may speak for any node.
+    Fleet,
+    /// A node's own credential: it speaks for `name` alone, and what is
+    /// sealed for it is sealed under `credential`.
+    Node { name: String, credential: String },
+}
+
+impl Caller {
+    /// Refuses (403) a call about node `name` from a credential of another.
+    pub(crate) fn speaks_for(&self, name: &str) -> Result<(), ApiError> {
+        match self {
+            Caller::Node { name: own, .. } if own != name => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "wrong_node",
+                format!("this credential is node `{own}`'s; it cannot speak for node `{name}`"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Compares without an early exit, so timing does not reveal a prefix.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -144,7 +168,11 @@ impl RateLimiter {
 pub struct Control {
     pub store: Store,
     admin_token: String,
+    /// The node token: accepted from nodes as it is (for any name) while
+    /// `shared_node_token` holds, and the secret each node's own
+    /// credential derives from (`crate::credential`).
     node_token: String,
+    shared_node_token: std::sync::atomic::AtomicBool,
     /// New events, as committed.
     pub(crate) events: broadcast::Sender<EventRecord>,
     /// Nodes with an open stream: name → streams.
@@ -217,6 +245,7 @@ impl Control {
             quorum: std::sync::atomic::AtomicBool::new(quorum),
             elsewhere: Mutex::default(),
             acme: std::sync::atomic::AtomicBool::new(false),
+            shared_node_token: std::sync::atomic::AtomicBool::new(true),
             site_writes: tokio::sync::Mutex::new(()),
         }))
     }
@@ -225,6 +254,12 @@ impl Control {
     /// with `[tls] acme = true` are refused by one that does not.
     pub fn enable_acme(&self) {
         self.acme.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Accepts nodes' own credentials alone: the node token itself no
+    /// longer speaks for any node (`[auth] shared_node_token = false`).
+    pub fn refuse_shared_node_token(&self) {
+        self.shared_node_token.store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub(crate) fn orders_certificates(&self) -> bool {
@@ -245,8 +280,23 @@ impl Control {
         check(headers, &self.admin_token)
     }
 
-    fn node(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        check(headers, &self.node_token)
+    /// Who a node-scoped call comes from: a node's own credential, or the
+    /// node token (any node, while the control plane accepts it).
+    fn node(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        if let Some(t) = bearer(headers)
+            && let Some(name) = crate::credential::verify(&self.node_token, t)
+        {
+            return Ok(Caller::Node { name: name.to_string(), credential: t.to_string() });
+        }
+        check(headers, &self.node_token)?;
+        if !self.shared_node_token.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "credential_required",
+                "this control plane takes each node's own credential (`outpost node-token NAME`), not the node token",
+            ));
+        }
+        Ok(Caller::Fleet)
     }
 
     /// Publishes a committed event to the streams, then compacts the log.

@@ -538,6 +538,7 @@ async fn hold_stream(
         role: outpost_config::Role::Edge,
         pop: Some(pop.into()),
         addrs: addr.into(),
+        certificates: false,
     };
     let mut stream = client.events(&query).await.unwrap();
     tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} })
@@ -590,6 +591,7 @@ async fn a_node_fallen_silent_loses_its_stream_and_one_that_acknowledges_keeps_i
         role: outpost_config::Role::Edge,
         pop: Some("fra".into()),
         addrs: "127.0.0.12:8080".into(),
+        certificates: false,
     };
     let mut stream = client.events(&query).await.unwrap();
     let chatty = tokio::spawn(async move {

@@ -355,6 +355,10 @@ pub struct ControlNode {
     pub node_expiry: Duration,
     pub admin_token_file: PathBuf,
     pub node_token_file: PathBuf,
+    /// Whether the node token itself may open any node's stream and
+    /// acknowledge for it, besides the per-node credentials derived from
+    /// it. Default: true.
+    pub shared_node_token: bool,
     /// `[acme]`: where certificates for sites with `[tls] acme = true`
     /// come from. Default: none (such sites get no certificate).
     pub acme: Option<AcmeConfig>,

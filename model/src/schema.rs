@@ -163,6 +163,7 @@ pub static SECTIONS: &[Section] = &[
             key("max_connections", "integer", Int(DEFAULT_MAX_CONNECTIONS as u64), "Open client connections; at the cap the longest-idle one is closed to make room.", "10000"),
             key("quic_streams", "integer", Int(DEFAULT_QUIC_STREAMS as u64), "Requests one HTTP/3 connection may have open at once; the client waits for more.", "100").only(PROXIES),
             key("fetches_per_connection", "integer", Text("512 on edges, 0 on shields"), "Upstream fetches one client connection may have running at once, counting those its requests left behind (a stream reset before its answer, a revalidation in the background); past it, a request that would start another gets 429. Requests that wait on a fetch already running do not count. 0: no cap, a shield's default, whose clients are edges each carrying all its misses over one connection.", "512").only(PROXIES),
+            key("fetches_per_network", "integer", Text("2048 on edges, 0 on shields"), "The same cap for all the connections of one client network together (IPv4 /24, IPv6 /56), so a client that opens many connections leaves no more fetches running than a few would; past it, a request that would start another gets 429. 0: no cap, a shield's default.", "2048").only(PROXIES),
             key("listen_backlog", "integer", Int(DEFAULT_LISTEN_BACKLOG as u64), "Connections the kernel queues on each listener before the node accepts them; Linux caps it at net.core.somaxconn.", "4096"),
         ],
     },

@@ -59,7 +59,7 @@ use tokio::net::TcpListener;
 
 pub use body::Body;
 pub use conn::{Fields, Interim};
-pub use errands::{Errand, Errands};
+pub use errands::{Errand, Errands, Networks};
 pub use recv_body::RecvBody;
 pub use request_headers::{HeaderLookup, NameSet, RequestHeaders};
 pub use server::{ServerConfig, bind, listen, serve};

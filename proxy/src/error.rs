@@ -36,7 +36,8 @@ pub(crate) enum Error {
     /// `only-if-cached` and nothing usable is stored.
     OnlyIfCached,
     /// The request would start an upstream fetch, and its connection has
-    /// `limits.fetches_per_connection` running.
+    /// `limits.fetches_per_connection` running, or its client's network
+    /// `limits.fetches_per_network`.
     TooManyFetches,
     Upstream(UpstreamError),
     /// This node's own failure (`what` went wrong; `cause` says why).

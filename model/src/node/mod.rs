@@ -55,6 +55,12 @@ pub const DEFAULT_QUIC_STREAMS: u32 = 100;
 /// meets it. A shield has no cap by default ([`Limits::for_role`]): its
 /// clients are edges, each carrying all its misses over one connection.
 pub const DEFAULT_FETCHES_PER_CONNECTION: u32 = 512;
+/// Upstream fetches the connections of one client network (IPv4 /24, IPv6
+/// /56) may have running at once on an edge: four connections' worth, so
+/// a client that opens many connections leaves no more than a few would,
+/// while a network of many clients behind one address (a NAT) is far
+/// from it. No cap by default on a shield, whose clients are edges.
+pub const DEFAULT_FETCHES_PER_NETWORK: u32 = 4 * DEFAULT_FETCHES_PER_CONNECTION;
 /// How often the control plane looks at ACME certificates (1h).
 pub const DEFAULT_ACME_CHECK: Duration = Duration::from_secs(3600);
 /// How often an edge probes a shield it has marked down.
@@ -217,13 +223,17 @@ pub struct Limits {
     /// its answer, a revalidation in the background); 0: no cap. Default:
     /// [`DEFAULT_FETCHES_PER_CONNECTION`] (512) on edges, 0 on shields.
     pub fetches_per_connection: u32,
+    /// The same for all the connections of one client network (IPv4 /24,
+    /// IPv6 /56) together; 0: no cap. Default:
+    /// [`DEFAULT_FETCHES_PER_NETWORK`] (2048) on edges, 0 on shields.
+    pub fetches_per_network: u32,
 }
 
 impl Limits {
     /// The defaults for a node of `role`.
     pub fn for_role(role: Role) -> Limits {
         match role {
-            Role::Shield => Limits { fetches_per_connection: 0, ..Limits::default() },
+            Role::Shield => Limits { fetches_per_connection: 0, fetches_per_network: 0, ..Limits::default() },
             _ => Limits::default(),
         }
     }
@@ -243,6 +253,7 @@ impl Default for Limits {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             quic_streams: DEFAULT_QUIC_STREAMS,
             fetches_per_connection: DEFAULT_FETCHES_PER_CONNECTION,
+            fetches_per_network: DEFAULT_FETCHES_PER_NETWORK,
         }
     }
 }

@@ -302,6 +302,7 @@ fn decode_limits(s: &mut Sink<'_>, t: &mut Table<'_, '_>, d: Limits) -> Limits {
     let listen_backlog = positive(s, t, "listen_backlog", d.listen_backlog);
     let quic_streams = positive(s, t, "quic_streams", d.quic_streams);
     let fetches_per_connection = t.or(s, "fetches_per_connection", d.fetches_per_connection);
+    let fetches_per_network = t.or(s, "fetches_per_network", d.fetches_per_network);
     t.finish(s);
     Limits {
         max_header_bytes,
@@ -315,6 +316,7 @@ fn decode_limits(s: &mut Sink<'_>, t: &mut Table<'_, '_>, d: Limits) -> Limits {
         shutdown_grace,
         quic_streams,
         fetches_per_connection,
+        fetches_per_network,
     }
 }
 

@@ -72,16 +72,19 @@ fn fetches_per_connection_defaults_by_role() {
     let shield_text =
         "[node]\nname = \"s\"\nrole = \"shield\"\n[listen]\nhttp = [\"127.0.0.1:0\"]\n[cache]\nmemory = \"64MiB\"\n";
     let shield: NodeConfig = shield_text.parse().unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(shield.limits.fetches_per_connection, 0);
-    let capped: NodeConfig = format!("{shield_text}[limits]\nfetches_per_connection = 64\n").parse().unwrap();
-    assert_eq!((capped.limits.fetches_per_connection, capped.limits.max_headers), (64, DEFAULT_MAX_HEADERS));
+    assert_eq!(edge.limits.fetches_per_network, DEFAULT_FETCHES_PER_NETWORK);
+    assert_eq!((shield.limits.fetches_per_connection, shield.limits.fetches_per_network), (0, 0));
+    let capped: NodeConfig =
+        format!("{shield_text}[limits]\nfetches_per_connection = 64\nfetches_per_network = 128\n").parse().unwrap();
+    let l = capped.limits;
+    assert_eq!((l.fetches_per_connection, l.fetches_per_network, l.max_headers), (64, 128, DEFAULT_MAX_HEADERS));
 }
 
 #[test]
 fn limits_are_read_and_checked() {
     let node: NodeConfig = format!(
         "{EDGE}\n[limits]\nheader_bytes = \"16KiB\"\nheaders = 50\nbody = \"1MiB\"\nheader_read_timeout = \"5s\"\n\
-         idle_timeout = \"30s\"\nsend_timeout = \"20s\"\nmax_connections = 100\nlisten_backlog = 512\nshutdown_grace = \"3s\"\nquic_streams = 8\nfetches_per_connection = 64\n"
+         idle_timeout = \"30s\"\nsend_timeout = \"20s\"\nmax_connections = 100\nlisten_backlog = 512\nshutdown_grace = \"3s\"\nquic_streams = 8\nfetches_per_connection = 64\nfetches_per_network = 256\n"
     )
     .parse()
     .unwrap();
@@ -99,6 +102,7 @@ fn limits_are_read_and_checked() {
             shutdown_grace: Duration::from_secs(3),
             quic_streams: 8,
             fetches_per_connection: 64,
+            fetches_per_network: 256,
         }
     );
     let e = errors(&format!("{EDGE}\n[limits]\nheader_bytes = \"10MiB\"\nheaders = 0\nidle_timeout = \"0s\"\n"));

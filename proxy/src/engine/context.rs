@@ -58,6 +58,21 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
+    /// A place for one more fetch that may outlive the request, counted
+    /// against its connection and its client's network
+    /// ([`outpost_net::Errands`]; `spare`: work no request waits on, which
+    /// takes only the first half of each): `None` when either has its
+    /// share running.
+    pub(crate) fn errand(&self, spare: bool) -> Option<outpost_net::Errand> {
+        let networks = &self.engine.networks;
+        match (self.client, spare) {
+            (Some(c), false) => self.errands.start_within(networks, c.ip()),
+            (Some(c), true) => self.errands.start_spare_within(networks, c.ip()),
+            (None, false) => self.errands.start(),
+            (None, true) => self.errands.start_spare(),
+        }
+    }
+
     /// The request's host, checked in step 3.
     pub(crate) fn host(&self) -> Option<RequestHost<'_>> {
         let raw = match self.uri.authority() {

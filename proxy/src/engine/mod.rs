@@ -120,6 +120,9 @@ pub struct Engine {
     holds: hold::Holds,
     /// When URLs were last invalidated, for the fetches under way then.
     invalidations: invalidations::Invalidations,
+    /// The fetches each client network's connections have running, and
+    /// their cap (`[limits] fetches_per_network`).
+    pub(crate) networks: Arc<outpost_net::Networks>,
     /// Representations being made from stored copies.
     making: represent::Making,
     pub https_port: Option<u16>,
@@ -178,6 +181,7 @@ impl Engine {
             challenges: crate::acme::Challenges::default(),
             holds: hold::Holds::default(),
             invalidations: invalidations::Invalidations::default(),
+            networks: outpost_net::Networks::new(config.limits.fetches_per_network),
             making: represent::Making::default(),
             https_port: config.https_port,
             alt_svc: config.quic_port.and_then(|p| http::HeaderValue::try_from(format!("h3=\":{p}\"; ma=86400")).ok()),

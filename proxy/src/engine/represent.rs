@@ -286,7 +286,7 @@ async fn made(cx: &Ctx, key: Key, obj: &Arc<StoredObject>, coding: Coding) -> Op
         return Some((mkey, o));
     }
     let start = || {
-        let place = cx.errands.start()?;
+        let place = cx.errand(false)?;
         let (engine, obj, limit) = (Arc::clone(engine), Arc::clone(obj), cx.site.cache.max_object_size);
         let task = tokio::spawn(async move {
             let _place = place;

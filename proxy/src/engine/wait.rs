@@ -67,13 +67,15 @@ enum NoLead {
     Refused,
 }
 
-/// A place for one more fetch among those `cx`'s connection may have
-/// running: `None` (counted) when it has its share.
+/// A place for one more fetch among those `cx`'s connection and its
+/// client's network may have running: `None` (counted) when either has
+/// its share.
 fn errand(cx: &Ctx) -> Option<Errand> {
-    let errand = cx.errands.start();
+    let errand = cx.errand(false);
     if errand.is_none() {
         cx.engine.metrics.fetch_refused();
-        tracing::debug!(client = ?cx.client, running = cx.errands.running(), "fetch refused: the connection has its share running");
+        let network = cx.client.map(|c| cx.engine.networks.running(c.ip()));
+        tracing::debug!(client = ?cx.client, connection = cx.errands.running(), ?network, "fetch refused: the connection or its network has its share running");
     }
     errand
 }
@@ -144,7 +146,7 @@ pub(super) async fn fetch(cx: &Ctx, miss: Miss, alone: bool, distrust: bool) -> 
 pub(super) fn revalidate_in_background(cx: &Ctx, key: Key, obj: Arc<StoredObject>) {
     let mut place = None;
     let lead = || {
-        place = cx.errands.start_spare();
+        place = cx.errand(true);
         place.is_none().then_some(())
     };
     if let Ok(Join::Leader(guard)) = cx.engine.flights.join_unless(key, lead)

@@ -310,6 +310,60 @@ async fn a_connection_leaves_no_more_fetches_running_than_its_share() {
     assert_eq!(origin.count("/slow").await, SHARE + 2);
 }
 
+/// A GET with `Connection: close` from the local address `from`: the
+/// response's status code.
+async fn status_from(from: &str, edge: std::net::SocketAddr, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let mut tcp = socket.connect(edge).await.unwrap();
+    let head = format!("GET {path} HTTP/1.1\r\nHost: t.test\r\nConnection: close\r\n\r\n");
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tcp.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out);
+    text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("no status line: {text}"))
+}
+
+/// A client that opens a connection per request leaves no more fetches
+/// running than `fetches_per_network` for its whole network (IPv4 /24):
+/// past it, a request that would start another is answered 429 at once
+/// and reaches no origin, on a new connection too. Hits are served, and
+/// another network has a share of its own; each fetch that ends gives its
+/// place back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connections_of_one_network_leave_no_more_fetches_running_than_its_share() {
+    const SHARE: u64 = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    let edge = Edge::limited(dir.path(), origin.addr, &format!("[limits]\nfetches_per_network = {SHARE}\n")).await;
+    let slow = |i: u64| format!("/slow?size={}&delay=2s&cc=max-age%3D60", 100 + i);
+    let cheap = "/cheap?size=10&cc=max-age%3D60";
+    assert_eq!(status_from("127.0.0.1", edge.addr, cheap).await, 200);
+    let mut running = Vec::new();
+    for i in 0..SHARE {
+        let (edge, path) = (edge.addr, slow(i));
+        running.push(tokio::spawn(async move { status_from("127.0.0.1", edge, &path).await }));
+        eventually("the fetch to reach the origin", || async { origin.count("/slow").await == i + 1 }).await;
+    }
+    let started = Instant::now();
+    assert_eq!(status_from("127.0.0.1", edge.addr, &slow(SHARE)).await, 429, "a new connection of the same network");
+    assert_eq!(status_from("127.0.0.77", edge.addr, "/fresh?size=10").await, 429, "another address of the /24");
+    assert!(started.elapsed() < Duration::from_millis(1000), "refused at once, not after a fetch");
+    assert_eq!(
+        origin.count("/slow").await + origin.count("/fresh").await,
+        SHARE,
+        "a refused request reached the origin"
+    );
+    assert_eq!(status_from("127.0.0.1", edge.addr, cheap).await, 200, "a hit needs no fetch");
+    assert_eq!(status_from("127.0.1.1", edge.addr, "/fresh?size=10").await, 200, "another network has its own share");
+    for r in running {
+        assert_eq!(r.await.unwrap(), 200);
+    }
+    // The places came back with the fetches' end.
+    assert_eq!(status_from("127.0.0.1", edge.addr, "/after?size=10").await, 200);
+}
+
 /// Reads the process's metrics, so it runs in a process of its own, which
 /// installs the exporter as the program does.
 #[test]

@@ -55,6 +55,8 @@ pub(crate) struct FetchJob {
     /// The place the fetch holds among the fetches its client's connection
     /// may have running, given up when it ends.
     _errand: Errand,
+    /// Where its URL's invalidations stood as it began.
+    mark: u64,
 }
 
 /// When the fetch started and its response came (engine clock), and when
@@ -149,6 +151,7 @@ impl FetchJob {
             stale,
             pass,
             _errand: errand,
+            mark: cx.engine.invalidation_mark(cx.rkey.primary),
         }
     }
 
@@ -251,31 +254,22 @@ impl FetchJob {
                 headers.append(name.clone(), v.clone());
             }
         }
-        // Invalidated while the validation was under way: stored as
-        // `stream` stores a copy then.
-        let invalidated = self.engine.invalidated_since(self.rkey.primary, times.started);
-        let plan = self
-            .plan(stale.status, &headers, times.now)
-            .ok()
-            .filter(|_| !invalidated || headers.contains_key(header::ETAG));
-        let (object, kept_out) = match plan {
-            Some(plan) => {
-                let mut timing = timing(&plan, times.initial_age(fresh), times.now);
-                if invalidated {
-                    timing = timing.invalidated();
-                }
+        let (object, kept_out) = match self.plan(stale.status, &headers, times.now) {
+            Ok(plan) => {
                 let obj = Arc::new(StoredObject {
                     headers: storable_headers(&headers, &plan.strip),
                     tags: tags(&headers),
                     fetched_at: times.started,
-                    timing,
+                    timing: timing(&plan, times.initial_age(fresh), times.now),
                     shareable_with_auth: plan.shareable_with_auth,
                     ..(*stale).clone()
                 });
                 self.engine.store.insert(key, Entry::Object(Arc::clone(&obj)));
+                // Invalidated while the validation was under way.
+                self.engine.invalidate_if_since(self.rkey.primary, self.mark, key, &obj);
                 (obj, withheld(&headers, &plan.strip))
             }
-            None => {
+            Err(_) => {
                 // Valid now, but no longer storable: serve it this once, to
                 // the requests waiting on it too; the cookies it sets go to
                 // the request that asked alone.
@@ -345,19 +339,13 @@ impl FetchJob {
         let Some((writer, received, last)) = self.pump(body, &flight, writer, head.len, idle).await else { return };
         let stored = writer.is_some();
         if let Some(w) = writer {
-            // An unsafe method changed the URL while this fetch was under
-            // way: what it got may predate the change. Stored as such a
-            // change leaves a stored copy (`Engine::invalidate`): marked
-            // invalid with an `ETag`, not at all without.
-            let invalidated = self.engine.invalidated_since(self.rkey.primary, head.object.fetched_at);
-            if head.len.is_none_or(|d| d == received)
-                && (!invalidated || head.object.headers.contains_key(header::ETAG))
-            {
-                let mut obj = StoredObject { body: w.finish(), ..(*head.object).clone() };
-                if invalidated {
-                    obj.timing = obj.timing.invalidated();
-                }
-                self.engine.store.insert(head.object_key, Entry::Object(Arc::new(obj)));
+            if head.len.is_none_or(|d| d == received) {
+                let obj = Arc::new(StoredObject { body: w.finish(), ..(*head.object).clone() });
+                self.engine.store.insert(head.object_key, Entry::Object(Arc::clone(&obj)));
+                // An unsafe method changed the URL while this fetch was
+                // under way: what it got may predate the change, so the
+                // copy is left as the change left those stored then.
+                self.engine.invalidate_if_since(self.rkey.primary, self.mark, head.object_key, &obj);
                 if !head.vary.is_empty() {
                     self.index_variant(&head.vary, head.object_key).await;
                 }

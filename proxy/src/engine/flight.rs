@@ -465,6 +465,13 @@ impl Flights {
     pub(crate) fn len(&self) -> usize {
         self.lock().len()
     }
+
+    /// Takes the flight for `key` out of the map (what it got predates an
+    /// invalidation): requests from now on start another; those waiting on
+    /// it keep it.
+    pub(crate) fn forget(&self, key: Key) {
+        self.lock().remove(&key);
+    }
 }
 
 /// Held by the fetch task. Leaving the map (`close`) is what lets the next

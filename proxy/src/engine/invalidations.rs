@@ -1,103 +1,73 @@
-//! When each URL was last invalidated by an unsafe method's success (RFC
-//! 9111 §4.4), for the fetches under way at the time. The copies stored
-//! then are marked where they lie ([`super::Engine::invalidate`]); a fetch
-//! that began before the invalidation and stores after it would otherwise
-//! store what it got as fresh, though the upstream may have answered it
-//! before the change. Its copy is stored marked instead: validated before
-//! it is sent again.
+//! Whether an unsafe method's success invalidated a URL (RFC 9111 §4.4)
+//! while a fetch of it was under way. The copies stored then are marked
+//! where they lie ([`super::Engine::invalidate`]); a fetch that began
+//! before the invalidation and stores after it would otherwise store what
+//! it got as fresh, though the upstream may have answered it before the
+//! change. It notes its URL's count when it begins ([`Invalidations::mark`])
+//! and, once it has stored its copy, invalidates that copy too if the count
+//! moved ([`Invalidations::since`]).
 //!
-//! An entry is needed only while a fetch that began before it may still
-//! store, so the table is bounded: past [`MAX_URLS`] it is emptied, and
-//! the newest time it held becomes a horizon that every fetch begun before
-//! it counts as invalidated. That costs each such fetch's copy one
-//! validation, never a stale answer.
+//! The counts are a fixed table of counters, a URL's found by its primary
+//! key: bounded whatever clients send, with no lock, and no clock to
+//! compare. Two URLs that share a counter each see the other's
+//! invalidations, which costs a copy of one of them a validation, never a
+//! stale answer.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::key::Key;
 
-/// URLs remembered at once.
-const MAX_URLS: usize = 10_000;
+/// Counters in the table.
+const SLOTS: usize = 4096;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Invalidations {
-    inner: Mutex<Inner>,
+    counts: Box<[AtomicU64]>,
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    /// By a URL's primary key, the time of its last invalidation.
-    at: HashMap<Key, SystemTime>,
-    /// Every fetch begun at or before it counts as invalidated.
-    horizon: Option<SystemTime>,
+impl Default for Invalidations {
+    fn default() -> Self {
+        Invalidations { counts: (0..SLOTS).map(|_| AtomicU64::new(0)).collect() }
+    }
 }
 
 impl Invalidations {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn slot(&self, primary: Key) -> &AtomicU64 {
+        // Keys are hashes: their low bits are as good as any.
+        &self.counts[(primary as usize) % SLOTS]
     }
 
-    /// The URL whose primary key is `key` was invalidated at `now`.
-    pub(crate) fn record(&self, key: Key, now: SystemTime) {
-        let mut inner = self.lock();
-        if inner.at.len() >= MAX_URLS && !inner.at.contains_key(&key) {
-            let newest = inner.at.drain().map(|(_, t)| t).max();
-            inner.horizon = inner.horizon.max(newest);
-        }
-        let at = inner.at.entry(key).or_insert(now);
-        *at = (*at).max(now);
+    /// The URL whose primary key is `primary` was invalidated.
+    pub(crate) fn record(&self, primary: Key) {
+        self.slot(primary).fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Was the URL whose primary key is `key` invalidated after a fetch of
-    /// it began at `started` (or at the same instant)?
-    pub(crate) fn since(&self, key: Key, started: SystemTime) -> bool {
-        let inner = self.lock();
-        inner.horizon.is_some_and(|h| started <= h) || inner.at.get(&key).is_some_and(|at| started <= *at)
+    /// The URL's count, as a fetch of it begins.
+    pub(crate) fn mark(&self, primary: Key) -> u64 {
+        self.slot(primary).load(Ordering::Acquire)
+    }
+
+    /// Was the URL invalidated since `mark` was taken?
+    pub(crate) fn since(&self, primary: Key, mark: u64) -> bool {
+        self.slot(primary).load(Ordering::Acquire) != mark
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
-    fn key(n: u64) -> Key {
-        Key::from(n) << 64 | 0xabc
-    }
-
     #[test]
-    fn a_fetch_begun_before_an_invalidation_of_its_url_is_covered_and_one_begun_after_is_not() {
-        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+    fn a_fetch_sees_an_invalidation_of_its_url_made_after_it_began_and_not_one_before() {
         let inv = Invalidations::default();
-        assert!(!inv.since(key(1), t));
-        inv.record(key(1), t);
-        assert!(inv.since(key(1), t - Duration::from_micros(1)));
-        assert!(inv.since(key(1), t), "begun at the same instant: the upstream may have answered before the change");
-        assert!(!inv.since(key(1), t + Duration::from_micros(1)));
-        assert!(!inv.since(key(2), t - Duration::from_secs(1)), "another URL");
-        // An older time never moves the entry back.
-        inv.record(key(1), t - Duration::from_secs(5));
-        assert!(inv.since(key(1), t - Duration::from_micros(1)));
-    }
-
-    #[test]
-    fn a_full_table_is_emptied_into_a_horizon_that_covers_every_earlier_fetch() {
-        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
-        let inv = Invalidations::default();
-        for n in 0..MAX_URLS as u64 {
-            inv.record(key(n), t0 + Duration::from_micros(n));
-        }
-        let newest = t0 + Duration::from_micros(MAX_URLS as u64 - 1);
-        let later = newest + Duration::from_secs(1);
-        inv.record(key(u64::MAX), later);
-        assert_eq!(inv.lock().at.len(), 1, "bounded");
-        // A URL the table no longer names is covered up to the horizon.
-        assert!(inv.since(key(7), t0));
-        assert!(inv.since(key(123_456), newest), "any URL, begun before the horizon");
-        assert!(!inv.since(key(7), newest + Duration::from_micros(1)));
-        assert!(inv.since(key(u64::MAX), later));
+        let (url, other) = (0xabcd_0001_u128 << 20 | 7, 0xabcd_0001_u128 << 20 | 8);
+        inv.record(url);
+        let begun = inv.mark(url);
+        assert!(!inv.since(url, begun), "an invalidation before the fetch began");
+        inv.record(other);
+        assert!(!inv.since(url, begun), "another URL's");
+        inv.record(url);
+        assert!(inv.since(url, begun));
+        assert!(!inv.since(url, inv.mark(url)), "a fetch begun after it");
     }
 }

@@ -118,7 +118,7 @@ pub struct Engine {
     pub challenges: crate::acme::Challenges,
     /// Keys whose upstream just failed: served stale without asking again.
     holds: hold::Holds,
-    /// When URLs were last invalidated, for the fetches under way then.
+    /// How often each URL was invalidated, for the fetches under way then.
     invalidations: invalidations::Invalidations,
     /// The fetches each client network's connections have running, and
     /// their cap (`[limits] fetches_per_network`).
@@ -356,19 +356,49 @@ impl Engine {
     /// Marks the stored copies of a URL in one scope invalid, as an unsafe
     /// method's success asks (RFC 9111 §4.4): each is validated before it
     /// is sent again ([`Engine::invalidate`]). A fetch of the URL under way
-    /// stores its copy marked as well ([`Engine::invalidated_since`]).
+    /// leaves the flights, so later requests start another, and invalidates
+    /// the copy it stores ([`Engine::invalidated_since`]).
     async fn invalidate_url(&self, site: &Site, scope: Scope<'_>, url: &str) {
         let Some(primary) = Self::url_key(site, scope, url) else { return };
-        self.invalidations.record(primary, self.clock.now());
+        self.invalidations.record(primary);
+        self.flights.forget(primary);
         for (k, o) in self.stored_for_key(primary).await.0 {
+            self.flights.forget(k);
             self.invalidate(k, &o);
         }
     }
 
-    /// Was the URL whose primary key is `primary` invalidated after a fetch
-    /// of it began at `started`? Its copy is then stored marked invalid.
-    pub(crate) fn invalidated_since(&self, primary: Key, started: std::time::SystemTime) -> bool {
-        self.invalidations.since(primary, started)
+    /// Where the invalidations of the URL whose primary key is `primary`
+    /// stand, as a fetch of it begins.
+    pub(crate) fn invalidation_mark(&self, primary: Key) -> u64 {
+        self.invalidations.mark(primary)
+    }
+
+    /// Was the URL invalidated since `mark`? A fetch that began before
+    /// then invalidates the copy it stored ([`Engine::invalidate`]):
+    /// checked once the copy is stored, so an invalidation in between
+    /// finds the copy or is found.
+    pub(crate) fn invalidated_since(&self, primary: Key, mark: u64) -> bool {
+        self.invalidations.since(primary, mark)
+    }
+
+    /// Invalidates `obj`, stored under `key` by a fetch of the URL whose
+    /// primary key is `primary` that began at `mark`, if the URL was
+    /// invalidated since. As [`Engine::invalidate`] does, except that a
+    /// copy without an `ETag` is kept, for the requests still reading the
+    /// fetch's body from the store, with its `Last-Modified` taken away:
+    /// the next request fetches it whole.
+    pub(crate) fn invalidate_if_since(&self, primary: Key, mark: u64, key: Key, obj: &Arc<StoredObject>) {
+        if !self.invalidated_since(primary, mark) {
+            return;
+        }
+        if obj.headers.contains_key(http::header::ETAG) {
+            self.invalidate(key, obj);
+        } else {
+            let mut marked = StoredObject { timing: obj.timing.invalidated(), ..StoredObject::clone(obj) };
+            marked.headers.remove(http::header::LAST_MODIFIED);
+            self.store.insert(key, Entry::Object(Arc::new(marked)));
+        }
     }
 
     /// Marks one stored copy invalid. A copy with an `ETag` stays, to be

@@ -189,6 +189,10 @@ pub(super) struct Repair {
     /// An entry stored once every chunk is (the object a partial fetch
     /// makes: nothing of it is found before its chunks are whole).
     then: Option<(Key, Entry)>,
+    /// The engine, the URL's primary key and where its invalidations stood
+    /// as the fetch began: the stored entry is invalidated if one came
+    /// since ([`Engine::invalidate_if_since`]).
+    checked: Option<(Arc<Engine>, Key, u64)>,
 }
 
 impl Repair {
@@ -196,12 +200,14 @@ impl Repair {
     /// bytes from `at` (a chunk's start) to `end` cover.
     pub(super) fn new(store: Store, key: Key, generation: u64, at: u64, end: u64) -> Repair {
         let index = (at / CHUNK_SIZE as u64) as u32;
-        Repair { store, key, generation, index, buf: BytesMut::new(), at, end, then: None }
+        Repair { store, key, generation, index, buf: BytesMut::new(), at, end, then: None, checked: None }
     }
 
-    /// Stores `entry` under `key` once the chunks are stored.
-    pub(super) fn then_store(self, key: Key, entry: Entry) -> Repair {
-        Repair { then: Some((key, entry)), ..self }
+    /// Stores `entry` under `key` once the chunks are stored, and
+    /// invalidates it if its URL (primary key `primary`) was invalidated
+    /// since `mark`.
+    pub(super) fn then_store(self, key: Key, entry: Entry, engine: &Arc<Engine>, primary: Key, mark: u64) -> Repair {
+        Repair { then: Some((key, entry)), checked: Some((Arc::clone(engine), primary, mark)), ..self }
     }
 
     fn push(&mut self, mut data: &[u8]) {
@@ -219,7 +225,10 @@ impl Repair {
         if self.at == self.end
             && let Some((key, entry)) = self.then.take()
         {
-            self.store.insert(key, entry);
+            self.store.insert(key, entry.clone());
+            if let (Some((engine, primary, mark)), Entry::Object(obj)) = (self.checked.take(), &entry) {
+                engine.invalidate_if_since(primary, mark, key, obj);
+            }
         }
     }
 }

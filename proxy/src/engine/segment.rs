@@ -80,6 +80,7 @@ pub(super) async fn fetch(cx: &Ctx, key: Key, first: u64, last: Option<u64>) -> 
     let mut req = request::fetch(&engine.hop, &cx.site, &cx.client_side(), &cx.rkey.url, None, cx.rkey.coding);
     req.headers_mut().insert(header::RANGE, HeaderValue::from_str(&range).ok()?);
     let (started, started_real, waiting) = (engine.clock.now(), SystemTime::now(), Instant::now());
+    let mark = engine.invalidation_mark(cx.rkey.primary);
     let resp = engine.upstream.send(&cx.site, cx.rkey.primary, req, cx.upstream_host()).await.ok()?;
     if resp.status() != StatusCode::PARTIAL_CONTENT {
         return None;
@@ -97,8 +98,13 @@ pub(super) async fn fetch(cx: &Ctx, key: Key, first: u64, last: Option<u64>) -> 
             let BodyRef::Chunked { generation, .. } = obj.body else { return None };
             // The object is stored once its chunks are: an upstream that
             // breaks off (or lies about its length) leaves nothing found.
-            let repair = Repair::new(engine.store.clone(), key, generation, from, end + 1)
-                .then_store(key, Entry::Object(Arc::new(obj.clone())));
+            let repair = Repair::new(engine.store.clone(), key, generation, from, end + 1).then_store(
+                key,
+                Entry::Object(Arc::new(obj.clone())),
+                engine,
+                cx.rkey.primary,
+                mark,
+            );
             let body = range_body(resp.into_body(), first - from, wanted_end - first, Some(repair), idle);
             let source = BodySource::Ready { len: total, body: Mutex::new(Some(stream_body(body))) };
             let status = CacheStatus {

@@ -669,8 +669,8 @@ async fn unsafe_methods_are_forwarded_and_invalidate() {
 
 /// A GET whose fetch is under way when a POST to its URL succeeds: the
 /// origin may have answered the GET before the change, so its copy is
-/// stored as the POST leaves a stored copy, validated before it is sent
-/// again (with an ETag) or not stored at all (without).
+/// validated before it is sent again (with an ETag) or fetched again
+/// whole (without). A request after the POST does not join that fetch.
 #[tokio::test]
 async fn a_fetch_under_way_across_an_unsafe_method_stores_its_copy_invalidated() {
     let (_d, origin, edge) = setup(DEFAULT_RULES).await;
@@ -688,10 +688,18 @@ async fn a_fetch_under_way_across_an_unsafe_method_stores_its_copy_invalidated()
             let r = send_body(Method::POST, &edge.url(url), "t.test", b"a=1").await;
             assert_eq!(r.status, StatusCode::OK);
         };
-        let (got, ()) = tokio::join!(edge.get(url), post);
-        assert_eq!(got.status, StatusCode::OK);
+        let (got, after) = tokio::join!(edge.get(url), async {
+            post.await;
+            edge.get(url).await
+        });
+        assert_eq!((got.status, after.status), (StatusCode::OK, StatusCode::OK));
         assert!(got.cache_status().contains("fwd=uri-miss"), "{}", got.cache_status());
-        assert_eq!(origin.count(path).await, 2, "the GET and the POST");
+        assert!(
+            !after.cache_status().contains("collapsed"),
+            "joined the fetch begun before the POST: {}",
+            after.cache_status()
+        );
+        assert_eq!(origin.count(path).await, 3, "the GET, the POST, and the GET after it");
     }
     let before = origin.stats().await["not_modified"].as_u64().unwrap();
     let r = edge.get(tagged.1).await;
@@ -700,8 +708,27 @@ async fn a_fetch_under_way_across_an_unsafe_method_stores_its_copy_invalidated()
     assert_eq!(origin.stats().await["not_modified"].as_u64().unwrap(), before + 1);
     assert!(edge.get(tagged.1).await.is_hit(), "fresh once validated");
     let r = edge.get(plain.1).await;
-    assert!(r.cache_status().contains("fwd=uri-miss; fwd-status=200"), "stored across the POST: {}", r.cache_status());
+    assert!(!r.is_hit() && r.cache_status().contains("fwd-status=200"), "{}", r.cache_status());
+    assert_eq!(origin.count(plain.0).await, 4, "fetched whole again");
     assert!(edge.get(plain.1).await.is_hit(), "a fetch begun after the POST is stored");
+
+    // A range far into a cold object fetches its chunk alone: stored the
+    // same way across a POST.
+    let (path, url) = ("/inflight-seek", "/inflight-seek?size=3MiB&cc=max-age%3D600");
+    let range = [("range", "bytes=2100000-2100099")];
+    origin.control(&format!("fault?mode=delay&prefix={path}&delay=1s")).await;
+    let post = async {
+        while origin.count(path).await == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        origin.control("fault?mode=off").await;
+        assert_eq!(send_body(Method::POST, &edge.url(url), "t.test", b"a=1").await.status, StatusCode::OK);
+    };
+    let (got, ()) = tokio::join!(edge.get_with(url, &range), post);
+    assert!(got.cache_status().contains("fwd-status=206; stored"), "{}", got.cache_status());
+    let r = edge.get_with(url, &range).await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    assert!(!r.is_hit(), "the chunk fetched across the POST was served as fresh: {}", r.cache_status());
 }
 
 #[tokio::test]

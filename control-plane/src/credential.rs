@@ -62,7 +62,8 @@ pub fn for_nodes(config: &outpost_config::NodeConfig, names: &[String]) -> Resul
 /// for anything else (checked in constant time).
 pub fn verify<'a>(secret: &str, token: &'a str) -> Option<&'a str> {
     let (name, mac) = token.strip_prefix(PREFIX)?.rsplit_once('.')?;
-    if mac.len() != 64 || !mac.is_ascii() {
+    // One spelling only: lower-case hex, as made.
+    if mac.len() != 64 || !mac.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
     let mac = (0..32).map(|i| u8::from_str_radix(&mac[2 * i..2 * i + 2], 16).ok()).collect::<Option<Vec<u8>>>()?;
@@ -89,6 +90,7 @@ mod tests {
         assert_eq!(verify("s3cret", std::str::from_utf8(&flipped).unwrap()), None);
         assert_eq!(verify("s3cret", &c[..c.len() - 1]), None);
         assert_eq!(verify("s3cret", &c[..mac_at]), None);
+        assert_eq!(verify("s3cret", &c.to_uppercase().replacen("NODE.EDGE-1", "node.edge-1", 1)), None, "upper case");
         assert_eq!(verify("s3cret", "node.edge-1"), None);
         assert_eq!(verify("s3cret", ""), None);
         // Every name its own.

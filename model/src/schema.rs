@@ -219,7 +219,7 @@ pub static SECTIONS: &[Section] = &[
         keys: &[
             key("url", "URL", Unset, "The control plane's API; this or `urls` is required.", "\"http://127.0.0.1:7000\""),
             key("urls", "list of URLs", Unset, "One URL per control-plane replica, instead of `url`: a node that loses one follows the next, resuming where it was.", "[\"http://10.0.0.11:7000\", \"http://10.0.0.12:7000\"]"),
-            key("token_file", "path", Required, "Holds the node token; read at start, never logged.", "\"node.token\""),
+            key("token_file", "path", Required, "Holds the node's own credential (`outpost node-token NAME`), or the node token itself while the control plane accepts it; read for each call, never logged.", "\"node.token\""),
             key("ca", "path", Unset, "Trusted besides the public roots when `url` is https.", "\"control-ca.pem\""),
         ],
     },

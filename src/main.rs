@@ -76,6 +76,9 @@ enum Command {
         /// Node names, as their `[node] name`.
         #[arg(required = true)]
         names: Vec<String>,
+        /// Write each to `DIR/NAME.token` (mode 0600) instead of printing it.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
     /// Manage sites on the control plane.
     Sites {
@@ -302,10 +305,18 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("wrote {} ({n} networks)", paths[1].display());
         }
         Command::Dns { config, .. } => serve(&config.unwrap_or_default(), Role::Dns)?,
-        Command::NodeToken { config, names } => {
+        Command::NodeToken { config, names, out } => {
             let node = outpost_config::NodeConfig::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
-            for credential in outpost_control::credential::for_nodes(&node, &names).map_err(anyhow::Error::msg)? {
-                println!("{credential}");
+            let credentials = outpost_control::credential::for_nodes(&node, &names).map_err(anyhow::Error::msg)?;
+            for (name, credential) in names.iter().zip(credentials) {
+                match &out {
+                    Some(dir) => {
+                        let path = dir.join(format!("{name}.token"));
+                        up::write_secret(&path, &credential)?;
+                        println!("{}", path.display());
+                    }
+                    None => println!("{credential}"),
+                }
             }
         }
         Command::Sites { action, control, json } => runtime()?.block_on(sites(action, &control, json))?,

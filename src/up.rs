@@ -131,6 +131,41 @@ fn log_to_files(nodes: &mut [NodeConfig], data_dir: &Path) {
     }
 }
 
+/// Writes the node's own credential (derived from the node token of the
+/// control plane whose node file is `control`) into its `[control]
+/// token_file`, unless it is there already.
+pub fn give_credential(node: &NodeConfig, control: &NodeConfig) -> anyhow::Result<()> {
+    let Some(link) = &node.control else { return Ok(()) };
+    let credential = outpost_control::credential::for_nodes(control, std::slice::from_ref(&node.name))
+        .map_err(anyhow::Error::msg)?
+        .remove(0);
+    if std::fs::read_to_string(&link.token_file).is_ok_and(|t| t.trim() == credential) {
+        return Ok(());
+    }
+    write_secret(&link.token_file, &credential)
+}
+
+/// Writes `secret` to `path`, readable by its owner alone, making its
+/// folder if need be.
+pub fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    // An existing file keeps its mode on open: made the owner's alone.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    std::io::Write::write_all(&mut f, secret.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
 /// Runs until `stop` is cancelled; `ready` is told once every role listens.
 /// Roles start in [`START_ORDER`], each bound before the next.
 /// With `ha`, the control plane runs as two replicas on a local etcd
@@ -159,9 +194,18 @@ pub async fn run_until(
     };
     let mut console = Console::default();
     let mut pushed = false;
+    let mut control_file = None;
     let mut tasks = tokio::task::JoinSet::new();
     for node in &nodes {
+        // The control plane starts first and writes the node token; every
+        // node after it gets its own credential.
+        if let Some(control) = control_file {
+            give_credential(node, control)?;
+        }
         let bound = BoundRole::bind(node).await?;
+        if node.role() == outpost_config::Role::Control {
+            control_file.get_or_insert(node);
+        }
         // Sites are pushed once, through the first control plane.
         if let Some(control) = bound.control().filter(|_| !pushed) {
             pushed = true;

@@ -130,6 +130,22 @@ impl Lab {
             if kind == Kind::Control && !pushed {
                 pushed = true;
                 self.push_sites().await?;
+                self.give_credentials(&group)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes each node's own credential where its node file reads it,
+    /// from the node token the control plane (`control`'s first host)
+    /// wrote at its start.
+    fn give_credentials(&self, control: &[&Host]) -> anyhow::Result<()> {
+        let Some(file) = control.iter().find_map(|h| h.node_file.as_ref()) else { return Ok(()) };
+        let control = outpost_config::NodeConfig::load(file).map_err(|e| anyhow::anyhow!("{e}"))?;
+        for h in self.plan.hosts.iter().filter(|h| !matches!(h.kind, Kind::Control)) {
+            if let Some(file) = &h.node_file {
+                let node = outpost_config::NodeConfig::load(file).map_err(|e| anyhow::anyhow!("{e}"))?;
+                crate::up::give_credential(&node, &control)?;
             }
         }
         Ok(())

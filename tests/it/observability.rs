@@ -93,6 +93,17 @@ async fn prometheus_reads_every_dashboard_query_and_alert_and_an_edge_down_fires
     let fra = std::fs::read_to_string(d.join("config/edge-fra.toml")).unwrap();
     let extra = fra.replace("edge-fra", "edge-extra").replace("127.0.0.81", "127.0.0.84");
     std::fs::write(d.join("config/edge-extra.toml"), extra).unwrap();
+    // Its own credential, as an operator adds a node.
+    let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["node-token", "--config"])
+        .arg(d.join("config/control.toml"))
+        .arg("--out")
+        .arg(d.join(".outpost"))
+        .arg("edge-extra")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), d.join(".outpost/edge-extra.token").display().to_string());
     let mut edge = Process::spawn(&["edge", "--config", d.join("config/edge-extra.toml").to_str().unwrap()]);
     wait_listening("127.0.0.84:19090".parse().unwrap(), "the extra edge's admin").await;
 

@@ -213,8 +213,10 @@ impl Subscriber {
                     }
                     st.clone()
                 };
-                self.install_certificates(&state.sites);
+                // Kept before they are put in use: a certificate served is
+                // one a restart finds too.
                 self.persist(&state);
+                self.install_certificates(&state.sites);
                 None
             }
             StreamLine::Snapshot { seq, sites } => {

@@ -405,9 +405,10 @@ async fn a_site_gets_its_certificate_by_acme_on_every_edge_and_renews_it() {
         tls_get(https, HOST, trusting(&root), "/hello?cc=max-age%3D60").await.is_ok_and(|(leaf, ..)| leaf == renewed[0])
     })
     .await;
-    let state = std::fs::read_to_string(d.join("cache-1/control-state.json")).unwrap();
     let sealed: Vec<_> = logged.iter().map(|c| c.sealed_key.as_str()).collect();
+    let state = std::fs::read_to_string(d.join("cache-1/control-state.json")).unwrap();
     assert!(!sealed.iter().any(|k| state.contains(k)), "resealed for the node, not the node token's seal");
+    assert!(state.contains("\"sealed_key\""), "the state keeps the certificate: {state}");
     stop.cancel();
 }
 

@@ -459,18 +459,26 @@ impl EtcdBackend {
     /// The last sequence number and the sites, read together in one
     /// transaction: as the quorum sees them at one revision, never what a
     /// member alone knows (a checked write needs the quorum all the same).
+    /// As a write does, it keeps trying other members for
+    /// [`WRITE_PATIENCE`] (a cluster electing its leader answers nothing).
     pub(super) async fn sites_at_seq(&self) -> Result<(u64, Vec<SiteRecord>), StoreError> {
         let from = self.key(&["sites", ""]);
-        let reads = vec![
-            TxnOp::get(self.key(&["meta", "seq"]), None),
-            TxnOp::get(from.clone(), Some(GetOptions::new().with_prefix())),
-        ];
-        let resp = match self.client().txn(Txn::new().and_then(reads)).await {
-            Ok(resp) => resp,
-            Err(e) => {
-                self.next_member();
-                return Err(unavailable(e));
+        let deadline = tokio::time::Instant::now() + WRITE_PATIENCE;
+        let resp = loop {
+            let reads = vec![
+                TxnOp::get(self.key(&["meta", "seq"]), None),
+                TxnOp::get(from.clone(), Some(GetOptions::new().with_prefix())),
+            ];
+            let failed = match tokio::time::timeout(READ_WAIT, self.client().txn(Txn::new().and_then(reads))).await {
+                Ok(Ok(resp)) => break resp,
+                Ok(Err(e)) => unavailable(e),
+                Err(_) => StoreError::Unavailable("no etcd member answered a read".into()),
+            };
+            self.next_member();
+            if tokio::time::Instant::now() >= deadline {
+                return Err(failed);
             }
+            tokio::time::sleep(WRITE_RETRY).await;
         };
         let mut gets = resp.op_responses().into_iter().filter_map(|r| match r {
             TxnOpResponse::Get(g) => Some(g),

@@ -72,14 +72,14 @@ fn line(l: &StreamLine) -> Bytes {
 #[derive(Clone)]
 struct Writer {
     /// Holds the node token the store's seals are under.
-    node_token: Arc<Control>,
+    control: Arc<Control>,
     credential: Option<String>,
 }
 
 impl Writer {
     fn line(&self, mut l: StreamLine) -> Bytes {
         if let Some(to) = &self.credential {
-            let from = self.node_token.node_token();
+            let from = self.control.node_token();
             match &mut l {
                 StreamLine::Snapshot { sites, .. } => {
                     for s in sites {
@@ -156,7 +156,7 @@ pub(super) async fn stream(
     caller.speaks_for(&q.node)?;
     let addrs = check(&q)?;
     let writer = Writer {
-        node_token: Arc::clone(&c),
+        control: Arc::clone(&c),
         credential: match caller {
             Caller::Node { credential, .. } => Some(credential),
             Caller::Fleet => None,

@@ -357,7 +357,7 @@ impl Engine {
     /// method's success asks (RFC 9111 §4.4): each is validated before it
     /// is sent again ([`Engine::invalidate`]). A fetch of the URL under way
     /// leaves the flights, so later requests start another, and invalidates
-    /// the copy it stores ([`Engine::invalidated_since`]).
+    /// the copy it stores ([`Engine::invalidate_if_since`]).
     async fn invalidate_url(&self, site: &Site, scope: Scope<'_>, url: &str) {
         let Some(primary) = Self::url_key(site, scope, url) else { return };
         self.invalidations.record(primary);
@@ -378,7 +378,7 @@ impl Engine {
     /// then invalidates the copy it stored ([`Engine::invalidate`]):
     /// checked once the copy is stored, so an invalidation in between
     /// finds the copy or is found.
-    pub(crate) fn invalidated_since(&self, primary: Key, mark: u64) -> bool {
+    fn invalidated_since(&self, primary: Key, mark: u64) -> bool {
         self.invalidations.since(primary, mark)
     }
 

@@ -80,6 +80,18 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+    /// Revoke a node's credentials, or rotate them (revoke, and get one of
+    /// the next generation), through the control plane.
+    Credentials {
+        #[command(subcommand)]
+        action: CredentialsAction,
+        /// Control-plane URL; for replicas, repeat it or separate URLs with commas.
+        #[arg(long, global = true, value_delimiter = ',', default_value = "http://127.0.0.1:7000")]
+        control: Vec<String>,
+        /// Print JSON instead of a line.
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// Manage sites on the control plane.
     Sites {
         #[command(subcommand)]
@@ -231,6 +243,23 @@ enum SitesAction {
 }
 
 #[derive(Subcommand, Debug)]
+enum CredentialsAction {
+    /// Revoke every credential the node had and print (or write) its new one.
+    Rotate {
+        /// The node, as its `[node] name`.
+        node: String,
+        /// Write the credential to `DIR/NODE.token` (mode 0600) instead of printing it.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Revoke every credential the node had; it is refused until given a new one.
+    Revoke {
+        /// The node, as its `[node] name`.
+        node: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum PopsAction {
     /// List the PoPs whose weight was set.
     List,
@@ -321,6 +350,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Sites { action, control, json } => runtime()?.block_on(sites(action, &control, json))?,
         Command::Pops { action, control, json } => runtime()?.block_on(pops(action, &control, json))?,
+        Command::Credentials { action, control, json } => runtime()?.block_on(credentials(action, &control, json))?,
         Command::Purge { site, urls, prefix, tags, all, soft, wait, control, json } => {
             let req = PurgeRequest { site, urls, prefix, tags, all, soft, wait, timeout_ms: None };
             runtime()?.block_on(purge(&req, &control, json))?;
@@ -425,6 +455,28 @@ async fn origin(listen: &[SocketAddr], dir: Option<PathBuf>) -> anyhow::Result<(
         tracing::info!(%addr, "test origin listening");
     }
     server.run(signals::shutdown_token()).await?;
+    Ok(())
+}
+
+async fn credentials(action: CredentialsAction, control: &[String], json: bool) -> anyhow::Result<()> {
+    let api = client::connect(control)?;
+    let (rec, out) = match action {
+        CredentialsAction::Rotate { node, out } => (api.rotate_credential(&node).await.map_err(client::explain)?, out),
+        CredentialsAction::Revoke { node } => (api.revoke_credential(&node).await.map_err(client::explain)?, None),
+    };
+    if json {
+        println!("{}", serde_json::to_string(&rec)?);
+        return Ok(());
+    }
+    match (&rec.credential, out) {
+        (Some(credential), Some(dir)) => {
+            let path = dir.join(format!("{}.token", rec.node));
+            up::write_secret(&path, credential)?;
+            println!("{}", path.display());
+        }
+        (Some(credential), None) => println!("{credential}"),
+        (None, _) => println!("node `{}`: every credential below generation {} is revoked", rec.node, rec.generation),
+    }
     Ok(())
 }
 

@@ -51,6 +51,26 @@ pub mod paths {
     pub fn purge(id: &str) -> String {
         format!("/v1/purges/{id}")
     }
+
+    /// A node's credential: `POST` rotates it, `DELETE` revokes it.
+    pub fn node_credential(name: &str) -> String {
+        format!("{NODES}/{name}/credential")
+    }
+}
+
+/// `POST /v1/nodes/{name}/credential` (a rotation: every credential the
+/// node had is revoked and a new one handed out) and `DELETE` (a
+/// revocation alone).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCredential {
+    pub node: String,
+    /// The lowest credential generation the control plane takes for this
+    /// node from now on.
+    pub generation: u64,
+    /// The new credential, of that generation (a rotation only): it goes
+    /// in the node's `[control] token_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 /// `GET /v1/sites`: one line per site.

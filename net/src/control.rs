@@ -18,8 +18,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use outpost_config::api::{
-    Deleted, ErrorBody, Health, NodeStatus, PopRecord, PopWeight, PurgeRequest, PurgeStatus, SiteRecord, SiteSummary,
-    Stored, StreamQuery, paths,
+    Deleted, ErrorBody, Health, NodeCredential, NodeStatus, PopRecord, PopWeight, PurgeRequest, PurgeStatus,
+    SiteRecord, SiteSummary, Stored, StreamQuery, paths,
 };
 use outpost_config::{Ack, StreamLine};
 use serde::de::DeserializeOwned;
@@ -280,6 +280,17 @@ impl ControlClient {
     pub async fn set_pop(&self, name: &str, weight: &PopWeight) -> Result<PopRecord, ClientError> {
         let body = serde_json::to_vec(weight).map_err(|e| ClientError::Decode(e.to_string()))?;
         self.call(Method::PUT, &paths::pop(name), &body).await
+    }
+
+    /// Revokes every credential node `name` had and returns one of the
+    /// next generation (admin token).
+    pub async fn rotate_credential(&self, name: &str) -> Result<NodeCredential, ClientError> {
+        self.call(Method::POST, &paths::node_credential(name), &[]).await
+    }
+
+    /// Revokes every credential node `name` had (admin token).
+    pub async fn revoke_credential(&self, name: &str) -> Result<NodeCredential, ClientError> {
+        self.call(Method::DELETE, &paths::node_credential(name), &[]).await
     }
 
     /// Acknowledges the events a node applied (node token).

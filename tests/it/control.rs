@@ -640,6 +640,14 @@ async fn bad_calls_get_401_401_400_and_change_nothing() {
     cdn.stop.cancel();
 }
 
+/// The test origin and a control plane that takes nodes' own credentials
+/// only, in `d`, until `stop`; with its admin token.
+async fn credentials_only(d: &Path, stop: &CancellationToken) -> (SocketAddr, String, SocketAddr) {
+    let origin = test_origin(stop).await;
+    let (control, _) = start_control_with(d, stop, "", "shared_node_token = false\n").await;
+    (control, std::fs::read_to_string(d.join("admin.token")).unwrap(), origin)
+}
+
 /// A node's own credential (`outpost node-token`) opens its own stream and
 /// acknowledges for it, never for another node; one with its name changed
 /// is nothing; and with `shared_node_token = false` the node token itself
@@ -649,9 +657,7 @@ async fn a_node_credential_speaks_for_its_own_node_alone() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let stop = CancellationToken::new();
-    let origin = test_origin(&stop).await;
-    let (control, _) = start_control_with(d, &stop, "", "shared_node_token = false\n").await;
-    let admin = std::fs::read_to_string(d.join("admin.token")).unwrap();
+    let (control, admin, origin) = credentials_only(d, &stop).await;
     let secret = std::fs::read_to_string(d.join("node.token")).unwrap();
     let api = |p: &str| format!("http://{control}{p}");
     let cfg = NodeConfig::load(&d.join("control.toml")).unwrap();
@@ -690,6 +696,107 @@ async fn a_node_credential_speaks_for_its_own_node_alone() {
     let nodes = call(Method::GET, &api("/v1/nodes"), Some(&admin), None, "").await.json();
     let names: Vec<_> = nodes.as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["edge-1"], "{nodes}");
+    stop.cancel();
+}
+
+/// Runs `outpost credentials ARGS` against the control plane at `control`
+/// with the admin token; its standard output, or the test fails.
+fn credentials_cli(control: SocketAddr, admin: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .arg("credentials")
+        .args(args)
+        .args(["--control", &format!("http://{control}")])
+        .env("OUTPOST_TOKEN", admin)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "credentials {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A node's credential revoked through the CLI is refused at once, on
+/// every call and on the stream it had open; a rotated one takes over, and
+/// the node catches up on what it missed once it holds it. Other nodes'
+/// credentials are untouched, and only the admin token revokes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_credential_is_refused_at_once_and_a_rotated_one_takes_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let stop = CancellationToken::new();
+    let (control, admin, origin) = credentials_only(d, &stop).await;
+    let api = |p: &str| format!("http://{control}{p}");
+    let cfg = NodeConfig::load(&d.join("control.toml")).unwrap();
+    let creds = outpost_control::credential::for_nodes(&cfg, &["edge-1".into(), "edge-2".into()]).unwrap();
+    let (old, other) = (&creds[0], &creds[1]);
+    let e1 = d.join("e1");
+    std::fs::create_dir(&e1).unwrap();
+    std::fs::write(e1.join("node.token"), old).unwrap();
+    let (edge, _edge_stop, _) = edge_following(&e1, 1, &format!("url = \"http://{control}\"")).await;
+    assert_eq!(
+        call(Method::POST, &api("/v1/sites"), Some(&admin), None, &site(origin)).await.status,
+        StatusCode::CREATED
+    );
+    let edge_1 = || async {
+        let nodes = call(Method::GET, &api("/v1/nodes"), Some(&admin), None, "").await.json();
+        nodes.as_array().unwrap().iter().find(|n| n["name"] == "edge-1").cloned().unwrap()
+    };
+    eventually("edge 1 to follow", || async { edge_1().await["connected"] == true }).await;
+
+    // Only the admin token revokes; names are checked.
+    let r = call(Method::POST, &api("/v1/nodes/edge-1/credential"), Some(old), None, "").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = call(Method::DELETE, &api("/v1/nodes/edge-1/credential"), Some(other), None, "").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = call(Method::POST, &api("/v1/nodes/edge_1/credential"), Some(&admin), None, "").await;
+    assert_eq!((r.status, r.json()["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_node")));
+
+    // Rotated: the old credential is refused everywhere, and the stream it
+    // holds open ends.
+    let keys = d.join("keys");
+    let written = credentials_cli(control, &admin, &["rotate", "edge-1", "--out", keys.to_str().unwrap()]);
+    assert_eq!(written.trim(), keys.join("edge-1.token").to_str().unwrap());
+    let new = std::fs::read_to_string(keys.join("edge-1.token")).unwrap();
+    assert!(new.starts_with("node.edge-1.1."), "{new}");
+    let own_stream = "/v1/events?after=0&node=edge-1&role=edge&pop=p1&addrs=";
+    let r = call(Method::GET, &api(own_stream), Some(old), None, "").await;
+    assert_eq!((r.status, r.json()["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("credential_revoked")));
+    let r = call(Method::POST, &api("/v1/ack"), Some(old), None, r#"{"node": "edge-1", "seq": 1}"#).await;
+    assert_eq!((r.status, r.json()["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("credential_revoked")));
+    assert_eq!(call(Method::GET, &api("/v1/nodes"), Some(old), None, "").await.status, StatusCode::UNAUTHORIZED);
+    eventually("edge 1's stream to end", || async { edge_1().await["connected"] == false }).await;
+    // Another node's credential still speaks for it.
+    let r = call(Method::GET, &api("/v1/nodes"), Some(other), None, "").await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    // Cut off, the edge keeps serving what it has; a purge waits for it.
+    assert_eq!(
+        call(Method::GET, &format!("http://{edge}/hello"), None, Some("shop.test"), "").await.status,
+        StatusCode::OK
+    );
+    let body = r#"{"site": "shop", "all": true}"#;
+    assert_eq!(call(Method::POST, &api("/v1/purge"), Some(&admin), None, body).await.status, StatusCode::ACCEPTED);
+    let last = call(Method::GET, &api("/healthz"), None, None, "").await.json()["seq"].as_u64().unwrap();
+    tokio::time::sleep(2 * outpost_config::api::HEARTBEAT).await;
+    let stuck = edge_1().await;
+    assert!(stuck["connected"] == false && stuck["acked_seq"].as_u64() < Some(last), "{stuck}");
+
+    // Given the new credential, it comes back and catches up.
+    std::fs::write(e1.join("node.token"), &new).unwrap();
+    eventually("edge 1 to catch up with its new credential", || async {
+        let n = edge_1().await;
+        n["connected"] == true && n["acked_seq"].as_u64() == Some(last)
+    })
+    .await;
+
+    // Revoked with none handed out: the new one goes the same way.
+    let said = credentials_cli(control, &admin, &["revoke", "edge-1", "--json"]);
+    let said: serde_json::Value = serde_json::from_str(&said).unwrap();
+    assert_eq!((said["node"].as_str(), said["generation"].as_u64()), (Some("edge-1"), Some(2)), "{said}");
+    assert!(said.get("credential").is_none(), "{said}");
+    let r = call(Method::GET, &api(own_stream), Some(&new), None, "").await;
+    assert_eq!((r.status, r.json()["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("credential_revoked")));
+    eventually("edge 1's stream to end again", || async { edge_1().await["connected"] == false }).await;
+    let r = call(Method::GET, &api("/v1/nodes"), Some(other), None, "").await;
+    assert_eq!(r.status, StatusCode::OK);
     stop.cancel();
 }
 

@@ -455,6 +455,73 @@ async fn two_replicas_upserting_one_site_at_once_never_both_win() {
     stop.cancel();
 }
 
+/// A node's credential revoked through one replica is refused by the
+/// other within two heartbeats, and the stream the node holds open there
+/// ends; two revocations at once through both replicas both count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_revoked_through_one_replica_is_refused_by_the_other() {
+    let Lab { cluster, dir, stop, origin } = Lab::start().await;
+    let a = replica(dir.path(), "control-a", &cluster.endpoints(), &stop).await;
+    let b = replica(dir.path(), "control-b", &cluster.endpoints(), &stop).await;
+    let admin = admin_token(dir.path());
+    let secret = std::fs::read_to_string(dir.path().join("node.token")).unwrap();
+    let own = outpost_control::credential::node_credential(secret.trim(), "edge-1");
+    let e1 = dir.path().join("e1");
+    std::fs::create_dir(&e1).unwrap();
+    std::fs::write(e1.join("node.token"), &own).unwrap();
+    let r = call(Method::POST, &format!("http://{a}/v1/sites"), Some(&admin), None, &site(origin)).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let (_edge, _edge_stop, _) = edge_following(&e1, 1, &format!("url = \"http://{b}\"")).await;
+    let connected_at_b = || async {
+        let nodes = call(Method::GET, &format!("http://{b}/v1/nodes"), Some(&admin), None, "").await.json();
+        nodes.as_array().unwrap().iter().any(|n| n["name"] == "edge-1" && n["connected"] == true)
+    };
+    eventually("edge 1 to follow B", connected_at_b).await;
+    let read_at_b = format!("http://{b}/v1/nodes");
+
+    let r = call(Method::DELETE, &format!("http://{a}/v1/nodes/edge-1/credential"), Some(&admin), None, "").await;
+    assert_eq!((r.status, r.json()["generation"].as_u64()), (StatusCode::OK, Some(1)));
+    let revoked = std::time::Instant::now();
+    let bound = 2 * outpost_config::api::HEARTBEAT + std::time::Duration::from_secs(2);
+    let (mut refused, mut ended) = (None, None);
+    while (refused.is_none() || ended.is_none()) && revoked.elapsed() < bound {
+        if refused.is_none()
+            && call(Method::GET, &read_at_b, Some(&own), None, "").await.status == StatusCode::UNAUTHORIZED
+        {
+            refused = Some(revoked.elapsed());
+        }
+        if ended.is_none() && !connected_at_b().await {
+            ended = Some(revoked.elapsed());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (Some(refused), Some(ended)) = (refused, ended) else {
+        panic!("{bound:?} after the revocation through A, B refused it: {refused:?}, its stream ended: {ended:?}");
+    };
+    println!(
+        "revoked through A: refused by B after {} ms, its stream there ended after {} ms",
+        refused.as_millis(),
+        ended.as_millis()
+    );
+
+    // Two rotations at once, one through each replica: both count, and
+    // each hands out its own generation.
+    let rotate = |at: SocketAddr| {
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let r =
+                call(Method::POST, &format!("http://{at}/v1/nodes/edge-1/credential"), Some(&admin), None, "").await;
+            assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+            r.json()["generation"].as_u64().unwrap()
+        })
+    };
+    let (x, y) = (rotate(a), rotate(b));
+    let mut generations = [x.await.unwrap(), y.await.unwrap()];
+    generations.sort_unstable();
+    assert_eq!(generations, [2, 3]);
+    stop.cancel();
+}
+
 /// A cluster with authentication on: a replica with the user and its
 /// password file writes and reads under its prefix; one with a wrong
 /// password is refused.

@@ -58,6 +58,16 @@ impl Connection {
         };
         now_ms().saturating_sub(heard) > DEAD_AFTER.as_millis() as u64
     }
+
+    /// The credential that opened the stream has been revoked since (a
+    /// store that cannot say leaves the stream open).
+    async fn revoked(&self, caller: &Caller) -> bool {
+        let revoked = matches!(self.control.still_taken(caller).await, Err(e) if e.status == StatusCode::UNAUTHORIZED);
+        if revoked {
+            tracing::info!(node = %self.node, "the node's credential was revoked: closing its stream");
+        }
+        revoked
+    }
 }
 
 fn line(l: &StreamLine) -> Bytes {
@@ -73,12 +83,13 @@ fn line(l: &StreamLine) -> Bytes {
 struct Writer {
     /// Holds the node token the store's seals are under.
     control: Arc<Control>,
-    credential: Option<String>,
+    /// Who opened the stream.
+    caller: Caller,
 }
 
 impl Writer {
     fn line(&self, mut l: StreamLine) -> Bytes {
-        if let Some(to) = &self.credential {
+        if let Caller::Node { credential: to, .. } = &self.caller {
             let from = self.control.node_token();
             match &mut l {
                 StreamLine::Snapshot { sites, .. } => {
@@ -151,17 +162,11 @@ pub(super) async fn stream(
     headers: HeaderMap,
     query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = c.node(&headers)?;
+    let caller = c.node(&headers).await?;
     let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     caller.speaks_for(&q.node)?;
     let addrs = check(&q)?;
-    let writer = Writer {
-        control: Arc::clone(&c),
-        credential: match caller {
-            Caller::Node { credential, .. } => Some(credential),
-            Caller::Fleet => None,
-        },
-    };
+    let writer = Writer { control: Arc::clone(&c), caller };
     // Subscribe before reading the backlog, so nothing falls in between.
     let rx = c.events.subscribe();
     let (mut backlog, cursor, last) = backlog(&c.store, q.after, &writer).await?;
@@ -266,15 +271,23 @@ fn lines(
     writer: Writer,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static {
     let heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+    let mut revoked = conn.control.revocations.changed.subscribe();
+    revoked.mark_unchanged();
     futures_util::stream::unfold(
-        (backlog.into_iter(), rx, cursor, heartbeat, conn, writer),
-        |(mut backlog, mut rx, mut cursor, mut heartbeat, conn, writer)| async move {
+        (backlog.into_iter(), rx, cursor, heartbeat, conn, writer, revoked),
+        |(mut backlog, mut rx, mut cursor, mut heartbeat, conn, writer, mut revoked)| async move {
             if let Some(b) = backlog.next() {
-                return Some((Ok(b), (backlog, rx, cursor, heartbeat, conn, writer)));
+                return Some((Ok(b), (backlog, rx, cursor, heartbeat, conn, writer, revoked)));
             }
             let next = loop {
                 tokio::select! {
                     _ = conn.control.closing.cancelled() => return None,
+                    // Revoked here: look at once (elsewhere: at the heartbeat).
+                    Ok(()) = revoked.changed() => {
+                        if conn.revoked(&writer.caller).await {
+                            return None;
+                        }
+                    }
                     r = rx.recv() => match r {
                         Ok(record) if record.seq > cursor => {
                             cursor = record.seq;
@@ -292,12 +305,15 @@ fn lines(
                             tracing::info!(node = %conn.node, "no word from the node: closing its stream");
                             return None;
                         }
+                        if conn.revoked(&writer.caller).await {
+                            return None;
+                        }
                         let seq = conn.control.store.last_seq().await.unwrap_or(cursor);
                         break StreamLine::Heartbeat { seq, stale: !conn.control.has_quorum() };
                     }
                 }
             };
-            Some((Ok(writer.line(next)), (backlog, rx, cursor, heartbeat, conn, writer)))
+            Some((Ok(writer.line(next)), (backlog, rx, cursor, heartbeat, conn, writer, revoked)))
         },
     )
 }
@@ -307,7 +323,7 @@ pub(super) async fn ack(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    let caller = c.node(&headers)?;
+    let caller = c.node(&headers).await?;
     let a: Ack = super::json_body(&body)?;
     caller.speaks_for(&a.node)?;
     if let Some(problems) = &a.problems

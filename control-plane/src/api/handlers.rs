@@ -10,7 +10,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use outpost_config::Site;
 use outpost_config::api::{
-    Deleted, FULL_WEIGHT, Health, NodeStatus, PopRecord, PopWeight, PurgeRequest, PurgeStatus, SiteSummary, Stored,
+    Deleted, FULL_WEIGHT, Health, NodeCredential, NodeStatus, PopRecord, PopWeight, PurgeRequest, PurgeStatus,
+    SiteSummary, Stored,
 };
 
 use super::{ApiError, Control, DEFAULT_PURGE_WAIT};
@@ -360,14 +361,14 @@ pub(super) async fn get_purge(
 
 pub(super) async fn nodes(State(c): Shared, headers: HeaderMap) -> Result<Json<Vec<NodeStatus>>, ApiError> {
     // Read by operators and by DNS servers (with the node token).
-    c.admin(&headers).or_else(|_| c.node(&headers).map(drop))?;
+    c.admin_or_node(&headers).await?;
     Ok(Json(c.node_statuses().await?))
 }
 
 /// `GET /v1/pops`: the PoPs whose weight an operator set (read by
 /// operators and by DNS servers, with the node token).
 pub(super) async fn pops(State(c): Shared, headers: HeaderMap) -> Result<Json<Vec<PopRecord>>, ApiError> {
-    c.admin(&headers).or_else(|_| c.node(&headers).map(drop))?;
+    c.admin_or_node(&headers).await?;
     Ok(Json(c.store.pops().await.map_err(ApiError::from)?))
 }
 
@@ -398,4 +399,44 @@ pub(super) async fn put_pop(
     c.store.put_pop(&rec).await.map_err(ApiError::from)?;
     tracing::info!(pop = %rec.name, weight = rec.weight, reason = ?rec.reason, "PoP weight set");
     Ok(Json(rec))
+}
+
+/// Revokes every credential node `name` had (admin token); the lowest
+/// generation taken from now on.
+async fn revoke(c: &Control, name: &str, headers: &HeaderMap) -> Result<u64, ApiError> {
+    c.admin(headers)?;
+    if !super::events::valid_name(name) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_node",
+            format!("`{name}` is not a node name (letters, digits and `-`, at most 63)"),
+        ));
+    }
+    c.writable()?;
+    Ok(c.revocations.revoke(&c.store, name).await?)
+}
+
+/// `POST /v1/nodes/{name}/credential`: revokes every credential the node
+/// had and hands out one of the next generation. The node's streams end
+/// (here at once, at other replicas within two heartbeats) and it is
+/// refused until it presents the new one.
+pub(super) async fn rotate_credential(
+    State(c): Shared,
+    UrlPath(name): UrlPath<String>,
+    headers: HeaderMap,
+) -> Result<Json<NodeCredential>, ApiError> {
+    let generation = revoke(&c, &name, &headers).await?;
+    let credential = crate::credential::credential_of_generation(c.node_token(), &name, generation);
+    Ok(Json(NodeCredential { node: name, generation, credential: Some(credential) }))
+}
+
+/// `DELETE /v1/nodes/{name}/credential`: revokes every credential the node
+/// had, handing out none (a node taken over, or retired).
+pub(super) async fn revoke_credential(
+    State(c): Shared,
+    UrlPath(name): UrlPath<String>,
+    headers: HeaderMap,
+) -> Result<Json<NodeCredential>, ApiError> {
+    let generation = revoke(&c, &name, &headers).await?;
+    Ok(Json(NodeCredential { node: name, generation, credential: None }))
 }

@@ -8,6 +8,7 @@
 
 mod events;
 mod handlers;
+mod revocations;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -85,9 +86,10 @@ impl IntoResponse for ApiError {
 pub(crate) enum Caller {
     /// The node token: it may speak for any node.
     Fleet,
-    /// A node's own credential: it speaks for `name` alone, and what is
-    /// sealed for it is sealed under `credential`.
-    Node { name: String, credential: String },
+    /// A node's own credential (not revoked when it was shown): it speaks
+    /// for `name` alone, and what is sealed for it is sealed under
+    /// `credential`.
+    Node { name: String, generation: u64, credential: String },
 }
 
 impl Caller {
@@ -197,6 +199,8 @@ pub struct Control {
     elsewhere: Mutex<std::collections::BTreeSet<String>>,
     /// Whether this control plane orders ACME certificates (`[acme]`).
     acme: std::sync::atomic::AtomicBool,
+    /// The lowest credential generation taken per node.
+    pub(crate) revocations: revocations::Revocations,
     /// Held from a site write's check of other sites' hosts to its commit,
     /// so two writes at once cannot both claim one host through this
     /// replica.
@@ -247,6 +251,7 @@ impl Control {
             acme: std::sync::atomic::AtomicBool::new(false),
             shared_node_token: std::sync::atomic::AtomicBool::new(true),
             site_writes: tokio::sync::Mutex::new(()),
+            revocations: revocations::Revocations::default(),
         }))
     }
 
@@ -280,13 +285,16 @@ impl Control {
         check(headers, &self.admin_token)
     }
 
-    /// Who a node-scoped call comes from: a node's own credential, or the
-    /// node token (any node, while the control plane accepts it).
-    fn node(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    /// Who a node-scoped call comes from: a node's own credential, not
+    /// revoked, or the node token (any node, while the control plane
+    /// accepts it).
+    async fn node(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
         if let Some(t) = bearer(headers)
-            && let Some(name) = crate::credential::verify(&self.node_token, t)
+            && let Some(v) = crate::credential::verify(&self.node_token, t)
         {
-            return Ok(Caller::Node { name: name.to_string(), credential: t.to_string() });
+            let caller = Caller::Node { name: v.name.to_string(), generation: v.generation, credential: t.to_string() };
+            self.still_taken(&caller).await?;
+            return Ok(caller);
         }
         check(headers, &self.node_token)?;
         if !self.shared_node_token.load(std::sync::atomic::Ordering::Relaxed) {
@@ -297,6 +305,33 @@ impl Control {
             ));
         }
         Ok(Caller::Fleet)
+    }
+
+    /// Refuses (401) a node credential revoked since it was made.
+    pub(crate) async fn still_taken(&self, caller: &Caller) -> Result<(), ApiError> {
+        let Caller::Node { name, generation, .. } = caller else {
+            return Ok(());
+        };
+        let lowest = self.revocations.lowest(&self.store, name).await?;
+        if *generation < lowest {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "credential_revoked",
+                format!(
+                    "node `{name}`'s credential of generation {generation} was revoked; this control plane takes generation {lowest} and later (`outpost credentials rotate {name}`)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The admin token, or any node's (DNS servers read the registry and
+    /// the PoP weights with theirs).
+    async fn admin_or_node(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        if self.admin(headers).is_ok() {
+            return Ok(());
+        }
+        self.node(headers).await.map(drop)
     }
 
     /// Publishes a committed event to the streams, then compacts the log.
@@ -489,6 +524,7 @@ pub fn router(control: Arc<Control>) -> Router {
         .route(paths::PURGE, post(handlers::purge))
         .route(&paths::purge("{id}"), get(handlers::get_purge))
         .route(paths::NODES, get(handlers::nodes))
+        .route(&paths::node_credential("{name}"), post(handlers::rotate_credential).delete(handlers::revoke_credential))
         .route(paths::POPS, get(handlers::pops))
         .route(&paths::pop("{name}"), put(handlers::put_pop))
         .route(paths::EVENTS, get(events::stream))

@@ -64,11 +64,11 @@ async fn forwarded(cx: &Ctx, sent: Result<Response<RecvBody>, UpstreamError>) ->
     };
     let status = resp.status();
     if !cx.method.is_safe() && (status.is_success() || status.is_redirection()) {
-        engine.invalidate_url(&cx.site, cx.scope(None), &cx.rkey.url).await;
+        engine.invalidate_url(&cx.site, cx.scope(None), &cx.rkey.url, &cx.headers).await;
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
             if let Some((host, url)) = same_site_path(cx, resp.headers().get(&name)) {
                 let host = host.as_deref().and_then(|h| RequestHost::parse(h).ok());
-                engine.invalidate_url(&cx.site, cx.scope(host), &url).await;
+                engine.invalidate_url(&cx.site, cx.scope(host), &url, &cx.headers).await;
             }
         }
     }

@@ -25,7 +25,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use http::{Request, Response};
 use outpost_config::{CacheStorage, Limits, PurgeTarget, Site};
-use outpost_net::RecvBody;
+use outpost_net::{HeaderLookup, RecvBody};
 
 use crate::clock::Clock;
 use crate::host::RequestHost;
@@ -312,13 +312,15 @@ impl Engine {
         request::unreadable(self, client, status);
     }
 
-    /// The primary key of a URL in one scope (`None`: its path does not
-    /// normalise, so no request is keyed under it).
-    fn url_key(site: &Site, scope: Scope<'_>, url: &str) -> Option<Key> {
+    /// The primary key of a URL in one scope, for a request with `headers`
+    /// (which count on sites whose keys take request headers: `cache.key_headers`,
+    /// `headers.forward`); `None`: its path does not normalise, so no
+    /// request is keyed under it.
+    fn url_key(site: &Site, scope: Scope<'_>, url: &str, headers: &impl HeaderLookup) -> Option<Key> {
         let (path, query) = url.split_once('?').map_or((url, None), |(p, q)| (p, Some(q)));
         let path = normalize_path(path).ok()?;
         let query = shape_query(query, &site.cache);
-        Some(RequestKey::new(site, scope, &path, query.as_deref(), &http::HeaderMap::new()).primary)
+        Some(RequestKey::new(site, scope, &path, query.as_deref(), headers).primary)
     }
 
     /// The copies stored under a URL's primary key (its object, or the
@@ -343,7 +345,7 @@ impl Engine {
     /// The stored keys of a URL in one scope (its object, or its variant
     /// index and the variants it knows), removed at once.
     async fn remove_url(&self, site: &Site, scope: Scope<'_>, url: &str) {
-        let Some(primary) = Self::url_key(site, scope, url) else { return };
+        let Some(primary) = Self::url_key(site, scope, url, &http::HeaderMap::new()) else { return };
         let (objects, index) = self.stored_for_key(primary).await;
         for (k, o) in objects {
             self.store.remove_object(k, &o);
@@ -357,14 +359,22 @@ impl Engine {
     /// method's success asks (RFC 9111 §4.4): each is validated before it
     /// is sent again ([`Engine::invalidate`]). A fetch of the URL under way
     /// leaves the flights, so later requests start another, and invalidates
-    /// the copy it stores ([`Engine::invalidate_if_since`]).
-    async fn invalidate_url(&self, site: &Site, scope: Scope<'_>, url: &str) {
-        let Some(primary) = Self::url_key(site, scope, url) else { return };
-        self.invalidations.record(primary);
-        self.flights.forget(primary);
-        for (k, o) in self.stored_for_key(primary).await.0 {
-            self.flights.forget(k);
-            self.invalidate(k, &o);
+    /// the copy it stores ([`Engine::invalidate_if_since`]). On a site
+    /// whose keys take request headers, the copies found are those keyed
+    /// as the unsafe request was (`headers`: its client's own) and as a
+    /// request without those headers; copies under other values are other
+    /// keys, left as they are.
+    async fn invalidate_url(&self, site: &Site, scope: Scope<'_>, url: &str, headers: &impl HeaderLookup) {
+        let own = Self::url_key(site, scope, url, headers);
+        let bare = Self::url_key(site, scope, url, &http::HeaderMap::new());
+        let keys = if own == bare { [own, None] } else { [own, bare] };
+        for primary in keys.into_iter().flatten() {
+            self.invalidations.record(primary);
+            self.flights.forget(primary);
+            for (k, o) in self.stored_for_key(primary).await.0 {
+                self.flights.forget(k);
+                self.invalidate(k, &o);
+            }
         }
     }
 

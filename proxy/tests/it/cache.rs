@@ -667,6 +667,42 @@ async fn unsafe_methods_are_forwarded_and_invalidate() {
     assert_eq!(origin.count("/plain").await, 3, "a GET, the POST, and the GET again");
 }
 
+/// On a site whose keys take a request header, a POST invalidates the copy
+/// its own client is sent and the one for requests without the header;
+/// copies under other values of the header are other keys, kept.
+#[tokio::test]
+async fn an_unsafe_method_invalidates_its_clients_own_copy_on_a_site_keyed_by_a_request_header() {
+    let rules = "[cache]\ndefault_ttl = \"60s\"\nkey_headers = [\"x-device\"]\n\n[stale]\nwhile_revalidate = \"0s\"\nif_error = \"0s\"\n";
+    let (_d, origin, edge) = setup(rules).await;
+    let url = "/dev?size=500&cc=max-age%3D600";
+    let as_device = |device: Option<&'static str>| {
+        let edge = &edge;
+        async move {
+            match device {
+                Some(d) => edge.get_with(url, &[("x-device", d)]).await,
+                None => edge.get(url).await,
+            }
+        }
+    };
+    for device in [Some("phone"), Some("tablet"), None] {
+        assert!(!as_device(device).await.is_hit(), "{device:?}: its own key");
+        assert!(as_device(device).await.is_hit(), "{device:?}");
+    }
+    let validated = origin.stats().await["not_modified"].as_u64().unwrap();
+    let r =
+        outpost_testkit::request(Method::POST, &edge.url(url), &[("host", "t.test"), ("x-device", "phone")], b"a=1")
+            .await
+            .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    for device in [Some("phone"), None] {
+        let r = as_device(device).await;
+        assert!(r.cache_status().contains("fwd=stale; fwd-status=304"), "{device:?}, validated: {}", r.cache_status());
+    }
+    assert!(as_device(Some("tablet")).await.is_hit(), "another device's copy is another key");
+    assert_eq!(origin.stats().await["not_modified"].as_u64().unwrap(), validated + 2);
+    assert_eq!(origin.count("/dev").await, 6, "three fetches, the POST and two validations");
+}
+
 /// A GET whose fetch is under way when a POST to its URL succeeds: the
 /// origin may have answered the GET before the change, so its copy is
 /// validated before it is sent again (with an ETag) or fetched again

@@ -194,7 +194,19 @@ async fn control(
             pebble.directory
         ),
     );
-    let node = outpost_control::node::ControlNode::bind(&cfg).await.unwrap();
+    // A control plane just stopped may still hold the store file and the
+    // port until its tasks end (at most its shutdown grace).
+    let started = std::time::Instant::now();
+    let node = loop {
+        match outpost_control::node::ControlNode::bind(&cfg).await {
+            Ok(node) => break node,
+            Err(e) if started.elapsed() < cfg.limits.shutdown_grace + Duration::from_secs(5) => {
+                tracing::debug!(error = %e, "the control plane does not start yet");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the control plane does not start: {e}"),
+        }
+    };
     let control = Arc::clone(&node.control);
     tokio::spawn(node.run(stop.clone()));
     control
@@ -302,12 +314,14 @@ async fn a_site_gets_its_certificate_by_acme_on_every_edge_and_renews_it() {
     let site = format!(
         "[site]\nid = \"shop\"\nhosts = [\"{HOST}\"]\nhttps_only = true\n[[origin]]\nurl = \"http://{origin}\"\n[tls]\nacme = true\n"
     );
+    // Pebble answers before the first order (one that failed would wait
+    // out its backoff).
+    let root = pebble.root().await;
     let r =
         crate::control::call(Method::POST, &format!("http://{control_addr}/v1/sites"), Some(&admin), None, &site).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
 
     // Issued, validated at an edge, and served by every edge.
-    let root = pebble.root().await;
     let mut first = Vec::new();
     for (_, https, ..) in &edges {
         first.push(served_leaf(*https, &root, None).await);

@@ -624,7 +624,16 @@ async fn lab_an_edge_killed_under_load_restarts_with_a_consistent_disk() {
         let objects = objects.clone();
         t.client.run(async move { Load::start_for(SITE_HOST, vec![fra], objects, 6) }).await
     };
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Under load until the edge holds every object (a loaded machine takes
+    // longer to fetch them), and a second more for its disk tier to write.
+    let started = Instant::now();
+    for p in &objects {
+        while !t.get(fra, p).await.is_ok_and(|r| last_member(&r).starts_with("edge-fra; hit")) {
+            assert!(started.elapsed() < Duration::from_secs(30), "{p} never became a hit at the edge");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
     t.lab.kill("edge-fra").unwrap();
     let withdrawn = in_dns(false).await;
     let seen = load.stop().await;

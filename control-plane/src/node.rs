@@ -108,6 +108,9 @@ impl ControlNode {
         if !cfg.shared_node_token {
             control.refuse_shared_node_token();
         }
+        if let Some(path) = &cfg.viewer_token_file {
+            control.set_viewer_token(token(path)?);
+        }
         let server = outpost_net::ServerConfig { name: node.name.as_str().into(), limits: node.limits };
         // Zero until an order fails: the alert on it has a series to watch
         // on every control plane.

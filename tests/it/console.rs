@@ -438,7 +438,7 @@ async fn the_console_refuses_what_it_should() {
     assert!(html.contains("readonly") && !html.contains("Save as a new version"), "{html}");
     let r = send(&fleet, Method::POST, "/console/purge", &[("cookie", &ro_cookie)], &purge(&ro_csrf)).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
-    assert!(String::from_utf8_lossy(&r.body).contains("node token"));
+    assert!(String::from_utf8_lossy(&r.body).contains("Signed in read-only"));
     assert_eq!(last_seq(&fleet).await, seq);
     // The operator's purge, sent as a console page sends it.
     let r = send(

@@ -641,10 +641,12 @@ async fn bad_calls_get_401_401_400_and_change_nothing() {
 }
 
 /// The test origin and a control plane that takes nodes' own credentials
-/// only, in `d`, until `stop`; with its admin token.
+/// only and has a read-only token, in `d`, until `stop`; with its admin
+/// token.
 async fn credentials_only(d: &Path, stop: &CancellationToken) -> (SocketAddr, String, SocketAddr) {
     let origin = test_origin(stop).await;
-    let (control, _) = start_control_with(d, stop, "", "shared_node_token = false\n").await;
+    let (control, _) =
+        start_control_with(d, stop, "", "shared_node_token = false\nviewer_token_file = \"viewer.token\"\n").await;
     (control, std::fs::read_to_string(d.join("admin.token")).unwrap(), origin)
 }
 
@@ -696,6 +698,67 @@ async fn a_node_credential_speaks_for_its_own_node_alone() {
     let nodes = call(Method::GET, &api("/v1/nodes"), Some(&admin), None, "").await.json();
     let names: Vec<_> = nodes.as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["edge-1"], "{nodes}");
+    stop.cancel();
+}
+
+/// The read-only token reads what operators read, through the API and the
+/// console, and changes nothing; the node token, no longer shared with the
+/// nodes, opens no console session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_read_only_token_reads_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let stop = CancellationToken::new();
+    let (control, admin, origin) = credentials_only(d, &stop).await;
+    let viewer = std::fs::read_to_string(d.join("viewer.token")).unwrap().trim().to_string();
+    assert!(viewer.len() >= 32 && viewer != admin.trim(), "made at first start, a token of its own");
+    let api = |p: &str| format!("http://{control}{p}");
+    assert_eq!(
+        call(Method::POST, &api("/v1/sites"), Some(&admin), None, &site(origin)).await.status,
+        StatusCode::CREATED
+    );
+    let body = r#"{"site": "shop", "all": true}"#;
+    assert_eq!(call(Method::POST, &api("/v1/purge"), Some(&admin), None, body).await.status, StatusCode::ACCEPTED);
+
+    for path in ["/v1/sites", "/v1/sites/shop", "/v1/sites/shop/versions", "/v1/purges/p1", "/v1/nodes", "/v1/pops"] {
+        let r = call(Method::GET, &api(path), Some(&viewer), None, "").await;
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", String::from_utf8_lossy(&r.body));
+    }
+    let r = call(Method::GET, &api("/v1/sites/shop"), Some(&viewer), None, "").await;
+    assert_eq!(r.json()["id"], "shop");
+    let writes = [
+        (Method::POST, "/v1/purge", body.to_string()),
+        (Method::PUT, "/v1/sites/shop", site(origin)),
+        (Method::DELETE, "/v1/sites/shop", String::new()),
+        (Method::PUT, "/v1/pops/fra", r#"{"weight": 0}"#.to_string()),
+        (Method::POST, "/v1/nodes/edge-1/credential", String::new()),
+        (Method::DELETE, "/v1/nodes/edge-1/credential", String::new()),
+        (Method::GET, "/v1/events?after=0&node=edge-1&role=edge&pop=p1&addrs=", String::new()),
+        (Method::POST, "/v1/ack", r#"{"node": "edge-1", "seq": 1}"#.to_string()),
+    ];
+    for (method, path, body) in writes {
+        let r = call(method.clone(), &api(path), Some(&viewer), None, &body).await;
+        assert_eq!(
+            (r.status, r.json()["error"].as_str()),
+            (StatusCode::UNAUTHORIZED, Some("unauthorized")),
+            "{method} {path}"
+        );
+    }
+    let seq = call(Method::GET, &api("/healthz"), None, None, "").await.json()["seq"].clone();
+    assert_eq!(seq, 2, "the site and the purge, nothing after");
+
+    // The console: read-only with it, nothing with the node token.
+    let sign_in = |token: String| async move {
+        let form = [("content-type", "application/x-www-form-urlencoded")];
+        outpost_testkit::request(Method::POST, &api("/console/login"), &form, format!("token={token}").as_bytes())
+            .await
+            .unwrap()
+    };
+    let r = sign_in(viewer.clone()).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert!(r.headers["set-cookie"].to_str().unwrap().starts_with("outpost_console=ro."), "{:?}", r.headers);
+    let node_token = std::fs::read_to_string(d.join("node.token")).unwrap();
+    assert_eq!(sign_in(node_token.trim().to_string()).await.status, StatusCode::UNAUTHORIZED);
     stop.cancel();
 }
 

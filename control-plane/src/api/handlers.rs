@@ -43,7 +43,7 @@ pub(super) async fn not_found() -> ApiError {
 }
 
 pub(super) async fn list_sites(State(c): Shared, headers: HeaderMap) -> Result<Json<Vec<SiteSummary>>, ApiError> {
-    c.admin(&headers)?;
+    c.reader(&headers)?;
     let sites = c.store.sites().await.map_err(ApiError::from)?;
     Ok(Json(
         sites
@@ -63,7 +63,7 @@ pub(super) async fn get_site(
     headers: HeaderMap,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
-    c.admin(&headers)?;
+    c.reader(&headers)?;
     match c.store.site(&id).await.map_err(ApiError::from)? {
         Some(s) => Ok(Json(s).into_response()),
         None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no site `{id}`"))),
@@ -77,7 +77,7 @@ pub(super) async fn site_versions(
     headers: HeaderMap,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<Vec<outpost_config::api::SiteRecord>>, ApiError> {
-    c.admin(&headers)?;
+    c.reader(&headers)?;
     let history = c.store.site_history(&id).await.map_err(ApiError::from)?;
     if history.is_empty() {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no site `{id}`")));
@@ -352,7 +352,7 @@ pub(super) async fn get_purge(
     headers: HeaderMap,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
-    c.admin(&headers)?;
+    c.reader(&headers)?;
     match c.store.purge(&id).await.map_err(ApiError::from)? {
         Some(p) => Ok(Json(c.purge_status(&p).await?).into_response()),
         None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no purge `{id}`"))),
@@ -361,14 +361,14 @@ pub(super) async fn get_purge(
 
 pub(super) async fn nodes(State(c): Shared, headers: HeaderMap) -> Result<Json<Vec<NodeStatus>>, ApiError> {
     // Read by operators and by DNS servers (with the node token).
-    c.admin_or_node(&headers).await?;
+    c.reader_or_node(&headers).await?;
     Ok(Json(c.node_statuses().await?))
 }
 
 /// `GET /v1/pops`: the PoPs whose weight an operator set (read by
 /// operators and by DNS servers, with the node token).
 pub(super) async fn pops(State(c): Shared, headers: HeaderMap) -> Result<Json<Vec<PopRecord>>, ApiError> {
-    c.admin_or_node(&headers).await?;
+    c.reader_or_node(&headers).await?;
     Ok(Json(c.store.pops().await.map_err(ApiError::from)?))
 }
 

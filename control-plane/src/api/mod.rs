@@ -175,6 +175,8 @@ pub struct Control {
     /// credential derives from (`crate::credential`).
     node_token: String,
     shared_node_token: std::sync::atomic::AtomicBool,
+    /// The read-only token (`[auth] viewer_token_file`), when there is one.
+    viewer_token: std::sync::OnceLock<String>,
     /// New events, as committed.
     pub(crate) events: broadcast::Sender<EventRecord>,
     /// Nodes with an open stream: name → streams.
@@ -250,6 +252,7 @@ impl Control {
             elsewhere: Mutex::default(),
             acme: std::sync::atomic::AtomicBool::new(false),
             shared_node_token: std::sync::atomic::AtomicBool::new(true),
+            viewer_token: std::sync::OnceLock::new(),
             site_writes: tokio::sync::Mutex::new(()),
             revocations: revocations::Revocations::default(),
         }))
@@ -265,6 +268,24 @@ impl Control {
     /// longer speaks for any node (`[auth] shared_node_token = false`).
     pub fn refuse_shared_node_token(&self) {
         self.shared_node_token.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Takes `token` as the read-only token: it reads what the admin
+    /// token reads and changes nothing (`[auth] viewer_token_file`). Set
+    /// once, before serving.
+    pub fn set_viewer_token(&self, token: String) {
+        let _ = self.viewer_token.set(token);
+    }
+
+    /// The read-only token, if there is one (the console's read-only sign-in).
+    pub(crate) fn viewer_token(&self) -> Option<&str> {
+        self.viewer_token.get().map(String::as_str)
+    }
+
+    /// Whether the node token itself speaks for nodes (and opens the
+    /// console read-only).
+    pub(crate) fn shares_node_token(&self) -> bool {
+        self.shared_node_token.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(crate) fn orders_certificates(&self) -> bool {
@@ -285,6 +306,18 @@ impl Control {
         check(headers, &self.admin_token)
     }
 
+    /// A read: the admin token, or the read-only one.
+    fn reader(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let refused = match self.admin(headers) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        match (bearer(headers), self.viewer_token()) {
+            (Some(given), Some(viewer)) if constant_time_eq(given.as_bytes(), viewer.as_bytes()) => Ok(()),
+            _ => Err(refused),
+        }
+    }
+
     /// Who a node-scoped call comes from: a node's own credential, not
     /// revoked, or the node token (any node, while the control plane
     /// accepts it).
@@ -297,7 +330,7 @@ impl Control {
             return Ok(caller);
         }
         check(headers, &self.node_token)?;
-        if !self.shared_node_token.load(std::sync::atomic::Ordering::Relaxed) {
+        if !self.shares_node_token() {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "credential_required",
@@ -325,10 +358,10 @@ impl Control {
         Ok(())
     }
 
-    /// The admin token, or any node's (DNS servers read the registry and
-    /// the PoP weights with theirs).
-    async fn admin_or_node(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        if self.admin(headers).is_ok() {
+    /// A read of the registry or the PoP weights: the admin token, the
+    /// read-only one, or any node's (DNS servers read them with theirs).
+    async fn reader_or_node(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        if self.reader(headers).is_ok() {
             return Ok(());
         }
         self.node(headers).await.map(drop)

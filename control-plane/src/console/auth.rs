@@ -2,9 +2,10 @@
 //! sent from one of its pages.
 //!
 //! Signing in with the admin token opens an operator session; with the
-//! node token, a read-only one. The cookie holds no token:
-//! `role.expiry.nonce.mac`, the MAC an HMAC-SHA256 under a key derived from
-//! both tokens. Nothing is kept per session, so every replica that shares
+//! read-only token (`[auth] viewer_token_file`), or the node token while
+//! nodes share it (`[auth] shared_node_token`), a read-only one. The
+//! cookie holds no token: `role.expiry.nonce.mac`, the MAC an HMAC-SHA256
+//! under a key derived from the tokens. Nothing is kept per session, so every replica that shares
 //! the tokens honours the cookie and a restart signs nobody out, while a
 //! changed token ends every session at once. A form's CSRF token is the
 //! MAC of the session's nonce under the same key: a page of another site
@@ -31,7 +32,7 @@ pub(super) const CSRF_HEADER: &str = "x-csrf-token";
 pub(super) enum Role {
     /// Signed in with the admin token: everything.
     Operator,
-    /// Signed in with the node token: look, change nothing.
+    /// Signed in with a read-only token: look, change nothing.
     ReadOnly,
 }
 
@@ -55,7 +56,8 @@ pub(super) struct Session {
 pub(super) struct Keys {
     key: hmac::Key,
     admin_token: String,
-    node_token: String,
+    /// The tokens that open a read-only session.
+    read_only: Vec<String>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -65,12 +67,21 @@ impl std::fmt::Debug for Keys {
 }
 
 impl Keys {
-    pub(super) fn new(admin_token: &str, node_token: &str) -> Keys {
+    /// Sessions signed under the admin and node tokens (and the read-only
+    /// token, when there is one), so a changed token ends them all. The
+    /// node token opens a read-only session when `node_signs_in`.
+    pub(super) fn new(admin_token: &str, node_token: &str, viewer_token: Option<&str>, node_signs_in: bool) -> Keys {
         let derive = hmac::Key::new(hmac::HMAC_SHA256, admin_token.as_bytes());
         let mut msg = b"outpost console sessions\0".to_vec();
         msg.extend_from_slice(node_token.as_bytes());
+        if let Some(v) = viewer_token {
+            msg.push(0);
+            msg.extend_from_slice(v.as_bytes());
+        }
         let key = hmac::Key::new(hmac::HMAC_SHA256, hmac::sign(&derive, &msg).as_ref());
-        Keys { key, admin_token: admin_token.to_string(), node_token: node_token.to_string() }
+        let read_only =
+            viewer_token.into_iter().chain(node_signs_in.then_some(node_token)).map(str::to_string).collect();
+        Keys { key, admin_token: admin_token.to_string(), read_only }
     }
 
     /// The role a token typed at sign-in opens, compared in constant time.
@@ -78,7 +89,7 @@ impl Keys {
         let token = token.trim().as_bytes();
         if crate::api::constant_time_eq(token, self.admin_token.as_bytes()) {
             Some(Role::Operator)
-        } else if crate::api::constant_time_eq(token, self.node_token.as_bytes()) {
+        } else if self.read_only.iter().any(|t| crate::api::constant_time_eq(token, t.as_bytes())) {
             Some(Role::ReadOnly)
         } else {
             None
@@ -185,7 +196,7 @@ mod tests {
 
     #[test]
     fn sessions_are_signed_expire_and_end_when_a_token_changes() {
-        let keys = Keys::new("admin-secret", "node-secret");
+        let keys = Keys::new("admin-secret", "node-secret", None, true);
         assert_eq!(keys.role_of(" admin-secret\n"), Some(Role::Operator));
         assert_eq!(keys.role_of("node-secret"), Some(Role::ReadOnly));
         assert_eq!(keys.role_of("admin-secreT"), None);
@@ -204,14 +215,28 @@ mod tests {
         for junk in ["", ".", "op", "op.1.2.zz", &format!("{op}.x"), &"a".repeat(4000)] {
             assert!(keys.verify(junk, 1000).is_none(), "{junk}");
         }
-        assert!(Keys::new("admin-secret", "node-2").verify(&op, 1000).is_none(), "another node token");
-        assert!(Keys::new("admin-2", "node-secret").verify(&op, 1000).is_none(), "another admin token");
-        assert!(Keys::new("admin-secret", "node-secret").verify(&op, 1000).is_some(), "a replica with the same tokens");
+        let other = |admin, node, viewer| Keys::new(admin, node, viewer, true).verify(&op, 1000);
+        assert!(other("admin-secret", "node-2", None).is_none(), "another node token");
+        assert!(other("admin-2", "node-secret", None).is_none(), "another admin token");
+        assert!(other("admin-secret", "node-secret", Some("viewer")).is_none(), "a read-only token added");
+        assert!(other("admin-secret", "node-secret", None).is_some(), "a replica with the same tokens");
+    }
+
+    #[test]
+    fn the_read_only_token_opens_a_read_only_session_and_the_node_token_only_while_nodes_share_it() {
+        let keys = Keys::new("admin-secret", "node-secret", Some("viewer-secret"), false);
+        assert_eq!(keys.role_of("viewer-secret\n"), Some(Role::ReadOnly));
+        assert_eq!(keys.role_of("node-secret"), None, "the node token is the nodes' root secret");
+        assert_eq!(keys.role_of("viewer-secre"), None);
+        assert_eq!(keys.role_of(""), None);
+        let shared = Keys::new("admin-secret", "node-secret", Some("viewer-secret"), true);
+        assert_eq!(shared.role_of("node-secret"), Some(Role::ReadOnly));
+        assert_eq!(shared.role_of("viewer-secret"), Some(Role::ReadOnly));
     }
 
     #[test]
     fn csrf_tokens_belong_to_their_session() {
-        let keys = Keys::new("a", "n");
+        let keys = Keys::new("a", "n", None, true);
         let one = keys.verify(&keys.issue(Role::Operator, 0), 0).unwrap();
         let two = keys.verify(&keys.issue(Role::Operator, 0), 0).unwrap();
         let t = keys.csrf(&one);

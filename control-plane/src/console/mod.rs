@@ -64,7 +64,8 @@ type Shared = State<Arc<Console>>;
 
 /// The console's routes.
 pub fn router(control: Arc<Control>, secure: bool) -> Router {
-    let keys = Keys::new(control.admin_token(), control.node_token());
+    let keys =
+        Keys::new(control.admin_token(), control.node_token(), control.viewer_token(), control.shares_node_token());
     let sign_ins = crate::api::RateLimiter::new(SIGN_IN_RATE, SIGN_IN_BURST);
     let console = Arc::new(Console { control, keys, secure, sign_ins });
     Router::new()
@@ -174,7 +175,7 @@ impl IntoResponse for Refused {
             Refused::OtherSite => ("Refused", "This request was sent from another site."),
             Refused::NoSession => ("Refused", "Sign in first: this request carries no console session."),
             Refused::BadToken => ("Refused", "The form's token is missing or stale; reload the page and try again."),
-            Refused::ReadOnly => ("Read-only", "Signed in with the node token: nothing can be changed from here."),
+            Refused::ReadOnly => ("Read-only", "Signed in read-only: nothing can be changed from here."),
         };
         tracing::warn!(?self, "console request refused");
         html(StatusCode::FORBIDDEN, view::problem(None, title, detail))

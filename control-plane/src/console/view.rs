@@ -68,7 +68,7 @@ pub(super) fn page(frame: &Frame<'_>, title: &str, body: Markup) -> Markup {
                     }
                     div.who {
                         @if frame.role == Role::ReadOnly {
-                            span.badge.muted title="Signed in with the node token: nothing can be changed from here" { "read-only" }
+                            span.badge.muted title="Signed in read-only: nothing can be changed from here" { "read-only" }
                         }
                         form method="post" action="/console/logout" {
                             input type="hidden" name=(CSRF_FIELD) value=(frame.csrf);
@@ -92,7 +92,7 @@ pub(super) fn login(problem: Option<&str>) -> Markup {
                 main {
                     form.card method="post" action="/console/login" {
                         h1 { "Outpost console" }
-                        p.muted { "The admin token signs you in as an operator; the node token, read-only." }
+                        p.muted { "The admin token signs you in as an operator; the read-only token, to look." }
                         @if let Some(p) = problem {
                             p.error role="alert" { (p) }
                         }

@@ -370,6 +370,9 @@ pub struct ControlNode {
     /// acknowledge for it, besides the per-node credentials derived from
     /// it. Default: true.
     pub shared_node_token: bool,
+    /// A read-only token: the console's read-only sign-in and the API's
+    /// reads, nothing else. Default: none.
+    pub viewer_token_file: Option<PathBuf>,
     /// `[acme]`: where certificates for sites with `[tls] acme = true`
     /// come from. Default: none (such sites get no certificate).
     pub acme: Option<AcmeConfig>,

@@ -411,6 +411,7 @@ fn decode_control(s: &mut Sink<'_>, root: &mut Table<'_, '_>, base: &Path) -> Op
     let admin: Option<String> = auth.req(s, "admin_token_file");
     let node: Option<String> = auth.req(s, "node_token_file");
     let shared_node_token: Option<bool> = auth.opt(s, "shared_node_token");
+    let viewer: Option<String> = auth.opt(s, "viewer_token_file");
     auth.finish(s);
     let acme = root.table(s, "acme").and_then(|mut t| decode_acme(s, &mut t, base));
     Some(ControlNode {
@@ -420,6 +421,7 @@ fn decode_control(s: &mut Sink<'_>, root: &mut Table<'_, '_>, base: &Path) -> Op
         admin_token_file: base.join(admin?),
         node_token_file: base.join(node?),
         shared_node_token: shared_node_token.unwrap_or(true),
+        viewer_token_file: viewer.map(|v| base.join(v)),
         acme,
     })
 }

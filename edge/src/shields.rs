@@ -11,6 +11,16 @@
 //! must not take the shields out of service for every site. With every
 //! shield down, the site's origins are tried directly when the site allows
 //! it.
+//!
+//! A shield that answers it cannot reach a site's origin at all (its
+//! member says `detail=connect` or `detail=no-target`: its uplink is
+//! broken, or the origin is down for everyone) stays in service, but a GET
+//! is tried once more through the next target, and that shield is passed
+//! over for that site for [`PASS_OVER`]: ranked after the others, so
+//! requests go through a shield that reaches the origin while one that
+//! cannot is tried again later. A shield that leaves a request of a site
+//! unanswered in time (still waiting on an origin it cannot reach) is
+//! passed over for that site too.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +46,15 @@ const SHIELD_EXTRA_TIME: Duration = Duration::from_secs(1);
 /// why it could not answer.
 const UPSTREAMS_FAULT: [&str; 5] =
     ["detail=connect", "detail=timeout", "detail=protocol", "detail=status", "detail=no-target"];
+/// What a shield's `Cache-Status` member says when it could not reach the
+/// site's origin at all: another shield may.
+const UNREACHED: [&str; 2] = ["detail=connect", "detail=no-target"];
+/// How long a shield that could not reach a site's origin is ranked after
+/// the others for that site.
+const PASS_OVER: Duration = Duration::from_secs(10);
+/// Most (shield, site) pairs passed over at once; past it the oldest are
+/// forgotten (sites are few, and come from the control plane).
+const MAX_PASSED_OVER: usize = 4096;
 /// A probe answer (any HTTP response) must arrive within this.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// A Host no site has: a shield answers it with 421, which proves it is up.
@@ -63,6 +82,9 @@ pub struct ShieldRoute {
     http2: bool,
     /// Wakes the prober for a suspect shield.
     probe_now: Notify,
+    /// (shield base, site id) → until when that shield is ranked last for
+    /// that site, having answered it could not reach the site's origin.
+    passed_over: std::sync::Mutex<std::collections::HashMap<(Uri, String), std::time::Instant>>,
 }
 
 impl ShieldRoute {
@@ -84,7 +106,41 @@ impl ShieldRoute {
             probe_interval: upstream.probe_interval,
             http2: upstream.http2,
             probe_now: Notify::new(),
+            passed_over: std::sync::Mutex::default(),
         }
+    }
+
+    /// The shield's last `Cache-Status` member: its own, added after those
+    /// of the tiers behind it.
+    fn own_member(resp: &Response<RecvBody>) -> &str {
+        let last = resp.headers().get_all("cache-status").iter().next_back();
+        last.and_then(|v| v.to_str().ok()).and_then(|v| v.rsplit(',').next()).unwrap_or("")
+    }
+
+    /// Ranks `shield` after the others for `site`, for [`PASS_OVER`].
+    fn pass_over(&self, shield: &Shield, site: &Site) {
+        let mut map = self.passed_over.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_PASSED_OVER {
+            let now = std::time::Instant::now();
+            map.retain(|_, until| *until > now);
+        }
+        if map.len() < MAX_PASSED_OVER
+            && map.insert((shield.base.clone(), site.id.to_string()), std::time::Instant::now() + PASS_OVER).is_none()
+        {
+            tracing::warn!(shield = %shield.name, site = %site.id, "the shield did not reach the site's origin: passed over for {PASS_OVER:?}");
+        }
+    }
+
+    /// Whether the shield at `base` is passed over for `site` now (and
+    /// forgets the pairs whose time is up).
+    fn is_passed_over(&self, base: &Uri, site: &str) -> bool {
+        let mut map = self.passed_over.lock().unwrap_or_else(|p| p.into_inner());
+        if map.is_empty() {
+            return false;
+        }
+        let now = std::time::Instant::now();
+        map.retain(|_, until| *until > now);
+        map.contains_key(&(base.clone(), site.to_string()))
     }
 
     /// Names of the shields currently up (for tests and status).
@@ -127,12 +183,13 @@ impl Route for ShieldRoute {
         }
         let names: Vec<(&str, u32)> = self.shields.iter().map(|s| (s.name.as_str(), 1)).collect();
         let ranked = rendezvous::rank(key, &names);
-        let mut targets: Vec<Target> = ranked
+        let (mut targets, passed): (Vec<Target>, Vec<Target>) = ranked
             .iter()
             .map(|i| &self.shields[*i])
             .filter(|s| !s.down.load(Ordering::Acquire))
             .map(|s| self.target(s, site))
-            .collect();
+            .partition(|t| !self.is_passed_over(&t.base, &site.id));
+        targets.extend(passed);
         if site.allow_direct {
             // Last resort within the same request: the origin itself.
             targets.extend(Target::origins(site));
@@ -160,19 +217,32 @@ impl Route for ShieldRoute {
         if status_well(resp.status()) {
             return true;
         }
-        // The shield's member is the last: it adds its own after those of
-        // the tiers behind it.
-        let last = resp.headers().get_all("cache-status").iter().next_back();
-        let member = last.and_then(|v| v.to_str().ok()).and_then(|v| v.rsplit(',').next()).unwrap_or("");
+        let member = Self::own_member(resp);
         member.split(';').map(str::trim).any(|p| p.starts_with("fwd-status=") || UPSTREAMS_FAULT.contains(&p))
     }
 
-    fn no_answer(&self, target: &Target) {
-        if let Some(s) = self.shields.iter().find(|s| s.base == target.base)
-            && !s.suspect.swap(true, Ordering::AcqRel)
+    fn passed_on_fault(&self, site: &Site, target: &Target, resp: &Response<RecvBody>) -> bool {
+        let Some(shield) = self.shields.iter().find(|s| s.base == target.base) else {
+            return false;
+        };
+        if !resp.status().is_server_error() || !Self::own_member(resp).split(';').any(|p| UNREACHED.contains(&p.trim()))
         {
+            return false;
+        }
+        self.pass_over(shield, site);
+        true
+    }
+
+    fn no_answer(&self, site: &Site, target: &Target) {
+        let Some(s) = self.shields.iter().find(|s| s.base == target.base) else {
+            return;
+        };
+        if !s.suspect.swap(true, Ordering::AcqRel) {
             self.probe_now.notify_one();
         }
+        // Hung, or waiting on an origin it cannot reach: either way the
+        // next request for the site goes elsewhere first.
+        self.pass_over(s, site);
     }
 
     fn report(&self, target: &Target, ok: bool) {
@@ -260,5 +330,77 @@ mod tests {
         assert!(!judged(503, &["evil; fwd-status=500, shield-a; fwd=miss; detail=internal"]));
         assert!(!judged(503, &["evil; detail=connect", "shield-a; detail=internal"]));
         assert!(!judged(500, &["shield-a; detail=connections"]), "a word that starts like one is not it");
+    }
+
+    /// A shield that answers it could not reach the site's origin at all
+    /// is passed over for that site alone, ranked after the others; an
+    /// origin's own error, a slow origin, or a member forged before the
+    /// shield's own are not that.
+    #[test]
+    fn a_shield_that_cannot_reach_a_sites_origin_is_ranked_last_for_that_site() {
+        let shield = |n: u16| outpost_config::ShieldAddr {
+            name: format!("shield-{n}"),
+            url: format!("http://127.0.0.{n}:8101").parse().unwrap(),
+        };
+        let route = ShieldRoute::new(&Upstream {
+            mode: UpstreamMode::Shield,
+            shields: vec![shield(1), shield(2), shield(3)],
+            probe_interval: Duration::from_secs(1),
+            http2: false,
+        });
+        let site = |id: &str| -> Site {
+            format!("[site]\nid = \"{id}\"\nhosts = [\"{id}.test\"]\n[[origin]]\nurl = \"http://127.0.0.1:1\"\n")
+                .parse()
+                .unwrap()
+        };
+        let (a, b) = (site("a"), site("b"));
+        let key = 42;
+        // The shields in the order tried (the origin, with `allow_direct`, after them).
+        let order = |s: &Site| {
+            let all: Vec<String> = route.targets(s, key).into_iter().map(|t| t.label.to_string()).collect();
+            assert_eq!(all.last().map(String::as_str), Some("origin"), "{all:?}");
+            all[..all.len() - 1].to_vec()
+        };
+        let first = order(&a);
+        assert_eq!(first.len(), 3);
+        let owner = route.targets(&a, key).remove(0);
+        let answer = |status: u16, members: &[&str]| {
+            let mut resp = Response::new(RecvBody::empty());
+            *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+            for v in members {
+                resp.headers_mut().append("cache-status", http::HeaderValue::from_str(v).unwrap());
+            }
+            resp
+        };
+        for (status, members, why) in [
+            (500, vec!["shield; fwd=uri-miss; fwd-status=500; detail=status"], "the origin's own 500"),
+            (504, vec!["shield; fwd=miss; detail=timeout"], "a slow origin"),
+            (502, vec!["origin; detail=connect", "shield; fwd=miss; detail=status"], "a member forged before"),
+            (200, vec!["shield; fwd=miss; detail=connect"], "not an error"),
+        ] {
+            assert!(!route.passed_on_fault(&a, &owner, &answer(status, &members)), "{why}");
+        }
+        assert_eq!(order(&a), first, "nothing passed over");
+        assert!(route.passed_on_fault(&a, &owner, &answer(502, &["shield; fwd=miss; detail=connect"])));
+        let now = order(&a);
+        assert_eq!(now[..2], first[1..], "the others first");
+        assert_eq!(now[2], first[0], "the owner last");
+        assert_eq!(order(&b), first, "for that site alone");
+        assert!(route.passed_on_fault(&b, &owner, &answer(503, &["shield; fwd=miss; detail=no-target"])));
+        assert_eq!(order(&b)[2], first[0]);
+        // A request of a site left unanswered in time: passed over too.
+        let c = site("c");
+        assert_eq!(order(&c), first);
+        route.no_answer(&c, &owner);
+        assert_eq!(order(&c)[2], first[0]);
+        let other = route.targets(&a, key).remove(0);
+        assert!(
+            !route.passed_on_fault(
+                &a,
+                &Target { base: Uri::from_static("http://192.0.2.1:1"), ..other },
+                &answer(502, &["s; detail=connect"])
+            ),
+            "not one of its shields"
+        );
     }
 }

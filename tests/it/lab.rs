@@ -322,6 +322,59 @@ async fn lab_a_paused_shield_under_load() {
     assert!(requests > 100, "{requests} requests");
 }
 
+/// A shield cut off from the origin while the edges still reach it: every
+/// GET of a key it owns is answered through the other shield, with no
+/// error. The first waits out the connection the shield held to the origin
+/// and the shield's failed connects after it; from then on the edges pass
+/// it over for the site, so no request waits on it. Once the link heals it
+/// owns its keys again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_a_shield_cut_from_the_origin_is_passed_over() {
+    let t = start("uplink", false, response_timeout(2)).await;
+    let edge = t.edges()[0];
+    // Keys shield-1 owns: never stored, so every request asks its owner.
+    let mut owned = Vec::new();
+    for i in 0..40 {
+        let p = format!("/uplink/own{i}?size=1KiB&cc=no-store");
+        let r = t.get(edge, &p).await.unwrap();
+        if r.cache_status().contains("shield-1;") {
+            owned.push(p);
+        }
+    }
+    assert!(owned.len() >= 5, "shield-1 owns {} of 40 keys", owned.len());
+
+    t.lab.cut("shield-1", "origin", true).unwrap();
+    let mut took = Vec::new();
+    for p in &owned {
+        let asked = Instant::now();
+        let r = t.get(edge, p).await.unwrap();
+        took.push(asked.elapsed());
+        assert_eq!(r.status, StatusCode::OK, "{p}: {}", r.cache_status());
+        assert!(r.cache_status().contains("shield-2;"), "{p}: {}", r.cache_status());
+    }
+    let waited = took.iter().filter(|d| **d >= Duration::from_millis(800)).count();
+    assert!(waited <= 1, "only the first request waits on the cut-off shield: {took:?}");
+
+    t.lab.heal("shield-1", "origin").unwrap();
+    let healed = Instant::now();
+    let back = loop {
+        let r = t.get(edge, &owned[0]).await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{}", r.cache_status());
+        if r.cache_status().contains("shield-1;") {
+            break healed.elapsed();
+        }
+        assert!(healed.elapsed() < Duration::from_secs(40), "shield-1 not taken back: {}", r.cache_status());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!(
+        "lab: shield cut from the origin: {} of its keys answered through the other shield, no error, the first in {} ms, the slowest after it {} ms; owned again {} ms after the link healed",
+        owned.len(),
+        took[0].as_millis(),
+        took[1..].iter().max().unwrap().as_millis(),
+        back.as_millis()
+    );
+}
+
 /// An edge host isolated while purges are issued, then healed: it applies
 /// them in order, and serves nothing purged afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

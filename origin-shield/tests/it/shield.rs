@@ -643,3 +643,27 @@ async fn a_shield_that_answers_nothing_is_taken_out_once_its_probe_is_unanswered
     assert!(started.elapsed() < Duration::from_millis(1000), "waited {:?} for a hung shield", started.elapsed());
     held.abort();
 }
+
+/// A shield that cannot reach the site's origin (its uplink broken: here,
+/// nothing listens where its site file points) answers 502
+/// `detail=connect`: the edge asks the other shield for the same GET, so
+/// no key the first owns is an error for the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shield_that_cannot_reach_the_origin_is_passed_over() {
+    let origin = Origin::start().await;
+    let (cut, good) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let nowhere = outpost_testkit::free_addr();
+    std::fs::write(cut.path().join("site.toml"), site(&[nowhere], "")).unwrap();
+    std::fs::write(good.path().join("site.toml"), site(&[origin.addr], "")).unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let (a, _) = shield(cut.path(), "shield-a", any).await;
+    let (b, _) = shield(good.path(), "shield-b", any).await;
+    let e = edge(good.path(), "edge-1", &[a.addr, b.addr]).await;
+    for i in 0..20 {
+        let r = via(e.addr, &format!("/cut/{i}?cc=max-age%3D600")).await;
+        let cs = r.cache_status();
+        assert_eq!(r.status, StatusCode::OK, "{i}: {cs}");
+        assert!(cs.starts_with("shield-b; fwd=uri-miss"), "{i}: through the shield that reaches the origin: {cs}");
+    }
+    assert_eq!(origin.stats().await["paths"].as_object().unwrap().len(), 20, "each fetched once");
+}

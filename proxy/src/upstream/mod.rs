@@ -105,8 +105,15 @@ pub trait Route: Send + Sync + Debug + 'static {
     fn answered_well(&self, _target: &Target, resp: &Response<RecvBody>) -> bool {
         status_well(resp.status())
     }
-    /// `target` gave no answer in time.
-    fn no_answer(&self, target: &Target) {
+    /// `resp` is `target` saying it could not reach its own upstream (a
+    /// shield cut off from the origin): another target may, so an
+    /// idempotent request without a body tries the next one. By default,
+    /// never.
+    fn passed_on_fault(&self, _site: &Site, _target: &Target, _resp: &Response<RecvBody>) -> bool {
+        false
+    }
+    /// `target` gave no answer in time to a request of `site`.
+    fn no_answer(&self, _site: &Site, target: &Target) {
         self.report(target, false);
     }
     /// Why the node cannot fill misses as it should (every upstream of a

@@ -1,8 +1,9 @@
 //! Sending a request to the next tier: the route's targets in order, a
 //! growing pause between attempts, retries only for idempotent requests
-//! whose failure came before any response, a passive health report for
-//! every attempt, and the target's concurrency cap held until the response
-//! is dropped.
+//! whose failure came before any response (and, once, for a GET or HEAD a
+//! target answered could not reach its own upstream: `Route::passed_on_fault`),
+//! a passive health report for every attempt, and the target's concurrency
+//! cap held until the response is dropped.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,6 +63,11 @@ impl Upstream {
         let (parts, body) = req.into_parts();
         let mut body = Some(body);
         let mut last = UpstreamError::no_target();
+        // A target that could not reach its own upstream: its answer, kept
+        // in case no other target does better. Another target is tried so
+        // once per request, and only for requests without a body.
+        let mut passed_on: Option<Response<RecvBody>> = None;
+        let bodiless = matches!(parts.method, http::Method::GET | http::Method::HEAD);
         for (i, target) in targets.iter().enumerate() {
             if i > 0 {
                 tokio::time::sleep(RETRY_BACKOFF * (1 << (i - 1).min(4))).await;
@@ -87,10 +93,19 @@ impl Upstream {
             match &result {
                 Ok(r) => self.route.report(target, self.route.answered_well(target, r)),
                 Err(e) if matches!(e.kind, UpstreamErrorKind::ClientBody { .. }) => {}
-                Err(e) if e.kind == UpstreamErrorKind::Timeout => self.route.no_answer(target),
+                Err(e) if e.kind == UpstreamErrorKind::Timeout => self.route.no_answer(site, target),
                 Err(_) => self.route.report(target, false),
             }
             match result {
+                Ok(resp)
+                    if bodiless
+                        && passed_on.is_none()
+                        && targets.get(i + 1).is_some_and(|next| next.base != target.base)
+                        && self.route.passed_on_fault(site, target, &resp) =>
+                {
+                    tracing::debug!(node = %self.node, target = %target.base, status = %resp.status(), "the upstream could not reach its own: trying the next");
+                    passed_on = Some(resp);
+                }
                 Ok(mut resp) => {
                     if let Some(p) = permit {
                         resp.extensions_mut().insert(Arc::new(p));
@@ -107,6 +122,6 @@ impl Upstream {
                 }
             }
         }
-        Err(last)
+        passed_on.ok_or(last)
     }
 }

@@ -73,6 +73,12 @@ impl ClientError {
         matches!(self, ClientError::Api { status: 401, .. })
     }
 
+    /// The control plane refuses the token: not valid, revoked, or not
+    /// allowed to speak for this node (401, 403), or it cannot be read.
+    pub fn refuses_token(&self) -> bool {
+        matches!(self, ClientError::Api { status: 401 | 403, .. } | ClientError::Token(_))
+    }
+
     /// Trying again (or another replica) may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {

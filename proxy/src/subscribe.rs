@@ -333,6 +333,17 @@ impl Subscriber {
         }
     }
 
+    /// The control plane refuses this node's token: said once (an error,
+    /// as an operator must act) for each new reason, and on `/healthz`
+    /// until it takes the token again. The node keeps serving what it has
+    /// and keeps trying, reading the token file again each time.
+    fn refused(&self, e: &outpost_net::control::ClientError) {
+        let why = e.to_string();
+        if self.engine.control_refused(Some(why.clone())).as_ref() != Some(&why) {
+            tracing::error!(node = %self.me.name, error = %why, "the control plane refuses this node's token; serving what it has meanwhile");
+        }
+    }
+
     fn heard(&self) {
         self.last_contact.store(now_ms(), Ordering::Release);
         self.engine.control_contact();
@@ -348,7 +359,18 @@ impl Subscriber {
             addrs: self.me.addrs.join(","),
             certificates: self.refresh_certificates.load(Ordering::Acquire),
         };
-        let mut stream = client.events(&query).await.map_err(|e| e.to_string())?;
+        let mut stream = match client.events(&query).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                if e.refuses_token() {
+                    self.refused(&e);
+                }
+                return Err(e.to_string());
+            }
+        };
+        if self.engine.control_refused(None).is_some() {
+            tracing::info!(node = %self.me.name, "the control plane takes this node's token again");
+        }
         self.heard();
         // Report where we stand (a heartbeat from this side too).
         self.ack(client, self.seq()).await;

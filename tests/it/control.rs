@@ -793,7 +793,7 @@ async fn a_revoked_credential_is_refused_at_once_and_a_rotated_one_takes_over() 
     let e1 = d.join("e1");
     std::fs::create_dir(&e1).unwrap();
     std::fs::write(e1.join("node.token"), old).unwrap();
-    let (edge, _edge_stop, _) = edge_following(&e1, 1, &format!("url = \"http://{control}\"")).await;
+    let (edge, _edge_stop, engine) = edge_following(&e1, 1, &format!("url = \"http://{control}\"")).await;
     assert_eq!(
         call(Method::POST, &api("/v1/sites"), Some(&admin), None, &site(origin)).await.status,
         StatusCode::CREATED
@@ -826,6 +826,11 @@ async fn a_revoked_credential_is_refused_at_once_and_a_rotated_one_takes_over() 
     assert_eq!((r.status, r.json()["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("credential_revoked")));
     assert_eq!(call(Method::GET, &api("/v1/nodes"), Some(old), None, "").await.status, StatusCode::UNAUTHORIZED);
     eventually("edge 1's stream to end", || async { edge_1().await["connected"] == false }).await;
+    // The edge says why on /healthz (it cannot tell the control plane).
+    eventually("edge 1 to report the refusal", || async {
+        engine.problems().iter().any(|p| p.contains("refuses this node's token") && p.contains("credential_revoked"))
+    })
+    .await;
     // Another node's credential still speaks for it.
     let r = call(Method::GET, &api("/v1/nodes"), Some(other), None, "").await;
     assert_eq!(r.status, StatusCode::OK);
@@ -849,6 +854,7 @@ async fn a_revoked_credential_is_refused_at_once_and_a_rotated_one_takes_over() 
         n["connected"] == true && n["acked_seq"].as_u64() == Some(last)
     })
     .await;
+    assert_eq!(engine.problems(), Vec::<String>::new(), "taken again");
 
     // Revoked with none handed out: the new one goes the same way.
     let said = credentials_cli(control, &admin, &["revoke", "edge-1", "--json"]);

@@ -110,6 +110,9 @@ pub struct Engine {
     /// since the epoch; 0 = never) it last heard from it.
     control_linked: std::sync::atomic::AtomicBool,
     control_contact_ms: std::sync::atomic::AtomicU64,
+    /// Why the control plane refuses this node's token (revoked, another
+    /// node's), while it does: an operator must give it another.
+    control_refusal: std::sync::Mutex<Option<String>>,
     started_ms: u64,
     rules: ResponseRules,
     /// Certificates presented by the node's TLS listeners, by SNI.
@@ -175,6 +178,7 @@ impl Engine {
             log,
             control_linked: std::sync::atomic::AtomicBool::new(false),
             control_contact_ms: std::sync::atomic::AtomicU64::new(0),
+            control_refusal: std::sync::Mutex::new(None),
             started_ms: epoch_ms(std::time::SystemTime::now()),
             rules: ResponseRules { strip_cdn_headers: config.tier == Tier::Edge },
             certs,
@@ -223,12 +227,20 @@ impl Engine {
         self.control_contact_ms.store(epoch_ms(self.clock.now()), std::sync::atomic::Ordering::Release);
     }
 
+    /// Records why the control plane refuses this node's token (`None`:
+    /// it takes it again); the reason recorded before.
+    pub fn control_refused(&self, why: Option<String>) -> Option<String> {
+        std::mem::replace(&mut *self.control_refusal.lock().unwrap_or_else(|p| p.into_inner()), why)
+    }
+
     /// Why the node is not serving as it should, for the registry and
-    /// `/healthz`: its cache disk's trouble, then its upstreams'. Empty when
-    /// all is well.
+    /// `/healthz`: its cache disk's trouble, then its upstreams', then a
+    /// control plane that refuses its token. Empty when all is well.
     pub fn problems(&self) -> Vec<String> {
         let mut out: Vec<String> = self.store.disk_problem().into_iter().collect();
         out.extend(self.upstream.route().problems());
+        let refusal = self.control_refusal.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        out.extend(refusal.map(|why| format!("the control plane refuses this node's token: {why}")));
         out.truncate(outpost_config::MAX_PROBLEMS);
         for p in &mut out {
             if p.len() > outpost_config::MAX_PROBLEM_LEN {

@@ -131,16 +131,16 @@ impl ShieldRoute {
         }
     }
 
-    /// Whether the shield at `base` is passed over for `site` now (and
-    /// forgets the pairs whose time is up).
-    fn is_passed_over(&self, base: &Uri, site: &str) -> bool {
+    /// The shields passed over for `site` now (and forgets the pairs
+    /// whose time is up): one lock a miss, nothing allocated while none is.
+    fn passed_over_for(&self, site: &str) -> Vec<Uri> {
         let mut map = self.passed_over.lock().unwrap_or_else(|p| p.into_inner());
         if map.is_empty() {
-            return false;
+            return Vec::new();
         }
         let now = std::time::Instant::now();
         map.retain(|_, until| *until > now);
-        map.contains_key(&(base.clone(), site.to_string()))
+        map.keys().filter(|(_, s)| s == site).map(|(base, _)| base.clone()).collect()
     }
 
     /// Names of the shields currently up (for tests and status).
@@ -183,13 +183,14 @@ impl Route for ShieldRoute {
         }
         let names: Vec<(&str, u32)> = self.shields.iter().map(|s| (s.name.as_str(), 1)).collect();
         let ranked = rendezvous::rank(key, &names);
-        let (mut targets, passed): (Vec<Target>, Vec<Target>) = ranked
+        let passed = self.passed_over_for(&site.id);
+        let (mut targets, last): (Vec<Target>, Vec<Target>) = ranked
             .iter()
             .map(|i| &self.shields[*i])
             .filter(|s| !s.down.load(Ordering::Acquire))
             .map(|s| self.target(s, site))
-            .partition(|t| !self.is_passed_over(&t.base, &site.id));
-        targets.extend(passed);
+            .partition(|t| !passed.contains(&t.base));
+        targets.extend(last);
         if site.allow_direct {
             // Last resort within the same request: the origin itself.
             targets.extend(Target::origins(site));

@@ -38,6 +38,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Connecting to a shield on the CDN's own network takes milliseconds.
 const SHIELD_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// A shield that leaves what an edge sent it unacknowledged this long is
+/// cut off from it: the edge goes to the next target instead of waiting
+/// out the origin's response timeout.
+const SHIELD_LINK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Extra time a shield gets beyond the origin's response timeout (it may
 /// have to fetch from the origin first).
 const SHIELD_EXTRA_TIME: Duration = Duration::from_secs(1);
@@ -160,6 +164,7 @@ impl ShieldRoute {
             base: shield.base.clone(),
             host: None,
             connect_timeout: SHIELD_CONNECT_TIMEOUT,
+            link_timeout: SHIELD_LINK_TIMEOUT,
             response_timeout: origin_wait + SHIELD_EXTRA_TIME,
             label: Arc::from(shield.name.as_str()),
             limit: None,
@@ -302,6 +307,7 @@ mod tests {
             base: Uri::from_static("http://127.0.0.1:1"),
             host: None,
             connect_timeout: SHIELD_CONNECT_TIMEOUT,
+            link_timeout: SHIELD_LINK_TIMEOUT,
             response_timeout: SHIELD_EXTRA_TIME,
             label: Arc::from("shield"),
             limit: None,

@@ -324,13 +324,19 @@ async fn lab_a_paused_shield_under_load() {
 
 /// A shield cut off from the origin while the edges still reach it: every
 /// GET of a key it owns is answered through the other shield, with no
-/// error. The first waits out the connection the shield held to the origin
-/// and the shield's failed connects after it; from then on the edges pass
+/// error. The first waits out the link timeout on the connection the
+/// shield held to the origin (not the 30 s response timeout) and the
+/// shield's failed connects after it; from then on the edges pass
 /// it over for the site, so no request waits on it. Once the link heals it
 /// owns its keys again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_a_shield_cut_from_the_origin_is_passed_over() {
-    let t = start("uplink", false, response_timeout(2)).await;
+    // The origin's response timeout stays 30 s: the cut shows in the
+    // link timeout, as packets sent to the origin go unacknowledged.
+    let t = start("uplink", false, |site| {
+        site.replace("response_timeout = \"30s\"", "response_timeout = \"30s\"\nlink_timeout = \"2s\"")
+    })
+    .await;
     let edge = t.edges()[0];
     // Keys shield-1 owns: never stored, so every request asks its owner.
     let mut owned = Vec::new();
@@ -354,6 +360,7 @@ async fn lab_a_shield_cut_from_the_origin_is_passed_over() {
     }
     let waited = took.iter().filter(|d| **d >= Duration::from_millis(800)).count();
     assert!(waited <= 1, "only the first request waits on the cut-off shield: {took:?}");
+    assert!(took[0] < Duration::from_secs(10), "the cut shows in the 2 s link timeout: {took:?}");
 
     t.lab.heal("shield-1", "origin").unwrap();
     let healed = Instant::now();

@@ -67,6 +67,9 @@ pub const DEFAULT_PARTITION_GRACE: Duration = Duration::from_secs(300);
 pub const DEFAULT_ORIGIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Time allowed for an origin's response headers.
 pub const DEFAULT_ORIGIN_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an origin may leave what was sent to it unacknowledged before
+/// the connection is given up as cut.
+pub const DEFAULT_ORIGIN_LINK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Requests one shield sends one origin at once; more wait in a queue.
 pub const DEFAULT_ORIGIN_MAX_CONNECTIONS: u32 = 64;
 /// Time between an origin's health checks.
@@ -184,6 +187,11 @@ pub struct Origin {
     pub connect_timeout: Duration,
     /// Default: [`DEFAULT_ORIGIN_RESPONSE_TIMEOUT`] (30s).
     pub response_timeout: Duration,
+    /// Time the origin's side of a connection has to acknowledge what was
+    /// sent on it (`TCP_USER_TIMEOUT`): past it the link counts as cut, as
+    /// a failed connect does, without waiting out `response_timeout`.
+    /// Default: [`DEFAULT_ORIGIN_LINK_TIMEOUT`] (10s).
+    pub link_timeout: Duration,
     /// Default: [`DEFAULT_ORIGIN_MAX_CONNECTIONS`] (64).
     pub max_connections: u32,
     /// Default: none (only failing requests take the origin out).

@@ -170,6 +170,13 @@ fn decode_origin(s: &mut Sink<'_>, t: &mut Table<'_, '_>, base: &Path) -> Option
     let weight = positive(s, t, "weight", 1);
     let connect_timeout = t.or(s, "connect_timeout", DEFAULT_ORIGIN_CONNECT_TIMEOUT);
     let response_timeout = t.or(s, "response_timeout", DEFAULT_ORIGIN_RESPONSE_TIMEOUT);
+    let link_timeout = t.or(s, "link_timeout", DEFAULT_ORIGIN_LINK_TIMEOUT);
+    if link_timeout < Duration::from_secs(1) {
+        s.error(
+            &t.span_of("link_timeout"),
+            "link_timeout must be at least 1s: shorter gives up on links that only lost a packet",
+        );
+    }
     let max_connections = positive(s, t, "max_connections", DEFAULT_ORIGIN_MAX_CONNECTIONS);
     let http2 = t.or(s, "http2", true);
     let health = t.table(s, "health").and_then(|mut h| {
@@ -193,7 +200,18 @@ fn decode_origin(s: &mut Sink<'_>, t: &mut Table<'_, '_>, base: &Path) -> Option
         Some(HealthCheck { path: path?, interval, timeout, healthy_threshold, unhealthy_threshold })
     });
     t.finish(s);
-    Some(Origin { url: url?, host, weight, connect_timeout, response_timeout, max_connections, health, ca, http2 })
+    Some(Origin {
+        url: url?,
+        host,
+        weight,
+        connect_timeout,
+        response_timeout,
+        link_timeout,
+        max_connections,
+        health,
+        ca,
+        http2,
+    })
 }
 
 impl Decode for QueryMode {

@@ -27,6 +27,7 @@ fn minimal_site_gets_documented_defaults() {
     assert_eq!(site.cache.query, QueryMode::Keep);
     assert_eq!(site.stale, StalePolicy::default());
     assert_eq!(site.origins[0].connect_timeout, DEFAULT_ORIGIN_CONNECT_TIMEOUT);
+    assert_eq!(site.origins[0].link_timeout, DEFAULT_ORIGIN_LINK_TIMEOUT);
     assert_eq!(site.origins[0].url.port_u16(), Some(9000));
     assert!(site.allow_direct && !site.https_only && site.tls.is_none());
 }
@@ -46,6 +47,7 @@ host = "www.full.test"
 weight = 3
 connect_timeout = "500ms"
 response_timeout = "10s"
+link_timeout = "4s"
 max_connections = 8
 [origin.health]
 path = "/health"
@@ -91,6 +93,7 @@ forward = ["X-Forwarded-Host"]
     let a = &site.origins[0];
     assert_eq!((a.weight, a.max_connections, a.host.as_deref()), (3, 8, Some("www.full.test")));
     assert_eq!(a.connect_timeout, Duration::from_millis(500));
+    assert_eq!(a.link_timeout, Duration::from_secs(4));
     let h = a.health.as_ref().unwrap();
     assert_eq!(
         (h.path.as_str(), h.interval, h.unhealthy_threshold, h.healthy_threshold),
@@ -132,6 +135,11 @@ fn bad_values_are_rejected() {
     assert!(with("[cache]\nkey_headers = [\"host\"]")[0].contains("already in every key"));
     assert!(with("[[cache.path]]\npattern = \"/a/*\"\nforce = true")[0].contains("needs a ttl"));
     assert!(with("[stale]\nif_error = \"forever\"")[0].contains("not a duration"));
+    let short = errors(
+        "[site]\nid = \"a\"\nhosts = [\"a.test\"]\n[[origin]]\nurl = \"http://o.test:1\"\nlink_timeout = \"200ms\"\n",
+    );
+    assert_eq!(short.len(), 1, "{short:?}");
+    assert!(short[0].starts_with("<inline>:6:16: link_timeout must be at least 1s"), "{short:?}");
     assert_eq!(with("[tls]\ncert = \"site.pem\"").len(), 1, "a certificate needs its key");
     assert!(with("[cache]\ndefualt_ttl = \"1s\"")[0].contains("did you mean `default_ttl`"));
     assert!(with("[headers]\nset = { \"bad header\" = \"x\" }")[0].contains("not a valid header name"));

@@ -19,13 +19,36 @@ use crate::resolve::Resolve;
 /// An upstream connector: plain TCP for `http://`, TLS for `https://`.
 pub type Connector = hyper_rustls::HttpsConnector<HttpConnector<Resolve>>;
 
+/// How long making a connection, and keeping it, may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Dial {
+    /// Time to connect.
+    pub connect: Duration,
+    /// Time the peer has to acknowledge what was sent on the connection
+    /// (`TCP_USER_TIMEOUT`): past it the kernel ends the connection with
+    /// `ETIMEDOUT`, so a link cut without a word (packets dropped) shows
+    /// in seconds, not after the response timeout. It also bounds
+    /// unanswered keepalive probes on an idle pooled connection. A peer
+    /// that is only slow to answer acknowledges the request at once, so
+    /// it does not count. `None`: the kernel's default (minutes).
+    pub link: Option<Duration>,
+}
+
+impl Dial {
+    /// A connect timeout alone.
+    pub fn connect(connect: Duration) -> Dial {
+        Dial { connect, link: None }
+    }
+}
+
 /// A connector for `http://` and `https://` URLs, TLS per `config`.
-pub fn connector(config: Arc<ClientConfig>, resolve: Resolve, connect_timeout: Duration) -> Connector {
+pub fn connector(config: Arc<ClientConfig>, resolve: Resolve, dial: Dial) -> Connector {
     let mut http = HttpConnector::new_with_resolver(resolve);
     http.enforce_http(false);
-    http.set_connect_timeout(Some(connect_timeout));
+    http.set_connect_timeout(Some(dial.connect));
     http.set_nodelay(true);
     http.set_keepalive(Some(Duration::from_secs(60)));
+    http.set_tcp_user_timeout(dial.link);
     Connector::from((http, config))
 }
 
@@ -135,14 +158,14 @@ impl UpstreamTls {
     }
 
     /// A connector for upstreams trusting `extra_ca` as well.
-    pub fn connector(&self, extra_ca: Option<&Path>, resolve: Resolve, connect_timeout: Duration) -> Connector {
-        connector(self.config(extra_ca), resolve, connect_timeout)
+    pub fn connector(&self, extra_ca: Option<&Path>, resolve: Resolve, dial: Dial) -> Connector {
+        connector(self.config(extra_ca), resolve, dial)
     }
 
     /// The same, offering HTTP/2 beside HTTP/1.1 in the TLS handshake
     /// (ALPN); the connection says which the server chose.
-    pub fn connector_h2(&self, extra_ca: Option<&Path>, resolve: Resolve, connect_timeout: Duration) -> Connector {
-        connector(self.config_for(extra_ca, true), resolve, connect_timeout)
+    pub fn connector_h2(&self, extra_ca: Option<&Path>, resolve: Resolve, dial: Dial) -> Connector {
+        connector(self.config_for(extra_ca, true), resolve, dial)
     }
 }
 

@@ -9,7 +9,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// What went wrong with an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamErrorKind {
-    /// No connection could be made.
+    /// No connection could be made, or the one made stopped being
+    /// acknowledged (the link is cut).
     Connect,
     /// No response head in time.
     Timeout,
@@ -105,16 +106,48 @@ pub struct ClientBodyError {
     pub too_large: bool,
 }
 
+/// `e` and its sources, outermost first.
+fn causes<'a>(e: &'a (dyn std::error::Error + 'static)) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |err| err.source())
+}
+
 /// The client-body error somewhere in `e`'s chain.
 pub(crate) fn client_body_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a ClientBodyError> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(c) = err.downcast_ref::<ClientBodyError>() {
-            return Some(c);
-        }
-        cur = err.source();
-    }
-    None
+    causes(e).find_map(|err| err.downcast_ref::<ClientBodyError>())
+}
+
+/// Whether the kernel ended the connection under `e` because the peer
+/// stopped acknowledging what was sent (`ETIMEDOUT`: the link timeout, or
+/// unanswered keepalive probes). The link is cut: as far as reaching the
+/// upstream goes, that is a failed connect, not a broken exchange.
+pub(crate) fn link_cut(e: &(dyn std::error::Error + 'static)) -> bool {
+    causes(e).any(|err| {
+        let io = err.downcast_ref::<std::io::Error>().or_else(|| err.downcast_ref::<h2::Error>()?.get_io());
+        io.is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+    })
 }
 
 pub use outpost_net::error_chain as chain;
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+
+    /// An error with a source, as hyper's and hyper-util's are.
+    #[derive(Debug, thiserror::Error)]
+    #[error("wrapped")]
+    struct Wrapped(#[source] BoxError);
+
+    #[test]
+    fn only_an_unacknowledged_link_counts_as_cut() {
+        let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "Connection timed out");
+        assert!(link_cut(&timed_out()));
+        assert!(link_cut(&Wrapped(Box::new(Wrapped(timed_out().into())))));
+        for other in [io::ErrorKind::ConnectionReset, io::ErrorKind::UnexpectedEof, io::ErrorKind::BrokenPipe] {
+            assert!(!link_cut(&Wrapped(io::Error::from(other).into())), "{other:?}");
+        }
+        assert!(!link_cut(&Wrapped("a bad response head".into())));
+    }
+}

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::key::Key;
 use crate::tls::UpstreamTls;
-use crate::tls::client::Connector;
+use crate::tls::client::{Connector, Dial};
 
 /// Request bodies sent upstream.
 pub type ReqBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -49,6 +49,9 @@ pub struct Target {
     /// Host header to send; the client's when `None`.
     pub host: Option<String>,
     pub connect_timeout: Duration,
+    /// Time the target has to acknowledge what was sent to it before the
+    /// link counts as cut (see [`Dial::link`]).
+    pub link_timeout: Duration,
     /// Time allowed for the response head.
     pub response_timeout: Duration,
     /// For logs and metrics: `origin` or the shield's name.
@@ -72,6 +75,11 @@ impl PartialEq for Target {
 impl Eq for Target {}
 
 impl Target {
+    /// How connections to it are made and kept.
+    pub fn dial(&self) -> Dial {
+        Dial { connect: self.connect_timeout, link: Some(self.link_timeout) }
+    }
+
     /// The site's origins, in configured order.
     pub fn origins(site: &Site) -> Vec<Target> {
         site.origins.iter().map(Target::origin).collect()
@@ -83,6 +91,7 @@ impl Target {
             base: o.url.clone(),
             host: o.host.clone(),
             connect_timeout: o.connect_timeout,
+            link_timeout: o.link_timeout,
             response_timeout: o.response_timeout,
             label: Arc::from("origin"),
             limit: None,
@@ -188,9 +197,9 @@ impl UpstreamClient {
     /// that picks HTTP/1.1 is [`H2Failure::NotOffered`].
     async fn h2_connect(&self, target: &Target, name: &str, key: H2Key) -> Result<http2::Conn, H2Failure> {
         let tls = target.base.scheme_str() == Some("https");
-        let (ca, resolve, timeout) = (target.ca.as_deref(), self.resolve.clone(), target.connect_timeout);
+        let (ca, resolve, dial) = (target.ca.as_deref(), self.resolve.clone(), target.dial());
         let mut connector =
-            if tls { self.tls.connector_h2(ca, resolve, timeout) } else { self.tls.connector(ca, resolve, timeout) };
+            if tls { self.tls.connector_h2(ca, resolve, dial) } else { self.tls.connector(ca, resolve, dial) };
         let connect = |e| H2Failure::Error(UpstreamError::new(UpstreamErrorKind::Connect, name).caused_by(e));
         let io = tower_service::Service::call(&mut connector, target.base.clone()).await.map_err(connect)?;
         if tls && !hyper_util::client::legacy::connect::Connection::connected(&io).is_negotiated_h2() {
@@ -216,6 +225,7 @@ impl UpstreamClient {
         let protocol = |e: BoxError| {
             let kind = match error::client_body_error(&*e) {
                 Some(c) => UpstreamErrorKind::ClientBody { too_large: c.too_large },
+                None if error::link_cut(&*e) => UpstreamErrorKind::Connect,
                 None => UpstreamErrorKind::Protocol,
             };
             H2Failure::Error(UpstreamError::new(kind, name).caused_by(e))
@@ -281,12 +291,12 @@ impl Probes {
         Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
-            .build(self.tls.connector(extra_ca, self.resolve.clone(), connect_timeout))
+            .build(self.tls.connector(extra_ca, self.resolve.clone(), Dial::connect(connect_timeout)))
     }
 }
 
-/// Connections are pooled per connect timeout and extra CA.
-type PoolKey = (Duration, Option<PathBuf>);
+/// Connections are pooled per way of dialling and extra CA.
+type PoolKey = (Dial, Option<PathBuf>);
 
 /// Pooled keep-alive clients, one per connect timeout and CA in use.
 #[derive(Debug)]
@@ -363,12 +373,12 @@ impl UpstreamClient {
         Probes { tls: Arc::clone(&self.tls), resolve: self.resolve.clone() }
     }
 
-    fn client(&self, connect_timeout: Duration, ca: Option<&PathBuf>) -> Client<Connector, ReqBody> {
+    fn client(&self, dial: Dial, ca: Option<&PathBuf>) -> Client<Connector, ReqBody> {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         clients
-            .entry((connect_timeout, ca.cloned()))
+            .entry((dial, ca.cloned()))
             .or_insert_with(|| {
-                let connector = self.tls.connector(ca.map(PathBuf::as_path), self.resolve.clone(), connect_timeout);
+                let connector = self.tls.connector(ca.map(PathBuf::as_path), self.resolve.clone(), dial);
                 Client::builder(TokioExecutor::new())
                     .pool_idle_timeout(POOL_IDLE_TIMEOUT)
                     .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
@@ -437,14 +447,14 @@ impl UpstreamClient {
         *req.uri_mut() = uri.parse().map_err(|e: http::uri::InvalidUri| {
             UpstreamError::new(UpstreamErrorKind::Protocol, name.as_str()).caused_by(e)
         })?;
-        let client = self.client(target.connect_timeout, target.ca.as_ref());
+        let client = self.client(target.dial(), target.ca.as_ref());
         match tokio::time::timeout(target.response_timeout, client.request(req)).await {
             Err(_) => Err(UpstreamError::new(UpstreamErrorKind::Timeout, name)),
             Ok(Ok(resp)) => Ok(resp.map(RecvBody::hyper)),
             Ok(Err(e)) => {
                 let kind = match error::client_body_error(&e) {
                     Some(c) => UpstreamErrorKind::ClientBody { too_large: c.too_large },
-                    None if e.is_connect() => UpstreamErrorKind::Connect,
+                    None if e.is_connect() || error::link_cut(&e) => UpstreamErrorKind::Connect,
                     None => UpstreamErrorKind::Protocol,
                 };
                 Err(UpstreamError::new(kind, name).caused_by(e))

@@ -251,6 +251,11 @@ enum CredentialsAction {
         /// Write the credential to `DIR/NODE.token` (mode 0600) instead of printing it.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
+        /// Also hand the new credential to the node over its event stream; it
+        /// writes it to its token file and goes on. For routine rotation only:
+        /// whoever holds the old credential is handed the new one.
+        #[arg(long)]
+        hand_over: bool,
     },
     /// Revoke every credential the node had; it is refused until given a new one.
     Revoke {
@@ -461,7 +466,9 @@ async fn origin(listen: &[SocketAddr], dir: Option<PathBuf>) -> anyhow::Result<(
 async fn credentials(action: CredentialsAction, control: &[String], json: bool) -> anyhow::Result<()> {
     let api = client::connect(control)?;
     let (rec, out) = match action {
-        CredentialsAction::Rotate { node, out } => (api.rotate_credential(&node).await.map_err(client::explain)?, out),
+        CredentialsAction::Rotate { node, out, hand_over } => {
+            (api.rotate_credential(&node, hand_over).await.map_err(client::explain)?, out)
+        }
         CredentialsAction::Revoke { node } => (api.revoke_credential(&node).await.map_err(client::explain)?, None),
     };
     if json {

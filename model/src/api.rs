@@ -73,6 +73,20 @@ pub struct NodeCredential {
     pub credential: Option<String>,
 }
 
+/// `POST /v1/nodes/{name}/credential?hand_over=…`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotateQuery {
+    /// Hand the new credential to the node over its event stream, so it
+    /// goes on without an operator copying the file: for a routine
+    /// rotation, not a credential that may have leaked (whoever holds the
+    /// old one is handed the new). The node's open stream ends as in any
+    /// rotation, and the next one it opens with the credential of the
+    /// generation before is handed the new one instead of a refusal; once
+    /// it has opened one with the new one, the old one gets nothing more.
+    #[serde(default)]
+    pub hand_over: bool,
+}
+
 /// `GET /v1/sites`: one line per site.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SiteSummary {

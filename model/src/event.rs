@@ -137,6 +137,11 @@ pub enum StreamLine {
     /// that asked (`certificates` in its query). They replace the ones it
     /// holds; events after them go on as before.
     Certificates { certificates: std::collections::BTreeMap<String, IssuedCertificate> },
+    /// The node's credential was rotated with a hand-over
+    /// ([`crate::api::RotateQuery::hand_over`]): this is its new one, the
+    /// only line of a stream opened with the credential before. The node
+    /// writes it to its token file and connects again with it.
+    Credential { credential: String },
     /// Sent every couple of seconds so a dead link is noticed. `stale`: the
     /// replica sending it has lost its store's quorum, so what it knows may
     /// be behind; a node that can follows another replica.

@@ -289,9 +289,12 @@ impl ControlClient {
     }
 
     /// Revokes every credential node `name` had and returns one of the
-    /// next generation (admin token).
-    pub async fn rotate_credential(&self, name: &str) -> Result<NodeCredential, ClientError> {
-        self.call(Method::POST, &paths::node_credential(name), &[]).await
+    /// next generation (admin token). With `hand_over`, the node's event streams are sent the new
+    /// credential first ([`outpost_config::api::RotateQuery`]).
+    pub async fn rotate_credential(&self, name: &str, hand_over: bool) -> Result<NodeCredential, ClientError> {
+        let path = paths::node_credential(name);
+        let path = if hand_over { format!("{path}?hand_over=true") } else { path };
+        self.call(Method::POST, &path, &[]).await
     }
 
     /// Revokes every credential node `name` had (admin token).

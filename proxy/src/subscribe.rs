@@ -106,6 +106,32 @@ fn same_site(old: &SiteSnapshot, new: &SiteSnapshot) -> bool {
 /// the one in use (if any) in place. False when one did not: the node
 /// asks for the current ones when it next connects (its token may have
 /// changed since they were sealed for it).
+/// Longest credential taken from the control plane.
+const MAX_CREDENTIAL_LEN: usize = 512;
+
+/// Whether `credential` has the shape of node `name`'s own (the control
+/// plane checks the rest): a line of it cannot name another node, or
+/// carry what does not belong in a token file.
+fn is_own_credential(name: &str, credential: &str) -> bool {
+    let own = credential.strip_prefix("node.").and_then(|rest| rest.strip_prefix(name));
+    own.is_some_and(|rest| rest.len() > 1 && rest.starts_with('.'))
+        && credential.len() <= MAX_CREDENTIAL_LEN
+        && credential.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Replaces `path` with `secret` (mode 0600) at once: written beside it,
+/// flushed, then renamed over it, so a crash leaves the old or the new.
+fn replace_secret(path: &Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let name = path.file_name().ok_or_else(|| std::io::Error::other("the token file has no name"))?;
+    let tmp = path.with_file_name(format!(".{}.new", name.to_string_lossy()));
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(secret.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
 fn install_certificates(engine: &Engine, sites: &BTreeMap<String, SiteSnapshot>, token_file: &Path) -> bool {
     for gone in engine.certs.issued_sites().into_iter().filter(|s| sites.get(s).is_none_or(|s| s.certificate.is_none()))
     {
@@ -200,9 +226,35 @@ impl Subscriber {
         }
     }
 
+    /// The control plane hands this node a new credential (a rotation
+    /// with a hand-over): it replaces the token file, which every call
+    /// reads, and the certificates are asked for again, sealed for it.
+    fn take_credential(&self, credential: &str) {
+        if !is_own_credential(&self.me.name, credential) {
+            tracing::error!(node = %self.me.name, "the control plane handed over a credential that is not this node's: ignored");
+            return;
+        }
+        match replace_secret(&self.token_file, credential) {
+            Ok(()) => {
+                tracing::info!(node = %self.me.name, file = %self.token_file.display(), "took the credential the control plane handed over");
+                self.refresh_certificates.store(true, Ordering::Release);
+            }
+            Err(e) => tracing::error!(
+                node = %self.me.name,
+                file = %self.token_file.display(),
+                error = %e,
+                "cannot write the credential the control plane handed over; the old one is refused, so put the new one there by hand (`outpost credentials rotate`)"
+            ),
+        }
+    }
+
     async fn apply(&self, line: StreamLine) -> Option<u64> {
         match line {
             StreamLine::Heartbeat { .. } => None,
+            StreamLine::Credential { credential } => {
+                self.take_credential(&credential);
+                None
+            }
             StreamLine::Certificates { certificates } => {
                 let state = {
                     let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -446,5 +498,41 @@ impl Subscriber {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_credential_handed_over_must_be_this_nodes() {
+        assert!(is_own_credential("edge-1", "node.edge-1.1.0a1b2c"));
+        for lie in [
+            "node.edge-10.1.0a1b2c",
+            "node.edge-2.1.0a1b2c",
+            "node.edge-1",
+            "node.edge-1.",
+            "edge-1.1.0a1b2c",
+            "node.edge-1.1.0a1b\nc",
+            "node.edge-1.1.0a1b c",
+        ] {
+            assert!(!is_own_credential("edge-1", lie), "{lie:?}");
+        }
+        assert!(!is_own_credential("edge-1", &format!("node.edge-1.1.{}", "a".repeat(MAX_CREDENTIAL_LEN))));
+    }
+
+    #[test]
+    fn a_secret_is_replaced_whole_and_kept_to_its_owner() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.token");
+        std::fs::write(&path, "node.edge-1.0.old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        replace_secret(&path, "node.edge-1.1.new").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "node.edge-1.1.new");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, ["node.token"], "nothing left beside it");
     }
 }

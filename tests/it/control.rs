@@ -776,33 +776,77 @@ fn credentials_cli(control: SocketAddr, admin: &str, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// A control plane taking node credentials alone, with the site `shop`,
+/// and edge 1 following it with its credential of generation 0.
+struct EdgeOnCredential {
+    _dir: tempfile::TempDir,
+    stop: CancellationToken,
+    control: SocketAddr,
+    admin: String,
+    /// Generation 0 of edge 1's and edge 2's credentials.
+    creds: Vec<String>,
+    /// Edge 1's.
+    token_file: std::path::PathBuf,
+    edge: SocketAddr,
+    engine: Arc<outpost_proxy::Engine>,
+    _edge_stop: CancellationToken,
+}
+
+impl EdgeOnCredential {
+    async fn start() -> EdgeOnCredential {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let stop = CancellationToken::new();
+        let (control, admin, origin) = credentials_only(d, &stop).await;
+        let cfg = NodeConfig::load(&d.join("control.toml")).unwrap();
+        let creds = outpost_control::credential::for_nodes(&cfg, &["edge-1".into(), "edge-2".into()]).unwrap();
+        let e1 = d.join("e1");
+        std::fs::create_dir(&e1).unwrap();
+        let token_file = e1.join("node.token");
+        std::fs::write(&token_file, &creds[0]).unwrap();
+        let (edge, edge_stop, engine) = edge_following(&e1, 1, &format!("url = \"http://{control}\"")).await;
+        let sites = format!("http://{control}/v1/sites");
+        assert_eq!(call(Method::POST, &sites, Some(&admin), None, &site(origin)).await.status, StatusCode::CREATED);
+        let t = EdgeOnCredential {
+            _dir: dir,
+            stop,
+            control,
+            admin,
+            creds,
+            token_file,
+            edge,
+            engine,
+            _edge_stop: edge_stop,
+        };
+        eventually("edge 1 to follow", || async { t.edge_1().await["connected"] == true }).await;
+        t
+    }
+
+    /// Edge 1 in the registry (`null` before it registers).
+    async fn edge_1(&self) -> serde_json::Value {
+        let nodes = call(Method::GET, &format!("http://{}/v1/nodes", self.control), Some(&self.admin), None, "").await;
+        nodes.json().as_array().unwrap().iter().find(|n| n["name"] == "edge-1").cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for EdgeOnCredential {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
 /// A node's credential revoked through the CLI is refused at once, on
 /// every call and on the stream it had open; a rotated one takes over, and
 /// the node catches up on what it missed once it holds it. Other nodes'
 /// credentials are untouched, and only the admin token revokes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_credential_is_refused_at_once_and_a_rotated_one_takes_over() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let stop = CancellationToken::new();
-    let (control, admin, origin) = credentials_only(d, &stop).await;
+    let t = EdgeOnCredential::start().await;
+    let (control, admin, engine, edge) = (t.control, t.admin.clone(), Arc::clone(&t.engine), t.edge);
+    let (old, other) = (&t.creds[0], &t.creds[1]);
+    let e1 = t.token_file.parent().unwrap();
     let api = |p: &str| format!("http://{control}{p}");
-    let cfg = NodeConfig::load(&d.join("control.toml")).unwrap();
-    let creds = outpost_control::credential::for_nodes(&cfg, &["edge-1".into(), "edge-2".into()]).unwrap();
-    let (old, other) = (&creds[0], &creds[1]);
-    let e1 = d.join("e1");
-    std::fs::create_dir(&e1).unwrap();
-    std::fs::write(e1.join("node.token"), old).unwrap();
-    let (edge, _edge_stop, engine) = edge_following(&e1, 1, &format!("url = \"http://{control}\"")).await;
-    assert_eq!(
-        call(Method::POST, &api("/v1/sites"), Some(&admin), None, &site(origin)).await.status,
-        StatusCode::CREATED
-    );
-    let edge_1 = || async {
-        let nodes = call(Method::GET, &api("/v1/nodes"), Some(&admin), None, "").await.json();
-        nodes.as_array().unwrap().iter().find(|n| n["name"] == "edge-1").cloned().unwrap()
-    };
-    eventually("edge 1 to follow", || async { edge_1().await["connected"] == true }).await;
+    let edge_1 = || t.edge_1();
 
     // Only the admin token revokes; names are checked.
     let r = call(Method::POST, &api("/v1/nodes/edge-1/credential"), Some(old), None, "").await;
@@ -814,7 +858,7 @@ async fn a_revoked_credential_is_refused_at_once_and_a_rotated_one_takes_over() 
 
     // Rotated: the old credential is refused everywhere, and the stream it
     // holds open ends.
-    let keys = d.join("keys");
+    let keys = e1.parent().unwrap().join("keys");
     let written = credentials_cli(control, &admin, &["rotate", "edge-1", "--out", keys.to_str().unwrap()]);
     assert_eq!(written.trim(), keys.join("edge-1.token").to_str().unwrap());
     let new = std::fs::read_to_string(keys.join("edge-1.token")).unwrap();
@@ -866,7 +910,92 @@ async fn a_revoked_credential_is_refused_at_once_and_a_rotated_one_takes_over() 
     eventually("edge 1's stream to end again", || async { edge_1().await["connected"] == false }).await;
     let r = call(Method::GET, &api("/v1/nodes"), Some(other), None, "").await;
     assert_eq!(r.status, StatusCode::OK);
-    stop.cancel();
+}
+
+/// A credential rotated with a hand-over reaches its node over the stream
+/// it holds open: the node writes it over its token file and goes on,
+/// catching every event after. A node between streams is handed it on the
+/// next stream it opens with the credential before, until it has used the
+/// new one; then the old one is handed nothing. A rotation without one, or
+/// a credential two generations old, is handed nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_rotated_with_a_hand_over_reaches_its_node() {
+    use std::os::unix::fs::PermissionsExt;
+
+    use outpost_config::api::StreamQuery;
+    use outpost_config::{Role, StreamLine};
+    use outpost_net::control::{ControlClient, Token};
+    let t = EdgeOnCredential::start().await;
+    let (control, admin, engine, token_file) = (t.control, t.admin.clone(), Arc::clone(&t.engine), &t.token_file);
+    let (old, idle) = (&t.creds[0], &t.creds[1]);
+    let api = |p: &str| format!("http://{control}{p}");
+    let edge_1 = || t.edge_1();
+
+    let said = credentials_cli(control, &admin, &["rotate", "edge-1", "--hand-over", "--json"]);
+    let said: serde_json::Value = serde_json::from_str(&said).unwrap();
+    let new = said["credential"].as_str().unwrap().to_string();
+    assert!(new.starts_with("node.edge-1.1."), "{said}");
+    eventually("edge 1 to write the credential handed over", || async {
+        std::fs::read_to_string(token_file).unwrap() == new
+    })
+    .await;
+    assert_eq!(std::fs::metadata(token_file).unwrap().permissions().mode() & 0o777, 0o600);
+    let r = call(Method::POST, &api("/v1/ack"), Some(old), None, r#"{"node": "edge-1", "seq": 1}"#).await;
+    assert_eq!((r.status, r.json()["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("credential_revoked")));
+    // It follows with the new one: a purge after reaches it.
+    let body = r#"{"site": "shop", "all": true}"#;
+    assert_eq!(call(Method::POST, &api("/v1/purge"), Some(&admin), None, body).await.status, StatusCode::ACCEPTED);
+    let last = call(Method::GET, &api("/healthz"), None, None, "").await.json()["seq"].as_u64().unwrap();
+    eventually("edge 1 to catch up with the credential handed over", || async {
+        let n = edge_1().await;
+        n["connected"] == true && n["acked_seq"].as_u64() == Some(last)
+    })
+    .await;
+    assert_eq!(engine.problems(), Vec::<String>::new(), "never refused");
+    // The new one used, the old one opens no stream and is handed nothing.
+    let own_stream = "/v1/events?after=0&node=edge-1&role=edge&pop=p1&addrs=";
+    let r = call(Method::GET, &api(own_stream), Some(old), None, "").await;
+    assert_eq!((r.status, r.json()["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("credential_revoked")));
+
+    // A node between streams, rotated with a hand-over: the stream it opens
+    // with the credential before is handed the new one and ends.
+    let said = credentials_cli(control, &admin, &["rotate", "edge-2", "--hand-over", "--json"]);
+    let handed = serde_json::from_str::<serde_json::Value>(&said).unwrap()["credential"].as_str().unwrap().to_string();
+    let idle_stream = "/v1/events?after=0&node=edge-2&role=edge&pop=p1&addrs=";
+    for _ in 0..2 {
+        let r = call(Method::GET, &api(idle_stream), Some(idle), None, "").await;
+        assert_eq!(r.status, StatusCode::OK);
+        let line: StreamLine = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(line, StreamLine::Credential { credential: handed.clone() });
+    }
+    // Opening a stream with the new one ends the hand-over.
+    let tls = outpost_proxy::tls::client_config(&[], None).unwrap();
+    let as_two = ControlClient::new(&[api("")], Token::Value(handed.clone()), tls);
+    let query = StreamQuery {
+        after: 0,
+        node: "edge-2".into(),
+        role: Role::Edge,
+        pop: None,
+        addrs: String::new(),
+        certificates: false,
+    };
+    drop(as_two.events(&query).await.unwrap());
+    let r = call(Method::GET, &api(idle_stream), Some(idle), None, "").await;
+    assert_eq!((r.status, r.json()["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("credential_revoked")));
+    // Rotated again without a hand-over: nothing is handed, to the
+    // generation before or the one before that.
+    credentials_cli(control, &admin, &["rotate", "edge-2", "--json"]);
+    for stale in [&handed, idle] {
+        let r = call(Method::GET, &api(idle_stream), Some(stale), None, "").await;
+        assert_eq!((r.status, r.json()["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("credential_revoked")));
+    }
+    // With a hand-over, only the generation just before is handed it.
+    credentials_cli(control, &admin, &["rotate", "edge-2", "--hand-over", "--json"]);
+    let r = call(Method::GET, &api(idle_stream), Some(&handed), None, "").await;
+    assert_eq!((r.status, r.json()["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("credential_revoked")));
+    // A bad query is refused before anything is revoked.
+    let r = call(Method::POST, &api("/v1/nodes/edge-2/credential?hand_over=maybe"), Some(&admin), None, "").await;
+    assert_eq!((r.status, r.json()["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_query")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -60,7 +60,8 @@ impl Connection {
     }
 
     /// The credential that opened the stream has been revoked since (a
-    /// store that cannot say leaves the stream open).
+    /// store that cannot say leaves the stream open). A node rotated with
+    /// a hand-over is handed its new credential when it opens the next.
     async fn revoked(&self, caller: &Caller) -> bool {
         let revoked = matches!(self.control.still_taken(caller).await, Err(e) if e.status == StatusCode::UNAUTHORIZED);
         if revoked {
@@ -162,10 +163,33 @@ pub(super) async fn stream(
     headers: HeaderMap,
     query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = c.node(&headers).await?;
+    let caller = match c.node(&headers).await {
+        Ok(caller) => caller,
+        // A node rotated with a hand-over: the stream it had open ended,
+        // and the next it opens with the credential before (at once, as a
+        // node does; or after a restart) is handed the new one, alone.
+        Err(refused) => match c.hand_over(&headers).await {
+            Some(credential) => {
+                tracing::info!(
+                    "a node opening its stream with the credential before a rotation: handing it the new one"
+                );
+                return Ok(ndjson(Body::from(line(&StreamLine::Credential { credential }))));
+            }
+            None => return Err(refused),
+        },
+    };
     let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     caller.speaks_for(&q.node)?;
     let addrs = check(&q)?;
+    if let Caller::Node { name, generation, .. } = &caller
+        && c.revocations.taken(&c.store, name).await.is_ok_and(|t| t.hand_over && t.lowest == *generation)
+    {
+        // The hand-over is done: the credential before gets nothing more
+        // (when the store cannot say so now, at the next stream).
+        if let Err(e) = c.revocations.handed_over(&c.store, name, *generation).await {
+            tracing::warn!(node = %name, error = %e, "cannot record that the node took its handed-over credential");
+        }
+    }
     let writer = Writer { control: Arc::clone(&c), caller };
     // Subscribe before reading the backlog, so nothing falls in between.
     let rx = c.events.subscribe();
@@ -184,10 +208,15 @@ pub(super) async fn stream(
         }
     }
     let conn = Connection { control: Arc::clone(&c), node: q.node };
-    let mut resp = Response::new(Body::from_stream(lines(backlog, rx, cursor, conn, writer)));
+    Ok(ndjson(Body::from_stream(lines(backlog, rx, cursor, conn, writer))))
+}
+
+/// A stream's answer: JSON lines, never stored.
+fn ndjson(body: Body) -> Response {
+    let mut resp = Response::new(body);
     resp.headers_mut().insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
     resp.headers_mut().insert(axum::http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(resp)
+    resp
 }
 
 /// The query's names and addresses are well formed; the addresses in

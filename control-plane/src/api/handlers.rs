@@ -5,13 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path as UrlPath, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use outpost_config::Site;
 use outpost_config::api::{
     Deleted, FULL_WEIGHT, Health, NodeCredential, NodeStatus, PopRecord, PopWeight, PurgeRequest, PurgeStatus,
-    SiteSummary, Stored,
+    RotateQuery, SiteSummary, Stored,
 };
 
 use super::{ApiError, Control, DEFAULT_PURGE_WAIT};
@@ -403,7 +404,7 @@ pub(super) async fn put_pop(
 
 /// Revokes every credential node `name` had (admin token); the lowest
 /// generation taken from now on.
-async fn revoke(c: &Control, name: &str, headers: &HeaderMap) -> Result<u64, ApiError> {
+async fn revoke(c: &Control, name: &str, headers: &HeaderMap, hand_over: bool) -> Result<u64, ApiError> {
     c.admin(headers)?;
     if !super::events::valid_name(name) {
         return Err(ApiError::new(
@@ -413,19 +414,22 @@ async fn revoke(c: &Control, name: &str, headers: &HeaderMap) -> Result<u64, Api
         ));
     }
     c.writable()?;
-    Ok(c.revocations.revoke(&c.store, name).await?)
+    Ok(c.revocations.revoke(&c.store, name, hand_over).await?)
 }
 
-/// `POST /v1/nodes/{name}/credential`: revokes every credential the node
-/// had and hands out one of the next generation. The node's streams end
-/// (here at once, at other replicas within two heartbeats) and it is
-/// refused until it presents the new one.
+/// `POST /v1/nodes/{name}/credential[?hand_over=true]`: revokes every
+/// credential the node had and hands out one of the next generation. The
+/// node's streams end (here at once, at other replicas within two
+/// heartbeats) and it is refused until it presents the new one; with
+/// `hand_over`, its streams are sent the new one first.
 pub(super) async fn rotate_credential(
     State(c): Shared,
     UrlPath(name): UrlPath<String>,
     headers: HeaderMap,
+    query: Result<Query<RotateQuery>, QueryRejection>,
 ) -> Result<Json<NodeCredential>, ApiError> {
-    let generation = revoke(&c, &name, &headers).await?;
+    let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let generation = revoke(&c, &name, &headers, q.hand_over).await?;
     let credential = crate::credential::credential_of_generation(c.node_token(), &name, generation);
     Ok(Json(NodeCredential { node: name, generation, credential: Some(credential) }))
 }
@@ -437,6 +441,6 @@ pub(super) async fn revoke_credential(
     UrlPath(name): UrlPath<String>,
     headers: HeaderMap,
 ) -> Result<Json<NodeCredential>, ApiError> {
-    let generation = revoke(&c, &name, &headers).await?;
+    let generation = revoke(&c, &name, &headers, false).await?;
     Ok(Json(NodeCredential { node: name, generation, credential: None }))
 }

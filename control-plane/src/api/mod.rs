@@ -345,7 +345,7 @@ impl Control {
         let Caller::Node { name, generation, .. } = caller else {
             return Ok(());
         };
-        let lowest = self.revocations.lowest(&self.store, name).await?;
+        let lowest = self.revocations.taken(&self.store, name).await?.lowest;
         if *generation < lowest {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -356,6 +356,22 @@ impl Control {
             ));
         }
         Ok(())
+    }
+
+    /// The credential to hand the caller, when it shows a node credential
+    /// of the generation just before one rotated with a hand-over.
+    pub(crate) async fn hand_over(&self, headers: &HeaderMap) -> Option<String> {
+        let v = crate::credential::verify(&self.node_token, bearer(headers)?)?;
+        self.handed_to(v.name, v.generation).await
+    }
+
+    /// The credential node `name` is handed when it shows one of
+    /// `generation`.
+    pub(crate) async fn handed_to(&self, name: &str, generation: u64) -> Option<String> {
+        let taken = self.revocations.taken(&self.store, name).await.ok()?;
+        taken
+            .hands_over_to(generation)
+            .then(|| crate::credential::credential_of_generation(&self.node_token, name, taken.lowest))
     }
 
     /// A read of the registry or the PoP weights: the admin token, the

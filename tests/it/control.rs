@@ -450,13 +450,28 @@ async fn the_registry_holds_only_what_nodes_can_truly_claim_and_forgets_the_sile
         let r = call(Method::GET, &url, Some(&token), None, "").await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
     }
+    // Its gauges are on /metrics while it is registered.
+    let metrics = || async {
+        String::from_utf8(call(Method::GET, &api("/metrics"), None, None, "").await.body.to_vec()).unwrap()
+    };
+    let series = [
+        "outpost_control_node_silent_seconds{node=\"edge-a\",role=\"edge\"} ",
+        "outpost_control_node_lag_events{node=\"edge-a\",role=\"edge\"} 0\n",
+        "outpost_control_oldest_unacknowledged_purge_seconds{node=\"edge-a\"} 0\n",
+    ];
+    let text = metrics().await;
+    for s in series {
+        assert!(text.contains(s), "{s} missing from\n{text}");
+    }
+    assert_eq!(text.matches("# TYPE outpost_control_node_silent_seconds gauge").count(), 1, "{text}");
     // Once its stream is gone and it stays silent past the expiry, the node
-    // leaves the registry.
+    // leaves the registry, and its gauges go with it.
     drop(stream);
     eventually("the node to leave the registry", || async {
         call(Method::GET, &api("/v1/nodes"), Some(&admin), None, "").await.json().as_array().unwrap().is_empty()
     })
     .await;
+    eventually("its gauges to leave /metrics", || async { !metrics().await.contains("node=\"edge-a\"") }).await;
     stop.cancel();
 }
 

@@ -33,10 +33,10 @@ pub(super) async fn healthz(State(c): Shared) -> Response {
 }
 
 pub(super) async fn metrics(State(c): Shared) -> Response {
-    if let Err(e) = c.refresh_gauges().await {
-        tracing::warn!(error = %e.detail, "control-plane gauges not refreshed");
-    }
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], outpost_net::metrics::render()).into_response()
+    let nodes = c.node_gauges().await;
+    let mut text = outpost_net::metrics::render();
+    text.push_str(&nodes);
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 pub(super) async fn not_found() -> ApiError {

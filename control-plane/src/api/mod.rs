@@ -185,8 +185,9 @@ pub struct Control {
     acked: Mutex<HashMap<String, u64>>,
     /// Bumped on every acknowledgement, for purges that wait.
     ack_changed: watch::Sender<u64>,
-    /// When `/metrics` last read the store for its gauges.
-    gauges_read: Mutex<Option<std::time::Instant>>,
+    /// When `/metrics` last read the store for its gauges, and the
+    /// per-node gauges it rendered then.
+    gauges_read: tokio::sync::Mutex<Option<(std::time::Instant, String)>>,
     limiter: RateLimiter,
     retention: u64,
     /// Nodes silent this long leave the registry.
@@ -243,7 +244,7 @@ impl Control {
             connected: Mutex::new(HashMap::new()),
             acked: Mutex::new(acked),
             ack_changed: watch::channel(0).0,
-            gauges_read: Mutex::new(None),
+            gauges_read: tokio::sync::Mutex::new(None),
             limiter: RateLimiter::default(),
             retention,
             node_expiry,
@@ -492,18 +493,33 @@ impl Control {
         (self.node_expiry / 4).clamp(Duration::from_millis(100), Duration::from_secs(60))
     }
 
-    /// Refreshes the gauges `/metrics` shows: the log, sites and nodes. At
-    /// most once a second: `/metrics` answers anyone, and each refresh
-    /// reads the whole registry and site list from the store.
-    async fn refresh_gauges(&self) -> Result<(), ApiError> {
+    /// Refreshes the gauges `/metrics` shows of the log and sites, and
+    /// returns those of each node as Prometheus text. At most once a
+    /// second: `/metrics` answers anyone, and each refresh reads the whole
+    /// registry and site list from the store (between, the text read
+    /// last). A node's gauges are rendered here, not recorded, so a node
+    /// gone from the registry leaves no series behind (a retired node's
+    /// last `silent_seconds` would page for ever).
+    pub(crate) async fn node_gauges(&self) -> String {
+        let mut read = self.gauges_read.lock().await;
+        if let Some((at, text)) = read.as_ref()
+            && at.elapsed() < GAUGES_FRESH
         {
-            let mut read = self.gauges_read.lock().unwrap_or_else(|p| p.into_inner());
-            let now = std::time::Instant::now();
-            if read.is_some_and(|at| now.duration_since(at) < GAUGES_FRESH) {
-                return Ok(());
-            }
-            *read = Some(now);
+            return text.clone();
         }
+        match self.read_gauges().await {
+            Ok(text) => {
+                *read = Some((std::time::Instant::now(), text.clone()));
+                text
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.detail, "control-plane gauges not refreshed");
+                read.as_ref().map(|(_, text)| text.clone()).unwrap_or_default()
+            }
+        }
+    }
+
+    async fn read_gauges(&self) -> Result<String, ApiError> {
         let last = self.store.last_seq().await.map_err(ApiError::from)?;
         metrics::gauge!("outpost_control_last_seq").set(last as f64);
         metrics::gauge!("outpost_control_sites").set(self.store.sites().await.map_err(ApiError::from)?.len() as f64);
@@ -518,18 +534,45 @@ impl Control {
         // The purges someone has not applied yet (the oldest few hundred).
         let behind = acked.values().copied().min().unwrap_or(last);
         let unapplied = self.store.events_after(behind, PURGE_AGE_SCAN).await.map_err(ApiError::from)?;
+        let mut lag = NodeGauge::new("outpost_control_node_lag_events", "Events the node has not acknowledged.");
+        let mut purge = NodeGauge::new(
+            "outpost_control_oldest_unacknowledged_purge_seconds",
+            "Age of the oldest purge the node has not acknowledged (0: none).",
+        );
+        let mut silent =
+            NodeGauge::new("outpost_control_node_silent_seconds", "Time since the node was last heard from.");
         for (name, n) in &nodes {
             let acked = acked[name];
             let role = n.role.as_str();
-            metrics::gauge!("outpost_control_node_lag_events", "node" => name.clone(), "role" => role)
-                .set(last.saturating_sub(acked) as f64);
+            lag.add(name, Some(role), last.saturating_sub(acked) as f64);
             let oldest = unapplied.iter().find(|e| e.seq > acked && matches!(e.event, outpost_config::Event::Purge(_)));
-            metrics::gauge!("outpost_control_oldest_unacknowledged_purge_seconds", "node" => name.clone())
-                .set(oldest.map_or(0.0, |e| now.saturating_sub(e.at_ms) as f64 / 1000.0));
-            metrics::gauge!("outpost_control_node_silent_seconds", "node" => name.clone(), "role" => role)
-                .set(now.saturating_sub(n.last_contact_ms) as f64 / 1000.0);
+            purge.add(name, None, oldest.map_or(0.0, |e| now.saturating_sub(e.at_ms) as f64 / 1000.0));
+            silent.add(name, Some(role), now.saturating_sub(n.last_contact_ms) as f64 / 1000.0);
         }
-        Ok(())
+        Ok([lag, purge, silent].into_iter().map(|g| g.text).collect())
+    }
+}
+
+/// One gauge with a series per node, as Prometheus text.
+struct NodeGauge {
+    name: &'static str,
+    text: String,
+}
+
+impl NodeGauge {
+    fn new(name: &'static str, help: &str) -> NodeGauge {
+        NodeGauge { name, text: format!("# HELP {name} {help}\n# TYPE {name} gauge\n") }
+    }
+
+    /// A node's series. Node names are letters, digits and `-`, and roles
+    /// fixed words, so no label value needs escaping.
+    fn add(&mut self, node: &str, role: Option<&str>, value: f64) {
+        use std::fmt::Write as _;
+        let name = self.name;
+        let _ = match role {
+            Some(role) => writeln!(self.text, "{name}{{node=\"{node}\",role=\"{role}\"}} {value}"),
+            None => writeln!(self.text, "{name}{{node=\"{node}\"}} {value}"),
+        };
     }
 }
 

@@ -40,8 +40,9 @@ use tokio_util::sync::CancellationToken;
 const SHIELD_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// A shield that leaves what an edge sent it unacknowledged this long is
 /// cut off from it: the edge goes to the next target instead of waiting
-/// out the origin's response timeout.
-const SHIELD_LINK_TIMEOUT: Duration = Duration::from_secs(5);
+/// out the origin's response timeout. Long enough that a brief loss of
+/// the route does not end every response on a shared HTTP/2 connection.
+const SHIELD_LINK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Extra time a shield gets beyond the origin's response timeout (it may
 /// have to fetch from the origin first).
 const SHIELD_EXTRA_TIME: Duration = Duration::from_secs(1);

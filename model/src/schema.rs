@@ -375,7 +375,7 @@ pub static SECTIONS: &[Section] = &[
             key("weight", "integer", Int(1), "Share of requests, at least 1.", "1"),
             key("connect_timeout", "duration", Time(DEFAULT_ORIGIN_CONNECT_TIMEOUT), "Time to connect.", "\"2s\""),
             key("response_timeout", "duration", Time(DEFAULT_ORIGIN_RESPONSE_TIMEOUT), "Time for the response head.", "\"30s\""),
-            key("link_timeout", "duration", Time(DEFAULT_ORIGIN_LINK_TIMEOUT), "Time the origin has to acknowledge what was sent to it (`TCP_USER_TIMEOUT`, on Linux); past it the link counts as cut, as a failed connect does, instead of waiting out `response_timeout`. At least 1s.", "\"10s\""),
+            key("link_timeout", "duration", Time(DEFAULT_ORIGIN_LINK_TIMEOUT), "Time the origin has to acknowledge what was sent to it (`TCP_USER_TIMEOUT`, on Linux); past it the link counts as cut, as a failed connect does, instead of waiting out `response_timeout`. An origin that stops reading a request body for as long is given up too. At least 1s.", "\"10s\""),
             key("max_connections", "integer", Int(DEFAULT_ORIGIN_MAX_CONNECTIONS as u64), "Requests one node sends this origin at once; more wait.", "64"),
             key("ca", "path", Unset, "A private CA trusted besides the public roots; only with an https `url`. Read, as site certificates are, only from the node's `site_cert_dirs`.", "\"origin-ca.pem\""),
             key("http2", "boolean", Bool(true), "Offer HTTP/2 beside HTTP/1.1 in the TLS handshake of an https `url`, and speak what the origin picks: every miss to it shares one connection. `false`: HTTP/1.1 only. An `http://` origin is always asked in HTTP/1.1.", "true"),

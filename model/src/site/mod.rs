@@ -189,8 +189,10 @@ pub struct Origin {
     pub response_timeout: Duration,
     /// Time the origin's side of a connection has to acknowledge what was
     /// sent on it (`TCP_USER_TIMEOUT`): past it the link counts as cut, as
-    /// a failed connect does, without waiting out `response_timeout`.
-    /// Default: [`DEFAULT_ORIGIN_LINK_TIMEOUT`] (10s).
+    /// a failed connect does, without waiting out `response_timeout`. An
+    /// origin that stops reading a request body (its receive window shut)
+    /// for as long is given up too. Default: [`DEFAULT_ORIGIN_LINK_TIMEOUT`]
+    /// (10s).
     pub link_timeout: Duration,
     /// Default: [`DEFAULT_ORIGIN_MAX_CONNECTIONS`] (64).
     pub max_connections: u32,

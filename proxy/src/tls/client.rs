@@ -25,12 +25,14 @@ pub struct Dial {
     /// Time to connect.
     pub connect: Duration,
     /// Time the peer has to acknowledge what was sent on the connection
-    /// (`TCP_USER_TIMEOUT`): past it the kernel ends the connection with
-    /// `ETIMEDOUT`, so a link cut without a word (packets dropped) shows
-    /// in seconds, not after the response timeout. It also bounds
+    /// (`TCP_USER_TIMEOUT`, Linux): past it the kernel ends the connection
+    /// with `ETIMEDOUT`, so a link cut without a word (packets dropped)
+    /// shows in seconds, not after the response timeout. It also bounds
     /// unanswered keepalive probes on an idle pooled connection. A peer
     /// that is only slow to answer acknowledges the request at once, so
-    /// it does not count. `None`: the kernel's default (minutes).
+    /// it does not count; one that stops reading a request body (its
+    /// receive window shut) for that long does. `None`: the kernel's
+    /// default (minutes).
     pub link: Option<Duration>,
 }
 
@@ -48,6 +50,7 @@ pub fn connector(config: Arc<ClientConfig>, resolve: Resolve, dial: Dial) -> Con
     http.set_connect_timeout(Some(dial.connect));
     http.set_nodelay(true);
     http.set_keepalive(Some(Duration::from_secs(60)));
+    #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
     http.set_tcp_user_timeout(dial.link);
     Connector::from((http, config))
 }

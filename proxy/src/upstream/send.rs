@@ -55,7 +55,10 @@ impl Upstream {
         client_host: Option<HeaderValue>,
     ) -> Result<Response<RecvBody>, UpstreamError> {
         let mut targets = self.route.targets(site, key);
-        let retry = req.method().is_idempotent();
+        // Tried again only without a body: one is spent on the first try,
+        // and a PUT sent again without it would replace the resource with
+        // nothing.
+        let retry = req.method().is_idempotent() && http_body::Body::size_hint(req.body()).exact() == Some(0);
         if retry && targets.len() == 1 {
             // A lone upstream gets a second chance after a pause.
             targets.push(targets[0].clone());

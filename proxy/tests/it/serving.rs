@@ -503,3 +503,57 @@ async fn park_and_wake() {
     assert!(left <= again - CLIENTS as f64, "closed connections are no longer counted: {again} then {left}");
     assert_eq!(origin.count("/park").await, 1);
 }
+
+/// A request whose body went to an upstream that broke off is never sent
+/// again: its body is spent, and a PUT sent again without it would
+/// replace the resource with nothing. A request without a body is.
+#[tokio::test]
+async fn a_request_body_spent_on_a_broken_upstream_is_not_sent_again_empty() {
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An origin that hangs up on the first request it reads and answers
+    // the ones after; it keeps the head of each.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = Arc::clone(&heads);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 << 10];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&got).into_owned();
+                let first = {
+                    let mut heads = seen.lock().unwrap();
+                    heads.push(head);
+                    heads.len() == 1
+                };
+                if !first {
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").await;
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let edge = Edge::start(dir.path(), &site_toml(addr, DEFAULT_RULES)).await;
+
+    let r = send_body(Method::PUT, &edge.url("/doc"), "t.test", b"the new text").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = heads.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "sent again after its body was spent: {got:?}");
+    assert!(got[0].starts_with("PUT /doc "), "{got:?}");
+
+    // Without a body, the same break is tried once more.
+    heads.lock().unwrap().clear();
+    let r = send(Method::DELETE, &edge.url("/doc"), &[("host", "t.test")]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(heads.lock().unwrap().len(), 2);
+}

@@ -85,12 +85,12 @@ pub(crate) fn diff(old: &SiteRecord, new: &SiteRecord) -> String {
 
 pub(crate) fn print_nodes(nodes: &[NodeStatus]) {
     println!(
-        "{:<14} {:<7} {:<5} {:<10} {:>6} {:>12} {:>8} {:>6}  ADDRESSES",
-        "NODE", "ROLE", "POP", "CONNECTED", "LAG", "LAST SEEN", "REQ/S", "HITS"
+        "{:<14} {:<7} {:<5} {:<10} {:>6} {:>12} {:>8} {:>6} {:>10}  ADDRESSES",
+        "NODE", "ROLE", "POP", "CONNECTED", "LAG", "LAST SEEN", "REQ/S", "HITS", "CREDENTIAL"
     );
     for n in nodes {
         println!(
-            "{:<14} {:<7} {:<5} {:<10} {:>6} {:>12} {:>8} {:>6}  {}",
+            "{:<14} {:<7} {:<5} {:<10} {:>6} {:>12} {:>8} {:>6} {:>10}  {}",
             n.node.name,
             n.node.role.as_str(),
             n.node.pop.as_deref().unwrap_or("-"),
@@ -99,6 +99,7 @@ pub(crate) fn print_nodes(nodes: &[NodeStatus]) {
             ago(n.since_contact_ms),
             n.node.load_rps.map_or("-".to_string(), |r| r.to_string()),
             n.node.hit_permille.map_or("-".to_string(), |h| format!("{:.1}%", f64::from(h) / 10.0)),
+            n.node.credential_generation.map_or("shared".to_string(), |g| format!("gen {g}")),
             n.node.addrs.join(", ")
         );
         for p in &n.node.problems {

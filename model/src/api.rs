@@ -209,6 +209,13 @@ pub struct NodeRecord {
     /// has an edge without.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
+    /// The generation of the node's own credential it last opened its
+    /// stream with; absent when it opened it with the node token the fleet
+    /// shares (`[auth] shared_node_token`), so an operator sees which
+    /// nodes still need their own before turning that off, and which took
+    /// a rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_generation: Option<u64>,
 }
 
 /// Full weight: a PoP gets every client it is nearest to.

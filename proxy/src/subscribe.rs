@@ -101,11 +101,9 @@ fn same_site(old: &SiteSnapshot, new: &SiteSnapshot) -> bool {
     !reborn && new.version >= old.version
 }
 
-/// Puts the sites' ACME certificates in use, opening each new one's key
-/// with the node's token; a certificate that does not open or load leaves
-/// the one in use (if any) in place. False when one did not: the node
-/// asks for the current ones when it next connects (its token may have
-/// changed since they were sealed for it).
+/// Between streams that hand over a credential this node cannot write.
+const UNTAKEN_CREDENTIAL_PAUSE: Duration = Duration::from_secs(30);
+
 /// Longest credential taken from the control plane.
 const MAX_CREDENTIAL_LEN: usize = 512;
 
@@ -119,19 +117,34 @@ fn is_own_credential(name: &str, credential: &str) -> bool {
         && credential.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// Replaces `path` with `secret` (mode 0600) at once: written beside it,
-/// flushed, then renamed over it, so a crash leaves the old or the new.
+/// Replaces `path` with `secret` (mode 0600) at once: written beside it
+/// (a new file, never one a link points elsewhere from), flushed, renamed
+/// over it and the rename flushed, so a crash leaves the old or the new.
+/// A token file that is a link keeps the link: its target is replaced.
 fn replace_secret(path: &Path, secret: &str) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
-    let name = path.file_name().ok_or_else(|| std::io::Error::other("the token file has no name"))?;
-    let tmp = path.with_file_name(format!(".{}.new", name.to_string_lossy()));
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    let path = std::fs::canonicalize(path)?;
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(std::io::Error::other("the token file has no folder"));
+    };
+    let tmp = dir.join(format!(".{}.new", name.to_string_lossy()));
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
     f.write_all(secret.as_bytes())?;
     f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
+/// Puts the sites' ACME certificates in use, opening each new one's key
+/// with the node's token; a certificate that does not open or load leaves
+/// the one in use (if any) in place. False when one did not: the node
+/// asks for the current ones when it next connects (its token may have
+/// changed since they were sealed for it).
 fn install_certificates(engine: &Engine, sites: &BTreeMap<String, SiteSnapshot>, token_file: &Path) -> bool {
     for gone in engine.certs.issued_sites().into_iter().filter(|s| sites.get(s).is_none_or(|s| s.certificate.is_none()))
     {
@@ -229,32 +242,27 @@ impl Subscriber {
     /// The control plane hands this node a new credential (a rotation
     /// with a hand-over): it replaces the token file, which every call
     /// reads, and the certificates are asked for again, sealed for it.
-    fn take_credential(&self, credential: &str) {
+    /// The error says why it was not taken.
+    fn take_credential(&self, credential: &str) -> Result<(), String> {
         if !is_own_credential(&self.me.name, credential) {
-            tracing::error!(node = %self.me.name, "the control plane handed over a credential that is not this node's: ignored");
-            return;
+            return Err("the control plane handed over a credential that is not this node's".into());
         }
-        match replace_secret(&self.token_file, credential) {
-            Ok(()) => {
-                tracing::info!(node = %self.me.name, file = %self.token_file.display(), "took the credential the control plane handed over");
-                self.refresh_certificates.store(true, Ordering::Release);
-            }
-            Err(e) => tracing::error!(
-                node = %self.me.name,
-                file = %self.token_file.display(),
-                error = %e,
-                "cannot write the credential the control plane handed over; the old one is refused, so put the new one there by hand (`outpost credentials rotate`)"
-            ),
-        }
+        replace_secret(&self.token_file, credential).map_err(|e| {
+            format!(
+                "cannot write the credential the control plane handed over to {}: {e}; the old one is refused, so put a new one there by hand (`outpost credentials rotate`)",
+                self.token_file.display()
+            )
+        })?;
+        tracing::info!(node = %self.me.name, file = %self.token_file.display(), "took the credential the control plane handed over");
+        self.refresh_certificates.store(true, Ordering::Release);
+        Ok(())
     }
 
     async fn apply(&self, line: StreamLine) -> Option<u64> {
         match line {
             StreamLine::Heartbeat { .. } => None,
-            StreamLine::Credential { credential } => {
-                self.take_credential(&credential);
-                None
-            }
+            // Taken in `follow`, as the sole line of a stream.
+            StreamLine::Credential { .. } => None,
             StreamLine::Certificates { certificates } => {
                 let state = {
                     let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -428,6 +436,7 @@ impl Subscriber {
         self.ack(client, self.seq()).await;
         let mut unacked = false;
         let mut behind: Option<u64> = None;
+        let mut first = true;
         loop {
             let line = match tokio::time::timeout(DEAD_AFTER, stream.next()).await {
                 Err(_) => return Err("no heartbeat from the control plane".into()),
@@ -439,6 +448,26 @@ impl Subscriber {
                 }
                 Ok(Some(Ok(line))) => line,
             };
+            // A new credential comes alone, on a stream opened with the
+            // one before; the stream ends after it.
+            if let StreamLine::Credential { credential } = &line {
+                if !std::mem::take(&mut first) {
+                    tracing::warn!(node = %self.me.name, "a credential amid the control plane's stream: ignored");
+                    continue;
+                }
+                return match self.take_credential(credential) {
+                    Ok(()) => Err("handed a new credential: connecting with it".into()),
+                    Err(why) => {
+                        tracing::error!(node = %self.me.name, "{why}");
+                        self.engine.control_refused(Some(why.clone()));
+                        // Not at once again: the next stream would be
+                        // handed the same, and fail the same.
+                        tokio::time::sleep(UNTAKEN_CREDENTIAL_PAUSE).await;
+                        Err(why)
+                    }
+                };
+            }
+            first = false;
             self.heard();
             if let StreamLine::Heartbeat { stale: true, .. } = line {
                 client.prefer_next();
@@ -534,5 +563,21 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left, ["node.token"], "nothing left beside it");
+
+        // A link keeps pointing where it did; a file left from a crash
+        // beside the target is replaced, not written through.
+        let linked = dir.path().join("linked.token");
+        std::os::unix::fs::symlink(&path, &linked).unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, "untouched").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.path().join(".node.token.new")).unwrap();
+        replace_secret(&linked, "node.edge-1.2.newer").unwrap();
+        assert!(std::fs::symlink_metadata(&linked).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "node.edge-1.2.newer");
+        assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), "untouched");
+        // One that cannot be replaced is an error, and the file stays.
+        std::fs::create_dir(dir.path().join(".node.token.new")).unwrap();
+        assert!(replace_secret(&path, "node.edge-1.3.lost").is_err());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "node.edge-1.2.newer");
     }
 }

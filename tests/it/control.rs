@@ -434,6 +434,7 @@ async fn the_registry_holds_only_what_nodes_can_truly_claim_and_forgets_the_sile
     assert_eq!(stream.status(), StatusCode::OK);
     let nodes = call(Method::GET, &api("/v1/nodes"), Some(&admin), None, "").await.json();
     assert_eq!(nodes[0]["acked_seq"], 0, "clamped to the end of the log: {nodes}");
+    assert!(nodes[0].get("credential_generation").is_none(), "the shared node token: {nodes}");
     let ack = |seq: u64, node: &'static str| {
         let body = format!(r#"{{"node": "{node}", "seq": {seq}}}"#);
         let token = token.clone();
@@ -927,12 +928,13 @@ async fn a_revoked_credential_is_refused_at_once_and_a_rotated_one_takes_over() 
     assert_eq!(r.status, StatusCode::OK);
 }
 
-/// A credential rotated with a hand-over reaches its node over the stream
-/// it holds open: the node writes it over its token file and goes on,
-/// catching every event after. A node between streams is handed it on the
-/// next stream it opens with the credential before, until it has used the
-/// new one; then the old one is handed nothing. A rotation without one, or
-/// a credential two generations old, is handed nothing.
+/// A credential rotated with a hand-over reaches its node: its open stream
+/// ends, and the next it opens with the credential before is handed the
+/// new one, which the node writes over its token file and goes on with,
+/// catching every event after. Once it has used the new one, the old one
+/// is handed nothing. A rotation without one, or a credential two
+/// generations old, is handed nothing; a node that cannot write its token
+/// file says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_credential_rotated_with_a_hand_over_reaches_its_node() {
     use std::os::unix::fs::PermissionsExt;
@@ -946,6 +948,7 @@ async fn a_credential_rotated_with_a_hand_over_reaches_its_node() {
     let api = |p: &str| format!("http://{control}{p}");
     let edge_1 = || t.edge_1();
 
+    assert_eq!(edge_1().await["credential_generation"], 0, "the registry shows the credential in use");
     let said = credentials_cli(control, &admin, &["rotate", "edge-1", "--hand-over", "--json"]);
     let said: serde_json::Value = serde_json::from_str(&said).unwrap();
     let new = said["credential"].as_str().unwrap().to_string();
@@ -967,6 +970,7 @@ async fn a_credential_rotated_with_a_hand_over_reaches_its_node() {
     })
     .await;
     assert_eq!(engine.problems(), Vec::<String>::new(), "never refused");
+    assert_eq!(edge_1().await["credential_generation"], 1);
     // The new one used, the old one opens no stream and is handed nothing.
     let own_stream = "/v1/events?after=0&node=edge-1&role=edge&pop=p1&addrs=";
     let r = call(Method::GET, &api(own_stream), Some(old), None, "").await;
@@ -1011,6 +1015,18 @@ async fn a_credential_rotated_with_a_hand_over_reaches_its_node() {
     // A bad query is refused before anything is revoked.
     let r = call(Method::POST, &api("/v1/nodes/edge-2/credential?hand_over=maybe"), Some(&admin), None, "").await;
     assert_eq!((r.status, r.json()["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_query")));
+    let said = credentials_cli(control, &admin, &["revoke", "edge-2", "--json"]);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&said).unwrap()["generation"], 4, "{said}");
+
+    // A node that cannot write its token file says so on /healthz, and
+    // keeps the file it has.
+    std::fs::create_dir(token_file.with_file_name(".node.token.new")).unwrap();
+    credentials_cli(control, &admin, &["rotate", "edge-1", "--hand-over"]);
+    eventually("edge 1 to report the credential it could not take", || async {
+        engine.problems().iter().any(|p| p.contains("cannot write the credential the control plane handed over"))
+    })
+    .await;
+    assert_eq!(std::fs::read_to_string(token_file).unwrap(), new);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

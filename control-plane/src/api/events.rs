@@ -160,6 +160,7 @@ pub(super) fn valid_name(n: &str) -> bool {
 /// live log.
 pub(super) async fn stream(
     State(c): State<Arc<Control>>,
+    conn: Option<axum::Extension<outpost_net::Conn>>,
     headers: HeaderMap,
     query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -169,9 +170,12 @@ pub(super) async fn stream(
         // and the next it opens with the credential before (at once, as a
         // node does; or after a restart) is handed the new one, alone.
         Err(refused) => match c.hand_over(&headers).await {
-            Some(credential) => {
-                tracing::info!(
-                    "a node opening its stream with the credential before a rotation: handing it the new one"
+            Some((node, generation, credential)) => {
+                tracing::warn!(
+                    %node,
+                    generation,
+                    peer = %conn.map_or_else(|| "unknown".to_string(), |axum::Extension(c)| c.peer.to_string()),
+                    "handing a node rotated with a hand-over its new credential, to a stream opened with the one before"
                 );
                 return Ok(ndjson(Body::from(line(&StreamLine::Credential { credential }))));
             }
@@ -181,11 +185,11 @@ pub(super) async fn stream(
     let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     caller.speaks_for(&q.node)?;
     let addrs = check(&q)?;
-    if let Caller::Node { name, generation, .. } = &caller
-        && c.revocations.taken(&c.store, name).await.is_ok_and(|t| t.hand_over && t.lowest == *generation)
-    {
-        // The hand-over is done: the credential before gets nothing more
-        // (when the store cannot say so now, at the next stream).
+    if let Caller::Node { name, generation, .. } = &caller {
+        // A hand-over to this generation is done: the credential before
+        // gets nothing more (when the store cannot say so now, at the next
+        // stream). Asked of the store itself, once a stream: the copy here
+        // may predate the rotation.
         if let Err(e) = c.revocations.handed_over(&c.store, name, *generation).await {
             tracing::warn!(node = %name, error = %e, "cannot record that the node took its handed-over credential");
         }
@@ -198,7 +202,11 @@ pub(super) async fn stream(
         let certificates = c.store.certificates().await.map_err(ApiError::from)?;
         backlog.insert(0, writer.line(StreamLine::Certificates { certificates }));
     }
-    register(&c, &q, addrs, last).await?;
+    let generation = match &writer.caller {
+        Caller::Node { generation, .. } => Some(*generation),
+        Caller::Fleet => None,
+    };
+    register(&c, &q, addrs, last, generation).await?;
     {
         let mut connected = c.connected.lock().unwrap_or_else(|p| p.into_inner());
         let streams = connected.entry(q.node.clone()).or_default();
@@ -269,7 +277,13 @@ async fn backlog(store: &Store, after: u64, writer: &Writer) -> Result<(Vec<Byte
 }
 
 /// Records the node in the registry, keeping what it acknowledged before.
-async fn register(c: &Control, q: &StreamQuery, addrs: Vec<String>, last: u64) -> Result<(), ApiError> {
+async fn register(
+    c: &Control,
+    q: &StreamQuery,
+    addrs: Vec<String>,
+    last: u64,
+    credential_generation: Option<u64>,
+) -> Result<(), ApiError> {
     let store = &c.store;
     let previous = store.node(&q.node).await.map_err(ApiError::from)?;
     let node = NodeRecord {
@@ -285,6 +299,7 @@ async fn register(c: &Control, q: &StreamQuery, addrs: Vec<String>, last: u64) -
         // Kept until the node says otherwise: a node that restarts with its
         // problem is not answered in between.
         problems: previous.map(|p| p.problems).unwrap_or_default(),
+        credential_generation,
     };
     store.put_node(&node).await.map_err(ApiError::from)
 }

@@ -360,19 +360,15 @@ impl Control {
     }
 
     /// The credential to hand the caller, when it shows a node credential
-    /// of the generation just before one rotated with a hand-over.
-    pub(crate) async fn hand_over(&self, headers: &HeaderMap) -> Option<String> {
+    /// of the generation just before one rotated with a hand-over: the
+    /// node's name, the generation handed and the credential.
+    pub(crate) async fn hand_over(&self, headers: &HeaderMap) -> Option<(String, u64, String)> {
         let v = crate::credential::verify(&self.node_token, bearer(headers)?)?;
-        self.handed_to(v.name, v.generation).await
-    }
-
-    /// The credential node `name` is handed when it shows one of
-    /// `generation`.
-    pub(crate) async fn handed_to(&self, name: &str, generation: u64) -> Option<String> {
-        let taken = self.revocations.taken(&self.store, name).await.ok()?;
-        taken
-            .hands_over_to(generation)
-            .then(|| crate::credential::credential_of_generation(&self.node_token, name, taken.lowest))
+        let taken = self.revocations.taken(&self.store, v.name).await.ok()?;
+        taken.hands_over_to(v.generation, crate::store::now_ms()).then(|| {
+            let credential = crate::credential::credential_of_generation(&self.node_token, v.name, taken.lowest);
+            (v.name.to_string(), taken.lowest, credential)
+        })
     }
 
     /// A read of the registry or the PoP weights: the admin token, the
@@ -500,23 +496,28 @@ impl Control {
     /// last). A node's gauges are rendered here, not recorded, so a node
     /// gone from the registry leaves no series behind (a retired node's
     /// last `silent_seconds` would page for ever).
+    ///
+    /// One scrape reads at a time; those meanwhile get the text read last.
+    /// A read that fails is tried again a second later, not at once.
     pub(crate) async fn node_gauges(&self) -> String {
-        let mut read = self.gauges_read.lock().await;
+        let Ok(mut read) = self.gauges_read.try_lock() else {
+            // Another scrape is reading: wait for its text.
+            return self.gauges_read.lock().await.as_ref().map(|(_, text)| text.clone()).unwrap_or_default();
+        };
         if let Some((at, text)) = read.as_ref()
             && at.elapsed() < GAUGES_FRESH
         {
             return text.clone();
         }
-        match self.read_gauges().await {
-            Ok(text) => {
-                *read = Some((std::time::Instant::now(), text.clone()));
-                text
-            }
+        let text = match self.read_gauges().await {
+            Ok(text) => text,
             Err(e) => {
                 tracing::warn!(error = %e.detail, "control-plane gauges not refreshed");
-                read.as_ref().map(|(_, text)| text.clone()).unwrap_or_default()
+                read.take().map(|(_, text)| text).unwrap_or_default()
             }
-        }
+        };
+        *read = Some((std::time::Instant::now(), text.clone()));
+        text
     }
 
     async fn read_gauges(&self) -> Result<String, ApiError> {

@@ -9,73 +9,65 @@
 //! heartbeat. A revocation is a compare-and-swap on the record, so two
 //! replicas revoking at once both count.
 //!
-//! A rotation with a hand-over also marks the node's entry: a stream of
-//! the generation just before is sent the new credential before it ends,
-//! as is the next stream opened with that generation, until the node
-//! opens one with the new credential, which clears the mark.
+//! A rotation with a hand-over also writes `NAME/hand-over` in the same
+//! record: until when the node's credential of its lowest generation is
+//! handed to a stream opened with the generation just before (the node's
+//! open stream ends as in any rotation; the next it opens gets the new
+//! credential). The node's first stream with the new generation removes
+//! the mark, as does the next revocation; past its time it counts for
+//! nothing. Every value is a number, so a replica that predates
+//! hand-overs reads the record as before (a mark is to it a node that
+//! never connects).
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::HEARTBEAT;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, now_ms};
 
-/// The store record: JSON, node name → lowest generation taken (a
-/// number), or that and the hand-over mark (an object).
+/// The store record: JSON, node name → lowest generation taken, and
+/// `NAME/hand-over` → until when (ms since the epoch) its hand-over holds.
 const RECORD: &str = "credential-generations";
-/// Tries at a revocation that other revocations keep racing.
+/// Tries at a change that other changes keep racing.
 const SWAP_TRIES: usize = 16;
+/// How long a hand-over waits for its node: a node down longer is given
+/// its new credential by hand.
+pub(crate) const HAND_OVER_FOR: Duration = Duration::from_secs(24 * 3600);
+
+type Table = BTreeMap<String, u64>;
+
+fn mark(node: &str) -> String {
+    format!("{node}/hand-over")
+}
 
 /// What the control plane takes of one node's credentials.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "Stored", into = "Stored")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Taken {
     /// The lowest generation taken.
     pub(crate) lowest: u64,
-    /// The credential of generation `lowest` is handed to a stream of
-    /// generation `lowest - 1`.
-    pub(crate) hand_over: bool,
+    /// Until when (ms since the epoch) the credential of generation
+    /// `lowest` is handed to a stream of generation `lowest - 1`.
+    pub(crate) hand_over_until_ms: Option<u64>,
 }
 
 impl Taken {
+    fn of(table: &Table, node: &str) -> Taken {
+        Taken { lowest: table.get(node).copied().unwrap_or(0), hand_over_until_ms: table.get(&mark(node)).copied() }
+    }
+
+    /// Whether a hand-over is waiting for the node at `now_ms`.
+    pub(crate) fn handing_over(&self, now_ms: u64) -> bool {
+        self.hand_over_until_ms.is_some_and(|until| now_ms < until)
+    }
+
     /// Whether a caller of `generation` is to be handed the credential of
-    /// generation [`Taken::lowest`].
-    pub(crate) fn hands_over_to(&self, generation: u64) -> bool {
-        self.hand_over && generation.checked_add(1) == Some(self.lowest)
+    /// generation [`Taken::lowest`] at `now_ms`.
+    pub(crate) fn hands_over_to(&self, generation: u64, now_ms: u64) -> bool {
+        self.handing_over(now_ms) && generation.checked_add(1) == Some(self.lowest)
     }
 }
-
-/// How an entry is written: a bare number without a hand-over, as before
-/// hand-overs were.
-#[derive(Serialize, Deserialize)]
-#[serde(untagged)]
-enum Stored {
-    Lowest(u64),
-    Marked { lowest: u64, hand_over: bool },
-}
-
-impl From<Stored> for Taken {
-    fn from(s: Stored) -> Taken {
-        match s {
-            Stored::Lowest(lowest) => Taken { lowest, hand_over: false },
-            Stored::Marked { lowest, hand_over } => Taken { lowest, hand_over },
-        }
-    }
-}
-
-impl From<Taken> for Stored {
-    fn from(t: Taken) -> Stored {
-        match t.hand_over {
-            false => Stored::Lowest(t.lowest),
-            true => Stored::Marked { lowest: t.lowest, hand_over: true },
-        }
-    }
-}
-
-type Table = BTreeMap<String, Taken>;
 
 #[derive(Debug)]
 pub(crate) struct Revocations {
@@ -121,65 +113,74 @@ impl Revocations {
                 },
             }
         }
-        Ok(cached.as_ref().and_then(|(_, table)| table.get(node)).copied().unwrap_or_default())
+        Ok(cached.as_ref().map(|(_, table)| Taken::of(table, node)).unwrap_or_default())
     }
 
     /// Revokes every credential `node` has had: the lowest generation
-    /// taken becomes one past the last, handed over to the node's streams
-    /// with `hand_over`. Returns that generation.
+    /// taken becomes one past the last, handed over to the node's next
+    /// stream with `hand_over`. Returns that generation.
     pub(crate) async fn revoke(&self, store: &Store, node: &str, hand_over: bool) -> Result<u64, StoreError> {
+        let until = hand_over.then(|| now_ms().saturating_add(HAND_OVER_FOR.as_millis() as u64));
         let next = self
-            .change(store, node, |t| {
-                let lowest = t
+            .change(store, |table| {
+                let lowest = Taken::of(table, node)
                     .lowest
                     .checked_add(1)
                     .ok_or_else(|| StoreError::Db(format!("node `{node}` has no credential generation left")))?;
-                Ok(Some(Taken { lowest, hand_over }))
+                table.insert(node.to_string(), lowest);
+                match until {
+                    Some(until) => table.insert(mark(node), until),
+                    None => table.remove(&mark(node)),
+                };
+                Ok(Some(lowest))
             })
             .await?;
-        tracing::info!(
-            node,
-            generation = next.lowest,
-            hand_over,
-            "revoked the node's credentials below this generation"
-        );
-        Ok(next.lowest)
+        let lowest = next.unwrap_or_default();
+        tracing::info!(node, generation = lowest, hand_over, "revoked the node's credentials below this generation");
+        Ok(lowest)
     }
 
-    /// The node has used the credential of `generation`: a hand-over of it
-    /// is done, and the generation before gets nothing more.
+    /// The node has opened a stream with the credential of `generation`:
+    /// a hand-over of it is done, and the generation before gets nothing
+    /// more. Reads the store afresh, as a copy here may predate the
+    /// hand-over; writes only when there is a mark to remove.
     pub(crate) async fn handed_over(&self, store: &Store, node: &str, generation: u64) -> Result<(), StoreError> {
-        self.change(store, node, |t| {
-            Ok((t.hand_over && t.lowest == generation).then_some(Taken { lowest: t.lowest, hand_over: false }))
-        })
-        .await?;
-        tracing::info!(node, generation, "the node uses the credential handed over to it");
+        let done = self
+            .change(store, |table| {
+                let taken = Taken::of(table, node);
+                if taken.hand_over_until_ms.is_none() || taken.lowest != generation {
+                    return Ok(None);
+                }
+                table.remove(&mark(node));
+                Ok(Some(()))
+            })
+            .await?;
+        if done.is_some() {
+            tracing::info!(node, generation, "the node took the credential handed over to it");
+        }
         Ok(())
     }
 
-    /// Sets `node`'s entry to what `to` makes of it (`None`: leaves it),
-    /// by compare-and-swap. Returns the entry as it stands after.
-    async fn change(
+    /// Changes the record with `edit`, by compare-and-swap; `edit`
+    /// returning `None` leaves it as it is. Returns what `edit` returned.
+    async fn change<T>(
         &self,
         store: &Store,
-        node: &str,
-        to: impl Fn(Taken) -> Result<Option<Taken>, StoreError>,
-    ) -> Result<Taken, StoreError> {
+        edit: impl Fn(&mut Table) -> Result<Option<T>, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
         for _ in 0..SWAP_TRIES {
             let raw = store.record(RECORD).await?;
             let mut table = parse(raw.as_deref())?;
-            let now = table.get(node).copied().unwrap_or_default();
-            let Some(next) = to(now)? else { return Ok(now) };
-            table.insert(node.to_string(), next);
+            let Some(out) = edit(&mut table)? else { return Ok(None) };
             let new = serde_json::to_string(&table).map_err(crate::store::db)?;
             if store.swap_record(RECORD, raw, Some(new)).await? {
                 *self.cached.lock().await = Some((Instant::now(), table));
                 self.changed.send_modify(|v| *v += 1);
-                return Ok(next);
+                return Ok(Some(out));
             }
         }
         Err(StoreError::Conflict(format!(
-            "node `{node}`'s credentials were changed by other writers {SWAP_TRIES} times meanwhile; try again"
+            "the credential record was changed by other writers {SWAP_TRIES} times meanwhile; try again"
         )))
     }
 }
@@ -189,13 +190,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn entries_read_as_written_before_hand_overs_and_after() {
-        let table: Table = serde_json::from_str(r#"{"a": 2, "b": {"lowest": 3, "hand_over": true}}"#).unwrap();
-        assert_eq!(table["a"], Taken { lowest: 2, hand_over: false });
-        assert_eq!(table["b"], Taken { lowest: 3, hand_over: true });
-        assert_eq!(serde_json::to_string(&table).unwrap(), r#"{"a":2,"b":{"lowest":3,"hand_over":true}}"#);
-        assert!(table["b"].hands_over_to(2));
-        assert!(!table["b"].hands_over_to(1) && !table["b"].hands_over_to(3) && !table["a"].hands_over_to(1));
-        assert!(!Taken { lowest: 0, hand_over: true }.hands_over_to(u64::MAX));
+    fn a_hand_over_is_for_the_generation_before_and_until_its_time() {
+        let table: Table = serde_json::from_str(r#"{"a": 2, "b": 3, "b/hand-over": 1000}"#).unwrap();
+        let (a, b) = (Taken::of(&table, "a"), Taken::of(&table, "b"));
+        assert_eq!(a, Taken { lowest: 2, hand_over_until_ms: None });
+        assert!(b.hands_over_to(2, 999));
+        assert!(!b.hands_over_to(2, 1000), "past its time");
+        assert!(!b.hands_over_to(1, 999) && !b.hands_over_to(3, 999) && !a.hands_over_to(1, 0));
+        assert_eq!(Taken::of(&table, "c"), Taken::default(), "never revoked");
+        let edge = Taken { lowest: 0, hand_over_until_ms: Some(u64::MAX) };
+        assert!(!edge.hands_over_to(u64::MAX, 0));
+        // A replica that predates hand-overs reads the record as before.
+        let old: BTreeMap<String, u64> = serde_json::from_str(&serde_json::to_string(&table).unwrap()).unwrap();
+        assert_eq!(old["b"], 3);
     }
 }

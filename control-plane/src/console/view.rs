@@ -194,7 +194,12 @@ pub(super) fn fleet_live(f: &Fleet) -> Markup {
                 tbody {
                     @for n in &f.nodes {
                         tr data-node=(n.node.name) {
-                            td { strong { (n.node.name) } }
+                            td {
+                                strong { (n.node.name) }
+                                div.muted data-credential=(n.node.credential_generation.map_or("shared".to_string(), |g| g.to_string())) {
+                                    (n.node.credential_generation.map_or("shared node token".to_string(), |g| format!("credential generation {g}")))
+                                }
+                            }
                             td { (n.node.role.as_str()) }
                             td { (n.node.pop.as_deref().unwrap_or("–")) }
                             td {
@@ -677,6 +682,7 @@ mod tests {
                 load_rps: None,
                 hit_permille: None,
                 problems: problems.iter().map(|p| p.to_string()).collect(),
+                credential_generation: None,
             },
             connected,
             lag: 0,

@@ -208,6 +208,7 @@ mod tests {
                 load_rps: None,
                 hit_permille: None,
                 problems: Vec::new(),
+                credential_generation: None,
             },
             connected,
             lag: 0,

@@ -14,6 +14,7 @@ fn node(name: &str, acked_seq: u64) -> NodeRecord {
         acked_seq,
         last_contact_ms: 1,
         problems: vec!["every shield is down".into()],
+        credential_generation: Some(2),
     }
 }
 

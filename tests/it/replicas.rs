@@ -506,19 +506,36 @@ async fn a_credential_revoked_through_one_replica_is_refused_by_the_other() {
 
     // Two rotations at once, one through each replica: both count, and
     // each hands out its own generation.
-    let rotate = |at: SocketAddr| {
+    let rotate = |at: SocketAddr, query: &'static str| {
         let admin = admin.clone();
         tokio::spawn(async move {
-            let r =
-                call(Method::POST, &format!("http://{at}/v1/nodes/edge-1/credential"), Some(&admin), None, "").await;
+            let url = format!("http://{at}/v1/nodes/edge-1/credential{query}");
+            let r = call(Method::POST, &url, Some(&admin), None, "").await;
             assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
-            r.json()["generation"].as_u64().unwrap()
+            let r = r.json();
+            (r["generation"].as_u64().unwrap(), r["credential"].as_str().unwrap().to_string())
         })
     };
-    let (x, y) = (rotate(a), rotate(b));
+    let (x, y) = (rotate(a, ""), rotate(b, ""));
     let mut generations = [x.await.unwrap(), y.await.unwrap()];
     generations.sort_unstable();
-    assert_eq!(generations, [2, 3]);
+    assert_eq!([generations[0].0, generations[1].0], [2, 3]);
+
+    // Rotated with a hand-over through A while the edge follows B: B ends
+    // its stream and hands it the new credential on the next; its first
+    // stream with that ends the hand-over at A too.
+    let third = generations[1].1.clone();
+    std::fs::write(e1.join("node.token"), &third).unwrap();
+    eventually("edge 1 to follow B again", connected_at_b).await;
+    let (generation, fourth) = rotate(a, "?hand_over=true").await.unwrap();
+    assert_eq!(generation, 4);
+    eventually("edge 1 to be handed its credential through B", || async {
+        std::fs::read_to_string(e1.join("node.token")).unwrap() == fourth && connected_at_b().await
+    })
+    .await;
+    let at_a = format!("http://{a}/v1/events?after=0&node=edge-1&role=edge&pop=p1&addrs=");
+    let r = call(Method::GET, &at_a, Some(&third), None, "").await;
+    assert_eq!((r.status, r.json()["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("credential_revoked")));
     stop.cancel();
 }
 

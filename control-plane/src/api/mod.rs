@@ -364,7 +364,13 @@ impl Control {
     /// node's name, the generation handed and the credential.
     pub(crate) async fn hand_over(&self, headers: &HeaderMap) -> Option<(String, u64, String)> {
         let v = crate::credential::verify(&self.node_token, bearer(headers)?)?;
-        let taken = self.revocations.taken(&self.store, v.name).await.ok()?;
+        let cached = self.revocations.taken(&self.store, v.name).await.ok()?;
+        if !cached.hands_over_to(v.generation, crate::store::now_ms()) {
+            return None;
+        }
+        // Asked of the store itself: the node may have taken it through
+        // another replica since the copy here was read.
+        let taken = self.revocations.taken_now(&self.store, v.name).await.ok()?;
         taken.hands_over_to(v.generation, crate::store::now_ms()).then(|| {
             let credential = crate::credential::credential_of_generation(&self.node_token, v.name, taken.lowest);
             (v.name.to_string(), taken.lowest, credential)

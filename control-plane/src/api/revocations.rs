@@ -116,6 +116,16 @@ impl Revocations {
         Ok(cached.as_ref().map(|(_, table)| Taken::of(table, node)).unwrap_or_default())
     }
 
+    /// The same, read from the store now (the copy here refreshed), or
+    /// the store's error: for a hand-over, which the copy may show after
+    /// another replica saw the node take it.
+    pub(crate) async fn taken_now(&self, store: &Store, node: &str) -> Result<Taken, StoreError> {
+        let table = parse(store.record(RECORD).await?.as_deref())?;
+        let taken = Taken::of(&table, node);
+        *self.cached.lock().await = Some((Instant::now(), table));
+        Ok(taken)
+    }
+
     /// Revokes every credential `node` has had: the lowest generation
     /// taken becomes one past the last, handed over to the node's next
     /// stream with `hand_over`. Returns that generation.

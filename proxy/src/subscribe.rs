@@ -103,6 +103,9 @@ fn same_site(old: &SiteSnapshot, new: &SiteSnapshot) -> bool {
 
 /// Between streams that hand over a credential this node cannot write.
 const UNTAKEN_CREDENTIAL_PAUSE: Duration = Duration::from_secs(30);
+/// How long a new stream's first line is waited for before the node
+/// counts itself taken: a credential handed over comes at once.
+const HAND_OVER_WAIT: Duration = Duration::from_millis(200);
 
 /// Longest credential taken from the control plane.
 const MAX_CREDENTIAL_LEN: usize = 512;
@@ -137,7 +140,11 @@ fn replace_secret(path: &Path, secret: &str) -> std::io::Result<()> {
     f.write_all(secret.as_bytes())?;
     f.sync_all()?;
     std::fs::rename(&tmp, &path)?;
-    std::fs::File::open(dir)?.sync_all()
+    // The new file is in place; only a crash now could undo the rename.
+    if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::warn!(folder = %dir.display(), error = %e, "cannot flush the token file's folder");
+    }
+    Ok(())
 }
 
 /// Puts the sites' ACME certificates in use, opening each new one's key
@@ -409,6 +416,22 @@ impl Subscriber {
         self.engine.control_contact();
     }
 
+    /// The control plane handed this node a new credential: taken, the
+    /// next stream is opened with it. Not taken, the node says why on
+    /// `/healthz` and waits before it opens another, which would be
+    /// handed the same.
+    async fn handed(&self, credential: &str) -> Result<(), String> {
+        match self.take_credential(credential) {
+            Ok(()) => Err("handed a new credential: connecting with it".into()),
+            Err(why) => {
+                tracing::error!(node = %self.me.name, "{why}");
+                self.engine.control_refused(Some(why.clone()));
+                tokio::time::sleep(UNTAKEN_CREDENTIAL_PAUSE).await;
+                Err(why)
+            }
+        }
+    }
+
     /// One connection: stream until it ends or goes silent.
     async fn follow(&self, client: &ControlClient) -> Result<(), String> {
         let query = StreamQuery {
@@ -428,6 +451,13 @@ impl Subscriber {
                 return Err(e.to_string());
             }
         };
+        // A stream opened to hand this node a new credential carries it at
+        // once, alone; any other stream is followed, from what came first.
+        let mut pending = match tokio::time::timeout(HAND_OVER_WAIT, stream.next()).await {
+            Ok(Some(Ok(StreamLine::Credential { credential }))) => return self.handed(&credential).await,
+            Ok(first) => Some(first),
+            Err(_) => None,
+        };
         if self.engine.control_refused(None).is_some() {
             tracing::info!(node = %self.me.name, "the control plane takes this node's token again");
         }
@@ -438,7 +468,11 @@ impl Subscriber {
         let mut behind: Option<u64> = None;
         let mut first = true;
         loop {
-            let line = match tokio::time::timeout(DEAD_AFTER, stream.next()).await {
+            let next = match pending.take() {
+                Some(first) => Ok(first),
+                None => tokio::time::timeout(DEAD_AFTER, stream.next()).await,
+            };
+            let line = match next {
                 Err(_) => return Err("no heartbeat from the control plane".into()),
                 Ok(None) => return Err("the stream ended".into()),
                 Ok(Some(Err(e))) if e.is_retryable() => return Err(e.to_string()),
@@ -448,24 +482,13 @@ impl Subscriber {
                 }
                 Ok(Some(Ok(line))) => line,
             };
-            // A new credential comes alone, on a stream opened with the
-            // one before; the stream ends after it.
             if let StreamLine::Credential { credential } = &line {
-                if !std::mem::take(&mut first) {
-                    tracing::warn!(node = %self.me.name, "a credential amid the control plane's stream: ignored");
-                    continue;
+                // Later than it should (a slow link), but alone: taken.
+                if std::mem::replace(&mut first, false) {
+                    return self.handed(credential).await;
                 }
-                return match self.take_credential(credential) {
-                    Ok(()) => Err("handed a new credential: connecting with it".into()),
-                    Err(why) => {
-                        tracing::error!(node = %self.me.name, "{why}");
-                        self.engine.control_refused(Some(why.clone()));
-                        // Not at once again: the next stream would be
-                        // handed the same, and fail the same.
-                        tokio::time::sleep(UNTAKEN_CREDENTIAL_PAUSE).await;
-                        Err(why)
-                    }
-                };
+                tracing::warn!(node = %self.me.name, "a credential amid the control plane's stream: ignored");
+                continue;
             }
             first = false;
             self.heard();

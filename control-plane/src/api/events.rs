@@ -96,18 +96,18 @@ impl Writer {
                 StreamLine::Snapshot { sites, .. } => {
                     for s in sites {
                         if let Some(cert) = &mut s.certificate {
-                            reseal(cert, &s.id, from, to);
+                            self.reseal(cert, &s.id, from, to);
                         }
                     }
                 }
                 StreamLine::Event { record } => {
                     if let Event::Certificate { site_id, certificate } = &mut record.event {
-                        reseal(certificate, site_id, from, to);
+                        self.reseal(certificate, site_id, from, to);
                     }
                 }
                 StreamLine::Certificates { certificates } => {
                     for (site, cert) in certificates {
-                        reseal(cert, site, from, to);
+                        self.reseal(cert, site, from, to);
                     }
                 }
                 _ => {}
@@ -117,17 +117,24 @@ impl Writer {
     }
 }
 
-/// Seals a certificate's key under `to` instead of `from`. One that does
-/// not open (sealed under a node token since replaced, which the ACME
-/// orderer is about to order again) goes as it is: the node cannot open
-/// it and keeps the certificate it has.
-fn reseal(cert: &mut IssuedCertificate, site: &str, from: &str, to: &str) {
-    let purpose = outpost_net::seal::certificate_key(site);
-    match outpost_net::seal::open(from, &purpose, &cert.sealed_key)
-        .and_then(|plain| outpost_net::seal::seal(to, &purpose, &plain))
-    {
-        Ok(sealed) => cert.sealed_key = sealed,
-        Err(e) => tracing::warn!(site, error = %e, "a certificate key does not open under the node token"),
+impl Writer {
+    /// Seals a certificate's key under `to` instead of `from`. One that
+    /// does not open (sealed under a node token since replaced, which the
+    /// ACME orderer is about to order again) goes as it is: the node
+    /// cannot open it and keeps the certificate it has. Said once per key,
+    /// not on every stream that carries it.
+    fn reseal(&self, cert: &mut IssuedCertificate, site: &str, from: &str, to: &str) {
+        let purpose = outpost_net::seal::certificate_key(site);
+        match outpost_net::seal::open(from, &purpose, &cert.sealed_key)
+            .and_then(|plain| outpost_net::seal::seal(to, &purpose, &plain))
+        {
+            Ok(sealed) => cert.sealed_key = sealed,
+            Err(e) => {
+                if self.control.first_unopened_seal(&cert.sealed_key) {
+                    tracing::warn!(site, error = %e, "a certificate key does not open under the node token");
+                }
+            }
+        }
     }
 }
 

@@ -185,6 +185,8 @@ pub struct Control {
     acked: Mutex<HashMap<String, u64>>,
     /// Bumped on every acknowledgement, for purges that wait.
     ack_changed: watch::Sender<u64>,
+    /// Certificate keys found not to open under the node token, warned of.
+    unopened_seals: Mutex<std::collections::HashSet<String>>,
     /// When `/metrics` last read the store for its gauges, and the
     /// per-node gauges it rendered then.
     gauges_read: tokio::sync::Mutex<Option<(std::time::Instant, String)>>,
@@ -244,6 +246,7 @@ impl Control {
             connected: Mutex::new(HashMap::new()),
             acked: Mutex::new(acked),
             ack_changed: watch::channel(0).0,
+            unopened_seals: Mutex::new(std::collections::HashSet::new()),
             gauges_read: tokio::sync::Mutex::new(None),
             limiter: RateLimiter::default(),
             retention,
@@ -357,6 +360,13 @@ impl Control {
             ));
         }
         Ok(())
+    }
+
+    /// Whether `sealed` is a certificate key not seen before among those
+    /// that do not open under the node token (so it is warned of once).
+    /// Bounded: past [`MAX_UNOPENED_SEALS`] the set starts again.
+    pub(crate) fn first_unopened_seal(&self, sealed: &str) -> bool {
+        first_of(&self.unopened_seals, sealed, MAX_UNOPENED_SEALS)
     }
 
     /// The credential to hand the caller, when it shows a node credential
@@ -583,6 +593,22 @@ impl NodeGauge {
     }
 }
 
+/// Unopenable certificate keys remembered, so each is warned of once.
+const MAX_UNOPENED_SEALS: usize = 1024;
+
+/// Whether `key` is new to `seen`, which it joins; a set of `most` starts
+/// again empty.
+fn first_of(seen: &Mutex<std::collections::HashSet<String>>, key: &str, most: usize) -> bool {
+    let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+    if seen.contains(key) {
+        return false;
+    }
+    if seen.len() >= most {
+        seen.clear();
+    }
+    seen.insert(key.to_string())
+}
+
 /// How long `/metrics` serves the gauges it last read from the store.
 const GAUGES_FRESH: Duration = Duration::from_secs(1);
 
@@ -637,6 +663,17 @@ pub fn router(control: Arc<Control>) -> Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_key_is_first_once_in_a_bounded_set() {
+        let seen = Mutex::new(std::collections::HashSet::new());
+        assert!(first_of(&seen, "a", 2));
+        assert!(!first_of(&seen, "a", 2));
+        assert!(first_of(&seen, "b", 2));
+        assert!(!first_of(&seen, "b", 2), "a full set still knows what it holds");
+        assert!(first_of(&seen, "c", 2));
+        assert_eq!(seen.lock().unwrap().len(), 1, "full: started again");
+    }
 
     #[test]
     fn tokens_compare_exactly() {

@@ -9,15 +9,16 @@
 //! heartbeat. A revocation is a compare-and-swap on the record, so two
 //! replicas revoking at once both count.
 //!
-//! A rotation with a hand-over also writes `NAME/hand-over` in the same
-//! record: until when the node's credential of its lowest generation is
-//! handed to a stream opened with the generation just before (the node's
-//! open stream ends as in any rotation; the next it opens gets the new
-//! credential). The node's first stream with the new generation removes
-//! the mark, as does the next revocation; past its time it counts for
-//! nothing. Every value is a number, so a replica that predates
-//! hand-overs reads the record as before (a mark is to it a node that
-//! never connects).
+//! A rotation with a hand-over also writes `NAME/hand-over/GEN` in the
+//! same record: until when the node's credential of generation GEN, its
+//! lowest, is handed to a stream opened with the generation just before
+//! (the node's open stream ends as in any rotation; the next it opens
+//! gets the new credential). The node's first stream with the new
+//! generation removes the mark, as does the next revocation; past its
+//! time it counts for nothing. Every value is a number, so a replica that
+//! predates hand-overs reads the record as before (a mark is to it a node
+//! that never connects); and a mark names its generation, so a revocation
+//! through such a replica, which leaves the mark, still ends it.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -28,7 +29,8 @@ use super::HEARTBEAT;
 use crate::store::{Store, StoreError, now_ms};
 
 /// The store record: JSON, node name → lowest generation taken, and
-/// `NAME/hand-over` → until when (ms since the epoch) its hand-over holds.
+/// `NAME/hand-over/GEN` → until when (ms since the epoch) the hand-over of
+/// generation GEN holds.
 const RECORD: &str = "credential-generations";
 /// Tries at a change that other changes keep racing.
 const SWAP_TRIES: usize = 16;
@@ -38,8 +40,14 @@ pub(crate) const HAND_OVER_FOR: Duration = Duration::from_secs(24 * 3600);
 
 type Table = BTreeMap<String, u64>;
 
-fn mark(node: &str) -> String {
-    format!("{node}/hand-over")
+fn mark(node: &str, generation: u64) -> String {
+    format!("{node}/hand-over/{generation}")
+}
+
+/// Removes every hand-over mark of `node`.
+fn unmark(table: &mut Table, node: &str) {
+    let prefix = format!("{node}/hand-over/");
+    table.retain(|k, _| !k.starts_with(&prefix));
 }
 
 /// What the control plane takes of one node's credentials.
@@ -54,7 +62,8 @@ pub(crate) struct Taken {
 
 impl Taken {
     fn of(table: &Table, node: &str) -> Taken {
-        Taken { lowest: table.get(node).copied().unwrap_or(0), hand_over_until_ms: table.get(&mark(node)).copied() }
+        let lowest = table.get(node).copied().unwrap_or(0);
+        Taken { lowest, hand_over_until_ms: table.get(&mark(node, lowest)).copied() }
     }
 
     /// Whether a hand-over is waiting for the node at `now_ms`.
@@ -138,10 +147,10 @@ impl Revocations {
                     .checked_add(1)
                     .ok_or_else(|| StoreError::Db(format!("node `{node}` has no credential generation left")))?;
                 table.insert(node.to_string(), lowest);
-                match until {
-                    Some(until) => table.insert(mark(node), until),
-                    None => table.remove(&mark(node)),
-                };
+                unmark(table, node);
+                if let Some(until) = until {
+                    table.insert(mark(node, lowest), until);
+                }
                 Ok(Some(lowest))
             })
             .await?;
@@ -161,7 +170,7 @@ impl Revocations {
                 if taken.hand_over_until_ms.is_none() || taken.lowest != generation {
                     return Ok(None);
                 }
-                table.remove(&mark(node));
+                unmark(table, node);
                 Ok(Some(()))
             })
             .await?;
@@ -201,8 +210,11 @@ mod tests {
 
     #[test]
     fn a_hand_over_is_for_the_generation_before_and_until_its_time() {
-        let table: Table = serde_json::from_str(r#"{"a": 2, "b": 3, "b/hand-over": 1000}"#).unwrap();
+        let table: Table =
+            serde_json::from_str(r#"{"a": 2, "a/hand-over/1": 1000, "b": 3, "b/hand-over/3": 1000}"#).unwrap();
         let (a, b) = (Taken::of(&table, "a"), Taken::of(&table, "b"));
+        // A's mark is of a generation revoked since (through a replica
+        // that left it): it hands nothing over.
         assert_eq!(a, Taken { lowest: 2, hand_over_until_ms: None });
         assert!(b.hands_over_to(2, 999));
         assert!(!b.hands_over_to(2, 1000), "past its time");

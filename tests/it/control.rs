@@ -513,9 +513,11 @@ async fn every_api_type_round_trips_through_the_real_server() {
     let mut stream = node.events(&query).await.unwrap();
     let first = stream.next().await.unwrap().unwrap();
     assert!(
-        matches!(&first, StreamLine::Event { record } if record.seq == 1 && matches!(&record.event, Event::SiteUpserted { site_id, version: 1, .. } if site_id == "rt"))
+        matches!(&first, StreamLine::Event { record } if record.seq == 1 && matches!(&record.event, Event::SiteUpserted { site_id, version: 1, .. } if site_id == "rt")),
+        "{first:?}"
     );
-    assert!(matches!(stream.next().await.unwrap().unwrap(), StreamLine::Heartbeat { seq: 1, stale: false }));
+    let second = stream.next().await;
+    assert!(matches!(&second, Some(Ok(StreamLine::Heartbeat { seq: 1, stale: false }))), "{second:?}");
     let full = vec!["the cache disk is full: 3 MiB free of 512 MiB".to_string()];
     let ack = |problems: Option<Vec<String>>| Ack {
         node: "edge-rt".into(),

@@ -516,10 +516,8 @@ impl Control {
     /// One scrape reads at a time; those meanwhile get the text read last.
     /// A read that fails is tried again a second later, not at once.
     pub(crate) async fn node_gauges(&self) -> String {
-        let Ok(mut read) = self.gauges_read.try_lock() else {
-            // Another scrape is reading: wait for its text.
-            return self.gauges_read.lock().await.as_ref().map(|(_, text)| text.clone()).unwrap_or_default();
-        };
+        // A scrape that waits here for another's read finds its text fresh.
+        let mut read = self.gauges_read.lock().await;
         if let Some((at, text)) = read.as_ref()
             && at.elapsed() < GAUGES_FRESH
         {

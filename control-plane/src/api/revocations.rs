@@ -66,15 +66,10 @@ impl Taken {
         Taken { lowest, hand_over_until_ms: table.get(&mark(node, lowest)).copied() }
     }
 
-    /// Whether a hand-over is waiting for the node at `now_ms`.
-    pub(crate) fn handing_over(&self, now_ms: u64) -> bool {
-        self.hand_over_until_ms.is_some_and(|until| now_ms < until)
-    }
-
     /// Whether a caller of `generation` is to be handed the credential of
     /// generation [`Taken::lowest`] at `now_ms`.
     pub(crate) fn hands_over_to(&self, generation: u64, now_ms: u64) -> bool {
-        self.handing_over(now_ms) && generation.checked_add(1) == Some(self.lowest)
+        self.hand_over_until_ms.is_some_and(|until| now_ms < until) && generation.checked_add(1) == Some(self.lowest)
     }
 }
 

@@ -1,7 +1,8 @@
 //! Sending a request to the next tier: the route's targets in order, a
 //! growing pause between attempts, retries only for idempotent requests
-//! whose failure came before any response (and, once, for a GET or HEAD a
-//! target answered could not reach its own upstream: `Route::passed_on_fault`),
+//! without a body whose failure came before any response (and, once, for a
+//! GET or HEAD without a body a target answered could not reach its own
+//! upstream: `Route::passed_on_fault`),
 //! a passive health report for every attempt, and the target's concurrency
 //! cap held until the response is dropped.
 
@@ -68,9 +69,9 @@ impl Upstream {
         let mut last = UpstreamError::no_target();
         // A target that could not reach its own upstream: its answer, kept
         // in case no other target does better. Another target is tried so
-        // once per request, and only for requests without a body.
+        // once per request, and only for a GET or HEAD that may be sent again.
         let mut passed_on: Option<Response<RecvBody>> = None;
-        let bodiless = matches!(parts.method, http::Method::GET | http::Method::HEAD);
+        let pass_over = retry && matches!(parts.method, http::Method::GET | http::Method::HEAD);
         for (i, target) in targets.iter().enumerate() {
             if i > 0 {
                 tokio::time::sleep(RETRY_BACKOFF * (1 << (i - 1).min(4))).await;
@@ -101,7 +102,7 @@ impl Upstream {
             }
             match result {
                 Ok(resp)
-                    if bodiless
+                    if pass_over
                         && passed_on.is_none()
                         && targets.get(i + 1).is_some_and(|next| next.base != target.base)
                         && self.route.passed_on_fault(site, target, &resp) =>

@@ -14,6 +14,12 @@ the 1 KiB runs: the floor of what a hyper-based server can do.
 
 --baseline BIN adds another Outpost build (say, the previous commit's) as
 "before", with the same configuration, to measure a change.
+
+--client BIN runs the loads with BIN (load-tests/examples/sink_load.rs)
+instead of wrk (run.sh does; `--client wrk` runs wrk). wrk copies every body byte into its buffer, 8 KiB a read:
+from 100 KiB up it fills its core first (each run says so), and then the
+client, not the server, sets req/s and latency. sink_load has the kernel
+discard the bodies (`recv` with `MSG_TRUNC`), the rest of a hit as wrk.
 """
 import argparse
 import os
@@ -27,12 +33,15 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 
 ORIGIN = ("127.0.0.1", 19000)
 PORTS = {"outpost": 18080, "nginx": 18081, "varnish": 18082, "before": 18083, "hyper": 18084}
 HOST = "bench.test"
 TICK = os.sysconf("SC_CLK_TCK")
+# The load client for plain GETs (`--client`); None: wrk.
+CLIENT = None
 
 
 def wait_port(port, timeout=20):
@@ -103,15 +112,23 @@ def get(url):
 def wrk(url, seconds, conns, extra=(), read=False):
     """Requests, req/s, p50 and p99 (ms); with `read`, also the bytes
     read (heads and bodies)."""
-    cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "-H", f"Host: {HOST}",
-           *extra, url]
+    u = urllib.parse.urlsplit(url)
+    if CLIENT and not extra and u.scheme == "http":
+        target = u.path + (f"?{u.query}" if u.query else "")
+        cmd = ["taskset", "-c", "1", CLIENT, f"{u.hostname}:{u.port}", HOST, target, str(conns), str(seconds)]
+    else:
+        cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "-H", f"Host: {HOST}",
+               *extra, url]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30)
+    out = done.stdout
+    if not re.search(r"(\d+) requests in", out):
+        raise SystemExit(f"{' '.join(cmd)} said nothing of its requests (exit {done.returncode}): {done.stderr[-2000:]}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / seconds
     if busy >= 0.95:
         # One wrk thread on its one core is the most load there is here.
-        print(f"  warning: {url}: wrk used {busy:.0%} of its core: the client, not the server, may set "
+        print(f"  warning: {url}: the client used {busy:.0%} of its core: it, not the server, may set "
               "req/s and latency here")
     def ms(label):
         m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
@@ -284,10 +301,14 @@ def main():
     ap.add_argument("--conns", default="64,256", help="connection counts, each run for every size")
     ap.add_argument("--baseline", help="another outpost binary to run as 'before'")
     ap.add_argument("--bare", help="the bare hyper server (1 KiB floor): target/release/examples/bare_hyper")
+    ap.add_argument("--client", default="wrk",
+                    help="the load client: wrk, or target/release/examples/sink_load (run.sh's choice)")
     args = ap.parse_args()
+    global CLIENT
+    CLIENT = None if args.client == "wrk" else args.client
     if os.cpu_count() < 2:
         raise SystemExit("needs two CPUs: one for the server, one for wrk")
-    print(f"TCP: {tcp_setting()}", flush=True)
+    print(f"TCP: {tcp_setting()}; client: {CLIENT or 'wrk'}", flush=True)
     work = tempfile.mkdtemp(prefix="outpost-bench-")
     nginx_conf, edge_confs = configs(work)
     origin = start_origin(args.outpost)

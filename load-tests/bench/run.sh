@@ -2,9 +2,9 @@
 # Cache-hit benchmark: the Outpost edge against nginx proxy_cache and Varnish,
 # in front of the same test origin, in one run. Installs what it needs.
 #
-#   load-tests/bench/run.sh [--duration 10] [--repeats 3] [--sizes 1KiB,100KiB,1MiB] [--conns 64,256]
+#   load-tests/bench/run.sh [--duration 10] [--repeats 3] [--sizes 1KiB,100KiB,1MiB] [--conns 64,256] [--client wrk]
 #
-# The server under test is pinned to CPU 0 and wrk to CPU 1. Every load is
+# The server under test is pinned to CPU 0 and the client to CPU 1. Every load is
 # bounded by --duration and stops by itself; all traffic stays on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -13,5 +13,8 @@ cd "$(dirname "$0")/../.."
 need nginx:nginx varnishd:varnish wrk:wrk
 
 cargo build --release --quiet
-cargo build --release --quiet -p outpost-load --example bare_hyper
-exec python3 load-tests/bench/compare.py --outpost target/release/outpost --bare target/release/examples/bare_hyper "$@"
+cargo build --release --quiet -p outpost-load --example bare_hyper --example sink_load
+# The client discards bodies in the kernel, so the server under test, not
+# the client's copying, is what a run measures (`--client wrk` for wrk).
+exec python3 load-tests/bench/compare.py --outpost target/release/outpost --bare target/release/examples/bare_hyper \
+  --client target/release/examples/sink_load "$@"

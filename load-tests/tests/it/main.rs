@@ -3,3 +3,4 @@
 
 mod origin;
 mod runner;
+mod sink;

@@ -1,0 +1,44 @@
+//! The benchmarks' load client (`load-tests/bench/compare.py --client`):
+//! keep-alive GETs whose response bodies the kernel discards
+//! ([`outpost_load::sink`]), one thread, bounded by time.
+//!
+//!     sink_load ADDR HOST PATH CONNECTIONS SECONDS
+//!
+//! Prints what `wrk --latency` prints, in its words, so the bench scripts
+//! read either: the latency distribution, requests, req/s and, when there
+//! were any, socket errors and responses that were not 2xx or 3xx.
+
+use std::time::{Duration, Instant};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [addr, host, path, conns, secs] = args.as_slice() else {
+        return Err("usage: sink_load ADDR HOST PATH CONNECTIONS SECONDS".into());
+    };
+    let (addr, conns): (std::net::SocketAddr, usize) = (addr.parse()?, conns.parse()?);
+    let seconds: u64 = secs.parse()?;
+    let started = Instant::now();
+    let total = tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(outpost_load::sink::load(
+        addr,
+        host,
+        path,
+        conns,
+        Duration::from_secs(seconds),
+    ));
+    let elapsed = started.elapsed().min(Duration::from_secs(seconds)).as_secs_f64();
+    println!("Running {seconds}s test @ http://{addr}{path}");
+    println!("  1 threads and {conns} connections");
+    println!("  Latency Distribution");
+    for q in [50.0, 75.0, 90.0, 99.0] {
+        println!("     {q:.0}%  {:.2}ms", total.latency.value_at_percentile(q) as f64 / 1000.0);
+    }
+    println!("  {} requests in {elapsed:.2}s, {:.2}MB read", total.done, total.bytes as f64 / (1 << 20) as f64);
+    if total.connect_errors + total.read_errors > 0 {
+        println!("  Socket errors: connect {}, read {}, write 0, timeout 0", total.connect_errors, total.read_errors);
+    }
+    if total.non_2xx_3xx > 0 {
+        println!("  Non-2xx or 3xx responses: {}", total.non_2xx_3xx);
+    }
+    println!("Requests/sec: {:.2}", total.done as f64 / elapsed);
+    Ok(())
+}

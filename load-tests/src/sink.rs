@@ -1,0 +1,177 @@
+//! A keep-alive GET load whose response bodies the kernel discards
+//! (`recv` with `MSG_TRUNC`), so the client's CPU goes on requests, not on
+//! copying bodies: `load-tests/examples/sink_load.rs` runs it for the
+//! benchmarks. `wrk` reads every body byte into its buffer 8 KiB at a time:
+//! at 100 KiB and more it fills its core before the server under test
+//! does, and then sets req/s and latency itself. Each connection sends a
+//! request, reads the head (parsed; the status and `Content-Length` taken),
+//! discards the body, and sends the next. Cleartext HTTP/1.1 to one address;
+//! bounded by time.
+
+use std::mem::MaybeUninit;
+use std::time::{Duration, Instant};
+
+use rustix::net::RecvFlags;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
+
+/// Longest response head read.
+const MAX_HEAD: usize = 16 * 1024;
+/// Most body bytes discarded by one `recv`.
+const DISCARD: usize = 4 << 20;
+/// How long a connection may wait for its response past the end.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// What a load did.
+#[derive(Debug)]
+pub struct Tally {
+    /// Responses taken whole before the end.
+    pub done: u64,
+    /// Their bytes, heads and bodies.
+    pub bytes: u64,
+    /// Those whose status was not 2xx or 3xx.
+    pub non_2xx_3xx: u64,
+    /// Connections that could not be opened.
+    pub connect_errors: u64,
+    /// Connections that failed or ended mid-response, or sent what does
+    /// not read as a response to the request (each reopened).
+    pub read_errors: u64,
+    /// Each response's time from its request to its last byte, in µs.
+    pub latency: hdrhistogram::Histogram<u64>,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Tally { done: 0, bytes: 0, non_2xx_3xx: 0, connect_errors: 0, read_errors: 0, latency: histogram() }
+    }
+}
+
+impl Tally {
+    fn add(&mut self, t: &Tally) {
+        self.done += t.done;
+        self.bytes += t.bytes;
+        self.non_2xx_3xx += t.non_2xx_3xx;
+        self.connect_errors += t.connect_errors;
+        self.read_errors += t.read_errors;
+        self.latency.add(&t.latency).expect("histograms of one shape");
+    }
+}
+
+/// `GET path` with `Host: host` on `conns` connections to `addr` for
+/// `length`, each connection one request at a time; runs on the current
+/// runtime.
+pub async fn load(addr: std::net::SocketAddr, host: &str, path: &str, conns: usize, length: Duration) -> Tally {
+    let request: std::sync::Arc<[u8]> = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes().into();
+    let end = Instant::now() + length;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..conns {
+        let request = std::sync::Arc::clone(&request);
+        tasks.spawn(async move {
+            let mut t = Tally::default();
+            // Ended by the deadline, whatever a connection is waiting for.
+            let deadline = tokio::time::Instant::from_std(end + GRACE);
+            let _ = tokio::time::timeout_at(deadline, run(addr, &request, end, &mut t)).await;
+            t
+        });
+    }
+    let mut total = Tally::default();
+    while let Some(t) = tasks.join_next().await {
+        total.add(&t.expect("a connection's task"));
+    }
+    total
+}
+
+/// Microseconds, 1 µs to 100 s, to three figures.
+fn histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 100_000_000, 3).expect("valid bounds")
+}
+
+/// One connection's requests until `end`, reconnecting after an error.
+async fn run(addr: std::net::SocketAddr, request: &[u8], end: Instant, t: &mut Tally) {
+    let mut head = vec![0u8; MAX_HEAD];
+    let mut scratch: Vec<u8> = Vec::with_capacity(DISCARD);
+    while Instant::now() < end {
+        let Ok(mut s) = TcpStream::connect(addr).await else {
+            t.connect_errors += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let _ = s.set_nodelay(true);
+        while Instant::now() < end {
+            let sent = Instant::now();
+            match exchange(&mut s, request, &mut head, scratch.spare_capacity_mut()).await {
+                Ok((status, bytes)) => {
+                    // Counted only when it ended in time, as wrk counts.
+                    if Instant::now() > end {
+                        return;
+                    }
+                    t.done += 1;
+                    t.bytes += bytes;
+                    if !(200..400).contains(&status) {
+                        t.non_2xx_3xx += 1;
+                    }
+                    let micros = sent.elapsed().as_micros() as u64;
+                    t.latency.saturating_record(micros.max(1));
+                }
+                Err(_) => {
+                    t.read_errors += 1;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Sends `request` and takes its response: the head into `head`, the body
+/// discarded. The status and the bytes read.
+async fn exchange(
+    s: &mut TcpStream,
+    request: &[u8],
+    head: &mut [u8],
+    scratch: &mut [MaybeUninit<u8>],
+) -> std::io::Result<(u16, u64)> {
+    s.write_all(request).await?;
+    let mut filled = 0;
+    let (status, head_len, length) = loop {
+        if filled == head.len() {
+            return Err(std::io::Error::other("response head too long"));
+        }
+        let n = s.read(&mut head[filled..]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        filled += n;
+        let mut fields = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut fields);
+        if let httparse::Status::Complete(len) = resp.parse(&head[..filled]).map_err(std::io::Error::other)? {
+            let status = resp.code.unwrap_or(0);
+            let length = resp
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<u64>().ok())
+                .ok_or_else(|| std::io::Error::other("a response without Content-Length"))?;
+            break (status, len, length);
+        }
+    };
+    let already = (filled - head_len) as u64;
+    if already > length {
+        return Err(std::io::Error::other("more bytes than the response's length (pipelining is not sent)"));
+    }
+    let mut left = length - already;
+    while left > 0 {
+        let want = (left as usize).min(scratch.len());
+        let n = s
+            .async_io(Interest::READABLE, || {
+                rustix::net::recv(&*s, &mut scratch[..want], RecvFlags::TRUNC | RecvFlags::DONTWAIT)
+                    .map(|(_, n)| n)
+                    .map_err(std::io::Error::from)
+            })
+            .await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        left -= n as u64;
+    }
+    Ok((status, (filled as u64) + length - already))
+}

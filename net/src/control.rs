@@ -38,6 +38,14 @@ pub enum Token {
     Value(String),
     /// Read at every call (trimmed), so a replaced token is used at once.
     File(PathBuf),
+    /// Read from `file` as [`Token::File`] is, except while `held` has a
+    /// replacement for the token the file holds: `(the file's token, the
+    /// one used instead)`. A file whose token has changed since (set by
+    /// hand) is read again, and the replacement forgotten.
+    Held {
+        file: PathBuf,
+        held: Arc<std::sync::Mutex<Option<(String, String)>>>,
+    },
 }
 
 impl Token {
@@ -45,11 +53,27 @@ impl Token {
     pub fn read(&self) -> Result<String, ClientError> {
         match self {
             Token::Value(t) => Ok(t.trim().to_string()),
-            Token::File(path) => std::fs::read_to_string(path)
-                .map(|t| t.trim().to_string())
-                .map_err(|e| ClientError::Token(format!("`{}`: {e}", path.display()))),
+            Token::File(path) => read_token_file(path),
+            Token::Held { file, held } => {
+                let on_file = read_token_file(file)?;
+                let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
+                match held.as_ref() {
+                    Some((replaced, instead)) if *replaced == on_file => Ok(instead.clone()),
+                    Some(_) => {
+                        *held = None;
+                        Ok(on_file)
+                    }
+                    None => Ok(on_file),
+                }
+            }
         }
     }
+}
+
+fn read_token_file(path: &std::path::Path) -> Result<String, ClientError> {
+    std::fs::read_to_string(path)
+        .map(|t| t.trim().to_string())
+        .map_err(|e| ClientError::Token(format!("`{}`: {e}", path.display())))
 }
 
 /// Why a call failed.
@@ -370,5 +394,26 @@ impl EventStream {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_token_stands_in_for_the_files_until_the_file_changes() {
+        let file = std::env::temp_dir().join(format!("outpost-held-token-{}", std::process::id()));
+        std::fs::write(&file, "old\n").unwrap();
+        let held = Arc::new(std::sync::Mutex::new(Some(("old".to_string(), "new".to_string()))));
+        let token = Token::Held { file: file.clone(), held: Arc::clone(&held) };
+        assert_eq!(token.read().unwrap(), "new");
+        std::fs::write(&file, "by-hand").unwrap();
+        assert_eq!(token.read().unwrap(), "by-hand");
+        assert!(held.lock().unwrap().is_none(), "let go once the file changed");
+        std::fs::write(&file, "old").unwrap();
+        assert_eq!(token.read().unwrap(), "old", "and not taken up again");
+        std::fs::remove_file(&file).unwrap();
+        assert!(matches!(token.read(), Err(ClientError::Token(_))));
     }
 }

@@ -72,6 +72,10 @@ pub struct Subscriber {
     /// A certificate held did not load: the next stream asks for the
     /// current ones (`StreamQuery::certificates`).
     refresh_certificates: AtomicBool,
+    /// A credential handed over that could not be written to the token
+    /// file, with the token the file still has: used in its place
+    /// ([`Token::Held`]) and written at each connection until it is.
+    held: Arc<Mutex<Option<(String, String)>>>,
 }
 
 fn now_ms() -> u64 {
@@ -101,7 +105,8 @@ fn same_site(old: &SiteSnapshot, new: &SiteSnapshot) -> bool {
     !reborn && new.version >= old.version
 }
 
-/// Between streams that hand over a credential this node cannot write.
+/// Between streams that hand over a credential this node cannot take (not
+/// its own, or with a token file it cannot read).
 const UNTAKEN_CREDENTIAL_PAUSE: Duration = Duration::from_secs(30);
 /// How long a new stream's first line is waited for before the node
 /// counts itself taken: a credential handed over comes at once.
@@ -152,7 +157,7 @@ fn replace_secret(path: &Path, secret: &str) -> std::io::Result<()> {
 /// the one in use (if any) in place. False when one did not: the node
 /// asks for the current ones when it next connects (its token may have
 /// changed since they were sealed for it).
-fn install_certificates(engine: &Engine, sites: &BTreeMap<String, SiteSnapshot>, token_file: &Path) -> bool {
+fn install_certificates(engine: &Engine, sites: &BTreeMap<String, SiteSnapshot>, node_token: &Token) -> bool {
     for gone in engine.certs.issued_sites().into_iter().filter(|s| sites.get(s).is_none_or(|s| s.certificate.is_none()))
     {
         engine.certs.set_issued(&gone, None);
@@ -165,7 +170,7 @@ fn install_certificates(engine: &Engine, sites: &BTreeMap<String, SiteSnapshot>,
         }
         let token = match &mut token {
             Some(t) => t,
-            None => match Token::File(token_file.to_path_buf()).read() {
+            None => match node_token.read() {
                 Ok(t) => token.insert(t),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the node token to open ACME certificates");
@@ -193,10 +198,12 @@ impl Subscriber {
             .and_then(|f| std::fs::read(f).ok())
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
+        let held = Arc::new(Mutex::new(None));
         let mut refresh = false;
         if state.seq > 0 {
             engine.set_sites(parse_sites(&state.sites, &link.base));
-            refresh = !install_certificates(&engine, &state.sites, &link.token_file);
+            let token = Token::Held { file: link.token_file.clone(), held: Arc::clone(&held) };
+            refresh = !install_certificates(&engine, &state.sites, &token);
         }
         engine.link_control();
         Subscriber {
@@ -211,13 +218,20 @@ impl Subscriber {
             last_contact: AtomicU64::new(0),
             last_load: Mutex::new((0, 0, std::time::Instant::now())),
             refresh_certificates: AtomicBool::new(refresh),
+            held,
         }
+    }
+
+    /// The node's token: its file's, or a credential handed over that is
+    /// held in its place.
+    fn token(&self) -> Token {
+        Token::Held { file: self.token_file.clone(), held: Arc::clone(&self.held) }
     }
 
     /// Puts the sites' certificates in use; asks for the current ones at
     /// the next connection if one did not load.
     fn install_certificates(&self, sites: &BTreeMap<String, SiteSnapshot>) {
-        let all = install_certificates(&self.engine, sites, &self.token_file);
+        let all = install_certificates(&self.engine, sites, &self.token());
         self.refresh_certificates.store(!all, Ordering::Release);
     }
 
@@ -248,21 +262,57 @@ impl Subscriber {
 
     /// The control plane hands this node a new credential (a rotation
     /// with a hand-over): it replaces the token file, which every call
-    /// reads, and the certificates are asked for again, sealed for it.
-    /// The error says why it was not taken.
+    /// reads, and the certificates are asked for again, sealed for it. A
+    /// file that cannot be written keeps its token, and the credential is
+    /// used in its place from memory, said on `/healthz` and written at
+    /// the next connection that can. The error says why it was not taken.
     fn take_credential(&self, credential: &str) -> Result<(), String> {
         if !is_own_credential(&self.me.name, credential) {
             return Err("the control plane handed over a credential that is not this node's".into());
         }
-        replace_secret(&self.token_file, credential).map_err(|e| {
-            format!(
-                "cannot write the credential the control plane handed over to {}: {e}; the old one is refused, so put a new one there by hand (`outpost credentials rotate`)",
-                self.token_file.display()
-            )
-        })?;
-        tracing::info!(node = %self.me.name, file = %self.token_file.display(), "took the credential the control plane handed over");
         self.refresh_certificates.store(true, Ordering::Release);
+        if let Err(e) = replace_secret(&self.token_file, credential) {
+            let file = self.token_file.display();
+            let on_file = Token::File(self.token_file.clone()).read().map_err(|read| {
+                format!("cannot write the credential the control plane handed over to {file}: {e}; nor read the token there: {read}")
+            })?;
+            let why = format!(
+                "the credential the control plane handed over is held in memory only: cannot write it to {file}: {e}; a restart would go back to the one there, which is refused, so make the file writable (it is written within seconds) or put a new credential there by hand (`outpost credentials rotate`)"
+            );
+            tracing::error!(node = %self.me.name, "{why}");
+            *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some((on_file, credential.to_string()));
+            self.engine.credential_unwritten(Some(why));
+            return Ok(());
+        }
+        tracing::info!(node = %self.me.name, file = %self.token_file.display(), "took the credential the control plane handed over");
         Ok(())
+    }
+
+    /// Writes a credential held in memory to the token file, once it can;
+    /// one the file no longer needs (its token set by hand since) is let
+    /// go. At each connection and acknowledgement. (A token set by hand
+    /// between the look at the file and the write is written over.)
+    fn write_held(&self) {
+        let Some((replaced, instead)) = self.held.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+            // Let go elsewhere (`Token::Held` found the file changed).
+            self.engine.credential_unwritten(None);
+            return;
+        };
+        let settled = match Token::File(self.token_file.clone()).read() {
+            Ok(on_file) if on_file != replaced => true,
+            Ok(_) => match replace_secret(&self.token_file, &instead) {
+                Ok(()) => {
+                    tracing::info!(node = %self.me.name, file = %self.token_file.display(), "wrote the credential held in memory");
+                    true
+                }
+                Err(_) => false,
+            },
+            Err(_) => false,
+        };
+        if settled {
+            *self.held.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            self.engine.credential_unwritten(None);
+        }
     }
 
     async fn apply(&self, line: StreamLine) -> Option<u64> {
@@ -381,6 +431,7 @@ impl Subscriber {
     }
 
     async fn ack(&self, client: &ControlClient, seq: u64) {
+        self.write_held();
         let (load_rps, hit_permille) = {
             let (served, hits) = (self.engine.metrics.served(), self.engine.metrics.hits());
             let mut last = self.last_load.lock().unwrap_or_else(|p| p.into_inner());
@@ -434,6 +485,7 @@ impl Subscriber {
 
     /// One connection: stream until it ends or goes silent.
     async fn follow(&self, client: &ControlClient) -> Result<(), String> {
+        self.write_held();
         let query = StreamQuery {
             after: self.seq(),
             node: self.me.name.clone(),
@@ -529,8 +581,7 @@ impl Subscriber {
     pub fn start(self: Arc<Self>, shutdown: CancellationToken) {
         tokio::spawn(async move {
             let urls: Vec<String> = self.control.iter().map(ToString::to_string).collect();
-            let client = ControlClient::new(&urls, Token::File(self.token_file.clone()), Arc::clone(&self.tls))
-                .with_timeout(DEAD_AFTER);
+            let client = ControlClient::new(&urls, self.token(), Arc::clone(&self.tls)).with_timeout(DEAD_AFTER);
             let mut backoff = Duration::from_millis(100);
             loop {
                 let result = tokio::select! {

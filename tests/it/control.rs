@@ -936,7 +936,8 @@ async fn a_revoked_credential_is_refused_at_once_and_a_rotated_one_takes_over() 
 /// catching every event after. Once it has used the new one, the old one
 /// is handed nothing. A rotation without one, or a credential two
 /// generations old, is handed nothing; a node that cannot write its token
-/// file says so.
+/// file goes on with the credential from memory, says so, and writes it
+/// once it can.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_credential_rotated_with_a_hand_over_reaches_its_node() {
     use std::os::unix::fs::PermissionsExt;
@@ -1020,15 +1021,61 @@ async fn a_credential_rotated_with_a_hand_over_reaches_its_node() {
     let said = credentials_cli(control, &admin, &["revoke", "edge-2", "--json"]);
     assert_eq!(serde_json::from_str::<serde_json::Value>(&said).unwrap()["generation"], 4, "{said}");
 
-    // A node that cannot write its token file says so on /healthz, and
-    // keeps the file it has.
-    std::fs::create_dir(token_file.with_file_name(".node.token.new")).unwrap();
-    credentials_cli(control, &admin, &["rotate", "edge-1", "--hand-over"]);
-    eventually("edge 1 to report the credential it could not take", || async {
-        engine.problems().iter().any(|p| p.contains("cannot write the credential the control plane handed over"))
+    // A node that cannot write its token file keeps the file it has, goes
+    // on with the credential from memory, and says so on /healthz until
+    // it can write it, which it does on its open stream.
+    let blocker = token_file.with_file_name(".node.token.new");
+    let rotate = |hand_over: bool| {
+        let args: &[&str] =
+            if hand_over { &["rotate", "edge-1", "--hand-over", "--json"] } else { &["rotate", "edge-1", "--json"] };
+        let said = credentials_cli(control, &admin, args);
+        serde_json::from_str::<serde_json::Value>(&said).unwrap()["credential"].as_str().unwrap().to_string()
+    };
+    let held = |p: &String| p.contains("held in memory only: cannot write it to");
+    let generation = |n: u64| {
+        let edge_1 = &edge_1;
+        async move {
+            let e = edge_1().await;
+            e["connected"] == true && e["credential_generation"] == n
+        }
+    };
+    std::fs::create_dir(&blocker).unwrap();
+    let second = rotate(true);
+    eventually("edge 1 to hold the credential handed over", || async { engine.problems().iter().any(held) }).await;
+    assert_eq!(std::fs::read_to_string(token_file).unwrap(), new);
+    assert_eq!(call(Method::POST, &api("/v1/purge"), Some(&admin), None, body).await.status, StatusCode::ACCEPTED);
+    let last = call(Method::GET, &api("/healthz"), None, None, "").await.json()["seq"].as_u64().unwrap();
+    eventually("edge 1 to catch up with the credential it holds", || async {
+        generation(2).await && edge_1().await["acked_seq"].as_u64() == Some(last)
     })
     .await;
-    assert_eq!(std::fs::read_to_string(token_file).unwrap(), new);
+    std::fs::remove_dir(&blocker).unwrap();
+    eventually("edge 1 to write the credential it held", || async {
+        std::fs::read_to_string(token_file).unwrap() == second && engine.problems().is_empty()
+    })
+    .await;
+    assert!(generation(2).await, "on the stream it had");
+
+    // Held again, then refused (rotated without a hand-over): a credential
+    // put in the file by hand is used, and the one held let go.
+    std::fs::create_dir(&blocker).unwrap();
+    rotate(true);
+    eventually("edge 1 to hold the next credential", || async {
+        generation(3).await && engine.problems().iter().any(held)
+    })
+    .await;
+    let by_hand = rotate(false);
+    eventually("edge 1 to be refused", || async {
+        engine.problems().iter().any(|p| p.contains("the control plane refuses this node's token"))
+    })
+    .await;
+    std::fs::write(token_file, &by_hand).unwrap();
+    eventually("edge 1 to connect with the credential put there by hand", || async {
+        generation(4).await && engine.problems().is_empty()
+    })
+    .await;
+    assert_eq!(std::fs::read_to_string(token_file).unwrap(), by_hand);
+    std::fs::remove_dir(&blocker).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

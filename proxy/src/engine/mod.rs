@@ -113,6 +113,9 @@ pub struct Engine {
     /// Why the control plane refuses this node's token (revoked, another
     /// node's), while it does: an operator must give it another.
     control_refusal: std::sync::Mutex<Option<String>>,
+    /// A credential handed over that the node holds in memory only, as it
+    /// could not write it to its token file: why, while it does.
+    credential_unwritten: std::sync::Mutex<Option<String>>,
     started_ms: u64,
     rules: ResponseRules,
     /// Certificates presented by the node's TLS listeners, by SNI.
@@ -179,6 +182,7 @@ impl Engine {
             control_linked: std::sync::atomic::AtomicBool::new(false),
             control_contact_ms: std::sync::atomic::AtomicU64::new(0),
             control_refusal: std::sync::Mutex::new(None),
+            credential_unwritten: std::sync::Mutex::new(None),
             started_ms: epoch_ms(std::time::SystemTime::now()),
             rules: ResponseRules { strip_cdn_headers: config.tier == Tier::Edge },
             certs,
@@ -233,14 +237,23 @@ impl Engine {
         std::mem::replace(&mut *self.control_refusal.lock().unwrap_or_else(|p| p.into_inner()), why)
     }
 
+    /// Records that the node holds a credential handed over in memory
+    /// only, and why (`None`: it is written now, or no longer used).
+    pub fn credential_unwritten(&self, why: Option<String>) {
+        *self.credential_unwritten.lock().unwrap_or_else(|p| p.into_inner()) = why;
+    }
+
     /// Why the node is not serving as it should, for the registry and
-    /// `/healthz`: its cache disk's trouble, then its upstreams', then a
-    /// control plane that refuses its token. Empty when all is well.
+    /// `/healthz`: its cache disk's trouble, a control plane that refuses
+    /// its token, a credential held in memory only, then its upstreams'.
+    /// Empty when all is well.
     pub fn problems(&self) -> Vec<String> {
         let mut out: Vec<String> = self.store.disk_problem().into_iter().collect();
-        out.extend(self.upstream.route().problems());
         let refusal = self.control_refusal.lock().unwrap_or_else(|p| p.into_inner()).clone();
         out.extend(refusal.map(|why| format!("the control plane refuses this node's token: {why}")));
+        out.extend(self.credential_unwritten.lock().unwrap_or_else(|p| p.into_inner()).clone());
+        // One per upstream target, possibly many: after the node's own.
+        out.extend(self.upstream.route().problems());
         out.truncate(outpost_config::MAX_PROBLEMS);
         for p in &mut out {
             if p.len() > outpost_config::MAX_PROBLEM_LEN {

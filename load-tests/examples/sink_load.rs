@@ -33,8 +33,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("     {q:.0}%  {:.2}ms", total.latency.value_at_percentile(q) as f64 / 1000.0);
     }
     println!("  {} requests in {elapsed:.2}s, {:.2}MB read", total.done, total.bytes as f64 / (1 << 20) as f64);
-    if total.connect_errors + total.read_errors > 0 {
-        println!("  Socket errors: connect {}, read {}, write 0, timeout 0", total.connect_errors, total.read_errors);
+    if total.connect_errors + total.read_errors + total.timeouts > 0 {
+        println!(
+            "  Socket errors: connect {}, read {}, write 0, timeout {}",
+            total.connect_errors, total.read_errors, total.timeouts
+        );
     }
     if total.non_2xx_3xx > 0 {
         println!("  Non-2xx or 3xx responses: {}", total.non_2xx_3xx);

@@ -5,10 +5,13 @@
 //! at 100 KiB and more it fills its core before the server under test
 //! does, and then sets req/s and latency itself. Each connection sends a
 //! request, reads the head (parsed; the status and `Content-Length` taken),
-//! discards the body, and sends the next. Cleartext HTTP/1.1 to one address;
-//! bounded by time.
+//! discards the body, and sends the next. Interim (1xx) heads are passed
+//! over, a response that says `Connection: close` is followed by a new
+//! connection, and one that takes longer than wrk's timeout (2 s) counts as
+//! a timeout, as in wrk, and the connection is opened again. Bodies must
+//! have a `Content-Length` (the benchmarks' do): others are read errors.
+//! Cleartext HTTP/1.1 to one address; bounded by time.
 
-use std::mem::MaybeUninit;
 use std::time::{Duration, Instant};
 
 use rustix::net::RecvFlags;
@@ -19,11 +22,13 @@ use tokio::net::TcpStream;
 const MAX_HEAD: usize = 16 * 1024;
 /// Most body bytes discarded by one `recv`.
 const DISCARD: usize = 4 << 20;
-/// How long a connection may wait for its response past the end.
+/// How long a response may take before it counts as a timeout (wrk's).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a connection may wait for its response past the end: more
+/// than [`REQUEST_TIMEOUT`], so every request ends in a response or one.
 const GRACE: Duration = Duration::from_secs(5);
 
 /// What a load did.
-#[derive(Debug)]
 pub struct Tally {
     /// Responses taken whole before the end.
     pub done: u64,
@@ -36,13 +41,38 @@ pub struct Tally {
     /// Connections that failed or ended mid-response, or sent what does
     /// not read as a response to the request (each reopened).
     pub read_errors: u64,
+    /// Responses that took longer than [`REQUEST_TIMEOUT`] (each
+    /// connection reopened).
+    pub timeouts: u64,
     /// Each response's time from its request to its last byte, in µs.
     pub latency: hdrhistogram::Histogram<u64>,
 }
 
 impl Default for Tally {
     fn default() -> Self {
-        Tally { done: 0, bytes: 0, non_2xx_3xx: 0, connect_errors: 0, read_errors: 0, latency: histogram() }
+        Tally {
+            done: 0,
+            bytes: 0,
+            non_2xx_3xx: 0,
+            connect_errors: 0,
+            read_errors: 0,
+            timeouts: 0,
+            latency: histogram(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tally")
+            .field("done", &self.done)
+            .field("bytes", &self.bytes)
+            .field("non_2xx_3xx", &self.non_2xx_3xx)
+            .field("connect_errors", &self.connect_errors)
+            .field("read_errors", &self.read_errors)
+            .field("timeouts", &self.timeouts)
+            .field("p50_us", &self.latency.value_at_quantile(0.5))
+            .finish()
     }
 }
 
@@ -53,6 +83,7 @@ impl Tally {
         self.non_2xx_3xx += t.non_2xx_3xx;
         self.connect_errors += t.connect_errors;
         self.read_errors += t.read_errors;
+        self.timeouts += t.timeouts;
         self.latency.add(&t.latency).expect("histograms of one shape");
     }
 }
@@ -89,7 +120,8 @@ fn histogram() -> hdrhistogram::Histogram<u64> {
 /// One connection's requests until `end`, reconnecting after an error.
 async fn run(addr: std::net::SocketAddr, request: &[u8], end: Instant, t: &mut Tally) {
     let mut head = vec![0u8; MAX_HEAD];
-    let mut scratch: Vec<u8> = Vec::with_capacity(DISCARD);
+    // Never written: the kernel discards what `recv` is asked to put here.
+    let mut scratch = vec![0u8; DISCARD];
     while Instant::now() < end {
         let Ok(mut s) = TcpStream::connect(addr).await else {
             t.connect_errors += 1;
@@ -99,22 +131,29 @@ async fn run(addr: std::net::SocketAddr, request: &[u8], end: Instant, t: &mut T
         let _ = s.set_nodelay(true);
         while Instant::now() < end {
             let sent = Instant::now();
-            match exchange(&mut s, request, &mut head, scratch.spare_capacity_mut()).await {
-                Ok((status, bytes)) => {
+            match tokio::time::timeout(REQUEST_TIMEOUT, exchange(&mut s, request, &mut head, &mut scratch)).await {
+                Ok(Ok(r)) => {
                     // Counted only when it ended in time, as wrk counts.
                     if Instant::now() > end {
                         return;
                     }
                     t.done += 1;
-                    t.bytes += bytes;
-                    if !(200..400).contains(&status) {
+                    t.bytes += r.bytes;
+                    if !(200..400).contains(&r.status) {
                         t.non_2xx_3xx += 1;
                     }
                     let micros = sent.elapsed().as_micros() as u64;
                     t.latency.saturating_record(micros.max(1));
+                    if r.close {
+                        break;
+                    }
+                }
+                Ok(Err(_)) => {
+                    t.read_errors += 1;
+                    break;
                 }
                 Err(_) => {
-                    t.read_errors += 1;
+                    t.timeouts += 1;
                     break;
                 }
             }
@@ -122,17 +161,41 @@ async fn run(addr: std::net::SocketAddr, request: &[u8], end: Instant, t: &mut T
     }
 }
 
+/// A response taken.
+struct Response {
+    status: u16,
+    /// Its bytes, interim heads included.
+    bytes: u64,
+    /// It said `Connection: close`.
+    close: bool,
+}
+
 /// Sends `request` and takes its response: the head into `head`, the body
-/// discarded. The status and the bytes read.
-async fn exchange(
-    s: &mut TcpStream,
-    request: &[u8],
-    head: &mut [u8],
-    scratch: &mut [MaybeUninit<u8>],
-) -> std::io::Result<(u16, u64)> {
+/// discarded.
+async fn exchange(s: &mut TcpStream, request: &[u8], head: &mut [u8], scratch: &mut [u8]) -> std::io::Result<Response> {
     s.write_all(request).await?;
-    let mut filled = 0;
-    let (status, head_len, length) = loop {
+    let (mut filled, mut interim) = (0, 0u64);
+    let (status, head_len, length, close) = loop {
+        let mut fields = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut fields);
+        if filled > 0
+            && let httparse::Status::Complete(len) = resp.parse(&head[..filled]).map_err(std::io::Error::other)?
+        {
+            let status = resp.code.unwrap_or(0);
+            if (100..200).contains(&status) && status != 101 {
+                // An interim head: the response follows it.
+                head.copy_within(len..filled, 0);
+                filled -= len;
+                interim += len as u64;
+                continue;
+            }
+            let field = |name: &str| resp.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
+            let length = field("content-length")
+                .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok())
+                .ok_or_else(|| std::io::Error::other("a response without Content-Length"))?;
+            let close = field("connection").is_some_and(|v| v.eq_ignore_ascii_case(b"close"));
+            break (status, len, length, close);
+        }
         if filled == head.len() {
             return Err(std::io::Error::other("response head too long"));
         }
@@ -141,18 +204,6 @@ async fn exchange(
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
         filled += n;
-        let mut fields = [httparse::EMPTY_HEADER; 64];
-        let mut resp = httparse::Response::new(&mut fields);
-        if let httparse::Status::Complete(len) = resp.parse(&head[..filled]).map_err(std::io::Error::other)? {
-            let status = resp.code.unwrap_or(0);
-            let length = resp
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<u64>().ok())
-                .ok_or_else(|| std::io::Error::other("a response without Content-Length"))?;
-            break (status, len, length);
-        }
     };
     let already = (filled - head_len) as u64;
     if already > length {
@@ -173,5 +224,5 @@ async fn exchange(
         }
         left -= n as u64;
     }
-    Ok((status, (filled as u64) + length - already))
+    Ok(Response { status, bytes: interim + head_len as u64 + length, close })
 }

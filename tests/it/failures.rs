@@ -53,23 +53,26 @@ async fn origin_down_for_10s_under_load() {
     let recovery_fetches = t.origin_count("/s1/").await - before_recovery;
     let seen = load.stop().await;
     let (requests, errors, stale) = seen.counts();
-    println!(
+    let summary = format!(
         "origin down 10 s: {requests} requests, {errors} errors, {stale} stale, origin fetches {during} during \
          ({attempts} connection attempts refused) / {recovery_fetches} to recover ({} objects), fresh {} ms after",
         objects.len(),
         recovered.as_millis()
     );
-    assert_eq!(errors, 0);
-    assert!(stale > 0, "stale copies answered during the outage");
-    assert_eq!(during, 0, "the origin was unreachable");
+    println!("{summary}");
+    assert_eq!(errors, 0, "{summary}");
+    assert!(stale > 0, "stale copies answered during the outage: {summary}");
+    assert_eq!(during, 0, "the origin was unreachable: {summary}");
     // Failing keys are held (1, 2, then 4 s): a few tries per object, not
     // one per client request.
-    assert!(attempts <= 10 * objects.len() as u64, "{attempts} attempts for {} objects", objects.len());
+    assert!(attempts <= 10 * objects.len() as u64, "{summary}");
     // One revalidation per object brings it back (by the shield that owns
     // it, which every edge agrees on): not a storm, which would be one per
-    // client request. The slack is for an object that expires again before
-    // the last one is back.
-    assert!(recovery_fetches <= objects.len() as u64 + 2, "{recovery_fetches} fetches to recover");
+    // client request. An object back early may expire again (max-age 5 s)
+    // and be revalidated once more before the last one is back, under the
+    // load that goes on: one more per object for each 5 s recovery took.
+    let rounds = 1 + recovered.as_secs() / 5;
+    assert!(recovery_fetches <= rounds * objects.len() as u64 + 2, "{summary}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

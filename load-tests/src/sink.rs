@@ -8,7 +8,8 @@
 //! discards the body, and sends the next. Interim (1xx) heads are passed
 //! over, a response that says `Connection: close` is followed by a new
 //! connection, and one that takes longer than wrk's timeout (2 s) counts as
-//! a timeout, as in wrk, and the connection is opened again. Bodies must
+//! a timeout, whenever it ends, and the connection is opened again (wrk
+//! keeps it). A response that ends after the load's end is not counted. Bodies must
 //! have a `Content-Length` (the benchmarks' do): others are read errors.
 //! Cleartext HTTP/1.1 to one address; bounded by time.
 
@@ -193,7 +194,8 @@ async fn exchange(s: &mut TcpStream, request: &[u8], head: &mut [u8], scratch: &
             let length = field("content-length")
                 .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok())
                 .ok_or_else(|| std::io::Error::other("a response without Content-Length"))?;
-            let close = field("connection").is_some_and(|v| v.eq_ignore_ascii_case(b"close"));
+            let close = field("connection")
+                .is_some_and(|v| v.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close")));
             break (status, len, length, close);
         }
         if filled == head.len() {

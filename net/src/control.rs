@@ -41,7 +41,8 @@ pub enum Token {
     /// Read from `file` as [`Token::File`] is, except while `held` has a
     /// replacement for the token the file holds: `(the file's token, the
     /// one used instead)`. A file whose token has changed since (set by
-    /// hand) is read again, and the replacement forgotten.
+    /// hand; not merely emptied) is read again, and the replacement
+    /// forgotten.
     Held {
         file: PathBuf,
         held: Arc<std::sync::Mutex<Option<(String, String)>>>,
@@ -58,7 +59,8 @@ impl Token {
                 let on_file = read_token_file(file)?;
                 let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
                 match held.as_ref() {
-                    Some((replaced, instead)) if *replaced == on_file => Ok(instead.clone()),
+                    // An empty file is one being written: not a change yet.
+                    Some((replaced, instead)) if *replaced == on_file || on_file.is_empty() => Ok(instead.clone()),
                     Some(_) => {
                         *held = None;
                         Ok(on_file)
@@ -408,6 +410,8 @@ mod tests {
         let held = Arc::new(std::sync::Mutex::new(Some(("old".to_string(), "new".to_string()))));
         let token = Token::Held { file: file.clone(), held: Arc::clone(&held) };
         assert_eq!(token.read().unwrap(), "new");
+        std::fs::write(&file, "").unwrap();
+        assert_eq!(token.read().unwrap(), "new", "a file being written is not a change");
         std::fs::write(&file, "by-hand").unwrap();
         assert_eq!(token.read().unwrap(), "by-hand");
         assert!(held.lock().unwrap().is_none(), "let go once the file changed");

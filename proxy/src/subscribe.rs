@@ -276,8 +276,9 @@ impl Subscriber {
             let on_file = Token::File(self.token_file.clone()).read().map_err(|read| {
                 format!("cannot write the credential the control plane handed over to {file}: {e}; nor read the token there: {read}")
             })?;
+            // The advice first: a problem is cut to 200 bytes.
             let why = format!(
-                "the credential the control plane handed over is held in memory only: cannot write it to {file}: {e}; a restart would go back to the one there, which is refused, so make the file writable (it is written within seconds) or put a new credential there by hand (`outpost credentials rotate`)"
+                "a credential handed over is held in memory only (a restart goes back to the refused one): make the token file writable, and it is written within seconds, or put a new credential there; cannot write {file}: {e}"
             );
             tracing::error!(node = %self.me.name, "{why}");
             *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some((on_file, credential.to_string()));
@@ -299,6 +300,8 @@ impl Subscriber {
             return;
         };
         let settled = match Token::File(self.token_file.clone()).read() {
+            // Being written by hand: look again later.
+            Ok(on_file) if on_file.is_empty() => false,
             Ok(on_file) if on_file != replaced => true,
             Ok(_) => match replace_secret(&self.token_file, &instead) {
                 Ok(()) => {

@@ -1031,7 +1031,7 @@ async fn a_credential_rotated_with_a_hand_over_reaches_its_node() {
         let said = credentials_cli(control, &admin, args);
         serde_json::from_str::<serde_json::Value>(&said).unwrap()["credential"].as_str().unwrap().to_string()
     };
-    let held = |p: &String| p.contains("held in memory only: cannot write it to");
+    let held = |p: &String| p.contains("a credential handed over is held in memory only");
     let generation = |n: u64| {
         let edge_1 = &edge_1;
         async move {
@@ -1045,8 +1045,12 @@ async fn a_credential_rotated_with_a_hand_over_reaches_its_node() {
     assert_eq!(std::fs::read_to_string(token_file).unwrap(), new);
     assert_eq!(call(Method::POST, &api("/v1/purge"), Some(&admin), None, body).await.status, StatusCode::ACCEPTED);
     let last = call(Method::GET, &api("/healthz"), None, None, "").await.json()["seq"].as_u64().unwrap();
-    eventually("edge 1 to catch up with the credential it holds", || async {
-        generation(2).await && edge_1().await["acked_seq"].as_u64() == Some(last)
+    eventually("edge 1 to catch up with the credential it holds, and report holding it", || async {
+        let e = edge_1().await;
+        let reported = e["problems"].as_array().is_some_and(|p| {
+            p.iter().any(|p| p.as_str().is_some_and(|p| p.contains("a credential handed over is held in memory")))
+        });
+        generation(2).await && e["acked_seq"].as_u64() == Some(last) && reported
     })
     .await;
     std::fs::remove_dir(&blocker).unwrap();

@@ -25,7 +25,8 @@ struct Answer {
     delay: Duration,
     /// A 103 before each response.
     interim: bool,
-    /// Each response says `Connection: close`, and the connection closes.
+    /// Each response says `Connection: TE, Close` (a list, in capitals), and
+    /// the connection closes.
     close: bool,
     /// Requests are read and never answered.
     silent: bool,
@@ -70,7 +71,7 @@ async fn server(answer: Answer) -> (SocketAddr, Arc<AtomicU64>, Arc<AtomicU64>) 
                     let body: Vec<u8> = (0..answer.length).map(|i| (i % 251) as u8).collect();
                     let sent = answer.cut_at.unwrap_or(answer.length);
                     let mut first = if answer.interim { INTERIM.to_vec() } else { Vec::new() };
-                    let close = if answer.close { "Connection: close\r\n" } else { "" };
+                    let close = if answer.close { "Connection: TE, Close\r\n" } else { "" };
                     let (status, length) = (answer.status, answer.length);
                     first.extend_from_slice(
                         format!("HTTP/1.1 {status} X\r\nContent-Length: {length}\r\n{close}\r\n").as_bytes(),
@@ -158,7 +159,7 @@ async fn interim_heads_are_passed_over_and_a_closing_response_ends_its_connectio
     let t = load(addr, "sink.test", "/bench/x?size=9", 2, Duration::from_millis(400)).await;
     assert_eq!((t.read_errors, t.timeouts), (0, 0), "{t:?}");
     assert!(t.done >= 10, "{t:?}");
-    let head = "HTTP/1.1 200 X\r\nContent-Length: 5000\r\nConnection: close\r\n\r\n".len() as u64;
+    let head = "HTTP/1.1 200 X\r\nContent-Length: 5000\r\nConnection: TE, Close\r\n\r\n".len() as u64;
     assert_eq!(t.bytes, t.done * (INTERIM.len() as u64 + head + 5000));
     // A connection a response: the two open at the end may have asked for
     // one more each.

@@ -152,6 +152,12 @@ fn replace_secret(path: &Path, secret: &str) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The node's token: its file's, or a credential handed over that is held
+/// in its place.
+fn node_token(file: &Path, held: &Arc<Mutex<Option<(String, String)>>>) -> Token {
+    Token::Held { file: file.to_path_buf(), held: Arc::clone(held) }
+}
+
 /// Puts the sites' ACME certificates in use, opening each new one's key
 /// with the node's token; a certificate that does not open or load leaves
 /// the one in use (if any) in place. False when one did not: the node
@@ -202,8 +208,7 @@ impl Subscriber {
         let mut refresh = false;
         if state.seq > 0 {
             engine.set_sites(parse_sites(&state.sites, &link.base));
-            let token = Token::Held { file: link.token_file.clone(), held: Arc::clone(&held) };
-            refresh = !install_certificates(&engine, &state.sites, &token);
+            refresh = !install_certificates(&engine, &state.sites, &node_token(&link.token_file, &held));
         }
         engine.link_control();
         Subscriber {
@@ -222,10 +227,8 @@ impl Subscriber {
         }
     }
 
-    /// The node's token: its file's, or a credential handed over that is
-    /// held in its place.
     fn token(&self) -> Token {
-        Token::Held { file: self.token_file.clone(), held: Arc::clone(&self.held) }
+        node_token(&self.token_file, &self.held)
     }
 
     /// Puts the sites' certificates in use; asks for the current ones at

@@ -42,6 +42,8 @@ HOST = "bench.test"
 TICK = os.sysconf("SC_CLK_TCK")
 # The load client for plain GETs (`--client`); None: wrk.
 CLIENT = None
+# The certificate it trusts for HTTPS; without one, HTTPS loads run wrk.
+CLIENT_CA = None
 
 
 def wait_port(port, timeout=20):
@@ -113,9 +115,10 @@ def wrk(url, seconds, conns, extra=(), read=False):
     """Requests, req/s, p50 and p99 (ms); with `read`, also the bytes
     read (heads and bodies)."""
     u = urllib.parse.urlsplit(url)
-    if CLIENT and not extra and u.scheme == "http":
+    if CLIENT and not extra and (u.scheme == "http" or CLIENT_CA):
         target = u.path + (f"?{u.query}" if u.query else "")
-        cmd = ["taskset", "-c", "1", CLIENT, f"{u.hostname}:{u.port}", HOST, target, str(conns), str(seconds)]
+        cmd = ["taskset", "-c", "1", CLIENT, f"{u.hostname}:{u.port}", HOST, target, str(conns), str(seconds),
+               *([CLIENT_CA] if u.scheme == "https" else [])]
     else:
         cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "-H", f"Host: {HOST}",
                *extra, url]
@@ -248,7 +251,10 @@ def make_cert(work, san):
     cert, key = os.path.join(work, "cert.pem"), os.path.join(work, "key.pem")
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
                     "-keyout", key, "-out", cert, "-subj", f"/CN={HOST}", "-days", "30",
-                    "-addext", f"subjectAltName={san}"], check=True, capture_output=True)
+                    "-addext", f"subjectAltName={san}",
+                    # A server's certificate, not a CA's (openssl's default
+                    # here), so that a client may trust it as it is.
+                    "-addext", "basicConstraints=critical,CA:FALSE"], check=True, capture_output=True)
     return cert, key
 
 

@@ -9,7 +9,11 @@ Loads (--loads, comma-separated):
 - hits: 1 KiB cache hits over keep-alive TLS (wrk);
 - hits-100k, hits-1m: 100 KiB and 1 MiB cache hits over keep-alive TLS
   (wrk): neither server can `sendfile` through TLS without kernel TLS, so
-  both read and encrypt every byte in user space;
+  both read and encrypt every byte in user space. wrk decrypts every
+  byte, as much work as the server's encryption, and fills its core
+  first: `--client target/release/examples/sink_load` runs the three hits
+  loads with the benchmarks' client instead, which decrypts only the
+  heads and lets the kernel discard the bodies' records unread;
 - handshakes: every request on a new TLS connection (wrk, `Connection:
   close`). wrk resumes its session on every reconnection (it clears its
   SSL object rather than freeing it), so these are resumed handshakes; wrk
@@ -44,6 +48,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import compare  # noqa: E402
 from compare import (HOST, SITE_TLS, arguments, cpu_seconds, edge_toml, make_cert, nginx_conf, start, start_origin,  # noqa: E402
                      stop, write_site, wrk)
 
@@ -131,12 +136,17 @@ def main():
     ap.add_argument("--loads", default="hits,hits-100k,hits-1m,handshakes,full,open,open-resumed,open-http,open-h2c,"
                                        "flood",
                     help="which loads, comma-separated")
+    ap.add_argument("--client", default="wrk",
+                    help="the client for the hits loads: wrk, or target/release/examples/sink_load")
     ap.add_argument("--open-rate", type=int, default=0,
                     help="new connections per second for the open model (default: half the slower handshake rate)")
     args = ap.parse_args()
     loads = args.loads.split(",")
     work = tempfile.mkdtemp(prefix="outpost-tls-bench-")
     nginx_file, edge_file = configs(work)
+    if args.client != "wrk":
+        compare.CLIENT, compare.CLIENT_CA = args.client, os.path.join(work, "cert.pem")
+    print(f"client for the hits loads: {args.client}", flush=True)
     env = dict(os.environ, RUST_LOG="warn")
     commands = {
         "outpost": [args.outpost, "edge", "--config", edge_file],
@@ -214,8 +224,9 @@ def report(results, loads, rate, connections):
     print()
     closed = ("hits", "hits-100k", "hits-1m", "handshakes", "full")
     if any(l in loads for l in closed):
-        print(f"closed model, {connections} connections: hits and handshakes with wrk (request to response), "
-              "full handshakes with outpost load (connect to first byte)")
+        hits_client = os.path.basename(compare.CLIENT) if compare.CLIENT else "wrk"
+        print(f"closed model, {connections} connections: hits with {hits_client} and handshakes with wrk (request to "
+              "response), full handshakes with outpost load (connect to first byte)")
         print(f"{'load':<11} {'server':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'per CPU-s':>10}")
         for load in closed:
             for name in ("outpost", "nginx"):

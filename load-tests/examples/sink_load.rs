@@ -2,7 +2,10 @@
 //! keep-alive GETs whose response bodies the kernel discards
 //! ([`outpost_load::sink`]), one thread, bounded by time.
 //!
-//!     sink_load ADDR HOST PATH CONNECTIONS SECONDS
+//!     sink_load ADDR HOST PATH CONNECTIONS SECONDS [CA_PEM]
+//!
+//! With `CA_PEM` it speaks HTTPS (TLS 1.3), trusting the certificates in
+//! that file for `HOST`, and discards bodies unread there too.
 //!
 //! Prints what `wrk --latency` prints, in its words, so the bench scripts
 //! read either: the latency distribution, requests, req/s and, when there
@@ -12,9 +15,12 @@ use std::time::{Duration, Instant};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [addr, host, path, conns, secs] = args.as_slice() else {
-        return Err("usage: sink_load ADDR HOST PATH CONNECTIONS SECONDS".into());
+    let (addr, host, path, conns, secs, ca) = match args.as_slice() {
+        [addr, host, path, conns, secs] => (addr, host, path, conns, secs, None),
+        [addr, host, path, conns, secs, ca] => (addr, host, path, conns, secs, Some(ca)),
+        _ => return Err("usage: sink_load ADDR HOST PATH CONNECTIONS SECONDS [CA_PEM]".into()),
     };
+    let tls = ca.map(|ca| outpost_load::sink::Tls::new(host, std::path::Path::new(ca))).transpose()?;
     let (addr, conns): (std::net::SocketAddr, usize) = (addr.parse()?, conns.parse()?);
     let seconds: u64 = secs.parse()?;
     let started = Instant::now();
@@ -22,11 +28,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         addr,
         host,
         path,
+        tls.as_ref(),
         conns,
         Duration::from_secs(seconds),
     ));
     let elapsed = started.elapsed().min(Duration::from_secs(seconds)).as_secs_f64();
-    println!("Running {seconds}s test @ http://{addr}{path}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("Running {seconds}s test @ {scheme}://{addr}{path}");
     println!("  1 threads and {conns} connections");
     println!("  Latency Distribution");
     for q in [50.0, 75.0, 90.0, 99.0] {

@@ -11,11 +11,29 @@
 //! a timeout, whenever it ends, and the connection is opened again (wrk
 //! keeps it). A response that ends after the load's end is not counted. Bodies must
 //! have a `Content-Length` (the benchmarks' do): others are read errors.
-//! Cleartext HTTP/1.1 to one address; bounded by time.
+//! HTTP/1.1 to one address, bounded by time.
+//!
+//! Over TLS ([`Tls`]) a client that decrypted every body would cost as much
+//! per byte as the server that encrypted it, and would set the pace as wrk
+//! does. So after rustls's handshake (TLS 1.3 only) the client takes the
+//! connection's traffic keys and keeps the record layer itself: it
+//! encrypts its requests and decrypts records until a response's head is
+//! read, then discards the body's records in the kernel as above, unread,
+//! reading only each record's 5-byte header. A record's plaintext is its
+//! length less the AEAD's tag (16 bytes, for each of TLS 1.3's suites) and
+//! the inner content type (1): servers do not pad records (rustls and
+//! OpenSSL do not by default), and a padded body would leave the client
+//! waiting, counted as timeouts. Handshake records (session tickets)
+//! before a head are decrypted and passed over.
 
 use std::time::{Duration, Instant};
 
 use rustix::net::RecvFlags;
+use rustls::crypto::cipher::{
+    InboundOpaqueMessage, MessageDecrypter, MessageEncrypter, OutboundChunks, OutboundPlainMessage,
+};
+use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+use rustls::{ConnectionTrafficSecrets, ContentType, ProtocolVersion, SupportedCipherSuite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
@@ -28,6 +46,14 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a connection may wait for its response past the end: more
 /// than [`REQUEST_TIMEOUT`], so every request ends in a response or one.
 const GRACE: Duration = Duration::from_secs(5);
+/// A TLS record's header: content type, legacy version, length.
+const RECORD_HEADER: usize = 5;
+/// The most a TLS 1.3 record may carry: 2^14 bytes of plaintext, its inner
+/// content type and padding, and the tag (RFC 8446, 5.2).
+const MAX_RECORD: usize = (1 << 14) + 256;
+/// What a TLS 1.3 record adds to the plaintext it carries, unpadded: the
+/// inner content type and a 16-byte tag (every TLS 1.3 suite's).
+const RECORD_OVERHEAD: usize = 1 + 16;
 
 /// What a load did.
 pub struct Tally {
@@ -89,20 +115,68 @@ impl Tally {
     }
 }
 
-/// `GET path` with `Host: host` on `conns` connections to `addr` for
-/// `length`, each connection one request at a time; runs on the current
-/// runtime.
-pub async fn load(addr: std::net::SocketAddr, host: &str, path: &str, conns: usize, length: Duration) -> Tally {
+/// How to reach a server over TLS: the client's configuration (TLS 1.3,
+/// HTTP/1.1, traffic keys extractable) and the name the server is asked
+/// for.
+#[derive(Clone)]
+pub struct Tls {
+    connector: tokio_rustls::TlsConnector,
+    name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl Tls {
+    /// A client for `server_name` trusting the certificates in the PEM
+    /// file `ca`.
+    pub fn new(server_name: &str, ca: &std::path::Path) -> Result<Tls, String> {
+        let certs = CertificateDer::pem_file_iter(ca)
+            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("{}: {e}", ca.display()))?;
+        let mut roots = rustls::RootCertStore::empty();
+        let (added, _) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(format!("{}: no certificate in it", ca.display()));
+        }
+        let mut config =
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.enable_secret_extraction = true;
+        let name = ServerName::try_from(server_name.to_string()).map_err(|e| format!("`{server_name}`: {e}"))?;
+        Ok(Tls { connector: tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)), name })
+    }
+}
+
+/// `GET path` with `Host: host` on `conns` connections to `addr`, over
+/// `tls` when given, for `length`, each connection one request at a time;
+/// runs on the current runtime.
+pub async fn load(
+    addr: std::net::SocketAddr,
+    host: &str,
+    path: &str,
+    tls: Option<&Tls>,
+    conns: usize,
+    length: Duration,
+) -> Tally {
     let request: std::sync::Arc<[u8]> = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes().into();
     let end = Instant::now() + length;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..conns {
         let request = std::sync::Arc::clone(&request);
+        let tls = tls.cloned();
         tasks.spawn(async move {
             let mut t = Tally::default();
             // Ended by the deadline, whatever a connection is waiting for.
             let deadline = tokio::time::Instant::from_std(end + GRACE);
-            let _ = tokio::time::timeout_at(deadline, run(addr, &request, end, &mut t)).await;
+            let _ = tokio::time::timeout_at(deadline, run(addr, tls.as_ref(), &request, end, &mut t)).await;
             t
         });
     }
@@ -119,17 +193,16 @@ fn histogram() -> hdrhistogram::Histogram<u64> {
 }
 
 /// One connection's requests until `end`, reconnecting after an error.
-async fn run(addr: std::net::SocketAddr, request: &[u8], end: Instant, t: &mut Tally) {
+async fn run(addr: std::net::SocketAddr, tls: Option<&Tls>, request: &[u8], end: Instant, t: &mut Tally) {
     let mut head = vec![0u8; MAX_HEAD];
     // Never written: the kernel discards what `recv` is asked to put here.
     let mut scratch = vec![0u8; DISCARD];
     while Instant::now() < end {
-        let Ok(mut s) = TcpStream::connect(addr).await else {
+        let Ok(mut s) = Conn::open(addr, tls).await else {
             t.connect_errors += 1;
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
-        let _ = s.set_nodelay(true);
         while Instant::now() < end {
             let sent = Instant::now();
             match tokio::time::timeout(REQUEST_TIMEOUT, exchange(&mut s, request, &mut head, &mut scratch)).await {
@@ -173,8 +246,8 @@ struct Response {
 
 /// Sends `request` and takes its response: the head into `head`, the body
 /// discarded.
-async fn exchange(s: &mut TcpStream, request: &[u8], head: &mut [u8], scratch: &mut [u8]) -> std::io::Result<Response> {
-    s.write_all(request).await?;
+async fn exchange(s: &mut Conn, request: &[u8], head: &mut [u8], scratch: &mut [u8]) -> std::io::Result<Response> {
+    s.send(request).await?;
     let (mut filled, mut interim) = (0, 0u64);
     let (status, head_len, length, close) = loop {
         let mut fields = [httparse::EMPTY_HEADER; 64];
@@ -211,12 +284,163 @@ async fn exchange(s: &mut TcpStream, request: &[u8], head: &mut [u8], scratch: &
     if already > length {
         return Err(std::io::Error::other("more bytes than the response's length (pipelining is not sent)"));
     }
-    let mut left = length - already;
+    s.discard(length - already, scratch).await?;
+    Ok(Response { status, bytes: interim + head_len as u64 + length, close })
+}
+
+/// A connection, in cleartext or over TLS with the record layer kept here.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<TlsConn>),
+}
+
+/// A TLS 1.3 connection after its handshake.
+struct TlsConn {
+    s: TcpStream,
+    sealing: Box<dyn MessageEncrypter>,
+    sent: u64,
+    opening: Box<dyn MessageDecrypter>,
+    /// Records received, the next one's sequence number.
+    received: u64,
+    /// One record as received.
+    record: Vec<u8>,
+    /// Application data decrypted and not yet read, from `plain_at`.
+    plain: Vec<u8>,
+    plain_at: usize,
+}
+
+impl Conn {
+    /// Connects, and shakes hands when `tls` is given.
+    async fn open(addr: std::net::SocketAddr, tls: Option<&Tls>) -> std::io::Result<Conn> {
+        let s = TcpStream::connect(addr).await?;
+        let _ = s.set_nodelay(true);
+        let Some(tls) = tls else { return Ok(Conn::Plain(s)) };
+        let (s, conn) = tls.connector.connect(tls.name.clone(), s).await?.into_inner();
+        let Some(SupportedCipherSuite::Tls13(suite)) = conn.negotiated_cipher_suite() else {
+            return Err(std::io::Error::other("not TLS 1.3"));
+        };
+        let secrets = conn.dangerous_extract_secrets().map_err(std::io::Error::other)?;
+        let keys = |secrets| match secrets {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv }
+            | ConnectionTrafficSecrets::Aes256Gcm { key, iv }
+            | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => Ok((key, iv)),
+            _ => Err(std::io::Error::other("an AEAD this client does not know")),
+        };
+        let ((sent, tx), (received, rx)) = (secrets.tx, secrets.rx);
+        let ((tx_key, tx_iv), (rx_key, rx_iv)) = (keys(tx)?, keys(rx)?);
+        Ok(Conn::Tls(Box::new(TlsConn {
+            s,
+            sealing: suite.aead_alg.encrypter(tx_key, tx_iv),
+            sent,
+            opening: suite.aead_alg.decrypter(rx_key, rx_iv),
+            received,
+            record: vec![0u8; MAX_RECORD],
+            plain: Vec::with_capacity(1 << 14),
+            plain_at: 0,
+        })))
+    }
+
+    async fn send(&mut self, request: &[u8]) -> std::io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.write_all(request).await,
+            Conn::Tls(t) => {
+                let plain = OutboundPlainMessage {
+                    typ: ContentType::ApplicationData,
+                    version: ProtocolVersion::TLSv1_2,
+                    payload: OutboundChunks::Single(request),
+                };
+                let sealed = t.sealing.encrypt(plain, t.sent).map_err(std::io::Error::other)?;
+                t.sent += 1;
+                t.s.write_all(&sealed.encode()).await
+            }
+        }
+    }
+
+    /// Reads response bytes into `buf`; 0 at the connection's end.
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let t = match self {
+            Conn::Plain(s) => return s.read(buf).await,
+            Conn::Tls(t) => t,
+        };
+        while t.plain_at == t.plain.len() {
+            let Some(len) = t.record_header().await? else { return Ok(0) };
+            t.s.read_exact(&mut t.record[..len]).await?;
+            let sealed =
+                InboundOpaqueMessage::new(ContentType::ApplicationData, ProtocolVersion::TLSv1_2, &mut t.record[..len]);
+            let opened = t.opening.decrypt(sealed, t.received).map_err(std::io::Error::other)?;
+            t.received += 1;
+            match opened.typ {
+                ContentType::ApplicationData => {
+                    t.plain.clear();
+                    t.plain.extend_from_slice(opened.payload);
+                    t.plain_at = 0;
+                }
+                // Session tickets and the like: nothing for the load.
+                ContentType::Handshake => {}
+                other => return Err(std::io::Error::other(format!("a TLS record of type {other:?}"))),
+            }
+        }
+        let n = buf.len().min(t.plain.len() - t.plain_at);
+        buf[..n].copy_from_slice(&t.plain[t.plain_at..t.plain_at + n]);
+        t.plain_at += n;
+        Ok(n)
+    }
+
+    /// Discards the next `left` bytes of the response, in the kernel.
+    async fn discard(&mut self, mut left: u64, scratch: &mut [u8]) -> std::io::Result<()> {
+        let t = match self {
+            Conn::Plain(s) => return discard(s, left, scratch).await,
+            Conn::Tls(t) => t,
+        };
+        let decrypted = (t.plain.len() - t.plain_at) as u64;
+        if decrypted > left {
+            return Err(std::io::Error::other("more bytes than the response's length (pipelining is not sent)"));
+        }
+        t.plain_at = t.plain.len();
+        left -= decrypted;
+        while left > 0 {
+            let Some(len) = t.record_header().await? else {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            };
+            let carried =
+                len.checked_sub(RECORD_OVERHEAD)
+                    .ok_or_else(|| std::io::Error::other("a TLS record shorter than its tag"))? as u64;
+            if carried > left {
+                return Err(std::io::Error::other("a TLS record past the response's end"));
+            }
+            discard(&t.s, len as u64, scratch).await?;
+            t.received += 1;
+            left -= carried;
+        }
+        Ok(())
+    }
+}
+
+impl TlsConn {
+    /// Reads a record's header: its length, or `None` at the connection's
+    /// end. Only application data is taken once the handshake is done.
+    async fn record_header(&mut self) -> std::io::Result<Option<usize>> {
+        let mut header = [0u8; RECORD_HEADER];
+        match self.s.read_exact(&mut header).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let len = u16::from_be_bytes([header[3], header[4]]) as usize;
+        if header[0] != u8::from(ContentType::ApplicationData) || len > MAX_RECORD {
+            return Err(std::io::Error::other(format!("a TLS record header {header:?}")));
+        }
+        Ok(Some(len))
+    }
+}
+
+/// Discards the next `left` bytes `s` receives, in the kernel.
+async fn discard(s: &TcpStream, mut left: u64, scratch: &mut [u8]) -> std::io::Result<()> {
     while left > 0 {
         let want = (left as usize).min(scratch.len());
         let n = s
             .async_io(Interest::READABLE, || {
-                rustix::net::recv(&*s, &mut scratch[..want], RecvFlags::TRUNC | RecvFlags::DONTWAIT)
+                rustix::net::recv(s, &mut scratch[..want], RecvFlags::TRUNC | RecvFlags::DONTWAIT)
                     .map(|(_, n)| n)
                     .map_err(std::io::Error::from)
             })
@@ -226,5 +450,5 @@ async fn exchange(s: &mut TcpStream, request: &[u8], head: &mut [u8], scratch: &
         }
         left -= n as u64;
     }
-    Ok(Response { status, bytes: interim + head_len as u64 + length, close })
+    Ok(())
 }

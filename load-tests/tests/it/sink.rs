@@ -2,15 +2,16 @@
 //! body discarded to its last byte and no further (the next head reads),
 //! interim heads passed over, closing responses followed by a new
 //! connection, statuses, broken responses and silence counted, latency
-//! measured.
+//! measured; over TLS 1.3 too, where the client keeps the record layer
+//! itself and discards the body's records unread.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use outpost_load::sink::load;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use outpost_load::sink::{Tally, Tls, load};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// How a test server answers each request.
@@ -30,6 +31,9 @@ struct Answer {
     close: bool,
     /// Requests are read and never answered.
     silent: bool,
+    /// The head goes in two writes, split in its middle (over TLS: two
+    /// records).
+    split_head: bool,
 }
 
 const INTERIM: &[u8] = b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\n";
@@ -39,6 +43,34 @@ const INTERIM: &[u8] = b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload
 /// body in writes of 64 KiB, each byte a function of its place. Returns
 /// its address and the count of requests it read and of connections.
 async fn server(answer: Answer) -> (SocketAddr, Arc<AtomicU64>, Arc<AtomicU64>) {
+    serve(answer, None).await
+}
+
+/// The same over TLS, with a self-signed certificate for `sink.test`
+/// offering only `suite` (TLS 1.3); rustls's server sends its session
+/// tickets after the handshake. Returns, besides, the client for it.
+async fn tls_server(
+    answer: Answer,
+    suite: rustls::SupportedCipherSuite,
+) -> (SocketAddr, Arc<AtomicU64>, Arc<AtomicU64>, Tls, tempfile::TempDir) {
+    let c = rcgen::generate_simple_self_signed(vec!["sink.test".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, c.cert.pem()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(c.signing_key.serialize_der().into());
+    let provider =
+        rustls::crypto::CryptoProvider { cipher_suites: vec![suite], ..rustls::crypto::ring::default_provider() };
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![c.cert.der().clone()], key)
+        .unwrap();
+    let (addr, requests, connections) = serve(answer, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await;
+    (addr, requests, connections, Tls::new("sink.test", &ca).unwrap(), dir)
+}
+
+async fn serve(answer: Answer, tls: Option<tokio_rustls::TlsAcceptor>) -> (SocketAddr, Arc<AtomicU64>, Arc<AtomicU64>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let requests = Arc::new(AtomicU64::new(0));
@@ -46,53 +78,73 @@ async fn server(answer: Answer) -> (SocketAddr, Arc<AtomicU64>, Arc<AtomicU64>) 
     let (seen, opened) = (Arc::clone(&requests), Arc::clone(&connections));
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = listener.accept().await else { return };
+            let Ok((s, _)) = listener.accept().await else { return };
             opened.fetch_add(1, Ordering::Relaxed);
-            let seen = Arc::clone(&seen);
+            let (seen, tls) = (Arc::clone(&seen), tls.clone());
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                loop {
-                    // One request: up to its blank line.
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        let mut chunk = [0u8; 1024];
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                match tls {
+                    None => answer_on(s, answer, &seen).await,
+                    Some(tls) => {
+                        if let Ok(s) = tls.accept(s).await {
+                            answer_on(s, answer, &seen).await;
                         }
-                    }
-                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-                    assert!(buf.starts_with(b"GET /bench/x?size=9 HTTP/1.1\r\nHost: sink.test\r\n"), "{buf:?}");
-                    buf.drain(..end);
-                    seen.fetch_add(1, Ordering::Relaxed);
-                    if answer.silent {
-                        std::future::pending::<()>().await;
-                    }
-                    tokio::time::sleep(answer.delay).await;
-                    let body: Vec<u8> = (0..answer.length).map(|i| (i % 251) as u8).collect();
-                    let sent = answer.cut_at.unwrap_or(answer.length);
-                    let mut first = if answer.interim { INTERIM.to_vec() } else { Vec::new() };
-                    let close = if answer.close { "Connection: TE, Close\r\n" } else { "" };
-                    let (status, length) = (answer.status, answer.length);
-                    first.extend_from_slice(
-                        format!("HTTP/1.1 {status} X\r\nContent-Length: {length}\r\n{close}\r\n").as_bytes(),
-                    );
-                    first.extend_from_slice(&body[..sent.min(1024)]);
-                    if s.write_all(&first).await.is_err() {
-                        return;
-                    }
-                    for piece in body[sent.min(1024)..sent].chunks(64 * 1024) {
-                        if s.write_all(piece).await.is_err() {
-                            return;
-                        }
-                    }
-                    if answer.cut_at.is_some() || answer.close {
-                        return;
                     }
                 }
             });
         }
     });
     (addr, requests, connections)
+}
+
+/// Answers every request `s` sends with `answer`, counting them in `seen`.
+async fn answer_on<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, answer: Answer, seen: &AtomicU64) {
+    let mut buf = Vec::new();
+    loop {
+        // One request: up to its blank line.
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut chunk = [0u8; 1024];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert!(buf.starts_with(b"GET /bench/x?size=9 HTTP/1.1\r\nHost: sink.test\r\n"), "{buf:?}");
+        buf.drain(..end);
+        seen.fetch_add(1, Ordering::Relaxed);
+        if answer.silent {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(answer.delay).await;
+        let body: Vec<u8> = (0..answer.length).map(|i| (i % 251) as u8).collect();
+        let sent = answer.cut_at.unwrap_or(answer.length);
+        let mut first = if answer.interim { INTERIM.to_vec() } else { Vec::new() };
+        let close = if answer.close { "Connection: TE, Close\r\n" } else { "" };
+        let (status, length) = (answer.status, answer.length);
+        first.extend_from_slice(format!("HTTP/1.1 {status} X\r\nContent-Length: {length}\r\n{close}\r\n").as_bytes());
+        first.extend_from_slice(&body[..sent.min(1024)]);
+        if answer.split_head {
+            let half = first.len() / 2;
+            if s.write_all(&first[..half]).await.is_err() || s.flush().await.is_err() {
+                return;
+            }
+            first.drain(..half);
+        }
+        if s.write_all(&first).await.is_err() || s.flush().await.is_err() {
+            return;
+        }
+        for piece in body[sent.min(1024)..sent].chunks(64 * 1024) {
+            if s.write_all(piece).await.is_err() {
+                return;
+            }
+        }
+        if s.flush().await.is_err() {
+            return;
+        }
+        if answer.cut_at.is_some() || answer.close {
+            return;
+        }
+    }
 }
 
 const OK: Answer = Answer {
@@ -103,12 +155,13 @@ const OK: Answer = Answer {
     interim: false,
     close: false,
     silent: false,
+    split_head: false,
 };
 
 #[tokio::test]
 async fn every_body_is_discarded_to_its_last_byte() {
     let (addr, requests, _) = server(OK).await;
-    let t = load(addr, "sink.test", "/bench/x?size=9", 4, Duration::from_millis(800)).await;
+    let t = load(addr, "sink.test", "/bench/x?size=9", None, 4, Duration::from_millis(800)).await;
     assert_eq!((t.read_errors, t.connect_errors, t.timeouts, t.non_2xx_3xx), (0, 0, 0, 0), "{t:?}");
     assert!(t.done >= 40, "four connections in 0.8 s took {} responses", t.done);
     // Each connection may have sent one request more, past the end.
@@ -122,7 +175,7 @@ async fn every_body_is_discarded_to_its_last_byte() {
 #[tokio::test]
 async fn statuses_that_are_not_2xx_or_3xx_are_counted() {
     let (addr, _, _) = server(Answer { status: 404, length: 10, ..OK }).await;
-    let t = load(addr, "sink.test", "/bench/x?size=9", 2, Duration::from_millis(300)).await;
+    let t = load(addr, "sink.test", "/bench/x?size=9", None, 2, Duration::from_millis(300)).await;
     assert!(t.done > 0 && t.non_2xx_3xx == t.done, "{t:?}");
     assert_eq!(t.read_errors, 0);
 }
@@ -130,7 +183,7 @@ async fn statuses_that_are_not_2xx_or_3xx_are_counted() {
 #[tokio::test]
 async fn a_body_cut_short_is_an_error_not_a_response() {
     let (addr, requests, _) = server(Answer { cut_at: Some(100_000), ..OK }).await;
-    let t = load(addr, "sink.test", "/bench/x?size=9", 2, Duration::from_millis(300)).await;
+    let t = load(addr, "sink.test", "/bench/x?size=9", None, 2, Duration::from_millis(300)).await;
     assert_eq!(t.done, 0, "{t:?}");
     assert!(t.read_errors > 0, "{t:?}");
     assert!(requests.load(Ordering::Relaxed) > 0);
@@ -139,7 +192,7 @@ async fn a_body_cut_short_is_an_error_not_a_response() {
 #[tokio::test]
 async fn latency_is_from_the_request_to_the_last_byte() {
     let (addr, _, _) = server(Answer { delay: Duration::from_millis(30), ..OK }).await;
-    let t = load(addr, "sink.test", "/bench/x?size=9", 2, Duration::from_millis(400)).await;
+    let t = load(addr, "sink.test", "/bench/x?size=9", None, 2, Duration::from_millis(400)).await;
     assert!(t.done >= 4, "{t:?}");
     let p50 = t.latency.value_at_percentile(50.0);
     assert!((30_000..200_000).contains(&p50), "p50 {p50} µs for answers held 30 ms");
@@ -148,7 +201,7 @@ async fn latency_is_from_the_request_to_the_last_byte() {
 #[tokio::test]
 async fn a_server_that_is_not_there_is_counted_and_the_load_still_ends() {
     let addr = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
-    let t = load(addr, "sink.test", "/bench/x?size=9", 2, Duration::from_millis(200)).await;
+    let t = load(addr, "sink.test", "/bench/x?size=9", None, 2, Duration::from_millis(200)).await;
     assert_eq!(t.done, 0);
     assert!(t.connect_errors > 0, "{t:?}");
 }
@@ -156,7 +209,7 @@ async fn a_server_that_is_not_there_is_counted_and_the_load_still_ends() {
 #[tokio::test]
 async fn interim_heads_are_passed_over_and_a_closing_response_ends_its_connection() {
     let (addr, _, connections) = server(Answer { interim: true, close: true, length: 5000, ..OK }).await;
-    let t = load(addr, "sink.test", "/bench/x?size=9", 2, Duration::from_millis(400)).await;
+    let t = load(addr, "sink.test", "/bench/x?size=9", None, 2, Duration::from_millis(400)).await;
     assert_eq!((t.read_errors, t.timeouts), (0, 0), "{t:?}");
     assert!(t.done >= 10, "{t:?}");
     let head = "HTTP/1.1 200 X\r\nContent-Length: 5000\r\nConnection: TE, Close\r\n\r\n".len() as u64;
@@ -170,7 +223,63 @@ async fn interim_heads_are_passed_over_and_a_closing_response_ends_its_connectio
 #[tokio::test]
 async fn a_response_that_never_comes_is_a_timeout() {
     let (addr, requests, _) = server(Answer { silent: true, ..OK }).await;
-    let t = load(addr, "sink.test", "/bench/x?size=9", 2, Duration::from_millis(300)).await;
+    let t = load(addr, "sink.test", "/bench/x?size=9", None, 2, Duration::from_millis(300)).await;
     assert_eq!((t.done, t.read_errors, t.timeouts), (0, 0, 2), "{t:?}");
     assert_eq!(requests.load(Ordering::Relaxed), 2);
+}
+
+/// What every response of `answer` adds to the byte count: its head and
+/// body.
+fn response_bytes(answer: Answer) -> u64 {
+    (format!("HTTP/1.1 {} X\r\nContent-Length: {}\r\n\r\n", answer.status, answer.length).len() + answer.length) as u64
+}
+
+fn assert_clean(t: &Tally) {
+    assert_eq!((t.read_errors, t.connect_errors, t.timeouts, t.non_2xx_3xx), (0, 0, 0, 0), "{t:?}");
+}
+
+#[tokio::test]
+async fn over_tls_every_body_is_discarded_to_its_last_record() {
+    // 300 KiB and 7 bytes: 19 records of body past the head's, the last
+    // one short; the head is split over two records.
+    let answer = Answer { split_head: true, ..OK };
+    let (addr, requests, connections, tls, _dir) =
+        tls_server(answer, rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256).await;
+    let t = load(addr, "sink.test", "/bench/x?size=9", Some(&tls), 4, Duration::from_millis(800)).await;
+    assert_clean(&t);
+    assert!(t.done >= 20, "four connections in 0.8 s took {} responses", t.done);
+    assert_eq!(connections.load(Ordering::Relaxed), 4, "each connection kept: {t:?}");
+    let asked = requests.load(Ordering::Relaxed);
+    assert!((t.done..=t.done + 4).contains(&asked), "{asked} requests for {} responses", t.done);
+    assert_eq!(t.bytes, t.done * response_bytes(answer));
+}
+
+#[tokio::test]
+async fn over_tls_each_suite_is_spoken() {
+    use rustls::crypto::ring::cipher_suite::{TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256};
+    for suite in [TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256] {
+        let answer = Answer { length: 40_000, interim: true, ..OK };
+        let (addr, _, _, tls, _dir) = tls_server(answer, suite).await;
+        let t = load(addr, "sink.test", "/bench/x?size=9", Some(&tls), 2, Duration::from_millis(300)).await;
+        assert_clean(&t);
+        assert!(t.done >= 4, "{suite:?}: {t:?}");
+        assert_eq!(t.bytes, t.done * (INTERIM.len() as u64 + response_bytes(answer)), "{suite:?}");
+    }
+}
+
+#[tokio::test]
+async fn over_tls_a_body_cut_short_is_an_error_and_an_untrusted_server_is_not_loaded() {
+    let suite = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256;
+    let (addr, requests, _, tls, _dir) = tls_server(Answer { cut_at: Some(100_000), ..OK }, suite).await;
+    let t = load(addr, "sink.test", "/bench/x?size=9", Some(&tls), 2, Duration::from_millis(300)).await;
+    assert_eq!(t.done, 0, "{t:?}");
+    assert!(t.read_errors > 0, "{t:?}");
+    assert!(requests.load(Ordering::Relaxed) > 0);
+
+    // Another server's certificate: no handshake completes.
+    let (other, requests, _, _, _other_dir) = tls_server(OK, suite).await;
+    let t = load(other, "sink.test", "/bench/x?size=9", Some(&tls), 2, Duration::from_millis(200)).await;
+    assert_eq!(t.done, 0, "{t:?}");
+    assert!(t.connect_errors > 0, "{t:?}");
+    assert_eq!(requests.load(Ordering::Relaxed), 0);
 }

@@ -6,7 +6,7 @@ Both use the same ECDSA P-256 certificate and offer TLS 1.3; both listen
 with a backlog of 4096.
 
 Loads (--loads, comma-separated):
-- hits: 1 KiB cache hits over keep-alive TLS (wrk);
+- hits: 1 KiB cache hits over keep-alive TLS (wrk, or --client);
 - hits-100k, hits-1m: 100 KiB and 1 MiB cache hits over keep-alive TLS
   (wrk): neither server can `sendfile` through TLS without kernel TLS, so
   both read and encrypt every byte in user space. wrk decrypts every

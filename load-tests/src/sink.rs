@@ -21,10 +21,20 @@
 //! read, then discards the body's records in the kernel as above, unread,
 //! reading only each record's 5-byte header. A record's plaintext is its
 //! length less the AEAD's tag (16 bytes, for each of TLS 1.3's suites) and
-//! the inner content type (1): servers do not pad records (rustls and
-//! OpenSSL do not by default), and a padded body would leave the client
-//! waiting, counted as timeouts. Handshake records (session tickets)
-//! before a head are decrypted and passed over.
+//! the inner content type (1). This takes it that servers do not pad
+//! records (rustls and OpenSSL do not by default) and send nothing but the
+//! body amid one: padding, or a session ticket amid a body, would be
+//! counted as body bytes, and the response would end in a read error
+//! (past its end, or the next head unreadable). Handshake records between
+//! responses (session tickets) are decrypted and passed over; a key update
+//! ends the connection as an error, since the keys taken would no longer
+//! open the records. The keys are taken once the handshake is done, and
+//! with them rustls's count of the records it has read: a record the
+//! server sent with its last handshake flight and that rustls had only in
+//! part would be lost and put the count out of step (every response on
+//! the connection a read error). nginx (OpenSSL) and rustls send their
+//! tickets only after the client's `Finished`, so nothing is in flight
+//! then.
 
 use std::time::{Duration, Instant};
 
@@ -54,6 +64,8 @@ const MAX_RECORD: usize = (1 << 14) + 256;
 /// What a TLS 1.3 record adds to the plaintext it carries, unpadded: the
 /// inner content type and a 16-byte tag (every TLS 1.3 suite's).
 const RECORD_OVERHEAD: usize = 1 + 16;
+/// The handshake message type of a TLS 1.3 key update.
+const KEY_UPDATE: u8 = 24;
 
 /// What a load did.
 pub struct Tally {
@@ -315,7 +327,12 @@ impl Conn {
         let s = TcpStream::connect(addr).await?;
         let _ = s.set_nodelay(true);
         let Some(tls) = tls else { return Ok(Conn::Plain(s)) };
-        let (s, conn) = tls.connector.connect(tls.name.clone(), s).await?.into_inner();
+        // A handshake that stalls is a connection that failed, as a
+        // response that stalls is a timeout.
+        let (s, conn) = tokio::time::timeout(REQUEST_TIMEOUT, tls.connector.connect(tls.name.clone(), s))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??
+            .into_inner();
         let Some(SupportedCipherSuite::Tls13(suite)) = conn.negotiated_cipher_suite() else {
             return Err(std::io::Error::other("not TLS 1.3"));
         };
@@ -375,7 +392,10 @@ impl Conn {
                     t.plain.extend_from_slice(opened.payload);
                     t.plain_at = 0;
                 }
-                // Session tickets and the like: nothing for the load.
+                ContentType::Handshake if has_key_update(opened.payload) => {
+                    return Err(std::io::Error::other("a TLS key update, which this client does not follow"));
+                }
+                // Session tickets: nothing for the load.
                 ContentType::Handshake => {}
                 other => return Err(std::io::Error::other(format!("a TLS record of type {other:?}"))),
             }
@@ -434,6 +454,18 @@ impl TlsConn {
     }
 }
 
+/// Whether the handshake messages `msgs` hold a key update.
+fn has_key_update(mut msgs: &[u8]) -> bool {
+    while let [typ, a, b, c, ..] = *msgs {
+        if typ == KEY_UPDATE {
+            return true;
+        }
+        let len = u32::from_be_bytes([0, a, b, c]) as usize;
+        msgs = msgs.get(4 + len..).unwrap_or_default();
+    }
+    false
+}
+
 /// Discards the next `left` bytes `s` receives, in the kernel.
 async fn discard(s: &TcpStream, mut left: u64, scratch: &mut [u8]) -> std::io::Result<()> {
     while left > 0 {
@@ -451,4 +483,22 @@ async fn discard(s: &TcpStream, mut left: u64, scratch: &mut [u8]) -> std::io::R
         left -= n as u64;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_update_is_found_among_handshake_messages() {
+        // A session ticket (type 4) of 3 bytes, then a key update (24).
+        let ticket = [4u8, 0, 0, 3, 1, 2, 3];
+        let update = [KEY_UPDATE, 0, 0, 1, 0];
+        assert!(!has_key_update(&ticket));
+        assert!(has_key_update(&update));
+        assert!(has_key_update(&[ticket.as_slice(), update.as_slice()].concat()));
+        assert!(!has_key_update(&[ticket.as_slice(), &[24, 0]].concat()), "a message cut short is not one");
+        // A length past the end ends the walk.
+        assert!(!has_key_update(&[4, 0xff, 0xff, 0xff, 24, 0, 0, 1, 0]));
+    }
 }

@@ -253,8 +253,9 @@ mod tests {
     /// A file on the disk that is not in the page cache: written with
     /// `O_DIRECT`, which bypasses the cache, so that no page of it can be
     /// left behind (telling the kernel to drop pages is only advice, and
-    /// it may keep one still queued for its lists). A file system without
-    /// `O_DIRECT` gets the file written, synced and dropped instead.
+    /// it may keep one still queued for its lists); then told to drop its
+    /// pages, for a file system that takes `O_DIRECT` and caches anyway or
+    /// refuses it. (On tmpfs, whose pages are the file, nothing is cold.)
     fn evicted_file(len: usize) -> (std::path::PathBuf, std::fs::File) {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
@@ -263,17 +264,23 @@ mod tests {
         let path = std::env::temp_dir().join(format!("outpost-cold-{}-{len}", std::process::id()));
         let open = || std::fs::File::options().create(true).truncate(true).read(true).write(true).clone();
         let direct = open().custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32).open(&path);
-        if let Ok(mut direct) = direct {
-            // O_DIRECT wants its buffer aligned too: a page-aligned window
-            // of a larger buffer.
-            let buf = vec![7u8; len + page];
-            let at = buf.as_ptr().align_offset(page);
-            direct.write_all(&buf[at..at + len]).unwrap();
-            drop(direct);
-            return (path.clone(), std::fs::File::open(&path).unwrap());
-        }
-        let mut f = open().open(&path).unwrap();
-        f.write_all(&vec![7u8; len]).unwrap();
+        let f = match direct {
+            Ok(mut direct) => {
+                // O_DIRECT wants its buffer aligned too: a page-aligned
+                // window of a larger buffer.
+                let buf = vec![7u8; len + page];
+                let at = buf.as_ptr().align_offset(page);
+                direct.write_all(&buf[at..at + len]).unwrap();
+                std::fs::File::open(&path).unwrap()
+            }
+            Err(_) => {
+                let mut f = open().open(&path).unwrap();
+                f.write_all(&vec![7u8; len]).unwrap();
+                f
+            }
+        };
+        // Some file systems take O_DIRECT and write through the cache all
+        // the same: dropped after, whichever way it was written.
         f.sync_all().unwrap();
         rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
         (path, f)
@@ -313,6 +320,11 @@ mod tests {
             got
         });
         let mut left = frame.len();
+        // The first ask finds the range cold and has it read in first.
+        let first = std::future::poll_fn(|cx| Poll::Ready(queue.poll_send(&server, cx, left))).await;
+        assert!(first.is_pending(), "a cold range waits for its read");
+        let loading = matches!(queue.ranges.lock().unwrap().front().map(|p| &p.residency), Some(Residency::Loading(_)));
+        assert!(loading, "the range is being read into the page cache");
         while left > 0 {
             left -= std::future::poll_fn(|cx| queue.poll_send(&server, cx, left)).await.unwrap();
         }

@@ -111,13 +111,17 @@ def get(url):
         return dict(r.headers)
 
 
-def wrk(url, seconds, conns, extra=(), read=False):
+def wrk(url, seconds, conns, extra=(), read=False, objects=0):
     """Requests, req/s, p50 and p99 (ms); with `read`, also the bytes
-    read (heads and bodies)."""
+    read (heads and bodies). With `objects` (the client only), `{n}` in the
+    URL stands for a number below it, drawn for each request."""
     u = urllib.parse.urlsplit(url)
+    if objects and not CLIENT:
+        raise SystemExit("a set of objects needs --client")
     if CLIENT and not extra and (u.scheme == "http" or CLIENT_CA):
         target = u.path + (f"?{u.query}" if u.query else "")
-        cmd = ["taskset", "-c", "1", CLIENT, f"{u.hostname}:{u.port}", HOST, target, str(conns), str(seconds),
+        cmd = ["taskset", "-c", "1", CLIENT, *(["--objects", str(objects)] if objects else []),
+               f"{u.hostname}:{u.port}", HOST, target, str(conns), str(seconds),
                *([CLIENT_CA] if u.scheme == "https" else [])]
     else:
         cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "-H", f"Host: {HOST}",

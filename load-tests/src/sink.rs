@@ -178,17 +178,45 @@ pub async fn load(
     conns: usize,
     length: Duration,
 ) -> Tally {
-    let request: std::sync::Arc<[u8]> = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes().into();
+    load_set(addr, host, path, 0, tls, conns, length).await
+}
+
+/// [`load`] over a set of `objects` paths: `{n}` in `path` stands for a
+/// number below `objects`, drawn for each request, uniformly, from a
+/// generator seeded by the connection's index (so a run asks the same
+/// order again). With `objects` 0, `path` is sent as it is.
+pub async fn load_set(
+    addr: std::net::SocketAddr,
+    host: &str,
+    path: &str,
+    objects: u64,
+    tls: Option<&Tls>,
+    conns: usize,
+    length: Duration,
+) -> Tally {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    let (before, after) = match request.split_once("{n}") {
+        Some((before, after)) if objects > 0 => (before.to_string(), after.to_string()),
+        _ => (request, String::new()),
+    };
+    let (before, after): (std::sync::Arc<str>, std::sync::Arc<str>) = (before.into(), after.into());
     let end = Instant::now() + length;
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..conns {
-        let request = std::sync::Arc::clone(&request);
+    for i in 0..conns {
+        let mut requests = Requests {
+            before: std::sync::Arc::clone(&before),
+            after: std::sync::Arc::clone(&after),
+            objects: if after.is_empty() { 0 } else { objects },
+            // Never zero, which xorshift would keep.
+            state: 0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1),
+            buf: Vec::new(),
+        };
         let tls = tls.cloned();
         tasks.spawn(async move {
             let mut t = Tally::default();
             // Ended by the deadline, whatever a connection is waiting for.
             let deadline = tokio::time::Instant::from_std(end + GRACE);
-            let _ = tokio::time::timeout_at(deadline, run(addr, tls.as_ref(), &request, end, &mut t)).await;
+            let _ = tokio::time::timeout_at(deadline, run(addr, tls.as_ref(), &mut requests, end, &mut t)).await;
             t
         });
     }
@@ -199,13 +227,40 @@ pub async fn load(
     total
 }
 
+/// The requests one connection sends.
+struct Requests {
+    /// The request up to where `{n}` stood, and from there on; with
+    /// `objects` 0, `before` is the whole request.
+    before: std::sync::Arc<str>,
+    after: std::sync::Arc<str>,
+    objects: u64,
+    /// The generator's state (xorshift64).
+    state: u64,
+    buf: Vec<u8>,
+}
+
+impl Requests {
+    fn next(&mut self) -> &[u8] {
+        self.buf.clear();
+        self.buf.extend_from_slice(self.before.as_bytes());
+        if self.objects > 0 {
+            self.state ^= self.state << 13;
+            self.state ^= self.state >> 7;
+            self.state ^= self.state << 17;
+            self.buf.extend_from_slice((self.state % self.objects).to_string().as_bytes());
+            self.buf.extend_from_slice(self.after.as_bytes());
+        }
+        &self.buf
+    }
+}
+
 /// Microseconds, 1 µs to 100 s, to three figures.
 fn histogram() -> hdrhistogram::Histogram<u64> {
     hdrhistogram::Histogram::new_with_bounds(1, 100_000_000, 3).expect("valid bounds")
 }
 
 /// One connection's requests until `end`, reconnecting after an error.
-async fn run(addr: std::net::SocketAddr, tls: Option<&Tls>, request: &[u8], end: Instant, t: &mut Tally) {
+async fn run(addr: std::net::SocketAddr, tls: Option<&Tls>, requests: &mut Requests, end: Instant, t: &mut Tally) {
     let mut head = vec![0u8; MAX_HEAD];
     // Never written: the kernel discards what `recv` is asked to put here.
     let mut scratch = vec![0u8; DISCARD];
@@ -216,6 +271,7 @@ async fn run(addr: std::net::SocketAddr, tls: Option<&Tls>, request: &[u8], end:
             continue;
         };
         while Instant::now() < end {
+            let request = requests.next();
             let sent = Instant::now();
             match tokio::time::timeout(REQUEST_TIMEOUT, exchange(&mut s, request, &mut head, &mut scratch)).await {
                 Ok(Ok(r)) => {

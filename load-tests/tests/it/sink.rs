@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use outpost_load::sink::{Tally, Tls, load};
+use outpost_load::sink::{Tally, Tls, load, load_set};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -97,21 +97,26 @@ async fn serve(answer: Answer, tls: Option<tokio_rustls::TlsAcceptor>) -> (Socke
     (addr, requests, connections)
 }
 
+/// The next request's head `s` sends (up to its blank line), with `buf`
+/// holding what was read past it; `None` at the connection's end.
+async fn next_request<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> Option<String> {
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut chunk = [0u8; 1024];
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    Some(String::from_utf8(buf.drain(..end).collect()).unwrap())
+}
+
 /// Answers every request `s` sends with `answer`, counting them in `seen`.
 async fn answer_on<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, answer: Answer, seen: &AtomicU64) {
     let mut buf = Vec::new();
     loop {
-        // One request: up to its blank line.
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            let mut chunk = [0u8; 1024];
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-        assert!(buf.starts_with(b"GET /bench/x?size=9 HTTP/1.1\r\nHost: sink.test\r\n"), "{buf:?}");
-        buf.drain(..end);
+        let Some(head) = next_request(&mut s, &mut buf).await else { return };
+        assert!(head.starts_with("GET /bench/x?size=9 HTTP/1.1\r\nHost: sink.test\r\n"), "{head:?}");
         seen.fetch_add(1, Ordering::Relaxed);
         if answer.silent {
             std::future::pending::<()>().await;
@@ -289,4 +294,40 @@ async fn over_tls_a_body_cut_short_is_an_error_and_an_untrusted_server_is_not_lo
     assert_eq!(t.done, 0, "{t:?}");
     assert!(t.connect_errors > 0, "{t:?}");
     assert_eq!(requests.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn a_set_of_paths_is_asked_for_at_random_and_each_answer_read() {
+    // A server that notes each request's path and answers it briefly.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let paths = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let noted = Arc::clone(&paths);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { return };
+            let noted = Arc::clone(&noted);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Some(head) = next_request(&mut s, &mut buf).await {
+                    let path = head.split(' ').nth(1).unwrap().to_string();
+                    noted.lock().unwrap().push(path);
+                    if s.write_all(b"HTTP/1.1 200 X\r\nContent-Length: 5\r\n\r\nhello").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let t = load_set(addr, "sink.test", "/set/{n}?size=5", 10, None, 2, Duration::from_millis(300)).await;
+    assert_clean(&t);
+    assert!(t.done >= 100, "{t:?}");
+    let paths = paths.lock().unwrap().clone();
+    let mut counts = [0u64; 10];
+    for p in &paths {
+        let n: usize = p.strip_prefix("/set/").and_then(|r| r.strip_suffix("?size=5")).unwrap().parse().unwrap();
+        counts[n] += 1;
+    }
+    let each = paths.len() as u64 / 10;
+    assert!(counts.iter().all(|&c| c > each / 2 && c < each * 2), "{} requests spread as {counts:?}", paths.len());
 }

@@ -27,6 +27,8 @@ enum Kind {
         /// Kept until the body ends or is dropped (what counts the
         /// stream open).
         held: Option<Held>,
+        /// Data taken by [`RecvBody::settle`], given out first.
+        taken: Option<Bytes>,
     },
     /// Boxed: an h3 stream is large, and HTTP/3 requests few.
     H3(Box<H3>),
@@ -73,7 +75,38 @@ impl RecvBody {
     /// stream already ended is empty). Its window opens as it is read.
     pub fn h2(recv: h2::RecvStream, declared: Option<u64>) -> RecvBody {
         let left = declared.or_else(|| recv.is_end_stream().then_some(0));
-        RecvBody(Kind::H2 { recv, left, data_done: false, held: None })
+        RecvBody(Kind::H2 { recv, left, data_done: false, held: None, taken: None })
+    }
+
+    /// Takes what has already come of an HTTP/2 body that declared no
+    /// length, without waiting: a stream its client ended with an empty
+    /// DATA frame, rather than with its HEADERS, then reads as empty
+    /// (`size_hint` exactly 0), and so can be sent upstream again.
+    pub fn settle(&mut self) {
+        let Kind::H2 { recv, left: left @ None, data_done: data_done @ false, taken: taken @ None, .. } = &mut self.0
+        else {
+            return;
+        };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        loop {
+            match recv.poll_data(&mut cx) {
+                Poll::Ready(Some(Ok(bytes))) if bytes.is_empty() => continue,
+                Poll::Ready(Some(Ok(bytes))) => {
+                    let _ = recv.flow_control().release_capacity(bytes.len());
+                    *taken = Some(bytes);
+                    return;
+                }
+                Poll::Ready(None) => {
+                    *data_done = true;
+                    if recv.is_end_stream() {
+                        *left = Some(0);
+                    }
+                    return;
+                }
+                // An error is met again by the reader; nothing has come.
+                Poll::Ready(Some(Err(_))) | Poll::Pending => return,
+            }
+        }
     }
 
     /// [`RecvBody::h2`], keeping `held` until the body ends or is dropped.
@@ -116,7 +149,10 @@ impl http_body::Body for RecvBody {
         match &mut self.get_mut().0 {
             Kind::Empty => Poll::Ready(None),
             Kind::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-            Kind::H2 { recv, left, data_done, held } => {
+            Kind::H2 { recv, left, data_done, held, taken } => {
+                if let Some(bytes) = taken.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                }
                 if !*data_done {
                     match ready!(recv.poll_data(cx)) {
                         Some(Ok(bytes)) => {

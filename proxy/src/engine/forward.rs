@@ -18,7 +18,7 @@ use crate::error::Error;
 use crate::host::RequestHost;
 use crate::upstream::{BoxError, ClientBodyError, UpstreamError, request};
 
-pub(super) async fn forward(cx: &Ctx, body: RecvBody) -> Answer {
+pub(super) async fn forward(cx: &Ctx, mut body: RecvBody) -> Answer {
     let engine = &cx.engine;
     let max = engine.limits.max_request_body;
     let declared =
@@ -26,6 +26,9 @@ pub(super) async fn forward(cx: &Ctx, body: RecvBody) -> Answer {
     if declared.is_some_and(|l| l > max) {
         return failed(engine, Error::PayloadTooLarge);
     }
+    // An HTTP/2 request ended by an empty DATA frame is known empty once
+    // that frame is in: it may then be sent again.
+    body.settle();
     // The body goes upstream with the length the client declared (hyper
     // has checked it, and delivers exactly that many bytes or an error);
     // without one it is sent chunked, or not at all when empty.

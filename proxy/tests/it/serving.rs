@@ -504,43 +504,53 @@ async fn park_and_wake() {
     assert_eq!(origin.count("/park").await, 1);
 }
 
-/// A request whose body went to an upstream that broke off is never sent
-/// again: its body is spent, and a PUT sent again without it would
-/// replace the resource with nothing. A request without a body is.
-#[tokio::test]
-async fn a_request_body_spent_on_a_broken_upstream_is_not_sent_again_empty() {
+/// An origin that reads each request up to `end` and keeps what it read;
+/// it hangs up on the first request when `hang_up_first`, and answers
+/// every other with a 200.
+async fn recording_origin(
+    end: &'static [u8],
+    hang_up_first: bool,
+) -> (std::net::SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     use std::sync::{Arc, Mutex};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // An origin that hangs up on the first request it reads and answers
-    // the ones after; it keeps the head of each.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let heads = Arc::new(Mutex::new(Vec::<String>::new()));
-    let seen = Arc::clone(&heads);
+    let requests = Arc::new(Mutex::new(Vec::<String>::new()));
+    let kept = Arc::clone(&requests);
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
-            let seen = Arc::clone(&seen);
+            let kept = Arc::clone(&kept);
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 16 << 10];
                 let mut got = Vec::new();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                while !got.windows(end.len()).any(|w| w == end) {
                     match s.read(&mut buf).await {
                         Ok(0) | Err(_) => return,
                         Ok(n) => got.extend_from_slice(&buf[..n]),
                     }
                 }
-                let head = String::from_utf8_lossy(&got).into_owned();
                 let first = {
-                    let mut heads = seen.lock().unwrap();
-                    heads.push(head);
-                    heads.len() == 1
+                    let mut kept = kept.lock().unwrap();
+                    kept.push(String::from_utf8_lossy(&got).into_owned());
+                    kept.len() == 1
                 };
-                if !first {
+                if !(first && hang_up_first) {
                     let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").await;
                 }
             });
         }
     });
+    (addr, requests)
+}
+
+/// A request whose body went to an upstream that broke off is never sent
+/// again: its body is spent, and a PUT sent again without it would
+/// replace the resource with nothing. A request without a body is.
+#[tokio::test]
+async fn a_request_body_spent_on_a_broken_upstream_is_not_sent_again_empty() {
+    // An origin that hangs up on the first request it reads and answers
+    // the ones after; it keeps the head of each.
+    let (addr, heads) = recording_origin(b"\r\n\r\n", true).await;
     let dir = tempfile::tempdir().unwrap();
     let edge = Edge::start(dir.path(), &site_toml(addr, DEFAULT_RULES)).await;
 
@@ -556,4 +566,58 @@ async fn a_request_body_spent_on_a_broken_upstream_is_not_sent_again_empty() {
     let r = send(Method::DELETE, &edge.url("/doc"), &[("host", "t.test")]).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(heads.lock().unwrap().len(), 2);
+
+    // So is an HTTP/2 request whose HEADERS did not end its stream, ended
+    // by an empty DATA frame sent with them: it has no body either.
+    let h2 = h2_client(tokio::net::TcpStream::connect(edge.addr).await.unwrap()).await;
+    for (body, tries) in [(Bytes::new(), 2), (Bytes::from_static(b"text"), 1)] {
+        heads.lock().unwrap().clear();
+        let mut ready = h2.clone().ready().await.unwrap();
+        let req = http::Request::delete("http://t.test/doc").body(()).unwrap();
+        let (resp, mut stream) = ready.send_request(req, false).unwrap();
+        stream.send_data(body.clone(), true).unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(5), resp).await.unwrap().unwrap();
+        let got = heads.lock().unwrap().clone();
+        assert_eq!(got.len(), tries, "{body:?}: {got:?}");
+        assert!(got.iter().all(|h| h.starts_with("DELETE /doc ")), "{got:?}");
+        let want = if tries == 2 { StatusCode::OK } else { StatusCode::BAD_GATEWAY };
+        assert_eq!(resp.status(), want, "{body:?}");
+    }
+}
+
+/// An HTTP/2 request body that came with its HEADERS, without a length,
+/// goes upstream whole: the bytes looked at to see whether the body is
+/// empty are sent first.
+#[tokio::test]
+async fn an_http2_body_without_a_length_goes_upstream_whole() {
+    // An origin that keeps each request, head and chunked body, whole.
+    let (addr, requests) = recording_origin(b"0\r\n\r\n", false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let edge = Edge::start(dir.path(), &site_toml(addr, DEFAULT_RULES)).await;
+    let h2 = h2_client(tokio::net::TcpStream::connect(edge.addr).await.unwrap()).await;
+    let mut ready = h2.ready().await.unwrap();
+    let (resp, mut stream) =
+        ready.send_request(http::Request::post("http://t.test/form").body(()).unwrap(), false).unwrap();
+    stream.send_data(Bytes::from_static(b"first part,"), false).unwrap();
+    stream.send_data(Bytes::from_static(b" second part"), true).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), resp).await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let got = requests.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let (head, body) = got[0].split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.starts_with("POST /form ") && head.to_ascii_lowercase().contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    let mut sent = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size, 16).unwrap();
+        if n == 0 {
+            break;
+        }
+        sent.push_str(&after[..n]);
+        rest = &after[n + 2..];
+    }
+    assert_eq!(sent, "first part, second part");
 }

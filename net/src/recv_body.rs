@@ -205,7 +205,8 @@ impl http_body::Body for RecvBody {
         match &self.0 {
             Kind::Empty => true,
             Kind::Hyper(body) => body.is_end_stream(),
-            Kind::H2 { recv, .. } => recv.is_end_stream(),
+            // Bytes `settle` took are still to come, whatever h2 says.
+            Kind::H2 { recv, taken, .. } => taken.is_none() && recv.is_end_stream(),
             // h3 tells only when read: a declared length of 0 is the end.
             Kind::H3(h3) => h3.left == Some(0),
         }

@@ -42,7 +42,7 @@ use rustix::net::RecvFlags;
 use rustls::crypto::cipher::{
     InboundOpaqueMessage, MessageDecrypter, MessageEncrypter, OutboundChunks, OutboundPlainMessage,
 };
-use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+use rustls::pki_types::ServerName;
 use rustls::{ConnectionTrafficSecrets, ContentType, ProtocolVersion, SupportedCipherSuite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
@@ -146,14 +146,7 @@ impl Tls {
     /// A client for `server_name` trusting the certificates in the PEM
     /// file `ca`.
     pub fn new(server_name: &str, ca: &std::path::Path) -> Result<Tls, String> {
-        let certs = CertificateDer::pem_file_iter(ca)
-            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("{}: {e}", ca.display()))?;
-        let mut roots = rustls::RootCertStore::empty();
-        let (added, _) = roots.add_parsable_certificates(certs);
-        if added == 0 {
-            return Err(format!("{}: no certificate in it", ca.display()));
-        }
+        let roots = crate::ca_roots(ca)?;
         let mut config =
             rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
                 .with_protocol_versions(&[&rustls::version::TLS13])

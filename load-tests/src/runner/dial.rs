@@ -14,7 +14,6 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::net::TcpStream;
@@ -155,19 +154,14 @@ impl Tls {
         let builder = if insecure {
             builder.dangerous().with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
         } else {
-            let mut roots = RootCertStore::empty();
-            match ca {
-                Some(path) => {
-                    let certs = CertificateDer::pem_file_iter(path)
-                        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-                        .map_err(|e| format!("target ca `{path}`: {e}"))?;
-                    if certs.is_empty() {
-                        return Err(format!("target ca `{path}`: no certificate in it"));
-                    }
-                    roots.add_parsable_certificates(certs);
+            let roots = match ca {
+                Some(path) => crate::ca_roots(std::path::Path::new(path)).map_err(|e| format!("target ca {e}"))?,
+                None => {
+                    let mut roots = RootCertStore::empty();
+                    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+                    roots
                 }
-                None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-            }
+            };
             builder.with_root_certificates(roots)
         };
         let mut config = builder.with_no_client_auth();

@@ -111,16 +111,21 @@ def get(url):
         return dict(r.headers)
 
 
-def wrk(url, seconds, conns, extra=(), read=False, objects=0):
+def wrk(url, seconds, conns, extra=(), read=False, objects=0, client=True):
     """Requests, req/s, p50 and p99 (ms); with `read`, also the bytes
     read (heads and bodies). With `objects` (the client only), `{n}` in the
-    URL stands for a number below it, drawn for each request."""
+    URL stands for a number below it, drawn for each request. The load runs
+    on CLIENT when one is set, `client` is true and `extra` holds nothing
+    but request fields (`-H`), and on wrk otherwise."""
     u = urllib.parse.urlsplit(url)
     if objects and not CLIENT:
         raise SystemExit("a set of objects needs --client")
-    if CLIENT and not extra and (u.scheme == "http" or CLIENT_CA):
+    # The client takes request fields (`-H`); other wrk options need wrk.
+    fields = [v for flag, v in zip(extra[::2], extra[1::2]) if flag == "-H"]
+    if client and CLIENT and len(fields) * 2 == len(extra) and (u.scheme == "http" or CLIENT_CA):
         target = u.path + (f"?{u.query}" if u.query else "")
         cmd = ["taskset", "-c", "1", CLIENT, *(["--objects", str(objects)] if objects else []),
+               *[a for f in fields for a in ("--header", f)],
                f"{u.hostname}:{u.port}", HOST, target, str(conns), str(seconds),
                *([CLIENT_CA] if u.scheme == "https" else [])]
     else:

@@ -3,9 +3,11 @@
 
 Every server sits in front of the same test origin, which serves a
 JavaScript file of --size without compressing it (real text: Python's
-standard library sources, concatenated); wrk (pinned to CPU 1) asks for it
-with `Accept-Encoding: br, gzip`, as browsers do, and the server (pinned to
-CPU 0) answers from its cache:
+standard library sources, concatenated); the client (pinned to CPU 1: wrk,
+or with --client target/release/examples/sink_load the benchmarks' client,
+which discards bodies in the kernel where wrk copies them) asks for it with
+`Accept-Encoding: br, gzip`, as browsers do, and the server (pinned to CPU
+0) answers from its cache:
 
 - outpost: makes the brotli representation once and serves it from store;
 - nginx-gz1, nginx-gz6: `proxy_cache` plus `gzip on` (gzip_comp_level 1,
@@ -16,8 +18,8 @@ CPU 0) answers from its cache:
   no cache and no compression per request — a floor for nginx's cost.
 
 Reports req/s, p99, requests per CPU-second of the server and bytes sent
-per response (heads included, from wrk), medians of interleaved repeats,
-and Outpost's ratios.
+per response (heads and chunk framing included, as the client counts
+them), medians of interleaved repeats, and Outpost's ratios.
 """
 import glob
 import gzip
@@ -31,6 +33,7 @@ import tempfile
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import compare  # noqa: E402
 from compare import (HOST, ORIGIN, arguments, cpu_seconds, edge_toml, nginx_conf, start, stop,  # noqa: E402
                      wait_port, write_site, wrk)
 
@@ -88,7 +91,10 @@ def configs(work):
 def main():
     ap = arguments()
     ap.add_argument("--size", default="100KiB")
+    ap.add_argument("--client", default="wrk", help="the load client: wrk, or target/release/examples/sink_load")
     args = ap.parse_args()
+    compare.CLIENT = None if args.client == "wrk" else args.client
+    print(f"client: {args.client}", flush=True)
     work = tempfile.mkdtemp(prefix="outpost-compress-")
     size = int(args.size[:-3]) * {"KiB": 1 << 10, "MiB": 1 << 20}[args.size[-3:]]
     text = corpus(size)

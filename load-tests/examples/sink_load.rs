@@ -2,10 +2,11 @@
 //! keep-alive GETs whose response bodies the kernel discards
 //! ([`outpost_load::sink`]), one thread, bounded by time.
 //!
-//!     sink_load [--objects N] ADDR HOST PATH CONNECTIONS SECONDS [CA_PEM]
+//!     sink_load [--objects N] [--header 'NAME: VALUE']... ADDR HOST PATH CONNECTIONS SECONDS [CA_PEM]
 //!
 //! With `--objects N`, `{n}` in `PATH` stands for a number below `N`,
-//! drawn at random for each request.
+//! drawn at random for each request. Each `--header` adds a field to every
+//! request.
 //!
 //! With `CA_PEM` it speaks HTTPS (TLS 1.3), trusting the certificates in
 //! that file for `HOST`, and discards bodies unread there too.
@@ -17,28 +18,32 @@
 use std::time::{Duration, Instant};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let objects = match args.iter().position(|a| a == "--objects") {
-        Some(at) if at + 1 < args.len() => {
-            let n = args.remove(at + 1).parse()?;
-            args.remove(at);
-            n
+    const USAGE: &str =
+        "usage: sink_load [--objects N] [--header 'NAME: VALUE']... ADDR HOST PATH CONNECTIONS SECONDS [CA_PEM]";
+    let (mut objects, mut fields, mut args) = (0, Vec::new(), Vec::new());
+    let mut given = std::env::args().skip(1);
+    while let Some(arg) = given.next() {
+        match arg.as_str() {
+            "--objects" => objects = given.next().ok_or("--objects takes a number")?.parse()?,
+            "--header" => fields.push(given.next().ok_or("--header takes a `NAME: VALUE` field")?),
+            _ if arg.starts_with("--") => return Err(format!("{arg}: no such option; {USAGE}").into()),
+            _ => args.push(arg),
         }
-        Some(_) => return Err("--objects takes a number".into()),
-        None => 0,
-    };
+    }
     let (addr, host, path, conns, secs, ca) = match args.as_slice() {
         [addr, host, path, conns, secs] => (addr, host, path, conns, secs, None),
         [addr, host, path, conns, secs, ca] => (addr, host, path, conns, secs, Some(ca)),
-        _ => return Err("usage: sink_load [--objects N] ADDR HOST PATH CONNECTIONS SECONDS [CA_PEM]".into()),
+        _ => return Err(USAGE.into()),
     };
+    let ask = outpost_load::sink::Ask { host: host.clone(), path: path.clone(), objects, fields };
     let tls = ca.map(|ca| outpost_load::sink::Tls::new(host, std::path::Path::new(ca))).transpose()?;
     let (addr, conns): (std::net::SocketAddr, usize) = (addr.parse()?, conns.parse()?);
     let seconds: u64 = secs.parse()?;
     let started = Instant::now();
-    let total = tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(
-        outpost_load::sink::load_set(addr, host, path, objects, tls.as_ref(), conns, Duration::from_secs(seconds)),
-    );
+    let total = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(outpost_load::sink::load_asking(addr, &ask, tls.as_ref(), conns, Duration::from_secs(seconds)))?;
     let elapsed = started.elapsed().min(Duration::from_secs(seconds)).as_secs_f64();
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("Running {seconds}s test @ {scheme}://{addr}{path}");

@@ -9,9 +9,13 @@
 //! over, a response that says `Connection: close` is followed by a new
 //! connection, and one that takes longer than wrk's timeout (2 s) counts as
 //! a timeout, whenever it ends, and the connection is opened again (wrk
-//! keeps it). A response that ends after the load's end is not counted. Bodies must
-//! have a `Content-Length` (the benchmarks' do): others are read errors.
-//! HTTP/1.1 to one address, bounded by time.
+//! keeps it). A response that ends after the load's end is not counted.
+//! Bodies are framed by `Content-Length` or chunked; a chunked body's size
+//! lines and trailers are read and its data skipped (in the kernel in
+//! cleartext, decrypted over TLS, where chunks need not end with a
+//! record); a body that runs to the connection's end is a read error.
+//! Requests may carry fields of the caller's ([`Ask`]). HTTP/1.1 to one
+//! address, bounded by time.
 //!
 //! Over TLS ([`Tls`]) a client that decrypted every body would cost as much
 //! per byte as the server that encrypted it, and would set the pace as wrk
@@ -160,6 +164,47 @@ impl Tls {
     }
 }
 
+/// What each request of a load asks for.
+#[derive(Clone, Debug, Default)]
+pub struct Ask {
+    /// The `Host` field.
+    pub host: String,
+    /// The request target; `{n}` in it stands for a number below
+    /// `objects`, drawn for each request, uniformly, from a generator
+    /// seeded by the connection's index (so a run asks the same order
+    /// again). With `objects` 0, the path is sent as it is.
+    pub path: String,
+    pub objects: u64,
+    /// Fields sent after `Host`, each a `Name: value` line without its
+    /// line end.
+    pub fields: Vec<String>,
+}
+
+impl Ask {
+    /// `GET path` with `Host: host` and nothing else.
+    pub fn new(host: &str, path: &str) -> Ask {
+        Ask { host: host.to_string(), path: path.to_string(), ..Ask::default() }
+    }
+
+    /// The request's bytes, with `{n}` left in the path.
+    fn request(&self) -> Result<String, String> {
+        let mut request = format!("GET {} HTTP/1.1\r\nHost: {}\r\n", self.path, self.host);
+        for field in &self.fields {
+            let well_formed = field
+                .split_once(':')
+                .is_some_and(|(name, _)| !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':'))
+                && !field.bytes().any(|b| b == b'\r' || b == b'\n');
+            if !well_formed {
+                return Err(format!("`{field}` is not a `Name: value` field"));
+            }
+            request.push_str(field);
+            request.push_str("\r\n");
+        }
+        request.push_str("\r\n");
+        Ok(request)
+    }
+}
+
 /// `GET path` with `Host: host` on `conns` connections to `addr`, over
 /// `tls` when given, for `length`, each connection one request at a time;
 /// runs on the current runtime.
@@ -171,25 +216,21 @@ pub async fn load(
     conns: usize,
     length: Duration,
 ) -> Tally {
-    load_set(addr, host, path, 0, tls, conns, length).await
+    load_asking(addr, &Ask::new(host, path), tls, conns, length).await.expect("a plain GET is well formed")
 }
 
-/// [`load`] over a set of `objects` paths: `{n}` in `path` stands for a
-/// number below `objects`, drawn for each request, uniformly, from a
-/// generator seeded by the connection's index (so a run asks the same
-/// order again). With `objects` 0, `path` is sent as it is.
-pub async fn load_set(
+/// [`load`] with the requests `ask` describes; an error when one of its
+/// fields is not well formed.
+pub async fn load_asking(
     addr: std::net::SocketAddr,
-    host: &str,
-    path: &str,
-    objects: u64,
+    ask: &Ask,
     tls: Option<&Tls>,
     conns: usize,
     length: Duration,
-) -> Tally {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+) -> Result<Tally, String> {
+    let request = ask.request()?;
     let (before, after) = match request.split_once("{n}") {
-        Some((before, after)) if objects > 0 => (before.to_string(), after.to_string()),
+        Some((before, after)) if ask.objects > 0 => (before.to_string(), after.to_string()),
         _ => (request, String::new()),
     };
     let (before, after): (std::sync::Arc<str>, std::sync::Arc<str>) = (before.into(), after.into());
@@ -199,7 +240,7 @@ pub async fn load_set(
         let mut requests = Requests {
             before: std::sync::Arc::clone(&before),
             after: std::sync::Arc::clone(&after),
-            objects: if after.is_empty() { 0 } else { objects },
+            objects: if after.is_empty() { 0 } else { ask.objects },
             // Never zero, which xorshift would keep.
             state: 0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1),
             buf: Vec::new(),
@@ -217,7 +258,7 @@ pub async fn load_set(
     while let Some(t) = tasks.join_next().await {
         total.add(&t.expect("a connection's task"));
     }
-    total
+    Ok(total)
 }
 
 /// The requests one connection sends.
@@ -325,9 +366,18 @@ async fn exchange(s: &mut Conn, request: &[u8], head: &mut [u8], scratch: &mut [
                 continue;
             }
             let field = |name: &str| resp.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
-            let length = field("content-length")
-                .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok())
-                .ok_or_else(|| std::io::Error::other("a response without Content-Length"))?;
+            let chunked = |codings: &[u8]| {
+                codings.rsplit(|b| *b == b',').next().is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+            };
+            let length = match field("transfer-encoding") {
+                Some(codings) if chunked(codings) => None,
+                Some(_) => return Err(std::io::Error::other("a body that runs to the connection's end")),
+                None => Some(
+                    field("content-length")
+                        .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok())
+                        .ok_or_else(|| std::io::Error::other("a response without Content-Length or chunks"))?,
+                ),
+            };
             let close = field("connection")
                 .is_some_and(|v| v.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close")));
             break (status, len, length, close);
@@ -341,12 +391,89 @@ async fn exchange(s: &mut Conn, request: &[u8], head: &mut [u8], scratch: &mut [
         }
         filled += n;
     };
+    let Some(length) = length else {
+        head.copy_within(head_len..filled, 0);
+        let body = chunks(s, head, filled - head_len, scratch).await?;
+        return Ok(Response { status, bytes: interim + head_len as u64 + body, close });
+    };
     let already = (filled - head_len) as u64;
     if already > length {
-        return Err(std::io::Error::other("more bytes than the response's length (pipelining is not sent)"));
+        return Err(std::io::Error::other(PAST_THE_END));
     }
     s.discard(length - already, scratch).await?;
     Ok(Response { status, bytes: interim + head_len as u64 + length, close })
+}
+
+const PAST_THE_END: &str = "more bytes than the response's length (pipelining is not sent)";
+
+/// Takes a chunked body whose first `filled` bytes are at the start of
+/// `buf`: the chunks' size lines and the trailers are read through `buf`,
+/// the chunks' data skipped ([`Conn::skip`]). Returns the body's bytes as
+/// sent, framing included.
+async fn chunks(s: &mut Conn, buf: &mut [u8], mut filled: usize, scratch: &mut [u8]) -> std::io::Result<u64> {
+    let (mut at, mut wire) = (0, 0u64);
+    loop {
+        let size_line = line(s, buf, &mut at, &mut filled).await?;
+        wire += (size_line.len() + 2) as u64;
+        let digits = buf[size_line].split(|b| *b == b';').next().unwrap_or_default().trim_ascii();
+        let size = std::str::from_utf8(digits)
+            .ok()
+            .filter(|d| !d.is_empty() && d.len() <= 16)
+            .and_then(|d| u64::from_str_radix(d, 16).ok())
+            .ok_or_else(|| std::io::Error::other("a chunk size that does not read"))?;
+        if size == 0 {
+            break;
+        }
+        let held = ((filled - at) as u64).min(size);
+        at += held as usize;
+        s.skip(size - held, scratch).await?;
+        wire += size;
+        let end = line(s, buf, &mut at, &mut filled).await?;
+        if !end.is_empty() {
+            return Err(std::io::Error::other("a chunk longer than its size"));
+        }
+        wire += 2;
+    }
+    // Trailers, to the blank line.
+    loop {
+        let trailer = line(s, buf, &mut at, &mut filled).await?;
+        wire += (trailer.len() + 2) as u64;
+        if trailer.is_empty() {
+            break;
+        }
+    }
+    if at < filled {
+        return Err(std::io::Error::other(PAST_THE_END));
+    }
+    Ok(wire)
+}
+
+/// The next line in `buf[*at..*filled]`, reading more when it holds no
+/// line end: its place in `buf`, without the CRLF, `*at` moved past it.
+async fn line(
+    s: &mut Conn,
+    buf: &mut [u8],
+    at: &mut usize,
+    filled: &mut usize,
+) -> std::io::Result<std::ops::Range<usize>> {
+    loop {
+        if let Some(p) = buf[*at..*filled].windows(2).position(|w| w == b"\r\n") {
+            let line = *at..*at + p;
+            *at += p + 2;
+            return Ok(line);
+        }
+        buf.copy_within(*at..*filled, 0);
+        *filled -= *at;
+        *at = 0;
+        if *filled == buf.len() {
+            return Err(std::io::Error::other("a chunk line too long"));
+        }
+        let n = s.read(&mut buf[*filled..]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        *filled += n;
+    }
 }
 
 /// A connection, in cleartext or over TLS with the record layer kept here.
@@ -455,6 +582,24 @@ impl Conn {
         Ok(n)
     }
 
+    /// Passes over the next `left` bytes of the response: in the kernel in
+    /// cleartext; over TLS they are decrypted and dropped, since they need
+    /// not end with a record.
+    async fn skip(&mut self, mut left: u64, scratch: &mut [u8]) -> std::io::Result<()> {
+        if let Conn::Plain(s) = self {
+            return discard(s, left, scratch).await;
+        }
+        while left > 0 {
+            let want = (left as usize).min(scratch.len());
+            let n = self.read(&mut scratch[..want]).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            left -= n as u64;
+        }
+        Ok(())
+    }
+
     /// Discards the next `left` bytes of the response, in the kernel.
     async fn discard(&mut self, mut left: u64, scratch: &mut [u8]) -> std::io::Result<()> {
         let t = match self {
@@ -463,7 +608,7 @@ impl Conn {
         };
         let decrypted = (t.plain.len() - t.plain_at) as u64;
         if decrypted > left {
-            return Err(std::io::Error::other("more bytes than the response's length (pipelining is not sent)"));
+            return Err(std::io::Error::other(PAST_THE_END));
         }
         t.plain_at = t.plain.len();
         left -= decrypted;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use outpost_load::sink::{Tally, Tls, load, load_set};
+use outpost_load::sink::{Ask, Tally, Tls, load, load_asking};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -35,6 +35,44 @@ struct Answer {
     /// 20 KiB of the body (over TLS: a record with half the head, then a
     /// full one of 16 KiB with the rest of it and the body's start).
     split_head: bool,
+    /// The body goes chunked ([`chunked`]) rather than with a length.
+    chunked: bool,
+}
+
+/// `body` chunked: a chunk of 1,000 bytes with an extension, one of
+/// 70,000, then the rest, then the last chunk and a trailer.
+fn chunked(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let (first, rest) = body.split_at(1000.min(body.len()));
+    let (second, third) = rest.split_at(70_000.min(rest.len()));
+    for (i, chunk) in [first, second, third].into_iter().enumerate() {
+        if !chunk.is_empty() {
+            let ext = if i == 0 { ";name=\"v\"" } else { "" };
+            out.extend_from_slice(format!("{:X}{ext}\r\n", chunk.len()).as_bytes());
+            out.extend_from_slice(chunk);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out.extend_from_slice(b"0\r\nx-sum: 1\r\n\r\n");
+    out
+}
+
+/// The head of every response of `answer`.
+fn response_head(answer: Answer) -> String {
+    let framing = if answer.chunked {
+        "Transfer-Encoding: gzip, chunked".to_string()
+    } else {
+        format!("Content-Length: {}", answer.length)
+    };
+    let close = if answer.close { "Connection: TE, Close\r\n" } else { "" };
+    format!("HTTP/1.1 {} X\r\n{framing}\r\n{close}\r\n", answer.status)
+}
+
+/// The body of every response of `answer` as sent: each byte a function
+/// of its place, chunked when it says.
+fn sent_body(answer: Answer) -> Vec<u8> {
+    let body: Vec<u8> = (0..answer.length).map(|i| (i % 251) as u8).collect();
+    if answer.chunked { chunked(&body) } else { body }
 }
 
 const INTERIM: &[u8] = b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\n";
@@ -122,13 +160,11 @@ async fn answer_on<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, answer: Answer, 
             std::future::pending::<()>().await;
         }
         tokio::time::sleep(answer.delay).await;
-        let body: Vec<u8> = (0..answer.length).map(|i| (i % 251) as u8).collect();
-        let sent = answer.cut_at.unwrap_or(answer.length);
+        let body = sent_body(answer);
+        let sent = answer.cut_at.unwrap_or(body.len());
         let mut first = if answer.interim { INTERIM.to_vec() } else { Vec::new() };
-        let close = if answer.close { "Connection: TE, Close\r\n" } else { "" };
-        let (status, length) = (answer.status, answer.length);
         let head_at = first.len();
-        first.extend_from_slice(format!("HTTP/1.1 {status} X\r\nContent-Length: {length}\r\n{close}\r\n").as_bytes());
+        first.extend_from_slice(response_head(answer).as_bytes());
         let start = if answer.split_head { 20 * 1024 } else { 1024 };
         first.extend_from_slice(&body[..sent.min(start)]);
         if answer.split_head {
@@ -165,6 +201,7 @@ const OK: Answer = Answer {
     close: false,
     silent: false,
     split_head: false,
+    chunked: false,
 };
 
 #[tokio::test]
@@ -176,8 +213,7 @@ async fn every_body_is_discarded_to_its_last_byte() {
     // Each connection may have sent one request more, past the end.
     let asked = requests.load(Ordering::Relaxed);
     assert!((t.done..=t.done + 4).contains(&asked), "{asked} requests for {} responses", t.done);
-    let head = format!("HTTP/1.1 200 X\r\nContent-Length: {}\r\n\r\n", OK.length).len() as u64;
-    assert_eq!(t.bytes, t.done * (head + OK.length as u64));
+    assert_eq!(t.bytes, t.done * response_bytes(OK));
     assert_eq!(t.latency.len(), t.done);
 }
 
@@ -221,8 +257,7 @@ async fn interim_heads_are_passed_over_and_a_closing_response_ends_its_connectio
     let t = load(addr, "sink.test", "/bench/x?size=9", None, 2, Duration::from_millis(400)).await;
     assert_eq!((t.read_errors, t.timeouts), (0, 0), "{t:?}");
     assert!(t.done >= 10, "{t:?}");
-    let head = "HTTP/1.1 200 X\r\nContent-Length: 5000\r\nConnection: TE, Close\r\n\r\n".len() as u64;
-    assert_eq!(t.bytes, t.done * (INTERIM.len() as u64 + head + 5000));
+    assert_eq!(t.bytes, t.done * (INTERIM.len() as u64 + response_bytes(Answer { close: true, length: 5000, ..OK })));
     // A connection a response: the two open at the end may have asked for
     // one more each.
     let opened = connections.load(Ordering::Relaxed);
@@ -240,7 +275,7 @@ async fn a_response_that_never_comes_is_a_timeout() {
 /// What every response of `answer` adds to the byte count: its head and
 /// body.
 fn response_bytes(answer: Answer) -> u64 {
-    (format!("HTTP/1.1 {} X\r\nContent-Length: {}\r\n\r\n", answer.status, answer.length).len() + answer.length) as u64
+    (response_head(answer).len() + sent_body(answer).len()) as u64
 }
 
 fn assert_clean(t: &Tally) {
@@ -296,13 +331,13 @@ async fn over_tls_a_body_cut_short_is_an_error_and_an_untrusted_server_is_not_lo
     assert_eq!(requests.load(Ordering::Relaxed), 0);
 }
 
-#[tokio::test]
-async fn a_set_of_paths_is_asked_for_at_random_and_each_answer_read() {
-    // A server that notes each request's path and answers it briefly.
+/// A server answering every request with `response`, noting each
+/// request's head.
+async fn fixed_server(response: &'static [u8]) -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let paths = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let noted = Arc::clone(&paths);
+    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let noted = Arc::clone(&heads);
     tokio::spawn(async move {
         loop {
             let Ok((mut s, _)) = listener.accept().await else { return };
@@ -310,19 +345,25 @@ async fn a_set_of_paths_is_asked_for_at_random_and_each_answer_read() {
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 while let Some(head) = next_request(&mut s, &mut buf).await {
-                    let path = head.split(' ').nth(1).unwrap().to_string();
-                    noted.lock().unwrap().push(path);
-                    if s.write_all(b"HTTP/1.1 200 X\r\nContent-Length: 5\r\n\r\nhello").await.is_err() {
+                    noted.lock().unwrap().push(head);
+                    if s.write_all(response).await.is_err() {
                         return;
                     }
                 }
             });
         }
     });
-    let t = load_set(addr, "sink.test", "/set/{n}?size=5", 10, None, 2, Duration::from_millis(300)).await;
+    (addr, heads)
+}
+
+#[tokio::test]
+async fn a_set_of_paths_is_asked_for_at_random_and_each_answer_read() {
+    let (addr, heads) = fixed_server(b"HTTP/1.1 200 X\r\nContent-Length: 5\r\n\r\nhello").await;
+    let ask = Ask { objects: 10, ..Ask::new("sink.test", "/set/{n}?size=5") };
+    let t = load_asking(addr, &ask, None, 2, Duration::from_millis(300)).await.unwrap();
     assert_clean(&t);
     assert!(t.done >= 100, "{t:?}");
-    let paths = paths.lock().unwrap().clone();
+    let paths: Vec<String> = heads.lock().unwrap().iter().map(|h| h.split(' ').nth(1).unwrap().to_string()).collect();
     let mut counts = [0u64; 10];
     for p in &paths {
         let n: usize = p.strip_prefix("/set/").and_then(|r| r.strip_suffix("?size=5")).unwrap().parse().unwrap();
@@ -330,4 +371,68 @@ async fn a_set_of_paths_is_asked_for_at_random_and_each_answer_read() {
     }
     let each = paths.len() as u64 / 10;
     assert!(counts.iter().all(|&c| c > each / 2 && c < each * 2), "{} requests spread as {counts:?}", paths.len());
+}
+
+#[tokio::test]
+async fn chunked_bodies_are_taken_to_their_trailers() {
+    // In cleartext the chunks' data is discarded in the kernel, over TLS
+    // decrypted: either way the next head must read, on the same
+    // connection, and every byte of framing is counted.
+    let answer = Answer { chunked: true, ..OK };
+    let (addr, requests, connections) = server(answer).await;
+    let t = load(addr, "sink.test", "/bench/x?size=9", None, 2, Duration::from_millis(400)).await;
+    assert_clean(&t);
+    assert!(t.done >= 10, "{t:?}");
+    assert_eq!(connections.load(Ordering::Relaxed), 2, "each connection kept: {t:?}");
+    let asked = requests.load(Ordering::Relaxed);
+    assert!((t.done..=t.done + 2).contains(&asked), "{asked} requests for {} responses", t.done);
+    assert_eq!(t.bytes, t.done * response_bytes(answer));
+
+    let answer = Answer { chunked: true, split_head: true, ..OK };
+    let suite = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256;
+    let (addr, _, connections, tls, _dir) = tls_server(answer, suite).await;
+    let t = load(addr, "sink.test", "/bench/x?size=9", Some(&tls), 2, Duration::from_millis(400)).await;
+    assert_clean(&t);
+    assert!(t.done >= 4, "{t:?}");
+    assert_eq!(connections.load(Ordering::Relaxed), 2, "each connection kept: {t:?}");
+    assert_eq!(t.bytes, t.done * response_bytes(answer));
+}
+
+#[tokio::test]
+async fn chunks_that_lie_and_bodies_without_an_end_are_read_errors() {
+    for (response, why) in [
+        (&b"HTTP/1.1 200 X\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello!\r\n0\r\n\r\n"[..], "a chunk past its size"),
+        (b"HTTP/1.1 200 X\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n", "a size in no base"),
+        (b"HTTP/1.1 200 X\r\nTransfer-Encoding: chunked\r\n\r\n\r\n", "an empty size"),
+        (b"HTTP/1.1 200 X\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nextra", "bytes past the last chunk"),
+        (b"HTTP/1.1 200 X\r\nTransfer-Encoding: gzip\r\n\r\nhello", "a body to the connection's end"),
+        (b"HTTP/1.1 200 X\r\n\r\nhello", "no framing at all"),
+    ] {
+        let (addr, heads) = fixed_server(response).await;
+        let t = load(addr, "sink.test", "/x", None, 1, Duration::from_millis(100)).await;
+        assert_eq!(t.done, 0, "{why}: {t:?}");
+        assert!(t.read_errors > 0, "{why}: {t:?}");
+        assert!(!heads.lock().unwrap().is_empty(), "{why}");
+    }
+}
+
+#[tokio::test]
+async fn fields_given_go_with_every_request_and_malformed_ones_are_refused() {
+    let (addr, heads) = fixed_server(b"HTTP/1.1 200 X\r\nContent-Length: 2\r\n\r\nok").await;
+    let ask = Ask {
+        fields: vec!["Accept-Encoding: br, gzip".into(), "X-Empty:".into()],
+        ..Ask::new("sink.test", "/page.js")
+    };
+    let t = load_asking(addr, &ask, None, 1, Duration::from_millis(100)).await.unwrap();
+    assert_clean(&t);
+    let heads = heads.lock().unwrap().clone();
+    assert!(t.done > 0 && heads.len() as u64 >= t.done, "{t:?}");
+    for head in heads {
+        assert_eq!(head, "GET /page.js HTTP/1.1\r\nHost: sink.test\r\nAccept-Encoding: br, gzip\r\nX-Empty:\r\n\r\n");
+    }
+    for bad in ["no colon", ": no name", "Two Words: x", "X: a\r\nInjected: b", "X: a\n"] {
+        let ask = Ask { fields: vec![bad.into()], ..Ask::new("sink.test", "/") };
+        let e = load_asking(addr, &ask, None, 1, Duration::from_millis(50)).await.unwrap_err();
+        assert!(e.contains("not a `Name: value` field"), "{bad:?}: {e}");
+    }
 }

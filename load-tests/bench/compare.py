@@ -111,10 +111,12 @@ def get(url):
         return dict(r.headers)
 
 
-def wrk(url, seconds, conns, extra=(), read=False, objects=0, client=True):
+def wrk(url, seconds, conns, extra=(), read=False, objects=0, client=True, once=False):
     """Requests, req/s, p50 and p99 (ms); with `read`, also the bytes
     read (heads and bodies). With `objects` (the client only), `{n}` in the
-    URL stands for a number below it, drawn for each request. The load runs
+    URL stands for a number below it, drawn for each request; with `once`
+    as well, each number once, in a shuffled order, and the load ends
+    after the last. The load runs
     on CLIENT when one is set, `client` is true and `extra` holds nothing
     but request fields (`-H`), and on wrk otherwise."""
     u = urllib.parse.urlsplit(url)
@@ -125,6 +127,7 @@ def wrk(url, seconds, conns, extra=(), read=False, objects=0, client=True):
     if client and CLIENT and len(fields) * 2 == len(extra) and (u.scheme == "http" or CLIENT_CA):
         target = u.path + (f"?{u.query}" if u.query else "")
         cmd = ["taskset", "-c", "1", CLIENT, *(["--objects", str(objects)] if objects else []),
+               *(["--once"] if once else []),
                *[a for f in fields for a in ("--header", f)],
                f"{u.hostname}:{u.port}", HOST, target, str(conns), str(seconds),
                *([CLIENT_CA] if u.scheme == "https" else [])]

@@ -10,9 +10,11 @@ The working set is --objects objects of --size each; wrk (pinned to CPU 1)
 asks for them in a random order for --duration seconds, after every object
 was fetched once. With --client target/release/examples/sink_load, the
 benchmarks' client does (`--objects`), discarding bodies in the kernel: wrk
-copies every body byte and fills its core first at 100 KiB. --cold runs wrk
-either way (its script asks for each object once, in a shuffled order). Reports req/s, p99 and requests per CPU-second of the
-server (pinned to CPU 0), medians of interleaved repeats, and the ratios.
+copies every body byte and fills its core first at 100 KiB. With --cold,
+each object is asked for once, in a shuffled order (`sink_load --once`,
+or a wrk script), and the load ends after the last. Reports req/s, p99
+and requests per CPU-second of the server (pinned to CPU 0), medians of
+interleaved repeats, and the ratios.
 """
 import os
 import shutil
@@ -94,7 +96,7 @@ def main():
     args = ap.parse_args()
     if args.client != "wrk":
         compare.CLIENT = args.client
-    print(f"client: {args.client if compare.CLIENT and not args.cold else 'wrk'}", flush=True)
+    print(f"client: {args.client}", flush=True)
     work = tempfile.mkdtemp(prefix="outpost-disk-")
     nginx, edges, script = configs(work, args)
     origin = start_origin(args.outpost)
@@ -120,9 +122,9 @@ def main():
                     if args.cold:
                         drop_page_cache()
                     before = cpu_seconds(proc.pid)
-                    if compare.CLIENT and not args.cold:
+                    if compare.CLIENT:
                         reqs, rps, _, p99 = wrk(base + target("{n}", args.size), args.duration, args.connections,
-                                                objects=args.objects)
+                                                objects=args.objects, once=args.cold)
                     else:
                         reqs, rps, _, p99 = wrk(base + "/", args.duration, args.connections, ["-s", script])
                     cpu = cpu_seconds(proc.pid) - before
@@ -139,7 +141,7 @@ def main():
     print(f"{args.objects} objects of {args.size}; the disk edge's memory tier is {args.memory}"
           + ("; page cache dropped, each object asked once" if args.cold else ""))
     # A cold run stops after its last object; wrk still divides by the
-    # whole duration, so its req/s says nothing there.
+    # whole duration, so its req/s says nothing there (the client's would).
     print(f"{'server':<7} {'' if args.cold else 'req/s':>9} {'p99 ms':>8} {'req/CPU-s':>10}")
     for name, (rps, p99, eff) in med.items():
         print(f"{name:<7} {'' if args.cold else f'{rps:.0f}':>9} {p99:>8.3f} {eff:>10.0f}")

@@ -18,5 +18,5 @@ need nginx:nginx wrk:wrk
 
 cargo build --release --quiet
 cargo build --release --quiet -p outpost-load --example sink_load
-# Warm runs use the benchmarks' client (`--client wrk` for wrk).
+# The benchmarks' client asks (`--client wrk` for wrk).
 exec python3 load-tests/bench/disk.py --outpost target/release/outpost --client target/release/examples/sink_load "$@"

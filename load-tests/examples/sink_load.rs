@@ -2,10 +2,12 @@
 //! keep-alive GETs whose response bodies the kernel discards
 //! ([`outpost_load::sink`]), one thread, bounded by time.
 //!
-//!     sink_load [--objects N] [--header 'NAME: VALUE']... ADDR HOST PATH CONNECTIONS SECONDS [CA_PEM]
+//!     sink_load [--objects N [--once]] [--header 'NAME: VALUE']... ADDR HOST PATH CONNECTIONS SECONDS [CA_PEM]
 //!
 //! With `--objects N`, `{n}` in `PATH` stands for a number below `N`,
-//! drawn at random for each request. Each `--header` adds a field to every
+//! drawn at random for each request; with `--once` as well, each number is
+//! asked for once, in a shuffled order, and the load ends when all have
+//! been answered (or at SECONDS). Each `--header` adds a field to every
 //! request.
 //!
 //! With `CA_PEM` it speaks HTTPS (TLS 1.3), trusting the certificates in
@@ -18,13 +20,13 @@
 use std::time::{Duration, Instant};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    const USAGE: &str =
-        "usage: sink_load [--objects N] [--header 'NAME: VALUE']... ADDR HOST PATH CONNECTIONS SECONDS [CA_PEM]";
-    let (mut objects, mut fields, mut args) = (0, Vec::new(), Vec::new());
+    const USAGE: &str = "usage: sink_load [--objects N [--once]] [--header 'NAME: VALUE']... ADDR HOST PATH CONNECTIONS SECONDS [CA_PEM]";
+    let (mut objects, mut once, mut fields, mut args) = (0, false, Vec::new(), Vec::new());
     let mut given = std::env::args().skip(1);
     while let Some(arg) = given.next() {
         match arg.as_str() {
             "--objects" => objects = given.next().ok_or("--objects takes a number")?.parse()?,
+            "--once" => once = true,
             "--header" => fields.push(given.next().ok_or("--header takes a `NAME: VALUE` field")?),
             _ if arg.starts_with("--") => return Err(format!("{arg}: no such option; {USAGE}").into()),
             _ => args.push(arg),
@@ -35,7 +37,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         [addr, host, path, conns, secs, ca] => (addr, host, path, conns, secs, Some(ca)),
         _ => return Err(USAGE.into()),
     };
-    let ask = outpost_load::sink::Ask { host: host.clone(), path: path.clone(), objects, fields };
+    if once && objects == 0 {
+        return Err("--once needs --objects".into());
+    }
+    let ask = outpost_load::sink::Ask { host: host.clone(), path: path.clone(), objects, once, fields };
     let tls = ca.map(|ca| outpost_load::sink::Tls::new(host, std::path::Path::new(ca))).transpose()?;
     let (addr, conns): (std::net::SocketAddr, usize) = (addr.parse()?, conns.parse()?);
     let seconds: u64 = secs.parse()?;

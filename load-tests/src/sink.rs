@@ -175,6 +175,10 @@ pub struct Ask {
     /// again). With `objects` 0, the path is sent as it is.
     pub path: String,
     pub objects: u64,
+    /// Each of the `objects` is asked for once, in a shuffled order the
+    /// connections share (the same in every run), and the load ends when
+    /// the last has been asked for and answered, or at its time limit.
+    pub once: bool,
     /// Fields sent after `Host`, each a `Name: value` line without its
     /// line end.
     pub fields: Vec<String>,
@@ -234,15 +238,20 @@ pub async fn load_asking(
         _ => (request, String::new()),
     };
     let (before, after): (std::sync::Arc<str>, std::sync::Arc<str>) = (before.into(), after.into());
+    let objects = if after.is_empty() { 0 } else { ask.objects };
+    let order = (ask.once && objects > 0).then(|| Once {
+        order: shuffled(objects).into(),
+        next: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+    });
     let end = Instant::now() + length;
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..conns {
         let mut requests = Requests {
             before: std::sync::Arc::clone(&before),
             after: std::sync::Arc::clone(&after),
-            objects: if after.is_empty() { 0 } else { ask.objects },
-            // Never zero, which xorshift would keep.
-            state: 0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1),
+            objects,
+            state: seed(i as u64),
+            once: order.clone(),
             buf: Vec::new(),
         };
         let tls = tls.cloned();
@@ -270,21 +279,58 @@ struct Requests {
     objects: u64,
     /// The generator's state (xorshift64).
     state: u64,
+    /// The order shared by the connections of a load that asks for each
+    /// object once.
+    once: Option<Once>,
     buf: Vec<u8>,
 }
 
+#[derive(Clone)]
+struct Once {
+    order: std::sync::Arc<[u64]>,
+    next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// A generator's first state for stream `i`: never zero, which xorshift
+/// would keep.
+fn seed(i: u64) -> u64 {
+    0x9e37_79b9_7f4a_7c15 ^ (i + 1)
+}
+
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+/// The numbers below `n` in an order shuffled the same way every time
+/// (Fisher-Yates).
+fn shuffled(n: u64) -> Vec<u64> {
+    let mut order: Vec<u64> = (0..n).collect();
+    let mut state = seed(u64::MAX - 1);
+    for i in (1..order.len()).rev() {
+        let j = (xorshift(&mut state) % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    order
+}
+
 impl Requests {
-    fn next(&mut self) -> &[u8] {
+    /// The next request; `None` once a load that asks for each object
+    /// once has handed them all out.
+    fn next(&mut self) -> Option<&[u8]> {
         self.buf.clear();
         self.buf.extend_from_slice(self.before.as_bytes());
         if self.objects > 0 {
-            self.state ^= self.state << 13;
-            self.state ^= self.state >> 7;
-            self.state ^= self.state << 17;
-            self.buf.extend_from_slice((self.state % self.objects).to_string().as_bytes());
+            let n = match &self.once {
+                Some(once) => *once.order.get(once.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))?,
+                None => xorshift(&mut self.state) % self.objects,
+            };
+            self.buf.extend_from_slice(n.to_string().as_bytes());
             self.buf.extend_from_slice(self.after.as_bytes());
         }
-        &self.buf
+        Some(&self.buf)
     }
 }
 
@@ -296,7 +342,8 @@ fn histogram() -> hdrhistogram::Histogram<u64> {
 /// One connection's requests until `end`, reconnecting after an error.
 async fn run(addr: std::net::SocketAddr, tls: Option<&Tls>, requests: &mut Requests, end: Instant, t: &mut Tally) {
     let mut head = vec![0u8; MAX_HEAD];
-    // Never written: the kernel discards what `recv` is asked to put here.
+    // Where the kernel discards body bytes (`recv` writes nothing there),
+    // and over TLS where chunk data is decrypted to be dropped.
     let mut scratch = vec![0u8; DISCARD];
     while Instant::now() < end {
         let Ok(mut s) = Conn::open(addr, tls).await else {
@@ -305,7 +352,7 @@ async fn run(addr: std::net::SocketAddr, tls: Option<&Tls>, requests: &mut Reque
             continue;
         };
         while Instant::now() < end {
-            let request = requests.next();
+            let Some(request) = requests.next() else { return };
             let sent = Instant::now();
             match tokio::time::timeout(REQUEST_TIMEOUT, exchange(&mut s, request, &mut head, &mut scratch)).await {
                 Ok(Ok(r)) => {

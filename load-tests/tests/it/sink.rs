@@ -374,6 +374,22 @@ async fn a_set_of_paths_is_asked_for_at_random_and_each_answer_read() {
 }
 
 #[tokio::test]
+async fn a_set_asked_once_asks_for_each_path_once_and_then_ends() {
+    let (addr, heads) = fixed_server(b"HTTP/1.1 200 X\r\nContent-Length: 5\r\n\r\nhello").await;
+    let ask = Ask { objects: 50, once: true, ..Ask::new("sink.test", "/set/{n}") };
+    let started = std::time::Instant::now();
+    let t = load_asking(addr, &ask, None, 3, Duration::from_secs(20)).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10), "the load ran on for {:?}", started.elapsed());
+    assert_clean(&t);
+    assert_eq!(t.done, 50, "{t:?}");
+    let paths: Vec<String> = heads.lock().unwrap().iter().map(|h| h.split(' ').nth(1).unwrap().to_string()).collect();
+    let mut sorted = paths.clone();
+    sorted.sort_by_key(|p| p.strip_prefix("/set/").unwrap().parse::<u64>().unwrap());
+    assert_eq!(sorted, (0..50).map(|n| format!("/set/{n}")).collect::<Vec<_>>());
+    assert_ne!(paths, sorted, "asked in a shuffled order");
+}
+
+#[tokio::test]
 async fn chunked_bodies_are_taken_to_their_trailers() {
     // In cleartext the chunks' data is discarded in the kernel, over TLS
     // decrypted: either way the next head must read, on the same

@@ -286,9 +286,15 @@ impl Files {
     }
 
     /// Stores a chunk: readable at once, on disk soon after. Dropped when
-    /// too much is already waiting.
+    /// too much is already waiting. A chunk already stored or waiting is
+    /// left as it is: a key names one copy's bytes, and a second write
+    /// would count them twice (and, while the first waited, remove the
+    /// file it put in place).
     pub(crate) fn put(&self, key: Key, bytes: Bytes) {
         let mut st = self.shared.lock();
+        if st.pending.contains_key(&key) || st.index.contains_key(&key) {
+            return;
+        }
         if st.pending_bytes + bytes.len() as u64 > MAX_PENDING {
             drop(st);
             metrics::counter!("outpost_cache_body_file_errors_total", "op" => "queue_full").increment(1);
@@ -365,5 +371,29 @@ impl Files {
         if self.jobs.send(Job::Flush(done)).is_ok() {
             let _ = wait.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_chunk_stored_twice_is_kept_once_and_counted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = Files::open(dir.path().to_path_buf(), 64 << 20).unwrap();
+        let (key, bytes) = (7 as Key, Bytes::from(vec![3u8; 100 << 10]));
+        // Twice while the first waits for the writer (a refill racing the
+        // fetch that stores the same copy), then again once it is in place.
+        files.put(key, bytes.clone());
+        files.put(key, bytes.clone());
+        files.flush().await;
+        files.put(key, bytes.clone());
+        files.flush().await;
+        let st = files.shared.lock();
+        assert_eq!((st.used, st.pending_bytes, st.pending.len()), (bytes.len() as u64, 0, 0));
+        drop(st);
+        assert_eq!(std::fs::read(path_of(dir.path(), key)).unwrap(), bytes, "the file the index names is there");
+        assert!(files.get(key).is_some());
     }
 }

@@ -27,7 +27,7 @@ use super::Engine;
 use super::context::Ctx;
 use super::fetch::DEFAULT_BODY_IDLE;
 use crate::key::Key;
-use crate::store::{CHUNK_SIZE, Entry, Store, StoredObject};
+use crate::store::{BodyRef, CHUNK_SIZE, Entry, Store, StoredObject};
 use crate::upstream::request::{self, FromClient};
 
 /// How to fetch the rest of one body.
@@ -59,12 +59,22 @@ impl std::fmt::Debug for Refill {
 }
 
 /// The validator a range of the same representation can be asked by: a
-/// strong `ETag`, else `Last-Modified`; none for a weak `ETag`.
+/// strong `ETag`, else `Last-Modified` when it is strong; none for a weak
+/// `ETag`. `Last-Modified` is strong only when the copy's `Date` is at
+/// least a second after it (RFC 9110 §8.8.2.2, §13.1.5): two versions
+/// made within one second share a `Last-Modified`, and one of them then
+/// has a `Date` in that same second.
 pub(super) fn validator(headers: &HeaderMap) -> Option<(header::HeaderName, HeaderValue)> {
     match headers.get(header::ETAG) {
         Some(e) if e.as_bytes().starts_with(b"W/") => None,
         Some(e) => Some((header::ETAG, e.clone())),
-        None => Some((header::LAST_MODIFIED, headers.get(header::LAST_MODIFIED)?.clone())),
+        None => {
+            let modified = crate::policy::date_header(headers, &header::LAST_MODIFIED)?;
+            let date = crate::policy::date_header(headers, &header::DATE)?;
+            (date >= modified + Duration::from_secs(1))
+                .then(|| Some((header::LAST_MODIFIED, headers.get(header::LAST_MODIFIED)?.clone())))
+                .flatten()
+        }
     }
 }
 
@@ -120,6 +130,10 @@ impl Refill {
         headers.insert(header::IF_RANGE, self.validator.1.clone());
         let resp = self.engine.upstream.send(&self.site, self.route, req, self.host.clone()).await;
         let resp = resp.map_err(|e| io::Error::other(format!("the upstream could not finish the body: {e}")))?;
+        if self.changed(&resp) {
+            self.forget_copy().await;
+            return Err(io::Error::other("the upstream's copy has changed"));
+        }
         let started = self.check(&resp, from, to)?;
         let idle = self.site.origins.first().map_or(DEFAULT_BODY_IDLE, |o| o.response_timeout);
         let repair =
@@ -136,14 +150,36 @@ impl Refill {
         Ok((futures_util::stream::unfold(body, Upstream::next).boxed(), until))
     }
 
+    /// Is the response another representation than the stored copy's:
+    /// another validator, or a whole body of another length?
+    fn changed(&self, resp: &Response<RecvBody>) -> bool {
+        let h = resp.headers();
+        let (name, value) = &self.validator;
+        h.get(name) != Some(value)
+            || (resp.status() == StatusCode::OK
+                && self.len.is_some()
+                && super::fetch::content_length(h).is_some_and(|l| Some(l) != self.len))
+    }
+
+    /// Drops the stored copy whose rest has changed upstream: it can never
+    /// be finished, and each hit on it would break off where this one did.
+    /// Only that copy (by its generation): a newer one stored meanwhile
+    /// stays.
+    async fn forget_copy(&self) {
+        let Some((key, generation)) = self.chunks else { return };
+        let store = &self.engine.store;
+        if let Some(Entry::Object(o)) = store.get(key).await
+            && matches!(o.body, BodyRef::Chunked { generation: g, .. } if g == generation)
+        {
+            tracing::info!(node = %self.engine.node, url = %self.url, "a stored copy changed upstream before its body could be finished; dropped");
+            store.remove_object(key, &o);
+        }
+    }
+
     /// Is the response the same representation, from where it was asked?
     /// Where its body starts.
     fn check(&self, resp: &Response<RecvBody>, from: u64, to: u64) -> io::Result<u64> {
         let h = resp.headers();
-        let (name, value) = &self.validator;
-        if h.get(name) != Some(value) {
-            return Err(io::Error::other("the upstream's copy has changed"));
-        }
         let len = self.len;
         match resp.status() {
             StatusCode::PARTIAL_CONTENT => match content_range(h) {
@@ -392,7 +428,14 @@ mod tests {
         let mut h = HeaderMap::new();
         assert!(validator(&h).is_none(), "nothing to pin to");
         h.insert(header::LAST_MODIFIED, HeaderValue::from_static("Mon, 01 Jan 2024 00:00:00 GMT"));
+        assert!(validator(&h).is_none(), "without a Date, Last-Modified may be shared by two versions");
+        h.insert(header::DATE, HeaderValue::from_static("Mon, 01 Jan 2024 00:00:00 GMT"));
+        assert!(validator(&h).is_none(), "sent within the second it names: weak");
+        h.insert(header::DATE, HeaderValue::from_static("Mon, 01 Jan 2024 00:00:01 GMT"));
         assert_eq!(validator(&h).unwrap().0, header::LAST_MODIFIED);
+        h.insert(header::LAST_MODIFIED, HeaderValue::from_static("yesterday"));
+        assert!(validator(&h).is_none(), "a date that does not read");
+        h.insert(header::LAST_MODIFIED, HeaderValue::from_static("Mon, 01 Jan 2024 00:00:00 GMT"));
         h.insert(header::ETAG, HeaderValue::from_static("\"v1\""));
         assert_eq!(validator(&h).unwrap(), (header::ETAG, HeaderValue::from_static("\"v1\"")));
         h.insert(header::ETAG, HeaderValue::from_static("W/\"v1\""));

@@ -118,7 +118,8 @@ pub(crate) fn effective_directives(headers: &HeaderMap) -> (Directives, bool) {
     (Directives::parse_all(headers.get_all(header::CACHE_CONTROL)), true)
 }
 
-fn date_header(headers: &HeaderMap, name: &HeaderName) -> Option<SystemTime> {
+/// A field's HTTP-date, when it has one that reads.
+pub(crate) fn date_header(headers: &HeaderMap, name: &HeaderName) -> Option<SystemTime> {
     headers.get(name).and_then(|v| v.to_str().ok()).and_then(|s| httpdate::parse_http_date(s).ok())
 }
 

@@ -509,6 +509,44 @@ async fn a_refill_of_a_changed_object_is_refused_not_spliced() {
     assert_eq!(origin.count("/changed").await, 2, "the range was asked for");
 }
 
+/// A copy whose body files are gone (a crash, a cache folder cleaned by
+/// hand) and whose origin has changed since can never be finished: its
+/// first hit breaks off, and the copy is dropped, so that the next request
+/// fetches the new version rather than breaking off the same way.
+#[tokio::test]
+async fn a_copy_that_lost_its_body_and_changed_upstream_is_dropped_not_served_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    let site = site_toml(origin.addr, DEFAULT_RULES);
+    let path = "/lost?size=3MiB&cc=max-age%3D600";
+    let edge = Edge::start(dir.path(), &site).await;
+    assert_eq!(edge.get(path).await.body.len(), 3 << 20);
+    edge.stop().await;
+    let mut removed = 0;
+    for fan in std::fs::read_dir(dir.path().join("cache").join("bodies")).unwrap().flatten() {
+        for file in std::fs::read_dir(fan.path()).unwrap().flatten() {
+            std::fs::remove_file(file.path()).unwrap();
+            removed += 1;
+        }
+    }
+    assert_eq!(removed, 3, "the body was stored as three files");
+    origin.control("bump?path=/lost").await;
+
+    let edge = Edge::start(dir.path(), &site).await;
+    // Cut short, as an error or a short body: never two versions spliced.
+    if let Ok(r) = try_send(Method::GET, &edge.url(path), &[("host", "t.test")]).await {
+        assert!(r.body.len() < 3 << 20, "two versions spliced: {}", r.cache_status());
+    }
+    assert_eq!(origin.count("/lost").await, 2, "the rest was asked for by range");
+    let next = edge.get(path).await;
+    assert_eq!(next.body.len(), 3 << 20);
+    assert!(!next.is_hit(), "{}", next.cache_status());
+    assert_eq!(origin.last_request("/lost").await.get("range"), None, "a whole fetch");
+    let seed = outpost_load::content::seed("/lost", 1, &[]);
+    assert_eq!(outpost_load::content::first_mismatch(seed, 0, &next.body), None, "the new version");
+    assert!(edge.get(path).await.is_hit());
+}
+
 /// RFC 9213 at the edge: `CDN-Cache-Control` replaces `Cache-Control` as a
 /// whole (a `no-store` there is for browsers) and travels on to the client,
 /// where another CDN may obey it; `Outpost-Cache-Control` is obeyed first

@@ -350,7 +350,7 @@ impl<S: Transport> TrackedIo<S> {
         };
         match bufs.iter().position(|b| is_stand_in(b)) {
             None => Pin::new(&mut self.inner).poll_write_vectored(cx, bufs),
-            Some(0) => files.poll_send(tcp, cx, bufs[0].len()),
+            Some(0) => files.poll_send(tcp, cx, &bufs[0]),
             Some(i) => Pin::new(&mut self.inner).poll_write_vectored(cx, &bufs[..i]),
         }
     }

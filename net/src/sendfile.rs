@@ -9,11 +9,15 @@
 //! the queued range from the file in their place.
 //!
 //! This holds because hyper, told to write vectored ([`crate::conn`] sets
-//! it), queues body frames without copying them and writes them in order:
-//! the queue's head is always the range the stand-in at the head of a write
-//! stands for. Stand-in bytes themselves are never written: a stand-in with
-//! no range queued, or whose length does not match the range left, fails
-//! the connection instead.
+//! it), queues body frames without copying them and writes them in order,
+//! and because bodies make their frames in the order they are written:
+//! the queue's head is then always the range the stand-in at the head of a
+//! write stands for. Each frame of a connection starts at the next of
+//! [`MARKS`] places in [`STAND_IN`], so a frame names its range. Stand-in
+//! bytes themselves are never written: a stand-in with no range queued,
+//! that starts where another range's does, or whose length does not match
+//! the range left, fails the connection instead of sending another range's
+//! bytes.
 //!
 //! Only cleartext HTTP/1 requests get a [`SendFile`] (an extension of the
 //! request); TLS and HTTP/2 write every byte themselves.
@@ -46,14 +50,24 @@ use tokio::net::TcpStream;
 /// Longest range one stand-in frame covers.
 pub const MAX_RANGE: usize = 1 << 20;
 
+/// How many places a stand-in frame may start at: consecutive frames of a
+/// connection start at consecutive places, so that each frame names the
+/// range it stands for.
+const MARKS: usize = 4096;
+
 /// Never written, never read: its address marks stand-in frames. Zeroed,
 /// so it takes no room in the binary.
-static STAND_IN: [u8; MAX_RANGE] = [0; MAX_RANGE];
+static STAND_IN: [u8; MAX_RANGE + MARKS] = [0; MAX_RANGE + MARKS];
+
+/// Where in [`STAND_IN`] this slice starts, when it points into it.
+fn stand_in_at(buf: &[u8]) -> Option<usize> {
+    let (at, base) = (buf.as_ptr() as usize, STAND_IN.as_ptr() as usize);
+    (!buf.is_empty() && at >= base && at < base + STAND_IN.len()).then(|| at - base)
+}
 
 /// Does this slice point into [`STAND_IN`]?
 pub(crate) fn is_stand_in(buf: &[u8]) -> bool {
-    let (at, base) = (buf.as_ptr() as usize, STAND_IN.as_ptr() as usize);
-    !buf.is_empty() && at >= base && at < base + MAX_RANGE
+    stand_in_at(buf).is_some()
 }
 
 /// A file whose ranges can be sent: held until its last range is sent.
@@ -64,6 +78,8 @@ struct Pending {
     file: SharedFile,
     offset: u64,
     left: usize,
+    /// Where in [`STAND_IN`] the stand-in for the range's next byte is.
+    mark: usize,
     residency: Residency,
 }
 
@@ -143,6 +159,9 @@ impl Pending {
 #[derive(Default)]
 pub(crate) struct FileQueue {
     ranges: Mutex<VecDeque<Pending>>,
+    /// Frames made so far: the next one starts at this place (modulo
+    /// [`MARKS`]) in [`STAND_IN`].
+    made: std::sync::atomic::AtomicUsize,
 }
 
 /// Lets a response body on a cleartext HTTP/1 connection have bytes sent
@@ -176,11 +195,13 @@ impl SendFile {
 
     fn queue_frame(&self, file: &SharedFile, offset: u64, len: usize, residency: Residency) -> Bytes {
         assert!(len <= MAX_RANGE, "a stand-in frame covers at most {MAX_RANGE} bytes");
-        if len > 0 {
-            let mut q = self.queue.ranges.lock().unwrap_or_else(|p| p.into_inner());
-            q.push_back(Pending { file: Arc::clone(file), offset, left: len, residency });
+        if len == 0 {
+            return Bytes::new();
         }
-        Bytes::from_static(&STAND_IN[..len])
+        let mark = self.queue.made.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % MARKS;
+        let mut q = self.queue.ranges.lock().unwrap_or_else(|p| p.into_inner());
+        q.push_back(Pending { file: Arc::clone(file), offset, left: len, mark, residency });
+        Bytes::from_static(&STAND_IN[mark..mark + len])
     }
 }
 
@@ -196,12 +217,16 @@ fn out_of_step(what: &str) -> io::Error {
 }
 
 impl FileQueue {
-    /// Sends from the queue's head range the bytes a stand-in of `len`
-    /// bytes at the head of a write stands for.
-    pub(crate) fn poll_send(&self, tcp: &TcpStream, cx: &mut Context<'_>, len: usize) -> Poll<io::Result<usize>> {
+    /// Sends from the queue's head range the bytes `stand_in`, at the head
+    /// of a write, stands for: it must be that range's, by where it starts
+    /// in [`STAND_IN`] and by its length.
+    pub(crate) fn poll_send(&self, tcp: &TcpStream, cx: &mut Context<'_>, stand_in: &[u8]) -> Poll<io::Result<usize>> {
         let mut q = self.ranges.lock().unwrap_or_else(|p| p.into_inner());
         let Some(p) = q.front_mut() else { return Poll::Ready(Err(out_of_step("nothing queued"))) };
-        if p.left != len {
+        if stand_in_at(stand_in) != Some(p.mark) {
+            return Poll::Ready(Err(out_of_step("the frame stands for another range")));
+        }
+        if p.left != stand_in.len() {
             return Poll::Ready(Err(out_of_step("lengths differ")));
         }
         std::task::ready!(p.poll_in_memory(cx));
@@ -220,6 +245,7 @@ impl FileQueue {
             }
         };
         p.offset += n as u64;
+        p.mark += n;
         p.left -= n;
         if p.left == 0 {
             q.pop_front();
@@ -319,14 +345,15 @@ mod tests {
             client.read_to_end(&mut got).await.unwrap();
             got
         });
-        let mut left = frame.len();
         // The first ask finds the range cold and has it read in first.
-        let first = std::future::poll_fn(|cx| Poll::Ready(queue.poll_send(&server, cx, left))).await;
+        let first = std::future::poll_fn(|cx| Poll::Ready(queue.poll_send(&server, cx, &frame))).await;
         assert!(first.is_pending(), "a cold range waits for its read");
         let loading = matches!(queue.ranges.lock().unwrap().front().map(|p| &p.residency), Some(Residency::Loading(_)));
         assert!(loading, "the range is being read into the page cache");
-        while left > 0 {
-            left -= std::future::poll_fn(|cx| queue.poll_send(&server, cx, left)).await.unwrap();
+        // What is left of the frame after each send, as hyper advances it.
+        let mut sent = 0;
+        while sent < frame.len() {
+            sent += std::future::poll_fn(|cx| queue.poll_send(&server, cx, &frame[sent..])).await.unwrap();
         }
         drop(server);
         let got = reader.await.unwrap();
@@ -334,6 +361,30 @@ mod tests {
         assert_eq!(got.len(), len - 200);
         assert!(got.iter().all(|&b| b == 7), "the file's bytes, whole");
         assert!(queue.ranges.lock().unwrap().is_empty(), "the range is done");
+    }
+
+    #[tokio::test]
+    async fn a_frame_sent_out_of_turn_fails_rather_than_sending_another_range() {
+        let file: SharedFile = Arc::new(tempfile_with(b"aaaaabbbbb"));
+        let queue = Arc::new(FileQueue::default());
+        let tx = SendFile::new(Arc::clone(&queue));
+        // Two ranges of one length: only where a frame starts tells them apart.
+        let (first, second) = (tx.frame(&file, 0, 5), tx.frame(&file, 5, 5));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let send = |frame: &[u8]| {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            queue.poll_send(&server, &mut cx, frame)
+        };
+        let Poll::Ready(Err(e)) = send(&second) else { panic!("the second frame was sent first") };
+        assert!(e.to_string().contains("another range"), "{e}");
+        assert!(matches!(send(&first[..4]), Poll::Ready(Err(_))), "a frame's length must be the range's");
+        // In turn, and a frame advanced past what was sent, both go.
+        assert!(matches!(send(&first), Poll::Ready(Ok(5))));
+        assert!(matches!(send(&second[2..]), Poll::Ready(Err(_))), "not past bytes unsent");
+        assert!(matches!(send(&second), Poll::Ready(Ok(5))));
+        assert!(queue.ranges.lock().unwrap().is_empty());
     }
 
     fn tempfile_with(data: &[u8]) -> std::fs::File {

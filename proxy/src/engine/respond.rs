@@ -76,7 +76,25 @@ impl BodySource<'_> {
         }
     }
 
+    /// The body's bytes from `start` to `end`, as the whole body of a
+    /// response.
     fn range(&self, start: u64, end: Option<u64>) -> Body {
+        self.range_made(start, end, true)
+    }
+
+    /// [`BodySource::range`] for one part of a body of several, made
+    /// before the parts ahead of it are sent.
+    fn part(&self, start: u64, end: Option<u64>) -> Body {
+        self.range_made(start, end, false)
+    }
+
+    /// A stand-in frame queues its file range as it is made, and the
+    /// connection sends queued ranges in turn: only a body that is a
+    /// response's whole body (`alone`) may make one before it is polled.
+    /// A part's frames are made when the body reaches it, or a part sent
+    /// whole from its chunk would go out ahead of a part before it that
+    /// streams, and each part would carry another's bytes.
+    fn range_made(&self, start: u64, end: Option<u64>, alone: bool) -> Body {
         match self {
             // An inline body is already in memory: a slice, no stream.
             BodySource::Stored { body: BodyRef::Inline(Blob::Heap(b)), .. } => {
@@ -87,7 +105,11 @@ impl BodySource<'_> {
                 let to = end.unwrap_or(body.len());
                 // The usual hit: one chunk at hand holds the range, and it
                 // goes as one frame, without a stream.
-                if let Some(frame) = store.piece_now(*key, body, start, to).and_then(|p| whole_frame(p, *sendfile)) {
+                if let Some(frame) = store
+                    .piece_now(*key, body, start, to)
+                    .filter(|p| alone || sendfile.is_none() || matches!(p.blob, Blob::Heap(_)))
+                    .and_then(|p| whole_frame(p, *sendfile))
+                {
                     return full(frame);
                 }
                 let refill = match (refill, body) {
@@ -535,7 +557,7 @@ fn partial(
             .into_iter()
             .map(|part| match part {
                 Part::Text(text) => full(text),
-                Part::Range(s, e) => source.range(s, Some(e)),
+                Part::Range(s, e) => source.part(s, Some(e)),
             })
             .collect();
         let frames = futures_util::stream::iter(bodies).flat_map(|b| b.into_data_stream());

@@ -83,19 +83,24 @@ async fn large_hits() {
     assert_eq!(sent_from_files(&metrics(&edge).await), after, "HTTP/2 sends no file ranges");
 }
 
-/// Whole, HEAD, one range across a chunk boundary, two ranges, and all of
-/// them pipelined on one connection; returns the body bytes asked for.
+/// Whole, HEAD, one range across a chunk boundary, two ranges, three, and
+/// all of them pipelined on one connection; returns the body bytes asked for.
 fn check_framings(addr: SocketAddr, path: &str, len: usize) -> u64 {
     let want = origin_bytes(path, len);
     let target = format!("{path}?size={len}&cc=max-age%3D600");
     let (a, b) = (len / 2 - 100, len / 2 + 100);
-    // Across the first chunk's end when there are chunks.
+    // Across the first chunk's end when there are chunks, and then one
+    // in a chunk at hand: each part's file range must go out in its turn
+    // (a part sent whole from its chunk is not to overtake the one before
+    // it, which streams).
     let (c, d) = (((1 << 20) - 10).min(len - 1000), len - 1);
+    let (d2, e, f) = (c + 299, c + 400, c + 599);
     let requests = [
         format!("GET {target} HTTP/1.1\r\nHost: t.test\r\n\r\n"),
         format!("HEAD {target} HTTP/1.1\r\nHost: t.test\r\n\r\n"),
         format!("GET {target} HTTP/1.1\r\nHost: t.test\r\nRange: bytes={a}-{b}\r\n\r\n"),
         format!("GET {target} HTTP/1.1\r\nHost: t.test\r\nRange: bytes=0-9,{c}-{d}\r\n\r\n"),
+        format!("GET {target} HTTP/1.1\r\nHost: t.test\r\nRange: bytes=0-9,{c}-{d2},{e}-{f}\r\n\r\n"),
         format!("GET {target} HTTP/1.1\r\nHost: t.test\r\n\r\n"),
     ];
     let (mut s, mut r) = connect(addr);
@@ -117,10 +122,18 @@ fn check_framings(addr: SocketAddr, path: &str, len: usize) -> u64 {
     let parts = multipart_parts(&body, &boundary);
     assert_eq!(parts.len(), 2);
     assert!(parts[0] == want[..10] && parts[1] == want[c..=d], "{path}: the ranges differ");
+    let (status, h, body) = read_response(&mut r, false);
+    assert_eq!(status, "HTTP/1.1 206 Partial Content");
+    let boundary = header(&h, "content-type").split("boundary=").nth(1).unwrap().to_string();
+    let parts = multipart_parts(&body, &boundary);
+    assert_eq!(parts.len(), 3);
+    assert!(parts[0] == want[..10], "{path}: the first of three ranges differs");
+    assert!(parts[1] == want[c..=d2], "{path}: the second of three ranges differs");
+    assert!(parts[2] == want[e..=f], "{path}: the third of three ranges differs");
     let (status, _, body) = read_response(&mut r, false);
     assert_eq!(status, "HTTP/1.1 200 OK");
     assert!(body == want, "{path}: the body after the others differs");
-    (2 * len + (b - a + 1) + 10 + (d - c + 1)) as u64
+    (2 * len + (b - a + 1) + 10 + (d - c + 1) + 10 + (d2 - c + 1) + (f - e + 1)) as u64
 }
 
 /// The bodies of a `multipart/byteranges` payload.

@@ -114,9 +114,10 @@ pub fn cached(file: &dyn AsFd, offset: u64) -> bool {
 
 /// Reads `len` bytes of `file` from `offset` into the page cache: sent to
 /// `/dev/null` by the kernel, which fills the cache without a copy into
-/// user space. Errors are left for the send to meet (it then waits for the
-/// disk itself).
-fn load(file: &dyn AsFd, mut offset: u64, mut len: usize) {
+/// user space. Blocks until the disk has answered: call it off the
+/// runtime's threads. Errors are left for the send or read that follows to
+/// meet (it then waits for the disk itself).
+pub fn load(file: &dyn AsFd, mut offset: u64, mut len: usize) {
     static NULL: LazyLock<Option<std::fs::File>> =
         LazyLock::new(|| std::fs::File::options().write(true).open("/dev/null").ok());
     let Some(null) = &*NULL else { return };

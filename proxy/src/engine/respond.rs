@@ -184,32 +184,43 @@ fn piece_frame(p: &Piece, sendfile: Option<&SendFile>) -> io::Result<Bytes> {
 /// A piece's body frames, each with its length: [`piece_frame`]'s one
 /// frame when the connection sends from the file or the bytes are in
 /// memory; otherwise the bytes read from the file a part at a time
-/// ([`read_sized`]), each when the body is asked for it. Bytes of a
-/// disk-tier file whose first byte the page cache does not hold are read
-/// on the blocking pool, at once: a read that waits for the disk on a
-/// runtime thread stalls every connection on it.
+/// ([`read_sized`]), each when the body is asked for it. The range of a
+/// disk-tier file whose first byte the page cache does not hold is first
+/// read into the page cache on the blocking pool (`sendfile::load`, no
+/// copy into user space): a read that waits for the disk on a runtime
+/// thread stalls every connection on it, and a piece read whole into
+/// memory there would hold a megabyte for as long as a slow client took
+/// to read it, on each of a connection's streams.
 fn piece_frames(p: Piece, sendfile: Option<SendFile>) -> BoxStream<'static, io::Result<(u64, Bytes)>> {
-    let sized = |p: &Piece, b: Bytes| ((p.end - p.start) as u64, b);
     match (&p.blob, sendfile) {
         (Blob::File(f), None) if f.on_disk() && !outpost_net::sendfile::cached(&**f, p.start as u64) => {
             metrics::counter!("outpost_cold_file_ranges_total", "path" => "read").increment(1);
-            futures_util::stream::once(async move {
-                let len = (p.end - p.start) as u64;
-                let b = tokio::task::spawn_blocking(move || p.blob.read(p.start, p.end))
-                    .await
-                    .map_err(io::Error::other)??;
-                Ok((len, b))
-            })
-            .boxed()
+            cold_frames(p)
         }
-        (Blob::File(_), None) => futures_util::stream::iter(read_sized(p))
-            .map(move |p| p.blob.read(p.start, p.end).map(|b| sized(&p, b)))
-            .boxed(),
+        (Blob::File(_), None) => read_frames(p).boxed(),
         (_, sendfile) => {
-            futures_util::stream::once(std::future::ready(piece_frame(&p, sendfile.as_ref()).map(|b| sized(&p, b))))
-                .boxed()
+            let len = (p.end - p.start) as u64;
+            futures_util::stream::once(std::future::ready(piece_frame(&p, sendfile.as_ref()).map(|b| (len, b)))).boxed()
         }
     }
+}
+
+/// A file piece's bytes read a part at a time ([`read_sized`]), each when
+/// the body is asked for it, with its length.
+fn read_frames(p: Piece) -> impl futures_util::Stream<Item = io::Result<(u64, Bytes)>> {
+    futures_util::stream::iter(read_sized(p))
+        .map(|p| p.blob.read(p.start, p.end).map(|b| ((p.end - p.start) as u64, b)))
+}
+
+/// [`read_frames`] for a piece of a file the page cache does not hold:
+/// read into the page cache first, on the blocking pool.
+fn cold_frames(p: Piece) -> BoxStream<'static, io::Result<(u64, Bytes)>> {
+    let Blob::File(f) = &p.blob else { return read_frames(p).boxed() };
+    let (file, at, len) = (Arc::clone(f), p.start as u64, p.end - p.start);
+    let loaded = tokio::task::spawn_blocking(move || outpost_net::sendfile::load(&*file, at, len));
+    futures_util::stream::once(async move { loaded.await.map(|()| read_frames(p)).map_err(io::Error::other) })
+        .try_flatten()
+        .boxed()
 }
 
 /// Node-wide settings that shape client responses.
@@ -571,6 +582,22 @@ mod tests {
     use super::*;
     use crate::store::Entry;
     use crate::store::entry::tests::sample;
+
+    #[tokio::test]
+    async fn a_cold_piece_is_loaded_off_the_runtime_then_read_a_part_at_a_time() {
+        use futures_util::TryStreamExt;
+        use std::io::Write;
+        let data: Vec<u8> = (0..(1 << 20) - 7).map(|i: usize| (i % 253) as u8).collect();
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&data).unwrap();
+        let blob = Blob::disk_file(f, data.len());
+        let frames: Vec<(u64, Bytes)> =
+            cold_frames(Piece { blob, start: 5, end: data.len() }).try_collect().await.unwrap();
+        assert_eq!(frames.len(), 16, "parts of at most {READ_PIECE} bytes, not the megabyte at once");
+        assert!(frames.iter().all(|(n, b)| *n as usize == b.len() && b.len() <= READ_PIECE));
+        let got: Vec<u8> = frames.into_iter().flat_map(|(_, b)| b.to_vec()).collect();
+        assert!(got == data[5..], "the piece's bytes, in order");
+    }
 
     #[test]
     fn a_chunk_read_into_memory_is_read_a_part_at_a_time() {

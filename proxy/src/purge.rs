@@ -247,7 +247,11 @@ impl PurgeRules {
             f.write_all(&bytes)?;
             f.sync_all()?;
         }
-        std::fs::rename(&tmp, file)
+        std::fs::rename(&tmp, file)?;
+        // The rename itself on the disk: until then a power loss may leave
+        // the older rules in place.
+        let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        std::fs::File::open(dir)?.sync_all()
     }
 
     /// Number of rules held (for metrics).

@@ -413,11 +413,15 @@ impl Subscriber {
                         self.engine.forget_site(site_id);
                         sites_changed = true;
                     }
-                    Event::Purge(p) => {
-                        if let Err(e) = self.engine.purge(&p.site_id, &p.target, p.soft).await {
-                            tracing::debug!(purge = %p.id, error = %e, "purge not applied here");
+                    Event::Purge(p) => match self.engine.purge(&p.site_id, &p.target, p.soft).await {
+                        Ok(()) => {}
+                        // In force until a restart, which would forget it
+                        // unless a later rule is written.
+                        Err(e @ crate::engine::EngineError::Purges(_)) => {
+                            tracing::warn!(purge = %p.id, error = %e, "a purge rule could not be written to disk; it holds until a restart");
                         }
-                    }
+                        Err(e) => tracing::debug!(purge = %p.id, error = %e, "purge not applied here"),
+                    },
                 }
                 let state = {
                     let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());

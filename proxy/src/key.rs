@@ -82,9 +82,10 @@ fn header_value(headers: &impl HeaderLookup, name: &HeaderName, out: &mut Vec<u8
 
 /// A request header as `Vary` compares it: equivalent spellings share a
 /// variant. Members of the list are compared with the whitespace around and
-/// inside them collapsed (`a ,  b` is `a, b`); `Accept-Language` members
-/// also without case and in preference order (`fr, en-US` is `en-us,fr`;
-/// q-values order them, then the tag). Absent and empty stay different.
+/// inside them collapsed (`a ,  b` is `a, b`); a well-formed
+/// `Accept-Language` also without case and in preference order (`de,
+/// en;q=0.8` is `en;q=0.80,DE`; equal weights keep their order). Absent
+/// and empty stay different.
 /// `Accept-Encoding` is the coding the request is answered in, when the
 /// site negotiates one: the spellings of a coding share its variant.
 fn vary_value(headers: &impl HeaderLookup, name: &HeaderName, coding: Option<Coding>, out: &mut Xxh3) {
@@ -127,34 +128,59 @@ fn vary_value(headers: &impl HeaderLookup, name: &HeaderName, coding: Option<Cod
 }
 
 /// `Accept-Language` members as `tag` or `tag;q=0.xyz`, lower-case, best
-/// first (equal weights by tag). A member whose weight does not parse is
-/// kept (lower-case), after the others.
+/// first, equal weights in the order the client listed them (some origins
+/// take that order as a preference: RFC 9110 §12.5.4). Only a list that
+/// reads strictly (RFC 4647 ranges, at most one `q` each, RFC 9110
+/// qvalues, each range once) is brought to that form: any other list is
+/// kept as it came (whitespace aside), its own variant, since an origin
+/// may read a list that bends the grammar (`de;q=0;q=1`, `de;q=1e0`)
+/// otherwise than it looks, and must not be given another list's copy.
 fn languages(members: &[String]) -> Vec<String> {
-    let mut weighed: Vec<(u16, String)> = Vec::new();
-    let mut odd: Vec<String> = Vec::new();
-    for m in members {
-        let mut parts = m.split(';').map(str::trim);
-        let tag = parts.next().unwrap_or_default().to_ascii_lowercase();
-        let mut q = Some(1000u16);
-        for p in parts {
-            q = p
-                .strip_prefix("q=")
-                .or_else(|| p.strip_prefix("Q="))
-                .and_then(|v| v.parse::<f32>().ok())
-                .filter(|v| (0.0..=1.0).contains(v))
-                .map(|v| (v * 1000.0).round() as u16);
+    let strict = || -> Option<Vec<String>> {
+        let mut weighed: Vec<(u16, String)> = Vec::new();
+        for m in members {
+            let (range, params) = m.split_once(';').map_or((m.as_str(), None), |(r, p)| (r, Some(p)));
+            let range = range.trim().to_ascii_lowercase();
+            let q = match params {
+                None => 1000,
+                Some(p) => qvalue(p.trim().strip_prefix("q=").or_else(|| p.trim().strip_prefix("Q="))?)?,
+            };
+            if !language_range(&range) || weighed.iter().any(|(_, r)| *r == range) {
+                return None;
+            }
+            weighed.push((q, range));
         }
-        match q {
-            Some(q) => weighed.push((q, tag)),
-            None => odd.push(m.to_ascii_lowercase()),
-        }
+        // Stable: equal weights keep the client's order.
+        weighed.sort_by_key(|(q, _)| std::cmp::Reverse(*q));
+        Some(weighed.into_iter().map(|(q, r)| if q == 1000 { r } else { format!("{r};q=0.{q:03}") }).collect())
+    };
+    strict().unwrap_or_else(|| members.to_vec())
+}
+
+/// An RFC 4647 basic language range: `*`, or 1–8 letters then `-` and 1–8
+/// letters or digits, any number of times.
+fn language_range(r: &str) -> bool {
+    let mut subtags = r.split('-');
+    let first = subtags.next().unwrap_or_default();
+    r == "*"
+        || ((1..=8).contains(&first.len())
+            && first.bytes().all(|b| b.is_ascii_alphabetic())
+            && subtags.all(|t| (1..=8).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_alphanumeric())))
+}
+
+/// An RFC 9110 qvalue (`0`, `0.5`, `1.000`…) in thousandths.
+fn qvalue(v: &str) -> Option<u16> {
+    let (whole, fraction) = v.split_once('.').unwrap_or((v, ""));
+    if fraction.len() > 3 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
     }
-    weighed.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-    weighed.dedup();
-    let mut out: Vec<String> =
-        weighed.into_iter().map(|(q, t)| if q == 1000 { t } else { format!("{t};q=0.{q:03}") }).collect();
-    out.extend(odd);
-    out
+    let thousandths =
+        fraction.bytes().chain(std::iter::repeat(b'0')).take(3).fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+    match whole {
+        "0" => Some(thousandths),
+        "1" if thousandths == 0 => Some(1000),
+        _ => None,
+    }
 }
 
 fn trim(b: &[u8]) -> &[u8] {
@@ -433,13 +459,28 @@ mod tests {
         };
         let lang = |values: &[&'static str]| variant("accept-language", values);
         let same = lang(&["en-US,fr"]);
-        for spelling in [&["fr, en-US"][..], &["FR ,  en-us;q=1"], &["en-US", "fr"], &["fr;q=1.0,en-us,fr"]] {
+        for spelling in [&["EN-us ,  fr;q=1"][..], &["en-US", "fr"], &["en-us;Q=1.000,FR"]] {
             assert_eq!(lang(spelling), same, "{spelling:?}");
         }
+        assert_ne!(lang(&["fr, en-US"]), same, "equal weights in another order may be another preference");
         assert_eq!(lang(&["de, en;q=0.8"]), lang(&["en;q=0.80,DE"]), "weights order the list");
+        assert_eq!(lang(&["de;q=0.5"]), lang(&["de;q=0.500"]));
         assert_ne!(lang(&["en;q=0.8,de"]), lang(&["en,de;q=0.8"]), "different preferences");
         assert_ne!(lang(&["en"]), lang(&["en;q=0"]), "q=0 refuses a language");
         assert_ne!(lang(&["en"]), lang(&["de"]));
+        // Lists that bend the grammar are their own variants: an origin may
+        // read them otherwise than they look.
+        for bent in
+            ["de;q=0;q=1", "de;q=1e0", "de;q=+1", "de;q=1.0001", "de;q=1.5", "de;level=1", "de, de", "d_e", "de;q="]
+        {
+            let bent = HeaderValue::from_static(bent);
+            let mut h = HeaderMap::new();
+            h.insert("accept-language", bent.clone());
+            let got = k.variant(&[HeaderName::from_static("accept-language")], &h);
+            assert_ne!(got, lang(&["de"]), "{bent:?}");
+        }
+        assert_eq!(lang(&["de;q=0;q=1"]), lang(&["de;q=0;q=1 "]), "whitespace aside, as it came");
+        assert_ne!(lang(&["de;q=0;q=1"]), lang(&["DE;q=0;q=1"]), "case kept where the list is kept as it came");
         // Other fields: only whitespace is normalised; order and case count.
         let other = |values: &[&'static str]| variant("x-dev", values);
         assert_eq!(other(&["a,  b"]), other(&["a ,b"]));

@@ -169,17 +169,25 @@ async fn vary_variants_are_kept_apart() {
     assert_eq!(outpost_load::content::first_mismatch(seed, 0, &de2.body), None);
     assert_eq!(origin.count("/v").await, 2);
     // Equivalent spellings of Accept-Language share a variant: case,
-    // spacing and the order of equally preferred languages do not count.
+    // spacing and where the weights put a language do not count.
     assert!(edge.get_with(url, &[("accept-language", " EN ")]).await.is_hit());
     let mixed = edge.get_with(url, &[("accept-language", "en-GB, de;q=0.5, fr")]).await;
     assert!(!mixed.is_hit());
-    for spelling in ["fr,EN-gb , de;q=0.50", "en-gb,fr,de;q=0.5"] {
+    for spelling in ["EN-gb , fr, de;q=0.50", "en-gb,de;q=0.5,fr"] {
         let r = edge.get_with(url, &[("accept-language", spelling)]).await;
         assert!(r.is_hit(), "{spelling}: {}", r.cache_status());
         assert_eq!(r.body, mixed.body);
     }
     assert!(!edge.get_with(url, &[("accept-language", "en-GB;q=0.5, de, fr")]).await.is_hit(), "other preferences");
-    assert_eq!(origin.count("/v").await, 4);
+    // Equal weights in another order, which an origin may take as a
+    // preference, and a list that bends the grammar (an origin may read
+    // `de;q=0;q=1` as refusing German): each its own variant, never the
+    // copy of the list it resembles.
+    assert!(!edge.get_with(url, &[("accept-language", "fr, en-GB, de;q=0.5")]).await.is_hit());
+    let bent = edge.get_with(url, &[("accept-language", "de;q=0;q=1")]).await;
+    assert!(!bent.is_hit(), "{}", bent.cache_status());
+    assert!(edge.get_with(url, &[("accept-language", "de")]).await.is_hit(), "de's own copy is kept");
+    assert_eq!(origin.count("/v").await, 6);
 }
 
 #[tokio::test]

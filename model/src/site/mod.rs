@@ -301,14 +301,21 @@ pub enum SiteTls {
 /// cache key. A client could use them to make an origin answer one URL with
 /// another's content, cached for everyone, so nodes withhold them from
 /// upstream requests unless a site lists them in `[headers] forward` (which
-/// also adds them to the key).
-pub const WITHHELD_REQUEST_HEADERS: [&str; 16] = [
+/// also adds them to the key). `Forwarded` among them: its `host=` and
+/// `proto=` are read by frameworks as `X-Forwarded-Host` is; an edge sends
+/// its own element alone, and a shield passes on its edges' list.
+pub const WITHHELD_REQUEST_HEADERS: [&str; 21] = [
+    "forwarded",
     "x-forwarded-host",
     "x-forwarded-server",
     "x-forwarded-port",
     "x-forwarded-scheme",
+    "x-forwarded-protocol",
     "x-forwarded-prefix",
+    "x-forwarded-uri",
+    "x-forwarded-path",
     "x-forwarded-ssl",
+    "x-scheme",
     "front-end-https",
     "x-url-scheme",
     "x-original-url",

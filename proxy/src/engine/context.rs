@@ -103,7 +103,12 @@ impl Ctx {
 
     /// The client's side of an upstream request.
     pub(crate) fn client_side(&self) -> FromClient {
-        FromClient { headers: HeaderMap::clone(&self.headers), ip: self.client.map(|c| c.ip()), proto: self.proto() }
+        FromClient {
+            headers: HeaderMap::clone(&self.headers),
+            ip: self.client.map(|c| c.ip()),
+            proto: self.proto(),
+            from_edge: self.engine.tier == Tier::Shield,
+        }
     }
 
     /// The keyed URL's path (normalised), without the query.

@@ -189,6 +189,7 @@ impl From<Error> for Ended {
 /// Steps 1 to 4: the request's site and key, or how it ends.
 fn prepare<B>(engine: &Arc<Engine>, req: Request<B>, conn: Conn) -> Result<(Ctx, B), Ended> {
     let (mut parts, body) = req.into_parts();
+    drop_nominated(&mut parts.headers);
     let headers = RequestHeaders::new(std::mem::take(&mut parts.headers));
     check_framing(&headers)?;
     if engine.hop.looped(&headers) {
@@ -223,6 +224,33 @@ fn prepare<B>(engine: &Arc<Engine>, req: Request<B>, conn: Conn) -> Result<(Ctx,
         errands: conn.errands,
     };
     Ok((cx, body))
+}
+
+/// Removes the fields the client named in `Connection`: they are for this
+/// hop alone (RFC 9110 §7.6.1), and go no further. Removed as the request
+/// is read, so the cache key, `Vary` and the upstream request all see the
+/// same fields: left in the key, a keyed field the client named (`Accept-
+/// Language`, a site's `key_headers`) would be withheld from the origin,
+/// and its answer without it stored for every request that sends it.
+fn drop_nominated(headers: &mut http::HeaderMap) {
+    let tokens = |h: &http::HeaderMap| -> Vec<http::HeaderName> {
+        h.get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"))
+            .filter_map(|t| http::HeaderName::from_bytes(t).ok())
+            .collect()
+    };
+    // The usual request names nothing: no allocation.
+    if !headers.contains_key(header::CONNECTION) {
+        return;
+    }
+    for name in tokens(headers) {
+        if name != header::CONNECTION {
+            headers.remove(name);
+        }
+    }
 }
 
 /// Step 3, for a site whose certificate comes by ACME: the key

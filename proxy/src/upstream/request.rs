@@ -91,6 +91,10 @@ pub struct FromClient {
     pub ip: Option<IpAddr>,
     /// `X-Forwarded-Proto` to send (see the request path).
     pub proto: Option<&'static str>,
+    /// The request came from an edge of ours (this node is a shield): the
+    /// `Forwarded` list it carries is that edge's, passed on. A client's
+    /// own is withheld at the edge, as the other override fields are.
+    pub from_edge: bool,
 }
 
 /// Headers for an upstream request: the client's, less hop-by-hop and
@@ -104,7 +108,9 @@ pub fn forward_headers(hop: &Hop, site: &Site, from: &FromClient, cacheable: boo
             || MESSAGE_FIELDS.contains(name)
             || name == X_FORWARDED_PROTO
             || (cacheable && NOT_FORWARDED_ON_FETCH.contains(name))
-            || (WITHHELD_REQUEST_HEADERS.contains(&name.as_str()) && !site.headers.forward.contains(name))
+            || (WITHHELD_REQUEST_HEADERS.contains(&name.as_str())
+                && !site.headers.forward.contains(name)
+                && !(from.from_edge && name == FORWARDED))
         {
             continue;
         }
@@ -231,7 +237,7 @@ mod tests {
         for (k, v) in pairs {
             headers.append(*k, HeaderValue::from_static(v));
         }
-        FromClient { headers, ip: None, proto }
+        FromClient { headers, ip: None, proto, from_edge: false }
     }
 
     #[test]
@@ -277,6 +283,24 @@ mod tests {
         assert_eq!(up["x-forwarded-host"], "evil.test");
         assert!(!up.contains_key("x-original-url"));
         assert!(!up.contains_key(X_FORWARDED_PROTO), "a shield passes on only http or https");
+    }
+
+    #[test]
+    fn an_edge_sends_its_own_forwarded_element_and_a_shield_passes_on_its_edges() {
+        let mut f = from(&[("forwarded", "host=evil.test;proto=http"), ("x-forwarded-for", "10.9.9.9")], Some("https"));
+        f.ip = Some("192.0.2.7".parse().unwrap());
+        let up = forward_headers(&Hop::new("edge-1"), &site(""), &f, true);
+        assert_eq!(up[FORWARDED], "for=192.0.2.7;by=edge-1", "the client's host= never reaches the origin");
+        assert_eq!(up[X_FORWARDED_FOR], "10.9.9.9, 192.0.2.7", "appended, as CDNs do: the last entry is ours");
+        // At a shield, the edge's element is passed on and the shield's
+        // appended.
+        let mut at_shield = from(&[("forwarded", "for=192.0.2.7;by=edge-1")], None);
+        (at_shield.ip, at_shield.from_edge) = (Some("10.0.0.2".parse().unwrap()), true);
+        let up = forward_headers(&Hop::new("shield-1"), &site(""), &at_shield, true);
+        assert_eq!(up[FORWARDED], "for=192.0.2.7;by=edge-1, for=10.0.0.2;by=shield-1");
+        // A site that forwards the client's `Forwarded` keys it too.
+        let up = forward_headers(&Hop::new("edge-1"), &site("[headers]\nforward = [\"forwarded\"]\n"), &f, true);
+        assert_eq!(up[FORWARDED], "host=evil.test;proto=http, for=192.0.2.7;by=edge-1");
     }
 
     #[test]

@@ -190,6 +190,37 @@ async fn vary_variants_are_kept_apart() {
     assert_eq!(origin.count("/v").await, 6);
 }
 
+/// A field the client names in `Connection` is for that hop alone: it is
+/// gone before the request is keyed, not only before it goes upstream. A
+/// client that names its keyed `Accept-Language` gets the answer for a
+/// request without one, stored as such, and never plants it in the
+/// variant of those who send the field.
+#[tokio::test]
+async fn a_keyed_field_named_in_connection_is_dropped_before_the_key_is_made() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_d, origin, edge) = setup(DEFAULT_RULES).await;
+    let url = "/nominated?vary=Accept-Language&cc=max-age%3D60";
+    let mut s = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    s.write_all(
+        format!(
+            "GET {url} HTTP/1.1\r\nHost: t.test\r\nAccept-Language: de\r\nConnection: close, Accept-Language\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut planted = Vec::new();
+    s.read_to_end(&mut planted).await.unwrap();
+    assert!(planted.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&planted[..planted.len().min(200)]));
+    assert_eq!(origin.last_request("/nominated").await.get("accept-language"), None, "not sent upstream");
+    let de = edge.get_with(url, &[("accept-language", "de")]).await;
+    assert!(!de.is_hit(), "the German variant was planted: {}", de.cache_status());
+    let seed = outpost_load::content::seed("/nominated", 0, &["de"]);
+    assert_eq!(outpost_load::content::first_mismatch(seed, 0, &de.body), None, "the German answer");
+    assert!(edge.get(url).await.is_hit(), "the answer without the field, stored as such");
+    assert_eq!(origin.count("/nominated").await, 2);
+}
+
 #[tokio::test]
 async fn stale_objects_are_revalidated_with_304() {
     let (_d, origin, edge) = setup(DEFAULT_RULES).await;

@@ -226,8 +226,12 @@ impl FetchJob {
         // stored first): a failing origin gets one request.
         let personal = policy::personal(resp.headers(), self.request.has_authorization);
         let share = not_stored.is_none() || (status.is_server_error() && !personal);
-        if let (Some(_), Some((key, stale))) = (not_stored, &self.stale) {
-            // The origin no longer allows storing it: stop revalidating a dead copy.
+        if let (Some(why), Some((key, stale))) = (not_stored, &self.stale)
+            && why != NotStored::RequestNoStore
+        {
+            // The origin no longer allows storing it: stop revalidating a
+            // dead copy. (A request's own `no-store` says nothing of the
+            // copy: left as it was, for others and for stale-if-error.)
             engine.store.remove_object(*key, stale);
         }
         if !share {
@@ -269,11 +273,14 @@ impl FetchJob {
                 self.engine.invalidate_if_since(self.rkey.primary, self.mark, key, &obj);
                 (obj, withheld(&headers, &plan.strip))
             }
-            Err(_) => {
+            Err(why) => {
                 // Valid now, but no longer storable: serve it this once, to
                 // the requests waiting on it too; the cookies it sets go to
-                // the request that asked alone.
-                self.engine.store.remove_object(key, &stale);
+                // the request that asked alone. A request's own `no-store`
+                // keeps this answer out of the store, not the copy.
+                if why != NotStored::RequestNoStore {
+                    self.engine.store.remove_object(key, &stale);
+                }
                 let mine = withheld(&headers, &[header::SET_COOKIE]);
                 headers.remove(header::SET_COOKIE);
                 (Arc::new(StoredObject { headers, fetched_at: times.started, ..(*stale).clone() }), mine)

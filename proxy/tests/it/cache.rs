@@ -72,6 +72,30 @@ async fn a_request_that_says_no_store_stores_nothing() {
     assert!(hit.is_hit(), "{}", hit.cache_status());
 }
 
+/// A request's `no-store` keeps its own answer out of the store; it does
+/// not take away a stale copy others would be served when the origin
+/// fails, whether the origin answers it in full or with a 304.
+#[tokio::test]
+async fn a_request_that_says_no_store_leaves_the_stale_copy_for_others() {
+    let (_d, origin, edge) = setup(DEFAULT_RULES).await;
+    // Without validators the origin answers in full; with them, 304.
+    for (path, validators) in [("/kept", "&etag=none&lm=none"), ("/kept304", "")] {
+        let url = format!("{path}?cc=max-age%3D10,%20stale-if-error%3D300{validators}");
+        let good = edge.get(&url).await;
+        edge.engine.clock.advance(Duration::from_secs(20));
+        let r = edge.get_with(&url, &[("cache-control", "no-store")]).await;
+        assert_eq!(r.status, StatusCode::OK);
+        let conditional = origin.last_request(path).await.get("if-none-match").is_some();
+        assert_eq!(conditional, validators.is_empty(), "{path}");
+        origin.control("fault?mode=503").await;
+        let r = edge.get(&url).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}: the stale copy was dropped: {}", r.cache_status());
+        assert!(r.cache_status().contains("detail=stale-if-error"), "{path}: {}", r.cache_status());
+        assert_eq!(r.body, good.body);
+        origin.control("fault?mode=off").await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fields_kept_out_of_the_cache_reach_only_the_client_that_fetched() {
     let (_d, origin, edge) = setup(DEFAULT_RULES).await;

@@ -415,7 +415,7 @@ pub static SECTIONS: &[Section] = &[
         name: "cache.status_ttl",
         shape: Shape::Map,
         roles: &[],
-        doc: "Status code (200–599) → TTL, which also makes that status cacheable (negative caching): `404 = \"30s\"`.",
+        doc: "Status code (200–599, not 206 or 304) → TTL, which also makes that status cacheable (negative caching): `404 = \"30s\"`.",
         keys: &[],
     },
     Section {

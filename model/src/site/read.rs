@@ -263,6 +263,15 @@ fn decode_cache(s: &mut Sink<'_>, t: &mut Table<'_, '_>) -> Option<CacheRules> {
                 s.error(&code.span(), format!("`{}` is not an HTTP status code from 200 to 599", code.get_ref()));
                 continue;
             };
+            if status == 206 || status == 304 {
+                // Kept, either would answer every later request for the
+                // object with a part of it, or with no body at all.
+                s.error(
+                    &code.span(),
+                    format!("`{status}` answers one request's range or condition; it is never stored as the object"),
+                );
+                continue;
+            }
             match Duration::decode(s, v) {
                 Some(d) if d > MAX_TTL => s.error(&v.span(), "TTL is out of range: at most 365 days"),
                 Some(d) => {

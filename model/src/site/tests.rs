@@ -130,6 +130,10 @@ fn bad_values_are_rejected() {
     assert!(with("[cache]\nmax_object_size = -1")[0].contains("must not be negative"));
     assert!(with("[cache]\ndefault_ttl = \"400d\"")[0].contains("out of range"));
     assert!(with("[cache]\nstatus_ttl = { 99 = \"1s\" }")[0].contains("not an HTTP status code"));
+    for partial in ["206", "304"] {
+        let errors = with(&format!("[cache]\nstatus_ttl = {{ {partial} = \"1h\" }}"));
+        assert!(errors[0].contains("never stored as the object"), "{partial}: {errors:?}");
+    }
     assert!(with("[cache]\nquery = \"shuffle\"")[0].contains("query must be"));
     assert!(with("[cache]\nquery = \"ignore\"\nquery_drop = [\"a\"]")[0].contains("no effect"));
     assert!(with("[cache]\nkey_headers = [\"host\"]")[0].contains("already in every key"));

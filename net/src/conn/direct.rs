@@ -472,13 +472,27 @@ async fn write_response<S: Transport>(
             }
         }
         _ => {
+            // Never a byte past the length, as hyper cuts a body at it
+            // (and keeps the connection, whose bytes are then in step):
+            // bytes past it would read as the next response.
+            let limit = match framing {
+                Framing::Length(n) => n,
+                Framing::None | Framing::Chunked => u64::MAX,
+            };
+            let within = |data: Bytes, sent: u64| {
+                let room = usize::try_from(limit - sent).unwrap_or(usize::MAX);
+                if data.len() > room { (data.slice(..room), true) } else { (data, false) }
+            };
+            let (first, mut over) = within(first, 0);
+            sent = first.len() as u64;
             write_all(io, &mut [IoSlice::new(head), IoSlice::new(&first)]).await?;
             drop(first);
-            if framing != Framing::None {
-                while let Some(data) = next_data(&mut body).await? {
-                    sent += data.len() as u64;
-                    write_all(io, &mut [IoSlice::new(&data)]).await?;
-                }
+            while framing != Framing::None && !over && sent < limit {
+                let Some(data) = next_data(&mut body).await? else { break };
+                let (data, past) = within(data, sent);
+                over = past;
+                sent += data.len() as u64;
+                write_all(io, &mut [IoSlice::new(&data)]).await?;
             }
         }
     }

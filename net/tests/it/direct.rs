@@ -31,8 +31,20 @@ async fn a_response_answered_at_once_is_byte_for_byte_what_hyper_writes() {
     let echo = Arc::new(Echo::default());
     let hyper = start_with(Arc::new(HyperOnly(Arc::clone(&echo))), echo, Limits::default()).await;
     let (a, b) = (direct.addr, hyper.addr);
-    let shapes =
-        ["plain", "length", "stream", "boxed", "no-content", "not-modified", "repeated", "close", "dated", "unknown"];
+    let shapes = [
+        "plain",
+        "length",
+        "stream",
+        "boxed",
+        "no-content",
+        "not-modified",
+        "repeated",
+        "close",
+        "dated",
+        "unknown",
+        "long",
+        "short",
+    ];
     let mut asked = 0;
     for method in ["GET", "HEAD"] {
         // Each shape with its fields in the map, then written by the
@@ -41,9 +53,17 @@ async fn a_response_answered_at_once_is_byte_for_byte_what_hyper_writes() {
             let request = format!("{method} /now/{shape} HTTP/1.1\r\nHost: a\r\n\r\n");
             let (ours, theirs) = blocking(move || (exchange(a, &request), exchange(b, &request))).await;
             asked += 1;
-            assert_eq!(ours, theirs, "{method} /now/{shape}");
+            // A body that ends short of its length: hyper sends nothing of
+            // it (it writes the head with the body), and ours its bytes;
+            // both close the connection, so the client finds it cut short.
+            if !(shape.ends_with("short") && method == "GET") {
+                assert_eq!(ours, theirs, "{method} /now/{shape}");
+            }
             assert!(ours.contains(&format!("x-shape: {shape}")), "{ours}");
-            if shape.ends_with("close") {
+            if shape.ends_with("long") && method == "GET" {
+                assert!(ours.contains("\r\n\r\ntwelve bHTTP/1.1"), "8 bytes, then the next response: {ours}");
+            }
+            if shape.ends_with("close") || (method == "GET" && shape.ends_with("short")) {
                 assert!(!ours.contains("GET /end"), "the connection closed after the response: {ours}");
             } else {
                 assert!(ours.ends_with("GET /end"), "the next request was answered after it: {ours}");

@@ -131,6 +131,10 @@ fn shaped(method: &http::Method, shape: &str) -> Response<Body> {
         "close" => {
             h.insert(CONNECTION, HeaderValue::from_static("close"));
         }
+        // A body that yields more than the length it says, and one that
+        // yields less: no byte past the length goes out.
+        "long" => *resp.body_mut() = Body::new(Said { length: 8, data: Some(Bytes::from_static(b"twelve bytes")) }),
+        "short" => *resp.body_mut() = Body::new(Said { length: 16, data: Some(Bytes::from_static(b"twelve bytes")) }),
         // A date of its own: the server adds none.
         "dated" => {
             h.insert(DATE, HeaderValue::from_static("Mon, 01 Jan 2024 00:00:00 GMT"));
@@ -144,6 +148,26 @@ fn shaped(method: &http::Method, shape: &str) -> Response<Body> {
         _ => *resp.status_mut() = StatusCode::NOT_FOUND,
     }
     resp
+}
+
+/// A body whose size hint says `length`, whatever it yields.
+struct Said {
+    length: u64,
+    data: Option<Bytes>,
+}
+
+impl http_body::Body for Said {
+    type Data = Bytes;
+    type Error = outpost_net::BoxError;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.data.take().map(|d| Ok(http_body::Frame::data(d))))
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.length)
+    }
 }
 
 struct Server {

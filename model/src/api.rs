@@ -31,30 +31,78 @@ pub mod paths {
     pub const ACK: &str = "/v1/ack";
     pub const HEALTH: &str = "/healthz";
     pub const METRICS: &str = "/metrics";
+    /// The routes of the one-resource paths below, as the server matches
+    /// them.
+    pub const SITE_ROUTE: &str = "/v1/sites/{id}";
+    pub const SITE_VERSIONS_ROUTE: &str = "/v1/sites/{id}/versions";
+    pub const POP_ROUTE: &str = "/v1/pops/{name}";
+    pub const PURGE_ROUTE: &str = "/v1/purges/{id}";
+    pub const NODE_CREDENTIAL_ROUTE: &str = "/v1/nodes/{name}/credential";
+
+    /// `name` as one path segment: every byte but unreserved ones
+    /// percent-encoded (and a segment of dots too), so that a name with a
+    /// `?`, `#` or `/` in it names itself, not another resource (`shop?x`
+    /// is not `shop`).
+    fn segment(name: &str) -> String {
+        use std::fmt::Write;
+        let dots = !name.is_empty() && name.bytes().all(|b| b == b'.');
+        let mut out = String::with_capacity(name.len());
+        for b in name.bytes() {
+            if (b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~')) || (b == b'.' && !dots) {
+                out.push(char::from(b));
+            } else {
+                let _ = write!(out, "%{b:02X}");
+            }
+        }
+        out
+    }
 
     /// One site.
     pub fn site(id: &str) -> String {
-        format!("{SITES}/{id}")
+        format!("{SITES}/{}", segment(id))
     }
 
     /// A site's kept versions, newest first.
     pub fn site_versions(id: &str) -> String {
-        format!("{SITES}/{id}/versions")
+        format!("{SITES}/{}/versions", segment(id))
     }
 
     /// One PoP's weight.
     pub fn pop(name: &str) -> String {
-        format!("{POPS}/{name}")
+        format!("{POPS}/{}", segment(name))
     }
 
     /// One purge's report.
     pub fn purge(id: &str) -> String {
-        format!("/v1/purges/{id}")
+        format!("/v1/purges/{}", segment(id))
     }
 
     /// A node's credential: `POST` rotates it, `DELETE` revokes it.
     pub fn node_credential(name: &str) -> String {
-        format!("{NODES}/{name}/credential")
+        format!("{NODES}/{}/credential", segment(name))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn names_are_one_segment_each() {
+            assert_eq!(super::site("shop-1.example_x"), "/v1/sites/shop-1.example_x");
+            assert_eq!(super::site("shop?x"), "/v1/sites/shop%3Fx", "not the site `shop`");
+            assert_eq!(super::site("shop#old"), "/v1/sites/shop%23old");
+            assert_eq!(super::site_versions("a/../b"), "/v1/sites/a%2F..%2Fb/versions");
+            assert_eq!(super::site(".."), "/v1/sites/%2E%2E");
+            assert_eq!(super::site("a b"), "/v1/sites/a%20b");
+            assert_eq!(super::node_credential("édge"), "/v1/nodes/%C3%A9dge/credential");
+            assert_eq!(super::pop("fra"), "/v1/pops/fra");
+            assert_eq!(super::purge("p-1"), "/v1/purges/p-1");
+            // Each route matches its path.
+            let as_route = |path: String, name: &str| path.replace("NAME", &format!("{{{name}}}"));
+            assert_eq!(as_route(super::site("NAME"), "id"), super::SITE_ROUTE);
+            assert_eq!(as_route(super::site_versions("NAME"), "id"), super::SITE_VERSIONS_ROUTE);
+            assert_eq!(as_route(super::pop("NAME"), "name"), super::POP_ROUTE);
+            assert_eq!(as_route(super::purge("NAME"), "id"), super::PURGE_ROUTE);
+            assert_eq!(as_route(super::node_credential("NAME"), "name"), super::NODE_CREDENTIAL_ROUTE);
+        }
     }
 }
 

@@ -253,7 +253,7 @@ impl PurgeTarget {
 /// node).
 pub fn purge_url(url: &str) -> Result<String, String> {
     let raw = purge_path(url)?;
-    let (path, query) = raw.split_once('?').map_or((raw, None), |(p, q)| (p, Some(q)));
+    let (path, query) = raw.split_once('?').map_or((&*raw, None), |(p, q)| (p, Some(q)));
     let path =
         normalize_path(&encode_non_ascii(path)).map_err(|e| format!("purge url `{url}` can match no request: {e}"))?;
     Ok(match query {
@@ -264,11 +264,18 @@ pub fn purge_url(url: &str) -> Result<String, String> {
 
 /// The path and query a purge URL names. Accepts `/a?b` or a full
 /// `https://host/a?b` (the host is ignored: the site is named separately).
-pub fn purge_path(url: &str) -> Result<&str, String> {
+/// A full URL's host ends at its first `/`, `?` or `#`: `https://h?x=/a`
+/// names `/?x=/a`, not `/a`.
+pub fn purge_path(url: &str) -> Result<std::borrow::Cow<'_, str>, String> {
+    use std::borrow::Cow;
     let path = if url.starts_with('/') {
-        url
+        Cow::Borrowed(url)
     } else if let Some(rest) = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")) {
-        rest.find('/').map_or("/", |i| &rest[i..])
+        match rest.find(['/', '?', '#']) {
+            Some(i) if rest[i..].starts_with('/') => Cow::Borrowed(&rest[i..]),
+            Some(i) => Cow::Owned(format!("/{}", &rest[i..])),
+            None => Cow::Borrowed("/"),
+        }
     } else {
         return Err(format!("purge url `{url}` must be a path starting with `/` or an http(s) URL"));
     };
@@ -318,7 +325,12 @@ mod tests {
         assert!(PurgeTarget::Tags { tags: vec!["".into()] }.validate().is_err());
         assert!(PurgeTarget::Tags { tags: vec!["x".into(); MAX_PURGE_ITEMS + 1] }.validate().is_err());
         assert!(PurgeTarget::All.validate().is_ok());
-        assert_eq!(purge_path("https://h.test/b?c"), Ok("/b?c"));
+        assert_eq!(purge_path("https://h.test/b?c").as_deref(), Ok("/b?c"));
+        // The host ends at the first `/`, `?` or `#`.
+        assert_eq!(purge_path("https://h.test?ref=/checkout").as_deref(), Ok("/?ref=/checkout"));
+        assert_eq!(purge_path("https://h.test?x=1").as_deref(), Ok("/?x=1"));
+        assert!(purge_path("https://h.test#f").is_err(), "a fragment is refused wherever it is");
+        assert!(purge_path("https://h.test/a#f").is_err());
         // Written as requests are keyed; what no request can be is refused.
         let urls = |u: &[&str]| PurgeTarget::Urls { urls: u.iter().map(|s| s.to_string()).collect() }.normalized();
         assert_eq!(
@@ -333,6 +345,6 @@ mod tests {
         let prefix = |p: &str| PurgeTarget::Prefix { prefix: p.into() }.normalized();
         assert_eq!(prefix("/bilder/größe/"), Ok(PurgeTarget::Prefix { prefix: "/bilder/gr%C3%B6%C3%9Fe/".into() }));
         assert!(prefix("/a%zz").is_err() && prefix("/a b").is_err() && prefix("/a?x").is_err());
-        assert_eq!(purge_path("http://h.test"), Ok("/"));
+        assert_eq!(purge_path("http://h.test").as_deref(), Ok("/"));
     }
 }

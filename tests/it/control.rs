@@ -655,6 +655,26 @@ async fn bad_calls_get_401_401_400_and_change_nothing() {
     let health = call(Method::GET, &cdn.api("/healthz"), None, None, "").await.json();
     assert_eq!(health["seq"], 0, "no event was logged");
     assert_eq!(cdn.admin_call(Method::GET, "/v1/nope", "").await.status, StatusCode::NOT_FOUND);
+    // What the framework refuses itself reads as the API's errors too.
+    let wrong_method = cdn.admin_call(Method::GET, "/v1/purge", "").await;
+    assert_eq!(
+        (wrong_method.status, wrong_method.json()["error"].as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed"))
+    );
+    assert!(wrong_method.headers.contains_key("allow"), "{:?}", wrong_method.headers);
+    let huge = format!(r#"{{"site": "shop", "urls": ["/{}"]}}"#, "a".repeat(2 << 20));
+    let too_large = cdn.admin_call(Method::POST, "/v1/purge", &huge).await;
+    assert_eq!(
+        (too_large.status, too_large.json()["error"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("body_too_large"))
+    );
+    let headers = [("authorization", format!("Bearer {}", cdn.admin))];
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let not_utf8 =
+        outpost_testkit::request(Method::POST, &cdn.api("/v1/sites"), &headers, b"\xff\xfe[site]").await.unwrap();
+    assert_eq!((not_utf8.status, not_utf8.json()["error"].as_str()), (StatusCode::BAD_REQUEST, Some("bad_request")));
+    assert!(not_utf8.json()["detail"].as_str().is_some_and(|d| !d.is_empty()), "the framework's reason, kept");
+    assert_eq!(cdn.admin_call(Method::GET, "/v1/sites", "").await.json(), serde_json::json!([]), "nothing changed");
     cdn.stop.cancel();
 }
 

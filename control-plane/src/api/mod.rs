@@ -622,6 +622,43 @@ pub(crate) async fn count_requests(req: axum::extract::Request, next: axum::midd
     resp
 }
 
+/// Gives the errors the framework answers itself (a method the path does
+/// not take, a body over the limit or not UTF-8, a path segment that does
+/// not decode) the API's JSON shape, their text as the detail: every
+/// error a client gets reads as one.
+pub(crate) async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 64 << 10).await.unwrap_or_default();
+    let error = match status {
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
+    };
+    let detail = match String::from_utf8_lossy(&text).trim() {
+        "" => status.canonical_reason().unwrap_or("error").to_string(),
+        t => t.to_string(),
+    };
+    let mut out = (status, Json(ErrorBody { error: error.to_string(), detail })).into_response();
+    // `Allow` and the like stay.
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
 /// Parses a JSON body whatever its Content-Type says (operators post JSON
 /// with plain `curl -d`), reporting where it is malformed.
 pub(crate) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
@@ -642,19 +679,20 @@ pub fn router(control: Arc<Control>) -> Router {
         .route(paths::HEALTH, get(handlers::healthz))
         .route(paths::METRICS, get(handlers::metrics))
         .route(paths::SITES, get(handlers::list_sites).post(handlers::put_site))
-        .route(&paths::site("{id}"), get(handlers::get_site).put(handlers::put_site_id).delete(handlers::delete_site))
-        .route(&paths::site_versions("{id}"), get(handlers::site_versions))
+        .route(paths::SITE_ROUTE, get(handlers::get_site).put(handlers::put_site_id).delete(handlers::delete_site))
+        .route(paths::SITE_VERSIONS_ROUTE, get(handlers::site_versions))
         .route(paths::PURGE, post(handlers::purge))
-        .route(&paths::purge("{id}"), get(handlers::get_purge))
+        .route(paths::PURGE_ROUTE, get(handlers::get_purge))
         .route(paths::NODES, get(handlers::nodes))
-        .route(&paths::node_credential("{name}"), post(handlers::rotate_credential).delete(handlers::revoke_credential))
+        .route(paths::NODE_CREDENTIAL_ROUTE, post(handlers::rotate_credential).delete(handlers::revoke_credential))
         .route(paths::POPS, get(handlers::pops))
-        .route(&paths::pop("{name}"), put(handlers::put_pop))
+        .route(paths::POP_ROUTE, put(handlers::put_pop))
         .route(paths::EVENTS, get(events::stream))
         .route(paths::ACK, post(events::ack))
         .fallback(handlers::not_found)
         .route_layer(axum::middleware::from_fn(count_requests))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(json_errors))
         .with_state(control)
 }
 

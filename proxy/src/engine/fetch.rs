@@ -168,16 +168,36 @@ impl FetchJob {
     pub(crate) async fn run(mut self) {
         let engine = Arc::clone(&self.engine);
         let (started, started_real) = (engine.clock.now(), SystemTime::now());
-        // The keyed URL (normalised path, shaped query) is what goes upstream.
-        let validators = self.stale.as_ref().map(|(_, s)| &s.headers);
-        let mut req =
-            request::fetch(&engine.hop, &self.site, &self.request.from, &self.rkey.url, validators, self.rkey.coding);
-        let (flight, site, node) = (Arc::clone(&self.guard.flight), Arc::clone(&self.site), Arc::clone(&engine));
-        request::on_interim(&mut req, move |status, mut fields| {
-            super::respond::interim_rules(&mut fields, &site, &node.rules);
-            flight.interim(status, fields);
-        });
-        let result = engine.upstream.send(&self.site, self.rkey.primary, req, self.request.host.clone()).await;
+        let result = loop {
+            // The keyed URL (normalised path, shaped query) is what goes upstream.
+            let validators = self.stale.as_ref().map(|(_, s)| &s.headers);
+            let mut req = request::fetch(
+                &engine.hop,
+                &self.site,
+                &self.request.from,
+                &self.rkey.url,
+                validators,
+                self.rkey.coding,
+            );
+            let (flight, site, node) = (Arc::clone(&self.guard.flight), Arc::clone(&self.site), Arc::clone(&engine));
+            request::on_interim(&mut req, move |status, mut fields| {
+                super::respond::interim_rules(&mut fields, &site, &node.rules);
+                flight.interim(status, fields);
+            });
+            let result = engine.upstream.send(&self.site, self.rkey.primary, req, self.request.host.clone()).await;
+            // A 304 that names another copy than the one stored (another
+            // validator, another Vary) says nothing of it (RFC 9111
+            // §4.3.4): the copy is dropped and the object asked for whole.
+            if let (Ok(resp), Some((key, stale))) = (&result, &self.stale)
+                && resp.status() == StatusCode::NOT_MODIFIED
+                && !vouches_for(resp.headers(), &stale.headers)
+            {
+                engine.store.remove_object(*key, stale);
+                self.stale = None;
+                continue;
+            }
+            break result;
+        };
         let times = Times { started, started_real, now: engine.clock.now() };
         match result {
             Err(e) => self.failed(e, times.now),
@@ -245,7 +265,7 @@ impl FetchJob {
     }
 
     /// A 304: the stored copy with the fresh fields, stored again if it
-    /// still may be.
+    /// still may be ([`vouches_for`] it).
     fn revalidated(&mut self, fresh: &HeaderMap, times: Times) {
         let Some((key, stale)) = self.stale.take() else { return };
         let mut headers = stale.headers.clone();
@@ -441,5 +461,73 @@ impl FetchJob {
             }
         }
         store.insert(self.rkey.primary, Entry::Variants(Arc::new(Variants { names: vary.to_vec(), known })));
+    }
+}
+
+/// Does a 304 with `fresh` fields stand for the copy stored with
+/// `stored` (RFC 9111 §4.3.4)? Its `ETag`, when it sends one, must be the
+/// copy's (compared weakly, as `If-None-Match` is); else its
+/// `Last-Modified`, when it sends one; and its `Vary`, when it sends one.
+/// A 304 that sends none of them is taken as the answer to the validators
+/// asked with.
+fn vouches_for(fresh: &HeaderMap, stored: &HeaderMap) -> bool {
+    let weak = |v: &header::HeaderValue| {
+        let b = v.as_bytes();
+        b.strip_prefix(b"W/").unwrap_or(b).to_vec()
+    };
+    let same = |name: header::HeaderName, compare: &dyn Fn(&header::HeaderValue, &header::HeaderValue) -> bool| match (
+        fresh.get(&name),
+        stored.get(&name),
+    ) {
+        (None, _) => true,
+        (Some(f), Some(s)) => compare(f, s),
+        (Some(_), None) => false,
+    };
+    let vary = |h: &HeaderMap| -> Vec<String> {
+        let mut names: Vec<String> = h
+            .get_all(header::VARY)
+            .iter()
+            .flat_map(|v| v.to_str().unwrap_or("").split(','))
+            .map(|n| n.trim().to_ascii_lowercase())
+            .filter(|n| !n.is_empty())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    };
+    let validator = if fresh.contains_key(header::ETAG) {
+        same(header::ETAG, &|f, s| weak(f) == weak(s))
+    } else {
+        same(header::LAST_MODIFIED, &|f, s| f == s)
+    };
+    validator && (!fresh.contains_key(header::VARY) || vary(fresh) == vary(stored))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_304_vouches_only_for_the_copy_its_fields_name() {
+        let map = |pairs: &[(&'static str, &'static str)]| -> HeaderMap {
+            pairs
+                .iter()
+                .map(|(k, v)| (header::HeaderName::from_static(k), header::HeaderValue::from_static(v)))
+                .collect()
+        };
+        let stored =
+            map(&[("etag", "\"v1\""), ("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT"), ("vary", "Accept-Language")]);
+        assert!(vouches_for(&map(&[]), &stored), "a bare 304 answers the validators asked with");
+        assert!(vouches_for(&map(&[("etag", "W/\"v1\"")]), &stored), "compared weakly");
+        assert!(!vouches_for(&map(&[("etag", "\"v2\"")]), &stored));
+        assert!(vouches_for(&map(&[("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT")]), &stored));
+        assert!(!vouches_for(&map(&[("last-modified", "Tue, 02 Jan 2024 00:00:00 GMT")]), &stored));
+        assert!(
+            vouches_for(&map(&[("etag", "\"v1\""), ("last-modified", "Tue, 02 Jan 2024 00:00:00 GMT")]), &stored),
+            "the ETag decides when there is one"
+        );
+        assert!(vouches_for(&map(&[("vary", "accept-language ")]), &stored));
+        assert!(!vouches_for(&map(&[("vary", "Accept-Encoding")]), &stored), "another Vary, another copy");
+        assert!(!vouches_for(&map(&[("etag", "\"v1\"")]), &map(&[])), "a validator the copy never had");
     }
 }

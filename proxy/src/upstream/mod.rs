@@ -450,7 +450,10 @@ impl UpstreamClient {
         let client = self.client(target.dial(), target.ca.as_ref());
         match tokio::time::timeout(target.response_timeout, client.request(req)).await {
             Err(_) => Err(UpstreamError::new(UpstreamErrorKind::Timeout, name)),
-            Ok(Ok(resp)) => Ok(resp.map(RecvBody::hyper)),
+            Ok(Ok(resp)) => match framing_fault(resp.headers()) {
+                Some(why) => Err(UpstreamError::new(UpstreamErrorKind::Protocol, name).caused_by(why)),
+                None => Ok(resp.map(RecvBody::hyper)),
+            },
             Ok(Err(e)) => {
                 let kind = match error::client_body_error(&e) {
                     Some(c) => UpstreamErrorKind::ClientBody { too_large: c.too_large },
@@ -460,5 +463,43 @@ impl UpstreamClient {
                 Err(UpstreamError::new(kind, name).caused_by(e))
             }
         }
+    }
+}
+
+/// What is wrong with an HTTP/1.1 response's framing that hyper lets
+/// through: a transfer coding besides chunked, which no request asked for
+/// (hyper takes the chunks off and leaves, say, gzip on bytes that would be
+/// stored and served as the body itself), or both `Transfer-Encoding` and
+/// `Content-Length`, which RFC 9112 §6.3 has handled as an error (the
+/// length would be passed on for a body framed otherwise).
+fn framing_fault(headers: &http::HeaderMap) -> Option<&'static str> {
+    let mut codings = headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty())
+        .peekable();
+    codings.peek()?;
+    if codings.any(|c| !c.eq_ignore_ascii_case(b"chunked")) {
+        return Some("a transfer coding other than chunked, which was not asked for");
+    }
+    headers.contains_key(http::header::CONTENT_LENGTH).then_some("both Transfer-Encoding and Content-Length")
+}
+
+#[cfg(test)]
+mod framing_tests {
+    #[test]
+    fn transfer_codings_besides_chunked_and_a_length_beside_them_are_faults() {
+        let map = |pairs: &[(&'static str, &'static str)]| -> http::HeaderMap {
+            pairs.iter().map(|(k, v)| (http::HeaderName::from_static(k), http::HeaderValue::from_static(v))).collect()
+        };
+        assert_eq!(super::framing_fault(&map(&[])), None);
+        assert_eq!(super::framing_fault(&map(&[("content-length", "5")])), None);
+        assert_eq!(super::framing_fault(&map(&[("transfer-encoding", "Chunked")])), None);
+        for bad in ["gzip, chunked", "gzip", "chunked, identity"] {
+            assert!(super::framing_fault(&map(&[("transfer-encoding", bad)])).is_some(), "{bad}");
+        }
+        assert!(super::framing_fault(&map(&[("transfer-encoding", "chunked"), ("content-length", "5")])).is_some());
     }
 }

@@ -268,6 +268,86 @@ async fn stale_objects_are_revalidated_with_304() {
     assert_eq!(origin.stats().await["not_modified"], 2);
 }
 
+/// An origin that answers its n-th connection's one request with
+/// `answers[n]` (the last one again past the end) and closes; it keeps each
+/// request head.
+async fn scripted_origin(answers: Vec<&'static str>) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = Arc::clone(&heads);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            let n = {
+                let mut kept = kept.lock().unwrap();
+                kept.push(String::from_utf8_lossy(&got).into_owned());
+                kept.len() - 1
+            };
+            let answer = answers[n.min(answers.len() - 1)];
+            let _ = s.write_all(answer.replace('\n', "\r\n").as_bytes()).await;
+        }
+    });
+    (addr, heads)
+}
+
+/// A 304 whose `ETag` is not the stored copy's vouches for another copy
+/// (RFC 9111 §4.3.4): the stored one is not refreshed under the other's
+/// validator, and the object is asked for whole.
+#[tokio::test]
+async fn a_304_for_another_copy_is_not_taken_for_the_stored_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, heads) = scripted_origin(vec![
+        "HTTP/1.1 200 OK\ncache-control: max-age=1\netag: \"v1\"\ncontent-length: 8\nconnection: close\n\nold-body",
+        "HTTP/1.1 304 Not Modified\ncache-control: max-age=60\netag: \"v2\"\nconnection: close\n\n",
+        "HTTP/1.1 200 OK\ncache-control: max-age=60\netag: \"v2\"\ncontent-length: 8\nconnection: close\n\nnew-body",
+    ])
+    .await;
+    let edge = Edge::start(dir.path(), &site_toml(addr, DEFAULT_RULES)).await;
+    assert_eq!(&edge.get("/x").await.body[..], b"old-body");
+    edge.engine.clock.advance(Duration::from_secs(5));
+    let r = edge.get("/x").await;
+    assert_eq!(&r.body[..], b"new-body", "{}", r.cache_status());
+    assert_eq!(r.headers["etag"], "\"v2\"");
+    let heads = heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 3, "{heads:?}");
+    assert!(heads[1].to_ascii_lowercase().contains("if-none-match: \"v1\""), "{}", heads[1]);
+    assert!(!heads[2].to_ascii_lowercase().contains("if-none-match"), "asked for whole: {}", heads[2]);
+    let hit = edge.get("/x").await;
+    assert!(hit.is_hit() && &hit.body[..] == b"new-body", "{}", hit.cache_status());
+}
+
+/// A response framed in a way no request asked for is a bad gateway, never
+/// a body: gzip under the chunks (taken off, the gzip would be stored as
+/// the object itself), or a length beside the chunks.
+#[tokio::test]
+async fn upstream_framing_no_request_asked_for_is_refused_not_stored() {
+    for answer in [
+        "HTTP/1.1 200 OK\ncache-control: max-age=60\ntransfer-encoding: gzip, chunked\nconnection: close\n\n5\nhello\n0\n\n",
+        "HTTP/1.1 200 OK\ncache-control: max-age=60\ntransfer-encoding: chunked\ncontent-length: 3\nconnection: close\n\n5\nhello\n0\n\n",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, heads) = scripted_origin(vec![answer]).await;
+        let edge = Edge::start(dir.path(), &site_toml(addr, DEFAULT_RULES)).await;
+        let mut asked = 0;
+        for _ in 0..2 {
+            let r = edge.get("/framed").await;
+            assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{answer:?}: {}", r.cache_status());
+            let now = heads.lock().unwrap().len();
+            assert!(now > asked, "nothing stored, the origin asked again: {answer:?}");
+            asked = now;
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_changed_object_replaces_the_stale_copy() {
     let (_d, origin, edge) = setup(DEFAULT_RULES).await;

@@ -157,6 +157,9 @@ impl Route for OriginPool {
                 let now = Instant::now();
                 let present: std::collections::HashSet<usize> = all.iter().map(|o| Arc::as_ptr(o) as usize).collect();
                 due.retain(|id, _| present.contains(id));
+                // Checks run side by side: an origin that takes its whole
+                // timeout to answer holds up no other's check.
+                let mut checks = tokio::task::JoinSet::new();
                 for o in all {
                     let Some(check) = o.origin.health.clone() else { continue };
                     let id = Arc::as_ptr(&o) as usize;
@@ -167,8 +170,17 @@ impl Route for OriginPool {
                     let client = clients
                         .entry((o.origin.ca.clone(), o.origin.connect_timeout))
                         .or_insert_with(|| probes.client(o.origin.ca.as_deref(), o.origin.connect_timeout));
-                    let ok = Self::check(client, &o, &check).await;
-                    o.record(ok, &check);
+                    let client = client.clone();
+                    checks.spawn(async move {
+                        let ok = Self::check(&client, &o, &check).await;
+                        o.record(ok, &check);
+                    });
+                }
+                // Done before the next round is looked at, so one origin is
+                // never checked twice at once.
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = async { while checks.join_next().await.is_some() {} } => {}
                 }
             }
         });

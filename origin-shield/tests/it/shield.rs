@@ -232,6 +232,50 @@ async fn failing_origins_are_taken_out_and_put_back() {
     sh.stop().await;
 }
 
+/// Health checks run side by side: origins that accept connections and
+/// never answer, each costing its check's whole timeout, do not hold up
+/// the check that finds another origin failing. (Run one after the other,
+/// three such origins put 9 s between one origin's checks.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_that_never_answers_its_checks_holds_up_no_other_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Origin::start().await;
+    let mut silent = Vec::new();
+    let mut text = "[site]\nid = \"s\"\nhosts = [\"s.test\"]\n".to_string();
+    for _ in 0..3 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        text.push_str(&format!(
+            "\n[[origin]]\nurl = \"http://{}\"\n[origin.health]\npath = \"/h\"\ninterval = \"100ms\"\ntimeout = \"3s\"\n",
+            listener.local_addr().unwrap()
+        ));
+        // Accepts, holds each connection, never reads or writes.
+        silent.push(tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        }));
+    }
+    text.push_str(&format!(
+        "\n[[origin]]\nurl = \"http://{}\"\n[origin.health]\npath = \"/__origin/health\"\ninterval = \"100ms\"\n\
+         timeout = \"500ms\"\nhealthy_threshold = 1\nunhealthy_threshold = 1\n",
+        a.addr
+    ));
+    std::fs::write(dir.path().join("site.toml"), text).unwrap();
+    let (sh, pool) = shield(dir.path(), "shield-a", "127.0.0.1:0".parse().unwrap()).await;
+    // The checks of the silent origins under way.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(pool.health("s"), [true, true, true, true], "in service until a check says otherwise");
+    a.control("fault?mode=503").await;
+    // Within `eventually`'s 5 s: one round of checks lasts the longest
+    // check's timeout (3 s), not the sum of them.
+    eventually("origin a to be taken out", || async { pool.health("s").last() == Some(&false) }).await;
+    sh.stop().await;
+    for s in silent {
+        s.abort();
+    }
+}
+
 /// Two sites with the same origin and health path: each site's view of
 /// the origin is checked and moved on its own. (Checks were scheduled by
 /// URL and path, so one site's checks stood for both and the other's view

@@ -415,6 +415,13 @@ impl Subscriber {
                     }
                     Event::Purge(p) => match self.engine.purge(&p.site_id, &p.target, p.soft).await {
                         Ok(()) => {}
+                        // A site this node skipped: what it still holds of
+                        // it is purged all the same.
+                        Err(crate::engine::EngineError::UnknownSite(_)) => {
+                            if let Err(e) = self.engine.purge_absent_site(&p.site_id, &p.target, p.soft) {
+                                tracing::warn!(purge = %p.id, error = %e, "a purge for a site not loaded here could not be recorded");
+                            }
+                        }
                         // In force until a restart, which would forget it
                         // unless a later rule is written.
                         Err(e @ crate::engine::EngineError::Purges(_)) => {

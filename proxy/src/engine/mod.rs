@@ -221,6 +221,22 @@ impl Engine {
         }
     }
 
+    /// Records a purge for a site this node has not loaded (one its
+    /// configuration skipped), so that the copies it still holds of it are
+    /// purged should the site load again: prefix, tag and whole-site rules
+    /// as they are; URLs, which are matched as the site's query rules shape
+    /// them, as the whole site (more than asked, never less).
+    pub fn purge_absent_site(&self, site_id: &str, target: &PurgeTarget, soft: bool) -> Result<(), EngineError> {
+        let target = match target.normalized().map_err(EngineError::BadPurge)? {
+            PurgeTarget::Urls { .. } => PurgeTarget::All,
+            other => other,
+        };
+        self.purges.apply(site_id, &target, &[], soft, self.clock.now()).map_err(EngineError::Purges)?;
+        self.metrics.purge();
+        self.metrics.purge_rules.set(self.purges.len() as f64);
+        Ok(())
+    }
+
     /// Marks this node as following a control plane.
     pub fn link_control(&self) {
         self.control_linked.store(true, std::sync::atomic::Ordering::Release);

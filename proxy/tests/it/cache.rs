@@ -948,6 +948,31 @@ async fn a_fetch_under_way_across_an_unsafe_method_stores_its_copy_invalidated()
     assert!(!r.is_hit(), "the chunk fetched across the POST was served as fresh: {}", r.cache_status());
 }
 
+/// A purge for a site the node has not loaded (its configuration skipped
+/// it) still reaches what the node holds of it: when the site loads again,
+/// a URL purged meanwhile (taken as the whole site, since the URL is
+/// matched as the site's query rules shape it) and a tag purged meanwhile
+/// are misses.
+#[tokio::test]
+async fn a_purge_for_a_site_not_loaded_holds_when_it_loads_again() {
+    let (_d, origin, edge) = setup(DEFAULT_RULES).await;
+    let site: outpost_config::Site = site_toml(origin.addr, DEFAULT_RULES).parse().unwrap();
+    for (url, target) in [
+        ("/absent-url?cc=max-age%3D600", PurgeTarget::Urls { urls: vec!["/absent-url?cc=max-age%3D600".into()] }),
+        ("/absent-tag?cc=max-age%3D600&keys=gone", PurgeTarget::Tags { tags: vec!["gone".into()] }),
+    ] {
+        edge.get(url).await;
+        assert!(edge.get(url).await.is_hit());
+        edge.engine.set_sites(Vec::new());
+        let e = edge.engine.purge("t", &target, false).await.unwrap_err();
+        assert!(e.to_string().contains("no site"), "{e}");
+        edge.engine.purge_absent_site("t", &target, false).unwrap();
+        edge.engine.set_sites(vec![site.clone()]);
+        let r = edge.get(url).await;
+        assert!(!r.is_hit(), "{url}: purged while the site was not loaded: {}", r.cache_status());
+    }
+}
+
 #[tokio::test]
 async fn restart_keeps_hits_and_keeps_purged_objects_purged() {
     let dir = tempfile::tempdir().unwrap();

@@ -32,6 +32,8 @@ enum Kind {
     },
     /// Boxed: an h3 stream is large, and HTTP/3 requests few.
     H3(Box<H3>),
+    /// A body and what it keeps until it is done ([`RecvBody::holding`]).
+    Holding(Box<RecvBody>, Option<Held>),
 }
 
 /// Something a body keeps while its stream is open.
@@ -83,6 +85,9 @@ impl RecvBody {
     /// DATA frame, rather than with its HEADERS, then reads as empty
     /// (`size_hint` exactly 0), and so can be sent upstream again.
     pub fn settle(&mut self) {
+        if let Kind::Holding(body, _) = &mut self.0 {
+            return body.settle();
+        }
         let Kind::H2 { recv, left: left @ None, data_done: data_done @ false, taken: taken @ None, .. } = &mut self.0
         else {
             return;
@@ -128,6 +133,13 @@ impl RecvBody {
     pub(crate) fn h3(recv: H3Recv, declared: Option<u64>) -> RecvBody {
         RecvBody(Kind::H3(Box::new(H3 { recv, left: declared, data_done: false, ended: false })))
     }
+
+    /// This body, keeping `held` until it ends, fails or is dropped (a
+    /// permit that counts the exchange against a cap, which must count it
+    /// until its last byte, not only until its head).
+    pub fn holding(self, held: Box<dyn std::any::Any + Send + Sync>) -> RecvBody {
+        RecvBody(Kind::Holding(Box::new(self), Some(held)))
+    }
 }
 
 impl std::fmt::Debug for RecvBody {
@@ -137,6 +149,7 @@ impl std::fmt::Debug for RecvBody {
             Kind::Hyper(_) => "RecvBody::Hyper",
             Kind::H2 { .. } => "RecvBody::H2",
             Kind::H3(_) => "RecvBody::H3",
+            Kind::Holding(..) => "RecvBody::Holding",
         })
     }
 }
@@ -176,6 +189,13 @@ impl http_body::Body for RecvBody {
                     Err(e) => Poll::Ready(Some(Err(e.into()))),
                 }
             }
+            Kind::Holding(body, held) => {
+                let frame = ready!(Pin::new(&mut **body).poll_frame(cx));
+                if !matches!(frame, Some(Ok(_))) {
+                    *held = None;
+                }
+                Poll::Ready(frame)
+            }
             Kind::H3(h3) => {
                 if !h3.data_done {
                     match ready!(h3.recv.poll_recv_data(cx)) {
@@ -209,6 +229,7 @@ impl http_body::Body for RecvBody {
             Kind::H2 { recv, taken, .. } => taken.is_none() && recv.is_end_stream(),
             // h3 tells only when read: a declared length of 0 is the end.
             Kind::H3(h3) => h3.left == Some(0),
+            Kind::Holding(body, _) => body.is_end_stream(),
         }
     }
 
@@ -219,6 +240,7 @@ impl http_body::Body for RecvBody {
             Kind::H2 { left: Some(left), .. } => SizeHint::with_exact(*left),
             Kind::H2 { .. } => SizeHint::default(),
             Kind::H3(h3) => h3.left.map_or_else(SizeHint::default, SizeHint::with_exact),
+            Kind::Holding(body, _) => body.size_hint(),
         }
     }
 }

@@ -232,6 +232,36 @@ async fn failing_origins_are_taken_out_and_put_back() {
     sh.stop().await;
 }
 
+/// An origin's `max_connections` counts an exchange until its body's last
+/// byte, not only until its head: a slow body passed on to a client (not
+/// stored) keeps its place, and the next request waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_origin_cap_counts_an_exchange_until_its_body_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Origin::start().await;
+    let text = format!(
+        "[site]\nid = \"s\"\nhosts = [\"s.test\"]\n\n[[origin]]\nurl = \"http://{}\"\nmax_connections = 1\n",
+        a.addr
+    );
+    std::fs::write(dir.path().join("site.toml"), text).unwrap();
+    let (sh, _pool) = shield(dir.path(), "shield-a", "127.0.0.1:0".parse().unwrap()).await;
+    let addr = sh.addr;
+    // Five chunks 300 ms apart: its body takes 1.2 s after its head.
+    let slow = tokio::spawn(async move {
+        get(&format!("http://{addr}/slow?size=80KiB&chunk=16KiB&chunk_delay=300ms&cc=no-store"), "s.test").await
+    });
+    eventually("the slow answer to begin", || async { a.count("/slow").await == 1 }).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let quick = tokio::spawn(async move { get(&format!("http://{addr}/quick?cc=no-store"), "s.test").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(a.count("/quick").await, 0, "sent while the slow body still held the origin's one place");
+    let slow = slow.await.unwrap();
+    assert_eq!((slow.status, slow.body.len()), (StatusCode::OK, 80 << 10));
+    assert_eq!(quick.await.unwrap().status, StatusCode::OK, "sent once the place was free");
+    assert_eq!(a.count("/quick").await, 1);
+    sh.stop().await;
+}
+
 /// Health checks run side by side: origins that accept connections and
 /// never answer, each costing its check's whole timeout, do not hold up
 /// the check that finds another origin failing. (Run one after the other,

@@ -110,11 +110,14 @@ impl Upstream {
                     tracing::debug!(node = %self.node, target = %target.base, status = %resp.status(), "the upstream could not reach its own: trying the next");
                     passed_on = Some(resp);
                 }
-                Ok(mut resp) => {
-                    if let Some(p) = permit {
-                        resp.extensions_mut().insert(Arc::new(p));
-                    }
-                    return Ok(resp);
+                Ok(resp) => {
+                    // Counted against the target's cap until the body's
+                    // last byte, whoever reads it (a response's head is
+                    // often let go of long before).
+                    return Ok(match permit {
+                        Some(p) => resp.map(|body| body.holding(Box::new(p))),
+                        None => resp,
+                    });
                 }
                 Err(e) => {
                     tracing::debug!(node = %self.node, target = %target.base, error = %super::error::chain(&e), "upstream failed");

@@ -686,7 +686,9 @@ async fn lab_an_edge_killed_under_load_restarts_with_a_consistent_disk() {
         t.client.run(async move { Load::start_for(SITE_HOST, vec![fra], objects, 6) }).await
     };
     // Under load until the edge holds every object (a loaded machine takes
-    // longer to fetch them), and a second more for its disk tier to write.
+    // longer to fetch them), and three seconds more for its disk tier to
+    // write the heads (one was not always enough on a machine running the
+    // whole suite in one process).
     let started = Instant::now();
     for p in &objects {
         while !t.get(fra, p).await.is_ok_and(|r| last_member(&r).starts_with("edge-fra; hit")) {
@@ -694,7 +696,7 @@ async fn lab_an_edge_killed_under_load_restarts_with_a_consistent_disk() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     t.lab.kill("edge-fra").unwrap();
     let withdrawn = in_dns(false).await;
     let seen = load.stop().await;

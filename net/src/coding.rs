@@ -105,8 +105,9 @@ impl Accepted {
     }
 }
 
-/// A qvalue (RFC 9110 §12.4.2) in thousandths: `0`, `0.5`, `1`, `1.000`.
-fn qvalue(v: &str) -> Option<u16> {
+/// A qvalue (RFC 9110 §12.4.2) in thousandths: `0`, `0.5`, `1`, `1.000`;
+/// `None` for anything else (`1e0`, `+1`, `1.5`, `0.0001`).
+pub fn qvalue(v: &str) -> Option<u16> {
     let (int, frac) = v.split_once('.').unwrap_or((v, ""));
     if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
         return None;

@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use http::header::{ACCEPT_ENCODING, HeaderMap, HeaderName};
 use outpost_config::{CacheRules, QueryMode, Site};
 use outpost_net::HeaderLookup;
-use outpost_net::coding::{Accepted, Coding};
+use outpost_net::coding::{Accepted, Coding, qvalue};
 use xxhash_rust::xxh3::{Xxh3, xxh3_128};
 
 use crate::host::RequestHost;
@@ -166,21 +166,6 @@ fn language_range(r: &str) -> bool {
         || ((1..=8).contains(&first.len())
             && first.bytes().all(|b| b.is_ascii_alphabetic())
             && subtags.all(|t| (1..=8).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_alphanumeric())))
-}
-
-/// An RFC 9110 qvalue (`0`, `0.5`, `1.000`…) in thousandths.
-fn qvalue(v: &str) -> Option<u16> {
-    let (whole, fraction) = v.split_once('.').unwrap_or((v, ""));
-    if fraction.len() > 3 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let thousandths =
-        fraction.bytes().chain(std::iter::repeat(b'0')).take(3).fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
-    match whole {
-        "0" => Some(thousandths),
-        "1" if thousandths == 0 => Some(1000),
-        _ => None,
-    }
 }
 
 fn trim(b: &[u8]) -> &[u8] {

@@ -471,10 +471,10 @@ impl FetchJob {
 /// A 304 that sends none of them is taken as the answer to the validators
 /// asked with.
 fn vouches_for(fresh: &HeaderMap, stored: &HeaderMap) -> bool {
-    let weak = |v: &header::HeaderValue| {
+    fn weak(v: &header::HeaderValue) -> &[u8] {
         let b = v.as_bytes();
-        b.strip_prefix(b"W/").unwrap_or(b).to_vec()
-    };
+        b.strip_prefix(b"W/").unwrap_or(b)
+    }
     let same = |name: header::HeaderName, compare: &dyn Fn(&header::HeaderValue, &header::HeaderValue) -> bool| match (
         fresh.get(&name),
         stored.get(&name),

@@ -233,23 +233,18 @@ fn prepare<B>(engine: &Arc<Engine>, req: Request<B>, conn: Conn) -> Result<(Ctx,
 /// Language`, a site's `key_headers`) would be withheld from the origin,
 /// and its answer without it stored for every request that sends it.
 fn drop_nominated(headers: &mut http::HeaderMap) {
-    let tokens = |h: &http::HeaderMap| -> Vec<http::HeaderName> {
-        h.get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-            .map(<[u8]>::trim_ascii)
-            .filter(|t| !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"))
-            .filter_map(|t| http::HeaderName::from_bytes(t).ok())
-            .collect()
-    };
-    // The usual request names nothing: no allocation.
-    if !headers.contains_key(header::CONNECTION) {
-        return;
-    }
-    for name in tokens(headers) {
-        if name != header::CONNECTION {
-            headers.remove(name);
-        }
+    // The usual request names nothing but `keep-alive`: nothing allocated.
+    let named: Vec<http::HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"))
+        .filter_map(|t| http::HeaderName::from_bytes(t).ok())
+        .filter(|name| name != header::CONNECTION)
+        .collect();
+    for name in named {
+        headers.remove(name);
     }
 }
 

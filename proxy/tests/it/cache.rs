@@ -243,6 +243,16 @@ async fn a_keyed_field_named_in_connection_is_dropped_before_the_key_is_made() {
     assert_eq!(outpost_load::content::first_mismatch(seed, 0, &de.body), None, "the German answer");
     assert!(edge.get(url).await.is_hit(), "the answer without the field, stored as such");
     assert_eq!(origin.count("/nominated").await, 2);
+    // A client that calls its own Host hop-by-hop has no host: refused, and
+    // the node goes on.
+    let mut s = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    s.write_all(format!("GET {url} HTTP/1.1\r\nHost: t.test\r\nConnection: close, host\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut refused = Vec::new();
+    s.read_to_end(&mut refused).await.unwrap();
+    assert!(refused.starts_with(b"HTTP/1.1 400"), "{}", String::from_utf8_lossy(&refused[..refused.len().min(200)]));
+    assert!(edge.get(url).await.is_hit());
 }
 
 #[tokio::test]

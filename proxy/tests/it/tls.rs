@@ -467,6 +467,16 @@ async fn connection_timings() {
     let refused = connect(edge.https, "unknown.test", h2_h1(&ca_pem)).await;
     assert!(refused.is_err());
 
+    // A first byte is timed just after the write that sent it returns, so
+    // the client can read its answer a moment before the time is recorded.
+    let first_bytes = |scheme: &str| {
+        histogram_count(&render(), "outpost_first_byte_seconds", &[node, &format!("scheme=\"{scheme}\"")])
+    };
+    outpost_testkit::eventually("first bytes timed", || {
+        let done = first_bytes("https") >= 2 && first_bytes("http") >= 1;
+        async move { done }
+    })
+    .await;
     let text = render();
     assert_eq!(histogram_count(&text, "outpost_tls_handshake_duration_seconds", &[node]), 2, "{text}");
     for kind in ["kind=\"full\"", "kind=\"resumed\""] {

@@ -166,11 +166,27 @@ struct State {
 #[derive(Debug)]
 pub(crate) struct Flight {
     pub key: Key,
+    /// The URL fetched (normalised path and shaped query): a request for
+    /// another URL whose key is the same never waits on this flight.
+    url: Box<str>,
     state: Mutex<State>,
     changed: watch::Sender<u64>,
     /// Readers moved on: the fetch may be waiting for them.
     progressed: tokio::sync::Notify,
     interim: Mutex<Passing>,
+}
+
+impl Flight {
+    fn new(key: Key, url: &str) -> Arc<Flight> {
+        Arc::new(Flight {
+            key,
+            url: url.into(),
+            state: Mutex::new(State { head: Head::Pending, body: BodyState::default() }),
+            changed: watch::channel(0).0,
+            progressed: tokio::sync::Notify::new(),
+            interim: Mutex::default(),
+        })
+    }
 }
 
 /// The upstream's interim responses (1xx), passed on to every request
@@ -421,8 +437,8 @@ impl Flights {
     }
 
     #[cfg(test)]
-    pub(crate) fn join(self: &Arc<Self>, key: Key) -> Join {
-        let Ok(join) = self.join_unless(key, || None::<std::convert::Infallible>);
+    pub(crate) fn join(self: &Arc<Self>, key: Key, url: &str) -> Join {
+        let Ok(join) = self.join_unless(key, url, || None::<std::convert::Infallible>);
         join
     }
 
@@ -431,35 +447,36 @@ impl Flights {
     /// would otherwise be made again. `stored` runs under the map's lock,
     /// only when no fetch is in flight; a fetch stores its object before it
     /// leaves the map, so none can end unseen in between.
-    pub(crate) fn join_unless<T>(self: &Arc<Self>, key: Key, stored: impl FnOnce() -> Option<T>) -> Result<Join, T> {
+    ///
+    /// A flight for another URL under the same key (two URLs crafted to
+    /// share a hash) is not joined: the request leads a fetch of its own
+    /// that nobody joins, so neither waits on the other's answer.
+    pub(crate) fn join_unless<T>(
+        self: &Arc<Self>,
+        key: Key,
+        url: &str,
+        stored: impl FnOnce() -> Option<T>,
+    ) -> Result<Join, T> {
         let mut map = self.lock();
-        if let Some(f) = map.get(&key) {
-            return Ok(Join::Waiter(Arc::clone(f)));
-        }
+        let taken = match map.get(&key) {
+            Some(f) if *f.url == *url => return Ok(Join::Waiter(Arc::clone(f))),
+            Some(_) => true,
+            None => false,
+        };
         if let Some(found) = stored() {
             return Err(found);
         }
-        let flight = Arc::new(Flight {
-            key,
-            state: Mutex::new(State { head: Head::Pending, body: BodyState::default() }),
-            changed: watch::channel(0).0,
-            progressed: tokio::sync::Notify::new(),
-            interim: Mutex::default(),
-        });
+        let flight = Flight::new(key, url);
+        if taken {
+            return Ok(Join::Leader(FlightGuard { flights: None, flight }));
+        }
         map.insert(key, Arc::clone(&flight));
         Ok(Join::Leader(FlightGuard { flights: Some(Arc::clone(self)), flight }))
     }
 
     /// A flight nobody else can join (a request that must not share).
-    pub(crate) fn private(&self, key: Key) -> FlightGuard {
-        let flight = Arc::new(Flight {
-            key,
-            state: Mutex::new(State { head: Head::Pending, body: BodyState::default() }),
-            changed: watch::channel(0).0,
-            progressed: tokio::sync::Notify::new(),
-            interim: Mutex::default(),
-        });
-        FlightGuard { flights: None, flight }
+    pub(crate) fn private(&self, key: Key, url: &str) -> FlightGuard {
+        FlightGuard { flights: None, flight: Flight::new(key, url) }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -525,19 +542,33 @@ mod tests {
         let stored = || *store.lock().unwrap();
         // A looks, misses and leads the fetch.
         assert!(stored().is_none());
-        let Join::Leader(mut a) = flights.join(7) else { panic!("nothing was in flight") };
+        let Join::Leader(mut a) = flights.join(7, "/a") else { panic!("nothing was in flight") };
         // B looks and misses too; while A is in flight, B waits for it.
         assert!(stored().is_none());
-        assert!(matches!(flights.join_unless(7, stored), Ok(Join::Waiter(_))));
+        assert!(matches!(flights.join_unless(7, "/a", stored), Ok(Join::Waiter(_))));
         // C looks and misses; before C joins, A stores its object and ends.
         assert!(stored().is_none());
         *store.lock().unwrap() = Some("A's object");
         a.close();
         // C takes what A stored instead of fetching it again.
-        assert!(matches!(flights.join_unless(7, stored), Err("A's object")));
+        assert!(matches!(flights.join_unless(7, "/a", stored), Err("A's object")));
         assert_eq!(flights.len(), 0, "no second fetch started");
         // With nothing stored, the next request leads a new fetch.
         *store.lock().unwrap() = None;
-        assert!(matches!(flights.join_unless(7, stored), Ok(Join::Leader(_))));
+        assert!(matches!(flights.join_unless(7, "/a", stored), Ok(Join::Leader(_))));
+    }
+
+    /// Two URLs whose keys are the same (crafted to share a hash) never
+    /// wait on each other's fetch: the second leads one nobody joins.
+    #[test]
+    fn a_request_for_another_url_under_the_same_key_does_not_wait_on_its_fetch() {
+        let flights = Arc::new(Flights::default());
+        let Join::Leader(_a) = flights.join(7, "/a") else { panic!("nothing was in flight") };
+        let Join::Leader(b) = flights.join(7, "/b?crafted") else { panic!("waited on another URL's fetch") };
+        assert!(b.flights.is_none(), "the other URL's fetch is private");
+        assert_eq!(flights.len(), 1);
+        let Join::Waiter(f) = flights.join(7, "/a") else { panic!("the same URL leads a second fetch") };
+        assert_eq!(&*f.url, "/a");
+        assert!(matches!(flights.join(7, "/b?crafted"), Join::Leader(_)), "nor does it wait on the private one");
     }
 }

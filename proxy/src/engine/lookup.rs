@@ -101,6 +101,9 @@ struct Found {
 /// is dropped and fetched again.
 fn whole(cx: &Ctx, key: Key, o: Arc<StoredObject>) -> Option<Arc<StoredObject>> {
     let store = &cx.engine.store;
+    if !for_this_url(cx, &o) {
+        return None;
+    }
     if store.has_body(key, &o) || refill::validator(&o.headers).is_some() {
         Some(o)
     } else {
@@ -108,6 +111,18 @@ fn whole(cx: &Ctx, key: Key, o: Arc<StoredObject>) -> Option<Arc<StoredObject>> 
         store.remove_object(key, &o);
         None
     }
+}
+
+/// Whether a copy found under this request's key was stored for its URL.
+/// A key is a 128-bit hash, not a cryptographic one, so two URLs could be
+/// crafted to share it: the copy of one is then a miss for the other (and
+/// the fetch that follows replaces it), never a hit.
+fn for_this_url(cx: &Ctx, o: &StoredObject) -> bool {
+    let same = o.url == cx.rkey.url;
+    if !same {
+        tracing::warn!(node = %cx.engine.node, stored = %o.url, asked = %cx.rkey.url, "two URLs share a cache key; the stored copy is not served");
+    }
+    same
 }
 
 /// Step 5 from the memory tier alone: the stored object for this request,
@@ -174,6 +189,9 @@ pub(super) fn stored_since(cx: &Ctx, key: Key, distrust: bool) -> Option<Hit> {
         return None;
     }
     let Some(Entry::Object(obj)) = engine.store.get_in_memory(key) else { return None };
+    if !for_this_url(cx, &obj) {
+        return None;
+    }
     let now = engine.clock.now();
     // Cheapest first: this runs under the flights' lock, and an expired
     // copy (the usual reason to be here with one in memory) stops at its

@@ -94,7 +94,7 @@ pub(super) async fn fetch(cx: &Ctx, miss: Miss, alone: bool, distrust: bool) -> 
         if place.is_none() {
             return Some(fail_over(cx, miss, Error::TooManyFetches, false, distrust).await);
         }
-        Join::Leader(engine.flights.private(miss.key))
+        Join::Leader(engine.flights.private(miss.key, &cx.rkey.url))
     } else {
         // Decided under the map's lock, only when no fetch is running.
         let lead = || match lookup::stored_since(cx, miss.key, distrust) {
@@ -104,7 +104,7 @@ pub(super) async fn fetch(cx: &Ctx, miss: Miss, alone: bool, distrust: bool) -> 
                 place.is_none().then_some(NoLead::Refused)
             }
         };
-        match engine.flights.join_unless(miss.key, lead) {
+        match engine.flights.join_unless(miss.key, &cx.rkey.url, lead) {
             Ok(join) => join,
             Err(NoLead::Stored(hit)) => return Some(hit.serve(cx).await),
             Err(NoLead::Refused) => return Some(fail_over(cx, miss, Error::TooManyFetches, false, distrust).await),
@@ -149,7 +149,7 @@ pub(super) fn revalidate_in_background(cx: &Ctx, key: Key, obj: Arc<StoredObject
         place = cx.errand(true);
         place.is_none().then_some(())
     };
-    if let Ok(Join::Leader(guard)) = cx.engine.flights.join_unless(key, lead)
+    if let Ok(Join::Leader(guard)) = cx.engine.flights.join_unless(key, &cx.rkey.url, lead)
         && let Some(place) = place
     {
         tokio::spawn(FetchJob::new(cx, (guard, place), fetched(cx), Some((key, obj)), None).run());

@@ -425,6 +425,16 @@ async fn the_console_refuses_what_it_should() {
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{why}");
     }
     assert_eq!(last_seq(&fleet).await, seq, "nothing refused was purged");
+    // Without a session, a form is refused before it is read.
+    for path in ["/console/purge", "/console/sites/save", "/console/sites/shop/rollback"] {
+        assert_eq!(crate::control::status_before_body(fleet.control, "POST", path, "").await, Some(403), "{path}");
+    }
+    assert_eq!(crate::control::status_before_body(fleet.control, "POST", "/console/sites/check", "").await, Some(401));
+    // Signing in and out, which need no session, take small forms only.
+    let long = format!("token={}", "x".repeat(5000));
+    for path in ["/console/login", "/console/logout"] {
+        assert_eq!(send(&fleet, Method::POST, path, &[], &long).await.status, StatusCode::PAYLOAD_TOO_LARGE, "{path}");
+    }
     // A forged cookie: a read-only session turned into an operator's.
     let node_token = std::fs::read_to_string(fleet.dir.path().join("node.token")).unwrap();
     let (ro_cookie, ro_csrf) = sign_in(&fleet, &node_token).await;

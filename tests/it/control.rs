@@ -20,6 +20,28 @@ pub(crate) async fn call(method: Method, url: &str, token: Option<&str>, host: O
     crate::topology::request(method, url, host.unwrap_or(""), token, body).await.unwrap()
 }
 
+/// The status a server answers a request head with, when the head
+/// announces `length` bytes of body and none follow; `None` when it waits
+/// for the body (3 seconds).
+pub(crate) async fn status_before_body(addr: SocketAddr, method: &str, path: &str, headers: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 1000000\r\n{headers}\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 1024];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(3), read).await.ok()?;
+    std::str::from_utf8(got.get(9..12)?).ok()?.parse().ok()
+}
+
 struct Cdn {
     dir: tempfile::TempDir,
     control: SocketAddr,
@@ -662,6 +684,17 @@ async fn bad_calls_get_401_401_400_and_change_nothing() {
         (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed"))
     );
     assert!(wrong_method.headers.contains_key("allow"), "{:?}", wrong_method.headers);
+    // A caller without a valid token is answered before its body is read:
+    // it cannot make the API wait for and buffer a megabyte.
+    for (method, path, headers) in [
+        ("POST", "/v1/sites", String::new()),
+        ("PUT", "/v1/sites/shop", "authorization: Bearer nope\r\n".to_string()),
+        ("POST", "/v1/purge", String::new()),
+        ("PUT", "/v1/pops/fra", format!("authorization: Bearer {node_token}\r\n")),
+        ("POST", "/v1/ack", String::new()),
+    ] {
+        assert_eq!(status_before_body(cdn.control, method, path, &headers).await, Some(401), "{method} {path}");
+    }
     let huge = format!(r#"{{"site": "shop", "urls": ["/{}"]}}"#, "a".repeat(2 << 20));
     let too_large = cdn.admin_call(Method::POST, "/v1/purge", &huge).await;
     assert_eq!(

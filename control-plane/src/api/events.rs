@@ -372,10 +372,10 @@ fn lines(
 pub(super) async fn ack(
     State(c): State<Arc<Control>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Result<StatusCode, ApiError> {
     let caller = c.node(&headers).await?;
-    let a: Ack = super::json_body(&body)?;
+    let a: Ack = super::json_body(&super::read_body(body).await?)?;
     caller.speaks_for(&a.node)?;
     if let Some(problems) = &a.problems
         && (problems.len() > MAX_PROBLEMS || problems.iter().any(|p| p.len() > MAX_PROBLEM_LEN))

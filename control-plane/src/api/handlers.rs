@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
+use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -219,19 +220,19 @@ impl Control {
     }
 }
 
-pub(super) async fn put_site(State(c): Shared, headers: HeaderMap, body: String) -> Result<Response, ApiError> {
+pub(super) async fn put_site(State(c): Shared, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     c.admin(&headers)?;
-    store_site(c, body, None).await
+    store_site(c, super::read_text(body).await?, None).await
 }
 
 pub(super) async fn put_site_id(
     State(c): Shared,
     headers: HeaderMap,
     UrlPath(id): UrlPath<String>,
-    body: String,
+    body: Body,
 ) -> Result<Response, ApiError> {
     c.admin(&headers)?;
-    store_site(c, body, Some(id)).await
+    store_site(c, super::read_text(body).await?, Some(id)).await
 }
 
 pub(super) async fn delete_site(
@@ -334,9 +335,9 @@ impl Control {
     }
 }
 
-pub(super) async fn purge(State(c): Shared, headers: HeaderMap, body: bytes::Bytes) -> Result<Response, ApiError> {
+pub(super) async fn purge(State(c): Shared, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     c.admin(&headers)?;
-    let req: PurgeRequest = super::json_body(&body)?;
+    let req: PurgeRequest = super::json_body(&super::read_body(body).await?)?;
     let token = super::bearer(&headers).unwrap_or_default().to_string();
     let rec = c.submit_purge(&req, &token).await?;
     if req.wait {
@@ -381,10 +382,10 @@ pub(super) async fn put_pop(
     State(c): Shared,
     UrlPath(name): UrlPath<String>,
     headers: HeaderMap,
-    body: bytes::Bytes,
+    body: Body,
 ) -> Result<Json<PopRecord>, ApiError> {
     c.admin(&headers)?;
-    let req: PopWeight = super::json_body(&body)?;
+    let req: PopWeight = super::json_body(&super::read_body(body).await?)?;
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_pop", m);
     if !super::events::valid_name(&name) {
         return Err(bad(format!("`{name}` is not a PoP name (letters, digits and `-`, at most 63)")));

@@ -659,6 +659,30 @@ pub(crate) async fn json_errors(req: axum::extract::Request, next: axum::middlew
     out
 }
 
+/// A request's body, read after its caller's token has been checked: a
+/// client with none is answered at once, and cannot make the API wait for
+/// and buffer a body of up to [`MAX_BODY`] bytes first.
+pub(crate) async fn read_body(body: axum::body::Body) -> Result<bytes::Bytes, ApiError> {
+    axum::body::to_bytes(body, MAX_BODY).await.map_err(|e| {
+        let e = e.into_inner();
+        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("bodies are at most {MAX_BODY} bytes"),
+            )
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("the body could not be read: {e}"))
+        }
+    })
+}
+
+/// [`read_body`], as UTF-8 text.
+pub(crate) async fn read_text(body: axum::body::Body) -> Result<String, ApiError> {
+    String::from_utf8(read_body(body).await?.into())
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("the body is not UTF-8: {e}")))
+}
+
 /// Parses a JSON body whatever its Content-Type says (operators post JSON
 /// with plain `curl -d`), reporting where it is malformed.
 pub(crate) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {

@@ -23,7 +23,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Form, FromRequestParts, Path as UrlPath, Query, State};
+use axum::extract::{DefaultBodyLimit, Form, FromRequestParts, Path as UrlPath, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -63,18 +63,22 @@ pub struct Console {
 type Shared = State<Arc<Console>>;
 
 /// The console's routes.
+/// The most a sign-in or sign-out form may hold: a token, a CSRF token.
+const SMALL_FORM: usize = 4096;
+
 pub fn router(control: Arc<Control>, secure: bool) -> Router {
     let keys =
         Keys::new(control.admin_token(), control.node_token(), control.viewer_token(), control.shares_node_token());
     let sign_ins = crate::api::RateLimiter::new(SIGN_IN_RATE, SIGN_IN_BURST);
     let console = Arc::new(Console { control, keys, secure, sign_ins });
+    let first = axum::middleware::from_fn_with_state(Arc::clone(&console), session_first);
     Router::new()
         .route("/", get(|| async { Redirect::to("/console/") }))
         .route("/console", get(|| async { Redirect::to("/console/") }))
         .route("/console/", get(fleet))
         .route("/console/fleet/live", get(fleet_live))
-        .route("/console/login", get(login_page).post(login))
-        .route("/console/logout", post(logout))
+        .route("/console/login", get(login_page).post(login).layer(DefaultBodyLimit::max(SMALL_FORM)))
+        .route("/console/logout", post(logout).layer(DefaultBodyLimit::max(SMALL_FORM)))
         .route("/console/sites", get(sites))
         .route("/console/sites/new", get(new_site))
         .route("/console/sites/check", post(check_site))
@@ -89,10 +93,30 @@ pub fn router(control: Arc<Control>, secure: bool) -> Router {
         .route("/console/{*rest}", get(missing).post(missing))
         .route("/console/assets/console.css", get(|| async { asset("text/css", include_str!("console.css")) }))
         .route("/console/assets/console.js", get(|| async { asset("text/javascript", include_str!("console.js")) }))
+        .route_layer(first)
         .route_layer(axum::middleware::from_fn(crate::api::count_requests))
         .layer(axum::middleware::from_fn_with_state(secure, guard))
-        .layer(axum::extract::DefaultBodyLimit::max(crate::api::MAX_BODY))
+        .layer(DefaultBodyLimit::max(crate::api::MAX_BODY))
         .with_state(console)
+}
+
+/// A form posted without a session (the sign-in's aside) is refused
+/// before it is read: a client that has not signed in cannot make the
+/// console wait for and buffer a body of up to the API's limit. (The
+/// editor's check, a fragment, says so itself, with a 401; signing in and
+/// out take small forms, [`SMALL_FORM`].)
+async fn session_first(State(c): Shared, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let exempt = matches!(req.uri().path(), "/console/login" | "/console/logout" | "/console/sites/check");
+    if req.method() == axum::http::Method::POST && !exempt {
+        // In the order `may_change` refuses them.
+        if !auth::same_origin(req.headers()) {
+            return Refused::OtherSite.into_response();
+        }
+        if c.session(req.headers()).is_none() {
+            return Refused::NoSession.into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// The headers every console response carries.
@@ -376,7 +400,7 @@ fn site_problems(text: &str) -> Result<Site, Vec<String>> {
 
 /// `POST /console/sites/check` (the text as the body, the CSRF token in a
 /// header): the problems fragment, 200 when there are none, 400 otherwise.
-async fn check_site(State(c): Shared, headers: HeaderMap, body: String) -> Response {
+async fn check_site(State(c): Shared, headers: HeaderMap, body: axum::body::Body) -> Response {
     let Some(s) = c.session(&headers) else {
         return (StatusCode::UNAUTHORIZED, "sign in again").into_response();
     };
@@ -384,6 +408,10 @@ async fn check_site(State(c): Shared, headers: HeaderMap, body: String) -> Respo
     if !c.keys.csrf_ok(&s, token) || !auth::same_origin(&headers) {
         return (StatusCode::FORBIDDEN, "refused").into_response();
     }
+    let body = match crate::api::read_text(body).await {
+        Ok(body) => body,
+        Err(e) => return e.into_response(),
+    };
     match site_problems(&body) {
         Ok(_) => html(StatusCode::OK, view::problems(&[])),
         Err(p) => html(StatusCode::BAD_REQUEST, view::problems(&p)),

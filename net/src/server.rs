@@ -46,10 +46,12 @@ impl Table {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Closes the connection idle the longest (no request in progress).
+    /// Closes the connection idle the longest (no request in progress);
+    /// of those idle since the same tick of the coarse clock, the one
+    /// accepted first (ids follow accept order).
     fn evict_oldest_idle(&self) -> bool {
         let conns = self.lock();
-        let victim = conns.values().filter_map(|c| c.idle_since().map(|t| (t, c))).min_by_key(|(t, _)| *t);
+        let victim = conns.iter().filter_map(|(id, c)| c.idle_since().map(|t| ((t, *id), c))).min_by_key(|(t, _)| *t);
         match victim {
             Some((_, c)) => {
                 c.evicting.store(true, Ordering::Release);

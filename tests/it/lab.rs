@@ -575,7 +575,11 @@ async fn lab_a_shield_killed_and_restarted_with_its_disk() {
     }
     assert!(!owned.is_empty());
     let load = t.load(&objects).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Under load, and long enough for the disk tier to have written what
+    // the shield stored (it writes in the background; one second was not
+    // always enough for the edge's in
+    // `lab_an_edge_killed_under_load_restarts_with_a_consistent_disk`).
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let before = t.origin_fetches("/kill/").await;
     t.lab.kill("shield-1").unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;

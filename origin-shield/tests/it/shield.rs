@@ -246,9 +246,9 @@ async fn the_origin_cap_counts_an_exchange_until_its_body_ends() {
     std::fs::write(dir.path().join("site.toml"), text).unwrap();
     let (sh, _pool) = shield(dir.path(), "shield-a", "127.0.0.1:0".parse().unwrap()).await;
     let addr = sh.addr;
-    // Five chunks 300 ms apart: its body takes 1.2 s after its head.
+    // Five chunks 600 ms apart: its body takes 2.4 s after its head.
     let slow = tokio::spawn(async move {
-        get(&format!("http://{addr}/slow?size=80KiB&chunk=16KiB&chunk_delay=300ms&cc=no-store"), "s.test").await
+        get(&format!("http://{addr}/slow?size=80KiB&chunk=16KiB&chunk_delay=600ms&cc=no-store"), "s.test").await
     });
     eventually("the slow answer to begin", || async { a.count("/slow").await == 1 }).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -708,8 +708,9 @@ async fn a_shield_that_answers_nothing_is_taken_out_once_its_probe_is_unanswered
     let edge = edge_probing_slowly(dir.path(), "edge-1", &[hung_addr], "\"site.toml\"").await;
     let r = via(edge.addr, "/first?cc=max-age%3D600").await;
     assert_eq!(r.status, StatusCode::OK, "the origin answers once the shield has not");
-    // The probe (1 s) has gone unanswered by now.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // The probe (1 s) goes unanswered, and the shield is taken out.
+    let down = || edge.engine.problems().iter().any(|p| p.contains("every shield is down"));
+    outpost_testkit::eventually("the hung shield taken out", || std::future::ready(down())).await;
     let started = Instant::now();
     let r = via(edge.addr, "/second?cc=max-age%3D600").await;
     assert_eq!(r.status, StatusCode::OK);

@@ -465,7 +465,9 @@ async fn must_revalidate_is_never_served_stale() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_concurrent_cold_requests_cost_one_origin_request() {
     let (_d, origin, edge) = setup(DEFAULT_RULES).await;
-    let url = edge.url("/herd?size=300000&delay=200ms&cc=max-age%3D60");
+    // The origin waits a second, so every request has joined the fetch by
+    // the time it answers, even on a loaded machine.
+    let url = edge.url("/herd?size=300000&delay=1s&cc=max-age%3D60");
     let mut bodies = Vec::new();
     let mut collapsed = 0;
     for r in at_once(&url, 100).await {

@@ -18,7 +18,7 @@ use outpost_proxy::upstream::OriginRoute;
 use rustls::pki_types::CertificateDer;
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{Origin, assert_origin_bytes, send};
+use crate::harness::{Origin, assert_origin_bytes, eventually, send};
 use crate::tls::{ca_file, issue, leaf, write_site};
 
 struct QuicEdge {
@@ -329,7 +329,7 @@ async fn http3_holds_its_connection_and_stream_limits_and_drains_on_shutdown() {
 
     // Shutdown: a request in flight finishes, new connections are refused.
     let inflight = slow("/s4?delay=1s");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("the request in flight to reach the origin", || async { origin.count("/s4").await == 1 }).await;
     edge.stop.cancel();
     let (status, _, body) = inflight.await.unwrap().unwrap();
     assert_eq!(status, StatusCode::OK);

@@ -616,7 +616,10 @@ async fn every_api_type_round_trips_through_the_real_server() {
     assert!(matches!(&e, ClientError::Api { status: 400, error, .. } if error == "invalid_purge"), "{e}");
     let wrong = ControlClient::new(&[&base], Token::Value("wrong".into()), Arc::clone(&tls));
     assert!(wrong.sites().await.unwrap_err().is_unauthorized());
-    assert!(node.sites().await.unwrap_err().is_unauthorized(), "the node token is not an admin token");
+    assert!(node.site("rt").await.unwrap_err().is_unauthorized(), "the node token is not an admin token");
+    assert!(node.push_site("[site]").await.unwrap_err().is_unauthorized());
+    // The site list (ids and hosts) is read by DNS servers, with the node token.
+    assert_eq!(node.sites().await.unwrap(), admin.sites().await.unwrap());
     let gone = ControlClient::new(&["http://127.0.0.1:9"], Token::Value("x".into()), tls);
     assert!(matches!(gone.health().await.unwrap_err(), ClientError::Unreachable { .. }));
 

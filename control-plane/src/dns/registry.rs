@@ -133,7 +133,7 @@ fn addr_ip(a: &str) -> Option<IpAddr> {
 }
 
 /// Follows the registry until `shutdown`, steering by what it says about
-/// the link's PoPs.
+/// the link's PoPs, and answering for the sites the control plane lists.
 pub fn follow(dns: Arc<GeoDns>, link: RegistryLink, shutdown: CancellationToken) {
     tokio::spawn(async move {
         let mut last_rejected: Vec<String> = Vec::new();
@@ -151,6 +151,11 @@ pub fn follow(dns: Arc<GeoDns>, link: RegistryLink, shutdown: CancellationToken)
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
+            }
+            match client.sites().await {
+                Ok(sites) => dns.set_sites(sites.into_iter().map(|s| s.id)),
+                // The sites stay as last read.
+                Err(e) => tracing::debug!(error = %e, "cannot read the site list"),
             }
             match client.pops().await {
                 Ok(pops) => dns.steering.set_weights(&pops.into_iter().map(|p| (p.name, p.weight)).collect()),

@@ -54,7 +54,11 @@ pub struct GeoDns {
     /// The first labels of glue names one label under the zone: never a
     /// site's answer, whatever the sites are called.
     glue_labels: HashSet<String>,
+    /// The site ids answered: the node file's, and those the control
+    /// plane lists ([`GeoDns::set_sites`]).
     sites: RwLock<HashSet<String>>,
+    /// The node file's `sites`, answered whatever the control plane lists.
+    file_sites: HashSet<String>,
     pub geo: Arc<GeoDb>,
     pub steering: Steering,
     metrics: DnsMetrics,
@@ -181,6 +185,7 @@ impl GeoDns {
             ns,
             glue,
             sites: RwLock::new(cfg.sites.iter().cloned().collect()),
+            file_sites: cfg.sites.iter().cloned().collect(),
             geo,
             steering: Steering::new(cfg),
             metrics: DnsMetrics::new(node, &cfg.pops.iter().map(|p| p.name.clone()).collect::<Vec<_>>()),
@@ -208,9 +213,13 @@ impl GeoDns {
         }
     }
 
-    /// Replaces the set of site ids answered under the zone.
-    pub fn set_sites(&self, sites: impl IntoIterator<Item = String>) {
-        *self.sites.write().unwrap_or_else(|p| p.into_inner()) = sites.into_iter().collect();
+    /// Replaces the site ids the control plane lists: with the node
+    /// file's, the sites answered under the zone. A site deleted there is
+    /// NXDOMAIN from then on (unless the node file names it).
+    pub fn set_sites(&self, listed: impl IntoIterator<Item = String>) {
+        let mut sites: HashSet<String> = listed.into_iter().map(|s| s.to_ascii_lowercase()).collect();
+        sites.extend(self.file_sites.iter().cloned());
+        *self.sites.write().unwrap_or_else(|p| p.into_inner()) = sites;
     }
 
     fn known(&self, name: &Name) -> bool {

@@ -8,6 +8,7 @@ use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
 use hickory_proto::rr::{Name, RData, RecordType};
 use outpost_config::NodeConfig;
 use outpost_control::dns::{DnsNode, build_database};
+use outpost_testkit::eventually;
 use tokio_util::sync::CancellationToken;
 
 const SOURCE: &str = r#"
@@ -612,6 +613,40 @@ async fn a_node_fallen_silent_loses_its_stream_and_one_that_acknowledges_keeps_i
     assert!(closed >= DEAD_AFTER, "closed after {closed:?}, before the node could have been missed");
     assert!(!chatty.is_finished(), "the stream of a node that acknowledges was closed");
     chatty.abort();
+}
+
+/// A site created through the control plane is answered under the zone
+/// without touching the DNS node's file, and one deleted there is
+/// NXDOMAIN again; the file's own sites are answered throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sites_created_and_deleted_through_the_control_plane_are_answered_and_withdrawn() {
+    use outpost_net::control::{ControlClient, Token};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (control_addr, _token, _stop) = start_control(d).await;
+    let link = format!("[control]\nurl = \"http://{control_addr}\"\ntoken_file = \"node.token\"\n");
+    let dns = start_from(d, node_file_with(d, 0, &link)).await;
+    let rcode = |name: &'static str| async move {
+        let q = query(name, RecordType::A, Some(("81.2.69.0", 24)), true);
+        let m = udp(dns.addr, q).await.unwrap();
+        (m.metadata.response_code, addrs(&m).len())
+    };
+    let wait_for = |name: &'static str, want: ResponseCode| async move {
+        eventually(&format!("{name} answered {want:?}"), || async { rcode(name).await.0 == want }).await;
+    };
+    assert_eq!(rcode("blog.cdn.test.").await.0, ResponseCode::NXDomain);
+
+    let admin = std::fs::read_to_string(d.join("admin.token")).unwrap();
+    let api = ControlClient::new(&[format!("http://{control_addr}")], Token::Value(admin), plain_tls().into());
+    let blog = "[site]\nid = \"blog\"\nhosts = [\"blog.test\"]\n[[origin]]\nurl = \"http://127.0.0.1:9\"\n";
+    api.push_site(blog).await.unwrap();
+    wait_for("BLOG.cdn.test.", ResponseCode::NoError).await;
+    assert!(rcode("blog.cdn.test.").await.1 > 0, "the created site is answered with edges");
+
+    api.delete_site("blog").await.unwrap();
+    wait_for("blog.cdn.test.", ResponseCode::NXDomain).await;
+    let (shop, edges) = rcode("shop.cdn.test.").await;
+    assert_eq!((shop, edges > 0), (ResponseCode::NoError, true), "the node file's site stays answered");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

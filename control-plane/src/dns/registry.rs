@@ -147,6 +147,7 @@ pub fn follow(dns: Arc<GeoDns>, link: RegistryLink, shutdown: CancellationToken)
         let mut tick = tokio::time::interval(POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
+        let mut answering_known = false;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -175,6 +176,11 @@ pub fn follow(dns: Arc<GeoDns>, link: RegistryLink, shutdown: CancellationToken)
                     for (pop, live) in live {
                         dns.steering.set_edges(&pop, live.sound, live.degraded);
                     }
+                    let none_live = dns.steering.none_live();
+                    if none_live && !answering_known {
+                        tracing::error!("no PoP has a live edge in the registry; answering the last known edges");
+                    }
+                    answering_known = none_live;
                     if !rejected.is_empty() {
                         metrics::counter!("outpost_dns_registry_rejected_total").increment(rejected.len() as u64);
                         if rejected != last_rejected {

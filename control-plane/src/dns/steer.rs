@@ -34,6 +34,9 @@ struct Pop {
     /// Live edges that report a problem: answered only when no PoP has an
     /// edge that serves well (better a degraded edge than none).
     degraded: Vec<IpAddr>,
+    /// The last live edges the registry listed (at first, the node file's):
+    /// answered only when no PoP has a live edge at all.
+    known: Vec<IpAddr>,
     /// Share of client networks kept, 0 (drained) to [`FULL_WEIGHT`].
     weight: u8,
 }
@@ -84,10 +87,19 @@ impl Choice<'_> {
     }
 }
 
+/// Which of a PoP's edges a pass answers with.
+#[derive(Clone, Copy)]
+enum Edges {
+    Sound,
+    Degraded,
+    /// The last known live ones.
+    Known,
+}
+
 /// Which edges one pass of [`Steering::choose`] may answer with.
 #[derive(Clone, Copy)]
 struct Pass {
-    degraded: bool,
+    edges: Edges,
     /// Honour the operators' weights (the last passes do not, so that a
     /// fleet drained by mistake still answers).
     weighted: bool,
@@ -95,7 +107,11 @@ struct Pass {
 
 impl Pop {
     fn usable(&self, pass: Pass, bucket: u8) -> Option<&Vec<IpAddr>> {
-        let edges = if pass.degraded { &self.degraded } else { &self.edges };
+        let edges = match pass.edges {
+            Edges::Sound => &self.edges,
+            Edges::Degraded => &self.degraded,
+            Edges::Known => &self.known,
+        };
         (!edges.is_empty() && (!pass.weighted || bucket < self.weight)).then_some(edges)
     }
 }
@@ -110,6 +126,7 @@ impl Steering {
                 location: (p.latitude, p.longitude),
                 edges: p.edges.clone(),
                 degraded: Vec::new(),
+                known: p.edges.clone(),
                 weight: FULL_WEIGHT,
             })
             .collect();
@@ -124,13 +141,24 @@ impl Steering {
     }
 
     /// Replaces a PoP's live edges (from the node registry): those serving
-    /// well, and those reporting a problem.
+    /// well, and those reporting a problem. Live ones are kept as the
+    /// PoP's last known.
     pub fn set_edges(&self, pop: &str, edges: Vec<IpAddr>, degraded: Vec<IpAddr>) {
         let mut pops = self.pops.write().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = pops.iter_mut().find(|p| p.name == pop) {
+            if !edges.is_empty() || !degraded.is_empty() {
+                p.known = edges.iter().chain(&degraded).copied().collect();
+            }
             p.edges = edges;
             p.degraded = degraded;
         }
+    }
+
+    /// Whether no PoP has a live edge: answers then come from the last
+    /// known ones.
+    pub fn none_live(&self) -> bool {
+        let pops = self.pops.read().unwrap_or_else(|p| p.into_inner());
+        pops.iter().all(|p| p.edges.is_empty() && p.degraded.is_empty())
     }
 
     /// Sets every PoP's weight: those not in `weights` get full weight.
@@ -146,13 +174,18 @@ impl Steering {
     /// only part of theirs: the same network always gets the same one.
     /// PoPs with edges that serve well come first; when no PoP that is not
     /// drained has any, the live edges that report problems are answered
-    /// rather than nothing (drained PoPs last of all).
+    /// rather than nothing (drained PoPs last of all). When no PoP has a
+    /// live edge at all, the registry's view is more likely broken than
+    /// every edge at once (the edges' streams to the control plane down,
+    /// say), so the last known edges are answered rather than no address.
     pub fn choose_with<R>(&self, place: Option<&Place>, bucket: u8, f: impl FnOnce(Choice<'_>) -> R) -> Option<R> {
         let pops = self.pops.read().unwrap_or_else(|p| p.into_inner());
-        let passes = [(false, true), (true, true), (false, false), (true, false)];
+        let passes = [Edges::Sound, Edges::Degraded, Edges::Sound, Edges::Degraded, Edges::Known, Edges::Known]
+            .into_iter()
+            .zip([true, true, false, false, true, false]);
         let (pop, edges, reason) = passes
             .into_iter()
-            .find_map(|(degraded, weighted)| self.pick(&pops, place, Pass { degraded, weighted }, bucket))?;
+            .find_map(|(edges, weighted)| self.pick(&pops, place, Pass { edges, weighted }, bucket))?;
         let turn = self.rotation.fetch_add(1, Ordering::Relaxed);
         let index = pops.iter().position(|p| std::ptr::eq(p, pop)).unwrap_or(0);
         Some(f(Choice { index, name: &pop.name, edges, first: turn % edges.len(), reason }))
@@ -306,9 +339,20 @@ mod tests {
             ("fra".into(), vec![ip("127.0.0.11")]),
             "no sound edge anywhere: the nearest degraded ones rather than nothing"
         );
+        assert!(!s.none_live());
         s.set_edges("fra", Vec::new(), Vec::new());
         s.set_edges("sin", Vec::new(), Vec::new());
-        assert!(s.choose_with(Some(&london()), 0, |_| ()).is_none(), "no live edge at all");
+        assert!(s.none_live());
+        assert_eq!(
+            chosen(&s, Some(&london()), 0),
+            ("fra".into(), vec![ip("127.0.0.11")]),
+            "no live edge at all: the nearest PoP's last live edges rather than no address"
+        );
+        s.set_edges("iad", vec![ip("127.0.0.22")], Vec::new());
+        assert_eq!(chosen(&s, Some(&london()), 0), ("iad".into(), vec![ip("127.0.0.22")]), "a live edge again");
+        s.set_edges("iad", Vec::new(), Vec::new());
+        s.set_weights(&BTreeMap::from([("fra".to_string(), 0)]));
+        assert_eq!(chosen(&s, Some(&london()), 0).0, "iad", "a drained PoP's last known edges come last");
     }
 
     #[test]

@@ -226,6 +226,12 @@ impl GeoDns {
         if self.glue.contains_key(name) {
             return true;
         }
+        // `num_labels` leaves out a leading `*`: a literal `*.<zone>` would
+        // otherwise be taken for the zone's own name (RFC 4592: no name
+        // here is a wildcard).
+        if name.is_wildcard() {
+            return false;
+        }
         let extra = name.num_labels().saturating_sub(self.zone.num_labels());
         match extra {
             0 => true,
@@ -245,7 +251,10 @@ impl GeoDns {
     /// weight bucket of its network (the database's, else a /24 or /56).
     pub(super) fn place(&self, client: IpAddr) -> (Option<Place>, Option<u8>, u8) {
         let place = self.geo.locate(client);
-        let scope = place.as_ref().map(|p| p.prefix);
+        // An IPv4 address found in the database's IPv6 tree can come with a
+        // prefix over 32; the scope reported is at most the family's length.
+        let longest = if client.is_ipv4() { 32 } else { 128 };
+        let scope = place.as_ref().map(|p| p.prefix.min(longest));
         let network = scope.unwrap_or(if client.is_ipv4() { 24 } else { 56 });
         (place, scope, super::steer::bucket(client, network))
     }
@@ -253,7 +262,12 @@ impl GeoDns {
     /// The steered address records for `name`, and the ECS scope to report.
     fn steer(&self, name: &Name, qtype: RecordType, client: IpAddr) -> (Vec<Record>, Option<u8>, &'static str) {
         let (place, scope, bucket) = self.place(client);
-        let Some(edges) = self.steering.choose_with(place.as_ref(), bucket, |c| {
+        let family = match qtype {
+            RecordType::A => super::steer::family_of(false),
+            RecordType::AAAA => super::steer::family_of(true),
+            _ => None,
+        };
+        let Some(edges) = self.steering.choose_with(place.as_ref(), bucket, family, |c| {
             self.metrics.answered(c.index, c.reason);
             c.rotated().collect::<Vec<_>>()
         }) else {

@@ -105,14 +105,26 @@ struct Pass {
     weighted: bool,
 }
 
+/// The address family a query asks for (`None`: any, as for a type that
+/// is no address).
+pub type Family = Option<bool>;
+
+/// The family of an A (`Some(false)`) or AAAA (`Some(true)`) query.
+pub fn family_of(ipv6: bool) -> Family {
+    Some(ipv6)
+}
+
 impl Pop {
-    fn usable(&self, pass: Pass, bucket: u8) -> Option<&Vec<IpAddr>> {
+    /// Its edges of the pass, when it has one of `family` and the
+    /// client's network is within its weight.
+    fn usable(&self, pass: Pass, bucket: u8, family: Family) -> Option<&Vec<IpAddr>> {
         let edges = match pass.edges {
             Edges::Sound => &self.edges,
             Edges::Degraded => &self.degraded,
             Edges::Known => &self.known,
         };
-        (!edges.is_empty() && (!pass.weighted || bucket < self.weight)).then_some(edges)
+        let fits = |ip: &IpAddr| family.is_none_or(|v6| ip.is_ipv6() == v6);
+        (edges.iter().any(fits) && (!pass.weighted || bucket < self.weight)).then_some(edges)
     }
 }
 
@@ -172,20 +184,29 @@ impl Steering {
     /// Calls `f` with the PoP for a client, without copying its edges.
     /// `bucket` (0..100) places the client's network for PoPs that keep
     /// only part of theirs: the same network always gets the same one.
+    /// Only PoPs with an edge of the query's `family` are chosen: an IPv6
+    /// client whose nearest PoP has IPv4 edges alone goes to the nearest
+    /// with an IPv6 one, not to no address.
     /// PoPs with edges that serve well come first; when no PoP that is not
     /// drained has any, the live edges that report problems are answered
     /// rather than nothing (drained PoPs last of all). When no PoP has a
     /// live edge at all, the registry's view is more likely broken than
     /// every edge at once (the edges' streams to the control plane down,
     /// say), so the last known edges are answered rather than no address.
-    pub fn choose_with<R>(&self, place: Option<&Place>, bucket: u8, f: impl FnOnce(Choice<'_>) -> R) -> Option<R> {
+    pub fn choose_with<R>(
+        &self,
+        place: Option<&Place>,
+        bucket: u8,
+        family: Family,
+        f: impl FnOnce(Choice<'_>) -> R,
+    ) -> Option<R> {
         let pops = self.pops.read().unwrap_or_else(|p| p.into_inner());
         let passes = [Edges::Sound, Edges::Degraded, Edges::Sound, Edges::Degraded, Edges::Known, Edges::Known]
             .into_iter()
             .zip([true, true, false, false, true, false]);
         let (pop, edges, reason) = passes
             .into_iter()
-            .find_map(|(edges, weighted)| self.pick(&pops, place, Pass { edges, weighted }, bucket))?;
+            .find_map(|(edges, weighted)| self.pick(&pops, place, Pass { edges, weighted }, bucket, family))?;
         let turn = self.rotation.fetch_add(1, Ordering::Relaxed);
         let index = pops.iter().position(|p| std::ptr::eq(p, pop)).unwrap_or(0);
         Some(f(Choice { index, name: &pop.name, edges, first: turn % edges.len(), reason }))
@@ -199,8 +220,9 @@ impl Steering {
         place: Option<&Place>,
         pass: Pass,
         bucket: u8,
+        family: Family,
     ) -> Option<(&'a Pop, &'a Vec<IpAddr>, Reason)> {
-        let usable = |p: &'a Pop| p.usable(pass, bucket).map(|e| (p, e));
+        let usable = |p: &'a Pop| p.usable(pass, bucket, family).map(|e| (p, e));
         let named = |name: Option<&String>| name.and_then(|n| pops.iter().find(|p| p.name == *n)).and_then(usable);
         if let Some(loc) = place.and_then(|p| p.location) {
             let nearest = self.ranking(pops, loc).iter().find_map(|i| usable(&pops[*i]));
@@ -304,7 +326,7 @@ mod tests {
     }
 
     fn chosen(s: &Steering, place: Option<&Place>, bucket: u8) -> (String, Vec<IpAddr>) {
-        s.choose_with(place, bucket, |c| (c.name.to_string(), c.rotated().collect())).unwrap()
+        s.choose_with(place, bucket, None, |c| (c.name.to_string(), c.rotated().collect())).unwrap()
     }
 
     #[test]
@@ -353,6 +375,22 @@ mod tests {
         s.set_edges("iad", Vec::new(), Vec::new());
         s.set_weights(&BTreeMap::from([("fra".to_string(), 0)]));
         assert_eq!(chosen(&s, Some(&london()), 0).0, "iad", "a drained PoP's last known edges come last");
+    }
+
+    #[test]
+    fn a_query_goes_to_the_nearest_pop_with_an_edge_of_its_family() {
+        let s = steering();
+        let ip = |a: &str| a.parse::<IpAddr>().unwrap();
+        s.set_edges("iad", vec![ip("127.0.0.12"), ip("::12")], Vec::new());
+        let pop = |family| s.choose_with(Some(&london()), 0, family, |c| c.name.to_string()).unwrap();
+        assert_eq!(pop(family_of(false)), "fra");
+        assert_eq!(pop(family_of(true)), "iad", "Frankfurt has no IPv6 edge");
+        assert_eq!(pop(None), "fra");
+        s.set_edges("iad", vec![ip("127.0.0.12")], Vec::new());
+        assert!(
+            s.choose_with(Some(&london()), 0, family_of(true), |_| ()).is_none(),
+            "no PoP has an IPv6 edge: NODATA"
+        );
     }
 
     #[test]

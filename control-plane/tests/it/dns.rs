@@ -312,6 +312,17 @@ async fn zone_answers_nxdomain_refused_soa_ns_over_udp_and_tcp() {
     assert_eq!((m.metadata.response_code, m.answers.len()), (ResponseCode::NoError, 0), "NODATA");
     let m = tcp(dns.addr, query("shop.cdn.test.", RecordType::A, Some(("8.8.8.0", 24)), true)).await;
     assert_eq!(addrs(&m), vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 12))]);
+    // The same client asking for IPv6 goes to the nearest PoP that has an
+    // IPv6 edge (Ashburn has none), over either path.
+    let m = udp(dns.addr, query("shop.cdn.test.", RecordType::AAAA, Some(("8.8.8.0", 24)), true)).await.unwrap();
+    assert_eq!(addrs(&m), vec!["::11".parse::<IpAddr>().unwrap()]);
+    let m = tcp(dns.addr, query("shop.cdn.test.", RecordType::AAAA, Some(("8.8.8.0", 24)), true)).await;
+    assert_eq!(addrs(&m), vec!["::11".parse::<IpAddr>().unwrap()]);
+    // A literal `*` is no name of the zone (RFC 4592), not its apex.
+    for rtype in [RecordType::A, RecordType::SOA] {
+        let m = udp(dns.addr, query("*.cdn.test.", rtype, None, false)).await.unwrap();
+        assert_eq!((m.metadata.response_code, m.answers.len()), (ResponseCode::NXDomain, 0), "{rtype}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -186,7 +186,8 @@ impl GeoDns {
         out.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, u8::from(q.opt.is_some())]);
         out.extend_from_slice(&raw[12..q.question_end]);
         let ttl = self.ttl.to_be_bytes();
-        let chosen = self.steering.choose_with(place.as_ref(), bucket, |c| {
+        let family = super::super::steer::family_of(q.qtype == TYPE_AAAA);
+        let chosen = self.steering.choose_with(place.as_ref(), bucket, family, |c| {
             let mut n = 0u16;
             for ip in c.rotated() {
                 match (ip, q.qtype) {

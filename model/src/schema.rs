@@ -300,7 +300,7 @@ pub static SECTIONS: &[Section] = &[
             key("nameservers", "list of names", Text("[]"), "NS records of the zone.", "[\"ns1.cdn.example.test\"]"),
             key("sites", "list of site ids", Text("[]"), "Sites always answered. With `[control]`, the sites the control plane stores are answered too (read each second), and a site deleted there is NXDOMAIN again.", "[\"shop\"]"),
             key("default_pop", "string", Required, "The PoP for clients the database does not place; one of the `[[dns.pop]]` names.", "\"fra\""),
-            key("rate_limit", "integer", Int(DEFAULT_DNS_RATE_LIMIT as u64), "UDP answers per second to one client network (IPv4 /24, IPv6 /56) for one name and type, or for one kind of error (NXDOMAIN, REFUSED…); past it, answers are dropped and every second one is sent truncated (empty, TC set) so a real resolver asks again over TCP, which spoofed queries cannot. 0 turns it off. TCP is never limited.", "100"),
+            key("rate_limit", "integer", Int(DEFAULT_DNS_RATE_LIMIT as u64), "UDP answers per second to one client network (IPv4 /24, IPv6 /56) for one name and type (a NODATA, for one name whatever the type), or for one kind of error (NXDOMAIN, REFUSED…); past it, answers are dropped and every second one is sent truncated (empty, TC set) so a real resolver asks again over TCP, which spoofed queries cannot. 0 turns it off. TCP is never limited.", "100"),
         ],
     },
     Section {

@@ -97,11 +97,17 @@ impl RateLimit {
         let rcode = answer.get(3).map_or(0, |b| u16::from(*b)) & RCODE;
         match (rcode, question(query)) {
             (0, Some(q)) => {
-                // The name without regard to case, and the type.
+                // The name without regard to case, and the type; a NODATA
+                // (no answer record) by the name alone, or a flood cycling
+                // through the 65,536 types would get one count per type.
                 for b in &query[12..q - 4] {
                     h.write_u8(b.to_ascii_lowercase());
                 }
-                h.write(&query[q - 4..q - 2]);
+                if answer.get(6..8).is_some_and(|n| n != [0, 0]) {
+                    h.write(&query[q - 4..q - 2]);
+                } else {
+                    h.write_u8(0xFE);
+                }
             }
             _ => {
                 h.write_u8(0xFF);
@@ -256,6 +262,15 @@ mod tests {
         assert_eq!(verdicts(&limit, "192.0.2.1", &query("a1.cdn.test", 1), 3, 1, 0), [Verdict::Send]);
         assert_eq!(verdicts(&limit, "192.0.2.1", &query("b2.cdn.test", 1), 3, 1, 0), [Verdict::Drop]);
         assert_eq!(verdicts(&limit, "192.0.2.1", &query("c3.cdn.test", 1), 5, 1, 0), [Verdict::Send], "REFUSED");
+        // NODATA for one name: one count whatever the type.
+        let nodata = |qtype| {
+            let q = query("news.cdn.test", qtype);
+            let mut a = answer(&q, 0);
+            a.truncate(q.len());
+            a[6..8].copy_from_slice(&[0, 0]);
+            limit.check_at("192.0.2.1".parse().unwrap(), &q, &a, 0)
+        };
+        assert_eq!((nodata(16), nodata(99), nodata(1000)), (Verdict::Send, Verdict::Drop, Verdict::Truncate));
     }
 
     #[test]

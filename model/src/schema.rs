@@ -154,7 +154,7 @@ pub static SECTIONS: &[Section] = &[
         doc: "What one client may cost the node.",
         keys: &[
             key("header_bytes", "size", Bytes(DEFAULT_MAX_HEADER_BYTES), "Largest request head (request line and headers), from 1KiB to 1MiB; larger gets 431.", "\"32KiB\""),
-            key("headers", "integer", Int(DEFAULT_MAX_HEADERS as u64), "Most request header fields.", "100"),
+            key("headers", "integer", Int(DEFAULT_MAX_HEADERS as u64), "Most request header fields, up to 10000.", "100"),
             key("body", "size", Bytes(DEFAULT_MAX_REQUEST_BODY), "Largest request body forwarded upstream; larger gets 413.", "\"16MiB\""),
             key("header_read_timeout", "duration", Time(DEFAULT_HEADER_READ_TIMEOUT), "Time a client has to send a whole request head.", "\"10s\""),
             key("idle_timeout", "duration", Time(DEFAULT_IDLE_TIMEOUT), "An idle keep-alive connection is closed after this long.", "\"60s\""),
@@ -206,7 +206,7 @@ pub static SECTIONS: &[Section] = &[
         keys: &[
             key("mode", "string", Text("\"shield\""), "`\"shield\"`: to the shield that owns the key (rendezvous hash); `\"origin\"`: straight to the site's origin.", "\"shield\""),
             key("shields", "list", Text("[]"), "Each a URL (`\"http://10.0.0.5:8101\"`) or `{ name, url }` when edges reach one shield by different addresses. Every edge must name a shield the same way. Required with mode `\"shield\"`.", "[\"http://127.0.0.1:8101\", { name = \"shield-2\", url = \"http://127.0.0.1:8102\" }]"),
-            key("probe_interval", "duration", Time(DEFAULT_SHIELD_PROBE_INTERVAL), "How often a shield marked down is probed.", "\"1s\""),
+            key("probe_interval", "duration", Time(DEFAULT_SHIELD_PROBE_INTERVAL), "How often a shield marked down is probed; longer than zero.", "\"1s\""),
             key("http2", "boolean", Bool(true), "Speak HTTP/2 to shields (from the first byte over `http://`, offered by ALPN over `https://`): every miss to a shield shares one connection. A shield that does not speak HTTP/2 is asked in HTTP/1.1 for five minutes.", "true"),
         ],
     },
@@ -357,7 +357,7 @@ pub static SECTIONS: &[Section] = &[
         doc: "The site's identity.",
         keys: &[
             key("id", "string", Required, "A DNS label (the site is also `<id>.<zone>`): 1 to 63 lower-case letters, digits or inner hyphens.", "\"shop\""),
-            key("hosts", "list of host names", Required, "Names the site answers for: exact, or `*.suffix` for one or more labels in front of the suffix. No two may overlap.", "[\"shop.example.test\", \"*.static.example.test\"]"),
+            key("hosts", "list of host names", Required, "Names the site answers for: exact, or `*.suffix` for one or more labels in front of the suffix (itself of two labels or more: `*.com` is refused). No two may overlap.", "[\"shop.example.test\", \"*.static.example.test\"]"),
             key("https_only", "boolean", Bool(false), "Plain-HTTP clients get a 308 to the HTTPS URL.", "false"),
             key("http3", "boolean", Bool(false), "Advertise HTTP/3 (`Alt-Svc`) on responses over HTTP/1.1 and HTTP/2 from nodes with `listen.quic`.", "true"),
             key("allow_direct", "boolean", Bool(true), "Edges may go to the origin directly when every shield is down.", "true"),
@@ -373,8 +373,8 @@ pub static SECTIONS: &[Section] = &[
             key("url", "URL", Required, "`http://` or `https://`, host and port, no path.", "\"http://127.0.0.1:9000\""),
             key("host", "host name", Unset, "Host header sent to the origin; the client's when unset (then the host is part of the cache key).", "\"origin.example.test\""),
             key("weight", "integer", Int(1), "Share of requests, at least 1.", "1"),
-            key("connect_timeout", "duration", Time(DEFAULT_ORIGIN_CONNECT_TIMEOUT), "Time to connect.", "\"2s\""),
-            key("response_timeout", "duration", Time(DEFAULT_ORIGIN_RESPONSE_TIMEOUT), "Time for the response head.", "\"30s\""),
+            key("connect_timeout", "duration", Time(DEFAULT_ORIGIN_CONNECT_TIMEOUT), "Time to connect; longer than zero.", "\"2s\""),
+            key("response_timeout", "duration", Time(DEFAULT_ORIGIN_RESPONSE_TIMEOUT), "Time for the response head; longer than zero.", "\"30s\""),
             key("link_timeout", "duration", Time(DEFAULT_ORIGIN_LINK_TIMEOUT), "Time the origin has to acknowledge what was sent to it (`TCP_USER_TIMEOUT`, on Linux); past it the link counts as cut, as a failed connect does, instead of waiting out `response_timeout`. An origin that stops reading a request body for as long is given up too. At least 1s.", "\"10s\""),
             key("max_connections", "integer", Int(DEFAULT_ORIGIN_MAX_CONNECTIONS as u64), "Requests one node sends this origin at once; more wait.", "64"),
             key("ca", "path", Unset, "A private CA trusted besides the public roots; only with an https `url`. Read, as site certificates are, only from the node's `site_cert_dirs`.", "\"origin-ca.pem\""),
@@ -390,7 +390,7 @@ pub static SECTIONS: &[Section] = &[
         keys: &[
             key("path", "path", Required, "Requested with GET; a 2xx or 3xx is healthy. Starts with `/`.", "\"/healthz\""),
             key("interval", "duration", Time(DEFAULT_HEALTH_INTERVAL), "Between checks; longer than zero.", "\"5s\""),
-            key("timeout", "duration", Time(DEFAULT_HEALTH_TIMEOUT), "Time one check may take.", "\"2s\""),
+            key("timeout", "duration", Time(DEFAULT_HEALTH_TIMEOUT), "Time one check may take; longer than zero.", "\"2s\""),
             key("healthy_threshold", "integer", Int(DEFAULT_HEALTHY_THRESHOLD as u64), "Consecutive successes that bring a down origin back.", "2"),
             key("unhealthy_threshold", "integer", Int(DEFAULT_UNHEALTHY_THRESHOLD as u64), "Consecutive failures that take an origin out.", "3"),
         ],
@@ -464,7 +464,7 @@ pub static SECTIONS: &[Section] = &[
             key("codings", "list of codings", Text("[\"br\", \"zstd\", \"gzip\"]"), "Codings made, the first preferred when a client weighs several the same; `[]`: none, and `Accept-Encoding` passes through untouched.", "[\"br\", \"gzip\"]"),
             key("types", "list of media types", Text("text and text-like types"), "Media types compressed; `text/*` covers a top-level type. The default covers `text/*`, JavaScript, JSON, XML, SVG, WebAssembly and fonts.", "[\"text/*\", \"application/json\"]"),
             key("min_size", "size", Bytes(DEFAULT_COMPRESS_MIN_SIZE), "Smaller bodies are sent as they are.", "\"1KiB\""),
-            key("max_size", "size", Bytes(DEFAULT_COMPRESS_MAX_SIZE), "Larger bodies are sent as they are (a representation is made in memory).", "\"16MiB\""),
+            key("max_size", "size", Bytes(DEFAULT_COMPRESS_MAX_SIZE), "Larger bodies are sent as they are (a representation is made in memory); at most 256MiB.", "\"16MiB\""),
         ],
     },
     Section {
@@ -562,7 +562,7 @@ pub fn reference() -> String {
          Generated from the declarations in `model/src/schema.rs` by `outpost config reference`; \
          do not edit by hand. `outpost check FILE…` checks files against it.\n\n\
          Sizes are written `\"512MiB\"`, `\"64KiB\"`, `\"1GB\"` or as a number of bytes; durations \
-         `\"250ms\"`, `\"30s\"`, `\"5m\"`, `\"1h 30m\"`, `\"7d\"`. Relative paths are relative to the \
+         `\"250ms\"`, `\"30s\"`, `\"5m\"`, `\"1h 30m\"`, `\"7d\"`, at most ten years. Relative paths are relative to the \
          file that names them.\n",
     );
     for (file, title, intro) in [

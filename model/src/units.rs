@@ -4,13 +4,22 @@
 use std::fmt;
 use std::time::Duration;
 
-/// Parses `"30s"`, `"250ms"`, `"1h 30m"`, `"7d"`.
+/// The longest duration a file may give (ten years): longer ones are a
+/// mistake, and added to a clock they would overflow it.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// Parses `"30s"`, `"250ms"`, `"1h 30m"`, `"7d"`, up to [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     if t.starts_with('-') {
         return Err(format!("a duration must not be negative, found `{text}`"));
     }
-    humantime::parse_duration(t).map_err(|e| format!("`{text}` is not a duration such as \"30s\" or \"5m\": {e}"))
+    let d = humantime::parse_duration(t)
+        .map_err(|e| format!("`{text}` is not a duration such as \"30s\" or \"5m\": {e}"))?;
+    if d > MAX_DURATION {
+        return Err(format!("`{text}` is longer than any duration here may be (ten years)"));
+    }
+    Ok(d)
 }
 
 /// Parses `"512MiB"`, `"64 KiB"`, `"1GB"`, `"100"` (bytes). Binary units are
@@ -80,6 +89,9 @@ impl HostPattern {
                      and `*.` may only start a wildcard"
                 ));
             }
+        }
+        if wild && !name.contains('.') {
+            return Err(format!("`{text}` would claim every name under a top-level domain: name one below it"));
         }
         Ok(if wild { HostPattern::Wildcard(format!(".{name}")) } else { HostPattern::Exact(name.to_string()) })
     }
@@ -179,6 +191,9 @@ mod tests {
         assert!(parse_duration("-5s").unwrap_err().contains("negative"));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("30").is_err(), "a unit is required");
+        assert_eq!(parse_duration("3650d"), Ok(MAX_DURATION));
+        assert!(parse_duration("3651d").unwrap_err().contains("ten years"));
+        assert!(parse_duration("10000000000000000000s").unwrap_err().contains("ten years"));
     }
 
     #[test]

@@ -4,6 +4,10 @@
 use std::path::Path;
 use std::time::Duration;
 
+/// The most `[limits] headers` may be: hyper reserves a slot for each on
+/// every request it reads.
+const MAX_HEADERS_LIMIT: u32 = 10_000;
+
 use http::Uri;
 use toml::Spanned;
 
@@ -284,6 +288,15 @@ fn decode_limits(s: &mut Sink<'_>, t: &mut Table<'_, '_>, d: Limits) -> Limits {
         None => d.max_header_bytes,
     };
     let max_headers = positive(s, t, "headers", d.max_headers);
+    let max_headers = if max_headers > MAX_HEADERS_LIMIT {
+        s.error(
+            &t.span_of("headers"),
+            format!("headers must be at most {MAX_HEADERS_LIMIT}: each request reserves room for that many"),
+        );
+        d.max_headers
+    } else {
+        max_headers
+    };
     let max_request_body = t.opt::<ByteSize>(s, "body").map_or(d.max_request_body, |b| b.0);
     let mut timeout = |s: &mut Sink<'_>, key: &'static str, default: Duration| match t.opt::<Spanned<Duration>>(s, key)
     {
@@ -373,6 +386,9 @@ fn decode_upstream(s: &mut Sink<'_>, root: &mut Table<'_, '_>) -> Option<Upstrea
         );
     }
     let probe_interval = t.or(s, "probe_interval", DEFAULT_SHIELD_PROBE_INTERVAL);
+    if probe_interval.is_zero() {
+        s.error(&t.span_of("probe_interval"), "probe_interval must be longer than zero");
+    }
     let http2 = t.or(s, "http2", true);
     t.finish(s);
     Some(Upstream { mode, shields, probe_interval, http2 })

@@ -108,6 +108,15 @@ fn limits_are_read_and_checked() {
     let e = errors(&format!("{EDGE}\n[limits]\nheader_bytes = \"10MiB\"\nheaders = 0\nidle_timeout = \"0s\"\n"));
     assert_eq!(e.len(), 3, "{e:?}");
     assert!(e[0].contains("between 1KiB and 1MiB") && e[1].contains("at least 1") && e[2].contains("longer than zero"));
+    // Values that would panic or exhaust memory later are refused here.
+    let e = errors(&format!(
+        "{}\n[limits]\nheaders = 4000000000\nsend_timeout = \"10000000000000000000s\"\n",
+        EDGE.replace("mode = \"origin\"", "mode = \"origin\"\nprobe_interval = \"0s\"")
+    ));
+    assert_eq!(e.len(), 3, "{e:?}");
+    assert!(e.iter().any(|e| e.contains("probe_interval must be longer than zero")), "{e:?}");
+    assert!(e.iter().any(|e| e.contains("headers must be at most 10000")), "{e:?}");
+    assert!(e.iter().any(|e| e.contains("ten years")), "{e:?}");
 }
 
 #[test]

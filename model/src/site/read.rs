@@ -5,6 +5,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+/// The largest body `[compress] max_size` may allow: each representation is
+/// made whole in memory.
+const MAX_COMPRESS_SIZE: u64 = 256 << 20;
+
 use http::{HeaderName, HeaderValue, Uri};
 use toml::Spanned;
 
@@ -170,6 +174,11 @@ fn decode_origin(s: &mut Sink<'_>, t: &mut Table<'_, '_>, base: &Path) -> Option
     let weight = positive(s, t, "weight", 1);
     let connect_timeout = t.or(s, "connect_timeout", DEFAULT_ORIGIN_CONNECT_TIMEOUT);
     let response_timeout = t.or(s, "response_timeout", DEFAULT_ORIGIN_RESPONSE_TIMEOUT);
+    for (key, value) in [("connect_timeout", connect_timeout), ("response_timeout", response_timeout)] {
+        if value.is_zero() {
+            s.error(&t.span_of(key), format!("{key} must be longer than zero: every fetch would time out"));
+        }
+    }
     let link_timeout = t.or(s, "link_timeout", DEFAULT_ORIGIN_LINK_TIMEOUT);
     if link_timeout < Duration::from_secs(1) {
         s.error(
@@ -195,6 +204,9 @@ fn decode_origin(s: &mut Sink<'_>, t: &mut Table<'_, '_>, base: &Path) -> Option
         let unhealthy_threshold = positive(s, &mut h, "unhealthy_threshold", DEFAULT_UNHEALTHY_THRESHOLD);
         if interval.is_zero() {
             s.error(&h.span_of("interval"), "interval must be longer than zero");
+        }
+        if timeout.is_zero() {
+            s.error(&h.span_of("timeout"), "timeout must be longer than zero: every check would fail");
         }
         h.finish(s);
         Some(HealthCheck { path: path?, interval, timeout, healthy_threshold, unhealthy_threshold })
@@ -363,6 +375,12 @@ fn decode_compress(s: &mut Sink<'_>, t: &mut Table<'_, '_>) -> Compression {
         |s: &mut Sink<'_>, t: &mut Table<'_, '_>, key, default| t.opt::<ByteSize>(s, key).map_or(default, |b| b.0);
     let min_size = size(s, t, "min_size", d.min_size);
     let max_size = size(s, t, "max_size", d.max_size);
+    if max_size > MAX_COMPRESS_SIZE {
+        s.error(
+            &t.span_of("max_size"),
+            format!("max_size must be at most {} MiB: a representation is made in memory", MAX_COMPRESS_SIZE >> 20),
+        );
+    }
     if min_size > max_size {
         s.error(&t.span_of("min_size"), "min_size is larger than max_size");
     }
@@ -435,6 +453,10 @@ fn decode_header_rules(s: &mut Sink<'_>, t: &mut Table<'_, '_>) -> HeaderRules {
                     &name.span(),
                     format!("`{n}` frames the response or concerns one connection; it cannot be set"),
                 );
+                continue;
+            }
+            if rules.set.iter().any(|(seen, _)| *seen == n) {
+                s.error(&name.span(), format!("`{n}` is set twice (names are not case-sensitive)"));
                 continue;
             }
             let Some(text) = string(s, v, "a header value") else { continue };

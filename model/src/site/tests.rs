@@ -32,6 +32,29 @@ fn minimal_site_gets_documented_defaults() {
     assert!(site.allow_direct && !site.https_only && site.tls.is_none());
 }
 
+/// Values that would time every fetch out, panic a clock, claim a whole
+/// top-level domain, hold a huge body in memory or send a header twice.
+#[test]
+fn values_that_would_break_serving_are_refused_where_they_are() {
+    let origin = MINIMAL.replace(
+        "url = \"http://127.0.0.1:9000\"",
+        "url = \"http://127.0.0.1:9000\"\nconnect_timeout = \"0s\"\nresponse_timeout = \"99999999999999s\"\n\
+         [origin.health]\npath = \"/h\"\ntimeout = \"0s\"",
+    );
+    let e = errors(&origin);
+    assert_eq!(e.len(), 3, "{e:?}");
+    assert!(e[0].contains("connect_timeout must be longer than zero") && e[0].contains(":8:"), "{e:?}");
+    assert!(e[1].contains("ten years") && e[2].contains("timeout must be longer than zero"), "{e:?}");
+    let e = errors(&MINIMAL.replace("hosts = [\"shop.test\"]", "hosts = [\"*.com\"]"));
+    assert!(e.len() == 1 && e[0].contains("top-level domain"), "{e:?}");
+    let e = errors(&format!("{MINIMAL}\n[compress]\nmax_size = \"1TiB\"\n"));
+    assert!(e.len() == 1 && e[0].contains("at most 256 MiB"), "{e:?}");
+    let e = errors(&format!(
+        "{MINIMAL}\n[headers.set]\n\"X-Frame-Options\" = \"DENY\"\n\"x-frame-options\" = \"SAMEORIGIN\"\n"
+    ));
+    assert!(e.len() == 1 && e[0].contains("set twice") && e[0].contains(":11:1:"), "{e:?}");
+}
+
 #[test]
 fn full_site_reads_every_field() {
     let site: Site = r#"

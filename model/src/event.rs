@@ -129,10 +129,18 @@ pub enum PurgeTarget {
 pub enum StreamLine {
     /// The next event of the log.
     Event { record: EventRecord },
-    /// The node was further behind than the log reaches: the whole site set
-    /// as of `seq`. The node replaces its sites and soft-purges everything
-    /// it stored before.
-    Snapshot { seq: u64, sites: Vec<SiteSnapshot> },
+    /// The node was further behind than the log reaches (or ahead of it: a
+    /// log restored from a backup): the whole site set as of `seq`. The
+    /// node replaces its sites and soft-purges everything it stored
+    /// before, then applies `purges`: the hard ones logged after the
+    /// sequence it asked from, which a soft purge would otherwise let a
+    /// 304 or stale-if-error serve again.
+    Snapshot {
+        seq: u64,
+        sites: Vec<SiteSnapshot>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        purges: Vec<Purge>,
+    },
     /// The sites' current certificates, by site id, sent first to a node
     /// that asked (`certificates` in its query). They replace the ones it
     /// holds; events after them go on as before.

@@ -195,15 +195,36 @@ fn install_certificates(engine: &Engine, sites: &BTreeMap<String, SiteSnapshot>,
     all
 }
 
+/// The state a node kept, or none. A file that does not read is set aside
+/// (`control-state.json.bad`) and said as an error: the node then starts
+/// with no sites until the control plane sends them, which it should not
+/// do quietly.
+fn load_state(file: &Path) -> LocalState {
+    let bytes = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return LocalState::default(),
+        Err(e) => {
+            tracing::error!(file = %file.display(), error = %e, "the control-plane state cannot be read; starting without it");
+            return LocalState::default();
+        }
+    };
+    match serde_json::from_slice(&bytes) {
+        Ok(state) => state,
+        Err(e) => {
+            let aside = file.with_extension("json.bad");
+            let _ = std::fs::rename(file, &aside);
+            tracing::error!(file = %file.display(), aside = %aside.display(), error = %e,
+                "the control-plane state is damaged; set aside, starting without it until the control plane answers");
+            LocalState::default()
+        }
+    }
+}
+
 impl Subscriber {
     /// Loads the persisted state (applying its sites to the engine at once).
     pub fn new(engine: Arc<Engine>, link: Link, me: Identity, state_dir: Option<&Path>) -> Subscriber {
         let state_file = state_dir.map(|d| d.join("control-state.json"));
-        let state: LocalState = state_file
-            .as_ref()
-            .and_then(|f| std::fs::read(f).ok())
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let state = state_file.as_deref().map(load_state).unwrap_or_default();
         let held = Arc::new(Mutex::new(None));
         let mut refresh = false;
         if state.seq > 0 {
@@ -238,6 +259,11 @@ impl Subscriber {
         self.refresh_certificates.store(!all, Ordering::Release);
     }
 
+    /// Records that everything through `seq` is applied and kept.
+    fn moved_to(&self, seq: u64) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).seq = seq;
+    }
+
     /// The last sequence applied.
     pub fn seq(&self) -> u64 {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).seq
@@ -251,15 +277,51 @@ impl Subscriber {
         }
     }
 
-    fn persist(&self, state: &LocalState) {
-        let Some(f) = &self.state_file else { return };
+    /// Writes the state durably (the file and its folder synced), so what
+    /// is acknowledged survives a power loss; an error says the state
+    /// could not be kept, and nothing is acknowledged.
+    fn persist(&self, state: &LocalState) -> Result<(), String> {
+        use std::io::Write as _;
+        let Some(f) = &self.state_file else { return Ok(()) };
         let tmp = f.with_extension("json.tmp");
-        let ok = serde_json::to_vec(state)
-            .ok()
-            .and_then(|b| std::fs::write(&tmp, b).ok())
-            .and_then(|_| std::fs::rename(&tmp, f).ok());
-        if ok.is_none() {
-            tracing::warn!(file = %f.display(), "could not persist the control-plane state");
+        let write = || -> std::io::Result<()> {
+            let bytes = serde_json::to_vec(state).map_err(std::io::Error::other)?;
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, f)?;
+            if let Some(dir) = f.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        };
+        write().map_err(|e| {
+            tracing::error!(file = %f.display(), error = %e, "could not persist the control-plane state");
+            format!("the control-plane state could not be written: {e}")
+        })
+    }
+
+    /// Applies a purge. An error is a rule that could not be written to
+    /// disk: it holds in memory, but a restart would forget it, so the
+    /// node neither moves on nor acknowledges, and is sent it again.
+    async fn purge(&self, p: &outpost_config::Purge) -> Result<(), String> {
+        use crate::engine::EngineError;
+        let result = match self.engine.purge(&p.site_id, &p.target, p.soft).await {
+            // A site this node skipped: what it still holds of it is
+            // purged all the same.
+            Err(EngineError::UnknownSite(_)) => self.engine.purge_absent_site(&p.site_id, &p.target, p.soft),
+            other => other,
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(e @ EngineError::Purges(_)) => {
+                tracing::error!(purge = %p.id, error = %e, "a purge rule could not be written to disk; not acknowledged");
+                Err(format!("purge {}: {e}", p.id))
+            }
+            Err(e) => {
+                tracing::debug!(purge = %p.id, error = %e, "purge not applied here");
+                Ok(())
+            }
         }
     }
 
@@ -321,11 +383,14 @@ impl Subscriber {
         }
     }
 
-    async fn apply(&self, line: StreamLine) -> Option<u64> {
+    /// Applies a line; the sequence it brings the node to, if any. An
+    /// error is what could not be kept (a purge rule, the state file): the
+    /// stream is left, to be sent it again.
+    async fn apply(&self, line: StreamLine) -> Result<Option<u64>, String> {
         match line {
-            StreamLine::Heartbeat { .. } => None,
+            StreamLine::Heartbeat { .. } => Ok(None),
             // Taken in `follow`, as the sole line of a stream.
-            StreamLine::Credential { .. } => None,
+            StreamLine::Credential { .. } => Ok(None),
             StreamLine::Certificates { certificates } => {
                 let state = {
                     let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -338,14 +403,15 @@ impl Subscriber {
                 };
                 // Kept before they are put in use: a certificate served is
                 // one a restart finds too.
-                self.persist(&state);
+                self.persist(&state)?;
                 self.install_certificates(&state.sites);
-                None
+                Ok(None)
             }
-            StreamLine::Snapshot { seq, sites } => {
+            StreamLine::Snapshot { seq, sites, purges } => {
                 let now = self.engine.clock.now();
                 if let Err(e) = self.engine.purges.soft_purge_everything(now) {
-                    tracing::warn!(error = %e, "could not record the snapshot's soft purge");
+                    tracing::error!(error = %e, "could not record the snapshot's soft purge; not acknowledged");
+                    return Err(format!("the snapshot's soft purge: {e}"));
                 }
                 let (state, gone) = {
                     let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -359,20 +425,28 @@ impl Subscriber {
                         .map(|old| old.id.clone())
                         .collect();
                     st.sites = sites;
-                    st.seq = seq;
-                    (st.clone(), gone)
+                    // The sequence moves once all of it is kept (below).
+                    let mut state = st.clone();
+                    state.seq = seq;
+                    (state, gone)
                 };
                 for id in &gone {
                     self.engine.forget_site(id);
                 }
                 self.engine.set_sites(parse_sites(&state.sites, &self.base));
                 self.install_certificates(&state.sites);
-                self.persist(&state);
-                Some(seq)
+                // The hard purges the node missed: the soft one above would
+                // let a 304 or stale-if-error serve what they removed.
+                for p in &purges {
+                    self.purge(p).await?;
+                }
+                self.persist(&state)?;
+                self.moved_to(seq);
+                Ok(Some(seq))
             }
             StreamLine::Event { record } => {
                 if record.seq <= self.seq() {
-                    return None;
+                    return Ok(None);
                 }
                 let (mut sites_changed, mut certs_changed) = (false, false);
                 match &record.event {
@@ -413,27 +487,12 @@ impl Subscriber {
                         self.engine.forget_site(site_id);
                         sites_changed = true;
                     }
-                    Event::Purge(p) => match self.engine.purge(&p.site_id, &p.target, p.soft).await {
-                        Ok(()) => {}
-                        // A site this node skipped: what it still holds of
-                        // it is purged all the same.
-                        Err(crate::engine::EngineError::UnknownSite(_)) => {
-                            if let Err(e) = self.engine.purge_absent_site(&p.site_id, &p.target, p.soft) {
-                                tracing::warn!(purge = %p.id, error = %e, "a purge for a site not loaded here could not be recorded");
-                            }
-                        }
-                        // In force until a restart, which would forget it
-                        // unless a later rule is written.
-                        Err(e @ crate::engine::EngineError::Purges(_)) => {
-                            tracing::warn!(purge = %p.id, error = %e, "a purge rule could not be written to disk; it holds until a restart");
-                        }
-                        Err(e) => tracing::debug!(purge = %p.id, error = %e, "purge not applied here"),
-                    },
+                    Event::Purge(p) => self.purge(p).await?,
                 }
                 let state = {
-                    let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                    st.seq = record.seq;
-                    st.clone()
+                    let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    state.seq = record.seq;
+                    state
                 };
                 if sites_changed {
                     self.engine.set_sites(parse_sites(&state.sites, &self.base));
@@ -441,8 +500,9 @@ impl Subscriber {
                 if sites_changed || certs_changed {
                     self.install_certificates(&state.sites);
                 }
-                self.persist(&state);
-                Some(record.seq)
+                self.persist(&state)?;
+                self.moved_to(record.seq);
+                Ok(Some(record.seq))
             }
         }
     }
@@ -578,13 +638,13 @@ impl Subscriber {
             // The log has no holes: an event past the next one means this
             // stream skipped some, so start again from where this node is.
             if let StreamLine::Event { record } = &line
-                && record.seq > self.seq() + 1
+                && record.seq > self.seq().saturating_add(1)
             {
                 return Err(format!("event {} came after {}: resuming from there", record.seq, self.seq()));
             }
             unacked |= match line {
                 StreamLine::Heartbeat { .. } => true,
-                line => self.apply(line).await.is_some(),
+                line => self.apply(line).await?.is_some(),
             };
             // A backlog is acknowledged once, after its last line.
             if unacked && !stream.has_line() {
@@ -624,6 +684,19 @@ impl Subscriber {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_damaged_state_file_is_set_aside_not_read_as_empty_quietly() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("control-state.json");
+        assert_eq!(load_state(&file).seq, 0, "none yet");
+        std::fs::write(&file, br#"{"seq": 7, "sites": {}}"#).unwrap();
+        assert_eq!(load_state(&file).seq, 7);
+        std::fs::write(&file, br#"{"seq": 7, "si"#).unwrap();
+        assert_eq!(load_state(&file).seq, 0);
+        assert!(!file.exists());
+        assert_eq!(std::fs::read(dir.path().join("control-state.json.bad")).unwrap(), br#"{"seq": 7, "si"#);
+    }
 
     #[test]
     fn a_credential_handed_over_must_be_this_nodes() {

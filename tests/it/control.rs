@@ -1206,8 +1206,13 @@ async fn a_node_behind_the_compacted_log_takes_a_snapshot_and_serves_nothing_pur
     let get = |addr: SocketAddr| async move {
         call(Method::GET, &format!("http://{addr}/gone?cc=max-age%3D600&keys=old"), None, Some("shop.test"), "").await
     };
+    let kept = |addr: SocketAddr| async move {
+        call(Method::GET, &format!("http://{addr}/kept?cc=max-age%3D600&keys=other"), None, Some("shop.test"), "").await
+    };
     eventually("the site", || async { get(edge).await.status == StatusCode::OK }).await;
     assert!(get(edge).await.headers["cache-status"].to_str().unwrap().contains("; hit"));
+    kept(edge).await;
+    assert!(kept(edge).await.headers["cache-status"].to_str().unwrap().contains("; hit"));
     // The edge goes away; meanwhile its object is purged and the log moves
     // on past what it keeps.
     edge_stop.cancel();
@@ -1219,9 +1224,73 @@ async fn a_node_behind_the_compacted_log_takes_a_snapshot_and_serves_nothing_pur
     let r = get(edge).await;
     let cs = r.headers["cache-status"].to_str().unwrap().to_string();
     assert!(!cs.contains("; hit"), "an object purged while the edge was away is not a hit: {cs}");
-    // The hard tag purge left the log before the edge came back: what made
-    // the object stale is the snapshot's soft purge, so it was revalidated.
+    // The hard tag purge left the log before the edge came back; the
+    // snapshot carries it, so the object is gone, not revalidated (a 304
+    // or an origin error would otherwise serve it again).
+    assert!(cs.contains("fwd=uri-miss"), "{cs}");
+    // What no hard purge named is made stale by the snapshot, and
+    // revalidated.
+    let cs = kept(edge).await.headers["cache-status"].to_str().unwrap().to_string();
     assert!(cs.contains("fwd=stale; fwd-status=304"), "{cs}");
+    stop.cancel();
+}
+
+/// A purge whose rule a node cannot write to its disk is not acknowledged
+/// (a restart would forget it), and the node takes it again until it can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_a_node_cannot_keep_is_not_acknowledged_until_it_can() {
+    let cdn = cdn().await;
+    let r = cdn.admin_call(Method::POST, "/v1/sites", &site(cdn.origin)).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let acked = |node: &'static str| {
+        let cdn = &cdn;
+        async move {
+            let nodes = cdn.admin_call(Method::GET, "/v1/nodes", "").await.json();
+            let n = nodes.as_array().unwrap().iter().find(|n| n["name"] == node).cloned().unwrap_or_default();
+            n["acked_seq"].as_u64().unwrap_or(0)
+        }
+    };
+    eventually("edge 1 to take the site", || async { acked("edge-1").await == 1 }).await;
+    // Where edge 1 writes its purge rules, a folder stands in the way.
+    let blocker = cdn.dir.path().join("cache-1/purges.json.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let r = cdn.admin_call(Method::POST, "/v1/purge", r#"{"site": "shop", "all": true}"#).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    eventually("the others to take the purge", || async { acked("edge-2").await == 2 && acked("edge-3").await == 2 })
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(acked("edge-1").await, 1, "a purge it could not keep was acknowledged");
+    std::fs::remove_dir(&blocker).unwrap();
+    eventually("edge 1 to take the purge once it can keep it", || async { acked("edge-1").await == 2 }).await;
+    assert!(cdn.dir.path().join("cache-1/purges.json").exists());
+    cdn.stop.cancel();
+}
+
+/// A node that has applied past the log's end (the control plane's store
+/// restored from an older backup, or made anew) is sent a snapshot: it
+/// would otherwise take every event of the new log for one it has, and
+/// never apply any.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_ahead_of_a_restored_log_takes_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let origin_addr = test_origin(&stop).await;
+    let (control, _) = start_control(dir.path(), &stop).await;
+    let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let api = |path: &str| format!("http://{control}{path}");
+    let r = call(Method::POST, &api("/v1/sites"), Some(&admin), None, &site(origin_addr)).await;
+    assert_eq!((r.status, r.json()["seq"].as_u64()), (StatusCode::CREATED, Some(1)));
+    // Edge 1 kept the state of a log that reached 1000.
+    std::fs::create_dir_all(dir.path().join("cache-1")).unwrap();
+    std::fs::write(dir.path().join("cache-1/control-state.json"), r#"{"seq": 1000, "sites": {}}"#).unwrap();
+    let (edge, edge_stop) = edge_node(dir.path(), 1, control).await;
+    eventually("the edge to serve the site the new log has", || async {
+        call(Method::GET, &format!("http://{edge}/hello"), None, Some("shop.test"), "").await.status == StatusCode::OK
+    })
+    .await;
+    let nodes = call(Method::GET, &api("/v1/nodes"), Some(&admin), None, "").await.json();
+    assert_eq!(nodes[0]["acked_seq"], 1, "{nodes}");
+    edge_stop.cancel();
     stop.cancel();
 }
 

@@ -204,7 +204,7 @@ pub(super) async fn stream(
     let writer = Writer { control: Arc::clone(&c), caller };
     // Subscribe before reading the backlog, so nothing falls in between.
     let rx = c.events.subscribe();
-    let (mut backlog, cursor, last) = backlog(&c.store, q.after, &writer).await?;
+    let (mut backlog, cursor, last) = backlog(&c.store, q.after, &writer, c.has_quorum()).await?;
     if q.certificates {
         let certificates = c.store.certificates().await.map_err(ApiError::from)?;
         backlog.insert(0, writer.line(StreamLine::Certificates { certificates }));
@@ -250,15 +250,31 @@ fn check(q: &StreamQuery) -> Result<Vec<String>, ApiError> {
     listen_addrs(&q.addrs)
 }
 
+/// Most hard purges a snapshot carries one by one; past it, each site
+/// with one is purged whole.
+const SNAPSHOT_PURGES: usize = 1000;
+
 /// The lines a node that has applied through `after` needs: a snapshot when
-/// the log no longer reaches back that far, then every later event. Also
-/// the last sequence sent and the log's end.
-async fn backlog(store: &Store, after: u64, writer: &Writer) -> Result<(Vec<Bytes>, u64, u64), ApiError> {
+/// the log no longer reaches back that far, or when the node is past the
+/// log's end (a store restored from a backup, or made anew: its events
+/// would otherwise all be taken for ones the node has, and skipped), then
+/// every later event. Also the last sequence sent and the log's end.
+/// `sure`: the store's reads are current (it has its quorum), so a node
+/// ahead of them is truly ahead.
+async fn backlog(store: &Store, after: u64, writer: &Writer, sure: bool) -> Result<(Vec<Bytes>, u64, u64), ApiError> {
     let first = store.first_seq().await.map_err(ApiError::from)?;
     let last = store.last_seq().await.map_err(ApiError::from)?;
     let mut lines = Vec::new();
     let mut cursor = after.min(last);
-    if after.saturating_add(1) < first && last > 0 {
+    let ahead = after > last && sure;
+    if ahead {
+        tracing::warn!(
+            after,
+            last,
+            "a node has applied past the log's end (a store restored or made anew?): it gets a snapshot"
+        );
+    }
+    if (after.saturating_add(1) < first && last > 0) || ahead {
         let mut certificates = store.certificates().await.map_err(ApiError::from)?;
         let sites = store
             .sites()
@@ -273,7 +289,10 @@ async fn backlog(store: &Store, after: u64, writer: &Writer) -> Result<(Vec<Byte
                 created_seq: s.created_seq,
             })
             .collect();
-        lines.push(writer.line(StreamLine::Snapshot { seq: last, sites }));
+        // From a log behind the node, none of its purges is news.
+        let since = if ahead { last } else { after };
+        let purges = snapshot_purges(store.purges_after(since).await.map_err(ApiError::from)?);
+        lines.push(writer.line(StreamLine::Snapshot { seq: last, sites, purges }));
         cursor = last;
     }
     for record in store.events_after(cursor, usize::MAX).await.map_err(ApiError::from)? {
@@ -281,6 +300,26 @@ async fn backlog(store: &Store, after: u64, writer: &Writer) -> Result<(Vec<Byte
         lines.push(writer.line(StreamLine::Event { record }));
     }
     Ok((lines, cursor, last))
+}
+
+/// The hard purges among `records`, at most [`SNAPSHOT_PURGES`] of them:
+/// past that, one that purges each of their sites whole.
+fn snapshot_purges(records: Vec<crate::store::PurgeRecord>) -> Vec<outpost_config::Purge> {
+    let hard: Vec<outpost_config::Purge> = records.into_iter().map(|r| r.purge).filter(|p| !p.soft).collect();
+    if hard.len() <= SNAPSHOT_PURGES {
+        return hard;
+    }
+    let sites: std::collections::BTreeMap<String, String> =
+        hard.into_iter().map(|p| (p.site_id.clone(), p.id)).collect();
+    sites
+        .into_iter()
+        .map(|(site_id, id)| outpost_config::Purge {
+            id,
+            site_id,
+            target: outpost_config::PurgeTarget::All,
+            soft: false,
+        })
+        .collect()
 }
 
 /// Records the node in the registry, keeping what it acknowledged before.

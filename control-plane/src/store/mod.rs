@@ -264,6 +264,13 @@ impl Store {
         backend!(self, |b| b.purge(&id))
     }
 
+    /// The purges logged after `seq`, oldest first.
+    pub async fn purges_after(&self, seq: u64) -> Result<Vec<PurgeRecord>, StoreError> {
+        let mut all = backend!(self, |b| b.purges_after(seq))?;
+        all.sort_by_key(|p| p.seq);
+        Ok(all)
+    }
+
     /// Events after `seq`, oldest first, at most `limit`.
     pub async fn events_after(&self, seq: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
         backend!(self, |b| b.events_after(seq, limit))

@@ -236,6 +236,21 @@ impl RedbStore {
         v.map(|v| serde_json::from_slice(v.value()).map_err(db)).transpose()
     }
 
+    /// The purges logged after `seq` (a scan: snapshots only).
+    pub(super) fn purges_after(&self, seq: u64) -> Result<Vec<PurgeRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = tx.open_table(PURGES).map_err(db)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(db)? {
+            let (_, v) = row.map_err(db)?;
+            let p: PurgeRecord = serde_json::from_slice(v.value()).map_err(db)?;
+            if p.seq > seq {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
     /// Events after `seq`, oldest first, at most `limit`.
     pub(super) fn events_after(&self, seq: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
         let tx = self.db.begin_read().map_err(db)?;

@@ -531,6 +531,12 @@ impl EtcdBackend {
         Ok(self.get(&self.key(&["purges", id])).await?.value)
     }
 
+    /// The purges logged after `seq` (a scan: snapshots only).
+    pub(super) async fn purges_after(&self, seq: u64) -> Result<Vec<PurgeRecord>, StoreError> {
+        let all: Vec<(String, PurgeRecord)> = self.list("purges").await?;
+        Ok(all.into_iter().map(|(_, p)| p).filter(|p| p.seq > seq).collect())
+    }
+
     pub(super) async fn events_after(&self, seq: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
         let end = self.key(&["events0"]);
         let options = GetOptions::new().with_range(end).with_limit(i64::try_from(limit).unwrap_or(i64::MAX));

@@ -150,6 +150,7 @@ async fn sites_and_purges_through_either_replica_reach_every_node_in_one_order()
     let via_a = call(Method::GET, &api(a, "/v1/purges/p7"), Some(admin), None, "").await.json();
     let via_b = call(Method::GET, &api(b, "/v1/purges/p7"), Some(admin), None, "").await.json();
     assert_eq!(via_a["seq"], via_b["seq"]);
+    crate::control::stop_edges(&[&_s1, &_s2]).await;
     stop.cancel();
 }
 
@@ -192,6 +193,7 @@ async fn a_replica_killed_hands_its_nodes_to_another_within_two_seconds() {
         assert!(engine.partitioned_for().is_none(), "a node that moved is not cut off");
     }
     println!("replica SIGKILL: every node acknowledged purge {seq} through the survivor {} ms after", took.as_millis());
+    crate::control::stop_edges(&[&_s1, &_s2]).await;
     stop.cancel();
 }
 
@@ -264,6 +266,7 @@ async fn a_replica_without_quorum_refuses_writes_answers_reads_and_sends_its_nod
     cluster.restart(2);
     cluster.wait_healthy().await;
     eventually("a write through A", || async { purge_status(a, admin).await.0 == StatusCode::ACCEPTED }).await;
+    crate::control::stop_edges(&[&_s1, &_s2]).await;
     stop.cancel();
 }
 
@@ -345,6 +348,7 @@ async fn the_etcd_leader_killed_in_a_purge_storm_loses_no_acknowledged_purge() {
         "etcd leader SIGKILL in a purge storm: {} of 60 purges answered 2xx, all applied by both nodes; {ok} client requests, 0 failed",
         answered.len()
     );
+    crate::control::stop_edges(&[&_s1, &_s2]).await;
     stop.cancel();
 }
 
@@ -536,6 +540,7 @@ async fn a_credential_revoked_through_one_replica_is_refused_by_the_other() {
     let at_a = format!("http://{a}/v1/events?after=0&node=edge-1&role=edge&pop=p1&addrs=");
     let r = call(Method::GET, &at_a, Some(&third), None, "").await;
     assert_eq!((r.status, r.json()["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("credential_revoked")));
+    crate::control::stop_edges(&[&_edge_stop]).await;
     stop.cancel();
 }
 

@@ -118,6 +118,15 @@ impl BoundRole {
         }
     }
 
+    /// The engine of an edge or shield that takes its sites from its own
+    /// files (no `[control]`): the one SIGHUP reloads them into.
+    pub fn file_sites_engine(&self) -> Option<Arc<outpost_proxy::Engine>> {
+        match &self.inner {
+            Inner::Proxy(p) if p.subscriber().is_none() => Some(Arc::clone(p.engine())),
+            _ => None,
+        }
+    }
+
     /// The control plane's state, for a role that is one.
     pub fn control(&self) -> Option<&Arc<outpost_control::api::Control>> {
         match &self.inner {
@@ -168,6 +177,9 @@ pub async fn serve(path: &Path, role: Role) -> anyhow::Result<()> {
     let bound = BoundRole::bind(&node).await?;
     for e in bound.endpoints() {
         tracing::info!(node = %node.name, addr = %e.addr, "{} {:?} listening", role.as_str(), e.service);
+    }
+    if let Some(engine) = bound.file_sites_engine() {
+        signals::reload_sites_on_hangup(path.to_path_buf(), engine);
     }
     bound.run(signals::shutdown_token()).await
 }

@@ -1,5 +1,6 @@
 //! Ctrl-C and SIGTERM both mean "stop cleanly"; SIGHUP reopens the access
-//! logs (after a rotation).
+//! logs (after a rotation) and reloads the site files of a node that has
+//! no control plane.
 
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +36,42 @@ fn reopen_logs_on_hangup() {
 
 #[cfg(not(unix))]
 fn reopen_logs_on_hangup() {}
+
+/// On SIGHUP, reads the node file at `path` and its site files again and,
+/// when every one of them is sound, serves the sites they describe. A
+/// mistake anywhere is logged with its `file:line:column` and changes
+/// nothing: the sites loaded before keep serving. Only the sites are
+/// reloaded; the rest of the node file takes a restart.
+#[cfg(unix)]
+pub fn reload_sites_on_hangup(path: std::path::PathBuf, engine: std::sync::Arc<outpost_proxy::Engine>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(hup) => hup,
+        Err(e) => return tracing::warn!(error = %e, "cannot handle SIGHUP"),
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let path = path.clone();
+            let loaded = tokio::task::spawn_blocking(move || outpost_config::NodeConfig::load(&path)).await;
+            match loaded {
+                Ok(Ok(node)) => match node.proxy() {
+                    Some(proxy) => {
+                        engine.set_sites(proxy.sites.clone());
+                        tracing::info!(sites = proxy.sites.len(), "SIGHUP: site files reloaded");
+                    }
+                    None => tracing::error!("SIGHUP: the node file no longer describes an edge or shield; sites kept"),
+                },
+                Ok(Err(e)) => {
+                    tracing::error!("SIGHUP: the sites were not reloaded, the ones loaded keep serving:\n{e}")
+                }
+                Err(e) => tracing::error!(error = %e, "SIGHUP: the sites were not reloaded"),
+            }
+        }
+    });
+}
+
+#[cfg(not(unix))]
+pub fn reload_sites_on_hangup(_path: std::path::PathBuf, _engine: std::sync::Arc<outpost_proxy::Engine>) {}
 
 #[cfg(unix)]
 async fn wait_for_signal() {

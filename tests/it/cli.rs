@@ -285,6 +285,56 @@ fn sighup_reopens_the_access_log_after_rotation() {
     assert!(edge.child.wait().unwrap().success());
 }
 
+/// SIGHUP reloads the site files of a node without a control plane: a
+/// site changed on disk is served as it now reads; one with a mistake is
+/// refused with its `file:line:column`, and the sites loaded before keep
+/// serving.
+#[test]
+fn sighup_reloads_the_site_files_and_a_broken_one_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (origin_addr, edge_addr) = (free_addr(), free_addr());
+    let _origin = Process::spawn(&["origin", "--listen", &origin_addr.to_string()]);
+    edge_files(dir.path(), origin_addr, edge_addr, "off", "");
+    let log = dir.path().join("edge.log");
+    let child = outpost()
+        .arg("edge")
+        .arg("--config")
+        .arg(dir.path().join("edge.toml"))
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut edge = Process::adopt(child);
+    wait_for_listener(edge_addr, "the edge");
+    let status = |host: &str| {
+        let r = http_get_host(&edge_addr.to_string(), "/hello", host);
+        r.split(' ').nth(1).unwrap_or_default().to_string()
+    };
+    let pid = edge.child.id().to_string();
+    let hup = || assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    let wait_until = |what: &str, f: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    assert_eq!((status("s.test").as_str(), status("t.test").as_str()), ("200", "421"));
+    let site = dir.path().join("site.toml");
+    let text = std::fs::read_to_string(&site).unwrap();
+    std::fs::write(&site, text.replace("hosts = [\"s.test\"]", "hosts = [\"s.test\", \"t.test\"]")).unwrap();
+    hup();
+    wait_until("the new host served", &|| status("t.test") == "200");
+    // A mistake on line 3: nothing changes, and the log says where.
+    std::fs::write(&site, text.replace("hosts = [\"s.test\"]", "hosts = [\"s.test\"]\nttl = ")).unwrap();
+    hup();
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until("the refusal logged", &|| read().contains("the sites were not reloaded"));
+    assert!(read().contains("site.toml:4:"), "{}", read());
+    assert_eq!((status("s.test").as_str(), status("t.test").as_str()), ("200", "200"), "the old sites serve");
+    assert!(edge.child.try_wait().unwrap().is_none(), "a bad reload must not end the edge");
+}
+
 fn http_get_host(addr: &str, path: &str, host: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();

@@ -83,18 +83,29 @@ fn now_ms() -> u64 {
 }
 
 /// The sites of a snapshot; relative paths in them (certificates) resolve
-/// against `base`, the node file's folder.
-fn parse_sites(sites: &BTreeMap<String, SiteSnapshot>, base: &Path) -> Vec<Site> {
-    sites
+/// against `base`, the node file's folder. A site that does not load here
+/// (a key this node's version does not know, say) keeps the version
+/// `engine` serves, if any, and is said as a problem until it loads.
+fn parse_sites(engine: &Engine, sites: &BTreeMap<String, SiteSnapshot>, base: &Path) -> Vec<Site> {
+    let serving = engine.sites();
+    let mut problems = Vec::new();
+    let loaded = sites
         .values()
         .filter_map(|s| match Site::parse_in(Path::new(&s.id), &s.toml, base) {
             Ok(site) => Some(site),
             Err(e) => {
-                tracing::warn!(site = %s.id, error = %e, "site from the control plane does not load here; skipped");
-                None
+                let kept = serving.get(&s.id).map(|site| Site::clone(site));
+                tracing::error!(site = %s.id, version = s.version, kept = kept.is_some(), error = %e,
+                    "a site from the control plane does not load here");
+                let first = e.to_string().lines().next().unwrap_or_default().to_string();
+                let what = if kept.is_some() { "the version before serves" } else { "not served" };
+                problems.push(format!("site `{}` version {} does not load here ({what}): {first}", s.id, s.version));
+                kept
             }
         })
-        .collect()
+        .collect();
+    engine.sites_unloaded(problems);
+    loaded
 }
 
 /// Whether `new`, from a snapshot, is the site this node holds as `old`
@@ -228,7 +239,7 @@ impl Subscriber {
         let held = Arc::new(Mutex::new(None));
         let mut refresh = false;
         if state.seq > 0 {
-            engine.set_sites(parse_sites(&state.sites, &link.base));
+            engine.set_sites(parse_sites(&engine, &state.sites, &link.base));
             refresh = !install_certificates(&engine, &state.sites, &node_token(&link.token_file, &held));
         }
         engine.link_control();
@@ -433,7 +444,7 @@ impl Subscriber {
                 for id in &gone {
                     self.engine.forget_site(id);
                 }
-                self.engine.set_sites(parse_sites(&state.sites, &self.base));
+                self.engine.set_sites(parse_sites(&self.engine, &state.sites, &self.base));
                 self.install_certificates(&state.sites);
                 // The hard purges the node missed: the soft one above would
                 // let a 304 or stale-if-error serve what they removed.
@@ -495,7 +506,7 @@ impl Subscriber {
                     state
                 };
                 if sites_changed {
-                    self.engine.set_sites(parse_sites(&state.sites, &self.base));
+                    self.engine.set_sites(parse_sites(&self.engine, &state.sites, &self.base));
                 }
                 if sites_changed || certs_changed {
                     self.install_certificates(&state.sites);

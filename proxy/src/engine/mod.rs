@@ -116,6 +116,8 @@ pub struct Engine {
     /// A credential handed over that the node holds in memory only, as it
     /// could not write it to its token file: why, while it does.
     credential_unwritten: std::sync::Mutex<Option<String>>,
+    /// Sites from the control plane that do not load here, and why.
+    sites_unloaded: std::sync::Mutex<Vec<String>>,
     started_ms: u64,
     rules: ResponseRules,
     /// Certificates presented by the node's TLS listeners, by SNI.
@@ -183,6 +185,7 @@ impl Engine {
             control_contact_ms: std::sync::atomic::AtomicU64::new(0),
             control_refusal: std::sync::Mutex::new(None),
             credential_unwritten: std::sync::Mutex::new(None),
+            sites_unloaded: std::sync::Mutex::default(),
             started_ms: epoch_ms(std::time::SystemTime::now()),
             rules: ResponseRules { strip_cdn_headers: config.tier == Tier::Edge },
             certs,
@@ -255,6 +258,12 @@ impl Engine {
 
     /// Records that the node holds a credential handed over in memory
     /// only, and why (`None`: it is written now, or no longer used).
+    /// Sites from the control plane that do not load on this node (each
+    /// said as a problem until it loads).
+    pub fn sites_unloaded(&self, problems: Vec<String>) {
+        *self.sites_unloaded.lock().unwrap_or_else(|p| p.into_inner()) = problems;
+    }
+
     pub fn credential_unwritten(&self, why: Option<String>) {
         *self.credential_unwritten.lock().unwrap_or_else(|p| p.into_inner()) = why;
     }
@@ -268,6 +277,7 @@ impl Engine {
         let refusal = self.control_refusal.lock().unwrap_or_else(|p| p.into_inner()).clone();
         out.extend(refusal.map(|why| format!("the control plane refuses this node's token: {why}")));
         out.extend(self.credential_unwritten.lock().unwrap_or_else(|p| p.into_inner()).clone());
+        out.extend(self.sites_unloaded.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned());
         // One per upstream target, possibly many: after the node's own.
         out.extend(self.upstream.route().problems());
         out.truncate(outpost_config::MAX_PROBLEMS);

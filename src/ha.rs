@@ -92,6 +92,7 @@ pub fn replicate(nodes: &mut Vec<NodeConfig>, endpoints: &[String]) -> anyhow::R
         ca: None,
         identity: None,
         user: None,
+        compact_every: outpost_config::DEFAULT_ETCD_COMPACT_EVERY,
     });
     if let RoleConfig::Control(c) = &mut nodes[first].role {
         c.store = store;

@@ -80,6 +80,27 @@ pub struct ControlNode {
     tls: Option<Arc<rustls::ServerConfig>>,
     /// Orders certificates for `acme = true` sites, with `[acme]` set.
     acme: Option<Arc<crate::acme::Orderer>>,
+    /// How often an etcd store's history is compacted (zero: never).
+    compact_every: std::time::Duration,
+}
+
+/// Compacts an etcd store's history every `every`, each time to the
+/// revision it stood at the time before, until `stopped`. Every replica
+/// does it: compacting to a revision another has passed is no error.
+async fn compact_history(store: &Store, every: std::time::Duration, stopped: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = 0;
+    loop {
+        tokio::select! {
+            _ = stopped.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match store.compact_history(last).await {
+            Ok(now) => last = now,
+            Err(e) => tracing::warn!(error = %e, "could not compact the etcd history"),
+        }
+    }
 }
 
 impl ControlNode {
@@ -122,7 +143,11 @@ impl ControlNode {
             })),
             None => None,
         };
-        Ok(ControlNode { control, listener, server, tls, acme })
+        let compact_every = match &cfg.store {
+            outpost_config::StoreBackend::Etcd(e) => e.compact_every,
+            _ => std::time::Duration::ZERO,
+        };
+        Ok(ControlNode { control, listener, server, tls, acme, compact_every })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -152,6 +177,10 @@ impl ControlNode {
         });
         let control = Arc::clone(&self.control);
         tokio::spawn(async move { control.watch_quorum().await });
+        if !self.compact_every.is_zero() {
+            let (control, every, stopped) = (Arc::clone(&self.control), self.compact_every, shutdown.clone());
+            tokio::spawn(async move { compact_history(&control.store, every, stopped).await });
+        }
         let control = Arc::clone(&self.control);
         let after = control.store.last_seq().await.unwrap_or(0);
         tokio::spawn(async move {

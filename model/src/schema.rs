@@ -239,6 +239,7 @@ pub static SECTIONS: &[Section] = &[
             key("key", "path", Unset, "With `etcd`: the client certificate's private key (PEM).", "\"etcd-client.key\""),
             key("user", "string", Unset, "With `etcd`: user name when the cluster has authentication on; needs `password_file`.", "\"outpost\""),
             key("password_file", "path", Unset, "With `etcd`: file holding the user's password; read at start, never logged.", "\"etcd.password\""),
+            key("compact_every", "duration", Time(DEFAULT_ETCD_COMPACT_EVERY), "With `etcd`: how often a replica compacts the cluster's history to where it stood the time before (every acknowledgement writes a revision; a history never compacted fills etcd's space quota, and etcd then refuses every write). `\"0s\"` leaves it to etcd's own `--auto-compaction-*`, for a cluster other applications share.", "\"5m\""),
             key("log_retention", "integer", Int(DEFAULT_LOG_RETENTION), "Events kept before compacting; a node further behind takes a snapshot.", "100000"),
             key("node_expiry", "duration", Time(DEFAULT_NODE_EXPIRY), "A node silent this long leaves the registry (it registers again when it reconnects).", "\"24h\""),
         ],

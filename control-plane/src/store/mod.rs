@@ -264,6 +264,16 @@ impl Store {
         backend!(self, |b| b.purge(&id))
     }
 
+    /// For an etcd store: compacts the cluster's history to `to` (the
+    /// revision the last call gave), and gives the revision now. Nothing
+    /// for redb, which keeps no history.
+    pub async fn compact_history(&self, to: i64) -> Result<i64, StoreError> {
+        match &self.backend {
+            Backend::Etcd(b) => b.compact_history(to).await,
+            Backend::Redb(_) => Ok(0),
+        }
+    }
+
     /// The purges logged after `seq`, oldest first.
     pub async fn purges_after(&self, seq: u64) -> Result<Vec<PurgeRecord>, StoreError> {
         let mut all = backend!(self, |b| b.purges_after(seq))?;

@@ -188,6 +188,29 @@ async fn etcd() -> (outpost_testkit::etcd::EtcdCluster, Store) {
     (cluster, s)
 }
 
+/// The etcd history is compacted to where the previous turn found it: a
+/// read at an older revision is refused as compacted, the store's own
+/// reads go on, and a turn behind another replica's is no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_history_is_compacted_to_the_previous_turn() {
+    let (cluster, s) = etcd().await;
+    s.upsert_site("a", "[site] 1", None).await.unwrap();
+    let first = s.compact_history(0).await.unwrap();
+    assert!(first > 0);
+    for v in 2..5 {
+        s.upsert_site("a", &format!("[site] {v}"), Some(v - 1)).await.unwrap();
+    }
+    let second = s.compact_history(first).await.unwrap();
+    assert!(second > first, "{first} then {second}");
+    let mut client = etcd_client::Client::connect(cluster.endpoints(), None).await.unwrap();
+    let old = client.get("/test/", Some(etcd_client::GetOptions::new().with_prefix().with_revision(first - 1))).await;
+    assert!(old.is_err_and(|e| e.to_string().contains("compacted")), "a revision before the turn is gone");
+    let kept = client.get("/test/", Some(etcd_client::GetOptions::new().with_prefix().with_revision(first))).await;
+    assert!(kept.is_ok(), "the turn's own revision stays readable");
+    assert_eq!(s.site("a").await.unwrap().unwrap().version, 4);
+    assert!(s.compact_history(first).await.is_ok(), "compacting to where it stands already");
+}
+
 /// The store on the members at `endpoints`, under the tests' prefix.
 fn on(endpoints: Vec<String>) -> StoreBackend {
     StoreBackend::Etcd(outpost_config::EtcdStore {
@@ -196,6 +219,7 @@ fn on(endpoints: Vec<String>) -> StoreBackend {
         ca: None,
         identity: None,
         user: None,
+        compact_every: outpost_config::DEFAULT_ETCD_COMPACT_EVERY,
     })
 }
 

@@ -419,10 +419,19 @@ pub struct EtcdStore {
     pub identity: Option<(PathBuf, PathBuf)>,
     /// etcd user and the file holding its password. Default: none.
     pub user: Option<(String, PathBuf)>,
+    /// How often the cluster's history is compacted to where it stood at
+    /// the previous turn; zero leaves it to etcd's own
+    /// `--auto-compaction-*`. Default: [`DEFAULT_ETCD_COMPACT_EVERY`].
+    pub compact_every: std::time::Duration,
 }
 
 /// The key prefix of an etcd store when the node file names none.
 pub const DEFAULT_ETCD_PREFIX: &str = "/outpost/";
+
+/// How often a replica compacts an etcd cluster's history by default: each
+/// acknowledgement and heartbeat writes a revision, and a history never
+/// compacted fills etcd's space quota, after which it refuses every write.
+pub const DEFAULT_ETCD_COMPACT_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct DnsNode {

@@ -505,7 +505,15 @@ fn decode_store_backend(s: &mut Sink<'_>, store: &mut Table<'_, '_>, base: &Path
             let user: Option<String> = store.opt(s, "user");
             let password = store.opt::<Spanned<String>>(s, "password_file").map(|p| file(s, p));
             let user = both(s, store, (user, password), "user and password_file");
-            Some(StoreBackend::Etcd(EtcdStore { endpoints: endpoints?.into_inner(), prefix, ca, identity, user }))
+            let compact_every = store.or(s, "compact_every", DEFAULT_ETCD_COMPACT_EVERY);
+            Some(StoreBackend::Etcd(EtcdStore {
+                endpoints: endpoints?.into_inner(),
+                prefix,
+                ca,
+                identity,
+                user,
+                compact_every,
+            }))
         }
         Some(other) => {
             let span = backend.as_ref().map(|b| b.span()).unwrap_or_default();

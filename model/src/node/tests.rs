@@ -222,6 +222,7 @@ fn an_etcd_store_names_its_members_and_credentials() {
             ca: Some(d.join("ca.pem")),
             identity: Some((d.join("c.pem"), d.join("c.key"))),
             user: Some(("outpost".into(), d.join("pw"))),
+            compact_every: DEFAULT_ETCD_COMPACT_EVERY,
         })
     );
     let minimal = NodeConfig::parse(&file, &format!("{head}endpoints = [\"http://127.0.0.1:2379\"]\n")).unwrap();

@@ -531,6 +531,24 @@ impl EtcdBackend {
         Ok(self.get(&self.key(&["purges", id])).await?.value)
     }
 
+    /// Compacts the cluster's history up to `to` (a revision read a turn
+    /// ago, so watches that have fallen this far behind are few: they
+    /// resume from their last sequence when etcd cancels them), and gives
+    /// the revision now, for the next turn. Another replica having
+    /// compacted further already is no error.
+    pub(super) async fn compact_history(&self, to: i64) -> Result<i64, StoreError> {
+        let resp = self.read(self.key(&["meta", "seq"]), GetOptions::new().with_keys_only()).await?;
+        let now = resp.header().map_or(0, |h| h.revision());
+        if to > 0 && to < now {
+            match self.client().compact(to, None).await {
+                Ok(_) => tracing::debug!(revision = to, "etcd history compacted"),
+                Err(e) if e.to_string().contains("compacted") => {}
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        Ok(now)
+    }
+
     /// The purges logged after `seq` (a scan: snapshots only).
     pub(super) async fn purges_after(&self, seq: u64) -> Result<Vec<PurgeRecord>, StoreError> {
         let all: Vec<(String, PurgeRecord)> = self.list("purges").await?;

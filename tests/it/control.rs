@@ -708,6 +708,12 @@ async fn bad_calls_get_401_401_400_and_change_nothing() {
     ] {
         assert_eq!(status_before_body(cdn.control, method, path, &headers).await, Some(401), "{method} {path}");
     }
+    let padded = format!("{}\n{}", "#".repeat(500 << 10), site(cdn.origin));
+    let too_long = cdn.admin_call(Method::POST, "/v1/sites", &padded).await;
+    assert_eq!(
+        (too_long.status, too_long.json()["error"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("site_too_large"))
+    );
     let huge = format!(r#"{{"site": "shop", "urls": ["/{}"]}}"#, "a".repeat(2 << 20));
     let too_large = cdn.admin_call(Method::POST, "/v1/purge", &huge).await;
     assert_eq!(

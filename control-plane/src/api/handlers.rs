@@ -106,6 +106,10 @@ fn validate(text: &str, name: &str) -> Result<Site, ApiError> {
 /// wrote one in between.
 const SITE_WRITE_TRIES: usize = 8;
 
+/// The longest site file stored: an etcd write holds its text three times
+/// (the site, its history, the event) within etcd's 1.5 MiB request limit.
+const MAX_SITE_TEXT: usize = 400 << 10;
+
 async fn store_site(c: Arc<Control>, text: String, expected: Option<String>) -> Result<Response, ApiError> {
     let stored = c.upsert_site_text(&text, expected.as_deref(), None).await?;
     Ok((StatusCode::CREATED, Json(stored)).into_response())
@@ -126,6 +130,13 @@ impl Control {
     ) -> Result<Stored, ApiError> {
         let c = self;
         c.writable()?;
+        if text.len() > MAX_SITE_TEXT {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "site_too_large",
+                format!("a site file is at most {} KiB; this one is {} bytes", MAX_SITE_TEXT >> 10, text.len()),
+            ));
+        }
         let text = text.to_string();
         let site = validate(&text, "site.toml")?;
         if let Some(id) = expected

@@ -211,6 +211,24 @@ async fn an_etcd_history_is_compacted_to_the_previous_turn() {
     assert!(s.compact_history(first).await.is_ok(), "compacting to where it stands already");
 }
 
+/// Replies over gRPC's default 4 MiB are read: sites that total more, and
+/// a backlog of events as large, would otherwise fail every read as if
+/// the cluster had no quorum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_replies_over_four_mebibytes_are_read() {
+    let (_cluster, s) = etcd().await;
+    // A site's text goes into one write three times (the site, its
+    // history, the event), within etcd's 1.5 MiB request limit.
+    let big = "#".repeat(400 << 10);
+    for i in 0..12 {
+        s.upsert_site(&format!("s{i}"), &format!("{big}\n[site] {i}"), None).await.unwrap();
+    }
+    assert_eq!(s.sites().await.unwrap().len(), 12);
+    let (seq, sites) = s.sites_at_seq().await.unwrap();
+    assert_eq!((seq, sites.len()), (12, 12));
+    assert_eq!(s.events_after(0, usize::MAX).await.unwrap().len(), 12);
+}
+
 /// The store on the members at `endpoints`, under the tests' prefix.
 fn on(endpoints: Vec<String>) -> StoreBackend {
     StoreBackend::Etcd(outpost_config::EtcdStore {

@@ -62,14 +62,14 @@ impl EtcdBackend {
         };
         let end = self.key(&["events0"]);
         let options = GetOptions::new().with_range(end);
-        let resp = self.client().get(from, Some(options)).await.map_err(unavailable)?;
+        let resp = self.kv().get(from, Some(options)).await.map_err(unavailable)?;
         let revision = resp.header().map_or(0, |h| h.revision());
         for kv in resp.kvs() {
             send(decode(kv)?);
         }
         let folder = self.key(&["events", ""]);
         let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
-        let mut stream = self.follower().watch(folder, Some(options)).await.map_err(unavailable)?;
+        let mut stream = self.watcher().watch(folder, Some(options)).await.map_err(unavailable)?;
         while let Some(resp) = stream.message().await.map_err(unavailable)? {
             if resp.canceled() {
                 return Err(StoreError::Db(format!("the watch was cancelled: {}", resp.cancel_reason())));
@@ -148,7 +148,7 @@ impl EtcdBackend {
     async fn watch_registry(&self, changed: &(dyn Fn(RegistryChange) + Send + Sync)) -> Result<(), StoreError> {
         let (nodes, conn) = (self.key(&["nodes", ""]), self.key(&["conn", ""]));
         let name = |kv: &KeyValue| String::from_utf8_lossy(&kv.key()[conn.len()..]).into_owned();
-        let mut client = self.client();
+        let mut client = self.kv();
         let open = client.get(conn.clone(), Some(GetOptions::new().with_prefix().with_keys_only()));
         let open = open.await.map_err(unavailable)?;
         let revision = open.header().map_or(0, |h| h.revision());
@@ -156,7 +156,7 @@ impl EtcdBackend {
         // Both folders share the prefix up to their names: watch the range
         // that holds them, and sort what comes.
         let options = WatchOptions::new().with_range(self.key(&["nodes0"])).with_start_revision(revision + 1);
-        let mut stream = self.follower().watch(conn.clone(), Some(options)).await.map_err(unavailable)?;
+        let mut stream = self.watcher().watch(conn.clone(), Some(options)).await.map_err(unavailable)?;
         while let Some(resp) = stream.message().await.map_err(unavailable)? {
             if resp.canceled() {
                 return Err(StoreError::Db(format!("the watch was cancelled: {}", resp.cancel_reason())));

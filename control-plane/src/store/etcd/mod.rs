@@ -59,6 +59,9 @@ const FOLLOW_RETRY: Duration = Duration::from_millis(200);
 /// node takes to notice a dead stream.
 const PRESENCE_TTL: Duration = outpost_config::api::DEAD_AFTER;
 
+/// The largest reply read from etcd.
+const MAX_REPLY: usize = 1 << 30;
+
 #[derive(Clone)]
 pub(super) struct EtcdBackend {
     /// A client per member, so a dead member is left for the next one
@@ -146,10 +149,24 @@ impl EtcdBackend {
         self.members[i].clone()
     }
 
+    /// The key-value calls of the member calls go to, taking replies up to
+    /// [`MAX_REPLY`]: gRPC's own 4 MiB would fail every read of the sites
+    /// once they total that much, or of a long backlog of events, as if
+    /// the cluster had no quorum.
+    fn kv(&self) -> etcd_client::KvClient {
+        self.client().kv_client().max_decoding_message_size(MAX_REPLY)
+    }
+
     /// The client for watches and leases on the member calls go to now.
     fn follower(&self) -> Client {
         let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.followers.len();
         self.followers[i].clone()
+    }
+
+    /// The watches of [`follower`](Self::follower), taking replies up to
+    /// [`MAX_REPLY`] as [`kv`](Self::kv) does.
+    fn watcher(&self) -> etcd_client::WatchClient {
+        self.follower().watch_client().max_decoding_message_size(MAX_REPLY)
     }
 
     /// Calls go to the next member from now on (this one did not answer).
@@ -210,7 +227,7 @@ impl EtcdBackend {
             if !self.quorum_seen.load(std::sync::atomic::Ordering::Relaxed) {
                 break;
             }
-            match tokio::time::timeout(READ_WAIT, self.client().get(key.clone(), Some(options.clone()))).await {
+            match tokio::time::timeout(READ_WAIT, self.kv().get(key.clone(), Some(options.clone()))).await {
                 Ok(Ok(resp)) => return Ok(resp),
                 Ok(Err(e)) => tracing::debug!(error = %e, "a read with quorum failed"),
                 Err(_) => tracing::debug!("a read with quorum had no answer"),
@@ -220,7 +237,7 @@ impl EtcdBackend {
         // No member could answer with the quorum: what one of them knows.
         let mut last = None;
         for _ in 0..self.members.len() {
-            let mut client = self.client();
+            let mut client = self.kv();
             let read = client.get(key.clone(), Some(options.clone().with_serializable()));
             match tokio::time::timeout(READ_WAIT, read).await {
                 Ok(Ok(resp)) => return Ok(resp),
@@ -261,7 +278,7 @@ impl EtcdBackend {
 
     /// Commits `ops` if every `guard` holds.
     async fn commit(&self, guards: Vec<Compare>, ops: Vec<TxnOp>) -> Result<bool, StoreError> {
-        match self.client().txn(Txn::new().when(guards).and_then(ops)).await {
+        match self.kv().txn(Txn::new().when(guards).and_then(ops)).await {
             Ok(resp) => Ok(resp.succeeded()),
             Err(e) => {
                 self.next_member();
@@ -469,7 +486,7 @@ impl EtcdBackend {
                 TxnOp::get(self.key(&["meta", "seq"]), None),
                 TxnOp::get(from.clone(), Some(GetOptions::new().with_prefix())),
             ];
-            let failed = match tokio::time::timeout(READ_WAIT, self.client().txn(Txn::new().and_then(reads))).await {
+            let failed = match tokio::time::timeout(READ_WAIT, self.kv().txn(Txn::new().and_then(reads))).await {
                 Ok(Ok(resp)) => break resp,
                 Ok(Err(e)) => unavailable(e),
                 Err(_) => StoreError::Unavailable("no etcd member answered a read".into()),
@@ -540,7 +557,7 @@ impl EtcdBackend {
         let resp = self.read(self.key(&["meta", "seq"]), GetOptions::new().with_keys_only()).await?;
         let now = resp.header().map_or(0, |h| h.revision());
         if to > 0 && to < now {
-            match self.client().compact(to, None).await {
+            match self.kv().compact(to, None).await {
                 Ok(_) => tracing::debug!(revision = to, "etcd history compacted"),
                 Err(e) if e.to_string().contains("compacted") => {}
                 Err(e) => return Err(unavailable(e)),
@@ -586,7 +603,7 @@ impl EtcdBackend {
     }
 
     pub(super) async fn remove_node(&self, name: &str) -> Result<(), StoreError> {
-        self.client().delete(self.key(&["nodes", name]), None).await.map_err(unavailable).map(drop)
+        self.kv().delete(self.key(&["nodes", name]), None).await.map_err(unavailable).map(drop)
     }
 
     pub(super) async fn node(&self, name: &str) -> Result<Option<NodeRecord>, StoreError> {

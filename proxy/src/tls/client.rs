@@ -71,6 +71,18 @@ type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
 /// A client configuration's extra CA, and whether it offers HTTP/2 (ALPN).
 type ConfigKey = (Option<PathBuf>, bool);
 
+/// A file as it stands: modified, length, inode (`None`: none there).
+type Stamp = (std::time::SystemTime, u64, u64);
+
+/// A configuration, and its extra CA file as it stood when it was built.
+type Built = (Option<Stamp>, Arc<ClientConfig>);
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len(), m.ino()))
+}
+
 fn build(roots: RootCertStore, identity: Option<Identity>) -> Result<Arc<ClientConfig>, TlsFileError> {
     let builder = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_protocol_versions(&[&version::TLS13, &version::TLS12])
@@ -93,7 +105,10 @@ pub struct UpstreamTls {
     /// Public roots plus the node's `upstream_ca`.
     roots: RootCertStore,
     identity: Option<Arc<Identity>>,
-    configs: Mutex<HashMap<ConfigKey, Arc<ClientConfig>>>,
+    /// Built configurations, with the extra CA file as it stood when each
+    /// was built ([`stamp`]): a file replaced, or one missing then and
+    /// there now, is read again.
+    configs: Mutex<HashMap<ConfigKey, Built>>,
     /// The folders a site's extra CA file must lie in: a node's, as for
     /// site certificates (its config folder and `[tls] site_cert_dirs`),
     /// so a site file cannot make the node trust a CA kept elsewhere on
@@ -144,7 +159,10 @@ impl UpstreamTls {
     fn config_for(&self, extra_ca: Option<&Path>, h2: bool) -> Arc<ClientConfig> {
         let mut configs = self.configs.lock().unwrap_or_else(|p| p.into_inner());
         let key = (extra_ca.map(Path::to_path_buf), h2);
-        if let Some(c) = configs.get(&key) {
+        let now = extra_ca.and_then(stamp);
+        if let Some((built, c)) = configs.get(&key)
+            && *built == now
+        {
             return Arc::clone(c);
         }
         let mut config = self.build(extra_ca).unwrap_or_else(|e| {
@@ -156,7 +174,7 @@ impl UpstreamTls {
         if h2 {
             Arc::make_mut(&mut config).alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         }
-        configs.insert(key, Arc::clone(&config));
+        configs.insert(key, (now, Arc::clone(&config)));
         config
     }
 
@@ -209,5 +227,25 @@ mod tests {
         std::os::unix::fs::symlink(&outside, &link).unwrap();
         assert!(matches!(tls.build(Some(&link)), Err(TlsFileError::OutsideFolders(_))));
         assert!(UpstreamTls::default().build(Some(&outside)).is_ok(), "a client made without a node reads any");
+    }
+
+    /// An extra CA file missing when a site first names it, or replaced
+    /// later, is read again once it is there or changed: the failure, and
+    /// the old file, are not kept for the life of the process.
+    #[test]
+    fn a_sites_extra_ca_is_read_again_once_it_appears_or_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = UpstreamTls::new(&NodeTls { site_cert_dirs: vec![dir.path().to_path_buf()], ..NodeTls::default() })
+            .unwrap();
+        let ca = dir.path().join("ca.pem");
+        let missing = tls.config(Some(&ca));
+        assert!(Arc::ptr_eq(&missing, &tls.config(Some(&ca))), "kept while nothing changes");
+        std::fs::write(&ca, LocalCa::generate("first CA").unwrap().cert_pem()).unwrap();
+        let first = tls.config(Some(&ca));
+        assert!(!Arc::ptr_eq(&missing, &first), "the file, once there, is read");
+        assert!(Arc::ptr_eq(&first, &tls.config(Some(&ca))));
+        std::fs::write(&ca, format!("{}\n", LocalCa::generate("second CA").unwrap().cert_pem())).unwrap();
+        let second = tls.config(Some(&ca));
+        assert!(!Arc::ptr_eq(&first, &second), "a replaced file is read again");
     }
 }

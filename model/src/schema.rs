@@ -426,7 +426,7 @@ pub static SECTIONS: &[Section] = &[
         roles: &[],
         doc: "Per-path rules; the first whose pattern matches wins.",
         keys: &[
-            key("pattern", "path pattern", Required, "An exact path, or a prefix ending in `*`.", "\"/static/*\""),
+            key("pattern", "path pattern", Required, "An exact path, or a prefix ending in `*`; its literal parts are normalised as request paths are (`/%7Euser/*` matches `/~user/a`, `/café/*` matches `/caf%C3%A9/a`), and one with a dot segment is refused.", "\"/static/*\""),
             key("ttl", "duration", Unset, "Freshness for responses that state none (all responses, with `force`); the site's `default_ttl` when unset.", "\"1h\""),
             key("force", "boolean", Bool(false), "Use `ttl` whatever the origin's headers say (but `private`), for statuses cacheable by default (not 5xx, 206 or 304) and those with a `status_ttl`: a forced rule never pins an error a client provoked or a passing outage. Needs `ttl`.", "false"),
             key("bypass", "boolean", Bool(false), "Never cache this path. Not with `ttl` or `force`.", "false"),

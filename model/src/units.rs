@@ -134,6 +134,23 @@ pub struct PathPattern {
     parts: Vec<String>,
 }
 
+/// A pattern's literal part as request paths are matched: normalised as
+/// they are (non-ASCII and reserved escapes upper-cased, unreserved ones
+/// decoded), so `/%7Euser/*` matches `/~user/a` and `/café/*` matches
+/// `/caf%C3%A9/a`. `None` for a part normalising would change otherwise
+/// (a dot segment), which no normalised path contains.
+fn normal_part(part: &str) -> Option<String> {
+    let rooted = format!("/{}", crate::path::encode_non_ascii(part));
+    let normal = crate::path::normalized(&rooted).ok()?;
+    let normal = normal.strip_prefix('/')?;
+    // Dot segments are resolved: a part that changed in length other than
+    // by escapes is not one a normalised path can hold.
+    let escapes = |s: &str| s.bytes().filter(|b| *b == b'%').count();
+    let plain = |s: &str| s.len() - 2 * escapes(s);
+    let decoded = crate::path::encode_non_ascii(part);
+    (plain(normal) == plain(&decoded)).then(|| normal.to_string())
+}
+
 impl PathPattern {
     pub fn parse(text: &str) -> Result<Self, String> {
         if !(text.starts_with('/') || text.starts_with('*')) {
@@ -142,7 +159,13 @@ impl PathPattern {
         if text.contains(['?', '#']) || text.chars().any(char::is_whitespace) {
             return Err(format!("path pattern `{text}` must not contain `?`, `#` or spaces"));
         }
-        Ok(PathPattern { text: text.to_string(), parts: text.split('*').map(str::to_string).collect() })
+        let mut parts = Vec::new();
+        for part in text.split('*') {
+            parts.push(normal_part(part).ok_or_else(|| {
+                format!("path pattern `{text}`: `{part}` is not part of a path a request can have (a dot segment?)")
+            })?);
+        }
+        Ok(PathPattern { text: text.to_string(), parts })
     }
 
     pub fn as_str(&self) -> &str {
@@ -229,6 +252,13 @@ mod tests {
         assert!(!mid.matches("/img/1/full/a.jpg"));
         let exact = PathPattern::parse("/robots.txt").unwrap();
         assert!(exact.matches("/robots.txt") && !exact.matches("/robots.txt2"));
+        // Literal parts are normalised as request paths are.
+        let tilde = PathPattern::parse("/%7euser/private/*").unwrap();
+        assert!(tilde.matches("/~user/private/a") && tilde.as_str() == "/%7euser/private/*");
+        assert!(PathPattern::parse("/café/*").unwrap().matches("/caf%C3%A9/menu"));
+        assert!(PathPattern::parse("/a%2fb/*").unwrap().matches("/a%2Fb/c"));
+        assert!(PathPattern::parse("/.well-known/*").unwrap().matches("/.well-known/acme"));
+        assert!(PathPattern::parse("/a/../b/*").unwrap_err().contains("dot segment"));
         assert!(PathPattern::parse("static").is_err());
         assert!(PathPattern::parse("/a?b").is_err());
     }

@@ -2,7 +2,8 @@
 //! client to the nearest healthy PoP.
 //!
 //! UDP and TCP on one address: UDP through our own listener (`udp.rs`,
-//! with a fast path for the common query), TCP through hickory's server. The MaxMind file is checked for changes every
+//! with a fast path for the common query), TCP through ours too (`tcp.rs`,
+//! with connections capped). The MaxMind file is checked for changes every
 //! [`RELOAD_CHECK`] and swapped without dropping queries; a bad replacement
 //! keeps the old database in service.
 
@@ -11,14 +12,13 @@ mod limit;
 pub mod registry;
 pub mod server;
 pub mod steer;
+mod tcp;
 mod udp;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_server::net::runtime::Time;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo, Server};
 use outpost_config::{NodeConfig, RoleConfig};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
@@ -28,10 +28,6 @@ pub use server::GeoDns;
 
 /// How often the database file is checked for a replacement.
 pub const RELOAD_CHECK: Duration = Duration::from_secs(2);
-/// A TCP client must send its query within this.
-const TCP_TIMEOUT: Duration = Duration::from_secs(5);
-/// Most TCP responses buffered per connection.
-const TCP_RESPONSE_BUFFER: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
@@ -52,17 +48,6 @@ fn plain_client_config() -> rustls::ClientConfig {
         .with_safe_default_protocol_versions()
         .map(|b| b.with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth())
         .unwrap_or_else(|_| unreachable!("ring supports the default protocol versions"))
-}
-
-/// Lets hickory own a handle while the node keeps one.
-#[derive(Debug, Clone)]
-struct Shared(Arc<GeoDns>);
-
-#[async_trait::async_trait]
-impl RequestHandler for Shared {
-    async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, response: R) -> ResponseInfo {
-        self.0.handle_request::<R, T>(request, response).await
-    }
 }
 
 /// A bound DNS node.
@@ -120,7 +105,6 @@ impl DnsNode {
 
     /// Answers until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), DnsError> {
-        let mut server = Server::new(Shared(Arc::clone(&self.handler)));
         let local = self.addr();
         // The UDP threads stop on shutdown, and also when this future is
         // dropped unfinished (its runtime shutting down), which would
@@ -129,7 +113,7 @@ impl DnsNode {
         let _udp_stop_on_drop = udp_stop.clone().drop_guard();
         let udp = udp::serve(Arc::clone(&self.handler), self.udp, &udp_stop)
             .map_err(|source| DnsError::Bind { addr: local, source })?;
-        server.register_listener(self.tcp, TCP_TIMEOUT, TCP_RESPONSE_BUFFER);
+        let tcp = tokio::spawn(tcp::serve(Arc::clone(&self.handler), self.tcp, shutdown.clone()));
         if let Some(link) = self.registry {
             registry::follow(Arc::clone(&self.handler), link, shutdown.clone());
         }
@@ -158,7 +142,7 @@ impl DnsNode {
         for task in udp {
             let _ = task.await;
         }
-        let _ = server.shutdown_gracefully().await;
+        let _ = tcp.await;
         Ok(())
     }
 }

@@ -173,24 +173,34 @@ fn try_send(socket: &std::net::UdpSocket, outs: &[Vec<u8>], dests: &[SocketAddr]
 /// does not parse (when its header can be read), nothing for responses
 /// and for datagrams shorter than a header.
 pub(super) async fn answer_full(dns: &GeoDns, raw: &[u8], src: SocketAddr) -> Option<Vec<u8>> {
+    answer_full_over(dns, raw, src, Protocol::Udp).await
+}
+
+/// [`answer_full`] for a query that came over `protocol`: over TCP the
+/// answer is whole, up to 64 KiB, whatever the EDNS payload says.
+pub(super) async fn answer_full_over(dns: &GeoDns, raw: &[u8], src: SocketAddr, protocol: Protocol) -> Option<Vec<u8>> {
     let flags = u16::from_be_bytes([*raw.get(2)?, *raw.get(3)?]);
     if raw.len() < 12 || flags & QR != 0 {
         return None;
     }
-    let Ok(request) = Request::from_bytes(raw.to_vec(), src, Protocol::Udp) else {
+    let Ok(request) = Request::from_bytes(raw.to_vec(), src, protocol) else {
         let mut reply = raw[..12].to_vec();
         reply[2..4].copy_from_slice(&(QR | (flags & (OPCODE | RD)) | FORMERR).to_be_bytes());
         reply[4..12].fill(0);
         return Some(reply);
     };
-    let capture = Capture::default();
+    let capture = Capture { out: Arc::default(), whole: protocol == Protocol::Tcp };
     dns.handle_request::<_, TokioTime>(&request, capture.clone()).await;
-    capture.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    capture.out.lock().unwrap_or_else(|p| p.into_inner()).take()
 }
 
-/// A response handler that keeps the encoded answer.
+/// A response handler that keeps the encoded answer: sized to the client's
+/// EDNS payload, or `whole` (TCP).
 #[derive(Debug, Clone, Default)]
-struct Capture(Arc<Mutex<Option<Vec<u8>>>>);
+struct Capture {
+    out: Arc<Mutex<Option<Vec<u8>>>>,
+    whole: bool,
+}
 
 #[async_trait::async_trait]
 impl ResponseHandler for Capture {
@@ -206,7 +216,7 @@ impl ResponseHandler for Capture {
         >,
     ) -> Result<ResponseInfo, NetError> {
         let id = response.metadata().id;
-        let limit = response.edns().map_or(MIN_PAYLOAD, |e| e.max_payload());
+        let limit = if self.whole { u16::MAX } else { response.edns().map_or(MIN_PAYLOAD, |e| e.max_payload()) };
         let mut bytes = Vec::with_capacity(usize::from(limit));
         let mut encoder = BinEncoder::new(&mut bytes);
         encoder.set_max_size(limit);
@@ -223,7 +233,7 @@ impl ResponseHandler for Capture {
                 ResponseInfo::from(header)
             }
         };
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(bytes);
+        *self.out.lock().unwrap_or_else(|p| p.into_inner()) = Some(bytes);
         Ok(info)
     }
 }

@@ -199,16 +199,21 @@ async fn tcp(addr: SocketAddr, packet: Vec<u8>) -> Message {
     tokio::task::spawn_blocking(move || {
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-        s.write_all(&(packet.len() as u16).to_be_bytes()).unwrap();
-        s.write_all(&packet).unwrap();
-        let mut len = [0u8; 2];
-        s.read_exact(&mut len).unwrap();
-        let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
-        s.read_exact(&mut buf).unwrap();
-        Message::from_vec(&buf).unwrap()
+        over_tcp(&mut s, &packet)
     })
     .await
     .unwrap()
+}
+
+/// One query and its answer on an open TCP connection.
+fn over_tcp(s: &mut TcpStream, packet: &[u8]) -> Message {
+    s.write_all(&(packet.len() as u16).to_be_bytes()).unwrap();
+    s.write_all(packet).unwrap();
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len).unwrap();
+    let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+    s.read_exact(&mut buf).unwrap();
+    Message::from_vec(&buf).unwrap()
 }
 
 fn addrs(m: &Message) -> Vec<IpAddr> {
@@ -323,6 +328,42 @@ async fn zone_answers_nxdomain_refused_soa_ns_over_udp_and_tcp() {
         let m = udp(dns.addr, query("*.cdn.test.", rtype, None, false)).await.unwrap();
         assert_eq!((m.metadata.response_code, m.answers.len()), (ResponseCode::NXDomain, 0), "{rtype}");
     }
+}
+
+/// Clients that hold TCP connections open are capped per network (64):
+/// past it a new connection is closed at once, the held ones are still
+/// answered, and a place given back is taken again. Several queries go
+/// over one connection, answered in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_connections_are_capped_per_network_and_each_answers_in_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let dns = start(dir.path(), 0).await;
+    let addr = dns.addr;
+    tokio::task::spawn_blocking(move || {
+        let packet = query("shop.cdn.test.", RecordType::A, Some(("8.8.8.0", 24)), true);
+        let ask = |s: &mut TcpStream| addrs(&over_tcp(s, &packet));
+        let open = || {
+            let s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            s
+        };
+        let mut held: Vec<TcpStream> = (0..64).map(|_| open()).collect();
+        // Each held connection has its place once it has been answered.
+        for s in &mut held {
+            assert_eq!(ask(s), [IpAddr::V4(Ipv4Addr::new(127, 0, 0, 12))]);
+        }
+        let mut over = open();
+        let mut byte = [0u8; 1];
+        let closed = over.read(&mut byte);
+        assert!(matches!(closed, Ok(0)), "the 65th connection is closed at once: {closed:?}");
+        assert_eq!(ask(&mut held[7]), [IpAddr::V4(Ipv4Addr::new(127, 0, 0, 12))], "a held one still answers");
+        drop(held.pop());
+        std::thread::sleep(Duration::from_millis(200));
+        let mut again = open();
+        assert_eq!(ask(&mut again), [IpAddr::V4(Ipv4Addr::new(127, 0, 0, 12))], "a place given back is taken");
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

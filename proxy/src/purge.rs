@@ -85,17 +85,35 @@ fn micros(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
+/// Most URL and tag rules a site keeps: past it, the older half is folded
+/// into its whole-site rule (more than they asked, never less), so a site
+/// purged URL by URL for years does not grow every node's rules, and the
+/// file written at each purge, without end.
+const MAX_SITE_RULES: usize = 100_000;
+
+/// Most prefix rules a site keeps (each hit of the site reads them all):
+/// past it, the older half is folded the same way.
+const MAX_SITE_PREFIXES: usize = 1_000;
+
+/// A site's rules, there since the purge just recorded.
+fn s_of<'a>(rules: &'a mut Rules, site: &str) -> &'a mut SiteRules {
+    rules.sites.entry(site.to_string()).or_default()
+}
+
 /// The node's purge rules.
 #[derive(Debug)]
 pub struct PurgeRules {
     rules: RwLock<Rules>,
     file: Option<PathBuf>,
+    /// Held from a change to its rules' write, so the file ends with the
+    /// last change, while lookups wait only for the change itself.
+    writing: std::sync::Mutex<()>,
 }
 
 impl PurgeRules {
     /// Rules kept only in memory (a memory-only node).
     pub fn in_memory() -> PurgeRules {
-        PurgeRules { rules: RwLock::new(Rules::default()), file: None }
+        PurgeRules { rules: RwLock::new(Rules::default()), file: None, writing: std::sync::Mutex::default() }
     }
 
     /// Rules persisted in `dir/purges.json`, loading what is there.
@@ -108,7 +126,7 @@ impl PurgeRules {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Rules::default(),
             Err(e) => return Err(e),
         };
-        Ok(PurgeRules { rules: RwLock::new(rules), file: Some(file) })
+        Ok(PurgeRules { rules: RwLock::new(rules), file: Some(file), writing: std::sync::Mutex::default() })
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Rules> {
@@ -153,7 +171,8 @@ impl PurgeRules {
         at: SystemTime,
     ) -> io::Result<()> {
         let at = micros(at);
-        let snapshot = {
+        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        {
             let mut rules = self.write();
             let s = rules.sites.entry(site.to_string()).or_default();
             match target {
@@ -178,9 +197,9 @@ impl PurgeRules {
                 },
             }
             Self::compact(&mut rules, at);
-            rules.clone()
-        };
-        self.persist(&snapshot)
+            Self::fold(site, s_of(&mut rules, site));
+        }
+        self.persist()
     }
 
     /// Notes the sites a node serves from its own files as it starts: a site
@@ -192,7 +211,8 @@ impl PurgeRules {
     pub fn note_sites(&self, ids: impl IntoIterator<Item = String>, at: SystemTime) -> io::Result<Vec<String>> {
         let ids: std::collections::BTreeSet<String> = ids.into_iter().collect();
         let at = micros(at);
-        let (snapshot, new) = {
+        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let new = {
             let mut rules = self.write();
             if rules.known_sites.as_ref() == Some(&ids) {
                 return Ok(Vec::new());
@@ -203,21 +223,65 @@ impl PurgeRules {
                 rules.sites.entry(id.clone()).or_default().all.record(at, false);
             }
             rules.known_sites = Some(ids);
-            (rules.clone(), new)
+            new
         };
-        self.persist(&snapshot)?;
+        self.persist()?;
         Ok(new)
     }
 
     /// Marks everything stored before `at`, on every site, as soft-purged:
     /// what a node does when it catches up from a snapshot.
     pub fn soft_purge_everything(&self, at: SystemTime) -> io::Result<()> {
-        let snapshot = {
-            let mut rules = self.write();
-            rules.global.record(micros(at), true);
-            rules.clone()
+        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        self.write().global.record(micros(at), true);
+        self.persist()
+    }
+
+    /// Folds the older half of a site's URL and tag rules, or of its
+    /// prefix rules, into its whole-site rule once there are more than
+    /// [`MAX_SITE_RULES`] or [`MAX_SITE_PREFIXES`].
+    fn fold(site: &str, s: &mut SiteRules) {
+        let fold_in = |all: &mut Times, t: &Times| {
+            all.hard = all.hard.max(t.hard);
+            all.soft = all.soft.max(t.soft);
         };
-        self.persist(&snapshot)
+        if s.urls.len() + s.tags.len() > MAX_SITE_RULES {
+            let mut times: Vec<u64> = s.urls.values().chain(s.tags.values()).map(Times::newest).collect();
+            let half = times.len() / 2;
+            let (older, cut, _) = times.select_nth_unstable(half);
+            let cut = *cut;
+            // Those older than the middle one; all up to it when every
+            // rule is as new as it (one purge of many URLs).
+            let folds_none = older.iter().all(|t| *t >= cut);
+            let mut all = s.all;
+            let mut keep = |t: &Times| {
+                let kept = if folds_none { t.newest() > cut } else { t.newest() >= cut };
+                if !kept {
+                    fold_in(&mut all, t);
+                }
+                kept
+            };
+            s.urls.retain(|_, t| keep(t));
+            s.tags.retain(|_, t| keep(t));
+            s.all = all;
+            tracing::warn!(
+                site,
+                kept = s.urls.len() + s.tags.len(),
+                "a site's purge rules passed {MAX_SITE_RULES}: the older half is now a purge of the whole site"
+            );
+        }
+        if s.prefixes.len() > MAX_SITE_PREFIXES {
+            s.prefixes.sort_by_key(|(_, t)| std::cmp::Reverse(t.newest()));
+            let mut all = s.all;
+            for (_, t) in s.prefixes.drain(MAX_SITE_PREFIXES / 2..) {
+                fold_in(&mut all, &t);
+            }
+            s.all = all;
+            tracing::warn!(
+                site,
+                "a site's prefix purge rules passed {MAX_SITE_PREFIXES}: the older half is now a purge of the whole site"
+            );
+        }
     }
 
     /// Drops rules too old to match any object that could still be served.
@@ -237,10 +301,11 @@ impl PurgeRules {
         });
     }
 
-    fn persist(&self, rules: &Rules) -> io::Result<()> {
+    /// Writes the rules as they stand; called with `writing` held.
+    fn persist(&self) -> io::Result<()> {
         let Some(file) = &self.file else { return Ok(()) };
         let tmp = file.with_extension("json.tmp");
-        let bytes = serde_json::to_vec(rules).map_err(io::Error::other)?;
+        let bytes = serde_json::to_vec(&*self.read()).map_err(io::Error::other)?;
         {
             use std::io::Write;
             let mut f = std::fs::File::create(&tmp)?;
@@ -367,5 +432,41 @@ mod tests {
         p.apply("s", &PurgeTarget::Tags { tags: vec!["new".into()] }, &[], false, later).unwrap();
         assert_eq!(p.len(), 2, "the old tag rule is gone, the new one is there");
         assert_eq!(p.check("s", &object("/a", &["new"], 5)), Verdict::Invalid);
+    }
+
+    /// A site purged rule by rule without end keeps a bounded number of
+    /// rules: the older half is folded into a purge of the whole site at
+    /// their times, which removes at least what they did.
+    #[test]
+    fn a_site_past_its_rule_cap_folds_the_older_half_into_a_whole_site_rule() {
+        let p = PurgeRules::in_memory();
+        let urls: Vec<String> = (0..=MAX_SITE_RULES).map(|i| format!("/u{i}")).collect();
+        // Half the URLs purged at 2,000 s (soft), the rest at 4,000 s (hard).
+        let (first, second) = urls.split_at(urls.len() / 2);
+        p.apply("s", &PurgeTarget::Urls { urls: Vec::new() }, first, true, t(2_000)).unwrap();
+        p.apply("s", &PurgeTarget::Urls { urls: Vec::new() }, second, false, t(4_000)).unwrap();
+        let rules = p.read().sites["s"].urls.len();
+        assert!(rules <= MAX_SITE_RULES / 2 + 1, "{rules} URL rules kept");
+        assert_eq!(p.check("s", &object("/u5", &[], 1_000)), Verdict::Stale, "a folded rule still applies");
+        assert_eq!(p.check("s", &object(&second[3], &[], 3_000)), Verdict::Invalid, "a kept one too");
+        assert_eq!(
+            p.check("s", &object("/never-purged", &[], 1_000)),
+            Verdict::Stale,
+            "more than asked: the whole site, at the folded rules' time"
+        );
+        assert_eq!(p.check("s", &object("/never-purged", &[], 2_500)), Verdict::Valid, "fetched after them");
+        // One purge of more URLs than the cap, all of one time: folded whole.
+        let once = PurgeRules::in_memory();
+        once.apply("s", &PurgeTarget::Urls { urls: Vec::new() }, &urls, false, t(2_000)).unwrap();
+        assert!(once.read().sites["s"].urls.is_empty());
+        assert_eq!(once.check("s", &object("/anything", &[], 1_000)), Verdict::Invalid);
+        let prefixes = PurgeRules::in_memory();
+        for i in 0..=MAX_SITE_PREFIXES {
+            prefixes
+                .apply("s", &PurgeTarget::Prefix { prefix: format!("/p{i}/") }, &[], false, t(1_000 + i as u64))
+                .unwrap();
+        }
+        assert_eq!(prefixes.read().sites["s"].prefixes.len(), MAX_SITE_PREFIXES / 2);
+        assert_eq!(prefixes.check("s", &object("/p1/a", &[], 900)), Verdict::Invalid);
     }
 }

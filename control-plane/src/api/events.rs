@@ -379,6 +379,24 @@ fn lines(
                         }
                     }
                     r = rx.recv() => match r {
+                        // Events committed at once can be published out of
+                        // order: the ones between come from the log, so the
+                        // node gets them in order rather than reconnecting.
+                        Ok(record) if record.seq > cursor.saturating_add(1) => {
+                            let want = usize::try_from(record.seq - cursor).unwrap_or(usize::MAX);
+                            let between = conn.control.store.events_after(cursor, want).await.unwrap_or_default();
+                            let whole = between.first().is_some_and(|r| r.seq == cursor + 1)
+                                && between.last().is_some_and(|r| r.seq == record.seq);
+                            if !whole {
+                                cursor = record.seq;
+                                break StreamLine::Event { record };
+                            }
+                            cursor = record.seq;
+                            let mut lines = between.into_iter().map(|record| writer.line(StreamLine::Event { record }));
+                            let first = lines.next().unwrap_or_default();
+                            let rest: Vec<Bytes> = lines.collect();
+                            return Some((Ok(first), (rest.into_iter(), rx, cursor, heartbeat, conn, writer, revoked)));
+                        }
                         Ok(record) if record.seq > cursor => {
                             cursor = record.seq;
                             break StreamLine::Event { record };
@@ -466,4 +484,43 @@ pub(super) async fn ack(
     }
     c.ack_changed.send_modify(|v| *v += 1);
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures_util::StreamExt;
+
+    use super::*;
+
+    /// Two events committed at once and published out of order (the
+    /// second first) reach a stream in order: the one between is read from
+    /// the log, rather than skipped, which made every node reconnect.
+    #[tokio::test]
+    async fn events_published_out_of_order_are_sent_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_file(&dir.path().join("c.redb")).await.unwrap();
+        let control = Control::new(store, "a".into(), "n".into(), 1000, Duration::from_secs(60)).await.unwrap();
+        let mut records = Vec::new();
+        for _ in 0..3 {
+            let p = control.store.add_purge("s", outpost_config::PurgeTarget::All, false).await.unwrap();
+            records.push(EventRecord { seq: p.seq, at_ms: p.at_ms, event: outpost_config::Event::Purge(p.purge) });
+        }
+        let rx = control.events.subscribe();
+        let writer = Writer { control: Arc::clone(&control), caller: Caller::Fleet };
+        let conn = Connection { control: Arc::clone(&control), node: "edge-1".into() };
+        let mut stream = Box::pin(lines(Vec::new(), rx, 1, conn, writer));
+        control.events.send(records[2].clone()).unwrap();
+        control.events.send(records[1].clone()).unwrap();
+        let mut seqs = Vec::new();
+        for _ in 0..2 {
+            let line = tokio::time::timeout(Duration::from_secs(1), stream.next()).await.unwrap().unwrap().unwrap();
+            match serde_json::from_slice::<StreamLine>(&line).unwrap() {
+                StreamLine::Event { record } => seqs.push(record.seq),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(seqs, [2, 3]);
+    }
 }

@@ -321,7 +321,11 @@ impl<S: Transport> AsyncRead for TrackedIo<S> {
             if this.state.park.load(Ordering::Acquire) {
                 this.state.park.store(false, Ordering::Release);
             }
-            if this.state.active.load(Ordering::Acquire) == 0 {
+            // A byte between HTTP/1 requests starts the next head. Not so
+            // on HTTP/2 (its framing untracked): a client's PING or
+            // WINDOW_UPDATE after its last answer is no request, and its
+            // idle connection is left to `idle_timeout`.
+            if this.state.active.load(Ordering::Acquire) == 0 && !this.tracker.is_stopped() {
                 let now = now_ms() + 1;
                 let _ = this.state.head_started.compare_exchange(0, now, Ordering::AcqRel, Ordering::Relaxed);
             }

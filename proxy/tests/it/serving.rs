@@ -195,6 +195,29 @@ async fn oversized_heads_are_refused() {
     }
 }
 
+/// An HTTP/2 client that keeps its connection with PINGs between requests
+/// (as browsers do) keeps it until `idle_timeout`, not the header-read
+/// timeout: those frames are no request head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_with_pings_lasts_until_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    let edge =
+        Edge::limited(dir.path(), origin.addr, "[limits]\nheader_read_timeout = \"500ms\"\nidle_timeout = \"10s\"\n")
+            .await;
+    let tcp = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    let (send, mut conn) = h2::client::handshake(tcp).await.unwrap();
+    let mut pings = conn.ping_pong().unwrap();
+    tokio::spawn(conn);
+    let url = "http://t.test/h2idle?cc=max-age%3D60";
+    assert_eq!(h2_get(&send, url).await.status, StatusCode::OK);
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        pings.ping(h2::Ping::opaque()).await.expect("the connection is open");
+    }
+    assert_eq!(h2_get(&send, url).await.status, StatusCode::OK, "the same connection, 1.8 s later");
+}
+
 #[tokio::test]
 async fn slow_request_heads_are_cut_off_and_idle_connections_closed() {
     let dir = tempfile::tempdir().unwrap();

@@ -55,6 +55,11 @@ impl QuicListener {
     }
 }
 
+/// Bytes one request stream may have in flight towards the node.
+const QUIC_STREAM_WINDOW: u32 = 256 << 10;
+/// Bytes all of a connection's streams may have in flight towards it.
+const QUIC_CONNECTION_WINDOW: u32 = 2 << 20;
+
 /// Serves HTTP/3 on `socket` (bound beforehand, so port 0 can be reported
 /// early) with `tls` (TLS 1.3, ALPN `h3`, no early data) and `limits`.
 pub fn quic_listener(
@@ -69,7 +74,15 @@ pub fn quic_listener(
         .max_concurrent_bidi_streams(quinn::VarInt::from_u32(limits.quic_streams))
         // HTTP/3's own: control, QPACK encoder and decoder, and room.
         .max_concurrent_uni_streams(quinn::VarInt::from_u32(8))
-        .max_idle_timeout(Some(limits.idle_timeout.try_into().map_err(io::Error::other)?));
+        .max_idle_timeout(Some(limits.idle_timeout.try_into().map_err(io::Error::other)?))
+        // HTTP/3 uses no DATAGRAM frames: none is taken (quinn would keep
+        // 1.25 MB of them per connection, never read).
+        .datagram_receive_buffer_size(None)
+        // What a client may have in flight towards us, unread: a stream's
+        // worth, and a connection's in all (quinn's default leaves the
+        // latter unbounded, 1.25 MB times every stream).
+        .stream_receive_window(quinn::VarInt::from_u32(QUIC_STREAM_WINDOW))
+        .receive_window(quinn::VarInt::from_u32(QUIC_CONNECTION_WINDOW));
     config.transport_config(Arc::new(transport));
     config.max_incoming(limits.max_connections as usize);
     let runtime = quinn::default_runtime().ok_or_else(|| io::Error::other("no async runtime for QUIC"))?;
@@ -96,10 +109,20 @@ pub async fn serve_quic<H: Handler>(
                 None => break,
             },
         };
-        if endpoint.open_connections() >= limits.max_connections as usize {
+        let open = endpoint.open_connections();
+        if open >= limits.max_connections as usize {
             // At the cap: refused at once (QUIC has no idle connection
             // to close instead, as TCP listeners do).
             incoming.refuse();
+            continue;
+        }
+        // Past a quarter of the cap, a client proves its address (a Retry
+        // round trip) before it costs a handshake and a place: Initial
+        // packets from spoofed addresses could otherwise fill them all.
+        if open >= limits.max_connections as usize / 4 && !incoming.remote_address_validated() {
+            if let Err(e) = incoming.retry() {
+                e.into_incoming().ignore();
+            }
             continue;
         }
         let (handler, shutdown, counters) = (Arc::clone(&handler), shutdown.clone(), counters.clone());
@@ -139,14 +162,29 @@ async fn connection<H: Handler>(
     let errands = Errands::new(limits.fetches_per_connection);
     let info = Conn { peer: conn.remote_address(), secure: true, http3: true, sendfile: None, interim: None, errands };
     let quic = conn.clone();
-    let mut h3 = h3::server::builder()
-        .max_field_section_size(limits.max_header_bytes)
-        .build::<_, Bytes>(Bounded::new(h3_quinn::Connection::new(conn), limits.max_header_bytes))
-        .await?;
+    // A client that gives no room for the node's control stream would
+    // hold the connection here for ever.
+    let mut builder = h3::server::builder();
+    builder.max_field_section_size(limits.max_header_bytes);
+    let setup = builder.build::<_, Bytes>(Bounded::new(h3_quinn::Connection::new(conn), limits.max_header_bytes));
+    let mut h3 =
+        tokio::time::timeout(limits.header_read_timeout, setup).await.map_err(|_| "HTTP/3 setup timed out")??;
     let mut inflight = tokio::task::JoinSet::new();
     let mut draining = false;
+    // With no request open, a connection is closed after `idle_timeout`
+    // even if the client keeps it alive with PINGs: otherwise connections
+    // that never ask anything would hold every place.
+    let idle = tokio::time::sleep(limits.idle_timeout);
+    tokio::pin!(idle);
     loop {
+        if !inflight.is_empty() {
+            idle.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
+        }
         tokio::select! {
+            () = &mut idle, if inflight.is_empty() => {
+                quic.close(quinn::VarInt::from_u32(0x100), b"idle");
+                return Ok(());
+            }
             _ = shutdown.cancelled(), if !draining => {
                 // GOAWAY: the client starts nothing new here.
                 draining = true;

@@ -202,11 +202,23 @@ impl http_body::Body for RecvBody {
                         Ok(Some(mut buf)) => {
                             let bytes = buf.copy_to_bytes(buf.remaining());
                             if let Some(left) = &mut h3.left {
-                                *left = left.saturating_sub(bytes.len() as u64);
+                                // More than `Content-Length` said: malformed
+                                // (RFC 9114 §4.1.2), not cut to fit.
+                                let Some(now) = left.checked_sub(bytes.len() as u64) else {
+                                    return Poll::Ready(Some(Err(
+                                        "an HTTP/3 body longer than its Content-Length".into()
+                                    )));
+                                };
+                                *left = now;
                             }
                             return Poll::Ready(Some(Ok(Frame::data(bytes))));
                         }
-                        Ok(None) => h3.data_done = true,
+                        Ok(None) => {
+                            h3.data_done = true;
+                            if h3.left.is_some_and(|left| left > 0) {
+                                return Poll::Ready(Some(Err("an HTTP/3 body shorter than its Content-Length".into())));
+                            }
+                        }
                         Err(e) => return Poll::Ready(Some(Err(e.into()))),
                     }
                 }

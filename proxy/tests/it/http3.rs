@@ -432,6 +432,26 @@ async fn http3_clients_get_early_hints_and_send_bodies() {
     let seen = send(http::Method::GET, &format!("http://{}/__origin/request?path=/up3", origin.addr), &[]).await;
     let seen: serde_json::Value = serde_json::from_slice(&seen.body).unwrap();
     assert_eq!(seen["content-length"], "300000", "{seen}");
+    // A body longer or shorter than its Content-Length is malformed (RFC
+    // 9114 §4.1.2): refused, never passed on cut or padded to fit.
+    for (declared, sent) in [(10usize, 20usize), (20, 10)] {
+        let path = format!("https://a.test/cl{declared}");
+        let req = Request::post(&path).header("content-length", declared).body(()).unwrap();
+        let answer = exchange(&mut h3.send, req, Bytes::from(vec![b'x'; sent])).await;
+        assert!(
+            answer.is_err() || answer.as_ref().is_ok_and(|a| a.1.is_client_error()),
+            "{declared}/{sent}: {:?}",
+            answer.map(|a| a.1)
+        );
+        let seen =
+            send(http::Method::GET, &format!("http://{}/__origin/request?path=/cl{declared}", origin.addr), &[]).await;
+        assert_ne!(
+            seen.status,
+            StatusCode::OK,
+            "{declared}/{sent} reached the origin: {:?}",
+            String::from_utf8_lossy(&seen.body)
+        );
+    }
     edge.stop.cancel();
     let _ = edge.task.await;
 }
@@ -532,4 +552,23 @@ async fn an_http3_client_that_takes_nothing_has_its_stream_reset_after_the_send_
     assert_eq!((status, body.len()), (StatusCode::OK, 4 << 20), "the connection serves on");
     edge.stop.cancel();
     let _ = edge.task.await;
+}
+
+/// Past a quarter of the connection cap a new client proves its address
+/// (a Retry round trip, which spoofed Initial packets cannot make) and is
+/// served; a connection that asks nothing is closed at `idle_timeout`
+/// even while its client keeps it alive with PINGs, so such connections
+/// cannot hold every place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_clients_retry_under_load_and_idle_connections_close_despite_pings() {
+    let OneSite { origin: _origin, dir: _dir, ca_pem, edge } =
+        one_site("", "max_connections = 4\nidle_timeout = \"1s\"\n").await;
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_millis(200)));
+    let mut pinging = connect_with(edge.quic, "a.test", &ca_pem, Some(transport)).await.unwrap();
+    assert_eq!(pinging.get("a.test", "/q1").await.unwrap().0, StatusCode::OK);
+    let mut second = connect(edge.quic, "a.test", &ca_pem).await.expect("served after a Retry");
+    assert_eq!(second.get("a.test", "/q2").await.unwrap().0, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(pinging.get("a.test", "/q3").await.is_err(), "an idle connection kept by PINGs was not closed");
 }

@@ -7,7 +7,11 @@
 //! connection h3 reads from and follows the frame headers on each request
 //! stream as the bytes pass: a frame other than DATA (whose payload h3
 //! streams rather than holds) longer than the bound ends the stream with
-//! `H3_EXCESSIVE_LOAD` before its payload is read.
+//! `H3_EXCESSIVE_LOAD` before its payload is read. The client's control
+//! stream is followed too, every frame of it bounded (h3 reads a
+//! control-stream frame whole, whatever its type); its other
+//! unidirectional streams pass as they are (QPACK's, which h3 does not
+//! read here, and unknown ones, which it stops).
 
 use std::task::{Context, Poll};
 
@@ -31,11 +35,14 @@ impl<C> Bounded<C> {
 }
 
 impl<C: quic::Connection<B>, B: Buf> quic::Connection<B> for Bounded<C> {
-    type RecvStream = C::RecvStream;
+    type RecvStream = Checked<C::RecvStream>;
     type OpenStreams = Bounded<C::OpenStreams>;
 
-    fn poll_accept_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<C::RecvStream, ConnectionErrorIncoming>> {
-        self.inner.poll_accept_recv(cx)
+    fn poll_accept_recv(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Checked<C::RecvStream>, ConnectionErrorIncoming>> {
+        self.inner.poll_accept_recv(cx).map_ok(|s| Checked { inner: s, frames: Frames::unidirectional(self.bound) })
     }
 
     fn poll_accept_bidi(
@@ -138,6 +145,10 @@ impl<S: quic::BidiStream<B>, B: Buf> quic::BidiStream<B> for Checked<S> {
 /// length, or its payload.
 #[derive(Debug, Clone, Copy)]
 enum At {
+    /// A unidirectional stream's type.
+    StreamType(Varint),
+    /// Not followed (a unidirectional stream other than control).
+    Free,
     Type(Varint),
     Length(u64, Varint),
     Payload(u64),
@@ -173,14 +184,24 @@ impl Varint {
 struct Frames {
     at: At,
     bound: u64,
+    /// DATA frames bounded too (on the control stream, where h3 holds
+    /// every frame whole).
+    all_bounded: bool,
 }
 
 /// HTTP/3's DATA frame type, whose payload h3 streams.
 const DATA: u64 = 0x0;
+/// The control stream's type.
+const CONTROL: u64 = 0x0;
 
 impl Frames {
     fn new(bound: u64) -> Frames {
-        Frames { at: At::Type(Varint::default()), bound }
+        Frames { at: At::Type(Varint::default()), bound, all_bounded: false }
+    }
+
+    /// For a unidirectional stream, which starts with its type.
+    fn unidirectional(bound: u64) -> Frames {
+        Frames { at: At::StreamType(Varint::default()), bound, all_bounded: true }
     }
 
     /// Follows `bytes`; the length of a frame past the bound, if one begins.
@@ -197,6 +218,12 @@ impl Frames {
                     continue;
                 }
                 At::Refused(len) => return Err(*len),
+                At::Free => return Ok(()),
+                At::StreamType(v) => {
+                    if let Some(ty) = v.push(b) {
+                        self.at = if ty == CONTROL { At::Type(Varint::default()) } else { At::Free };
+                    }
+                }
                 At::Type(v) => {
                     if let Some(ty) = v.push(b) {
                         self.at = At::Length(ty, Varint::default());
@@ -204,7 +231,7 @@ impl Frames {
                 }
                 At::Length(ty, v) => {
                     if let Some(len) = v.push(b) {
-                        if *ty != DATA && len > self.bound {
+                        if (*ty != DATA || self.all_bounded) && len > self.bound {
                             self.at = At::Refused(len);
                             return Err(len);
                         }
@@ -253,6 +280,18 @@ mod tests {
                 assert_eq!(refused, Some(Err(1 << 40)), "type {ty:#x} in pieces of {piece}");
             }
         }
+        // The control stream: every frame bounded, DATA's and SETTINGS'
+        // (0x4) too; another unidirectional stream passes as it is.
+        for ty in [0x4, 0x0, 0x21] {
+            let mut f = Frames::unidirectional(1024);
+            assert_eq!(f.follow(&[0x00]), Ok(()), "the control stream's type");
+            assert_eq!(f.follow(&header(0x4, 8, 1)), Ok(()));
+            assert_eq!(f.follow(&[0u8; 8]), Ok(()));
+            assert_eq!(f.follow(&header(ty, 1 << 60, 8)), Err(1 << 60), "type {ty:#x}");
+        }
+        let mut qpack = Frames::unidirectional(1024);
+        assert_eq!(qpack.follow(&[0x02]), Ok(()));
+        assert_eq!(qpack.follow(&header(0x1, 1 << 40, 8)), Ok(()), "not frames: not followed");
         let mut f = Frames::new(1024);
         assert_eq!(f.follow(&header(0x1, 1024, 2)), Ok(()), "at the bound");
         let mut f = Frames::new(1024);

@@ -516,6 +516,21 @@ async fn a_frame_longer_than_any_head_is_refused_before_its_bytes_are_held() {
         };
         assert_eq!(stopped, 0x107, "H3_EXCESSIVE_LOAD, for type {frame_type:#x}");
     }
+    // The control stream: a SETTINGS frame of 2^40 bytes, which h3 would
+    // hold whole. The stream is stopped or the connection closed, early.
+    let (_endpoint, conn) = quic_connect(edge.quic, "a.test", h3_tls(&ca_pem, None), None).await.unwrap();
+    let mut control = conn.open_uni().await.unwrap();
+    control.write_all(&[0x00, 0x04, 0xc0, 0, 0, 0x01, 0, 0, 0, 0]).await.unwrap();
+    let junk = vec![0u8; 64 << 10];
+    let mut sent = 0usize;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), control.write_all(&junk)).await {
+            Ok(Ok(())) => sent += junk.len(),
+            Ok(Err(_)) => break,
+            Err(_) => panic!("the control stream was neither read nor stopped"),
+        }
+        assert!(sent < 16 << 20, "{sent} bytes of one control frame taken in");
+    }
     let mut h3 = connect(edge.quic, "a.test", &ca_pem).await.unwrap();
     assert_eq!(h3.get("a.test", "/after?size=100").await.unwrap().0, StatusCode::OK);
     edge.stop.cancel();

@@ -72,10 +72,19 @@ fn decode_head(s: &mut Sink<'_>, root: &mut Table<'_, '_>, base: &Path) -> Optio
         s.later(&f.span(), base.join(f.get_ref()), Need::SiteFile);
     }
     let access_log = if proxy_role {
-        match head.opt::<String>(s, "access_log").as_deref() {
+        let log: Option<Spanned<String>> = head.opt(s, "access_log");
+        match log.as_ref().map(|l| l.get_ref().as_str()) {
             None | Some("stdout") => AccessLog::Stdout,
             Some("off") => AccessLog::Off,
-            Some(path) => AccessLog::File(base.join(path)),
+            Some(path) => {
+                let file = base.join(path);
+                // Its folder is made at start if need be: checked now, with
+                // this line, rather than failing the start without it.
+                if let (Some(l), Some(folder)) = (&log, file.parent()) {
+                    s.later(&l.span(), folder.to_path_buf(), Need::WritableDir("access log folder"));
+                }
+                AccessLog::File(file)
+            }
         }
     } else {
         AccessLog::Off

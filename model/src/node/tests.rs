@@ -176,6 +176,11 @@ fn disk_path_must_be_writable() {
     }
     let e = errors(&EDGE.replace("memory = \"64MiB\"", "memory = \"64MiB\"\ndisk = \"1GiB\""));
     assert!(e[0].contains("cache.path is missing"), "{e:?}");
+    // An access log's folder too, at its line.
+    let text =
+        EDGE.replace("role = \"edge\"", &format!("role = \"edge\"\naccess_log = \"{}\"", file.join("a.log").display()));
+    let e = resolve_errors(Path::new("edge.toml"), &text);
+    assert!(e.len() == 1 && e[0].starts_with("edge.toml:5:14:") && e[0].contains("access log folder"), "{e:?}");
 }
 
 #[test]

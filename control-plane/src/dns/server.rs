@@ -222,10 +222,21 @@ impl GeoDns {
         *self.sites.write().unwrap_or_else(|p| p.into_inner()) = sites;
     }
 
+    /// Whether `name` exists in the zone: the apex, a site, a glue name, or
+    /// a name between the zone and a deeper glue name (an empty
+    /// non-terminal: NODATA, never NXDOMAIN, which a resolver may take as
+    /// saying nothing exists below it, RFC 8020).
     fn known(&self, name: &Name) -> bool {
-        if self.glue.contains_key(name) {
-            return true;
-        }
+        self.glue.contains_key(name) || self.steered(name) || self.above_glue(name)
+    }
+
+    /// An empty non-terminal: a name with glue names below it.
+    fn above_glue(&self, name: &Name) -> bool {
+        !name.is_wildcard() && self.glue.keys().any(|g| g != name && name.zone_of(g))
+    }
+
+    /// Whether `name` is the apex or a site: answered with steered edges.
+    fn steered(&self, name: &Name) -> bool {
         // `num_labels` leaves out a leading `*`: a literal `*.<zone>` would
         // otherwise be taken for the zone's own name (RFC 4592: no name
         // here is a wildcard).
@@ -479,7 +490,9 @@ impl GeoDns {
             (RecordType::A | RecordType::AAAA, Some(records)) => {
                 reply.answers.extend(records.iter().filter(|r| r.record_type() == qtype).cloned());
             }
-            (RecordType::A | RecordType::AAAA, None) => reply.answers = self.addresses(request, &name, qtype, edns),
+            (RecordType::A | RecordType::AAAA, None) if self.steered(&name) => {
+                reply.answers = self.addresses(request, &name, qtype, edns);
+            }
             _ => {}
         }
         // Positive answers carry no authority section (it is optional, and

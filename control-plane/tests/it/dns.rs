@@ -881,6 +881,20 @@ async fn the_zones_own_name_servers_resolve_and_come_as_glue() {
         })
         .collect();
     assert_eq!(glue.len(), 2, "{:?}", m.additionals);
+    // A name between the zone and a deeper glue name exists (NODATA), and
+    // one beside it does not.
+    let deep = tempfile::tempdir().unwrap();
+    node_file(deep.path(), 0);
+    let file = deep.path().join("dns.toml");
+    let text = std::fs::read_to_string(&file).unwrap().replace("\"ns1.cdn.test.\"", "\"ns1.dns.cdn.test.\"");
+    std::fs::write(&file, format!("{text}\n[dns.glue]\n\"ns1.dns.cdn.test.\" = [\"192.0.2.54\"]\n")).unwrap();
+    let deeper = start_from(deep.path(), NodeConfig::load(&file).unwrap()).await;
+    let m = udp(deeper.addr, query("dns.cdn.test.", RecordType::A, None, false)).await.unwrap();
+    assert_eq!((m.metadata.response_code, m.answers.len()), (ResponseCode::NoError, 0), "an empty non-terminal");
+    let m = udp(deeper.addr, query("ns1.dns.cdn.test.", RecordType::A, None, false)).await.unwrap();
+    assert_eq!(addrs(&m), vec!["192.0.2.54".parse::<IpAddr>().unwrap()]);
+    let m = udp(deeper.addr, query("other.dns.cdn.test.", RecordType::A, None, false)).await.unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
     // A name server outside the zone is not ours to answer.
     let m = udp(dns.addr, query("ns.example.net.", RecordType::A, None, false)).await.unwrap();
     assert_eq!(m.metadata.response_code, ResponseCode::Refused);

@@ -56,6 +56,19 @@ pub fn reload_sites_on_hangup(path: std::path::PathBuf, engine: std::sync::Arc<o
             match loaded {
                 Ok(Ok(node)) => match node.proxy() {
                     Some(proxy) => {
+                        // As at a start: a site id new since (perhaps another
+                        // site given a removed one's id) serves nothing
+                        // stored under it before.
+                        let ids = proxy.sites.iter().map(|s| s.id.to_string());
+                        match engine.purges.note_sites(ids, engine.clock.now()) {
+                            Ok(new) if !new.is_empty() => {
+                                tracing::info!(sites = ?new, "SIGHUP: new site ids serve nothing stored before")
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %e, "SIGHUP: could not record the sites beside the purge rules")
+                            }
+                        }
                         engine.set_sites(proxy.sites.clone());
                         tracing::info!(sites = proxy.sites.len(), "SIGHUP: site files reloaded");
                     }

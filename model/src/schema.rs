@@ -299,7 +299,7 @@ pub static SECTIONS: &[Section] = &[
             key("ttl", "duration", Time(DEFAULT_DNS_TTL), "TTL of answers, from 1s to a day.", "\"30s\""),
             key("geoip", "path", Required, "MaxMind-format database mapping client networks to locations.", "\"geoip/test.mmdb\""),
             key("nameservers", "list of names", Text("[]"), "NS records of the zone.", "[\"ns1.cdn.example.test\"]"),
-            key("sites", "list of site ids", Text("[]"), "Sites always answered. With `[control]`, the sites the control plane stores are answered too (read each second), and a site deleted there is NXDOMAIN again.", "[\"shop\"]"),
+            key("sites", "list of site ids", Text("[]"), "Sites always answered. With `[control]`, the sites the control plane stores are answered too (read every 3 s), and a site deleted there is NXDOMAIN again.", "[\"shop\"]"),
             key("default_pop", "string", Required, "The PoP for clients the database does not place; one of the `[[dns.pop]]` names.", "\"fra\""),
             key("rate_limit", "integer", Int(DEFAULT_DNS_RATE_LIMIT as u64), "UDP answers per second to one client network (IPv4 /24, IPv6 /56) for one name and type (a NODATA, for one name whatever the type), or for one kind of error (NXDOMAIN, REFUSED…); past it, answers are dropped and every second one is sent truncated (empty, TC set) so a real resolver asks again over TCP, which spoofed queries cannot. 0 turns it off. TCP is never limited.", "100"),
         ],

@@ -139,10 +139,13 @@ pub struct PathPattern {
 /// decoded), so `/%7Euser/*` matches `/~user/a` and `/café/*` matches
 /// `/caf%C3%A9/a`. `None` for a part normalising would change otherwise
 /// (a dot segment), which no normalised path contains.
-fn normal_part(part: &str) -> Option<String> {
-    let rooted = format!("/{}", crate::path::encode_non_ascii(part));
+fn normal_part(part: &str, after_star: bool, before_star: bool) -> Option<String> {
+    // A side that meets a `*` is padded, so `/.` before one (`/.*`, dot
+    // files) is not taken for a dot segment.
+    let (head, tail) = (if after_star { "x" } else { "" }, if before_star { "x" } else { "" });
+    let rooted = format!("/{head}{}{tail}", crate::path::encode_non_ascii(part));
     let normal = crate::path::normalized(&rooted).ok()?;
-    let normal = normal.strip_prefix('/')?;
+    let normal = normal.strip_prefix('/')?.strip_prefix(head)?.strip_suffix(tail)?;
     // Dot segments are resolved: a part that changed in length other than
     // by escapes is not one a normalised path can hold.
     let escapes = |s: &str| s.bytes().filter(|b| *b == b'%').count();
@@ -160,8 +163,9 @@ impl PathPattern {
             return Err(format!("path pattern `{text}` must not contain `?`, `#` or spaces"));
         }
         let mut parts = Vec::new();
-        for part in text.split('*') {
-            parts.push(normal_part(part).ok_or_else(|| {
+        let count = text.split('*').count();
+        for (i, part) in text.split('*').enumerate() {
+            parts.push(normal_part(part, i > 0, i + 1 < count).ok_or_else(|| {
                 format!("path pattern `{text}`: `{part}` is not part of a path a request can have (a dot segment?)")
             })?);
         }
@@ -259,6 +263,10 @@ mod tests {
         assert!(PathPattern::parse("/a%2fb/*").unwrap().matches("/a%2Fb/c"));
         assert!(PathPattern::parse("/.well-known/*").unwrap().matches("/.well-known/acme"));
         assert!(PathPattern::parse("/a/../b/*").unwrap_err().contains("dot segment"));
+        for dotted in ["/.*", "*.*", "/img*.*", "/a/..*", "/.well-known/*"] {
+            assert!(PathPattern::parse(dotted).is_ok(), "{dotted}");
+        }
+        assert!(PathPattern::parse("/.*").unwrap().matches("/.env"));
         assert!(PathPattern::parse("static").is_err());
         assert!(PathPattern::parse("/a?b").is_err());
     }

@@ -231,6 +231,8 @@ struct TrackedIo<S> {
     /// handler's own early hints.
     forwarded: metrics::Counter,
     hints: metrics::Counter,
+    /// The connection speaks HTTP/2: bytes between requests start no head.
+    http2: bool,
 }
 
 impl<S: Transport> TrackedIo<S> {
@@ -325,7 +327,7 @@ impl<S: Transport> AsyncRead for TrackedIo<S> {
             // on HTTP/2 (its framing untracked): a client's PING or
             // WINDOW_UPDATE after its last answer is no request, and its
             // idle connection is left to `idle_timeout`.
-            if this.state.active.load(Ordering::Acquire) == 0 && !this.tracker.is_stopped() {
+            if this.state.active.load(Ordering::Acquire) == 0 && !this.http2 {
                 let now = now_ms() + 1;
                 let _ = this.state.head_started.compare_exchange(0, now, Ordering::AcqRel, Ordering::Relaxed);
             }
@@ -746,6 +748,7 @@ where
         unflushed: false,
         forwarded: counters.forwarded.clone(),
         hints: counters.interim.clone(),
+        http2: false,
     };
     let svc_state = Arc::clone(&state);
     let for_service = conn.clone();
@@ -793,6 +796,7 @@ where
     };
     if h2 {
         io.tracker.stop();
+        io.http2 = true;
         let (counters, stall) = (counters.clone(), limits.send_timeout);
         let resets = Arc::new(http2::Resets::default());
         let counted = Arc::clone(&resets);

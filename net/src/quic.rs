@@ -190,7 +190,10 @@ async fn connection<H: Handler>(
                 draining = true;
                 h3.shutdown(0).await?;
             }
-            Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
+            Some(_) = inflight.join_next(), if !inflight.is_empty() => {
+                // Idle from the end of the last request, not its start.
+                idle.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
+            }
             accepted = h3.accept() => match accepted {
                 Ok(Some(resolver)) => {
                     let (handler, info, counters) = (Arc::clone(&handler), info.clone(), counters.clone());

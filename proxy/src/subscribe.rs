@@ -86,7 +86,10 @@ fn now_ms() -> u64 {
 /// against `base`, the node file's folder. A site that does not load here
 /// (a key this node's version does not know, say) keeps the version
 /// `engine` serves, if any, and is said as a problem until it loads.
-fn parse_sites(engine: &Engine, sites: &BTreeMap<String, SiteSnapshot>, base: &Path) -> Vec<Site> {
+///
+/// `reborn`: ids whose served version is another site's (deleted, and one
+/// created since under its id): never kept.
+fn parse_sites(engine: &Engine, sites: &BTreeMap<String, SiteSnapshot>, base: &Path, reborn: &[String]) -> Vec<Site> {
     let serving = engine.sites();
     let mut problems = Vec::new();
     let loaded = sites
@@ -94,7 +97,7 @@ fn parse_sites(engine: &Engine, sites: &BTreeMap<String, SiteSnapshot>, base: &P
         .filter_map(|s| match Site::parse_in(Path::new(&s.id), &s.toml, base) {
             Ok(site) => Some(site),
             Err(e) => {
-                let kept = serving.get(&s.id).map(|site| Site::clone(site));
+                let kept = serving.get(&s.id).filter(|_| !reborn.contains(&s.id)).map(|site| Site::clone(site));
                 tracing::error!(site = %s.id, version = s.version, kept = kept.is_some(), error = %e,
                     "a site from the control plane does not load here");
                 let first = e.to_string().lines().next().unwrap_or_default().to_string();
@@ -239,7 +242,7 @@ impl Subscriber {
         let held = Arc::new(Mutex::new(None));
         let mut refresh = false;
         if state.seq > 0 {
-            engine.set_sites(parse_sites(&engine, &state.sites, &link.base));
+            engine.set_sites(parse_sites(&engine, &state.sites, &link.base, &[]));
             refresh = !install_certificates(&engine, &state.sites, &node_token(&link.token_file, &held));
         }
         engine.link_control();
@@ -444,7 +447,7 @@ impl Subscriber {
                 for id in &gone {
                     self.engine.forget_site(id);
                 }
-                self.engine.set_sites(parse_sites(&self.engine, &state.sites, &self.base));
+                self.engine.set_sites(parse_sites(&self.engine, &state.sites, &self.base, &gone));
                 self.install_certificates(&state.sites);
                 // The hard purges the node missed: the soft one above would
                 // let a 304 or stale-if-error serve what they removed.
@@ -460,6 +463,8 @@ impl Subscriber {
                     return Ok(None);
                 }
                 let (mut sites_changed, mut certs_changed) = (false, false);
+                // A site created (version 1) under an id served before.
+                let mut reborn = Vec::new();
                 match &record.event {
                     Event::SiteUpserted { site_id, version, toml } => {
                         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -481,6 +486,7 @@ impl Subscriber {
                             // deletion stored after it) is dropped.
                             drop(st);
                             self.engine.forget_site(site_id);
+                            reborn.push(site_id.clone());
                         }
                     }
                     Event::Certificate { site_id, certificate } => {
@@ -506,7 +512,7 @@ impl Subscriber {
                     state
                 };
                 if sites_changed {
-                    self.engine.set_sites(parse_sites(&self.engine, &state.sites, &self.base));
+                    self.engine.set_sites(parse_sites(&self.engine, &state.sites, &self.base, &reborn));
                 }
                 if sites_changed || certs_changed {
                     self.install_certificates(&state.sites);

@@ -266,7 +266,14 @@ async fn backlog(store: &Store, after: u64, writer: &Writer, sure: bool) -> Resu
     let last = store.last_seq().await.map_err(ApiError::from)?;
     let mut lines = Vec::new();
     let mut cursor = after.min(last);
-    let ahead = after > last && sure;
+    // Ahead only as the quorum sees the log (a read that fails rather than
+    // fall back on one member, which may lag), and only of a log that has
+    // begun: an empty store (a mistake) must not make every node drop its
+    // sites.
+    let ahead = after > last && sure && last > 0 && {
+        let (quorum_last, _) = store.sites_at_seq().await.map_err(ApiError::from)?;
+        after > quorum_last && quorum_last > 0
+    };
     if ahead {
         tracing::warn!(
             after,
@@ -289,8 +296,9 @@ async fn backlog(store: &Store, after: u64, writer: &Writer, sure: bool) -> Resu
                 created_seq: s.created_seq,
             })
             .collect();
-        // From a log behind the node, none of its purges is news.
-        let since = if ahead { last } else { after };
+        // A log made anew: its purges' sequences say nothing of what the
+        // node has seen, so all the hard ones go (folded past the cap).
+        let since = if ahead { 0 } else { after };
         let purges = snapshot_purges(store.purges_after(since).await.map_err(ApiError::from)?);
         lines.push(writer.line(StreamLine::Snapshot { seq: last, sites, purges }));
         cursor = last;

@@ -132,6 +132,10 @@ fn addr_ip(a: &str) -> Option<IpAddr> {
     a.parse::<std::net::SocketAddr>().map(|s| s.ip()).or_else(|_| a.parse::<IpAddr>()).ok()
 }
 
+/// Polls between two reads of the site list (a site created or deleted is
+/// answered or NXDOMAIN within this many seconds).
+const SITES_EVERY: u64 = 3;
+
 /// Follows the registry until `shutdown`, steering by what it says about
 /// the link's PoPs, and answering for the sites the control plane lists.
 pub fn follow(dns: Arc<GeoDns>, link: RegistryLink, shutdown: CancellationToken) {
@@ -148,16 +152,22 @@ pub fn follow(dns: Arc<GeoDns>, link: RegistryLink, shutdown: CancellationToken)
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
         let mut answering_known = false;
+        let mut polls: u64 = 0;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            match client.sites().await {
-                Ok(sites) => dns.set_sites(sites.into_iter().map(|s| s.id)),
-                // The sites stay as last read.
-                Err(e) => tracing::debug!(error = %e, "cannot read the site list"),
+            // The site list costs the control plane a read of every site:
+            // every few polls, not each.
+            if polls.is_multiple_of(SITES_EVERY) {
+                match client.sites().await {
+                    Ok(sites) => dns.set_sites(sites.into_iter().map(|s| s.id)),
+                    // The sites stay as last read.
+                    Err(e) => tracing::debug!(error = %e, "cannot read the site list"),
+                }
             }
+            polls = polls.wrapping_add(1);
             match client.pops().await {
                 Ok(pops) => dns.steering.set_weights(&pops.into_iter().map(|p| (p.name, p.weight)).collect()),
                 // Weights stay as last read (a control plane from before

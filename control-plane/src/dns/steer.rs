@@ -201,9 +201,13 @@ impl Steering {
         f: impl FnOnce(Choice<'_>) -> R,
     ) -> Option<R> {
         let pops = self.pops.read().unwrap_or_else(|p| p.into_inner());
+        // The last known edges only when no PoP has a live one at all (not
+        // when live ones are merely not of the family asked).
+        let none_live = pops.iter().all(|p| p.edges.is_empty() && p.degraded.is_empty());
         let passes = [Edges::Sound, Edges::Degraded, Edges::Sound, Edges::Degraded, Edges::Known, Edges::Known]
             .into_iter()
-            .zip([true, true, false, false, true, false]);
+            .zip([true, true, false, false, true, false])
+            .filter(|(edges, _)| none_live || !matches!(edges, Edges::Known));
         let (pop, edges, reason) = passes
             .into_iter()
             .find_map(|(edges, weighted)| self.pick(&pops, place, Pass { edges, weighted }, bucket, family))?;
@@ -387,9 +391,12 @@ mod tests {
         assert_eq!(pop(family_of(true)), "iad", "Frankfurt has no IPv6 edge");
         assert_eq!(pop(None), "fra");
         s.set_edges("iad", vec![ip("127.0.0.12")], Vec::new());
+        // Frankfurt was last seen with an IPv6 edge, and is down now.
+        s.set_edges("fra", vec![ip("::11")], Vec::new());
+        s.set_edges("fra", Vec::new(), Vec::new());
         assert!(
             s.choose_with(Some(&london()), 0, family_of(true), |_| ()).is_none(),
-            "no PoP has an IPv6 edge: NODATA"
+            "live edges, none of IPv6: NODATA, not a down PoP's last known"
         );
     }
 

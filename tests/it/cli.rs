@@ -253,14 +253,7 @@ fn sighup_reopens_the_access_log_after_rotation() {
     let (log, rotated) = (dir.path().join("logs/access.log"), dir.path().join("logs/access.log.1"));
     let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
     let pid = edge.child.id().to_string();
-    let hup = || assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
-    let wait_until = |what: &str, f: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !f() {
-            assert!(Instant::now() < deadline, "{what}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
+    let hup = || signal("-HUP", &pid);
     for i in 0..3 {
         http_get_host(&edge_addr.to_string(), &format!("/before{i}"), "s.test");
     }
@@ -281,7 +274,7 @@ fn sighup_reopens_the_access_log_after_rotation() {
     wait_until("the line after a second SIGHUP", &|| read(&log).contains("/again"));
     assert_eq!(read(&log).lines().count(), 2);
     assert!(edge.child.try_wait().unwrap().is_none(), "SIGHUP must not end the edge");
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    signal("-TERM", &pid);
     assert!(edge.child.wait().unwrap().success());
 }
 
@@ -311,14 +304,7 @@ fn sighup_reloads_the_site_files_and_a_broken_one_changes_nothing() {
         r.split(' ').nth(1).unwrap_or_default().to_string()
     };
     let pid = edge.child.id().to_string();
-    let hup = || assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
-    let wait_until = |what: &str, f: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !f() {
-            assert!(Instant::now() < deadline, "{what}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
+    let hup = || signal("-HUP", &pid);
     assert_eq!((status("s.test").as_str(), status("t.test").as_str()), ("200", "421"));
     let site = dir.path().join("site.toml");
     let text = std::fs::read_to_string(&site).unwrap();
@@ -333,6 +319,20 @@ fn sighup_reloads_the_site_files_and_a_broken_one_changes_nothing() {
     assert!(read().contains("site.toml:4:"), "{}", read());
     assert_eq!((status("s.test").as_str(), status("t.test").as_str()), ("200", "200"), "the old sites serve");
     assert!(edge.child.try_wait().unwrap().is_none(), "a bad reload must not end the edge");
+}
+
+/// Sends `signal` (such as `-HUP`) to the process `pid`.
+fn signal(signal: &str, pid: &str) {
+    assert!(Command::new("kill").args([signal, pid]).status().unwrap().success());
+}
+
+/// Waits (at most 10 s) until `f` holds, naming `what` when it never does.
+fn wait_until(what: &str, f: &dyn Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn http_get_host(addr: &str, path: &str, host: &str) -> String {

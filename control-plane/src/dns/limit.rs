@@ -88,12 +88,7 @@ impl RateLimit {
 
     fn key(&self, client: IpAddr, query: &[u8], answer: &[u8]) -> u64 {
         let mut h = self.hasher.build_hasher();
-        // An IPv4 client of a dual-stack socket comes as `::ffff:a.b.c.d`:
-        // its network is its IPv4 /24, not the mapped range's /56.
-        match client.to_canonical() {
-            IpAddr::V4(v4) => h.write(&v4.octets()[..3]),
-            IpAddr::V6(v6) => h.write(&v6.octets()[..7]),
-        }
+        h.write(&network(client));
         let rcode = answer.get(3).map_or(0, |b| u16::from(*b)) & RCODE;
         match (rcode, question(query)) {
             (0, Some(q)) => {
@@ -116,6 +111,21 @@ impl RateLimit {
         }
         h.finish()
     }
+}
+
+/// A client's network as limits count it: an IPv4 /24 or an IPv6 /56. An
+/// IPv4 client of a dual-stack socket comes as `::ffff:a.b.c.d`; its
+/// network is its IPv4 /24, not the mapped range's /56.
+pub(super) fn network(ip: IpAddr) -> [u8; 8] {
+    let mut key = [0u8; 8];
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => key[..3].copy_from_slice(&v4.octets()[..3]),
+        IpAddr::V6(v6) => {
+            key[0] = 6;
+            key[1..].copy_from_slice(&v6.octets()[..7]);
+        }
+    }
+    key
 }
 
 /// Where the question of `query` ends (its name, type and class after the

@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::GeoDns;
+use super::limit::network;
 
 /// Most connections open at once.
 pub(super) const MAX_CONNECTIONS: usize = 1024;
@@ -37,19 +38,6 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 struct Open {
     all: usize,
     by_network: HashMap<[u8; 8], usize>,
-}
-
-/// A client's network, as the rate limit counts it.
-fn network(ip: IpAddr) -> [u8; 8] {
-    let mut key = [0u8; 8];
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => key[..3].copy_from_slice(&v4.octets()[..3]),
-        IpAddr::V6(v6) => {
-            key[0] = 6;
-            key[1..].copy_from_slice(&v6.octets()[..7]);
-        }
-    }
-    key
 }
 
 /// A place among the open connections, given back when dropped.

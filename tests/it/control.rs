@@ -52,6 +52,17 @@ struct Cdn {
     _edges: Vec<tokio_util::sync::DropGuard>,
 }
 
+/// Stops the edges before the folder goes: a running edge writes its state
+/// into it as it is removed, and leaves it behind. Stopping takes them a
+/// moment (this blocks one worker of the test's runtime for it).
+impl Drop for Cdn {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self._edges.clear();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 impl Cdn {
     fn api(&self, path: &str) -> String {
         format!("http://{}{path}", self.control)

@@ -847,10 +847,14 @@ async fn a_replacement_database_whose_data_section_is_corrupt_is_refused() {
     assert!(found.has_data(), "the search tree still leads to a record");
     assert!(found.decode::<std::collections::BTreeMap<String, String>>().is_err(), "which does not decode");
     std::fs::write(dir.path().join("new.mmdb"), &bytes).unwrap();
+    // A database of our own, opened on the good file: the server's check
+    // runs on its own clock and may see the replacement first.
+    let probe = outpost_control::dns::GeoDb::open(&dir.path().join("geo.mmdb")).unwrap();
     std::fs::rename(dir.path().join("new.mmdb"), dir.path().join("geo.mmdb")).unwrap();
     // Refused, saying why; the old database keeps steering London to fra.
-    let err = dns.node.geo.reload_if_changed().unwrap_err().to_string();
+    let err = probe.reload_if_changed().unwrap_err().to_string();
     assert!(err.contains("geo.mmdb") && err.contains("corrupt"), "{err}");
+    assert!(probe.locate("81.2.69.1".parse().unwrap()).is_some(), "the old one answers");
     tokio::time::sleep(outpost_control::dns::RELOAD_CHECK * 2).await;
     assert_eq!(addrs(&udp(dns.addr, ask()).await.unwrap()), fra, "the old database stays in service");
     assert!(dns.node.geo.locate("81.2.69.1".parse().unwrap()).is_some());

@@ -24,6 +24,9 @@ pub(crate) const CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
 /// RFC 7239.
 pub(crate) const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// The control plane's last event an edge applied, sent with its fetches
+/// to its shields (`Engine::mark_fetch`); never taken from a client.
+pub(crate) const OUTPOST_SEQ: HeaderName = HeaderName::from_static("outpost-seq");
 /// How the client reached the edge, `http` or `https`.
 pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 

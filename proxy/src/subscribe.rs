@@ -246,6 +246,7 @@ impl Subscriber {
             refresh = !install_certificates(&engine, &state.sites, &node_token(&link.token_file, &held));
         }
         engine.link_control();
+        engine.applied_through(state.seq);
         Subscriber {
             engine,
             control: link.urls,
@@ -276,6 +277,7 @@ impl Subscriber {
     /// Records that everything through `seq` is applied and kept.
     fn moved_to(&self, seq: u64) {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).seq = seq;
+        self.engine.applied_through(seq);
     }
 
     /// The last sequence applied.

@@ -599,3 +599,52 @@ async fn an_edge_killed_under_load_restarts_with_a_consistent_disk() {
         back.as_millis()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_purge_that_reaches_the_edges_before_the_shields_serves_nothing_purged() {
+    let t = Topology::start().await;
+    let objects = paths("/s9/", 3, "max-age%3D600");
+    warm(&t, &objects).await;
+    // A client cannot make a shield go to the origin by claiming to have
+    // followed the control plane further than it has.
+    let one = "/s9/one?size=4KiB&cc=max-age%3D600";
+    assert_eq!(t.get(0, one).await.unwrap().status, StatusCode::OK);
+    let before = t.origin_count("/s9/").await;
+    let url = format!("http://{}{one}", t.edges[1].addr);
+    let r = outpost_testkit::get(&url, &[("host", SITE_HOST), ("outpost-seq", "18446744073709551615")]).await;
+    assert!(r.cache_status().split(',').next().unwrap().contains("; hit"), "{}", r.cache_status());
+    assert_eq!(t.origin_count("/s9/").await, before);
+    // The shields miss the purge: cut off from the control plane, as a
+    // shield a moment behind its edges is for that moment.
+    for s in &t.shields {
+        s.control_relay.cut();
+    }
+    let urls: Vec<String> = objects.iter().map(|p| format!("\"{p}\"")).collect();
+    let body = format!("{{\"site\": \"shop\", \"urls\": [{}], \"wait\": true, \"timeout_ms\": 1500}}", urls.join(", "));
+    let r = t.purge(&body).await;
+    let acked = r["acked"].as_array().unwrap();
+    assert!(
+        acked.len() == 3 && !acked.iter().any(|n| n.as_str().unwrap().starts_with("shield")),
+        "the edges alone applied it: {r}"
+    );
+    // Each shield still holds its pre-purge copy as fresh. The edge, which
+    // has none now, must not take that copy as a new one: it asks again,
+    // and the shield checks with the origin.
+    let before = t.origin_count("/s9/").await;
+    for p in &objects {
+        let r = t.get(0, p).await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{p}");
+        let shield_said = r.cache_status().split(',').next().unwrap_or("").to_string();
+        assert!(!shield_said.contains("; hit"), "{p}: the shield served its pre-purge copy: {}", r.cache_status());
+    }
+    assert_eq!(t.origin_count("/s9/").await - before, objects.len() as u64, "each copy checked with the origin once");
+    // What the edge stored then is served as a hit, without asking again.
+    for p in &objects {
+        let r = t.get(0, p).await.unwrap();
+        assert!(r.cache_status().rsplit(',').next().unwrap().contains("; hit"), "{p}: {}", r.cache_status());
+    }
+    assert_eq!(t.origin_count("/s9/").await - before, objects.len() as u64);
+    for s in &t.shields {
+        s.control_relay.heal();
+    }
+}

@@ -72,7 +72,7 @@ pub struct Shield {
     pub listen: SocketAddr,
     pub cfg: NodeConfig,
     pub node: Option<Running>,
-    _control_relay: Relay,
+    pub control_relay: Relay,
 }
 
 pub struct Edge {
@@ -483,7 +483,7 @@ async fn start_shields(d: &Path, control: SocketAddr) -> Vec<Shield> {
                 control_relay.addr
             ),
         );
-        let mut shield = Shield { listen, cfg, node: None, _control_relay: control_relay };
+        let mut shield = Shield { listen, cfg, node: None, control_relay };
         shield.start().await;
         shields.push(shield);
     }

@@ -179,6 +179,7 @@ impl FetchJob {
                 validators,
                 self.rkey.coding,
             );
+            engine.mark_fetch(&mut req);
             let (flight, site, node) = (Arc::clone(&self.guard.flight), Arc::clone(&self.site), Arc::clone(&engine));
             request::on_interim(&mut req, move |status, mut fields| {
                 super::respond::interim_rules(&mut fields, &site, &node.rules);

@@ -110,6 +110,8 @@ pub struct Engine {
     /// since the epoch; 0 = never) it last heard from it.
     control_linked: std::sync::atomic::AtomicBool,
     control_contact_ms: std::sync::atomic::AtomicU64,
+    /// The control plane's last event this node applied and kept (0: none).
+    control_seq: std::sync::atomic::AtomicU64,
     /// Why the control plane refuses this node's token (revoked, another
     /// node's), while it does: an operator must give it another.
     control_refusal: std::sync::Mutex<Option<String>>,
@@ -183,6 +185,7 @@ impl Engine {
             log,
             control_linked: std::sync::atomic::AtomicBool::new(false),
             control_contact_ms: std::sync::atomic::AtomicU64::new(0),
+            control_seq: std::sync::atomic::AtomicU64::new(0),
             control_refusal: std::sync::Mutex::new(None),
             credential_unwritten: std::sync::Mutex::new(None),
             sites_unloaded: std::sync::Mutex::default(),
@@ -243,6 +246,35 @@ impl Engine {
     /// Marks this node as following a control plane.
     pub fn link_control(&self) {
         self.control_linked.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Records the control plane's last event applied and kept.
+    pub fn applied_through(&self, seq: u64) {
+        self.control_seq.store(seq, std::sync::atomic::Ordering::Release);
+    }
+
+    /// An edge's fetches from its shields say how far it has followed the
+    /// control plane ([`OUTPOST_SEQ`](crate::headers::OUTPOST_SEQ)): a
+    /// shield behind it checks its copy with the origin before answering,
+    /// as it may not have applied a purge the edge has. Its copy would
+    /// otherwise be stored at the edge as fetched now, after the purge,
+    /// and served as fresh.
+    pub(crate) fn mark_fetch(&self, req: &mut http::Request<crate::upstream::ReqBody>) {
+        let seq = self.control_seq.load(std::sync::atomic::Ordering::Acquire);
+        if self.tier == Tier::Edge && seq > 0 {
+            req.headers_mut().insert(crate::headers::OUTPOST_SEQ, crate::headers::decimal(seq));
+        }
+    }
+
+    /// Whether the edge behind this request has applied events of the
+    /// control plane this shield has not (see [`Engine::mark_fetch`]).
+    pub(crate) fn behind_the_edge(&self, headers: &impl outpost_net::HeaderLookup) -> bool {
+        if self.tier != Tier::Shield || !self.control_linked.load(std::sync::atomic::Ordering::Acquire) {
+            return false;
+        }
+        let Some(theirs) = headers.get(&crate::headers::OUTPOST_SEQ) else { return false };
+        let theirs = std::str::from_utf8(theirs.as_bytes()).ok().and_then(|v| v.parse::<u64>().ok());
+        theirs.is_some_and(|t| t > self.control_seq.load(std::sync::atomic::Ordering::Acquire))
     }
 
     /// Records that the control plane was just heard from.

@@ -23,12 +23,22 @@ const EVENTUALLY_POLL: Duration = Duration::from_millis(25);
 
 /// Waits until `f` holds, at most [`EVENTUALLY`]; for effects of background
 /// work. Panics naming `what` when it never does.
-pub async fn eventually<F, Fut>(what: &str, mut f: F)
+pub async fn eventually<F, Fut>(what: &str, f: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + EVENTUALLY;
+    eventually_within(what, EVENTUALLY, f).await
+}
+
+/// [`eventually`] with a limit of its own: for a wait whose bound is what
+/// the test tells apart (parallel work from serial, say).
+pub async fn eventually_within<F, Fut>(what: &str, limit: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
     while tokio::time::Instant::now() < deadline {
         if f().await {
             return;

@@ -620,14 +620,24 @@ async fn every_api_type_round_trips_through_the_real_server() {
     assert_eq!(purge.target, PurgeTarget::Urls { urls: vec!["/caf%C3%A9".into()] });
     assert_eq!((purge.site.as_str(), purge.seq, purge.soft), ("rt", 2, false));
     assert_eq!(admin.purge_status(&purge.id).await.unwrap().id, purge.id);
-    let line = stream.next().await.unwrap().unwrap();
+    // Heartbeats come every two seconds between events, however long the
+    // calls above took.
+    async fn next_event(stream: &mut outpost_net::control::EventStream) -> StreamLine {
+        loop {
+            match stream.next().await.unwrap().unwrap() {
+                StreamLine::Heartbeat { .. } => continue,
+                line => return line,
+            }
+        }
+    }
+    let line = next_event(&mut stream).await;
     assert!(
         matches!(line, StreamLine::Event { record } if matches!(&record.event, Event::Purge(p) if p.id == purge.id))
     );
 
     let deleted = admin.delete_site("rt").await.unwrap();
     assert_eq!((deleted.id.as_str(), deleted.deleted, deleted.seq), ("rt", true, 3));
-    let line = stream.next().await.unwrap().unwrap();
+    let line = next_event(&mut stream).await;
     assert!(matches!(line, StreamLine::Event { record } if matches!(&record.event, Event::SiteDeleted { .. })));
 
     // Errors come back typed.
@@ -1449,7 +1459,7 @@ async fn cut_off_past_its_grace_a_node_revalidates_hits_and_serves_stale_when_th
     let (control, _) = start_control(dir.path(), &control_stop).await;
     let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
     // No stale-if-error: only the partition lets a stale copy stand in.
-    let text = format!("{}\n[stale]\nif_error = \"0s\"\npartition_grace = \"10s\"\n", site(origin_addr));
+    let text = format!("{}\n[stale]\nif_error = \"0s\"\npartition_grace = \"30s\"\n", site(origin_addr));
     assert_eq!(
         call(Method::POST, &format!("http://{control}/v1/sites"), Some(&admin), None, &text).await.status,
         StatusCode::CREATED
@@ -1467,11 +1477,13 @@ async fn cut_off_past_its_grace_a_node_revalidates_hits_and_serves_stale_when_th
     // No heartbeat can arrive once the control plane has stopped listening.
     eventually("the control plane to stop", || async { tokio::net::TcpStream::connect(control).await.is_err() }).await;
     // Inside the grace a hit is still a hit; past it, hits are revalidated.
-    engine.clock.advance(Duration::from_secs(7));
+    // (The time since the last heartbeat is the clock's advance plus the
+    // real time gone by: the grace leaves 20 s of it.)
+    engine.clock.advance(Duration::from_secs(10));
     let r = get().await;
     let cs = r.headers["cache-status"].to_str().unwrap().to_string();
     assert!(cs.contains("; hit") && cs.contains("partitioned="), "inside the grace: {cs}");
-    engine.clock.advance(Duration::from_secs(5));
+    engine.clock.advance(Duration::from_secs(25));
     let r = get().await;
     let cs = r.headers["cache-status"].to_str().unwrap().to_string();
     assert!(cs.contains("fwd=stale; fwd-status=304") && cs.contains("partitioned="), "revalidated: {cs}");
@@ -1521,7 +1533,9 @@ async fn a_node_cut_off_keeps_serving_and_applies_missed_purges_in_order_on_heal
     .await;
     let took = healed.elapsed();
     println!("applied both purges {took:?} after healing");
-    assert!(took < Duration::from_secs(1), "applied within 1 s of healing: {took:?}");
+    // The reconnect waits up to its backoff (500 ms) first; the rest is
+    // slack for a loaded machine.
+    assert!(took < Duration::from_secs(4), "applied within 4 s of healing: {took:?}");
     for path in ["/a?cc=max-age%3D600&keys=one", "/b?cc=max-age%3D600&keys=two"] {
         assert!(!get(path).await.headers["cache-status"].to_str().unwrap().contains("; hit"), "{path} was purged");
     }
@@ -1629,10 +1643,14 @@ async fn nodes_report_their_load_to_the_registry() {
     // of one object (hits); a few to edge-3, each a new object (misses).
     let started = std::time::Instant::now();
     let mut sent = 0u64;
+    // Edge-3's misses come by the clock, so every report covers some
+    // however slowly this loop runs.
+    let mut last_miss = started;
     while started.elapsed() < Duration::from_millis(4500) {
         assert_eq!(cdn.via(0, "/load?cc=max-age%3D60").await.status, StatusCode::OK);
         sent += 1;
-        if sent.is_multiple_of(20) {
+        if last_miss.elapsed() >= Duration::from_millis(100) {
+            last_miss = std::time::Instant::now();
             assert_eq!(cdn.via(2, &format!("/load?cc=max-age%3D60&n={sent}")).await.status, StatusCode::OK);
         }
     }

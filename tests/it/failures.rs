@@ -185,7 +185,9 @@ async fn control_plane_cut_from_one_edge_during_three_purges() {
         lag.as_millis()
     );
     assert_eq!(errors, 0);
-    assert!(lag < Duration::from_secs(1), "purges applied {lag:?} after the heal");
+    // The reconnect waits up to its backoff (500 ms) first; the rest is
+    // slack for a loaded machine. The lag is printed above.
+    assert!(lag < Duration::from_secs(4), "purges applied {lag:?} after the heal");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -278,7 +280,7 @@ async fn london_until(dns: std::net::SocketAddr, what: &str, want: impl Fn(&[std
         if want(&answer) {
             return started.elapsed();
         }
-        assert!(started.elapsed() < Duration::from_secs(5), "{what}: still answering {answer:?}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{what}: still answering {answer:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -566,7 +568,19 @@ async fn an_edge_killed_under_load_restarts_with_a_consistent_disk() {
     };
     in_dns(true).await;
     let load = Load::start(vec![listen], objects.clone(), 6);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Killed under load once every object has been stored (a hit) and the
+    // disk tier, which writes behind, has had time to take them.
+    let warming = Instant::now();
+    for p in &objects {
+        while !request(Method::GET, &format!("http://{listen}{p}"), SITE_HOST, None, "")
+            .await
+            .is_ok_and(|r| r.cache_status().contains("edge-proc; hit"))
+        {
+            assert!(warming.elapsed() < Duration::from_secs(30), "{p} never became a hit");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
     edge.kill();
     let withdrawn = in_dns(false).await;
     let seen = load.stop().await;

@@ -108,7 +108,10 @@ async fn load_runs_against_up_and_a_failed_threshold_exits_99() {
         .arg(scenario(
             d,
             "pass",
-            "http_req_failed = [\"rate<0.01\"]\ncache_hit_ratio = [\"rate>0.5\"]\norigin_requests = [\"count<=40\"]\nchecks = [\"rate>0.99\"]",
+            // No hit-ratio threshold: how many requests (and so hits) fit
+            // in the run depends on what else the machine runs; the misses
+            // are checked below.
+            "http_req_failed = [\"rate<0.01\"]\norigin_requests = [\"count<=40\"]\nchecks = [\"rate>0.99\"]",
         ))
         .output()
         .unwrap();

@@ -134,11 +134,19 @@ async fn udp(addr: SocketAddr, packet: Vec<u8>) -> Option<Message> {
     udp_bytes(addr, packet).await.map(|b| Message::from_vec(&b).unwrap())
 }
 
+/// How long a query waits for its answer: what a loaded machine can take.
+const UDP_WAIT: Duration = Duration::from_secs(3);
+
 /// The datagram that answers `packet`, as it came.
 async fn udp_bytes(addr: SocketAddr, packet: Vec<u8>) -> Option<Vec<u8>> {
+    udp_within(addr, packet, UDP_WAIT).await
+}
+
+/// The datagram that answers `packet` within `wait`.
+async fn udp_within(addr: SocketAddr, packet: Vec<u8>, wait: Duration) -> Option<Vec<u8>> {
     tokio::task::spawn_blocking(move || {
         let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
+        s.set_read_timeout(Some(wait)).unwrap();
         s.send_to(&packet, addr).unwrap();
         let mut buf = [0u8; 4096];
         let n = s.recv(&mut buf).ok()?;
@@ -357,10 +365,29 @@ async fn tcp_connections_are_capped_per_network_and_each_answers_in_turn() {
         let closed = over.read(&mut byte);
         assert!(matches!(closed, Ok(0)), "the 65th connection is closed at once: {closed:?}");
         assert_eq!(ask(&mut held[7]), [IpAddr::V4(Ipv4Addr::new(127, 0, 0, 12))], "a held one still answers");
+        // The place is given back once the server has seen the close.
         drop(held.pop());
-        std::thread::sleep(Duration::from_millis(200));
-        let mut again = open();
-        assert_eq!(ask(&mut again), [IpAddr::V4(Ipv4Addr::new(127, 0, 0, 12))], "a place given back is taken");
+        let given_back = std::time::Instant::now();
+        let mut again = loop {
+            let mut s = open();
+            // Written into a connection closed at once, the query finds
+            // no answer: an end of stream, or a reset.
+            let sent = s.write_all(&(packet.len() as u16).to_be_bytes()).and_then(|_| s.write_all(&packet));
+            if sent.is_ok() && matches!(s.peek(&mut byte), Ok(n) if n > 0) {
+                break s;
+            }
+            assert!(given_back.elapsed() < Duration::from_secs(10), "the place given back was never taken");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut len = [0u8; 2];
+        again.read_exact(&mut len).unwrap();
+        let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+        again.read_exact(&mut buf).unwrap();
+        assert_eq!(
+            addrs(&Message::from_vec(&buf).unwrap()),
+            [IpAddr::V4(Ipv4Addr::new(127, 0, 0, 12))],
+            "a place given back is taken"
+        );
     })
     .await
     .unwrap();
@@ -396,8 +423,9 @@ async fn malformed_packets_do_not_stop_the_server() {
     for junk in
         [vec![0u8; 3], vec![0xff; 12], vec![0x12, 0x34, 0x01, 0x00, 0, 5, 0, 0, 0, 0, 0, 0, 1, 2], vec![7u8; 4000]]
     {
-        if let Some(m) = udp(dns.addr, junk).await {
-            assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+        // Answered with FORMERR, or not at all.
+        if let Some(b) = udp_within(dns.addr, junk, Duration::from_millis(700)).await {
+            assert_eq!(Message::from_vec(&b).unwrap().metadata.response_code, ResponseCode::FormErr);
         }
     }
     let m = udp(dns.addr, query("shop.cdn.test.", RecordType::A, Some(("8.8.8.0", 24)), true)).await.unwrap();
@@ -426,7 +454,7 @@ async fn a_flood_from_one_network_is_answered_at_the_rate_limit_and_truncated_pa
         for _ in 0..SENT {
             s.send_to(&packet, addr).unwrap();
         }
-        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let mut replies = Vec::new();
         let mut buf = [0u8; 2048];
         while let Ok((n, _)) = s.recv_from(&mut buf) {
@@ -438,11 +466,13 @@ async fn a_flood_from_one_network_is_answered_at_the_rate_limit_and_truncated_pa
     .unwrap();
     let full = replies.iter().filter(|m| !m.metadata.truncation).count();
     let truncated: Vec<&Message> = replies.iter().filter(|m| m.metadata.truncation).collect();
-    // Ten a second: the flood may straddle the turn of a second.
-    assert!((10..=20).contains(&full), "{full} full answers of {SENT}");
+    // Ten a second: the flood may straddle the turn of a second (or two,
+    // on a machine that stalls).
+    assert!((10..=30).contains(&full), "{full} full answers of {SENT}");
+    let past = (SENT - full) / 2;
     assert!(
-        truncated.len() >= (SENT - 20) / 2 - 1 && truncated.len() <= (SENT - 10) / 2 + 1,
-        "every second answer past the limit truncated: {} of {SENT}",
+        (past - 2..=past + 2).contains(&truncated.len()),
+        "every second answer past the limit truncated: {} of {SENT}, {full} full",
         truncated.len()
     );
     for m in &truncated {
@@ -464,7 +494,7 @@ async fn a_flood_from_one_network_is_answered_at_the_rate_limit_and_truncated_pa
     let packet = ask();
     let m = tokio::task::spawn_blocking(move || {
         let s = UdpSocket::bind("127.0.1.1:0").unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
+        s.set_read_timeout(Some(UDP_WAIT)).unwrap();
         s.send_to(&packet, addr).unwrap();
         let mut buf = [0u8; 2048];
         let (n, _) = s.recv_from(&mut buf).expect("an answer to another network");
@@ -573,14 +603,15 @@ async fn status_of(url: &str, token: &str) -> u16 {
     outpost_testkit::get(url, &[("authorization", &bearer)]).await.status.as_u16()
 }
 
-/// Holds an edge's event stream open, as a live edge does: the registry
-/// counts it connected until the stream is dropped.
+/// Holds an edge's event stream open, as a live edge does, acknowledging
+/// what it reads when `acks` (a node that does not is missed after
+/// `SILENT_AFTER`): the registry counts it connected until the stream is
+/// dropped.
 async fn hold_stream(
     control: SocketAddr,
     token: &str,
-    name: &str,
-    pop: &str,
-    addr: &str,
+    (name, pop, addr): (&str, &str, &str),
+    acks: bool,
 ) -> tokio::task::JoinHandle<()> {
     use outpost_net::control::{ControlClient, Token};
     let tls = std::sync::Arc::new(plain_tls());
@@ -594,7 +625,21 @@ async fn hold_stream(
         certificates: false,
     };
     let mut stream = client.events(&query).await.unwrap();
-    tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} })
+    let name = name.to_string();
+    tokio::spawn(async move {
+        while let Some(Ok(_)) = stream.next().await {
+            if acks {
+                let ack = outpost_config::Ack {
+                    node: name.clone(),
+                    seq: 0,
+                    load_rps: None,
+                    hit_permille: None,
+                    problems: None,
+                };
+                let _ = client.ack(&ack).await;
+            }
+        }
+    })
 }
 
 /// TLS settings that trust nothing: the control plane here is plain HTTP.
@@ -636,7 +681,7 @@ async fn a_node_fallen_silent_loses_its_stream_and_one_that_acknowledges_keeps_i
     // Reads its stream and never acknowledges: silent, as seen from the
     // control plane, from the moment it registers (measured from before).
     let started = std::time::Instant::now();
-    let silent = hold_stream(control, &token, "edge-silent", "fra", "127.0.0.11:8080").await;
+    let silent = hold_stream(control, &token, ("edge-silent", "fra", "127.0.0.11:8080"), false).await;
     let client = ControlClient::new(&[format!("http://{control}")], Token::Value(token.clone()), plain_tls().into());
     let query = outpost_config::api::StreamQuery {
         after: 0,
@@ -729,13 +774,13 @@ async fn answers_follow_the_node_registry_when_edges_die_and_return() {
 
     // Until the registry lists Frankfurt, its static edge is answered.
     assert_eq!(answer().await, ip("127.0.0.11"));
-    let fra = hold_stream(control_addr, &token, "edge-fra", "fra", "127.0.0.31:8080").await;
+    let fra = hold_stream(control_addr, &token, ("edge-fra", "fra", "127.0.0.31:8080"), true).await;
     within("the registered edge replaces the static one", ip("127.0.0.31")).await;
 
     // A node token is not enough to steer clients: an address outside the
     // PoP's edges and networks is never answered, and one that is no
     // address is refused at registration.
-    let _evil = hold_stream(control_addr, &token, "edge-evil", "fra", "6.6.6.6:80").await;
+    let _evil = hold_stream(control_addr, &token, ("edge-evil", "fra", "6.6.6.6:80"), true).await;
     tokio::time::sleep(registry_poll() * 2).await;
     assert_eq!(answer().await, ip("127.0.0.31"), "the registered outsider is not answered");
     for bad in ["%3Cscript%3E", "not-an-address", "127.0.0.1"] {
@@ -750,7 +795,7 @@ async fn answers_follow_the_node_registry_when_edges_die_and_return() {
     let gone = within("a dead edge leaves the answers", ip("127.0.0.12")).await;
     assert!(gone < Duration::from_secs(3), "withdrawn in {gone:?}, the TTL is 20 s");
 
-    let _fra = hold_stream(control_addr, &token, "edge-fra", "fra", "127.0.0.31:8080").await;
+    let _fra = hold_stream(control_addr, &token, ("edge-fra", "fra", "127.0.0.31:8080"), true).await;
     within("a returning edge is answered again", ip("127.0.0.31")).await;
 }
 

@@ -297,9 +297,10 @@ async fn an_origin_that_never_answers_its_checks_holds_up_no_other_check() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(pool.health("s"), [true, true, true, true], "in service until a check says otherwise");
     a.control("fault?mode=503").await;
-    // Within `eventually`'s 5 s: one round of checks lasts the longest
-    // check's timeout (3 s), not the sum of them.
-    eventually("origin a to be taken out", || async { pool.health("s").last() == Some(&false) }).await;
+    // Within 7 s: one round of checks lasts the longest check's timeout
+    // (3 s), not the sum of them (9 s).
+    let out = || async { pool.health("s").last() == Some(&false) };
+    outpost_testkit::eventually_within("origin a to be taken out", Duration::from_secs(7), out).await;
     sh.stop().await;
     for s in silent {
         s.abort();

@@ -467,7 +467,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_with_no_stream_open_is_closed_once_idle() {
-        let idle = Duration::from_millis(300);
+        // Long enough that a loaded machine's stall does not pass for idle.
+        let idle = Duration::from_millis(1000);
         let (io, closed) = target(1000, Duration::ZERO).await;
         let conn = Conn::handshake(io, true, idle).await.unwrap();
         for _ in 0..3 {
@@ -477,13 +478,13 @@ mod tests {
             tokio::time::sleep(idle / 3).await;
             assert!(!conn.is_closed() && !closed.load(Ordering::SeqCst), "closed while in use");
         }
-        assert!(closed_within(&closed, idle * 5).await, "an idle connection was kept");
+        assert!(closed_within(&closed, idle * 10).await, "an idle connection was kept");
         assert!(conn.is_closed());
     }
 
     #[tokio::test]
     async fn a_connection_whose_answer_is_still_coming_is_not_idle() {
-        let idle = Duration::from_millis(300);
+        let idle = Duration::from_millis(1000);
         let (io, closed) = target(1000, idle * 4).await;
         let conn = Conn::handshake(io, true, idle).await.unwrap();
         let resp = conn.send(get(), Duration::from_secs(5)).await.ok().unwrap();
@@ -491,6 +492,6 @@ mod tests {
         // open, however long nothing else is asked.
         assert!(!closed_within(&closed, idle * 3).await, "closed under an answer still coming");
         assert_eq!(resp.into_body().collect().await.unwrap().to_bytes().len(), 1000);
-        assert!(closed_within(&closed, idle * 5).await, "kept once the answer was whole");
+        assert!(closed_within(&closed, idle * 10).await, "kept once the answer was whole");
     }
 }

@@ -260,7 +260,10 @@ async fn slow_request_heads_are_cut_off_and_idle_connections_closed() {
     .await
     .unwrap();
     assert!(slow < Duration::from_millis(2500), "slowloris held the connection for {slow:?}");
-    assert!(idle >= Duration::from_millis(1200) && idle < Duration::from_secs(4), "idle close after {idle:?}");
+    // The client starts its clock after reading the answer: a stall there
+    // shortens what it sees, hence the margin (still past the 500 ms header
+    // timeout).
+    assert!(idle >= Duration::from_millis(900) && idle < Duration::from_secs(4), "idle close after {idle:?}");
 }
 
 #[tokio::test]

@@ -18,7 +18,10 @@
 //!   nothing, or sends a byte at a time, is cut off;
 //! - idle between requests: `idle_timeout`;
 //! - a write the client has not taken for `send_timeout`: the connection is
-//!   dropped, so a reader that stopped holds nothing;
+//!   dropped, so a reader that stopped holds nothing. Once a write has
+//!   waited, the client must take `send_min_rate` × `send_timeout` bytes
+//!   to stop the timer, so one that takes a byte now and then is dropped
+//!   too;
 //! - a request in progress: no client timer (upstream timeouts apply).
 
 use std::collections::VecDeque;
@@ -157,6 +160,15 @@ impl ConnState {
     fn finished(&self) {
         self.idle_since.store(now_ms(), Ordering::Release);
         self.active.fetch_sub(1, Ordering::AcqRel);
+        self.all_written();
+    }
+
+    /// What was written of the answers has gone to the socket: the send
+    /// timer stops (a write that waits again starts it anew).
+    fn all_written(&self) {
+        if self.write_blocked.load(Ordering::Acquire) != 0 {
+            self.write_blocked.store(0, Ordering::Release);
+        }
     }
 
     /// Why [`ConnState::close`] was cancelled.
@@ -233,6 +245,10 @@ struct TrackedIo<S> {
     hints: metrics::Counter,
     /// The connection speaks HTTP/2: bytes between requests start no head.
     http2: bool,
+    /// Bytes the client has taken since a write last waited, and how many
+    /// stop the send timer (`send_min_rate` × `send_timeout`).
+    taken: u64,
+    min_take: u64,
 }
 
 impl<S: Transport> TrackedIo<S> {
@@ -282,7 +298,7 @@ impl<S: Transport> TrackedIo<S> {
             }
             let r = interim::poll_owed(&mut self.inner, &mut self.owed, cx);
             // A client that does not take them is timed as for any write.
-            self.wrote(&r);
+            self.wrote(&r, 0);
             self.unflushed = !std::task::ready!(r)?;
         }
     }
@@ -371,17 +387,34 @@ impl<S: AsyncWrite + Unpin> TrackedIo<S> {
         {
             tell(self.state.accepted.elapsed());
         }
-        self.wrote(r);
+        let n = match r {
+            Poll::Ready(Ok(n)) => *n as u64,
+            _ => 0,
+        };
+        self.wrote(r, n);
     }
 
-    /// Notes whether the client is taking what is written.
-    fn wrote<T>(&self, r: &Poll<io::Result<T>>) {
+    /// Notes whether the client is taking what is written (`n` bytes of
+    /// it): a write that waits starts the send timer, unless it runs; the
+    /// bytes written stop it once they reach `min_take`.
+    fn wrote<T>(&mut self, r: &Poll<io::Result<T>>, n: u64) {
+        let blocked = &self.state.write_blocked;
         match r {
             Poll::Pending => {
                 let now = now_ms() + 1;
-                let _ = self.state.write_blocked.compare_exchange(0, now, Ordering::AcqRel, Ordering::Relaxed);
+                if blocked.compare_exchange(0, now, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                    self.taken = 0;
+                }
             }
-            Poll::Ready(_) => self.state.write_blocked.store(0, Ordering::Release),
+            Poll::Ready(Err(_)) => blocked.store(0, Ordering::Release),
+            Poll::Ready(Ok(_)) => {
+                if blocked.load(Ordering::Acquire) != 0 {
+                    self.taken += n;
+                    if self.taken >= self.min_take {
+                        blocked.store(0, Ordering::Release);
+                    }
+                }
+            }
         }
     }
 }
@@ -400,7 +433,12 @@ impl<S: Transport> AsyncWrite for TrackedIo<S> {
         // buffer before it asks for this).
         self.clean = true;
         let r = Pin::new(&mut self.inner).poll_flush(cx);
-        self.wrote(&r);
+        match r {
+            // No answer in progress: all of it is with the socket.
+            Poll::Ready(Ok(())) if self.state.active.load(Ordering::Acquire) == 0 => self.state.all_written(),
+            Poll::Ready(Ok(())) => {}
+            _ => self.wrote(&r, 0),
+        }
         r
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -749,6 +787,8 @@ where
         forwarded: counters.forwarded.clone(),
         hints: counters.interim.clone(),
         http2: false,
+        taken: 0,
+        min_take: http2::Stall::of(&limits).min_take,
     };
     let svc_state = Arc::clone(&state);
     let for_service = conn.clone();
@@ -797,7 +837,7 @@ where
     if h2 {
         io.tracker.stop();
         io.http2 = true;
-        let (counters, stall) = (counters.clone(), limits.send_timeout);
+        let (counters, stall) = (counters.clone(), http2::Stall::of(&limits));
         let resets = Arc::new(http2::Resets::default());
         let counted = Arc::clone(&resets);
         let accept = move |req, respond| {

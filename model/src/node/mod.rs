@@ -36,6 +36,13 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A response the client has not taken a byte of for this long is dropped
 /// with its connection: a reader that stopped holds nothing for longer.
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes a second a client must take, on average over each
+/// `send_timeout`, once the node's writes to it wait: a client that takes
+/// a byte now and then holds a connection (and what its response keeps
+/// alive) no longer than one that takes none. Far below any real link.
+pub const DEFAULT_SEND_MIN_RATE: u64 = 1024;
+/// The highest `send_min_rate` a node file may set.
+pub const MAX_SEND_MIN_RATE: u64 = 1 << 30;
 /// Open client connections per node. At the cap, the connection idle the
 /// longest is closed to make room; new ones wait only while all are busy.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
@@ -209,6 +216,9 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Default: [`DEFAULT_SEND_TIMEOUT`] (30s).
     pub send_timeout: Duration,
+    /// Bytes per second; 0: any byte taken restarts `send_timeout`.
+    /// Default: [`DEFAULT_SEND_MIN_RATE`] (1KiB).
+    pub send_min_rate: u64,
     /// Default: [`DEFAULT_MAX_CONNECTIONS`] (10000).
     pub max_connections: u32,
     /// Default: [`DEFAULT_LISTEN_BACKLOG`] (4096).
@@ -248,6 +258,7 @@ impl Default for Limits {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             send_timeout: DEFAULT_SEND_TIMEOUT,
+            send_min_rate: DEFAULT_SEND_MIN_RATE,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             listen_backlog: DEFAULT_LISTEN_BACKLOG,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,

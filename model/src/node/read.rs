@@ -105,7 +105,7 @@ fn unused_sections(s: &mut Sink<'_>, root: &mut Table<'_, '_>, role: Role) {
 
 fn node_tls(s: &mut Sink<'_>, root: &mut Table<'_, '_>, role: Role, base: &Path, listen: Option<&Listen>) -> NodeTls {
     let mut tls = match root.table(s, "tls").filter(|_| role.uses("tls")) {
-        Some(mut t) => decode_tls(s, &mut t, role, base),
+        Some(mut t) => decode_tls(s, &mut t, role, base, listen),
         None => NodeTls::default(),
     };
     tls.site_cert_dirs.insert(0, base.to_path_buf());
@@ -231,7 +231,7 @@ fn decode_listen(s: &mut Sink<'_>, root: &mut Table<'_, '_>, role: Role) -> Opti
     Some(listen)
 }
 
-fn decode_tls(s: &mut Sink<'_>, t: &mut Table<'_, '_>, role: Role, base: &Path) -> NodeTls {
+fn decode_tls(s: &mut Sink<'_>, t: &mut Table<'_, '_>, role: Role, base: &Path, listen: Option<&Listen>) -> NodeTls {
     let mut file = |s: &mut Sink<'_>, t: &mut Table<'_, '_>, key: &'static str| {
         t.opt::<Spanned<String>>(s, key).map(|p| s.later(&p.span(), base.join(p.get_ref()), Need::File))
     };
@@ -264,6 +264,16 @@ fn decode_tls(s: &mut Sink<'_>, t: &mut Table<'_, '_>, role: Role, base: &Path) 
         s.error(
             &t.span_of("unknown_sni"),
             "unknown_sni = \"default\" needs the default certificate: tls.cert and tls.key",
+        );
+    }
+    // A shield trusts what its edges say of their clients (the scheme, how
+    // far they follow the control plane): one that asks edges for their
+    // certificate takes that only from them.
+    if role == Role::Shield && t.has("client_ca") && listen.is_some_and(|l| !l.http.is_empty()) {
+        s.error(
+            &t.span_of("client_ca"),
+            "a shield that requires edges' certificates (client_ca) cannot also listen on listen.http, \
+             where any client would pass for an edge",
         );
     }
     let client_ca = file(s, t, "client_ca");
@@ -320,6 +330,14 @@ fn decode_limits(s: &mut Sink<'_>, t: &mut Table<'_, '_>, d: Limits) -> Limits {
     let idle_timeout = timeout(s, "idle_timeout", d.idle_timeout);
     let send_timeout = timeout(s, "send_timeout", d.send_timeout);
     let shutdown_grace = timeout(s, "shutdown_grace", d.shutdown_grace);
+    let send_min_rate = match t.opt::<Spanned<ByteSize>>(s, "send_min_rate") {
+        Some(b) if b.get_ref().0 > MAX_SEND_MIN_RATE => {
+            s.error(&b.span(), "send_min_rate must be at most 1GiB (a second)");
+            d.send_min_rate
+        }
+        Some(b) => b.get_ref().0,
+        None => d.send_min_rate,
+    };
     let max_connections = positive(s, t, "max_connections", d.max_connections);
     let listen_backlog = positive(s, t, "listen_backlog", d.listen_backlog);
     let quic_streams = positive(s, t, "quic_streams", d.quic_streams);
@@ -333,6 +351,7 @@ fn decode_limits(s: &mut Sink<'_>, t: &mut Table<'_, '_>, d: Limits) -> Limits {
         header_read_timeout,
         idle_timeout,
         send_timeout,
+        send_min_rate,
         max_connections,
         listen_backlog,
         shutdown_grace,

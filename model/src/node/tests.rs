@@ -84,7 +84,7 @@ fn fetches_per_connection_defaults_by_role() {
 fn limits_are_read_and_checked() {
     let node: NodeConfig = format!(
         "{EDGE}\n[limits]\nheader_bytes = \"16KiB\"\nheaders = 50\nbody = \"1MiB\"\nheader_read_timeout = \"5s\"\n\
-         idle_timeout = \"30s\"\nsend_timeout = \"20s\"\nmax_connections = 100\nlisten_backlog = 512\nshutdown_grace = \"3s\"\nquic_streams = 8\nfetches_per_connection = 64\nfetches_per_network = 256\n"
+         idle_timeout = \"30s\"\nsend_timeout = \"20s\"\nsend_min_rate = \"4KiB\"\nmax_connections = 100\nlisten_backlog = 512\nshutdown_grace = \"3s\"\nquic_streams = 8\nfetches_per_connection = 64\nfetches_per_network = 256\n"
     )
     .parse()
     .unwrap();
@@ -97,6 +97,7 @@ fn limits_are_read_and_checked() {
             header_read_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
             send_timeout: Duration::from_secs(20),
+            send_min_rate: 4096,
             max_connections: 100,
             listen_backlog: 512,
             shutdown_grace: Duration::from_secs(3),
@@ -105,9 +106,12 @@ fn limits_are_read_and_checked() {
             fetches_per_network: 256,
         }
     );
-    let e = errors(&format!("{EDGE}\n[limits]\nheader_bytes = \"10MiB\"\nheaders = 0\nidle_timeout = \"0s\"\n"));
-    assert_eq!(e.len(), 3, "{e:?}");
+    let e = errors(&format!(
+        "{EDGE}\n[limits]\nheader_bytes = \"10MiB\"\nheaders = 0\nidle_timeout = \"0s\"\nsend_min_rate = \"2GiB\"\n"
+    ));
+    assert_eq!(e.len(), 4, "{e:?}");
     assert!(e[0].contains("between 1KiB and 1MiB") && e[1].contains("at least 1") && e[2].contains("longer than zero"));
+    assert!(e[3].contains("send_min_rate must be at most 1GiB"), "{e:?}");
     // Values that would panic or exhaust memory later are refused here.
     let e = errors(&format!(
         "{}\n[limits]\nheaders = 4000000000\nsend_timeout = \"10000000000000000000s\"\n",
@@ -393,4 +397,18 @@ fn a_node_follows_one_control_plane_url_or_a_list_of_replicas() {
     assert!(errors(&with("url = \"http://a:1\"\nurls = [\"http://b:1\"]"))[0].contains("`url` or `urls`, not both"));
     assert!(errors(&with("urls = []"))[0].contains("at least one control-plane replica"));
     assert!(errors(&with(""))[0].contains("missing key `url` (or `urls`"));
+}
+
+#[test]
+fn a_shield_that_requires_edges_certificates_has_no_plain_http_listener() {
+    let shield = |listen: &str| {
+        format!(
+            "[node]\nname = \"s\"\nrole = \"shield\"\n[listen]\n{listen}\n[tls]\ncert = \"s.pem\"\nkey = \"s.key\"\n\
+             client_ca = \"edges.pem\"\n[cache]\nmemory = \"64MiB\"\n"
+        )
+    };
+    let e = errors(&shield("http = [\"127.0.0.1:0\"]"));
+    assert!(e.iter().any(|e| e.contains("cannot also listen on listen.http")), "{e:?}");
+    let e = errors(&shield("https = [\"127.0.0.1:0\"]"));
+    assert!(!e.iter().any(|e| e.contains("listen.http")), "{e:?}");
 }

@@ -204,7 +204,7 @@ pub(super) async fn answer<F, B>(
     mut respond: SendResponse<Bytes>,
     stream: Arc<Stream>,
     counters: Counters,
-    stall: Duration,
+    stall: Stall,
     resets: Arc<Resets>,
 ) where
     F: Future<Output = Result<Response<B>, Infallible>>,
@@ -277,22 +277,47 @@ pub(crate) fn answer_head(headers: &mut HeaderMap, body: &impl HttpBody) {
     }
 }
 
+/// When a peer that holds up a body is given up on: past `after` waiting
+/// for window, unless it has taken `min_take` bytes since the wait began
+/// (`send_min_rate` × `send_timeout`: a client that opens a window a few
+/// bytes wide now and then is not reading, whatever it says).
+#[derive(Debug, Clone, Copy)]
+pub struct Stall {
+    pub after: Duration,
+    pub min_take: u64,
+}
+
+impl Stall {
+    /// A client's, by the node's limits.
+    pub fn of(limits: &outpost_config::Limits) -> Stall {
+        let min_take = (limits.send_min_rate as f64 * limits.send_timeout.as_secs_f64()) as u64;
+        Stall { after: limits.send_timeout, min_take }
+    }
+
+    /// Any byte taken restarts the wait.
+    pub fn after(after: Duration) -> Stall {
+        Stall { after, min_take: 0 }
+    }
+}
+
 /// Sends `body` on `tx`, a frame at a time as the peer's windows let it
 /// go; a body that fails resets the stream (`INTERNAL_ERROR`). A peer that
 /// opens no window for `stall` (the send timeout: a client that stopped
-/// reading) has the stream reset (`CANCEL`), as an HTTP/1 client that
+/// reading), or too little ([`Stall`]), has the stream reset (`CANCEL`), as an HTTP/1 client that
 /// stops reading has its connection closed: a stalled stream would
 /// otherwise hold its answer, and its connection busy, for good. The
 /// proxy's upstream client sends request bodies with it too.
-pub async fn send_body<B>(body: B, mut tx: SendStream<Bytes>, stall: Duration) -> Result<(), BoxError>
+pub async fn send_body<B>(body: B, mut tx: SendStream<Bytes>, stall: Stall) -> Result<(), BoxError>
 where
     B: HttpBody<Data = Bytes, Error = BoxError>,
 {
     let mut body = std::pin::pin!(body);
     // A frame taken from the body, waiting for window.
     let mut held: Option<(Bytes, bool)> = None;
-    // Since when it has waited, when it waits.
+    // Since when it has waited, when it waits, and what it has been
+    // given room for since.
     let mut waiting: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let mut taken = 0u64;
     std::future::poll_fn(|cx| {
         loop {
             if let Poll::Ready(reason) = tx.poll_reset(cx) {
@@ -307,15 +332,23 @@ where
                     tx.reserve_capacity(data.len());
                     let room = tx.capacity();
                     if room > 0 {
-                        // Progress: the client reads.
-                        waiting = None;
+                        // Progress, once the client has read enough of it.
                         let chunk = data.split_to(room.min(data.len()));
+                        if waiting.is_some() {
+                            taken += chunk.len() as u64;
+                            if taken >= stall.min_take {
+                                waiting = None;
+                            }
+                        }
                         tx.send_data(chunk, last && data.is_empty())?;
                         continue;
                     }
                     match tx.poll_capacity(cx) {
                         Poll::Pending => {
-                            let timer = waiting.get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+                            let timer = waiting.get_or_insert_with(|| {
+                                taken = 0;
+                                Box::pin(tokio::time::sleep(stall.after))
+                            });
                             if timer.as_mut().poll(cx).is_ready() {
                                 tx.send_reset(h2::Reason::CANCEL);
                                 return Poll::Ready(Err("the peer opened no window for the send timeout".into()));

@@ -287,6 +287,54 @@ async fn a_client_that_stops_reading_is_cut_off_after_the_send_timeout() {
     assert_eq!(get(addr, "/after").lines().last().unwrap(), "GET /after", "the server keeps serving");
 }
 
+/// A slow-read client takes a little now and then, enough to restart a
+/// timer that waits for no byte at all: below `send_min_rate` it is cut off
+/// as a client that takes nothing is, and one above it is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_takes_a_trickle_is_cut_off_below_the_minimum_rate() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = start(limits(|l| {
+        l.send_timeout = Duration::from_secs(4);
+        l.send_min_rate = 1 << 20;
+    }))
+    .await;
+    let addr = server.addr;
+    // Reads `chunk` bytes every 50 ms for `trickle`, then the rest as fast
+    // as it comes: how much of the answer (32 MiB) came in all. A client
+    // cut off gets what the socket buffers held when the server closed.
+    // Its small receive buffer keeps the node's writes waiting on it, and
+    // the node's send buffer wakes the writer each time a third of it has
+    // drained: more often than the send timeout at these rates.
+    let read_at = |chunk: usize, trickle: Duration| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(64 << 10).unwrap();
+        let mut s = socket.connect(addr).await.unwrap();
+        s.write_all(b"GET /big HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await.unwrap();
+        let (started, mut got, mut buf) = (Instant::now(), 0usize, vec![0u8; 1 << 20]);
+        while started.elapsed() < trickle {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut want = chunk;
+            while want > 0 {
+                match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf[..want])).await {
+                    Ok(Ok(0) | Err(_)) | Err(_) => return got,
+                    Ok(Ok(n)) => (got, want) = (got + n, want - n),
+                }
+            }
+        }
+        while let Ok(Ok(n @ 1..)) = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            got += n;
+        }
+        got
+    };
+    // 640 KiB a second for ten seconds, of a 1 MiB/s minimum: cut off.
+    let got = read_at(32 << 10, Duration::from_secs(10)).await;
+    assert!(got < 24 << 20, "a client taking 640 KiB/s of a 1 MiB/s minimum got {got} bytes of 32 MiB");
+    // 5 MiB a second, for three seconds: kept, and given it all.
+    let got = read_at(256 << 10, Duration::from_secs(3)).await;
+    assert!(got > 32 << 20, "a client above the minimum rate got {got} bytes of 32 MiB");
+    assert_eq!(get(addr, "/after").lines().last().unwrap(), "GET /after", "the server keeps serving");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn framing_conflicts_are_refused_even_pipelined() {
     let server = start(Limits::default()).await;

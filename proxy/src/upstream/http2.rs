@@ -14,7 +14,7 @@ use h2::client::{ResponseFuture, SendRequest};
 use http::{HeaderValue, Method, Request, Response, header};
 use http_body::Body as _;
 use outpost_net::RecvBody;
-use outpost_net::http2::{declared_length, send_body, strip_connection_fields};
+use outpost_net::http2::{Stall, declared_length, send_body, strip_connection_fields};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, oneshot};
 use tokio_util::task::AbortOnDropHandle;
@@ -218,7 +218,7 @@ impl Conn {
             let open = Arc::clone(&open);
             let task = tokio::spawn(async move {
                 let _open = open;
-                if let Err(e) = send_body(body, stream, stall).await {
+                if let Err(e) = send_body(body, stream, Stall::after(stall)).await {
                     let _ = why_tx.send(e);
                 }
             });

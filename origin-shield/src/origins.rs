@@ -139,8 +139,6 @@ impl Route for OriginPool {
 
     fn start(self: Arc<Self>, shutdown: CancellationToken, probes: Probes) {
         tokio::spawn(async move {
-            // One client per CA in use, kept so checks reuse connections.
-            let mut clients: HashMap<(Option<std::path::PathBuf>, Duration), ProbeClient> = HashMap::new();
             // Each site's view of an origin (its state) has a schedule of
             // its own, even where two sites name the same origin and path:
             // their intervals, hosts and CAs may differ, and each view
@@ -167,10 +165,7 @@ impl Route for OriginPool {
                         continue;
                     }
                     due.insert(id, now + check.interval);
-                    let client = clients
-                        .entry((o.origin.ca.clone(), o.origin.connect_timeout))
-                        .or_insert_with(|| probes.client(o.origin.ca.as_deref(), o.origin.connect_timeout));
-                    let client = client.clone();
+                    let client = probes.client(o.origin.ca.as_deref(), o.origin.connect_timeout);
                     checks.spawn(async move {
                         let ok = Self::check(&client, &o, &check).await;
                         o.record(ok, &check);

@@ -284,3 +284,49 @@ async fn an_upstream_connection_one_sites_ca_vouched_for_is_not_used_for_another
     assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
     shield.stop().await;
 }
+
+/// A site's extra CA file, replaced, is what new connections to its origin
+/// trust, over HTTP/1.1 as over HTTP/2 and for health checks: one that
+/// arrives after the site is used, and one that withdraws the CA.
+#[tokio::test]
+async fn an_origin_ca_file_replaced_is_trusted_anew_over_http1() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = LocalCa::generate("the origin's CA").unwrap();
+    let other = LocalCa::generate("another CA").unwrap();
+    let (port, _, _origin) = tls_origin(&ca, d).await;
+    // Swapped in whole (a new file renamed over the old), as operators and
+    // configuration tools replace files.
+    let put_ca = |which: &LocalCa| {
+        std::fs::write(d.join("ca.new"), which.cert_pem()).unwrap();
+        std::fs::rename(d.join("ca.new"), d.join("ca.pem")).unwrap();
+    };
+    put_ca(&other);
+    std::fs::write(
+        d.join("site.toml"),
+        format!(
+            "[site]\nid = \"s\"\nhosts = [\"s.test\"]\nallow_direct = false\n\
+             [[origin]]\nurl = \"https://localhost:{port}\"\nca = \"ca.pem\"\nresponse_timeout = \"5s\"\nhttp2 = false\n"
+        ),
+    )
+    .unwrap();
+    let shield_cfg = node_file(
+        d,
+        "shield-ca",
+        "[node]\nname = \"shield-ca\"\nrole = \"shield\"\nsites = [\"site.toml\"]\n\
+         access_log = \"off\"\n[listen]\nhttp = [\"127.0.0.1:0\"]\n[cache]\nmemory = \"16MiB\"\n",
+    );
+    let (shield_node, _pool) = outpost_shield::bind(&shield_cfg).await.unwrap();
+    let (shield, _) = start(shield_node).await;
+    let addr = shield.addr;
+    let get = |path: &'static str| async move {
+        crate::topology::get(&format!("http://{addr}{path}?cc=max-age%3D600"), "s.test").await
+    };
+    assert_eq!(get("/a").await.status, StatusCode::BAD_GATEWAY, "trusting another CA");
+    put_ca(&ca);
+    let r = get("/b").await;
+    assert_eq!(r.status, StatusCode::OK, "the CA put in place: {}", String::from_utf8_lossy(&r.body));
+    put_ca(&other);
+    assert_eq!(get("/c").await.status, StatusCode::BAD_GATEWAY, "the CA withdrawn, kept connections too");
+    shield.stop().await;
+}

@@ -277,21 +277,52 @@ impl UpstreamClient {
 /// A client for health probes.
 pub type ProbeClient = Client<Connector, http_body_util::Empty<Bytes>>;
 
+/// Clients kept per key, each with the TLS configuration it connects with,
+/// and made again once that configuration is another (a site's extra CA
+/// file changed or appeared): connections made after that trust what the
+/// file says now, and the pool of the old ones goes with the old client.
+#[derive(Debug)]
+struct Kept<K, C>(Mutex<HashMap<K, (Arc<rustls::ClientConfig>, C)>>);
+
+impl<K: std::hash::Hash + Eq, C: Clone> Kept<K, C> {
+    fn new() -> Kept<K, C> {
+        Kept(Mutex::new(HashMap::new()))
+    }
+
+    fn get(&self, key: K, config: Arc<rustls::ClientConfig>, make: impl FnOnce(Arc<rustls::ClientConfig>) -> C) -> C {
+        let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((made_with, client)) = kept.get(&key)
+            && Arc::ptr_eq(made_with, &config)
+        {
+            return client.clone();
+        }
+        let client = make(Arc::clone(&config));
+        kept.insert(key, (config, client.clone()));
+        client
+    }
+}
+
 /// Makes health-probe clients that connect as requests do: same resolver,
 /// same TLS trust and client certificate.
 #[derive(Debug, Clone)]
 pub struct Probes {
     tls: Arc<UpstreamTls>,
     resolve: crate::resolve::Resolve,
+    /// One per CA and connect timeout, so checks reuse connections.
+    clients: Arc<Kept<(Option<PathBuf>, Duration), ProbeClient>>,
 }
 
 impl Probes {
     /// A client for upstreams trusting `extra_ca` besides the node's roots.
     pub fn client(&self, extra_ca: Option<&std::path::Path>, connect_timeout: Duration) -> ProbeClient {
-        Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .build(self.tls.connector(extra_ca, self.resolve.clone(), Dial::connect(connect_timeout)))
+        let config = self.tls.config(extra_ca);
+        self.clients.get((extra_ca.map(PathBuf::from), connect_timeout), config, |config| {
+            let dial = Dial::connect(connect_timeout);
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                .pool_timer(TokioTimer::new())
+                .build(crate::tls::client::connector(config, self.resolve.clone(), dial))
+        })
     }
 }
 
@@ -303,7 +334,8 @@ type PoolKey = (Dial, Option<PathBuf>);
 pub struct UpstreamClient {
     resolve: crate::resolve::Resolve,
     tls: Arc<UpstreamTls>,
-    clients: Mutex<HashMap<PoolKey, Client<Connector, ReqBody>>>,
+    clients: Kept<PoolKey, Client<Connector, ReqBody>>,
+    probe_clients: Arc<Kept<(Option<PathBuf>, Duration), ProbeClient>>,
     /// One HTTP/2 connection per target that speaks it, every request to
     /// it multiplexed on that connection.
     h2: Mutex<HashMap<H2Key, http2::Conn>>,
@@ -360,7 +392,8 @@ impl UpstreamClient {
         UpstreamClient {
             resolve: crate::resolve::Resolve::system(),
             tls,
-            clients: Mutex::new(HashMap::new()),
+            clients: Kept::new(),
+            probe_clients: Arc::new(Kept::new()),
             h2: Mutex::new(HashMap::new()),
             h2_gates: Mutex::new(HashMap::new()),
             h1_only: Mutex::new(HashMap::new()),
@@ -370,22 +403,18 @@ impl UpstreamClient {
 
     /// Clients for health probes, with the same TLS settings and resolver.
     pub fn probes(&self) -> Probes {
-        Probes { tls: Arc::clone(&self.tls), resolve: self.resolve.clone() }
+        Probes { tls: Arc::clone(&self.tls), resolve: self.resolve.clone(), clients: Arc::clone(&self.probe_clients) }
     }
 
     fn client(&self, dial: Dial, ca: Option<&PathBuf>) -> Client<Connector, ReqBody> {
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        clients
-            .entry((dial, ca.cloned()))
-            .or_insert_with(|| {
-                let connector = self.tls.connector(ca.map(PathBuf::as_path), self.resolve.clone(), dial);
-                Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-                    .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-                    .pool_timer(TokioTimer::new())
-                    .build(connector)
-            })
-            .clone()
+        let config = self.tls.config(ca.map(PathBuf::as_path));
+        self.clients.get((dial, ca.cloned()), config, |config| {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+                .pool_timer(TokioTimer::new())
+                .build(crate::tls::client::connector(config, self.resolve.clone(), dial))
+        })
     }
 
     /// Sends `req` (whose URI is origin-form) to `target`, waiting at most

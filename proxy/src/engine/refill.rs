@@ -69,13 +69,17 @@ pub(super) fn validator(headers: &HeaderMap) -> Option<(header::HeaderName, Head
         Some(e) if e.as_bytes().starts_with(b"W/") => None,
         Some(e) => Some((header::ETAG, e.clone())),
         None => {
-            let modified = crate::policy::date_header(headers, &header::LAST_MODIFIED)?;
-            let date = crate::policy::date_header(headers, &header::DATE)?;
-            (date >= modified + Duration::from_secs(1))
-                .then(|| Some((header::LAST_MODIFIED, headers.get(header::LAST_MODIFIED)?.clone())))
-                .flatten()
+            strong_date(headers).then(|| Some((header::LAST_MODIFIED, headers.get(header::LAST_MODIFIED)?.clone())))?
         }
     }
+}
+
+/// Whether the copy's `Last-Modified` is a strong validator: its `Date`
+/// at least a second after it.
+pub(super) fn strong_date(headers: &HeaderMap) -> bool {
+    let modified = crate::policy::date_header(headers, &header::LAST_MODIFIED);
+    let date = crate::policy::date_header(headers, &header::DATE);
+    matches!((modified, date), (Some(m), Some(d)) if d >= m + Duration::from_secs(1))
 }
 
 /// `Content-Range: bytes first-last/complete` of a 206.
@@ -151,14 +155,19 @@ impl Refill {
     }
 
     /// Is the response another representation than the stored copy's:
-    /// another validator, or a whole body of another length?
+    /// another validator, or a body of another length (whole, or the
+    /// total a range gives)? Only an answer with a body says so: a 503 or
+    /// a 429 from a busy upstream carries no validator, and says nothing
+    /// of the copy.
     fn changed(&self, resp: &Response<RecvBody>) -> bool {
         let h = resp.headers();
         let (name, value) = &self.validator;
-        h.get(name) != Some(value)
-            || (resp.status() == StatusCode::OK
-                && self.len.is_some()
-                && super::fetch::content_length(h).is_some_and(|l| Some(l) != self.len))
+        let other_total = match resp.status() {
+            StatusCode::OK => super::fetch::content_length(h),
+            StatusCode::PARTIAL_CONTENT => content_range(h).and_then(|(_, _, total)| total),
+            _ => return false,
+        };
+        h.get(name) != Some(value) || (self.len.is_some() && other_total.is_some_and(|l| Some(l) != self.len))
     }
 
     /// Drops the stored copy whose rest has changed upstream: it can never
@@ -185,7 +194,7 @@ impl Refill {
             StatusCode::PARTIAL_CONTENT => match content_range(h) {
                 Some((first, last, complete))
                     if first == from
-                        && (to == u64::MAX || last + 1 == to)
+                        && (to == u64::MAX || last.checked_add(1) == Some(to))
                         && (len.is_none() || complete.is_none() || complete == len) =>
                 {
                     Ok(from)

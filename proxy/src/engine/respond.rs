@@ -252,12 +252,16 @@ fn not_modified(req: &impl HeaderLookup, obj: &StoredObject) -> bool {
     date(obj.headers.get(header::LAST_MODIFIED)).is_some_and(|lm| lm <= since)
 }
 
+/// RFC 9110 §13.1.5: an entity tag compared strongly; a date only when
+/// the copy's `Last-Modified` is a strong validator (two versions made
+/// within one second share one: a resumed download would join the tail of
+/// one to the head of the other).
 fn if_range_holds(req: &HeaderMap, obj: &StoredObject) -> bool {
     let Some(v) = req.get(header::IF_RANGE) else { return true };
     if v.as_bytes().starts_with(b"\"") {
         return obj.headers.get(header::ETAG).is_some_and(|e| e == v);
     }
-    obj.headers.get(header::LAST_MODIFIED).is_some_and(|lm| lm == v)
+    obj.headers.get(header::LAST_MODIFIED).is_some_and(|lm| lm == v) && super::refill::strong_date(&obj.headers)
 }
 
 /// The node's and the site's rules for every client response: CDN-only
@@ -556,7 +560,12 @@ fn partial(
         }
         return resp;
     }
-    let boundary = format!("OUTPOST-{:016x}", xxhash_rust::xxh3::xxh3_64(&len.to_le_bytes()));
+    // Unforeseeable: a body that held it could otherwise fake parts.
+    let boundary = {
+        use std::hash::BuildHasher as _;
+        let random = std::collections::hash_map::RandomState::new();
+        format!("OUTPOST-{:016x}{:016x}", random.hash_one(len), random.hash_one(!len))
+    };
     let content_type = headers.remove(header::CONTENT_TYPE);
     let multipart = byteranges(&boundary, content_type.as_ref(), ranges, len);
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(multipart.len));

@@ -88,7 +88,7 @@ pub(super) async fn fetch(cx: &Ctx, key: Key, first: u64, last: Option<u64>) -> 
     }
     let (start, end, total) = content_range(resp.headers())?;
     let total = total?;
-    if start != from || end + 1 != to.map_or(total, |t| t.min(total)) || first >= total {
+    if start != from || end.checked_add(1) != Some(to.map_or(total, |t| t.min(total))) || first >= total {
         return None;
     }
     let wanted_end = last.map_or(total, |l| (l + 1).min(total));

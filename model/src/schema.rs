@@ -466,7 +466,7 @@ pub static SECTIONS: &[Section] = &[
             key("codings", "list of codings", Text("[\"br\", \"zstd\", \"gzip\"]"), "Codings made, the first preferred when a client weighs several the same; `[]`: none, and `Accept-Encoding` passes through untouched.", "[\"br\", \"gzip\"]"),
             key("types", "list of media types", Text("text and text-like types"), "Media types compressed; `text/*` covers a top-level type. The default covers `text/*`, JavaScript, JSON, XML, SVG, WebAssembly and fonts.", "[\"text/*\", \"application/json\"]"),
             key("min_size", "size", Bytes(DEFAULT_COMPRESS_MIN_SIZE), "Smaller bodies are sent as they are.", "\"1KiB\""),
-            key("max_size", "size", Bytes(DEFAULT_COMPRESS_MAX_SIZE), "Larger bodies are sent as they are (a representation is made in memory); at most 256MiB.", "\"16MiB\""),
+            key("max_size", "size", Bytes(DEFAULT_COMPRESS_MAX_SIZE), "Larger bodies are sent as they are (a representation is made in memory), and a stored coding that decodes to more is sent as stored; at most 256MiB.", "\"16MiB\""),
         ],
     },
     Section {

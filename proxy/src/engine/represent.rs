@@ -287,7 +287,11 @@ async fn made(cx: &Ctx, key: Key, obj: &Arc<StoredObject>, coding: Coding) -> Op
     }
     let start = || {
         let place = cx.errand(false)?;
-        let (engine, obj, limit) = (Arc::clone(engine), Arc::clone(obj), cx.site.cache.max_object_size);
+        // Made in memory: what a coding decodes to is bounded as what is
+        // encoded is (a small body can decode to any size), and by the
+        // site's largest object.
+        let limit = cx.site.compress.max_size.min(cx.site.cache.max_object_size);
+        let (engine, obj) = (Arc::clone(engine), Arc::clone(obj));
         let task = tokio::spawn(async move {
             let _place = place;
             // Leaves the map however the making ends (a panic too), so
@@ -324,6 +328,8 @@ async fn make(
     let recoded = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
         match from {
             Coding::Identity => coding::encode(coding, &body),
+            // Decoded, and not copied again to "encode" it as itself.
+            from if coding == Coding::Identity => coding::decode(from, &body, limit),
             from => coding::encode(coding, &coding::decode(from, &body, limit)?),
         }
     })
@@ -351,31 +357,43 @@ async fn make(
 }
 
 /// A body recoded as it streams: encoded into `to` from identity, or
-/// decoded from `from` (at most `limit` bytes out).
+/// decoded from `from` (at most `limit` bytes out). Decoded a little input
+/// at a time: a frame of a few kilobytes can decode to any size, and what
+/// one push makes is held whole until it is sent.
 pub(super) fn recoded(body: Body, from: Coding, to: Coding, len: Option<u64>, limit: u64) -> Body {
     use http_body_util::BodyExt;
-    let recoder = if from == Coding::Identity { Recoder::encoder(to, len) } else { Recoder::decoder(from, limit) };
+    const DECODED_INPUT: usize = 1024;
+    let (recoder, step) = if from == Coding::Identity {
+        (Recoder::encoder(to, len), usize::MAX)
+    } else {
+        (Recoder::decoder(from, limit), DECODED_INPUT)
+    };
     let frames = futures_util::stream::unfold(
-        (Some(body.into_data_stream()), recoder.map_err(|e| e.to_string())),
-        |(mut body, recoder)| async move {
+        (Some(body.into_data_stream()), recoder.map_err(|e| e.to_string()), bytes::Bytes::new()),
+        move |(mut body, recoder, mut pending)| async move {
             let mut recoder = match recoder {
                 Ok(r) => r,
                 Err(_) if body.is_none() => return None,
-                Err(e) => return Some((Err(io::Error::other(e)), (None, Err(String::new())))),
+                Err(e) => return Some((Err(io::Error::other(e)), (None, Err(String::new()), pending))),
             };
-            while let Some(frames) = body.as_mut() {
-                match frames.next().await {
-                    Some(Ok(data)) => match recoder.push(&data) {
+            loop {
+                if !pending.is_empty() {
+                    let piece = pending.split_to(step.min(pending.len()));
+                    match recoder.push(&piece) {
                         Ok(out) if out.is_empty() => continue,
-                        Ok(out) => return Some((Ok(bytes::Bytes::from(out)), (body, Ok(recoder)))),
-                        Err(e) => return Some((Err(e), (None, Err(String::new())))),
-                    },
-                    Some(Err(e)) => return Some((Err(io::Error::other(e)), (None, Err(String::new())))),
+                        Ok(out) => return Some((Ok(bytes::Bytes::from(out)), (body, Ok(recoder), pending))),
+                        Err(e) => return Some((Err(e), (None, Err(String::new()), pending))),
+                    }
+                }
+                let Some(frames) = body.as_mut() else { break };
+                match frames.next().await {
+                    Some(Ok(data)) => pending = data,
+                    Some(Err(e)) => return Some((Err(io::Error::other(e)), (None, Err(String::new()), pending))),
                     None => body = None,
                 }
             }
             let last = recoder.finish();
-            Some((last.map(bytes::Bytes::from), (None, Err(String::new()))))
+            Some((last.map(bytes::Bytes::from), (None, Err(String::new()), pending)))
         },
     );
     super::respond::stream_body(frames)

@@ -238,6 +238,31 @@ async fn origin_codings_are_kept_and_decoded_for_clients_that_refuse_them() {
     assert_eq!(r.body, stored.body);
 }
 
+/// A stored coding is decoded in memory no further than representations
+/// are made (`[compress] max_size`), however large the site's objects may
+/// be: past it, sent as stored.
+#[tokio::test]
+async fn a_stored_coding_is_decoded_no_further_than_compress_max_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    let rules = format!("{DEFAULT_RULES}[compress]\nmax_size = \"1MiB\"\n");
+    let edge = Edge::start(dir.path(), &site_toml(origin.addr, &rules)).await;
+    for (url, decoded) in [
+        ("/small.txt?text=1&size=500KiB&encoding=gzip&cc=max-age%3D60", true),
+        ("/large.txt?text=1&size=2MiB&encoding=gzip&cc=max-age%3D60", false),
+    ] {
+        let stored = edge.get_with(url, &[("accept-encoding", "gzip")]).await;
+        assert_eq!(header(&stored, "content-encoding"), "gzip");
+        let r = edge.get(url).await;
+        assert_eq!(r.status, StatusCode::OK);
+        if decoded {
+            assert!(r.headers.get("content-encoding").is_none(), "{url}");
+        } else {
+            assert_eq!((header(&r, "content-encoding"), &r.body), ("gzip", &stored.body), "{url}");
+        }
+    }
+}
+
 /// A small body that decodes to a huge one (a zstd frame of 2048 RLE
 /// blocks: 256 MiB of zeros in 6 KiB) fails at its limit, without the
 /// memory the whole would take, even when handed over in one piece. It

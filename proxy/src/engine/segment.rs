@@ -17,6 +17,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
+use futures_util::StreamExt as _;
 use http::header::{self, HeaderValue};
 use http::{Method, Response, StatusCode};
 use http_range_header::SyntacticallyCorrectRange;
@@ -73,6 +74,10 @@ fn range_of(method: &Method, headers: &http::HeaderMap) -> Option<(u64, Option<u
 /// with a 206 of them (the caller fetches the whole object).
 pub(super) async fn fetch(cx: &Ctx, key: Key, first: u64, last: Option<u64>) -> Option<Answer> {
     let engine = &cx.engine;
+    // A place among the fetches the client's connection and network may
+    // have running, held until the range's body ends: without one, the
+    // whole object's fetch is what the request waits on (or is refused).
+    let place = cx.errand(false)?;
     let chunk = CHUNK_SIZE as u64;
     let from = first / chunk * chunk;
     let to = last.map(|l| (l / chunk + 1) * chunk);
@@ -106,7 +111,9 @@ pub(super) async fn fetch(cx: &Ctx, key: Key, first: u64, last: Option<u64>) -> 
                 cx.rkey.primary,
                 mark,
             );
-            let body = range_body(resp.into_body(), first - from, wanted_end - first, Some(repair), idle);
+            let body = range_body(resp.into_body(), first - from, wanted_end - first, Some(repair), idle)
+                .inspect(move |_| _ = &place)
+                .boxed();
             let source = BodySource::Ready { len: total, body: Mutex::new(Some(stream_body(body))) };
             let status = CacheStatus {
                 fwd_status: Some(206),
@@ -119,7 +126,10 @@ pub(super) async fn fetch(cx: &Ctx, key: Key, first: u64, last: Option<u64>) -> 
             let resp = object_response(&cx.site, &engine.rules, &cx.method, &cx.headers, &obj, source, now, header);
             (resp, status)
         }
-        None => passed(cx, resp, first, wanted_end, total, idle),
+        None => {
+            drop(place);
+            passed(cx, resp, first, wanted_end, total, idle)
+        }
     };
     answer.1.upstream_wait = Some(waiting.elapsed());
     Some(answer)

@@ -322,6 +322,14 @@ async fn a_connection_leaves_no_more_fetches_running_than_its_share() {
     assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "{}", String::from_utf8_lossy(&refused.body));
     assert!(started.elapsed() < Duration::from_millis(1000), "refused at once, not after a fetch");
     assert_eq!(origin.count("/slow").await, SHARE, "the refused request reached the origin");
+    // So is a range far into an object nothing is stored for, which
+    // fetches only its chunks.
+    let mut s = send.clone().ready().await.unwrap();
+    let far =
+        http::Request::get("http://t.test/far?size=8MiB&cc=max-age%3D60").header("range", "bytes=5000000-5000099");
+    let (resp, _) = s.send_request(far.body(()).unwrap(), true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), StatusCode::TOO_MANY_REQUESTS, "a range fetch past the share");
+    assert_eq!(origin.count("/far").await, 0);
     assert_eq!(h2_get(&send, cheap).await.status, StatusCode::OK, "a hit needs no fetch");
     // Waiting on a running fetch takes no place; another connection has a
     // share of its own.

@@ -270,6 +270,15 @@ impl Repair {
         if self.at == self.end
             && let Some((key, entry)) = self.then.take()
         {
+            // A copy fetched since (a whole fetch that ended first, perhaps
+            // of a newer version) is not replaced by this older one.
+            let newer = match (&entry, self.store.get_in_memory(key)) {
+                (Entry::Object(ours), Some(Entry::Object(theirs))) => theirs.fetched_at >= ours.fetched_at,
+                _ => false,
+            };
+            if newer {
+                return;
+            }
             self.store.insert(key, entry.clone());
             if let (Some((engine, primary, mark)), Entry::Object(obj)) = (self.checked.take(), &entry) {
                 engine.invalidate_if_since(primary, mark, key, obj);

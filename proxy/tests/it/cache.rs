@@ -1268,3 +1268,43 @@ async fn stored_without_body(dir: &std::path::Path, path: &str) -> (Origin, Stri
     assert_eq!(removed, 3, "the body was stored as three files");
     (origin, site)
 }
+
+/// A range fetched far into an object nothing was stored for is stored
+/// once its reader has taken it all; a whole copy stored meanwhile (here of
+/// a newer version) is not replaced by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_fetch_that_ends_late_does_not_replace_a_copy_stored_since() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_d, origin, edge) = setup(DEFAULT_RULES).await;
+    let path = "/late?size=16MiB&cc=max-age%3D600";
+    // A reader of most of the object that stalls after its first bytes.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 << 10).unwrap();
+    let mut conn = socket.connect(edge.addr).await.unwrap();
+    let head = format!("GET {path} HTTP/1.1\r\nHost: t.test\r\nRange: bytes=1048576-\r\nConnection: close\r\n\r\n");
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut first = vec![0u8; 64 << 10];
+    let n = conn.read(&mut first).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 206"),
+        "{}",
+        String::from_utf8_lossy(&first[..n])
+    );
+    // The object changes, and a whole fetch stores the new version.
+    origin.control("bump?path=/late").await;
+    let whole = edge.get(path).await;
+    assert_eq!(whole.body.len(), 16 << 20);
+    let seed = outpost_load::content::seed("/late", 1, &[]);
+    assert_eq!(outpost_load::content::first_mismatch(seed, 0, &whole.body), None, "the new version");
+    // The stalled reader takes the rest of the old version; the copy stored
+    // is still the new one.
+    let mut rest = Vec::new();
+    conn.read_to_end(&mut rest).await.unwrap();
+    let again = edge.get(path).await;
+    assert!(again.is_hit(), "{}", again.cache_status());
+    assert_eq!(
+        outpost_load::content::first_mismatch(seed, 0, &again.body),
+        None,
+        "the old range replaced the new copy"
+    );
+}

@@ -48,8 +48,11 @@ pub(crate) struct Refill {
     /// Where the body's chunks are stored (object key, generation): what is
     /// fetched goes back there.
     chunks: Option<(Key, u64)>,
-    /// The stored copy's coding, asked for again (when the site negotiates).
+    /// The stored copy's coding, asked for again whenever Outpost knows it
+    /// (the client's own `Accept-Encoding` could pick another), and its
+    /// `Content-Encoding`, required back.
     coding: Option<Coding>,
+    encoding: Option<HeaderValue>,
 }
 
 impl std::fmt::Debug for Refill {
@@ -106,7 +109,8 @@ impl Refill {
             host: cx.upstream_host(),
             len,
             chunks,
-            coding: cx.rkey.coding.map(|_| Coding::of(&obj.headers).unwrap_or(Coding::Identity)),
+            coding: Coding::of(&obj.headers),
+            encoding: obj.headers.get(header::CONTENT_ENCODING).cloned(),
         })
     }
 
@@ -167,7 +171,9 @@ impl Refill {
             StatusCode::PARTIAL_CONTENT => content_range(h).and_then(|(_, _, total)| total),
             _ => return false,
         };
-        h.get(name) != Some(value) || (self.len.is_some() && other_total.is_some_and(|l| Some(l) != self.len))
+        h.get(name) != Some(value)
+            || h.get(header::CONTENT_ENCODING) != self.encoding.as_ref()
+            || (self.len.is_some() && other_total.is_some_and(|l| Some(l) != self.len))
     }
 
     /// Drops the stored copy whose rest has changed upstream: it can never

@@ -727,6 +727,46 @@ async fn an_http2_stream_whose_client_opens_no_window_is_reset_after_the_send_ti
     drop(send);
 }
 
+/// An HTTP/2 client that opens its window a little now and then (20 KiB a
+/// second) restarts a timer that waits for no room at all: below
+/// `send_min_rate` its stream is reset as a stalled one is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_stream_whose_client_opens_a_trickle_of_window_is_reset() {
+    let server = start(limits(|l| {
+        l.send_timeout = Duration::from_secs(1);
+        l.send_min_rate = 256 << 10;
+    }))
+    .await;
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (send, conn) =
+        h2::client::Builder::new().initial_window_size(16 << 10).handshake::<_, Bytes>(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let req = Request::get(format!("http://{}/big", server.addr)).body(()).unwrap();
+    let (resp, _) = send.send_request(req, true).unwrap();
+    let mut recv = resp.await.unwrap().into_body();
+    let (mut got, mut ended) = (0, None);
+    let read = async {
+        while let Some(chunk) = recv.data().await {
+            match chunk {
+                Ok(chunk) => {
+                    got += chunk.len();
+                    // Taken at 20 KiB a second before the room is given back.
+                    tokio::time::sleep(Duration::from_secs_f64(chunk.len() as f64 / (20 << 10) as f64)).await;
+                    let _ = recv.flow_control().release_capacity(chunk.len());
+                }
+                Err(e) => {
+                    ended = Some(e);
+                    break;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read).await.expect("a trickling stream was never reset");
+    assert!(got < 1 << 20, "{got} bytes");
+    assert_eq!(ended.expect("the stream ended as if whole").reason(), Some(h2::Reason::CANCEL));
+}
+
 /// An HTTP/2 client that reads a large answer slowly but steadily, with
 /// pauses shorter than the send timeout, gets all of it, however long past
 /// the idle and header timeouts it takes: the answer is in progress until

@@ -189,7 +189,20 @@ impl CertStore {
             let (loaded, from) = match &site.tls {
                 None => continue,
                 Some(SiteTls::Files { cert, key }) => {
-                    let source = &sources.files[&(cert.value.clone(), key.value.clone())];
+                    let pair = (cert.value.clone(), key.value.clone());
+                    // The node's own files, named by a site, are held to
+                    // the folders any site's are: a site that could name
+                    // them would have the node present its certificate,
+                    // and sign with its key, for the site's hosts.
+                    if self.default_files.as_ref() == Some(&pair)
+                        && let Err(e) = super::files::confined(&pair.0, &self.site_dirs)
+                            .and_then(|()| super::files::confined(&pair.1, &self.site_dirs))
+                    {
+                        tracing::error!(node = %self.node, site = %site.id, "{e}");
+                        errors += 1;
+                        continue;
+                    }
+                    let source = &sources.files[&pair];
                     errors += usize::from(source.error.is_some());
                     (source.loaded.as_ref(), cert.value.display().to_string())
                 }

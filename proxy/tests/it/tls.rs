@@ -364,6 +364,36 @@ async fn site_certificates_are_read_only_from_the_folders_the_node_allows() {
     assert!(err.to_string().contains("outside the folders"), "{err}");
 }
 
+/// The node's own certificate, kept outside the folders site certificates
+/// may come from, is not a site's for naming its files: the node would
+/// present it, and sign with its key, for that site's hosts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_naming_the_nodes_own_certificate_files_is_held_to_the_same_folders() {
+    let origin = Origin::start().await;
+    let node_dir = tempfile::tempdir().unwrap();
+    let own = tempfile::tempdir().unwrap();
+    let ca = LocalCa::generate("test CA").unwrap();
+    let config = h2_h1(&ca_file(&ca, node_dir.path()));
+    let (cert, key) =
+        ca.issue(&CertRequest::server(&["node.test", "taken.test"], YEAR)).unwrap().write(own.path(), "node").unwrap();
+    issue(&ca, node_dir.path(), "in", &["in.test"]);
+    write_site(node_dir.path(), "in", &["in.test"], origin.addr, "");
+    let tls = format!("[tls]\ncert = \"{}\"\nkey = \"{}\"\n", cert.display(), key.display());
+    let edge = tls_edge(node_dir.path(), &["in.toml"], &tls).await;
+    let text = format!(
+        "[site]\nid = \"taken\"\nhosts = [\"taken.test\"]\n[[origin]]\nurl = \"http://{}\"\n\
+         [tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        origin.addr,
+        cert.display(),
+        key.display()
+    );
+    let taken = outpost_config::Site::parse_in(Path::new("pushed.toml"), &text, node_dir.path()).unwrap();
+    let inside = outpost_config::Site::load(&node_dir.path().join("in.toml")).unwrap();
+    edge.engine.set_sites(vec![inside, taken]);
+    assert!(connect(edge.https, "in.test", Arc::clone(&config)).await.is_ok());
+    assert!(connect(edge.https, "taken.test", Arc::clone(&config)).await.is_err(), "the node's certificate was served");
+}
+
 #[tokio::test]
 async fn certificate_files_are_checked_and_an_expired_one_is_a_warning() {
     let dir = tempfile::tempdir().unwrap();

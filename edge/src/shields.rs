@@ -171,6 +171,7 @@ impl ShieldRoute {
             limit: None,
             ca: None,
             http2: self.http2,
+            shield: true,
         }
     }
 
@@ -314,6 +315,7 @@ mod tests {
             limit: None,
             ca: None,
             http2: false,
+            shield: true,
         };
         let mut resp = Response::new(RecvBody::empty());
         *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();

@@ -19,9 +19,10 @@
 //! - idle between requests: `idle_timeout`;
 //! - a write the client has not taken for `send_timeout`: the connection is
 //!   dropped, so a reader that stopped holds nothing. Once a write has
-//!   waited, the client must take `send_min_rate` × `send_timeout` bytes
-//!   to stop the timer, so one that takes a byte now and then is dropped
-//!   too;
+//!   waited, the time writes wait adds up until the client has taken
+//!   `send_min_rate` × `send_timeout` bytes, so one that takes a byte now
+//!   and then is dropped too (time with nothing waiting to be written, the
+//!   origin's pauses say, does not count);
 //! - a request in progress: no client timer (upstream timeouts apply).
 
 use std::collections::VecDeque;
@@ -72,8 +73,11 @@ pub(crate) struct ConnState {
     head_started: AtomicU64,
     /// When the connection last became idle.
     idle_since: AtomicU64,
-    /// When (+1; 0 = none) a write first found the client not reading.
+    /// When (+1; 0 = none) a write began to wait for the client to read.
     write_blocked: AtomicU64,
+    /// How long writes waited before, since the client last took
+    /// `send_min_rate` × `send_timeout` bytes (ms).
+    write_waited: AtomicU64,
     /// HTTP/1 heads' framing, in order, for the service to take.
     framing: Mutex<VecDeque<Framing>>,
     /// The HTTP/1 stream could not be followed: refuse what follows.
@@ -110,6 +114,7 @@ impl ConnState {
             head_started: AtomicU64::new(at + 1),
             idle_since: AtomicU64::new(at),
             write_blocked: AtomicU64::new(0),
+            write_waited: AtomicU64::new(0),
             framing: Mutex::new(VecDeque::new()),
             lost: AtomicBool::new(false),
             park: AtomicBool::new(false),
@@ -160,15 +165,6 @@ impl ConnState {
     fn finished(&self) {
         self.idle_since.store(now_ms(), Ordering::Release);
         self.active.fetch_sub(1, Ordering::AcqRel);
-        self.all_written();
-    }
-
-    /// What was written of the answers has gone to the socket: the send
-    /// timer stops (a write that waits again starts it anew).
-    fn all_written(&self) {
-        if self.write_blocked.load(Ordering::Acquire) != 0 {
-            self.write_blocked.store(0, Ordering::Release);
-        }
     }
 
     /// Why [`ConnState::close`] was cancelled.
@@ -245,9 +241,10 @@ struct TrackedIo<S> {
     hints: metrics::Counter,
     /// The connection speaks HTTP/2: bytes between requests start no head.
     http2: bool,
-    /// Bytes the client has taken since a write last waited, and how many
-    /// stop the send timer (`send_min_rate` × `send_timeout`).
-    taken: u64,
+    /// Bytes the client has taken since a write began to wait, when one
+    /// has (and the clock of waits runs), and how many stop that clock
+    /// (`send_min_rate` × `send_timeout`).
+    taken: Option<u64>,
     min_take: u64,
 }
 
@@ -296,9 +293,10 @@ impl<S: Transport> TrackedIo<S> {
                     return Poll::Ready(Ok(()));
                 }
             }
+            let before = self.owed.len();
             let r = interim::poll_owed(&mut self.inner, &mut self.owed, cx);
             // A client that does not take them is timed as for any write.
-            self.wrote(&r, 0);
+            self.wrote(&r, (before - self.owed.len()) as u64);
             self.unflushed = !std::task::ready!(r)?;
         }
     }
@@ -395,24 +393,36 @@ impl<S: AsyncWrite + Unpin> TrackedIo<S> {
     }
 
     /// Notes whether the client is taking what is written (`n` bytes of
-    /// it): a write that waits starts the send timer, unless it runs; the
-    /// bytes written stop it once they reach `min_take`.
+    /// it). The time writes wait adds up from the first that waits until
+    /// the client has taken `min_take` bytes since; a write that goes
+    /// through pauses it (nothing waits), one that waits resumes it.
     fn wrote<T>(&mut self, r: &Poll<io::Result<T>>, n: u64) {
-        let blocked = &self.state.write_blocked;
+        let state = &*self.state;
+        let blocked = state.write_blocked.load(Ordering::Acquire);
         match r {
             Poll::Pending => {
-                let now = now_ms() + 1;
-                if blocked.compare_exchange(0, now, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
-                    self.taken = 0;
+                if blocked == 0 {
+                    state.write_blocked.store(now_ms() + 1, Ordering::Release);
+                    self.taken.get_or_insert(0);
                 }
             }
-            Poll::Ready(Err(_)) => blocked.store(0, Ordering::Release),
+            Poll::Ready(Err(_)) => {
+                state.write_blocked.store(0, Ordering::Release);
+                state.write_waited.store(0, Ordering::Release);
+                self.taken = None;
+            }
             Poll::Ready(Ok(_)) => {
-                if blocked.load(Ordering::Acquire) != 0 {
-                    self.taken += n;
-                    if self.taken >= self.min_take {
-                        blocked.store(0, Ordering::Release);
-                    }
+                let Some(taken) = self.taken.as_mut() else { return };
+                *taken += n;
+                if *taken >= self.min_take {
+                    self.taken = None;
+                    state.write_waited.store(0, Ordering::Release);
+                } else if blocked != 0 {
+                    let waited = now_ms().saturating_sub(blocked - 1);
+                    state.write_waited.fetch_add(waited, Ordering::AcqRel);
+                }
+                if blocked != 0 {
+                    state.write_blocked.store(0, Ordering::Release);
                 }
             }
         }
@@ -433,12 +443,7 @@ impl<S: Transport> AsyncWrite for TrackedIo<S> {
         // buffer before it asks for this).
         self.clean = true;
         let r = Pin::new(&mut self.inner).poll_flush(cx);
-        match r {
-            // No answer in progress: all of it is with the socket.
-            Poll::Ready(Ok(())) if self.state.active.load(Ordering::Acquire) == 0 => self.state.all_written(),
-            Poll::Ready(Ok(())) => {}
-            _ => self.wrote(&r, 0),
-        }
+        self.wrote(&r, 0);
         r
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -787,7 +792,7 @@ where
         forwarded: counters.forwarded.clone(),
         hints: counters.interim.clone(),
         http2: false,
-        taken: 0,
+        taken: None,
         min_take: http2::Stall::of(&limits).min_take,
     };
     let svc_state = Arc::clone(&state);
@@ -837,14 +842,14 @@ where
     if h2 {
         io.tracker.stop();
         io.http2 = true;
-        let (counters, stall) = (counters.clone(), http2::Stall::of(&limits));
+        let (counters, stall) = (counters.clone(), http2::Stall::of(&limits).shared_by(Arc::clone(&state)));
         let resets = Arc::new(http2::Resets::default());
         let counted = Arc::clone(&resets);
         let accept = move |req, respond| {
             let (req, interim, stream) = http2::request(req);
             let answering = answer(req, Some(interim));
             let resets = Arc::clone(&counted);
-            tokio::spawn(http2::answer(answering, respond, stream, counters.clone(), stall, resets));
+            tokio::spawn(http2::answer(answering, respond, stream, counters.clone(), stall.clone(), resets));
         };
         let mut served = Box::new(http2::Server::new(io, &limits, resets, accept));
         return match watch.serve(&mut *served, |c| c.graceful_shutdown(), false).await {
@@ -914,7 +919,8 @@ fn expired(state: &ConnState, limits: &Limits) -> Option<Closed> {
     let now = now_ms();
     let past = |since: u64, limit: Duration| now.saturating_sub(since) > limit.as_millis() as u64;
     let blocked = state.write_blocked.load(Ordering::Acquire);
-    if blocked != 0 && past(blocked - 1, limits.send_timeout) {
+    let waited_before = state.write_waited.load(Ordering::Acquire);
+    if blocked != 0 && past((blocked - 1).saturating_sub(waited_before), limits.send_timeout) {
         return Some(Closed::SendTimeout);
     }
     if state.active.load(Ordering::Acquire) > 0 {

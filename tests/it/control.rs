@@ -1472,6 +1472,10 @@ async fn cut_off_past_its_grace_a_node_revalidates_hits_and_serves_stale_when_th
     let hit = get().await;
     assert!(hit.headers["cache-status"].to_str().unwrap().starts_with("edge-1; hit"));
     assert!(engine.partitioned_for().is_none());
+    // How far the edge follows the control plane is for shields alone.
+    let asked = call(Method::GET, &format!("http://{origin_addr}/__origin/request?path=/part"), None, None, "").await;
+    assert_eq!(asked.status, StatusCode::OK);
+    assert!(asked.json().get("outpost-seq").is_none(), "sent to the origin: {}", asked.json());
 
     control_stop.cancel();
     // No heartbeat can arrive once the control plane has stopped listening.

@@ -634,7 +634,7 @@ async fn a_purge_that_reaches_the_edges_before_the_shields_serves_nothing_purged
         s.control_relay.cut();
     }
     let urls: Vec<String> = objects.iter().map(|p| format!("\"{p}\"")).collect();
-    let body = format!("{{\"site\": \"shop\", \"urls\": [{}], \"wait\": true, \"timeout_ms\": 1500}}", urls.join(", "));
+    let body = format!("{{\"site\": \"shop\", \"urls\": [{}], \"wait\": true, \"timeout_ms\": 5000}}", urls.join(", "));
     let r = t.purge(&body).await;
     let acked = r["acked"].as_array().unwrap();
     assert!(

@@ -219,7 +219,6 @@ impl Direct {
         };
         state.idle_since.store(super::now_ms(), Ordering::Release);
         state.active.fetch_sub(1, Ordering::AcqRel);
-        state.all_written();
         match written {
             Ok(Ok(true)) if keep_alive => Ok(true),
             Ok(_) => Err(Closed::Ended),

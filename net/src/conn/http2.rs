@@ -281,22 +281,36 @@ pub(crate) fn answer_head(headers: &mut HeaderMap, body: &impl HttpBody) {
 /// for window, unless it has taken `min_take` bytes since the wait began
 /// (`send_min_rate` × `send_timeout`: a client that opens a window a few
 /// bytes wide now and then is not reading, whatever it says).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Stall {
     pub after: Duration,
     pub min_take: u64,
+    /// The connection whose streams share `min_take`: a client reading
+    /// many answers at once over a slow link reads each slowly.
+    shared: Option<Arc<super::ConnState>>,
 }
 
 impl Stall {
     /// A client's, by the node's limits.
     pub fn of(limits: &outpost_config::Limits) -> Stall {
         let min_take = (limits.send_min_rate as f64 * limits.send_timeout.as_secs_f64()) as u64;
-        Stall { after: limits.send_timeout, min_take }
+        Stall { after: limits.send_timeout, min_take, shared: None }
     }
 
     /// Any byte taken restarts the wait.
     pub fn after(after: Duration) -> Stall {
-        Stall { after, min_take: 0 }
+        Stall { after, min_take: 0, shared: None }
+    }
+
+    /// The same, for each of the streams of `conn`.
+    pub(super) fn shared_by(self, conn: Arc<super::ConnState>) -> Stall {
+        Stall { shared: Some(conn), ..self }
+    }
+
+    /// What one stream must take now.
+    fn min_take(&self) -> u64 {
+        let streams = self.shared.as_ref().map_or(1, |c| c.active.load(std::sync::atomic::Ordering::Acquire));
+        self.min_take / streams.max(1) as u64
     }
 }
 
@@ -314,10 +328,12 @@ where
     let mut body = std::pin::pin!(body);
     // A frame taken from the body, waiting for window.
     let mut held: Option<(Bytes, bool)> = None;
-    // Since when it has waited, when it waits, and what it has been
-    // given room for since.
-    let mut waiting: Option<Pin<Box<tokio::time::Sleep>>> = None;
-    let mut taken = 0u64;
+    // What the client has given room for since it first made a frame wait
+    // (`None`: it has not, or has given enough since), how long frames
+    // waited for room before, and since when and until when one waits now.
+    let mut taken: Option<u64> = None;
+    let mut waited = Duration::ZERO;
+    let mut waiting: Option<(std::time::Instant, Pin<Box<tokio::time::Sleep>>)> = None;
     std::future::poll_fn(|cx| {
         loop {
             if let Poll::Ready(reason) = tx.poll_reset(cx) {
@@ -332,12 +348,16 @@ where
                     tx.reserve_capacity(data.len());
                     let room = tx.capacity();
                     if room > 0 {
-                        // Progress, once the client has read enough of it.
+                        // Progress, once the client has read enough of it;
+                        // the wait is over either way.
                         let chunk = data.split_to(room.min(data.len()));
-                        if waiting.is_some() {
-                            taken += chunk.len() as u64;
-                            if taken >= stall.min_take {
-                                waiting = None;
+                        if let Some((since, _)) = waiting.take() {
+                            waited += since.elapsed();
+                        }
+                        if let Some(t) = taken.as_mut() {
+                            *t += chunk.len() as u64;
+                            if *t >= stall.min_take() {
+                                (taken, waited) = (None, Duration::ZERO);
                             }
                         }
                         tx.send_data(chunk, last && data.is_empty())?;
@@ -345,10 +365,10 @@ where
                     }
                     match tx.poll_capacity(cx) {
                         Poll::Pending => {
-                            let timer = waiting.get_or_insert_with(|| {
-                                taken = 0;
-                                Box::pin(tokio::time::sleep(stall.after))
-                            });
+                            taken.get_or_insert(0);
+                            let left = stall.after.saturating_sub(waited);
+                            let (_, timer) = waiting
+                                .get_or_insert_with(|| (std::time::Instant::now(), Box::pin(tokio::time::sleep(left))));
                             if timer.as_mut().poll(cx).is_ready() {
                                 tx.send_reset(h2::Reason::CANCEL);
                                 return Poll::Ready(Err("the peer opened no window for the send timeout".into()));

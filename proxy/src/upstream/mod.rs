@@ -64,6 +64,9 @@ pub struct Target {
     /// does, in cleartext from the first byte (another Outpost tier, which
     /// accepts it); HTTP/1.1 when it does not.
     pub http2: bool,
+    /// A shield of this node's fleet, which is told how far the node has
+    /// followed the control plane (`Outpost-Seq`); an origin is not.
+    pub shield: bool,
 }
 
 impl PartialEq for Target {
@@ -99,6 +102,7 @@ impl Target {
             // Offered in the TLS handshake, which the origin answers with
             // what it speaks; never assumed in cleartext.
             http2: o.http2 && o.url.scheme_str() == Some("https"),
+            shield: false,
         }
     }
 }

@@ -87,6 +87,9 @@ impl Upstream {
             if let Some(h) = host {
                 attempt.headers_mut().insert(header::HOST, h);
             }
+            if !target.shield {
+                attempt.headers_mut().remove(crate::headers::OUTPOST_SEQ);
+            }
             let started = Instant::now();
             let result = self.client.send(target, attempt).await;
             self.metrics.upstream(started.elapsed(), result.is_ok());

@@ -71,11 +71,11 @@ pub(super) async fn cacheable(cx: &Ctx) -> Answer {
 /// in a representation it holds too. `None` when step 5 would read the
 /// disk, a coding is still to be made, or the request is not a hit.
 pub(super) fn cacheable_now(cx: &Ctx) -> Option<Serving> {
-    if asked_to_check(cx) {
-        return None;
-    }
     let found = lookup_now(cx)?;
     let obj = found.object.as_ref()?;
+    if asked_to_check(cx, obj) {
+        return None;
+    }
     // Decided before `serve`, whose stale-while-revalidate starts a
     // revalidation: a request answered on the usual path instead must not
     // start a second.
@@ -131,8 +131,8 @@ fn for_this_url(cx: &Ctx, o: &StoredObject) -> bool {
 /// A shield checks its copy with the origin before serving it to an edge
 /// that has applied control-plane events it has not
 /// (`Engine::behind_the_edge`): one of them may purge the copy.
-fn asked_to_check(cx: &Ctx) -> bool {
-    cx.engine.behind_the_edge(&cx.headers)
+fn asked_to_check(cx: &Ctx, obj: &StoredObject) -> bool {
+    cx.engine.behind_the_edge(&cx.headers).is_some_and(|since| obj.fetched_at < since)
 }
 
 /// Step 5 from the memory tier alone: the stored object for this request,
@@ -195,11 +195,11 @@ impl Hit {
 /// twice (`Flights::join_unless`).
 pub(super) fn stored_since(cx: &Ctx, key: Key, distrust: bool) -> Option<Hit> {
     let engine = &cx.engine;
-    if distrust || asked_to_check(cx) {
+    if distrust {
         return None;
     }
     let Some(Entry::Object(obj)) = engine.store.get_in_memory(key) else { return None };
-    if !for_this_url(cx, &obj) {
+    if !for_this_url(cx, &obj) || asked_to_check(cx, &obj) {
         return None;
     }
     let now = engine.clock.now();
@@ -235,7 +235,7 @@ fn serve(cx: &Ctx, found: Found, auth: bool, distrust: bool) -> Result<Hit, Miss
     }
     let now = engine.clock.now();
     let freshness = match verdict {
-        Verdict::Valid if !distrust && !asked_to_check(cx) => obj.timing.freshness(now),
+        Verdict::Valid if !distrust && !asked_to_check(cx, &obj) => obj.timing.freshness(now),
         _ => Freshness::Stale(obj.timing.age(now)),
     };
     let ttl = Some(obj.timing.ttl_seconds(now));

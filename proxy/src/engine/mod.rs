@@ -112,6 +112,9 @@ pub struct Engine {
     control_contact_ms: std::sync::atomic::AtomicU64,
     /// The control plane's last event this node applied and kept (0: none).
     control_seq: std::sync::atomic::AtomicU64,
+    /// The furthest an edge has said it followed the control plane past
+    /// this shield, and when this shield first heard it (engine clock).
+    edge_ahead: std::sync::Mutex<(u64, std::time::SystemTime)>,
     /// Why the control plane refuses this node's token (revoked, another
     /// node's), while it does: an operator must give it another.
     control_refusal: std::sync::Mutex<Option<String>>,
@@ -186,6 +189,7 @@ impl Engine {
             control_linked: std::sync::atomic::AtomicBool::new(false),
             control_contact_ms: std::sync::atomic::AtomicU64::new(0),
             control_seq: std::sync::atomic::AtomicU64::new(0),
+            edge_ahead: std::sync::Mutex::new((0, std::time::UNIX_EPOCH)),
             control_refusal: std::sync::Mutex::new(None),
             credential_unwritten: std::sync::Mutex::new(None),
             sites_unloaded: std::sync::Mutex::default(),
@@ -266,15 +270,26 @@ impl Engine {
         }
     }
 
-    /// Whether the edge behind this request has applied events of the
-    /// control plane this shield has not (see [`Engine::mark_fetch`]).
-    pub(crate) fn behind_the_edge(&self, headers: &impl outpost_net::HeaderLookup) -> bool {
+    /// When the edge behind this request has applied events of the
+    /// control plane this shield has not (see [`Engine::mark_fetch`]):
+    /// copies fetched before this shield first heard of the furthest of
+    /// them are checked with the origin. One fetched since came after
+    /// every purge among them (the edges applied those before they said
+    /// so), and is served as it is, however long this shield stays behind.
+    pub(crate) fn behind_the_edge(&self, headers: &impl outpost_net::HeaderLookup) -> Option<std::time::SystemTime> {
         if self.tier != Tier::Shield || !self.control_linked.load(std::sync::atomic::Ordering::Acquire) {
-            return false;
+            return None;
         }
-        let Some(theirs) = headers.get(&crate::headers::OUTPOST_SEQ) else { return false };
-        let theirs = std::str::from_utf8(theirs.as_bytes()).ok().and_then(|v| v.parse::<u64>().ok());
-        theirs.is_some_and(|t| t > self.control_seq.load(std::sync::atomic::Ordering::Acquire))
+        let theirs = headers.get(&crate::headers::OUTPOST_SEQ)?;
+        let theirs = std::str::from_utf8(theirs.as_bytes()).ok()?.parse::<u64>().ok()?;
+        if theirs <= self.control_seq.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        let mut ahead = self.edge_ahead.lock().unwrap_or_else(|p| p.into_inner());
+        if theirs > ahead.0 {
+            *ahead = (theirs, self.clock.now());
+        }
+        Some(ahead.1)
     }
 
     /// Records that the control plane was just heard from.

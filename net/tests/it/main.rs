@@ -302,6 +302,14 @@ async fn a_client_that_stops_reading_is_cut_off_after_the_send_timeout() {
     assert_eq!(get(addr, "/after").lines().last().unwrap(), "GET /after", "the server keeps serving");
 }
 
+/// Limits with this send timeout and minimum send rate.
+fn send_limits(timeout: Duration, min_rate: u64) -> Limits {
+    limits(|l| {
+        l.send_timeout = timeout;
+        l.send_min_rate = min_rate;
+    })
+}
+
 /// A GET of `path` (the connection closed after it) from a client whose
 /// small receive buffer keeps the node's writes waiting on its reads.
 async fn small_buffer_get(addr: SocketAddr, path: &str) -> tokio::net::TcpStream {
@@ -320,11 +328,7 @@ async fn small_buffer_get(addr: SocketAddr, path: &str) -> tokio::net::TcpStream
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pause_of_the_answer_is_not_counted_against_a_client_that_reads() {
     use tokio::io::AsyncReadExt;
-    let server = start(limits(|l| {
-        l.send_timeout = Duration::from_secs(1);
-        l.send_min_rate = 64 << 20;
-    }))
-    .await;
+    let server = start(send_limits(Duration::from_secs(1), 64 << 20)).await;
     let mut s = small_buffer_get(server.addr, "/pause").await;
     let mut got = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got)).await;
@@ -339,11 +343,7 @@ async fn a_pause_of_the_answer_is_not_counted_against_a_client_that_reads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_takes_a_trickle_is_cut_off_below_the_minimum_rate() {
     use tokio::io::AsyncReadExt;
-    let server = start(limits(|l| {
-        l.send_timeout = Duration::from_secs(4);
-        l.send_min_rate = 1 << 20;
-    }))
-    .await;
+    let server = start(send_limits(Duration::from_secs(4), 1 << 20)).await;
     let addr = server.addr;
     // Reads `chunk` bytes every 50 ms for `trickle`, then the rest as fast
     // as it comes: how much of the answer (32 MiB) came in all. A client
@@ -775,11 +775,7 @@ async fn an_http2_stream_whose_client_opens_no_window_is_reset_after_the_send_ti
 /// `send_min_rate` its stream is reset as a stalled one is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_stream_whose_client_opens_a_trickle_of_window_is_reset() {
-    let server = start(limits(|l| {
-        l.send_timeout = Duration::from_secs(1);
-        l.send_min_rate = 256 << 10;
-    }))
-    .await;
+    let server = start(send_limits(Duration::from_secs(1), 256 << 10)).await;
     let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let (send, conn) =
         h2::client::Builder::new().initial_window_size(16 << 10).handshake::<_, Bytes>(tcp).await.unwrap();

@@ -628,6 +628,18 @@ async fn a_purge_that_reaches_the_edges_before_the_shields_serves_nothing_purged
     let r = outpost_testkit::get(&url, &[("host", SITE_HOST), ("outpost-seq", "18446744073709551615")]).await;
     assert!(r.cache_status().split(',').next().unwrap().contains("; hit"), "{}", r.cache_status());
     assert_eq!(t.origin_count("/s9/").await, before);
+    // Straight to a shield, a value that is no sequence is no sequence.
+    for s in &t.shields {
+        shield_get(s.listen, one).await;
+        let before = t.origin_count("/s9/").await;
+        for junk in ["abc", "-1", "", "7x", "99999999999999999999999", "1e9"] {
+            let url = format!("http://{}{one}", s.listen);
+            let h = [("host", SITE_HOST), ("x-forwarded-proto", "http"), ("outpost-seq", junk)];
+            let r = outpost_testkit::get(&url, &h).await;
+            assert!(r.cache_status().contains("; hit"), "{junk:?}: {}", r.cache_status());
+        }
+        assert_eq!(t.origin_count("/s9/").await, before);
+    }
     // The shields miss the purge: cut off from the control plane, as a
     // shield a moment behind its edges is for that moment.
     for s in &t.shields {

@@ -251,8 +251,9 @@ fn check(q: &StreamQuery) -> Result<Vec<String>, ApiError> {
 }
 
 /// Most hard purges a snapshot carries one by one; past it, each site
-/// with one is purged whole.
-const SNAPSHOT_PURGES: usize = 1000;
+/// with one is purged whole. Records of older ones are pruned
+/// ([`Store::prune_purges`]).
+pub(crate) const SNAPSHOT_PURGES: usize = 1000;
 
 /// The lines a node that has applied through `after` needs: a snapshot when
 /// the log no longer reaches back that far, or when the node is past the
@@ -299,7 +300,10 @@ async fn backlog(store: &Store, after: u64, writer: &Writer, sure: bool) -> Resu
         // A log made anew: its purges' sequences say nothing of what the
         // node has seen, so all the hard ones go (folded past the cap).
         let since = if ahead { 0 } else { after };
-        let purges = snapshot_purges(store.purges_after(since).await.map_err(ApiError::from)?);
+        let records = store.purges_after(since).await.map_err(ApiError::from)?;
+        let pruned = store.pruned_purges().await.map_err(ApiError::from)?;
+        let pruned = pruned.into_iter().filter(|&(_, seq)| seq > since).map(|(site, _)| site).collect();
+        let purges = snapshot_purges(records, pruned);
         lines.push(writer.line(StreamLine::Snapshot { seq: last, sites, purges }));
         cursor = last;
     }
@@ -311,14 +315,17 @@ async fn backlog(store: &Store, after: u64, writer: &Writer, sure: bool) -> Resu
 }
 
 /// The hard purges among `records`, at most [`SNAPSHOT_PURGES`] of them:
-/// past that, one that purges each of their sites whole.
-fn snapshot_purges(records: Vec<crate::store::PurgeRecord>) -> Vec<outpost_config::Purge> {
+/// past that, or when the node missed hard purges whose records were
+/// pruned (`pruned`: their sites), one that purges each of their sites
+/// whole.
+fn snapshot_purges(records: Vec<crate::store::PurgeRecord>, pruned: Vec<String>) -> Vec<outpost_config::Purge> {
     let hard: Vec<outpost_config::Purge> = records.into_iter().map(|r| r.purge).filter(|p| !p.soft).collect();
-    if hard.len() <= SNAPSHOT_PURGES {
+    if hard.len() <= SNAPSHOT_PURGES && pruned.is_empty() {
         return hard;
     }
-    let sites: std::collections::BTreeMap<String, String> =
-        hard.into_iter().map(|p| (p.site_id.clone(), p.id)).collect();
+    let mut sites: std::collections::BTreeMap<String, String> =
+        pruned.into_iter().map(|site| (site, "pruned".to_string())).collect();
+    sites.extend(hard.into_iter().map(|p| (p.site_id.clone(), p.id)));
     sites
         .into_iter()
         .map(|(site_id, id)| outpost_config::Purge {
@@ -530,5 +537,54 @@ mod tests {
             }
         }
         assert_eq!(seqs, [2, 3]);
+    }
+
+    /// A node behind hard purges whose records were pruned has each of
+    /// their sites purged whole by its snapshot, with the sites of the
+    /// records kept; a site whose pruned purges it had applied is left.
+    #[tokio::test]
+    async fn a_snapshot_purges_whole_the_sites_whose_missed_purges_were_pruned() {
+        use outpost_config::{Purge, PurgeTarget};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_file(&dir.path().join("c.redb")).await.unwrap();
+        let control = Control::new(store, "a".into(), "n".into(), 1, Duration::from_secs(60)).await.unwrap();
+        for site in ["applied", "missed", "kept"] {
+            let tags = PurgeTarget::Tags { tags: vec!["t".into()] };
+            control.store.add_purge(site, tags, false).await.unwrap();
+        }
+        control.store.compact(1).await.unwrap();
+        assert_eq!(control.store.prune_purges(1).await.unwrap(), 2);
+        let writer = Writer { control: Arc::clone(&control), caller: Caller::Fleet };
+        let (lines, _, _) = backlog(&control.store, 1, &writer, true).await.unwrap();
+        let purges = match serde_json::from_slice::<StreamLine>(&lines[0]).unwrap() {
+            StreamLine::Snapshot { purges, .. } => purges,
+            other => panic!("{other:?}"),
+        };
+        let whole =
+            |site: &str, id: &str| Purge { id: id.into(), site_id: site.into(), target: PurgeTarget::All, soft: false };
+        assert_eq!(purges, [whole("kept", "p3"), whole("missed", "pruned")]);
+    }
+
+    /// Publishing now and then prunes the purge records no snapshot needs.
+    #[tokio::test]
+    async fn publishing_prunes_purge_records_now_and_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_file(&dir.path().join("c.redb")).await.unwrap();
+        let control = Control::new(store, "a".into(), "n".into(), 1, Duration::from_secs(60)).await.unwrap();
+        let mut last = None;
+        for _ in 0..super::super::PRUNE_EVERY {
+            last = Some(control.store.add_purge("s", outpost_config::PurgeTarget::All, false).await.unwrap());
+        }
+        let p = last.unwrap();
+        control.publish(EventRecord { seq: p.seq, at_ms: p.at_ms, event: outpost_config::Event::Purge(p.purge) }).await;
+        // All but the last SNAPSHOT_PURGES records go (purge n is logged
+        // at n).
+        let gone = super::super::PRUNE_EVERY - SNAPSHOT_PURGES as u64;
+        outpost_testkit::eventually("the records to be pruned", || async {
+            control.store.purge(&format!("p{gone}")).await.unwrap().is_none()
+        })
+        .await;
+        assert!(control.store.purge(&format!("p{}", gone + 1)).await.unwrap().is_some());
+        assert_eq!(control.store.pruned_purges().await.unwrap()["s"], gone);
     }
 }

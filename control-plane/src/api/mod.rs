@@ -31,6 +31,10 @@ pub use outpost_config::api::HEARTBEAT;
 /// unapplied purge.
 const PURGE_AGE_SCAN: usize = 512;
 
+/// One event in this many sets off a pruning of purge records
+/// ([`Store::prune_purges`]).
+const PRUNE_EVERY: u64 = 1024;
+
 /// How long a purge with `wait` waits for acknowledgements by default.
 pub const DEFAULT_PURGE_WAIT: Duration = Duration::from_secs(5);
 /// How often a replica checks its store's quorum, and how long quorum may
@@ -400,11 +404,24 @@ impl Control {
     /// A shared store's events reach the streams through its watch, in log
     /// order whichever replica wrote them, so they are not sent here.
     pub(crate) async fn publish(&self, rec: EventRecord) {
+        let seq = rec.seq;
         if !self.store.is_shared() {
             let _ = self.events.send(rec);
         }
         if let Err(e) = self.store.compact(self.retention).await {
             tracing::warn!(error = %e, "log compaction failed");
+        }
+        // A scan of the purge records: now and then, and off the caller's
+        // path. One event in PRUNE_EVERY is written by one replica only.
+        if seq.is_multiple_of(PRUNE_EVERY) {
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                match store.prune_purges(events::SNAPSHOT_PURGES).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(pruned = n, "purge records pruned"),
+                    Err(e) => tracing::warn!(error = %e, "pruning purge records failed"),
+                }
+            });
         }
     }
 

@@ -74,6 +74,26 @@ pub struct PurgeRecord {
     pub at_ms: u64,
 }
 
+/// Of `records`, those [`Store::prune_purges`] prunes (oldest first), and
+/// the marks their hard purges leave: per site, the last one's sequence.
+fn prunable(mut records: Vec<PurgeRecord>, first: u64, keep_hard: usize) -> (Vec<PurgeRecord>, BTreeMap<String, u64>) {
+    records.sort_by_key(|p| p.seq);
+    let hard: Vec<u64> = records.iter().filter(|p| !p.purge.soft).map(|p| p.seq).collect();
+    // The oldest of the last `keep_hard` hard purges: everything before it
+    // has that many after it.
+    let cut = match keep_hard {
+        0 => u64::MAX,
+        n if hard.len() >= n => hard[hard.len() - n],
+        _ => 0,
+    };
+    records.retain(|p| p.seq < cut.min(first));
+    let mut marks = BTreeMap::new();
+    for p in records.iter().filter(|p| !p.purge.soft) {
+        marks.insert(p.purge.site_id.clone(), p.seq);
+    }
+    (records, marks)
+}
+
 /// A change to the registry of a shared store, as its watch sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RegistryChange {
@@ -279,6 +299,25 @@ impl Store {
         let mut all = backend!(self, |b| b.purges_after(seq))?;
         all.sort_by_key(|p| p.seq);
         Ok(all)
+    }
+
+    /// Prunes the purge records a snapshot no longer needs one by one:
+    /// those logged before the log's first event with at least
+    /// `keep_hard` hard purges logged after them. A node behind one of
+    /// them is behind all of those too, so its snapshot purges each site
+    /// with one whole anyway. Each pruned hard purge leaves its site a
+    /// mark ([`Store::pruned_purges`]) that says so. Returns how many
+    /// records went; without this they would pile up for as long as the
+    /// store lives.
+    pub async fn prune_purges(&self, keep_hard: usize) -> Result<u64, StoreError> {
+        backend!(self, |b| b.prune_purges(keep_hard))
+    }
+
+    /// Sites whose hard purges were pruned, each with the sequence of the
+    /// last one. Read after [`Store::purges_after`], so a pruning between
+    /// the two reads leaves a purge in both, never in neither.
+    pub async fn pruned_purges(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        backend!(self, |b| b.pruned_purges())
     }
 
     /// Events after `seq`, oldest first, at most `limit`.

@@ -21,6 +21,9 @@ const POPS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("pops")
 const CERTS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("certificates");
 /// Small named records: the ACME account, order claims.
 const RECORDS: TableDefinition<'static, &str, &str> = TableDefinition::new("records");
+/// Per site, the sequence of its last hard purge whose record was pruned
+/// (`RedbStore::prune_purges`).
+const PRUNED: TableDefinition<'static, &str, u64> = TableDefinition::new("pruned_purges");
 /// The last [`super::HISTORY`] versions of every site, by (id, version).
 const HISTORY: TableDefinition<'static, (&str, u64), &[u8]> = TableDefinition::new("site_history");
 
@@ -48,6 +51,7 @@ impl RedbStore {
             tx.open_table(EVENTS).map_err(db)?;
             tx.open_table(HISTORY).map_err(db)?;
             tx.open_table(RECORDS).map_err(db)?;
+            tx.open_table(PRUNED).map_err(db)?;
             for t in [SITES, PURGES, NODES, POPS, CERTS] {
                 tx.open_table(t).map_err(db)?;
             }
@@ -247,6 +251,49 @@ impl RedbStore {
             if p.seq > seq {
                 out.push(p);
             }
+        }
+        Ok(out)
+    }
+
+    /// Prunes the purge records a snapshot no longer needs one by one
+    /// ([`super::Store::prune_purges`]), in one transaction with the marks
+    /// they leave.
+    pub(super) fn prune_purges(&self, keep_hard: usize) -> Result<u64, StoreError> {
+        let tx = self.db.begin_write().map_err(db)?;
+        let pruned = {
+            let first = tx.open_table(META).map_err(db)?.get(FIRST_SEQ).map_err(db)?.map_or(1, |v| v.value());
+            let mut purges = tx.open_table(PURGES).map_err(db)?;
+            let mut all = Vec::new();
+            for row in purges.iter().map_err(db)? {
+                let (_, v) = row.map_err(db)?;
+                all.push(serde_json::from_slice::<PurgeRecord>(v.value()).map_err(db)?);
+            }
+            let (gone, marks) = super::prunable(all, first, keep_hard);
+            for p in &gone {
+                purges.remove(p.purge.id.as_str()).map_err(db)?;
+            }
+            let mut kept = tx.open_table(PRUNED).map_err(db)?;
+            for (site, seq) in marks {
+                let before = kept.get(site.as_str()).map_err(db)?.map_or(0, |v| v.value());
+                kept.insert(site.as_str(), seq.max(before)).map_err(db)?;
+            }
+            gone.len() as u64
+        };
+        if pruned == 0 {
+            tx.abort().map_err(db)?;
+        } else {
+            tx.commit().map_err(db)?;
+        }
+        Ok(pruned)
+    }
+
+    pub(super) fn pruned_purges(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = tx.open_table(PRUNED).map_err(db)?;
+        let mut out = BTreeMap::new();
+        for row in t.iter().map_err(db)? {
+            let (k, v) = row.map_err(db)?;
+            out.insert(k.value().to_string(), v.value());
         }
         Ok(out)
     }

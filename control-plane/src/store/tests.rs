@@ -69,6 +69,32 @@ pub(crate) async fn log_sites_purges_and_nodes(s: &Store) {
     assert_eq!(s.site("a").await.unwrap().unwrap().created_seq, again.seq, "created again: a creation of its own");
 }
 
+/// Purge records leave once the log has moved past them and enough hard
+/// purges came after them; each pruned hard purge marks its site, and a
+/// mark only goes forward.
+pub(crate) async fn purge_records_are_pruned_once_no_snapshot_needs_them(s: &Store) {
+    let tag = |t: &str| PurgeTarget::Tags { tags: vec![t.to_string()] };
+    for (site, soft) in [("a", false), ("d", true), ("b", false), ("a", false), ("c", false), ("c", false)] {
+        s.add_purge(site, tag(site), soft).await.unwrap();
+    }
+    assert_eq!(s.compact(3).await.unwrap(), 3);
+    assert_eq!(s.prune_purges(10).await.unwrap(), 0, "fewer hard purges than kept: every record stays");
+    assert!(s.pruned_purges().await.unwrap().is_empty());
+    // The last three hard purges are logged at 4, 5 and 6: what came
+    // before 4 goes, the soft purge without a mark.
+    assert_eq!(s.prune_purges(3).await.unwrap(), 3);
+    let marks = |m: &[(&str, u64)]| m.iter().map(|&(k, v)| (k.to_string(), v)).collect::<BTreeMap<_, _>>();
+    assert_eq!(s.pruned_purges().await.unwrap(), marks(&[("a", 1), ("b", 3)]));
+    assert!(s.purge("p1").await.unwrap().is_none() && s.purge("p3").await.unwrap().is_none());
+    assert_eq!(s.purges_after(0).await.unwrap().iter().map(|p| p.seq).collect::<Vec<_>>(), [4, 5, 6]);
+    // Records still in the log stay, however many hard purges follow.
+    assert_eq!(s.prune_purges(0).await.unwrap(), 0);
+    assert_eq!(s.compact(1).await.unwrap(), 2);
+    assert_eq!(s.prune_purges(0).await.unwrap(), 2);
+    assert_eq!(s.pruned_purges().await.unwrap(), marks(&[("a", 4), ("b", 3), ("c", 5)]));
+    assert_eq!(s.purge("p6").await.unwrap().unwrap().seq, 6);
+}
+
 /// An upsert from a stale version is refused and logs nothing; of many
 /// writers racing from the same version, exactly one wins.
 pub(crate) async fn upserts_are_compare_and_swap(s: &Store) {
@@ -361,7 +387,8 @@ battery!(
     concurrent_writes_get_one_order,
     pop_weights_are_kept_and_replaced,
     site_history_keeps_the_last_versions,
-    certificates_and_records
+    certificates_and_records,
+    purge_records_are_pruned_once_no_snapshot_needs_them
 );
 
 /// A record in the cluster that is not what the control plane wrote (a

@@ -36,6 +36,10 @@ use super::{NodeRecord, PopRecord, PurgeRecord, SiteRecord, StoreError, db, now_
 
 mod follow;
 
+/// Purge records pruned a transaction: etcd takes at most 128 operations
+/// in one (`--max-txn-ops`), and each batch also writes the marks.
+const PRUNE_BATCH: usize = 100;
+
 /// How long one call to the cluster may take before it counts as failed.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long connecting to the cluster may take.
@@ -570,6 +574,39 @@ impl EtcdBackend {
     pub(super) async fn purges_after(&self, seq: u64) -> Result<Vec<PurgeRecord>, StoreError> {
         let all: Vec<(String, PurgeRecord)> = self.list("purges").await?;
         Ok(all.into_iter().map(|(_, p)| p).filter(|p| p.seq > seq).collect())
+    }
+
+    /// Prunes the purge records a snapshot no longer needs one by one
+    /// ([`super::Store::prune_purges`]), [`PRUNE_BATCH`] a transaction,
+    /// each with the marks its records leave. Another replica's marks
+    /// written meanwhile end the turn (the next one goes on), so a mark
+    /// never goes back.
+    pub(super) async fn prune_purges(&self, keep_hard: usize) -> Result<u64, StoreError> {
+        let first = self.counter("first").await?.value.unwrap_or(1);
+        let all: Vec<(String, PurgeRecord)> = self.list("purges").await?;
+        let (gone, _) = super::prunable(all.into_iter().map(|(_, p)| p).collect(), first, keep_hard);
+        let marks_key = self.key(&["meta", "pruned-purges"]);
+        let mut pruned = 0;
+        for batch in gone.chunks(PRUNE_BATCH) {
+            let marks: Read<BTreeMap<String, u64>> = self.get(&marks_key).await?;
+            let mut next = marks.value.unwrap_or_default();
+            for p in batch.iter().filter(|p| !p.purge.soft) {
+                let mark = next.entry(p.purge.site_id.clone()).or_default();
+                *mark = (*mark).max(p.seq);
+            }
+            let mut ops: Vec<TxnOp> =
+                batch.iter().map(|p| TxnOp::delete(self.key(&["purges", &p.purge.id]), None)).collect();
+            ops.push(put(marks_key.clone(), &next)?);
+            if !self.commit(vec![unchanged(&marks_key, marks.revision)], ops).await? {
+                break;
+            }
+            pruned += batch.len() as u64;
+        }
+        Ok(pruned)
+    }
+
+    pub(super) async fn pruned_purges(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        Ok(self.get(&self.key(&["meta", "pruned-purges"])).await?.value.unwrap_or_default())
     }
 
     pub(super) async fn events_after(&self, seq: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {

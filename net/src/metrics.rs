@@ -4,6 +4,7 @@
 //! `metrics` facade.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -13,6 +14,9 @@ const LATENCY_BUCKETS: [f64; 14] =
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// How often histograms' samples are folded into their buckets.
+const UPKEEP: Duration = Duration::from_secs(1);
+
 /// Installs the Prometheus recorder (once; later calls change nothing).
 pub fn install_prometheus() {
     HANDLE.get_or_init(|| {
@@ -20,7 +24,10 @@ pub fn install_prometheus() {
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
             .unwrap_or_else(|_| PrometheusBuilder::new());
         match builder.install_recorder() {
-            Ok(h) => h,
+            Ok(h) => {
+                upkeep(h.clone());
+                h
+            }
             // Another recorder is already installed (an embedding program):
             // render from a private one so /metrics still answers.
             Err(_) => PrometheusBuilder::new().build_recorder().handle(),
@@ -32,4 +39,20 @@ pub fn install_prometheus() {
 /// (empty when no recorder was installed).
 pub fn render() -> String {
     HANDLE.get().map(PrometheusHandle::render).unwrap_or_default()
+}
+
+/// Folds histograms' samples into their buckets every [`UPKEEP`]. The
+/// recorder keeps each sample until then (about 25 bytes of it); left to
+/// `/metrics` scrapes, a node nobody scrapes (no admin listener) would keep
+/// every request's and every DNS query's for as long as it runs.
+fn upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || {
+        loop {
+            std::thread::sleep(UPKEEP);
+            handle.run_upkeep();
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no thread for the metrics' upkeep: histograms are folded only when scraped");
+    }
 }

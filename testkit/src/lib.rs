@@ -1,8 +1,9 @@
 //! What Outpost's tests share, so no crate's tests grow their own copy:
 //! waiting for a condition ([`eventually`]), an HTTP client ([`request`]
 //! and [`Reply`]), free loopback addresses ([`free_addr`]), and the test
-//! origin running in the test's process ([`Origin`]), and a real etcd
-//! cluster on loopback ([`etcd::EtcdCluster`]).
+//! origin running in the test's process ([`Origin`]), a real etcd
+//! cluster on loopback ([`etcd::EtcdCluster`]), and a process of its own
+//! for a test that measures its process ([`in_own_process`], [`rss_kib`]).
 
 pub mod etcd;
 
@@ -147,4 +148,32 @@ impl Origin {
         let r = request(Method::POST, &url, &[], b"").await.unwrap_or_else(|e| panic!("{url}: {e}"));
         assert_eq!(r.status, StatusCode::OK, "origin control {what}");
     }
+}
+
+/// Runs `work` in a new process of this test binary running only the test
+/// `name`: for tests that measure their own process (`cargo test` runs the
+/// binary's other tests beside it).
+pub fn in_own_process(name: &str, work: impl FnOnce()) {
+    const CHILD: &str = "OUTPOST_TEST_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        work();
+        return;
+    }
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("this test's binary: {e}"));
+    let out = std::process::Command::new(exe)
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(CHILD, "1")
+        .output()
+        .unwrap_or_else(|e| panic!("{name} could not be started in its own process: {e}"));
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{name} failed in its own process");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"), "{name} did not run in its own process");
+}
+
+/// This process's resident memory, in KiB.
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or_else(|| panic!("no VmRSS: {status}"));
+    line.split_whitespace().nth(1).and_then(|kib| kib.parse().ok()).unwrap_or_else(|| panic!("{line}"))
 }

@@ -907,3 +907,27 @@ async fn an_http2_client_that_resets_stream_after_stream_is_shut_out() {
     assert!(e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || e.is_io(), "{e:?}");
     assert!(get(server.addr, "/after").ends_with("GET /after"), "the server goes on");
 }
+
+/// Histograms' samples are folded into their buckets as the node runs,
+/// not only when `/metrics` is scraped: a node nobody scrapes would
+/// otherwise keep every sample. Each round records two million (about
+/// 50 MB kept unfolded); after the first, memory stays where it was.
+#[test]
+fn histogram_samples_are_folded_without_a_scrape() {
+    outpost_testkit::in_own_process("histogram_samples_are_folded_without_a_scrape", || {
+        outpost_net::metrics::install_prometheus();
+        let round = || {
+            let h = metrics::histogram!("outpost_test_latency_seconds");
+            for i in 0..2_000_000u32 {
+                h.record(f64::from(i % 1000) / 1e6);
+            }
+            std::thread::sleep(Duration::from_millis(1500));
+            outpost_testkit::rss_kib()
+        };
+        let first = round();
+        let rounds: Vec<u64> = (0..3).map(|_| round()).collect();
+        let grown = rounds[2].saturating_sub(first);
+        assert!(grown < 10 * 1024, "three more rounds grew memory by {grown} KiB: {first} KiB, then {rounds:?}");
+        assert!(outpost_net::metrics::render().contains("outpost_test_latency_seconds_count 8000000"));
+    });
+}

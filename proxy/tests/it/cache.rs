@@ -1028,11 +1028,7 @@ async fn a_site_id_the_node_did_not_serve_at_its_last_start_gets_none_of_the_cop
     edge.stop().await;
 }
 
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
+use outpost_testkit::rss_kib;
 
 /// Measures this process's memory, so it runs alone in a process of its own
 /// (`cargo test` runs the other tests of this binary beside it), on one

@@ -124,25 +124,7 @@ pub fn with_metrics_in_own_process<F: std::future::Future<Output = ()>>(name: &s
     });
 }
 
-/// Runs `work` in a new process of this test binary running only the test
-/// `name`: for tests that measure their own process.
-pub fn in_own_process(name: &str, work: impl FnOnce()) {
-    const CHILD: &str = "OUTPOST_TEST_CHILD";
-    if std::env::var_os(CHILD).is_some() {
-        work();
-        return;
-    }
-    let exe = std::env::current_exe().unwrap();
-    let out = std::process::Command::new(exe)
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
-        .env(CHILD, "1")
-        .output()
-        .unwrap();
-    print!("{}", String::from_utf8_lossy(&out.stdout));
-    eprint!("{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{name} failed in its own process");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"), "{name} did not run in its own process");
-}
+pub use outpost_testkit::in_own_process;
 
 /// One HTTP/1.1 response read off `r`: its head (lower-cased names) and body.
 pub fn read_response(r: &mut impl std::io::BufRead, head_only: bool) -> (String, Vec<(String, String)>, Vec<u8>) {

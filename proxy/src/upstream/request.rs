@@ -97,6 +97,29 @@ pub struct FromClient {
     pub from_edge: bool,
 }
 
+/// Cookies sent as several fields (HTTP/2 and HTTP/3 clients send each
+/// cookie as a field of its own) made one, joined with `; ` as RFC 9113
+/// §8.2.3 asks of a request passed on in HTTP/1.1: origins that read the
+/// first `Cookie` line alone, or join lines with `, `, would otherwise see
+/// a broken session.
+fn join_cookies(h: &mut HeaderMap) {
+    let mut crumbs = h.get_all(header::COOKIE).iter();
+    if crumbs.nth(1).is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for crumb in h.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(crumb.as_bytes());
+    }
+    // Each crumb was a valid field value, and so is their join.
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        h.insert(header::COOKIE, v);
+    }
+}
+
 /// Headers for an upstream request: the client's, less hop-by-hop and
 /// framing fields and (on a cacheable fetch) what the cache answers itself,
 /// plus ours.
@@ -117,6 +140,7 @@ pub fn forward_headers(hop: &Hop, site: &Site, from: &FromClient, cacheable: boo
         }
         h.append(name.clone(), value.clone());
     }
+    join_cookies(&mut h);
     let node = &*hop.node;
     extend_list(&mut h, header::VIA, &format!("1.1 {node}"));
     extend_list(&mut h, CDN_LOOP, &hop.loop_member);

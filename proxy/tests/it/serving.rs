@@ -662,3 +662,18 @@ async fn an_http2_body_without_a_length_goes_upstream_whole() {
         assert_eq!(sent, frames.concat());
     }
 }
+
+/// Cookies an HTTP/2 client sends as fields of their own reach an HTTP/1.1
+/// origin as one `Cookie` field, joined with `; ` (RFC 9113 §8.2.3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookie_crumbs_reach_the_origin_as_one_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    let edge = Edge::limited(dir.path(), origin.addr, "").await;
+    let send = h2_client(tokio::net::TcpStream::connect(edge.addr).await.unwrap()).await;
+    let mut s = send.ready().await.unwrap();
+    let req = http::Request::get("http://t.test/crumbs?size=10").header("cookie", "a=1").header("cookie", "b=2");
+    let (resp, _) = s.send_request(req.body(()).unwrap(), true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), StatusCode::OK);
+    assert_eq!(origin.last_request("/crumbs").await["cookie"], "a=1; b=2");
+}

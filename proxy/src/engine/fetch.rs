@@ -246,13 +246,13 @@ impl FetchJob {
         // they belong to one user (whatever reason kept them from being
         // stored first): a failing origin gets one request.
         let personal = policy::personal(resp.headers(), self.request.has_authorization);
-        let share = not_stored.is_none() || (status.is_server_error() && !personal);
+        let busy = status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
+        let share = not_stored.is_none() || (busy && !personal);
         if let (Some(why), Some((key, stale))) = (not_stored, &self.stale)
-            && why != NotStored::RequestNoStore
+            && speaks_for_the_copy(status, why)
         {
             // The origin no longer allows storing it: stop revalidating a
-            // dead copy. (A request's own `no-store` says nothing of the
-            // copy: left as it was, for others and for stale-if-error.)
+            // dead copy.
             engine.store.remove_object(*key, stale);
         }
         if !share {
@@ -279,7 +279,7 @@ impl FetchJob {
                 headers.append(name.clone(), v.clone());
             }
         }
-        let (object, kept_out) = match self.plan(stale.status, &headers, times.now) {
+        let (object, kept_out, shared) = match self.plan(stale.status, &headers, times.now) {
             Ok(plan) => {
                 let obj = Arc::new(StoredObject {
                     headers: storable_headers(&headers, &plan.strip),
@@ -292,23 +292,29 @@ impl FetchJob {
                 self.engine.store.insert(key, Entry::Object(Arc::clone(&obj)));
                 // Invalidated while the validation was under way.
                 self.engine.invalidate_if_since(self.rkey.primary, self.mark, key, &obj);
-                (obj, withheld(&headers, &plan.strip))
+                (obj, withheld(&headers, &plan.strip), true)
             }
             Err(why) => {
                 // Valid now, but no longer storable: serve it this once, to
                 // the requests waiting on it too; the cookies it sets go to
-                // the request that asked alone. A request's own `no-store`
-                // keeps this answer out of the store, not the copy.
+                // the request that asked alone. One that makes the copy one
+                // user's (`private`, or asked with credentials) goes to that
+                // request only, fields and all: everyone else asks for
+                // themselves. A request's own `no-store` keeps this answer
+                // out of the store, not the copy. The head goes, not the
+                // body: this answer is read from it (its chunks are left to
+                // eviction).
                 if why != NotStored::RequestNoStore {
-                    self.engine.store.remove_object(key, &stale);
+                    self.engine.store.remove(key);
                 }
                 let mine = withheld(&headers, &[header::SET_COOKIE]);
                 headers.remove(header::SET_COOKIE);
-                (Arc::new(StoredObject { headers, fetched_at: times.started, ..(*stale).clone() }), mine)
+                let shared = !policy::personal(&headers, self.request.has_authorization);
+                (Arc::new(StoredObject { headers, fetched_at: times.started, ..(*stale).clone() }), mine, shared)
             }
         };
         self.guard.close();
-        self.guard.flight.set_head(Head::Revalidated(object, Arc::new(kept_out)));
+        self.guard.flight.set_head(Head::Revalidated(object, Arc::new(kept_out), shared));
     }
 
     /// The head every waiter reads, and the writer of the stored copy.
@@ -502,6 +508,19 @@ fn vouches_for(fresh: &HeaderMap, stored: &HeaderMap) -> bool {
         same(header::LAST_MODIFIED, &|f, s| f == s)
     };
     validator && (!fresh.contains_key(header::VARY) || vary(fresh) == vary(stored))
+}
+
+/// Does an answer that is not stored (`why`) end the stale copy it was
+/// asked to refresh? Only one that speaks for the resource (a new
+/// representation, a redirect, 404 or 410) and not only for the request
+/// (its own `no-store`, or its credentials). A busy or failing origin's
+/// answer (429, 5xx) or one the request provoked (400, 401, 403, 431: any
+/// client can send a request that gets one) leaves the copy, to be
+/// validated later and to stand in for errors.
+fn speaks_for_the_copy(status: StatusCode, why: NotStored) -> bool {
+    let about_the_resource =
+        status.is_success() || status.is_redirection() || status == StatusCode::NOT_FOUND || status == StatusCode::GONE;
+    about_the_resource && !matches!(why, NotStored::RequestNoStore | NotStored::Authorization)
 }
 
 #[cfg(test)]

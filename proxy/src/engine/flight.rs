@@ -78,8 +78,11 @@ pub(crate) enum Head {
     /// A response to stream (and, usually, store).
     Shared(Arc<SharedHead>),
     /// The stored copy was revalidated (304) and refreshed; the fields kept
-    /// out of it go to the request that made the fetch only.
-    Revalidated(Arc<StoredObject>, Arc<http::HeaderMap>),
+    /// out of it go to the request that made the fetch only. Not shared
+    /// (`false`: the 304 made the copy one the node may not store, such as
+    /// `private` or `no-store`): only that request is answered with it,
+    /// and everyone else fetches alone, as for [`Head::Pass`].
+    Revalidated(Arc<StoredObject>, Arc<http::HeaderMap>, bool),
     /// Not shareable (the reason): the leader streams it; everyone else
     /// fetches alone.
     Pass(crate::cache_status::Detail),

@@ -33,7 +33,7 @@ pub(super) async fn cacheable(cx: &Ctx) -> Answer {
     let mut hinted = false;
     for _ in 0..VARIANT_RETRIES {
         let found = lookup(cx).await;
-        let miss = match serve(cx, found, auth, distrust) {
+        let miss = match serve(cx, found, (auth, alone), distrust) {
             Ok(hit) => return hit.serve(cx).await,
             Err(miss) => miss,
         };
@@ -84,7 +84,9 @@ pub(super) fn cacheable_now(cx: &Ctx) -> Option<Serving> {
         represent::Choice::Made(c) => Ok((c, represent::made_now(cx, found.key, obj, c)?)),
     };
     let auth = cx.headers.contains_key(header::AUTHORIZATION);
-    let hit = serve(cx, found, auth, cx.engine.distrusts(&cx.site)).ok()?;
+    let no_store = cx.headers.contains_key(header::CACHE_CONTROL)
+        && Directives::parse_all(cx.headers.get_all(header::CACHE_CONTROL)).no_store;
+    let hit = serve(cx, found, (auth, auth || no_store), cx.engine.distrusts(&cx.site)).ok()?;
     Some(match made {
         Err(vary) => Serving::stored(hit.key, hit.obj, hit.status, hit.now, vary),
         Ok((c, (mkey, m))) => Serving::made(mkey, m, c, hit.status, hit.now),
@@ -218,8 +220,11 @@ pub(super) fn stored_since(cx: &Ctx, key: Key, distrust: bool) -> Option<Hit> {
 /// then answers in the request's coding); otherwise what step 7 needs. Cut
 /// off from the control plane past the site's grace (`distrust`), purges
 /// may have been missed: hits are revalidated, and stale copies stand in
-/// when the upstream does not answer.
-fn serve(cx: &Ctx, found: Found, auth: bool, distrust: bool) -> Result<Hit, Miss> {
+/// when the upstream does not answer. A request that fetches `alone`
+/// (credentials, or its own `no-store`) starts no background
+/// revalidation: what it fetched would not be stored, and would only take
+/// the key's one revalidation from others.
+fn serve(cx: &Ctx, found: Found, (auth, alone): (bool, bool), distrust: bool) -> Result<Hit, Miss> {
     let engine = &cx.engine;
     let outcome = if found.vary_miss { Outcome::VaryMiss } else { Outcome::UriMiss };
     let miss = Miss { key: found.key, stale: None, outcome };
@@ -248,7 +253,7 @@ fn serve(cx: &Ctx, found: Found, auth: bool, distrust: bool) -> Result<Hit, Miss
         Freshness::StaleWhileRevalidate(_) => {
             // While the upstream is failing for this key, the stale copy is
             // served without trying again.
-            if !held {
+            if !held && !alone {
                 wait::revalidate_in_background(cx, found.key, Arc::clone(&obj));
             }
             Ok(answer(Outcome::StaleWhileRevalidate))

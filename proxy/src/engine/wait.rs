@@ -161,7 +161,11 @@ async fn answer(cx: &Ctx, miss: Miss, joined: Joined, distrust: bool) -> Option<
     let collapsed = joined.collapsed();
     match joined.flight.head().await {
         Head::Shared(head) => shared(cx, miss.outcome, &joined, head),
-        Head::Revalidated(obj, withheld) => {
+        Head::Revalidated(_, _, false) if collapsed => {
+            let alone = Miss { outcome: Outcome::Pass, ..miss };
+            Box::pin(fetch(cx, alone, true, distrust)).await
+        }
+        Head::Revalidated(obj, withheld, _) => {
             let obj = as_leader_sees(&obj, &withheld, collapsed);
             let now = cx.engine.clock.now();
             let ttl = Some(obj.timing.ttl_seconds(now));

@@ -132,48 +132,107 @@ async fn an_error_page_that_sets_a_cookie_is_not_shared_with_waiting_requests() 
 /// cookie only to the request that asked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cookie_set_on_a_304_reaches_only_the_request_that_revalidated() {
+    let (upstream, asked) = revalidating_origin(
+        "HTTP/1.1 200 OK\r\netag: \"v1\"\r\ncache-control: no-cache\r\ncontent-length: 5\r\n\r\nhello".into(),
+        |n| {
+            format!(
+                "HTTP/1.1 304 Not Modified\r\netag: \"v1\"\r\ncache-control: no-cache\r\nset-cookie: sid=user{n}\r\n"
+            )
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let edge = Edge::start(dir.path(), &site_toml(upstream, DEFAULT_RULES)).await;
+    assert_eq!(edge.get("/renewed").await.body, &b"hello"[..]);
+    let cookies = each_own(at_once(&edge.url("/renewed"), 5).await, "set-cookie", b"hello");
+    let revalidations = asked.load(Ordering::SeqCst);
+    assert!(revalidations < 5, "the requests waited on one revalidation ({revalidations})");
+    assert_eq!(cookies.len(), revalidations, "each revalidation's cookie to its own request: {cookies:?}");
+}
+
+/// A 304 that makes the copy `private` is that user's answer: requests
+/// waiting on the revalidation do not get it (or its fields), but ask for
+/// themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_304_that_makes_the_copy_private_reaches_only_the_request_that_revalidated() {
+    let (upstream, asked) = revalidating_origin(
+        "HTTP/1.1 200 OK\r\netag: \"v1\"\r\ncache-control: no-cache\r\ncontent-length: 5\r\n\r\nhello".into(),
+        |n| format!("HTTP/1.1 304 Not Modified\r\netag: \"v1\"\r\ncache-control: private\r\nx-user: user{n}\r\n"),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let edge = Edge::start(dir.path(), &site_toml(upstream, DEFAULT_RULES)).await;
+    assert_eq!(edge.get("/mine").await.body, &b"hello"[..]);
+    let users = each_own(at_once(&edge.url("/mine"), 5).await, "x-user", b"hello");
+    assert_eq!(users.len(), asked.load(Ordering::SeqCst), "a user's 304 went to another request: {users:?}");
+    assert_eq!(users.len(), 5);
+}
+
+/// A 304 that makes a large copy `no-store` ends the copy, but the answer
+/// it validated is still read whole from the copy's body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_304_that_ends_a_large_copy_still_answers_with_all_of_it() {
+    const LEN: usize = 2 << 20;
+    let head = format!("HTTP/1.1 200 OK\r\netag: W/\"v1\"\r\ncache-control: no-cache\r\ncontent-length: {LEN}\r\n\r\n");
+    let (upstream, asked) = revalidating_origin(head + &"x".repeat(LEN), |_| {
+        "HTTP/1.1 304 Not Modified\r\netag: W/\"v1\"\r\ncache-control: no-store\r\n".to_string()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let edge = Edge::start(dir.path(), &site_toml(upstream, DEFAULT_RULES)).await;
+    assert_eq!(edge.get("/large").await.body.len(), LEN);
+    let r = edge.get("/large").await;
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+    assert_eq!((r.status, r.body.len()), (StatusCode::OK, LEN), "{}", r.cache_status());
+    assert!(r.body.iter().all(|&b| b == b'x'));
+    assert!(!edge.get("/large").await.cache_status().contains("; hit"), "the copy no longer stored");
+}
+
+/// An origin that answers `first` to an unconditional request and, after
+/// 300 ms, `revalidated(n)` (a head; the n-th such) to a conditional one,
+/// each on a connection of its own; also how many conditional ones came.
+async fn revalidating_origin(
+    first: String,
+    revalidated: impl Fn(usize) -> String + Send + Sync + 'static,
+) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream = listener.local_addr().unwrap();
     let asked = Arc::new(AtomicUsize::new(0));
-    let seen = Arc::clone(&asked);
+    let (seen, first, revalidated) = (Arc::clone(&asked), Arc::new(first), Arc::new(revalidated));
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
-            let seen = Arc::clone(&seen);
+            let (seen, first, revalidated) = (Arc::clone(&seen), Arc::clone(&first), Arc::clone(&revalidated));
             tokio::spawn(async move {
                 let Some(head) = read_head(&mut s).await else { return };
                 let conditional = String::from_utf8_lossy(&head).to_ascii_lowercase().contains("if-none-match");
                 let answer = if conditional {
                     let n = seen.fetch_add(1, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(300)).await;
-                    format!(
-                        "HTTP/1.1 304 Not Modified\r\netag: \"v1\"\r\ncache-control: no-cache\r\n\
-                         set-cookie: sid=user{n}\r\nconnection: close\r\n\r\n"
-                    )
+                    revalidated(n) + "connection: close\r\n\r\n"
                 } else {
-                    "HTTP/1.1 200 OK\r\netag: \"v1\"\r\ncache-control: no-cache\r\ncontent-length: 5\r\n\
-                     connection: close\r\n\r\nhello"
-                        .to_string()
+                    first.replacen("\r\n", "\r\nconnection: close\r\n", 1)
                 };
                 let _ = s.write_all(answer.as_bytes()).await;
             });
         }
     });
-    let dir = tempfile::tempdir().unwrap();
-    let edge = Edge::start(dir.path(), &site_toml(upstream, DEFAULT_RULES)).await;
-    assert_eq!(edge.get("/renewed").await.body, &b"hello"[..]);
-    let mut cookies = Vec::new();
-    for r in at_once(&edge.url("/renewed"), 5).await {
-        assert_eq!((r.status, &r.body[..]), (StatusCode::OK, &b"hello"[..]));
-        cookies.extend(r.headers.get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_string()));
+    (upstream, asked)
+}
+
+/// The values of `field` across `answers`, each `body` whole: no value
+/// went to two of them.
+fn each_own(answers: Vec<Resp>, field: &str, body: &[u8]) -> Vec<String> {
+    let mut values = Vec::new();
+    for r in answers {
+        assert_eq!((r.status, &r.body[..]), (StatusCode::OK, body));
+        values.extend(r.headers.get_all(field).iter().map(|v| v.to_str().unwrap().to_string()));
     }
-    let revalidations = asked.load(Ordering::SeqCst);
-    assert!(revalidations < 5, "the requests waited on one revalidation ({revalidations})");
-    let mut distinct = cookies.clone();
+    let mut distinct = values.clone();
     distinct.sort();
     distinct.dedup();
-    assert_eq!(distinct.len(), cookies.len(), "a cookie went to more than one request: {cookies:?}");
-    assert_eq!(cookies.len(), revalidations, "each revalidation's cookie to its own request: {cookies:?}");
+    assert_eq!(distinct.len(), values.len(), "a {field} went to more than one request: {values:?}");
+    values
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,6 +394,27 @@ async fn a_304_for_another_copy_is_not_taken_for_the_stored_one() {
     assert!(hit.is_hit() && &hit.body[..] == b"new-body", "{}", hit.cache_status());
 }
 
+/// An answer that speaks only of the origin's load (429) or of the request
+/// leaves the stale copy: it stands in when the origin then fails.
+#[tokio::test]
+async fn a_busy_origins_answer_leaves_the_stale_copy_for_its_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, heads) = scripted_origin(vec![
+        "HTTP/1.1 200 OK\ncache-control: max-age=1, stale-if-error=3600\netag: \"v1\"\ncontent-length: 8\nconnection: close\n\nold-body",
+        "HTTP/1.1 429 Too Many Requests\nretry-after: 1\ncontent-length: 4\nconnection: close\n\nbusy",
+        "HTTP/1.1 503 Service Unavailable\ncontent-length: 4\nconnection: close\n\ndown",
+    ])
+    .await;
+    let edge = Edge::start(dir.path(), &site_toml(addr, DEFAULT_RULES)).await;
+    assert_eq!(&edge.get("/x").await.body[..], b"old-body");
+    edge.engine.clock.advance(Duration::from_secs(5));
+    assert_eq!(edge.get("/x").await.status, StatusCode::TOO_MANY_REQUESTS);
+    let r = edge.get("/x").await;
+    assert_eq!((r.status, &r.body[..]), (StatusCode::OK, &b"old-body"[..]), "{}", r.cache_status());
+    let heads = heads.lock().unwrap().clone();
+    assert!(heads[2].to_ascii_lowercase().contains("if-none-match: \"v1\""), "still validated: {}", heads[2]);
+}
+
 /// A response framed in a way no request asked for is a bad gateway, never
 /// a body: gzip under the chunks (taken off, the gzip would be stored as
 /// the object itself), or a length beside the chunks.
@@ -416,6 +496,26 @@ async fn stale_while_revalidate_serves_stale_and_fetches_once() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(origin.count("/swr").await - before <= 2, "{} tries", origin.count("/swr").await - before);
+}
+
+/// A request with its own `no-store` is answered stale while the copy may
+/// be revalidated, but does not start the revalidation: it
+/// would not store what it fetched, and would hold the key's one
+/// revalidation from others.
+#[tokio::test]
+async fn a_request_that_may_not_store_starts_no_background_revalidation() {
+    let (_d, origin, edge) = setup(DEFAULT_RULES).await;
+    let url = "/swr-own?cc=max-age%3D10,%20stale-while-revalidate%3D60";
+    edge.get(url).await;
+    edge.engine.clock.advance(Duration::from_secs(15));
+    for _ in 0..3 {
+        let r = edge.get_with(url, &[("cache-control", "no-store")]).await;
+        assert!(r.cache_status().contains("detail=stale-while-revalidate"), "{}", r.cache_status());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(origin.count("/swr-own").await, 1, "revalidated for a request that may not store");
+    edge.get(url).await;
+    eventually("the revalidation", || async { origin.count("/swr-own").await == 2 }).await;
 }
 
 #[tokio::test]

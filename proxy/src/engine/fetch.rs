@@ -455,8 +455,15 @@ impl FetchJob {
         }
     }
 
+    /// Lists the variant stored under `key` in its URL's index. The
+    /// index is what an unsafe method's invalidation visits, so a variant
+    /// that leaves the list (the oldest, past [`MAX_KNOWN_VARIANTS`])
+    /// leaves the store too: any client can send variants enough to push
+    /// a popular one off the list, which would then be served unchanged
+    /// after a POST that changed it.
     async fn index_variant(&self, vary: &[HeaderName], key: Key) {
         let store = &self.engine.store;
+        let _turn = self.engine.variant_turn(self.rkey.primary).await;
         let mut known = match store.get(self.rkey.primary).await {
             Some(Entry::Variants(v)) if v.names == vary => v.known.clone(),
             _ => Vec::new(),
@@ -464,7 +471,8 @@ impl FetchJob {
         if !known.contains(&key) {
             known.push(key);
             if known.len() > MAX_KNOWN_VARIANTS {
-                known.remove(0);
+                // The head only: clients reading its body read on.
+                store.remove(known.remove(0));
             }
         }
         store.insert(self.rkey.primary, Entry::Variants(Arc::new(Variants { names: vary.to_vec(), known })));

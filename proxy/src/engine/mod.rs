@@ -92,6 +92,10 @@ pub enum EngineError {
     Tls(#[from] crate::tls::TlsFileError),
 }
 
+/// Locks that variant indexes are updated under, each for the URLs whose
+/// keys fall to it.
+const VARIANT_TURNS: usize = 64;
+
 #[derive(Debug)]
 pub struct Engine {
     pub node: Arc<str>,
@@ -115,6 +119,9 @@ pub struct Engine {
     /// The furthest an edge has said it followed the control plane past
     /// this shield, and when this shield first heard it (engine clock).
     edge_ahead: std::sync::Mutex<(u64, std::time::SystemTime)>,
+    /// Taken while a URL's variant index is read and written again
+    /// (`FetchJob::index_variant`), one of them by the URL's key.
+    variant_turns: Box<[tokio::sync::Mutex<()>]>,
     /// Why the control plane refuses this node's token (revoked, another
     /// node's), while it does: an operator must give it another.
     control_refusal: std::sync::Mutex<Option<String>>,
@@ -190,6 +197,7 @@ impl Engine {
             control_contact_ms: std::sync::atomic::AtomicU64::new(0),
             control_seq: std::sync::atomic::AtomicU64::new(0),
             edge_ahead: std::sync::Mutex::new((0, std::time::UNIX_EPOCH)),
+            variant_turns: (0..VARIANT_TURNS).map(|_| tokio::sync::Mutex::new(())).collect(),
             control_refusal: std::sync::Mutex::new(None),
             credential_unwritten: std::sync::Mutex::new(None),
             sites_unloaded: std::sync::Mutex::default(),
@@ -474,6 +482,14 @@ impl Engine {
                 self.invalidate(k, &o);
             }
         }
+    }
+
+    /// The turn to update the variant index of the URL whose primary key
+    /// is `primary`: two fetches of its variants that end at once would
+    /// otherwise each write the index as it read it, one without the
+    /// other's variant.
+    pub(crate) async fn variant_turn(&self, primary: Key) -> tokio::sync::MutexGuard<'_, ()> {
+        self.variant_turns[(primary % self.variant_turns.len() as u128) as usize].lock().await
     }
 
     /// Where the invalidations of the URL whose primary key is `primary`

@@ -928,6 +928,27 @@ async fn purges_by_url_prefix_tag_all_and_soft() {
 /// a copy with an ETag costs the origin a conditional request (304), not
 /// the object; one without (`Last-Modified` alone is to the second) is
 /// fetched again.
+/// Variants enough to push a URL's popular variant off its index (which
+/// an unsafe method's invalidation visits) take it out of the store too:
+/// a POST that changed the URL is never followed by the old copy as a hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_variant_pushed_off_its_index_is_not_served_after_a_post() {
+    let (_d, origin, edge) = setup(DEFAULT_RULES).await;
+    let url = "/pushed?vary=X-Dev&cc=max-age%3D600";
+    let victim = [("x-dev", "victim")];
+    edge.get_with(url, &victim).await;
+    assert!(edge.get_with(url, &victim).await.is_hit());
+    for i in 0..64 {
+        let junk = format!("junk{i}");
+        edge.get_with(url, &[("x-dev", junk.as_str())]).await;
+    }
+    let r = send_body(Method::POST, &edge.url(url), "t.test", b"a=1").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = edge.get_with(url, &victim).await;
+    assert!(!r.is_hit(), "served unchanged after the POST: {}", r.cache_status());
+    assert_eq!(origin.count("/pushed").await, 1 + 64 + 1 + 1);
+}
+
 #[tokio::test]
 async fn unsafe_methods_are_forwarded_and_invalidate() {
     let (_d, origin, edge) = setup(DEFAULT_RULES).await;

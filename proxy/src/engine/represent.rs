@@ -227,9 +227,16 @@ pub(super) fn made_headers(stored: &HeaderMap, coding: Coding) -> HeaderMap {
 }
 
 /// Representations being made, so each is made once however many
-/// requests want it at the same moment.
+/// requests want it at the same moment; and those that could not be made
+/// (a stored coding that is corrupt, or decodes past the limit), so each
+/// is tried once a copy, not for every request that asks: each try reads
+/// the whole body and decodes up to the limit.
 #[derive(Debug, Default)]
-pub(crate) struct Making(Mutex<HashMap<Key, UnderWay>>);
+pub(crate) struct Making(Mutex<HashMap<Key, UnderWay>>, Mutex<std::collections::HashSet<Key>>);
+
+/// Representations remembered as not to be made; past it, the set begins
+/// anew (each key costs one more try).
+const UNMAKEABLE: usize = 4096;
 
 /// A representation being made, as every request that wants it waits on
 /// it: what it came to (`None`: it could not be made).
@@ -243,6 +250,9 @@ impl Making {
         mkey: Key,
         start: impl FnOnce() -> Option<BoxFuture<'static, Option<Arc<StoredObject>>>>,
     ) -> Option<UnderWay> {
+        if self.1.lock().unwrap_or_else(PoisonError::into_inner).contains(&mkey) {
+            return None;
+        }
         let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(under_way) = map.get(&mkey) {
             return Some(under_way.clone());
@@ -250,6 +260,16 @@ impl Making {
         let started = start()?.shared();
         map.insert(mkey, started.clone());
         Some(started)
+    }
+
+    /// `mkey` cannot be made from its copy (its key names the copy's
+    /// fetch): not to be tried again.
+    fn failed(&self, mkey: Key) {
+        let mut failed = self.1.lock().unwrap_or_else(PoisonError::into_inner);
+        if failed.len() >= UNMAKEABLE {
+            failed.clear();
+        }
+        failed.insert(mkey);
     }
 }
 
@@ -339,6 +359,7 @@ async fn make(
     let bytes = match recoded {
         Ok(b) => b,
         Err(e) => {
+            engine.making.failed(mkey);
             engine.metrics.representation(coding, false, 0);
             tracing::warn!(node = %engine.node, url = %obj.url, from = from.token(), to = coding.token(), error = %e, "cannot make a representation; serving the stored one");
             return None;

@@ -494,3 +494,31 @@ async fn in_front_of_nginx_every_coding_is_the_files_bytes() {
     let r = edge.get_with("/pre/notes.txt", &[("accept-encoding", "gzip")]).await;
     assert_eq!(r.body, pre);
 }
+
+/// A representation that cannot be made (a stored coding that does not
+/// decode) is tried once a copy, not for every request that asks: each
+/// try reads the whole body and decodes it.
+#[test]
+fn a_representation_that_cannot_be_made_is_tried_once() {
+    with_metrics_in_own_process("represent::a_representation_that_cannot_be_made_is_tried_once", || async {
+        let (dir, origin) = (tempfile::tempdir().unwrap(), Origin::start().await);
+        let edge = Edge::start(dir.path(), &site_toml(origin.addr, DEFAULT_RULES)).await;
+        let liar = "/once.txt?text=1&size=100KiB&header=content-encoding:gzip&cc=max-age%3D60";
+        edge.get_with(liar, &[("accept-encoding", "gzip")]).await;
+        for _ in 0..5 {
+            let r = edge.get(liar).await;
+            assert_eq!((r.status, header(&r, "content-encoding")), (StatusCode::OK, "gzip"));
+        }
+        let metrics = send(Method::GET, &format!("http://{}/metrics", edge.admin), &[]).await;
+        let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
+        let failed = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("outpost_representations_made_total")
+                    && l.contains("coding=\"identity\"")
+                    && l.contains("result=\"failed\"")
+            })
+            .unwrap_or_else(|| panic!("{metrics}"));
+        assert!(failed.ends_with(" 1"), "{failed}");
+    });
+}

@@ -225,6 +225,9 @@ pub(crate) struct AccessRecord {
     /// This node made that coding from the stored one.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub transformed: bool,
+    /// The host or path was longer than the log keeps, and cut.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
 }
 
 /// Lines that could not be queued are dropped (and counted), never waited

@@ -41,14 +41,32 @@ use crate::observe::AccessRecord;
 use outpost_net::{Conn, Fields, HeaderLookup, RequestHeaders};
 
 /// What the access log says of a request, taken before the request is
-/// consumed (only when the log is on).
-type LogLine = Option<(String, String, String)>;
+/// consumed (only when the log is on): method, host, path, and whether
+/// the host or path was cut.
+type LogLine = Option<(String, String, String, bool)>;
+
+/// Most of a request's host and path the access log keeps. A client can
+/// send 32 KiB of either, and over HTTP/2 repeat it for a few bytes a
+/// request (the header table): logged whole, its lines would cost the
+/// node hundreds of times what they cost the client.
+const LOGGED_HOST: usize = 255;
+const LOGGED_PATH: usize = 2048;
 
 fn log_line<B>(engine: &Engine, req: &Request<B>) -> LogLine {
     engine.log.enabled().then(|| {
-        let host = host_of(req.uri(), req.headers()).unwrap_or("").to_string();
-        (req.method().to_string(), host, req.uri().path().to_string())
+        let (host, cut_host) = cut(host_of(req.uri(), req.headers()).unwrap_or(""), LOGGED_HOST);
+        let (path, cut_path) = cut(req.uri().path(), LOGGED_PATH);
+        (req.method().to_string(), host, path, cut_host || cut_path)
     })
+}
+
+/// `s`, at most `max` bytes of it, and whether it was cut.
+fn cut(s: &str, max: usize) -> (String, bool) {
+    if s.len() <= max {
+        return (s.to_string(), false);
+    }
+    let end = (0..=max).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+    (s[..end].to_string(), true)
 }
 
 pub(super) async fn handle(
@@ -356,7 +374,7 @@ fn finish(
 /// A request the listener could not parse (it answered `code` itself):
 /// counted, and logged with `-` for what could not be read.
 pub(super) fn unreadable(engine: &Engine, client: Option<SocketAddr>, code: StatusCode) {
-    let log = engine.log.enabled().then(|| ("-".to_string(), "-".to_string(), "-".to_string()));
+    let log = engine.log.enabled().then(|| ("-".to_string(), "-".to_string(), "-".to_string(), false));
     record(engine, &CacheStatus::new(Outcome::Local), code, None, client, Duration::ZERO, log);
 }
 
@@ -371,7 +389,7 @@ fn record(
     log: LogLine,
 ) {
     engine.metrics.request(status.outcome, code.as_u16(), took);
-    if let Some((method, host, path)) = log {
+    if let Some((method, host, path, truncated)) = log {
         engine.log.write(AccessRecord {
             ts: humantime::format_rfc3339_millis(engine.clock.now()).to_string(),
             node: engine.node.to_string(),
@@ -386,6 +404,7 @@ fn record(
             duration_ms: took.as_secs_f64() * 1000.0,
             coding: status.coding.map(|(c, _)| c.token()),
             transformed: status.coding.is_some_and(|(_, made)| made),
+            truncated,
         });
     }
 }

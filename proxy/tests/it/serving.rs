@@ -160,6 +160,30 @@ async fn malformed_requests_get_400_and_the_node_keeps_serving() {
     assert_eq!(seen, expected);
 }
 
+/// The access log keeps at most 2 KiB of a path and 255 bytes of a host,
+/// and says when it cut one: a client can send 32 KiB of either per
+/// request, and over HTTP/2 repeat them for a few bytes each.
+#[tokio::test]
+async fn the_access_log_cuts_a_long_path_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    let edge = Edge::logging(dir.path(), origin.addr).await;
+    let long = format!("/long/{}", "a".repeat(20_000));
+    assert_eq!(edge.get(&long).await.status, StatusCode::OK);
+    assert_eq!(edge.get("/short").await.status, StatusCode::OK);
+    let log = dir.path().join("access.log");
+    let lines = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).collect::<Vec<_>>()
+    };
+    eventually("both requests in the access log", || async { lines().len() == 2 }).await;
+    let lines = lines();
+    let (cut, whole) = if lines[0]["path"] == "/short" { (&lines[1], &lines[0]) } else { (&lines[0], &lines[1]) };
+    assert_eq!(cut["path"].as_str().unwrap(), &long[..2048]);
+    assert_eq!(cut["truncated"], true);
+    assert_eq!(whole["truncated"], serde_json::Value::Null, "{whole}");
+}
+
 #[tokio::test]
 async fn oversized_heads_are_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -345,7 +345,7 @@ impl ControlClient {
             let bytes = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
             return Err(api_error(status, &bytes));
         }
-        Ok(EventStream { body: resp.into_body(), buf: BytesMut::new() })
+        Ok(EventStream { body: resp.into_body(), buf: BytesMut::new(), scanned: 0 })
     }
 }
 
@@ -368,23 +368,31 @@ fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
 pub struct EventStream {
     body: Incoming,
     buf: BytesMut,
+    /// How much of `buf` is known to hold no line's end: a snapshot is one
+    /// line of many megabytes, arriving in frames of a few kilobytes, and
+    /// looking through all of it again for each frame would take time
+    /// that grows with its square.
+    scanned: usize,
 }
 
 impl EventStream {
     /// Whether a whole line has arrived and not been taken yet: a reader
     /// applying a backlog acknowledges once, after the last.
     pub fn has_line(&self) -> bool {
-        self.buf.contains(&b'\n')
+        self.buf[self.scanned..].contains(&b'\n')
     }
 
     /// The next line; `None` when the stream ends. A line that does not
     /// read is an error item, and the stream goes on after it.
     pub async fn next(&mut self) -> Option<Result<StreamLine, ClientError>> {
         loop {
-            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
-                let line = self.buf.split_to(i + 1);
-                return Some(serde_json::from_slice(&line[..i]).map_err(|e| ClientError::Decode(e.to_string())));
+            if let Some(i) = self.buf[self.scanned..].iter().position(|b| *b == b'\n') {
+                let line = self.buf.split_to(self.scanned + i + 1);
+                self.scanned = 0;
+                let line = &line[..line.len() - 1];
+                return Some(serde_json::from_slice(line).map_err(|e| ClientError::Decode(e.to_string())));
             }
+            self.scanned = self.buf.len();
             match self.body.frame().await? {
                 Err(e) => {
                     return Some(Err(ClientError::Unreachable { url: "event stream".into(), cause: e.to_string() }));

@@ -129,13 +129,25 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// Keys a rate limiter tracks before it forgets those at rest.
 const MAX_BUCKETS: usize = 4096;
 
+/// How often a full rate limiter looks for keys at rest to forget.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 /// A token bucket per key: purges per token, console sign-ins per client
-/// address.
+/// network ([`client_network`]). At most [`MAX_BUCKETS`] keys: when that
+/// many are in use, one not seen before is refused until some rest (a
+/// flood from many addresses must not make the limiter forget the keys it
+/// is limiting, nor look through all of them on every call).
 #[derive(Debug)]
 pub(crate) struct RateLimiter {
     rate: f64,
     burst: f64,
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    buckets: Mutex<Buckets>,
+}
+
+#[derive(Debug)]
+struct Buckets {
+    levels: HashMap<String, (f64, Instant)>,
+    swept: Instant,
 }
 
 impl Default for RateLimiter {
@@ -147,18 +159,25 @@ impl Default for RateLimiter {
 
 impl RateLimiter {
     pub(crate) fn new(rate: f64, burst: f64) -> RateLimiter {
-        RateLimiter { rate, burst, buckets: Mutex::new(HashMap::new()) }
+        let buckets = Buckets { levels: HashMap::new(), swept: Instant::now() };
+        RateLimiter { rate, burst, buckets: Mutex::new(buckets) }
     }
 
     pub(crate) fn allow(&self, token: &str) -> bool {
         let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        if b.len() >= MAX_BUCKETS {
-            // Keys that would be full again hold nothing worth keeping.
-            let (rate, burst) = (self.rate, self.burst);
-            b.retain(|_, (level, at)| *level + now.duration_since(*at).as_secs_f64() * rate < burst);
+        if b.levels.len() >= MAX_BUCKETS && !b.levels.contains_key(token) {
+            if now.duration_since(b.swept) >= SWEEP_EVERY {
+                // Keys that would be full again hold nothing worth keeping.
+                let (rate, burst) = (self.rate, self.burst);
+                b.levels.retain(|_, (level, at)| *level + now.duration_since(*at).as_secs_f64() * rate < burst);
+                b.swept = now;
+            }
+            if b.levels.len() >= MAX_BUCKETS {
+                return false;
+            }
         }
-        let (level, at) = b.entry(token.to_string()).or_insert((self.burst, now));
+        let (level, at) = b.levels.entry(token.to_string()).or_insert((self.burst, now));
         *level = (*level + now.duration_since(*at).as_secs_f64() * self.rate).min(self.burst);
         *at = now;
         if *level >= 1.0 {
@@ -167,6 +186,22 @@ impl RateLimiter {
         } else {
             false
         }
+    }
+}
+
+/// The network a client's address stands for, as a rate limiter's key: an
+/// IPv4 address, or an IPv6 address's /64 (one host is given a /64, so
+/// each of its addresses would otherwise have a limit of its own).
+pub(crate) fn client_network(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
     }
 }
 
@@ -750,6 +785,34 @@ mod tests {
         assert!(!first_of(&seen, "b", 2), "a full set still knows what it holds");
         assert!(first_of(&seen, "c", 2));
         assert_eq!(seen.lock().unwrap().len(), 1, "full: started again");
+    }
+
+    #[test]
+    fn a_full_rate_limiter_refuses_new_keys_and_keeps_limiting_the_old() {
+        let limiter = RateLimiter::new(0.001, 1.0);
+        for i in 0..MAX_BUCKETS {
+            assert!(limiter.allow(&format!("k{i}")));
+        }
+        assert!(!limiter.allow("new"), "a new key past the limit");
+        assert!(!limiter.allow("k0"), "a key already limited stays limited");
+        assert_eq!(limiter.buckets.lock().unwrap().levels.len(), MAX_BUCKETS);
+        let limiter = RateLimiter::new(1000.0, 1.0);
+        for i in 0..MAX_BUCKETS {
+            assert!(limiter.allow(&format!("k{i}")));
+        }
+        limiter.buckets.lock().unwrap().swept -= SWEEP_EVERY;
+        std::thread::sleep(Duration::from_millis(10));
+        assert!(limiter.allow("new"), "keys at rest are forgotten to make room");
+        assert_eq!(limiter.buckets.lock().unwrap().levels.len(), 1);
+    }
+
+    #[test]
+    fn clients_are_limited_by_network() {
+        let net = |s: &str| client_network(s.parse().unwrap());
+        assert_eq!(net("2001:db8:1:2:aaaa::1"), net("2001:db8:1:2:bbbb::2"));
+        assert_ne!(net("2001:db8:1:2::1"), net("2001:db8:1:3::1"));
+        assert_eq!(net("::ffff:192.0.2.1"), net("192.0.2.1"));
+        assert_ne!(net("192.0.2.1"), net("192.0.2.2"));
     }
 
     #[test]

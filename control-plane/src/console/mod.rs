@@ -201,7 +201,8 @@ impl IntoResponse for Refused {
             Refused::BadToken => ("Refused", "The form's token is missing or stale; reload the page and try again."),
             Refused::ReadOnly => ("Read-only", "Signed in read-only: nothing can be changed from here."),
         };
-        tracing::warn!(?self, "console request refused");
+        // Any client can send one: not a warning each.
+        tracing::debug!(?self, "console request refused");
         html(StatusCode::FORBIDDEN, view::problem(None, title, detail))
     }
 }
@@ -270,7 +271,7 @@ async fn login(
     }
     // Guesses are limited per client address (tokens are 192 random bits;
     // this keeps the log and the CPU from a flood).
-    let who = conn.map_or_else(|| "unknown".to_string(), |axum::Extension(c)| c.peer.ip().to_string());
+    let who = conn.map_or_else(|| "unknown".to_string(), |axum::Extension(c)| crate::api::client_network(c.peer.ip()));
     if !c.sign_ins.allow(&who) {
         return html(StatusCode::TOO_MANY_REQUESTS, view::login(Some("Too many sign-ins from here; wait a minute.")));
     }

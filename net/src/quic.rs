@@ -170,6 +170,8 @@ async fn connection<H: Handler>(
     let mut h3 =
         tokio::time::timeout(limits.header_read_timeout, setup).await.map_err(|_| "HTTP/3 setup timed out")??;
     let mut inflight = tokio::task::JoinSet::new();
+    // Answers being sent: they share the minimum rate.
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut draining = false;
     // With no request open, a connection is closed after `idle_timeout`
     // even if the client keeps it alive with PINGs: otherwise connections
@@ -197,7 +199,7 @@ async fn connection<H: Handler>(
             accepted = h3.accept() => match accepted {
                 Ok(Some(resolver)) => {
                     let (handler, info, counters) = (Arc::clone(&handler), info.clone(), counters.clone());
-                    let (stall, head_timeout) = (limits.send_timeout, limits.header_read_timeout);
+                    let (stall, head_timeout) = (Pace::of(&limits, Arc::clone(&open)), limits.header_read_timeout);
                     inflight.spawn(async move {
                         if let Err(e) = exchange(resolver, handler, info, counters, stall, head_timeout).await {
                             tracing::debug!(error = %e, "HTTP/3 request ended early");
@@ -223,20 +225,70 @@ async fn connection<H: Handler>(
 
 type Resolver = h3::server::RequestResolver<Bounded<h3_quinn::Connection>, Bytes>;
 
+/// The send timer of one answer over HTTP/3, as over TCP: a send may wait
+/// for the client's stream credit up to the send timeout, less what sends
+/// waited before since the client last took `send_min_rate` × the send
+/// timeout (shared among the connection's answers being sent). Any credit
+/// at all used to restart the wait, so a client opening a byte now and
+/// then held its answer, and what it keeps alive, for as long as it liked.
+struct Pace {
+    after: Duration,
+    min_take: u64,
+    open: Arc<std::sync::atomic::AtomicUsize>,
+    waited: Duration,
+    taken: u64,
+}
+
+impl Pace {
+    fn of(limits: &Limits, open: Arc<std::sync::atomic::AtomicUsize>) -> Pace {
+        let min_take = (limits.send_min_rate as f64 * limits.send_timeout.as_secs_f64()) as u64;
+        Pace { after: limits.send_timeout, min_take, open, waited: Duration::ZERO, taken: 0 }
+    }
+
+    /// How long the next send may wait.
+    fn left(&self) -> Duration {
+        self.after.saturating_sub(self.waited)
+    }
+
+    /// A send of `len` bytes that took `took`.
+    fn sent(&mut self, len: usize, took: Duration) {
+        self.waited += took;
+        self.taken += len as u64;
+        let answers = self.open.load(std::sync::atomic::Ordering::Relaxed).max(1) as u64;
+        if self.taken >= self.min_take / answers {
+            (self.waited, self.taken) = (Duration::ZERO, 0);
+        }
+    }
+}
+
+/// Most of an answer's body handed to one send (a DATA frame each).
+const SEND_PIECE: usize = 16 << 10;
+
+/// Counts an answer among those being sent while it lives.
+struct Open(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// One request: read its head, hand it to the handler with its body as it
 /// arrives, send the interim responses the handler queues while its answer
 /// is awaited, then the answer, frame by frame. A client that takes none
-/// of it for `stall` (the send timeout: QUIC's flow control holds every
-/// byte of a stream, its heads too) has the stream reset; one that sends
-/// no whole head within `head_timeout` has it dropped.
+/// of it for the send timeout (QUIC's flow control holds every byte of a
+/// stream, its heads too), or too little of it ([`Pace`]), has the stream
+/// reset; one that sends no whole head within `head_timeout` has it
+/// dropped.
 async fn exchange<H: Handler>(
     resolver: Resolver,
     handler: Arc<H>,
     info: Conn,
     counters: Counters,
-    stall: Duration,
+    mut pace: Pace,
     head_timeout: Duration,
 ) -> Result<(), BoxError> {
+    let stall = pace.after;
     // The head within the header timeout, as over TCP.
     let (req, stream) = tokio::time::timeout(head_timeout, resolver.resolve_request())
         .await
@@ -268,22 +320,32 @@ async fn exchange<H: Handler>(
     let head = Response::from_parts(parts, ());
     let sent = tokio::time::timeout(stall, send.send_response(head)).await;
     timed(&mut send, sent)?;
+    pace.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _open = Open(Arc::clone(&pace.open));
     let mut body = std::pin::pin!(body);
     while let Some(frame) = body.frame().await {
         match frame?.into_data() {
-            Ok(data) => {
-                let sent = tokio::time::timeout(stall, send.send_data(data)).await;
-                timed(&mut send, sent)?;
+            Ok(mut data) => {
+                // A piece at a time, so a send's wait measures the client's
+                // pace: a frame of megabytes could take longer than the send
+                // timeout to go to a client reading at a fair rate.
+                while !data.is_empty() {
+                    let piece = data.split_to(data.len().min(SEND_PIECE));
+                    let (len, started) = (piece.len(), std::time::Instant::now());
+                    let sent = tokio::time::timeout(pace.left(), send.send_data(piece)).await;
+                    timed(&mut send, sent)?;
+                    pace.sent(len, started.elapsed());
+                }
             }
             Err(frame) => {
                 if let Ok(trailers) = frame.into_trailers() {
-                    let sent = tokio::time::timeout(stall, send.send_trailers(trailers)).await;
+                    let sent = tokio::time::timeout(pace.left(), send.send_trailers(trailers)).await;
                     timed(&mut send, sent)?;
                 }
             }
         }
     }
-    let sent = tokio::time::timeout(stall, send.finish()).await;
+    let sent = tokio::time::timeout(pace.left(), send.finish()).await;
     timed(&mut send, sent)?;
     Ok(())
 }

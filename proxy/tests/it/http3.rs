@@ -576,6 +576,47 @@ async fn an_http3_client_that_takes_nothing_has_its_stream_reset_after_the_send_
     let _ = edge.task.await;
 }
 
+/// A client that opens stream credit a little at a time, slower than
+/// `send_min_rate`, has its stream reset, as over TCP; one that reads at
+/// once takes the whole answer under the same limits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http3_client_reading_slower_than_the_minimum_rate_has_its_stream_reset() {
+    let limits = "send_timeout = \"1s\"\nsend_min_rate = 1048576\n";
+    let OneSite { origin: _origin, dir: _dir, ca_pem, edge } = one_site("", limits).await;
+    let url = "/trickle3?size=8388608&cc=max-age%3D60";
+    let window = || {
+        let mut transport = quinn::TransportConfig::default();
+        transport.stream_receive_window(quinn::VarInt::from_u32(16 << 10));
+        Some(transport)
+    };
+    let mut fast = connect_with(edge.quic, "a.test", &ca_pem, window()).await.unwrap();
+    let (status, _, body) = fast.get("a.test", url).await.unwrap();
+    assert_eq!((status, body.len()), (StatusCode::OK, 8 << 20), "a client reading at once");
+    let mut h3 = connect_with(edge.quic, "a.test", &ca_pem, window()).await.unwrap();
+    let req = Request::get(format!("https://a.test{url}")).body(()).unwrap();
+    let mut stream = h3.send.send_request(req).await.unwrap();
+    stream.finish().await.unwrap();
+    assert_eq!(stream.recv_response().await.unwrap().status(), StatusCode::OK);
+    // A chunk (at most the 16 KiB of credit) every 50 ms: at most
+    // 320 KiB/s, against a minimum of 1 MiB/s.
+    let mut got = 0;
+    let reading = async {
+        loop {
+            match stream.recv_data().await {
+                Ok(Some(chunk)) => got += chunk.remaining(),
+                Ok(None) => return None,
+                Err(e) => return Some(e.to_string()),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let ended = tokio::time::timeout(Duration::from_secs(15), reading).await.expect("the slow stream was never reset");
+    assert!(ended.is_some(), "the whole answer came ({got} bytes)");
+    assert!(got < 4 << 20, "{got}");
+    edge.stop.cancel();
+    let _ = edge.task.await;
+}
+
 /// Past a quarter of the connection cap a new client proves its address
 /// (a Retry round trip, which spoofed Initial packets cannot make) and is
 /// served; a connection that asks nothing is closed at `idle_timeout`

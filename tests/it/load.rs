@@ -64,6 +64,39 @@ fn scenario(dir: &Path, name: &str, thresholds: &str) -> std::path::PathBuf {
     file
 }
 
+/// A target that takes connections and answers nothing fails the run:
+/// each request still waiting when the run ends counts as failed, and no
+/// threshold passes for want of requests.
+#[test]
+fn a_target_that_answers_nothing_fails_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Takes connections and keeps them, unanswered, until the test ends.
+    std::thread::spawn(move || {
+        let held: Vec<_> = listener.incoming().take(64).collect();
+        drop(held);
+    });
+    let file = dir.path().join("hung.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[target]\nurls = [\"http://{addr}\"]\n[executor]\ntype = \"constant-vus\"\nvus = 2\nduration = \"1s\"\n\
+             [requests]\npath = \"/x\"\nobjects = 1\n\
+             [thresholds]\nhttp_req_failed = [\"rate<0.01\"]\nhttp_req_duration = [\"p(95)<20ms\"]\n"
+        ),
+    )
+    .unwrap();
+    let json = dir.path().join("hung.json");
+    let out =
+        outpost().args(["load", "-q", "--out"]).arg(format!("json={}", json.display())).arg(&file).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(99), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(json["metrics"]["http_reqs"]["count"], 2, "one request per VU, each never answered: {json}");
+    assert_eq!(json["metrics"]["http_req_failed"]["fails"], 2, "{json}");
+}
+
 /// `up` (with `ha`, `up --ha`) on the example files moved to addresses
 /// from `127.0.0.<base>`, in `d`, running until the token is cancelled.
 pub(crate) async fn start_up(

@@ -43,10 +43,40 @@ struct Tally {
 }
 
 fn record(h: &mut Histogram<u64>, d: Duration) {
-    let _ = h.record((d.as_micros() as u64).max(1));
+    h.saturating_record((d.as_micros() as u64).max(1));
+}
+
+/// Longest a request may take, its body read: past it, it counts as
+/// failed (k6's default).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A request under way, counted as failed if it never ends: one still
+/// waiting on a target that answers nothing when the run stops (its task
+/// is aborted) failed as much as one refused, and a run whose every
+/// request hung must not pass for want of any.
+struct Unfinished<'a> {
+    tally: &'a Mutex<Tally>,
+    done: bool,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.tally.lock().unwrap_or_else(|p| p.into_inner()).failed_request();
+        }
+    }
 }
 
 impl Tally {
+    /// A request that got no answer: failed, with every check.
+    fn failed_request(&mut self) {
+        self.reqs += 1;
+        self.failed += 1;
+        for c in &mut self.checks {
+            c.1 += 1;
+        }
+    }
+
     fn new(checks: usize) -> Tally {
         Tally {
             latency: new_histogram(),
@@ -267,35 +297,32 @@ impl Plan {
             req.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
         let started = Instant::now();
+        let mut unfinished = Unfinished { tally, done: false };
         let result = match conn.as_mut() {
-            Some(c) => c.send(req).await.ok(),
+            Some(c) => tokio::time::timeout(REQUEST_TIMEOUT, c.send(req)).await.ok().and_then(Result::ok),
             None => None,
         };
         let Some(resp) = result else {
             *conn = None;
-            let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
-            t.reqs += 1;
-            t.failed += 1;
-            for c in &mut t.checks {
-                c.1 += 1;
-            }
             return;
         };
         let head = Instant::now();
         let (parts, body) = resp.into_parts();
-        let bytes = match body.len().await {
-            Ok(n) => n,
-            Err(_) => {
+        let left = REQUEST_TIMEOUT.saturating_sub(started.elapsed());
+        let bytes = match tokio::time::timeout(left, body.len()).await {
+            Ok(Ok(n)) => n,
+            _ => {
                 *conn = None;
                 u64::MAX
             }
         };
+        unfinished.done = true;
         let took = started.elapsed().as_micros() as u64;
         let hit = is_edge_hit(parts.headers.get("cache-status"));
         let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
         let t = &mut *t;
         t.reqs += 1;
-        let _ = t.latency.record(took.max(1));
+        t.latency.saturating_record(took.max(1));
         record(&mut t.timings.waiting, head - started);
         match opened {
             Some(o) => {
@@ -504,6 +531,9 @@ pub async fn run(s: &Scenario, on_second: &(dyn Fn(&Second, Duration) + Sync)) -
             let _ = tokio::time::timeout(Duration::from_secs(10), async { while tasks.join_next().await.is_some() {} })
                 .await;
             tasks.abort_all();
+            // Aborted, each request still under way counts as failed as its
+            // task is dropped: waited for, so this second's tally has them.
+            while tasks.join_next().await.is_some() {}
         }
         t += 1;
         on_second(collector.collect(&shared.tallies, t, vus), started.elapsed());

@@ -259,8 +259,13 @@ impl Threshold {
     }
 
     /// The measured value and whether the threshold holds. A metric the run
-    /// could not measure (origin_requests without a target origin) fails.
+    /// could not measure (origin_requests without a target origin) fails,
+    /// and so does every threshold of a run that made no request: a target
+    /// that answers nothing must not pass `rate<0.01` with a rate of none.
     pub fn check(&self, s: &Summary) -> (Option<f64>, bool) {
+        if s.reqs == 0 {
+            return (None, false);
+        }
         let Some(v) = s.value(&self.metric, self.agg) else { return (None, false) };
         let ok = match self.op {
             Op::Lt => v < self.value,
@@ -315,5 +320,10 @@ mod tests {
         assert!(Threshold::parse("http_req_failed", "p(95)<1").is_err());
         assert!(Threshold::parse("latency", "p(95)<1").is_err());
         assert!(Threshold::parse("http_req_duration", "p(95)=1").is_err());
+        // A run that made no request measured nothing: no threshold holds.
+        let none = Summary { reqs: 0, failed: 0, hits: 0, latency: new_histogram(), ..s };
+        let none_holds = |m: &str, t: &str| Threshold::parse(m, t).unwrap().check(&none);
+        assert_eq!(none_holds("http_req_failed", "rate<0.01"), (None, false));
+        assert_eq!(none_holds("http_req_duration", "p(95)<20ms"), (None, false));
     }
 }

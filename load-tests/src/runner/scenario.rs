@@ -293,6 +293,10 @@ impl Requests {
     }
 }
 
+/// Most arrivals a second a scenario may ask for: more than one machine's
+/// runner can start, and the arrivals loop would fall behind for good.
+const MAX_RATE: f64 = 1_000_000.0;
+
 impl Scenario {
     /// Parses and checks a scenario; errors carry the file and, for TOML
     /// mistakes, the line and column.
@@ -318,6 +322,34 @@ impl Scenario {
         }
         if s.requests.path.contains("{size}") && s.requests.sizes.is_empty() {
             return Err(invalid("requests.path uses {size} but requests.sizes is empty".into()));
+        }
+        // Every path the run will ask for is a path a request can carry (a
+        // space in a size would otherwise make no request, again and again).
+        let sizes: Vec<&str> = match s.requests.sizes.is_empty() {
+            true => vec![""],
+            false => s.requests.sizes.iter().map(String::as_str).collect(),
+        };
+        for size in sizes {
+            let path = s.requests.path.replace("{n}", "1").replace("{size}", size).replace("{run}", "0");
+            if http::uri::PathAndQuery::try_from(path.as_str()).is_err() {
+                return Err(invalid(format!("requests.path `{path}` is not a path a request can carry")));
+            }
+        }
+        if let Executor::ConstantArrivalRate { rate, time_unit, .. } = &s.executor {
+            let per_sec = f64::from(*rate) / time_unit.as_secs_f64();
+            if *rate == 0 || time_unit.is_zero() || per_sec > MAX_RATE {
+                return Err(invalid(format!(
+                    "rate / time_unit must be above zero and at most {MAX_RATE} a second (this one: {rate} per {time_unit:?})"
+                )));
+            }
+        }
+        for c in &s.checks {
+            if c.contains.is_some() && c.header.is_none() {
+                return Err(invalid(format!("check `{}`: contains needs a header to look in", c.name)));
+            }
+            if c.status.is_none() && c.header.is_none() {
+                return Err(invalid(format!("check `{}` checks nothing: give a status or a header", c.name)));
+            }
         }
         for a in &s.actions {
             if !a.url.starts_with("http://") {
@@ -451,5 +483,39 @@ mod tests {
             .to_string();
         assert!(e.starts_with("s.toml: TOML parse error at line 4, column 8"), "{e}");
         assert!(e.contains("unknown variant `warp`"), "{e}");
+    }
+
+    /// What would make no request, or arrivals without end, or a check
+    /// that cannot fail, is refused when the scenario is read.
+    #[test]
+    fn scenarios_that_could_not_run_as_written_are_refused() {
+        let base = "[target]\nurls = [\"http://127.0.0.1:9\"]\n\
+                    [executor]\ntype = \"constant-vus\"\nvus = 1\nduration = \"1s\"\n";
+        let arrivals = |rate: &str, unit: &str| {
+            format!(
+                "[target]\nurls = [\"http://127.0.0.1:9\"]\n[executor]\ntype = \"constant-arrival-rate\"\n\
+                 rate = {rate}\ntime_unit = \"{unit}\"\nduration = \"1s\"\npre_allocated_vus = 1\n\
+                 [requests]\npath = \"/a\"\nobjects = 1\n"
+            )
+        };
+        let cases = [
+            (format!("{base}[requests]\npath = \"/a/{{size}}\"\nobjects = 1\nsizes = [\"1 KiB\"]\n"), "not a path"),
+            (format!("{base}[requests]\npath = \"/a b\"\nobjects = 1\n"), "not a path"),
+            (arrivals("10", "0s"), "rate / time_unit"),
+            (arrivals("0", "1s"), "rate / time_unit"),
+            (arrivals("4000000", "1s"), "rate / time_unit"),
+            (
+                format!("{base}[requests]\npath = \"/a\"\nobjects = 1\n[[check]]\nname = \"c\"\ncontains = \"x\"\n"),
+                "needs a header",
+            ),
+            (format!("{base}[requests]\npath = \"/a\"\nobjects = 1\n[[check]]\nname = \"c\"\n"), "checks nothing"),
+        ];
+        for (text, why) in cases {
+            let e = Scenario::parse(Path::new("s.toml"), &text).map(drop).unwrap_err().to_string();
+            assert!(e.starts_with("s.toml") && e.contains(why), "{e}\n{text}");
+        }
+        let fine = format!("{base}[requests]\npath = \"/a/{{n}}?s={{size}}\"\nobjects = 1\nsizes = [\"1KiB\"]\n");
+        assert!(Scenario::parse(Path::new("s.toml"), &fine).is_ok());
+        assert!(Scenario::parse(Path::new("s.toml"), &arrivals("1000", "1s")).is_ok());
     }
 }

@@ -168,6 +168,7 @@ impl outpost_proxy::admin::Health for DnsHealth {
 /// `outpost <role> --config FILE`: one role in this process until Ctrl-C
 /// or SIGTERM.
 pub async fn serve(path: &Path, role: Role) -> anyhow::Result<()> {
+    signals::hold_hangup();
     let node = NodeConfig::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     if node.role() != role {
         bail!("{} is a {} node file, not {}", path.display(), node.role().as_str(), role.as_str());

@@ -4,6 +4,21 @@
 
 use tokio_util::sync::CancellationToken;
 
+/// From now on SIGHUP no longer ends the process, its default: one sent
+/// while the node starts (logrotate's reload of every unit, say) is taken
+/// as nothing, not as a stop that systemd, counting it a clean exit, would
+/// not restart. (A handler, once registered, stays for the process's life.)
+#[cfg(unix)]
+pub fn hold_hangup() {
+    use tokio::signal::unix::{SignalKind, signal};
+    if let Err(e) = signal(SignalKind::hangup()) {
+        tracing::warn!(error = %e, "cannot handle SIGHUP");
+    }
+}
+
+#[cfg(not(unix))]
+pub fn hold_hangup() {}
+
 /// A token cancelled on the first Ctrl-C or SIGTERM. From then on, SIGHUP
 /// reopens the access logs instead of ending the process.
 pub fn shutdown_token() -> CancellationToken {

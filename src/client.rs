@@ -41,6 +41,22 @@ pub(crate) fn explain(e: ClientError) -> anyhow::Error {
     }
 }
 
+/// As [`explain`], for a site file pushed from `file`: the control plane
+/// names the text it was sent `site.toml`, and its problems are given at
+/// the operator's own file's lines instead.
+pub(crate) fn explain_site(e: ClientError, file: &std::path::Path) -> anyhow::Error {
+    match e {
+        ClientError::Api { error, detail, .. } if error == "invalid_site" => {
+            let at_file = |line: &str| match line.strip_prefix("site.toml:") {
+                Some(rest) => format!("{}:{rest}", file.display()),
+                None => line.to_string(),
+            };
+            anyhow::anyhow!("{}", detail.lines().map(at_file).collect::<Vec<_>>().join("\n"))
+        }
+        e => explain(e),
+    }
+}
+
 fn ago(ms: u64) -> String {
     match ms {
         0..=1999 => format!("{ms} ms"),

@@ -133,7 +133,8 @@ enum Command {
         /// Mark stale (revalidate) instead of removing.
         #[arg(long)]
         soft: bool,
-        /// Wait until every connected node applied it.
+        /// Wait until every connected node applied it (5 s at most); exits
+        /// 1, naming them, if some have not by then.
         #[arg(long)]
         wait: bool,
         /// Control-plane URL; for replicas, repeat it or separate URLs with commas.
@@ -420,6 +421,15 @@ async fn purge(req: &PurgeRequest, control: &[String], json: bool) -> anyhow::Re
     } else {
         client::print_purge(&status);
     }
+    // Asked to wait: a script goes on only once every connected node has
+    // applied it (`purge --wait && deploy`).
+    if req.wait && !status.pending.is_empty() {
+        anyhow::bail!(
+            "purge {} is not applied yet by {} (logged: they take it when they can)",
+            status.id,
+            status.pending.join(", ")
+        );
+    }
     Ok(())
 }
 
@@ -518,7 +528,7 @@ async fn sites(action: SitesAction, control: &[String], json: bool) -> anyhow::R
     let out = match action {
         SitesAction::Push { file } => {
             let text = std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-            serde_json::to_string(&api.push_site(&text).await.map_err(client::explain)?)?
+            serde_json::to_string(&api.push_site(&text).await.map_err(|e| client::explain_site(e, &file))?)?
         }
         SitesAction::List => {
             let sites = api.sites().await.map_err(client::explain)?;

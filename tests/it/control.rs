@@ -1273,6 +1273,50 @@ async fn a_node_behind_the_compacted_log_takes_a_snapshot_and_serves_nothing_pur
     stop.cancel();
 }
 
+/// `outpost purge --wait` fails, naming them, while connected nodes have
+/// not applied the purge: a script that goes on after it (a deploy) would
+/// otherwise go on while they still serve what it purged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_wait_fails_while_a_connected_node_has_not_applied_it() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let origin_addr = test_origin(&stop).await;
+    let (control, _) = start_control(dir.path(), &stop).await;
+    let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let token = std::fs::read_to_string(dir.path().join("node.token")).unwrap();
+    let api = |path: &str| format!("http://{control}{path}");
+    let r = call(Method::POST, &api("/v1/sites"), Some(&admin), None, &site(origin_addr)).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    // A node that opens its stream and never acknowledges.
+    let mut held = tokio::net::TcpStream::connect(control).await.unwrap();
+    let open = format!(
+        "GET /v1/events?after=0&node=edge-9&role=edge&pop=p1&addrs= HTTP/1.1\r\nhost: c\r\n\
+         authorization: Bearer {}\r\n\r\n",
+        token.trim()
+    );
+    held.write_all(open.as_bytes()).await.unwrap();
+    eventually("the node to connect", || async {
+        call(Method::GET, &api("/v1/nodes"), Some(&admin), None, "").await.json()[0]["connected"] == true
+    })
+    .await;
+    let (control, token) = (format!("http://{control}"), admin.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
+            .args(["purge", "--site", "shop", "--all", "--wait", "--control", &control])
+            .env("OUTPOST_TOKEN", token)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "a purge not applied everywhere passed its wait: {said}");
+    assert!(said.contains("not applied yet by edge-9"), "{said}");
+    drop(held);
+    stop.cancel();
+}
+
 /// A purge whose rule a node cannot write to its disk is not acknowledged
 /// (a restart would forget it), and the node takes it again until it can.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1717,5 +1761,14 @@ async fn the_cli_lists_diffs_and_rolls_back_site_versions() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r = call(Method::GET, &format!("http://{control}/v1/sites/shop"), Some(&admin), None, "").await;
     assert_eq!((r.json()["version"].as_u64(), r.json()["toml"].as_str()), (Some(3), Some(v1.as_str())));
+    // A site file the control plane refuses: its problems at the lines of
+    // the file pushed, under its own name.
+    let bad = dir.path().join("shop-bad.toml");
+    std::fs::write(&bad, "[site]\nid = \"shop\"\nhosts = 7\n").unwrap();
+    let out = cli(&["push", bad.to_str().unwrap()]).await;
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success());
+    assert!(said.contains(&format!("{}:3:", bad.display())), "{said}");
+    assert!(!said.contains("site.toml"), "{said}");
     stop.cancel();
 }

@@ -13,10 +13,17 @@ pub(crate) fn run(files: &[PathBuf]) -> ExitCode {
         let mut tls_errors = 0;
         for p in &paths {
             match outpost_config::load_file(p) {
-                Ok(ConfigFile::Node(_)) => nodes += 1,
+                Ok(ConfigFile::Node(node)) => {
+                    nodes += 1;
+                    // The node's own sites, as it will load them: their
+                    // certificates, within the folders it reads them from.
+                    for site in node.proxy().map_or(&[][..], |proxy| &proxy.sites[..]) {
+                        tls_errors += check_tls(site, Some(&node.tls.site_cert_dirs));
+                    }
+                }
                 Ok(ConfigFile::Site(site)) => {
                     sites += 1;
-                    tls_errors += check_tls(&site);
+                    tls_errors += check_tls(&site, None);
                 }
                 Err(_) => {}
             }
@@ -36,12 +43,23 @@ pub(crate) fn run(files: &[PathBuf]) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// Loads a site's certificate and key as a node will. A file that does not
-/// exist yet is a warning (certificates are often deployed separately, and
-/// `outpost up` issues its own); one that is there but unusable is an error.
-fn check_tls(site: &outpost_config::Site) -> usize {
+/// Loads a site's certificate and key as a node will (one whose node file
+/// lists it reads them only within `dirs`, its site certificate folders).
+/// A file that does not exist yet is a warning (certificates are often
+/// deployed separately, and `outpost up` issues its own); one that is there
+/// but unusable, or outside the node's folders, is an error.
+fn check_tls(site: &outpost_config::Site, dirs: Option<&[PathBuf]>) -> usize {
     use outpost_proxy::tls::TlsFileError;
     let Some(outpost_config::SiteTls::Files { cert, key }) = &site.tls else { return 0 };
+    if let Some(dirs) = dirs {
+        for file in [cert, key] {
+            // One missing is the warning below.
+            if let Err(e @ TlsFileError::OutsideFolders(_)) = outpost_proxy::tls::confined(&file.value, dirs) {
+                eprintln!("{}: {e}", file.loc);
+                return 1;
+            }
+        }
+    }
     match outpost_proxy::tls::load_pair(&cert.value, &key.value, std::time::SystemTime::now()) {
         Ok(loaded) => {
             for w in &loaded.warnings {

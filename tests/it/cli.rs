@@ -150,6 +150,44 @@ fn check_reports_every_mistake_with_its_position() {
     assert!(lines[2].starts_with(&format!("{f}:10:19: a size must not be negative")), "{stderr}");
 }
 
+/// `check` refuses node files the node would not start with: a DNS node
+/// whose geo-IP database is not there, and an edge whose own sites name a
+/// certificate outside the folders it reads them from (the node would
+/// serve them without HTTPS).
+#[test]
+fn check_refuses_what_a_node_would_not_start_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let dns = dir.path().join("dns.toml");
+    std::fs::write(
+        &dns,
+        "[node]\nname = \"dns\"\nrole = \"dns\"\n[listen]\ndns = \"127.0.0.1:5353\"\n[dns]\nzone = \"cdn.test.\"\n\
+         geoip = \"missing.mmdb\"\ndefault_pop = \"fra\"\n[[dns.pop]]\nname = \"fra\"\nlatitude = 50.1\nlongitude = 8.7\n\
+         edges = [\"127.0.0.11\"]\n",
+    )
+    .unwrap();
+    let out = outpost().arg("check").arg(&dns).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("{}:8:9: file `", dns.display())) && stderr.contains("missing.mmdb"), "{stderr}");
+
+    let (node_dir, elsewhere) = (dir.path().join("node"), dir.path().join("elsewhere"));
+    std::fs::create_dir_all(&node_dir).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let (origin, edge) = (free_addr(), free_addr());
+    edge_files(&node_dir, origin, edge, "off", "");
+    let site = node_dir.join("site.toml");
+    let cert = elsewhere.join("c.pem");
+    std::fs::write(&cert, "not a certificate").unwrap();
+    let text = std::fs::read_to_string(&site).unwrap();
+    std::fs::write(&site, format!("{text}[tls]\ncert = \"{}\"\nkey = \"{}\"\n", cert.display(), cert.display()))
+        .unwrap();
+    let out = outpost().arg("check").arg(node_dir.join("edge.toml")).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("outside the folders this node reads site certificates from"), "{stderr}");
+    assert!(stderr.contains(&format!("{}:", site.display())), "{stderr}");
+}
+
 #[test]
 fn up_starts_the_origin_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();

@@ -98,6 +98,10 @@ AF = "iad"
     );
     let file = dir.join("dns.toml");
     std::fs::write(&file, text).unwrap();
+    // The database the file names is there before it is loaded, as a
+    // node's files are checked then.
+    std::fs::write(dir.join("geo.toml"), SOURCE).unwrap();
+    build_database(&dir.join("geo.toml"), &dir.join("geo.mmdb")).unwrap();
     NodeConfig::load(&file).unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -105,9 +109,7 @@ async fn start(dir: &Path, extra_edges: usize) -> Running {
     start_from(dir, node_file(dir, extra_edges)).await
 }
 
-async fn start_from(dir: &Path, cfg: NodeConfig) -> Running {
-    std::fs::write(dir.join("geo.toml"), SOURCE).unwrap();
-    build_database(&dir.join("geo.toml"), &dir.join("geo.mmdb")).unwrap();
+async fn start_from(_dir: &Path, cfg: NodeConfig) -> Running {
     let bound = DnsNode::bind(&cfg).await.unwrap();
     let addr = bound.addr();
     let node = std::sync::Arc::clone(&bound.handler);
@@ -534,8 +536,10 @@ async fn the_database_reloads_and_a_bad_file_keeps_the_old_one() {
     assert!(probe.reload_if_changed().is_err(), "a corrupt file is refused");
     assert!(probe.locate("81.2.69.1".parse().unwrap()).is_some(), "the old one answers");
     assert!(in_sin(&addrs(&udp(dns.addr, ask()).await.unwrap())), "the server keeps answering from the good file");
-    // At start, a missing or corrupt file is an error that names it.
+    // At start, a missing or corrupt file is an error that names it (one
+    // broken after the node file was read).
     let cfg = node_file(dir.path(), 0);
+    std::fs::write(dir.path().join("geo.mmdb"), b"not a maxmind file").unwrap();
     let err = DnsNode::bind(&cfg).await.unwrap_err().to_string();
     assert!(err.contains("geo.mmdb"), "{err}");
     std::fs::remove_file(dir.path().join("geo.mmdb")).unwrap();

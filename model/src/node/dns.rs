@@ -11,7 +11,7 @@ use toml::Spanned;
 use super::read::coordinate;
 use super::*;
 use crate::decode::{Decode, Table, Val, parse_str};
-use crate::diag::Sink;
+use crate::diag::{Need, Sink};
 
 pub(super) fn decode_dns(
     s: &mut Sink<'_>,
@@ -38,7 +38,10 @@ pub(super) fn decode_dns(
         Some(v) => v.into_inner(),
         None => DEFAULT_DNS_TTL,
     };
-    let geoip: Option<String> = t.req(s, "geoip");
+    // Checked as the node's other files are: a database missing at start
+    // is an error at its line, not a node that will not start.
+    let geoip: Option<PathBuf> =
+        t.req::<Spanned<String>>(s, "geoip").map(|g| s.later(&g.span(), base.join(g.get_ref()), Need::File));
     let nameservers: Vec<Spanned<String>> = t.or(s, "nameservers", Vec::new());
     let nameservers: Vec<String> = nameservers
         .iter()
@@ -73,7 +76,7 @@ pub(super) fn decode_dns(
     Some(DnsNode {
         zone: zone?,
         ttl,
-        geoip: base.join(geoip?),
+        geoip: geoip?,
         nameservers,
         glue,
         pops,

@@ -8,5 +8,5 @@ pub mod pki;
 pub mod server;
 
 pub use client::{UpstreamTls, client_config};
-pub use files::{LoadedCert, TlsFileError, load_pair};
+pub use files::{LoadedCert, TlsFileError, confined, load_pair};
 pub use server::{CertStore, quic_server_config, server_config};

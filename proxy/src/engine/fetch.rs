@@ -246,9 +246,11 @@ impl FetchJob {
         // they belong to one user (whatever reason kept them from being
         // stored first): a failing origin gets one request.
         let personal = policy::personal(resp.headers(), self.request.has_authorization);
-        let busy = status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
-        let share = not_stored.is_none() || (busy && !personal);
+        // Not a 429: an origin limits by the client the edge names, so one
+        // client's 429 is not everyone's.
+        let share = not_stored.is_none() || (status.is_server_error() && !personal);
         if let (Some(why), Some((key, stale))) = (not_stored, &self.stale)
+            && !self.request.has_authorization
             && speaks_for_the_copy(status, why)
         {
             // The origin no longer allows storing it: stop revalidating a
@@ -304,7 +306,7 @@ impl FetchJob {
                 // out of the store, not the copy. The head goes, not the
                 // body: this answer is read from it (its chunks are left to
                 // eviction).
-                if why != NotStored::RequestNoStore {
+                if why != NotStored::RequestNoStore && !self.request.has_authorization {
                     self.engine.store.remove(key);
                 }
                 let mine = withheld(&headers, &[header::SET_COOKIE]);
@@ -466,6 +468,13 @@ impl FetchJob {
         let _turn = self.engine.variant_turn(self.rkey.primary).await;
         let mut known = match store.get(self.rkey.primary).await {
             Some(Entry::Variants(v)) if v.names == vary => v.known.clone(),
+            // Another Vary: the variants listed under the old one leave the
+            // store with their list (they would be found again should the
+            // Vary change back, unlisted).
+            Some(Entry::Variants(v)) => {
+                v.known.iter().for_each(|k| store.remove(*k));
+                Vec::new()
+            }
             _ => Vec::new(),
         };
         if !known.contains(&key) {
@@ -521,7 +530,8 @@ fn vouches_for(fresh: &HeaderMap, stored: &HeaderMap) -> bool {
 /// Does an answer that is not stored (`why`) end the stale copy it was
 /// asked to refresh? Only one that speaks for the resource (a new
 /// representation, a redirect, 404 or 410) and not only for the request
-/// (its own `no-store`, or its credentials). A busy or failing origin's
+/// (its own `no-store`, or its credentials: a request that carries any
+/// never ends the shared copy, as any client can send one). A busy or failing origin's
 /// answer (429, 5xx) or one the request provoked (400, 401, 403, 431: any
 /// client can send a request that gets one) leaves the copy, to be
 /// validated later and to stand in for errors.

@@ -79,9 +79,9 @@ pub(crate) enum Head {
     Shared(Arc<SharedHead>),
     /// The stored copy was revalidated (304) and refreshed; the fields kept
     /// out of it go to the request that made the fetch only. Not shared
-    /// (`false`: the 304 made the copy one the node may not store, such as
-    /// `private` or `no-store`): only that request is answered with it,
-    /// and everyone else fetches alone, as for [`Head::Pass`].
+    /// (`false`: the 304 made the copy one user's, `private` or asked with
+    /// credentials): only that request is answered with it, and everyone
+    /// else fetches alone, as for [`Head::Pass`].
     Revalidated(Arc<StoredObject>, Arc<http::HeaderMap>, bool),
     /// Not shareable (the reason): the leader streams it; everyone else
     /// fetches alone.

@@ -50,13 +50,15 @@ type LogLine = Option<(String, String, String, bool)>;
 /// request (the header table): logged whole, its lines would cost the
 /// node hundreds of times what they cost the client.
 const LOGGED_HOST: usize = 255;
+const LOGGED_METHOD: usize = 32;
 const LOGGED_PATH: usize = 2048;
 
 fn log_line<B>(engine: &Engine, req: &Request<B>) -> LogLine {
     engine.log.enabled().then(|| {
         let (host, cut_host) = cut(host_of(req.uri(), req.headers()).unwrap_or(""), LOGGED_HOST);
         let (path, cut_path) = cut(req.uri().path(), LOGGED_PATH);
-        (req.method().to_string(), host, path, cut_host || cut_path)
+        let (method, cut_method) = cut(req.method().as_str(), LOGGED_METHOD);
+        (method, host, path, cut_host || cut_path || cut_method)
     })
 }
 

@@ -77,24 +77,35 @@ fn a_target_that_answers_nothing_fails_the_run() {
         let held: Vec<_> = listener.incoming().take(64).collect();
         drop(held);
     });
-    let file = dir.path().join("hung.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "[target]\nurls = [\"http://{addr}\"]\n[executor]\ntype = \"constant-vus\"\nvus = 2\nduration = \"1s\"\n\
-             [requests]\npath = \"/x\"\nobjects = 1\n\
-             [thresholds]\nhttp_req_failed = [\"rate<0.01\"]\nhttp_req_duration = [\"p(95)<20ms\"]\n"
-        ),
-    )
-    .unwrap();
-    let json = dir.path().join("hung.json");
-    let out =
-        outpost().args(["load", "-q", "--out"]).arg(format!("json={}", json.display())).arg(&file).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(99), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    assert_eq!(json["metrics"]["http_reqs"]["count"], 2, "one request per VU, each never answered: {json}");
-    assert_eq!(json["metrics"]["http_req_failed"]["fails"], 2, "{json}");
+    // Closed VUs, and arrivals at a rate (two VUs, both taken by the first
+    // two arrivals for good).
+    let executors = [
+        "type = \"constant-vus\"\nvus = 2\nduration = \"1s\"\n",
+        "type = \"constant-arrival-rate\"\nrate = 4\nduration = \"1s\"\npre_allocated_vus = 2\n",
+    ];
+    for (i, executor) in executors.into_iter().enumerate() {
+        let file = dir.path().join(format!("hung{i}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                "[target]\nurls = [\"http://{addr}\"]\n[executor]\n{executor}[requests]\npath = \"/x\"\nobjects = 1\n\
+                 [thresholds]\nhttp_req_failed = [\"rate<0.01\"]\nhttp_req_duration = [\"p(95)<20ms\"]\n"
+            ),
+        )
+        .unwrap();
+        let json = dir.path().join(format!("hung{i}.json"));
+        let out = outpost()
+            .args(["load", "-q", "--out"])
+            .arg(format!("json={}", json.display()))
+            .arg(&file)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(99), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        assert_eq!(json["metrics"]["http_reqs"]["count"], 2, "one request per VU, each never answered: {json}");
+        assert_eq!(json["metrics"]["http_req_failed"]["fails"], 2, "{json}");
+    }
 }
 
 /// `up` (with `ha`, `up --ha`) on the example files moved to addresses

@@ -134,9 +134,10 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// A token bucket per key: purges per token, console sign-ins per client
 /// network ([`client_network`]). At most [`MAX_BUCKETS`] keys: when that
-/// many are in use, one not seen before is refused until some rest (a
-/// flood from many addresses must not make the limiter forget the keys it
-/// is limiting, nor look through all of them on every call).
+/// many are in use and none is at rest (swept at most once a second, not
+/// on every call), a key not seen before takes the place of the one used
+/// longest ago. Refusing it instead would let a flood from many networks
+/// keep everyone else from signing in.
 #[derive(Debug)]
 pub(crate) struct RateLimiter {
     rate: f64,
@@ -173,8 +174,10 @@ impl RateLimiter {
                 b.levels.retain(|_, (level, at)| *level + now.duration_since(*at).as_secs_f64() * rate < burst);
                 b.swept = now;
             }
-            if b.levels.len() >= MAX_BUCKETS {
-                return false;
+            if b.levels.len() >= MAX_BUCKETS
+                && let Some(oldest) = b.levels.iter().min_by_key(|(_, (_, at))| *at).map(|(k, _)| k.clone())
+            {
+                b.levels.remove(&oldest);
             }
         }
         let (level, at) = b.levels.entry(token.to_string()).or_insert((self.burst, now));
@@ -788,14 +791,17 @@ mod tests {
     }
 
     #[test]
-    fn a_full_rate_limiter_refuses_new_keys_and_keeps_limiting_the_old() {
+    fn a_full_rate_limiter_lets_a_new_key_in_and_keeps_limiting_the_rest() {
         let limiter = RateLimiter::new(0.001, 1.0);
         for i in 0..MAX_BUCKETS {
             assert!(limiter.allow(&format!("k{i}")));
+            std::thread::sleep(Duration::from_micros(1));
         }
-        assert!(!limiter.allow("new"), "a new key past the limit");
-        assert!(!limiter.allow("k0"), "a key already limited stays limited");
+        assert!(limiter.allow("new"), "a new key, in the place of the one used longest ago");
+        assert!(!limiter.allow("new"), "and limited as any");
+        assert!(!limiter.allow("k1"), "a key already limited stays limited");
         assert_eq!(limiter.buckets.lock().unwrap().levels.len(), MAX_BUCKETS);
+        assert!(!limiter.buckets.lock().unwrap().levels.contains_key("k0"));
         let limiter = RateLimiter::new(1000.0, 1.0);
         for i in 0..MAX_BUCKETS {
             assert!(limiter.allow(&format!("k{i}")));

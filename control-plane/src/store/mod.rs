@@ -86,7 +86,9 @@ fn prunable(mut records: Vec<PurgeRecord>, first: u64, keep_hard: usize) -> (Vec
         n if hard.len() >= n => hard[hard.len() - n],
         _ => 0,
     };
-    records.retain(|p| p.seq < cut.min(first));
+    // Soft purges never go into a snapshot: theirs go once the log has
+    // moved past them.
+    records.retain(|p| p.seq < first && (p.purge.soft || p.seq < cut));
     let mut marks = BTreeMap::new();
     for p in records.iter().filter(|p| !p.purge.soft) {
         marks.insert(p.purge.site_id.clone(), p.seq);
@@ -302,8 +304,9 @@ impl Store {
     }
 
     /// Prunes the purge records a snapshot no longer needs one by one:
-    /// those logged before the log's first event with at least
-    /// `keep_hard` hard purges logged after them. A node behind one of
+    /// those logged before the log's first event that are soft (no
+    /// snapshot carries those) or have at least `keep_hard` hard purges
+    /// logged after them. A node behind one of
     /// them is behind all of those too, so its snapshot purges each site
     /// with one whole anyway. Each pruned hard purge leaves its site a
     /// mark ([`Store::pruned_purges`]) that says so. Returns how many

@@ -46,6 +46,10 @@ fn record(h: &mut Histogram<u64>, d: Duration) {
     h.saturating_record((d.as_micros() as u64).max(1));
 }
 
+/// How long requests in flight at the end of a run may finish before they
+/// are aborted (and count as failed).
+const END_GRACE: Duration = Duration::from_secs(10);
+
 /// Longest a request may take, its body read: past it, it counts as
 /// failed (k6's default).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -266,6 +270,9 @@ impl Plan {
 
     /// One request on `conn` (reopened if it broke), recorded in `tally`.
     async fn send(&self, conn: &mut Option<Conn>, target: usize, picker: &mut Picker, tally: &Mutex<Tally>) {
+        // From the first step: a request still connecting when the run ends
+        // failed as much as one waiting for its answer.
+        let mut unfinished = Unfinished { tally, done: false };
         let (dest, authority) = &self.targets[target];
         if self.fresh {
             *conn = None;
@@ -297,7 +304,6 @@ impl Plan {
             req.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
         let started = Instant::now();
-        let mut unfinished = Unfinished { tally, done: false };
         let result = match conn.as_mut() {
             Some(c) => tokio::time::timeout(REQUEST_TIMEOUT, c.send(req)).await.ok().and_then(Result::ok),
             None => None,
@@ -528,8 +534,7 @@ pub async fn run(s: &Scenario, on_second: &(dyn Fn(&Second, Duration) + Sync)) -
         if end {
             shared.stop.store(true, Ordering::Relaxed);
             // Requests in flight finish (bounded by their own timeouts).
-            let _ = tokio::time::timeout(Duration::from_secs(10), async { while tasks.join_next().await.is_some() {} })
-                .await;
+            let _ = tokio::time::timeout(END_GRACE, async { while tasks.join_next().await.is_some() {} }).await;
             tasks.abort_all();
             // Aborted, each request still under way counts as failed as its
             // task is dropped: waited for, so this second's tally has them.
@@ -634,6 +639,12 @@ async fn arrivals(shared: Arc<Shared>, per_sec: f64, vus: (u32, u32), picker: Pi
         while inflight.try_join_next().is_some() {}
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+    // As the run does with closed VUs: requests in flight finish, then
+    // those still waiting are aborted and waited for, so each counts as
+    // failed before the run's last tally (within the run's own wait).
+    let drain = async { while inflight.join_next().await.is_some() {} };
+    let _ = tokio::time::timeout(END_GRACE.saturating_sub(Duration::from_secs(1)), drain).await;
+    inflight.abort_all();
     while inflight.join_next().await.is_some() {}
 }
 

@@ -921,7 +921,7 @@ fn histogram_samples_are_folded_without_a_scrape() {
             for i in 0..2_000_000u32 {
                 h.record(f64::from(i % 1000) / 1e6);
             }
-            std::thread::sleep(Duration::from_millis(1500));
+            std::thread::sleep(Duration::from_secs(3));
             outpost_testkit::rss_kib()
         };
         let first = round();

@@ -35,10 +35,35 @@ pub fn install_prometheus() {
     });
 }
 
+/// Text written at each render, after what is recorded: series made from
+/// state at the moment of the scrape, which would otherwise be recorded
+/// for ever once seen. `None` from one: its source is gone, and it goes.
+type Scraped = Box<dyn Fn() -> Option<String> + Send + Sync>;
+
+static SCRAPED: std::sync::Mutex<Vec<Scraped>> = std::sync::Mutex::new(Vec::new());
+
+/// Adds `source` to what every `/metrics` of this process renders.
+pub fn scrape_also(source: impl Fn() -> Option<String> + Send + Sync + 'static) {
+    SCRAPED.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Box::new(source));
+}
+
 /// What `/metrics` answers: the Prometheus text of everything recorded
-/// (empty when no recorder was installed).
+/// (empty when no recorder was installed), then what [`scrape_also`]'s
+/// sources write now.
 pub fn render() -> String {
-    HANDLE.get().map(PrometheusHandle::render).unwrap_or_default()
+    let mut text = HANDLE.get().map(PrometheusHandle::render).unwrap_or_default();
+    let mut sources = SCRAPED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    sources.retain(|source| match source() {
+        Some(more) => {
+            if !text.is_empty() && !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(&more);
+            true
+        }
+        None => false,
+    });
+    text
 }
 
 /// Folds histograms' samples into their buckets every [`UPKEEP`]. The

@@ -90,41 +90,19 @@ pub fn answerable(n: &NodeStatus) -> bool {
     (n.connected && silent_for < SILENT_AFTER.as_millis() as u64) || silent_for < FRESH.as_millis() as u64
 }
 
-/// `outpost_dns_answerable{pop, edge}`: 1 for each registered edge whose
-/// address this server answers with, 0 for one it does not (dead, or
-/// outside its PoP's networks) and for one that has left the registry. An
-/// alert compares it with what the control plane last heard from the edge.
-#[derive(Debug, Default)]
-struct Answerable {
-    /// The edges last recorded, by (pop, name).
-    seen: std::collections::BTreeSet<(String, String)>,
-}
-
-impl Answerable {
-    fn record(&mut self, dns: &str, nodes: &[NodeStatus], live: &BTreeMap<String, Live>) {
-        let mut now = std::collections::BTreeSet::new();
-        for n in nodes.iter().filter(|n| n.node.role == Role::Edge) {
-            let pop = n.node.pop.clone().unwrap_or_default();
-            let answered = live.get(&pop).is_some_and(|l| {
-                n.node
-                    .addrs
-                    .iter()
-                    .filter_map(|a| addr_ip(a))
-                    .any(|ip| l.sound.contains(&ip) || l.degraded.contains(&ip))
-            });
-            self.set(dns, &pop, &n.node.name, answered);
-            now.insert((pop, n.node.name.clone()));
-        }
-        for (pop, name) in self.seen.difference(&now) {
-            self.set(dns, pop, name, false);
-        }
-        self.seen = now;
+/// Notes, for `outpost_dns_answerable` ([`GeoDns::answerable_text`]),
+/// whether this server answers with each registered edge.
+fn record_answerable(dns: &GeoDns, nodes: &[NodeStatus], live: &BTreeMap<String, Live>) {
+    let mut now = Vec::new();
+    for n in nodes.iter().filter(|n| n.node.role == Role::Edge) {
+        let pop = n.node.pop.clone().unwrap_or_default();
+        let answered = live.get(&pop).is_some_and(|l| {
+            n.node.addrs.iter().filter_map(|a| addr_ip(a)).any(|ip| l.sound.contains(&ip) || l.degraded.contains(&ip))
+        });
+        now.push((pop, n.node.name.clone(), answered));
     }
-
-    fn set(&self, dns: &str, pop: &str, edge: &str, answered: bool) {
-        metrics::gauge!("outpost_dns_answerable", "node" => dns.to_string(), "pop" => pop.to_string(), "edge" => edge.to_string())
-            .set(if answered { 1.0 } else { 0.0 });
-    }
+    now.sort();
+    *dns.answerable.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = now;
 }
 
 /// The IP of a registered address (`ip:port` or a bare IP).
@@ -139,9 +117,10 @@ const SITES_EVERY: u64 = 3;
 /// Follows the registry until `shutdown`, steering by what it says about
 /// the link's PoPs, and answering for the sites the control plane lists.
 pub fn follow(dns: Arc<GeoDns>, link: RegistryLink, shutdown: CancellationToken) {
+    let scraped = Arc::downgrade(&dns);
+    outpost_net::metrics::scrape_also(move || scraped.upgrade().map(|dns| dns.answerable_text()));
     tokio::spawn(async move {
         let mut last_rejected: Vec<String> = Vec::new();
-        let mut answerable = Answerable::default();
         let client = ControlClient::new(
             &link.urls.iter().map(ToString::to_string).collect::<Vec<_>>(),
             Token::File(link.token_file.clone()),
@@ -182,7 +161,7 @@ pub fn follow(dns: Arc<GeoDns>, link: RegistryLink, shutdown: CancellationToken)
                     }
                     let mut rejected = Vec::new();
                     let live = live_edges(&nodes, &link.pops, &mut rejected);
-                    answerable.record(&dns.node, &nodes, &live);
+                    record_answerable(&dns, &nodes, &live);
                     for (pop, live) in live {
                         dns.steering.set_edges(&pop, live.sound, live.degraded);
                     }

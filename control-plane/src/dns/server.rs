@@ -66,6 +66,9 @@ pub struct GeoDns {
     limit: Option<RateLimit>,
     /// This DNS node's name.
     pub node: String,
+    /// Whether this server answers with each registered edge, by (PoP,
+    /// edge), as the registry last read said ([`GeoDns::answerable_text`]).
+    pub(super) answerable: std::sync::Mutex<Vec<(String, String, bool)>>,
 }
 
 const QTYPES: [&str; 5] = ["A", "AAAA", "SOA", "NS", "other"];
@@ -191,7 +194,35 @@ impl GeoDns {
             metrics: DnsMetrics::new(node, &cfg.pops.iter().map(|p| p.name.clone()).collect::<Vec<_>>()),
             limit: RateLimit::new(cfg.rate_limit),
             node: node.to_string(),
+            answerable: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// `outpost_dns_answerable{pop, edge}` as Prometheus text: 1 for each
+    /// registered edge whose address this server answers with, 0 for one
+    /// it does not (dead, or outside its PoP's networks). Written at each
+    /// scrape from the registry as last read, not recorded: an edge that
+    /// leaves the registry leaves no series behind (edges come and go
+    /// under names of their own, and each would be a series for ever).
+    pub fn answerable_text(&self) -> String {
+        use std::fmt::Write;
+        let answerable = self.answerable.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if answerable.is_empty() {
+            return String::new();
+        }
+        let mut out = String::from(
+            "# HELP outpost_dns_answerable Whether this DNS server answers with the registered edge.\n\
+             # TYPE outpost_dns_answerable gauge\n",
+        );
+        for (pop, edge, answered) in answerable.iter() {
+            let _ = writeln!(
+                out,
+                "outpost_dns_answerable{{node=\"{}\",pop=\"{pop}\",edge=\"{edge}\"}} {}",
+                self.node,
+                u8::from(*answered)
+            );
+        }
+        out
     }
 
     /// Whether `out`, the UDP answer to `query` from `client`, goes out

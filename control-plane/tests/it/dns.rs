@@ -787,6 +787,12 @@ async fn answers_follow_the_node_registry_when_edges_die_and_return() {
     let _evil = hold_stream(control_addr, &token, ("edge-evil", "fra", "6.6.6.6:80"), true).await;
     tokio::time::sleep(registry_poll() * 2).await;
     assert_eq!(answer().await, ip("127.0.0.31"), "the registered outsider is not answered");
+    // What the DNS node's /metrics says of each registered edge.
+    let answerable = |edge: &str, v: u8| {
+        let line = format!("outpost_dns_answerable{{node=\"dns-test\",pop=\"fra\",edge=\"{edge}\"}} {v}\n");
+        dns.node.answerable_text().contains(&line)
+    };
+    assert!(answerable("edge-fra", 1) && answerable("edge-evil", 0), "{}", dns.node.answerable_text());
     for bad in ["%3Cscript%3E", "not-an-address", "127.0.0.1"] {
         let url = format!("http://{control_addr}/v1/events?after=0&node=edge-x&role=edge&pop=fra&addrs={bad}");
         let r = status_of(&url, &token).await;
@@ -798,6 +804,7 @@ async fn answers_follow_the_node_registry_when_edges_die_and_return() {
     fra.abort();
     let gone = within("a dead edge leaves the answers", ip("127.0.0.12")).await;
     assert!(gone < Duration::from_secs(3), "withdrawn in {gone:?}, the TTL is 20 s");
+    outpost_testkit::eventually("the dead edge no longer answerable", || async { answerable("edge-fra", 0) }).await;
 
     let _fra = hold_stream(control_addr, &token, ("edge-fra", "fra", "127.0.0.31:8080"), true).await;
     within("a returning edge is answered again", ip("127.0.0.31")).await;

@@ -241,8 +241,9 @@ struct Pace {
 
 impl Pace {
     fn of(limits: &Limits, open: Arc<std::sync::atomic::AtomicUsize>) -> Pace {
-        let min_take = (limits.send_min_rate as f64 * limits.send_timeout.as_secs_f64()) as u64;
-        Pace { after: limits.send_timeout, min_take, open, waited: Duration::ZERO, taken: 0 }
+        // The same minimum as over HTTP/2.
+        let http2::Stall { after, min_take, .. } = http2::Stall::of(limits);
+        Pace { after, min_take, open, waited: Duration::ZERO, taken: 0 }
     }
 
     /// How long the next send may wait.

@@ -74,11 +74,11 @@ pub fn for_nodes(config: &outpost_config::NodeConfig, names: &[String]) -> Resul
     names
         .iter()
         .map(|n| {
-            let valid = !n.is_empty() && n.len() <= 63 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-            if valid {
-                Ok(node_credential(secret, n))
-            } else {
-                Err(format!("node name `{n}`: must be 1 to 63 letters, digits or hyphens"))
+            // The rule `[node] name` is read under: a credential for a name
+            // no node can have would be handed out and never work.
+            match outpost_config::check_site_id(n) {
+                Ok(()) => Ok(node_credential(secret, n)),
+                Err(_) => Err(format!("node name `{n}`: must be 1 to 63 lower-case letters, digits or inner hyphens")),
             }
         })
         .collect()

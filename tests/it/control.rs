@@ -775,7 +775,9 @@ async fn a_node_credential_speaks_for_its_own_node_alone() {
     let api = |p: &str| format!("http://{control}{p}");
     let cfg = NodeConfig::load(&d.join("control.toml")).unwrap();
     let own = outpost_control::credential::for_nodes(&cfg, &["edge-1".into()]).unwrap().remove(0);
-    assert!(outpost_control::credential::for_nodes(&cfg, &["edge 1".into()]).is_err(), "not a node name");
+    for name in ["edge 1", "Edge-1", "-edge", "edge-", ""] {
+        assert!(outpost_control::credential::for_nodes(&cfg, &[name.into()]).is_err(), "`{name}` is not a node name");
+    }
 
     // Edge 1 follows the control plane with its credential.
     let e1 = d.join("e1");

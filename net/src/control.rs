@@ -345,7 +345,7 @@ impl ControlClient {
             let bytes = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
             return Err(api_error(status, &bytes));
         }
-        Ok(EventStream { body: resp.into_body(), buf: BytesMut::new(), scanned: 0 })
+        Ok(EventStream { body: resp.into_body(), buf: BytesMut::new(), scanned: 0, broken: false })
     }
 }
 
@@ -373,7 +373,18 @@ pub struct EventStream {
     /// looking through all of it again for each frame would take time
     /// that grows with its square.
     scanned: usize,
+    /// A line ran past [`MAX_LINE`]: the stream is over.
+    broken: bool,
 }
+
+/// The longest line an event stream may send. A snapshot of the largest
+/// fleets is tens of megabytes; past this, a control plane (or whoever
+/// stands in the middle of an `http://` link) would hold the node's memory
+/// for as long as it kept sending.
+#[cfg(not(test))]
+pub const MAX_LINE: usize = 256 << 20;
+#[cfg(test)]
+pub const MAX_LINE: usize = 1 << 20;
 
 impl EventStream {
     /// Whether a whole line has arrived and not been taken yet: a reader
@@ -385,6 +396,9 @@ impl EventStream {
     /// The next line; `None` when the stream ends. A line that does not
     /// read is an error item, and the stream goes on after it.
     pub async fn next(&mut self) -> Option<Result<StreamLine, ClientError>> {
+        if self.broken {
+            return None;
+        }
         loop {
             if let Some(i) = self.buf[self.scanned..].iter().position(|b| *b == b'\n') {
                 let line = self.buf.split_to(self.scanned + i + 1);
@@ -393,6 +407,12 @@ impl EventStream {
                 return Some(serde_json::from_slice(line).map_err(|e| ClientError::Decode(e.to_string())));
             }
             self.scanned = self.buf.len();
+            if self.buf.len() > MAX_LINE {
+                self.broken = true;
+                self.buf = BytesMut::new();
+                let cause = format!("a line of more than {} MiB", MAX_LINE >> 20);
+                return Some(Err(ClientError::Unreachable { url: "event stream".into(), cause }));
+            }
             match self.body.frame().await? {
                 Err(e) => {
                     return Some(Err(ClientError::Unreachable { url: "event stream".into(), cause: e.to_string() }));
@@ -410,6 +430,60 @@ impl EventStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A peer that sends one endless line ends the stream once the line
+    /// passes [`MAX_LINE`], rather than holding ever more of the node's
+    /// memory; the lines before it are read.
+    #[tokio::test]
+    async fn an_endless_line_ends_the_stream() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut head = [0u8; 4096];
+            let _ = sock.read(&mut head).await.unwrap();
+            let line = br#"{"type":"heartbeat","seq":3}"#;
+            let start = format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n", line.len() + 1);
+            sock.write_all(start.as_bytes()).await.unwrap();
+            sock.write_all(line).await.unwrap();
+            sock.write_all(b"\n\r\n").await.unwrap();
+            let piece = vec![b'x'; 64 << 10];
+            // Until the reader hangs up, or far past the cap.
+            for _ in 0..64 * MAX_LINE / piece.len() {
+                let chunk = format!("{:x}\r\n", piece.len());
+                let wrote = async {
+                    sock.write_all(chunk.as_bytes()).await?;
+                    sock.write_all(&piece).await?;
+                    sock.write_all(b"\r\n").await
+                };
+                if wrote.await.is_err() {
+                    break;
+                }
+            }
+        });
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let client = ControlClient::new(&[format!("http://{addr}")], Token::Value("t".into()), Arc::new(tls));
+        let query = StreamQuery {
+            after: 0,
+            node: "edge-1".into(),
+            role: outpost_config::Role::Edge,
+            pop: None,
+            addrs: String::new(),
+            certificates: false,
+        };
+        let mut stream = client.events(&query).await.unwrap();
+        let first = stream.next().await.unwrap().unwrap();
+        assert!(matches!(first, StreamLine::Heartbeat { seq: 3, .. }), "{first:?}");
+        let err = stream.next().await.unwrap().unwrap_err();
+        assert!(err.is_retryable() && err.to_string().contains("a line of more than 1 MiB"), "{err}");
+        assert!(stream.next().await.is_none(), "the stream is over");
+        assert!(stream.buf.capacity() == 0, "the line is let go");
+    }
 
     #[test]
     fn a_held_token_stands_in_for_the_files_until_the_file_changes() {

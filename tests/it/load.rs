@@ -108,6 +108,66 @@ fn a_target_that_answers_nothing_fails_the_run() {
     }
 }
 
+/// An origin (`[target] origin`) whose counters never come, and an action
+/// whose answer never comes, do not hold the run: the first ends it with a
+/// reason, the second counts as a failed action.
+#[test]
+fn a_peer_that_holds_an_action_or_the_origins_counters_does_not_hold_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held = listener.local_addr().unwrap();
+    // Reads each request and answers only a head: the body never comes.
+    std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        for mut conn in listener.incoming().take(64).flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = std::io::Read::read(&mut conn, &mut buf);
+            let _ = std::io::Write::write_all(&mut conn, b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{");
+            kept.push(conn);
+        }
+    });
+    let run = |name: &str, scenario: String| {
+        let file = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&file, scenario).unwrap();
+        let json = dir.path().join(format!("{name}.json"));
+        let mut child = outpost()
+            .args(["load", "-q", "--out"])
+            .arg(format!("json={}", json.display()))
+            .arg(&file)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{name}: the run was still going after 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (child.wait_with_output().unwrap(), json)
+    };
+    let executor =
+        "[executor]\ntype = \"constant-vus\"\nvus = 1\nduration = \"1s\"\n[requests]\npath = \"/x\"\nobjects = 1\n";
+    let (out, _) =
+        run("origin", format!("[target]\nurls = [\"http://{held}\"]\norigin = \"http://{held}\"\n{executor}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("sent no whole stats"), "{stderr}");
+    let (out, json) = run(
+        "action",
+        format!(
+            "[target]\nurls = [\"http://{held}\"]\n{executor}\
+             [[action]]\nname = \"held\"\nat = \"0s\"\nurl = \"http://{held}/v1/purge\"\nbody = '{{}}'\n"
+        ),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code().is_some(), "{stderr}");
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(json["metrics"]["actions"][0]["failed"], 1, "{json}");
+    assert_eq!(json["metrics"]["actions"][0]["ok"], 0, "{json}");
+}
+
 /// `up` (with `ha`, `up --ha`) on the example files moved to addresses
 /// from `127.0.0.<base>`, in `d`, running until the token is cancelled.
 pub(crate) async fn start_up(

@@ -377,7 +377,18 @@ fn run_id() -> String {
 }
 
 /// Sends one action's request; its status, or why it failed.
+/// How long an action, or a read of the origin's counters, may take from
+/// connecting to the last byte of the answer: a peer that holds either
+/// must not hold the run.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn fire(a: &Action) -> Result<u16, String> {
+    tokio::time::timeout(CALL_TIMEOUT, fire_once(a))
+        .await
+        .map_err(|_| format!("no whole answer within {} s", CALL_TIMEOUT.as_secs()))?
+}
+
+async fn fire_once(a: &Action) -> Result<u16, String> {
     let url = a.url.replace("{run}", &run_id());
     let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
     let authority = uri.authority().ok_or_else(|| format!("{url} has no host"))?.clone();
@@ -409,10 +420,7 @@ async fn fire(a: &Action) -> Result<u16, String> {
     }
     let body = http_body_util::Full::new(Bytes::from(a.body.clone().unwrap_or_default()));
     let req = req.body(body).map_err(|e| e.to_string())?;
-    let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
-        .await
-        .map_err(|_| "no answer in time".to_string())?
-        .map_err(|e| e.to_string())?;
+    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
     let _ = resp.into_body().collect().await;
     Ok(status)
@@ -681,6 +689,12 @@ impl Collector {
 /// Requests the test origin has counted (`/__origin/stats`) for paths
 /// under `prefix`.
 async fn origin_total(origin: &str, prefix: &str) -> Result<u64, String> {
+    tokio::time::timeout(CALL_TIMEOUT, origin_stats(origin, prefix))
+        .await
+        .map_err(|_| format!("the origin at {origin} sent no whole stats within {} s", CALL_TIMEOUT.as_secs()))?
+}
+
+async fn origin_stats(origin: &str, prefix: &str) -> Result<u64, String> {
     let url = format!("{}/__origin/stats", origin.trim_end_matches('/'));
     let uri: http::Uri = url.parse().map_err(|e| format!("target origin `{origin}`: {e}"))?;
     let authority = uri.authority().ok_or_else(|| format!("target origin `{origin}` has no host"))?.clone();

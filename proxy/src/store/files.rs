@@ -323,7 +323,16 @@ impl Files {
         }
         let len = indexed.len;
         drop(st);
-        match File::open(path_of(&self.shared.dir, key)) {
+        let path = path_of(&self.shared.dir, key);
+        match File::open(&path) {
+            // Cut short since it was written or listed: its bytes are not the
+            // chunk's any more, and reading them would end an answer early.
+            Ok(f) if f.metadata().is_ok_and(|m| m.len() < len) => {
+                tracing::warn!(path = %path.display(), "a body file is shorter than it was written; treating it as a miss");
+                metrics::counter!("outpost_cache_body_file_errors_total", "op" => "short").increment(1);
+                self.remove(key);
+                None
+            }
             Ok(f) => {
                 let blob = Blob::disk_file(f, len as usize);
                 let mut st = self.shared.lock();
@@ -349,10 +358,14 @@ impl Files {
         st.pending.contains_key(&key) || st.index.contains_key(&key)
     }
 
-    /// Are all of `keys` stored? One lock for all.
-    pub(crate) fn contains_all(&self, mut keys: impl Iterator<Item = Key>) -> bool {
+    /// Are all of `chunks` stored, each `(key, length)` at its length? One
+    /// lock for all.
+    pub(crate) fn contains_all(&self, mut chunks: impl Iterator<Item = (Key, u64)>) -> bool {
         let st = self.shared.lock();
-        keys.all(|k| st.pending.contains_key(&k) || st.index.contains_key(&k))
+        chunks.all(|(k, want)| match st.pending.get(&k) {
+            Some(b) => b.len() as u64 == want,
+            None => st.index.get(&k).is_some_and(|i| i.len == want),
+        })
     }
 
     pub(crate) fn remove(&self, key: Key) {

@@ -226,10 +226,14 @@ impl Store {
     pub fn has_body(&self, key: Key, object: &StoredObject) -> bool {
         match object.body {
             BodyRef::Chunked { len, chunk_size, generation } => {
-                let mut keys = (0..chunk_count(len, chunk_size)).map(|i| chunk_key(key, generation, i));
+                let size = u64::from(chunk_size.max(1));
+                let mut chunks = (0..chunk_count(len, chunk_size))
+                    .map(|i| (chunk_key(key, generation, i), size.min(len - u64::from(i) * size)));
                 match &self.files {
-                    Some(files) => files.contains_all(keys),
-                    None => keys.all(|k| self.cache.contains(&k)),
+                    // Each file as long as its chunk: one cut short (a full
+                    // disk, a crash, a hand) would end the answer early.
+                    Some(files) => files.contains_all(chunks),
+                    None => chunks.all(|(k, _)| self.cache.contains(&k)),
                 }
             }
             _ => true,
@@ -388,14 +392,23 @@ impl Store {
                         let size = u64::from(chunk_size);
                         let index = (pos / size) as u32;
                         let chunk_start = u64::from(index) * size;
-                        match store.chunk(chunk_key(key, generation, index)).await {
+                        let ck = chunk_key(key, generation, index);
+                        match store.chunk(ck).await {
+                            // Shorter than its place in the body: not this
+                            // copy's chunk any more. Removed, so it reads as
+                            // missing, here (a refill fetches it again when a
+                            // validator pins the copy) and for every later
+                            // request (fetched whole, or refilled).
+                            Some(blob) if (blob.len() as u64) < size.min(body.len() - chunk_start) => {
+                                store.remove_chunk(ck);
+                                metrics::counter!("outpost_cache_body_file_errors_total", "op" => "short").increment(1);
+                                let e =
+                                    io::Error::new(io::ErrorKind::NotFound, format!("cached chunk {index} is short"));
+                                Some((Err(e), end))
+                            }
                             Some(blob) => {
                                 let from = (pos - chunk_start) as usize;
                                 let to = ((end - chunk_start) as usize).min(blob.len());
-                                if from >= to {
-                                    let e = io::Error::new(io::ErrorKind::UnexpectedEof, "cached chunk is short");
-                                    return Some((Err(e), end));
-                                }
                                 Some((Ok(Piece { blob, start: from, end: to }), chunk_start + to as u64))
                             }
                             None => {

@@ -1369,20 +1369,54 @@ async fn a_refill_that_meets_a_busy_upstream_keeps_the_copy() {
 /// body files are gone (a crash, a cache folder cleaned by hand) and whose
 /// head is kept; the origin and the site.
 async fn stored_without_body(dir: &std::path::Path, path: &str) -> (Origin, String) {
+    stored_and_damaged(dir, path, |file| std::fs::remove_file(file).unwrap()).await
+}
+
+/// As [`stored_without_body`], with `damage` done to each body file.
+async fn stored_and_damaged(dir: &std::path::Path, path: &str, damage: impl Fn(&std::path::Path)) -> (Origin, String) {
     let origin = Origin::start().await;
     let site = site_toml(origin.addr, DEFAULT_RULES);
     let edge = Edge::start(dir, &site).await;
     assert_eq!(edge.get(path).await.body.len(), 3 << 20);
     edge.stop().await;
-    let mut removed = 0;
+    let mut damaged = 0;
     for fan in std::fs::read_dir(dir.join("cache").join("bodies")).unwrap().flatten() {
         for file in std::fs::read_dir(fan.path()).unwrap().flatten() {
-            std::fs::remove_file(file.path()).unwrap();
-            removed += 1;
+            damage(&file.path());
+            damaged += 1;
         }
     }
-    assert_eq!(removed, 3, "the body was stored as three files");
+    assert_eq!(damaged, 3, "the body was stored as three files");
     (origin, site)
+}
+
+/// Body files cut short on disk (a full disk, a crash, a hand) are never
+/// served short, nor left to fail every later request: with a validator
+/// that pins the copy, the short chunks are fetched again by range; without
+/// one, the object is fetched again whole. Either way the next request is a
+/// whole hit.
+#[tokio::test]
+async fn body_files_cut_short_are_fetched_again_not_served_short() {
+    for (name, query, pinned) in [
+        ("/cut-pinned", "size=3MiB&cc=max-age%3D600", true),
+        ("/cut-unpinned", "size=3MiB&etag=none&lm=none&cc=max-age%3D600", false),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = format!("{name}?{query}");
+        let cut = |file: &std::path::Path| {
+            std::fs::OpenOptions::new().write(true).open(file).unwrap().set_len(1000).unwrap();
+        };
+        let (origin, site) = stored_and_damaged(dir.path(), &path, cut).await;
+        let edge = Edge::start(dir.path(), &site).await;
+        let first = edge.get(&path).await;
+        assert_eq!(first.body.len(), 3 << 20, "{name}: {}", first.cache_status());
+        assert_origin_bytes(name, &first.body);
+        let asked = origin.last_request(name).await;
+        assert_eq!(asked.get("range").is_some(), pinned, "{name}: {asked:?}");
+        let next = edge.get(&path).await;
+        assert!(next.is_hit(), "{name}: {}", next.cache_status());
+        assert_origin_bytes(name, &next.body);
+    }
 }
 
 /// A range fetched far into an object nothing was stored for is stored

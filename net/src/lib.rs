@@ -42,7 +42,7 @@ mod recv_body;
 /// What an HTTP/2 client shares with the server: the proxy's upstream
 /// client speaks h2 as the server does.
 pub mod http2 {
-    pub use crate::conn::http2::{Stall, declared_length, send_body, strip_connection_fields};
+    pub use crate::conn::http2::{MAX_STREAMS, Stall, declared_length, send_body, strip_connection_fields};
 }
 mod request_headers;
 mod server;

@@ -47,6 +47,8 @@ const SEND_BUFFER: usize = 400 << 10;
 /// Streams whose answers the client may reset while they are awaited
 /// before the connection is ended for it (a reset flood): h2's.
 const LOCAL_RESETS: usize = 1024;
+/// Streams a peer may have open at once on one connection.
+pub const MAX_STREAMS: u32 = 256;
 
 /// h2's settings for a connection under `limits`.
 pub(super) fn builder(limits: &Limits) -> h2::server::Builder {
@@ -55,7 +57,7 @@ pub(super) fn builder(limits: &Limits) -> h2::server::Builder {
         .initial_connection_window_size(WINDOW)
         .max_send_buffer_size(SEND_BUFFER)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256)
+        .max_concurrent_streams(MAX_STREAMS)
         .max_local_error_reset_streams(Some(LOCAL_RESETS));
     b
 }

@@ -503,6 +503,43 @@ async fn an_edge_multiplexes_its_misses_to_a_shield_over_http2() {
     assert!(h1 >= 10 * h2.max(1), "HTTP/1.1 needs a connection per request in flight: {h1}");
 }
 
+/// An edge's misses share one HTTP/2 connection to a shield: clients that
+/// read answers passed through (never stored) slowly leave those streams'
+/// bytes unread at the edge, and that must not stop the connection's other
+/// streams, every site's misses to that shield.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_readers_of_answers_passed_through_do_not_stall_an_edges_connection_to_its_shield() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    std::fs::write(dir.path().join("site.toml"), site(&[origin.addr], "")).unwrap();
+    let (shield, _) = shield(dir.path(), "shield-a", "127.0.0.1:0".parse().unwrap()).await;
+    let edge = edge_with(dir.path(), "edge-1", &[shield.addr], "http2 = true").await;
+    // Warm: the connection to the shield is open, and proven.
+    assert_eq!(via(edge.addr, "/warm?size=1KiB").await.status, StatusCode::OK);
+    let mut held = Vec::new();
+    for n in 0..4 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(16 << 10).unwrap();
+        let mut conn = socket.connect(edge.addr).await.unwrap();
+        let head = format!("GET /passed/{n}?size=32MiB&cc=no-store HTTP/1.1\r\nHost: s.test\r\n\r\n");
+        conn.write_all(head.as_bytes()).await.unwrap();
+        let mut first = [0u8; 1024];
+        let got = conn.read(&mut first).await.unwrap();
+        assert!(first[..got].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&first[..got]));
+        // Read no more: the edge's socket buffers fill, then the stream's
+        // window at the edge.
+        held.push(conn);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let next = tokio::time::timeout(Duration::from_secs(10), via(edge.addr, "/next?size=64KiB")).await;
+    let next = next.expect("a miss behind slow readers' streams waited for them");
+    assert_eq!((next.status, next.body.len()), (StatusCode::OK, 64 << 10));
+    println!("a miss beside four stalled passed-through answers took {:?}", started.elapsed());
+    drop(held);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shield_that_speaks_only_http1_is_asked_in_http1() {
     use outpost_load::raw::{RawOrigin, Received};

@@ -22,10 +22,16 @@ use tokio_util::task::AbortOnDropHandle;
 use super::request::OnInterim;
 use super::{BoxError, ReqBody};
 
-/// Windows and buffers as hyper's HTTP/2 client sets them: room for a
-/// fast hop to stream large bodies without waiting on window updates.
+/// A stream's window as hyper's HTTP/2 client sets it: room for a fast
+/// hop to stream large bodies without waiting on window updates.
 const STREAM_WINDOW: u32 = 2 << 20;
-const CONNECTION_WINDOW: u32 = 5 << 20;
+/// The connection's: every stream a shield lets an edge open with its
+/// window full at once. The bytes a stream's reader has not taken count
+/// against the connection's window too, and every site's misses to a
+/// target share one connection: with hyper's 5 MiB, three clients reading
+/// answers passed through slowly stopped all of them. What a connection
+/// holds stays bounded by its streams' windows.
+const CONNECTION_WINDOW: u32 = STREAM_WINDOW * outpost_net::http2::MAX_STREAMS;
 const MAX_SEND_BUFFER: usize = 1 << 20;
 const MAX_HEADER_LIST: u32 = 16 << 10;
 /// Streams opened before the target's settings say how many it allows.

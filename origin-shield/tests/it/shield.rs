@@ -694,6 +694,10 @@ async fn an_origins_errors_do_not_take_the_shields_out_of_service() {
     let url = format!("http://{}/slow?delay=10s", edge.addr);
     let r = get(&url, "slow.test").await;
     assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{}", r.cache_status());
+    // The shield's own 504, in the time the edge waits for it: the origin
+    // that did not answer in time is not asked the same again.
+    assert!(through_a_shield(&r), "the 504 came from the shield: {}", r.cache_status());
+    assert_eq!(origin.count("/slow").await, 1, "the slow origin was asked once");
     // The probe it started has had time to be answered.
     tokio::time::sleep(Duration::from_millis(300)).await;
     for i in 0..3 {

@@ -124,7 +124,13 @@ impl Upstream {
                 }
                 Err(e) => {
                     tracing::debug!(node = %self.node, target = %target.base, error = %super::error::chain(&e), "upstream failed");
-                    let again = retry && e.is_retryable();
+                    // A lone target that did not answer in time is not
+                    // waited out twice: an edge waits for its shield about
+                    // as long as the shield waits for its origin, so the
+                    // shield's 504 would never reach it, and the origin
+                    // slow already would be asked again.
+                    let same_again = targets.get(i + 1).is_some_and(|next| next.base == target.base);
+                    let again = retry && e.is_retryable() && !(same_again && e.kind == UpstreamErrorKind::Timeout);
                     last = e;
                     if !again {
                         break;

@@ -34,6 +34,16 @@ enum Kind {
     H3(Box<H3>),
     /// A body and what it keeps until it is done ([`RecvBody::holding`]).
     Holding(Box<RecvBody>, Option<Held>),
+    /// A body that fails when its sender goes quiet ([`RecvBody::idle_limit`]).
+    Idle(Box<RecvBody>, Box<Quiet>),
+}
+
+/// How long a body may wait for its sender, and since when it waits.
+struct Quiet {
+    limit: std::time::Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// The timer runs: the body has waited since its last frame.
+    armed: bool,
 }
 
 /// Something a body keeps while its stream is open.
@@ -85,7 +95,7 @@ impl RecvBody {
     /// DATA frame, rather than with its HEADERS, then reads as empty
     /// (`size_hint` exactly 0), and so can be sent upstream again.
     pub fn settle(&mut self) {
-        if let Kind::Holding(body, _) = &mut self.0 {
+        if let Kind::Holding(body, _) | Kind::Idle(body, _) = &mut self.0 {
             return body.settle();
         }
         let Kind::H2 { recv, left: left @ None, data_done: data_done @ false, taken: taken @ None, .. } = &mut self.0
@@ -140,6 +150,15 @@ impl RecvBody {
     pub fn holding(self, held: Box<dyn std::any::Any + Send + Sync>) -> RecvBody {
         RecvBody(Kind::Holding(Box::new(self), Some(held)))
     }
+
+    /// This body, failing (and letting go of what it came on) once its
+    /// sender has sent nothing for `limit` while it was waited on. Only
+    /// waits count: a reader that takes its time between frames (a slow
+    /// client of an answer passed through) does not use it up.
+    pub fn idle_limit(self, limit: std::time::Duration) -> RecvBody {
+        let timer = Box::pin(tokio::time::sleep(limit));
+        RecvBody(Kind::Idle(Box::new(self), Box::new(Quiet { limit, timer, armed: false })))
+    }
 }
 
 impl std::fmt::Debug for RecvBody {
@@ -150,6 +169,7 @@ impl std::fmt::Debug for RecvBody {
             Kind::H2 { .. } => "RecvBody::H2",
             Kind::H3(_) => "RecvBody::H3",
             Kind::Holding(..) => "RecvBody::Holding",
+            Kind::Idle(..) => "RecvBody::Idle",
         })
     }
 }
@@ -196,6 +216,20 @@ impl http_body::Body for RecvBody {
                 }
                 Poll::Ready(frame)
             }
+            Kind::Idle(body, quiet) => {
+                if let Poll::Ready(frame) = Pin::new(&mut **body).poll_frame(cx) {
+                    quiet.armed = false;
+                    return Poll::Ready(frame);
+                }
+                if !std::mem::replace(&mut quiet.armed, true) {
+                    let at = tokio::time::Instant::now() + quiet.limit;
+                    quiet.timer.as_mut().reset(at);
+                }
+                ready!(quiet.timer.as_mut().poll(cx));
+                **body = RecvBody::empty();
+                let secs = quiet.limit.as_secs_f64();
+                Poll::Ready(Some(Err(format!("the upstream sent nothing of the body for {secs} s").into())))
+            }
             Kind::H3(h3) => {
                 if !h3.data_done {
                     match ready!(h3.recv.poll_recv_data(cx)) {
@@ -241,7 +275,7 @@ impl http_body::Body for RecvBody {
             Kind::H2 { recv, taken, .. } => taken.is_none() && recv.is_end_stream(),
             // h3 tells only when read: a declared length of 0 is the end.
             Kind::H3(h3) => h3.left == Some(0),
-            Kind::Holding(body, _) => body.is_end_stream(),
+            Kind::Holding(body, _) | Kind::Idle(body, _) => body.is_end_stream(),
         }
     }
 
@@ -252,7 +286,7 @@ impl http_body::Body for RecvBody {
             Kind::H2 { left: Some(left), .. } => SizeHint::with_exact(*left),
             Kind::H2 { .. } => SizeHint::default(),
             Kind::H3(h3) => h3.left.map_or_else(SizeHint::default, SizeHint::with_exact),
-            Kind::Holding(body, _) => body.size_hint(),
+            Kind::Holding(body, _) | Kind::Idle(body, _) => body.size_hint(),
         }
     }
 }

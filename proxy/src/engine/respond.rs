@@ -296,9 +296,14 @@ fn remove_by_rules(headers: &mut HeaderMap, site: &Site, rules: &ResponseRules) 
 
 /// A response passed through unstored: hop-by-hop fields dropped, the
 /// rules applied, our `Cache-Status` member appended to the upstream's.
+/// Its body fails once the upstream has been quiet for the origin's
+/// `response_timeout`, as a stored answer's fetch does: nothing else would
+/// end it, since the client waits on the node, and the upstream exchange
+/// (counted against the origin's cap) would be held as long.
 pub(crate) fn passed_response(cx: &Ctx, resp: Response<RecvBody>, detail: Option<Detail>) -> Answer {
     let (parts, body) = resp.into_parts();
-    passed_with(cx, parts, Body::new(body), detail)
+    let idle = cx.site.origins.first().map_or(super::fetch::DEFAULT_BODY_IDLE, |o| o.response_timeout);
+    passed_with(cx, parts, Body::new(body.idle_limit(idle)), detail)
 }
 
 /// The same, with the body given.

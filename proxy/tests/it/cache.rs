@@ -1344,6 +1344,44 @@ async fn if_range_with_a_weak_last_modified_gets_the_whole_body() {
     }
 }
 
+/// An answer passed through unstored whose upstream stops sending midway
+/// is ended after the origin's `response_timeout` (5 s here), as a stored
+/// answer's fetch is; it used to hold the client, and the exchange with
+/// the origin, for as long as the origin kept quiet.
+#[tokio::test]
+async fn a_passed_answer_whose_upstream_goes_quiet_is_ended() {
+    let (_d, _origin, edge) = setup(DEFAULT_RULES).await;
+    let started = std::time::Instant::now();
+    let url = edge.url("/quiet?size=2000&chunk=1000&chunk_delay=100s&cc=no-store");
+    let r = tokio::time::timeout(Duration::from_secs(30), try_send(Method::GET, &url, &[("host", "t.test")])).await;
+    let r = r.expect("the answer was still open after 30 s");
+    assert!(r.is_err(), "an answer cut short is never a whole one: {:?}", r.map(|r| r.body.len()));
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(5) && took < Duration::from_secs(15), "ended after {took:?}");
+}
+
+/// Only the upstream's silence counts, not a client's: one that stops
+/// reading a passed answer for longer than `response_timeout` gets all of
+/// it once it reads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passed_answer_waits_for_a_client_that_pauses() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_d, _origin, edge) = setup(DEFAULT_RULES).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 << 10).unwrap();
+    let mut conn = socket.connect(edge.addr).await.unwrap();
+    let head = "GET /paused?size=32MiB&cc=no-store HTTP/1.1\r\nHost: t.test\r\nConnection: close\r\n\r\n";
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut got = vec![0u8; 1024];
+    let n = conn.read(&mut got).await.unwrap();
+    got.truncate(n);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    tokio::time::timeout(Duration::from_secs(30), conn.read_to_end(&mut got)).await.unwrap().unwrap();
+    let at = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got[..at]));
+    assert_eq!(got.len() - at, 32 << 20, "the whole body");
+}
+
 /// A refill that meets a busy upstream (a 503 carries no validator) says
 /// nothing of the copy: the copy is kept, and finished by range once the
 /// upstream answers again, not dropped and fetched whole.

@@ -40,6 +40,44 @@ impl OriginState {
         }
     }
 
+    /// The state of `origin`, a new version of `old`'s origin: what was
+    /// learned of it (its health, its checks' counts) goes on, and so does
+    /// its cap, resized in place, so the exchanges in flight still count.
+    fn carried(origin: &Origin, old: &OriginState) -> OriginState {
+        let (was, now) = (old.origin.max_connections as usize, origin.max_connections as usize);
+        let limit = Arc::clone(&old.limit);
+        if now > was {
+            limit.add_permits(now - was);
+        } else if now < was {
+            // Those not in use go now; those in use, as they come back.
+            let owed = (was - now) - limit.forget_permits(was - now);
+            if owed > 0
+                && let Ok(rt) = tokio::runtime::Handle::try_current()
+            {
+                let limit = Arc::clone(&limit);
+                rt.spawn(async move {
+                    if let Ok(p) = limit.acquire_many_owned(owed as u32).await {
+                        p.forget();
+                    }
+                });
+            }
+        }
+        OriginState {
+            origin: origin.clone(),
+            healthy: AtomicBool::new(old.healthy.load(Ordering::Acquire)),
+            successes: AtomicU32::new(old.successes.load(Ordering::Acquire)),
+            failures: AtomicU32::new(old.failures.load(Ordering::Acquire)),
+            limit,
+        }
+    }
+
+    /// Whether this is the state of the same origin as `o` names, if not
+    /// in the same words: asked at the same address, for the same host,
+    /// trusting the same CA.
+    fn same_origin(&self, o: &Origin) -> bool {
+        self.origin.url == o.url && self.origin.host == o.host && self.origin.ca == o.ca
+    }
+
     /// Records a health-check result against the thresholds.
     fn record(&self, ok: bool, check: &HealthCheck) {
         if ok {
@@ -66,15 +104,57 @@ pub struct OriginPool {
 }
 
 impl OriginPool {
+    /// The states of `site`'s origins. Only [`Route::sites_changed`] (and
+    /// a site's first request) writes them: a request still holding an
+    /// older version of the site finds the states of the same origins in
+    /// the current one, and must not put back states of its own, or each
+    /// request of each version would start its origins' health and caps
+    /// over.
     fn states(&self, site: &Site) -> Vec<Arc<OriginState>> {
-        if let Some(s) = self.sites.read().unwrap_or_else(|p| p.into_inner()).get(&site.id)
-            && s.len() == site.origins.len()
-            && s.iter().zip(&site.origins).all(|(a, o)| a.origin == *o)
         {
-            return s.clone();
+            let sites = self.sites.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(current) = sites.get(&site.id) {
+                return site
+                    .origins
+                    .iter()
+                    .map(|o| {
+                        let exact = current.iter().find(|s| s.origin == *o);
+                        exact
+                            .or_else(|| current.iter().find(|s| s.same_origin(o)))
+                            .cloned()
+                            // An origin the site no longer has: alone.
+                            .unwrap_or_else(|| Arc::new(OriginState::new(o)))
+                    })
+                    .collect();
+            }
         }
-        let states: Vec<Arc<OriginState>> = site.origins.iter().map(|o| Arc::new(OriginState::new(o))).collect();
-        self.sites.write().unwrap_or_else(|p| p.into_inner()).insert(site.id.clone(), states.clone());
+        self.learn(site)
+    }
+
+    /// Takes `site`'s origins as current, carrying over the state of each
+    /// that was an origin of its version before.
+    fn learn(&self, site: &Site) -> Vec<Arc<OriginState>> {
+        let mut sites = self.sites.write().unwrap_or_else(|p| p.into_inner());
+        let old = sites.get(&site.id);
+        if let Some(old) = old
+            && old.len() == site.origins.len()
+            && old.iter().zip(&site.origins).all(|(a, o)| a.origin == *o)
+        {
+            return old.clone();
+        }
+        let mut left: Vec<Arc<OriginState>> = old.cloned().unwrap_or_default();
+        let states: Vec<Arc<OriginState>> = site
+            .origins
+            .iter()
+            .map(|o| match left.iter().position(|s| s.same_origin(o)) {
+                Some(i) => {
+                    let old = left.remove(i);
+                    if old.origin == *o { old } else { Arc::new(OriginState::carried(o, &old)) }
+                }
+                None => Arc::new(OriginState::new(o)),
+            })
+            .collect();
+        sites.insert(site.id.clone(), states.clone());
         states
     }
 
@@ -131,7 +211,7 @@ impl Route for OriginPool {
 
     fn sites_changed(&self, sites: &[Arc<Site>]) {
         for site in sites {
-            self.states(site);
+            self.learn(site);
         }
         let ids: Vec<&str> = sites.iter().map(|s| s.id.as_str()).collect();
         self.sites.write().unwrap_or_else(|p| p.into_inner()).retain(|id, _| ids.contains(&id.as_str()));
@@ -179,5 +259,71 @@ impl Route for OriginPool {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(origins: &str) -> Arc<Site> {
+        let text = format!("[site]\nid = \"s\"\nhosts = [\"s.test\"]\n{origins}");
+        Arc::new(Site::parse(std::path::Path::new("s.toml"), &text).unwrap())
+    }
+
+    const A: &str = "[[origin]]\nurl = \"http://127.0.0.1:1\"\nmax_connections = 2\n";
+    const B: &str = "[[origin]]\nurl = \"http://127.0.0.1:2\"\n";
+
+    fn limit_of(pool: &OriginPool, site: &Site, url: &str) -> Arc<Semaphore> {
+        let state = pool.states(site).into_iter().find(|s| s.origin.url.to_string().starts_with(url)).unwrap();
+        Arc::clone(&state.limit)
+    }
+
+    /// A site's new version keeps what was learned of the origins it still
+    /// has, and its cap; a request of the version before neither undoes
+    /// that nor starts them over.
+    #[tokio::test]
+    async fn a_changed_site_keeps_its_origins_health_and_caps() {
+        let pool = OriginPool::default();
+        let check = HealthCheck {
+            path: "/health".into(),
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            healthy_threshold: 2,
+            unhealthy_threshold: 1,
+        };
+        let v1 = site(&format!("{A}{B}"));
+        pool.sites_changed(&[Arc::clone(&v1)]);
+        pool.states(&v1)[0].record(false, &check);
+        assert_eq!(pool.health("s"), [false, true]);
+        let held = limit_of(&pool, &v1, "http://127.0.0.1:1").try_acquire_owned().unwrap();
+
+        // A's weight changes; C comes.
+        let v2 = site(&format!("{}weight = 3\n{B}[[origin]]\nurl = \"http://127.0.0.1:3\"\n", A));
+        pool.sites_changed(&[Arc::clone(&v2)]);
+        assert_eq!(pool.health("s"), [false, true, true], "A is still down");
+        let a = limit_of(&pool, &v2, "http://127.0.0.1:1");
+        assert!(Arc::ptr_eq(&a, &limit_of(&pool, &v1, "http://127.0.0.1:1")), "one cap for both versions");
+        assert_eq!(a.available_permits(), 1, "the exchange in flight still counts");
+        // A request of the old version changes nothing.
+        let _ = pool.targets(&v1, 7);
+        assert_eq!(pool.health("s"), [false, true, true]);
+
+        // A's cap goes down to 1 while one is in use: none left until it
+        // comes back, then one.
+        let v3 = site(&format!("{}weight = 3\n{B}", A.replace("max_connections = 2", "max_connections = 1")));
+        pool.sites_changed(&[Arc::clone(&v3)]);
+        let a3 = limit_of(&pool, &v3, "http://127.0.0.1:1");
+        assert!(Arc::ptr_eq(&a, &a3));
+        assert_eq!(a3.available_permits(), 0);
+        drop(held);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while a3.available_permits() != 1 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("one place, once the exchange ended");
+        assert_eq!(pool.health("s"), [false, true], "C left with the version that had it");
     }
 }

@@ -262,6 +262,39 @@ async fn the_origin_cap_counts_an_exchange_until_its_body_ends() {
     sh.stop().await;
 }
 
+/// A request waits for a place under the origin's cap as long as it would
+/// for an answer (`response_timeout`), then is a 504: exchanges that hold
+/// every place do not hold the requests queued behind them for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waits_for_a_place_under_the_cap_no_longer_than_for_an_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Origin::start().await;
+    let text = format!(
+        "[site]\nid = \"s\"\nhosts = [\"s.test\"]\n\n[[origin]]\nurl = \"http://{}\"\nmax_connections = 1\n\
+         response_timeout = \"1s\"\n",
+        a.addr
+    );
+    std::fs::write(dir.path().join("site.toml"), text).unwrap();
+    let (sh, _pool) = shield(dir.path(), "shield-a", "127.0.0.1:0".parse().unwrap()).await;
+    let addr = sh.addr;
+    // Ten chunks 500 ms apart: the place is held for 4.5 s, and the origin
+    // is never quiet for its whole response_timeout.
+    let slow = tokio::spawn(async move {
+        get(&format!("http://{addr}/held?size=10KiB&chunk=1KiB&chunk_delay=500ms&cc=no-store"), "s.test").await
+    });
+    eventually("the slow answer to begin", || async { a.count("/held").await == 1 }).await;
+    let started = Instant::now();
+    let queued = get(&format!("http://{addr}/queued?cc=no-store"), "s.test").await;
+    let waited = started.elapsed();
+    assert_eq!(queued.status, StatusCode::GATEWAY_TIMEOUT, "{}", queued.cache_status());
+    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(3), "waited {waited:?}");
+    assert_eq!(a.count("/queued").await, 0, "never sent");
+    let slow = slow.await.unwrap();
+    assert_eq!((slow.status, slow.body.len()), (StatusCode::OK, 10 << 10), "the exchange holding the place ends well");
+    assert_eq!(get(&format!("http://{addr}/queued?cc=no-store"), "s.test").await.status, StatusCode::OK);
+    sh.stop().await;
+}
+
 /// Health checks run side by side: origins that accept connections and
 /// never answer, each costing its check's whole timeout, do not hold up
 /// the check that finds another origin failing. (Run one after the other,

@@ -76,8 +76,27 @@ impl Upstream {
             if i > 0 {
                 tokio::time::sleep(RETRY_BACKOFF * (1 << (i - 1).min(4))).await;
             }
+            // A place under the target's cap, waited for as long as an
+            // answer would be: a cap held by exchanges that do not end
+            // must not hold every request queued behind it for good.
             let permit = match &target.limit {
-                Some(limit) => Arc::clone(limit).acquire_owned().await.ok(),
+                Some(limit) => {
+                    match tokio::time::timeout(target.response_timeout, Arc::clone(limit).acquire_owned()).await {
+                        Ok(permit) => permit.ok(),
+                        Err(_) => {
+                            let name = target.base.authority().map_or_else(String::new, |a| a.to_string());
+                            let secs = target.response_timeout.as_secs_f64();
+                            last = UpstreamError::new(UpstreamErrorKind::Timeout, name)
+                                .caused_by(format!("every place under max_connections was taken for {secs} s"));
+                            // Nothing was sent: another target may be asked,
+                            // whatever the request, but not this one again.
+                            match targets.get(i + 1) {
+                                Some(next) if next.base != target.base => continue,
+                                _ => break,
+                            }
+                        }
+                    }
+                }
                 None => None,
             };
             let body = body.take().unwrap_or_else(|| Empty::<Bytes>::new().map_err(|n| match n {}).boxed_unsync());

@@ -492,6 +492,14 @@ impl Flights {
     pub(crate) fn forget(&self, key: Key) {
         self.lock().remove(&key);
     }
+
+    /// Takes `flight` out of the map, if it is still the one there.
+    pub(crate) fn forget_flight(&self, flight: &Arc<Flight>) {
+        let mut map = self.lock();
+        if map.get(&flight.key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
+            map.remove(&flight.key);
+        }
+    }
 }
 
 /// Held by the fetch task. Leaving the map (`close`) is what lets the next

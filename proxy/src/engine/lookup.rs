@@ -133,7 +133,7 @@ fn for_this_url(cx: &Ctx, o: &StoredObject) -> bool {
 /// A shield checks its copy with the origin before serving it to an edge
 /// that has applied control-plane events it has not
 /// (`Engine::behind_the_edge`): one of them may purge the copy.
-fn asked_to_check(cx: &Ctx, obj: &StoredObject) -> bool {
+pub(super) fn asked_to_check(cx: &Ctx, obj: &StoredObject) -> bool {
     cx.engine.behind_the_edge(&cx.headers).is_some_and(|since| obj.fetched_at < since)
 }
 

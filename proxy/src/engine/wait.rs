@@ -156,10 +156,30 @@ pub(super) fn revalidate_in_background(cx: &Ctx, key: Key, obj: Arc<StoredObject
     }
 }
 
+/// Whether a purge this node (or, at a shield, the asking edge) has
+/// applied came after the fetch that got `obj` began.
+fn predates_a_purge(cx: &Ctx, obj: &StoredObject) -> bool {
+    cx.engine.purges.check(&cx.site.id, obj) != crate::purge::Verdict::Valid || lookup::asked_to_check(cx, obj)
+}
+
 /// Step 8: the answer from what the fetch got.
 async fn answer(cx: &Ctx, miss: Miss, joined: Joined, distrust: bool) -> Option<Answer> {
     let collapsed = joined.collapsed();
-    match joined.flight.head().await {
+    let head = joined.flight.head().await;
+    // A fetch another request began before a purge (or, at a shield, before
+    // events an edge has applied and this node has not) gets what the purge
+    // was for: not for a request that joins it now. It leaves the map, so
+    // requests from now on fetch anew; this one with them.
+    let got = match &head {
+        Head::Shared(head) => Some(&head.object),
+        Head::Revalidated(obj, ..) => Some(obj),
+        _ => None,
+    };
+    if collapsed && got.is_some_and(|obj| predates_a_purge(cx, obj)) {
+        cx.engine.flights.forget_flight(&joined.flight);
+        return Box::pin(fetch(cx, miss, false, distrust)).await;
+    }
+    match head {
         Head::Shared(head) => shared(cx, miss.outcome, &joined, head),
         Head::Revalidated(_, _, false) if collapsed => {
             let alone = Miss { outcome: Outcome::Pass, ..miss };

@@ -1382,6 +1382,46 @@ async fn a_passed_answer_waits_for_a_client_that_pauses() {
     assert_eq!(got.len() - at, 32 << 20, "the whole body");
 }
 
+/// A fetch under way when a purge comes is not joined by the requests
+/// after it: they fetch anew, and the copy they store is not replaced by
+/// the purged one the first fetch got.
+#[tokio::test]
+async fn a_request_after_a_purge_does_not_join_a_fetch_begun_before_it() {
+    let (_d, origin, edge) = setup(DEFAULT_RULES).await;
+    let url_purge = |u: &str| PurgeTarget::Urls { urls: vec![u.to_string()] };
+    for (path, url, target) in [
+        ("/pf-url", "/pf-url?size=500&cc=max-age%3D600", url_purge("/pf-url?size=500&cc=max-age%3D600")),
+        (
+            "/pf-prefix/a",
+            "/pf-prefix/a?size=500&cc=max-age%3D600",
+            PurgeTarget::Prefix { prefix: "/pf-prefix/".into() },
+        ),
+    ] {
+        // The origin holds the first GET back; the purge comes once it has
+        // reached the origin, and a GET after it.
+        origin.control(&format!("fault?mode=delay&prefix={path}&delay=1s")).await;
+        let purge_then_get = async {
+            while origin.count(path).await == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            origin.control("fault?mode=off").await;
+            edge.engine.purge("t", &target, false).await.unwrap();
+            edge.get(url).await
+        };
+        let (first, after) = tokio::join!(edge.get(url), purge_then_get);
+        assert_eq!((first.status, after.status), (StatusCode::OK, StatusCode::OK));
+        assert!(
+            !after.cache_status().contains("collapsed"),
+            "joined a fetch begun before the purge: {}",
+            after.cache_status()
+        );
+        assert_eq!(origin.count(path).await, 2, "{path}: the GET before the purge and the one after");
+        let next = edge.get(url).await;
+        assert!(next.is_hit(), "{path}: the copy fetched after the purge is kept: {}", next.cache_status());
+        assert_eq!(origin.count(path).await, 2);
+    }
+}
+
 /// A refill that meets a busy upstream (a 503 carries no validator) says
 /// nothing of the copy: the copy is kept, and finished by range once the
 /// upstream answers again, not dropped and fetched whole.

@@ -44,6 +44,7 @@ struct Quiet {
     timer: Pin<Box<tokio::time::Sleep>>,
     /// The timer runs: the body has waited since its last frame.
     armed: bool,
+    sender: &'static str,
 }
 
 /// Something a body keeps while its stream is open.
@@ -155,9 +156,10 @@ impl RecvBody {
     /// sender has sent nothing for `limit` while it was waited on. Only
     /// waits count: a reader that takes its time between frames (a slow
     /// client of an answer passed through) does not use it up.
-    pub fn idle_limit(self, limit: std::time::Duration) -> RecvBody {
+    /// `sender` names it in the error ("the upstream", "the client").
+    pub fn idle_limit(self, limit: std::time::Duration, sender: &'static str) -> RecvBody {
         let timer = Box::pin(tokio::time::sleep(limit));
-        RecvBody(Kind::Idle(Box::new(self), Box::new(Quiet { limit, timer, armed: false })))
+        RecvBody(Kind::Idle(Box::new(self), Box::new(Quiet { limit, timer, armed: false, sender })))
     }
 }
 
@@ -228,7 +230,8 @@ impl http_body::Body for RecvBody {
                 ready!(quiet.timer.as_mut().poll(cx));
                 **body = RecvBody::empty();
                 let secs = quiet.limit.as_secs_f64();
-                Poll::Ready(Some(Err(format!("the upstream sent nothing of the body for {secs} s").into())))
+                let sender = quiet.sender;
+                Poll::Ready(Some(Err(format!("{sender} sent nothing of the body for {secs} s").into())))
             }
             Kind::H3(h3) => {
                 if !h3.data_done {

@@ -52,7 +52,9 @@ impl From<UpstreamError> for Error {
         match e.kind {
             // The client's body broke, not the upstream.
             UpstreamErrorKind::ClientBody { too_large: true } => Error::PayloadTooLarge,
-            UpstreamErrorKind::ClientBody { too_large: false } => Error::BadRequest("malformed request body"),
+            UpstreamErrorKind::ClientBody { too_large: false } => {
+                Error::BadRequest("the request body did not come whole (malformed, cut off, or stalled)")
+            }
             _ => Error::Upstream(e),
         }
     }

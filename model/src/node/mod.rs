@@ -36,6 +36,10 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A response the client has not taken a byte of for this long is dropped
 /// with its connection: a reader that stopped holds nothing for longer.
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// A request body forwarded upstream that the client sends nothing of for
+/// this long fails: a client that sends a head and withholds its body
+/// holds an exchange with the origin no longer.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes a second a client must take, on average over each
 /// `send_timeout`, once the node's writes to it wait: a client that takes
 /// a byte now and then holds a connection (and what its response keeps
@@ -216,6 +220,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Default: [`DEFAULT_SEND_TIMEOUT`] (30s).
     pub send_timeout: Duration,
+    /// Default: [`DEFAULT_BODY_READ_TIMEOUT`] (30s).
+    pub body_read_timeout: Duration,
     /// Bytes per second; 0: any byte taken restarts `send_timeout`.
     /// Default: [`DEFAULT_SEND_MIN_RATE`] (1KiB).
     pub send_min_rate: u64,
@@ -258,6 +264,7 @@ impl Default for Limits {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             send_timeout: DEFAULT_SEND_TIMEOUT,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
             send_min_rate: DEFAULT_SEND_MIN_RATE,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             listen_backlog: DEFAULT_LISTEN_BACKLOG,

@@ -329,6 +329,7 @@ fn decode_limits(s: &mut Sink<'_>, t: &mut Table<'_, '_>, d: Limits) -> Limits {
     let header_read_timeout = timeout(s, "header_read_timeout", d.header_read_timeout);
     let idle_timeout = timeout(s, "idle_timeout", d.idle_timeout);
     let send_timeout = timeout(s, "send_timeout", d.send_timeout);
+    let body_read_timeout = timeout(s, "body_read_timeout", d.body_read_timeout);
     let shutdown_grace = timeout(s, "shutdown_grace", d.shutdown_grace);
     let send_min_rate = match t.opt::<Spanned<ByteSize>>(s, "send_min_rate") {
         Some(b) if b.get_ref().0 > MAX_SEND_MIN_RATE => {
@@ -351,6 +352,7 @@ fn decode_limits(s: &mut Sink<'_>, t: &mut Table<'_, '_>, d: Limits) -> Limits {
         header_read_timeout,
         idle_timeout,
         send_timeout,
+        body_read_timeout,
         send_min_rate,
         max_connections,
         listen_backlog,

@@ -84,7 +84,7 @@ fn fetches_per_connection_defaults_by_role() {
 fn limits_are_read_and_checked() {
     let node: NodeConfig = format!(
         "{EDGE}\n[limits]\nheader_bytes = \"16KiB\"\nheaders = 50\nbody = \"1MiB\"\nheader_read_timeout = \"5s\"\n\
-         idle_timeout = \"30s\"\nsend_timeout = \"20s\"\nsend_min_rate = \"4KiB\"\nmax_connections = 100\nlisten_backlog = 512\nshutdown_grace = \"3s\"\nquic_streams = 8\nfetches_per_connection = 64\nfetches_per_network = 256\n"
+         idle_timeout = \"30s\"\nsend_timeout = \"20s\"\nbody_read_timeout = \"15s\"\nsend_min_rate = \"4KiB\"\nmax_connections = 100\nlisten_backlog = 512\nshutdown_grace = \"3s\"\nquic_streams = 8\nfetches_per_connection = 64\nfetches_per_network = 256\n"
     )
     .parse()
     .unwrap();
@@ -97,6 +97,7 @@ fn limits_are_read_and_checked() {
             header_read_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
             send_timeout: Duration::from_secs(20),
+            body_read_timeout: Duration::from_secs(15),
             send_min_rate: 4096,
             max_connections: 100,
             listen_backlog: 512,

@@ -18,7 +18,10 @@ use crate::error::Error;
 use crate::host::RequestHost;
 use crate::upstream::{BoxError, ClientBodyError, UpstreamError, request};
 
-pub(super) async fn forward(cx: &Ctx, mut body: RecvBody) -> Answer {
+/// A forward takes a place among the fetches the client's connection and
+/// network may have running, as a fetch does, held until the answer's
+/// last byte: each holds an exchange with the upstream.
+pub(super) async fn forward(cx: &Ctx, body: RecvBody) -> Answer {
     let engine = &cx.engine;
     let max = engine.limits.max_request_body;
     let declared =
@@ -26,6 +29,12 @@ pub(super) async fn forward(cx: &Ctx, mut body: RecvBody) -> Answer {
     if declared.is_some_and(|l| l > max) {
         return failed(engine, Error::PayloadTooLarge);
     }
+    let Some(place) = cx.errand(false) else {
+        engine.metrics.fetch_refused();
+        tracing::debug!(client = ?cx.client, "forward refused: the connection or its network has its share running");
+        return failed(engine, Error::TooManyFetches);
+    };
+    let mut body = body.idle_limit(engine.limits.body_read_timeout, "the client");
     // An HTTP/2 request ended by an empty DATA frame is known empty once
     // that frame is in: it may then be sent again.
     body.settle();
@@ -54,6 +63,7 @@ pub(super) async fn forward(cx: &Ctx, mut body: RecvBody) -> Answer {
     }
     let waiting = Instant::now();
     let sent = engine.upstream.send(&cx.site, cx.rkey.primary, up, cx.upstream_host()).await;
+    let sent = sent.map(|resp| resp.map(|body| body.holding(Box::new(place))));
     let mut answer = forwarded(cx, sent).await;
     answer.1.upstream_wait = Some(waiting.elapsed());
     answer

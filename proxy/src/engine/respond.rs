@@ -303,7 +303,7 @@ fn remove_by_rules(headers: &mut HeaderMap, site: &Site, rules: &ResponseRules) 
 pub(crate) fn passed_response(cx: &Ctx, resp: Response<RecvBody>, detail: Option<Detail>) -> Answer {
     let (parts, body) = resp.into_parts();
     let idle = cx.site.origins.first().map_or(super::fetch::DEFAULT_BODY_IDLE, |o| o.response_timeout);
-    passed_with(cx, parts, Body::new(body.idle_limit(idle)), detail)
+    passed_with(cx, parts, Body::new(body.idle_limit(idle, "the upstream")), detail)
 }
 
 /// The same, with the body given.

@@ -422,6 +422,44 @@ async fn the_connections_of_one_network_leave_no_more_fetches_running_than_its_s
     assert_eq!(status_from("127.0.0.1", edge.addr, "/after?size=10").await, 200);
 }
 
+/// Forwarded requests (a POST's) take places among the network's fetches
+/// as fetches do, held until the answer ends: past the share one is 429 at
+/// once. A client that sends a head and withholds its body holds its
+/// exchange with the origin for `body_read_timeout` only, then gets a 400,
+/// and the place comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_take_a_share_of_fetches_and_a_withheld_body_holds_one_no_longer_than_body_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SHARE: u64 = 2;
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    let limits = format!("[limits]\nfetches_per_network = {SHARE}\nbody_read_timeout = \"1s\"\n");
+    let edge = Edge::limited(dir.path(), origin.addr, &limits).await;
+    let mut withheld = Vec::new();
+    for _ in 0..SHARE {
+        let mut tcp = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+        let head = "POST /withheld HTTP/1.1\r\nHost: t.test\r\nContent-Length: 1000\r\n\r\nfirst bytes";
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        withheld.push(tcp);
+    }
+    // Under way (the origin counts a request once its body is in).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let refused = send_body(Method::POST, &edge.url("/another"), "t.test", b"a=1").await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "{}", String::from_utf8_lossy(&refused.body));
+    assert!(started.elapsed() < Duration::from_millis(800), "refused at once");
+    assert_eq!(origin.count("/another").await, 0);
+    for mut tcp in withheld {
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut out)).await.expect("still held").unwrap();
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "held {:?}", started.elapsed());
+    let after = send_body(Method::POST, &edge.url("/another"), "t.test", b"a=1").await;
+    assert_eq!(after.status, StatusCode::OK, "the places came back");
+}
+
 /// Reads the process's metrics, so it runs in a process of its own, which
 /// installs the exporter as the program does.
 #[test]

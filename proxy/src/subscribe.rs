@@ -424,6 +424,8 @@ impl Subscriber {
                 Ok(None)
             }
             StreamLine::Snapshot { seq, sites, purges } => {
+                // Said to shields from before its first rule takes effect.
+                self.engine.applying(seq);
                 let now = self.engine.clock.now();
                 if let Err(e) = self.engine.purges.soft_purge_everything(now) {
                     tracing::error!(error = %e, "could not record the snapshot's soft purge; not acknowledged");
@@ -464,6 +466,7 @@ impl Subscriber {
                 if record.seq <= self.seq() {
                     return Ok(None);
                 }
+                self.engine.applying(record.seq);
                 let (mut sites_changed, mut certs_changed) = (false, false);
                 // A site created (version 1) under an id served before.
                 let mut reborn = Vec::new();

@@ -104,7 +104,11 @@ async fn serve(mut s: TcpStream, play: Play, seen: Arc<Mutex<Vec<String>>>, (str
         let n = streams.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let seen = Arc::clone(&seen);
         tokio::spawn(async move {
-            let asked = format!("{} {}", req.method(), req.uri().path());
+            // With how far the edge says it has followed the control plane.
+            let asked = match req.headers().get("outpost-seq").and_then(|v| v.to_str().ok()) {
+                Some(seq) => format!("{} {} seq={seq}", req.method(), req.uri().path()),
+                None => format!("{} {}", req.method(), req.uri().path()),
+            };
             let answer = |body: String| {
                 let head = Response::builder().header("content-length", body.len()).body(()).unwrap();
                 (head, Bytes::from(body))
@@ -173,6 +177,28 @@ async fn edge_before(fake: &FakeShield, extra: &str) -> (Running, Origin, tempfi
     std::fs::write(dir.path().join("site.toml"), site(&[origin.addr], "")).unwrap();
     let edge = edge_with(dir.path(), "edge-1", &[fake.addr], extra).await;
     (edge, origin, dir)
+}
+
+/// An edge's fetches tell its shield of a control-plane event from the
+/// moment the edge begins to apply it (a purge takes effect as its rule is
+/// set), not only once it is kept: a fetch in between must already have
+/// the shield check its copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_tells_its_shield_of_an_event_it_is_applying() {
+    let fake = FakeShield::start(Play::RefuseFirst).await;
+    let (edge, _origin, _dir) = edge_before(&fake, "").await;
+    edge.engine.applied_through(6);
+    let _ = via(edge.addr, "/before?cc=no-store").await;
+    edge.engine.applying(7);
+    let r = via(edge.addr, "/during?cc=no-store").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let seen = fake.seen();
+    assert!(seen.contains(&"GET /during seq=7".to_string()), "{seen:?}");
+    // Applied and kept: the same; a control plane's log begun again from
+    // an earlier event is said as it is.
+    edge.engine.applied_through(3);
+    let _ = via(edge.addr, "/after?cc=no-store").await;
+    assert!(fake.seen().contains(&"GET /after seq=3".to_string()), "{:?}", fake.seen());
 }
 
 /// A shield that sends 40 interim responses before its answer: the client

@@ -116,6 +116,8 @@ pub struct Engine {
     control_contact_ms: std::sync::atomic::AtomicU64,
     /// The control plane's last event this node applied and kept (0: none).
     control_seq: std::sync::atomic::AtomicU64,
+    /// The furthest event being applied or applied ([`Engine::applying`]).
+    applying_seq: std::sync::atomic::AtomicU64,
     /// The furthest an edge has said it followed the control plane past
     /// this shield, and when this shield first heard it (engine clock).
     edge_ahead: std::sync::Mutex<(u64, std::time::SystemTime)>,
@@ -196,6 +198,7 @@ impl Engine {
             control_linked: std::sync::atomic::AtomicBool::new(false),
             control_contact_ms: std::sync::atomic::AtomicU64::new(0),
             control_seq: std::sync::atomic::AtomicU64::new(0),
+            applying_seq: std::sync::atomic::AtomicU64::new(0),
             edge_ahead: std::sync::Mutex::new((0, std::time::UNIX_EPOCH)),
             variant_turns: (0..VARIANT_TURNS).map(|_| tokio::sync::Mutex::new(())).collect(),
             control_refusal: std::sync::Mutex::new(None),
@@ -263,6 +266,18 @@ impl Engine {
     /// Records the control plane's last event applied and kept.
     pub fn applied_through(&self, seq: u64) {
         self.control_seq.store(seq, std::sync::atomic::Ordering::Release);
+        self.applying_seq.store(seq, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Records that the control plane's event `seq` is being applied: from
+    /// now on this node's fetches say so (see [`Engine::mark_fetch`]). A
+    /// purge takes effect here as its rule is set, before it is kept on
+    /// disk and the event counts as applied; a fetch from a shield that has
+    /// not applied it, begun in between, must already ask the shield to
+    /// check its copy, or the copy is stored here as fetched after the
+    /// purge.
+    pub fn applying(&self, seq: u64) {
+        self.applying_seq.fetch_max(seq, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// An edge's fetches from its shields say how far it has followed the
@@ -272,7 +287,7 @@ impl Engine {
     /// otherwise be stored at the edge as fetched now, after the purge,
     /// and served as fresh.
     pub(crate) fn mark_fetch(&self, req: &mut http::Request<crate::upstream::ReqBody>) {
-        let seq = self.control_seq.load(std::sync::atomic::Ordering::Acquire);
+        let seq = self.applying_seq.load(std::sync::atomic::Ordering::Acquire);
         if self.tier == Tier::Edge && seq > 0 {
             req.headers_mut().insert(crate::headers::OUTPOST_SEQ, crate::headers::decimal(seq));
         }

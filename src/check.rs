@@ -15,6 +15,7 @@ pub(crate) fn run(files: &[PathBuf]) -> ExitCode {
             match outpost_config::load_file(p) {
                 Ok(ConfigFile::Node(node)) => {
                     nodes += 1;
+                    tls_errors += check_node_tls(&node);
                     // The node's own sites, as it will load them: their
                     // certificates, within the folders it reads them from.
                     for site in node.proxy().map_or(&[][..], |proxy| &proxy.sites[..]) {
@@ -41,6 +42,47 @@ pub(crate) fn run(files: &[PathBuf]) -> ExitCode {
     }
     eprintln!("{} problem{} found", problems.len(), if problems.len() == 1 { "" } else { "s" });
     ExitCode::FAILURE
+}
+
+/// Loads the node's own `[tls]` files as it will at its start, where a
+/// broken one stops it: its default certificate, the CA its clients'
+/// certificates are checked against, and what it trusts and presents
+/// upstream. (That they exist is checked with the file's other paths.)
+fn check_node_tls(node: &outpost_config::NodeConfig) -> usize {
+    use outpost_config::RoleConfig;
+    let mut errors = 0;
+    let mut report = |what: &str, result: Result<(), String>| {
+        if let Err(e) = result {
+            eprintln!("{}: [tls] {what}: {e}", node.file.display());
+            errors += 1;
+        }
+    };
+    match &node.role {
+        RoleConfig::Control(_) => {
+            if let Some(files) = &node.tls.cert {
+                report("cert", outpost_control::tls::server_config(files).map(drop).map_err(|e| e.to_string()));
+            }
+        }
+        RoleConfig::Edge(_) | RoleConfig::Shield(_) => {
+            let tls = &node.tls;
+            match outpost_proxy::tls::CertStore::new(&node.name, tls) {
+                Ok(certs) => {
+                    if tls.client_ca.is_some() {
+                        let config =
+                            outpost_proxy::tls::server_config(std::sync::Arc::new(certs), tls.client_ca.as_deref());
+                        report("client_ca", config.map(drop).map_err(|e| e.to_string()));
+                    }
+                }
+                Err(e) => report("cert", Err(e.to_string())),
+            }
+            if tls.upstream_ca.is_some() || tls.upstream_cert.is_some() {
+                let upstream = outpost_proxy::tls::UpstreamTls::new(tls).map(drop).map_err(|e| e.to_string());
+                report("upstream_ca / upstream_cert", upstream);
+            }
+        }
+        _ => {}
+    }
+    errors
 }
 
 /// Loads a site's certificate and key as a node will (one whose node file

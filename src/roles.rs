@@ -59,14 +59,8 @@ pub struct BoundRole {
 impl BoundRole {
     /// Binds the role a node file describes. The error names the file.
     pub async fn bind(node: &NodeConfig) -> anyhow::Result<BoundRole> {
-        let what = || {
-            format!(
-                "{} `{}` could not start (see [listen] in `{}`)",
-                node.role().as_str(),
-                node.name,
-                node.file.display()
-            )
-        };
+        let what =
+            || format!("{} `{}` could not start from `{}`", node.role().as_str(), node.name, node.file.display());
         let inner = match &node.role {
             RoleConfig::Origin(o) => Inner::Origin(
                 outpost_load::OriginServer::bind(&node.listen.http, o.dir.clone()).await.with_context(what)?,

@@ -186,6 +186,28 @@ fn check_refuses_what_a_node_would_not_start_with() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("outside the folders this node reads site certificates from"), "{stderr}");
     assert!(stderr.contains(&format!("{}:", site.display())), "{stderr}");
+
+    // The node's own [tls] files, there but not usable: the node would
+    // not start, so check says so, naming the node file and the key.
+    std::fs::write(&site, text).unwrap();
+    let junk = node_dir.join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let node_file = node_dir.join("edge.toml");
+    let node_text = std::fs::read_to_string(&node_file).unwrap();
+    for (tls, what) in [
+        ("client_ca = \"junk.pem\"\n", "[tls] client_ca: "),
+        ("upstream_ca = \"junk.pem\"\n", "[tls] upstream_ca / upstream_cert: "),
+        ("cert = \"junk.pem\"\nkey = \"junk.pem\"\n", "[tls] cert: "),
+    ] {
+        std::fs::write(&node_file, format!("{node_text}[tls]\n{tls}")).unwrap();
+        let out = outpost().arg("check").arg(&node_file).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{tls}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{}: {what}", node_file.display())) && stderr.contains("junk.pem"),
+            "{stderr}"
+        );
+    }
 }
 
 #[test]

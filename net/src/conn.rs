@@ -125,9 +125,14 @@ impl ConnState {
     }
 
     /// When this connection last did anything, if it has no request in
-    /// progress (only such a connection may be closed to make room).
+    /// progress (only such a connection may be closed to make room). An
+    /// answer whose body hyper has taken whole but not yet written (one
+    /// frame of many megabytes) is still in progress while its write waits.
     pub(crate) fn idle_since(&self) -> Option<u64> {
-        if self.active.load(Ordering::Acquire) != 0 || self.evicting.load(Ordering::Acquire) {
+        if self.active.load(Ordering::Acquire) != 0
+            || self.evicting.load(Ordering::Acquire)
+            || self.write_blocked.load(Ordering::Acquire) != 0
+        {
             return None;
         }
         match self.head_started.load(Ordering::Acquire) {

@@ -35,14 +35,29 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// gone idle.
 const EVICT_RETRY: Duration = Duration::from_millis(100);
 
+/// At the cap with every connection busy, a client network (IPv4 /24,
+/// IPv6 /56) holding more than this fraction of the places gives up its
+/// oldest connection, busy or not: one network's connections kept busy (an
+/// answer read at just over `send_min_rate`) would otherwise hold every
+/// place and keep everyone else out. A network holding less keeps its own.
+const CROWDED: usize = 8;
+
+/// An open connection and its client's network.
+#[derive(Debug)]
+struct Open {
+    state: Arc<ConnState>,
+    network: u64,
+}
+
 /// Open connections, for making room at the cap.
 #[derive(Debug, Default)]
 struct Table {
-    conns: Mutex<HashMap<u64, Arc<ConnState>>>,
+    conns: Mutex<HashMap<u64, Open>>,
+    next_id: std::sync::atomic::AtomicU64,
 }
 
 impl Table {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<ConnState>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Open>> {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -51,11 +66,35 @@ impl Table {
     /// accepted first (ids follow accept order).
     fn evict_oldest_idle(&self) -> bool {
         let conns = self.lock();
-        let victim = conns.iter().filter_map(|(id, c)| c.idle_since().map(|t| ((t, *id), c))).min_by_key(|(t, _)| *t);
+        let victim =
+            conns.iter().filter_map(|(id, o)| o.state.idle_since().map(|t| ((t, *id), o))).min_by_key(|(t, _)| *t);
         match victim {
-            Some((_, c)) => {
-                c.evicting.store(true, Ordering::Release);
-                c.close.cancel();
+            Some((_, o)) => {
+                o.state.evicting.store(true, Ordering::Release);
+                o.state.close.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Closes the oldest connection of the network holding the most of
+    /// the `cap` places, if it holds more than its share ([`CROWDED`]).
+    fn evict_from_crowded(&self, cap: usize) -> bool {
+        let conns = self.lock();
+        let staying = || conns.iter().filter(|(_, o)| !o.state.evicting.load(Ordering::Acquire));
+        let mut held: HashMap<u64, usize> = HashMap::new();
+        for (_, o) in staying() {
+            *held.entry(o.network).or_default() += 1;
+        }
+        let Some((network, n)) = held.into_iter().max_by_key(|(_, n)| *n) else { return false };
+        if n <= cap / CROWDED {
+            return false;
+        }
+        match staying().filter(|(_, o)| o.network == network).min_by_key(|(id, _)| **id) {
+            Some((_, o)) => {
+                o.state.evicting.store(true, Ordering::Release);
+                o.state.close.cancel();
                 true
             }
             None => false,
@@ -114,7 +153,6 @@ struct Server<H> {
 impl<H: Handler> Server<H> {
     /// Accepts on `listener` until shutdown, each connection in its own task.
     async fn accept(self: Arc<Self>, listener: Listener) {
-        let mut next_id = 0u64;
         while let Some(permit) = self.room().await {
             let (stream, peer) = tokio::select! {
                 _ = self.shutdown.cancelled() => return,
@@ -129,9 +167,10 @@ impl<H: Handler> Server<H> {
             };
             let _ = stream.set_nodelay(true);
             let state = Arc::new(ConnState::new(Instant::now(), &self.shutdown));
-            next_id += 1;
-            let id = next_id;
-            self.table.lock().insert(id, Arc::clone(&state));
+            // One count for every listener: the table holds them all.
+            let id = self.table.next_id.fetch_add(1, Ordering::Relaxed);
+            let network = crate::errands::network_of(peer.ip());
+            self.table.lock().insert(id, Open { state: Arc::clone(&state), network });
             let tls = listener.tls.clone().map(TlsAcceptor::from);
             let server = Arc::clone(&self);
             self.tracker.spawn(async move {
@@ -153,14 +192,16 @@ impl<H: Handler> Server<H> {
     }
 
     /// A connection slot. At the cap, the connection idle the longest makes
-    /// room; while every one is busy, waits for one to end or go idle.
+    /// room, or, with every one busy, the oldest of a network holding more
+    /// than its share; otherwise waits for one to end or go idle.
     /// `None` at shutdown.
     async fn room(&self) -> Option<OwnedSemaphorePermit> {
         loop {
             if let Ok(p) = Arc::clone(&self.permits).try_acquire_owned() {
                 return Some(p);
             }
-            if self.table.evict_oldest_idle() {
+            let cap = self.config.limits.max_connections as usize;
+            if self.table.evict_oldest_idle() || self.table.evict_from_crowded(cap) {
                 metrics::counter!("outpost_connections_evicted_total", "node" => self.config.name.to_string())
                     .increment(1);
             }

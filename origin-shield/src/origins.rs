@@ -62,11 +62,22 @@ impl OriginState {
                 });
             }
         }
+        // What the checks found goes on while they are the same checks;
+        // with none left, only checks would ever put the origin back, so
+        // it is in service; with other checks, they start counting anew.
+        let (healthy, counts) = match (&origin.health, &old.origin.health) {
+            (None, _) => (true, (0, 0)),
+            (Some(now), Some(was)) if now == was => (
+                old.healthy.load(Ordering::Acquire),
+                (old.successes.load(Ordering::Acquire), old.failures.load(Ordering::Acquire)),
+            ),
+            (Some(_), _) => (old.healthy.load(Ordering::Acquire), (0, 0)),
+        };
         OriginState {
             origin: origin.clone(),
-            healthy: AtomicBool::new(old.healthy.load(Ordering::Acquire)),
-            successes: AtomicU32::new(old.successes.load(Ordering::Acquire)),
-            failures: AtomicU32::new(old.failures.load(Ordering::Acquire)),
+            healthy: AtomicBool::new(healthy),
+            successes: AtomicU32::new(counts.0),
+            failures: AtomicU32::new(counts.1),
             limit,
         }
     }
@@ -271,8 +282,14 @@ mod tests {
         Arc::new(Site::parse(std::path::Path::new("s.toml"), &text).unwrap())
     }
 
-    const A: &str = "[[origin]]\nurl = \"http://127.0.0.1:1\"\nmax_connections = 2\n";
+    /// Origin A, with its weight, its cap and, if `checked`, health checks.
+    fn a(weight: u32, max: u32, checked: bool) -> String {
+        let health = if checked { "[origin.health]\npath = \"/h\"\n" } else { "" };
+        format!("[[origin]]\nurl = \"http://127.0.0.1:1\"\nweight = {weight}\nmax_connections = {max}\n{health}")
+    }
+
     const B: &str = "[[origin]]\nurl = \"http://127.0.0.1:2\"\n";
+    const C: &str = "[[origin]]\nurl = \"http://127.0.0.1:3\"\n";
 
     fn limit_of(pool: &OriginPool, site: &Site, url: &str) -> Arc<Semaphore> {
         let state = pool.states(site).into_iter().find(|s| s.origin.url.to_string().starts_with(url)).unwrap();
@@ -285,45 +302,46 @@ mod tests {
     #[tokio::test]
     async fn a_changed_site_keeps_its_origins_health_and_caps() {
         let pool = OriginPool::default();
-        let check = HealthCheck {
-            path: "/health".into(),
-            interval: Duration::from_secs(5),
-            timeout: Duration::from_secs(2),
-            healthy_threshold: 2,
-            unhealthy_threshold: 1,
-        };
-        let v1 = site(&format!("{A}{B}"));
+        let v1 = site(&format!("{}{B}", a(1, 2, true)));
         pool.sites_changed(&[Arc::clone(&v1)]);
-        pool.states(&v1)[0].record(false, &check);
+        let check = pool.states(&v1)[0].origin.health.clone().unwrap();
+        for _ in 0..check.unhealthy_threshold {
+            pool.states(&v1)[0].record(false, &check);
+        }
         assert_eq!(pool.health("s"), [false, true]);
         let held = limit_of(&pool, &v1, "http://127.0.0.1:1").try_acquire_owned().unwrap();
 
         // A's weight changes; C comes.
-        let v2 = site(&format!("{}weight = 3\n{B}[[origin]]\nurl = \"http://127.0.0.1:3\"\n", A));
+        let v2 = site(&format!("{}{B}{C}", a(3, 2, true)));
         pool.sites_changed(&[Arc::clone(&v2)]);
         assert_eq!(pool.health("s"), [false, true, true], "A is still down");
-        let a = limit_of(&pool, &v2, "http://127.0.0.1:1");
-        assert!(Arc::ptr_eq(&a, &limit_of(&pool, &v1, "http://127.0.0.1:1")), "one cap for both versions");
-        assert_eq!(a.available_permits(), 1, "the exchange in flight still counts");
+        let cap = limit_of(&pool, &v2, "http://127.0.0.1:1");
+        assert!(Arc::ptr_eq(&cap, &limit_of(&pool, &v1, "http://127.0.0.1:1")), "one cap for both versions");
+        assert_eq!(cap.available_permits(), 1, "the exchange in flight still counts");
         // A request of the old version changes nothing.
         let _ = pool.targets(&v1, 7);
         assert_eq!(pool.health("s"), [false, true, true]);
 
         // A's cap goes down to 1 while one is in use: none left until it
         // comes back, then one.
-        let v3 = site(&format!("{}weight = 3\n{B}", A.replace("max_connections = 2", "max_connections = 1")));
+        let v3 = site(&format!("{}{B}", a(3, 1, true)));
         pool.sites_changed(&[Arc::clone(&v3)]);
-        let a3 = limit_of(&pool, &v3, "http://127.0.0.1:1");
-        assert!(Arc::ptr_eq(&a, &a3));
-        assert_eq!(a3.available_permits(), 0);
+        let cap3 = limit_of(&pool, &v3, "http://127.0.0.1:1");
+        assert!(Arc::ptr_eq(&cap, &cap3));
+        assert_eq!(cap3.available_permits(), 0);
         drop(held);
         tokio::time::timeout(Duration::from_secs(5), async {
-            while a3.available_permits() != 1 {
+            while cap3.available_permits() != 1 {
                 tokio::task::yield_now().await;
             }
         })
         .await
         .expect("one place, once the exchange ended");
         assert_eq!(pool.health("s"), [false, true], "C left with the version that had it");
+
+        // Its checks taken out: nothing but they would put it back, so it
+        // is in service again.
+        pool.sites_changed(&[site(&format!("{}{B}", a(3, 1, false)))]);
+        assert_eq!(pool.health("s"), [true, true], "checks taken out: in service");
     }
 }

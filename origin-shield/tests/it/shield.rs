@@ -292,6 +292,21 @@ async fn a_request_waits_for_a_place_under_the_cap_no_longer_than_for_an_answer(
     let slow = slow.await.unwrap();
     assert_eq!((slow.status, slow.body.len()), (StatusCode::OK, 10 << 10), "the exchange holding the place ends well");
     assert_eq!(get(&format!("http://{addr}/queued?cc=no-store"), "s.test").await.status, StatusCode::OK);
+
+    // The wait counts against the time for the answer: a place that frees
+    // after 600 ms leaves 400 for a head, and an origin that takes 700 ms
+    // to send one is a 504 at about a second, not a 200 at 1.3 s (past
+    // what an edge waits for its shield).
+    let slow = tokio::spawn(async move {
+        get(&format!("http://{addr}/held2?size=4KiB&chunk=1KiB&chunk_delay=200ms&cc=no-store"), "s.test").await
+    });
+    eventually("the slow answer to begin", || async { a.count("/held2").await == 1 }).await;
+    let started = Instant::now();
+    let late = get(&format!("http://{addr}/late?delay=700ms&cc=no-store"), "s.test").await;
+    let took = started.elapsed();
+    assert_eq!(late.status, StatusCode::GATEWAY_TIMEOUT, "{} after {took:?}", late.cache_status());
+    assert!(took < Duration::from_millis(1900), "answered after {took:?}");
+    assert_eq!(slow.await.unwrap().status, StatusCode::OK);
     sh.stop().await;
 }
 

@@ -375,11 +375,7 @@ impl FetchJob {
         let Some((writer, received, last)) = self.pump(body, &flight, writer, head.len, idle).await else { return };
         let stored = writer.is_some();
         if let Some(w) = writer {
-            // A purge came while this fetch was under way: what it got is
-            // purged already, and storing it would only put it in place of
-            // a copy fetched since, by requests that did not wait for it.
-            let purged = self.engine.purges.check(&self.site.id, &head.object) == crate::purge::Verdict::Invalid;
-            if head.len.is_none_or(|d| d == received) && !purged {
+            if head.len.is_none_or(|d| d == received) {
                 let obj = Arc::new(StoredObject { body: w.finish(), ..(*head.object).clone() });
                 self.engine.store.insert(head.object_key, Entry::Object(Arc::clone(&obj)));
                 // An unsafe method changed the URL while this fetch was

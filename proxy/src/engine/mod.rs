@@ -297,8 +297,8 @@ impl Engine {
     /// control plane this shield has not (see [`Engine::mark_fetch`]):
     /// copies fetched before this shield first heard of the furthest of
     /// them are checked with the origin. One fetched since came after
-    /// every purge among them (the edges applied those before they said
-    /// so), and is served as it is, however long this shield stays behind.
+    /// every purge among them (the edges had begun to apply those before
+    /// they said so), and is served as it is, however long this shield stays behind.
     pub(crate) fn behind_the_edge(&self, headers: &impl outpost_net::HeaderLookup) -> Option<std::time::SystemTime> {
         if self.tier != Tier::Shield || !self.control_linked.load(std::sync::atomic::Ordering::Acquire) {
             return None;

@@ -169,7 +169,10 @@ async fn answer(cx: &Ctx, miss: Miss, joined: Joined, distrust: bool) -> Option<
     // A fetch another request began before a purge (or, at a shield, before
     // events an edge has applied and this node has not) gets what the purge
     // was for: not for a request that joins it now. It leaves the map, so
-    // requests from now on fetch anew; this one with them.
+    // requests from now on fetch anew; this one fetches alone, once (a
+    // fetch it led is never judged so, so this does not repeat however
+    // fast purges come), without the copy it found before the purge to
+    // revalidate or stand in for an error, if the purge removed that.
     let got = match &head {
         Head::Shared(head) => Some(&head.object),
         Head::Revalidated(obj, ..) => Some(obj),
@@ -177,7 +180,9 @@ async fn answer(cx: &Ctx, miss: Miss, joined: Joined, distrust: bool) -> Option<
     };
     if collapsed && got.is_some_and(|obj| predates_a_purge(cx, obj)) {
         cx.engine.flights.forget_flight(&joined.flight);
-        return Box::pin(fetch(cx, miss, false, distrust)).await;
+        let purges = &cx.engine.purges;
+        let stale = miss.stale.filter(|(_, o)| purges.check(&cx.site.id, o) != crate::purge::Verdict::Invalid);
+        return Box::pin(fetch(cx, Miss { stale, ..miss }, true, distrust)).await;
     }
     match head {
         Head::Shared(head) => shared(cx, miss.outcome, &joined, head),

@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Empty};
 use outpost_config::Site;
 use outpost_net::RecvBody;
 
-use super::{Probes, ReqBody, Route, UpstreamClient, UpstreamError, UpstreamErrorKind};
+use super::{Probes, ReqBody, Route, Target, UpstreamClient, UpstreamError, UpstreamErrorKind};
 use crate::key::Key;
 use crate::observe::Metrics;
 
@@ -76,9 +76,12 @@ impl Upstream {
             if i > 0 {
                 tokio::time::sleep(RETRY_BACKOFF * (1 << (i - 1).min(4))).await;
             }
-            // A place under the target's cap, waited for as long as an
-            // answer would be: a cap held by exchanges that do not end
-            // must not hold every request queued behind it for good.
+            // A place under the target's cap, within the time an answer
+            // has (`response_timeout` counts from here, the wait and the
+            // head together: the edge asking waits about as long): a cap
+            // held by exchanges that do not end must not hold every
+            // request queued behind it for good.
+            let waiting = Instant::now();
             let permit = match &target.limit {
                 Some(limit) => {
                     match tokio::time::timeout(target.response_timeout, Arc::clone(limit).acquire_owned()).await {
@@ -110,7 +113,14 @@ impl Upstream {
                 attempt.headers_mut().remove(crate::headers::OUTPOST_SEQ);
             }
             let started = Instant::now();
-            let result = self.client.send(target, attempt).await;
+            let waited = started - waiting;
+            let result = if target.limit.is_none() || waited < std::time::Duration::from_millis(1) {
+                self.client.send(target, attempt).await
+            } else {
+                // What is left of the time, for the head.
+                let left = target.response_timeout.saturating_sub(waited).max(std::time::Duration::from_millis(1));
+                self.client.send(&Target { response_timeout: left, ..target.clone() }, attempt).await
+            };
             self.metrics.upstream(started.elapsed(), result.is_ok());
             // The route judges an answer (a shield passing on an origin's
             // 5xx is well) and a silence (a slow origin behind a shield, or

@@ -1383,8 +1383,7 @@ async fn a_passed_answer_waits_for_a_client_that_pauses() {
 }
 
 /// A fetch under way when a purge comes is not joined by the requests
-/// after it: they fetch anew, and the copy they store is not replaced by
-/// the purged one the first fetch got.
+/// after it: they fetch anew, and what they fetched is what is kept.
 #[tokio::test]
 async fn a_request_after_a_purge_does_not_join_a_fetch_begun_before_it() {
     let (_d, origin, edge) = setup(DEFAULT_RULES).await;

@@ -433,7 +433,7 @@ async fn forwards_take_a_share_of_fetches_and_a_withheld_body_holds_one_no_longe
     const SHARE: u64 = 2;
     let dir = tempfile::tempdir().unwrap();
     let origin = Origin::start().await;
-    let limits = format!("[limits]\nfetches_per_network = {SHARE}\nbody_read_timeout = \"1s\"\n");
+    let limits = format!("[limits]\nfetches_per_network = {SHARE}\nbody_read_timeout = \"3s\"\n");
     let edge = Edge::limited(dir.path(), origin.addr, &limits).await;
     let mut withheld = Vec::new();
     for _ in 0..SHARE {
@@ -447,7 +447,7 @@ async fn forwards_take_a_share_of_fetches_and_a_withheld_body_holds_one_no_longe
     let started = Instant::now();
     let refused = send_body(Method::POST, &edge.url("/another"), "t.test", b"a=1").await;
     assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "{}", String::from_utf8_lossy(&refused.body));
-    assert!(started.elapsed() < Duration::from_millis(800), "refused at once");
+    assert!(started.elapsed() < Duration::from_millis(2500), "refused at once, before the bodies' time ran out");
     assert_eq!(origin.count("/another").await, 0);
     for mut tcp in withheld {
         let mut out = Vec::new();
@@ -455,7 +455,7 @@ async fn forwards_take_a_share_of_fetches_and_a_withheld_body_holds_one_no_longe
         let text = String::from_utf8_lossy(&out);
         assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
     }
-    assert!(started.elapsed() < Duration::from_secs(5), "held {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(8), "held {:?}", started.elapsed());
     let after = send_body(Method::POST, &edge.url("/another"), "t.test", b"a=1").await;
     assert_eq!(after.status, StatusCode::OK, "the places came back");
 }

@@ -71,6 +71,9 @@ pub(crate) struct ConnState {
     /// When (+1; 0 = none) the request head being waited for was first
     /// waited for: at accept, or at the first byte of a later head.
     head_started: AtomicU64,
+    /// Part of the next HTTP/1 head came while a request was answered: its
+    /// time to come whole starts when that answer ends.
+    head_pending: AtomicBool,
     /// When the connection last became idle.
     idle_since: AtomicU64,
     /// When (+1; 0 = none) a write began to wait for the client to read.
@@ -112,6 +115,7 @@ impl ConnState {
             accepted,
             active: AtomicUsize::new(0),
             head_started: AtomicU64::new(at + 1),
+            head_pending: AtomicBool::new(false),
             idle_since: AtomicU64::new(at),
             write_blocked: AtomicU64::new(0),
             write_waited: AtomicU64::new(0),
@@ -168,8 +172,11 @@ impl ConnState {
 
     /// A request is no longer in progress: answered, or dropped unanswered.
     fn finished(&self) {
-        self.idle_since.store(now_ms(), Ordering::Release);
-        self.active.fetch_sub(1, Ordering::AcqRel);
+        let now = now_ms();
+        self.idle_since.store(now, Ordering::Release);
+        if self.active.fetch_sub(1, Ordering::AcqRel) == 1 && self.head_pending.swap(false, Ordering::AcqRel) {
+            let _ = self.head_started.compare_exchange(0, now + 1, Ordering::AcqRel, Ordering::Relaxed);
+        }
     }
 
     /// Why [`ConnState::close`] was cancelled.
@@ -355,6 +362,12 @@ impl<S: Transport> AsyncRead for TrackedIo<S> {
                 if !this.found.is_empty() {
                     let mut q = this.state.framing.lock().unwrap_or_else(|p| p.into_inner());
                     q.extend(this.found.drain(..));
+                }
+                // Pipelined: the next head began during an answer. Its
+                // header timeout starts when the answer ends, or a client
+                // could dribble heads under the idle timeout alone.
+                if this.state.active.load(Ordering::Acquire) != 0 {
+                    this.state.head_pending.store(this.tracker.mid_head(), Ordering::Release);
                 }
             }
         }

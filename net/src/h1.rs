@@ -91,6 +91,11 @@ impl Tracker {
         self.state == State::Head && self.partial.is_empty()
     }
 
+    /// Part of a head has come, not all of it.
+    pub fn mid_head(&self) -> bool {
+        self.state == State::Head && !self.partial.is_empty()
+    }
+
     /// Lets go of the buffer a split head or line left behind.
     pub fn shrink(&mut self) {
         if self.partial.is_empty() {

@@ -625,6 +625,36 @@ async fn a_head_begun_before_a_pause_is_not_cut_by_parking() {
     .await;
 }
 
+/// The start of a head pipelined behind a request still being answered
+/// has the header timeout from the moment that answer ends, not only the
+/// idle timeout: a client dribbling heads behind its requests holds its
+/// connection no longer than one sending them alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_begun_during_an_answer_has_the_header_timeout_once_it_ends() {
+    let server = start(limits(|l| {
+        l.header_read_timeout = Duration::from_millis(800);
+        l.idle_timeout = Duration::from_secs(20);
+    }))
+    .await;
+    let addr = server.addr;
+    let took = blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        // The POST is answered once its body is whole; the body's last
+        // bytes come with the first byte of the next head.
+        s.write_all(b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\nabc").unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        s.write_all(b"defG").unwrap();
+        assert_eq!(response(&mut s).1, "POST /p abcdef");
+        let answered = Instant::now();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        answered.elapsed()
+    })
+    .await;
+    assert!(took < Duration::from_secs(5), "the half head was left to the idle timeout: closed after {took:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parked_connections_close_at_shutdown_and_make_room_at_the_cap() {
     let server = start(limits(|l| {

@@ -192,6 +192,41 @@ async fn a_shield_absorbs_an_origin_outage_for_edges_that_never_saw_the_object()
     assert!(cs.contains("detail=stale-if-error, edge-3;"), "the shield's member first, then the edge's: {cs}");
 }
 
+/// A shield that stands its stale copy in for an origin that fails (here
+/// as a 304 to an edge revalidating) does not renew the edge's copy: a
+/// soft purge at both tiers still has the edge ask again once the origin
+/// is back, rather than serve its copy as fetched after the purge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shields_stale_answer_does_not_undo_an_edges_purge() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    std::fs::write(dir.path().join("site.toml"), site(&[origin.addr], "")).unwrap();
+    let (shield, _) = shield(dir.path(), "shield-a", "127.0.0.1:0".parse().unwrap()).await;
+    let edge = edge(dir.path(), "edge-1", &[shield.addr]).await;
+    let path = "/sp?cc=max-age%3D600";
+    assert_eq!(via(edge.addr, path).await.status, StatusCode::OK);
+    let at_shield = format!("http://{}{path}", shield.addr);
+    eventually("the shield to hold the object", || async {
+        get(&at_shield, "s.test").await.cache_status().starts_with("shield-a; hit")
+    })
+    .await;
+    let purge = outpost_config::PurgeTarget::Urls { urls: vec![path.to_string()] };
+    shield.engine.purge("s", &purge, true).await.unwrap();
+    edge.engine.purge("s", &purge, true).await.unwrap();
+    origin.control("fault?mode=503").await;
+    let during = via(edge.addr, path).await;
+    assert_eq!(during.status, StatusCode::OK, "{}", during.cache_status());
+    assert!(during.cache_status().contains("fwd=stale"), "the shield stood its copy in: {}", during.cache_status());
+    origin.control("fault?mode=off").await;
+    // Past the time the shield holds the key after its origin failed.
+    shield.engine.clock.advance(Duration::from_secs(5));
+    let before = origin.count("/sp").await;
+    let after = via(edge.addr, path).await;
+    assert_eq!(after.status, StatusCode::OK);
+    assert!(!after.cache_status().starts_with("edge-1; hit"), "the purge was undone: {}", after.cache_status());
+    assert_eq!(origin.count("/sp").await, before + 1, "asked again, through the shield: {}", after.cache_status());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_origins_are_taken_out_and_put_back() {
     let dir = tempfile::tempdir().unwrap();

@@ -75,6 +75,28 @@ impl Times {
     }
 }
 
+/// When what came with `headers` was fetched from the origin: as the fetch
+/// began, unless the upstream answered from a copy of its own kept past
+/// freshness because it could not reach its own upstream (its
+/// `Cache-Status` member a `hit` with `fwd=stale`: a shield's
+/// stale-if-error, or one cut off from the control plane). That copy is as
+/// old as its `Age` says, or up to a second older (`Age` is whole seconds:
+/// the earlier time counts, so a purge after it applies): stored as
+/// fetched now, it would count as fetched
+/// after every purge this node applied meanwhile, and undo a soft purge
+/// the upstream's copy was standing in for.
+fn fetched_when(headers: &HeaderMap, times: &Times) -> SystemTime {
+    let members: Vec<&str> = headers.get_all(CACHE_STATUS).iter().filter_map(|v| v.to_str().ok()).collect();
+    let nearest = members.last().and_then(|m| m.rsplit(',').next()).unwrap_or_default();
+    let params: Vec<&str> = nearest.split(';').map(str::trim).collect();
+    if !(params.contains(&"hit") && params.contains(&"fwd=stale")) {
+        return times.started;
+    }
+    let age = headers.get(header::AGE).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+    let age = Duration::from_secs(age.unwrap_or(0).saturating_add(1));
+    times.started.checked_sub(age).unwrap_or(times.started)
+}
+
 /// Freshness as a plan says, from `now`.
 pub(super) fn timing(plan: &StorePlan, initial_age: Duration, now: SystemTime) -> Timing {
     Timing {
@@ -286,7 +308,7 @@ impl FetchJob {
                 let obj = Arc::new(StoredObject {
                     headers: storable_headers(&headers, &plan.strip),
                     tags: tags(&headers),
-                    fetched_at: times.started,
+                    fetched_at: fetched_when(fresh, &times),
                     timing: timing(&plan, times.initial_age(fresh), times.now),
                     shareable_with_auth: plan.shareable_with_auth,
                     ..(*stale).clone()
@@ -312,7 +334,8 @@ impl FetchJob {
                 let mine = withheld(&headers, &[header::SET_COOKIE]);
                 headers.remove(header::SET_COOKIE);
                 let shared = !policy::personal(&headers, self.request.has_authorization);
-                (Arc::new(StoredObject { headers, fetched_at: times.started, ..(*stale).clone() }), mine, shared)
+                let fetched_at = fetched_when(fresh, &times);
+                (Arc::new(StoredObject { headers, fetched_at, ..(*stale).clone() }), mine, shared)
             }
         };
         self.guard.close();
@@ -338,7 +361,7 @@ impl FetchJob {
             headers: storable_headers(headers, strip),
             url: self.rkey.url.clone(),
             tags: tags(headers),
-            fetched_at: times.started,
+            fetched_at: fetched_when(headers, &times),
             timing: plan
                 .map_or_else(|| Timing::never_fresh(times.now), |p| timing(p, times.initial_age(headers), times.now)),
             shareable_with_auth: plan.is_some_and(|p| p.shareable_with_auth),

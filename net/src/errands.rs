@@ -155,7 +155,7 @@ impl Drop for NetworkPlace {
 
 /// A client address's network, as one number: IPv4 /24, IPv6 /56 (an
 /// IPv4-mapped address counts as IPv4), told apart by their top bits.
-pub(crate) fn network_of(client: IpAddr) -> u64 {
+fn network_of(client: IpAddr) -> u64 {
     match client.to_canonical() {
         IpAddr::V4(v4) => (1 << 62) | u64::from(u32::from(v4) >> 8),
         IpAddr::V6(v6) => (2 << 62) | (u128::from(v6) >> 72) as u64,

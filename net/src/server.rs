@@ -35,19 +35,15 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// gone idle.
 const EVICT_RETRY: Duration = Duration::from_millis(100);
 
-/// At the cap with every connection busy, a client network (IPv4 /24,
-/// IPv6 /56) holding more than this fraction of the places gives up its
-/// oldest connection, busy or not: one network's connections kept busy (an
-/// answer read at just over `send_min_rate`) would otherwise hold every
-/// place and keep everyone else out. A network holding less keeps its own.
-const CROWDED: usize = 8;
-
-/// An open connection and its client's network.
+/// An open connection.
 #[derive(Debug)]
 struct Open {
     state: Arc<ConnState>,
-    network: u64,
 }
+
+/// How long a connection just accepted is not closed to make room for
+/// another: time for its handshake and its first head to come.
+const NEWCOMER_GRACE: Duration = Duration::from_millis(500);
 
 /// Open connections, for making room at the cap.
 #[derive(Debug, Default)]
@@ -63,35 +59,17 @@ impl Table {
 
     /// Closes the connection idle the longest (no request in progress);
     /// of those idle since the same tick of the coarse clock, the one
-    /// accepted first (ids follow accept order).
+    /// accepted first (ids follow accept order). One just accepted is let
+    /// be for [`NEWCOMER_GRACE`]: it is what the place was made for, and
+    /// while every other connection is busy it would be the only one idle.
     fn evict_oldest_idle(&self) -> bool {
         let conns = self.lock();
-        let victim =
-            conns.iter().filter_map(|(id, o)| o.state.idle_since().map(|t| ((t, *id), o))).min_by_key(|(t, _)| *t);
+        let victim = conns
+            .iter()
+            .filter(|(_, o)| o.state.accepted.elapsed() >= NEWCOMER_GRACE)
+            .filter_map(|(id, o)| o.state.idle_since().map(|t| ((t, *id), o)))
+            .min_by_key(|(t, _)| *t);
         match victim {
-            Some((_, o)) => {
-                o.state.evicting.store(true, Ordering::Release);
-                o.state.close.cancel();
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Closes the oldest connection of the network holding the most of
-    /// the `cap` places, if it holds more than its share ([`CROWDED`]).
-    fn evict_from_crowded(&self, cap: usize) -> bool {
-        let conns = self.lock();
-        let staying = || conns.iter().filter(|(_, o)| !o.state.evicting.load(Ordering::Acquire));
-        let mut held: HashMap<u64, usize> = HashMap::new();
-        for (_, o) in staying() {
-            *held.entry(o.network).or_default() += 1;
-        }
-        let Some((network, n)) = held.into_iter().max_by_key(|(_, n)| *n) else { return false };
-        if n <= cap / CROWDED {
-            return false;
-        }
-        match staying().filter(|(_, o)| o.network == network).min_by_key(|(id, _)| **id) {
             Some((_, o)) => {
                 o.state.evicting.store(true, Ordering::Release);
                 o.state.close.cancel();
@@ -169,8 +147,7 @@ impl<H: Handler> Server<H> {
             let state = Arc::new(ConnState::new(Instant::now(), &self.shutdown));
             // One count for every listener: the table holds them all.
             let id = self.table.next_id.fetch_add(1, Ordering::Relaxed);
-            let network = crate::errands::network_of(peer.ip());
-            self.table.lock().insert(id, Open { state: Arc::clone(&state), network });
+            self.table.lock().insert(id, Open { state: Arc::clone(&state) });
             let tls = listener.tls.clone().map(TlsAcceptor::from);
             let server = Arc::clone(&self);
             self.tracker.spawn(async move {
@@ -192,16 +169,14 @@ impl<H: Handler> Server<H> {
     }
 
     /// A connection slot. At the cap, the connection idle the longest makes
-    /// room, or, with every one busy, the oldest of a network holding more
-    /// than its share; otherwise waits for one to end or go idle.
+    /// room; while every one is busy, waits for one to end or go idle.
     /// `None` at shutdown.
     async fn room(&self) -> Option<OwnedSemaphorePermit> {
         loop {
             if let Ok(p) = Arc::clone(&self.permits).try_acquire_owned() {
                 return Some(p);
             }
-            let cap = self.config.limits.max_connections as usize;
-            if self.table.evict_oldest_idle() || self.table.evict_from_crowded(cap) {
+            if self.table.evict_oldest_idle() {
                 metrics::counter!("outpost_connections_evicted_total", "node" => self.config.name.to_string())
                     .increment(1);
             }

@@ -61,7 +61,7 @@ pub(super) async fn cacheable(cx: &Ctx) -> Answer {
     }
     // The variant kept changing under us: fetch alone.
     let found = lookup(cx).await;
-    let miss = Miss { key: found.key, stale: None, outcome: Outcome::VaryMiss };
+    let miss = Miss { key: found.key, stale: None, outcome: Outcome::VaryMiss, refetched: false };
     Box::pin(wait::fetch(cx, miss, true, false))
         .await
         .unwrap_or_else(|| failed(&cx.engine, Error::BadRequest("unstable variant")))
@@ -227,7 +227,7 @@ pub(super) fn stored_since(cx: &Ctx, key: Key, distrust: bool) -> Option<Hit> {
 fn serve(cx: &Ctx, found: Found, (auth, alone): (bool, bool), distrust: bool) -> Result<Hit, Miss> {
     let engine = &cx.engine;
     let outcome = if found.vary_miss { Outcome::VaryMiss } else { Outcome::UriMiss };
-    let miss = Miss { key: found.key, stale: None, outcome };
+    let miss = Miss { key: found.key, stale: None, outcome, refetched: false };
     let Some(obj) = found.object else { return Err(miss) };
     let verdict = engine.purges.check(&cx.site.id, &obj);
     if verdict == Verdict::Invalid {
@@ -263,6 +263,8 @@ fn serve(cx: &Ctx, found: Found, (auth, alone): (bool, bool), distrust: bool) ->
         Freshness::Stale(_) if held && obj.timing.stands_in(now, distrust) => {
             Ok(answer(if distrust { Outcome::StalePartitioned } else { Outcome::StaleIfError }))
         }
-        Freshness::Stale(_) => Err(Miss { key: found.key, stale: Some((found.key, obj)), outcome: Outcome::Expired }),
+        Freshness::Stale(_) => {
+            Err(Miss { key: found.key, stale: Some((found.key, obj)), outcome: Outcome::Expired, refetched: false })
+        }
     }
 }

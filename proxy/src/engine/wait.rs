@@ -33,6 +33,9 @@ pub(super) struct Miss {
     /// The stored copy to revalidate, and its key.
     pub stale: Option<(Key, Arc<StoredObject>)>,
     pub outcome: Outcome,
+    /// Left a fetch that began before a purge ([`predates_a_purge`]):
+    /// the fetch it joins now is taken as it is.
+    pub refetched: bool,
 }
 
 /// The fetch a request waits on.
@@ -169,20 +172,21 @@ async fn answer(cx: &Ctx, miss: Miss, joined: Joined, distrust: bool) -> Option<
     // A fetch another request began before a purge (or, at a shield, before
     // events an edge has applied and this node has not) gets what the purge
     // was for: not for a request that joins it now. It leaves the map, so
-    // requests from now on fetch anew; this one fetches alone, once (a
-    // fetch it led is never judged so, so this does not repeat however
-    // fast purges come), without the copy it found before the purge to
-    // revalidate or stand in for an error, if the purge removed that.
+    // requests from now on fetch anew, this one among them: it leads or
+    // joins the next fetch, once (the one it joins then is taken as it is,
+    // so this does not repeat however fast purges come), without the copy
+    // it found before the purge to revalidate or stand in for an error, if
+    // the purge removed that.
     let got = match &head {
         Head::Shared(head) => Some(&head.object),
         Head::Revalidated(obj, ..) => Some(obj),
         _ => None,
     };
-    if collapsed && got.is_some_and(|obj| predates_a_purge(cx, obj)) {
+    if collapsed && !miss.refetched && got.is_some_and(|obj| predates_a_purge(cx, obj)) {
         cx.engine.flights.forget_flight(&joined.flight);
         let purges = &cx.engine.purges;
         let stale = miss.stale.filter(|(_, o)| purges.check(&cx.site.id, o) != crate::purge::Verdict::Invalid);
-        return Box::pin(fetch(cx, Miss { stale, ..miss }, true, distrust)).await;
+        return Box::pin(fetch(cx, Miss { stale, refetched: true, ..miss }, false, distrust)).await;
     }
     match head {
         Head::Shared(head) => shared(cx, miss.outcome, &joined, head),

@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Empty};
 use outpost_config::Site;
 use outpost_net::RecvBody;
 
-use super::{Probes, ReqBody, Route, Target, UpstreamClient, UpstreamError, UpstreamErrorKind};
+use super::{Probes, ReqBody, Route, UpstreamClient, UpstreamError, UpstreamErrorKind};
 use crate::key::Key;
 use crate::observe::Metrics;
 
@@ -117,9 +117,16 @@ impl Upstream {
             let result = if target.limit.is_none() || waited < std::time::Duration::from_millis(1) {
                 self.client.send(target, attempt).await
             } else {
-                // What is left of the time, for the head.
-                let left = target.response_timeout.saturating_sub(waited).max(std::time::Duration::from_millis(1));
-                self.client.send(&Target { response_timeout: left, ..target.clone() }, attempt).await
+                // What is left of the time, for the head (the target's own
+                // limits, an upload's stall among them, stay as they are).
+                let left = target.response_timeout.saturating_sub(waited);
+                match tokio::time::timeout(left, self.client.send(target, attempt)).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        let name = target.base.authority().map_or_else(String::new, |a| a.to_string());
+                        Err(UpstreamError::new(UpstreamErrorKind::Timeout, name))
+                    }
+                }
             };
             self.metrics.upstream(started.elapsed(), result.is_ok());
             // The route judges an answer (a shield passing on an origin's

@@ -174,7 +174,10 @@ impl ConnState {
     fn finished(&self) {
         let now = now_ms();
         self.idle_since.store(now, Ordering::Release);
-        if self.active.fetch_sub(1, Ordering::AcqRel) == 1 && self.head_pending.swap(false, Ordering::AcqRel) {
+        if self.active.fetch_sub(1, Ordering::AcqRel) == 1
+            && self.head_pending.load(Ordering::Acquire)
+            && self.head_pending.swap(false, Ordering::AcqRel)
+        {
             let _ = self.head_started.compare_exchange(0, now + 1, Ordering::AcqRel, Ordering::Relaxed);
         }
     }

@@ -86,15 +86,15 @@ impl Times {
 /// after every purge this node applied meanwhile, and undo a soft purge
 /// the upstream's copy was standing in for.
 fn fetched_when(headers: &HeaderMap, times: &Times) -> SystemTime {
-    let members: Vec<&str> = headers.get_all(CACHE_STATUS).iter().filter_map(|v| v.to_str().ok()).collect();
-    let nearest = members.last().and_then(|m| m.rsplit(',').next()).unwrap_or_default();
-    let params: Vec<&str> = nearest.split(';').map(str::trim).collect();
-    if !(params.contains(&"hit") && params.contains(&"fwd=stale")) {
+    // The nearest upstream's member is the last.
+    let nearest = headers.get_all(CACHE_STATUS).iter().next_back().and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let nearest = nearest.rsplit(',').next().unwrap_or_default();
+    let has = |param: &str| nearest.split(';').any(|p| p.trim() == param);
+    if !(has("hit") && has("fwd=stale")) {
         return times.started;
     }
-    let age = headers.get(header::AGE).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
-    let age = Duration::from_secs(age.unwrap_or(0).saturating_add(1));
-    times.started.checked_sub(age).unwrap_or(times.started)
+    let age = headers.get(header::AGE).and_then(policy::age).unwrap_or(0);
+    times.started.checked_sub(Duration::from_secs(age.saturating_add(1))).unwrap_or(times.started)
 }
 
 /// Freshness as a plan says, from `now`.
@@ -567,6 +567,39 @@ fn speaks_for_the_copy(status: StatusCode, why: NotStored) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What an upstream says of its copy moves the time it is stored as
+    /// fetched only earlier, and only for its own stale stand-in; junk and
+    /// extreme values do neither harm nor panic.
+    #[test]
+    fn an_upstreams_stale_answer_is_as_old_as_its_copy_whatever_it_sends() {
+        let started = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let times = Times { started, started_real: started, now: started };
+        let at = |fields: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in fields {
+                h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            }
+            fetched_when(&h, &times)
+        };
+        let stale = "shield-a; hit; fwd=stale; fwd-status=503";
+        let back = |secs| started - Duration::from_secs(secs);
+        assert_eq!(at(&[("cache-status", stale), ("age", "30")]), back(31));
+        assert_eq!(at(&[("cache-status", stale)]), back(1), "no Age: a second, as Age 0");
+        assert_eq!(at(&[("cache-status", "shield-a;hit;fwd=stale"), ("age", "5")]), back(6), "no spaces");
+        // Another tier's stand-in, before the nearest's own fetch, says
+        // nothing of the nearest's copy; nor do other outcomes.
+        assert_eq!(at(&[("cache-status", &format!("{stale}, shield-a; fwd=uri-miss")), ("age", "30")]), started);
+        assert_eq!(at(&[("cache-status", stale), ("cache-status", "edge-0; fwd=miss"), ("age", "30")]), started);
+        assert_eq!(at(&[("cache-status", "shield-a; hit"), ("age", "30")]), started, "a fresh hit");
+        assert_eq!(at(&[("cache-status", "shield-a; fwd=stale; fwd-status=304"), ("age", "30")]), started);
+        assert_eq!(at(&[("cache-status", "shield-a; hitfwd=stale"), ("age", "30")]), started);
+        // Junk Age counts as none; an enormous one is capped, not a panic.
+        for junk in ["-5", "1e9", "", "3 4", "0x10"] {
+            assert_eq!(at(&[("cache-status", stale), ("age", junk)]), back(1), "{junk:?}");
+        }
+        assert!(at(&[("cache-status", stale), ("age", "99999999999999999999999")]) < back(1 << 30));
+    }
 
     #[test]
     fn a_304_vouches_only_for_the_copy_its_fields_name() {

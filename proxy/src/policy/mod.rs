@@ -327,7 +327,7 @@ fn is_final_cacheable_with_explicit(status: StatusCode) -> bool {
 /// An `Age` value: delta-seconds, digits only (RFC 9111 §5.1), too large
 /// → 2^31 (§1.2.2). Anything else (`1a`, `-1`, `+5`, a list) is invalid and
 /// ignored, never read as its leading digits.
-fn age(v: &http::HeaderValue) -> Option<u64> {
+pub(crate) fn age(v: &http::HeaderValue) -> Option<u64> {
     let s = v.to_str().ok()?.trim();
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;

@@ -31,5 +31,5 @@ mod serve;
 mod store;
 mod subscribe;
 
-pub use engine::{Engine, EngineConfig, Tier};
+pub use engine::{CLAIM_MARGIN, Engine, EngineConfig, Tier};
 pub use observe::reopen_access_logs;

@@ -618,6 +618,23 @@ async fn an_edge_killed_under_load_restarts_with_a_consistent_disk() {
 async fn a_purge_that_reaches_the_edges_before_the_shields_serves_nothing_purged() {
     let t = Topology::start().await;
     let objects = paths("/s9/", 3, "max-age%3D600");
+    // A client that reaches a shield (which takes anyone, with no
+    // `client_ca`) and passes for an edge far ahead of it, long ago, has
+    // its own request checked with the origin at most, and nothing else:
+    // the copies fetched after it are still checked once the shield is
+    // behind a purge.
+    for s in &t.shields {
+        for claim in ["", "18446744073709551615", "18446744073709551615; at=0", "4000000000; at=1", "99; at=x"] {
+            let url = format!("http://{}/s9/lure?size=1KiB&cc=max-age%3D600", s.listen);
+            let mut h = vec![("host", SITE_HOST), ("x-forwarded-proto", "http"), ("outpost-seq", claim)];
+            // The first, with no claim, stores the copy the others find.
+            h.retain(|(_, v)| !v.is_empty());
+            let r = outpost_testkit::get(&url, &h).await;
+            assert_eq!(r.status, StatusCode::OK, "{claim}");
+        }
+    }
+    // (Copies are kept with their times to the second.)
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     warm(&t, &objects).await;
     // A client cannot make a shield go to the origin by claiming to have
     // followed the control plane further than it has.
@@ -669,14 +686,20 @@ async fn a_purge_that_reaches_the_edges_before_the_shields_serves_nothing_purged
         let r = t.get(0, p).await.unwrap();
         assert!(r.cache_status().rsplit(',').next().unwrap().contains("; hit"), "{p}: {}", r.cache_status());
     }
-    // Another edge, as far along, finds the shield's copies checked since
-    // it first heard of the purge: they are served as they are, however
-    // long the shield stays behind.
+    // Copies the shield fetched more than `CLAIM_MARGIN` after the edges
+    // began to apply the purge are served as they are, however long the
+    // shield stays behind: checked once more for one edge, then hits for
+    // another.
+    tokio::time::sleep(outpost_proxy::CLAIM_MARGIN + Duration::from_millis(300)).await;
+    let before = t.origin_count("/s9/").await;
     for p in &objects {
-        let r = t.get(1, p).await.unwrap();
+        assert_eq!(t.get(1, p).await.unwrap().status, StatusCode::OK, "{p}");
+    }
+    for p in &objects {
+        let r = t.get(2, p).await.unwrap();
         assert!(r.cache_status().split(',').next().unwrap().contains("; hit"), "{p}: {}", r.cache_status());
     }
-    assert_eq!(t.origin_count("/s9/").await - before, objects.len() as u64);
+    assert!(t.origin_count("/s9/").await - before <= objects.len() as u64);
     for s in &t.shields {
         s.control_relay.heal();
     }

@@ -189,16 +189,37 @@ async fn an_edge_tells_its_shield_of_an_event_it_is_applying() {
     let (edge, _origin, _dir) = edge_before(&fake, "").await;
     edge.engine.applied_through(6);
     let _ = via(edge.addr, "/before?cc=no-store").await;
+    let began = epoch_ms();
     edge.engine.applying(7);
     let r = via(edge.addr, "/during?cc=no-store").await;
     assert_eq!(r.status, StatusCode::OK);
-    let seen = fake.seen();
-    assert!(seen.contains(&"GET /during seq=7".to_string()), "{seen:?}");
-    // Applied and kept: the same; a control plane's log begun again from
-    // an earlier event is said as it is.
+    // With when the edge began to apply it.
+    let said = |path: &str| -> (u64, u64) {
+        let seen = fake.seen();
+        let line = seen.iter().find(|l| l.starts_with(&format!("GET {path} "))).unwrap_or_else(|| panic!("{seen:?}"));
+        let (seq, at) = line.split_once(" seq=").unwrap().1.split_once("; at=").unwrap_or_else(|| panic!("{line}"));
+        (seq.parse().unwrap(), at.parse().unwrap())
+    };
+    let (seq, at) = said("/during");
+    assert_eq!(seq, 7);
+    assert!((began..=epoch_ms()).contains(&at), "{at} not in {began}..");
+    // Said again, the same event keeps the time it was begun.
+    edge.engine.applying(7);
+    edge.engine.applied_through(7);
+    let _ = via(edge.addr, "/again?cc=no-store").await;
+    assert_eq!(said("/again"), (7, at));
+    // A control plane's log begun again from an earlier event is said as
+    // it is.
+    let began = epoch_ms();
     edge.engine.applied_through(3);
     let _ = via(edge.addr, "/after?cc=no-store").await;
-    assert!(fake.seen().contains(&"GET /after seq=3".to_string()), "{:?}", fake.seen());
+    let (seq, at) = said("/after");
+    assert_eq!(seq, 3);
+    assert!((began..=epoch_ms()).contains(&at), "{at} not in {began}..");
+}
+
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
 /// A shield that sends 40 interim responses before its answer: the client

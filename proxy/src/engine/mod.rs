@@ -45,6 +45,30 @@ pub(crate) use sites::SiteTable;
 /// silent for three heartbeats.
 pub(crate) const PARTITION_AFTER: std::time::Duration = outpost_config::api::DEAD_AFTER;
 
+/// How far a shield's clock may run ahead of its edges' and still check
+/// every copy fetched before a purge it has not applied yet
+/// ([`Engine::behind_the_edge`]). Copies fetched in that long after an
+/// edge began to apply the purge are checked once more.
+pub const CLAIM_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `Outpost-Seq`'s value: the event, and when the edge began to apply it
+/// (`None` when it does not say, or says it in a form that is not one).
+fn parse_claim(value: &[u8]) -> Option<(u64, Option<u64>)> {
+    fn number(s: &str) -> Option<u64> {
+        s.bytes().all(|b| b.is_ascii_digit()).then(|| s.parse::<u64>().ok()).flatten()
+    }
+    let value = std::str::from_utf8(value).ok()?;
+    let mut parts = value.split(';');
+    let seq = number(parts.next()?.trim())?;
+    let mut at = None;
+    for param in parts {
+        if let Some(ms) = param.trim().strip_prefix("at=") {
+            at = number(ms);
+        }
+    }
+    Some((seq, at))
+}
+
 fn epoch_ms(t: std::time::SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -116,11 +140,10 @@ pub struct Engine {
     control_contact_ms: std::sync::atomic::AtomicU64,
     /// The control plane's last event this node applied and kept (0: none).
     control_seq: std::sync::atomic::AtomicU64,
-    /// The furthest event being applied or applied ([`Engine::applying`]).
-    applying_seq: std::sync::atomic::AtomicU64,
-    /// The furthest an edge has said it followed the control plane past
-    /// this shield, and when this shield first heard it (engine clock).
-    edge_ahead: std::sync::Mutex<(u64, std::time::SystemTime)>,
+    /// The furthest event being applied or applied ([`Engine::applying`]),
+    /// and when this node began to apply it (engine clock, ms since the
+    /// epoch).
+    applying_seq: std::sync::Mutex<(u64, u64)>,
     /// Taken while a URL's variant index is read and written again
     /// (`FetchJob::index_variant`), one of them by the URL's key.
     variant_turns: Box<[tokio::sync::Mutex<()>]>,
@@ -198,8 +221,7 @@ impl Engine {
             control_linked: std::sync::atomic::AtomicBool::new(false),
             control_contact_ms: std::sync::atomic::AtomicU64::new(0),
             control_seq: std::sync::atomic::AtomicU64::new(0),
-            applying_seq: std::sync::atomic::AtomicU64::new(0),
-            edge_ahead: std::sync::Mutex::new((0, std::time::UNIX_EPOCH)),
+            applying_seq: std::sync::Mutex::new((0, 0)),
             variant_turns: (0..VARIANT_TURNS).map(|_| tokio::sync::Mutex::new(())).collect(),
             control_refusal: std::sync::Mutex::new(None),
             credential_unwritten: std::sync::Mutex::new(None),
@@ -266,7 +288,10 @@ impl Engine {
     /// Records the control plane's last event applied and kept.
     pub fn applied_through(&self, seq: u64) {
         self.control_seq.store(seq, std::sync::atomic::Ordering::Release);
-        self.applying_seq.store(seq, std::sync::atomic::Ordering::Release);
+        let mut applying = self.applying_seq.lock().unwrap_or_else(|p| p.into_inner());
+        if applying.0 != seq {
+            *applying = (seq, epoch_ms(self.clock.now()));
+        }
     }
 
     /// Records that the control plane's event `seq` is being applied: from
@@ -277,42 +302,48 @@ impl Engine {
     /// check its copy, or the copy is stored here as fetched after the
     /// purge.
     pub fn applying(&self, seq: u64) {
-        self.applying_seq.fetch_max(seq, std::sync::atomic::Ordering::AcqRel);
-    }
-
-    /// An edge's fetches from its shields say how far it has followed the
-    /// control plane ([`OUTPOST_SEQ`](crate::headers::OUTPOST_SEQ)): a
-    /// shield behind it checks its copy with the origin before answering,
-    /// as it may not have applied a purge the edge has. Its copy would
-    /// otherwise be stored at the edge as fetched now, after the purge,
-    /// and served as fresh.
-    pub(crate) fn mark_fetch(&self, req: &mut http::Request<crate::upstream::ReqBody>) {
-        let seq = self.applying_seq.load(std::sync::atomic::Ordering::Acquire);
-        if self.tier == Tier::Edge && seq > 0 {
-            req.headers_mut().insert(crate::headers::OUTPOST_SEQ, crate::headers::decimal(seq));
+        let mut applying = self.applying_seq.lock().unwrap_or_else(|p| p.into_inner());
+        if seq > applying.0 {
+            *applying = (seq, epoch_ms(self.clock.now()));
         }
     }
 
-    /// When the edge behind this request has applied events of the
+    /// An edge's fetches from its shields say how far it has followed the
+    /// control plane, and when it began to apply that event
+    /// ([`OUTPOST_SEQ`](crate::headers::OUTPOST_SEQ): `42; at=<ms since
+    /// the epoch>`): a shield behind it checks its copy with the origin
+    /// before answering, as it may not have applied a purge the edge has.
+    /// Its copy would otherwise be stored at the edge as fetched now,
+    /// after the purge, and served as fresh.
+    pub(crate) fn mark_fetch(&self, req: &mut http::Request<crate::upstream::ReqBody>) {
+        let (seq, at_ms) = *self.applying_seq.lock().unwrap_or_else(|p| p.into_inner());
+        if self.tier == Tier::Edge && seq > 0 {
+            let said = http::HeaderValue::from_str(&format!("{seq}; at={at_ms}"));
+            req.headers_mut()
+                .insert(crate::headers::OUTPOST_SEQ, said.unwrap_or_else(|_| crate::headers::decimal(seq)));
+        }
+    }
+
+    /// When the request comes from an edge that has applied events of the
     /// control plane this shield has not (see [`Engine::mark_fetch`]):
-    /// copies fetched before this shield first heard of the furthest of
-    /// them are checked with the origin. One fetched since came after
-    /// every purge among them (the edges had begun to apply those before
-    /// they said so), and is served as it is, however long this shield stays behind.
+    /// copies fetched before then are checked with the origin. That is
+    /// [`CLAIM_MARGIN`] past the time the edge says it began to apply the
+    /// furthest of them (no later than now; now when it does not say).
+    /// Nothing of what one request says is kept for another: a client that
+    /// passes for an edge (a shield without `client_ca` takes anyone) can
+    /// only have its own requests checked, which a query string that
+    /// misses does as well.
     pub(crate) fn behind_the_edge(&self, headers: &impl outpost_net::HeaderLookup) -> Option<std::time::SystemTime> {
         if self.tier != Tier::Shield || !self.control_linked.load(std::sync::atomic::Ordering::Acquire) {
             return None;
         }
-        let theirs = headers.get(&crate::headers::OUTPOST_SEQ)?;
-        let theirs = std::str::from_utf8(theirs.as_bytes()).ok()?.parse::<u64>().ok()?;
+        let (theirs, at_ms) = parse_claim(headers.get(&crate::headers::OUTPOST_SEQ)?.as_bytes())?;
         if theirs <= self.control_seq.load(std::sync::atomic::Ordering::Acquire) {
             return None;
         }
-        let mut ahead = self.edge_ahead.lock().unwrap_or_else(|p| p.into_inner());
-        if theirs > ahead.0 {
-            *ahead = (theirs, self.clock.now());
-        }
-        Some(ahead.1)
+        let now = self.clock.now();
+        let said = at_ms.and_then(|ms| std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_millis(ms)));
+        Some(said.and_then(|at| at.checked_add(CLAIM_MARGIN)).map_or(now, |until| until.min(now)))
     }
 
     /// Records that the control plane was just heard from.
@@ -635,5 +666,27 @@ impl Engine {
     /// Flushes the cache to disk.
     pub async fn close(&self) {
         self.store.close().await;
+    }
+}
+
+#[cfg(test)]
+mod claim_tests {
+    use super::parse_claim;
+
+    #[test]
+    fn a_claim_is_a_sequence_and_perhaps_when_it_was_begun() {
+        assert_eq!(parse_claim(b"42"), Some((42, None)));
+        assert_eq!(parse_claim(b"42; at=1733580000000"), Some((42, Some(1_733_580_000_000))));
+        assert_eq!(parse_claim(b" 42 ;at=7 "), Some((42, Some(7))));
+        // A time that is no time is not said; the sequence still counts
+        // (the request is checked).
+        for junk in ["42; at=", "42; at=-1", "42; at=+7", "42; at=1e3", "42; at=99999999999999999999999", "42; when=7"]
+        {
+            assert_eq!(parse_claim(junk.as_bytes()), Some((42, None)), "{junk}");
+        }
+        for junk in ["", "abc", "-1", "+1", "1e9", "99999999999999999999999", "; at=7", "\u{ff}"] {
+            assert_eq!(parse_claim(junk.as_bytes()), None, "{junk}");
+        }
+        assert_eq!(parse_claim(&[b'4', 0xff]), None);
     }
 }

@@ -721,6 +721,9 @@ pub(crate) enum Closed {
     IdleTimeout,
     SendTimeout,
     Evicted,
+    /// Refused as it came: its client's network had its
+    /// `connections_per_network` open.
+    NetworkCap,
     Shutdown,
 }
 
@@ -732,6 +735,7 @@ impl Closed {
             Closed::IdleTimeout => "idle_timeout",
             Closed::SendTimeout => "send_timeout",
             Closed::Evicted => "evicted",
+            Closed::NetworkCap => "network_cap",
             Closed::Shutdown => "shutdown",
         }
     }

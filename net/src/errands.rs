@@ -123,6 +123,12 @@ impl Networks {
         Some(NetworkPlace { networks: Arc::clone(self), network })
     }
 
+    /// A place in `client`'s network's count, held until dropped; `None`
+    /// when the network has its cap.
+    pub(crate) fn enter(self: &Arc<Self>, client: IpAddr) -> Option<NetworkPlace> {
+        self.take_below(network_of(client), self.max)
+    }
+
     /// How many the network of `client` has running now.
     pub fn running(&self, client: IpAddr) -> u32 {
         self.lock().get(&network_of(client)).copied().unwrap_or(0)
@@ -136,7 +142,7 @@ impl Networks {
 
 /// One place in a network's count, given back when dropped.
 #[derive(Debug)]
-struct NetworkPlace {
+pub(crate) struct NetworkPlace {
     networks: Arc<Networks>,
     network: u64,
 }

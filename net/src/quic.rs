@@ -10,6 +10,8 @@
 //! [`crate::Conn::http3`].
 //!
 //! Limits: `limits.max_connections` QUIC connections (more are refused),
+//! `limits.connections_per_network` from one client network (more are
+//! closed once their handshake is done),
 //! `limits.quic_streams` requests open at once per connection (the
 //! client waits for more: QUIC stream credit), `limits.idle_timeout` of
 //! silence closes a connection, handshakes and each request's head must
@@ -99,6 +101,7 @@ pub async fn serve_quic<H: Handler>(
 ) {
     let limits = config.limits;
     let counters = Counters::new(&config.name);
+    let networks = crate::Networks::new(limits.connections_per_network);
     let endpoint = listener.endpoint;
     let mut tasks = tokio::task::JoinSet::new();
     loop {
@@ -126,10 +129,22 @@ pub async fn serve_quic<H: Handler>(
             continue;
         }
         let (handler, shutdown, counters) = (Arc::clone(&handler), shutdown.clone(), counters.clone());
+        let (networks, node) = (Arc::clone(&networks), Arc::clone(&config.name));
         tasks.spawn(async move {
             let peer = incoming.remote_address();
             match tokio::time::timeout(limits.header_read_timeout, incoming).await {
                 Ok(Ok(conn)) => {
+                    // Counted once the handshake has proved the address:
+                    // Initial packets from spoofed ones cannot use up a
+                    // network's places.
+                    let Some(_place) = networks.enter(peer.ip()) else {
+                        let reason = crate::conn::Closed::NetworkCap.as_str();
+                        metrics::counter!("outpost_connections_closed_total", "node" => node.to_string(), "reason" => reason)
+                            .increment(1);
+                        // H3_EXCESSIVE_LOAD.
+                        conn.close(quinn::VarInt::from_u32(0x107), b"too many connections from this network");
+                        return;
+                    };
                     if let Err(e) = connection(handler, conn, limits, counters, shutdown).await {
                         tracing::debug!(%peer, error = %e, "HTTP/3 connection ended");
                     }

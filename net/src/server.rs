@@ -99,6 +99,7 @@ pub async fn serve<H: Handler>(
     let server = Arc::new(Server {
         handler,
         permits: Arc::new(Semaphore::new(config.limits.max_connections as usize)),
+        networks: crate::Networks::new(config.limits.connections_per_network),
         table: Table::default(),
         tracker: TaskTracker::new(),
         counters: Counters::new(&config.name),
@@ -121,6 +122,8 @@ pub async fn serve<H: Handler>(
 struct Server<H> {
     handler: Arc<H>,
     permits: Arc<Semaphore>,
+    /// Connections open from each client network, and their cap.
+    networks: Arc<crate::Networks>,
     table: Table,
     tracker: TaskTracker,
     config: ServerConfig,
@@ -130,8 +133,13 @@ struct Server<H> {
 
 impl<H: Handler> Server<H> {
     /// Accepts on `listener` until shutdown, each connection in its own task.
+    ///
+    /// A connection from a network that has its
+    /// [`connections_per_network`](Limits::connections_per_network) open is
+    /// closed at once, before any other is closed to make room for it: a
+    /// client network's connections, kept busy, cannot hold every place.
     async fn accept(self: Arc<Self>, listener: Listener) {
-        while let Some(permit) = self.room().await {
+        loop {
             let (stream, peer) = tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 r = listener.tcp.accept() => match r {
@@ -143,6 +151,19 @@ impl<H: Handler> Server<H> {
                     }
                 },
             };
+            let Some(place) = self.networks.enter(peer.ip()) else {
+                metrics::counter!(
+                    "outpost_connections_closed_total",
+                    "node" => self.config.name.to_string(),
+                    "reason" => Closed::NetworkCap.as_str()
+                )
+                .increment(1);
+                tracing::debug!(%peer, "connection refused: its network has its connections open");
+                drop(stream);
+                tokio::task::yield_now().await;
+                continue;
+            };
+            let Some(permit) = self.room().await else { return };
             let _ = stream.set_nodelay(true);
             let state = Arc::new(ConnState::new(Instant::now(), &self.shutdown));
             // One count for every listener: the table holds them all.
@@ -161,7 +182,7 @@ impl<H: Handler> Server<H> {
                     .increment(1);
                 }
                 server.table.lock().remove(&id);
-                drop(permit);
+                drop((permit, place));
             });
             // One new connection per turn (see the module's notes).
             tokio::task::yield_now().await;

@@ -243,6 +243,12 @@ pub struct Limits {
     /// IPv6 /56) together; 0: no cap. Default:
     /// [`DEFAULT_FETCHES_PER_NETWORK`] (2048) on edges, 0 on shields.
     pub fetches_per_network: u32,
+    /// Open connections from one client network (IPv4 /24, IPv6 /56);
+    /// past it a new one from there is closed at once. 0: no cap.
+    /// Default: a quarter of `max_connections` on edges (2500 with its
+    /// default); 0 elsewhere (a shield's clients, the edges, may share one
+    /// network, and so may the operators of a control plane).
+    pub connections_per_network: u32,
 }
 
 impl Limits {
@@ -250,6 +256,7 @@ impl Limits {
     pub fn for_role(role: Role) -> Limits {
         match role {
             Role::Shield => Limits { fetches_per_connection: 0, fetches_per_network: 0, ..Limits::default() },
+            Role::Edge => Limits { connections_per_network: DEFAULT_MAX_CONNECTIONS.div_ceil(4), ..Limits::default() },
             _ => Limits::default(),
         }
     }
@@ -272,6 +279,7 @@ impl Default for Limits {
             quic_streams: DEFAULT_QUIC_STREAMS,
             fetches_per_connection: DEFAULT_FETCHES_PER_CONNECTION,
             fetches_per_network: DEFAULT_FETCHES_PER_NETWORK,
+            connections_per_network: 0,
         }
     }
 }

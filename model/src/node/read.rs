@@ -344,6 +344,9 @@ fn decode_limits(s: &mut Sink<'_>, t: &mut Table<'_, '_>, d: Limits) -> Limits {
     let quic_streams = positive(s, t, "quic_streams", d.quic_streams);
     let fetches_per_connection = t.or(s, "fetches_per_connection", d.fetches_per_connection);
     let fetches_per_network = t.or(s, "fetches_per_network", d.fetches_per_network);
+    // On an edge, a quarter of the places, however many there are.
+    let quarter = if d.connections_per_network == 0 { 0 } else { max_connections.div_ceil(4) };
+    let connections_per_network = t.or(s, "connections_per_network", quarter);
     t.finish(s);
     Limits {
         max_header_bytes,
@@ -360,6 +363,7 @@ fn decode_limits(s: &mut Sink<'_>, t: &mut Table<'_, '_>, d: Limits) -> Limits {
         quic_streams,
         fetches_per_connection,
         fetches_per_network,
+        connections_per_network,
     }
 }
 

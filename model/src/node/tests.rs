@@ -45,7 +45,7 @@ fn minimal_edge_uses_safe_defaults() {
     let node: NodeConfig = EDGE.parse().unwrap();
     assert_eq!(node.role(), Role::Edge);
     assert_eq!(node.name, "edge-1");
-    assert_eq!(node.limits, Limits::default());
+    assert_eq!(node.limits, Limits::for_role(Role::Edge));
     assert_eq!(node.limits.header_read_timeout, DEFAULT_HEADER_READ_TIMEOUT);
     let RoleConfig::Edge(edge) = &node.role else { panic!() };
     assert_eq!(edge.proxy.cache, CacheStorage { memory: 64 << 20, disk: 0, path: None, large_bodies: 75 });
@@ -80,11 +80,27 @@ fn fetches_per_connection_defaults_by_role() {
     assert_eq!((l.fetches_per_connection, l.fetches_per_network, l.max_headers), (64, 128, DEFAULT_MAX_HEADERS));
 }
 
+/// A client network may hold a quarter of the connection places, however
+/// many there are; a shield's clients (edges) may share one network.
+#[test]
+fn connections_per_network_defaults_to_a_quarter_of_the_places() {
+    let edge: NodeConfig = EDGE.parse().unwrap();
+    assert_eq!(edge.limits.connections_per_network, DEFAULT_MAX_CONNECTIONS / 4);
+    let more: NodeConfig = format!("{EDGE}\n[limits]\nmax_connections = 101\n").parse().unwrap();
+    assert_eq!(more.limits.connections_per_network, 26);
+    let set: NodeConfig =
+        format!("{EDGE}\n[limits]\nmax_connections = 101\nconnections_per_network = 0\n").parse().unwrap();
+    assert_eq!(set.limits.connections_per_network, 0);
+    let shield_text = "[node]\nname = \"s\"\nrole = \"shield\"\n[listen]\nhttp = [\"127.0.0.1:0\"]\n[cache]\nmemory = \"64MiB\"\n[limits]\nmax_connections = 100\n";
+    let shield: NodeConfig = shield_text.parse().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(shield.limits.connections_per_network, 0);
+}
+
 #[test]
 fn limits_are_read_and_checked() {
     let node: NodeConfig = format!(
         "{EDGE}\n[limits]\nheader_bytes = \"16KiB\"\nheaders = 50\nbody = \"1MiB\"\nheader_read_timeout = \"5s\"\n\
-         idle_timeout = \"30s\"\nsend_timeout = \"20s\"\nbody_read_timeout = \"15s\"\nsend_min_rate = \"4KiB\"\nmax_connections = 100\nlisten_backlog = 512\nshutdown_grace = \"3s\"\nquic_streams = 8\nfetches_per_connection = 64\nfetches_per_network = 256\n"
+         idle_timeout = \"30s\"\nsend_timeout = \"20s\"\nbody_read_timeout = \"15s\"\nsend_min_rate = \"4KiB\"\nmax_connections = 100\nlisten_backlog = 512\nshutdown_grace = \"3s\"\nquic_streams = 8\nfetches_per_connection = 64\nfetches_per_network = 256\nconnections_per_network = 30\n"
     )
     .parse()
     .unwrap();
@@ -105,6 +121,7 @@ fn limits_are_read_and_checked() {
             quic_streams: 8,
             fetches_per_connection: 64,
             fetches_per_network: 256,
+            connections_per_network: 30,
         }
     );
     let e = errors(&format!(

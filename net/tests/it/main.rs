@@ -350,6 +350,59 @@ async fn at_the_cap_a_connection_sending_is_not_closed_to_make_room() {
     assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("GET /new"), "{answer}");
 }
 
+/// A GET of `path` from `from`, the connection closed after it: what came back.
+async fn get_from(from: &str, addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let mut s = socket.connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "GET {path} from {from}: no answer");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// One client network's connections, kept busy, hold no more than
+/// `connections_per_network` of the places: past it, another from that
+/// network (IPv4 /24) is closed at once, and none is closed for it (an
+/// idle one of another network fills the last place). A client of a third
+/// network is served; the first has a place again once one of its own
+/// ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_network_holds_no_more_than_its_share_of_the_connections() {
+    let server = start(limits(|l| {
+        l.max_connections = 4;
+        l.connections_per_network = 3;
+        l.send_timeout = Duration::from_secs(60);
+        l.send_min_rate = 0;
+    }))
+    .await;
+    let addr = server.addr;
+    let mut busy = Vec::new();
+    for _ in 0..3 {
+        busy.push(busy_from("127.0.0.1", addr).await);
+    }
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.1.1:0".parse().unwrap()).unwrap();
+    let mut idle = socket.connect(addr).await.unwrap();
+    // Past the grace a connection just accepted has: the idle one could
+    // be closed to make room.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let mut extra = busy_from("127.0.0.2", addr).await;
+    assert!(closed_within(&mut extra, Duration::from_secs(2)).await, "a fourth connection of the network was served");
+    assert!(!closed_within(&mut idle, Duration::from_millis(10)).await, "one was closed for one over the cap");
+    for s in &mut busy {
+        assert!(!closed_within(s, Duration::from_millis(10)).await, "a connection was closed for one over the cap");
+    }
+    let answer = get_from("127.0.2.1", addr, "/other").await;
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("GET /other"), "{answer}");
+    drop(busy.remove(0));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answer = get_from("127.0.0.3", addr, "/again").await;
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("GET /again"), "{answer}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_cut_off_after_the_send_timeout() {
     let server = start(limits(|l| l.send_timeout = Duration::from_millis(500))).await;

@@ -82,6 +82,11 @@ async fn connect_as(
     transport: Option<quinn::TransportConfig>,
 ) -> Result<H3, String> {
     let (endpoint, conn) = quic_connect(addr, sni, h3_tls(ca, identity), transport).await?;
+    h3_over(endpoint, conn).await
+}
+
+/// HTTP/3 over a QUIC connection made.
+async fn h3_over(endpoint: quinn::Endpoint, conn: quinn::Connection) -> Result<H3, String> {
     let cert = conn
         .peer_identity()
         .and_then(|i| i.downcast::<Vec<CertificateDer<'static>>>().ok())
@@ -117,8 +122,19 @@ async fn quic_connect(
     tls: rustls::ClientConfig,
     transport: Option<quinn::TransportConfig>,
 ) -> Result<(quinn::Endpoint, quinn::Connection), String> {
+    quic_connect_from("127.0.0.1", addr, sni, tls, transport).await
+}
+
+/// [`quic_connect`] from the address `from`.
+async fn quic_connect_from(
+    from: &str,
+    addr: SocketAddr,
+    sni: &str,
+    tls: rustls::ClientConfig,
+    transport: Option<quinn::TransportConfig>,
+) -> Result<(quinn::Endpoint, quinn::Connection), String> {
     let quic_tls = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut endpoint = quinn::Endpoint::client(format!("{from}:0").parse().unwrap()).unwrap();
     let mut client = quinn::ClientConfig::new(Arc::new(quic_tls));
     if let Some(t) = transport {
         client.transport_config(Arc::new(t));
@@ -344,6 +360,31 @@ async fn http3_holds_its_connection_and_stream_limits_and_drains_on_shutdown() {
     let again = tokio::time::timeout(Duration::from_secs(2), connect(edge.quic, "a.test", &ca_pem)).await;
     assert!(!matches!(again, Ok(Ok(_))), "no new connections while draining");
     edge.task.await.unwrap().unwrap();
+}
+
+/// One client network holds no more than `connections_per_network`
+/// HTTP/3 connections: another from it (here 127.0.0.0/24) is closed once
+/// its handshake is done, with H3_EXCESSIVE_LOAD; a client of another
+/// network is served, and so is the first still.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http3_holds_one_networks_connections_to_its_share() {
+    let (origin, dir) = (Origin::start().await, tempfile::tempdir().unwrap());
+    let d = dir.path();
+    let ca_pem = site_a(d, &origin);
+    let edge = quic_edge(d, &["a.toml"], "connections_per_network = 1").await;
+    let mut first = connect(edge.quic, "a.test", &ca_pem).await.unwrap();
+    assert_eq!(first.get("a.test", "/one").await.unwrap().0, StatusCode::OK);
+    let (_endpoint, extra) =
+        quic_connect_from("127.0.0.2", edge.quic, "a.test", h3_tls(&ca_pem, None), None).await.unwrap();
+    let closed =
+        tokio::time::timeout(Duration::from_secs(5), extra.closed()).await.expect("the extra connection was kept");
+    let excessive = quinn::VarInt::from_u32(0x107);
+    assert!(matches!(&closed, quinn::ConnectionError::ApplicationClosed(c) if c.error_code == excessive), "{closed:?}");
+    let (endpoint, other) =
+        quic_connect_from("127.0.1.1", edge.quic, "a.test", h3_tls(&ca_pem, None), None).await.unwrap();
+    let mut other = h3_over(endpoint, other).await.unwrap();
+    assert_eq!(other.get("a.test", "/two").await.unwrap().0, StatusCode::OK);
+    assert_eq!(first.get("a.test", "/three").await.unwrap().0, StatusCode::OK);
 }
 
 /// `outpost load` with `http3 = true`: every request over QUIC, answered
@@ -625,7 +666,7 @@ async fn an_http3_client_reading_slower_than_the_minimum_rate_has_its_stream_res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quic_clients_retry_under_load_and_idle_connections_close_despite_pings() {
     let OneSite { origin: _origin, dir: _dir, ca_pem, edge } =
-        one_site("", "max_connections = 4\nidle_timeout = \"1s\"\n").await;
+        one_site("", "max_connections = 4\nconnections_per_network = 0\nidle_timeout = \"1s\"\n").await;
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(Duration::from_millis(200)));
     let mut pinging = connect_with(edge.quic, "a.test", &ca_pem, Some(transport)).await.unwrap();

@@ -27,6 +27,8 @@ pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwar
 /// The control plane's last event an edge applied, sent with its fetches
 /// to its shields (`Engine::mark_fetch`); never taken from a client.
 pub(crate) const OUTPOST_SEQ: HeaderName = HeaderName::from_static("outpost-seq");
+/// How long ago, in milliseconds, the edge began to apply that event.
+pub(crate) const OUTPOST_SEQ_AGE: HeaderName = HeaderName::from_static("outpost-seq-age");
 /// How the client reached the edge, `http` or `https`.
 pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 

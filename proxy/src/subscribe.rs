@@ -425,7 +425,7 @@ impl Subscriber {
             }
             StreamLine::Snapshot { seq, sites, purges } => {
                 // Said to shields from before its first rule takes effect.
-                self.engine.applying(seq);
+                self.engine.applying_snapshot(seq);
                 let now = self.engine.clock.now();
                 if let Err(e) = self.engine.purges.soft_purge_everything(now) {
                     tracing::error!(error = %e, "could not record the snapshot's soft purge; not acknowledged");

@@ -29,6 +29,10 @@ enum Play {
     /// reading that connection (a hung process: its socket stays open,
     /// the kernel still acknowledges), and answers on every other.
     HangFirstConnection,
+    /// Allows two streams on a connection; answers a path under `/held`
+    /// with its head and a byte, then nothing more (the answer of a slow
+    /// client, passed through, is held as long); any other at once.
+    TwoStreams,
 }
 
 struct FakeShield {
@@ -92,7 +96,11 @@ async fn serve(mut s: TcpStream, play: Play, seen: Arc<Mutex<Vec<String>>>, (str
         return;
     }
     let nth = conns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let Ok(mut conn) = h2::server::handshake(s).await else { return };
+    let mut builder = h2::server::Builder::new();
+    if matches!(play, Play::TwoStreams) {
+        builder.max_concurrent_streams(2);
+    }
+    let Ok(mut conn) = builder.handshake(s).await else { return };
     let mut served = 0;
     while let Some(Ok((req, mut respond))) = conn.accept().await {
         served += 1;
@@ -105,9 +113,12 @@ async fn serve(mut s: TcpStream, play: Play, seen: Arc<Mutex<Vec<String>>>, (str
         let seen = Arc::clone(&seen);
         tokio::spawn(async move {
             // With how far the edge says it has followed the control plane.
-            let asked = match req.headers().get("outpost-seq").and_then(|v| v.to_str().ok()) {
-                Some(seq) => format!("{} {} seq={seq}", req.method(), req.uri().path()),
-                None => format!("{} {}", req.method(), req.uri().path()),
+            // and how long ago it began to apply that event.
+            let field = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+            let asked = match (field("outpost-seq"), field("outpost-seq-age")) {
+                (Some(seq), Some(age)) => format!("{} {} seq={seq} age={age}", req.method(), req.uri().path()),
+                (Some(seq), None) => format!("{} {} seq={seq}", req.method(), req.uri().path()),
+                _ => format!("{} {}", req.method(), req.uri().path()),
             };
             let answer = |body: String| {
                 let head = Response::builder().header("content-length", body.len()).body(()).unwrap();
@@ -119,7 +130,16 @@ async fn serve(mut s: TcpStream, play: Play, seen: Arc<Mutex<Vec<String>>>, (str
                     seen.lock().unwrap().push(format!("{asked} refused"));
                     return;
                 }
-                Play::RefuseFirst | Play::HangFirstConnection => answer("fake".into()),
+                Play::TwoStreams if req.uri().path().starts_with("/held") => {
+                    seen.lock().unwrap().push(format!("{asked} conn={nth}"));
+                    let head = Response::builder().body(()).unwrap();
+                    if let Ok(mut tx) = respond.send_response(head, false) {
+                        let _ = tx.send_data(Bytes::from_static(b"h"), false);
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                    }
+                    return;
+                }
+                Play::RefuseFirst | Play::HangFirstConnection | Play::TwoStreams => answer("fake".into()),
                 Play::Flood(count) => {
                     for i in 0..count {
                         let mut r = Response::builder();
@@ -189,37 +209,81 @@ async fn an_edge_tells_its_shield_of_an_event_it_is_applying() {
     let (edge, _origin, _dir) = edge_before(&fake, "").await;
     edge.engine.applied_through(6);
     let _ = via(edge.addr, "/before?cc=no-store").await;
-    let began = epoch_ms();
+    let began = std::time::Instant::now();
     edge.engine.applying(7);
     let r = via(edge.addr, "/during?cc=no-store").await;
     assert_eq!(r.status, StatusCode::OK);
-    // With when the edge began to apply it.
+    // With how long ago the edge began to apply it, in milliseconds.
     let said = |path: &str| -> (u64, u64) {
         let seen = fake.seen();
         let line = seen.iter().find(|l| l.starts_with(&format!("GET {path} "))).unwrap_or_else(|| panic!("{seen:?}"));
-        let (seq, at) = line.split_once(" seq=").unwrap().1.split_once("; at=").unwrap_or_else(|| panic!("{line}"));
-        (seq.parse().unwrap(), at.parse().unwrap())
+        let (seq, age) = line.split_once(" seq=").unwrap().1.split_once(" age=").unwrap_or_else(|| panic!("{line}"));
+        (seq.parse().unwrap(), age.parse().unwrap())
     };
-    let (seq, at) = said("/during");
+    let ms = |since: std::time::Instant| since.elapsed().as_millis() as u64;
+    let (seq, age) = said("/during");
     assert_eq!(seq, 7);
-    assert!((began..=epoch_ms()).contains(&at), "{at} not in {began}..");
-    // Said again, the same event keeps the time it was begun.
+    assert!(age <= ms(began), "{age} ms ago, begun {} ms ago", ms(began));
+    // Said again, applied and kept, the same event keeps the moment it
+    // was begun.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     edge.engine.applying(7);
     edge.engine.applied_through(7);
     let _ = via(edge.addr, "/again?cc=no-store").await;
-    assert_eq!(said("/again"), (7, at));
+    let (seq, age) = said("/again");
+    assert_eq!(seq, 7);
+    assert!((300..=ms(began)).contains(&age), "{age} ms ago, begun {} ms ago", ms(began));
     // A control plane's log begun again from an earlier event is said as
-    // it is.
-    let began = epoch_ms();
+    // it is, begun now.
+    let again = std::time::Instant::now();
     edge.engine.applied_through(3);
     let _ = via(edge.addr, "/after?cc=no-store").await;
-    let (seq, at) = said("/after");
+    let (seq, age) = said("/after");
     assert_eq!(seq, 3);
-    assert!((began..=epoch_ms()).contains(&at), "{at} not in {began}..");
+    assert!(age <= ms(again), "{age} ms ago, begun {} ms ago", ms(again));
+    // So is a snapshot's, whatever its sequence: its purges take effect
+    // from now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let snapshot = std::time::Instant::now();
+    edge.engine.applying_snapshot(2);
+    let _ = via(edge.addr, "/snapshot?cc=no-store").await;
+    let (seq, age) = said("/snapshot");
+    assert_eq!(seq, 3);
+    assert!(age <= ms(snapshot), "{age} ms ago, begun {} ms ago", ms(snapshot));
 }
 
-fn epoch_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+/// Streams a shield allows on one connection, each held by an answer
+/// that does not end (as a slow client of an answer passed through holds
+/// its own), do not hold up the edge's other requests to that shield: it
+/// opens another connection for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_opens_another_connection_when_a_shields_streams_are_taken() {
+    let fake = FakeShield::start(Play::TwoStreams).await;
+    let (edge, origin, _dir) = edge_before(&fake, "").await;
+    let mut held = Vec::new();
+    for i in 0..2 {
+        let mut s = TcpStream::connect(edge.addr).await.unwrap();
+        s.write_all(format!("GET /held{i}?cc=no-store HTTP/1.1\r\nHost: s.test\r\n\r\n").as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut buf = [0u8; 512];
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+            assert!(n > 0, "closed before its head");
+            head.extend_from_slice(&buf[..n]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+        held.push(s);
+    }
+    let r = tokio::time::timeout(Duration::from_secs(3), via(edge.addr, "/next?cc=no-store")).await;
+    let r = r.expect("the request waited for a stream of the first connection");
+    assert_eq!((r.status, &r.body[..]), (StatusCode::OK, &b"fake"[..]));
+    let seen = fake.seen();
+    assert!(
+        seen.contains(&"GET /held0 conn=0".to_string()) && seen.contains(&"GET /held1 conn=0".to_string()),
+        "{seen:?}"
+    );
+    assert_eq!(origin.total().await, 0);
+    drop(held);
 }
 
 /// A shield that sends 40 interim responses before its answer: the client

@@ -45,28 +45,29 @@ pub(crate) use sites::SiteTable;
 /// silent for three heartbeats.
 pub(crate) const PARTITION_AFTER: std::time::Duration = outpost_config::api::DEAD_AFTER;
 
-/// How far a shield's clock may run ahead of its edges' and still check
-/// every copy fetched before a purge it has not applied yet
-/// ([`Engine::behind_the_edge`]). Copies fetched in that long after an
-/// edge began to apply the purge are checked once more.
-pub const CLAIM_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
+/// Slack a shield adds to the moment an edge began to apply an event it
+/// has not ([`Engine::behind_the_edge`]): copies fetched within it after
+/// that moment are checked too (the moment is measured in milliseconds,
+/// and from the edge's answer to the shield's reading of it).
+pub const CLAIM_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// `Outpost-Seq`'s value: the event, and when the edge began to apply it
-/// (`None` when it does not say, or says it in a form that is not one).
-fn parse_claim(value: &[u8]) -> Option<(u64, Option<u64>)> {
-    fn number(s: &str) -> Option<u64> {
-        s.bytes().all(|b| b.is_ascii_digit()).then(|| s.parse::<u64>().ok()).flatten()
-    }
-    let value = std::str::from_utf8(value).ok()?;
-    let mut parts = value.split(';');
-    let seq = number(parts.next()?.trim())?;
-    let mut at = None;
-    for param in parts {
-        if let Some(ms) = param.trim().strip_prefix("at=") {
-            at = number(ms);
-        }
-    }
-    Some((seq, at))
+/// A decimal number and nothing else (no sign, no space), as
+/// `Outpost-Seq` and `Outpost-Seq-Age` are written.
+fn plain_number(value: &[u8]) -> Option<u64> {
+    let s = std::str::from_utf8(value).ok()?;
+    s.bytes().all(|b| b.is_ascii_digit()).then(|| s.parse::<u64>().ok()).flatten()
+}
+
+/// Copies fetched before this are checked, for an edge that began to
+/// apply an event `age_ms` ago by its own account (`None`: it does not
+/// say, or it says before 1970): [`CLAIM_MARGIN`]
+/// after it began, and no later than now. Measured on this node's clock,
+/// as its copies' times are: no two clocks need agree.
+fn claim_cutoff(now: std::time::SystemTime, age_ms: Option<u64>) -> std::time::SystemTime {
+    let began = age_ms
+        .and_then(|a| now.checked_sub(std::time::Duration::from_millis(a)))
+        .filter(|b| *b >= std::time::UNIX_EPOCH);
+    began.and_then(|b| b.checked_add(CLAIM_MARGIN)).map_or(now, |c| c.min(now))
 }
 
 fn epoch_ms(t: std::time::SystemTime) -> u64 {
@@ -141,9 +142,8 @@ pub struct Engine {
     /// The control plane's last event this node applied and kept (0: none).
     control_seq: std::sync::atomic::AtomicU64,
     /// The furthest event being applied or applied ([`Engine::applying`]),
-    /// and when this node began to apply it (engine clock, ms since the
-    /// epoch).
-    applying_seq: std::sync::Mutex<(u64, u64)>,
+    /// and when this node began to apply it.
+    applying_seq: std::sync::Mutex<(u64, Option<std::time::Instant>)>,
     /// Taken while a URL's variant index is read and written again
     /// (`FetchJob::index_variant`), one of them by the URL's key.
     variant_turns: Box<[tokio::sync::Mutex<()>]>,
@@ -221,7 +221,7 @@ impl Engine {
             control_linked: std::sync::atomic::AtomicBool::new(false),
             control_contact_ms: std::sync::atomic::AtomicU64::new(0),
             control_seq: std::sync::atomic::AtomicU64::new(0),
-            applying_seq: std::sync::Mutex::new((0, 0)),
+            applying_seq: std::sync::Mutex::new((0, None)),
             variant_turns: (0..VARIANT_TURNS).map(|_| tokio::sync::Mutex::new(())).collect(),
             control_refusal: std::sync::Mutex::new(None),
             credential_unwritten: std::sync::Mutex::new(None),
@@ -290,7 +290,7 @@ impl Engine {
         self.control_seq.store(seq, std::sync::atomic::Ordering::Release);
         let mut applying = self.applying_seq.lock().unwrap_or_else(|p| p.into_inner());
         if applying.0 != seq {
-            *applying = (seq, epoch_ms(self.clock.now()));
+            *applying = (seq, Some(std::time::Instant::now()));
         }
     }
 
@@ -304,46 +304,58 @@ impl Engine {
     pub fn applying(&self, seq: u64) {
         let mut applying = self.applying_seq.lock().unwrap_or_else(|p| p.into_inner());
         if seq > applying.0 {
-            *applying = (seq, epoch_ms(self.clock.now()));
+            *applying = (seq, Some(std::time::Instant::now()));
         }
     }
 
+    /// Records that a snapshot of the control plane at `seq` is being
+    /// applied: its purges take effect from now, whatever its sequence (a
+    /// control plane whose log began again may send one below the events
+    /// this node had applied, which is then said until the snapshot is
+    /// kept).
+    pub fn applying_snapshot(&self, seq: u64) {
+        let mut applying = self.applying_seq.lock().unwrap_or_else(|p| p.into_inner());
+        *applying = (applying.0.max(seq), Some(std::time::Instant::now()));
+    }
+
     /// An edge's fetches from its shields say how far it has followed the
-    /// control plane, and when it began to apply that event
-    /// ([`OUTPOST_SEQ`](crate::headers::OUTPOST_SEQ): `42; at=<ms since
-    /// the epoch>`): a shield behind it checks its copy with the origin
-    /// before answering, as it may not have applied a purge the edge has.
-    /// Its copy would otherwise be stored at the edge as fetched now,
-    /// after the purge, and served as fresh.
+    /// control plane ([`OUTPOST_SEQ`](crate::headers::OUTPOST_SEQ)), and
+    /// how long ago it began to apply that event, in milliseconds
+    /// ([`OUTPOST_SEQ_AGE`](crate::headers::OUTPOST_SEQ_AGE)): a shield
+    /// behind it checks its copy with the origin before answering, as it
+    /// may not have applied a purge the edge has. Its copy would otherwise
+    /// be stored at the edge as fetched now, after the purge, and served
+    /// as fresh.
     pub(crate) fn mark_fetch(&self, req: &mut http::Request<crate::upstream::ReqBody>) {
-        let (seq, at_ms) = *self.applying_seq.lock().unwrap_or_else(|p| p.into_inner());
+        let (seq, began) = *self.applying_seq.lock().unwrap_or_else(|p| p.into_inner());
         if self.tier == Tier::Edge && seq > 0 {
-            let said = http::HeaderValue::from_str(&format!("{seq}; at={at_ms}"));
-            req.headers_mut()
-                .insert(crate::headers::OUTPOST_SEQ, said.unwrap_or_else(|_| crate::headers::decimal(seq)));
+            let headers = req.headers_mut();
+            headers.insert(crate::headers::OUTPOST_SEQ, crate::headers::decimal(seq));
+            if let Some(b) = began {
+                let age = u64::try_from(b.elapsed().as_millis()).unwrap_or(u64::MAX);
+                headers.insert(crate::headers::OUTPOST_SEQ_AGE, crate::headers::decimal(age));
+            }
         }
     }
 
     /// When the request comes from an edge that has applied events of the
     /// control plane this shield has not (see [`Engine::mark_fetch`]):
-    /// copies fetched before then are checked with the origin. That is
-    /// [`CLAIM_MARGIN`] past the time the edge says it began to apply the
-    /// furthest of them (no later than now; now when it does not say).
-    /// Nothing of what one request says is kept for another: a client that
-    /// passes for an edge (a shield without `client_ca` takes anyone) can
-    /// only have its own requests checked, which a query string that
-    /// misses does as well.
+    /// copies fetched before then are checked with the origin
+    /// ([`claim_cutoff`]: from when the edge began to apply the furthest of
+    /// them, or now when it does not say). Nothing of what one request
+    /// says is kept for another: a client that passes for an edge (a
+    /// shield without `client_ca` takes anyone) has its own request
+    /// checked at most.
     pub(crate) fn behind_the_edge(&self, headers: &impl outpost_net::HeaderLookup) -> Option<std::time::SystemTime> {
         if self.tier != Tier::Shield || !self.control_linked.load(std::sync::atomic::Ordering::Acquire) {
             return None;
         }
-        let (theirs, at_ms) = parse_claim(headers.get(&crate::headers::OUTPOST_SEQ)?.as_bytes())?;
+        let theirs = plain_number(headers.get(&crate::headers::OUTPOST_SEQ)?.as_bytes())?;
         if theirs <= self.control_seq.load(std::sync::atomic::Ordering::Acquire) {
             return None;
         }
-        let now = self.clock.now();
-        let said = at_ms.and_then(|ms| std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_millis(ms)));
-        Some(said.and_then(|at| at.checked_add(CLAIM_MARGIN)).map_or(now, |until| until.min(now)))
+        let age = headers.get(&crate::headers::OUTPOST_SEQ_AGE).and_then(|v| plain_number(v.as_bytes()));
+        Some(claim_cutoff(self.clock.now(), age))
     }
 
     /// Records that the control plane was just heard from.
@@ -671,22 +683,32 @@ impl Engine {
 
 #[cfg(test)]
 mod claim_tests {
-    use super::parse_claim;
+    use std::time::{Duration, SystemTime};
+
+    use super::{CLAIM_MARGIN, claim_cutoff, plain_number};
 
     #[test]
-    fn a_claim_is_a_sequence_and_perhaps_when_it_was_begun() {
-        assert_eq!(parse_claim(b"42"), Some((42, None)));
-        assert_eq!(parse_claim(b"42; at=1733580000000"), Some((42, Some(1_733_580_000_000))));
-        assert_eq!(parse_claim(b" 42 ;at=7 "), Some((42, Some(7))));
-        // A time that is no time is not said; the sequence still counts
-        // (the request is checked).
-        for junk in ["42; at=", "42; at=-1", "42; at=+7", "42; at=1e3", "42; at=99999999999999999999999", "42; when=7"]
-        {
-            assert_eq!(parse_claim(junk.as_bytes()), Some((42, None)), "{junk}");
+    fn a_claim_is_a_plain_number() {
+        assert_eq!(plain_number(b"42"), Some(42));
+        assert_eq!(plain_number(b"0"), Some(0));
+        for junk in ["", "abc", "-1", "+1", " 1", "1 ", "1e9", "99999999999999999999999", "42; at=7"] {
+            assert_eq!(plain_number(junk.as_bytes()), None, "{junk}");
         }
-        for junk in ["", "abc", "-1", "+1", "1e9", "99999999999999999999999", "; at=7", "\u{ff}"] {
-            assert_eq!(parse_claim(junk.as_bytes()), None, "{junk}");
-        }
-        assert_eq!(parse_claim(&[b'4', 0xff]), None);
+        assert_eq!(plain_number(&[b'4', 0xff]), None);
+    }
+
+    #[test]
+    fn copies_fetched_before_the_edge_began_and_a_margin_are_checked() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        // Not said: everything fetched before now.
+        assert_eq!(claim_cutoff(now, None), now);
+        // Begun just now, or within the margin: the same.
+        assert_eq!(claim_cutoff(now, Some(0)), now);
+        assert_eq!(claim_cutoff(now, Some(CLAIM_MARGIN.as_millis() as u64 / 2)), now);
+        // Begun a minute ago: what was fetched since then and the margin is not.
+        let minute = claim_cutoff(now, Some(60_000));
+        assert_eq!(minute, now - Duration::from_secs(60) + CLAIM_MARGIN);
+        // Before 1970: taken as not said.
+        assert_eq!(claim_cutoff(now, Some(u64::MAX)), now);
     }
 }

@@ -84,8 +84,11 @@ pub(super) async fn fetch(cx: &Ctx, key: Key, first: u64, last: Option<u64>) -> 
     let range = to.map_or_else(|| format!("bytes={from}-"), |t| format!("bytes={from}-{}", t - 1));
     let mut req = request::fetch(&engine.hop, &cx.site, &cx.client_side(), &cx.rkey.url, None, cx.rkey.coding);
     req.headers_mut().insert(header::RANGE, HeaderValue::from_str(&range).ok()?);
-    engine.mark_fetch(&mut req);
+    // Begun before it says how far this node has followed the control
+    // plane: a purge applied in between is after the fetch began, not
+    // before a fetch that did not tell the shield of it.
     let (started, started_real, waiting) = (engine.clock.now(), SystemTime::now(), Instant::now());
+    engine.mark_fetch(&mut req);
     let mark = engine.invalidation_mark(cx.rkey.primary);
     let resp = engine.upstream.send(&cx.site, cx.rkey.primary, req, cx.upstream_host()).await.ok()?;
     if resp.status() != StatusCode::PARTIAL_CONTENT {

@@ -1,8 +1,9 @@
 //! HTTP/2 to the next tier, spoken with h2 itself (hyper's client drops an
-//! answer's interim responses): one connection per target, shared by every
-//! request to it; each answer's 1xx handed on as they come; a request's
-//! body sent no faster than the target's windows take it; a connection
-//! with no stream open for a while closed.
+//! answer's interim responses): a connection per target, shared by every
+//! request to it (another while every stream of those open is taken);
+//! each answer's 1xx handed on as they come; a request's body sent no
+//! faster than the target's windows take it; a connection with no stream
+//! open for a while closed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -28,7 +29,7 @@ const STREAM_WINDOW: u32 = 2 << 20;
 /// The connection's: every stream a shield lets an edge open with its
 /// window full at once. The bytes a stream's reader has not taken count
 /// against the connection's window too, and every site's misses to a
-/// target share one connection: with hyper's 5 MiB, three clients reading
+/// target share a connection: with hyper's 5 MiB, three clients reading
 /// answers passed through slowly stopped all of them. What a connection
 /// holds stays bounded by its streams' windows.
 const CONNECTION_WINDOW: u32 = STREAM_WINDOW * outpost_net::http2::MAX_STREAMS;
@@ -100,6 +101,28 @@ impl Open {
         shared.open.fetch_add(1, Ordering::AcqRel);
         shared.touch();
         Open(Arc::clone(shared))
+    }
+
+    /// One more, when fewer than `max` are open.
+    fn below(shared: &Arc<Shared>, max: usize) -> Option<Open> {
+        shared.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).ok()?;
+        shared.touch();
+        Some(Open(Arc::clone(shared)))
+    }
+}
+
+/// A stream's place on a connection, taken as the connection is chosen
+/// for a request ([`Conn::slot`]), so requests choosing at once do not
+/// all take its last free stream.
+pub(super) struct Slot {
+    pub(super) conn: Conn,
+    open: Open,
+}
+
+impl Slot {
+    /// [`Conn::send`] in this place.
+    pub(super) async fn send(self, req: Request<ReqBody>, stall: Duration) -> Result<Response<RecvBody>, SendError> {
+        self.conn.send(req, stall, self.open).await
     }
 }
 
@@ -185,16 +208,34 @@ impl Conn {
         self.shared.closed.load(Ordering::Relaxed)
     }
 
+    /// A place for a stream, when fewer are open on it than the target
+    /// allows on one connection.
+    pub(super) fn free_slot(&self) -> Option<Slot> {
+        let open = Open::below(&self.shared, self.sender.current_max_send_streams())?;
+        Some(Slot { conn: self.clone(), open })
+    }
+
+    /// A place for a stream, however many are open: past the target's
+    /// limit, the stream waits for one of them to end.
+    pub(super) fn slot(&self) -> Slot {
+        Slot { conn: self.clone(), open: Open::new(&self.shared) }
+    }
+
+    /// Streams open on it ([`Shared::open`]).
+    pub(super) fn streams_open(&self) -> usize {
+        self.shared.open.load(Ordering::Acquire)
+    }
+
     pub(super) fn is_proven(&self) -> bool {
         self.shared.proven.load(Ordering::Relaxed)
     }
 
     /// Sends `req` (its URI absolute: scheme and authority become the
-    /// pseudo-fields) and waits for the answer's head. Interim responses
+    /// pseudo-fields) in the place `open`, and waits for the answer's head. Interim responses
     /// before it go to the request's [`OnInterim`]. The body is sent by a
     /// task of its own; a target that opens no window for `stall` has the
     /// stream reset.
-    pub(super) async fn send(&self, req: Request<ReqBody>, stall: Duration) -> Result<Response<RecvBody>, SendError> {
+    async fn send(&self, req: Request<ReqBody>, stall: Duration, open: Open) -> Result<Response<RecvBody>, SendError> {
         let mut sender = match self.sender.clone().ready().await {
             Ok(sender) => sender,
             Err(e) => {
@@ -203,7 +244,7 @@ impl Conn {
                 return Err(SendError::Closed(Box::new(req), e));
             }
         };
-        let open = Arc::new(Open::new(&self.shared));
+        let open = Arc::new(open);
         let (mut parts, body) = req.into_parts();
         let interim = parts.extensions.remove::<OnInterim>();
         strip_connection_fields(&mut parts.headers);
@@ -478,7 +519,7 @@ mod tests {
         let (io, closed) = target(1000, Duration::ZERO).await;
         let conn = Conn::handshake(io, true, idle).await.unwrap();
         for _ in 0..3 {
-            let resp = conn.send(get(), Duration::from_secs(5)).await.ok().unwrap();
+            let resp = conn.slot().send(get(), Duration::from_secs(5)).await.ok().unwrap();
             assert_eq!(resp.into_body().collect().await.unwrap().to_bytes().len(), 1000);
             // Used more often than it idles: kept.
             tokio::time::sleep(idle / 3).await;
@@ -493,7 +534,7 @@ mod tests {
         let idle = Duration::from_millis(1000);
         let (io, closed) = target(1000, idle * 4).await;
         let conn = Conn::handshake(io, true, idle).await.unwrap();
-        let resp = conn.send(get(), Duration::from_secs(5)).await.ok().unwrap();
+        let resp = conn.slot().send(get(), Duration::from_secs(5)).await.ok().unwrap();
         // The head has come, the body's last byte has not: the stream is
         // open, however long nothing else is asked.
         assert!(!closed_within(&closed, idle * 3).await, "closed under an answer still coming");

@@ -170,17 +170,26 @@ impl UpstreamClient {
         }
     }
 
-    /// The target's open HTTP/2 connection, or a new one. However many
-    /// requests ask at once, one connection is made: the others wait for
-    /// it.
-    async fn h2_conn(&self, target: &Target, name: &str) -> Result<http2::Conn, H2Failure> {
+    /// A stream's place on an open HTTP/2 connection to the target with
+    /// one free, or on a new one. However many requests ask at once, one
+    /// connection is made at a time: the others wait for it. With
+    /// [`MAX_H2_CONNS`] open and every stream taken, or when another cannot
+    /// be made, a place on the one with the fewest streams open: the
+    /// request waits there for one to end.
+    async fn h2_conn(&self, target: &Target, name: &str) -> Result<http2::Slot, H2Failure> {
         let key = H2Key::of(target, name);
-        let open = || {
+        // A free place; or, with `full`, the least busy when no free one.
+        let pick = |full: bool| {
             let conns = self.h2.lock().unwrap_or_else(|p| p.into_inner());
-            conns.get(&key).filter(|c| !c.is_closed()).cloned()
+            let open: Vec<&http2::Conn> = conns.get(&key).into_iter().flatten().filter(|c| !c.is_closed()).collect();
+            if let Some(slot) = open.iter().find_map(|c| c.free_slot()) {
+                return Some(slot);
+            }
+            let full = full || open.len() >= MAX_H2_CONNS;
+            full.then(|| open.into_iter().min_by_key(|c| c.streams_open()).map(http2::Conn::slot)).flatten()
         };
-        if let Some(c) = open() {
-            return Ok(c);
+        if let Some(slot) = pick(false) {
+            return Ok(slot);
         }
         let gate = {
             let mut gates = self.h2_gates.lock().unwrap_or_else(|p| p.into_inner());
@@ -190,9 +199,13 @@ impl UpstreamClient {
             Arc::clone(gates.entry(key.clone()).or_default())
         };
         let _one = gate.lock().await;
-        match open() {
-            Some(c) => Ok(c),
-            None => self.h2_connect(target, name, key).await,
+        if let Some(slot) = pick(false) {
+            return Ok(slot);
+        }
+        match self.h2_connect(target, name, key.clone()).await {
+            Ok(conn) => Ok(conn.slot()),
+            // Those open still take requests, in turn.
+            Err(e) => pick(true).ok_or(e),
         }
     }
 
@@ -209,10 +222,20 @@ impl UpstreamClient {
         if tls && !hyper_util::client::legacy::connect::Connection::connected(&io).is_negotiated_h2() {
             return Err(H2Failure::NotOffered);
         }
-        let conn = http2::Conn::handshake(TokioIo::new(io), tls, self.h2_idle).await.map_err(|e| connect(e.into()))?;
+        // Another connection to a target one has shown speaks HTTP/2 is
+        // not taken for a refusal if it breaks before its first answer.
+        let proven = tls || {
+            let conns = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+            conns.get(&key).is_some_and(|open| open.iter().any(|c| c.is_proven()))
+        };
+        let conn =
+            http2::Conn::handshake(TokioIo::new(io), proven, self.h2_idle).await.map_err(|e| connect(e.into()))?;
         let mut conns = self.h2.lock().unwrap_or_else(|p| p.into_inner());
-        conns.retain(|_, c| !c.is_closed());
-        conns.insert(key, conn.clone());
+        conns.retain(|_, open| {
+            open.retain(|c| !c.is_closed());
+            !open.is_empty()
+        });
+        conns.entry(key).or_default().push(conn.clone());
         Ok(conn)
     }
 
@@ -222,10 +245,11 @@ impl UpstreamClient {
         &self,
         target: &Target,
         name: &str,
-        conn: http2::Conn,
+        slot: http2::Slot,
         req: Request<ReqBody>,
         bodyless: bool,
     ) -> Result<Response<RecvBody>, H2Failure> {
+        let conn = slot.conn.clone();
         let protocol = |e: BoxError| {
             let kind = match error::client_body_error(&*e) {
                 Some(c) => UpstreamErrorKind::ClientBody { too_large: c.too_large },
@@ -243,7 +267,7 @@ impl UpstreamClient {
             format!("{scheme}://{authority}{path}").parse().map_err(|e: http::uri::InvalidUri| protocol(e.into()))?;
         let again = bodyless.then(|| parts.clone());
         let stall = target.response_timeout;
-        let sent = match conn.send(Request::from_parts(parts, body), stall).await {
+        let sent = match slot.send(Request::from_parts(parts, body), stall).await {
             // Closed since it was made: a new connection, once.
             Err(http2::SendError::Closed(req, _)) if conn.is_proven() => {
                 self.h2_conn(target, name).await?.send(*req, stall).await
@@ -262,8 +286,8 @@ impl UpstreamClient {
             Err(http2::SendError::Closed(_, e) | http2::SendError::Unsent(e)) => match again {
                 Some(parts) => {
                     let empty = http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync();
-                    let conn = self.h2_conn(target, name).await?;
-                    conn.send(Request::from_parts(parts, empty), stall).await.map_err(|e| protocol(e.into_cause()))
+                    let slot = self.h2_conn(target, name).await?;
+                    slot.send(Request::from_parts(parts, empty), stall).await.map_err(|e| protocol(e.into_cause()))
                 }
                 None => Err(protocol(e.into())),
             },
@@ -333,6 +357,13 @@ impl Probes {
 /// Connections are pooled per way of dialling and extra CA.
 type PoolKey = (Dial, Option<PathBuf>);
 
+/// HTTP/2 connections one node keeps to one target at most. A request
+/// goes on the first with a stream free; with every stream of each taken,
+/// another is made: a shield allows 256 on one, and slow clients of
+/// answers passed through, each holding its stream until it has read the
+/// answer, would otherwise hold up every other request to that shield.
+const MAX_H2_CONNS: usize = 8;
+
 /// Pooled keep-alive clients, one per connect timeout and CA in use.
 #[derive(Debug)]
 pub struct UpstreamClient {
@@ -340,9 +371,10 @@ pub struct UpstreamClient {
     tls: Arc<UpstreamTls>,
     clients: Kept<PoolKey, Client<Connector, ReqBody>>,
     probe_clients: Arc<Kept<(Option<PathBuf>, Duration), ProbeClient>>,
-    /// One HTTP/2 connection per target that speaks it, every request to
-    /// it multiplexed on that connection.
-    h2: Mutex<HashMap<H2Key, http2::Conn>>,
+    /// The HTTP/2 connections to each target that speaks it, every
+    /// request to it multiplexed on the first with a stream free (one,
+    /// unless its streams are taken: see [`MAX_H2_CONNS`]).
+    h2: Mutex<HashMap<H2Key, Vec<http2::Conn>>>,
     /// Held while a target's HTTP/2 connection is being made.
     h2_gates: Mutex<HashMap<H2Key, Arc<tokio::sync::Mutex<()>>>>,
     /// Targets that did not answer in HTTP/2, and since when: asked in
@@ -449,7 +481,7 @@ impl UpstreamClient {
                     let (method, uri, headers) = (req.method().clone(), req.uri().clone(), req.headers().clone());
                     (method, uri, headers, req.extensions().clone())
                 });
-                let used = conn.clone();
+                let used = conn.conn.clone();
                 let sent = tokio::time::timeout_at(deadline, self.send_h2(target, &name, conn, req, bodyless)).await;
                 let refused = match sent {
                     Err(_) => {

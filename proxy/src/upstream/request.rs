@@ -15,7 +15,7 @@ use outpost_config::{Site, WITHHELD_REQUEST_HEADERS};
 use outpost_net::HeaderLookup;
 
 use super::ReqBody;
-use crate::headers::{CDN_LOOP, FORWARDED, OUTPOST_SEQ, X_FORWARDED_FOR, X_FORWARDED_PROTO};
+use crate::headers::{CDN_LOOP, FORWARDED, OUTPOST_SEQ, OUTPOST_SEQ_AGE, X_FORWARDED_FOR, X_FORWARDED_PROTO};
 use crate::policy::is_hop_by_hop;
 
 /// Request fields that describe the client's own message, never copied
@@ -131,6 +131,7 @@ pub fn forward_headers(hop: &Hop, site: &Site, from: &FromClient, cacheable: boo
             || MESSAGE_FIELDS.contains(name)
             || name == X_FORWARDED_PROTO
             || name == OUTPOST_SEQ
+            || name == OUTPOST_SEQ_AGE
             || (cacheable && NOT_FORWARDED_ON_FETCH.contains(name))
             || (WITHHELD_REQUEST_HEADERS.contains(&name.as_str())
                 && !site.headers.forward.contains(name)

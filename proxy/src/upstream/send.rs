@@ -111,6 +111,7 @@ impl Upstream {
             }
             if !target.shield {
                 attempt.headers_mut().remove(crate::headers::OUTPOST_SEQ);
+                attempt.headers_mut().remove(crate::headers::OUTPOST_SEQ_AGE);
             }
             let started = Instant::now();
             let waited = started - waiting;

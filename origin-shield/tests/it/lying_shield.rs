@@ -33,6 +33,11 @@ enum Play {
     /// with its head and a byte, then nothing more (the answer of a slow
     /// client, passed through, is held as long); any other at once.
     TwoStreams,
+    /// Speaks HTTP/2 on its first connection, answers one request there
+    /// and closes it; then hangs up on the HTTP/2 preface, as a server
+    /// put in its place that speaks HTTP/1.1 only would (which it
+    /// answers).
+    H2ThenGone,
 }
 
 struct FakeShield {
@@ -100,6 +105,9 @@ async fn serve(mut s: TcpStream, play: Play, seen: Arc<Mutex<Vec<String>>>, (str
     if matches!(play, Play::TwoStreams) {
         builder.max_concurrent_streams(2);
     }
+    if matches!(play, Play::H2ThenGone) && nth > 0 {
+        return;
+    }
     let Ok(mut conn) = builder.handshake(s).await else { return };
     let mut served = 0;
     while let Some(Ok((req, mut respond))) = conn.accept().await {
@@ -130,8 +138,15 @@ async fn serve(mut s: TcpStream, play: Play, seen: Arc<Mutex<Vec<String>>>, (str
                     seen.lock().unwrap().push(format!("{asked} refused"));
                     return;
                 }
-                Play::TwoStreams if req.uri().path().starts_with("/held") => {
+                Play::TwoStreams => {
                     seen.lock().unwrap().push(format!("{asked} conn={nth}"));
+                    if !req.uri().path().starts_with("/held") {
+                        let (head, body) = answer("fake".into());
+                        if let Ok(mut tx) = respond.send_response(head, false) {
+                            let _ = tx.send_data(body, true);
+                        }
+                        return;
+                    }
                     let head = Response::builder().body(()).unwrap();
                     if let Ok(mut tx) = respond.send_response(head, false) {
                         let _ = tx.send_data(Bytes::from_static(b"h"), false);
@@ -139,7 +154,16 @@ async fn serve(mut s: TcpStream, play: Play, seen: Arc<Mutex<Vec<String>>>, (str
                     }
                     return;
                 }
-                Play::RefuseFirst | Play::HangFirstConnection | Play::TwoStreams => answer("fake".into()),
+                Play::H2ThenGone => {
+                    // Its one connection in HTTP/2 answers once, then ends.
+                    seen.lock().unwrap().push(format!("{asked} conn={nth}"));
+                    let (head, body) = answer("fake".into());
+                    if let Ok(mut tx) = respond.send_response(head, false) {
+                        let _ = tx.send_data(body, true);
+                    }
+                    return;
+                }
+                Play::RefuseFirst | Play::HangFirstConnection => answer("fake".into()),
                 Play::Flood(count) => {
                     for i in 0..count {
                         let mut r = Response::builder();
@@ -185,6 +209,11 @@ async fn serve(mut s: TcpStream, play: Play, seen: Arc<Mutex<Vec<String>>>, (str
                 let _ = tx.send_data(body, true);
             }
         });
+        if matches!(play, Play::H2ThenGone) {
+            // Its answer out (the connection driven meanwhile), it ends.
+            let _ = tokio::time::timeout(Duration::from_millis(300), conn.accept()).await;
+            return;
+        }
     }
 }
 
@@ -282,8 +311,28 @@ async fn an_edge_opens_another_connection_when_a_shields_streams_are_taken() {
         seen.contains(&"GET /held0 conn=0".to_string()) && seen.contains(&"GET /held1 conn=0".to_string()),
         "{seen:?}"
     );
+    assert!(seen.contains(&"GET /next conn=1".to_string()), "{seen:?}");
     assert_eq!(origin.total().await, 0);
     drop(held);
+}
+
+/// A cleartext shield that spoke HTTP/2 and then does not (another server
+/// in its place, speaking HTTP/1.1 only) is asked in HTTP/1.1: a new
+/// connection is taken to speak HTTP/2 only while one open to the target
+/// has shown it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shield_that_stops_speaking_http2_is_asked_in_http1() {
+    let fake = FakeShield::start(Play::H2ThenGone).await;
+    let (edge, origin, _dir) = edge_before(&fake, "").await;
+    let r = via(edge.addr, "/first?cc=no-store").await;
+    assert_eq!((r.status, &r.body[..]), (StatusCode::OK, &b"fake"[..]));
+    // Its connection closed.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let r = tokio::time::timeout(Duration::from_secs(10), via(edge.addr, "/second?cc=no-store")).await.unwrap();
+    // The HTTP/1.1 server's empty answer.
+    assert_eq!((r.status, r.body.len()), (StatusCode::OK, 0), "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(fake.seen(), ["GET /first conn=0"]);
+    assert_eq!(origin.total().await, 0);
 }
 
 /// A shield that sends 40 interim responses before its answer: the client

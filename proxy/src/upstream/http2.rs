@@ -66,6 +66,10 @@ struct Shared {
     /// PING or a request on this connection, or by a frame of HTTP/2's
     /// own.
     proven: AtomicBool,
+    /// It has shown so itself (by ALPN, an answer, a PING's, a frame of
+    /// HTTP/2's own), not only been taken to by another connection to the
+    /// same target ([`Conn::assume_proven`]).
+    shown: AtomicBool,
     /// Bytes read from the target so far.
     read: AtomicU64,
     /// Asks the task to check the target is still there ([`Conn::check`]).
@@ -80,6 +84,12 @@ struct Shared {
 }
 
 impl Shared {
+    /// The target has shown it speaks HTTP/2 on this connection.
+    fn prove(&self) {
+        self.proven.store(true, Ordering::Relaxed);
+        self.shown.store(true, Ordering::Relaxed);
+    }
+
     fn touch(&self) {
         self.used.store(self.born.elapsed().as_millis() as u64, Ordering::Release);
     }
@@ -178,6 +188,7 @@ impl Conn {
         let shared = Arc::new(Shared {
             closed: AtomicBool::new(false),
             proven: AtomicBool::new(proven),
+            shown: AtomicBool::new(proven),
             read: AtomicU64::new(0),
             check: Notify::new(),
             open: AtomicUsize::new(0),
@@ -228,6 +239,19 @@ impl Conn {
 
     pub(super) fn is_proven(&self) -> bool {
         self.shared.proven.load(Ordering::Relaxed)
+    }
+
+    /// The target has shown on this connection itself that it speaks
+    /// HTTP/2 (not only been taken to: [`Conn::assume_proven`]).
+    pub(super) fn has_shown(&self) -> bool {
+        self.shared.shown.load(Ordering::Relaxed)
+    }
+
+    /// Takes the target to speak HTTP/2, as another open connection to it
+    /// has shown: a failure before this one's first answer is then not a
+    /// refusal.
+    pub(super) fn assume_proven(&self) {
+        self.shared.proven.store(true, Ordering::Relaxed);
     }
 
     /// Sends `req` (its URI absolute: scheme and authority become the
@@ -281,7 +305,7 @@ impl Conn {
         };
         match result {
             Ok(resp) => {
-                self.shared.proven.store(true, Ordering::Relaxed);
+                self.shared.prove();
                 if let Some((task, _)) = body_task {
                     task.detach();
                 }
@@ -293,7 +317,7 @@ impl Conn {
                 if e.is_remote() {
                     // A frame of HTTP/2's own (RST_STREAM, GOAWAY): the
                     // target speaks it.
-                    self.shared.proven.store(true, Ordering::Relaxed);
+                    self.shared.prove();
                 }
                 if e.is_go_away() {
                     self.shared.closed.store(true, Ordering::Relaxed);
@@ -366,7 +390,7 @@ where
             pong = tokio::time::timeout(PONG_WAIT, pinger.ping(h2::Ping::opaque())) => matches!(pong, Ok(Ok(_))),
         };
         if answered {
-            shared.proven.store(true, Ordering::Relaxed);
+            shared.prove();
         } else if shared.read.load(Ordering::Relaxed) == before {
             tracing::info!("an upstream left a PING unanswered: its HTTP/2 connection is dropped");
             break;

@@ -178,6 +178,12 @@ impl UpstreamClient {
     /// request waits there for one to end.
     async fn h2_conn(&self, target: &Target, name: &str) -> Result<http2::Slot, H2Failure> {
         let key = H2Key::of(target, name);
+        // A connection that could not be made is not tried again for a
+        // while when others are open: requests take turns on those.
+        let backing_off = || {
+            let failed = self.h2_failed.lock().unwrap_or_else(|p| p.into_inner());
+            failed.get(&key).is_some_and(|at| at.elapsed() < H2_CONNECT_BACKOFF)
+        };
         // A free place; or, with `full`, the least busy when no free one.
         let pick = |full: bool| {
             let conns = self.h2.lock().unwrap_or_else(|p| p.into_inner());
@@ -188,7 +194,7 @@ impl UpstreamClient {
             let full = full || open.len() >= MAX_H2_CONNS;
             full.then(|| open.into_iter().min_by_key(|c| c.streams_open()).map(http2::Conn::slot)).flatten()
         };
-        if let Some(slot) = pick(false) {
+        if let Some(slot) = pick(backing_off()) {
             return Ok(slot);
         }
         let gate = {
@@ -199,13 +205,22 @@ impl UpstreamClient {
             Arc::clone(gates.entry(key.clone()).or_default())
         };
         let _one = gate.lock().await;
-        if let Some(slot) = pick(false) {
+        if let Some(slot) = pick(backing_off()) {
             return Ok(slot);
         }
         match self.h2_connect(target, name, key.clone()).await {
-            Ok(conn) => Ok(conn.slot()),
+            Ok(conn) => {
+                self.h2_failed.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+                Ok(conn.slot())
+            }
             // Those open still take requests, in turn.
-            Err(e) => pick(true).ok_or(e),
+            Err(e) => {
+                let mut failed = self.h2_failed.lock().unwrap_or_else(|p| p.into_inner());
+                failed.retain(|_, at| at.elapsed() < H2_CONNECT_BACKOFF);
+                failed.insert(key.clone(), Instant::now());
+                drop(failed);
+                pick(true).ok_or(e)
+            }
         }
     }
 
@@ -222,14 +237,17 @@ impl UpstreamClient {
         if tls && !hyper_util::client::legacy::connect::Connection::connected(&io).is_negotiated_h2() {
             return Err(H2Failure::NotOffered);
         }
-        // Another connection to a target one has shown speaks HTTP/2 is
-        // not taken for a refusal if it breaks before its first answer.
-        let proven = tls || {
+        let conn = http2::Conn::handshake(TokioIo::new(io), tls, self.h2_idle).await.map_err(|e| connect(e.into()))?;
+        // Another connection to a target an open one has shown speaks
+        // HTTP/2 is not taken for a refusal if it breaks before its first
+        // answer (a connection only taken to be proven shows nothing).
+        let shown = {
             let conns = self.h2.lock().unwrap_or_else(|p| p.into_inner());
-            conns.get(&key).is_some_and(|open| open.iter().any(|c| c.is_proven()))
+            conns.get(&key).is_some_and(|open| open.iter().any(|c| !c.is_closed() && c.has_shown()))
         };
-        let conn =
-            http2::Conn::handshake(TokioIo::new(io), proven, self.h2_idle).await.map_err(|e| connect(e.into()))?;
+        if shown {
+            conn.assume_proven();
+        }
         let mut conns = self.h2.lock().unwrap_or_else(|p| p.into_inner());
         conns.retain(|_, open| {
             open.retain(|c| !c.is_closed());
@@ -363,6 +381,10 @@ type PoolKey = (Dial, Option<PathBuf>);
 /// answers passed through, each holding its stream until it has read the
 /// answer, would otherwise hold up every other request to that shield.
 const MAX_H2_CONNS: usize = 8;
+/// After a connection to a target could not be made, how long requests
+/// finding those open full wait on one of them rather than each trying to
+/// make another, in turn, at a connect timeout each.
+const H2_CONNECT_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Pooled keep-alive clients, one per connect timeout and CA in use.
 #[derive(Debug)]
@@ -377,6 +399,9 @@ pub struct UpstreamClient {
     h2: Mutex<HashMap<H2Key, Vec<http2::Conn>>>,
     /// Held while a target's HTTP/2 connection is being made.
     h2_gates: Mutex<HashMap<H2Key, Arc<tokio::sync::Mutex<()>>>>,
+    /// When a connection to a target could not be made last
+    /// ([`H2_CONNECT_BACKOFF`]).
+    h2_failed: Mutex<HashMap<H2Key, Instant>>,
     /// Targets that did not answer in HTTP/2, and since when: asked in
     /// HTTP/1.1 for [`H1_FALLBACK`].
     h1_only: Mutex<HashMap<H2Key, Instant>>,
@@ -432,6 +457,7 @@ impl UpstreamClient {
             probe_clients: Arc::new(Kept::new()),
             h2: Mutex::new(HashMap::new()),
             h2_gates: Mutex::new(HashMap::new()),
+            h2_failed: Mutex::new(HashMap::new()),
             h1_only: Mutex::new(HashMap::new()),
             h2_idle: POOL_IDLE_TIMEOUT,
         }

@@ -61,6 +61,8 @@ impl QuicListener {
 const QUIC_STREAM_WINDOW: u32 = 256 << 10;
 /// Bytes all of a connection's streams may have in flight towards it.
 const QUIC_CONNECTION_WINDOW: u32 = 2 << 20;
+/// Bytes of a connection's answers sent and not yet acknowledged, at most.
+const QUIC_SEND_WINDOW: u64 = 4 << 20;
 
 /// Serves HTTP/3 on `socket` (bound beforehand, so port 0 can be reported
 /// early) with `tls` (TLS 1.3, ALPN `h3`, no early data) and `limits`.
@@ -84,7 +86,12 @@ pub fn quic_listener(
         // worth, and a connection's in all (quinn's default leaves the
         // latter unbounded, 1.25 MB times every stream).
         .stream_receive_window(quinn::VarInt::from_u32(QUIC_STREAM_WINDOW))
-        .receive_window(quinn::VarInt::from_u32(QUIC_CONNECTION_WINDOW));
+        .receive_window(quinn::VarInt::from_u32(QUIC_CONNECTION_WINDOW))
+        // What the node keeps of its answers until the client acknowledges
+        // it (quinn's default, 10 MB, a client that acknowledges nothing
+        // holds as long as it likes, and its sends all seem taken at once,
+        // so the minimum rate never applies).
+        .send_window(QUIC_SEND_WINDOW);
     config.transport_config(Arc::new(transport));
     config.max_incoming(limits.max_connections as usize);
     let runtime = quinn::default_runtime().ok_or_else(|| io::Error::other("no async runtime for QUIC"))?;
@@ -128,16 +135,29 @@ pub async fn serve_quic<H: Handler>(
             }
             continue;
         }
+        let refused = || {
+            let reason = crate::conn::Closed::NetworkCap.as_str();
+            metrics::counter!("outpost_connections_closed_total", "node" => config.name.to_string(), "reason" => reason)
+                .increment(1);
+        };
+        // Counted once the address is proved, by a Retry or the handshake:
+        // Initial packets from spoofed addresses cannot use up a network's
+        // places, nor handshakes left hanging those of the node.
+        let peer = incoming.remote_address();
+        let proved = match incoming.remote_address_validated().then(|| networks.enter(peer.ip())) {
+            Some(None) => {
+                refused();
+                incoming.refuse();
+                continue;
+            }
+            proved => proved.flatten(),
+        };
         let (handler, shutdown, counters) = (Arc::clone(&handler), shutdown.clone(), counters.clone());
         let (networks, node) = (Arc::clone(&networks), Arc::clone(&config.name));
         tasks.spawn(async move {
-            let peer = incoming.remote_address();
             match tokio::time::timeout(limits.header_read_timeout, incoming).await {
                 Ok(Ok(conn)) => {
-                    // Counted once the handshake has proved the address:
-                    // Initial packets from spoofed ones cannot use up a
-                    // network's places.
-                    let Some(_place) = networks.enter(peer.ip()) else {
+                    let Some(_place) = proved.or_else(|| networks.enter(peer.ip())) else {
                         let reason = crate::conn::Closed::NetworkCap.as_str();
                         metrics::counter!("outpost_connections_closed_total", "node" => node.to_string(), "reason" => reason)
                             .increment(1);
@@ -187,7 +207,7 @@ async fn connection<H: Handler>(
     let mut inflight = tokio::task::JoinSet::new();
     // Answers being sent: they share the minimum rate.
     let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut draining = false;
+    let (mut draining, mut requests) = (false, 0u64);
     // With no request open, a connection is closed after `idle_timeout`
     // even if the client keeps it alive with PINGs: otherwise connections
     // that never ask anything would hold every place.
@@ -205,14 +225,29 @@ async fn connection<H: Handler>(
             _ = shutdown.cancelled(), if !draining => {
                 // GOAWAY: the client starts nothing new here.
                 draining = true;
-                h3.shutdown(0).await?;
+                goaway(&mut h3, limits.send_timeout).await?;
             }
             Some(_) = inflight.join_next(), if !inflight.is_empty() => {
                 // Idle from the end of the last request, not its start.
                 idle.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
             }
             accepted = h3.accept() => match accepted {
+                // Past the GOAWAY's id: the client takes it as never
+                // processed, and may send it again. Refused unanswered.
+                Ok(Some(mut resolver)) if draining => {
+                    use h3::quic::SendStream as _;
+                    resolver.frame_stream.reset(h3::error::Code::H3_REQUEST_REJECTED.value());
+                }
                 Ok(Some(resolver)) => {
+                    requests += 1;
+                    if requests >= MAX_REQUESTS && !draining {
+                        // h3 keeps each stream that ended before its head
+                        // for the connection's life: a client ending
+                        // streams at once, in a loop, would grow that
+                        // without end. It starts again on a new one.
+                        draining = true;
+                        goaway(&mut h3, limits.send_timeout).await?;
+                    }
                     let (handler, info, counters) = (Arc::clone(&handler), info.clone(), counters.clone());
                     let (stall, head_timeout) = (Pace::of(&limits, Arc::clone(&open)), limits.header_read_timeout);
                     inflight.spawn(async move {
@@ -229,16 +264,40 @@ async fn connection<H: Handler>(
         if draining && inflight.is_empty() {
             // Every request answered: give the client a moment to take the
             // last bytes and close by itself, then close rather than wait.
-            let _ = tokio::time::timeout(LINGER, h3.accept()).await;
+            // (Not a wait for its next stream, which comes at once from a
+            // busy client: closing drops what it has not acknowledged.)
+            let _ = tokio::time::timeout(LINGER, quic.closed()).await;
             quic.close(quinn::VarInt::from_u32(0x100), b"");
             return Ok(());
         }
     }
     while inflight.join_next().await.is_some() {}
+    // The same for a client that went away first.
+    let _ = tokio::time::timeout(LINGER, quic.closed()).await;
     Ok(())
 }
 
 type Resolver = h3::server::RequestResolver<Bounded<h3_quinn::Connection>, Bytes>;
+
+/// Requests one HTTP/3 connection is asked, at most: past them it is sent
+/// GOAWAY, and the client opens another (nginx's `keepalive_requests`,
+/// larger).
+pub const MAX_REQUESTS: u64 = 10_000;
+
+/// Sends GOAWAY, within `stall`: a client that gives no credit for the
+/// node's control stream would hold it there. Its id is the first request
+/// not processed (RFC 9114 section 5.2): the one after the last accepted
+/// (h3's `shutdown(0)` names the last accepted itself, which a client
+/// could then send again elsewhere, though it is answered here).
+async fn goaway(
+    h3: &mut h3::server::Connection<Bounded<h3_quinn::Connection>, Bytes>,
+    stall: Duration,
+) -> Result<(), BoxError> {
+    match tokio::time::timeout(stall, h3.shutdown(1)).await {
+        Ok(sent) => Ok(sent?),
+        Err(_) => Err("the client took no GOAWAY for the send timeout".into()),
+    }
+}
 
 /// The send timer of one answer over HTTP/3, as over TCP: a send may wait
 /// for the client's stream credit up to the send timeout, less what sends
@@ -340,7 +399,17 @@ async fn exchange<H: Handler>(
     let _open = Open(Arc::clone(&pace.open));
     let mut body = std::pin::pin!(body);
     while let Some(frame) = body.frame().await {
-        match frame?.into_data() {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) => {
+                // The answer broke off (its upstream failed): the stream is
+                // reset, or dropping it would finish it, and the client
+                // would take what it got for the whole answer.
+                send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+                return Err(e);
+            }
+        };
+        match frame.into_data() {
             Ok(mut data) => {
                 // A piece at a time, so a send's wait measures the client's
                 // pace: a frame of megabytes could take longer than the send
@@ -357,6 +426,8 @@ async fn exchange<H: Handler>(
                 if let Ok(trailers) = frame.into_trailers() {
                     let sent = tokio::time::timeout(pace.left(), send.send_trailers(trailers)).await;
                     timed(&mut send, sent)?;
+                    // Trailers end the stream: nothing may follow them.
+                    break;
                 }
             }
         }
@@ -366,7 +437,7 @@ async fn exchange<H: Handler>(
     Ok(())
 }
 
-type SendHalf = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
+type SendHalf = h3::server::RequestStream<crate::quic_frames::Guarded<h3_quinn::SendStream<Bytes>, Bytes>, Bytes>;
 
 /// A send the client took in time, or the stream reset: it took nothing
 /// for the send timeout.
@@ -392,6 +463,11 @@ async fn send_interim(
 ) -> Result<(), BoxError> {
     for (head, source) in queue.take() {
         let sent = tokio::time::timeout(stall, send.send_response(head)).await;
+        // Larger than the client takes (its MAX_FIELD_SECTION_SIZE): that
+        // one is left out, and the answer still goes.
+        if let Ok(Err(h3::error::StreamError::HeaderTooBig { .. })) = sent {
+            continue;
+        }
         timed(send, sent)?;
         Stream::sent(source, counters);
     }

@@ -42,14 +42,18 @@ impl<C: quic::Connection<B>, B: Buf> quic::Connection<B> for Bounded<C> {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Checked<C::RecvStream>, ConnectionErrorIncoming>> {
-        self.inner.poll_accept_recv(cx).map_ok(|s| Checked { inner: s, frames: Frames::unidirectional(self.bound) })
+        self.inner.poll_accept_recv(cx).map_ok(|s| Checked {
+            inner: s,
+            frames: Frames::unidirectional(self.bound),
+            reading: false,
+        })
     }
 
     fn poll_accept_bidi(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<Result<Checked<C::BidiStream>, ConnectionErrorIncoming>> {
-        self.inner.poll_accept_bidi(cx).map_ok(|s| Checked::new(s, self.bound))
+    ) -> Poll<Result<Checked<Guarded<C::BidiStream, B>>, ConnectionErrorIncoming>> {
+        self.inner.poll_accept_bidi(cx).map_ok(|s| Checked::new(Guarded::new(s), self.bound))
     }
 
     fn opener(&self) -> Bounded<C::OpenStreams> {
@@ -58,11 +62,14 @@ impl<C: quic::Connection<B>, B: Buf> quic::Connection<B> for Bounded<C> {
 }
 
 impl<C: quic::OpenStreams<B>, B: Buf> quic::OpenStreams<B> for Bounded<C> {
-    type BidiStream = Checked<C::BidiStream>;
+    type BidiStream = Checked<Guarded<C::BidiStream, B>>;
     type SendStream = C::SendStream;
 
-    fn poll_open_bidi(&mut self, cx: &mut Context<'_>) -> Poll<Result<Checked<C::BidiStream>, StreamErrorIncoming>> {
-        self.inner.poll_open_bidi(cx).map_ok(|s| Checked::new(s, self.bound))
+    fn poll_open_bidi(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Checked<Guarded<C::BidiStream, B>>, StreamErrorIncoming>> {
+        self.inner.poll_open_bidi(cx).map_ok(|s| Checked::new(Guarded::new(s), self.bound))
     }
 
     fn poll_open_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<C::SendStream, StreamErrorIncoming>> {
@@ -78,11 +85,17 @@ impl<C: quic::OpenStreams<B>, B: Buf> quic::OpenStreams<B> for Bounded<C> {
 pub(crate) struct Checked<S> {
     inner: S,
     frames: Frames,
+    /// A read of the inner stream is under way (its last poll was
+    /// pending). h3-quinn's stream is inside that read meanwhile, and its
+    /// `stop_sending` would panic on finding it gone (h3 can hand out
+    /// bytes it holds, and the body be dropped, while its next read
+    /// waits).
+    reading: bool,
 }
 
 impl<S> Checked<S> {
     fn new(inner: S, bound: u64) -> Checked<S> {
-        Checked { inner, frames: Frames::new(bound) }
+        Checked { inner, frames: Frames::new(bound), reading: false }
     }
 }
 
@@ -112,7 +125,9 @@ impl<S: quic::RecvStream> quic::RecvStream for Checked<S> {
     type Buf = Bytes;
 
     fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, StreamErrorIncoming>> {
-        let Some(mut buf) = std::task::ready!(self.inner.poll_data(cx))? else { return Poll::Ready(Ok(None)) };
+        let polled = self.inner.poll_data(cx);
+        self.reading = polled.is_pending();
+        let Some(mut buf) = std::task::ready!(polled)? else { return Poll::Ready(Ok(None)) };
         let bytes = buf.copy_to_bytes(buf.remaining());
         if let Err(len) = self.frames.follow(&bytes) {
             self.inner.stop_sending(EXCESSIVE_LOAD);
@@ -122,8 +137,13 @@ impl<S: quic::RecvStream> quic::RecvStream for Checked<S> {
         Poll::Ready(Ok(Some(bytes)))
     }
 
+    /// Not while a read is under way ([`Checked::reading`]): the stream,
+    /// dropped inside that read, then asks the client to stop with code 0
+    /// rather than `error_code`.
     fn stop_sending(&mut self, error_code: u64) {
-        self.inner.stop_sending(error_code)
+        if !self.reading {
+            self.inner.stop_sending(error_code)
+        }
     }
 
     fn recv_id(&self) -> StreamId {
@@ -137,7 +157,105 @@ impl<S: quic::BidiStream<B>, B: Buf> quic::BidiStream<B> for Checked<S> {
 
     fn split(self) -> (S::SendStream, Checked<S::RecvStream>) {
         let (send, recv) = self.inner.split();
-        (send, Checked { inner: recv, frames: self.frames })
+        (send, Checked { inner: recv, frames: self.frames, reading: self.reading })
+    }
+}
+
+/// `H3_INTERNAL_ERROR` (RFC 9114 section 8.1).
+const INTERNAL_ERROR: u64 = 0x102;
+
+/// A request stream, or its sending half, reset with `H3_INTERNAL_ERROR`
+/// when it is dropped neither finished nor reset: quinn finishes a stream
+/// dropped as it is, and the client would take an answer cut short (by a
+/// failed body, a failed send, a panic), or none at all, for whole.
+pub(crate) struct Guarded<S: quic::SendStream<B>, B: Buf> {
+    /// `None` once split in two, each half guarded on its own.
+    inner: Option<S>,
+    done: bool,
+    _buf: std::marker::PhantomData<fn() -> B>,
+}
+
+impl<S: quic::SendStream<B>, B: Buf> Guarded<S, B> {
+    fn new(inner: S) -> Guarded<S, B> {
+        Guarded { inner: Some(inner), done: false, _buf: std::marker::PhantomData }
+    }
+
+    fn get(&mut self) -> Result<&mut S, StreamErrorIncoming> {
+        self.inner.as_mut().ok_or_else(|| StreamErrorIncoming::Unknown("a stream used after it was split".into()))
+    }
+}
+
+impl<S: quic::SendStream<B>, B: Buf> Drop for Guarded<S, B> {
+    fn drop(&mut self) {
+        if !self.done
+            && let Some(s) = &mut self.inner
+        {
+            s.reset(INTERNAL_ERROR);
+        }
+    }
+}
+
+impl<S: quic::SendStream<B>, B: Buf> quic::SendStream<B> for Guarded<S, B> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
+        self.get()?.poll_ready(cx)
+    }
+
+    fn send_data<T: Into<WriteBuf<B>>>(&mut self, data: T) -> Result<(), StreamErrorIncoming> {
+        self.get()?.send_data(data)
+    }
+
+    fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
+        let finished = std::task::ready!(self.get()?.poll_finish(cx));
+        self.done |= finished.is_ok();
+        Poll::Ready(finished)
+    }
+
+    fn reset(&mut self, reset_code: u64) {
+        self.done = true;
+        if let Some(s) = &mut self.inner {
+            s.reset(reset_code);
+        }
+    }
+
+    fn send_id(&self) -> StreamId {
+        match &self.inner {
+            Some(s) => s.send_id(),
+            None => unreachable!("a stream's id asked after it was split"),
+        }
+    }
+}
+
+impl<S: quic::SendStream<B> + quic::RecvStream, B: Buf> quic::RecvStream for Guarded<S, B> {
+    type Buf = S::Buf;
+
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<S::Buf>, StreamErrorIncoming>> {
+        self.get()?.poll_data(cx)
+    }
+
+    fn stop_sending(&mut self, error_code: u64) {
+        if let Some(s) = &mut self.inner {
+            s.stop_sending(error_code);
+        }
+    }
+
+    fn recv_id(&self) -> StreamId {
+        match &self.inner {
+            Some(s) => s.recv_id(),
+            None => unreachable!("a stream's id asked after it was split"),
+        }
+    }
+}
+
+impl<S: quic::BidiStream<B>, B: Buf> quic::BidiStream<B> for Guarded<S, B> {
+    type SendStream = Guarded<S::SendStream, B>;
+    type RecvStream = S::RecvStream;
+
+    fn split(mut self) -> (Guarded<S::SendStream, B>, S::RecvStream) {
+        let Some(inner) = self.inner.take() else { unreachable!("a stream split twice") };
+        let (send, recv) = inner.split();
+        let mut send = Guarded::new(send);
+        send.done = self.done;
+        (send, recv)
     }
 }
 

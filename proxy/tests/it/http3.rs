@@ -453,6 +453,86 @@ async fn one_site(extra: &str, limits: &str) -> OneSite {
     OneSite { origin, dir, ca_pem, edge }
 }
 
+/// An answer whose upstream breaks off mid-body has its stream reset, not
+/// finished: an HTTP/3 client must not take what came for the whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_breaks_off_resets_its_http3_stream() {
+    let site = one_site("", "").await;
+    let mut h3 = connect(site.edge.quic, "a.test", &site.ca_pem).await.unwrap();
+    for path in ["/cut?size=256KiB&abort_after=40000&cc=no-store", "/cut2?size=256KiB&abort_after=40000&no_length=1"] {
+        let got = h3.get("a.test", path).await;
+        // The stream reset (H3_INTERNAL_ERROR), not the connection.
+        let said = got.as_ref().err().cloned().unwrap_or_default();
+        assert!(said.contains("H3_INTERNAL_ERROR"), "{path}: {:?}", got.map(|(s, _, b)| (s, b.len())));
+    }
+    // The connection goes on.
+    let (status, _, body) = h3.get("a.test", "/whole?size=4KiB").await.unwrap();
+    assert_eq!((status, body.len()), (StatusCode::OK, 4096));
+}
+
+/// A body longer than its Content-Length whose end comes late: the
+/// request body is dropped while a read of the stream still waits, and
+/// the client gets a client error, not a broken exchange (a 502).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_its_length_with_a_late_end_is_a_client_error() {
+    let site = one_site("", "").await;
+    let mut h3 = connect(site.edge.quic, "a.test", &site.ca_pem).await.unwrap();
+    for round in 0..3 {
+        let req = Request::post(format!("https://a.test/late{round}")).header("content-length", 10).body(()).unwrap();
+        let mut stream = h3.send.send_request(req).await.unwrap();
+        stream.send_data(Bytes::from(vec![b'x'; 20])).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = finish(&mut stream).await;
+        let resp = tokio::time::timeout(Duration::from_secs(10), stream.recv_response()).await.unwrap();
+        let status = resp.map(|r| r.status()).map_err(|e| e.to_string());
+        assert!(status.as_ref().is_ok_and(|s| s.is_client_error()), "round {round}: {status:?}");
+    }
+    let (status, _, body) = h3.get("a.test", "/after?size=1KiB").await.unwrap();
+    assert_eq!((status, body.len()), (StatusCode::OK, 1024));
+}
+
+/// A request stream left without its head past the header timeout is
+/// reset, not finished: a stream finished with nothing on it would pass
+/// for an answer that ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_without_its_head_in_time_is_reset() {
+    let site = one_site("", "header_read_timeout = \"1s\"\n").await;
+    let (_endpoint, conn) = quic_connect(site.edge.quic, "a.test", h3_tls(&site.ca_pem, None), None).await.unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    // A HEADERS frame's type, and nothing more.
+    send.write_all(&[0x01]).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(1 << 16)).await.unwrap();
+    // H3_INTERNAL_ERROR: the stream reset, the connection still open.
+    let reset = quinn::ReadToEndError::Read(quinn::ReadError::Reset(quinn::VarInt::from_u32(0x102)));
+    assert_eq!(got.as_ref().err(), Some(&reset), "{got:?}");
+    assert!(conn.close_reason().is_none(), "{:?}", conn.close_reason());
+}
+
+/// A connection is sent GOAWAY once it has been asked
+/// `outpost_net::quic::MAX_REQUESTS` requests, and closed: h3 keeps each
+/// stream that ended before its head for the connection's life, and a
+/// client ending streams at once, in a loop, would grow that without end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http3_connection_is_closed_after_its_most_requests() {
+    let site = one_site("", "").await;
+    let (_endpoint, conn) = quic_connect(site.edge.quic, "a.test", h3_tls(&site.ca_pem, None), None).await.unwrap();
+    let most = outpost_net::quic::MAX_REQUESTS;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut opened = 0;
+    while opened < most + 100 && std::time::Instant::now() < deadline {
+        let Ok(Ok((mut send, _recv))) = tokio::time::timeout(Duration::from_secs(5), conn.open_bi()).await else {
+            break;
+        };
+        if send.finish().is_err() {
+            break;
+        }
+        opened += 1;
+    }
+    assert!(opened >= most, "closed after {opened} streams");
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
+    assert!(closed.is_ok(), "the connection was not closed after {opened} streams");
+}
+
 /// Straight to the handler, without a hop in between: the site's early
 /// hints and the origin's 1xx reach an HTTP/3 client before a miss's
 /// answer, each a HEADERS frame, and none before a hit's; a request body
@@ -596,7 +676,7 @@ async fn an_http3_client_that_takes_nothing_has_its_stream_reset_after_the_send_
     let mut h3 = connect_with(edge.quic, "a.test", &ca_pem, Some(transport)).await.unwrap();
     let req = Request::get("https://a.test/stall3?size=4194304&cc=max-age%3D60").body(()).unwrap();
     let mut stream = h3.send.send_request(req).await.unwrap();
-    stream.finish().await.unwrap();
+    finish(&mut stream).await.unwrap();
     assert_eq!(stream.recv_response().await.unwrap().status(), StatusCode::OK);
     // Nothing read for three times the send timeout.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -636,7 +716,7 @@ async fn an_http3_client_reading_slower_than_the_minimum_rate_has_its_stream_res
     let mut h3 = connect_with(edge.quic, "a.test", &ca_pem, window()).await.unwrap();
     let req = Request::get(format!("https://a.test{url}")).body(()).unwrap();
     let mut stream = h3.send.send_request(req).await.unwrap();
-    stream.finish().await.unwrap();
+    finish(&mut stream).await.unwrap();
     assert_eq!(stream.recv_response().await.unwrap().status(), StatusCode::OK);
     // A chunk (at most the 16 KiB of credit) every 250 ms: at most
     // 64 KiB/s, against a minimum of 256 KiB/s.

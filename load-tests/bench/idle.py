@@ -165,9 +165,12 @@ def main():
     else:
         nginx_conf, edge_confs = configs(work)
         edge_conf, ports, secure = edge_confs["outpost"], PORTS, None
-    # Room for every idle connection (the default cap is 10,000), and
+    # Room for every idle connection (the default cap is 10,000), all from
+    # one client network (an edge's default lets one hold a quarter), and
     # timeouts longer than the measurement.
-    open(edge_conf, "a").write(f"\n[limits]\nmax_connections = {args.idle * 2}\nidle_timeout = \"600s\"\n")
+    open(edge_conf, "a").write(
+        f"\n[limits]\nmax_connections = {args.idle * 2}\nconnections_per_network = 0\nidle_timeout = \"600s\"\n"
+    )
     conf = open(nginx_conf).read().replace("worker_connections 4096;", f"worker_connections {args.idle * 2};")
     if args.h2:
         conf = conf.replace(" ssl backlog=", " ssl http2 backlog=")

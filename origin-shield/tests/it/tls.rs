@@ -323,10 +323,24 @@ async fn an_origin_ca_file_replaced_is_trusted_anew_over_http1() {
         crate::topology::get(&format!("http://{addr}{path}?cc=max-age%3D600"), "s.test").await
     };
     assert_eq!(get("/a").await.status, StatusCode::BAD_GATEWAY, "trusting another CA");
+    // The file is looked at once a second at most: each try a path of its
+    // own, since an answer that was let through is kept.
+    let tries = std::sync::atomic::AtomicUsize::new(0);
+    let status = |prefix: &'static str| {
+        let n = tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        async move { crate::topology::get(&format!("http://{addr}/{prefix}{n}?cc=max-age%3D600"), "s.test").await.status }
+    };
     put_ca(&ca);
-    let r = get("/b").await;
-    assert_eq!(r.status, StatusCode::OK, "the CA put in place: {}", String::from_utf8_lossy(&r.body));
+    let within = Duration::from_secs(3);
+    outpost_testkit::eventually_within("the CA put in place to be trusted", within, || async {
+        status("b").await == StatusCode::OK
+    })
+    .await;
     put_ca(&other);
-    assert_eq!(get("/c").await.status, StatusCode::BAD_GATEWAY, "the CA withdrawn, kept connections too");
+    outpost_testkit::eventually_within("the CA withdrawn to be distrusted, kept connections too", within, || async {
+        status("c").await == StatusCode::BAD_GATEWAY
+    })
+    .await;
+    assert_eq!(status("d").await, StatusCode::BAD_GATEWAY, "and for good");
     shield.stop().await;
 }

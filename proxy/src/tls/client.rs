@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper_util::client::legacy::connect::HttpConnector;
 use outpost_config::{CertFiles, NodeTls};
@@ -74,8 +74,13 @@ type ConfigKey = (Option<PathBuf>, bool);
 /// A file as it stands: modified, length, inode (`None`: none there).
 type Stamp = (std::time::SystemTime, u64, u64);
 
-/// A configuration, and its extra CA file as it stood when it was built.
-type Built = (Option<Stamp>, Arc<ClientConfig>);
+/// A configuration, its extra CA file as it stood when it was built, and
+/// when that file was last looked at.
+type Built = (Option<Stamp>, Instant, Arc<ClientConfig>);
+
+/// How long a site's extra CA file is taken to stand as last seen: a file
+/// replaced is read within this, and a request does not cost a `stat`.
+const CA_RECHECK: Duration = Duration::from_secs(1);
 
 fn stamp(path: &Path) -> Option<Stamp> {
     use std::os::unix::fs::MetadataExt as _;
@@ -114,6 +119,8 @@ pub struct UpstreamTls {
     /// so a site file cannot make the node trust a CA kept elsewhere on
     /// it (its own internal CA, say). `None`: anywhere.
     ca_dirs: Option<Vec<PathBuf>>,
+    /// [`CA_RECHECK`], but in tests.
+    recheck: Duration,
 }
 
 impl UpstreamTls {
@@ -132,6 +139,7 @@ impl UpstreamTls {
             identity,
             configs: Mutex::new(HashMap::new()),
             ca_dirs: Some(tls.site_cert_dirs.clone()),
+            recheck: CA_RECHECK,
         };
         // Fails now, at start, if the identity is unusable.
         this.build(None)?;
@@ -159,10 +167,17 @@ impl UpstreamTls {
     fn config_for(&self, extra_ca: Option<&Path>, h2: bool) -> Arc<ClientConfig> {
         let mut configs = self.configs.lock().unwrap_or_else(|p| p.into_inner());
         let key = (extra_ca.map(Path::to_path_buf), h2);
+        let checked = Instant::now();
+        if let Some((_, last, c)) = configs.get(&key)
+            && (extra_ca.is_none() || checked.saturating_duration_since(*last) < self.recheck)
+        {
+            return Arc::clone(c);
+        }
         let now = extra_ca.and_then(stamp);
-        if let Some((built, c)) = configs.get(&key)
+        if let Some((built, last, c)) = configs.get_mut(&key)
             && *built == now
         {
+            *last = checked;
             return Arc::clone(c);
         }
         let mut config = self.build(extra_ca).unwrap_or_else(|e| {
@@ -174,7 +189,7 @@ impl UpstreamTls {
         if h2 {
             Arc::make_mut(&mut config).alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         }
-        configs.insert(key, (now, Arc::clone(&config)));
+        configs.insert(key, (now, checked, Arc::clone(&config)));
         config
     }
 
@@ -198,6 +213,7 @@ impl Default for UpstreamTls {
             identity: None,
             configs: Mutex::new(HashMap::new()),
             ca_dirs: None,
+            recheck: CA_RECHECK,
         }
     }
 }
@@ -235,9 +251,18 @@ mod tests {
     #[test]
     fn a_sites_extra_ca_is_read_again_once_it_appears_or_changes() {
         let dir = tempfile::tempdir().unwrap();
-        let tls = UpstreamTls::new(&NodeTls { site_cert_dirs: vec![dir.path().to_path_buf()], ..NodeTls::default() })
-            .unwrap();
+        let mut tls =
+            UpstreamTls::new(&NodeTls { site_cert_dirs: vec![dir.path().to_path_buf()], ..NodeTls::default() })
+                .unwrap();
         let ca = dir.path().join("ca.pem");
+        let pem = LocalCa::generate("CA").unwrap().cert_pem().to_string();
+        let waited = tls.config(Some(&ca));
+        std::fs::write(&ca, pem).unwrap();
+        assert!(Arc::ptr_eq(&waited, &tls.config(Some(&ca))), "the file is looked at again only once a second");
+        std::thread::sleep(CA_RECHECK + Duration::from_millis(100));
+        assert!(!Arc::ptr_eq(&waited, &tls.config(Some(&ca))), "and then read");
+        tls.recheck = Duration::ZERO;
+        std::fs::remove_file(&ca).unwrap();
         let missing = tls.config(Some(&ca));
         assert!(Arc::ptr_eq(&missing, &tls.config(Some(&ca))), "kept while nothing changes");
         std::fs::write(&ca, LocalCa::generate("first CA").unwrap().cert_pem()).unwrap();

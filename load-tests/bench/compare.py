@@ -325,6 +325,7 @@ def main():
     ap.add_argument("--bare", help="the bare hyper server (1 KiB floor): target/release/examples/bare_hyper")
     ap.add_argument("--client", default="wrk",
                     help="the load client: wrk, or target/release/examples/sink_load (run.sh's choice)")
+    ap.add_argument("--only", help="run these servers alone, as outpost,hyper (pgo.sh's training)")
     args = ap.parse_args()
     global CLIENT
     CLIENT = None if args.client == "wrk" else args.client
@@ -351,7 +352,7 @@ def main():
             case = dict(servers)
             if args.bare and size == "1KiB":
                 case["hyper"] = [args.bare, f"127.0.0.1:{PORTS['hyper']}", str(size_bytes(size))]
-            names = list(case)
+            names = [n for n in case if not args.only or n in args.only.split(",")]
             for round_no in range(args.repeats):
                 order = names[round_no % len(names):] + names[:round_no % len(names)]
                 for name in order:
@@ -384,7 +385,9 @@ def report(runs, cases):
         print(f"{size:>7} {conns:>5} {name:<8} {rps:>10.0f} {p50:>8.3f} {p99:>8.3f} {eff:>10.0f}")
     print()
     for size, conns in cases:
-        o = results[(size, conns, "outpost")]
+        o = results.get((size, conns, "outpost"))
+        if o is None:
+            continue
         for other in ("nginx", "varnish", "hyper", "before"):
             if (size, conns, other) not in results:
                 continue

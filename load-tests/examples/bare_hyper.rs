@@ -5,7 +5,9 @@
 //!     bare_hyper ADDR SIZE_BYTES [multi]
 //!
 //! `multi` runs it on tokio's multi-threaded runtime, as Outpost runs,
-//! instead of the single-threaded one.
+//! instead of the single-threaded one. SIGTERM ends it with an exit, not
+//! the signal, so that an instrumented build writes its profile
+//! (`load-tests/bench/pgo.sh`).
 
 use std::convert::Infallible;
 
@@ -27,8 +29,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&addr).await?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
-            let (stream, _) = listener.accept().await?;
+            let (stream, _) = tokio::select! {
+                accepted = listener.accept() => accepted?,
+                _ = term.recv() => return Ok(()),
+            };
             let _ = stream.set_nodelay(true);
             let body = body.clone();
             tokio::spawn(async move {

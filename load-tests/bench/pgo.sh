@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# A profile-guided release build of the edge, and of the bare hyper server
+# so that the two still compare like with like: an instrumented build of each
+# serves the benchmarks' own loads (cache hits of 1 KiB, 100 KiB and 1 MiB in
+# cleartext and over TLS, full handshakes), then each is built again with the
+# hot code laid out together and inlined by what ran. Installs what it needs.
+#
+#   load-tests/bench/pgo.sh [--duration 3]
+#
+# Leaves target/pgo/x86_64-unknown-linux-gnu/release/outpost and
+# target/pgo-bare/x86_64-unknown-linux-gnu/release/examples/bare_hyper;
+# run.sh --pgo builds with it and measures those. Every training load is bounded in time and stays on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+duration=3
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --duration) duration="$2"; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+
+# The profile's format is LLVM's own: llvm-profdata must be of the major
+# version the compiler was built with.
+llvm=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
+. load-tests/bench/need.sh
+need "llvm-profdata-$llvm:llvm-$llvm" nginx:nginx wrk:wrk openssl:openssl curl:curl
+
+triple=$(rustc -vV | sed -n 's/^host: //p')
+# The instrumented builds write their counts here, a path built into them:
+# kept from run to run, so that cargo rebuilds only what changed.
+raw=$PWD/target/pgo-profiles
+rm -rf "$raw"
+mkdir -p "$raw"
+# With --target, RUSTFLAGS reach the binaries alone, not the build scripts
+# and procedural macros run while building. Each server is built apart, so
+# each is laid out by its own profile (both link hyper and tokio).
+build() { # RUSTFLAGS, target dir, what to build
+  local flags="$1" dir="$2"
+  shift 2
+  RUSTFLAGS="$flags" cargo build --release --locked --quiet --target "$triple" --target-dir "$dir" "$@"
+}
+edge=(-p outpost --bin outpost)
+bare=(-p outpost-load --example bare_hyper)
+cargo build --release --locked --quiet -p outpost-load --example sink_load
+client=target/release/examples/sink_load
+
+build "-Cprofile-generate=$raw/edge" target/pgo-gen "${edge[@]}"
+build "-Cprofile-generate=$raw/bare" target/pgo-gen-bare "${bare[@]}"
+gen=target/pgo-gen/$triple/release
+python3 load-tests/bench/compare.py --outpost "$gen/outpost" --bare "target/pgo-gen-bare/$triple/release/examples/bare_hyper" \
+  --client "$client" --only outpost,hyper --repeats 1 --duration "$duration" --conns 64
+python3 load-tests/bench/tls.py --outpost "$gen/outpost" --client "$client" --loads hits,hits-100k,hits-1m,full \
+  --repeats 1 --duration "$duration"
+for which in edge bare; do
+  ls "$raw/$which"/*.profraw >/dev/null
+  "llvm-profdata-$llvm" merge -o "$raw/$which.profdata" "$raw/$which"/*.profraw
+done
+
+build "-Cprofile-use=$raw/edge.profdata" target/pgo "${edge[@]}"
+build "-Cprofile-use=$raw/bare.profdata" target/pgo-bare "${bare[@]}"
+echo "built target/pgo/$triple/release/outpost and target/pgo-bare/$triple/release/examples/bare_hyper"

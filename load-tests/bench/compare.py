@@ -326,7 +326,12 @@ def main():
     ap.add_argument("--client", default="wrk",
                     help="the load client: wrk, or target/release/examples/sink_load (run.sh's choice)")
     ap.add_argument("--only", help="run these servers alone, as outpost,hyper (pgo.sh's training)")
+    ap.add_argument("--helper", help="the outpost binary that runs the test origin (default: --outpost); "
+                                     "pgo.sh's, so that the origin's work is not counted in the edge's profile")
     args = ap.parse_args()
+    only = args.only.split(",") if args.only else list(PORTS)
+    if unknown := set(only) - set(PORTS):
+        raise SystemExit(f"--only: no server called {', '.join(sorted(unknown))}")
     global CLIENT
     CLIENT = None if args.client == "wrk" else args.client
     if os.cpu_count() < 2:
@@ -334,7 +339,7 @@ def main():
     print(f"TCP: {tcp_setting()}; client: {CLIENT or 'wrk'}", flush=True)
     work = tempfile.mkdtemp(prefix="outpost-bench-")
     nginx_conf, edge_confs = configs(work)
-    origin = start_origin(args.outpost)
+    origin = start_origin(args.helper or args.outpost)
     servers = {
         "outpost": [args.outpost, "edge", "--config", edge_confs["outpost"]],
         "nginx": ["nginx", "-c", nginx_conf, "-p", work, "-g", "daemon off;"],
@@ -352,7 +357,9 @@ def main():
             case = dict(servers)
             if args.bare and size == "1KiB":
                 case["hyper"] = [args.bare, f"127.0.0.1:{PORTS['hyper']}", str(size_bytes(size))]
-            names = [n for n in case if not args.only or n in args.only.split(",")]
+            names = [n for n in case if n in only]
+            if not names:
+                continue
             for round_no in range(args.repeats):
                 order = names[round_no % len(names):] + names[:round_no % len(names)]
                 for name in order:
@@ -371,7 +378,8 @@ def main():
                     finally:
                         stop(proc)
     finally:
-        os.killpg(origin.pid, signal.SIGTERM)
+        # Waited for: an instrumented origin writes its profile as it ends.
+        stop(origin)
         shutil.rmtree(work, ignore_errors=True)
     report(runs, cases)
 

@@ -43,21 +43,31 @@ build() { # RUSTFLAGS, target dir, what to build
 }
 edge=(-p outpost --bin outpost)
 bare=(-p outpost-load --example bare_hyper)
-cargo build --release --locked --quiet -p outpost-load --example sink_load
+# The load client, and a plain edge binary for the test origin and
+# `outpost load`: their work is not the edge's, and kept out of its profile.
+cargo build --release --locked --quiet -p outpost-load --example sink_load -p outpost --bin outpost
 client=target/release/examples/sink_load
+helper=target/release/outpost
 
 build "-Cprofile-generate=$raw/edge" target/pgo-gen "${edge[@]}"
 build "-Cprofile-generate=$raw/bare" target/pgo-gen-bare "${bare[@]}"
 gen=target/pgo-gen/$triple/release
 python3 load-tests/bench/compare.py --outpost "$gen/outpost" --bare "target/pgo-gen-bare/$triple/release/examples/bare_hyper" \
-  --client "$client" --only outpost,hyper --repeats 1 --duration "$duration" --conns 64
-python3 load-tests/bench/tls.py --outpost "$gen/outpost" --client "$client" --loads hits,hits-100k,hits-1m,full \
-  --repeats 1 --duration "$duration"
+  --client "$client" --helper "$helper" --only outpost,hyper --repeats 1 --duration "$duration" --conns 64
+python3 load-tests/bench/tls.py --outpost "$gen/outpost" --client "$client" --helper "$helper" \
+  --loads hits,hits-100k,hits-1m,full --repeats 1 --duration "$duration"
+declare -A profile
 for which in edge bare; do
   ls "$raw/$which"/*.profraw >/dev/null
   "llvm-profdata-$llvm" merge -o "$raw/$which.profdata" "$raw/$which"/*.profraw
+  # Named by its contents: cargo rebuilds what its flags name, and a
+  # profile of the same name would leave the crates it compiled before as
+  # they were laid out by the last one.
+  sum=$(sha256sum "$raw/$which.profdata" | cut -c1-16)
+  mv "$raw/$which.profdata" "$raw/$which-$sum.profdata"
+  profile[$which]=$raw/$which-$sum.profdata
 done
 
-build "-Cprofile-use=$raw/edge.profdata" target/pgo "${edge[@]}"
-build "-Cprofile-use=$raw/bare.profdata" target/pgo-bare "${bare[@]}"
+build "-Cprofile-use=${profile[edge]}" target/pgo "${edge[@]}"
+build "-Cprofile-use=${profile[bare]}" target/pgo-bare "${bare[@]}"
 echo "built target/pgo/$triple/release/outpost and target/pgo-bare/$triple/release/examples/bare_hyper"

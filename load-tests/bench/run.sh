@@ -2,7 +2,7 @@
 # Cache-hit benchmark: the Outpost edge against nginx proxy_cache and Varnish,
 # in front of the same test origin, in one run. Installs what it needs.
 #
-#   load-tests/bench/run.sh [--pgo] [--duration 10] [--repeats 3] [--sizes 1KiB,100KiB,1MiB] [--conns 64,256] [--client wrk]
+#   load-tests/bench/run.sh [--pgo (first)] [--duration 10] [--repeats 3] [--sizes 1KiB,100KiB,1MiB] [--conns 64,256] [--client wrk]
 #
 # --pgo measures profile-guided builds of the edge and of the bare hyper
 # server (load-tests/bench/pgo.sh), built first, in place of plain ones.

@@ -40,7 +40,6 @@ Reports medians of the repeats and Outpost's ratios to nginx.
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -124,7 +123,7 @@ def flooded(args, work, name):
         flood = subprocess.Popen(["taskset", "-c", "1", FLOOD, f"127.0.0.1:{PORTS[name]}", HOST, "256",
                                   str(args.duration + 2)], stdout=subprocess.PIPE, text=True)
         time.sleep(1)
-        m = load(args.outpost, work, PORTS[name], "https", rate, args.duration, reuse=reuse)
+        m = load(args.helper, work, PORTS[name], "https", rate, args.duration, reuse=reuse)
         answered = flood.communicate(timeout=60)[0].split()
         first = m["http_req_first_byte_ms"] if not reuse else m["http_req_duration_ms"]
         out += [first["med"], first["p99"], m["http_req_failed"]["fails"], int(answered[0]) / (args.duration + 2)]
@@ -140,7 +139,10 @@ def main():
                     help="the client for the hits loads: wrk, or target/release/examples/sink_load")
     ap.add_argument("--open-rate", type=int, default=0,
                     help="new connections per second for the open model (default: half the slower handshake rate)")
+    ap.add_argument("--helper", help="the outpost binary that runs the test origin and `outpost load` (default: "
+                                     "--outpost); pgo.sh's, so that their work is not counted in the edge's profile")
     args = ap.parse_args()
+    helper = args.helper = args.helper or args.outpost
     loads = args.loads.split(",")
     work = tempfile.mkdtemp(prefix="outpost-tls-bench-")
     nginx_file, edge_file = configs(work)
@@ -152,7 +154,7 @@ def main():
         "outpost": [args.outpost, "edge", "--config", edge_file],
         "nginx": ["nginx", "-c", nginx_file, "-p", work, "-g", "daemon off;"],
     }
-    origin = start_origin(args.outpost)
+    origin = start_origin(helper)
     procs = {}
     results = {}
     try:
@@ -192,7 +194,7 @@ def main():
                 measure(load_name, closed)
         if "full" in loads:
             def full(name):
-                m = load(args.outpost, work, PORTS[name], "https", 0, args.duration, vus=args.connections)
+                m = load(helper, work, PORTS[name], "https", 0, args.duration, vus=args.connections)
                 first = m["http_req_first_byte_ms"]
                 return m["http_reqs"]["rate"], first["med"], first["p99"], m["http_reqs"]["count"]
             measure("full", full)
@@ -207,13 +209,13 @@ def main():
                 if not rate:
                     sys.exit("the open model needs a rate: run the full or handshakes load too, or give --open-rate")
                 measure(load_name, lambda name, s=scheme, p=ports, r=resume, h=h2: opened(
-                    load(args.outpost, work, p[name], s, rate, args.duration, resume=r, http2=h)))
+                    load(helper, work, p[name], s, rate, args.duration, resume=r, http2=h)))
         if "flood" in loads:
             measure("flood", lambda name: flooded(args, work, name))
     finally:
         for proc in procs.values():
             stop(proc)
-        os.killpg(origin.pid, signal.SIGTERM)
+        stop(origin)
         shutil.rmtree(work, ignore_errors=True)
     report(results, loads, rate if any(x.startswith("open") for x in loads) else None, args.connections)
 

@@ -153,7 +153,8 @@ impl ShieldRoute {
         self.shields.iter().filter(|s| !s.down.load(Ordering::Acquire)).map(|s| s.name.clone()).collect()
     }
 
-    /// The shield that owns `key` among the given names (all edges agree).
+    /// The shield that owns the URL placed at `key`
+    /// (`RequestKey::placement`) among the given names (all edges agree).
     pub fn owner(&self, key: Key) -> Option<String> {
         let names: Vec<(&str, u32)> = self.shields.iter().map(|s| (s.name.as_str(), 1)).collect();
         rendezvous::rank(key, &names).first().map(|i| self.shields[*i].name.clone())

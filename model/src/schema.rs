@@ -197,7 +197,7 @@ pub static SECTIONS: &[Section] = &[
             key("memory", "size", Required, "In-memory cache, at least 1MiB.", "\"512MiB\""),
             key("disk", "size", Bytes(0), "On-disk cache below memory: 0 (memory only) or at least 16MiB. Needs `path`.", "\"10GiB\""),
             key("large_bodies", "integer", Int(DEFAULT_LARGE_BODIES as u64), "Percent of `disk` (0 to 90) for bodies of 64KiB and more, kept as plain files in `path/bodies` and sent from the page cache; the rest (at least 16MiB) holds object heads and smaller bodies. 0: every body in the rest.", "60"),
-            key("path", "path", Unset, "Folder of the disk cache; must be writable (created if missing).", "\"cache\""),
+            key("path", "path", Unset, "Folder of the disk cache; must be writable (created if missing). Holds `key-secret`, what its keys are hashed with: without it, its copies are fetched again.", "\"cache\""),
         ],
     },
     Section {

@@ -6,14 +6,27 @@
 //! site's key headers and of the withheld headers it forwards. A response
 //! with `Vary` adds a second level: the variant key mixes in the request's
 //! values of the varied headers.
+//!
+//! Keys are hashed with SipHash-1-3 under the cache's own random
+//! [`KeySecret`], a pseudo-random function: a client who does not know the
+//! secret cannot aim two requests at one key. A fast public hash would let
+//! one: XXH3's rounds can be undone with chosen bytes, so a header value
+//! can be made whose key is another value's, and the copy fetched for the
+//! one served to the other (the stored URL is checked, but the URL is the
+//! same). Where every node must agree without sharing a secret (which
+//! shield or origin a miss goes to), [`RequestKey::placement`] is a public
+//! hash of the site and URL alone, which picks a place and never a copy.
 
 use std::borrow::Cow;
+use std::hash::Hasher;
+use std::io;
 
 use http::header::{ACCEPT_ENCODING, HeaderMap, HeaderName};
 use outpost_config::{CacheRules, QueryMode, Site};
 use outpost_net::HeaderLookup;
 use outpost_net::coding::{Accepted, Coding, qvalue};
-use xxhash_rust::xxh3::{Xxh3, xxh3_128};
+use siphasher::sip128::{Hasher128, SipHasher13};
+use xxhash_rust::xxh3::Xxh3;
 
 use crate::host::RequestHost;
 
@@ -21,6 +34,52 @@ pub use outpost_config::path::{BadPath, normalize_path, normalized};
 
 /// A stored entry's key.
 pub type Key = u128;
+
+/// The secret a cache's keys are hashed with: drawn at random for each
+/// cache, and kept beside a disk tier so that its keys hold across
+/// restarts. Never sent, logged or shown.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct KeySecret([u8; 16]);
+
+impl std::fmt::Debug for KeySecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeySecret(..)")
+    }
+}
+
+impl KeySecret {
+    /// A new secret from the kernel's random source.
+    pub fn random() -> io::Result<KeySecret> {
+        let mut bytes = [0u8; 16];
+        let mut filled = 0;
+        while filled < bytes.len() {
+            match rustix::rand::getrandom(&mut bytes[filled..], rustix::rand::GetRandomFlags::empty()) {
+                Ok(n) => filled += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(KeySecret(bytes))
+    }
+
+    pub fn from_bytes(bytes: [u8; 16]) -> KeySecret {
+        KeySecret(bytes)
+    }
+
+    pub fn to_bytes(self) -> [u8; 16] {
+        self.0
+    }
+
+    fn hasher(&self) -> SipHasher13 {
+        SipHasher13::new_with_key(&self.0)
+    }
+
+    fn hash(&self, bytes: &[u8]) -> Key {
+        let mut h = self.hasher();
+        h.write(bytes);
+        h.finish128().into()
+    }
+}
 
 fn param_name(pair: &str) -> &str {
     pair.split_once('=').map_or(pair, |(k, _)| k)
@@ -64,6 +123,8 @@ pub struct RequestKey {
     /// the site's codings and identity. `None` when the site makes no
     /// codings: `Accept-Encoding` then passes through as written.
     pub coding: Option<Coding>,
+    /// What its variant keys are hashed with: the primary key's secret.
+    secret: KeySecret,
 }
 
 /// The combined value of a request header, as compared for keys and `Vary`
@@ -88,10 +149,10 @@ fn header_value(headers: &impl HeaderLookup, name: &HeaderName, out: &mut Vec<u8
 /// and empty stay different.
 /// `Accept-Encoding` is the coding the request is answered in, when the
 /// site negotiates one: the spellings of a coding share its variant.
-fn vary_value(headers: &impl HeaderLookup, name: &HeaderName, coding: Option<Coding>, out: &mut Xxh3) {
+fn vary_value(headers: &impl HeaderLookup, name: &HeaderName, coding: Option<Coding>, out: &mut impl Hasher) {
     if let (Some(c), true) = (coding, *name == ACCEPT_ENCODING) {
-        out.update(c.token().as_bytes());
-        out.update(&[0xfe]);
+        out.write(c.token().as_bytes());
+        out.write(&[0xfe]);
         return;
     }
     let values = headers.get_all(name);
@@ -105,8 +166,8 @@ fn vary_value(headers: &impl HeaderLookup, name: &HeaderName, coding: Option<Cod
             .filter(|m| !m.is_empty())
             .collect();
         for m in languages(&members) {
-            out.update(m.as_bytes());
-            out.update(b",");
+            out.write(m.as_bytes());
+            out.write(b",");
         }
     } else {
         // Hashed as they are read: a hit on a varied object allocates nothing.
@@ -114,17 +175,17 @@ fn vary_value(headers: &impl HeaderLookup, name: &HeaderName, coding: Option<Cod
             let mut any = false;
             for (i, w) in m.split(u8::is_ascii_whitespace).filter(|w| !w.is_empty()).enumerate() {
                 if i > 0 {
-                    out.update(b" ");
+                    out.write(b" ");
                 }
-                out.update(w);
+                out.write(w);
                 any = true;
             }
             if any {
-                out.update(b",");
+                out.write(b",");
             }
         }
     }
-    out.update(&[0xff, u8::from(present)]);
+    out.write(&[0xff, u8::from(present)]);
 }
 
 /// `Accept-Language` members as `tag` or `tag;q=0.xyz`, lower-case, best
@@ -197,9 +258,33 @@ thread_local! {
     static MATERIAL: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// The bytes a request's primary key is hashed from (into `m`, cleared
+/// first): everything the upstream sees that can change its answer, each
+/// part ended so that no two requests' parts run together alike.
+pub fn material(site: &Site, scope: Scope<'_>, url: &str, headers: &impl HeaderLookup, m: &mut Vec<u8>) {
+    m.clear();
+    m.extend_from_slice(site.id.as_bytes());
+    m.push(0);
+    m.extend_from_slice(scope.proto.unwrap_or("").as_bytes());
+    m.push(0);
+    if let Some(host) = scope.host {
+        host.hash_into(|b| m.extend_from_slice(b));
+    }
+    // Method class: only GET (and HEAD, served from GET) is cached.
+    m.extend_from_slice(b"\0GET\0");
+    m.extend_from_slice(url.as_bytes());
+    for name in site.cache.key_headers.iter().chain(&site.headers.forward) {
+        m.push(0);
+        m.extend_from_slice(name.as_str().as_bytes());
+        header_value(headers, name, m);
+    }
+}
+
 impl RequestKey {
-    /// `path` must already be normalised; `query` is the shaped query.
+    /// The key of a request to `site`, hashed with `secret`. `path` must
+    /// already be normalised; `query` is the shaped query.
     pub fn new(
+        secret: &KeySecret,
         site: &Site,
         scope: Scope<'_>,
         path: &str,
@@ -214,36 +299,34 @@ impl RequestKey {
             url.push_str(q);
         }
         let primary = MATERIAL.with_borrow_mut(|m| {
-            m.clear();
-            m.extend_from_slice(site.id.as_bytes());
-            m.push(0);
-            m.extend_from_slice(scope.proto.unwrap_or("").as_bytes());
-            m.push(0);
-            if let Some(host) = scope.host {
-                host.hash_into(|b| m.extend_from_slice(b));
-            }
-            // Method class: only GET (and HEAD, served from GET) is cached.
-            m.extend_from_slice(b"\0GET\0");
-            m.extend_from_slice(url.as_bytes());
-            for name in site.cache.key_headers.iter().chain(&site.headers.forward) {
-                m.push(0);
-                m.extend_from_slice(name.as_str().as_bytes());
-                header_value(headers, name, m);
-            }
-            xxh3_128(m)
+            material(site, scope, &url, headers, m);
+            secret.hash(m)
         });
         let accepted = Accepted::parse(headers);
-        RequestKey { primary, url, accepted, coding: answered_in(site, &accepted) }
+        RequestKey { primary, url, accepted, coding: answered_in(site, &accepted), secret: *secret }
     }
 
     /// The key of this request's variant of a response that varies on `names`.
     pub fn variant(&self, names: &[HeaderName], headers: &impl HeaderLookup) -> Key {
-        let mut h = Xxh3::new();
-        h.update(&self.primary.to_le_bytes());
+        let mut h = self.secret.hasher();
+        h.write(&self.primary.to_le_bytes());
         for name in names {
-            h.update(name.as_str().as_bytes());
+            h.write(name.as_str().as_bytes());
             vary_value(headers, name, self.coding, &mut h);
         }
+        h.finish128().into()
+    }
+
+    /// Where a miss of this URL goes among a site's shields or weighted
+    /// origins (rendezvous): every node must pick alike without sharing a
+    /// secret, so this is a public hash, of the site and URL alone. It
+    /// picks a place to ask, never a stored copy: a client who aims two
+    /// URLs at one place only sends them to the same upstream.
+    pub fn placement(&self, site: &Site) -> Key {
+        let mut h = Xxh3::new();
+        h.update(site.id.as_bytes());
+        h.update(&[0]);
+        h.update(self.url.as_bytes());
         h.digest128()
     }
 }
@@ -265,7 +348,8 @@ fn answered_in(site: &Site, accepted: &Accepted) -> Option<Coding> {
 /// The key of the representation of the object stored under `key` (fetched
 /// at `fetched_at`) in `coding`, made from it. A new copy of the object
 /// (a refetch, a revalidation) has a new time, so an old representation is
-/// never served for it.
+/// never served for it. A public hash will do here and in [`chunk_key`]:
+/// what is hashed is a secret-keyed key no client knows.
 pub fn made_key(key: Key, fetched_at: std::time::SystemTime, coding: Coding) -> Key {
     let nanos = fetched_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let mut h = Xxh3::new();
@@ -333,6 +417,10 @@ mod tests {
         assert_eq!(shape_query(Some(""), &rules(QueryMode::Keep, &[])), None);
     }
 
+    fn secret() -> KeySecret {
+        KeySecret::from_bytes(*b"sixteen byte key")
+    }
+
     fn site(id: &str, extra: &str) -> Site {
         format!("[site]\nid = \"{id}\"\nhosts = [\"*.r.test\"]\n[[origin]]\nurl = \"http://127.0.0.1:1\"\n{extra}")
             .parse()
@@ -344,40 +432,65 @@ mod tests {
         let (a_site, b_site) = (site("a", ""), site("b", ""));
         let h = HeaderMap::new();
         let none = Scope::default();
-        let a = RequestKey::new(&a_site, none, "/x", None, &h);
-        assert_eq!(a, RequestKey::new(&a_site, none, "/x", None, &h));
-        assert_ne!(a.primary, RequestKey::new(&b_site, none, "/x", None, &h).primary);
-        assert_ne!(a.primary, RequestKey::new(&a_site, none, "/x", Some("q"), &h).primary);
-        assert_eq!(RequestKey::new(&a_site, none, "/x", Some("q=1"), &h).url, "/x?q=1");
+        let a = RequestKey::new(&secret(), &a_site, none, "/x", None, &h);
+        assert_eq!(a, RequestKey::new(&secret(), &a_site, none, "/x", None, &h));
+        assert_ne!(a.primary, RequestKey::new(&secret(), &b_site, none, "/x", None, &h).primary);
+        assert_ne!(a.primary, RequestKey::new(&secret(), &a_site, none, "/x", Some("q"), &h).primary);
+        assert_eq!(RequestKey::new(&secret(), &a_site, none, "/x", Some("q=1"), &h).url, "/x?q=1");
         let with = site("a", "[cache]\nkey_headers = [\"x-device\"]\n");
         let mut mobile = HeaderMap::new();
         mobile.insert("x-device", HeaderValue::from_static(" mobile "));
         let mut mobile2 = HeaderMap::new();
         mobile2.insert("x-device", HeaderValue::from_static("mobile"));
-        let k1 = RequestKey::new(&with, none, "/x", None, &mobile);
-        assert_eq!(k1, RequestKey::new(&with, none, "/x", None, &mobile2), "whitespace does not matter");
-        assert_ne!(k1.primary, RequestKey::new(&with, none, "/x", None, &h).primary);
+        let k1 = RequestKey::new(&secret(), &with, none, "/x", None, &mobile);
+        assert_eq!(k1, RequestKey::new(&secret(), &with, none, "/x", None, &mobile2), "whitespace does not matter");
+        assert_ne!(k1.primary, RequestKey::new(&secret(), &with, none, "/x", None, &h).primary);
         // A withheld field the site forwards is keyed.
         let fwd = site("a", "[headers]\nforward = [\"x-forwarded-host\"]\n");
         let mut xfh = HeaderMap::new();
         xfh.insert("x-forwarded-host", HeaderValue::from_static("evil.test"));
-        assert_ne!(RequestKey::new(&fwd, none, "/x", None, &xfh), RequestKey::new(&fwd, none, "/x", None, &h));
-        assert_eq!(RequestKey::new(&a_site, none, "/x", None, &xfh), RequestKey::new(&a_site, none, "/x", None, &h));
+        assert_ne!(
+            RequestKey::new(&secret(), &fwd, none, "/x", None, &xfh),
+            RequestKey::new(&secret(), &fwd, none, "/x", None, &h)
+        );
+        assert_eq!(
+            RequestKey::new(&secret(), &a_site, none, "/x", None, &xfh),
+            RequestKey::new(&secret(), &a_site, none, "/x", None, &h)
+        );
     }
 
-    /// The disk tier keeps objects under these keys across restarts and
-    /// upgrades: a key computed differently would lose every stored copy.
+    /// The disk tier keeps objects under these keys across restarts, its
+    /// secret kept beside it: under one secret a key is always the same.
+    /// Another secret makes other keys, and the placement (which every node
+    /// computes alike, secret or not) stays.
     #[test]
-    fn keys_are_those_the_disk_tier_already_holds() {
+    fn keys_hold_under_one_secret_and_differ_under_another() {
         let s = site("a", "[cache]\nkey_headers = [\"x-device\"]\n");
         let mut h = HeaderMap::new();
         h.append("x-device", http::HeaderValue::from_static(" phone "));
         h.append("x-device", http::HeaderValue::from_static("tablet"));
         let host = RequestHost::parse("Alice.r.test:8443").unwrap();
-        let key = RequestKey::new(&s, Scope::of(&s, Some("https"), host), "/p/i.png", Some("v=2"), &h);
-        assert_eq!(format!("{:032x}", key.primary), "bafb4b098ae84dbfb6a86a6a73fb519e");
-        let plain = RequestKey::new(&s, Scope::default(), "/", None, &HeaderMap::new());
-        assert_eq!(format!("{:032x}", plain.primary), "5c9acf9ba1a39aa801b6f29d53d6935c");
+        let scope = Scope::of(&s, Some("https"), host);
+        let key = RequestKey::new(&secret(), &s, scope, "/p/i.png", Some("v=2"), &h);
+        assert_eq!(format!("{:032x}", key.primary), "1d7815b0f541347d35139d1f0cd58f89");
+        let plain = RequestKey::new(&secret(), &s, Scope::default(), "/", None, &HeaderMap::new());
+        assert_eq!(format!("{:032x}", plain.primary), "9b2ca51d9e250c39fa62a6234f90d577");
+        let names = [HeaderName::from_static("x-device")];
+        assert_eq!(format!("{:032x}", key.variant(&names, &h)), "31b38b767b96c8e05042f900dc90a2a7");
+        let other = KeySecret::from_bytes(*b"another 16 bytes");
+        let elsewhere = RequestKey::new(&other, &s, scope, "/p/i.png", Some("v=2"), &h);
+        assert_ne!(elsewhere.primary, key.primary);
+        assert_ne!(elsewhere.variant(&names, &h), key.variant(&names, &h));
+        assert_eq!(elsewhere.placement(&s), key.placement(&s));
+        assert_eq!(format!("{:032x}", key.placement(&s)), "b96ff55f4aad585a1db706ba6a620705");
+        assert_ne!(key.placement(&s), key.placement(&site("b", "")), "sites are placed apart");
+        assert_ne!(key.placement(&s), plain.placement(&s));
+        assert_eq!(format!("{other:?}"), "KeySecret(..)", "a secret is never shown");
+    }
+
+    #[test]
+    fn random_secrets_differ() {
+        assert_ne!(KeySecret::random().unwrap(), KeySecret::random().unwrap());
     }
 
     #[test]
@@ -386,7 +499,7 @@ mod tests {
         let h = HeaderMap::new();
         let key = |proto: Option<&str>, host: &str| {
             let host = RequestHost::parse(host).unwrap();
-            RequestKey::new(&s, Scope::of(&s, proto, host), "/profile", None, &h).primary
+            RequestKey::new(&secret(), &s, Scope::of(&s, proto, host), "/profile", None, &h).primary
         };
         let alice = key(Some("https"), "alice.r.test");
         assert_ne!(alice, key(Some("https"), "bob.r.test"), "one host's answer is not another's");
@@ -402,14 +515,14 @@ mod tests {
                 .unwrap();
         let k = |host: &str| {
             let host = RequestHost::parse(host).unwrap();
-            RequestKey::new(&only_fixed, Scope::of(&only_fixed, Some("https"), host), "/p", None, &h).primary
+            RequestKey::new(&secret(), &only_fixed, Scope::of(&only_fixed, Some("https"), host), "/p", None, &h).primary
         };
         assert_eq!(k("alice.r.test"), k("bob.r.test"));
     }
 
     #[test]
     fn variants_follow_vary_values() {
-        let k = RequestKey::new(&site("a", ""), Scope::default(), "/x", None, &HeaderMap::new());
+        let k = RequestKey::new(&secret(), &site("a", ""), Scope::default(), "/x", None, &HeaderMap::new());
         let names = [HeaderName::from_static("accept-language")];
         let mut en = HeaderMap::new();
         en.insert("accept-language", HeaderValue::from_static("en"));
@@ -434,7 +547,7 @@ mod tests {
 
     #[test]
     fn equivalent_spellings_share_a_variant() {
-        let k = RequestKey::new(&site("a", ""), Scope::default(), "/x", None, &HeaderMap::new());
+        let k = RequestKey::new(&secret(), &site("a", ""), Scope::default(), "/x", None, &HeaderMap::new());
         let variant = |name: &'static str, values: &[&'static str]| {
             let mut h = HeaderMap::new();
             for v in values {
@@ -479,7 +592,7 @@ mod tests {
     proptest! {
         #[test]
         fn variants_of_hostile_fields_never_panic(v in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let k = RequestKey::new(&site("a", ""), Scope::default(), "/x", None, &HeaderMap::new());
+            let k = RequestKey::new(&secret(), &site("a", ""), Scope::default(), "/x", None, &HeaderMap::new());
             if let Ok(v) = HeaderValue::from_bytes(&v) {
                 for name in ["accept-language", "x-dev"] {
                     let mut h = HeaderMap::new();

@@ -119,9 +119,10 @@ fn whole(cx: &Ctx, key: Key, o: Arc<StoredObject>) -> Option<Arc<StoredObject>> 
 }
 
 /// Whether a copy found under this request's key was stored for its URL.
-/// A key is a 128-bit hash, not a cryptographic one, so two URLs could be
-/// crafted to share it: the copy of one is then a miss for the other (and
-/// the fetch that follows replaces it), never a hit.
+/// Keys are hashed under the cache's secret, so no client can aim two
+/// requests at one key; should two URLs share one all the same (a secret
+/// read off the disk), the copy of one is a miss for the other (and the
+/// fetch that follows replaces it), never a hit.
 fn for_this_url(cx: &Ctx, o: &StoredObject) -> bool {
     let same = o.url == cx.rkey.url;
     if !same {

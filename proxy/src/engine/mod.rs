@@ -480,11 +480,11 @@ impl Engine {
     /// (which count on sites whose keys take request headers: `cache.key_headers`,
     /// `headers.forward`); `None`: its path does not normalise, so no
     /// request is keyed under it.
-    fn url_key(site: &Site, scope: Scope<'_>, url: &str, headers: &impl HeaderLookup) -> Option<Key> {
+    fn url_key(&self, site: &Site, scope: Scope<'_>, url: &str, headers: &impl HeaderLookup) -> Option<Key> {
         let (path, query) = url.split_once('?').map_or((url, None), |(p, q)| (p, Some(q)));
         let path = normalize_path(path).ok()?;
         let query = shape_query(query, &site.cache);
-        Some(RequestKey::new(site, scope, &path, query.as_deref(), headers).primary)
+        Some(RequestKey::new(self.store.key_secret(), site, scope, &path, query.as_deref(), headers).primary)
     }
 
     /// The copies stored under a URL's primary key (its object, or the
@@ -509,7 +509,7 @@ impl Engine {
     /// The stored keys of a URL in one scope (its object, or its variant
     /// index and the variants it knows), removed at once.
     async fn remove_url(&self, site: &Site, scope: Scope<'_>, url: &str) {
-        let Some(primary) = Self::url_key(site, scope, url, &http::HeaderMap::new()) else { return };
+        let Some(primary) = self.url_key(site, scope, url, &http::HeaderMap::new()) else { return };
         let (objects, index) = self.stored_for_key(primary).await;
         for (k, o) in objects {
             self.store.remove_object(k, &o);
@@ -529,8 +529,8 @@ impl Engine {
     /// request without those headers; copies under other values are other
     /// keys, left as they are.
     async fn invalidate_url(&self, site: &Site, scope: Scope<'_>, url: &str, headers: &impl HeaderLookup) {
-        let own = Self::url_key(site, scope, url, headers);
-        let bare = Self::url_key(site, scope, url, &http::HeaderMap::new());
+        let own = self.url_key(site, scope, url, headers);
+        let bare = self.url_key(site, scope, url, &http::HeaderMap::new());
         let keys = if own == bare { [own, None] } else { [own, bare] };
         for primary in keys.into_iter().flatten() {
             self.invalidations.record(primary);

@@ -35,7 +35,8 @@ use crate::upstream::request::{self, FromClient};
 pub(crate) struct Refill {
     engine: Arc<Engine>,
     site: Arc<Site>,
-    /// The request's primary key: it chooses the upstream.
+    /// The request's placement (`RequestKey::placement`): it chooses the
+    /// upstream.
     route: Key,
     url: String,
     from: FromClient,
@@ -103,7 +104,7 @@ impl Refill {
             validator: validator(&obj.headers)?,
             engine: Arc::clone(&cx.engine),
             site: Arc::clone(&cx.site),
-            route: cx.rkey.primary,
+            route: cx.rkey.placement(&cx.site),
             url: cx.rkey.url.clone(),
             from: cx.client_side(),
             host: cx.upstream_host(),

@@ -338,7 +338,7 @@ fn key(
     let path = normalized(uri.path()).map_err(|_| Error::BadRequest("malformed path"))?;
     let query = shape_query(uri.query(), &site.cache);
     let scope = Scope::of(site, upstream_proto(engine.tier, secure, headers), host);
-    Ok(RequestKey::new(site, scope, &path, query.as_deref(), headers))
+    Ok(RequestKey::new(engine.store.key_secret(), site, scope, &path, query.as_deref(), headers))
 }
 
 fn host_of<'a>(uri: &'a Uri, headers: &'a impl HeaderLookup) -> Option<&'a str> {

@@ -27,7 +27,7 @@ use foyer::{
 use futures_util::Stream;
 use outpost_config::CacheStorage;
 
-use crate::key::{Key, chunk_key};
+use crate::key::{Key, KeySecret, chunk_key};
 pub(crate) use blob::Blob;
 pub(crate) use entry::{BodyRef, Entry, MAX_KNOWN_VARIANTS, StoredObject, Variants};
 use files::Files;
@@ -73,6 +73,60 @@ pub struct Store {
     /// The disk tier's folder and capacity (shared: a store is cloned
     /// into every body stream and fetch).
     disk: Option<Arc<(PathBuf, u64)>>,
+    /// What this cache's keys are hashed with.
+    secret: KeySecret,
+}
+
+/// The file beside a disk tier that holds its [`KeySecret`].
+const SECRET_FILE: &str = "key-secret";
+
+/// The secret of the disk tier in `dir`: the one it was written with, or a
+/// new one. A folder that holds copies but no readable secret (written
+/// before keys had one, or the file damaged) starts afresh: its copies are
+/// under keys no request has any more, left to eviction, and fetched again.
+fn disk_secret(dir: &std::path::Path) -> io::Result<KeySecret> {
+    use std::io::Write;
+    let path = dir.join(SECRET_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => match parse_secret(&text) {
+            Some(s) => return Ok(s),
+            None => {
+                tracing::warn!(path = %path.display(), "the cache's key secret does not read; a new one is made and stored copies are fetched again")
+            }
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let others = std::fs::read_dir(dir)?.flatten().any(|e| e.file_name() != SECRET_FILE);
+            if others {
+                tracing::warn!(path = %dir.display(), "the disk cache has no key secret (written by an earlier version); a new one is made and stored copies are fetched again");
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    let secret = KeySecret::random()?;
+    let hex: String = secret.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    // Whole or not at all: written aside, then renamed over.
+    let tmp = dir.join(format!("{SECRET_FILE}.tmp"));
+    let mut f = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::File::options().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?
+    };
+    f.write_all(format!("{hex}\n").as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(secret)
+}
+
+fn parse_secret(text: &str) -> Option<KeySecret> {
+    let hex = text.trim().as_bytes();
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut bytes = [0u8; 16];
+    for (b, pair) in bytes.iter_mut().zip(hex.chunks(2)) {
+        *b = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(KeySecret::from_bytes(bytes))
 }
 
 /// A cache filesystem with less free than this (and than
@@ -132,12 +186,16 @@ impl Store {
             .memory(cfg.memory as usize)
             .with_weighter(|_k: &Key, v: &Entry| v.weight());
         if cfg.disk == 0 {
+            let secret = KeySecret::random()
+                .map_err(|source| StoreError::Folder { path: PathBuf::from("/dev/urandom"), source })?;
             let cache =
                 memory.storage().build().await.map_err(|source| StoreError::Open { path: PathBuf::new(), source })?;
-            return Ok(Store { cache, hybrid: false, files: None, disk: None });
+            return Ok(Store { cache, hybrid: false, files: None, disk: None, secret });
         }
         let path = cfg.path.clone().ok_or(StoreError::NoPath)?;
         std::fs::create_dir_all(&path).map_err(|source| StoreError::Folder { path: path.clone(), source })?;
+        let secret =
+            disk_secret(&path).map_err(|source| StoreError::Folder { path: path.join(SECRET_FILE), source })?;
         let (device_size, files_size) = split_disk(cfg.disk, cfg.large_bodies);
         let files = if files_size == 0 {
             None
@@ -170,7 +228,12 @@ impl Store {
             .build()
             .await
             .map_err(|source| StoreError::Open { path: path.clone(), source })?;
-        Ok(Store { cache, hybrid: true, files, disk: Some(Arc::new((path, cfg.disk))) })
+        Ok(Store { cache, hybrid: true, files, disk: Some(Arc::new((path, cfg.disk))), secret })
+    }
+
+    /// What this cache's keys are hashed with.
+    pub fn key_secret(&self) -> &KeySecret {
+        &self.secret
     }
 
     pub fn is_hybrid(&self) -> bool {

@@ -413,3 +413,27 @@ async fn the_disk_tier_reports_its_filesystem_and_a_memory_store_nothing() {
     let gone = store.disk_problem().expect("a folder that vanished is a problem");
     assert!(gone.contains("cannot be read"), "{gone}");
 }
+
+/// A disk tier's key secret is kept beside it, readable by its owner
+/// alone, so the same keys find its copies after a restart; a damaged or
+/// missing one is made anew, and a memory-only store draws its own.
+#[tokio::test]
+async fn the_key_secret_is_kept_with_the_disk_tier() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = hybrid_store(dir.path()).await;
+    let secret = *store.key_secret();
+    store.close().await;
+    let file = dir.path().join(SECRET_FILE);
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    let again = hybrid_store(dir.path()).await;
+    assert_eq!(*again.key_secret(), secret, "the same secret after a restart");
+    again.close().await;
+    std::fs::write(&file, "not a secret\n").unwrap();
+    let damaged = hybrid_store(dir.path()).await;
+    assert_ne!(*damaged.key_secret(), secret);
+    let made = *damaged.key_secret();
+    damaged.close().await;
+    assert_eq!(*hybrid_store(dir.path()).await.key_secret(), made, "the new secret is kept");
+    assert_ne!(*memory_store().await.key_secret(), *memory_store().await.key_secret());
+}

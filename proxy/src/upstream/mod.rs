@@ -110,7 +110,9 @@ impl Target {
 /// Chooses the upstream for a request. Edges route to shields (or origins);
 /// shields route to origins.
 pub trait Route: Send + Sync + Debug + 'static {
-    /// Targets to try, best first. The first that answers is used.
+    /// Targets to try, best first. The first that answers is used. `key`
+    /// is the request's placement (`RequestKey::placement`), alike on every
+    /// node.
     fn targets(&self, site: &Site, key: Key) -> Vec<Target>;
     /// What happened when `target` was tried (for passive health).
     fn report(&self, _target: &Target, _ok: bool) {}

@@ -46,7 +46,8 @@ impl Upstream {
         self.client.probes()
     }
 
-    /// Sends `req` for `site`'s object `key`. `client_host` is the `Host`
+    /// Sends `req` for `site`'s object placed at `key`
+    /// (`RequestKey::placement`). `client_host` is the `Host`
     /// sent to targets that have none of their own.
     pub async fn send(
         &self,

@@ -10,6 +10,7 @@ mod differential;
 mod direct;
 mod http3;
 mod interim;
+mod keys;
 mod represent;
 mod sendfile;
 mod serving;

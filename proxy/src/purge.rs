@@ -69,6 +69,14 @@ struct Rules {
     /// ([`PurgeRules::note_sites`]); `None` before the first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     known_sites: Option<std::collections::BTreeSet<String>>,
+    /// How far the engine's stamps (`Clock::stamp`) had gone when the node
+    /// last stopped, in microseconds since the epoch (0: not recorded).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    stamped: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What the rules say about a stored object.
@@ -227,6 +235,34 @@ impl PurgeRules {
         };
         self.persist()?;
         Ok(new)
+    }
+
+    /// The newest time any rule holds, or the stamps had reached when the
+    /// node last stopped (the epoch when there is neither).
+    pub fn newest(&self) -> SystemTime {
+        let rules = self.read();
+        let sites = rules.sites.values().flat_map(|s| {
+            std::iter::once(&s.all)
+                .chain(s.tags.values())
+                .chain(s.urls.values())
+                .chain(s.prefixes.iter().map(|(_, t)| t))
+        });
+        let newest = std::iter::once(&rules.global).chain(sites).map(Times::newest).max().unwrap_or(0);
+        UNIX_EPOCH + Duration::from_micros(newest.max(rules.stamped))
+    }
+
+    /// Records how far the engine's stamps have gone, as the node stops: the
+    /// next run's stamps start past it, whatever its wall clock says.
+    pub fn note_stamped(&self, at: SystemTime) -> io::Result<()> {
+        if self.file.is_none() {
+            return Ok(());
+        }
+        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let mut rules = self.write();
+            rules.stamped = rules.stamped.max(micros(at));
+        }
+        self.persist()
     }
 
     /// Marks everything stored before `at`, on every site, as soft-purged:

@@ -426,8 +426,7 @@ impl Subscriber {
             StreamLine::Snapshot { seq, sites, purges } => {
                 // Said to shields from before its first rule takes effect.
                 self.engine.applying_snapshot(seq);
-                let now = self.engine.clock.now();
-                if let Err(e) = self.engine.purges.soft_purge_everything(now) {
+                if let Err(e) = self.engine.purges.soft_purge_everything(self.engine.clock.stamp()) {
                     tracing::error!(error = %e, "could not record the snapshot's soft purge; not acknowledged");
                     return Err(format!("the snapshot's soft purge: {e}"));
                 }

@@ -189,7 +189,7 @@ impl FetchJob {
 
     pub(crate) async fn run(mut self) {
         let engine = Arc::clone(&self.engine);
-        let (started, started_real) = (engine.clock.now(), SystemTime::now());
+        let (started, started_real) = (engine.clock.stamp(), SystemTime::now());
         let result = loop {
             // The keyed URL (normalised path, shaped query) is what goes upstream.
             let validators = self.stale.as_ref().map(|(_, s)| &s.headers);

@@ -184,11 +184,15 @@ impl Engine {
             Some(dir) => PurgeRules::open(dir).map_err(EngineError::Purges)?,
             None => PurgeRules::in_memory(),
         };
+        // A rule kept from a run whose wall clock was ahead of this one's
+        // still comes before every copy fetched from now on.
+        let clock = Clock::default();
+        clock.stamp_after(purges.newest());
         if !config.sites.is_empty() {
             // Sites from the node's own files (a node that follows a
             // control plane learns of deletions from it).
             let ids = config.sites.iter().map(|s| s.id.to_string());
-            match purges.note_sites(ids, std::time::SystemTime::now()) {
+            match purges.note_sites(ids, clock.stamp()) {
                 Ok(new) if !new.is_empty() => {
                     tracing::info!(sites = ?new, "sites not served at the last start: nothing stored under their ids is served");
                 }
@@ -215,7 +219,7 @@ impl Engine {
                 metrics.clone(),
                 Arc::from(config.node.as_str()),
             ),
-            clock: Clock::default(),
+            clock,
             metrics,
             log,
             control_linked: std::sync::atomic::AtomicBool::new(false),
@@ -258,7 +262,7 @@ impl Engine {
     /// another tenant's, under the same hosts or a fixed `host`). A hard
     /// purge of everything of the site, kept as the rules are.
     pub fn forget_site(&self, site_id: &str) {
-        match self.purges.apply(site_id, &PurgeTarget::All, &[], false, self.clock.now()) {
+        match self.purges.apply(site_id, &PurgeTarget::All, &[], false, self.clock.stamp()) {
             Ok(()) => self.metrics.purge_rules.set(self.purges.len() as f64),
             Err(e) => tracing::warn!(site = site_id, error = %e, "could not record a deleted site's purge"),
         }
@@ -274,7 +278,7 @@ impl Engine {
             PurgeTarget::Urls { .. } => PurgeTarget::All,
             other => other,
         };
-        self.purges.apply(site_id, &target, &[], soft, self.clock.now()).map_err(EngineError::Purges)?;
+        self.purges.apply(site_id, &target, &[], soft, self.clock.stamp()).map_err(EngineError::Purges)?;
         self.metrics.purge();
         self.metrics.purge_rules.set(self.purges.len() as f64);
         Ok(())
@@ -355,7 +359,9 @@ impl Engine {
             return None;
         }
         let age = headers.get(&crate::headers::OUTPOST_SEQ_AGE).and_then(|v| plain_number(v.as_bytes()));
-        Some(claim_cutoff(self.clock.now(), age))
+        // In the stamps' time, which a wall clock stepped back leaves
+        // ahead of it: more copies checked, never fewer.
+        Some(claim_cutoff(self.clock.latest(), age))
     }
 
     /// Records that the control plane was just heard from.
@@ -628,7 +634,7 @@ impl Engine {
                 });
             }
         }
-        self.purges.apply(site_id, target, &urls, soft, self.clock.now()).map_err(EngineError::Purges)?;
+        self.purges.apply(site_id, target, &urls, soft, self.clock.stamp()).map_err(EngineError::Purges)?;
         if !soft {
             // The rule already makes every copy a miss; removing the copies
             // the node can name frees their space now. (Copies under other
@@ -675,9 +681,14 @@ impl Engine {
         self.metrics.purge_rules.set(self.purges.len() as f64);
     }
 
-    /// Flushes the cache to disk.
+    /// Flushes the cache to disk, and records how far the clock's stamps
+    /// have gone (`Clock::stamp`), so that the next run orders its copies
+    /// and purges after this one's even when its wall clock is behind.
     pub async fn close(&self) {
         self.store.close().await;
+        if let Err(e) = self.purges.note_stamped(self.clock.latest()) {
+            tracing::warn!(error = %e, "could not record the clock's last stamp beside the purge rules");
+        }
     }
 }
 

@@ -87,7 +87,7 @@ pub(super) async fn fetch(cx: &Ctx, key: Key, first: u64, last: Option<u64>) -> 
     // Begun before it says how far this node has followed the control
     // plane: a purge applied in between is after the fetch began, not
     // before a fetch that did not tell the shield of it.
-    let (started, started_real, waiting) = (engine.clock.now(), SystemTime::now(), Instant::now());
+    let (started, started_real, waiting) = (engine.clock.stamp(), SystemTime::now(), Instant::now());
     engine.mark_fetch(&mut req);
     let mark = engine.invalidation_mark(cx.rkey.primary);
     let resp = engine.upstream.send(&cx.site, cx.rkey.placement(&cx.site), req, cx.upstream_host()).await.ok()?;

@@ -922,6 +922,55 @@ async fn purges_by_url_prefix_tag_all_and_soft() {
     assert!(edge.engine.purge("nope", &PurgeTarget::All, false).await.is_err());
 }
 
+/// A purge made just after the wall clock was stepped back still covers
+/// the copies fetched before the step, and the copies fetched after it are
+/// kept. (Prefix rules: a hard purge by URL also removes the copies it can
+/// name, which would hide a rule that comes too early.)
+#[tokio::test]
+async fn a_purge_after_the_clock_steps_back_covers_what_was_fetched_before_the_step() {
+    let (_d, origin, edge) = setup(DEFAULT_RULES).await;
+    let url = "/step/a?cc=max-age%3D600";
+    assert!(!edge.get(url).await.is_hit());
+    assert!(edge.get(url).await.is_hit());
+    edge.engine.clock.step_back(Duration::from_secs(120));
+    edge.engine.purge("t", &PurgeTarget::Prefix { prefix: "/step/".into() }, false).await.unwrap();
+    let r = edge.get(url).await;
+    assert!(r.cache_status().contains("fwd=uri-miss"), "the copy from before the step is purged: {}", r.cache_status());
+    assert!(edge.get(url).await.is_hit(), "the copy fetched after the purge is kept");
+    assert_eq!(origin.count("/step/a").await, 2);
+}
+
+/// A run whose wall clock is behind the last one's (stepped back while
+/// the node was down) still orders purges and copies as that run did: the
+/// rules kept from it do not purge what this run fetches, and a purge in
+/// this run covers the copies the last one fetched, as the stop recorded
+/// how far its stamps had gone.
+#[tokio::test]
+async fn a_restart_behind_the_last_runs_clock_keeps_purges_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    let site = site_toml(origin.addr, DEFAULT_RULES);
+    let edge = Edge::start(dir.path(), &site).await;
+    // The last run's clock is two minutes ahead of the next one's.
+    edge.engine.clock.advance(Duration::from_secs(120));
+    let (a, b) = ("/kept/a?cc=max-age%3D600", "/kept/b?cc=max-age%3D600");
+    assert_eq!(edge.get(a).await.status, StatusCode::OK);
+    edge.engine.purge("t", &PurgeTarget::Prefix { prefix: "/kept/".into() }, false).await.unwrap();
+    assert!(!edge.get(b).await.is_hit());
+    assert!(edge.get(b).await.is_hit(), "fetched after the purge");
+    edge.stop().await;
+    let edge = Edge::start(dir.path(), &site).await;
+    assert!(edge.get(a).await.cache_status().contains("fwd=uri-miss"), "purged before the restart");
+    let r = edge.get(a).await;
+    assert!(r.is_hit(), "the copy fetched after the restart is kept: {}", r.cache_status());
+    assert!(edge.get(b).await.is_hit(), "kept across the restart");
+    edge.engine.purge("t", &PurgeTarget::Prefix { prefix: "/kept/".into() }, false).await.unwrap();
+    let r = edge.get(b).await;
+    assert!(r.cache_status().contains("fwd=uri-miss"), "the last run's copy is purged: {}", r.cache_status());
+    assert_eq!((origin.count("/kept/a").await, origin.count("/kept/b").await), (2, 2));
+    edge.stop().await;
+}
+
 /// Variants enough to push a URL's popular variant off its index (which
 /// an unsafe method's invalidation visits) take it out of the store too:
 /// a POST that changed the URL is never followed by the old copy as a hit.

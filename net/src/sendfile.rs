@@ -70,8 +70,18 @@ pub(crate) fn is_stand_in(buf: &[u8]) -> bool {
     stand_in_at(buf).is_some()
 }
 
+/// A file ranges are sent from, told when it holds fewer bytes than a
+/// range sent from it.
+pub trait SendSource: AsFd + Send + Sync {
+    /// The file ended before a range sent from it did: it was cut short
+    /// since the range was taken, and what it holds is no longer whole.
+    fn cut_short(&self) {}
+}
+
+impl SendSource for std::fs::File {}
+
 /// A file whose ranges can be sent: held until its last range is sent.
-pub type SharedFile = Arc<dyn AsFd + Send + Sync>;
+pub type SharedFile = Arc<dyn SendSource>;
 
 /// A file range waiting to be sent.
 struct Pending {
@@ -238,6 +248,7 @@ impl FileQueue {
                 rustix::fs::sendfile(tcp, &*p.file, Some(&mut at), p.left).map_err(io::Error::from)
             }) {
                 Ok(0) => {
+                    p.file.cut_short();
                     return Poll::Ready(Err(io::Error::new(io::ErrorKind::WriteZero, "file shorter than its range")));
                 }
                 Ok(n) => break n,

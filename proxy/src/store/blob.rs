@@ -18,7 +18,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 
 use bytes::{Bytes, BytesMut};
@@ -50,13 +50,51 @@ pub struct BodyFile {
     file: File,
     len: usize,
     memfd: bool,
+    /// Found shorter than `len` by a send or a read since it was opened
+    /// (a disk tier's file cut short by a hand or a failing disk): the
+    /// store lets go of it, and of the object it belongs to.
+    spoiled: AtomicBool,
 }
 
 impl BodyFile {
+    fn new(file: File, len: usize, memfd: bool) -> BodyFile {
+        BodyFile { file, len, memfd, spoiled: AtomicBool::new(false) }
+    }
+
     /// Is this a file of the disk tier's, whose pages the page cache may
     /// not hold (rather than a memfd)?
     pub fn on_disk(&self) -> bool {
         !self.memfd
+    }
+
+    /// Was it found cut short since it was opened?
+    pub fn spoiled(&self) -> bool {
+        self.spoiled.load(Ordering::Relaxed)
+    }
+
+    fn spoil(&self) {
+        if !self.spoiled.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                len = self.len,
+                "a body file was cut short after it was opened; its object is fetched again"
+            );
+            metrics::counter!("outpost_cache_body_file_errors_total", "op" => "short").increment(1);
+        }
+    }
+
+    /// `read_exact_at`, which notes a file that ends too soon.
+    fn read_exact_at(&self, buf: &mut [u8], at: u64) -> io::Result<()> {
+        let read = self.file.read_exact_at(buf, at);
+        if read.as_ref().is_err_and(|e| e.kind() == io::ErrorKind::UnexpectedEof) {
+            self.spoil();
+        }
+        read
+    }
+}
+
+impl outpost_net::sendfile::SendSource for BodyFile {
+    fn cut_short(&self) {
+        self.spoil();
     }
 }
 
@@ -144,7 +182,7 @@ impl Blob {
             return Blob::Heap(data);
         }
         match seal(&data) {
-            Ok(file) => Blob::File(Arc::new(BodyFile { file, len: data.len(), memfd: true })),
+            Ok(file) => Blob::File(Arc::new(BodyFile::new(file, data.len(), true))),
             Err(e) => {
                 LIVE.fetch_sub(1, Ordering::Relaxed);
                 tracing::debug!(error = %e, "no memfd for a body; keeping it on the heap");
@@ -157,7 +195,7 @@ impl Blob {
     /// The first `len` bytes of a body file of the disk tier's.
     pub(crate) fn disk_file(file: File, len: usize) -> Blob {
         without_atime(&file);
-        Blob::File(Arc::new(BodyFile { file, len, memfd: false }))
+        Blob::File(Arc::new(BodyFile::new(file, len, false)))
     }
 
     pub fn len(&self) -> usize {
@@ -171,6 +209,11 @@ impl Blob {
         self.len() == 0
     }
 
+    /// A file found cut short since it was opened (`BodyFile::spoiled`).
+    pub(crate) fn spoiled(&self) -> bool {
+        matches!(self, Blob::File(f) if f.spoiled())
+    }
+
     /// The bytes `start..end` (clamped to the blob) in memory.
     pub fn read(&self, start: usize, end: usize) -> io::Result<Bytes> {
         let end = end.min(self.len());
@@ -179,7 +222,7 @@ impl Blob {
             Blob::Heap(b) => Ok(b.slice(start..end)),
             Blob::File(s) => {
                 let mut buf = BytesMut::zeroed(end - start);
-                s.file.read_exact_at(&mut buf, start as u64)?;
+                s.read_exact_at(&mut buf, start as u64)?;
                 Ok(buf.freeze())
             }
         }
@@ -195,7 +238,7 @@ impl Blob {
                 let mut at = 0;
                 while at < len {
                     let n = buf.len().min(len - at);
-                    s.file.read_exact_at(&mut buf[..n], at as u64)?;
+                    s.read_exact_at(&mut buf[..n], at as u64)?;
                     w.write_all(&buf[..n])?;
                     at += n;
                 }

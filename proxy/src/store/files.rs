@@ -319,6 +319,11 @@ impl Files {
         let indexed = st.index.get_mut(&key)?;
         indexed.used_at = used_at;
         if let Some(open) = &indexed.open {
+            if open.spoiled() {
+                drop(st);
+                self.remove(key);
+                return None;
+            }
             return Some(open.clone());
         }
         let len = indexed.len;
@@ -364,7 +369,8 @@ impl Files {
         let st = self.shared.lock();
         chunks.all(|(k, want)| match st.pending.get(&k) {
             Some(b) => b.len() as u64 == want,
-            None => st.index.get(&k).is_some_and(|i| i.len == want),
+            // A file a send or read found cut short is missing.
+            None => st.index.get(&k).is_some_and(|i| i.len == want && !i.open.as_ref().is_some_and(Blob::spoiled)),
         })
     }
 

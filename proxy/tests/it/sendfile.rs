@@ -326,3 +326,60 @@ async fn cold_disk_hit() {
     }
     assert_eq!(origin.count("/cold").await, 1, "every later answer was a hit");
 }
+
+/// A body file of the disk tier cut short after a hit opened it (by a
+/// hand, or a failing disk): the answer that meets the short file breaks
+/// off (its length was promised), and the next request gets the whole
+/// body again, fetched anew, rather than every answer breaking off until
+/// the file is evicted. Over HTTP/1, whose body the kernel sends from the
+/// file, and over HTTP/2, whose body is read into memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_file_cut_short_after_it_was_opened_is_fetched_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    let len = (1 << 20) + 300_000;
+    // No validator, so the copy is fetched again whole rather than
+    // finished by range.
+    let path = format!("/short?size={len}&cc=max-age%3D600&etag=none&lm=none");
+    let edge = Edge::start(dir.path(), &site_toml(origin.addr, DEFAULT_RULES)).await;
+    assert_eq!(edge.get(&path).await.body.len(), len);
+    let whole = origin_bytes("/short", len);
+    for (round, by) in ["HTTP/1", "HTTP/2"].into_iter().enumerate() {
+        // A hit opens the body files, which the store then keeps open.
+        let hit = edge.get(&path).await;
+        assert!(hit.is_hit() && hit.body == whole, "{by}: {}", hit.cache_status());
+        let files = evict_files(&dir.path().join("cache"), &[1 << 20]);
+        assert_eq!(files.len(), 1, "{by}: the first chunk's file: {files:?}");
+        std::fs::File::options().write(true).open(&files[0]).unwrap().set_len(4096).unwrap();
+        let got = match by {
+            "HTTP/1" => {
+                let addr = edge.addr;
+                let target = path.clone();
+                tokio::task::spawn_blocking(move || {
+                    use std::io::Read;
+                    let (mut s, mut r) = connect(addr);
+                    s.write_all(format!("GET {target} HTTP/1.1\r\nHost: t.test\r\n\r\n").as_bytes()).unwrap();
+                    let mut got = Vec::new();
+                    let _ = r.read_to_end(&mut got);
+                    got.len()
+                })
+                .await
+                .unwrap()
+            }
+            _ => {
+                let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(edge.addr).await.unwrap());
+                let (mut send, conn) =
+                    hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+                tokio::spawn(conn);
+                let req = http::Request::get(format!("http://t.test{path}")).body(Empty::<Bytes>::new()).unwrap();
+                let resp = send.send_request(req).await.unwrap();
+                resp.into_body().collect().await.map_or(0, |b| b.to_bytes().len())
+            }
+        };
+        assert!(got < len, "{by}: the answer that met the short file breaks off ({got} bytes)");
+        let again = edge.get(&path).await;
+        assert!(again.cache_status().contains("fwd=uri-miss"), "{by}: fetched again: {}", again.cache_status());
+        assert!(again.body == whole, "{by}: the whole body");
+        assert_eq!(origin.count("/short").await, round as u64 + 2);
+    }
+}

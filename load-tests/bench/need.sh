@@ -11,3 +11,8 @@ need() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
 }
+
+# Every script builds the workspace, whose etcd client compiles etcd's
+# protocol files as it is built: on a machine that has not run
+# scripts/deps.sh, that needs protoc first.
+need protoc:protobuf-compiler

@@ -15,7 +15,8 @@
 //! one served to the other (the stored URL is checked, but the URL is the
 //! same). Where every node must agree without sharing a secret (which
 //! shield or origin a miss goes to), [`RequestKey::placement`] is a public
-//! hash of the site and URL alone, which picks a place and never a copy.
+//! hash of the same parts (what keys were before they had a secret, so
+//! nodes of either version place alike): it picks a place, never a copy.
 
 use std::borrow::Cow;
 use std::hash::Hasher;
@@ -26,7 +27,7 @@ use outpost_config::{CacheRules, QueryMode, Site};
 use outpost_net::HeaderLookup;
 use outpost_net::coding::{Accepted, Coding, qvalue};
 use siphasher::sip128::{Hasher128, SipHasher13};
-use xxhash_rust::xxh3::Xxh3;
+use xxhash_rust::xxh3::{Xxh3, xxh3_128};
 
 use crate::host::RequestHost;
 
@@ -125,6 +126,8 @@ pub struct RequestKey {
     pub coding: Option<Coding>,
     /// What its variant keys are hashed with: the primary key's secret.
     secret: KeySecret,
+    /// See [`RequestKey::placement`].
+    placement: Key,
 }
 
 /// The combined value of a request header, as compared for keys and `Vary`
@@ -298,12 +301,12 @@ impl RequestKey {
             url.push('?');
             url.push_str(q);
         }
-        let primary = MATERIAL.with_borrow_mut(|m| {
+        let (primary, placement) = MATERIAL.with_borrow_mut(|m| {
             material(site, scope, &url, headers, m);
-            secret.hash(m)
+            (secret.hash(m), xxh3_128(m))
         });
         let accepted = Accepted::parse(headers);
-        RequestKey { primary, url, accepted, coding: answered_in(site, &accepted), secret: *secret }
+        RequestKey { primary, url, accepted, coding: answered_in(site, &accepted), secret: *secret, placement }
     }
 
     /// The key of this request's variant of a response that varies on `names`.
@@ -317,17 +320,15 @@ impl RequestKey {
         h.finish128().into()
     }
 
-    /// Where a miss of this URL goes among a site's shields or weighted
-    /// origins (rendezvous): every node must pick alike without sharing a
-    /// secret, so this is a public hash, of the site and URL alone. It
+    /// Where a miss of this request goes among a site's shields or
+    /// weighted origins (rendezvous): every node must pick alike without
+    /// sharing a secret, so this is a public hash (XXH3-128) of the parts
+    /// its key is hashed from, the key itself before keys had a secret, so
+    /// that nodes of either version send a request to the same shield. It
     /// picks a place to ask, never a stored copy: a client who aims two
-    /// URLs at one place only sends them to the same upstream.
-    pub fn placement(&self, site: &Site) -> Key {
-        let mut h = Xxh3::new();
-        h.update(site.id.as_bytes());
-        h.update(&[0]);
-        h.update(self.url.as_bytes());
-        h.digest128()
+    /// requests at one place only sends them to the same upstream.
+    pub fn placement(&self) -> Key {
+        self.placement
     }
 }
 
@@ -481,10 +482,11 @@ mod tests {
         let elsewhere = RequestKey::new(&other, &s, scope, "/p/i.png", Some("v=2"), &h);
         assert_ne!(elsewhere.primary, key.primary);
         assert_ne!(elsewhere.variant(&names, &h), key.variant(&names, &h));
-        assert_eq!(elsewhere.placement(&s), key.placement(&s));
-        assert_eq!(format!("{:032x}", key.placement(&s)), "b96ff55f4aad585a1db706ba6a620705");
-        assert_ne!(key.placement(&s), key.placement(&site("b", "")), "sites are placed apart");
-        assert_ne!(key.placement(&s), plain.placement(&s));
+        assert_eq!(elsewhere.placement(), key.placement());
+        // The key these parts had before keys had a secret: nodes of either
+        // version send the request to the same shield.
+        assert_eq!(format!("{:032x}", key.placement()), "bafb4b098ae84dbfb6a86a6a73fb519e");
+        assert_eq!(format!("{:032x}", plain.placement()), "5c9acf9ba1a39aa801b6f29d53d6935c");
         assert_eq!(format!("{other:?}"), "KeySecret(..)", "a secret is never shown");
     }
 

@@ -207,8 +207,7 @@ impl FetchJob {
                 super::respond::interim_rules(&mut fields, &site, &node.rules);
                 flight.interim(status, fields);
             });
-            let result =
-                engine.upstream.send(&self.site, self.rkey.placement(&self.site), req, self.request.host.clone()).await;
+            let result = engine.upstream.send(&self.site, self.rkey.placement(), req, self.request.host.clone()).await;
             // A 304 that names another copy than the one stored (another
             // validator, another Vary) says nothing of it (RFC 9111
             // §4.3.4): the copy is dropped and the object asked for whole.

@@ -62,7 +62,7 @@ pub(super) async fn forward(cx: &Ctx, body: RecvBody) -> Answer {
         });
     }
     let waiting = Instant::now();
-    let sent = engine.upstream.send(&cx.site, cx.rkey.placement(&cx.site), up, cx.upstream_host()).await;
+    let sent = engine.upstream.send(&cx.site, cx.rkey.placement(), up, cx.upstream_host()).await;
     let sent = sent.map(|resp| resp.map(|body| body.holding(Box::new(place))));
     let mut answer = forwarded(cx, sent).await;
     answer.1.upstream_wait = Some(waiting.elapsed());

@@ -104,7 +104,7 @@ impl Refill {
             validator: validator(&obj.headers)?,
             engine: Arc::clone(&cx.engine),
             site: Arc::clone(&cx.site),
-            route: cx.rkey.placement(&cx.site),
+            route: cx.rkey.placement(),
             url: cx.rkey.url.clone(),
             from: cx.client_side(),
             host: cx.upstream_host(),

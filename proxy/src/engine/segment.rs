@@ -90,7 +90,7 @@ pub(super) async fn fetch(cx: &Ctx, key: Key, first: u64, last: Option<u64>) -> 
     let (started, started_real, waiting) = (engine.clock.stamp(), SystemTime::now(), Instant::now());
     engine.mark_fetch(&mut req);
     let mark = engine.invalidation_mark(cx.rkey.primary);
-    let resp = engine.upstream.send(&cx.site, cx.rkey.placement(&cx.site), req, cx.upstream_host()).await.ok()?;
+    let resp = engine.upstream.send(&cx.site, cx.rkey.placement(), req, cx.upstream_host()).await.ok()?;
     if resp.status() != StatusCode::PARTIAL_CONTENT {
         return None;
     }

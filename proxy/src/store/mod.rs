@@ -61,6 +61,8 @@ pub enum StoreError {
     Open { path: PathBuf, source: foyer::Error },
     #[error("the cache needs a disk path for a disk tier")]
     NoPath,
+    #[error("cannot draw a random secret for the cache's keys: {0}")]
+    Random(io::Error),
 }
 
 /// The node's object cache. Cloning shares it.
@@ -86,17 +88,30 @@ const SECRET_FILE: &str = "key-secret";
 /// under keys no request has any more, left to eviction, and fetched again.
 fn disk_secret(dir: &std::path::Path) -> io::Result<KeySecret> {
     use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let path = dir.join(SECRET_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => match parse_secret(&text) {
-            Some(s) => return Ok(s),
+    match std::fs::read(&path) {
+        Ok(bytes) => match parse_secret(&bytes) {
+            Some(s) => {
+                // Its owner's alone, even if someone loosened it.
+                let meta = std::fs::metadata(&path)?;
+                if meta.permissions().mode() & 0o077 != 0 {
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+                }
+                return Ok(s);
+            }
             None => {
                 tracing::warn!(path = %path.display(), "the cache's key secret does not read; a new one is made and stored copies are fetched again")
             }
         },
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let others = std::fs::read_dir(dir)?.flatten().any(|e| e.file_name() != SECRET_FILE);
-            if others {
+            // A disk tier written before keys had a secret: foyer's files,
+            // or body files.
+            let cache = std::fs::read_dir(dir)?.flatten().any(|e| {
+                let name = e.file_name();
+                name == files::FOLDER || name.to_string_lossy().starts_with("foyer")
+            });
+            if cache {
                 tracing::warn!(path = %dir.display(), "the disk cache has no key secret (written by an earlier version); a new one is made and stored copies are fetched again");
             }
         }
@@ -106,19 +121,22 @@ fn disk_secret(dir: &std::path::Path) -> io::Result<KeySecret> {
     let hex: String = secret.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
     // Whole or not at all: written aside, then renamed over.
     let tmp = dir.join(format!("{SECRET_FILE}.tmp"));
-    let mut f = {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::File::options().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?
-    };
-    f.write_all(format!("{hex}\n").as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    std::fs::File::open(dir)?.sync_all()?;
-    Ok(secret)
+    let written = (|| {
+        let mut f = std::fs::File::options().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        f.write_all(format!("{hex}\n").as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map(|()| secret)
 }
 
-fn parse_secret(text: &str) -> Option<KeySecret> {
-    let hex = text.trim().as_bytes();
+fn parse_secret(bytes: &[u8]) -> Option<KeySecret> {
+    let hex = std::str::from_utf8(bytes).ok()?.trim().as_bytes();
     if hex.len() != 32 {
         return None;
     }
@@ -186,8 +204,7 @@ impl Store {
             .memory(cfg.memory as usize)
             .with_weighter(|_k: &Key, v: &Entry| v.weight());
         if cfg.disk == 0 {
-            let secret = KeySecret::random()
-                .map_err(|source| StoreError::Folder { path: PathBuf::from("/dev/urandom"), source })?;
+            let secret = KeySecret::random().map_err(StoreError::Random)?;
             let cache =
                 memory.storage().build().await.map_err(|source| StoreError::Open { path: PathBuf::new(), source })?;
             return Ok(Store { cache, hybrid: false, files: None, disk: None, secret });

@@ -429,11 +429,19 @@ async fn the_key_secret_is_kept_with_the_disk_tier() {
     let again = hybrid_store(dir.path()).await;
     assert_eq!(*again.key_secret(), secret, "the same secret after a restart");
     again.close().await;
-    std::fs::write(&file, "not a secret\n").unwrap();
-    let damaged = hybrid_store(dir.path()).await;
-    assert_ne!(*damaged.key_secret(), secret);
-    let made = *damaged.key_secret();
-    damaged.close().await;
-    assert_eq!(*hybrid_store(dir.path()).await.key_secret(), made, "the new secret is kept");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let loosened = hybrid_store(dir.path()).await;
+    assert_eq!(*loosened.key_secret(), secret);
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600, "tightened again");
+    loosened.close().await;
+    let mut made = secret;
+    for damage in [&b"not a secret\n"[..], &[0xff, 0xfe, 0x00][..]] {
+        std::fs::write(&file, damage).unwrap();
+        let damaged = hybrid_store(dir.path()).await;
+        assert_ne!(*damaged.key_secret(), made, "{damage:?}");
+        made = *damaged.key_secret();
+        damaged.close().await;
+        assert_eq!(*hybrid_store(dir.path()).await.key_secret(), made, "the new secret is kept");
+    }
     assert_ne!(*memory_store().await.key_secret(), *memory_store().await.key_secret());
 }

@@ -75,7 +75,7 @@ pub fn reload_sites_on_hangup(path: std::path::PathBuf, engine: std::sync::Arc<o
                         // site given a removed one's id) serves nothing
                         // stored under it before.
                         let ids = proxy.sites.iter().map(|s| s.id.to_string());
-                        match engine.purges.note_sites(ids, engine.clock.now()) {
+                        match engine.purges.note_sites(ids, engine.clock.stamp()) {
                             Ok(new) if !new.is_empty() => {
                                 tracing::info!(sites = ?new, "SIGHUP: new site ids serve nothing stored before")
                             }

@@ -43,10 +43,14 @@ impl Clock {
         }
     }
 
+    /// The last stamp handed out (the epoch before the first).
+    pub fn last_stamp(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_micros(self.last_stamp.load(Ordering::Acquire))
+    }
+
     /// The later of now and the last stamp: "now" in the stamps' time.
     pub fn latest(&self) -> SystemTime {
-        let last = UNIX_EPOCH + Duration::from_micros(self.last_stamp.load(Ordering::Acquire));
-        self.now().max(last)
+        self.now().max(self.last_stamp())
     }
 
     /// Stamps from now on come after `t` (a purge rule's time kept from a

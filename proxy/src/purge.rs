@@ -204,7 +204,9 @@ impl PurgeRules {
                     }
                 },
             }
-            Self::compact(&mut rules, at);
+            // By the wall clock, which copies' freshness follows: stamps
+            // may run ahead of it (`Clock::stamp`).
+            Self::compact(&mut rules, at.min(micros(SystemTime::now())));
             Self::fold(site, s_of(&mut rules, site));
         }
         self.persist()
@@ -468,6 +470,19 @@ mod tests {
         p.apply("s", &PurgeTarget::Tags { tags: vec!["new".into()] }, &[], false, later).unwrap();
         assert_eq!(p.len(), 2, "the old tag rule is gone, the new one is there");
         assert_eq!(p.check("s", &object("/a", &["new"], 5)), Verdict::Invalid);
+    }
+
+    /// Rules are dropped by the wall clock, which copies' freshness
+    /// follows, not by a purge's stamp, which may run ahead of it.
+    #[test]
+    fn rules_are_dropped_by_the_wall_clock_not_a_stamp_ahead_of_it() {
+        let p = PurgeRules::in_memory();
+        let now = SystemTime::now();
+        p.apply("s", &PurgeTarget::Tags { tags: vec!["old".into()] }, &[], false, now).unwrap();
+        let ahead = now + RULE_RETENTION + Duration::from_secs(10);
+        p.apply("s", &PurgeTarget::Tags { tags: vec!["new".into()] }, &[], false, ahead).unwrap();
+        assert_eq!(p.len(), 3, "both tag rules are kept");
+        assert_eq!(p.check("s", &object("/a", &["old"], 5)), Verdict::Invalid);
     }
 
     /// A site purged rule by rule without end keeps a bounded number of

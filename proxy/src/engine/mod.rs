@@ -70,6 +70,19 @@ fn claim_cutoff(now: std::time::SystemTime, age_ms: Option<u64>) -> std::time::S
     began.and_then(|b| b.checked_add(CLAIM_MARGIN)).map_or(now, |c| c.min(now))
 }
 
+/// [`claim_cutoff`] in the time copies are stamped in (`Clock::stamp`),
+/// given the last stamp. Stamps ahead of the wall clock (stepped back
+/// since) cannot tell which copies came before the edge's claim: every
+/// copy stamped so far is checked. (`now` is read once: a second read is
+/// later than the first, and would always look behind the stamps.)
+fn claim_since(
+    now: std::time::SystemTime,
+    last_stamp: std::time::SystemTime,
+    age_ms: Option<u64>,
+) -> std::time::SystemTime {
+    if last_stamp > now { last_stamp + std::time::Duration::from_micros(1) } else { claim_cutoff(now, age_ms) }
+}
+
 fn epoch_ms(t: std::time::SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -187,7 +200,14 @@ impl Engine {
         // A rule kept from a run whose wall clock was ahead of this one's
         // still comes before every copy fetched from now on.
         let clock = Clock::default();
-        clock.stamp_after(purges.newest());
+        let newest = purges.newest();
+        if newest.duration_since(clock.now()).is_ok_and(|ahead| ahead > std::time::Duration::from_secs(3600)) {
+            tracing::warn!(
+                ahead_s = newest.duration_since(clock.now()).map_or(0, |d| d.as_secs()),
+                "purge rules were made by a clock ahead of this one's; copies and purges are stamped after them until it catches up"
+            );
+        }
+        clock.stamp_after(newest);
         if !config.sites.is_empty() {
             // Sites from the node's own files (a node that follows a
             // control plane learns of deletions from it).
@@ -359,9 +379,7 @@ impl Engine {
             return None;
         }
         let age = headers.get(&crate::headers::OUTPOST_SEQ_AGE).and_then(|v| plain_number(v.as_bytes()));
-        // In the stamps' time, which a wall clock stepped back leaves
-        // ahead of it: more copies checked, never fewer.
-        Some(claim_cutoff(self.clock.latest(), age))
+        Some(claim_since(self.clock.now(), self.clock.last_stamp(), age))
     }
 
     /// Records that the control plane was just heard from.
@@ -696,7 +714,7 @@ impl Engine {
 mod claim_tests {
     use std::time::{Duration, SystemTime};
 
-    use super::{CLAIM_MARGIN, claim_cutoff, plain_number};
+    use super::{CLAIM_MARGIN, claim_cutoff, claim_since, plain_number};
 
     #[test]
     fn a_claim_is_a_plain_number() {
@@ -721,5 +739,19 @@ mod claim_tests {
         assert_eq!(minute, now - Duration::from_secs(60) + CLAIM_MARGIN);
         // Before 1970: taken as not said.
         assert_eq!(claim_cutoff(now, Some(u64::MAX)), now);
+    }
+
+    /// After the wall clock stepped back, copies fetched since are stamped
+    /// ahead of it, close together: a cutoff from the wall clock would
+    /// leave them all unchecked, however long before the claim they came.
+    #[test]
+    fn with_stamps_ahead_of_the_wall_clock_every_copy_is_checked() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let earlier = now - Duration::from_millis(3);
+        assert_eq!(claim_since(now, earlier, Some(60_000)), claim_cutoff(now, Some(60_000)), "stamps behind now");
+        assert_eq!(claim_since(now, now, Some(60_000)), claim_cutoff(now, Some(60_000)));
+        let ahead = now + Duration::from_secs(120);
+        assert!(claim_since(now, ahead, Some(60_000)) > ahead, "past the last stamp");
+        assert!(claim_since(now, ahead, None) > ahead);
     }
 }

@@ -320,8 +320,11 @@ impl Files {
         indexed.used_at = used_at;
         if let Some(open) = &indexed.open {
             if open.spoiled() {
-                drop(st);
-                self.remove(key);
+                // Under the lock that found it: a chunk stored again since
+                // is not forgotten, nor its file unlinked after its write,
+                // by a reader that saw the old one.
+                st.forget(key);
+                let _ = self.jobs.send(Job::Unlink(key));
                 return None;
             }
             return Some(open.clone());

@@ -71,16 +71,21 @@ fn claim_cutoff(now: std::time::SystemTime, age_ms: Option<u64>) -> std::time::S
 }
 
 /// [`claim_cutoff`] in the time copies are stamped in (`Clock::stamp`),
-/// given the last stamp. Stamps ahead of the wall clock (stepped back
-/// since) cannot tell which copies came before the edge's claim: every
-/// copy stamped so far is checked. (`now` is read once: a second read is
-/// later than the first, and would always look behind the stamps.)
+/// given the last stamp. Stamps more than [`CLAIM_MARGIN`] ahead of the
+/// wall clock (stepped back since) cannot tell which copies came before
+/// the edge's claim: every copy stamped so far is checked. Within the
+/// margin (stamps in one microsecond run a little ahead; a small step)
+/// the margin covers them.
 fn claim_since(
     now: std::time::SystemTime,
     last_stamp: std::time::SystemTime,
     age_ms: Option<u64>,
 ) -> std::time::SystemTime {
-    if last_stamp > now { last_stamp + std::time::Duration::from_micros(1) } else { claim_cutoff(now, age_ms) }
+    if last_stamp > now + CLAIM_MARGIN {
+        last_stamp + std::time::Duration::from_micros(1)
+    } else {
+        claim_cutoff(now, age_ms)
+    }
 }
 
 fn epoch_ms(t: std::time::SystemTime) -> u64 {
@@ -379,7 +384,10 @@ impl Engine {
             return None;
         }
         let age = headers.get(&crate::headers::OUTPOST_SEQ_AGE).and_then(|v| plain_number(v.as_bytes()));
-        Some(claim_since(self.clock.now(), self.clock.last_stamp(), age))
+        // The last stamp first: one taken between the two reads is then
+        // not later than `now`.
+        let last_stamp = self.clock.last_stamp();
+        Some(claim_since(self.clock.now(), last_stamp, age))
     }
 
     /// Records that the control plane was just heard from.
@@ -750,6 +758,8 @@ mod claim_tests {
         let earlier = now - Duration::from_millis(3);
         assert_eq!(claim_since(now, earlier, Some(60_000)), claim_cutoff(now, Some(60_000)), "stamps behind now");
         assert_eq!(claim_since(now, now, Some(60_000)), claim_cutoff(now, Some(60_000)));
+        let just_ahead = now + Duration::from_micros(2);
+        assert_eq!(claim_since(now, just_ahead, Some(60_000)), claim_cutoff(now, Some(60_000)), "within the margin");
         let ahead = now + Duration::from_secs(120);
         assert!(claim_since(now, ahead, Some(60_000)) > ahead, "past the last stamp");
         assert!(claim_since(now, ahead, None) > ahead);

@@ -378,7 +378,10 @@ impl Files {
     }
 
     pub(crate) fn remove(&self, key: Key) {
-        self.shared.lock().forget(key);
+        // The unlink is queued under the lock that forgot the file: a chunk
+        // stored again in between queues its write after it, never before.
+        let mut st = self.shared.lock();
+        st.forget(key);
         let _ = self.jobs.send(Job::Unlink(key));
     }
 

@@ -93,10 +93,11 @@ fn disk_secret(dir: &std::path::Path) -> io::Result<KeySecret> {
     match std::fs::read(&path) {
         Ok(bytes) => match parse_secret(&bytes) {
             Some(s) => {
-                // Its owner's alone, even if someone loosened it.
-                let meta = std::fs::metadata(&path)?;
-                if meta.permissions().mode() & 0o077 != 0 {
-                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+                // Its owner's alone, even if someone loosened it (where the
+                // node may: a file it does not own is read as it is).
+                let loose = std::fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0);
+                if loose && let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)) {
+                    tracing::warn!(path = %path.display(), error = %e, "the cache's key secret is readable by others and cannot be made its owner's alone");
                 }
                 return Ok(s);
             }

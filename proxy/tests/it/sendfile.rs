@@ -296,15 +296,17 @@ async fn cold_disk_hit() {
     };
     for (round, cold) in [(1, 2), (2, 4)] {
         for (by, label) in [("HTTP/1", by_sendfile), ("HTTP/2", by_read)] {
-            // Again while a page is still held: a read of the round before
-            // may still be under way (a loaded machine's readahead).
-            let mut files = evict_files(&dir.path().join("cache"), &[1 << 20, 300_000]);
+            // Again while a page comes back after the eviction: a read of
+            // the round before may still be under way (a loaded machine's
+            // readahead, begun by a probe of a range's first byte), and
+            // would fill a file as this round's request is made.
+            let mut files = Vec::new();
             for _ in 0..20 {
+                files = evict_files(&dir.path().join("cache"), &[1 << 20, 300_000]);
+                tokio::time::sleep(Duration::from_millis(150)).await;
                 if files.iter().all(|f| cached_bytes(f) == 0) {
                     break;
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                files = evict_files(&dir.path().join("cache"), &[1 << 20, 300_000]);
             }
             assert_eq!(files.len(), 2, "a body file for each chunk: {files:?}");
             for f in &files {
@@ -372,8 +374,12 @@ async fn a_body_file_cut_short_after_it_was_opened_is_fetched_again() {
                     hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
                 tokio::spawn(conn);
                 let req = http::Request::get(format!("http://t.test{path}")).body(Empty::<Bytes>::new()).unwrap();
-                let resp = send.send_request(req).await.unwrap();
-                resp.into_body().collect().await.map_or(0, |b| b.to_bytes().len())
+                // Reset before its head or during its body, as the read
+                // that meets the end comes first or later.
+                match send.send_request(req).await {
+                    Ok(resp) => resp.into_body().collect().await.map_or(0, |b| b.to_bytes().len()),
+                    Err(_) => 0,
+                }
             }
         };
         assert!(got < len, "{by}: the answer that met the short file breaks off ({got} bytes)");

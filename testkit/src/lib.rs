@@ -2,8 +2,10 @@
 //! waiting for a condition ([`eventually`]), an HTTP client ([`request`]
 //! and [`Reply`]), free loopback addresses ([`free_addr`]), and the test
 //! origin running in the test's process ([`Origin`]), a real etcd
-//! cluster on loopback ([`etcd::EtcdCluster`]), and a process of its own
-//! for a test that measures its process ([`in_own_process`], [`rss_kib`]).
+//! cluster on loopback ([`etcd::EtcdCluster`]), a process of its own
+//! for a test that measures its process ([`in_own_process`], [`rss_kib`]),
+//! and a temporary folder that nodes still stopping cannot leave behind
+//! ([`tempdir`]).
 
 pub mod etcd;
 
@@ -104,6 +106,45 @@ pub fn free_addr() -> SocketAddr {
     let ip = Ipv4Addr::new(127, 100 + (n >> 16 & 0x7f) as u8, (n >> 8) as u8, 2 + (n as u8 % 250));
     let l = std::net::TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("no free port on {ip}: {e}"));
     l.local_addr().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A temporary folder for nodes that run in the test's process, removed
+/// when dropped even while those nodes are still stopping.
+///
+/// A node writes into its folder as it stops (its purge rules, the disk
+/// tier's last blocks). When that write lands between the removal's listing
+/// of a folder and its `rmdir`, a plain [`tempfile::TempDir`] leaves the
+/// folder behind. This one tries again until the folder is gone: once it
+/// is, a late write fails instead of creating it again.
+#[derive(Debug)]
+pub struct TestDir(Option<tempfile::TempDir>);
+
+/// A new [`TestDir`] under the system's temporary folder.
+pub fn tempdir() -> TestDir {
+    TestDir(Some(tempfile::tempdir().unwrap_or_else(|e| panic!("a temporary folder: {e}"))))
+}
+
+impl TestDir {
+    pub fn path(&self) -> &std::path::Path {
+        self.0.as_ref().map(|d| d.path()).unwrap_or_else(|| unreachable!("only drop takes the folder"))
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let Some(dir) = self.0.take() else { return };
+        let path = dir.keep();
+        for _ in 0..40 {
+            // An error is a file that came while the folder was emptied:
+            // the next round takes it.
+            let _ = std::fs::remove_dir_all(&path);
+            if !path.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("{} was still written to after 2 s; left behind", path.display());
+    }
 }
 
 /// The test origin, running in this process until dropped.

@@ -247,7 +247,7 @@ async fn logged_certificates(control: SocketAddr, node_token: &str) -> Vec<outpo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_site_gets_its_certificate_by_acme_on_every_edge_and_renews_it() {
     let _ = tracing_subscriber::fmt().with_env_filter("outpost_control::acme=debug").with_test_writer().try_init();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     let d = dir.path();
     let stop = CancellationToken::new();
     let origin = test_origin(&stop).await;

@@ -37,7 +37,7 @@ fn bash_completes(script: &Path, line: &str) -> Vec<String> {
 
 #[test]
 fn bash_completion_offers_commands_and_options() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     let out = outpost().args(["completions", "bash"]).output().unwrap();
     assert!(out.status.success());
     let script = dir.path().join("outpost.bash");
@@ -56,7 +56,7 @@ fn bash_completion_offers_commands_and_options() {
 
 #[test]
 fn man_pages_cover_every_command_and_render() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     let out = outpost().arg("manpages").arg(dir.path()).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut pages: Vec<String> =
@@ -131,7 +131,7 @@ fn config_reference_prints_the_committed_reference() {
 
 #[test]
 fn check_reports_every_mistake_with_its_position() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     let file = dir.path().join("shop.toml");
     std::fs::write(
         &file,
@@ -156,7 +156,7 @@ fn check_reports_every_mistake_with_its_position() {
 /// serve them without HTTPS).
 #[test]
 fn check_refuses_what_a_node_would_not_start_with() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     let dns = dir.path().join("dns.toml");
     std::fs::write(
         &dns,
@@ -212,7 +212,7 @@ fn check_refuses_what_a_node_would_not_start_with() {
 
 #[test]
 fn up_starts_the_origin_and_stops_cleanly_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     std::fs::write(
         dir.path().join("origin.toml"),
         "[node]\nname = \"origin\"\nrole = \"origin\"\n[listen]\nhttp = [\"127.0.0.1:0\"]\n",
@@ -270,7 +270,7 @@ fn edge_files(dir: &Path, origin: SocketAddr, edge: SocketAddr, access_log: &str
 
 #[test]
 fn an_edge_stopped_with_sigterm_serves_its_old_objects_as_hits() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     let (origin_addr, edge_addr) = (free_addr(), free_addr());
     let mut origin =
         outpost().args(["origin", "--listen", &origin_addr.to_string()]).stderr(Stdio::null()).spawn().unwrap();
@@ -304,7 +304,7 @@ fn an_edge_stopped_with_sigterm_serves_its_old_objects_as_hits() {
 /// twice, and the edge goes on serving.
 #[test]
 fn sighup_reopens_the_access_log_after_rotation() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     let (origin_addr, edge_addr) = (free_addr(), free_addr());
     let _origin = Process::spawn(&["origin", "--listen", &origin_addr.to_string()]);
     edge_files(dir.path(), origin_addr, edge_addr, "logs/access.log", "");
@@ -344,7 +344,7 @@ fn sighup_reopens_the_access_log_after_rotation() {
 /// serving.
 #[test]
 fn sighup_reloads_the_site_files_and_a_broken_one_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     let (origin_addr, edge_addr) = (free_addr(), free_addr());
     let _origin = Process::spawn(&["origin", "--listen", &origin_addr.to_string()]);
     edge_files(dir.path(), origin_addr, edge_addr, "off", "");
@@ -468,7 +468,7 @@ impl ControlProcess<'_> {
 
 #[test]
 fn a_control_plane_killed_with_sigkill_keeps_what_it_acknowledged() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     let cp = ControlProcess::new(dir.path());
     let mut control = cp.start();
     let site = "[site]\nid = \"keep\"\nhosts = [\"keep.test\"]\n[[origin]]\nurl = \"http://127.0.0.1:9\"\n";
@@ -489,7 +489,7 @@ fn a_control_plane_killed_with_sigkill_keeps_what_it_acknowledged() {
 
 #[test]
 fn a_control_plane_process_exports_its_metrics() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     let cp = ControlProcess::new(dir.path());
     let mut control = cp.start();
     let site = "[site]\nid = \"m\"\nhosts = [\"m.test\"]\n[[origin]]\nurl = \"http://127.0.0.1:9\"\n";
@@ -510,7 +510,7 @@ fn a_control_plane_process_exports_its_metrics() {
 
 #[test]
 fn up_ha_without_etcd_says_what_to_install_and_starts_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     let empty = dir.path().join("no-programs");
     std::fs::create_dir(&empty).unwrap();
     std::fs::write(

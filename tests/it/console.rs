@@ -22,14 +22,14 @@ const PHONE: (u32, u32) = (390, 844);
 struct Browser {
     client: Client,
     driver: Child,
-    profile: tempfile::TempDir,
+    profile: outpost_testkit::TestDir,
     shots: PathBuf,
 }
 
 impl Browser {
     async fn start() -> Browser {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let profile = tempfile::tempdir().unwrap();
+        let profile = outpost_testkit::tempdir();
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
@@ -140,7 +140,7 @@ impl Drop for Browser {
 
 /// A control plane, three edges (PoPs p1, p2, p3) and the test origin.
 struct Fleet {
-    dir: tempfile::TempDir,
+    dir: outpost_testkit::TestDir,
     control: SocketAddr,
     admin: String,
     origin: SocketAddr,
@@ -154,7 +154,7 @@ impl Fleet {
     }
 
     async fn with_edges(n: usize) -> Fleet {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = outpost_testkit::tempdir();
         let stop = CancellationToken::new();
         let origin = test_origin(&stop).await;
         let (control, _) = start_control(dir.path(), &stop).await;

@@ -43,7 +43,7 @@ pub(crate) async fn status_before_body(addr: SocketAddr, method: &str, path: &st
 }
 
 struct Cdn {
-    dir: tempfile::TempDir,
+    dir: outpost_testkit::TestDir,
     control: SocketAddr,
     admin: String,
     edges: Vec<SocketAddr>,
@@ -52,14 +52,12 @@ struct Cdn {
     _edges: Vec<tokio_util::sync::DropGuard>,
 }
 
-/// Stops the edges before the folder goes: a running edge writes its state
-/// into it as it is removed, and leaves it behind. Stopping takes them a
-/// moment (this blocks one worker of the test's runtime for it).
+/// Stops the edges before the folder goes (which waits for their last
+/// writes into it).
 impl Drop for Cdn {
     fn drop(&mut self) {
         self.stop.cancel();
         self._edges.clear();
-        std::thread::sleep(Duration::from_millis(300));
     }
 }
 
@@ -199,7 +197,7 @@ pub(crate) async fn edge_following(
 }
 
 async fn cdn() -> Cdn {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     let stop = CancellationToken::new();
     let origin_addr = test_origin(&stop).await;
     let (control, _) = start_control(dir.path(), &stop).await;
@@ -349,7 +347,7 @@ async fn a_site_created_again_under_a_deleted_ones_id_gets_none_of_its_copies() 
 /// stored and the other refused, never both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_is_claimed_by_one_site_even_by_two_uploads_at_once() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     let stop = CancellationToken::new();
     let (control, _) = start_control(dir.path(), &stop).await;
     let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
@@ -407,7 +405,7 @@ async fn a_purge_names_urls_as_requests_are_keyed_and_refuses_what_none_can_be()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_cuts_off_slow_heads_and_makes_room_at_its_connection_cap() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     let stop = CancellationToken::new();
     let limits = "[limits]\nheader_read_timeout = \"500ms\"\nidle_timeout = \"30s\"\nmax_connections = 8\n";
     let (addr, _) = start_control_with(dir.path(), &stop, "", limits).await;
@@ -454,7 +452,7 @@ async fn call_with(method: Method, url: &str, headers: &[(&str, &str)], body: &s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_registry_holds_only_what_nodes_can_truly_claim_and_forgets_the_silent() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     let stop = CancellationToken::new();
     let (addr, _) = start_control_with(dir.path(), &stop, "node_expiry = \"1s\"\n", "").await;
     let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
@@ -524,7 +522,7 @@ async fn every_api_type_round_trips_through_the_real_server() {
     use outpost_config::api::{PurgeRequest, StreamQuery};
     use outpost_config::{Ack, Event, PurgeTarget, Role, StreamLine};
     use outpost_net::control::{ClientError, ControlClient, Token};
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     let stop = CancellationToken::new();
     let (addr, _) = start_control(dir.path(), &stop).await;
     let tls = outpost_proxy::tls::client_config(&[], None).unwrap();
@@ -767,7 +765,7 @@ async fn credentials_only(d: &Path, stop: &CancellationToken) -> (SocketAddr, St
 /// no longer speaks for any node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_credential_speaks_for_its_own_node_alone() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     let d = dir.path();
     let stop = CancellationToken::new();
     let (control, admin, origin) = credentials_only(d, &stop).await;
@@ -820,7 +818,7 @@ async fn a_node_credential_speaks_for_its_own_node_alone() {
 /// nodes, opens no console session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_read_only_token_reads_and_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     let d = dir.path();
     let stop = CancellationToken::new();
     let (control, admin, origin) = credentials_only(d, &stop).await;
@@ -893,7 +891,7 @@ fn credentials_cli(control: SocketAddr, admin: &str, args: &[&str]) -> String {
 /// A control plane taking node credentials alone, with the site `shop`,
 /// and edge 1 following it with its credential of generation 0.
 struct EdgeOnCredential {
-    _dir: tempfile::TempDir,
+    _dir: outpost_testkit::TestDir,
     stop: CancellationToken,
     control: SocketAddr,
     admin: String,
@@ -908,7 +906,7 @@ struct EdgeOnCredential {
 
 impl EdgeOnCredential {
     async fn start() -> EdgeOnCredential {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = outpost_testkit::tempdir();
         let d = dir.path();
         let stop = CancellationToken::new();
         let (control, admin, origin) = credentials_only(d, &stop).await;
@@ -1180,7 +1178,7 @@ async fn a_credential_rotated_with_a_hand_over_reaches_its_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_keeps_sites_log_and_purges_across_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     let stop = CancellationToken::new();
     let (addr, control) = start_control(dir.path(), &stop).await;
     let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
@@ -1232,7 +1230,7 @@ async fn back_after_purges(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_behind_the_compacted_log_takes_a_snapshot_and_serves_nothing_purged_as_a_hit() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     let stop = CancellationToken::new();
     let origin_addr = test_origin(&stop).await;
     let (control, _) = start_control_keeping(dir.path(), &stop, 2).await;
@@ -1281,7 +1279,7 @@ async fn a_node_behind_the_compacted_log_takes_a_snapshot_and_serves_nothing_pur
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purge_wait_fails_while_a_connected_node_has_not_applied_it() {
     use tokio::io::AsyncWriteExt;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     let stop = CancellationToken::new();
     let origin_addr = test_origin(&stop).await;
     let (control, _) = start_control(dir.path(), &stop).await;
@@ -1356,7 +1354,7 @@ async fn a_purge_a_node_cannot_keep_is_not_acknowledged_until_it_can() {
 /// never apply any.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_ahead_of_a_restored_log_takes_a_snapshot() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     let stop = CancellationToken::new();
     let origin_addr = test_origin(&stop).await;
     let (control, _) = start_control(dir.path(), &stop).await;
@@ -1386,7 +1384,7 @@ async fn a_node_ahead_of_a_restored_log_takes_a_snapshot() {
 /// is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_behind_the_compacted_log_tells_a_site_created_again_from_one_changed() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     let stop = CancellationToken::new();
     let origin_addr = test_origin(&stop).await;
     let (control, _) = start_control_keeping(dir.path(), &stop, 2).await;
@@ -1452,7 +1450,7 @@ async fn a_node_behind_the_compacted_log_tells_a_site_created_again_from_one_cha
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement; prints p50/p99"]
 async fn purge_latency() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     let stop = CancellationToken::new();
     let (control, _) = start_control(dir.path(), &stop).await;
     let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
@@ -1498,7 +1496,7 @@ async fn purge_latency() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_off_past_its_grace_a_node_revalidates_hits_and_serves_stale_when_the_origin_fails() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     let stop = CancellationToken::new();
     let origin_addr = test_origin(&stop).await;
     let control_stop = CancellationToken::new();
@@ -1548,7 +1546,7 @@ async fn cut_off_past_its_grace_a_node_revalidates_hits_and_serves_stale_when_th
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_keeps_serving_and_applies_missed_purges_in_order_on_healing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     let stop = CancellationToken::new();
     let origin_addr = test_origin(&stop).await;
     let (control, _) = start_control(dir.path(), &stop).await;
@@ -1595,7 +1593,7 @@ async fn a_node_cut_off_keeps_serving_and_applies_missed_purges_in_order_on_heal
 #[tokio::test]
 async fn the_api_and_event_stream_run_over_tls_and_nodes_verify_the_control_plane() {
     use outpost_proxy::tls::pki::{LocalCa, Request as CertRequest};
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     let d = dir.path();
     let stop = CancellationToken::new();
     let origin = test_origin(&stop).await;
@@ -1721,7 +1719,7 @@ async fn nodes_report_their_load_to_the_registry() {
 /// `outpost sites versions`, `diff` and `rollback`, through the binary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_lists_diffs_and_rolls_back_site_versions() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     let stop = CancellationToken::new();
     let (control, _) = start_control(dir.path(), &stop).await;
     let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();

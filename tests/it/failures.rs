@@ -419,7 +419,7 @@ async fn an_edge_with_a_full_cache_disk_reports_it_and_dns_answers_its_neighbour
 
 #[test]
 fn two_control_planes_on_one_store_the_second_refuses() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     let file = |name: &str, listen: std::net::SocketAddr| {
         let f = dir.path().join(format!("{name}.toml"));
         std::fs::write(

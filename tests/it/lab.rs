@@ -50,7 +50,7 @@ fn remove_labs_on_signal() {
 struct TestLab {
     lab: Lab,
     client: InNetns,
-    _dir: tempfile::TempDir,
+    _dir: outpost_testkit::TestDir,
 }
 
 impl Drop for TestLab {
@@ -65,7 +65,7 @@ async fn start(name: &str, ha: bool, edit: impl Fn(String) -> String) -> TestLab
     remove_labs_on_signal();
     // What a killed run of this test left behind.
     outpost::lab::down_named_all(Some(name)).expect("listing namespaces");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     let config = dir.path().join("config");
     copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config"), &config);
     let site = config.join("example.site.toml");
@@ -770,7 +770,7 @@ fn lab_interrupted_leaves_nothing_behind() {
     use std::process::{Command, Stdio};
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     for (signal, when) in [("TERM", "running"), ("INT", "building")] {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = outpost_testkit::tempdir();
         let name = format!("int{}", signal.to_lowercase());
         let _ = outpost::lab::down_named_all(Some(&name));
         let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
@@ -823,7 +823,7 @@ fn lab_interrupted_leaves_nothing_behind() {
 #[test]
 fn lab_cli_drives_a_detached_lab() {
     use std::process::Command;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     let name = "cli";
     let _ = outpost::lab::down_named_all(Some(name));
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -906,7 +906,7 @@ fn lab_cli_drives_a_detached_lab() {
 /// Without root, the lab refuses with what to do, and creates nothing.
 #[test]
 fn lab_refuses_without_privilege() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     let out = std::process::Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
         .arg(env!("CARGO_BIN_EXE_outpost"))
@@ -972,7 +972,7 @@ impl Drop for Netns {
 async fn lab_aaaa_steers_ipv6_clients_to_ipv6_edges_end_to_end() {
     use hickory_proto::rr::RecordType;
     let ns = Netns::create("v6");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     let d = dir.path();
     let path = |f: &str| d.join(f).to_str().unwrap().to_string();
     std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/geoip/sample.mmdb"), d.join("geo.mmdb")).unwrap();

@@ -69,7 +69,7 @@ fn scenario(dir: &Path, name: &str, thresholds: &str) -> std::path::PathBuf {
 /// threshold passes for want of requests.
 #[test]
 fn a_target_that_answers_nothing_fails_the_run() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     // Takes connections and keeps them, unanswered, until the test ends.
@@ -113,7 +113,7 @@ fn a_target_that_answers_nothing_fails_the_run() {
 /// reason, the second counts as a failed action.
 #[test]
 fn a_peer_that_holds_an_action_or_the_origins_counters_does_not_hold_the_run() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let held = listener.local_addr().unwrap();
     // Reads each request and answers only a head: the body never comes.
@@ -187,7 +187,7 @@ pub(crate) async fn start_up(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_runs_against_up_and_a_failed_threshold_exits_99() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     let d = dir.path();
     let (stop, up) = start_up(d, 40, false).await;
     // HTTPS on every edge, with the certificate `up` issued from its CA.
@@ -324,7 +324,7 @@ async fn load_runs_against_up_and_a_failed_threshold_exits_99() {
 /// second reaches every node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_ha_runs_two_control_plane_replicas_on_a_local_etcd_cluster() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     let d = dir.path();
     let (stop, up) = start_up(d, 60, true).await;
     let admin = std::fs::read_to_string(d.join(".outpost/admin.token")).unwrap();

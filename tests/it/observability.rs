@@ -86,7 +86,7 @@ fn prometheus_config(dir: &Path, control: &str, extra_edge_admin: &str) -> PathB
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_reads_every_dashboard_query_and_alert_and_an_edge_down_fires() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     let d = dir.path();
     let (stop, up) = start_up(d, 80, false).await;
     // One more edge in PoP fra, in a process of its own, to stop on purpose.

@@ -39,7 +39,7 @@ fn replica_file(
 /// which runs until `stop`.
 struct Lab {
     cluster: EtcdCluster,
-    dir: tempfile::TempDir,
+    dir: outpost_testkit::TestDir,
     stop: CancellationToken,
     origin: SocketAddr,
 }
@@ -49,7 +49,7 @@ impl Lab {
         let cluster = EtcdCluster::start(3).await;
         let stop = CancellationToken::new();
         let origin = test_origin(&stop).await;
-        Lab { cluster, dir: tempfile::tempdir().unwrap(), stop, origin }
+        Lab { cluster, dir: outpost_testkit::tempdir(), stop, origin }
     }
 }
 
@@ -361,7 +361,7 @@ async fn the_etcd_leader_killed_in_a_purge_storm_loses_no_acknowledged_purge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_reach_an_etcd_cluster_over_tls_with_a_client_certificate() {
     use outpost_proxy::tls::pki::{LEAF_VALIDITY, LocalCa, Request};
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_testkit::tempdir();
     let ca = LocalCa::generate("etcd test CA").unwrap();
     std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).unwrap();
     let cluster = EtcdCluster::start_tls(3, |members| {

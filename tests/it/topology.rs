@@ -86,7 +86,7 @@ pub struct Edge {
 }
 
 pub struct Topology {
-    pub dir: tempfile::TempDir,
+    pub dir: outpost_testkit::TestDir,
     pub origin: SocketAddr,
     /// Shields reach the origin through this.
     pub origin_relay: Relay,
@@ -197,7 +197,7 @@ impl Topology {
     }
 
     pub async fn start_opts(opts: Options) -> Topology {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = outpost_testkit::tempdir();
         let d = dir.path().to_path_buf();
         let stop = CancellationToken::new();
 

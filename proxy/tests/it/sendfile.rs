@@ -294,36 +294,52 @@ async fn cold_disk_hit() {
             (format!("{status}; {}", header(&h, "cache-status")), Bytes::from(body))
         })
     };
-    for (round, cold) in [(1, 2), (2, 4)] {
+    for round in 1..=2 {
         for (by, label) in [("HTTP/1", by_sendfile), ("HTTP/2", by_read)] {
-            // Again while a page comes back after the eviction: a read of
-            // the round before may still be under way (a loaded machine's
-            // readahead, begun by a probe of a range's first byte), and
-            // would fill a file as this round's request is made.
-            let mut files = Vec::new();
-            for _ in 0..20 {
-                files = evict_files(&dir.path().join("cache"), &[1 << 20, 300_000]);
-                tokio::time::sleep(Duration::from_millis(150)).await;
-                if files.iter().all(|f| cached_bytes(f) == 0) {
+            // Each chunk's range is found cold and read off the runtime. The
+            // question (a read that must not wait) starts the disk reading
+            // ahead, and on a fast disk that read now and then ends before
+            // the kernel looks: the range is then rightly found in memory.
+            // So a request that found fewer cold ranges is made again.
+            let mut found = Vec::new();
+            for _ in 0..5 {
+                // Again while a page comes back after the eviction: a read
+                // of the round before may still be under way (readahead),
+                // and would fill a file as this round's request is made.
+                let mut files = Vec::new();
+                for _ in 0..20 {
+                    files = evict_files(&dir.path().join("cache"), &[1 << 20, 300_000]);
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    if files.iter().all(|f| cached_bytes(f) == 0) {
+                        break;
+                    }
+                }
+                assert_eq!(files.len(), 2, "a body file for each chunk: {files:?}");
+                for f in &files {
+                    assert_eq!(cached_bytes(f), 0, "{} left the page cache", f.display());
+                }
+                let before = counter(&metrics(&edge).await, COLD, label);
+                let (status, body) = match by {
+                    "HTTP/1" => http1(path.clone()).await.unwrap(),
+                    _ => get_h2(edge.addr, &path).await,
+                };
+                assert!(status.contains("hit"), "{by}, round {round}: {status}");
+                assert!(body == origin_bytes("/cold", len), "{by}, round {round}: the body differs from the origin's");
+                found.push(counter(&metrics(&edge).await, COLD, label) - before);
+                for f in &files {
+                    let len = std::fs::metadata(f).unwrap().len();
+                    assert!(cached_bytes(f) >= len, "{by}, round {round}: {} is in memory, whole", f.display());
+                }
+                if found.last() == Some(&2) {
                     break;
                 }
             }
-            assert_eq!(files.len(), 2, "a body file for each chunk: {files:?}");
-            for f in &files {
-                assert_eq!(cached_bytes(f), 0, "{} left the page cache", f.display());
-            }
-            let (status, body) = match by {
-                "HTTP/1" => http1(path.clone()).await.unwrap(),
-                _ => get_h2(edge.addr, &path).await,
-            };
-            assert!(status.contains("hit"), "{by}, round {round}: {status}");
-            assert!(body == origin_bytes("/cold", len), "{by}, round {round}: the body differs from the origin's");
-            let n = counter(&metrics(&edge).await, COLD, label);
-            assert_eq!(n, cold, "{by}, round {round}: a cold range for each chunk, read off the runtime first");
-            for f in &files {
-                let len = std::fs::metadata(f).unwrap().len();
-                assert!(cached_bytes(f) >= len, "{by}, round {round}: {} is in memory, whole", f.display());
-            }
+            assert_eq!(
+                found.last(),
+                Some(&2),
+                "{by}, round {round}: a cold range for each chunk, read off the runtime first (cold ranges found by each try: {found:?})"
+            );
+            assert!(found.iter().all(|&n| n <= 2), "{by}, round {round}: no range counted twice: {found:?}");
         }
     }
     assert_eq!(origin.count("/cold").await, 1, "every later answer was a hit");

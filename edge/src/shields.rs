@@ -234,8 +234,14 @@ impl Route for ShieldRoute {
         let Some(shield) = self.shields.iter().find(|s| s.base == target.base) else {
             return false;
         };
-        if !resp.status().is_server_error() || !Self::own_member(resp).split(';').any(|p| UNREACHED.contains(&p.trim()))
-        {
+        // Its origin out of its reach, or its own failure (a 5xx that names
+        // no upstream's fault: an error of its own, or of a load balancer
+        // before it): another shield, or the origin, may answer. An
+        // origin's own 5xx, or a slow origin's 504, goes to the client: the
+        // next target would ask that origin the same again.
+        let unreached = Self::own_member(resp).split(';').any(|p| UNREACHED.contains(&p.trim()));
+        let own = !self.answered_well(target, resp);
+        if !resp.status().is_server_error() || !(unreached || own) {
             return false;
         }
         self.pass_over(shield, site);
@@ -399,6 +405,14 @@ mod tests {
         assert_eq!(order(&b), first, "for that site alone");
         assert!(route.passed_on_fault(&b, &owner, &answer(503, &["shield; fwd=miss; detail=no-target"])));
         assert_eq!(order(&b)[2], first[0]);
+        // The shield's own failure, or that of what stands before it.
+        for (status, members, site_id) in
+            [(500, vec!["shield; fwd=miss; detail=internal"], "d"), (503, vec![], "e"), (502, vec!["lb"], "f")]
+        {
+            let s = site(site_id);
+            assert!(route.passed_on_fault(&s, &owner, &answer(status, &members)), "{status} {members:?}");
+            assert_eq!(order(&s)[2], first[0], "{status} {members:?}: the owner last");
+        }
         // A request of a site left unanswered in time: passed over too.
         let c = site("c");
         assert_eq!(order(&c), first);

@@ -38,6 +38,9 @@ enum Play {
     /// put in its place that speaks HTTP/1.1 only would (which it
     /// answers).
     H2ThenGone,
+    /// Answers every request `500` with no `Cache-Status` of its own: a
+    /// shield failing on its own, or a load balancer before it.
+    Fail,
 }
 
 struct FakeShield {
@@ -162,6 +165,10 @@ async fn serve(mut s: TcpStream, play: Play, seen: Arc<Mutex<Vec<String>>>, (str
                         let _ = tx.send_data(body, true);
                     }
                     return;
+                }
+                Play::Fail => {
+                    let head = Response::builder().status(500).header("content-length", 4).body(()).unwrap();
+                    (head, Bytes::from_static(b"oops"))
                 }
                 Play::RefuseFirst | Play::HangFirstConnection => answer("fake".into()),
                 Play::Flood(count) => {
@@ -314,6 +321,27 @@ async fn an_edge_opens_another_connection_when_a_shields_streams_are_taken() {
     assert!(seen.contains(&"GET /next conn=1".to_string()), "{seen:?}");
     assert_eq!(origin.total().await, 0);
     drop(held);
+}
+
+/// A shield that fails on its own (a 500 naming no upstream's fault) is
+/// passed over for the request that met it, as one that cannot reach the
+/// origin is: the next shield answers, and no client sees the 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shields_own_failure_is_passed_over() {
+    let fake = FakeShield::start(Play::Fail).await;
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("site.toml"), site(&[origin.addr], "")).unwrap();
+    let (b, _) = shield(dir.path(), "shield-b", "127.0.0.1:0".parse().unwrap()).await;
+    let e = edge(dir.path(), "edge-1", &[fake.addr, b.addr]).await;
+    for i in 0..20 {
+        let r = via(e.addr, &format!("/own/{i}?cc=max-age%3D600")).await;
+        let cs = r.cache_status();
+        assert_eq!(r.status, StatusCode::OK, "{i}: {cs}");
+        assert!(cs.starts_with("shield-b; fwd=uri-miss"), "{i}: through the shield that answers: {cs}");
+    }
+    assert!(!fake.seen().is_empty(), "the failing shield was asked first for some keys");
+    assert_eq!(origin.stats().await["paths"].as_object().unwrap().len(), 20, "each fetched once");
 }
 
 /// A cleartext shield that spoke HTTP/2 and then does not (another server

@@ -469,7 +469,13 @@ impl FetchJob {
                 if w.len() > max
                     && let Some(w) = writer.take()
                 {
+                    // Too large to store, known only now (no length was
+                    // given): requests from now on fetch for themselves, as
+                    // for a length over the limit, rather than join a body
+                    // whose start they cannot read.
                     w.abandon();
+                    flight.unstore();
+                    self.engine.flights.forget_flight(&self.guard.flight);
                 }
             }
             if len == Some(received) {

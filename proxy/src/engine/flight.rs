@@ -13,6 +13,9 @@
 //! stops for [`STALL`], or still lags when the budget is spent, is detached.
 //! A detached reader (or one that joins late) reads whole chunks from the
 //! store, and its connection's send timeout ends it if it never reads again.
+//! A body that outgrows the largest object stored ([`Flight::unstore`])
+//! leaves the map: a request that comes after its start has left the
+//! window fetches on its own instead of joining.
 //! So a client that stops reading costs the others at most [`STALL`], a
 //! large body is never held whole, and no client waits for all of it.
 
@@ -98,6 +101,10 @@ struct BodyState {
     window_start: u64,
     /// Bytes already readable from the store as whole chunks.
     stored_through: u64,
+    /// The body outgrew the largest object stored: its head said it would
+    /// be stored, but nothing behind the window can be read from the store
+    /// any more.
+    unstored: bool,
     done: Option<Result<(), String>>,
     /// Every attached reader, by id: where it is, and when it last asked
     /// for more.
@@ -282,6 +289,27 @@ impl Flight {
         self.bump();
     }
 
+    /// The body will not be stored after all (it outgrew the largest
+    /// object): readers behind the window can no longer read it from the
+    /// store.
+    pub(crate) fn unstore(&self) {
+        {
+            let mut st = self.lock();
+            st.body.unstored = true;
+            st.body.stored_through = 0;
+            st.body.trim();
+        }
+        self.bump();
+    }
+
+    /// Can a reader starting at `pos` read the body from here: is `pos`
+    /// still in the window, or stored?
+    pub(crate) fn serves_from(&self, pos: u64) -> bool {
+        let st = self.lock();
+        let b = &st.body;
+        pos >= b.window_start || (!b.unstored && pos < b.stored_through)
+    }
+
     /// Waits while an attached reader is `MAX_LAG` behind and still
     /// reading, within the fetch's [`LAG_BUDGET`]; detaches readers that
     /// stopped (for [`STALL`]) or that still lag once the budget is spent.
@@ -357,6 +385,15 @@ impl Flight {
                         }
                         Step::FromStore(upto) => break read_stored(&store, key, generation, pos, upto).await,
                         Step::Done => return None,
+                        // Not found, as a stored chunk gone missing is: a
+                        // body with a strong validator is finished from
+                        // upstream by range (`refill::resumable`).
+                        Step::Behind => {
+                            break Err(io::Error::new(
+                                io::ErrorKind::NotFound,
+                                "a reader fell too far behind the fetch",
+                            ));
+                        }
                         Step::Fail(msg) => break Err(io::Error::other(msg)),
                     }
                 };
@@ -378,10 +415,10 @@ impl Flight {
         if pos >= limit {
             Step::Done
         } else if pos < b.window_start {
-            if storing && pos < b.stored_through {
+            if storing && !b.unstored && pos < b.stored_through {
                 Step::FromStore(b.stored_through.min(limit))
             } else {
-                Step::Fail("a reader fell too far behind the fetch".into())
+                Step::Behind
             }
         } else if pos < b.received {
             let (fs, f) = b.frames.iter().rev().find(|(s, _)| *s <= pos).cloned().unwrap_or_default();
@@ -404,6 +441,8 @@ enum Step {
     Yield(Bytes),
     /// The bytes have left the window: read the store up to here.
     FromStore(u64),
+    /// The bytes have left the window and are not stored.
+    Behind,
     /// Nothing new yet.
     Wait,
     Done,

@@ -189,6 +189,12 @@ async fn answer(cx: &Ctx, miss: Miss, joined: Joined, distrust: bool) -> Option<
         return Box::pin(fetch(cx, Miss { stale, refetched: true, ..miss }, false, distrust)).await;
     }
     match head {
+        // Joined a body that outgrew the largest object stored after its
+        // start left the window: this request fetches for itself.
+        Head::Shared(_) if collapsed && !joined.flight.serves_from(0) => {
+            let alone = Miss { outcome: Outcome::Pass, ..miss };
+            Box::pin(fetch(cx, alone, true, distrust)).await
+        }
         Head::Shared(head) => shared(cx, miss.outcome, &joined, head),
         Head::Revalidated(_, _, false) if collapsed => {
             let alone = Miss { outcome: Outcome::Pass, ..miss };

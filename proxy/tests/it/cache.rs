@@ -1283,6 +1283,77 @@ async fn objects_over_the_size_limit_stream_through_uncached() {
     assert!(edge.get("/small?size=50KiB&cc=max-age%3D60").await.cache_status().contains("stored"));
 }
 
+/// A body without a length that outgrows the largest object stored, asked
+/// for again once its start has left what the fetch keeps for its readers
+/// (8 MiB): the late request gets the whole body on a fetch of its own,
+/// not a 200 that breaks at its first byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_after_an_unannounced_body_outgrew_the_store_gets_it_whole() {
+    use http_body_util::BodyExt;
+    let rules = DEFAULT_RULES.replace("default_ttl = \"60s\"", "default_ttl = \"60s\"\nmax_object_size = \"1MiB\"");
+    let (_d, origin, edge) = setup(&rules).await;
+    let path = "/grow?size=24MiB&no_length=1&chunk=256KiB&chunk_delay=25ms&cc=max-age%3D60";
+    // The first client reads the body as it comes, 10 MiB of it.
+    let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(edge.addr).await.unwrap());
+    let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    let req =
+        http::Request::get(path).header("host", "t.test").body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+    let mut body = send.send_request(req).await.unwrap().into_body();
+    let mut first = Vec::new();
+    while first.len() < 10 << 20 {
+        let frame = body.frame().await.expect("the body ended early").expect("the body broke");
+        first.extend_from_slice(&frame.into_data().unwrap_or_default());
+    }
+    let rest = async {
+        while let Some(frame) = body.frame().await {
+            first.extend_from_slice(&frame.expect("the first body broke").into_data().unwrap_or_default());
+        }
+    };
+    let (late, ()) = tokio::join!(edge.get(path), rest);
+    assert_eq!(late.status, StatusCode::OK);
+    assert_eq!(late.body.len(), 24 << 20, "{}", late.cache_status());
+    assert_origin_bytes("/grow", &late.body);
+    assert!(!late.cache_status().contains("collapsed"), "{}", late.cache_status());
+    assert_eq!(first.len(), 24 << 20);
+    assert_origin_bytes("/grow", &first);
+    assert_eq!(origin.count("/grow").await, 2, "the late request fetched for itself");
+}
+
+/// A reader of such a body that stops for a while (past the fetch's wait
+/// for it) and so falls behind what the fetch keeps: the body has a strong
+/// validator, so the answer is finished from the origin by range instead
+/// of breaking off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_left_behind_by_an_unannounced_body_too_large_to_store_is_finished_by_range() {
+    use http_body_util::BodyExt;
+    let rules = DEFAULT_RULES.replace("default_ttl = \"60s\"", "default_ttl = \"60s\"\nmax_object_size = \"1MiB\"");
+    let (_d, origin, edge) = setup(&rules).await;
+    let path = "/lag?size=24MiB&no_length=1&chunk=256KiB&chunk_delay=10ms&cc=max-age%3D60";
+    let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(edge.addr).await.unwrap());
+    let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    let req =
+        http::Request::get(path).header("host", "t.test").body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+    let mut body = send.send_request(req).await.unwrap().into_body();
+    let mut got = Vec::new();
+    let mut paused = false;
+    while let Some(frame) = body.frame().await {
+        got.extend_from_slice(&frame.expect("the body broke").into_data().unwrap_or_default());
+        if !paused && got.len() >= 1 << 20 {
+            // The whole body arrives meanwhile; what the socket buffers
+            // hold is far less than the 16 MiB the fetch lets go of.
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            paused = true;
+        }
+    }
+    assert_eq!(got.len(), 24 << 20);
+    assert_origin_bytes("/lag", &got);
+    assert_eq!(origin.count("/lag").await, 2, "the rest fetched once more");
+    let range = origin.last_request("/lag").await["range"].as_str().unwrap_or("").to_string();
+    assert!(range.starts_with("bytes=") && range.ends_with('-') && range != "bytes=0-", "{range}");
+}
+
 #[tokio::test]
 async fn a_range_far_into_a_cold_object_costs_its_chunks_and_the_object_is_completed_later() {
     use outpost_load::content::{first_mismatch, seed};

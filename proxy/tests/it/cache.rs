@@ -1283,6 +1283,19 @@ async fn objects_over_the_size_limit_stream_through_uncached() {
     assert!(edge.get("/small?size=50KiB&cc=max-age%3D60").await.cache_status().contains("stored"));
 }
 
+/// The default rules' freshness, with objects stored up to 1 MiB.
+const ONE_MIB_OBJECTS: &str = "default_ttl = \"60s\"\nmax_object_size = \"1MiB\"";
+
+/// GET `path` of `t.test` over HTTP/1.1: the body, to read as it comes.
+async fn streamed(edge: &Edge, path: &str) -> hyper::body::Incoming {
+    let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(edge.addr).await.unwrap());
+    let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    let req =
+        http::Request::get(path).header("host", "t.test").body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+    send.send_request(req).await.unwrap().into_body()
+}
+
 /// A body without a length that outgrows the largest object stored, asked
 /// for again once its start has left what the fetch keeps for its readers
 /// (8 MiB): the late request gets the whole body on a fetch of its own,
@@ -1290,16 +1303,10 @@ async fn objects_over_the_size_limit_stream_through_uncached() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_after_an_unannounced_body_outgrew_the_store_gets_it_whole() {
     use http_body_util::BodyExt;
-    let rules = DEFAULT_RULES.replace("default_ttl = \"60s\"", "default_ttl = \"60s\"\nmax_object_size = \"1MiB\"");
-    let (_d, origin, edge) = setup(&rules).await;
+    let (_d, origin, edge) = setup(&DEFAULT_RULES.replace("default_ttl = \"60s\"", ONE_MIB_OBJECTS)).await;
     let path = "/grow?size=24MiB&no_length=1&chunk=256KiB&chunk_delay=25ms&cc=max-age%3D60";
     // The first client reads the body as it comes, 10 MiB of it.
-    let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(edge.addr).await.unwrap());
-    let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
-    tokio::spawn(conn);
-    let req =
-        http::Request::get(path).header("host", "t.test").body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
-    let mut body = send.send_request(req).await.unwrap().into_body();
+    let mut body = streamed(&edge, path).await;
     let mut first = Vec::new();
     while first.len() < 10 << 20 {
         let frame = body.frame().await.expect("the body ended early").expect("the body broke");
@@ -1327,15 +1334,9 @@ async fn a_request_after_an_unannounced_body_outgrew_the_store_gets_it_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_left_behind_by_an_unannounced_body_too_large_to_store_is_finished_by_range() {
     use http_body_util::BodyExt;
-    let rules = DEFAULT_RULES.replace("default_ttl = \"60s\"", "default_ttl = \"60s\"\nmax_object_size = \"1MiB\"");
-    let (_d, origin, edge) = setup(&rules).await;
+    let (_d, origin, edge) = setup(&DEFAULT_RULES.replace("default_ttl = \"60s\"", ONE_MIB_OBJECTS)).await;
     let path = "/lag?size=24MiB&no_length=1&chunk=256KiB&chunk_delay=10ms&cc=max-age%3D60";
-    let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(edge.addr).await.unwrap());
-    let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
-    tokio::spawn(conn);
-    let req =
-        http::Request::get(path).header("host", "t.test").body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
-    let mut body = send.send_request(req).await.unwrap().into_body();
+    let mut body = streamed(&edge, path).await;
     let mut got = Vec::new();
     let mut paused = false;
     while let Some(frame) = body.frame().await {

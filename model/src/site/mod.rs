@@ -70,6 +70,13 @@ pub const DEFAULT_ORIGIN_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an origin may leave what was sent to it unacknowledged before
 /// the connection is given up as cut.
 pub const DEFAULT_ORIGIN_LINK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes a second an origin must send of a body the node shares or
+/// stores, on average over each `response_timeout`: a body that trickles
+/// in a byte now and then would hold the fetch, every request waiting on
+/// it and a place under `max_connections` for as long as it pleased.
+pub const DEFAULT_ORIGIN_BODY_MIN_RATE: u64 = 1024;
+/// The highest `body_min_rate` a site file may set.
+pub const MAX_BODY_MIN_RATE: u64 = 1 << 30;
 /// Requests one shield sends one origin at once; more wait in a queue.
 pub const DEFAULT_ORIGIN_MAX_CONNECTIONS: u32 = 64;
 /// Time between an origin's health checks.
@@ -194,6 +201,11 @@ pub struct Origin {
     /// for as long is given up too. Default: [`DEFAULT_ORIGIN_LINK_TIMEOUT`]
     /// (10s).
     pub link_timeout: Duration,
+    /// Bytes a second the origin must send of a body the node shares or
+    /// stores, on average over each `response_timeout` of waiting for it
+    /// (time the fetch waits for its readers does not count); 0: none.
+    /// Default: [`DEFAULT_ORIGIN_BODY_MIN_RATE`] (1 KiB).
+    pub body_min_rate: u64,
     /// Default: [`DEFAULT_ORIGIN_MAX_CONNECTIONS`] (64).
     pub max_connections: u32,
     /// Default: none (only failing requests take the origin out).

@@ -186,6 +186,14 @@ fn decode_origin(s: &mut Sink<'_>, t: &mut Table<'_, '_>, base: &Path) -> Option
             "link_timeout must be at least 1s: shorter gives up on links that only lost a packet",
         );
     }
+    let body_min_rate = match t.opt::<Spanned<ByteSize>>(s, "body_min_rate") {
+        Some(b) if b.get_ref().0 > MAX_BODY_MIN_RATE => {
+            s.error(&b.span(), "body_min_rate must be at most 1GiB (a second)");
+            DEFAULT_ORIGIN_BODY_MIN_RATE
+        }
+        Some(b) => b.get_ref().0,
+        None => DEFAULT_ORIGIN_BODY_MIN_RATE,
+    };
     let max_connections = positive(s, t, "max_connections", DEFAULT_ORIGIN_MAX_CONNECTIONS);
     let http2 = t.or(s, "http2", true);
     let health = t.table(s, "health").and_then(|mut h| {
@@ -219,6 +227,7 @@ fn decode_origin(s: &mut Sink<'_>, t: &mut Table<'_, '_>, base: &Path) -> Option
         connect_timeout,
         response_timeout,
         link_timeout,
+        body_min_rate,
         max_connections,
         health,
         ca,

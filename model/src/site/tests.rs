@@ -28,6 +28,7 @@ fn minimal_site_gets_documented_defaults() {
     assert_eq!(site.stale, StalePolicy::default());
     assert_eq!(site.origins[0].connect_timeout, DEFAULT_ORIGIN_CONNECT_TIMEOUT);
     assert_eq!(site.origins[0].link_timeout, DEFAULT_ORIGIN_LINK_TIMEOUT);
+    assert_eq!(site.origins[0].body_min_rate, DEFAULT_ORIGIN_BODY_MIN_RATE);
     assert_eq!(site.origins[0].url.port_u16(), Some(9000));
     assert!(site.allow_direct && !site.https_only && site.tls.is_none());
 }
@@ -45,6 +46,11 @@ fn values_that_would_break_serving_are_refused_where_they_are() {
     assert_eq!(e.len(), 3, "{e:?}");
     assert!(e[0].contains("connect_timeout must be longer than zero") && e[0].contains(":8:"), "{e:?}");
     assert!(e[1].contains("ten years") && e[2].contains("timeout must be longer than zero"), "{e:?}");
+    let e = errors(
+        &MINIMAL
+            .replace("url = \"http://127.0.0.1:9000\"", "url = \"http://127.0.0.1:9000\"\nbody_min_rate = \"2GiB\""),
+    );
+    assert!(e.len() == 1 && e[0].contains("body_min_rate must be at most 1GiB") && e[0].contains(":8:17:"), "{e:?}");
     let e = errors(&MINIMAL.replace("hosts = [\"shop.test\"]", "hosts = [\"*.com\"]"));
     assert!(e.len() == 1 && e[0].contains("top-level domain"), "{e:?}");
     let e = errors(&format!("{MINIMAL}\n[compress]\nmax_size = \"1TiB\"\n"));
@@ -71,6 +77,7 @@ weight = 3
 connect_timeout = "500ms"
 response_timeout = "10s"
 link_timeout = "4s"
+body_min_rate = "0B"
 max_connections = 8
 [origin.health]
 path = "/health"
@@ -117,6 +124,7 @@ forward = ["X-Forwarded-Host"]
     assert_eq!((a.weight, a.max_connections, a.host.as_deref()), (3, 8, Some("www.full.test")));
     assert_eq!(a.connect_timeout, Duration::from_millis(500));
     assert_eq!(a.link_timeout, Duration::from_secs(4));
+    assert_eq!(a.body_min_rate, 0);
     let h = a.health.as_ref().unwrap();
     assert_eq!(
         (h.path.as_str(), h.interval, h.unhealthy_threshold, h.healthy_threshold),

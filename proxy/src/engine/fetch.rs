@@ -28,6 +28,48 @@ use crate::upstream::{UpstreamError, UpstreamErrorKind};
 /// How long the upstream's body may pause when the origin says nothing.
 pub(super) const DEFAULT_BODY_IDLE: Duration = Duration::from_secs(30);
 
+/// What the body of a shared fetch must keep up: a frame within every
+/// `idle` (the origin's `response_timeout`), and `min_rate` bytes a second
+/// on average over each `idle` of waiting for frames (`body_min_rate`).
+/// Only time spent waiting on the upstream counts, not time the fetch
+/// waits for its readers or the store. Without the rate, an origin that
+/// sends a byte now and then holds the fetch, every request waiting on it,
+/// and a place under the origin's `max_connections`, for as long as it
+/// pleases.
+#[derive(Debug)]
+struct BodyPace {
+    idle: Duration,
+    min_rate: u64,
+    /// Bytes and time waiting for them in the current window.
+    got: u64,
+    waited: Duration,
+}
+
+impl BodyPace {
+    fn of(site: &Site) -> BodyPace {
+        let origin = site.origins.first();
+        BodyPace {
+            idle: origin.map_or(DEFAULT_BODY_IDLE, |o| o.response_timeout),
+            min_rate: origin.map_or(outpost_config::DEFAULT_ORIGIN_BODY_MIN_RATE, |o| o.body_min_rate),
+            got: 0,
+            waited: Duration::ZERO,
+        }
+    }
+
+    /// Counts `n` bytes that took `waited` to come; false once a window
+    /// of `idle` has brought less than the rate.
+    fn came(&mut self, n: u64, waited: Duration) -> bool {
+        self.got += n;
+        self.waited += waited;
+        if self.waited < self.idle {
+            return true;
+        }
+        let enough = self.got as f64 >= self.min_rate as f64 * self.waited.as_secs_f64();
+        (self.got, self.waited) = (0, Duration::ZERO);
+        enough
+    }
+}
+
 /// What a fetch needs of the request that started it.
 #[derive(Debug, Clone)]
 pub(crate) struct Fetched {
@@ -394,8 +436,8 @@ impl FetchJob {
         let (head, writer) = self.shared_head(&parts.headers, parts.status, plan.as_ref(), not_stored, times);
         let flight = Arc::clone(&self.guard.flight);
         flight.set_head(Head::Shared(Arc::clone(&head)));
-        let idle = self.site.origins.first().map_or(DEFAULT_BODY_IDLE, |o| o.response_timeout);
-        let Some((writer, received, last)) = self.pump(body, &flight, writer, head.len, idle).await else { return };
+        let pace = BodyPace::of(&self.site);
+        let Some((writer, received, last)) = self.pump(body, &flight, writer, head.len, pace).await else { return };
         let stored = writer.is_some();
         if let Some(w) = writer {
             if head.len.is_none_or(|d| d == received) {
@@ -434,21 +476,29 @@ impl FetchJob {
         flight: &Flight,
         mut writer: Option<BodyWriter>,
         len: Option<u64>,
-        idle: Duration,
+        mut pace: BodyPace,
     ) -> Option<(Option<BodyWriter>, u64, Option<Bytes>)> {
         let max = self.site.cache.max_object_size;
         let mut received = 0u64;
         let mut last = None;
         loop {
             flight.wait_for_readers().await;
-            let frame = match tokio::time::timeout(idle, body.frame()).await {
+            let asked = std::time::Instant::now();
+            let frame = match tokio::time::timeout(pace.idle, body.frame()).await {
                 Ok(None) => return Some((writer, received, last)),
-                Ok(Some(Ok(f))) => f,
-                broke => {
-                    let e = match broke {
-                        Ok(Some(Err(e))) => e.to_string(),
-                        _ => "the upstream body stalled".to_string(),
-                    };
+                Ok(Some(Ok(f))) => Ok(f),
+                Ok(Some(Err(e))) => Err(e.to_string()),
+                Err(_) => Err("the upstream body stalled".to_string()),
+            };
+            let frame = frame.and_then(|f| {
+                let n = f.data_ref().map_or(0, |d| d.len() as u64);
+                pace.came(n, asked.elapsed()).then_some(f).ok_or_else(|| {
+                    format!("the upstream body came slower than {} bytes a second (body_min_rate)", pace.min_rate)
+                })
+            });
+            let frame = match frame {
+                Ok(f) => f,
+                Err(e) => {
                     if let Some(w) = writer.take() {
                         w.abandon();
                     }
@@ -573,6 +623,22 @@ fn speaks_for_the_copy(status: StatusCode, why: NotStored) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The rate is judged over each window of `idle` spent waiting, and
+    /// only then; 0 asks for nothing.
+    #[test]
+    fn a_body_is_judged_by_what_each_window_of_waiting_brought() {
+        let second = Duration::from_secs(1);
+        let pace = |min_rate| BodyPace { idle: 2 * second, min_rate, got: 0, waited: Duration::ZERO };
+        let mut p = pace(1000);
+        assert!(p.came(1, second), "half a window: not judged yet");
+        assert!(!p.came(1, second), "a window with 2 bytes, 2000 asked");
+        let mut p = pace(1000);
+        assert!(p.came(1500, second) && p.came(600, second), "2100 bytes in 2 s");
+        assert!(p.came(0, second) && !p.came(10, second), "each window afresh");
+        let mut p = pace(0);
+        assert!(p.came(0, 10 * second), "no rate asked");
+    }
 
     /// What an upstream says of its copy moves the time it is stored as
     /// fetched only earlier, and only for its own stale stand-in; junk and

@@ -1481,6 +1481,49 @@ async fn a_passed_answer_whose_upstream_goes_quiet_is_ended() {
     assert!(took >= Duration::from_secs(5) && took < Duration::from_secs(15), "ended after {took:?}");
 }
 
+/// A shared body that trickles (a byte every half second: never quiet for
+/// `response_timeout`, 2 s here, yet far below `body_min_rate`) is given
+/// up after a window of it, for the request that made the fetch and the
+/// one that joined it; nothing is stored, and the next request fetches
+/// anew. It used to hold them, and the origin's place, as long as the
+/// origin went on. An answer passed through unstored (an event stream)
+/// may trickle as it likes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_body_that_trickles_below_the_minimum_rate_is_given_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    let site = site_toml(origin.addr, DEFAULT_RULES).replace("response_timeout = \"5s\"", "response_timeout = \"2s\"");
+    let edge = Edge::start(dir.path(), &site).await;
+    let url = edge.url("/drip?size=100KiB&chunk=1&chunk_delay=500ms&cc=max-age%3D60");
+    let get = || try_send(Method::GET, &url, &[("host", "t.test")]);
+    let started = std::time::Instant::now();
+    let late = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        get().await
+    };
+    let both = tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(get(), late) }).await;
+    let (first, joined) = both.expect("the trickle was still open after 20 s");
+    let took = started.elapsed();
+    assert!(
+        first.is_err() && joined.is_err(),
+        "both cut: {:?} {:?}",
+        first.map(|r| r.body.len()),
+        joined.map(|r| r.body.len())
+    );
+    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(8), "ended after {took:?}");
+    assert_eq!(origin.count("/drip").await, 1, "the second request joined the first's fetch");
+    // Nothing was stored: the next request fetches again.
+    let again = tokio::time::timeout(Duration::from_secs(20), get()).await.expect("the trickle was still open");
+    assert!(again.is_err());
+    assert_eq!(origin.count("/drip").await, 2);
+
+    // Passed through, the same pace goes on to the end.
+    let stream = edge.url("/events?size=6&chunk=1&chunk_delay=700ms&cc=no-store");
+    let r = tokio::time::timeout(Duration::from_secs(20), try_send(Method::GET, &stream, &[("host", "t.test")])).await;
+    let r = r.expect("the stream was still open after 20 s").expect("an unstored answer that trickles is not cut");
+    assert_eq!(r.body.len(), 6);
+}
+
 /// Only the upstream's silence counts, not a client's: one that stops
 /// reading a passed answer for longer than `response_timeout` gets all of
 /// it once it reads again.

@@ -489,7 +489,7 @@ pub static SECTIONS: &[Section] = &[
         name: "headers",
         shape: Shape::Table,
         roles: &[],
-        doc: "Changes to every response sent to clients, and request fields the origin needs.",
+        doc: "Changes to every response sent to clients, and request fields the origin needs. A shield leaves `Cache-Status` as it is whatever `remove` and `set` say (its edges read its member there, to tell an origin's error passed on from the shield's own); the edge applies them to what clients get.",
         keys: &[
             key("remove", "list of header names", Text("[]"), "Response fields removed.", "[\"server\"]"),
             key("forward", "list of header names", Text("[]"), "Request fields nodes withhold from upstreams (`X-Forwarded-Host` and other URL-changing fields) that this origin needs; each becomes part of every key.", "[\"x-forwarded-host\"]"),

@@ -806,6 +806,32 @@ async fn an_origins_errors_do_not_take_the_shields_out_of_service() {
     assert!(r.cache_status().starts_with("edge-1; fwd=uri-miss"), "{}", r.cache_status());
 }
 
+/// A site whose `[headers]` rules remove `Cache-Status` (or set their
+/// own) has them applied at the edge only: at the shield they would take
+/// away the member by which its edges tell an origin's 500 passed on from
+/// the shield's own failure, and every origin error would take the shield
+/// out of service and be asked again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sites_rules_on_cache_status_do_not_hide_a_shields_member_from_its_edges() {
+    for rule in ["remove = [\"cache-status\"]", "set = { \"cache-status\" = \"forged\" }"] {
+        let dir = tempfile::tempdir().unwrap();
+        let origin = Origin::start().await;
+        std::fs::write(dir.path().join("site.toml"), site(&[origin.addr], &format!("[headers]\n{rule}\n"))).unwrap();
+        let (shield, _) = shield(dir.path(), "shield-a", "127.0.0.1:0".parse().unwrap()).await;
+        let edge = edge_probing_slowly(dir.path(), "edge-1", &[shield.addr], "\"site.toml\"").await;
+        let r = via(edge.addr, "/broken?status=500").await;
+        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{rule}");
+        assert!(!r.cache_status().contains("shield-a"), "{rule}: the edge applies the rule: {}", r.cache_status());
+        assert_eq!(origin.count("/broken").await, 1, "{rule}: the origin's 500 was not asked again");
+        via(edge.addr, "/fine?cc=max-age%3D600").await;
+        let asked = origin.last_request("/fine").await;
+        assert!(
+            asked["via"].as_str().unwrap_or("").contains("shield-a"),
+            "{rule}: the shield is still in service: {asked}"
+        );
+    }
+}
+
 /// A shield that takes connections and answers nothing (a hung process):
 /// the request it leaves unanswered has it probed, the probe goes
 /// unanswered too, and it is taken out: the next miss goes to the origin

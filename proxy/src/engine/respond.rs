@@ -269,8 +269,20 @@ fn if_range_holds(req: &HeaderMap, obj: &StoredObject) -> bool {
 fn apply_rules(headers: &mut HeaderMap, site: &Site, rules: &ResponseRules) {
     remove_by_rules(headers, site, rules);
     for (name, value) in &site.headers.set {
-        headers.insert(name.clone(), value.clone());
+        if ruled(name, rules) {
+            headers.insert(name.clone(), value.clone());
+        }
     }
+}
+
+/// Do the site's `[headers]` rules touch `name` on this node? Everywhere
+/// but `Cache-Status` at a shield: its edges read the shield's member
+/// there to tell an origin's error passed on from the shield's own, and
+/// would take a shield whose member a rule removed (or forged) out of
+/// service for each of an origin's 5xx. The edge applies the rules to
+/// what its clients get.
+fn ruled(name: &HeaderName, rules: &ResponseRules) -> bool {
+    rules.strip_cdn_headers || name != CACHE_STATUS
 }
 
 /// The rules for the fields of an upstream's interim (1xx) response sent
@@ -289,7 +301,7 @@ fn remove_by_rules(headers: &mut HeaderMap, site: &Site, rules: &ResponseRules) 
             headers.remove(name);
         }
     }
-    for name in &site.headers.remove {
+    for name in site.headers.remove.iter().filter(|n| ruled(n, rules)) {
         headers.remove(name);
     }
 }

@@ -143,7 +143,20 @@ impl Refill {
             self.forget_copy().await;
             return Err(io::Error::other("the upstream's copy has changed"));
         }
-        let started = self.check(&resp, from, to)?;
+        let started = match self.check(&resp, from, to) {
+            Ok(started) => started,
+            Err(e) => {
+                // Another range than asked, or none the copy's length
+                // allows: the length the copy was stored with (an earlier
+                // range's total) is not what the upstream serves, and each
+                // hit would break off here. A busy upstream's 503 says
+                // nothing of the copy.
+                if matches!(resp.status(), StatusCode::PARTIAL_CONTENT | StatusCode::RANGE_NOT_SATISFIABLE) {
+                    self.forget_copy().await;
+                }
+                return Err(e);
+            }
+        };
         let idle = self.site.origins.first().map_or(DEFAULT_BODY_IDLE, |o| o.response_timeout);
         let repair =
             repair.map(|(key, generation)| Repair::new(self.engine.store.clone(), key, generation, started, to));

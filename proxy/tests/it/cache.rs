@@ -367,6 +367,49 @@ async fn scripted_origin(answers: Vec<&'static str>) -> (std::net::SocketAddr, A
     (addr, heads)
 }
 
+/// An upstream whose range answers lie about where they are: each gives
+/// the fifth megabyte of an 8 MiB object, whatever was asked. The first,
+/// asked for that megabyte, stores the object as 8 MiB. A hit that needs
+/// another part asks for it, gets the same fifth megabyte, and breaks off;
+/// the copy that can never be finished is dropped then, so the next
+/// request is not a hit that breaks off the same way.
+#[tokio::test]
+async fn a_copy_whose_upstream_answers_another_range_than_asked_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mib, total) = (1u64 << 20, 8u64 << 20);
+    let lie: &'static str = Box::leak(
+        format!(
+            "HTTP/1.1 206 Partial Content\ncache-control: max-age=600\netag: \"v1\"\n\
+             content-range: bytes {}-{}/{total}\ncontent-length: {mib}\nconnection: close\n\n{}",
+            4 * mib,
+            5 * mib - 1,
+            "x".repeat(mib as usize)
+        )
+        .into_boxed_str(),
+    );
+    let (addr, heads) = scripted_origin(vec![lie]).await;
+    let edge = Edge::start(dir.path(), &site_toml(addr, DEFAULT_RULES)).await;
+    let r = edge.get_with("/seek", &[("range", "bytes=5000000-5000999")]).await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT, "{}", r.cache_status());
+    assert_eq!(r.headers["content-range"], format!("bytes 5000000-5000999/{total}"));
+    assert!(r.cache_status().contains("stored"), "{}", r.cache_status());
+    // The whole object: a hit on the partial copy, whose first chunk is
+    // asked for and never comes.
+    let url = edge.url("/seek");
+    assert!(try_send(Method::GET, &url, &[("host", "t.test")]).await.is_err(), "the hit broke off");
+    assert!(
+        heads.lock().unwrap()[1].to_ascii_lowercase().contains("range: bytes=0-"),
+        "{:?}",
+        heads.lock().unwrap()[1]
+    );
+    // Asked for whole (no range: a miss), and its answer passed on.
+    let again = try_send(Method::GET, &url, &[("host", "t.test")]).await.expect("not a hit that breaks off again");
+    assert!(!again.is_hit(), "{}", again.cache_status());
+    let heads = heads.lock().unwrap();
+    assert_eq!(heads.len(), 3);
+    assert!(!heads[2].to_ascii_lowercase().contains("range:"), "asked for whole: {}", heads[2]);
+}
+
 /// A 304 whose `ETag` is not the stored copy's vouches for another copy
 /// (RFC 9111 §4.3.4): the stored one is not refreshed under the other's
 /// validator, and the object is asked for whole.

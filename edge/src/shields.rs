@@ -15,7 +15,8 @@
 //! A shield that answers it cannot reach a site's origin at all (its
 //! member says `detail=connect` or `detail=no-target`: its uplink is
 //! broken, or the origin is down for everyone) stays in service, but a GET
-//! is tried once more through the next target, and that shield is passed
+//! is tried once more through the next target; so is a GET a shield failed
+//! of itself (which takes it out too). Either shield is passed
 //! over for that site for [`PASS_OVER`]: ranked after the others, so
 //! requests go through a shield that reaches the origin while one that
 //! cannot is tried again later. A shield that leaves a request of a site
@@ -132,7 +133,7 @@ impl ShieldRoute {
         if map.len() < MAX_PASSED_OVER
             && map.insert((shield.base.clone(), site.id.to_string()), std::time::Instant::now() + PASS_OVER).is_none()
         {
-            tracing::warn!(shield = %shield.name, site = %site.id, "the shield did not reach the site's origin: passed over for {PASS_OVER:?}");
+            tracing::warn!(shield = %shield.name, site = %site.id, "the shield could not answer for the site's origin: passed over for {PASS_OVER:?}");
         }
     }
 
@@ -226,8 +227,13 @@ impl Route for ShieldRoute {
         if status_well(resp.status()) {
             return true;
         }
+        // A 5xx it passed on, failed to get, or keeps (a hit: an origin's
+        // 5xx it stored) is its upstream's.
         let member = Self::own_member(resp);
-        member.split(';').map(str::trim).any(|p| p.starts_with("fwd-status=") || UPSTREAMS_FAULT.contains(&p))
+        member
+            .split(';')
+            .map(str::trim)
+            .any(|p| p.starts_with("fwd-status=") || p == "hit" || UPSTREAMS_FAULT.contains(&p))
     }
 
     fn passed_on_fault(&self, site: &Site, target: &Target, resp: &Response<RecvBody>) -> bool {
@@ -342,6 +348,8 @@ mod tests {
         assert!(judged(500, &["shield-a; fwd=uri-miss; fwd-status=500; detail=status"]));
         assert!(judged(502, &["shield-a; fwd=miss; detail=connect"]));
         assert!(judged(504, &["origin; hit", "shield-a; fwd=miss; detail=timeout"]));
+        assert!(judged(500, &["shield-a; hit; ttl=50"]), "an origin's 500 it stored");
+        assert!(!judged(500, &["shield-a; hits"]), "a word that starts like one is not it");
         assert!(!judged(500, &[]), "no member: not an answer of the shield's engine");
         assert!(!judged(500, &["shield-a; fwd=miss; detail=internal"]));
         assert!(!judged(503, &["evil; fwd-status=500, shield-a; fwd=miss; detail=internal"]));

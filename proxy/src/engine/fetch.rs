@@ -46,11 +46,19 @@ struct BodyPace {
 }
 
 impl BodyPace {
-    fn of(site: &Site) -> BodyPace {
+    /// For a body with the response fields `headers`: an event stream
+    /// (which may be shared and stored when it says `no-cache`) sends
+    /// little between its events, and is held to `idle` alone.
+    fn of(site: &Site, headers: &HeaderMap) -> BodyPace {
         let origin = site.origins.first();
+        let events = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("text/event-stream")));
+        let min_rate = origin.map_or(outpost_config::DEFAULT_ORIGIN_BODY_MIN_RATE, |o| o.body_min_rate);
         BodyPace {
             idle: origin.map_or(DEFAULT_BODY_IDLE, |o| o.response_timeout),
-            min_rate: origin.map_or(outpost_config::DEFAULT_ORIGIN_BODY_MIN_RATE, |o| o.body_min_rate),
+            min_rate: if events { 0 } else { min_rate },
             got: 0,
             waited: Duration::ZERO,
         }
@@ -436,7 +444,7 @@ impl FetchJob {
         let (head, writer) = self.shared_head(&parts.headers, parts.status, plan.as_ref(), not_stored, times);
         let flight = Arc::clone(&self.guard.flight);
         flight.set_head(Head::Shared(Arc::clone(&head)));
-        let pace = BodyPace::of(&self.site);
+        let pace = BodyPace::of(&self.site, &parts.headers);
         let Some((writer, received, last)) = self.pump(body, &flight, writer, head.len, pace).await else { return };
         let stored = writer.is_some();
         if let Some(w) = writer {
@@ -491,8 +499,11 @@ impl FetchJob {
                 Err(_) => Err("the upstream body stalled".to_string()),
             };
             let frame = frame.and_then(|f| {
+                // The frame that ends the body (trailers, HTTP/2's empty
+                // last frame) leaves nothing more to wait for.
                 let n = f.data_ref().map_or(0, |d| d.len() as u64);
-                pace.came(n, asked.elapsed()).then_some(f).ok_or_else(|| {
+                let ended = http_body::Body::is_end_stream(&body);
+                (ended || pace.came(n, asked.elapsed())).then_some(f).ok_or_else(|| {
                     format!("the upstream body came slower than {} bytes a second (body_min_rate)", pace.min_rate)
                 })
             });

@@ -36,7 +36,9 @@ use crate::key::Key;
 use crate::store::{BodyRef, CHUNK_SIZE, Store, StoredObject};
 
 /// Most bytes held for slow readers. A reader further behind than this
-/// reads from the store (or, for a body not being stored, gets an error).
+/// reads from the store; behind a body that outgrew the store, it is
+/// finished from upstream by range under a strong validator (or gets an
+/// error); behind a body never stored, it gets an error.
 const MAX_LAG: u64 = 8 << 20;
 /// Bytes kept behind the stored point even when no reader needs them: a
 /// chunk just handed to the store may not be readable until its disk write
@@ -417,8 +419,12 @@ impl Flight {
         } else if pos < b.window_start {
             if storing && !b.unstored && pos < b.stored_through {
                 Step::FromStore(b.stored_through.min(limit))
-            } else {
+            } else if b.unstored {
                 Step::Behind
+            } else {
+                // Behind the store too (a store far behind, or a body not
+                // stored): not fetched again beside the fetch still writing.
+                Step::Fail("a reader fell too far behind the fetch".into())
             }
         } else if pos < b.received {
             let (fs, f) = b.frames.iter().rev().find(|(s, _)| *s <= pos).cloned().unwrap_or_default();
@@ -441,7 +447,7 @@ enum Step {
     Yield(Bytes),
     /// The bytes have left the window: read the store up to here.
     FromStore(u64),
-    /// The bytes have left the window and are not stored.
+    /// The bytes have left the window, and the body outgrew the store.
     Behind,
     /// Nothing new yet.
     Wait,

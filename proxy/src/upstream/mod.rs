@@ -121,9 +121,9 @@ pub trait Route: Send + Sync + Debug + 'static {
         status_well(resp.status())
     }
     /// `resp` is `target` saying it could not reach its own upstream (a
-    /// shield cut off from the origin): another target may, so an
-    /// idempotent request without a body tries the next one. By default,
-    /// never.
+    /// shield cut off from the origin), or failing of itself: another
+    /// target may answer, so an idempotent request without a body tries the
+    /// next one. By default, never.
     fn passed_on_fault(&self, _site: &Site, _target: &Target, _resp: &Response<RecvBody>) -> bool {
         false
     }

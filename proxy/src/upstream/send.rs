@@ -2,7 +2,7 @@
 //! growing pause between attempts, retries only for idempotent requests
 //! without a body whose failure came before any response (and, once, for a
 //! GET or HEAD without a body a target answered could not reach its own
-//! upstream: `Route::passed_on_fault`),
+//! upstream, or failed of itself: `Route::passed_on_fault`),
 //! a passive health report for every attempt, and the target's concurrency
 //! cap held until the response is dropped.
 
@@ -148,7 +148,7 @@ impl Upstream {
                         && targets.get(i + 1).is_some_and(|next| next.base != target.base)
                         && self.route.passed_on_fault(site, target, &resp) =>
                 {
-                    tracing::debug!(node = %self.node, target = %target.base, status = %resp.status(), "the upstream could not reach its own: trying the next");
+                    tracing::debug!(node = %self.node, target = %target.base, status = %resp.status(), "the upstream could not answer for its own: trying the next");
                     passed_on = Some(resp);
                 }
                 Ok(resp) => {

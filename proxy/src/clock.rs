@@ -12,7 +12,9 @@ pub struct Clock {
     last_stamp: AtomicU64,
 }
 
-fn micros(t: SystemTime) -> u64 {
+/// Microseconds since the epoch (0 before it): how stamps and purge rules
+/// keep their times.
+pub(crate) fn micros(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 

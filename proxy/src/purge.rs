@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use outpost_config::{MAX_TTL, PurgeTarget};
 use serde::{Deserialize, Serialize};
 
+use crate::clock::micros;
 use crate::store::StoredObject;
 
 /// A rule outlives every object it could apply to: an object is served
@@ -87,10 +88,6 @@ pub enum Verdict {
     Stale,
     /// Hard-purged: as if absent.
     Invalid,
-}
-
-fn micros(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
 /// Most URL and tag rules a site keeps: past it, the older half is folded
